@@ -117,7 +117,7 @@ pub fn format_duration(duration: Duration) -> String {
         ("ms", 1_000_000),
         ("us", 1_000),
     ] {
-        if nanos % unit == 0 {
+        if nanos.is_multiple_of(unit) {
             return format!("{}{name}", nanos / unit);
         }
     }

@@ -87,7 +87,7 @@ pub fn default_precision(window: Duration) -> Duration {
     let nanos = window.as_nanos();
     PRECISION_UNITS
         .into_iter()
-        .find(|unit| nanos != 0 && nanos % unit.as_nanos() == 0)
+        .find(|unit| nanos != 0 && nanos.is_multiple_of(unit.as_nanos()))
         .unwrap_or(Duration::from_nanos(1))
 }
 
