@@ -1,0 +1,158 @@
+//! The cluster key-value store: the one place where placements, topics, elections and flush
+//! times live.
+//!
+//! # Shape
+//!
+//! [`KvStore`] is deliberately small: `get`, `set`, `set_if_not_exists`, `check_and_set`,
+//! `delete` and `watch` on string keys holding opaque bytes. That is exactly what M3 asks of etcd,
+//! and nothing more, so every backend (the in-memory [`memory::MemoryKv`] used by `m3 local` and
+//! tests, and etcd) can honour it completely.
+//!
+//! The trait is object safe and used as `Arc<dyn KvStore>`: components receive the store at start
+//! time and never know which backend they talk to. Methods return boxed futures
+//! ([`BoxFuture`]) instead of using `async fn` in the trait, because `async fn` in traits is not
+//! object safe.
+//!
+//! # Versions
+//!
+//! Every key carries a version, as in etcd: the first write of a key gives version 1, each later
+//! write adds one, and a delete forgets the key so that the next write starts again at 1. The
+//! version is the basis of optimistic concurrency: read a value with its version, compute a new
+//! value, write it with [`KvStore::check_and_set`] and retry or report a conflict when somebody
+//! else wrote in between. `check_and_set` with an expected version of 0 means "only if the key
+//! does not exist", like etcd's per-key version 0.
+//!
+//! # Watches
+//!
+//! [`KvStore::watch`] returns a [`KvWatch`], a `tokio::sync::watch` receiver that holds the
+//! current value at once and then each later change. Like M3's value watches it has
+//! latest-value semantics: a slow reader may skip intermediate values, but it always ends up
+//! with the newest one. `None` means the key does not exist (never written, or deleted).
+//!
+//! # Contract
+//!
+//! [`contract`] holds a test suite that any backend must pass; the in-memory backend runs it in
+//! its tests and the etcd backend runs the same functions against a real etcd.
+
+pub mod contract;
+pub mod memory;
+
+mod decoded;
+
+pub use decoded::{DecodedWatch, watch_decoded};
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+
+/// A boxed, `Send` future, the return type of every [`KvStore`] method.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A value together with the version it was stored at.
+///
+/// For raw KV values `T` is [`Bytes`]; decoded watches ([`watch_decoded`]) reuse the same shape
+/// for typed values such as placements and topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned<T = Bytes> {
+    /// The stored value.
+    pub value: T,
+    /// The per-key version: 1 on the first write, then increased by one on every write.
+    pub version: i64,
+}
+
+/// A watch on one key: holds the current value (`None` when the key is absent) and is notified
+/// of every later change.
+pub type KvWatch = tokio::sync::watch::Receiver<Option<Versioned>>;
+
+/// Errors from a [`KvStore`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvError {
+    /// `set_if_not_exists` found the key already present.
+    #[error("key {key:?} already exists")]
+    AlreadyExists {
+        /// The key that exists.
+        key: String,
+    },
+    /// `check_and_set` found another version than the one expected. `actual` is 0 when the key
+    /// does not exist.
+    #[error("version mismatch on key {key:?}: expected version {expected}, found {actual}")]
+    VersionMismatch {
+        /// The key written.
+        key: String,
+        /// The version the caller expected.
+        expected: i64,
+        /// The version found in the store (0 when absent).
+        actual: i64,
+    },
+    /// The backend failed (connection lost, timeout, etcd error). The operation may or may not
+    /// have been applied; callers that need to know read the key again.
+    #[error("kv backend error: {message}")]
+    Backend {
+        /// What the backend reported.
+        message: String,
+    },
+}
+
+impl KvError {
+    /// A backend error with the given message.
+    pub fn backend(message: impl Into<String>) -> Self {
+        KvError::Backend {
+            message: message.into(),
+        }
+    }
+}
+
+/// A versioned key-value store with watches; see the [module docs](self) for the semantics every
+/// backend must provide.
+///
+/// Keys are strings laid out as in [`crate::keys`]; values are opaque bytes (usually protobuf).
+pub trait KvStore: Send + Sync + 'static {
+    /// Reads a key. `Ok(None)` when the key does not exist.
+    ///
+    /// # Errors
+    /// [`KvError::Backend`] when the backend cannot be reached.
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Versioned>, KvError>>;
+
+    /// Writes a key unconditionally and returns the new version.
+    ///
+    /// # Errors
+    /// [`KvError::Backend`] when the backend cannot be reached.
+    fn set<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<i64, KvError>>;
+
+    /// Writes a key only if it does not exist; returns the new version (always 1).
+    ///
+    /// # Errors
+    /// [`KvError::AlreadyExists`] when the key exists; [`KvError::Backend`] on backend failure.
+    fn set_if_not_exists<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+    ) -> BoxFuture<'a, Result<i64, KvError>>;
+
+    /// Writes a key only if its current version is `expected_version` (0: only if absent);
+    /// returns the new version.
+    ///
+    /// # Errors
+    /// [`KvError::VersionMismatch`] when the version differs; [`KvError::Backend`] on backend
+    /// failure.
+    fn check_and_set<'a>(
+        &'a self,
+        key: &'a str,
+        expected_version: i64,
+        value: Bytes,
+    ) -> BoxFuture<'a, Result<i64, KvError>>;
+
+    /// Deletes a key and returns the value it held, or `None` when it did not exist.
+    ///
+    /// # Errors
+    /// [`KvError::Backend`] on backend failure.
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Versioned>, KvError>>;
+
+    /// Watches a key: the returned receiver holds the current value and sees every later change
+    /// (latest-value semantics).
+    ///
+    /// # Errors
+    /// [`KvError::Backend`] when the watch cannot be established.
+    fn watch<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<KvWatch, KvError>>;
+}
