@@ -1,1 +1,3 @@
-//! placeholder
+//! The coordinator: where Prometheus writes and queries, and where aggregated metrics are stored.
+
+pub mod remote_write;
