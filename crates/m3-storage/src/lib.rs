@@ -1,1 +1,82 @@
-//! placeholder
+//! The embedded time-series store of m3-rs and a PromQL-subset query engine over it.
+//!
+//! The coordinator writes raw Prometheus samples into the *unaggregated* namespace and the
+//! aggregators' output into the *aggregated* namespace matching each storage policy; the HTTP
+//! query layer reads them back. This crate is that storage: it knows about namespaces, series,
+//! samples and queries, and nothing about the cluster.
+//!
+//! # A tour
+//!
+//! ```
+//! use std::time::Duration;
+//! use m3_storage::{Labels, Matcher, NamespaceConfig, QueryResult, Store};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let store = Store::open(dir.path(), vec![
+//!     NamespaceConfig::unaggregated("default", Duration::from_secs(2 * 24 * 3600)),
+//!     NamespaceConfig::aggregated("agg", Duration::from_secs(60), Duration::from_secs(40 * 24 * 3600)),
+//! ])?;
+//!
+//! // The ingest path finds the namespace for a storage policy (1m:40d).
+//! let agg = store.namespaces().namespace_for(
+//!     Duration::from_secs(60), Duration::from_secs(40 * 24 * 3600))?;
+//! assert_eq!(agg.name, "agg");
+//!
+//! // Write a batch (one remote-write request's worth).
+//! let a = Labels::new([("__name__", "up"), ("job", "api")])?;
+//! let b = Labels::new([("__name__", "up"), ("job", "db")])?;
+//! store.write_batch("default", &[(&a, 10_000, 1.0), (&b, 10_000, 0.0), (&a, 20_000, 1.0)])?;
+//!
+//! // Raw reads with matchers.
+//! let found = store.select("default", &[Matcher::regex("job", "a.*")?], 0, 30_000)?;
+//! assert_eq!(found.len(), 1);
+//! assert_eq!(found[0].samples, vec![(10_000, 1.0), (20_000, 1.0)]);
+//!
+//! // PromQL selectors, serialized the way Prometheus' HTTP API does.
+//! let result = store.instant_query("default", r#"up{job="db"}"#, 30_000)?;
+//! assert_eq!(
+//!     serde_json::to_string(&result)?,
+//!     r#"{"resultType":"vector","result":[{"metric":{"__name__":"up","job":"db"},"value":[30,"0"]}]}"#
+//! );
+//!
+//! // Retention, typically from a background task.
+//! let report = store.enforce_retention(40 * 24 * 3600 * 1000)?;
+//! assert_eq!(report.total(), 3);
+//! store.close()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Modules
+//!
+//! * [`namespace`]: namespace configuration and lookups by name and storage policy.
+//! * [`store`]: opening the store, writing, flushing. [`keys`] documents the on-disk layout.
+//! * [`query`]: `select`, `series`, `label_names`, `label_values`.
+//! * [`promql`]: the PromQL subset (selectors) for instant and range queries.
+//! * [`result`]: query results and their Prometheus JSON form.
+//! * [`retention`]: deleting expired samples, once or from a background thread.
+//! * [`metrics`]: the store's self-metrics.
+
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod error;
+pub mod keys;
+pub mod labels;
+pub mod matcher;
+pub mod metrics;
+pub mod namespace;
+pub mod promql;
+pub mod query;
+pub mod result;
+pub mod retention;
+pub mod store;
+
+pub use error::{Error, Result};
+pub use labels::{Labels, LabelsError, METRIC_NAME_LABEL};
+pub use matcher::{AnchoredRegex, Matcher};
+pub use metrics::StoreMetrics;
+pub use namespace::{NamespaceConfig, NamespaceKind, Namespaces};
+pub use promql::{DEFAULT_LOOKBACK, QueryEngine, STALE_NAN_BITS, is_stale_marker};
+pub use query::Series;
+pub use result::{InstantSample, Point, QueryResult, format_value};
+pub use retention::{RetentionReport, RetentionTask};
+pub use store::{SampleRef, Store, WriteSummary};

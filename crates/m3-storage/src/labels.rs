@@ -1,0 +1,277 @@
+//! Label sets: the identity of a series.
+//!
+//! A series is named by its labels, Prometheus style: `{__name__="http_requests_total",
+//! job="api"}`. [`Labels`] keeps the pairs sorted by name with no duplicate names and no empty
+//! values, so two label sets that mean the same series compare and hash equal whatever order the
+//! client sent them in. An empty value is dropped on construction because Prometheus treats
+//! `foo=""` and "no label `foo`" as the same thing.
+//!
+//! # Encoding
+//!
+//! The store keeps a label set as bytes (the key of the series index, the value of the reverse
+//! index). The encoding is length-prefixed so that any byte may appear in names and values:
+//!
+//! ```text
+//! count: u32 BE | ( name_len: u32 BE | name bytes | value_len: u32 BE | value bytes ) * count
+//! ```
+
+use std::fmt;
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
+
+/// The label that carries the metric name.
+pub const METRIC_NAME_LABEL: &str = "__name__";
+
+/// Why a list of pairs is not a valid label set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LabelsError {
+    /// No label had a non-empty value.
+    #[error("a series needs at least one label with a non-empty value")]
+    Empty,
+    /// A label with an empty name.
+    #[error("label name is empty (value {value:?})")]
+    EmptyName {
+        /// The value the nameless label carried.
+        value: String,
+    },
+    /// The same name twice.
+    #[error("duplicate label name {0:?}")]
+    DuplicateName(String),
+    /// A name or value longer than the on-disk format allows (4 GiB).
+    #[error("label {0:?} is too long")]
+    TooLong(String),
+}
+
+/// A validated, sorted label set. See the [module docs](self).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Labels(Vec<(String, String)>);
+
+impl Labels {
+    /// Builds a label set from name/value pairs in any order.
+    ///
+    /// Pairs with an empty value are dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`LabelsError`] when a name is empty, a name repeats, or nothing is left.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use m3_storage::Labels;
+    ///
+    /// let l = Labels::new([("job", "api"), ("__name__", "up"), ("zone", "")]).unwrap();
+    /// assert_eq!(l.metric_name(), Some("up"));
+    /// assert_eq!(l.get("zone"), None);
+    /// assert_eq!(l.to_string(), r#"{__name__="up", job="api"}"#);
+    /// ```
+    pub fn new<I, N, V>(pairs: I) -> Result<Self, LabelsError>
+    where
+        I: IntoIterator<Item = (N, V)>,
+        N: Into<String>,
+        V: Into<String>,
+    {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for (name, value) in pairs {
+            let (name, value) = (name.into(), value.into());
+            if name.is_empty() {
+                return Err(LabelsError::EmptyName { value });
+            }
+            if u32::try_from(name.len()).is_err() || u32::try_from(value.len()).is_err() {
+                return Err(LabelsError::TooLong(name));
+            }
+            if !value.is_empty() {
+                out.push((name, value));
+            }
+        }
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        if let Some(w) = out.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(LabelsError::DuplicateName(w[0].0.clone()));
+        }
+        if out.is_empty() {
+            return Err(LabelsError::Empty);
+        }
+        Ok(Labels(out))
+    }
+
+    /// The value of label `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(n, _)| n.as_str().cmp(name))
+            .ok()
+            .map(|i| self.0[i].1.as_str())
+    }
+
+    /// The value of `__name__`, if present.
+    pub fn metric_name(&self) -> Option<&str> {
+        self.get(METRIC_NAME_LABEL)
+    }
+
+    /// The pairs, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// The number of labels (never zero).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Always `false`: a label set has at least one label. Present for API symmetry.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The pairs, sorted by name.
+    pub fn as_slice(&self) -> &[(String, String)] {
+        &self.0
+    }
+
+    /// Gives up the pairs, sorted by name.
+    pub fn into_vec(self) -> Vec<(String, String)> {
+        self.0
+    }
+
+    /// Appends the on-disk encoding (see the module docs) to `buf`.
+    pub(crate) fn encode_into(&self, buf: &mut Vec<u8>) {
+        // Lengths were checked to fit u32 on construction; `as` cannot truncate here.
+        buf.extend_from_slice(&(self.0.len() as u32).to_be_bytes());
+        for (n, v) in &self.0 {
+            put_str(buf, n);
+            put_str(buf, v);
+        }
+    }
+
+    /// Decodes what [`encode_into`](Self::encode_into) wrote. `None` on malformed bytes.
+    pub(crate) fn decode(mut bytes: &[u8]) -> Option<Labels> {
+        let count = take_u32(&mut bytes)?;
+        // Each label needs at least 8 bytes; reject absurd counts before allocating.
+        if (count as usize).checked_mul(8)? > bytes.len() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let n = take_str(&mut bytes)?;
+            let v = take_str(&mut bytes)?;
+            out.push((n, v));
+        }
+        if !bytes.is_empty() || out.is_empty() {
+            return None;
+        }
+        if out.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return None;
+        }
+        Some(Labels(out))
+    }
+}
+
+pub(crate) fn put_str(buf: &mut Vec<u8>, s: &str) {
+    buf.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    buf.extend_from_slice(s.as_bytes());
+}
+
+pub(crate) fn take_u32(bytes: &mut &[u8]) -> Option<u32> {
+    let (head, rest) = bytes.split_first_chunk::<4>()?;
+    *bytes = rest;
+    Some(u32::from_be_bytes(*head))
+}
+
+pub(crate) fn take_str(bytes: &mut &[u8]) -> Option<String> {
+    let len = take_u32(bytes)? as usize;
+    if len > bytes.len() {
+        return None;
+    }
+    let (s, rest) = bytes.split_at(len);
+    *bytes = rest;
+    String::from_utf8(s.to_vec()).ok()
+}
+
+impl fmt::Display for Labels {
+    /// Prometheus' text form: `{a="1", b="2"}` with Go-style escapes in values.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("{")?;
+        for (i, (n, v)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{n}=\"")?;
+            for c in v.chars() {
+                match c {
+                    '"' => f.write_str("\\\"")?,
+                    '\\' => f.write_str("\\\\")?,
+                    '\n' => f.write_str("\\n")?,
+                    c => write!(f, "{c}")?,
+                }
+            }
+            f.write_str("\"")?;
+        }
+        f.write_str("}")
+    }
+}
+
+impl fmt::Debug for Labels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for Labels {
+    /// A JSON object `{"name": "value", ...}`, the `metric` field of Prometheus' API.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (n, v) in &self.0 {
+            map.serialize_entry(n, v)?;
+        }
+        map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorts_and_drops_empty_values() {
+        let l = Labels::new([("b", "2"), ("a", "1"), ("c", "")]).unwrap();
+        assert_eq!(
+            l.as_slice(),
+            &[("a".into(), "1".into()), ("b".into(), "2".into())]
+        );
+    }
+
+    #[test]
+    fn rejects_bad_sets() {
+        assert_eq!(
+            Labels::new([("a", "1"), ("a", "2")]),
+            Err(LabelsError::DuplicateName("a".into()))
+        );
+        assert_eq!(Labels::new([("a", "")]), Err(LabelsError::Empty));
+        assert!(matches!(
+            Labels::new([("", "x")]),
+            Err(LabelsError::EmptyName { .. })
+        ));
+        assert_eq!(
+            Labels::new(Vec::<(String, String)>::new()),
+            Err(LabelsError::Empty)
+        );
+    }
+
+    #[test]
+    fn encoding_round_trips_and_rejects_garbage() {
+        let l = Labels::new([("__name__", "up"), ("x", "a\0b\u{e9}")]).unwrap();
+        let mut buf = Vec::new();
+        l.encode_into(&mut buf);
+        assert_eq!(Labels::decode(&buf), Some(l));
+        for cut in 0..buf.len() {
+            assert_eq!(Labels::decode(&buf[..cut]), None, "prefix of {cut} bytes");
+        }
+        assert_eq!(Labels::decode(&[0xff, 0xff, 0xff, 0xff]), None);
+    }
+
+    #[test]
+    fn display_escapes_values() {
+        let l = Labels::new([("a", "x\"y\\z\n")]).unwrap();
+        assert_eq!(l.to_string(), r#"{a="x\"y\\z\n"}"#);
+    }
+}

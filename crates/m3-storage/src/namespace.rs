@@ -1,0 +1,296 @@
+//! Namespaces: where a sample goes, at what resolution and for how long.
+//!
+//! M3 stores raw and downsampled data side by side, each in its own namespace:
+//!
+//! * exactly zero or one **unaggregated** namespace holds raw samples as Prometheus sent them;
+//! * any number of **aggregated** namespaces hold the aggregators' output, one per storage policy
+//!   (`1m:40d` = resolution one minute, retention forty days).
+//!
+//! The coordinator's ingest path receives an aggregated sample tagged with its storage policy and
+//! must find the namespace with *exactly* that resolution and retention
+//! ([`Namespaces::namespace_for`]); there is no "closest match", mirroring M3, so a misconfigured
+//! policy is an error rather than data landing in the wrong place.
+//!
+//! [`Namespaces::new`] validates a whole configuration at once and reports every problem it finds.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::error::{Error, Result, fmt_duration};
+
+/// Whether a namespace holds raw or downsampled data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NamespaceKind {
+    /// Raw samples, as written by remote write.
+    Unaggregated,
+    /// Samples produced by the aggregators at a fixed resolution.
+    Aggregated,
+}
+
+/// One namespace of the store.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NamespaceConfig {
+    /// Unique name; used by queries and writes to address the namespace.
+    pub name: String,
+    /// Raw or downsampled.
+    pub kind: NamespaceKind,
+    /// Window size of the aggregated data; `None` for the unaggregated namespace.
+    pub resolution: Option<Duration>,
+    /// How long samples are kept; older ones are removed by
+    /// [`Store::enforce_retention`](crate::Store::enforce_retention).
+    pub retention: Duration,
+}
+
+impl NamespaceConfig {
+    /// The raw-data namespace.
+    pub fn unaggregated(name: impl Into<String>, retention: Duration) -> Self {
+        NamespaceConfig {
+            name: name.into(),
+            kind: NamespaceKind::Unaggregated,
+            resolution: None,
+            retention,
+        }
+    }
+
+    /// A downsampled namespace for the storage policy `resolution:retention`.
+    pub fn aggregated(name: impl Into<String>, resolution: Duration, retention: Duration) -> Self {
+        NamespaceConfig {
+            name: name.into(),
+            kind: NamespaceKind::Aggregated,
+            resolution: Some(resolution),
+            retention,
+        }
+    }
+
+    /// The retention in milliseconds, saturating at `i64::MAX`.
+    pub fn retention_ms(&self) -> i64 {
+        i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    fn problems(&self, out: &mut Vec<String>) {
+        let name = &self.name;
+        if name.is_empty() {
+            out.push("a namespace has an empty name".to_string());
+        } else if name.len() > 255 || name.chars().any(char::is_control) {
+            out.push(format!(
+                "namespace {name:?}: name must be at most 255 bytes without control characters"
+            ));
+        }
+        if self.retention.as_millis() == 0 {
+            out.push(format!(
+                "namespace {name:?}: retention must be at least 1ms"
+            ));
+        }
+        match (self.kind, self.resolution) {
+            (NamespaceKind::Unaggregated, Some(r)) => out.push(format!(
+                "namespace {name:?}: an unaggregated namespace has no resolution (got {})",
+                fmt_duration(r)
+            )),
+            (NamespaceKind::Aggregated, None) => out.push(format!(
+                "namespace {name:?}: an aggregated namespace needs a resolution"
+            )),
+            (NamespaceKind::Aggregated, Some(r)) if r.as_millis() == 0 => out.push(format!(
+                "namespace {name:?}: resolution must be at least 1ms"
+            )),
+            (NamespaceKind::Aggregated, Some(r)) if r > self.retention => out.push(format!(
+                "namespace {name:?}: resolution {} is longer than retention {}",
+                fmt_duration(r),
+                fmt_duration(self.retention)
+            )),
+            _ => {}
+        }
+    }
+}
+
+/// A validated set of namespaces with the lookups the write and ingest paths need.
+#[derive(Debug, Clone)]
+pub struct Namespaces {
+    list: Vec<NamespaceConfig>,
+}
+
+impl Namespaces {
+    /// Validates `list`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] listing every problem: an empty list, empty or repeated names,
+    /// zero durations, a resolution on the unaggregated namespace or none on an aggregated one,
+    /// more than one unaggregated namespace, two aggregated namespaces with the same
+    /// resolution and retention.
+    pub fn new(list: Vec<NamespaceConfig>) -> Result<Self> {
+        let mut problems = Vec::new();
+        if list.is_empty() {
+            problems.push("no namespaces configured".to_string());
+        }
+        let mut names = HashSet::new();
+        let mut policies = HashSet::new();
+        let mut unaggregated = Vec::new();
+        for ns in &list {
+            ns.problems(&mut problems);
+            if !names.insert(ns.name.as_str()) {
+                problems.push(format!("namespace {:?} is configured twice", ns.name));
+            }
+            match ns.kind {
+                NamespaceKind::Unaggregated => unaggregated.push(ns.name.as_str()),
+                NamespaceKind::Aggregated => {
+                    if !policies.insert((ns.resolution, ns.retention)) {
+                        problems.push(format!(
+                            "namespace {:?}: another aggregated namespace already has \
+                             resolution {} and retention {}",
+                            ns.name,
+                            fmt_duration(ns.resolution.unwrap_or_default()),
+                            fmt_duration(ns.retention)
+                        ));
+                    }
+                }
+            }
+        }
+        if unaggregated.len() > 1 {
+            problems.push(format!(
+                "only one unaggregated namespace is allowed, found {unaggregated:?}"
+            ));
+        }
+        if problems.is_empty() {
+            Ok(Namespaces { list })
+        } else {
+            Err(Error::InvalidConfig { problems })
+        }
+    }
+
+    /// The namespace called `name`.
+    pub fn get(&self, name: &str) -> Option<&NamespaceConfig> {
+        self.list.iter().find(|n| n.name == name)
+    }
+
+    /// The position of namespace `name` in [`iter`](Self::iter).
+    pub(crate) fn index_of(&self, name: &str) -> Result<usize> {
+        self.list
+            .iter()
+            .position(|n| n.name == name)
+            .ok_or_else(|| Error::UnknownNamespace(name.to_string()))
+    }
+
+    /// The unaggregated namespace, if one is configured.
+    pub fn unaggregated(&self) -> Option<&NamespaceConfig> {
+        self.list
+            .iter()
+            .find(|n| n.kind == NamespaceKind::Unaggregated)
+    }
+
+    /// The aggregated namespace with exactly this resolution and retention.
+    pub fn aggregated(
+        &self,
+        resolution: Duration,
+        retention: Duration,
+    ) -> Option<&NamespaceConfig> {
+        self.list.iter().find(|n| {
+            n.kind == NamespaceKind::Aggregated
+                && n.resolution == Some(resolution)
+                && n.retention == retention
+        })
+    }
+
+    /// Like [`aggregated`](Self::aggregated), but a miss is M3's error.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoNamespaceFor`] when no aggregated namespace matches exactly.
+    pub fn namespace_for(
+        &self,
+        resolution: Duration,
+        retention: Duration,
+    ) -> Result<&NamespaceConfig> {
+        self.aggregated(resolution, retention)
+            .ok_or(Error::NoNamespaceFor {
+                resolution,
+                retention,
+            })
+    }
+
+    /// All namespaces in configuration order.
+    pub fn iter(&self) -> impl Iterator<Item = &NamespaceConfig> {
+        self.list.iter()
+    }
+
+    pub(crate) fn by_index(&self, i: usize) -> Option<&NamespaceConfig> {
+        self.list.get(i)
+    }
+
+    /// The number of namespaces.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Never true for a validated set; present for API symmetry.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: Duration = Duration::from_secs(3600);
+    const M: Duration = Duration::from_secs(60);
+
+    fn sample() -> Namespaces {
+        Namespaces::new(vec![
+            NamespaceConfig::unaggregated("default", 48 * H),
+            NamespaceConfig::aggregated("agg_1m_40d", M, 40 * 24 * H),
+            NamespaceConfig::aggregated("agg_10s_2d", Duration::from_secs(10), 48 * H),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn lookups() {
+        let ns = sample();
+        assert_eq!(ns.unaggregated().unwrap().name, "default");
+        assert_eq!(ns.aggregated(M, 40 * 24 * H).unwrap().name, "agg_1m_40d");
+        assert!(ns.aggregated(M, 48 * H).is_none());
+        let e = ns.namespace_for(M, 48 * H).unwrap_err();
+        assert!(
+            e.to_string().contains("retention=48h, resolution=1m"),
+            "{e}"
+        );
+        assert_eq!(
+            ns.get("agg_10s_2d").unwrap().resolution,
+            Some(Duration::from_secs(10))
+        );
+        assert!(matches!(
+            ns.index_of("nope"),
+            Err(Error::UnknownNamespace(_))
+        ));
+    }
+
+    #[test]
+    fn reports_every_problem() {
+        let bad = vec![
+            NamespaceConfig::unaggregated("a", H),
+            NamespaceConfig::unaggregated("b", Duration::ZERO),
+            NamespaceConfig::aggregated("a", M, H),
+            NamespaceConfig::aggregated("c", M, H),
+            NamespaceConfig {
+                name: "d".into(),
+                kind: NamespaceKind::Aggregated,
+                resolution: None,
+                retention: H,
+            },
+        ];
+        let Err(Error::InvalidConfig { problems }) = Namespaces::new(bad) else {
+            panic!("expected InvalidConfig");
+        };
+        let all = problems.join("\n");
+        for needle in [
+            "\"b\": retention must be at least 1ms",
+            "namespace \"a\" is configured twice",
+            "\"c\": another aggregated namespace already has resolution 1m and retention 1h",
+            "\"d\": an aggregated namespace needs a resolution",
+            "only one unaggregated namespace is allowed",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert!(Namespaces::new(vec![]).is_err());
+    }
+}
