@@ -1,3 +1,4 @@
 //! The coordinator: where Prometheus writes and queries, and where aggregated metrics are stored.
 
+pub mod config;
 pub mod remote_write;

@@ -1,0 +1,692 @@
+//! The coordinator's config file, with M3's key names.
+//!
+//! The `downsample` and `ingest` blocks of SEED.md parse verbatim (a test loads them from the
+//! seed itself). Every struct denies unknown keys, so a misspelt key fails at startup naming the
+//! key and the file instead of being ignored. Keys M3 has deprecated (`flushSize`) or that tune
+//! Go object pools (`bytesPool`, `opPool`) are accepted for compatibility and documented as
+//! having no effect here.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use m3_config::ConfigError;
+use m3_metric::StoragePolicy;
+
+/// The whole coordinator config file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CoordinatorConfig {
+    /// HTTP listen address for the API (default `0.0.0.0:7201`).
+    #[serde(default)]
+    pub listen_address: Option<String>,
+    /// Self-metrics and logging settings (accepted; `/metrics` is served on the API port).
+    #[serde(default)]
+    pub metrics: Option<serde_json_value::Ignored>,
+    /// Logging level (accepted; `RUST_LOG` wins).
+    #[serde(default)]
+    pub logging: Option<serde_json_value::Ignored>,
+    /// Storage clusters and their namespaces.
+    #[serde(default)]
+    pub clusters: Vec<ClusterConfig>,
+    /// Where the embedded store keeps its files.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// Cluster KV (etcd) settings.
+    #[serde(default)]
+    pub cluster_management: Option<serde_json_value::Ignored>,
+    /// Downsampling: rules and the remote aggregator client.
+    #[serde(default)]
+    pub downsample: DownsampleConfig,
+    /// The m3msg ingest server receiving aggregated metrics.
+    #[serde(default)]
+    pub ingest: Option<IngestConfig>,
+    /// Timed-sample buffers the coordinator checks before sending to the aggregators; they
+    /// should match the aggregators' `bufferDurationForPastTimedMetric` /
+    /// `bufferDurationForFutureTimedMetric`.
+    #[serde(default)]
+    pub write_buffers: WriteBuffersConfig,
+}
+
+/// Placeholder for config sections accepted but not interpreted yet.
+pub mod serde_json_value {
+    use serde::Deserialize;
+
+    /// Any YAML value, accepted and ignored.
+    #[derive(Debug, Clone, Default)]
+    pub struct Ignored;
+
+    impl<'de> Deserialize<'de> for Ignored {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            serde::de::IgnoredAny::deserialize(d).map(|_| Ignored)
+        }
+    }
+}
+
+/// A storage cluster; here always the embedded store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClusterConfig {
+    /// The namespaces of the cluster.
+    pub namespaces: Vec<NamespaceConfig>,
+    /// M3DB client settings (accepted for compatibility; the embedded store needs none).
+    #[serde(default)]
+    pub client: Option<serde_json_value::Ignored>,
+}
+
+/// One namespace, with M3's keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NamespaceConfig {
+    /// Namespace name.
+    pub namespace: String,
+    /// `unaggregated` or `aggregated`.
+    #[serde(rename = "type")]
+    pub kind: NamespaceKind,
+    /// How long data is kept.
+    #[serde(with = "m3_config::duration")]
+    pub retention: Duration,
+    /// Resolution; required for aggregated namespaces.
+    #[serde(default, with = "m3_config::option_duration")]
+    pub resolution: Option<Duration>,
+    /// Downsampling options of an aggregated namespace.
+    #[serde(default)]
+    pub downsample: Option<NamespaceDownsample>,
+    /// A read-only namespace gets no writes and no automatic mapping rule.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// Namespace type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NamespaceKind {
+    /// Raw samples.
+    Unaggregated,
+    /// Aggregated samples at one resolution.
+    Aggregated,
+}
+
+/// `downsample:` under an aggregated namespace.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NamespaceDownsample {
+    /// Whether every metric gets an automatic mapping rule for this namespace (default true).
+    #[serde(default = "default_true")]
+    pub all: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Where the embedded store lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StorageConfig {
+    /// Directory of the embedded store (default `./data`).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: String,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: default_data_dir(),
+        }
+    }
+}
+
+fn default_data_dir() -> String {
+    "./data".to_string()
+}
+
+/// `downsample:`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DownsampleConfig {
+    /// Send metrics to remote aggregators.
+    #[serde(default)]
+    pub remote_aggregator: Option<RemoteAggregatorConfig>,
+    /// Explicit rules (mapping and rollup rules are a later feature; accepted and rejected
+    /// clearly at validation when non-empty).
+    #[serde(default)]
+    pub rules: Option<serde_json_value::Ignored>,
+    /// Whether namespaces get automatic mapping rules unless they say otherwise.
+    #[serde(default)]
+    pub all: Option<bool>,
+}
+
+/// `downsample.remoteAggregator:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RemoteAggregatorConfig {
+    /// The aggregator client.
+    pub client: AggregatorClientConfig,
+}
+
+/// `downsample.remoteAggregator.client:`: M3's aggregator client keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AggregatorClientConfig {
+    /// `legacy` or `tcp` (the same: rawtcp); `m3msg` is not supported yet.
+    #[serde(default, rename = "type")]
+    pub client_type: Option<String>,
+    /// KV namespace/environment/zone of the aggregator placement.
+    #[serde(default, rename = "placementKV")]
+    pub placement_kv: PlacementKvConfig,
+    /// Placement key and how long to wait for it at startup.
+    #[serde(default)]
+    pub placement_watcher: PlacementWatcherConfig,
+    /// Only `murmur32` is valid.
+    #[serde(default)]
+    pub hash_type: Option<String>,
+    /// Start writing to a new shard owner this long before its cutover (default 10m).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub shard_cutover_warmup_duration: Option<Duration>,
+    /// Keep writing to an old shard owner this long after its cutoff (default 1h).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub shard_cutoff_linger_duration: Option<Duration>,
+    /// Deprecated in M3; accepted and ignored.
+    #[serde(default)]
+    pub flush_size: Option<u64>,
+    /// Number of flush workers (accepted; one writer task per instance here).
+    #[serde(default)]
+    pub flush_worker_count: Option<u32>,
+    /// Periodic flush of partially filled batches (default 100ms here; M3's 0 means none).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub force_flush_every: Option<Duration>,
+    /// Bytes of encoded metrics per batch before it is queued (default 8 MiB... capped by
+    /// `encoder.maxMessageSize`).
+    #[serde(default)]
+    pub max_batch_size: Option<usize>,
+    /// Split batch timers into messages of at most this many values (0 = no split).
+    #[serde(default)]
+    pub max_timer_batch_size: Option<usize>,
+    /// Batches queued per aggregator instance before drops start (default 128).
+    #[serde(default)]
+    pub queue_size: Option<usize>,
+    /// `oldest` (default) or `current`.
+    #[serde(default)]
+    pub queue_drop_type: Option<QueueDropType>,
+    /// Encoder buffer settings.
+    #[serde(default)]
+    pub encoder: EncoderConfig,
+    /// TCP connection settings.
+    #[serde(default)]
+    pub connection: ConnectionConfig,
+}
+
+/// What a full per-instance queue drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueDropType {
+    /// Drop the oldest queued batch to make room.
+    #[default]
+    Oldest,
+    /// Drop the batch being queued.
+    Current,
+}
+
+/// `placementKV:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PlacementKvConfig {
+    /// KV namespace (default `/placement`).
+    #[serde(default = "default_placement_namespace")]
+    pub namespace: String,
+    /// Environment (default `default_env`).
+    #[serde(default)]
+    pub environment: Option<String>,
+    /// Zone (default `embedded`).
+    #[serde(default)]
+    pub zone: Option<String>,
+}
+
+impl Default for PlacementKvConfig {
+    fn default() -> Self {
+        PlacementKvConfig {
+            namespace: default_placement_namespace(),
+            environment: None,
+            zone: None,
+        }
+    }
+}
+
+fn default_placement_namespace() -> String {
+    "/placement".to_string()
+}
+
+/// `placementWatcher:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PlacementWatcherConfig {
+    /// Placement key (default `m3aggregator`).
+    #[serde(default = "default_placement_key")]
+    pub key: String,
+    /// How long startup waits for the placement (default 10s).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub init_watch_timeout: Option<Duration>,
+}
+
+impl Default for PlacementWatcherConfig {
+    fn default() -> Self {
+        PlacementWatcherConfig {
+            key: default_placement_key(),
+            init_watch_timeout: None,
+        }
+    }
+}
+
+fn default_placement_key() -> String {
+    "m3aggregator".to_string()
+}
+
+/// `encoder:`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EncoderConfig {
+    /// Initial buffer size per instance batch.
+    #[serde(default)]
+    pub init_buffer_size: Option<usize>,
+    /// Largest single encoded metric (default 50 MiB).
+    #[serde(default)]
+    pub max_message_size: Option<usize>,
+    /// Go buffer pool tuning; accepted, no effect (buffers are reused per instance here).
+    #[serde(default)]
+    pub bytes_pool: Option<serde_json_value::Ignored>,
+}
+
+/// `connection:`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConnectionConfig {
+    /// Dial timeout (default 1s).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub connection_timeout: Option<Duration>,
+    /// TCP keep-alive (default true).
+    #[serde(default)]
+    pub connection_keep_alive: Option<bool>,
+    /// Read timeout (accepted; rawtcp has no responses).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub read_timeout: Option<Duration>,
+    /// Write timeout (default 15s).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub write_timeout: Option<Duration>,
+    /// Reconnect tuning, accepted.
+    #[serde(default)]
+    pub init_reconnect_threshold: Option<u32>,
+    /// Reconnect tuning, accepted.
+    #[serde(default)]
+    pub max_reconnect_threshold: Option<u32>,
+    /// Reconnect tuning, accepted.
+    #[serde(default)]
+    pub reconnect_threshold_multiplier: Option<u32>,
+    /// Longest wait between reconnects (default 20s).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub max_reconnect_duration: Option<Duration>,
+    /// Write retries, accepted.
+    #[serde(default)]
+    pub write_retries: Option<serde_json_value::Ignored>,
+}
+
+/// `ingest:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IngestConfig {
+    /// Write workers and retries.
+    #[serde(default)]
+    pub ingester: IngesterConfig,
+    /// The m3msg server.
+    pub m3msg: IngestM3msgConfig,
+}
+
+/// `ingest.ingester:`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IngesterConfig {
+    /// Concurrent storage writes.
+    #[serde(default)]
+    pub worker_pool_size: Option<usize>,
+    /// Go object pool size; accepted, no effect.
+    #[serde(default)]
+    pub op_pool: Option<serde_json_value::Ignored>,
+    /// Storage write retries before the message is left un-acked for redelivery.
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
+    /// Fraction of write errors logged.
+    #[serde(default)]
+    pub log_sample_rate: Option<f64>,
+}
+
+/// A retry policy (M3's `retry:` blocks).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RetryConfig {
+    /// Attempts after the first.
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    /// Randomise backoff.
+    #[serde(default)]
+    pub jitter: Option<bool>,
+    /// First backoff.
+    #[serde(default, with = "m3_config::option_duration")]
+    pub initial_backoff: Option<Duration>,
+    /// Backoff multiplier.
+    #[serde(default)]
+    pub backoff_factor: Option<f64>,
+    /// Longest backoff.
+    #[serde(default, with = "m3_config::option_duration")]
+    pub max_backoff: Option<Duration>,
+    /// Retry forever.
+    #[serde(default)]
+    pub forever: Option<bool>,
+}
+
+/// `ingest.m3msg:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IngestM3msgConfig {
+    /// The TCP server.
+    pub server: IngestServerConfig,
+    /// Handler options (accepted).
+    #[serde(default)]
+    pub handler: Option<serde_json_value::Ignored>,
+    /// Consumer options.
+    #[serde(default)]
+    pub consumer: Option<IngestConsumerConfig>,
+}
+
+/// `ingest.m3msg.server:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IngestServerConfig {
+    /// Listen address, e.g. `0.0.0.0:7507`.
+    pub listen_address: String,
+    /// Accept-loop retry (accepted).
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
+    /// TCP keep-alive.
+    #[serde(default)]
+    pub keep_alive_enabled: Option<bool>,
+    /// TCP keep-alive period.
+    #[serde(default, with = "m3_config::option_duration")]
+    pub keep_alive_period: Option<Duration>,
+}
+
+/// `ingest.m3msg.consumer:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IngestConsumerConfig {
+    /// How often batched acks are flushed (default 200ms).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub ack_flush_interval: Option<Duration>,
+    /// Acks batched before a flush.
+    #[serde(default)]
+    pub ack_buffer_size: Option<usize>,
+    /// Other consumer keys, accepted.
+    #[serde(flatten)]
+    pub other: std::collections::BTreeMap<String, serde_json_value::Ignored>,
+}
+
+/// Past/future limits for timed samples.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WriteBuffersConfig {
+    /// Samples older than now − (this + resolution) are rejected (default 10m).
+    #[serde(default = "default_buffer", with = "m3_config::duration")]
+    pub buffer_past: Duration,
+    /// Samples newer than now + this are rejected (default 1m).
+    #[serde(default = "default_future_buffer", with = "m3_config::duration")]
+    pub buffer_future: Duration,
+}
+
+impl Default for WriteBuffersConfig {
+    fn default() -> Self {
+        WriteBuffersConfig {
+            buffer_past: default_buffer(),
+            buffer_future: default_future_buffer(),
+        }
+    }
+}
+
+fn default_buffer() -> Duration {
+    Duration::from_secs(600)
+}
+
+fn default_future_buffer() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// A namespace after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidNamespace {
+    /// Name.
+    pub name: String,
+    /// The storage policy of an aggregated namespace, `None` for the unaggregated one.
+    pub policy: Option<StoragePolicy>,
+    /// Retention.
+    pub retention: Duration,
+    /// Whether it gets an automatic mapping rule.
+    pub downsample_all: bool,
+    /// Read-only.
+    pub read_only: bool,
+}
+
+impl CoordinatorConfig {
+    /// Loads and validates the file at `path`.
+    ///
+    /// # Errors
+    /// Unreadable file, unknown keys, bad values; each naming the file and key.
+    pub fn load(path: &Path) -> Result<CoordinatorConfig, ConfigError> {
+        let config: CoordinatorConfig = m3_config::load(path)?;
+        config.namespaces(path)?;
+        config.validate_client(path)?;
+        Ok(config)
+    }
+
+    /// Parses and validates `text` as if it were the file at `path` (no environment).
+    ///
+    /// # Errors
+    /// As [`CoordinatorConfig::load`].
+    pub fn parse(path: &Path, text: &str) -> Result<CoordinatorConfig, ConfigError> {
+        let config: CoordinatorConfig = m3_config::parse(path, text, &|_| None)?;
+        config.namespaces(path)?;
+        config.validate_client(path)?;
+        Ok(config)
+    }
+
+    fn validate_client(&self, path: &Path) -> Result<(), ConfigError> {
+        let Some(remote) = &self.downsample.remote_aggregator else {
+            return Ok(());
+        };
+        let key = "downsample.remoteAggregator.client";
+        if let Some(hash) = &remote.client.hash_type
+            && hash != "murmur32"
+        {
+            return Err(ConfigError::invalid(
+                path,
+                format!("{key}.hashType"),
+                format!("unsupported hash type {hash:?}: only murmur32 is supported"),
+            ));
+        }
+        if let Some(t) = &remote.client.client_type
+            && t != "legacy"
+            && t != "tcp"
+        {
+            return Err(ConfigError::invalid(
+                path,
+                format!("{key}.type"),
+                format!("unsupported client type {t:?}: use legacy or tcp (rawtcp)"),
+            ));
+        }
+        if remote.client.queue_size == Some(0) {
+            return Err(ConfigError::invalid(
+                path,
+                format!("{key}.queueSize"),
+                "must be positive",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The namespaces of every cluster, validated: one unaggregated namespace at most,
+    /// aggregated ones with a resolution, no two aggregated with the same resolution and
+    /// retention.
+    ///
+    /// # Errors
+    /// A [`ConfigError::Invalid`] naming the offending key.
+    pub fn namespaces(&self, path: &Path) -> Result<Vec<ValidNamespace>, ConfigError> {
+        let mut out: Vec<ValidNamespace> = Vec::new();
+        let default_all = self.downsample.all.unwrap_or(true);
+        for (ci, cluster) in self.clusters.iter().enumerate() {
+            for (ni, ns) in cluster.namespaces.iter().enumerate() {
+                let key = format!("clusters[{ci}].namespaces[{ni}]");
+                if ns.retention.is_zero() {
+                    return Err(ConfigError::invalid(
+                        path,
+                        format!("{key}.retention"),
+                        "must be positive",
+                    ));
+                }
+                let policy = match (ns.kind, ns.resolution) {
+                    (NamespaceKind::Unaggregated, _) => None,
+                    (NamespaceKind::Aggregated, None) => {
+                        return Err(ConfigError::invalid(
+                            path,
+                            format!("{key}.resolution"),
+                            "an aggregated namespace needs a resolution",
+                        ));
+                    }
+                    (NamespaceKind::Aggregated, Some(r)) if r.is_zero() => {
+                        return Err(ConfigError::invalid(
+                            path,
+                            format!("{key}.resolution"),
+                            "must be positive",
+                        ));
+                    }
+                    (NamespaceKind::Aggregated, Some(r)) => {
+                        Some(StoragePolicy::new(r, ns.retention))
+                    }
+                };
+                if out.iter().any(|o| o.name == ns.namespace) {
+                    return Err(ConfigError::invalid(
+                        path,
+                        format!("{key}.namespace"),
+                        format!("namespace {:?} is defined twice", ns.namespace),
+                    ));
+                }
+                if policy.is_none() && out.iter().any(|o| o.policy.is_none()) {
+                    return Err(ConfigError::invalid(
+                        path,
+                        format!("{key}.type"),
+                        "only one unaggregated namespace is allowed",
+                    ));
+                }
+                if let Some(p) = policy
+                    && out.iter().any(|o| {
+                        o.policy.is_some_and(|q| {
+                            q.resolution.window == p.resolution.window && q.retention == p.retention
+                        })
+                    })
+                {
+                    return Err(ConfigError::invalid(
+                        path,
+                        format!("{key}"),
+                        format!(
+                            "another aggregated namespace already has resolution:retention {p}"
+                        ),
+                    ));
+                }
+                out.push(ValidNamespace {
+                    name: ns.namespace.clone(),
+                    policy,
+                    retention: ns.retention,
+                    downsample_all: ns.downsample.as_ref().map_or(default_all, |d| d.all),
+                    read_only: ns.read_only,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The YAML blocks of SEED.md's "Coordinator configuration" section, extracted from the seed
+    /// itself so that a change to the seed is tested too.
+    fn seed_coordinator_block() -> String {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/SEED.md");
+        let seed = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("SEED.md must be at {path} (shared/ beside the repo): {e}"));
+        let start = seed
+            .find("# This is for sending metrics to the remote m3aggregators")
+            .expect("seed has the coordinator block");
+        let rest = &seed[start..];
+        let end = rest.find("```").expect("block ends");
+        rest[..end].to_string()
+    }
+
+    #[test]
+    fn seed_blocks_parse_verbatim() {
+        let text = seed_coordinator_block();
+        let config = CoordinatorConfig::parse(Path::new("SEED.md"), &text).unwrap();
+        let client = config.downsample.remote_aggregator.unwrap().client;
+        assert_eq!(client.placement_kv.namespace, "/placement");
+        assert_eq!(client.placement_watcher.key, "m3aggregator");
+        assert_eq!(
+            client.placement_watcher.init_watch_timeout,
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(client.queue_size, Some(10_000));
+        assert_eq!(client.queue_drop_type, Some(QueueDropType::Oldest));
+        assert_eq!(client.max_timer_batch_size, Some(1120));
+        assert_eq!(
+            client.connection.write_timeout,
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(client.encoder.max_message_size, Some(10_485_760));
+        let ingest = config.ingest.unwrap();
+        assert_eq!(ingest.m3msg.server.listen_address, "0.0.0.0:7507");
+        assert_eq!(ingest.ingester.worker_pool_size, Some(100));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = seed_coordinator_block().replace("queueSize", "queueSise");
+        let err = CoordinatorConfig::parse(Path::new("coord.yml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("coord.yml") && err.contains("queueSise"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn namespaces_are_validated() {
+        let ok = "clusters:\n  - namespaces:\n      - namespace: default\n        type: unaggregated\n        retention: 48h\n      - namespace: agg\n        type: aggregated\n        retention: 2d\n        resolution: 10s\n";
+        let config = CoordinatorConfig::parse(Path::new("c.yml"), ok).unwrap();
+        let ns = config.namespaces(Path::new("c.yml")).unwrap();
+        assert_eq!(ns[1].policy.unwrap().to_string(), "10s:2d");
+        assert!(ns[1].downsample_all);
+
+        let missing_resolution = ok.replace("        resolution: 10s\n", "");
+        let err = CoordinatorConfig::parse(Path::new("c.yml"), &missing_resolution)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("clusters[0].namespaces[1].resolution"),
+            "{err}"
+        );
+
+        let bad_duration = ok.replace("retention: 2d", "retention: 2 days");
+        let err = CoordinatorConfig::parse(Path::new("c.yml"), &bad_duration)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("2 days"), "{err}");
+    }
+}
