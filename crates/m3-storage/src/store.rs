@@ -231,7 +231,11 @@ impl Store {
         let result = self.write_batch_inner(namespace, samples);
         if let Err(e) = &result {
             self.inner.metrics.write_errors.inc();
-            tracing::warn!(namespace, error = %e, "write to embedded store failed");
+            if e.is_bad_input() {
+                tracing::debug!(namespace, error = %e, "write to embedded store rejected");
+            } else {
+                tracing::error!(namespace, error = %e, "write to embedded store failed");
+            }
         }
         result
     }

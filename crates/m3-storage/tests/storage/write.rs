@@ -226,3 +226,33 @@ fn store_is_send_sync_and_clone_shares_state() {
         .sum();
     assert_eq!(total, 100);
 }
+
+#[test]
+fn invalid_config_is_rejected_before_touching_disk() {
+    let dir = tmp();
+    let path = dir.path().join("store");
+    let bad = vec![
+        m3_storage::NamespaceConfig::unaggregated("a", std::time::Duration::ZERO),
+        m3_storage::NamespaceConfig::unaggregated("a", crate::HOUR),
+    ];
+    let e = Store::open(&path, bad).unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidConfig { ref problems } if problems.len() >= 2),
+        "{e}"
+    );
+    assert!(!path.exists());
+}
+
+#[test]
+fn flush_and_explicit_close_with_clones_alive() {
+    let dir = tmp();
+    let store = open(dir.path());
+    let other = store.clone();
+    let up = labels(&[("__name__", "up")]);
+    store.write_batch(RAW, &[(&up, 1, 1.0)]).unwrap();
+    store.flush().unwrap();
+    store.close().unwrap();
+    // The clone still works; the database closes with the last handle.
+    other.write_batch(RAW, &[(&up, 2, 2.0)]).unwrap();
+    assert_eq!(other.select(RAW, &[], 0, 10).unwrap()[0].samples.len(), 2);
+}
