@@ -17,7 +17,9 @@
 
 pub mod keys;
 pub mod kv;
+pub mod placement;
 pub mod shard;
+pub mod topic;
 
 pub use keys::ServiceId;
 pub use kv::{KvError, KvStore, KvWatch, Versioned};
