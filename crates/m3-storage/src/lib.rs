@@ -41,7 +41,8 @@
 //!
 //! // Retention, typically from a background task.
 //! let report = store.enforce_retention(40 * 24 * 3600 * 1000)?;
-//! assert_eq!(report.total(), 3);
+//! assert_eq!(report.samples_deleted(), 3);
+//! assert_eq!(report.series_removed(), 2);
 //! store.close()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -78,5 +79,5 @@ pub use namespace::{NamespaceConfig, NamespaceKind, Namespaces};
 pub use promql::{DEFAULT_LOOKBACK, QueryEngine, STALE_NAN_BITS, is_stale_marker};
 pub use query::Series;
 pub use result::{InstantSample, Point, QueryResult, format_value};
-pub use retention::{RetentionReport, RetentionTask};
+pub use retention::{NamespaceRetention, RetentionReport, RetentionTask};
 pub use store::{SampleRef, Store, WriteSummary};

@@ -9,6 +9,7 @@
 //! | `m3_storage_samples_written_total`               | samples accepted by `write_batch`        |
 //! | `m3_storage_series_created_total`                | new series added to the index            |
 //! | `m3_storage_samples_deleted_by_retention_total`  | samples removed because they expired     |
+//! | `m3_storage_series_removed_by_retention_total`   | series dropped once they had no samples  |
 //! | `m3_storage_write_errors_total`                  | `write_batch` calls that failed          |
 
 use prometheus_client::metrics::counter::Counter;
@@ -20,6 +21,7 @@ pub struct StoreMetrics {
     pub(crate) samples_written: Counter,
     pub(crate) series_created: Counter,
     pub(crate) samples_deleted_by_retention: Counter,
+    pub(crate) series_removed_by_retention: Counter,
     pub(crate) write_errors: Counter,
 }
 
@@ -37,6 +39,11 @@ impl StoreMetrics {
     /// Samples removed by retention since the store was opened.
     pub fn samples_deleted_by_retention(&self) -> u64 {
         self.samples_deleted_by_retention.get()
+    }
+
+    /// Series dropped from the index because retention left them without samples.
+    pub fn series_removed_by_retention(&self) -> u64 {
+        self.series_removed_by_retention.get()
     }
 
     /// `write_batch` calls that returned an error.
@@ -61,6 +68,11 @@ impl StoreMetrics {
             "samples_deleted_by_retention",
             "Samples removed from the embedded store because they were older than retention",
             self.samples_deleted_by_retention.clone(),
+        );
+        sub.register(
+            "series_removed_by_retention",
+            "Series dropped from the embedded store's index because retention emptied them",
+            self.series_removed_by_retention.clone(),
         );
         sub.register(
             "write_errors",

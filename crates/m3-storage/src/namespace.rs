@@ -212,10 +212,6 @@ impl Namespaces {
         self.list.iter()
     }
 
-    pub(crate) fn by_index(&self, i: usize) -> Option<&NamespaceConfig> {
-        self.list.get(i)
-    }
-
     /// The number of namespaces.
     pub fn len(&self) -> usize {
         self.list.len()

@@ -9,8 +9,9 @@
 //! [`Store::enforce_retention`] walks every series of every namespace and removes its samples
 //! before the namespace's cutoff, in fjall batches of at most [`DELETE_BATCH`] keys so a large
 //! backlog does not build one huge batch. Samples are ordered by time within a series, so the
-//! walk touches only the expired keys. Series and their index entries are kept even when all
-//! their samples are gone; queries skip series without samples in the asked range.
+//! walk touches only the expired keys. A series left without any sample is then dropped from the
+//! index (all its keys in `series_ids`, `series_labels` and `postings`), so churning label sets
+//! do not grow the index forever; if it is written again later it comes back under a new id.
 //!
 //! The call is synchronous and may take a while on a big store. Run it off the async runtime:
 //! either `spawn_blocking` it on a timer, or start a [`RetentionTask`], a plain thread that
@@ -26,22 +27,39 @@ use crate::store::Store;
 /// The most sample keys removed in one fjall batch.
 pub const DELETE_BATCH: usize = 4096;
 
+/// What one retention pass removed from one namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamespaceRetention {
+    /// The namespace.
+    pub namespace: String,
+    /// Samples deleted because they were older than the cutoff.
+    pub samples_deleted: u64,
+    /// Series dropped from the index because they had no sample left.
+    pub series_removed: u64,
+}
+
 /// What one retention pass removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RetentionReport {
-    /// `(namespace, samples deleted)` for every namespace, in configuration order.
-    pub per_namespace: Vec<(String, u64)>,
+    /// One entry per namespace, in configuration order.
+    pub per_namespace: Vec<NamespaceRetention>,
 }
 
 impl RetentionReport {
     /// Samples deleted across all namespaces.
-    pub fn total(&self) -> u64 {
-        self.per_namespace.iter().map(|(_, n)| n).sum()
+    pub fn samples_deleted(&self) -> u64 {
+        self.per_namespace.iter().map(|n| n.samples_deleted).sum()
+    }
+
+    /// Series removed across all namespaces.
+    pub fn series_removed(&self) -> u64 {
+        self.per_namespace.iter().map(|n| n.series_removed).sum()
     }
 }
 
 impl Store {
-    /// Deletes, in every namespace, the samples with a timestamp before `now_ms − retention`.
+    /// Deletes, in every namespace, the samples with a timestamp before `now_ms − retention`,
+    /// then drops series that have no sample left from the index.
     ///
     /// # Errors
     ///
@@ -53,6 +71,7 @@ impl Store {
             let ns = self.ns(&ns_cfg.name)?;
             let cutoff = now_ms.saturating_sub(ns_cfg.retention_ms());
             let mut deleted = 0u64;
+            let mut emptied = Vec::new();
             for sid in self.series_ids_of(ns) {
                 loop {
                     let keys = self.sample_keys_before(ns, sid, cutoff, DELETE_BATCH)?;
@@ -70,11 +89,25 @@ impl Store {
                         break;
                     }
                 }
+                // Checked for every series, not only those touched now, so a series emptied by
+                // an earlier, interrupted pass is still collected.
+                if !self.has_samples_in(ns, sid, i64::MIN, i64::MAX)? {
+                    emptied.push(sid);
+                }
             }
-            if deleted > 0 {
-                tracing::debug!(namespace = %ns_cfg.name, deleted, cutoff, "retention pass");
+            let removed = self.remove_empty_series(ns, &emptied)?;
+            self.inner
+                .metrics
+                .series_removed_by_retention
+                .inc_by(removed);
+            if deleted > 0 || removed > 0 {
+                tracing::debug!(namespace = %ns_cfg.name, deleted, removed, cutoff, "retention pass");
             }
-            report.per_namespace.push((ns_cfg.name.clone(), deleted));
+            report.per_namespace.push(NamespaceRetention {
+                namespace: ns_cfg.name.clone(),
+                samples_deleted: deleted,
+                series_removed: removed,
+            });
         }
         Ok(report)
     }

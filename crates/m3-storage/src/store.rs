@@ -10,10 +10,11 @@
 //!
 //! # Writes
 //!
-//! [`Store::write_batch`] takes a whole request's worth of samples for one namespace. New series
-//! are created first, in one fjall batch of their own (index entries plus the advanced id counter),
-//! and only then become visible in the in-memory map; the samples follow in a second batch. A crash
-//! in between leaves at worst a series with no samples, never a sample without its series.
+//! [`Store::write_batch`] takes a whole request's worth of samples for one namespace and commits
+//! them in one atomic fjall batch. When every series already exists, writers share the
+//! namespace's map (read lock) through the commit; a batch that creates series takes it
+//! exclusively and puts the new index entries, the advanced id counter and the samples in the
+//! same batch, so a crash never leaves a sample without its series or the reverse.
 //! Writing the same (series, timestamp) again replaces the value, so at-least-once redelivery is
 //! harmless.
 //!
@@ -28,7 +29,7 @@
 //! Reading (`select`, `label_values`, ...) lives in [`crate::query`], PromQL in [`crate::promql`],
 //! retention in [`crate::retention`]; they share the helpers at the bottom of this file.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -72,7 +73,7 @@ pub(crate) struct Inner {
     ns_ids: Vec<u32>,
     /// Label set → series id, per namespace, parallel to `namespaces`.
     series: Vec<RwLock<HashMap<Labels, u64>>>,
-    /// The next series id to hand out; held while creating series so ids stay unique.
+    /// The next series id to hand out (ids are unique across namespaces and never reused).
     next_series_id: Mutex<u64>,
     pub(crate) metrics: StoreMetrics,
 }
@@ -209,8 +210,8 @@ impl Store {
     ///
     /// # Errors
     ///
-    /// [`Error::UnknownNamespace`], or [`Error::Engine`] when fjall fails; in that case some of
-    /// the batch's new series may exist without samples, and no sample of the batch was written.
+    /// [`Error::UnknownNamespace`], or [`Error::Engine`] when fjall fails; then nothing of the
+    /// batch was written.
     ///
     /// # Examples
     ///
@@ -262,110 +263,140 @@ impl Store {
     ) -> Result<WriteSummary> {
         let ns = self.ns(namespace)?;
         let map = &self.inner.series[ns.index];
-
-        let missing: Vec<&Labels> = {
-            let known = map.read();
-            samples
-                .iter()
-                .filter(|(l, _, _)| !known.contains_key(*l))
-                .map(|(l, _, _)| *l)
-                .collect()
-        };
-        let series_created = if missing.is_empty() {
-            0
-        } else {
-            self.create_series(ns, &missing)?
-        };
-
-        let mut batch = self.inner.db.batch();
-        {
-            let known = map.read();
-            for (labels, ts, value) in samples {
-                let sid = known.get(*labels).copied().ok_or_else(|| {
-                    Error::corrupt(
-                        "series map",
-                        format!("series {labels} vanished after creation"),
-                    )
-                })?;
-                batch.insert(
-                    &self.inner.samples,
-                    keys::sample_key(ns.id, sid, *ts),
-                    keys::encode_value(*value),
-                );
-            }
-        }
-        batch.commit()?;
         let written = samples.len() as u64;
-        self.inner.metrics.samples_written.inc_by(written);
-        Ok(WriteSummary {
-            samples: written,
-            series_created,
-        })
-    }
 
-    /// Persists index entries for the series in `candidates` that do not exist yet.
-    fn create_series(&self, ns: Ns, candidates: &[&Labels]) -> Result<u64> {
-        let inner = &*self.inner;
-        let mut next = inner.next_series_id.lock();
-        let map = &inner.series[ns.index];
-
-        let mut fresh: Vec<(Labels, u64)> = Vec::new();
+        // Fast path: every series exists. The read lock is held through the commit so that
+        // retention cannot drop one of these series between lookup and write.
         {
             let known = map.read();
-            let mut seen: HashSet<&Labels> = HashSet::new();
-            for &labels in candidates {
-                if known.contains_key(labels) || !seen.insert(labels) {
-                    continue;
+            if samples.iter().all(|(l, _, _)| known.contains_key(*l)) {
+                let mut batch = self.inner.db.batch();
+                for (labels, ts, value) in samples {
+                    if let Some(&sid) = known.get(*labels) {
+                        batch.insert(
+                            &self.inner.samples,
+                            keys::sample_key(ns.id, sid, *ts),
+                            keys::encode_value(*value),
+                        );
+                    }
                 }
-                let sid = next
-                    .checked_add(fresh.len() as u64)
-                    .ok_or_else(|| Error::corrupt("meta", "series ids exhausted"))?;
-                fresh.push((labels.clone(), sid));
+                batch.commit()?;
+                self.inner.metrics.samples_written.inc_by(written);
+                return Ok(WriteSummary {
+                    samples: written,
+                    series_created: 0,
+                });
             }
         }
-        if fresh.is_empty() {
-            return Ok(0);
-        }
-        let new_next = next
-            .checked_add(fresh.len() as u64)
-            .ok_or_else(|| Error::corrupt("meta", "series ids exhausted"))?;
 
-        let mut batch = inner.db.batch();
+        // Slow path: create the missing series and write everything in one atomic batch,
+        // holding the namespace's map exclusively so no other writer creates the same series.
+        let mut known = map.write();
+        let mut next = self.inner.next_series_id.lock();
+        let mut batch = self.inner.db.batch();
+        let mut fresh: HashMap<&Labels, u64> = HashMap::new();
         let mut encoded = Vec::new();
-        for (labels, sid) in &fresh {
-            encoded.clear();
-            labels.encode_into(&mut encoded);
+        for (labels, ts, value) in samples {
+            let sid = match known.get(*labels).or_else(|| fresh.get(*labels)) {
+                Some(&sid) => sid,
+                None => {
+                    let sid = next
+                        .checked_add(fresh.len() as u64)
+                        .ok_or_else(|| Error::corrupt("meta", "series ids exhausted"))?;
+                    encoded.clear();
+                    labels.encode_into(&mut encoded);
+                    self.add_series_to_batch(&mut batch, ns, labels, sid, &encoded);
+                    fresh.insert(*labels, sid);
+                    sid
+                }
+            };
             batch.insert(
-                &inner.series_ids,
-                keys::series_id_key(ns.id, labels),
-                sid.to_be_bytes(),
+                &self.inner.samples,
+                keys::sample_key(ns.id, sid, *ts),
+                keys::encode_value(*value),
             );
-            batch.insert(
-                &inner.series_labels,
-                keys::series_labels_key(ns.id, *sid),
-                encoded.as_slice(),
-            );
-            for (name, value) in labels.iter() {
-                batch.insert(
-                    &inner.postings,
-                    keys::postings_key(ns.id, name, value, *sid),
-                    [],
-                );
-            }
         }
+        let created = fresh.len() as u64;
+        let new_next = next
+            .checked_add(created)
+            .ok_or_else(|| Error::corrupt("meta", "series ids exhausted"))?;
         batch.insert(
-            &inner.meta,
+            &self.inner.meta,
             keys::META_NEXT_SERIES_ID,
             new_next.to_be_bytes(),
         );
         batch.commit()?;
 
         *next = new_next;
-        let created = fresh.len() as u64;
-        map.write().extend(fresh);
-        inner.metrics.series_created.inc_by(created);
-        tracing::debug!(namespace = self.ns_name(ns), created, "created series");
-        Ok(created)
+        known.extend(fresh.into_iter().map(|(l, sid)| (l.clone(), sid)));
+        self.inner.metrics.series_created.inc_by(created);
+        self.inner.metrics.samples_written.inc_by(written);
+        tracing::debug!(namespace, created, "created series");
+        Ok(WriteSummary {
+            samples: written,
+            series_created: created,
+        })
+    }
+
+    fn add_series_to_batch(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        ns: Ns,
+        labels: &Labels,
+        sid: u64,
+        encoded: &[u8],
+    ) {
+        let inner = &*self.inner;
+        batch.insert(
+            &inner.series_ids,
+            keys::series_id_key(ns.id, labels),
+            sid.to_be_bytes(),
+        );
+        batch.insert(
+            &inner.series_labels,
+            keys::series_labels_key(ns.id, sid),
+            encoded,
+        );
+        for (name, value) in labels.iter() {
+            batch.insert(
+                &inner.postings,
+                keys::postings_key(ns.id, name, value, sid),
+                [],
+            );
+        }
+    }
+
+    /// Drops the index entries of those `sids` that have no sample left. Returns how many went.
+    ///
+    /// Takes the namespace's map exclusively: writers hold it (shared) from series lookup to
+    /// commit, so a series found empty here cannot receive a sample concurrently.
+    pub(crate) fn remove_empty_series(&self, ns: Ns, sids: &[u64]) -> Result<u64> {
+        if sids.is_empty() {
+            return Ok(0);
+        }
+        let inner = &*self.inner;
+        let mut known = inner.series[ns.index].write();
+        let mut batch = inner.db.batch();
+        let mut gone = Vec::new();
+        for &sid in sids {
+            if self.has_samples_in(ns, sid, i64::MIN, i64::MAX)? {
+                continue;
+            }
+            let Some(labels) = self.labels_of(ns, sid)? else {
+                continue;
+            };
+            batch.remove(&inner.series_ids, keys::series_id_key(ns.id, &labels));
+            batch.remove(&inner.series_labels, keys::series_labels_key(ns.id, sid));
+            for (name, value) in labels.iter() {
+                batch.remove(&inner.postings, keys::postings_key(ns.id, name, value, sid));
+            }
+            gone.push(labels);
+        }
+        batch.commit()?;
+        for labels in &gone {
+            known.remove(labels);
+        }
+        Ok(gone.len() as u64)
     }
 
     /// Syncs everything written so far to disk.
@@ -405,13 +436,6 @@ impl Store {
             index,
             id: self.inner.ns_ids[index],
         })
-    }
-
-    pub(crate) fn ns_name(&self, ns: Ns) -> &str {
-        self.inner
-            .namespaces
-            .by_index(ns.index)
-            .map_or("", |n| n.name.as_str())
     }
 
     pub(crate) fn series_ids_of(&self, ns: Ns) -> Vec<u64> {

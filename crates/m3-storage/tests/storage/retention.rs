@@ -36,12 +36,15 @@ fn deletes_only_samples_older_than_each_namespace_keeps() {
         .unwrap();
 
     let report = store.enforce_retention(now).unwrap();
-    assert_eq!(
-        report.per_namespace,
-        vec![(RAW.to_string(), 3), (AGG.to_string(), 1)]
-    );
-    assert_eq!(report.total(), 4);
+    let summary: Vec<_> = report
+        .per_namespace
+        .iter()
+        .map(|n| (n.namespace.as_str(), n.samples_deleted, n.series_removed))
+        .collect();
+    assert_eq!(summary, vec![(RAW, 3, 1), (AGG, 1, 0)]);
+    assert_eq!((report.samples_deleted(), report.series_removed()), (4, 1));
     assert_eq!(store.metrics().samples_deleted_by_retention(), 4);
+    assert_eq!(store.metrics().series_removed_by_retention(), 1);
 
     let raw = store.select(RAW, &[], i64::MIN, i64::MAX).unwrap();
     assert_eq!(raw.len(), 1, "b has nothing left");
@@ -49,16 +52,66 @@ fn deletes_only_samples_older_than_each_namespace_keeps() {
     let agg = store.select(AGG, &[], i64::MIN, i64::MAX).unwrap();
     assert_eq!(agg[0].samples, vec![(raw_cutoff - 1, 1.0)]);
 
-    // Idempotent; the series index outlives its samples.
-    assert_eq!(store.enforce_retention(now).unwrap().total(), 0);
-    assert_eq!(store.series_count(RAW).unwrap(), 2);
-    // Writing to an emptied series later works.
-    store.write_batch(RAW, &[(&b, now, 6.0)]).unwrap();
+    // The emptied series is gone from the index: label queries no longer see it.
+    assert_eq!(store.series_count(RAW).unwrap(), 1);
+    assert!(
+        store
+            .label_values(RAW, "__name__", &[], i64::MIN, i64::MAX)
+            .unwrap()
+            .iter()
+            .all(|v| v != "b")
+    );
+    assert!(
+        store
+            .series(RAW, &[Matcher::equal("__name__", "b")], i64::MIN, i64::MAX)
+            .unwrap()
+            .is_empty()
+    );
+
+    // Idempotent.
+    let again = store.enforce_retention(now).unwrap();
+    assert_eq!((again.samples_deleted(), again.series_removed()), (0, 0));
+    // Writing the dropped series again recreates it.
+    let s = store.write_batch(RAW, &[(&b, now, 6.0)]).unwrap();
+    assert_eq!(s.series_created, 1);
     assert_eq!(
         store
             .select(RAW, &[Matcher::equal("__name__", "b")], 0, i64::MAX)
+            .unwrap()[0]
+            .samples,
+        vec![(now, 6.0)]
+    );
+}
+
+#[test]
+fn dropped_series_stay_dropped_after_restart() {
+    let dir = tmp();
+    let l = labels(&[("__name__", "gone"), ("job", "x")]);
+    let keep = labels(&[("__name__", "kept")]);
+    {
+        let store = open(dir.path());
+        store
+            .write_batch(RAW, &[(&l, 0, 1.0), (&keep, 100 * H_MS, 1.0)])
+            .unwrap();
+        assert_eq!(
+            store
+                .enforce_retention(100 * H_MS)
+                .unwrap()
+                .series_removed(),
+            1
+        );
+    }
+    let store = open(dir.path());
+    assert_eq!(store.series_count(RAW).unwrap(), 1);
+    assert_eq!(
+        store.label_names(RAW, &[], i64::MIN, i64::MAX).unwrap(),
+        vec!["__name__"]
+    );
+    assert_eq!(
+        store
+            .write_batch(RAW, &[(&l, 100 * H_MS, 2.0)])
             .unwrap()
-            .len(),
+            .series_created,
         1
     );
 }
@@ -73,7 +126,10 @@ fn deletes_across_several_batches_and_survives_restart() {
         let batch: Vec<_> = (0..n).map(|t| (&l, t, t as f64)).collect();
         store.write_batch(RAW, &batch).unwrap();
         let now = 48 * H_MS + n - 10; // keeps the last 10 samples
-        assert_eq!(store.enforce_retention(now).unwrap().total(), n as u64 - 10);
+        assert_eq!(
+            store.enforce_retention(now).unwrap().samples_deleted(),
+            n as u64 - 10
+        );
         store.close().unwrap();
     }
     let store = open(dir.path());
