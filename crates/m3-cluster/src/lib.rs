@@ -15,6 +15,7 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod election;
 pub mod keys;
 pub mod kv;
 pub mod placement;

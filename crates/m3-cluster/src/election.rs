@@ -1,0 +1,681 @@
+//! Leader election for a shard set, over any [`KvStore`].
+//!
+//! Every member of an aggregator shard set aggregates the same data, but only one may flush it
+//! downstream. Members campaign on the shard set's election key
+//! ([`crate::keys::election_key`]); the winner is leader until it resigns or stops renewing.
+//!
+//! # How it works
+//!
+//! The key holds one lease record: the leader's value (its instance ID) and the wall-clock time
+//! in milliseconds at which the lease expires. All writes are `check_and_set` against the version
+//! just read, so two candidates can never both win the same version.
+//!
+//! - A candidate that finds the key absent, expired or resigned writes itself as leader with
+//!   `expires_at = now + ttl`.
+//! - The leader renews every `ttl / 3`. When a renewal finds another version, someone else took
+//!   over and it steps down at once; when the backend fails it keeps trying and steps down by
+//!   itself once its own lease has run out.
+//! - Followers watch the key and wake up when the record changes or the lease expires.
+//! - [`LeaderElection::resign`] overwrites the record with an expired one (so followers take over
+//!   immediately) and holds the resigning member back from campaigning for one `ttl`.
+//!
+//! ```text
+//!   leader A   ──write──┬─renew─┬─renew─┬─ (crash: no more renewals)
+//!                       │ ttl/3 │       │
+//!   lease      [────────┼───────┼───────┼── ttl ──]
+//!   follower B  watch ..........................  expired → write B ── leader B
+//! ```
+//!
+//! Expiry compares wall-clock times written by different processes, so members' clocks must
+//! agree to well within a TTL (M3's default TTL is 10s; NTP keeps clocks within milliseconds).
+//! The clock is read as "wall clock at start + monotonic time since", which never jumps
+//! backwards and follows Tokio's paused time in tests. An etcd backend may later back the same
+//! API with etcd leases instead.
+//!
+//! # States
+//!
+//! As in M3: [`ElectionState::Leader`], [`ElectionState::Follower`] (another member leads),
+//! [`ElectionState::PendingFollower`] (this member just lost or gave up leadership and has not
+//! yet seen the new leader) and [`ElectionState::Unknown`] (not campaigning, or the KV store
+//! cannot be reached).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use prost::Message;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::kv::{KvError, KvStore, KvWatch, Versioned};
+
+/// Where this member stands in the election.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ElectionState {
+    /// Not campaigning, or the state cannot be known (KV store unreachable).
+    Unknown,
+    /// Another member leads.
+    Follower,
+    /// This member just stopped leading and has not yet seen who leads now.
+    PendingFollower,
+    /// This member leads.
+    Leader,
+}
+
+/// Errors of a [`LeaderElection`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ElectionError {
+    /// `resign` was called while not campaigning.
+    #[error("not campaigning in election {key:?}")]
+    NotCampaigning {
+        /// The election key.
+        key: String,
+    },
+    /// The KV store failed.
+    #[error(transparent)]
+    Kv(#[from] KvError),
+}
+
+/// The record stored at the election key.
+#[derive(Clone, PartialEq, Message)]
+struct LeaseRecord {
+    /// The leader's value (instance ID); empty after a resignation.
+    #[prost(string, tag = "1")]
+    leader: String,
+    /// Wall-clock milliseconds since the Unix epoch at which the lease ends.
+    #[prost(int64, tag = "2")]
+    expires_at_ms: i64,
+}
+
+impl LeaseRecord {
+    fn decode_lenient(bytes: &[u8]) -> Option<Self> {
+        LeaseRecord::decode(bytes).ok()
+    }
+
+    fn is_live(&self, now_ms: i64) -> bool {
+        !self.leader.is_empty() && self.expires_at_ms > now_ms
+    }
+}
+
+/// Wall clock in milliseconds, read as the wall time at creation plus monotonic time since.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    wall_ms_at_base: i64,
+    base: Instant,
+}
+
+impl Clock {
+    fn new() -> Self {
+        let wall_ms_at_base = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        Clock {
+            wall_ms_at_base,
+            base: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> i64 {
+        let since = i64::try_from(self.base.elapsed().as_millis()).unwrap_or(i64::MAX);
+        self.wall_ms_at_base.saturating_add(since)
+    }
+
+    /// The local instant at which wall time `ms` is reached (now if already past).
+    fn instant_of(&self, ms: i64) -> Instant {
+        let ahead = ms.saturating_sub(self.now_ms()).max(0);
+        Instant::now() + Duration::from_millis(u64::try_from(ahead).unwrap_or(0))
+    }
+}
+
+enum Command {
+    Resign(oneshot::Sender<Result<(), ElectionError>>),
+    Stop(oneshot::Sender<()>),
+}
+
+struct Running {
+    commands: mpsc::UnboundedSender<Command>,
+    handle: JoinHandle<()>,
+}
+
+struct Shared {
+    kv: Arc<dyn KvStore>,
+    key: String,
+    value: String,
+    ttl: Duration,
+    clock: Clock,
+    state: watch::Sender<ElectionState>,
+}
+
+/// One member's participation in one election. See the [module docs](self).
+///
+/// Dropping it stops campaigning without resigning: a leader's lease then runs out after the TTL
+/// and another member takes over, as after a crash. Call [`LeaderElection::close`] for a clean
+/// hand-over.
+pub struct LeaderElection {
+    shared: Arc<Shared>,
+    running: Mutex<Option<Running>>,
+}
+
+impl std::fmt::Debug for LeaderElection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaderElection")
+            .field("key", &self.shared.key)
+            .field("value", &self.shared.value)
+            .field("ttl", &self.shared.ttl)
+            .field("state", &*self.shared.state.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LeaderElection {
+    /// An election at `election_key` in which this member stands as `candidate_value` (its
+    /// instance ID) with lease `ttl` (M3's default: 10s). Nothing happens until
+    /// [`LeaderElection::campaign`]. A TTL under 3ms is raised to 3ms.
+    pub fn new(
+        kv: Arc<dyn KvStore>,
+        election_key: impl Into<String>,
+        candidate_value: impl Into<String>,
+        ttl: Duration,
+    ) -> Self {
+        let (state, _) = watch::channel(ElectionState::Unknown);
+        LeaderElection {
+            shared: Arc::new(Shared {
+                kv,
+                key: election_key.into(),
+                value: candidate_value.into(),
+                ttl: ttl.max(Duration::from_millis(3)),
+                clock: Clock::new(),
+                state,
+            }),
+            running: Mutex::new(None),
+        }
+    }
+
+    /// The election key.
+    pub fn key(&self) -> &str {
+        &self.shared.key
+    }
+
+    /// Starts campaigning in a background task (no-op when already campaigning) and returns a
+    /// receiver of this member's [`ElectionState`].
+    ///
+    /// # Panics
+    /// Spawns a task, so it must be called within a Tokio runtime.
+    pub fn campaign(&self) -> watch::Receiver<ElectionState> {
+        let mut running = self.running.lock();
+        let alive = running.as_ref().is_some_and(|r| !r.handle.is_finished());
+        if !alive {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let handle = tokio::spawn(run(self.shared.clone(), rx));
+            *running = Some(Running {
+                commands: tx,
+                handle,
+            });
+        }
+        self.shared.state.subscribe()
+    }
+
+    /// A receiver of this member's [`ElectionState`] (whether or not it campaigns).
+    pub fn state(&self) -> watch::Receiver<ElectionState> {
+        self.shared.state.subscribe()
+    }
+
+    /// Gives up leadership: the lease is marked expired so another member can take over at
+    /// once, this member becomes a follower and does not campaign again for one TTL. Does
+    /// nothing but the hold-off when not leading.
+    ///
+    /// # Errors
+    /// [`ElectionError::NotCampaigning`] when [`LeaderElection::campaign`] was not called;
+    /// [`ElectionError::Kv`] when the store failed (the lease then runs out by itself).
+    pub async fn resign(&self) -> Result<(), ElectionError> {
+        let not_campaigning = || ElectionError::NotCampaigning {
+            key: self.shared.key.clone(),
+        };
+        let commands = self
+            .running
+            .lock()
+            .as_ref()
+            .map(|r| r.commands.clone())
+            .ok_or_else(not_campaigning)?;
+        let (tx, rx) = oneshot::channel();
+        commands
+            .send(Command::Resign(tx))
+            .map_err(|_| not_campaigning())?;
+        rx.await.map_err(|_| not_campaigning())?
+    }
+
+    /// Stops campaigning, resigning first when leading, and waits for the background task.
+    /// The state becomes [`ElectionState::Unknown`].
+    pub async fn close(&self) {
+        let running = self.running.lock().take();
+        if let Some(running) = running {
+            let (tx, rx) = oneshot::channel();
+            if running.commands.send(Command::Stop(tx)).is_ok() {
+                let _ = rx.await;
+            }
+            let _ = running.handle.await;
+        }
+        self.shared.state.send_replace(ElectionState::Unknown);
+    }
+
+    /// The current leader's value as stored in KV, `None` when nobody holds a live lease.
+    ///
+    /// # Errors
+    /// [`ElectionError::Kv`] when the store failed.
+    pub async fn leader(&self) -> Result<Option<String>, ElectionError> {
+        let stored = self.shared.kv.get(&self.shared.key).await?;
+        let now = self.shared.clock.now_ms();
+        Ok(stored
+            .and_then(|v| LeaseRecord::decode_lenient(&v.value))
+            .filter(|r| r.is_live(now))
+            .map(|r| r.leader))
+    }
+}
+
+impl Drop for LeaderElection {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.get_mut().take() {
+            running.handle.abort();
+        }
+    }
+}
+
+/// What the follower phase decided.
+enum Next {
+    /// Try to write ourselves as leader over this version (0: key absent).
+    Acquire(i64),
+    /// Stop the task.
+    Stop,
+}
+
+/// What the leader phase ended with.
+enum LeaderExit {
+    Resigned,
+    Lost,
+    Stop,
+}
+
+async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>) {
+    let retry = shared.ttl / 10;
+    let mut hold_off_until: Option<Instant> = None;
+    let Some(mut watch) = open_watch(&shared, &mut commands, &mut hold_off_until).await else {
+        return;
+    };
+    loop {
+        let expected = match follow(&shared, &mut watch, &mut commands, &mut hold_off_until).await {
+            Next::Stop => return,
+            Next::Acquire(version) => version,
+        };
+        let record = LeaseRecord {
+            leader: shared.value.clone(),
+            expires_at_ms: shared.clock.now_ms().saturating_add(ttl_ms(shared.ttl)),
+        };
+        let lease_end = Instant::now() + shared.ttl;
+        match shared
+            .kv
+            .check_and_set(&shared.key, expected, Bytes::from(record.encode_to_vec()))
+            .await
+        {
+            Ok(version) => {
+                shared.state.send_replace(ElectionState::Leader);
+                tracing::info!(key = %shared.key, value = %shared.value, "became leader");
+                match lead(&shared, &mut watch, &mut commands, version, lease_end).await {
+                    LeaderExit::Stop => return,
+                    LeaderExit::Resigned => {
+                        hold_off_until = Some(Instant::now() + shared.ttl);
+                    }
+                    LeaderExit::Lost => {}
+                }
+            }
+            Err(KvError::VersionMismatch { .. }) => {
+                // Somebody else wrote first; wait for the watch to show it before deciding again.
+                let _ = tokio::time::timeout(retry, watch.changed()).await;
+            }
+            Err(err) => {
+                tracing::warn!(key = %shared.key, error = %err, "campaign write failed; retrying");
+                shared.state.send_replace(ElectionState::Unknown);
+                tokio::time::sleep(retry).await;
+            }
+        }
+    }
+}
+
+fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Opens the KV watch, retrying while the store fails. `None` when asked to stop meanwhile.
+async fn open_watch(
+    shared: &Shared,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    hold_off_until: &mut Option<Instant>,
+) -> Option<KvWatch> {
+    loop {
+        match shared.kv.watch(&shared.key).await {
+            Ok(w) => return Some(w),
+            Err(err) => {
+                tracing::warn!(key = %shared.key, error = %err, "cannot watch election key; retrying");
+                shared.state.send_replace(ElectionState::Unknown);
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(shared.ttl / 10) => {}
+            cmd = commands.recv() => match cmd {
+                None | Some(Command::Stop(_)) => return None,
+                Some(Command::Resign(reply)) => {
+                    *hold_off_until = Some(Instant::now() + shared.ttl);
+                    let _ = reply.send(Ok(()));
+                }
+            },
+        }
+    }
+}
+
+/// Follows the election until this member should try to acquire the lease.
+async fn follow(
+    shared: &Shared,
+    watch: &mut KvWatch,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    hold_off_until: &mut Option<Instant>,
+) -> Next {
+    loop {
+        let current: Option<Versioned> = watch.borrow_and_update().clone();
+        let now_ms = shared.clock.now_ms();
+        let (version, live) = match &current {
+            None => (0, None),
+            Some(v) => (
+                v.version,
+                LeaseRecord::decode_lenient(&v.value).filter(|r| r.is_live(now_ms)),
+            ),
+        };
+        let held_off = hold_off_until.is_some_and(|t| Instant::now() < t);
+        let wake_at = match &live {
+            Some(record) if record.leader != shared.value => {
+                shared.state.send_replace(ElectionState::Follower);
+                Some(shared.clock.instant_of(record.expires_at_ms))
+            }
+            // Our own live record (a restarted campaign): take it back by renewing it.
+            Some(_) if !held_off => return Next::Acquire(version),
+            None if !held_off => return Next::Acquire(version),
+            _ => {
+                if *shared.state.borrow() == ElectionState::Leader {
+                    shared.state.send_replace(ElectionState::Follower);
+                }
+                None
+            }
+        };
+        let wake_at = match (wake_at, *hold_off_until) {
+            (Some(a), Some(b)) if held_off => Some(a.max(b)),
+            (None, Some(b)) if held_off => Some(b),
+            (a, _) => a,
+        };
+        tokio::select! {
+            changed = watch.changed() => {
+                if changed.is_err() {
+                    // The backend closed the watch: open a new one.
+                    match open_watch(shared, commands, hold_off_until).await {
+                        Some(w) => *watch = w,
+                        None => return Next::Stop,
+                    }
+                }
+            }
+            () = sleep_until_opt(wake_at) => {}
+            cmd = commands.recv() => match cmd {
+                None | Some(Command::Stop(_)) => return Next::Stop,
+                Some(Command::Resign(reply)) => {
+                    *hold_off_until = Some(Instant::now() + shared.ttl);
+                    let _ = reply.send(Ok(()));
+                }
+            },
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Leads: renews every ttl/3 until resigned, stopped or overtaken.
+async fn lead(
+    shared: &Shared,
+    watch: &mut KvWatch,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    mut version: i64,
+    mut lease_end: Instant,
+) -> LeaderExit {
+    let renew_every = shared.ttl / 3;
+    let mut next_renewal = Instant::now() + renew_every;
+    let mut watch_open = true;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(next_renewal) => {
+                let record = LeaseRecord {
+                    leader: shared.value.clone(),
+                    expires_at_ms: shared.clock.now_ms().saturating_add(ttl_ms(shared.ttl)),
+                };
+                let attempt_end = Instant::now() + shared.ttl;
+                match shared
+                    .kv
+                    .check_and_set(&shared.key, version, Bytes::from(record.encode_to_vec()))
+                    .await
+                {
+                    Ok(v) => {
+                        version = v;
+                        lease_end = attempt_end;
+                    }
+                    Err(KvError::VersionMismatch { .. }) => return step_down(shared, "lease taken over"),
+                    Err(err) => {
+                        tracing::warn!(key = %shared.key, error = %err, "lease renewal failed");
+                        if Instant::now() >= lease_end {
+                            shared.state.send_replace(ElectionState::Unknown);
+                            tracing::warn!(key = %shared.key, "lease ran out without renewal; stepping down");
+                            return LeaderExit::Lost;
+                        }
+                    }
+                }
+                next_renewal = Instant::now() + renew_every;
+            }
+            changed = watch.changed(), if watch_open => {
+                if changed.is_err() {
+                    // Keep leading on renewals alone; the follower phase reopens the watch.
+                    watch_open = false;
+                    continue;
+                }
+                let overtaken = watch
+                    .borrow_and_update()
+                    .as_ref()
+                    .is_none_or(|v| v.version != version);
+                if overtaken {
+                    return step_down(shared, "election key changed by another writer");
+                }
+            }
+            cmd = commands.recv() => match cmd {
+                None => return LeaderExit::Stop,
+                Some(Command::Stop(reply)) => {
+                    let _ = give_up(shared, version).await;
+                    let _ = reply.send(());
+                    return LeaderExit::Stop;
+                }
+                Some(Command::Resign(reply)) => {
+                    let result = give_up(shared, version).await;
+                    shared.state.send_replace(ElectionState::Follower);
+                    tracing::info!(key = %shared.key, value = %shared.value, "resigned leadership");
+                    let _ = reply.send(result);
+                    return LeaderExit::Resigned;
+                }
+            },
+        }
+    }
+}
+
+fn step_down(shared: &Shared, why: &str) -> LeaderExit {
+    tracing::warn!(key = %shared.key, value = %shared.value, why, "lost leadership");
+    shared.state.send_replace(ElectionState::PendingFollower);
+    LeaderExit::Lost
+}
+
+/// Marks our lease expired so followers take over at once. A version mismatch means we were no
+/// longer leader, which is the outcome wanted.
+async fn give_up(shared: &Shared, version: i64) -> Result<(), ElectionError> {
+    let expired = LeaseRecord {
+        leader: String::new(),
+        expires_at_ms: 0,
+    };
+    match shared
+        .kv
+        .check_and_set(&shared.key, version, Bytes::from(expired.encode_to_vec()))
+        .await
+    {
+        Ok(_) | Err(KvError::VersionMismatch { .. }) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::memory::MemoryKv;
+
+    const TTL: Duration = Duration::from_secs(10);
+    const KEY: &str = "_ld/default_env/m3aggregator/shardset/1/lock";
+
+    fn candidates(kv: &Arc<MemoryKv>, n: usize) -> Vec<LeaderElection> {
+        (0..n)
+            .map(|i| LeaderElection::new(kv.clone(), KEY, format!("agg{i}"), TTL))
+            .collect()
+    }
+
+    fn leaders(elections: &[LeaderElection]) -> Vec<usize> {
+        elections
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| *e.state().borrow() == ElectionState::Leader)
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exactly_one_of_three_leads_and_keeps_leading() {
+        let kv = Arc::new(MemoryKv::new());
+        let elections = candidates(&kv, 3);
+        for e in &elections {
+            e.campaign();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let lead = leaders(&elections);
+        assert_eq!(lead.len(), 1, "exactly one leader");
+        let leader_value = format!("agg{}", lead[0]);
+        for (i, e) in elections.iter().enumerate() {
+            if i != lead[0] {
+                assert_eq!(*e.state().borrow(), ElectionState::Follower);
+            }
+            assert_eq!(e.leader().await.unwrap(), Some(leader_value.clone()));
+        }
+        // Renewals keep the same leader across many TTLs.
+        tokio::time::sleep(TTL * 5).await;
+        assert_eq!(leaders(&elections), lead);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resign_hands_over() {
+        let kv = Arc::new(MemoryKv::new());
+        let elections = candidates(&kv, 2);
+        for e in &elections {
+            e.campaign();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let first = leaders(&elections)[0];
+        let other = 1 - first;
+        let started = Instant::now();
+        elections[first].resign().await.unwrap();
+        assert_eq!(*elections[first].state().borrow(), ElectionState::Follower);
+        let mut rx = elections[other].state();
+        rx.wait_for(|s| *s == ElectionState::Leader).await.unwrap();
+        assert!(
+            started.elapsed() < TTL,
+            "hand-over must not wait for the TTL"
+        );
+        tokio::time::sleep(TTL * 3).await;
+        assert_eq!(leaders(&elections), vec![other]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropped_leader_is_replaced_after_the_ttl() {
+        let kv = Arc::new(MemoryKv::new());
+        let mut elections = candidates(&kv, 3);
+        for e in &elections {
+            e.campaign();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let first = leaders(&elections)[0];
+        drop(elections.remove(first));
+        let dropped_at = Instant::now();
+
+        tokio::time::sleep(TTL / 2).await;
+        assert!(leaders(&elections).is_empty(), "lease still held");
+
+        let mut rxs: Vec<_> = elections.iter().map(LeaderElection::state).collect();
+        let (a, b) = rxs.split_at_mut(1);
+        tokio::select! {
+            _ = a[0].wait_for(|s| *s == ElectionState::Leader) => {}
+            _ = b[0].wait_for(|s| *s == ElectionState::Leader) => {}
+        }
+        let waited = dropped_at.elapsed();
+        assert!(waited <= TTL + Duration::from_secs(1), "took {waited:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(leaders(&elections).len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn overwritten_lease_makes_the_leader_step_down() {
+        let kv = Arc::new(MemoryKv::new());
+        let e = LeaderElection::new(kv.clone(), KEY, "agg0", TTL);
+        let mut rx = e.campaign();
+        rx.wait_for(|s| *s == ElectionState::Leader).await.unwrap();
+        let intruder = LeaseRecord {
+            leader: "intruder".into(),
+            expires_at_ms: i64::MAX,
+        };
+        kv.set(KEY, Bytes::from(intruder.encode_to_vec()))
+            .await
+            .unwrap();
+        rx.wait_for(|s| *s == ElectionState::Follower)
+            .await
+            .unwrap();
+        assert_eq!(e.leader().await.unwrap(), Some("intruder".into()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_hands_over_and_garbage_is_overwritten() {
+        let kv = Arc::new(MemoryKv::new());
+        kv.set(KEY, Bytes::from_static(b"\xff\xff not a record"))
+            .await
+            .unwrap();
+        let elections = candidates(&kv, 2);
+        assert!(matches!(
+            elections[0].resign().await,
+            Err(ElectionError::NotCampaigning { .. })
+        ));
+        for e in &elections {
+            e.campaign();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let first = leaders(&elections)[0];
+        let other = 1 - first;
+        elections[first].close().await;
+        assert_eq!(*elections[first].state().borrow(), ElectionState::Unknown);
+        let mut rx = elections[other].state();
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            rx.wait_for(|s| *s == ElectionState::Leader),
+        )
+        .await
+        .expect("hand-over on close is immediate")
+        .unwrap();
+    }
+}
