@@ -119,7 +119,7 @@ impl Drop for RefMessage {
         if self.finish(DROPPED) {
             self.accounting
                 .metrics
-                .inc_dropped(DropReason::no_consumer_service);
+                .inc_dropped(DropReason::NoConsumerService);
         }
     }
 }
@@ -186,7 +186,7 @@ impl Buffer {
             if let Some(msg) = oldest.upgrade()
                 && msg.drop_now()
             {
-                acct.metrics.inc_dropped(DropReason::buffer_full);
+                acct.metrics.inc_dropped(DropReason::BufferFull);
             }
         }
         let msg = Arc::new(RefMessage {
@@ -274,7 +274,7 @@ mod tests {
         assert_eq!(buf.live(), 0);
         assert!(msg.value().is_none());
         drop(msg);
-        assert_eq!(metrics.dropped(DropReason::no_consumer_service), 0);
+        assert_eq!(metrics.dropped(DropReason::NoConsumerService), 0);
     }
 
     #[tokio::test]
@@ -286,7 +286,7 @@ mod tests {
         assert!(!a.is_live());
         assert!(b.is_live() && c.is_live());
         assert_eq!(buf.used_bytes(), 8);
-        assert_eq!(metrics.dropped(DropReason::buffer_full), 1);
+        assert_eq!(metrics.dropped(DropReason::BufferFull), 1);
         // The writer's late reference return changes nothing.
         a.dec_ref();
         assert_eq!(buf.used_bytes(), 8);
@@ -305,6 +305,6 @@ mod tests {
         let (buf, metrics) = buffer(10, OnFull::DropOldest);
         drop(buf.admit(0, Bytes::from_static(b"x"), 1).unwrap());
         assert_eq!(buf.used_bytes(), 0);
-        assert_eq!(metrics.dropped(DropReason::no_consumer_service), 1);
+        assert_eq!(metrics.dropped(DropReason::NoConsumerService), 1);
     }
 }

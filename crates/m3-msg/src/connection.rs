@@ -248,12 +248,12 @@ impl Task {
                     Ok(Some(frame)) => frame,
                     Ok(None) => break,
                     Err(err) => {
-                        self.metrics.inc_ack_frame_error(FrameErrorKind::too_large);
+                        self.metrics.inc_ack_frame_error(FrameErrorKind::TooLarge);
                         return Err(err.into());
                     }
                 };
                 let ack = msgpb::Ack::decode(frame).inspect_err(|_| {
-                    self.metrics.inc_ack_frame_error(FrameErrorKind::decode);
+                    self.metrics.inc_ack_frame_error(FrameErrorKind::Decode);
                 })?;
                 if !ack.metadata.is_empty() && self.acks.send(ack.metadata).await.is_err() {
                     return Err(SessionEnd::Stopped);

@@ -328,7 +328,7 @@ impl ConnectionTask {
                     Ok(Some(frame)) => frame,
                     Ok(None) => break,
                     Err(err) => {
-                        self.metrics.inc_frame_error(FrameErrorKind::too_large);
+                        self.metrics.inc_frame_error(FrameErrorKind::TooLarge);
                         warn!(peer = %self.peer, error = %err, "m3msg frame too large; closing connection");
                         return;
                     }
@@ -336,7 +336,7 @@ impl ConnectionTask {
                 let msg = match msgpb::Message::decode(frame) {
                     Ok(msg) => msg,
                     Err(err) => {
-                        self.metrics.inc_frame_error(FrameErrorKind::decode);
+                        self.metrics.inc_frame_error(FrameErrorKind::Decode);
                         warn!(peer = %self.peer, error = %err, "m3msg frame not decodable; closing connection");
                         return;
                     }

@@ -15,57 +15,108 @@
 //! [`DropReason`]; messages refused by `produce` (the caller still holds them) are counted in
 //! `rejected`.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-/// Why the producer gave up on a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
+/// Why the producer gave up on a message. The label value is the snake_case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DropReason {
-    /// Pushed out of a full buffer by a newer message (`OnFull::DropOldest`). Counted once
-    /// per message.
-    buffer_full,
-    /// Not acked by a consumer service within its message TTL. Counted per service (and per
-    /// replica for REPLICATED).
-    ttl_expired,
-    /// No instance of the service owns the shard (REPLICATED at produce time, or a replica
-    /// slot that lost its instance with no replacement). Counted per service / replica.
-    no_consumer_instance,
-    /// No consumer service at produce time, or the service was removed with messages
-    /// outstanding. Counted per message or per service.
-    no_consumer_service,
-    /// The message could not be framed (larger than the writer's `maxMessageSize`).
-    encode_error,
-    /// Still un-acked when [`Producer::close`](crate::Producer::close) gave up waiting.
-    closed,
+    /// `buffer_full`: pushed out of a full buffer by a newer message (`OnFull::DropOldest`).
+    /// Counted once per message.
+    BufferFull,
+    /// `ttl_expired`: not acked by a consumer service within its message TTL. Counted per
+    /// service (and per replica for REPLICATED).
+    TtlExpired,
+    /// `no_consumer_instance`: no instance of the service owns the shard (REPLICATED at
+    /// produce time, or a replica slot that lost its instance with no replacement). Counted
+    /// per service / replica.
+    NoConsumerInstance,
+    /// `no_consumer_service`: no consumer service at produce time, or the service was removed
+    /// with messages outstanding. Counted per message or per service.
+    NoConsumerService,
+    /// `encode_error`: the message could not be framed (larger than the writer's
+    /// `maxMessageSize`).
+    EncodeError,
+    /// `closed`: still un-acked when [`Producer::close`](crate::Producer::close) gave up
+    /// waiting, or when the producer was dropped.
+    Closed,
 }
 
-/// Why `produce` refused a message (it was handed back, not lost).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
+impl DropReason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BufferFull => "buffer_full",
+            Self::TtlExpired => "ttl_expired",
+            Self::NoConsumerInstance => "no_consumer_instance",
+            Self::NoConsumerService => "no_consumer_service",
+            Self::EncodeError => "encode_error",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+/// Why `produce` refused a message (it was handed back, not lost). The label value is the
+/// snake_case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RejectReason {
-    /// The buffer is full and the strategy is `OnFull::ReturnError`.
-    buffer_full,
-    /// The value is larger than `maxMessageSize` or the whole buffer.
-    too_large,
-    /// The shard is not below the topic's shard count.
-    invalid_shard,
-    /// The producer is closed.
-    closed,
+    /// `buffer_full`: the buffer is full and the strategy is `OnFull::ReturnError`.
+    BufferFull,
+    /// `too_large`: the value is larger than `maxMessageSize` or the whole buffer.
+    TooLarge,
+    /// `invalid_shard`: the shard is not below the topic's shard count.
+    InvalidShard,
+    /// `closed`: the producer is closed.
+    Closed,
 }
 
-/// Which frame check failed on the consumer side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum FrameErrorKind {
-    /// The length prefix exceeds the maximum message size.
-    too_large,
-    /// The payload is not a valid protobuf `Message` (or `Ack` on the producer side).
-    decode,
+impl RejectReason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BufferFull => "buffer_full",
+            Self::TooLarge => "too_large",
+            Self::InvalidShard => "invalid_shard",
+            Self::Closed => "closed",
+        }
+    }
 }
+
+/// Which frame check failed. The label value is the snake_case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FrameErrorKind {
+    /// `too_large`: the length prefix exceeds the maximum message size.
+    TooLarge,
+    /// `decode`: the payload is not a valid protobuf `Message` (or `Ack` on the producer
+    /// side).
+    Decode,
+}
+
+impl FrameErrorKind {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TooLarge => "too_large",
+            Self::Decode => "decode",
+        }
+    }
+}
+
+macro_rules! label_value_from_as_str {
+    ($($ty:ty),*) => {$(
+        impl EncodeLabelValue for $ty {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+                encoder.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+label_value_from_as_str!(DropReason, RejectReason, FrameErrorKind);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub(crate) struct DropLabels {

@@ -87,7 +87,7 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.buffer.drop_all(DropReason::closed);
+        self.buffer.drop_all(DropReason::Closed);
         self.cancel.cancel();
     }
 }
@@ -200,10 +200,10 @@ impl Producer {
         let result = self.try_produce(shard, value);
         if let Err(err) = &result {
             let reason = match err {
-                ProduceError::BufferFull { .. } => RejectReason::buffer_full,
-                ProduceError::TooLarge { .. } => RejectReason::too_large,
-                ProduceError::InvalidShard { .. } => RejectReason::invalid_shard,
-                ProduceError::Closed { .. } => RejectReason::closed,
+                ProduceError::BufferFull { .. } => RejectReason::BufferFull,
+                ProduceError::TooLarge { .. } => RejectReason::TooLarge,
+                ProduceError::InvalidShard { .. } => RejectReason::InvalidShard,
+                ProduceError::Closed { .. } => RejectReason::Closed,
             };
             inner.metrics.inc_rejected(reason);
         }
@@ -233,7 +233,7 @@ impl Producer {
         let services = inner.services.lock();
         if services.is_empty() {
             inner.metrics.inc_produced();
-            inner.metrics.inc_dropped(DropReason::no_consumer_service);
+            inner.metrics.inc_dropped(DropReason::NoConsumerService);
             return Ok(());
         }
         let msg = inner.buffer.admit(shard, value, services.len())?;
@@ -241,7 +241,7 @@ impl Producer {
         for writer in services.values() {
             if let Err(msg) = writer.send(Arc::clone(&msg)) {
                 if msg.is_live() {
-                    inner.metrics.inc_dropped(DropReason::no_consumer_service);
+                    inner.metrics.inc_dropped(DropReason::NoConsumerService);
                 }
                 msg.dec_ref();
             }
@@ -282,7 +282,7 @@ impl Producer {
             .buffer
             .wait_drained(Instant::now() + timeout)
             .await;
-        let dropped = self.inner.buffer.drop_all(DropReason::closed);
+        let dropped = self.inner.buffer.drop_all(DropReason::Closed);
         let writers: Vec<WriterHandle> = self
             .inner
             .services

@@ -45,6 +45,8 @@ use crate::topology::{ConsumerInstances, ConsumerServiceSpec, ConsumptionType};
 
 /// Due copies handled per wake-up before acks and new messages get a turn.
 const DUE_BATCH: usize = 4096;
+/// New messages taken per wake-up.
+const NEW_BATCH: usize = 1024;
 /// Ack frames buffered between connections and the writer.
 const ACK_CHANNEL: usize = 1024;
 
@@ -163,7 +165,13 @@ impl Writer {
         self.apply(&snapshot);
         let mut watching = true;
         loop {
-            let next_due = self.schedule.peek().map(|Reverse((due, _, _))| *due);
+            // Due work first, in bounded batches, so a steady stream of new messages or acks
+            // can never starve retries and TTL expiry.
+            let mut next_due = self.schedule.peek().map(|Reverse((due, _, _))| *due);
+            if next_due.is_some_and(|due| due <= Instant::now()) {
+                self.on_due();
+                next_due = self.schedule.peek().map(|Reverse((due, _, _))| *due);
+            }
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => break,
@@ -177,7 +185,13 @@ impl Writer {
                 },
                 Some(batch) = ack_rx.recv() => self.on_acks(batch),
                 msg = rx.recv() => match msg {
-                    Some(msg) => self.on_new(msg),
+                    Some(msg) => {
+                        self.on_new(msg);
+                        for _ in 0..NEW_BATCH {
+                            let Ok(msg) = rx.try_recv() else { break };
+                            self.on_new(msg);
+                        }
+                    }
                     None => break,
                 },
                 _ = sleep_until_opt(next_due) => self.on_due(),
@@ -195,7 +209,7 @@ impl Writer {
             return;
         };
         if frame_len(&value) > self.config.max_message_size {
-            self.metrics.inc_dropped(DropReason::encode_error);
+            self.metrics.inc_dropped(DropReason::EncodeError);
             warn!(
                 service = %self.spec.name,
                 size = value.len(),
@@ -217,7 +231,7 @@ impl Writer {
                     .map(|(slot, _)| slot as u64 * n + u64::from(shard))
                     .collect();
                 if keys.is_empty() {
-                    self.metrics.inc_dropped(DropReason::no_consumer_instance);
+                    self.metrics.inc_dropped(DropReason::NoConsumerInstance);
                     msg.dec_ref();
                     return;
                 }
@@ -278,7 +292,7 @@ impl Writer {
         if value.is_none() || expired {
             if let Some(p) = self.remove(key, id) {
                 if expired && p.msg.is_live() {
-                    self.metrics.inc_dropped(DropReason::ttl_expired);
+                    self.metrics.inc_dropped(DropReason::TtlExpired);
                 }
                 p.msg.dec_ref();
             }
@@ -507,7 +521,7 @@ impl Writer {
             if let Some(queue) = self.queues.remove(&key) {
                 for (_, p) in queue {
                     if p.msg.is_live() {
-                        self.metrics.inc_dropped(DropReason::no_consumer_instance);
+                        self.metrics.inc_dropped(DropReason::NoConsumerInstance);
                     }
                     p.msg.dec_ref();
                 }
@@ -520,7 +534,7 @@ impl Writer {
         rx.close();
         let count = |msg: &RefMessage, metrics: &ProducerMetrics| {
             if removed && msg.is_live() {
-                metrics.inc_dropped(DropReason::no_consumer_service);
+                metrics.inc_dropped(DropReason::NoConsumerService);
             }
         };
         while let Ok(msg) = rx.try_recv() {
