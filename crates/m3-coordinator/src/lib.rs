@@ -1,5 +1,7 @@
 //! The coordinator: where Prometheus writes and queries, and where aggregated metrics are stored.
 
+pub mod aggregator_client;
 pub mod config;
 pub mod downsample;
+pub mod metrics;
 pub mod remote_write;

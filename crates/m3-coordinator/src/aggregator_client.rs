@@ -1,0 +1,634 @@
+//! The aggregator client: routes every metric to each aggregator instance that owns its shard.
+//!
+//! ```text
+//! request ──▶ ClientBatch (one buffer per instance, no locks) ──commit──▶ InstanceWriter queue
+//!                                                                   └──▶ writer task ──TCP──▶ m3aggregator
+//! ```
+//!
+//! * **Routing.** shard = murmur3_32(id) % numShards; the metric goes to *every* instance whose
+//!   copy of the shard accepts writes at the metric's time: from `cutover − warmup` to
+//!   `cutoff + linger` (M3's `shardCutoverWarmupDuration` / `shardCutoffLingerDuration`), so
+//!   shard moves lose nothing. The placement comes from a KV watch and is swapped in whole.
+//! * **Batching.** A request encodes all its metrics into per-instance buffers first and queues
+//!   each buffer once, so the hot path takes no lock per sample.
+//! * **Queues.** Each instance has a bounded queue of batches (`queueSize`); when it is full,
+//!   `queueDropType: oldest` drops the oldest batch and `current` the new one. Every dropped
+//!   metric is counted. A slow or dead instance only fills its own queue; writes to the others
+//!   go on (M3 issue 4133 was a client that blocked entirely).
+//! * **Connections.** One writer task per instance connects, writes batches with a write
+//!   timeout, and reconnects with backoff. rawtcp has no acks: a batch whose write fails is
+//!   retried once on a new connection, then dropped and counted.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use m3_cluster::placement::Placement;
+use parking_lot::{Mutex, RwLock};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AggregatorClientConfig, QueueDropType};
+use crate::metrics::{CoordinatorMetrics, DropReason};
+
+/// Client settings, resolved from `downsample.remoteAggregator.client`.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Batches queued per instance.
+    pub queue_size: usize,
+    /// What a full queue drops.
+    pub queue_drop_type: QueueDropType,
+    /// Write to a new owner this long before its cutover.
+    pub cutover_warmup: Duration,
+    /// Keep writing to an old owner this long after its cutoff.
+    pub cutoff_linger: Duration,
+    /// Dial timeout.
+    pub connect_timeout: Duration,
+    /// Write timeout.
+    pub write_timeout: Duration,
+    /// Longest wait between reconnect attempts.
+    pub max_reconnect_backoff: Duration,
+    /// Largest single encoded metric.
+    pub max_message_size: usize,
+    /// How long startup waits for the placement.
+    pub init_watch_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            queue_size: 128,
+            queue_drop_type: QueueDropType::Oldest,
+            cutover_warmup: Duration::from_secs(600),
+            cutoff_linger: Duration::from_secs(3600),
+            connect_timeout: Duration::from_secs(1),
+            write_timeout: Duration::from_secs(15),
+            max_reconnect_backoff: Duration::from_secs(20),
+            max_message_size: m3_proto::framing::DEFAULT_RAWTCP_MAX_MESSAGE_SIZE,
+            init_watch_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ClientOptions {
+    /// Options from the config block; absent keys take M3's code defaults.
+    pub fn from_config(config: &AggregatorClientConfig) -> ClientOptions {
+        let d = ClientOptions::default();
+        ClientOptions {
+            queue_size: config.queue_size.unwrap_or(d.queue_size).max(1),
+            queue_drop_type: config.queue_drop_type.unwrap_or_default(),
+            cutover_warmup: config
+                .shard_cutover_warmup_duration
+                .unwrap_or(d.cutover_warmup),
+            cutoff_linger: config
+                .shard_cutoff_linger_duration
+                .unwrap_or(d.cutoff_linger),
+            connect_timeout: config
+                .connection
+                .connection_timeout
+                .unwrap_or(d.connect_timeout),
+            write_timeout: config.connection.write_timeout.unwrap_or(d.write_timeout),
+            max_reconnect_backoff: config
+                .connection
+                .max_reconnect_duration
+                .unwrap_or(d.max_reconnect_backoff),
+            max_message_size: config
+                .encoder
+                .max_message_size
+                .unwrap_or(d.max_message_size),
+            init_watch_timeout: config
+                .placement_watcher
+                .init_watch_timeout
+                .unwrap_or(d.init_watch_timeout),
+        }
+    }
+}
+
+/// One queued batch: encoded frames and how many metrics they hold.
+struct QueuedBatch {
+    bytes: Bytes,
+    metrics: u64,
+    retried: bool,
+}
+
+/// The queue and connection of one aggregator instance.
+struct InstanceWriter {
+    id: String,
+    endpoint: String,
+    queue: Mutex<VecDeque<QueuedBatch>>,
+    notify: Notify,
+    cancel: CancellationToken,
+}
+
+/// Which instance accepts a shard, and during which times.
+#[derive(Clone, Copy)]
+struct Owner {
+    instance: usize,
+    from_nanos: i64,
+    until_nanos: i64,
+}
+
+/// A placement turned into routing tables.
+struct Topology {
+    num_shards: u32,
+    writers: Vec<Arc<InstanceWriter>>,
+    owners: Vec<Vec<Owner>>,
+}
+
+/// The aggregator client. Cheap to share behind an `Arc`.
+pub struct AggregatorClient {
+    options: ClientOptions,
+    topology: RwLock<Option<Arc<Topology>>>,
+    writers: Mutex<HashMap<(String, String), Arc<InstanceWriter>>>,
+    metrics: CoordinatorMetrics,
+    cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for AggregatorClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AggregatorClient")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AggregatorClient {
+    /// A client with no placement yet; feed it with [`AggregatorClient::update_placement`] or
+    /// [`AggregatorClient::follow`].
+    pub fn new(options: ClientOptions, metrics: CoordinatorMetrics) -> Arc<AggregatorClient> {
+        Arc::new(AggregatorClient {
+            options,
+            topology: RwLock::new(None),
+            writers: Mutex::new(HashMap::new()),
+            metrics,
+            cancel: CancellationToken::new(),
+        })
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    /// Follows a placement watch until `cancel`: every new placement is swapped in.
+    pub fn follow(
+        self: &Arc<Self>,
+        mut watch: m3_cluster::kv::DecodedWatch<Placement>,
+        cancel: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let client = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                let current = watch.borrow_and_update().clone();
+                match current {
+                    Some(versioned) => client.update_placement(&versioned.value),
+                    None => client.clear_placement(),
+                }
+                tokio::select! {
+                    changed = watch.changed() => if changed.is_err() { break },
+                    () = cancel.cancelled() => break,
+                }
+            }
+        })
+    }
+
+    /// Waits until a placement is known, up to the configured `initWatchTimeout`.
+    ///
+    /// # Errors
+    /// When no placement arrived in time (M3: "init watch timeout").
+    pub async fn wait_for_placement(&self) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + self.options.init_watch_timeout;
+        while self.topology.read().is_none() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "init watch timeout: no m3aggregator placement after {:?}",
+                    self.options.init_watch_timeout
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    fn clear_placement(&self) {
+        *self.topology.write() = None;
+        let old: Vec<_> = self.writers.lock().drain().map(|(_, w)| w).collect();
+        for w in old {
+            w.cancel.cancel();
+        }
+    }
+
+    /// Replaces the routing tables with those of `placement`, reusing the writers (and queued
+    /// batches) of instances that stay, starting writers for new ones and stopping removed ones.
+    pub fn update_placement(self: &Arc<Self>, placement: &Placement) {
+        let warmup = duration_nanos(self.options.cutover_warmup);
+        let linger = duration_nanos(self.options.cutoff_linger);
+        let mut writers = self.writers.lock();
+        let mut kept = HashMap::new();
+        let mut topology = Topology {
+            num_shards: placement.num_shards,
+            writers: Vec::new(),
+            owners: vec![Vec::new(); placement.num_shards as usize],
+        };
+        for instance in placement.instances() {
+            let key = (instance.id.clone(), instance.endpoint.clone());
+            let writer = writers
+                .remove(&key)
+                .unwrap_or_else(|| self.start_writer(&key.0, &key.1));
+            kept.insert(key, Arc::clone(&writer));
+            let index = topology.writers.len();
+            topology.writers.push(writer);
+            for shard in &instance.shards {
+                let Some(slot) = topology.owners.get_mut(shard.id as usize) else {
+                    continue;
+                };
+                let from_nanos = if shard.cutover_nanos > 0 {
+                    shard.cutover_nanos.saturating_sub(warmup)
+                } else {
+                    i64::MIN
+                };
+                let cutoff = shard.effective_cutoff_nanos();
+                let until_nanos = if cutoff > 0 && cutoff < i64::MAX {
+                    cutoff.saturating_add(linger)
+                } else {
+                    i64::MAX
+                };
+                slot.push(Owner {
+                    instance: index,
+                    from_nanos,
+                    until_nanos,
+                });
+            }
+        }
+        for (_, removed) in writers.drain() {
+            removed.cancel.cancel();
+        }
+        *writers = kept;
+        drop(writers);
+        *self.topology.write() = Some(Arc::new(topology));
+    }
+
+    fn start_writer(self: &Arc<Self>, id: &str, endpoint: &str) -> Arc<InstanceWriter> {
+        let writer = Arc::new(InstanceWriter {
+            id: id.to_string(),
+            endpoint: endpoint.to_string(),
+            queue: Mutex::new(VecDeque::new()),
+            notify: Notify::new(),
+            cancel: self.cancel.child_token(),
+        });
+        let task_writer = Arc::clone(&writer);
+        let options = self.options.clone();
+        let metrics = self.metrics.clone();
+        tokio::spawn(run_writer(task_writer, options, metrics));
+        writer
+    }
+
+    /// Starts a batch for one request against the current placement.
+    pub fn batch(&self) -> ClientBatch {
+        let topology = self.topology.read().clone();
+        let buffers = topology
+            .as_ref()
+            .map(|t| (0..t.writers.len()).map(|_| (BytesMut::new(), 0)).collect())
+            .unwrap_or_default();
+        ClientBatch { topology, buffers }
+    }
+
+    /// Queues every buffer of `batch` on its instance.
+    pub fn commit(&self, batch: ClientBatch) {
+        let Some(topology) = batch.topology else {
+            return;
+        };
+        for (writer, (buffer, metrics)) in topology.writers.iter().zip(batch.buffers) {
+            if metrics == 0 {
+                continue;
+            }
+            self.metrics.samples_forwarded.inc_by(metrics);
+            let dropped = {
+                let mut queue = writer.queue.lock();
+                let mut dropped = 0;
+                if queue.len() >= self.options.queue_size {
+                    match self.options.queue_drop_type {
+                        QueueDropType::Oldest => {
+                            dropped = queue.pop_front().map_or(0, |b| b.metrics);
+                            queue.push_back(QueuedBatch {
+                                bytes: buffer.freeze(),
+                                metrics,
+                                retried: false,
+                            });
+                        }
+                        QueueDropType::Current => dropped = metrics,
+                    }
+                } else {
+                    queue.push_back(QueuedBatch {
+                        bytes: buffer.freeze(),
+                        metrics,
+                        retried: false,
+                    });
+                }
+                dropped
+            };
+            self.metrics.drop_samples(DropReason::queue_full, dropped);
+            writer.notify.notify_one();
+        }
+    }
+
+    /// Metrics queued towards instances and not yet written.
+    pub fn queued_metrics(&self) -> u64 {
+        self.writers
+            .lock()
+            .values()
+            .map(|w| w.queue.lock().iter().map(|b| b.metrics).sum::<u64>())
+            .sum()
+    }
+
+    /// Waits (bounded) until every queue is empty, then stops the writers.
+    pub async fn close(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.queued_metrics() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.cancel.cancel();
+    }
+}
+
+impl Drop for AggregatorClient {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Per-request buffers, one per instance of the placement the batch started with.
+pub struct ClientBatch {
+    topology: Option<Arc<Topology>>,
+    buffers: Vec<(BytesMut, u64)>,
+}
+
+/// Why a metric could not be routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteError {
+    /// No placement yet.
+    NoPlacement,
+    /// No instance owns the shard at that time.
+    NoOwner,
+}
+
+impl ClientBatch {
+    /// Whether a placement is known.
+    pub fn has_placement(&self) -> bool {
+        self.topology.is_some()
+    }
+
+    /// Calls `encode` once per instance that should receive the metric with `id` at
+    /// `time_nanos`, passing that instance's buffer. Returns how many instances got it.
+    ///
+    /// # Errors
+    /// [`RouteError`] when nobody takes the metric.
+    pub fn route(
+        &mut self,
+        id: &[u8],
+        time_nanos: i64,
+        mut encode: impl FnMut(&mut BytesMut),
+    ) -> Result<usize, RouteError> {
+        let topology = self.topology.as_ref().ok_or(RouteError::NoPlacement)?;
+        if topology.num_shards == 0 {
+            return Err(RouteError::NoOwner);
+        }
+        let shard = m3_cluster::shard::shard_for(id, topology.num_shards);
+        let mut sent = 0;
+        for owner in &topology.owners[shard as usize] {
+            if time_nanos < owner.from_nanos || time_nanos >= owner.until_nanos {
+                continue;
+            }
+            if let Some((buffer, count)) = self.buffers.get_mut(owner.instance) {
+                encode(buffer);
+                *count += 1;
+                sent += 1;
+            }
+        }
+        if sent == 0 {
+            return Err(RouteError::NoOwner);
+        }
+        Ok(sent)
+    }
+}
+
+/// Puts unsent batches back at the front of the queue, dropping (and counting) the oldest beyond
+/// the queue bound.
+fn requeue(
+    writer: &InstanceWriter,
+    pending: &mut Vec<QueuedBatch>,
+    options: &ClientOptions,
+    metrics: &CoordinatorMetrics,
+) {
+    let mut queue = writer.queue.lock();
+    for batch in pending.drain(..).rev() {
+        queue.push_front(batch);
+    }
+    while queue.len() > options.queue_size {
+        let dropped = queue.pop_front().map_or(0, |b| b.metrics);
+        metrics.drop_samples(DropReason::queue_full, dropped);
+    }
+}
+
+fn duration_nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// The writer task of one instance: drain the queue, write, reconnect on failure.
+async fn run_writer(
+    writer: Arc<InstanceWriter>,
+    options: ClientOptions,
+    metrics: CoordinatorMetrics,
+) {
+    let mut connection: Option<TcpStream> = None;
+    let mut backoff = Duration::from_millis(50);
+    let mut pending: Vec<QueuedBatch> = Vec::new();
+    loop {
+        if pending.is_empty() {
+            pending.extend(writer.queue.lock().drain(..));
+        }
+        if pending.is_empty() {
+            tokio::select! {
+                () = writer.notify.notified() => continue,
+                () = writer.cancel.cancelled() => return,
+            }
+        }
+        if connection.is_none() {
+            match tokio::time::timeout(
+                options.connect_timeout,
+                TcpStream::connect(&writer.endpoint),
+            )
+            .await
+            {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    tracing::info!(instance = %writer.id, endpoint = %writer.endpoint, "Connected to aggregator.");
+                    connection = Some(stream);
+                    backoff = Duration::from_millis(50);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(instance = %writer.id, endpoint = %writer.endpoint, error = %e, "Cannot connect to aggregator; batches stay queued.");
+                }
+                Err(_) => {
+                    tracing::warn!(instance = %writer.id, endpoint = %writer.endpoint, "Connecting to aggregator timed out; batches stay queued.");
+                }
+            }
+            if connection.is_none() {
+                // Keep the batches queued (the queue bound applies to new ones) and retry later.
+                requeue(&writer, &mut pending, &options, &metrics);
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {},
+                    () = writer.cancel.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(options.max_reconnect_backoff);
+                continue;
+            }
+        }
+        let Some(stream) = connection.as_mut() else {
+            continue;
+        };
+        let mut failed = None;
+        for (i, batch) in pending.iter().enumerate() {
+            match tokio::time::timeout(options.write_timeout, stream.write_all(&batch.bytes)).await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    failed = Some((i, e.to_string()));
+                    break;
+                }
+                Err(_) => {
+                    failed = Some((i, "write timed out".to_string()));
+                    break;
+                }
+            }
+        }
+        match failed {
+            None => pending.clear(),
+            Some((i, error)) => {
+                tracing::warn!(instance = %writer.id, endpoint = %writer.endpoint, %error, "Writing to aggregator failed; reconnecting.");
+                connection = None;
+                // The failed batch may be partly written: it is retried once whole on the new
+                // connection (the aggregator drops a torn frame with the old connection).
+                pending.drain(..i);
+                if let Some(first) = pending.first_mut() {
+                    if first.retried {
+                        metrics.drop_samples(DropReason::write_failed, first.metrics);
+                        pending.remove(0);
+                    } else {
+                        first.retried = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use m3_cluster::placement::{Instance, Shard, ShardState};
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    fn placement(endpoints: &[(&str, &str)], num_shards: u32) -> Placement {
+        let mut p = Placement {
+            num_shards,
+            replica_factor: endpoints.len() as u32,
+            is_sharded: true,
+            is_mirrored: true,
+            ..Placement::default()
+        };
+        for (id, endpoint) in endpoints {
+            let mut instance = Instance::new(*id).with_endpoint(*endpoint);
+            instance.shards = (0..num_shards)
+                .map(|s| Shard::new(s, ShardState::Available))
+                .collect();
+            p.instances.insert(id.to_string(), instance);
+        }
+        p
+    }
+
+    #[tokio::test]
+    async fn every_owner_receives_each_metric() {
+        let a = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let b = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (ea, eb) = (
+            a.local_addr().unwrap().to_string(),
+            b.local_addr().unwrap().to_string(),
+        );
+        let client = AggregatorClient::new(ClientOptions::default(), CoordinatorMetrics::default());
+        client.update_placement(&placement(&[("a", &ea), ("b", &eb)], 8));
+        let mut batch = client.batch();
+        for i in 0..10u8 {
+            let sent = batch
+                .route(&[i], 1, |buf| buf.extend_from_slice(&[i]))
+                .unwrap();
+            assert_eq!(sent, 2);
+        }
+        client.commit(batch);
+        for listener in [a, b] {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut got = vec![0u8; 10];
+            conn.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, (0..10).collect::<Vec<u8>>());
+        }
+    }
+
+    #[tokio::test]
+    async fn full_queue_drops_oldest_and_counts() {
+        let metrics = CoordinatorMetrics::default();
+        let options = ClientOptions {
+            queue_size: 2,
+            ..ClientOptions::default()
+        };
+        let client = AggregatorClient::new(options, metrics.clone());
+        // Nothing listens on this endpoint, so batches pile up.
+        client.update_placement(&placement(&[("a", "127.0.0.1:1")], 1));
+        for _ in 0..5 {
+            let mut batch = client.batch();
+            batch
+                .route(b"x", 1, |buf| buf.extend_from_slice(b"x"))
+                .unwrap();
+            client.commit(batch);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let dropped = metrics
+            .samples_dropped
+            .get_or_create(&crate::metrics::DropLabels {
+                reason: DropReason::queue_full,
+            })
+            .get();
+        assert!(dropped >= 3, "dropped {dropped}");
+        assert!(client.queued_metrics() <= 2);
+    }
+
+    #[test]
+    fn shard_windows_gate_writes() {
+        let client_options = ClientOptions {
+            cutover_warmup: Duration::from_nanos(10),
+            cutoff_linger: Duration::from_nanos(5),
+            ..ClientOptions::default()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client = AggregatorClient::new(client_options, CoordinatorMetrics::default());
+            let mut p = placement(&[("a", "127.0.0.1:1")], 1);
+            if let Some(i) = p.instances.get_mut("a") {
+                i.shards[0].cutover_nanos = 100;
+                i.shards[0].cutoff_nanos = 200;
+            }
+            client.update_placement(&p);
+            let mut batch = client.batch();
+            assert_eq!(batch.route(b"x", 89, |_| {}), Err(RouteError::NoOwner));
+            assert_eq!(batch.route(b"x", 90, |_| {}), Ok(1));
+            assert_eq!(batch.route(b"x", 204, |_| {}), Ok(1));
+            assert_eq!(batch.route(b"x", 205, |_| {}), Err(RouteError::NoOwner));
+        });
+    }
+}

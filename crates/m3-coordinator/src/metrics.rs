@@ -1,0 +1,154 @@
+//! The coordinator's self-metrics, declared in one place and served at `/metrics`.
+//!
+//! Every sample the coordinator does not pass on is counted here with a reason: invalid input,
+//! a timestamp outside the aggregation buffers, no aggregator owning its shard, a full queue
+//! towards an aggregator, an aggregated metric matching no namespace.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+/// Why samples were not written or forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum DropReason {
+    /// The series broke a remote-write label rule.
+    invalid_series,
+    /// Older than the aggregation past buffer (still stored raw).
+    too_far_past,
+    /// Newer than the aggregation future buffer (still stored raw).
+    too_far_future,
+    /// No aggregator instance owns the shard at the sample's time.
+    no_aggregator_owner,
+    /// A full queue towards an aggregator dropped a batch.
+    queue_full,
+    /// Writing a batch to an aggregator failed after a reconnect.
+    write_failed,
+    /// The aggregator placement is not available yet.
+    no_placement,
+    /// An encoded metric was larger than `encoder.maxMessageSize`.
+    too_large,
+    /// The raw-sample store write failed.
+    storage_error,
+}
+
+/// Label set for drops.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DropLabels {
+    /// Why.
+    pub reason: DropReason,
+}
+
+/// Why an aggregated metric from the aggregators was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum IngestErrorReason {
+    /// The payload is not an `AggregatedMetric`.
+    decode_error,
+    /// No aggregated namespace has the metric's resolution and retention (not acked, so the
+    /// aggregator retries until the message TTL).
+    no_namespace,
+    /// The store refused the write (not acked, retried).
+    storage_error,
+    /// The ID could not be turned into labels.
+    invalid_id,
+}
+
+/// Label set for ingest errors.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct IngestErrorLabels {
+    /// Why.
+    pub reason: IngestErrorReason,
+}
+
+/// All coordinator counters; clones share them.
+#[derive(Debug, Clone, Default)]
+pub struct CoordinatorMetrics {
+    /// Remote-write requests received.
+    pub write_requests: Counter,
+    /// Remote-write requests answered 400.
+    pub write_requests_invalid: Counter,
+    /// Samples received by remote write.
+    pub samples_received: Counter,
+    /// Raw samples written to the unaggregated namespace.
+    pub samples_stored_raw: Counter,
+    /// Samples encoded towards aggregator instances (once per owning instance).
+    pub samples_forwarded: Counter,
+    /// Samples dropped, by reason.
+    pub samples_dropped: Family<DropLabels, Counter>,
+    /// Aggregated metrics received from the aggregators.
+    pub ingest_received: Counter,
+    /// Aggregated metrics stored.
+    pub ingest_stored: Counter,
+    /// Aggregated metrics not stored, by reason.
+    pub ingest_errors: Family<IngestErrorLabels, Counter>,
+}
+
+impl CoordinatorMetrics {
+    /// Counts `n` samples dropped for `reason`.
+    pub fn drop_samples(&self, reason: DropReason, n: u64) {
+        if n > 0 {
+            self.samples_dropped
+                .get_or_create(&DropLabels { reason })
+                .inc_by(n);
+        }
+    }
+
+    /// Counts an ingest error.
+    pub fn ingest_error(&self, reason: IngestErrorReason) {
+        self.ingest_errors
+            .get_or_create(&IngestErrorLabels { reason })
+            .inc();
+    }
+
+    /// Registers every metric under the `m3coordinator` prefix.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("m3coordinator");
+        r.register(
+            "write_requests",
+            "Remote-write requests received",
+            self.write_requests.clone(),
+        );
+        r.register(
+            "write_requests_invalid",
+            "Remote-write requests answered 400",
+            self.write_requests_invalid.clone(),
+        );
+        r.register(
+            "samples_received",
+            "Samples received by remote write",
+            self.samples_received.clone(),
+        );
+        r.register(
+            "samples_stored_raw",
+            "Raw samples written to the unaggregated namespace",
+            self.samples_stored_raw.clone(),
+        );
+        r.register(
+            "samples_forwarded",
+            "Samples sent to aggregator instances, once per owning instance",
+            self.samples_forwarded.clone(),
+        );
+        r.register(
+            "samples_dropped",
+            "Samples dropped, by reason",
+            self.samples_dropped.clone(),
+        );
+        r.register(
+            "ingest_received",
+            "Aggregated metrics received from aggregators",
+            self.ingest_received.clone(),
+        );
+        r.register(
+            "ingest_stored",
+            "Aggregated metrics stored",
+            self.ingest_stored.clone(),
+        );
+        r.register(
+            "ingest_errors",
+            "Aggregated metrics not stored, by reason",
+            self.ingest_errors.clone(),
+        );
+    }
+}
