@@ -1,7 +1,9 @@
 //! The coordinator: where Prometheus writes and queries, and where aggregated metrics are stored.
 
+pub mod admin;
 pub mod aggregator_client;
 pub mod config;
 pub mod downsample;
 pub mod metrics;
+pub mod query_api;
 pub mod remote_write;

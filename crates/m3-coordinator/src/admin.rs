@@ -1,0 +1,1 @@
+//! Placement and topic admin API (being written).

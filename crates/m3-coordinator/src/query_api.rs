@@ -1,0 +1,1 @@
+//! Prometheus query API (being written).
