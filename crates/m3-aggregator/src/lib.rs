@@ -1,1 +1,61 @@
-//! placeholder
+//! The aggregation tier's engine: windows, shards, flushes, and the rawtcp ingest server.
+//!
+//! An aggregator receives every sample of the shards it owns (from coordinators over rawtcp),
+//! aggregates each series per storage policy into epoch-aligned windows, and when a window
+//! closes emits one value per aggregation type, timestamped with the window's end. Replicas of
+//! a shard set aggregate the same data; only the leader emits (see [`flush`]).
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`aggregator`] | [`Aggregator`]: owned shards, `add_untimed` / `add_timed`, `flush`, `expire_entries` |
+//! | [`metadata`] | staged metadatas → (aggregation types, storage policy) targets |
+//! | [`aggregation`] | per-window state: Last, Sum, moments, timers |
+//! | [`quantile`] | timer quantiles: exact below 3 values, DDSketch (1 % relative error) above |
+//! | [`flush`] | leader/follower flush modes, outputs, flush times |
+//! | [`error`] | [`AddError`] and the counted [`RejectReason`]s |
+//! | [`metrics`] | self-metrics (`prometheus-client`) |
+//! | [`options`] | [`AggregatorOptions`], with M3's defaults |
+//! | [`ingest`] | `MetricWithMetadatas` → engine calls, shared by the servers |
+//! | [`rawtcp`] | [`serve_rawtcp`]: the varint-framed TCP server |
+//!
+//! ```
+//! use std::sync::Arc;
+//! use m3_aggregator::{AggregatedOutput, Aggregator, AggregatorOptions, FlushMode, Metadatas, ShardAssignment};
+//! use m3_metric::MetricType;
+//!
+//! let agg = Aggregator::new(AggregatorOptions::default(), Arc::new(|_id: &[u8]| 0));
+//! agg.set_shards(vec![ShardAssignment::unbounded(0)], 0);
+//! let now = 1_700_000_003_000_000_000; // 3s into a 10s window
+//! agg.add_untimed(MetricType::Counter, b"requests", &[2.0], Metadatas::Default, now).unwrap();
+//! agg.add_untimed(MetricType::Counter, b"requests", &[5.0], Metadatas::Default, now + 1).unwrap();
+//!
+//! let mut out: Vec<AggregatedOutput> = Vec::new();
+//! agg.flush(now + 10_000_000_000, FlushMode::Leader, &mut out);
+//! assert_eq!(out.len(), 1);
+//! assert_eq!(out[0].id, b"requests"); // counter Sum keeps its name
+//! assert_eq!(out[0].value, 7.0);
+//! assert_eq!(out[0].time_nanos, 1_700_000_010_000_000_000); // window end
+//! ```
+
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod aggregation;
+pub mod aggregator;
+mod entry;
+pub mod error;
+pub mod flush;
+pub mod ingest;
+pub mod metadata;
+pub mod metrics;
+pub mod options;
+pub mod quantile;
+pub mod rawtcp;
+mod shard;
+
+pub use aggregator::{Aggregator, EngineStats, ShardAssignment, ShardFn};
+pub use error::{AddError, RejectReason};
+pub use flush::{AggregatedOutput, Category, FlushMode, FlushResult};
+pub use metadata::Metadatas;
+pub use metrics::Metrics;
+pub use options::AggregatorOptions;
+pub use rawtcp::serve_rawtcp;

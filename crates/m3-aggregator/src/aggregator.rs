@@ -1,0 +1,385 @@
+//! The engine's front door: owned shards, the add paths, flush and expiry.
+//!
+//! An [`Aggregator`] holds the shards this instance owns. A write is routed to its shard with
+//! the caller-supplied shard function (M3: `murmur3_32(id) % numShards`), checked against the
+//! shard's writable window, resolved against its metadata into (aggregation types, storage
+//! policy) targets, and added to one window per target:
+//!
+//! ```text
+//! add_untimed / add_timed
+//!   └─ shard_fn(id) → owned? writeable? ─▶ metadata → targets ─▶ shard lock
+//!        └─ entry(id) → elem(policy, types, metric type) → window(t truncated to resolution)
+//! flush(now, Leader | Follower)  ─▶ closed windows → AggregatedOutput (timestamp = window end)
+//! expire_entries(now)            ─▶ drops series idle for entryTTL with no open window
+//! ```
+//!
+//! The engine never reads a clock: every method takes `now` in Unix nanoseconds, so tests and
+//! simulations drive time explicitly. It does no I/O; the caller sends outputs and persists
+//! flush times.
+
+use std::sync::Arc;
+
+use hashbrown::HashMap;
+use parking_lot::RwLock;
+use prometheus_client::registry::Registry;
+
+use m3_metric::MetricType;
+use m3_proto::flushpb;
+
+use crate::error::{AddError, RejectReason};
+use crate::flush::{AggregatedOutput, Category, FlushMode, FlushResult};
+use crate::metadata::{self, Active, Metadatas};
+use crate::metrics::Metrics;
+use crate::options::AggregatorOptions;
+use crate::shard::{Limits, Sample, Shard};
+
+/// Maps a metric ID to its shard, e.g. `murmur3_32(id) % numShards`.
+pub type ShardFn = Arc<dyn Fn(&[u8]) -> u32 + Send + Sync>;
+
+/// A shard this instance owns, with the placement's cutover and cutoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardAssignment {
+    /// The shard ID.
+    pub id: u32,
+    /// Unix nanoseconds from which the shard is ours (0 = always).
+    pub cutover_nanos: i64,
+    /// Unix nanoseconds from which the shard is no longer ours (0 = never).
+    pub cutoff_nanos: i64,
+}
+
+impl ShardAssignment {
+    /// A shard owned without time bounds.
+    pub fn unbounded(id: u32) -> ShardAssignment {
+        ShardAssignment {
+            id,
+            cutover_nanos: 0,
+            cutoff_nanos: 0,
+        }
+    }
+}
+
+/// Sizes of the engine's state, for status pages and memory accounting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Owned shards.
+    pub shards: usize,
+    /// Series entries.
+    pub entries: usize,
+    /// Open windows.
+    pub windows: usize,
+    /// Estimated heap bytes of entries, IDs and windows (hash tables by allocation size,
+    /// vectors by capacity; allocator overhead not included).
+    pub estimated_bytes: usize,
+}
+
+/// The aggregation engine. `Send + Sync`: share it in an `Arc` between connection tasks and
+/// the flush loop.
+pub struct Aggregator {
+    options: AggregatorOptions,
+    limits: Limits,
+    shard_fn: ShardFn,
+    shards: RwLock<HashMap<u32, Arc<Shard>>>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Aggregator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Aggregator")
+            .field("options", &self.options)
+            .field("shards", &self.shards.read().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Aggregator {
+    /// An engine owning no shard yet; call [`set_shards`](Self::set_shards) before writing.
+    pub fn new(options: AggregatorOptions, shard_fn: ShardFn) -> Aggregator {
+        Aggregator {
+            limits: Limits::new(&options),
+            options,
+            shard_fn,
+            shards: RwLock::new(HashMap::new()),
+            metrics: Metrics::new(),
+        }
+    }
+
+    /// The settings.
+    pub fn options(&self) -> &AggregatorOptions {
+        &self.options
+    }
+
+    /// The self-metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Adds the self-metrics to `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        self.metrics.register(registry);
+    }
+
+    /// Replaces the set of owned shards (from the placement).
+    ///
+    /// Shards already owned keep their data and get the new cutover/cutoff; new shards start
+    /// empty and remember `now_nanos` as the time they started buffering (see
+    /// [`can_lead`](Self::can_lead)); shards no longer listed are dropped with their data, and
+    /// their entries are counted under `entries_removed{reason="shard_removed"}`.
+    pub fn set_shards(&self, assignments: Vec<ShardAssignment>, now_nanos: i64) {
+        let mut table = self.shards.write();
+        let keep: HashMap<u32, ShardAssignment> =
+            assignments.into_iter().map(|a| (a.id, a)).collect();
+        let mut removed = 0;
+        table.retain(|id, shard| {
+            if keep.contains_key(id) {
+                true
+            } else {
+                removed += shard.state.lock().len();
+                false
+            }
+        });
+        self.metrics.entries_shard_removed_by(removed as u64);
+        for (id, a) in keep {
+            match table.get(&id) {
+                Some(shard) => shard.set_window(a.cutover_nanos, a.cutoff_nanos),
+                None => {
+                    table.insert(
+                        id,
+                        Arc::new(Shard::new(id, a.cutover_nanos, a.cutoff_nanos, now_nanos)),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The owned shard IDs, sorted.
+    pub fn owned_shards(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.shards.read().keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Adds untimed values: counter increments, gauge values or a batch of timer values,
+    /// bucketed by the server time `now_nanos`.
+    ///
+    /// Batch timers are added in chunks of `maxTimerBatchSizePerWrite` values.
+    ///
+    /// # Errors
+    /// The first reason a value was not aggregated for some target (see [`AddError`]); every
+    /// rejection is also counted. Targets that accepted the values keep them. A tombstoned
+    /// metadata drops the values, counts them (`tombstoned`) and returns `Ok`.
+    pub fn add_untimed(
+        &self,
+        metric_type: MetricType,
+        id: &[u8],
+        values: &[f64],
+        metadatas: Metadatas<'_>,
+        now_nanos: i64,
+    ) -> Result<(), AddError> {
+        let chunk = self.options.max_timer_batch_size_per_write;
+        if metric_type == MetricType::Timer && chunk > 0 && values.len() > chunk {
+            let mut first_err = None;
+            for part in values.chunks(chunk) {
+                let r = self.add(
+                    Category::Untimed,
+                    metric_type,
+                    id,
+                    now_nanos,
+                    part,
+                    metadatas,
+                    now_nanos,
+                );
+                if let Err(e) = r {
+                    first_err.get_or_insert(e);
+                }
+            }
+            return first_err.map_or(Ok(()), Err);
+        }
+        self.add(
+            Category::Untimed,
+            metric_type,
+            id,
+            now_nanos,
+            values,
+            metadatas,
+            now_nanos,
+        )
+    }
+
+    /// Adds one timed value at its own timestamp `time_nanos`.
+    ///
+    /// # Errors
+    /// As [`add_untimed`](Self::add_untimed), plus [`AddError::TooFarInThePast`] when
+    /// `now − t > bufferPast + resolution` and [`AddError::TooFarInTheFuture`] when
+    /// `t − now > bufferFuture` (checked per storage policy).
+    pub fn add_timed(
+        &self,
+        metric_type: MetricType,
+        id: &[u8],
+        time_nanos: i64,
+        value: f64,
+        metadatas: Metadatas<'_>,
+        now_nanos: i64,
+    ) -> Result<(), AddError> {
+        self.add(
+            Category::Timed,
+            metric_type,
+            id,
+            time_nanos,
+            std::slice::from_ref(&value),
+            metadatas,
+            now_nanos,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &self,
+        category: Category,
+        metric_type: MetricType,
+        id: &[u8],
+        time_nanos: i64,
+        values: &[f64],
+        metadatas: Metadatas<'_>,
+        now_nanos: i64,
+    ) -> Result<(), AddError> {
+        if values.is_empty() {
+            return Ok(());
+        }
+        let n = values.len() as u64;
+        let reject = |e: AddError| {
+            self.metrics.record_rejected(e.reason(), n);
+            e
+        };
+        let shard_id = (self.shard_fn)(id);
+        let table = self.shards.read();
+        let Some(shard) = table.get(&shard_id) else {
+            return Err(reject(AddError::ShardNotOwned { shard: shard_id }));
+        };
+        shard
+            .check_writeable(now_nanos, &self.limits)
+            .map_err(reject)?;
+        let active = metadata::active(metadatas, now_nanos).map_err(reject)?;
+        if matches!(active, Active::Tombstoned) {
+            self.metrics.record_rejected(RejectReason::Tombstoned, n);
+            return Ok(());
+        }
+        let sample = Sample {
+            category,
+            metric_type,
+            id,
+            time_nanos,
+            values,
+            now_nanos,
+        };
+        let mut first_err = None;
+        let accepted = shard.state.lock().add(
+            &sample,
+            &self.limits,
+            &self.metrics,
+            |visit| {
+                metadata::for_each_target(active, &self.options.default_storage_policies, visit)
+            },
+            &mut |outcome| {
+                if let Err(e) = outcome {
+                    self.metrics.record_rejected(e.reason(), n);
+                    first_err.get_or_insert(e);
+                }
+            },
+        );
+        drop(table);
+        if accepted {
+            self.metrics.record_added(metric_type, n);
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Flushes every closed window of every owned shard (see [`FlushMode`] and the
+    /// [`flush`](crate::flush) module for when a window is closed).
+    ///
+    /// As leader, outputs are appended to `out` (which is not cleared, so the caller can reuse
+    /// one vector across flushes) and the flush times to persist are returned. As follower,
+    /// windows up to the leader's flush times are discarded and nothing is appended.
+    ///
+    /// Each shard is locked once, for one pass over its series.
+    pub fn flush(
+        &self,
+        now_nanos: i64,
+        mode: FlushMode<'_>,
+        out: &mut Vec<AggregatedOutput>,
+    ) -> FlushResult {
+        let shards: Vec<Arc<Shard>> = self.shards.read().values().cloned().collect();
+        let mut result = FlushResult::default();
+        for shard in shards {
+            let mut times = flushpb::ShardFlushTimes::default();
+            let leader = matches!(mode, FlushMode::Leader);
+            let (outputs, discarded) = shard.state.lock().flush(
+                &shard,
+                now_nanos,
+                mode,
+                &self.limits,
+                &self.metrics,
+                out,
+                leader.then_some(&mut times),
+            );
+            result.outputs += outputs;
+            result.windows_discarded += discarded;
+            if leader {
+                result.flush_times.by_shard.insert(shard.id, times);
+            }
+        }
+        result
+    }
+
+    /// Whether this instance, as a follower, has buffered every window the leader has not yet
+    /// flushed, so that it can take over without a gap.
+    ///
+    /// For each owned shard and each (category, resolution) in `flushed_times`, the oldest
+    /// unflushed window starts at the flushed time `f`; this instance must have been receiving
+    /// the shard's writes since `f` (untimed) or `f − bufferFuture` (timed, whose samples may
+    /// arrive early). Absent or zero flush times mean the cluster is just starting: no
+    /// constraint.
+    pub fn can_lead(&self, flushed_times: &flushpb::ShardSetFlushTimes) -> bool {
+        let table = self.shards.read();
+        table.values().all(|shard| {
+            let Some(times) = flushed_times.by_shard.get(&shard.id) else {
+                return true;
+            };
+            let untimed_ok = times
+                .standard_by_resolution
+                .values()
+                .all(|f| *f <= 0 || shard.since_nanos <= *f);
+            let timed_ok = times.timed_by_resolution.values().all(|f| {
+                *f <= 0 || shard.since_nanos <= f.saturating_sub(self.limits.buffer_future)
+            });
+            untimed_ok && timed_ok
+        })
+    }
+
+    /// Removes series with no write for `entryTTL` and no open window; returns how many were
+    /// removed (also counted as `entries_removed{reason="expired"}`).
+    pub fn expire_entries(&self, now_nanos: i64) -> usize {
+        let shards: Vec<Arc<Shard>> = self.shards.read().values().cloned().collect();
+        let mut removed = 0;
+        for shard in shards {
+            removed += shard.state.lock().expire(now_nanos, &self.limits);
+        }
+        self.metrics.entries_expired_by(removed as u64);
+        removed
+    }
+
+    /// Current sizes (locks each shard briefly).
+    pub fn stats(&self) -> EngineStats {
+        let shards: Vec<Arc<Shard>> = self.shards.read().values().cloned().collect();
+        let mut stats = EngineStats {
+            shards: shards.len(),
+            ..EngineStats::default()
+        };
+        for shard in shards {
+            let (entries, windows, bytes) = shard.state.lock().stats();
+            stats.entries += entries;
+            stats.windows += windows;
+            stats.estimated_bytes += bytes;
+        }
+        stats
+    }
+}

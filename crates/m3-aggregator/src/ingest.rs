@@ -1,0 +1,173 @@
+//! From a decoded `MetricWithMetadatas` to the engine call its type names.
+//!
+//! Shared by the rawtcp server and (later) the m3msg server, so both treat every message type
+//! the same way:
+//!
+//! | `type` | field | engine call |
+//! |---|---|---|
+//! | 1 counter | `counter_with_metadatas` | `add_untimed(Counter, [value])` |
+//! | 2 batch timer | `batch_timer_with_metadatas` | `add_untimed(Timer, values)` |
+//! | 3 gauge | `gauge_with_metadatas` | `add_untimed(Gauge, [value])` |
+//! | 5 timed + `TimedMetadata` | `timed_metric_with_metadata` | `add_timed` with that one policy |
+//! | 6 timed + staged | `timed_metric_with_metadatas` | `add_timed` with the staged metadatas |
+//! | 4 forwarded, 7 passthrough | | not supported yet: counted as `unsupported_message_type` |
+//!
+//! Forwarded metrics (rollup second stage) and passthrough need the forwarding and flush-writer
+//! parts that are built later; until then their values are counted, never silently dropped.
+//! A message whose type names a field that is absent is counted as `malformed_message`.
+
+use m3_metric::{AggregationId, MetricType, StoragePolicy};
+use m3_proto::metricpb::{self, metric_with_metadatas::Type};
+
+use crate::aggregator::Aggregator;
+use crate::error::{AddError, RejectReason};
+use crate::metadata::Metadatas;
+
+/// Why a message was not (fully) applied. Every case is already counted when returned.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum IngestError {
+    /// The engine rejected (part of) the write.
+    #[error(transparent)]
+    Add(#[from] AddError),
+    /// The message lacks the field its type names, or names an unknown metric type.
+    #[error("malformed {message_type} message: {what}")]
+    Malformed {
+        /// The envelope type.
+        message_type: &'static str,
+        /// What is missing.
+        what: &'static str,
+    },
+    /// A message type this server does not handle yet.
+    #[error(
+        "unsupported message type {0}: forwarded and passthrough metrics are not supported yet"
+    )]
+    Unsupported(&'static str),
+    /// A type value outside the enum.
+    #[error("unrecognized message type {0}")]
+    UnknownType(i32),
+}
+
+fn staged(m: Option<&metricpb::StagedMetadatas>) -> Metadatas<'_> {
+    m.map_or(Metadatas::Default, Metadatas::Staged)
+}
+
+/// Applies one message to `aggregator` at server time `now_nanos`.
+///
+/// # Errors
+/// See [`IngestError`]; the caller only needs to log, the counting is done.
+pub fn apply(
+    aggregator: &Aggregator,
+    msg: &metricpb::MetricWithMetadatas,
+    now_nanos: i64,
+) -> Result<(), IngestError> {
+    let metrics = aggregator.metrics();
+    let malformed = |message_type: &'static str, what: &'static str| {
+        metrics.record_rejected(RejectReason::MalformedMessage, 1);
+        IngestError::Malformed { message_type, what }
+    };
+    let Ok(kind) = Type::try_from(msg.r#type) else {
+        metrics.record_rejected(RejectReason::UnsupportedMessageType, 1);
+        return Err(IngestError::UnknownType(msg.r#type));
+    };
+    let name = kind.as_str_name();
+    match kind {
+        Type::CounterWithMetadatas => {
+            let m = msg.counter_with_metadatas.as_ref();
+            let c = m
+                .and_then(|m| m.counter.as_ref())
+                .ok_or_else(|| malformed(name, "counter"))?;
+            let metadatas = staged(m.and_then(|m| m.metadatas.as_ref()));
+            aggregator.add_untimed(
+                MetricType::Counter,
+                &c.id,
+                &[c.value as f64],
+                metadatas,
+                now_nanos,
+            )?;
+        }
+        Type::BatchTimerWithMetadatas => {
+            let m = msg.batch_timer_with_metadatas.as_ref();
+            let t = m
+                .and_then(|m| m.batch_timer.as_ref())
+                .ok_or_else(|| malformed(name, "batch_timer"))?;
+            let metadatas = staged(m.and_then(|m| m.metadatas.as_ref()));
+            aggregator.add_untimed(MetricType::Timer, &t.id, &t.values, metadatas, now_nanos)?;
+        }
+        Type::GaugeWithMetadatas => {
+            let m = msg.gauge_with_metadatas.as_ref();
+            let g = m
+                .and_then(|m| m.gauge.as_ref())
+                .ok_or_else(|| malformed(name, "gauge"))?;
+            let metadatas = staged(m.and_then(|m| m.metadatas.as_ref()));
+            aggregator.add_untimed(MetricType::Gauge, &g.id, &[g.value], metadatas, now_nanos)?;
+        }
+        Type::TimedMetricWithMetadata => {
+            let m = msg
+                .timed_metric_with_metadata
+                .as_ref()
+                .ok_or_else(|| malformed(name, "timed_metric_with_metadata"))?;
+            let metric = m.metric.as_ref().ok_or_else(|| malformed(name, "metric"))?;
+            let metric_type = MetricType::from_proto(metric.r#type)
+                .ok_or_else(|| malformed(name, "metric type"))?;
+            let meta = m
+                .metadata
+                .as_ref()
+                .ok_or_else(|| malformed(name, "metadata"))?;
+            let Some(storage_policy) = meta
+                .storage_policy
+                .as_ref()
+                .and_then(StoragePolicy::from_proto)
+            else {
+                metrics.record_rejected(RejectReason::InvalidStoragePolicy, 1);
+                return Err(AddError::InvalidStoragePolicy.into());
+            };
+            let aggregation_id = AggregationId(meta.aggregation_id.as_ref().map_or(0, |a| a.id));
+            aggregator.add_timed(
+                metric_type,
+                &metric.id,
+                metric.time_nanos,
+                metric.value,
+                Metadatas::Single {
+                    aggregation_id,
+                    storage_policy,
+                },
+                now_nanos,
+            )?;
+        }
+        Type::TimedMetricWithMetadatas => {
+            let m = msg
+                .timed_metric_with_metadatas
+                .as_ref()
+                .ok_or_else(|| malformed(name, "timed_metric_with_metadatas"))?;
+            let metric = m.metric.as_ref().ok_or_else(|| malformed(name, "metric"))?;
+            let metric_type = MetricType::from_proto(metric.r#type)
+                .ok_or_else(|| malformed(name, "metric type"))?;
+            aggregator.add_timed(
+                metric_type,
+                &metric.id,
+                metric.time_nanos,
+                metric.value,
+                staged(m.metadatas.as_ref()),
+                now_nanos,
+            )?;
+        }
+        Type::ForwardedMetricWithMetadata => {
+            let n = msg
+                .forwarded_metric_with_metadata
+                .as_ref()
+                .and_then(|f| f.metric.as_ref())
+                .map_or(1, |m| m.values.len().max(1));
+            metrics.record_rejected(RejectReason::UnsupportedMessageType, n as u64);
+            return Err(IngestError::Unsupported(name));
+        }
+        Type::TimedMetricWithStoragePolicy => {
+            metrics.record_rejected(RejectReason::UnsupportedMessageType, 1);
+            return Err(IngestError::Unsupported(name));
+        }
+        Type::Unknown => {
+            metrics.record_rejected(RejectReason::UnsupportedMessageType, 1);
+            return Err(IngestError::UnknownType(msg.r#type));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,294 @@
+//! Every self-metric of the aggregation engine, declared in one place.
+//!
+//! Counters are created once, with all their label values, when the [`Metrics`] is built, so
+//! the add path bumps a plain atomic and never looks a label set up. [`Metrics::register`] adds
+//! them to a `prometheus-client` registry; prefix it (`registry.sub_registry_with_prefix(
+//! "m3aggregator")`) to get M3-like names.
+//!
+//! | metric | labels | meaning |
+//! |---|---|---|
+//! | `samples_added` | `type` | values aggregated into at least one storage policy |
+//! | `samples_rejected` | `reason` | values not aggregated (per value, per rejected policy) |
+//! | `entries_live` | | series entries held now |
+//! | `entries_removed` | `reason` = `expired` / `shard_removed` | entries dropped |
+//! | `outputs_flushed` | | aggregated values emitted by a leader flush |
+//! | `outputs_discarded` | `reason` = `nan` / `invalid_id` | results not emitted |
+//! | `windows_discarded` | `reason` = `follower` / `before_cutover` / `after_cutoff` | windows dropped without output |
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use m3_metric::MetricType;
+
+use crate::error::RejectReason;
+
+type Labels = [(&'static str, &'static str); 1];
+
+/// Why a window was dropped without being emitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowDiscard {
+    /// A follower dropped a window the leader has flushed.
+    Follower,
+    /// The window ended before the shard's cutover: the previous owner emits it.
+    BeforeCutover,
+    /// The window started at or after the shard's cutoff: the next owner emits it.
+    AfterCutoff,
+}
+
+impl WindowDiscard {
+    const ALL: [WindowDiscard; 3] = [
+        WindowDiscard::Follower,
+        WindowDiscard::BeforeCutover,
+        WindowDiscard::AfterCutoff,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            WindowDiscard::Follower => "follower",
+            WindowDiscard::BeforeCutover => "before_cutover",
+            WindowDiscard::AfterCutoff => "after_cutoff",
+        }
+    }
+}
+
+/// Why an aggregated value was not emitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputDiscard {
+    /// A NaN result with `discardNaNAggregatedValues` on.
+    Nan,
+    /// A tag-encoded ID that is malformed, so no suffixed name can be built.
+    InvalidId,
+}
+
+/// The engine's counters and gauges.
+#[derive(Debug)]
+pub struct Metrics {
+    samples_added_family: Family<Labels, Counter>,
+    samples_rejected_family: Family<Labels, Counter>,
+    entries_removed_family: Family<Labels, Counter>,
+    outputs_discarded_family: Family<Labels, Counter>,
+    windows_discarded_family: Family<Labels, Counter>,
+    samples_added: [Counter; 3],
+    samples_rejected: Vec<Counter>,
+    entries_live: Gauge,
+    entries_expired: Counter,
+    entries_shard_removed: Counter,
+    outputs_flushed: Counter,
+    outputs_nan: Counter,
+    outputs_invalid_id: Counter,
+    windows_discarded: [Counter; 3],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// All metrics at zero.
+    pub fn new() -> Metrics {
+        let samples_added_family = Family::<Labels, Counter>::default();
+        let samples_rejected_family = Family::<Labels, Counter>::default();
+        let entries_removed_family = Family::<Labels, Counter>::default();
+        let outputs_discarded_family = Family::<Labels, Counter>::default();
+        let windows_discarded_family = Family::<Labels, Counter>::default();
+        let samples_added = MetricType::ALL.map(|t| {
+            samples_added_family
+                .get_or_create(&[("type", t.as_str())])
+                .clone()
+        });
+        let samples_rejected = RejectReason::ALL
+            .iter()
+            .map(|r| {
+                samples_rejected_family
+                    .get_or_create(&[("reason", r.as_str())])
+                    .clone()
+            })
+            .collect();
+        let entries_expired = entries_removed_family
+            .get_or_create(&[("reason", "expired")])
+            .clone();
+        let entries_shard_removed = entries_removed_family
+            .get_or_create(&[("reason", "shard_removed")])
+            .clone();
+        let outputs_nan = outputs_discarded_family
+            .get_or_create(&[("reason", "nan")])
+            .clone();
+        let outputs_invalid_id = outputs_discarded_family
+            .get_or_create(&[("reason", "invalid_id")])
+            .clone();
+        let windows_discarded = WindowDiscard::ALL.map(|d| {
+            windows_discarded_family
+                .get_or_create(&[("reason", d.as_str())])
+                .clone()
+        });
+        Metrics {
+            samples_added_family,
+            samples_rejected_family,
+            entries_removed_family,
+            outputs_discarded_family,
+            windows_discarded_family,
+            samples_added,
+            samples_rejected,
+            entries_live: Gauge::default(),
+            entries_expired,
+            entries_shard_removed,
+            outputs_flushed: Counter::default(),
+            outputs_nan,
+            outputs_invalid_id,
+            windows_discarded,
+        }
+    }
+
+    /// Adds every metric to `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "samples_added",
+            "Values aggregated, by metric type",
+            self.samples_added_family.clone(),
+        );
+        registry.register(
+            "samples_rejected",
+            "Values not aggregated, by reason (per rejected storage policy)",
+            self.samples_rejected_family.clone(),
+        );
+        registry.register(
+            "entries_live",
+            "Series entries currently held",
+            self.entries_live.clone(),
+        );
+        registry.register(
+            "entries_removed",
+            "Series entries removed, by reason",
+            self.entries_removed_family.clone(),
+        );
+        registry.register(
+            "outputs_flushed",
+            "Aggregated values emitted by leader flushes",
+            self.outputs_flushed.clone(),
+        );
+        registry.register(
+            "outputs_discarded",
+            "Aggregated values not emitted, by reason",
+            self.outputs_discarded_family.clone(),
+        );
+        registry.register(
+            "windows_discarded",
+            "Aggregation windows dropped without output, by reason",
+            self.windows_discarded_family.clone(),
+        );
+    }
+
+    /// Counts `n` values of `metric_type` added.
+    pub fn record_added(&self, metric_type: MetricType, n: u64) {
+        self.samples_added[metric_type as usize].inc_by(n);
+    }
+
+    /// Counts `n` values rejected for `reason`.
+    pub fn record_rejected(&self, reason: RejectReason, n: u64) {
+        if let Some(c) = self.samples_rejected.get(reason.index()) {
+            c.inc_by(n);
+        }
+    }
+
+    /// Values added so far for `metric_type`.
+    pub fn added(&self, metric_type: MetricType) -> u64 {
+        self.samples_added[metric_type as usize].get()
+    }
+
+    /// Values rejected so far for `reason`.
+    pub fn rejected(&self, reason: RejectReason) -> u64 {
+        self.samples_rejected
+            .get(reason.index())
+            .map_or(0, Counter::get)
+    }
+
+    /// Entries held now.
+    pub fn entries_live(&self) -> i64 {
+        self.entries_live.get()
+    }
+
+    /// Entries removed by expiry so far.
+    pub fn entries_expired(&self) -> u64 {
+        self.entries_expired.get()
+    }
+
+    /// Values emitted by leader flushes so far.
+    pub fn outputs_flushed(&self) -> u64 {
+        self.outputs_flushed.get()
+    }
+
+    /// Windows discarded so far for `reason`.
+    pub fn windows_discarded(&self, reason: WindowDiscard) -> u64 {
+        self.windows_discarded[reason as usize].get()
+    }
+
+    /// Results not emitted so far for `reason`.
+    pub fn outputs_discarded(&self, reason: OutputDiscard) -> u64 {
+        match reason {
+            OutputDiscard::Nan => self.outputs_nan.get(),
+            OutputDiscard::InvalidId => self.outputs_invalid_id.get(),
+        }
+    }
+
+    pub(crate) fn entry_created(&self) {
+        self.entries_live.inc();
+    }
+
+    pub(crate) fn entry_dropped_unused(&self) {
+        self.entries_live.dec();
+    }
+
+    pub(crate) fn entries_expired_by(&self, n: u64) {
+        self.entries_expired.inc_by(n);
+        self.entries_live.dec_by(n as i64);
+    }
+
+    pub(crate) fn entries_shard_removed_by(&self, n: u64) {
+        self.entries_shard_removed.inc_by(n);
+        self.entries_live.dec_by(n as i64);
+    }
+
+    pub(crate) fn outputs_flushed_by(&self, n: u64) {
+        self.outputs_flushed.inc_by(n);
+    }
+
+    pub(crate) fn output_discarded(&self, reason: OutputDiscard) {
+        match reason {
+            OutputDiscard::Nan => self.outputs_nan.inc(),
+            OutputDiscard::InvalidId => self.outputs_invalid_id.inc(),
+        };
+    }
+
+    pub(crate) fn windows_discarded_by(&self, reason: WindowDiscard, n: u64) {
+        self.windows_discarded[reason as usize].inc_by(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::encoding::text::encode;
+
+    #[test]
+    fn registers_and_encodes_all_labels() {
+        let m = Metrics::new();
+        m.record_added(MetricType::Gauge, 3);
+        m.record_rejected(RejectReason::TooFarPast, 2);
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("samples_added_total{type=\"gauge\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("samples_rejected_total{reason=\"too_far_past\"} 2"));
+        assert!(text.contains("samples_rejected_total{reason=\"decode_error\"} 0"));
+        assert!(text.contains("windows_discarded_total{reason=\"follower\"} 0"));
+        assert_eq!(m.added(MetricType::Gauge), 3);
+    }
+}
