@@ -4,6 +4,8 @@ pub mod admin;
 pub mod aggregator_client;
 pub mod config;
 pub mod downsample;
+pub mod ingest;
 pub mod metrics;
 pub mod query_api;
 pub mod remote_write;
+pub mod write;

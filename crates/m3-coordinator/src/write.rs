@@ -1,0 +1,278 @@
+//! The write path of remote write: raw samples to the unaggregated namespace, and every sample
+//! routed to the aggregators that own its series.
+//!
+//! One request is handled in one pass over the decoded body. For each valid series the labels
+//! are tag-encoded into a reused buffer (the series ID), and each sample is
+//!
+//! 1. kept for the raw write, and
+//! 2. unless its timestamp lies outside the aggregation buffers, encoded as a timed gauge frame
+//!    into the buffer of each aggregator instance that owns the ID's shard.
+//!
+//! Invalid series and out-of-buffer samples do not stop the others: what is valid is written,
+//! and the request is then answered 400 naming what was refused, so nothing accepted is lost
+//! and nothing refused is silent. Storage failures answer 5xx so Prometheus retries.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use m3_storage::{Labels, Store};
+
+use crate::aggregator_client::{AggregatorClient, RouteError};
+use crate::config::WriteBuffersConfig;
+use crate::downsample::{Downsampler, put_timed_gauge_frame};
+use crate::metrics::{CoordinatorMetrics, DropReason};
+use crate::remote_write::{DecodeError, InvalidSeries, RemoteWriteDecoder};
+
+/// Everything a remote-write request needs.
+pub struct WritePath {
+    store: Store,
+    raw_namespace: Option<String>,
+    downsampler: Downsampler,
+    client: Option<Arc<AggregatorClient>>,
+    buffers: WriteBuffersConfig,
+    metrics: CoordinatorMetrics,
+    decoders: Mutex<Vec<RemoteWriteDecoder>>,
+}
+
+impl std::fmt::Debug for WritePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WritePath")
+            .field("raw_namespace", &self.raw_namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What happened to a request that decoded.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// Samples in the request.
+    pub samples: usize,
+    /// Raw samples stored.
+    pub stored_raw: usize,
+    /// Samples sent to at least one aggregator.
+    pub forwarded: usize,
+    /// Invalid series: count and the first few reasons with their labels.
+    pub invalid_series: usize,
+    /// Descriptions of the first invalid series.
+    pub invalid_examples: Vec<String>,
+    /// Samples older than the aggregation past buffer.
+    pub too_far_past: usize,
+    /// Samples newer than the aggregation future buffer.
+    pub too_far_future: usize,
+    /// Samples no aggregator owns.
+    pub unowned: usize,
+}
+
+impl WriteOutcome {
+    /// The 400 reason, when something was refused.
+    pub fn rejection(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if self.invalid_series > 0 {
+            parts.push(format!(
+                "{} invalid series (e.g. {})",
+                self.invalid_series,
+                self.invalid_examples.join("; ")
+            ));
+        }
+        if self.too_far_past > 0 {
+            parts.push(format!(
+                "{} samples: datapoint for aggregation too far in past (stored raw, not aggregated)",
+                self.too_far_past
+            ));
+        }
+        if self.too_far_future > 0 {
+            parts.push(format!(
+                "{} samples: datapoint for aggregation too far in future (stored raw, not aggregated)",
+                self.too_far_future
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+}
+
+/// Why a request failed as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The body did not decode: 400.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The store failed: 500, Prometheus retries.
+    #[error("storing raw samples: {0}")]
+    Storage(m3_storage::Error),
+}
+
+const MAX_INVALID_EXAMPLES: usize = 3;
+
+impl WritePath {
+    /// A write path over `store`; `raw_namespace` receives raw samples, `client` (if any)
+    /// receives what the downsampler selects.
+    pub fn new(
+        store: Store,
+        raw_namespace: Option<String>,
+        downsampler: Downsampler,
+        client: Option<Arc<AggregatorClient>>,
+        buffers: WriteBuffersConfig,
+        metrics: CoordinatorMetrics,
+    ) -> WritePath {
+        WritePath {
+            store,
+            raw_namespace,
+            downsampler,
+            client,
+            buffers,
+            metrics,
+            decoders: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Handles one snappy-compressed remote-write body at `now_nanos`. Blocking (storage I/O):
+    /// call from a blocking thread.
+    ///
+    /// # Errors
+    /// [`WriteError::Decode`] for a body that is not a `WriteRequest` (nothing is written);
+    /// [`WriteError::Storage`] when raw samples could not be stored.
+    pub fn write(&self, body: &[u8], now_nanos: i64) -> Result<WriteOutcome, WriteError> {
+        self.metrics.write_requests.inc();
+        let mut decoder = self.decoders.lock().pop().unwrap_or_default();
+        let result = self.write_with(&mut decoder, body, now_nanos);
+        self.decoders.lock().push(decoder);
+        match &result {
+            Ok(outcome) if outcome.rejection().is_some() => {
+                self.metrics.write_requests_invalid.inc();
+            }
+            Err(WriteError::Decode(_)) => {
+                self.metrics.write_requests_invalid.inc();
+            }
+            _ => {}
+        }
+        result
+    }
+
+    fn write_with(
+        &self,
+        decoder: &mut RemoteWriteDecoder,
+        body: &[u8],
+        now_nanos: i64,
+    ) -> Result<WriteOutcome, WriteError> {
+        let request = decoder.decode_snappy(body)?;
+        let mut outcome = WriteOutcome {
+            samples: request.sample_count(),
+            ..WriteOutcome::default()
+        };
+        self.metrics.samples_received.inc_by(outcome.samples as u64);
+
+        let past_limit = now_nanos.saturating_sub(nanos(
+            self.buffers.buffer_past + self.downsampler.largest_resolution(),
+        ));
+        let future_limit = now_nanos.saturating_add(nanos(self.buffers.buffer_future));
+        let mut batch = match (&self.client, self.downsampler.is_enabled()) {
+            (Some(client), true) => Some(client.batch()),
+            _ => None,
+        };
+        let mut id = Vec::with_capacity(256);
+        let mut raw: Vec<(Labels, i64, f64)> = Vec::new();
+        for series in request.series() {
+            if let Some(reason) = series.invalid() {
+                outcome.invalid_series += 1;
+                self.metrics
+                    .drop_samples(DropReason::invalid_series, series.samples().len() as u64);
+                if outcome.invalid_examples.len() < MAX_INVALID_EXAMPLES {
+                    outcome
+                        .invalid_examples
+                        .push(describe_invalid(&series, reason));
+                }
+                continue;
+            }
+            if self.raw_namespace.is_some() {
+                let labels = Labels::new(series.labels().map(|(n, v)| {
+                    (
+                        String::from_utf8_lossy(n).into_owned(),
+                        String::from_utf8_lossy(v).into_owned(),
+                    )
+                }));
+                if let Ok(labels) = labels {
+                    for s in series.samples() {
+                        raw.push((labels.clone(), s.timestamp_ms, s.value));
+                    }
+                }
+            }
+            let Some(batch) = batch.as_mut() else {
+                continue;
+            };
+            id.clear();
+            if m3_metric::id::encode_tags(series.labels(), &mut id).is_err() {
+                // Labels over 64 KiB cannot be tag-encoded; the series is stored raw only.
+                self.metrics
+                    .drop_samples(DropReason::too_large, series.samples().len() as u64);
+                continue;
+            }
+            for sample in series.samples() {
+                let t = sample.timestamp_ms.saturating_mul(1_000_000);
+                if t < past_limit {
+                    outcome.too_far_past += 1;
+                    continue;
+                }
+                if t > future_limit {
+                    outcome.too_far_future += 1;
+                    continue;
+                }
+                let metadatas = self.downsampler.encoded_metadatas();
+                match batch.route(&id, t, |buf| {
+                    put_timed_gauge_frame(&id, t, sample.value, metadatas, buf)
+                }) {
+                    Ok(_) => outcome.forwarded += 1,
+                    Err(RouteError::NoPlacement) => {
+                        self.metrics.drop_samples(DropReason::no_placement, 1);
+                        outcome.unowned += 1;
+                    }
+                    Err(RouteError::NoOwner) => {
+                        self.metrics
+                            .drop_samples(DropReason::no_aggregator_owner, 1);
+                        outcome.unowned += 1;
+                    }
+                }
+            }
+        }
+        self.metrics
+            .drop_samples(DropReason::too_far_past, outcome.too_far_past as u64);
+        self.metrics
+            .drop_samples(DropReason::too_far_future, outcome.too_far_future as u64);
+        if let (Some(client), Some(batch)) = (&self.client, batch) {
+            client.commit(batch);
+        }
+        if let Some(ns) = &self.raw_namespace
+            && !raw.is_empty()
+        {
+            let refs: Vec<(&Labels, i64, f64)> = raw.iter().map(|(l, t, v)| (l, *t, *v)).collect();
+            if let Err(e) = self.store.write_batch(ns, &refs) {
+                self.metrics
+                    .drop_samples(DropReason::storage_error, refs.len() as u64);
+                return Err(WriteError::Storage(e));
+            }
+            outcome.stored_raw = refs.len();
+            self.metrics.samples_stored_raw.inc_by(refs.len() as u64);
+        }
+        Ok(outcome)
+    }
+}
+
+fn describe_invalid(series: &crate::remote_write::SeriesRef<'_>, reason: InvalidSeries) -> String {
+    let labels: Vec<String> = series
+        .labels()
+        .take(8)
+        .map(|(n, v)| {
+            format!(
+                "{}={:?}",
+                String::from_utf8_lossy(n),
+                String::from_utf8_lossy(v)
+            )
+        })
+        .collect();
+    format!("{reason}: {{{}}}", labels.join(", "))
+}
+
+fn nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
