@@ -1,0 +1,636 @@
+//! Engine behaviour through the public API: windows, add paths, naming, flush modes, expiry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use m3_aggregator::metadata::build;
+use m3_aggregator::metrics::WindowDiscard;
+use m3_aggregator::{
+    AddError, AggregatedOutput, Aggregator, AggregatorOptions, FlushMode, Metadatas, RejectReason,
+    ShardAssignment,
+};
+use m3_metric::id::{decode_tags, encode_tags};
+use m3_metric::{AggregationId, AggregationType, MetricType, StoragePolicy};
+use m3_proto::metricpb;
+
+const S: i64 = 1_000_000_000;
+/// A time aligned to 10s and 1m windows.
+const T0: i64 = 1_700_000_040 * S;
+
+fn policy(s: &str) -> StoragePolicy {
+    s.parse().unwrap()
+}
+
+fn engine(options: AggregatorOptions) -> Aggregator {
+    let agg = Aggregator::new(
+        options,
+        Arc::new(|id: &[u8]| id.iter().map(|b| u32::from(*b)).sum::<u32>() % 4),
+    );
+    agg.set_shards((0..4).map(ShardAssignment::unbounded).collect(), 0);
+    agg
+}
+
+fn flush_leader(agg: &Aggregator, now: i64) -> Vec<AggregatedOutput> {
+    let mut out = Vec::new();
+    agg.flush(now, FlushMode::Leader, &mut out);
+    out.sort_by(|a, b| (a.time_nanos, &a.id).cmp(&(b.time_nanos, &b.id)));
+    out
+}
+
+fn ids(out: &[AggregatedOutput]) -> Vec<String> {
+    out.iter()
+        .map(|o| String::from_utf8_lossy(&o.id).into_owned())
+        .collect()
+}
+
+#[test]
+fn untimed_windows_align_to_epoch_and_emit_at_window_end() {
+    let agg = engine(AggregatorOptions::default());
+    let c = MetricType::Counter;
+    agg.add_untimed(c, b"c", &[1.0], Metadatas::Default, T0 + 3 * S)
+        .unwrap();
+    agg.add_untimed(c, b"c", &[2.0], Metadatas::Default, T0 + 9 * S)
+        .unwrap();
+    agg.add_untimed(c, b"c", &[4.0], Metadatas::Default, T0 + 10 * S)
+        .unwrap();
+    // Nothing is closed before the window end.
+    assert!(flush_leader(&agg, T0 + 10 * S - 1).is_empty());
+    let out = flush_leader(&agg, T0 + 10 * S);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].time_nanos, T0 + 10 * S);
+    assert_eq!(out[0].value, 3.0);
+    assert_eq!(out[0].storage_policy, policy("10s:2d"));
+    let out = flush_leader(&agg, T0 + 25 * S);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].time_nanos, out[0].value), (T0 + 20 * S, 4.0));
+    assert_eq!(agg.metrics().outputs_flushed(), 2);
+    assert_eq!(agg.metrics().added(c), 3);
+}
+
+#[test]
+fn timed_windows_close_after_the_past_buffer() {
+    let agg = engine(AggregatorOptions::default());
+    let m = build::simple(AggregationId::DEFAULT, &[policy("10s:2d")]);
+    agg.add_timed(
+        MetricType::Gauge,
+        b"g",
+        T0 + 5 * S,
+        1.5,
+        Metadatas::Staged(&m),
+        T0 + 6 * S,
+    )
+    .unwrap();
+    // Window [T0, T0+10s) closes at end + bufferPast (1m) + resolution (10s).
+    assert!(flush_leader(&agg, T0 + 80 * S - 1).is_empty());
+    let out = flush_leader(&agg, T0 + 80 * S);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].time_nanos, out[0].value), (T0 + 10 * S, 1.5));
+    assert_eq!(out[0].id, b"g");
+}
+
+#[test]
+fn last_is_latest_timestamp_regardless_of_arrival() {
+    let agg = engine(AggregatorOptions::default());
+    let now = T0 + 9 * S;
+    for (t, v) in [(T0 + 7 * S, 7.0), (T0 + 2 * S, 2.0), (T0 + 5 * S, 5.0)] {
+        agg.add_timed(MetricType::Gauge, b"g", t, v, Metadatas::Default, now)
+            .unwrap();
+    }
+    // Same timestamp: the later arrival wins.
+    for v in [1.0, 8.0] {
+        agg.add_timed(MetricType::Gauge, b"h", T0, v, Metadatas::Default, now)
+            .unwrap();
+    }
+    let out = flush_leader(&agg, T0 + 3600 * S);
+    assert_eq!(ids(&out), vec!["g", "h"]);
+    assert_eq!(out[0].value, 7.0);
+    assert_eq!(out[1].value, 8.0);
+}
+
+#[test]
+fn past_and_future_limits_reject_with_reasons() {
+    let agg = engine(AggregatorOptions::default());
+    let now = T0;
+    let g = MetricType::Gauge;
+    // 10s resolution: past limit is 1m + 10s.
+    let ok_past = now - 70 * S;
+    agg.add_timed(g, b"a", ok_past, 1.0, Metadatas::Default, now)
+        .unwrap();
+    let err = agg
+        .add_timed(g, b"a", ok_past - 1, 1.0, Metadatas::Default, now)
+        .unwrap_err();
+    assert!(
+        matches!(err, AddError::TooFarInThePast { off_by, .. } if off_by == Duration::from_nanos(1))
+    );
+    assert!(err.to_string().contains("too far in the past"));
+    agg.add_timed(g, b"a", now + 60 * S, 1.0, Metadatas::Default, now)
+        .unwrap();
+    let err = agg
+        .add_timed(g, b"a", now + 60 * S + 1, 1.0, Metadatas::Default, now)
+        .unwrap_err();
+    assert!(matches!(err, AddError::TooFarInTheFuture { .. }));
+    assert!(err.to_string().contains("too far in the future"));
+    // A coarser resolution widens the past limit: 1m + 1m.
+    let single = Metadatas::Single {
+        aggregation_id: AggregationId::DEFAULT,
+        storage_policy: policy("1m:40d"),
+    };
+    agg.add_timed(g, b"a", now - 120 * S, 1.0, single, now)
+        .unwrap();
+    // Extreme timestamps are rejected, not panics.
+    for t in [i64::MIN, i64::MAX] {
+        assert!(agg.add_timed(g, b"a", t, 1.0, single, now).is_err());
+    }
+    let m = agg.metrics();
+    assert_eq!(m.rejected(RejectReason::TooFarPast), 2);
+    assert_eq!(m.rejected(RejectReason::TooFarFuture), 2);
+    assert_eq!(m.added(g), 3);
+}
+
+#[test]
+fn staged_metadata_selection_and_tombstones() {
+    let agg = engine(AggregatorOptions::default());
+    let max = AggregationId::from_types([AggregationType::Max]);
+    let staged = metricpb::StagedMetadatas {
+        metadatas: vec![
+            build::staged(0, false, vec![build::pipeline(max, &[policy("1m:40d")])]),
+            build::staged(T0 + 30 * S, true, vec![]),
+        ],
+    };
+    let g = MetricType::Gauge;
+    agg.add_untimed(g, b"g", &[3.0], Metadatas::Staged(&staged), T0 + 10 * S)
+        .unwrap();
+    agg.add_untimed(g, b"g", &[9.0], Metadatas::Staged(&staged), T0 + 20 * S)
+        .unwrap();
+    // Tombstoned from T0+30s: accepted call, value dropped and counted.
+    agg.add_untimed(g, b"g", &[100.0], Metadatas::Staged(&staged), T0 + 40 * S)
+        .unwrap();
+    assert_eq!(agg.metrics().rejected(RejectReason::Tombstoned), 1);
+    let out = flush_leader(&agg, T0 + 120 * S);
+    assert_eq!(ids(&out), vec!["g.upper"]);
+    assert_eq!(out[0].value, 9.0);
+    assert_eq!(out[0].storage_policy, policy("1m:40d"));
+    // No version cut over yet.
+    let future = metricpb::StagedMetadatas {
+        metadatas: vec![build::staged(T0 * 2, false, vec![])],
+    };
+    let err = agg
+        .add_untimed(g, b"g", &[1.0], Metadatas::Staged(&future), T0)
+        .unwrap_err();
+    assert!(matches!(err, AddError::NoApplicableMetadata { .. }));
+}
+
+#[test]
+fn default_storage_policies_apply_to_empty_metadata() {
+    let options = AggregatorOptions {
+        default_storage_policies: vec![policy("10s:2d"), policy("1m:40d")],
+        ..AggregatorOptions::default()
+    };
+    let agg = engine(options);
+    let empty = metricpb::StagedMetadatas::default();
+    agg.add_untimed(
+        MetricType::Counter,
+        b"c",
+        &[5.0],
+        Metadatas::Staged(&empty),
+        T0 + S,
+    )
+    .unwrap();
+    let no_policies = build::simple(AggregationId::DEFAULT, &[]);
+    agg.add_untimed(
+        MetricType::Counter,
+        b"c",
+        &[1.0],
+        Metadatas::Staged(&no_policies),
+        T0 + 2 * S,
+    )
+    .unwrap();
+    let out = flush_leader(&agg, T0 + 60 * S);
+    let mut got: Vec<(String, f64)> = out
+        .iter()
+        .map(|o| (o.storage_policy.to_string(), o.value))
+        .collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got,
+        vec![("10s:2d".to_string(), 6.0), ("1m:40d".to_string(), 6.0)]
+    );
+}
+
+#[test]
+fn output_naming_follows_m3() {
+    let agg = engine(AggregatorOptions::default());
+    let now = T0 + S;
+    agg.add_untimed(MetricType::Counter, b"c", &[1.0], Metadatas::Default, now)
+        .unwrap();
+    agg.add_untimed(MetricType::Gauge, b"g", &[1.0], Metadatas::Default, now)
+        .unwrap();
+    agg.add_untimed(
+        MetricType::Timer,
+        b"t",
+        &[1.0, 2.0, 3.0, 4.0],
+        Metadatas::Default,
+        now,
+    )
+    .unwrap();
+    // A counter with non-default types gets suffixes on every output.
+    let sum_max = build::simple(
+        AggregationId::from_types([AggregationType::Sum, AggregationType::Max]),
+        &[policy("10s:2d")],
+    );
+    agg.add_untimed(
+        MetricType::Counter,
+        b"d",
+        &[1.0],
+        Metadatas::Staged(&sum_max),
+        now,
+    )
+    .unwrap();
+    let out = flush_leader(&agg, T0 + 10 * S);
+    let mut names = ids(&out);
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            "c", "d.sum", "d.upper", "g", "t.count", "t.lower", "t.mean", "t.median", "t.p50",
+            "t.p95", "t.p99", "t.stdev", "t.sum", "t.sum_sq", "t.upper",
+        ]
+    );
+    let timer: Vec<&AggregatedOutput> = out.iter().filter(|o| o.id.starts_with(b"t.")).collect();
+    assert_eq!(timer.len(), 11);
+    let value = |name: &str| {
+        out.iter()
+            .find(|o| o.id == name.as_bytes())
+            .map(|o| o.value)
+            .unwrap()
+    };
+    assert_eq!(value("t.sum"), 10.0);
+    assert_eq!(value("t.upper"), 4.0);
+    assert_eq!(value("t.lower"), 1.0);
+    assert_eq!(value("t.count"), 4.0);
+    assert_eq!(value("t.sum_sq"), 30.0);
+}
+
+#[test]
+fn tag_encoded_ids_get_colon_suffix_on_name() {
+    let agg = engine(AggregatorOptions::default());
+    let mut id = Vec::new();
+    encode_tags(
+        [
+            (&b"__name__"[..], &b"rpc_latency"[..]),
+            (&b"job"[..], &b"api"[..]),
+        ],
+        &mut id,
+    )
+    .unwrap();
+    agg.add_untimed(MetricType::Timer, &id, &[5.0], Metadatas::Default, T0 + S)
+        .unwrap();
+    let out = flush_leader(&agg, T0 + 10 * S);
+    let p99 = out
+        .iter()
+        .find(|o| o.aggregation == AggregationType::P99)
+        .unwrap();
+    let tags = decode_tags(&p99.id).unwrap();
+    assert!(tags.contains(&("__name__".to_string(), "rpc_latency:p99".to_string())));
+    assert!(tags.contains(&("job".to_string(), "api".to_string())));
+    assert_eq!(p99.value, 5.0);
+}
+
+#[test]
+fn invalid_aggregations_and_pipelines_are_counted() {
+    let agg = engine(AggregatorOptions::default());
+    let p99 = build::simple(
+        AggregationId::from_types([AggregationType::P99]),
+        &[policy("10s:2d")],
+    );
+    let err = agg
+        .add_untimed(MetricType::Gauge, b"g", &[1.0], Metadatas::Staged(&p99), T0)
+        .unwrap_err();
+    assert!(matches!(err, AddError::InvalidAggregation { .. }));
+    let last_timer = build::simple(
+        AggregationId::from_types([AggregationType::Last]),
+        &[policy("10s:2d")],
+    );
+    agg.add_untimed(
+        MetricType::Timer,
+        b"t",
+        &[1.0, 2.0],
+        Metadatas::Staged(&last_timer),
+        T0,
+    )
+    .unwrap_err();
+    // Rollup pipeline skipped and counted; the plain pipeline beside it still applies.
+    let mut mixed = build::simple(AggregationId::DEFAULT, &[policy("10s:2d")]);
+    if let Some(m) = mixed.metadatas[0].metadata.as_mut() {
+        m.pipelines
+            .push(build::rollup_pipeline(b"rolled", &[policy("1m:40d")]));
+    }
+    let err = agg
+        .add_untimed(
+            MetricType::Counter,
+            b"c",
+            &[2.0],
+            Metadatas::Staged(&mixed),
+            T0,
+        )
+        .unwrap_err();
+    assert!(matches!(err, AddError::UnsupportedPipeline { ops: 1 }));
+    let m = agg.metrics();
+    assert_eq!(m.rejected(RejectReason::InvalidAggregation), 3);
+    assert_eq!(m.rejected(RejectReason::UnsupportedPipeline), 1);
+    assert_eq!(m.added(MetricType::Counter), 1);
+    assert_eq!(m.added(MetricType::Gauge), 0);
+    // Rejected-only series leave no entry behind.
+    assert_eq!(agg.stats().entries, 1);
+    assert_eq!(m.entries_live(), 1);
+}
+
+#[test]
+fn unowned_and_unwriteable_shards_are_rejected() {
+    let agg = Aggregator::new(
+        AggregatorOptions::default(),
+        Arc::new(|id: &[u8]| u32::from(id[0] - b'0')),
+    );
+    let cutover = T0;
+    let cutoff = T0 + 3600 * S;
+    agg.set_shards(
+        vec![
+            ShardAssignment::unbounded(0),
+            ShardAssignment {
+                id: 1,
+                cutover_nanos: cutover,
+                cutoff_nanos: cutoff,
+            },
+        ],
+        0,
+    );
+    let c = MetricType::Counter;
+    let err = agg
+        .add_untimed(c, b"2x", &[1.0], Metadatas::Default, T0)
+        .unwrap_err();
+    assert_eq!(err, AddError::ShardNotOwned { shard: 2 });
+    // Writable in [cutover − 10m, cutoff + 1h).
+    agg.add_untimed(c, b"1x", &[1.0], Metadatas::Default, cutover - 600 * S)
+        .unwrap();
+    assert!(matches!(
+        agg.add_untimed(c, b"1x", &[1.0], Metadatas::Default, cutover - 600 * S - 1),
+        Err(AddError::ShardNotWriteable { shard: 1, .. })
+    ));
+    agg.add_untimed(c, b"1x", &[1.0], Metadatas::Default, cutoff + 3600 * S - 1)
+        .unwrap();
+    let err = agg
+        .add_untimed(c, b"1x", &[1.0], Metadatas::Default, cutoff + 3600 * S)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("aggregator shard is not writeable")
+    );
+    let m = agg.metrics();
+    assert_eq!(m.rejected(RejectReason::ShardNotOwned), 1);
+    assert_eq!(m.rejected(RejectReason::ShardNotWriteable), 2);
+    // The window before cutover is discarded, the one after cutoff too.
+    let mut out = Vec::new();
+    agg.flush(cutoff + 7200 * S, FlushMode::Leader, &mut out);
+    assert!(out.is_empty());
+    assert_eq!(m.windows_discarded(WindowDiscard::BeforeCutover), 1);
+    assert_eq!(m.windows_discarded(WindowDiscard::AfterCutoff), 1);
+    // Dropping a shard drops its series.
+    agg.set_shards(vec![ShardAssignment::unbounded(0)], T0);
+    assert_eq!(agg.owned_shards(), vec![0]);
+}
+
+#[test]
+fn nan_results_are_discarded_and_counted() {
+    let agg = engine(AggregatorOptions::default());
+    agg.add_untimed(
+        MetricType::Gauge,
+        b"g",
+        &[f64::NAN],
+        Metadatas::Default,
+        T0 + S,
+    )
+    .unwrap();
+    assert!(flush_leader(&agg, T0 + 10 * S).is_empty());
+    assert_eq!(
+        agg.metrics()
+            .outputs_discarded(m3_aggregator::metrics::OutputDiscard::Nan),
+        1
+    );
+    let keep = engine(AggregatorOptions {
+        discard_nan_aggregated_values: false,
+        ..AggregatorOptions::default()
+    });
+    keep.add_untimed(
+        MetricType::Gauge,
+        b"g",
+        &[f64::NAN],
+        Metadatas::Default,
+        T0 + S,
+    )
+    .unwrap();
+    assert!(flush_leader(&keep, T0 + 10 * S)[0].value.is_nan());
+}
+
+#[test]
+fn timer_batches_are_split_but_aggregate_the_same() {
+    let agg = engine(AggregatorOptions {
+        max_timer_batch_size_per_write: 3,
+        ..AggregatorOptions::default()
+    });
+    let values: Vec<f64> = (1..=10).map(f64::from).collect();
+    let only_sum = build::simple(
+        AggregationId::from_types([AggregationType::Sum, AggregationType::Count]),
+        &[policy("10s:2d")],
+    );
+    agg.add_untimed(
+        MetricType::Timer,
+        b"t",
+        &values,
+        Metadatas::Staged(&only_sum),
+        T0 + S,
+    )
+    .unwrap();
+    let out = flush_leader(&agg, T0 + 10 * S);
+    assert_eq!(ids(&out), vec!["t.count", "t.sum"]);
+    assert_eq!(out[0].value, 10.0);
+    assert_eq!(out[1].value, 55.0);
+    assert_eq!(agg.metrics().added(MetricType::Timer), 10);
+}
+
+#[test]
+fn follower_discards_what_leader_flushed_then_takes_over_without_gap_or_duplicate() {
+    let leader = engine(AggregatorOptions::default());
+    let follower = engine(AggregatorOptions::default());
+    let m = build::simple(AggregationId::DEFAULT, &[policy("10s:2d")]);
+    // Both replicas receive the same timed writes, one per 10s window for 2 minutes.
+    let write = |agg: &Aggregator, from: i64, to: i64| {
+        for i in from..to {
+            let t = T0 + i * 10 * S + S;
+            agg.add_timed(
+                MetricType::Gauge,
+                b"g",
+                t,
+                i as f64,
+                Metadatas::Staged(&m),
+                t,
+            )
+            .unwrap();
+            agg.add_untimed(MetricType::Counter, b"c", &[1.0], Metadatas::Staged(&m), t)
+                .unwrap();
+        }
+    };
+    write(&leader, 0, 6);
+    write(&follower, 0, 6);
+    assert!(follower.can_lead(&Default::default()));
+
+    // The leader flushes at T0+100s and persists its flush times.
+    let mut emitted = Vec::new();
+    let r = leader.flush(T0 + 100 * S, FlushMode::Leader, &mut emitted);
+    let times = r.flush_times;
+    assert!(r.outputs > 0);
+    let mut discarded = Vec::new();
+    let fr = follower.flush(
+        T0 + 100 * S,
+        FlushMode::Follower {
+            flushed_times: &times,
+        },
+        &mut discarded,
+    );
+    assert!(discarded.is_empty());
+    assert_eq!(fr.windows_discarded as usize, r.outputs);
+    assert!(follower.can_lead(&times));
+
+    // The leader dies; more writes reach the follower only, which then leads.
+    write(&follower, 6, 12);
+    let mut resumed = Vec::new();
+    follower.flush(T0 + 400 * S, FlushMode::Leader, &mut resumed);
+    let mut all: Vec<(String, i64)> = emitted
+        .iter()
+        .chain(resumed.iter())
+        .map(|o| (String::from_utf8_lossy(&o.id).into_owned(), o.time_nanos))
+        .collect();
+    all.sort();
+    let n = all.len();
+    all.dedup();
+    assert_eq!(all.len(), n, "no duplicate");
+    for name in ["c", "g"] {
+        let ends: Vec<i64> = all
+            .iter()
+            .filter(|(id, _)| id == name)
+            .map(|(_, t)| *t)
+            .collect();
+        let expected: Vec<i64> = (1..=12).map(|i| T0 + i * 10 * S).collect();
+        assert_eq!(ends, expected, "no gap for {name}");
+    }
+    assert_eq!(
+        follower
+            .metrics()
+            .windows_discarded(WindowDiscard::Follower),
+        fr.windows_discarded
+    );
+}
+
+#[test]
+fn a_late_starting_follower_cannot_lead() {
+    let agg = engine(AggregatorOptions::default());
+    agg.set_shards(
+        (0..4).map(ShardAssignment::unbounded).collect(),
+        T0, // already owned: keeps its start time 0
+    );
+    let mut times = m3_proto::flushpb::ShardSetFlushTimes::default();
+    let mut shard_times = m3_proto::flushpb::ShardFlushTimes::default();
+    shard_times.standard_by_resolution.insert(10 * S, T0);
+    times.by_shard.insert(5, shard_times.clone());
+    assert!(agg.can_lead(&times));
+    let late = Aggregator::new(AggregatorOptions::default(), Arc::new(|_: &[u8]| 5));
+    late.set_shards(vec![ShardAssignment::unbounded(5)], T0 + S);
+    assert!(!late.can_lead(&times));
+    late.set_shards(vec![ShardAssignment::unbounded(5)], T0);
+    assert!(
+        !late.can_lead(&times),
+        "start time is kept from the first assignment"
+    );
+    let early = Aggregator::new(AggregatorOptions::default(), Arc::new(|_: &[u8]| 5));
+    early.set_shards(vec![ShardAssignment::unbounded(5)], T0);
+    assert!(early.can_lead(&times));
+    // Timed windows need the future buffer too.
+    let mut timed = m3_proto::flushpb::ShardFlushTimes::default();
+    timed.timed_by_resolution.insert(10 * S, T0 + 30 * S);
+    times.by_shard.insert(5, timed);
+    assert!(!early.can_lead(&times));
+}
+
+#[test]
+fn idle_entries_expire_after_ttl_once_flushed() {
+    let agg = engine(AggregatorOptions::default());
+    agg.add_untimed(MetricType::Counter, b"a", &[1.0], Metadatas::Default, T0)
+        .unwrap();
+    agg.add_untimed(
+        MetricType::Counter,
+        b"b",
+        &[1.0],
+        Metadatas::Default,
+        T0 + 1800 * S,
+    )
+    .unwrap();
+    assert_eq!(agg.metrics().entries_live(), 2);
+    // Open windows keep an entry alive even past the TTL.
+    assert_eq!(agg.expire_entries(T0 + 3601 * S), 0);
+    flush_leader(&agg, T0 + 3601 * S);
+    assert_eq!(
+        agg.expire_entries(T0 + 3600 * S),
+        0,
+        "exactly TTL is not expired"
+    );
+    assert_eq!(agg.expire_entries(T0 + 3601 * S), 1);
+    assert_eq!(agg.stats().entries, 1);
+    assert_eq!(agg.metrics().entries_expired(), 1);
+    assert_eq!(agg.metrics().entries_live(), 1);
+    // A new write recreates the series.
+    agg.add_untimed(
+        MetricType::Counter,
+        b"a",
+        &[1.0],
+        Metadatas::Default,
+        T0 + 4000 * S,
+    )
+    .unwrap();
+    assert_eq!(agg.metrics().entries_live(), 2);
+}
+
+#[test]
+fn concurrent_writers_lose_nothing() {
+    let agg = Arc::new(engine(AggregatorOptions::default()));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let agg = Arc::clone(&agg);
+            std::thread::spawn(move || {
+                for i in 0..2000u32 {
+                    let id = format!("series-{}", i % 50);
+                    agg.add_untimed(
+                        MetricType::Counter,
+                        id.as_bytes(),
+                        &[1.0],
+                        Metadatas::Default,
+                        T0 + S,
+                    )
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let out = flush_leader(&agg, T0 + 10 * S);
+    assert_eq!(out.len(), 50);
+    assert_eq!(out.iter().map(|o| o.value).sum::<f64>(), 8000.0);
+}
+
+#[test]
+fn public_types_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Aggregator>();
+    check::<AggregatedOutput>();
+    check::<AddError>();
+}
