@@ -45,6 +45,7 @@ mod entry;
 pub mod error;
 pub mod flush;
 pub mod ingest;
+pub mod instance;
 pub mod metadata;
 pub mod metrics;
 pub mod options;

@@ -1,0 +1,543 @@
+//! An aggregator as a cluster member: it follows its placement, campaigns for the leadership of
+//! its shard set, flushes on a timer, and sends what it flushes to the coordinators over m3msg.
+//!
+//! ```text
+//! placement watch ──▶ set_shards, election per shard set
+//! every checkEvery:  leader   → flush closed windows → m3msg producer (topic aggregated_metrics)
+//!                              → persist flush times (KV shardset/<id>/flush)
+//!                    follower → read flush times → discard what the leader flushed
+//! topic + consumer placements ──▶ producer's consumer services and instances (live)
+//! ```
+//!
+//! A follower that becomes leader first discards with the latest persisted flush times, then
+//! flushes as leader, so the handover emits no window twice and skips none that it buffered.
+//! On shutdown a leader flushes every window that has ended, persists its flush times, and waits
+//! (bounded) for the coordinators to ack what it sent.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use m3_cluster::keys::{self, ServiceId};
+use m3_cluster::placement::{Placement, PlacementStore};
+use m3_cluster::topic::TopicStore;
+use m3_cluster::{ConsumptionType, ElectionState, KvStore, LeaderElection};
+use m3_msg::{ConsumerInstance, ConsumerInstances, ConsumerServiceSpec, Producer, ProducerConfig};
+use m3_proto::Message;
+use m3_proto::flushpb::ShardSetFlushTimes;
+use m3_proto::metricpb::{AggregatedMetric, TimedMetric, TimedMetricWithStoragePolicy};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::rawtcp::unix_nanos_now;
+use crate::{AggregatedOutput, Aggregator, FlushMode, ShardAssignment};
+
+/// Where an instance finds its cluster state and how it behaves in it.
+#[derive(Debug, Clone)]
+pub struct InstanceOptions {
+    /// This instance's ID in the placement.
+    pub instance_id: String,
+    /// KV environment (default `default_env`).
+    pub environment: String,
+    /// KV zone (default `embedded`).
+    pub zone: String,
+    /// Placement KV namespace (default `/placement`).
+    pub placement_namespace: String,
+    /// Placement key (default `m3aggregator`).
+    pub placement_key: String,
+    /// Topic the output goes to (default `aggregated_metrics`).
+    pub topic: String,
+    /// How long startup waits for the topic (M3 fails with "init watch timeout" after it).
+    pub topic_wait: Duration,
+    /// Leader lease TTL (`electionManager.election.ttlSeconds`, default 10s).
+    pub election_ttl: Duration,
+    /// Flush check period (`flushManager.checkEvery`, default 1s).
+    pub check_every: Duration,
+    /// Expiry sweep period (`entryCheckInterval`).
+    pub entry_check_interval: Duration,
+    /// The m3msg producer.
+    pub producer: ProducerConfig,
+    /// How long shutdown waits for outstanding acks.
+    pub shutdown_ack_timeout: Duration,
+}
+
+impl InstanceOptions {
+    /// Defaults for `instance_id`.
+    pub fn new(instance_id: impl Into<String>) -> InstanceOptions {
+        InstanceOptions {
+            instance_id: instance_id.into(),
+            environment: keys::DEFAULT_ENVIRONMENT.to_string(),
+            zone: keys::DEFAULT_ZONE.to_string(),
+            placement_namespace: "/placement".to_string(),
+            placement_key: "m3aggregator".to_string(),
+            topic: "aggregated_metrics".to_string(),
+            topic_wait: Duration::from_secs(30),
+            election_ttl: Duration::from_secs(10),
+            check_every: Duration::from_secs(1),
+            entry_check_interval: Duration::from_secs(600),
+            producer: ProducerConfig::default(),
+            shutdown_ack_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The election state and leadership eligibility, for `/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushStatus {
+    /// Leader, follower…
+    pub election_state: ElectionState,
+    /// Whether this follower holds every window the leader has not flushed.
+    pub can_lead: bool,
+}
+
+/// A running aggregator instance.
+pub struct AggregatorInstance {
+    aggregator: Arc<Aggregator>,
+    status: watch::Receiver<FlushStatus>,
+    election: Arc<Mutex<Option<(u32, Arc<LeaderElection>)>>>,
+    cancel: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for AggregatorInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AggregatorInstance").finish_non_exhaustive()
+    }
+}
+
+impl AggregatorInstance {
+    /// Joins the cluster: follows the placement and the topic, campaigns and flushes until
+    /// [`AggregatorInstance::shutdown`].
+    ///
+    /// # Errors
+    /// When the KV watches cannot be set up or the topic does not appear in time.
+    pub async fn start(
+        aggregator: Arc<Aggregator>,
+        kv: Arc<dyn KvStore>,
+        options: InstanceOptions,
+    ) -> anyhow::Result<AggregatorInstance> {
+        let cancel = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let producer = start_producer(&kv, &options, &cancel, &mut tasks).await?;
+
+        let placement_key = keys::placement_key_in(
+            &options.placement_namespace,
+            &ServiceId::new(
+                options.placement_key.clone(),
+                options.environment.clone(),
+                options.zone.clone(),
+            ),
+        );
+        let placements = PlacementStore::new(Arc::clone(&kv), placement_key)
+            .watch()
+            .await?;
+        let election: Arc<Mutex<Option<(u32, Arc<LeaderElection>)>>> = Arc::new(Mutex::new(None));
+        let (status_tx, status) = watch::channel(FlushStatus {
+            election_state: ElectionState::Unknown,
+            can_lead: false,
+        });
+        tasks.push(tokio::spawn(follow_placement(
+            placements,
+            Arc::clone(&aggregator),
+            Arc::clone(&kv),
+            options.clone(),
+            Arc::clone(&election),
+            cancel.clone(),
+        )));
+        tasks.push(tokio::spawn(flush_loop(
+            Arc::clone(&aggregator),
+            kv,
+            options.clone(),
+            Arc::clone(&election),
+            producer,
+            status_tx,
+            cancel.clone(),
+        )));
+        let expiry_aggregator = Arc::clone(&aggregator);
+        let expiry_cancel = cancel.clone();
+        let every = options.entry_check_interval;
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    () = expiry_cancel.cancelled() => break,
+                }
+                expiry_aggregator.expire_entries(unix_nanos_now());
+            }
+        }));
+        Ok(AggregatorInstance {
+            aggregator,
+            status,
+            election,
+            cancel,
+            tasks,
+        })
+    }
+
+    /// The engine.
+    pub fn aggregator(&self) -> &Arc<Aggregator> {
+        &self.aggregator
+    }
+
+    /// The current flush status.
+    pub fn status(&self) -> FlushStatus {
+        *self.status.borrow()
+    }
+
+    /// Gives up leadership (`POST /resign`).
+    ///
+    /// # Errors
+    /// When the instance is in no shard set or the KV write fails.
+    pub async fn resign(&self) -> anyhow::Result<()> {
+        let election = self.election.lock().as_ref().map(|(_, e)| Arc::clone(e));
+        match election {
+            Some(e) => Ok(e.resign().await?),
+            None => anyhow::bail!("this instance is in no shard set"),
+        }
+    }
+
+    /// Flushes ended windows (as leader), waits for acks, resigns and stops.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+        }
+        let election = self.election.lock().take();
+        if let Some((_, e)) = election {
+            e.close().await;
+        }
+    }
+}
+
+async fn start_producer(
+    kv: &Arc<dyn KvStore>,
+    options: &InstanceOptions,
+    cancel: &CancellationToken,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<Producer> {
+    let topics = TopicStore::new(Arc::clone(kv), options.environment.clone());
+    let mut topic_watch = topics.watch(&options.topic).await?;
+    let deadline = tokio::time::Instant::now() + options.topic_wait;
+    let topic = loop {
+        if let Some(t) = topic_watch.borrow_and_update().clone() {
+            break t;
+        }
+        tracing::info!(topic = %options.topic, "Waiting for the output topic to be created.");
+        if tokio::time::timeout_at(deadline, topic_watch.changed())
+            .await
+            .is_err()
+        {
+            anyhow::bail!(
+                "init watch timeout: topic {:?} does not exist after {:?}; create it with POST /api/v1/topic/init",
+                options.topic,
+                options.topic_wait
+            );
+        }
+    };
+    let producer = Producer::new(options.producer.clone(), topic.value.number_of_shards);
+    let kv = Arc::clone(kv);
+    let options = options.clone();
+    let cancel = cancel.clone();
+    let task_producer = producer.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut services: BTreeMap<String, CancellationToken> = BTreeMap::new();
+        loop {
+            let current = topic_watch.borrow_and_update().clone();
+            let wanted: Vec<_> = current.map(|t| t.value.consumer_services.clone()).unwrap_or_default();
+            for service in &wanted {
+                let name = service.service_id.name.clone();
+                if services.contains_key(&name) {
+                    continue;
+                }
+                let consumption = match service.consumption_type {
+                    ConsumptionType::Replicated => m3_msg::ConsumptionType::Replicated,
+                    _ => m3_msg::ConsumptionType::Shared,
+                };
+                let spec = ConsumerServiceSpec {
+                    name: name.clone(),
+                    consumption,
+                    message_ttl: (service.message_ttl_nanos > 0)
+                        .then(|| Duration::from_nanos(service.message_ttl_nanos as u64)),
+                };
+                let key = keys::placement_key(&service.service_id);
+                let placement_watch = match PlacementStore::new(Arc::clone(&kv), key).watch().await {
+                    Ok(w) => w,
+                    Err(e) => {
+                        tracing::error!(service = %name, error = %e, "Cannot watch consumer placement.");
+                        continue;
+                    }
+                };
+                let (tx, rx) = watch::channel(ConsumerInstances::default());
+                let service_cancel = cancel.child_token();
+                tokio::spawn(follow_consumer_placement(placement_watch, tx, service_cancel.clone()));
+                if let Err(e) = task_producer.add_consumer_service(spec, rx) {
+                    tracing::error!(service = %name, error = %e, "Cannot add consumer service.");
+                    service_cancel.cancel();
+                    continue;
+                }
+                tracing::info!(service = %name, topic = %options.topic, "Sending output to consumer service.");
+                services.insert(name, service_cancel);
+            }
+            let gone: Vec<String> = services
+                .keys()
+                .filter(|n| !wanted.iter().any(|s| &s.service_id.name == *n))
+                .cloned()
+                .collect();
+            for name in gone {
+                if let Some(c) = services.remove(&name) {
+                    c.cancel();
+                }
+                task_producer.remove_consumer_service(&name);
+            }
+            tokio::select! {
+                changed = topic_watch.changed() => if changed.is_err() { break },
+                () = cancel.cancelled() => break,
+            }
+        }
+    }));
+    Ok(producer)
+}
+
+async fn follow_consumer_placement(
+    mut watch: m3_cluster::kv::DecodedWatch<Placement>,
+    tx: watch::Sender<ConsumerInstances>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let instances = watch
+            .borrow_and_update()
+            .as_ref()
+            .map(|p| consumer_instances(&p.value))
+            .unwrap_or_default();
+        let _ = tx.send(instances);
+        tokio::select! {
+            changed = watch.changed() => if changed.is_err() { break },
+            () = cancel.cancelled() => break,
+        }
+    }
+}
+
+fn consumer_instances(placement: &Placement) -> ConsumerInstances {
+    ConsumerInstances {
+        instances: placement
+            .instances()
+            .map(|i| ConsumerInstance {
+                id: i.id.clone(),
+                endpoint: i.endpoint.clone(),
+                shards: placement.is_sharded.then(|| i.shard_ids().collect()),
+            })
+            .collect(),
+    }
+}
+
+async fn follow_placement(
+    mut watch: m3_cluster::kv::DecodedWatch<Placement>,
+    aggregator: Arc<Aggregator>,
+    kv: Arc<dyn KvStore>,
+    options: InstanceOptions,
+    election: Arc<Mutex<Option<(u32, Arc<LeaderElection>)>>>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let placement = watch.borrow_and_update().clone();
+        let me = placement
+            .as_ref()
+            .and_then(|p| p.value.instance(&options.instance_id).cloned());
+        match me {
+            None => {
+                if placement.is_some() {
+                    tracing::error!(
+                        instance = %options.instance_id,
+                        "Aggregator instance ID must appear in placement; this instance owns no shards. Check aggregator.hostID against the placement's instance IDs."
+                    );
+                } else {
+                    tracing::warn!("No m3aggregator placement yet; owning no shards.");
+                }
+                aggregator.set_shards(Vec::new(), unix_nanos_now());
+                if let Some((_, old)) = election.lock().take() {
+                    tokio::spawn(async move { old.close().await });
+                }
+            }
+            Some(instance) => {
+                let assignments = instance
+                    .shards
+                    .iter()
+                    .map(|s| ShardAssignment {
+                        id: s.id,
+                        cutover_nanos: s.cutover_nanos.max(0),
+                        cutoff_nanos: if s.cutoff_nanos == i64::MAX {
+                            0
+                        } else {
+                            s.cutoff_nanos.max(0)
+                        },
+                    })
+                    .collect();
+                aggregator.set_shards(assignments, unix_nanos_now());
+                let shard_set = instance.shard_set_id;
+                let mut current = election.lock();
+                if current.as_ref().map(|(id, _)| *id) != Some(shard_set) {
+                    if let Some((_, old)) = current.take() {
+                        tokio::spawn(async move { old.close().await });
+                    }
+                    let key =
+                        keys::election_key(&options.environment, &options.placement_key, shard_set);
+                    let e = Arc::new(LeaderElection::new(
+                        Arc::clone(&kv),
+                        key,
+                        options.instance_id.clone(),
+                        options.election_ttl,
+                    ));
+                    e.campaign();
+                    tracing::info!(instance = %options.instance_id, shard_set, shards = instance.shards.len(), "Joined shard set; campaigning for leadership.");
+                    *current = Some((shard_set, e));
+                }
+            }
+        }
+        tokio::select! {
+            changed = watch.changed() => if changed.is_err() { break },
+            () = cancel.cancelled() => break,
+        }
+    }
+}
+
+async fn flush_loop(
+    aggregator: Arc<Aggregator>,
+    kv: Arc<dyn KvStore>,
+    options: InstanceOptions,
+    election: Arc<Mutex<Option<(u32, Arc<LeaderElection>)>>>,
+    producer: Producer,
+    status: watch::Sender<FlushStatus>,
+    cancel: CancellationToken,
+) {
+    let mut outputs: Vec<AggregatedOutput> = Vec::new();
+    let mut was_leader = false;
+    loop {
+        let stopping = tokio::select! {
+            () = tokio::time::sleep(options.check_every) => false,
+            () = cancel.cancelled() => true,
+        };
+        let current = election
+            .lock()
+            .as_ref()
+            .map(|(id, e)| (*id, *e.state().borrow()));
+        let Some((shard_set, state)) = current else {
+            let _ = status.send(FlushStatus {
+                election_state: ElectionState::Unknown,
+                can_lead: false,
+            });
+            if stopping {
+                break;
+            }
+            continue;
+        };
+        let flush_key = keys::flush_times_key(&options.environment, shard_set);
+        let persisted = read_flush_times(&kv, &flush_key).await;
+        let now = unix_nanos_now();
+        if state == ElectionState::Leader {
+            if !was_leader {
+                // Taking over: drop what the previous leader already flushed.
+                aggregator.flush(
+                    now,
+                    FlushMode::Follower {
+                        flushed_times: &persisted,
+                    },
+                    &mut outputs,
+                );
+                tracing::info!(
+                    shard_set,
+                    "Became leader; flushing from the persisted flush times."
+                );
+            }
+            // On shutdown, also emit timed windows that have ended but are still inside the
+            // past buffer: nobody will be left to emit them.
+            let flush_now = if stopping {
+                now.saturating_add(nanos(aggregator.options().buffer_past))
+            } else {
+                now
+            };
+            outputs.clear();
+            let result = aggregator.flush(flush_now, FlushMode::Leader, &mut outputs);
+            let num_shards = producer.number_of_shards().max(1);
+            for output in outputs.drain(..) {
+                let shard = m3_cluster::shard_for(&output.id, num_shards);
+                let message = AggregatedMetric {
+                    metric: Some(TimedMetricWithStoragePolicy {
+                        timed_metric: Some(TimedMetric {
+                            r#type: output.metric_type.to_proto(),
+                            id: Bytes::from(output.id),
+                            time_nanos: output.time_nanos,
+                            value: output.value,
+                            annotation: Bytes::new(),
+                        }),
+                        storage_policy: Some(output.storage_policy.to_proto()),
+                        routing_policy: None,
+                    }),
+                    encode_nanos: now,
+                };
+                if let Err(e) = producer.produce(shard, Bytes::from(message.encode_to_vec())) {
+                    tracing::warn!(error = %e, "Output not accepted by the m3msg producer.");
+                }
+            }
+            if !result.flush_times.by_shard.is_empty() {
+                let mut merged = persisted.clone();
+                for (shard, times) in result.flush_times.by_shard {
+                    merged.by_shard.insert(shard, times);
+                }
+                if let Err(e) = kv
+                    .set(&flush_key, Bytes::from(merged.encode_to_vec()))
+                    .await
+                {
+                    tracing::error!(error = %e, shard_set, "Persisting flush times failed.");
+                }
+            }
+            was_leader = true;
+            let _ = status.send(FlushStatus {
+                election_state: state,
+                can_lead: true,
+            });
+        } else {
+            aggregator.flush(
+                now,
+                FlushMode::Follower {
+                    flushed_times: &persisted,
+                },
+                &mut outputs,
+            );
+            was_leader = false;
+            let _ = status.send(FlushStatus {
+                election_state: state,
+                can_lead: aggregator.can_lead(&persisted),
+            });
+        }
+        if stopping {
+            break;
+        }
+    }
+    let unacked = producer.close(options.shutdown_ack_timeout).await;
+    if unacked > 0 {
+        tracing::warn!(
+            unacked,
+            "Shut down with output not acked by any coordinator."
+        );
+    }
+}
+
+async fn read_flush_times(kv: &Arc<dyn KvStore>, key: &str) -> ShardSetFlushTimes {
+    match kv.get(key).await {
+        Ok(Some(v)) => ShardSetFlushTimes::decode(v.value).unwrap_or_else(|e| {
+            tracing::error!(key, error = %e, "Flush times do not decode; treating as none.");
+            ShardSetFlushTimes::default()
+        }),
+        Ok(None) => ShardSetFlushTimes::default(),
+        Err(e) => {
+            tracing::warn!(key, error = %e, "Reading flush times failed.");
+            ShardSetFlushTimes::default()
+        }
+    }
+}
+
+fn nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
