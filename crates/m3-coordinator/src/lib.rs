@@ -8,4 +8,6 @@ pub mod ingest;
 pub mod metrics;
 pub mod query_api;
 pub mod remote_write;
+pub mod server;
+
 pub mod write;

@@ -99,7 +99,7 @@ pub struct Sample {
 }
 
 /// A decoder that reuses its buffers across requests.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RemoteWriteDecoder {
     body: Vec<u8>,
     labels: Vec<LabelPos>,
@@ -131,8 +131,12 @@ impl RemoteWriteDecoder {
     /// A decoder refusing bodies that decompress to more than `max_decompressed_size` bytes.
     pub fn with_max_size(max_decompressed_size: usize) -> RemoteWriteDecoder {
         RemoteWriteDecoder {
+            body: Vec::new(),
+            labels: Vec::new(),
+            samples: Vec::new(),
+            series: Vec::new(),
+            invalid: Vec::new(),
             max_decompressed_size,
-            ..RemoteWriteDecoder::default()
         }
     }
 
@@ -331,6 +335,12 @@ fn valid_name(name: &[u8], allow_colon: bool) -> bool {
     match name.split_first() {
         Some((&first, rest)) => ok(first, true) && rest.iter().all(|&c| ok(c, false)),
         None => false,
+    }
+}
+
+impl Default for RemoteWriteDecoder {
+    fn default() -> Self {
+        RemoteWriteDecoder::new()
     }
 }
 

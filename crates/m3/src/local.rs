@@ -1,0 +1,348 @@
+//! `m3 local`: the whole pipeline in one process.
+//!
+//! ```text
+//! Prometheus ─▶ coordinator :7201 ─rawtcp─▶ aggregator a :6000 ┐ shard set 1 (RF 2),
+//!                                      └──▶ aggregator b :6100 ┘ one elected leader flushes
+//!              coordinator ingest :7507 ◀─m3msg── leader's output
+//!              embedded store (./data)
+//! ```
+//!
+//! Every part is the one a deployment runs, started in-process and talking over real loopback
+//! TCP; only the KV is in memory. The placements and the topic are created at startup when
+//! absent. Ctrl-C (or SIGTERM) shuts down in pipeline order: the coordinator's queues to the
+//! aggregators drain, each aggregator leader flushes every window that has ended and waits for
+//! the coordinator to ack it, then the coordinator stops and flushes the store.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use m3_aggregator::instance::{AggregatorInstance, InstanceOptions};
+use m3_aggregator::{Aggregator, AggregatorOptions};
+use m3_cluster::keys::{self, ServiceId};
+use m3_cluster::placement::store::PlacementStoreError;
+use m3_cluster::placement::{Instance, PlacementStore, build_mirrored, build_non_sharded};
+use m3_cluster::topic::TopicStore;
+use m3_cluster::{ConsumerService, ConsumptionType, KvStore, MemoryKv, TopicError};
+use m3_coordinator::config::CoordinatorConfig;
+use m3_coordinator::server::Coordinator;
+use m3_metric::StoragePolicy;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The `m3 local` config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct LocalConfig {
+    /// A coordinator config, as `m3coordinator` reads it.
+    coordinator: CoordinatorConfig,
+    /// The two aggregators.
+    #[serde(default)]
+    aggregators: LocalAggregators,
+}
+
+/// The aggregators of `m3 local`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct LocalAggregators {
+    /// rawtcp listen addresses, one per aggregator (two).
+    #[serde(default = "default_aggregator_addresses")]
+    listen_addresses: Vec<String>,
+    /// Shards in the placement and the topic.
+    #[serde(default = "default_num_shards")]
+    num_shards: u32,
+    /// `bufferDurationForPastTimedMetric`.
+    #[serde(default = "default_buffer", with = "m3_config::duration")]
+    buffer_duration_for_past_timed_metric: Duration,
+    /// `bufferDurationForFutureTimedMetric`.
+    #[serde(default = "default_buffer", with = "m3_config::duration")]
+    buffer_duration_for_future_timed_metric: Duration,
+    /// `entryTTL`.
+    #[serde(default = "default_entry_ttl", with = "m3_config::duration")]
+    #[serde(rename = "entryTTL")]
+    entry_ttl: Duration,
+    /// `defaultStoragePolicies` for metrics that carry none.
+    #[serde(default = "default_policies")]
+    default_storage_policies: Vec<StoragePolicy>,
+    /// m3msg message TTL of the coordinator consumer service.
+    #[serde(default = "default_message_ttl", with = "m3_config::duration")]
+    #[serde(rename = "messageTTL")]
+    message_ttl: Duration,
+}
+
+impl Default for LocalAggregators {
+    fn default() -> Self {
+        LocalAggregators {
+            listen_addresses: default_aggregator_addresses(),
+            num_shards: default_num_shards(),
+            buffer_duration_for_past_timed_metric: default_buffer(),
+            buffer_duration_for_future_timed_metric: default_buffer(),
+            entry_ttl: default_entry_ttl(),
+            default_storage_policies: default_policies(),
+            message_ttl: default_message_ttl(),
+        }
+    }
+}
+
+fn default_aggregator_addresses() -> Vec<String> {
+    vec!["127.0.0.1:6000".to_string(), "127.0.0.1:6100".to_string()]
+}
+fn default_num_shards() -> u32 {
+    64
+}
+fn default_buffer() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_entry_ttl() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_policies() -> Vec<StoragePolicy> {
+    vec![StoragePolicy::new(
+        Duration::from_secs(10),
+        Duration::from_secs(2 * 86_400),
+    )]
+}
+fn default_message_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// Runs `m3 local` until Ctrl-C or SIGTERM.
+///
+/// # Errors
+/// A bad config, a port in use, a store that does not open.
+pub async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut config: LocalConfig = m3_config::load(config_path)?;
+    if let Some(dir) = data_dir {
+        config.coordinator.storage.data_dir = dir.display().to_string();
+    }
+    if config.aggregators.listen_addresses.len() != 2 {
+        return Err(m3_config::ConfigError::invalid(
+            config_path,
+            "aggregators.listenAddresses",
+            "m3 local runs exactly two aggregators (RF 2): give two addresses",
+        )
+        .into());
+    }
+    if config.aggregators.num_shards == 0 {
+        return Err(m3_config::ConfigError::invalid(
+            config_path,
+            "aggregators.numShards",
+            "must be at least 1",
+        )
+        .into());
+    }
+    config.coordinator.namespaces(config_path)?;
+    let kv: Arc<dyn KvStore> = Arc::new(MemoryKv::new());
+
+    // Bind everything first so a port in use fails before anything starts.
+    let mut aggregator_listeners = Vec::new();
+    for address in &config.aggregators.listen_addresses {
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding aggregator rawtcp address {address}"))?;
+        aggregator_listeners.push(listener);
+    }
+    let ingest_address = config
+        .coordinator
+        .ingest
+        .as_ref()
+        .map(|i| i.m3msg.server.listen_address.clone())
+        .context("m3 local needs coordinator.ingest.m3msg.server.listenAddress")?;
+    let ingest_listener = TcpListener::bind(&ingest_address)
+        .await
+        .with_context(|| format!("binding ingest address {ingest_address}"))?;
+    let ingest_endpoint = ingest_listener.local_addr()?.to_string();
+    let aggregator_endpoints: Vec<String> = aggregator_listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.to_string()))
+        .collect::<Result<_, _>>()?;
+
+    init_cluster(
+        &kv,
+        &config.aggregators,
+        &aggregator_endpoints,
+        &ingest_endpoint,
+    )
+    .await?;
+
+    let coordinator = Coordinator::start(
+        &config.coordinator,
+        config_path,
+        Arc::clone(&kv),
+        None,
+        Some(ingest_listener),
+    )
+    .await
+    .context("starting the coordinator")?;
+
+    let cancel = CancellationToken::new();
+    let mut instances = Vec::new();
+    let mut rawtcp_tasks = Vec::new();
+    for (listener, endpoint) in aggregator_listeners.into_iter().zip(&aggregator_endpoints) {
+        let options = AggregatorOptions {
+            buffer_past: config.aggregators.buffer_duration_for_past_timed_metric,
+            buffer_future: config.aggregators.buffer_duration_for_future_timed_metric,
+            entry_ttl: config.aggregators.entry_ttl,
+            default_storage_policies: config.aggregators.default_storage_policies.clone(),
+            ..AggregatorOptions::default()
+        };
+        let num_shards = config.aggregators.num_shards;
+        let aggregator = Arc::new(Aggregator::new(
+            options,
+            Arc::new(move |id: &[u8]| m3_cluster::shard_for(id, num_shards)),
+        ));
+        rawtcp_tasks.push(tokio::spawn(m3_aggregator::serve_rawtcp(
+            listener,
+            Arc::clone(&aggregator),
+            m3_proto::framing::DEFAULT_RAWTCP_MAX_MESSAGE_SIZE,
+            cancel.clone(),
+        )));
+        let instance = AggregatorInstance::start(
+            aggregator,
+            Arc::clone(&kv),
+            InstanceOptions::new(endpoint.clone()),
+        )
+        .await
+        .with_context(|| format!("starting aggregator {endpoint}"))?;
+        instances.push(instance);
+    }
+
+    let http = coordinator.addrs().http;
+    println!();
+    println!("m3 local is running.");
+    println!("  coordinator API:      http://{http}");
+    println!(
+        "  aggregators (rawtcp): {}",
+        aggregator_endpoints.join(", ")
+    );
+    println!("  ingest (m3msg):       {ingest_endpoint}");
+    println!(
+        "  data directory:       {}",
+        config.coordinator.storage.data_dir
+    );
+    println!();
+    println!("Point Prometheus at it (prometheus.yml):");
+    println!("  remote_write:");
+    println!("    - url: http://{http}/api/v1/prom/remote/write");
+    println!();
+    println!("Query raw samples:        curl 'http://{http}/api/v1/query?query=up'");
+    println!(
+        "Query 10s aggregates:     curl -H 'M3-Metrics-Type: aggregated' -H 'M3-Storage-Policy: 10s:2d' 'http://{http}/api/v1/query?query=up'"
+    );
+    println!("Press Ctrl-C to stop (closed windows are flushed and stored first).");
+    println!();
+
+    wait_for_shutdown_signal().await;
+    tracing::info!("Shutting down: draining the coordinator's queues to the aggregators.");
+    coordinator
+        .drain_aggregator_client(Duration::from_secs(5))
+        .await;
+    // Let the aggregators read what was just written before they stop listening.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cancel.cancel();
+    for task in rawtcp_tasks {
+        let _ = task.await;
+    }
+    tracing::info!("Flushing ended windows from the aggregators.");
+    for instance in instances {
+        instance.shutdown().await;
+    }
+    coordinator.shutdown().await;
+    tracing::info!("Stopped.");
+    Ok(())
+}
+
+async fn wait_for_shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Creates the aggregator placement, the topic, the coordinator placement and its consumer
+/// service, each only when absent.
+async fn init_cluster(
+    kv: &Arc<dyn KvStore>,
+    aggregators: &LocalAggregators,
+    aggregator_endpoints: &[String],
+    ingest_endpoint: &str,
+) -> anyhow::Result<()> {
+    let env = keys::DEFAULT_ENVIRONMENT;
+    let zone = keys::DEFAULT_ZONE;
+    let groups = ["availability-zone-a", "availability-zone-b"];
+    let instances: Vec<Instance> = aggregator_endpoints
+        .iter()
+        .zip(groups)
+        .map(|(endpoint, group)| {
+            Instance::new(endpoint.clone())
+                .with_endpoint(endpoint.clone())
+                .with_isolation_group(group)
+                .with_zone(zone)
+                .with_weight(100)
+        })
+        .collect();
+    let placement = build_mirrored(instances, aggregators.num_shards, 2, 0)?;
+    let aggregator_key = keys::placement_key(&ServiceId::new("m3aggregator", env, zone));
+    ignore_exists(
+        PlacementStore::new(Arc::clone(kv), aggregator_key)
+            .init(&placement)
+            .await,
+    )?;
+
+    let topics = TopicStore::new(Arc::clone(kv), env);
+    match topics
+        .init("aggregated_metrics", aggregators.num_shards)
+        .await
+    {
+        Ok(_) | Err(TopicError::AlreadyExists { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let coordinator = Instance::new("m3coordinator01")
+        .with_endpoint(ingest_endpoint)
+        .with_zone(zone);
+    let coordinator_placement = build_non_sharded(vec![coordinator])?;
+    let coordinator_key = keys::placement_key(&ServiceId::new("m3coordinator", env, zone));
+    ignore_exists(
+        PlacementStore::new(Arc::clone(kv), coordinator_key)
+            .init(&coordinator_placement)
+            .await,
+    )?;
+    let mut service = ConsumerService::new(
+        ServiceId::new("m3coordinator", env, zone),
+        ConsumptionType::Shared,
+    );
+    service.message_ttl_nanos =
+        i64::try_from(aggregators.message_ttl.as_nanos()).unwrap_or(i64::MAX);
+    match topics
+        .add_consumer_service("aggregated_metrics", service)
+        .await
+    {
+        Ok(_) | Err(TopicError::ConsumerServiceExists { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+fn ignore_exists(result: Result<i64, PlacementStoreError>) -> anyhow::Result<()> {
+    match result {
+        Ok(_) | Err(PlacementStoreError::AlreadyExists { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,293 @@
+//! End to end: the built `m3` binary runs `m3 local`; remote-write requests and rawtcp metrics go
+//! in; the query API must return exactly what the aggregation produces.
+
+mod support;
+
+use std::time::Duration;
+
+use m3_metric::id::encode_tags;
+use m3_proto::Message;
+use m3_proto::metricpb::{
+    BatchTimer, BatchTimerWithMetadatas, Counter, CounterWithMetadatas, Gauge, GaugeWithMetadatas,
+    MetricWithMetadatas, StagedMetadatas, metric_with_metadatas,
+};
+use m3_proto::prometheus::{Label, Sample, TimeSeries, WriteRequest};
+use support::{LocalProcess, now_ms};
+
+const AGG_10S: &[(&str, &str)] = &[
+    ("M3-Metrics-Type", "aggregated"),
+    ("M3-Storage-Policy", "10s:2d"),
+];
+const AGG_1M: &[(&str, &str)] = &[
+    ("M3-Metrics-Type", "aggregated"),
+    ("M3-Storage-Policy", "1m:40d"),
+];
+
+fn series(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> TimeSeries {
+    TimeSeries {
+        labels: labels
+            .iter()
+            .map(|(n, v)| Label {
+                name: n.to_string(),
+                value: v.to_string(),
+            })
+            .collect(),
+        samples: samples
+            .iter()
+            .map(|&(timestamp, value)| Sample { value, timestamp })
+            .collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_write_is_downsampled_to_last_per_window() {
+    let m3 = LocalProcess::start("remote_write").await;
+    // Two 10s windows inside the current minute's past buffer: [w, w+10s) and [w+10s, w+20s).
+    let w = (now_ms() / 10_000) * 10_000 - 20_000;
+    let a = [
+        (w + 1_000, 1.0),
+        (w + 5_000, 5.0),
+        (w + 9_000, 3.0),
+        (w + 12_000, 7.0),
+        (w + 19_999, 2.5),
+    ];
+    let b = [(w + 2_000, 10.0), (w + 11_000, 20.0), (w + 15_000, 30.0)];
+    let request = WriteRequest {
+        timeseries: vec![
+            series(&[("__name__", "e2e_gauge"), ("host", "a")], &a),
+            series(&[("__name__", "e2e_gauge"), ("host", "b")], &b),
+        ],
+    };
+    let status = m3.remote_write(&request.encode_to_vec()).await;
+    assert_eq!(status.0, 200, "remote write answered {status:?}");
+
+    // Raw samples, exactly as sent.
+    let raw = m3.query("e2e_gauge{host=\"a\"}[5m]", &[]).await;
+    assert_eq!(
+        support::matrix_points(&raw, "a"),
+        a.iter().map(|&(t, v)| (t, v)).collect::<Vec<_>>()
+    );
+
+    // Last per 10s window, timestamped at the window end.
+    let want_a = vec![(w + 10_000, 3.0), (w + 20_000, 2.5)];
+    let want_b = vec![(w + 10_000, 10.0), (w + 20_000, 30.0)];
+    let got = m3
+        .wait_for_points("e2e_gauge[5m]", AGG_10S, |got| {
+            support::matrix_points(got, "a") == want_a && support::matrix_points(got, "b") == want_b
+        })
+        .await;
+    assert_eq!(support::matrix_points(&got, "a"), want_a);
+    assert_eq!(support::matrix_points(&got, "b"), want_b);
+
+    // Nothing else was written to the aggregated namespace for these series.
+    let got_1m_before = m3.query("e2e_gauge[5m]", AGG_1M).await;
+    for host in ["a", "b"] {
+        for (t, _) in support::matrix_points(&got_1m_before, host) {
+            assert_eq!(t % 60_000, 0, "1m outputs are at minute ends");
+        }
+    }
+    m3.stop().await;
+}
+
+/// Writes metrics the way M3's client libraries do: untimed counters, gauges and batch timers
+/// over rawtcp, with default metadata, to every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rawtcp_counters_gauges_timers_yield_default_aggregations() {
+    let m3 = LocalProcess::start("rawtcp").await;
+    let id = |name: &str| {
+        let mut out = Vec::new();
+        encode_tags(
+            [
+                (b"__name__".as_slice(), name.as_bytes()),
+                (b"service".as_slice(), b"api".as_slice()),
+            ],
+            &mut out,
+        )
+        .expect("small tags encode");
+        out
+    };
+    let default_metadata = StagedMetadatas { metadatas: vec![] };
+    let mut messages = Vec::new();
+    for v in [3i64, 4, 5] {
+        messages.push(MetricWithMetadatas {
+            r#type: metric_with_metadatas::Type::CounterWithMetadatas as i32,
+            counter_with_metadatas: Some(CounterWithMetadatas {
+                counter: Some(Counter {
+                    id: id("e2e_requests").into(),
+                    value: v,
+                    ..Default::default()
+                }),
+                metadatas: Some(default_metadata.clone()),
+            }),
+            ..Default::default()
+        });
+    }
+    for v in [1.5, 9.25] {
+        messages.push(MetricWithMetadatas {
+            r#type: metric_with_metadatas::Type::GaugeWithMetadatas as i32,
+            gauge_with_metadatas: Some(GaugeWithMetadatas {
+                gauge: Some(Gauge {
+                    id: id("e2e_queue_depth").into(),
+                    value: v,
+                    ..Default::default()
+                }),
+                metadatas: Some(default_metadata.clone()),
+            }),
+            ..Default::default()
+        });
+    }
+    messages.push(MetricWithMetadatas {
+        r#type: metric_with_metadatas::Type::BatchTimerWithMetadatas as i32,
+        batch_timer_with_metadatas: Some(BatchTimerWithMetadatas {
+            batch_timer: Some(BatchTimer {
+                id: id("e2e_latency").into(),
+                values: (1..=10).map(f64::from).collect(),
+                ..Default::default()
+            }),
+            metadatas: Some(default_metadata.clone()),
+        }),
+        ..Default::default()
+    });
+
+    // Untimed metrics are bucketed by arrival: send right after a window starts so that all
+    // land in one window.
+    let into_window = now_ms() % 10_000;
+    if into_window > 6_000 {
+        tokio::time::sleep(Duration::from_millis((10_000 - into_window + 200) as u64)).await;
+    }
+    for endpoint in m3.aggregator_endpoints() {
+        support::write_rawtcp(&endpoint, &messages).await;
+    }
+
+    let expect = |name: &str, value: f64| (name.to_string(), value);
+    let wanted = [
+        expect("e2e_requests", 12.0),
+        expect("e2e_queue_depth", 9.25),
+        expect("e2e_latency:sum", 55.0),
+        expect("e2e_latency:sum_sq", 385.0),
+        expect("e2e_latency:mean", 5.5),
+        expect("e2e_latency:lower", 1.0),
+        expect("e2e_latency:upper", 10.0),
+        expect("e2e_latency:count", 10.0),
+        expect("e2e_latency:stdev", (82.5f64 / 9.0).sqrt()),
+    ];
+    for (name, value) in wanted {
+        let got = m3
+            .wait_for_points(&format!("{name}[5m]"), AGG_10S, |got| {
+                !support::all_points(got).is_empty()
+            })
+            .await;
+        let points = support::all_points(&got);
+        assert_eq!(
+            points.len(),
+            1,
+            "{name}: one window expected, got {points:?}"
+        );
+        assert!(
+            (points[0].1 - value).abs() < 1e-9,
+            "{name}: want {value}, got {}",
+            points[0].1
+        );
+        assert_eq!(points[0].0 % 10_000, 0, "{name}: timestamp at a window end");
+    }
+    // Quantiles come from a sketch: within its relative error of the exact order statistic.
+    for (name, exact) in [
+        ("e2e_latency:median", 5.0),
+        ("e2e_latency:p50", 5.0),
+        ("e2e_latency:p95", 10.0),
+        ("e2e_latency:p99", 10.0),
+    ] {
+        let got = m3
+            .wait_for_points(&format!("{name}[5m]"), AGG_10S, |got| {
+                !support::all_points(got).is_empty()
+            })
+            .await;
+        let points = support::all_points(&got);
+        assert_eq!(points.len(), 1, "{name}");
+        assert!(
+            (points[0].1 - exact).abs() <= exact * 0.11,
+            "{name}: want ≈{exact}, got {}",
+            points[0].1
+        );
+    }
+    m3.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_remote_write_bodies_get_400_and_the_process_keeps_serving() {
+    let m3 = LocalProcess::start("bad_input").await;
+    let good = WriteRequest {
+        timeseries: vec![series(&[("__name__", "ok_metric")], &[(now_ms(), 1.0)])],
+    }
+    .encode_to_vec();
+    let compressed = snap::raw::Encoder::new()
+        .compress_vec(&good)
+        .expect("compress");
+
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "truncated",
+            compressed[..compressed.len() / 2].to_vec(),
+            "snappy",
+        ),
+        ("not snappy", b"definitely not snappy".to_vec(), "snappy"),
+        (
+            "not protobuf",
+            snap::raw::Encoder::new()
+                .compress_vec(&[0xff; 32])
+                .expect("compress"),
+            "protobuf",
+        ),
+    ];
+    for (what, body, reason) in cases {
+        let (status, text) = m3.remote_write_raw(body).await;
+        assert_eq!(status, 400, "{what}: {text}");
+        assert!(
+            text.contains(reason),
+            "{what}: reason {text:?} should mention {reason}"
+        );
+    }
+    let label_cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
+        (
+            "unsorted",
+            vec![("__name__", "m"), ("b", "1"), ("a", "2")],
+            "sorted",
+        ),
+        (
+            "duplicate",
+            vec![("__name__", "m"), ("a", "1"), ("a", "2")],
+            "duplicate",
+        ),
+        (
+            "empty value",
+            vec![("__name__", "m"), ("a", "")],
+            "empty label value",
+        ),
+        (
+            "empty name",
+            vec![("", "x"), ("__name__", "m")],
+            "empty label name",
+        ),
+    ];
+    for (what, labels, reason) in label_cases {
+        let request = WriteRequest {
+            timeseries: vec![series(&labels, &[(now_ms(), 1.0)])],
+        };
+        let (status, text) = m3.remote_write(&request.encode_to_vec()).await;
+        assert_eq!(status, 400, "{what}: {text}");
+        assert!(
+            text.contains(reason),
+            "{what}: reason {text:?} should mention {reason}"
+        );
+    }
+    // Still serving: a good request is accepted and readable.
+    let (status, text) = m3.remote_write(&good).await;
+    assert_eq!(status, 200, "{text}");
+    let raw = m3.query("ok_metric", &[]).await;
+    assert_eq!(
+        raw["data"]["result"].as_array().map(Vec::len),
+        Some(1),
+        "{raw}"
+    );
+    m3.stop().await;
+}

@@ -1,0 +1,286 @@
+//! Runs the built `m3` binary for tests: a fresh data directory and config with free ports per
+//! test, the coordinator's address read from what `m3 local` prints, and helpers to write and
+//! query.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use m3_proto::metricpb::MetricWithMetadatas;
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A running `m3 local`.
+pub struct LocalProcess {
+    child: Option<Child>,
+    http: String,
+    aggregators: Vec<String>,
+    _dir: tempfile::TempDir,
+    client: reqwest::Client,
+}
+
+const CONFIG: &str = r#"
+coordinator:
+  listenAddress: 127.0.0.1:0
+  clusters:
+    - namespaces:
+        - namespace: default
+          type: unaggregated
+          retention: 48h
+        - namespace: agg_10s_2d
+          type: aggregated
+          resolution: 10s
+          retention: 2d
+        - namespace: agg_1m_40d
+          type: aggregated
+          resolution: 1m
+          retention: 40d
+  storage:
+    dataDir: DATA_DIR
+  downsample:
+    remoteAggregator:
+      client:
+        placementKV:
+          namespace: /placement
+        placementWatcher:
+          key: m3aggregator
+          initWatchTimeout: 10s
+        hashType: murmur32
+        queueSize: 10000
+        queueDropType: oldest
+  ingest:
+    m3msg:
+      server:
+        listenAddress: 127.0.0.1:0
+  writeBuffers:
+    bufferPast: 30s
+    bufferFuture: 1m
+aggregators:
+  listenAddresses: ["127.0.0.1:0", "127.0.0.1:0"]
+  numShards: 16
+  bufferDurationForPastTimedMetric: 30s
+  bufferDurationForFutureTimedMetric: 1m
+"#;
+
+impl LocalProcess {
+    /// Starts `m3 local` with a test config (30s past buffer) in a fresh directory.
+    pub async fn start(name: &str) -> LocalProcess {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("m3-e2e-{name}-"))
+            .tempdir()
+            .expect("temp dir");
+        let config = dir.path().join("m3local.yml");
+        let data = dir.path().join("data");
+        std::fs::write(
+            &config,
+            CONFIG.replace("DATA_DIR", &data.display().to_string()),
+        )
+        .expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_m3"))
+            .args(["local", "-f"])
+            .arg(&config)
+            .env("RUST_LOG", "info,lsm_tree=warn,fjall=warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the m3 binary starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                println!("[m3 local] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (mut http, mut aggregators) = (None, None);
+        while http.is_none() || aggregators.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("m3 local did not print its addresses within 30s")
+            });
+            if let Some(rest) = line.trim().strip_prefix("coordinator API:") {
+                http = Some(rest.trim().to_string());
+            }
+            if let Some(rest) = line.trim().strip_prefix("aggregators (rawtcp):") {
+                aggregators = Some(rest.split(',').map(|s| s.trim().to_string()).collect());
+            }
+        }
+        LocalProcess {
+            child: Some(child),
+            http: http.unwrap_or_default(),
+            aggregators: aggregators.unwrap_or_default(),
+            _dir: dir,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// The rawtcp endpoints of the aggregators.
+    pub fn aggregator_endpoints(&self) -> Vec<String> {
+        self.aggregators.clone()
+    }
+
+    /// The coordinator's base URL.
+    pub fn http(&self) -> &str {
+        &self.http
+    }
+
+    /// Sends an uncompressed `WriteRequest`, snappy-compressing it as Prometheus does.
+    pub async fn remote_write(&self, proto: &[u8]) -> (u16, String) {
+        let body = snap::raw::Encoder::new()
+            .compress_vec(proto)
+            .expect("compress");
+        self.remote_write_raw(body).await
+    }
+
+    /// Sends `body` as it is.
+    pub async fn remote_write_raw(&self, body: Vec<u8>) -> (u16, String) {
+        let response = self
+            .client
+            .post(format!("{}/api/v1/prom/remote/write", self.http))
+            .header("Content-Encoding", "snappy")
+            .header("Content-Type", "application/x-protobuf")
+            .header("X-Prometheus-Remote-Write-Version", "0.1.0")
+            .body(body)
+            .send()
+            .await
+            .expect("coordinator answers");
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
+    }
+
+    /// An instant query with extra headers; returns the JSON body.
+    pub async fn query(&self, query: &str, headers: &[(&str, &str)]) -> Value {
+        let mut request = self.client.get(format!(
+            "{}/api/v1/query?query={}",
+            self.http,
+            url_encode(query)
+        ));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("coordinator answers");
+        let text = response.text().await.expect("body");
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("query {query}: not JSON ({e}): {text}"))
+    }
+
+    /// Polls `query` (up to 90s) until `done` accepts the result, which is returned.
+    pub async fn wait_for_points(
+        &self,
+        query: &str,
+        headers: &[(&str, &str)],
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let got = self.query(query, headers).await;
+            if done(&got) || Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub async fn stop(mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                assert!(status.success(), "m3 local exited with {status}");
+                return;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("m3 local did not stop within 60s of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for LocalProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The (ms, value) points of the matrix series whose `host` label is `host`.
+pub fn matrix_points(result: &Value, host: &str) -> Vec<(i64, f64)> {
+    result["data"]["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["metric"]["host"] == host)
+        .flat_map(|s| points_of(s))
+        .collect()
+}
+
+/// Every (ms, value) point of every series of a matrix result.
+pub fn all_points(result: &Value) -> Vec<(i64, f64)> {
+    result["data"]["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(points_of)
+        .collect()
+}
+
+fn points_of(series: &Value) -> Vec<(i64, f64)> {
+    series["values"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let t = p[0].as_f64()?;
+            let v: f64 = p[1].as_str()?.parse().ok()?;
+            Some(((t * 1000.0).round() as i64, v))
+        })
+        .collect()
+}
+
+/// Writes `messages` as rawtcp frames to `endpoint`, as M3's client does.
+pub async fn write_rawtcp(endpoint: &str, messages: &[MetricWithMetadatas]) {
+    let mut buf = BytesMut::new();
+    for m in messages {
+        m3_proto::framing::put_rawtcp_frame(m, &mut buf, 1 << 20).expect("frame");
+    }
+    let mut stream = tokio::net::TcpStream::connect(endpoint)
+        .await
+        .expect("aggregator accepts");
+    stream.write_all(&buf).await.expect("write");
+    stream.flush().await.expect("flush");
+    stream.shutdown().await.expect("shutdown");
+}
+
+/// Percent-encodes everything but unreserved characters.
+pub fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
