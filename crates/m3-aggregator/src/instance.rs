@@ -83,6 +83,10 @@ impl InstanceOptions {
     }
 }
 
+/// The election of the shard set this instance is in, with the shard set's ID; replaced when
+/// the placement moves the instance to another shard set.
+type SharedElection = Arc<Mutex<Option<(u32, Arc<LeaderElection>)>>>;
+
 /// The election state and leadership eligibility, for `/status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlushStatus {
@@ -96,7 +100,7 @@ pub struct FlushStatus {
 pub struct AggregatorInstance {
     aggregator: Arc<Aggregator>,
     status: watch::Receiver<FlushStatus>,
-    election: Arc<Mutex<Option<(u32, Arc<LeaderElection>)>>>,
+    election: SharedElection,
     cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -133,7 +137,7 @@ impl AggregatorInstance {
         let placements = PlacementStore::new(Arc::clone(&kv), placement_key)
             .watch()
             .await?;
-        let election: Arc<Mutex<Option<(u32, Arc<LeaderElection>)>>> = Arc::new(Mutex::new(None));
+        let election: SharedElection = Arc::new(Mutex::new(None));
         let (status_tx, status) = watch::channel(FlushStatus {
             election_state: ElectionState::Unknown,
             can_lead: false,
@@ -337,7 +341,7 @@ async fn follow_placement(
     aggregator: Arc<Aggregator>,
     kv: Arc<dyn KvStore>,
     options: InstanceOptions,
-    election: Arc<Mutex<Option<(u32, Arc<LeaderElection>)>>>,
+    election: SharedElection,
     cancel: CancellationToken,
 ) {
     loop {
@@ -406,7 +410,7 @@ async fn flush_loop(
     aggregator: Arc<Aggregator>,
     kv: Arc<dyn KvStore>,
     options: InstanceOptions,
-    election: Arc<Mutex<Option<(u32, Arc<LeaderElection>)>>>,
+    election: SharedElection,
     producer: Producer,
     status: watch::Sender<FlushStatus>,
     cancel: CancellationToken,

@@ -593,7 +593,7 @@ impl CoordinatorConfig {
                 {
                     return Err(ConfigError::invalid(
                         path,
-                        format!("{key}"),
+                        key.to_string(),
                         format!(
                             "another aggregated namespace already has resolution:retention {p}"
                         ),

@@ -158,7 +158,7 @@ fn zigzag(value: i64) -> u64 {
 }
 
 fn varint_len(value: u64) -> usize {
-    ((64 - (value | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 fn put_varint(mut value: u64, out: &mut BytesMut) {

@@ -247,7 +247,8 @@ async fn bad_remote_write_bodies_get_400_and_the_process_keeps_serving() {
             "{what}: reason {text:?} should mention {reason}"
         );
     }
-    let label_cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
+    type LabelCase<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let label_cases: Vec<LabelCase<'_>> = vec![
         (
             "unsorted",
             vec![("__name__", "m"), ("b", "1"), ("a", "2")],

@@ -232,7 +232,7 @@ pub fn matrix_points(result: &Value, host: &str) -> Vec<(i64, f64)> {
         .into_iter()
         .flatten()
         .filter(|s| s["metric"]["host"] == host)
-        .flat_map(|s| points_of(s))
+        .flat_map(points_of)
         .collect()
 }
 
