@@ -311,7 +311,7 @@ impl Aggregator {
         let mut result = FlushResult::default();
         for shard in shards {
             let mut times = flushpb::ShardFlushTimes::default();
-            let leader = matches!(mode, FlushMode::Leader);
+            let leader = matches!(mode, FlushMode::Leader | FlushMode::LeaderFinal);
             let (outputs, discarded) = shard.state.lock().flush(
                 &shard,
                 now_nanos,

@@ -51,6 +51,10 @@ impl Category {
 pub enum FlushMode<'a> {
     /// Emit closed windows and return the flush times to persist.
     Leader,
+    /// As `Leader`, but for the last flush before the process stops: every window that has
+    /// *ended* is emitted, including timed windows still inside the past buffer (nobody would
+    /// be left to emit them). Windows still open are not.
+    LeaderFinal,
     /// Emit nothing; discard the windows the leader has flushed according to `flushed_times`
     /// (as read from KV), keep all later windows.
     Follower {

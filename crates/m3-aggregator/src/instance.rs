@@ -456,13 +456,13 @@ async fn flush_loop(
             }
             // On shutdown, also emit timed windows that have ended but are still inside the
             // past buffer: nobody will be left to emit them.
-            let flush_now = if stopping {
-                now.saturating_add(nanos(aggregator.options().buffer_past))
+            let mode = if stopping {
+                FlushMode::LeaderFinal
             } else {
-                now
+                FlushMode::Leader
             };
             outputs.clear();
-            let result = aggregator.flush(flush_now, FlushMode::Leader, &mut outputs);
+            let result = aggregator.flush(now, mode, &mut outputs);
             let num_shards = producer.number_of_shards().max(1);
             for output in outputs.drain(..) {
                 let shard = m3_cluster::shard_for(&output.id, num_shards);
@@ -540,8 +540,4 @@ async fn read_flush_times(kv: &Arc<dyn KvStore>, key: &str) -> ShardSetFlushTime
             ShardSetFlushTimes::default()
         }
     }
-}
-
-fn nanos(d: Duration) -> i64 {
-    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }

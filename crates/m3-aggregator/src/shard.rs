@@ -195,8 +195,16 @@ impl Limits {
 
     /// The flush target of windows of `resolution` in `category`: windows ending at or before
     /// it are closed.
-    fn flush_target(&self, category: Category, resolution: i64, now: i64) -> i64 {
+    /// With `final_flush`, every window that has ended is closed, whatever its category.
+    fn flush_target(
+        &self,
+        category: Category,
+        resolution: i64,
+        now: i64,
+        final_flush: bool,
+    ) -> i64 {
         match category {
+            _ if final_flush => now,
             Category::Untimed => now,
             Category::Timed => now.saturating_sub(self.buffer_past.saturating_add(resolution)),
         }
@@ -312,9 +320,10 @@ impl ShardState {
         let cutover = shard.cutover_nanos.load(Ordering::Relaxed);
         let cutoff = shard.cutoff_nanos.load(Ordering::Relaxed);
         let leader_times = match mode {
-            FlushMode::Leader => None,
+            FlushMode::Leader | FlushMode::LeaderFinal => None,
             FlushMode::Follower { flushed_times } => Some(flushed_times.by_shard.get(&shard.id)),
         };
+        let final_flush = matches!(mode, FlushMode::LeaderFinal);
         let specs = &self.specs.specs;
         let mut emitted = 0usize;
         let mut discarded = [0u64; 3];
@@ -325,7 +334,7 @@ impl ShardState {
             plan.extend(specs.iter().map(|spec| {
                 match leader_times {
                     None => align_down(
-                        limits.flush_target(category, spec.resolution, now),
+                        limits.flush_target(category, spec.resolution, now, final_flush),
                         spec.resolution,
                     ),
                     Some(times) => times
@@ -377,7 +386,7 @@ impl ShardState {
                         continue;
                     }
                     let target = align_down(
-                        limits.flush_target(category, spec.resolution, now),
+                        limits.flush_target(category, spec.resolution, now, final_flush),
                         spec.resolution,
                     );
                     let flushed = self

@@ -89,6 +89,49 @@ fn timed_windows_close_after_the_past_buffer() {
 }
 
 #[test]
+fn final_flush_emits_every_ended_window_and_no_open_one() {
+    let agg = engine(AggregatorOptions::default());
+    let m = build::simple(AggregationId::DEFAULT, &[policy("10s:2d")]);
+    for (t, v) in [(T0 + 5 * S, 1.0), (T0 + 15 * S, 2.0), (T0 + 25 * S, 3.0)] {
+        agg.add_timed(
+            MetricType::Gauge,
+            b"g",
+            t,
+            v,
+            Metadatas::Staged(&m),
+            T0 + 26 * S,
+        )
+        .unwrap();
+    }
+    agg.add_untimed(
+        MetricType::Counter,
+        b"c",
+        &[4.0],
+        Metadatas::Default,
+        T0 + 21 * S,
+    )
+    .unwrap();
+    // A regular flush at T0+26s emits nothing timed: the windows are inside the past buffer.
+    assert!(flush_leader(&agg, T0 + 26 * S).iter().all(|o| o.id != b"g"));
+    // The final flush emits the two timed windows that ended and keeps the open ones.
+    let mut out = Vec::new();
+    let result = agg.flush(T0 + 26 * S, FlushMode::LeaderFinal, &mut out);
+    out.sort_by_key(|o| o.time_nanos);
+    let got: Vec<_> = out
+        .iter()
+        .map(|o| (o.id.clone(), o.time_nanos, o.value))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (b"g".to_vec(), T0 + 10 * S, 1.0),
+            (b"g".to_vec(), T0 + 20 * S, 2.0)
+        ]
+    );
+    assert!(!result.flush_times.by_shard.is_empty());
+}
+
+#[test]
 fn last_is_latest_timestamp_regardless_of_arrival() {
     let agg = engine(AggregatorOptions::default());
     let now = T0 + 9 * S;
