@@ -15,7 +15,8 @@
 //! `application/x-www-form-urlencoded` body (body values first, as Prometheus reads them).
 //! Times are RFC 3339 (`2024-05-01T12:00:00.5Z`) or Unix seconds with an optional fraction
 //! (`1714564800.5`); durations are seconds (`15`, `0.5`) or duration strings (`15s`, `1m30s`).
-//! The PromQL itself is evaluated by `m3_storage`'s engine, which supports selectors only.
+//! The PromQL itself is evaluated by `m3_storage`'s engine, which supports selectors only, and
+//! `match[]` is read by [`m3_storage::parse_series_selector`], so both follow one parser's rules.
 //!
 //! # Which namespace is read
 //!
@@ -436,7 +437,7 @@ impl Params {
         self.0
             .iter()
             .filter(|(n, _)| n == "match[]")
-            .map(|(_, v)| parse_series_selector(v))
+            .map(|(_, v)| m3_storage::parse_series_selector(v).map_err(ApiError::Storage))
             .collect()
     }
 
@@ -591,276 +592,6 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
     let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
     era * 146_097 + day_of_era - 719_468
-}
-
-/// Parses one `match[]` parameter: a series selector such as `up`, `up{job="api"}` or
-/// `{__name__=~"http_.*", code!="200"}` (Prometheus 3's quoted names, `{"my.metric"}`,
-/// included). Anything else, a range, an offset, a function, is a `400`.
-fn parse_series_selector(text: &str) -> Result<Vec<Matcher>, ApiError> {
-    let bad = |reason: String| {
-        ApiError::BadData(format!(
-            "invalid parameter \"match[]\": {text:?} is not a series selector: {reason}"
-        ))
-    };
-    let pieces = SelectorParser { src: text, pos: 0 }.parse().map_err(bad)?;
-    let mut matchers = Vec::with_capacity(pieces.len());
-    for (name, op, value) in pieces {
-        matchers.push(match op {
-            MatchOp::Equal => Matcher::equal(name, value),
-            MatchOp::NotEqual => Matcher::not_equal(name, value),
-            MatchOp::Regex => Matcher::regex(name, &value).map_err(ApiError::Storage)?,
-            MatchOp::NotRegex => Matcher::not_regex(name, &value).map_err(ApiError::Storage)?,
-        });
-    }
-    if matchers.iter().all(Matcher::matches_empty) {
-        return Err(bad(
-            "a selector must contain at least one matcher that does not match the empty value"
-                .into(),
-        ));
-    }
-    Ok(matchers)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum MatchOp {
-    Equal,
-    NotEqual,
-    Regex,
-    NotRegex,
-}
-
-/// A hand-written parser for the series-selector subset of PromQL.
-///
-/// ```text
-/// selector := metric_name? ( '{' ( matcher ( ',' matcher )* ','? )? '}' )?
-/// matcher  := ( label_name | string ) ( '=' | '!=' | '=~' | '!~' ) string
-///           | string                                  (a quoted metric name)
-/// string   := "…" | '…' (Go escapes)  |  `…` (raw)
-/// ```
-struct SelectorParser<'a> {
-    src: &'a str,
-    /// Always on a char boundary: it only moves by whole chars or matched ASCII prefixes.
-    pos: usize,
-}
-
-type Piece = (String, MatchOp, String);
-
-impl<'a> SelectorParser<'a> {
-    fn parse(mut self) -> Result<Vec<Piece>, String> {
-        let mut pieces = Vec::new();
-        self.skip_space();
-        let outer_name = if self.peek().is_some_and(|c| is_name_start(c, true)) {
-            let name = self.identifier(true);
-            pieces.push((
-                m3_storage::METRIC_NAME_LABEL.to_string(),
-                MatchOp::Equal,
-                name.to_string(),
-            ));
-            Some(name)
-        } else {
-            None
-        };
-        self.skip_space();
-        let braces = self.eat("{");
-        if braces {
-            self.matchers(&mut pieces)?;
-        }
-        self.skip_space();
-        if outer_name.is_none() && !braces {
-            return Err(if self.rest().is_empty() {
-                "it is empty".to_string()
-            } else {
-                format!("unexpected {:?}", self.rest())
-            });
-        }
-        if !self.rest().is_empty() {
-            return Err(format!("unexpected {:?} after the selector", self.rest()));
-        }
-        if let Some(name) = outer_name {
-            let inner = pieces
-                .iter()
-                .skip(1)
-                .any(|(label, _, _)| label == m3_storage::METRIC_NAME_LABEL);
-            if inner {
-                return Err(format!(
-                    "metric name {name:?} is also set inside the braces"
-                ));
-            }
-        }
-        Ok(pieces)
-    }
-
-    fn matchers(&mut self, pieces: &mut Vec<Piece>) -> Result<(), String> {
-        loop {
-            self.skip_space();
-            if self.eat("}") {
-                return Ok(());
-            }
-            let (label, quoted) = match self.peek() {
-                Some('"' | '\'' | '`') => (self.string()?, true),
-                Some(c) if is_name_start(c, false) => (self.identifier(false).to_string(), false),
-                _ => return Err(self.expected("a label name or '}'")),
-            };
-            self.skip_space();
-            let op = if self.eat("=~") {
-                Some(MatchOp::Regex)
-            } else if self.eat("!~") {
-                Some(MatchOp::NotRegex)
-            } else if self.eat("!=") {
-                Some(MatchOp::NotEqual)
-            } else if self.eat("=") {
-                Some(MatchOp::Equal)
-            } else {
-                None
-            };
-            match op {
-                Some(op) => {
-                    self.skip_space();
-                    if !matches!(self.peek(), Some('"' | '\'' | '`')) {
-                        return Err(self.expected(&format!("a quoted value for label {label:?}")));
-                    }
-                    let value = self.string()?;
-                    pieces.push((label, op, value));
-                }
-                None if quoted && matches!(self.peek(), Some(',' | '}')) => {
-                    if pieces
-                        .iter()
-                        .any(|(l, _, _)| l == m3_storage::METRIC_NAME_LABEL)
-                    {
-                        return Err(format!("metric name {label:?} is set twice"));
-                    }
-                    pieces.push((
-                        m3_storage::METRIC_NAME_LABEL.to_string(),
-                        MatchOp::Equal,
-                        label,
-                    ));
-                }
-                None => {
-                    return Err(
-                        self.expected(&format!("one of =, !=, =~, !~ after label {label:?}"))
-                    );
-                }
-            }
-            self.skip_space();
-            if self.eat("}") {
-                return Ok(());
-            }
-            if !self.eat(",") {
-                return Err(self.expected("',' or '}'"));
-            }
-        }
-    }
-
-    fn rest(&self) -> &'a str {
-        self.src.get(self.pos..).unwrap_or("")
-    }
-
-    fn peek(&self) -> Option<char> {
-        self.rest().chars().next()
-    }
-
-    fn bump(&mut self) -> Option<char> {
-        let c = self.peek()?;
-        self.pos += c.len_utf8();
-        Some(c)
-    }
-
-    fn eat(&mut self, token: &str) -> bool {
-        if self.rest().starts_with(token) {
-            self.pos += token.len();
-            true
-        } else {
-            false
-        }
-    }
-
-    fn skip_space(&mut self) {
-        while self.peek().is_some_and(char::is_whitespace) {
-            self.bump();
-        }
-    }
-
-    fn expected(&self, what: &str) -> String {
-        match self.peek() {
-            None => format!("expected {what} at the end"),
-            Some(c) => format!("expected {what}, found {c:?} at byte {}", self.pos),
-        }
-    }
-
-    fn identifier(&mut self, allow_colon: bool) -> &'a str {
-        let start = self.pos;
-        while self
-            .peek()
-            .is_some_and(|c| is_name_start(c, allow_colon) || c.is_ascii_digit())
-        {
-            self.bump();
-        }
-        self.src.get(start..self.pos).unwrap_or("")
-    }
-
-    /// A quoted string; the cursor is on the opening quote.
-    fn string(&mut self) -> Result<String, String> {
-        let quote = self.bump().unwrap_or('"');
-        let mut out = String::new();
-        loop {
-            match self.bump() {
-                None => return Err("unterminated quoted string".into()),
-                Some(c) if c == quote => return Ok(out),
-                Some('\\') if quote != '`' => out.push(self.escape(quote)?),
-                Some('\n') if quote != '`' => return Err("newline in quoted string".into()),
-                Some(c) => out.push(c),
-            }
-        }
-    }
-
-    /// One escape sequence of a `"…"` or `'…'` string; the backslash is consumed.
-    fn escape(&mut self, quote: char) -> Result<char, String> {
-        let c = self.bump().ok_or("unterminated escape sequence")?;
-        let ascii = |code: u32| {
-            char::from_u32(code)
-                .filter(char::is_ascii)
-                .ok_or_else(|| format!("escape \\{c} must give an ASCII character"))
-        };
-        Ok(match c {
-            'a' => '\x07',
-            'b' => '\x08',
-            'f' => '\x0c',
-            'n' => '\n',
-            'r' => '\r',
-            't' => '\t',
-            'v' => '\x0b',
-            '\\' => '\\',
-            c if c == quote => c,
-            'x' => ascii(self.digits(2, 16)?)?,
-            'u' => self.code_point(4)?,
-            'U' => self.code_point(8)?,
-            '0'..='7' => {
-                let rest = self.digits(2, 8)?;
-                ascii(c.to_digit(8).unwrap_or(0) * 64 + rest)?
-            }
-            other => return Err(format!("unknown escape sequence \\{other}")),
-        })
-    }
-
-    fn code_point(&mut self, len: usize) -> Result<char, String> {
-        let code = self.digits(len, 16)?;
-        char::from_u32(code).ok_or_else(|| format!("invalid Unicode code point {code:#x}"))
-    }
-
-    fn digits(&mut self, len: usize, radix: u32) -> Result<u32, String> {
-        let mut value: u32 = 0;
-        for _ in 0..len {
-            let digit = self.bump().and_then(|c| c.to_digit(radix)).ok_or_else(|| {
-                format!("invalid escape sequence: expected {len} base-{radix} digits")
-            })?;
-            value = value.saturating_mul(radix).saturating_add(digit);
-        }
-        Ok(value)
-    }
-}
-
-fn is_name_start(c: char, allow_colon: bool) -> bool {
-    c.is_ascii_alphabetic() || c == '_' || (allow_colon && c == ':')
 }
 
 #[cfg(test)]
@@ -1465,12 +1196,12 @@ mod tests {
             (
                 "/api/v1/series",
                 &[("match[]", "rate(cpu[5m])")],
-                r#"invalid parameter "match[]""#,
+                r#"match[] must be a series selector, got "rate(cpu[5m])": a function call"#,
             ),
             (
                 "/api/v1/labels",
                 &[("match[]", r#"{job=~".*"}"#)],
-                "at least one matcher",
+                "at least one non-empty matcher",
             ),
         ];
         for (path, params, needle) in cases {
@@ -1573,86 +1304,11 @@ mod tests {
         assert_eq!(ms("5 parsecs"), None);
     }
 
-    fn selector(text: &str) -> Result<Vec<String>, String> {
-        parse_series_selector(text)
-            .map(|ms| ms.iter().map(ToString::to_string).collect())
-            .map_err(|e| e.to_string())
-    }
-
-    #[test]
-    fn series_selectors_parse() {
-        assert_eq!(selector("up").unwrap(), [r#"__name__="up""#]);
-        assert_eq!(
-            selector(r#" job:req_rate:5m { job = "api" , code!~'5..', path=~`/a\.b`, } "#).unwrap(),
-            [
-                r#"__name__="job:req_rate:5m""#,
-                r#"job="api""#,
-                r#"code!~"5..""#,
-                r#"path=~"/a\\.b""#
-            ]
-        );
-        assert_eq!(
-            selector(r#"{"my.metric", "service.name"="x\ty\u00e9\101"}"#).unwrap(),
-            [r#"__name__="my.metric""#, "service.name=\"x\\ty\u{e9}A\""]
-        );
-        assert_eq!(
-            selector(r#"{__name__=~"up|cpu", a!=""}"#).unwrap(),
-            [r#"__name__=~"up|cpu""#, r#"a!="""#]
-        );
-    }
-
-    #[test]
-    fn non_selectors_are_rejected() {
-        for (text, needle) in [
-            ("", "it is empty"),
-            ("   ", "it is empty"),
-            ("cpu[5m]", "unexpected \"[5m]\" after the selector"),
-            ("cpu offset 5m", "unexpected \"offset 5m\""),
-            ("rate(cpu[5m])", "unexpected \"(cpu[5m])\""),
-            ("sum by (job) (up)", "unexpected"),
-            ("up + 1", "unexpected"),
-            ("42", "unexpected \"42\""),
-            ("up{", "expected a label name or '}' at the end"),
-            (
-                "up{job}",
-                "expected one of =, !=, =~, !~ after label \"job\"",
-            ),
-            ("up{job=api}", "expected a quoted value for label \"job\""),
-            (r#"up{job="api" zone="eu"}"#, "expected ',' or '}'"),
-            (r#"up{job="api"#, "unterminated quoted string"),
-            (r#"up{job="a\qb"}"#, "unknown escape sequence \\q"),
-            (r#"up{job="\xff"}"#, "must give an ASCII character"),
-            (r#"up{job="\uD800"}"#, "invalid Unicode code point"),
-            (r#"up{job="\u12"}"#, "expected 4 base-16 digits"),
-            (r#"up{__name__="cpu"}"#, "also set inside the braces"),
-            (r#"{"a", "b"}"#, "set twice"),
-            (r#"up{job="a" or job="b"}"#, "expected ',' or '}'"),
-            (r#"{job=""}"#, "at least one matcher"),
-            (r#"{job!~"x"}"#, "at least one matcher"),
-            ("{}", "at least one matcher"),
-            (r#"{job=~"("}"#, "invalid regex"),
-        ] {
-            let error = selector(text).expect_err(text);
-            assert!(
-                error.contains(needle),
-                "{text:?}: {needle:?} not in {error:?}"
-            );
-        }
-    }
-
     proptest::proptest! {
         #[test]
         fn parsers_never_panic(text in "\\PC{0,40}") {
-            let _ = parse_series_selector(&text);
             let _ = parse_time("time", &text);
             let _ = parse_duration_ms("step", &text);
-        }
-
-        #[test]
-        fn selector_like_input_never_panics(
-            text in r#"[a-z_:]{0,4}(\{([a-z"'`\\=!~,. ]|\\[xuU0-7]){0,20}\}?)?"#
-        ) {
-            let _ = parse_series_selector(&text);
         }
 
         #[test]

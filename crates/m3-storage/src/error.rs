@@ -72,6 +72,16 @@ pub enum Error {
     #[error("bad query: {0}")]
     BadQuery(String),
 
+    /// A `match[]` parameter that is not a plain series selector (`up{job="api"}`): it does not
+    /// parse, or it is some other expression (a range, an offset, a function, an operator).
+    #[error("match[] must be a series selector, got {selector:?}: {reason}")]
+    NotSeriesSelector {
+        /// The text as given.
+        selector: String,
+        /// What it is instead, or why it does not parse.
+        reason: String,
+    },
+
     /// A PromQL expression that parses but uses a feature the engine does not implement.
     #[error("unsupported expression: {0}")]
     Unsupported(String),
@@ -97,6 +107,7 @@ impl Error {
             | Error::InvalidLabels(_)
             | Error::InvalidRegex { .. }
             | Error::BadQuery(_)
+            | Error::NotSeriesSelector { .. }
             | Error::Unsupported(_)
             | Error::InvalidConfig { .. } => true,
             Error::Engine(_) | Error::Corrupt { .. } => false,

@@ -52,7 +52,8 @@
 //! * [`namespace`]: namespace configuration and lookups by name and storage policy.
 //! * [`store`]: opening the store, writing, flushing. [`keys`] documents the on-disk layout.
 //! * [`query`]: `select`, `series`, `label_names`, `label_values`.
-//! * [`promql`]: the PromQL subset (selectors) for instant and range queries.
+//! * [`promql`]: the PromQL subset (selectors) for instant and range queries, and
+//!   [`parse_series_selector`] for the `match[]` parameter of the metadata endpoints.
 //! * [`result`]: query results and their Prometheus JSON form.
 //! * [`retention`]: deleting expired samples, once or from a background thread.
 //! * [`metrics`]: the store's self-metrics.
@@ -76,7 +77,9 @@ pub use labels::{Labels, LabelsError, METRIC_NAME_LABEL};
 pub use matcher::{AnchoredRegex, Matcher};
 pub use metrics::StoreMetrics;
 pub use namespace::{NamespaceConfig, NamespaceKind, Namespaces};
-pub use promql::{DEFAULT_LOOKBACK, QueryEngine, STALE_NAN_BITS, is_stale_marker};
+pub use promql::{
+    DEFAULT_LOOKBACK, QueryEngine, STALE_NAN_BITS, is_stale_marker, parse_series_selector,
+};
 pub use query::Series;
 pub use result::{InstantSample, Point, QueryResult, format_value};
 pub use retention::{NamespaceRetention, RetentionReport, RetentionTask};

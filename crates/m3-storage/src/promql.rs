@@ -11,6 +11,10 @@
 //! is rejected with [`Error::Unsupported`], which an HTTP layer answers with `400 bad_data`.
 //! A query that does not parse is [`Error::BadQuery`].
 //!
+//! [`parse_series_selector`] reads the `match[]` parameter of the metadata endpoints
+//! (`/api/v1/series`, `/api/v1/labels`, `/api/v1/label/{name}/values`) with the same parser and
+//! the same matcher conversion, so a selector means one thing wherever it is written.
+//!
 //! # Evaluation
 //!
 //! ```text
@@ -237,6 +241,63 @@ impl Store {
     }
 }
 
+/// Parses a series selector, the `match[]` parameter of Prometheus' metadata endpoints: a plain
+/// vector selector such as `up`, `up{job="api"}` or `{__name__=~"http_.*", code!="200"}`.
+///
+/// The metric name, if any, comes first as a `__name__` equality matcher, followed by the label
+/// matchers in the order written. PromQL's own rules apply: a selector without a metric name needs
+/// a matcher that rejects the empty value (`{job=~".*"}` is refused), and the name may not be given
+/// both outside and inside the braces. Strings are read by `promql_parser`, which, unlike
+/// Prometheus, applies escape sequences inside backtick strings too.
+///
+/// # Errors
+///
+/// [`Error::NotSeriesSelector`] when `text` does not parse or is anything but a plain vector
+/// selector: a range (`up[5m]`), an `offset` or `@` modifier, parentheses, a function, an
+/// aggregation, an operator or a literal. [`Error::Unsupported`] for `or` inside the braces, and
+/// [`Error::InvalidRegex`] for a pattern the store's regex engine refuses.
+///
+/// # Examples
+///
+/// ```
+/// use m3_storage::{Error, parse_series_selector};
+///
+/// let matchers = parse_series_selector(r#"up{job=~"api|web"}"#)?;
+/// let text: Vec<String> = matchers.iter().map(ToString::to_string).collect();
+/// assert_eq!(text, [r#"__name__="up""#, r#"job=~"api|web""#]);
+///
+/// let err = parse_series_selector("rate(up[5m])").unwrap_err();
+/// assert!(matches!(err, Error::NotSeriesSelector { .. }));
+/// assert_eq!(
+///     err.to_string(),
+///     r#"match[] must be a series selector, got "rate(up[5m])": a function call (rate)"#
+/// );
+/// # Ok::<(), Error>(())
+/// ```
+pub fn parse_series_selector(text: &str) -> Result<Vec<Matcher>> {
+    let not_selector = |reason: String| Error::NotSeriesSelector {
+        selector: text.to_string(),
+        reason,
+    };
+    let parsed = parser::parse(text).map_err(|e| not_selector(e.trim().to_string()))?;
+    let what = match &parsed {
+        Expr::VectorSelector(vs) if vs.offset.is_some() => "an offset modifier".to_string(),
+        Expr::VectorSelector(vs) if vs.at.is_some() => "an @ modifier".to_string(),
+        Expr::VectorSelector(vs) => return Ok(selector(vs, text)?.matchers),
+        Expr::MatrixSelector(_) => "a range selector".to_string(),
+        Expr::Paren(_) => "an expression in parentheses".to_string(),
+        Expr::Call(c) => format!("a function call ({})", c.func.name),
+        Expr::Aggregate(_) => "an aggregation".to_string(),
+        Expr::Unary(_) => "a unary operator".to_string(),
+        Expr::Binary(_) => "a binary operator".to_string(),
+        Expr::Subquery(_) => "a subquery".to_string(),
+        Expr::NumberLiteral(_) => "a number literal".to_string(),
+        Expr::StringLiteral(_) => "a string literal".to_string(),
+        Expr::Extension(_) => "an extension expression".to_string(),
+    };
+    Err(not_selector(what))
+}
+
 /// What an expression asks for, once checked to be within the subset.
 #[derive(Debug)]
 enum Plan {
@@ -390,5 +451,115 @@ mod tests {
         );
         assert!(matches!(plan("up{"), Err(Error::BadQuery(_))));
         assert!(matches!(plan(""), Err(Error::BadQuery(_))));
+    }
+
+    fn series_selector(text: &str) -> Result<Vec<String>> {
+        parse_series_selector(text).map(|ms| ms.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn series_selectors_parse() {
+        let cases: [(&str, &[&str]); 5] = [
+            ("up", &[r#"__name__="up""#]),
+            (
+                r#" job:req_rate:5m { job = "api" , code!~'5..', path=~`/a.b`, } "#,
+                &[
+                    r#"__name__="job:req_rate:5m""#,
+                    r#"job="api""#,
+                    r#"code!~"5..""#,
+                    r#"path=~"/a.b""#,
+                ],
+            ),
+            (
+                r#"{"my.metric", "service.name"="x\ty\u00e9\101"}"#,
+                &[r#"__name__="my.metric""#, "service.name=\"x\\ty\u{e9}A\""],
+            ),
+            (
+                r#"{__name__=~"up|cpu", a!=""}"#,
+                &[r#"__name__=~"up|cpu""#, r#"a!="""#],
+            ),
+            (
+                r#"{zone=~"eu.*", job=""}"#,
+                &[r#"zone=~"eu.*""#, r#"job="""#],
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(series_selector(text).unwrap(), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn non_selectors_are_refused() {
+        for (text, reason) in [
+            ("cpu[5m]", "a range selector"),
+            ("cpu offset 5m", "an offset modifier"),
+            ("cpu @ 100", "an @ modifier"),
+            ("(cpu)", "an expression in parentheses"),
+            ("rate(cpu[5m])", "a function call (rate)"),
+            ("sum by (job) (up)", "an aggregation"),
+            ("-up", "a unary operator"),
+            ("up + 1", "a binary operator"),
+            ("up[5m:1m]", "a subquery"),
+            ("42", "a number literal"),
+            (r#""up""#, "a string literal"),
+        ] {
+            match parse_series_selector(text) {
+                Err(e @ Error::NotSeriesSelector { .. }) => {
+                    assert_eq!(
+                        e.to_string(),
+                        format!("match[] must be a series selector, got {text:?}: {reason}")
+                    );
+                    assert!(e.is_bad_input());
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_selectors_are_refused() {
+        for (text, needle) in [
+            ("", "no expression found"),
+            ("   ", "no expression found"),
+            ("up{", "unexpected end of input"),
+            ("up{job}", "expected label matching operator after 'job'"),
+            ("up{job=api}", "expected string"),
+            (r#"up{job="api"#, "unterminated quoted string"),
+            (r#"up{job="a\qb"}"#, "unknown escape sequence"),
+            (r#"{job=""}"#, "at least one non-empty matcher"),
+            (r#"{job=~".*"}"#, "at least one non-empty matcher"),
+            ("{}", "at least one non-empty matcher"),
+            (r#"up{__name__="cpu"}"#, "metric name must not be set twice"),
+            (r#"{job=~"("}"#, "illegal regex"),
+        ] {
+            match parse_series_selector(text) {
+                Err(Error::NotSeriesSelector { selector, reason }) => {
+                    assert_eq!(selector, text);
+                    assert!(
+                        reason.contains(needle),
+                        "{text:?}: {needle:?} not in {reason:?}"
+                    );
+                }
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            parse_series_selector(r#"up{a="1" or b="2"}"#),
+            Err(Error::Unsupported(_))
+        ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn series_selectors_never_panic(text in "\\PC{0,40}") {
+            let _ = parse_series_selector(&text);
+        }
+
+        #[test]
+        fn selector_like_input_never_panics(
+            text in r#"[a-z_:]{0,4}(\{([a-z"'`\\=!~,. ]|\\[xuU0-7]){0,20}\}?)?"#
+        ) {
+            let _ = parse_series_selector(&text);
+        }
     }
 }
