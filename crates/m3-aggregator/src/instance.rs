@@ -117,14 +117,20 @@ impl AggregatorInstance {
     ///
     /// # Errors
     /// When the KV watches cannot be set up or the topic does not appear in time.
+    ///
+    /// The engine's and the producer's self-metrics are registered into `registry`.
     pub async fn start(
         aggregator: Arc<Aggregator>,
         kv: Arc<dyn KvStore>,
         options: InstanceOptions,
+        registry: &mut prometheus_client::registry::Registry,
     ) -> anyhow::Result<AggregatorInstance> {
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
-        let producer = start_producer(&kv, &options, &cancel, &mut tasks).await?;
+        aggregator.register(registry);
+        let producer_metrics = m3_msg::ProducerMetrics::default();
+        producer_metrics.register(registry, "m3aggregator_m3msg_producer");
+        let producer = start_producer(&kv, &options, producer_metrics, &cancel, &mut tasks).await?;
 
         let placement_key = keys::placement_key_in(
             &options.placement_namespace,
@@ -218,6 +224,7 @@ impl AggregatorInstance {
 async fn start_producer(
     kv: &Arc<dyn KvStore>,
     options: &InstanceOptions,
+    metrics: m3_msg::ProducerMetrics,
     cancel: &CancellationToken,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> anyhow::Result<Producer> {
@@ -240,7 +247,11 @@ async fn start_producer(
             );
         }
     };
-    let producer = Producer::new(options.producer.clone(), topic.value.number_of_shards);
+    let producer = Producer::with_metrics(
+        options.producer.clone(),
+        topic.value.number_of_shards,
+        metrics,
+    );
     let kv = Arc::clone(kv);
     let options = options.clone();
     let cancel = cancel.clone();

@@ -59,6 +59,7 @@ pub mod aggregator;
 mod entry;
 pub mod error;
 pub mod flush;
+pub mod http;
 pub mod ingest;
 pub mod instance;
 pub mod metadata;

@@ -28,6 +28,8 @@ use m3_cluster::{ConsumerService, ConsumptionType, KvStore, MemoryKv, TopicError
 use m3_coordinator::config::CoordinatorConfig;
 use m3_coordinator::server::Coordinator;
 use m3_metric::StoragePolicy;
+use parking_lot::Mutex;
+use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -50,6 +52,9 @@ struct LocalAggregators {
     /// rawtcp listen addresses, one per aggregator (two).
     #[serde(default = "default_aggregator_addresses")]
     listen_addresses: Vec<String>,
+    /// HTTP admin addresses (`/health`, `/status`, `/resign`, `/metrics`), one per aggregator.
+    #[serde(default = "default_aggregator_http_addresses")]
+    http_listen_addresses: Vec<String>,
     /// Shards in the placement and the topic.
     #[serde(default = "default_num_shards")]
     num_shards: u32,
@@ -76,6 +81,7 @@ impl Default for LocalAggregators {
     fn default() -> Self {
         LocalAggregators {
             listen_addresses: default_aggregator_addresses(),
+            http_listen_addresses: default_aggregator_http_addresses(),
             num_shards: default_num_shards(),
             buffer_duration_for_past_timed_metric: default_buffer(),
             buffer_duration_for_future_timed_metric: default_buffer(),
@@ -88,6 +94,9 @@ impl Default for LocalAggregators {
 
 fn default_aggregator_addresses() -> Vec<String> {
     vec!["127.0.0.1:6000".to_string(), "127.0.0.1:6100".to_string()]
+}
+fn default_aggregator_http_addresses() -> Vec<String> {
+    vec!["127.0.0.1:6001".to_string(), "127.0.0.1:6101".to_string()]
 }
 fn default_num_shards() -> u32 {
     64
@@ -117,11 +126,13 @@ pub async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow::Resul
     if let Some(dir) = data_dir {
         config.coordinator.storage.data_dir = dir.display().to_string();
     }
-    if config.aggregators.listen_addresses.len() != 2 {
+    if config.aggregators.listen_addresses.len() != 2
+        || config.aggregators.http_listen_addresses.len() != 2
+    {
         return Err(m3_config::ConfigError::invalid(
             config_path,
             "aggregators.listenAddresses",
-            "m3 local runs exactly two aggregators (RF 2): give two addresses",
+            "m3 local runs exactly two aggregators (RF 2): give two listenAddresses and two httpListenAddresses",
         )
         .into());
     }
@@ -143,6 +154,13 @@ pub async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow::Resul
             .await
             .with_context(|| format!("binding aggregator rawtcp address {address}"))?;
         aggregator_listeners.push(listener);
+    }
+    let mut http_listeners = Vec::new();
+    for address in &config.aggregators.http_listen_addresses {
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding aggregator HTTP address {address}"))?;
+        http_listeners.push(listener);
     }
     let ingest_address = config
         .coordinator
@@ -180,7 +198,12 @@ pub async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow::Resul
     let cancel = CancellationToken::new();
     let mut instances = Vec::new();
     let mut rawtcp_tasks = Vec::new();
-    for (listener, endpoint) in aggregator_listeners.into_iter().zip(&aggregator_endpoints) {
+    let mut http_endpoints = Vec::new();
+    for ((listener, http_listener), endpoint) in aggregator_listeners
+        .into_iter()
+        .zip(http_listeners)
+        .zip(&aggregator_endpoints)
+    {
         let options = AggregatorOptions {
             buffer_past: config.aggregators.buffer_duration_for_past_timed_metric,
             buffer_future: config.aggregators.buffer_duration_for_future_timed_metric,
@@ -199,13 +222,25 @@ pub async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow::Resul
             m3_proto::framing::DEFAULT_RAWTCP_MAX_MESSAGE_SIZE,
             cancel.clone(),
         )));
+        let mut registry = Registry::default();
         let instance = AggregatorInstance::start(
             aggregator,
             Arc::clone(&kv),
             InstanceOptions::new(endpoint.clone()),
+            &mut registry,
         )
         .await
         .with_context(|| format!("starting aggregator {endpoint}"))?;
+        let instance = Arc::new(instance);
+        let app =
+            m3_aggregator::http::router(Arc::clone(&instance), Arc::new(Mutex::new(registry)));
+        http_endpoints.push(http_listener.local_addr()?.to_string());
+        let http_cancel = cancel.clone();
+        rawtcp_tasks.push(tokio::spawn(async move {
+            axum::serve(http_listener, app)
+                .with_graceful_shutdown(async move { http_cancel.cancelled().await })
+                .await
+        }));
         instances.push(instance);
     }
 
@@ -217,6 +252,7 @@ pub async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow::Resul
         "  aggregators (rawtcp): {}",
         aggregator_endpoints.join(", ")
     );
+    println!("  aggregators (HTTP):   {}", http_endpoints.join(", "));
     println!("  ingest (m3msg):       {ingest_endpoint}");
     println!(
         "  data directory:       {}",
@@ -247,7 +283,12 @@ pub async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow::Resul
     }
     tracing::info!("Flushing ended windows from the aggregators.");
     for instance in instances {
-        instance.shutdown().await;
+        match Arc::try_unwrap(instance) {
+            Ok(instance) => instance.shutdown().await,
+            Err(_) => {
+                tracing::warn!("An aggregator is still referenced; it was not shut down cleanly.")
+            }
+        }
     }
     coordinator.shutdown().await;
     tracing::info!("Stopped.");

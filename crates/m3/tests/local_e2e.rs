@@ -292,3 +292,83 @@ async fn bad_remote_write_bodies_get_400_and_the_process_keeps_serving() {
     );
     m3.stop().await;
 }
+
+/// Ctrl-C (here SIGTERM) flushes the windows that have ended, even those still inside the past
+/// buffer, and stores them; a restart on the same data directory serves them and the raw samples.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_flushes_ended_windows_and_data_survives_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let m3 = LocalProcess::start_in(dir.path()).await;
+    // A window that ended less than the 30s past buffer ago: a running leader would still hold it.
+    let w = (now_ms() / 10_000) * 10_000 - 10_000;
+    let points = [(w + 1_000, 4.0), (w + 6_000, 6.0)];
+    let request = WriteRequest {
+        timeseries: vec![series(
+            &[("__name__", "e2e_shutdown"), ("host", "a")],
+            &points,
+        )],
+    };
+    let status = m3.remote_write(&request.encode_to_vec()).await;
+    assert_eq!(status.0, 200, "{status:?}");
+    let before = m3.query("e2e_shutdown[5m]", AGG_10S).await;
+    assert!(
+        support::all_points(&before).is_empty(),
+        "not flushed before shutdown: {before}"
+    );
+    m3.stop().await;
+
+    let m3 = LocalProcess::start_in(dir.path()).await;
+    let aggregated = m3.query("e2e_shutdown[5m]", AGG_10S).await;
+    assert_eq!(
+        support::matrix_points(&aggregated, "a"),
+        vec![(w + 10_000, 6.0)],
+        "{aggregated}"
+    );
+    let raw = m3.query("e2e_shutdown[5m]", &[]).await;
+    assert_eq!(support::matrix_points(&raw, "a"), points.to_vec(), "{raw}");
+    m3.stop().await;
+}
+
+/// Each aggregator serves M3's admin endpoints; exactly one leads the shard set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregators_serve_health_status_and_metrics() {
+    let m3 = LocalProcess::start("admin").await;
+    let urls = m3.aggregator_http();
+    assert_eq!(urls.len(), 2);
+    let mut states = Vec::new();
+    for url in &urls {
+        let (status, body) = m3.get(&format!("{url}/health")).await;
+        assert_eq!((status, body.as_str()), (200, r#"{"state":"OK"}"#));
+        let (status, body) = m3.get(&format!("{url}/metrics")).await;
+        assert_eq!(status, 200);
+        assert!(body.contains("m3aggregator_"), "metrics: {body}");
+    }
+    // Leadership is settled within a few flush checks.
+    for _ in 0..50 {
+        states.clear();
+        for url in &urls {
+            let (_, body) = m3.get(&format!("{url}/status")).await;
+            let json: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+            states.push(
+                json["status"]["flushStatus"]["electionState"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            );
+        }
+        if states.contains(&"leader".to_string()) && states.contains(&"follower".to_string()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    states.sort();
+    assert_eq!(states, vec!["follower", "leader"]);
+    let (status, body) = m3.get(&format!("{}/metrics", m3.http())).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("m3coordinator_samples_dropped")
+            || body.contains("m3coordinator_samples_received"),
+        "{body}"
+    );
+    m3.stop().await;
+}

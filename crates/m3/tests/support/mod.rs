@@ -26,7 +26,8 @@ pub struct LocalProcess {
     child: Option<Child>,
     http: String,
     aggregators: Vec<String>,
-    _dir: tempfile::TempDir,
+    aggregator_http: Vec<String>,
+    dir: Option<tempfile::TempDir>,
     client: reqwest::Client,
 }
 
@@ -68,6 +69,7 @@ coordinator:
     bufferFuture: 1m
 aggregators:
   listenAddresses: ["127.0.0.1:0", "127.0.0.1:0"]
+  httpListenAddresses: ["127.0.0.1:0", "127.0.0.1:0"]
   numShards: 16
   bufferDurationForPastTimedMetric: 30s
   bufferDurationForFutureTimedMetric: 1m
@@ -80,8 +82,16 @@ impl LocalProcess {
             .prefix(&format!("m3-e2e-{name}-"))
             .tempdir()
             .expect("temp dir");
-        let config = dir.path().join("m3local.yml");
-        let data = dir.path().join("data");
+        let mut process = LocalProcess::start_in(dir.path()).await;
+        process.dir = Some(dir);
+        process
+    }
+
+    /// Starts `m3 local` keeping its config and data in `dir` (which the caller owns, so a
+    /// second process can reopen the same data).
+    pub async fn start_in(dir: &std::path::Path) -> LocalProcess {
+        let config = dir.join("m3local.yml");
+        let data = dir.join("data");
         std::fs::write(
             &config,
             CONFIG.replace("DATA_DIR", &data.display().to_string()),
@@ -104,8 +114,8 @@ impl LocalProcess {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(30);
-        let (mut http, mut aggregators) = (None, None);
-        while http.is_none() || aggregators.is_none() {
+        let (mut http, mut aggregators, mut aggregator_http) = (None, None, None);
+        while http.is_none() || aggregators.is_none() || aggregator_http.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx.recv_timeout(left).unwrap_or_else(|_| {
                 let _ = child.kill();
@@ -117,12 +127,20 @@ impl LocalProcess {
             if let Some(rest) = line.trim().strip_prefix("aggregators (rawtcp):") {
                 aggregators = Some(rest.split(',').map(|s| s.trim().to_string()).collect());
             }
+            if let Some(rest) = line.trim().strip_prefix("aggregators (HTTP):") {
+                aggregator_http = Some(
+                    rest.split(',')
+                        .map(|s| format!("http://{}", s.trim()))
+                        .collect(),
+                );
+            }
         }
         LocalProcess {
             child: Some(child),
             http: http.unwrap_or_default(),
             aggregators: aggregators.unwrap_or_default(),
-            _dir: dir,
+            aggregator_http: aggregator_http.unwrap_or_default(),
+            dir: None,
             client: reqwest::Client::new(),
         }
     }
@@ -130,6 +148,18 @@ impl LocalProcess {
     /// The rawtcp endpoints of the aggregators.
     pub fn aggregator_endpoints(&self) -> Vec<String> {
         self.aggregators.clone()
+    }
+
+    /// The aggregators' HTTP base URLs.
+    pub fn aggregator_http(&self) -> Vec<String> {
+        self.aggregator_http.clone()
+    }
+
+    /// GETs `url` and returns status and body.
+    pub async fn get(&self, url: &str) -> (u16, String) {
+        let response = self.client.get(url).send().await.expect("server answers");
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
     }
 
     /// The coordinator's base URL.
