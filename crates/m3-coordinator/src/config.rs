@@ -498,6 +498,13 @@ impl CoordinatorConfig {
     }
 
     fn validate_client(&self, path: &Path) -> Result<(), ConfigError> {
+        if self.downsample.rules.is_some() {
+            return Err(ConfigError::invalid(
+                path,
+                "downsample.rules",
+                "explicit mapping and rollup rules are not supported yet; remove the key to use the automatic rules of the aggregated namespaces",
+            ));
+        }
         let Some(remote) = &self.downsample.remote_aggregator else {
             return Ok(());
         };
@@ -664,6 +671,13 @@ mod tests {
             err.contains("coord.yml") && err.contains("queueSise"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn explicit_rules_are_refused_not_ignored() {
+        let text = "downsample:\n  rules:\n    mappingRules: []\n";
+        let err = CoordinatorConfig::parse(Path::new("c.yml"), text).unwrap_err().to_string();
+        assert!(err.contains("downsample.rules") && err.contains("c.yml"), "{err}");
     }
 
     #[test]

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs from Debian's packages when it is missing: etcd (cluster KV
+# tests), Prometheus (the real remote-write client) and protoc (the etcd client's build).
+set -euo pipefail
+
+need=()
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+
+if [ ${#need[@]} -eq 0 ]; then
+  echo "test dependencies present: etcd, prometheus, protoc"
+  exit 0
+fi
+
+echo "installing test dependencies: ${need[*]}"
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  sudo="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
