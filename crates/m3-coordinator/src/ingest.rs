@@ -133,3 +133,113 @@ pub fn labels_of(id: &[u8]) -> Option<Labels> {
 
 /// The default ack flush interval of the ingest consumer.
 pub const DEFAULT_ACK_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use m3_proto::metricpb::{TimedMetric, TimedMetricWithStoragePolicy};
+    use m3_storage::{Matcher, NamespaceConfig};
+
+    fn store(dir: &std::path::Path) -> Store {
+        Store::open(
+            dir,
+            vec![
+                NamespaceConfig::unaggregated("default", Duration::from_secs(86_400)),
+                NamespaceConfig::aggregated(
+                    "agg",
+                    Duration::from_secs(10),
+                    Duration::from_secs(172_800),
+                ),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn message(id: &[u8], policy: &str, time_nanos: i64, value: f64) -> Vec<u8> {
+        let policy: m3_metric::StoragePolicy = policy.parse().unwrap();
+        AggregatedMetric {
+            metric: Some(TimedMetricWithStoragePolicy {
+                timed_metric: Some(TimedMetric {
+                    r#type: 3,
+                    id: Bytes::copy_from_slice(id),
+                    time_nanos,
+                    value,
+                    annotation: Bytes::new(),
+                }),
+                storage_policy: Some(policy.to_proto()),
+                routing_policy: None,
+            }),
+            encode_nanos: 0,
+        }
+        .encode_to_vec()
+    }
+
+    fn tagged(name: &str) -> Vec<u8> {
+        let mut id = Vec::new();
+        m3_metric::id::encode_tags(
+            [
+                (b"__name__".as_slice(), name.as_bytes()),
+                (b"job".as_slice(), b"x".as_slice()),
+            ],
+            &mut id,
+        )
+        .unwrap();
+        id
+    }
+
+    #[test]
+    fn stores_in_the_namespace_matching_the_policy_and_acks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let metrics = CoordinatorMetrics::default();
+        let handler = IngestHandler::new(store.clone(), metrics.clone());
+        let decision = handler.handle(&message(&tagged("up"), "10s:2d", 20_000_000_000, 1.5));
+        assert_eq!(decision, Decision::Ack);
+        let got = store
+            .select("agg", &[Matcher::equal("__name__", "up")], 0, 100_000)
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].labels.get("job"), Some("x"));
+        assert_eq!(got[0].samples, vec![(20_000, 1.5)]);
+        assert_eq!(metrics.ingest_stored.get(), 1);
+    }
+
+    #[test]
+    fn no_namespace_is_not_acked_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = CoordinatorMetrics::default();
+        let handler = IngestHandler::new(store(dir.path()), metrics.clone());
+        let decision = handler.handle(&message(&tagged("up"), "1m:40d", 60_000_000_000, 1.0));
+        assert_eq!(decision, Decision::NoAck);
+        let count = metrics
+            .ingest_errors
+            .get_or_create(&crate::metrics::IngestErrorLabels {
+                reason: IngestErrorReason::no_namespace,
+            })
+            .get();
+        assert_eq!(count, 1);
+    }
+
+    #[test]
+    fn garbage_is_acked_dropped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = CoordinatorMetrics::default();
+        let handler = IngestHandler::new(store(dir.path()), metrics.clone());
+        assert_eq!(handler.handle(&[0xff, 0xff, 0xff]), Decision::Ack);
+        let count = metrics
+            .ingest_errors
+            .get_or_create(&crate::metrics::IngestErrorLabels {
+                reason: IngestErrorReason::decode_error,
+            })
+            .get();
+        assert_eq!(count, 1);
+    }
+
+    #[test]
+    fn opaque_ids_become_sanitized_names() {
+        let labels = labels_of(b"stats.rpc-latency.p99").unwrap();
+        assert_eq!(labels.get("__name__"), Some("stats_rpc_latency_p99"));
+        assert!(labels_of(b"").is_none());
+        assert_eq!(labels_of(&tagged("up")).unwrap().get("job"), Some("x"));
+    }
+}

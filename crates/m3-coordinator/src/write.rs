@@ -276,3 +276,177 @@ fn describe_invalid(series: &crate::remote_write::SeriesRef<'_>, reason: Invalid
 fn nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregator_client::ClientOptions;
+    use crate::config::ValidNamespace;
+    use bytes::BytesMut;
+    use m3_cluster::placement::{Instance, Placement, Shard, ShardState};
+    use m3_proto::Message;
+    use m3_proto::metricpb::MetricWithMetadatas;
+    use m3_proto::prometheus::{Label, Sample, TimeSeries, WriteRequest};
+    use m3_storage::{Matcher, NamespaceConfig};
+    use tokio::io::AsyncReadExt;
+
+    const NOW_MS: i64 = 1_700_000_000_000;
+
+    fn namespaces() -> Vec<ValidNamespace> {
+        vec![
+            ValidNamespace {
+                name: "default".into(),
+                policy: None,
+                retention: Duration::from_secs(86_400),
+                downsample_all: true,
+                read_only: false,
+            },
+            ValidNamespace {
+                name: "agg".into(),
+                policy: Some("10s:2d".parse().unwrap()),
+                retention: Duration::from_secs(172_800),
+                downsample_all: true,
+                read_only: false,
+            },
+        ]
+    }
+
+    fn store(dir: &std::path::Path) -> Store {
+        Store::open(
+            dir,
+            vec![
+                NamespaceConfig::unaggregated("default", Duration::from_secs(86_400)),
+                NamespaceConfig::aggregated(
+                    "agg",
+                    Duration::from_secs(10),
+                    Duration::from_secs(172_800),
+                ),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn body(series: &[(&[(&str, &str)], &[(i64, f64)])]) -> Vec<u8> {
+        let request = WriteRequest {
+            timeseries: series
+                .iter()
+                .map(|(labels, samples)| TimeSeries {
+                    labels: labels
+                        .iter()
+                        .map(|(n, v)| Label {
+                            name: n.to_string(),
+                            value: v.to_string(),
+                        })
+                        .collect(),
+                    samples: samples
+                        .iter()
+                        .map(|&(timestamp, value)| Sample { value, timestamp })
+                        .collect(),
+                })
+                .collect(),
+        };
+        snap::raw::Encoder::new()
+            .compress_vec(&request.encode_to_vec())
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stores_raw_routes_in_buffer_samples_and_reports_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = listener.local_addr().unwrap().to_string();
+        let metrics = CoordinatorMetrics::default();
+        let client = AggregatorClient::new(ClientOptions::default(), metrics.clone());
+        let mut placement = Placement {
+            num_shards: 4,
+            replica_factor: 1,
+            is_sharded: true,
+            ..Placement::default()
+        };
+        let mut instance = Instance::new("a").with_endpoint(endpoint);
+        instance.shards = (0..4)
+            .map(|s| Shard::new(s, ShardState::Available))
+            .collect();
+        placement.instances.insert("a".into(), instance);
+        client.update_placement(&placement);
+        let path = WritePath::new(
+            store.clone(),
+            Some("default".into()),
+            Downsampler::from_namespaces(&namespaces()),
+            Some(client),
+            WriteBuffersConfig::default(),
+            metrics.clone(),
+        );
+        let too_old = NOW_MS - 3_600_000;
+        let request = body(&[
+            (
+                &[("__name__", "up"), ("job", "a")],
+                &[(too_old, 1.0), (NOW_MS, 2.0)],
+            ),
+            (&[("job", "b"), ("__name__", "up")], &[(NOW_MS, 3.0)]),
+        ]);
+        let outcome = tokio::task::spawn_blocking(move || path.write(&request, NOW_MS * 1_000_000))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(outcome.samples, 3);
+        assert_eq!(outcome.stored_raw, 2);
+        assert_eq!(outcome.forwarded, 1);
+        assert_eq!(outcome.too_far_past, 1);
+        assert_eq!(outcome.invalid_series, 1);
+        let reason = outcome.rejection().unwrap();
+        assert!(
+            reason.contains("sorted") && reason.contains("too far in past"),
+            "{reason}"
+        );
+
+        // The raw samples of the valid series, both of them.
+        let raw = store
+            .select("default", &[Matcher::equal("__name__", "up")], 0, i64::MAX)
+            .unwrap();
+        assert_eq!(raw.len(), 1);
+        assert_eq!(raw[0].samples, vec![(too_old, 1.0), (NOW_MS, 2.0)]);
+
+        // Exactly one frame reached the aggregator: the in-buffer sample, with its timestamp.
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut buf = BytesMut::new();
+        let frame = loop {
+            if let Some(frame) = m3_proto::framing::next_rawtcp_frame(&mut buf, 1 << 20).unwrap() {
+                break frame;
+            }
+            conn.read_buf(&mut buf).await.unwrap();
+        };
+        let message = MetricWithMetadatas::decode(frame).unwrap();
+        let timed = message.timed_metric_with_metadatas.unwrap().metric.unwrap();
+        assert_eq!(timed.time_nanos, NOW_MS * 1_000_000);
+        assert_eq!(timed.value, 2.0);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn without_aggregators_only_raw_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let path = WritePath::new(
+            store.clone(),
+            Some("default".into()),
+            Downsampler::from_namespaces(&namespaces()),
+            None,
+            WriteBuffersConfig::default(),
+            CoordinatorMetrics::default(),
+        );
+        let outcome = path
+            .write(
+                &body(&[(&[("__name__", "up")], &[(NOW_MS, 1.0)])]),
+                NOW_MS * 1_000_000,
+            )
+            .unwrap();
+        assert_eq!((outcome.stored_raw, outcome.forwarded), (1, 0));
+        assert!(outcome.rejection().is_none());
+        assert!(matches!(
+            path.write(b"garbage", NOW_MS * 1_000_000),
+            Err(WriteError::Decode(_))
+        ));
+    }
+}
