@@ -326,7 +326,10 @@ mod tests {
         .unwrap()
     }
 
-    fn body(series: &[(&[(&str, &str)], &[(i64, f64)])]) -> Vec<u8> {
+    /// A series as labels and (timestamp ms, value) samples.
+    type TestSeries<'a> = (&'a [(&'a str, &'a str)], &'a [(i64, f64)]);
+
+    fn body(series: &[TestSeries<'_>]) -> Vec<u8> {
         let request = WriteRequest {
             timeseries: series
                 .iter()
