@@ -82,11 +82,12 @@ struct LabelPos {
     value: (u32, u32),
 }
 
-/// One series: ranges into the label and sample arrays.
+/// One series: ranges into the label and sample arrays, and why it is invalid if it is.
 #[derive(Debug, Clone)]
 struct SeriesPos {
     labels: Range<u32>,
     samples: Range<u32>,
+    invalid: Option<InvalidSeries>,
 }
 
 /// A sample of a series.
@@ -183,6 +184,8 @@ impl RemoteWriteDecoder {
                 max: u32::MAX as usize,
             });
         }
+        // The body is moved out while the position arrays are filled, so the parser can borrow
+        // it and push to `self` at once; this swaps three words and allocates nothing.
         let body = std::mem::take(&mut self.body);
         let result = self.parse_request(&body);
         self.body = body;
@@ -193,52 +196,82 @@ impl RemoteWriteDecoder {
     fn parse_request(&mut self, body: &[u8]) -> Result<(), DecodeError> {
         let mut reader = Reader { buf: body, pos: 0 };
         while !reader.done() {
-            let (field, wire) = reader.key()?;
-            match (field, wire) {
+            match reader.key()? {
                 (1, WIRE_LEN) => {
                     let range = reader.len_delimited()?;
                     self.parse_series(body, range)?;
                 }
-                _ => reader.skip(wire)?,
+                (_, wire) => reader.skip(wire)?,
             }
         }
         Ok(())
     }
 
+    /// Parses one `TimeSeries`, validating each label as soon as it is read (while its bytes
+    /// are still in cache) rather than in a second pass.
     fn parse_series(&mut self, body: &[u8], range: Range<usize>) -> Result<(), DecodeError> {
         let labels_start = self.labels.len() as u32;
         let samples_start = self.samples.len() as u32;
+        let mut check = LabelCheck::default();
         let mut reader = Reader {
             buf: &body[..range.end],
             pos: range.start,
         };
         while !reader.done() {
-            let (field, wire) = reader.key()?;
-            match (field, wire) {
+            match reader.key()? {
                 (1, WIRE_LEN) => {
-                    let label = reader.len_delimited()?;
-                    self.labels.push(parse_label(body, label)?);
+                    let range = reader.len_delimited()?;
+                    let label = parse_label(body, range.clone())?;
+                    self.labels.push(label);
+                    check.next(body, &label, range);
                 }
                 (2, WIRE_LEN) => {
                     let sample = reader.len_delimited()?;
                     self.samples.push(parse_sample(body, sample)?);
                 }
-                _ => reader.skip(wire)?,
+                (_, wire) => reader.skip(wire)?,
             }
         }
-        let index = self.series.len();
+        let invalid = check.finish();
+        if let Some(reason) = invalid {
+            self.invalid.push((self.series.len(), reason));
+        }
         self.series.push(SeriesPos {
             labels: labels_start..self.labels.len() as u32,
             samples: samples_start..self.samples.len() as u32,
+            invalid,
         });
-        if let Err(reason) = validate_labels(body, &self.labels[labels_start as usize..]) {
-            self.invalid.push((index, reason));
-        }
         Ok(())
     }
 }
 
+/// Parses one `Label` message.
+///
+/// Every producer writes a label as `0x0a len name 0x12 len value`, with one-byte lengths for
+/// names and values under 128 bytes; that exact layout is recognised directly. Anything else
+/// (long strings, fields reordered, repeated or unknown) takes the general field loop, which
+/// gives the same result for the common layout too.
+#[inline(always)]
 fn parse_label(body: &[u8], range: Range<usize>) -> Result<LabelPos, DecodeError> {
+    let message = &body[range.clone()];
+    if let [0x0a, name_len @ 0..0x80, rest @ ..] = message {
+        let name_len = usize::from(*name_len);
+        if let Some(&[0x12, value_len @ 0..0x80]) = rest.get(name_len..name_len + 2)
+            && rest.len() == name_len + 2 + usize::from(value_len)
+        {
+            // `range.end <= body.len() <= u32::MAX`, checked in `parse`.
+            let name_start = range.start as u32 + 2;
+            let name_end = name_start + name_len as u32;
+            return Ok(LabelPos {
+                name: (name_start, name_end),
+                value: (name_end + 2, range.end as u32),
+            });
+        }
+    }
+    parse_label_fields(body, range)
+}
+
+fn parse_label_fields(body: &[u8], range: Range<usize>) -> Result<LabelPos, DecodeError> {
     let mut reader = Reader {
         buf: &body[..range.end],
         pos: range.start,
@@ -248,8 +281,7 @@ fn parse_label(body: &[u8], range: Range<usize>) -> Result<LabelPos, DecodeError
         value: (0, 0),
     };
     while !reader.done() {
-        let (field, wire) = reader.key()?;
-        match (field, wire) {
+        match reader.key()? {
             (1, WIRE_LEN) => {
                 let r = reader.len_delimited()?;
                 label.name = (r.start as u32, r.end as u32);
@@ -258,12 +290,13 @@ fn parse_label(body: &[u8], range: Range<usize>) -> Result<LabelPos, DecodeError
                 let r = reader.len_delimited()?;
                 label.value = (r.start as u32, r.end as u32);
             }
-            _ => reader.skip(wire)?,
+            (_, wire) => reader.skip(wire)?,
         }
     }
     Ok(label)
 }
 
+#[inline]
 fn parse_sample(body: &[u8], range: Range<usize>) -> Result<Sample, DecodeError> {
     let mut reader = Reader {
         buf: &body[..range.end],
@@ -274,66 +307,137 @@ fn parse_sample(body: &[u8], range: Range<usize>) -> Result<Sample, DecodeError>
         timestamp_ms: 0,
     };
     while !reader.done() {
-        let (field, wire) = reader.key()?;
-        match (field, wire) {
+        match reader.key()? {
             (1, WIRE_FIXED64) => sample.value = f64::from_bits(reader.fixed64()?),
             (2, WIRE_VARINT) => sample.timestamp_ms = reader.varint()? as i64,
-            _ => reader.skip(wire)?,
+            (_, wire) => reader.skip(wire)?,
         }
     }
     Ok(sample)
 }
 
+#[inline]
 fn slice(body: &[u8], (start, end): (u32, u32)) -> &[u8] {
     &body[start as usize..end as usize]
 }
 
-fn validate_labels(body: &[u8], labels: &[LabelPos]) -> Result<(), InvalidSeries> {
-    if labels.is_empty() {
-        return Err(InvalidSeries::NoLabels);
+/// The validation of one series' labels, fed one label at a time in request order.
+///
+/// Rules are checked per label in this order, and the first broken one is the series' reason:
+/// empty name, empty value, order against the previous name (duplicate or unsorted), name
+/// character set (metric-name set for the `__name__` value), UTF-8 of the value.
+#[derive(Default)]
+struct LabelCheck<'b> {
+    previous: Option<&'b [u8]>,
+    any: bool,
+    error: Option<InvalidSeries>,
+}
+
+impl<'b> LabelCheck<'b> {
+    /// Checks the label whose message occupies `message` in `body`.
+    #[inline]
+    fn next(&mut self, body: &'b [u8], label: &LabelPos, message: Range<usize>) {
+        self.any = true;
+        if self.error.is_none()
+            && let Err(reason) = self.check(body, label, message)
+        {
+            self.error = Some(reason);
+        }
     }
-    let mut previous: Option<&[u8]> = None;
-    for label in labels {
+
+    #[inline]
+    fn check(
+        &mut self,
+        body: &'b [u8],
+        label: &LabelPos,
+        message: Range<usize>,
+    ) -> Result<(), InvalidSeries> {
         let name = slice(body, label.name);
         let value = slice(body, label.value);
-        if name.is_empty() {
-            return Err(InvalidSeries::EmptyLabelName);
-        }
-        if value.is_empty() {
-            return Err(InvalidSeries::EmptyLabelValue);
-        }
-        if let Some(prev) = previous {
-            match prev.cmp(name) {
+        let (Some(&first), Some(_)) = (name.first(), value.first()) else {
+            return Err(if name.is_empty() {
+                InvalidSeries::EmptyLabelName
+            } else {
+                InvalidSeries::EmptyLabelValue
+            });
+        };
+        if let Some(previous) = self.previous {
+            // Names nearly always differ in their first byte; compare that before calling
+            // into a full slice comparison. `previous` is never empty.
+            let order = previous[0]
+                .cmp(&first)
+                .then_with(|| previous[1..].cmp(&name[1..]));
+            match order {
                 std::cmp::Ordering::Equal => return Err(InvalidSeries::DuplicateLabel),
                 std::cmp::Ordering::Greater => return Err(InvalidSeries::UnsortedLabels),
                 std::cmp::Ordering::Less => {}
             }
         }
-        previous = Some(name);
+        self.previous = Some(name);
         if name == b"__name__" {
-            if !valid_name(value, true) {
+            if !valid_name(value, METRIC_FIRST, METRIC_REST) {
                 return Err(InvalidSeries::InvalidMetricName);
             }
-        } else if !valid_name(name, false) {
+        } else if !valid_name(name, LABEL_FIRST, LABEL_REST) {
             return Err(InvalidSeries::InvalidLabelName);
         }
-        if std::str::from_utf8(value).is_err() {
+        // When the whole label message is ASCII (tags, short lengths, name and value), the
+        // value is valid UTF-8 without running the full decoder over it.
+        if !body[message].is_ascii() && std::str::from_utf8(value).is_err() {
             return Err(InvalidSeries::InvalidUtf8);
         }
+        Ok(())
     }
-    Ok(())
+
+    fn finish(self) -> Option<InvalidSeries> {
+        if self.any {
+            self.error
+        } else {
+            Some(InvalidSeries::NoLabels)
+        }
+    }
 }
 
-/// `[a-zA-Z_][a-zA-Z0-9_]*`, with `:` also allowed for metric names.
-fn valid_name(name: &[u8], allow_colon: bool) -> bool {
-    let ok = |c: u8, first: bool| {
-        c.is_ascii_alphabetic()
-            || c == b'_'
-            || (allow_colon && c == b':')
-            || (!first && c.is_ascii_digit())
-    };
+/// Byte classes for names: bit set when the byte may appear at that place.
+const LABEL_FIRST: u8 = 1;
+const LABEL_REST: u8 = 2;
+const METRIC_FIRST: u8 = 4;
+const METRIC_REST: u8 = 8;
+
+/// `NAME_BYTES[b]` has the class bits of byte `b`: letters and `_` anywhere, digits after the
+/// first byte, `:` anywhere in metric names only.
+static NAME_BYTES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = if c.is_ascii_alphabetic() || c == b'_' {
+            LABEL_FIRST | LABEL_REST | METRIC_FIRST | METRIC_REST
+        } else if c.is_ascii_digit() {
+            LABEL_REST | METRIC_REST
+        } else if c == b':' {
+            METRIC_FIRST | METRIC_REST
+        } else {
+            0
+        };
+        b += 1;
+    }
+    table
+};
+
+/// Whether `name` is non-empty, its first byte has class `first` and the others class `rest`:
+/// `[a-zA-Z_][a-zA-Z0-9_]*` for label names, `[a-zA-Z_:][a-zA-Z0-9_:]*` for metric names.
+#[inline]
+fn valid_name(name: &[u8], first: u8, rest: u8) -> bool {
     match name.split_first() {
-        Some((&first, rest)) => ok(first, true) && rest.iter().all(|&c| ok(c, false)),
+        Some((&head, tail)) => {
+            // AND the classes of all bytes without branching per byte: names are short and
+            // nearly always valid, so an early exit buys nothing.
+            let classes = tail
+                .iter()
+                .fold(u8::MAX, |acc, &c| acc & NAME_BYTES[usize::from(c)]);
+            NAME_BYTES[usize::from(head)] & first != 0 && classes & rest != 0
+        }
         None => false,
     }
 }
@@ -390,11 +494,7 @@ impl<'a> SeriesRef<'a> {
 
     /// Why this series is invalid, if it is.
     pub fn invalid(&self) -> Option<InvalidSeries> {
-        self.decoder
-            .invalid
-            .iter()
-            .find(|(i, _)| *i == self.index)
-            .map(|(_, reason)| *reason)
+        self.decoder.series[self.index].invalid
     }
 
     /// The value of the label called `name`.
@@ -419,8 +519,20 @@ impl Reader<'_> {
         self.pos >= self.buf.len()
     }
 
-    #[inline]
+    /// A varint. Keys and label lengths are nearly always one byte, so that case is tried
+    /// first, inline; longer ones (series lengths, timestamps) take the loop.
+    #[inline(always)]
     fn varint(&mut self) -> Result<u64, DecodeError> {
+        match self.buf.get(self.pos) {
+            Some(&byte) if byte < 0x80 => {
+                self.pos += 1;
+                Ok(u64::from(byte))
+            }
+            _ => self.varint_long(),
+        }
+    }
+
+    fn varint_long(&mut self) -> Result<u64, DecodeError> {
         let mut value: u64 = 0;
         for shift in (0..64).step_by(7) {
             let byte = *self
@@ -436,7 +548,7 @@ impl Reader<'_> {
         Err(DecodeError::Protobuf("varint longer than 10 bytes"))
     }
 
-    #[inline]
+    #[inline(always)]
     fn key(&mut self) -> Result<(u64, u8), DecodeError> {
         let key = self.varint()?;
         let field = key >> 3;
@@ -446,19 +558,19 @@ impl Reader<'_> {
         Ok((field, (key & 7) as u8))
     }
 
-    #[inline]
+    #[inline(always)]
     fn len_delimited(&mut self) -> Result<Range<usize>, DecodeError> {
         let len = self.varint()?;
-        let start = self.pos;
-        let end = usize::try_from(len)
-            .ok()
-            .and_then(|l| start.checked_add(l))
-            .filter(|&end| end <= self.buf.len())
-            .ok_or(DecodeError::Protobuf(
+        // `pos <= buf.len()` always holds, so this cannot underflow.
+        let left = self.buf.len() - self.pos;
+        if len > left as u64 {
+            return Err(DecodeError::Protobuf(
                 "length-delimited field runs past the end",
-            ))?;
-        self.pos = end;
-        Ok(start..end)
+            ));
+        }
+        let start = self.pos;
+        self.pos += len as usize;
+        Ok(start..self.pos)
     }
 
     #[inline]
@@ -606,11 +718,133 @@ mod tests {
         ));
     }
 
+    /// Appends a protobuf varint.
+    fn put_varint(mut v: u64, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    /// Appends a length-delimited field.
+    fn put_bytes(field: u8, bytes: &[u8], out: &mut Vec<u8>) {
+        out.push(field << 3 | 2);
+        put_varint(bytes.len() as u64, out);
+        out.extend_from_slice(bytes);
+    }
+
+    /// A `WriteRequest` of series given as raw label bytes (prost's `String`s cannot hold
+    /// invalid UTF-8), each with one sample.
+    fn raw_request(series: &[Vec<(Vec<u8>, Vec<u8>)>]) -> Vec<u8> {
+        let mut request = Vec::new();
+        for labels in series {
+            let mut ts = Vec::new();
+            for (name, value) in labels {
+                let mut label = Vec::new();
+                put_bytes(1, name, &mut label);
+                put_bytes(2, value, &mut label);
+                put_bytes(1, &label, &mut ts);
+            }
+            put_bytes(
+                2,
+                &[0x09, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f, 0x10, 0x07],
+                &mut ts,
+            );
+            put_bytes(1, &ts, &mut request);
+        }
+        request
+    }
+
+    /// The validation rules written plainly, one pass after parsing: the reference the
+    /// decoder's single-pass validation must agree with.
+    fn reference_validation(labels: &[(Vec<u8>, Vec<u8>)]) -> Option<InvalidSeries> {
+        let plain_name = |name: &[u8], colon: bool| {
+            let ok = |c: u8, first: bool| {
+                c.is_ascii_alphabetic()
+                    || c == b'_'
+                    || (colon && c == b':')
+                    || (!first && c.is_ascii_digit())
+            };
+            match name.split_first() {
+                Some((&first, rest)) => ok(first, true) && rest.iter().all(|&c| ok(c, false)),
+                None => false,
+            }
+        };
+        if labels.is_empty() {
+            return Some(InvalidSeries::NoLabels);
+        }
+        let mut previous: Option<&[u8]> = None;
+        for (name, value) in labels {
+            if name.is_empty() {
+                return Some(InvalidSeries::EmptyLabelName);
+            }
+            if value.is_empty() {
+                return Some(InvalidSeries::EmptyLabelValue);
+            }
+            match previous.map(|p| p.cmp(name)) {
+                Some(std::cmp::Ordering::Equal) => return Some(InvalidSeries::DuplicateLabel),
+                Some(std::cmp::Ordering::Greater) => return Some(InvalidSeries::UnsortedLabels),
+                _ => {}
+            }
+            previous = Some(name);
+            if name == b"__name__" {
+                if !plain_name(value, true) {
+                    return Some(InvalidSeries::InvalidMetricName);
+                }
+            } else if !plain_name(name, false) {
+                return Some(InvalidSeries::InvalidLabelName);
+            }
+            if std::str::from_utf8(value).is_err() {
+                return Some(InvalidSeries::InvalidUtf8);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn rejects_values_that_are_not_utf8() {
+        let body = raw_request(&[
+            vec![(b"__name__".to_vec(), b"up".to_vec())],
+            vec![
+                (b"__name__".to_vec(), b"up".to_vec()),
+                (b"job".to_vec(), vec![b'a', 0xff, b'b']),
+            ],
+            vec![(b"job".to_vec(), "caf\u{e9}".as_bytes().to_vec())],
+        ]);
+        let mut decoder = RemoteWriteDecoder::new();
+        let decoded = decoder.decode(&body).unwrap();
+        assert_eq!(decoded.invalid(), &[(1, InvalidSeries::InvalidUtf8)]);
+        let reasons: Vec<_> = decoded.series().map(|s| s.invalid()).collect();
+        assert_eq!(reasons, [None, Some(InvalidSeries::InvalidUtf8), None]);
+    }
+
+    #[test]
+    fn decodes_labels_in_any_field_layout() {
+        // Value before name, an unknown varint field, and a value too long for a one-byte
+        // length: none of these is the common layout, all are valid protobuf.
+        let long = vec![b'v'; 300];
+        let mut label = Vec::new();
+        put_bytes(2, &long, &mut label);
+        label.extend_from_slice(&[3 << 3, 42]);
+        put_bytes(1, b"job", &mut label);
+        let mut ts = Vec::new();
+        put_bytes(1, &label, &mut ts);
+        let mut body = Vec::new();
+        put_bytes(1, &ts, &mut body);
+        let mut decoder = RemoteWriteDecoder::new();
+        let decoded = decoder.decode(&body).unwrap();
+        let series = decoded.series().next().unwrap();
+        assert_eq!(series.label(b"job"), Some(long.as_slice()));
+        assert_eq!(series.invalid(), None);
+        assert!(series.samples().is_empty());
+    }
+
     proptest! {
         #[test]
         fn agrees_with_prost(
             input in proptest::collection::vec(
-                (proptest::collection::btree_map("[a-z_]{1,8}", "[a-z0-9]{1,8}", 1..6),
+                (proptest::collection::btree_map("[a-z_]{1,8}", "[a-z0-9]{1,8}|[a-z]{120,200}", 1..6),
                  proptest::collection::vec((any::<f64>(), any::<i64>()), 0..4)),
                 0..8)
         ) {
@@ -635,6 +869,35 @@ mod tests {
                     prop_assert_eq!(g.timestamp_ms, w.timestamp);
                 }
             }
+        }
+
+        #[test]
+        fn validation_agrees_with_reference(
+            input in proptest::collection::vec(
+                proptest::collection::vec(
+                    (proptest::collection::vec(proptest::sample::select(b"_az09:-\xc3\xa9\xff".to_vec()), 0..5),
+                     proptest::collection::vec(proptest::sample::select(b"az0:_-\xc3\xa9\xff".to_vec()), 0..5)),
+                    0..5)
+                    .prop_map(|mut labels| {
+                        // Mostly sorted, as real senders do, so that later rules are reached.
+                        if labels.len() % 2 == 0 {
+                            labels.sort();
+                        }
+                        labels
+                    }),
+                0..6)
+        ) {
+            let mut decoder = RemoteWriteDecoder::new();
+            let decoded = decoder.decode(&raw_request(&input)).unwrap();
+            let want: Vec<_> = input.iter().map(|labels| reference_validation(labels)).collect();
+            let got: Vec<_> = decoded.series().map(|s| s.invalid()).collect();
+            prop_assert_eq!(&got, &want);
+            let listed: Vec<_> = want
+                .iter()
+                .enumerate()
+                .filter_map(|(i, reason)| reason.map(|r| (i, r)))
+                .collect();
+            prop_assert_eq!(decoded.invalid(), listed.as_slice());
         }
 
         #[test]
