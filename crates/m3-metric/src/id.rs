@@ -61,10 +61,20 @@ where
     out.extend_from_slice(&[0, 0]);
     let mut count: usize = 0;
     for (name, value) in tags {
-        if let Err(e) = put_part(name, "name", out).and_then(|()| put_part(value, "value", out)) {
-            out.truncate(start);
-            return Err(e);
-        }
+        let lengths = part_len(name, "name").and_then(|n| Ok((n, part_len(value, "value")?)));
+        let (name_len, value_len) = match lengths {
+            Ok(lengths) => lengths,
+            Err(e) => {
+                out.truncate(start);
+                return Err(e);
+            }
+        };
+        // One capacity check for the whole tag rather than one per piece.
+        out.reserve(4 + name.len() + value.len());
+        out.extend_from_slice(&name_len.to_le_bytes());
+        out.extend_from_slice(name);
+        out.extend_from_slice(&value_len.to_le_bytes());
+        out.extend_from_slice(value);
         count += 1;
     }
     let Ok(count) = u16::try_from(count) else {
@@ -78,14 +88,13 @@ where
     Ok(())
 }
 
-fn put_part(bytes: &[u8], what: &'static str, out: &mut Vec<u8>) -> Result<(), IdError> {
-    let len = u16::try_from(bytes.len()).map_err(|_| IdError::TooLong {
+/// The length prefix of a tag name or value.
+#[inline]
+fn part_len(bytes: &[u8], what: &'static str) -> Result<u16, IdError> {
+    u16::try_from(bytes.len()).map_err(|_| IdError::TooLong {
         what,
         len: bytes.len(),
-    })?;
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(bytes);
-    Ok(())
+    })
 }
 
 /// Whether `id` starts with the tag-encoding magic.
