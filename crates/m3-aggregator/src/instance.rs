@@ -11,6 +11,11 @@
 //!
 //! A follower that becomes leader first discards with the latest persisted flush times, then
 //! flushes as leader, so the handover emits no window twice and skips none that it buffered.
+//!
+//! The leader persists its flush times only once the coordinators have acked everything it
+//! produced (bounded by `ack_wait`). Persisting earlier would let a leader crash lose the windows
+//! still in its producer's buffer: the new leader would start after them. Persisting after the
+//! acks turns that loss into a re-emit of the same values, which the store overwrites in place.
 //! On shutdown a leader flushes every window that has ended, persists its flush times, and waits
 //! (bounded) for the coordinators to ack what it sent.
 
@@ -28,7 +33,7 @@ use m3_proto::Message;
 use m3_proto::flushpb::ShardSetFlushTimes;
 use m3_proto::metricpb::{AggregatedMetric, TimedMetric, TimedMetricWithStoragePolicy};
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::rawtcp::unix_nanos_now;
@@ -61,6 +66,9 @@ pub struct InstanceOptions {
     pub producer: ProducerConfig,
     /// How long shutdown waits for outstanding acks.
     pub shutdown_ack_timeout: Duration,
+    /// How long a flush waits for the coordinators' acks before it persists its flush times;
+    /// when they do not all arrive in time, the times are persisted at a later flush.
+    pub ack_wait: Duration,
 }
 
 impl InstanceOptions {
@@ -79,6 +87,7 @@ impl InstanceOptions {
             entry_check_interval: Duration::from_secs(600),
             producer: ProducerConfig::default(),
             shutdown_ack_timeout: Duration::from_secs(10),
+            ack_wait: Duration::from_secs(5),
         }
     }
 }
@@ -101,9 +110,13 @@ pub struct AggregatorInstance {
     aggregator: Arc<Aggregator>,
     status: watch::Receiver<FlushStatus>,
     election: SharedElection,
+    resign_requests: mpsc::Sender<ResignRequest>,
     cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
+
+/// A resign request to the flush loop, answered when done.
+type ResignRequest = oneshot::Sender<anyhow::Result<()>>;
 
 impl std::fmt::Debug for AggregatorInstance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -156,15 +169,17 @@ impl AggregatorInstance {
             Arc::clone(&election),
             cancel.clone(),
         )));
-        tasks.push(tokio::spawn(flush_loop(
-            Arc::clone(&aggregator),
+        let (resign_requests, resign_rx) = mpsc::channel(4);
+        tasks.push(tokio::spawn(flush_loop(FlushLoop {
+            aggregator: Arc::clone(&aggregator),
             kv,
-            options.clone(),
-            Arc::clone(&election),
+            options: options.clone(),
+            election: Arc::clone(&election),
             producer,
-            status_tx,
-            cancel.clone(),
-        )));
+            status: status_tx,
+            resign_requests: resign_rx,
+            cancel: cancel.clone(),
+        })));
         let expiry_aggregator = Arc::clone(&aggregator);
         let expiry_cancel = cancel.clone();
         let every = options.entry_check_interval;
@@ -181,6 +196,7 @@ impl AggregatorInstance {
             aggregator,
             status,
             election,
+            resign_requests,
             cancel,
             tasks,
         })
@@ -200,12 +216,18 @@ impl AggregatorInstance {
     ///
     /// # Errors
     /// When the instance is in no shard set or the KV write fails.
+    ///
+    /// A leader first flushes, waits for the acks and persists its flush times, so the next
+    /// leader neither repeats nor skips a window.
     pub async fn resign(&self) -> anyhow::Result<()> {
-        let election = self.election.lock().as_ref().map(|(_, e)| Arc::clone(e));
-        match election {
-            Some(e) => Ok(e.resign().await?),
-            None => anyhow::bail!("this instance is in no shard set"),
-        }
+        let (reply, answer) = oneshot::channel();
+        self.resign_requests
+            .send(reply)
+            .await
+            .map_err(|_| anyhow::anyhow!("the instance is shutting down"))?;
+        answer
+            .await
+            .map_err(|_| anyhow::anyhow!("the instance is shutting down"))?
     }
 
     /// Flushes ended windows (as leader), waits for acks, resigns and stops.
@@ -417,21 +439,43 @@ async fn follow_placement(
     }
 }
 
-async fn flush_loop(
+/// Everything the flush loop works with.
+struct FlushLoop {
     aggregator: Arc<Aggregator>,
     kv: Arc<dyn KvStore>,
     options: InstanceOptions,
     election: SharedElection,
     producer: Producer,
     status: watch::Sender<FlushStatus>,
+    resign_requests: mpsc::Receiver<ResignRequest>,
     cancel: CancellationToken,
-) {
+}
+
+async fn flush_loop(parts: FlushLoop) {
+    let FlushLoop {
+        aggregator,
+        kv,
+        options,
+        election,
+        producer,
+        status,
+        mut resign_requests,
+        cancel,
+    } = parts;
     let mut outputs: Vec<AggregatedOutput> = Vec::new();
     let mut was_leader = false;
     loop {
+        let mut resign_reply = None;
         let stopping = tokio::select! {
             () = tokio::time::sleep(options.check_every) => false,
             () = cancel.cancelled() => true,
+            request = resign_requests.recv() => match request {
+                Some(reply) => {
+                    resign_reply = Some(reply);
+                    false
+                }
+                None => true,
+            },
         };
         let current = election
             .lock()
@@ -442,6 +486,9 @@ async fn flush_loop(
                 election_state: ElectionState::Unknown,
                 can_lead: false,
             });
+            if let Some(reply) = resign_reply {
+                let _ = reply.send(Err(anyhow::anyhow!("this instance is in no shard set")));
+            }
             if stopping {
                 break;
             }
@@ -495,7 +542,15 @@ async fn flush_loop(
                     tracing::warn!(error = %e, "Output not accepted by the m3msg producer.");
                 }
             }
-            if !result.flush_times.by_shard.is_empty() {
+            // Flush times move on only once what they cover is acked (see the module doc).
+            let delivered = producer.flush(options.ack_wait).await;
+            if !delivered {
+                tracing::debug!(
+                    shard_set,
+                    "Output not fully acked yet; flush times persist later."
+                );
+            }
+            if delivered && !result.flush_times.by_shard.is_empty() {
                 let mut merged = persisted.clone();
                 for (shard, times) in result.flush_times.by_shard {
                     merged.by_shard.insert(shard, times);
@@ -525,6 +580,16 @@ async fn flush_loop(
                 election_state: state,
                 can_lead: aggregator.can_lead(&persisted),
             });
+        }
+        if let Some(reply) = resign_reply {
+            // A graceful handover: this cycle's flush is acked and its flush times persisted
+            // above, so the next leader starts exactly where this one stopped.
+            let election = election.lock().as_ref().map(|(_, e)| Arc::clone(e));
+            let result = match election {
+                Some(e) => e.resign().await.map_err(anyhow::Error::from),
+                None => Err(anyhow::anyhow!("this instance is in no shard set")),
+            };
+            let _ = reply.send(result);
         }
         if stopping {
             break;
