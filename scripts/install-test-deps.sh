@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs from Debian's packages when it is missing: etcd (cluster KV
-# tests), Prometheus (the real remote-write client) and protoc (the etcd client's build).
+# Installs what the build and the test suite need from Debian's packages when it is missing: etcd
+# (cluster KV tests), Prometheus (the real remote-write client), protoc and its well-known types
+# (the etcd client's build).
 set -euo pipefail
 
 need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+# protoc's well-known types (google/protobuf/*.proto), which the etcd client's build imports.
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "test dependencies present: etcd, prometheus, protoc"
