@@ -4,28 +4,32 @@
 CARGO ?= cargo
 BIN := bin
 
-.PHONY: all m3 m3aggregator m3coordinator test test-deps lint bench clean
+.PHONY: all local m3 m3aggregator m3coordinator test deps lint bench clean
 
 all: m3 m3aggregator m3coordinator
 
-m3 m3aggregator m3coordinator:
+# The whole pipeline in one process (see README.md).
+local: deps
+	$(CARGO) run --release -p m3 -- local
+
+m3 m3aggregator m3coordinator: deps
 	$(CARGO) build --release --bin $@
 	@mkdir -p $(BIN)
 	cp target/release/$@ $(BIN)/$@
 
 # The whole test suite: installs what the tests need, then runs every test of the workspace.
-test: test-deps
+test: deps
 	$(CARGO) test --workspace --no-fail-fast
 
-# etcd, Prometheus and protoc, from Debian's packages, when missing.
-test-deps:
-	@scripts/install-test-deps.sh
+# etcd, Prometheus, protoc and its well-known types, from Debian's packages, when missing.
+deps:
+	@scripts/install-deps.sh
 
-lint:
+lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-bench:
+bench: deps
 	$(CARGO) bench --workspace
 
 clean:
