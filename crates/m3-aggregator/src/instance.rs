@@ -54,8 +54,6 @@ pub struct InstanceOptions {
     pub placement_key: String,
     /// Topic the output goes to (default `aggregated_metrics`).
     pub topic: String,
-    /// How long startup waits for the topic (M3 fails with "init watch timeout" after it).
-    pub topic_wait: Duration,
     /// Leader lease TTL (`electionManager.election.ttlSeconds`, default 10s).
     pub election_ttl: Duration,
     /// Flush check period (`flushManager.checkEvery`, default 1s).
@@ -81,7 +79,6 @@ impl InstanceOptions {
             placement_namespace: "/placement".to_string(),
             placement_key: "m3aggregator".to_string(),
             topic: "aggregated_metrics".to_string(),
-            topic_wait: Duration::from_secs(30),
             election_ttl: Duration::from_secs(10),
             check_every: Duration::from_secs(1),
             entry_check_interval: Duration::from_secs(600),
@@ -243,42 +240,47 @@ impl AggregatorInstance {
     }
 }
 
+/// The producer, once the output topic exists (it may be created after the aggregators start,
+/// as in SEED.md's walkthrough).
+type SharedProducer = Arc<tokio::sync::OnceCell<Producer>>;
+
+/// Watches the output topic: creates the producer when the topic appears, then keeps its
+/// consumer services in line with the topic's.
 async fn start_producer(
     kv: &Arc<dyn KvStore>,
     options: &InstanceOptions,
     metrics: m3_msg::ProducerMetrics,
     cancel: &CancellationToken,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
-) -> anyhow::Result<Producer> {
+) -> anyhow::Result<SharedProducer> {
     let topics = TopicStore::new(Arc::clone(kv), options.environment.clone());
     let mut topic_watch = topics.watch(&options.topic).await?;
-    let deadline = tokio::time::Instant::now() + options.topic_wait;
-    let topic = loop {
-        if let Some(t) = topic_watch.borrow_and_update().clone() {
-            break t;
-        }
-        tracing::info!(topic = %options.topic, "Waiting for the output topic to be created.");
-        if tokio::time::timeout_at(deadline, topic_watch.changed())
-            .await
-            .is_err()
-        {
-            anyhow::bail!(
-                "init watch timeout: topic {:?} does not exist after {:?}; create it with POST /api/v1/topic/init",
-                options.topic,
-                options.topic_wait
-            );
-        }
-    };
-    let producer = Producer::with_metrics(
-        options.producer.clone(),
-        topic.value.number_of_shards,
-        metrics,
-    );
+    let shared: SharedProducer = Arc::new(tokio::sync::OnceCell::new());
     let kv = Arc::clone(kv);
     let options = options.clone();
     let cancel = cancel.clone();
-    let task_producer = producer.clone();
+    let cell = Arc::clone(&shared);
     tasks.push(tokio::spawn(async move {
+        let topic = loop {
+            if let Some(t) = topic_watch.borrow_and_update().clone() {
+                break t;
+            }
+            tracing::warn!(topic = %options.topic, "Output topic does not exist yet; windows are kept until it does (create it with POST /api/v1/topic/init).");
+            tokio::select! {
+                changed = tokio::time::timeout(Duration::from_secs(30), topic_watch.changed()) => {
+                    if matches!(changed, Ok(Err(_))) {
+                        return;
+                    }
+                }
+                () = cancel.cancelled() => return,
+            }
+        };
+        let task_producer = Producer::with_metrics(
+            options.producer.clone(),
+            topic.value.number_of_shards,
+            metrics,
+        );
+        let _ = cell.set(task_producer.clone());
         let mut services: BTreeMap<String, CancellationToken> = BTreeMap::new();
         loop {
             let current = topic_watch.borrow_and_update().clone();
@@ -334,7 +336,7 @@ async fn start_producer(
             }
         }
     }));
-    Ok(producer)
+    Ok(shared)
 }
 
 async fn follow_consumer_placement(
@@ -445,7 +447,7 @@ struct FlushLoop {
     kv: Arc<dyn KvStore>,
     options: InstanceOptions,
     election: SharedElection,
-    producer: Producer,
+    producer: SharedProducer,
     status: watch::Sender<FlushStatus>,
     resign_requests: mpsc::Receiver<ResignRequest>,
     cancel: CancellationToken,
@@ -488,6 +490,20 @@ async fn flush_loop(parts: FlushLoop) {
             });
             if let Some(reply) = resign_reply {
                 let _ = reply.send(Err(anyhow::anyhow!("this instance is in no shard set")));
+            }
+            if stopping {
+                break;
+            }
+            continue;
+        };
+        let Some(producer) = producer.get() else {
+            // No output topic yet: keep every window until there is somewhere to send it.
+            let _ = status.send(FlushStatus {
+                election_state: state,
+                can_lead: false,
+            });
+            if let Some(reply) = resign_reply {
+                let _ = reply.send(Err(anyhow::anyhow!("the output topic does not exist yet")));
             }
             if stopping {
                 break;
@@ -595,6 +611,9 @@ async fn flush_loop(parts: FlushLoop) {
             break;
         }
     }
+    let Some(producer) = producer.get() else {
+        return;
+    };
     let unacked = producer.close(options.shutdown_ack_timeout).await;
     if unacked > 0 {
         tracing::warn!(

@@ -531,7 +531,6 @@ impl Node {
         let mut instance_options = InstanceOptions::new(name);
         instance_options.election_ttl = ELECTION_TTL;
         instance_options.check_every = CHECK_EVERY;
-        instance_options.topic_wait = Duration::from_secs(5);
         instance_options.shutdown_ack_timeout = Duration::from_secs(5);
         // Output reaches the coordinator within milliseconds of a flush instead of up to the
         // default 1 s, which keeps the crash test's quiet moment easy to find.
