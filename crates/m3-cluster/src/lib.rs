@@ -6,7 +6,7 @@
 //!
 //! | module | what | used by |
 //! |---|---|---|
-//! | [`kv`] | the [`kv::KvStore`] trait, the in-memory backend, typed watches, the backend contract | everything below |
+//! | [`kv`] | the [`kv::KvStore`] trait, the in-memory and etcd backends, typed watches, the backend contract | everything below |
 //! | [`keys`] | every KV key, laid out as M3 lays them out in etcd | stores, admin API |
 //! | [`shard`] | `murmur3_32(id) % num_shards` | clients, aggregators, m3msg |
 //! | [`placement`] | placements (mirrored, sharded, non-sharded), their algorithms and their store | admin API, clients, aggregators |
@@ -54,6 +54,7 @@ pub mod topic;
 
 pub use election::{ElectionError, ElectionState, LeaderElection};
 pub use keys::ServiceId;
+pub use kv::etcd::{EtcdConfig, EtcdKv};
 pub use kv::memory::MemoryKv;
 pub use kv::{KvError, KvStore, KvWatch, Versioned};
 pub use placement::{Instance, Placement, PlacementError, PlacementStore, Shard, ShardState};
@@ -70,6 +71,8 @@ mod auto_traits {
     #[test]
     fn public_types_are_send_and_sync() {
         send_sync::<MemoryKv>();
+        send_sync::<EtcdKv>();
+        send_sync::<EtcdConfig>();
         send_sync::<std::sync::Arc<dyn KvStore>>();
         send_sync::<Placement>();
         send_sync::<PlacementStore>();

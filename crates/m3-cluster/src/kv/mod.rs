@@ -6,7 +6,7 @@
 //! [`KvStore`] is deliberately small: `get`, `set`, `set_if_not_exists`, `check_and_set`,
 //! `delete` and `watch` on string keys holding opaque bytes. That is exactly what M3 asks of etcd,
 //! and nothing more, so every backend (the in-memory [`memory::MemoryKv`] used by `m3 local` and
-//! tests, and etcd) can honour it completely.
+//! tests, and [`etcd::EtcdKv`]) can honour it completely.
 //!
 //! The trait is object safe and used as `Arc<dyn KvStore>`: components receive the store at start
 //! time and never know which backend they talk to. Methods return boxed futures
@@ -35,6 +35,7 @@
 //! its tests and the etcd backend runs the same functions against a real etcd.
 
 pub mod contract;
+pub mod etcd;
 pub mod memory;
 
 mod decoded;
