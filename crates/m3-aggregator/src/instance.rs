@@ -21,6 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -64,6 +65,9 @@ pub struct InstanceOptions {
     pub producer: ProducerConfig,
     /// How long shutdown waits for outstanding acks.
     pub shutdown_ack_timeout: Duration,
+    /// The placement's shard count, kept current from the placement watch, for a shard
+    /// function that follows the placement ([`placement_shard_fn`]).
+    pub num_shards: Arc<AtomicU32>,
     /// How long a flush waits for the coordinators' acks before it persists its flush times;
     /// when they do not all arrive in time, the times are persisted at a later flush.
     pub ack_wait: Duration,
@@ -85,6 +89,7 @@ impl InstanceOptions {
             producer: ProducerConfig::default(),
             shutdown_ack_timeout: Duration::from_secs(10),
             ack_wait: Duration::from_secs(5),
+            num_shards: Arc::new(AtomicU32::new(0)),
         }
     }
 }
@@ -92,6 +97,13 @@ impl InstanceOptions {
 /// The election of the shard set this instance is in, with the shard set's ID; replaced when
 /// the placement moves the instance to another shard set.
 type SharedElection = Arc<Mutex<Option<(u32, Arc<LeaderElection>)>>>;
+
+/// A shard function (murmur3_32(id) % numShards) whose shard count follows the placement this
+/// instance watches; before the first placement every ID maps to shard 0, which is not owned.
+pub fn placement_shard_fn(options: &InstanceOptions) -> crate::ShardFn {
+    let num_shards = Arc::clone(&options.num_shards);
+    Arc::new(move |id: &[u8]| m3_cluster::shard_for(id, num_shards.load(Ordering::Relaxed)))
+}
 
 /// The election state and leadership eligibility, for `/status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -381,6 +393,11 @@ async fn follow_placement(
 ) {
     loop {
         let placement = watch.borrow_and_update().clone();
+        if let Some(p) = &placement {
+            options
+                .num_shards
+                .store(p.value.num_shards, Ordering::Relaxed);
+        }
         let me = placement
             .as_ref()
             .and_then(|p| p.value.instance(&options.instance_id).cloned());

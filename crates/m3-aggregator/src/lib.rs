@@ -56,6 +56,8 @@
 
 pub mod aggregation;
 pub mod aggregator;
+pub mod config;
+
 mod entry;
 pub mod error;
 pub mod flush;

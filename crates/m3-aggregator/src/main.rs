@@ -1,14 +1,126 @@
-//! `m3aggregator -f <config>`: a standalone aggregator process.
+//! `m3aggregator -f <config>`: one aggregator of the cluster.
 //!
-//! A standalone aggregator needs a KV shared with the coordinators (etcd), which is not built
-//! yet; until then this binary says so and exits, and `m3 local` runs aggregators in-process.
+//! Flags and glue only: the config is read by [`m3_aggregator::config`], the engine, cluster
+//! membership and admin endpoints live in the library.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use m3_aggregator::config::AggregatorConfig;
+use m3_aggregator::instance::{AggregatorInstance, placement_shard_fn};
+use m3_aggregator::{Aggregator, serve_rawtcp};
+use m3_cluster::KvStore;
+use m3_cluster::kv::etcd::EtcdKv;
+use parking_lot::Mutex;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// An m3aggregator instance.
+#[derive(Debug, Parser)]
+#[command(name = "m3aggregator", version, about)]
+struct Args {
+    /// The config file (M3's m3aggregator.yml keys).
+    #[arg(short = 'f', long = "config")]
+    config: PathBuf,
+}
 
 fn main() -> ExitCode {
-    eprintln!(
-        "error: m3aggregator needs the etcd KV backend (kvClient.etcd), which this version does not have yet.\n\
-         Run the whole pipeline in one process with `m3 local` instead."
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let result = tokio::runtime::Runtime::new()
+        .context("starting the async runtime")
+        .and_then(|rt| rt.block_on(run(args)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let config = AggregatorConfig::load(&args.config)?;
+    tracing::info!(instance = %config.instance.instance_id, host_id = %config.host_id, "Starting m3aggregator.");
+    let kv: Arc<dyn KvStore> = Arc::new(
+        EtcdKv::connect(&config.etcd)
+            .await
+            .context("connecting to etcd (kvClient.etcd)")?,
     );
-    ExitCode::from(2)
+    let rawtcp = TcpListener::bind(&config.rawtcp_address)
+        .await
+        .with_context(|| format!("binding rawtcp.listenAddress {}", config.rawtcp_address))?;
+    let http = TcpListener::bind(&config.http_address)
+        .await
+        .with_context(|| format!("binding http.listenAddress {}", config.http_address))?;
+
+    let aggregator = Arc::new(Aggregator::new(
+        config.engine.clone(),
+        placement_shard_fn(&config.instance),
+    ));
+    let mut registry = Registry::default();
+    let instance = Arc::new(
+        AggregatorInstance::start(
+            Arc::clone(&aggregator),
+            kv,
+            config.instance.clone(),
+            &mut registry,
+        )
+        .await
+        .context("joining the cluster")?,
+    );
+    let cancel = CancellationToken::new();
+    let rawtcp_task = tokio::spawn(serve_rawtcp(
+        rawtcp,
+        aggregator,
+        config.rawtcp_max_message_size,
+        cancel.clone(),
+    ));
+    let app = m3_aggregator::http::router(Arc::clone(&instance), Arc::new(Mutex::new(registry)));
+    let http_cancel = cancel.clone();
+    let http_task = tokio::spawn(async move {
+        axum::serve(http, app)
+            .with_graceful_shutdown(async move { http_cancel.cancelled().await })
+            .await
+    });
+    tracing::info!(
+        rawtcp = %config.rawtcp_address,
+        http = %config.http_address,
+        "m3aggregator is running."
+    );
+
+    shutdown_signal().await;
+    tracing::info!("Shutting down: flushing ended windows.");
+    cancel.cancel();
+    let _ = rawtcp_task.await;
+    let _ = http_task.await;
+    match Arc::try_unwrap(instance) {
+        Ok(instance) => instance.shutdown().await,
+        Err(_) => tracing::warn!("The instance is still referenced; it was not shut down cleanly."),
+    }
+    tracing::info!("Stopped.");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

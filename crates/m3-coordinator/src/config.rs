@@ -33,9 +33,9 @@ pub struct CoordinatorConfig {
     /// Where the embedded store keeps its files.
     #[serde(default)]
     pub storage: StorageConfig,
-    /// Cluster KV (etcd) settings.
+    /// Cluster KV (etcd) settings; required by `m3coordinator`, unused by `m3 local` (in-memory KV).
     #[serde(default)]
-    pub cluster_management: Option<serde_json_value::Ignored>,
+    pub cluster_management: Option<ClusterManagementConfig>,
     /// Downsampling: rules and the remote aggregator client.
     #[serde(default)]
     pub downsample: DownsampleConfig,
@@ -47,6 +47,14 @@ pub struct CoordinatorConfig {
     /// `bufferDurationForFutureTimedMetric`.
     #[serde(default)]
     pub write_buffers: WriteBuffersConfig,
+}
+
+/// `clusterManagement:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClusterManagementConfig {
+    /// The etcd client (M3's keys).
+    pub etcd: m3_cluster::kv::etcd::EtcdConfig,
 }
 
 /// Placeholder for config sections accepted but not interpreted yet.
@@ -674,10 +682,37 @@ mod tests {
     }
 
     #[test]
+    fn shipped_config_loads() {
+        let path = std::path::PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/m3coordinator.yml"
+        ));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config = CoordinatorConfig::parse(&path, &text).unwrap();
+        assert_eq!(config.listen_address.as_deref(), Some("0.0.0.0:7201"));
+        let etcd = config.cluster_management.as_ref().unwrap();
+        assert_eq!(
+            etcd.etcd.etcd_clusters[0].endpoints,
+            vec!["127.0.0.1:2379".to_string()]
+        );
+        assert_eq!(config.namespaces(&path).unwrap().len(), 3);
+        assert_eq!(
+            config.ingest.unwrap().m3msg.server.listen_address,
+            "0.0.0.0:7507"
+        );
+        assert_eq!(config.write_buffers.buffer_past, Duration::from_secs(60));
+    }
+
+    #[test]
     fn explicit_rules_are_refused_not_ignored() {
         let text = "downsample:\n  rules:\n    mappingRules: []\n";
-        let err = CoordinatorConfig::parse(Path::new("c.yml"), text).unwrap_err().to_string();
-        assert!(err.contains("downsample.rules") && err.contains("c.yml"), "{err}");
+        let err = CoordinatorConfig::parse(Path::new("c.yml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("downsample.rules") && err.contains("c.yml"),
+            "{err}"
+        );
     }
 
     #[test]

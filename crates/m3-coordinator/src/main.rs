@@ -1,14 +1,87 @@
-//! `m3coordinator -f <config>`: a standalone coordinator process.
+//! `m3coordinator -f <config>`: a coordinator of the cluster.
 //!
-//! A standalone coordinator needs a KV shared with the aggregators (etcd), which is not built
-//! yet; until then this binary says so and exits, and `m3 local` runs a coordinator in-process.
+//! Flags and glue only: [`m3_coordinator::server::Coordinator`] assembles the parts.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use m3_cluster::KvStore;
+use m3_cluster::kv::etcd::EtcdKv;
+use m3_config::ConfigError;
+use m3_coordinator::config::CoordinatorConfig;
+use m3_coordinator::server::Coordinator;
+
+/// An m3coordinator instance.
+#[derive(Debug, Parser)]
+#[command(name = "m3coordinator", version, about)]
+struct Args {
+    /// The config file (M3's m3coordinator.yml keys).
+    #[arg(short = 'f', long = "config")]
+    config: PathBuf,
+}
 
 fn main() -> ExitCode {
-    eprintln!(
-        "error: m3coordinator needs the etcd KV backend (clusterManagement.etcd), which this version does not have yet.\n\
-         Run the whole pipeline in one process with `m3 local` instead."
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let result = tokio::runtime::Runtime::new()
+        .context("starting the async runtime")
+        .and_then(|rt| rt.block_on(run(args)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let config = CoordinatorConfig::load(&args.config)?;
+    let etcd = config.cluster_management.as_ref().ok_or_else(|| {
+        ConfigError::invalid(
+            &args.config,
+            "clusterManagement",
+            "missing: the coordinator needs clusterManagement.etcd (the cluster KV)",
+        )
+    })?;
+    let kv: Arc<dyn KvStore> = Arc::new(
+        EtcdKv::connect(&etcd.etcd)
+            .await
+            .context("connecting to etcd (clusterManagement.etcd)")?,
     );
-    ExitCode::from(2)
+    let coordinator = Coordinator::start(&config, &args.config, kv, None, None)
+        .await
+        .context("starting the coordinator")?;
+    tracing::info!(http = %coordinator.addrs().http, ingest = ?coordinator.addrs().ingest, "m3coordinator is running.");
+    shutdown_signal().await;
+    tracing::info!("Shutting down.");
+    coordinator
+        .drain_aggregator_client(Duration::from_secs(5))
+        .await;
+    coordinator.shutdown().await;
+    tracing::info!("Stopped.");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use m3_aggregator::instance::{AggregatorInstance, InstanceOptions};
+use m3_aggregator::instance::{AggregatorInstance, InstanceOptions, placement_shard_fn};
 use m3_aggregator::{Aggregator, AggregatorOptions};
 use m3_cluster::keys::{self, ServiceId};
 use m3_cluster::placement::store::PlacementStoreError;
@@ -211,10 +211,10 @@ pub async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow::Resul
             default_storage_policies: config.aggregators.default_storage_policies.clone(),
             ..AggregatorOptions::default()
         };
-        let num_shards = config.aggregators.num_shards;
+        let instance_options = InstanceOptions::new(endpoint.clone());
         let aggregator = Arc::new(Aggregator::new(
             options,
-            Arc::new(move |id: &[u8]| m3_cluster::shard_for(id, num_shards)),
+            placement_shard_fn(&instance_options),
         ));
         rawtcp_tasks.push(tokio::spawn(m3_aggregator::serve_rawtcp(
             listener,
@@ -223,14 +223,10 @@ pub async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow::Resul
             cancel.clone(),
         )));
         let mut registry = Registry::default();
-        let instance = AggregatorInstance::start(
-            aggregator,
-            Arc::clone(&kv),
-            InstanceOptions::new(endpoint.clone()),
-            &mut registry,
-        )
-        .await
-        .with_context(|| format!("starting aggregator {endpoint}"))?;
+        let instance =
+            AggregatorInstance::start(aggregator, Arc::clone(&kv), instance_options, &mut registry)
+                .await
+                .with_context(|| format!("starting aggregator {endpoint}"))?;
         let instance = Arc::new(instance);
         let app =
             m3_aggregator::http::router(Arc::clone(&instance), Arc::new(Mutex::new(registry)));

@@ -1,0 +1,1081 @@
+//! The `m3aggregator` config file, with M3's key names.
+//!
+//! The file M3 ships (`m3aggregator.yml`) has sections this project interprets (`rawtcp`,
+//! `http`, `kvClient`, `aggregator` with its buffers, placement, election, flush and output
+//! settings) and sections that tune Go object pools or M3 features not built yet. Every key is
+//! checked: keys M3 defines but that have no effect here are accepted and listed as such in the
+//! field docs; anything else is an error naming the key and the file.
+//!
+//! [`AggregatorConfig::validate`] turns the raw file into [`ValidConfig`], the settings the
+//! process runs with, resolving the host ID from the environment and checking values types
+//! cannot express.
+
+use std::path::Path;
+use std::time::Duration;
+
+use m3_config::ConfigError;
+use m3_metric::StoragePolicy;
+use serde::Deserialize;
+
+use crate::AggregatorOptions;
+
+/// Accepted for compatibility with M3's files; no effect here.
+#[derive(Debug, Clone, Default)]
+pub struct Ignored;
+
+impl<'de> Deserialize<'de> for Ignored {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| Ignored)
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AggregatorConfig {
+    /// Logging (use `RUST_LOG`); accepted.
+    #[serde(default)]
+    pub logging: Option<Ignored>,
+    /// M3's metrics reporter; self-metrics are served at `http.listenAddress` `/metrics`.
+    #[serde(default)]
+    pub metrics: Option<Ignored>,
+    /// The m3msg ingest server (not supported yet: use `rawtcp`).
+    #[serde(default)]
+    pub m3msg: Option<Ignored>,
+    /// The rawtcp ingest server.
+    #[serde(default)]
+    pub rawtcp: Option<RawTcpConfig>,
+    /// The admin HTTP server.
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
+    /// Where the cluster KV (etcd) is. Required.
+    #[serde(default, rename = "kvClient")]
+    pub kv_client: Option<KvClientConfig>,
+    /// Runtime limits watched in KV (not supported yet); accepted.
+    #[serde(default)]
+    pub runtime_options: Option<Ignored>,
+    /// The aggregator itself.
+    #[serde(default)]
+    pub aggregator: AggregatorSection,
+    /// Debug endpoints; accepted.
+    #[serde(default)]
+    pub debug: Option<Ignored>,
+}
+
+/// `rawtcp:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawTcpConfig {
+    /// e.g. `0.0.0.0:6000`.
+    pub listen_address: String,
+    /// Rate limit of per-message error logs; accepted.
+    #[serde(default)]
+    pub error_log_limit_per_second: Option<u64>,
+    /// TCP keep-alive; accepted.
+    #[serde(default)]
+    pub keep_alive_enabled: Option<bool>,
+    /// TCP keep-alive period; accepted.
+    #[serde(default, with = "m3_config::option_duration")]
+    pub keep_alive_period: Option<Duration>,
+    /// Accept-loop retry; accepted.
+    #[serde(default)]
+    pub retry: Option<Ignored>,
+    /// Read buffer size; accepted.
+    #[serde(default)]
+    pub read_buffer_size: Option<usize>,
+    /// Frame decoding.
+    #[serde(default)]
+    pub protobuf_iterator: Option<ProtobufIteratorConfig>,
+    /// TLS (not supported yet).
+    #[serde(default)]
+    pub tls: Option<Ignored>,
+}
+
+/// `rawtcp.protobufIterator:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProtobufIteratorConfig {
+    /// Initial buffer; accepted.
+    #[serde(default)]
+    pub init_buffer_size: Option<usize>,
+    /// Largest frame accepted (default 50 MiB).
+    #[serde(default)]
+    pub max_message_size: Option<usize>,
+    /// Go buffer pool; accepted.
+    #[serde(default)]
+    pub bytes_pool: Option<Ignored>,
+}
+
+/// `http:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpConfig {
+    /// e.g. `0.0.0.0:6001`.
+    pub listen_address: String,
+    /// Accepted.
+    #[serde(default, with = "m3_config::option_duration")]
+    pub read_timeout: Option<Duration>,
+    /// Accepted.
+    #[serde(default, with = "m3_config::option_duration")]
+    pub write_timeout: Option<Duration>,
+}
+
+/// `kvClient:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KvClientConfig {
+    /// The etcd client.
+    pub etcd: m3_cluster::kv::etcd::EtcdConfig,
+}
+
+/// `aggregator:`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AggregatorSection {
+    /// How this host is named.
+    #[serde(default, rename = "hostID")]
+    pub host_id: Option<HostIdConfig>,
+    /// How the placement instance ID is formed.
+    #[serde(default, rename = "instanceID")]
+    pub instance_id: Option<InstanceIdConfig>,
+    /// Accepted.
+    #[serde(default)]
+    pub verbose_errors: Option<bool>,
+    /// Output ID prefixes (only empty is supported).
+    #[serde(default)]
+    pub metric_prefix: Option<String>,
+    /// See `metricPrefix`.
+    #[serde(default)]
+    pub counter_prefix: Option<String>,
+    /// See `metricPrefix`.
+    #[serde(default)]
+    pub timer_prefix: Option<String>,
+    /// See `metricPrefix`.
+    #[serde(default)]
+    pub gauge_prefix: Option<String>,
+    /// Output name transforms; accepted (naming is documented in `m3_metric::id`).
+    #[serde(default)]
+    pub aggregation_types: Option<Ignored>,
+    /// Quantile stream settings; accepted (quantiles come from a DDSketch, 1% relative error).
+    #[serde(default)]
+    pub stream: Option<Ignored>,
+    /// Client for forwarding rollups (not supported yet); accepted.
+    #[serde(default)]
+    pub client: Option<Ignored>,
+    /// Where this aggregator's placement is.
+    #[serde(default)]
+    pub placement_manager: Option<PlacementManagerConfig>,
+    /// Only `murmur32`.
+    #[serde(default)]
+    pub hash_type: Option<String>,
+    /// Accept writes this long before a shard's cutover (default 10m).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub buffer_duration_before_shard_cutover: Option<Duration>,
+    /// Accept writes this long after a shard's cutoff (default 1h).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub buffer_duration_after_shard_cutoff: Option<Duration>,
+    /// Lateness allowed for timed metrics, plus one resolution (default 1m).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub buffer_duration_for_past_timed_metric: Option<Duration>,
+    /// Earliness allowed for timed metrics (default 1m).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub buffer_duration_for_future_timed_metric: Option<Duration>,
+    /// How long `/resign` may take; accepted.
+    #[serde(default, with = "m3_config::option_duration")]
+    pub resign_timeout: Option<Duration>,
+    /// Wait after SIGTERM before exiting; accepted.
+    #[serde(default, with = "m3_config::option_duration")]
+    pub shutdown_wait_timeout: Option<Duration>,
+    /// Where flush times are persisted.
+    #[serde(default)]
+    pub flush_times_manager: Option<FlushTimesManagerConfig>,
+    /// Leader election.
+    #[serde(default)]
+    pub election_manager: Option<ElectionManagerConfig>,
+    /// Flush scheduling.
+    #[serde(default)]
+    pub flush_manager: Option<FlushManagerConfig>,
+    /// Where aggregated output goes.
+    #[serde(default)]
+    pub flush: Option<FlushConfig>,
+    /// Passthrough writes (not supported yet); accepted.
+    #[serde(default)]
+    pub passthrough: Option<Ignored>,
+    /// Forwarding delays (rollups not supported yet); accepted.
+    #[serde(default)]
+    pub forwarding: Option<Ignored>,
+    /// Idle series expiry (default 1h).
+    #[serde(default, rename = "entryTTL", with = "m3_config::option_duration")]
+    pub entry_ttl: Option<Duration>,
+    /// Expiry sweep period (default 10m here).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub entry_check_interval: Option<Duration>,
+    /// Accepted (sweeps are whole passes).
+    #[serde(default)]
+    pub entry_check_batch_percent: Option<f64>,
+    /// Split incoming batch timers into chunks (0 = no split).
+    #[serde(default)]
+    pub max_timer_batch_size_per_write: Option<usize>,
+    /// Storage policies of metrics that carry none (default `[10s:2d]`).
+    #[serde(default)]
+    pub default_storage_policies: Option<Vec<StoragePolicy>>,
+    /// Accepted.
+    #[serde(default)]
+    pub max_num_cached_source_sets: Option<u32>,
+    /// Drop NaN results (default true).
+    #[serde(default, rename = "discardNaNAggregatedValues")]
+    pub discard_nan_aggregated_values: Option<bool>,
+    /// Go object pools; accepted.
+    #[serde(default)]
+    pub entry_pool: Option<Ignored>,
+    /// Go object pools; accepted.
+    #[serde(default)]
+    pub counter_elem_pool: Option<Ignored>,
+    /// Go object pools; accepted.
+    #[serde(default)]
+    pub timer_elem_pool: Option<Ignored>,
+    /// Go object pools; accepted.
+    #[serde(default)]
+    pub gauge_elem_pool: Option<Ignored>,
+    /// Accepted.
+    #[serde(default)]
+    pub add_to_reset: Option<bool>,
+    /// Accepted.
+    #[serde(default)]
+    pub timed_metrics_flush_offset_enabled: Option<bool>,
+    /// Accepted.
+    #[serde(default)]
+    pub feature_flags: Option<Ignored>,
+    /// Accepted.
+    #[serde(default)]
+    pub writes_ignore_cutoff_cutover: Option<bool>,
+}
+
+/// `hostID:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HostIdConfig {
+    /// `environment`, `config` or `hostname`.
+    pub resolver: String,
+    /// For `environment`: the variable holding the host ID.
+    #[serde(default)]
+    pub env_var_name: Option<String>,
+    /// For `config`: the host ID.
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+/// `instanceID:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct InstanceIdConfig {
+    /// `host_id` (the instance ID is the host ID) or `host_id_port` (`hostID:<rawtcp port>`).
+    #[serde(rename = "type")]
+    pub id_type: String,
+}
+
+/// A KV scope (`kvConfig:`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KvScopeConfig {
+    /// KV namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Environment.
+    #[serde(default)]
+    pub environment: Option<String>,
+    /// Zone.
+    #[serde(default)]
+    pub zone: Option<String>,
+}
+
+/// `placementManager:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PlacementManagerConfig {
+    /// Where the placement lives (default `/placement`, `default_env`, `embedded`).
+    #[serde(default)]
+    pub kv_config: KvScopeConfig,
+    /// The key and startup wait.
+    #[serde(default)]
+    pub placement_watcher: Option<PlacementWatcherConfig>,
+}
+
+/// `placementWatcher:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PlacementWatcherConfig {
+    /// Placement key (default `m3aggregator`).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Startup wait; accepted (the aggregator starts without a placement and owns no shard).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub init_watch_timeout: Option<Duration>,
+}
+
+/// `flushTimesManager:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FlushTimesManagerConfig {
+    /// Where flush times live (environment used; namespace `_kv`).
+    #[serde(default)]
+    pub kv_config: KvScopeConfig,
+    /// Only `shardset/%d/flush`.
+    #[serde(default)]
+    pub flush_times_key_fmt: Option<String>,
+    /// Accepted.
+    #[serde(default)]
+    pub flush_times_persist_retrier: Option<Ignored>,
+}
+
+/// `electionManager:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ElectionManagerConfig {
+    /// Lease settings.
+    #[serde(default)]
+    pub election: Option<ElectionConfig>,
+    /// The service the election keys belong to (environment used).
+    #[serde(default, rename = "serviceID")]
+    pub service_id: Option<ServiceIdConfig>,
+    /// Only `shardset/%d/lock`.
+    #[serde(default)]
+    pub election_key_fmt: Option<String>,
+    /// Accepted.
+    #[serde(default)]
+    pub campaign_retrier: Option<Ignored>,
+    /// Accepted.
+    #[serde(default)]
+    pub change_retrier: Option<Ignored>,
+    /// Accepted.
+    #[serde(default)]
+    pub resign_retrier: Option<Ignored>,
+    /// Accepted.
+    #[serde(default, with = "m3_config::option_duration")]
+    pub campaign_state_check_interval: Option<Duration>,
+    /// Accepted.
+    #[serde(default, with = "m3_config::option_duration")]
+    pub shard_cutoff_check_offset: Option<Duration>,
+    /// Accepted (the leader value is the instance ID).
+    #[serde(default)]
+    pub leader_value: Option<String>,
+}
+
+/// `electionManager.election:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ElectionConfig {
+    /// Accepted.
+    #[serde(default, with = "m3_config::option_duration")]
+    pub leader_timeout: Option<Duration>,
+    /// Accepted.
+    #[serde(default, with = "m3_config::option_duration")]
+    pub resign_timeout: Option<Duration>,
+    /// Leader lease TTL in seconds (default 10).
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+}
+
+/// `serviceID:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceIdConfig {
+    /// Service name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Environment.
+    #[serde(default)]
+    pub environment: Option<String>,
+    /// Zone.
+    #[serde(default)]
+    pub zone: Option<String>,
+}
+
+/// `flushManager:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FlushManagerConfig {
+    /// How often closed windows are looked for (default 1s).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub check_every: Option<Duration>,
+    /// Accepted.
+    #[serde(default)]
+    pub jitter_enabled: Option<bool>,
+    /// Accepted.
+    #[serde(default)]
+    pub max_jitters: Option<Ignored>,
+    /// Accepted.
+    #[serde(default, rename = "numWorkersPerCPU")]
+    pub num_workers_per_cpu: Option<f64>,
+    /// Deprecated in M3; accepted.
+    #[serde(default, with = "m3_config::option_duration")]
+    pub flush_times_persist_every: Option<Duration>,
+    /// Accepted (follower forced mode is not built yet).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub max_buffer_size: Option<Duration>,
+    /// Accepted.
+    #[serde(default, with = "m3_config::option_duration")]
+    pub forced_flush_window_size: Option<Duration>,
+}
+
+/// `flush:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FlushConfig {
+    /// Output handlers; exactly one `dynamicBackend` named `m3msg` is supported.
+    pub handlers: Vec<FlushHandlerConfig>,
+}
+
+/// One `flush.handlers[]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FlushHandlerConfig {
+    /// The m3msg backend.
+    #[serde(default)]
+    pub dynamic_backend: Option<DynamicBackendConfig>,
+    /// Not supported.
+    #[serde(default)]
+    pub static_backend: Option<Ignored>,
+}
+
+/// `dynamicBackend:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DynamicBackendConfig {
+    /// `m3msg`.
+    pub name: String,
+    /// Only `murmur32`.
+    #[serde(default)]
+    pub hash_type: Option<String>,
+    /// The m3msg producer.
+    pub producer: ProducerSection,
+    /// Not supported yet; accepted.
+    #[serde(default)]
+    pub filters: Option<Ignored>,
+    /// Not supported yet; accepted.
+    #[serde(default)]
+    pub storage_policy_filters: Option<Ignored>,
+    /// Not supported yet; accepted.
+    #[serde(default)]
+    pub percentage_filters: Option<Ignored>,
+    /// Not supported yet; accepted.
+    #[serde(default)]
+    pub routing_policy_filters: Option<Ignored>,
+    /// Not supported yet; accepted.
+    #[serde(default)]
+    pub routing_policy_config: Option<Ignored>,
+    /// Accepted.
+    #[serde(default)]
+    pub writer: Option<Ignored>,
+}
+
+/// `producer:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProducerSection {
+    /// The in-memory buffer.
+    #[serde(default)]
+    pub buffer: Option<BufferSection>,
+    /// The writer.
+    pub writer: WriterSection,
+}
+
+/// `producer.buffer:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BufferSection {
+    /// Bytes buffered before the oldest messages are dropped (M3's seed: 1e9).
+    #[serde(default)]
+    pub max_buffer_size: Option<usize>,
+    /// Largest single message.
+    #[serde(default)]
+    pub max_message_size: Option<usize>,
+    /// `dropOldest` or `returnError`; accepted.
+    #[serde(default)]
+    pub on_full_strategy: Option<String>,
+    /// Accepted.
+    #[serde(default)]
+    pub allowed_spillover_ratio: Option<f64>,
+    /// Accepted.
+    #[serde(default, with = "m3_config::option_duration")]
+    pub drop_oldest_interval: Option<Duration>,
+    /// Accepted.
+    #[serde(default)]
+    pub cleanup_retry: Option<Ignored>,
+}
+
+/// `producer.writer:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WriterSection {
+    /// The output topic (e.g. `aggregated_metrics`).
+    pub topic_name: String,
+    /// KV scope of the topic.
+    #[serde(default)]
+    pub topic_service_override: Option<KvScopeConfig>,
+    /// Accepted.
+    #[serde(default)]
+    pub topic_watch_init_timeout: Option<Ignored>,
+    /// Accepted.
+    #[serde(default)]
+    pub placement_service_override: Option<Ignored>,
+    /// Accepted.
+    #[serde(default)]
+    pub placement_watch_init_timeout: Option<Ignored>,
+    /// Accepted.
+    #[serde(default)]
+    pub placement: Option<Ignored>,
+    /// Accepted.
+    #[serde(default)]
+    pub message_pool: Option<Ignored>,
+    /// Backoff between redeliveries of an un-acked message.
+    #[serde(default)]
+    pub message_retry: Option<RetrySection>,
+    /// How soon a message with no reachable consumer is tried again.
+    #[serde(default, with = "m3_config::option_duration")]
+    pub message_queue_new_writes_scan_interval: Option<Duration>,
+    /// Accepted.
+    #[serde(default, with = "m3_config::option_duration")]
+    pub message_queue_full_scan_interval: Option<Duration>,
+    /// Accepted.
+    #[serde(default)]
+    pub message_queue_scan_batch_size: Option<usize>,
+    /// Accepted.
+    #[serde(default)]
+    pub initial_ack_map_size: Option<usize>,
+    /// Accepted.
+    #[serde(default, with = "m3_config::option_duration")]
+    pub close_check_interval: Option<Duration>,
+    /// Accepted.
+    #[serde(default)]
+    pub ack_error_retry: Option<Ignored>,
+    /// Accepted.
+    #[serde(default)]
+    pub encoder: Option<Ignored>,
+    /// Accepted.
+    #[serde(default)]
+    pub decoder: Option<Ignored>,
+    /// Connections to the consumers.
+    #[serde(default)]
+    pub connection: Option<ConnectionSection>,
+    /// Accepted.
+    #[serde(default)]
+    pub ignore_cutoff_cutover: Option<bool>,
+}
+
+/// A backoff (`retry:`, `messageRetry:`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RetrySection {
+    /// First delay.
+    #[serde(default, with = "m3_config::option_duration")]
+    pub initial_backoff: Option<Duration>,
+    /// Multiplier.
+    #[serde(default)]
+    pub backoff_factor: Option<f64>,
+    /// Cap.
+    #[serde(default, with = "m3_config::option_duration")]
+    pub max_backoff: Option<Duration>,
+    /// Accepted.
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    /// Accepted.
+    #[serde(default)]
+    pub forever: Option<bool>,
+    /// Randomise.
+    #[serde(default)]
+    pub jitter: Option<bool>,
+}
+
+/// `writer.connection:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConnectionSection {
+    /// Dial timeout.
+    #[serde(default, with = "m3_config::option_duration")]
+    pub dial_timeout: Option<Duration>,
+    /// Write timeout.
+    #[serde(default, with = "m3_config::option_duration")]
+    pub write_timeout: Option<Duration>,
+    /// Accepted.
+    #[serde(default, with = "m3_config::option_duration")]
+    pub keep_alive_period: Option<Duration>,
+    /// Accepted.
+    #[serde(default, with = "m3_config::option_duration")]
+    pub reset_delay: Option<Duration>,
+    /// Reconnect backoff.
+    #[serde(default)]
+    pub retry: Option<RetrySection>,
+    /// How often buffered writes are flushed.
+    #[serde(default, with = "m3_config::option_duration")]
+    pub flush_interval: Option<Duration>,
+    /// Write buffer bytes.
+    #[serde(default)]
+    pub write_buffer_size: Option<usize>,
+    /// Read buffer bytes.
+    #[serde(default)]
+    pub read_buffer_size: Option<usize>,
+    /// Accepted.
+    #[serde(default)]
+    pub num_connections: Option<usize>,
+}
+
+/// The settings the process runs with, after validation.
+#[derive(Debug, Clone)]
+pub struct ValidConfig {
+    /// rawtcp listen address.
+    pub rawtcp_address: String,
+    /// Largest rawtcp frame.
+    pub rawtcp_max_message_size: usize,
+    /// HTTP listen address.
+    pub http_address: String,
+    /// The etcd client settings.
+    pub etcd: m3_cluster::kv::etcd::EtcdConfig,
+    /// Engine options.
+    pub engine: AggregatorOptions,
+    /// Cluster membership options (instance ID, keys, producer).
+    pub instance: crate::instance::InstanceOptions,
+    /// Expected number of shards is read from the placement; `murmur32` is the only hash.
+    pub host_id: String,
+}
+
+impl AggregatorConfig {
+    /// Reads and validates the file at `path`, taking variables and the host ID from the
+    /// process environment.
+    ///
+    /// # Errors
+    /// Every problem as a [`ConfigError`] naming the file and key.
+    pub fn load(path: &Path) -> Result<ValidConfig, ConfigError> {
+        let raw: AggregatorConfig = m3_config::load(path)?;
+        raw.validate(path, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates `text` as if read from `path`, with `env` for variables.
+    ///
+    /// # Errors
+    /// As [`AggregatorConfig::load`].
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<ValidConfig, ConfigError> {
+        let raw: AggregatorConfig = m3_config::parse(path, text, env)?;
+        raw.validate(path, env)
+    }
+
+    /// Checks the values and resolves the host ID.
+    ///
+    /// # Errors
+    /// A [`ConfigError::Invalid`] naming the key.
+    pub fn validate(
+        self,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<ValidConfig, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::invalid(path, key, message);
+        let etcd = self
+            .kv_client
+            .ok_or_else(|| {
+                invalid(
+                    "kvClient",
+                    "missing: the aggregator needs kvClient.etcd (the cluster KV)".into(),
+                )
+            })?
+            .etcd;
+        let rawtcp = self.rawtcp.ok_or_else(|| {
+            invalid(
+                "rawtcp",
+                "missing: set rawtcp.listenAddress (e.g. 0.0.0.0:6000)".into(),
+            )
+        })?;
+        if self.m3msg.is_some() {
+            return Err(invalid(
+                "m3msg",
+                "the m3msg ingest server is not supported yet; use rawtcp".into(),
+            ));
+        }
+        let http_address = self
+            .http
+            .map(|h| h.listen_address)
+            .unwrap_or_else(|| "0.0.0.0:6001".to_string());
+        let a = self.aggregator;
+        for (key, hash) in [("aggregator.hashType", &a.hash_type)] {
+            if let Some(h) = hash
+                && h != "murmur32"
+            {
+                return Err(invalid(
+                    key,
+                    format!("unsupported hash type {h:?}: only murmur32"),
+                ));
+            }
+        }
+        for (key, prefix) in [
+            ("aggregator.metricPrefix", &a.metric_prefix),
+            ("aggregator.counterPrefix", &a.counter_prefix),
+            ("aggregator.timerPrefix", &a.timer_prefix),
+            ("aggregator.gaugePrefix", &a.gauge_prefix),
+        ] {
+            if prefix.as_deref().is_some_and(|p| !p.is_empty()) {
+                return Err(invalid(
+                    key,
+                    "output prefixes are not supported yet; leave it empty".into(),
+                ));
+            }
+        }
+        let host_id = resolve_host_id(a.host_id.as_ref(), env)
+            .map_err(|m| invalid("aggregator.hostID", m))?;
+        let port = rawtcp
+            .listen_address
+            .rsplit_once(':')
+            .map(|(_, p)| p.to_string())
+            .unwrap_or_default();
+        let instance_id = match a.instance_id.as_ref().map(|i| i.id_type.as_str()) {
+            Some("host_id") => host_id.clone(),
+            // M3's default when the key is absent: host ID and rawtcp port.
+            None | Some("host_id_port") => format!("{host_id}:{port}"),
+            Some(other) => {
+                return Err(invalid(
+                    "aggregator.instanceID.type",
+                    format!("unknown instance ID type {other:?}: use host_id or host_id_port"),
+                ));
+            }
+        };
+        let defaults = AggregatorOptions::default();
+        let engine = AggregatorOptions {
+            buffer_past: a
+                .buffer_duration_for_past_timed_metric
+                .unwrap_or(defaults.buffer_past),
+            buffer_future: a
+                .buffer_duration_for_future_timed_metric
+                .unwrap_or(defaults.buffer_future),
+            buffer_before_cutover: a
+                .buffer_duration_before_shard_cutover
+                .unwrap_or(defaults.buffer_before_cutover),
+            buffer_after_cutoff: a
+                .buffer_duration_after_shard_cutoff
+                .unwrap_or(defaults.buffer_after_cutoff),
+            entry_ttl: a.entry_ttl.unwrap_or(defaults.entry_ttl),
+            default_storage_policies: a
+                .default_storage_policies
+                .clone()
+                .unwrap_or_else(|| defaults.default_storage_policies.clone()),
+            max_timer_batch_size_per_write: a
+                .max_timer_batch_size_per_write
+                .unwrap_or(defaults.max_timer_batch_size_per_write),
+            discard_nan_aggregated_values: a
+                .discard_nan_aggregated_values
+                .unwrap_or(defaults.discard_nan_aggregated_values),
+            ..defaults
+        };
+        if engine.default_storage_policies.is_empty() {
+            return Err(invalid(
+                "aggregator.defaultStoragePolicies",
+                "must list at least one policy, e.g. [10s:2d]".into(),
+            ));
+        }
+        let mut instance = crate::instance::InstanceOptions::new(instance_id);
+        if let Some(pm) = &a.placement_manager {
+            if let Some(ns) = &pm.kv_config.namespace {
+                instance.placement_namespace = ns.clone();
+            }
+            if let Some(env) = &pm.kv_config.environment {
+                instance.environment = env.clone();
+            }
+            if let Some(zone) = &pm.kv_config.zone {
+                instance.zone = zone.clone();
+            }
+            if let Some(key) = pm.placement_watcher.as_ref().and_then(|w| w.key.clone()) {
+                instance.placement_key = key;
+            }
+        }
+        if let Some(em) = &a.election_manager {
+            if let Some(ttl) = em.election.as_ref().and_then(|e| e.ttl_seconds) {
+                if ttl == 0 {
+                    return Err(invalid(
+                        "aggregator.electionManager.election.ttlSeconds",
+                        "must be positive".into(),
+                    ));
+                }
+                instance.election_ttl = Duration::from_secs(ttl);
+            }
+            if let Some(fmt) = &em.election_key_fmt
+                && fmt != "shardset/%d/lock"
+            {
+                return Err(invalid(
+                    "aggregator.electionManager.electionKeyFmt",
+                    "only shardset/%d/lock is supported".into(),
+                ));
+            }
+        }
+        if let Some(fm) = &a.flush_manager
+            && let Some(every) = fm.check_every
+        {
+            if every.is_zero() {
+                return Err(invalid(
+                    "aggregator.flushManager.checkEvery",
+                    "must be positive".into(),
+                ));
+            }
+            instance.check_every = every;
+        }
+        if let Some(ftm) = &a.flush_times_manager
+            && let Some(fmt) = &ftm.flush_times_key_fmt
+            && fmt != "shardset/%d/flush"
+        {
+            return Err(invalid(
+                "aggregator.flushTimesManager.flushTimesKeyFmt",
+                "only shardset/%d/flush is supported".into(),
+            ));
+        }
+        if let Some(interval) = a.entry_check_interval {
+            instance.entry_check_interval = interval;
+        }
+        if let Some(flush) = &a.flush {
+            let backends: Vec<&DynamicBackendConfig> = flush
+                .handlers
+                .iter()
+                .filter_map(|h| h.dynamic_backend.as_ref())
+                .collect();
+            if backends.len() != 1 || flush.handlers.len() != 1 {
+                return Err(invalid(
+                    "aggregator.flush.handlers",
+                    "exactly one handler with a dynamicBackend (m3msg) is supported".into(),
+                ));
+            }
+            let backend = backends[0];
+            if backend.name != "m3msg" {
+                return Err(invalid(
+                    "aggregator.flush.handlers[0].dynamicBackend.name",
+                    format!("unsupported backend {:?}: only m3msg", backend.name),
+                ));
+            }
+            let writer = &backend.producer.writer;
+            instance.topic = writer.topic_name.clone();
+            if let Some(env) = writer
+                .topic_service_override
+                .as_ref()
+                .and_then(|o| o.environment.clone())
+            {
+                instance.environment = env;
+            }
+            let producer = &mut instance.producer;
+            if let Some(size) = backend
+                .producer
+                .buffer
+                .as_ref()
+                .and_then(|b| b.max_buffer_size)
+            {
+                producer.buffer.max_buffer_size = size;
+            }
+            if let Some(size) = backend
+                .producer
+                .buffer
+                .as_ref()
+                .and_then(|b| b.max_message_size)
+            {
+                producer.buffer.max_message_size = size;
+            }
+            if let Some(retry) = &writer.message_retry {
+                apply_retry(&mut producer.writer.message_retry, retry);
+            }
+            if let Some(scan) = writer.message_queue_new_writes_scan_interval {
+                producer.writer.message_queue_new_writes_scan_interval = scan;
+            }
+            if let Some(c) = &writer.connection {
+                let conn = &mut producer.writer.connection;
+                if let Some(v) = c.dial_timeout {
+                    conn.dial_timeout = v;
+                }
+                if let Some(v) = c.write_timeout {
+                    conn.write_timeout = v;
+                }
+                if let Some(v) = c.flush_interval {
+                    conn.flush_interval = v;
+                }
+                if let Some(v) = c.write_buffer_size {
+                    conn.write_buffer_size = v;
+                }
+                if let Some(v) = c.read_buffer_size {
+                    conn.read_buffer_size = v;
+                }
+                if let Some(r) = &c.retry {
+                    apply_retry(&mut conn.retry, r);
+                }
+            }
+        }
+        Ok(ValidConfig {
+            rawtcp_address: rawtcp.listen_address,
+            rawtcp_max_message_size: rawtcp
+                .protobuf_iterator
+                .and_then(|p| p.max_message_size)
+                .unwrap_or(m3_proto::framing::DEFAULT_RAWTCP_MAX_MESSAGE_SIZE),
+            http_address,
+            etcd,
+            engine,
+            instance,
+            host_id,
+        })
+    }
+}
+
+fn apply_retry(target: &mut m3_msg::RetryConfig, source: &RetrySection) {
+    if let Some(v) = source.initial_backoff {
+        target.initial_backoff = v;
+    }
+    if let Some(v) = source.backoff_factor {
+        target.backoff_factor = v;
+    }
+    if let Some(v) = source.max_backoff {
+        target.max_backoff = v;
+    }
+    if let Some(v) = source.jitter {
+        target.jitter = v;
+    }
+}
+
+/// The host ID from `aggregator.hostID`.
+fn resolve_host_id(
+    config: Option<&HostIdConfig>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    let Some(config) = config else {
+        return hostname().ok_or_else(|| "not set and the host name cannot be read".to_string());
+    };
+    match config.resolver.as_str() {
+        "environment" => {
+            let name = config
+                .env_var_name
+                .as_deref()
+                .ok_or("resolver environment needs envVarName")?;
+            match env(name) {
+                Some(v) if !v.is_empty() => Ok(v),
+                _ => Err(format!(
+                    "resolver environment: variable {name} is not set; set it to this instance's ID in the placement"
+                )),
+            }
+        }
+        "config" => config
+            .value
+            .clone()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| "resolver config needs a non-empty value".to_string()),
+        "hostname" => {
+            hostname().ok_or_else(|| "resolver hostname: the host name cannot be read".to_string())
+        }
+        other => Err(format!(
+            "unknown resolver {other:?}: use environment, config or hostname"
+        )),
+    }
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> (PathBuf, String) {
+        let path = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/m3aggregator.yml"
+        ));
+        let text = std::fs::read_to_string(&path).unwrap();
+        (path, text)
+    }
+
+    fn env(name: &str) -> Option<String> {
+        (name == "M3AGGREGATOR_HOST_ID").then(|| "m3aggregator01".to_string())
+    }
+
+    use std::path::PathBuf;
+
+    #[test]
+    fn shipped_config_loads() {
+        let (path, text) = shipped();
+        let config = AggregatorConfig::parse(&path, &text, &env).unwrap();
+        assert_eq!(config.host_id, "m3aggregator01");
+        assert_eq!(config.instance.instance_id, "m3aggregator01:6000");
+        assert_eq!(config.rawtcp_address, "0.0.0.0:6000");
+        assert_eq!(config.http_address, "0.0.0.0:6001");
+        assert_eq!(config.engine.buffer_past, Duration::from_secs(60));
+        assert_eq!(
+            config.engine.default_storage_policies[0].to_string(),
+            "10s:2d"
+        );
+        assert_eq!(config.instance.topic, "aggregated_metrics");
+        assert_eq!(config.instance.placement_namespace, "/placement");
+        assert_eq!(config.instance.election_ttl, Duration::from_secs(10));
+        assert_eq!(
+            config.instance.producer.buffer.max_buffer_size,
+            1_000_000_000
+        );
+        assert_eq!(
+            config.etcd.etcd_clusters[0].endpoints,
+            vec!["127.0.0.1:2379".to_string()]
+        );
+    }
+
+    #[test]
+    fn host_id_from_the_environment_is_required() {
+        let (path, text) = shipped();
+        let err = AggregatorConfig::parse(&path, &text, &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("aggregator.hostID") && err.contains("M3AGGREGATOR_HOST_ID"),
+            "{err}"
+        );
+        assert!(err.contains("m3aggregator.yml"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_bad_duration_and_missing_kv_client_name_key_and_file() {
+        let (path, text) = shipped();
+        let unknown = text.replace("  entryTTL: 1h", "  entryTTL: 1h\n  entryTLL: 2h");
+        let err = AggregatorConfig::parse(&path, &unknown, &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("entryTLL") && err.contains("m3aggregator.yml"),
+            "{err}"
+        );
+
+        let bad_duration = text.replace("checkEvery: 1s", "checkEvery: often");
+        let err = AggregatorConfig::parse(&path, &bad_duration, &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("often") && err.contains("m3aggregator.yml"),
+            "{err}"
+        );
+
+        let start = text.find("kvClient:").unwrap();
+        let end = text.find("aggregator:\n").unwrap();
+        let missing = format!("{}{}", &text[..start], &text[end..]);
+        let err = AggregatorConfig::parse(&path, &missing, &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("kvClient") && err.contains("m3aggregator.yml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn instance_id_types() {
+        let (path, text) = shipped();
+        let host_only = text.replace("type: host_id_port", "type: host_id");
+        let config = AggregatorConfig::parse(&path, &host_only, &env).unwrap();
+        assert_eq!(config.instance.instance_id, "m3aggregator01");
+        let bad = text.replace("type: host_id_port", "type: pod_name");
+        let err = AggregatorConfig::parse(&path, &bad, &env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("aggregator.instanceID.type"), "{err}");
+    }
+}
