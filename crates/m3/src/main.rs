@@ -1,11 +1,15 @@
 //! The `m3` command: flags and glue only; the parts live in the library crates.
 //!
 //! * `m3 local` runs the whole pipeline in one process (see [`local`]).
+//! * `m3 bench` writes remote-write load to a coordinator and reports what it stored (see
+//!   [`bench`]).
 
+mod bench;
 mod local;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +33,42 @@ enum Command {
         #[arg(long = "data-dir")]
         data_dir: Option<PathBuf>,
     },
+    /// Write Prometheus remote-write load to a coordinator, then print what was sent, accepted,
+    /// rejected and failed, the achieved rate, and what the coordinator stored raw and
+    /// aggregated meanwhile (from its /metrics).
+    Bench {
+        /// The coordinator's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:7201")]
+        url: String,
+        /// Distinct series; each gets one sample per round.
+        #[arg(long, default_value_t = 10_000)]
+        series: usize,
+        /// Target samples per second; 0 sends as fast as the coordinator answers.
+        #[arg(long, default_value_t = 100_000)]
+        rate: u64,
+        /// How long to send (`30s`, `2m`, or seconds).
+        #[arg(long, default_value = "30s", value_parser = bench::parse_duration_arg)]
+        duration: Duration,
+        /// Samples per request (Prometheus sends up to 2000).
+        #[arg(long, default_value_t = 2000)]
+        batch: usize,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Labels per series, `__name__` included (`instance`, `job`, `pod`, `namespace`, ...).
+        #[arg(long, default_value_t = 10)]
+        labels: usize,
+        /// Prefix of every metric name.
+        #[arg(long, default_value = "m3bench_")]
+        metric_prefix: String,
+        /// After sending, how long to wait for aggregated output to be stored (`90s`, or
+        /// seconds). Windows are stored after window end + past buffer + resolution.
+        #[arg(long, default_value = "0", value_parser = bench::parse_duration_arg)]
+        wait_stored: Duration,
+        /// A process whose CPU time over the run to print (repeat for several).
+        #[arg(long = "pid")]
+        pids: Vec<u32>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -49,6 +89,32 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Local { config, data_dir } => local::run(&config, data_dir).await,
+            Command::Bench {
+                url,
+                series,
+                rate,
+                duration,
+                batch,
+                concurrency,
+                labels,
+                metric_prefix,
+                wait_stored,
+                pids,
+            } => {
+                bench::run(bench::BenchOptions {
+                    url,
+                    series,
+                    rate,
+                    duration,
+                    batch,
+                    concurrency,
+                    labels,
+                    metric_prefix,
+                    wait_stored,
+                    pids,
+                })
+                .await
+            }
         }
     });
     match result {
