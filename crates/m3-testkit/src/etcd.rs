@@ -42,11 +42,7 @@ impl EtcdProcess {
     /// When `etcd` is not on `PATH` (the message says how to install it), when it cannot be
     /// spawned, or when it does not become healthy within 20 seconds (the message quotes its log).
     pub fn start() -> EtcdProcess {
-        let binary = find_on_path("etcd").unwrap_or_else(|| {
-            panic!(
-                "etcd not found on PATH: run scripts/install-test-deps.sh (Debian package etcd-server)"
-            )
-        });
+        let binary = require_etcd(find_on_path("etcd"));
         let dir = tempfile::Builder::new()
             .prefix("m3-testkit-etcd-")
             .tempdir()
@@ -76,6 +72,30 @@ impl EtcdProcess {
     /// The data dir (kept across [`EtcdProcess::restart`]).
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// The value of one of etcd's own Prometheus metrics (served at `/metrics`), summed over its
+    /// label sets; `None` when etcd does not answer or has no such metric. Useful to check what
+    /// a client leaves behind on the server, e.g. `etcd_debugging_mvcc_watcher_total` for open
+    /// watches.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.client_port));
+        let body = http_get(addr, "/metrics")?;
+        let mut found = None;
+        for line in body.lines() {
+            let Some(rest) = line.strip_prefix(name) else {
+                continue;
+            };
+            // `name 3` or `name{labels} 3`, not `name_suffix 3`.
+            if !(rest.starts_with(' ') || rest.starts_with('{')) {
+                continue;
+            }
+            let value = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+            if let Some(value) = value {
+                *found.get_or_insert(0.0) += value;
+            }
+        }
+        found
     }
 
     /// Whether etcd is running (started and not stopped).
@@ -183,18 +203,78 @@ impl Drop for EtcdProcess {
     }
 }
 
-/// Asks etcd's `/health` endpoint over plain HTTP/1.0.
+/// The etcd binary, or the panic every test needing etcd shows when it is missing.
+fn require_etcd(found: Option<PathBuf>) -> PathBuf {
+    found.unwrap_or_else(|| {
+        panic!(
+            "etcd not found on PATH: run scripts/install-test-deps.sh (Debian package etcd-server)"
+        )
+    })
+}
+
+/// Asks etcd's `/health` endpoint.
 fn is_healthy(addr: SocketAddr) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-    let request = format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
+    http_get(addr, "/health").is_some_and(|body| body.contains("\"health\":\"true\""))
+}
+
+/// A plain HTTP/1.0 GET on etcd's client port; the body of a 200 answer, `None` otherwise.
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
     let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response.starts_with("HTTP/1.") && response.contains("\"health\":\"true\"")
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status_ok = head
+        .lines()
+        .next()
+        .is_some_and(|status| status.starts_with("HTTP/1.") && status.contains(" 200 "));
+    status_ok.then(|| body.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::find_in;
+
+    #[test]
+    #[should_panic(
+        expected = "etcd not found on PATH: run scripts/install-test-deps.sh (Debian package etcd-server)"
+    )]
+    fn missing_etcd_fails_with_install_hint() {
+        let empty = tempfile::tempdir().unwrap();
+        require_etcd(find_in(empty.path().as_os_str(), "etcd"));
+    }
+
+    #[test]
+    fn stop_and_restart_keep_ports_and_data() {
+        let mut etcd = EtcdProcess::start();
+        let endpoint = etcd.endpoint();
+        assert!(etcd.is_running());
+        assert!(
+            etcd.data_dir().join("member").is_dir(),
+            "etcd wrote its data dir"
+        );
+        assert_eq!(etcd.metric("etcd_debugging_mvcc_watcher_total"), Some(0.0));
+        assert_eq!(etcd.metric("no_such_metric"), None);
+
+        etcd.stop();
+        assert!(!etcd.is_running());
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, etcd.client_port));
+        assert!(!is_healthy(addr), "a stopped etcd does not answer");
+
+        etcd.restart();
+        assert!(etcd.is_running());
+        assert_eq!(etcd.endpoint(), endpoint);
+        assert!(is_healthy(addr));
+        let log = std::fs::read_to_string(etcd.log_path()).unwrap();
+        assert!(
+            log.contains("restarting member") || log.contains("recovered store"),
+            "the second start reused the data dir; log:\n{log}"
+        );
+    }
 }

@@ -2,10 +2,16 @@
 
 use std::path::{Path, PathBuf};
 
+use std::ffi::OsStr;
+
 /// The full path of `binary` on `PATH`, if any.
 pub(crate) fn find_on_path(binary: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
+    find_in(&std::env::var_os("PATH")?, binary)
+}
+
+/// The full path of `binary` in the directories of `path` (a `PATH`-style list), if any.
+pub(crate) fn find_in(path: &OsStr, binary: &str) -> Option<PathBuf> {
+    std::env::split_paths(path)
         .map(|dir| dir.join(binary))
         .find(|candidate| candidate.is_file())
 }
