@@ -148,6 +148,22 @@ async fn survives_an_etcd_restart_and_the_watch_resumes() {
         set.unwrap_err().to_string().contains(&etcd.endpoint()),
         "the error names the endpoint"
     );
+    // An outage longer than a few request timeouts: every request keeps failing cleanly, and the
+    // watch task keeps retrying in the background.
+    let outage_end = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < outage_end {
+        let check = kv.check_and_set(key, 2, Bytes::from_static(b"lost")).await;
+        assert!(
+            matches!(check, Err(KvError::Backend { .. })),
+            "requests during the outage must fail with a backend error, got {check:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        rx.borrow().as_ref().map(|v| v.version),
+        Some(2),
+        "the watch keeps the last value during the outage"
+    );
 
     etcd.restart();
     // Callers retry; the same client must succeed again once etcd is back.
