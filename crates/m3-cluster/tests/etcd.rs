@@ -350,6 +350,16 @@ async fn election_over_etcd_one_leader_resign_and_failover() {
     let dropped_value = format!("agg{second}");
     drop(dropped);
     let dropped_at = Instant::now();
+    // The last renewal was at most ttl/3 before the drop, so the lease runs for at least another
+    // 2/3 ttl: nobody may take over before that.
+    tokio::time::sleep(TTL / 4).await;
+    let remaining = leaders(&elections);
+    if dropped_at.elapsed() < TTL * 2 / 3 {
+        assert!(
+            remaining.is_empty(),
+            "took over a live lease: {remaining:?}"
+        );
+    }
     let next = one_leader(&elections, TTL * 3).await;
     let waited = dropped_at.elapsed();
     assert!(waited <= TTL * 2, "replacement took {waited:?}");
