@@ -207,7 +207,7 @@ impl Drop for EtcdProcess {
 fn require_etcd(found: Option<PathBuf>) -> PathBuf {
     found.unwrap_or_else(|| {
         panic!(
-            "etcd not found on PATH: run scripts/install-test-deps.sh (Debian package etcd-server)"
+            "etcd not found on PATH: run scripts/install-deps.sh (Debian package etcd-server)"
         )
     })
 }
@@ -243,7 +243,7 @@ mod tests {
 
     #[test]
     #[should_panic(
-        expected = "etcd not found on PATH: run scripts/install-test-deps.sh (Debian package etcd-server)"
+        expected = "etcd not found on PATH: run scripts/install-deps.sh (Debian package etcd-server)"
     )]
     fn missing_etcd_fails_with_install_hint() {
         let empty = tempfile::tempdir().unwrap();
