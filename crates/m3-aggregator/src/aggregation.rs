@@ -85,6 +85,13 @@ pub struct LastValue {
     value: f64,
 }
 
+impl LastValue {
+    /// The timestamp of the value.
+    pub(crate) fn time_nanos(&self) -> i64 {
+        self.time_nanos
+    }
+}
+
 impl WindowState for LastValue {
     fn new(time_nanos: i64, value: f64) -> Self {
         LastValue { time_nanos, value }

@@ -3,7 +3,7 @@
 //! ```text
 //! Entry (one per category and metric ID)
 //!  └─ Elem (one per storage policy × aggregation types × metric type)
-//!      └─ Window (one per open interval [start, start + resolution), sorted by start)
+//!      └─ window (one per open interval [start, start + resolution), sorted by start)
 //! ```
 //!
 //! Windows are aligned to the Unix epoch: a value at `t` falls in the window starting at
@@ -11,36 +11,107 @@
 //! windows for untimed data, and `(bufferPast + resolution) / interval + 1` for timed data,
 //! because timed windows stay open until the past buffer has passed.
 //!
-//! Layout is chosen for memory: an entry with one elem (the common case) keeps it inline, the
-//! window vector of an elem holds only the state its aggregation types need (see
-//! [`aggregation`](crate::aggregation)), and a window vector that flushes empty frees its
-//! memory.
+//! Layout is chosen for memory (sizes on 64-bit):
+//!
+//! | part | size |
+//! |---|---|
+//! | [`Entry`]: the elems, one kept inline (the common case), more in a vector | 32 B |
+//! | [`Elem`]: spec index, last write time (seconds) and window vector, per state kind | 32 B |
+//! | a `Last` window ([`LastValue`]; its start is derived from its timestamp) | 16 B |
+//! | a `Sum` window (start + [`SumValue`]) | 16 B |
+//! | a `Moments` / `Timer` window (start + state) | 64 B / 88 B + sketch |
+//!
+//! A window vector grows one window at a time up to sixteen, then by half: the number of
+//! windows a series keeps open is steady, so its capacity settles at that number. A window
+//! vector that flushes empty frees its memory.
+
+use std::cmp::Ordering;
 
 use crate::aggregation::{LastValue, Moments, StateKind, SumValue, TimerValues, WindowState};
+use crate::flush::align_down;
 
-/// One open window.
+/// A window stored with its start.
 #[derive(Debug, Clone)]
 pub(crate) struct Window<S> {
-    pub(crate) start: i64,
-    pub(crate) state: S,
+    start: i64,
+    state: S,
 }
 
-/// An elem's windows, typed by the state its aggregation types need.
-#[derive(Debug, Clone)]
-pub(crate) enum Windows {
-    Last(Vec<Window<LastValue>>),
-    Sum(Vec<Window<SumValue>>),
-    Moments(Vec<Window<Moments>>),
-    Timer(Vec<Window<TimerValues>>),
+/// A window as an elem stores it: a state, with its start stored or derived.
+trait Stored: Sized {
+    /// A window starting at `start` holding `value` observed at `time_nanos`.
+    fn open(start: i64, time_nanos: i64, value: f64) -> Self;
+    /// Where this window is relative to the window `[start, end)`.
+    fn cmp_window(&self, start: i64, end: i64) -> Ordering;
+    /// The start of this window of `resolution`.
+    fn start(&self, resolution: i64) -> i64;
+    fn add(&mut self, time_nanos: i64, value: f64);
+    fn state(&self) -> &dyn WindowState;
+}
+
+impl<S: WindowState> Stored for Window<S> {
+    fn open(start: i64, time_nanos: i64, value: f64) -> Self {
+        Window {
+            start,
+            state: S::new(time_nanos, value),
+        }
+    }
+
+    fn cmp_window(&self, start: i64, _end: i64) -> Ordering {
+        self.start.cmp(&start)
+    }
+
+    fn start(&self, _resolution: i64) -> i64 {
+        self.start
+    }
+
+    fn add(&mut self, time_nanos: i64, value: f64) {
+        self.state.add(time_nanos, value);
+    }
+
+    fn state(&self) -> &dyn WindowState {
+        &self.state
+    }
+}
+
+/// A `Last` window needs no stored start: the timestamp of its value lies inside it.
+impl Stored for LastValue {
+    fn open(_start: i64, time_nanos: i64, value: f64) -> Self {
+        LastValue::new(time_nanos, value)
+    }
+
+    fn cmp_window(&self, start: i64, end: i64) -> Ordering {
+        let t = self.time_nanos();
+        if t < start {
+            Ordering::Less
+        } else if t < end {
+            Ordering::Equal
+        } else {
+            Ordering::Greater
+        }
+    }
+
+    fn start(&self, resolution: i64) -> i64 {
+        align_down(self.time_nanos(), resolution)
+    }
+
+    fn add(&mut self, time_nanos: i64, value: f64) {
+        WindowState::add(self, time_nanos, value);
+    }
+
+    fn state(&self) -> &dyn WindowState {
+        self
+    }
 }
 
 /// The elem already has as many windows as allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TooManyWindows;
 
-fn add_to<S: WindowState>(
-    windows: &mut Vec<Window<S>>,
+fn add_to<W: Stored>(
+    windows: &mut Vec<W>,
     start: i64,
+    end: i64,
     time_nanos: i64,
     values: &[f64],
     max_windows: usize,
@@ -51,48 +122,55 @@ fn add_to<S: WindowState>(
     // Most writes hit the newest window: search from the back.
     let mut insert_at = 0;
     for (i, w) in windows.iter_mut().enumerate().rev() {
-        if w.start == start {
-            for v in values {
-                w.state.add(time_nanos, *v);
+        match w.cmp_window(start, end) {
+            Ordering::Equal => {
+                for v in values {
+                    w.add(time_nanos, *v);
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
-        if w.start < start {
-            insert_at = i + 1;
-            break;
+            Ordering::Less => {
+                insert_at = i + 1;
+                break;
+            }
+            Ordering::Greater => {}
         }
     }
     if windows.len() >= max_windows {
         return Err(TooManyWindows);
     }
-    if windows.capacity() == 0 {
-        // Vec's first growth would allocate 4 slots; most series need one.
-        windows.reserve_exact(1);
+    if windows.len() == windows.capacity() {
+        // A series keeps about the same number of windows open, so the capacity settles;
+        // growing in small steps keeps it at that number.
+        let len = windows.len();
+        windows.reserve_exact(if len < 16 { 1 } else { len / 2 });
     }
-    let mut state = S::new(time_nanos, *first);
+    let mut window = W::open(start, time_nanos, *first);
     for v in rest {
-        state.add(time_nanos, *v);
+        window.add(time_nanos, *v);
     }
-    windows.insert(insert_at, Window { start, state });
+    windows.insert(insert_at, window);
     Ok(())
 }
 
-fn take_until<S: WindowState>(
-    windows: &mut Vec<Window<S>>,
+fn take_until<W: Stored>(
+    windows: &mut Vec<W>,
     resolution: i64,
     until_end: i64,
     visit: &mut dyn FnMut(i64, &dyn WindowState),
 ) -> usize {
-    // Window ends never overflow: they are checked when the window is created.
-    let n = windows
-        .iter()
-        .take_while(|w| w.start.saturating_add(resolution) <= until_end)
-        .count();
+    let mut n = 0;
+    for w in windows.iter() {
+        let start = w.start(resolution);
+        // Window ends never overflow: they are checked when the window is created.
+        if start.saturating_add(resolution) > until_end {
+            break;
+        }
+        visit(start, w.state());
+        n += 1;
+    }
     if n == 0 {
         return 0;
-    }
-    for w in &windows[..n] {
-        visit(w.start, &w.state);
     }
     if n == windows.len() {
         *windows = Vec::new();
@@ -102,30 +180,143 @@ fn take_until<S: WindowState>(
     n
 }
 
-impl Windows {
-    pub(crate) fn new(kind: StateKind) -> Windows {
+/// The windows of one storage policy × aggregation types × metric type of a series, typed
+/// by the state its aggregation types need.
+#[derive(Debug, Clone)]
+pub(crate) enum Elem {
+    Last {
+        /// Index of the elem's spec in its shard's spec table.
+        spec: u16,
+        /// The last accepted write (kept here, in what would be padding, rather than in the
+        /// entry).
+        written: WriteTime,
+        windows: Vec<LastValue>,
+    },
+    Sum {
+        spec: u16,
+        written: WriteTime,
+        windows: Vec<Window<SumValue>>,
+    },
+    Moments {
+        spec: u16,
+        written: WriteTime,
+        windows: Vec<Window<Moments>>,
+    },
+    Timer {
+        spec: u16,
+        written: WriteTime,
+        windows: Vec<Window<TimerValues>>,
+    },
+}
+
+/// Server time of a write, in Unix seconds rounded up (so an idle series is never expired
+/// early) and saturated to `u32` (1970 to 2106).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct WriteTime(u32);
+
+impl WriteTime {
+    const SECOND: i64 = 1_000_000_000;
+
+    pub(crate) fn at(now_nanos: i64) -> WriteTime {
+        let secs =
+            now_nanos.div_euclid(Self::SECOND) + i64::from(now_nanos.rem_euclid(Self::SECOND) != 0);
+        WriteTime(u32::try_from(secs.max(0)).unwrap_or(u32::MAX))
+    }
+
+    pub(crate) fn nanos(self) -> i64 {
+        i64::from(self.0) * Self::SECOND
+    }
+}
+
+/// Runs `$body` with `$windows` bound to the window vector of whichever variant `$elem` is.
+macro_rules! with_windows {
+    ($elem:expr, $windows:ident => $body:expr) => {
+        match $elem {
+            Elem::Last {
+                windows: $windows, ..
+            } => $body,
+            Elem::Sum {
+                windows: $windows, ..
+            } => $body,
+            Elem::Moments {
+                windows: $windows, ..
+            } => $body,
+            Elem::Timer {
+                windows: $windows, ..
+            } => $body,
+        }
+    };
+}
+
+impl Elem {
+    pub(crate) fn new(spec: u16, kind: StateKind, written: WriteTime) -> Elem {
         match kind {
-            StateKind::Last => Windows::Last(Vec::new()),
-            StateKind::Sum => Windows::Sum(Vec::new()),
-            StateKind::Moments => Windows::Moments(Vec::new()),
-            StateKind::Timer => Windows::Timer(Vec::new()),
+            StateKind::Last => Elem::Last {
+                spec,
+                written,
+                windows: Vec::new(),
+            },
+            StateKind::Sum => Elem::Sum {
+                spec,
+                written,
+                windows: Vec::new(),
+            },
+            StateKind::Moments => Elem::Moments {
+                spec,
+                written,
+                windows: Vec::new(),
+            },
+            StateKind::Timer => Elem::Timer {
+                spec,
+                written,
+                windows: Vec::new(),
+            },
         }
     }
 
-    /// Adds `values` observed at `time_nanos` to the window starting at `start`.
+    /// Index of the elem's spec in its shard's spec table.
+    pub(crate) fn spec(&self) -> u16 {
+        match self {
+            Elem::Last { spec, .. }
+            | Elem::Sum { spec, .. }
+            | Elem::Moments { spec, .. }
+            | Elem::Timer { spec, .. } => *spec,
+        }
+    }
+
+    fn written_mut(&mut self) -> &mut WriteTime {
+        match self {
+            Elem::Last { written, .. }
+            | Elem::Sum { written, .. }
+            | Elem::Moments { written, .. }
+            | Elem::Timer { written, .. } => written,
+        }
+    }
+
+    /// The last accepted write.
+    pub(crate) fn written(&self) -> WriteTime {
+        match self {
+            Elem::Last { written, .. }
+            | Elem::Sum { written, .. }
+            | Elem::Moments { written, .. }
+            | Elem::Timer { written, .. } => *written,
+        }
+    }
+
+    /// Adds `values` observed at `time_nanos` to the window `[start, end)`, and records the
+    /// write at server time `now`.
     pub(crate) fn add(
         &mut self,
         start: i64,
+        end: i64,
         time_nanos: i64,
         values: &[f64],
         max_windows: usize,
+        now: WriteTime,
     ) -> Result<(), TooManyWindows> {
-        match self {
-            Windows::Last(w) => add_to(w, start, time_nanos, values, max_windows),
-            Windows::Sum(w) => add_to(w, start, time_nanos, values, max_windows),
-            Windows::Moments(w) => add_to(w, start, time_nanos, values, max_windows),
-            Windows::Timer(w) => add_to(w, start, time_nanos, values, max_windows),
-        }
+        with_windows!(self, w => add_to(w, start, end, time_nanos, values, max_windows))?;
+        *self.written_mut() = now;
+        Ok(())
     }
 
     /// Removes every window whose end is ≤ `until_end`, oldest first, showing each to `visit`
@@ -136,43 +327,20 @@ impl Windows {
         until_end: i64,
         visit: &mut dyn FnMut(i64, &dyn WindowState),
     ) -> usize {
-        match self {
-            Windows::Last(w) => take_until(w, resolution, until_end, visit),
-            Windows::Sum(w) => take_until(w, resolution, until_end, visit),
-            Windows::Moments(w) => take_until(w, resolution, until_end, visit),
-            Windows::Timer(w) => take_until(w, resolution, until_end, visit),
-        }
+        with_windows!(self, w => take_until(w, resolution, until_end, visit))
     }
 
     pub(crate) fn len(&self) -> usize {
-        match self {
-            Windows::Last(w) => w.len(),
-            Windows::Sum(w) => w.len(),
-            Windows::Moments(w) => w.len(),
-            Windows::Timer(w) => w.len(),
-        }
+        with_windows!(self, w => w.len())
     }
 
     /// Heap bytes held by the window vector (capacity, not length).
     pub(crate) fn heap_bytes(&self) -> usize {
-        fn bytes<S>(w: &Vec<Window<S>>) -> usize {
-            w.capacity() * std::mem::size_of::<Window<S>>()
+        fn bytes<W>(w: &Vec<W>) -> usize {
+            w.capacity() * std::mem::size_of::<W>()
         }
-        match self {
-            Windows::Last(w) => bytes(w),
-            Windows::Sum(w) => bytes(w),
-            Windows::Moments(w) => bytes(w),
-            Windows::Timer(w) => bytes(w),
-        }
+        with_windows!(self, w => bytes(w))
     }
-}
-
-/// The windows of one storage policy × aggregation types × metric type of a series.
-#[derive(Debug, Clone)]
-pub(crate) struct Elem {
-    /// Index of the elem's spec in its shard's spec table.
-    pub(crate) spec: u16,
-    pub(crate) windows: Windows,
 }
 
 /// The elems of an entry; one is kept inline.
@@ -185,32 +353,27 @@ enum Elems {
 /// One series (metric ID) of one category in a shard.
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
-    /// Server time of the last accepted write.
-    pub(crate) last_write_nanos: i64,
     elems: Elems,
 }
 
 impl Entry {
-    pub(crate) fn new(now_nanos: i64) -> Entry {
+    pub(crate) fn new() -> Entry {
         Entry {
-            last_write_nanos: now_nanos,
             elems: Elems::Many(Vec::new()),
         }
     }
 
-    /// The elem for `spec`, created with `kind` state if missing.
-    pub(crate) fn elem_mut(&mut self, spec: u16, kind: StateKind) -> &mut Elem {
+    /// The elem for `spec`, created with `kind` state if missing (recording `now` as its
+    /// last write).
+    pub(crate) fn elem_mut(&mut self, spec: u16, kind: StateKind, now: WriteTime) -> &mut Elem {
         let found = match &self.elems {
-            Elems::One(e) => (e.spec == spec).then_some(0),
-            Elems::Many(v) => v.iter().position(|e| e.spec == spec),
+            Elems::One(e) => (e.spec() == spec).then_some(0),
+            Elems::Many(v) => v.iter().position(|e| e.spec() == spec),
         };
         let index = match found {
             Some(i) => i,
             None => {
-                let new = Elem {
-                    spec,
-                    windows: Windows::new(kind),
-                };
+                let new = Elem::new(spec, kind, now);
                 let old = std::mem::replace(&mut self.elems, Elems::Many(Vec::new()));
                 let (elems, index) = match old {
                     Elems::Many(v) if v.is_empty() => (Elems::One(new), 0),
@@ -245,8 +408,18 @@ impl Entry {
         }
     }
 
+    /// Server time of the last accepted write (of the elem's creation if none was), in
+    /// whole seconds rounded up; `None` without elems.
+    pub(crate) fn last_write_nanos(&self) -> Option<i64> {
+        self.elems()
+            .iter()
+            .map(Elem::written)
+            .max()
+            .map(WriteTime::nanos)
+    }
+
     pub(crate) fn has_windows(&self) -> bool {
-        self.elems().iter().any(|e| e.windows.len() > 0)
+        self.elems().iter().any(|e| e.len() > 0)
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -259,12 +432,7 @@ impl Entry {
             Elems::One(_) => 0,
             Elems::Many(v) => v.capacity() * std::mem::size_of::<Elem>(),
         };
-        elems
-            + self
-                .elems()
-                .iter()
-                .map(|e| e.windows.heap_bytes())
-                .sum::<usize>()
+        elems + self.elems().iter().map(Elem::heap_bytes).sum::<usize>()
     }
 }
 
@@ -273,49 +441,106 @@ mod tests {
     use super::*;
     use m3_metric::AggregationType;
 
+    fn add(
+        e: &mut Elem,
+        start: i64,
+        t: i64,
+        values: &[f64],
+        max: usize,
+    ) -> Result<(), TooManyWindows> {
+        e.add(start, start + 10, t, values, max, WriteTime(0))
+    }
+
     #[test]
     fn windows_stay_sorted_and_drain_in_order() {
-        let mut w = Windows::new(StateKind::Sum);
-        for (start, v) in [(20, 1.0), (0, 2.0), (10, 3.0), (20, 4.0), (30, 5.0)] {
-            w.add(start, start, &[v], 16).unwrap();
+        for kind in [StateKind::Sum, StateKind::Last] {
+            let mut w = Elem::new(0, kind, WriteTime(0));
+            for (t, v) in [(20, 1.0), (5, 2.0), (10, 3.0), (21, 4.0), (30, 5.0)] {
+                add(&mut w, t - t % 10, t, &[v], 16).unwrap();
+            }
+            assert_eq!(w.len(), 4);
+            let mut seen = Vec::new();
+            let n = w.take_until(10, 30, &mut |start, s| {
+                let agg = match kind {
+                    StateKind::Sum => AggregationType::Sum,
+                    _ => AggregationType::Last,
+                };
+                seen.push((start, s.value_of(agg)));
+            });
+            assert_eq!(n, 3);
+            let third = if kind == StateKind::Sum { 5.0 } else { 4.0 };
+            assert_eq!(seen, vec![(0, 2.0), (10, 3.0), (20, third)], "{kind:?}");
+            assert_eq!(w.len(), 1);
+            assert_eq!(w.take_until(10, 39, &mut |_, _| {}), 0);
+            assert_eq!(w.take_until(10, 40, &mut |_, _| {}), 1);
+            assert_eq!(w.heap_bytes(), 0);
         }
-        assert_eq!(w.len(), 4);
+    }
+
+    #[test]
+    fn last_windows_derive_their_start_at_the_edges() {
+        let mut w = Elem::new(0, StateKind::Last, WriteTime(0));
+        // Negative times align down; a window's last nanosecond stays in it.
+        add(&mut w, -10, -1, &[1.0], 16).unwrap();
+        add(&mut w, -10, -10, &[2.0], 16).unwrap();
+        add(&mut w, 0, 0, &[3.0], 16).unwrap();
+        add(&mut w, 0, 9, &[4.0], 16).unwrap();
+        assert_eq!(w.len(), 2);
         let mut seen = Vec::new();
-        let n = w.take_until(10, 30, &mut |start, s| {
-            seen.push((start, s.value_of(AggregationType::Sum)));
+        w.take_until(10, 10, &mut |start, s| {
+            seen.push((start, s.value_of(AggregationType::Last)));
         });
-        assert_eq!(n, 3);
-        assert_eq!(seen, vec![(0, 2.0), (10, 3.0), (20, 5.0)]);
-        assert_eq!(w.len(), 1);
-        assert_eq!(w.take_until(10, 39, &mut |_, _| {}), 0);
-        assert_eq!(w.take_until(10, 40, &mut |_, _| {}), 1);
-        assert_eq!(w.heap_bytes(), 0);
+        assert_eq!(seen, vec![(-10, 1.0), (0, 4.0)]);
     }
 
     #[test]
     fn window_limit_is_enforced() {
-        let mut w = Windows::new(StateKind::Last);
-        w.add(0, 0, &[1.0], 2).unwrap();
-        w.add(10, 10, &[1.0], 2).unwrap();
-        w.add(10, 11, &[1.0], 2).unwrap();
-        assert_eq!(w.add(20, 20, &[1.0], 2), Err(TooManyWindows));
+        let mut w = Elem::new(0, StateKind::Last, WriteTime(0));
+        add(&mut w, 0, 0, &[1.0], 2).unwrap();
+        add(&mut w, 10, 10, &[1.0], 2).unwrap();
+        add(&mut w, 10, 11, &[1.0], 2).unwrap();
+        assert_eq!(add(&mut w, 20, 20, &[1.0], 2), Err(TooManyWindows));
         // An empty batch opens nothing.
-        w.add(30, 30, &[], 2).unwrap();
+        add(&mut w, 30, 30, &[], 2).unwrap();
         assert_eq!(w.len(), 2);
     }
 
     #[test]
+    fn layout_sizes() {
+        assert_eq!(std::mem::size_of::<LastValue>(), 16);
+        assert_eq!(std::mem::size_of::<Window<SumValue>>(), 16);
+        assert_eq!(std::mem::size_of::<Window<Moments>>(), 64);
+        assert_eq!(std::mem::size_of::<Window<TimerValues>>(), 88);
+        assert_eq!(std::mem::size_of::<Elem>(), 32);
+        assert_eq!(std::mem::size_of::<Entry>(), 32);
+    }
+
+    #[test]
     fn entry_keeps_one_elem_inline_then_grows() {
-        let mut e = Entry::new(0);
+        let mut e = Entry::new();
         assert!(e.is_empty());
-        e.elem_mut(3, StateKind::Last);
-        e.elem_mut(3, StateKind::Last);
+        assert_eq!(e.last_write_nanos(), None);
+        let t = WriteTime(1);
+        e.elem_mut(3, StateKind::Last, t);
+        e.elem_mut(3, StateKind::Last, t);
         assert_eq!(e.elems().len(), 1);
-        e.elem_mut(5, StateKind::Sum);
-        e.elem_mut(3, StateKind::Last);
-        e.elem_mut(7, StateKind::Sum);
-        let specs: Vec<u16> = e.elems().iter().map(|x| x.spec).collect();
+        e.elem_mut(5, StateKind::Sum, WriteTime(3));
+        e.elem_mut(3, StateKind::Last, t);
+        e.elem_mut(7, StateKind::Sum, WriteTime(2));
+        let specs: Vec<u16> = e.elems().iter().map(Elem::spec).collect();
         assert_eq!(specs, vec![3, 5, 7]);
         assert!(!e.has_windows());
+        assert_eq!(e.last_write_nanos(), Some(3_000_000_000));
+    }
+
+    #[test]
+    fn write_times_round_up_to_the_second_and_saturate() {
+        assert_eq!(WriteTime::at(0), WriteTime(0));
+        assert_eq!(WriteTime::at(1), WriteTime(1));
+        assert_eq!(WriteTime::at(1_000_000_000), WriteTime(1));
+        assert_eq!(WriteTime::at(1_000_000_001).nanos(), 2_000_000_000);
+        assert_eq!(WriteTime::at(-5), WriteTime(0));
+        assert_eq!(WriteTime::at(i64::MAX), WriteTime(u32::MAX));
+        assert_eq!(WriteTime::at(i64::MIN), WriteTime(0));
     }
 }

@@ -4,10 +4,12 @@
 //! hash to the same shard, and a flush or expiry pass locks one shard at a time. Nothing inside
 //! a shard does I/O, so the lock is never held across an await or a socket write.
 //!
-//! Series are found by their ID bytes, borrowed from the decoded message (the map key is
-//! `Box<[u8]>`, looked up by `&[u8]`), so an add allocates only when a series or a window is
-//! new. The (storage policy, aggregation types, metric type) of each elem is interned in a
-//! small per-shard table and referred to by a 16-bit index, which keeps elems small.
+//! Series are found by their ID bytes, borrowed from the decoded message, so an add allocates
+//! only when a series or a window is new. Per category, a shard keeps its series in a dense
+//! slab of 48-byte slots (boxed ID + [`Entry`]) and finds them through a hash table of 32-bit
+//! slot indices; flushes walk the slab in order. The (storage policy, aggregation types,
+//! metric type) of each elem is interned in a small per-shard table and referred to by a
+//! 16-bit index, which keeps elems small.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -21,7 +23,7 @@ use m3_metric::{AggregationId, MetricType, StoragePolicy, id::with_suffix};
 use m3_proto::flushpb;
 
 use crate::aggregation::{self, StateKind, WindowState};
-use crate::entry::{Entry, TooManyWindows};
+use crate::entry::{Elem, Entry, TooManyWindows, WriteTime};
 use crate::error::AddError;
 use crate::flush::{AggregatedOutput, Category, FlushMode, align_down, checked_align_down};
 use crate::metrics::{Metrics, OutputDiscard, WindowDiscard};
@@ -107,42 +109,79 @@ struct Slot {
     entry: Entry,
 }
 
-/// Entries by ID bytes: one hash per lookup-or-insert, looked up by a borrowed `&[u8]`.
+/// Entries by ID bytes: a dense slab of slots, found through a hash table of 32-bit slot
+/// indices (5 bytes per bucket with its control byte, instead of a whole slot per bucket).
+/// One hash per lookup-or-insert, looked up by a borrowed `&[u8]`.
 #[derive(Debug, Default)]
 struct EntryMap {
-    table: HashTable<Slot>,
+    index: HashTable<u32>,
+    slots: Vec<Slot>,
     hasher: DefaultHashBuilder,
 }
 
 impl EntryMap {
-    /// The entry for `id`, created with `make` if missing.
-    fn get_or_insert(&mut self, id: &[u8], make: impl FnOnce() -> Entry) -> &mut Entry {
-        let hasher = &self.hasher;
+    /// The slot index of the entry for `id`, created with `make` if missing.
+    fn get_or_insert(&mut self, id: &[u8], make: impl FnOnce() -> Entry) -> usize {
+        let EntryMap {
+            index,
+            slots,
+            hasher,
+        } = self;
         let hash = hasher.hash_one(id);
-        let slot = match self
-            .table
-            .entry(hash, |s| *s.id == *id, |s| hasher.hash_one(&*s.id))
-        {
-            hash_table::Entry::Occupied(o) => o.into_mut(),
-            hash_table::Entry::Vacant(v) => v
-                .insert(Slot {
+        let entry = index.entry(
+            hash,
+            |&i| *slots[i as usize].id == *id,
+            |&i| hasher.hash_one(&*slots[i as usize].id),
+        );
+        match entry {
+            hash_table::Entry::Occupied(o) => *o.get() as usize,
+            hash_table::Entry::Vacant(v) => {
+                let i = slots.len();
+                // Shard-local counts stay far below 2^32; a slab that large would have failed
+                // to allocate first.
+                v.insert(u32::try_from(i).expect("fewer than 2^32 entries per shard"));
+                if slots.len() == slots.capacity() {
+                    // Grow by a quarter rather than double: the slab is most of a shard's
+                    // fixed cost per series.
+                    slots.reserve_exact((i / 4).max(16));
+                }
+                slots.push(Slot {
                     id: Box::from(id),
                     entry: make(),
-                })
-                .into_mut(),
-        };
-        &mut slot.entry
+                });
+                i
+            }
+        }
     }
 
-    fn remove(&mut self, id: &[u8]) {
-        let hash = self.hasher.hash_one(id);
-        if let Ok(o) = self.table.find_entry(hash, |s| *s.id == *id) {
+    /// Removes the slot at `i`, moving the last slot into its place.
+    fn remove_at(&mut self, i: usize) {
+        let EntryMap {
+            index,
+            slots,
+            hasher,
+        } = self;
+        let hash = hasher.hash_one(&*slots[i].id);
+        if let Ok(o) = index.find_entry(hash, |&x| x as usize == i) {
             o.remove();
+        }
+        slots.swap_remove(i);
+        if let Some(moved) = slots.get(i) {
+            let hash = hasher.hash_one(&*moved.id);
+            let last = slots.len();
+            if let Some(x) = index.find_mut(hash, |&x| x as usize == last) {
+                *x = i as u32;
+            }
         }
     }
 
     fn len(&self) -> usize {
-        self.table.len()
+        self.slots.len()
+    }
+
+    /// Heap bytes of the index and the slab (by capacity).
+    fn allocation_size(&self) -> usize {
+        self.index.allocation_size() + self.slots.capacity() * std::mem::size_of::<Slot>()
     }
 }
 
@@ -283,10 +322,11 @@ impl ShardState {
     ) -> bool {
         let ShardState { entries, specs, .. } = self;
         let map = &mut entries[sample.category.index()];
-        let entry = map.get_or_insert(sample.id, || {
+        let slot = map.get_or_insert(sample.id, || {
             metrics.entry_created();
-            Entry::new(sample.now_nanos)
+            Entry::new()
         });
+        let entry = &mut map.slots[slot].entry;
         let mut accepted = false;
         visit_targets(&mut |target| {
             let result = target.and_then(|(aggregation_id, policy)| {
@@ -295,11 +335,9 @@ impl ShardState {
             accepted |= result.is_ok();
             outcome(result);
         });
-        if accepted {
-            entry.last_write_nanos = sample.now_nanos;
-        } else if entry.is_empty() {
+        if !accepted && entry.is_empty() {
             // Nothing was accepted for a series we just created: do not keep it.
-            map.remove(sample.id);
+            map.remove_at(slot);
             metrics.entry_dropped_unused();
         }
         accepted
@@ -348,34 +386,33 @@ impl ShardState {
                         .unwrap_or(i64::MIN),
                 }
             }));
-            for Slot { id, entry } in self.entries[category.index()].table.iter_mut() {
+            for Slot { id, entry } in &mut self.entries[category.index()].slots {
                 for elem in entry.elems_mut() {
                     let (Some(spec), Some(until)) = (
-                        specs.get(usize::from(elem.spec)),
-                        plan.get(usize::from(elem.spec)),
+                        specs.get(usize::from(elem.spec())),
+                        plan.get(usize::from(elem.spec())),
                     ) else {
                         continue;
                     };
                     let resolution = spec.resolution;
-                    elem.windows
-                        .take_until(resolution, *until, &mut |start, state| {
-                            let end = start.saturating_add(resolution);
-                            let discard = if leader_times.is_some() {
-                                Some(WindowDiscard::Follower)
-                            } else if end <= cutover {
-                                Some(WindowDiscard::BeforeCutover)
-                            } else if start >= cutoff {
-                                Some(WindowDiscard::AfterCutoff)
-                            } else {
-                                None
-                            };
-                            match discard {
-                                Some(reason) => discarded[reason as usize] += 1,
-                                None => {
-                                    emitted += emit(id, spec, end, state, limits, metrics, out);
-                                }
+                    elem.take_until(resolution, *until, &mut |start, state| {
+                        let end = start.saturating_add(resolution);
+                        let discard = if leader_times.is_some() {
+                            Some(WindowDiscard::Follower)
+                        } else if end <= cutover {
+                            Some(WindowDiscard::BeforeCutover)
+                        } else if start >= cutoff {
+                            Some(WindowDiscard::AfterCutoff)
+                        } else {
+                            None
+                        };
+                        match discard {
+                            Some(reason) => discarded[reason as usize] += 1,
+                            None => {
+                                emitted += emit(id, spec, end, state, limits, metrics, out);
                             }
-                        });
+                        }
+                    });
                 }
             }
         }
@@ -417,12 +454,20 @@ impl ShardState {
     pub(crate) fn expire(&mut self, now: i64, limits: &Limits) -> usize {
         let mut removed = 0;
         for map in &mut self.entries {
-            let before = map.len();
-            map.table.retain(|s| {
-                now.saturating_sub(s.entry.last_write_nanos) <= limits.entry_ttl
-                    || s.entry.has_windows()
-            });
-            removed += before - map.len();
+            let mut i = 0;
+            while let Some(s) = map.slots.get(i) {
+                let idle = s
+                    .entry
+                    .last_write_nanos()
+                    .is_none_or(|t| now.saturating_sub(t) > limits.entry_ttl);
+                if !idle || s.entry.has_windows() {
+                    i += 1;
+                } else {
+                    // The last slot moves to `i`; look at it next.
+                    map.remove_at(i);
+                    removed += 1;
+                }
+            }
         }
         removed
     }
@@ -436,9 +481,9 @@ impl ShardState {
         let mut windows = 0;
         let mut bytes = 0;
         for map in &self.entries {
-            bytes += map.table.allocation_size();
-            for Slot { id, entry } in map.table.iter() {
-                windows += entry.elems().iter().map(|x| x.windows.len()).sum::<usize>();
+            bytes += map.allocation_size();
+            for Slot { id, entry } in &map.slots {
+                windows += entry.elems().iter().map(Elem::len).sum::<usize>();
                 bytes += id.len() + entry.heap_bytes();
             }
         }
@@ -487,10 +532,17 @@ fn add_target(
     else {
         return Err(AddError::InvalidTimestamp { timestamp_nanos: t });
     };
+    let now = WriteTime::at(sample.now_nanos);
     entry
-        .elem_mut(spec, kind)
-        .windows
-        .add(start, t, sample.values, limits.max_windows)
+        .elem_mut(spec, kind, now)
+        .add(
+            start,
+            start + resolution,
+            t,
+            sample.values,
+            limits.max_windows,
+            now,
+        )
         .map_err(|TooManyWindows| AddError::TooManyWindows {
             max: limits.max_windows,
         })
@@ -539,4 +591,36 @@ fn emit(
         n += 1;
     }
     n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slab_stays_consistent_through_removals() {
+        let mut map = EntryMap::default();
+        let ids: Vec<Vec<u8>> = (0..100u32).map(|i| i.to_be_bytes().to_vec()).collect();
+        for id in &ids {
+            map.get_or_insert(id, Entry::new);
+        }
+        // Remove the first slot (ID 99 moves in), then the last (ID 98), then every third.
+        map.remove_at(0);
+        map.remove_at(map.len() - 1);
+        let mut i = 0;
+        while i < map.len() {
+            if map.slots[i].id[3] % 3 == 0 {
+                map.remove_at(i);
+            } else {
+                i += 1;
+            }
+        }
+        let kept: Vec<&Vec<u8>> = ids[1..98].iter().filter(|id| id[3] % 3 != 0).collect();
+        assert_eq!(map.len(), kept.len());
+        for id in kept {
+            let slot = map.get_or_insert(id, || panic!("{id:?} was lost"));
+            assert_eq!(*map.slots[slot].id, **id);
+        }
+        assert_eq!(std::mem::size_of::<Slot>(), 48);
+    }
 }
