@@ -1,8 +1,7 @@
 //! A real etcd for tests: one member, loopback ports, a temporary data dir.
 
 use std::fs::OpenOptions;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -206,9 +205,7 @@ impl Drop for EtcdProcess {
 /// The etcd binary, or the panic every test needing etcd shows when it is missing.
 fn require_etcd(found: Option<PathBuf>) -> PathBuf {
     found.unwrap_or_else(|| {
-        panic!(
-            "etcd not found on PATH: run scripts/install-deps.sh (Debian package etcd-server)"
-        )
+        panic!("etcd not found on PATH: run scripts/install-deps.sh (Debian package etcd-server)")
     })
 }
 
@@ -217,23 +214,12 @@ fn is_healthy(addr: SocketAddr) -> bool {
     http_get(addr, "/health").is_some_and(|body| body.contains("\"health\":\"true\""))
 }
 
-/// A plain HTTP/1.0 GET on etcd's client port; the body of a 200 answer, `None` otherwise.
+/// The body of a 200 answer to `GET path` on etcd's client port, `None` otherwise.
 fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    stream
-        .set_write_timeout(Some(Duration::from_secs(2)))
-        .ok()?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let status_ok = head
-        .lines()
-        .next()
-        .is_some_and(|status| status.starts_with("HTTP/1.") && status.contains(" 200 "));
-    status_ok.then(|| body.to_owned())
+    match crate::process::http_get(addr, path)? {
+        (200, body) => Some(body),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
