@@ -17,8 +17,10 @@ m3 m3aggregator m3coordinator: deps
 	@mkdir -p $(BIN)
 	cp target/release/$@ $(BIN)/$@
 
-# The whole test suite: installs what the tests need, then runs every test of the workspace.
+# The whole test suite: installs what the tests need, builds the binaries the end-to-end tests
+# run (crates/m3-e2e), then runs every test of the workspace.
 test: deps
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
 
 # etcd, Prometheus, protoc and its well-known types, from Debian's packages, when missing.

@@ -1,0 +1,828 @@
+//! The seed's topology from real processes: an etcd, two `m3aggregator`s on 127.0.0.2 and
+//! 127.0.0.3 (same port, as in SEED.md's placement), one or more `m3coordinator`s, all run with
+//! the shipped configs in `config/` and the environment variables they read. Plus SEED.md's
+//! `curl` commands, a remote-write client that remembers what it wrote, and the expected
+//! aggregated output (Last per 10s window) computed from that.
+
+#![allow(dead_code)]
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use m3_proto::Message;
+use m3_proto::prometheus::{Label, Sample, TimeSeries, WriteRequest};
+use m3_testkit::{Binary, ChildProcess, EtcdProcess};
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// SEED.md, read at test time: the walkthrough is the spec.
+pub const SEED_MD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/SEED.md");
+/// The shipped aggregator config.
+pub const AGGREGATOR_CONFIG: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/m3aggregator.yml");
+/// The shipped coordinator config.
+pub const COORDINATOR_CONFIG: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../config/m3coordinator.yml"
+);
+
+/// The headers that pick the 10s aggregated namespace.
+pub const AGG_10S: &[(&str, &str)] = &[
+    ("M3-Metrics-Type", "aggregated"),
+    ("M3-Storage-Policy", "10s:2d"),
+];
+
+/// The aggregated resolution checked, in ms.
+pub const RESOLUTION_MS: i64 = 10_000;
+
+/// `bufferDurationForPastTimedMetric` and `writeBuffers.bufferPast` in these tests: small, so
+/// windows flush soon after they end (at end + bufferPast + resolution).
+pub const BUFFER_PAST: &str = "5s";
+/// [`BUFFER_PAST`] in ms.
+pub const BUFFER_PAST_MS: i64 = 5_000;
+
+/// A series' labels, sorted by name.
+pub type LabelSet = BTreeMap<String, String>;
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The end of the window of `resolution_ms` holding `t_ms`.
+pub fn window_end(t_ms: i64, resolution_ms: i64) -> i64 {
+    t_ms.div_euclid(resolution_ms) * resolution_ms + resolution_ms
+}
+
+/// One running `m3aggregator`.
+pub struct Aggregator {
+    /// The process.
+    pub process: ChildProcess,
+    /// Its host ID (`M3AGGREGATOR_HOST_ID`), also the address it listens on.
+    pub host: Ipv4Addr,
+    /// rawtcp.
+    pub rawtcp: SocketAddr,
+    /// Admin HTTP.
+    pub http: SocketAddr,
+}
+
+/// One running `m3coordinator`.
+pub struct Coordinator {
+    /// The process.
+    pub process: ChildProcess,
+    /// HTTP API.
+    pub http: SocketAddr,
+    /// m3msg ingest.
+    pub ingest: SocketAddr,
+    _data: TempDir,
+}
+
+impl Coordinator {
+    /// `http://<http>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+}
+
+/// etcd, two aggregators, `coordinators` coordinators.
+pub struct Cluster {
+    /// The cluster KV.
+    pub etcd: EtcdProcess,
+    /// 127.0.0.2 and 127.0.0.3.
+    pub aggregators: Vec<Aggregator>,
+    /// On 127.0.0.1.
+    pub coordinators: Vec<Coordinator>,
+    /// The rawtcp port both aggregators use (SEED.md's 6000).
+    pub rawtcp_port: u16,
+    /// HTTP client for everything.
+    pub client: reqwest::Client,
+}
+
+/// The aggregators' host IDs and addresses.
+pub const AGGREGATOR_HOSTS: [Ipv4Addr; 2] =
+    [Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3)];
+
+impl Cluster {
+    /// Starts etcd, the two aggregators and `coordinators` coordinators from the shipped
+    /// configs, and waits until each answers `/health`.
+    pub async fn start(name: &str, coordinators: usize) -> Cluster {
+        let etcd = EtcdProcess::start();
+        let rawtcp_port = m3_testkit::free_port_on_all(&AGGREGATOR_HOSTS);
+        let http_port = loop {
+            let port = m3_testkit::free_port_on_all(&AGGREGATOR_HOSTS);
+            if port != rawtcp_port {
+                break port;
+            }
+        };
+        let aggregators = AGGREGATOR_HOSTS
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                start_aggregator(
+                    &format!("{name}-m3aggregator{:02}", i + 1),
+                    &etcd,
+                    *host,
+                    rawtcp_port,
+                    http_port,
+                )
+            })
+            .collect();
+        let coordinators = (0..coordinators)
+            .map(|i| start_coordinator(&format!("{name}-m3coordinator{:02}", i + 1), &etcd))
+            .collect();
+        let cluster = Cluster {
+            etcd,
+            aggregators,
+            coordinators,
+            rawtcp_port,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("HTTP client"),
+        };
+        for aggregator in &cluster.aggregators {
+            cluster
+                .wait_healthy(
+                    &format!("http://{}/health", aggregator.http),
+                    &aggregator.process,
+                )
+                .await;
+        }
+        for coordinator in &cluster.coordinators {
+            cluster
+                .wait_healthy(
+                    &format!("{}/health", coordinator.url()),
+                    &coordinator.process,
+                )
+                .await;
+        }
+        cluster
+    }
+
+    async fn wait_healthy(&self, url: &str, process: &ChildProcess) {
+        let ok = m3_testkit::wait_for(Duration::from_secs(30), Duration::from_millis(50), || {
+            let request = self.client.get(url).send();
+            async move { request.await.ok().filter(|r| r.status().is_success()) }
+        })
+        .await;
+        if ok.is_none() {
+            panic!("{url} did not answer within 30s; {process}");
+        }
+    }
+
+    /// The logs of every process, for panic messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for a in &self.aggregators {
+            out.push_str(&format!("\n--- {a}\n", a = a.process));
+        }
+        for c in &self.coordinators {
+            out.push_str(&format!("\n--- {c}\n", c = c.process));
+        }
+        out
+    }
+
+    /// How SEED.md's host names map to this cluster's addresses (coordinator `0` serves the
+    /// admin API).
+    pub fn hosts(&self, coordinator: usize) -> SeedHosts {
+        SeedHosts {
+            coordinator_http: self.coordinators[coordinator].http,
+            coordinator_ingest: self.coordinators[coordinator].ingest,
+            aggregators: AGGREGATOR_HOSTS,
+            aggregator_port: self.rawtcp_port,
+        }
+    }
+
+    /// The election state of each aggregator (`/status`'s `electionState`).
+    pub async fn election_states(&self) -> Vec<String> {
+        let mut states = Vec::new();
+        for a in &self.aggregators {
+            let state = match self
+                .client
+                .get(format!("http://{}/status", a.http))
+                .send()
+                .await
+            {
+                Ok(response) => response
+                    .json::<Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| {
+                        v["status"]["flushStatus"]["electionState"]
+                            .as_str()
+                            .map(str::to_string)
+                    })
+                    .unwrap_or_else(|| "unreadable".to_string()),
+                Err(_) => "unreachable".to_string(),
+            };
+            states.push(state);
+        }
+        states
+    }
+
+    /// Waits until exactly one aggregator is leader and the other follower; the leader's index.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> usize {
+        let last = RefCell::new(Vec::new());
+        let leader = m3_testkit::wait_for(timeout, Duration::from_millis(200), || {
+            let states = self.election_states();
+            let last = &last;
+            async move {
+                let states = states.await;
+                *last.borrow_mut() = states.clone();
+                let leaders: Vec<usize> = (0..states.len())
+                    .filter(|&i| states[i] == "leader")
+                    .collect();
+                let followers = states.iter().filter(|s| *s == "follower").count();
+                (leaders.len() == 1 && followers == states.len() - 1).then(|| leaders[0])
+            }
+        })
+        .await;
+        leader.unwrap_or_else(|| {
+            panic!(
+                "no single leader within {timeout:?}; election states {:?}{}",
+                last.borrow(),
+                self.logs()
+            )
+        })
+    }
+
+    /// Runs SEED.md's `curl` commands against coordinator `0`, asserting 2xx for each.
+    pub async fn run_seed_commands(&self) {
+        let hosts = self.hosts(0);
+        for command in seed_commands() {
+            let command = command.localized(&hosts);
+            self.send_curl(&command).await;
+        }
+    }
+
+    /// Sends one curl command as curl would (`-d` sends a form content type) and asserts 2xx.
+    pub async fn send_curl(&self, command: &CurlCommand) {
+        let method = reqwest::Method::from_bytes(command.method.as_bytes()).expect("method");
+        let response = self
+            .client
+            .request(method, &command.url)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(command.body.clone())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{} {}: {e}{}", command.method, command.url, self.logs()));
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        assert!(
+            status.is_success(),
+            "{} {} answered {status}: {body}\nrequest body:\n{}{}",
+            command.method,
+            command.url,
+            command.body,
+            self.logs()
+        );
+    }
+
+    /// The stored points of the series matched by `selector` in the namespace picked by
+    /// `headers`, from every coordinator: (labels, coordinator index) → points.
+    pub async fn stored(
+        &self,
+        selector: &str,
+        headers: &[(&str, &str)],
+    ) -> Vec<(LabelSet, usize, Vec<(i64, f64)>)> {
+        let mut out = Vec::new();
+        for (i, c) in self.coordinators.iter().enumerate() {
+            let result = query(&self.client, &c.url(), selector, headers, None).await;
+            for (labels, points) in matrix(&result) {
+                out.push((labels, i, points));
+            }
+        }
+        out
+    }
+}
+
+fn start_aggregator(
+    name: &str,
+    etcd: &EtcdProcess,
+    host: Ipv4Addr,
+    rawtcp_port: u16,
+    http_port: u16,
+) -> Aggregator {
+    let rawtcp = SocketAddr::from((host, rawtcp_port));
+    let http = SocketAddr::from((host, http_port));
+    let mut command = Command::new(Binary::path("m3aggregator"));
+    command
+        .arg("-f")
+        .arg(AGGREGATOR_CONFIG)
+        .env("ETCD_ENDPOINT", etcd.endpoint())
+        .env("M3AGGREGATOR_HOST_ID", host.to_string())
+        .env("M3AGGREGATOR_RAWTCP_ADDRESS", rawtcp.to_string())
+        .env("M3AGGREGATOR_HTTP_ADDRESS", http.to_string())
+        .env("M3AGGREGATOR_BUFFER_PAST", BUFFER_PAST)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1");
+    Aggregator {
+        process: ChildProcess::spawn(name, command),
+        host,
+        rawtcp,
+        http,
+    }
+}
+
+fn start_coordinator(name: &str, etcd: &EtcdProcess) -> Coordinator {
+    let ports = m3_testkit::free_ports(2);
+    let http = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[0]));
+    let ingest = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[1]));
+    let data = tempfile::Builder::new()
+        .prefix(&format!("m3-e2e-{name}-"))
+        .tempdir()
+        .expect("temporary data dir");
+    let mut command = Command::new(Binary::path("m3coordinator"));
+    command
+        .arg("-f")
+        .arg(COORDINATOR_CONFIG)
+        .env("ETCD_ENDPOINT", etcd.endpoint())
+        .env("M3COORDINATOR_LISTEN_ADDRESS", http.to_string())
+        .env("M3COORDINATOR_INGEST_ADDRESS", ingest.to_string())
+        .env("M3COORDINATOR_DATA_DIR", data.path().join("data"))
+        .env("M3COORDINATOR_BUFFER_PAST", BUFFER_PAST)
+        .env("RUST_LOG", "info,lsm_tree=warn,fjall=warn")
+        .env("NO_COLOR", "1");
+    Coordinator {
+        process: ChildProcess::spawn(name, command),
+        http,
+        ingest,
+        _data: data,
+    }
+}
+
+/// One `curl -X <method> <url> -d '<body>'` of SEED.md.
+#[derive(Debug, Clone)]
+pub struct CurlCommand {
+    /// `POST`.
+    pub method: String,
+    /// As written.
+    pub url: String,
+    /// As written, byte for byte.
+    pub body: String,
+}
+
+/// Where SEED.md's host names point in a test.
+#[derive(Debug, Clone)]
+pub struct SeedHosts {
+    /// `m3coordinator01:7201`.
+    pub coordinator_http: SocketAddr,
+    /// `m3coordinator01:7507`.
+    pub coordinator_ingest: SocketAddr,
+    /// `m3aggregator01`, `m3aggregator02`.
+    pub aggregators: [Ipv4Addr; 2],
+    /// `6000`.
+    pub aggregator_port: u16,
+}
+
+impl CurlCommand {
+    /// The command with SEED.md's host names (and their ports) replaced by `hosts`; nothing
+    /// else changes.
+    ///
+    /// # Panics
+    /// When a SEED.md host name is left over, i.e. the seed gained a host this does not map.
+    pub fn localized(&self, hosts: &SeedHosts) -> CurlCommand {
+        let url = self.url.replace(
+            "http://m3coordinator01:7201",
+            &format!("http://{}", hosts.coordinator_http),
+        );
+        let port = hosts.aggregator_port;
+        let [a1, a2] = hosts.aggregators;
+        let ingest = hosts.coordinator_ingest;
+        let replacements = [
+            ("m3aggregator01:6000".to_string(), format!("{a1}:{port}")),
+            ("m3aggregator02:6000".to_string(), format!("{a2}:{port}")),
+            ("\"m3aggregator01\"".to_string(), format!("\"{a1}\"")),
+            ("\"m3aggregator02\"".to_string(), format!("\"{a2}\"")),
+            ("\"port\": 6000".to_string(), format!("\"port\": {port}")),
+            ("m3coordinator01:7507".to_string(), ingest.to_string()),
+            (
+                "\"hostname\": \"m3coordinator01\"".to_string(),
+                format!("\"hostname\": \"{}\"", ingest.ip()),
+            ),
+            (
+                "\"port\": 7507".to_string(),
+                format!("\"port\": {}", ingest.port()),
+            ),
+        ];
+        let mut body = self.body.clone();
+        for (from, to) in &replacements {
+            body = body.replace(from.as_str(), to);
+        }
+        for leftover in [
+            "m3aggregator0",
+            ":6000",
+            ":7507",
+            "\"hostname\": \"m3coordinator",
+        ] {
+            assert!(
+                !body.contains(leftover) && !url.contains(leftover),
+                "SEED.md host name {leftover:?} not mapped in {url}:\n{body}"
+            );
+        }
+        CurlCommand {
+            method: self.method.clone(),
+            url,
+            body,
+        }
+    }
+}
+
+/// Every `curl ... -d '...'` in SEED.md, in order.
+///
+/// # Panics
+/// When SEED.md is missing or holds no curl command.
+pub fn seed_commands() -> Vec<CurlCommand> {
+    let text = std::fs::read_to_string(SEED_MD).unwrap_or_else(|e| {
+        panic!(
+            "cannot read SEED.md at {SEED_MD}: {e} (the walkthrough test runs its curl commands)"
+        )
+    });
+    let commands = parse_curl_commands(&text);
+    assert!(!commands.is_empty(), "no curl command found in {SEED_MD}");
+    commands
+}
+
+/// Parses `curl [flags] -X METHOD URL -d '<body>'` commands out of markdown.
+pub fn parse_curl_commands(text: &str) -> Vec<CurlCommand> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("curl ") {
+        rest = &rest[start + 5..];
+        let Some(data) = rest.find(" -d '") else {
+            break;
+        };
+        let head = &rest[..data];
+        let after = &rest[data + 5..];
+        let Some(end) = after.find('\'') else {
+            break;
+        };
+        let body = &after[..end];
+        rest = &after[end + 1..];
+        let words: Vec<&str> = head.split_whitespace().collect();
+        let method = words
+            .iter()
+            .position(|w| *w == "-X")
+            .and_then(|i| words.get(i + 1))
+            .map_or("POST", |m| m)
+            .to_string();
+        let Some(url) = words.iter().find(|w| w.starts_with("http")) else {
+            continue;
+        };
+        out.push(CurlCommand {
+            method,
+            url: url.to_string(),
+            body: body.to_string(),
+        });
+    }
+    out
+}
+
+/// Percent-encodes everything but unreserved characters.
+pub fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// An instant query (`/api/v1/query`) against `base`, at `time_s` if given; the JSON answer.
+pub async fn query(
+    client: &reqwest::Client,
+    base: &str,
+    query: &str,
+    headers: &[(&str, &str)],
+    time_s: Option<f64>,
+) -> Value {
+    let mut url = format!("{base}/api/v1/query?query={}", url_encode(query));
+    if let Some(t) = time_s {
+        url.push_str(&format!("&time={t:.3}"));
+    }
+    let mut request = client.get(&url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    assert!(status.is_success(), "GET {url} answered {status}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {text}"))
+}
+
+/// The series of a matrix result: labels → (ms, value) points.
+pub fn matrix(result: &Value) -> Vec<(LabelSet, Vec<(i64, f64)>)> {
+    result["data"]["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|series| {
+            let labels = series["metric"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect();
+            let points = series["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| {
+                    let t = p[0].as_f64()?;
+                    let v: f64 = p[1].as_str()?.parse().ok()?;
+                    Some(((t * 1000.0).round() as i64, v))
+                })
+                .collect();
+            (labels, points)
+        })
+        .collect()
+}
+
+/// Labels as `{a="1", b="2"}`.
+pub fn show_labels(labels: &LabelSet) -> String {
+    let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    format!("{{{}}}", inner.join(", "))
+}
+
+/// Sends a `WriteRequest` snappy-compressed, as Prometheus does; status and body.
+pub async fn remote_write(
+    client: &reqwest::Client,
+    base: &str,
+    request: &WriteRequest,
+) -> Result<(u16, String), String> {
+    let body = snap::raw::Encoder::new()
+        .compress_vec(&request.encode_to_vec())
+        .map_err(|e| e.to_string())?;
+    let response = client
+        .post(format!("{base}/api/v1/prom/remote/write"))
+        .header("Content-Encoding", "snappy")
+        .header("Content-Type", "application/x-protobuf")
+        .header("X-Prometheus-Remote-Write-Version", "0.1.0")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    Ok((status, response.text().await.unwrap_or_default()))
+}
+
+/// What a [`Writer`] sent and had accepted, and what it saw go wrong.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// series label → window end → (timestamp, value) of the latest accepted sample.
+    pub last: BTreeMap<String, BTreeMap<i64, (i64, f64)>>,
+    /// The timestamp of the latest accepted request.
+    pub latest_ms: i64,
+    /// Requests that were not answered 200: (time, coordinator, status or error).
+    pub failures: Vec<(i64, usize, String)>,
+    /// Requests answered 200.
+    pub accepted: usize,
+}
+
+/// A remote-write client like a Prometheus with one scrape per second: every `every` it writes
+/// one sample (timestamp now) for each of `series` series of metric `name`, label
+/// `series="s<i>"`, to the coordinators in turn (round robin), and records what was accepted.
+pub struct Writer {
+    written: Arc<Mutex<Written>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    /// Starts writing.
+    pub fn start(
+        client: reqwest::Client,
+        coordinators: Vec<String>,
+        name: &str,
+        series: usize,
+        every: Duration,
+    ) -> Writer {
+        let written = Arc::new(Mutex::new(Written::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let name = name.to_string();
+        let task_written = Arc::clone(&written);
+        let task_stop = Arc::clone(&stop);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut n: u64 = 0;
+            while !task_stop.load(Ordering::SeqCst) {
+                tick.tick().await;
+                let t = now_ms();
+                let values: Vec<f64> = (0..series).map(|i| (n * 100 + i as u64) as f64).collect();
+                let request = WriteRequest {
+                    timeseries: (0..series)
+                        .map(|i| TimeSeries {
+                            labels: vec![
+                                Label {
+                                    name: "__name__".into(),
+                                    value: name.clone(),
+                                },
+                                Label {
+                                    name: "series".into(),
+                                    value: format!("s{i}"),
+                                },
+                            ],
+                            samples: vec![Sample {
+                                value: values[i],
+                                timestamp: t,
+                            }],
+                        })
+                        .collect(),
+                };
+                let target = (n as usize) % coordinators.len();
+                let answer = remote_write(&client, &coordinators[target], &request).await;
+                let mut written = task_written.lock().unwrap_or_else(|e| e.into_inner());
+                match answer {
+                    Ok((200, _)) => {
+                        written.accepted += 1;
+                        written.latest_ms = t;
+                        for (i, value) in values.iter().enumerate() {
+                            written
+                                .last
+                                .entry(format!("s{i}"))
+                                .or_default()
+                                .insert(window_end(t, RESOLUTION_MS), (t, *value));
+                        }
+                    }
+                    Ok((status, body)) => {
+                        written
+                            .failures
+                            .push((t, target, format!("{status}: {body}")))
+                    }
+                    Err(e) => written.failures.push((t, target, e)),
+                }
+                drop(written);
+                n += 1;
+            }
+        });
+        Writer {
+            written,
+            stop,
+            task,
+        }
+    }
+
+    /// A snapshot of what was written.
+    pub fn with_written<T>(&self, f: impl FnOnce(&Written) -> T) -> T {
+        f(&self.written.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Waits until a request with a timestamp at or after `t_ms` was accepted.
+    pub async fn wait_past(&self, t_ms: i64, timeout: Duration) {
+        let reached = m3_testkit::wait_for(timeout, Duration::from_millis(100), || {
+            let latest = self.with_written(|w| w.latest_ms);
+            async move { (latest >= t_ms).then_some(()) }
+        })
+        .await;
+        if reached.is_none() {
+            let failures = self.with_written(|w| w.failures.clone());
+            panic!(
+                "no write accepted at or after {t_ms} within {timeout:?}; failures: {failures:?}"
+            );
+        }
+    }
+
+    /// Stops writing.
+    pub async fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.task.await;
+    }
+}
+
+/// Compares what the coordinators store in the 10s aggregated namespace for `name` with the
+/// Last per window of what `writer` wrote, for windows ending in `(from, to]`: a summary when
+/// equal (windows checked, windows stored per coordinator), otherwise a listing of every
+/// difference. The union over all coordinators is compared, and a
+/// window stored with two different values counts as a difference.
+pub async fn compare_aggregated(
+    cluster: &Cluster,
+    writer: &Writer,
+    name: &str,
+    from: i64,
+    to: i64,
+) -> Result<String, String> {
+    let stored = cluster.stored(&format!("{name}[10m]"), AGG_10S).await;
+    let mut got: BTreeMap<String, BTreeMap<i64, Vec<(usize, f64)>>> = BTreeMap::new();
+    for (labels, coordinator, points) in stored {
+        let series = labels.get("series").cloned().unwrap_or_default();
+        for (t, v) in points {
+            if t > from && t <= to {
+                got.entry(series.clone())
+                    .or_default()
+                    .entry(t)
+                    .or_default()
+                    .push((coordinator, v));
+            }
+        }
+    }
+    let want: BTreeMap<String, BTreeMap<i64, f64>> = writer.with_written(|w| {
+        w.last
+            .iter()
+            .map(|(s, windows)| {
+                let in_range = windows
+                    .iter()
+                    .filter(|(end, _)| **end > from && **end <= to)
+                    .map(|(end, (_, v))| (*end, *v))
+                    .collect();
+                (s.clone(), in_range)
+            })
+            .collect()
+    });
+    let mut diffs = Vec::new();
+    let mut checked = 0;
+    for (series, windows) in &want {
+        for (end, value) in windows {
+            checked += 1;
+            match got.get(series).and_then(|g| g.get(end)) {
+                None => diffs.push(format!("{series} @{end}: want {value}, missing")),
+                Some(values) => {
+                    if values.iter().any(|(_, v)| v != value) {
+                        diffs.push(format!(
+                            "{series} @{end}: want {value}, got (coordinator, value) {values:?}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for (series, windows) in &got {
+        for (end, values) in windows {
+            if !want.get(series).is_some_and(|w| w.contains_key(end)) {
+                diffs.push(format!("{series} @{end}: not written, got {values:?}"));
+            }
+        }
+    }
+    if checked == 0 {
+        diffs.push(format!("nothing was written for windows in ({from}, {to}]"));
+    }
+    if !diffs.is_empty() {
+        return Err(format!(
+            "{} of {checked} windows in ({from}, {to}] differ:\n  {}",
+            diffs.len(),
+            diffs.join("\n  ")
+        ));
+    }
+    let mut per_coordinator = vec![0usize; cluster.coordinators.len()];
+    for (coordinator, _) in got.values().flat_map(|w| w.values()).flatten() {
+        per_coordinator[*coordinator] += 1;
+    }
+    Ok(format!(
+        "{checked} windows of {} series match; stored per coordinator: {per_coordinator:?}",
+        want.len()
+    ))
+}
+
+/// Polls [`compare_aggregated`] until it reports no difference, for at most `timeout`, and
+/// prints the summary.
+///
+/// # Panics
+/// With the last difference listing and the processes' logs.
+pub async fn wait_aggregated(
+    cluster: &Cluster,
+    writer: &Writer,
+    name: &str,
+    from: i64,
+    to: i64,
+    timeout: Duration,
+) {
+    let last = RefCell::new(String::new());
+    let matched = m3_testkit::wait_for(timeout, Duration::from_millis(500), || {
+        let compared = compare_aggregated(cluster, writer, name, from, to);
+        let last = &last;
+        async move {
+            match compared.await {
+                Ok(summary) => Some(summary),
+                Err(diff) => {
+                    *last.borrow_mut() = diff;
+                    None
+                }
+            }
+        }
+    })
+    .await;
+    if let Some(summary) = &matched {
+        println!("{} {name}, windows in ({from}, {to}]: {summary}", now_ms());
+    } else {
+        let failures = writer.with_written(|w| w.failures.clone());
+        panic!(
+            "aggregated output of {name} did not match within {timeout:?}: {}\nwrite failures: {failures:?}{}",
+            last.borrow(),
+            cluster.logs()
+        );
+    }
+}
