@@ -230,3 +230,63 @@ fn compare(
     }
     out
 }
+
+/// The comparison itself, on made-up data: what counts as a difference.
+#[test]
+fn comparison_reports_missing_extra_differing_and_stored_nan_windows() {
+    let series = |name: &str| -> LabelSet {
+        [("__name__".to_string(), name.to_string())]
+            .into_iter()
+            .collect()
+    };
+    // Raw samples every 5s from 1s; a sample at exactly 20s belongs to the window ending at 30s.
+    let raw = vec![
+        (
+            series("a"),
+            vec![(1_000, 1.0), (6_000, 2.0), (11_000, 3.0), (20_000, 4.0)],
+        ),
+        (series("b"), vec![(2_000, 5.0), (12_000, f64::NAN)]),
+    ];
+    let expected = last_per_window(&raw, 1_000, 30_000);
+    assert_eq!(
+        expected[&series("a")]
+            .iter()
+            .map(|(t, v)| (*t, *v))
+            .collect::<Vec<_>>(),
+        [(10_000, 2.0), (20_000, 3.0), (30_000, 4.0)]
+    );
+
+    let exact = vec![
+        (
+            series("a"),
+            vec![(10_000, 2.0), (20_000, 3.0), (30_000, 4.0)],
+        ),
+        (series("b"), vec![(10_000, 5.0)]),
+    ];
+    let outcome = compare(&expected, &exact, 1_000, 30_000);
+    assert_eq!((outcome.checked, outcome.nan_absent), (5, 1));
+    assert!(outcome.differences.is_empty(), "{:?}", outcome.differences);
+
+    let wrong = vec![
+        // 20s missing, 30s differs, 40s is outside the compared range and ignored.
+        (
+            series("a"),
+            vec![(10_000, 2.0), (30_000, 4.5), (40_000, 9.0)],
+        ),
+        // A NaN window stored, and a window Prometheus has no sample for.
+        (
+            series("b"),
+            vec![(10_000, 5.0), (20_000, f64::NAN), (30_000, 1.0)],
+        ),
+    ];
+    let outcome = compare(&expected, &wrong, 1_000, 30_000);
+    assert_eq!(
+        outcome.differences,
+        [
+            r#"{__name__="a"} @20000: want 3, missing"#,
+            r#"{__name__="a"} @30000: want 4, stored 4.5"#,
+            r#"{__name__="b"} @20000: last raw value NaN must be absent, stored NaN"#,
+            r#"{__name__="b"} @30000: stored 1, but Prometheus has no raw sample in that window"#,
+        ]
+    );
+}
