@@ -851,12 +851,20 @@ impl AggregatorConfig {
             }
             let writer = &backend.producer.writer;
             instance.topic = writer.topic_name.clone();
+            // One environment keys the placement, the topic, the elections and the flush times.
             if let Some(env) = writer
                 .topic_service_override
                 .as_ref()
-                .and_then(|o| o.environment.clone())
+                .and_then(|o| o.environment.as_ref())
+                && *env != instance.environment
             {
-                instance.environment = env;
+                return Err(invalid(
+                    "aggregator.flush.handlers[0].dynamicBackend.producer.writer.topicServiceOverride.environment",
+                    format!(
+                        "{env:?} differs from the placement environment {:?}; one environment is supported",
+                        instance.environment
+                    ),
+                ));
             }
             let producer = &mut instance.producer;
             if let Some(size) = backend

@@ -513,8 +513,10 @@ async fn flush_loop(parts: FlushLoop) {
             }
             continue;
         };
-        let Some(producer) = producer.get() else {
-            // No output topic yet: keep every window until there is somewhere to send it.
+        let Some(producer) = producer.get().filter(|p| !p.consumer_services().is_empty()) else {
+            // No output topic or no consumer service yet: keep every window until there is
+            // somewhere to send it (flushing now would drop the output and move the flush times
+            // past it).
             let _ = status.send(FlushStatus {
                 election_state: state,
                 can_lead: false,
@@ -555,6 +557,7 @@ async fn flush_loop(parts: FlushLoop) {
             outputs.clear();
             let result = aggregator.flush(now, mode, &mut outputs);
             let num_shards = producer.number_of_shards().max(1);
+            let mut refused = 0usize;
             for output in outputs.drain(..) {
                 let shard = m3_cluster::shard_for(&output.id, num_shards);
                 let message = AggregatedMetric {
@@ -572,21 +575,26 @@ async fn flush_loop(parts: FlushLoop) {
                     encode_nanos: now,
                 };
                 if let Err(e) = producer.produce(shard, Bytes::from(message.encode_to_vec())) {
+                    refused += 1;
                     tracing::warn!(error = %e, "Output not accepted by the m3msg producer.");
                 }
             }
             // Flush times move on only once what they cover is acked (see the module doc).
-            let delivered = producer.flush(options.ack_wait).await;
+            let delivered = producer.flush(options.ack_wait).await && refused == 0;
             if !delivered {
                 tracing::debug!(
                     shard_set,
                     "Output not fully acked yet; flush times persist later."
                 );
             }
-            if delivered && !result.flush_times.by_shard.is_empty() {
-                let mut merged = persisted.clone();
+            // Leadership may have moved during the ack wait: only a current leader persists.
+            let still_leader = election.lock().as_ref().is_some_and(|(id, e)| {
+                *id == shard_set && *e.state().borrow() == ElectionState::Leader
+            });
+            if delivered && still_leader && !result.flush_times.by_shard.is_empty() {
+                let mut merged = read_flush_times(&kv, &flush_key).await;
                 for (shard, times) in result.flush_times.by_shard {
-                    merged.by_shard.insert(shard, times);
+                    merge_flush_times(merged.by_shard.entry(shard).or_default(), &times);
                 }
                 if let Err(e) = kv
                     .set(&flush_key, Bytes::from(merged.encode_to_vec()))
@@ -637,6 +645,22 @@ async fn flush_loop(parts: FlushLoop) {
             unacked,
             "Shut down with output not acked by any coordinator."
         );
+    }
+}
+
+/// Takes the later of each (category, resolution) flush time, so an older write never moves a
+/// newer one back.
+fn merge_flush_times(
+    into: &mut m3_proto::flushpb::ShardFlushTimes,
+    from: &m3_proto::flushpb::ShardFlushTimes,
+) {
+    for (resolution, t) in &from.standard_by_resolution {
+        let slot = into.standard_by_resolution.entry(*resolution).or_insert(*t);
+        *slot = (*slot).max(*t);
+    }
+    for (resolution, t) in &from.timed_by_resolution {
+        let slot = into.timed_by_resolution.entry(*resolution).or_insert(*t);
+        *slot = (*slot).max(*t);
     }
 }
 

@@ -55,6 +55,9 @@ pub struct ClientOptions {
     pub max_message_size: usize,
     /// How long startup waits for the placement.
     pub init_watch_timeout: Duration,
+    /// Largest encoded batch one request may queue towards one instance (`maxBatchSize`,
+    /// default 8 MiB as in M3); samples beyond it are refused as too large.
+    pub max_batch_bytes: usize,
 }
 
 impl Default for ClientOptions {
@@ -69,6 +72,7 @@ impl Default for ClientOptions {
             max_reconnect_backoff: Duration::from_secs(20),
             max_message_size: m3_proto::framing::DEFAULT_RAWTCP_MAX_MESSAGE_SIZE,
             init_watch_timeout: Duration::from_secs(10),
+            max_batch_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -103,6 +107,7 @@ impl ClientOptions {
                 .placement_watcher
                 .init_watch_timeout
                 .unwrap_or(d.init_watch_timeout),
+            max_batch_bytes: config.max_batch_size.unwrap_or(d.max_batch_bytes).max(1),
         }
     }
 }
@@ -293,19 +298,26 @@ impl AggregatorClient {
             .as_ref()
             .map(|t| (0..t.writers.len()).map(|_| (BytesMut::new(), 0)).collect())
             .unwrap_or_default();
-        ClientBatch { topology, buffers }
+        ClientBatch {
+            topology,
+            buffers,
+            max_batch_bytes: self.options.max_batch_bytes,
+        }
     }
 
     /// Queues every buffer of `batch` on its instance.
-    pub fn commit(&self, batch: ClientBatch) {
+    ///
+    /// Returns how many metrics full queues dropped (counted as `queue_full`), so the caller can
+    /// ask the sender to retry.
+    pub fn commit(&self, batch: ClientBatch) -> u64 {
         let Some(topology) = batch.topology else {
-            return;
+            return 0;
         };
+        let mut total_dropped = 0;
         for (writer, (buffer, metrics)) in topology.writers.iter().zip(batch.buffers) {
             if metrics == 0 {
                 continue;
             }
-            self.metrics.samples_forwarded.inc_by(metrics);
             let dropped = {
                 let mut queue = writer.queue.lock();
                 let mut dropped = 0;
@@ -331,8 +343,13 @@ impl AggregatorClient {
                 dropped
             };
             self.metrics.drop_samples(DropReason::queue_full, dropped);
+            if !(dropped == metrics && self.options.queue_drop_type == QueueDropType::Current) {
+                self.metrics.samples_forwarded.inc_by(metrics);
+            }
+            total_dropped += dropped;
             writer.notify.notify_one();
         }
+        total_dropped
     }
 
     /// Metrics queued towards instances and not yet written.
@@ -364,6 +381,7 @@ impl Drop for AggregatorClient {
 pub struct ClientBatch {
     topology: Option<Arc<Topology>>,
     buffers: Vec<(BytesMut, u64)>,
+    max_batch_bytes: usize,
 }
 
 /// Why a metric could not be routed.
@@ -373,6 +391,8 @@ pub enum RouteError {
     NoPlacement,
     /// No instance owns the shard at that time.
     NoOwner,
+    /// The request's buffer for an instance would exceed the batch limit.
+    TooLarge,
 }
 
 impl ClientBatch {
@@ -403,6 +423,9 @@ impl ClientBatch {
                 continue;
             }
             if let Some((buffer, count)) = self.buffers.get_mut(owner.instance) {
+                if buffer.len() + id.len() > self.max_batch_bytes {
+                    return Err(RouteError::TooLarge);
+                }
                 encode(buffer);
                 *count += 1;
                 sent += 1;

@@ -442,7 +442,7 @@ pub struct IngestConsumerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WriteBuffersConfig {
-    /// Samples older than now − (this + resolution) are rejected (default 10m).
+    /// Samples older than now − (this + resolution) are rejected (default 1m).
     #[serde(default = "default_buffer", with = "m3_config::duration")]
     pub buffer_past: Duration,
     /// Samples newer than now + this are rejected (default 1m).
@@ -459,8 +459,10 @@ impl Default for WriteBuffersConfig {
     }
 }
 
+/// The aggregator's default `bufferDurationForPastTimedMetric` (M3's code default), so that a
+/// coordinator without `writeBuffers` refuses what the aggregators would refuse.
 fn default_buffer() -> Duration {
-    Duration::from_secs(600)
+    Duration::from_secs(60)
 }
 
 fn default_future_buffer() -> Duration {

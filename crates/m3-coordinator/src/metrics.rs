@@ -69,6 +69,8 @@ pub struct CoordinatorMetrics {
     pub write_requests: Counter,
     /// Remote-write requests answered 400.
     pub write_requests_invalid: Counter,
+    /// Remote-write requests answered 429 (too many in flight).
+    pub write_requests_throttled: Counter,
     /// Samples received by remote write.
     pub samples_received: Counter,
     /// Raw samples written to the unaggregated namespace.

@@ -63,7 +63,14 @@ impl std::fmt::Debug for Coordinator {
 struct HttpState {
     write: Arc<WritePath>,
     registry: Arc<Mutex<Registry>>,
+    /// Bounds the remote-write requests being decoded and stored at once; beyond it the
+    /// coordinator answers 429 so senders back off instead of queueing without bound.
+    writes_in_flight: Arc<tokio::sync::Semaphore>,
+    metrics: CoordinatorMetrics,
 }
+
+/// Remote-write requests handled at once before 429.
+const MAX_WRITES_IN_FLIGHT: usize = 64;
 
 impl Coordinator {
     /// Starts a coordinator. `config_path` is only used in error messages; `kv` holds the
@@ -175,6 +182,8 @@ impl Coordinator {
         let state = HttpState {
             write,
             registry: Arc::new(Mutex::new(registry)),
+            writes_in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_WRITES_IN_FLIGHT)),
+            metrics: metrics.clone(),
         };
         let app = Router::new()
             .route(
@@ -307,13 +316,37 @@ async fn remote_write(State(state): State<HttpState>, body: Bytes) -> Response {
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
         .unwrap_or(0);
+    let Ok(permit) = Arc::clone(&state.writes_in_flight).try_acquire_owned() else {
+        state.metrics.write_requests_throttled.inc();
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "1")],
+            "too many remote-write requests in flight; retry later",
+        )
+            .into_response();
+    };
     let write = Arc::clone(&state.write);
-    let result = tokio::task::spawn_blocking(move || write.write(&body, now)).await;
+    let result = tokio::task::spawn_blocking(move || {
+        let result = write.write(&body, now);
+        drop(permit);
+        result
+    })
+    .await;
     match result {
-        Ok(Ok(outcome)) => match outcome.rejection() {
-            None => StatusCode::OK.into_response(),
-            Some(reason) => (StatusCode::BAD_REQUEST, reason).into_response(),
-        },
+        Ok(Ok(outcome)) => {
+            if let Some(reason) = outcome.overload() {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(header::RETRY_AFTER, "1")],
+                    reason,
+                )
+                    .into_response();
+            }
+            match outcome.rejection() {
+                None => StatusCode::OK.into_response(),
+                Some(reason) => (StatusCode::BAD_REQUEST, reason).into_response(),
+            }
+        }
         Ok(Err(WriteError::Decode(e))) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
         Ok(Err(e @ WriteError::Storage(_))) => {
             tracing::error!(error = %e, "Remote write failed.");

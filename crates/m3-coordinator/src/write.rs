@@ -63,6 +63,13 @@ pub struct WriteOutcome {
     pub too_far_future: usize,
     /// Samples no aggregator owns.
     pub unowned: usize,
+    /// Samples whose encoding would overflow an aggregator batch.
+    pub too_large: usize,
+    /// Samples dropped by a full queue towards an aggregator (this request's or older ones).
+    pub queue_full: usize,
+    /// Whether the sender should retry later (no placement yet, or aggregator queues full):
+    /// answered 503 so Prometheus retries; the raw samples are rewritten idempotently.
+    pub retry_later: bool,
 }
 
 impl WriteOutcome {
@@ -88,7 +95,23 @@ impl WriteOutcome {
                 self.too_far_future
             ));
         }
+        if self.too_large > 0 {
+            parts.push(format!(
+                "{} samples: encoded batch towards an aggregator too large; split the request",
+                self.too_large
+            ));
+        }
         (!parts.is_empty()).then(|| parts.join(", "))
+    }
+
+    /// The 503 reason, when the sender should retry.
+    pub fn overload(&self) -> Option<String> {
+        self.retry_later.then(|| {
+            format!(
+                "aggregation tier not ready or overloaded ({} samples without a placement, {} dropped by full aggregator queues); retry later",
+                self.unowned, self.queue_full
+            )
+        })
     }
 }
 
@@ -172,7 +195,9 @@ impl WritePath {
             _ => None,
         };
         let mut id = Vec::with_capacity(256);
-        let mut raw: Vec<(Labels, i64, f64)> = Vec::new();
+        // Raw samples point at their series' labels, built once per series.
+        let mut raw_labels: Vec<Labels> = Vec::new();
+        let mut raw: Vec<(usize, i64, f64)> = Vec::new();
         for series in request.series() {
             if let Some(reason) = series.invalid() {
                 outcome.invalid_series += 1;
@@ -192,9 +217,23 @@ impl WritePath {
                         String::from_utf8_lossy(v).into_owned(),
                     )
                 }));
-                if let Ok(labels) = labels {
-                    for s in series.samples() {
-                        raw.push((labels.clone(), s.timestamp_ms, s.value));
+                match labels {
+                    Ok(labels) => {
+                        let index = raw_labels.len();
+                        raw_labels.push(labels);
+                        raw.extend(
+                            series
+                                .samples()
+                                .iter()
+                                .map(|s| (index, s.timestamp_ms, s.value)),
+                        );
+                    }
+                    Err(_) => {
+                        // The decoder validated the labels, so this is not expected; count it.
+                        self.metrics.drop_samples(
+                            DropReason::invalid_series,
+                            series.samples().len() as u64,
+                        );
                     }
                 }
             }
@@ -226,6 +265,11 @@ impl WritePath {
                     Err(RouteError::NoPlacement) => {
                         self.metrics.drop_samples(DropReason::no_placement, 1);
                         outcome.unowned += 1;
+                        outcome.retry_later = true;
+                    }
+                    Err(RouteError::TooLarge) => {
+                        self.metrics.drop_samples(DropReason::too_large, 1);
+                        outcome.too_large += 1;
                     }
                     Err(RouteError::NoOwner) => {
                         self.metrics
@@ -239,13 +283,15 @@ impl WritePath {
             .drop_samples(DropReason::too_far_past, outcome.too_far_past as u64);
         self.metrics
             .drop_samples(DropReason::too_far_future, outcome.too_far_future as u64);
-        if let (Some(client), Some(batch)) = (&self.client, batch) {
-            client.commit(batch);
-        }
+        // Raw first: when the store fails the request is retried, and nothing was sent to the
+        // aggregators yet, so nothing is aggregated twice.
         if let Some(ns) = &self.raw_namespace
             && !raw.is_empty()
         {
-            let refs: Vec<(&Labels, i64, f64)> = raw.iter().map(|(l, t, v)| (l, *t, *v)).collect();
+            let refs: Vec<(&Labels, i64, f64)> = raw
+                .iter()
+                .map(|&(index, t, v)| (&raw_labels[index], t, v))
+                .collect();
             if let Err(e) = self.store.write_batch(ns, &refs) {
                 self.metrics
                     .drop_samples(DropReason::storage_error, refs.len() as u64);
@@ -253,6 +299,13 @@ impl WritePath {
             }
             outcome.stored_raw = refs.len();
             self.metrics.samples_stored_raw.inc_by(refs.len() as u64);
+        }
+        if let (Some(client), Some(batch)) = (&self.client, batch) {
+            let dropped = client.commit(batch);
+            if dropped > 0 {
+                outcome.queue_full += dropped as usize;
+                outcome.retry_later = true;
+            }
         }
         Ok(outcome)
     }
@@ -425,6 +478,37 @@ mod tests {
         assert_eq!(timed.time_nanos, NOW_MS * 1_000_000);
         assert_eq!(timed.value, 2.0);
         assert!(buf.is_empty());
+    }
+
+    #[tokio::test]
+    async fn no_placement_yet_asks_the_sender_to_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = CoordinatorMetrics::default();
+        let client = AggregatorClient::new(ClientOptions::default(), metrics.clone());
+        let path = WritePath::new(
+            store(dir.path()),
+            Some("default".into()),
+            Downsampler::from_namespaces(&namespaces()),
+            Some(client),
+            WriteBuffersConfig::default(),
+            metrics.clone(),
+        );
+        let outcome = path
+            .write(
+                &body(&[(&[("__name__", "up")], &[(NOW_MS, 1.0)])]),
+                NOW_MS * 1_000_000,
+            )
+            .unwrap();
+        assert_eq!(outcome.stored_raw, 1);
+        assert!(outcome.retry_later);
+        assert!(outcome.overload().unwrap().contains("retry later"));
+        let dropped = metrics
+            .samples_dropped
+            .get_or_create(&crate::metrics::DropLabels {
+                reason: DropReason::no_placement,
+            })
+            .get();
+        assert_eq!(dropped, 1);
     }
 
     #[test]
