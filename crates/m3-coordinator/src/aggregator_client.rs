@@ -438,6 +438,13 @@ impl ClientBatch {
     }
 }
 
+/// Counts what a stopped writer (shutdown, or its instance left the placement) never sent.
+fn drop_unsent(writer: &InstanceWriter, pending: Vec<QueuedBatch>, metrics: &CoordinatorMetrics) {
+    let queued: u64 = writer.queue.lock().drain(..).map(|b| b.metrics).sum();
+    let pending: u64 = pending.iter().map(|b| b.metrics).sum();
+    metrics.drop_samples(DropReason::writer_stopped, queued + pending);
+}
+
 /// Puts unsent batches back at the front of the queue, dropping (and counting) the oldest beyond
 /// the queue bound.
 fn requeue(
@@ -476,7 +483,7 @@ async fn run_writer(
         if pending.is_empty() {
             tokio::select! {
                 () = writer.notify.notified() => continue,
-                () = writer.cancel.cancelled() => return,
+                () = writer.cancel.cancelled() => return drop_unsent(&writer, pending, &metrics),
             }
         }
         if connection.is_none() {
@@ -504,7 +511,7 @@ async fn run_writer(
                 requeue(&writer, &mut pending, &options, &metrics);
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {},
-                    () = writer.cancel.cancelled() => return,
+                    () = writer.cancel.cancelled() => return drop_unsent(&writer, pending, &metrics),
                 }
                 backoff = (backoff * 2).min(options.max_reconnect_backoff);
                 continue;
@@ -626,6 +633,35 @@ mod tests {
             .get();
         assert!(dropped >= 3, "dropped {dropped}");
         assert!(client.queued_metrics() <= 2);
+    }
+
+    #[tokio::test]
+    async fn batches_of_a_removed_instance_are_counted_as_dropped() {
+        let metrics = CoordinatorMetrics::default();
+        let client = AggregatorClient::new(ClientOptions::default(), metrics.clone());
+        // Nothing listens here, so the batch stays queued until the instance is removed.
+        client.update_placement(&placement(&[("a", "127.0.0.1:1")], 1));
+        let mut batch = client.batch();
+        batch
+            .route(b"x", 1, |buf| buf.extend_from_slice(b"x"))
+            .unwrap();
+        client.commit(batch);
+        client.update_placement(&placement(&[("b", "127.0.0.1:2")], 1));
+        let stopped = || {
+            metrics
+                .samples_dropped
+                .get_or_create(&crate::metrics::DropLabels {
+                    reason: DropReason::writer_stopped,
+                })
+                .get()
+        };
+        for _ in 0..100 {
+            if stopped() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(stopped(), 1);
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub enum DropReason {
     queue_full,
     /// Writing a batch to an aggregator failed after a reconnect.
     write_failed,
+    /// Still queued when the writer stopped (shutdown, or the instance left the placement).
+    writer_stopped,
     /// The aggregator placement is not available yet.
     no_placement,
     /// An encoded metric was larger than `encoder.maxMessageSize`.
