@@ -101,8 +101,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("Shutting down: flushing ended windows.");
     cancel.cancel();
-    let _ = rawtcp_task.await;
-    let _ = http_task.await;
+    // A client that never finishes a request must not keep the final flush from running.
+    for mut task in [rawtcp_task, http_task] {
+        if tokio::time::timeout(std::time::Duration::from_secs(5), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+            let _ = task.await;
+        }
+    }
     match Arc::try_unwrap(instance) {
         Ok(instance) => instance.shutdown().await,
         Err(_) => tracing::warn!("The instance is still referenced; it was not shut down cleanly."),

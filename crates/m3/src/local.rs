@@ -274,8 +274,15 @@ pub async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow::Resul
     // Let the aggregators read what was just written before they stop listening.
     tokio::time::sleep(Duration::from_millis(200)).await;
     cancel.cancel();
-    for task in rawtcp_tasks {
-        let _ = task.await;
+    // A client that never finishes a request must not keep the final flush from running.
+    for mut task in rawtcp_tasks {
+        if tokio::time::timeout(Duration::from_secs(5), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+            let _ = task.await;
+        }
     }
     tracing::info!("Flushing ended windows from the aggregators.");
     for instance in instances {
