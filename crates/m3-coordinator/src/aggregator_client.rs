@@ -318,6 +318,12 @@ impl AggregatorClient {
             if metrics == 0 {
                 continue;
             }
+            if writer.cancel.is_cancelled() {
+                // Shutting down, or the instance just left the placement: nobody will send it.
+                self.metrics.drop_samples(DropReason::writer_stopped, metrics);
+                total_dropped += metrics;
+                continue;
+            }
             let dropped = {
                 let mut queue = writer.queue.lock();
                 let mut dropped = 0;
