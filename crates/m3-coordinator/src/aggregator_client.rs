@@ -320,7 +320,8 @@ impl AggregatorClient {
             }
             if writer.cancel.is_cancelled() {
                 // Shutting down, or the instance just left the placement: nobody will send it.
-                self.metrics.drop_samples(DropReason::writer_stopped, metrics);
+                self.metrics
+                    .drop_samples(DropReason::writer_stopped, metrics);
                 total_dropped += metrics;
                 continue;
             }
