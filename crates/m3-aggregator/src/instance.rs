@@ -247,7 +247,13 @@ impl AggregatorInstance {
         }
         let election = self.election.lock().take();
         if let Some((_, e)) = election {
-            e.close().await;
+            // Resigning needs the KV; with the KV down the lease simply runs out.
+            if tokio::time::timeout(Duration::from_secs(15), e.close())
+                .await
+                .is_err()
+            {
+                tracing::warn!("Could not resign within 15s; the lease will expire on its own.");
+            }
         }
     }
 }

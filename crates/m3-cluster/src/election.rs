@@ -336,7 +336,21 @@ async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>
             Err(err) => {
                 tracing::warn!(key = %shared.key, error = %err, "campaign write failed; retrying");
                 shared.state.send_replace(ElectionState::Unknown);
-                tokio::time::sleep(retry).await;
+                // Keep answering commands while the store fails, so `close` cannot hang.
+                tokio::select! {
+                    () = tokio::time::sleep(retry) => {}
+                    cmd = commands.recv() => match cmd {
+                        None => return,
+                        Some(Command::Stop(reply)) => {
+                            let _ = reply.send(());
+                            return;
+                        }
+                        Some(Command::Resign(reply)) => {
+                            hold_off_until = Some(Instant::now() + shared.ttl);
+                            let _ = reply.send(Ok(()));
+                        }
+                    },
+                }
             }
         }
     }
@@ -677,5 +691,61 @@ mod tests {
         .await
         .expect("hand-over on close is immediate")
         .unwrap();
+    }
+
+    /// A store whose writes always fail, as etcd does while it is down.
+    struct FailingWrites(MemoryKv);
+
+    impl KvStore for FailingWrites {
+        fn get<'a>(
+            &'a self,
+            key: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<Option<Versioned>, KvError>> {
+            self.0.get(key)
+        }
+        fn set<'a>(
+            &'a self,
+            _: &'a str,
+            _: Bytes,
+        ) -> crate::kv::BoxFuture<'a, Result<i64, KvError>> {
+            Box::pin(async { Err(KvError::backend("store down")) })
+        }
+        fn set_if_not_exists<'a>(
+            &'a self,
+            _: &'a str,
+            _: Bytes,
+        ) -> crate::kv::BoxFuture<'a, Result<i64, KvError>> {
+            Box::pin(async { Err(KvError::backend("store down")) })
+        }
+        fn check_and_set<'a>(
+            &'a self,
+            _: &'a str,
+            _: i64,
+            _: Bytes,
+        ) -> crate::kv::BoxFuture<'a, Result<i64, KvError>> {
+            Box::pin(async { Err(KvError::backend("store down")) })
+        }
+        fn delete<'a>(
+            &'a self,
+            key: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<Option<Versioned>, KvError>> {
+            self.0.delete(key)
+        }
+        fn watch<'a>(&'a self, key: &'a str) -> crate::kv::BoxFuture<'a, Result<KvWatch, KvError>> {
+            self.0.watch(key)
+        }
+    }
+
+    /// Regression: with every campaign write failing, `close` used to wait forever because the
+    /// retry loop never read the stop command (an aggregator hung on SIGTERM with etcd down).
+    #[tokio::test(start_paused = true)]
+    async fn close_returns_while_the_store_refuses_writes() {
+        let kv: Arc<dyn KvStore> = Arc::new(FailingWrites(MemoryKv::new()));
+        let election = LeaderElection::new(kv, KEY, "agg0", TTL);
+        election.campaign();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::timeout(Duration::from_secs(5), election.close())
+            .await
+            .expect("close returns although the store is down");
     }
 }
