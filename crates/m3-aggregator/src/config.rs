@@ -13,21 +13,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use m3_config::ConfigError;
+use m3_config::{ConfigError, Ignored};
 use m3_metric::StoragePolicy;
 use serde::Deserialize;
 
 use crate::AggregatorOptions;
-
-/// Accepted for compatibility with M3's files; no effect here.
-#[derive(Debug, Clone, Default)]
-pub struct Ignored;
-
-impl<'de> Deserialize<'de> for Ignored {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        serde::de::IgnoredAny::deserialize(d).map(|_| Ignored)
-    }
-}
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]

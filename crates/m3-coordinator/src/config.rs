@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use m3_config::ConfigError;
+use m3_config::{ConfigError, Ignored};
 use m3_metric::StoragePolicy;
 
 /// The whole coordinator config file.
@@ -23,10 +23,10 @@ pub struct CoordinatorConfig {
     pub listen_address: Option<String>,
     /// Self-metrics and logging settings (accepted; `/metrics` is served on the API port).
     #[serde(default)]
-    pub metrics: Option<serde_json_value::Ignored>,
+    pub metrics: Option<Ignored>,
     /// Logging level (accepted; `RUST_LOG` wins).
     #[serde(default)]
-    pub logging: Option<serde_json_value::Ignored>,
+    pub logging: Option<Ignored>,
     /// Storage clusters and their namespaces.
     #[serde(default)]
     pub clusters: Vec<ClusterConfig>,
@@ -57,21 +57,6 @@ pub struct ClusterManagementConfig {
     pub etcd: m3_cluster::kv::etcd::EtcdConfig,
 }
 
-/// Placeholder for config sections accepted but not interpreted yet.
-pub mod serde_json_value {
-    use serde::Deserialize;
-
-    /// Any YAML value, accepted and ignored.
-    #[derive(Debug, Clone, Default)]
-    pub struct Ignored;
-
-    impl<'de> Deserialize<'de> for Ignored {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            serde::de::IgnoredAny::deserialize(d).map(|_| Ignored)
-        }
-    }
-}
-
 /// A storage cluster; here always the embedded store.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -80,7 +65,7 @@ pub struct ClusterConfig {
     pub namespaces: Vec<NamespaceConfig>,
     /// M3DB client settings (accepted for compatibility; the embedded store needs none).
     #[serde(default)]
-    pub client: Option<serde_json_value::Ignored>,
+    pub client: Option<Ignored>,
 }
 
 /// One namespace, with M3's keys.
@@ -160,7 +145,7 @@ pub struct DownsampleConfig {
     /// Explicit rules (mapping and rollup rules are a later feature; accepted and rejected
     /// clearly at validation when non-empty).
     #[serde(default)]
-    pub rules: Option<serde_json_value::Ignored>,
+    pub rules: Option<Ignored>,
     /// Whether namespaces get automatic mapping rules unless they say otherwise.
     #[serde(default)]
     pub all: Option<bool>,
@@ -303,7 +288,7 @@ pub struct EncoderConfig {
     pub max_message_size: Option<usize>,
     /// Go buffer pool tuning; accepted, no effect (buffers are reused per instance here).
     #[serde(default)]
-    pub bytes_pool: Option<serde_json_value::Ignored>,
+    pub bytes_pool: Option<Ignored>,
 }
 
 /// `connection:`.
@@ -336,7 +321,7 @@ pub struct ConnectionConfig {
     pub max_reconnect_duration: Option<Duration>,
     /// Write retries, accepted.
     #[serde(default)]
-    pub write_retries: Option<serde_json_value::Ignored>,
+    pub write_retries: Option<Ignored>,
 }
 
 /// `ingest:`.
@@ -359,7 +344,7 @@ pub struct IngesterConfig {
     pub worker_pool_size: Option<usize>,
     /// Go object pool size; accepted, no effect.
     #[serde(default)]
-    pub op_pool: Option<serde_json_value::Ignored>,
+    pub op_pool: Option<Ignored>,
     /// Storage write retries before the message is left un-acked for redelivery.
     #[serde(default)]
     pub retry: Option<RetryConfig>,
@@ -400,7 +385,7 @@ pub struct IngestM3msgConfig {
     pub server: IngestServerConfig,
     /// Handler options (accepted).
     #[serde(default)]
-    pub handler: Option<serde_json_value::Ignored>,
+    pub handler: Option<Ignored>,
     /// Consumer options.
     #[serde(default)]
     pub consumer: Option<IngestConsumerConfig>,
@@ -435,7 +420,7 @@ pub struct IngestConsumerConfig {
     pub ack_buffer_size: Option<usize>,
     /// Other consumer keys, accepted.
     #[serde(flatten)]
-    pub other: std::collections::BTreeMap<String, serde_json_value::Ignored>,
+    pub other: std::collections::BTreeMap<String, Ignored>,
 }
 
 /// Past/future limits for timed samples.

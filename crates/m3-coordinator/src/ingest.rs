@@ -10,7 +10,6 @@
 //! name, with characters Prometheus does not allow replaced by `_`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use m3_msg::{Decision, MessageHandler};
@@ -131,14 +130,12 @@ pub fn labels_of(id: &[u8]) -> Option<Labels> {
     Labels::new([("__name__".to_string(), name)]).ok()
 }
 
-/// The default ack flush interval of the ingest consumer.
-pub const DEFAULT_ACK_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use m3_proto::metricpb::{TimedMetric, TimedMetricWithStoragePolicy};
     use m3_storage::{Matcher, NamespaceConfig};
+    use std::time::Duration;
 
     fn store(dir: &std::path::Path) -> Store {
         Store::open(
