@@ -335,23 +335,21 @@ impl Aggregator {
     ///
     /// For each owned shard and each (category, resolution) in `flushed_times`, the oldest
     /// unflushed window starts at the flushed time `f`; this instance must have been receiving
-    /// the shard's writes since `f` (untimed) or `f − bufferFuture` (timed, whose samples may
-    /// arrive early). Absent or zero flush times mean the cluster is just starting: no
-    /// constraint.
+    /// the shard's writes since `f`. Absent or zero flush times mean the cluster is just
+    /// starting: no constraint. As in M3, timed samples that arrived before `f` for a window
+    /// after it (early by up to `bufferFuture`) are not accounted for: remote-write clients
+    /// send samples stamped at or before their arrival.
     pub fn can_lead(&self, flushed_times: &flushpb::ShardSetFlushTimes) -> bool {
         let table = self.shards.read();
         table.values().all(|shard| {
             let Some(times) = flushed_times.by_shard.get(&shard.id) else {
                 return true;
             };
-            let untimed_ok = times
+            times
                 .standard_by_resolution
                 .values()
-                .all(|f| *f <= 0 || shard.since_nanos <= *f);
-            let timed_ok = times.timed_by_resolution.values().all(|f| {
-                *f <= 0 || shard.since_nanos <= f.saturating_sub(self.limits.buffer_future)
-            });
-            untimed_ok && timed_ok
+                .chain(times.timed_by_resolution.values())
+                .all(|f| *f <= 0 || shard.since_nanos <= *f)
         })
     }
 

@@ -170,12 +170,26 @@ impl AggregatorInstance {
             election_state: ElectionState::Unknown,
             can_lead: false,
         });
+        // The election takes a free lease at once only while this instance can lead.
+        let can_lead = status.clone();
+        let (eligible_tx, eligible) = watch::channel(false);
+        tasks.push(tokio::spawn(async move {
+            let mut can_lead = can_lead;
+            loop {
+                let value = can_lead.borrow_and_update().can_lead;
+                eligible_tx.send_if_modified(|e| std::mem::replace(e, value) != value);
+                if can_lead.changed().await.is_err() {
+                    break;
+                }
+            }
+        }));
         tasks.push(tokio::spawn(follow_placement(
             placements,
             Arc::clone(&aggregator),
             Arc::clone(&kv),
             options.clone(),
             Arc::clone(&election),
+            eligible,
             cancel.clone(),
         )));
         let (resign_requests, resign_rx) = mpsc::channel(4);
@@ -395,6 +409,7 @@ async fn follow_placement(
     kv: Arc<dyn KvStore>,
     options: InstanceOptions,
     election: SharedElection,
+    eligible: watch::Receiver<bool>,
     cancel: CancellationToken,
 ) {
     loop {
@@ -445,12 +460,15 @@ async fn follow_placement(
                     }
                     let key =
                         keys::election_key(&options.environment, &options.placement_key, shard_set);
-                    let e = Arc::new(LeaderElection::new(
-                        Arc::clone(&kv),
-                        key,
-                        options.instance_id.clone(),
-                        options.election_ttl,
-                    ));
+                    let e = Arc::new(
+                        LeaderElection::new(
+                            Arc::clone(&kv),
+                            key,
+                            options.instance_id.clone(),
+                            options.election_ttl,
+                        )
+                        .with_eligibility(eligible.clone()),
+                    );
                     e.campaign();
                     tracing::info!(instance = %options.instance_id, shard_set, shards = instance.shards.len(), "Joined shard set; campaigning for leadership.");
                     *current = Some((shard_set, e));
@@ -489,6 +507,9 @@ async fn flush_loop(parts: FlushLoop) {
     } = parts;
     let mut outputs: Vec<AggregatedOutput> = Vec::new();
     let mut was_leader = false;
+    // The last flush times read and their shard set, used while the KV cannot be read.
+    let mut persisted = ShardSetFlushTimes::default();
+    let mut persisted_for = None;
     loop {
         let mut resign_reply = None;
         let stopping = tokio::select! {
@@ -519,13 +540,25 @@ async fn flush_loop(parts: FlushLoop) {
             }
             continue;
         };
+        let flush_key = keys::flush_times_key(&options.environment, shard_set);
+        match read_flush_times(&kv, &flush_key).await {
+            Some(times) => {
+                persisted = times;
+                persisted_for = Some(shard_set);
+            }
+            None if persisted_for != Some(shard_set) => {
+                persisted = ShardSetFlushTimes::default();
+                persisted_for = Some(shard_set);
+            }
+            None => {}
+        }
         let Some(producer) = producer.get().filter(|p| !p.consumer_services().is_empty()) else {
             // No output topic or no consumer service yet: keep every window until there is
             // somewhere to send it (flushing now would drop the output and move the flush times
             // past it).
             let _ = status.send(FlushStatus {
                 election_state: state,
-                can_lead: false,
+                can_lead: state == ElectionState::Leader || aggregator.can_lead(&persisted),
             });
             if let Some(reply) = resign_reply {
                 let _ = reply.send(Err(anyhow::anyhow!("the output topic does not exist yet")));
@@ -535,8 +568,6 @@ async fn flush_loop(parts: FlushLoop) {
             }
             continue;
         };
-        let flush_key = keys::flush_times_key(&options.environment, shard_set);
-        let persisted = read_flush_times(&kv, &flush_key).await;
         let now = unix_nanos_now();
         if state == ElectionState::Leader {
             if !was_leader {
@@ -598,7 +629,9 @@ async fn flush_loop(parts: FlushLoop) {
                 *id == shard_set && *e.state().borrow() == ElectionState::Leader
             });
             if delivered && still_leader && !result.flush_times.by_shard.is_empty() {
-                let mut merged = read_flush_times(&kv, &flush_key).await;
+                let mut merged = read_flush_times(&kv, &flush_key)
+                    .await
+                    .unwrap_or_else(|| persisted.clone());
                 for (shard, times) in result.flush_times.by_shard {
                     merge_flush_times(merged.by_shard.entry(shard).or_default(), &times);
                 }
@@ -670,16 +703,17 @@ fn merge_flush_times(
     }
 }
 
-async fn read_flush_times(kv: &Arc<dyn KvStore>, key: &str) -> ShardSetFlushTimes {
+/// The persisted flush times of a shard set; `None` when the KV cannot be read.
+async fn read_flush_times(kv: &Arc<dyn KvStore>, key: &str) -> Option<ShardSetFlushTimes> {
     match kv.get(key).await {
-        Ok(Some(v)) => ShardSetFlushTimes::decode(v.value).unwrap_or_else(|e| {
+        Ok(Some(v)) => Some(ShardSetFlushTimes::decode(v.value).unwrap_or_else(|e| {
             tracing::error!(key, error = %e, "Flush times do not decode; treating as none.");
             ShardSetFlushTimes::default()
-        }),
-        Ok(None) => ShardSetFlushTimes::default(),
+        })),
+        Ok(None) => Some(ShardSetFlushTimes::default()),
         Err(e) => {
             tracing::warn!(key, error = %e, "Reading flush times failed.");
-            ShardSetFlushTimes::default()
+            None
         }
     }
 }

@@ -596,9 +596,9 @@ fn a_late_starting_follower_cannot_lead() {
     let early = Aggregator::new(AggregatorOptions::default(), Arc::new(|_: &[u8]| 5));
     early.set_shards(vec![ShardAssignment::unbounded(5)], T0);
     assert!(early.can_lead(&times));
-    // Timed windows need the future buffer too.
+    // Timed windows count the same way.
     let mut timed = m3_proto::flushpb::ShardFlushTimes::default();
-    timed.timed_by_resolution.insert(10 * S, T0 + 30 * S);
+    timed.timed_by_resolution.insert(10 * S, T0 - 10 * S);
     times.by_shard.insert(5, timed);
     assert!(!early.can_lead(&times));
 }

@@ -286,6 +286,27 @@ impl Cluster {
         );
     }
 
+    /// Starts aggregator `index` again after it exited (a crashed pod coming back): same host,
+    /// ports and config, a new process.
+    pub fn restart_aggregator(&mut self, index: usize, name: &str) {
+        let old = &self.aggregators[index];
+        let restarted = start_aggregator(
+            name,
+            &self.etcd,
+            old.host,
+            old.rawtcp.port(),
+            old.http.port(),
+        );
+        self.aggregators[index] = restarted;
+    }
+
+    /// Waits until aggregator `index` answers `/health`.
+    pub async fn wait_aggregator_healthy(&self, index: usize) {
+        let a = &self.aggregators[index];
+        self.wait_healthy(&format!("http://{}/health", a.http), &a.process)
+            .await;
+    }
+
     /// The stored points of the series matched by `selector` in the namespace picked by
     /// `headers`, from every coordinator: (labels, coordinator index) → points.
     pub async fn stored(
@@ -834,4 +855,262 @@ pub async fn wait_aggregated(
             cluster.logs()
         );
     }
+}
+
+/// Sum and Count of one 10s window as a [`SumWriter`] sent it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SumCount {
+    /// The sum of the values.
+    pub sum: f64,
+    /// How many values.
+    pub count: u64,
+}
+
+/// What a [`SumWriter`] sent: series → window end → sum and count.
+pub type SentWindows = BTreeMap<String, BTreeMap<i64, SumCount>>;
+
+/// A client that writes timed counters straight to every aggregator over rawtcp, as the
+/// coordinator's aggregator client does, with explicit metadata asking for **Sum and Count**
+/// per 10s window: values where a window missing some of its samples shows (unlike Last).
+///
+/// Every `every` it sends one sample (timestamp now, value 1, 2, 3…) per series to each
+/// aggregator it can reach, reconnecting to those that went away. A sample counts as sent when
+/// at least one aggregator took it; since every replica of the shard set gets every sample, a
+/// window is complete on a replica that was up all along.
+pub struct SumWriter {
+    sent: Arc<Mutex<SentWindows>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SumWriter {
+    /// Starts writing `series` series of metric `name` (label `series="c<i>"`) to `endpoints`.
+    pub fn start(
+        endpoints: Vec<SocketAddr>,
+        name: &str,
+        series: usize,
+        every: Duration,
+    ) -> SumWriter {
+        use m3_proto::metricpb::{
+            Metadata, MetricWithMetadatas, PipelineMetadata, StagedMetadata, StagedMetadatas,
+            TimedMetric, TimedMetricWithMetadatas,
+        };
+        use tokio::io::AsyncWriteExt;
+
+        let sent = Arc::new(Mutex::new(SentWindows::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let ids: Vec<(String, Vec<u8>)> = (0..series)
+            .map(|i| {
+                let label = format!("c{i}");
+                let mut id = Vec::new();
+                m3_metric::id::encode_tags(
+                    [
+                        ("__name__".as_bytes(), name.as_bytes()),
+                        ("series".as_bytes(), label.as_bytes()),
+                    ],
+                    &mut id,
+                )
+                .expect("tag-encoded ID");
+                (label, id)
+            })
+            .collect();
+        let policy: m3_metric::StoragePolicy = "10s:2d".parse().expect("storage policy");
+        let metadatas = StagedMetadatas {
+            metadatas: vec![StagedMetadata {
+                cutover_nanos: 0,
+                tombstoned: false,
+                metadata: Some(Metadata {
+                    pipelines: vec![PipelineMetadata {
+                        aggregation_id: Some(m3_proto::aggregationpb::AggregationId {
+                            id: m3_metric::AggregationId::from_types([
+                                m3_metric::AggregationType::Sum,
+                                m3_metric::AggregationType::Count,
+                            ])
+                            .0,
+                        }),
+                        storage_policies: vec![policy.to_proto()],
+                        ..PipelineMetadata::default()
+                    }],
+                }),
+            }],
+        };
+        let task_sent = Arc::clone(&sent);
+        let task_stop = Arc::clone(&stop);
+        let task = tokio::spawn(async move {
+            let mut connections: Vec<Option<tokio::net::TcpStream>> =
+                endpoints.iter().map(|_| None).collect();
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut n: u64 = 0;
+            while !task_stop.load(Ordering::SeqCst) {
+                tick.tick().await;
+                n += 1;
+                let t = now_ms();
+                let mut frames = bytes::BytesMut::new();
+                for (_, id) in &ids {
+                    let message = MetricWithMetadatas {
+                        r#type: 6, // TIMED_METRIC_WITH_METADATAS
+                        timed_metric_with_metadatas: Some(TimedMetricWithMetadatas {
+                            metric: Some(TimedMetric {
+                                r#type: 1, // COUNTER
+                                id: bytes::Bytes::from(id.clone()),
+                                time_nanos: t * 1_000_000,
+                                value: n as f64,
+                                annotation: bytes::Bytes::new(),
+                            }),
+                            metadatas: Some(metadatas.clone()),
+                        }),
+                        ..MetricWithMetadatas::default()
+                    };
+                    m3_proto::framing::put_rawtcp_frame(&message, &mut frames, 1 << 20)
+                        .expect("frame");
+                }
+                let mut delivered = 0;
+                for (endpoint, connection) in endpoints.iter().zip(connections.iter_mut()) {
+                    if connection.is_none() {
+                        *connection = tokio::time::timeout(
+                            Duration::from_millis(200),
+                            tokio::net::TcpStream::connect(endpoint),
+                        )
+                        .await
+                        .ok()
+                        .and_then(Result::ok);
+                    }
+                    let Some(stream) = connection.as_mut() else {
+                        continue;
+                    };
+                    match stream.write_all(&frames).await {
+                        Ok(()) => delivered += 1,
+                        Err(_) => *connection = None,
+                    }
+                }
+                if delivered > 0 {
+                    let mut sent = task_sent.lock().unwrap_or_else(|e| e.into_inner());
+                    for (label, _) in &ids {
+                        let window = sent
+                            .entry(label.clone())
+                            .or_default()
+                            .entry(window_end(t, RESOLUTION_MS))
+                            .or_default();
+                        window.sum += n as f64;
+                        window.count += 1;
+                    }
+                }
+            }
+        });
+        SumWriter { sent, stop, task }
+    }
+
+    /// A copy of what was sent.
+    pub fn sent(&self) -> SentWindows {
+        self.sent.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Stops writing; what was sent.
+    pub async fn stop(self) -> SentWindows {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.task.await;
+        std::mem::take(&mut *self.sent.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Window-by-window comparison of stored Sum and Count with what a [`SumWriter`] sent, for
+/// windows ending in `(from, to]`: every window counted as expected, stored, missing,
+/// differing, or stored more than once.
+#[derive(Debug, Default)]
+pub struct WindowReport {
+    /// Windows sent (per series and aggregation).
+    pub expected: usize,
+    /// Expected windows found with the right value.
+    pub stored: usize,
+    /// Expected windows not found.
+    pub missing: Vec<String>,
+    /// Windows found with another value (or found but never sent).
+    pub differing: Vec<String>,
+    /// Windows stored by more than one coordinator.
+    pub duplicated: usize,
+}
+
+impl WindowReport {
+    /// Whether every expected window is stored exactly, and nothing else is.
+    pub fn is_exact(&self) -> bool {
+        self.missing.is_empty() && self.differing.is_empty() && self.stored == self.expected
+    }
+}
+
+impl std::fmt::Display for WindowReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "expected {}, stored {}, missing {}, differing {}, stored more than once {}",
+            self.expected,
+            self.stored,
+            self.missing.len(),
+            self.differing.len(),
+            self.duplicated
+        )?;
+        for line in self.missing.iter().chain(&self.differing).take(40) {
+            write!(f, "\n  {line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Compares the Sum (`name:sum`) and Count (`name:count`) series stored in the 10s namespace with
+/// `sent`, for windows ending in `(from, to]`.
+pub async fn compare_sum_count(
+    cluster: &Cluster,
+    sent: &SentWindows,
+    name: &str,
+    from: i64,
+    to: i64,
+) -> WindowReport {
+    let mut report = WindowReport::default();
+    for (output, pick) in [
+        (
+            format!("{name}:sum"),
+            (|w: &SumCount| w.sum) as fn(&SumCount) -> f64,
+        ),
+        (format!("{name}:count"), |w: &SumCount| w.count as f64),
+    ] {
+        let stored = cluster.stored(&format!("{output}[15m]"), AGG_10S).await;
+        let mut got: BTreeMap<(String, i64), Vec<f64>> = BTreeMap::new();
+        for (labels, _, points) in stored {
+            let series = labels.get("series").cloned().unwrap_or_default();
+            for (t, v) in points {
+                if t > from && t <= to {
+                    got.entry((series.clone(), t)).or_default().push(v);
+                }
+            }
+        }
+        for (series, windows) in sent {
+            for (end, window) in windows.range(from + 1..=to) {
+                report.expected += 1;
+                let want = pick(window);
+                match got.remove(&(series.clone(), *end)) {
+                    None => report
+                        .missing
+                        .push(format!("{output}{{series={series}}} @{end}: want {want}")),
+                    Some(values) => {
+                        if values.len() > 1 {
+                            report.duplicated += 1;
+                        }
+                        if values.iter().all(|v| *v == want) {
+                            report.stored += 1;
+                        } else {
+                            report.differing.push(format!(
+                                "{output}{{series={series}}} @{end}: want {want}, got {values:?}"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        for ((series, end), values) in got {
+            report.differing.push(format!(
+                "{output}{{series={series}}} @{end}: never sent, got {values:?}"
+            ));
+        }
+    }
+    report
 }

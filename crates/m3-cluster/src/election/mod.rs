@@ -11,7 +11,7 @@
 //! just read, so two candidates can never both win the same version.
 //!
 //! - A candidate that finds the key absent, expired or resigned writes itself as leader with
-//!   `expires_at = now + ttl`.
+//!   `expires_at = now + ttl`, at once if it is first in the line of candidates (see below).
 //! - The leader renews every `ttl / 3`. When a renewal finds another version, someone else took
 //!   over and it steps down at once; when the backend fails it keeps trying and steps down by
 //!   itself once its own lease has run out.
@@ -24,6 +24,33 @@
 //!                       │ ttl/3 │       │
 //!   lease      [────────┼───────┼───────┼── ttl ──]
 //!   follower B  watch ..........................  expired → write B ── leader B
+//! ```
+//!
+//! # A restarted process is a new candidate
+//!
+//! The record carries the leader's *incarnation*, a number drawn anew by every
+//! [`LeaderElection`]. A process that crashes and restarts within the TTL finds a live record
+//! with its own instance ID but another incarnation: it treats it as another member's lease and
+//! waits for it to expire like everyone else. Taking the record back would be wrong: the new
+//! process holds none of the windows its previous life had open, while a follower holds them
+//! all.
+//!
+//! # Who takes a free lease: the line of candidates
+//!
+//! A member is *eligible* when it can lead without a gap: it holds every window the leader
+//! has not yet flushed (the aggregator's `canLead`, fed in through
+//! [`LeaderElection::with_eligibility`]). Every campaigning member keeps an entry in a line of
+//! candidates next to the election key, ordered eligible first, then longest standing first
+//! (see [`candidates`]). When the lease is free, the first in line takes it at once; any other
+//! member waits one more TTL and takes it only if nobody did. So a member never wins while one
+//! that can lead is alive, a restarted process queues behind the follower that kept running (as
+//! in M3's etcd election queue), and a shard set whose first in line is wedged still gets a
+//! leader:
+//!
+//! ```text
+//!   lease of B (crashed)  [──────── ttl ────────]
+//!   A (first in line)                            take ── leader A
+//!   B' (restarted, behind A)     wait .......................... (one ttl) sees A: follower
 //! ```
 //!
 //! Expiry compares wall-clock times written by different processes, so members' clocks must
@@ -50,6 +77,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::kv::{KvError, KvStore, KvWatch, Versioned};
+
+mod candidates;
 
 /// Where this member stands in the election.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -87,6 +116,10 @@ struct LeaseRecord {
     /// Wall-clock milliseconds since the Unix epoch at which the lease ends.
     #[prost(int64, tag = "2")]
     expires_at_ms: i64,
+    /// The leader's incarnation: drawn anew by each [`LeaderElection`], so a restarted process
+    /// does not mistake its previous life's lease for its own.
+    #[prost(uint64, tag = "3")]
+    incarnation: u64,
 }
 
 impl LeaseRecord {
@@ -97,6 +130,26 @@ impl LeaseRecord {
     fn is_live(&self, now_ms: i64) -> bool {
         !self.leader.is_empty() && self.expires_at_ms > now_ms
     }
+
+    fn is_held_by(&self, shared: &Shared) -> bool {
+        self.leader == shared.value && self.incarnation == shared.incarnation
+    }
+}
+
+/// A number that differs between two [`LeaderElection`]s, also across process restarts: the
+/// wall clock in nanoseconds mixed with the process ID and a per-process counter.
+fn new_incarnation() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mixed = nanos
+        ^ (u64::from(std::process::id()) << 32)
+        ^ COUNTER
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    mixed.max(1)
 }
 
 /// Wall clock in milliseconds, read as the wall time at creation plus monotonic time since.
@@ -142,10 +195,29 @@ struct Running {
 struct Shared {
     kv: Arc<dyn KvStore>,
     key: String,
+    /// `<key>/candidates`: the line of candidates (see [`candidates`]).
+    candidates_key: String,
     value: String,
+    incarnation: u64,
+    /// Wall-clock milliseconds since which this member stands.
+    since_ms: i64,
     ttl: Duration,
     clock: Clock,
     state: watch::Sender<ElectionState>,
+    /// Whether this member can lead without a gap (see the module doc).
+    eligible: watch::Receiver<bool>,
+    /// Until when this member holds back after resigning.
+    hold_off: watch::Sender<Option<Instant>>,
+}
+
+impl Shared {
+    fn is_held_off(&self) -> bool {
+        self.hold_off.borrow().is_some_and(|t| Instant::now() < t)
+    }
+
+    fn hold_off_for_ttl(&self) {
+        self.hold_off.send_replace(Some(Instant::now() + self.ttl));
+    }
 }
 
 /// One member's participation in one election. See the [module docs](self).
@@ -180,17 +252,45 @@ impl LeaderElection {
         ttl: Duration,
     ) -> Self {
         let (state, _) = watch::channel(ElectionState::Unknown);
+        // Always eligible unless told otherwise; the sender is dropped, so the value is final.
+        let (_, eligible) = watch::channel(true);
+        let key = election_key.into();
+        let clock = Clock::new();
         LeaderElection {
             shared: Arc::new(Shared {
                 kv,
-                key: election_key.into(),
+                candidates_key: format!("{key}/candidates"),
+                key,
                 value: candidate_value.into(),
+                incarnation: new_incarnation(),
+                since_ms: clock.now_ms(),
                 ttl: ttl.max(Duration::from_millis(3)),
-                clock: Clock::new(),
+                clock,
                 state,
+                eligible,
+                hold_off: watch::channel(None).0,
             }),
             running: Mutex::new(None),
         }
+    }
+
+    /// Makes taking a free lease depend on `eligible`: while it reads `false`, this member
+    /// waits one TTL after the lease became free before taking it (see the module doc). Default:
+    /// always eligible. Call before [`LeaderElection::campaign`].
+    ///
+    /// # Panics
+    /// When called after [`LeaderElection::campaign`] (the running campaign would not see it).
+    #[must_use]
+    pub fn with_eligibility(mut self, eligible: watch::Receiver<bool>) -> Self {
+        assert!(
+            self.running.get_mut().is_none(),
+            "with_eligibility must be called before campaign"
+        );
+        match Arc::get_mut(&mut self.shared) {
+            Some(shared) => shared.eligible = eligible,
+            None => unreachable!("the shared state has no other owner before campaign"),
+        }
+        self
     }
 
     /// The election key.
@@ -299,19 +399,20 @@ enum LeaderExit {
 
 async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>) {
     let retry = shared.ttl / 10;
-    let mut hold_off_until: Option<Instant> = None;
-    let Some(mut watch) = open_watch(&shared, &mut commands, &mut hold_off_until).await else {
+    let _heartbeat = AbortOnDrop(tokio::spawn(heartbeat(Arc::clone(&shared))));
+    let Some(mut watch) = open_watch(&shared, &shared.key, &mut commands).await else {
+        return;
+    };
+    let Some(mut candidates) = open_watch(&shared, &shared.candidates_key, &mut commands).await
+    else {
         return;
     };
     loop {
-        let expected = match follow(&shared, &mut watch, &mut commands, &mut hold_off_until).await {
-            Next::Stop => return,
+        let expected = match follow(&shared, &mut watch, &mut candidates, &mut commands).await {
+            Next::Stop => break,
             Next::Acquire(version) => version,
         };
-        let record = LeaseRecord {
-            leader: shared.value.clone(),
-            expires_at_ms: shared.clock.now_ms().saturating_add(ttl_ms(shared.ttl)),
-        };
+        let record = own_record(&shared);
         let lease_end = Instant::now() + shared.ttl;
         match shared
             .kv
@@ -322,11 +423,8 @@ async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>
                 shared.state.send_replace(ElectionState::Leader);
                 tracing::info!(key = %shared.key, value = %shared.value, "became leader");
                 match lead(&shared, &mut watch, &mut commands, version, lease_end).await {
-                    LeaderExit::Stop => return,
-                    LeaderExit::Resigned => {
-                        hold_off_until = Some(Instant::now() + shared.ttl);
-                    }
-                    LeaderExit::Lost => {}
+                    LeaderExit::Stop => break,
+                    LeaderExit::Resigned | LeaderExit::Lost => {}
                 }
             }
             Err(KvError::VersionMismatch { .. }) => {
@@ -340,18 +438,45 @@ async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>
                 tokio::select! {
                     () = tokio::time::sleep(retry) => {}
                     cmd = commands.recv() => match cmd {
-                        None => return,
-                        Some(Command::Stop(reply)) => {
-                            let _ = reply.send(());
-                            return;
-                        }
+                        None | Some(Command::Stop(_)) => break,
                         Some(Command::Resign(reply)) => {
-                            hold_off_until = Some(Instant::now() + shared.ttl);
+                            shared.hold_off_for_ttl();
                             let _ = reply.send(Ok(()));
                         }
                     },
                 }
             }
+        }
+    }
+    // Leave the line of candidates; with the store down the entry lapses after a TTL.
+    let _ = tokio::time::timeout(shared.ttl, candidates::deregister(&shared)).await;
+}
+
+/// Aborts a task when dropped, so the heartbeat ends with the campaign however it ends.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Keeps this member's entry in the line of candidates current: every `ttl / 3`, and at once
+/// when its eligibility or its hold-off changes.
+async fn heartbeat(shared: Arc<Shared>) {
+    let mut eligible = shared.eligible.clone();
+    let mut hold_off = shared.hold_off.subscribe();
+    loop {
+        let now_eligible = *eligible.borrow_and_update();
+        if let Err(err) = candidates::register(&shared, now_eligible).await {
+            tracing::debug!(key = %shared.candidates_key, error = %err, "candidate entry not renewed");
+        }
+        let hold_off_end = hold_off.borrow_and_update().filter(|t| *t > Instant::now());
+        tokio::select! {
+            () = tokio::time::sleep(shared.ttl / 3) => {}
+            Ok(()) = eligible.changed() => {}
+            Ok(()) = hold_off.changed() => {}
+            () = sleep_until_opt(hold_off_end) => {}
         }
     }
 }
@@ -360,17 +485,27 @@ fn ttl_ms(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Opens the KV watch, retrying while the store fails. `None` when asked to stop meanwhile.
+/// The record this member writes as leader: held until now + ttl.
+fn own_record(shared: &Shared) -> LeaseRecord {
+    LeaseRecord {
+        leader: shared.value.clone(),
+        expires_at_ms: shared.clock.now_ms().saturating_add(ttl_ms(shared.ttl)),
+        incarnation: shared.incarnation,
+    }
+}
+
+/// Opens a KV watch on `key`, retrying while the store fails. `None` when asked to stop
+/// meanwhile.
 async fn open_watch(
     shared: &Shared,
+    key: &str,
     commands: &mut mpsc::UnboundedReceiver<Command>,
-    hold_off_until: &mut Option<Instant>,
 ) -> Option<KvWatch> {
     loop {
-        match shared.kv.watch(&shared.key).await {
+        match shared.kv.watch(key).await {
             Ok(w) => return Some(w),
             Err(err) => {
-                tracing::warn!(key = %shared.key, error = %err, "cannot watch election key; retrying");
+                tracing::warn!(key, error = %err, "cannot watch election key; retrying");
                 shared.state.send_replace(ElectionState::Unknown);
             }
         }
@@ -379,7 +514,7 @@ async fn open_watch(
             cmd = commands.recv() => match cmd {
                 None | Some(Command::Stop(_)) => return None,
                 Some(Command::Resign(reply)) => {
-                    *hold_off_until = Some(Instant::now() + shared.ttl);
+                    shared.hold_off_for_ttl();
                     let _ = reply.send(Ok(()));
                 }
             },
@@ -391,55 +526,95 @@ async fn open_watch(
 async fn follow(
     shared: &Shared,
     watch: &mut KvWatch,
+    candidates: &mut KvWatch,
     commands: &mut mpsc::UnboundedReceiver<Command>,
-    hold_off_until: &mut Option<Instant>,
 ) -> Next {
+    let mut eligible = shared.eligible.clone();
+    let mut hold_off = shared.hold_off.subscribe();
+    // When the lease was first seen free (absent, expired or resigned): a member that is not
+    // first in line takes it one TTL later if nobody did.
+    let mut free_since: Option<Instant> = None;
     loop {
         let current: Option<Versioned> = watch.borrow_and_update().clone();
         let now_ms = shared.clock.now_ms();
-        let (version, live) = match &current {
-            None => (0, None),
-            Some(v) => (
-                v.version,
-                LeaseRecord::decode_lenient(&v.value).filter(|r| r.is_live(now_ms)),
-            ),
-        };
-        let held_off = hold_off_until.is_some_and(|t| Instant::now() < t);
-        let wake_at = match &live {
-            Some(record) if record.leader != shared.value => {
-                shared.state.send_replace(ElectionState::Follower);
-                Some(shared.clock.instant_of(record.expires_at_ms))
+        let record = current
+            .as_ref()
+            .and_then(|v| LeaseRecord::decode_lenient(&v.value));
+        let version = current.as_ref().map_or(0, |v| v.version);
+        let held_off_until = *hold_off.borrow_and_update();
+        let held_off = held_off_until.is_some_and(|t| Instant::now() < t);
+        let live = record.as_ref().filter(|r| r.is_live(now_ms));
+        let wake_at = match live {
+            // Our own live record (this campaign, e.g. after the watch reopened): renew it.
+            Some(r) if r.is_held_by(shared) && !held_off => return Next::Acquire(version),
+            Some(r) => {
+                free_since = None;
+                if !r.is_held_by(shared) || *shared.state.borrow() == ElectionState::Leader {
+                    shared.state.send_replace(ElectionState::Follower);
+                }
+                Some(shared.clock.instant_of(r.expires_at_ms))
             }
-            // Our own live record (a restarted campaign): take it back by renewing it.
-            Some(_) if !held_off => return Next::Acquire(version),
-            None if !held_off => return Next::Acquire(version),
-            _ => {
+            None => {
+                // A lease that ran out became free when it expired (its holder is gone);
+                // a resigned or absent one now.
+                let lapsed = record
+                    .as_ref()
+                    .filter(|r| !r.leader.is_empty())
+                    .map(|r| (r.leader.as_str(), r.incarnation));
+                let since = *free_since.get_or_insert_with(|| match &record {
+                    Some(r) if !r.leader.is_empty() => shared.clock.instant_of(r.expires_at_ms),
+                    _ => Instant::now(),
+                });
+                let grace_end = since + shared.ttl;
+                let first = candidates::first_in_line(
+                    shared,
+                    candidates
+                        .borrow_and_update()
+                        .as_ref()
+                        .map(|v| v.value.as_ref()),
+                    *eligible.borrow_and_update(),
+                    lapsed,
+                );
+                let may_take = first || Instant::now() >= grace_end;
+                if may_take && !held_off {
+                    return Next::Acquire(version);
+                }
                 if *shared.state.borrow() == ElectionState::Leader {
                     shared.state.send_replace(ElectionState::Follower);
                 }
-                None
+                (!may_take).then_some(grace_end)
             }
         };
-        let wake_at = match (wake_at, *hold_off_until) {
-            (Some(a), Some(b)) if held_off => Some(a.max(b)),
-            (None, Some(b)) if held_off => Some(b),
-            (a, _) => a,
+        let wake_at = match (wake_at, held_off_until.filter(|_| held_off)) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (None, b) => b,
+            (a, None) => a,
         };
         tokio::select! {
             changed = watch.changed() => {
                 if changed.is_err() {
                     // The backend closed the watch: open a new one.
-                    match open_watch(shared, commands, hold_off_until).await {
+                    match open_watch(shared, &shared.key, commands).await {
                         Some(w) => *watch = w,
                         None => return Next::Stop,
                     }
                 }
             }
+            changed = candidates.changed() => {
+                if changed.is_err() {
+                    match open_watch(shared, &shared.candidates_key, commands).await {
+                        Some(w) => *candidates = w,
+                        None => return Next::Stop,
+                    }
+                }
+            }
+            // A closed sender means the eligibility is final: nothing more to wait for.
+            Ok(()) = eligible.changed() => {}
             () = sleep_until_opt(wake_at) => {}
             cmd = commands.recv() => match cmd {
                 None | Some(Command::Stop(_)) => return Next::Stop,
                 Some(Command::Resign(reply)) => {
-                    *hold_off_until = Some(Instant::now() + shared.ttl);
+                    shared.hold_off_for_ttl();
                     let _ = reply.send(Ok(()));
                 }
             },
@@ -468,10 +643,7 @@ async fn lead(
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(next_renewal) => {
-                let record = LeaseRecord {
-                    leader: shared.value.clone(),
-                    expires_at_ms: shared.clock.now_ms().saturating_add(ttl_ms(shared.ttl)),
-                };
+                let record = own_record(shared);
                 let attempt_end = Instant::now() + shared.ttl;
                 match shared
                     .kv
@@ -516,6 +688,11 @@ async fn lead(
                     return LeaderExit::Stop;
                 }
                 Some(Command::Resign(reply)) => {
+                    // Step out of the line first, so the next in line sees the lease free and
+                    // itself first at once.
+                    shared.hold_off_for_ttl();
+                    let eligible = *shared.eligible.borrow();
+                    let _ = candidates::register(shared, eligible).await;
                     let result = give_up(shared, version).await;
                     shared.state.send_replace(ElectionState::Follower);
                     tracing::info!(key = %shared.key, value = %shared.value, "resigned leadership");
@@ -536,10 +713,7 @@ fn step_down(shared: &Shared, why: &str) -> LeaderExit {
 /// Marks our lease expired so followers take over at once. A version mismatch means we were no
 /// longer leader, which is the outcome wanted.
 async fn give_up(shared: &Shared, version: i64) -> Result<(), ElectionError> {
-    let expired = LeaseRecord {
-        leader: String::new(),
-        expires_at_ms: 0,
-    };
+    let expired = LeaseRecord::default();
     match shared
         .kv
         .check_and_set(&shared.key, version, Bytes::from(expired.encode_to_vec()))
@@ -654,6 +828,7 @@ mod tests {
         let intruder = LeaseRecord {
             leader: "intruder".into(),
             expires_at_ms: i64::MAX,
+            incarnation: 7,
         };
         kv.set(KEY, Bytes::from(intruder.encode_to_vec()))
             .await
@@ -691,6 +866,163 @@ mod tests {
         .await
         .expect("hand-over on close is immediate")
         .unwrap();
+    }
+
+    /// Regression (issue 6): a leader that crashed and restarted within the TTL used to renew
+    /// "its own" record and lead again at once, holding none of the open windows.
+    #[tokio::test(start_paused = true)]
+    async fn a_restarted_process_does_not_take_back_its_previous_lease() {
+        let kv = Arc::new(MemoryKv::new());
+        let first_life = LeaderElection::new(kv.clone(), KEY, "agg0", TTL);
+        first_life
+            .campaign()
+            .wait_for(|s| *s == ElectionState::Leader)
+            .await
+            .unwrap();
+        let other = LeaderElection::new(kv.clone(), KEY, "agg1", TTL);
+        other.campaign();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(first_life); // crash: no resignation, the lease stays until it expires
+        let crashed_at = Instant::now();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        let (eligible_tx, eligible) = watch::channel(false);
+        let second_life =
+            LeaderElection::new(kv.clone(), KEY, "agg0", TTL).with_eligibility(eligible);
+        let mut second = second_life.campaign();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            *second.borrow_and_update(),
+            ElectionState::Follower,
+            "the old lease is another member's"
+        );
+        let mut rx = other.state();
+        rx.wait_for(|s| *s == ElectionState::Leader).await.unwrap();
+        assert!(crashed_at.elapsed() >= TTL - Duration::from_secs(1));
+        // Not eligible, and an eligible member leads: never wins, over many TTLs.
+        tokio::time::sleep(TTL * 4).await;
+        assert_eq!(*second.borrow(), ElectionState::Follower);
+        assert_eq!(*other.state().borrow(), ElectionState::Leader);
+        // Once it can lead and the leader resigns, it takes over at once.
+        eligible_tx.send_replace(true);
+        other.resign().await.unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            second.wait_for(|s| *s == ElectionState::Leader),
+        )
+        .await
+        .expect("an eligible member takes a resigned lease at once")
+        .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_eligible_member_takes_a_lapsed_lease_before_an_older_one_that_is_not() {
+        let kv = Arc::new(MemoryKv::new());
+        let crashed = LeaderElection::new(kv.clone(), KEY, "agg9", TTL);
+        crashed
+            .campaign()
+            .wait_for(|s| *s == ElectionState::Leader)
+            .await
+            .unwrap();
+        let (_keep, not_eligible) = watch::channel(false);
+        let lacking =
+            LeaderElection::new(kv.clone(), KEY, "agg0", TTL).with_eligibility(not_eligible);
+        lacking.campaign();
+        // Candidates are ordered by wall-clock start, which paused time does not move.
+        std::thread::sleep(Duration::from_millis(5));
+        let complete = LeaderElection::new(kv.clone(), KEY, "agg1", TTL);
+        let mut rx = complete.campaign();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(crashed);
+        rx.wait_for(|s| *s == ElectionState::Leader).await.unwrap();
+        tokio::time::sleep(TTL * 3).await;
+        assert_eq!(*lacking.state().borrow(), ElectionState::Follower);
+        assert_eq!(*complete.state().borrow(), ElectionState::Leader);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_nobody_eligible_the_longest_standing_candidate_leads() {
+        let kv = Arc::new(MemoryKv::new());
+        let crashed = LeaderElection::new(kv.clone(), KEY, "agg9", TTL);
+        crashed
+            .campaign()
+            .wait_for(|s| *s == ElectionState::Leader)
+            .await
+            .unwrap();
+        let (_keep, not_eligible) = watch::channel(false);
+        let older = LeaderElection::new(kv.clone(), KEY, "agg1", TTL)
+            .with_eligibility(not_eligible.clone());
+        older.campaign();
+        // Candidates are ordered by wall-clock start, which paused time does not move.
+        std::thread::sleep(Duration::from_millis(5));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let younger =
+            LeaderElection::new(kv.clone(), KEY, "agg0", TTL).with_eligibility(not_eligible);
+        younger.campaign();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(crashed);
+        let mut rx = older.state();
+        rx.wait_for(|s| *s == ElectionState::Leader).await.unwrap();
+        tokio::time::sleep(TTL * 3).await;
+        assert_eq!(*younger.state().borrow(), ElectionState::Follower);
+    }
+
+    /// A member first in line that does not take the lease (wedged) holds the others up for one
+    /// TTL only.
+    #[tokio::test(start_paused = true)]
+    async fn a_candidate_that_is_not_first_in_line_leads_one_ttl_after_the_lease_is_free() {
+        let kv = Arc::new(MemoryKv::new());
+        let wedged = candidates::CandidateList {
+            candidates: vec![candidates::CandidateRecord {
+                value: "wedged".into(),
+                incarnation: 1,
+                since_ms: 0,
+                eligible: true,
+                expires_at_ms: i64::MAX,
+                withdrawn: false,
+            }],
+        };
+        kv.set(
+            &format!("{KEY}/candidates"),
+            Bytes::from(wedged.encode_to_vec()),
+        )
+        .await
+        .unwrap();
+        let (_keep, not_eligible) = watch::channel(false);
+        let member =
+            LeaderElection::new(kv.clone(), KEY, "agg0", TTL).with_eligibility(not_eligible);
+        let started = Instant::now();
+        let mut rx = member.campaign();
+        tokio::time::sleep(TTL / 2).await;
+        assert_ne!(*rx.borrow_and_update(), ElectionState::Leader, "too early");
+        rx.wait_for(|s| *s == ElectionState::Leader).await.unwrap();
+        let waited = started.elapsed();
+        assert!(
+            waited >= TTL && waited <= TTL + Duration::from_secs(1),
+            "took {waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_campaign_leaves_the_line_of_candidates() {
+        let kv = Arc::new(MemoryKv::new());
+        let member = LeaderElection::new(kv.clone(), KEY, "agg0", TTL);
+        member
+            .campaign()
+            .wait_for(|s| *s == ElectionState::Leader)
+            .await
+            .unwrap();
+        let listed = || async {
+            let stored = kv.get(&format!("{KEY}/candidates")).await.unwrap();
+            stored
+                .map(|v| candidates::CandidateList::decode(v.value.as_ref()).unwrap())
+                .unwrap_or_default()
+                .candidates
+                .len()
+        };
+        assert_eq!(listed().await, 1);
+        member.close().await;
+        assert_eq!(listed().await, 0);
     }
 
     /// A store whose writes always fail, as etcd does while it is down.
