@@ -86,6 +86,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::limits::PlacementLimits;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -130,6 +131,8 @@ pub struct AdminState {
     /// of it, and a change is refused until the previous one's leaving shards are one window
     /// past their cutoff.
     pub max_aggregation_window: Duration,
+    /// Bounds on shard counts, instance counts and ID lengths (`limits.placement`).
+    pub limits: PlacementLimits,
 }
 
 impl AdminState {
@@ -138,6 +141,7 @@ impl AdminState {
         AdminState {
             kv,
             max_aggregation_window: DEFAULT_MAX_AGGREGATION_WINDOW,
+            limits: PlacementLimits::default(),
         }
     }
 
@@ -355,9 +359,35 @@ fn header_or(headers: &HeaderMap, name: &str, default: &str) -> Result<String, A
                 AdminError::BadRequest(format!("header {name} is not visible ASCII text"))
             })?;
             let v = v.trim();
+            check_length(&format!("header {name}"), v, MAX_HEADER_LENGTH)?;
             Ok(if v.is_empty() { default } else { v }.to_owned())
         }
     }
+}
+
+/// Longest environment, zone or topic name accepted in a header.
+const MAX_HEADER_LENGTH: usize = 256;
+
+/// Refuses `value` longer than `max` bytes, naming `field`.
+fn check_length(field: &str, value: &str, max: usize) -> Result<(), AdminError> {
+    if value.len() > max {
+        return Err(AdminError::BadRequest(format!(
+            "{field} is {} bytes long; at most {max} are accepted (limits.placement.maxIdLength)",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a shard count over `limits.placement.maxShards`.
+fn check_shards(field: &str, shards: u32, limits: &PlacementLimits) -> Result<(), AdminError> {
+    if shards > limits.max_shards {
+        return Err(AdminError::BadRequest(format!(
+            "{field} {shards} is more than the {} shards accepted (limits.placement.maxShards)",
+            limits.max_shards
+        )));
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -438,11 +468,35 @@ impl Target {
             })
     }
 
-    fn instances(&self, requested: Vec<InstanceRequest>) -> Vec<Instance> {
-        requested
+    /// The requested instances, after checking their number and the length of their IDs
+    /// against `limits`.
+    fn instances(
+        &self,
+        requested: Vec<InstanceRequest>,
+        limits: &PlacementLimits,
+    ) -> Result<Vec<Instance>, AdminError> {
+        if requested.len() > limits.max_instances {
+            return Err(AdminError::BadRequest(format!(
+                "{} instances requested; at most {} are accepted (limits.placement.maxInstances)",
+                requested.len(),
+                limits.max_instances
+            )));
+        }
+        for i in &requested {
+            for (field, value) in [
+                ("instance id", &i.id),
+                ("isolation_group", &i.isolation_group),
+                ("zone", &i.zone),
+                ("endpoint", &i.endpoint),
+                ("hostname", &i.hostname),
+            ] {
+                check_length(field, value, limits.max_id_length)?;
+            }
+        }
+        Ok(requested
             .into_iter()
             .map(|i| i.into_instance(&self.zone))
-            .collect()
+            .collect())
     }
 
     fn check_override(&self, o: Option<&OptionsRequest>) -> Result<(), AdminError> {
@@ -482,6 +536,7 @@ async fn placement_init(
     reject_unsupported_headers(&headers)?;
     let req: PlacementInitRequest = parse(&body, "placement init request")?;
     target.check_override(req.option_override.as_ref())?;
+    check_shards("num_shards", req.num_shards, &state.limits)?;
     if target.kind.is_sharded() {
         if req.num_shards == 0 {
             return Err(AdminError::BadRequest(format!(
@@ -496,17 +551,25 @@ async fn placement_init(
             )));
         }
     }
-    let instances = target.instances(req.instances);
+    let instances = target.instances(req.instances, &state.limits)?;
+    // An existing placement answers 409 before any work is done.
+    if target.store.get().await?.is_some() {
+        return Err(AdminError::PlacementStore(
+            PlacementStoreError::AlreadyExists {
+                key: target.store.key().to_owned(),
+            },
+        ));
+    }
     // Cutover 0: the initial shards have no previous owner to hand over from (module docs).
-    let placement = match target.kind {
-        Kind::Mirrored => {
-            placement::build_mirrored(instances, req.num_shards, req.replication_factor, 0)?
-        }
-        Kind::Sharded => {
-            placement::build_sharded(instances, req.num_shards, req.replication_factor, 0)?
-        }
-        Kind::NonSharded => placement::build_non_sharded(instances)?,
-    };
+    // Building assigns every shard: CPU work, off the async runtime.
+    let (kind, num_shards, rf) = (target.kind, req.num_shards, req.replication_factor);
+    let placement = tokio::task::spawn_blocking(move || match kind {
+        Kind::Mirrored => placement::build_mirrored(instances, num_shards, rf, 0),
+        Kind::Sharded => placement::build_sharded(instances, num_shards, rf, 0),
+        Kind::NonSharded => placement::build_non_sharded(instances),
+    })
+    .await
+    .map_err(|e| AdminError::BadRequest(format!("building the placement failed: {e}")))??;
     let version = target.store.init(&placement).await?;
     tracing::info!(service = %target.service, environment = %target.environment,
         instances = placement.instances.len(), num_shards = placement.num_shards,
@@ -558,7 +621,7 @@ async fn placement_add(
     let req: PlacementAddRequest = parse(&body, "placement add request")?;
     reject_force(req.force)?;
     target.check_override(req.option_override.as_ref())?;
-    let instances = target.instances(req.instances);
+    let instances = target.instances(req.instances, &state.limits)?;
     let current = target.current().await?;
     let next = current.value.add_instances(instances, &state.timing())?;
     target.update(next, current.version).await
@@ -608,7 +671,7 @@ async fn placement_replace(
             "candidates is empty; give at least one instance per leaving instance".into(),
         ));
     }
-    let candidates = target.instances(req.candidates);
+    let candidates = target.instances(req.candidates, &state.limits)?;
     let current = target.current().await?;
     let next =
         current
@@ -649,6 +712,7 @@ async fn topic_init(
 ) -> Result<Response, AdminError> {
     let (store, name) = topic_scope(&state, &headers)?;
     let req: TopicInitRequest = parse(&body, "topic init request")?;
+    check_shards("numberOfShards", req.number_of_shards, &state.limits)?;
     let created = store.init(&name, req.number_of_shards).await?;
     tracing::info!(topic = %name, shards = req.number_of_shards, "topic created");
     Ok(topic_response(&created))
@@ -1439,6 +1503,7 @@ mod tests {
             let state = AdminState {
                 kv: kv.clone(),
                 max_aggregation_window,
+                limits: PlacementLimits::default(),
             };
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();

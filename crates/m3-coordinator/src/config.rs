@@ -47,6 +47,9 @@ pub struct CoordinatorConfig {
     /// `bufferDurationForFutureTimedMetric`.
     #[serde(default)]
     pub write_buffers: WriteBuffersConfig,
+    /// Bounds on what one client may make the coordinator hold (see [`crate::limits`]).
+    #[serde(default)]
+    pub limits: crate::limits::LimitsConfig,
 }
 
 /// `clusterManagement:`.

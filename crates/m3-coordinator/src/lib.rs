@@ -5,6 +5,7 @@ pub mod aggregator_client;
 pub mod config;
 pub mod downsample;
 pub mod ingest;
+pub mod limits;
 pub mod metrics;
 pub mod query_api;
 pub mod remote_write;

@@ -33,6 +33,8 @@ pub enum DropReason {
     too_large,
     /// The raw-sample store write failed.
     storage_error,
+    /// The timestamp is outside what nanoseconds since the epoch can hold (years 1678–2262).
+    invalid_timestamp,
 }
 
 /// Label set for drops.
@@ -40,6 +42,25 @@ pub enum DropReason {
 pub struct DropLabels {
     /// Why.
     pub reason: DropReason,
+}
+
+/// Why a remote-write request was refused whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RefusedReason {
+    /// Over a `limits.remoteWrite` bound (413).
+    too_large,
+    /// A Content-Type this receiver does not speak, e.g. remote write 2.0 (415).
+    unsupported_media_type,
+    /// The body did not arrive within `limits.remoteWrite.bodyTimeout` (408).
+    body_timeout,
+}
+
+/// Label set for refused requests.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// Why.
+    pub reason: RefusedReason,
 }
 
 /// Why an aggregated metric from the aggregators was not stored.
@@ -73,6 +94,11 @@ pub struct CoordinatorMetrics {
     pub write_requests_invalid: Counter,
     /// Remote-write requests answered 429 (too many in flight).
     pub write_requests_throttled: Counter,
+    /// Remote-write requests refused whole: 413 (over a `limits.remoteWrite` bound), 415
+    /// (remote write 2.0), 408 (the body did not arrive in time).
+    pub write_requests_refused: Family<RefusedLabels, Counter>,
+    /// HTTP connections refused over `limits.http.maxConnections`.
+    pub http_connections_refused: Counter,
     /// Samples received by remote write.
     pub samples_received: Counter,
     /// Raw samples written to the unaggregated namespace.
@@ -99,6 +125,13 @@ impl CoordinatorMetrics {
         }
     }
 
+    /// Counts a request refused whole.
+    pub fn refuse_request(&self, reason: RefusedReason) {
+        self.write_requests_refused
+            .get_or_create(&RefusedLabels { reason })
+            .inc();
+    }
+
     /// Counts an ingest error.
     pub fn ingest_error(&self, reason: IngestErrorReason) {
         self.ingest_errors
@@ -118,6 +151,21 @@ impl CoordinatorMetrics {
             "write_requests_invalid",
             "Remote-write requests answered 400",
             self.write_requests_invalid.clone(),
+        );
+        r.register(
+            "http_connections_refused",
+            "HTTP connections refused over limits.http.maxConnections (answered 503)",
+            self.http_connections_refused.clone(),
+        );
+        r.register(
+            "write_requests_throttled",
+            "Remote-write requests answered 429 (too many in flight)",
+            self.write_requests_throttled.clone(),
+        );
+        r.register(
+            "write_requests_refused",
+            "Remote-write requests refused whole (413 too large, 415 unsupported, 408 body timeout)",
+            self.write_requests_refused.clone(),
         );
         r.register(
             "samples_received",

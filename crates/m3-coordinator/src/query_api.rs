@@ -60,9 +60,10 @@ use axum::{Json, Router};
 use serde::Serialize;
 
 use m3_metric::StoragePolicy;
-use m3_storage::{Labels, Matcher, QueryResult, Store};
+use m3_storage::{Labels, Matcher, QueryEngine, QueryResult, Store};
 
 use crate::config::ValidNamespace;
+use crate::limits::QueryLimits;
 
 /// Header choosing between raw (`unaggregated`) and downsampled (`aggregated`) data.
 pub const METRICS_TYPE_HEADER: &str = "M3-Metrics-Type";
@@ -93,6 +94,38 @@ pub struct QueryState {
     pub store: Store,
     /// The configured namespaces; the headers pick one of them per request.
     pub namespaces: Vec<ValidNamespace>,
+    /// Samples per query, timeout and concurrency (`limits.query`).
+    pub limits: QueryLimits,
+    /// Queries evaluated at once; the others wait in line within their timeout.
+    pub slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl QueryState {
+    /// A state over `store` and `namespaces` within `limits`.
+    pub fn new(store: Store, namespaces: Vec<ValidNamespace>, limits: QueryLimits) -> QueryState {
+        QueryState {
+            store,
+            namespaces,
+            slots: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrency.max(1))),
+            limits,
+        }
+    }
+
+    /// Waits for an evaluation slot, within the query's deadline, and the engine to evaluate
+    /// with.
+    async fn engine(&self) -> Result<(tokio::sync::OwnedSemaphorePermit, QueryEngine), ApiError> {
+        let deadline = std::time::Instant::now() + self.limits.timeout;
+        let permit =
+            tokio::time::timeout(self.limits.timeout, Arc::clone(&self.slots).acquire_owned())
+                .await
+                .map_err(|_| ApiError::Storage(m3_storage::Error::Timeout))?
+                .map_err(|_| ApiError::Internal("the query API is shutting down".into()))?;
+        let engine = QueryEngine::new(self.store.clone()).with_limits(m3_storage::QueryLimits {
+            max_samples: self.limits.max_samples,
+            deadline: Some(deadline),
+        });
+        Ok((permit, engine))
+    }
 }
 
 /// The query API's routes (see the [module docs](self)), ready to be merged into the
@@ -134,8 +167,13 @@ async fn instant_query(
         Some(text) => parse_time("time", text)?,
         None => now_ms(),
     };
-    let store = state.store.clone();
-    let result = blocking(move || store.instant_query(&namespace, &query, time)).await?;
+    let (permit, engine) = state.engine().await?;
+    let result = blocking(move || {
+        let result = engine.instant_query(&namespace, &query, time);
+        drop(permit);
+        result
+    })
+    .await?;
     Ok(success(result))
 }
 
@@ -149,8 +187,13 @@ async fn range_query(
     let start = parse_time("start", params.first("start").unwrap_or_default())?;
     let end = parse_time("end", params.first("end").unwrap_or_default())?;
     let step = parse_duration_ms("step", params.first("step").unwrap_or_default())?;
-    let store = state.store.clone();
-    let result = blocking(move || store.range_query(&namespace, &query, start, end, step)).await?;
+    let (permit, engine) = state.engine().await?;
+    let result = blocking(move || {
+        let result = engine.range_query(&namespace, &query, start, end, step);
+        drop(permit);
+        result
+    })
+    .await?;
     Ok(success(result))
 }
 
@@ -261,6 +304,12 @@ impl ApiError {
         match self {
             ApiError::BadData(_) => BAD_DATA,
             ApiError::Storage(e) if e.is_bad_input() => BAD_DATA,
+            ApiError::Storage(m3_storage::Error::TooManySamples { .. }) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "execution")
+            }
+            ApiError::Storage(m3_storage::Error::Timeout) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "timeout")
+            }
             ApiError::Storage(_) | ApiError::Internal(_) => INTERNAL,
         }
     }
@@ -681,14 +730,15 @@ mod tests {
         store
             .write_series("agg_1m", &cpu, &[(1_020_000, 600.0)])
             .unwrap();
-        QueryState {
+        QueryState::new(
             store,
-            namespaces: vec![
+            vec![
                 valid("default", None),
                 valid("agg_10s", Some("10s:2d")),
                 valid("agg_1m", Some("1m:40d")),
             ],
-        }
+            QueryLimits::default(),
+        )
     }
 
     /// The router served on a free local port.

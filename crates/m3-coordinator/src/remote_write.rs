@@ -11,12 +11,55 @@
 //! values, names matching the Prometheus character sets, valid UTF-8. A series that breaks a rule
 //! is reported in [`DecodedRequest::invalid`] with the reason; the other series stay usable, so
 //! the caller can keep the good ones and still answer 400.
+//!
+//! # Bounds
+//!
+//! A hostile body cannot make the decoder allocate more than its [`DecodeLimits`] allow: the
+//! decompressed size is read from the snappy header before decompressing, and samples, series
+//! and labels are counted as they are parsed, so decoding stops with [`DecodeError::TooMany`]
+//! before an array grows past its limit. (An empty sample is 2 bytes on the wire and 16 in
+//! memory: without a count limit, 32 MiB of them decode to 256 MiB.) Label counts and lengths
+//! per series are checked like the other label rules: the series is invalid, the rest stay.
 
 use std::fmt;
 use std::ops::Range;
 
 /// The largest decompressed body accepted (Prometheus's own receiver uses 32 MiB too).
 pub const DEFAULT_MAX_DECOMPRESSED_SIZE: usize = 32 * 1024 * 1024;
+
+/// What one request may decode to. The defaults are the coordinator's
+/// (`limits.remoteWrite`, see `crate::limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Decompressed bytes.
+    pub max_decompressed_size: usize,
+    /// Samples of all series.
+    pub max_samples: usize,
+    /// Series.
+    pub max_series: usize,
+    /// Labels of all series.
+    pub max_labels: usize,
+    /// Labels of one series.
+    pub label_limit: usize,
+    /// Bytes of one label name.
+    pub label_name_length_limit: usize,
+    /// Bytes of one label value.
+    pub label_value_length_limit: usize,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits {
+            max_decompressed_size: DEFAULT_MAX_DECOMPRESSED_SIZE,
+            max_samples: 100_000,
+            max_series: 100_000,
+            max_labels: 1_000_000,
+            label_limit: 128,
+            label_name_length_limit: 1024,
+            label_value_length_limit: 16 * 1024,
+        }
+    }
+}
 
 /// Why a request body could not be decoded at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,6 +78,24 @@ pub enum DecodeError {
     /// The body is not a valid `WriteRequest`.
     #[error("body is not a valid prometheus.WriteRequest protobuf: {0}")]
     Protobuf(&'static str),
+    /// The request holds more samples, series or labels than one request may.
+    #[error("request has more than {max} {what}; split it into smaller requests")]
+    TooMany {
+        /// `samples`, `series` or `labels`.
+        what: &'static str,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl DecodeError {
+    /// Whether the body is too large rather than malformed (HTTP 413 rather than 400).
+    pub fn is_too_large(&self) -> bool {
+        matches!(
+            self,
+            DecodeError::TooLarge { .. } | DecodeError::TooMany { .. }
+        )
+    }
 }
 
 /// Why one series was rejected.
@@ -56,10 +117,43 @@ pub enum InvalidSeries {
     InvalidUtf8,
     /// A series with no labels at all.
     NoLabels,
+    /// More labels than `label_limit`.
+    TooManyLabels {
+        /// The limit.
+        limit: u32,
+    },
+    /// A label name longer than `label_name_length_limit` bytes.
+    LabelNameTooLong {
+        /// The limit.
+        limit: u32,
+    },
+    /// A label value longer than `label_value_length_limit` bytes.
+    LabelValueTooLong {
+        /// The limit.
+        limit: u32,
+    },
 }
 
 impl fmt::Display for InvalidSeries {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InvalidSeries::TooManyLabels { limit } => {
+                return write!(f, "more than {limit} labels (label_limit)");
+            }
+            InvalidSeries::LabelNameTooLong { limit } => {
+                return write!(
+                    f,
+                    "label name longer than {limit} bytes (label_name_length_limit)"
+                );
+            }
+            InvalidSeries::LabelValueTooLong { limit } => {
+                return write!(
+                    f,
+                    "label value longer than {limit} bytes (label_value_length_limit)"
+                );
+            }
+            _ => {}
+        }
         f.write_str(match self {
             InvalidSeries::DuplicateLabel => "duplicate label name",
             InvalidSeries::UnsortedLabels => "labels are not sorted by name",
@@ -71,6 +165,9 @@ impl fmt::Display for InvalidSeries {
             }
             InvalidSeries::InvalidUtf8 => "label name or value is not valid UTF-8",
             InvalidSeries::NoLabels => "series has no labels",
+            InvalidSeries::TooManyLabels { .. }
+            | InvalidSeries::LabelNameTooLong { .. }
+            | InvalidSeries::LabelValueTooLong { .. } => unreachable!("written above"),
         })
     }
 }
@@ -107,7 +204,7 @@ pub struct RemoteWriteDecoder {
     samples: Vec<Sample>,
     series: Vec<SeriesPos>,
     invalid: Vec<(usize, InvalidSeries)>,
-    max_decompressed_size: usize,
+    limits: DecodeLimits,
 }
 
 /// A decoded request borrowed from its decoder.
@@ -124,21 +221,30 @@ pub struct SeriesRef<'a> {
 }
 
 impl RemoteWriteDecoder {
-    /// A decoder with the default decompressed-size limit.
+    /// A decoder with the default [`DecodeLimits`].
     pub fn new() -> RemoteWriteDecoder {
-        RemoteWriteDecoder::with_max_size(DEFAULT_MAX_DECOMPRESSED_SIZE)
+        RemoteWriteDecoder::with_limits(DecodeLimits::default())
     }
 
-    /// A decoder refusing bodies that decompress to more than `max_decompressed_size` bytes.
-    pub fn with_max_size(max_decompressed_size: usize) -> RemoteWriteDecoder {
+    /// A decoder within `limits`.
+    pub fn with_limits(limits: DecodeLimits) -> RemoteWriteDecoder {
         RemoteWriteDecoder {
             body: Vec::new(),
             labels: Vec::new(),
             samples: Vec::new(),
             series: Vec::new(),
             invalid: Vec::new(),
-            max_decompressed_size,
+            limits,
         }
+    }
+
+    /// Bytes the decoder's buffers hold between requests (their capacity).
+    pub fn retained_bytes(&self) -> usize {
+        self.body.capacity()
+            + self.labels.capacity() * std::mem::size_of::<LabelPos>()
+            + self.samples.capacity() * std::mem::size_of::<Sample>()
+            + self.series.capacity() * std::mem::size_of::<SeriesPos>()
+            + self.invalid.capacity() * std::mem::size_of::<(usize, InvalidSeries)>()
     }
 
     /// Decompresses and decodes a snappy-compressed `WriteRequest`.
@@ -149,10 +255,10 @@ impl RemoteWriteDecoder {
     pub fn decode_snappy(&mut self, body: &[u8]) -> Result<DecodedRequest<'_>, DecodeError> {
         let size =
             snap::raw::decompress_len(body).map_err(|e| DecodeError::Snappy(e.to_string()))?;
-        if size > self.max_decompressed_size {
+        if size > self.limits.max_decompressed_size {
             return Err(DecodeError::TooLarge {
                 size,
-                max: self.max_decompressed_size,
+                max: self.limits.max_decompressed_size,
             });
         }
         self.body.resize(size, 0);
@@ -166,8 +272,14 @@ impl RemoteWriteDecoder {
     /// Decodes an uncompressed `WriteRequest`.
     ///
     /// # Errors
-    /// When the bytes are not a `WriteRequest`.
+    /// When the bytes are not a `WriteRequest`, or larger than the limits.
     pub fn decode(&mut self, proto: &[u8]) -> Result<DecodedRequest<'_>, DecodeError> {
+        if proto.len() > self.limits.max_decompressed_size {
+            return Err(DecodeError::TooLarge {
+                size: proto.len(),
+                max: self.limits.max_decompressed_size,
+            });
+        }
         self.body.clear();
         self.body.extend_from_slice(proto);
         self.parse()
@@ -199,6 +311,12 @@ impl RemoteWriteDecoder {
             match reader.key()? {
                 (1, WIRE_LEN) => {
                     let range = reader.len_delimited()?;
+                    if self.series.len() >= self.limits.max_series {
+                        return Err(DecodeError::TooMany {
+                            what: "series",
+                            max: self.limits.max_series,
+                        });
+                    }
                     self.parse_series(body, range)?;
                 }
                 (_, wire) => reader.skip(wire)?,
@@ -212,7 +330,7 @@ impl RemoteWriteDecoder {
     fn parse_series(&mut self, body: &[u8], range: Range<usize>) -> Result<(), DecodeError> {
         let labels_start = self.labels.len() as u32;
         let samples_start = self.samples.len() as u32;
-        let mut check = LabelCheck::default();
+        let mut check = LabelCheck::new(&self.limits);
         let mut reader = Reader {
             buf: &body[..range.end],
             pos: range.start,
@@ -222,11 +340,23 @@ impl RemoteWriteDecoder {
                 (1, WIRE_LEN) => {
                     let range = reader.len_delimited()?;
                     let label = parse_label(body, range.clone())?;
+                    if self.labels.len() >= self.limits.max_labels {
+                        return Err(DecodeError::TooMany {
+                            what: "labels",
+                            max: self.limits.max_labels,
+                        });
+                    }
                     self.labels.push(label);
                     check.next(body, &label, range);
                 }
                 (2, WIRE_LEN) => {
                     let sample = reader.len_delimited()?;
+                    if self.samples.len() >= self.limits.max_samples {
+                        return Err(DecodeError::TooMany {
+                            what: "samples",
+                            max: self.limits.max_samples,
+                        });
+                    }
                     self.samples.push(parse_sample(body, sample)?);
                 }
                 (_, wire) => reader.skip(wire)?,
@@ -326,18 +456,40 @@ fn slice(body: &[u8], (start, end): (u32, u32)) -> &[u8] {
 /// Rules are checked per label in this order, and the first broken one is the series' reason:
 /// empty name, empty value, order against the previous name (duplicate or unsorted), name
 /// character set (metric-name set for the `__name__` value), UTF-8 of the value.
-#[derive(Default)]
 struct LabelCheck<'b> {
     previous: Option<&'b [u8]>,
-    any: bool,
+    count: usize,
     error: Option<InvalidSeries>,
+    label_limit: usize,
+    name_length_limit: usize,
+    value_length_limit: usize,
+}
+
+fn limit_u32(limit: usize) -> u32 {
+    u32::try_from(limit).unwrap_or(u32::MAX)
 }
 
 impl<'b> LabelCheck<'b> {
+    fn new(limits: &DecodeLimits) -> LabelCheck<'b> {
+        LabelCheck {
+            previous: None,
+            count: 0,
+            error: None,
+            label_limit: limits.label_limit,
+            name_length_limit: limits.label_name_length_limit,
+            value_length_limit: limits.label_value_length_limit,
+        }
+    }
+
     /// Checks the label whose message occupies `message` in `body`.
     #[inline]
     fn next(&mut self, body: &'b [u8], label: &LabelPos, message: Range<usize>) {
-        self.any = true;
+        self.count += 1;
+        if self.error.is_none() && self.count > self.label_limit {
+            self.error = Some(InvalidSeries::TooManyLabels {
+                limit: limit_u32(self.label_limit),
+            });
+        }
         if self.error.is_none()
             && let Err(reason) = self.check(body, label, message)
         {
@@ -354,6 +506,16 @@ impl<'b> LabelCheck<'b> {
     ) -> Result<(), InvalidSeries> {
         let name = slice(body, label.name);
         let value = slice(body, label.value);
+        if name.len() > self.name_length_limit {
+            return Err(InvalidSeries::LabelNameTooLong {
+                limit: limit_u32(self.name_length_limit),
+            });
+        }
+        if value.len() > self.value_length_limit {
+            return Err(InvalidSeries::LabelValueTooLong {
+                limit: limit_u32(self.value_length_limit),
+            });
+        }
         let (Some(&first), Some(_)) = (name.first(), value.first()) else {
             return Err(if name.is_empty() {
                 InvalidSeries::EmptyLabelName
@@ -390,7 +552,7 @@ impl<'b> LabelCheck<'b> {
     }
 
     fn finish(self) -> Option<InvalidSeries> {
-        if self.any {
+        if self.count > 0 {
             self.error
         } else {
             Some(InvalidSeries::NoLabels)
@@ -688,6 +850,105 @@ mod tests {
         }
     }
 
+    /// Regression (issue 6): 1.5 MB of empty samples decoded to gigabytes; counts are now
+    /// checked before each array grows.
+    #[test]
+    fn sample_series_and_label_counts_are_bounded_before_allocating() {
+        let limits = DecodeLimits {
+            max_samples: 10,
+            max_series: 3,
+            max_labels: 5,
+            ..DecodeLimits::default()
+        };
+        let empty_samples = WriteRequest {
+            timeseries: vec![TimeSeries {
+                labels: vec![Label {
+                    name: "__name__".into(),
+                    value: "x".into(),
+                }],
+                samples: vec![PSample::default(); 11],
+            }],
+        };
+        let mut decoder = RemoteWriteDecoder::with_limits(limits);
+        let err = decoder
+            .decode_snappy(&compress(&empty_samples))
+            .unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::TooMany {
+                what: "samples",
+                max: 10
+            }
+        );
+        assert!(err.is_too_large());
+        assert!(decoder.samples.capacity() <= 16, "grew past the limit");
+        let many_series = WriteRequest {
+            timeseries: (0..4)
+                .map(|_| series(&[("__name__", "x")], &[(1.0, 1)]))
+                .collect(),
+        };
+        assert!(matches!(
+            decoder.decode_snappy(&compress(&many_series)),
+            Err(DecodeError::TooMany { what: "series", .. })
+        ));
+        let many_labels = WriteRequest {
+            timeseries: vec![series(
+                &[
+                    ("a", "1"),
+                    ("b", "1"),
+                    ("c", "1"),
+                    ("d", "1"),
+                    ("e", "1"),
+                    ("f", "1"),
+                ],
+                &[(1.0, 1)],
+            )],
+        };
+        assert!(matches!(
+            decoder.decode_snappy(&compress(&many_labels)),
+            Err(DecodeError::TooMany { what: "labels", .. })
+        ));
+    }
+
+    /// Regression (issue 6): labels over 64 KiB reached the store and made it panic.
+    #[test]
+    fn label_limits_invalidate_the_series_and_keep_the_others() {
+        let limits = DecodeLimits {
+            label_limit: 2,
+            label_name_length_limit: 8,
+            label_value_length_limit: 16,
+            ..DecodeLimits::default()
+        };
+        let long_value = "v".repeat(17);
+        let long_name = "n".repeat(9);
+        let req = WriteRequest {
+            timeseries: vec![
+                series(&[("__name__", "ok"), ("job", "a")], &[(1.0, 1)]),
+                series(&[("__name__", "x"), ("job", &long_value)], &[(1.0, 1)]),
+                series(&[("__name__", "x"), (long_name.as_str(), "a")], &[(1.0, 1)]),
+                series(&[("__name__", "x"), ("a", "1"), ("b", "2")], &[(1.0, 1)]),
+            ],
+        };
+        let mut decoder = RemoteWriteDecoder::with_limits(limits);
+        let decoded = decoder.decode_snappy(&compress(&req)).unwrap();
+        assert_eq!(
+            decoded.invalid(),
+            &[
+                (1, InvalidSeries::LabelValueTooLong { limit: 16 }),
+                (2, InvalidSeries::LabelNameTooLong { limit: 8 }),
+                (3, InvalidSeries::TooManyLabels { limit: 2 }),
+            ]
+        );
+        assert_eq!(
+            InvalidSeries::LabelValueTooLong { limit: 16 }.to_string(),
+            "label value longer than 16 bytes (label_value_length_limit)"
+        );
+        assert_eq!(
+            decoded.series().filter(|s| s.invalid().is_none()).count(),
+            1
+        );
+    }
+
     #[test]
     fn rejects_bad_bodies() {
         let mut decoder = RemoteWriteDecoder::new();
@@ -711,7 +972,10 @@ mod tests {
             decoder.decode_snappy(&truncated),
             Err(DecodeError::Protobuf(_))
         ));
-        let mut small = RemoteWriteDecoder::with_max_size(4);
+        let mut small = RemoteWriteDecoder::with_limits(DecodeLimits {
+            max_decompressed_size: 4,
+            ..DecodeLimits::default()
+        });
         assert!(matches!(
             small.decode_snappy(&compress(&req)),
             Err(DecodeError::TooLarge { .. })

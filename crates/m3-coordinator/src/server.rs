@@ -11,9 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use m3_cluster::KvStore;
@@ -29,7 +29,9 @@ use crate::aggregator_client::{AggregatorClient, ClientOptions};
 use crate::config::{CoordinatorConfig, ValidNamespace};
 use crate::downsample::Downsampler;
 use crate::ingest::IngestHandler;
-use crate::metrics::CoordinatorMetrics;
+use crate::limits::RemoteWriteLimits;
+use crate::metrics::{CoordinatorMetrics, RefusedReason};
+use crate::remote_write::DecodeLimits;
 use crate::write::{WriteError, WritePath};
 
 /// Where a started coordinator listens.
@@ -63,14 +65,13 @@ impl std::fmt::Debug for Coordinator {
 struct HttpState {
     write: Arc<WritePath>,
     registry: Arc<Mutex<Registry>>,
-    /// Bounds the remote-write requests being decoded and stored at once; beyond it the
-    /// coordinator answers 429 so senders back off instead of queueing without bound.
+    /// Bounds the remote-write requests being read, decoded and stored at once; beyond it
+    /// the coordinator answers 429, before reading the body, so senders back off instead of
+    /// queueing without bound.
     writes_in_flight: Arc<tokio::sync::Semaphore>,
+    write_limits: RemoteWriteLimits,
     metrics: CoordinatorMetrics,
 }
-
-/// Remote-write requests handled at once before 429.
-const MAX_WRITES_IN_FLIGHT: usize = 64;
 
 impl Coordinator {
     /// Starts a coordinator. `config_path` is only used in error messages; `kv` holds the
@@ -127,14 +128,26 @@ impl Coordinator {
             .iter()
             .find(|n| n.policy.is_none() && !n.read_only)
             .map(|n| n.name.clone());
-        let write = Arc::new(WritePath::new(
-            store.clone(),
-            raw_namespace,
-            downsampler,
-            client.clone(),
-            config.write_buffers.clone(),
-            metrics.clone(),
-        ));
+        let write_limits = config.limits.remote_write.clone();
+        let write = Arc::new(
+            WritePath::new(
+                store.clone(),
+                raw_namespace,
+                downsampler,
+                client.clone(),
+                config.write_buffers.clone(),
+                metrics.clone(),
+            )
+            .with_decode_limits(DecodeLimits {
+                max_decompressed_size: write_limits.max_decompressed_bytes,
+                max_samples: write_limits.max_samples_per_request,
+                max_series: write_limits.max_series_per_request,
+                max_labels: write_limits.max_labels_per_request,
+                label_limit: write_limits.label_limit,
+                label_name_length_limit: write_limits.label_name_length_limit,
+                label_value_length_limit: write_limits.label_value_length_limit,
+            }),
+        );
 
         let ingest = match &config.ingest {
             Some(ingest) => {
@@ -182,7 +195,10 @@ impl Coordinator {
         let state = HttpState {
             write,
             registry: Arc::new(Mutex::new(registry)),
-            writes_in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_WRITES_IN_FLIGHT)),
+            writes_in_flight: Arc::new(tokio::sync::Semaphore::new(
+                write_limits.max_concurrent_requests.max(1),
+            )),
+            write_limits,
             metrics: metrics.clone(),
         };
         let app = Router::new()
@@ -196,12 +212,15 @@ impl Coordinator {
             .merge(crate::admin::router(crate::admin::AdminState {
                 kv: Arc::clone(&kv),
                 max_aggregation_window: max_window,
+                limits: config.limits.placement.clone(),
             }))
-            .merge(crate::query_api::router(crate::query_api::QueryState {
-                store: store.clone(),
-                namespaces: namespaces.clone(),
-            }))
-            .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024));
+            .merge(crate::query_api::router(crate::query_api::QueryState::new(
+                store.clone(),
+                namespaces.clone(),
+                config.limits.query.clone(),
+            )))
+            // Admin JSON and query forms; remote write reads its body itself, within its limit.
+            .layer(axum::extract::DefaultBodyLimit::max(ADMIN_BODY_LIMIT));
         let listener = match http_listener {
             Some(l) => l,
             None => {
@@ -216,14 +235,17 @@ impl Coordinator {
         };
         let http = listener.local_addr()?;
         let shutdown = cancel.clone();
-        tasks.push(tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "HTTP server failed.");
-            }
-        }));
+        let http_limits = config.limits.http.to_http_limits();
+        let refused = metrics.http_connections_refused.clone();
+        tasks.push(tokio::spawn(m3_server::http::serve(
+            listener,
+            app,
+            http_limits,
+            shutdown,
+            move || {
+                refused.inc();
+            },
+        )));
         let retention_store = store.clone();
         let retention_cancel = cancel.clone();
         tasks.push(tokio::spawn(async move {
@@ -280,6 +302,9 @@ impl Coordinator {
     }
 }
 
+/// Largest body of the admin and query endpoints.
+const ADMIN_BODY_LIMIT: usize = 4 * 1024 * 1024;
+
 /// Opens the store with the namespaces of the config.
 fn open_store(dir: &Path, namespaces: &[ValidNamespace]) -> anyhow::Result<Store> {
     std::fs::create_dir_all(dir)
@@ -311,11 +336,23 @@ async fn serve_metrics(State(state): State<HttpState>) -> Response {
         .into_response()
 }
 
-async fn remote_write(State(state): State<HttpState>, body: Bytes) -> Response {
+/// The media type of remote write 2.0, which this receiver does not speak yet.
+const REMOTE_WRITE_V2_PROTO: &str = "io.prometheus.write.v2.request";
+
+/// Remote write: refused whole before anything is read when unsupported (415) or when too many
+/// requests are in flight (429); the body is read within its size limit (413) and time limit
+/// (408), then decoded and written.
+async fn remote_write(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
         .unwrap_or(0);
+    if let Some(reason) = unsupported_content(&headers) {
+        state
+            .metrics
+            .refuse_request(RefusedReason::unsupported_media_type);
+        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, reason).into_response();
+    }
     let Ok(permit) = Arc::clone(&state.writes_in_flight).try_acquire_owned() else {
         state.metrics.write_requests_throttled.inc();
         return (
@@ -324,6 +361,39 @@ async fn remote_write(State(state): State<HttpState>, body: Bytes) -> Response {
             "too many remote-write requests in flight; retry later",
         )
             .into_response();
+    };
+    let limit = state.write_limits.max_body_bytes;
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        state.metrics.refuse_request(RefusedReason::too_large);
+        return body_too_large(limit);
+    }
+    let read = tokio::time::timeout(
+        state.write_limits.body_timeout,
+        axum::body::to_bytes(body, limit),
+    )
+    .await;
+    let body = match read {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
+            // Over the limit, or the client went away mid-body.
+            state.metrics.refuse_request(RefusedReason::too_large);
+            return body_too_large(limit);
+        }
+        Err(_) => {
+            state.metrics.refuse_request(RefusedReason::body_timeout);
+            return (
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "request body not received within {:?} (limits.remoteWrite.bodyTimeout)",
+                    state.write_limits.body_timeout
+                ),
+            )
+                .into_response();
+        }
     };
     let write = Arc::clone(&state.write);
     let result = tokio::task::spawn_blocking(move || {
@@ -347,6 +417,9 @@ async fn remote_write(State(state): State<HttpState>, body: Bytes) -> Response {
                 Some(reason) => (StatusCode::BAD_REQUEST, reason).into_response(),
             }
         }
+        Ok(Err(WriteError::Decode(e))) if e.is_too_large() => {
+            (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response()
+        }
         Ok(Err(WriteError::Decode(e))) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
         Ok(Err(e @ WriteError::Storage(_))) => {
             tracing::error!(error = %e, "Remote write failed.");
@@ -356,5 +429,90 @@ async fn remote_write(State(state): State<HttpState>, body: Bytes) -> Response {
             tracing::error!(error = %e, "Remote write task failed.");
             (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
         }
+    }
+}
+
+fn body_too_large(limit: usize) -> Response {
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body larger than {limit} bytes (limits.remoteWrite.maxBodyBytes)"),
+    )
+        .into_response()
+}
+
+/// Why a request's `Content-Type` or `Content-Encoding` is not one this receiver speaks
+/// (remote write 1.0: snappy-compressed `application/x-protobuf`); `None` when it is, or when
+/// the headers are absent.
+fn unsupported_content(headers: &HeaderMap) -> Option<String> {
+    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
+        let text = content_type.to_str().unwrap_or("").to_ascii_lowercase();
+        let media = text.split(';').next().unwrap_or("").trim();
+        if media != "application/x-protobuf" {
+            return Some(format!(
+                "unsupported Content-Type {text:?}: remote write takes application/x-protobuf (remote write 1.0)"
+            ));
+        }
+        let proto = text
+            .split(';')
+            .skip(1)
+            .filter_map(|p| p.trim().strip_prefix("proto="))
+            .next();
+        if let Some(proto) = proto
+            && proto != "prometheus.writerequest"
+        {
+            let hint = if proto == REMOTE_WRITE_V2_PROTO {
+                "remote write 2.0 is not supported yet; send remote write 1.0 (prometheus.WriteRequest)"
+            } else {
+                "only prometheus.WriteRequest (remote write 1.0) is supported"
+            };
+            return Some(format!("unsupported Content-Type {text:?}: {hint}"));
+        }
+    }
+    if let Some(encoding) = headers.get(header::CONTENT_ENCODING) {
+        let text = encoding.to_str().unwrap_or("").trim().to_ascii_lowercase();
+        if text != "snappy" && !text.is_empty() {
+            return Some(format!(
+                "unsupported Content-Encoding {text:?}: remote write bodies are snappy-compressed"
+            ));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(name.clone(), value.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn remote_write_2_and_other_media_types_are_refused_with_the_reason() {
+        assert_eq!(unsupported_content(&HeaderMap::new()), None);
+        for ok in [
+            "application/x-protobuf",
+            "application/x-protobuf;proto=prometheus.WriteRequest",
+        ] {
+            assert_eq!(
+                unsupported_content(&headers(&[(header::CONTENT_TYPE, ok)])),
+                None,
+                "{ok}"
+            );
+        }
+        let v2 = unsupported_content(&headers(&[(
+            header::CONTENT_TYPE,
+            "application/x-protobuf;proto=io.prometheus.write.v2.Request",
+        )]))
+        .unwrap();
+        assert!(v2.contains("remote write 2.0 is not supported"), "{v2}");
+        assert!(
+            unsupported_content(&headers(&[(header::CONTENT_TYPE, "application/json")])).is_some()
+        );
+        assert!(unsupported_content(&headers(&[(header::CONTENT_ENCODING, "gzip")])).is_some());
     }
 }

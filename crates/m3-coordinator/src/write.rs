@@ -23,7 +23,16 @@ use crate::aggregator_client::{AggregatorClient, RouteError};
 use crate::config::WriteBuffersConfig;
 use crate::downsample::{Downsampler, put_timed_gauge_frame};
 use crate::metrics::{CoordinatorMetrics, DropReason};
-use crate::remote_write::{DecodeError, InvalidSeries, RemoteWriteDecoder};
+use crate::remote_write::{DecodeError, DecodeLimits, InvalidSeries, RemoteWriteDecoder};
+
+/// A decoder whose buffers grew past this after a large request is dropped rather than kept
+/// for the next request, so one large request does not pin its memory for good.
+const MAX_RETAINED_DECODER_BYTES: usize = 4 * 1024 * 1024;
+
+/// The earliest and latest timestamps (ms) whose nanoseconds fit an `i64`: samples outside
+/// are refused, as nothing downstream could represent them.
+const MIN_TIMESTAMP_MS: i64 = i64::MIN / 1_000_000;
+const MAX_TIMESTAMP_MS: i64 = i64::MAX / 1_000_000;
 
 /// Everything a remote-write request needs.
 pub struct WritePath {
@@ -33,6 +42,7 @@ pub struct WritePath {
     client: Option<Arc<AggregatorClient>>,
     buffers: WriteBuffersConfig,
     metrics: CoordinatorMetrics,
+    decode_limits: DecodeLimits,
     decoders: Mutex<Vec<RemoteWriteDecoder>>,
 }
 
@@ -61,6 +71,8 @@ pub struct WriteOutcome {
     pub too_far_past: usize,
     /// Samples newer than the aggregation future buffer.
     pub too_far_future: usize,
+    /// Samples whose timestamp no nanosecond clock can hold (neither stored nor aggregated).
+    pub invalid_timestamps: usize,
     /// Samples no aggregator owns.
     pub unowned: usize,
     /// Samples whose encoding would overflow an aggregator batch.
@@ -81,6 +93,12 @@ impl WriteOutcome {
                 "{} invalid series (e.g. {})",
                 self.invalid_series,
                 self.invalid_examples.join("; ")
+            ));
+        }
+        if self.invalid_timestamps > 0 {
+            parts.push(format!(
+                "{} samples: timestamp outside [{MIN_TIMESTAMP_MS}, {MAX_TIMESTAMP_MS}] ms (not stored)",
+                self.invalid_timestamps
             ));
         }
         if self.too_far_past > 0 {
@@ -118,10 +136,10 @@ impl WriteOutcome {
 /// Why a request failed as a whole.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    /// The body did not decode: 400.
+    /// The body did not decode (400), or is over a limit (413).
     #[error(transparent)]
     Decode(#[from] DecodeError),
-    /// The store failed: 500, Prometheus retries.
+    /// The store failed: 503, Prometheus retries.
     #[error("storing raw samples: {0}")]
     Storage(m3_storage::Error),
 }
@@ -146,8 +164,16 @@ impl WritePath {
             client,
             buffers,
             metrics,
+            decode_limits: DecodeLimits::default(),
             decoders: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The same write path decoding within `limits`.
+    #[must_use]
+    pub fn with_decode_limits(mut self, limits: DecodeLimits) -> WritePath {
+        self.decode_limits = limits;
+        self
     }
 
     /// Handles one snappy-compressed remote-write body at `now_nanos`. Blocking (storage I/O):
@@ -158,12 +184,20 @@ impl WritePath {
     /// [`WriteError::Storage`] when raw samples could not be stored.
     pub fn write(&self, body: &[u8], now_nanos: i64) -> Result<WriteOutcome, WriteError> {
         self.metrics.write_requests.inc();
-        let mut decoder = self.decoders.lock().pop().unwrap_or_default();
+        let popped = self.decoders.lock().pop();
+        let mut decoder =
+            popped.unwrap_or_else(|| RemoteWriteDecoder::with_limits(self.decode_limits));
         let result = self.write_with(&mut decoder, body, now_nanos);
-        self.decoders.lock().push(decoder);
+        if decoder.retained_bytes() <= MAX_RETAINED_DECODER_BYTES {
+            self.decoders.lock().push(decoder);
+        }
         match &result {
             Ok(outcome) if outcome.rejection().is_some() => {
                 self.metrics.write_requests_invalid.inc();
+            }
+            Err(WriteError::Decode(e)) if e.is_too_large() => {
+                self.metrics
+                    .refuse_request(crate::metrics::RefusedReason::too_large);
             }
             Err(WriteError::Decode(_)) => {
                 self.metrics.write_requests_invalid.inc();
@@ -199,6 +233,11 @@ impl WritePath {
         let mut raw_labels: Vec<Labels> = Vec::new();
         let mut raw: Vec<(usize, i64, f64)> = Vec::new();
         for series in request.series() {
+            let bad_timestamps = series
+                .samples()
+                .iter()
+                .filter(|s| !valid_timestamp(s.timestamp_ms))
+                .count();
             if let Some(reason) = series.invalid() {
                 outcome.invalid_series += 1;
                 self.metrics
@@ -210,6 +249,7 @@ impl WritePath {
                 }
                 continue;
             }
+            outcome.invalid_timestamps += bad_timestamps;
             if self.raw_namespace.is_some() {
                 let labels = Labels::new(series.labels().map(|(n, v)| {
                     (
@@ -225,6 +265,7 @@ impl WritePath {
                             series
                                 .samples()
                                 .iter()
+                                .filter(|s| valid_timestamp(s.timestamp_ms))
                                 .map(|s| (index, s.timestamp_ms, s.value)),
                         );
                     }
@@ -248,7 +289,10 @@ impl WritePath {
                 continue;
             }
             for sample in series.samples() {
-                let t = sample.timestamp_ms.saturating_mul(1_000_000);
+                if !valid_timestamp(sample.timestamp_ms) {
+                    continue;
+                }
+                let t = sample.timestamp_ms * 1_000_000;
                 if t < past_limit {
                     outcome.too_far_past += 1;
                     continue;
@@ -279,6 +323,10 @@ impl WritePath {
                 }
             }
         }
+        self.metrics.drop_samples(
+            DropReason::invalid_timestamp,
+            outcome.invalid_timestamps as u64,
+        );
         self.metrics
             .drop_samples(DropReason::too_far_past, outcome.too_far_past as u64);
         self.metrics
@@ -324,6 +372,11 @@ fn describe_invalid(series: &crate::remote_write::SeriesRef<'_>, reason: Invalid
         })
         .collect();
     format!("{reason}: {{{}}}", labels.join(", "))
+}
+
+/// Whether a remote-write timestamp (ms) converts to nanoseconds without overflow.
+fn valid_timestamp(ms: i64) -> bool {
+    (MIN_TIMESTAMP_MS..=MAX_TIMESTAMP_MS).contains(&ms)
 }
 
 fn nanos(d: Duration) -> i64 {

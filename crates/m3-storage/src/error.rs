@@ -86,6 +86,17 @@ pub enum Error {
     #[error("unsupported expression: {0}")]
     Unsupported(String),
 
+    /// The query would hold more samples in memory than its limit (Prometheus's message).
+    #[error("query processing would load too many samples into memory in query execution")]
+    TooManySamples {
+        /// The limit (`limits.query.maxSamples`).
+        limit: usize,
+    },
+
+    /// The query ran past its deadline (Prometheus's message).
+    #[error("query timed out in query execution")]
+    Timeout,
+
     /// Bytes read back from disk that do not decode. Points at a bug or at disk corruption.
     #[error("corrupt {what} in the store: {detail}")]
     Corrupt {
@@ -110,7 +121,10 @@ impl Error {
             | Error::NotSeriesSelector { .. }
             | Error::Unsupported(_)
             | Error::InvalidConfig { .. } => true,
-            Error::Engine(_) | Error::Corrupt { .. } => false,
+            Error::Engine(_)
+            | Error::Corrupt { .. }
+            | Error::TooManySamples { .. }
+            | Error::Timeout => false,
         }
     }
 

@@ -60,6 +60,7 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod budget;
 pub mod error;
 pub mod keys;
 pub mod labels;
@@ -72,6 +73,7 @@ pub mod result;
 pub mod retention;
 pub mod store;
 
+pub use budget::QueryLimits;
 pub use error::{Error, Result};
 pub use labels::{Labels, LabelsError, METRIC_NAME_LABEL};
 pub use matcher::{AnchoredRegex, Matcher};

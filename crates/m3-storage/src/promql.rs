@@ -36,6 +36,7 @@ use std::time::{Duration, SystemTime};
 use promql_parser::label::MatchOp;
 use promql_parser::parser::{self, AtModifier, Expr, Offset, VectorSelector};
 
+use crate::budget::{Budget, QueryLimits};
 use crate::error::{Error, Result};
 use crate::matcher::Matcher;
 use crate::query::Series;
@@ -62,6 +63,7 @@ pub fn is_stale_marker(v: f64) -> bool {
 pub struct QueryEngine {
     store: Store,
     lookback_ms: i64,
+    limits: QueryLimits,
 }
 
 impl QueryEngine {
@@ -70,7 +72,15 @@ impl QueryEngine {
         QueryEngine {
             store,
             lookback_ms: duration_ms(DEFAULT_LOOKBACK),
+            limits: QueryLimits::default(),
         }
+    }
+
+    /// Sets the samples a query may hold and its deadline. Default: 50 million samples, no
+    /// deadline.
+    pub fn with_limits(mut self, limits: QueryLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Sets how far back an instant selector looks for a sample. Default: [`DEFAULT_LOOKBACK`].
@@ -91,11 +101,16 @@ impl QueryEngine {
     /// beyond selectors, [`Error::InvalidRegex`], [`Error::UnknownNamespace`], engine errors.
     pub fn instant_query(&self, namespace: &str, expr: &str, time_ms: i64) -> Result<QueryResult> {
         let ns = self.store.ns(namespace)?;
+        let mut budget = Budget::new(self.limits);
         match plan(expr)? {
             Plan::Instant(sel) => {
                 let eval = sel.window_end(time_ms, time_ms, time_ms);
                 let mut out = Vec::new();
                 for (sid, labels) in self.store.matching_series(ns, &sel.matchers)? {
+                    budget.take(1)?;
+                    if out.len() % crate::budget::DEADLINE_CHECK_EVERY == 0 {
+                        budget.check_deadline()?;
+                    }
                     let start = eval.saturating_sub(self.lookback_ms).saturating_add(1);
                     if let Some((_, value)) = self.store.latest_in(ns, sid, start, eval)?
                         && !is_stale_marker(value)
@@ -114,7 +129,9 @@ impl QueryEngine {
                 let start = eval.saturating_sub(range_ms).saturating_add(1);
                 let mut out = Vec::new();
                 for (sid, labels) in self.store.matching_series(ns, &sel.matchers)? {
-                    let mut samples = self.store.samples_in(ns, sid, start, eval)?;
+                    let mut samples =
+                        self.store
+                            .samples_in_budget(ns, sid, start, eval, &mut budget)?;
                     samples.retain(|(_, v)| !is_stale_marker(*v));
                     if !samples.is_empty() {
                         out.push(Series { labels, samples });
@@ -188,8 +205,13 @@ impl QueryEngine {
         let load_from = lo.saturating_sub(self.lookback_ms).saturating_add(1);
 
         let mut out = Vec::new();
+        let mut budget = Budget::new(self.limits);
         for (sid, labels) in self.store.matching_series(ns, &sel.matchers)? {
-            let samples = self.store.samples_in(ns, sid, load_from, hi)?;
+            budget.check_deadline()?;
+            let samples = self
+                .store
+                .samples_in_budget(ns, sid, load_from, hi, &mut budget)?;
+            budget.give_back(samples.len());
             if samples.is_empty() {
                 continue;
             }
@@ -200,6 +222,7 @@ impl QueryEngine {
                     && ts > window_end.saturating_sub(self.lookback_ms)
                     && !is_stale_marker(v)
                 {
+                    budget.take(1)?;
                     points.push((t, v));
                 }
             }

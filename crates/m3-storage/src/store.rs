@@ -466,6 +466,31 @@ impl Store {
         Ok(out)
     }
 
+    /// [`Store::samples_in`], taking each sample from `budget` as it is read.
+    pub(crate) fn samples_in_budget(
+        &self,
+        ns: Ns,
+        sid: u64,
+        start: i64,
+        end: i64,
+        budget: &mut crate::budget::Budget,
+    ) -> Result<Vec<(i64, f64)>> {
+        if start > end {
+            return Ok(Vec::new());
+        }
+        let range = keys::sample_key(ns.id, sid, start)..=keys::sample_key(ns.id, sid, end);
+        let mut out = Vec::new();
+        for guard in self.inner.samples.range(range) {
+            let (k, v) = guard.into_inner()?;
+            budget.take(1)?;
+            if out.len() % crate::budget::DEADLINE_CHECK_EVERY == 0 {
+                budget.check_deadline()?;
+            }
+            out.push(decode_sample(&k, &v)?);
+        }
+        Ok(out)
+    }
+
     /// The newest sample of one series with `start <= t <= end`.
     pub(crate) fn latest_in(
         &self,
