@@ -79,6 +79,15 @@ pub struct RawTcpConfig {
     /// TLS (not supported yet).
     #[serde(default)]
     pub tls: Option<Ignored>,
+    /// Connections served at once; more are closed and counted (default 4096).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// A connection that sends nothing for this long is closed (default 10m).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// A frame must arrive whole within this long of its first byte (default 1m).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub frame_timeout: Option<Duration>,
 }
 
 /// `rawtcp.protobufIterator:`.
@@ -102,7 +111,8 @@ pub struct ProtobufIteratorConfig {
 pub struct HttpConfig {
     /// e.g. `0.0.0.0:6001`.
     pub listen_address: String,
-    /// Accepted.
+    /// A request's headers must arrive within this long; also the keep-alive idle timeout
+    /// (default 60s).
     #[serde(default, with = "m3_config::option_duration")]
     pub read_timeout: Option<Duration>,
     /// Accepted.
@@ -617,8 +627,12 @@ pub struct ValidConfig {
     pub rawtcp_address: String,
     /// Largest rawtcp frame.
     pub rawtcp_max_message_size: usize,
+    /// rawtcp connection limit and timeouts.
+    pub rawtcp_limits: m3_server::tcp::ListenerLimits,
     /// HTTP listen address.
     pub http_address: String,
+    /// HTTP connection limit and header timeout.
+    pub http_limits: m3_server::http::HttpLimits,
     /// The etcd client settings.
     pub etcd: m3_cluster::kv::etcd::EtcdConfig,
     /// Engine options.
@@ -683,6 +697,10 @@ impl AggregatorConfig {
                 "m3msg",
                 "the m3msg ingest server is not supported yet; use rawtcp".into(),
             ));
+        }
+        let mut http_limits = m3_server::http::HttpLimits::default();
+        if let Some(t) = self.http.as_ref().and_then(|h| h.read_timeout) {
+            http_limits.header_read_timeout = t;
         }
         let http_address = self
             .http
@@ -901,7 +919,15 @@ impl AggregatorConfig {
                 }
             }
         }
+        let defaults = m3_server::tcp::ListenerLimits::default();
+        let rawtcp_limits = m3_server::tcp::ListenerLimits {
+            max_connections: rawtcp.max_connections.unwrap_or(defaults.max_connections),
+            idle_timeout: rawtcp.idle_timeout.unwrap_or(defaults.idle_timeout),
+            frame_timeout: rawtcp.frame_timeout.unwrap_or(defaults.frame_timeout),
+        };
         Ok(ValidConfig {
+            rawtcp_limits,
+            http_limits,
             rawtcp_address: rawtcp.listen_address,
             rawtcp_max_message_size: rawtcp
                 .protobuf_iterator

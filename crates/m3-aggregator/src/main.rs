@@ -29,12 +29,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    m3_server::process::init_logging();
     let args = Args::parse();
     let result = tokio::runtime::Runtime::new()
         .context("starting the async runtime")
@@ -49,6 +44,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    m3_server::process::prepare();
     let config = AggregatorConfig::load(&args.config)?;
     tracing::info!(instance = %config.instance.instance_id, host_id = %config.host_id, "Starting m3aggregator.");
     let kv: Arc<dyn KvStore> = Arc::new(
@@ -79,29 +75,37 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .context("joining the cluster")?,
     );
     let cancel = CancellationToken::new();
+    let http_refused = Arc::clone(&aggregator);
     let rawtcp_task = tokio::spawn(serve_rawtcp(
         rawtcp,
         aggregator,
         config.rawtcp_max_message_size,
+        config.rawtcp_limits,
         cancel.clone(),
     ));
     let app = m3_aggregator::http::router(Arc::clone(&instance), Arc::new(Mutex::new(registry)));
-    let http_cancel = cancel.clone();
-    let http_task = tokio::spawn(async move {
-        axum::serve(http, app)
-            .with_graceful_shutdown(async move { http_cancel.cancelled().await })
-            .await
-    });
+    let http_task = tokio::spawn(m3_server::http::serve(
+        http,
+        app,
+        config.http_limits,
+        cancel.clone(),
+        move || http_refused.metrics().record_http_connection_refused(),
+    ));
     tracing::info!(
         rawtcp = %config.rawtcp_address,
         http = %config.http_address,
         "m3aggregator is running."
     );
 
-    shutdown_signal().await;
+    m3_server::process::shutdown_signal().await;
     tracing::info!("Shutting down: flushing ended windows.");
     cancel.cancel();
     // A client that never finishes a request must not keep the final flush from running.
+    let rawtcp_task = tokio::spawn(async move {
+        if let Ok(Err(e)) = rawtcp_task.await {
+            tracing::error!(error = %e, "rawtcp server failed.");
+        }
+    });
     for mut task in [rawtcp_task, http_task] {
         if tokio::time::timeout(std::time::Duration::from_secs(5), &mut task)
             .await
@@ -117,18 +121,4 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     tracing::info!("Stopped.");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

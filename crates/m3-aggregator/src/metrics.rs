@@ -79,6 +79,10 @@ pub struct Metrics {
     outputs_nan: Counter,
     outputs_invalid_id: Counter,
     windows_discarded: [Counter; 3],
+    connections_closed_family: Family<Labels, Counter>,
+    connections_refused: Counter,
+    connections_timed_out: Counter,
+    http_connections_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -125,7 +129,18 @@ impl Metrics {
                 .get_or_create(&[("reason", d.as_str())])
                 .clone()
         });
+        let connections_closed_family = Family::<Labels, Counter>::default();
+        let connections_refused = connections_closed_family
+            .get_or_create(&[("reason", "max_connections")])
+            .clone();
+        let connections_timed_out = connections_closed_family
+            .get_or_create(&[("reason", "timeout")])
+            .clone();
         Metrics {
+            http_connections_refused: Counter::default(),
+            connections_closed_family,
+            connections_refused,
+            connections_timed_out,
             samples_added_family,
             samples_rejected_family,
             entries_removed_family,
@@ -180,6 +195,39 @@ impl Metrics {
             "Aggregation windows dropped without output, by reason",
             self.windows_discarded_family.clone(),
         );
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections refused over the connection limit (answered 503)",
+            self.http_connections_refused.clone(),
+        );
+        registry.register(
+            "rawtcp_connections_closed",
+            "rawtcp connections closed by the server: over maxConnections, or idle / mid-frame past the timeout",
+            self.connections_closed_family.clone(),
+        );
+    }
+
+    /// Counts an HTTP connection refused (503) over the admin listener's connection limit.
+    pub fn record_http_connection_refused(&self) {
+        self.http_connections_refused.inc();
+    }
+
+    /// Counts a rawtcp connection closed at once because `maxConnections` were open.
+    pub fn record_connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
+    /// Counts a rawtcp connection closed idle or in the middle of a frame past its timeout.
+    pub fn record_connection_timed_out(&self) {
+        self.connections_timed_out.inc();
+    }
+
+    /// rawtcp connections closed over `maxConnections` and past their timeouts.
+    pub fn connections_closed(&self) -> (u64, u64) {
+        (
+            self.connections_refused.get(),
+            self.connections_timed_out.get(),
+        )
     }
 
     /// Counts `n` values of `metric_type` added.

@@ -12,6 +12,11 @@
 //! * Logs of errors are rate limited to `error_log_limit_per_second` per server (M3's
 //!   `errorLogLimitPerSecond`), so a misbehaving client cannot flood the log; counters are not.
 //!
+//! Each listener serves at most `maxConnections` connections; a connection that sends nothing
+//! for `idleTimeout`, or starts a frame and does not finish it within `frameTimeout`, is closed
+//! and counted (`rawtcp_connections_closed`), so a peer cannot hold a half-sent 50 MB frame's
+//! memory forever.
+//!
 //! One read buffer per connection is reused for the whole connection: frames are split off its
 //! front and the space is reclaimed once they are processed.
 
@@ -28,6 +33,7 @@ use tokio_util::task::TaskTracker;
 
 use m3_proto::framing::next_rawtcp_frame;
 use m3_proto::metricpb::MetricWithMetadatas;
+use m3_server::tcp::{ConnectionLimit, FrameDeadline, ListenerLimits};
 
 use crate::aggregator::Aggregator;
 use crate::error::RejectReason;
@@ -105,9 +111,11 @@ pub async fn serve_rawtcp(
     listener: TcpListener,
     aggregator: Arc<Aggregator>,
     max_message_size: usize,
+    limits: ListenerLimits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let tracker = TaskTracker::new();
+    let connections = ConnectionLimit::new(limits.max_connections);
     let limiter = Arc::new(LogLimiter::new(DEFAULT_ERROR_LOG_LIMIT_PER_SECOND));
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -118,15 +126,28 @@ pub async fn serve_rawtcp(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
+                let Some(permit) = connections.try_acquire() else {
+                    aggregator.metrics().record_connection_refused();
+                    if limiter.allow() {
+                        tracing::warn!(%peer, max = limits.max_connections, "rawtcp connection over maxConnections closed");
+                    }
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 tracing::debug!(%peer, "rawtcp connection accepted");
-                tracker.spawn(handle_connection(
+                let connection = handle_connection(
                     stream,
                     Arc::clone(&aggregator),
                     max_message_size,
+                    FrameDeadline::new(&limits),
                     shutdown.clone(),
                     Arc::clone(&limiter),
-                ));
+                );
+                tracker.spawn(async move {
+                    connection.await;
+                    drop(permit);
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %e, ?backoff, "rawtcp accept failed, retrying");
@@ -147,6 +168,7 @@ async fn handle_connection(
     mut stream: TcpStream,
     aggregator: Arc<Aggregator>,
     max_message_size: usize,
+    mut deadline: FrameDeadline,
     shutdown: CancellationToken,
     limiter: Arc<LogLimiter>,
 ) {
@@ -190,10 +212,19 @@ async fn handle_connection(
             // Reclaims the space of processed frames when they are no longer referenced.
             buf.reserve(READ_BUFFER_SIZE);
         }
+        deadline.set_partial(!buf.is_empty());
         let read = tokio::select! {
             () = shutdown.cancelled() => return,
+            () = tokio::time::sleep_until(deadline.deadline()) => {
+                aggregator.metrics().record_connection_timed_out();
+                if limiter.allow() {
+                    tracing::warn!(?peer, expired = ?deadline.expired(), buffered = buf.len(), "rawtcp connection timed out; closing it");
+                }
+                return;
+            }
             read = stream.read_buf(&mut buf) => read,
         };
+        deadline.on_read();
         match read {
             Ok(0) => {
                 if !buf.is_empty() {

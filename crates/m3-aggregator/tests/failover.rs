@@ -549,6 +549,7 @@ impl Node {
                     listener,
                     Arc::clone(&engine),
                     DEFAULT_RAWTCP_MAX_MESSAGE_SIZE,
+                    m3_server::tcp::ListenerLimits::default(),
                     stop,
                 ));
                 let mut registry = Registry::default();

@@ -102,6 +102,7 @@ async fn frames_over_loopback_reach_the_engine_and_garbage_closes_one_connection
         listener,
         Arc::clone(&agg),
         DEFAULT_RAWTCP_MAX_MESSAGE_SIZE,
+        m3_server::tcp::ListenerLimits::default(),
         shutdown.clone(),
     ));
 

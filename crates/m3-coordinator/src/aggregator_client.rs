@@ -296,7 +296,11 @@ impl AggregatorClient {
         let topology = self.topology.read().clone();
         let buffers = topology
             .as_ref()
-            .map(|t| (0..t.writers.len()).map(|_| (BytesMut::new(), 0)).collect())
+            .map(|t| {
+                (0..t.writers.len())
+                    .map(|_| InstanceBuffers::default())
+                    .collect()
+            })
             .unwrap_or_default();
         ClientBatch {
             topology,
@@ -314,7 +318,12 @@ impl AggregatorClient {
             return 0;
         };
         let mut total_dropped = 0;
-        for (writer, (buffer, metrics)) in topology.writers.iter().zip(batch.buffers) {
+        let chunks = topology
+            .writers
+            .iter()
+            .zip(batch.buffers)
+            .flat_map(|(writer, buffers)| buffers.into_chunks().map(move |chunk| (writer, chunk)));
+        for (writer, (buffer, metrics)) in chunks {
             if metrics == 0 {
                 continue;
             }
@@ -384,11 +393,31 @@ impl Drop for AggregatorClient {
     }
 }
 
-/// Per-request buffers, one per instance of the placement the batch started with.
+/// Per-request buffers, one set per instance of the placement the batch started with.
 pub struct ClientBatch {
     topology: Option<Arc<Topology>>,
-    buffers: Vec<(BytesMut, u64)>,
+    buffers: Vec<InstanceBuffers>,
     max_batch_bytes: usize,
+}
+
+/// One instance's frames of a request: buffers of at most `maxBatchSize` bytes each, so a
+/// large request is queued as several batches rather than refused.
+#[derive(Default)]
+struct InstanceBuffers {
+    /// Buffers already full, with their metric counts.
+    full: Vec<(BytesMut, u64)>,
+    /// The buffer being filled.
+    current: BytesMut,
+    /// Metrics in `current`.
+    count: u64,
+}
+
+impl InstanceBuffers {
+    fn into_chunks(self) -> impl Iterator<Item = (BytesMut, u64)> {
+        self.full
+            .into_iter()
+            .chain(std::iter::once((self.current, self.count)))
+    }
 }
 
 /// Why a metric could not be routed.
@@ -398,8 +427,6 @@ pub enum RouteError {
     NoPlacement,
     /// No instance owns the shard at that time.
     NoOwner,
-    /// The request's buffer for an instance would exceed the batch limit.
-    TooLarge,
 }
 
 impl ClientBatch {
@@ -429,12 +456,17 @@ impl ClientBatch {
             if time_nanos < owner.from_nanos || time_nanos >= owner.until_nanos {
                 continue;
             }
-            if let Some((buffer, count)) = self.buffers.get_mut(owner.instance) {
-                if buffer.len() + id.len() > self.max_batch_bytes {
-                    return Err(RouteError::TooLarge);
+            if let Some(buffers) = self.buffers.get_mut(owner.instance) {
+                if buffers.current.len() + id.len() > self.max_batch_bytes
+                    && !buffers.current.is_empty()
+                {
+                    let full = std::mem::take(&mut buffers.current);
+                    buffers
+                        .full
+                        .push((full, std::mem::take(&mut buffers.count)));
                 }
-                encode(buffer);
-                *count += 1;
+                encode(&mut buffers.current);
+                buffers.count += 1;
                 sent += 1;
             }
         }

@@ -25,12 +25,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    m3_server::process::init_logging();
     let args = Args::parse();
     let result = tokio::runtime::Runtime::new()
         .context("starting the async runtime")
@@ -45,6 +40,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    m3_server::process::prepare();
     let config = CoordinatorConfig::load(&args.config)?;
     let etcd = config.cluster_management.as_ref().ok_or_else(|| {
         ConfigError::invalid(
@@ -62,7 +58,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("starting the coordinator")?;
     tracing::info!(http = %coordinator.addrs().http, ingest = ?coordinator.addrs().ingest, "m3coordinator is running.");
-    shutdown_signal().await;
+    m3_server::process::shutdown_signal().await;
     tracing::info!("Shutting down.");
     coordinator
         .drain_aggregator_client(Duration::from_secs(5))
@@ -70,18 +66,4 @@ async fn run(args: Args) -> anyhow::Result<()> {
     coordinator.shutdown().await;
     tracing::info!("Stopped.");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

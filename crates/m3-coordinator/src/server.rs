@@ -71,6 +71,7 @@ struct HttpState {
     writes_in_flight: Arc<tokio::sync::Semaphore>,
     write_limits: RemoteWriteLimits,
     metrics: CoordinatorMetrics,
+    store: Store,
 }
 
 impl Coordinator {
@@ -200,12 +201,11 @@ impl Coordinator {
             )),
             write_limits,
             metrics: metrics.clone(),
+            store: store.clone(),
         };
         let app = Router::new()
-            .route(
-                "/health",
-                get(|| async { axum::Json(serde_json::json!({"ok": true})) }),
-            )
+            .route("/health", get(health))
+            .route("/ready", get(health))
             .route("/metrics", get(serve_metrics))
             .route("/api/v1/prom/remote/write", post(remote_write))
             .with_state(state)
@@ -265,6 +265,7 @@ impl Coordinator {
                 }
             }
         }));
+        tasks.push(tokio::spawn(recover_store(store.clone(), cancel.clone())));
         tracing::info!(%http, ingest = ?ingest, "Coordinator started.");
         Ok(Coordinator {
             addrs: CoordinatorAddrs { http, ingest },
@@ -302,11 +303,40 @@ impl Coordinator {
     }
 }
 
+/// While the store cannot write (see `Store::write_failure`), tries every few seconds to make
+/// it write again, so writes resume by themselves once space is freed.
+async fn recover_store(store: Store, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = cancel.cancelled() => return,
+        }
+        if store.write_failure().is_none() {
+            continue;
+        }
+        let recovering = store.clone();
+        match tokio::task::spawn_blocking(move || recovering.try_recover()).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => tracing::debug!("Store still busy; recovery retried later."),
+            Ok(Err(e)) => tracing::warn!(error = %e, "The store cannot write yet."),
+            Err(e) => tracing::error!(error = %e, "Store recovery task failed."),
+        }
+    }
+}
+
 /// Largest body of the admin and query endpoints.
 const ADMIN_BODY_LIMIT: usize = 4 * 1024 * 1024;
 
 /// Opens the store with the namespaces of the config.
 fn open_store(dir: &Path, namespaces: &[ValidNamespace]) -> anyhow::Result<Store> {
+    if dir.exists() && !dir.is_dir() {
+        anyhow::bail!(
+            "storage.dataDir {} exists and is not a directory",
+            dir.display()
+        );
+    }
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating data directory {}", dir.display()))?;
     let configs = namespaces
@@ -319,6 +349,23 @@ fn open_store(dir: &Path, namespaces: &[ValidNamespace]) -> anyhow::Result<Store
         })
         .collect();
     Store::open(dir, configs).with_context(|| format!("opening the store in {}", dir.display()))
+}
+
+/// `/health` and `/ready`: 200 `{"ok": true}` while the coordinator can store what it is
+/// sent, 503 with the reason while the store cannot write (a full disk), so a load balancer or
+/// Kubernetes stops sending it writes until it recovers.
+async fn health(State(state): State<HttpState>) -> Response {
+    match state.store.write_failure() {
+        None => axum::Json(serde_json::json!({"ok": true})).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({
+                "ok": false,
+                "store": format!("cannot write: {reason}"),
+            })),
+        )
+            .into_response(),
+    }
 }
 
 async fn serve_metrics(State(state): State<HttpState>) -> Response {

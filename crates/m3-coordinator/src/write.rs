@@ -75,7 +75,7 @@ pub struct WriteOutcome {
     pub invalid_timestamps: usize,
     /// Samples no aggregator owns.
     pub unowned: usize,
-    /// Samples whose encoding would overflow an aggregator batch.
+    /// Samples whose labels are too long to tag-encode (stored raw, not aggregated).
     pub too_large: usize,
     /// Samples dropped by a full queue towards an aggregator (this request's or older ones).
     pub queue_full: usize,
@@ -115,7 +115,7 @@ impl WriteOutcome {
         }
         if self.too_large > 0 {
             parts.push(format!(
-                "{} samples: encoded batch towards an aggregator too large; split the request",
+                "{} samples: labels too long for a metric ID (stored raw, not aggregated)",
                 self.too_large
             ));
         }
@@ -284,8 +284,9 @@ impl WritePath {
             id.clear();
             if m3_metric::id::encode_tags(series.labels(), &mut id).is_err() {
                 // Labels over 64 KiB cannot be tag-encoded; the series is stored raw only.
-                self.metrics
-                    .drop_samples(DropReason::too_large, series.samples().len() as u64);
+                let n = series.samples().len();
+                self.metrics.drop_samples(DropReason::too_large, n as u64);
+                outcome.too_large += n;
                 continue;
             }
             for sample in series.samples() {
@@ -310,10 +311,6 @@ impl WritePath {
                         self.metrics.drop_samples(DropReason::no_placement, 1);
                         outcome.unowned += 1;
                         outcome.retry_later = true;
-                    }
-                    Err(RouteError::TooLarge) => {
-                        self.metrics.drop_samples(DropReason::too_large, 1);
-                        outcome.too_large += 1;
                     }
                     Err(RouteError::NoOwner) => {
                         self.metrics
@@ -531,6 +528,78 @@ mod tests {
         assert_eq!(timed.time_nanos, NOW_MS * 1_000_000);
         assert_eq!(timed.value, 2.0);
         assert!(buf.is_empty());
+    }
+
+    /// Regression (issue 6): a request over the batch cap was stored raw, a third of it
+    /// aggregated, and answered 400 (which Prometheus does not retry).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_over_the_batch_cap_is_split_and_aggregated_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = listener.local_addr().unwrap().to_string();
+        let metrics = CoordinatorMetrics::default();
+        let options = ClientOptions {
+            max_batch_bytes: 300,
+            ..ClientOptions::default()
+        };
+        let client = AggregatorClient::new(options, metrics.clone());
+        let mut placement = Placement {
+            num_shards: 4,
+            replica_factor: 1,
+            is_sharded: true,
+            ..Placement::default()
+        };
+        let mut instance = Instance::new("a").with_endpoint(endpoint);
+        instance.shards = (0..4)
+            .map(|s| Shard::new(s, ShardState::Available))
+            .collect();
+        placement.instances.insert("a".into(), instance);
+        client.update_placement(&placement);
+        let path = WritePath::new(
+            store(dir.path()),
+            Some("default".into()),
+            Downsampler::from_namespaces(&namespaces()),
+            // The client stops its writers when dropped: keep it until every frame is read.
+            Some(Arc::clone(&client)),
+            WriteBuffersConfig::default(),
+            metrics.clone(),
+        );
+        let names: Vec<String> = (0..50).map(|i| format!("s{i}")).collect();
+        let labels: Vec<[(&str, &str); 2]> = names
+            .iter()
+            .map(|n| [("__name__", "up"), ("series", n.as_str())])
+            .collect();
+        let samples = [(NOW_MS, 1.0)];
+        let series: Vec<TestSeries<'_>> = labels.iter().map(|l| (&l[..], &samples[..])).collect();
+        let request = body(&series);
+        let outcome = tokio::task::spawn_blocking(move || path.write(&request, NOW_MS * 1_000_000))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(outcome.rejection(), None);
+        assert_eq!((outcome.stored_raw, outcome.forwarded), (50, 50));
+
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut buf = BytesMut::new();
+        let mut frames = 0;
+        while frames < 50 {
+            while let Some(_frame) =
+                m3_proto::framing::next_rawtcp_frame(&mut buf, 1 << 20).unwrap()
+            {
+                frames += 1;
+            }
+            if frames < 50 {
+                let read = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    conn.read_buf(&mut buf),
+                )
+                .await
+                .expect("every frame arrives")
+                .unwrap();
+                assert!(read > 0, "connection closed after {frames} frames");
+            }
+        }
+        assert_eq!(frames, 50);
     }
 
     #[tokio::test]

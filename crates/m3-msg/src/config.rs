@@ -215,6 +215,17 @@ pub struct ConsumerConfig {
     /// Timeout for writing one batch of acks (`connectionWriteTimeout`). Default 5s.
     #[serde(with = "duration")]
     pub connection_write_timeout: Duration,
+    /// Producer connections served at once; more are closed at once and counted. Default
+    /// 4096.
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed. Default 10m (producers send
+    /// heartbeats of data far more often).
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// A frame must arrive whole within this long of its first byte, or the connection is
+    /// closed (a peer cannot hold a half-sent frame's memory forever). Default 1m.
+    #[serde(with = "duration")]
+    pub frame_timeout: Duration,
 }
 
 impl Default for ConsumerConfig {
@@ -225,6 +236,9 @@ impl Default for ConsumerConfig {
             max_message_size: m3_proto::framing::DEFAULT_M3MSG_MAX_MESSAGE_SIZE,
             connection_read_buffer_size: 64 * 1024,
             connection_write_timeout: Duration::from_secs(5),
+            max_connections: 4096,
+            idle_timeout: Duration::from_secs(600),
+            frame_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -38,6 +38,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use m3_server::tcp::{ConnectionLimit, FrameDeadline, ListenerLimits};
+
 use crate::config::ConsumerConfig;
 use crate::metrics::{ConsumerMetrics, FrameErrorKind};
 
@@ -240,6 +242,7 @@ impl ConsumerServer {
     /// sends the acks already collected, and returns once every connection has closed.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
+        let connections = ConnectionLimit::new(self.config.max_connections);
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -247,6 +250,12 @@ impl ConsumerServer {
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    let Some(permit) = connections.try_acquire() else {
+                        self.metrics.inc_connections_refused();
+                        debug!(%peer, "m3msg connection over maxConnections closed");
+                        drop(stream);
+                        continue;
+                    };
                     self.metrics.inc_connections();
                     let _ = stream.set_nodelay(true);
                     let conn = ConnectionTask {
@@ -256,7 +265,10 @@ impl ConsumerServer {
                         metrics: self.metrics.clone(),
                         stop: shutdown.child_token(),
                     };
-                    tracker.spawn(conn.run(stream));
+                    tracker.spawn(async move {
+                        conn.run(stream).await;
+                        drop(permit);
+                    });
                 }
                 Err(err) => {
                     // Usually out of file descriptors: back off instead of spinning.
@@ -322,6 +334,11 @@ impl ConnectionTask {
     async fn read_messages(&self, mut read: OwnedReadHalf, acks: &Arc<AckQueue>) {
         let max = self.config.max_message_size;
         let mut buf = BytesMut::with_capacity(self.config.connection_read_buffer_size.max(64));
+        let mut deadline = FrameDeadline::new(&ListenerLimits {
+            max_connections: self.config.max_connections,
+            idle_timeout: self.config.idle_timeout,
+            frame_timeout: self.config.frame_timeout,
+        });
         loop {
             loop {
                 let frame = match next_m3msg_frame(&mut buf, max) {
@@ -349,12 +366,19 @@ impl ConnectionTask {
                     decided: false,
                 });
             }
-            match read.read_buf(&mut buf).await {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(err) => {
+            deadline.set_partial(!buf.is_empty());
+            let read = tokio::time::timeout_at(deadline.deadline(), read.read_buf(&mut buf)).await;
+            match read {
+                Ok(Ok(0)) => return,
+                Ok(Ok(_)) => deadline.on_read(),
+                Ok(Err(err)) => {
                     self.metrics.inc_connection_errors();
                     debug!(peer = %self.peer, error = %err, "m3msg read failed");
+                    return;
+                }
+                Err(_) => {
+                    self.metrics.inc_frame_error(FrameErrorKind::Timeout);
+                    warn!(peer = %self.peer, expired = ?deadline.expired(), buffered = buf.len(), "m3msg connection timed out; closing it");
                     return;
                 }
             }

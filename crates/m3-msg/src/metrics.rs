@@ -95,6 +95,9 @@ pub enum FrameErrorKind {
     /// `decode`: the payload is not a valid protobuf `Message` (or `Ack` on the producer
     /// side).
     Decode,
+    /// `timeout`: a frame began but did not arrive whole within the frame timeout, or the
+    /// connection sent nothing for the idle timeout; the connection is closed.
+    Timeout,
 }
 
 impl FrameErrorKind {
@@ -103,6 +106,7 @@ impl FrameErrorKind {
         match self {
             Self::TooLarge => "too_large",
             Self::Decode => "decode",
+            Self::Timeout => "timeout",
         }
     }
 }
@@ -293,12 +297,18 @@ pub struct ConsumerMetrics {
     acks_lost: Counter,
     frame_errors: Family<FrameLabels, Counter>,
     connection_errors: Counter,
+    connections_refused: Counter,
 }
 
 impl ConsumerMetrics {
     /// Registers every metric under `prefix` (e.g. `m3msg_consumer`).
     pub fn register(&self, registry: &mut Registry, prefix: &str) {
         let r = registry.sub_registry_with_prefix(prefix);
+        r.register(
+            "connections_refused",
+            "Producer connections closed at once because maxConnections were open",
+            self.connections_refused.clone(),
+        );
         r.register(
             "connections",
             "Producer connections accepted",
@@ -385,5 +395,12 @@ impl ConsumerMetrics {
     }
     pub(crate) fn inc_connection_errors(&self) {
         self.connection_errors.inc();
+    }
+    pub(crate) fn inc_connections_refused(&self) {
+        self.connections_refused.inc();
+    }
+    /// Connections closed at once because `maxConnections` were open.
+    pub fn connections_refused(&self) -> u64 {
+        self.connections_refused.get()
     }
 }

@@ -93,12 +93,16 @@ impl FrameDeadline {
         }
     }
 
-    /// Records that bytes arrived; `partial` tells whether the buffer now ends inside a frame.
-    pub fn on_read(&mut self, partial: bool) {
-        let now = Instant::now();
-        self.idle_since = now;
+    /// Records that bytes arrived.
+    pub fn on_read(&mut self) {
+        self.idle_since = Instant::now();
+    }
+
+    /// Records whether the buffer, after taking the whole frames out, holds part of a frame:
+    /// the frame timeout runs from the first time it does until it no longer does.
+    pub fn set_partial(&mut self, partial: bool) {
         match (partial, self.frame_since) {
-            (true, None) => self.frame_since = Some(now),
+            (true, None) => self.frame_since = Some(Instant::now()),
             (false, _) => self.frame_since = None,
             (true, Some(_)) => {}
         }
@@ -140,13 +144,15 @@ mod tests {
         let mut d = FrameDeadline::new(&limits);
         let start = Instant::now();
         assert_eq!(d.deadline(), start + limits.idle_timeout);
-        d.on_read(true);
+        d.on_read();
+        d.set_partial(true);
         assert_eq!(d.deadline(), start + limits.frame_timeout);
         assert_eq!(d.expired(), Expiry::PartialFrame);
         tokio::time::advance(Duration::from_secs(30)).await;
-        d.on_read(true); // more of the same frame: the frame deadline stays
+        d.on_read();
+        d.set_partial(true); // more of the same frame: the frame deadline stays
         assert_eq!(d.deadline(), start + limits.frame_timeout);
-        d.on_read(false);
+        d.set_partial(false);
         assert_eq!(
             d.deadline(),
             start + Duration::from_secs(30) + limits.idle_timeout

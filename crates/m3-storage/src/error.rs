@@ -23,8 +23,14 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// The embedded key-value engine (fjall) reported an error (I/O, poisoned journal, ...).
+    /// The message carries fjall's; it is not also chained as a source, so a report that
+    /// prints the chain shows it once.
     #[error("storage engine error: {0}")]
-    Engine(#[from] fjall::Error),
+    Engine(fjall::Error),
+
+    /// The store cannot serve the call right now (it is reopening after a failed write).
+    #[error("store unavailable: {0}")]
+    Unavailable(&'static str),
 
     /// A namespace name that is not configured in this store.
     #[error("unknown namespace {0:?}")]
@@ -107,6 +113,12 @@ pub enum Error {
     },
 }
 
+impl From<fjall::Error> for Error {
+    fn from(e: fjall::Error) -> Self {
+        Error::Engine(e)
+    }
+}
+
 impl Error {
     /// Whether the caller's input caused this error (as opposed to a failure of the store).
     ///
@@ -122,6 +134,7 @@ impl Error {
             | Error::Unsupported(_)
             | Error::InvalidConfig { .. } => true,
             Error::Engine(_)
+            | Error::Unavailable(_)
             | Error::Corrupt { .. }
             | Error::TooManySamples { .. }
             | Error::Timeout => false,

@@ -41,6 +41,16 @@ pub enum LabelsError {
     /// A name or value longer than the on-disk format allows (4 GiB).
     #[error("label {0:?} is too long")]
     TooLong(String),
+    /// The labels together are longer than a key of the engine may be.
+    #[error("the labels of series {name:?} take {size} bytes; a series may take at most {max}")]
+    SeriesTooLong {
+        /// The series' `__name__` (or empty).
+        name: String,
+        /// Encoded size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// A validated, sorted label set. See the [module docs](self).

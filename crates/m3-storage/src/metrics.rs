@@ -11,18 +11,36 @@
 //! | `m3_storage_samples_deleted_by_retention_total`  | samples removed because they expired     |
 //! | `m3_storage_series_removed_by_retention_total`   | series dropped once they had no samples  |
 //! | `m3_storage_write_errors_total`                  | `write_batch` calls that failed          |
+//! | `m3_storage_writable`                            | 1 while the store can write, 0 after a failed write until it recovers |
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 /// Counters kept by a [`Store`](crate::Store). See the [module docs](self).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct StoreMetrics {
     pub(crate) samples_written: Counter,
     pub(crate) series_created: Counter,
     pub(crate) samples_deleted_by_retention: Counter,
     pub(crate) series_removed_by_retention: Counter,
     pub(crate) write_errors: Counter,
+    pub(crate) writable: Gauge,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        let writable = Gauge::default();
+        writable.set(1);
+        StoreMetrics {
+            samples_written: Counter::default(),
+            series_created: Counter::default(),
+            samples_deleted_by_retention: Counter::default(),
+            series_removed_by_retention: Counter::default(),
+            write_errors: Counter::default(),
+            writable,
+        }
+    }
 }
 
 impl StoreMetrics {
@@ -73,6 +91,11 @@ impl StoreMetrics {
             "series_removed_by_retention",
             "Series dropped from the embedded store's index because retention emptied them",
             self.series_removed_by_retention.clone(),
+        );
+        sub.register(
+            "writable",
+            "1 while the embedded store can write, 0 after a failed write until it recovers",
+            self.writable.clone(),
         );
         sub.register(
             "write_errors",

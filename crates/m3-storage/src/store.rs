@@ -30,7 +30,7 @@
 //! retention in [`crate::retention`]; they share the helpers at the bottom of this file.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -38,7 +38,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::labels::Labels;
+use crate::labels::{Labels, LabelsError};
 use crate::matcher::Matcher;
 use crate::metrics::StoreMetrics;
 use crate::namespace::{NamespaceConfig, Namespaces};
@@ -61,13 +61,37 @@ pub struct Store {
     pub(crate) inner: Arc<Inner>,
 }
 
-pub(crate) struct Inner {
+/// The fjall database and its keyspaces. Replaced as a whole when the store reopens after a
+/// failed write (see [`Store::try_recover`]).
+pub(crate) struct Engine {
     db: Database,
     meta: Keyspace,
     series_ids: Keyspace,
     series_labels: Keyspace,
     postings: Keyspace,
     samples: Keyspace,
+}
+
+impl Engine {
+    fn open(dir: &Path) -> Result<Engine> {
+        let db = Database::builder(dir).open()?;
+        Ok(Engine {
+            meta: db.keyspace(keys::KS_META, KeyspaceCreateOptions::default)?,
+            series_ids: db.keyspace(keys::KS_SERIES_IDS, KeyspaceCreateOptions::default)?,
+            series_labels: db.keyspace(keys::KS_SERIES_LABELS, KeyspaceCreateOptions::default)?,
+            postings: db.keyspace(keys::KS_POSTINGS, KeyspaceCreateOptions::default)?,
+            samples: db.keyspace(keys::KS_SAMPLES, KeyspaceCreateOptions::default)?,
+            db,
+        })
+    }
+}
+
+pub(crate) struct Inner {
+    dir: PathBuf,
+    /// `None` only while [`Store::try_recover`] swaps it.
+    engine: RwLock<Option<Arc<Engine>>>,
+    /// Why the store cannot write, since the write that failed; `None` while it can.
+    write_failure: Mutex<Option<String>>,
     pub(crate) namespaces: Namespaces,
     /// Numeric namespace ids, parallel to `namespaces`.
     ns_ids: Vec<u32>,
@@ -106,12 +130,13 @@ impl Store {
     /// [`Error::Corrupt`] when persisted bytes do not decode.
     pub fn open(dir: &Path, namespaces: Vec<NamespaceConfig>) -> Result<Store> {
         let namespaces = Namespaces::new(namespaces)?;
-        let db = Database::builder(dir).open()?;
-        let meta = db.keyspace(keys::KS_META, KeyspaceCreateOptions::default)?;
-        let series_ids = db.keyspace(keys::KS_SERIES_IDS, KeyspaceCreateOptions::default)?;
-        let series_labels = db.keyspace(keys::KS_SERIES_LABELS, KeyspaceCreateOptions::default)?;
-        let postings = db.keyspace(keys::KS_POSTINGS, KeyspaceCreateOptions::default)?;
-        let samples = db.keyspace(keys::KS_SAMPLES, KeyspaceCreateOptions::default)?;
+        let engine = Engine::open(dir)?;
+        let Engine {
+            db,
+            meta,
+            series_ids,
+            ..
+        } = &engine;
 
         match read_u32(&meta, keys::META_FORMAT_VERSION)? {
             None => meta.insert(
@@ -178,12 +203,9 @@ impl Store {
 
         Ok(Store {
             inner: Arc::new(Inner {
-                db,
-                meta,
-                series_ids,
-                series_labels,
-                postings,
-                samples,
+                dir: dir.to_path_buf(),
+                engine: RwLock::new(Some(Arc::new(engine))),
+                write_failure: Mutex::new(None),
                 namespaces,
                 ns_ids,
                 series: maps.into_iter().map(RwLock::new).collect(),
@@ -236,6 +258,7 @@ impl Store {
                 tracing::debug!(namespace, error = %e, "write to embedded store rejected");
             } else {
                 tracing::error!(namespace, error = %e, "write to embedded store failed");
+                self.record_write_failure(e);
             }
         }
         result
@@ -261,6 +284,7 @@ impl Store {
         namespace: &str,
         samples: &[SampleRef<'_>],
     ) -> Result<WriteSummary> {
+        let engine = self.engine()?;
         let ns = self.ns(namespace)?;
         let map = &self.inner.series[ns.index];
         let written = samples.len() as u64;
@@ -270,11 +294,11 @@ impl Store {
         {
             let known = map.read();
             if samples.iter().all(|(l, _, _)| known.contains_key(*l)) {
-                let mut batch = self.inner.db.batch();
+                let mut batch = engine.db.batch();
                 for (labels, ts, value) in samples {
                     if let Some(&sid) = known.get(*labels) {
                         batch.insert(
-                            &self.inner.samples,
+                            &engine.samples,
                             keys::sample_key(ns.id, sid, *ts),
                             keys::encode_value(*value),
                         );
@@ -293,7 +317,7 @@ impl Store {
         // holding the namespace's map exclusively so no other writer creates the same series.
         let mut known = map.write();
         let mut next = self.inner.next_series_id.lock();
-        let mut batch = self.inner.db.batch();
+        let mut batch = engine.db.batch();
         let mut fresh: HashMap<&Labels, u64> = HashMap::new();
         let mut encoded = Vec::new();
         for (labels, ts, value) in samples {
@@ -305,13 +329,23 @@ impl Store {
                         .ok_or_else(|| Error::corrupt("meta", "series ids exhausted"))?;
                     encoded.clear();
                     labels.encode_into(&mut encoded);
-                    self.add_series_to_batch(&mut batch, ns, labels, sid, &encoded);
+                    if encoded.len() > keys::MAX_LABELS_BYTES {
+                        return Err(Error::InvalidLabels(LabelsError::SeriesTooLong {
+                            name: labels
+                                .get(crate::METRIC_NAME_LABEL)
+                                .unwrap_or("")
+                                .to_owned(),
+                            size: encoded.len(),
+                            max: keys::MAX_LABELS_BYTES,
+                        }));
+                    }
+                    Self::add_series_to_batch(&engine, &mut batch, ns, labels, sid, &encoded);
                     fresh.insert(*labels, sid);
                     sid
                 }
             };
             batch.insert(
-                &self.inner.samples,
+                &engine.samples,
                 keys::sample_key(ns.id, sid, *ts),
                 keys::encode_value(*value),
             );
@@ -321,7 +355,7 @@ impl Store {
             .checked_add(created)
             .ok_or_else(|| Error::corrupt("meta", "series ids exhausted"))?;
         batch.insert(
-            &self.inner.meta,
+            &engine.meta,
             keys::META_NEXT_SERIES_ID,
             new_next.to_be_bytes(),
         );
@@ -339,27 +373,26 @@ impl Store {
     }
 
     fn add_series_to_batch(
-        &self,
+        engine: &Engine,
         batch: &mut fjall::OwnedWriteBatch,
         ns: Ns,
         labels: &Labels,
         sid: u64,
         encoded: &[u8],
     ) {
-        let inner = &*self.inner;
         batch.insert(
-            &inner.series_ids,
+            &engine.series_ids,
             keys::series_id_key(ns.id, labels),
             sid.to_be_bytes(),
         );
         batch.insert(
-            &inner.series_labels,
+            &engine.series_labels,
             keys::series_labels_key(ns.id, sid),
             encoded,
         );
         for (name, value) in labels.iter() {
             batch.insert(
-                &inner.postings,
+                &engine.postings,
                 keys::postings_key(ns.id, name, value, sid),
                 [],
             );
@@ -371,12 +404,13 @@ impl Store {
     /// Takes the namespace's map exclusively: writers hold it (shared) from series lookup to
     /// commit, so a series found empty here cannot receive a sample concurrently.
     pub(crate) fn remove_empty_series(&self, ns: Ns, sids: &[u64]) -> Result<u64> {
+        let engine = self.engine()?;
         if sids.is_empty() {
             return Ok(0);
         }
         let inner = &*self.inner;
         let mut known = inner.series[ns.index].write();
-        let mut batch = inner.db.batch();
+        let mut batch = engine.db.batch();
         let mut gone = Vec::new();
         for &sid in sids {
             if self.has_samples_in(ns, sid, i64::MIN, i64::MAX)? {
@@ -385,10 +419,13 @@ impl Store {
             let Some(labels) = self.labels_of(ns, sid)? else {
                 continue;
             };
-            batch.remove(&inner.series_ids, keys::series_id_key(ns.id, &labels));
-            batch.remove(&inner.series_labels, keys::series_labels_key(ns.id, sid));
+            batch.remove(&engine.series_ids, keys::series_id_key(ns.id, &labels));
+            batch.remove(&engine.series_labels, keys::series_labels_key(ns.id, sid));
             for (name, value) in labels.iter() {
-                batch.remove(&inner.postings, keys::postings_key(ns.id, name, value, sid));
+                batch.remove(
+                    &engine.postings,
+                    keys::postings_key(ns.id, name, value, sid),
+                );
             }
             gone.push(labels);
         }
@@ -399,14 +436,104 @@ impl Store {
         Ok(gone.len() as u64)
     }
 
+    /// Why the store cannot write, if it cannot: set when a write fails in the engine (a full
+    /// disk, an I/O error: fjall then refuses every later write), cleared by
+    /// [`try_recover`](Self::try_recover). Health endpoints report it.
+    pub fn write_failure(&self) -> Option<String> {
+        self.inner.write_failure.lock().clone()
+    }
+
+    fn record_write_failure(&self, e: &Error) {
+        if matches!(e, Error::Engine(_) | Error::Unavailable(_)) {
+            let mut failure = self.inner.write_failure.lock();
+            if failure.is_none() {
+                *failure = Some(e.to_string());
+                self.inner.metrics.writable.set(0);
+            }
+        }
+    }
+
+    /// Makes a store that cannot write (see [`write_failure`](Self::write_failure)) write
+    /// again once the cause is gone (space freed): reopens the engine, which replays its
+    /// journal, and checks that a write reaches the disk. Call it periodically while
+    /// `write_failure` is set; returns whether the store can write. Blocking.
+    ///
+    /// Queries in flight keep the old engine alive; the reopen waits (briefly) for them and
+    /// otherwise tries again at the next call. The in-memory series maps stay valid: they only
+    /// change after a commit succeeded.
+    ///
+    /// # Errors
+    /// The engine does not reopen, or the probe write fails (the disk is still full).
+    pub fn try_recover(&self) -> Result<bool> {
+        if self.write_failure().is_none() {
+            return Ok(true);
+        }
+        let old = self.inner.engine.write().take();
+        if let Some(old) = old {
+            let mut old = old;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(engine) => {
+                        drop(engine);
+                        break;
+                    }
+                    Err(shared) if std::time::Instant::now() < deadline => {
+                        old = shared;
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    Err(shared) => {
+                        *self.inner.engine.write() = Some(shared);
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        let engine = match Engine::open(&self.inner.dir) {
+            Ok(engine) => engine,
+            Err(e) => {
+                // Without an engine the store cannot even read: keep trying at each call.
+                tracing::warn!(error = %e, "Reopening the embedded store failed.");
+                return Err(e);
+            }
+        };
+        let probe = engine
+            .meta
+            .insert(keys::META_WRITE_PROBE, [1])
+            .map_err(Error::from)
+            .and_then(|()| {
+                engine
+                    .db
+                    .persist(PersistMode::SyncData)
+                    .map_err(Error::from)
+            });
+        *self.inner.engine.write() = Some(Arc::new(engine));
+        match probe {
+            Ok(()) => {
+                *self.inner.write_failure.lock() = None;
+                self.inner.metrics.writable.set(1);
+                tracing::info!("The embedded store writes again.");
+                Ok(true)
+            }
+            Err(e) => {
+                *self.inner.write_failure.lock() = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
     /// Syncs everything written so far to disk.
     ///
     /// # Errors
     ///
     /// [`Error::Engine`] when the sync fails; fjall then refuses further writes.
     pub fn flush(&self) -> Result<()> {
-        self.inner.db.persist(PersistMode::SyncAll)?;
-        Ok(())
+        let engine = self.engine()?;
+        let result = engine.db.persist(PersistMode::SyncAll).map_err(Error::from);
+        if let Err(e) = &result {
+            self.record_write_failure(e);
+        }
+        result
     }
 
     /// Flushes and drops this handle. The database closes once every clone is dropped.
@@ -429,6 +556,13 @@ impl Store {
     }
 
     // ---- helpers shared by query, promql and retention ----
+
+    /// The current engine.
+    pub(crate) fn engine(&self) -> Result<Arc<Engine>> {
+        self.inner.engine.read().clone().ok_or(Error::Unavailable(
+            "the store is reopening after a failed write",
+        ))
+    }
 
     pub(crate) fn ns(&self, name: &str) -> Result<Ns> {
         let index = self.inner.namespaces.index_of(name)?;
@@ -454,12 +588,13 @@ impl Store {
         start: i64,
         end: i64,
     ) -> Result<Vec<(i64, f64)>> {
+        let engine = self.engine()?;
         if start > end {
             return Ok(Vec::new());
         }
         let range = keys::sample_key(ns.id, sid, start)..=keys::sample_key(ns.id, sid, end);
         let mut out = Vec::new();
-        for guard in self.inner.samples.range(range) {
+        for guard in engine.samples.range(range) {
             let (k, v) = guard.into_inner()?;
             out.push(decode_sample(&k, &v)?);
         }
@@ -475,12 +610,13 @@ impl Store {
         end: i64,
         budget: &mut crate::budget::Budget,
     ) -> Result<Vec<(i64, f64)>> {
+        let engine = self.engine()?;
         if start > end {
             return Ok(Vec::new());
         }
         let range = keys::sample_key(ns.id, sid, start)..=keys::sample_key(ns.id, sid, end);
         let mut out = Vec::new();
-        for guard in self.inner.samples.range(range) {
+        for guard in engine.samples.range(range) {
             let (k, v) = guard.into_inner()?;
             budget.take(1)?;
             if out.len() % crate::budget::DEADLINE_CHECK_EVERY == 0 {
@@ -499,11 +635,12 @@ impl Store {
         start: i64,
         end: i64,
     ) -> Result<Option<(i64, f64)>> {
+        let engine = self.engine()?;
         if start > end {
             return Ok(None);
         }
         let range = keys::sample_key(ns.id, sid, start)..=keys::sample_key(ns.id, sid, end);
-        match self.inner.samples.range(range).next_back() {
+        match engine.samples.range(range).next_back() {
             None => Ok(None),
             Some(guard) => {
                 let (k, v) = guard.into_inner()?;
@@ -514,11 +651,12 @@ impl Store {
 
     /// Whether one series has any sample with `start <= t <= end`.
     pub(crate) fn has_samples_in(&self, ns: Ns, sid: u64, start: i64, end: i64) -> Result<bool> {
+        let engine = self.engine()?;
         if start > end {
             return Ok(false);
         }
         let range = keys::sample_key(ns.id, sid, start)..=keys::sample_key(ns.id, sid, end);
-        match self.inner.samples.range(range).next() {
+        match engine.samples.range(range).next() {
             None => Ok(false),
             Some(guard) => {
                 guard.key()?;
@@ -535,18 +673,20 @@ impl Store {
         before: i64,
         limit: usize,
     ) -> Result<Vec<fjall::UserKey>> {
+        let engine = self.engine()?;
         let range = keys::sample_key(ns.id, sid, i64::MIN)..keys::sample_key(ns.id, sid, before);
         let mut out = Vec::new();
-        for guard in self.inner.samples.range(range).take(limit) {
+        for guard in engine.samples.range(range).take(limit) {
             out.push(guard.key()?);
         }
         Ok(out)
     }
 
     pub(crate) fn remove_samples(&self, keys: Vec<fjall::UserKey>) -> Result<()> {
-        let mut batch = self.inner.db.batch();
+        let engine = self.engine()?;
+        let mut batch = engine.db.batch();
         for k in keys {
-            batch.remove(&self.inner.samples, k);
+            batch.remove(&engine.samples, k);
         }
         batch.commit()?;
         Ok(())
@@ -555,7 +695,7 @@ impl Store {
     /// The label set of a series, from the persisted reverse index.
     pub(crate) fn labels_of(&self, ns: Ns, sid: u64) -> Result<Option<Labels>> {
         match self
-            .inner
+            .engine()?
             .series_labels
             .get(keys::series_labels_key(ns.id, sid))?
         {
@@ -568,8 +708,9 @@ impl Store {
 
     /// Every series of a namespace, from the persisted reverse index.
     pub(crate) fn all_series(&self, ns: Ns) -> Result<Vec<(u64, Labels)>> {
+        let engine = self.engine()?;
         let mut out = Vec::new();
-        for guard in self.inner.series_labels.prefix(ns.id.to_be_bytes()) {
+        for guard in engine.series_labels.prefix(ns.id.to_be_bytes()) {
             let (k, v) = guard.into_inner()?;
             let sid = keys::parse_series_labels_key(&k)
                 .ok_or_else(|| Error::corrupt("series labels key", format!("{:?}", &*k)))?;
@@ -583,10 +724,11 @@ impl Store {
     /// Series ids whose value for the matcher's label satisfies it. Only meaningful for matchers
     /// that reject the empty value (series lacking the label are not in the postings).
     pub(crate) fn postings_for(&self, ns: Ns, m: &Matcher) -> Result<BTreeSet<u64>> {
+        let engine = self.engine()?;
         let mut out = BTreeSet::new();
         if let Matcher::Equal { name, value } = m {
             let prefix = keys::postings_value_prefix(ns.id, name, value);
-            for guard in self.inner.postings.prefix(&prefix) {
+            for guard in engine.postings.prefix(&prefix) {
                 let k = guard.key()?;
                 let sid = k
                     .get(prefix.len()..)
@@ -611,8 +753,9 @@ impl Store {
         name: &str,
         mut f: impl FnMut(&str, u64),
     ) -> Result<()> {
+        let engine = self.engine()?;
         let prefix = keys::postings_name_prefix(ns.id, name);
-        for guard in self.inner.postings.prefix(&prefix) {
+        for guard in engine.postings.prefix(&prefix) {
             let k = guard.key()?;
             let (value, sid) = k
                 .get(prefix.len()..)

@@ -220,6 +220,7 @@ pub async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow::Resul
             listener,
             Arc::clone(&aggregator),
             m3_proto::framing::DEFAULT_RAWTCP_MAX_MESSAGE_SIZE,
+            m3_server::tcp::ListenerLimits::default(),
             cancel.clone(),
         )));
         let mut registry = Registry::default();
@@ -232,10 +233,17 @@ pub async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow::Resul
             m3_aggregator::http::router(Arc::clone(&instance), Arc::new(Mutex::new(registry)));
         http_endpoints.push(http_listener.local_addr()?.to_string());
         let http_cancel = cancel.clone();
+        let refused = Arc::clone(instance.aggregator());
         rawtcp_tasks.push(tokio::spawn(async move {
-            axum::serve(http_listener, app)
-                .with_graceful_shutdown(async move { http_cancel.cancelled().await })
-                .await
+            m3_server::http::serve(
+                http_listener,
+                app,
+                m3_server::http::HttpLimits::default(),
+                http_cancel,
+                move || refused.metrics().record_http_connection_refused(),
+            )
+            .await;
+            Ok(())
         }));
         instances.push(instance);
     }
@@ -266,7 +274,7 @@ pub async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow::Resul
     println!("Press Ctrl-C to stop (closed windows are flushed and stored first).");
     println!();
 
-    wait_for_shutdown_signal().await;
+    m3_server::process::shutdown_signal().await;
     tracing::info!("Shutting down: draining the coordinator's queues to the aggregators.");
     coordinator
         .drain_aggregator_client(Duration::from_secs(5))
@@ -296,28 +304,6 @@ pub async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow::Resul
     coordinator.shutdown().await;
     tracing::info!("Stopped.");
     Ok(())
-}
-
-async fn wait_for_shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 /// Creates the aggregator placement, the topic, the coordinator placement and its consumer

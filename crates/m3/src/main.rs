@@ -72,12 +72,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    m3_server::process::init_logging();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -88,7 +83,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Local { config, data_dir } => local::run(&config, data_dir).await,
+            Command::Local { config, data_dir } => {
+                m3_server::process::prepare();
+                local::run(&config, data_dir).await
+            }
             Command::Bench {
                 url,
                 series,

@@ -256,3 +256,31 @@ fn flush_and_explicit_close_with_clones_alive() {
     other.write_batch(RAW, &[(&up, 2, 2.0)]).unwrap();
     assert_eq!(other.select(RAW, &[], 0, 10).unwrap()[0].samples.len(), 2);
 }
+
+/// Regression (issue 6): labels over 64 KiB made the engine panic; the batch is now refused
+/// as bad input and the store keeps working.
+#[test]
+fn a_series_too_long_for_a_key_is_refused_not_a_panic() {
+    let dir = tmp();
+    let store = open(dir.path());
+    let huge = "x".repeat(70 * 1024);
+    let long = labels(&[("__name__", "big"), ("v", huge.as_str())]);
+    let err = store.write_batch(RAW, &[(&long, 1_000, 1.0)]).unwrap_err();
+    assert!(err.is_bad_input(), "{err}");
+    assert!(err.to_string().contains("at most"), "{err}");
+    assert!(
+        store.write_failure().is_none(),
+        "bad input is not a store failure"
+    );
+    let ok = labels(&[("__name__", "ok")]);
+    store.write_batch(RAW, &[(&ok, 1_000, 1.0)]).unwrap();
+    assert_eq!(store.series_count(RAW).unwrap(), 1);
+}
+
+#[test]
+fn a_store_that_can_write_recovers_at_once() {
+    let dir = tmp();
+    let store = open(dir.path());
+    assert_eq!(store.write_failure(), None);
+    assert!(store.try_recover().unwrap());
+}
