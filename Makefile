@@ -4,7 +4,7 @@
 CARGO ?= cargo
 BIN := bin
 
-.PHONY: all local m3 m3aggregator m3coordinator test deps lint bench clean
+.PHONY: all local m3 m3aggregator m3coordinator test deps lint bench fuzz clean
 
 all: m3 m3aggregator m3coordinator
 
@@ -30,6 +30,10 @@ deps:
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Every fuzz target for 30s each (FUZZ_SECONDS=...), from the corpus kept in fuzz/corpus.
+fuzz: deps
+	scripts/fuzz.sh $(or $(FUZZ_SECONDS),30)
 
 bench: deps
 	$(CARGO) bench --workspace

@@ -26,5 +26,9 @@ fuzz_target!(|data: &[u8]| {
     let flushed = aggregator.flush(NOW + 3_600_000_000_000, FlushMode::LeaderFinal, &mut out);
     assert_eq!(flushed.outputs, out.len());
     aggregator.expire_entries(NOW + 86_400_000_000_000);
-    assert_eq!(aggregator.stats().windows, 0, "a final flush far ahead leaves no window open");
+    assert_eq!(
+        aggregator.stats().windows,
+        0,
+        "a final flush far ahead leaves no window open"
+    );
 });

@@ -32,7 +32,10 @@ fn walk(request: &m3_coordinator::remote_write::DecodedRequest<'_>) {
         if series.invalid().is_none() {
             assert!(!labels.is_empty() && labels.len() <= 16);
             for pair in labels.windows(2) {
-                assert!(pair[0].0 < pair[1].0, "valid series have sorted, unique names");
+                assert!(
+                    pair[0].0 < pair[1].0,
+                    "valid series have sorted, unique names"
+                );
             }
             for (name, value) in &labels {
                 assert!(name.len() <= 64 && value.len() <= 256);

@@ -421,6 +421,15 @@ pub struct IngestConsumerConfig {
     /// Acks batched before a flush.
     #[serde(default)]
     pub ack_buffer_size: Option<usize>,
+    /// Producer connections at once (default 4096).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// A connection that sends nothing for this long is closed (default 10m).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// A frame must arrive whole within this long (default 1m).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub frame_timeout: Option<Duration>,
     /// Other consumer keys, accepted.
     #[serde(flatten)]
     pub other: std::collections::BTreeMap<String, Ignored>,

@@ -8,11 +8,20 @@
 //!
 //! IDs are tag-encoded label sets (see `m3_metric::id`); an ID that is not becomes the series
 //! name, with characters Prometheus does not allow replaced by `_`.
+//!
+//! Messages are stored in batches: the connection's read loop queues each message (a bounded
+//! queue; when full the message is not acked and comes back later), and a few workers take up
+//! to [`MAX_BATCH`] at a time and write them with one store write per namespace, then ack each.
+//! A leader flushing 300k windows at once is stored in seconds, not a minute of single-sample
+//! writes.
+//!
+//! ```text
+//! read loop ──try_send──▶ queue (bounded) ──recv_many──▶ worker ──▶ one write per namespace ──▶ ack each
+//! ```
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use m3_msg::{Decision, MessageHandler};
+use m3_msg::{ConsumedMessage, Decision, MessageHandler};
 use m3_proto::Message;
 use m3_proto::metricpb::AggregatedMetric;
 use m3_storage::{Labels, Store};
@@ -32,62 +41,89 @@ impl IngestHandler {
         IngestHandler { store, metrics }
     }
 
-    /// The m3msg handler: each message is stored on a blocking thread, then acked or not.
-    pub fn into_message_handler(self) -> Arc<dyn MessageHandler> {
+    /// The m3msg handler: messages are queued and stored in batches by `workers` tasks, each
+    /// acked once stored (see the module doc). Call within a Tokio runtime.
+    pub fn into_message_handler(self, workers: usize) -> Arc<dyn MessageHandler> {
+        let (queue, receiver) = tokio::sync::mpsc::channel::<ConsumedMessage>(QUEUE_SIZE);
+        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
         let handler = Arc::new(self);
-        m3_msg::handler_fn(move |value: Bytes, _metadata| {
-            let handler = Arc::clone(&handler);
-            async move {
-                tokio::task::spawn_blocking(move || handler.handle(&value))
-                    .await
-                    .unwrap_or(Decision::NoAck)
+        for _ in 0..workers.max(1) {
+            tokio::spawn(store_batches(Arc::clone(&handler), Arc::clone(&receiver)));
+        }
+        let metrics = handler.metrics.clone();
+        Arc::new(move |message: ConsumedMessage| {
+            if let Err(full) = queue.try_send(message) {
+                metrics.ingest_error(IngestErrorReason::queue_full);
+                full.into_inner().finish(Decision::NoAck);
             }
         })
     }
 
+    /// Stores a batch of `AggregatedMetric` payloads, one store write per namespace; the
+    /// decision for each, in order.
+    pub fn handle_batch(&self, values: &[&[u8]]) -> Vec<Decision> {
+        let mut decisions = vec![Decision::Ack; values.len()];
+        let mut by_namespace: Vec<(String, Vec<PendingSample>)> = Vec::new();
+        for (i, value) in values.iter().enumerate() {
+            match self.prepare(value) {
+                Prepared::Decided(decision) => decisions[i] = decision,
+                Prepared::Sample {
+                    namespace,
+                    labels,
+                    time_ms,
+                    value,
+                } => {
+                    let slot = match by_namespace.iter().position(|(n, _)| *n == namespace) {
+                        Some(slot) => slot,
+                        None => {
+                            by_namespace.push((namespace, Vec::new()));
+                            by_namespace.len() - 1
+                        }
+                    };
+                    by_namespace[slot].1.push((i, labels, time_ms, value));
+                }
+            }
+        }
+        for (namespace, samples) in &by_namespace {
+            let refs: Vec<(&Labels, i64, f64)> =
+                samples.iter().map(|(_, l, t, v)| (l, *t, *v)).collect();
+            match self.store.write_batch(namespace, &refs) {
+                Ok(_) => {
+                    self.metrics.ingest_stored.inc_by(refs.len() as u64);
+                }
+                Err(e) if e.is_bad_input() => {
+                    // One bad series refuses the whole batch: store them one by one to keep
+                    // the others.
+                    for (i, labels, t, v) in samples {
+                        decisions[*i] = self.store_one(namespace, labels, *t, *v);
+                    }
+                }
+                Err(e) => {
+                    self.metrics
+                        .ingest_errors
+                        .get_or_create(&crate::metrics::IngestErrorLabels {
+                            reason: IngestErrorReason::storage_error,
+                        })
+                        .inc_by(samples.len() as u64);
+                    tracing::error!(error = %e, namespace, samples = samples.len(), "Storing aggregated metrics failed; leaving them un-acked for redelivery.");
+                    for (i, ..) in samples {
+                        decisions[*i] = Decision::NoAck;
+                    }
+                }
+            }
+        }
+        decisions
+    }
+
     /// Stores one `AggregatedMetric` payload and says whether to ack it.
     pub fn handle(&self, value: &[u8]) -> Decision {
-        self.metrics.ingest_received.inc();
-        let Ok(message) = AggregatedMetric::decode(value) else {
-            self.metrics.ingest_error(IngestErrorReason::decode_error);
-            tracing::warn!(
-                bytes = value.len(),
-                "Aggregated metric does not decode; dropping it."
-            );
-            return Decision::Ack;
-        };
-        let Some(metric) = message.metric else {
-            self.metrics.ingest_error(IngestErrorReason::decode_error);
-            return Decision::Ack;
-        };
-        let (Some(timed), Some(policy)) = (metric.timed_metric, metric.storage_policy) else {
-            self.metrics.ingest_error(IngestErrorReason::decode_error);
-            return Decision::Ack;
-        };
-        let Some(policy) = m3_metric::StoragePolicy::from_proto(&policy) else {
-            self.metrics.ingest_error(IngestErrorReason::decode_error);
-            return Decision::Ack;
-        };
-        let namespace = match self
-            .store
-            .namespaces()
-            .namespace_for(policy.resolution.window, policy.retention.0)
-        {
-            Ok(ns) => ns.name.clone(),
-            Err(e) => {
-                self.metrics.ingest_error(IngestErrorReason::no_namespace);
-                tracing::warn!(policy = %policy, error = %e, "No namespace for aggregated metric; leaving it un-acked for redelivery.");
-                return Decision::NoAck;
-            }
-        };
-        let Some(labels) = labels_of(&timed.id) else {
-            self.metrics.ingest_error(IngestErrorReason::invalid_id);
-            return Decision::Ack;
-        };
-        let time_ms = timed.time_nanos.div_euclid(1_000_000);
+        self.handle_batch(&[value])[0]
+    }
+
+    fn store_one(&self, namespace: &str, labels: &Labels, time_ms: i64, value: f64) -> Decision {
         match self
             .store
-            .write_batch(&namespace, &[(&labels, time_ms, timed.value)])
+            .write_batch(namespace, &[(labels, time_ms, value)])
         {
             Ok(_) => {
                 self.metrics.ingest_stored.inc();
@@ -103,6 +139,102 @@ impl IngestHandler {
                 tracing::error!(error = %e, "Storing aggregated metric failed; leaving it un-acked for redelivery.");
                 Decision::NoAck
             }
+        }
+    }
+
+    /// Decodes one payload into the sample to store, or the decision when there is none.
+    fn prepare(&self, value: &[u8]) -> Prepared {
+        self.metrics.ingest_received.inc();
+        let Ok(message) = AggregatedMetric::decode(value) else {
+            self.metrics.ingest_error(IngestErrorReason::decode_error);
+            tracing::warn!(
+                bytes = value.len(),
+                "Aggregated metric does not decode; dropping it."
+            );
+            return Prepared::Decided(Decision::Ack);
+        };
+        let Some(metric) = message.metric else {
+            self.metrics.ingest_error(IngestErrorReason::decode_error);
+            return Prepared::Decided(Decision::Ack);
+        };
+        let (Some(timed), Some(policy)) = (metric.timed_metric, metric.storage_policy) else {
+            self.metrics.ingest_error(IngestErrorReason::decode_error);
+            return Prepared::Decided(Decision::Ack);
+        };
+        let Some(policy) = m3_metric::StoragePolicy::from_proto(&policy) else {
+            self.metrics.ingest_error(IngestErrorReason::decode_error);
+            return Prepared::Decided(Decision::Ack);
+        };
+        let namespace = match self
+            .store
+            .namespaces()
+            .namespace_for(policy.resolution.window, policy.retention.0)
+        {
+            Ok(ns) => ns.name.clone(),
+            Err(e) => {
+                self.metrics.ingest_error(IngestErrorReason::no_namespace);
+                tracing::warn!(policy = %policy, error = %e, "No namespace for aggregated metric; leaving it un-acked for redelivery.");
+                return Prepared::Decided(Decision::NoAck);
+            }
+        };
+        let Some(labels) = labels_of(&timed.id) else {
+            self.metrics.ingest_error(IngestErrorReason::invalid_id);
+            return Prepared::Decided(Decision::Ack);
+        };
+        Prepared::Sample {
+            namespace,
+            labels,
+            time_ms: timed.time_nanos.div_euclid(1_000_000),
+            value: timed.value,
+        }
+    }
+}
+
+/// Messages waiting to be stored before the read loops stop acking (not acked beyond: the
+/// aggregators redeliver them).
+const QUEUE_SIZE: usize = 64 * 1024;
+
+/// Messages stored in one batch.
+pub const MAX_BATCH: usize = 4096;
+
+/// A sample waiting for its namespace's write: (message index, labels, time ms, value).
+type PendingSample = (usize, Labels, i64, f64);
+
+/// What one payload amounts to.
+enum Prepared {
+    /// Nothing to store: ack (undecodable, dropped) or not (no namespace yet).
+    Decided(Decision),
+    /// A sample to store in `namespace`.
+    Sample {
+        namespace: String,
+        labels: Labels,
+        time_ms: i64,
+        value: f64,
+    },
+}
+
+/// A worker: takes up to [`MAX_BATCH`] queued messages at a time, stores them on a blocking
+/// thread and acks each as decided.
+async fn store_batches(
+    handler: Arc<IngestHandler>,
+    receiver: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<ConsumedMessage>>>,
+) {
+    loop {
+        let mut batch = Vec::with_capacity(64);
+        let received = receiver.lock().await.recv_many(&mut batch, MAX_BATCH).await;
+        if received == 0 {
+            return;
+        }
+        let stored = Arc::clone(&handler);
+        let values: Vec<bytes::Bytes> = batch.iter().map(|m| m.value().clone()).collect();
+        let decisions = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&[u8]> = values.iter().map(|v| v.as_ref()).collect();
+            stored.handle_batch(&refs)
+        })
+        .await
+        .unwrap_or_else(|_| vec![Decision::NoAck; batch.len()]);
+        for (message, decision) in batch.into_iter().zip(decisions) {
+            message.finish(decision);
         }
     }
 }
@@ -133,6 +265,7 @@ pub fn labels_of(id: &[u8]) -> Option<Labels> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use m3_proto::metricpb::{TimedMetric, TimedMetricWithStoragePolicy};
     use m3_storage::{Matcher, NamespaceConfig};
     use std::time::Duration;
@@ -182,6 +315,23 @@ mod tests {
         )
         .unwrap();
         id
+    }
+
+    #[test]
+    fn a_batch_is_stored_whole_and_each_message_decided() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let handler = IngestHandler::new(store.clone(), CoordinatorMetrics::default());
+        let a = message(&tagged("a"), "10s:2d", 20_000_000_000, 1.0);
+        let b = message(&tagged("b"), "10s:2d", 20_000_000_000, 2.0);
+        let no_namespace = message(&tagged("c"), "1m:40d", 60_000_000_000, 3.0);
+        let garbage = vec![0xff, 0xff, 0xff];
+        let decisions = handler.handle_batch(&[&a, &b, &no_namespace, &garbage]);
+        assert_eq!(
+            decisions,
+            vec![Decision::Ack, Decision::Ack, Decision::NoAck, Decision::Ack]
+        );
+        assert_eq!(store.series_count("agg").unwrap(), 2);
     }
 
     #[test]

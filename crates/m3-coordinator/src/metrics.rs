@@ -76,6 +76,8 @@ pub enum IngestErrorReason {
     storage_error,
     /// The ID could not be turned into labels.
     invalid_id,
+    /// The ingest queue was full: not acked, so the aggregator redelivers it later.
+    queue_full,
 }
 
 /// Label set for ingest errors.

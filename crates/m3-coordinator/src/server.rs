@@ -172,9 +172,20 @@ impl Coordinator {
                     if let Some(n) = c.ack_buffer_size {
                         consumer.ack_buffer_size = n;
                     }
+                    if let Some(n) = c.max_connections {
+                        consumer.max_connections = n;
+                    }
+                    if let Some(t) = c.idle_timeout {
+                        consumer.idle_timeout = t;
+                    }
+                    if let Some(t) = c.frame_timeout {
+                        consumer.frame_timeout = t;
+                    }
                 }
-                let handler =
-                    IngestHandler::new(store.clone(), metrics.clone()).into_message_handler();
+                let handler = IngestHandler::new(store.clone(), metrics.clone())
+                    .into_message_handler(
+                        ingest.ingester.worker_pool_size.unwrap_or(4).clamp(1, 16),
+                    );
                 let consumer_metrics = m3_msg::ConsumerMetrics::default();
                 consumer_metrics.register(&mut registry, "m3coordinator_ingest");
                 let server =

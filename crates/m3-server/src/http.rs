@@ -17,8 +17,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -65,15 +65,12 @@ pub async fn serve(
     shutdown: CancellationToken,
     on_rejected: impl Fn() + Send + Sync + 'static,
 ) {
-    let mut builder = Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only: telling HTTP/2 apart means waiting for the first bytes with no timeout at
+    // all, and remote-write clients speak HTTP/1.1 in plain text.
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(limits.header_read_timeout));
     let graceful = GracefulShutdown::new();
     let connections = ConnectionLimit::new(limits.max_connections);
     let mut backoff = Duration::from_millis(5);
@@ -105,9 +102,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -167,6 +162,12 @@ mod tests {
             ..HttpLimits::default()
         };
         let (addr, shutdown, _) = start(limits).await;
+        // One connection that sends nothing, one that stops inside its request line.
+        let mut mute = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = Vec::new();
+        let _closed = tokio::time::timeout(Duration::from_secs(5), mute.read_to_end(&mut buf))
+            .await
+            .expect("the server closes a connection that sends nothing");
         let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
         silent.write_all(b"GET /hea").await.unwrap();
         let mut buf = Vec::new();

@@ -138,7 +138,7 @@ impl Store {
             ..
         } = &engine;
 
-        match read_u32(&meta, keys::META_FORMAT_VERSION)? {
+        match read_u32(meta, keys::META_FORMAT_VERSION)? {
             None => meta.insert(
                 keys::META_FORMAT_VERSION,
                 keys::FORMAT_VERSION.to_be_bytes(),
@@ -157,33 +157,33 @@ impl Store {
         }
 
         // Assign numeric ids to namespaces seen for the first time.
-        let mut next_ns = read_u32(&meta, keys::META_NEXT_NAMESPACE_ID)?.unwrap_or(0);
+        let mut next_ns = read_u32(meta, keys::META_NEXT_NAMESPACE_ID)?.unwrap_or(0);
         let mut ns_ids = Vec::with_capacity(namespaces.len());
         let mut batch = db.batch();
         for ns in namespaces.iter() {
             let key = keys::meta_namespace_key(&ns.name);
-            let id = match read_u32(&meta, &key)? {
+            let id = match read_u32(meta, &key)? {
                 Some(id) => id,
                 None => {
                     let id = next_ns;
                     next_ns = next_ns
                         .checked_add(1)
                         .ok_or_else(|| Error::corrupt("meta", "namespace ids exhausted"))?;
-                    batch.insert(&meta, &key, id.to_be_bytes());
+                    batch.insert(meta, &key, id.to_be_bytes());
                     tracing::info!(namespace = %ns.name, id, "new namespace");
                     id
                 }
             };
             ns_ids.push(id);
         }
-        batch.insert(&meta, keys::META_NEXT_NAMESPACE_ID, next_ns.to_be_bytes());
+        batch.insert(meta, keys::META_NEXT_NAMESPACE_ID, next_ns.to_be_bytes());
         batch.commit()?;
 
         // Rebuild the label set → id maps from the persisted index.
         let position: HashMap<u32, usize> =
             ns_ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
         let mut maps: Vec<HashMap<Labels, u64>> = vec![HashMap::new(); namespaces.len()];
-        let mut next_series = read_u64(&meta, keys::META_NEXT_SERIES_ID)?.unwrap_or(0);
+        let mut next_series = read_u64(meta, keys::META_NEXT_SERIES_ID)?.unwrap_or(0);
         for guard in series_ids.iter() {
             let (k, v) = guard.into_inner()?;
             let (ns_id, labels) = keys::parse_series_id_key(&k)

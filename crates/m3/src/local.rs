@@ -75,6 +75,26 @@ struct LocalAggregators {
     #[serde(default = "default_message_ttl", with = "m3_config::duration")]
     #[serde(rename = "messageTTL")]
     message_ttl: Duration,
+    /// rawtcp connections per aggregator (default 4096).
+    #[serde(default)]
+    max_connections: Option<usize>,
+    /// rawtcp: a connection that sends nothing for this long is closed (default 10m).
+    #[serde(default, with = "m3_config::option_duration")]
+    idle_timeout: Option<Duration>,
+    /// rawtcp: a frame must arrive whole within this long (default 1m).
+    #[serde(default, with = "m3_config::option_duration")]
+    frame_timeout: Option<Duration>,
+}
+
+impl LocalAggregators {
+    fn rawtcp_limits(&self) -> m3_server::tcp::ListenerLimits {
+        let d = m3_server::tcp::ListenerLimits::default();
+        m3_server::tcp::ListenerLimits {
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            idle_timeout: self.idle_timeout.unwrap_or(d.idle_timeout),
+            frame_timeout: self.frame_timeout.unwrap_or(d.frame_timeout),
+        }
+    }
 }
 
 impl Default for LocalAggregators {
@@ -88,6 +108,9 @@ impl Default for LocalAggregators {
             entry_ttl: default_entry_ttl(),
             default_storage_policies: default_policies(),
             message_ttl: default_message_ttl(),
+            max_connections: None,
+            idle_timeout: None,
+            frame_timeout: None,
         }
     }
 }
@@ -220,7 +243,7 @@ pub async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow::Resul
             listener,
             Arc::clone(&aggregator),
             m3_proto::framing::DEFAULT_RAWTCP_MAX_MESSAGE_SIZE,
-            m3_server::tcp::ListenerLimits::default(),
+            config.aggregators.rawtcp_limits(),
             cancel.clone(),
         )));
         let mut registry = Registry::default();

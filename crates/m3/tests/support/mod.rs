@@ -25,13 +25,16 @@ pub fn now_ms() -> i64 {
 pub struct LocalProcess {
     child: Option<Child>,
     http: String,
+    ingest: String,
     aggregators: Vec<String>,
     aggregator_http: Vec<String>,
     dir: Option<tempfile::TempDir>,
     client: reqwest::Client,
 }
 
-const CONFIG: &str = r#"
+/// The test config of `m3 local` (`DATA_DIR` is replaced by the data directory); tests that
+/// need other settings edit it and pass it to [`LocalProcess::start_with`].
+pub const CONFIG: &str = r#"
 coordinator:
   listenAddress: 127.0.0.1:0
   clusters:
@@ -78,11 +81,17 @@ aggregators:
 impl LocalProcess {
     /// Starts `m3 local` with a test config (30s past buffer) in a fresh directory.
     pub async fn start(name: &str) -> LocalProcess {
+        LocalProcess::start_with(name, CONFIG, &[]).await
+    }
+
+    /// Starts `m3 local` with `config` in a fresh directory, through `launcher` (a command
+    /// prefix such as `["prlimit", "--nofile=1024:"]`) if not empty.
+    pub async fn start_with(name: &str, config: &str, launcher: &[&str]) -> LocalProcess {
         let dir = tempfile::Builder::new()
             .prefix(&format!("m3-e2e-{name}-"))
             .tempdir()
             .expect("temp dir");
-        let mut process = LocalProcess::start_in(dir.path()).await;
+        let mut process = LocalProcess::launch(dir.path(), config, launcher).await;
         process.dir = Some(dir);
         process
     }
@@ -90,14 +99,26 @@ impl LocalProcess {
     /// Starts `m3 local` keeping its config and data in `dir` (which the caller owns, so a
     /// second process can reopen the same data).
     pub async fn start_in(dir: &std::path::Path) -> LocalProcess {
+        LocalProcess::launch(dir, CONFIG, &[]).await
+    }
+
+    async fn launch(dir: &std::path::Path, config_text: &str, launcher: &[&str]) -> LocalProcess {
         let config = dir.join("m3local.yml");
         let data = dir.join("data");
         std::fs::write(
             &config,
-            CONFIG.replace("DATA_DIR", &data.display().to_string()),
+            config_text.replace("DATA_DIR", &data.display().to_string()),
         )
         .expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_m3"))
+        let mut command = match launcher.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_m3"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_m3")),
+        };
+        let mut child = command
             .args(["local", "-f"])
             .arg(&config)
             .env("RUST_LOG", "info,lsm_tree=warn,fjall=warn")
@@ -114,8 +135,12 @@ impl LocalProcess {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(30);
-        let (mut http, mut aggregators, mut aggregator_http) = (None, None, None);
-        while http.is_none() || aggregators.is_none() || aggregator_http.is_none() {
+        let (mut http, mut aggregators, mut aggregator_http, mut ingest) = (None, None, None, None);
+        while http.is_none()
+            || aggregators.is_none()
+            || aggregator_http.is_none()
+            || ingest.is_none()
+        {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx.recv_timeout(left).unwrap_or_else(|_| {
                 let _ = child.kill();
@@ -123,6 +148,9 @@ impl LocalProcess {
             });
             if let Some(rest) = line.trim().strip_prefix("coordinator API:") {
                 http = Some(rest.trim().to_string());
+            }
+            if let Some(rest) = line.trim().strip_prefix("ingest (m3msg):") {
+                ingest = Some(rest.trim().to_string());
             }
             if let Some(rest) = line.trim().strip_prefix("aggregators (rawtcp):") {
                 aggregators = Some(rest.split(',').map(|s| s.trim().to_string()).collect());
@@ -138,11 +166,40 @@ impl LocalProcess {
         LocalProcess {
             child: Some(child),
             http: http.unwrap_or_default(),
+            ingest: ingest.unwrap_or_default(),
             aggregators: aggregators.unwrap_or_default(),
             aggregator_http: aggregator_http.unwrap_or_default(),
             dir: None,
             client: reqwest::Client::new(),
         }
+    }
+
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The coordinator's m3msg ingest address.
+    pub fn ingest(&self) -> &str {
+        &self.ingest
+    }
+
+    /// The process's peak resident memory so far (`VmHWM`), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM:") * 1024
+    }
+
+    /// Resets the peak resident memory to the current one (`/proc/<pid>/clear_refs`).
+    pub fn reset_peak_rss(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5")
+            .expect("clear_refs is writable for our own child");
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// The rawtcp endpoints of the aggregators.
@@ -253,6 +310,16 @@ impl Drop for LocalProcess {
             let _ = child.wait();
         }
     }
+}
+
+/// A `/proc/<pid>/status` field in KiB (0 when absent).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The (ms, value) points of the matrix series whose `host` label is `host`.

@@ -1,0 +1,453 @@
+//! Hostile and careless input against the built `m3 local`: what a client can make the process
+//! hold, for how long, and what it answers. Each test is one finding of the hardening review
+//! (issue 6); on the code before it, each of them fails.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use m3_proto::Message;
+use m3_proto::prometheus::{Label, Sample, TimeSeries, WriteRequest};
+use support::{CONFIG, LocalProcess, now_ms};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const MIB: u64 = 1024 * 1024;
+
+/// The growth of the process's peak RSS that three concurrent bombs may cause: each request
+/// may hold its compressed body, its decompressed body (≤ 32 MiB) and decoded arrays within
+/// the count limits (docs/limits.md); 64 MiB each, plus slack for the allocator.
+const BOMB_BOUND: u64 = 3 * 64 * MIB + 64 * MIB;
+
+fn series(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> TimeSeries {
+    TimeSeries {
+        labels: labels
+            .iter()
+            .map(|(n, v)| Label {
+                name: n.to_string(),
+                value: v.to_string(),
+            })
+            .collect(),
+        samples: samples
+            .iter()
+            .map(|&(timestamp, value)| Sample { value, timestamp })
+            .collect(),
+    }
+}
+
+/// A `WriteRequest` holding one series `x` and `count` copies of the 2-byte `item` (an empty
+/// sample `12 00`, or an empty series `0a 00` at the top level), snappy-compressed: a few
+/// hundred KB on the wire that decode to millions of entries.
+fn bomb(item: &[u8], count: usize, top_level: bool) -> Vec<u8> {
+    let label = [
+        0x0a, 0x0d, 0x0a, 0x08, b'_', b'_', b'n', b'a', b'm', b'e', b'_', b'_', 0x12, 0x01, b'x',
+    ];
+    let mut body = Vec::new();
+    if top_level {
+        body.push(0x0a);
+        put_varint(label.len() as u64, &mut body);
+        body.extend_from_slice(&label);
+        for _ in 0..count {
+            body.extend_from_slice(item);
+        }
+    } else {
+        let inner_len = label.len() + item.len() * count;
+        body.push(0x0a);
+        put_varint(inner_len as u64, &mut body);
+        body.extend_from_slice(&label);
+        for _ in 0..count {
+            body.extend_from_slice(item);
+        }
+    }
+    snap::raw::Encoder::new()
+        .compress_vec(&body)
+        .expect("compress")
+}
+
+fn put_varint(mut n: u64, out: &mut Vec<u8>) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// Regression: one 1.5 MB request of empty samples peaked at 2 GB, three at 4.3 GB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_write_bombs_are_refused_inside_the_memory_bound() {
+    let local = LocalProcess::start("bombs").await;
+    // Just under the 32 MiB decompressed limit, so the count limits are what stops them.
+    let samples = bomb(&[0x12, 0x00], 15 * 1024 * 1024, false);
+    let series = bomb(&[0x0a, 0x00], 15 * 1024 * 1024, true);
+    let labels = bomb(
+        &[0x0a, 0x06, 0x0a, 0x01, b'a', 0x12, 0x01, b'b'],
+        3 * 1024 * 1024,
+        false,
+    );
+    println!(
+        "bodies: {} / {} / {} bytes",
+        samples.len(),
+        series.len(),
+        labels.len()
+    );
+    // Let the process settle, then measure the peak from here.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    local.reset_peak_rss();
+    let base = local.peak_rss();
+    for body in [&samples, &series, &labels] {
+        let (a, b, c) = tokio::join!(
+            local.remote_write_raw(body.clone()),
+            local.remote_write_raw(body.clone()),
+            local.remote_write_raw(body.clone()),
+        );
+        for (status, text) in [a, b, c] {
+            assert_eq!(status, 413, "{text}");
+            assert!(text.contains("split it into smaller requests"), "{text}");
+        }
+    }
+    let grown = local.peak_rss().saturating_sub(base);
+    println!(
+        "peak RSS grew by {} MiB (bound {} MiB)",
+        grown / MIB,
+        BOMB_BOUND / MIB
+    );
+    assert!(
+        grown <= BOMB_BOUND,
+        "three concurrent bombs grew the peak RSS by {} MiB, over the bound of {} MiB",
+        grown / MIB,
+        BOMB_BOUND / MIB
+    );
+    let ok = WriteRequest {
+        timeseries: vec![self::series(
+            &[("__name__", "after_bombs")],
+            &[(now_ms(), 1.0)],
+        )],
+    };
+    let (status, text) = local.remote_write(&ok.encode_to_vec()).await;
+    assert_eq!(status, 200, "{text}");
+    local.stop().await;
+}
+
+/// Regression: labels over 64 KiB made the store panic (500, retried forever) and dropped the
+/// valid series of the same request; timestamps at i64::MIN/MAX were stored but unreadable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_series_and_timestamps_get_400_and_the_rest_is_kept() {
+    let local = LocalProcess::start("labels").await;
+    let now = now_ms();
+    let huge = "v".repeat(70 * 1024);
+    let request = WriteRequest {
+        timeseries: vec![
+            series(&[("__name__", "kept"), ("job", "a")], &[(now, 1.0)]),
+            series(
+                &[("__name__", "huge"), ("job", huge.as_str())],
+                &[(now, 2.0)],
+            ),
+            series(
+                &[("__name__", "kept"), ("job", "b")],
+                &[(i64::MAX, 3.0), (now, 4.0)],
+            ),
+        ],
+    };
+    let (status, text) = local.remote_write(&request.encode_to_vec()).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("label_value_length_limit"), "{text}");
+    assert!(text.contains("timestamp outside"), "{text}");
+    let result = local.query("kept", &[]).await;
+    let kept = result["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(kept.len(), 2, "both valid series are stored: {result}");
+    let huge = local.query("huge", &[]).await;
+    assert_eq!(huge["data"]["result"], serde_json::json!([]), "{huge}");
+    local.stop().await;
+}
+
+/// Regression: a remote write 2.0 request got 200 and was dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_write_2_gets_415() {
+    let local = LocalProcess::start("rw2").await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/prom/remote/write", local.http()))
+        .header("Content-Encoding", "snappy")
+        .header(
+            "Content-Type",
+            "application/x-protobuf;proto=io.prometheus.write.v2.Request",
+        )
+        .header("X-Prometheus-Remote-Write-Version", "2.0.0")
+        .body(vec![0u8; 16])
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status().as_u16(), 415);
+    let text = response.text().await.unwrap_or_default();
+    assert!(text.contains("remote write 2.0 is not supported"), "{text}");
+    local.stop().await;
+}
+
+/// Regression: 1100 idle HTTP connections exhausted a 1024 descriptor limit and `/health`
+/// stopped answering; idle connections were never closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_neither_exhaust_descriptors_nor_stay_forever() {
+    let config = CONFIG.replace(
+        "  writeBuffers:",
+        "  limits:\n    http:\n      readHeaderTimeout: 3s\n  writeBuffers:",
+    );
+    // Started with the soft descriptor limit most services get: 1024.
+    let local = LocalProcess::start_with("idle", &config, &["prlimit", "--nofile=1024:"]).await;
+    let address = local.http().trim_start_matches("http://").to_string();
+    let mut idle = Vec::new();
+    for _ in 0..1100 {
+        idle.push(
+            tokio::net::TcpStream::connect(&address)
+                .await
+                .expect("connect"),
+        );
+    }
+    let (status, body) = tokio::time::timeout(
+        Duration::from_secs(10),
+        local.get(&format!("{}/health", local.http())),
+    )
+    .await
+    .expect("/health answers while 1100 idle connections are open");
+    assert_eq!(status, 200, "{body}");
+    // Each idle connection is closed by the server after the header timeout.
+    let started = Instant::now();
+    for stream in idle.iter_mut().take(20) {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(15), stream.read(&mut byte))
+            .await
+            .expect("the server closes an idle connection");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    println!("idle connections closed after {:?}", started.elapsed());
+    local.stop().await;
+}
+
+/// Regression: 16 half-written 49 MiB rawtcp frames held 784 MB forever; the m3msg ingest had
+/// no timeout either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_written_frames_are_dropped_after_the_frame_timeout() {
+    let config = CONFIG
+        .replace(
+            "  numShards: 16",
+            "  numShards: 16\n  frameTimeout: 2s",
+        )
+        .replace(
+            "        listenAddress: 127.0.0.1:0\n  writeBuffers:",
+            "        listenAddress: 127.0.0.1:0\n      consumer:\n        frameTimeout: 2s\n  writeBuffers:",
+        );
+    let local = LocalProcess::start_with("frames", &config, &[]).await;
+    // rawtcp: a zig-zag varint announcing 40 MB, then 1 MB of it.
+    let mut rawtcp = tokio::net::TcpStream::connect(&local.aggregator_endpoints()[0])
+        .await
+        .expect("connect rawtcp");
+    let announced: i64 = 40 * 1024 * 1024;
+    let mut prefix = Vec::new();
+    put_varint(((announced << 1) ^ (announced >> 63)) as u64, &mut prefix);
+    rawtcp.write_all(&prefix).await.expect("write");
+    rawtcp.write_all(&vec![0u8; 1 << 20]).await.expect("write");
+    // m3msg: a 4-byte length announcing 3 MB, then 1 MB of it.
+    let mut m3msg = tokio::net::TcpStream::connect(local.ingest())
+        .await
+        .expect("connect m3msg");
+    m3msg
+        .write_all(&(3u32 * 1024 * 1024).to_be_bytes())
+        .await
+        .expect("write");
+    m3msg.write_all(&vec![0u8; 1 << 20]).await.expect("write");
+    for (name, stream) in [("rawtcp", &mut rawtcp), ("m3msg", &mut m3msg)] {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut byte))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: a half-written frame is not dropped"));
+        assert!(matches!(read, Ok(0) | Err(_)), "{name}: {read:?}");
+    }
+    let (_, metrics) = local
+        .get(&format!("{}/metrics", local.aggregator_http()[0]))
+        .await;
+    assert!(
+        metrics.contains("rawtcp_connections_closed_total{reason=\"timeout\"} 1"),
+        "{metrics}"
+    );
+    let (_, metrics) = local.get(&format!("{}/metrics", local.http())).await;
+    assert!(metrics.contains("kind=\"timeout\"} 1"), "{metrics}");
+    local.stop().await;
+}
+
+/// Regression: a full disk poisoned the store until restart (every later write 503
+/// "Poisoned", also after space was freed) while `/health` answered 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_reported_and_writes_resume_when_space_returns() {
+    let local = LocalProcess::start("disk-full").await;
+    let write = |value: f64| {
+        let request = WriteRequest {
+            timeseries: vec![series(&[("__name__", "disk")], &[(now_ms(), value)])],
+        };
+        request.encode_to_vec()
+    };
+    let (status, text) = local.remote_write(&write(1.0)).await;
+    assert_eq!(status, 200, "{text}");
+    // No file of the process may grow any more: the disk is full.
+    let pid = local.pid().to_string();
+    let limit = |size: &str| {
+        let status = std::process::Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--fsize={size}")])
+            .status()
+            .expect("prlimit runs");
+        assert!(status.success());
+    };
+    limit("0:");
+    let mut refused = None;
+    for i in 0..50 {
+        let (status, text) = local.remote_write(&write(2.0 + f64::from(i))).await;
+        if status == 503 {
+            refused = Some(text);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = refused.expect("writes fail once the store cannot grow its files");
+    println!("refused while full: {refused}");
+    let (status, body) = local.get(&format!("{}/health", local.http())).await;
+    assert_eq!(
+        status, 503,
+        "health reports a store that cannot write: {body}"
+    );
+    assert!(body.contains("cannot write"), "{body}");
+
+    limit("unlimited:");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, text) = local.remote_write(&write(100.0)).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes did not resume within 30s after space returned: {status} {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (status, body) = local.get(&format!("{}/health", local.http())).await;
+    assert_eq!(status, 200, "{body}");
+    let stored = local.query("disk", &[]).await;
+    assert_eq!(
+        stored["data"]["result"][0]["value"][1], "100",
+        "the write after recovery is readable: {stored}"
+    );
+    local.stop().await;
+}
+
+/// Regression: `num_shards` 1e9 built a placement of over 4 GiB before checking anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_init_with_a_billion_shards_is_refused_at_once() {
+    let local = LocalProcess::start("shards").await;
+    local.reset_peak_rss();
+    let base = local.peak_rss();
+    let body = r#"{"num_shards": 1000000000, "replication_factor": 1, "instances": [
+        {"id": "db1", "isolation_group": "a", "zone": "embedded", "weight": 100,
+         "endpoint": "db1:9000", "hostname": "db1", "port": 9000}]}"#;
+    let started = Instant::now();
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/services/m3db/placement/init",
+            local.http()
+        ))
+        .body(body)
+        .send()
+        .await
+        .expect("answers");
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("maxShards"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(local.peak_rss().saturating_sub(base) < 64 * MIB);
+    // An instance ID longer than allowed is refused too.
+    let long = format!(
+        r#"{{"instances": [{{"id": "{}", "zone": "embedded", "endpoint": "c:7507", "hostname": "c", "port": 7507}}]}}"#,
+        "c".repeat(300)
+    );
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/services/m3coordinator/placement/init",
+            local.http()
+        ))
+        .body(long)
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status().as_u16(), 400);
+    local.stop().await;
+}
+
+/// Regression: queries had no limits (`{__name__=~".+"}` over 2 h at 1 s answered 1.45 GB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_over_the_sample_limit_get_prometheus_error() {
+    let config = CONFIG.replace(
+        "  writeBuffers:",
+        "  limits:\n    query:\n      maxSamples: 50\n  writeBuffers:",
+    );
+    let local = LocalProcess::start_with("query-limits", &config, &[]).await;
+    let now = now_ms();
+    let request = WriteRequest {
+        timeseries: (0..10)
+            .map(|i| {
+                let name = format!("s{i}");
+                series(
+                    &[("__name__", "many"), ("i", name.as_str())],
+                    &(0..10)
+                        .map(|k| (now - 60_000 + k * 1000, 1.0))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect(),
+    };
+    let (status, text) = local.remote_write(&request.encode_to_vec()).await;
+    assert_eq!(status, 200, "{text}");
+    let response = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v1/query?query={}",
+            local.http(),
+            support::url_encode("{__name__=~\".+\"}[5m]")
+        ))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status().as_u16(), 422);
+    let body: serde_json::Value = response.json().await.expect("JSON");
+    assert_eq!(body["errorType"], "execution", "{body}");
+    assert_eq!(
+        body["error"],
+        "query processing would load too many samples into memory in query execution"
+    );
+    // Within the limit the same store answers.
+    let small = local.query("many{i=\"s1\"}", &[]).await;
+    assert_eq!(small["status"], "success", "{small}");
+    local.stop().await;
+}
+
+/// Regression: a data directory that is a file was reported as "File exists".
+#[test]
+fn a_data_dir_that_is_a_file_is_named_as_such() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("data");
+    std::fs::write(&file, b"not a directory").expect("write");
+    let config = dir.path().join("m3local.yml");
+    std::fs::write(
+        &config,
+        CONFIG.replace("DATA_DIR", &file.display().to_string()),
+    )
+    .expect("write config");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_m3"))
+        .args(["local", "-f"])
+        .arg(&config)
+        .output()
+        .expect("m3 runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("is not a directory") && stderr.contains("dataDir"),
+        "{stderr}"
+    );
+}
