@@ -4,13 +4,14 @@
 //! it is mergeable (two replicas' or two windows' sketches combine exactly) and its error bound
 //! is *relative* and easy to state:
 //!
-//! * With fewer than [`EXACT_LIMIT`] values (0, 1 or 2) the quantile is exact and follows M3's
-//!   nearest-rank rule: the value at 1-based rank `ceil(q·n)` of the sorted values (so with two
-//!   values P50 is the lower one and P95 the upper one), as M3's stream does before it has
-//!   enough samples to compress.
-//! * From [`EXACT_LIMIT`] values on, the result `v` for quantile `q` is within
-//!   [`RELATIVE_ACCURACY`] (1 %) of the true value `x` at 0-based rank `floor(q·(n−1))`:
-//!   `|v − x| ≤ 0.01·|x|`. Values with `|x| ≤ 1e-9` are reported as 0. The sketch keeps at most
+//! Both follow M3's rank rule, *nearest rank*: the quantile `q` of `n` values is the value at
+//! 1-based rank `ceil(q·n)` of the sorted values (at least 1). For the values 1..10, P50 is 5
+//! and P95 = P99 = 10.
+//!
+//! * With fewer than [`EXACT_LIMIT`] values (0, 1 or 2) the quantile is exact.
+//! * From [`EXACT_LIMIT`] values on, the result `v` is within [`RELATIVE_ACCURACY`] (1 %) of
+//!   the true value `x` at that rank: `|v − x| ≤ 0.01·|x|`. (The sketch itself answers for
+//!   0-based rank `floor(p·(n−1))`; it is asked for the `p` that lands on M3's rank.) Values with `|x| ≤ 1e-9` are reported as 0. The sketch keeps at most
 //!   2048 buckets per sign, which covers a ratio of about 6·10^17 between the smallest and the
 //!   largest magnitude; beyond that the smallest buckets are merged and only low quantiles lose
 //!   accuracy. Results are clamped to the window's exact min and max.
@@ -117,13 +118,26 @@ impl QuantileSketch {
                 let mut sorted = *values;
                 let sorted = &mut sorted[..n];
                 sorted.sort_by(f64::total_cmp);
-                // Nearest rank: 1-based rank ceil(q·n), at least 1.
-                let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
-                sorted[rank - 1]
+                sorted[nearest_rank(q, n) - 1]
             }
-            QuantileSketch::Sketch(s) => s.quantile(q).ok().flatten().unwrap_or(f64::NAN),
+            QuantileSketch::Sketch(s) => {
+                let n = s.count();
+                if n < 2 {
+                    return s.quantile(q).ok().flatten().unwrap_or(f64::NAN);
+                }
+                // The sketch's rank for p is floor(p·(n−1)): ask for the middle of M3's rank
+                // so rounding cannot land on its neighbour.
+                let rank = nearest_rank(q, n) - 1;
+                let p = ((rank as f64 + 0.5) / (n - 1) as f64).min(1.0);
+                s.quantile(p).ok().flatten().unwrap_or(f64::NAN)
+            }
         }
     }
+}
+
+/// M3's nearest rank of quantile `q` among `n` values: 1-based `ceil(q·n)`, in `1..=n`.
+pub fn nearest_rank(q: f64, n: usize) -> usize {
+    ((q * n as f64).ceil() as usize).clamp(1, n.max(1))
 }
 
 #[cfg(test)]
@@ -154,7 +168,7 @@ mod tests {
         }
         values.sort_by(f64::total_cmp);
         for q in [0.1, 0.5, 0.9, 0.99, 0.999] {
-            let exact = values[(q * (values.len() - 1) as f64) as usize];
+            let exact = values[nearest_rank(q, values.len()) - 1];
             let got = s.quantile(q);
             assert!(
                 (got - exact).abs() <= RELATIVE_ACCURACY * exact.abs(),
@@ -162,6 +176,42 @@ mod tests {
             );
         }
         assert_eq!(s.count(), 10_000);
+    }
+
+    /// M3 reports P95 = P99 = 10 for 1..10 (nearest rank); `floor(q·(n−1))` would say 9.
+    #[test]
+    fn small_counts_follow_m3s_nearest_rank() {
+        let cases: &[(&[f64], &[(f64, f64)])] = &[
+            (
+                &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0],
+                &[
+                    (0.5, 5.0),
+                    (0.95, 10.0),
+                    (0.99, 10.0),
+                    (0.1, 1.0),
+                    (0.25, 3.0),
+                ],
+            ),
+            (&[7.0, 1.0, 4.0], &[(0.5, 4.0), (0.99, 7.0), (0.01, 1.0)]),
+            (
+                &[2.0, 8.0, 4.0, 6.0],
+                &[(0.5, 4.0), (0.75, 6.0), (0.76, 8.0)],
+            ),
+        ];
+        for (values, expected) in cases {
+            let mut s = QuantileSketch::default();
+            for v in *values {
+                s.add(*v);
+            }
+            for (q, want) in *expected {
+                let got = s.quantile(*q);
+                // 1 % relative, with room for the last bit of floating-point rounding.
+                assert!(
+                    (got - want).abs() <= RELATIVE_ACCURACY * want.abs() * (1.0 + 1e-12),
+                    "{values:?} q={q}: got {got}, M3 says {want}"
+                );
+            }
+        }
     }
 
     #[test]

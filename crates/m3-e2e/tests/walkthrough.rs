@@ -11,7 +11,10 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Cluster, RESOLUTION_MS, Writer, now_ms, wait_aggregated, window_end};
+use support::{
+    Cluster, RESOLUTION_MS, SumWriter, Writer, compare_sum_count, now_ms, wait_aggregated,
+    window_end,
+};
 
 /// Series written per request.
 const SERIES: usize = 6;
@@ -67,21 +70,31 @@ fn seed_has_the_four_curl_commands_of_the_walkthrough() {
 }
 
 /// The walkthrough, then SIGKILL of the leader: the follower, which received every sample too,
-/// takes over after the election TTL and no window is lost or changed.
+/// takes over after the election TTL. The killed aggregator comes back (as a crashed pod does),
+/// catches up until it can lead, and then the survivor is killed too: the restarted one takes
+/// over. No window is lost or changed, for Last (gauges through the coordinator) nor for Sum and
+/// Count (counters straight to the aggregators), where a window missing samples would show.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed_walkthrough_then_leader_killed() {
+async fn seed_walkthrough_then_leader_killed_restarted_and_survivor_killed() {
     let mut cluster = Cluster::start("walkthrough", 1).await;
     cluster.run_seed_commands().await;
     let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
     println!("{} leader: aggregator {leader}", now_ms());
 
     let name = "e2e_walkthrough";
+    let started = now_ms();
     let writer = Writer::start(
         cluster.client.clone(),
         vec![cluster.coordinators[0].url()],
         name,
         SERIES,
         WRITE_EVERY,
+    );
+    let counters = SumWriter::start(
+        cluster.aggregators.iter().map(|a| a.rawtcp).collect(),
+        "e2e_walkthrough_sum",
+        SERIES,
+        Duration::from_millis(500),
     );
     // The first (partial) window and one written in full.
     let first_checked = window_end(now_ms(), RESOLUTION_MS) + RESOLUTION_MS;
@@ -95,33 +108,81 @@ async fn seed_walkthrough_then_leader_killed() {
     cluster.aggregators[leader].process.kill();
     let killed_at = now_ms();
     println!("{killed_at} SIGKILLed aggregator {leader}");
-    let states = m3_testkit::wait_for(Duration::from_secs(30), Duration::from_millis(200), || {
-        let states = cluster.election_states();
-        async move {
-            let states = states.await;
-            (states[survivor] == "leader").then_some(states)
-        }
+    wait_leader_is(&cluster, survivor, "the leader's SIGKILL").await;
+    println!("{} aggregator {survivor} is leader", now_ms());
+
+    // The crashed aggregator comes back and catches up: it can lead once the survivor has
+    // flushed every window it missed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.restart_aggregator(leader, "walkthrough-m3aggregator-restarted");
+    cluster.wait_aggregator_healthy(leader).await;
+    println!("{} restarted aggregator {leader}", now_ms());
+    let caught_up = m3_testkit::wait_for(Duration::from_secs(180), Duration::from_secs(1), || {
+        let status = cluster.status(leader);
+        async move { status.await.filter(|s| s.1).map(|_| ()) }
     })
     .await;
     assert!(
-        states.is_some(),
-        "the surviving aggregator did not become leader within 30s of the leader's SIGKILL{}",
+        caught_up.is_some(),
+        "the restarted aggregator never reported canLead{}",
         cluster.logs()
     );
-    println!("{} aggregator {survivor} is leader", now_ms());
+    println!("{} restarted aggregator {leader} can lead", now_ms());
 
-    // The two windows that end after the kill come only from the survivor.
-    let last_checked = window_end(killed_at, RESOLUTION_MS) + RESOLUTION_MS;
+    cluster.aggregators[survivor].process.kill();
+    let second_kill = now_ms();
+    println!("{second_kill} SIGKILLed the survivor {survivor}");
+    wait_leader_is(&cluster, leader, "the survivor's SIGKILL").await;
+    println!("{} aggregator {leader} is leader again", now_ms());
+
+    // Two windows after the second kill, from the restarted aggregator alone.
+    let last_checked = window_end(second_kill, RESOLUTION_MS) + RESOLUTION_MS;
     writer
         .wait_past(last_checked, Duration::from_secs(40))
         .await;
+    let sent = counters.stop().await;
     wait_aggregated(&cluster, &writer, name, 0, last_checked, FLUSH_WAIT).await;
+    let from = started - RESOLUTION_MS;
+    let report = m3_testkit::wait_for(FLUSH_WAIT * 2, Duration::from_secs(1), || {
+        let compared =
+            compare_sum_count(&cluster, &sent, "e2e_walkthrough_sum", from, last_checked);
+        async move { Some(compared.await).filter(|r| r.is_exact()) }
+    })
+    .await;
+    match report {
+        Some(report) => println!("{} Sum/Count: {report}", now_ms()),
+        None => {
+            let report =
+                compare_sum_count(&cluster, &sent, "e2e_walkthrough_sum", from, last_checked).await;
+            panic!(
+                "Sum/Count windows across both failovers: {report}{}",
+                cluster.logs()
+            );
+        }
+    }
 
     let failures = writer.with_written(|w| w.failures.clone());
     writer.stop().await;
     assert!(
         failures.is_empty(),
         "remote writes failed while an aggregator was down: {failures:?}"
+    );
+}
+
+/// Waits (up to 40s) until aggregator `index` is leader.
+async fn wait_leader_is(cluster: &Cluster, index: usize, after: &str) {
+    let states = m3_testkit::wait_for(Duration::from_secs(40), Duration::from_millis(200), || {
+        let states = cluster.election_states();
+        async move {
+            let states = states.await;
+            (states[index] == "leader").then_some(states)
+        }
+    })
+    .await;
+    assert!(
+        states.is_some(),
+        "aggregator {index} did not become leader within 40s of {after}{}",
+        cluster.logs()
     );
 }
 

@@ -187,4 +187,21 @@ mod tests {
         assert_eq!(fmt_duration(Duration::from_secs(90)), "90s");
         assert_eq!(fmt_duration(Duration::ZERO), "0s");
     }
+
+    /// Regression (issue 6): the engine's message appeared twice when the error chain was
+    /// printed (`{:#}` in the binaries): once in the message, once as the source.
+    #[test]
+    fn an_engine_error_is_printed_once_in_a_chain() {
+        let engine = fjall::Error::Poisoned;
+        let error = Error::from(engine);
+        let text = error.to_string();
+        let mut chain = text.clone();
+        let mut source = std::error::Error::source(&error);
+        while let Some(s) = source {
+            chain.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        assert_eq!(chain, text, "no source repeats the message");
+        assert!(text.contains("Poisoned"), "{text}");
+    }
 }

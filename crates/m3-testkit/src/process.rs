@@ -73,6 +73,14 @@ impl Binary {
         };
         let candidate = profile_dir.join(name);
         if candidate.is_file() {
+            if let Some(newer) = newer_source(&candidate) {
+                return Err(format!(
+                    "{name} at {} is older than its source {}: run `cargo build --workspace --bins` \
+                     (make test does), or the test would run yesterday's code",
+                    candidate.display(),
+                    newer.display()
+                ));
+            }
             Ok(candidate)
         } else {
             Err(format!(
@@ -82,6 +90,23 @@ impl Binary {
             ))
         }
     }
+}
+
+/// A source file of `binary` modified after it was built, from Cargo's dep-info file next to
+/// the binary (`<binary>.d`, which lists every file the build read). `None` when the binary is
+/// current or when there is no dep-info to tell.
+fn newer_source(binary: &Path) -> Option<PathBuf> {
+    let built = std::fs::metadata(binary).and_then(|m| m.modified()).ok()?;
+    let dep_info = std::fs::read_to_string(binary.with_extension("d")).ok()?;
+    let (_, sources) = dep_info.lines().next()?.split_once(": ")?;
+    sources
+        .split_whitespace()
+        .map(PathBuf::from)
+        .find(|source| {
+            std::fs::metadata(source)
+                .and_then(|m| m.modified())
+                .is_ok_and(|modified| modified > built)
+        })
 }
 
 /// A child process whose stdout and stderr go to a log file in its own temporary dir.
@@ -338,6 +363,36 @@ mod tests {
         let built = target.path().join("debug").join("m3aggregator");
         std::fs::write(&built, b"").unwrap();
         assert_eq!(Binary::path_from(&exe, "m3aggregator").unwrap(), built);
+    }
+
+    /// Regression (issue 7): `cargo test -p m3-e2e` ran whatever binary was in target/.
+    #[test]
+    fn a_binary_older_than_its_sources_is_refused() {
+        let target = tempfile::tempdir().unwrap();
+        let deps = target.path().join("debug").join("deps");
+        std::fs::create_dir_all(&deps).unwrap();
+        let exe = deps.join("walkthrough-0123");
+        let source = target.path().join("main.rs");
+        std::fs::write(&source, b"fn main() {}").unwrap();
+        let built = target.path().join("debug").join("m3aggregator");
+        std::fs::write(&built, b"").unwrap();
+        std::fs::write(
+            target.path().join("debug").join("m3aggregator.d"),
+            format!("{}: {}\n", built.display(), source.display()),
+        )
+        .unwrap();
+        assert_eq!(Binary::path_from(&exe, "m3aggregator").unwrap(), built);
+        // The source changes after the build.
+        let later = std::time::SystemTime::now() + Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(&source)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        let err = Binary::path_from(&exe, "m3aggregator").unwrap_err();
+        assert!(err.contains("is older than its source"), "{err}");
+        assert!(err.contains("main.rs"), "{err}");
     }
 
     #[test]

@@ -190,7 +190,7 @@ async fn rawtcp_counters_gauges_timers_yield_default_aggregations() {
         );
         assert_eq!(points[0].0 % 10_000, 0, "{name}: timestamp at a window end");
     }
-    // Quantiles come from a sketch: within its relative error of the exact order statistic.
+    // Quantiles: M3's nearest rank (P95 = P99 = 10 for 1..10), within the sketch's stated 1 %.
     for (name, exact) in [
         ("e2e_latency:median", 5.0),
         ("e2e_latency:p50", 5.0),
@@ -205,7 +205,7 @@ async fn rawtcp_counters_gauges_timers_yield_default_aggregations() {
         let points = support::all_points(&got);
         assert_eq!(points.len(), 1, "{name}");
         assert!(
-            (points[0].1 - exact).abs() <= exact * 0.11,
+            (points[0].1 - exact).abs() <= exact * 0.01 * (1.0 + 1e-12),
             "{name}: want ≈{exact}, got {}",
             points[0].1
         );

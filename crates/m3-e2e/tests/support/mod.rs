@@ -228,6 +228,25 @@ impl Cluster {
         states
     }
 
+    /// Aggregator `index`'s `/status`: (election state, canLead), `None` when unreachable.
+    pub async fn status(&self, index: usize) -> Option<(String, bool)> {
+        let a = &self.aggregators[index];
+        let v: Value = self
+            .client
+            .get(format!("http://{}/status", a.http))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let flush = &v["status"]["flushStatus"];
+        Some((
+            flush["electionState"].as_str()?.to_string(),
+            flush["canLead"].as_bool()?,
+        ))
+    }
+
     /// Waits until exactly one aggregator is leader and the other follower; the leader's index.
     pub async fn wait_for_leader(&self, timeout: Duration) -> usize {
         let last = RefCell::new(Vec::new());
