@@ -334,30 +334,16 @@ impl AggregatorClient {
                 total_dropped += metrics;
                 continue;
             }
-            let dropped = {
-                let mut queue = writer.queue.lock();
-                let mut dropped = 0;
-                if queue.len() >= self.options.queue_size {
-                    match self.options.queue_drop_type {
-                        QueueDropType::Oldest => {
-                            dropped = queue.pop_front().map_or(0, |b| b.metrics);
-                            queue.push_back(QueuedBatch {
-                                bytes: buffer.freeze(),
-                                metrics,
-                                retried: false,
-                            });
-                        }
-                        QueueDropType::Current => dropped = metrics,
-                    }
-                } else {
-                    queue.push_back(QueuedBatch {
-                        bytes: buffer.freeze(),
-                        metrics,
-                        retried: false,
-                    });
-                }
-                dropped
-            };
+            let dropped = enqueue(
+                &mut writer.queue.lock(),
+                QueuedBatch {
+                    bytes: buffer.freeze(),
+                    metrics,
+                    retried: false,
+                },
+                self.options.queue_size,
+                self.options.queue_drop_type,
+            );
             self.metrics.drop_samples(DropReason::queue_full, dropped);
             if !(dropped == metrics && self.options.queue_drop_type == QueueDropType::Current) {
                 self.metrics.samples_forwarded.inc_by(metrics);
@@ -474,6 +460,28 @@ impl ClientBatch {
             return Err(RouteError::NoOwner);
         }
         Ok(sent)
+    }
+}
+
+/// Queues `batch`, within `queue_size` batches: when full, `Oldest` drops the batch at the
+/// front to make room, `Current` drops `batch` itself. Returns the metrics dropped.
+fn enqueue(
+    queue: &mut VecDeque<QueuedBatch>,
+    batch: QueuedBatch,
+    queue_size: usize,
+    drop_type: QueueDropType,
+) -> u64 {
+    if queue.len() < queue_size {
+        queue.push_back(batch);
+        return 0;
+    }
+    match drop_type {
+        QueueDropType::Oldest => {
+            let dropped = queue.pop_front().map_or(0, |b| b.metrics);
+            queue.push_back(batch);
+            dropped
+        }
+        QueueDropType::Current => batch.metrics,
     }
 }
 
@@ -672,6 +680,29 @@ mod tests {
             .get();
         assert!(dropped >= 3, "dropped {dropped}");
         assert!(client.queued_metrics() <= 2);
+    }
+
+    /// `queueDropType` by payload: `oldest` keeps the newest batches, `current` the first ones.
+    #[test]
+    fn each_drop_type_drops_the_batch_it_names() {
+        let batch = |payload: &'static [u8], metrics: u64| QueuedBatch {
+            bytes: Bytes::from_static(payload),
+            metrics,
+            retried: false,
+        };
+        for (drop_type, kept, dropped) in [
+            (QueueDropType::Oldest, [b"3", b"4"], 1 + 2),
+            (QueueDropType::Current, [b"1", b"2"], 3 + 4),
+        ] {
+            let mut queue = VecDeque::new();
+            let mut total = 0;
+            for (payload, metrics) in [(b"1", 1), (b"2", 2), (b"3", 3), (b"4", 4)] {
+                total += enqueue(&mut queue, batch(payload, metrics), 2, drop_type);
+            }
+            let payloads: Vec<&[u8]> = queue.iter().map(|b| b.bytes.as_ref()).collect();
+            assert_eq!(payloads, kept.map(|k| k.as_slice()), "{drop_type:?}");
+            assert_eq!(total, dropped, "{drop_type:?}");
+        }
     }
 
     #[tokio::test]
