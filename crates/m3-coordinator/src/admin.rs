@@ -1488,7 +1488,10 @@ mod tests {
     use reqwest::Method;
     use serde_json::Value;
 
-    const SEED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/SEED.md");
+    const SEED: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/seed/m3aggregator.md"
+    );
 
     /// The router served on a free local port over one in-memory KV.
     struct Server {

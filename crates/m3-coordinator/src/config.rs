@@ -633,7 +633,10 @@ mod tests {
     /// The YAML blocks of SEED.md's "Coordinator configuration" section, extracted from the seed
     /// itself so that a change to the seed is tested too.
     fn seed_coordinator_block() -> String {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/SEED.md");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/seed/m3aggregator.md"
+        );
         let seed = std::fs::read_to_string(path)
             .unwrap_or_else(|e| panic!("SEED.md must be at {path} (shared/ beside the repo): {e}"));
         let start = seed

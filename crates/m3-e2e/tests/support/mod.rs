@@ -20,8 +20,12 @@ use m3_testkit::{Binary, ChildProcess, EtcdProcess};
 use serde_json::Value;
 use tempfile::TempDir;
 
-/// SEED.md, read at test time: the walkthrough is the spec.
-pub const SEED_MD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/SEED.md");
+/// SEED.md (kept in the repository as docs/seed/m3aggregator.md), read at test time: the
+/// walkthrough is the spec.
+pub const SEED_MD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../docs/seed/m3aggregator.md"
+);
 /// The shipped aggregator config.
 pub const AGGREGATOR_CONFIG: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/m3aggregator.yml");
