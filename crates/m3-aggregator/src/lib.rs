@@ -56,6 +56,7 @@
 
 pub mod aggregation;
 pub mod aggregator;
+pub mod client;
 pub mod config;
 
 mod entry;

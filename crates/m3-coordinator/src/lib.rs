@@ -1,7 +1,6 @@
 //! The coordinator: where Prometheus writes and queries, and where aggregated metrics are stored.
 
 pub mod admin;
-pub mod aggregator_client;
 pub mod config;
 pub mod downsample;
 pub mod ingest;

@@ -117,6 +117,24 @@ pub struct CoordinatorMetrics {
     pub ingest_errors: Family<IngestErrorLabels, Counter>,
 }
 
+impl m3_aggregator::client::ClientMetrics for CoordinatorMetrics {
+    fn dropped(&self, reason: m3_aggregator::client::ClientDrop, n: u64) {
+        use m3_aggregator::client::ClientDrop;
+        self.drop_samples(
+            match reason {
+                ClientDrop::QueueFull => DropReason::queue_full,
+                ClientDrop::WriteFailed => DropReason::write_failed,
+                ClientDrop::WriterStopped => DropReason::writer_stopped,
+            },
+            n,
+        );
+    }
+
+    fn queued(&self, n: u64) {
+        self.samples_forwarded.inc_by(n);
+    }
+}
+
 impl CoordinatorMetrics {
     /// Counts `n` samples dropped for `reason`.
     pub fn drop_samples(&self, reason: DropReason, n: u64) {

@@ -25,7 +25,6 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::aggregator_client::{AggregatorClient, ClientOptions};
 use crate::config::{CoordinatorConfig, ValidNamespace};
 use crate::downsample::Downsampler;
 use crate::ingest::IngestHandler;
@@ -33,6 +32,7 @@ use crate::limits::RemoteWriteLimits;
 use crate::metrics::{CoordinatorMetrics, RefusedReason};
 use crate::remote_write::DecodeLimits;
 use crate::write::{WriteError, WritePath};
+use m3_aggregator::client::{AggregatorClient, ClientOptions};
 
 /// Where a started coordinator listens.
 #[derive(Debug, Clone)]
@@ -102,7 +102,7 @@ impl Coordinator {
             Some(remote) if downsampler.is_enabled() => {
                 let client = AggregatorClient::new(
                     ClientOptions::from_config(&remote.client),
-                    metrics.clone(),
+                    Arc::new(metrics.clone()),
                 );
                 let service = ServiceId::new(
                     remote.client.placement_watcher.key.clone(),

@@ -19,11 +19,11 @@ use parking_lot::Mutex;
 
 use m3_storage::{Labels, Store};
 
-use crate::aggregator_client::{AggregatorClient, RouteError};
 use crate::config::WriteBuffersConfig;
 use crate::downsample::{Downsampler, put_timed_gauge_frame};
 use crate::metrics::{CoordinatorMetrics, DropReason};
 use crate::remote_write::{DecodeError, DecodeLimits, InvalidSeries, RemoteWriteDecoder};
+use m3_aggregator::client::{AggregatorClient, RouteError};
 
 /// A decoder whose buffers grew past this after a large request is dropped rather than kept
 /// for the next request, so one large request does not pin its memory for good.
@@ -383,9 +383,9 @@ fn nanos(d: Duration) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregator_client::ClientOptions;
     use crate::config::ValidNamespace;
     use bytes::BytesMut;
+    use m3_aggregator::client::ClientOptions;
     use m3_cluster::placement::{Instance, Placement, Shard, ShardState};
     use m3_proto::Message;
     use m3_proto::metricpb::MetricWithMetadatas;
@@ -463,7 +463,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = listener.local_addr().unwrap().to_string();
         let metrics = CoordinatorMetrics::default();
-        let client = AggregatorClient::new(ClientOptions::default(), metrics.clone());
+        let client = AggregatorClient::new(ClientOptions::default(), Arc::new(metrics.clone()));
         let mut placement = Placement {
             num_shards: 4,
             replica_factor: 1,
@@ -542,7 +542,7 @@ mod tests {
             max_batch_bytes: 300,
             ..ClientOptions::default()
         };
-        let client = AggregatorClient::new(options, metrics.clone());
+        let client = AggregatorClient::new(options, Arc::new(metrics.clone()));
         let mut placement = Placement {
             num_shards: 4,
             replica_factor: 1,
@@ -606,7 +606,7 @@ mod tests {
     async fn no_placement_yet_asks_the_sender_to_retry() {
         let dir = tempfile::tempdir().unwrap();
         let metrics = CoordinatorMetrics::default();
-        let client = AggregatorClient::new(ClientOptions::default(), metrics.clone());
+        let client = AggregatorClient::new(ClientOptions::default(), Arc::new(metrics.clone()));
         let path = WritePath::new(
             store(dir.path()),
             Some("default".into()),

@@ -18,6 +18,12 @@
 //! * **Connections.** One writer task per instance connects, writes batches with a write
 //!   timeout, and reconnects with backoff. rawtcp has no acks: a batch whose write fails is
 //!   retried once on a new connection, then dropped and counted.
+//!
+//! The coordinator uses it to send samples to the aggregators, and aggregators use it to
+//! forward rollups to the aggregators that own the rollup IDs, as M3's `src/aggregator/client`.
+//! Each user counts through its own [`ClientMetrics`].
+
+pub mod config;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -31,8 +37,26 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AggregatorClientConfig, QueueDropType};
-use crate::metrics::{CoordinatorMetrics, DropReason};
+pub use self::config::{AggregatorClientConfig, QueueDropType};
+
+/// Why the client dropped metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientDrop {
+    /// A full queue towards an instance dropped a batch.
+    QueueFull,
+    /// Writing a batch failed after a reconnect.
+    WriteFailed,
+    /// Still queued when the writer stopped (shutdown, or the instance left the placement).
+    WriterStopped,
+}
+
+/// Where the client counts what it sends and drops (each user keeps its own metric names).
+pub trait ClientMetrics: Send + Sync + 'static {
+    /// `n` metrics dropped for `reason`.
+    fn dropped(&self, reason: ClientDrop, n: u64);
+    /// `n` metrics queued towards an instance.
+    fn queued(&self, n: u64);
+}
 
 /// Client settings, resolved from `downsample.remoteAggregator.client`.
 #[derive(Debug, Clone)]
@@ -148,7 +172,7 @@ pub struct AggregatorClient {
     options: ClientOptions,
     topology: RwLock<Option<Arc<Topology>>>,
     writers: Mutex<HashMap<(String, String), Arc<InstanceWriter>>>,
-    metrics: CoordinatorMetrics,
+    metrics: Arc<dyn ClientMetrics>,
     cancel: CancellationToken,
 }
 
@@ -163,7 +187,7 @@ impl std::fmt::Debug for AggregatorClient {
 impl AggregatorClient {
     /// A client with no placement yet; feed it with [`AggregatorClient::update_placement`] or
     /// [`AggregatorClient::follow`].
-    pub fn new(options: ClientOptions, metrics: CoordinatorMetrics) -> Arc<AggregatorClient> {
+    pub fn new(options: ClientOptions, metrics: Arc<dyn ClientMetrics>) -> Arc<AggregatorClient> {
         Arc::new(AggregatorClient {
             options,
             topology: RwLock::new(None),
@@ -286,7 +310,7 @@ impl AggregatorClient {
         });
         let task_writer = Arc::clone(&writer);
         let options = self.options.clone();
-        let metrics = self.metrics.clone();
+        let metrics = Arc::clone(&self.metrics);
         tokio::spawn(run_writer(task_writer, options, metrics));
         writer
     }
@@ -329,8 +353,7 @@ impl AggregatorClient {
             }
             if writer.cancel.is_cancelled() {
                 // Shutting down, or the instance just left the placement: nobody will send it.
-                self.metrics
-                    .drop_samples(DropReason::writer_stopped, metrics);
+                self.metrics.dropped(ClientDrop::WriterStopped, metrics);
                 total_dropped += metrics;
                 continue;
             }
@@ -344,9 +367,11 @@ impl AggregatorClient {
                 self.options.queue_size,
                 self.options.queue_drop_type,
             );
-            self.metrics.drop_samples(DropReason::queue_full, dropped);
+            if dropped > 0 {
+                self.metrics.dropped(ClientDrop::QueueFull, dropped);
+            }
             if !(dropped == metrics && self.options.queue_drop_type == QueueDropType::Current) {
-                self.metrics.samples_forwarded.inc_by(metrics);
+                self.metrics.queued(metrics);
             }
             total_dropped += dropped;
             writer.notify.notify_one();
@@ -486,10 +511,12 @@ fn enqueue(
 }
 
 /// Counts what a stopped writer (shutdown, or its instance left the placement) never sent.
-fn drop_unsent(writer: &InstanceWriter, pending: Vec<QueuedBatch>, metrics: &CoordinatorMetrics) {
+fn drop_unsent(writer: &InstanceWriter, pending: Vec<QueuedBatch>, metrics: &dyn ClientMetrics) {
     let queued: u64 = writer.queue.lock().drain(..).map(|b| b.metrics).sum();
     let pending: u64 = pending.iter().map(|b| b.metrics).sum();
-    metrics.drop_samples(DropReason::writer_stopped, queued + pending);
+    if queued + pending > 0 {
+        metrics.dropped(ClientDrop::WriterStopped, queued + pending);
+    }
 }
 
 /// Puts unsent batches back at the front of the queue, dropping (and counting) the oldest beyond
@@ -498,7 +525,7 @@ fn requeue(
     writer: &InstanceWriter,
     pending: &mut Vec<QueuedBatch>,
     options: &ClientOptions,
-    metrics: &CoordinatorMetrics,
+    metrics: &dyn ClientMetrics,
 ) {
     let mut queue = writer.queue.lock();
     for batch in pending.drain(..).rev() {
@@ -506,7 +533,9 @@ fn requeue(
     }
     while queue.len() > options.queue_size {
         let dropped = queue.pop_front().map_or(0, |b| b.metrics);
-        metrics.drop_samples(DropReason::queue_full, dropped);
+        if dropped > 0 {
+            metrics.dropped(ClientDrop::QueueFull, dropped);
+        }
     }
 }
 
@@ -518,7 +547,7 @@ fn duration_nanos(d: Duration) -> i64 {
 async fn run_writer(
     writer: Arc<InstanceWriter>,
     options: ClientOptions,
-    metrics: CoordinatorMetrics,
+    metrics: Arc<dyn ClientMetrics>,
 ) {
     let mut connection: Option<TcpStream> = None;
     let mut backoff = Duration::from_millis(50);
@@ -530,7 +559,7 @@ async fn run_writer(
         if pending.is_empty() {
             tokio::select! {
                 () = writer.notify.notified() => continue,
-                () = writer.cancel.cancelled() => return drop_unsent(&writer, pending, &metrics),
+                () = writer.cancel.cancelled() => return drop_unsent(&writer, pending, &*metrics),
             }
         }
         if connection.is_none() {
@@ -555,10 +584,10 @@ async fn run_writer(
             }
             if connection.is_none() {
                 // Keep the batches queued (the queue bound applies to new ones) and retry later.
-                requeue(&writer, &mut pending, &options, &metrics);
+                requeue(&writer, &mut pending, &options, &*metrics);
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {},
-                    () = writer.cancel.cancelled() => return drop_unsent(&writer, pending, &metrics),
+                    () = writer.cancel.cancelled() => return drop_unsent(&writer, pending, &*metrics),
                 }
                 backoff = (backoff * 2).min(options.max_reconnect_backoff);
                 continue;
@@ -592,7 +621,7 @@ async fn run_writer(
                 pending.drain(..i);
                 if let Some(first) = pending.first_mut() {
                     if first.retried {
-                        metrics.drop_samples(DropReason::write_failed, first.metrics);
+                        metrics.dropped(ClientDrop::WriteFailed, first.metrics);
                         pending.remove(0);
                     } else {
                         first.retried = true;
@@ -606,6 +635,25 @@ async fn run_writer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Counts drops by reason, for the assertions.
+    #[derive(Default)]
+    struct Counted {
+        queue_full: AtomicU64,
+        writer_stopped: AtomicU64,
+    }
+
+    impl ClientMetrics for Counted {
+        fn dropped(&self, reason: ClientDrop, n: u64) {
+            match reason {
+                ClientDrop::QueueFull => self.queue_full.fetch_add(n, Ordering::Relaxed),
+                ClientDrop::WriterStopped => self.writer_stopped.fetch_add(n, Ordering::Relaxed),
+                ClientDrop::WriteFailed => 0,
+            };
+        }
+        fn queued(&self, _: u64) {}
+    }
     use m3_cluster::placement::{Instance, Shard, ShardState};
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
@@ -636,7 +684,7 @@ mod tests {
             a.local_addr().unwrap().to_string(),
             b.local_addr().unwrap().to_string(),
         );
-        let client = AggregatorClient::new(ClientOptions::default(), CoordinatorMetrics::default());
+        let client = AggregatorClient::new(ClientOptions::default(), Arc::new(Counted::default()));
         client.update_placement(&placement(&[("a", &ea), ("b", &eb)], 8));
         let mut batch = client.batch();
         for i in 0..10u8 {
@@ -656,7 +704,7 @@ mod tests {
 
     #[tokio::test]
     async fn full_queue_drops_oldest_and_counts() {
-        let metrics = CoordinatorMetrics::default();
+        let metrics = Arc::new(Counted::default());
         let options = ClientOptions {
             queue_size: 2,
             ..ClientOptions::default()
@@ -672,12 +720,7 @@ mod tests {
             client.commit(batch);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let dropped = metrics
-            .samples_dropped
-            .get_or_create(&crate::metrics::DropLabels {
-                reason: DropReason::queue_full,
-            })
-            .get();
+        let dropped = metrics.queue_full.load(Ordering::Relaxed);
         assert!(dropped >= 3, "dropped {dropped}");
         assert!(client.queued_metrics() <= 2);
     }
@@ -707,7 +750,7 @@ mod tests {
 
     #[tokio::test]
     async fn batches_of_a_removed_instance_are_counted_as_dropped() {
-        let metrics = CoordinatorMetrics::default();
+        let metrics = Arc::new(Counted::default());
         let client = AggregatorClient::new(ClientOptions::default(), metrics.clone());
         // Nothing listens here, so the batch stays queued until the instance is removed.
         client.update_placement(&placement(&[("a", "127.0.0.1:1")], 1));
@@ -717,14 +760,7 @@ mod tests {
             .unwrap();
         client.commit(batch);
         client.update_placement(&placement(&[("b", "127.0.0.1:2")], 1));
-        let stopped = || {
-            metrics
-                .samples_dropped
-                .get_or_create(&crate::metrics::DropLabels {
-                    reason: DropReason::writer_stopped,
-                })
-                .get()
-        };
+        let stopped = || metrics.writer_stopped.load(Ordering::Relaxed);
         for _ in 0..100 {
             if stopped() == 1 {
                 break;
@@ -746,7 +782,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let client = AggregatorClient::new(client_options, CoordinatorMetrics::default());
+            let client = AggregatorClient::new(client_options, Arc::new(Counted::default()));
             let mut p = placement(&[("a", "127.0.0.1:1")], 1);
             if let Some(i) = p.instances.get_mut("a") {
                 i.shards[0].cutover_nanos = 100;

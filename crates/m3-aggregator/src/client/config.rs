@@ -1,0 +1,173 @@
+//! The aggregator client's YAML block, as M3 writes it: the coordinator's
+//! `downsample.remoteAggregator.client` and the aggregator's own `aggregator.client` (used to
+//! forward rollups to other aggregators) are the same block.
+
+use std::time::Duration;
+
+use m3_config::Ignored;
+use serde::Deserialize;
+
+/// `downsample.remoteAggregator.client` / `aggregator.client`: M3's aggregator client keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AggregatorClientConfig {
+    /// `legacy` or `tcp` (the same: rawtcp); `m3msg` is not supported yet.
+    #[serde(default, rename = "type")]
+    pub client_type: Option<String>,
+    /// KV namespace/environment/zone of the aggregator placement.
+    #[serde(default, rename = "placementKV")]
+    pub placement_kv: PlacementKvConfig,
+    /// Placement key and how long to wait for it at startup.
+    #[serde(default)]
+    pub placement_watcher: PlacementWatcherConfig,
+    /// Only `murmur32` is valid.
+    #[serde(default)]
+    pub hash_type: Option<String>,
+    /// Start writing to a new shard owner this long before its cutover (default 10m).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub shard_cutover_warmup_duration: Option<Duration>,
+    /// Keep writing to an old shard owner this long after its cutoff (default 1h).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub shard_cutoff_linger_duration: Option<Duration>,
+    /// Deprecated in M3; accepted and ignored.
+    #[serde(default)]
+    pub flush_size: Option<u64>,
+    /// Number of flush workers (accepted; one writer task per instance here).
+    #[serde(default)]
+    pub flush_worker_count: Option<u32>,
+    /// Periodic flush of partially filled batches (default 100ms here; M3's 0 means none).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub force_flush_every: Option<Duration>,
+    /// Bytes of encoded metrics per batch before it is queued (default 8 MiB... capped by
+    /// `encoder.maxMessageSize`).
+    #[serde(default)]
+    pub max_batch_size: Option<usize>,
+    /// Split batch timers into messages of at most this many values (0 = no split).
+    #[serde(default)]
+    pub max_timer_batch_size: Option<usize>,
+    /// Batches queued per aggregator instance before drops start (default 128).
+    #[serde(default)]
+    pub queue_size: Option<usize>,
+    /// `oldest` (default) or `current`.
+    #[serde(default)]
+    pub queue_drop_type: Option<QueueDropType>,
+    /// Encoder buffer settings.
+    #[serde(default)]
+    pub encoder: EncoderConfig,
+    /// TCP connection settings.
+    #[serde(default)]
+    pub connection: ConnectionConfig,
+}
+
+/// What a full per-instance queue drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueDropType {
+    /// Drop the oldest queued batch to make room.
+    #[default]
+    Oldest,
+    /// Drop the batch being queued.
+    Current,
+}
+
+/// `placementKV:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PlacementKvConfig {
+    /// KV namespace (default `/placement`).
+    #[serde(default = "default_placement_namespace")]
+    pub namespace: String,
+    /// Environment (default `default_env`).
+    #[serde(default)]
+    pub environment: Option<String>,
+    /// Zone (default `embedded`).
+    #[serde(default)]
+    pub zone: Option<String>,
+}
+
+impl Default for PlacementKvConfig {
+    fn default() -> Self {
+        PlacementKvConfig {
+            namespace: default_placement_namespace(),
+            environment: None,
+            zone: None,
+        }
+    }
+}
+
+fn default_placement_namespace() -> String {
+    "/placement".to_string()
+}
+
+/// `placementWatcher:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PlacementWatcherConfig {
+    /// Placement key (default `m3aggregator`).
+    #[serde(default = "default_placement_key")]
+    pub key: String,
+    /// How long startup waits for the placement (default 10s).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub init_watch_timeout: Option<Duration>,
+}
+
+impl Default for PlacementWatcherConfig {
+    fn default() -> Self {
+        PlacementWatcherConfig {
+            key: default_placement_key(),
+            init_watch_timeout: None,
+        }
+    }
+}
+
+fn default_placement_key() -> String {
+    "m3aggregator".to_string()
+}
+
+/// `encoder:`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EncoderConfig {
+    /// Initial buffer size per instance batch.
+    #[serde(default)]
+    pub init_buffer_size: Option<usize>,
+    /// Largest single encoded metric (default 50 MiB).
+    #[serde(default)]
+    pub max_message_size: Option<usize>,
+    /// Go buffer pool tuning; accepted, no effect (buffers are reused per instance here).
+    #[serde(default)]
+    pub bytes_pool: Option<Ignored>,
+}
+
+/// `connection:`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConnectionConfig {
+    /// Dial timeout (default 1s).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub connection_timeout: Option<Duration>,
+    /// TCP keep-alive (default true).
+    #[serde(default)]
+    pub connection_keep_alive: Option<bool>,
+    /// Read timeout (accepted; rawtcp has no responses).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub read_timeout: Option<Duration>,
+    /// Write timeout (default 15s).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub write_timeout: Option<Duration>,
+    /// Reconnect tuning, accepted.
+    #[serde(default)]
+    pub init_reconnect_threshold: Option<u32>,
+    /// Reconnect tuning, accepted.
+    #[serde(default)]
+    pub max_reconnect_threshold: Option<u32>,
+    /// Reconnect tuning, accepted.
+    #[serde(default)]
+    pub reconnect_threshold_multiplier: Option<u32>,
+    /// Longest wait between reconnects (default 20s).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub max_reconnect_duration: Option<Duration>,
+    /// Write retries, accepted.
+    #[serde(default)]
+    pub write_retries: Option<Ignored>,
+}
