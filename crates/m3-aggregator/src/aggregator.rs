@@ -27,11 +27,11 @@ use m3_metric::MetricType;
 use m3_proto::flushpb;
 
 use crate::error::{AddError, RejectReason};
-use crate::flush::{AggregatedOutput, Category, FlushMode, FlushResult};
+use crate::flush::{AggregatedOutput, Category, FlushMode, FlushResult, ForwardedOutput};
 use crate::metadata::{self, Active, Metadatas};
 use crate::metrics::Metrics;
 use crate::options::AggregatorOptions;
-use crate::shard::{Limits, Sample, Shard};
+use crate::shard::{Forwarded, Limits, Sample, Shard};
 
 /// Maps a metric ID to its shard, e.g. `murmur3_32(id) % numShards`.
 pub type ShardFn = Arc<dyn Fn(&[u8]) -> u32 + Send + Sync>;
@@ -80,7 +80,39 @@ pub struct Aggregator {
     shard_fn: ShardFn,
     shards: RwLock<HashMap<u32, Arc<Shard>>>,
     metrics: Metrics,
+    /// Rollup values leader flushes produced, for the caller to send ([`Aggregator::take_forwarded`]).
+    forwarded: parking_lot::Mutex<Vec<ForwardedOutput>>,
+    /// Passthrough metrics received, for the caller to emit as leader or drop as follower.
+    passthrough: parking_lot::Mutex<Vec<AggregatedOutput>>,
 }
+
+/// A forwarded (rollup) write: the values the sources' leaders aggregated for one window.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardedWrite<'a> {
+    /// The source elems' metric type.
+    pub metric_type: MetricType,
+    /// The rollup series' ID.
+    pub id: &'a [u8],
+    /// The source window's end.
+    pub time_nanos: i64,
+    /// One value per source series.
+    pub values: &'a [f64],
+    /// The source (its shard), for de-duplication with `version`.
+    pub source_id: u32,
+    /// The version of this window's values from that source (0 unless re-sent).
+    pub version: u32,
+    /// The aggregation across sources.
+    pub aggregation_id: m3_metric::AggregationId,
+    /// The storage policy.
+    pub storage_policy: m3_metric::StoragePolicy,
+    /// The rest of the pipeline.
+    pub pipeline: Option<&'a m3_proto::pipelinepb::AppliedPipeline>,
+    /// Hops so far.
+    pub forwarded_times: u32,
+}
+
+/// Passthrough metrics kept for the next flush at most; beyond, the oldest are dropped.
+const MAX_PENDING_PASSTHROUGH: usize = 1 << 20;
 
 impl std::fmt::Debug for Aggregator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -100,6 +132,8 @@ impl Aggregator {
             shard_fn,
             shards: RwLock::new(HashMap::new()),
             metrics: Metrics::new(),
+            forwarded: parking_lot::Mutex::new(Vec::new()),
+            passthrough: parking_lot::Mutex::new(Vec::new()),
         }
     }
 
@@ -293,6 +327,75 @@ impl Aggregator {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// Adds a forwarded (rollup) write from another aggregator's leader: counted once per
+    /// (source, version) and window, refused when it arrives after the window's forwarding
+    /// delay.
+    ///
+    /// # Errors
+    /// As [`add_untimed`](Self::add_untimed), with lateness measured from the source window's
+    /// end against the forwarding delay.
+    pub fn add_forwarded(&self, write: ForwardedWrite<'_>, now_nanos: i64) -> Result<(), AddError> {
+        let n = write.values.len() as u64;
+        if n == 0 {
+            return Ok(());
+        }
+        let reject = |e: AddError| {
+            self.metrics.record_rejected(e.reason(), n);
+            e
+        };
+        let shard_id = (self.shard_fn)(write.id);
+        let table = self.shards.read();
+        let Some(shard) = table.get(&shard_id) else {
+            return Err(reject(AddError::ShardNotOwned { shard: shard_id }));
+        };
+        shard
+            .check_writeable(now_nanos, &self.limits)
+            .map_err(reject)?;
+        let forwarded = Forwarded {
+            metric_type: write.metric_type,
+            id: write.id,
+            time_nanos: write.time_nanos,
+            values: write.values,
+            source_id: write.source_id,
+            version: write.version,
+            aggregation_id: write.aggregation_id,
+            policy: write.storage_policy,
+            pipeline: write.pipeline,
+            forwarded_times: write.forwarded_times.max(1),
+            now_nanos,
+        };
+        shard
+            .state
+            .lock()
+            .add_forwarded(&forwarded, &self.limits, &self.metrics)
+            .map_err(reject)?;
+        self.metrics.record_added(write.metric_type, n);
+        Ok(())
+    }
+
+    /// Keeps a passthrough metric (already aggregated elsewhere) for the flush loop, which
+    /// emits it as leader and drops it as follower ([`take_passthrough`](Self::take_passthrough)).
+    pub fn add_passthrough(&self, output: AggregatedOutput) {
+        self.metrics.record_passthrough(1);
+        let mut pending = self.passthrough.lock();
+        if pending.len() >= MAX_PENDING_PASSTHROUGH {
+            pending.remove(0);
+            self.metrics.record_passthrough_follower_dropped(1);
+        }
+        pending.push(output);
+    }
+
+    /// The passthrough metrics received since the last call.
+    pub fn take_passthrough(&self) -> Vec<AggregatedOutput> {
+        std::mem::take(&mut *self.passthrough.lock())
+    }
+
+    /// The rollup values leader flushes produced since the last call, to send to the
+    /// aggregators owning their IDs.
+    pub fn take_forwarded(&self) -> Vec<ForwardedOutput> {
+        std::mem::take(&mut *self.forwarded.lock())
+    }
+
     /// Flushes every closed window of every owned shard (see [`FlushMode`] and the
     /// [`flush`](crate::flush) module for when a window is closed).
     ///
@@ -309,6 +412,7 @@ impl Aggregator {
     ) -> FlushResult {
         let shards: Vec<Arc<Shard>> = self.shards.read().values().cloned().collect();
         let mut result = FlushResult::default();
+        let mut forwarded = Vec::new();
         for shard in shards {
             let mut times = flushpb::ShardFlushTimes::default();
             let leader = matches!(mode, FlushMode::Leader | FlushMode::LeaderFinal);
@@ -319,6 +423,7 @@ impl Aggregator {
                 &self.limits,
                 &self.metrics,
                 out,
+                &mut forwarded,
                 leader.then_some(&mut times),
             );
             result.outputs += outputs;
@@ -326,6 +431,9 @@ impl Aggregator {
             if leader {
                 result.flush_times.by_shard.insert(shard.id, times);
             }
+        }
+        if !forwarded.is_empty() {
+            self.forwarded.lock().append(&mut forwarded);
         }
         result
     }
@@ -349,6 +457,12 @@ impl Aggregator {
                 .standard_by_resolution
                 .values()
                 .chain(times.timed_by_resolution.values())
+                .chain(
+                    times
+                        .forwarded_by_resolution
+                        .values()
+                        .flat_map(|f| f.by_num_forwarded_times.values()),
+                )
                 .all(|f| *f <= 0 || shard.since_nanos <= *f)
         })
     }

@@ -22,8 +22,9 @@ pub enum RejectReason {
     InvalidAggregation,
     /// A storage policy with a missing or non-positive resolution or retention.
     InvalidStoragePolicy,
-    /// A pipeline with operations (rollups, transformations): not supported yet.
-    UnsupportedPipeline,
+    /// A pipeline the engine cannot run (unknown operation, rollup without ID, second-order
+    /// derivative).
+    InvalidPipeline,
     /// Every staged metadata has a cutover in the future.
     NoApplicableMetadata,
     /// The active staged metadata is tombstoned (the rule was deleted).
@@ -39,7 +40,7 @@ pub enum RejectReason {
     DecodeError,
     /// A message that decodes but lacks the field its type names.
     MalformedMessage,
-    /// A message type not handled yet (forwarded, passthrough) or unknown.
+    /// A message type not handled, or unknown.
     UnsupportedMessageType,
 }
 
@@ -52,7 +53,7 @@ impl RejectReason {
         RejectReason::ShardNotWriteable,
         RejectReason::InvalidAggregation,
         RejectReason::InvalidStoragePolicy,
-        RejectReason::UnsupportedPipeline,
+        RejectReason::InvalidPipeline,
         RejectReason::NoApplicableMetadata,
         RejectReason::Tombstoned,
         RejectReason::TooManyWindows,
@@ -72,7 +73,7 @@ impl RejectReason {
             RejectReason::ShardNotWriteable => "shard_not_writeable",
             RejectReason::InvalidAggregation => "invalid_aggregation",
             RejectReason::InvalidStoragePolicy => "invalid_storage_policy",
-            RejectReason::UnsupportedPipeline => "unsupported_pipeline",
+            RejectReason::InvalidPipeline => "invalid_pipeline",
             RejectReason::NoApplicableMetadata => "no_applicable_metadata",
             RejectReason::Tombstoned => "tombstoned",
             RejectReason::TooManyWindows => "too_many_windows",
@@ -152,13 +153,11 @@ pub enum AddError {
     /// A storage policy that is missing a resolution or retention, or has a non-positive one.
     #[error("invalid storage policy: resolution and retention must be present and positive")]
     InvalidStoragePolicy,
-    /// A pipeline with rollup or transformation operations.
-    #[error(
-        "unsupported pipeline with {ops} operation(s): rollups and transformations are not supported yet"
-    )]
-    UnsupportedPipeline {
-        /// Number of operations in the pipeline.
-        ops: usize,
+    /// A pipeline the engine cannot run.
+    #[error("invalid pipeline: {reason}")]
+    InvalidPipeline {
+        /// What is wrong with it.
+        reason: &'static str,
     },
     /// No staged metadata has cut over yet.
     #[error(
@@ -200,7 +199,7 @@ impl AddError {
             AddError::TooFarInTheFuture { .. } => RejectReason::TooFarFuture,
             AddError::InvalidAggregation { .. } => RejectReason::InvalidAggregation,
             AddError::InvalidStoragePolicy => RejectReason::InvalidStoragePolicy,
-            AddError::UnsupportedPipeline { .. } => RejectReason::UnsupportedPipeline,
+            AddError::InvalidPipeline { .. } => RejectReason::InvalidPipeline,
             AddError::NoApplicableMetadata { .. } => RejectReason::NoApplicableMetadata,
             AddError::TooManyWindows { .. } => RejectReason::TooManyWindows,
             AddError::InvalidTimestamp { .. } => RejectReason::InvalidTimestamp,

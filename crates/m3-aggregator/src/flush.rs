@@ -20,6 +20,14 @@
 //! |---|---|
 //! | untimed | `now ≥ end` |
 //! | timed | `now ≥ end + bufferPast + resolution` |
+//! | forwarded (rollup values from other aggregators, after `n` hops) | `now ≥ end + maxConstDelay + n × resolution` |
+//!
+//! A window of an elem with a rollup is not emitted but *forwarded*: its value, through the
+//! head transforms, goes under the rollup ID to the aggregators owning it
+//! ([`ForwardedOutput`]), stamped with the window's end. There it lands in the forwarded window
+//! that ends at the same time, so the rollup's output carries the source windows' end.
+//! Forwarded windows have flush times of their own (per resolution and hop count), and
+//! followers discard them like the others.
 //!
 //! A new leader must first see the latest persisted flush times (one follower flush with them)
 //! before its first leader flush; otherwise it would emit windows the old leader emitted after
@@ -35,11 +43,14 @@ pub enum Category {
     Untimed,
     /// Bucketed by the metric's own timestamp, within the past/future buffers.
     Timed,
+    /// Values forwarded by other aggregators' leaders (rollups), bucketed by their source
+    /// window's end.
+    Forwarded,
 }
 
 impl Category {
-    /// Both categories.
-    pub const ALL: [Category; 2] = [Category::Untimed, Category::Timed];
+    /// Every category.
+    pub const ALL: [Category; 3] = [Category::Untimed, Category::Timed, Category::Forwarded];
 
     pub(crate) fn index(self) -> usize {
         self as usize
@@ -79,6 +90,29 @@ pub struct AggregatedOutput {
     pub aggregation: AggregationType,
     /// The input metric type.
     pub metric_type: MetricType,
+}
+
+/// One window's value forwarded to the aggregators that own the rollup ID.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardedOutput {
+    /// The rollup series' ID.
+    pub id: bytes::Bytes,
+    /// The source elem's metric type.
+    pub metric_type: MetricType,
+    /// The source window's end.
+    pub time_nanos: i64,
+    /// The value after the head transforms.
+    pub value: f64,
+    /// The aggregation across sources.
+    pub aggregation_id: m3_metric::AggregationId,
+    /// The storage policy.
+    pub storage_policy: StoragePolicy,
+    /// The rest of the pipeline, encoded (`AppliedPipeline`); empty when none.
+    pub pipeline: bytes::Bytes,
+    /// The source shard (M3's `SourceID`): with the version, what the receiver deduplicates.
+    pub source_id: u32,
+    /// Hops so far, this one included.
+    pub forwarded_times: u32,
 }
 
 /// The outcome of one [`Aggregator::flush`](crate::Aggregator::flush).

@@ -10,17 +10,17 @@
 //! | 3 gauge | `gauge_with_metadatas` | `add_untimed(Gauge, [value])` |
 //! | 5 timed + `TimedMetadata` | `timed_metric_with_metadata` | `add_timed` with that one policy |
 //! | 6 timed + staged | `timed_metric_with_metadatas` | `add_timed` with the staged metadatas |
-//! | 4 forwarded, 7 passthrough | | not supported yet: counted as `unsupported_message_type` |
+//! | 4 forwarded | `forwarded_metric_with_metadata` | `add_forwarded`: a rollup's values from another aggregator's leader |
+//! | 7 passthrough | `timed_metric_with_storage_policy` | `add_passthrough`: stored as given, by the leader only |
 //!
-//! Forwarded metrics (rollup second stage) and passthrough need the forwarding and flush-writer
-//! parts that are built later; until then their values are counted, never silently dropped.
 //! A message whose type names a field that is absent is counted as `malformed_message`.
 
 use m3_metric::{AggregationId, MetricType, StoragePolicy};
 use m3_proto::metricpb::{self, metric_with_metadatas::Type};
 
-use crate::aggregator::Aggregator;
+use crate::aggregator::{Aggregator, ForwardedWrite};
 use crate::error::{AddError, RejectReason};
+use crate::flush::AggregatedOutput;
 use crate::metadata::Metadatas;
 
 /// Why a message was not (fully) applied. Every case is already counted when returned.
@@ -37,11 +37,6 @@ pub enum IngestError {
         /// What is missing.
         what: &'static str,
     },
-    /// A message type this server does not handle yet.
-    #[error(
-        "unsupported message type {0}: forwarded and passthrough metrics are not supported yet"
-    )]
-    Unsupported(&'static str),
     /// A type value outside the enum.
     #[error("unrecognized message type {0}")]
     UnknownType(i32),
@@ -152,17 +147,68 @@ pub fn apply(
             )?;
         }
         Type::ForwardedMetricWithMetadata => {
-            let n = msg
+            let f = msg
                 .forwarded_metric_with_metadata
                 .as_ref()
-                .and_then(|f| f.metric.as_ref())
-                .map_or(1, |m| m.values.len().max(1));
-            metrics.record_rejected(RejectReason::UnsupportedMessageType, n as u64);
-            return Err(IngestError::Unsupported(name));
+                .ok_or_else(|| malformed(name, "forwarded_metric_with_metadata"))?;
+            let metric = f.metric.as_ref().ok_or_else(|| malformed(name, "metric"))?;
+            let meta = f
+                .metadata
+                .as_ref()
+                .ok_or_else(|| malformed(name, "metadata"))?;
+            let metric_type = MetricType::from_proto(metric.r#type)
+                .ok_or_else(|| malformed(name, "metric type"))?;
+            let Some(storage_policy) = meta
+                .storage_policy
+                .as_ref()
+                .and_then(StoragePolicy::from_proto)
+            else {
+                metrics.record_rejected(RejectReason::InvalidStoragePolicy, 1);
+                return Err(AddError::InvalidStoragePolicy.into());
+            };
+            aggregator.add_forwarded(
+                ForwardedWrite {
+                    metric_type,
+                    id: &metric.id,
+                    time_nanos: metric.time_nanos,
+                    values: &metric.values,
+                    source_id: meta.source_id,
+                    version: metric.version,
+                    aggregation_id: AggregationId(meta.aggregation_id.as_ref().map_or(0, |a| a.id)),
+                    storage_policy,
+                    pipeline: meta.pipeline.as_ref(),
+                    forwarded_times: u32::try_from(meta.num_forwarded_times).unwrap_or(1),
+                },
+                now_nanos,
+            )?;
         }
         Type::TimedMetricWithStoragePolicy => {
-            metrics.record_rejected(RejectReason::UnsupportedMessageType, 1);
-            return Err(IngestError::Unsupported(name));
+            let p = msg
+                .timed_metric_with_storage_policy
+                .as_ref()
+                .ok_or_else(|| malformed(name, "timed_metric_with_storage_policy"))?;
+            let metric = p
+                .timed_metric
+                .as_ref()
+                .ok_or_else(|| malformed(name, "timed_metric"))?;
+            let metric_type = MetricType::from_proto(metric.r#type)
+                .ok_or_else(|| malformed(name, "metric type"))?;
+            let Some(storage_policy) = p
+                .storage_policy
+                .as_ref()
+                .and_then(StoragePolicy::from_proto)
+            else {
+                metrics.record_rejected(RejectReason::InvalidStoragePolicy, 1);
+                return Err(AddError::InvalidStoragePolicy.into());
+            };
+            aggregator.add_passthrough(AggregatedOutput {
+                id: metric.id.to_vec(),
+                time_nanos: metric.time_nanos,
+                value: metric.value,
+                storage_policy,
+                aggregation: m3_metric::AggregationType::Last,
+                metric_type,
+            });
         }
         Type::Unknown => {
             metrics.record_rejected(RejectReason::UnsupportedMessageType, 1);

@@ -2,8 +2,9 @@
 //! its shard set, flushes on a timer, and sends what it flushes to the coordinators over m3msg.
 //!
 //! ```text
-//! placement watch ──▶ set_shards, election per shard set
+//! placement watch ──▶ set_shards, election per shard set, forwarding client's routes
 //! every checkEvery:  leader   → flush closed windows → m3msg producer (topic aggregated_metrics)
+//!                              → rollup values → rawtcp to the rollup IDs' owners (forward.rs)
 //!                              → persist flush times (KV shardset/<id>/flush)
 //!                    follower → read flush times → discard what the leader flushed
 //! topic + consumer placements ──▶ producer's consumer services and instances (live)
@@ -71,6 +72,8 @@ pub struct InstanceOptions {
     /// How long a flush waits for the coordinators' acks before it persists its flush times;
     /// when they do not all arrive in time, the times are persisted at a later flush.
     pub ack_wait: Duration,
+    /// The client that forwards rollup values to other aggregators (`aggregator.client`).
+    pub client: crate::client::ClientOptions,
 }
 
 impl InstanceOptions {
@@ -90,6 +93,7 @@ impl InstanceOptions {
             shutdown_ack_timeout: Duration::from_secs(10),
             ack_wait: Duration::from_secs(5),
             num_shards: Arc::new(AtomicU32::new(0)),
+            client: crate::client::ClientOptions::default(),
         }
     }
 }
@@ -165,6 +169,10 @@ impl AggregatorInstance {
         let placements = PlacementStore::new(Arc::clone(&kv), placement_key)
             .watch()
             .await?;
+        let client = crate::client::AggregatorClient::new(
+            options.client.clone(),
+            Arc::new(crate::forward::ForwardingMetrics(Arc::clone(&aggregator))),
+        );
         let election: SharedElection = Arc::new(Mutex::new(None));
         let (status_tx, status) = watch::channel(FlushStatus {
             election_state: ElectionState::Unknown,
@@ -190,6 +198,7 @@ impl AggregatorInstance {
             options.clone(),
             Arc::clone(&election),
             eligible,
+            Arc::clone(&client),
             cancel.clone(),
         )));
         let (resign_requests, resign_rx) = mpsc::channel(4);
@@ -199,6 +208,7 @@ impl AggregatorInstance {
             options: options.clone(),
             election: Arc::clone(&election),
             producer,
+            client,
             status: status_tx,
             resign_requests: resign_rx,
             cancel: cancel.clone(),
@@ -410,6 +420,7 @@ async fn follow_placement(
     options: InstanceOptions,
     election: SharedElection,
     eligible: watch::Receiver<bool>,
+    client: Arc<crate::client::AggregatorClient>,
     cancel: CancellationToken,
 ) {
     loop {
@@ -418,6 +429,7 @@ async fn follow_placement(
             options
                 .num_shards
                 .store(p.value.num_shards, Ordering::Relaxed);
+            client.update_placement(&p.value);
         }
         let me = placement
             .as_ref()
@@ -489,6 +501,7 @@ struct FlushLoop {
     options: InstanceOptions,
     election: SharedElection,
     producer: SharedProducer,
+    client: Arc<crate::client::AggregatorClient>,
     status: watch::Sender<FlushStatus>,
     resign_requests: mpsc::Receiver<ResignRequest>,
     cancel: CancellationToken,
@@ -501,6 +514,7 @@ async fn flush_loop(parts: FlushLoop) {
         options,
         election,
         producer,
+        client,
         status,
         mut resign_requests,
         cancel,
@@ -593,6 +607,9 @@ async fn flush_loop(parts: FlushLoop) {
             };
             outputs.clear();
             let result = aggregator.flush(now, mode, &mut outputs);
+            crate::forward::send(&client, aggregator.take_forwarded(), aggregator.metrics());
+            // Passthrough metrics are written by the leader only.
+            outputs.extend(aggregator.take_passthrough());
             let num_shards = producer.number_of_shards().max(1);
             let mut refused = 0usize;
             for output in outputs.drain(..) {
@@ -655,6 +672,10 @@ async fn flush_loop(parts: FlushLoop) {
                 },
                 &mut outputs,
             );
+            let passthrough = aggregator.take_passthrough();
+            aggregator
+                .metrics()
+                .record_passthrough_follower_dropped(passthrough.len() as u64);
             was_leader = false;
             let _ = status.send(FlushStatus {
                 election_state: state,

@@ -13,13 +13,12 @@
 //! 3. **no versions, no metadata or no pipelines** mean "defaults": the configured
 //!    `defaultStoragePolicies` with the metric type's default aggregations;
 //! 4. a pipeline with **no storage policies** uses `defaultStoragePolicies` too;
-//! 5. a pipeline with **operations** (rollups, transformations) needs forwarding, which is not
-//!    built yet: it is skipped and counted (`unsupported_pipeline`); the other pipelines of the
-//!    same sample are still applied. `drop_policy` and `routing_policy` are coordinator and
+//! 5. a pipeline with **operations** (transforms, rollups) is kept with its target: the elem
+//!    runs it (see [`crate::pipeline`]). `drop_policy` and `routing_policy` are coordinator and
 //!    flush-routing concerns and are ignored here.
 
 use m3_metric::{AggregationId, StoragePolicy};
-use m3_proto::metricpb;
+use m3_proto::{metricpb, pipelinepb};
 
 use crate::error::AddError;
 
@@ -80,39 +79,54 @@ pub(crate) fn active(metadatas: Metadatas<'_>, now_nanos: i64) -> Result<Active<
     }
 }
 
-/// Calls `visit` with every (aggregation ID, storage policy) of `active`, or with the error of
-/// every pipeline or policy that cannot be used.
-pub(crate) fn for_each_target(
-    active: Active<'_>,
+/// One (aggregation, storage policy, pipeline) a sample feeds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Target<'a> {
+    pub(crate) aggregation_id: AggregationId,
+    pub(crate) policy: StoragePolicy,
+    /// Transforms and rollups to run on each window (`None`: emit as aggregated).
+    pub(crate) pipeline: Option<&'a pipelinepb::AppliedPipeline>,
+}
+
+/// Calls `visit` with every target of `active`, or with the error of every policy that cannot
+/// be used.
+pub(crate) fn for_each_target<'a>(
+    active: Active<'a>,
     defaults: &[StoragePolicy],
-    mut visit: impl FnMut(Result<(AggregationId, StoragePolicy), AddError>),
+    mut visit: impl FnMut(Result<Target<'a>, AddError>),
 ) {
+    let plain = |aggregation_id, policy| Target {
+        aggregation_id,
+        policy,
+        pipeline: None,
+    };
     match active {
         Active::Tombstoned => {}
         Active::Default => {
             for p in defaults {
-                visit(Ok((AggregationId::DEFAULT, *p)));
+                visit(Ok(plain(AggregationId::DEFAULT, *p)));
             }
         }
-        Active::Single(aggregation_id, policy) => visit(Ok((aggregation_id, policy))),
+        Active::Single(aggregation_id, policy) => visit(Ok(plain(aggregation_id, policy))),
         Active::Pipelines(pipelines) => {
             for pipeline in pipelines {
-                let ops = pipeline.pipeline.as_ref().map_or(0, |p| p.ops.len());
-                if ops > 0 {
-                    visit(Err(AddError::UnsupportedPipeline { ops }));
-                    continue;
-                }
                 let aggregation_id =
                     AggregationId(pipeline.aggregation_id.as_ref().map_or(0, |a| a.id));
+                let ops = pipeline.pipeline.as_ref().filter(|p| !p.ops.is_empty());
+                let target = |policy| Target {
+                    aggregation_id,
+                    policy,
+                    pipeline: ops,
+                };
                 if pipeline.storage_policies.is_empty() {
                     for p in defaults {
-                        visit(Ok((aggregation_id, *p)));
+                        visit(Ok(target(*p)));
                     }
                     continue;
                 }
                 for proto in &pipeline.storage_policies {
                     match StoragePolicy::from_proto(proto) {
-                        Some(p) => visit(Ok((aggregation_id, p))),
+                        Some(p) => visit(Ok(target(p))),
                         None => visit(Err(AddError::InvalidStoragePolicy)),
                     }
                 }
@@ -140,7 +154,7 @@ pub mod build {
         }
     }
 
-    /// A pipeline with one rollup operation (not supported by the engine yet).
+    /// A pipeline with one rollup operation.
     pub fn rollup_pipeline(
         new_id: &[u8],
         policies: &[StoragePolicy],
@@ -199,7 +213,8 @@ mod tests {
         let mut out = Vec::new();
         let mut errs = Vec::new();
         for_each_target(active, &[p("10s:2d")], |t| match t {
-            Ok((a, sp)) => out.push((a.0, sp.to_string())),
+            Ok(t) if t.pipeline.is_none() => out.push((t.aggregation_id.0, t.policy.to_string())),
+            Ok(t) => out.push((t.aggregation_id.0, format!("{} with a pipeline", t.policy))),
             Err(e) => errs.push(e),
         });
         Ok((out, errs))
@@ -253,7 +268,7 @@ mod tests {
     }
 
     #[test]
-    fn rollup_pipelines_and_bad_policies_are_reported() {
+    fn rollup_pipelines_are_kept_and_bad_policies_reported() {
         let mut staged = build::simple(AggregationId::DEFAULT, &[p("1m:40d")]);
         let pipelines = &mut staged.metadatas[0].metadata.as_mut().unwrap().pipelines;
         pipelines.push(build::rollup_pipeline(b"rolled", &[p("1m:40d")]));
@@ -261,13 +276,13 @@ mod tests {
             .storage_policies
             .push(m3_proto::policypb::StoragePolicy::default());
         let (t, e) = targets(Metadatas::Staged(&staged), 0).unwrap();
-        assert_eq!(t, vec![(0, "1m:40d".to_string())]);
         assert_eq!(
-            e,
+            t,
             vec![
-                AddError::InvalidStoragePolicy,
-                AddError::UnsupportedPipeline { ops: 1 }
+                (0, "1m:40d".to_string()),
+                (0, "1m:40d with a pipeline".to_string())
             ]
         );
+        assert_eq!(e, vec![AddError::InvalidStoragePolicy]);
     }
 }

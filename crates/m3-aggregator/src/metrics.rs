@@ -83,6 +83,11 @@ pub struct Metrics {
     connections_refused: Counter,
     connections_timed_out: Counter,
     http_connections_refused: Counter,
+    forwarded_duplicates: Counter,
+    forwarded_sent: Counter,
+    forwarded_dropped_family: Family<Labels, Counter>,
+    passthrough_added: Counter,
+    passthrough_follower_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -137,6 +142,11 @@ impl Metrics {
             .get_or_create(&[("reason", "timeout")])
             .clone();
         Metrics {
+            forwarded_duplicates: Counter::default(),
+            forwarded_sent: Counter::default(),
+            forwarded_dropped_family: Family::<Labels, Counter>::default(),
+            passthrough_added: Counter::default(),
+            passthrough_follower_dropped: Counter::default(),
             http_connections_refused: Counter::default(),
             connections_closed_family,
             connections_refused,
@@ -194,6 +204,31 @@ impl Metrics {
             "windows_discarded",
             "Aggregation windows dropped without output, by reason",
             self.windows_discarded_family.clone(),
+        );
+        registry.register(
+            "forwarded_duplicates",
+            "Forwarded values ignored because their (source, version) was already added to the window",
+            self.forwarded_duplicates.clone(),
+        );
+        registry.register(
+            "forwarded_sent",
+            "Rollup values queued towards the aggregators owning the rollup IDs",
+            self.forwarded_sent.clone(),
+        );
+        registry.register(
+            "forwarded_dropped",
+            "Rollup values not sent, by reason",
+            self.forwarded_dropped_family.clone(),
+        );
+        registry.register(
+            "passthrough_added",
+            "Passthrough metrics received",
+            self.passthrough_added.clone(),
+        );
+        registry.register(
+            "passthrough_follower_dropped",
+            "Passthrough metrics a follower received and dropped (only the leader writes them)",
+            self.passthrough_follower_dropped.clone(),
         );
         registry.register(
             "http_connections_refused",
@@ -279,6 +314,37 @@ impl Metrics {
         match reason {
             OutputDiscard::Nan => self.outputs_nan.get(),
             OutputDiscard::InvalidId => self.outputs_invalid_id.get(),
+        }
+    }
+
+    pub(crate) fn record_forwarded_duplicate(&self, n: u64) {
+        self.forwarded_duplicates.inc_by(n);
+    }
+
+    /// Forwarded values ignored as duplicates so far.
+    pub fn forwarded_duplicates(&self) -> u64 {
+        self.forwarded_duplicates.get()
+    }
+
+    /// Counts passthrough metrics received.
+    pub fn record_passthrough(&self, n: u64) {
+        self.passthrough_added.inc_by(n);
+    }
+
+    /// Counts passthrough metrics a follower dropped.
+    pub fn record_passthrough_follower_dropped(&self, n: u64) {
+        self.passthrough_follower_dropped.inc_by(n);
+    }
+
+    /// Counts rollup values queued or dropped on their way to other aggregators.
+    pub fn record_forwarded(&self, sent: u64, dropped: &[(&'static str, u64)]) {
+        self.forwarded_sent.inc_by(sent);
+        for (reason, n) in dropped {
+            if *n > 0 {
+                self.forwarded_dropped_family
+                    .get_or_create(&[("reason", *reason)])
+                    .inc_by(*n);
+            }
         }
     }
 

@@ -39,6 +39,20 @@ pub struct AggregatorOptions {
     /// another is rejected (`too_many_windows`). Guards against tiny resolutions with wide
     /// timed buffers. Default 1024.
     pub max_open_windows_per_elem: usize,
+    /// `forwarding.maxConstDelay`: a forwarded (rollup) window waits this long after its end,
+    /// plus one resolution per forwarding hop, for every source's leader to forward it, then
+    /// flushes; later writes to it are refused as too late. `None` (default): the past buffer
+    /// plus 10s, since sources forward a timed window only after their past buffer.
+    pub forwarding_max_const_delay: Option<Duration>,
+}
+
+impl AggregatorOptions {
+    /// The constant part of the forwarding delay (see
+    /// [`forwarding_max_const_delay`](Self::forwarding_max_const_delay)).
+    pub fn forwarding_max_const_delay(&self) -> Duration {
+        self.forwarding_max_const_delay
+            .unwrap_or(self.buffer_past + Duration::from_secs(10))
+    }
 }
 
 impl Default for AggregatorOptions {
@@ -56,6 +70,7 @@ impl Default for AggregatorOptions {
             max_timer_batch_size_per_write: 0,
             discard_nan_aggregated_values: true,
             max_open_windows_per_elem: 1024,
+            forwarding_max_const_delay: None,
         }
     }
 }

@@ -8,8 +8,13 @@
 //! only when a series or a window is new. Per category, a shard keeps its series in a dense
 //! slab of 48-byte slots (boxed ID + [`Entry`]) and finds them through a hash table of 32-bit
 //! slot indices; flushes walk the slab in order. The (storage policy, aggregation types,
-//! metric type) of each elem is interned in a small per-shard table and referred to by a
-//! 16-bit index, which keeps elems small.
+//! metric type, pipeline, forwarding hops) of each elem is interned in a small per-shard table
+//! and referred to by a 16-bit index, which keeps elems small.
+//!
+//! Elems with a pipeline (see [`crate::pipeline`]) keep their transforms' state beside the
+//! entries, keyed by series ID, so plain series pay nothing for it. Forwarded windows remember
+//! which (source, version) pairs they were given, so a source that sends a window twice (a
+//! retry, a failed-over leader) is counted once.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -21,13 +26,18 @@ use parking_lot::Mutex;
 
 use m3_metric::{AggregationId, MetricType, StoragePolicy, id::with_suffix};
 use m3_proto::flushpb;
+use m3_rules::{TransformState, transform};
 
 use crate::aggregation::{self, StateKind, WindowState};
 use crate::entry::{Elem, Entry, TooManyWindows, WriteTime};
 use crate::error::AddError;
-use crate::flush::{AggregatedOutput, Category, FlushMode, align_down, checked_align_down};
+use crate::flush::{
+    AggregatedOutput, Category, FlushMode, ForwardedOutput, align_down, checked_align_down,
+};
+use crate::metadata::Target;
 use crate::metrics::{Metrics, OutputDiscard, WindowDiscard};
 use crate::options::{AggregatorOptions, nanos};
+use crate::pipeline::{ParsedPipeline, PipelineTable};
 
 /// Most distinct elem specs per shard (the index is 16 bits).
 pub(crate) const MAX_SPECS: usize = u16::MAX as usize;
@@ -43,10 +53,15 @@ pub(crate) struct ElemSpec {
     /// Whether outputs get the aggregation's suffix.
     pub(crate) suffixed: bool,
     /// Whether an elem of this spec was created in each category (for flush times).
-    pub(crate) used_in: [bool; 2],
+    pub(crate) used_in: [bool; 3],
+    /// The pipeline (index into the shard's [`PipelineTable`]; 0: none).
+    pub(crate) pipeline: u16,
+    /// How many aggregators forwarded the values before this one (0: written by a client).
+    pub(crate) forwarded_times: u32,
 }
 
-type SpecKey = (StoragePolicy, AggregationId, MetricType);
+/// (policy, aggregation types, metric type, pipeline, forwarding hops).
+type SpecKey = (StoragePolicy, AggregationId, MetricType, u16, u32);
 
 /// The interned specs of one shard.
 #[derive(Debug, Default)]
@@ -54,6 +69,7 @@ pub(crate) struct SpecTable {
     specs: Vec<ElemSpec>,
     index: HashMap<SpecKey, u16>,
     last: Option<(SpecKey, u16)>,
+    pipelines: PipelineTable,
 }
 
 impl SpecTable {
@@ -66,7 +82,7 @@ impl SpecTable {
         let index = match found {
             Some(i) => i,
             None => {
-                let (policy, types, metric_type) = key;
+                let (policy, types, metric_type, pipeline, forwarded_times) = key;
                 if !aggregation::is_valid(types, metric_type) {
                     return Err(AddError::InvalidAggregation {
                         metric_type,
@@ -80,7 +96,6 @@ impl SpecTable {
                 if self.specs.len() >= MAX_SPECS {
                     return Err(AddError::TooManyPolicies { max: MAX_SPECS });
                 }
-                let default = AggregationId::DEFAULT.resolve(metric_type);
                 let i = self.specs.len() as u16;
                 self.specs.push(ElemSpec {
                     policy,
@@ -88,8 +103,13 @@ impl SpecTable {
                     types,
                     metric_type,
                     kind: StateKind::for_types(types),
-                    suffixed: metric_type == MetricType::Timer || types != default,
-                    used_in: [false; 2],
+                    // One aggregation of a counter or gauge keeps the series' name (the storage
+                    // policy tells windows apart), as M3 names Prometheus series; several need
+                    // a suffix each, and timers always have one.
+                    suffixed: metric_type == MetricType::Timer || types.types().nth(1).is_some(),
+                    used_in: [false; 3],
+                    pipeline,
+                    forwarded_times,
                 });
                 self.index.insert(key, i);
                 i
@@ -179,19 +199,51 @@ impl EntryMap {
         self.slots.len()
     }
 
+    fn contains(&self, id: &[u8]) -> bool {
+        let hash = self.hasher.hash_one(id);
+        self.index
+            .find(hash, |&i| *self.slots[i as usize].id == *id)
+            .is_some()
+    }
+
     /// Heap bytes of the index and the slab (by capacity).
     fn allocation_size(&self) -> usize {
         self.index.allocation_size() + self.slots.capacity() * std::mem::size_of::<Slot>()
     }
 }
 
+/// The transform state of a series' pipeline elems: (spec, one state per aggregation type and
+/// head transform).
+type PipelineStates = Vec<(u16, Vec<TransformState>)>;
+
 /// The mutable part of a shard.
 #[derive(Debug, Default)]
 pub(crate) struct ShardState {
-    entries: [EntryMap; 2],
+    entries: [EntryMap; 3],
     specs: SpecTable,
-    /// Leader flush times: (category, resolution) → window end flushed up to.
-    flushed: HashMap<(Category, i64), i64>,
+    /// Per category, series ID → the state of its pipeline elems.
+    transforms: [HashMap<Box<[u8]>, PipelineStates>; 3],
+    /// Forwarded windows: (series ID, spec, window start) → the (source, version) pairs added.
+    sources: HashMap<(Box<[u8]>, u16, i64), Vec<(u32, u32)>>,
+    /// Leader flush times: (category, resolution, forwarding hops) → window end flushed up to.
+    flushed: HashMap<(Category, i64, u32), i64>,
+}
+
+/// One forwarded write, already past the ownership check: the values the sources' leaders
+/// aggregated for one window, for the series `id`.
+pub(crate) struct Forwarded<'a> {
+    pub(crate) metric_type: MetricType,
+    pub(crate) id: &'a [u8],
+    /// The source window's end.
+    pub(crate) time_nanos: i64,
+    pub(crate) values: &'a [f64],
+    pub(crate) source_id: u32,
+    pub(crate) version: u32,
+    pub(crate) aggregation_id: AggregationId,
+    pub(crate) policy: StoragePolicy,
+    pub(crate) pipeline: Option<&'a m3_proto::pipelinepb::AppliedPipeline>,
+    pub(crate) forwarded_times: u32,
+    pub(crate) now_nanos: i64,
 }
 
 /// One sample to add to a shard, already past the ownership and metadata checks.
@@ -216,6 +268,8 @@ pub(crate) struct Limits {
     pub(crate) max_windows: usize,
     pub(crate) discard_nan: bool,
     pub(crate) default_types: [AggregationId; 3],
+    /// Forwarded windows wait this long after their end, plus one resolution per hop.
+    pub(crate) forwarding_delay: i64,
 }
 
 impl Limits {
@@ -229,7 +283,15 @@ impl Limits {
             max_windows: o.max_open_windows_per_elem,
             discard_nan: o.discard_nan_aggregated_values,
             default_types: MetricType::ALL.map(|t| AggregationId::DEFAULT.resolve(t)),
+            forwarding_delay: nanos(o.forwarding_max_const_delay()),
         }
+    }
+
+    /// How long after its end a forwarded window of `resolution` that went through `hops`
+    /// aggregators waits for its sources (M3's `maxConstDelay + resolution × hops`).
+    pub(crate) fn forwarding_delay(&self, resolution: i64, hops: u32) -> i64 {
+        self.forwarding_delay
+            .saturating_add(resolution.saturating_mul(i64::from(hops)))
     }
 
     /// The flush target of windows of `resolution` in `category`: windows ending at or before
@@ -239,6 +301,7 @@ impl Limits {
         &self,
         category: Category,
         resolution: i64,
+        hops: u32,
         now: i64,
         final_flush: bool,
     ) -> i64 {
@@ -246,6 +309,7 @@ impl Limits {
             _ if final_flush => now,
             Category::Untimed => now,
             Category::Timed => now.saturating_sub(self.buffer_past.saturating_add(resolution)),
+            Category::Forwarded => now.saturating_sub(self.forwarding_delay(resolution, hops)),
         }
     }
 }
@@ -317,7 +381,7 @@ impl ShardState {
         sample: &Sample<'_>,
         limits: &Limits,
         metrics: &Metrics,
-        visit_targets: impl FnOnce(&mut dyn FnMut(Result<(AggregationId, StoragePolicy), AddError>)),
+        visit_targets: impl FnOnce(&mut dyn FnMut(Result<Target<'_>, AddError>)),
         outcome: &mut dyn FnMut(Result<(), AddError>),
     ) -> bool {
         let ShardState { entries, specs, .. } = self;
@@ -329,9 +393,7 @@ impl ShardState {
         let entry = &mut map.slots[slot].entry;
         let mut accepted = false;
         visit_targets(&mut |target| {
-            let result = target.and_then(|(aggregation_id, policy)| {
-                add_target(specs, entry, sample, limits, aggregation_id, policy)
-            });
+            let result = target.and_then(|target| add_target(specs, entry, sample, limits, target));
             accepted |= result.is_ok();
             outcome(result);
         });
@@ -341,6 +403,97 @@ impl ShardState {
             metrics.entry_dropped_unused();
         }
         accepted
+    }
+
+    /// Adds one forwarded write to its window, once per (source, version): a repeat is counted
+    /// (`forwarded_duplicates`) and ignored. The values land in the window that ends at the
+    /// source window's end, which is also the output's timestamp.
+    pub(crate) fn add_forwarded(
+        &mut self,
+        write: &Forwarded<'_>,
+        limits: &Limits,
+        metrics: &Metrics,
+    ) -> Result<(), AddError> {
+        let ShardState {
+            entries,
+            specs,
+            sources,
+            ..
+        } = self;
+        let types = if write.aggregation_id.is_default() {
+            limits.default_types[write.metric_type as usize]
+        } else {
+            write.aggregation_id
+        };
+        let pipeline = specs.pipelines.intern(write.pipeline)?;
+        let (spec, kind) = specs.intern(
+            (
+                write.policy,
+                types,
+                write.metric_type,
+                pipeline,
+                write.forwarded_times,
+            ),
+            Category::Forwarded,
+        )?;
+        let resolution = specs.specs[usize::from(spec)].resolution;
+        let end = write.time_nanos;
+        let now = write.now_nanos;
+        let late_limit =
+            now.saturating_sub(limits.forwarding_delay(resolution, write.forwarded_times));
+        if end < late_limit {
+            return Err(AddError::TooFarInThePast {
+                timestamp_nanos: end,
+                limit_nanos: late_limit,
+                off_by: duration_between(end, late_limit),
+            });
+        }
+        let future_limit = now.saturating_add(limits.buffer_future);
+        if end > future_limit {
+            return Err(AddError::TooFarInTheFuture {
+                timestamp_nanos: end,
+                limit_nanos: future_limit,
+                off_by: duration_between(future_limit, end),
+            });
+        }
+        // The window that ends at `end`: its values are stamped with the source window's end.
+        let t = end.saturating_sub(1);
+        let Some(start) =
+            checked_align_down(t, resolution).filter(|s| s.checked_add(resolution).is_some())
+        else {
+            return Err(AddError::InvalidTimestamp {
+                timestamp_nanos: end,
+            });
+        };
+        let seen = sources
+            .entry((Box::from(write.id), spec, start))
+            .or_default();
+        if seen.contains(&(write.source_id, write.version)) {
+            metrics.record_forwarded_duplicate(write.values.len() as u64);
+            return Ok(());
+        }
+        let map = &mut entries[Category::Forwarded.index()];
+        let slot = map.get_or_insert(write.id, || {
+            metrics.entry_created();
+            Entry::new()
+        });
+        let written = WriteTime::at(now);
+        map.slots[slot]
+            .entry
+            .elem_mut(spec, kind, written)
+            .add(
+                start,
+                start + resolution,
+                t,
+                write.values,
+                limits.max_windows,
+                written,
+            )
+            .map_err(|TooManyWindows| AddError::TooManyWindows {
+                max: limits.max_windows,
+            })?;
+        seen.push((write.source_id, write.version));
+        Ok(())
     }
 
     /// Flushes this shard (see [`FlushMode`]); returns (outputs, windows discarded).
@@ -353,6 +506,7 @@ impl ShardState {
         limits: &Limits,
         metrics: &Metrics,
         out: &mut Vec<AggregatedOutput>,
+        forwarded: &mut Vec<ForwardedOutput>,
         times: Option<&mut flushpb::ShardFlushTimes>,
     ) -> (usize, u64) {
         let cutover = shard.cutover_nanos.load(Ordering::Relaxed);
@@ -362,40 +516,53 @@ impl ShardState {
             FlushMode::Follower { flushed_times } => Some(flushed_times.by_shard.get(&shard.id)),
         };
         let final_flush = matches!(mode, FlushMode::LeaderFinal);
-        let specs = &self.specs.specs;
+        let ShardState {
+            entries,
+            specs,
+            transforms,
+            sources,
+            flushed,
+        } = self;
+        let spec_list = &specs.specs;
         let mut emitted = 0usize;
         let mut discarded = [0u64; 3];
-        let mut plan: Vec<i64> = Vec::with_capacity(specs.len());
+        let mut plan: Vec<i64> = Vec::with_capacity(spec_list.len());
         for category in Category::ALL {
             // Per spec: windows ending at or before this are taken out.
             plan.clear();
-            plan.extend(specs.iter().map(|spec| {
+            plan.extend(spec_list.iter().map(|spec| {
                 match leader_times {
                     None => align_down(
-                        limits.flush_target(category, spec.resolution, now, final_flush),
+                        limits.flush_target(
+                            category,
+                            spec.resolution,
+                            spec.forwarded_times,
+                            now,
+                            final_flush,
+                        ),
                         spec.resolution,
                     ),
                     Some(times) => times
                         .and_then(|t| {
-                            let by_res = match category {
-                                Category::Untimed => &t.standard_by_resolution,
-                                Category::Timed => &t.timed_by_resolution,
-                            };
-                            by_res.get(&spec.resolution).copied()
+                            flushed_time(t, category, spec.resolution, spec.forwarded_times)
                         })
                         .unwrap_or(i64::MIN),
                 }
             }));
-            for Slot { id, entry } in &mut self.entries[category.index()].slots {
+            let states = &mut transforms[category.index()];
+            for Slot { id, entry } in &mut entries[category.index()].slots {
                 for elem in entry.elems_mut() {
                     let (Some(spec), Some(until)) = (
-                        specs.get(usize::from(elem.spec())),
+                        spec_list.get(usize::from(elem.spec())),
                         plan.get(usize::from(elem.spec())),
                     ) else {
                         continue;
                     };
                     let resolution = spec.resolution;
-                    elem.take_until(resolution, *until, &mut |start, state| {
+                    let pipeline = (spec.pipeline != 0).then(|| specs.pipelines.get(spec.pipeline));
+                    let mut state =
+                        pipeline.map(|p| pipeline_state(states, id, elem.spec(), spec, p));
+                    elem.take_until(resolution, *until, &mut |start, window| {
                         let end = start.saturating_add(resolution);
                         let discard = if leader_times.is_some() {
                             Some(WindowDiscard::Follower)
@@ -406,36 +573,68 @@ impl ShardState {
                         } else {
                             None
                         };
-                        match discard {
-                            Some(reason) => discarded[reason as usize] += 1,
-                            None => {
-                                emitted += emit(id, spec, end, state, limits, metrics, out);
+                        match (pipeline, state.as_deref_mut()) {
+                            // Every replica runs the transforms on every window, emitted or
+                            // not, so a new leader carries on with the same state.
+                            (Some(p), Some(state)) => {
+                                let sink =
+                                    discard.is_none().then_some((&mut *out, &mut *forwarded));
+                                emitted += run_pipeline(
+                                    id, spec, p, state, end, window, shard.id, limits, metrics,
+                                    sink,
+                                );
                             }
+                            _ if discard.is_none() => {
+                                emitted += emit(id, spec, end, window, limits, metrics, out);
+                            }
+                            _ => {}
+                        }
+                        if let Some(reason) = discard {
+                            discarded[reason as usize] += 1;
                         }
                     });
                 }
             }
+            if category == Category::Forwarded {
+                // Windows taken out no longer need to know their sources.
+                sources.retain(|(_, spec, start), _| {
+                    match (
+                        spec_list.get(usize::from(*spec)),
+                        plan.get(usize::from(*spec)),
+                    ) {
+                        (Some(spec), Some(until)) => start.saturating_add(spec.resolution) > *until,
+                        _ => false,
+                    }
+                });
+            }
         }
         if let Some(times) = times {
-            for spec in specs {
+            for spec in spec_list {
                 for category in Category::ALL {
                     if !spec.used_in[category.index()] {
                         continue;
                     }
                     let target = align_down(
-                        limits.flush_target(category, spec.resolution, now, final_flush),
+                        limits.flush_target(
+                            category,
+                            spec.resolution,
+                            spec.forwarded_times,
+                            now,
+                            final_flush,
+                        ),
                         spec.resolution,
                     );
-                    let flushed = self
-                        .flushed
-                        .entry((category, spec.resolution))
+                    let slot = flushed
+                        .entry((category, spec.resolution, spec.forwarded_times))
                         .or_insert(i64::MIN);
-                    *flushed = (*flushed).max(target);
-                    let by_res = match category {
-                        Category::Untimed => &mut times.standard_by_resolution,
-                        Category::Timed => &mut times.timed_by_resolution,
-                    };
-                    by_res.insert(spec.resolution, *flushed);
+                    *slot = (*slot).max(target);
+                    set_flushed_time(
+                        times,
+                        category,
+                        spec.resolution,
+                        spec.forwarded_times,
+                        *slot,
+                    );
                 }
             }
         }
@@ -469,6 +668,12 @@ impl ShardState {
                 }
             }
         }
+        if removed > 0 {
+            // Transform state goes with its series.
+            for (map, states) in self.entries.iter().zip(&mut self.transforms) {
+                states.retain(|id, _| map.contains(id));
+            }
+        }
         removed
     }
 
@@ -496,16 +701,19 @@ fn add_target(
     entry: &mut Entry,
     sample: &Sample<'_>,
     limits: &Limits,
-    aggregation_id: AggregationId,
-    policy: StoragePolicy,
+    target: Target<'_>,
 ) -> Result<(), AddError> {
     let metric_type = sample.metric_type;
-    let types = if aggregation_id.is_default() {
+    let types = if target.aggregation_id.is_default() {
         limits.default_types[metric_type as usize]
     } else {
-        aggregation_id
+        target.aggregation_id
     };
-    let (spec, kind) = specs.intern((policy, types, metric_type), sample.category)?;
+    let pipeline = specs.pipelines.intern(target.pipeline)?;
+    let (spec, kind) = specs.intern(
+        (target.policy, types, metric_type, pipeline, 0),
+        sample.category,
+    )?;
     let resolution = specs.specs[usize::from(spec)].resolution;
     let t = sample.time_nanos;
     if sample.category == Category::Timed {
@@ -554,6 +762,167 @@ fn duration_between(earlier: i64, later: i64) -> std::time::Duration {
     )
 }
 
+/// The flush time `times` holds for a category, resolution and number of hops.
+pub(crate) fn flushed_time(
+    times: &flushpb::ShardFlushTimes,
+    category: Category,
+    resolution: i64,
+    hops: u32,
+) -> Option<i64> {
+    match category {
+        Category::Untimed => times.standard_by_resolution.get(&resolution).copied(),
+        Category::Timed => times.timed_by_resolution.get(&resolution).copied(),
+        Category::Forwarded => times
+            .forwarded_by_resolution
+            .get(&resolution)
+            .and_then(|f| f.by_num_forwarded_times.get(&(hops as i32)))
+            .copied(),
+    }
+}
+
+fn set_flushed_time(
+    times: &mut flushpb::ShardFlushTimes,
+    category: Category,
+    resolution: i64,
+    hops: u32,
+    value: i64,
+) {
+    match category {
+        Category::Untimed => {
+            times.standard_by_resolution.insert(resolution, value);
+        }
+        Category::Timed => {
+            times.timed_by_resolution.insert(resolution, value);
+        }
+        Category::Forwarded => {
+            times
+                .forwarded_by_resolution
+                .entry(resolution)
+                .or_default()
+                .by_num_forwarded_times
+                .insert(hops as i32, value);
+        }
+    }
+}
+
+/// The transform state of one series' pipeline elem, created on first use.
+fn pipeline_state<'s>(
+    states: &'s mut HashMap<Box<[u8]>, PipelineStates>,
+    id: &[u8],
+    spec_index: u16,
+    spec: &ElemSpec,
+    pipeline: &ParsedPipeline,
+) -> &'s mut Vec<TransformState> {
+    if !states.contains_key(id) {
+        states.insert(Box::from(id), Vec::new());
+    }
+    let Some(per_series) = states.get_mut(id) else {
+        unreachable!("inserted above")
+    };
+    let at = match per_series.iter().position(|(s, _)| *s == spec_index) {
+        Some(at) => at,
+        None => {
+            let n = spec.types.types().count() * pipeline.head.len();
+            per_series.push((spec_index, vec![TransformState::default(); n]));
+            per_series.len() - 1
+        }
+    };
+    &mut per_series[at].1
+}
+
+/// Runs one closed window of a pipeline elem: each aggregation's value goes through the head
+/// transforms; the result is forwarded under the rollup ID, or emitted when there is no rollup.
+/// With no `sink` (a window a follower discards) only the transforms' state moves on. Returns
+/// how many values were emitted or forwarded.
+#[allow(clippy::too_many_arguments)]
+fn run_pipeline(
+    id: &[u8],
+    spec: &ElemSpec,
+    pipeline: &ParsedPipeline,
+    states: &mut [TransformState],
+    end: i64,
+    window: &dyn WindowState,
+    source_shard: u32,
+    limits: &Limits,
+    metrics: &Metrics,
+    mut sink: Option<(&mut Vec<AggregatedOutput>, &mut Vec<ForwardedOutput>)>,
+) -> usize {
+    let per_type = pipeline.head.len();
+    let mut n = 0;
+    for (i, aggregation) in spec.types.types().enumerate() {
+        let value = window.value_of(aggregation);
+        let transformed = match states.get_mut(i * per_type..(i + 1) * per_type) {
+            Some(states) => transform::apply(&pipeline.head, states, end, value, spec.resolution),
+            None => continue,
+        };
+        let Some((out, forwarded)) = sink.as_mut() else {
+            continue;
+        };
+        if transformed.value.is_nan() && limits.discard_nan {
+            metrics.output_discarded(OutputDiscard::Nan);
+            continue;
+        }
+        if let Some(rollup) = &pipeline.rollup {
+            forwarded.push(ForwardedOutput {
+                id: rollup.id.clone(),
+                metric_type: spec.metric_type,
+                time_nanos: end,
+                value: transformed.value,
+                aggregation_id: rollup.aggregation,
+                storage_policy: spec.policy,
+                pipeline: pipeline.remainder.clone(),
+                source_id: source_shard,
+                forwarded_times: spec.forwarded_times + 1,
+            });
+            n += 1;
+            continue;
+        }
+        let Some(output_id) = output_id(id, spec, aggregation, metrics) else {
+            continue;
+        };
+        if let Some(at) = transformed.reset_at {
+            out.push(AggregatedOutput {
+                id: output_id.clone(),
+                time_nanos: at,
+                value: 0.0,
+                storage_policy: spec.policy,
+                aggregation,
+                metric_type: spec.metric_type,
+            });
+        }
+        out.push(AggregatedOutput {
+            id: output_id,
+            time_nanos: end,
+            value: transformed.value,
+            storage_policy: spec.policy,
+            aggregation,
+            metric_type: spec.metric_type,
+        });
+        n += 1;
+    }
+    n
+}
+
+/// The output ID of `aggregation` of the series `id`: with the aggregation's suffix when the
+/// spec asks for one. `None` (counted) when the ID is malformed.
+fn output_id(
+    id: &[u8],
+    spec: &ElemSpec,
+    aggregation: m3_metric::AggregationType,
+    metrics: &Metrics,
+) -> Option<Vec<u8>> {
+    let mut output_id = Vec::new();
+    if spec.suffixed {
+        if with_suffix(id, aggregation.output_name(), &mut output_id).is_err() {
+            metrics.output_discarded(OutputDiscard::InvalidId);
+            return None;
+        }
+    } else {
+        output_id.extend_from_slice(id);
+    }
+    Some(output_id)
+}
+
 /// Appends the outputs of one closed window; returns how many were appended.
 fn emit(
     id: &[u8],
@@ -571,15 +940,9 @@ fn emit(
             metrics.output_discarded(OutputDiscard::Nan);
             continue;
         }
-        let mut output_id = Vec::new();
-        if spec.suffixed {
-            if with_suffix(id, aggregation.output_name(), &mut output_id).is_err() {
-                metrics.output_discarded(OutputDiscard::InvalidId);
-                continue;
-            }
-        } else {
-            output_id.extend_from_slice(id);
-        }
+        let Some(output_id) = output_id(id, spec, aggregation, metrics) else {
+            continue;
+        };
         out.push(AggregatedOutput {
             id: output_id,
             time_nanos: end,

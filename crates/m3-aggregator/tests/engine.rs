@@ -210,7 +210,8 @@ fn staged_metadata_selection_and_tombstones() {
         .unwrap();
     assert_eq!(agg.metrics().rejected(RejectReason::Tombstoned), 1);
     let out = flush_leader(&agg, T0 + 120 * S);
-    assert_eq!(ids(&out), vec!["g.upper"]);
+    // One aggregation of a gauge keeps the series' name; the storage policy tells it apart.
+    assert_eq!(ids(&out), vec!["g"]);
     assert_eq!(out[0].value, 9.0);
     assert_eq!(out[0].storage_policy, policy("1m:40d"));
     // No version cut over yet.
@@ -362,11 +363,12 @@ fn invalid_aggregations_and_pipelines_are_counted() {
         T0,
     )
     .unwrap_err();
-    // Rollup pipeline skipped and counted; the plain pipeline beside it still applies.
+    // A pipeline the engine cannot run (a rollup without an ID) is refused and counted; the
+    // plain pipeline beside it still applies.
     let mut mixed = build::simple(AggregationId::DEFAULT, &[policy("10s:2d")]);
     if let Some(m) = mixed.metadatas[0].metadata.as_mut() {
         m.pipelines
-            .push(build::rollup_pipeline(b"rolled", &[policy("1m:40d")]));
+            .push(build::rollup_pipeline(b"", &[policy("1m:40d")]));
     }
     let err = agg
         .add_untimed(
@@ -377,10 +379,10 @@ fn invalid_aggregations_and_pipelines_are_counted() {
             T0,
         )
         .unwrap_err();
-    assert!(matches!(err, AddError::UnsupportedPipeline { ops: 1 }));
+    assert!(matches!(err, AddError::InvalidPipeline { .. }));
     let m = agg.metrics();
     assert_eq!(m.rejected(RejectReason::InvalidAggregation), 3);
-    assert_eq!(m.rejected(RejectReason::UnsupportedPipeline), 1);
+    assert_eq!(m.rejected(RejectReason::InvalidPipeline), 1);
     assert_eq!(m.added(MetricType::Counter), 1);
     assert_eq!(m.added(MetricType::Gauge), 0);
     // Rejected-only series leave no entry behind.

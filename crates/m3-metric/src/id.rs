@@ -16,8 +16,8 @@
 //! series. For a tag-encoded ID the aggregation's output name is appended to `__name__` after a
 //! colon — `rpc_latency` becomes `rpc_latency:p99`, `rpc_latency:upper`, `rpc_latency:sum_sq` —
 //! colons being Prometheus's mark of a derived series. For an opaque ID, `.p99` is appended to
-//! the bytes, as M3 does. Counters and gauges aggregated with their default type (Sum, Last)
-//! keep their name unchanged.
+//! the bytes, as M3 does. A counter or gauge aggregated one way only keeps its name unchanged
+//! (the engine decides when to suffix).
 
 /// M3's tag-encoding magic number.
 pub const TAG_MAGIC: u16 = 10101;
