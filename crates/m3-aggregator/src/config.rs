@@ -52,6 +52,19 @@ pub struct AggregatorConfig {
     pub debug: Option<Ignored>,
 }
 
+/// `aggregator.forwarding:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ForwardingConfig {
+    /// A forwarded window waits this long after its end, plus one resolution per hop, for its
+    /// sources (default: the past buffer + 10s).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub max_const_delay: Option<Duration>,
+    /// M3's per-hop delay for jittered flushes; accepted (flushes are not jittered here).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub max_single_delay: Option<Duration>,
+}
+
 /// `rawtcp:`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -159,9 +172,10 @@ pub struct AggregatorSection {
     /// Quantile stream settings; accepted (quantiles come from a DDSketch, 1% relative error).
     #[serde(default)]
     pub stream: Option<Ignored>,
-    /// Client for forwarding rollups (not supported yet); accepted.
+    /// The client that forwards rollup values to the aggregators owning the rollup IDs (the
+    /// same block as the coordinator's `downsample.remoteAggregator.client`).
     #[serde(default)]
-    pub client: Option<Ignored>,
+    pub client: Option<crate::client::AggregatorClientConfig>,
     /// Where this aggregator's placement is.
     #[serde(default)]
     pub placement_manager: Option<PlacementManagerConfig>,
@@ -198,12 +212,12 @@ pub struct AggregatorSection {
     /// Where aggregated output goes.
     #[serde(default)]
     pub flush: Option<FlushConfig>,
-    /// Passthrough writes (not supported yet); accepted.
+    /// Passthrough writes (always written by the leader here); accepted.
     #[serde(default)]
     pub passthrough: Option<Ignored>,
-    /// Forwarding delays (rollups not supported yet); accepted.
+    /// How long forwarded (rollup) windows wait for their sources.
     #[serde(default)]
-    pub forwarding: Option<Ignored>,
+    pub forwarding: Option<ForwardingConfig>,
     /// Idle series expiry (default 1h).
     #[serde(default, rename = "entryTTL", with = "m3_config::option_duration")]
     pub entry_ttl: Option<Duration>,
@@ -773,6 +787,7 @@ impl AggregatorConfig {
             discard_nan_aggregated_values: a
                 .discard_nan_aggregated_values
                 .unwrap_or(defaults.discard_nan_aggregated_values),
+            forwarding_max_const_delay: a.forwarding.as_ref().and_then(|f| f.max_const_delay),
             ..defaults
         };
         if engine.default_storage_policies.is_empty() {
@@ -782,6 +797,9 @@ impl AggregatorConfig {
             ));
         }
         let mut instance = crate::instance::InstanceOptions::new(instance_id);
+        if let Some(client) = &a.client {
+            instance.client = crate::client::ClientOptions::from_config(client);
+        }
         if let Some(pm) = &a.placement_manager {
             if let Some(ns) = &pm.kv_config.namespace {
                 instance.placement_namespace = ns.clone();

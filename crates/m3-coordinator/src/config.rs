@@ -145,13 +145,40 @@ pub struct DownsampleConfig {
     /// Send metrics to remote aggregators.
     #[serde(default)]
     pub remote_aggregator: Option<RemoteAggregatorConfig>,
-    /// Explicit rules (mapping and rollup rules are a later feature; accepted and rejected
-    /// clearly at validation when non-empty).
+    /// Explicit mapping and rollup rules (M3's keys; see `m3_rules`).
     #[serde(default)]
-    pub rules: Option<Ignored>,
+    pub rules: Option<m3_rules::config::RulesConfig>,
+    /// The rule matcher's per-series cache.
+    #[serde(default)]
+    pub matcher: Option<MatcherConfig>,
     /// Whether namespaces get automatic mapping rules unless they say otherwise.
     #[serde(default)]
     pub all: Option<bool>,
+}
+
+/// `downsample.matcher:`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MatcherConfig {
+    /// The cache of rule matches per series.
+    #[serde(default)]
+    pub cache: Option<MatcherCacheConfig>,
+    /// The tag naming a series' rules namespace; accepted (every series uses the config's
+    /// rules).
+    #[serde(default)]
+    pub namespace_tag: Option<Ignored>,
+    /// Accepted.
+    #[serde(default)]
+    pub require_namespace_watch_on_init: Option<Ignored>,
+}
+
+/// `downsample.matcher.cache:`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MatcherCacheConfig {
+    /// Series whose rule match is cached (default 1,000,000).
+    #[serde(default)]
+    pub capacity: Option<usize>,
 }
 
 /// `downsample.remoteAggregator:`.
@@ -325,6 +352,7 @@ impl CoordinatorConfig {
         let config: CoordinatorConfig = m3_config::load(path)?;
         config.namespaces(path)?;
         config.validate_client(path)?;
+        config.rules(path)?;
         Ok(config)
     }
 
@@ -336,17 +364,39 @@ impl CoordinatorConfig {
         let config: CoordinatorConfig = m3_config::parse(path, text, &|_| None)?;
         config.namespaces(path)?;
         config.validate_client(path)?;
+        config.rules(path)?;
         Ok(config)
     }
 
+    /// The explicit rules, compiled against the aggregated namespaces' storage policies.
+    ///
+    /// # Errors
+    /// Every problem of every rule, each naming the rule, the key and the reason.
+    pub fn rules(&self, path: &Path) -> Result<m3_rules::RuleSet, ConfigError> {
+        let Some(rules) = &self.downsample.rules else {
+            return Ok(m3_rules::RuleSet::default());
+        };
+        let available: Vec<StoragePolicy> = self
+            .namespaces(path)?
+            .into_iter()
+            .filter(|n| !n.read_only)
+            .filter_map(|n| n.policy)
+            .collect();
+        m3_rules::RuleSet::compile(rules, "downsample.rules", &available)
+            .map_err(|errors| ConfigError::invalid(path, "downsample.rules", errors.to_string()))
+    }
+
+    /// The capacity of the rule matcher's per-series cache.
+    pub fn matcher_cache_capacity(&self) -> usize {
+        self.downsample
+            .matcher
+            .as_ref()
+            .and_then(|m| m.cache.as_ref())
+            .and_then(|c| c.capacity)
+            .unwrap_or(crate::downsample::DEFAULT_CACHE_CAPACITY)
+    }
+
     fn validate_client(&self, path: &Path) -> Result<(), ConfigError> {
-        if self.downsample.rules.is_some() {
-            return Err(ConfigError::invalid(
-                path,
-                "downsample.rules",
-                "explicit mapping and rollup rules are not supported yet; remove the key to use the automatic rules of the aggregated namespaces",
-            ));
-        }
         let Some(remote) = &self.downsample.remote_aggregator else {
             return Ok(());
         };
@@ -544,15 +594,36 @@ mod tests {
     }
 
     #[test]
-    fn explicit_rules_are_refused_not_ignored() {
-        let text = "downsample:\n  rules:\n    mappingRules: []\n";
+    fn a_bad_rule_fails_startup_naming_the_rule_key_and_file() {
+        let text = r#"
+clusters:
+  - namespaces:
+      - namespace: agg
+        type: aggregated
+        resolution: 10s
+        retention: 2d
+downsample:
+  rules:
+    rollupRules:
+      - name: by route
+        filter: "__name__:http_requests_total"
+        transforms:
+          - rollup: {groupBy: [route], aggregations: [Sum]}
+        storagePolicies: [{resolution: 1m, retention: 40d}]
+"#;
         let err = CoordinatorConfig::parse(Path::new("c.yml"), text)
             .unwrap_err()
             .to_string();
-        assert!(
-            err.contains("downsample.rules") && err.contains("c.yml"),
-            "{err}"
-        );
+        for part in [
+            "c.yml",
+            "\"by route\"",
+            "downsample.rules.rollupRules[0].transforms[0].rollup.metricName",
+            "needs a metricName",
+            "rollupRules[0].storagePolicies[0]",
+            "no aggregated namespace",
+        ] {
+            assert!(err.contains(part), "{part} not in {err}");
+        }
     }
 
     #[test]

@@ -1,37 +1,79 @@
-//! The downsampler: decides which aggregations each incoming series gets, and encodes the
-//! metrics sent to the aggregators.
+//! The downsampler: decides what each incoming series is aggregated into, and with which
+//! metadata it travels to the aggregators.
 //!
-//! Every aggregated namespace that is not read-only and has `downsample.all` (the default)
-//! yields an automatic mapping rule: aggregation **Last** at the namespace's
-//! resolution:retention, precision 1s (M3's rule). All automatic rules apply to every series, so
-//! their metadata — one `StagedMetadatas` with one pipeline carrying every storage policy — is
-//! the same for every sample. It is encoded once at startup, and each sample's frame is written
-//! by hand around it: a remote-write sample becomes a rawtcp frame without building a protobuf
-//! struct or allocating.
+//! Two kinds of rules, as in M3's coordinator:
 //!
-//! Explicit `downsample.rules` (mapping and rollup rules with filters) are a later feature.
+//! * **automatic mapping rules**: every aggregated namespace that is not read-only and has
+//!   `downsample.all` (the default) aggregates every series as **Last** at the namespace's
+//!   resolution:retention, precision 1s;
+//! * **explicit rules** from `downsample.rules` (see `m3_rules`): mapping rules replace the
+//!   automatic rule for the storage policies they name; a `drop` rule keeps the raw sample out
+//!   of the store and turns the automatic rules off for the series; rollup rules that start with
+//!   a transform send their pipeline with the series, and those that start with a rollup send
+//!   the sample again under the rollup ID.
+//!
+//! What a series gets is its [`SeriesPlan`]: the encoded `StagedMetadatas` for its own ID, the
+//! rollup IDs with theirs, and whether its raw samples are stored. Without explicit rules every
+//! series shares one plan; with them, plans are computed once per series ID and cached, so a
+//! series Prometheus sends every scrape costs one lookup.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
 use m3_metric::{AggregationId, AggregationType, Resolution, StoragePolicy};
 use m3_proto::Message;
-use m3_proto::metricpb::{PipelineMetadata, StagedMetadata, StagedMetadatas};
+use m3_proto::metricpb::{Metadata, PipelineMetadata, StagedMetadata, StagedMetadatas};
+use m3_rules::{MatchCache, RuleSet};
 
 use crate::config::ValidNamespace;
 
-/// The automatic mapping rules and their pre-encoded metadata.
-#[derive(Debug, Clone)]
+/// Series whose plan is cached (M3's `matcher.cache.capacity`; 0 there means no cache).
+pub const DEFAULT_CACHE_CAPACITY: usize = 1_000_000;
+
+/// What one series is aggregated into.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SeriesPlan {
+    /// The encoded `StagedMetadatas` sent with the series' own ID; `None`: the series itself is
+    /// not aggregated.
+    pub own: Option<Vec<u8>>,
+    /// Rollup IDs the sample is sent under too, each with its encoded `StagedMetadatas`.
+    pub rollups: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Whether the raw sample is stored (false when a `drop` rule matched).
+    pub store_raw: bool,
+}
+
+impl SeriesPlan {
+    /// Whether the series goes to the aggregators at all.
+    pub fn aggregates(&self) -> bool {
+        self.own.is_some() || !self.rollups.is_empty()
+    }
+}
+
+/// The rules and their per-series plans.
+#[derive(Debug)]
 pub struct Downsampler {
-    policies: Vec<StoragePolicy>,
-    metadatas: Vec<u8>,
+    automatic: Vec<StoragePolicy>,
+    rules: RuleSet,
+    /// The plan of a series no explicit rule matches.
+    default_plan: Arc<SeriesPlan>,
+    cache: MatchCache<SeriesPlan>,
     largest_resolution: Duration,
 }
 
 impl Downsampler {
-    /// Builds the automatic rules for `namespaces`.
+    /// The automatic rules of `namespaces`, and no explicit rule.
     pub fn from_namespaces(namespaces: &[ValidNamespace]) -> Downsampler {
-        let policies: Vec<StoragePolicy> = namespaces
+        Downsampler::new(namespaces, RuleSet::default(), DEFAULT_CACHE_CAPACITY)
+    }
+
+    /// The automatic rules of `namespaces` and the explicit `rules`, caching plans of up to
+    /// `cache_capacity` series.
+    pub fn new(
+        namespaces: &[ValidNamespace],
+        rules: RuleSet,
+        cache_capacity: usize,
+    ) -> Downsampler {
+        let automatic: Vec<StoragePolicy> = namespaces
             .iter()
             .filter(|ns| ns.downsample_all && !ns.read_only)
             .filter_map(|ns| ns.policy)
@@ -43,140 +85,111 @@ impl Downsampler {
                 retention: p.retention,
             })
             .collect();
-        let staged = StagedMetadatas {
-            metadatas: vec![StagedMetadata {
-                cutover_nanos: 0,
-                tombstoned: false,
-                metadata: Some(m3_proto::metricpb::Metadata {
-                    pipelines: vec![PipelineMetadata {
-                        aggregation_id: Some(m3_proto::aggregationpb::AggregationId {
-                            id: AggregationId::from_types([AggregationType::Last]).0,
-                        }),
-                        storage_policies: policies.iter().map(StoragePolicy::to_proto).collect(),
-                        ..PipelineMetadata::default()
-                    }],
-                }),
-            }],
-        };
-        let largest_resolution = policies
+        let largest_resolution = namespaces
             .iter()
+            .filter_map(|ns| ns.policy)
             .map(|p| p.resolution.window)
             .max()
             .unwrap_or(Duration::ZERO);
+        let default_plan = Arc::new(SeriesPlan {
+            own: (!automatic.is_empty()).then(|| encode(vec![last_pipeline(&automatic)])),
+            rollups: Vec::new(),
+            store_raw: true,
+        });
         Downsampler {
-            metadatas: staged.encode_to_vec(),
-            policies,
+            automatic,
+            rules,
+            default_plan,
+            cache: MatchCache::new(cache_capacity),
             largest_resolution,
         }
     }
 
-    /// Whether any rule applies, i.e. whether samples go to the aggregators at all.
+    /// Whether any rule applies, i.e. whether samples may go to the aggregators at all.
     pub fn is_enabled(&self) -> bool {
-        !self.policies.is_empty()
+        !self.automatic.is_empty() || !self.rules.is_empty()
     }
 
-    /// The storage policies every series is aggregated at.
+    /// The storage policies of the automatic rules.
     pub fn policies(&self) -> &[StoragePolicy] {
-        &self.policies
+        &self.automatic
     }
 
-    /// The encoded `StagedMetadatas` every sample carries.
-    pub fn encoded_metadatas(&self) -> &[u8] {
-        &self.metadatas
-    }
-
-    /// The largest resolution of any rule (used for the too-far-in-the-past check).
+    /// The largest resolution of any aggregated namespace (for the too-far-in-the-past check).
     pub fn largest_resolution(&self) -> Duration {
         self.largest_resolution
     }
+
+    /// The plan of the series with tag-encoded `id` and `tags` (sorted by name).
+    pub fn plan(&self, id: &[u8], tags: &[(&[u8], &[u8])]) -> Arc<SeriesPlan> {
+        if self.rules.is_empty() {
+            return Arc::clone(&self.default_plan);
+        }
+        self.cache
+            .get_or_insert_with(id, || self.compute(tags, b"unknown"))
+    }
+
+    fn compute(&self, tags: &[(&[u8], &[u8])], prom_type: &[u8]) -> SeriesPlan {
+        let matched = self.rules.matches(tags, prom_type);
+        if matched.is_empty() {
+            return (*self.default_plan).clone();
+        }
+        let mut pipelines = matched.pipelines;
+        if !matched.drop {
+            // Explicit mapping rules replace the automatic ones for the policies they name.
+            let remaining: Vec<StoragePolicy> = self
+                .automatic
+                .iter()
+                .filter(|auto| {
+                    !matched.mapping_policies.iter().any(|p| {
+                        p.resolution.window == auto.resolution.window
+                            && p.retention == auto.retention
+                    })
+                })
+                .copied()
+                .collect();
+            if !remaining.is_empty() {
+                pipelines.push(last_pipeline(&remaining));
+            }
+        }
+        SeriesPlan {
+            own: (!pipelines.is_empty()).then(|| encode(pipelines)),
+            rollups: matched
+                .rollups
+                .into_iter()
+                .map(|(id, pipeline)| (id, encode(vec![pipeline])))
+                .collect(),
+            store_raw: !matched.drop,
+        }
+    }
 }
 
-const METRIC_TYPE_GAUGE: u64 = 3;
-const TIMED_METRIC_WITH_METADATAS: u64 = 6;
-
-/// Appends a rawtcp frame carrying a `MetricWithMetadatas` of type
-/// `TIMED_METRIC_WITH_METADATAS`: a timed gauge with `id`, `time_nanos`, `value`, and the
-/// already-encoded `StagedMetadatas` bytes. The bytes equal prost's encoding of the same message.
-pub fn put_timed_gauge_frame(
-    id: &[u8],
-    time_nanos: i64,
-    value: f64,
-    encoded_metadatas: &[u8],
-    out: &mut BytesMut,
-) {
-    // TimedMetric { type = 1, id = 2, time_nanos = 3, value = 4 }
-    let mut timed_len = 2; // type: key + 1-byte varint
-    if !id.is_empty() {
-        timed_len += 1 + varint_len(id.len() as u64) + id.len();
+/// The automatic rules' pipeline: Last at `policies`.
+fn last_pipeline(policies: &[StoragePolicy]) -> PipelineMetadata {
+    PipelineMetadata {
+        aggregation_id: Some(m3_proto::aggregationpb::AggregationId {
+            id: AggregationId::from_types([AggregationType::Last]).0,
+        }),
+        storage_policies: policies.iter().map(StoragePolicy::to_proto).collect(),
+        ..PipelineMetadata::default()
     }
-    if time_nanos != 0 {
-        timed_len += 1 + varint_len(time_nanos as u64);
-    }
-    if value != 0.0 {
-        timed_len += 1 + 8;
-    }
-    // TimedMetricWithMetadatas { metric = 1, metadatas = 2 }
-    let body_len = 1
-        + varint_len(timed_len as u64)
-        + timed_len
-        + 1
-        + varint_len(encoded_metadatas.len() as u64)
-        + encoded_metadatas.len();
-    // MetricWithMetadatas { type = 1, timed_metric_with_metadatas = 7 }
-    let message_len = 2 + 1 + varint_len(body_len as u64) + body_len;
-
-    out.reserve(10 + message_len);
-    put_varint(zigzag(message_len as i64), out);
-    out.put_u8(0x08);
-    out.put_u8(TIMED_METRIC_WITH_METADATAS as u8);
-    out.put_u8((7 << 3) | 2);
-    put_varint(body_len as u64, out);
-    out.put_u8((1 << 3) | 2);
-    put_varint(timed_len as u64, out);
-    out.put_u8(0x08);
-    out.put_u8(METRIC_TYPE_GAUGE as u8);
-    if !id.is_empty() {
-        out.put_u8((2 << 3) | 2);
-        put_varint(id.len() as u64, out);
-        out.put_slice(id);
-    }
-    if time_nanos != 0 {
-        out.put_u8(3 << 3);
-        put_varint(time_nanos as u64, out);
-    }
-    if value != 0.0 {
-        out.put_u8((4 << 3) | 1);
-        out.put_f64_le(value);
-    }
-    out.put_u8((2 << 3) | 2);
-    put_varint(encoded_metadatas.len() as u64, out);
-    out.put_slice(encoded_metadatas);
 }
 
-fn zigzag(value: i64) -> u64 {
-    ((value << 1) ^ (value >> 63)) as u64
-}
-
-fn varint_len(value: u64) -> usize {
-    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
-}
-
-fn put_varint(mut value: u64, out: &mut BytesMut) {
-    while value >= 0x80 {
-        out.put_u8((value as u8) | 0x80);
-        value >>= 7;
+/// One staged version, cut over since the epoch, with `pipelines`, encoded.
+fn encode(pipelines: Vec<PipelineMetadata>) -> Vec<u8> {
+    StagedMetadatas {
+        metadatas: vec![StagedMetadata {
+            cutover_nanos: 0,
+            tombstoned: false,
+            metadata: Some(Metadata { pipelines }),
+        }],
     }
-    out.put_u8(value as u8);
+    .encode_to_vec()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use m3_proto::framing::next_rawtcp_frame;
-    use m3_proto::metricpb::{
-        MetricWithMetadatas, TimedMetric, TimedMetricWithMetadatas, metric_with_metadatas,
-    };
-    use proptest::prelude::*;
 
     fn namespaces() -> Vec<ValidNamespace> {
         vec![
@@ -211,45 +224,73 @@ mod tests {
         ]
     }
 
+    fn pipelines(encoded: &[u8]) -> Vec<PipelineMetadata> {
+        StagedMetadatas::decode(encoded).unwrap().metadatas[0]
+            .metadata
+            .clone()
+            .unwrap()
+            .pipelines
+    }
+
     #[test]
     fn automatic_rules_are_last_per_aggregated_namespace() {
         let d = Downsampler::from_namespaces(&namespaces());
         let names: Vec<String> = d.policies().iter().map(|p| p.to_string()).collect();
         assert_eq!(names, ["10s:2d", "1m@1s:40d"]);
-        let staged = StagedMetadatas::decode(d.encoded_metadatas()).unwrap();
-        let pipeline = &staged.metadatas[0].metadata.as_ref().unwrap().pipelines[0];
+        let plan = d.plan(b"any", &[]);
+        let p = pipelines(plan.own.as_ref().unwrap());
         assert_eq!(
-            pipeline.aggregation_id.unwrap().id,
+            p[0].aggregation_id.unwrap().id,
             AggregationId::from_types([AggregationType::Last]).0
         );
-        assert_eq!(pipeline.storage_policies.len(), 2);
-        assert_eq!(d.largest_resolution(), Duration::from_secs(60));
+        assert_eq!(p[0].storage_policies.len(), 2);
+        assert!(plan.store_raw && plan.rollups.is_empty());
+        assert_eq!(d.largest_resolution(), Duration::from_secs(3600));
     }
 
-    proptest! {
-        #[test]
-        fn hand_encoding_equals_prost(id in proptest::collection::vec(any::<u8>(), 0..300), t in any::<i64>(), v in any::<f64>()) {
-            let d = Downsampler::from_namespaces(&namespaces());
-            let mut out = BytesMut::new();
-            put_timed_gauge_frame(&id, t, v, d.encoded_metadatas(), &mut out);
-            let payload = next_rawtcp_frame(&mut out, 1 << 20).unwrap().unwrap();
-            prop_assert!(out.is_empty());
-            let want = MetricWithMetadatas {
-                r#type: metric_with_metadatas::Type::TimedMetricWithMetadatas as i32,
-                timed_metric_with_metadatas: Some(TimedMetricWithMetadatas {
-                    metric: Some(TimedMetric {
-                        r#type: 3,
-                        id: id.clone().into(),
-                        time_nanos: t,
-                        value: v,
-                        annotation: Default::default(),
-                    }),
-                    metadatas: Some(StagedMetadatas::decode(d.encoded_metadatas()).unwrap()),
-                }),
-                ..Default::default()
-            };
-            let want = want.encode_to_vec();
-            prop_assert_eq!(payload.as_ref(), want.as_slice());
-        }
+    #[test]
+    fn mapping_rules_replace_automatic_policies_and_drop_keeps_raw_out() {
+        let config: m3_rules::config::RulesConfig = serde_saphyr::from_str(
+            r#"
+mappingRules:
+  - name: max at 1m
+    filter: "__name__:cpu"
+    aggregations: [Max]
+    storagePolicies: [{resolution: 1m, retention: 40d}]
+  - name: drop debug
+    filter: "level:debug"
+    drop: true
+rollupRules:
+  - name: total
+    filter: "__name__:cpu"
+    transforms:
+      - rollup: {metricName: cpu_total, groupBy: [], aggregations: [Sum]}
+    storagePolicies: [{resolution: 10s, retention: 2d}]
+"#,
+        )
+        .unwrap();
+        let available: Vec<StoragePolicy> = namespaces().iter().filter_map(|n| n.policy).collect();
+        let rules = RuleSet::compile(&config, "downsample.rules", &available).unwrap();
+        let d = Downsampler::new(&namespaces(), rules, 16);
+
+        let cpu: &[(&[u8], &[u8])] = &[(b"__name__", b"cpu"), (b"host", b"a")];
+        let plan = d.plan(b"cpu-a", cpu);
+        let p = pipelines(plan.own.as_ref().unwrap());
+        assert_eq!(p.len(), 2, "Max at 1m, Last at the remaining 10s");
+        assert_eq!(
+            p[0].aggregation_id.unwrap().id,
+            AggregationId::from_types([AggregationType::Max]).0
+        );
+        assert_eq!(p[1].storage_policies.len(), 1);
+        assert_eq!(plan.rollups.len(), 1);
+        assert!(plan.store_raw);
+        assert!(Arc::ptr_eq(&plan, &d.plan(b"cpu-a", cpu)), "cached");
+
+        let debug: &[(&[u8], &[u8])] = &[(b"__name__", b"mem"), (b"level", b"debug")];
+        let plan = d.plan(b"mem-debug", debug);
+        assert!(!plan.store_raw && !plan.aggregates());
+
+        let other: &[(&[u8], &[u8])] = &[(b"__name__", b"mem")];
+        assert_eq!(*d.plan(b"mem", other), *d.default_plan);
     }
 }

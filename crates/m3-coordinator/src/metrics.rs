@@ -35,6 +35,8 @@ pub enum DropReason {
     storage_error,
     /// The timestamp is outside what nanoseconds since the epoch can hold (years 1678–2262).
     invalid_timestamp,
+    /// A `drop: true` mapping rule keeps the series' raw samples out of the store.
+    dropped_by_rule,
 }
 
 /// Label set for drops.

@@ -31,7 +31,7 @@ use crate::ingest::IngestHandler;
 use crate::limits::RemoteWriteLimits;
 use crate::metrics::{CoordinatorMetrics, RefusedReason};
 use crate::remote_write::DecodeLimits;
-use crate::write::{WriteError, WritePath};
+use crate::write::{WriteError, WriteMode, WritePath};
 use m3_aggregator::client::{AggregatorClient, ClientOptions};
 
 /// Where a started coordinator listens.
@@ -72,6 +72,7 @@ struct HttpState {
     write_limits: RemoteWriteLimits,
     metrics: CoordinatorMetrics,
     store: Store,
+    namespaces: Arc<Vec<ValidNamespace>>,
 }
 
 impl Coordinator {
@@ -97,7 +98,11 @@ impl Coordinator {
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
 
-        let downsampler = Downsampler::from_namespaces(&namespaces);
+        let downsampler = Downsampler::new(
+            &namespaces,
+            config.rules(config_path)?,
+            config.matcher_cache_capacity(),
+        );
         let client = match &config.downsample.remote_aggregator {
             Some(remote) if downsampler.is_enabled() => {
                 let client = AggregatorClient::new(
@@ -213,6 +218,7 @@ impl Coordinator {
             write_limits,
             metrics: metrics.clone(),
             store: store.clone(),
+            namespaces: Arc::new(namespaces.clone()),
         };
         let app = Router::new()
             .route("/health", get(health))
@@ -405,6 +411,10 @@ async fn remote_write(State(state): State<HttpState>, headers: HeaderMap, body: 
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
         .unwrap_or(0);
+    let mode = match write_mode(&headers, &state.namespaces) {
+        Ok(mode) => mode,
+        Err(reason) => return (StatusCode::BAD_REQUEST, reason).into_response(),
+    };
     if let Some(reason) = unsupported_content(&headers) {
         state
             .metrics
@@ -455,7 +465,7 @@ async fn remote_write(State(state): State<HttpState>, headers: HeaderMap, body: 
     };
     let write = Arc::clone(&state.write);
     let result = tokio::task::spawn_blocking(move || {
-        let result = write.write(&body, now);
+        let result = write.write_as(&body, now, &mode);
         drop(permit);
         result
     })
@@ -487,6 +497,70 @@ async fn remote_write(State(state): State<HttpState>, headers: HeaderMap, body: 
             tracing::error!(error = %e, "Remote write task failed.");
             (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
         }
+    }
+}
+
+/// Where the samples of a request go, from M3's headers: `M3-Metrics-Type: unaggregated` (raw
+/// only), `M3-Metrics-Type: aggregated` with `M3-Storage-Policy: <resolution>:<retention>`
+/// (stored as given in that aggregated namespace), `M3-Write-Type: aggregate` (to the
+/// aggregators only) or `default`.
+fn write_mode(headers: &HeaderMap, namespaces: &[ValidNamespace]) -> Result<WriteMode, String> {
+    let text = |name: &str| -> Result<Option<String>, String> {
+        headers
+            .get(name)
+            .map(|v| {
+                v.to_str()
+                    .map(|s| s.trim().to_string())
+                    .map_err(|_| format!("header {name} is not visible ASCII"))
+            })
+            .transpose()
+    };
+    let metrics_type = text("M3-Metrics-Type")?;
+    let write_type = text("M3-Write-Type")?;
+    match metrics_type
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None => {}
+        Some("unaggregated") => return Ok(WriteMode::RawOnly),
+        Some("aggregated") => {
+            let Some(policy) = text("M3-Storage-Policy")? else {
+                return Err(
+                    "M3-Metrics-Type: aggregated needs M3-Storage-Policy (e.g. 1m:40d)".into(),
+                );
+            };
+            let parsed: m3_metric::StoragePolicy = policy
+                .parse()
+                .map_err(|e| format!("M3-Storage-Policy {policy:?}: {e}"))?;
+            return namespaces
+                .iter()
+                .find(|n| {
+                    !n.read_only
+                        && n.policy.is_some_and(|p| {
+                            p.resolution.window == parsed.resolution.window
+                                && p.retention == parsed.retention
+                        })
+                })
+                .map(|n| WriteMode::Namespace(n.name.clone()))
+                .ok_or_else(|| format!("no aggregated namespace has storage policy {policy}"));
+        }
+        Some(other) => {
+            return Err(format!(
+                "M3-Metrics-Type {other:?}: expected unaggregated or aggregated"
+            ));
+        }
+    }
+    match write_type
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("default") => Ok(WriteMode::Default),
+        Some("aggregate") => Ok(WriteMode::AggregateOnly),
+        Some(other) => Err(format!(
+            "M3-Write-Type {other:?}: expected default or aggregate"
+        )),
     }
 }
 

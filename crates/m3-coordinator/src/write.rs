@@ -20,10 +20,11 @@ use parking_lot::Mutex;
 use m3_storage::{Labels, Store};
 
 use crate::config::WriteBuffersConfig;
-use crate::downsample::{Downsampler, put_timed_gauge_frame};
+use crate::downsample::Downsampler;
 use crate::metrics::{CoordinatorMetrics, DropReason};
 use crate::remote_write::{DecodeError, DecodeLimits, InvalidSeries, RemoteWriteDecoder};
 use m3_aggregator::client::{AggregatorClient, RouteError};
+use m3_proto::timed_frame::put_timed_metric_frame;
 
 /// A decoder whose buffers grew past this after a large request is dropped rather than kept
 /// for the next request, so one large request does not pin its memory for good.
@@ -133,6 +134,21 @@ impl WriteOutcome {
     }
 }
 
+/// Where a request's samples go: M3's remote-write headers.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum WriteMode {
+    /// Raw to the unaggregated namespace, and to the aggregators as the rules say.
+    #[default]
+    Default,
+    /// To the aggregators only, nothing raw (`M3-Write-Type: aggregate`).
+    AggregateOnly,
+    /// Raw only, no aggregation (`M3-Metrics-Type: unaggregated`).
+    RawOnly,
+    /// Stored as given into this aggregated namespace, no aggregation
+    /// (`M3-Metrics-Type: aggregated` with `M3-Storage-Policy`).
+    Namespace(String),
+}
+
 /// Why a request failed as a whole.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -183,11 +199,24 @@ impl WritePath {
     /// [`WriteError::Decode`] for a body that is not a `WriteRequest` (nothing is written);
     /// [`WriteError::Storage`] when raw samples could not be stored.
     pub fn write(&self, body: &[u8], now_nanos: i64) -> Result<WriteOutcome, WriteError> {
+        self.write_as(body, now_nanos, &WriteMode::Default)
+    }
+
+    /// [`write`](Self::write), with the samples going where `mode` says.
+    ///
+    /// # Errors
+    /// As [`write`](Self::write).
+    pub fn write_as(
+        &self,
+        body: &[u8],
+        now_nanos: i64,
+        mode: &WriteMode,
+    ) -> Result<WriteOutcome, WriteError> {
         self.metrics.write_requests.inc();
         let popped = self.decoders.lock().pop();
         let mut decoder =
             popped.unwrap_or_else(|| RemoteWriteDecoder::with_limits(self.decode_limits));
-        let result = self.write_with(&mut decoder, body, now_nanos);
+        let result = self.write_with(&mut decoder, body, now_nanos, mode);
         if decoder.retained_bytes() <= MAX_RETAINED_DECODER_BYTES {
             self.decoders.lock().push(decoder);
         }
@@ -212,6 +241,7 @@ impl WritePath {
         decoder: &mut RemoteWriteDecoder,
         body: &[u8],
         now_nanos: i64,
+        mode: &WriteMode,
     ) -> Result<WriteOutcome, WriteError> {
         let request = decoder.decode_snappy(body)?;
         let mut outcome = WriteOutcome {
@@ -224,11 +254,18 @@ impl WritePath {
             self.buffers.buffer_past + self.downsampler.largest_resolution(),
         ));
         let future_limit = now_nanos.saturating_add(nanos(self.buffers.buffer_future));
-        let mut batch = match (&self.client, self.downsampler.is_enabled()) {
+        let aggregate = matches!(mode, WriteMode::Default | WriteMode::AggregateOnly);
+        let raw_namespace = match mode {
+            WriteMode::Default | WriteMode::RawOnly => self.raw_namespace.as_ref(),
+            WriteMode::AggregateOnly => None,
+            WriteMode::Namespace(name) => Some(name),
+        };
+        let mut batch = match (&self.client, self.downsampler.is_enabled() && aggregate) {
             (Some(client), true) => Some(client.batch()),
             _ => None,
         };
         let mut id = Vec::with_capacity(256);
+        let mut tags: Vec<(&[u8], &[u8])> = Vec::with_capacity(16);
         // Raw samples point at their series' labels, built once per series.
         let mut raw_labels: Vec<Labels> = Vec::new();
         let mut raw: Vec<(usize, i64, f64)> = Vec::new();
@@ -250,7 +287,31 @@ impl WritePath {
                 continue;
             }
             outcome.invalid_timestamps += bad_timestamps;
-            if self.raw_namespace.is_some() {
+            // The rules' plan for the series, when it may be aggregated.
+            let plan = match batch.as_ref() {
+                Some(_) => {
+                    id.clear();
+                    if m3_metric::id::encode_tags(series.labels(), &mut id).is_err() {
+                        // Labels over 64 KiB cannot be tag-encoded; the series is stored raw
+                        // only.
+                        let n = series.samples().len();
+                        self.metrics.drop_samples(DropReason::too_large, n as u64);
+                        outcome.too_large += n;
+                        None
+                    } else {
+                        tags.clear();
+                        tags.extend(series.labels());
+                        Some(self.downsampler.plan(&id, &tags))
+                    }
+                }
+                None => None,
+            };
+            let store_raw = plan.as_ref().is_none_or(|p| p.store_raw);
+            if !store_raw {
+                self.metrics
+                    .drop_samples(DropReason::dropped_by_rule, series.samples().len() as u64);
+            }
+            if raw_namespace.is_some() && store_raw {
                 let labels = Labels::new(series.labels().map(|(n, v)| {
                     (
                         String::from_utf8_lossy(n).into_owned(),
@@ -278,15 +339,10 @@ impl WritePath {
                     }
                 }
             }
-            let Some(batch) = batch.as_mut() else {
+            let (Some(batch), Some(plan)) = (batch.as_mut(), plan) else {
                 continue;
             };
-            id.clear();
-            if m3_metric::id::encode_tags(series.labels(), &mut id).is_err() {
-                // Labels over 64 KiB cannot be tag-encoded; the series is stored raw only.
-                let n = series.samples().len();
-                self.metrics.drop_samples(DropReason::too_large, n as u64);
-                outcome.too_large += n;
+            if !plan.aggregates() {
                 continue;
             }
             for sample in series.samples() {
@@ -302,10 +358,20 @@ impl WritePath {
                     outcome.too_far_future += 1;
                     continue;
                 }
-                let metadatas = self.downsampler.encoded_metadatas();
-                match batch.route(&id, t, |buf| {
-                    put_timed_gauge_frame(&id, t, sample.value, metadatas, buf)
-                }) {
+                let mut routed = plan.own.as_ref().map(|own| {
+                    batch.route(&id, t, |buf| {
+                        put_timed_metric_frame(GAUGE, &id, t, sample.value, own, buf)
+                    })
+                });
+                for (rollup_id, metadatas) in &plan.rollups {
+                    let result = batch.route(rollup_id, t, |buf| {
+                        put_timed_metric_frame(GAUGE, rollup_id, t, sample.value, metadatas, buf)
+                    });
+                    if routed.as_ref().is_none_or(Result::is_err) {
+                        routed = Some(result);
+                    }
+                }
+                match routed.unwrap_or(Ok(0)) {
                     Ok(_) => outcome.forwarded += 1,
                     Err(RouteError::NoPlacement) => {
                         self.metrics.drop_samples(DropReason::no_placement, 1);
@@ -330,7 +396,7 @@ impl WritePath {
             .drop_samples(DropReason::too_far_future, outcome.too_far_future as u64);
         // Raw first: when the store fails the request is retried, and nothing was sent to the
         // aggregators yet, so nothing is aggregated twice.
-        if let Some(ns) = &self.raw_namespace
+        if let Some(ns) = raw_namespace
             && !raw.is_empty()
         {
             let refs: Vec<(&Labels, i64, f64)> = raw
@@ -375,6 +441,9 @@ fn describe_invalid(series: &crate::remote_write::SeriesRef<'_>, reason: Invalid
 fn valid_timestamp(ms: i64) -> bool {
     (MIN_TIMESTAMP_MS..=MAX_TIMESTAMP_MS).contains(&ms)
 }
+
+/// Prometheus samples are gauges to the aggregator (M3's `MetricType.GAUGE`).
+const GAUGE: u8 = 3;
 
 fn nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)

@@ -24,6 +24,7 @@
 #![allow(missing_docs)]
 
 pub mod framing;
+pub mod timed_frame;
 
 /// Aggregation types and aggregation ID bitsets.
 pub mod aggregationpb {
