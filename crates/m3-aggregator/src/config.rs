@@ -57,7 +57,7 @@ pub struct AggregatorConfig {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ForwardingConfig {
     /// A forwarded window waits this long after its end, plus one resolution per hop, for its
-    /// sources (default: the past buffer + 10s).
+    /// sources (default: the past buffer + 30s).
     #[serde(default, with = "m3_config::option_duration")]
     pub max_const_delay: Option<Duration>,
     /// M3's per-hop delay for jittered flushes; accepted (flushes are not jittered here).

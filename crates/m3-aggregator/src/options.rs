@@ -42,7 +42,8 @@ pub struct AggregatorOptions {
     /// `forwarding.maxConstDelay`: a forwarded (rollup) window waits this long after its end,
     /// plus one resolution per forwarding hop, for every source's leader to forward it, then
     /// flushes; later writes to it are refused as too late. `None` (default): the past buffer
-    /// plus 10s, since sources forward a timed window only after their past buffer.
+    /// plus 30s: sources forward a timed window only after their past buffer, and a source
+    /// leader that dies just before forwarding is replaced one election TTL (10s) later.
     pub forwarding_max_const_delay: Option<Duration>,
 }
 
@@ -51,7 +52,7 @@ impl AggregatorOptions {
     /// [`forwarding_max_const_delay`](Self::forwarding_max_const_delay)).
     pub fn forwarding_max_const_delay(&self) -> Duration {
         self.forwarding_max_const_delay
-            .unwrap_or(self.buffer_past + Duration::from_secs(10))
+            .unwrap_or(self.buffer_past + Duration::from_secs(30))
     }
 }
 

@@ -64,7 +64,10 @@ async fn rollup_rules_sum_across_series_window_by_window() {
             "bufferDurationForPastTimedMetric: 30s",
             "bufferDurationForPastTimedMetric: 5s",
         );
-    assert!(config.contains("rollupRules"), "the rules went into the config");
+    assert!(
+        config.contains("rollupRules"),
+        "the rules went into the config"
+    );
     let local = LocalProcess::start_with("rollup", &config, &[]).await;
 
     // series (route, pod) → (timestamp, cumulative value) per write.
@@ -165,19 +168,31 @@ async fn rollup_rules_sum_across_series_window_by_window() {
                 .unwrap_or(usize::MAX);
             assert_eq!(series["metric"]["__rollup__"], "true", "{series}");
             assert_eq!(series["metric"]["__name__"], name, "{series}");
-            assert!(series["metric"].get("pod").is_none(), "grouped by route only");
+            assert!(
+                series["metric"].get("pod").is_none(),
+                "grouped by route only"
+            );
             for point in series["values"].as_array().into_iter().flatten() {
                 let t = (point[0].as_f64().unwrap_or(0.0) * 1000.0).round() as i64;
-                let got: f64 = point[1].as_str().unwrap_or("NaN").parse().unwrap_or(f64::NAN);
+                let got: f64 = point[1]
+                    .as_str()
+                    .unwrap_or("NaN")
+                    .parse()
+                    .unwrap_or(f64::NAN);
                 compared += 1;
                 match expected.get(&(route, t)) {
                     Some(want) if *want == got => {}
-                    want => differences.push(format!("{name}{{route={route_label}}} @{t}: want {want:?}, got {got}")),
+                    want => differences.push(format!(
+                        "{name}{{route={route_label}}} @{t}: want {want:?}, got {got}"
+                    )),
                 }
             }
         }
         let want = expected.len();
-        println!("{name}: {compared} windows stored, {want} expected, {} differ", differences.len());
+        println!(
+            "{name}: {compared} windows stored, {want} expected, {} differ",
+            differences.len()
+        );
         assert!(
             differences.is_empty() && compared == want,
             "{name}: {compared} stored of {want} expected, differences:\n{}",

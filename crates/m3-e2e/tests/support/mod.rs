@@ -171,7 +171,8 @@ impl Cluster {
         cluster
     }
 
-    async fn wait_healthy(&self, url: &str, process: &ChildProcess) {
+    /// Waits until `url` answers 2xx, failing with `process`'s log after 30s.
+    pub async fn wait_healthy(&self, url: &str, process: &ChildProcess) {
         let ok = m3_testkit::wait_for(Duration::from_secs(30), Duration::from_millis(50), || {
             let request = self.client.get(url).send();
             async move { request.await.ok().filter(|r| r.status().is_success()) }
@@ -348,7 +349,8 @@ impl Cluster {
     }
 }
 
-fn start_aggregator(
+/// Starts one `m3aggregator` on `host` with the shipped config.
+pub fn start_aggregator(
     name: &str,
     etcd: &EtcdProcess,
     host: Ipv4Addr,
@@ -377,6 +379,15 @@ fn start_aggregator(
 }
 
 fn start_coordinator(name: &str, etcd: &EtcdProcess) -> Coordinator {
+    start_coordinator_with(name, etcd, std::path::Path::new(COORDINATOR_CONFIG))
+}
+
+/// Starts one `m3coordinator` with the config file at `config`.
+pub fn start_coordinator_with(
+    name: &str,
+    etcd: &EtcdProcess,
+    config: &std::path::Path,
+) -> Coordinator {
     let ports = m3_testkit::free_ports(2);
     let http = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[0]));
     let ingest = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[1]));
@@ -387,7 +398,7 @@ fn start_coordinator(name: &str, etcd: &EtcdProcess) -> Coordinator {
     let mut command = Command::new(Binary::path("m3coordinator"));
     command
         .arg("-f")
-        .arg(COORDINATOR_CONFIG)
+        .arg(config)
         .env("ETCD_ENDPOINT", etcd.endpoint())
         .env("M3COORDINATOR_LISTEN_ADDRESS", http.to_string())
         .env("M3COORDINATOR_INGEST_ADDRESS", ingest.to_string())
