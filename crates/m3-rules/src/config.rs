@@ -65,7 +65,7 @@ pub struct MappingRuleConfig {
     /// Drop the series: no raw write and no automatic mapping rules (other rules still apply).
     #[serde(default)]
     pub drop: bool,
-    /// Tags added to the output series.
+    /// Tags added to the output series (not supported yet: refused when set).
     #[serde(default)]
     pub tags: Vec<TagConfig>,
 }
