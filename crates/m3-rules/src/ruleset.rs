@@ -80,8 +80,9 @@ struct MappingRule {
 #[derive(Debug, Clone)]
 struct RollupRule {
     filter: Filter,
-    /// The series' own aggregation before the pipeline (a leading `aggregate`), or default.
-    aggregation: AggregationId,
+    /// The series' own aggregation before the pipeline: a leading `aggregate`, if any. A rule
+    /// with one keeps the series' own ID up to its first rollup even when that comes next.
+    aggregation: Option<AggregationId>,
     ops: Vec<Op>,
     policies: Vec<StoragePolicy>,
 }
@@ -278,7 +279,7 @@ impl RuleSet {
                     }
                 });
             }
-            if let Some(Op::Rollup(first)) = rule.ops.first() {
+            if let (None, Some(Op::Rollup(first))) = (rule.aggregation, rule.ops.first()) {
                 // Applied here: the sample goes out under the rollup ID, with the rest.
                 let rollup_id = applied
                     .first()
@@ -292,7 +293,7 @@ impl RuleSet {
                 ));
             } else {
                 matched.pipelines.push(pipeline_metadata(
-                    rule.aggregation,
+                    rule.aggregation.unwrap_or(AggregationId::DEFAULT),
                     &rule.policies,
                     applied,
                 ));
@@ -420,7 +421,7 @@ impl Ctx<'_> {
     }
 
     /// The leading aggregation and the operations of a rollup rule.
-    fn pipeline(&mut self, rule: &RollupRuleConfig) -> Option<(AggregationId, Vec<Op>)> {
+    fn pipeline(&mut self, rule: &RollupRuleConfig) -> Option<(Option<AggregationId>, Vec<Op>)> {
         if rule.transforms.is_empty() {
             self.fail("transforms", "a rollup rule needs at least one transform");
             return None;
@@ -432,7 +433,7 @@ impl Ctx<'_> {
             .map(|t| (t.name.clone().into_bytes(), t.value.clone().into_bytes()))
             .collect();
         let mut ok = true;
-        let mut aggregation = AggregationId::DEFAULT;
+        let mut aggregation = None;
         let mut ops = Vec::new();
         let mut derivatives = 0;
         for (i, step) in rule.transforms.iter().enumerate() {
@@ -488,7 +489,7 @@ impl Ctx<'_> {
                     std::slice::from_ref(&a.kind),
                     &format!("{key}.aggregate.type"),
                 ) {
-                    Some(id) => aggregation = id,
+                    Some(id) => aggregation = Some(id),
                     None => ok = false,
                 }
             } else if let Some(r) = &step.rollup {
@@ -753,5 +754,37 @@ rollupRules:
                 .matches(&series(&[("__name__", "other")]), b"unknown")
                 .is_empty()
         );
+    }
+    #[test]
+    fn a_leading_aggregation_keeps_the_series_id_up_to_the_rollup() {
+        let rules = compile(
+            r#"
+rollupRules:
+  - name: max per pod then sum
+    filter: "__name__:queue_depth"
+    transforms:
+      - aggregate: {type: Max}
+      - rollup: {metricName: queue_depth_total, groupBy: [], aggregations: [Sum]}
+    storagePolicies: [{resolution: 10s, retention: 2d}]
+"#,
+        )
+        .unwrap();
+        let matched = rules.matches(
+            &series(&[("__name__", "queue_depth"), ("pod", "p")]),
+            b"unknown",
+        );
+        assert!(
+            matched.rollups.is_empty(),
+            "each series is aggregated first, so nothing is rolled up at the coordinator"
+        );
+        assert_eq!(matched.pipelines.len(), 1);
+        let pipeline = &matched.pipelines[0];
+        assert_eq!(
+            pipeline.aggregation_id.as_ref().map(|a| a.id),
+            Some(AggregationId::from_types([AggregationType::Max]).0)
+        );
+        let ops = &pipeline.pipeline.as_ref().unwrap().ops;
+        assert_eq!(ops.len(), 1);
+        assert!(ops[0].rollup.is_some());
     }
 }
