@@ -10,6 +10,7 @@ use m3_aggregator::ForwardedWrite;
 use m3_metric::{AggregationId, AggregationType, MetricType, StoragePolicy};
 use m3_proto::pipelinepb;
 
+#[allow(dead_code)] // each benchmark uses a part of the shared setup
 mod common;
 use common::{S, T0};
 

@@ -191,16 +191,16 @@ impl AggregatorInstance {
                 }
             }
         }));
-        tasks.push(tokio::spawn(follow_placement(
-            placements,
-            Arc::clone(&aggregator),
-            Arc::clone(&kv),
-            options.clone(),
-            Arc::clone(&election),
+        tasks.push(tokio::spawn(follow_placement(PlacementFollower {
+            watch: placements,
+            aggregator: Arc::clone(&aggregator),
+            kv: Arc::clone(&kv),
+            options: options.clone(),
+            election: Arc::clone(&election),
             eligible,
-            Arc::clone(&client),
-            cancel.clone(),
-        )));
+            client: Arc::clone(&client),
+            cancel: cancel.clone(),
+        })));
         let (resign_requests, resign_rx) = mpsc::channel(4);
         tasks.push(tokio::spawn(flush_loop(FlushLoop {
             aggregator: Arc::clone(&aggregator),
@@ -413,16 +413,30 @@ fn consumer_instances(placement: &Placement) -> ConsumerInstances {
     }
 }
 
-async fn follow_placement(
-    mut watch: m3_cluster::kv::DecodedWatch<Placement>,
+/// Everything the placement follower works with.
+struct PlacementFollower {
+    watch: m3_cluster::kv::DecodedWatch<Placement>,
     aggregator: Arc<Aggregator>,
     kv: Arc<dyn KvStore>,
     options: InstanceOptions,
     election: SharedElection,
+    /// Whether this instance may lead (fed by canLead), handed to each election it joins.
     eligible: watch::Receiver<bool>,
     client: Arc<crate::client::AggregatorClient>,
     cancel: CancellationToken,
-) {
+}
+
+async fn follow_placement(parts: PlacementFollower) {
+    let PlacementFollower {
+        mut watch,
+        aggregator,
+        kv,
+        options,
+        election,
+        eligible,
+        client,
+        cancel,
+    } = parts;
     loop {
         let placement = watch.borrow_and_update().clone();
         if let Some(p) = &placement {

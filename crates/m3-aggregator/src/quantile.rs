@@ -181,7 +181,8 @@ mod tests {
     /// M3 reports P95 = P99 = 10 for 1..10 (nearest rank); `floor(q·(n−1))` would say 9.
     #[test]
     fn small_counts_follow_m3s_nearest_rank() {
-        let cases: &[(&[f64], &[(f64, f64)])] = &[
+        type Case<'a> = (&'a [f64], &'a [(f64, f64)]);
+        let cases: &[Case] = &[
             (
                 &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0],
                 &[

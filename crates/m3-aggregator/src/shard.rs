@@ -216,6 +216,9 @@ impl EntryMap {
 /// head transform).
 type PipelineStates = Vec<(u16, Vec<TransformState>)>;
 
+/// Forwarded windows: (series ID, spec, window start) → the (source, version) pairs added.
+type ForwardedSources = HashMap<(Box<[u8]>, u16, i64), Vec<(u32, u32)>>;
+
 /// The mutable part of a shard.
 #[derive(Debug, Default)]
 pub(crate) struct ShardState {
@@ -223,8 +226,7 @@ pub(crate) struct ShardState {
     specs: SpecTable,
     /// Per category, series ID → the state of its pipeline elems.
     transforms: [HashMap<Box<[u8]>, PipelineStates>; 3],
-    /// Forwarded windows: (series ID, spec, window start) → the (source, version) pairs added.
-    sources: HashMap<(Box<[u8]>, u16, i64), Vec<(u32, u32)>>,
+    sources: ForwardedSources,
     /// Leader flush times: (category, resolution, forwarding hops) → window end flushed up to.
     flushed: HashMap<(Category, i64, u32), i64>,
 }

@@ -105,6 +105,14 @@ fn rule_strategy() -> impl Strategy<Value = Rule> {
             } else {
                 own
             };
+            // Last is for gauges only, as in M3.
+            let own = own.map(|a| {
+                if a == AggregationType::Last && kind != MetricType::Gauge {
+                    AggregationType::Max
+                } else {
+                    a
+                }
+            });
             Rule {
                 kind,
                 own,
@@ -206,9 +214,11 @@ fn default_aggregation(kind: MetricType) -> AggregationType {
     }
 }
 
+/// A series' windows: window end → its points (time, value) in write order.
+type Windows = BTreeMap<i64, Vec<(i64, f64)>>;
+
 fn model(rule: &Rule, writes: &[Write]) -> BTreeMap<(u8, i64), f64> {
-    // series → window end → points in write order
-    let mut series: BTreeMap<(u8, u8), BTreeMap<i64, Vec<(i64, f64)>>> = BTreeMap::new();
+    let mut series: BTreeMap<(u8, u8), Windows> = BTreeMap::new();
     for &(a, b, secs, v) in writes {
         let t = T0 + secs * S;
         let end = t - t.rem_euclid(R) + R;
@@ -237,7 +247,10 @@ fn model(rule: &Rule, writes: &[Write]) -> BTreeMap<(u8, i64), f64> {
             .map(|(end, points)| {
                 (
                     *end,
-                    aggregate(rule.own.unwrap_or(AggregationType::Last), points),
+                    aggregate(
+                        rule.own.unwrap_or_else(|| default_aggregation(rule.kind)),
+                        points,
+                    ),
                 )
             })
             .collect();
@@ -332,7 +345,7 @@ fn engines(rule: &Rule, writes: &[Write]) -> BTreeMap<(u8, i64), f64> {
             };
             sources
                 .add_timed(
-                    MetricType::Gauge,
+                    rule.kind,
                     &id,
                     t,
                     f64::from(v),

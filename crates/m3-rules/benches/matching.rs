@@ -31,8 +31,12 @@ fn rules(n: usize) -> RuleSet {
     RuleSet::compile(&config, "downsample.rules", &policies).expect("rules compile")
 }
 
-fn series(i: usize) -> (Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>) {
-    let tags: Vec<(Vec<u8>, Vec<u8>)> = [
+/// A series' tags as (name, value) pairs.
+type Tags = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Series `i`'s ID and tags.
+fn series(i: usize) -> (Vec<u8>, Tags) {
+    let tags: Tags = [
         ("__name__", "svc7_requests_total".to_string()),
         ("env", "prod".to_string()),
         ("instance", format!("10.0.{}.{}:9090", i / 256, i % 256)),

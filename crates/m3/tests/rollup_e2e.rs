@@ -72,7 +72,7 @@ async fn rollup_rules_sum_across_series_window_by_window() {
 
     // series (route, pod) → (timestamp, cumulative value) per write.
     let mut written: BTreeMap<(usize, usize), Vec<(i64, f64)>> = BTreeMap::new();
-    let mut counters = vec![0u64; ROUTES * PODS];
+    let mut counters = [0u64; ROUTES * PODS];
     let started = now_ms();
     let mut tick = tokio::time::interval(Duration::from_millis(700));
     for round in 0..60u64 {
