@@ -29,9 +29,9 @@ pub struct AggregatorConfig {
     /// M3's metrics reporter; self-metrics are served at `http.listenAddress` `/metrics`.
     #[serde(default)]
     pub metrics: Option<Ignored>,
-    /// The m3msg ingest server (not supported yet: use `rawtcp`).
+    /// The m3msg ingest server (topic `aggregator_ingest`); with or instead of `rawtcp`.
     #[serde(default)]
-    pub m3msg: Option<Ignored>,
+    pub m3msg: Option<m3_msg::ConsumerServerSection>,
     /// The rawtcp ingest server.
     #[serde(default)]
     pub rawtcp: Option<RawTcpConfig>,
@@ -530,9 +530,10 @@ pub struct WriterSection {
     /// Accepted.
     #[serde(default)]
     pub topic_watch_init_timeout: Option<Ignored>,
-    /// Accepted.
+    /// Where the consumer services' placements are (`namespaces.placement`); other keys
+    /// accepted.
     #[serde(default)]
-    pub placement_service_override: Option<Ignored>,
+    pub placement_service_override: Option<PlacementServiceOverride>,
     /// Accepted.
     #[serde(default)]
     pub placement_watch_init_timeout: Option<Ignored>,
@@ -575,6 +576,84 @@ pub struct WriterSection {
     /// Accepted.
     #[serde(default)]
     pub ignore_cutoff_cutover: Option<bool>,
+}
+
+/// `writer.placementServiceOverride:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementServiceOverride {
+    /// KV namespaces.
+    #[serde(default)]
+    pub namespaces: Option<NamespacesOverride>,
+    /// Other keys, accepted.
+    #[serde(flatten)]
+    pub other: std::collections::BTreeMap<String, Ignored>,
+}
+
+/// `placementServiceOverride.namespaces:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespacesOverride {
+    /// The placement namespace, e.g. `/placement`.
+    #[serde(default)]
+    pub placement: Option<String>,
+    /// Other namespaces, accepted.
+    #[serde(flatten)]
+    pub other: std::collections::BTreeMap<String, Ignored>,
+}
+
+impl WriterSection {
+    /// The consumer services' placement namespace, when overridden.
+    pub fn placement_namespace(&self) -> Option<String> {
+        self.placement_service_override
+            .as_ref()?
+            .namespaces
+            .as_ref()?
+            .placement
+            .clone()
+    }
+}
+
+impl ProducerSection {
+    /// The producer settings this section asks for, over the defaults.
+    pub fn producer_config(&self) -> m3_msg::ProducerConfig {
+        let mut producer = m3_msg::ProducerConfig::default();
+        let writer = &self.writer;
+        if let Some(size) = self.buffer.as_ref().and_then(|b| b.max_buffer_size) {
+            producer.buffer.max_buffer_size = size;
+        }
+        if let Some(size) = self.buffer.as_ref().and_then(|b| b.max_message_size) {
+            producer.buffer.max_message_size = size;
+        }
+        if let Some(retry) = &writer.message_retry {
+            apply_retry(&mut producer.writer.message_retry, retry);
+        }
+        if let Some(scan) = writer.message_queue_new_writes_scan_interval {
+            producer.writer.message_queue_new_writes_scan_interval = scan;
+        }
+        if let Some(c) = &writer.connection {
+            let conn = &mut producer.writer.connection;
+            if let Some(v) = c.dial_timeout {
+                conn.dial_timeout = v;
+            }
+            if let Some(v) = c.write_timeout {
+                conn.write_timeout = v;
+            }
+            if let Some(v) = c.flush_interval {
+                conn.flush_interval = v;
+            }
+            if let Some(v) = c.write_buffer_size {
+                conn.write_buffer_size = v;
+            }
+            if let Some(v) = c.read_buffer_size {
+                conn.read_buffer_size = v;
+            }
+            if let Some(r) = &c.retry {
+                apply_retry(&mut conn.retry, r);
+            }
+        }
+        producer
+    }
 }
 
 /// A backoff (`retry:`, `messageRetry:`).
@@ -637,8 +716,10 @@ pub struct ConnectionSection {
 /// The settings the process runs with, after validation.
 #[derive(Debug, Clone)]
 pub struct ValidConfig {
-    /// rawtcp listen address.
-    pub rawtcp_address: String,
+    /// rawtcp listen address, when the rawtcp server runs.
+    pub rawtcp_address: Option<String>,
+    /// m3msg listen address and consumer settings, when the m3msg server runs.
+    pub m3msg: Option<(String, m3_msg::ConsumerConfig)>,
     /// Largest rawtcp frame.
     pub rawtcp_max_message_size: usize,
     /// rawtcp connection limit and timeouts.
@@ -700,18 +781,17 @@ impl AggregatorConfig {
                 )
             })?
             .etcd;
-        let rawtcp = self.rawtcp.ok_or_else(|| {
-            invalid(
-                "rawtcp",
-                "missing: set rawtcp.listenAddress (e.g. 0.0.0.0:6000)".into(),
-            )
-        })?;
-        if self.m3msg.is_some() {
+        if self.rawtcp.is_none() && self.m3msg.is_none() {
             return Err(invalid(
-                "m3msg",
-                "the m3msg ingest server is not supported yet; use rawtcp".into(),
+                "rawtcp",
+                "missing: set rawtcp.listenAddress or m3msg.server.listenAddress \
+                 (e.g. 0.0.0.0:6000)"
+                    .into(),
             ));
         }
+        let m3msg = self
+            .m3msg
+            .map(|m| (m.server.listen_address.clone(), m.consumer_config()));
         let mut http_limits = m3_server::http::HttpLimits::default();
         if let Some(t) = self.http.as_ref().and_then(|h| h.read_timeout) {
             http_limits.header_read_timeout = t;
@@ -746,8 +826,14 @@ impl AggregatorConfig {
         }
         let host_id = resolve_host_id(a.host_id.as_ref(), env)
             .map_err(|m| invalid("aggregator.hostID", m))?;
-        let port = rawtcp
-            .listen_address
+        // The instance's ingest port: rawtcp's, or m3msg's when only m3msg runs.
+        let ingest_address = self
+            .rawtcp
+            .as_ref()
+            .map(|r| r.listen_address.as_str())
+            .or(m3msg.as_ref().map(|(address, _)| address.as_str()))
+            .unwrap_or_default();
+        let port = ingest_address
             .rsplit_once(':')
             .map(|(_, p)| p.to_string())
             .unwrap_or_default();
@@ -798,7 +884,8 @@ impl AggregatorConfig {
         }
         let mut instance = crate::instance::InstanceOptions::new(instance_id);
         if let Some(client) = &a.client {
-            instance.client = crate::client::ClientOptions::from_config(client);
+            instance.client = crate::client::ClientOptions::from_config(client)
+                .map_err(|e| invalid(&format!("aggregator.client.{}", e.key), e.reason))?;
         }
         if let Some(pm) = &a.placement_manager {
             if let Some(ns) = &pm.kv_config.namespace {
@@ -892,65 +979,34 @@ impl AggregatorConfig {
                     ),
                 ));
             }
-            let producer = &mut instance.producer;
-            if let Some(size) = backend
-                .producer
-                .buffer
-                .as_ref()
-                .and_then(|b| b.max_buffer_size)
-            {
-                producer.buffer.max_buffer_size = size;
-            }
-            if let Some(size) = backend
-                .producer
-                .buffer
-                .as_ref()
-                .and_then(|b| b.max_message_size)
-            {
-                producer.buffer.max_message_size = size;
-            }
-            if let Some(retry) = &writer.message_retry {
-                apply_retry(&mut producer.writer.message_retry, retry);
-            }
-            if let Some(scan) = writer.message_queue_new_writes_scan_interval {
-                producer.writer.message_queue_new_writes_scan_interval = scan;
-            }
-            if let Some(c) = &writer.connection {
-                let conn = &mut producer.writer.connection;
-                if let Some(v) = c.dial_timeout {
-                    conn.dial_timeout = v;
-                }
-                if let Some(v) = c.write_timeout {
-                    conn.write_timeout = v;
-                }
-                if let Some(v) = c.flush_interval {
-                    conn.flush_interval = v;
-                }
-                if let Some(v) = c.write_buffer_size {
-                    conn.write_buffer_size = v;
-                }
-                if let Some(v) = c.read_buffer_size {
-                    conn.read_buffer_size = v;
-                }
-                if let Some(r) = &c.retry {
-                    apply_retry(&mut conn.retry, r);
-                }
-            }
+            instance.producer = backend.producer.producer_config();
         }
         let defaults = m3_server::tcp::ListenerLimits::default();
+        let rawtcp = self.rawtcp;
         let rawtcp_limits = m3_server::tcp::ListenerLimits {
-            max_connections: rawtcp.max_connections.unwrap_or(defaults.max_connections),
-            idle_timeout: rawtcp.idle_timeout.unwrap_or(defaults.idle_timeout),
-            frame_timeout: rawtcp.frame_timeout.unwrap_or(defaults.frame_timeout),
+            max_connections: rawtcp
+                .as_ref()
+                .and_then(|r| r.max_connections)
+                .unwrap_or(defaults.max_connections),
+            idle_timeout: rawtcp
+                .as_ref()
+                .and_then(|r| r.idle_timeout)
+                .unwrap_or(defaults.idle_timeout),
+            frame_timeout: rawtcp
+                .as_ref()
+                .and_then(|r| r.frame_timeout)
+                .unwrap_or(defaults.frame_timeout),
         };
         Ok(ValidConfig {
             rawtcp_limits,
             http_limits,
-            rawtcp_address: rawtcp.listen_address,
             rawtcp_max_message_size: rawtcp
-                .protobuf_iterator
+                .as_ref()
+                .and_then(|r| r.protobuf_iterator.as_ref())
                 .and_then(|p| p.max_message_size)
                 .unwrap_or(m3_proto::framing::DEFAULT_RAWTCP_MAX_MESSAGE_SIZE),
+            rawtcp_address: rawtcp.map(|r| r.listen_address),
+            m3msg,
             http_address,
             etcd,
             engine,
@@ -1042,7 +1098,7 @@ mod tests {
         let config = AggregatorConfig::parse(&path, &text, &env).unwrap();
         assert_eq!(config.host_id, "m3aggregator01");
         assert_eq!(config.instance.instance_id, "m3aggregator01:6000");
-        assert_eq!(config.rawtcp_address, "0.0.0.0:6000");
+        assert_eq!(config.rawtcp_address.as_deref(), Some("0.0.0.0:6000"));
         assert_eq!(config.http_address, "0.0.0.0:6001");
         assert_eq!(config.engine.buffer_past, Duration::from_secs(60));
         assert_eq!(
@@ -1119,5 +1175,86 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("aggregator.instanceID.type"), "{err}");
+    }
+    /// The m3msg setup of M3's how-to: an `m3msg:` ingest server instead of rawtcp, and a
+    /// forwarding client of `type: m3msg` on the `aggregator_ingest` topic.
+    #[test]
+    fn m3msg_ingest_and_client_as_in_m3s_how_to() {
+        let (path, text) = shipped();
+        let start = text.find("rawtcp:").unwrap();
+        let end = text.find("http:").unwrap();
+        let m3msg = format!(
+            "{}m3msg:
+  server:
+    listenAddress: 0.0.0.0:6000
+    retry:
+      maxBackoff: 10s
+      jitter: true
+  consumer:
+    messagePool:
+      size: 16384
+      watermark:
+        low: 0.2
+        high: 0.5
+
+{}",
+            &text[..start],
+            &text[end..]
+        )
+        .replace(
+            "aggregator:\n",
+            "aggregator:
+  client:
+    type: m3msg
+    m3msg:
+      producer:
+        writer:
+          topicName: aggregator_ingest
+          topicServiceOverride:
+            zone: embedded
+            environment: default_env
+          placement:
+            isStaged: true
+          placementServiceOverride:
+            namespaces:
+              placement: /placement
+          messagePool:
+            size: 16384
+",
+        );
+        let config = AggregatorConfig::parse(&path, &m3msg, &env).unwrap();
+        assert_eq!(config.rawtcp_address, None);
+        assert_eq!(
+            config.m3msg.as_ref().map(|(a, _)| a.as_str()),
+            Some("0.0.0.0:6000")
+        );
+        assert_eq!(config.instance.instance_id, "m3aggregator01:6000");
+        let transport = config.instance.client.m3msg.expect("m3msg client");
+        assert_eq!(transport.topic, "aggregator_ingest");
+        assert_eq!(transport.placement_namespace.as_deref(), Some("/placement"));
+
+        let no_block = text.replace("aggregator:\n", "aggregator:\n  client:\n    type: m3msg\n");
+        let err = AggregatorConfig::parse(&path, &no_block, &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("aggregator.client.m3msg") && err.contains("topicName"),
+            "{err}"
+        );
+
+        let no_type = m3msg.replace("type: m3msg", "type: grpc");
+        let err = AggregatorConfig::parse(&path, &no_type, &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("aggregator.client.type") && err.contains("grpc"),
+            "{err}"
+        );
+
+        let neither = format!("{}{}", &text[..start], &text[end..]);
+        let err = AggregatorConfig::parse(&path, &neither, &env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("m3msg.server.listenAddress"), "{err}");
     }
 }

@@ -20,7 +20,6 @@
 //! On shutdown a leader flushes every window that has ended, persists its flush times, and waits
 //! (bounded) for the coordinators to ack what it sent.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -28,9 +27,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use m3_cluster::keys::{self, ServiceId};
 use m3_cluster::placement::{Placement, PlacementStore};
-use m3_cluster::topic::TopicStore;
-use m3_cluster::{ConsumptionType, ElectionState, KvStore, LeaderElection};
-use m3_msg::{ConsumerInstance, ConsumerInstances, ConsumerServiceSpec, Producer, ProducerConfig};
+use m3_cluster::{ElectionState, KvStore, LeaderElection};
+use m3_msg::ProducerConfig;
 use m3_proto::Message;
 use m3_proto::flushpb::ShardSetFlushTimes;
 use m3_proto::metricpb::{AggregatedMetric, TimedMetric, TimedMetricWithStoragePolicy};
@@ -39,6 +37,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::rawtcp::unix_nanos_now;
+use crate::topic_producer::{SharedProducer, TopicProducerOptions};
 use crate::{AggregatedOutput, Aggregator, FlushMode, ShardAssignment};
 
 /// Where an instance finds its cluster state and how it behaves in it.
@@ -156,7 +155,20 @@ impl AggregatorInstance {
         aggregator.register(registry);
         let producer_metrics = m3_msg::ProducerMetrics::default();
         producer_metrics.register(registry, "m3aggregator_m3msg_producer");
-        let producer = start_producer(&kv, &options, producer_metrics, &cancel, &mut tasks).await?;
+        let (producer, producer_task) = crate::topic_producer::start(
+            &kv,
+            TopicProducerOptions {
+                environment: options.environment.clone(),
+                topic: options.topic.clone(),
+                placement_namespace: None,
+                producer: options.producer.clone(),
+                waiting_note: "windows are kept until it does",
+            },
+            producer_metrics,
+            &cancel,
+        )
+        .await?;
+        tasks.push(producer_task);
 
         let placement_key = keys::placement_key_in(
             &options.placement_namespace,
@@ -173,6 +185,14 @@ impl AggregatorInstance {
             options.client.clone(),
             Arc::new(crate::forward::ForwardingMetrics(Arc::clone(&aggregator))),
         );
+        let client_producer_metrics = m3_msg::ProducerMetrics::default();
+        client_producer_metrics.register(registry, "m3aggregator_forwarding_m3msg_producer");
+        if let Some(task) = client
+            .start_m3msg(&kv, &options.environment, client_producer_metrics, &cancel)
+            .await?
+        {
+            tasks.push(task);
+        }
         let election: SharedElection = Arc::new(Mutex::new(None));
         let (status_tx, status) = watch::channel(FlushStatus {
             election_state: ElectionState::Unknown,
@@ -279,137 +299,6 @@ impl AggregatorInstance {
                 tracing::warn!("Could not resign within 15s; the lease will expire on its own.");
             }
         }
-    }
-}
-
-/// The producer, once the output topic exists (it may be created after the aggregators start,
-/// as in SEED.md's walkthrough).
-type SharedProducer = Arc<tokio::sync::OnceCell<Producer>>;
-
-/// Watches the output topic: creates the producer when the topic appears, then keeps its
-/// consumer services in line with the topic's.
-async fn start_producer(
-    kv: &Arc<dyn KvStore>,
-    options: &InstanceOptions,
-    metrics: m3_msg::ProducerMetrics,
-    cancel: &CancellationToken,
-    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
-) -> anyhow::Result<SharedProducer> {
-    let topics = TopicStore::new(Arc::clone(kv), options.environment.clone());
-    let mut topic_watch = topics.watch(&options.topic).await?;
-    let shared: SharedProducer = Arc::new(tokio::sync::OnceCell::new());
-    let kv = Arc::clone(kv);
-    let options = options.clone();
-    let cancel = cancel.clone();
-    let cell = Arc::clone(&shared);
-    tasks.push(tokio::spawn(async move {
-        let topic = loop {
-            if let Some(t) = topic_watch.borrow_and_update().clone() {
-                break t;
-            }
-            tracing::warn!(topic = %options.topic, "Output topic does not exist yet; windows are kept until it does (create it with POST /api/v1/topic/init).");
-            tokio::select! {
-                changed = tokio::time::timeout(Duration::from_secs(30), topic_watch.changed()) => {
-                    if matches!(changed, Ok(Err(_))) {
-                        return;
-                    }
-                }
-                () = cancel.cancelled() => return,
-            }
-        };
-        let task_producer = Producer::with_metrics(
-            options.producer.clone(),
-            topic.value.number_of_shards,
-            metrics,
-        );
-        let _ = cell.set(task_producer.clone());
-        let mut services: BTreeMap<String, CancellationToken> = BTreeMap::new();
-        loop {
-            let current = topic_watch.borrow_and_update().clone();
-            let wanted: Vec<_> = current.map(|t| t.value.consumer_services.clone()).unwrap_or_default();
-            for service in &wanted {
-                let name = service.service_id.name.clone();
-                if services.contains_key(&name) {
-                    continue;
-                }
-                let consumption = match service.consumption_type {
-                    ConsumptionType::Replicated => m3_msg::ConsumptionType::Replicated,
-                    _ => m3_msg::ConsumptionType::Shared,
-                };
-                let spec = ConsumerServiceSpec {
-                    name: name.clone(),
-                    consumption,
-                    message_ttl: (service.message_ttl_nanos > 0)
-                        .then(|| Duration::from_nanos(service.message_ttl_nanos as u64)),
-                };
-                let key = keys::placement_key(&service.service_id);
-                let placement_watch = match PlacementStore::new(Arc::clone(&kv), key).watch().await {
-                    Ok(w) => w,
-                    Err(e) => {
-                        tracing::error!(service = %name, error = %e, "Cannot watch consumer placement.");
-                        continue;
-                    }
-                };
-                let (tx, rx) = watch::channel(ConsumerInstances::default());
-                let service_cancel = cancel.child_token();
-                tokio::spawn(follow_consumer_placement(placement_watch, tx, service_cancel.clone()));
-                if let Err(e) = task_producer.add_consumer_service(spec, rx) {
-                    tracing::error!(service = %name, error = %e, "Cannot add consumer service.");
-                    service_cancel.cancel();
-                    continue;
-                }
-                tracing::info!(service = %name, topic = %options.topic, "Sending output to consumer service.");
-                services.insert(name, service_cancel);
-            }
-            let gone: Vec<String> = services
-                .keys()
-                .filter(|n| !wanted.iter().any(|s| &s.service_id.name == *n))
-                .cloned()
-                .collect();
-            for name in gone {
-                if let Some(c) = services.remove(&name) {
-                    c.cancel();
-                }
-                task_producer.remove_consumer_service(&name);
-            }
-            tokio::select! {
-                changed = topic_watch.changed() => if changed.is_err() { break },
-                () = cancel.cancelled() => break,
-            }
-        }
-    }));
-    Ok(shared)
-}
-
-async fn follow_consumer_placement(
-    mut watch: m3_cluster::kv::DecodedWatch<Placement>,
-    tx: watch::Sender<ConsumerInstances>,
-    cancel: CancellationToken,
-) {
-    loop {
-        let instances = watch
-            .borrow_and_update()
-            .as_ref()
-            .map(|p| consumer_instances(&p.value))
-            .unwrap_or_default();
-        let _ = tx.send(instances);
-        tokio::select! {
-            changed = watch.changed() => if changed.is_err() { break },
-            () = cancel.cancelled() => break,
-        }
-    }
-}
-
-fn consumer_instances(placement: &Placement) -> ConsumerInstances {
-    ConsumerInstances {
-        instances: placement
-            .instances()
-            .map(|i| ConsumerInstance {
-                id: i.id.clone(),
-                endpoint: i.endpoint.clone(),
-                shards: placement.is_sharded.then(|| i.shard_ids().collect()),
-            })
-            .collect(),
     }
 }
 

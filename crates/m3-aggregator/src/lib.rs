@@ -66,6 +66,7 @@ mod forward;
 pub mod http;
 pub mod ingest;
 pub mod instance;
+pub mod m3msg_ingest;
 pub mod metadata;
 pub mod metrics;
 pub mod options;
@@ -73,6 +74,7 @@ mod pipeline;
 pub mod quantile;
 pub mod rawtcp;
 mod shard;
+pub mod topic_producer;
 
 pub use aggregator::{Aggregator, EngineStats, ForwardedWrite, ShardAssignment, ShardFn};
 pub use error::{AddError, RejectReason};

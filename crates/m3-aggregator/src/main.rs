@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::Parser;
 use m3_aggregator::config::AggregatorConfig;
 use m3_aggregator::instance::{AggregatorInstance, placement_shard_fn};
+use m3_aggregator::m3msg_ingest::serve_m3msg;
 use m3_aggregator::{Aggregator, serve_rawtcp};
 use m3_cluster::KvStore;
 use m3_cluster::kv::etcd::EtcdKv;
@@ -52,9 +53,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await
             .context("connecting to etcd (kvClient.etcd)")?,
     );
-    let rawtcp = TcpListener::bind(&config.rawtcp_address)
-        .await
-        .with_context(|| format!("binding rawtcp.listenAddress {}", config.rawtcp_address))?;
+    let rawtcp = match &config.rawtcp_address {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding rawtcp.listenAddress {address}"))?,
+        ),
+        None => None,
+    };
+    let m3msg = match &config.m3msg {
+        Some((address, _)) => Some(
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding m3msg.server.listenAddress {address}"))?,
+        ),
+        None => None,
+    };
     let http = TcpListener::bind(&config.http_address)
         .await
         .with_context(|| format!("binding http.listenAddress {}", config.http_address))?;
@@ -64,6 +78,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         placement_shard_fn(&config.instance),
     ));
     let mut registry = Registry::default();
+    let consumer_metrics = m3_msg::ConsumerMetrics::default();
+    if m3msg.is_some() {
+        consumer_metrics.register(&mut registry, "m3aggregator_m3msg_ingest");
+    }
     let instance = Arc::new(
         AggregatorInstance::start(
             Arc::clone(&aggregator),
@@ -76,13 +94,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let cancel = CancellationToken::new();
     let http_refused = Arc::clone(&aggregator);
-    let rawtcp_task = tokio::spawn(serve_rawtcp(
-        rawtcp,
-        aggregator,
-        config.rawtcp_max_message_size,
-        config.rawtcp_limits,
-        cancel.clone(),
-    ));
+    let mut ingest_tasks = Vec::new();
+    if let Some(listener) = rawtcp {
+        let serving = serve_rawtcp(
+            listener,
+            Arc::clone(&aggregator),
+            config.rawtcp_max_message_size,
+            config.rawtcp_limits,
+            cancel.clone(),
+        );
+        ingest_tasks.push(tokio::spawn(async move {
+            if let Err(e) = serving.await {
+                tracing::error!(error = %e, "rawtcp server failed.");
+            }
+        }));
+    }
+    if let (Some(listener), Some((_, consumer))) = (m3msg, &config.m3msg) {
+        ingest_tasks.push(tokio::spawn(serve_m3msg(
+            listener,
+            Arc::clone(&aggregator),
+            consumer.clone(),
+            consumer_metrics,
+            cancel.clone(),
+        )));
+    }
+    drop(aggregator);
     let app = m3_aggregator::http::router(Arc::clone(&instance), Arc::new(Mutex::new(registry)));
     let http_task = tokio::spawn(m3_server::http::serve(
         http,
@@ -92,7 +128,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         move || http_refused.metrics().record_http_connection_refused(),
     ));
     tracing::info!(
-        rawtcp = %config.rawtcp_address,
+        rawtcp = ?config.rawtcp_address,
+        m3msg = ?config.m3msg.as_ref().map(|(address, _)| address),
         http = %config.http_address,
         "m3aggregator is running."
     );
@@ -101,12 +138,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!("Shutting down: flushing ended windows.");
     cancel.cancel();
     // A client that never finishes a request must not keep the final flush from running.
-    let rawtcp_task = tokio::spawn(async move {
-        if let Ok(Err(e)) = rawtcp_task.await {
-            tracing::error!(error = %e, "rawtcp server failed.");
-        }
-    });
-    for mut task in [rawtcp_task, http_task] {
+    ingest_tasks.push(http_task);
+    for mut task in ingest_tasks {
         if tokio::time::timeout(std::time::Duration::from_secs(5), &mut task)
             .await
             .is_err()

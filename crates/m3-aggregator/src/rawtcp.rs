@@ -53,21 +53,21 @@ pub fn unix_nanos_now() -> i64 {
 
 /// Allows `limit` log lines per second, shared by all connections of a server.
 #[derive(Debug)]
-struct LogLimiter {
+pub(crate) struct LogLimiter {
     limit: u64,
     /// Upper 32 bits: the current second (wrapping); lower 32 bits: lines logged in it.
     state: AtomicU64,
 }
 
 impl LogLimiter {
-    fn new(limit: u64) -> LogLimiter {
+    pub(crate) fn new(limit: u64) -> LogLimiter {
         LogLimiter {
             limit,
             state: AtomicU64::new(0),
         }
     }
 
-    fn allow(&self) -> bool {
+    pub(crate) fn allow(&self) -> bool {
         let second = (unix_nanos_now() / 1_000_000_000) as u64 & 0xffff_ffff;
         let mut current = self.state.load(Ordering::Relaxed);
         loop {

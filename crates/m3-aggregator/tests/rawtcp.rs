@@ -146,15 +146,24 @@ async fn frames_over_loopback_reach_the_engine_and_garbage_closes_one_connection
     })
     .await;
 
-    // Unsupported types are counted, and the connection stays open.
-    let passthrough = metricpb::MetricWithMetadatas {
+    // A message of an unknown type, and one lacking the field its type names, are counted,
+    // and the connection stays open.
+    let unknown = metricpb::MetricWithMetadatas {
+        r#type: 99,
+        ..Default::default()
+    };
+    let empty_passthrough = metricpb::MetricWithMetadatas {
         r#type: Type::TimedMetricWithStoragePolicy as i32,
         ..Default::default()
     };
-    good.write_all(&frames(&[passthrough, counter("requests", 1)]))
-        .await
-        .unwrap();
-    wait_for("after passthrough", || {
+    good.write_all(&frames(&[
+        unknown,
+        empty_passthrough,
+        counter("requests", 1),
+    ]))
+    .await
+    .unwrap();
+    wait_for("after the bad messages", || {
         agg.metrics().added(MetricType::Counter) == 4
     })
     .await;
@@ -162,6 +171,7 @@ async fn frames_over_loopback_reach_the_engine_and_garbage_closes_one_connection
         agg.metrics().rejected(RejectReason::UnsupportedMessageType),
         1
     );
+    assert_eq!(agg.metrics().rejected(RejectReason::MalformedMessage), 1);
 
     let mut out: Vec<AggregatedOutput> = Vec::new();
     agg.flush(

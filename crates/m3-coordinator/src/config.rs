@@ -197,7 +197,7 @@ pub struct IngestConfig {
     #[serde(default)]
     pub ingester: IngesterConfig,
     /// The m3msg server.
-    pub m3msg: IngestM3msgConfig,
+    pub m3msg: m3_msg::ConsumerServerSection,
 }
 
 /// `ingest.ingester:`.
@@ -240,61 +240,6 @@ pub struct RetryConfig {
     /// Retry forever.
     #[serde(default)]
     pub forever: Option<bool>,
-}
-
-/// `ingest.m3msg:`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct IngestM3msgConfig {
-    /// The TCP server.
-    pub server: IngestServerConfig,
-    /// Handler options (accepted).
-    #[serde(default)]
-    pub handler: Option<Ignored>,
-    /// Consumer options.
-    #[serde(default)]
-    pub consumer: Option<IngestConsumerConfig>,
-}
-
-/// `ingest.m3msg.server:`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct IngestServerConfig {
-    /// Listen address, e.g. `0.0.0.0:7507`.
-    pub listen_address: String,
-    /// Accept-loop retry (accepted).
-    #[serde(default)]
-    pub retry: Option<RetryConfig>,
-    /// TCP keep-alive.
-    #[serde(default)]
-    pub keep_alive_enabled: Option<bool>,
-    /// TCP keep-alive period.
-    #[serde(default, with = "m3_config::option_duration")]
-    pub keep_alive_period: Option<Duration>,
-}
-
-/// `ingest.m3msg.consumer:`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct IngestConsumerConfig {
-    /// How often batched acks are flushed (default 200ms).
-    #[serde(default, with = "m3_config::option_duration")]
-    pub ack_flush_interval: Option<Duration>,
-    /// Acks batched before a flush.
-    #[serde(default)]
-    pub ack_buffer_size: Option<usize>,
-    /// Producer connections at once (default 4096).
-    #[serde(default)]
-    pub max_connections: Option<usize>,
-    /// A connection that sends nothing for this long is closed (default 10m).
-    #[serde(default, with = "m3_config::option_duration")]
-    pub idle_timeout: Option<Duration>,
-    /// A frame must arrive whole within this long (default 1m).
-    #[serde(default, with = "m3_config::option_duration")]
-    pub frame_timeout: Option<Duration>,
-    /// Other consumer keys, accepted.
-    #[serde(flatten)]
-    pub other: std::collections::BTreeMap<String, Ignored>,
 }
 
 /// Past/future limits for timed samples.
@@ -400,33 +345,13 @@ impl CoordinatorConfig {
         let Some(remote) = &self.downsample.remote_aggregator else {
             return Ok(());
         };
-        let key = "downsample.remoteAggregator.client";
-        if let Some(hash) = &remote.client.hash_type
-            && hash != "murmur32"
-        {
-            return Err(ConfigError::invalid(
+        remote.client.validate().map_err(|e| {
+            ConfigError::invalid(
                 path,
-                format!("{key}.hashType"),
-                format!("unsupported hash type {hash:?}: only murmur32 is supported"),
-            ));
-        }
-        if let Some(t) = &remote.client.client_type
-            && t != "legacy"
-            && t != "tcp"
-        {
-            return Err(ConfigError::invalid(
-                path,
-                format!("{key}.type"),
-                format!("unsupported client type {t:?}: use legacy or tcp (rawtcp)"),
-            ));
-        }
-        if remote.client.queue_size == Some(0) {
-            return Err(ConfigError::invalid(
-                path,
-                format!("{key}.queueSize"),
-                "must be positive",
-            ));
-        }
+                format!("downsample.remoteAggregator.client.{}", e.key),
+                e.reason,
+            )
+        })?;
         Ok(())
     }
 

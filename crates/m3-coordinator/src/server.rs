@@ -105,26 +105,40 @@ impl Coordinator {
         );
         let client = match &config.downsample.remote_aggregator {
             Some(remote) if downsampler.is_enabled() => {
-                let client = AggregatorClient::new(
-                    ClientOptions::from_config(&remote.client),
-                    Arc::new(metrics.clone()),
-                );
-                let service = ServiceId::new(
-                    remote.client.placement_watcher.key.clone(),
-                    remote
-                        .client
-                        .placement_kv
-                        .environment
-                        .clone()
-                        .unwrap_or_else(|| DEFAULT_ENVIRONMENT.to_string()),
-                    remote.client.placement_kv.zone.clone().unwrap_or_default(),
-                );
-                let key = placement_key_in(&remote.client.placement_kv.namespace, &service);
-                let watch = PlacementStore::new(Arc::clone(&kv), key)
-                    .watch()
-                    .await
-                    .context("watching the m3aggregator placement")?;
-                tasks.push(client.follow(watch, cancel.clone()));
+                let options = ClientOptions::from_config(&remote.client).map_err(|e| {
+                    anyhow::anyhow!("downsample.remoteAggregator.client.{}: {}", e.key, e.reason)
+                })?;
+                let client = AggregatorClient::new(options, Arc::new(metrics.clone()));
+                let environment = remote
+                    .client
+                    .placement_kv
+                    .environment
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_ENVIRONMENT.to_string());
+                if client.uses_m3msg() {
+                    let producer_metrics = m3_msg::ProducerMetrics::default();
+                    producer_metrics
+                        .register(&mut registry, "m3coordinator_aggregator_m3msg_producer");
+                    if let Some(task) = client
+                        .start_m3msg(&kv, &environment, producer_metrics, &cancel)
+                        .await
+                        .context("watching the aggregator ingest topic")?
+                    {
+                        tasks.push(task);
+                    }
+                } else {
+                    let service = ServiceId::new(
+                        remote.client.placement_watcher.key.clone(),
+                        environment,
+                        remote.client.placement_kv.zone.clone().unwrap_or_default(),
+                    );
+                    let key = placement_key_in(&remote.client.placement_kv.namespace, &service);
+                    let watch = PlacementStore::new(Arc::clone(&kv), key)
+                        .watch()
+                        .await
+                        .context("watching the m3aggregator placement")?;
+                    tasks.push(client.follow(watch, cancel.clone()));
+                }
                 Some(client)
             }
             _ => None,
@@ -169,24 +183,7 @@ impl Coordinator {
                         })?,
                 };
                 let addr = listener.local_addr()?;
-                let mut consumer = m3_msg::ConsumerConfig::default();
-                if let Some(c) = &ingest.m3msg.consumer {
-                    if let Some(i) = c.ack_flush_interval {
-                        consumer.ack_flush_interval = i;
-                    }
-                    if let Some(n) = c.ack_buffer_size {
-                        consumer.ack_buffer_size = n;
-                    }
-                    if let Some(n) = c.max_connections {
-                        consumer.max_connections = n;
-                    }
-                    if let Some(t) = c.idle_timeout {
-                        consumer.idle_timeout = t;
-                    }
-                    if let Some(t) = c.frame_timeout {
-                        consumer.frame_timeout = t;
-                    }
-                }
+                let consumer = ingest.m3msg.consumer_config();
                 let handler = IngestHandler::new(store.clone(), metrics.clone())
                     .into_message_handler(
                         ingest.ingester.worker_pool_size.unwrap_or(4).clamp(1, 16),

@@ -243,6 +243,89 @@ impl Default for ConsumerConfig {
     }
 }
 
+/// The `m3msg:` block of a process that consumes a topic: the aggregator's `m3msg:` (samples
+/// from coordinators) and the coordinator's `ingest.m3msg:` (aggregated metrics), as M3 keys
+/// them. Unknown keys in `server` and in the block are errors; M3's tuning keys of `consumer`
+/// that have no effect here (`messagePool`, `encoder`, …) are accepted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConsumerServerSection {
+    /// The TCP server.
+    pub server: ServerListenSection,
+    /// Handler options; accepted.
+    #[serde(default)]
+    pub handler: Option<m3_config::Ignored>,
+    /// Consumer options.
+    #[serde(default)]
+    pub consumer: Option<ConsumerSection>,
+}
+
+/// `m3msg.server:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServerListenSection {
+    /// Listen address, e.g. `0.0.0.0:6000`.
+    pub listen_address: String,
+    /// Accept-loop retry; accepted.
+    #[serde(default)]
+    pub retry: Option<m3_config::Ignored>,
+    /// TCP keep-alive; accepted.
+    #[serde(default)]
+    pub keep_alive_enabled: Option<bool>,
+    /// TCP keep-alive period; accepted.
+    #[serde(default, with = "m3_config::option_duration")]
+    pub keep_alive_period: Option<Duration>,
+}
+
+/// `m3msg.consumer:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerSection {
+    /// How often batched acks are flushed (default 200ms).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub ack_flush_interval: Option<Duration>,
+    /// Acks batched before a flush.
+    #[serde(default)]
+    pub ack_buffer_size: Option<usize>,
+    /// Producer connections at once (default 4096).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// A connection that sends nothing for this long is closed (default 10m).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// A frame must arrive whole within this long (default 1m).
+    #[serde(default, with = "m3_config::option_duration")]
+    pub frame_timeout: Option<Duration>,
+    /// Other consumer keys, accepted.
+    #[serde(flatten)]
+    pub other: std::collections::BTreeMap<String, m3_config::Ignored>,
+}
+
+impl ConsumerServerSection {
+    /// The consumer server's settings: the defaults with what the block sets.
+    pub fn consumer_config(&self) -> ConsumerConfig {
+        let mut consumer = ConsumerConfig::default();
+        if let Some(c) = &self.consumer {
+            if let Some(i) = c.ack_flush_interval {
+                consumer.ack_flush_interval = i;
+            }
+            if let Some(n) = c.ack_buffer_size {
+                consumer.ack_buffer_size = n;
+            }
+            if let Some(n) = c.max_connections {
+                consumer.max_connections = n;
+            }
+            if let Some(t) = c.idle_timeout {
+                consumer.idle_timeout = t;
+            }
+            if let Some(t) = c.frame_timeout {
+                consumer.frame_timeout = t;
+            }
+        }
+        consumer
+    }
+}
+
 /// Go-style duration strings for serde: `300ms`, `5s`, `1m30s`, `2h`, `1.5s`; a bare `0`.
 mod duration {
     use std::time::Duration;

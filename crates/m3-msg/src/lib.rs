@@ -72,8 +72,8 @@ pub mod topology;
 mod writer;
 
 pub use config::{
-    BufferConfig, ConnectionConfig, ConsumerConfig, OnFull, ProducerConfig, RetryConfig,
-    WriterConfig,
+    BufferConfig, ConnectionConfig, ConsumerConfig, ConsumerServerSection, OnFull, ProducerConfig,
+    RetryConfig, WriterConfig,
 };
 pub use consumer::{ConsumedMessage, ConsumerServer, Decision, MessageHandler, handler_fn, serve};
 pub use error::{ProduceError, ServiceError};

@@ -622,3 +622,36 @@ async fn producer_reconnects_after_consumer_restart() {
     assert!(producer.metrics().connection_errors() > 0);
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn replicated_with_one_owner_down_delivers_once_to_the_other() {
+    let a = TestConsumer::acking().await;
+    let down = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let producer = Producer::new(producer_config(Duration::from_secs(1)), SHARDS);
+    let all: Vec<u32> = (0..SHARDS).collect();
+    let (_tx, rx) = watch::channel(instances(vec![
+        a.instance("a", Some(all.clone())),
+        ConsumerInstance {
+            id: "b".into(),
+            endpoint: down,
+            shards: Some(all),
+        },
+    ]));
+    producer
+        .add_consumer_service(spec("agg", ConsumptionType::Replicated, None), rx)
+        .unwrap();
+    const N: usize = 100;
+    for i in 0..N {
+        producer
+            .produce((i % SHARDS as usize) as u32, payload(i))
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let got = counts(a.values());
+    assert_eq!(got.len(), N);
+    let twice = got.values().filter(|&&n| n > 1).count();
+    assert_eq!(twice, 0, "{twice} delivered more than once");
+}

@@ -1,6 +1,6 @@
 //! The aggregator client's YAML block, as M3 writes it: the coordinator's
 //! `downsample.remoteAggregator.client` and the aggregator's own `aggregator.client` (used to
-//! forward rollups to other aggregators) are the same block.
+//! forward rollups to other aggregators) are the same block, validated here once for both.
 
 use std::time::Duration;
 
@@ -11,9 +11,13 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AggregatorClientConfig {
-    /// `legacy` or `tcp` (the same: rawtcp); `m3msg` is not supported yet.
+    /// `legacy` or `tcp` (the same: rawtcp, the default), or `m3msg` (produce to the topic
+    /// of the `m3msg:` block).
     #[serde(default, rename = "type")]
     pub client_type: Option<String>,
+    /// For `type: m3msg`: the producer and its topic (M3: `aggregator_ingest`).
+    #[serde(default)]
+    pub m3msg: Option<ClientM3msgConfig>,
     /// KV namespace/environment/zone of the aggregator placement.
     #[serde(default, rename = "placementKV")]
     pub placement_kv: PlacementKvConfig,
@@ -57,6 +61,92 @@ pub struct AggregatorClientConfig {
     /// TCP connection settings.
     #[serde(default)]
     pub connection: ConnectionConfig,
+}
+
+/// `m3msg:` of the client block.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClientM3msgConfig {
+    /// The producer, as in the aggregator's flush handler.
+    pub producer: crate::config::ProducerSection,
+}
+
+/// A client block key that is wrong, relative to the block (e.g. `type`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct ClientConfigError {
+    /// The key within the client block.
+    pub key: String,
+    /// What is wrong and what to do.
+    pub reason: String,
+}
+
+impl ClientConfigError {
+    fn new(key: &str, reason: impl Into<String>) -> ClientConfigError {
+        ClientConfigError {
+            key: key.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl AggregatorClientConfig {
+    /// Checks the keys the client cannot run with.
+    ///
+    /// # Errors
+    /// The first wrong key.
+    pub fn validate(&self) -> Result<(), ClientConfigError> {
+        if let Some(hash) = &self.hash_type
+            && hash != "murmur32"
+        {
+            return Err(ClientConfigError::new(
+                "hashType",
+                format!("unsupported hash type {hash:?}: only murmur32 is supported"),
+            ));
+        }
+        match self.client_type.as_deref() {
+            None | Some("legacy" | "tcp") => {}
+            Some("m3msg") => {
+                if self.m3msg.is_none() {
+                    return Err(ClientConfigError::new(
+                        "m3msg",
+                        "missing: type m3msg needs m3msg.producer.writer.topicName \
+                         (e.g. aggregator_ingest)",
+                    ));
+                }
+            }
+            Some(other) => {
+                return Err(ClientConfigError::new(
+                    "type",
+                    format!(
+                        "unsupported client type {other:?}: use legacy or tcp (rawtcp), or m3msg"
+                    ),
+                ));
+            }
+        }
+        if self.queue_size == Some(0) {
+            return Err(ClientConfigError::new("queueSize", "must be positive"));
+        }
+        Ok(())
+    }
+
+    /// The m3msg transport, for `type: m3msg`.
+    pub fn m3msg_transport(&self) -> Option<super::M3msgTransport> {
+        if self.client_type.as_deref() != Some("m3msg") {
+            return None;
+        }
+        let producer = &self.m3msg.as_ref()?.producer;
+        let writer = &producer.writer;
+        Some(super::M3msgTransport {
+            topic: writer.topic_name.clone(),
+            environment: writer
+                .topic_service_override
+                .as_ref()
+                .and_then(|o| o.environment.clone()),
+            placement_namespace: writer.placement_namespace(),
+            producer: producer.producer_config(),
+        })
+    }
 }
 
 /// What a full per-instance queue drops.

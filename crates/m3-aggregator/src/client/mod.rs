@@ -22,8 +22,13 @@
 //! The coordinator uses it to send samples to the aggregators, and aggregators use it to
 //! forward rollups to the aggregators that own the rollup IDs, as M3's `src/aggregator/client`.
 //! Each user counts through its own [`ClientMetrics`].
+//!
+//! All of the above is the rawtcp transport (`type: legacy` or `tcp`). With `type: m3msg` the
+//! same batches go to an m3msg topic instead ([`m3msg`]): routing, queues, retries and acks
+//! are then the m3msg producer's.
 
 pub mod config;
+pub mod m3msg;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -37,7 +42,9 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-pub use self::config::{AggregatorClientConfig, QueueDropType};
+pub use self::config::{AggregatorClientConfig, ClientConfigError, QueueDropType};
+pub use self::m3msg::M3msgTransport;
+use crate::topic_producer::SharedProducer;
 
 /// Why the client dropped metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +89,8 @@ pub struct ClientOptions {
     /// Largest encoded batch one request may queue towards one instance (`maxBatchSize`,
     /// default 8 MiB as in M3); samples beyond it are refused as too large.
     pub max_batch_bytes: usize,
+    /// rawtcp (`None`, the default) or an m3msg topic.
+    pub m3msg: Option<M3msgTransport>,
 }
 
 impl Default for ClientOptions {
@@ -97,15 +106,22 @@ impl Default for ClientOptions {
             max_message_size: m3_proto::framing::DEFAULT_RAWTCP_MAX_MESSAGE_SIZE,
             init_watch_timeout: Duration::from_secs(10),
             max_batch_bytes: 8 * 1024 * 1024,
+            m3msg: None,
         }
     }
 }
 
 impl ClientOptions {
     /// Options from the config block; absent keys take M3's code defaults.
-    pub fn from_config(config: &AggregatorClientConfig) -> ClientOptions {
+    ///
+    /// # Errors
+    /// A [`ClientConfigError`] naming the key (relative to the block) and the reason.
+    pub fn from_config(
+        config: &AggregatorClientConfig,
+    ) -> Result<ClientOptions, ClientConfigError> {
+        config.validate()?;
         let d = ClientOptions::default();
-        ClientOptions {
+        Ok(ClientOptions {
             queue_size: config.queue_size.unwrap_or(d.queue_size).max(1),
             queue_drop_type: config.queue_drop_type.unwrap_or_default(),
             cutover_warmup: config
@@ -132,7 +148,8 @@ impl ClientOptions {
                 .init_watch_timeout
                 .unwrap_or(d.init_watch_timeout),
             max_batch_bytes: config.max_batch_size.unwrap_or(d.max_batch_bytes).max(1),
-        }
+            m3msg: config.m3msg_transport(),
+        })
     }
 }
 
@@ -170,6 +187,8 @@ struct Topology {
 /// The aggregator client. Cheap to share behind an `Arc`.
 pub struct AggregatorClient {
     options: ClientOptions,
+    /// The m3msg transport's producer, once [`AggregatorClient::start_m3msg`] ran.
+    producer: std::sync::OnceLock<SharedProducer>,
     topology: RwLock<Option<Arc<Topology>>>,
     writers: Mutex<HashMap<(String, String), Arc<InstanceWriter>>>,
     metrics: Arc<dyn ClientMetrics>,
@@ -190,6 +209,7 @@ impl AggregatorClient {
     pub fn new(options: ClientOptions, metrics: Arc<dyn ClientMetrics>) -> Arc<AggregatorClient> {
         Arc::new(AggregatorClient {
             options,
+            producer: std::sync::OnceLock::new(),
             topology: RwLock::new(None),
             writers: Mutex::new(HashMap::new()),
             metrics,
@@ -200,6 +220,33 @@ impl AggregatorClient {
     /// The options in force.
     pub fn options(&self) -> &ClientOptions {
         &self.options
+    }
+
+    /// Whether the client sends over m3msg (`type: m3msg`) rather than rawtcp.
+    pub fn uses_m3msg(&self) -> bool {
+        self.options.m3msg.is_some()
+    }
+
+    /// For `type: m3msg`: follows the topic, producing to its consumer services once it
+    /// exists. The producer's metrics are `metrics`; the returned task runs until `cancel`.
+    /// With rawtcp this does nothing and returns `None`.
+    ///
+    /// # Errors
+    /// When the topic cannot be watched.
+    pub async fn start_m3msg(
+        &self,
+        kv: &Arc<dyn m3_cluster::KvStore>,
+        default_environment: &str,
+        metrics: m3_msg::ProducerMetrics,
+        cancel: &CancellationToken,
+    ) -> Result<Option<tokio::task::JoinHandle<()>>, m3_cluster::topic::TopicError> {
+        let Some(transport) = &self.options.m3msg else {
+            return Ok(None);
+        };
+        let (producer, task) =
+            m3msg::start(kv, transport, default_environment, metrics, cancel).await?;
+        let _ = self.producer.set(producer);
+        Ok(Some(task))
     }
 
     /// Follows a placement watch until `cancel`: every new placement is swapped in.
@@ -230,6 +277,18 @@ impl AggregatorClient {
     /// When no placement arrived in time (M3: "init watch timeout").
     pub async fn wait_for_placement(&self) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + self.options.init_watch_timeout;
+        if let Some(transport) = &self.options.m3msg {
+            while self.producer.get().and_then(|p| p.get()).is_none() {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(format!(
+                        "init watch timeout: no topic {:?} after {:?}",
+                        transport.topic, self.options.init_watch_timeout
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            return Ok(());
+        }
         while self.topology.read().is_none() {
             if tokio::time::Instant::now() >= deadline {
                 return Err(format!(
@@ -253,6 +312,10 @@ impl AggregatorClient {
     /// Replaces the routing tables with those of `placement`, reusing the writers (and queued
     /// batches) of instances that stay, starting writers for new ones and stopping removed ones.
     pub fn update_placement(self: &Arc<Self>, placement: &Placement) {
+        if self.uses_m3msg() {
+            // The m3msg producer routes by the topic's consumer placement.
+            return;
+        }
         let warmup = duration_nanos(self.options.cutover_warmup);
         let linger = duration_nanos(self.options.cutoff_linger);
         let mut writers = self.writers.lock();
@@ -317,6 +380,16 @@ impl AggregatorClient {
 
     /// Starts a batch for one request against the current placement.
     pub fn batch(&self) -> ClientBatch {
+        if self.uses_m3msg() {
+            let empty = SharedProducer::default();
+            let producer = self.producer.get().unwrap_or(&empty);
+            return ClientBatch {
+                topology: None,
+                buffers: Vec::new(),
+                max_batch_bytes: self.options.max_batch_bytes,
+                m3msg: Some(m3msg::M3msgBatch::new(producer)),
+            };
+        }
         let topology = self.topology.read().clone();
         let buffers = topology
             .as_ref()
@@ -330,6 +403,7 @@ impl AggregatorClient {
             topology,
             buffers,
             max_batch_bytes: self.options.max_batch_bytes,
+            m3msg: None,
         }
     }
 
@@ -338,6 +412,9 @@ impl AggregatorClient {
     /// Returns how many metrics full queues dropped (counted as `queue_full`), so the caller can
     /// ask the sender to retry.
     pub fn commit(&self, batch: ClientBatch) -> u64 {
+        if let Some(m3msg) = batch.m3msg {
+            return m3msg.commit(&*self.metrics);
+        }
         let Some(topology) = batch.topology else {
             return 0;
         };
@@ -379,8 +456,11 @@ impl AggregatorClient {
         total_dropped
     }
 
-    /// Metrics queued towards instances and not yet written.
+    /// Metrics queued towards instances and not yet written (over m3msg: not yet acked).
     pub fn queued_metrics(&self) -> u64 {
+        if let Some(producer) = self.producer.get().and_then(|p| p.get()) {
+            return producer.buffered_messages() as u64;
+        }
         self.writers
             .lock()
             .values()
@@ -390,6 +470,9 @@ impl AggregatorClient {
 
     /// Waits (bounded) until every queue is empty, then stops the writers.
     pub async fn close(&self, timeout: Duration) {
+        if let Some(producer) = self.producer.get().and_then(|p| p.get()) {
+            producer.close(timeout).await;
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         while self.queued_metrics() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -409,6 +492,8 @@ pub struct ClientBatch {
     topology: Option<Arc<Topology>>,
     buffers: Vec<InstanceBuffers>,
     max_batch_bytes: usize,
+    /// Set for the m3msg transport, which then takes every metric.
+    m3msg: Option<m3msg::M3msgBatch>,
 }
 
 /// One instance's frames of a request: buffers of at most `maxBatchSize` bytes each, so a
@@ -443,7 +528,10 @@ pub enum RouteError {
 impl ClientBatch {
     /// Whether a placement is known.
     pub fn has_placement(&self) -> bool {
-        self.topology.is_some()
+        match &self.m3msg {
+            Some(m3msg) => m3msg.has_topic(),
+            None => self.topology.is_some(),
+        }
     }
 
     /// Calls `encode` once per instance that should receive the metric with `id` at
@@ -457,6 +545,9 @@ impl ClientBatch {
         time_nanos: i64,
         mut encode: impl FnMut(&mut BytesMut),
     ) -> Result<usize, RouteError> {
+        if let Some(m3msg) = &mut self.m3msg {
+            return m3msg.route(id, encode);
+        }
         let topology = self.topology.as_ref().ok_or(RouteError::NoPlacement)?;
         if topology.num_shards == 0 {
             return Err(RouteError::NoOwner);
