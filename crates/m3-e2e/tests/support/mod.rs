@@ -9,6 +9,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -76,6 +77,8 @@ pub struct Aggregator {
     pub rawtcp: SocketAddr,
     /// Admin HTTP.
     pub http: SocketAddr,
+    /// Its config file.
+    pub config: PathBuf,
 }
 
 /// One running `m3coordinator`.
@@ -118,6 +121,22 @@ impl Cluster {
     /// Starts etcd, the two aggregators and `coordinators` coordinators from the shipped
     /// configs, and waits until each answers `/health`.
     pub async fn start(name: &str, coordinators: usize) -> Cluster {
+        Cluster::start_with(
+            name,
+            coordinators,
+            Path::new(AGGREGATOR_CONFIG),
+            Path::new(COORDINATOR_CONFIG),
+        )
+        .await
+    }
+
+    /// As [`Cluster::start`], with other config files for the aggregators and coordinators.
+    pub async fn start_with(
+        name: &str,
+        coordinators: usize,
+        aggregator_config: &Path,
+        coordinator_config: &Path,
+    ) -> Cluster {
         let etcd = EtcdProcess::start();
         let rawtcp_port = m3_testkit::free_port_on_all(&AGGREGATOR_HOSTS);
         let http_port = loop {
@@ -130,17 +149,23 @@ impl Cluster {
             .iter()
             .enumerate()
             .map(|(i, host)| {
-                start_aggregator(
+                start_aggregator_with(
                     &format!("{name}-m3aggregator{:02}", i + 1),
                     &etcd,
                     *host,
-                    rawtcp_port,
-                    http_port,
+                    (rawtcp_port, http_port),
+                    aggregator_config,
                 )
             })
             .collect();
         let coordinators = (0..coordinators)
-            .map(|i| start_coordinator(&format!("{name}-m3coordinator{:02}", i + 1), &etcd))
+            .map(|i| {
+                start_coordinator_with(
+                    &format!("{name}-m3coordinator{:02}", i + 1),
+                    &etcd,
+                    coordinator_config,
+                )
+            })
             .collect();
         let cluster = Cluster {
             etcd,
@@ -314,12 +339,12 @@ impl Cluster {
     /// ports and config, a new process.
     pub fn restart_aggregator(&mut self, index: usize, name: &str) {
         let old = &self.aggregators[index];
-        let restarted = start_aggregator(
+        let restarted = start_aggregator_with(
             name,
             &self.etcd,
             old.host,
-            old.rawtcp.port(),
-            old.http.port(),
+            (old.rawtcp.port(), old.http.port()),
+            &old.config,
         );
         self.aggregators[index] = restarted;
     }
@@ -357,12 +382,30 @@ pub fn start_aggregator(
     rawtcp_port: u16,
     http_port: u16,
 ) -> Aggregator {
-    let rawtcp = SocketAddr::from((host, rawtcp_port));
-    let http = SocketAddr::from((host, http_port));
+    start_aggregator_with(
+        name,
+        etcd,
+        host,
+        (rawtcp_port, http_port),
+        Path::new(AGGREGATOR_CONFIG),
+    )
+}
+
+/// Starts one `m3aggregator` on `host` with the config file at `config`; `ports` are its
+/// ingest port (`M3AGGREGATOR_RAWTCP_ADDRESS`) and its HTTP port.
+pub fn start_aggregator_with(
+    name: &str,
+    etcd: &EtcdProcess,
+    host: Ipv4Addr,
+    ports: (u16, u16),
+    config: &Path,
+) -> Aggregator {
+    let rawtcp = SocketAddr::from((host, ports.0));
+    let http = SocketAddr::from((host, ports.1));
     let mut command = Command::new(Binary::path("m3aggregator"));
     command
         .arg("-f")
-        .arg(AGGREGATOR_CONFIG)
+        .arg(config)
         .env("ETCD_ENDPOINT", etcd.endpoint())
         .env("M3AGGREGATOR_HOST_ID", host.to_string())
         .env("M3AGGREGATOR_RAWTCP_ADDRESS", rawtcp.to_string())
@@ -375,11 +418,8 @@ pub fn start_aggregator(
         host,
         rawtcp,
         http,
+        config: config.to_path_buf(),
     }
-}
-
-fn start_coordinator(name: &str, etcd: &EtcdProcess) -> Coordinator {
-    start_coordinator_with(name, etcd, std::path::Path::new(COORDINATOR_CONFIG))
 }
 
 /// Starts one `m3coordinator` with the config file at `config`.
