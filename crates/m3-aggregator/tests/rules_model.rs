@@ -5,10 +5,12 @@
 //! everything) with a random aggregation, optional tail transforms — compiled and matched by
 //! `m3_rules` as the coordinator does. The engine owning the series aggregates and forwards; its
 //! forwarded values are handed to a second engine (the one owning the rollup IDs), which
-//! aggregates them and runs the tail. The model computes the same from the samples with plain
-//! maps and loops: per series and window the series' aggregation, the head transforms in window
-//! order, per group the rollup aggregation, the tail transforms. Every output window must be
-//! there with the model's value, and no other.
+//! aggregates them and runs the tail. Some rules roll up a second time (over everything, after
+//! the first rollup's tail), which a third engine receives. The model computes the same from
+//! the samples with plain maps and loops: per series and window the series' aggregation, the
+//! head transforms in window order, per group the rollup aggregation, the tail transforms, and
+//! again for a second rollup. Every output window must be there with the model's value, and no
+//! other.
 //!
 //! Quantiles are left out: rules refuse them (Prometheus samples are gauges), and a timer's own
 //! quantiles are covered against exact ranks by the aggregator's model test.
@@ -39,6 +41,8 @@ struct Rule {
     group_by_a: bool,
     rollup: AggregationType,
     tail: Vec<Transform>,
+    /// A second rollup over every group, with its own tail.
+    second: Option<(AggregationType, Vec<Transform>)>,
 }
 
 fn transforms(max_derivatives: usize) -> impl Strategy<Value = Vec<Transform>> {
@@ -96,32 +100,36 @@ fn rule_strategy() -> impl Strategy<Value = Rule> {
         any::<bool>(),
         rollup_aggregation(),
         transforms(1),
+        prop::option::of((rollup_aggregation(), transforms(1))),
     )
-        .prop_map(|(kind, own, timer_own, head, group_by_a, rollup, tail)| {
-            // A timer's default aggregations are many; a rule over timers names one unless
-            // it rolls the samples up straight away.
-            let own = if kind == MetricType::Timer && !head.is_empty() {
-                own.or(Some(timer_own))
-            } else {
-                own
-            };
-            // Last is for gauges only, as in M3.
-            let own = own.map(|a| {
-                if a == AggregationType::Last && kind != MetricType::Gauge {
-                    AggregationType::Max
+        .prop_map(
+            |(kind, own, timer_own, head, group_by_a, rollup, tail, second)| {
+                // A timer's default aggregations are many; a rule over timers names one unless
+                // it rolls the samples up straight away.
+                let own = if kind == MetricType::Timer && !head.is_empty() {
+                    own.or(Some(timer_own))
                 } else {
-                    a
+                    own
+                };
+                // Last is for gauges only, as in M3.
+                let own = own.map(|a| {
+                    if a == AggregationType::Last && kind != MetricType::Gauge {
+                        AggregationType::Max
+                    } else {
+                        a
+                    }
+                });
+                Rule {
+                    kind,
+                    own,
+                    head,
+                    group_by_a,
+                    rollup,
+                    tail,
+                    second,
                 }
-            });
-            Rule {
-                kind,
-                own,
-                head,
-                group_by_a,
-                rollup,
-                tail,
-            }
-        })
+            },
+        )
 }
 
 /// (series a, series b, seconds after T0, value)
@@ -146,6 +154,14 @@ fn yaml(rule: &Rule) -> String {
     ));
     for t in &rule.tail {
         steps.push(format!("      - transform: {{type: {}}}", t.name()));
+    }
+    if let Some((aggregation, tail)) = &rule.second {
+        steps.push(format!(
+            "      - rollup: {{metricName: rolled2, groupBy: [], aggregations: [{aggregation}]}}"
+        ));
+        for t in tail {
+            steps.push(format!("      - transform: {{type: {}}}", t.name()));
+        }
     }
     format!(
         "rollupRules:\n  - name: model\n    filter: \"__name__:m\"\n    transforms:\n{}\n    storagePolicies: [{{resolution: 10s, retention: 2d}}]\n",
@@ -266,16 +282,39 @@ fn model(rule: &Rule, writes: &[Write]) -> BTreeMap<(u8, i64), f64> {
             }
         }
     }
+    let first = rollup_stage(groups, rule.rollup, &rule.tail);
+    let Some((aggregation, tail)) = &rule.second else {
+        return first;
+    };
+    let mut everything: BTreeMap<u8, BTreeMap<i64, Vec<f64>>> = BTreeMap::new();
+    for ((_, end), v) in first {
+        everything
+            .entry(0)
+            .or_default()
+            .entry(end)
+            .or_default()
+            .push(v);
+    }
+    rollup_stage(everything, *aggregation, tail)
+}
+
+/// One rollup: per group and window the aggregation of its values, then `tail` per group in
+/// window order; (group, window end) → value.
+fn rollup_stage(
+    groups: BTreeMap<u8, BTreeMap<i64, Vec<f64>>>,
+    aggregation: AggregationType,
+    tail: &[Transform],
+) -> BTreeMap<(u8, i64), f64> {
     let mut out = BTreeMap::new();
     for (group, windows) in groups {
         let rolled: BTreeMap<i64, f64> = windows
             .iter()
             .map(|(end, values)| {
                 let points: Vec<(i64, f64)> = values.iter().map(|v| (*end, *v)).collect();
-                (*end, aggregate(rule.rollup, &points))
+                (*end, aggregate(aggregation, &points))
             })
             .collect();
-        for (end, value) in run(&rule.tail, &rolled) {
+        for (end, value) in run(tail, &rolled) {
             if let Some(v) = value {
                 out.insert((group, end), v);
             }
@@ -317,7 +356,6 @@ fn engines(rule: &Rule, writes: &[Write]) -> BTreeMap<(u8, i64), f64> {
     let policy: StoragePolicy = "10s:2d".parse().expect("policy");
     let rules = RuleSet::compile(&config, "downsample.rules", &[policy]).expect("rule compiles");
     let sources = engine();
-    let rollups = engine();
     for &(a, b, secs, v) in writes {
         let tags = tags(a, b);
         let borrowed: Vec<(&[u8], &[u8])> = tags
@@ -357,30 +395,40 @@ fn engines(rule: &Rule, writes: &[Write]) -> BTreeMap<(u8, i64), f64> {
     }
     let mut out: Vec<AggregatedOutput> = Vec::new();
     sources.flush(T0 + 3600 * S, FlushMode::Leader, &mut out);
-    for (n, f) in sources.take_forwarded().into_iter().enumerate() {
-        let pipeline = (!f.pipeline.is_empty()).then(|| {
-            <m3_proto::pipelinepb::AppliedPipeline as m3_proto::Message>::decode(f.pipeline.clone())
+    // Each stage's forwarded values go to a fresh engine, until one forwards nothing.
+    let mut forwarded = sources.take_forwarded();
+    let mut source_id = 0u32;
+    while !forwarded.is_empty() {
+        let rollups = engine();
+        for f in forwarded {
+            let pipeline = (!f.pipeline.is_empty()).then(|| {
+                <m3_proto::pipelinepb::AppliedPipeline as m3_proto::Message>::decode(
+                    f.pipeline.clone(),
+                )
                 .expect("pipeline")
-        });
-        rollups
-            .add_forwarded(
-                ForwardedWrite {
-                    metric_type: f.metric_type,
-                    id: &f.id,
-                    time_nanos: f.time_nanos,
-                    values: &[f.value],
-                    source_id: n as u32,
-                    version: 0,
-                    aggregation_id: f.aggregation_id,
-                    storage_policy: f.storage_policy,
-                    pipeline: pipeline.as_ref(),
-                    forwarded_times: f.forwarded_times,
-                },
-                f.time_nanos + S,
-            )
-            .expect("forwarded value accepted");
+            });
+            source_id += 1;
+            rollups
+                .add_forwarded(
+                    ForwardedWrite {
+                        metric_type: f.metric_type,
+                        id: &f.id,
+                        time_nanos: f.time_nanos,
+                        values: &[f.value],
+                        source_id,
+                        version: 0,
+                        aggregation_id: f.aggregation_id,
+                        storage_policy: f.storage_policy,
+                        pipeline: pipeline.as_ref(),
+                        forwarded_times: f.forwarded_times,
+                    },
+                    f.time_nanos + S,
+                )
+                .expect("forwarded value accepted");
+        }
+        rollups.flush(T0 + 3600 * S, FlushMode::Leader, &mut out);
+        forwarded = rollups.take_forwarded();
     }
-    rollups.flush(T0 + 3600 * S, FlushMode::Leader, &mut out);
     out.into_iter()
         .map(|o| {
             let labels = m3_metric::id::decode_tags(&o.id).expect("rollup ID decodes");
