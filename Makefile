@@ -18,10 +18,10 @@ m3 m3aggregator m3coordinator: deps
 	cp target/release/$@ $(BIN)/$@
 
 # The whole test suite: installs what the tests need, builds the binaries the end-to-end tests
-# run (crates/m3-e2e), then runs every test of the workspace.
+# run, then runs every test of the workspace, the real-cluster tests (crates/m3-e2e) alongside
+# the rest (scripts/test.sh).
 test: deps
-	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace --no-fail-fast
+	CARGO=$(CARGO) scripts/test.sh
 
 # etcd, Prometheus, protoc and its well-known types, from Debian's packages, when missing.
 deps:
