@@ -36,8 +36,10 @@ pub struct SeriesPlan {
     /// The encoded `StagedMetadatas` sent with the series' own ID; `None`: the series itself is
     /// not aggregated.
     pub own: Option<Vec<u8>>,
-    /// Rollup IDs the sample is sent under too, each with its encoded `StagedMetadatas`.
-    pub rollups: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Other IDs the sample is sent under, each with its encoded `StagedMetadatas`: the
+    /// rollup IDs of rollup rules that start with a rollup, and the series' ID with the tags of
+    /// a mapping rule that adds tags.
+    pub other_ids: Vec<(Vec<u8>, Vec<u8>)>,
     /// Whether the raw sample is stored (false when a `drop` rule matched).
     pub store_raw: bool,
 }
@@ -45,7 +47,7 @@ pub struct SeriesPlan {
 impl SeriesPlan {
     /// Whether the series goes to the aggregators at all.
     pub fn aggregates(&self) -> bool {
-        self.own.is_some() || !self.rollups.is_empty()
+        self.own.is_some() || !self.other_ids.is_empty()
     }
 }
 
@@ -93,7 +95,7 @@ impl Downsampler {
             .unwrap_or(Duration::ZERO);
         let default_plan = Arc::new(SeriesPlan {
             own: (!automatic.is_empty()).then(|| encode(vec![last_pipeline(&automatic)])),
-            rollups: Vec::new(),
+            other_ids: Vec::new(),
             store_raw: true,
         });
         Downsampler {
@@ -154,9 +156,10 @@ impl Downsampler {
         }
         SeriesPlan {
             own: (!pipelines.is_empty()).then(|| encode(pipelines)),
-            rollups: matched
+            other_ids: matched
                 .rollups
                 .into_iter()
+                .chain(matched.tagged)
                 .map(|(id, pipeline)| (id, encode(vec![pipeline])))
                 .collect(),
             store_raw: !matched.drop,
@@ -244,7 +247,7 @@ mod tests {
             AggregationId::from_types([AggregationType::Last]).0
         );
         assert_eq!(p[0].storage_policies.len(), 2);
-        assert!(plan.store_raw && plan.rollups.is_empty());
+        assert!(plan.store_raw && plan.other_ids.is_empty());
         assert_eq!(d.largest_resolution(), Duration::from_secs(3600));
     }
 
@@ -282,7 +285,7 @@ rollupRules:
             AggregationId::from_types([AggregationType::Max]).0
         );
         assert_eq!(p[1].storage_policies.len(), 1);
-        assert_eq!(plan.rollups.len(), 1);
+        assert_eq!(plan.other_ids.len(), 1);
         assert!(plan.store_raw);
         assert!(Arc::ptr_eq(&plan, &d.plan(b"cpu-a", cpu)), "cached");
 

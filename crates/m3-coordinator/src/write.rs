@@ -363,9 +363,9 @@ impl WritePath {
                         put_timed_metric_frame(GAUGE, &id, t, sample.value, own, buf)
                     })
                 });
-                for (rollup_id, metadatas) in &plan.rollups {
-                    let result = batch.route(rollup_id, t, |buf| {
-                        put_timed_metric_frame(GAUGE, rollup_id, t, sample.value, metadatas, buf)
+                for (other_id, metadatas) in &plan.other_ids {
+                    let result = batch.route(other_id, t, |buf| {
+                        put_timed_metric_frame(GAUGE, other_id, t, sample.value, metadatas, buf)
                     });
                     if routed.as_ref().is_none_or(Result::is_err) {
                         routed = Some(result);

@@ -65,7 +65,8 @@ pub struct MappingRuleConfig {
     /// Drop the series: no raw write and no automatic mapping rules (other rules still apply).
     #[serde(default)]
     pub drop: bool,
-    /// Tags added to the output series (not supported yet: refused when set).
+    /// Tags added to the output series: this rule's aggregations are written under the
+    /// series' ID with these tags added.
     #[serde(default)]
     pub tags: Vec<TagConfig>,
 }

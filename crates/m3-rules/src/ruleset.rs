@@ -11,6 +11,9 @@
 //!   the rollup ID, computed here from the series' tags;
 //! * **rollup metrics**: a rollup rule that starts with a rollup is applied by the coordinator
 //!   itself, which sends the sample under the rollup ID with the rest of the pipeline;
+//! * **tagged metrics**: a mapping rule with `tags` sends the sample under its own ID with those
+//!   tags added (a rule tag replaces a series tag of the same name; M3 appends it and the
+//!   write then fails), aggregated as the rule says;
 //! * the storage policies the mapping rules set (they replace the automatic mapping rules for
 //!   those policies) and whether a `drop` rule matched.
 //!
@@ -75,6 +78,8 @@ struct MappingRule {
     aggregation: AggregationId,
     policies: Vec<StoragePolicy>,
     drop: bool,
+    /// Tags added to the output series, sorted by name; none: the output keeps the series' ID.
+    tags: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -101,12 +106,15 @@ pub struct Matched {
     /// Samples to send under rollup IDs (rollup rules that start with a rollup): the ID and
     /// its pipeline.
     pub rollups: Vec<(Vec<u8>, metricpb::PipelineMetadata)>,
+    /// Samples to send under the series' ID with a mapping rule's tags added: the ID and the
+    /// rule's pipeline.
+    pub tagged: Vec<(Vec<u8>, metricpb::PipelineMetadata)>,
 }
 
 impl Matched {
     /// Whether no rule matched.
     pub fn is_empty(&self) -> bool {
-        self.pipelines.is_empty() && self.rollups.is_empty() && !self.drop
+        self.pipelines.is_empty() && self.rollups.is_empty() && self.tagged.is_empty() && !self.drop
     }
 }
 
@@ -168,15 +176,19 @@ impl RuleSet {
                     "a mapping rule needs storage policies (or drop: true)",
                 );
             }
-            ctx.no_tags(&rule.tags);
-            if let (Some(filter), Some(aggregation), Some(policies)) =
-                (filter, aggregation, policies)
+            let tags = ctx.tags(&rule.tags);
+            if rule.drop && !rule.tags.is_empty() {
+                ctx.fail("tags", "a drop rule writes no series to add tags to");
+            }
+            if let (Some(filter), Some(aggregation), Some(policies), Some(tags)) =
+                (filter, aggregation, policies, tags)
             {
                 set.mapping.push(MappingRule {
                     filter,
                     aggregation,
                     policies,
                     drop: rule.drop,
+                    tags,
                 });
             }
         }
@@ -240,11 +252,15 @@ impl RuleSet {
                 continue;
             }
             matched.mapping_policies.extend(&rule.policies);
-            matched.pipelines.push(pipeline_metadata(
-                rule.aggregation,
-                &rule.policies,
-                Vec::new(),
-            ));
+            let pipeline = pipeline_metadata(rule.aggregation, &rule.policies, Vec::new());
+            if rule.tags.is_empty() {
+                matched.pipelines.push(pipeline);
+            } else {
+                let mut id = Vec::new();
+                if tagged_id(tags, &rule.tags, &mut id) {
+                    matched.tagged.push((id, pipeline));
+                }
+            }
         }
         let mut id = Vec::new();
         'rules: for rule in &self.rollup {
@@ -302,6 +318,21 @@ impl RuleSet {
         matched.pipelines.dedup();
         matched
     }
+}
+
+/// Writes into `out` the ID of a series with `tags` (sorted by name) with a mapping rule's
+/// `rule_tags` (sorted) added, replacing series tags of the same name; M3's `__m3*` tags of
+/// the series are left out. `false` when the ID cannot be encoded.
+fn tagged_id(tags: &[(&[u8], &[u8])], rule_tags: &[(Vec<u8>, Vec<u8>)], out: &mut Vec<u8>) -> bool {
+    out.clear();
+    let mut merged: Vec<(&[u8], &[u8])> = tags
+        .iter()
+        .filter(|(n, _)| !n.starts_with(b"__m3") && !rule_tags.iter().any(|(r, _)| r == n))
+        .copied()
+        .chain(rule_tags.iter().map(|(n, v)| (n.as_slice(), v.as_slice())))
+        .collect();
+    merged.sort_by(|a, b| a.0.cmp(b.0));
+    m3_metric::id::encode_tags(merged, out).is_ok()
 }
 
 /// A pipeline's metadata: aggregation, storage policies, applied operations.
@@ -412,12 +443,42 @@ impl Ctx<'_> {
         ok.then_some(out)
     }
 
-    fn no_tags(&mut self, tags: &[TagConfig]) {
+    /// A rule's tags, sorted by name: each with a name and a value, no name twice, none of
+    /// M3's `__m3*` option tags (graphite naming, dropped timestamps), which m3-rs does not
+    /// implement.
+    fn tags(&mut self, tags: &[TagConfig]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut ok = true;
+        let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(tags.len());
         for (i, tag) in tags.iter().enumerate() {
+            let key = format!("tags[{i}]");
             if tag.name.is_empty() || tag.value.is_empty() {
-                self.fail(&format!("tags[{i}]"), "a tag needs a name and a value");
+                self.fail(&key, "a tag needs a name and a value");
+                ok = false;
+            } else if tag.name.starts_with("__m3") {
+                self.fail(
+                    &format!("{key}.name"),
+                    format!(
+                        "{:?}: M3's __m3 option tags (graphite naming, dropped timestamps) are \
+                         not supported",
+                        tag.name
+                    ),
+                );
+                ok = false;
+            } else if out.iter().any(|(n, _)| *n == tag.name.as_bytes()) {
+                self.fail(
+                    &format!("{key}.name"),
+                    format!("{:?} is listed twice", tag.name),
+                );
+                ok = false;
+            } else {
+                out.push((
+                    tag.name.clone().into_bytes(),
+                    tag.value.clone().into_bytes(),
+                ));
             }
         }
+        out.sort();
+        ok.then_some(out)
     }
 
     /// The leading aggregation and the operations of a rollup rule.
@@ -426,13 +487,9 @@ impl Ctx<'_> {
             self.fail("transforms", "a rollup rule needs at least one transform");
             return None;
         }
-        self.no_tags(&rule.tags);
-        let rule_tags: Vec<(Vec<u8>, Vec<u8>)> = rule
-            .tags
-            .iter()
-            .map(|t| (t.name.clone().into_bytes(), t.value.clone().into_bytes()))
-            .collect();
-        let mut ok = true;
+        let rule_tags = self.tags(&rule.tags);
+        let mut ok = rule_tags.is_some();
+        let rule_tags = rule_tags.unwrap_or_default();
         let mut aggregation = None;
         let mut ops = Vec::new();
         let mut derivatives = 0;
@@ -786,5 +843,78 @@ rollupRules:
         let ops = &pipeline.pipeline.as_ref().unwrap().ops;
         assert_eq!(ops.len(), 1);
         assert!(ops[0].rollup.is_some());
+    }
+    #[test]
+    fn a_mapping_rule_with_tags_writes_under_the_tagged_id() {
+        let rules = compile(
+            r#"
+mappingRules:
+  - name: tagged max
+    filter: "__name__:cpu"
+    aggregations: [Max]
+    storagePolicies: [{resolution: 1m, retention: 40d}]
+    tags:
+      - {name: tier, value: gold}
+      - {name: host, value: any}
+"#,
+        )
+        .unwrap();
+        let matched = rules.matches(
+            &series(&[
+                ("__m3_type__", "gauge"),
+                ("__name__", "cpu"),
+                ("host", "h1"),
+            ]),
+            b"unknown",
+        );
+        assert!(matched.pipelines.is_empty(), "not under the series' own ID");
+        assert_eq!(matched.mapping_policies, vec!["1m:40d".parse().unwrap()]);
+        assert_eq!(matched.tagged.len(), 1);
+        let (id, pipeline) = &matched.tagged[0];
+        assert_eq!(
+            m3_metric::id::decode_tags(id).unwrap(),
+            vec![
+                ("__name__".into(), "cpu".into()),
+                ("host".into(), "any".into()),
+                ("tier".into(), "gold".into()),
+            ],
+            "rule tags added, a rule tag replacing the series' tag, __m3 tags left out"
+        );
+        assert_eq!(
+            pipeline.aggregation_id.as_ref().map(|a| a.id),
+            Some(AggregationId::from_types([AggregationType::Max]).0)
+        );
+    }
+
+    #[test]
+    fn bad_rule_tags_are_reported() {
+        let errors = compile(
+            r#"
+mappingRules:
+  - name: graphite
+    filter: "__name__:a"
+    storagePolicies: [{resolution: 10s, retention: 2d}]
+    tags: [{name: __m3_graphite_prefix__, value: stats}]
+  - name: twice
+    filter: "__name__:a"
+    storagePolicies: [{resolution: 10s, retention: 2d}]
+    tags: [{name: x, value: "1"}, {name: x, value: "2"}]
+  - name: dropped
+    filter: "__name__:a"
+    drop: true
+    tags: [{name: x, value: "1"}]
+"#,
+        )
+        .unwrap_err();
+        let found = |rule: &str, key_end: &str, reason: &str| {
+            errors
+                .0
+                .iter()
+                .any(|e| e.rule == rule && e.key.ends_with(key_end) && e.reason.contains(reason))
+        };
+        assert!(found("graphite", "tags[0].name", "__m3"), "{errors}");
+        assert!(found("twice", "tags[1].name", "twice"), "{errors}");
+        assert!(found("dropped", "mappingRules[2].tags", "drop"), "{errors}");
+        assert_eq!(errors.0.len(), 3, "{errors}");
     }
 }

@@ -8,6 +8,9 @@
 //!   ID, which sums the sources and keeps a running total;
 //! * `rollup Sum by (route)` as the first step: the coordinator sends every sample under the
 //!   rollup ID, which sums all samples of the window.
+//!
+//! and a mapping rule with `tags`: each series' Min per window, written under the series' ID
+//! with `tier="gold"` added.
 
 mod support;
 
@@ -24,6 +27,16 @@ const RESOLUTION_MS: i64 = 10_000;
 
 const RULES: &str = r#"  downsample:
     rules:
+      mappingRules:
+        - name: min per series, tagged
+          filter: "__name__:e2e_requests_total"
+          aggregations: ["Min"]
+          storagePolicies:
+            - resolution: 10s
+              retention: 2d
+          tags:
+            - name: tier
+              value: gold
       rollupRules:
         - name: requests by route
           filter: "__name__:e2e_requests_total"
@@ -199,6 +212,71 @@ async fn rollup_rules_sum_across_series_window_by_window() {
             differences.join("\n")
         );
     }
+
+    // The tagged mapping rule: per series and window, the smallest (first) cumulative value.
+    let result = local
+        .wait_for_points(
+            "e2e_requests_total{tier=\"gold\"}[10m]",
+            &[
+                ("M3-Metrics-Type", "aggregated"),
+                ("M3-Storage-Policy", "10s:2d"),
+            ],
+            |got| {
+                got["data"]["result"].as_array().is_some_and(|series| {
+                    series.len() == ROUTES * PODS
+                        && series.iter().all(|s| {
+                            s["values"]
+                                .as_array()
+                                .and_then(|v| v.last())
+                                .and_then(|p| p[0].as_f64())
+                                .is_some_and(|t| (t * 1000.0) as i64 >= last_end)
+                        })
+                })
+            },
+        )
+        .await;
+    let mut minimums: BTreeMap<(String, String, i64), f64> = BTreeMap::new();
+    for ((route, pod), points) in &written {
+        for &(t, v) in points {
+            let min = minimums
+                .entry((format!("/r{route}"), format!("p{pod}"), window_end(t)))
+                .or_insert(f64::INFINITY);
+            *min = min.min(v);
+        }
+    }
+    let mut differences = Vec::new();
+    let mut compared = 0;
+    for series in result["data"]["result"].as_array().into_iter().flatten() {
+        let metric = &series["metric"];
+        let route = metric["route"].as_str().unwrap_or_default().to_string();
+        let pod = metric["pod"].as_str().unwrap_or_default().to_string();
+        for point in series["values"].as_array().into_iter().flatten() {
+            let t = (point[0].as_f64().unwrap_or(0.0) * 1000.0).round() as i64;
+            let got: f64 = point[1]
+                .as_str()
+                .unwrap_or("NaN")
+                .parse()
+                .unwrap_or(f64::NAN);
+            compared += 1;
+            match minimums.get(&(route.clone(), pod.clone(), t)) {
+                Some(want) if *want == got => {}
+                want => differences.push(format!(
+                    "e2e_requests_total{{route={route}, pod={pod}, tier=gold}} @{t}: want {want:?}, got {got}"
+                )),
+            }
+        }
+    }
+    println!(
+        "tagged mapping rule: {compared} windows stored, {} expected, {} differ",
+        minimums.len(),
+        differences.len()
+    );
+    assert!(
+        differences.is_empty() && compared == minimums.len(),
+        "tagged mapping rule: {compared} stored of {} expected, differences:\n{}",
+        minimums.len(),
+        differences.join("\n")
+    );
     local.stop().await;
 }
 
