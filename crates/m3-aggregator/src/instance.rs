@@ -63,7 +63,8 @@ pub struct InstanceOptions {
     pub entry_check_interval: Duration,
     /// The m3msg producer.
     pub producer: ProducerConfig,
-    /// How long shutdown waits for outstanding acks.
+    /// How long shutdown waits with no ack arriving before it gives up on what is still
+    /// unacked (a backlog that is being acked is waited for however large it is).
     pub shutdown_ack_timeout: Duration,
     /// The placement's shard count, kept current from the placement watch, for a shard
     /// function that follows the placement ([`placement_shard_fn`]).
@@ -536,8 +537,17 @@ async fn flush_loop(parts: FlushLoop) {
                     tracing::warn!(error = %e, "Output not accepted by the m3msg producer.");
                 }
             }
-            // Flush times move on only once what they cover is acked (see the module doc).
-            let delivered = producer.flush(options.ack_wait).await && refused == 0;
+            // Flush times move on only once what they cover is acked (see the module doc). The
+            // final flush waits as long as acks keep coming, so its flush times persist and
+            // the next leader does not emit the same windows again.
+            let acked = if stopping {
+                producer
+                    .flush_while_progressing(options.shutdown_ack_timeout)
+                    .await
+            } else {
+                producer.flush(options.ack_wait).await
+            };
+            let delivered = acked && refused == 0;
             if !delivered {
                 tracing::debug!(
                     shard_set,

@@ -22,6 +22,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -233,6 +234,25 @@ impl Buffer {
 
     /// Waits until no message is live or `deadline` passes; returns whether the buffer drained.
     pub(crate) async fn wait_drained(&self, deadline: Instant) -> bool {
+        self.wait_drained_by(|| tokio::time::sleep_until(deadline))
+            .await
+    }
+
+    /// Waits until no message is live for as long as messages keep being released: gives up
+    /// only once none has been released for `stall`. A large backlog that a consumer works
+    /// through steadily drains however long it takes; a consumer that has stopped answering
+    /// costs `stall`. Returns whether the buffer drained.
+    pub(crate) async fn wait_drained_while_progressing(&self, stall: Duration) -> bool {
+        self.wait_drained_by(|| tokio::time::sleep(stall)).await
+    }
+
+    /// Waits until no message is live, or until the timer `give_up` makes (re-made after each
+    /// release) fires first.
+    async fn wait_drained_by<F, T>(&self, give_up: F) -> bool
+    where
+        F: Fn() -> T,
+        T: std::future::Future<Output = ()>,
+    {
         loop {
             let notified = self.accounting.released.notified();
             tokio::pin!(notified);
@@ -240,8 +260,9 @@ impl Buffer {
             if self.live() == 0 {
                 return true;
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.live() == 0;
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = give_up() => return self.live() == 0,
             }
         }
     }

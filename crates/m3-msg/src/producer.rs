@@ -269,18 +269,30 @@ impl Producer {
             .await
     }
 
-    /// Closes the producer: refuses new messages, waits up to `timeout` for outstanding acks,
-    /// then drops what is left (counted as `closed`) and stops every writer and connection.
-    /// Returns how many messages were dropped. Calling it again is harmless.
+    /// Waits until the buffer is empty for as long as acks keep arriving: gives up only once
+    /// none has arrived for `stall`, without closing. A final flush uses it, so a large backlog
+    /// that the consumers work through steadily is waited for however long it takes. Returns
+    /// whether the buffer drained.
+    pub async fn flush_while_progressing(&self, stall: Duration) -> bool {
+        self.inner
+            .buffer
+            .wait_drained_while_progressing(stall)
+            .await
+    }
+
+    /// Closes the producer: refuses new messages, waits for outstanding acks as long as they
+    /// keep arriving (giving up once none has arrived for `stall`), then drops what is left
+    /// (counted as `closed`) and stops every writer and connection. Returns how many messages
+    /// were dropped. Calling it again is harmless.
     ///
     /// # Cancel safety
     /// If the future is dropped while waiting, the producer stays closed to new messages and
     /// its writers keep delivering until the producer itself is dropped.
-    pub async fn close(&self, timeout: Duration) -> usize {
+    pub async fn close(&self, stall: Duration) -> usize {
         self.inner.closed.store(true, Ordering::Release);
         self.inner
             .buffer
-            .wait_drained(Instant::now() + timeout)
+            .wait_drained_while_progressing(stall)
             .await;
         let dropped = self.inner.buffer.drop_all(DropReason::Closed);
         let writers: Vec<WriterHandle> = self

@@ -329,6 +329,68 @@ async fn async_handler_acks_off_the_read_loop() {
     shutdown.cancel();
 }
 
+/// A consumer that works through a backlog slowly but steadily is waited for by
+/// `flush_while_progressing` and `close` however long the whole backlog takes, while a plain
+/// `flush` with the same timeout gives up.
+#[tokio::test]
+async fn waiting_while_progressing_outlasts_a_slow_steady_consumer() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = listener.local_addr().unwrap().to_string();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let one_at_a_time = Arc::new(tokio::sync::Mutex::new(()));
+    let h = Arc::clone(&handled);
+    let handler = handler_fn(move |_value, _meta| {
+        let h = Arc::clone(&h);
+        let one_at_a_time = Arc::clone(&one_at_a_time);
+        async move {
+            let _turn = one_at_a_time.lock().await;
+            tokio::time::sleep(Duration::from_millis(15)).await;
+            h.fetch_add(1, Ordering::SeqCst);
+            Decision::Ack
+        }
+    });
+    let shutdown = CancellationToken::new();
+    tokio::spawn(serve(
+        listener,
+        handler,
+        consumer_config(),
+        shutdown.clone(),
+    ));
+    let producer = Producer::new(producer_config(Duration::from_secs(30)), SHARDS);
+    let (_tx, rx) = watch::channel(instances(vec![ConsumerInstance {
+        id: "c".into(),
+        endpoint,
+        shards: None,
+    }]));
+    producer
+        .add_consumer_service(spec("coord", ConsumptionType::Shared, None), rx)
+        .unwrap();
+    const MESSAGES: usize = 60;
+    for i in 0..MESSAGES {
+        producer.produce(i as u32 % SHARDS, payload(i)).unwrap();
+    }
+    // The backlog takes about 60 x 15 ms = 900 ms; no ack is ever more than ~15 ms apart.
+    let stall = Duration::from_millis(400);
+    assert!(
+        !producer.flush(stall).await,
+        "a fixed 400 ms wait cannot see a 900 ms backlog through"
+    );
+    assert!(producer.flush_while_progressing(stall).await);
+    assert_eq!(handled.load(Ordering::SeqCst), MESSAGES);
+
+    for i in 0..MESSAGES {
+        producer.produce(i as u32 % SHARDS, payload(i)).unwrap();
+    }
+    assert_eq!(
+        producer.close(stall).await,
+        0,
+        "close gave up on a steady backlog"
+    );
+    assert_eq!(handled.load(Ordering::SeqCst), 2 * MESSAGES);
+    assert_eq!(producer.metrics().dropped(DropReason::Closed), 0);
+    shutdown.cancel();
+}
+
 /// An address nothing listens on.
 async fn dead_endpoint() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

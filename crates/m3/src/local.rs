@@ -316,6 +316,11 @@ pub async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow::Resul
         }
     }
     tracing::info!("Flushing ended windows from the aggregators.");
+    // Followers first: a follower stopped after its leader would take over and emit the
+    // leader's windows a second time.
+    instances.sort_by_key(|instance| {
+        instance.status().election_state == m3_cluster::election::ElectionState::Leader
+    });
     for instance in instances {
         match Arc::try_unwrap(instance) {
             Ok(instance) => instance.shutdown().await,
