@@ -132,6 +132,13 @@ pub enum InvalidSeries {
         /// The limit.
         limit: u32,
     },
+    /// Labels that together take more than the store holds for one series
+    /// ([`m3_storage::MAX_ENCODED_LABELS_BYTES`], counting 8 bytes per label besides its name
+    /// and value): each label may be within its own limits and the series still too large.
+    LabelsTooLarge {
+        /// The limit.
+        limit: u32,
+    },
 }
 
 impl fmt::Display for InvalidSeries {
@@ -152,6 +159,12 @@ impl fmt::Display for InvalidSeries {
                     "label value longer than {limit} bytes (label_value_length_limit)"
                 );
             }
+            InvalidSeries::LabelsTooLarge { limit } => {
+                return write!(
+                    f,
+                    "labels take more than {limit} bytes together (8 per label plus names and values)"
+                );
+            }
             _ => {}
         }
         f.write_str(match self {
@@ -167,7 +180,8 @@ impl fmt::Display for InvalidSeries {
             InvalidSeries::NoLabels => "series has no labels",
             InvalidSeries::TooManyLabels { .. }
             | InvalidSeries::LabelNameTooLong { .. }
-            | InvalidSeries::LabelValueTooLong { .. } => unreachable!("written above"),
+            | InvalidSeries::LabelValueTooLong { .. }
+            | InvalidSeries::LabelsTooLarge { .. } => unreachable!("written above"),
         })
     }
 }
@@ -459,6 +473,8 @@ fn slice(body: &[u8], (start, end): (u32, u32)) -> &[u8] {
 struct LabelCheck<'b> {
     previous: Option<&'b [u8]>,
     count: usize,
+    /// The labels' encoded size in the store so far (`Labels::encoded_len`).
+    encoded_len: usize,
     error: Option<InvalidSeries>,
     label_limit: usize,
     name_length_limit: usize,
@@ -474,6 +490,7 @@ impl<'b> LabelCheck<'b> {
         LabelCheck {
             previous: None,
             count: 0,
+            encoded_len: m3_storage::Labels::encoded_len([]),
             error: None,
             label_limit: limits.label_limit,
             name_length_limit: limits.label_name_length_limit,
@@ -485,6 +502,10 @@ impl<'b> LabelCheck<'b> {
     #[inline]
     fn next(&mut self, body: &'b [u8], label: &LabelPos, message: Range<usize>) {
         self.count += 1;
+        self.encoded_len += m3_storage::Labels::encoded_label_len(
+            label.name.1.saturating_sub(label.name.0) as usize,
+            label.value.1.saturating_sub(label.value.0) as usize,
+        );
         if self.error.is_none() && self.count > self.label_limit {
             self.error = Some(InvalidSeries::TooManyLabels {
                 limit: limit_u32(self.label_limit),
@@ -552,11 +573,15 @@ impl<'b> LabelCheck<'b> {
     }
 
     fn finish(self) -> Option<InvalidSeries> {
-        if self.count > 0 {
-            self.error
-        } else {
-            Some(InvalidSeries::NoLabels)
+        if self.count == 0 {
+            return Some(InvalidSeries::NoLabels);
         }
+        if self.error.is_none() && self.encoded_len > m3_storage::MAX_ENCODED_LABELS_BYTES {
+            return Some(InvalidSeries::LabelsTooLarge {
+                limit: limit_u32(m3_storage::MAX_ENCODED_LABELS_BYTES),
+            });
+        }
+        self.error
     }
 }
 
@@ -908,6 +933,41 @@ mod tests {
             decoder.decode_snappy(&compress(&many_labels)),
             Err(DecodeError::TooMany { what: "labels", .. })
         ));
+    }
+
+    /// Labels each within their own limits but too large together for the store are refused
+    /// per series (the store would refuse the whole batch).
+    #[test]
+    fn labels_too_large_together_invalidate_only_their_series() {
+        let value = "v".repeat(15 * 1024);
+        let names: Vec<String> = (0..5).map(|i| format!("l{i}")).collect();
+        let mut wide: Vec<(&str, &str)> = vec![("__name__", "x")];
+        wide.extend(names.iter().map(|n| (n.as_str(), value.as_str())));
+        let just_fits = "v".repeat(
+            m3_storage::MAX_ENCODED_LABELS_BYTES
+                - m3_storage::Labels::encoded_len([(8, 1), (1, 0)]),
+        );
+        let req = WriteRequest {
+            timeseries: vec![
+                series(&wide, &[(1.0, 1)]),
+                series(&[("__name__", "x"), ("a", just_fits.as_str())], &[(1.0, 1)]),
+            ],
+        };
+        let mut decoder = RemoteWriteDecoder::with_limits(DecodeLimits {
+            label_value_length_limit: 64 * 1024,
+            ..DecodeLimits::default()
+        });
+        let decoded = decoder.decode_snappy(&compress(&req)).unwrap();
+        let limit = m3_storage::MAX_ENCODED_LABELS_BYTES as u32;
+        assert_eq!(
+            decoded.invalid(),
+            &[(0, InvalidSeries::LabelsTooLarge { limit })]
+        );
+        assert!(
+            InvalidSeries::LabelsTooLarge { limit }
+                .to_string()
+                .starts_with("labels take more than 61440 bytes")
+        );
     }
 
     /// Regression (issue 6): labels over 64 KiB reached the store and made it panic.

@@ -40,9 +40,6 @@ pub(crate) const KS_POSTINGS: &str = "postings";
 pub(crate) const KS_SAMPLES: &str = "samples";
 
 pub(crate) const META_FORMAT_VERSION: &[u8] = b"format_version";
-/// The most bytes a series' encoded labels may take: the index keys hold them whole, and the
-/// engine's keys are at most 64 KiB (it panics beyond). Leaves room for the key prefixes.
-pub(crate) const MAX_LABELS_BYTES: usize = 60 * 1024;
 /// Written (value `1`) to check that the store can write again after a failure.
 pub(crate) const META_WRITE_PROBE: &[u8] = b"write_probe";
 pub(crate) const META_NEXT_NAMESPACE_ID: &[u8] = b"next_namespace_id";

@@ -22,6 +22,12 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 /// The label that carries the metric name.
 pub const METRIC_NAME_LABEL: &str = "__name__";
 
+/// The most bytes a series' labels may take once encoded ([`Labels::encoded_len`]): the index
+/// keys hold them whole, and the engine's keys are at most 64 KiB (it panics beyond), less room
+/// for the key prefixes. A writer checks it per series before writing a batch, so one such
+/// series is refused alone instead of failing the whole batch.
+pub const MAX_ENCODED_LABELS_BYTES: usize = 60 * 1024;
+
 /// Why a list of pairs is not a valid label set.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -144,6 +150,20 @@ impl Labels {
     }
 
     /// Appends the on-disk encoding (see the module docs) to `buf`.
+    /// How many bytes the encoding of labels with these (name, value) byte lengths takes,
+    /// to compare with [`MAX_ENCODED_LABELS_BYTES`] before building the labels.
+    pub fn encoded_len(lengths: impl IntoIterator<Item = (usize, usize)>) -> usize {
+        lengths.into_iter().fold(4, |total, (name, value)| {
+            total + Labels::encoded_label_len(name, value)
+        })
+    }
+
+    /// What one label with these name and value byte lengths adds to
+    /// [`encoded_len`](Self::encoded_len).
+    pub const fn encoded_label_len(name: usize, value: usize) -> usize {
+        8 + name + value
+    }
+
     pub(crate) fn encode_into(&self, buf: &mut Vec<u8>) {
         // Lengths were checked to fit u32 on construction; `as` cannot truncate here.
         buf.extend_from_slice(&(self.0.len() as u32).to_be_bytes());

@@ -75,7 +75,7 @@ pub mod store;
 
 pub use budget::QueryLimits;
 pub use error::{Error, Result};
-pub use labels::{Labels, LabelsError, METRIC_NAME_LABEL};
+pub use labels::{Labels, LabelsError, MAX_ENCODED_LABELS_BYTES, METRIC_NAME_LABEL};
 pub use matcher::{AnchoredRegex, Matcher};
 pub use metrics::StoreMetrics;
 pub use namespace::{NamespaceConfig, NamespaceKind, Namespaces};

@@ -329,14 +329,18 @@ impl Store {
                         .ok_or_else(|| Error::corrupt("meta", "series ids exhausted"))?;
                     encoded.clear();
                     labels.encode_into(&mut encoded);
-                    if encoded.len() > keys::MAX_LABELS_BYTES {
+                    debug_assert_eq!(
+                        encoded.len(),
+                        Labels::encoded_len(labels.iter().map(|(n, v)| (n.len(), v.len())))
+                    );
+                    if encoded.len() > crate::labels::MAX_ENCODED_LABELS_BYTES {
                         return Err(Error::InvalidLabels(LabelsError::SeriesTooLong {
                             name: labels
                                 .get(crate::METRIC_NAME_LABEL)
                                 .unwrap_or("")
                                 .to_owned(),
                             size: encoded.len(),
-                            max: keys::MAX_LABELS_BYTES,
+                            max: crate::labels::MAX_ENCODED_LABELS_BYTES,
                         }));
                     }
                     Self::add_series_to_batch(&engine, &mut batch, ns, labels, sid, &encoded);

@@ -128,12 +128,21 @@ async fn remote_write_bombs_are_refused_inside_the_memory_bound() {
 }
 
 /// Regression: labels over 64 KiB made the store panic (500, retried forever) and dropped the
-/// valid series of the same request; timestamps at i64::MIN/MAX were stored but unreadable.
+/// valid series of the same request; labels each within their limits but over the store's
+/// per-series size together failed the whole request with 503; timestamps at i64::MIN/MAX were
+/// stored but unreadable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_series_and_timestamps_get_400_and_the_rest_is_kept() {
     let local = LocalProcess::start("labels").await;
     let now = now_ms();
     let huge = "v".repeat(70 * 1024);
+    // Five 15 KiB values: each under label_value_length_limit (16 KiB), 75 KiB together.
+    let wide_value = "w".repeat(15 * 1024);
+    let wide_labels: Vec<(String, &str)> = std::iter::once(("__name__".to_string(), "wide"))
+        .chain((0..5).map(|i| (format!("l{i}"), wide_value.as_str())))
+        .collect();
+    let wide_labels: Vec<(&str, &str)> =
+        wide_labels.iter().map(|(n, v)| (n.as_str(), *v)).collect();
     let request = WriteRequest {
         timeseries: vec![
             series(&[("__name__", "kept"), ("job", "a")], &[(now, 1.0)]),
@@ -141,16 +150,20 @@ async fn bad_series_and_timestamps_get_400_and_the_rest_is_kept() {
                 &[("__name__", "huge"), ("job", huge.as_str())],
                 &[(now, 2.0)],
             ),
+            series(&wide_labels, &[(now, 5.0)]),
             series(
                 &[("__name__", "kept"), ("job", "b")],
-                &[(i64::MAX, 3.0), (now, 4.0)],
+                &[(i64::MAX, 3.0), (i64::MIN, 6.0), (now, 4.0)],
             ),
         ],
     };
     let (status, text) = local.remote_write(&request.encode_to_vec()).await;
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("label_value_length_limit"), "{text}");
+    assert!(text.contains("labels take more than"), "{text}");
     assert!(text.contains("timestamp outside"), "{text}");
+    let wide = local.query("wide", &[]).await;
+    assert_eq!(wide["data"]["result"], serde_json::json!([]), "{wide}");
     let result = local.query("kept", &[]).await;
     let kept = result["data"]["result"]
         .as_array()
