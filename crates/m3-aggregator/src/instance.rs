@@ -1,44 +1,34 @@
 //! An aggregator as a cluster member: it follows its placement, campaigns for the leadership of
-//! its shard set, flushes on a timer, and sends what it flushes to the coordinators over m3msg.
+//! its shard set, and runs the flush manager, which flushes on a timer and sends what it flushes
+//! to the coordinators over m3msg.
 //!
 //! ```text
 //! placement watch ──▶ set_shards, election per shard set, forwarding client's routes
-//! every checkEvery:  leader   → flush closed windows → m3msg producer (topic aggregated_metrics)
-//!                              → rollup values → rawtcp to the rollup IDs' owners (forward.rs)
-//!                              → persist flush times (KV shardset/<id>/flush)
-//!                    follower → read flush times → discard what the leader flushed
 //! topic + consumer placements ──▶ producer's consumer services and instances (live)
+//! every checkEvery ──▶ flush manager (flush_manager.rs): leader emits, follower discards
+//! every entryCheckInterval ──▶ expire idle series
 //! ```
 //!
-//! A follower that becomes leader first discards with the latest persisted flush times, then
-//! flushes as leader, so the handover emits no window twice and skips none that it buffered.
-//!
-//! The leader persists its flush times only once the coordinators have acked everything it
-//! produced (bounded by `ack_wait`). Persisting earlier would let a leader crash lose the windows
-//! still in its producer's buffer: the new leader would start after them. Persisting after the
-//! acks turns that loss into a re-emit of the same values, which the store overwrites in place.
-//! On shutdown a leader flushes every window that has ended, persists its flush times, and waits
-//! (bounded) for the coordinators to ack what it sent.
+//! The election takes a free lease at once only while this instance holds every window the
+//! leader has not flushed (`can_lead`), so a process restarted within the TTL does not take the
+//! leadership back with empty windows.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use m3_cluster::keys::{self, ServiceId};
 use m3_cluster::placement::{Placement, PlacementStore};
 use m3_cluster::{ElectionState, KvStore, LeaderElection};
 use m3_msg::ProducerConfig;
-use m3_proto::Message;
-use m3_proto::flushpb::ShardSetFlushTimes;
-use m3_proto::metricpb::{AggregatedMetric, TimedMetric, TimedMetricWithStoragePolicy};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::flush_manager::{FlushManager, FlushStatus, ResignRequest};
 use crate::rawtcp::unix_nanos_now;
-use crate::topic_producer::{SharedProducer, TopicProducerOptions};
-use crate::{AggregatedOutput, Aggregator, FlushMode, ShardAssignment};
+use crate::topic_producer::TopicProducerOptions;
+use crate::{Aggregator, ShardAssignment};
 
 /// Where an instance finds its cluster state and how it behaves in it.
 #[derive(Debug, Clone)]
@@ -100,22 +90,13 @@ impl InstanceOptions {
 
 /// The election of the shard set this instance is in, with the shard set's ID; replaced when
 /// the placement moves the instance to another shard set.
-type SharedElection = Arc<Mutex<Option<(u32, Arc<LeaderElection>)>>>;
+pub(crate) type SharedElection = Arc<Mutex<Option<(u32, Arc<LeaderElection>)>>>;
 
 /// A shard function (murmur3_32(id) % numShards) whose shard count follows the placement this
 /// instance watches; before the first placement every ID maps to shard 0, which is not owned.
 pub fn placement_shard_fn(options: &InstanceOptions) -> crate::ShardFn {
     let num_shards = Arc::clone(&options.num_shards);
     Arc::new(move |id: &[u8]| m3_cluster::shard_for(id, num_shards.load(Ordering::Relaxed)))
-}
-
-/// The election state and leadership eligibility, for `/status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FlushStatus {
-    /// Leader, follower…
-    pub election_state: ElectionState,
-    /// Whether this follower holds every window the leader has not flushed.
-    pub can_lead: bool,
 }
 
 /// A running aggregator instance.
@@ -127,9 +108,6 @@ pub struct AggregatorInstance {
     cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
-
-/// A resign request to the flush loop, answered when done.
-type ResignRequest = oneshot::Sender<anyhow::Result<()>>;
 
 impl std::fmt::Debug for AggregatorInstance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -223,7 +201,7 @@ impl AggregatorInstance {
             cancel: cancel.clone(),
         })));
         let (resign_requests, resign_rx) = mpsc::channel(4);
-        tasks.push(tokio::spawn(flush_loop(FlushLoop {
+        let flush_manager = FlushManager {
             aggregator: Arc::clone(&aggregator),
             kv,
             options: options.clone(),
@@ -233,7 +211,8 @@ impl AggregatorInstance {
             status: status_tx,
             resign_requests: resign_rx,
             cancel: cancel.clone(),
-        })));
+        };
+        tasks.push(tokio::spawn(flush_manager.run()));
         let expiry_aggregator = Arc::clone(&aggregator);
         let expiry_cancel = cancel.clone();
         let every = options.entry_check_interval;
@@ -394,260 +373,6 @@ async fn follow_placement(parts: PlacementFollower) {
         tokio::select! {
             changed = watch.changed() => if changed.is_err() { break },
             () = cancel.cancelled() => break,
-        }
-    }
-}
-
-/// Everything the flush loop works with.
-struct FlushLoop {
-    aggregator: Arc<Aggregator>,
-    kv: Arc<dyn KvStore>,
-    options: InstanceOptions,
-    election: SharedElection,
-    producer: SharedProducer,
-    client: Arc<crate::client::AggregatorClient>,
-    status: watch::Sender<FlushStatus>,
-    resign_requests: mpsc::Receiver<ResignRequest>,
-    cancel: CancellationToken,
-}
-
-async fn flush_loop(parts: FlushLoop) {
-    let FlushLoop {
-        aggregator,
-        kv,
-        options,
-        election,
-        producer,
-        client,
-        status,
-        mut resign_requests,
-        cancel,
-    } = parts;
-    let mut outputs: Vec<AggregatedOutput> = Vec::new();
-    let mut was_leader = false;
-    // The last flush times read and their shard set, used while the KV cannot be read.
-    let mut persisted = ShardSetFlushTimes::default();
-    let mut persisted_for = None;
-    loop {
-        let mut resign_reply = None;
-        let stopping = tokio::select! {
-            () = tokio::time::sleep(options.check_every) => false,
-            () = cancel.cancelled() => true,
-            request = resign_requests.recv() => match request {
-                Some(reply) => {
-                    resign_reply = Some(reply);
-                    false
-                }
-                None => true,
-            },
-        };
-        let current = election
-            .lock()
-            .as_ref()
-            .map(|(id, e)| (*id, *e.state().borrow()));
-        let Some((shard_set, state)) = current else {
-            let _ = status.send(FlushStatus {
-                election_state: ElectionState::Unknown,
-                can_lead: false,
-            });
-            if let Some(reply) = resign_reply {
-                let _ = reply.send(Err(anyhow::anyhow!("this instance is in no shard set")));
-            }
-            if stopping {
-                break;
-            }
-            continue;
-        };
-        let flush_key = keys::flush_times_key(&options.environment, shard_set);
-        match read_flush_times(&kv, &flush_key).await {
-            Some(times) => {
-                persisted = times;
-                persisted_for = Some(shard_set);
-            }
-            None if persisted_for != Some(shard_set) => {
-                persisted = ShardSetFlushTimes::default();
-                persisted_for = Some(shard_set);
-            }
-            None => {}
-        }
-        let Some(producer) = producer.get().filter(|p| !p.consumer_services().is_empty()) else {
-            // No output topic or no consumer service yet: keep every window until there is
-            // somewhere to send it (flushing now would drop the output and move the flush times
-            // past it).
-            let _ = status.send(FlushStatus {
-                election_state: state,
-                can_lead: state == ElectionState::Leader || aggregator.can_lead(&persisted),
-            });
-            if let Some(reply) = resign_reply {
-                let _ = reply.send(Err(anyhow::anyhow!("the output topic does not exist yet")));
-            }
-            if stopping {
-                break;
-            }
-            continue;
-        };
-        let now = unix_nanos_now();
-        if state == ElectionState::Leader {
-            if !was_leader {
-                // Taking over: drop what the previous leader already flushed.
-                aggregator.flush(
-                    now,
-                    FlushMode::Follower {
-                        flushed_times: &persisted,
-                    },
-                    &mut outputs,
-                );
-                tracing::info!(
-                    shard_set,
-                    "Became leader; flushing from the persisted flush times."
-                );
-            }
-            // On shutdown, also emit timed windows that have ended but are still inside the
-            // past buffer: nobody will be left to emit them.
-            let mode = if stopping {
-                FlushMode::LeaderFinal
-            } else {
-                FlushMode::Leader
-            };
-            outputs.clear();
-            let result = aggregator.flush(now, mode, &mut outputs);
-            crate::forward::send(&client, aggregator.take_forwarded(), aggregator.metrics());
-            // Passthrough metrics are written by the leader only.
-            outputs.extend(aggregator.take_passthrough());
-            let num_shards = producer.number_of_shards().max(1);
-            let mut refused = 0usize;
-            for output in outputs.drain(..) {
-                let shard = m3_cluster::shard_for(&output.id, num_shards);
-                let message = AggregatedMetric {
-                    metric: Some(TimedMetricWithStoragePolicy {
-                        timed_metric: Some(TimedMetric {
-                            r#type: output.metric_type.to_proto(),
-                            id: Bytes::from(output.id),
-                            time_nanos: output.time_nanos,
-                            value: output.value,
-                            annotation: Bytes::new(),
-                        }),
-                        storage_policy: Some(output.storage_policy.to_proto()),
-                        routing_policy: None,
-                    }),
-                    encode_nanos: now,
-                };
-                if let Err(e) = producer.produce(shard, Bytes::from(message.encode_to_vec())) {
-                    refused += 1;
-                    tracing::warn!(error = %e, "Output not accepted by the m3msg producer.");
-                }
-            }
-            // Flush times move on only once what they cover is acked (see the module doc). The
-            // final flush waits as long as acks keep coming, so its flush times persist and
-            // the next leader does not emit the same windows again.
-            let acked = if stopping {
-                producer
-                    .flush_while_progressing(options.shutdown_ack_timeout)
-                    .await
-            } else {
-                producer.flush(options.ack_wait).await
-            };
-            let delivered = acked && refused == 0;
-            if !delivered {
-                tracing::debug!(
-                    shard_set,
-                    "Output not fully acked yet; flush times persist later."
-                );
-            }
-            // Leadership may have moved during the ack wait: only a current leader persists.
-            let still_leader = election.lock().as_ref().is_some_and(|(id, e)| {
-                *id == shard_set && *e.state().borrow() == ElectionState::Leader
-            });
-            if delivered && still_leader && !result.flush_times.by_shard.is_empty() {
-                let mut merged = read_flush_times(&kv, &flush_key)
-                    .await
-                    .unwrap_or_else(|| persisted.clone());
-                for (shard, times) in result.flush_times.by_shard {
-                    merge_flush_times(merged.by_shard.entry(shard).or_default(), &times);
-                }
-                if let Err(e) = kv
-                    .set(&flush_key, Bytes::from(merged.encode_to_vec()))
-                    .await
-                {
-                    tracing::error!(error = %e, shard_set, "Persisting flush times failed.");
-                }
-            }
-            was_leader = true;
-            let _ = status.send(FlushStatus {
-                election_state: state,
-                can_lead: true,
-            });
-        } else {
-            aggregator.flush(
-                now,
-                FlushMode::Follower {
-                    flushed_times: &persisted,
-                },
-                &mut outputs,
-            );
-            let passthrough = aggregator.take_passthrough();
-            aggregator
-                .metrics()
-                .record_passthrough_follower_dropped(passthrough.len() as u64);
-            was_leader = false;
-            let _ = status.send(FlushStatus {
-                election_state: state,
-                can_lead: aggregator.can_lead(&persisted),
-            });
-        }
-        if let Some(reply) = resign_reply {
-            // A graceful handover: this cycle's flush is acked and its flush times persisted
-            // above, so the next leader starts exactly where this one stopped.
-            let election = election.lock().as_ref().map(|(_, e)| Arc::clone(e));
-            let result = match election {
-                Some(e) => e.resign().await.map_err(anyhow::Error::from),
-                None => Err(anyhow::anyhow!("this instance is in no shard set")),
-            };
-            let _ = reply.send(result);
-        }
-        if stopping {
-            break;
-        }
-    }
-    let Some(producer) = producer.get() else {
-        return;
-    };
-    let unacked = producer.close(options.shutdown_ack_timeout).await;
-    if unacked > 0 {
-        tracing::warn!(
-            unacked,
-            "Shut down with output not acked by any coordinator."
-        );
-    }
-}
-
-/// Takes the later of each (category, resolution) flush time, so an older write never moves a
-/// newer one back.
-fn merge_flush_times(
-    into: &mut m3_proto::flushpb::ShardFlushTimes,
-    from: &m3_proto::flushpb::ShardFlushTimes,
-) {
-    for (resolution, t) in &from.standard_by_resolution {
-        let slot = into.standard_by_resolution.entry(*resolution).or_insert(*t);
-        *slot = (*slot).max(*t);
-    }
-    for (resolution, t) in &from.timed_by_resolution {
-        let slot = into.timed_by_resolution.entry(*resolution).or_insert(*t);
-        *slot = (*slot).max(*t);
-    }
-}
-
-/// The persisted flush times of a shard set; `None` when the KV cannot be read.
-async fn read_flush_times(kv: &Arc<dyn KvStore>, key: &str) -> Option<ShardSetFlushTimes> {
-    match kv.get(key).await {
-        Ok(Some(v)) => Some(ShardSetFlushTimes::decode(v.value).unwrap_or_else(|e| {
-            tracing::error!(key, error = %e, "Flush times do not decode; treating as none.");
-            ShardSetFlushTimes::default()
-        })),
-        Ok(None) => Some(ShardSetFlushTimes::default()),
-        Err(e) => {
-            tracing::warn!(key, error = %e, "Reading flush times failed.");
-            None
         }
     }
 }

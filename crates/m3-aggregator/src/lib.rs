@@ -12,11 +12,15 @@
 //! | [`aggregation`] | per-window state: Last, Sum, moments, timers |
 //! | [`quantile`] | timer quantiles: exact below 3 values, DDSketch (1 % relative error) above |
 //! | [`flush`] | leader/follower flush modes, outputs, flush times |
+//! | [`instance`] | a cluster member: placement, election, the flush manager's tasks |
+//! | [`flush_manager`] | the flush loop: leader emits and persists flush times, follower discards |
 //! | [`error`] | [`AddError`] and the counted [`RejectReason`]s |
 //! | [`metrics`] | self-metrics (`prometheus-client`) |
 //! | [`options`] | [`AggregatorOptions`], with M3's defaults |
 //! | [`ingest`] | `MetricWithMetadatas` → engine calls, shared by the servers |
 //! | [`rawtcp`] | [`serve_rawtcp`]: the varint-framed TCP server |
+//! | [`m3msg_ingest`] | the m3msg ingest server |
+//! | [`server`] | one aggregator server: engine, instance and listeners, shut down in order |
 //!
 //! ```
 //! use std::sync::Arc;
@@ -62,6 +66,7 @@ pub mod config;
 mod entry;
 pub mod error;
 pub mod flush;
+pub mod flush_manager;
 mod forward;
 pub mod http;
 pub mod ingest;
@@ -73,6 +78,7 @@ pub mod options;
 mod pipeline;
 pub mod quantile;
 pub mod rawtcp;
+pub mod server;
 mod shard;
 pub mod topic_producer;
 

@@ -1,7 +1,7 @@
 //! `m3aggregator -f <config>`: one aggregator of the cluster.
 //!
-//! Flags and glue only: the config is read by [`m3_aggregator::config`], the engine, cluster
-//! membership and admin endpoints live in the library.
+//! Flags and glue only: the config is read by [`m3_aggregator::config`]; the engine, cluster
+//! membership, listeners and shutdown order live in [`m3_aggregator::server`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,15 +10,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use m3_aggregator::config::AggregatorConfig;
-use m3_aggregator::instance::{AggregatorInstance, placement_shard_fn};
-use m3_aggregator::m3msg_ingest::serve_m3msg;
-use m3_aggregator::{Aggregator, serve_rawtcp};
+use m3_aggregator::server::{AggregatorServer, Listeners, ServerOptions};
 use m3_cluster::KvStore;
 use m3_cluster::kv::etcd::EtcdKv;
-use parking_lot::Mutex;
-use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// An m3aggregator instance.
 #[derive(Debug, Parser)]
@@ -73,60 +68,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding http.listenAddress {}", config.http_address))?;
 
-    let aggregator = Arc::new(Aggregator::new(
-        config.engine.clone(),
-        placement_shard_fn(&config.instance),
-    ));
-    let mut registry = Registry::default();
-    let consumer_metrics = m3_msg::ConsumerMetrics::default();
-    if m3msg.is_some() {
-        consumer_metrics.register(&mut registry, "m3aggregator_m3msg_ingest");
-    }
-    let instance = Arc::new(
-        AggregatorInstance::start(
-            Arc::clone(&aggregator),
-            kv,
-            config.instance.clone(),
-            &mut registry,
-        )
-        .await
-        .context("joining the cluster")?,
-    );
-    let cancel = CancellationToken::new();
-    let http_refused = Arc::clone(&aggregator);
-    let mut ingest_tasks = Vec::new();
-    if let Some(listener) = rawtcp {
-        let serving = serve_rawtcp(
-            listener,
-            Arc::clone(&aggregator),
-            config.rawtcp_max_message_size,
-            config.rawtcp_limits,
-            cancel.clone(),
-        );
-        ingest_tasks.push(tokio::spawn(async move {
-            if let Err(e) = serving.await {
-                tracing::error!(error = %e, "rawtcp server failed.");
-            }
-        }));
-    }
-    if let (Some(listener), Some((_, consumer))) = (m3msg, &config.m3msg) {
-        ingest_tasks.push(tokio::spawn(serve_m3msg(
-            listener,
-            Arc::clone(&aggregator),
-            consumer.clone(),
-            consumer_metrics,
-            cancel.clone(),
-        )));
-    }
-    drop(aggregator);
-    let app = m3_aggregator::http::router(Arc::clone(&instance), Arc::new(Mutex::new(registry)));
-    let http_task = tokio::spawn(m3_server::http::serve(
-        http,
-        app,
-        config.http_limits,
-        cancel.clone(),
-        move || http_refused.metrics().record_http_connection_refused(),
-    ));
+    let server = AggregatorServer::start(
+        ServerOptions::from(&config),
+        kv,
+        Listeners {
+            rawtcp,
+            m3msg,
+            http,
+        },
+    )
+    .await
+    .context("joining the cluster")?;
     tracing::info!(
         rawtcp = ?config.rawtcp_address,
         m3msg = ?config.m3msg.as_ref().map(|(address, _)| address),
@@ -136,22 +88,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     m3_server::process::shutdown_signal().await;
     tracing::info!("Shutting down: flushing ended windows.");
-    cancel.cancel();
-    // A client that never finishes a request must not keep the final flush from running.
-    ingest_tasks.push(http_task);
-    for mut task in ingest_tasks {
-        if tokio::time::timeout(std::time::Duration::from_secs(5), &mut task)
-            .await
-            .is_err()
-        {
-            task.abort();
-            let _ = task.await;
-        }
-    }
-    match Arc::try_unwrap(instance) {
-        Ok(instance) => instance.shutdown().await,
-        Err(_) => tracing::warn!("The instance is still referenced; it was not shut down cleanly."),
-    }
+    server.shutdown().await;
     tracing::info!("Stopped.");
     Ok(())
 }

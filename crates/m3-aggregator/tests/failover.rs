@@ -41,7 +41,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use m3_aggregator::instance::{AggregatorInstance, FlushStatus, InstanceOptions};
+use m3_aggregator::flush_manager::FlushStatus;
+use m3_aggregator::instance::{AggregatorInstance, InstanceOptions};
 use m3_aggregator::metadata::build;
 use m3_aggregator::rawtcp::unix_nanos_now;
 use m3_aggregator::{Aggregator, AggregatorOptions, RejectReason, serve_rawtcp};

@@ -18,21 +18,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use m3_aggregator::instance::{AggregatorInstance, InstanceOptions, placement_shard_fn};
-use m3_aggregator::{Aggregator, AggregatorOptions};
+use m3_aggregator::AggregatorOptions;
+use m3_aggregator::instance::InstanceOptions;
+use m3_aggregator::server::{AggregatorServer, Listeners, ServerOptions};
 use m3_cluster::keys::{self, ServiceId};
 use m3_cluster::placement::store::PlacementStoreError;
 use m3_cluster::placement::{Instance, PlacementStore, build_mirrored, build_non_sharded};
 use m3_cluster::topic::TopicStore;
-use m3_cluster::{ConsumerService, ConsumptionType, KvStore, MemoryKv, TopicError};
+use m3_cluster::{ConsumerService, ConsumptionType, ElectionState, KvStore, MemoryKv, TopicError};
 use m3_coordinator::config::CoordinatorConfig;
 use m3_coordinator::server::Coordinator;
 use m3_metric::StoragePolicy;
-use parking_lot::Mutex;
-use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// The `m3 local` config file.
 #[derive(Debug, Deserialize)]
@@ -87,12 +85,26 @@ struct LocalAggregators {
 }
 
 impl LocalAggregators {
-    fn rawtcp_limits(&self) -> m3_server::tcp::ListenerLimits {
-        let d = m3_server::tcp::ListenerLimits::default();
-        m3_server::tcp::ListenerLimits {
-            max_connections: self.max_connections.unwrap_or(d.max_connections),
-            idle_timeout: self.idle_timeout.unwrap_or(d.idle_timeout),
-            frame_timeout: self.frame_timeout.unwrap_or(d.frame_timeout),
+    /// The server options of the aggregator whose instance ID is `instance_id`.
+    fn server_options(&self, instance_id: &str) -> ServerOptions {
+        let limits = m3_server::tcp::ListenerLimits::default();
+        ServerOptions {
+            engine: AggregatorOptions {
+                buffer_past: self.buffer_duration_for_past_timed_metric,
+                buffer_future: self.buffer_duration_for_future_timed_metric,
+                entry_ttl: self.entry_ttl,
+                default_storage_policies: self.default_storage_policies.clone(),
+                ..AggregatorOptions::default()
+            },
+            instance: InstanceOptions::new(instance_id),
+            rawtcp_max_message_size: m3_proto::framing::DEFAULT_RAWTCP_MAX_MESSAGE_SIZE,
+            rawtcp_limits: m3_server::tcp::ListenerLimits {
+                max_connections: self.max_connections.unwrap_or(limits.max_connections),
+                idle_timeout: self.idle_timeout.unwrap_or(limits.idle_timeout),
+                frame_timeout: self.frame_timeout.unwrap_or(limits.frame_timeout),
+            },
+            m3msg: m3_msg::ConsumerConfig::default(),
+            http_limits: m3_server::http::HttpLimits::default(),
         }
     }
 }
@@ -218,57 +230,26 @@ pub async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow::Resul
     .await
     .context("starting the coordinator")?;
 
-    let cancel = CancellationToken::new();
-    let mut instances = Vec::new();
-    let mut rawtcp_tasks = Vec::new();
+    let mut servers = Vec::new();
     let mut http_endpoints = Vec::new();
     for ((listener, http_listener), endpoint) in aggregator_listeners
         .into_iter()
         .zip(http_listeners)
         .zip(&aggregator_endpoints)
     {
-        let options = AggregatorOptions {
-            buffer_past: config.aggregators.buffer_duration_for_past_timed_metric,
-            buffer_future: config.aggregators.buffer_duration_for_future_timed_metric,
-            entry_ttl: config.aggregators.entry_ttl,
-            default_storage_policies: config.aggregators.default_storage_policies.clone(),
-            ..AggregatorOptions::default()
-        };
-        let instance_options = InstanceOptions::new(endpoint.clone());
-        let aggregator = Arc::new(Aggregator::new(
-            options,
-            placement_shard_fn(&instance_options),
-        ));
-        rawtcp_tasks.push(tokio::spawn(m3_aggregator::serve_rawtcp(
-            listener,
-            Arc::clone(&aggregator),
-            m3_proto::framing::DEFAULT_RAWTCP_MAX_MESSAGE_SIZE,
-            config.aggregators.rawtcp_limits(),
-            cancel.clone(),
-        )));
-        let mut registry = Registry::default();
-        let instance =
-            AggregatorInstance::start(aggregator, Arc::clone(&kv), instance_options, &mut registry)
-                .await
-                .with_context(|| format!("starting aggregator {endpoint}"))?;
-        let instance = Arc::new(instance);
-        let app =
-            m3_aggregator::http::router(Arc::clone(&instance), Arc::new(Mutex::new(registry)));
         http_endpoints.push(http_listener.local_addr()?.to_string());
-        let http_cancel = cancel.clone();
-        let refused = Arc::clone(instance.aggregator());
-        rawtcp_tasks.push(tokio::spawn(async move {
-            m3_server::http::serve(
-                http_listener,
-                app,
-                m3_server::http::HttpLimits::default(),
-                http_cancel,
-                move || refused.metrics().record_http_connection_refused(),
-            )
-            .await;
-            Ok(())
-        }));
-        instances.push(instance);
+        let server = AggregatorServer::start(
+            config.aggregators.server_options(endpoint),
+            Arc::clone(&kv),
+            Listeners {
+                rawtcp: Some(listener),
+                m3msg: None,
+                http: http_listener,
+            },
+        )
+        .await
+        .with_context(|| format!("starting aggregator {endpoint}"))?;
+        servers.push(server);
     }
 
     let http = coordinator.addrs().http;
@@ -304,30 +285,15 @@ pub async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow::Resul
         .await;
     // Let the aggregators read what was just written before they stop listening.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    cancel.cancel();
-    // A client that never finishes a request must not keep the final flush from running.
-    for mut task in rawtcp_tasks {
-        if tokio::time::timeout(Duration::from_secs(5), &mut task)
-            .await
-            .is_err()
-        {
-            task.abort();
-            let _ = task.await;
-        }
+    for server in &mut servers {
+        server.stop_listening().await;
     }
     tracing::info!("Flushing ended windows from the aggregators.");
     // Followers first: a follower stopped after its leader would take over and emit the
     // leader's windows a second time.
-    instances.sort_by_key(|instance| {
-        instance.status().election_state == m3_cluster::election::ElectionState::Leader
-    });
-    for instance in instances {
-        match Arc::try_unwrap(instance) {
-            Ok(instance) => instance.shutdown().await,
-            Err(_) => {
-                tracing::warn!("An aggregator is still referenced; it was not shut down cleanly.")
-            }
-        }
+    servers.sort_by_key(|server| server.status().election_state == ElectionState::Leader);
+    for server in servers {
+        server.shutdown().await;
     }
     coordinator.shutdown().await;
     tracing::info!("Stopped.");

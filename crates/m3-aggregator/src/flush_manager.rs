@@ -1,0 +1,378 @@
+//! The flush manager of a cluster member: every `checkEvery` it flushes the engine as the
+//! leader or as a follower of its shard set, answers resign requests, and keeps the shard set's
+//! flush times in KV.
+//!
+//! ```text
+//! every checkEvery:  leader   → flush closed windows → m3msg producer (topic aggregated_metrics)
+//!                              → rollup values → rawtcp to the rollup IDs' owners (forward.rs)
+//!                              → wait for acks → persist flush times (KV shardset/<id>/flush)
+//!                    follower → read flush times → discard what the leader flushed
+//! ```
+//!
+//! A follower that becomes leader first discards with the latest persisted flush times, then
+//! flushes as leader, so the handover emits no window twice and skips none that it buffered.
+//!
+//! The leader persists its flush times only once the coordinators have acked everything it
+//! produced (bounded by `ack_wait`). Persisting earlier would let a leader crash lose the windows
+//! still in its producer's buffer: the new leader would start after them. Persisting after the
+//! acks turns that loss into a re-emit of the same values, which the store overwrites in place.
+//!
+//! On shutdown a leader flushes every window that has ended (timed ones still inside the past
+//! buffer too: nobody is left to emit them), waits for the acks as long as they keep arriving,
+//! and persists its flush times, so the member that leads next does not emit them again.
+//!
+//! Without an output topic, or with a topic that has no consumer service yet, nothing is
+//! flushed: the windows stay in the engine until there is somewhere to send them.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use m3_cluster::keys;
+use m3_cluster::{ElectionState, KvStore};
+use m3_msg::Producer;
+use m3_proto::Message;
+use m3_proto::flushpb::{ShardFlushTimes, ShardSetFlushTimes};
+use m3_proto::metricpb::{AggregatedMetric, TimedMetric, TimedMetricWithStoragePolicy};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::AggregatorClient;
+use crate::instance::{InstanceOptions, SharedElection};
+use crate::rawtcp::unix_nanos_now;
+use crate::topic_producer::SharedProducer;
+use crate::{AggregatedOutput, Aggregator, FlushMode};
+
+/// The election state and leadership eligibility, for `/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushStatus {
+    /// Leader, follower…
+    pub election_state: ElectionState,
+    /// Whether this follower holds every window the leader has not flushed.
+    pub can_lead: bool,
+}
+
+/// A resign request to the flush manager, answered when done.
+pub(crate) type ResignRequest = oneshot::Sender<anyhow::Result<()>>;
+
+/// What wakes the flush manager up.
+struct Tick {
+    /// The instance is shutting down: this is the final flush.
+    stopping: bool,
+    /// A resign request to answer after this flush.
+    resign: Option<ResignRequest>,
+}
+
+/// The flush manager's parts and the state it keeps between flushes.
+pub(crate) struct FlushManager {
+    pub(crate) aggregator: Arc<Aggregator>,
+    pub(crate) kv: Arc<dyn KvStore>,
+    pub(crate) options: InstanceOptions,
+    pub(crate) election: SharedElection,
+    pub(crate) producer: SharedProducer,
+    pub(crate) client: Arc<AggregatorClient>,
+    pub(crate) status: watch::Sender<FlushStatus>,
+    pub(crate) resign_requests: mpsc::Receiver<ResignRequest>,
+    pub(crate) cancel: CancellationToken,
+}
+
+/// What the loop remembers from one flush to the next.
+struct LoopState {
+    /// Reused output buffer.
+    outputs: Vec<AggregatedOutput>,
+    /// Whether the previous flush was a leader's.
+    was_leader: bool,
+    /// The last flush times read, used while the KV cannot be read.
+    persisted: ShardSetFlushTimes,
+    /// The shard set `persisted` belongs to.
+    persisted_for: Option<u32>,
+}
+
+impl FlushManager {
+    /// Flushes every `checkEvery` until cancelled, then flushes a last time and closes the
+    /// producer.
+    pub(crate) async fn run(mut self) {
+        let mut state = LoopState {
+            outputs: Vec::new(),
+            was_leader: false,
+            persisted: ShardSetFlushTimes::default(),
+            persisted_for: None,
+        };
+        loop {
+            let tick = self.next_tick().await;
+            let current = self
+                .election
+                .lock()
+                .as_ref()
+                .map(|(id, e)| (*id, *e.state().borrow()));
+            match current {
+                None => {
+                    let _ = self.status.send(FlushStatus {
+                        election_state: ElectionState::Unknown,
+                        can_lead: false,
+                    });
+                    if let Some(reply) = tick.resign {
+                        let _ =
+                            reply.send(Err(anyhow::anyhow!("this instance is in no shard set")));
+                    }
+                }
+                Some((shard_set, election_state)) => {
+                    let flushed = self
+                        .flush(&mut state, shard_set, election_state, tick.stopping)
+                        .await;
+                    match tick.resign {
+                        Some(reply) if flushed => self.resign(reply).await,
+                        Some(reply) => {
+                            let _ = reply
+                                .send(Err(anyhow::anyhow!("the output topic does not exist yet")));
+                        }
+                        None => {}
+                    }
+                }
+            }
+            if tick.stopping {
+                break;
+            }
+        }
+        self.close_producer().await;
+    }
+
+    /// Waits for the next check, a resign request or the shutdown.
+    async fn next_tick(&mut self) -> Tick {
+        tokio::select! {
+            () = tokio::time::sleep(self.options.check_every) => Tick { stopping: false, resign: None },
+            () = self.cancel.cancelled() => Tick { stopping: true, resign: None },
+            request = self.resign_requests.recv() => match request {
+                Some(reply) => Tick { stopping: false, resign: Some(reply) },
+                None => Tick { stopping: true, resign: None },
+            },
+        }
+    }
+
+    /// One flush of `shard_set` in `election_state`; `false` when there is nowhere to send
+    /// the output yet, so nothing was flushed.
+    async fn flush(
+        &self,
+        state: &mut LoopState,
+        shard_set: u32,
+        election_state: ElectionState,
+        stopping: bool,
+    ) -> bool {
+        let flush_key = keys::flush_times_key(&self.options.environment, shard_set);
+        match read_flush_times(&self.kv, &flush_key).await {
+            Some(times) => {
+                state.persisted = times;
+                state.persisted_for = Some(shard_set);
+            }
+            None if state.persisted_for != Some(shard_set) => {
+                state.persisted = ShardSetFlushTimes::default();
+                state.persisted_for = Some(shard_set);
+            }
+            None => {}
+        }
+        let Some(producer) = self
+            .producer
+            .get()
+            .filter(|p| !p.consumer_services().is_empty())
+        else {
+            // No output topic or no consumer service yet: keep every window until there is
+            // somewhere to send it (flushing now would drop the output and move the flush times
+            // past it).
+            let _ = self.status.send(FlushStatus {
+                election_state,
+                can_lead: election_state == ElectionState::Leader
+                    || self.aggregator.can_lead(&state.persisted),
+            });
+            return false;
+        };
+        if election_state == ElectionState::Leader {
+            self.flush_as_leader(state, shard_set, &flush_key, producer, stopping)
+                .await;
+            state.was_leader = true;
+            let _ = self.status.send(FlushStatus {
+                election_state,
+                can_lead: true,
+            });
+        } else {
+            self.aggregator.flush(
+                unix_nanos_now(),
+                FlushMode::Follower {
+                    flushed_times: &state.persisted,
+                },
+                &mut state.outputs,
+            );
+            let passthrough = self.aggregator.take_passthrough();
+            self.aggregator
+                .metrics()
+                .record_passthrough_follower_dropped(passthrough.len() as u64);
+            state.was_leader = false;
+            let _ = self.status.send(FlushStatus {
+                election_state,
+                can_lead: self.aggregator.can_lead(&state.persisted),
+            });
+        }
+        true
+    }
+
+    /// Emits the ended windows, forwards rollup values, and persists the flush times once the
+    /// coordinators have acked everything.
+    async fn flush_as_leader(
+        &self,
+        state: &mut LoopState,
+        shard_set: u32,
+        flush_key: &str,
+        producer: &Producer,
+        stopping: bool,
+    ) {
+        let now = unix_nanos_now();
+        if !state.was_leader {
+            // Taking over: drop what the previous leader already flushed.
+            self.aggregator.flush(
+                now,
+                FlushMode::Follower {
+                    flushed_times: &state.persisted,
+                },
+                &mut state.outputs,
+            );
+            tracing::info!(
+                shard_set,
+                "Became leader; flushing from the persisted flush times."
+            );
+        }
+        let mode = if stopping {
+            FlushMode::LeaderFinal
+        } else {
+            FlushMode::Leader
+        };
+        state.outputs.clear();
+        let result = self.aggregator.flush(now, mode, &mut state.outputs);
+        crate::forward::send(
+            &self.client,
+            self.aggregator.take_forwarded(),
+            self.aggregator.metrics(),
+        );
+        // Passthrough metrics are written by the leader only.
+        state.outputs.extend(self.aggregator.take_passthrough());
+        let refused = produce(producer, state.outputs.drain(..), now);
+        // Flush times move on only once what they cover is acked (see the module doc).
+        let acked = if stopping {
+            producer
+                .flush_while_progressing(self.options.shutdown_ack_timeout)
+                .await
+        } else {
+            producer.flush(self.options.ack_wait).await
+        };
+        if !acked || refused > 0 {
+            tracing::debug!(
+                shard_set,
+                "Output not fully acked yet; flush times persist later."
+            );
+            return;
+        }
+        // Leadership may have moved during the ack wait: only a current leader persists.
+        let still_leader = self.election.lock().as_ref().is_some_and(|(id, e)| {
+            *id == shard_set && *e.state().borrow() == ElectionState::Leader
+        });
+        if !still_leader || result.flush_times.by_shard.is_empty() {
+            return;
+        }
+        let mut merged = read_flush_times(&self.kv, flush_key)
+            .await
+            .unwrap_or_else(|| state.persisted.clone());
+        for (shard, times) in result.flush_times.by_shard {
+            merge_flush_times(merged.by_shard.entry(shard).or_default(), &times);
+        }
+        if let Err(e) = self
+            .kv
+            .set(flush_key, Bytes::from(merged.encode_to_vec()))
+            .await
+        {
+            tracing::error!(error = %e, shard_set, "Persisting flush times failed.");
+        }
+    }
+
+    /// Answers a resign request after this cycle's flush: as a leader, that flush is acked and
+    /// its flush times persisted, so the next leader starts exactly where this one stopped.
+    async fn resign(&self, reply: ResignRequest) {
+        let election = self.election.lock().as_ref().map(|(_, e)| Arc::clone(e));
+        let result = match election {
+            Some(e) => e.resign().await.map_err(anyhow::Error::from),
+            None => Err(anyhow::anyhow!("this instance is in no shard set")),
+        };
+        let _ = reply.send(result);
+    }
+
+    /// Closes the producer, waiting for the acks still outstanding.
+    async fn close_producer(&self) {
+        let Some(producer) = self.producer.get() else {
+            return;
+        };
+        let unacked = producer.close(self.options.shutdown_ack_timeout).await;
+        if unacked > 0 {
+            tracing::warn!(
+                unacked,
+                "Shut down with output not acked by any coordinator."
+            );
+        }
+    }
+}
+
+/// Hands `outputs` to the producer as `AggregatedMetric` messages, each on the shard of its ID.
+/// Returns how many the producer refused.
+fn produce(
+    producer: &Producer,
+    outputs: impl Iterator<Item = AggregatedOutput>,
+    encode_nanos: i64,
+) -> usize {
+    let num_shards = producer.number_of_shards().max(1);
+    let mut refused = 0usize;
+    for output in outputs {
+        let shard = m3_cluster::shard_for(&output.id, num_shards);
+        let message = AggregatedMetric {
+            metric: Some(TimedMetricWithStoragePolicy {
+                timed_metric: Some(TimedMetric {
+                    r#type: output.metric_type.to_proto(),
+                    id: Bytes::from(output.id),
+                    time_nanos: output.time_nanos,
+                    value: output.value,
+                    annotation: Bytes::new(),
+                }),
+                storage_policy: Some(output.storage_policy.to_proto()),
+                routing_policy: None,
+            }),
+            encode_nanos,
+        };
+        if let Err(e) = producer.produce(shard, Bytes::from(message.encode_to_vec())) {
+            refused += 1;
+            tracing::warn!(error = %e, "Output not accepted by the m3msg producer.");
+        }
+    }
+    refused
+}
+
+/// Takes the later of each (category, resolution) flush time, so an older write never moves a
+/// newer one back.
+fn merge_flush_times(into: &mut ShardFlushTimes, from: &ShardFlushTimes) {
+    for (resolution, t) in &from.standard_by_resolution {
+        let slot = into.standard_by_resolution.entry(*resolution).or_insert(*t);
+        *slot = (*slot).max(*t);
+    }
+    for (resolution, t) in &from.timed_by_resolution {
+        let slot = into.timed_by_resolution.entry(*resolution).or_insert(*t);
+        *slot = (*slot).max(*t);
+    }
+}
+
+/// The persisted flush times of a shard set; `None` when the KV cannot be read.
+async fn read_flush_times(kv: &Arc<dyn KvStore>, key: &str) -> Option<ShardSetFlushTimes> {
+    match kv.get(key).await {
+        Ok(Some(v)) => Some(ShardSetFlushTimes::decode(v.value).unwrap_or_else(|e| {
+            tracing::error!(key, error = %e, "Flush times do not decode; treating as none.");
+            ShardSetFlushTimes::default()
+        })),
+        Ok(None) => Some(ShardSetFlushTimes::default()),
+        Err(e) => {
+            tracing::warn!(key, error = %e, "Reading flush times failed.");
+            None
+        }
+    }
+}
