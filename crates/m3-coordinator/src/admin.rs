@@ -359,7 +359,12 @@ fn header_or(headers: &HeaderMap, name: &str, default: &str) -> Result<String, A
                 AdminError::BadRequest(format!("header {name} is not visible ASCII text"))
             })?;
             let v = v.trim();
-            check_length(&format!("header {name}"), v, MAX_HEADER_LENGTH)?;
+            if v.len() > MAX_HEADER_LENGTH {
+                return Err(AdminError::BadRequest(format!(
+                    "header {name} is {} bytes long; at most {MAX_HEADER_LENGTH} are accepted",
+                    v.len()
+                )));
+            }
             Ok(if v.is_empty() { default } else { v }.to_owned())
         }
     }
@@ -702,6 +707,8 @@ fn topic_scope(
 ) -> Result<(TopicStore, String), AdminError> {
     let environment = header_or(headers, ENVIRONMENT_HEADER, DEFAULT_ENVIRONMENT)?;
     let name = header_or(headers, TOPIC_NAME_HEADER, DEFAULT_TOPIC_NAME)?;
+    check_length("environment", &environment, state.limits.max_id_length)?;
+    check_length("topic name", &name, state.limits.max_id_length)?;
     Ok((TopicStore::new(Arc::clone(&state.kv), environment), name))
 }
 
@@ -740,7 +747,7 @@ async fn topic_add(
     let service = req
         .consumer_service
         .ok_or_else(|| AdminError::BadRequest("consumerService is required".into()))?
-        .into_consumer_service();
+        .into_consumer_service(&state.limits)?;
     let updated = store.add_consumer_service(&name, service).await?;
     tracing::info!(topic = %name, version = updated.version, "consumer service added");
     Ok(topic_response(&updated))
@@ -753,11 +760,18 @@ async fn topic_update(
 ) -> Result<Response, AdminError> {
     let (store, name) = topic_scope(&state, &headers)?;
     let req: TopicUpdateRequest = parse(&body, "topic update request")?;
+    if req.consumer_services.len() > state.limits.max_instances {
+        return Err(AdminError::BadRequest(format!(
+            "{} consumer services; at most {} are accepted (limits.placement.maxInstances)",
+            req.consumer_services.len(),
+            state.limits.max_instances
+        )));
+    }
     let services = req
         .consumer_services
         .into_iter()
-        .map(ConsumerServiceRequest::into_consumer_service)
-        .collect();
+        .map(|service| service.into_consumer_service(&state.limits))
+        .collect::<Result<_, _>>()?;
     let updated = store
         .replace_consumer_services(&name, services, i64::from(req.version))
         .await?;
@@ -1033,14 +1047,26 @@ struct ConsumerServiceRequest {
 }
 
 impl ConsumerServiceRequest {
-    fn into_consumer_service(self) -> ConsumerService {
+    /// The consumer service, its service ID's name, environment and zone checked against
+    /// `limits.placement.maxIdLength`.
+    fn into_consumer_service(
+        self,
+        limits: &PlacementLimits,
+    ) -> Result<ConsumerService, AdminError> {
         let sid = self.service_id.unwrap_or_default();
-        ConsumerService {
+        check_length("serviceId.name", &sid.name, limits.max_id_length)?;
+        check_length(
+            "serviceId.environment",
+            &sid.environment,
+            limits.max_id_length,
+        )?;
+        check_length("serviceId.zone", &sid.zone, limits.max_id_length)?;
+        Ok(ConsumerService {
             service_id: ServiceId::new(sid.name, sid.environment, sid.zone),
             consumption_type: self.consumption_type,
             message_ttl_nanos: self.message_ttl_nanos,
             filters: self.filters.map(FiltersRequest::into_proto),
-        }
+        })
     }
 }
 
@@ -1862,6 +1888,55 @@ mod tests {
         server
             .fails(Method::POST, "/api/v1/topic", Some(body), 400)
             .await;
+        let t = server.ok(Method::GET, "/api/v1/topic", None).await;
+        assert_eq!(t["topic"]["consumerServices"], serde_json::json!([]));
+    }
+
+    /// Regression: consumer service IDs in topic bodies had no length limit.
+    #[tokio::test]
+    async fn overlong_consumer_service_ids_are_rejected() {
+        let server = Server::start(DEFAULT_MAX_AGGREGATION_WINDOW).await;
+        server
+            .ok(
+                Method::POST,
+                "/api/v1/topic/init",
+                Some(r#"{"numberOfShards": 64}"#),
+            )
+            .await;
+        let long = "x".repeat(PlacementLimits::default().max_id_length + 1);
+        for (field, service_id) in [
+            ("serviceId.name", format!(r#"{{"name":"{long}"}}"#)),
+            (
+                "serviceId.environment",
+                format!(r#"{{"name":"m3coordinator","environment":"{long}"}}"#),
+            ),
+            (
+                "serviceId.zone",
+                format!(r#"{{"name":"m3coordinator","zone":"{long}"}}"#),
+            ),
+        ] {
+            let service = format!(r#"{{"serviceId":{service_id},"consumptionType":"SHARED"}}"#);
+            let reason = server
+                .fails(
+                    Method::POST,
+                    "/api/v1/topic",
+                    Some(&format!(r#"{{"consumerService":{service}}}"#)),
+                    400,
+                )
+                .await;
+            assert!(reason.contains(field), "{field}: {reason}");
+            let reason = server
+                .fails(
+                    Method::PUT,
+                    "/api/v1/topic",
+                    Some(&format!(
+                        r#"{{"consumerServices":[{service}],"version":1}}"#
+                    )),
+                    400,
+                )
+                .await;
+            assert!(reason.contains(field), "{field}: {reason}");
+        }
         let t = server.ok(Method::GET, "/api/v1/topic", None).await;
         assert_eq!(t["topic"]["consumerServices"], serde_json::json!([]));
     }

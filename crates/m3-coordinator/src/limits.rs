@@ -59,8 +59,8 @@ pub struct LimitsConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpLimitsConfig {
-    /// Connections served at once; beyond, a connection gets 503 and is closed (default 4096,
-    /// lowered at start to fit the process's file-descriptor limit).
+    /// Connections served at once; beyond, a connection gets 503 and is closed (default 4096;
+    /// the process raises its soft file-descriptor limit to the hard limit at start).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// A request's headers must arrive within this long; also the keep-alive idle timeout
