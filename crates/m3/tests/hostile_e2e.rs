@@ -464,3 +464,72 @@ fn a_data_dir_that_is_a_file_is_named_as_such() {
         "{stderr}"
     );
 }
+
+/// A remote-write request is admitted (`limits.remoteWrite.maxConcurrentRequests`) before its
+/// body is read: a sender that trickles its body holds the only slot, the next request gets 429
+/// with Retry-After at once, the trickler gets 408 after `bodyTimeout`, and the slot is free
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_body_holds_one_slot_others_get_429_then_it_gets_408() {
+    let config = CONFIG.replace(
+        "  writeBuffers:",
+        "  limits:\n    remoteWrite:\n      maxConcurrentRequests: 1\n      bodyTimeout: 2s\n  writeBuffers:",
+    );
+    let local = LocalProcess::start_with("write-admission", &config, &[]).await;
+    let address = local.http().trim_start_matches("http://").to_string();
+    let mut trickler = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connects");
+    trickler
+        .write_all(
+            format!(
+                "POST /api/v1/prom/remote/write HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/x-protobuf\r\nContent-Encoding: snappy\r\nContent-Length: 100\r\n\r\nabc"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("writes");
+    let request = WriteRequest {
+        timeseries: vec![series(&[("__name__", "admitted")], &[(now_ms(), 1.0)])],
+    };
+    // The trickler's request takes the slot as soon as the coordinator reads its headers.
+    let mut throttled = None;
+    for _ in 0..50 {
+        let (status, text) = local.remote_write(&request.encode_to_vec()).await;
+        if status == 429 {
+            throttled = Some(text);
+            break;
+        }
+        assert_eq!(status, 200, "{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = throttled.expect("a second request while the slot is held gets 429");
+    assert!(text.contains("in flight"), "{text}");
+
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(30), trickler.read(&mut answer))
+        .await
+        .expect("the trickler is answered once its body times out")
+        .expect("reads");
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("limits.remoteWrite.bodyTimeout"),
+        "{answer}"
+    );
+
+    let (status, text) = local.remote_write(&request.encode_to_vec()).await;
+    assert_eq!(status, 200, "the slot is free again: {text}");
+    let metrics = reqwest::get(format!("{}/metrics", local.http()))
+        .await
+        .expect("answers")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("reason=\"body_timeout\"} 1")
+            && metrics.contains("write_requests_throttled_total 1"),
+        "the 429 and the 408 are counted:\n{metrics}"
+    );
+    local.stop().await;
+}
