@@ -207,6 +207,20 @@ async fn idle_connections_neither_exhaust_descriptors_nor_stay_forever() {
     );
     // Started with the soft descriptor limit most services get: 1024.
     let local = LocalProcess::start_with("idle", &config, &["prlimit", "--nofile=1024:"]).await;
+    // The process raised its soft limit to the hard one at start.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", local.pid()))
+        .expect("the process's limits are readable");
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .expect("an open files line")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        open_files.get(3),
+        open_files.get(4),
+        "soft open-files limit raised to the hard one: {open_files:?}"
+    );
     let address = local.http().trim_start_matches("http://").to_string();
     let mut idle = Vec::new();
     for _ in 0..1100 {
