@@ -741,6 +741,47 @@ mod tests {
         )
     }
 
+    /// Queries over `maxConcurrency` wait in line rather than being refused, and one that
+    /// cannot start within `limits.query.timeout` gets Prometheus's 503 `timeout`.
+    #[tokio::test]
+    async fn queries_wait_for_a_slot_within_their_timeout() {
+        let dir = TempDir::new();
+        let mut state = fixture(&dir);
+        state.limits = QueryLimits {
+            timeout: Duration::from_millis(300),
+            max_concurrency: 1,
+            ..QueryLimits::default()
+        };
+        state.slots = Arc::new(tokio::sync::Semaphore::new(1));
+        let slots = Arc::clone(&state.slots);
+        let app = router(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let api = Api {
+            base: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            _dir: TempDir::new(),
+        };
+        let query = [("query", "cpu"), ("time", "1020")];
+
+        // The only slot is busy for longer than the timeout: the query times out.
+        let busy = Arc::clone(&slots).acquire_owned().await.unwrap();
+        let (status, body) = api.get("/api/v1/query", &query, &[]).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["errorType"], "timeout", "{body}");
+
+        // Busy for less than the timeout: the query waits its turn and is answered.
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(busy);
+        });
+        let (status, body) = api.get("/api/v1/query", &query, &[]).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["result"][0]["value"][1], "3", "{body}");
+        release.await.unwrap();
+    }
+
     /// The router served on a free local port.
     struct Api {
         base: String,

@@ -339,7 +339,9 @@ async fn a_full_disk_is_reported_and_writes_resume_when_space_returns() {
     let parts: Vec<&str> = refused.trim().split(": ").collect();
     for (i, part) in parts.iter().enumerate() {
         assert!(
-            !parts[i + 1..].iter().any(|later| later.contains(part) || part.contains(later)),
+            !parts[i + 1..]
+                .iter()
+                .any(|later| later.contains(part) || part.contains(later)),
             "the reason repeats {part:?}: {refused}"
         );
     }
@@ -554,6 +556,74 @@ async fn a_trickled_body_holds_one_slot_others_get_429_then_it_gets_408() {
         metrics.contains("reason=\"body_timeout\"} 1")
             && metrics.contains("write_requests_throttled_total 1"),
         "the 429 and the 408 are counted:\n{metrics}"
+    );
+    local.stop().await;
+}
+
+/// Regression: a request whose frames towards one aggregator exceeded the batch cap
+/// (`maxBatchSize`) was stored raw whole but aggregated only up to the cap, then answered 400,
+/// which Prometheus does not retry. Now it is split and aggregated whole: after the final flush
+/// at shutdown every series has its window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_the_batch_cap_is_split_and_aggregated_whole() {
+    const SERIES: usize = 1000;
+    let config = CONFIG.replace(
+        "        queueDropType: oldest",
+        "        queueDropType: oldest\n        maxBatchSize: 4096",
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let local = LocalProcess::start_in_with(dir.path(), &config).await;
+    // A window that has ended but is inside the 30s past buffer: the final flush emits it.
+    let window_start = (now_ms() / 10_000) * 10_000 - 10_000;
+    let names: Vec<String> = (0..SERIES).map(|i| format!("s{i:04}")).collect();
+    let request = WriteRequest {
+        timeseries: names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                series(
+                    &[("__name__", "split"), ("i", name.as_str())],
+                    &[(window_start + 5_000, i as f64)],
+                )
+            })
+            .collect(),
+    };
+    let (status, text) = local.remote_write(&request.encode_to_vec()).await;
+    assert_eq!(status, 200, "{text}");
+    local.stop().await;
+
+    let local = LocalProcess::start_in_with(dir.path(), &config).await;
+    let result = local
+        .query(
+            "split[5m]",
+            &[
+                ("M3-Metrics-Type", "aggregated"),
+                ("M3-Storage-Policy", "10s:2d"),
+            ],
+        )
+        .await;
+    let mut windows = 0;
+    let mut wrong = Vec::new();
+    for series in result["data"]["result"].as_array().into_iter().flatten() {
+        let i: usize = series["metric"]["i"]
+            .as_str()
+            .and_then(|name| name.trim_start_matches('s').parse().ok())
+            .unwrap_or(usize::MAX);
+        for point in series["values"].as_array().into_iter().flatten() {
+            windows += 1;
+            let t = (point[0].as_f64().unwrap_or(0.0) * 1000.0).round() as i64;
+            let value: f64 = point[1]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(f64::NAN);
+            if t != window_start + 10_000 || value != i as f64 {
+                wrong.push(format!("s{i:04} @{t}: {value}"));
+            }
+        }
+    }
+    assert!(
+        windows == SERIES && wrong.is_empty(),
+        "{windows} windows stored of {SERIES}; wrong: {wrong:?}"
     );
     local.stop().await;
 }

@@ -102,6 +102,11 @@ impl LocalProcess {
         LocalProcess::launch(dir, CONFIG, &[]).await
     }
 
+    /// As [`LocalProcess::start_in`], with `config`.
+    pub async fn start_in_with(dir: &std::path::Path, config: &str) -> LocalProcess {
+        LocalProcess::launch(dir, config, &[]).await
+    }
+
     async fn launch(dir: &std::path::Path, config_text: &str, launcher: &[&str]) -> LocalProcess {
         let config = dir.join("m3local.yml");
         let data = dir.join("data");
