@@ -115,16 +115,21 @@ impl QueryState {
     /// with.
     async fn engine(&self) -> Result<(tokio::sync::OwnedSemaphorePermit, QueryEngine), ApiError> {
         let deadline = std::time::Instant::now() + self.limits.timeout;
-        let permit =
-            tokio::time::timeout(self.limits.timeout, Arc::clone(&self.slots).acquire_owned())
-                .await
-                .map_err(|_| ApiError::Storage(m3_storage::Error::Timeout))?
-                .map_err(|_| ApiError::Internal("the query API is shutting down".into()))?;
+        let permit = self.slot().await?;
         let engine = QueryEngine::new(self.store.clone()).with_limits(m3_storage::QueryLimits {
             max_samples: self.limits.max_samples,
             deadline: Some(deadline),
         });
         Ok((permit, engine))
+    }
+
+    /// Waits for an evaluation slot, within the query timeout. Metadata requests (`/labels`,
+    /// `/label/…/values`, `/series`) take one too: they read the index as queries do.
+    async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        tokio::time::timeout(self.limits.timeout, Arc::clone(&self.slots).acquire_owned())
+            .await
+            .map_err(|_| ApiError::Storage(m3_storage::Error::Timeout))?
+            .map_err(|_| ApiError::Internal("the query API is shutting down".into()))
     }
 }
 
@@ -205,6 +210,7 @@ async fn label_names(
     let namespace = choose_namespace(&state.namespaces, &headers)?.name.clone();
     let (start, end) = params.time_range()?;
     let selectors = params.selectors()?;
+    let _slot = state.slot().await?;
     let store = state.store.clone();
     let names = blocking(move || {
         if selectors.is_empty() {
@@ -230,6 +236,7 @@ async fn label_values(
     let namespace = choose_namespace(&state.namespaces, &headers)?.name.clone();
     let (start, end) = params.time_range()?;
     let selectors = params.selectors()?;
+    let _slot = state.slot().await?;
     let store = state.store.clone();
     let values = blocking(move || {
         if selectors.is_empty() {
@@ -256,6 +263,7 @@ async fn series(
     if selectors.is_empty() {
         return Err(ApiError::BadData("no match[] parameter provided".into()));
     }
+    let _slot = state.slot().await?;
     let store = state.store.clone();
     let found = blocking(move || {
         let mut all = BTreeSet::new();
@@ -768,6 +776,10 @@ mod tests {
         // The only slot is busy for longer than the timeout: the query times out.
         let busy = Arc::clone(&slots).acquire_owned().await.unwrap();
         let (status, body) = api.get("/api/v1/query", &query, &[]).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["errorType"], "timeout", "{body}");
+        // Metadata requests read the index as queries do and take a slot too.
+        let (status, body) = api.get("/api/v1/labels", &[], &[]).await;
         assert_eq!(status, 503, "{body}");
         assert_eq!(body["errorType"], "timeout", "{body}");
 
