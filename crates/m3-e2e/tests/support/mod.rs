@@ -1103,12 +1103,59 @@ pub struct WindowReport {
     pub differing: Vec<String>,
     /// Windows stored by more than one coordinator.
     pub duplicated: usize,
+    /// Windows whose stored value changed between two comparisons: written again with another
+    /// value (a partial window corrected later, or one emitted twice), which the store's
+    /// overwrite would otherwise hide.
+    pub corrected: Vec<String>,
 }
 
 impl WindowReport {
-    /// Whether every expected window is stored exactly, and nothing else is.
+    /// Whether every expected window is stored exactly, once, never with another value before,
+    /// and nothing else is stored.
     pub fn is_exact(&self) -> bool {
-        self.missing.is_empty() && self.differing.is_empty() && self.stored == self.expected
+        self.missing.is_empty()
+            && self.differing.is_empty()
+            && self.corrected.is_empty()
+            && self.duplicated == 0
+            && self.stored == self.expected
+    }
+}
+
+/// The first value seen of every stored window across repeated comparisons, so a window that
+/// is stored, then overwritten with another value, is reported even when the final value is
+/// right.
+#[derive(Debug, Default)]
+pub struct WindowHistory {
+    first_seen: Mutex<BTreeMap<String, f64>>,
+    corrected: Mutex<Vec<String>>,
+}
+
+impl WindowHistory {
+    /// Records `value` for `window`; a value different from the first one seen is kept as a
+    /// correction.
+    fn observe(&self, window: String, value: f64) {
+        let mut first_seen = self.first_seen.lock().unwrap_or_else(|e| e.into_inner());
+        match first_seen.get(&window) {
+            Some(first) if first.to_bits() != value.to_bits() => {
+                self.corrected
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(format!("{window}: first stored {first}, later {value}"));
+                first_seen.insert(window, value);
+            }
+            Some(_) => {}
+            None => {
+                first_seen.insert(window, value);
+            }
+        }
+    }
+
+    /// Every correction seen so far.
+    fn corrections(&self) -> Vec<String> {
+        self.corrected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -1123,7 +1170,16 @@ impl std::fmt::Display for WindowReport {
             self.differing.len(),
             self.duplicated
         )?;
-        for line in self.missing.iter().chain(&self.differing).take(40) {
+        if !self.corrected.is_empty() {
+            write!(f, ", corrected later {}", self.corrected.len())?;
+        }
+        for line in self
+            .missing
+            .iter()
+            .chain(&self.differing)
+            .chain(&self.corrected)
+            .take(40)
+        {
             write!(f, "\n  {line}")?;
         }
         Ok(())
@@ -1131,13 +1187,15 @@ impl std::fmt::Display for WindowReport {
 }
 
 /// Compares the Sum (`name:sum`) and Count (`name:count`) series stored in the 10s namespace with
-/// `sent`, for windows ending in `(from, to]`.
+/// `sent`, for windows ending in `(from, to]`. Every stored value is also recorded in `history`,
+/// and the report lists each window whose value ever changed between comparisons.
 pub async fn compare_sum_count(
     cluster: &Cluster,
     sent: &SentWindows,
     name: &str,
     from: i64,
     to: i64,
+    history: &WindowHistory,
 ) -> WindowReport {
     let mut report = WindowReport::default();
     for (output, pick) in [
@@ -1152,6 +1210,7 @@ pub async fn compare_sum_count(
         for (labels, _, points) in stored {
             let series = labels.get("series").cloned().unwrap_or_default();
             for (t, v) in points {
+                history.observe(format!("{output}{{series={series}}} @{t}"), v);
                 if t > from && t <= to {
                     got.entry((series.clone(), t)).or_default().push(v);
                 }
@@ -1186,5 +1245,6 @@ pub async fn compare_sum_count(
             ));
         }
     }
+    report.corrected = history.corrections();
     report
 }
