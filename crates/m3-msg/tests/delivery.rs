@@ -9,12 +9,16 @@ use bytes::Bytes;
 use m3_msg::*;
 use m3_proto::msgpb;
 use parking_lot::Mutex;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 const SHARDS: u32 = 8;
 const WAIT: Duration = Duration::from_secs(5);
+/// A message retry backoff no test lives to see: under it a second copy of a message can only
+/// come from a bug, never from an ack that was slow on a loaded machine.
+const NO_RETRY: Duration = Duration::from_secs(60);
 
 /// Short timings so tests finish quickly; retries are slow enough not to fire before acks
 /// unless a test wants them.
@@ -57,12 +61,21 @@ struct TestConsumer {
     seen: Arc<Mutex<Vec<Seen>>>,
     metrics: ConsumerMetrics,
     shutdown: CancellationToken,
+    server: JoinHandle<()>,
 }
 
 impl TestConsumer {
     /// Starts a server whose handler records every delivery and applies `decide`.
     async fn start(decide: impl Fn(&Seen) -> Decision + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve_on(listen_any().await, move |s, msg| msg.finish(decide(s)))
+    }
+
+    /// Starts a server on `listener` whose handler records every delivery, then hands the
+    /// message to `handle`.
+    fn serve_on(
+        listener: TcpListener,
+        handle: impl Fn(&Seen, ConsumedMessage) + Send + Sync + 'static,
+    ) -> Self {
         let endpoint = listener.local_addr().unwrap().to_string();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = Arc::clone(&seen);
@@ -71,24 +84,35 @@ impl TestConsumer {
                 meta: msg.metadata(),
                 value: msg.value().clone(),
             };
-            let decision = decide(&s);
-            record.lock().push(s);
-            msg.finish(decision);
+            record.lock().push(s.clone());
+            handle(&s, msg);
         };
         let server = ConsumerServer::new(consumer_config(), Arc::new(handler));
         let metrics = server.metrics().clone();
         let shutdown = CancellationToken::new();
-        tokio::spawn(server.serve(listener, shutdown.clone()));
+        let server = tokio::spawn(server.serve(listener, shutdown.clone()));
         Self {
             endpoint,
             seen,
             metrics,
             shutdown,
+            server,
         }
     }
 
     async fn acking() -> Self {
         Self::start(|_| Decision::Ack).await
+    }
+
+    fn acking_on(listener: TcpListener) -> Self {
+        Self::serve_on(listener, |_, msg| msg.ack())
+    }
+
+    /// Stops the server and returns once every connection it had is closed and its listener
+    /// is gone, so the address is free and the producer sees its connection break.
+    async fn kill(&mut self) {
+        self.shutdown.cancel();
+        (&mut self.server).await.unwrap();
     }
 
     fn instance(&self, id: &str, shards: Option<Vec<u32>>) -> ConsumerInstance {
@@ -118,6 +142,10 @@ fn spec(name: &str, consumption: ConsumptionType, ttl: Option<Duration>) -> Cons
     }
 }
 
+async fn listen_any() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.unwrap()
+}
+
 fn instances(list: Vec<ConsumerInstance>) -> ConsumerInstances {
     ConsumerInstances { instances: list }
 }
@@ -143,11 +171,32 @@ fn counts(values: impl IntoIterator<Item = Bytes>) -> HashMap<Bytes, usize> {
     counts
 }
 
+fn payloads(n: usize) -> HashSet<Bytes> {
+    (0..n).map(payload).collect()
+}
+
+/// Messages dropped for any reason.
+fn dropped_total(m: &ProducerMetrics) -> u64 {
+    [
+        DropReason::BufferFull,
+        DropReason::TtlExpired,
+        DropReason::NoConsumerInstance,
+        DropReason::NoConsumerService,
+        DropReason::EncodeError,
+        DropReason::Closed,
+    ]
+    .into_iter()
+    .map(|reason| m.dropped(reason))
+    .sum()
+}
+
+/// SHARED with two connected owners of every shard: each message is delivered exactly once,
+/// both instances get some, and per shard queue the message IDs increase.
 #[tokio::test]
 async fn shared_delivers_each_message_once_across_instances() {
     let a = TestConsumer::acking().await;
     let b = TestConsumer::acking().await;
-    let producer = Producer::new(producer_config(Duration::from_secs(5)), SHARDS);
+    let producer = Producer::new(producer_config(NO_RETRY), SHARDS);
     let (_tx, rx) = watch::channel(instances(vec![
         a.instance("a", None),
         b.instance("b", None),
@@ -182,6 +231,7 @@ async fn shared_delivers_each_message_once_across_instances() {
     let m = producer.metrics();
     assert_eq!(m.produced(), N as u64);
     assert_eq!(m.acks_received(), N as u64);
+    assert_eq!(m.sent(), N as u64);
     assert_eq!(m.retries(), 0);
     assert_eq!(producer.buffered_bytes(), 0);
     assert_eq!(a.metrics.acks_sent() + b.metrics.acks_sent(), N as u64);
@@ -200,6 +250,7 @@ async fn shared_delivers_each_message_once_across_instances() {
     assert_eq!(producer.close(Duration::from_secs(1)).await, 0);
 }
 
+/// SHARED sends each message only to an instance that owns its shard.
 #[tokio::test]
 async fn shared_routes_by_shard_ownership() {
     let a = TestConsumer::acking().await;
@@ -221,11 +272,13 @@ async fn shared_routes_by_shard_ownership() {
     assert_eq!(a.values().len() + b.values().len(), 80);
 }
 
+/// REPLICATED delivers every message exactly once to every owner of its shard, each owner in
+/// its own replica slot of the ack key.
 #[tokio::test]
 async fn replicated_delivers_every_message_to_every_owner() {
     let a = TestConsumer::acking().await;
     let b = TestConsumer::acking().await;
-    let producer = Producer::new(producer_config(Duration::from_secs(5)), SHARDS);
+    let producer = Producer::new(producer_config(NO_RETRY), SHARDS);
     let all: Vec<u32> = (0..SHARDS).collect();
     let (_tx, rx) = watch::channel(instances(vec![
         a.instance("a", Some(all.clone())),
@@ -249,6 +302,7 @@ async fn replicated_delivers_every_message_to_every_owner() {
         assert!(got.values().all(|&n| n == 1));
     }
     assert_eq!(producer.metrics().acks_received(), 2 * N as u64);
+    assert_eq!(producer.metrics().retries(), 0);
     // Ack keys are replica × shards + shard, one replica slot per instance.
     let slots = |c: &TestConsumer| -> HashSet<u64> {
         c.seen
@@ -263,6 +317,7 @@ async fn replicated_delivers_every_message_to_every_owner() {
     assert_ne!(sa, sb);
 }
 
+/// A message the consumer declines is delivered again after the retry backoff until acked.
 #[tokio::test]
 async fn no_ack_is_redelivered_until_acked() {
     let first_seen = Arc::new(Mutex::new(HashSet::new()));
@@ -291,6 +346,7 @@ async fn no_ack_is_redelivered_until_acked() {
     assert_eq!(producer.metrics().acks_received(), 10);
 }
 
+/// A `handler_fn` handler runs each message on its own task and acks from there.
 #[tokio::test]
 async fn async_handler_acks_off_the_read_loop() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -391,18 +447,24 @@ async fn waiting_while_progressing_outlasts_a_slow_steady_consumer() {
     shutdown.cancel();
 }
 
-/// An address nothing listens on.
-async fn dead_endpoint() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap().to_string()
+/// An address nothing listens on. Keep the socket while the address is in use: it holds the
+/// port (bound, never listening), so a listener of a test running alongside cannot take it.
+fn dead_endpoint() -> (TcpSocket, String) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let endpoint = socket.local_addr().unwrap().to_string();
+    (socket, endpoint)
 }
 
+/// With the only instance unreachable, every message is dropped as `ttl_expired` once its
+/// TTL passes.
 #[tokio::test]
 async fn ttl_expiry_is_counted_when_no_consumer_is_reachable() {
     let producer = Producer::new(producer_config(Duration::from_millis(20)), SHARDS);
+    let (_dead, endpoint) = dead_endpoint();
     let (_tx, rx) = watch::channel(instances(vec![ConsumerInstance {
         id: "gone".into(),
-        endpoint: dead_endpoint().await,
+        endpoint,
         shards: None,
     }]));
     producer
@@ -426,6 +488,8 @@ async fn ttl_expiry_is_counted_when_no_consumer_is_reachable() {
     assert!(m.connection_errors() > 0);
 }
 
+/// A full buffer drops its oldest messages (counted `buffer_full`); an instance that appears
+/// later receives exactly the messages still buffered.
 #[tokio::test]
 async fn drop_oldest_when_full_then_late_instance_gets_the_rest() {
     let mut config = producer_config(Duration::from_secs(5));
@@ -454,6 +518,8 @@ async fn drop_oldest_when_full_then_late_instance_gets_the_rest() {
     assert_eq!(got, vec![value(7), value(8), value(9)]);
 }
 
+/// Every refused `produce` hands the value back and counts the reason; `close` drops and
+/// counts what is left, then refuses messages and new services.
 #[tokio::test]
 async fn return_error_strategy_hands_back_the_value() {
     let mut config = producer_config(Duration::from_secs(5));
@@ -505,6 +571,7 @@ async fn return_error_strategy_hands_back_the_value() {
     );
 }
 
+/// A message produced with no consumer service is accepted and counted as dropped.
 #[tokio::test]
 async fn producing_without_services_is_counted() {
     let producer = Producer::new(ProducerConfig::default(), SHARDS);
@@ -513,6 +580,8 @@ async fn producing_without_services_is_counted() {
     assert_eq!(producer.buffered_messages(), 0);
 }
 
+/// An instance added by a topology update receives the shards it now owns, and the old owner
+/// stops receiving them.
 #[tokio::test]
 async fn instance_added_at_runtime_starts_receiving() {
     let a = TestConsumer::acking().await;
@@ -541,10 +610,10 @@ async fn instance_added_at_runtime_starts_receiving() {
     assert_eq!(a.values(), vec![payload(0), payload(2)]);
 }
 
+/// A removed instance's un-acked message goes to the instance that replaces it at once,
+/// without waiting out the (long) retry backoff.
 #[tokio::test]
 async fn removed_instance_unacked_messages_move_to_another_owner() {
-    // `a` never acks; once it is replaced by `b`, its un-acked message goes to `b` without
-    // waiting out the (long) retry backoff.
     let a = TestConsumer::start(|_| Decision::NoAck).await;
     let b = TestConsumer::acking().await;
     let producer = Producer::new(producer_config(Duration::from_secs(30)), SHARDS);
@@ -556,19 +625,25 @@ async fn removed_instance_unacked_messages_move_to_another_owner() {
     eventually("a got the message", || a.values().len() == 1).await;
     tx.send(instances(vec![b.instance("b", None)])).unwrap();
     assert!(producer.flush(Duration::from_secs(3)).await);
+    assert_eq!(a.values(), vec![payload(0)]);
     assert_eq!(b.values(), vec![payload(0)]);
-    assert_eq!(producer.metrics().retries(), 1);
+    // Exact: with a 30 s backoff no retry is timer-driven, so the one retry is the move to b.
+    let m = producer.metrics();
+    assert_eq!((m.sent(), m.retries(), m.acks_received()), (2, 1, 1));
 }
 
+/// A REPLICATED replica whose instance leaves with no replacement has its copies dropped as
+/// `no_consumer_instance`, releasing messages the other replica already acked.
 #[tokio::test]
 async fn replicated_replica_lost_without_replacement_is_counted() {
     let a = TestConsumer::acking().await;
     let producer = Producer::new(producer_config(Duration::from_secs(30)), SHARDS);
+    let (_dead, endpoint) = dead_endpoint();
     let (tx, rx) = watch::channel(instances(vec![
         a.instance("a", None),
         ConsumerInstance {
             id: "dead".into(),
-            endpoint: dead_endpoint().await,
+            endpoint,
             shards: None,
         },
     ]));
@@ -586,6 +661,8 @@ async fn replicated_replica_lost_without_replacement_is_counted() {
     );
 }
 
+/// Names are unique; removing a service drops its outstanding messages as
+/// `no_consumer_service`.
 #[tokio::test]
 async fn removing_a_service_counts_its_outstanding_messages() {
     let producer = Producer::new(producer_config(Duration::from_secs(5)), SHARDS);
@@ -606,6 +683,7 @@ async fn removing_a_service_counts_its_outstanding_messages() {
     assert!(producer.consumer_services().is_empty());
 }
 
+/// The public types can be shared across tasks and threads.
 #[test]
 fn public_types_are_send_and_sync() {
     fn check<T: Send + Sync>() {}
@@ -617,9 +695,10 @@ fn public_types_are_send_and_sync() {
     check::<ConsumerMetrics>();
 }
 
+/// With no instance owning any shard, a message is retried until M3's recommended 5m TTL
+/// and not a moment earlier (on paused time).
 #[tokio::test(start_paused = true)]
 async fn ttl_of_five_minutes_expires_with_paused_time() {
-    // No instance owns any shard: the message is retried until M3's recommended 5m TTL.
     let producer = Producer::new(ProducerConfig::default(), SHARDS);
     let (_tx, rx) = watch::channel(ConsumerInstances::default());
     producer
@@ -640,59 +719,48 @@ async fn ttl_of_five_minutes_expires_with_paused_time() {
     assert_eq!(producer.metrics().dropped(DropReason::TtlExpired), 1);
 }
 
+/// When its consumer goes away and comes back on the same address, the producer notices the
+/// broken connection, reconnects, and delivers a message produced while the consumer was down.
 #[tokio::test]
 async fn producer_reconnects_after_consumer_restart() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(AtomicUsize::new(0));
-    let start_server = |listener: TcpListener| {
-        let seen = Arc::clone(&seen);
-        let shutdown = CancellationToken::new();
-        let handler = move |msg: ConsumedMessage| {
-            seen.fetch_add(1, Ordering::SeqCst);
-            msg.ack();
-        };
-        let task = tokio::spawn(serve(
-            listener,
-            Arc::new(handler),
-            consumer_config(),
-            shutdown.clone(),
-        ));
-        (shutdown, task)
-    };
-    let (shutdown, task) = start_server(listener);
+    let mut first = TestConsumer::acking_on(listen_any().await);
+    let addr = first.endpoint.clone();
     let producer = Producer::new(producer_config(Duration::from_millis(100)), SHARDS);
-    let (_tx, rx) = watch::channel(instances(vec![ConsumerInstance {
-        id: "c".into(),
-        endpoint: addr.to_string(),
-        shards: None,
-    }]));
+    let (_tx, rx) = watch::channel(instances(vec![first.instance("c", None)]));
     producer
         .add_consumer_service(spec("coord", ConsumptionType::Shared, None), rx)
         .unwrap();
     producer.produce(0, payload(0)).unwrap();
     assert!(producer.flush(WAIT).await);
 
-    shutdown.cancel();
-    task.await.unwrap();
+    first.kill().await;
     producer.produce(1, payload(1)).unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let (shutdown, _task) = start_server(TcpListener::bind(addr).await.unwrap());
+    // Restart only once the producer has seen the connection break, so the reconnect is
+    // really exercised whatever the machine's load.
+    eventually("producer saw the connection break", || {
+        producer.metrics().connection_errors() > 0
+    })
+    .await;
+    let second = TestConsumer::acking_on(TcpListener::bind(addr.as_str()).await.unwrap());
     assert!(producer.flush(WAIT).await);
-    assert!(seen.load(Ordering::SeqCst) >= 2);
+    assert!(!first.values().is_empty());
+    assert!(first.values().iter().all(|v| *v == payload(0)));
+    assert_eq!(
+        counts(second.values()).into_keys().collect::<HashSet<_>>(),
+        HashSet::from([payload(1)])
+    );
     assert_eq!(producer.metrics().acks_received(), 2);
-    assert!(producer.metrics().connection_errors() > 0);
-    shutdown.cancel();
+    assert_eq!(dropped_total(producer.metrics()), 0);
 }
 
+/// REPLICATED with one owner unreachable: the reachable owner gets every message exactly
+/// once, while the unreachable replica's copies stay outstanding: never sent, never sent to
+/// the other owner, never dropped.
 #[tokio::test]
 async fn replicated_with_one_owner_down_delivers_once_to_the_other() {
     let a = TestConsumer::acking().await;
-    let down = {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        l.local_addr().unwrap().to_string()
-    };
-    let producer = Producer::new(producer_config(Duration::from_secs(1)), SHARDS);
+    let (_down, down) = dead_endpoint();
+    let producer = Producer::new(producer_config(NO_RETRY), SHARDS);
     let all: Vec<u32> = (0..SHARDS).collect();
     let (_tx, rx) = watch::channel(instances(vec![
         a.instance("a", Some(all.clone())),
@@ -711,9 +779,115 @@ async fn replicated_with_one_owner_down_delivers_once_to_the_other() {
             .produce((i % SHARDS as usize) as u32, payload(i))
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let m = producer.metrics();
+    eventually("a acked every message", || m.acks_received() >= N as u64).await;
+    // b's copies are looked at every scan interval while its dials keep failing; let a few
+    // more dials fail so that any copy wrongly routed to a would have arrived by now.
+    let errors = m.connection_errors();
+    eventually("three more failed dials to b", || {
+        m.connection_errors() >= errors + 3
+    })
+    .await;
     let got = counts(a.values());
     assert_eq!(got.len(), N);
     let twice = got.values().filter(|&&n| n > 1).count();
     assert_eq!(twice, 0, "{twice} delivered more than once");
+    assert_eq!(m.acks_received(), N as u64);
+    assert_eq!((m.sent(), m.retries()), (N as u64, 0));
+    assert_eq!(producer.buffered_messages(), N, "b's copies are still owed");
+    assert_eq!(dropped_total(m), 0);
+}
+
+/// A consumer that takes messages and dies before acking any of them loses none: once a new
+/// consumer is up on the same address, the producer delivers every message to it. Acks the
+/// dead consumer makes after its connection closed never reach the producer.
+#[tokio::test]
+async fn unacked_messages_are_redelivered_when_the_consumer_dies() {
+    // The first consumer holds every message without deciding, as if still processing it.
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let hold = Arc::clone(&held);
+    let mut first = TestConsumer::serve_on(listen_any().await, move |_, msg| {
+        hold.lock().push(msg);
+    });
+    let addr = first.endpoint.clone();
+    let producer = Producer::new(producer_config(Duration::from_millis(100)), SHARDS);
+    let (_tx, rx) = watch::channel(instances(vec![first.instance("c", None)]));
+    producer
+        .add_consumer_service(spec("coord", ConsumptionType::Shared, None), rx)
+        .unwrap();
+    const N: usize = 20;
+    for i in 0..N {
+        producer
+            .produce((i % SHARDS as usize) as u32, payload(i))
+            .unwrap();
+    }
+    eventually("the first consumer saw every message", || {
+        counts(first.values()).len() == N
+    })
+    .await;
+
+    first.kill().await;
+    let m = producer.metrics();
+    eventually("producer saw the connection break", || {
+        m.connection_errors() > 0
+    })
+    .await;
+    assert_eq!(producer.buffered_messages(), N);
+    let late: Vec<ConsumedMessage> = std::mem::take(&mut *held.lock());
+    let late_count = late.len() as u64;
+    late.into_iter().for_each(ConsumedMessage::ack);
+    assert_eq!(first.metrics.acks_lost(), late_count);
+    assert_eq!(first.metrics.acks_sent(), 0);
+
+    let second = TestConsumer::acking_on(TcpListener::bind(addr.as_str()).await.unwrap());
+    assert!(producer.flush(WAIT).await, "buffer did not drain");
+    assert_eq!(
+        counts(second.values()).into_keys().collect::<HashSet<_>>(),
+        payloads(N)
+    );
+    assert_eq!(m.acks_received(), N as u64);
+    // Every first copy went unanswered, so every message was sent at least once more.
+    assert!(m.retries() >= N as u64, "retries {}", m.retries());
+    assert_eq!(dropped_total(m), 0);
+    assert_eq!(producer.buffered_bytes(), 0);
+}
+
+/// A consumer that stays connected but declines every message does not keep it forever:
+/// each message is dropped as `ttl_expired` once its TTL passes, without any ack.
+#[tokio::test]
+async fn ttl_expires_while_connected_and_nacking() {
+    let c = TestConsumer::start(|_| Decision::NoAck).await;
+    let producer = Producer::new(producer_config(Duration::from_millis(20)), SHARDS);
+    let (_tx, rx) = watch::channel(instances(vec![c.instance("c", None)]));
+    producer
+        .add_consumer_service(
+            spec(
+                "coord",
+                ConsumptionType::Shared,
+                Some(Duration::from_millis(500)),
+            ),
+            rx,
+        )
+        .unwrap();
+    // Produce once connected, so the TTL is spent on a live connection, not on dialling.
+    eventually("connected", || c.metrics.connections() == 1).await;
+    const N: usize = 5;
+    for i in 0..N {
+        producer.produce(i as u32, payload(i)).unwrap();
+    }
+    assert!(producer.flush(WAIT).await, "buffer did not drain");
+    let m = producer.metrics();
+    assert_eq!(m.dropped(DropReason::TtlExpired), N as u64);
+    assert_eq!(dropped_total(m), N as u64);
+    assert_eq!(m.acks_received(), 0);
+    assert_eq!(producer.buffered_bytes(), 0);
+    // Every message reached the consumer and was declined there; the connection never broke.
+    assert_eq!(
+        counts(c.values()).into_keys().collect::<HashSet<_>>(),
+        payloads(N)
+    );
+    assert_eq!(c.metrics.no_acks(), c.values().len() as u64);
+    assert_eq!(c.metrics.acks_sent(), 0);
+    assert_eq!(m.connection_errors(), 0);
+    assert_eq!(c.metrics.connections(), 1);
 }
