@@ -1,6 +1,5 @@
 //! Shared setup for the benchmarks: realistic tag-encoded IDs and a populated engine.
 
-use std::hash::Hasher;
 use std::sync::Arc;
 
 use m3_aggregator::metadata::build;
@@ -36,16 +35,17 @@ pub fn ids(n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// An engine owning all shards. The shard function is FxHash, standing in for murmur3 (which
-/// the integrator supplies and which costs a few more nanoseconds per ID).
+/// An engine owning all shards, with the default options and the production shard function
+/// (murmur3_32 of the ID modulo the shard count, as the placement assigns them).
 pub fn engine() -> Aggregator {
+    engine_with(AggregatorOptions::default())
+}
+
+/// As [`engine`], with `options`.
+pub fn engine_with(options: AggregatorOptions) -> Aggregator {
     let agg = Aggregator::new(
-        AggregatorOptions::default(),
-        Arc::new(|id: &[u8]| {
-            let mut h = rustc_hash::FxHasher::default();
-            h.write(id);
-            (h.finish() % u64::from(NUM_SHARDS)) as u32
-        }),
+        options,
+        Arc::new(|id: &[u8]| m3_cluster::shard_for(id, NUM_SHARDS)),
     );
     agg.set_shards((0..NUM_SHARDS).map(ShardAssignment::unbounded).collect(), 0);
     agg
