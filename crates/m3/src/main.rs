@@ -68,6 +68,14 @@ enum Command {
         /// A process whose CPU time over the run to print (repeat for several).
         #[arg(long = "pid")]
         pids: Vec<u32>,
+        /// The resolutions of the coordinator's aggregated namespaces (m3 local's: 10s and
+        /// 1m): one output is expected per series, window and resolution.
+        #[arg(long, value_delimiter = ',', default_value = "10s,1m", value_parser = bench::parse_duration_arg)]
+        resolutions: Vec<Duration>,
+        /// The aggregators' past buffer (`bufferDurationForPastTimedMetric`, m3 local's: 1m):
+        /// a window is due once window end + past buffer + resolution has passed.
+        #[arg(long, default_value = "1m", value_parser = bench::parse_duration_arg)]
+        buffer_past: Duration,
     },
 }
 
@@ -98,6 +106,8 @@ fn main() -> ExitCode {
                 metric_prefix,
                 wait_stored,
                 pids,
+                resolutions,
+                buffer_past,
             } => {
                 bench::run(bench::BenchOptions {
                     url,
@@ -110,6 +120,8 @@ fn main() -> ExitCode {
                     metric_prefix,
                     wait_stored,
                     pids,
+                    resolutions,
+                    buffer_past,
                 })
                 .await
             }

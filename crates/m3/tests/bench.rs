@@ -50,6 +50,10 @@ async fn bench_reports_what_the_coordinator_accepted_and_stored() {
         "3s".into(),
         "--pid".into(),
         pid.to_string(),
+        "--resolutions".into(),
+        "10s".into(),
+        "--buffer-past".into(),
+        "30s".into(),
     ])
     .await;
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
@@ -73,6 +77,20 @@ async fn bench_reports_what_the_coordinator_accepted_and_stored() {
     assert_eq!(figure(&stdout, "failed:"), 0, "{stdout}");
     assert_eq!(figure(&stdout, "received:"), sent, "{stdout}");
     assert_eq!(figure(&stdout, "stored raw:"), sent, "{stdout}");
+    // 200 series for 3 s: every series in one or two 10s windows, none of them due yet
+    // (window end + 30s + 10s).
+    let expected = figure(&stdout, "windows:");
+    assert!(
+        (200..=400).contains(&expected),
+        "expected windows {expected}:\n{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            ", 0 due by now (window end + 30s past buffer + resolution), {expected} not due yet"
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("lost:        none"), "{stdout}");
     assert!(
         stdout.contains(&format!("cpu:       pid {pid}: ")),
         "no CPU line for --pid {pid}:\n{stdout}"
