@@ -160,11 +160,12 @@ impl WindowState for Moments {
         self.count += 1;
         self.sum += value;
         self.sum_sq += value * value;
-        // `min`/`max` ignore NaN, as Go's comparisons in M3 do.
-        if value < self.min {
+        // `min`/`max` ignore NaN, as M3's gauge does: a window whose first value was NaN takes
+        // the next real value.
+        if value < self.min || self.min.is_nan() {
             self.min = value;
         }
-        if value > self.max {
+        if value > self.max || self.max.is_nan() {
             self.max = value;
         }
         self.last.add(time_nanos, value);
@@ -224,12 +225,12 @@ impl WindowState for TimerValues {
     fn value_of(&self, aggregation: AggregationType) -> f64 {
         match aggregation.quantile() {
             Some(q) => {
-                let v = self.quantiles.quantile(q);
-                if v.is_nan() {
-                    v
-                } else {
-                    v.clamp(self.moments.min, self.moments.max)
-                }
+                // Within the window's min and max; `f64::max`/`min` skip a NaN bound where
+                // `clamp` would panic on one.
+                self.quantiles
+                    .quantile(q)
+                    .max(self.moments.min)
+                    .min(self.moments.max)
             }
             None => self.moments.value_of(aggregation),
         }
@@ -263,6 +264,23 @@ mod tests {
         let s: SumValue = build(&[(1, 5.0), (1, -2.0), (9, 7.0)]);
         assert_eq!(s.value_of(Sum), 10.0);
         assert!(s.value_of(Last).is_nan());
+    }
+
+    /// Regression: a window whose first value was NaN kept NaN as its min and max, so Min and
+    /// Max were never emitted and any quantile of such a timer window panicked at flush
+    /// (`clamp` with NaN bounds).
+    #[test]
+    fn a_leading_nan_neither_sticks_in_min_max_nor_panics_a_quantile() {
+        let m: Moments = build(&[(1, f64::NAN), (2, 5.0), (3, 6.0)]);
+        assert_eq!(m.value_of(Min), 5.0);
+        assert_eq!(m.value_of(Max), 6.0);
+        let t: TimerValues = build(&[(1, f64::NAN), (2, 5.0), (3, 6.0), (4, 7.0)]);
+        assert_eq!(t.value_of(Min), 5.0);
+        let p50 = t.value_of(P50);
+        assert!((p50 - 6.0).abs() <= 0.06, "P50 {p50}");
+        let all_nan: TimerValues = build(&[(1, f64::NAN), (2, f64::NAN)]);
+        assert!(all_nan.value_of(P99).is_nan());
+        assert!(all_nan.value_of(Min).is_nan());
     }
 
     #[test]

@@ -1,14 +1,42 @@
-//! Random writes, retention passes and queries applied to the store and to a naive in-memory
+//! Random writes, retention passes and restarts applied to the store and to a naive in-memory
 //! model; every query must agree.
+//!
+//! The model is, per namespace (the raw one, [`RAW`], and the aggregated one, [`AGG`]), a map
+//! from label set to its samples by timestamp:
+//!
+//! * a write puts each sample in its namespace, a later value for the same (series, timestamp)
+//!   replacing the earlier one, also within one batch;
+//! * a retention pass at `now` drops, in each namespace, the samples older than
+//!   `now − retention` of that namespace (48h raw, 40d aggregated); a series left without
+//!   samples is gone (it no longer counts and no query sees it);
+//! * a reopen (dropping the store, after closing it or not, and opening it again from the same
+//!   directory) changes nothing.
+//!
+//! After every action the series count of each namespace is checked; at the end `select`,
+//! `series`, `label_names` and `label_values` are compared on both namespaces for random matchers
+//! and time ranges.
 
 use std::collections::BTreeMap;
 
 use m3_storage::{Labels, Matcher};
 use proptest::prelude::*;
 
-use crate::{RAW, labels, open, tmp};
+use crate::{AGG, RAW, labels, namespaces, open, tmp};
 
-const RETENTION_MS: i64 = 48 * 3_600_000;
+/// The namespaces the model covers, in the order of [`namespaces`].
+const NAMESPACES: [&str; 2] = [RAW, AGG];
+
+/// Retention of each of [`NAMESPACES`], in milliseconds.
+fn retention_ms() -> [i64; 2] {
+    let configs = namespaces();
+    NAMESPACES.map(|name| {
+        configs
+            .iter()
+            .find(|c| c.name == name)
+            .expect("namespace configured")
+            .retention_ms()
+    })
+}
 
 /// A small pool of label sets sharing names and values, so matchers hit and miss.
 fn pool() -> Vec<Labels> {
@@ -25,14 +53,24 @@ fn pool() -> Vec<Labels> {
 
 #[derive(Debug, Clone)]
 enum Action {
-    Write(Vec<(usize, i64, i32)>),
+    /// One batch of (pool index, timestamp, value) to the namespace at this index of
+    /// [`NAMESPACES`].
+    Write(usize, Vec<(usize, i64, i32)>),
+    /// A retention pass at this time.
     Retain(i64),
+    /// Drops the store (after `close` when true) and opens it again from its directory.
+    Reopen { close: bool },
 }
 
 fn action() -> impl Strategy<Value = Action> {
+    let retention = retention_ms();
     prop_oneof![
-        8 => prop::collection::vec((0..12usize, -5..60i64, -3..3i32), 1..12).prop_map(Action::Write),
-        1 => (0..40i64).prop_map(Action::Retain),
+        8 => (0..NAMESPACES.len(), prop::collection::vec((0..12usize, -5..60i64, -3..3i32), 1..12))
+            .prop_map(|(ns, points)| Action::Write(ns, points)),
+        // Cut one namespace somewhere in the written range (and the shorter-lived one wholly).
+        2 => (0..NAMESPACES.len(), 0..40i64)
+            .prop_map(move |(ns, cutoff)| Action::Retain(cutoff + retention[ns])),
+        2 => any::<bool>().prop_map(|close| Action::Reopen { close }),
     ]
 }
 
@@ -72,57 +110,80 @@ fn model_select(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn select_agrees_with_model(
-        actions in prop::collection::vec(action(), 1..8),
+        actions in prop::collection::vec(action(), 1..10),
         queries in prop::collection::vec((prop::collection::vec(matcher(), 0..3), -10..70i64, 0..40i64), 1..8),
     ) {
         let dir = tmp();
-        let store = open(dir.path());
+        let mut store = open(dir.path());
         let pool = pool();
-        let mut model = Model::new();
+        let retention = retention_ms();
+        let mut models = [Model::new(), Model::new()];
         for a in &actions {
             match a {
-                Action::Write(points) => {
+                Action::Write(ns, points) => {
                     let batch: Vec<_> = points.iter().map(|&(i, t, v)| (&pool[i], t, f64::from(v))).collect();
-                    store.write_batch(RAW, &batch).unwrap();
+                    store.write_batch(NAMESPACES[*ns], &batch).unwrap();
                     for &(i, t, v) in points {
-                        model.entry(pool[i].clone()).or_default().insert(t, f64::from(v));
+                        models[*ns].entry(pool[i].clone()).or_default().insert(t, f64::from(v));
                     }
                 }
-                Action::Retain(cutoff) => {
-                    store.enforce_retention(cutoff + RETENTION_MS).unwrap();
-                    for pts in model.values_mut() {
-                        pts.retain(|t, _| *t >= *cutoff);
+                Action::Retain(now) => {
+                    store.enforce_retention(*now).unwrap();
+                    for (model, retention) in models.iter_mut().zip(retention) {
+                        let cutoff = now - retention;
+                        for pts in model.values_mut() {
+                            pts.retain(|t, _| *t >= cutoff);
+                        }
+                        // Retention drops the series it empties.
+                        model.retain(|_, pts| !pts.is_empty());
                     }
+                }
+                Action::Reopen { close } => {
+                    if *close {
+                        store.close().unwrap();
+                    } else {
+                        drop(store);
+                    }
+                    store = open(dir.path());
                 }
             }
+            for (name, model) in NAMESPACES.iter().zip(&models) {
+                prop_assert_eq!(store.series_count(name).unwrap(), model.len(), "series in {} after {:?}", name, a);
+            }
         }
-        // Series only lose samples through retention, which drops them once empty.
-        let live = model.values().filter(|pts| !pts.is_empty()).count();
-        prop_assert_eq!(store.series_count(RAW).unwrap(), live);
-        for (matchers, start, len) in &queries {
-            let end = start + len;
-            let got: Vec<_> = store
-                .select(RAW, matchers, *start, end)
-                .unwrap()
-                .into_iter()
-                .map(|s| (s.labels, s.samples))
-                .collect();
-            let want = model_select(&model, matchers, *start, end);
-            prop_assert_eq!(&got, &want, "matchers {:?} range {}..={}", matchers, start, end);
+        for (name, model) in NAMESPACES.iter().zip(&models) {
+            for (matchers, start, len) in &queries {
+                let end = start + len;
+                let got: Vec<_> = store
+                    .select(name, matchers, *start, end)
+                    .unwrap()
+                    .into_iter()
+                    .map(|s| (s.labels, s.samples))
+                    .collect();
+                let want = model_select(model, matchers, *start, end);
+                prop_assert_eq!(&got, &want, "{}: matchers {:?} range {}..={}", name, matchers, start, end);
 
-            let got_series = store.series(RAW, matchers, *start, end).unwrap();
-            let want_series: Vec<Labels> = want.iter().map(|(l, _)| l.clone()).collect();
-            prop_assert_eq!(got_series, want_series);
+                let got_series = store.series(name, matchers, *start, end).unwrap();
+                let want_series: Vec<Labels> = want.iter().map(|(l, _)| l.clone()).collect();
+                prop_assert_eq!(got_series, want_series, "{}", name);
 
-            let mut want_jobs: Vec<String> = want.iter().filter_map(|(l, _)| l.get("job").map(String::from)).collect();
-            want_jobs.dedup();
-            want_jobs.sort();
-            want_jobs.dedup();
-            prop_assert_eq!(store.label_values(RAW, "job", matchers, *start, end).unwrap(), want_jobs);
+                let mut want_names: Vec<String> = want
+                    .iter()
+                    .flat_map(|(l, _)| l.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>())
+                    .collect();
+                want_names.sort();
+                want_names.dedup();
+                prop_assert_eq!(store.label_names(name, matchers, *start, end).unwrap(), want_names, "{}", name);
+
+                let mut want_jobs: Vec<String> = want.iter().filter_map(|(l, _)| l.get("job").map(String::from)).collect();
+                want_jobs.sort();
+                want_jobs.dedup();
+                prop_assert_eq!(store.label_values(name, "job", matchers, *start, end).unwrap(), want_jobs, "{}", name);
+            }
         }
     }
 }
