@@ -206,15 +206,6 @@ impl AddError {
             AddError::TooManyPolicies { .. } => RejectReason::TooManyPolicies,
         }
     }
-
-    /// Whether the client sent something wrong (all variants but the shard ones, which mean
-    /// the client's placement view differs from ours).
-    pub fn is_invalid_params(&self) -> bool {
-        !matches!(
-            self,
-            AddError::ShardNotOwned { .. } | AddError::ShardNotWriteable { .. }
-        )
-    }
 }
 
 #[cfg(test)]

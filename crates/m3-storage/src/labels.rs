@@ -144,12 +144,6 @@ impl Labels {
         &self.0
     }
 
-    /// Gives up the pairs, sorted by name.
-    pub fn into_vec(self) -> Vec<(String, String)> {
-        self.0
-    }
-
-    /// Appends the on-disk encoding (see the module docs) to `buf`.
     /// How many bytes the encoding of labels with these (name, value) byte lengths takes,
     /// to compare with [`MAX_ENCODED_LABELS_BYTES`] before building the labels.
     pub fn encoded_len(lengths: impl IntoIterator<Item = (usize, usize)>) -> usize {
@@ -164,6 +158,7 @@ impl Labels {
         8 + name + value
     }
 
+    /// Appends the on-disk encoding (see the module docs) to `buf`.
     pub(crate) fn encode_into(&self, buf: &mut Vec<u8>) {
         // Lengths were checked to fit u32 on construction; `as` cannot truncate here.
         buf.extend_from_slice(&(self.0.len() as u32).to_be_bytes());

@@ -82,7 +82,6 @@ pub use namespace::{NamespaceConfig, NamespaceKind, Namespaces};
 pub use promql::{
     DEFAULT_LOOKBACK, QueryEngine, STALE_NAN_BITS, is_stale_marker, parse_series_selector,
 };
-pub use query::Series;
-pub use result::{InstantSample, Point, QueryResult, format_value};
+pub use result::{InstantSample, Point, QueryResult, Series, format_value};
 pub use retention::{NamespaceRetention, RetentionReport, RetentionTask};
 pub use store::{SampleRef, Store, WriteSummary};

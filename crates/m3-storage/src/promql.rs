@@ -39,7 +39,7 @@ use promql_parser::parser::{self, AtModifier, Expr, Offset, VectorSelector};
 use crate::budget::{Budget, QueryLimits};
 use crate::error::{Error, Result};
 use crate::matcher::Matcher;
-use crate::query::Series;
+use crate::result::Series;
 use crate::result::{InstantSample, QueryResult};
 use crate::retention::unix_ms;
 use crate::store::Store;

@@ -21,33 +21,11 @@
 
 use std::collections::BTreeSet;
 
-use serde::ser::{Serialize, SerializeStruct, Serializer};
-
 use crate::error::Result;
 use crate::labels::Labels;
 use crate::matcher::{Matcher, matches_all};
-use crate::result::PointSeq;
+use crate::result::Series;
 use crate::store::{Ns, Store};
-
-/// A series and its samples, oldest first.
-///
-/// Serializes as an element of a Prometheus matrix: `{"metric": {...}, "values": [[t, "v"], ...]}`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Series {
-    /// The series' labels.
-    pub labels: Labels,
-    /// `(timestamp ms, value)` pairs in increasing time order.
-    pub samples: Vec<(i64, f64)>,
-}
-
-impl Serialize for Series {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("Series", 2)?;
-        s.serialize_field("metric", &self.labels)?;
-        s.serialize_field("values", &PointSeq(&self.samples))?;
-        s.end()
-    }
-}
 
 impl Store {
     /// Series matching all `matchers` with their samples in `start_ms..=end_ms`.

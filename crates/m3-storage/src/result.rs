@@ -19,7 +19,6 @@
 use serde::ser::{Serialize, SerializeStruct, SerializeTuple, Serializer};
 
 use crate::labels::Labels;
-use crate::query::Series;
 
 /// The result of a PromQL query.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,6 +96,26 @@ impl Serialize for Point {
         t.serialize_element(&Seconds(self.0))?;
         t.serialize_element(&format_value(self.1))?;
         t.end()
+    }
+}
+
+/// A series and its samples, oldest first.
+///
+/// Serializes as an element of a Prometheus matrix: `{"metric": {...}, "values": [[t, "v"], ...]}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// The series' labels.
+    pub labels: Labels,
+    /// `(timestamp ms, value)` pairs in increasing time order.
+    pub samples: Vec<(i64, f64)>,
+}
+
+impl Serialize for Series {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("Series", 2)?;
+        s.serialize_field("metric", &self.labels)?;
+        s.serialize_field("values", &PointSeq(&self.samples))?;
+        s.end()
     }
 }
 
