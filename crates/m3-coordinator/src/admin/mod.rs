@@ -1,0 +1,270 @@
+//! The placement and topic admin API: how operators lay out aggregators, coordinators and the
+//! topic that carries aggregated metrics back to the coordinators.
+//!
+//! Everything here is a thin HTTP face over `m3-cluster`: a handler parses the request, reads
+//! the current placement or topic from KV, lets the placement algorithms or the topic store
+//! compute the next state, and writes it back with check-and-set. Nothing is cached in the
+//! coordinator, so several coordinators can serve the same API over one etcd.
+//!
+//! # Routes
+//!
+//! | method and path | body | does |
+//! |---|---|---|
+//! | `POST /api/v1/services/{svc}/placement/init` | `{"num_shards", "replication_factor", "instances": [..]}` | builds and stores the first placement; 409 if one exists |
+//! | `GET /api/v1/services/{svc}/placement` | — | the placement; 404 if none |
+//! | `DELETE /api/v1/services/{svc}/placement` | — | deletes it; answers with what was deleted |
+//! | `POST /api/v1/services/{svc}/placement` | `{"instances": [..]}` | adds instances |
+//! | `POST /api/v1/services/{svc}/placement/remove` | `{"instance_ids": [..]}` | removes instances |
+//! | `POST /api/v1/services/{svc}/placement/replace` | `{"leavingInstanceIDs": [..], "candidates": [..]}` | replaces instances one for one |
+//! | `DELETE /api/v1/services/{svc}/placement/{id}` | — | removes one instance |
+//! | `POST /api/v1/topic/init` | `{"numberOfShards": 64}` | creates the topic; 409 if it exists |
+//! | `GET /api/v1/topic` | — | the topic; 404 if none |
+//! | `POST /api/v1/topic` | `{"consumerService": {..}}` | adds a consumer service |
+//! | `PUT /api/v1/topic` | `{"consumerServices": [..], "version": N}` | replaces the consumer services if the topic is still at `version` |
+//! | `DELETE /api/v1/topic` | — | deletes the topic; answers with what was deleted |
+//!
+//! `{svc}` picks the placement kind and its KV namespace, as M3's coordinator does:
+//!
+//! | `{svc}` | placement | KV key |
+//! |---|---|---|
+//! | `m3aggregator` | mirrored: shard sets of RF members holding identical shards | `/placement/<env>/m3aggregator` |
+//! | `m3coordinator` | non-sharded: a list of instances | `_sd.placement/<env>/m3coordinator` |
+//! | `m3db` | sharded, RF copies of each shard on distinct isolation groups | `_sd.placement/<env>/m3db` |
+//!
+//! Headers: `Cluster-Environment-Name` (default `default_env`) picks the environment part of
+//! the KV keys; `Cluster-Zone-Name` (default `embedded`) is the zone given to instances that
+//! name none; `Topic-Name` (default `aggregated_metrics`) picks the topic.
+//!
+//! # JSON
+//!
+//! M3 parses requests with jsonpb and answers with jsonpb (`EmitDefaults`), and its users'
+//! scripts depend on both, so this module copies that behaviour rather than serde's defaults:
+//!
+//! - Requests accept the proto field name and the lowerCamelCase JSON name (`num_shards` and
+//!   `numShards`, `instance_ids` and `instanceIds`, ...). Integers may be JSON numbers or
+//!   strings (`"messageTtlNanos": "300000000000"`), enums may be names or numbers. A field
+//!   neither form knows is rejected with 400, so a typo never passes silently.
+//! - Responses use lowerCamelCase, emit every field even when it holds its default, write 64-bit
+//!   integers as strings (`"cutoverNanos": "0"`) and 32-bit ones as numbers, and write enums by
+//!   name (`"state": "INITIALIZING"`). They are `{"placement": .., "version": N}` and
+//!   `{"topic": .., "version": N}`.
+//! - Errors are `{"status": "error", "error": "<reason>"}`. [`AdminError::status`] is the one
+//!   place that maps an error to its HTTP status: 400 for bad input, 404 for a missing
+//!   placement, topic, service or instance, 409 when the request conflicts with what is stored
+//!   (init of something that exists, a version that moved on), 500 only when KV fails or holds
+//!   something that does not decode; only those are logged at error level.
+//!
+//! # Cutover times
+//!
+//! Changes to an existing placement (add, remove, replace) hand shards from an old owner to a
+//! new one at a transition time: now, rounded up to a multiple of the largest aggregation window
+//! ([`AdminState::max_aggregation_window`]), so a transition never splits a window. Each change
+//! first ends the previous one (see `m3_cluster::placement`), so a second change is refused with
+//! 400 until the first one's transition time has passed, plus one window when shards left an
+//! instance (the leaving owner still flushes the windows that end before the transition).
+//!
+//! An initial placement is different: its shards have no previous owner that could still be
+//! aggregating them, so there is nothing to hand over from and no reason to wait. Its shards are
+//! INITIALIZING with cutover 0, which means "owned since forever": aggregators accept data for
+//! them at once. (M3 gives the initial shards a cutover of now rounded up to the window, so a
+//! fresh cluster refuses data for up to one window after it is created.)
+//!
+//! # Not supported
+//!
+//! Dry runs and forced changes: a `Dry-Run: true` or `Force: true` header, or `"force": true`
+//! in a body, is rejected with 400 on every placement change, so that neither is silently
+//! applied as an ordinary change. Also missing: `GET ..?version=N`, `POST ../placement/set`,
+//! and the deletion of an aggregator shard set's election and flush-times keys when its last
+//! instance goes. `num_shards` and `replication_factor` are ignored for `m3coordinator`, whose
+//! placement has no shards, and `option_override.skip_port_mirroring` has no effect because
+//! shard sets are formed by isolation group, never by port. Shards given on request instances
+//! are parsed and checked, but the algorithms assign shards themselves.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::limits::PlacementLimits;
+use axum::Router;
+use axum::http::HeaderMap;
+use axum::routing::{delete, get, post};
+use m3_cluster::KvStore;
+use m3_cluster::placement::Timing;
+
+mod error;
+mod json;
+mod placement;
+#[cfg(test)]
+mod tests;
+mod topic;
+
+pub use error::AdminError;
+use json::*;
+use placement::*;
+use topic::*;
+
+/// The header naming the environment (the `<env>` of every KV key).
+pub const ENVIRONMENT_HEADER: &str = "Cluster-Environment-Name";
+/// The header naming the zone given to instances that name none.
+pub const ZONE_HEADER: &str = "Cluster-Zone-Name";
+/// The header naming the topic of the topic routes.
+pub const TOPIC_NAME_HEADER: &str = "Topic-Name";
+/// M3's dry-run header; refused on placement changes (not supported).
+const DRY_RUN_HEADER: &str = "Dry-Run";
+/// M3's force header; refused on placement changes (not supported).
+const FORCE_HEADER: &str = "Force";
+/// The topic used when [`TOPIC_NAME_HEADER`] is absent.
+pub const DEFAULT_TOPIC_NAME: &str = "aggregated_metrics";
+/// The largest aggregation window used when none is configured: one minute, as in M3.
+pub const DEFAULT_MAX_AGGREGATION_WINDOW: Duration = Duration::from_secs(60);
+
+/// What the admin routes need: the cluster KV and the largest aggregation window.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The cluster KV holding placements and topics.
+    pub kv: Arc<dyn KvStore>,
+    /// The largest resolution among the aggregated namespaces (default
+    /// [`DEFAULT_MAX_AGGREGATION_WINDOW`], one minute). Placement changes cut over on a multiple
+    /// of it, and a change is refused until the previous one's leaving shards are one window
+    /// past their cutoff.
+    pub max_aggregation_window: Duration,
+    /// Bounds on shard counts, instance counts and ID lengths (`limits.placement`).
+    pub limits: PlacementLimits,
+}
+
+impl AdminState {
+    /// A state over `kv` with the default aggregation window of one minute.
+    pub fn new(kv: Arc<dyn KvStore>) -> Self {
+        AdminState {
+            kv,
+            max_aggregation_window: DEFAULT_MAX_AGGREGATION_WINDOW,
+            limits: PlacementLimits::default(),
+        }
+    }
+
+    /// The timing of a change made now: no warm-up, transition on the next window boundary.
+    fn timing(&self) -> Timing {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, nanos);
+        Timing::new(now, 0, nanos(self.max_aggregation_window))
+    }
+}
+
+impl fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminState")
+            .field("max_aggregation_window", &self.max_aggregation_window)
+            .finish_non_exhaustive()
+    }
+}
+
+fn nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// The admin routes (see the [module docs](self)), ready to be merged into the coordinator's
+/// HTTP router.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route(
+            "/api/v1/services/{svc}/placement",
+            get(placement_get)
+                .delete(placement_delete)
+                .post(placement_add),
+        )
+        .route(
+            "/api/v1/services/{svc}/placement/init",
+            post(placement_init),
+        )
+        .route(
+            "/api/v1/services/{svc}/placement/remove",
+            post(placement_remove),
+        )
+        .route(
+            "/api/v1/services/{svc}/placement/replace",
+            post(placement_replace),
+        )
+        .route(
+            "/api/v1/services/{svc}/placement/{id}",
+            delete(placement_delete_instance),
+        )
+        .route("/api/v1/topic/init", post(topic_init))
+        .route(
+            "/api/v1/topic",
+            get(topic_get)
+                .post(topic_add)
+                .put(topic_update)
+                .delete(topic_delete),
+        )
+        .with_state(state)
+}
+
+/// Refuses the `Dry-Run` and `Force` headers on a placement change (see "Not supported").
+fn reject_unsupported_headers(headers: &HeaderMap) -> Result<(), AdminError> {
+    for name in [DRY_RUN_HEADER, FORCE_HEADER] {
+        let value = header_or(headers, name, "false")?;
+        if !value.eq_ignore_ascii_case("false") {
+            return Err(AdminError::BadRequest(format!(
+                "header {name}: {value} is not supported; send the change without it"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn reject_force(force: bool) -> Result<(), AdminError> {
+    if force {
+        return Err(AdminError::BadRequest(
+            "force is not supported: every change is checked against the placement's cutover \
+             and cutoff times; retry without force once the previous change has completed"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A header's value, or `default` when it is absent or empty.
+fn header_or(headers: &HeaderMap, name: &str, default: &str) -> Result<String, AdminError> {
+    match headers.get(name) {
+        None => Ok(default.to_owned()),
+        Some(v) => {
+            let v = v.to_str().map_err(|_| {
+                AdminError::BadRequest(format!("header {name} is not visible ASCII text"))
+            })?;
+            let v = v.trim();
+            if v.len() > MAX_HEADER_LENGTH {
+                return Err(AdminError::BadRequest(format!(
+                    "header {name} is {} bytes long; at most {MAX_HEADER_LENGTH} are accepted",
+                    v.len()
+                )));
+            }
+            Ok(if v.is_empty() { default } else { v }.to_owned())
+        }
+    }
+}
+
+/// Longest environment, zone or topic name accepted in a header.
+const MAX_HEADER_LENGTH: usize = 256;
+
+/// Refuses `value` longer than `max` bytes, naming `field`.
+fn check_length(field: &str, value: &str, max: usize) -> Result<(), AdminError> {
+    if value.len() > max {
+        return Err(AdminError::BadRequest(format!(
+            "{field} is {} bytes long; at most {max} are accepted (limits.placement.maxIdLength)",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a shard count over `limits.placement.maxShards`.
+fn check_shards(field: &str, shards: u32, limits: &PlacementLimits) -> Result<(), AdminError> {
+    if shards > limits.max_shards {
+        return Err(AdminError::BadRequest(format!(
+            "{field} {shards} is more than the {} shards accepted (limits.placement.maxShards)",
+            limits.max_shards
+        )));
+    }
+    Ok(())
+}

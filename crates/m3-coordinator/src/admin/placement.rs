@@ -1,0 +1,322 @@
+//! The placement routes: init, get, delete, add, remove and replace instances, for the three
+//! placement kinds (see the parent module for the routes and the cutover rules).
+
+use std::sync::Arc;
+
+use crate::limits::PlacementLimits;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use m3_cluster::Versioned;
+use m3_cluster::keys::{self, DEFAULT_ENVIRONMENT, DEFAULT_ZONE, ServiceId};
+use m3_cluster::placement::store::PlacementStoreError;
+use m3_cluster::placement::{self, Instance, Placement, PlacementStore};
+
+use super::*;
+
+/// How a service's placement is built and changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Mirrored,
+    Sharded,
+    NonSharded,
+}
+
+impl Kind {
+    pub(super) fn of(service: &str) -> Result<Kind, AdminError> {
+        match service {
+            keys::M3AGGREGATOR => Ok(Kind::Mirrored),
+            keys::M3COORDINATOR => Ok(Kind::NonSharded),
+            "m3db" => Ok(Kind::Sharded),
+            other => {
+                let lower = other.to_ascii_lowercase();
+                let hint = ["m3aggregator", "m3coordinator", "m3db"]
+                    .into_iter()
+                    .find(|known| {
+                        lower == *known
+                            || (lower.len() >= 4
+                                && (known.starts_with(&lower) || lower.starts_with(known)))
+                    })
+                    .map(|known| format!("; did you mean {known:?}?"))
+                    .unwrap_or_default();
+                Err(AdminError::UnknownService {
+                    name: other.to_owned(),
+                    hint,
+                })
+            }
+        }
+    }
+
+    pub(super) fn is_sharded(self) -> bool {
+        self != Kind::NonSharded
+    }
+}
+
+/// The placement a request is about: its service, store and the request's default zone.
+pub(super) struct Target {
+    pub(super) service: String,
+    pub(super) environment: String,
+    pub(super) zone: String,
+    pub(super) kind: Kind,
+    pub(super) store: PlacementStore,
+}
+
+impl Target {
+    pub(super) fn new(
+        state: &AdminState,
+        service: String,
+        headers: &HeaderMap,
+    ) -> Result<Self, AdminError> {
+        let kind = Kind::of(&service)?;
+        let environment = header_or(headers, ENVIRONMENT_HEADER, DEFAULT_ENVIRONMENT)?;
+        let zone = header_or(headers, ZONE_HEADER, DEFAULT_ZONE)?;
+        let id = ServiceId::new(service.as_str(), environment.as_str(), zone.as_str());
+        let key = keys::placement_key_in(keys::placement_namespace(&service), &id);
+        Ok(Target {
+            store: PlacementStore::new(Arc::clone(&state.kv), key),
+            service,
+            environment,
+            zone,
+            kind,
+        })
+    }
+
+    pub(super) async fn current(&self) -> Result<Versioned<Placement>, AdminError> {
+        self.store
+            .get()
+            .await?
+            .ok_or_else(|| AdminError::PlacementNotFound {
+                service: self.service.clone(),
+                environment: self.environment.clone(),
+                key: self.store.key().to_owned(),
+            })
+    }
+
+    /// The requested instances, after checking their number and the length of their IDs
+    /// against `limits`.
+    pub(super) fn instances(
+        &self,
+        requested: Vec<InstanceRequest>,
+        limits: &PlacementLimits,
+    ) -> Result<Vec<Instance>, AdminError> {
+        if requested.len() > limits.max_instances {
+            return Err(AdminError::BadRequest(format!(
+                "{} instances requested; at most {} are accepted (limits.placement.maxInstances)",
+                requested.len(),
+                limits.max_instances
+            )));
+        }
+        for i in &requested {
+            for (field, value) in [
+                ("instance id", &i.id),
+                ("isolation_group", &i.isolation_group),
+                ("zone", &i.zone),
+                ("endpoint", &i.endpoint),
+                ("hostname", &i.hostname),
+            ] {
+                check_length(field, value, limits.max_id_length)?;
+            }
+        }
+        Ok(requested
+            .into_iter()
+            .map(|i| i.into_instance(&self.zone))
+            .collect())
+    }
+
+    pub(super) fn check_override(&self, o: Option<&OptionsRequest>) -> Result<(), AdminError> {
+        if let Some(sharded) = o.and_then(|o| o.is_sharded)
+            && sharded != self.kind.is_sharded()
+        {
+            return Err(AdminError::BadRequest(format!(
+                "option_override.is_sharded={sharded} is not supported for {}: its placement is \
+                 always {}",
+                self.service,
+                if self.kind.is_sharded() {
+                    "sharded"
+                } else {
+                    "non-sharded"
+                }
+            )));
+        }
+        Ok(())
+    }
+
+    /// Writes `next` over the placement read at `version` and answers with it.
+    pub(super) async fn update(
+        &self,
+        next: Placement,
+        version: i64,
+    ) -> Result<Response, AdminError> {
+        let version = self.store.check_and_set(&next, version).await?;
+        tracing::info!(service = %self.service, environment = %self.environment, version,
+            instances = next.instances.len(), "placement changed");
+        Ok(placement_response(&next, version))
+    }
+}
+
+pub(super) async fn placement_init(
+    State(state): State<AdminState>,
+    Path(svc): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    let target = Target::new(&state, svc, &headers)?;
+    reject_unsupported_headers(&headers)?;
+    let req: PlacementInitRequest = parse(&body, "placement init request")?;
+    target.check_override(req.option_override.as_ref())?;
+    check_shards("num_shards", req.num_shards, &state.limits)?;
+    if target.kind.is_sharded() {
+        if req.num_shards == 0 {
+            return Err(AdminError::BadRequest(format!(
+                "num_shards is required for {} placements and must be at least 1",
+                target.service
+            )));
+        }
+        if req.replication_factor == 0 {
+            return Err(AdminError::BadRequest(format!(
+                "replication_factor is required for {} placements and must be at least 1",
+                target.service
+            )));
+        }
+    }
+    let instances = target.instances(req.instances, &state.limits)?;
+    // An existing placement answers 409 before any work is done.
+    if target.store.get().await?.is_some() {
+        return Err(AdminError::PlacementStore(
+            PlacementStoreError::AlreadyExists {
+                key: target.store.key().to_owned(),
+            },
+        ));
+    }
+    // Cutover 0: the initial shards have no previous owner to hand over from (module docs).
+    // Building assigns every shard: CPU work, off the async runtime.
+    let (kind, num_shards, rf) = (target.kind, req.num_shards, req.replication_factor);
+    let placement = tokio::task::spawn_blocking(move || match kind {
+        Kind::Mirrored => placement::build_mirrored(instances, num_shards, rf, 0),
+        Kind::Sharded => placement::build_sharded(instances, num_shards, rf, 0),
+        Kind::NonSharded => placement::build_non_sharded(instances),
+    })
+    .await
+    .map_err(|e| AdminError::BadRequest(format!("building the placement failed: {e}")))??;
+    let version = target.store.init(&placement).await?;
+    tracing::info!(service = %target.service, environment = %target.environment,
+        instances = placement.instances.len(), num_shards = placement.num_shards,
+        "placement created");
+    Ok(placement_response(&placement, version))
+}
+
+pub(super) async fn placement_get(
+    State(state): State<AdminState>,
+    Path(svc): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, AdminError> {
+    let target = Target::new(&state, svc, &headers)?;
+    let current = target.current().await?;
+    Ok(placement_response(&current.value, current.version))
+}
+
+pub(super) async fn placement_delete(
+    State(state): State<AdminState>,
+    Path(svc): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, AdminError> {
+    let target = Target::new(&state, svc, &headers)?;
+    reject_unsupported_headers(&headers)?;
+    let deleted = match target.store.delete().await {
+        Ok(deleted) => deleted,
+        Err(PlacementStoreError::NotFound { key }) => {
+            return Err(AdminError::PlacementNotFound {
+                service: target.service,
+                environment: target.environment,
+                key,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!(service = %target.service, environment = %target.environment,
+        "placement deleted");
+    Ok(placement_response(&deleted.value, deleted.version))
+}
+
+pub(super) async fn placement_add(
+    State(state): State<AdminState>,
+    Path(svc): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    let target = Target::new(&state, svc, &headers)?;
+    reject_unsupported_headers(&headers)?;
+    let req: PlacementAddRequest = parse(&body, "placement add request")?;
+    reject_force(req.force)?;
+    target.check_override(req.option_override.as_ref())?;
+    let instances = target.instances(req.instances, &state.limits)?;
+    let current = target.current().await?;
+    let next = current.value.add_instances(instances, &state.timing())?;
+    target.update(next, current.version).await
+}
+
+pub(super) async fn placement_remove(
+    State(state): State<AdminState>,
+    Path(svc): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    let target = Target::new(&state, svc, &headers)?;
+    reject_unsupported_headers(&headers)?;
+    let req: PlacementRemoveRequest = parse(&body, "placement remove request")?;
+    reject_force(req.force)?;
+    target.check_override(req.option_override.as_ref())?;
+    if req.instance_ids.is_empty() {
+        return Err(AdminError::BadRequest(
+            "instance_ids is empty; name the instances to remove".into(),
+        ));
+    }
+    let current = target.current().await?;
+    let next = current
+        .value
+        .remove_instances(&req.instance_ids, &state.timing())?;
+    target.update(next, current.version).await
+}
+
+pub(super) async fn placement_replace(
+    State(state): State<AdminState>,
+    Path(svc): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    let target = Target::new(&state, svc, &headers)?;
+    reject_unsupported_headers(&headers)?;
+    let req: PlacementReplaceRequest = parse(&body, "placement replace request")?;
+    reject_force(req.force)?;
+    target.check_override(req.option_override.as_ref())?;
+    if req.leaving_instance_ids.is_empty() {
+        return Err(AdminError::BadRequest(
+            "leavingInstanceIDs is empty; name the instances to replace".into(),
+        ));
+    }
+    if req.candidates.is_empty() {
+        return Err(AdminError::BadRequest(
+            "candidates is empty; give at least one instance per leaving instance".into(),
+        ));
+    }
+    let candidates = target.instances(req.candidates, &state.limits)?;
+    let current = target.current().await?;
+    let next =
+        current
+            .value
+            .replace_instances(&req.leaving_instance_ids, candidates, &state.timing())?;
+    target.update(next, current.version).await
+}
+
+pub(super) async fn placement_delete_instance(
+    State(state): State<AdminState>,
+    Path((svc, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, AdminError> {
+    let target = Target::new(&state, svc, &headers)?;
+    reject_unsupported_headers(&headers)?;
+    let current = target.current().await?;
+    let next = current.value.remove_instances(&[id], &state.timing())?;
+    target.update(next, current.version).await
+}
