@@ -383,18 +383,7 @@ async fn health(State(state): State<HttpState>) -> Response {
 }
 
 async fn serve_metrics(State(state): State<HttpState>) -> Response {
-    let mut text = String::new();
-    if prometheus_client::encoding::text::encode(&mut text, &state.registry.lock()).is_err() {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+    m3_server::http::metrics_response(&state.registry)
 }
 
 /// The media type of remote write 2.0, which this receiver does not speak yet.

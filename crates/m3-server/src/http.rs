@@ -129,6 +129,26 @@ fn refuse(stream: tokio::net::TcpStream, peer: SocketAddr) {
     let _ = stream.try_write(OVER_LIMIT_RESPONSE);
 }
 
+/// The `/metrics` answer of every process: `registry` in the OpenMetrics text format, or 500
+/// when it does not encode.
+pub fn metrics_response(
+    registry: &parking_lot::Mutex<prometheus_client::registry::Registry>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, &registry.lock()).is_err() {
+        return axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
