@@ -31,9 +31,11 @@
 //!
 //! # Contract
 //!
-//! [`contract`] holds a test suite that any backend must pass; the in-memory backend runs it in
-//! its tests and the etcd backend runs the same functions against a real etcd.
+//! `contract` holds a test suite that any backend must pass; the in-memory backend runs it in
+//! its tests and the etcd backend runs the same functions against a real etcd. It is built only
+//! for tests and with the `testing` feature, so release builds do not carry it.
 
+#[cfg(any(test, feature = "testing"))]
 pub mod contract;
 pub mod etcd;
 pub mod memory;
