@@ -389,32 +389,108 @@ async fn serve_metrics(State(state): State<HttpState>) -> Response {
 /// The media type of remote write 2.0, which this receiver does not speak yet.
 const REMOTE_WRITE_V2_PROTO: &str = "io.prometheus.write.v2.request";
 
+/// Every answer remote write gives. [`WriteAnswer::into_response`] is the one place that maps
+/// each to its HTTP status, following the remote-write spec: 2xx stored, 4xx never retried by
+/// the sender (the request is wrong: retrying cannot help), 429 and 5xx retried (later it may
+/// work), with `Retry-After` where the wait is known.
+#[derive(Debug)]
+enum WriteAnswer {
+    /// Everything was stored or queued (200).
+    Stored,
+    /// M3's write headers do not make sense (400).
+    BadHeaders(String),
+    /// A `Content-Type` or encoding this receiver does not speak, e.g. remote write 2.0 (415).
+    UnsupportedMedia(String),
+    /// Too many requests in flight (429, `Retry-After: 1`).
+    Throttled,
+    /// A body (or its decompressed form, or its counts) over a limit (413).
+    TooLarge(String),
+    /// The body did not arrive within `bodyTimeout` (408).
+    BodyTimeout(Duration),
+    /// Some series or samples were refused, the rest stored (400 with the reasons).
+    PartlyRejected(String),
+    /// The body does not decode (400).
+    Undecodable(String),
+    /// The aggregation tier is not ready or its queues are full (503, `Retry-After: 1`).
+    Overloaded(String),
+    /// The store failed (503).
+    StoreFailed(String),
+    /// The write task itself failed (500).
+    Internal,
+}
+
+impl IntoResponse for WriteAnswer {
+    fn into_response(self) -> Response {
+        let retry_after = [(header::RETRY_AFTER, "1")];
+        match self {
+            WriteAnswer::Stored => StatusCode::OK.into_response(),
+            WriteAnswer::BadHeaders(reason)
+            | WriteAnswer::PartlyRejected(reason)
+            | WriteAnswer::Undecodable(reason) => (StatusCode::BAD_REQUEST, reason).into_response(),
+            WriteAnswer::UnsupportedMedia(reason) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, reason).into_response()
+            }
+            WriteAnswer::Throttled => (
+                StatusCode::TOO_MANY_REQUESTS,
+                retry_after,
+                "too many remote-write requests in flight; retry later",
+            )
+                .into_response(),
+            WriteAnswer::TooLarge(reason) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, reason).into_response()
+            }
+            WriteAnswer::BodyTimeout(limit) => (
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "request body not received within {limit:?} (limits.remoteWrite.bodyTimeout)"
+                ),
+            )
+                .into_response(),
+            WriteAnswer::Overloaded(reason) => {
+                (StatusCode::SERVICE_UNAVAILABLE, retry_after, reason).into_response()
+            }
+            WriteAnswer::StoreFailed(reason) => {
+                (StatusCode::SERVICE_UNAVAILABLE, reason).into_response()
+            }
+            WriteAnswer::Internal => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+            }
+        }
+    }
+}
+
+/// The 413 reason for a body over `limits.remoteWrite.maxBodyBytes`.
+fn body_too_large(limit: usize) -> WriteAnswer {
+    WriteAnswer::TooLarge(format!(
+        "request body larger than {limit} bytes (limits.remoteWrite.maxBodyBytes)"
+    ))
+}
+
 /// Remote write: refused whole before anything is read when unsupported (415) or when too many
 /// requests are in flight (429); the body is read within its size limit (413) and time limit
-/// (408), then decoded and written.
-async fn remote_write(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+/// (408), then decoded and written (see [`WriteAnswer`] for every answer).
+async fn remote_write(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    body: Body,
+) -> WriteAnswer {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
         .unwrap_or(0);
     let mode = match write_mode(&headers, &state.namespaces) {
         Ok(mode) => mode,
-        Err(reason) => return (StatusCode::BAD_REQUEST, reason).into_response(),
+        Err(reason) => return WriteAnswer::BadHeaders(reason),
     };
     if let Some(reason) = unsupported_content(&headers) {
         state
             .metrics
             .refuse_request(RefusedReason::unsupported_media_type);
-        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, reason).into_response();
+        return WriteAnswer::UnsupportedMedia(reason);
     }
     let Ok(permit) = Arc::clone(&state.writes_in_flight).try_acquire_owned() else {
         state.metrics.write_requests_throttled.inc();
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            [(header::RETRY_AFTER, "1")],
-            "too many remote-write requests in flight; retry later",
-        )
-            .into_response();
+        return WriteAnswer::Throttled;
     };
     let limit = state.write_limits.max_body_bytes;
     let announced = headers
@@ -439,14 +515,7 @@ async fn remote_write(State(state): State<HttpState>, headers: HeaderMap, body: 
         }
         Err(_) => {
             state.metrics.refuse_request(RefusedReason::body_timeout);
-            return (
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "request body not received within {:?} (limits.remoteWrite.bodyTimeout)",
-                    state.write_limits.body_timeout
-                ),
-            )
-                .into_response();
+            return WriteAnswer::BodyTimeout(state.write_limits.body_timeout);
         }
     };
     let write = Arc::clone(&state.write);
@@ -457,31 +526,20 @@ async fn remote_write(State(state): State<HttpState>, headers: HeaderMap, body: 
     })
     .await;
     match result {
-        Ok(Ok(outcome)) => {
-            if let Some(reason) = outcome.overload() {
-                return (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    [(header::RETRY_AFTER, "1")],
-                    reason,
-                )
-                    .into_response();
-            }
-            match outcome.rejection() {
-                None => StatusCode::OK.into_response(),
-                Some(reason) => (StatusCode::BAD_REQUEST, reason).into_response(),
-            }
-        }
-        Ok(Err(WriteError::Decode(e))) if e.is_too_large() => {
-            (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response()
-        }
-        Ok(Err(WriteError::Decode(e))) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        Ok(Ok(outcome)) => match (outcome.overload(), outcome.rejection()) {
+            (Some(reason), _) => WriteAnswer::Overloaded(reason),
+            (None, Some(reason)) => WriteAnswer::PartlyRejected(reason),
+            (None, None) => WriteAnswer::Stored,
+        },
+        Ok(Err(WriteError::Decode(e))) if e.is_too_large() => WriteAnswer::TooLarge(e.to_string()),
+        Ok(Err(WriteError::Decode(e))) => WriteAnswer::Undecodable(e.to_string()),
         Ok(Err(e @ WriteError::Storage(_))) => {
             tracing::error!(error = %e, "Remote write failed.");
-            (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response()
+            WriteAnswer::StoreFailed(e.to_string())
         }
         Err(e) => {
             tracing::error!(error = %e, "Remote write task failed.");
-            (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+            WriteAnswer::Internal
         }
     }
 }
@@ -548,14 +606,6 @@ fn write_mode(headers: &HeaderMap, namespaces: &[ValidNamespace]) -> Result<Writ
             "M3-Write-Type {other:?}: expected default or aggregate"
         )),
     }
-}
-
-fn body_too_large(limit: usize) -> Response {
-    (
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!("request body larger than {limit} bytes (limits.remoteWrite.maxBodyBytes)"),
-    )
-        .into_response()
 }
 
 /// Why a request's `Content-Type` or `Content-Encoding` is not one this receiver speaks
