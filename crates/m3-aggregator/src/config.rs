@@ -13,7 +13,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use m3_config::{ConfigError, Ignored};
+use m3_config::{ConfigError, Ignored, KvScopeConfig};
 use m3_metric::StoragePolicy;
 use serde::Deserialize;
 
@@ -288,21 +288,6 @@ pub struct InstanceIdConfig {
     pub id_type: String,
 }
 
-/// A KV scope (`kvConfig:`).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct KvScopeConfig {
-    /// KV namespace.
-    #[serde(default)]
-    pub namespace: Option<String>,
-    /// Environment.
-    #[serde(default)]
-    pub environment: Option<String>,
-    /// Zone.
-    #[serde(default)]
-    pub zone: Option<String>,
-}
-
 /// `placementManager:`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -461,8 +446,10 @@ pub struct DynamicBackendConfig {
     /// Only `murmur32`.
     #[serde(default)]
     pub hash_type: Option<String>,
-    /// The m3msg producer.
-    pub producer: ProducerSection,
+    /// The m3msg producer (M3's `producer:` block, declared with the producer).
+    /// `buffer.onFullStrategy` is accepted and has no effect: a full buffer drops its oldest
+    /// messages.
+    pub producer: m3_msg::ProducerConfig,
     /// Not supported yet; accepted.
     #[serde(default)]
     pub filters: Option<Ignored>,
@@ -481,236 +468,6 @@ pub struct DynamicBackendConfig {
     /// Accepted.
     #[serde(default)]
     pub writer: Option<Ignored>,
-}
-
-/// `producer:`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ProducerSection {
-    /// The in-memory buffer.
-    #[serde(default)]
-    pub buffer: Option<BufferSection>,
-    /// The writer.
-    pub writer: WriterSection,
-}
-
-/// `producer.buffer:`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct BufferSection {
-    /// Bytes buffered before the oldest messages are dropped (M3's seed: 1e9).
-    #[serde(default)]
-    pub max_buffer_size: Option<usize>,
-    /// Largest single message.
-    #[serde(default)]
-    pub max_message_size: Option<usize>,
-    /// `dropOldest` or `returnError`; accepted.
-    #[serde(default)]
-    pub on_full_strategy: Option<String>,
-    /// Accepted.
-    #[serde(default)]
-    pub allowed_spillover_ratio: Option<f64>,
-    /// Accepted.
-    #[serde(default, with = "m3_config::option_duration")]
-    pub drop_oldest_interval: Option<Duration>,
-    /// Accepted.
-    #[serde(default)]
-    pub cleanup_retry: Option<Ignored>,
-}
-
-/// `producer.writer:`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct WriterSection {
-    /// The output topic (e.g. `aggregated_metrics`).
-    pub topic_name: String,
-    /// KV scope of the topic.
-    #[serde(default)]
-    pub topic_service_override: Option<KvScopeConfig>,
-    /// Accepted.
-    #[serde(default)]
-    pub topic_watch_init_timeout: Option<Ignored>,
-    /// Where the consumer services' placements are (`namespaces.placement`); other keys
-    /// accepted.
-    #[serde(default)]
-    pub placement_service_override: Option<PlacementServiceOverride>,
-    /// Accepted.
-    #[serde(default)]
-    pub placement_watch_init_timeout: Option<Ignored>,
-    /// Accepted.
-    #[serde(default)]
-    pub placement: Option<Ignored>,
-    /// Accepted.
-    #[serde(default)]
-    pub message_pool: Option<Ignored>,
-    /// Backoff between redeliveries of an un-acked message.
-    #[serde(default)]
-    pub message_retry: Option<RetrySection>,
-    /// How soon a message with no reachable consumer is tried again.
-    #[serde(default, with = "m3_config::option_duration")]
-    pub message_queue_new_writes_scan_interval: Option<Duration>,
-    /// Accepted.
-    #[serde(default, with = "m3_config::option_duration")]
-    pub message_queue_full_scan_interval: Option<Duration>,
-    /// Accepted.
-    #[serde(default)]
-    pub message_queue_scan_batch_size: Option<usize>,
-    /// Accepted.
-    #[serde(default)]
-    pub initial_ack_map_size: Option<usize>,
-    /// Accepted.
-    #[serde(default, with = "m3_config::option_duration")]
-    pub close_check_interval: Option<Duration>,
-    /// Accepted.
-    #[serde(default)]
-    pub ack_error_retry: Option<Ignored>,
-    /// Accepted.
-    #[serde(default)]
-    pub encoder: Option<Ignored>,
-    /// Accepted.
-    #[serde(default)]
-    pub decoder: Option<Ignored>,
-    /// Connections to the consumers.
-    #[serde(default)]
-    pub connection: Option<ConnectionSection>,
-    /// Accepted.
-    #[serde(default)]
-    pub ignore_cutoff_cutover: Option<bool>,
-}
-
-/// `writer.placementServiceOverride:`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PlacementServiceOverride {
-    /// KV namespaces.
-    #[serde(default)]
-    pub namespaces: Option<NamespacesOverride>,
-    /// Other keys, accepted.
-    #[serde(flatten)]
-    pub other: std::collections::BTreeMap<String, Ignored>,
-}
-
-/// `placementServiceOverride.namespaces:`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NamespacesOverride {
-    /// The placement namespace, e.g. `/placement`.
-    #[serde(default)]
-    pub placement: Option<String>,
-    /// Other namespaces, accepted.
-    #[serde(flatten)]
-    pub other: std::collections::BTreeMap<String, Ignored>,
-}
-
-impl WriterSection {
-    /// The consumer services' placement namespace, when overridden.
-    pub fn placement_namespace(&self) -> Option<String> {
-        self.placement_service_override
-            .as_ref()?
-            .namespaces
-            .as_ref()?
-            .placement
-            .clone()
-    }
-}
-
-impl ProducerSection {
-    /// The producer settings this section asks for, over the defaults.
-    pub fn producer_config(&self) -> m3_msg::ProducerConfig {
-        let mut producer = m3_msg::ProducerConfig::default();
-        let writer = &self.writer;
-        if let Some(size) = self.buffer.as_ref().and_then(|b| b.max_buffer_size) {
-            producer.buffer.max_buffer_size = size;
-        }
-        if let Some(size) = self.buffer.as_ref().and_then(|b| b.max_message_size) {
-            producer.buffer.max_message_size = size;
-        }
-        if let Some(retry) = &writer.message_retry {
-            apply_retry(&mut producer.writer.message_retry, retry);
-        }
-        if let Some(scan) = writer.message_queue_new_writes_scan_interval {
-            producer.writer.message_queue_new_writes_scan_interval = scan;
-        }
-        if let Some(c) = &writer.connection {
-            let conn = &mut producer.writer.connection;
-            if let Some(v) = c.dial_timeout {
-                conn.dial_timeout = v;
-            }
-            if let Some(v) = c.write_timeout {
-                conn.write_timeout = v;
-            }
-            if let Some(v) = c.flush_interval {
-                conn.flush_interval = v;
-            }
-            if let Some(v) = c.write_buffer_size {
-                conn.write_buffer_size = v;
-            }
-            if let Some(v) = c.read_buffer_size {
-                conn.read_buffer_size = v;
-            }
-            if let Some(r) = &c.retry {
-                apply_retry(&mut conn.retry, r);
-            }
-        }
-        producer
-    }
-}
-
-/// A backoff (`retry:`, `messageRetry:`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RetrySection {
-    /// First delay.
-    #[serde(default, with = "m3_config::option_duration")]
-    pub initial_backoff: Option<Duration>,
-    /// Multiplier.
-    #[serde(default)]
-    pub backoff_factor: Option<f64>,
-    /// Cap.
-    #[serde(default, with = "m3_config::option_duration")]
-    pub max_backoff: Option<Duration>,
-    /// Accepted.
-    #[serde(default)]
-    pub max_retries: Option<u32>,
-    /// Accepted.
-    #[serde(default)]
-    pub forever: Option<bool>,
-    /// Randomise.
-    #[serde(default)]
-    pub jitter: Option<bool>,
-}
-
-/// `writer.connection:`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ConnectionSection {
-    /// Dial timeout.
-    #[serde(default, with = "m3_config::option_duration")]
-    pub dial_timeout: Option<Duration>,
-    /// Write timeout.
-    #[serde(default, with = "m3_config::option_duration")]
-    pub write_timeout: Option<Duration>,
-    /// Accepted.
-    #[serde(default, with = "m3_config::option_duration")]
-    pub keep_alive_period: Option<Duration>,
-    /// Accepted.
-    #[serde(default, with = "m3_config::option_duration")]
-    pub reset_delay: Option<Duration>,
-    /// Reconnect backoff.
-    #[serde(default)]
-    pub retry: Option<RetrySection>,
-    /// How often buffered writes are flushed.
-    #[serde(default, with = "m3_config::option_duration")]
-    pub flush_interval: Option<Duration>,
-    /// Write buffer bytes.
-    #[serde(default)]
-    pub write_buffer_size: Option<usize>,
-    /// Read buffer bytes.
-    #[serde(default)]
-    pub read_buffer_size: Option<usize>,
-    /// Accepted.
-    #[serde(default)]
-    pub num_connections: Option<usize>,
 }
 
 /// The settings the process runs with, after validation.
@@ -979,7 +736,7 @@ impl AggregatorConfig {
                     ),
                 ));
             }
-            instance.producer = backend.producer.producer_config();
+            instance.producer = producer_options(&backend.producer);
         }
         let defaults = m3_server::tcp::ListenerLimits::default();
         let rawtcp = self.rawtcp;
@@ -1016,19 +773,13 @@ impl AggregatorConfig {
     }
 }
 
-fn apply_retry(target: &mut m3_msg::RetryConfig, source: &RetrySection) {
-    if let Some(v) = source.initial_backoff {
-        target.initial_backoff = v;
-    }
-    if let Some(v) = source.backoff_factor {
-        target.backoff_factor = v;
-    }
-    if let Some(v) = source.max_backoff {
-        target.max_backoff = v;
-    }
-    if let Some(v) = source.jitter {
-        target.jitter = v;
-    }
+/// The producer the aggregator runs with for a `producer:` block: the block as written, except
+/// `buffer.onFullStrategy`, which is accepted and has no effect here (a full buffer always drops
+/// its oldest messages).
+pub(crate) fn producer_options(block: &m3_msg::ProducerConfig) -> m3_msg::ProducerConfig {
+    let mut producer = block.clone();
+    producer.buffer.on_full_strategy = m3_msg::OnFull::DropOldest;
+    producer
 }
 
 /// The host ID from `aggregator.hostID`.
@@ -1116,6 +867,63 @@ mod tests {
             config.etcd.etcd_clusters[0].endpoints,
             vec!["127.0.0.1:2379".to_string()]
         );
+    }
+
+    /// The shipped `producer:` block reads straight into the producer's config: what it sets
+    /// over the producer's defaults, each retry over its own defaults.
+    #[test]
+    fn producer_block_is_the_producers_config() {
+        let (path, text) = shipped();
+        let producer = AggregatorConfig::parse(&path, &text, &env)
+            .unwrap()
+            .instance
+            .producer;
+        let mut want = m3_msg::ProducerConfig::default();
+        want.buffer.max_buffer_size = 1_000_000_000;
+        want.writer.topic_name = "aggregated_metrics".into();
+        want.writer.topic_service_override = Some(KvScopeConfig {
+            namespace: None,
+            environment: Some("default_env".into()),
+            zone: Some("embedded".into()),
+        });
+        want.writer.message_retry.initial_backoff = Duration::from_secs(1);
+        want.writer.message_retry.max_backoff = Duration::from_secs(10);
+        want.writer.message_queue_new_writes_scan_interval = Duration::from_secs(1);
+        want.writer.connection.flush_interval = Duration::from_millis(100);
+        want.writer.connection.write_buffer_size = 16384;
+        assert_eq!(producer, want);
+
+        let return_error = text.replace(
+            "maxBufferSize: 1000000000",
+            "maxBufferSize: 1000000000\n              onFullStrategy: returnError",
+        );
+        assert_ne!(return_error, text);
+        let producer = AggregatorConfig::parse(&path, &return_error, &env)
+            .unwrap()
+            .instance
+            .producer;
+        assert_eq!(producer.buffer.on_full_strategy, m3_msg::OnFull::DropOldest);
+
+        let unknown = text.replace(
+            "flushInterval: 100ms",
+            "flushInterval: 100ms\n                queueSize: 4",
+        );
+        let err = AggregatorConfig::parse(&path, &unknown, &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("queueSize") && err.contains("m3aggregator.yml"),
+            "{err}"
+        );
+        let bad_retry = text.replace(
+            "maxBackoff: 10s\n              messageQueue",
+            "maxBackof: 10s\n              messageQueue",
+        );
+        assert_ne!(bad_retry, text);
+        let err = AggregatorConfig::parse(&path, &bad_retry, &env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("maxBackof"), "{err}");
     }
 
     #[test]

@@ -210,36 +210,13 @@ pub struct IngesterConfig {
     /// Go object pool size; accepted, no effect.
     #[serde(default)]
     pub op_pool: Option<Ignored>,
-    /// Storage write retries before the message is left un-acked for redelivery.
+    /// Storage write retries before the message is left un-acked for redelivery (M3's shared
+    /// `retry:` block).
     #[serde(default)]
-    pub retry: Option<RetryConfig>,
+    pub retry: Option<m3_config::RetryConfig>,
     /// Fraction of write errors logged.
     #[serde(default)]
     pub log_sample_rate: Option<f64>,
-}
-
-/// A retry policy (M3's `retry:` blocks).
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RetryConfig {
-    /// Attempts after the first.
-    #[serde(default)]
-    pub max_retries: Option<u32>,
-    /// Randomise backoff.
-    #[serde(default)]
-    pub jitter: Option<bool>,
-    /// First backoff.
-    #[serde(default, with = "m3_config::option_duration")]
-    pub initial_backoff: Option<Duration>,
-    /// Backoff multiplier.
-    #[serde(default)]
-    pub backoff_factor: Option<f64>,
-    /// Longest backoff.
-    #[serde(default, with = "m3_config::option_duration")]
-    pub max_backoff: Option<Duration>,
-    /// Retry forever.
-    #[serde(default)]
-    pub forever: Option<bool>,
 }
 
 /// Past/future limits for timed samples.

@@ -551,7 +551,7 @@ fn parse_duration_ms(param: &str, text: &str) -> Result<i64, ApiError> {
     if let Ok(seconds) = text.parse::<f64>() {
         return seconds_to_ms(seconds).ok_or_else(bad);
     }
-    let duration = m3_metric::duration::parse_duration(text).map_err(|_| bad())?;
+    let duration = m3_config::duration::parse_duration(text).map_err(|_| bad())?;
     i64::try_from(duration.as_millis()).map_err(|_| bad())
 }
 

@@ -5,8 +5,8 @@
 //!   so the same shard, on every coordinator.
 //! * [`metric_type`]: counters, timers and gauges.
 //! * [`aggregation`]: the 24 aggregation types, their bitset IDs and the defaults per metric type.
-//! * [`policy`]: storage policies such as `10s:2d` or `1m@1s:40d`.
-//! * [`duration`]: M3's extended duration strings (`10s`, `2d`, `1w`).
+//! * [`policy`]: storage policies such as `10s:2d` or `1m@1s:40d`, written with M3's duration
+//!   strings (`m3_config::duration`).
 //!
 //! This crate does no I/O; conversions to the protobuf messages of `m3-proto` live beside each
 //! type.
@@ -19,7 +19,6 @@
 //! ```
 
 pub mod aggregation;
-pub mod duration;
 pub mod id;
 pub mod metric_type;
 pub mod policy;

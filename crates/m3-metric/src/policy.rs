@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use m3_proto::policypb;
 
-use crate::duration::{ParseDurationError, format_duration, parse_duration};
+use m3_config::duration::{ParseDurationError, format_duration, parse_duration};
 
 /// The window a metric is aggregated over, and the precision its timestamps are kept at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

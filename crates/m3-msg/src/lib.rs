@@ -73,7 +73,7 @@ mod writer;
 
 pub use config::{
     BufferConfig, ConnectionConfig, ConsumerConfig, ConsumerServerSection, OnFull, ProducerConfig,
-    RetryConfig, WriterConfig,
+    RetryPolicy, WriterConfig,
 };
 pub use consumer::{ConsumedMessage, ConsumerServer, Decision, MessageHandler, handler_fn, serve};
 pub use error::{ProduceError, ServiceError};

@@ -24,7 +24,7 @@ const NO_RETRY: Duration = Duration::from_secs(60);
 /// unless a test wants them.
 fn producer_config(initial_backoff: Duration) -> ProducerConfig {
     let mut config = ProducerConfig::default();
-    config.writer.message_retry = RetryConfig {
+    config.writer.message_retry = RetryPolicy {
         initial_backoff,
         backoff_factor: 2.0,
         max_backoff: initial_backoff * 4,
@@ -33,7 +33,7 @@ fn producer_config(initial_backoff: Duration) -> ProducerConfig {
     config.writer.message_queue_new_writes_scan_interval = Duration::from_millis(10);
     config.writer.connection.flush_interval = Duration::from_millis(2);
     config.writer.connection.dial_timeout = Duration::from_millis(500);
-    config.writer.connection.retry = RetryConfig {
+    config.writer.connection.retry = RetryPolicy {
         initial_backoff: Duration::from_millis(20),
         backoff_factor: 2.0,
         max_backoff: Duration::from_millis(100),

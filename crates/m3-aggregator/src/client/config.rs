@@ -67,8 +67,8 @@ pub struct AggregatorClientConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClientM3msgConfig {
-    /// The producer, as in the aggregator's flush handler.
-    pub producer: crate::config::ProducerSection,
+    /// The producer, as in the aggregator's flush handler (M3's `producer:` block).
+    pub producer: m3_msg::ProducerConfig,
 }
 
 /// A client block key that is wrong, relative to the block (e.g. `type`).
@@ -144,7 +144,7 @@ impl AggregatorClientConfig {
                 .as_ref()
                 .and_then(|o| o.environment.clone()),
             placement_namespace: writer.placement_namespace(),
-            producer: producer.producer_config(),
+            producer: crate::config::producer_options(producer),
         })
     }
 }

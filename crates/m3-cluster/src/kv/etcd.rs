@@ -130,9 +130,10 @@ pub struct EtcdConfig {
     /// File mode for directories M3 creates (the cache dir). Accepted, not used.
     #[serde(default)]
     pub new_directory_mode: Option<u32>,
-    /// M3's retry settings for KV requests. Accepted, not used: callers retry.
+    /// M3's retry settings for KV requests (its shared `retry:` block). Accepted, not used:
+    /// callers retry.
     #[serde(default)]
-    pub retry: Option<RetryConfig>,
+    pub retry: Option<m3_config::RetryConfig>,
     /// Bound on each request (default [`DEFAULT_REQUEST_TIMEOUT`]).
     #[serde(default, with = "m3_config::option_duration")]
     pub request_timeout: Option<Duration>,
@@ -224,30 +225,6 @@ pub struct M3sdConfig {
     /// How long M3 waits for the first service-discovery answer.
     #[serde(default, with = "m3_config::option_duration")]
     pub init_timeout: Option<Duration>,
-}
-
-/// M3's retry block (`retry`).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RetryConfig {
-    /// First backoff.
-    #[serde(default, with = "m3_config::option_duration")]
-    pub initial_backoff: Option<Duration>,
-    /// Backoff growth factor.
-    #[serde(default)]
-    pub backoff_factor: Option<f64>,
-    /// Largest backoff.
-    #[serde(default, with = "m3_config::option_duration")]
-    pub max_backoff: Option<Duration>,
-    /// Number of retries.
-    #[serde(default)]
-    pub max_retries: Option<i64>,
-    /// Retry forever.
-    #[serde(default)]
-    pub forever: Option<bool>,
-    /// Randomise backoffs.
-    #[serde(default)]
-    pub jitter: Option<bool>,
 }
 
 impl EtcdConfig {

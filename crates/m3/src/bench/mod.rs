@@ -248,7 +248,7 @@ pub fn parse_duration_arg(text: &str) -> Result<Duration, String> {
     if let Ok(seconds) = text.trim().parse::<u64>() {
         return Ok(Duration::from_secs(seconds));
     }
-    m3_metric::duration::parse_duration(text).map_err(|e| e.to_string())
+    m3_config::duration::parse_duration(text).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -1,9 +1,12 @@
-//! M3's extended duration strings: Go's `10s`, `1m30s`, `250ms`, plus days (`2d`), weeks (`1w`),
+//! M3's duration strings: Go's `10s`, `1m30s`, `250ms`, plus days (`2d`), weeks (`1w`),
 //! months (`1mon` = 30 days) and years (`1y` = 365 days).
 //!
-//! Storage policies, config files and admin requests all use them, so the one parser lives here.
+//! Config files, storage policies and admin requests all use them, so the one parser lives here.
 //! Printing picks the largest unit that divides the duration exactly, up to days, so that
 //! `"2d"`, `"40d"` and `"10s"` print back as written.
+//!
+//! For serde, `#[serde(with = "m3_config::duration")]` reads a required duration string and
+//! `#[serde(default, with = "m3_config::option_duration")]` an optional one.
 
 use std::time::Duration;
 
@@ -124,6 +127,34 @@ pub fn format_duration(duration: Duration) -> String {
     format!("{nanos}ns")
 }
 
+/// For `#[serde(with = "m3_config::duration")]`: a required duration string.
+///
+/// # Errors
+/// When the value is not a duration string; the message quotes the value.
+pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// An optional duration string, for `#[serde(default, with = "m3_config::option_duration")]`.
+pub mod option {
+    use std::time::Duration;
+
+    use serde::Deserialize;
+
+    /// Deserializes an absent or null value as `None`, anything else as a duration string.
+    ///
+    /// # Errors
+    /// When the value is present and not a duration string; the message quotes the value.
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        text.map(|t| super::parse_duration(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +172,10 @@ mod tests {
             ("1mon", Duration::from_secs(30 * 86_400)),
             ("1y", Duration::from_secs(365 * 86_400)),
             ("1.5h", Duration::from_secs(5_400)),
+            ("1.5s", Duration::from_millis(1_500)),
+            ("2h", Duration::from_secs(7_200)),
+            ("5us", Duration::from_micros(5)),
+            ("5µs", Duration::from_micros(5)),
             ("0", Duration::ZERO),
             ("300000000000ns", Duration::from_secs(300)),
         ];
@@ -156,6 +191,7 @@ mod tests {
             "10",
             "s",
             "10x",
+            "5 parsecs",
             "-1s",
             "1..5s",
             "99999999999999999999999y",
@@ -172,6 +208,28 @@ mod tests {
         assert_eq!(format_duration(Duration::from_secs(90)), "90s");
         assert_eq!(format_duration(Duration::from_secs(3_600)), "1h");
         assert_eq!(format_duration(Duration::from_millis(1_500)), "1500ms");
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Timeouts {
+        #[serde(with = "crate::duration")]
+        write: Duration,
+        #[serde(default, with = "crate::option_duration")]
+        read: Option<Duration>,
+    }
+
+    #[test]
+    fn serde_helpers_read_required_and_optional_durations() {
+        let t: Timeouts = serde_saphyr::from_str("write: 1m30s\nread: 250ms\n").unwrap();
+        assert_eq!(t.write, Duration::from_secs(90));
+        assert_eq!(t.read, Some(Duration::from_millis(250)));
+        let t: Timeouts = serde_saphyr::from_str("write: 2d\n").unwrap();
+        assert_eq!(t.write, Duration::from_secs(2 * 86_400));
+        assert_eq!(t.read, None);
+        let err = serde_saphyr::from_str::<Timeouts>("write: 1s\nread: soon\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"soon\""), "{err}");
     }
 
     proptest! {
