@@ -25,18 +25,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    m3_server::process::init_logging();
-    let args = Args::parse();
-    let result = tokio::runtime::Runtime::new()
-        .context("starting the async runtime")
-        .and_then(|rt| rt.block_on(run(args)));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    m3_server::process::run_main(run(Args::parse()))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

@@ -1,5 +1,31 @@
 //! What every binary (`m3`, `m3aggregator`, `m3coordinator`) sets up the same way before it
-//! serves: logging, the signals it reacts to, and its file-descriptor limit.
+//! serves: logging, the runtime and how an error ends the process, the signals it reacts to,
+//! and its file-descriptor limit.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::process::ExitCode;
+
+/// A binary's `main` after its flags are parsed: logging, a multi-threaded runtime, `run` to
+/// completion. An error is printed with its chain (`{:#}`) on stderr and the process exits
+/// with code 2.
+pub fn run_main<E: Display>(run: impl Future<Output = Result<(), E>>) -> ExitCode {
+    init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
 
 /// Logs to stderr at the level `RUST_LOG` asks for (default `info`).
 pub fn init_logging() {

@@ -80,16 +80,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    m3_server::process::init_logging();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: starting the async runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let result = runtime.block_on(async {
+    m3_server::process::run_main(async {
         match cli.command {
             Command::Local { config, data_dir } => {
                 m3_server::process::prepare();
@@ -126,12 +118,5 @@ fn main() -> ExitCode {
                 .await
             }
         }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    })
 }
