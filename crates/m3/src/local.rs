@@ -156,7 +156,7 @@ fn default_message_ttl() -> Duration {
 ///
 /// # Errors
 /// A bad config, a port in use, a store that does not open.
-pub async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+pub(crate) async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let mut config: LocalConfig = m3_config::load(config_path)?;
     if let Some(dir) = data_dir {
         config.coordinator.storage.data_dir = dir.display().to_string();

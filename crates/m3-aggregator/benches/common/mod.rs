@@ -8,14 +8,14 @@ use m3_metric::id::encode_tags;
 use m3_metric::{AggregationId, MetricType};
 use m3_proto::metricpb::StagedMetadatas;
 
-pub const S: i64 = 1_000_000_000;
+pub(crate) const S: i64 = 1_000_000_000;
 /// Aligned to 10s.
-pub const T0: i64 = 1_700_000_000 * S;
-pub const NUM_SHARDS: u32 = 256;
+pub(crate) const T0: i64 = 1_700_000_000 * S;
+pub(crate) const NUM_SHARDS: u32 = 256;
 
 /// Tag-encoded Prometheus-style IDs of about 70 bytes:
 /// `{__name__="bench_metric_N", instance="host-N:9100", job="node"}`.
-pub fn ids(n: usize) -> Vec<Vec<u8>> {
+pub(crate) fn ids(n: usize) -> Vec<Vec<u8>> {
     (0..n)
         .map(|i| {
             let name = format!("bench_metric_{}", i % 1000);
@@ -37,12 +37,12 @@ pub fn ids(n: usize) -> Vec<Vec<u8>> {
 
 /// An engine owning all shards, with the default options and the production shard function
 /// (murmur3_32 of the ID modulo the shard count, as the placement assigns them).
-pub fn engine() -> Aggregator {
+pub(crate) fn engine() -> Aggregator {
     engine_with(AggregatorOptions::default())
 }
 
 /// As [`engine`], with `options`.
-pub fn engine_with(options: AggregatorOptions) -> Aggregator {
+pub(crate) fn engine_with(options: AggregatorOptions) -> Aggregator {
     let agg = Aggregator::new(
         options,
         Arc::new(|id: &[u8]| m3_cluster::shard_for(id, NUM_SHARDS)),
@@ -53,7 +53,7 @@ pub fn engine_with(options: AggregatorOptions) -> Aggregator {
 
 /// The metadata a coordinator sends for a Prometheus sample: one staged version, default
 /// aggregation (gauge → Last), storage policy 10s:2d.
-pub fn metadatas() -> StagedMetadatas {
+pub(crate) fn metadatas() -> StagedMetadatas {
     build::simple(
         AggregationId::DEFAULT,
         &["10s:2d".parse().expect("valid policy")],
@@ -61,7 +61,7 @@ pub fn metadatas() -> StagedMetadatas {
 }
 
 /// Adds one timed gauge sample to every series at `t`.
-pub fn add_all(agg: &Aggregator, ids: &[Vec<u8>], meta: &StagedMetadatas, t: i64, now: i64) {
+pub(crate) fn add_all(agg: &Aggregator, ids: &[Vec<u8>], meta: &StagedMetadatas, t: i64, now: i64) {
     for (i, id) in ids.iter().enumerate() {
         agg.add_timed(
             MetricType::Gauge,

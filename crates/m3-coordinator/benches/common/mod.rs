@@ -5,11 +5,11 @@ use m3_proto::Message;
 use m3_proto::prometheus::{Label, Sample, TimeSeries, WriteRequest};
 
 /// Series per request: Prometheus's default `max_samples_per_send`, one sample each.
-pub const SERIES: usize = 2000;
+pub(crate) const SERIES: usize = 2000;
 
 /// An uncompressed request of `series` series from a few metric families, each with ten
 /// labels (sorted by name, as Prometheus sends them) and one sample.
-pub fn prometheus_shaped_proto(series: usize) -> Vec<u8> {
+pub(crate) fn prometheus_shaped_proto(series: usize) -> Vec<u8> {
     let timeseries = (0..series)
         .map(|i| {
             let labels = [
@@ -43,7 +43,7 @@ pub fn prometheus_shaped_proto(series: usize) -> Vec<u8> {
 }
 
 /// The same request as Prometheus puts it on the wire: a snappy block.
-pub fn prometheus_shaped_request(series: usize) -> Vec<u8> {
+pub(crate) fn prometheus_shaped_request(series: usize) -> Vec<u8> {
     snap::raw::Encoder::new()
         .compress_vec(&prometheus_shaped_proto(series))
         .expect("compressing a generated request")

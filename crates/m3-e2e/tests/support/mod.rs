@@ -23,39 +23,39 @@ use tempfile::TempDir;
 
 /// SEED.md (kept in the repository as docs/seed/m3aggregator.md), read at test time: the
 /// walkthrough is the spec.
-pub const SEED_MD: &str = concat!(
+pub(crate) const SEED_MD: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../docs/seed/m3aggregator.md"
 );
 /// The shipped aggregator config.
-pub const AGGREGATOR_CONFIG: &str =
+pub(crate) const AGGREGATOR_CONFIG: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/m3aggregator.yml");
 /// The shipped coordinator config.
-pub const COORDINATOR_CONFIG: &str = concat!(
+pub(crate) const COORDINATOR_CONFIG: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../config/m3coordinator.yml"
 );
 
 /// The headers that pick the 10s aggregated namespace.
-pub const AGG_10S: &[(&str, &str)] = &[
+pub(crate) const AGG_10S: &[(&str, &str)] = &[
     ("M3-Metrics-Type", "aggregated"),
     ("M3-Storage-Policy", "10s:2d"),
 ];
 
 /// The aggregated resolution checked, in ms.
-pub const RESOLUTION_MS: i64 = 10_000;
+pub(crate) const RESOLUTION_MS: i64 = 10_000;
 
 /// `bufferDurationForPastTimedMetric` and `writeBuffers.bufferPast` in these tests: small, so
 /// windows flush soon after they end (at end + bufferPast + resolution).
-pub const BUFFER_PAST: &str = "5s";
+pub(crate) const BUFFER_PAST: &str = "5s";
 /// [`BUFFER_PAST`] in ms.
-pub const BUFFER_PAST_MS: i64 = 5_000;
+pub(crate) const BUFFER_PAST_MS: i64 = 5_000;
 
 /// A series' labels, sorted by name.
-pub type LabelSet = BTreeMap<String, String>;
+pub(crate) type LabelSet = BTreeMap<String, String>;
 
 /// Milliseconds since the epoch.
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -63,12 +63,12 @@ pub fn now_ms() -> i64 {
 }
 
 /// The end of the window of `resolution_ms` holding `t_ms`.
-pub fn window_end(t_ms: i64, resolution_ms: i64) -> i64 {
+pub(crate) fn window_end(t_ms: i64, resolution_ms: i64) -> i64 {
     t_ms.div_euclid(resolution_ms) * resolution_ms + resolution_ms
 }
 
 /// One running `m3aggregator`.
-pub struct Aggregator {
+pub(crate) struct Aggregator {
     /// The process.
     pub process: ChildProcess,
     /// Its host ID (`M3AGGREGATOR_HOST_ID`), also the address it listens on.
@@ -82,7 +82,7 @@ pub struct Aggregator {
 }
 
 /// One running `m3coordinator`.
-pub struct Coordinator {
+pub(crate) struct Coordinator {
     /// The process.
     pub process: ChildProcess,
     /// HTTP API.
@@ -94,13 +94,13 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// `http://<http>`.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.http)
     }
 }
 
 /// etcd, two aggregators, `coordinators` coordinators.
-pub struct Cluster {
+pub(crate) struct Cluster {
     /// The cluster KV.
     pub etcd: EtcdProcess,
     /// 127.0.0.2 and 127.0.0.3.
@@ -114,13 +114,13 @@ pub struct Cluster {
 }
 
 /// The aggregators' host IDs and addresses.
-pub const AGGREGATOR_HOSTS: [Ipv4Addr; 2] =
+pub(crate) const AGGREGATOR_HOSTS: [Ipv4Addr; 2] =
     [Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3)];
 
 impl Cluster {
     /// Starts etcd, the two aggregators and `coordinators` coordinators from the shipped
     /// configs, and waits until each answers `/health`.
-    pub async fn start(name: &str, coordinators: usize) -> Cluster {
+    pub(crate) async fn start(name: &str, coordinators: usize) -> Cluster {
         Cluster::start_with(
             name,
             coordinators,
@@ -131,7 +131,7 @@ impl Cluster {
     }
 
     /// As [`Cluster::start`], with other config files for the aggregators and coordinators.
-    pub async fn start_with(
+    pub(crate) async fn start_with(
         name: &str,
         coordinators: usize,
         aggregator_config: &Path,
@@ -197,7 +197,7 @@ impl Cluster {
     }
 
     /// Waits until `url` answers 2xx, failing with `process`'s log after 30s.
-    pub async fn wait_healthy(&self, url: &str, process: &ChildProcess) {
+    pub(crate) async fn wait_healthy(&self, url: &str, process: &ChildProcess) {
         let ok = m3_testkit::wait_for(Duration::from_secs(30), Duration::from_millis(50), || {
             let request = self.client.get(url).send();
             async move { request.await.ok().filter(|r| r.status().is_success()) }
@@ -209,7 +209,7 @@ impl Cluster {
     }
 
     /// The logs of every process, for panic messages.
-    pub fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         let mut out = String::new();
         for a in &self.aggregators {
             out.push_str(&format!("\n--- {a}\n", a = a.process));
@@ -222,7 +222,7 @@ impl Cluster {
 
     /// How SEED.md's host names map to this cluster's addresses (coordinator `0` serves the
     /// admin API).
-    pub fn hosts(&self, coordinator: usize) -> SeedHosts {
+    pub(crate) fn hosts(&self, coordinator: usize) -> SeedHosts {
         SeedHosts {
             coordinator_http: self.coordinators[coordinator].http,
             coordinator_ingest: self.coordinators[coordinator].ingest,
@@ -232,7 +232,7 @@ impl Cluster {
     }
 
     /// The election state of each aggregator (`/status`'s `electionState`).
-    pub async fn election_states(&self) -> Vec<String> {
+    pub(crate) async fn election_states(&self) -> Vec<String> {
         let mut states = Vec::new();
         for a in &self.aggregators {
             let state = match self
@@ -259,7 +259,7 @@ impl Cluster {
     }
 
     /// Aggregator `index`'s `/status`: (election state, canLead), `None` when unreachable.
-    pub async fn status(&self, index: usize) -> Option<(String, bool)> {
+    pub(crate) async fn status(&self, index: usize) -> Option<(String, bool)> {
         let a = &self.aggregators[index];
         let v: Value = self
             .client
@@ -278,7 +278,7 @@ impl Cluster {
     }
 
     /// Waits until exactly one aggregator is leader and the other follower; the leader's index.
-    pub async fn wait_for_leader(&self, timeout: Duration) -> usize {
+    pub(crate) async fn wait_for_leader(&self, timeout: Duration) -> usize {
         let last = RefCell::new(Vec::new());
         let leader = m3_testkit::wait_for(timeout, Duration::from_millis(200), || {
             let states = self.election_states();
@@ -304,7 +304,7 @@ impl Cluster {
     }
 
     /// Runs SEED.md's `curl` commands against coordinator `0`, asserting 2xx for each.
-    pub async fn run_seed_commands(&self) {
+    pub(crate) async fn run_seed_commands(&self) {
         let hosts = self.hosts(0);
         for command in seed_commands() {
             let command = command.localized(&hosts);
@@ -313,7 +313,7 @@ impl Cluster {
     }
 
     /// Sends one curl command as curl would (`-d` sends a form content type) and asserts 2xx.
-    pub async fn send_curl(&self, command: &CurlCommand) {
+    pub(crate) async fn send_curl(&self, command: &CurlCommand) {
         let method = reqwest::Method::from_bytes(command.method.as_bytes()).expect("method");
         let response = self
             .client
@@ -337,7 +337,7 @@ impl Cluster {
 
     /// Starts aggregator `index` again after it exited (a crashed pod coming back): same host,
     /// ports and config, a new process.
-    pub fn restart_aggregator(&mut self, index: usize, name: &str) {
+    pub(crate) fn restart_aggregator(&mut self, index: usize, name: &str) {
         let old = &self.aggregators[index];
         let restarted = start_aggregator_with(
             name,
@@ -350,7 +350,7 @@ impl Cluster {
     }
 
     /// Waits until aggregator `index` answers `/health`.
-    pub async fn wait_aggregator_healthy(&self, index: usize) {
+    pub(crate) async fn wait_aggregator_healthy(&self, index: usize) {
         let a = &self.aggregators[index];
         self.wait_healthy(&format!("http://{}/health", a.http), &a.process)
             .await;
@@ -358,7 +358,7 @@ impl Cluster {
 
     /// The stored points of the series matched by `selector` in the namespace picked by
     /// `headers`, from every coordinator: (labels, coordinator index) → points.
-    pub async fn stored(
+    pub(crate) async fn stored(
         &self,
         selector: &str,
         headers: &[(&str, &str)],
@@ -375,7 +375,7 @@ impl Cluster {
 }
 
 /// Starts one `m3aggregator` on `host` with the shipped config.
-pub fn start_aggregator(
+pub(crate) fn start_aggregator(
     name: &str,
     etcd: &EtcdProcess,
     host: Ipv4Addr,
@@ -393,7 +393,7 @@ pub fn start_aggregator(
 
 /// Starts one `m3aggregator` on `host` with the config file at `config`; `ports` are its
 /// ingest port (`M3AGGREGATOR_RAWTCP_ADDRESS`) and its HTTP port.
-pub fn start_aggregator_with(
+pub(crate) fn start_aggregator_with(
     name: &str,
     etcd: &EtcdProcess,
     host: Ipv4Addr,
@@ -423,7 +423,7 @@ pub fn start_aggregator_with(
 }
 
 /// Starts one `m3coordinator` with the config file at `config`.
-pub fn start_coordinator_with(
+pub(crate) fn start_coordinator_with(
     name: &str,
     etcd: &EtcdProcess,
     config: &std::path::Path,
@@ -456,7 +456,7 @@ pub fn start_coordinator_with(
 
 /// One `curl -X <method> <url> -d '<body>'` of SEED.md.
 #[derive(Debug, Clone)]
-pub struct CurlCommand {
+pub(crate) struct CurlCommand {
     /// `POST`.
     pub method: String,
     /// As written.
@@ -467,7 +467,7 @@ pub struct CurlCommand {
 
 /// Where SEED.md's host names point in a test.
 #[derive(Debug, Clone)]
-pub struct SeedHosts {
+pub(crate) struct SeedHosts {
     /// `m3coordinator01:7201`.
     pub coordinator_http: SocketAddr,
     /// `m3coordinator01:7507`.
@@ -484,7 +484,7 @@ impl CurlCommand {
     ///
     /// # Panics
     /// When a SEED.md host name is left over, i.e. the seed gained a host this does not map.
-    pub fn localized(&self, hosts: &SeedHosts) -> CurlCommand {
+    pub(crate) fn localized(&self, hosts: &SeedHosts) -> CurlCommand {
         let url = self.url.replace(
             "http://m3coordinator01:7201",
             &format!("http://{}", hosts.coordinator_http),
@@ -535,7 +535,7 @@ impl CurlCommand {
 ///
 /// # Panics
 /// When SEED.md is missing or holds no curl command.
-pub fn seed_commands() -> Vec<CurlCommand> {
+pub(crate) fn seed_commands() -> Vec<CurlCommand> {
     let text = std::fs::read_to_string(SEED_MD).unwrap_or_else(|e| {
         panic!(
             "cannot read SEED.md at {SEED_MD}: {e} (the walkthrough test runs its curl commands)"
@@ -547,7 +547,7 @@ pub fn seed_commands() -> Vec<CurlCommand> {
 }
 
 /// Parses `curl [flags] -X METHOD URL -d '<body>'` commands out of markdown.
-pub fn parse_curl_commands(text: &str) -> Vec<CurlCommand> {
+pub(crate) fn parse_curl_commands(text: &str) -> Vec<CurlCommand> {
     let mut out = Vec::new();
     let mut rest = text;
     while let Some(start) = rest.find("curl ") {
@@ -582,7 +582,7 @@ pub fn parse_curl_commands(text: &str) -> Vec<CurlCommand> {
 }
 
 /// Percent-encodes everything but unreserved characters.
-pub fn url_encode(text: &str) -> String {
+pub(crate) fn url_encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
@@ -594,7 +594,7 @@ pub fn url_encode(text: &str) -> String {
 }
 
 /// An instant query (`/api/v1/query`) against `base`, at `time_s` if given; the JSON answer.
-pub async fn query(
+pub(crate) async fn query(
     client: &reqwest::Client,
     base: &str,
     query: &str,
@@ -620,7 +620,7 @@ pub async fn query(
 }
 
 /// The series of a matrix result: labels → (ms, value) points.
-pub fn matrix(result: &Value) -> Vec<(LabelSet, Vec<(i64, f64)>)> {
+pub(crate) fn matrix(result: &Value) -> Vec<(LabelSet, Vec<(i64, f64)>)> {
     result["data"]["result"]
         .as_array()
         .into_iter()
@@ -648,13 +648,13 @@ pub fn matrix(result: &Value) -> Vec<(LabelSet, Vec<(i64, f64)>)> {
 }
 
 /// Labels as `{a="1", b="2"}`.
-pub fn show_labels(labels: &LabelSet) -> String {
+pub(crate) fn show_labels(labels: &LabelSet) -> String {
     let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
     format!("{{{}}}", inner.join(", "))
 }
 
 /// Sends a `WriteRequest` snappy-compressed, as Prometheus does; status and body.
-pub async fn remote_write(
+pub(crate) async fn remote_write(
     client: &reqwest::Client,
     base: &str,
     request: &WriteRequest,
@@ -677,7 +677,7 @@ pub async fn remote_write(
 
 /// What a [`Writer`] sent and had accepted, and what it saw go wrong.
 #[derive(Debug, Default)]
-pub struct Written {
+pub(crate) struct Written {
     /// series label → window end → (timestamp, value) of the latest accepted sample.
     pub last: BTreeMap<String, BTreeMap<i64, (i64, f64)>>,
     /// The timestamp of the latest accepted request.
@@ -691,7 +691,7 @@ pub struct Written {
 /// A remote-write client like a Prometheus with one scrape per second: every `every` it writes
 /// one sample (timestamp now) for each of `series` series of metric `name`, label
 /// `series="s<i>"`, to the coordinators in turn (round robin), and records what was accepted.
-pub struct Writer {
+pub(crate) struct Writer {
     written: Arc<Mutex<Written>>,
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
@@ -699,7 +699,7 @@ pub struct Writer {
 
 impl Writer {
     /// Starts writing.
-    pub fn start(
+    pub(crate) fn start(
         client: reqwest::Client,
         coordinators: Vec<String>,
         name: &str,
@@ -773,12 +773,12 @@ impl Writer {
     }
 
     /// A snapshot of what was written.
-    pub fn with_written<T>(&self, f: impl FnOnce(&Written) -> T) -> T {
+    pub(crate) fn with_written<T>(&self, f: impl FnOnce(&Written) -> T) -> T {
         f(&self.written.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Waits until a request with a timestamp at or after `t_ms` was accepted.
-    pub async fn wait_past(&self, t_ms: i64, timeout: Duration) {
+    pub(crate) async fn wait_past(&self, t_ms: i64, timeout: Duration) {
         let reached = m3_testkit::wait_for(timeout, Duration::from_millis(100), || {
             let latest = self.with_written(|w| w.latest_ms);
             async move { (latest >= t_ms).then_some(()) }
@@ -793,7 +793,7 @@ impl Writer {
     }
 
     /// Stops writing.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.task.await;
     }
@@ -804,7 +804,7 @@ impl Writer {
 /// equal (windows checked, windows stored per coordinator), otherwise a listing of every
 /// difference. The union over all coordinators is compared, and a
 /// window stored with two different values counts as a difference.
-pub async fn compare_aggregated(
+pub(crate) async fn compare_aggregated(
     cluster: &Cluster,
     writer: &Writer,
     name: &str,
@@ -896,7 +896,7 @@ pub async fn compare_aggregated(
 ///
 /// # Panics
 /// With the last difference listing and the processes' logs.
-pub async fn wait_aggregated(
+pub(crate) async fn wait_aggregated(
     cluster: &Cluster,
     writer: &Writer,
     name: &str,
@@ -933,7 +933,7 @@ pub async fn wait_aggregated(
 
 /// Sum and Count of one 10s window as a [`SumWriter`] sent it.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct SumCount {
+pub(crate) struct SumCount {
     /// The sum of the values.
     pub sum: f64,
     /// How many values.
@@ -941,7 +941,7 @@ pub struct SumCount {
 }
 
 /// What a [`SumWriter`] sent: series → window end → sum and count.
-pub type SentWindows = BTreeMap<String, BTreeMap<i64, SumCount>>;
+pub(crate) type SentWindows = BTreeMap<String, BTreeMap<i64, SumCount>>;
 
 /// A client that writes timed counters straight to every aggregator over rawtcp, as the
 /// coordinator's aggregator client does, with explicit metadata asking for **Sum and Count**
@@ -951,7 +951,7 @@ pub type SentWindows = BTreeMap<String, BTreeMap<i64, SumCount>>;
 /// aggregator it can reach, reconnecting to those that went away. A sample counts as sent when
 /// at least one aggregator took it; since every replica of the shard set gets every sample, a
 /// window is complete on a replica that was up all along.
-pub struct SumWriter {
+pub(crate) struct SumWriter {
     sent: Arc<Mutex<SentWindows>>,
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
@@ -959,7 +959,7 @@ pub struct SumWriter {
 
 impl SumWriter {
     /// Starts writing `series` series of metric `name` (label `series="c<i>"`) to `endpoints`.
-    pub fn start(
+    pub(crate) fn start(
         endpoints: Vec<SocketAddr>,
         name: &str,
         series: usize,
@@ -1076,12 +1076,12 @@ impl SumWriter {
     }
 
     /// A copy of what was sent.
-    pub fn sent(&self) -> SentWindows {
+    pub(crate) fn sent(&self) -> SentWindows {
         self.sent.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Stops writing; what was sent.
-    pub async fn stop(self) -> SentWindows {
+    pub(crate) async fn stop(self) -> SentWindows {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.task.await;
         std::mem::take(&mut *self.sent.lock().unwrap_or_else(|e| e.into_inner()))
@@ -1092,7 +1092,7 @@ impl SumWriter {
 /// windows ending in `(from, to]`: every window counted as expected, stored, missing,
 /// differing, or stored more than once.
 #[derive(Debug, Default)]
-pub struct WindowReport {
+pub(crate) struct WindowReport {
     /// Windows sent (per series and aggregation).
     pub expected: usize,
     /// Expected windows found with the right value.
@@ -1112,7 +1112,7 @@ pub struct WindowReport {
 impl WindowReport {
     /// Whether every expected window is stored exactly, once, never with another value before,
     /// and nothing else is stored.
-    pub fn is_exact(&self) -> bool {
+    pub(crate) fn is_exact(&self) -> bool {
         self.missing.is_empty()
             && self.differing.is_empty()
             && self.corrected.is_empty()
@@ -1125,7 +1125,7 @@ impl WindowReport {
 /// is stored, then overwritten with another value, is reported even when the final value is
 /// right.
 #[derive(Debug, Default)]
-pub struct WindowHistory {
+pub(crate) struct WindowHistory {
     first_seen: Mutex<BTreeMap<String, f64>>,
     corrected: Mutex<Vec<String>>,
 }
@@ -1189,7 +1189,7 @@ impl std::fmt::Display for WindowReport {
 /// Compares the Sum (`name:sum`) and Count (`name:count`) series stored in the 10s namespace with
 /// `sent`, for windows ending in `(from, to]`. Every stored value is also recorded in `history`,
 /// and the report lists each window whose value ever changed between comparisons.
-pub async fn compare_sum_count(
+pub(crate) async fn compare_sum_count(
     cluster: &Cluster,
     sent: &SentWindows,
     name: &str,

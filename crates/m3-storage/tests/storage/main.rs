@@ -12,25 +12,32 @@ use std::time::Duration;
 
 use m3_storage::{Labels, NamespaceConfig, Store};
 
-pub const RAW: &str = "default";
-pub const AGG: &str = "agg_1m_40d";
-pub const HOUR: Duration = Duration::from_secs(3600);
+/// The raw (unaggregated) namespace, 48h retention.
+pub(crate) const RAW: &str = "default";
+/// The aggregated namespace, 1m:40d.
+pub(crate) const AGG: &str = "agg_1m_40d";
+/// One hour.
+pub(crate) const HOUR: Duration = Duration::from_secs(3600);
 
-pub fn namespaces() -> Vec<NamespaceConfig> {
+/// The two namespaces every test store has.
+pub(crate) fn namespaces() -> Vec<NamespaceConfig> {
     vec![
         NamespaceConfig::unaggregated(RAW, 48 * HOUR),
         NamespaceConfig::aggregated(AGG, Duration::from_secs(60), 40 * 24 * HOUR),
     ]
 }
 
-pub fn open(dir: &Path) -> Store {
+/// Opens (or reopens) the store in `dir` with [`namespaces`].
+pub(crate) fn open(dir: &Path) -> Store {
     Store::open(dir, namespaces()).expect("open store")
 }
 
-pub fn labels(pairs: &[(&str, &str)]) -> Labels {
+/// Labels from (name, value) pairs.
+pub(crate) fn labels(pairs: &[(&str, &str)]) -> Labels {
     Labels::new(pairs.iter().copied()).expect("valid labels")
 }
 
-pub fn tmp() -> tempfile::TempDir {
+/// A fresh temporary directory, removed on drop.
+pub(crate) fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }

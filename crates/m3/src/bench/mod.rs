@@ -71,7 +71,7 @@ use anyhow::{Context, bail};
 
 /// What `m3 bench` was asked to do. See the flags of `m3 bench --help`.
 #[derive(Debug, Clone)]
-pub struct BenchOptions {
+pub(crate) struct BenchOptions {
     /// The coordinator's base URL, e.g. `http://127.0.0.1:7201`.
     pub url: String,
     /// Number of distinct series.
@@ -104,7 +104,7 @@ pub struct BenchOptions {
 ///
 /// # Errors
 /// Invalid options, a coordinator that cannot be reached, a `--pid` with no process.
-pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
+pub(crate) async fn run(options: BenchOptions) -> anyhow::Result<()> {
     validate(&options)?;
     let base = options.url.trim_end_matches('/').to_string();
     let client = reqwest::Client::builder()
@@ -244,7 +244,7 @@ fn validate(options: &BenchOptions) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// Text that is neither.
-pub fn parse_duration_arg(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration_arg(text: &str) -> Result<Duration, String> {
     if let Ok(seconds) = text.trim().parse::<u64>() {
         return Ok(Duration::from_secs(seconds));
     }

@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 /// Milliseconds since the epoch.
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -22,7 +22,7 @@ pub fn now_ms() -> i64 {
 }
 
 /// A running `m3 local`.
-pub struct LocalProcess {
+pub(crate) struct LocalProcess {
     child: Option<Child>,
     http: String,
     ingest: String,
@@ -34,7 +34,7 @@ pub struct LocalProcess {
 
 /// The test config of `m3 local` (`DATA_DIR` is replaced by the data directory); tests that
 /// need other settings edit it and pass it to [`LocalProcess::start_with`].
-pub const CONFIG: &str = r#"
+pub(crate) const CONFIG: &str = r#"
 coordinator:
   listenAddress: 127.0.0.1:0
   clusters:
@@ -80,13 +80,13 @@ aggregators:
 
 impl LocalProcess {
     /// Starts `m3 local` with a test config (30s past buffer) in a fresh directory.
-    pub async fn start(name: &str) -> LocalProcess {
+    pub(crate) async fn start(name: &str) -> LocalProcess {
         LocalProcess::start_with(name, CONFIG, &[]).await
     }
 
     /// Starts `m3 local` with `config` in a fresh directory, through `launcher` (a command
     /// prefix such as `["prlimit", "--nofile=1024:"]`) if not empty.
-    pub async fn start_with(name: &str, config: &str, launcher: &[&str]) -> LocalProcess {
+    pub(crate) async fn start_with(name: &str, config: &str, launcher: &[&str]) -> LocalProcess {
         let dir = tempfile::Builder::new()
             .prefix(&format!("m3-e2e-{name}-"))
             .tempdir()
@@ -98,12 +98,12 @@ impl LocalProcess {
 
     /// Starts `m3 local` keeping its config and data in `dir` (which the caller owns, so a
     /// second process can reopen the same data).
-    pub async fn start_in(dir: &std::path::Path) -> LocalProcess {
+    pub(crate) async fn start_in(dir: &std::path::Path) -> LocalProcess {
         LocalProcess::launch(dir, CONFIG, &[]).await
     }
 
     /// As [`LocalProcess::start_in`], with `config`.
-    pub async fn start_in_with(dir: &std::path::Path, config: &str) -> LocalProcess {
+    pub(crate) async fn start_in_with(dir: &std::path::Path, config: &str) -> LocalProcess {
         LocalProcess::launch(dir, config, &[]).await
     }
 
@@ -180,57 +180,57 @@ impl LocalProcess {
     }
 
     /// The process ID.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
 
     /// The coordinator's m3msg ingest address.
-    pub fn ingest(&self) -> &str {
+    pub(crate) fn ingest(&self) -> &str {
         &self.ingest
     }
 
     /// The process's peak resident memory so far (`VmHWM`), in bytes.
-    pub fn peak_rss(&self) -> u64 {
+    pub(crate) fn peak_rss(&self) -> u64 {
         proc_status_kib(self.pid(), "VmHWM:") * 1024
     }
 
     /// Resets the peak resident memory to the current one (`/proc/<pid>/clear_refs`).
-    pub fn reset_peak_rss(&self) {
+    pub(crate) fn reset_peak_rss(&self) {
         std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5")
             .expect("clear_refs is writable for our own child");
     }
 
     /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
+    pub(crate) fn is_running(&mut self) -> bool {
         self.child
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// The rawtcp endpoints of the aggregators.
-    pub fn aggregator_endpoints(&self) -> Vec<String> {
+    pub(crate) fn aggregator_endpoints(&self) -> Vec<String> {
         self.aggregators.clone()
     }
 
     /// The aggregators' HTTP base URLs.
-    pub fn aggregator_http(&self) -> Vec<String> {
+    pub(crate) fn aggregator_http(&self) -> Vec<String> {
         self.aggregator_http.clone()
     }
 
     /// GETs `url` and returns status and body.
-    pub async fn get(&self, url: &str) -> (u16, String) {
+    pub(crate) async fn get(&self, url: &str) -> (u16, String) {
         let response = self.client.get(url).send().await.expect("server answers");
         let status = response.status().as_u16();
         (status, response.text().await.unwrap_or_default())
     }
 
     /// The coordinator's base URL.
-    pub fn http(&self) -> &str {
+    pub(crate) fn http(&self) -> &str {
         &self.http
     }
 
     /// Sends an uncompressed `WriteRequest`, snappy-compressing it as Prometheus does.
-    pub async fn remote_write(&self, proto: &[u8]) -> (u16, String) {
+    pub(crate) async fn remote_write(&self, proto: &[u8]) -> (u16, String) {
         let body = snap::raw::Encoder::new()
             .compress_vec(proto)
             .expect("compress");
@@ -238,7 +238,7 @@ impl LocalProcess {
     }
 
     /// Sends `body` as it is.
-    pub async fn remote_write_raw(&self, body: Vec<u8>) -> (u16, String) {
+    pub(crate) async fn remote_write_raw(&self, body: Vec<u8>) -> (u16, String) {
         let response = self
             .client
             .post(format!("{}/api/v1/prom/remote/write", self.http))
@@ -254,7 +254,7 @@ impl LocalProcess {
     }
 
     /// An instant query with extra headers; returns the JSON body.
-    pub async fn query(&self, query: &str, headers: &[(&str, &str)]) -> Value {
+    pub(crate) async fn query(&self, query: &str, headers: &[(&str, &str)]) -> Value {
         let mut request = self.client.get(format!(
             "{}/api/v1/query?query={}",
             self.http,
@@ -270,7 +270,7 @@ impl LocalProcess {
     }
 
     /// Polls `query` (up to 90s) until `done` accepts the result, which is returned.
-    pub async fn wait_for_points(
+    pub(crate) async fn wait_for_points(
         &self,
         query: &str,
         headers: &[(&str, &str)],
@@ -287,7 +287,7 @@ impl LocalProcess {
     }
 
     /// Sends SIGTERM and waits for a clean exit.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };
@@ -318,7 +318,7 @@ impl Drop for LocalProcess {
 }
 
 /// A `/proc/<pid>/status` field in KiB (0 when absent).
-pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+pub(crate) fn proc_status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
@@ -328,7 +328,7 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
 }
 
 /// The (ms, value) points of the matrix series whose `host` label is `host`.
-pub fn matrix_points(result: &Value, host: &str) -> Vec<(i64, f64)> {
+pub(crate) fn matrix_points(result: &Value, host: &str) -> Vec<(i64, f64)> {
     result["data"]["result"]
         .as_array()
         .into_iter()
@@ -339,7 +339,7 @@ pub fn matrix_points(result: &Value, host: &str) -> Vec<(i64, f64)> {
 }
 
 /// Every (ms, value) point of every series of a matrix result.
-pub fn all_points(result: &Value) -> Vec<(i64, f64)> {
+pub(crate) fn all_points(result: &Value) -> Vec<(i64, f64)> {
     result["data"]["result"]
         .as_array()
         .into_iter()
@@ -362,7 +362,7 @@ fn points_of(series: &Value) -> Vec<(i64, f64)> {
 }
 
 /// Writes `messages` as rawtcp frames to `endpoint`, as M3's client does.
-pub async fn write_rawtcp(endpoint: &str, messages: &[MetricWithMetadatas]) {
+pub(crate) async fn write_rawtcp(endpoint: &str, messages: &[MetricWithMetadatas]) {
     let mut buf = BytesMut::new();
     for m in messages {
         m3_proto::framing::put_rawtcp_frame(m, &mut buf, 1 << 20).expect("frame");
@@ -376,7 +376,7 @@ pub async fn write_rawtcp(endpoint: &str, messages: &[MetricWithMetadatas]) {
 }
 
 /// Percent-encodes everything but unreserved characters.
-pub fn url_encode(text: &str) -> String {
+pub(crate) fn url_encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
