@@ -46,15 +46,16 @@
 //! The add path allocates nothing per sample once a series and its window exist: the series is
 //! found by its borrowed ID bytes, metadata is read in place from the decoded message, and the
 //! elem's (policy, aggregation) pair is an index into a per-shard table. Measured with
-//! `cargo bench -p m3-aggregator` (2-core VM, one thread, 70-byte tag-encoded IDs, FxHash as
-//! the shard function):
+//! `cargo bench -p m3-aggregator` (2-core VM, shared, one thread, 70-byte tag-encoded IDs,
+//! murmur3 as the shard function; see docs/benchmarks.md for the run):
 //!
 //! | benchmark | result |
 //! |---|---|
-//! | `aggregator_add/timed_gauge/100k` | ≈ 4.0 M samples/s |
-//! | `aggregator_add/timed_gauge/1M` | ≈ 2.3 M samples/s (cache misses dominate) |
-//! | `window_flush/untimed_counter/100k` | ≈ 2.2 M windows/s (one output each) |
-//! | `memory` (1M timed gauges, `Last`, one policy) | ≈ 250 B/series with one open window, ≈ 460 B with the eight a 10s series keeps open under the default 1m past buffer |
+//! | `aggregator_add/timed_gauge/100k` | ≈ 3.3 M samples/s |
+//! | `aggregator_add/timed_gauge/1M` | ≈ 1.8 M samples/s (cache misses dominate) |
+//! | `aggregator_add/timed_gauge_new_window/100k` | ≈ 2.7 M samples/s (every add opens a window) |
+//! | `window_flush/untimed_counter/100k` | ≈ 1.7 M windows/s (one output each) |
+//! | `memory` (1M timed gauges, `Last`, one policy) | ≈ 171 B/series with one open window, ≈ 315 B with the eight a 10s series keeps open under the default 1m past buffer |
 
 #![warn(missing_docs, unreachable_pub)]
 

@@ -329,6 +329,43 @@ async fn shutdown_flushes_ended_windows_and_data_survives_restart() {
     m3.stop().await;
 }
 
+/// The 1m:40d namespace holds each series' Last per minute, with its value, not only its
+/// timestamps: samples written into a minute that has just ended (inside the past buffers) are
+/// emitted by the final flush at shutdown and read back after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minute_windows_hold_the_last_value_of_the_minute() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let m3 = LocalProcess::start_in(dir.path()).await;
+    // Early in a minute, so the one that just ended is within the coordinator's 30s buffer.
+    loop {
+        let into_minute = now_ms().rem_euclid(60_000);
+        if (3_000..15_000).contains(&into_minute) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let minute_end = now_ms() / 60_000 * 60_000;
+    let points = [(minute_end - 4_000, 7.0), (minute_end - 2_000, 9.0)];
+    let request = WriteRequest {
+        timeseries: vec![series(
+            &[("__name__", "e2e_minute"), ("host", "a")],
+            &points,
+        )],
+    };
+    let status = m3.remote_write(&request.encode_to_vec()).await;
+    assert_eq!(status.0, 200, "{status:?}");
+    m3.stop().await;
+
+    let m3 = LocalProcess::start_in(dir.path()).await;
+    let minute = m3.query("e2e_minute[10m]", AGG_1M).await;
+    assert_eq!(
+        support::matrix_points(&minute, "a"),
+        vec![(minute_end, 9.0)],
+        "the minute ending at {minute_end}: {minute}"
+    );
+    m3.stop().await;
+}
+
 /// Each aggregator serves M3's admin endpoints; exactly one leads the shard set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aggregators_serve_health_status_and_metrics() {
