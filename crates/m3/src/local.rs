@@ -66,6 +66,9 @@ struct LocalAggregators {
     #[serde(default = "default_entry_ttl", with = "m3_config::duration")]
     #[serde(rename = "entryTTL")]
     entry_ttl: Duration,
+    /// `entryCheckInterval`: how often idle series are looked for (default 10m).
+    #[serde(default = "default_entry_check_interval", with = "m3_config::duration")]
+    entry_check_interval: Duration,
     /// `defaultStoragePolicies` for metrics that carry none.
     #[serde(default = "default_policies")]
     default_storage_policies: Vec<StoragePolicy>,
@@ -96,7 +99,10 @@ impl LocalAggregators {
                 default_storage_policies: self.default_storage_policies.clone(),
                 ..AggregatorOptions::default()
             },
-            instance: InstanceOptions::new(instance_id),
+            instance: InstanceOptions {
+                entry_check_interval: self.entry_check_interval,
+                ..InstanceOptions::new(instance_id)
+            },
             rawtcp_max_message_size: m3_proto::framing::DEFAULT_RAWTCP_MAX_MESSAGE_SIZE,
             rawtcp_limits: m3_server::tcp::ListenerLimits {
                 max_connections: self.max_connections.unwrap_or(limits.max_connections),
@@ -118,6 +124,7 @@ impl Default for LocalAggregators {
             buffer_duration_for_past_timed_metric: default_buffer(),
             buffer_duration_for_future_timed_metric: default_buffer(),
             entry_ttl: default_entry_ttl(),
+            entry_check_interval: default_entry_check_interval(),
             default_storage_policies: default_policies(),
             message_ttl: default_message_ttl(),
             max_connections: None,
@@ -138,6 +145,9 @@ fn default_num_shards() -> u32 {
 }
 fn default_buffer() -> Duration {
     Duration::from_secs(60)
+}
+fn default_entry_check_interval() -> Duration {
+    InstanceOptions::new("").entry_check_interval
 }
 fn default_entry_ttl() -> Duration {
     Duration::from_secs(3600)

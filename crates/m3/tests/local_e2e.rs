@@ -420,6 +420,66 @@ async fn the_retention_loop_removes_expired_samples() {
     m3.stop().await;
 }
 
+/// A running aggregator forgets a series once it has been idle for `entryTTL` and its windows
+/// are flushed, checked every `entryCheckInterval`: on the leader (which emitted the window)
+/// and on the follower (which discarded it) alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_series_expire_after_the_entry_ttl() {
+    // One aggregated namespace (10s), so the series' only window closes within seconds.
+    let config = support::CONFIG
+        .replace(
+            "  bufferDurationForPastTimedMetric: 30s",
+            "  bufferDurationForPastTimedMetric: 2s\n  entryTTL: 1s\n  entryCheckInterval: 200ms",
+        )
+        .replace(
+            "        - namespace: agg_1m_40d\n          type: aggregated\n          resolution: 1m\n          retention: 40d\n",
+            "",
+        );
+    assert!(
+        !config.contains("agg_1m_40d"),
+        "the test config changed: {config}"
+    );
+    let m3 = LocalProcess::start_with("entry-ttl", &config, &[]).await;
+    let expired = |metrics: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.contains("entries_removed_total") && l.contains("reason=\"expired\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let request = WriteRequest {
+        timeseries: vec![series(
+            &[("__name__", "e2e_idle"), ("host", "a")],
+            &[(now_ms(), 1.0)],
+        )],
+    };
+    let status = m3.remote_write(&request.encode_to_vec()).await;
+    assert_eq!(status.0, 200, "{status:?}");
+    for url in m3.aggregator_http() {
+        let (_, metrics) = m3.get(&format!("{url}/metrics")).await;
+        assert_eq!(
+            expired(&metrics),
+            0.0,
+            "nothing expires while the window is open"
+        );
+    }
+    // The window closes within 10s, is flushed 2s + 10s after that, then the series is idle.
+    for url in m3.aggregator_http() {
+        let mut count = 0.0;
+        for _ in 0..400 {
+            let (_, metrics) = m3.get(&format!("{url}/metrics")).await;
+            count = expired(&metrics);
+            if count > 0.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(count, 1.0, "{url}: the idle series expired once");
+    }
+    m3.stop().await;
+}
+
 /// Each aggregator serves M3's admin endpoints; exactly one leads the shard set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aggregators_serve_health_status_and_metrics() {
