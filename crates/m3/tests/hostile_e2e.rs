@@ -502,7 +502,7 @@ fn a_data_dir_that_is_a_file_is_named_as_such() {
 async fn a_trickled_body_holds_one_slot_others_get_429_then_it_gets_408() {
     let config = CONFIG.replace(
         "  writeBuffers:",
-        "  limits:\n    remoteWrite:\n      maxConcurrentRequests: 1\n      bodyTimeout: 2s\n  writeBuffers:",
+        "  limits:\n    remoteWrite:\n      maxConcurrentRequests: 1\n      bodyTimeout: 10s\n  writeBuffers:",
     );
     let local = LocalProcess::start_with("write-admission", &config, &[]).await;
     let address = local.http().trim_start_matches("http://").to_string();
@@ -521,9 +521,11 @@ async fn a_trickled_body_holds_one_slot_others_get_429_then_it_gets_408() {
     let request = WriteRequest {
         timeseries: vec![series(&[("__name__", "admitted")], &[(now_ms(), 1.0)])],
     };
-    // The trickler's request takes the slot as soon as the coordinator reads its headers.
+    // The trickler's request takes the slot as soon as the coordinator reads its headers, and
+    // holds it for the 10s body timeout; poll for at most 8s of it.
     let mut throttled = None;
-    for _ in 0..50 {
+    let polling_until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < polling_until {
         let (status, text) = local.remote_write(&request.encode_to_vec()).await;
         if status == 429 {
             throttled = Some(text);
