@@ -67,6 +67,9 @@ pub struct InstanceOptions {
 }
 
 impl InstanceOptions {
+    /// M3's default `entryCheckInterval`: idle series are looked for every 10 minutes.
+    pub const DEFAULT_ENTRY_CHECK_INTERVAL: Duration = Duration::from_secs(600);
+
     /// Defaults for `instance_id`.
     pub fn new(instance_id: impl Into<String>) -> InstanceOptions {
         InstanceOptions {
@@ -78,7 +81,7 @@ impl InstanceOptions {
             topic: "aggregated_metrics".to_string(),
             election_ttl: Duration::from_secs(10),
             check_every: Duration::from_secs(1),
-            entry_check_interval: Duration::from_secs(600),
+            entry_check_interval: InstanceOptions::DEFAULT_ENTRY_CHECK_INTERVAL,
             producer: ProducerConfig::default(),
             shutdown_ack_timeout: Duration::from_secs(10),
             ack_wait: Duration::from_secs(5),

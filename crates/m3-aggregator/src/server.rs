@@ -157,11 +157,6 @@ impl AggregatorServer {
         self.instance.status()
     }
 
-    /// The engine.
-    pub fn aggregator(&self) -> &Arc<Aggregator> {
-        self.instance.aggregator()
-    }
-
     /// Stops every listener: connections get [`LISTENER_STOP_GRACE`] to finish, then are
     /// aborted. Windows stay open; the instance keeps its leadership. Calling it again is
     /// harmless.

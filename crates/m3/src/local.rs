@@ -147,7 +147,7 @@ fn default_buffer() -> Duration {
     Duration::from_secs(60)
 }
 fn default_entry_check_interval() -> Duration {
-    InstanceOptions::new("").entry_check_interval
+    InstanceOptions::DEFAULT_ENTRY_CHECK_INTERVAL
 }
 fn default_entry_ttl() -> Duration {
     Duration::from_secs(3600)
