@@ -293,6 +293,22 @@ impl LeaderElection {
         self
     }
 
+    /// Reads time from `clock` instead of this member's own. Tests run with tokio's clock
+    /// paused, where each member's own clock (wall time when it was created + paused monotonic
+    /// time) drifts from the others' by however long the machine really took between their
+    /// creations; members sharing one clock agree exactly.
+    #[cfg(test)]
+    fn with_clock(mut self, clock: Clock) -> Self {
+        match Arc::get_mut(&mut self.shared) {
+            Some(shared) => {
+                shared.since_ms = clock.now_ms();
+                shared.clock = clock;
+            }
+            None => unreachable!("the shared state has no other owner before campaign"),
+        }
+        self
+    }
+
     /// The election key.
     pub fn key(&self) -> &str {
         &self.shared.key
@@ -733,8 +749,9 @@ mod tests {
     const KEY: &str = "_ld/default_env/m3aggregator/shardset/1/lock";
 
     fn candidates(kv: &Arc<MemoryKv>, n: usize) -> Vec<LeaderElection> {
+        let clock = Clock::new();
         (0..n)
-            .map(|i| LeaderElection::new(kv.clone(), KEY, format!("agg{i}"), TTL))
+            .map(|i| LeaderElection::new(kv.clone(), KEY, format!("agg{i}"), TTL).with_clock(clock))
             .collect()
     }
 
@@ -873,13 +890,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_restarted_process_does_not_take_back_its_previous_lease() {
         let kv = Arc::new(MemoryKv::new());
-        let first_life = LeaderElection::new(kv.clone(), KEY, "agg0", TTL);
+        let clock = Clock::new();
+        let first_life = LeaderElection::new(kv.clone(), KEY, "agg0", TTL).with_clock(clock);
         first_life
             .campaign()
             .wait_for(|s| *s == ElectionState::Leader)
             .await
             .unwrap();
-        let other = LeaderElection::new(kv.clone(), KEY, "agg1", TTL);
+        let other = LeaderElection::new(kv.clone(), KEY, "agg1", TTL).with_clock(clock);
         other.campaign();
         tokio::time::sleep(Duration::from_secs(1)).await;
         drop(first_life); // crash: no resignation, the lease stays until it expires
@@ -887,8 +905,9 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(2)).await;
 
         let (eligible_tx, eligible) = watch::channel(false);
-        let second_life =
-            LeaderElection::new(kv.clone(), KEY, "agg0", TTL).with_eligibility(eligible);
+        let second_life = LeaderElection::new(kv.clone(), KEY, "agg0", TTL)
+            .with_clock(clock)
+            .with_eligibility(eligible);
         let mut second = second_life.campaign();
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(
