@@ -816,6 +816,48 @@ mod tests {
         assert!(client.queued_metrics() <= 2);
     }
 
+    /// `queueDropType` through `commit()`: five batches committed while the instance is down
+    /// (the writer task cannot run between the synchronous commits), a queue of two; once the
+    /// instance listens, the two batches the drop type keeps arrive, and the three others are
+    /// counted as dropped.
+    #[tokio::test]
+    async fn committed_batches_over_the_queue_size_are_dropped_by_drop_type() {
+        for (drop_type, kept) in [
+            (QueueDropType::Oldest, b"45"),
+            (QueueDropType::Current, b"12"),
+        ] {
+            let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let endpoint = free.local_addr().unwrap();
+            drop(free); // nothing listens until every batch is committed
+            let metrics = Arc::new(Counted::default());
+            let options = ClientOptions {
+                queue_size: 2,
+                queue_drop_type: drop_type,
+                max_reconnect_backoff: Duration::from_millis(100),
+                ..ClientOptions::default()
+            };
+            let client = AggregatorClient::new(options, metrics.clone());
+            client.update_placement(&placement(&[("a", &endpoint.to_string())], 1));
+            for payload in [b"1", b"2", b"3", b"4", b"5"] {
+                let mut batch = client.batch();
+                batch
+                    .route(b"x", 1, |buf| buf.extend_from_slice(payload))
+                    .unwrap();
+                client.commit(batch);
+            }
+            assert_eq!(metrics.queue_full.load(Ordering::Relaxed), 3, "{drop_type:?}");
+            let listener = TcpListener::bind(endpoint).await.unwrap();
+            let (mut conn, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+                .await
+                .expect("the writer reconnects")
+                .unwrap();
+            let mut got = [0u8; 2];
+            conn.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, kept, "{drop_type:?}");
+            assert_eq!(client.queued_metrics(), 0, "{drop_type:?}");
+        }
+    }
+
     /// `queueDropType` by payload: `oldest` keeps the newest batches, `current` the first ones.
     #[test]
     fn each_drop_type_drops_the_batch_it_names() {
