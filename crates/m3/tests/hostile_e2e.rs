@@ -302,7 +302,9 @@ async fn half_written_frames_are_dropped_after_the_frame_timeout() {
 }
 
 /// Regression: a full disk poisoned the store until restart (every later write 503
-/// "Poisoned", also after space was freed) while `/health` answered 200.
+/// "Poisoned", also after space was freed) while `/health` answered 200. An aggregated window
+/// flushed while the disk is full is not acked by the ingest, and the aggregators' redelivery
+/// stores it once space returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_reported_and_writes_resume_when_space_returns() {
     let local = LocalProcess::start("disk-full").await;
@@ -313,6 +315,18 @@ async fn a_full_disk_is_reported_and_writes_resume_when_space_returns() {
         request.encode_to_vec()
     };
     let (status, text) = local.remote_write(&write(1.0)).await;
+    assert_eq!(status, 200, "{text}");
+    // A sample in a window that has ended but is inside the 30s past buffer: the aggregators
+    // flush that window 10-20s from now, while the disk is full, so the coordinator's ingest
+    // cannot store it and leaves it un-acked; it must be redelivered and stored afterwards.
+    let window_end = (now_ms() / 10_000) * 10_000 - 10_000;
+    let late_window = WriteRequest {
+        timeseries: vec![series(
+            &[("__name__", "disk_window")],
+            &[(window_end - 2_000, 7.0)],
+        )],
+    };
+    let (status, text) = local.remote_write(&late_window.encode_to_vec()).await;
     assert_eq!(status, 200, "{text}");
     // No file of the process may grow any more: the disk is full.
     let pid = local.pid().to_string();
@@ -354,6 +368,23 @@ async fn a_full_disk_is_reported_and_writes_resume_when_space_returns() {
         assert!(body.contains("cannot write"), "{body}");
     }
 
+    // The window is flushed while the disk is full: its store fails and it is not acked.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, metrics) = local.get(&format!("{}/metrics", local.http())).await;
+        let refused_ingest = metrics.lines().any(|line| {
+            line.contains("ingest_errors_total{reason=\"storage_error\"}") && !line.ends_with(" 0")
+        });
+        if refused_ingest {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no aggregated window was refused by the full store within 60s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     limit("unlimited:");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -373,6 +404,24 @@ async fn a_full_disk_is_reported_and_writes_resume_when_space_returns() {
     assert_eq!(
         stored["data"]["result"][0]["value"][1], "100",
         "the write after recovery is readable: {stored}"
+    );
+    // The un-acked window is redelivered and stored once space returns: one point, its Last.
+    let aggregated = [
+        ("M3-Metrics-Type", "aggregated"),
+        ("M3-Storage-Policy", "10s:2d"),
+    ];
+    let redelivered = local
+        .wait_for_points("disk_window[5m]", &aggregated, |got| {
+            got["data"]["result"][0]["values"]
+                .as_array()
+                .is_some_and(|v| !v.is_empty())
+        })
+        .await;
+    let points = &redelivered["data"]["result"][0]["values"];
+    assert_eq!(
+        points,
+        &serde_json::json!([[window_end / 1000, "7"]]),
+        "the window refused while the disk was full is stored after it: {redelivered}"
     );
     local.stop().await;
 }

@@ -845,7 +845,11 @@ mod tests {
                     .unwrap();
                 client.commit(batch);
             }
-            assert_eq!(metrics.queue_full.load(Ordering::Relaxed), 3, "{drop_type:?}");
+            assert_eq!(
+                metrics.queue_full.load(Ordering::Relaxed),
+                3,
+                "{drop_type:?}"
+            );
             let listener = TcpListener::bind(endpoint).await.unwrap();
             let (mut conn, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
                 .await
