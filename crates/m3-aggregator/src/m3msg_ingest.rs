@@ -29,7 +29,7 @@ pub fn handler(aggregator: Arc<Aggregator>) -> Arc<dyn MessageHandler> {
                 if let Err(e) = ingest::apply(&aggregator, &metric, unix_nanos_now())
                     && limiter.allow()
                 {
-                    tracing::warn!(error = %e, "m3msg message rejected");
+                    tracing::warn!(error = %e, "m3msg message rejected.");
                 }
             }
             Err(e) => {
@@ -37,7 +37,7 @@ pub fn handler(aggregator: Arc<Aggregator>) -> Arc<dyn MessageHandler> {
                     .metrics()
                     .record_rejected(RejectReason::DecodeError, 1);
                 if limiter.allow() {
-                    tracing::warn!(error = %e, shard = message.shard(), "m3msg message does not decode; acked and dropped");
+                    tracing::warn!(error = %e, shard = message.shard(), "m3msg message does not decode; acked and dropped.");
                 }
             }
         }

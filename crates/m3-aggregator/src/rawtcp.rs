@@ -129,13 +129,13 @@ pub async fn serve_rawtcp(
                 let Some(permit) = connections.try_acquire() else {
                     aggregator.metrics().record_connection_refused();
                     if limiter.allow() {
-                        tracing::warn!(%peer, max = limits.max_connections, "rawtcp connection over maxConnections closed");
+                        tracing::warn!(%peer, max = limits.max_connections, "rawtcp connection over maxConnections closed.");
                     }
                     drop(stream);
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                tracing::debug!(%peer, "rawtcp connection accepted");
+                tracing::debug!(%peer, "rawtcp connection accepted.");
                 let connection = handle_connection(
                     stream,
                     Arc::clone(&aggregator),
@@ -150,7 +150,7 @@ pub async fn serve_rawtcp(
                 });
             }
             Err(e) => {
-                tracing::warn!(error = %e, ?backoff, "rawtcp accept failed, retrying");
+                tracing::warn!(error = %e, ?backoff, "rawtcp accept failed, retrying.");
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(backoff) => {}
@@ -183,7 +183,7 @@ async fn handle_connection(
                         if let Err(e) = ingest::apply(&aggregator, &msg, now)
                             && limiter.allow()
                         {
-                            tracing::warn!(?peer, error = %e, "rawtcp message rejected");
+                            tracing::warn!(?peer, error = %e, "rawtcp message rejected.");
                         }
                     }
                     Err(e) => {
@@ -191,7 +191,7 @@ async fn handle_connection(
                             .metrics()
                             .record_rejected(RejectReason::DecodeError, 1);
                         if limiter.allow() {
-                            tracing::error!(?peer, error = %e, "rawtcp message does not decode, closing connection");
+                            tracing::error!(?peer, error = %e, "rawtcp message does not decode, closing connection.");
                         }
                         return;
                     }
@@ -202,7 +202,7 @@ async fn handle_connection(
                         .metrics()
                         .record_rejected(RejectReason::DecodeError, 1);
                     if limiter.allow() {
-                        tracing::error!(?peer, error = %e, "rawtcp frame error, closing connection");
+                        tracing::error!(?peer, error = %e, "rawtcp frame error, closing connection.");
                     }
                     return;
                 }
@@ -218,7 +218,7 @@ async fn handle_connection(
             () = tokio::time::sleep_until(deadline.deadline()) => {
                 aggregator.metrics().record_connection_timed_out();
                 if limiter.allow() {
-                    tracing::warn!(?peer, expired = ?deadline.expired(), buffered = buf.len(), "rawtcp connection timed out; closing it");
+                    tracing::warn!(?peer, expired = ?deadline.expired(), buffered = buf.len(), "rawtcp connection timed out; closing it.");
                 }
                 return;
             }
@@ -236,7 +236,7 @@ async fn handle_connection(
                         tracing::warn!(
                             ?peer,
                             bytes = buf.len(),
-                            "rawtcp connection closed inside a frame"
+                            "rawtcp connection closed inside a frame."
                         );
                     }
                 }
@@ -245,7 +245,7 @@ async fn handle_connection(
             Ok(_) => {}
             Err(e) => {
                 if limiter.allow() {
-                    tracing::warn!(?peer, error = %e, "rawtcp read failed, closing connection");
+                    tracing::warn!(?peer, error = %e, "rawtcp read failed, closing connection.");
                 }
                 return;
             }

@@ -336,9 +336,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, error_type) = self.classify();
         if status.is_server_error() {
-            tracing::error!(error = %self, "query API request failed");
+            tracing::error!(error = %self, "Query API request failed.");
         } else {
-            tracing::debug!(error = %self, "query API request rejected");
+            tracing::debug!(error = %self, "Query API request rejected.");
         }
         let body = Failure {
             status: "error",

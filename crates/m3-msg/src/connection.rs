@@ -136,7 +136,7 @@ impl Task {
                     failures = 0;
                     // Latency matters more than packet count; batching happens in our buffer.
                     let _ = stream.set_nodelay(true);
-                    debug!(endpoint = %self.endpoint, "m3msg connection established");
+                    debug!(endpoint = %self.endpoint, "m3msg connection established.");
                     self.connected.store(true, Ordering::Release);
                     let end = self.session(stream, &mut rx).await;
                     self.connected.store(false, Ordering::Release);
@@ -144,19 +144,19 @@ impl Task {
                         SessionEnd::Stopped => return,
                         end => {
                             self.metrics.inc_connection_errors();
-                            warn!(endpoint = %self.endpoint, reason = %end, "m3msg connection lost; reconnecting");
+                            warn!(endpoint = %self.endpoint, reason = %end, "m3msg connection lost; reconnecting.");
                         }
                     }
                 }
                 Ok(Err(err)) => {
                     failures = failures.saturating_add(1);
                     self.metrics.inc_connection_errors();
-                    debug!(endpoint = %self.endpoint, error = %err, "m3msg dial failed");
+                    debug!(endpoint = %self.endpoint, error = %err, "m3msg dial failed.");
                 }
                 Err(_) => {
                     failures = failures.saturating_add(1);
                     self.metrics.inc_connection_errors();
-                    debug!(endpoint = %self.endpoint, "m3msg dial timed out");
+                    debug!(endpoint = %self.endpoint, "m3msg dial timed out.");
                 }
             }
             let deadline = Instant::now() + self.config.retry.backoff(failures.max(1));
@@ -211,7 +211,7 @@ impl Task {
                     if let Err(err) = put_m3msg_frame(&msg, &mut buf, self.max_message_size) {
                         // The writer checks sizes before sending, so this is a bug if seen;
                         // the message stays un-acked and is retried until its TTL.
-                        warn!(endpoint = %self.endpoint, error = %err, "m3msg message not encodable");
+                        warn!(endpoint = %self.endpoint, error = %err, "m3msg message not encodable.");
                     }
                     if buf.len() >= limit {
                         self.flush(&mut write, &mut buf).await?;

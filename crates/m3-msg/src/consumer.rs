@@ -252,7 +252,7 @@ impl ConsumerServer {
                 Ok((stream, peer)) => {
                     let Some(permit) = connections.try_acquire() else {
                         self.metrics.inc_connections_refused();
-                        debug!(%peer, "m3msg connection over maxConnections closed");
+                        debug!(%peer, "m3msg connection over maxConnections closed.");
                         drop(stream);
                         continue;
                     };
@@ -273,7 +273,7 @@ impl ConsumerServer {
                 Err(err) => {
                     // Usually out of file descriptors: back off instead of spinning.
                     self.metrics.inc_connection_errors();
-                    warn!(error = %err, "m3msg consumer accept failed");
+                    warn!(error = %err, "m3msg consumer accept failed.");
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -310,7 +310,7 @@ struct ConnectionTask {
 
 impl ConnectionTask {
     async fn run(self, stream: TcpStream) {
-        debug!(peer = %self.peer, "m3msg producer connected");
+        debug!(peer = %self.peer, "m3msg producer connected.");
         let (read, write) = stream.into_split();
         let acks = Arc::new(AckQueue {
             state: Mutex::new(AckState::default()),
@@ -328,7 +328,7 @@ impl ConnectionTask {
             reading_done.cancel();
         };
         tokio::join!(reader, writer);
-        debug!(peer = %self.peer, "m3msg producer connection closed");
+        debug!(peer = %self.peer, "m3msg producer connection closed.");
     }
 
     async fn read_messages(&self, mut read: OwnedReadHalf, acks: &Arc<AckQueue>) {
@@ -346,7 +346,7 @@ impl ConnectionTask {
                     Ok(None) => break,
                     Err(err) => {
                         self.metrics.inc_frame_error(FrameErrorKind::TooLarge);
-                        warn!(peer = %self.peer, error = %err, "m3msg frame too large; closing connection");
+                        warn!(peer = %self.peer, error = %err, "m3msg frame too large; closing connection.");
                         return;
                     }
                 };
@@ -354,7 +354,7 @@ impl ConnectionTask {
                     Ok(msg) => msg,
                     Err(err) => {
                         self.metrics.inc_frame_error(FrameErrorKind::Decode);
-                        warn!(peer = %self.peer, error = %err, "m3msg frame not decodable; closing connection");
+                        warn!(peer = %self.peer, error = %err, "m3msg frame not decodable; closing connection.");
                         return;
                     }
                 };
@@ -373,12 +373,12 @@ impl ConnectionTask {
                 Ok(Ok(_)) => deadline.on_read(),
                 Ok(Err(err)) => {
                     self.metrics.inc_connection_errors();
-                    debug!(peer = %self.peer, error = %err, "m3msg read failed");
+                    debug!(peer = %self.peer, error = %err, "m3msg read failed.");
                     return;
                 }
                 Err(_) => {
                     self.metrics.inc_frame_error(FrameErrorKind::Timeout);
-                    warn!(peer = %self.peer, expired = ?deadline.expired(), buffered = buf.len(), "m3msg connection timed out; closing it");
+                    warn!(peer = %self.peer, expired = ?deadline.expired(), buffered = buf.len(), "m3msg connection timed out; closing it.");
                     return;
                 }
             }
@@ -406,7 +406,7 @@ impl ConnectionTask {
             let batch = acks.take(last);
             if let Err(err) = self.send_acks(&mut write, &mut buf, &batch).await {
                 self.metrics.inc_connection_errors();
-                debug!(peer = %self.peer, error = %err, "m3msg ack write failed");
+                debug!(peer = %self.peer, error = %err, "m3msg ack write failed.");
                 let rest = acks.take(true);
                 self.metrics.add_acks_lost(rest.len());
                 self.stop.cancel();
@@ -434,7 +434,7 @@ impl ConnectionTask {
             if let Err(err) = put_m3msg_frame(&ack, buf, self.config.max_message_size) {
                 // Cannot happen with the chunk size above; count rather than fail silently.
                 self.metrics.add_acks_lost(chunk.len());
-                warn!(peer = %self.peer, error = %err, "m3msg ack frame not encodable");
+                warn!(peer = %self.peer, error = %err, "m3msg ack frame not encodable.");
                 continue;
             }
             let written =

@@ -214,7 +214,7 @@ impl Writer {
                 service = %self.spec.name,
                 size = value.len(),
                 max = self.config.max_message_size,
-                "m3msg message larger than maxMessageSize, dropped"
+                "m3msg message larger than maxMessageSize, dropped."
             );
             msg.dec_ref();
             return;
@@ -403,13 +403,13 @@ impl Writer {
                 .get(id.as_ref())
                 .is_some_and(|new| new.endpoint == inst.endpoint);
             if !keep {
-                debug!(instance = %id, "m3msg consumer instance removed");
+                debug!(instance = %id, "m3msg consumer instance removed.");
             }
             keep
         });
         for (id, inst) in &latest {
             if !self.instances.contains_key(*id) {
-                debug!(service = %self.spec.name, instance = %id, endpoint = %inst.endpoint, "m3msg consumer instance added");
+                debug!(service = %self.spec.name, instance = %id, endpoint = %inst.endpoint, "m3msg consumer instance added.");
                 let conn = Connection::spawn(
                     inst.endpoint.clone(),
                     self.config.connection.clone(),
@@ -445,7 +445,7 @@ impl Writer {
                                 endpoint = %inst.endpoint,
                                 shard,
                                 number_of_shards = n,
-                                "m3msg consumer instance owns a shard beyond the topic's shard count; ignored"
+                                "m3msg consumer instance owns a shard beyond the topic's shard count; ignored."
                             ),
                         }
                     }

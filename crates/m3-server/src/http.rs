@@ -86,7 +86,7 @@ pub async fn serve(
             }
             Err(e) => {
                 // Running out of file descriptors lands here: wait and retry.
-                tracing::warn!(error = %e, ?backoff, "HTTP accept failed, retrying");
+                tracing::warn!(error = %e, ?backoff, "HTTP accept failed, retrying.");
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(backoff) => {}
@@ -106,7 +106,7 @@ pub async fn serve(
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error.");
             }
             drop(permit);
         });
@@ -125,7 +125,7 @@ pub async fn serve(
 
 /// Answers 503 without reading the request and closes the connection.
 fn refuse(stream: tokio::net::TcpStream, peer: SocketAddr) {
-    tracing::debug!(%peer, "HTTP connection over the limit refused");
+    tracing::debug!(%peer, "HTTP connection over the limit refused.");
     let _ = stream.try_write(OVER_LIMIT_RESPONSE);
 }
 

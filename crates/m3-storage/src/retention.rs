@@ -101,7 +101,7 @@ impl Store {
                 .series_removed_by_retention
                 .inc_by(removed);
             if deleted > 0 || removed > 0 {
-                tracing::debug!(namespace = %ns_cfg.name, deleted, removed, cutoff, "retention pass");
+                tracing::debug!(namespace = %ns_cfg.name, deleted, removed, cutoff, "Retention pass.");
             }
             report.per_namespace.push(NamespaceRetention {
                 namespace: ns_cfg.name.clone(),
@@ -157,7 +157,7 @@ impl RetentionTask {
                         Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
                     }
                     if let Err(e) = store.enforce_retention_at(SystemTime::now()) {
-                        tracing::error!(error = %e, "retention pass failed");
+                        tracing::error!(error = %e, "Retention pass failed.");
                     }
                 }
             })?;
@@ -173,7 +173,7 @@ impl RetentionTask {
         if let Some(t) = self.thread.take()
             && t.join().is_err()
         {
-            tracing::error!("retention thread panicked");
+            tracing::error!("Retention thread panicked.");
         }
     }
 }

@@ -170,7 +170,7 @@ impl Store {
                         .checked_add(1)
                         .ok_or_else(|| Error::corrupt("meta", "namespace ids exhausted"))?;
                     batch.insert(meta, &key, id.to_be_bytes());
-                    tracing::info!(namespace = %ns.name, id, "new namespace");
+                    tracing::info!(namespace = %ns.name, id, "New namespace.");
                     id
                 }
             };
@@ -198,7 +198,7 @@ impl Store {
         tracing::info!(
             dir = %dir.display(),
             series = maps.iter().map(HashMap::len).sum::<usize>(),
-            "opened embedded store"
+            "Opened embedded store."
         );
 
         Ok(Store {
@@ -255,9 +255,9 @@ impl Store {
         if let Err(e) = &result {
             self.inner.metrics.write_errors.inc();
             if e.is_bad_input() {
-                tracing::debug!(namespace, error = %e, "write to embedded store rejected");
+                tracing::debug!(namespace, error = %e, "Write to embedded store rejected.");
             } else {
-                tracing::error!(namespace, error = %e, "write to embedded store failed");
+                tracing::error!(namespace, error = %e, "Write to embedded store failed.");
                 self.record_write_failure(e);
             }
         }
@@ -369,7 +369,7 @@ impl Store {
         known.extend(fresh.into_iter().map(|(l, sid)| (l.clone(), sid)));
         self.inner.metrics.series_created.inc_by(created);
         self.inner.metrics.samples_written.inc_by(written);
-        tracing::debug!(namespace, created, "created series");
+        tracing::debug!(namespace, created, "Created series.");
         Ok(WriteSummary {
             samples: written,
             series_created: created,

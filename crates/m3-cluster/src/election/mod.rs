@@ -437,7 +437,7 @@ async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>
         {
             Ok(version) => {
                 shared.state.send_replace(ElectionState::Leader);
-                tracing::info!(key = %shared.key, value = %shared.value, "became leader");
+                tracing::info!(key = %shared.key, value = %shared.value, "Became leader.");
                 match lead(&shared, &mut watch, &mut commands, version, lease_end).await {
                     LeaderExit::Stop => break,
                     LeaderExit::Resigned | LeaderExit::Lost => {}
@@ -448,7 +448,7 @@ async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>
                 let _ = tokio::time::timeout(retry, watch.changed()).await;
             }
             Err(err) => {
-                tracing::warn!(key = %shared.key, error = %err, "campaign write failed; retrying");
+                tracing::warn!(key = %shared.key, error = %err, "Campaign write failed; retrying.");
                 shared.state.send_replace(ElectionState::Unknown);
                 // Keep answering commands while the store fails, so `close` cannot hang.
                 tokio::select! {
@@ -485,7 +485,7 @@ async fn heartbeat(shared: Arc<Shared>) {
     loop {
         let now_eligible = *eligible.borrow_and_update();
         if let Err(err) = candidates::register(&shared, now_eligible).await {
-            tracing::debug!(key = %shared.candidates_key, error = %err, "candidate entry not renewed");
+            tracing::debug!(key = %shared.candidates_key, error = %err, "Candidate entry not renewed.");
         }
         let hold_off_end = hold_off.borrow_and_update().filter(|t| *t > Instant::now());
         tokio::select! {
@@ -521,7 +521,7 @@ async fn open_watch(
         match shared.kv.watch(key).await {
             Ok(w) => return Some(w),
             Err(err) => {
-                tracing::warn!(key, error = %err, "cannot watch election key; retrying");
+                tracing::warn!(key, error = %err, "Cannot watch election key; retrying.");
                 shared.state.send_replace(ElectionState::Unknown);
             }
         }
@@ -672,10 +672,10 @@ async fn lead(
                     }
                     Err(KvError::VersionMismatch { .. }) => return step_down(shared, "lease taken over"),
                     Err(err) => {
-                        tracing::warn!(key = %shared.key, error = %err, "lease renewal failed");
+                        tracing::warn!(key = %shared.key, error = %err, "Lease renewal failed.");
                         if Instant::now() >= lease_end {
                             shared.state.send_replace(ElectionState::Unknown);
-                            tracing::warn!(key = %shared.key, "lease ran out without renewal; stepping down");
+                            tracing::warn!(key = %shared.key, "Lease ran out without renewal; stepping down.");
                             return LeaderExit::Lost;
                         }
                     }
@@ -711,7 +711,7 @@ async fn lead(
                     let _ = candidates::register(shared, eligible).await;
                     let result = give_up(shared, version).await;
                     shared.state.send_replace(ElectionState::Follower);
-                    tracing::info!(key = %shared.key, value = %shared.value, "resigned leadership");
+                    tracing::info!(key = %shared.key, value = %shared.value, "Resigned leadership.");
                     let _ = reply.send(result);
                     return LeaderExit::Resigned;
                 }
@@ -721,7 +721,7 @@ async fn lead(
 }
 
 fn step_down(shared: &Shared, why: &str) -> LeaderExit {
-    tracing::warn!(key = %shared.key, value = %shared.value, why, "lost leadership");
+    tracing::warn!(key = %shared.key, value = %shared.value, why, "Lost leadership.");
     shared.state.send_replace(ElectionState::PendingFollower);
     LeaderExit::Lost
 }

@@ -44,7 +44,7 @@ where
                         what,
                         version = v.version,
                         error = %err,
-                        "skipping a value that does not decode; keeping the previous one"
+                        "Skipping a value that does not decode; keeping the previous one."
                     );
                     None
                 }
@@ -59,7 +59,7 @@ where
             tokio::select! {
                 changed = raw.changed() => {
                     if changed.is_err() {
-                        tracing::debug!(what, "kv watch closed; decoded watch ends");
+                        tracing::debug!(what, "kv watch closed; decoded watch ends.");
                         return;
                     }
                 }

@@ -331,7 +331,7 @@ impl EtcdKv {
             Err(_) => return Err(unreachable(&"no answer")),
         }
         let request_timeout = config.effective_request_timeout();
-        tracing::info!(endpoints = %joined, "connected to etcd");
+        tracing::info!(endpoints = %joined, "Connected to etcd.");
         Ok(EtcdKv {
             client,
             endpoints: joined,
@@ -551,7 +551,7 @@ impl WatchTask {
             };
             match self.follow(&mut stream).await {
                 StreamEnd::Unwatched => {
-                    tracing::debug!(key = %self.key, "etcd watch ended: no receivers left");
+                    tracing::debug!(key = %self.key, "etcd watch ended: no receivers left.");
                     return;
                 }
                 StreamEnd::Dropped(reason) => {
@@ -606,7 +606,7 @@ impl WatchTask {
                 ));
             }
             if resp.created() && self.backoff > WATCH_MIN_BACKOFF {
-                tracing::info!(key = %self.key, revision = self.revision, "etcd watch resumed");
+                tracing::info!(key = %self.key, revision = self.revision, "etcd watch resumed.");
                 self.backoff = WATCH_MIN_BACKOFF;
             }
             for event in resp.events() {
@@ -647,7 +647,7 @@ impl WatchTask {
             endpoints = %self.kv.endpoints,
             revision = self.revision,
             retry_in = ?self.backoff,
-            "etcd watch interrupted: {reason}; reading the key again and resuming"
+            "etcd watch interrupted: {reason}; reading the key again and resuming."
         );
         let wait = self.backoff;
         self.backoff = (self.backoff * 2).min(WATCH_MAX_BACKOFF);

@@ -97,9 +97,9 @@ impl IntoResponse for AdminError {
         let status = self.status();
         let reason = self.to_string();
         if status.is_server_error() {
-            tracing::error!(error = %reason, "admin request failed");
+            tracing::error!(error = %reason, "Admin request failed.");
         } else {
-            tracing::debug!(status = status.as_u16(), error = %reason, "admin request refused");
+            tracing::debug!(status = status.as_u16(), error = %reason, "Admin request refused.");
         }
         let body = ErrorBody {
             status: "error",

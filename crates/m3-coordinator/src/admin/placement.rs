@@ -150,7 +150,7 @@ impl Target {
     ) -> Result<Response, AdminError> {
         let version = self.store.check_and_set(&next, version).await?;
         tracing::info!(service = %self.service, environment = %self.environment, version,
-            instances = next.instances.len(), "placement changed");
+            instances = next.instances.len(), "Placement changed.");
         Ok(placement_response(&next, version))
     }
 }
@@ -202,7 +202,7 @@ pub(super) async fn placement_init(
     let version = target.store.init(&placement).await?;
     tracing::info!(service = %target.service, environment = %target.environment,
         instances = placement.instances.len(), num_shards = placement.num_shards,
-        "placement created");
+        "Placement created.");
     Ok(placement_response(&placement, version))
 }
 
@@ -235,7 +235,7 @@ pub(super) async fn placement_delete(
         Err(e) => return Err(e.into()),
     };
     tracing::info!(service = %target.service, environment = %target.environment,
-        "placement deleted");
+        "Placement deleted.");
     Ok(placement_response(&deleted.value, deleted.version))
 }
 

@@ -31,7 +31,7 @@ pub(super) async fn topic_init(
     let req: TopicInitRequest = parse(&body, "topic init request")?;
     check_shards("numberOfShards", req.number_of_shards, &state.limits)?;
     let created = store.init(&name, req.number_of_shards).await?;
-    tracing::info!(topic = %name, shards = req.number_of_shards, "topic created");
+    tracing::info!(topic = %name, shards = req.number_of_shards, "Topic created.");
     Ok(topic_response(&created))
 }
 
@@ -59,7 +59,7 @@ pub(super) async fn topic_add(
         .ok_or_else(|| AdminError::BadRequest("consumerService is required".into()))?
         .into_consumer_service(&state.limits)?;
     let updated = store.add_consumer_service(&name, service).await?;
-    tracing::info!(topic = %name, version = updated.version, "consumer service added");
+    tracing::info!(topic = %name, version = updated.version, "Consumer service added.");
     Ok(topic_response(&updated))
 }
 
@@ -85,7 +85,7 @@ pub(super) async fn topic_update(
     let updated = store
         .replace_consumer_services(&name, services, i64::from(req.version))
         .await?;
-    tracing::info!(topic = %name, version = updated.version, "consumer services replaced");
+    tracing::info!(topic = %name, version = updated.version, "Consumer services replaced.");
     Ok(topic_response(&updated))
 }
 
@@ -95,6 +95,6 @@ pub(super) async fn topic_delete(
 ) -> Result<Response, AdminError> {
     let (store, name) = topic_scope(&state, &headers)?;
     let deleted = store.delete(&name).await?;
-    tracing::info!(topic = %name, "topic deleted");
+    tracing::info!(topic = %name, "Topic deleted.");
     Ok(topic_response(&deleted))
 }
