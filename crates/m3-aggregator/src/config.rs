@@ -522,29 +522,29 @@ impl AggregatorConfig {
     /// Checks the values and resolves the host ID.
     ///
     /// # Errors
-    /// A [`ConfigError::Invalid`] naming the key.
+    /// Every problem of the file, each naming its key (see [`m3_config::Problems`]).
     pub fn validate(
         self,
         path: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<ValidConfig, ConfigError> {
-        let invalid = |key: &str, message: String| ConfigError::invalid(path, key, message);
-        let etcd = self
-            .kv_client
-            .ok_or_else(|| {
-                invalid(
+        let mut problems = m3_config::Problems::new(path);
+        let etcd = match self.kv_client {
+            Some(kv) => kv.etcd,
+            None => {
+                problems.add(
                     "kvClient",
-                    "missing: the aggregator needs kvClient.etcd (the cluster KV)".into(),
-                )
-            })?
-            .etcd;
+                    "missing: the aggregator needs kvClient.etcd (the cluster KV)",
+                );
+                m3_cluster::kv::etcd::EtcdConfig::default()
+            }
+        };
         if self.rawtcp.is_none() && self.m3msg.is_none() {
-            return Err(invalid(
+            problems.add(
                 "rawtcp",
                 "missing: set rawtcp.listenAddress or m3msg.server.listenAddress \
-                 (e.g. 0.0.0.0:6000)"
-                    .into(),
-            ));
+                 (e.g. 0.0.0.0:6000)",
+            );
         }
         let m3msg = self
             .m3msg
@@ -562,10 +562,7 @@ impl AggregatorConfig {
             if let Some(h) = hash
                 && h != "murmur32"
             {
-                return Err(invalid(
-                    key,
-                    format!("unsupported hash type {h:?}: only murmur32"),
-                ));
+                problems.add(key, format!("unsupported hash type {h:?}: only murmur32"));
             }
         }
         for (key, prefix) in [
@@ -575,14 +572,13 @@ impl AggregatorConfig {
             ("aggregator.gaugePrefix", &a.gauge_prefix),
         ] {
             if prefix.as_deref().is_some_and(|p| !p.is_empty()) {
-                return Err(invalid(
-                    key,
-                    "output prefixes are not supported yet; leave it empty".into(),
-                ));
+                problems.add(key, "output prefixes are not supported yet; leave it empty");
             }
         }
-        let host_id = resolve_host_id(a.host_id.as_ref(), env)
-            .map_err(|m| invalid("aggregator.hostID", m))?;
+        let host_id = resolve_host_id(a.host_id.as_ref(), env).unwrap_or_else(|m| {
+            problems.add("aggregator.hostID", m);
+            String::new()
+        });
         // The instance's ingest port: rawtcp's, or m3msg's when only m3msg runs.
         let ingest_address = self
             .rawtcp
@@ -599,10 +595,11 @@ impl AggregatorConfig {
             // M3's default when the key is absent: host ID and rawtcp port.
             None | Some("host_id_port") => format!("{host_id}:{port}"),
             Some(other) => {
-                return Err(invalid(
+                problems.add(
                     "aggregator.instanceID.type",
                     format!("unknown instance ID type {other:?}: use host_id or host_id_port"),
-                ));
+                );
+                String::new()
             }
         };
         let defaults = AggregatorOptions::default();
@@ -634,15 +631,21 @@ impl AggregatorConfig {
             ..defaults
         };
         if engine.default_storage_policies.is_empty() {
-            return Err(invalid(
+            problems.add(
                 "aggregator.defaultStoragePolicies",
-                "must list at least one policy, e.g. [10s:2d]".into(),
-            ));
+                "must list at least one policy, e.g. [10s:2d]",
+            );
         }
         let mut instance = crate::instance::InstanceOptions::new(instance_id);
         if let Some(client) = &a.client {
-            instance.client = crate::client::ClientOptions::from_config(client)
-                .map_err(|e| invalid(&format!("aggregator.client.{}", e.key), e.reason))?;
+            match crate::client::ClientOptions::from_config(client) {
+                Ok(options) => instance.client = options,
+                Err(errors) => {
+                    for e in errors {
+                        problems.add(format!("aggregator.client.{}", e.key), e.reason);
+                    }
+                }
+            }
         }
         if let Some(pm) = &a.placement_manager {
             if let Some(ns) = &pm.kv_config.namespace {
@@ -661,30 +664,27 @@ impl AggregatorConfig {
         if let Some(em) = &a.election_manager {
             if let Some(ttl) = em.election.as_ref().and_then(|e| e.ttl_seconds) {
                 if ttl == 0 {
-                    return Err(invalid(
+                    problems.add(
                         "aggregator.electionManager.election.ttlSeconds",
-                        "must be positive".into(),
-                    ));
+                        "must be positive",
+                    );
                 }
                 instance.election_ttl = Duration::from_secs(ttl);
             }
             if let Some(fmt) = &em.election_key_fmt
                 && fmt != "shardset/%d/lock"
             {
-                return Err(invalid(
+                problems.add(
                     "aggregator.electionManager.electionKeyFmt",
-                    "only shardset/%d/lock is supported".into(),
-                ));
+                    "only shardset/%d/lock is supported",
+                );
             }
         }
         if let Some(fm) = &a.flush_manager
             && let Some(every) = fm.check_every
         {
             if every.is_zero() {
-                return Err(invalid(
-                    "aggregator.flushManager.checkEvery",
-                    "must be positive".into(),
-                ));
+                problems.add("aggregator.flushManager.checkEvery", "must be positive");
             }
             instance.check_every = every;
         }
@@ -692,10 +692,10 @@ impl AggregatorConfig {
             && let Some(fmt) = &ftm.flush_times_key_fmt
             && fmt != "shardset/%d/flush"
         {
-            return Err(invalid(
+            problems.add(
                 "aggregator.flushTimesManager.flushTimesKeyFmt",
-                "only shardset/%d/flush is supported".into(),
-            ));
+                "only shardset/%d/flush is supported",
+            );
         }
         if let Some(interval) = a.entry_check_interval {
             instance.entry_check_interval = interval;
@@ -707,17 +707,23 @@ impl AggregatorConfig {
                 .filter_map(|h| h.dynamic_backend.as_ref())
                 .collect();
             if backends.len() != 1 || flush.handlers.len() != 1 {
-                return Err(invalid(
+                problems.add(
                     "aggregator.flush.handlers",
-                    "exactly one handler with a dynamicBackend (m3msg) is supported".into(),
-                ));
+                    "exactly one handler with a dynamicBackend (m3msg) is supported",
+                );
             }
-            let backend = backends[0];
+        }
+        if let Some(backend) = a
+            .flush
+            .as_ref()
+            .and_then(|f| f.handlers.first())
+            .and_then(|h| h.dynamic_backend.as_ref())
+        {
             if backend.name != "m3msg" {
-                return Err(invalid(
+                problems.add(
                     "aggregator.flush.handlers[0].dynamicBackend.name",
                     format!("unsupported backend {:?}: only m3msg", backend.name),
-                ));
+                );
             }
             let writer = &backend.producer.writer;
             instance.topic = writer.topic_name.clone();
@@ -728,13 +734,10 @@ impl AggregatorConfig {
                 .and_then(|o| o.environment.as_ref())
                 && *env != instance.environment
             {
-                return Err(invalid(
-                    "aggregator.flush.handlers[0].dynamicBackend.producer.writer.topicServiceOverride.environment",
-                    format!(
+                problems.add("aggregator.flush.handlers[0].dynamicBackend.producer.writer.topicServiceOverride.environment", format!(
                         "{env:?} differs from the placement environment {:?}; one environment is supported",
                         instance.environment
-                    ),
-                ));
+                    ));
             }
             instance.producer = producer_options(&backend.producer);
         }
@@ -754,7 +757,7 @@ impl AggregatorConfig {
                 .and_then(|r| r.frame_timeout)
                 .unwrap_or(defaults.frame_timeout),
         };
-        Ok(ValidConfig {
+        problems.finish(ValidConfig {
             rawtcp_limits,
             http_limits,
             rawtcp_max_message_size: rawtcp
@@ -924,6 +927,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("maxBackof"), "{err}");
+    }
+
+    /// Every bad value of the file is reported at once, each with its key, not one per start.
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let (path, text) = shipped();
+        let bad = text
+            .replace("hashType: murmur32", "hashType: sha1")
+            .replace("ttlSeconds: 10", "ttlSeconds: 0")
+            .replace("checkEvery: 1s", "checkEvery: 0s");
+        let err = AggregatorConfig::parse(&path, &bad, &|_| None)
+            .unwrap_err()
+            .to_string();
+        for part in [
+            "m3aggregator.yml",
+            "problems:",
+            "`aggregator.hostID`",
+            "`aggregator.hashType`: unsupported hash type \"sha1\"",
+            "`aggregator.electionManager.election.ttlSeconds`: must be positive",
+            "`aggregator.flushManager.checkEvery`: must be positive",
+        ] {
+            assert!(err.contains(part), "{part} not in {err}");
+        }
     }
 
     #[test]

@@ -9,8 +9,8 @@
 //! 2. The text is parsed into the binary's config types. Those types use
 //!    `#[serde(deny_unknown_fields)]`, so a misspelt key is an error naming the key and where it
 //!    is, instead of a silently ignored setting.
-//! 3. The binary validates values that types cannot express and reports them with the key path
-//!    through [`ConfigError::invalid`].
+//! 3. The binary validates values that types cannot express and reports them with the key path,
+//!    every problem of the file at once, through [`Problems`].
 //!
 //! The file name is part of every error.
 //!
@@ -29,10 +29,12 @@ pub mod duration;
 mod ignored;
 mod kv_scope;
 mod load;
+mod problems;
 mod retry;
 
 pub use duration::option as option_duration;
 pub use ignored::Ignored;
 pub use kv_scope::KvScopeConfig;
 pub use load::{ConfigError, expand_env, load, parse};
+pub use problems::Problems;
 pub use retry::RetryConfig;

@@ -42,6 +42,14 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// More than one value is not allowed: every one of them (see [`crate::Problems`]).
+    #[error("config file {path}: {} problems:{}", problems.len(), crate::problems::list(problems))]
+    Several {
+        /// The file.
+        path: PathBuf,
+        /// Each key path and what is wrong with it.
+        problems: Vec<(String, String)>,
+    },
 }
 
 impl ConfigError {

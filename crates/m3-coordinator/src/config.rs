@@ -265,125 +265,180 @@ pub struct ValidNamespace {
     pub read_only: bool,
 }
 
+/// The settings a coordinator runs with: the file after [`CoordinatorConfig::validate`], with
+/// defaults applied and the namespaces, rules and aggregator client resolved once.
+#[derive(Debug, Clone)]
+pub struct ValidConfig {
+    /// HTTP listen address (default `0.0.0.0:7201`).
+    pub listen_address: String,
+    /// Directory of the embedded store.
+    pub data_dir: String,
+    /// The cluster KV (etcd): required by [`CoordinatorConfig::load`] (`m3coordinator`),
+    /// absent under `m3 local` (in-memory KV).
+    pub etcd: Option<m3_cluster::kv::etcd::EtcdConfig>,
+    /// The namespaces of every cluster.
+    pub namespaces: Vec<ValidNamespace>,
+    /// The explicit rules, compiled against the aggregated namespaces.
+    pub rules: m3_rules::RuleSet,
+    /// Series whose rule match is cached.
+    pub matcher_cache_capacity: usize,
+    /// The remote aggregator client: its block (where the placement is) and its options.
+    pub remote_aggregator: Option<(
+        m3_aggregator::client::config::AggregatorClientConfig,
+        m3_aggregator::client::ClientOptions,
+    )>,
+    /// The m3msg ingest server.
+    pub ingest: Option<IngestConfig>,
+    /// Timed-sample buffers.
+    pub write_buffers: WriteBuffersConfig,
+    /// Bounds on what one client may make the coordinator hold.
+    pub limits: crate::limits::LimitsConfig,
+}
+
 impl CoordinatorConfig {
-    /// Loads and validates the file at `path`.
+    /// Loads and validates the file at `path` as `m3coordinator` runs it: `clusterManagement`
+    /// (etcd) is required.
     ///
     /// # Errors
-    /// Unreadable file, unknown keys, bad values; each naming the file and key.
-    pub fn load(path: &Path) -> Result<CoordinatorConfig, ConfigError> {
+    /// Unreadable file, unknown keys, bad values; every bad value at once, each naming the
+    /// file and key.
+    pub fn load(path: &Path) -> Result<ValidConfig, ConfigError> {
         let config: CoordinatorConfig = m3_config::load(path)?;
-        config.namespaces(path)?;
-        config.validate_client(path)?;
-        config.rules(path)?;
-        Ok(config)
+        config.checked(path, true)
     }
 
-    /// Parses and validates `text` as if it were the file at `path` (no environment).
+    /// Parses and validates `text` as if it were the file at `path` (no environment), as
+    /// [`CoordinatorConfig::validate`] does.
     ///
     /// # Errors
     /// As [`CoordinatorConfig::load`].
-    pub fn parse(path: &Path, text: &str) -> Result<CoordinatorConfig, ConfigError> {
+    pub fn parse(path: &Path, text: &str) -> Result<ValidConfig, ConfigError> {
         let config: CoordinatorConfig = m3_config::parse(path, text, &|_| None)?;
-        config.namespaces(path)?;
-        config.validate_client(path)?;
-        config.rules(path)?;
-        Ok(config)
+        config.validate(path)
     }
 
-    /// The explicit rules, compiled against the aggregated namespaces' storage policies.
+    /// Checks every value and resolves the namespaces, the rules and the aggregator client;
+    /// `clusterManagement` may be absent (as under `m3 local`).
     ///
     /// # Errors
-    /// Every problem of every rule, each naming the rule, the key and the reason.
-    pub fn rules(&self, path: &Path) -> Result<m3_rules::RuleSet, ConfigError> {
-        let Some(rules) = &self.downsample.rules else {
-            return Ok(m3_rules::RuleSet::default());
-        };
-        let available: Vec<StoragePolicy> = self
-            .namespaces(path)?
-            .into_iter()
-            .filter(|n| !n.read_only)
-            .filter_map(|n| n.policy)
-            .collect();
-        m3_rules::RuleSet::compile(rules, "downsample.rules", &available)
-            .map_err(|errors| ConfigError::invalid(path, "downsample.rules", errors.to_string()))
+    /// Every problem of the file (see [`m3_config::Problems`]), each naming its key.
+    pub fn validate(self, path: &Path) -> Result<ValidConfig, ConfigError> {
+        self.checked(path, false)
     }
 
-    /// The capacity of the rule matcher's per-series cache.
-    pub fn matcher_cache_capacity(&self) -> usize {
-        self.downsample
+    fn checked(self, path: &Path, etcd_required: bool) -> Result<ValidConfig, ConfigError> {
+        let mut problems = m3_config::Problems::new(path);
+        if etcd_required && self.cluster_management.is_none() {
+            problems.add(
+                "clusterManagement",
+                "missing: the coordinator needs clusterManagement.etcd (the cluster KV)",
+            );
+        }
+        let namespaces = self.namespaces(&mut problems);
+        let rules = match &self.downsample.rules {
+            None => m3_rules::RuleSet::default(),
+            Some(rules) => {
+                let available: Vec<StoragePolicy> = namespaces
+                    .iter()
+                    .filter(|n| !n.read_only)
+                    .filter_map(|n| n.policy)
+                    .collect();
+                m3_rules::RuleSet::compile(rules, "downsample.rules", &available).unwrap_or_else(
+                    |errors| {
+                        problems.add("downsample.rules", errors.to_string());
+                        m3_rules::RuleSet::default()
+                    },
+                )
+            }
+        };
+        let remote_aggregator = self.downsample.remote_aggregator.and_then(|remote| {
+            match m3_aggregator::client::ClientOptions::from_config(&remote.client) {
+                Ok(options) => Some((remote.client, options)),
+                Err(errors) => {
+                    for e in errors {
+                        problems.add(
+                            format!("downsample.remoteAggregator.client.{}", e.key),
+                            e.reason,
+                        );
+                    }
+                    None
+                }
+            }
+        });
+        let matcher_cache_capacity = self
+            .downsample
             .matcher
-            .as_ref()
-            .and_then(|m| m.cache.as_ref())
+            .and_then(|m| m.cache)
             .and_then(|c| c.capacity)
-            .unwrap_or(crate::downsample::DEFAULT_CACHE_CAPACITY)
+            .unwrap_or(crate::downsample::DEFAULT_CACHE_CAPACITY);
+        problems.finish(ValidConfig {
+            listen_address: self
+                .listen_address
+                .unwrap_or_else(|| "0.0.0.0:7201".to_string()),
+            data_dir: self.storage.data_dir,
+            etcd: self.cluster_management.map(|c| c.etcd),
+            namespaces,
+            rules,
+            matcher_cache_capacity,
+            remote_aggregator,
+            ingest: self.ingest,
+            write_buffers: self.write_buffers,
+            limits: self.limits,
+        })
     }
 
-    fn validate_client(&self, path: &Path) -> Result<(), ConfigError> {
-        let Some(remote) = &self.downsample.remote_aggregator else {
-            return Ok(());
-        };
-        remote.client.validate().map_err(|e| {
-            ConfigError::invalid(
-                path,
-                format!("downsample.remoteAggregator.client.{}", e.key),
-                e.reason,
-            )
-        })?;
-        Ok(())
-    }
-
-    /// The namespaces of every cluster, validated: one unaggregated namespace at most,
+    /// The namespaces of every cluster that are valid: one unaggregated namespace at most,
     /// aggregated ones with a resolution, no two aggregated with the same resolution and
-    /// retention.
-    ///
-    /// # Errors
-    /// A [`ConfigError::Invalid`] naming the offending key.
-    pub fn namespaces(&self, path: &Path) -> Result<Vec<ValidNamespace>, ConfigError> {
+    /// retention. Each problem goes to `problems` and its namespace is left out.
+    fn namespaces(&self, problems: &mut m3_config::Problems) -> Vec<ValidNamespace> {
         let mut out: Vec<ValidNamespace> = Vec::new();
         let default_all = self.downsample.all.unwrap_or(true);
         for (ci, cluster) in self.clusters.iter().enumerate() {
             for (ni, ns) in cluster.namespaces.iter().enumerate() {
                 let key = format!("clusters[{ci}].namespaces[{ni}]");
+                let mut bad = |field: &str, message: String| {
+                    let key = if field.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{key}.{field}")
+                    };
+                    problems.add(key, message);
+                };
+                let mut valid = true;
                 if ns.retention.is_zero() {
-                    return Err(ConfigError::invalid(
-                        path,
-                        format!("{key}.retention"),
-                        "must be positive",
-                    ));
+                    bad("retention", "must be positive".into());
+                    valid = false;
                 }
                 let policy = match (ns.kind, ns.resolution) {
                     (NamespaceKind::Unaggregated, _) => None,
                     (NamespaceKind::Aggregated, None) => {
-                        return Err(ConfigError::invalid(
-                            path,
-                            format!("{key}.resolution"),
-                            "an aggregated namespace needs a resolution",
-                        ));
+                        bad(
+                            "resolution",
+                            "an aggregated namespace needs a resolution".into(),
+                        );
+                        valid = false;
+                        None
                     }
                     (NamespaceKind::Aggregated, Some(r)) if r.is_zero() => {
-                        return Err(ConfigError::invalid(
-                            path,
-                            format!("{key}.resolution"),
-                            "must be positive",
-                        ));
+                        bad("resolution", "must be positive".into());
+                        valid = false;
+                        None
                     }
                     (NamespaceKind::Aggregated, Some(r)) => {
                         Some(StoragePolicy::new(r, ns.retention))
                     }
                 };
                 if out.iter().any(|o| o.name == ns.namespace) {
-                    return Err(ConfigError::invalid(
-                        path,
-                        format!("{key}.namespace"),
+                    bad(
+                        "namespace",
                         format!("namespace {:?} is defined twice", ns.namespace),
-                    ));
+                    );
+                    valid = false;
                 }
-                if policy.is_none() && out.iter().any(|o| o.policy.is_none()) {
-                    return Err(ConfigError::invalid(
-                        path,
-                        format!("{key}.type"),
-                        "only one unaggregated namespace is allowed",
-                    ));
+                if ns.kind == NamespaceKind::Unaggregated && out.iter().any(|o| o.policy.is_none())
+                {
+                    bad("type", "only one unaggregated namespace is allowed".into());
+                    valid = false;
                 }
                 if let Some(p) = policy
                     && out.iter().any(|o| {
@@ -392,24 +447,26 @@ impl CoordinatorConfig {
                         })
                     })
                 {
-                    return Err(ConfigError::invalid(
-                        path,
-                        key.to_string(),
+                    bad(
+                        "",
                         format!(
                             "another aggregated namespace already has resolution:retention {p}"
                         ),
-                    ));
+                    );
+                    valid = false;
                 }
-                out.push(ValidNamespace {
-                    name: ns.namespace.clone(),
-                    policy,
-                    retention: ns.retention,
-                    downsample_all: ns.downsample.as_ref().map_or(default_all, |d| d.all),
-                    read_only: ns.read_only,
-                });
+                if valid {
+                    out.push(ValidNamespace {
+                        name: ns.namespace.clone(),
+                        policy,
+                        retention: ns.retention,
+                        downsample_all: ns.downsample.as_ref().map_or(default_all, |d| d.all),
+                        read_only: ns.read_only,
+                    });
+                }
             }
         }
-        Ok(out)
+        out
     }
 }
 
@@ -438,7 +495,7 @@ mod tests {
     fn seed_blocks_parse_verbatim() {
         let text = seed_coordinator_block();
         let config = CoordinatorConfig::parse(Path::new("SEED.md"), &text).unwrap();
-        let client = config.downsample.remote_aggregator.unwrap().client;
+        let client = config.remote_aggregator.unwrap().0;
         assert_eq!(client.placement_kv.namespace, "/placement");
         assert_eq!(client.placement_watcher.key, "m3aggregator");
         assert_eq!(
@@ -481,13 +538,13 @@ mod tests {
         ));
         let text = std::fs::read_to_string(&path).unwrap();
         let config = CoordinatorConfig::parse(&path, &text).unwrap();
-        assert_eq!(config.listen_address.as_deref(), Some("0.0.0.0:7201"));
-        let etcd = config.cluster_management.as_ref().unwrap();
+        assert_eq!(config.listen_address, "0.0.0.0:7201");
+        let etcd = config.etcd.as_ref().unwrap();
         assert_eq!(
-            etcd.etcd.etcd_clusters[0].endpoints,
+            etcd.etcd_clusters[0].endpoints,
             vec!["127.0.0.1:2379".to_string()]
         );
-        assert_eq!(config.namespaces(&path).unwrap().len(), 3);
+        assert_eq!(config.namespaces.len(), 3);
         assert_eq!(
             config.ingest.unwrap().m3msg.server.listen_address,
             "0.0.0.0:7507"
@@ -528,11 +585,38 @@ downsample:
         }
     }
 
+    /// Every problem is reported at once: namespaces, rules and the client, each by key.
+    #[test]
+    fn every_problem_is_named_at_once() {
+        let text = seed_coordinator_block().replace("queueSize: 10000", "queueSize: 0")
+            + "clusters:\n  - namespaces:\n      - namespace: a\n        type: aggregated\n        retention: 0s\n        resolution: 10s\n      - namespace: b\n        type: aggregated\n        retention: 2d\n";
+        let err = CoordinatorConfig::parse(Path::new("c.yml"), &text)
+            .unwrap_err()
+            .to_string();
+        for part in [
+            "c.yml: 3 problems",
+            "`clusters[0].namespaces[0].retention`: must be positive",
+            "`clusters[0].namespaces[1].resolution`: an aggregated namespace needs a resolution",
+            "`downsample.remoteAggregator.client.queueSize`: must be positive",
+        ] {
+            assert!(err.contains(part), "{part} not in {err}");
+        }
+        // As m3coordinator loads it, the missing cluster KV is one more.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yml");
+        std::fs::write(&file, &text).unwrap();
+        let err = CoordinatorConfig::load(&file).unwrap_err().to_string();
+        assert!(
+            err.contains("4 problems") && err.contains("`clusterManagement`: missing"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn namespaces_are_validated() {
         let ok = "clusters:\n  - namespaces:\n      - namespace: default\n        type: unaggregated\n        retention: 48h\n      - namespace: agg\n        type: aggregated\n        retention: 2d\n        resolution: 10s\n";
         let config = CoordinatorConfig::parse(Path::new("c.yml"), ok).unwrap();
-        let ns = config.namespaces(Path::new("c.yml")).unwrap();
+        let ns = &config.namespaces;
         assert_eq!(ns[1].policy.unwrap().to_string(), "10s:2d");
         assert!(ns[1].downsample_all);
 

@@ -31,19 +31,16 @@ fn main() -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     m3_server::process::prepare();
     let config = CoordinatorConfig::load(&args.config)?;
-    let etcd = config.cluster_management.as_ref().ok_or_else(|| {
-        ConfigError::invalid(
-            &args.config,
-            "clusterManagement",
-            "missing: the coordinator needs clusterManagement.etcd (the cluster KV)",
-        )
-    })?;
+    let etcd = config
+        .etcd
+        .as_ref()
+        .ok_or_else(|| ConfigError::invalid(&args.config, "clusterManagement", "missing"))?;
     let kv: Arc<dyn KvStore> = Arc::new(
-        EtcdKv::connect(&etcd.etcd)
+        EtcdKv::connect(etcd)
             .await
             .context("connecting to etcd (clusterManagement.etcd)")?,
     );
-    let coordinator = Coordinator::start(&config, &args.config, kv, None, None)
+    let coordinator = Coordinator::start(&config, kv, None, None)
         .await
         .context("starting the coordinator")?;
     tracing::info!(http = %coordinator.addrs().http, ingest = ?coordinator.addrs().ingest, "m3coordinator is running.");

@@ -25,14 +25,14 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{CoordinatorConfig, ValidNamespace};
+use crate::config::{ValidConfig, ValidNamespace};
 use crate::downsample::Downsampler;
 use crate::ingest::IngestHandler;
 use crate::limits::RemoteWriteLimits;
 use crate::metrics::{CoordinatorMetrics, RefusedReason};
 use crate::remote_write::DecodeLimits;
 use crate::write::{WriteError, WriteMode, WritePath};
-use m3_aggregator::client::{AggregatorClient, ClientOptions};
+use m3_aggregator::client::AggregatorClient;
 
 /// Where a started coordinator listens.
 #[derive(Debug, Clone)]
@@ -76,21 +76,19 @@ struct HttpState {
 }
 
 impl Coordinator {
-    /// Starts a coordinator. `config_path` is only used in error messages; `kv` holds the
-    /// placements and topics; `http_listener` and `ingest_listener` override the configured
+    /// Starts a coordinator with a validated config; `kv` holds the placements and topics; `http_listener` and `ingest_listener` override the configured
     /// addresses (tests and `m3 local` pass pre-bound listeners).
     ///
     /// # Errors
     /// Invalid namespaces, a store that does not open, addresses that do not bind.
     pub async fn start(
-        config: &CoordinatorConfig,
-        config_path: &Path,
+        config: &ValidConfig,
         kv: Arc<dyn KvStore>,
         http_listener: Option<TcpListener>,
         ingest_listener: Option<TcpListener>,
     ) -> anyhow::Result<Coordinator> {
-        let namespaces = config.namespaces(config_path)?;
-        let store = open_store(Path::new(&config.storage.data_dir), &namespaces)?;
+        let namespaces = config.namespaces.clone();
+        let store = open_store(Path::new(&config.data_dir), &namespaces)?;
         let metrics = CoordinatorMetrics::default();
         let mut registry = Registry::default();
         metrics.register(&mut registry);
@@ -100,17 +98,13 @@ impl Coordinator {
 
         let downsampler = Downsampler::new(
             &namespaces,
-            config.rules(config_path)?,
-            config.matcher_cache_capacity(),
+            config.rules.clone(),
+            config.matcher_cache_capacity,
         );
-        let client = match &config.downsample.remote_aggregator {
-            Some(remote) if downsampler.is_enabled() => {
-                let options = ClientOptions::from_config(&remote.client).map_err(|e| {
-                    anyhow::anyhow!("downsample.remoteAggregator.client.{}: {}", e.key, e.reason)
-                })?;
-                let client = AggregatorClient::new(options, Arc::new(metrics.clone()));
+        let client = match &config.remote_aggregator {
+            Some((remote, options)) if downsampler.is_enabled() => {
+                let client = AggregatorClient::new(options.clone(), Arc::new(metrics.clone()));
                 let environment = remote
-                    .client
                     .placement_kv
                     .environment
                     .clone()
@@ -128,11 +122,11 @@ impl Coordinator {
                     }
                 } else {
                     let service = ServiceId::new(
-                        remote.client.placement_watcher.key.clone(),
+                        remote.placement_watcher.key.clone(),
                         environment,
-                        remote.client.placement_kv.zone.clone().unwrap_or_default(),
+                        remote.placement_kv.zone.clone().unwrap_or_default(),
                     );
-                    let key = placement_key_in(&remote.client.placement_kv.namespace, &service);
+                    let key = placement_key_in(&remote.placement_kv.namespace, &service);
                     let watch = PlacementStore::new(Arc::clone(&kv), key)
                         .watch()
                         .await
@@ -238,11 +232,8 @@ impl Coordinator {
         let listener = match http_listener {
             Some(l) => l,
             None => {
-                let address = config
-                    .listen_address
-                    .clone()
-                    .unwrap_or_else(|| "0.0.0.0:7201".to_string());
-                TcpListener::bind(&address)
+                let address = &config.listen_address;
+                TcpListener::bind(address)
                     .await
                     .with_context(|| format!("binding listenAddress {address}"))?
             }

@@ -156,6 +156,28 @@ fn coordinator_config_with_an_unknown_key() {
     );
 }
 
+/// Every bad value of the file is named in one start, not one per restart.
+#[test]
+fn coordinator_config_with_several_bad_values_names_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = edited_config(dir.path(), COORDINATOR_CONFIG, "several.yml", |text| {
+        let text = replace_once(text, "resolution: 10s", "resolution: 0s");
+        let text = replace_once(&text, "retention: 40d", "retention: 0s");
+        replace_once(&text, "queueSize: 10000", "queueSize: 0")
+    });
+    let output = run_failing("m3coordinator", &config, &unreachable_etcd());
+    assert_names(
+        &output,
+        &[
+            &config.display().to_string(),
+            "3 problems",
+            "clusters[0].namespaces[1].resolution`: must be positive",
+            "clusters[0].namespaces[2].retention`: must be positive",
+            "downsample.remoteAggregator.client.queueSize`: must be positive",
+        ],
+    );
+}
+
 #[test]
 fn unreachable_etcd_is_named() {
     for (binary, shipped, section) in [

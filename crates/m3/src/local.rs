@@ -171,25 +171,31 @@ pub(crate) async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow
     if let Some(dir) = data_dir {
         config.coordinator.storage.data_dir = dir.display().to_string();
     }
+    let mut problems = m3_config::Problems::new(config_path);
     if config.aggregators.listen_addresses.len() != 2
         || config.aggregators.http_listen_addresses.len() != 2
     {
-        return Err(m3_config::ConfigError::invalid(
-            config_path,
+        problems.add(
             "aggregators.listenAddresses",
             "m3 local runs exactly two aggregators (RF 2): give two listenAddresses and two httpListenAddresses",
-        )
-        .into());
+        );
     }
     if config.aggregators.num_shards == 0 {
-        return Err(m3_config::ConfigError::invalid(
-            config_path,
-            "aggregators.numShards",
-            "must be at least 1",
-        )
-        .into());
+        problems.add("aggregators.numShards", "must be at least 1");
     }
-    config.coordinator.namespaces(config_path)?;
+    if config.coordinator.ingest.is_none() {
+        problems.add(
+            "coordinator.ingest",
+            "missing: m3 local needs coordinator.ingest.m3msg.server.listenAddress",
+        );
+    }
+    let coordinator_config = problems.check_under(
+        "coordinator",
+        config.coordinator.clone().validate(config_path),
+    );
+    let Some(coordinator_config) = problems.finish(coordinator_config)? else {
+        anyhow::bail!("the coordinator config did not validate");
+    };
     let kv: Arc<dyn KvStore> = Arc::new(MemoryKv::new());
 
     // Bind everything first so a port in use fails before anything starts.
@@ -207,8 +213,7 @@ pub(crate) async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow
             .with_context(|| format!("binding aggregator HTTP address {address}"))?;
         http_listeners.push(listener);
     }
-    let ingest_address = config
-        .coordinator
+    let ingest_address = coordinator_config
         .ingest
         .as_ref()
         .map(|i| i.m3msg.server.listen_address.clone())
@@ -231,8 +236,7 @@ pub(crate) async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow
     .await?;
 
     let coordinator = Coordinator::start(
-        &config.coordinator,
-        config_path,
+        &coordinator_config,
         Arc::clone(&kv),
         None,
         Some(ingest_listener),
@@ -272,10 +276,7 @@ pub(crate) async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow
     );
     println!("  aggregators (HTTP):   {}", http_endpoints.join(", "));
     println!("  ingest (m3msg):       {ingest_endpoint}");
-    println!(
-        "  data directory:       {}",
-        config.coordinator.storage.data_dir
-    );
+    println!("  data directory:       {}", coordinator_config.data_dir);
     println!();
     println!("Point Prometheus at it (prometheus.yml):");
     println!("  remote_write:");

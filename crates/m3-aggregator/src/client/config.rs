@@ -94,12 +94,13 @@ impl AggregatorClientConfig {
     /// Checks the keys the client cannot run with.
     ///
     /// # Errors
-    /// The first wrong key.
-    pub fn validate(&self) -> Result<(), ClientConfigError> {
+    /// Every wrong key.
+    pub fn validate(&self) -> Result<(), Vec<ClientConfigError>> {
+        let mut problems = Vec::new();
         if let Some(hash) = &self.hash_type
             && hash != "murmur32"
         {
-            return Err(ClientConfigError::new(
+            problems.push(ClientConfigError::new(
                 "hashType",
                 format!("unsupported hash type {hash:?}: only murmur32 is supported"),
             ));
@@ -108,26 +109,26 @@ impl AggregatorClientConfig {
             None | Some("legacy" | "tcp") => {}
             Some("m3msg") => {
                 if self.m3msg.is_none() {
-                    return Err(ClientConfigError::new(
+                    problems.push(ClientConfigError::new(
                         "m3msg",
                         "missing: type m3msg needs m3msg.producer.writer.topicName \
                          (e.g. aggregator_ingest)",
                     ));
                 }
             }
-            Some(other) => {
-                return Err(ClientConfigError::new(
-                    "type",
-                    format!(
-                        "unsupported client type {other:?}: use legacy or tcp (rawtcp), or m3msg"
-                    ),
-                ));
-            }
+            Some(other) => problems.push(ClientConfigError::new(
+                "type",
+                format!("unsupported client type {other:?}: use legacy or tcp (rawtcp), or m3msg"),
+            )),
         }
         if self.queue_size == Some(0) {
-            return Err(ClientConfigError::new("queueSize", "must be positive"));
+            problems.push(ClientConfigError::new("queueSize", "must be positive"));
         }
-        Ok(())
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
 
     /// The m3msg transport, for `type: m3msg`.

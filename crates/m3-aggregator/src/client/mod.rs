@@ -115,10 +115,10 @@ impl ClientOptions {
     /// Options from the config block; absent keys take M3's code defaults.
     ///
     /// # Errors
-    /// A [`ClientConfigError`] naming the key (relative to the block) and the reason.
+    /// Every [`ClientConfigError`], each naming the key (relative to the block) and the reason.
     pub fn from_config(
         config: &AggregatorClientConfig,
-    ) -> Result<ClientOptions, ClientConfigError> {
+    ) -> Result<ClientOptions, Vec<ClientConfigError>> {
         config.validate()?;
         let d = ClientOptions::default();
         Ok(ClientOptions {
