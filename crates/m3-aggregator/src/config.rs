@@ -409,10 +409,11 @@ pub struct FlushManagerConfig {
     /// Deprecated in M3; accepted.
     #[serde(default, with = "m3_config::option_duration")]
     pub flush_times_persist_every: Option<Duration>,
-    /// Accepted (follower forced mode is not built yet).
+    /// How long a follower keeps windows its leader has not flushed while the leader's flush
+    /// times do not move, before it drops the older ones (default 5m).
     #[serde(default, with = "m3_config::option_duration")]
     pub max_buffer_size: Option<Duration>,
-    /// Accepted.
+    /// How often a follower in that forced mode drops them (default 10s).
     #[serde(default, with = "m3_config::option_duration")]
     pub forced_flush_window_size: Option<Duration>,
 }
@@ -680,13 +681,27 @@ impl AggregatorConfig {
                 );
             }
         }
-        if let Some(fm) = &a.flush_manager
-            && let Some(every) = fm.check_every
-        {
-            if every.is_zero() {
-                problems.add("aggregator.flushManager.checkEvery", "must be positive");
+        if let Some(fm) = &a.flush_manager {
+            for (key, value, slot) in [
+                ("checkEvery", fm.check_every, &mut instance.check_every),
+                (
+                    "maxBufferSize",
+                    fm.max_buffer_size,
+                    &mut instance.max_buffer_size,
+                ),
+                (
+                    "forcedFlushWindowSize",
+                    fm.forced_flush_window_size,
+                    &mut instance.forced_flush_window_size,
+                ),
+            ] {
+                if let Some(value) = value {
+                    if value.is_zero() {
+                        problems.add(format!("aggregator.flushManager.{key}"), "must be positive");
+                    }
+                    *slot = value;
+                }
             }
-            instance.check_every = every;
         }
         if let Some(ftm) = &a.flush_times_manager
             && let Some(fmt) = &ftm.flush_times_key_fmt

@@ -72,6 +72,13 @@ pub enum FlushMode<'a> {
         /// The leader's last persisted flush times.
         flushed_times: &'a flushpb::ShardSetFlushTimes,
     },
+    /// Emit nothing; discard every window ending at or before `before_nanos`, whatever the
+    /// leader has flushed: M3's forced follower flush, for a follower whose leader's flush
+    /// times have not moved for `maxBufferSize` (see the flush manager).
+    FollowerForced {
+        /// Windows ending at or before this (Unix nanoseconds) are dropped.
+        before_nanos: i64,
+    },
 }
 
 /// One aggregated value, ready to be sent to storage.

@@ -12,6 +12,13 @@
 //! A follower that becomes leader first discards with the latest persisted flush times, then
 //! flushes as leader, so the handover emits no window twice and skips none that it buffered.
 //!
+//! A follower whose leader's flush times have not moved for `maxBufferSize` (the leader cannot
+//! get its output acked, or is wedged) would otherwise hold every window for as long as that
+//! lasts. As M3 does, it then enters a forced mode: every `forcedFlushWindowSize` it drops the
+//! windows that ended more than `maxBufferSize` ago (counted as
+//! `windows_discarded{reason="follower_forced"}`), until the flush times move again. Taking
+//! over after that can miss those windows; the bound on memory is the price, as in M3.
+//!
 //! The leader persists its flush times only once the coordinators have acked everything it
 //! produced (bounded by `ack_wait`). Persisting earlier would let a leader crash lose the windows
 //! still in its producer's buffer: the new leader would start after them. Persisting after the
@@ -34,6 +41,7 @@ use m3_proto::Message;
 use m3_proto::flushpb::{ShardFlushTimes, ShardSetFlushTimes};
 use m3_proto::metricpb::{AggregatedMetric, TimedMetric, TimedMetricWithStoragePolicy};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::AggregatorClient;
@@ -85,6 +93,10 @@ struct LoopState {
     persisted: ShardSetFlushTimes,
     /// The shard set `persisted` belongs to.
     persisted_for: Option<u32>,
+    /// When the flush times last moved (or this member started following).
+    flush_times_moved_at: Instant,
+    /// The last forced follower flush, while in forced mode.
+    last_forced_flush: Option<Instant>,
 }
 
 impl FlushManager {
@@ -96,6 +108,8 @@ impl FlushManager {
             was_leader: false,
             persisted: ShardSetFlushTimes::default(),
             persisted_for: None,
+            flush_times_moved_at: Instant::now(),
+            last_forced_flush: None,
         };
         loop {
             let tick = self.next_tick().await;
@@ -160,6 +174,10 @@ impl FlushManager {
         let flush_key = keys::flush_times_key(&self.options.environment, shard_set);
         match read_flush_times(&self.kv, &flush_key).await {
             Some(times) => {
+                if times != state.persisted || state.persisted_for != Some(shard_set) {
+                    state.flush_times_moved_at = Instant::now();
+                    state.last_forced_flush = None;
+                }
                 state.persisted = times;
                 state.persisted_for = Some(shard_set);
             }
@@ -193,6 +211,10 @@ impl FlushManager {
                 can_lead: true,
             });
         } else {
+            if state.was_leader {
+                state.flush_times_moved_at = Instant::now();
+                state.last_forced_flush = None;
+            }
             self.aggregator.flush(
                 unix_nanos_now(),
                 FlushMode::Follower {
@@ -200,6 +222,7 @@ impl FlushManager {
                 },
                 &mut state.outputs,
             );
+            self.force_flush_if_stale(state, shard_set);
             let passthrough = self.aggregator.take_passthrough();
             self.aggregator
                 .metrics()
@@ -211,6 +234,38 @@ impl FlushManager {
             });
         }
         true
+    }
+
+    /// As a follower whose leader's flush times have not moved for `maxBufferSize`: every
+    /// `forcedFlushWindowSize`, drops the windows that ended more than `maxBufferSize` ago
+    /// (see the module doc).
+    fn force_flush_if_stale(&self, state: &mut LoopState, shard_set: u32) {
+        let stale_for = state.flush_times_moved_at.elapsed();
+        if stale_for < self.options.max_buffer_size {
+            return;
+        }
+        if state
+            .last_forced_flush
+            .is_some_and(|t| t.elapsed() < self.options.forced_flush_window_size)
+        {
+            return;
+        }
+        if state.last_forced_flush.is_none() {
+            tracing::warn!(
+                shard_set,
+                stale_for = ?stale_for,
+                max_buffer_size = ?self.options.max_buffer_size,
+                "The leader's flush times have not moved for maxBufferSize; dropping older windows to bound memory."
+            );
+        }
+        let max_buffer = i64::try_from(self.options.max_buffer_size.as_nanos()).unwrap_or(i64::MAX);
+        let before_nanos = unix_nanos_now().saturating_sub(max_buffer);
+        self.aggregator.flush(
+            unix_nanos_now(),
+            FlushMode::FollowerForced { before_nanos },
+            &mut state.outputs,
+        );
+        state.last_forced_flush = Some(Instant::now());
     }
 
     /// Emits the ended windows, forwards rollup values, and persists the flush times once the

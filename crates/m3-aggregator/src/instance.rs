@@ -64,6 +64,12 @@ pub struct InstanceOptions {
     pub ack_wait: Duration,
     /// The client that forwards rollup values to other aggregators (`aggregator.client`).
     pub client: crate::client::ClientOptions,
+    /// How long a follower keeps windows while its leader's flush times do not move before it
+    /// drops the older ones (`flushManager.maxBufferSize`, M3's default 5m).
+    pub max_buffer_size: Duration,
+    /// How often a follower in that forced mode drops what has grown older than
+    /// `max_buffer_size` (`flushManager.forcedFlushWindowSize`, M3's default 10s).
+    pub forced_flush_window_size: Duration,
 }
 
 impl InstanceOptions {
@@ -87,6 +93,8 @@ impl InstanceOptions {
             ack_wait: Duration::from_secs(5),
             num_shards: Arc::new(AtomicU32::new(0)),
             client: crate::client::ClientOptions::default(),
+            max_buffer_size: Duration::from_secs(300),
+            forced_flush_window_size: Duration::from_secs(10),
         }
     }
 }

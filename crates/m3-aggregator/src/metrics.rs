@@ -35,13 +35,17 @@ pub enum WindowDiscard {
     BeforeCutover,
     /// The window started at or after the shard's cutoff: the next owner emits it.
     AfterCutoff,
+    /// A follower whose leader's flush times stopped moving for `maxBufferSize` dropped a
+    /// window older than that (M3's forced follower flush), bounding its memory.
+    FollowerForced,
 }
 
 impl WindowDiscard {
-    const ALL: [WindowDiscard; 3] = [
+    pub(crate) const ALL: [WindowDiscard; 4] = [
         WindowDiscard::Follower,
         WindowDiscard::BeforeCutover,
         WindowDiscard::AfterCutoff,
+        WindowDiscard::FollowerForced,
     ];
 
     fn as_str(self) -> &'static str {
@@ -49,6 +53,7 @@ impl WindowDiscard {
             WindowDiscard::Follower => "follower",
             WindowDiscard::BeforeCutover => "before_cutover",
             WindowDiscard::AfterCutoff => "after_cutoff",
+            WindowDiscard::FollowerForced => "follower_forced",
         }
     }
 }
@@ -78,7 +83,7 @@ pub struct Metrics {
     outputs_flushed: Counter,
     outputs_nan: Counter,
     outputs_invalid_id: Counter,
-    windows_discarded: [Counter; 3],
+    windows_discarded: [Counter; WindowDiscard::ALL.len()],
     connections_closed_family: Family<Labels, Counter>,
     connections_refused: Counter,
     connections_timed_out: Counter,

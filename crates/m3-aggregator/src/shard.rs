@@ -513,9 +513,14 @@ impl ShardState {
     ) -> (usize, u64) {
         let cutover = shard.cutover_nanos.load(Ordering::Relaxed);
         let cutoff = shard.cutoff_nanos.load(Ordering::Relaxed);
-        let leader_times = match mode {
+        // Where a follower's discarding stops: the leader's flush times of this shard, or a
+        // time before which everything goes.
+        let follower_until = match mode {
             FlushMode::Leader | FlushMode::LeaderFinal => None,
-            FlushMode::Follower { flushed_times } => Some(flushed_times.by_shard.get(&shard.id)),
+            FlushMode::Follower { flushed_times } => Some(FollowerUntil::Flushed(
+                flushed_times.by_shard.get(&shard.id),
+            )),
+            FlushMode::FollowerForced { before_nanos } => Some(FollowerUntil::Forced(before_nanos)),
         };
         let final_flush = matches!(mode, FlushMode::LeaderFinal);
         let ShardState {
@@ -527,13 +532,13 @@ impl ShardState {
         } = self;
         let spec_list = &specs.specs;
         let mut emitted = 0usize;
-        let mut discarded = [0u64; 3];
+        let mut discarded = [0u64; WindowDiscard::ALL.len()];
         let mut plan: Vec<i64> = Vec::with_capacity(spec_list.len());
         for category in Category::ALL {
             // Per spec: windows ending at or before this are taken out.
             plan.clear();
             plan.extend(spec_list.iter().map(|spec| {
-                match leader_times {
+                match follower_until {
                     None => align_down(
                         limits.flush_target(
                             category,
@@ -544,11 +549,12 @@ impl ShardState {
                         ),
                         spec.resolution,
                     ),
-                    Some(times) => times
+                    Some(FollowerUntil::Flushed(times)) => times
                         .and_then(|t| {
                             flushed_time(t, category, spec.resolution, spec.forwarded_times)
                         })
                         .unwrap_or(i64::MIN),
+                    Some(FollowerUntil::Forced(before)) => align_down(before, spec.resolution),
                 }
             }));
             let states = &mut transforms[category.index()];
@@ -566,8 +572,11 @@ impl ShardState {
                         pipeline.map(|p| pipeline_state(states, id, elem.spec(), spec, p));
                     elem.take_until(resolution, *until, &mut |start, window| {
                         let end = start.saturating_add(resolution);
-                        let discard = if leader_times.is_some() {
-                            Some(WindowDiscard::Follower)
+                        let discard = if let Some(until) = follower_until {
+                            Some(match until {
+                                FollowerUntil::Flushed(_) => WindowDiscard::Follower,
+                                FollowerUntil::Forced(_) => WindowDiscard::FollowerForced,
+                            })
                         } else if end <= cutover {
                             Some(WindowDiscard::BeforeCutover)
                         } else if start >= cutoff {
@@ -640,11 +649,7 @@ impl ShardState {
                 }
             }
         }
-        for reason in [
-            WindowDiscard::Follower,
-            WindowDiscard::BeforeCutover,
-            WindowDiscard::AfterCutoff,
-        ] {
+        for reason in WindowDiscard::ALL {
             metrics.windows_discarded_by(reason, discarded[reason as usize]);
         }
         metrics.outputs_flushed_by(emitted as u64);
@@ -956,6 +961,15 @@ fn emit(
         n += 1;
     }
     n
+}
+
+/// How far a follower's flush discards, per shard.
+#[derive(Clone, Copy)]
+enum FollowerUntil<'a> {
+    /// Up to the leader's persisted flush times of the shard (none: nothing).
+    Flushed(Option<&'a flushpb::ShardFlushTimes>),
+    /// Every window ending at or before this time (forced follower flush).
+    Forced(i64),
 }
 
 #[cfg(test)]

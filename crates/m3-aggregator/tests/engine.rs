@@ -575,6 +575,79 @@ fn follower_discards_what_leader_flushed_then_takes_over_without_gap_or_duplicat
     );
 }
 
+/// M3's forced follower flush: windows ending at or before the given time are dropped
+/// whatever the leader's flush times say (there are none here), later ones are kept and
+/// emitted by the follower once it leads; the dropped ones are counted by reason.
+#[test]
+fn forced_follower_flush_drops_only_windows_ended_before_the_bound() {
+    let follower = engine(AggregatorOptions::default());
+    let m = build::simple(
+        AggregationId::DEFAULT,
+        &[policy("10s:2d"), policy("1m:40d")],
+    );
+    for i in 0..12 {
+        let t = T0 + i * 10 * S + S;
+        follower
+            .add_timed(
+                MetricType::Gauge,
+                b"g",
+                t,
+                i as f64,
+                Metadatas::Staged(&m),
+                t,
+            )
+            .unwrap();
+    }
+    // Windows of 10s ending at T0+10s … T0+120s; of 1m ending at T0+60s and T0+120s.
+    let mut none = Vec::new();
+    let forced = follower.flush(
+        T0 + 130 * S,
+        FlushMode::FollowerForced {
+            before_nanos: T0 + 65 * S,
+        },
+        &mut none,
+    );
+    assert!(none.is_empty(), "a follower emits nothing");
+    // 10s windows ending at 10..=60 (six) and the 1m window ending at 60.
+    assert_eq!(forced.windows_discarded, 7);
+    assert_eq!(
+        follower
+            .metrics()
+            .windows_discarded(WindowDiscard::FollowerForced),
+        7
+    );
+    assert_eq!(
+        follower
+            .metrics()
+            .windows_discarded(WindowDiscard::Follower),
+        0
+    );
+    let mut kept = Vec::new();
+    follower.flush(T0 + 400 * S, FlushMode::Leader, &mut kept);
+    let mut ends: Vec<(i64, i64)> = kept
+        .iter()
+        .map(|o| {
+            (
+                o.storage_policy.resolution.window.as_secs() as i64,
+                (o.time_nanos - T0) / S,
+            )
+        })
+        .collect();
+    ends.sort();
+    assert_eq!(
+        ends,
+        vec![
+            (10, 70),
+            (10, 80),
+            (10, 90),
+            (10, 100),
+            (10, 110),
+            (10, 120),
+            (60, 120)
+        ]
+    );
+}
+
 #[test]
 fn a_late_starting_follower_cannot_lead() {
     let agg = engine(AggregatorOptions::default());

@@ -44,6 +44,7 @@ use bytes::{Bytes, BytesMut};
 use m3_aggregator::flush_manager::FlushStatus;
 use m3_aggregator::instance::{AggregatorInstance, InstanceOptions};
 use m3_aggregator::metadata::build;
+use m3_aggregator::metrics::WindowDiscard;
 use m3_aggregator::rawtcp::unix_nanos_now;
 use m3_aggregator::{Aggregator, AggregatorOptions, RejectReason, serve_rawtcp};
 use m3_cluster::keys::{self, ServiceId};
@@ -281,6 +282,93 @@ async fn run_failover(failover: Failover) {
     );
 }
 
+/// A coordinator that stops acking (its store fails) leaves the leader's flush times where
+/// they are; the follower would hold every window meanwhile. After `maxBufferSize` it drops
+/// the windows older than that, every `forcedFlushWindowSize`, and stops once the flush times
+/// move again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_drops_old_windows_while_the_leaders_flush_times_do_not_move() {
+    const MAX_BUFFER: Duration = Duration::from_secs(3);
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start_with(|options| {
+        options.max_buffer_size = MAX_BUFFER;
+        options.forced_flush_window_size = Duration::from_millis(200);
+        options.ack_wait = Duration::from_millis(200);
+    })
+    .await;
+    let (old, new) = cluster.wait_for_roles().await;
+    let writer = Writer::start(&cluster.nodes).await;
+    cluster
+        .coordinator
+        .wait_for_windows(2, "the leader, acked")
+        .await;
+    let follower = &cluster.nodes[new];
+    let forced = || {
+        follower
+            .aggregator
+            .metrics()
+            .windows_discarded(WindowDiscard::FollowerForced)
+    };
+    assert_eq!(forced(), 0, "nothing forced while the flush times move");
+
+    cluster
+        .coordinator
+        .acking
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let stuck_at = tokio::time::Instant::now();
+    wait_until(
+        &format!(
+            "{} to drop windows older than {MAX_BUFFER:?}",
+            follower.name
+        ),
+        || forced() > 0,
+    )
+    .await;
+    assert!(
+        stuck_at.elapsed() >= MAX_BUFFER - Duration::from_millis(500),
+        "forced mode began {:?} after the acks stopped, before maxBufferSize",
+        stuck_at.elapsed()
+    );
+    // It keeps dropping as windows keep growing older.
+    let first = forced();
+    wait_until("a later forced flush", || forced() > first).await;
+
+    // Acks resume: the leader persists its flush times, which the follower follows again.
+    cluster
+        .coordinator
+        .acking
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let follower_discarded = || {
+        follower
+            .aggregator
+            .metrics()
+            .windows_discarded(WindowDiscard::Follower)
+    };
+    let before = follower_discarded();
+    wait_until("the follower to discard by flush times again", || {
+        follower_discarded() > before
+    })
+    .await;
+    let settled = forced();
+    tokio::time::sleep(MAX_BUFFER / 2).await;
+    assert_eq!(
+        forced(),
+        settled,
+        "forced flushes go on although the flush times move again"
+    );
+    assert_eq!(
+        cluster.nodes[old]
+            .aggregator
+            .metrics()
+            .windows_discarded(WindowDiscard::FollowerForced),
+        0,
+        "the leader never force-flushes"
+    );
+    writer.stop().await;
+    cluster.shutdown(old, new).await;
+    cluster.coordinator.stop().await;
+}
+
 /// Compares what the coordinator received with what the writer sent; one line per problem.
 fn check_windows(log: &WriteLog, received: &[Received]) -> Vec<String> {
     let mut problems = Vec::new();
@@ -390,6 +478,11 @@ impl Cluster {
     /// Initialises the KV as `m3 local` does (placements cut over at 0, topic, SHARED consumer
     /// service) and starts both aggregators.
     async fn start() -> Cluster {
+        Cluster::start_with(|_| {}).await
+    }
+
+    /// As [`Cluster::start`], with `tweak` applied to each aggregator's instance options.
+    async fn start_with(tweak: fn(&mut InstanceOptions)) -> Cluster {
         let kv: Arc<dyn KvStore> = Arc::new(MemoryKv::new());
         let coordinator = FakeCoordinator::start().await;
         let names = ["aggregator-a", "aggregator-b"];
@@ -448,7 +541,7 @@ impl Cluster {
 
         let mut nodes = Vec::new();
         for (name, listener) in names.into_iter().zip(listeners) {
-            nodes.push(Node::start(name, listener, Arc::clone(&kv)).await);
+            nodes.push(Node::start(name, listener, Arc::clone(&kv), tweak).await);
         }
         Cluster {
             kv,
@@ -529,7 +622,12 @@ struct Node {
 }
 
 impl Node {
-    async fn start(name: &str, listener: std::net::TcpListener, kv: Arc<dyn KvStore>) -> Node {
+    async fn start(
+        name: &str,
+        listener: std::net::TcpListener,
+        kv: Arc<dyn KvStore>,
+        tweak: fn(&mut InstanceOptions),
+    ) -> Node {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name(name)
@@ -552,6 +650,7 @@ impl Node {
         // Output reaches the coordinator within milliseconds of a flush instead of up to the
         // default 1 s, which keeps the crash test's quiet moment easy to find.
         instance_options.producer.writer.connection.flush_interval = Duration::from_millis(10);
+        tweak(&mut instance_options);
 
         listener
             .set_nonblocking(true)
@@ -661,9 +760,11 @@ fn decode_output(value: Bytes) -> Result<Received, String> {
     })
 }
 
-/// An m3msg consumer standing in for the coordinator's ingest: records and acks everything.
+/// An m3msg consumer standing in for the coordinator's ingest: records and acks everything
+/// (while `acking`; otherwise it answers no-ack, as a coordinator whose store fails does).
 struct FakeCoordinator {
     endpoint: SocketAddr,
+    acking: Arc<std::sync::atomic::AtomicBool>,
     received: Arc<Mutex<Vec<Received>>>,
     undecodable: Arc<Mutex<Vec<String>>>,
     stop: CancellationToken,
@@ -676,10 +777,19 @@ impl FakeCoordinator {
         let endpoint = listener.local_addr().expect("ingest address");
         let received = Arc::new(Mutex::new(Vec::new()));
         let undecodable = Arc::new(Mutex::new(Vec::new()));
-        let (r, u) = (Arc::clone(&received), Arc::clone(&undecodable));
+        let acking = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (r, u, a) = (
+            Arc::clone(&received),
+            Arc::clone(&undecodable),
+            Arc::clone(&acking),
+        );
         let handler = handler_fn(move |value: Bytes, _| {
             let (received, undecodable) = (Arc::clone(&r), Arc::clone(&u));
+            let acking = a.load(std::sync::atomic::Ordering::SeqCst);
             async move {
+                if !acking {
+                    return Decision::NoAck;
+                }
                 match decode_output(value) {
                     Ok(r) => received.lock().push(r),
                     Err(e) => undecodable.lock().push(e),
@@ -692,6 +802,7 @@ impl FakeCoordinator {
         let task = tokio::spawn(server.serve(listener, stop.clone()));
         FakeCoordinator {
             endpoint,
+            acking,
             received,
             undecodable,
             stop,
