@@ -192,6 +192,18 @@ impl Aggregator {
         ids
     }
 
+    /// The owned shards with their cutover and cutoff times, by ID.
+    pub fn shard_assignments(&self) -> Vec<ShardAssignment> {
+        let mut shards: Vec<ShardAssignment> = self
+            .shards
+            .read()
+            .values()
+            .map(|s| s.assignment())
+            .collect();
+        shards.sort_unstable_by_key(|s| s.id);
+        shards
+    }
+
     /// Adds untimed values: counter increments, gauge values or a batch of timer values,
     /// bucketed by the server time `now_nanos`.
     ///

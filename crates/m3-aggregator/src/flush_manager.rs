@@ -44,6 +44,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::campaign::{NoCampaign, may_campaign};
 use crate::client::AggregatorClient;
 use crate::instance::{InstanceOptions, SharedElection};
 use crate::rawtcp::unix_nanos_now;
@@ -97,6 +98,8 @@ struct LoopState {
     flush_times_moved_at: Instant,
     /// The last forced follower flush, while in forced mode.
     last_forced_flush: Option<Instant>,
+    /// Why this member last declined to campaign, while it does (see `campaign.rs`).
+    not_campaigning: Option<NoCampaign>,
 }
 
 impl FlushManager {
@@ -110,6 +113,7 @@ impl FlushManager {
             persisted_for: None,
             flush_times_moved_at: Instant::now(),
             last_forced_flush: None,
+            not_campaigning: None,
         };
         loop {
             let tick = self.next_tick().await;
@@ -187,6 +191,15 @@ impl FlushManager {
             }
             None => {}
         }
+        if !stopping {
+            self.gate_campaign(state, shard_set).await;
+        }
+        let election_state = self
+            .election
+            .lock()
+            .as_ref()
+            .filter(|(id, _)| *id == shard_set)
+            .map_or(election_state, |(_, e)| *e.state().borrow());
         let Some(producer) = self
             .producer
             .get()
@@ -234,6 +247,49 @@ impl FlushManager {
             });
         }
         true
+    }
+
+    /// Campaigns, or stops campaigning, as the shard set's cutover and cutoff times and its
+    /// persisted flush times say (see `campaign.rs`).
+    async fn gate_campaign(&self, state: &mut LoopState, shard_set: u32) {
+        let Some(election) = self
+            .election
+            .lock()
+            .as_ref()
+            .filter(|(id, _)| *id == shard_set)
+            .map(|(_, e)| Arc::clone(e))
+        else {
+            return;
+        };
+        let shards = self.aggregator.shard_assignments();
+        match may_campaign(&shards, unix_nanos_now(), &state.persisted) {
+            Ok(()) => {
+                if !election.is_campaigning() {
+                    if let Some(was) = state.not_campaigning.take() {
+                        tracing::info!(
+                            shard_set,
+                            previously = was.reason(),
+                            "Campaigning for leadership."
+                        );
+                    }
+                    election.campaign();
+                }
+            }
+            Err(why) => {
+                if state.not_campaigning != Some(why) {
+                    tracing::info!(
+                        shard_set,
+                        reason = why.reason(),
+                        "Not campaigning for leadership."
+                    );
+                    state.not_campaigning = Some(why);
+                }
+                if election.is_campaigning() {
+                    // Resigns when leading, so another member takes over at once.
+                    election.close().await;
+                }
+            }
+        }
     }
 
     /// As a follower whose leader's flush times have not moved for `maxBufferSize`: every

@@ -11,7 +11,9 @@
 //!
 //! The election takes a free lease at once only while this instance holds every window the
 //! leader has not flushed (`can_lead`), so a process restarted within the TTL does not take the
-//! leadership back with empty windows.
+//! leadership back with empty windows. Whether it campaigns at all is the flush manager's call,
+//! from its shards' cutover and cutoff times (`campaign.rs`): a replacement waits for its
+//! cutover, a replaced member stops once its windows up to the cutoff are flushed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -375,8 +377,8 @@ async fn follow_placement(parts: PlacementFollower) {
                         )
                         .with_eligibility(eligible.clone()),
                     );
-                    e.campaign();
-                    tracing::info!(instance = %options.instance_id, shard_set, shards = instance.shards.len(), "Joined shard set; campaigning for leadership.");
+                    // The flush manager campaigns once the shards' times allow (campaign.rs).
+                    tracing::info!(instance = %options.instance_id, shard_set, shards = instance.shards.len(), "Joined shard set.");
                     *current = Some((shard_set, e));
                 }
             }

@@ -61,6 +61,7 @@
 
 pub mod aggregation;
 pub mod aggregator;
+pub mod campaign;
 pub mod client;
 pub mod config;
 

@@ -352,6 +352,16 @@ impl Shard {
         self.cutoff_nanos.store(cutoff, Ordering::Relaxed);
     }
 
+    /// The shard's ID, cutover and cutoff (0 = never) as assigned.
+    pub(crate) fn assignment(&self) -> crate::ShardAssignment {
+        let cutoff = self.cutoff_nanos.load(Ordering::Relaxed);
+        crate::ShardAssignment {
+            id: self.id,
+            cutover_nanos: self.cutover_nanos.load(Ordering::Relaxed),
+            cutoff_nanos: if cutoff == i64::MAX { 0 } else { cutoff },
+        }
+    }
+
     /// Whether the shard accepts writes at `now`.
     pub(crate) fn check_writeable(&self, now: i64, limits: &Limits) -> Result<(), AddError> {
         let from = self
@@ -639,12 +649,20 @@ impl ShardState {
                         .entry((category, spec.resolution, spec.forwarded_times))
                         .or_insert(i64::MIN);
                     *slot = (*slot).max(target);
+                    // A shard cut off emits no window starting at or after its cutoff, so its
+                    // flush times claim no later window: the member that leads next in the
+                    // shard set (a replacement) emits those instead of skipping them.
+                    let claimed = if cutoff == i64::MAX {
+                        *slot
+                    } else {
+                        (*slot).min(last_window_end_before(cutoff, spec.resolution))
+                    };
                     set_flushed_time(
                         times,
                         category,
                         spec.resolution,
                         spec.forwarded_times,
-                        *slot,
+                        claimed,
                     );
                 }
             }
@@ -770,6 +788,12 @@ fn duration_between(earlier: i64, later: i64) -> std::time::Duration {
 }
 
 /// The flush time `times` holds for a category, resolution and number of hops.
+/// The end of the last window of `resolution` that starts before `cutoff`: the last window a
+/// shard cut off at `cutoff` emits.
+pub(crate) fn last_window_end_before(cutoff: i64, resolution: i64) -> i64 {
+    align_down(cutoff.saturating_sub(1), resolution).saturating_add(resolution)
+}
+
 pub(crate) fn flushed_time(
     times: &flushpb::ShardFlushTimes,
     category: Category,

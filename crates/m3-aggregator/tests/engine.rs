@@ -648,6 +648,70 @@ fn forced_follower_flush_drops_only_windows_ended_before_the_bound() {
     );
 }
 
+/// A leader whose shard is cut off emits no window starting at or after the cutoff, and its
+/// flush times claim none either, however far time moves on: the member that leads next in
+/// the shard set (the replacement) must still emit them.
+#[test]
+fn flush_times_of_a_cut_off_shard_stop_at_its_last_window() {
+    let agg = engine(AggregatorOptions::default());
+    let cutoff = T0 + 60 * S;
+    // "g" hashes to shard 3 in `engine`'s shard function.
+    agg.set_shards(
+        vec![ShardAssignment {
+            id: 3,
+            cutover_nanos: 0,
+            cutoff_nanos: cutoff,
+        }],
+        T0,
+    );
+    let m = build::simple(
+        AggregationId::DEFAULT,
+        &[policy("10s:2d"), policy("1m:40d")],
+    );
+    for i in 0..12 {
+        let t = T0 + i * 10 * S + S;
+        agg.add_timed(
+            MetricType::Gauge,
+            b"g",
+            t,
+            i as f64,
+            Metadatas::Staged(&m),
+            T0 + 55 * S,
+        )
+        .unwrap();
+    }
+    let mut out = Vec::new();
+    let result = agg.flush(T0 + 600 * S, FlushMode::Leader, &mut out);
+    assert!(out.iter().all(|o| o.time_nanos <= cutoff), "{out:?}");
+    assert_eq!(
+        out.len(),
+        6 + 1,
+        "six 10s windows and one 1m window before the cutoff"
+    );
+    let times = result
+        .flush_times
+        .by_shard
+        .get(&3)
+        .expect("shard 3 flushed");
+    assert_eq!(
+        times
+            .timed_by_resolution
+            .values()
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![cutoff, cutoff],
+        "{times:?}"
+    );
+    // A shard without cutoff moves on with time.
+    agg.set_shards(vec![ShardAssignment::unbounded(3)], T0);
+    let later = agg.flush(T0 + 600 * S, FlushMode::Leader, &mut out);
+    let times = later.flush_times.by_shard.get(&3).expect("shard 3 flushed");
+    assert!(
+        times.timed_by_resolution.values().all(|t| *t > cutoff),
+        "{times:?}"
+    );
+}
+
 #[test]
 fn a_late_starting_follower_cannot_lead() {
     let agg = engine(AggregatorOptions::default());

@@ -369,6 +369,142 @@ async fn a_follower_drops_old_windows_while_the_leaders_flush_times_do_not_move(
     cluster.coordinator.stop().await;
 }
 
+/// `placement/replace` of the leader under load: its shards are cut off at the transition
+/// time T and the replacement's, in the same shard set and election, cut over at T. The
+/// leaving leader keeps leading until its flush times reach T, then stops campaigning; the
+/// replacement does not campaign before T. Every window is emitted once, by whoever leads:
+/// before this, the leaving leader kept the lease, dropped every window after T as cut off
+/// and marked it flushed, so nobody emitted it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_leader_hands_over_at_the_transition_without_gap_or_duplicate() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start().await;
+    let (old, staying) = cluster.wait_for_roles().await;
+    // The replacement runs from the start but owns nothing until the placement names it; the
+    // writer sends to it all along, as the coordinator would from the cutover on.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind rawtcp");
+    let endpoint = listener.local_addr().expect("rawtcp address").to_string();
+    let replacement_name = "aggregator-c";
+    cluster
+        .nodes
+        .push(Node::start(replacement_name, listener, Arc::clone(&cluster.kv), |_| {}).await);
+    let new = cluster.nodes.len() - 1;
+    let writer = Writer::start(&cluster.nodes).await;
+    cluster
+        .coordinator
+        .wait_for_windows(WINDOWS_BEFORE_FAILOVER, "the first leader's windows")
+        .await;
+
+    let store = PlacementStore::new(
+        Arc::clone(&cluster.kv),
+        keys::placement_key(&ServiceId::new(
+            "m3aggregator",
+            keys::DEFAULT_ENVIRONMENT,
+            keys::DEFAULT_ZONE,
+        )),
+    );
+    let current = store
+        .get()
+        .await
+        .expect("read the placement")
+        .expect("a placement");
+    let leaving = cluster.nodes[old].name.clone();
+    let group = current
+        .value
+        .instance(&leaving)
+        .expect("the leader is placed")
+        .isolation_group
+        .clone();
+    let timing = m3_cluster::placement::Timing::new(unix_nanos_now(), 0, resolution_nanos());
+    let transition = timing.transition_nanos;
+    let next = current
+        .value
+        .replace_instances(
+            &[leaving.as_str()],
+            vec![
+                Instance::new(replacement_name)
+                    .with_endpoint(endpoint)
+                    .with_isolation_group(group)
+                    .with_zone(keys::DEFAULT_ZONE)
+                    .with_weight(100),
+            ],
+            &timing,
+        )
+        .expect("replace the leader");
+    store
+        .check_and_set(&next, current.version)
+        .await
+        .expect("store the placement");
+    println!(
+        "replaced {leaving} with {replacement_name} at {}",
+        seconds(transition)
+    );
+
+    // The leaving leader stops campaigning once its windows up to T are flushed.
+    let leaving_node = &cluster.nodes[old];
+    wait_until(&format!("{leaving} to stop campaigning"), || {
+        leaving_node.status().election_state == ElectionState::Unknown
+    })
+    .await;
+    let leader = |cluster: &Cluster| {
+        [staying, new]
+            .into_iter()
+            .find(|i| cluster.nodes[*i].status().election_state == ElectionState::Leader)
+    };
+    wait_until("the staying member or the replacement to lead", || {
+        leader(&cluster).is_some()
+    })
+    .await;
+    let taking_over = leader(&cluster).expect("a leader");
+    let wanted = (WINDOWS_AFTER_FAILOVER * SERIES.len()) as u64;
+    wait_until(
+        &format!(
+            "{} to emit {WINDOWS_AFTER_FAILOVER} windows per series",
+            cluster.nodes[taking_over].name
+        ),
+        || {
+            cluster.nodes[taking_over]
+                .aggregator
+                .metrics()
+                .outputs_flushed()
+                >= wanted
+        },
+    )
+    .await;
+    let log = writer.stop().await;
+    assert!(log.failed.is_empty(), "writes failed: {:?}", log.failed);
+    let last_end = log.last_window_end().expect("samples were written");
+    let until_end = u64::try_from(last_end - unix_nanos_now()).unwrap_or(0);
+    tokio::time::sleep(Duration::from_nanos(until_end) + CHECK_EVERY).await;
+
+    // Followers first, the leader last: its final flush emits what is still open.
+    let others: Vec<usize> = (0..cluster.nodes.len())
+        .filter(|i| *i != taking_over)
+        .collect();
+    for i in others {
+        cluster.nodes[i].shutdown().await;
+    }
+    cluster.nodes[taking_over].shutdown().await;
+    let received = std::mem::replace(&mut cluster.coordinator, FakeCoordinator::start().await)
+        .stop()
+        .await;
+    let problems = check_windows(&log, &received);
+    assert!(
+        problems.is_empty(),
+        "after replacing the leader at {}, the coordinator's output is wrong:\n  {}",
+        seconds(transition),
+        problems.join("\n  ")
+    );
+    let after_transition = received
+        .iter()
+        .filter(|r| r.time_nanos > transition)
+        .count();
+    assert!(
+        after_transition > 0,
+        "no window after the transition was emitted"
+    );
+}
+
 /// Compares what the coordinator received with what the writer sent; one line per problem.
 fn check_windows(log: &WriteLog, received: &[Received]) -> Vec<String> {
     let mut problems = Vec::new();

@@ -333,6 +333,15 @@ impl LeaderElection {
         self.shared.state.subscribe()
     }
 
+    /// Whether this member is campaigning ([`LeaderElection::campaign`] called, and neither
+    /// [`LeaderElection::close`] since nor the campaign ended).
+    pub fn is_campaigning(&self) -> bool {
+        self.running
+            .lock()
+            .as_ref()
+            .is_some_and(|r| !r.handle.is_finished())
+    }
+
     /// A receiver of this member's [`ElectionState`] (whether or not it campaigns).
     pub fn state(&self) -> watch::Receiver<ElectionState> {
         self.shared.state.subscribe()
