@@ -1,5 +1,5 @@
 //! Request bodies for every admin endpoint, sent through the real router over an in-memory
-//! KV: placement init, add, remove, replace, set-up of topics. The answer must be an HTTP
+//! KV: placement init, add, remove, replace, set, set-up of topics. The answer must be an HTTP
 //! response (never a panic), and a 5xx only for a store failure, which the in-memory KV has
 //! none of.
 #![no_main]
@@ -18,6 +18,7 @@ const PATHS: &[(&str, &str)] = &[
     ("POST", "/api/v1/services/m3aggregator/placement"),
     ("POST", "/api/v1/services/m3aggregator/placement/remove"),
     ("POST", "/api/v1/services/m3aggregator/placement/replace"),
+    ("POST", "/api/v1/services/m3aggregator/placement/set"),
     ("POST", "/api/v1/services/m3coordinator/placement/init"),
     ("POST", "/api/v1/services/m3db/placement/init"),
     ("POST", "/api/v1/topic/init"),

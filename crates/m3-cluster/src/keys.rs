@@ -116,6 +116,11 @@ pub fn election_key(environment: &str, service_name: &str, shard_set_id: u32) ->
     )
 }
 
+/// The line of candidates kept beside an election's lease record (see `election`).
+pub fn election_candidates_key(election_key: &str) -> String {
+    format!("{election_key}/candidates")
+}
+
 /// The flush-times key of a shard set in the default KV namespace, e.g.
 /// `_kv/default_env/shardset/1/flush`.
 pub fn flush_times_key(environment: &str, shard_set_id: u32) -> String {

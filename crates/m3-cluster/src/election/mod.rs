@@ -259,7 +259,7 @@ impl LeaderElection {
         LeaderElection {
             shared: Arc::new(Shared {
                 kv,
-                candidates_key: format!("{key}/candidates"),
+                candidates_key: crate::keys::election_candidates_key(&key),
                 key,
                 value: candidate_value.into(),
                 incarnation: new_incarnation(),

@@ -70,8 +70,9 @@ pub(super) struct PlacementInitRequest {
 pub(super) struct PlacementAddRequest {
     #[serde(default)]
     pub(super) instances: Vec<InstanceRequest>,
-    #[serde(default)]
-    pub(super) force: bool,
+    /// Accepted; force never skips the cutover and cutoff checks (see the module docs).
+    #[serde(default, rename = "force")]
+    pub(super) _force: bool,
     #[serde(default, rename = "optionOverride", alias = "option_override")]
     pub(super) option_override: Option<OptionsRequest>,
 }
@@ -81,8 +82,9 @@ pub(super) struct PlacementAddRequest {
 pub(super) struct PlacementRemoveRequest {
     #[serde(default, rename = "instanceIds", alias = "instance_ids")]
     pub(super) instance_ids: Vec<String>,
-    #[serde(default)]
-    pub(super) force: bool,
+    /// Accepted; force never skips the cutover and cutoff checks (see the module docs).
+    #[serde(default, rename = "force")]
+    pub(super) _force: bool,
     #[serde(default, rename = "optionOverride", alias = "option_override")]
     pub(super) option_override: Option<OptionsRequest>,
 }
@@ -99,10 +101,74 @@ pub(super) struct PlacementReplaceRequest {
     pub(super) leaving_instance_ids: Vec<String>,
     #[serde(default)]
     pub(super) candidates: Vec<InstanceRequest>,
-    #[serde(default)]
-    pub(super) force: bool,
+    /// Accepted; force never skips the cutover and cutoff checks (see the module docs).
+    #[serde(default, rename = "force")]
+    pub(super) _force: bool,
     #[serde(default, rename = "optionOverride", alias = "option_override")]
     pub(super) option_override: Option<OptionsRequest>,
+}
+
+/// `POST ../placement/set`: M3's `PlacementSetRequest`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PlacementSetRequest {
+    pub(super) placement: PlacementRequest,
+    #[serde(default, deserialize_with = "int")]
+    pub(super) version: i64,
+    #[serde(default)]
+    pub(super) confirm: bool,
+    /// Accepted; the placement is validated all the same (see the module docs).
+    #[serde(default, rename = "force")]
+    pub(super) _force: bool,
+}
+
+/// A whole placement, as GET answers it (`placementpb.Placement`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PlacementRequest {
+    #[serde(default)]
+    pub(super) instances: BTreeMap<String, InstanceRequest>,
+    #[serde(
+        default,
+        rename = "replicaFactor",
+        alias = "replica_factor",
+        deserialize_with = "int"
+    )]
+    pub(super) replica_factor: u32,
+    #[serde(
+        default,
+        rename = "numShards",
+        alias = "num_shards",
+        deserialize_with = "int"
+    )]
+    pub(super) num_shards: u32,
+    #[serde(default, rename = "isSharded", alias = "is_sharded")]
+    pub(super) is_sharded: bool,
+    #[serde(
+        default,
+        rename = "cutoverTime",
+        alias = "cutover_time",
+        deserialize_with = "int"
+    )]
+    pub(super) cutover_time: i64,
+    #[serde(default, rename = "isMirrored", alias = "is_mirrored")]
+    pub(super) is_mirrored: bool,
+    #[serde(
+        default,
+        rename = "maxShardSetId",
+        alias = "max_shard_set_id",
+        deserialize_with = "int"
+    )]
+    pub(super) max_shard_set_id: u32,
+    #[serde(default, rename = "isSubclustered", alias = "is_subclustered")]
+    pub(super) is_subclustered: bool,
+    #[serde(
+        default,
+        rename = "instancesPerSubcluster",
+        alias = "instances_per_subcluster",
+        deserialize_with = "int"
+    )]
+    pub(super) instances_per_subcluster: u32,
 }
 
 /// `placementpb.Options`.
@@ -658,6 +724,15 @@ pub(super) fn placement_json(p: &Placement) -> PlacementJson<'_> {
         is_subclustered: p.is_subclustered,
         instances_per_subcluster: p.instances_per_subcluster,
     }
+}
+
+/// The answer of `POST ../placement/set`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct PlacementSetResponse<'a> {
+    pub(super) placement: PlacementJson<'a>,
+    pub(super) version: i64,
+    pub(super) dry_run: bool,
 }
 
 pub(super) fn placement_response(p: &Placement, version: i64) -> Response {

@@ -12,11 +12,12 @@
 //! |---|---|---|
 //! | `POST /api/v1/services/{svc}/placement/init` | `{"num_shards", "replication_factor", "instances": [..]}` | builds and stores the first placement; 409 if one exists |
 //! | `GET /api/v1/services/{svc}/placement` | — | the placement; 404 if none |
-//! | `DELETE /api/v1/services/{svc}/placement` | — | deletes it; answers with what was deleted |
+//! | `DELETE /api/v1/services/{svc}/placement` | — | deletes it; answers `{"deleted": true}` |
 //! | `POST /api/v1/services/{svc}/placement` | `{"instances": [..]}` | adds instances |
 //! | `POST /api/v1/services/{svc}/placement/remove` | `{"instance_ids": [..]}` | removes instances |
 //! | `POST /api/v1/services/{svc}/placement/replace` | `{"leavingInstanceIDs": [..], "candidates": [..]}` | replaces instances one for one |
 //! | `DELETE /api/v1/services/{svc}/placement/{id}` | — | removes one instance |
+//! | `POST /api/v1/services/{svc}/placement/set` | `{"placement": {..}, "version": N, "confirm": true}` | stores the given placement as it is (see below) |
 //! | `POST /api/v1/topic/init` | `{"numberOfShards": 64}` | creates the topic; 409 if it exists |
 //! | `GET /api/v1/topic` | — | the topic; 404 if none |
 //! | `POST /api/v1/topic` | `{"consumerService": {..}}` | adds a consumer service |
@@ -69,16 +70,36 @@
 //! them at once. (M3 gives the initial shards a cutover of now rounded up to the window, so a
 //! fresh cluster refuses data for up to one window after it is created.)
 //!
+//! # Dry runs, force and set
+//!
+//! - `Dry-Run: true` on init, add, remove, replace and the removal of one instance computes and
+//!   checks the change and answers with the placement it would store, without storing it (the
+//!   version is the current one, 0 for init). On `DELETE ../placement` it answers
+//!   `{"deleted": false, "dryRun": true}`. A value other than `true` or `false` is refused with
+//!   400, so that a preview is never applied as a change.
+//! - `"force": true` in a body (and the `Force` header, and `?force=true` on the removal of
+//!   one instance) is accepted. M3 needs it to change an aggregator placement whose shards are
+//!   still INITIALIZING; here such shards are marked available once their cutover has passed,
+//!   force or not. As in M3 for aggregators, force never skips the cutover and cutoff checks.
+//! - `POST ../placement/set` stores `placement` as given (M3's keys, as GET answers them).
+//!   It is validated first (400 `unable to validate new placement: ..`), also with
+//!   `"force": true`, which M3 lets skip validation: an invalid placement stops aggregators.
+//!   Without `"confirm": true` it is a dry run: nothing is stored and the answer says
+//!   `"dryRun": true` with the version the placement would get. With `"version": N` (N > 0)
+//!   it is stored only if the placement is still at version N, else 409; M3 ignores
+//!   `version`, which lets a stale edit overwrite a newer placement.
+//!
+//! When a change leaves an aggregator shard set with no instance (the last instance of a shard
+//! set dropped, or the placement deleted), the shard set's election and flush-times keys are
+//! deleted with it, so a shard set created later with the same ID starts clean.
+//!
 //! # Not supported
 //!
-//! Dry runs and forced changes: a `Dry-Run: true` or `Force: true` header, or `"force": true`
-//! in a body, is rejected with 400 on every placement change, so that neither is silently
-//! applied as an ordinary change. Also missing: `GET ..?version=N`, `POST ../placement/set`,
-//! and the deletion of an aggregator shard set's election and flush-times keys when its last
-//! instance goes. `num_shards` and `replication_factor` are ignored for `m3coordinator`, whose
-//! placement has no shards, and `option_override.skip_port_mirroring` has no effect because
-//! shard sets are formed by isolation group, never by port. Shards given on request instances
-//! are parsed and checked, but the algorithms assign shards themselves.
+//! `GET ..?version=N` (reading an earlier version of a placement). `num_shards` and
+//! `replication_factor` are ignored for `m3coordinator`, whose placement has no shards, and
+//! `option_override.skip_port_mirroring` has no effect because shard sets are formed by
+//! isolation group, never by port. Shards given on request instances are parsed and checked,
+//! but the algorithms assign shards themselves.
 
 use std::fmt;
 use std::sync::Arc;
@@ -109,9 +130,9 @@ pub const ENVIRONMENT_HEADER: &str = "Cluster-Environment-Name";
 pub const ZONE_HEADER: &str = "Cluster-Zone-Name";
 /// The header naming the topic of the topic routes.
 pub const TOPIC_NAME_HEADER: &str = "Topic-Name";
-/// M3's dry-run header; refused on placement changes (not supported).
+/// M3's dry-run header: compute and answer a change without storing it.
 const DRY_RUN_HEADER: &str = "Dry-Run";
-/// M3's force header; refused on placement changes (not supported).
+/// M3's force header: accepted (see the module docs).
 const FORCE_HEADER: &str = "Force";
 /// The topic used when [`TOPIC_NAME_HEADER`] is absent.
 pub const DEFAULT_TOPIC_NAME: &str = "aggregated_metrics";
@@ -185,6 +206,7 @@ pub fn router(state: AdminState) -> Router {
             "/api/v1/services/{svc}/placement/replace",
             post(placement_replace),
         )
+        .route("/api/v1/services/{svc}/placement/set", post(placement_set))
         .route(
             "/api/v1/services/{svc}/placement/{id}",
             delete(placement_delete_instance),
@@ -200,28 +222,25 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// Refuses the `Dry-Run` and `Force` headers on a placement change (see "Not supported").
-fn reject_unsupported_headers(headers: &HeaderMap) -> Result<(), AdminError> {
-    for name in [DRY_RUN_HEADER, FORCE_HEADER] {
-        let value = header_or(headers, name, "false")?;
-        if !value.eq_ignore_ascii_case("false") {
-            return Err(AdminError::BadRequest(format!(
-                "header {name}: {value} is not supported; send the change without it"
-            )));
-        }
-    }
-    Ok(())
+/// Whether a request is a dry run (`Dry-Run: true`), after checking the `Force` header is a
+/// boolean too (see the module docs).
+fn is_dry_run(headers: &HeaderMap) -> Result<bool, AdminError> {
+    boolean_header(headers, FORCE_HEADER)?;
+    boolean_header(headers, DRY_RUN_HEADER)
 }
 
-fn reject_force(force: bool) -> Result<(), AdminError> {
-    if force {
-        return Err(AdminError::BadRequest(
-            "force is not supported: every change is checked against the placement's cutover \
-             and cutoff times; retry without force once the previous change has completed"
-                .into(),
-        ));
+/// A `true`/`false` header (any case; absent means false); anything else is refused.
+fn boolean_header(headers: &HeaderMap, name: &str) -> Result<bool, AdminError> {
+    let value = header_or(headers, name, "false")?;
+    if value.eq_ignore_ascii_case("true") {
+        Ok(true)
+    } else if value.eq_ignore_ascii_case("false") {
+        Ok(false)
+    } else {
+        Err(AdminError::BadRequest(format!(
+            "header {name}: {value:?} is neither true nor false"
+        )))
     }
-    Ok(())
 }
 
 /// A header's value, or `default` when it is absent or empty.

@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use crate::limits::PlacementLimits;
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use m3_cluster::Versioned;
 use m3_cluster::keys::{self, DEFAULT_ENVIRONMENT, DEFAULT_ZONE, ServiceId};
 use m3_cluster::placement::store::PlacementStoreError;
@@ -55,6 +56,7 @@ impl Kind {
 
 /// The placement a request is about: its service, store and the request's default zone.
 pub(super) struct Target {
+    pub(super) kv: Arc<dyn m3_cluster::KvStore>,
     pub(super) service: String,
     pub(super) environment: String,
     pub(super) zone: String,
@@ -74,6 +76,7 @@ impl Target {
         let id = ServiceId::new(service.as_str(), environment.as_str(), zone.as_str());
         let key = keys::placement_key_in(keys::placement_namespace(&service), &id);
         Ok(Target {
+            kv: Arc::clone(&state.kv),
             store: PlacementStore::new(Arc::clone(&state.kv), key),
             service,
             environment,
@@ -124,6 +127,45 @@ impl Target {
             .collect())
     }
 
+    /// A whole placement from a request, checked against `limits` and this service's kind
+    /// (an aggregator placement is sharded and mirrored, a coordinator's is not sharded).
+    pub(super) fn placement(
+        &self,
+        requested: PlacementRequest,
+        limits: &PlacementLimits,
+    ) -> Result<Placement, AdminError> {
+        check_shards("numShards", requested.num_shards, limits)?;
+        let (sharded, mirrored) = match self.kind {
+            Kind::Mirrored => (true, true),
+            Kind::Sharded => (true, false),
+            Kind::NonSharded => (false, false),
+        };
+        if requested.is_sharded != sharded || requested.is_mirrored != mirrored {
+            return Err(AdminError::BadRequest(format!(
+                "a {} placement has isSharded {sharded} and isMirrored {mirrored}; the request \
+                 has {} and {}",
+                self.service, requested.is_sharded, requested.is_mirrored
+            )));
+        }
+        let (keys, instances): (Vec<String>, Vec<InstanceRequest>) =
+            requested.instances.into_iter().unzip();
+        for key in &keys {
+            check_length("instance key", key, limits.max_id_length)?;
+        }
+        let instances = self.instances(instances, limits)?;
+        Ok(Placement {
+            instances: keys.into_iter().zip(instances).collect(),
+            replica_factor: requested.replica_factor,
+            num_shards: requested.num_shards,
+            is_sharded: requested.is_sharded,
+            cutover_time: requested.cutover_time,
+            is_mirrored: requested.is_mirrored,
+            max_shard_set_id: requested.max_shard_set_id,
+            is_subclustered: requested.is_subclustered,
+            instances_per_subcluster: requested.instances_per_subcluster,
+        })
+    }
+
     pub(super) fn check_override(&self, o: Option<&OptionsRequest>) -> Result<(), AdminError> {
         if let Some(sharded) = o.and_then(|o| o.is_sharded)
             && sharded != self.kind.is_sharded()
@@ -142,16 +184,58 @@ impl Target {
         Ok(())
     }
 
-    /// Writes `next` over the placement read at `version` and answers with it.
+    /// Writes `next` over `current` (at its version) and answers with it; on a dry run,
+    /// answers without writing.
     pub(super) async fn update(
         &self,
+        current: &Versioned<Placement>,
         next: Placement,
-        version: i64,
+        dry_run: bool,
     ) -> Result<Response, AdminError> {
-        let version = self.store.check_and_set(&next, version).await?;
+        if dry_run {
+            return Ok(placement_response(&next, current.version));
+        }
+        let version = self.store.check_and_set(&next, current.version).await?;
         tracing::info!(service = %self.service, environment = %self.environment, version,
             instances = next.instances.len(), "Placement changed.");
+        self.forget_removed_shard_sets(Some(&current.value), Some(&next))
+            .await;
         Ok(placement_response(&next, version))
+    }
+
+    /// Deletes the election and flush-times keys of the aggregator shard sets that `before`
+    /// has and `after` has not (see the module docs). A failure is logged, not answered: the
+    /// placement change itself is stored.
+    pub(super) async fn forget_removed_shard_sets(
+        &self,
+        before: Option<&Placement>,
+        after: Option<&Placement>,
+    ) {
+        if self.kind != Kind::Mirrored {
+            return;
+        }
+        let shard_sets = |p: Option<&Placement>| -> std::collections::BTreeSet<u32> {
+            p.map(|p| p.instances.values().map(|i| i.shard_set_id).collect())
+                .unwrap_or_default()
+        };
+        let remaining = shard_sets(after);
+        for shard_set in shard_sets(before).difference(&remaining) {
+            let election = keys::election_key(&self.environment, &self.service, *shard_set);
+            for key in [
+                keys::election_candidates_key(&election),
+                election,
+                keys::flush_times_key(&self.environment, *shard_set),
+            ] {
+                match self.kv.delete(&key).await {
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(key, error = %e, shard_set, "Deleting a removed shard set's key failed.");
+                    }
+                }
+            }
+            tracing::info!(service = %self.service, environment = %self.environment, shard_set,
+                "Removed shard set's election and flush-times keys deleted.");
+        }
     }
 }
 
@@ -162,7 +246,7 @@ pub(super) async fn placement_init(
     body: Bytes,
 ) -> Result<Response, AdminError> {
     let target = Target::new(&state, svc, &headers)?;
-    reject_unsupported_headers(&headers)?;
+    let dry_run = is_dry_run(&headers)?;
     let req: PlacementInitRequest = parse(&body, "placement init request")?;
     target.check_override(req.option_override.as_ref())?;
     check_shards("num_shards", req.num_shards, &state.limits)?;
@@ -199,6 +283,9 @@ pub(super) async fn placement_init(
     })
     .await
     .map_err(|e| AdminError::BadRequest(format!("building the placement failed: {e}")))??;
+    if dry_run {
+        return Ok(placement_response(&placement, 0));
+    }
     let version = target.store.init(&placement).await?;
     tracing::info!(service = %target.service, environment = %target.environment,
         instances = placement.instances.len(), num_shards = placement.num_shards,
@@ -222,7 +309,10 @@ pub(super) async fn placement_delete(
     headers: HeaderMap,
 ) -> Result<Response, AdminError> {
     let target = Target::new(&state, svc, &headers)?;
-    reject_unsupported_headers(&headers)?;
+    if is_dry_run(&headers)? {
+        target.current().await?;
+        return Ok(Json(serde_json::json!({"deleted": false, "dryRun": true})).into_response());
+    }
     let deleted = match target.store.delete().await {
         Ok(deleted) => deleted,
         Err(PlacementStoreError::NotFound { key }) => {
@@ -236,7 +326,10 @@ pub(super) async fn placement_delete(
     };
     tracing::info!(service = %target.service, environment = %target.environment,
         "Placement deleted.");
-    Ok(placement_response(&deleted.value, deleted.version))
+    target
+        .forget_removed_shard_sets(Some(&deleted.value), None)
+        .await;
+    Ok(Json(serde_json::json!({"deleted": true})).into_response())
 }
 
 pub(super) async fn placement_add(
@@ -246,14 +339,13 @@ pub(super) async fn placement_add(
     body: Bytes,
 ) -> Result<Response, AdminError> {
     let target = Target::new(&state, svc, &headers)?;
-    reject_unsupported_headers(&headers)?;
+    let dry_run = is_dry_run(&headers)?;
     let req: PlacementAddRequest = parse(&body, "placement add request")?;
-    reject_force(req.force)?;
     target.check_override(req.option_override.as_ref())?;
     let instances = target.instances(req.instances, &state.limits)?;
     let current = target.current().await?;
     let next = current.value.add_instances(instances, &state.timing())?;
-    target.update(next, current.version).await
+    target.update(&current, next, dry_run).await
 }
 
 pub(super) async fn placement_remove(
@@ -263,9 +355,8 @@ pub(super) async fn placement_remove(
     body: Bytes,
 ) -> Result<Response, AdminError> {
     let target = Target::new(&state, svc, &headers)?;
-    reject_unsupported_headers(&headers)?;
+    let dry_run = is_dry_run(&headers)?;
     let req: PlacementRemoveRequest = parse(&body, "placement remove request")?;
-    reject_force(req.force)?;
     target.check_override(req.option_override.as_ref())?;
     if req.instance_ids.is_empty() {
         return Err(AdminError::BadRequest(
@@ -276,7 +367,7 @@ pub(super) async fn placement_remove(
     let next = current
         .value
         .remove_instances(&req.instance_ids, &state.timing())?;
-    target.update(next, current.version).await
+    target.update(&current, next, dry_run).await
 }
 
 pub(super) async fn placement_replace(
@@ -286,9 +377,8 @@ pub(super) async fn placement_replace(
     body: Bytes,
 ) -> Result<Response, AdminError> {
     let target = Target::new(&state, svc, &headers)?;
-    reject_unsupported_headers(&headers)?;
+    let dry_run = is_dry_run(&headers)?;
     let req: PlacementReplaceRequest = parse(&body, "placement replace request")?;
-    reject_force(req.force)?;
     target.check_override(req.option_override.as_ref())?;
     if req.leaving_instance_ids.is_empty() {
         return Err(AdminError::BadRequest(
@@ -306,7 +396,7 @@ pub(super) async fn placement_replace(
         current
             .value
             .replace_instances(&req.leaving_instance_ids, candidates, &state.timing())?;
-    target.update(next, current.version).await
+    target.update(&current, next, dry_run).await
 }
 
 pub(super) async fn placement_delete_instance(
@@ -315,8 +405,60 @@ pub(super) async fn placement_delete_instance(
     headers: HeaderMap,
 ) -> Result<Response, AdminError> {
     let target = Target::new(&state, svc, &headers)?;
-    reject_unsupported_headers(&headers)?;
+    let dry_run = is_dry_run(&headers)?;
+    // `?force=true` is accepted like the body's force (see the module docs); other query
+    // parameters are ignored, as M3 does.
     let current = target.current().await?;
     let next = current.value.remove_instances(&[id], &state.timing())?;
-    target.update(next, current.version).await
+    target.update(&current, next, dry_run).await
+}
+
+pub(super) async fn placement_set(
+    State(state): State<AdminState>,
+    Path(svc): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    let target = Target::new(&state, svc, &headers)?;
+    let header_dry_run = is_dry_run(&headers)?;
+    let req: PlacementSetRequest = parse(&body, "placement set request")?;
+    let placement = target.placement(req.placement, &state.limits)?;
+    // Validated even when forced: the store refuses what the aggregators cannot run with.
+    placement
+        .validate()
+        .map_err(|e| AdminError::BadRequest(format!("unable to validate new placement: {e}")))?;
+    let current = target.store.get().await?;
+    if req.version > 0 {
+        let at = current.as_ref().map_or(0, |c| c.version);
+        if at != req.version {
+            return Err(AdminError::PlacementStore(
+                PlacementStoreError::VersionMismatch {
+                    key: target.store.key().to_owned(),
+                    expected: req.version,
+                    actual: at,
+                },
+            ));
+        }
+    }
+    let dry_run = header_dry_run || !req.confirm;
+    let version = if dry_run {
+        current.as_ref().map_or(0, |c| c.version + 1)
+    } else {
+        let version = match &current {
+            None => target.store.init(&placement).await?,
+            Some(c) => target.store.check_and_set(&placement, c.version).await?,
+        };
+        tracing::info!(service = %target.service, environment = %target.environment, version,
+            instances = placement.instances.len(), "Placement set.");
+        target
+            .forget_removed_shard_sets(current.as_ref().map(|c| &c.value), Some(&placement))
+            .await;
+        version
+    };
+    Ok(Json(PlacementSetResponse {
+        placement: placement_json(&placement),
+        version,
+        dry_run,
+    })
+    .into_response())
 }

@@ -636,14 +636,16 @@ async fn add_then_remove_aggregator_instances() {
             400,
         )
         .await;
-    server
+    // Force is accepted and changes nothing about the checks (module docs).
+    let reason = server
         .fails(
             Method::POST,
             &format!("{AGG_PLACEMENT}/remove"),
-            Some(r#"{"instance_ids": ["c:1"], "force": true}"#),
+            Some(r#"{"instance_ids": ["a:1"], "force": true}"#),
             400,
         )
         .await;
+    assert!(reason.contains("whole shard set"), "{reason}");
 }
 
 #[tokio::test]
@@ -776,7 +778,7 @@ async fn delete_instances_placements_and_topics() {
     assert!(reason.contains("\"c1\""), "{reason}");
 
     let deleted = server.ok(Method::DELETE, COORD_PLACEMENT, None).await;
-    assert_eq!(deleted["version"], 3);
+    assert_eq!(deleted, serde_json::json!({"deleted": true}));
     server.fails(Method::GET, COORD_PLACEMENT, None, 404).await;
     server
         .fails(Method::DELETE, COORD_PLACEMENT, None, 404)
@@ -888,20 +890,230 @@ async fn headers_pick_environment_zone_and_topic() {
 }
 
 #[tokio::test]
-async fn dry_run_and_force_headers_are_refused() {
+async fn dry_runs_compute_without_storing_and_force_is_accepted() {
     let server = Server::start(DEFAULT_MAX_AGGREGATION_WINDOW).await;
     let body = init_body(8, 2, &[agg("a:1", "zone-a"), agg("b:1", "zone-b")]);
     let init = format!("{AGG_PLACEMENT}/init");
-    for header in [("Dry-Run", "true"), ("Force", "true")] {
-        let (status, json) = server
-            .send_with(Method::POST, &init, &[header], Some(&body))
-            .await;
-        let reason = assert_error(status, &json, 400, header.0);
-        assert!(reason.contains(header.0), "{reason}");
-    }
+    let (status, preview) = server
+        .send_with(Method::POST, &init, &[("Dry-Run", "true")], Some(&body))
+        .await;
+    assert_eq!(status, 200, "{preview}");
+    assert_eq!(preview["version"], 0);
+    assert_eq!(shards_by_instance(&preview).len(), 2);
     server.fails(Method::GET, AGG_PLACEMENT, None, 404).await;
+    // Neither true nor false: refused, never taken for an ordinary change.
     let (status, json) = server
-        .send_with(Method::POST, &init, &[("Dry-Run", "false")], Some(&body))
+        .send_with(Method::POST, &init, &[("Dry-Run", "yes")], Some(&body))
+        .await;
+    let reason = assert_error(status, &json, 400, "Dry-Run: yes");
+    assert!(reason.contains("Dry-Run"), "{reason}");
+    server.fails(Method::GET, AGG_PLACEMENT, None, 404).await;
+
+    let (status, json) = server
+        .send_with(Method::POST, &init, &[("Force", "true")], Some(&body))
         .await;
     assert_eq!(status, 200, "{json}");
+    assert_eq!(json["version"], 1);
+
+    let add =
+        serde_json::json!({"instances": [agg("c:1", "zone-a"), agg("d:1", "zone-b")]}).to_string();
+    let (status, preview) = server
+        .send_with(
+            Method::POST,
+            AGG_PLACEMENT,
+            &[("Dry-Run", "TRUE")],
+            Some(&add),
+        )
+        .await;
+    assert_eq!(status, 200, "{preview}");
+    assert_eq!(preview["version"], 1, "the version it would replace");
+    assert_eq!(shards_by_instance(&preview).len(), 4);
+    let stored = server.ok(Method::GET, AGG_PLACEMENT, None).await;
+    assert_eq!(stored["version"], 1);
+    assert_eq!(shards_by_instance(&stored).len(), 2);
+
+    let forced = serde_json::json!({
+        "instances": [agg("c:1", "zone-a"), agg("d:1", "zone-b")], "force": true
+    })
+    .to_string();
+    let added = server.ok(Method::POST, AGG_PLACEMENT, Some(&forced)).await;
+    assert_eq!(added["version"], 2);
+    assert_eq!(
+        shards_by_instance(&added),
+        shards_by_instance(&preview),
+        "the stored change is the one previewed"
+    );
+
+    let (status, json) = server
+        .send_with(Method::DELETE, AGG_PLACEMENT, &[("Dry-Run", "true")], None)
+        .await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json, serde_json::json!({"deleted": false, "dryRun": true}));
+    server.ok(Method::GET, AGG_PLACEMENT, None).await;
+    let (status, json) = server
+        .send_with(
+            Method::DELETE,
+            &format!("{AGG_PLACEMENT}/zz:1?force=true"),
+            &[],
+            None,
+        )
+        .await;
+    assert_error(status, &json, 404, "an unknown instance");
+}
+
+/// `placement/set` as an operator uses it: GET, edit, preview (no `confirm`), store at the
+/// version read.
+#[tokio::test]
+async fn placement_set_stores_a_placement_as_given() {
+    let server = Server::start(DEFAULT_MAX_AGGREGATION_WINDOW).await;
+    let set = format!("{AGG_PLACEMENT}/set");
+    let body = init_body(8, 2, &[agg("a:1", "zone-a"), agg("b:1", "zone-b")]);
+    // Without a placement: a dry run answers version 0...
+    let preview = server
+        .ok(Method::POST, &format!("{AGG_PLACEMENT}/init"), Some(&body))
+        .await;
+    let mut edited = preview["placement"].clone();
+    edited["instances"]["a:1"]["endpoint"] = "a:2".into();
+    let request = |placement: &Value, version: i64, confirm: bool| {
+        serde_json::json!({"placement": placement, "version": version, "confirm": confirm})
+            .to_string()
+    };
+
+    let dry = server
+        .ok(Method::POST, &set, Some(&request(&edited, 1, false)))
+        .await;
+    assert_eq!(dry["dryRun"], true);
+    assert_eq!(dry["version"], 2);
+    let stored = server.ok(Method::GET, AGG_PLACEMENT, None).await;
+    assert_eq!(stored["placement"]["instances"]["a:1"]["endpoint"], "a:1");
+
+    let done = server
+        .ok(Method::POST, &set, Some(&request(&edited, 1, true)))
+        .await;
+    assert_eq!(done["dryRun"], false);
+    assert_eq!(done["version"], 2);
+    let stored = server.ok(Method::GET, AGG_PLACEMENT, None).await;
+    assert_eq!(stored["version"], 2);
+    assert_eq!(stored["placement"]["instances"]["a:1"]["endpoint"], "a:2");
+    assert_eq!(stored["placement"], done["placement"]);
+
+    // An edit of a version that moved on is refused.
+    let reason = server
+        .fails(
+            Method::POST,
+            &set,
+            Some(&request(&preview["placement"], 1, true)),
+            409,
+        )
+        .await;
+    assert!(reason.contains("version"), "{reason}");
+
+    // Invalid: an instance keyed by another ID. Refused unless forced.
+    let mut invalid = stored["placement"].clone();
+    let b = invalid["instances"]["b:1"].clone();
+    invalid["instances"]["x:1"] = b;
+    let reason = server
+        .fails(Method::POST, &set, Some(&request(&invalid, 2, true)), 400)
+        .await;
+    assert!(
+        reason.starts_with("unable to validate new placement"),
+        "{reason}"
+    );
+    let mut kind = stored["placement"].clone();
+    kind["isMirrored"] = false.into();
+    let reason = server
+        .fails(Method::POST, &set, Some(&request(&kind, 2, true)), 400)
+        .await;
+    assert!(reason.contains("isMirrored"), "{reason}");
+    // Force does not store a placement the aggregators could not run with (module docs).
+    let forced =
+        serde_json::json!({"placement": invalid, "confirm": true, "force": true}).to_string();
+    server.fails(Method::POST, &set, Some(&forced), 400).await;
+    assert_eq!(
+        server.ok(Method::GET, AGG_PLACEMENT, None).await["version"],
+        2
+    );
+}
+
+/// When a shard set leaves the aggregator placement, its election and flush-times keys go
+/// with it; the others stay.
+#[tokio::test]
+async fn a_removed_shard_set_takes_its_keys_with_it() {
+    let server = Server::start(DEFAULT_MAX_AGGREGATION_WINDOW).await;
+    let body = init_body(
+        8,
+        2,
+        &[
+            agg("a:1", "zone-a"),
+            agg("b:1", "zone-b"),
+            agg("c:1", "zone-a"),
+            agg("d:1", "zone-b"),
+        ],
+    );
+    let p = server
+        .ok(Method::POST, &format!("{AGG_PLACEMENT}/init"), Some(&body))
+        .await;
+    let env = m3_cluster::keys::DEFAULT_ENVIRONMENT;
+    let keys_of = |shard_set: u32| {
+        let election = m3_cluster::keys::election_key(env, "m3aggregator", shard_set);
+        vec![
+            m3_cluster::keys::election_candidates_key(&election),
+            election,
+            m3_cluster::keys::flush_times_key(env, shard_set),
+        ]
+    };
+    for shard_set in [1, 2] {
+        for key in keys_of(shard_set) {
+            server
+                .kv
+                .set(&key, bytes::Bytes::from_static(b"x"))
+                .await
+                .unwrap();
+        }
+    }
+    let present = |key: String| {
+        let kv = server.kv.clone();
+        async move { kv.get(&key).await.unwrap().is_some() }
+    };
+    // Keep shard set 1 only, holding every shard.
+    let mut one = p["placement"].clone();
+    let instances = one["instances"].as_object_mut().unwrap();
+    instances.retain(|_, i| i["shardSetId"] == 1);
+    assert_eq!(instances.len(), 2);
+    let every_shard: Vec<Value> = (0..8)
+        .map(|id| {
+            serde_json::json!({"id": id, "state": "AVAILABLE", "cutoverNanos": "0",
+                "cutoffNanos": "0", "sourceId": ""})
+        })
+        .collect();
+    for instance in instances.values_mut() {
+        instance["shards"] = Value::Array(every_shard.clone());
+    }
+    let request = serde_json::json!({"placement": one, "confirm": true, "force": true}).to_string();
+    server
+        .ok(
+            Method::POST,
+            &format!("{AGG_PLACEMENT}/set"),
+            Some(&request),
+        )
+        .await;
+    for key in keys_of(2) {
+        assert!(
+            !present(key.clone()).await,
+            "{key} of the removed shard set is left"
+        );
+    }
+    for key in keys_of(1) {
+        assert!(
+            present(key.clone()).await,
+            "{key} of a remaining shard set is gone"
+        );
+    }
+    server.ok(Method::DELETE, AGG_PLACEMENT, None).await;
+    for key in keys_of(1) {
+        assert!(
+            !present(key.clone()).await,
+            "{key} is left after the placement is deleted"
+        );
+    }
 }
