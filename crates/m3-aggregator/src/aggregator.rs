@@ -192,16 +192,19 @@ impl Aggregator {
         ids
     }
 
-    /// The owned shards with their cutover and cutoff times, by ID.
-    pub fn shard_assignments(&self) -> Vec<ShardAssignment> {
-        let mut shards: Vec<ShardAssignment> = self
-            .shards
-            .read()
-            .values()
-            .map(|s| s.assignment())
+    /// The owned shards with their cutover and cutoff times and the kinds of windows held in
+    /// each, by ID (locks each shard briefly).
+    pub fn held_shards(&self) -> Vec<crate::campaign::HeldShard> {
+        let shards: Vec<Arc<Shard>> = self.shards.read().values().cloned().collect();
+        let mut held: Vec<crate::campaign::HeldShard> = shards
+            .iter()
+            .map(|s| crate::campaign::HeldShard {
+                assignment: s.assignment(),
+                flush_keys: s.state.lock().flush_keys(),
+            })
             .collect();
-        shards.sort_unstable_by_key(|s| s.id);
-        shards
+        held.sort_unstable_by_key(|s| s.assignment.id);
+        held
     }
 
     /// Adds untimed values: counter increments, gauge values or a batch of timer values,
@@ -426,6 +429,10 @@ impl Aggregator {
         let mut result = FlushResult::default();
         let mut forwarded = Vec::new();
         for shard in shards {
+            if let FlushMode::FollowerForced { before_nanos } = mode {
+                // What is dropped here is no longer held: `can_lead` must know.
+                shard.raise_since(before_nanos);
+            }
             let mut times = flushpb::ShardFlushTimes::default();
             let leader = matches!(mode, FlushMode::Leader | FlushMode::LeaderFinal);
             let (outputs, discarded) = shard.state.lock().flush(
@@ -475,7 +482,7 @@ impl Aggregator {
                         .values()
                         .flat_map(|f| f.by_num_forwarded_times.values()),
                 )
-                .all(|f| *f <= 0 || shard.since_nanos <= *f)
+                .all(|f| *f <= 0 || shard.since_nanos() <= *f)
         })
     }
 

@@ -18,8 +18,11 @@
 //! - A member none of whose shards has cut over yet does not: leading before its cutover, it
 //!   would drop the windows before `T` as not its own while moving the flush times past them.
 //! - A member all of whose shards are cut off campaigns until the persisted flush times of each
-//!   shard reach the end of the last window it emits; then it stops, so the others lead. (Its
-//!   own flush times never claim a window after the cutoff: see `shard.rs`.)
+//!   shard reach the end of the last window it emits, for every kind of window it holds there
+//!   (category, resolution, forwarding hops); then it stops, so the others lead. A window kind
+//!   with no persisted time is not flushed yet; flush times of kinds it does not hold (left by
+//!   an earlier leader, a removed rule) do not hold it back. (Its own flush times never claim a
+//!   window after the cutoff: see `shard.rs`.)
 //! - A member with no shards campaigns (M3 does the same: a fresh shard set).
 //!
 //! Anything else (some shards not cut over, the others cut off) is not a change M3 or this
@@ -28,7 +31,30 @@
 use m3_proto::flushpb::{ShardFlushTimes, ShardSetFlushTimes};
 
 use crate::ShardAssignment;
-use crate::shard::last_window_end_before;
+use crate::flush::Category;
+use crate::shard::{flushed_time, last_window_end_before};
+
+/// A kind of window whose flush time the leader persists: category, resolution (nanoseconds)
+/// and forwarding hops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlushKey {
+    /// How the windows' timestamps were assigned.
+    pub category: Category,
+    /// The windows' resolution, in nanoseconds.
+    pub resolution_nanos: i64,
+    /// How many aggregators forwarded the values before (forwarded windows only).
+    pub forwarded_times: u32,
+}
+
+/// What a member holds of one shard: its assignment and the kinds of windows it aggregates
+/// there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldShard {
+    /// The shard and its cutover and cutoff.
+    pub assignment: ShardAssignment,
+    /// The kinds of windows held.
+    pub flush_keys: Vec<FlushKey>,
+}
 
 /// Why a member does not campaign.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,21 +82,22 @@ impl NoCampaign {
     }
 }
 
-/// Whether a member owning `shards` may campaign at `now_nanos`, given the shard set's
+/// Whether a member holding `shards` may campaign at `now_nanos`, given the shard set's
 /// persisted flush times (see the module doc).
 ///
 /// # Errors
 /// Why it may not.
 pub fn may_campaign(
-    shards: &[ShardAssignment],
+    shards: &[HeldShard],
     now_nanos: i64,
     flushed: &ShardSetFlushTimes,
 ) -> Result<(), NoCampaign> {
     if shards.is_empty() {
         return Ok(());
     }
-    let cut_over = |s: &ShardAssignment| s.cutover_nanos <= now_nanos;
-    let cut_off = |s: &ShardAssignment| s.cutoff_nanos != 0 && now_nanos >= s.cutoff_nanos;
+    let cut_over = |s: &HeldShard| s.assignment.cutover_nanos <= now_nanos;
+    let cut_off =
+        |s: &HeldShard| s.assignment.cutoff_nanos != 0 && now_nanos >= s.assignment.cutoff_nanos;
     if shards.iter().any(|s| cut_over(s) && !cut_off(s)) {
         return Ok(());
     }
@@ -80,10 +107,12 @@ pub fn may_campaign(
     if !shards.iter().all(cut_off) {
         return Err(NoCampaign::UnexpectedShardTimes);
     }
-    let all_flushed = shards.iter().all(|s| match flushed.by_shard.get(&s.id) {
-        // Never flushed: the shard held nothing to emit.
-        None => true,
-        Some(times) => flushed_through_cutoff(times, s.cutoff_nanos),
+    let all_flushed = shards.iter().all(|s| {
+        flushed_through_cutoff(
+            flushed.by_shard.get(&s.assignment.id),
+            &s.flush_keys,
+            s.assignment.cutoff_nanos,
+        )
     });
     if all_flushed {
         Err(NoCampaign::CutOffAndFlushed)
@@ -92,22 +121,16 @@ pub fn may_campaign(
     }
 }
 
-/// Whether every flush time of the shard has reached the last window before `cutoff`.
-fn flushed_through_cutoff(times: &ShardFlushTimes, cutoff: i64) -> bool {
-    let reached = |resolution: i64, flushed: i64| {
-        flushed >= last_window_end_before(cutoff, resolution.max(1))
-    };
-    times
-        .standard_by_resolution
-        .iter()
-        .chain(times.timed_by_resolution.iter())
-        .all(|(r, t)| reached(*r, *t))
-        && times.forwarded_by_resolution.iter().all(|(r, by_hops)| {
-            by_hops
-                .by_num_forwarded_times
-                .values()
-                .all(|t| reached(*r, *t))
-        })
+/// Whether the persisted flush time of every kind of window held has reached the last window
+/// before `cutoff`.
+fn flushed_through_cutoff(times: Option<&ShardFlushTimes>, held: &[FlushKey], cutoff: i64) -> bool {
+    held.iter().all(|k| {
+        times
+            .and_then(|t| flushed_time(t, k.category, k.resolution_nanos, k.forwarded_times))
+            .is_some_and(|flushed| {
+                flushed >= last_window_end_before(cutoff, k.resolution_nanos.max(1))
+            })
+    })
 }
 
 #[cfg(test)]
@@ -118,11 +141,25 @@ mod tests {
     const S: i64 = 1_000_000_000;
     const T: i64 = 1_000 * 60 * S;
 
-    fn shard(id: u32, cutover: i64, cutoff: i64) -> ShardAssignment {
-        ShardAssignment {
-            id,
-            cutover_nanos: cutover,
-            cutoff_nanos: cutoff,
+    const TIMED_10S: FlushKey = FlushKey {
+        category: Category::Timed,
+        resolution_nanos: 10 * S,
+        forwarded_times: 0,
+    };
+    const UNTIMED_1M: FlushKey = FlushKey {
+        category: Category::Untimed,
+        resolution_nanos: 60 * S,
+        forwarded_times: 0,
+    };
+
+    fn shard(id: u32, cutover: i64, cutoff: i64) -> HeldShard {
+        HeldShard {
+            assignment: ShardAssignment {
+                id,
+                cutover_nanos: cutover,
+                cutoff_nanos: cutoff,
+            },
+            flush_keys: vec![TIMED_10S, UNTIMED_1M],
         }
     }
 
@@ -161,7 +198,7 @@ mod tests {
         let leaving = [shard(3, 0, T)];
         // Before the cutoff it is an ordinary member.
         assert_eq!(may_campaign(&leaving, T - 1, &flushed(3, 0, 0)), Ok(()));
-        // Cut off, but the window ending at T is not flushed in every resolution yet.
+        // Cut off, but the window ending at T is not flushed in every kind it holds yet.
         assert_eq!(
             may_campaign(&leaving, T + 30 * S, &flushed(3, T, T - 60 * S)),
             Ok(())
@@ -174,26 +211,67 @@ mod tests {
             may_campaign(&leaving, T + 90 * S, &flushed(3, T, T)),
             Err(NoCampaign::CutOffAndFlushed)
         );
-        // A shard that never flushed anything holds nothing to emit.
+        // Nothing persisted yet (the leader's output not acked): not flushed.
         assert_eq!(
-            may_campaign(&leaving, T, &ShardSetFlushTimes::default()),
+            may_campaign(&leaving, T + 90 * S, &ShardSetFlushTimes::default()),
+            Ok(())
+        );
+        // Holding nothing there: nothing to flush.
+        let empty = [HeldShard {
+            flush_keys: Vec::new(),
+            ..shard(3, 0, T)
+        }];
+        assert_eq!(
+            may_campaign(&empty, T, &ShardSetFlushTimes::default()),
             Err(NoCampaign::CutOffAndFlushed)
         );
-        // Forwarded flush times count too.
-        let mut with_forwarded = flushed(3, T, T);
-        let mut hops = ForwardedFlushTimesForResolution::default();
-        hops.by_num_forwarded_times.insert(1, T - 60 * S);
-        if let Some(times) = with_forwarded.by_shard.get_mut(&3) {
-            times.forwarded_by_resolution.insert(60 * S, hops);
+    }
+
+    #[test]
+    fn only_the_kinds_of_windows_held_count() {
+        let leaving = [shard(3, 0, T)];
+        // A stale 5m entry from an earlier leader never moves; it does not hold this back.
+        let mut with_stale = flushed(3, T, T);
+        if let Some(times) = with_stale.by_shard.get_mut(&3) {
+            times.standard_by_resolution.insert(300 * S, T - 3_600 * S);
         }
-        assert_eq!(may_campaign(&leaving, T + 90 * S, &with_forwarded), Ok(()));
+        assert_eq!(
+            may_campaign(&leaving, T + 90 * S, &with_stale),
+            Err(NoCampaign::CutOffAndFlushed)
+        );
+        // Forwarded windows held count too.
+        let forwarded = FlushKey {
+            category: Category::Forwarded,
+            resolution_nanos: 60 * S,
+            forwarded_times: 1,
+        };
+        let mut holding_forwarded = shard(3, 0, T);
+        holding_forwarded.flush_keys.push(forwarded);
+        let mut times = flushed(3, T, T);
+        assert_eq!(
+            may_campaign(&[holding_forwarded.clone()], T + 90 * S, &times),
+            Ok(()),
+            "no forwarded flush time persisted yet"
+        );
+        let mut hops = ForwardedFlushTimesForResolution::default();
+        hops.by_num_forwarded_times.insert(1, T);
+        if let Some(t) = times.by_shard.get_mut(&3) {
+            t.forwarded_by_resolution.insert(60 * S, hops);
+        }
+        assert_eq!(
+            may_campaign(&[holding_forwarded], T + 90 * S, &times),
+            Err(NoCampaign::CutOffAndFlushed)
+        );
     }
 
     #[test]
     fn a_cutoff_off_the_window_grid_waits_for_the_window_it_straddles() {
         // Cut off 5s into a 10s window: that window starts before the cutoff, so the leaving
         // member emits it and must have flushed it.
-        let leaving = [shard(0, 0, T + 5 * S)];
+        let leaving = [HeldShard {
+            flush_keys: vec![TIMED_10S],
+            ..shard(0, 0, T + 5 * S)
+        }];
         let mut times = ShardFlushTimes::default();
         times.timed_by_resolution.insert(10 * S, T);
         let mut set = ShardSetFlushTimes::default();

@@ -94,7 +94,9 @@ struct LoopState {
     persisted: ShardSetFlushTimes,
     /// The shard set `persisted` belongs to.
     persisted_for: Option<u32>,
-    /// When the flush times last moved (or this member started following).
+    /// The KV version of `persisted` (0: none stored).
+    persisted_version: i64,
+    /// When the flush times were last written (or this member started following).
     flush_times_moved_at: Instant,
     /// The last forced follower flush, while in forced mode.
     last_forced_flush: Option<Instant>,
@@ -111,6 +113,7 @@ impl FlushManager {
             was_leader: false,
             persisted: ShardSetFlushTimes::default(),
             persisted_for: None,
+            persisted_version: 0,
             flush_times_moved_at: Instant::now(),
             last_forced_flush: None,
             not_campaigning: None,
@@ -177,12 +180,16 @@ impl FlushManager {
     ) -> bool {
         let flush_key = keys::flush_times_key(&self.options.environment, shard_set);
         match read_flush_times(&self.kv, &flush_key).await {
-            Some(times) => {
-                if times != state.persisted || state.persisted_for != Some(shard_set) {
+            Some((times, version)) => {
+                // The leader writes its flush times after every acked flush, also when they
+                // did not move (a leaving leader's stop at its cutoff, resolutions of 5m and
+                // more): a new write, not a new value, shows that it is making progress.
+                if version != state.persisted_version || state.persisted_for != Some(shard_set) {
                     state.flush_times_moved_at = Instant::now();
                     state.last_forced_flush = None;
                 }
                 state.persisted = times;
+                state.persisted_version = version;
                 state.persisted_for = Some(shard_set);
             }
             None if state.persisted_for != Some(shard_set) => {
@@ -261,7 +268,7 @@ impl FlushManager {
         else {
             return;
         };
-        let shards = self.aggregator.shard_assignments();
+        let shards = self.aggregator.held_shards();
         match may_campaign(&shards, unix_nanos_now(), &state.persisted) {
             Ok(()) => {
                 if !election.is_campaigning() {
@@ -285,8 +292,9 @@ impl FlushManager {
                     state.not_campaigning = Some(why);
                 }
                 if election.is_campaigning() {
-                    // Resigns when leading, so another member takes over at once.
-                    election.close().await;
+                    // Resigns when leading, so another member takes over at once. Not awaited:
+                    // with the KV down it takes up to a TTL, and flushing must go on.
+                    tokio::spawn(async move { election.close().await });
                 }
             }
         }
@@ -388,7 +396,7 @@ impl FlushManager {
         }
         let mut merged = read_flush_times(&self.kv, flush_key)
             .await
-            .unwrap_or_else(|| state.persisted.clone());
+            .map_or_else(|| state.persisted.clone(), |(times, _)| times);
         for (shard, times) in result.flush_times.by_shard {
             merge_flush_times(merged.by_shard.entry(shard).or_default(), &times);
         }
@@ -460,30 +468,82 @@ fn produce(
     refused
 }
 
-/// Takes the later of each (category, resolution) flush time, so an older write never moves a
-/// newer one back.
+/// Takes the later of each (category, resolution, forwarding hops) flush time, so an older
+/// write never moves a newer one back.
 fn merge_flush_times(into: &mut ShardFlushTimes, from: &ShardFlushTimes) {
+    let later = |slot: &mut i64, t: i64| *slot = (*slot).max(t);
     for (resolution, t) in &from.standard_by_resolution {
-        let slot = into.standard_by_resolution.entry(*resolution).or_insert(*t);
-        *slot = (*slot).max(*t);
+        later(
+            into.standard_by_resolution.entry(*resolution).or_insert(*t),
+            *t,
+        );
     }
     for (resolution, t) in &from.timed_by_resolution {
-        let slot = into.timed_by_resolution.entry(*resolution).or_insert(*t);
-        *slot = (*slot).max(*t);
+        later(
+            into.timed_by_resolution.entry(*resolution).or_insert(*t),
+            *t,
+        );
+    }
+    for (resolution, by_hops) in &from.forwarded_by_resolution {
+        let into_hops = &mut into
+            .forwarded_by_resolution
+            .entry(*resolution)
+            .or_default()
+            .by_num_forwarded_times;
+        for (hops, t) in &by_hops.by_num_forwarded_times {
+            later(into_hops.entry(*hops).or_insert(*t), *t);
+        }
     }
 }
 
-/// The persisted flush times of a shard set; `None` when the KV cannot be read.
-async fn read_flush_times(kv: &Arc<dyn KvStore>, key: &str) -> Option<ShardSetFlushTimes> {
+/// The persisted flush times of a shard set and their KV version (0: none stored); `None`
+/// when the KV cannot be read.
+async fn read_flush_times(kv: &Arc<dyn KvStore>, key: &str) -> Option<(ShardSetFlushTimes, i64)> {
     match kv.get(key).await {
-        Ok(Some(v)) => Some(ShardSetFlushTimes::decode(v.value).unwrap_or_else(|e| {
-            tracing::error!(key, error = %e, "Flush times do not decode; treating as none.");
-            ShardSetFlushTimes::default()
-        })),
-        Ok(None) => Some(ShardSetFlushTimes::default()),
+        Ok(Some(v)) => {
+            let times = ShardSetFlushTimes::decode(v.value).unwrap_or_else(|e| {
+                tracing::error!(key, error = %e, "Flush times do not decode; treating as none.");
+                ShardSetFlushTimes::default()
+            });
+            Some((times, v.version))
+        }
+        Ok(None) => Some((ShardSetFlushTimes::default(), 0)),
         Err(e) => {
             tracing::warn!(key, error = %e, "Reading flush times failed.");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use m3_proto::flushpb::ForwardedFlushTimesForResolution;
+
+    /// Regression: forwarded flush times were left out, so followers never dropped forwarded
+    /// windows and a new leader emitted them again.
+    #[test]
+    fn merging_keeps_the_later_time_of_every_kind_forwarded_included() {
+        let mut stored = ShardFlushTimes::default();
+        stored.standard_by_resolution.insert(10, 100);
+        stored.timed_by_resolution.insert(10, 300);
+        let mut hops = ForwardedFlushTimesForResolution::default();
+        hops.by_num_forwarded_times.insert(1, 500);
+        stored.forwarded_by_resolution.insert(60, hops);
+
+        let mut own = ShardFlushTimes::default();
+        own.standard_by_resolution.insert(10, 200);
+        own.timed_by_resolution.insert(10, 250);
+        let mut hops = ForwardedFlushTimesForResolution::default();
+        hops.by_num_forwarded_times.insert(1, 600);
+        hops.by_num_forwarded_times.insert(2, 50);
+        own.forwarded_by_resolution.insert(60, hops);
+
+        merge_flush_times(&mut stored, &own);
+        assert_eq!(stored.standard_by_resolution[&10], 200);
+        assert_eq!(stored.timed_by_resolution[&10], 300, "never moved back");
+        let forwarded = &stored.forwarded_by_resolution[&60].by_num_forwarded_times;
+        assert_eq!(forwarded[&1], 600);
+        assert_eq!(forwarded[&2], 50);
     }
 }

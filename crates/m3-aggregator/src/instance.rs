@@ -377,7 +377,19 @@ async fn follow_placement(parts: PlacementFollower) {
                         )
                         .with_eligibility(eligible.clone()),
                     );
-                    // The flush manager campaigns once the shards' times allow (campaign.rs).
+                    // Campaign at once when the shards' times allow it (no flush times are known
+                    // yet: a member that is only cut off holds nothing then and stays out); the
+                    // flush manager re-checks at every flush (campaign.rs).
+                    let held = aggregator.held_shards();
+                    if crate::campaign::may_campaign(
+                        &held,
+                        unix_nanos_now(),
+                        &m3_proto::flushpb::ShardSetFlushTimes::default(),
+                    )
+                    .is_ok()
+                    {
+                        e.campaign();
+                    }
                     tracing::info!(instance = %options.instance_id, shard_set, shards = instance.shards.len(), "Joined shard set.");
                     *current = Some((shard_set, e));
                 }

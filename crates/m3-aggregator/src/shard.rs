@@ -323,8 +323,10 @@ pub(crate) struct Shard {
     cutover_nanos: AtomicI64,
     /// Cutoff, with 0 (unbounded) stored as `i64::MAX`.
     cutoff_nanos: AtomicI64,
-    /// Server time since which this instance has received the shard's writes.
-    pub(crate) since_nanos: i64,
+    /// Server time since which this instance holds every window of the shard it has not seen
+    /// flushed: when it started receiving the shard's writes, raised by a forced follower
+    /// flush to the time before which it dropped windows.
+    since_nanos: AtomicI64,
     pub(crate) state: Mutex<ShardState>,
 }
 
@@ -334,7 +336,7 @@ impl Shard {
             id,
             cutover_nanos: AtomicI64::new(0),
             cutoff_nanos: AtomicI64::new(i64::MAX),
-            since_nanos,
+            since_nanos: AtomicI64::new(since_nanos),
             state: Mutex::new(ShardState::default()),
         };
         shard.set_window(cutover_nanos, cutoff_nanos);
@@ -350,6 +352,16 @@ impl Shard {
         };
         self.cutover_nanos.store(cutover_nanos, Ordering::Relaxed);
         self.cutoff_nanos.store(cutoff, Ordering::Relaxed);
+    }
+
+    /// See the field: since when this instance holds the shard's unflushed windows.
+    pub(crate) fn since_nanos(&self) -> i64 {
+        self.since_nanos.load(Ordering::Relaxed)
+    }
+
+    /// Records that windows ending at or before `nanos` were dropped unflushed.
+    pub(crate) fn raise_since(&self, nanos: i64) {
+        self.since_nanos.fetch_max(nanos, Ordering::Relaxed);
     }
 
     /// The shard's ID, cutover and cutoff (0 = never) as assigned.
@@ -674,6 +686,25 @@ impl ShardState {
         (emitted, discarded.iter().sum())
     }
 
+    /// The kinds of windows this shard holds, as their flush times are keyed.
+    pub(crate) fn flush_keys(&self) -> Vec<crate::campaign::FlushKey> {
+        let mut keys = Vec::new();
+        for spec in &self.specs.specs {
+            for category in Category::ALL {
+                if spec.used_in[category.index()] {
+                    keys.push(crate::campaign::FlushKey {
+                        category,
+                        resolution_nanos: spec.resolution,
+                        forwarded_times: spec.forwarded_times,
+                    });
+                }
+            }
+        }
+        keys.sort_unstable_by_key(|k| (k.category.index(), k.resolution_nanos, k.forwarded_times));
+        keys.dedup();
+        keys
+    }
+
     /// Removes entries idle for longer than the TTL with no open window; returns how many.
     pub(crate) fn expire(&mut self, now: i64, limits: &Limits) -> usize {
         let mut removed = 0;
@@ -787,13 +818,13 @@ fn duration_between(earlier: i64, later: i64) -> std::time::Duration {
     )
 }
 
-/// The flush time `times` holds for a category, resolution and number of hops.
 /// The end of the last window of `resolution` that starts before `cutoff`: the last window a
 /// shard cut off at `cutoff` emits.
 pub(crate) fn last_window_end_before(cutoff: i64, resolution: i64) -> i64 {
     align_down(cutoff.saturating_sub(1), resolution).saturating_add(resolution)
 }
 
+/// The flush time `times` holds for a category, resolution and number of hops.
 pub(crate) fn flushed_time(
     times: &flushpb::ShardFlushTimes,
     category: Category,

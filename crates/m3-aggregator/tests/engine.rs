@@ -622,6 +622,19 @@ fn forced_follower_flush_drops_only_windows_ended_before_the_bound() {
             .windows_discarded(WindowDiscard::Follower),
         0
     );
+    // What it dropped, it no longer holds: it can lead only once the leader has flushed that
+    // far.
+    let flushed_until = |t: i64| {
+        let mut times = m3_proto::flushpb::ShardFlushTimes::default();
+        times.timed_by_resolution.insert(10 * S, t);
+        let mut set = m3_proto::flushpb::ShardSetFlushTimes::default();
+        for shard in 0..4 {
+            set.by_shard.insert(shard, times.clone());
+        }
+        set
+    };
+    assert!(!follower.can_lead(&flushed_until(T0 + 30 * S)));
+    assert!(follower.can_lead(&flushed_until(T0 + 70 * S)));
     let mut kept = Vec::new();
     follower.flush(T0 + 400 * S, FlushMode::Leader, &mut kept);
     let mut ends: Vec<(i64, i64)> = kept

@@ -335,8 +335,12 @@ impl CoordinatorConfig {
             );
         }
         let namespaces = self.namespaces(&mut problems);
+        let configured: usize = self.clusters.iter().map(|c| c.namespaces.len()).sum();
         let rules = match &self.downsample.rules {
             None => m3_rules::RuleSet::default(),
+            // Rules name namespaces by storage policy: with a namespace refused above, they
+            // would report policies as missing that are only misconfigured.
+            Some(_) if namespaces.len() != configured => m3_rules::RuleSet::default(),
             Some(rules) => {
                 let available: Vec<StoragePolicy> = namespaces
                     .iter()
@@ -392,6 +396,9 @@ impl CoordinatorConfig {
     /// retention. Each problem goes to `problems` and its namespace is left out.
     fn namespaces(&self, problems: &mut m3_config::Problems) -> Vec<ValidNamespace> {
         let mut out: Vec<ValidNamespace> = Vec::new();
+        // Names and kinds of every namespace, valid or not, for the duplicate checks.
+        let mut names: Vec<&str> = Vec::new();
+        let mut unaggregated = 0usize;
         let default_all = self.downsample.all.unwrap_or(true);
         for (ci, cluster) in self.clusters.iter().enumerate() {
             for (ni, ns) in cluster.namespaces.iter().enumerate() {
@@ -428,15 +435,14 @@ impl CoordinatorConfig {
                         Some(StoragePolicy::new(r, ns.retention))
                     }
                 };
-                if out.iter().any(|o| o.name == ns.namespace) {
+                if names.contains(&ns.namespace.as_str()) {
                     bad(
                         "namespace",
                         format!("namespace {:?} is defined twice", ns.namespace),
                     );
                     valid = false;
                 }
-                if ns.kind == NamespaceKind::Unaggregated && out.iter().any(|o| o.policy.is_none())
-                {
+                if ns.kind == NamespaceKind::Unaggregated && unaggregated > 0 {
                     bad("type", "only one unaggregated namespace is allowed".into());
                     valid = false;
                 }
@@ -454,6 +460,10 @@ impl CoordinatorConfig {
                         ),
                     );
                     valid = false;
+                }
+                names.push(&ns.namespace);
+                if ns.kind == NamespaceKind::Unaggregated {
+                    unaggregated += 1;
                 }
                 if valid {
                     out.push(ValidNamespace {

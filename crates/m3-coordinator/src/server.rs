@@ -80,7 +80,7 @@ impl Coordinator {
     /// addresses (tests and `m3 local` pass pre-bound listeners).
     ///
     /// # Errors
-    /// Invalid namespaces, a store that does not open, addresses that do not bind.
+    /// A store that does not open, addresses that do not bind, a KV that cannot be watched.
     pub async fn start(
         config: &ValidConfig,
         kv: Arc<dyn KvStore>,

@@ -91,7 +91,9 @@
 //!
 //! When a change leaves an aggregator shard set with no instance (the last instance of a shard
 //! set dropped, or the placement deleted), the shard set's election and flush-times keys are
-//! deleted with it, so a shard set created later with the same ID starts clean.
+//! deleted with it, as M3 does. Members of that shard set still running can write them again
+//! until they see the change (a last flush-times write, a candidate heartbeat); stop them
+//! before reusing the shard set's ID. The keys are per environment, not per zone, as in M3.
 //!
 //! # Not supported
 //!
