@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use m3_cluster::keys::{self, ServiceId};
-use m3_cluster::placement::{Placement, PlacementStore};
+use m3_cluster::placement::{Placement, PlacementFormat, PlacementStore};
 use m3_cluster::{ElectionState, KvStore, LeaderElection};
 use m3_msg::ProducerConfig;
 use parking_lot::Mutex;
@@ -170,9 +170,10 @@ impl AggregatorInstance {
                 options.zone.clone(),
             ),
         );
-        let placements = PlacementStore::new(Arc::clone(&kv), placement_key)
-            .watch()
-            .await?;
+        let placements =
+            PlacementStore::new(Arc::clone(&kv), placement_key, PlacementFormat::Snapshots)
+                .watch()
+                .await?;
         let client = crate::client::AggregatorClient::new(
             options.client.clone(),
             Arc::new(crate::forward::ForwardingMetrics(Arc::clone(&aggregator))),

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use m3_cluster::keys;
-use m3_cluster::placement::{Placement, PlacementStore};
+use m3_cluster::placement::{Placement, PlacementFormat, PlacementStore};
 use m3_cluster::topic::{TopicError, TopicStore};
 use m3_cluster::{ConsumptionType, KvStore};
 use m3_msg::{ConsumerInstance, ConsumerInstances, ConsumerServiceSpec, Producer, ProducerConfig};
@@ -110,7 +110,10 @@ pub async fn start(
                     Some(namespace) => keys::placement_key_in(namespace, &service.service_id),
                     None => keys::placement_key(&service.service_id),
                 };
-                let placement_watch = match PlacementStore::new(Arc::clone(&kv), key).watch().await
+                let format = PlacementFormat::of_service(&service.service_id.name);
+                let placement_watch = match PlacementStore::new(Arc::clone(&kv), key, format)
+                    .watch()
+                    .await
                 {
                     Ok(w) => w,
                     Err(e) => {

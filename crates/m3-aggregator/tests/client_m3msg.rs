@@ -13,7 +13,7 @@ use m3_aggregator::client::{
     AggregatorClient, ClientDrop, ClientMetrics, ClientOptions, M3msgTransport,
 };
 use m3_cluster::keys::{self, ServiceId};
-use m3_cluster::placement::build_mirrored;
+use m3_cluster::placement::{PlacementFormat, build_mirrored};
 use m3_cluster::{
     ConsumerService, ConsumptionType, Instance, KvStore, MemoryKv, PlacementStore, TopicStore,
 };
@@ -100,10 +100,14 @@ async fn every_metric_reaches_every_replica_of_its_shard_once() {
         .collect();
     let placement = build_mirrored(instances, SHARDS, 2, 0).unwrap();
     let aggregators = ServiceId::new("m3aggregator", "default_env", "embedded");
-    PlacementStore::new(Arc::clone(&kv), keys::placement_key(&aggregators))
-        .init(&placement)
-        .await
-        .unwrap();
+    PlacementStore::new(
+        Arc::clone(&kv),
+        keys::placement_key(&aggregators),
+        PlacementFormat::Snapshots,
+    )
+    .init(&placement)
+    .await
+    .unwrap();
     let topics = TopicStore::new(Arc::clone(&kv), "default_env");
     topics.init("aggregator_ingest", SHARDS).await.unwrap();
     topics

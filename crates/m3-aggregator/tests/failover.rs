@@ -48,7 +48,9 @@ use m3_aggregator::metrics::WindowDiscard;
 use m3_aggregator::rawtcp::unix_nanos_now;
 use m3_aggregator::{Aggregator, AggregatorOptions, RejectReason, serve_rawtcp};
 use m3_cluster::keys::{self, ServiceId};
-use m3_cluster::placement::{Instance, PlacementStore, build_mirrored, build_non_sharded};
+use m3_cluster::placement::{
+    Instance, PlacementFormat, PlacementStore, build_mirrored, build_non_sharded,
+};
 use m3_cluster::topic::TopicStore;
 use m3_cluster::{
     ConsumerService, ConsumptionType, ElectionState, KvStore, LeaderElection, MemoryKv,
@@ -402,6 +404,7 @@ async fn a_replaced_leader_hands_over_at_the_transition_without_gap_or_duplicate
             keys::DEFAULT_ENVIRONMENT,
             keys::DEFAULT_ZONE,
         )),
+        PlacementFormat::Snapshots,
     );
     let current = store
         .get()
@@ -644,7 +647,7 @@ impl Cluster {
             .collect();
         let placement = build_mirrored(instances, NUM_SHARDS, 2, 0).expect("mirrored placement");
         let placement_key = keys::placement_key(&ServiceId::new("m3aggregator", env, zone));
-        PlacementStore::new(Arc::clone(&kv), placement_key)
+        PlacementStore::new(Arc::clone(&kv), placement_key, PlacementFormat::Snapshots)
             .init(&placement)
             .await
             .expect("aggregator placement");
@@ -660,7 +663,7 @@ impl Cluster {
         ])
         .expect("coordinator placement");
         let coordinator_key = keys::placement_key(&ServiceId::new("m3coordinator", env, zone));
-        PlacementStore::new(Arc::clone(&kv), coordinator_key)
+        PlacementStore::new(Arc::clone(&kv), coordinator_key, PlacementFormat::Bare)
             .init(&coordinator_placement)
             .await
             .expect("coordinator placement stored");

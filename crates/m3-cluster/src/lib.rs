@@ -19,7 +19,7 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use m3_cluster::{keys, placement, shard_for, Instance, MemoryKv, PlacementStore, ServiceId};
+//! use m3_cluster::{keys, placement, shard_for, Instance, MemoryKv, PlacementFormat, PlacementStore, ServiceId};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -33,7 +33,7 @@
 //! let kv = Arc::new(MemoryKv::new());
 //! let key = keys::placement_key(&ServiceId::new("m3aggregator", "default_env", "embedded"));
 //! assert_eq!(key, "/placement/default_env/m3aggregator");
-//! let store = PlacementStore::new(kv, key);
+//! let store = PlacementStore::new(kv, key, PlacementFormat::of_service("m3aggregator"));
 //! store.init(&p).await?;
 //!
 //! let shard = shard_for(b"some-metric-id", p.num_shards);
@@ -57,7 +57,9 @@ pub use keys::ServiceId;
 pub use kv::etcd::{EtcdConfig, EtcdKv};
 pub use kv::memory::MemoryKv;
 pub use kv::{KvError, KvStore, KvWatch, Versioned};
-pub use placement::{Instance, Placement, PlacementError, PlacementStore, Shard, ShardState};
+pub use placement::{
+    Instance, Placement, PlacementError, PlacementFormat, PlacementStore, Shard, ShardState,
+};
 pub use shard::{murmur3_32, shard_for};
 pub use topic::{ConsumerService, ConsumptionType, Topic, TopicError, TopicStore};
 

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use m3_cluster::KvStore;
 use m3_cluster::keys::{DEFAULT_ENVIRONMENT, ServiceId, placement_key_in};
-use m3_cluster::placement::PlacementStore;
+use m3_cluster::placement::{PlacementFormat, PlacementStore};
 use m3_storage::{NamespaceConfig, Store};
 use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
@@ -127,10 +127,12 @@ impl Coordinator {
                         remote.placement_kv.zone.clone().unwrap_or_default(),
                     );
                     let key = placement_key_in(&remote.placement_kv.namespace, &service);
-                    let watch = PlacementStore::new(Arc::clone(&kv), key)
-                        .watch()
-                        .await
-                        .context("watching the m3aggregator placement")?;
+                    // M3's aggregator client reads the aggregator's format whatever the key.
+                    let watch =
+                        PlacementStore::new(Arc::clone(&kv), key, PlacementFormat::Snapshots)
+                            .watch()
+                            .await
+                            .context("watching the m3aggregator placement")?;
                     tasks.push(client.follow(watch, cancel.clone()));
                 }
                 Some(client)

@@ -23,7 +23,9 @@ use m3_aggregator::instance::InstanceOptions;
 use m3_aggregator::server::{AggregatorServer, Listeners, ServerOptions};
 use m3_cluster::keys::{self, ServiceId};
 use m3_cluster::placement::store::PlacementStoreError;
-use m3_cluster::placement::{Instance, PlacementStore, build_mirrored, build_non_sharded};
+use m3_cluster::placement::{
+    Instance, PlacementFormat, PlacementStore, build_mirrored, build_non_sharded,
+};
 use m3_cluster::topic::TopicStore;
 use m3_cluster::{ConsumerService, ConsumptionType, ElectionState, KvStore, MemoryKv, TopicError};
 use m3_coordinator::config::CoordinatorConfig;
@@ -336,7 +338,7 @@ async fn init_cluster(
     let placement = build_mirrored(instances, aggregators.num_shards, 2, 0)?;
     let aggregator_key = keys::placement_key(&ServiceId::new("m3aggregator", env, zone));
     ignore_exists(
-        PlacementStore::new(Arc::clone(kv), aggregator_key)
+        PlacementStore::new(Arc::clone(kv), aggregator_key, PlacementFormat::Snapshots)
             .init(&placement)
             .await,
     )?;
@@ -355,7 +357,7 @@ async fn init_cluster(
     let coordinator_placement = build_non_sharded(vec![coordinator])?;
     let coordinator_key = keys::placement_key(&ServiceId::new("m3coordinator", env, zone));
     ignore_exists(
-        PlacementStore::new(Arc::clone(kv), coordinator_key)
+        PlacementStore::new(Arc::clone(kv), coordinator_key, PlacementFormat::Bare)
             .init(&coordinator_placement)
             .await,
     )?;

@@ -40,6 +40,7 @@
 
 mod algo;
 mod error;
+pub mod format;
 pub mod store;
 #[cfg(test)]
 mod tests;
@@ -52,6 +53,7 @@ use prost::Message;
 
 pub use algo::{Timing, build_mirrored, build_non_sharded, build_sharded, transition_nanos};
 pub use error::PlacementError;
+pub use format::PlacementFormat;
 pub use store::PlacementStore;
 
 /// The lifecycle state of a shard on one instance.

@@ -1,7 +1,8 @@
 //! Reading, writing and watching one service's placement in KV.
 //!
 //! A [`PlacementStore`] is bound to one key (see [`crate::keys::placement_key`]) and stores the
-//! placement as `placementpb.Placement` bytes. Writes are versioned so the admin API can offer
+//! placement in its service's format: `placementpb.PlacementSnapshots` for aggregators,
+//! `placementpb.Placement` for the others, as M3 does (see [`PlacementFormat`]). Writes are versioned so the admin API can offer
 //! M3's semantics: `init` fails when a placement exists, updates are check-and-set against the
 //! version the caller read, and a watch gives every process the latest placement without
 //! polling. A stored value that does not decode is an error on `get` and is skipped (logged) by
@@ -11,7 +12,7 @@ use std::sync::Arc;
 
 use crate::kv::{DecodedWatch, KvError, KvStore, Versioned, watch_decoded};
 
-use super::{Placement, PlacementError};
+use super::{Placement, PlacementError, PlacementFormat};
 
 /// Errors of a [`PlacementStore`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,6 +72,7 @@ impl From<KvError> for PlacementStoreError {
 pub struct PlacementStore {
     kv: Arc<dyn KvStore>,
     key: String,
+    format: PlacementFormat,
 }
 
 impl std::fmt::Debug for PlacementStore {
@@ -82,11 +84,13 @@ impl std::fmt::Debug for PlacementStore {
 }
 
 impl PlacementStore {
-    /// A store for the placement at `key` (e.g. from [`crate::keys::placement_key`]).
-    pub fn new(kv: Arc<dyn KvStore>, key: impl Into<String>) -> Self {
+    /// A store for the placement at `key` (e.g. from [`crate::keys::placement_key`]), kept
+    /// in `format` (for a service: [`PlacementFormat::of_service`]).
+    pub fn new(kv: Arc<dyn KvStore>, key: impl Into<String>, format: PlacementFormat) -> Self {
         PlacementStore {
             kv,
             key: key.into(),
+            format,
         }
     }
 
@@ -104,7 +108,7 @@ impl PlacementStore {
         match self.kv.get(&self.key).await? {
             None => Ok(None),
             Some(v) => Ok(Some(Versioned {
-                value: Placement::decode(&v.value)?,
+                value: self.format.decode(&v.value)?,
                 version: v.version,
             })),
         }
@@ -120,7 +124,7 @@ impl PlacementStore {
         placement.validate()?;
         Ok(self
             .kv
-            .set_if_not_exists(&self.key, placement.encode())
+            .set_if_not_exists(&self.key, self.format.encode(placement))
             .await?)
     }
 
@@ -138,7 +142,7 @@ impl PlacementStore {
         placement.validate()?;
         Ok(self
             .kv
-            .check_and_set(&self.key, expected_version, placement.encode())
+            .check_and_set(&self.key, expected_version, self.format.encode(placement))
             .await?)
     }
 
@@ -157,7 +161,7 @@ impl PlacementStore {
                     key: self.key.clone(),
                 })?;
         Ok(Versioned {
-            value: Placement::decode(&previous.value)?,
+            value: self.format.decode(&previous.value)?,
             version: previous.version,
         })
     }
@@ -172,6 +176,7 @@ impl PlacementStore {
     /// Spawns a task, so it must be called within a Tokio runtime.
     pub async fn watch(&self) -> Result<DecodedWatch<Placement>, PlacementStoreError> {
         let raw = self.kv.watch(&self.key).await?;
-        Ok(watch_decoded(raw, "placement", |b| Placement::decode(b)))
+        let format = self.format;
+        Ok(watch_decoded(raw, "placement", move |b| format.decode(b)))
     }
 }

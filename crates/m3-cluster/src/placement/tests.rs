@@ -5,6 +5,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::kv::memory::MemoryKv;
+use crate::kv::KvStore;
 use crate::placement::store::PlacementStoreError;
 
 const MINUTE: i64 = 60_000_000_000;
@@ -431,12 +432,13 @@ fn decode_rejects_bad_input_without_panicking() {
 async fn store_init_get_update_delete_watch() {
     let kv = Arc::new(MemoryKv::new());
     let store = PlacementStore::new(
-        kv,
+        kv.clone(),
         crate::keys::placement_key(&crate::ServiceId::new(
             "m3aggregator",
             "default_env",
             "embedded",
         )),
+        PlacementFormat::Snapshots,
     );
     assert_eq!(store.get().await.unwrap(), None);
     let mut watch = store.watch().await.unwrap();
@@ -450,6 +452,11 @@ async fn store_init_get_update_delete_watch() {
     ));
     let got = store.get().await.unwrap().unwrap();
     assert_eq!((got.value.clone(), got.version), (p.clone(), 1));
+    // What is in KV is M3's aggregator format: snapshots holding the placement.
+    let raw = kv.get(store.key()).await.unwrap().unwrap();
+    let snapshots =
+        m3_proto::placementpb::PlacementSnapshots::decode(raw.value.as_ref()).unwrap();
+    assert_eq!(snapshots.snapshots, vec![p.to_proto()]);
     watch
         .wait_for(|v| v.as_ref().is_some_and(|v| v.version == 1))
         .await

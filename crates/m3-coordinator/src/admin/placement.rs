@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use m3_cluster::Versioned;
 use m3_cluster::keys::{self, DEFAULT_ENVIRONMENT, DEFAULT_ZONE, ServiceId};
 use m3_cluster::placement::store::PlacementStoreError;
-use m3_cluster::placement::{self, Instance, Placement, PlacementStore};
+use m3_cluster::placement::{self, Instance, Placement, PlacementFormat, PlacementStore};
 
 use super::*;
 
@@ -77,7 +77,11 @@ impl Target {
         let key = keys::placement_key_in(keys::placement_namespace(&service), &id);
         Ok(Target {
             kv: Arc::clone(&state.kv),
-            store: PlacementStore::new(Arc::clone(&state.kv), key),
+            store: PlacementStore::new(
+                Arc::clone(&state.kv),
+                key,
+                PlacementFormat::of_service(&service),
+            ),
             service,
             environment,
             zone,
