@@ -222,6 +222,9 @@ async fn idle_connections_neither_exhaust_descriptors_nor_stay_forever() {
         "soft open-files limit raised to the hard one: {open_files:?}"
     );
     let address = local.http().trim_start_matches("http://").to_string();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    local.reset_peak_rss();
+    let base = local.peak_rss();
     let mut idle = Vec::new();
     for _ in 0..1100 {
         idle.push(
@@ -237,6 +240,17 @@ async fn idle_connections_neither_exhaust_descriptors_nor_stay_forever() {
     .await
     .expect("/health answers while 1100 idle connections are open");
     assert_eq!(status, 200, "{body}");
+    // docs/limits.md: an idle connection holds a few KiB.
+    let grown = local.peak_rss().saturating_sub(base);
+    println!(
+        "1100 idle connections grew the peak RSS by {} KiB",
+        grown / 1024
+    );
+    assert!(
+        grown <= 1100 * 64 * 1024,
+        "1100 idle connections grew the peak RSS by {} MiB, over 64 KiB each",
+        grown / MIB
+    );
     // Each idle connection is closed by the server after the header timeout.
     let started = Instant::now();
     for stream in idle.iter_mut().take(20) {
@@ -264,6 +278,9 @@ async fn half_written_frames_are_dropped_after_the_frame_timeout() {
             "        listenAddress: 127.0.0.1:0\n      consumer:\n        frameTimeout: 2s\n  writeBuffers:",
         );
     let local = LocalProcess::start_with("frames", &config, &[]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    local.reset_peak_rss();
+    let base = local.peak_rss();
     // rawtcp: a zig-zag varint announcing 40 MB, then 1 MB of it.
     let mut rawtcp = tokio::net::TcpStream::connect(&local.aggregator_endpoints()[0])
         .await
@@ -289,6 +306,18 @@ async fn half_written_frames_are_dropped_after_the_frame_timeout() {
             .unwrap_or_else(|_| panic!("{name}: a half-written frame is not dropped"));
         assert!(matches!(read, Ok(0) | Err(_)), "{name}: {read:?}");
     }
+    // docs/limits.md: a connection holds at most the frame being read (announced 40 MB and
+    // 3 MB here, 1 MB of each sent).
+    let grown = local.peak_rss().saturating_sub(base);
+    println!(
+        "half-written frames grew the peak RSS by {} MiB",
+        grown / MIB
+    );
+    assert!(
+        grown <= 43 * MIB + 16 * MIB,
+        "two half-written frames grew the peak RSS by {} MiB, over the frames they announce",
+        grown / MIB
+    );
     let (_, metrics) = local
         .get(&format!("{}/metrics", local.aggregator_http()[0]))
         .await;
@@ -424,6 +453,94 @@ async fn a_full_disk_is_reported_and_writes_resume_when_space_returns() {
         "the window refused while the disk was full is stored after it: {redelivered}"
     );
     local.stop().await;
+}
+
+/// docs/limits.md's bound per query: the samples it holds (`maxSamples`, 16 B each) and its
+/// share of the answer. Twenty concurrent queries, each over the limit, stay inside twenty
+/// times that, and are answered 422; within the limit the store still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_queries_stay_inside_the_memory_bound() {
+    const MAX_SAMPLES: u64 = 100_000;
+    const QUERIES: u64 = 20;
+    let config = CONFIG.replace(
+        "  writeBuffers:",
+        &format!("  limits:\n    query:\n      maxSamples: {MAX_SAMPLES}\n  writeBuffers:"),
+    );
+    let local = LocalProcess::start_with("query-memory", &config, &[]).await;
+    let now = now_ms();
+    // 3,000 series of 50 samples: 150,000 samples, more than one query may hold.
+    for part in 0..3 {
+        let request = WriteRequest {
+            timeseries: (0..1000)
+                .map(|i| {
+                    let name = format!("s{part}_{i}");
+                    series(
+                        &[("__name__", "wide"), ("i", name.as_str())],
+                        &(0..50)
+                            .map(|k: i64| (now - 25_000 + k * 500, k as f64))
+                            .collect::<Vec<_>>(),
+                    )
+                })
+                .collect(),
+        };
+        let (status, text) = local.remote_write(&request.encode_to_vec()).await;
+        assert_eq!(status, 200, "{text}");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    local.reset_peak_rss();
+    let base = local.peak_rss();
+    let client = reqwest::Client::new();
+    let url = format!(
+        "{}/api/v1/query?query={}",
+        local.http(),
+        support::url_encode("wide[5m]")
+    );
+    let answers = futures_join_all((0..QUERIES).map(|_| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .expect("answers")
+                .status()
+                .as_u16()
+        }
+    }))
+    .await;
+    assert!(answers.iter().all(|s| *s == 422), "{answers:?}");
+    let grown = local.peak_rss().saturating_sub(base);
+    let bound = QUERIES * MAX_SAMPLES * 16 * 4;
+    println!(
+        "{QUERIES} concurrent queries grew the peak RSS by {} MiB (bound {} MiB)",
+        grown / MIB,
+        bound / MIB
+    );
+    assert!(
+        grown <= bound,
+        "{QUERIES} concurrent queries grew the peak RSS by {} MiB, over {} MiB",
+        grown / MIB,
+        bound / MIB
+    );
+    let one = local.query("wide{i=\"s0_1\"}[5m]", &[]).await;
+    assert_eq!(one["status"], "success", "{one}");
+    local.stop().await;
+}
+
+/// Awaits every future, concurrently.
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        out.push(handle.await.expect("query task"));
+    }
+    out
 }
 
 /// Regression: `num_shards` 1e9 built a placement of over 4 GiB before checking anything.

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use proptest::prelude::*;
 
 use super::*;
-use crate::kv::memory::MemoryKv;
 use crate::kv::KvStore;
+use crate::kv::memory::MemoryKv;
 use crate::placement::store::PlacementStoreError;
 
 const MINUTE: i64 = 60_000_000_000;
@@ -454,8 +454,7 @@ async fn store_init_get_update_delete_watch() {
     assert_eq!((got.value.clone(), got.version), (p.clone(), 1));
     // What is in KV is M3's aggregator format: snapshots holding the placement.
     let raw = kv.get(store.key()).await.unwrap().unwrap();
-    let snapshots =
-        m3_proto::placementpb::PlacementSnapshots::decode(raw.value.as_ref()).unwrap();
+    let snapshots = m3_proto::placementpb::PlacementSnapshots::decode(raw.value.as_ref()).unwrap();
     assert_eq!(snapshots.snapshots, vec![p.to_proto()]);
     watch
         .wait_for(|v| v.as_ref().is_some_and(|v| v.version == 1))
