@@ -329,6 +329,68 @@ async fn shutdown_flushes_ended_windows_and_data_survives_restart() {
     m3.stop().await;
 }
 
+/// Regression: shutting down with a backlog of ended windows warned that output was not acked
+/// although all of it was stored. 20 000 series write into a window that has ended but is
+/// inside the past buffer, so the final flush at shutdown emits all of them at once: the
+/// process exits cleanly without that warning, and after a restart every window is stored
+/// with its value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_a_backlog_stores_every_window_and_does_not_warn() {
+    const SERIES: usize = 20_000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let m3 = LocalProcess::start_in(dir.path()).await;
+    let w = (now_ms() / 10_000) * 10_000 - 10_000;
+    for part in 0..2 {
+        let request = WriteRequest {
+            timeseries: (part * SERIES / 2..(part + 1) * SERIES / 2)
+                .map(|i| {
+                    let name = format!("{i:05}");
+                    series(
+                        &[("__name__", "e2e_backlog"), ("host", name.as_str())],
+                        &[(w + 5_000, i as f64)],
+                    )
+                })
+                .collect(),
+        };
+        let status = m3.remote_write(&request.encode_to_vec()).await;
+        assert_eq!(status.0, 200, "{status:?}");
+    }
+    let output = m3.stop().await;
+    let warned: Vec<&String> = output
+        .iter()
+        .filter(|line| line.contains("not acked"))
+        .collect();
+    assert!(warned.is_empty(), "shutdown warned: {warned:?}");
+
+    let m3 = LocalProcess::start_in(dir.path()).await;
+    let stored = m3.query("e2e_backlog[5m]", AGG_10S).await;
+    let mut wrong = Vec::new();
+    let mut windows = 0;
+    for series in stored["data"]["result"].as_array().into_iter().flatten() {
+        let i: f64 = series["metric"]["host"]
+            .as_str()
+            .and_then(|h| h.parse().ok())
+            .unwrap_or(f64::NAN);
+        for point in series["values"].as_array().into_iter().flatten() {
+            windows += 1;
+            let at = (point[0].as_f64().unwrap_or(0.0) * 1000.0).round() as i64;
+            let value: f64 = point[1]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(f64::NAN);
+            if at != w + 10_000 || value != i {
+                wrong.push(format!("{i} @{at}: {value}"));
+            }
+        }
+    }
+    wrong.truncate(10);
+    assert!(
+        windows == SERIES && wrong.is_empty(),
+        "{windows} windows stored of {SERIES}; wrong (first 10): {wrong:?}"
+    );
+    m3.stop().await;
+}
+
 /// The 1m:40d namespace holds each series' Last per minute, with its value, not only its
 /// timestamps: samples written into a minute that has just ended (inside the past buffers) are
 /// emitted by the final flush at shutdown and read back after a restart.

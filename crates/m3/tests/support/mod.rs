@@ -30,6 +30,10 @@ pub(crate) struct LocalProcess {
     aggregator_http: Vec<String>,
     dir: Option<tempfile::TempDir>,
     client: reqwest::Client,
+    /// Every line the process printed so far.
+    output: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The thread reading the process's output; it ends when the process does.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 /// The test config of `m3 local` (`DATA_DIR` is replaced by the data directory); tests that
@@ -133,9 +137,14 @@ impl LocalProcess {
             .expect("the m3 binary starts");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = std::sync::Arc::clone(&output);
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 println!("[m3 local] {line}");
+                if let Ok(mut kept) = kept.lock() {
+                    kept.push(line.clone());
+                }
                 let _ = tx.send(line);
             }
         });
@@ -176,6 +185,8 @@ impl LocalProcess {
             aggregator_http: aggregator_http.unwrap_or_default(),
             dir: None,
             client: reqwest::Client::new(),
+            output,
+            reader: Some(reader),
         }
     }
 
@@ -287,9 +298,10 @@ impl LocalProcess {
     }
 
     /// Sends SIGTERM and waits for a clean exit.
-    pub(crate) async fn stop(mut self) {
+    /// Returns every line the process printed.
+    pub(crate) async fn stop(mut self) -> Vec<String> {
         let Some(mut child) = self.child.take() else {
-            return;
+            return Vec::new();
         };
         let pid = child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
@@ -297,7 +309,11 @@ impl LocalProcess {
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 assert!(status.success(), "m3 local exited with {status}");
-                return;
+                // The output ends with the process: read it to the end.
+                if let Some(reader) = self.reader.take() {
+                    let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+                }
+                return self.output.lock().map(|l| l.clone()).unwrap_or_default();
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
