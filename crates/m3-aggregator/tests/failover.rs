@@ -7,6 +7,8 @@
 //! records every `AggregatedMetric` it receives and acks it. A writer sends timed gauges over
 //! rawtcp to *both* replicas, as the coordinator's aggregator client does. Each sample's value
 //! is its own timestamp in seconds, so the `Last` of every window is known from what was sent.
+//! With them goes a counter of 1 per sample, aggregated as `Sum`: a window emitted by a replica
+//! that missed some of its samples shows as a smaller sum, which `Last` would hide.
 //!
 //! ```text
 //!  writer ──rawtcp──▶ leader   ── emits w1 w2 w3 ─┐ persists flush times
@@ -80,6 +82,8 @@ const CHECK_EVERY: Duration = Duration::from_millis(100);
 const ELECTION_TTL: Duration = Duration::from_secs(3);
 const WRITE_EVERY: Duration = Duration::from_millis(25);
 const SERIES: [&str; 3] = ["failover.gauge.a", "failover.gauge.b", "failover.gauge.c"];
+/// The counter written with every round of gauges, 1 per sample, aggregated as `Sum`.
+const COUNTER: &str = "failover.counter";
 /// Windows per series the first leader emits before it is failed over.
 const WINDOWS_BEFORE_FAILOVER: usize = 3;
 /// Windows per series the new leader emits before writing stops.
@@ -513,9 +517,14 @@ fn check_windows(log: &WriteLog, received: &[Received]) -> Vec<String> {
     let mut problems = Vec::new();
     let mut by_series: BTreeMap<&[u8], BTreeMap<i64, Vec<f64>>> = BTreeMap::new();
     for r in received {
-        if r.metric_type != MetricType::Gauge.to_proto() || r.policy != Some(policy()) {
+        let want_type = if r.id == COUNTER.as_bytes() {
+            MetricType::Counter
+        } else {
+            MetricType::Gauge
+        };
+        if r.metric_type != want_type.to_proto() || r.policy != Some(policy()) {
             problems.push(format!(
-                "{}: window ending {} has type {} and policy {:?}, want a gauge at {}",
+                "{}: window ending {} has type {} and policy {:?}, want a {want_type:?} at {}",
                 String::from_utf8_lossy(&r.id),
                 seconds(r.time_nanos),
                 r.metric_type,
@@ -530,8 +539,18 @@ fn check_windows(log: &WriteLog, received: &[Received]) -> Vec<String> {
             .or_default()
             .push(r.value);
     }
-    for series in SERIES {
-        let want = expected_windows(log.sent.get(series).map_or(&[][..], Vec::as_slice));
+    let expected = SERIES
+        .iter()
+        .map(|series| {
+            let samples = log.sent.get(series).map_or(&[][..], Vec::as_slice);
+            (*series, "Last", expected_windows(samples))
+        })
+        .chain(std::iter::once((
+            COUNTER,
+            "Sum",
+            expected_sums(log.sent.get(COUNTER).map_or(&[][..], Vec::as_slice)),
+        )));
+    for (series, aggregation, want) in expected {
         let got = by_series.remove(series.as_bytes()).unwrap_or_default();
         if want.is_empty() {
             problems.push(format!("{series}: nothing was written"));
@@ -544,7 +563,7 @@ fn check_windows(log: &WriteLog, received: &[Received]) -> Vec<String> {
                 )),
                 Some([v]) if v == value => {}
                 Some([v]) => problems.push(format!(
-                    "{series}: window ending {} has Last {v}, want {value}",
+                    "{series}: window ending {} has {aggregation} {v}, want {value}",
                     seconds(*end)
                 )),
                 Some(values) => problems.push(format!(
@@ -569,6 +588,18 @@ fn check_windows(log: &WriteLog, received: &[Received]) -> Vec<String> {
         ));
     }
     problems
+}
+
+/// Window end → the sum of the values of the samples in that window (`Sum`).
+fn expected_sums(samples: &[(i64, f64)]) -> BTreeMap<i64, f64> {
+    let resolution = resolution_nanos();
+    let mut sums: BTreeMap<i64, f64> = BTreeMap::new();
+    for &(t, v) in samples {
+        *sums
+            .entry(t - t.rem_euclid(resolution) + resolution)
+            .or_default() += v;
+    }
+    sums
 }
 
 /// Window end → the value of the latest sample in that window (`Last`).
@@ -989,7 +1020,7 @@ impl FakeCoordinator {
 struct WriteLog {
     /// Per series, (timestamp, value) of every sample written.
     sent: BTreeMap<&'static str, Vec<(i64, f64)>>,
-    /// Per aggregator, samples written to it.
+    /// Per aggregator, gauge samples written to it.
     sent_to: BTreeMap<String, u64>,
     /// Per aggregator, the write error that made the writer give up on it.
     failed: BTreeMap<String, String>,
@@ -1040,6 +1071,10 @@ async fn write_loop(
         AggregationId::from_types([AggregationType::Last]),
         &[policy()],
     );
+    let counter_metadatas = build::simple(
+        AggregationId::from_types([AggregationType::Sum]),
+        &[policy()],
+    );
     let mut frames = BytesMut::new();
     let mut tick = tokio::time::interval(WRITE_EVERY);
     loop {
@@ -1050,12 +1085,16 @@ async fn write_loop(
         let t = unix_nanos_now();
         let value = t as f64 / 1e9;
         frames.clear();
-        for series in SERIES {
+        let gauges = SERIES
+            .iter()
+            .map(|series| (MetricType::Gauge, *series, value, &metadatas));
+        let counter = (MetricType::Counter, COUNTER, 1.0, &counter_metadatas);
+        for (metric_type, series, value, metadatas) in gauges.chain(std::iter::once(counter)) {
             let metric = MetricWithMetadatas {
                 r#type: Type::TimedMetricWithMetadatas as i32,
                 timed_metric_with_metadatas: Some(TimedMetricWithMetadatas {
                     metric: Some(TimedMetric {
-                        r#type: MetricType::Gauge.to_proto(),
+                        r#type: metric_type.to_proto(),
                         id: Bytes::from_static(series.as_bytes()),
                         time_nanos: t,
                         value,
@@ -1081,6 +1120,7 @@ async fn write_loop(
         for series in SERIES {
             log.sent.entry(series).or_default().push((t, value));
         }
+        log.sent.entry(COUNTER).or_default().push((t, 1.0));
     }
     log
 }
