@@ -549,7 +549,10 @@ mod tests {
             store.clone(),
             Some("default".into()),
             Downsampler::from_namespaces(&namespaces()),
-            Some(client),
+            // The client stops its writers when dropped: keep it until the frame is read (a
+            // writer stopped before it sent closed the connection empty, and the read below
+            // waited forever).
+            Some(Arc::clone(&client)),
             WriteBuffersConfig::default(),
             metrics.clone(),
         );
@@ -590,7 +593,12 @@ mod tests {
             if let Some(frame) = m3_proto::framing::next_rawtcp_frame(&mut buf, 1 << 20).unwrap() {
                 break frame;
             }
-            conn.read_buf(&mut buf).await.unwrap();
+            let read =
+                tokio::time::timeout(std::time::Duration::from_secs(10), conn.read_buf(&mut buf))
+                    .await
+                    .expect("the frame arrives")
+                    .unwrap();
+            assert!(read > 0, "connection closed before a whole frame");
         };
         let message = MetricWithMetadatas::decode(frame).unwrap();
         let timed = message.timed_metric_with_metadatas.unwrap().metric.unwrap();
