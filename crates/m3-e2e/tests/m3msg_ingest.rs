@@ -15,8 +15,7 @@ use std::time::Duration;
 use m3_proto::prometheus::{Label, Sample, TimeSeries, WriteRequest};
 use serde_json::json;
 use support::{
-    Cluster, RESOLUTION_MS, SentWindows, WindowHistory, compare_sum_count, now_ms, remote_write,
-    window_end,
+    Cluster, RESOLUTION_MS, SentWindows, now_ms, remote_write, wait_sum_count_exact, window_end,
 };
 
 const METRIC: &str = "e2e_m3msg_requests";
@@ -176,23 +175,15 @@ async fn samples_over_m3msg_survive_a_leader_restart_window_by_window() {
         window_end(started, RESOLUTION_MS),
         window_end(stopped, RESOLUTION_MS) - RESOLUTION_MS,
     );
-    // Every value stored across the polls below: a window stored, then changed, is reported.
-    let history = WindowHistory::default();
-    let report = m3_testkit::wait_for(Duration::from_secs(90), Duration::from_secs(1), || {
-        let compared = compare_sum_count(&cluster, &sent, METRIC, from, to, &history);
-        async move {
-            let report = compared.await;
-            report.is_exact().then_some(report)
-        }
-    })
+    let report = wait_sum_count_exact(
+        &cluster,
+        &sent,
+        METRIC,
+        (from, to),
+        Duration::from_secs(90),
+        "over m3msg",
+    )
     .await;
-    let report = match report {
-        Some(report) => report,
-        None => {
-            let last = compare_sum_count(&cluster, &sent, METRIC, from, to, &history).await;
-            panic!("Sum/Count windows over m3msg: {last}{}", cluster.logs());
-        }
-    };
     assert!(report.expected >= 2 * SERIES * 3, "{report}");
     println!("over m3msg, through a leader restart: {report}");
 }

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::{
-    AGGREGATOR_CONFIG, Cluster, RESOLUTION_MS, SumWriter, WindowHistory, Writer, compare_sum_count,
-    now_ms, start_aggregator_with, wait_aggregated, window_end,
+    AGGREGATOR_CONFIG, Cluster, RESOLUTION_MS, SumWriter, Writer, now_ms, start_aggregator_with,
+    wait_aggregated, wait_sum_count_exact, window_end,
 };
 
 /// The replacement's host ID and address.
@@ -149,26 +149,15 @@ async fn replacing_the_leader_under_traffic_loses_no_window() {
     let stopped = now_ms();
     let gauge_failures = gauges.with_written(|w| w.failures.clone());
     let (from, to) = (started - RESOLUTION_MS, window_end(stopped, RESOLUTION_MS));
-    let history = WindowHistory::default();
-    let report = m3_testkit::wait_for(Duration::from_secs(90), Duration::from_secs(1), || {
-        let compared = compare_sum_count(&cluster, &sent, "e2e_replace_sum", from, to, &history);
-        async move {
-            let report = compared.await;
-            report.is_exact().then_some(report)
-        }
-    })
+    let report = wait_sum_count_exact(
+        &cluster,
+        &sent,
+        "e2e_replace_sum",
+        (from, to),
+        Duration::from_secs(90),
+        &format!("across the replacement at {transition_ms}"),
+    )
     .await;
-    let report = match report {
-        Some(report) => report,
-        None => {
-            let last =
-                compare_sum_count(&cluster, &sent, "e2e_replace_sum", from, to, &history).await;
-            panic!(
-                "Sum/Count windows across the replacement at {transition_ms}: {last}{}",
-                cluster.logs()
-            );
-        }
-    };
     println!("{} counters: {report}", now_ms());
     wait_aggregated(
         &cluster,

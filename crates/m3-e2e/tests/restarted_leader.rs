@@ -12,8 +12,8 @@ mod support;
 use std::time::Duration;
 
 use support::{
-    Cluster, RESOLUTION_MS, SumWriter, WindowHistory, Writer, compare_sum_count, now_ms,
-    wait_aggregated, window_end,
+    Cluster, RESOLUTION_MS, SumWriter, Writer, now_ms, wait_aggregated, wait_sum_count_exact,
+    window_end,
 };
 
 /// Leader crashes in the test.
@@ -78,27 +78,15 @@ async fn leader_killed_and_restarted_within_the_ttl_loses_no_window() {
     // Every window from the first to the last sample, including the partial first and last
     // ones: their expected values are what was sent.
     let (from, to) = (started - RESOLUTION_MS, window_end(stopped, RESOLUTION_MS));
-    // Every value stored across the polls below: a window stored, then changed, is reported.
-    let history = WindowHistory::default();
-    let report = m3_testkit::wait_for(Duration::from_secs(90), Duration::from_secs(1), || {
-        let compared = compare_sum_count(&cluster, &sent, "e2e_restart_sum", from, to, &history);
-        async move {
-            let report = compared.await;
-            report.is_exact().then_some(report)
-        }
-    })
+    let report = wait_sum_count_exact(
+        &cluster,
+        &sent,
+        "e2e_restart_sum",
+        (from, to),
+        Duration::from_secs(90),
+        &format!("after {KILLS} leader restarts"),
+    )
     .await;
-    let report = match report {
-        Some(report) => report,
-        None => {
-            let last =
-                compare_sum_count(&cluster, &sent, "e2e_restart_sum", from, to, &history).await;
-            panic!(
-                "Sum/Count windows after {KILLS} leader restarts: {last}{}",
-                cluster.logs()
-            );
-        }
-    };
     println!("{} counters: {report}", now_ms());
 
     let last_gauge = window_end(stopped, RESOLUTION_MS);

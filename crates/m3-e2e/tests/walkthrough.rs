@@ -12,8 +12,8 @@ mod support;
 use std::time::Duration;
 
 use support::{
-    Cluster, RESOLUTION_MS, SumWriter, WindowHistory, Writer, compare_sum_count, now_ms,
-    wait_aggregated, window_end,
+    Cluster, RESOLUTION_MS, SumWriter, Writer, now_ms, wait_aggregated, wait_sum_count_exact,
+    window_end,
 };
 
 /// Series written per request.
@@ -143,38 +143,16 @@ async fn seed_walkthrough_then_leader_killed_restarted_and_survivor_killed() {
     let sent = counters.stop().await;
     wait_aggregated(&cluster, &writer, name, 0, last_checked, FLUSH_WAIT).await;
     let from = started - RESOLUTION_MS;
-    // Every value stored across the polls below: a window stored, then changed, is reported.
-    let history = WindowHistory::default();
-    let report = m3_testkit::wait_for(FLUSH_WAIT * 2, Duration::from_secs(1), || {
-        let compared = compare_sum_count(
-            &cluster,
-            &sent,
-            "e2e_walkthrough_sum",
-            from,
-            last_checked,
-            &history,
-        );
-        async move { Some(compared.await).filter(|r| r.is_exact()) }
-    })
+    let report = wait_sum_count_exact(
+        &cluster,
+        &sent,
+        "e2e_walkthrough_sum",
+        (from, last_checked),
+        FLUSH_WAIT * 2,
+        "across both failovers",
+    )
     .await;
-    match report {
-        Some(report) => println!("{} Sum/Count: {report}", now_ms()),
-        None => {
-            let report = compare_sum_count(
-                &cluster,
-                &sent,
-                "e2e_walkthrough_sum",
-                from,
-                last_checked,
-                &history,
-            )
-            .await;
-            panic!(
-                "Sum/Count windows across both failovers: {report}{}",
-                cluster.logs()
-            );
-        }
-    }
+    println!("{} Sum/Count: {report}", now_ms());
 
     let failures = writer.with_written(|w| w.failures.clone());
     writer.stop().await;

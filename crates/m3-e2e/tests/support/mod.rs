@@ -1186,6 +1186,35 @@ impl std::fmt::Display for WindowReport {
     }
 }
 
+/// Polls [`compare_sum_count`] for the windows ending in `(from, to]` until every one is stored
+/// once with its value (nothing corrected meanwhile), for up to `timeout`; returns that report.
+///
+/// # Panics
+/// With the last report, `what` the windows went through, and the processes' logs.
+pub(crate) async fn wait_sum_count_exact(
+    cluster: &Cluster,
+    sent: &SentWindows,
+    name: &str,
+    (from, to): (i64, i64),
+    timeout: Duration,
+    what: &str,
+) -> WindowReport {
+    // Every value stored across the polls: a window stored, then changed, is reported.
+    let history = WindowHistory::default();
+    let report = m3_testkit::wait_for(timeout, Duration::from_secs(1), || {
+        let compared = compare_sum_count(cluster, sent, name, from, to, &history);
+        async move { Some(compared.await).filter(WindowReport::is_exact) }
+    })
+    .await;
+    match report {
+        Some(report) => report,
+        None => {
+            let last = compare_sum_count(cluster, sent, name, from, to, &history).await;
+            panic!("Sum/Count windows {what}: {last}{}", cluster.logs())
+        }
+    }
+}
+
 /// Compares the Sum (`name:sum`) and Count (`name:count`) series stored in the 10s namespace with
 /// `sent`, for windows ending in `(from, to]`. Every stored value is also recorded in `history`,
 /// and the report lists each window whose value ever changed between comparisons.
