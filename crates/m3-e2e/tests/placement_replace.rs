@@ -3,7 +3,9 @@
 //! started as the replacement.
 //!
 //! The replaced instance's shards are cut off, and the replacement's cut over, at the same
-//! transition time (the next minute). The replaced leader keeps leading until its windows up to
+//! transition time: the next multiple of the largest aggregation window. The coordinator here
+//! keeps the 10s namespace only, so that is the next 10s boundary and the test takes about a
+//! minute and a half instead of three. The replaced leader keeps leading until its windows up to
 //! the transition are out, then stops campaigning; the replacement does not campaign before
 //! its cutover. Counters go to the aggregators as Sum and Count per 10s window, so a window
 //! emitted with missing samples shows; gauges go through the coordinator as Last. Every window
@@ -17,8 +19,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::{
-    AGGREGATOR_CONFIG, Cluster, RESOLUTION_MS, SumWriter, Writer, now_ms, start_aggregator_with,
-    wait_aggregated, wait_sum_count_exact, window_end,
+    AGGREGATOR_CONFIG, COORDINATOR_CONFIG, Cluster, RESOLUTION_MS, SumWriter, Writer, now_ms,
+    start_aggregator_with, wait_aggregated, wait_sum_count_exact, window_end,
 };
 
 /// The replacement's host ID and address.
@@ -26,7 +28,22 @@ const REPLACEMENT_HOST: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replacing_the_leader_under_traffic_loses_no_window() {
-    let mut cluster = Cluster::start("replace", 1).await;
+    let shipped = std::fs::read_to_string(COORDINATOR_CONFIG).expect("shipped coordinator config");
+    let one_minute = "      - namespace: agg_1m_40d\n        type: aggregated\n        resolution: 1m\n        retention: 40d\n";
+    assert!(
+        shipped.contains(one_minute),
+        "the shipped config's 1m namespace moved"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let coordinator_config = dir.path().join("m3coordinator.yml");
+    std::fs::write(&coordinator_config, shipped.replace(one_minute, "")).expect("write config");
+    let mut cluster = Cluster::start_with(
+        "replace",
+        1,
+        Path::new(AGGREGATOR_CONFIG),
+        &coordinator_config,
+    )
+    .await;
     cluster.run_seed_commands().await;
     let leader = cluster.wait_for_leader(Duration::from_secs(60)).await;
 
@@ -61,7 +78,7 @@ async fn replacing_the_leader_under_traffic_loses_no_window() {
     let endpoints: Vec<SocketAddr> = cluster.aggregators.iter().map(|a| a.rawtcp).collect();
     assert!(endpoints.contains(&replacement_rawtcp));
     let counters = SumWriter::start(endpoints, "e2e_replace_sum", 10, Duration::from_millis(500));
-    tokio::time::sleep(Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
 
     // Replace the leader, as an operator would: its ID and isolation group from the placement.
     let placement_url = format!(
@@ -119,7 +136,7 @@ async fn replacing_the_leader_under_traffic_loses_no_window() {
     // The replaced leader stops campaigning once its windows up to the transition are out; the
     // staying member or the replacement leads.
     let handed_over =
-        m3_testkit::wait_for(Duration::from_secs(150), Duration::from_millis(500), || {
+        m3_testkit::wait_for(Duration::from_secs(90), Duration::from_millis(500), || {
             let states = cluster.election_states();
             async move {
                 let states = states.await;
@@ -132,7 +149,7 @@ async fn replacing_the_leader_under_traffic_loses_no_window() {
         .await;
     let (new_leader, states) = handed_over.unwrap_or_else(|| {
         panic!(
-            "the replaced leader did not hand over within 150s{}",
+            "the replaced leader did not hand over within 90s{}",
             cluster.logs()
         )
     });
@@ -144,7 +161,7 @@ async fn replacing_the_leader_under_traffic_loses_no_window() {
     );
 
     // Traffic goes on past the hand-over, then every window from the first sample on is read.
-    tokio::time::sleep(Duration::from_secs(25)).await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
     let sent = counters.stop().await;
     let stopped = now_ms();
     let gauge_failures = gauges.with_written(|w| w.failures.clone());
