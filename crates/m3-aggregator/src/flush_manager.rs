@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use m3_cluster::keys;
-use m3_cluster::{ElectionState, KvStore};
+use m3_cluster::{ElectionState, KvError, KvStore, LeaderElection};
 use m3_msg::Producer;
 use m3_proto::Message;
 use m3_proto::flushpb::{ShardFlushTimes, ShardSetFlushTimes};
@@ -206,7 +206,7 @@ impl FlushManager {
             .lock()
             .as_ref()
             .filter(|(id, _)| *id == shard_set)
-            .map_or(election_state, |(_, e)| *e.state().borrow());
+            .map_or(election_state, |(_, e)| current_state(e));
         let Some(producer) = self
             .producer
             .get()
@@ -387,26 +387,63 @@ impl FlushManager {
             );
             return;
         }
-        // Leadership may have moved during the ack wait: only a current leader persists.
-        let still_leader = self.election.lock().as_ref().is_some_and(|(id, e)| {
-            *id == shard_set && *e.state().borrow() == ElectionState::Leader
-        });
-        if !still_leader || result.flush_times.by_shard.is_empty() {
+        self.persist_flush_times(shard_set, flush_key, &result.flush_times)
+            .await;
+    }
+
+    /// Merges `flushed` into the shard set's persisted flush times with a check-and-set on the
+    /// version read, while this member still leads on its own clock ([`LeaderElection::leads`]).
+    /// Leadership may move during the ack wait or between the read and the write: a member
+    /// whose lease ran out writes nothing, and a write that lost a race with another writer
+    /// (the next leader) is merged again on top of what that writer stored, never over it.
+    async fn persist_flush_times(
+        &self,
+        shard_set: u32,
+        flush_key: &str,
+        flushed: &ShardSetFlushTimes,
+    ) {
+        const ATTEMPTS: usize = 3;
+        if flushed.by_shard.is_empty() {
             return;
         }
-        let mut merged = read_flush_times(&self.kv, flush_key)
-            .await
-            .map_or_else(|| state.persisted.clone(), |(times, _)| times);
-        for (shard, times) in result.flush_times.by_shard {
-            merge_flush_times(merged.by_shard.entry(shard).or_default(), &times);
+        for _ in 0..ATTEMPTS {
+            let leads = |election: &Option<(u32, Arc<LeaderElection>)>| {
+                election
+                    .as_ref()
+                    .is_some_and(|(id, e)| *id == shard_set && e.leads())
+            };
+            if !leads(&self.election.lock()) {
+                return;
+            }
+            // Unreadable: the next acked flush persists these times with its own.
+            let Some((mut merged, version)) = read_flush_times(&self.kv, flush_key).await else {
+                return;
+            };
+            for (shard, times) in &flushed.by_shard {
+                merge_flush_times(merged.by_shard.entry(*shard).or_default(), times);
+            }
+            if !leads(&self.election.lock()) {
+                return;
+            }
+            match self
+                .kv
+                .check_and_set(flush_key, version, Bytes::from(merged.encode_to_vec()))
+                .await
+            {
+                Ok(_) => return,
+                Err(KvError::VersionMismatch { .. }) => {
+                    tracing::debug!(shard_set, "Flush times changed meanwhile; merging again.");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, shard_set, "Persisting flush times failed.");
+                    return;
+                }
+            }
         }
-        if let Err(e) = self
-            .kv
-            .set(flush_key, Bytes::from(merged.encode_to_vec()))
-            .await
-        {
-            tracing::error!(error = %e, shard_set, "Persisting flush times failed.");
-        }
+        tracing::warn!(
+            shard_set,
+            "Flush times not persisted: another writer kept changing them."
+        );
     }
 
     /// Answers a resign request after this cycle's flush: as a leader, that flush is acked and
@@ -432,6 +469,16 @@ impl FlushManager {
                 "Shut down with output not acked by any coordinator."
             );
         }
+    }
+}
+
+/// `election`'s state for this flush: a member marked leader whose lease ran out on its own
+/// clock (it was paused past the TTL and has not yet seen who took over) flushes as a pending
+/// follower, never as leader.
+fn current_state(election: &LeaderElection) -> ElectionState {
+    match *election.state().borrow() {
+        ElectionState::Leader if !election.leads() => ElectionState::PendingFollower,
+        state => state,
     }
 }
 

@@ -269,20 +269,43 @@ impl ChildProcess {
     /// # Panics
     /// When the signal cannot be sent.
     pub fn terminate(&mut self) {
+        self.signal("TERM");
+    }
+
+    /// Sends SIGSTOP: the process freezes as a VM or container paused by its host would, its
+    /// sockets open and its timers stopped, until [`ChildProcess::resume`].
+    ///
+    /// # Panics
+    /// When the signal cannot be sent.
+    pub fn pause(&mut self) {
+        self.signal("STOP");
+    }
+
+    /// Sends SIGCONT to a process stopped by [`ChildProcess::pause`].
+    ///
+    /// # Panics
+    /// When the signal cannot be sent.
+    pub fn resume(&mut self) {
+        self.signal("CONT");
+    }
+
+    /// Sends the signal named `name` (`TERM`, `STOP`, ...); nothing when the process exited.
+    fn signal(&mut self, name: &str) {
         if self.try_exit().is_some() {
             return;
         }
         // `kill` is a shell builtin, so this needs no package beyond `sh`.
         let status = Command::new("sh")
             .arg("-c")
-            .arg("kill -s TERM \"$1\"")
+            .arg("kill -s \"$1\" \"$2\"")
             .arg("sh")
+            .arg(name)
             .arg(self.child.id().to_string())
             .status()
-            .unwrap_or_else(|e| panic!("cannot send SIGTERM to {}: {e}", self.name));
+            .unwrap_or_else(|e| panic!("cannot send SIG{name} to {}: {e}", self.name));
         assert!(
             status.success() || self.try_exit().is_some(),
-            "sending SIGTERM to {} failed: {status}",
+            "sending SIG{name} to {} failed: {status}",
             self.name
         );
     }

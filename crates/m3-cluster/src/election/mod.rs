@@ -208,6 +208,10 @@ struct Shared {
     eligible: watch::Receiver<bool>,
     /// Until when this member holds back after resigning.
     hold_off: watch::Sender<Option<Instant>>,
+    /// While leading: the local instant at which the lease ends unless renewed, taken *before*
+    /// the write that acquired or renewed it, so it never lies after the expiry the other
+    /// members see (see [`LeaderElection::leads`]).
+    lease_end: Mutex<Option<Instant>>,
 }
 
 impl Shared {
@@ -269,6 +273,7 @@ impl LeaderElection {
                 state,
                 eligible,
                 hold_off: watch::channel(None).0,
+                lease_end: Mutex::new(None),
             }),
             running: Mutex::new(None),
         }
@@ -340,6 +345,24 @@ impl LeaderElection {
             .lock()
             .as_ref()
             .is_some_and(|r| !r.handle.is_finished())
+    }
+
+    /// Whether this member leads *now*: its state is [`ElectionState::Leader`] and its lease
+    /// has not run out on its own clock.
+    ///
+    /// The state alone can be stale: a process paused longer than the TTL (SIGSTOP, a frozen
+    /// VM, a long GC-like stall) wakes up still marked leader, and its flush timers may fire
+    /// before the renewal that would tell it another member took over. Its lease deadline was
+    /// taken before its last successful write, so it passes no later than the moment the other
+    /// members may take the lease: checking it before every flush keeps two members from
+    /// flushing the same windows.
+    pub fn leads(&self) -> bool {
+        *self.shared.state.borrow() == ElectionState::Leader
+            && self
+                .shared
+                .lease_end
+                .lock()
+                .is_some_and(|end| Instant::now() < end)
     }
 
     /// A receiver of this member's [`ElectionState`] (whether or not it campaigns).
@@ -445,9 +468,12 @@ async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>
             .await
         {
             Ok(version) => {
+                *shared.lease_end.lock() = Some(lease_end);
                 shared.state.send_replace(ElectionState::Leader);
                 tracing::info!(key = %shared.key, value = %shared.value, "Became leader.");
-                match lead(&shared, &mut watch, &mut commands, version, lease_end).await {
+                let exit = lead(&shared, &mut watch, &mut commands, version, lease_end).await;
+                *shared.lease_end.lock() = None;
+                match exit {
                     LeaderExit::Stop => break,
                     LeaderExit::Resigned | LeaderExit::Lost => {}
                 }
@@ -678,6 +704,7 @@ async fn lead(
                     Ok(v) => {
                         version = v;
                         lease_end = attempt_end;
+                        *shared.lease_end.lock() = Some(lease_end);
                     }
                     Err(KvError::VersionMismatch { .. }) => return step_down(shared, "lease taken over"),
                     Err(err) => {

@@ -89,6 +89,8 @@ pub(crate) struct Coordinator {
     pub http: SocketAddr,
     /// m3msg ingest.
     pub ingest: SocketAddr,
+    /// Its config file.
+    pub config: PathBuf,
     _data: TempDir,
 }
 
@@ -349,6 +351,27 @@ impl Cluster {
         self.aggregators[index] = restarted;
     }
 
+    /// Kills coordinator `index` if it still runs and starts it again (a crashed pod coming
+    /// back): same ports, config and data dir, a new process; waits until it answers
+    /// `/health`.
+    pub(crate) async fn restart_coordinator(&mut self, index: usize, name: &str) {
+        let placeholder = tempfile::tempdir().expect("temporary dir");
+        let old = &mut self.coordinators[index];
+        old.process.kill();
+        let data = std::mem::replace(&mut old._data, placeholder);
+        let restarted = spawn_coordinator(
+            name,
+            &self.etcd,
+            &old.config.clone(),
+            (old.http, old.ingest),
+            data,
+        );
+        self.coordinators[index] = restarted;
+        let c = &self.coordinators[index];
+        self.wait_healthy(&format!("{}/health", c.url()), &c.process)
+            .await;
+    }
+
     /// Waits until aggregator `index` answers `/health`.
     pub(crate) async fn wait_aggregator_healthy(&self, index: usize) {
         let a = &self.aggregators[index];
@@ -429,12 +452,31 @@ pub(crate) fn start_coordinator_with(
     config: &std::path::Path,
 ) -> Coordinator {
     let ports = m3_testkit::free_ports(2);
-    let http = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[0]));
-    let ingest = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[1]));
     let data = tempfile::Builder::new()
         .prefix(&format!("m3-e2e-{name}-"))
         .tempdir()
         .expect("temporary data dir");
+    spawn_coordinator(
+        name,
+        etcd,
+        config,
+        (
+            SocketAddr::from((Ipv4Addr::LOCALHOST, ports[0])),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, ports[1])),
+        ),
+        data,
+    )
+}
+
+/// Runs `m3coordinator` with `config`, its HTTP API and m3msg ingest on `(http, ingest)`, its
+/// data under `data`.
+fn spawn_coordinator(
+    name: &str,
+    etcd: &EtcdProcess,
+    config: &std::path::Path,
+    (http, ingest): (SocketAddr, SocketAddr),
+    data: TempDir,
+) -> Coordinator {
     let mut command = Command::new(Binary::path("m3coordinator"));
     command
         .arg("-f")
@@ -450,6 +492,7 @@ pub(crate) fn start_coordinator_with(
         process: ChildProcess::spawn(name, command),
         http,
         ingest,
+        config: config.to_path_buf(),
         _data: data,
     }
 }
@@ -958,12 +1001,25 @@ pub(crate) struct SumWriter {
 }
 
 impl SumWriter {
-    /// Starts writing `series` series of metric `name` (label `series="c<i>"`) to `endpoints`.
+    /// Starts writing `series` series of metric `name` (label `series="c<i>"`) to `endpoints`,
+    /// aggregated per 10s window into the 10s:2d namespace.
     pub(crate) fn start(
         endpoints: Vec<SocketAddr>,
         name: &str,
         series: usize,
         every: Duration,
+    ) -> SumWriter {
+        SumWriter::start_with_policy(endpoints, name, series, every, "10s:2d")
+    }
+
+    /// As [`SumWriter::start`], aggregated with the storage policy `policy` (`1s:1h`): windows
+    /// of its resolution, stored in the namespace of that resolution and retention.
+    pub(crate) fn start_with_policy(
+        endpoints: Vec<SocketAddr>,
+        name: &str,
+        series: usize,
+        every: Duration,
+        policy: &str,
     ) -> SumWriter {
         use m3_proto::metricpb::{
             Metadata, MetricWithMetadatas, PipelineMetadata, StagedMetadata, StagedMetadatas,
@@ -988,7 +1044,8 @@ impl SumWriter {
                 (label, id)
             })
             .collect();
-        let policy: m3_metric::StoragePolicy = "10s:2d".parse().expect("storage policy");
+        let policy: m3_metric::StoragePolicy = policy.parse().expect("storage policy");
+        let resolution_ms = policy.resolution.window_nanos() / 1_000_000;
         let metadatas = StagedMetadatas {
             metadatas: vec![StagedMetadata {
                 cutover_nanos: 0,
@@ -1053,9 +1110,16 @@ impl SumWriter {
                     let Some(stream) = connection.as_mut() else {
                         continue;
                     };
-                    match stream.write_all(&frames).await {
-                        Ok(()) => delivered += 1,
-                        Err(_) => *connection = None,
+                    // A paused (SIGSTOPped) aggregator stops reading: give up on it rather
+                    // than stall the writes to the others.
+                    match tokio::time::timeout(
+                        Duration::from_millis(500),
+                        stream.write_all(&frames),
+                    )
+                    .await
+                    {
+                        Ok(Ok(())) => delivered += 1,
+                        Ok(Err(_)) | Err(_) => *connection = None,
                     }
                 }
                 if delivered > 0 {
@@ -1064,7 +1128,7 @@ impl SumWriter {
                         let window = sent
                             .entry(label.clone())
                             .or_default()
-                            .entry(window_end(t, RESOLUTION_MS))
+                            .entry(window_end(t, resolution_ms))
                             .or_default();
                         window.sum += n as f64;
                         window.count += 1;
@@ -1133,7 +1197,7 @@ pub(crate) struct WindowHistory {
 impl WindowHistory {
     /// Records `value` for `window`; a value different from the first one seen is kept as a
     /// correction.
-    fn observe(&self, window: String, value: f64) {
+    pub(crate) fn observe(&self, window: String, value: f64) {
         let mut first_seen = self.first_seen.lock().unwrap_or_else(|e| e.into_inner());
         match first_seen.get(&window) {
             Some(first) if first.to_bits() != value.to_bits() => {
@@ -1151,7 +1215,7 @@ impl WindowHistory {
     }
 
     /// Every correction seen so far.
-    fn corrections(&self) -> Vec<String> {
+    pub(crate) fn corrections(&self) -> Vec<String> {
         self.corrected
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -1202,30 +1266,33 @@ pub(crate) async fn wait_sum_count_exact(
     // Every value stored across the polls: a window stored, then changed, is reported.
     let history = WindowHistory::default();
     let report = m3_testkit::wait_for(timeout, Duration::from_secs(1), || {
-        let compared = compare_sum_count(cluster, sent, name, from, to, &history);
+        let compared = compare_sum_count(cluster, sent, name, AGG_10S, (from, to), &history);
         async move { Some(compared.await).filter(WindowReport::is_exact) }
     })
     .await;
     match report {
         Some(report) => report,
         None => {
-            let last = compare_sum_count(cluster, sent, name, from, to, &history).await;
+            let last = compare_sum_count(cluster, sent, name, AGG_10S, (from, to), &history).await;
             panic!("Sum/Count windows {what}: {last}{}", cluster.logs())
         }
     }
 }
 
-/// Compares the Sum (`name:sum`) and Count (`name:count`) series stored in the 10s namespace with
-/// `sent`, for windows ending in `(from, to]`. Every stored value is also recorded in `history`,
-/// and the report lists each window whose value ever changed between comparisons.
+/// Compares the Sum (`name:sum`) and Count (`name:count`) series stored in the namespace that
+/// `namespace`'s headers pick (e.g. [`AGG_10S`]) with `sent`, for windows ending in
+/// `(from, to]`. Every stored value is also recorded in `history`, and the report lists each
+/// window whose value ever changed between comparisons.
 pub(crate) async fn compare_sum_count(
     cluster: &Cluster,
     sent: &SentWindows,
     name: &str,
-    from: i64,
-    to: i64,
+    namespace: &[(&str, &str)],
+    (from, to): (i64, i64),
     history: &WindowHistory,
 ) -> WindowReport {
+    // Back far enough for the first window, and at least the 15 minutes the tests ran with.
+    let range_s = ((now_ms() - from) / 1000 + 60).max(900);
     let mut report = WindowReport::default();
     for (output, pick) in [
         (
@@ -1234,7 +1301,9 @@ pub(crate) async fn compare_sum_count(
         ),
         (format!("{name}:count"), |w: &SumCount| w.count as f64),
     ] {
-        let stored = cluster.stored(&format!("{output}[15m]"), AGG_10S).await;
+        let stored = cluster
+            .stored(&format!("{output}[{range_s}s]"), namespace)
+            .await;
         let mut got: BTreeMap<(String, i64), Vec<f64>> = BTreeMap::new();
         for (labels, _, points) in stored {
             let series = labels.get("series").cloned().unwrap_or_default();
