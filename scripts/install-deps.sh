@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Installs what the build and the test suite need from Debian's packages when it is missing: etcd
-# (cluster KV tests), Prometheus (the real remote-write client), protoc and its well-known types
-# (the etcd client's build).
+# and etcdctl (cluster KV and election tests), Prometheus (the real remote-write client), protoc
+# and its well-known types (the etcd client's build).
 set -euo pipefail
 
 need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+# etcdctl: etcd's Go client, which the election tests campaign against as M3 would.
+command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 # protoc's well-known types (google/protobuf/*.proto), which the etcd client's build imports.
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 
 if [ ${#need[@]} -eq 0 ]; then
-  echo "test dependencies present: etcd, prometheus, protoc"
+  echo "test dependencies present: etcd, etcdctl, prometheus, protoc"
   exit 0
 fi
 

@@ -24,8 +24,9 @@
 //! - [`crashed_leader_hands_over_without_gap_or_duplicate`]: the leader's Tokio runtime is
 //!   dropped, so every task of that aggregator (flush loop, election, producer, rawtcp server)
 //!   stops where it stands: no final flush, no resignation, sockets closed. The follower takes
-//!   over once the lease record runs out, one election TTL later (checked: right after the
-//!   crash the lease record still names the crashed leader, so the "crash" did not resign).
+//!   over once the crashed leader's election lease runs out, one election TTL later (checked:
+//!   right after the crash the election still names the crashed leader, so the "crash" did not
+//!   resign).
 //!
 //! Each aggregator therefore runs on a runtime of its own; the test, the writer and the fake
 //! coordinator run on the test's runtime.

@@ -116,9 +116,10 @@ pub fn election_key(environment: &str, service_name: &str, shard_set_id: u32) ->
     )
 }
 
-/// The line of candidates kept beside an election's lease record (see `election`).
-pub fn election_candidates_key(election_key: &str) -> String {
-    format!("{election_key}/candidates")
+/// Where the candidates of an election stand: each under `<prefix><lease ID in hex>`, as in
+/// etcd's election recipe (see `election`).
+pub fn election_queue_prefix(election_key: &str) -> String {
+    format!("{election_key}/")
 }
 
 /// The flush-times key of a shard set in the default KV namespace, e.g.

@@ -2,7 +2,8 @@
 //! `m3-testkit` on free loopback ports).
 //!
 //! - the KV contract every backend passes ([`m3_cluster::kv::contract`]);
-//! - leader election over etcd with real time and a short TTL;
+//! - leader election over etcd with real time and a short TTL, also against `etcdctl elect` in
+//!   another process: etcd's Go election client, the one M3's aggregators campaign with;
 //! - surviving an etcd restart: requests fail during the outage and succeed after, and a watch
 //!   resumes and sees writes made after the restart;
 //! - a clear, fast startup error when etcd is unreachable.
@@ -16,7 +17,7 @@ use bytes::Bytes;
 use m3_cluster::kv::etcd::{EtcdClusterConfig, EtcdConfig, EtcdKv};
 use m3_cluster::kv::{KvError, KvStore, KvWatch, Versioned, contract};
 use m3_cluster::{ElectionState, LeaderElection, keys};
-use m3_testkit::EtcdProcess;
+use m3_testkit::{ChildProcess, EtcdProcess};
 
 /// Short timeouts so outage tests stay quick.
 fn config(endpoint: String) -> EtcdConfig {
@@ -373,4 +374,100 @@ async fn elections_of_different_shard_sets_are_independent() {
     }
     one_leader(&one, Duration::from_secs(5)).await;
     one_leader(&two, Duration::from_secs(5)).await;
+}
+
+/// Waits until the output of `process` contains `text`, failing with that output after 20s.
+async fn wait_for_output(process: &ChildProcess, text: &str) {
+    let seen = m3_testkit::wait_for(Duration::from_secs(20), Duration::from_millis(50), || {
+        let log = process.log();
+        async move { log.contains(text).then_some(()) }
+    })
+    .await;
+    assert!(seen.is_some(), "no {text:?} from {process}");
+}
+
+/// `etcdctl elect <key> <value>`: a candidate of another process, campaigning with etcd's Go
+/// election client (`concurrency.Election`), the one M3's aggregators use. It prints its key and
+/// value once elected and resigns on SIGTERM.
+fn go_candidate(etcd: &EtcdProcess, name: &str, key: &str, value: &str) -> ChildProcess {
+    let mut command = etcd.etcdctl();
+    command.arg("elect").arg(key).arg(value);
+    ChildProcess::spawn(name, command)
+}
+
+/// Two processes share one election: `etcdctl`, campaigning as an M3 aggregator does, and this
+/// test's member. Whichever stands first leads, the other waits for it, and each sees the
+/// other's value as leader: m3-rs and M3 aggregators of one shard set exclude each other.
+#[tokio::test]
+async fn a_member_and_an_etcd_go_client_in_another_process_exclude_each_other() {
+    let etcd = EtcdProcess::start();
+    let key = election_key(1);
+
+    // The Go client leads first.
+    let mut go_leader = go_candidate(&etcd, "etcdctl-elect-first", &key, "m3-go-first");
+    wait_for_output(&go_leader, "m3-go-first").await;
+    let go_key = go_leader
+        .log()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        go_key.starts_with(&format!("{key}/")),
+        "etcd's recipe stands under the election key: {go_key:?}"
+    );
+    let kv: Arc<dyn KvStore> = Arc::new(connect(&etcd).await);
+    let member = LeaderElection::new(kv.clone(), key.as_str(), "10.0.0.1:6000", TTL);
+    let mut state = member.campaign();
+    let until = Instant::now() + TTL * 3;
+    while Instant::now() < until {
+        assert_ne!(
+            *state.borrow_and_update(),
+            ElectionState::Leader,
+            "leads while the Go client does"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        member.leader().await.unwrap().as_deref(),
+        Some("m3-go-first")
+    );
+    let queue = kv
+        .list_by_creation(&keys::election_queue_prefix(&key))
+        .await
+        .unwrap();
+    assert_eq!(queue.len(), 2, "both stand: {queue:?}");
+    assert_eq!(queue[0].key, go_key);
+
+    // It resigns: the member, next in the queue, leads.
+    go_leader.terminate();
+    assert!(
+        go_leader.wait_exit(Duration::from_secs(10)).is_some(),
+        "{go_leader}"
+    );
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        state.wait_for(|s| *s == ElectionState::Leader),
+    )
+    .await
+    .expect("the member leads once the Go client resigned")
+    .unwrap();
+
+    // Now a Go observer sees the member as leader, and a second Go candidate waits.
+    let mut observe = etcd.etcdctl();
+    observe.arg("elect").arg("--listen").arg(&key);
+    let observer = ChildProcess::spawn("etcdctl-elect-listen", observe);
+    wait_for_output(&observer, "10.0.0.1:6000").await;
+    let go_second = go_candidate(&etcd, "etcdctl-elect-second", &key, "m3-go-second");
+    tokio::time::sleep(TTL * 2).await;
+    assert!(
+        !go_second.log().contains("m3-go-second"),
+        "the Go client was elected while the member leads: {go_second}"
+    );
+    assert!(member.leads());
+
+    // The member closes: the Go client leads, and the observer sees it.
+    member.close().await;
+    wait_for_output(&go_second, "m3-go-second").await;
+    wait_for_output(&observer, "m3-go-second").await;
 }

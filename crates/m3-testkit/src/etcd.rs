@@ -124,6 +124,25 @@ impl EtcdProcess {
         self.spawn();
     }
 
+    /// A command running `etcdctl` (Debian package `etcd-client`) with the v3 API against this
+    /// etcd: etcd's own Go client, the one M3 is built on, for tests of what such a client sees.
+    ///
+    /// # Panics
+    /// When `etcdctl` is not on `PATH`, with a message saying how to install it.
+    pub fn etcdctl(&self) -> Command {
+        let binary = find_on_path("etcdctl").unwrap_or_else(|| {
+            panic!(
+                "etcdctl not found on PATH: run scripts/install-deps.sh (Debian package etcd-client)"
+            )
+        });
+        let mut command = Command::new(binary);
+        command
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(self.endpoint());
+        command
+    }
+
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("etcd.log")
     }

@@ -1,91 +1,84 @@
-//! Leader election for a shard set, over any [`KvStore`].
+//! Leader election for a shard set, over any [`KvStore`], with M3's keys and etcd's election
+//! recipe, so that m3-rs and M3 aggregators sharing an etcd exclude each other.
 //!
 //! Every member of an aggregator shard set aggregates the same data, but only one may flush it
-//! downstream. Members campaign on the shard set's election key
-//! ([`crate::keys::election_key`]); the winner is leader until it resigns or stops renewing.
+//! downstream. Members campaign in the shard set's election ([`crate::keys::election_key`],
+//! `_ld/<env>/<service>/shardset/<id>/lock`); the winner leads until it resigns, stops, or
+//! loses its lease.
 //!
-//! # How it works
+//! # How it works: a queue of leased keys
 //!
-//! The key holds one lease record: the leader's value (its instance ID) and the wall-clock time
-//! in milliseconds at which the lease expires. All writes are `check_and_set` against the version
-//! just read, so two candidates can never both win the same version.
+//! This is the recipe of etcd's `concurrency.Election`, which M3's leader client uses:
 //!
-//! - A candidate that finds the key absent, expired or resigned writes itself as leader with
-//!   `expires_at = now + ttl`, at once if it is first in the line of candidates (see below).
-//! - The leader renews every `ttl / 3`. When a renewal finds another version, someone else took
-//!   over and it steps down at once; when the backend fails it keeps trying and steps down by
-//!   itself once its own lease has run out.
-//! - Followers watch the key and wake up when the record changes or the lease expires.
-//! - [`LeaderElection::resign`] overwrites the record with an expired one (so followers take over
-//!   immediately) and holds the resigning member back from campaigning for one `ttl`.
+//! - A campaigning member holds a *lease* with the election's TTL ([`KvStore::grant_lease`])
+//!   and renews it every `ttl / 3`. The lease is the member's session: when the process dies,
+//!   renewals stop and the store deletes the member's key one TTL later.
+//! - To stand, a member creates the key `<election key>/<lease ID in hex>` attached to its
+//!   lease, holding its value (the instance ID). The keys under the election key form a queue
+//!   ordered by creation ([`KvStore::list_by_creation`]): **the first in the queue leads**,
+//!   the others follow and lead in turn as the keys ahead of them go.
+//! - [`LeaderElection::resign`] deletes the member's key, so the next in the queue leads at
+//!   once, and holds the member back from standing again for one TTL.
+//!   [`LeaderElection::close`] deletes it and revokes the lease.
 //!
 //! ```text
-//!   leader A   ──write──┬─renew─┬─renew─┬─ (crash: no more renewals)
-//!                       │ ttl/3 │       │
-//!   lease      [────────┼───────┼───────┼── ttl ──]
-//!   follower B  watch ..........................  expired → write B ── leader B
+//!   A: lease a, key …/lock/a  ─renew─renew─ (crash: no renewals)  …/lock/a deleted one TTL later
+//!   B: lease b, key …/lock/b   follower ........................  first in the queue: leader
 //! ```
+//!
+//! Members read the queue every `ttl / 10` (at most every 500 ms) rather than watching it: a
+//! hand-over waits for the lease to run out anyway, and a read survives an etcd restart without
+//! any watch to re-establish. A key under the election key without a lease is nobody's
+//! candidacy (it would block the queue for ever): it is deleted with a warning.
 //!
 //! # A restarted process is a new candidate
 //!
-//! The record carries the leader's *incarnation*, a number drawn anew by every
-//! [`LeaderElection`]. A process that crashes and restarts within the TTL finds a live record
-//! with its own instance ID but another incarnation: it treats it as another member's lease and
-//! waits for it to expire like everyone else. Taking the record back would be wrong: the new
-//! process holds none of the windows its previous life had open, while a follower holds them
-//! all.
+//! A process that crashes and restarts within the TTL gets a new lease, hence a new key behind
+//! every member still standing. It never takes its previous life's place: the new process holds
+//! none of the windows its previous life had open, while a follower holds them all.
 //!
-//! # Who takes a free lease: the line of candidates
+//! # Who stands: eligibility
 //!
 //! A member is *eligible* when it can lead without a gap: it holds every window the leader
 //! has not yet flushed (the aggregator's `canLead`, fed in through
-//! [`LeaderElection::with_eligibility`]). Every campaigning member keeps an entry in a line of
-//! candidates next to the election key, ordered eligible first, then longest standing first
-//! (see [`candidates`]). When the lease is free, the first in line takes it at once; any other
-//! member waits one more TTL and takes it only if nobody did. So a member never wins while one
-//! that can lead is alive, a restarted process queues behind the follower that kept running (as
-//! in M3's etcd election queue), and a shard set whose first in line is wedged still gets a
-//! leader:
+//! [`LeaderElection::with_eligibility`]). Only eligible members stand; one that stops being
+//! eligible while queued behind the leader leaves the queue. So a member never wins while one
+//! that can lead is alive. When nobody stands for one TTL (every member lacks windows, e.g.
+//! right after a whole shard set restarted), the others stand too, so the shard set still gets
+//! a leader.
 //!
-//! ```text
-//!   lease of B (crashed)  [──────── ttl ────────]
-//!   A (first in line)                            take ── leader A
-//!   B' (restarted, behind A)     wait .......................... (one ttl) sees A: follower
-//! ```
+//! # Leading now
 //!
-//! Expiry compares wall-clock times written by different processes, so members' clocks must
-//! agree to well within a TTL (M3's default TTL is 10s; NTP keeps clocks within milliseconds).
-//! The clock is read as "wall clock at start + monotonic time since", which never jumps
-//! backwards and follows Tokio's paused time in tests. An etcd backend may later back the same
-//! API with etcd leases instead.
+//! The lease is kept by the store, not by the member's clock, so clock skew between members
+//! cannot make two of them lead. A member does not know at once that its lease ended, though:
+//! a process paused longer than the TTL (SIGSTOP, a frozen VM) wakes up still marked leader.
+//! [`LeaderElection::leads`] therefore also checks the lease's local deadline: the instant the
+//! last successful renewal was *sent* plus the TTL, which passes no later than the store ends
+//! the lease. Flushing only while it holds keeps two members from flushing the same windows.
 //!
 //! # States
 //!
-//! As in M3: [`ElectionState::Leader`], [`ElectionState::Follower`] (another member leads),
-//! [`ElectionState::PendingFollower`] (this member just lost or gave up leadership and has not
-//! yet seen the new leader) and [`ElectionState::Unknown`] (not campaigning, or the KV store
-//! cannot be reached).
+//! As in M3: [`ElectionState::Leader`], [`ElectionState::Follower`] (campaigning, another
+//! member leads or nobody yet), [`ElectionState::PendingFollower`] (this member just lost or
+//! gave up leadership and has not yet seen the new leader) and [`ElectionState::Unknown`] (not
+//! campaigning, or the KV store cannot be reached).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use bytes::Bytes;
 use parking_lot::Mutex;
-use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::kv::{KvError, KvStore, KvWatch, Versioned};
-
-mod candidates;
+use crate::kv::{CreatedKey, KvError, KvStore, LeaseId, lease_ttl_seconds};
 
 /// Where this member stands in the election.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ElectionState {
     /// Not campaigning, or the state cannot be known (KV store unreachable).
     Unknown,
-    /// Another member leads.
+    /// Campaigning while another member leads, or nobody yet.
     Follower,
     /// This member just stopped leading and has not yet seen who leads now.
     PendingFollower,
@@ -107,81 +100,6 @@ pub enum ElectionError {
     Kv(#[from] KvError),
 }
 
-/// The record stored at the election key.
-#[derive(Clone, PartialEq, Message)]
-struct LeaseRecord {
-    /// The leader's value (instance ID); empty after a resignation.
-    #[prost(string, tag = "1")]
-    leader: String,
-    /// Wall-clock milliseconds since the Unix epoch at which the lease ends.
-    #[prost(int64, tag = "2")]
-    expires_at_ms: i64,
-    /// The leader's incarnation: drawn anew by each [`LeaderElection`], so a restarted process
-    /// does not mistake its previous life's lease for its own.
-    #[prost(uint64, tag = "3")]
-    incarnation: u64,
-}
-
-impl LeaseRecord {
-    fn decode_lenient(bytes: &[u8]) -> Option<Self> {
-        LeaseRecord::decode(bytes).ok()
-    }
-
-    fn is_live(&self, now_ms: i64) -> bool {
-        !self.leader.is_empty() && self.expires_at_ms > now_ms
-    }
-
-    fn is_held_by(&self, shared: &Shared) -> bool {
-        self.leader == shared.value && self.incarnation == shared.incarnation
-    }
-}
-
-/// A number that differs between two [`LeaderElection`]s, also across process restarts: the
-/// wall clock in nanoseconds mixed with the process ID and a per-process counter.
-fn new_incarnation() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let mixed = nanos
-        ^ (u64::from(std::process::id()) << 32)
-        ^ COUNTER
-            .fetch_add(1, Ordering::Relaxed)
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    mixed.max(1)
-}
-
-/// Wall clock in milliseconds, read as the wall time at creation plus monotonic time since.
-#[derive(Debug, Clone, Copy)]
-struct Clock {
-    wall_ms_at_base: i64,
-    base: Instant,
-}
-
-impl Clock {
-    fn new() -> Self {
-        let wall_ms_at_base = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        Clock {
-            wall_ms_at_base,
-            base: Instant::now(),
-        }
-    }
-
-    fn now_ms(&self) -> i64 {
-        let since = i64::try_from(self.base.elapsed().as_millis()).unwrap_or(i64::MAX);
-        self.wall_ms_at_base.saturating_add(since)
-    }
-
-    /// The local instant at which wall time `ms` is reached (now if already past).
-    fn instant_of(&self, ms: i64) -> Instant {
-        let ahead = ms.saturating_sub(self.now_ms()).max(0);
-        Instant::now() + Duration::from_millis(u64::try_from(ahead).unwrap_or(0))
-    }
-}
-
 enum Command {
     Resign(oneshot::Sender<Result<(), ElectionError>>),
     Stop(oneshot::Sender<()>),
@@ -195,39 +113,46 @@ struct Running {
 struct Shared {
     kv: Arc<dyn KvStore>,
     key: String,
-    /// `<key>/candidates`: the line of candidates (see [`candidates`]).
-    candidates_key: String,
+    /// `<key>/`: where the candidates' keys live.
+    queue_prefix: String,
     value: String,
-    incarnation: u64,
-    /// Wall-clock milliseconds since which this member stands.
-    since_ms: i64,
+    /// The lease TTL, in whole seconds as the store counts it.
     ttl: Duration,
-    clock: Clock,
     state: watch::Sender<ElectionState>,
     /// Whether this member can lead without a gap (see the module doc).
     eligible: watch::Receiver<bool>,
     /// Until when this member holds back after resigning.
-    hold_off: watch::Sender<Option<Instant>>,
+    hold_off: Mutex<Option<Instant>>,
     /// While leading: the local instant at which the lease ends unless renewed, taken *before*
-    /// the write that acquired or renewed it, so it never lies after the expiry the other
-    /// members see (see [`LeaderElection::leads`]).
+    /// the request that granted or renewed it (see [`LeaderElection::leads`]).
     lease_end: Mutex<Option<Instant>>,
 }
 
 impl Shared {
     fn is_held_off(&self) -> bool {
-        self.hold_off.borrow().is_some_and(|t| Instant::now() < t)
+        self.hold_off.lock().is_some_and(|t| Instant::now() < t)
     }
 
-    fn hold_off_for_ttl(&self) {
-        self.hold_off.send_replace(Some(Instant::now() + self.ttl));
+    fn set_state(&self, state: ElectionState) {
+        if state != ElectionState::Leader {
+            *self.lease_end.lock() = None;
+        }
+        self.state.send_if_modified(|current| {
+            let changed = *current != state;
+            *current = state;
+            changed
+        });
+    }
+
+    fn is_leader(&self) -> bool {
+        *self.state.borrow() == ElectionState::Leader
     }
 }
 
 /// One member's participation in one election. See the [module docs](self).
 ///
-/// Dropping it stops campaigning without resigning: a leader's lease then runs out after the TTL
-/// and another member takes over, as after a crash. Call [`LeaderElection::close`] for a clean
+/// Dropping it stops campaigning without resigning: its lease then runs out after the TTL and
+/// another member takes over, as after a crash. Call [`LeaderElection::close`] for a clean
 /// hand-over.
 pub struct LeaderElection {
     shared: Arc<Shared>,
@@ -247,8 +172,8 @@ impl std::fmt::Debug for LeaderElection {
 
 impl LeaderElection {
     /// An election at `election_key` in which this member stands as `candidate_value` (its
-    /// instance ID) with lease `ttl` (M3's default: 10s). Nothing happens until
-    /// [`LeaderElection::campaign`]. A TTL under 3ms is raised to 3ms.
+    /// instance ID) with lease `ttl` (M3's default: 10s), rounded up to whole seconds as etcd
+    /// counts lease TTLs. Nothing happens until [`LeaderElection::campaign`].
     pub fn new(
         kv: Arc<dyn KvStore>,
         election_key: impl Into<String>,
@@ -259,29 +184,25 @@ impl LeaderElection {
         // Always eligible unless told otherwise; the sender is dropped, so the value is final.
         let (_, eligible) = watch::channel(true);
         let key = election_key.into();
-        let clock = Clock::new();
         LeaderElection {
             shared: Arc::new(Shared {
                 kv,
-                candidates_key: crate::keys::election_candidates_key(&key),
+                queue_prefix: crate::keys::election_queue_prefix(&key),
                 key,
                 value: candidate_value.into(),
-                incarnation: new_incarnation(),
-                since_ms: clock.now_ms(),
-                ttl: ttl.max(Duration::from_millis(3)),
-                clock,
+                ttl: Duration::from_secs(lease_ttl_seconds(ttl).unsigned_abs()),
                 state,
                 eligible,
-                hold_off: watch::channel(None).0,
+                hold_off: Mutex::new(None),
                 lease_end: Mutex::new(None),
             }),
             running: Mutex::new(None),
         }
     }
 
-    /// Makes taking a free lease depend on `eligible`: while it reads `false`, this member
-    /// waits one TTL after the lease became free before taking it (see the module doc). Default:
-    /// always eligible. Call before [`LeaderElection::campaign`].
+    /// Makes standing depend on `eligible`: while it reads `false`, this member stands only
+    /// when nobody has stood for one TTL (see the module doc). Default: always eligible. Call
+    /// before [`LeaderElection::campaign`].
     ///
     /// # Panics
     /// When called after [`LeaderElection::campaign`] (the running campaign would not see it).
@@ -293,22 +214,6 @@ impl LeaderElection {
         );
         match Arc::get_mut(&mut self.shared) {
             Some(shared) => shared.eligible = eligible,
-            None => unreachable!("the shared state has no other owner before campaign"),
-        }
-        self
-    }
-
-    /// Reads time from `clock` instead of this member's own. Tests run with tokio's clock
-    /// paused, where each member's own clock (wall time when it was created + paused monotonic
-    /// time) drifts from the others' by however long the machine really took between their
-    /// creations; members sharing one clock agree exactly.
-    #[cfg(test)]
-    fn with_clock(mut self, clock: Clock) -> Self {
-        match Arc::get_mut(&mut self.shared) {
-            Some(shared) => {
-                shared.since_ms = clock.now_ms();
-                shared.clock = clock;
-            }
             None => unreachable!("the shared state has no other owner before campaign"),
         }
         self
@@ -351,13 +256,13 @@ impl LeaderElection {
     /// has not run out on its own clock.
     ///
     /// The state alone can be stale: a process paused longer than the TTL (SIGSTOP, a frozen
-    /// VM, a long GC-like stall) wakes up still marked leader, and its flush timers may fire
-    /// before the renewal that would tell it another member took over. Its lease deadline was
-    /// taken before its last successful write, so it passes no later than the moment the other
-    /// members may take the lease: checking it before every flush keeps two members from
-    /// flushing the same windows.
+    /// VM) wakes up still marked leader, and its flush timers may fire before the renewal that
+    /// would tell it the lease ended. The lease deadline was taken before its last successful
+    /// renewal was sent, so it passes no later than the moment the store ends the lease and
+    /// another member may lead: checking it before every flush keeps two members from flushing
+    /// the same windows.
     pub fn leads(&self) -> bool {
-        *self.shared.state.borrow() == ElectionState::Leader
+        self.shared.is_leader()
             && self
                 .shared
                 .lease_end
@@ -370,13 +275,14 @@ impl LeaderElection {
         self.shared.state.subscribe()
     }
 
-    /// Gives up leadership: the lease is marked expired so another member can take over at
-    /// once, this member becomes a follower and does not campaign again for one TTL. Does
-    /// nothing but the hold-off when not leading.
+    /// Gives up leadership: this member's key is deleted so the next in the queue leads at
+    /// once, this member becomes a follower and does not stand again for one TTL. When not
+    /// leading it leaves the queue and holds back the same way.
     ///
     /// # Errors
     /// [`ElectionError::NotCampaigning`] when [`LeaderElection::campaign`] was not called;
-    /// [`ElectionError::Kv`] when the store failed (the lease then runs out by itself).
+    /// [`ElectionError::Kv`] when the store failed (the key then goes with the lease, or at the
+    /// next attempt).
     pub async fn resign(&self) -> Result<(), ElectionError> {
         let not_campaigning = || ElectionError::NotCampaigning {
             key: self.shared.key.clone(),
@@ -394,8 +300,9 @@ impl LeaderElection {
         rx.await.map_err(|_| not_campaigning())?
     }
 
-    /// Stops campaigning, resigning first when leading, and waits for the background task.
-    /// The state becomes [`ElectionState::Unknown`].
+    /// Stops campaigning (deleting this member's key and revoking its lease, so a leader hands
+    /// over at once) and waits for the background task. The state becomes
+    /// [`ElectionState::Unknown`].
     pub async fn close(&self) {
         let running = self.running.lock().take();
         if let Some(running) = running {
@@ -405,20 +312,24 @@ impl LeaderElection {
             }
             let _ = running.handle.await;
         }
-        self.shared.state.send_replace(ElectionState::Unknown);
+        self.shared.set_state(ElectionState::Unknown);
     }
 
-    /// The current leader's value as stored in KV, `None` when nobody holds a live lease.
+    /// The current leader's value (the first candidate in the queue), `None` when nobody
+    /// stands.
     ///
     /// # Errors
     /// [`ElectionError::Kv`] when the store failed.
     pub async fn leader(&self) -> Result<Option<String>, ElectionError> {
-        let stored = self.shared.kv.get(&self.shared.key).await?;
-        let now = self.shared.clock.now_ms();
-        Ok(stored
-            .and_then(|v| LeaseRecord::decode_lenient(&v.value))
-            .filter(|r| r.is_live(now))
-            .map(|r| r.leader))
+        let queue = self
+            .shared
+            .kv
+            .list_by_creation(&self.shared.queue_prefix)
+            .await?;
+        Ok(queue
+            .into_iter()
+            .find(|k| k.lease != 0)
+            .map(|k| String::from_utf8_lossy(&k.value).into_owned()))
     }
 }
 
@@ -430,142 +341,79 @@ impl Drop for LeaderElection {
     }
 }
 
-/// What the follower phase decided.
-enum Next {
-    /// Try to write ourselves as leader over this version (0: key absent).
-    Acquire(i64),
-    /// Stop the task.
-    Stop,
+/// One lease of this member and the key it stands with.
+struct Session {
+    lease: LeaseId,
+    /// `<key>/<lease in hex>`, as etcd's election recipe names it.
+    own_key: String,
+    /// The local instant the lease ends unless renewed (see [`LeaderElection::leads`]).
+    valid_until: Instant,
 }
 
-/// What the leader phase ended with.
-enum LeaderExit {
-    Resigned,
+/// How a session ended.
+enum SessionEnd {
+    /// The lease ended: campaign again with a new one.
     Lost,
-    Stop,
+    /// Asked to stop; the reply is sent once the session is cleaned up.
+    Stop(Option<oneshot::Sender<()>>),
 }
 
 async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>) {
-    let retry = shared.ttl / 10;
-    let _heartbeat = AbortOnDrop(tokio::spawn(heartbeat(Arc::clone(&shared))));
-    let Some(mut watch) = open_watch(&shared, &shared.key, &mut commands).await else {
-        return;
-    };
-    let Some(mut candidates) = open_watch(&shared, &shared.candidates_key, &mut commands).await
-    else {
-        return;
-    };
     loop {
-        let expected = match follow(&shared, &mut watch, &mut candidates, &mut commands).await {
-            Next::Stop => break,
-            Next::Acquire(version) => version,
+        let Some(mut session) = open_session(&shared, &mut commands).await else {
+            return;
         };
-        let record = own_record(&shared);
-        let lease_end = Instant::now() + shared.ttl;
-        match shared
-            .kv
-            .check_and_set(&shared.key, expected, Bytes::from(record.encode_to_vec()))
-            .await
-        {
-            Ok(version) => {
-                *shared.lease_end.lock() = Some(lease_end);
-                shared.state.send_replace(ElectionState::Leader);
-                tracing::info!(key = %shared.key, value = %shared.value, "Became leader.");
-                let exit = lead(&shared, &mut watch, &mut commands, version, lease_end).await;
-                *shared.lease_end.lock() = None;
-                match exit {
-                    LeaderExit::Stop => break,
-                    LeaderExit::Resigned | LeaderExit::Lost => {}
+        match stand(&shared, &mut session, &mut commands).await {
+            SessionEnd::Lost => {}
+            SessionEnd::Stop(reply) => {
+                // Bounded: with the store down the key goes with the lease one TTL later.
+                let _ = tokio::time::timeout(shared.ttl, async {
+                    let _ = shared.kv.delete(&session.own_key).await;
+                    let _ = shared.kv.revoke_lease(session.lease).await;
+                })
+                .await;
+                shared.set_state(ElectionState::Unknown);
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
                 }
-            }
-            Err(KvError::VersionMismatch { .. }) => {
-                // Somebody else wrote first; wait for the watch to show it before deciding again.
-                let _ = tokio::time::timeout(retry, watch.changed()).await;
-            }
-            Err(err) => {
-                tracing::warn!(key = %shared.key, error = %err, "Campaign write failed; retrying.");
-                shared.state.send_replace(ElectionState::Unknown);
-                // Keep answering commands while the store fails, so `close` cannot hang.
-                tokio::select! {
-                    () = tokio::time::sleep(retry) => {}
-                    cmd = commands.recv() => match cmd {
-                        None | Some(Command::Stop(_)) => break,
-                        Some(Command::Resign(reply)) => {
-                            shared.hold_off_for_ttl();
-                            let _ = reply.send(Ok(()));
-                        }
-                    },
-                }
+                return;
             }
         }
     }
-    // Leave the line of candidates; with the store down the entry lapses after a TTL.
-    let _ = tokio::time::timeout(shared.ttl, candidates::deregister(&shared)).await;
 }
 
-/// Aborts a task when dropped, so the heartbeat ends with the campaign however it ends.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+/// How often a member retries a failed request and reads the queue.
+fn poll_interval(ttl: Duration) -> Duration {
+    (ttl / 10).clamp(Duration::from_millis(10), Duration::from_millis(500))
 }
 
-/// Keeps this member's entry in the line of candidates current: every `ttl / 3`, and at once
-/// when its eligibility or its hold-off changes.
-async fn heartbeat(shared: Arc<Shared>) {
-    let mut eligible = shared.eligible.clone();
-    let mut hold_off = shared.hold_off.subscribe();
-    loop {
-        let now_eligible = *eligible.borrow_and_update();
-        if let Err(err) = candidates::register(&shared, now_eligible).await {
-            tracing::debug!(key = %shared.candidates_key, error = %err, "Candidate entry not renewed.");
-        }
-        let hold_off_end = hold_off.borrow_and_update().filter(|t| *t > Instant::now());
-        tokio::select! {
-            () = tokio::time::sleep(shared.ttl / 3) => {}
-            Ok(()) = eligible.changed() => {}
-            Ok(()) = hold_off.changed() => {}
-            () = sleep_until_opt(hold_off_end) => {}
-        }
-    }
-}
-
-fn ttl_ms(ttl: Duration) -> i64 {
-    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// The record this member writes as leader: held until now + ttl.
-fn own_record(shared: &Shared) -> LeaseRecord {
-    LeaseRecord {
-        leader: shared.value.clone(),
-        expires_at_ms: shared.clock.now_ms().saturating_add(ttl_ms(shared.ttl)),
-        incarnation: shared.incarnation,
-    }
-}
-
-/// Opens a KV watch on `key`, retrying while the store fails. `None` when asked to stop
+/// Grants this member a lease, retrying while the store fails. `None` when asked to stop
 /// meanwhile.
-async fn open_watch(
+async fn open_session(
     shared: &Shared,
-    key: &str,
     commands: &mut mpsc::UnboundedReceiver<Command>,
-) -> Option<KvWatch> {
+) -> Option<Session> {
     loop {
-        match shared.kv.watch(key).await {
-            Ok(w) => return Some(w),
+        let asked = Instant::now();
+        match shared.kv.grant_lease(shared.ttl).await {
+            Ok(lease) => {
+                return Some(Session {
+                    lease,
+                    own_key: format!("{}{lease:x}", shared.queue_prefix),
+                    valid_until: asked + shared.ttl,
+                });
+            }
             Err(err) => {
-                tracing::warn!(key, error = %err, "Cannot watch election key; retrying.");
-                shared.state.send_replace(ElectionState::Unknown);
+                tracing::warn!(key = %shared.key, error = %err, "Cannot get an election lease; retrying.");
+                shared.set_state(ElectionState::Unknown);
             }
         }
         tokio::select! {
-            () = tokio::time::sleep(shared.ttl / 10) => {}
+            () = tokio::time::sleep(poll_interval(shared.ttl)) => {}
             cmd = commands.recv() => match cmd {
                 None | Some(Command::Stop(_)) => return None,
                 Some(Command::Resign(reply)) => {
-                    shared.hold_off_for_ttl();
+                    *shared.hold_off.lock() = Some(Instant::now() + shared.ttl);
                     let _ = reply.send(Ok(()));
                 }
             },
@@ -573,211 +421,161 @@ async fn open_watch(
     }
 }
 
-/// Follows the election until this member should try to acquire the lease.
-async fn follow(
+/// Campaigns with `session` until its lease ends or a stop command comes.
+async fn stand(
     shared: &Shared,
-    watch: &mut KvWatch,
-    candidates: &mut KvWatch,
+    session: &mut Session,
     commands: &mut mpsc::UnboundedReceiver<Command>,
-) -> Next {
+) -> SessionEnd {
     let mut eligible = shared.eligible.clone();
-    let mut hold_off = shared.hold_off.subscribe();
-    // When the lease was first seen free (absent, expired or resigned): a member that is not
-    // first in line takes it one TTL later if nobody did.
-    let mut free_since: Option<Instant> = None;
-    loop {
-        let current: Option<Versioned> = watch.borrow_and_update().clone();
-        let now_ms = shared.clock.now_ms();
-        let record = current
-            .as_ref()
-            .and_then(|v| LeaseRecord::decode_lenient(&v.value));
-        let version = current.as_ref().map_or(0, |v| v.version);
-        let held_off_until = *hold_off.borrow_and_update();
-        let held_off = held_off_until.is_some_and(|t| Instant::now() < t);
-        let live = record.as_ref().filter(|r| r.is_live(now_ms));
-        let wake_at = match live {
-            // Our own live record (this campaign, e.g. after the watch reopened): renew it.
-            Some(r) if r.is_held_by(shared) && !held_off => return Next::Acquire(version),
-            Some(r) => {
-                free_since = None;
-                if !r.is_held_by(shared) || *shared.state.borrow() == ElectionState::Leader {
-                    shared.state.send_replace(ElectionState::Follower);
-                }
-                Some(shared.clock.instant_of(r.expires_at_ms))
-            }
-            None => {
-                // A lease that ran out became free when it expired (its holder is gone);
-                // a resigned or absent one now.
-                let lapsed = record
-                    .as_ref()
-                    .filter(|r| !r.leader.is_empty())
-                    .map(|r| (r.leader.as_str(), r.incarnation));
-                let since = *free_since.get_or_insert_with(|| match &record {
-                    Some(r) if !r.leader.is_empty() => shared.clock.instant_of(r.expires_at_ms),
-                    _ => Instant::now(),
-                });
-                let grace_end = since + shared.ttl;
-                let first = candidates::first_in_line(
-                    shared,
-                    candidates
-                        .borrow_and_update()
-                        .as_ref()
-                        .map(|v| v.value.as_ref()),
-                    *eligible.borrow_and_update(),
-                    lapsed,
-                );
-                let may_take = first || Instant::now() >= grace_end;
-                if may_take && !held_off {
-                    return Next::Acquire(version);
-                }
-                if *shared.state.borrow() == ElectionState::Leader {
-                    shared.state.send_replace(ElectionState::Follower);
-                }
-                (!may_take).then_some(grace_end)
-            }
-        };
-        let wake_at = match (wake_at, held_off_until.filter(|_| held_off)) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (None, b) => b,
-            (a, None) => a,
-        };
-        tokio::select! {
-            changed = watch.changed() => {
-                if changed.is_err() {
-                    // The backend closed the watch: open a new one.
-                    match open_watch(shared, &shared.key, commands).await {
-                        Some(w) => *watch = w,
-                        None => return Next::Stop,
-                    }
-                }
-            }
-            changed = candidates.changed() => {
-                if changed.is_err() {
-                    match open_watch(shared, &shared.candidates_key, commands).await {
-                        Some(w) => *candidates = w,
-                        None => return Next::Stop,
-                    }
-                }
-            }
-            // A closed sender means the eligibility is final: nothing more to wait for.
-            Ok(()) = eligible.changed() => {}
-            () = sleep_until_opt(wake_at) => {}
-            cmd = commands.recv() => match cmd {
-                None | Some(Command::Stop(_)) => return Next::Stop,
-                Some(Command::Resign(reply)) => {
-                    shared.hold_off_for_ttl();
-                    let _ = reply.send(Ok(()));
-                }
-            },
-        }
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Leads: renews every ttl/3 until resigned, stopped or overtaken.
-async fn lead(
-    shared: &Shared,
-    watch: &mut KvWatch,
-    commands: &mut mpsc::UnboundedReceiver<Command>,
-    mut version: i64,
-    mut lease_end: Instant,
-) -> LeaderExit {
     let renew_every = shared.ttl / 3;
     let mut next_renewal = Instant::now() + renew_every;
-    let mut watch_open = true;
+    // Since when nobody stands (the queue is empty): after one TTL, members that are not
+    // eligible stand too.
+    let mut empty_since: Option<Instant> = None;
     loop {
-        tokio::select! {
-            () = tokio::time::sleep_until(next_renewal) => {
-                let record = own_record(shared);
-                let attempt_end = Instant::now() + shared.ttl;
-                match shared
-                    .kv
-                    .check_and_set(&shared.key, version, Bytes::from(record.encode_to_vec()))
-                    .await
-                {
-                    Ok(v) => {
-                        version = v;
-                        lease_end = attempt_end;
-                        *shared.lease_end.lock() = Some(lease_end);
+        if Instant::now() >= next_renewal {
+            let asked = Instant::now();
+            match shared.kv.keep_lease_alive(session.lease).await {
+                Ok(()) => {
+                    session.valid_until = asked + shared.ttl;
+                    if shared.is_leader() {
+                        *shared.lease_end.lock() = Some(session.valid_until);
                     }
-                    Err(KvError::VersionMismatch { .. }) => return step_down(shared, "lease taken over"),
-                    Err(err) => {
-                        tracing::warn!(key = %shared.key, error = %err, "Lease renewal failed.");
-                        if Instant::now() >= lease_end {
-                            shared.state.send_replace(ElectionState::Unknown);
-                            tracing::warn!(key = %shared.key, "Lease ran out without renewal; stepping down.");
-                            return LeaderExit::Lost;
+                    next_renewal = Instant::now() + renew_every;
+                }
+                Err(KvError::LeaseNotFound { .. }) => {
+                    return lose(shared, "the election lease ended");
+                }
+                Err(err) => {
+                    tracing::warn!(key = %shared.key, error = %err, "Election lease renewal failed.");
+                    next_renewal = Instant::now() + poll_interval(shared.ttl);
+                }
+            }
+        }
+        if Instant::now() >= session.valid_until {
+            return lose(shared, "the election lease was not renewed within its TTL");
+        }
+        match read_queue(shared).await {
+            Ok(queue) => {
+                let first = queue.first().map(|k| k.key.as_str());
+                let leading = first == Some(session.own_key.as_str());
+                let queued = queue.iter().any(|k| k.key == session.own_key);
+                if first.is_none() {
+                    empty_since.get_or_insert_with(Instant::now);
+                } else {
+                    empty_since = None;
+                }
+                let stands = leading
+                    || (!shared.is_held_off()
+                        && (*eligible.borrow_and_update()
+                            || empty_since.is_some_and(|t| t.elapsed() >= shared.ttl)));
+                if stands && !queued {
+                    match shared
+                        .kv
+                        .create_with_lease(
+                            &session.own_key,
+                            bytes::Bytes::from(shared.value.clone()),
+                            session.lease,
+                        )
+                        .await
+                    {
+                        // Read the queue again at once to see where the key landed.
+                        Ok(_) => continue,
+                        Err(KvError::LeaseNotFound { .. }) => {
+                            return lose(shared, "the election lease ended");
+                        }
+                        Err(err) => {
+                            tracing::warn!(key = %shared.key, error = %err, "Cannot stand for election; retrying.");
                         }
                     }
+                } else if !stands && queued {
+                    // Not eligible any more: step out of the way of members that are.
+                    if let Err(err) = shared.kv.delete(&session.own_key).await {
+                        tracing::warn!(key = %shared.key, error = %err, "Cannot leave the election queue; retrying.");
+                    }
                 }
-                next_renewal = Instant::now() + renew_every;
+                if leading {
+                    if !shared.is_leader() {
+                        *shared.lease_end.lock() = Some(session.valid_until);
+                        shared.set_state(ElectionState::Leader);
+                        tracing::info!(key = %shared.key, value = %shared.value, "Became leader.");
+                    }
+                } else if shared.is_leader() {
+                    tracing::warn!(key = %shared.key, value = %shared.value, "Lost leadership: another candidate is first in the queue.");
+                    shared.set_state(ElectionState::PendingFollower);
+                } else if first.is_some() || *shared.state.borrow() == ElectionState::Unknown {
+                    shared.set_state(ElectionState::Follower);
+                }
             }
-            changed = watch.changed(), if watch_open => {
-                if changed.is_err() {
-                    // Keep leading on renewals alone; the follower phase reopens the watch.
-                    watch_open = false;
-                    continue;
-                }
-                let overtaken = watch
-                    .borrow_and_update()
-                    .as_ref()
-                    .is_none_or(|v| v.version != version);
-                if overtaken {
-                    return step_down(shared, "election key changed by another writer");
+            Err(err) => {
+                tracing::debug!(key = %shared.key, error = %err, "Cannot read the election queue.");
+                if !shared.is_leader() {
+                    shared.set_state(ElectionState::Unknown);
                 }
             }
+        }
+        let wake = next_renewal.min(Instant::now() + poll_interval(shared.ttl));
+        tokio::select! {
+            () = tokio::time::sleep_until(wake) => {}
+            // A closed sender means the eligibility is final: nothing more to wait for.
+            Ok(()) = eligible.changed() => {}
             cmd = commands.recv() => match cmd {
-                None => return LeaderExit::Stop,
-                Some(Command::Stop(reply)) => {
-                    let _ = give_up(shared, version).await;
-                    let _ = reply.send(());
-                    return LeaderExit::Stop;
-                }
+                None => return SessionEnd::Stop(None),
+                Some(Command::Stop(reply)) => return SessionEnd::Stop(Some(reply)),
                 Some(Command::Resign(reply)) => {
-                    // Step out of the line first, so the next in line sees the lease free and
-                    // itself first at once.
-                    shared.hold_off_for_ttl();
-                    let eligible = *shared.eligible.borrow();
-                    let _ = candidates::register(shared, eligible).await;
-                    let result = give_up(shared, version).await;
-                    shared.state.send_replace(ElectionState::Follower);
-                    tracing::info!(key = %shared.key, value = %shared.value, "Resigned leadership.");
+                    let was_leader = shared.is_leader();
+                    *shared.hold_off.lock() = Some(Instant::now() + shared.ttl);
+                    let result = shared
+                        .kv
+                        .delete(&session.own_key)
+                        .await
+                        .map(|_| ())
+                        .map_err(ElectionError::from);
+                    shared.set_state(ElectionState::Follower);
+                    if was_leader {
+                        tracing::info!(key = %shared.key, value = %shared.value, "Resigned leadership.");
+                    }
                     let _ = reply.send(result);
-                    return LeaderExit::Resigned;
                 }
             },
         }
     }
 }
 
-fn step_down(shared: &Shared, why: &str) -> LeaderExit {
-    tracing::warn!(key = %shared.key, value = %shared.value, why, "Lost leadership.");
-    shared.state.send_replace(ElectionState::PendingFollower);
-    LeaderExit::Lost
+/// Ends a session whose lease ended (or may have): a leader steps down.
+fn lose(shared: &Shared, why: &str) -> SessionEnd {
+    if shared.is_leader() {
+        tracing::warn!(key = %shared.key, value = %shared.value, why, "Lost leadership.");
+        shared.set_state(ElectionState::PendingFollower);
+    } else {
+        tracing::info!(key = %shared.key, why, "Campaigning with a new election lease.");
+    }
+    SessionEnd::Lost
 }
 
-/// Marks our lease expired so followers take over at once. A version mismatch means we were no
-/// longer leader, which is the outcome wanted.
-async fn give_up(shared: &Shared, version: i64) -> Result<(), ElectionError> {
-    let expired = LeaseRecord::default();
-    match shared
-        .kv
-        .check_and_set(&shared.key, version, Bytes::from(expired.encode_to_vec()))
-        .await
-    {
-        Ok(_) | Err(KvError::VersionMismatch { .. }) => Ok(()),
-        Err(err) => Err(err.into()),
+/// The candidates' keys, first in line first. Keys without a lease are nobody's candidacy and
+/// would block the queue for ever: they are deleted.
+async fn read_queue(shared: &Shared) -> Result<Vec<CreatedKey>, KvError> {
+    let mut queue = shared.kv.list_by_creation(&shared.queue_prefix).await?;
+    let mut garbage = Vec::new();
+    queue.retain(|k| {
+        if k.lease == 0 {
+            garbage.push(k.key.clone());
+        }
+        k.lease != 0
+    });
+    for key in garbage {
+        tracing::warn!(key = %key, "Deleting a key without a lease from the election queue.");
+        shared.kv.delete(&key).await?;
     }
+    Ok(queue)
 }
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
     use crate::kv::memory::MemoryKv;
 
@@ -785,9 +583,8 @@ mod tests {
     const KEY: &str = "_ld/default_env/m3aggregator/shardset/1/lock";
 
     fn candidates(kv: &Arc<MemoryKv>, n: usize) -> Vec<LeaderElection> {
-        let clock = Clock::new();
         (0..n)
-            .map(|i| LeaderElection::new(kv.clone(), KEY, format!("agg{i}"), TTL).with_clock(clock))
+            .map(|i| LeaderElection::new(kv.clone(), KEY, format!("agg{i}"), TTL))
             .collect()
     }
 
@@ -820,6 +617,61 @@ mod tests {
         // Renewals keep the same leader across many TTLs.
         tokio::time::sleep(TTL * 5).await;
         assert_eq!(leaders(&elections), lead);
+        assert!(elections[lead[0]].leads());
+    }
+
+    /// The keys are etcd's election recipe's, under M3's election key: a member of another
+    /// implementation reads who leads, and its own key queues like ours.
+    #[tokio::test(start_paused = true)]
+    async fn candidates_stand_with_leased_keys_named_by_their_lease() {
+        let kv = Arc::new(MemoryKv::new());
+        let member = LeaderElection::new(kv.clone(), KEY, "10.0.0.1:6000", TTL);
+        member
+            .campaign()
+            .wait_for(|s| *s == ElectionState::Leader)
+            .await
+            .unwrap();
+        let queue = kv.list_by_creation(&format!("{KEY}/")).await.unwrap();
+        assert_eq!(queue.len(), 1);
+        assert_eq!(queue[0].key, format!("{KEY}/{:x}", queue[0].lease));
+        assert_eq!(queue[0].value, Bytes::from_static(b"10.0.0.1:6000"));
+
+        // Another implementation's member queues behind, and leads once ours closes.
+        let other_lease = kv.grant_lease(TTL).await.unwrap();
+        let other_key = format!("{KEY}/{other_lease:x}");
+        kv.create_with_lease(&other_key, Bytes::from_static(b"m3-go"), other_lease)
+            .await
+            .unwrap();
+        member.close().await;
+        assert_eq!(member.leader().await.unwrap().as_deref(), Some("m3-go"));
+
+        // And while it leads, ours follows.
+        let mut rx = member.campaign();
+        tokio::time::sleep(TTL * 2).await;
+        kv.keep_lease_alive(other_lease).await.unwrap_err(); // not renewed: it ended
+        rx.wait_for(|s| *s == ElectionState::Leader).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_member_follows_while_another_implementations_member_leads() {
+        let kv = Arc::new(MemoryKv::new());
+        let other_lease = kv.grant_lease(TTL).await.unwrap();
+        kv.create_with_lease(
+            &format!("{KEY}/{other_lease:x}"),
+            Bytes::from_static(b"m3-go"),
+            other_lease,
+        )
+        .await
+        .unwrap();
+        let member = LeaderElection::new(kv.clone(), KEY, "agg0", TTL);
+        let mut rx = member.campaign();
+        for _ in 0..10 {
+            kv.keep_lease_alive(other_lease).await.unwrap();
+            tokio::time::sleep(TTL / 3).await;
+            assert_eq!(*rx.borrow_and_update(), ElectionState::Follower);
+        }
+        kv.revoke_lease(other_lease).await.unwrap();
+        rx.wait_for(|s| *s == ElectionState::Leader).await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
@@ -835,6 +687,7 @@ mod tests {
         let started = Instant::now();
         elections[first].resign().await.unwrap();
         assert_eq!(*elections[first].state().borrow(), ElectionState::Follower);
+        assert!(!elections[first].leads());
         let mut rx = elections[other].state();
         rx.wait_for(|s| *s == ElectionState::Leader).await.unwrap();
         assert!(
@@ -873,29 +726,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn overwritten_lease_makes_the_leader_step_down() {
+    async fn a_leader_whose_key_is_deleted_steps_down() {
         let kv = Arc::new(MemoryKv::new());
         let e = LeaderElection::new(kv.clone(), KEY, "agg0", TTL);
         let mut rx = e.campaign();
         rx.wait_for(|s| *s == ElectionState::Leader).await.unwrap();
-        let intruder = LeaseRecord {
-            leader: "intruder".into(),
-            expires_at_ms: i64::MAX,
-            incarnation: 7,
-        };
-        kv.set(KEY, Bytes::from(intruder.encode_to_vec()))
+        // Another member queues, then an operator deletes the leader's key.
+        let other = kv.grant_lease(TTL * 100).await.unwrap();
+        kv.create_with_lease(&format!("{KEY}/{other:x}"), Bytes::from_static(b"b"), other)
             .await
             .unwrap();
-        rx.wait_for(|s| *s == ElectionState::Follower)
-            .await
-            .unwrap();
-        assert_eq!(e.leader().await.unwrap(), Some("intruder".into()));
+        let own = kv.list_by_creation(&format!("{KEY}/")).await.unwrap()[0]
+            .key
+            .clone();
+        kv.delete(&own).await.unwrap();
+        rx.wait_for(|s| *s != ElectionState::Leader).await.unwrap();
+        assert!(!e.leads());
+        assert_eq!(e.leader().await.unwrap().as_deref(), Some("b"));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn close_hands_over_and_garbage_is_overwritten() {
+    async fn close_hands_over_and_leaseless_garbage_is_removed() {
         let kv = Arc::new(MemoryKv::new());
-        kv.set(KEY, Bytes::from_static(b"\xff\xff not a record"))
+        // What an earlier layout left under the election key: no lease, nobody's candidacy.
+        kv.set(&format!("{KEY}/candidates"), Bytes::from_static(b"\xff"))
             .await
             .unwrap();
         let elections = candidates(&kv, 2);
@@ -909,6 +763,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let first = leaders(&elections)[0];
         let other = 1 - first;
+        assert_eq!(kv.get(&format!("{KEY}/candidates")).await.unwrap(), None);
         elections[first].close().await;
         assert_eq!(*elections[first].state().borrow(), ElectionState::Unknown);
         let mut rx = elections[other].state();
@@ -919,21 +774,25 @@ mod tests {
         .await
         .expect("hand-over on close is immediate")
         .unwrap();
+        // The closed member left nothing behind.
+        assert_eq!(
+            kv.list_by_creation(&format!("{KEY}/")).await.unwrap().len(),
+            1
+        );
     }
 
     /// Regression (issue 6): a leader that crashed and restarted within the TTL used to renew
     /// "its own" record and lead again at once, holding none of the open windows.
     #[tokio::test(start_paused = true)]
-    async fn a_restarted_process_does_not_take_back_its_previous_lease() {
+    async fn a_restarted_process_does_not_take_back_its_previous_place() {
         let kv = Arc::new(MemoryKv::new());
-        let clock = Clock::new();
-        let first_life = LeaderElection::new(kv.clone(), KEY, "agg0", TTL).with_clock(clock);
+        let first_life = LeaderElection::new(kv.clone(), KEY, "agg0", TTL);
         first_life
             .campaign()
             .wait_for(|s| *s == ElectionState::Leader)
             .await
             .unwrap();
-        let other = LeaderElection::new(kv.clone(), KEY, "agg1", TTL).with_clock(clock);
+        let other = LeaderElection::new(kv.clone(), KEY, "agg1", TTL);
         other.campaign();
         tokio::time::sleep(Duration::from_secs(1)).await;
         drop(first_life); // crash: no resignation, the lease stays until it expires
@@ -941,15 +800,14 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(2)).await;
 
         let (eligible_tx, eligible) = watch::channel(false);
-        let second_life = LeaderElection::new(kv.clone(), KEY, "agg0", TTL)
-            .with_clock(clock)
-            .with_eligibility(eligible);
+        let second_life =
+            LeaderElection::new(kv.clone(), KEY, "agg0", TTL).with_eligibility(eligible);
         let mut second = second_life.campaign();
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(
             *second.borrow_and_update(),
             ElectionState::Follower,
-            "the old lease is another member's"
+            "the old key is another member's"
         );
         let mut rx = other.state();
         rx.wait_for(|s| *s == ElectionState::Leader).await.unwrap();
@@ -960,18 +818,19 @@ mod tests {
         assert_eq!(*other.state().borrow(), ElectionState::Leader);
         // Once it can lead and the leader resigns, it takes over at once.
         eligible_tx.send_replace(true);
+        tokio::time::sleep(Duration::from_secs(1)).await;
         other.resign().await.unwrap();
         tokio::time::timeout(
             Duration::from_secs(1),
             second.wait_for(|s| *s == ElectionState::Leader),
         )
         .await
-        .expect("an eligible member takes a resigned lease at once")
+        .expect("an eligible member queued behind takes over at once")
         .unwrap();
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_eligible_member_takes_a_lapsed_lease_before_an_older_one_that_is_not() {
+    async fn an_eligible_member_leads_before_an_older_one_that_is_not() {
         let kv = Arc::new(MemoryKv::new());
         let crashed = LeaderElection::new(kv.clone(), KEY, "agg9", TTL);
         crashed
@@ -983,8 +842,7 @@ mod tests {
         let lacking =
             LeaderElection::new(kv.clone(), KEY, "agg0", TTL).with_eligibility(not_eligible);
         lacking.campaign();
-        // Candidates are ordered by wall-clock start, which paused time does not move.
-        std::thread::sleep(Duration::from_millis(5));
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let complete = LeaderElection::new(kv.clone(), KEY, "agg1", TTL);
         let mut rx = complete.campaign();
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -996,70 +854,69 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn with_nobody_eligible_the_longest_standing_candidate_leads() {
+    async fn a_member_that_stops_being_eligible_leaves_the_queue() {
         let kv = Arc::new(MemoryKv::new());
-        let crashed = LeaderElection::new(kv.clone(), KEY, "agg9", TTL);
-        crashed
+        let leader = LeaderElection::new(kv.clone(), KEY, "agg0", TTL);
+        leader
             .campaign()
             .wait_for(|s| *s == ElectionState::Leader)
             .await
             .unwrap();
-        let (_keep, not_eligible) = watch::channel(false);
-        let older = LeaderElection::new(kv.clone(), KEY, "agg1", TTL)
-            .with_eligibility(not_eligible.clone());
-        older.campaign();
-        // Candidates are ordered by wall-clock start, which paused time does not move.
-        std::thread::sleep(Duration::from_millis(5));
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let younger =
-            LeaderElection::new(kv.clone(), KEY, "agg0", TTL).with_eligibility(not_eligible);
-        younger.campaign();
+        let (eligible_tx, eligible) = watch::channel(true);
+        let lacking = LeaderElection::new(kv.clone(), KEY, "agg1", TTL).with_eligibility(eligible);
+        lacking.campaign();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        drop(crashed);
-        let mut rx = older.state();
+        assert_eq!(
+            kv.list_by_creation(&format!("{KEY}/")).await.unwrap().len(),
+            2
+        );
+        eligible_tx.send_replace(false);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let queue = kv.list_by_creation(&format!("{KEY}/")).await.unwrap();
+        assert_eq!(queue.len(), 1, "only the leader stands");
+        assert_eq!(queue[0].value, Bytes::from_static(b"agg0"));
+        // Third member, eligible, queues behind the leader and takes over from it.
+        let complete = LeaderElection::new(kv.clone(), KEY, "agg2", TTL);
+        let mut rx = complete.campaign();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        leader.close().await;
         rx.wait_for(|s| *s == ElectionState::Leader).await.unwrap();
-        tokio::time::sleep(TTL * 3).await;
-        assert_eq!(*younger.state().borrow(), ElectionState::Follower);
+        assert_eq!(*lacking.state().borrow(), ElectionState::Follower);
     }
 
-    /// A member first in line that does not take the lease (wedged) holds the others up for one
-    /// TTL only.
     #[tokio::test(start_paused = true)]
-    async fn a_candidate_that_is_not_first_in_line_leads_one_ttl_after_the_lease_is_free() {
+    async fn with_nobody_eligible_one_member_leads_one_ttl_after_the_election_is_free() {
         let kv = Arc::new(MemoryKv::new());
-        let wedged = candidates::CandidateList {
-            candidates: vec![candidates::CandidateRecord {
-                value: "wedged".into(),
-                incarnation: 1,
-                since_ms: 0,
-                eligible: true,
-                expires_at_ms: i64::MAX,
-                withdrawn: false,
-            }],
-        };
-        kv.set(
-            &format!("{KEY}/candidates"),
-            Bytes::from(wedged.encode_to_vec()),
-        )
-        .await
-        .unwrap();
         let (_keep, not_eligible) = watch::channel(false);
-        let member =
-            LeaderElection::new(kv.clone(), KEY, "agg0", TTL).with_eligibility(not_eligible);
+        let members: Vec<LeaderElection> = (0..2)
+            .map(|i| {
+                LeaderElection::new(kv.clone(), KEY, format!("agg{i}"), TTL)
+                    .with_eligibility(not_eligible.clone())
+            })
+            .collect();
         let started = Instant::now();
-        let mut rx = member.campaign();
+        for m in &members {
+            m.campaign();
+        }
         tokio::time::sleep(TTL / 2).await;
-        assert_ne!(*rx.borrow_and_update(), ElectionState::Leader, "too early");
-        rx.wait_for(|s| *s == ElectionState::Leader).await.unwrap();
+        assert!(leaders(&members).is_empty(), "too early");
+        let mut rxs: Vec<_> = members.iter().map(LeaderElection::state).collect();
+        let (a, b) = rxs.split_at_mut(1);
+        tokio::select! {
+            _ = a[0].wait_for(|s| *s == ElectionState::Leader) => {}
+            _ = b[0].wait_for(|s| *s == ElectionState::Leader) => {}
+        }
         let waited = started.elapsed();
         assert!(
             waited >= TTL && waited <= TTL + Duration::from_secs(1),
             "took {waited:?}"
         );
+        tokio::time::sleep(TTL * 3).await;
+        assert_eq!(leaders(&members).len(), 1);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_closed_campaign_leaves_the_line_of_candidates() {
+    async fn a_closed_campaign_leaves_nothing_behind() {
         let kv = Arc::new(MemoryKv::new());
         let member = LeaderElection::new(kv.clone(), KEY, "agg0", TTL);
         member
@@ -1067,42 +924,51 @@ mod tests {
             .wait_for(|s| *s == ElectionState::Leader)
             .await
             .unwrap();
-        let listed = || async {
-            let stored = kv.get(&format!("{KEY}/candidates")).await.unwrap();
-            stored
-                .map(|v| candidates::CandidateList::decode(v.value.as_ref()).unwrap())
-                .unwrap_or_default()
-                .candidates
-                .len()
-        };
-        assert_eq!(listed().await, 1);
+        let queue = kv.list_by_creation(&format!("{KEY}/")).await.unwrap();
+        assert_eq!(queue.len(), 1);
         member.close().await;
-        assert_eq!(listed().await, 0);
+        assert!(
+            kv.list_by_creation(&format!("{KEY}/"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            kv.keep_lease_alive(queue[0].lease).await,
+            Err(KvError::LeaseNotFound {
+                lease: queue[0].lease
+            }),
+            "the lease is revoked"
+        );
     }
 
-    /// A store whose writes always fail, as etcd does while it is down.
-    struct FailingWrites(MemoryKv);
+    /// A store whose every call fails, as etcd does while it is down.
+    struct Down;
 
-    impl KvStore for FailingWrites {
+    fn down<T: Send + 'static>() -> crate::kv::BoxFuture<'static, Result<T, KvError>> {
+        Box::pin(async { Err(KvError::backend("store down")) })
+    }
+
+    impl KvStore for Down {
         fn get<'a>(
             &'a self,
-            key: &'a str,
-        ) -> crate::kv::BoxFuture<'a, Result<Option<Versioned>, KvError>> {
-            self.0.get(key)
+            _: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<Option<crate::kv::Versioned>, KvError>> {
+            down()
         }
         fn set<'a>(
             &'a self,
             _: &'a str,
             _: Bytes,
         ) -> crate::kv::BoxFuture<'a, Result<i64, KvError>> {
-            Box::pin(async { Err(KvError::backend("store down")) })
+            down()
         }
         fn set_if_not_exists<'a>(
             &'a self,
             _: &'a str,
             _: Bytes,
         ) -> crate::kv::BoxFuture<'a, Result<i64, KvError>> {
-            Box::pin(async { Err(KvError::backend("store down")) })
+            down()
         }
         fn check_and_set<'a>(
             &'a self,
@@ -1110,29 +976,56 @@ mod tests {
             _: i64,
             _: Bytes,
         ) -> crate::kv::BoxFuture<'a, Result<i64, KvError>> {
-            Box::pin(async { Err(KvError::backend("store down")) })
+            down()
         }
         fn delete<'a>(
             &'a self,
-            key: &'a str,
-        ) -> crate::kv::BoxFuture<'a, Result<Option<Versioned>, KvError>> {
-            self.0.delete(key)
+            _: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<Option<crate::kv::Versioned>, KvError>> {
+            down()
         }
-        fn watch<'a>(&'a self, key: &'a str) -> crate::kv::BoxFuture<'a, Result<KvWatch, KvError>> {
-            self.0.watch(key)
+        fn watch<'a>(
+            &'a self,
+            _: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<crate::kv::KvWatch, KvError>> {
+            down()
+        }
+        fn grant_lease(&self, _: Duration) -> crate::kv::BoxFuture<'_, Result<LeaseId, KvError>> {
+            down()
+        }
+        fn keep_lease_alive(&self, _: LeaseId) -> crate::kv::BoxFuture<'_, Result<(), KvError>> {
+            down()
+        }
+        fn revoke_lease(&self, _: LeaseId) -> crate::kv::BoxFuture<'_, Result<(), KvError>> {
+            down()
+        }
+        fn create_with_lease<'a>(
+            &'a self,
+            _: &'a str,
+            _: Bytes,
+            _: LeaseId,
+        ) -> crate::kv::BoxFuture<'a, Result<bool, KvError>> {
+            down()
+        }
+        fn list_by_creation<'a>(
+            &'a self,
+            _: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<Vec<CreatedKey>, KvError>> {
+            down()
         }
     }
 
-    /// Regression: with every campaign write failing, `close` used to wait forever because the
+    /// Regression: with every store call failing, `close` used to wait forever because the
     /// retry loop never read the stop command (an aggregator hung on SIGTERM with etcd down).
     #[tokio::test(start_paused = true)]
-    async fn close_returns_while_the_store_refuses_writes() {
-        let kv: Arc<dyn KvStore> = Arc::new(FailingWrites(MemoryKv::new()));
-        let election = LeaderElection::new(kv, KEY, "agg0", TTL);
-        election.campaign();
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        tokio::time::timeout(Duration::from_secs(5), election.close())
+    async fn close_returns_while_the_store_is_down() {
+        let e = LeaderElection::new(Arc::new(Down), KEY, "agg0", TTL);
+        e.campaign();
+        tokio::time::sleep(TTL * 2).await;
+        assert_eq!(*e.state().borrow(), ElectionState::Unknown);
+        assert!(e.resign().await.is_ok(), "resign answers too");
+        tokio::time::timeout(Duration::from_secs(1), e.close())
             .await
-            .expect("close returns although the store is down");
+            .expect("close returns");
     }
 }

@@ -13,6 +13,9 @@ use bytes::Bytes;
 
 use super::{KvError, KvStore};
 
+/// How long after its TTL an unrenewed lease may take to end: etcd checks expiry in steps.
+const LEASE_EXPIRY_SLACK: Duration = Duration::from_secs(3);
+
 /// How long a watch may take to deliver a change before the contract counts it as lost. Generous
 /// because a real etcd delivers asynchronously.
 const WATCH_DEADLINE: Duration = Duration::from_secs(5);
@@ -27,7 +30,11 @@ pub async fn run_all(kv: Arc<dyn KvStore>, prefix: &str) {
     delete_returns_previous_and_resets_version(kv.clone(), &format!("{prefix}/delete")).await;
     keys_are_independent(kv.clone(), &format!("{prefix}/independent")).await;
     watch_sees_current_value_and_changes(kv.clone(), &format!("{prefix}/watch")).await;
-    watch_of_missing_key_sees_creation_and_deletion(kv, &format!("{prefix}/watch_missing")).await;
+    watch_of_missing_key_sees_creation_and_deletion(kv.clone(), &format!("{prefix}/watch_missing"))
+        .await;
+    list_by_creation_is_in_creation_order(kv.clone(), &format!("{prefix}/list")).await;
+    leased_keys_go_with_their_lease(kv.clone(), &format!("{prefix}/lease")).await;
+    an_unrenewed_lease_expires_and_its_keys_with_it(kv, &format!("{prefix}/lease_expiry")).await;
 }
 
 /// `get` of a key never written is `None`.
@@ -218,4 +225,120 @@ pub async fn watch_of_missing_key_sees_creation_and_deletion(kv: Arc<dyn KvStore
     .await;
     kv.delete(&key).await.expect("delete");
     wait_for(&mut rx, "the deletion", |v| v.is_none()).await;
+}
+
+/// `list_by_creation` lists the keys under the prefix, earliest created first (not in key
+/// order), and nothing outside it; an overwrite keeps a key's place.
+pub async fn list_by_creation_is_in_creation_order(kv: Arc<dyn KvStore>, prefix: &str) {
+    for name in ["b", "a", "c"] {
+        kv.set(&format!("{prefix}/q/{name}"), Bytes::from(name))
+            .await
+            .expect("set");
+    }
+    kv.set(&format!("{prefix}/q/b"), Bytes::from_static(b"b2"))
+        .await
+        .expect("overwrite");
+    kv.set(&format!("{prefix}/other"), Bytes::from_static(b"x"))
+        .await
+        .expect("set");
+    let listed = kv
+        .list_by_creation(&format!("{prefix}/q/"))
+        .await
+        .expect("list");
+    let keys: Vec<&str> = listed.iter().map(|k| k.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            format!("{prefix}/q/b"),
+            format!("{prefix}/q/a"),
+            format!("{prefix}/q/c")
+        ],
+        "listed in creation order"
+    );
+    assert_eq!(listed[0].value, Bytes::from_static(b"b2"));
+    assert!(
+        listed
+            .windows(2)
+            .all(|w| w[0].create_revision < w[1].create_revision)
+    );
+    assert!(listed.iter().all(|k| k.lease == 0));
+}
+
+/// A key created with a lease carries it, is created once, and goes when the lease is revoked;
+/// a revoked lease can be neither renewed nor used.
+pub async fn leased_keys_go_with_their_lease(kv: Arc<dyn KvStore>, prefix: &str) {
+    let lease = kv
+        .grant_lease(Duration::from_secs(30))
+        .await
+        .expect("grant");
+    assert_ne!(lease, 0, "0 means no lease");
+    let key = format!("{prefix}/k");
+    let mut rx = kv.watch(&key).await.expect("watch");
+    assert!(
+        kv.create_with_lease(&key, Bytes::from_static(b"mine"), lease)
+            .await
+            .expect("create")
+    );
+    assert!(
+        !kv.create_with_lease(&key, Bytes::from_static(b"again"), lease)
+            .await
+            .expect("create existing"),
+        "an existing key is left alone"
+    );
+    let listed = kv
+        .list_by_creation(&format!("{prefix}/"))
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].lease, lease);
+    assert_eq!(listed[0].value, Bytes::from_static(b"mine"));
+    kv.keep_lease_alive(lease).await.expect("keep alive");
+    kv.revoke_lease(lease).await.expect("revoke");
+    wait_for(&mut rx, "the deletion by revocation", Option::is_none).await;
+    assert_eq!(kv.get(&key).await.expect("get"), None);
+    assert_eq!(
+        kv.keep_lease_alive(lease).await,
+        Err(KvError::LeaseNotFound { lease })
+    );
+    assert_eq!(
+        kv.create_with_lease(&key, Bytes::from_static(b"late"), lease)
+            .await,
+        Err(KvError::LeaseNotFound { lease })
+    );
+    kv.revoke_lease(lease)
+        .await
+        .expect("revoking twice is fine");
+}
+
+/// A lease nobody renews ends after its TTL, and its keys with it; renewals keep another alive.
+pub async fn an_unrenewed_lease_expires_and_its_keys_with_it(kv: Arc<dyn KvStore>, prefix: &str) {
+    let ttl = Duration::from_secs(2);
+    let lapsing = kv.grant_lease(ttl).await.expect("grant");
+    let renewed = kv.grant_lease(ttl).await.expect("grant");
+    let lapsing_key = format!("{prefix}/lapsing");
+    let renewed_key = format!("{prefix}/renewed");
+    for (key, lease) in [(&lapsing_key, lapsing), (&renewed_key, renewed)] {
+        kv.create_with_lease(key, Bytes::from_static(b"v"), lease)
+            .await
+            .expect("create");
+    }
+    let mut rx = kv.watch(&lapsing_key).await.expect("watch");
+    let deadline = tokio::time::Instant::now() + ttl + LEASE_EXPIRY_SLACK;
+    while rx.borrow_and_update().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the unrenewed lease outlived its TTL by {LEASE_EXPIRY_SLACK:?}"
+        );
+        kv.keep_lease_alive(renewed).await.expect("keep alive");
+        let _ = tokio::time::timeout(ttl / 4, rx.changed()).await;
+    }
+    assert_eq!(
+        kv.keep_lease_alive(lapsing).await,
+        Err(KvError::LeaseNotFound { lease: lapsing })
+    );
+    assert!(
+        kv.get(&renewed_key).await.expect("get").is_some(),
+        "the renewed lease's key stays"
+    );
+    kv.revoke_lease(renewed).await.expect("revoke");
 }

@@ -50,6 +50,11 @@
 //! | `check_and_set` | `Txn{ if version(key) == expected: [Put, Range] else: [Range] }` |
 //! | `delete` | `DeleteRange` with `prev_kv` |
 //! | `watch` | `Range` for the current value, then `Watch` from the next revision |
+//! | `grant_lease` | `LeaseGrant` |
+//! | `keep_lease_alive` | one request and its answer on a `LeaseKeepAlive` stream |
+//! | `revoke_lease` | `LeaseRevoke` |
+//! | `create_with_lease` | `Txn{ if create_revision(key) == 0: [Put with lease] }` |
+//! | `list_by_creation` | `Range` over the prefix, sorted by create revision |
 //!
 //! Every request is bounded by `requestTimeout`. A request that fails or times out returns
 //! [`KvError::Backend`] naming the endpoints; the client itself stays usable and reconnects on
@@ -79,13 +84,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, KeyValue, Txn, TxnOp,
-    TxnOpResponse, TxnResponse, WatchOptions, WatchStream,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, KeyValue,
+    PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
+    WatchStream,
 };
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use super::{BoxFuture, KvError, KvStore, KvWatch, Versioned};
+use super::{
+    BoxFuture, CreatedKey, KvError, KvStore, KvWatch, LeaseId, Versioned, lease_ttl_seconds,
+};
 
 /// Dial timeout when `etcdClusters[].dialTimeout` is not set.
 pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -417,6 +425,11 @@ fn version_read_back(resp: &TxnResponse) -> i64 {
         .unwrap_or(0)
 }
 
+/// Whether etcd answered that a lease does not exist.
+fn is_lease_not_found(error: &KvError) -> bool {
+    matches!(error, KvError::Backend { message } if message.contains("lease not found"))
+}
+
 impl KvStore for EtcdKv {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Versioned>, KvError>> {
         Box::pin(async move { Ok(self.get_at_revision(key).await?.0) })
@@ -478,6 +491,115 @@ impl KvStore for EtcdKv {
                 .request("delete", key, client.delete(key, Some(options)))
                 .await?;
             Ok(resp.take_prev_kvs().into_iter().next().map(versioned))
+        })
+    }
+
+    fn grant_lease(&self, ttl: Duration) -> BoxFuture<'_, Result<LeaseId, KvError>> {
+        Box::pin(async move {
+            let mut client = self.client.clone();
+            let granted = self
+                .request(
+                    "lease grant",
+                    "",
+                    client.lease_grant(lease_ttl_seconds(ttl), None),
+                )
+                .await?;
+            Ok(granted.id())
+        })
+    }
+
+    fn keep_lease_alive(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), KvError>> {
+        Box::pin(async move {
+            let mut client = self.client.clone();
+            let key = format!("lease {lease:x}");
+            let renewed = match self
+                .request("keep-alive", &key, async {
+                    let (mut keeper, mut answers) = client.lease_keep_alive(lease).await?;
+                    keeper.keep_alive().await?;
+                    answers.message().await
+                })
+                .await
+            {
+                Ok(renewed) => renewed,
+                Err(e) if is_lease_not_found(&e) => return Err(KvError::LeaseNotFound { lease }),
+                Err(e) => return Err(e),
+            };
+            match renewed {
+                // etcd answers a TTL of 0 for a lease that no longer exists.
+                Some(answer) if answer.ttl() > 0 => Ok(()),
+                Some(_) => Err(KvError::LeaseNotFound { lease }),
+                None => Err(KvError::backend(format!(
+                    "etcd keep-alive of lease {lease:x} at {} got no answer",
+                    self.endpoints
+                ))),
+            }
+        })
+    }
+
+    fn revoke_lease(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), KvError>> {
+        Box::pin(async move {
+            let mut client = self.client.clone();
+            let key = format!("lease {lease:x}");
+            match self
+                .request("lease revoke", &key, client.lease_revoke(lease))
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) if is_lease_not_found(&e) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn create_with_lease<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        lease: LeaseId,
+    ) -> BoxFuture<'a, Result<bool, KvError>> {
+        Box::pin(async move {
+            let txn = Txn::new()
+                .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key,
+                    value.to_vec(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )]);
+            let mut client = self.client.clone();
+            match self.request("create", key, client.txn(txn)).await {
+                Ok(resp) => Ok(resp.succeeded()),
+                Err(e) if is_lease_not_found(&e) => Err(KvError::LeaseNotFound { lease }),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn list_by_creation<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<CreatedKey>, KvError>> {
+        Box::pin(async move {
+            let mut client = self.client.clone();
+            let options = GetOptions::new()
+                .with_prefix()
+                .with_sort(SortTarget::Create, SortOrder::Ascend);
+            let mut resp = self
+                .request("list", prefix, client.get(prefix, Some(options)))
+                .await?;
+            Ok(resp
+                .take_kvs()
+                .into_iter()
+                .map(|kv| {
+                    let (create_revision, lease) = (kv.create_revision(), kv.lease());
+                    let (key, value) = kv.into_key_value();
+                    CreatedKey {
+                        key: String::from_utf8_lossy(&key).into_owned(),
+                        value: Bytes::from(value),
+                        create_revision,
+                        lease,
+                    }
+                })
+                .collect())
         })
     }
 

@@ -4,38 +4,112 @@
 //! it. Versions follow etcd (see the [parent module](super)), so code tested against this
 //! backend behaves the same on etcd. Each watched key keeps one `tokio::sync::watch` sender; it
 //! is dropped again once nobody listens.
+//!
+//! Leases follow etcd too: every write moves a store-wide revision, keys remember the revision
+//! that created them, and each lease has a deadline on Tokio's clock (so tests with paused time
+//! control expiry). A task per lease, spawned when it is granted, sleeps until the deadline and
+//! deletes the lease's keys then unless a renewal moved it; watchers see those deletions as
+//! they would etcd's.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
-use super::{BoxFuture, KvError, KvStore, KvWatch, Versioned};
+use super::{
+    BoxFuture, CreatedKey, KvError, KvStore, KvWatch, LeaseId, Versioned, lease_ttl_seconds,
+};
 
 /// An in-memory [`KvStore`]. Cheap to create; share it as `Arc<MemoryKv>` or `Arc<dyn KvStore>`.
 #[derive(Debug, Default)]
 pub struct MemoryKv {
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    values: HashMap<String, Versioned>,
+    values: HashMap<String, Entry>,
     watchers: HashMap<String, watch::Sender<Option<Versioned>>>,
+    leases: HashMap<LeaseId, Lease>,
+    /// The store revision: one more on every write and delete.
+    revision: i64,
+    /// The last lease ID handed out.
+    last_lease: LeaseId,
+}
+
+#[derive(Debug)]
+struct Entry {
+    stored: Versioned,
+    create_revision: i64,
+    lease: LeaseId,
+}
+
+#[derive(Debug)]
+struct Lease {
+    ttl: Duration,
+    deadline: Instant,
+    keys: HashSet<String>,
 }
 
 impl State {
     fn version_of(&self, key: &str) -> i64 {
-        self.values.get(key).map_or(0, |v| v.version)
+        self.values.get(key).map_or(0, |e| e.stored.version)
     }
 
     fn write(&mut self, key: &str, value: Bytes) -> i64 {
+        self.write_with_lease(key, value, 0)
+    }
+
+    fn write_with_lease(&mut self, key: &str, value: Bytes, lease: LeaseId) -> i64 {
+        self.revision += 1;
         let version = self.version_of(key) + 1;
         let stored = Versioned { value, version };
-        self.values.insert(key.to_owned(), stored.clone());
+        let create_revision = self
+            .values
+            .get(key)
+            .map_or(self.revision, |e| e.create_revision);
+        let previous_lease = self.values.get(key).map_or(0, |e| e.lease);
+        if previous_lease != lease
+            && let Some(previous) = self.leases.get_mut(&previous_lease)
+        {
+            previous.keys.remove(key);
+        }
+        if let Some(lease) = self.leases.get_mut(&lease) {
+            lease.keys.insert(key.to_owned());
+        }
+        self.values.insert(
+            key.to_owned(),
+            Entry {
+                stored: stored.clone(),
+                create_revision,
+                lease,
+            },
+        );
         self.notify(key, Some(stored));
         version
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Versioned> {
+        let entry = self.values.remove(key)?;
+        self.revision += 1;
+        if let Some(lease) = self.leases.get_mut(&entry.lease) {
+            lease.keys.remove(key);
+        }
+        self.notify(key, None);
+        Some(entry.stored)
+    }
+
+    /// Ends `lease` and deletes its keys.
+    fn end_lease(&mut self, lease: LeaseId) {
+        if let Some(ended) = self.leases.remove(&lease) {
+            for key in ended.keys {
+                self.remove(&key);
+            }
+        }
     }
 
     fn notify(&mut self, key: &str, value: Option<Versioned>) {
@@ -60,9 +134,29 @@ impl MemoryKv {
     }
 }
 
+/// Ends `lease` at its deadline unless renewals keep moving it; stops when the store is gone or
+/// the lease ended otherwise.
+async fn expire_lease(state: Weak<Mutex<State>>, lease: LeaseId) {
+    loop {
+        let deadline = {
+            let Some(state) = state.upgrade() else { return };
+            let mut state = state.lock();
+            match state.leases.get(&lease).map(|l| l.deadline) {
+                None => return,
+                Some(deadline) if deadline <= Instant::now() => {
+                    state.end_lease(lease);
+                    return;
+                }
+                Some(deadline) => deadline,
+            }
+        };
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
 impl KvStore for MemoryKv {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Versioned>, KvError>> {
-        let value = self.state.lock().values.get(key).cloned();
+        let value = self.state.lock().values.get(key).map(|e| e.stored.clone());
         Self::ready(Ok(value))
     }
 
@@ -108,17 +202,13 @@ impl KvStore for MemoryKv {
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Versioned>, KvError>> {
-        let mut state = self.state.lock();
-        let previous = state.values.remove(key);
-        if previous.is_some() {
-            state.notify(key, None);
-        }
+        let previous = self.state.lock().remove(key);
         Self::ready(Ok(previous))
     }
 
     fn watch<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<KvWatch, KvError>> {
         let mut state = self.state.lock();
-        let current = state.values.get(key).cloned();
+        let current = state.values.get(key).map(|e| e.stored.clone());
         let rx = match state.watchers.get(key) {
             Some(tx) => tx.subscribe(),
             None => {
@@ -128,6 +218,98 @@ impl KvStore for MemoryKv {
             }
         };
         Self::ready(Ok(rx))
+    }
+
+    fn grant_lease(&self, ttl: Duration) -> BoxFuture<'_, Result<LeaseId, KvError>> {
+        Box::pin(async move {
+            let ttl = Duration::from_secs(lease_ttl_seconds(ttl).unsigned_abs());
+            let lease = {
+                let mut state = self.state.lock();
+                state.last_lease += 1;
+                let lease = state.last_lease;
+                state.leases.insert(
+                    lease,
+                    Lease {
+                        ttl,
+                        deadline: Instant::now() + ttl,
+                        keys: HashSet::new(),
+                    },
+                );
+                lease
+            };
+            tokio::spawn(expire_lease(Arc::downgrade(&self.state), lease));
+            Ok(lease)
+        })
+    }
+
+    fn keep_lease_alive(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), KvError>> {
+        let mut state = self.state.lock();
+        let now = Instant::now();
+        let result = match state.leases.get_mut(&lease) {
+            Some(l) if l.deadline > now => {
+                l.deadline = now + l.ttl;
+                Ok(())
+            }
+            Some(_) => {
+                // Past its deadline, its expiry task just has not run yet: it ended.
+                state.end_lease(lease);
+                Err(KvError::LeaseNotFound { lease })
+            }
+            None => Err(KvError::LeaseNotFound { lease }),
+        };
+        Self::ready(result)
+    }
+
+    fn revoke_lease(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), KvError>> {
+        self.state.lock().end_lease(lease);
+        Self::ready(Ok(()))
+    }
+
+    fn create_with_lease<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        lease: LeaseId,
+    ) -> BoxFuture<'a, Result<bool, KvError>> {
+        let mut state = self.state.lock();
+        let live = state
+            .leases
+            .get(&lease)
+            .is_some_and(|l| l.deadline > Instant::now());
+        let result = if !live {
+            Err(KvError::LeaseNotFound { lease })
+        } else if state.values.contains_key(key) {
+            Ok(false)
+        } else {
+            state.write_with_lease(key, value, lease);
+            Ok(true)
+        };
+        Self::ready(result)
+    }
+
+    fn list_by_creation<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<CreatedKey>, KvError>> {
+        let state = self.state.lock();
+        let now = Instant::now();
+        // A key whose lease is past its deadline is gone, even if the expiry task has not run.
+        let alive = |e: &Entry| {
+            e.lease == 0 || state.leases.get(&e.lease).is_some_and(|l| l.deadline > now)
+        };
+        let mut keys: Vec<CreatedKey> = state
+            .values
+            .iter()
+            .filter(|(key, e)| key.starts_with(prefix) && alive(e))
+            .map(|(key, e)| CreatedKey {
+                key: key.clone(),
+                value: e.stored.value.clone(),
+                create_revision: e.create_revision,
+                lease: e.lease,
+            })
+            .collect();
+        keys.sort_by_key(|k| k.create_revision);
+        Self::ready(Ok(keys))
     }
 }
 

@@ -29,6 +29,16 @@
 //! latest-value semantics: a slow reader may skip intermediate values, but it always ends up
 //! with the newest one. `None` means the key does not exist (never written, or deleted).
 //!
+//! # Leases
+//!
+//! Leader election needs one thing more, as in etcd: keys that live only as long as their owner.
+//! [`KvStore::grant_lease`] grants a lease with a TTL; the owner renews it with
+//! [`KvStore::keep_lease_alive`] and ends it with [`KvStore::revoke_lease`]. A key created with
+//! [`KvStore::create_with_lease`] is deleted when its lease ends, by revocation or because no
+//! renewal came within the TTL (a crashed owner); watchers see the deletion.
+//! [`KvStore::list_by_creation`] lists the keys under a prefix oldest first, the order etcd's
+//! election recipe queues candidates in (see [`crate::election`]).
+//!
 //! # Contract
 //!
 //! `contract` holds a test suite that any backend must pass; the in-memory backend runs it in
@@ -46,6 +56,7 @@ pub use decoded::{DecodedWatch, watch_decoded};
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -64,6 +75,23 @@ pub struct Versioned<T = Bytes> {
     pub version: i64,
 }
 
+/// The ID of a lease (see the [module docs](self)): etcd's lease ID, or the in-memory
+/// backend's. Never 0, which etcd uses for "no lease".
+pub type LeaseId = i64;
+
+/// One key of [`KvStore::list_by_creation`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedKey {
+    /// The full key.
+    pub key: String,
+    /// Its value.
+    pub value: Bytes,
+    /// The store revision that created it: keys created earlier have smaller ones.
+    pub create_revision: i64,
+    /// The lease it is attached to; 0 for none.
+    pub lease: LeaseId,
+}
+
 /// A watch on one key: holds the current value (`None` when the key is absent) and is notified
 /// of every later change.
 pub type KvWatch = tokio::sync::watch::Receiver<Option<Versioned>>;
@@ -76,6 +104,12 @@ pub enum KvError {
     AlreadyExists {
         /// The key that exists.
         key: String,
+    },
+    /// The lease does not exist: it expired or was revoked.
+    #[error("lease {lease:x} not found: it expired or was revoked")]
+    LeaseNotFound {
+        /// The lease.
+        lease: LeaseId,
     },
     /// `check_and_set` found another version than the one expected. `actual` is 0 when the key
     /// does not exist.
@@ -158,4 +192,51 @@ pub trait KvStore: Send + Sync + 'static {
     /// # Errors
     /// [`KvError::Backend`] when the watch cannot be established.
     fn watch<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<KvWatch, KvError>>;
+
+    /// Grants a lease that ends `ttl` (at least one second, rounded up to whole seconds as in
+    /// etcd) after it was granted or last renewed.
+    ///
+    /// # Errors
+    /// [`KvError::Backend`] on backend failure.
+    fn grant_lease(&self, ttl: Duration) -> BoxFuture<'_, Result<LeaseId, KvError>>;
+
+    /// Renews `lease` for its full TTL.
+    ///
+    /// # Errors
+    /// [`KvError::LeaseNotFound`] when it already ended; [`KvError::Backend`] on backend
+    /// failure.
+    fn keep_lease_alive(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), KvError>>;
+
+    /// Ends `lease` now and deletes its keys. A lease that already ended is not an error.
+    ///
+    /// # Errors
+    /// [`KvError::Backend`] on backend failure.
+    fn revoke_lease(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), KvError>>;
+
+    /// Creates `key` attached to `lease` if it does not exist; returns whether it did (`false`:
+    /// the key existed and was left alone).
+    ///
+    /// # Errors
+    /// [`KvError::LeaseNotFound`] when the lease ended; [`KvError::Backend`] on backend failure.
+    fn create_with_lease<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        lease: LeaseId,
+    ) -> BoxFuture<'a, Result<bool, KvError>>;
+
+    /// Every key starting with `prefix`, the earliest created first.
+    ///
+    /// # Errors
+    /// [`KvError::Backend`] on backend failure.
+    fn list_by_creation<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<CreatedKey>, KvError>>;
+}
+
+/// A lease TTL as etcd counts it: whole seconds, at least one.
+pub fn lease_ttl_seconds(ttl: Duration) -> i64 {
+    let seconds = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    i64::try_from(seconds.max(1)).unwrap_or(i64::MAX)
 }

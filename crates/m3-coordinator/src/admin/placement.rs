@@ -225,11 +225,23 @@ impl Target {
         let remaining = shard_sets(after);
         for shard_set in shard_sets(before).difference(&remaining) {
             let election = keys::election_key(&self.environment, &self.service, *shard_set);
-            for key in [
-                keys::election_candidates_key(&election),
+            // The candidates' keys go with their leases anyway; members still running stand
+            // again until they see the change.
+            let candidates = match self
+                .kv
+                .list_by_creation(&keys::election_queue_prefix(&election))
+                .await
+            {
+                Ok(queue) => queue.into_iter().map(|k| k.key).collect(),
+                Err(e) => {
+                    tracing::warn!(key = %election, error = %e, shard_set, "Listing a removed shard set's election candidates failed.");
+                    Vec::new()
+                }
+            };
+            for key in candidates.into_iter().chain([
                 election,
                 keys::flush_times_key(&self.environment, *shard_set),
-            ] {
+            ]) {
                 match self.kv.delete(&key).await {
                     Ok(_) => {}
                     Err(e) => {
