@@ -392,10 +392,11 @@ impl FlushManager {
     }
 
     /// Merges `flushed` into the shard set's persisted flush times with a check-and-set on the
-    /// version read, while this member still leads on its own clock ([`LeaderElection::leads`]).
-    /// Leadership may move during the ack wait or between the read and the write: a member
-    /// whose lease ran out writes nothing, and a write that lost a race with another writer
-    /// (the next leader) is merged again on top of what that writer stored, never over it.
+    /// version read, guarded by this member's election term ([`LeaderElection::term_key`]), while
+    /// it still leads on its own clock ([`LeaderElection::leads`]). Leadership may move during
+    /// the ack wait or between the read and the write: a member whose term or lease ended writes
+    /// nothing, however late its write arrives, and a write that lost a race with another
+    /// writer is merged again on top of what that writer stored, never over it.
     async fn persist_flush_times(
         &self,
         shard_set: u32,
@@ -406,15 +407,15 @@ impl FlushManager {
         if flushed.by_shard.is_empty() {
             return;
         }
+        let term = || {
+            self.election
+                .lock()
+                .as_ref()
+                .filter(|(id, e)| *id == shard_set && e.leads())
+                .and_then(|(_, e)| e.term_key())
+        };
         for _ in 0..ATTEMPTS {
-            let leads = |election: &Option<(u32, Arc<LeaderElection>)>| {
-                election
-                    .as_ref()
-                    .is_some_and(|(id, e)| *id == shard_set && e.leads())
-            };
-            if !leads(&self.election.lock()) {
-                return;
-            }
+            let Some(term_key) = term() else { return };
             // Unreadable: the next acked flush persists these times with its own.
             let Some((mut merged, version)) = read_flush_times(&self.kv, flush_key).await else {
                 return;
@@ -422,17 +423,29 @@ impl FlushManager {
             for (shard, times) in &flushed.by_shard {
                 merge_flush_times(merged.by_shard.entry(*shard).or_default(), times);
             }
-            if !leads(&self.election.lock()) {
+            if term().as_deref() != Some(term_key.as_str()) {
                 return;
             }
             match self
                 .kv
-                .check_and_set(flush_key, version, Bytes::from(merged.encode_to_vec()))
+                .check_and_set_guarded(
+                    flush_key,
+                    version,
+                    Bytes::from(merged.encode_to_vec()),
+                    &term_key,
+                )
                 .await
             {
                 Ok(_) => return,
                 Err(KvError::VersionMismatch { .. }) => {
                     tracing::debug!(shard_set, "Flush times changed meanwhile; merging again.");
+                }
+                Err(KvError::GuardMissing { .. }) => {
+                    tracing::info!(
+                        shard_set,
+                        "Flush times not persisted: the leadership term ended."
+                    );
+                    return;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, shard_set, "Persisting flush times failed.");

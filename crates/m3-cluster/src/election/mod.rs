@@ -126,6 +126,8 @@ struct Shared {
     /// While leading: the local instant at which the lease ends unless renewed, taken *before*
     /// the request that granted or renewed it (see [`LeaderElection::leads`]).
     lease_end: Mutex<Option<Instant>>,
+    /// While leading: this member's key in the queue (see [`LeaderElection::term_key`]).
+    term_key: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -136,6 +138,7 @@ impl Shared {
     fn set_state(&self, state: ElectionState) {
         if state != ElectionState::Leader {
             *self.lease_end.lock() = None;
+            *self.term_key.lock() = None;
         }
         self.state.send_if_modified(|current| {
             let changed = *current != state;
@@ -195,6 +198,7 @@ impl LeaderElection {
                 eligible,
                 hold_off: Mutex::new(None),
                 lease_end: Mutex::new(None),
+                term_key: Mutex::new(None),
             }),
             running: Mutex::new(None),
         }
@@ -268,6 +272,18 @@ impl LeaderElection {
                 .lease_end
                 .lock()
                 .is_some_and(|end| Instant::now() < end)
+    }
+
+    /// While this member leads: its key in the election queue, which exists exactly as long as
+    /// this term lasts (keys are only ever added behind it, so it stays first until it goes).
+    /// State written "as leader" with [`KvStore::check_and_set_guarded`] and this key as guard
+    /// is refused once the term ended, however late the write arrives.
+    pub fn term_key(&self) -> Option<String> {
+        if self.shared.is_leader() {
+            self.shared.term_key.lock().clone()
+        } else {
+            None
+        }
     }
 
     /// A receiver of this member's [`ElectionState`] (whether or not it campaigns).
@@ -498,6 +514,7 @@ async fn stand(
                 if leading {
                     if !shared.is_leader() {
                         *shared.lease_end.lock() = Some(session.valid_until);
+                        *shared.term_key.lock() = Some(session.own_key.clone());
                         shared.set_state(ElectionState::Leader);
                         tracing::info!(key = %shared.key, value = %shared.value, "Became leader.");
                     }
@@ -672,6 +689,41 @@ mod tests {
         }
         kv.revoke_lease(other_lease).await.unwrap();
         rx.wait_for(|s| *s == ElectionState::Leader).await.unwrap();
+    }
+
+    /// The term key exists while the term lasts: a write guarded by it fails after a
+    /// hand-over, even one issued by the old leader before it noticed.
+    #[tokio::test(start_paused = true)]
+    async fn writes_guarded_by_the_term_key_fail_once_the_term_ended() {
+        let kv = Arc::new(MemoryKv::new());
+        let elections = candidates(&kv, 2);
+        for e in &elections {
+            e.campaign();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let first = leaders(&elections)[0];
+        let other = 1 - first;
+        let term = elections[first]
+            .term_key()
+            .expect("a leader has a term key");
+        assert_eq!(elections[other].term_key(), None, "a follower has none");
+        kv.check_and_set_guarded("flush", 0, Bytes::from_static(b"1"), &term)
+            .await
+            .expect("written during the term");
+        elections[first].resign().await.unwrap();
+        assert_eq!(elections[first].term_key(), None);
+        assert!(matches!(
+            kv.check_and_set_guarded("flush", 1, Bytes::from_static(b"2"), &term)
+                .await,
+            Err(KvError::GuardMissing { .. })
+        ));
+        let mut rx = elections[other].state();
+        rx.wait_for(|s| *s == ElectionState::Leader).await.unwrap();
+        let next = elections[other].term_key().expect("the new term's key");
+        assert_ne!(next, term);
+        kv.check_and_set_guarded("flush", 1, Bytes::from_static(b"2"), &next)
+            .await
+            .expect("the new leader writes");
     }
 
     #[tokio::test(start_paused = true)]
@@ -975,6 +1027,15 @@ mod tests {
             _: &'a str,
             _: i64,
             _: Bytes,
+        ) -> crate::kv::BoxFuture<'a, Result<i64, KvError>> {
+            down()
+        }
+        fn check_and_set_guarded<'a>(
+            &'a self,
+            _: &'a str,
+            _: i64,
+            _: Bytes,
+            _: &'a str,
         ) -> crate::kv::BoxFuture<'a, Result<i64, KvError>> {
             down()
         }

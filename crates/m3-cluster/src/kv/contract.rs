@@ -32,6 +32,7 @@ pub async fn run_all(kv: Arc<dyn KvStore>, prefix: &str) {
     watch_sees_current_value_and_changes(kv.clone(), &format!("{prefix}/watch")).await;
     watch_of_missing_key_sees_creation_and_deletion(kv.clone(), &format!("{prefix}/watch_missing"))
         .await;
+    check_and_set_guarded_needs_its_guard(kv.clone(), &format!("{prefix}/guarded")).await;
     list_by_creation_is_in_creation_order(kv.clone(), &format!("{prefix}/list")).await;
     leased_keys_go_with_their_lease(kv.clone(), &format!("{prefix}/lease")).await;
     an_unrenewed_lease_expires_and_its_keys_with_it(kv, &format!("{prefix}/lease_expiry")).await;
@@ -341,4 +342,48 @@ pub async fn an_unrenewed_lease_expires_and_its_keys_with_it(kv: Arc<dyn KvStore
         "the renewed lease's key stays"
     );
     kv.revoke_lease(renewed).await.expect("revoke");
+}
+
+/// `check_and_set_guarded` writes only while the guard key exists, and checks the version too.
+pub async fn check_and_set_guarded_needs_its_guard(kv: Arc<dyn KvStore>, prefix: &str) {
+    let (key, guard) = (format!("{prefix}/k"), format!("{prefix}/guard"));
+    let refused = kv
+        .check_and_set_guarded(&key, 0, Bytes::from_static(b"a"), &guard)
+        .await;
+    assert_eq!(
+        refused,
+        Err(KvError::GuardMissing {
+            key: key.clone(),
+            guard: guard.clone()
+        })
+    );
+    assert_eq!(kv.get(&key).await.expect("get"), None, "nothing written");
+    kv.set(&guard, Bytes::from_static(b"term"))
+        .await
+        .expect("set");
+    let version = kv
+        .check_and_set_guarded(&key, 0, Bytes::from_static(b"a"), &guard)
+        .await
+        .expect("guarded write");
+    assert_eq!(version, 1);
+    assert_eq!(
+        kv.check_and_set_guarded(&key, 0, Bytes::from_static(b"b"), &guard)
+            .await,
+        Err(KvError::VersionMismatch {
+            key: key.clone(),
+            expected: 0,
+            actual: 1
+        })
+    );
+    kv.delete(&guard).await.expect("delete");
+    assert!(matches!(
+        kv.check_and_set_guarded(&key, 1, Bytes::from_static(b"c"), &guard)
+            .await,
+        Err(KvError::GuardMissing { .. })
+    ));
+    let stored = kv.get(&key).await.expect("get").expect("present");
+    assert_eq!(
+        (stored.value, stored.version),
+        (Bytes::from_static(b"a"), 1)
+    );
 }

@@ -48,6 +48,7 @@
 //! | `set` | `Txn{ success: [Put, Range] }` (the range reads back the new version) |
 //! | `set_if_not_exists` | `Txn{ if version(key) == 0: [Put, Range] }` |
 //! | `check_and_set` | `Txn{ if version(key) == expected: [Put, Range] else: [Range] }` |
+//! | `check_and_set_guarded` | as `check_and_set`, also `if create_revision(guard) > 0`, reading the guard on failure |
 //! | `delete` | `DeleteRange` with `prev_kv` |
 //! | `watch` | `Range` for the current value, then `Watch` from the next revision |
 //! | `grant_lease` | `LeaseGrant` |
@@ -479,6 +480,52 @@ impl KvStore for EtcdKv {
                     expected: expected_version,
                     actual,
                 }),
+            }
+        })
+    }
+
+    fn check_and_set_guarded<'a>(
+        &'a self,
+        key: &'a str,
+        expected_version: i64,
+        value: Bytes,
+        guard: &'a str,
+    ) -> BoxFuture<'a, Result<i64, KvError>> {
+        Box::pin(async move {
+            let txn = Txn::new()
+                .when([
+                    Compare::version(key, CompareOp::Equal, expected_version),
+                    Compare::create_revision(guard, CompareOp::Greater, 0),
+                ])
+                .and_then([TxnOp::put(key, value.to_vec(), None), TxnOp::get(key, None)])
+                .or_else([TxnOp::get(key, None), TxnOp::get(guard, None)]);
+            let mut client = self.client.clone();
+            let resp = self
+                .request("check_and_set_guarded", key, client.txn(txn))
+                .await?;
+            let ranges: Vec<i64> = resp
+                .op_responses()
+                .iter()
+                .filter_map(|op| match op {
+                    TxnOpResponse::Get(get) => Some(get.kvs().first().map_or(0, KeyValue::version)),
+                    _ => None,
+                })
+                .collect();
+            match (resp.succeeded(), ranges.as_slice()) {
+                (true, [version]) => Ok(*version),
+                (false, [_, 0]) => Err(KvError::GuardMissing {
+                    key: key.to_owned(),
+                    guard: guard.to_owned(),
+                }),
+                (false, [actual, _]) => Err(KvError::VersionMismatch {
+                    key: key.to_owned(),
+                    expected: expected_version,
+                    actual: *actual,
+                }),
+                _ => Err(KvError::backend(format!(
+                    "etcd check_and_set_guarded of {key:?} at {} answered an unexpected transaction",
+                    self.endpoints
+                ))),
             }
         })
     }

@@ -201,6 +201,32 @@ impl KvStore for MemoryKv {
         Self::ready(result)
     }
 
+    fn check_and_set_guarded<'a>(
+        &'a self,
+        key: &'a str,
+        expected_version: i64,
+        value: Bytes,
+        guard: &'a str,
+    ) -> BoxFuture<'a, Result<i64, KvError>> {
+        let mut state = self.state.lock();
+        let actual = state.version_of(key);
+        let result = if !state.values.contains_key(guard) {
+            Err(KvError::GuardMissing {
+                key: key.to_owned(),
+                guard: guard.to_owned(),
+            })
+        } else if actual == expected_version {
+            Ok(state.write(key, value))
+        } else {
+            Err(KvError::VersionMismatch {
+                key: key.to_owned(),
+                expected: expected_version,
+                actual,
+            })
+        };
+        Self::ready(result)
+    }
+
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Versioned>, KvError>> {
         let previous = self.state.lock().remove(key);
         Self::ready(Ok(previous))

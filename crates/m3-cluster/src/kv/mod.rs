@@ -105,6 +105,14 @@ pub enum KvError {
         /// The key that exists.
         key: String,
     },
+    /// [`KvStore::check_and_set_guarded`] found its guard key absent.
+    #[error("not written to {key:?}: guard key {guard:?} is gone")]
+    GuardMissing {
+        /// The key not written.
+        key: String,
+        /// The guard key that was absent.
+        guard: String,
+    },
     /// The lease does not exist: it expired or was revoked.
     #[error("lease {lease:x} not found: it expired or was revoked")]
     LeaseNotFound {
@@ -178,6 +186,21 @@ pub trait KvStore: Send + Sync + 'static {
         key: &'a str,
         expected_version: i64,
         value: Bytes,
+    ) -> BoxFuture<'a, Result<i64, KvError>>;
+
+    /// As [`KvStore::check_and_set`], and only while the key `guard` exists, in one atomic
+    /// step: a leader writes state "as leader" with its election key as guard, so the write
+    /// fails once its term ended, however late it arrives (see [`crate::election`]).
+    ///
+    /// # Errors
+    /// [`KvError::GuardMissing`] when `guard` does not exist; [`KvError::VersionMismatch`] when
+    /// the version differs; [`KvError::Backend`] on backend failure.
+    fn check_and_set_guarded<'a>(
+        &'a self,
+        key: &'a str,
+        expected_version: i64,
+        value: Bytes,
+        guard: &'a str,
     ) -> BoxFuture<'a, Result<i64, KvError>>;
 
     /// Deletes a key and returns the value it held, or `None` when it did not exist.
