@@ -1008,6 +1008,13 @@ mod tests {
         ) -> crate::kv::BoxFuture<'a, Result<Option<crate::kv::Versioned>, KvError>> {
             down()
         }
+        fn get_version<'a>(
+            &'a self,
+            _: &'a str,
+            _: i64,
+        ) -> crate::kv::BoxFuture<'a, Result<Option<Bytes>, KvError>> {
+            down()
+        }
         fn set<'a>(
             &'a self,
             _: &'a str,

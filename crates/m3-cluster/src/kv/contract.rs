@@ -33,6 +33,7 @@ pub async fn run_all(kv: Arc<dyn KvStore>, prefix: &str) {
     watch_of_missing_key_sees_creation_and_deletion(kv.clone(), &format!("{prefix}/watch_missing"))
         .await;
     check_and_set_guarded_needs_its_guard(kv.clone(), &format!("{prefix}/guarded")).await;
+    earlier_versions_read_back(kv.clone(), &format!("{prefix}/history")).await;
     list_by_creation_is_in_creation_order(kv.clone(), &format!("{prefix}/list")).await;
     leased_keys_go_with_their_lease(kv.clone(), &format!("{prefix}/lease")).await;
     an_unrenewed_lease_expires_and_its_keys_with_it(kv, &format!("{prefix}/lease_expiry")).await;
@@ -385,5 +386,41 @@ pub async fn check_and_set_guarded_needs_its_guard(kv: Arc<dyn KvStore>, prefix:
     assert_eq!(
         (stored.value, stored.version),
         (Bytes::from_static(b"a"), 1)
+    );
+}
+
+/// `get_version` reads each version of the key's current life; versions before a delete, or
+/// never written, are `None`.
+pub async fn earlier_versions_read_back(kv: Arc<dyn KvStore>, prefix: &str) {
+    let key = format!("{prefix}/k");
+    kv.set(&key, Bytes::from_static(b"old life"))
+        .await
+        .expect("set");
+    kv.delete(&key).await.expect("delete");
+    for value in ["v1", "v2", "v3"] {
+        kv.set(&key, Bytes::from(value)).await.expect("set");
+        kv.set(&format!("{prefix}/other"), Bytes::from(value))
+            .await
+            .expect("set");
+    }
+    for (version, value) in [(1, "v1"), (2, "v2"), (3, "v3")] {
+        assert_eq!(
+            kv.get_version(&key, version).await.expect("get_version"),
+            Some(Bytes::from(value)),
+            "version {version}"
+        );
+    }
+    for missing in [0, 4, -1] {
+        assert_eq!(
+            kv.get_version(&key, missing).await.expect("get_version"),
+            None,
+            "version {missing}"
+        );
+    }
+    assert_eq!(
+        kv.get_version(&format!("{prefix}/never"), 1)
+            .await
+            .expect("get_version"),
+        None
     );
 }

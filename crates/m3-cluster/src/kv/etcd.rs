@@ -45,6 +45,7 @@
 //! | trait method | etcd request |
 //! |---|---|
 //! | `get` | `Range` on the key; the version is etcd's per-key `version` |
+//! | `get_version` | `Range` at the revision before each change, back to the version asked for (fails once compacted) |
 //! | `set` | `Txn{ success: [Put, Range] }` (the range reads back the new version) |
 //! | `set_if_not_exists` | `Txn{ if version(key) == 0: [Put, Range] }` |
 //! | `check_and_set` | `Txn{ if version(key) == expected: [Put, Range] else: [Range] }` |
@@ -434,6 +435,41 @@ fn is_lease_not_found(error: &KvError) -> bool {
 impl KvStore for EtcdKv {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Versioned>, KvError>> {
         Box::pin(async move { Ok(self.get_at_revision(key).await?.0) })
+    }
+
+    fn get_version<'a>(
+        &'a self,
+        key: &'a str,
+        version: i64,
+    ) -> BoxFuture<'a, Result<Option<Bytes>, KvError>> {
+        Box::pin(async move {
+            // Walk back from the current value, one earlier revision per version.
+            let mut client = self.client.clone();
+            let mut options: Option<GetOptions> = None;
+            loop {
+                let answer = self
+                    .request("get", key, client.get(key, options.take()))
+                    .await;
+                let mut resp = match answer {
+                    Ok(resp) => resp,
+                    // Older than the oldest revision etcd keeps: no such version any more.
+                    Err(KvError::Backend { message }) if message.contains("compacted") => {
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(e),
+                };
+                let Some(kv) = resp.take_kvs().into_iter().next() else {
+                    return Ok(None);
+                };
+                if kv.version() == version {
+                    return Ok(Some(Bytes::from(kv.into_key_value().1)));
+                }
+                if kv.version() < version || version < 1 {
+                    return Ok(None);
+                }
+                options = Some(GetOptions::new().with_revision(kv.mod_revision() - 1));
+            }
+        })
     }
 
     fn set<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<i64, KvError>> {

@@ -11,7 +11,7 @@
 //! deletes the lease's keys then unless a renewal moved it; watchers see those deletions as
 //! they would etcd's.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -23,6 +23,9 @@ use tokio::time::Instant;
 use super::{
     BoxFuture, CreatedKey, KvError, KvStore, KvWatch, LeaseId, Versioned, lease_ttl_seconds,
 };
+
+/// How many versions of a key [`KvStore::get_version`] can read back, the current one included.
+pub const HISTORY: usize = 64;
 
 /// An in-memory [`KvStore`]. Cheap to create; share it as `Arc<MemoryKv>` or `Arc<dyn KvStore>`.
 #[derive(Debug, Default)]
@@ -46,6 +49,8 @@ struct Entry {
     stored: Versioned,
     create_revision: i64,
     lease: LeaseId,
+    /// The last [`HISTORY`] values, oldest first; the last one is `stored`'s.
+    history: VecDeque<Bytes>,
 }
 
 #[derive(Debug)]
@@ -73,6 +78,15 @@ impl State {
             .get(key)
             .map_or(self.revision, |e| e.create_revision);
         let previous_lease = self.values.get(key).map_or(0, |e| e.lease);
+        let mut history = self
+            .values
+            .remove(key)
+            .map(|e| e.history)
+            .unwrap_or_default();
+        if history.len() == HISTORY {
+            history.pop_front();
+        }
+        history.push_back(stored.value.clone());
         if previous_lease != lease
             && let Some(previous) = self.leases.get_mut(&previous_lease)
         {
@@ -87,6 +101,7 @@ impl State {
                 stored: stored.clone(),
                 create_revision,
                 lease,
+                history,
             },
         );
         self.notify(key, Some(stored));
@@ -157,6 +172,22 @@ async fn expire_lease(state: Weak<Mutex<State>>, lease: LeaseId) {
 impl KvStore for MemoryKv {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Versioned>, KvError>> {
         let value = self.state.lock().values.get(key).map(|e| e.stored.clone());
+        Self::ready(Ok(value))
+    }
+
+    fn get_version<'a>(
+        &'a self,
+        key: &'a str,
+        version: i64,
+    ) -> BoxFuture<'a, Result<Option<Bytes>, KvError>> {
+        let state = self.state.lock();
+        let value = state.values.get(key).and_then(|e| {
+            let back = usize::try_from(e.stored.version.checked_sub(version)?).ok()?;
+            let index = e.history.len().checked_sub(1)?.checked_sub(back)?;
+            (version >= 1)
+                .then(|| e.history.get(index).cloned())
+                .flatten()
+        });
         Self::ready(Ok(value))
     }
 

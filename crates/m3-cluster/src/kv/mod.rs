@@ -159,6 +159,19 @@ pub trait KvStore: Send + Sync + 'static {
     /// [`KvError::Backend`] when the backend cannot be reached.
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Versioned>, KvError>>;
 
+    /// The value `key` held at `version` of its current life (since it was last created), for
+    /// M3's `GET ..?version=N`. `Ok(None)` when there is no such version: never written, or
+    /// older than the history the backend keeps (etcd: until compaction; in memory: the last
+    /// [`memory::HISTORY`] versions).
+    ///
+    /// # Errors
+    /// [`KvError::Backend`] when the backend cannot be reached.
+    fn get_version<'a>(
+        &'a self,
+        key: &'a str,
+        version: i64,
+    ) -> BoxFuture<'a, Result<Option<Bytes>, KvError>>;
+
     /// Writes a key unconditionally and returns the new version.
     ///
     /// # Errors

@@ -114,6 +114,22 @@ impl PlacementStore {
         }
     }
 
+    /// The placement as stored at `version` (M3's `PlacementForVersion`), `None` when that
+    /// version is not (or no longer) there (see [`KvStore::get_version`]).
+    ///
+    /// # Errors
+    /// [`PlacementStoreError::Placement`] when the stored value does not decode;
+    /// [`PlacementStoreError::Kv`] on backend failure.
+    pub async fn get_version(
+        &self,
+        version: i64,
+    ) -> Result<Option<Placement>, PlacementStoreError> {
+        match self.kv.get_version(&self.key, version).await? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(self.format.decode(&bytes)?)),
+        }
+    }
+
     /// Stores the first placement; returns its version (1).
     ///
     /// # Errors

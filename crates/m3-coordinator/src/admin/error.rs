@@ -38,6 +38,18 @@ pub enum AdminError {
         /// The KV key read.
         key: String,
     },
+    /// `GET ..?version=N` asked for a version that is not (or no longer) stored.
+    #[error(
+        "placement version {version} not found for service {service:?} in environment {environment:?}"
+    )]
+    PlacementVersionNotFound {
+        /// The service.
+        service: String,
+        /// The environment.
+        environment: String,
+        /// The version asked for.
+        version: i64,
+    },
     /// The placement store refused or failed.
     #[error(transparent)]
     PlacementStore(#[from] PlacementStoreError),
@@ -54,9 +66,9 @@ impl AdminError {
     pub fn status(&self) -> StatusCode {
         match self {
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AdminError::UnknownService { .. } | AdminError::PlacementNotFound { .. } => {
-                StatusCode::NOT_FOUND
-            }
+            AdminError::UnknownService { .. }
+            | AdminError::PlacementNotFound { .. }
+            | AdminError::PlacementVersionNotFound { .. } => StatusCode::NOT_FOUND,
             AdminError::PlacementStore(e) => match e {
                 PlacementStoreError::AlreadyExists { .. }
                 | PlacementStoreError::VersionMismatch { .. } => StatusCode::CONFLICT,

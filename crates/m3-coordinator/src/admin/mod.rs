@@ -11,7 +11,7 @@
 //! | method and path | body | does |
 //! |---|---|---|
 //! | `POST /api/v1/services/{svc}/placement/init` | `{"num_shards", "replication_factor", "instances": [..]}` | builds and stores the first placement; 409 if one exists |
-//! | `GET /api/v1/services/{svc}/placement` | — | the placement; 404 if none |
+//! | `GET /api/v1/services/{svc}/placement` | — | the placement; 404 if none. `?version=N`: the placement as stored at version N (404 if that version is not kept: etcd keeps versions until compaction, the in-memory store the last 64) |
 //! | `DELETE /api/v1/services/{svc}/placement` | — | deletes it; answers `{"deleted": true}` |
 //! | `POST /api/v1/services/{svc}/placement` | `{"instances": [..]}` | adds instances |
 //! | `POST /api/v1/services/{svc}/placement/remove` | `{"instance_ids": [..]}` | removes instances |
@@ -97,11 +97,10 @@
 //!
 //! # Not supported
 //!
-//! `GET ..?version=N` (reading an earlier version of a placement). `num_shards` and
-//! `replication_factor` are ignored for `m3coordinator`, whose placement has no shards, and
-//! `option_override.skip_port_mirroring` has no effect because shard sets are formed by
-//! isolation group, never by port. Shards given on request instances are parsed and checked,
-//! but the algorithms assign shards themselves.
+//! `num_shards` and `replication_factor` are ignored for `m3coordinator`, whose placement has
+//! no shards, and `option_override.skip_port_mirroring` has no effect because shard sets are
+//! formed by isolation group, never by port. Shards given on request instances are parsed and
+//! checked, but the algorithms assign shards themselves.
 
 use std::fmt;
 use std::sync::Arc;

@@ -1,12 +1,13 @@
 //! The placement routes: init, get, delete, add, remove and replace instances, for the three
 //! placement kinds (see the parent module for the routes and the cutover rules).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::limits::PlacementLimits;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use m3_cluster::Versioned;
@@ -312,11 +313,27 @@ pub(super) async fn placement_init(
 pub(super) async fn placement_get(
     State(state): State<AdminState>,
     Path(svc): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, AdminError> {
     let target = Target::new(&state, svc, &headers)?;
-    let current = target.current().await?;
-    Ok(placement_response(&current.value, current.version))
+    let Some(asked) = query.get("version").filter(|v| !v.is_empty()) else {
+        let current = target.current().await?;
+        return Ok(placement_response(&current.value, current.version));
+    };
+    // As M3: an earlier version of the placement, 400 when `version` is not a number, 404
+    // when that version is not there.
+    let version: i64 = asked
+        .parse()
+        .map_err(|_| AdminError::BadRequest(format!("version {asked:?} is not an integer")))?;
+    match target.store.get_version(version).await? {
+        Some(placement) => Ok(placement_response(&placement, version)),
+        None => Err(AdminError::PlacementVersionNotFound {
+            service: target.service,
+            environment: target.environment,
+            version,
+        }),
+    }
 }
 
 pub(super) async fn placement_delete(
