@@ -292,8 +292,10 @@ impl FlushManager {
                     state.not_campaigning = Some(why);
                 }
                 if election.is_campaigning() {
-                    // Resigns when leading, so another member takes over at once. Not awaited:
-                    // with the KV down it takes up to a TTL, and flushing must go on.
+                    // Stops leading now, then resigns, so another member takes over at once.
+                    // The resignation is not awaited: with the KV down it takes up to a TTL,
+                    // and flushing (as a follower) must go on.
+                    election.begin_close();
                     tokio::spawn(async move { election.close().await });
                 }
             }
@@ -392,7 +394,7 @@ impl FlushManager {
     }
 
     /// Merges `flushed` into the shard set's persisted flush times with a check-and-set on the
-    /// version read, guarded by this member's election term ([`LeaderElection::term_key`]), while
+    /// version read, guarded by this member's election term ([`LeaderElection::term`]), while
     /// it still leads on its own clock ([`LeaderElection::leads`]). Leadership may move during
     /// the ack wait or between the read and the write: a member whose term or lease ended writes
     /// nothing, however late its write arrives, and a write that lost a race with another
@@ -411,11 +413,11 @@ impl FlushManager {
             self.election
                 .lock()
                 .as_ref()
-                .filter(|(id, e)| *id == shard_set && e.leads())
-                .and_then(|(_, e)| e.term_key())
+                .filter(|(id, _)| *id == shard_set)
+                .and_then(|(_, e)| e.term())
         };
         for _ in 0..ATTEMPTS {
-            let Some(term_key) = term() else { return };
+            let Some(term_guard) = term() else { return };
             // Unreadable: the next acked flush persists these times with its own.
             let Some((mut merged, version)) = read_flush_times(&self.kv, flush_key).await else {
                 return;
@@ -423,7 +425,7 @@ impl FlushManager {
             for (shard, times) in &flushed.by_shard {
                 merge_flush_times(merged.by_shard.entry(*shard).or_default(), times);
             }
-            if term().as_deref() != Some(term_key.as_str()) {
+            if term().as_ref() != Some(&term_guard) {
                 return;
             }
             match self
@@ -432,7 +434,7 @@ impl FlushManager {
                     flush_key,
                     version,
                     Bytes::from(merged.encode_to_vec()),
-                    &term_key,
+                    &term_guard,
                 )
                 .await
             {
@@ -558,7 +560,10 @@ fn merge_flush_times(into: &mut ShardFlushTimes, from: &ShardFlushTimes) {
 
 /// The persisted flush times of a shard set and their KV version (0: none stored); `None`
 /// when the KV cannot be read.
-async fn read_flush_times(kv: &Arc<dyn KvStore>, key: &str) -> Option<(ShardSetFlushTimes, i64)> {
+pub(crate) async fn read_flush_times(
+    kv: &Arc<dyn KvStore>,
+    key: &str,
+) -> Option<(ShardSetFlushTimes, i64)> {
     match kv.get(key).await {
         Ok(Some(v)) => {
             let times = ShardSetFlushTimes::decode(v.value).unwrap_or_else(|e| {

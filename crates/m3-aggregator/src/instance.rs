@@ -194,7 +194,10 @@ impl AggregatorInstance {
         // The election takes a free lease at once only while this instance can lead.
         let can_lead = status.clone();
         let (eligible_tx, eligible) = watch::channel(false);
+        let eligible_tx = Arc::new(eligible_tx);
+        let forwarded_eligibility = Arc::clone(&eligible_tx);
         tasks.push(tokio::spawn(async move {
+            let eligible_tx = forwarded_eligibility;
             let mut can_lead = can_lead;
             loop {
                 let value = can_lead.borrow_and_update().can_lead;
@@ -211,6 +214,7 @@ impl AggregatorInstance {
             options: options.clone(),
             election: Arc::clone(&election),
             eligible,
+            eligible_tx,
             client: Arc::clone(&client),
             cancel: cancel.clone(),
         })));
@@ -305,6 +309,8 @@ struct PlacementFollower {
     election: SharedElection,
     /// Whether this instance may lead (fed by canLead), handed to each election it joins.
     eligible: watch::Receiver<bool>,
+    /// Its sender, to say at once whether a shard set just joined may be led from here.
+    eligible_tx: Arc<watch::Sender<bool>>,
     client: Arc<crate::client::AggregatorClient>,
     cancel: CancellationToken,
 }
@@ -317,6 +323,7 @@ async fn follow_placement(parts: PlacementFollower) {
         options,
         election,
         eligible,
+        eligible_tx,
         client,
         cancel,
     } = parts;
@@ -343,6 +350,7 @@ async fn follow_placement(parts: PlacementFollower) {
                 }
                 aggregator.set_shards(Vec::new(), unix_nanos_now());
                 if let Some((_, old)) = election.lock().take() {
+                    old.begin_close();
                     tokio::spawn(async move { old.close().await });
                 }
             }
@@ -362,9 +370,22 @@ async fn follow_placement(parts: PlacementFollower) {
                     .collect();
                 aggregator.set_shards(assignments, unix_nanos_now());
                 let shard_set = instance.shard_set_id;
+                let joining = election.lock().as_ref().map(|(id, _)| *id) != Some(shard_set);
+                if joining {
+                    // Eligible at once when this member holds every window the shard set has
+                    // not flushed (always, in a new cluster: no flush times yet), so a shard
+                    // set gets its leader without waiting for the first flush cycle to say so.
+                    let flush_key = keys::flush_times_key(&options.environment, shard_set);
+                    if let Some((times, _)) =
+                        crate::flush_manager::read_flush_times(&kv, &flush_key).await
+                    {
+                        eligible_tx.send_replace(aggregator.can_lead(&times));
+                    }
+                }
                 let mut current = election.lock();
                 if current.as_ref().map(|(id, _)| *id) != Some(shard_set) {
                     if let Some((_, old)) = current.take() {
+                        old.begin_close();
                         tokio::spawn(async move { old.close().await });
                     }
                     let key =

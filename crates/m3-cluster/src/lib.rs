@@ -56,7 +56,7 @@ pub use election::{ElectionError, ElectionState, LeaderElection};
 pub use keys::ServiceId;
 pub use kv::etcd::{EtcdConfig, EtcdKv};
 pub use kv::memory::MemoryKv;
-pub use kv::{CreatedKey, KvError, KvStore, KvWatch, LeaseId, Versioned};
+pub use kv::{CreatedKey, Guard, KvError, KvStore, KvWatch, LeaseId, Versioned};
 pub use placement::{
     Instance, Placement, PlacementError, PlacementFormat, PlacementStore, Shard, ShardState,
 };

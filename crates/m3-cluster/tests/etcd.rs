@@ -19,7 +19,8 @@ use m3_cluster::kv::{KvError, KvStore, KvWatch, Versioned, contract};
 use m3_cluster::{ElectionState, LeaderElection, keys};
 use m3_testkit::{ChildProcess, EtcdProcess};
 
-/// Short timeouts so outage tests stay quick.
+/// Short timeouts so outage tests stay quick, but not so short that an etcd slowed by a loaded
+/// machine (fsyncs of a second and more while two test suites run) fails healthy requests.
 fn config(endpoint: String) -> EtcdConfig {
     EtcdConfig {
         zone: keys::DEFAULT_ZONE.into(),
@@ -31,7 +32,7 @@ fn config(endpoint: String) -> EtcdConfig {
             dial_timeout: Some(Duration::from_secs(2)),
             ..EtcdClusterConfig::default()
         }],
-        request_timeout: Some(Duration::from_secs(1)),
+        request_timeout: Some(Duration::from_secs(5)),
         ..EtcdConfig::default()
     }
 }

@@ -34,7 +34,9 @@
 //!
 //! Per phase: windows expected (sent), stored with their exact value, missing, differing, and
 //! stored twice (stored once, then written again with another value, which the store's
-//! overwrite would otherwise hide). Every row must read 0 missing, 0 differing, 0 stored twice.
+//! overwrite would otherwise hide: every window is read back at each phase change, and every
+//! value seen is remembered). Every row must read 0 missing, 0 differing, 0 stored twice. A
+//! window emitted twice with the *same* value is invisible in the store and not counted.
 //!
 //! # Soak
 //!
@@ -125,6 +127,12 @@ struct Chaos {
     phases: Vec<Phase>,
     /// Aggregator starts so far, for unique process names.
     lives: usize,
+    /// The traffic, once started.
+    writer: Option<SumWriter>,
+    /// When the traffic started (ms).
+    started: i64,
+    /// Every stored value seen so far, so a window overwritten later is reported.
+    history: WindowHistory,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,6 +155,9 @@ async fn every_window_survives_every_fault() {
         spares: SPARE_HOSTS.to_vec(),
         phases: Vec::new(),
         lives: 2,
+        writer: None,
+        started: 0,
+        history: WindowHistory::default(),
     };
     chaos.leader_among(&[0, 1]).await;
 
@@ -162,11 +173,16 @@ async fn every_window_survives_every_fault() {
                 .map(|h| SocketAddr::from((*h, rawtcp_port))),
         )
         .collect();
-    let started = now_ms();
-    let writer =
-        SumWriter::start_with_policy(endpoints, METRIC, 10, Duration::from_millis(250), POLICY);
+    chaos.started = now_ms();
+    chaos.writer = Some(SumWriter::start_with_policy(
+        endpoints,
+        METRIC,
+        10,
+        Duration::from_millis(250),
+        POLICY,
+    ));
     tokio::time::sleep(Duration::from_secs(5)).await;
-    chaos.begin("steady traffic");
+    chaos.begin("steady traffic").await;
 
     for round in 0..rounds() {
         println!("{} round {}", now_ms(), round + 1);
@@ -180,15 +196,16 @@ async fn every_window_survives_every_fault() {
             chaos.add_and_remove_shard_set().await;
             chaos.replace_leader().await;
         }
-        chaos.begin("steady traffic");
+        chaos.begin("steady traffic").await;
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
+    let writer = chaos.writer.take().expect("traffic started");
     let sent = writer.stop().await;
     let stopped = now_ms();
     if let Some(last) = chaos.phases.last_mut() {
         last.to = support::window_end(stopped, RESOLUTION_MS);
     }
-    chaos.phases[0].from = started - RESOLUTION_MS;
+    chaos.phases[0].from = chaos.started - RESOLUTION_MS;
     chaos.report(&sent).await;
 }
 
@@ -244,8 +261,21 @@ async fn run_seed_commands_with_message_ttl(cluster: &Cluster) {
 }
 
 impl Chaos {
-    /// Starts a new phase now; the previous one ends here.
-    fn begin(&mut self, name: &str) {
+    /// Starts a new phase now; the previous one ends here. Reads every window stored so far
+    /// into the history first.
+    async fn begin(&mut self, name: &str) {
+        if let Some(writer) = &self.writer {
+            let sent = writer.sent();
+            compare_sum_count(
+                &self.cluster,
+                &sent,
+                METRIC,
+                NAMESPACE,
+                (self.started - RESOLUTION_MS, now_ms()),
+                &self.history,
+            )
+            .await;
+        }
         let now = now_ms();
         if let Some(last) = self.phases.last_mut() {
             last.to = now;
@@ -316,7 +346,8 @@ impl Chaos {
     }
 
     async fn kill_leaders(&mut self, kills: usize) {
-        self.begin(&format!("leader SIGKILL + restart ({kills}x)"));
+        self.begin(&format!("leader SIGKILL + restart ({kills}x)"))
+            .await;
         let members = self.shard_set.clone();
         for kill in 0..kills {
             let leader = self.leader_among(&members).await;
@@ -336,7 +367,7 @@ impl Chaos {
     }
 
     async fn kill_follower(&mut self) {
-        self.begin("follower SIGKILL + restart");
+        self.begin("follower SIGKILL + restart").await;
         let members = self.shard_set.clone();
         let leader = self.leader_among(&members).await;
         let follower = members
@@ -352,7 +383,7 @@ impl Chaos {
     }
 
     async fn pause_leader(&mut self) {
-        self.begin("leader SIGSTOP for 2 TTLs, SIGCONT");
+        self.begin("leader SIGSTOP for 2 TTLs, SIGCONT").await;
         let members = self.shard_set.clone();
         let leader = self.leader_among(&members).await;
         self.wait_can_lead(&members, leader).await;
@@ -364,12 +395,23 @@ impl Chaos {
             "{} paused leader {leader} resumed; {now_leading} leads",
             now_ms()
         );
+        assert_ne!(
+            now_leading,
+            leader,
+            "nobody took over from the leader paused for two TTLs{}",
+            self.cluster.logs()
+        );
+        let resumed = &self.cluster.aggregators[leader].process;
+        assert!(
+            resumed.log().contains("Lost leadership"),
+            "the resumed leader did not notice it lost its lease: {resumed}"
+        );
         self.wait_can_lead(&members, now_leading).await;
         tokio::time::sleep(SETTLE).await;
     }
 
     async fn kill_coordinator(&mut self) {
-        self.begin("coordinator SIGKILL + restart");
+        self.begin("coordinator SIGKILL + restart").await;
         self.cluster.coordinators[0].process.kill();
         tokio::time::sleep(DOWN_FOR).await;
         self.lives += 1;
@@ -384,7 +426,8 @@ impl Chaos {
             "coordinator ingest outage ({}s, message TTL {}s)",
             outage.as_secs(),
             MESSAGE_TTL.as_secs()
-        ));
+        ))
+        .await;
         self.cluster.coordinators[0].process.pause();
         tokio::time::sleep(outage).await;
         self.cluster.coordinators[0].process.resume();
@@ -392,7 +435,7 @@ impl Chaos {
     }
 
     async fn kill_etcd(&mut self) {
-        self.begin("etcd SIGKILL + restart");
+        self.begin("etcd SIGKILL + restart").await;
         self.cluster.etcd.stop();
         tokio::time::sleep(DOWN_FOR).await;
         let etcd = &mut self.cluster.etcd;
@@ -488,39 +531,45 @@ impl Chaos {
         )
     }
 
-    /// Stops aggregator `index` cleanly once it no longer leads (its windows are out), which
-    /// must not happen before `transition_ms`: it owns its shards until then.
-    async fn stop_when_not_leading(&mut self, index: usize, transition_ms: i64) {
+    /// Stops the aggregators `leaving` cleanly once none of them leads any more (their windows
+    /// are out), which must not happen before `transition_ms`: they own their shards until
+    /// then. (With a whole shard set leaving, its leader may be either member.)
+    async fn stop_when_none_leads(&mut self, leaving: &[usize], transition_ms: i64) {
         let cluster = &self.cluster;
         let done = m3_testkit::wait_for(PATIENCE, Duration::from_millis(500), || async move {
-            cluster
-                .status(index)
-                .await
-                .filter(|(state, _)| state != "leader")
+            for &index in leaving {
+                match cluster.status(index).await {
+                    Some((state, _)) if state != "leader" => {}
+                    _ => return None,
+                }
+            }
+            Some(())
         })
         .await;
         if done.is_none() {
             panic!(
-                "aggregator {index} still leads {PATIENCE:?} after leaving the placement{}",
+                "aggregators {leaving:?} still lead {PATIENCE:?} after leaving the placement{}",
                 cluster.logs()
             );
         }
         let handed_over = now_ms();
         assert!(
             handed_over >= transition_ms,
-            "aggregator {index} stopped leading at {handed_over}, before its shards' cutoff at {transition_ms}{}",
+            "aggregators {leaving:?} stopped leading at {handed_over}, before their shards' cutoff at {transition_ms}{}",
             cluster.logs()
         );
-        let process = &mut self.cluster.aggregators[index].process;
-        process.terminate();
-        assert!(
-            process.wait_exit(Duration::from_secs(30)).is_some(),
-            "aggregator {index} did not stop on SIGTERM: {process}"
-        );
+        for &index in leaving {
+            let process = &mut self.cluster.aggregators[index].process;
+            process.terminate();
+            assert!(
+                process.wait_exit(Duration::from_secs(30)).is_some(),
+                "aggregator {index} did not stop on SIGTERM: {process}"
+            );
+        }
     }
 
     async fn add_and_remove_shard_set(&mut self) {
-        self.begin("add a shard set, then remove it");
+        self.begin("add a shard set, then remove it").await;
         let added = [self.start_spare().await, self.start_spare().await];
         let placement = self.placement().await;
         let instances = &placement["placement"]["instances"];
@@ -545,10 +594,8 @@ impl Chaos {
             .change_placement("/remove", &json!({ "instance_ids": ids }))
             .await;
         println!("{} removed {added:?}: {}", now_ms(), shard_counts(&answer));
-        for index in added {
-            self.stop_when_not_leading(index, transition_ms(&answer))
-                .await;
-        }
+        self.stop_when_none_leads(&added, transition_ms(&answer))
+            .await;
         let members = self.shard_set.clone();
         let leader = self.leader_among(&members).await;
         self.wait_can_lead(&members, leader).await;
@@ -556,7 +603,7 @@ impl Chaos {
     }
 
     async fn replace_leader(&mut self) {
-        self.begin("replace the leader");
+        self.begin("replace the leader").await;
         let replacement = self.start_spare().await;
         let members = self.shard_set.clone();
         let leader = self.leader_among(&members).await;
@@ -568,7 +615,7 @@ impl Chaos {
         });
         let answer = self.change_placement("/replace", &body).await;
         println!("{} replaced {leader} with {replacement}", now_ms());
-        self.stop_when_not_leading(leader, transition_ms(&answer))
+        self.stop_when_none_leads(&[leader], transition_ms(&answer))
             .await;
         self.shard_set = members
             .iter()
@@ -588,10 +635,10 @@ impl Chaos {
             self.phases.first().map_or(0, |p| p.from),
             self.phases.last().map_or(0, |p| p.to),
         );
-        let history = WindowHistory::default();
+        let history = &self.history;
         // Windows still in flight (the last ones, redeliveries) land within a minute or two.
         let cluster = &self.cluster;
-        let history_ref = &history;
+        let history_ref = history;
         let exact = m3_testkit::wait_for(PATIENCE, Duration::from_secs(2), || async move {
             let report =
                 compare_sum_count(cluster, sent, METRIC, NAMESPACE, (from, to), history_ref).await;
@@ -609,7 +656,7 @@ impl Chaos {
                 METRIC,
                 NAMESPACE,
                 (phase.from, phase.to),
-                &history,
+                history,
             )
             .await;
             let twice = report

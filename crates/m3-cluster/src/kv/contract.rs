@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{KvError, KvStore};
+use super::{Guard, KvError, KvStore};
 
 /// How long after its TTL an unrenewed lease may take to end: etcd checks expiry in steps.
 const LEASE_EXPIRY_SLACK: Duration = Duration::from_secs(3);
@@ -345,23 +345,45 @@ pub async fn an_unrenewed_lease_expires_and_its_keys_with_it(kv: Arc<dyn KvStore
     kv.revoke_lease(renewed).await.expect("revoke");
 }
 
-/// `check_and_set_guarded` writes only while the guard key exists, and checks the version too.
+/// The guard of `key`: its create revision as listed, `None` when absent.
+async fn guard_of(kv: &Arc<dyn KvStore>, prefix: &str, key: &str) -> Option<Guard> {
+    kv.list_by_creation(prefix)
+        .await
+        .expect("list")
+        .into_iter()
+        .find(|k| k.key == key)
+        .map(|k| Guard {
+            key: k.key,
+            create_revision: k.create_revision,
+        })
+}
+
+/// `check_and_set_guarded` writes only while the guard key exists as created at the guard's
+/// revision (not after it was deleted, nor once it was created again), and checks the version
+/// too.
 pub async fn check_and_set_guarded_needs_its_guard(kv: Arc<dyn KvStore>, prefix: &str) {
-    let (key, guard) = (format!("{prefix}/k"), format!("{prefix}/guard"));
+    let (key, guard_key) = (format!("{prefix}/k"), format!("{prefix}/guard"));
+    let absent = Guard {
+        key: guard_key.clone(),
+        create_revision: 1,
+    };
     let refused = kv
-        .check_and_set_guarded(&key, 0, Bytes::from_static(b"a"), &guard)
+        .check_and_set_guarded(&key, 0, Bytes::from_static(b"a"), &absent)
         .await;
     assert_eq!(
         refused,
         Err(KvError::GuardMissing {
             key: key.clone(),
-            guard: guard.clone()
+            guard: guard_key.clone()
         })
     );
     assert_eq!(kv.get(&key).await.expect("get"), None, "nothing written");
-    kv.set(&guard, Bytes::from_static(b"term"))
+    kv.set(&guard_key, Bytes::from_static(b"term"))
         .await
         .expect("set");
+    let guard = guard_of(&kv, prefix, &guard_key)
+        .await
+        .expect("guard listed");
     let version = kv
         .check_and_set_guarded(&key, 0, Bytes::from_static(b"a"), &guard)
         .await
@@ -376,7 +398,16 @@ pub async fn check_and_set_guarded_needs_its_guard(kv: Arc<dyn KvStore>, prefix:
             actual: 1
         })
     );
-    kv.delete(&guard).await.expect("delete");
+    kv.delete(&guard_key).await.expect("delete");
+    assert!(matches!(
+        kv.check_and_set_guarded(&key, 1, Bytes::from_static(b"c"), &guard)
+            .await,
+        Err(KvError::GuardMissing { .. })
+    ));
+    // Created again: another term, another guard.
+    kv.set(&guard_key, Bytes::from_static(b"next term"))
+        .await
+        .expect("set");
     assert!(matches!(
         kv.check_and_set_guarded(&key, 1, Bytes::from_static(b"c"), &guard)
             .await,

@@ -49,7 +49,7 @@
 //! | `set` | `Txn{ success: [Put, Range] }` (the range reads back the new version) |
 //! | `set_if_not_exists` | `Txn{ if version(key) == 0: [Put, Range] }` |
 //! | `check_and_set` | `Txn{ if version(key) == expected: [Put, Range] else: [Range] }` |
-//! | `check_and_set_guarded` | as `check_and_set`, also `if create_revision(guard) > 0`, reading the guard on failure |
+//! | `check_and_set_guarded` | as `check_and_set`, also `if create_revision(guard) == its revision`, reading the guard on failure |
 //! | `delete` | `DeleteRange` with `prev_kv` |
 //! | `watch` | `Range` for the current value, then `Watch` from the next revision |
 //! | `grant_lease` | `LeaseGrant` |
@@ -94,7 +94,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use super::{
-    BoxFuture, CreatedKey, KvError, KvStore, KvWatch, LeaseId, Versioned, lease_ttl_seconds,
+    BoxFuture, CreatedKey, Guard, KvError, KvStore, KvWatch, LeaseId, Versioned, lease_ttl_seconds,
 };
 
 /// Dial timeout when `etcdClusters[].dialTimeout` is not set.
@@ -362,8 +362,21 @@ impl EtcdKv {
         key: &str,
         fut: impl Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, KvError> {
+        self.request_classified(what, key, fut, |_| None).await
+    }
+
+    /// As [`EtcdKv::request`], with `classify` turning the etcd errors it knows into their
+    /// typed [`KvError`] first.
+    async fn request_classified<T>(
+        &self,
+        what: &str,
+        key: &str,
+        fut: impl Future<Output = Result<T, etcd_client::Error>>,
+        classify: impl FnOnce(&etcd_client::Error) -> Option<KvError>,
+    ) -> Result<T, KvError> {
         match tokio::time::timeout(self.request_timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if let Some(typed) = classify(&e) => Err(typed),
             Ok(Err(e)) => Err(KvError::backend(format!(
                 "etcd {what} of {key:?} at {} failed: {e}",
                 self.endpoints
@@ -427,10 +440,37 @@ fn version_read_back(resp: &TxnResponse) -> i64 {
         .unwrap_or(0)
 }
 
-/// Whether etcd answered that a lease does not exist.
-fn is_lease_not_found(error: &KvError) -> bool {
-    matches!(error, KvError::Backend { message } if message.contains("lease not found"))
+/// gRPC status codes etcd answers with (`google.golang.org/grpc/codes`).
+const GRPC_NOT_FOUND: i32 = 5;
+const GRPC_OUT_OF_RANGE: i32 = 11;
+
+/// etcd's own answer, when it answered with a gRPC status: its code and message (not a message
+/// of ours, which holds keys and endpoints that could contain any text).
+fn grpc_status(error: &etcd_client::Error) -> Option<(i32, &str)> {
+    match error {
+        etcd_client::Error::GRpcStatus(status) => Some((status.code() as i32, status.message())),
+        _ => None,
+    }
 }
+
+/// Whether etcd answered that a lease does not exist (`etcdserver: requested lease not found`;
+/// the keep-alive stream reports it as a keep-alive error).
+fn is_lease_not_found(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::LeaseKeepAliveError(message) => message.contains("lease not found"),
+        other => grpc_status(other)
+            .is_some_and(|(code, message)| code == GRPC_NOT_FOUND && message.contains("lease")),
+    }
+}
+
+/// Whether etcd answered that the revision asked for is compacted away.
+fn is_compacted(error: &etcd_client::Error) -> bool {
+    grpc_status(error)
+        .is_some_and(|(code, message)| code == GRPC_OUT_OF_RANGE && message.contains("compacted"))
+}
+
+/// How many earlier versions [`KvStore::get_version`] walks back at most (one request each).
+const MAX_VERSION_WALK: i64 = 1_000;
 
 impl KvStore for EtcdKv {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Versioned>, KvError>> {
@@ -443,19 +483,23 @@ impl KvStore for EtcdKv {
         version: i64,
     ) -> BoxFuture<'a, Result<Option<Bytes>, KvError>> {
         Box::pin(async move {
-            // Walk back from the current value, one earlier revision per version.
+            // Walk back from the current value, one earlier revision per version, at most
+            // MAX_VERSION_WALK versions: older ones read as absent.
             let mut client = self.client.clone();
             let mut options: Option<GetOptions> = None;
+            let mut steps = 0;
             loop {
                 let answer = self
-                    .request("get", key, client.get(key, options.take()))
+                    .request_classified("get", key, client.get(key, options.take()), |e| {
+                        // Older than the oldest revision etcd keeps: no such version any more.
+                        is_compacted(e).then(|| KvError::Compacted {
+                            key: key.to_owned(),
+                        })
+                    })
                     .await;
                 let mut resp = match answer {
                     Ok(resp) => resp,
-                    // Older than the oldest revision etcd keeps: no such version any more.
-                    Err(KvError::Backend { message }) if message.contains("compacted") => {
-                        return Ok(None);
-                    }
+                    Err(KvError::Compacted { .. }) => return Ok(None),
                     Err(e) => return Err(e),
                 };
                 let Some(kv) = resp.take_kvs().into_iter().next() else {
@@ -464,7 +508,8 @@ impl KvStore for EtcdKv {
                 if kv.version() == version {
                     return Ok(Some(Bytes::from(kv.into_key_value().1)));
                 }
-                if kv.version() < version || version < 1 {
+                steps += 1;
+                if kv.version() < version || version < 1 || steps > MAX_VERSION_WALK {
                     return Ok(None);
                 }
                 options = Some(GetOptions::new().with_revision(kv.mod_revision() - 1));
@@ -525,35 +570,46 @@ impl KvStore for EtcdKv {
         key: &'a str,
         expected_version: i64,
         value: Bytes,
-        guard: &'a str,
+        guard: &'a Guard,
     ) -> BoxFuture<'a, Result<i64, KvError>> {
         Box::pin(async move {
             let txn = Txn::new()
                 .when([
                     Compare::version(key, CompareOp::Equal, expected_version),
-                    Compare::create_revision(guard, CompareOp::Greater, 0),
+                    Compare::create_revision(
+                        guard.key.as_str(),
+                        CompareOp::Equal,
+                        guard.create_revision,
+                    ),
                 ])
                 .and_then([TxnOp::put(key, value.to_vec(), None), TxnOp::get(key, None)])
-                .or_else([TxnOp::get(key, None), TxnOp::get(guard, None)]);
+                .or_else([TxnOp::get(key, None), TxnOp::get(guard.key.as_str(), None)]);
             let mut client = self.client.clone();
             let resp = self
                 .request("check_and_set_guarded", key, client.txn(txn))
                 .await?;
-            let ranges: Vec<i64> = resp
+            // (version, create revision) of each key read back: 0 when absent.
+            let ranges: Vec<(i64, i64)> = resp
                 .op_responses()
                 .iter()
                 .filter_map(|op| match op {
-                    TxnOpResponse::Get(get) => Some(get.kvs().first().map_or(0, KeyValue::version)),
+                    TxnOpResponse::Get(get) => Some(
+                        get.kvs()
+                            .first()
+                            .map_or((0, 0), |kv| (kv.version(), kv.create_revision())),
+                    ),
                     _ => None,
                 })
                 .collect();
             match (resp.succeeded(), ranges.as_slice()) {
-                (true, [version]) => Ok(*version),
-                (false, [_, 0]) => Err(KvError::GuardMissing {
-                    key: key.to_owned(),
-                    guard: guard.to_owned(),
-                }),
-                (false, [actual, _]) => Err(KvError::VersionMismatch {
+                (true, [(version, _)]) => Ok(*version),
+                (false, [_, (_, created)]) if *created != guard.create_revision => {
+                    Err(KvError::GuardMissing {
+                        key: key.to_owned(),
+                        guard: guard.key.clone(),
+                    })
+                }
+                (false, [(actual, _), _]) => Err(KvError::VersionMismatch {
                     key: key.to_owned(),
                     expected: expected_version,
                     actual: *actual,
@@ -595,18 +651,18 @@ impl KvStore for EtcdKv {
         Box::pin(async move {
             let mut client = self.client.clone();
             let key = format!("lease {lease:x}");
-            let renewed = match self
-                .request("keep-alive", &key, async {
-                    let (mut keeper, mut answers) = client.lease_keep_alive(lease).await?;
-                    keeper.keep_alive().await?;
-                    answers.message().await
-                })
-                .await
-            {
-                Ok(renewed) => renewed,
-                Err(e) if is_lease_not_found(&e) => return Err(KvError::LeaseNotFound { lease }),
-                Err(e) => return Err(e),
-            };
+            let renewed = self
+                .request_classified(
+                    "keep-alive",
+                    &key,
+                    async {
+                        let (mut keeper, mut answers) = client.lease_keep_alive(lease).await?;
+                        keeper.keep_alive().await?;
+                        answers.message().await
+                    },
+                    |e| is_lease_not_found(e).then_some(KvError::LeaseNotFound { lease }),
+                )
+                .await?;
             match renewed {
                 // etcd answers a TTL of 0 for a lease that no longer exists.
                 Some(answer) if answer.ttl() > 0 => Ok(()),
@@ -624,11 +680,12 @@ impl KvStore for EtcdKv {
             let mut client = self.client.clone();
             let key = format!("lease {lease:x}");
             match self
-                .request("lease revoke", &key, client.lease_revoke(lease))
+                .request_classified("lease revoke", &key, client.lease_revoke(lease), |e| {
+                    is_lease_not_found(e).then_some(KvError::LeaseNotFound { lease })
+                })
                 .await
             {
-                Ok(_) => Ok(()),
-                Err(e) if is_lease_not_found(&e) => Ok(()),
+                Ok(_) | Err(KvError::LeaseNotFound { .. }) => Ok(()),
                 Err(e) => Err(e),
             }
         })
@@ -649,11 +706,12 @@ impl KvStore for EtcdKv {
                     Some(PutOptions::new().with_lease(lease)),
                 )]);
             let mut client = self.client.clone();
-            match self.request("create", key, client.txn(txn)).await {
-                Ok(resp) => Ok(resp.succeeded()),
-                Err(e) if is_lease_not_found(&e) => Err(KvError::LeaseNotFound { lease }),
-                Err(e) => Err(e),
-            }
+            let resp = self
+                .request_classified("create", key, client.txn(txn), |e| {
+                    is_lease_not_found(e).then_some(KvError::LeaseNotFound { lease })
+                })
+                .await?;
+            Ok(resp.succeeded())
         })
     }
 

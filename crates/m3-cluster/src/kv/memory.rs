@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{
-    BoxFuture, CreatedKey, KvError, KvStore, KvWatch, LeaseId, Versioned, lease_ttl_seconds,
+    BoxFuture, CreatedKey, Guard, KvError, KvStore, KvWatch, LeaseId, Versioned, lease_ttl_seconds,
 };
 
 /// How many versions of a key [`KvStore::get_version`] can read back, the current one included.
@@ -237,14 +237,18 @@ impl KvStore for MemoryKv {
         key: &'a str,
         expected_version: i64,
         value: Bytes,
-        guard: &'a str,
+        guard: &'a Guard,
     ) -> BoxFuture<'a, Result<i64, KvError>> {
         let mut state = self.state.lock();
         let actual = state.version_of(key);
-        let result = if !state.values.contains_key(guard) {
+        let guard_holds = state
+            .values
+            .get(&guard.key)
+            .is_some_and(|e| e.create_revision == guard.create_revision);
+        let result = if !guard_holds {
             Err(KvError::GuardMissing {
                 key: key.to_owned(),
-                guard: guard.to_owned(),
+                guard: guard.key.clone(),
             })
         } else if actual == expected_version {
             Ok(state.write(key, value))

@@ -4,9 +4,11 @@
 //! # Shape
 //!
 //! [`KvStore`] is deliberately small: `get`, `set`, `set_if_not_exists`, `check_and_set`,
-//! `delete` and `watch` on string keys holding opaque bytes. That is exactly what M3 asks of etcd,
-//! and nothing more, so every backend (the in-memory [`memory::MemoryKv`] used by `m3 local` and
-//! tests, and [`etcd::EtcdKv`]) can honour it completely.
+//! `delete` and `watch` on string keys holding opaque bytes, plus the few things leader election
+//! and M3's admin API need beyond that (leases, a creation-ordered listing, a check-and-set
+//! guarded by another key, earlier versions of a key). That is what M3 asks of etcd, and nothing
+//! more, so every backend (the in-memory [`memory::MemoryKv`] used by `m3 local` and tests, and
+//! [`etcd::EtcdKv`]) can honour it completely.
 //!
 //! The trait is object safe and used as `Arc<dyn KvStore>`: components receive the store at start
 //! time and never know which backend they talk to. Methods return boxed futures
@@ -79,6 +81,16 @@ pub struct Versioned<T = Bytes> {
 /// backend's. Never 0, which etcd uses for "no lease".
 pub type LeaseId = i64;
 
+/// The key a [`KvStore::check_and_set_guarded`] write depends on: it must exist, created at
+/// `create_revision` (a key deleted and created again is another guard).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guard {
+    /// The guard key.
+    pub key: String,
+    /// The store revision that created it.
+    pub create_revision: i64,
+}
+
 /// One key of [`KvStore::list_by_creation`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreatedKey {
@@ -105,13 +117,20 @@ pub enum KvError {
         /// The key that exists.
         key: String,
     },
-    /// [`KvStore::check_and_set_guarded`] found its guard key absent.
+    /// [`KvStore::check_and_set_guarded`] found its guard key absent, or created again since.
     #[error("not written to {key:?}: guard key {guard:?} is gone")]
     GuardMissing {
         /// The key not written.
         key: String,
         /// The guard key that was absent.
         guard: String,
+    },
+    /// An earlier revision of `key` was asked for and the backend no longer keeps it (etcd:
+    /// compacted away).
+    #[error("earlier revisions of {key:?} are compacted away")]
+    Compacted {
+        /// The key read.
+        key: String,
     },
     /// The lease does not exist: it expired or was revoked.
     #[error("lease {lease:x} not found: it expired or was revoked")]
@@ -201,19 +220,21 @@ pub trait KvStore: Send + Sync + 'static {
         value: Bytes,
     ) -> BoxFuture<'a, Result<i64, KvError>>;
 
-    /// As [`KvStore::check_and_set`], and only while the key `guard` exists, in one atomic
-    /// step: a leader writes state "as leader" with its election key as guard, so the write
-    /// fails once its term ended, however late it arrives (see [`crate::election`]).
+    /// As [`KvStore::check_and_set`], and only while `guard`'s key exists as created at its
+    /// revision, in one atomic step: a leader writes state "as leader" guarded by its election
+    /// term, so the write fails once the term ended, however late it arrives (see
+    /// [`crate::election`]).
     ///
     /// # Errors
-    /// [`KvError::GuardMissing`] when `guard` does not exist; [`KvError::VersionMismatch`] when
-    /// the version differs; [`KvError::Backend`] on backend failure.
+    /// [`KvError::GuardMissing`] when the guard key does not exist or was created again;
+    /// [`KvError::VersionMismatch`] when the version differs; [`KvError::Backend`] on backend
+    /// failure.
     fn check_and_set_guarded<'a>(
         &'a self,
         key: &'a str,
         expected_version: i64,
         value: Bytes,
-        guard: &'a str,
+        guard: &'a Guard,
     ) -> BoxFuture<'a, Result<i64, KvError>>;
 
     /// Deletes a key and returns the value it held, or `None` when it did not exist.

@@ -91,9 +91,10 @@
 //!
 //! When a change leaves an aggregator shard set with no instance (the last instance of a shard
 //! set dropped, or the placement deleted), the shard set's election and flush-times keys are
-//! deleted with it, as M3 does. Members of that shard set still running can write them again
-//! until they see the change (a last flush-times write, a candidate heartbeat); stop them
-//! before reusing the shard set's ID. The keys are per environment, not per zone, as in M3.
+//! deleted with it, as M3 does; its candidates' keys are leased and go with their leases once
+//! the members stop (only keys without a lease are deleted). Members of that shard set still
+//! running can write flush times again until they see the change; stop them before reusing the
+//! shard set's ID. The keys are per environment, not per zone, as in M3.
 //!
 //! # Not supported
 //!

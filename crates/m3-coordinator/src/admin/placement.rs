@@ -226,14 +226,19 @@ impl Target {
         let remaining = shard_sets(after);
         for shard_set in shard_sets(before).difference(&remaining) {
             let election = keys::election_key(&self.environment, &self.service, *shard_set);
-            // The candidates' keys go with their leases anyway; members still running stand
-            // again until they see the change.
+            // Leased candidate keys are left to their leases: the shard set's members still
+            // lead it until its cutoff, and deleting a live leader's key would hand its shards
+            // to another member mid-flush. Keys without a lease belong to nobody.
             let candidates = match self
                 .kv
                 .list_by_creation(&keys::election_queue_prefix(&election))
                 .await
             {
-                Ok(queue) => queue.into_iter().map(|k| k.key).collect(),
+                Ok(queue) => queue
+                    .into_iter()
+                    .filter(|k| k.lease == 0)
+                    .map(|k| k.key)
+                    .collect(),
                 Err(e) => {
                     tracing::warn!(key = %election, error = %e, shard_set, "Listing a removed shard set's election candidates failed.");
                     Vec::new()

@@ -1057,6 +1057,7 @@ async fn a_removed_shard_set_takes_its_keys_with_it() {
     let keys_of = |shard_set: u32| {
         let election = m3_cluster::keys::election_key(env, "m3aggregator", shard_set);
         vec![
+            // A leaseless key under the election: nobody's candidacy.
             format!(
                 "{}694d7f3a2b1c0e5d",
                 m3_cluster::keys::election_queue_prefix(&election)
