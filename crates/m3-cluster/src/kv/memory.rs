@@ -65,6 +65,20 @@ impl State {
         self.values.get(key).map_or(0, |e| e.stored.version)
     }
 
+    /// Writes `key` if its version is `expected` (0: absent), as `check_and_set` does.
+    fn write_if_version(&mut self, key: &str, expected: i64, value: Bytes) -> Result<i64, KvError> {
+        let actual = self.version_of(key);
+        if actual == expected {
+            Ok(self.write(key, value))
+        } else {
+            Err(KvError::VersionMismatch {
+                key: key.to_owned(),
+                expected,
+                actual,
+            })
+        }
+    }
+
     fn write(&mut self, key: &str, value: Bytes) -> i64 {
         self.write_with_lease(key, value, 0)
     }
@@ -218,17 +232,10 @@ impl KvStore for MemoryKv {
         expected_version: i64,
         value: Bytes,
     ) -> BoxFuture<'a, Result<i64, KvError>> {
-        let mut state = self.state.lock();
-        let actual = state.version_of(key);
-        let result = if actual == expected_version {
-            Ok(state.write(key, value))
-        } else {
-            Err(KvError::VersionMismatch {
-                key: key.to_owned(),
-                expected: expected_version,
-                actual,
-            })
-        };
+        let result = self
+            .state
+            .lock()
+            .write_if_version(key, expected_version, value);
         Self::ready(result)
     }
 
@@ -240,23 +247,16 @@ impl KvStore for MemoryKv {
         guard: &'a Guard,
     ) -> BoxFuture<'a, Result<i64, KvError>> {
         let mut state = self.state.lock();
-        let actual = state.version_of(key);
         let guard_holds = state
             .values
             .get(&guard.key)
             .is_some_and(|e| e.create_revision == guard.create_revision);
-        let result = if !guard_holds {
+        let result = if guard_holds {
+            state.write_if_version(key, expected_version, value)
+        } else {
             Err(KvError::GuardMissing {
                 key: key.to_owned(),
                 guard: guard.key.clone(),
-            })
-        } else if actual == expected_version {
-            Ok(state.write(key, value))
-        } else {
-            Err(KvError::VersionMismatch {
-                key: key.to_owned(),
-                expected: expected_version,
-                actual,
             })
         };
         Self::ready(result)
