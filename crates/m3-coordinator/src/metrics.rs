@@ -7,6 +7,7 @@
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 /// Why samples were not written or forwarded.
@@ -98,6 +99,9 @@ pub struct CoordinatorMetrics {
     pub write_requests_invalid: Counter,
     /// Remote-write requests answered 429 (too many in flight).
     pub write_requests_throttled: Counter,
+    /// Remote-write requests holding one of the `maxConcurrentRequests` slots now (reading,
+    /// decoding or storing).
+    pub write_requests_in_flight: Gauge,
     /// Remote-write requests refused whole: 413 (over a `limits.remoteWrite` bound), 415
     /// (remote write 2.0), 408 (the body did not arrive in time).
     pub write_requests_refused: Family<RefusedLabels, Counter>,
@@ -183,6 +187,11 @@ impl CoordinatorMetrics {
             "write_requests_throttled",
             "Remote-write requests answered 429 (too many in flight)",
             self.write_requests_throttled.clone(),
+        );
+        r.register(
+            "write_requests_in_flight",
+            "Remote-write requests holding a limits.remoteWrite.maxConcurrentRequests slot",
+            self.write_requests_in_flight.clone(),
         );
         r.register(
             "write_requests_refused",

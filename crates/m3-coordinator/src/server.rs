@@ -459,6 +459,31 @@ fn body_too_large(limit: usize) -> WriteAnswer {
     ))
 }
 
+/// One of the `maxConcurrentRequests` slots, shown in `write_requests_in_flight` while held.
+struct WriteSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    in_flight: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl WriteSlot {
+    fn hold(
+        permit: tokio::sync::OwnedSemaphorePermit,
+        in_flight: &prometheus_client::metrics::gauge::Gauge,
+    ) -> WriteSlot {
+        in_flight.inc();
+        WriteSlot {
+            _permit: permit,
+            in_flight: in_flight.clone(),
+        }
+    }
+}
+
+impl Drop for WriteSlot {
+    fn drop(&mut self) {
+        self.in_flight.dec();
+    }
+}
+
 /// Remote write: refused whole before anything is read when unsupported (415) or when too many
 /// requests are in flight (429); the body is read within its size limit (413) and time limit
 /// (408), then decoded and written (see [`WriteAnswer`] for every answer).
@@ -485,6 +510,7 @@ async fn remote_write(
         state.metrics.write_requests_throttled.inc();
         return WriteAnswer::Throttled;
     };
+    let permit = WriteSlot::hold(permit, &state.metrics.write_requests_in_flight);
     let limit = state.write_limits.max_body_bytes;
     let announced = headers
         .get(header::CONTENT_LENGTH)

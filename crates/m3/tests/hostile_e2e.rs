@@ -666,7 +666,7 @@ fn a_data_dir_that_is_a_file_is_named_as_such() {
 async fn a_trickled_body_holds_one_slot_others_get_429_then_it_gets_408() {
     let config = CONFIG.replace(
         "  writeBuffers:",
-        "  limits:\n    remoteWrite:\n      maxConcurrentRequests: 1\n      bodyTimeout: 10s\n  writeBuffers:",
+        "  limits:\n    remoteWrite:\n      maxConcurrentRequests: 1\n      bodyTimeout: 20s\n  writeBuffers:",
     );
     let local = LocalProcess::start_with("write-admission", &config, &[]).await;
     let address = local.http().trim_start_matches("http://").to_string();
@@ -685,24 +685,29 @@ async fn a_trickled_body_holds_one_slot_others_get_429_then_it_gets_408() {
     let request = WriteRequest {
         timeseries: vec![series(&[("__name__", "admitted")], &[(now_ms(), 1.0)])],
     };
-    // The trickler's request takes the slot as soon as the coordinator reads its headers, and
-    // holds it for the 10s body timeout; poll for at most 8s of it.
-    let mut throttled = None;
-    let polling_until = Instant::now() + Duration::from_secs(8);
-    while Instant::now() < polling_until {
-        let (status, text) = local.remote_write(&request.encode_to_vec()).await;
-        if status == 429 {
-            throttled = Some(text);
+    // The trickler's request takes the slot once the coordinator has read its headers, and holds
+    // it for the 20s body timeout: wait until the coordinator shows it held, then ask.
+    let held_until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, metrics) = local.get(&format!("{}/metrics", local.http())).await;
+        if metrics.contains("write_requests_in_flight 1") {
             break;
         }
-        assert_eq!(status, 200, "{text}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            Instant::now() < held_until,
+            "the trickler's request never took the slot:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let text = throttled.expect("a second request while the slot is held gets 429");
+    let (status, text) = local.remote_write(&request.encode_to_vec()).await;
+    assert_eq!(
+        status, 429,
+        "a second request while the slot is held: {text}"
+    );
     assert!(text.contains("in flight"), "{text}");
 
     let mut answer = vec![0u8; 4096];
-    let read = tokio::time::timeout(Duration::from_secs(30), trickler.read(&mut answer))
+    let read = tokio::time::timeout(Duration::from_secs(60), trickler.read(&mut answer))
         .await
         .expect("the trickler is answered once its body times out")
         .expect("reads");
@@ -715,14 +720,10 @@ async fn a_trickled_body_holds_one_slot_others_get_429_then_it_gets_408() {
 
     let (status, text) = local.remote_write(&request.encode_to_vec()).await;
     assert_eq!(status, 200, "the slot is free again: {text}");
-    let metrics = reqwest::get(format!("{}/metrics", local.http()))
-        .await
-        .expect("answers")
-        .text()
-        .await
-        .expect("text");
+    let (_, metrics) = local.get(&format!("{}/metrics", local.http())).await;
     assert!(
-        metrics.contains("reason=\"body_timeout\"} 1")
+        metrics.contains("write_requests_in_flight 0")
+            && metrics.contains("reason=\"body_timeout\"} 1")
             && metrics.contains("write_requests_throttled_total 1"),
         "the 429 and the 408 are counted:\n{metrics}"
     );
