@@ -40,6 +40,10 @@ enum Command {
         /// The coordinator's base URL.
         #[arg(long, default_value = "http://127.0.0.1:7201")]
         url: String,
+        /// The remote-write path under `--url` (VictoriaMetrics and Prometheus take
+        /// `/api/v1/write`, to compare them on the same traffic).
+        #[arg(long, default_value = "/api/v1/prom/remote/write")]
+        write_path: String,
         /// Distinct series; each gets one sample per round.
         #[arg(long, default_value_t = 10_000)]
         series: usize,
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
             }
             Command::Bench {
                 url,
+                write_path,
                 series,
                 rate,
                 duration,
@@ -103,6 +108,7 @@ fn main() -> ExitCode {
             } => {
                 bench::run(bench::BenchOptions {
                     url,
+                    write_path,
                     series,
                     rate,
                     duration,

@@ -1,4 +1,5 @@
-//! CPU time of processes (`--pid`) and of the bench itself, from `/proc/<pid>/stat`.
+//! CPU time of processes (`--pid`) and of the bench itself, from `/proc/<pid>/stat`, and their
+//! resident memory from `/proc/<pid>/status`.
 
 use std::time::Duration;
 
@@ -45,11 +46,31 @@ pub(super) fn parse_stat_cpu(stat: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_millis(total * 1000 / CLOCK_TICKS_PER_SECOND))
 }
 
-/// CPU seconds one process used during the send phase.
+/// Resident memory (`VmRSS`) of process `pid` now, in bytes; `None` when it cannot be read.
+pub(super) fn resident_bytes(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status_rss(&text)
+}
+
+/// The `VmRSS:` line of a `/proc/<pid>/status`, in bytes.
+fn parse_status_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// CPU seconds one process used during the send phase, and its resident memory after it.
 #[derive(Debug)]
 pub(super) struct CpuUse {
     pub(super) what: String,
     pub(super) seconds: f64,
+    pub(super) resident_bytes: Option<u64>,
 }
 
 #[cfg(test)]
@@ -66,5 +87,13 @@ mod tests {
         );
         assert!(parse_stat_cpu("4242 (x) S 1").is_err());
         assert!(own_cpu_time().is_some());
+    }
+
+    #[test]
+    fn resident_memory_is_the_vmrss_line_in_bytes() {
+        let status = "Name:\tm3\nVmPeak:\t  900000 kB\nVmRSS:\t  123456 kB\nThreads:\t9\n";
+        assert_eq!(parse_status_rss(status), Some(123_456 * 1024));
+        assert_eq!(parse_status_rss("Name:\tm3\n"), None);
+        assert!(resident_bytes(std::process::id()).is_some_and(|b| b > 0));
     }
 }

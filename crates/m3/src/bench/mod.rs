@@ -74,6 +74,8 @@ use anyhow::{Context, bail};
 pub(crate) struct BenchOptions {
     /// The coordinator's base URL, e.g. `http://127.0.0.1:7201`.
     pub url: String,
+    /// The remote-write path under `url`.
+    pub write_path: String,
     /// Number of distinct series.
     pub series: usize,
     /// Target samples per second; 0 sends as fast as the coordinator answers.
@@ -146,7 +148,7 @@ pub(crate) async fn run(options: BenchOptions) -> anyhow::Result<()> {
     let load = send(
         &options,
         &client,
-        &format!("{base}/api/v1/prom/remote/write"),
+        &format!("{base}{}", options.write_path),
         series,
         Arc::clone(&windows),
     )
@@ -158,12 +160,14 @@ pub(crate) async fn run(options: BenchOptions) -> anyhow::Result<()> {
         cpu.push(CpuUse {
             what: format!("pid {pid}"),
             seconds: after.saturating_sub(before).as_secs_f64(),
+            resident_bytes: cpu::resident_bytes(pid),
         });
     }
     if let (Some(before), Some(after)) = (own_before, own_cpu_time()) {
         cpu.push(CpuUse {
             what: "m3 bench itself".to_string(),
             seconds: after.saturating_sub(before).as_secs_f64(),
+            resident_bytes: None,
         });
     }
 
@@ -223,6 +227,12 @@ fn validate(options: &BenchOptions) -> anyhow::Result<()> {
             options.labels
         ));
     }
+    if !options.write_path.starts_with('/') {
+        problems.push(format!(
+            "--write-path {:?} must start with /",
+            options.write_path
+        ));
+    }
     if options.duration.is_zero() {
         problems.push("--duration must be longer than 0".to_string());
     }
@@ -267,6 +277,7 @@ mod tests {
     fn invalid_options_are_reported_together() {
         let options = BenchOptions {
             url: "127.0.0.1:7201".into(),
+            write_path: "api/v1/write".into(),
             series: 0,
             rate: 0,
             duration: Duration::ZERO,
@@ -282,6 +293,7 @@ mod tests {
         let message = validate(&options).expect_err("invalid").to_string();
         for part in [
             "--url",
+            "--write-path",
             "--resolutions",
             "--series",
             "--concurrency",

@@ -139,7 +139,7 @@ impl fmt::Display for Report {
             }
         }
         for cpu in &self.cpu {
-            writeln!(
+            write!(
                 f,
                 "cpu:       {}: {:.2} s over {:.2} s = {:.2} cores",
                 cpu.what,
@@ -147,6 +147,17 @@ impl fmt::Display for Report {
                 seconds,
                 cpu.seconds / seconds
             )?;
+            if cpu.seconds > 0.0 {
+                write!(
+                    f,
+                    ", {} accepted samples per CPU-s",
+                    count(l.accepted as f64 / cpu.seconds)
+                )?;
+            }
+            if let Some(bytes) = cpu.resident_bytes {
+                write!(f, ", RSS {:.0} MiB", bytes as f64 / (1024.0 * 1024.0))?;
+            }
+            writeln!(f)?;
         }
         Ok(())
     }
