@@ -50,6 +50,13 @@ pub struct CoordinatorConfig {
     /// Bounds on what one client may make the coordinator hold (see [`crate::limits`]).
     #[serde(default)]
     pub limits: crate::limits::LimitsConfig,
+    /// M3's storage backend: `m3db` (the default) is the embedded store here.
+    #[serde(default)]
+    pub backend: Option<String>,
+    /// Prometheus remote-write endpoints receiving copies of raw samples and aggregated output
+    /// (see [`crate::remote_out`]).
+    #[serde(default)]
+    pub prometheus_remote_backend: Option<crate::remote_out::config::PrometheusRemoteBackendConfig>,
 }
 
 /// `clusterManagement:`.
@@ -293,6 +300,12 @@ pub struct ValidConfig {
     pub write_buffers: WriteBuffersConfig,
     /// Bounds on what one client may make the coordinator hold.
     pub limits: crate::limits::LimitsConfig,
+    /// Remote write out, when endpoints are configured.
+    pub remote_out: Option<crate::remote_out::config::RemoteOutSettings>,
+    /// What the aggregators produce for: the aggregated namespaces, and the storage policies
+    /// of remote-write endpoints that no namespace has (the rules and the automatic mapping
+    /// rules are built from these).
+    pub aggregation_targets: Vec<ValidNamespace>,
 }
 
 impl CoordinatorConfig {
@@ -335,6 +348,27 @@ impl CoordinatorConfig {
             );
         }
         let namespaces = self.namespaces(&mut problems);
+        match self.backend.as_deref() {
+            None | Some("m3db") => {}
+            Some("prom-remote") => problems.add(
+                "backend",
+                "prom-remote (the endpoints only, no embedded store) is not supported yet: \
+                 remove the key to keep the embedded store; prometheusRemoteBackend endpoints \
+                 then receive copies of what it stores",
+            ),
+            Some(other) => problems.add(
+                "backend",
+                format!("{other:?} is not a backend here: m3db (the embedded store) is"),
+            ),
+        }
+        let remote_out = self
+            .prometheus_remote_backend
+            .as_ref()
+            .map(|r| r.validate("prometheusRemoteBackend", &mut problems));
+        let aggregation_targets = aggregation_targets(
+            &namespaces,
+            remote_out.as_ref().map_or(&[][..], |r| &r.endpoints[..]),
+        );
         let configured: usize = self.clusters.iter().map(|c| c.namespaces.len()).sum();
         let rules = match &self.downsample.rules {
             None => m3_rules::RuleSet::default(),
@@ -342,7 +376,7 @@ impl CoordinatorConfig {
             // would report policies as missing that are only misconfigured.
             Some(_) if namespaces.len() != configured => m3_rules::RuleSet::default(),
             Some(rules) => {
-                let available: Vec<StoragePolicy> = namespaces
+                let available: Vec<StoragePolicy> = aggregation_targets
                     .iter()
                     .filter(|n| !n.read_only)
                     .filter_map(|n| n.policy)
@@ -388,6 +422,8 @@ impl CoordinatorConfig {
             ingest: self.ingest,
             write_buffers: self.write_buffers,
             limits: self.limits,
+            remote_out,
+            aggregation_targets,
         })
     }
 
@@ -478,6 +514,39 @@ impl CoordinatorConfig {
         }
         out
     }
+}
+
+/// The namespaces, then one target per storage policy of a remote-write endpoint that no
+/// writable namespace has (named `prometheusRemoteBackend:<endpoint>`). A policy both have gets
+/// automatic mapping rules when either asks for them.
+fn aggregation_targets(
+    namespaces: &[ValidNamespace],
+    endpoints: &[crate::remote_out::config::ValidEndpoint],
+) -> Vec<ValidNamespace> {
+    let mut targets = namespaces.to_vec();
+    for endpoint in endpoints {
+        let Some(policy) = endpoint.policy else {
+            continue;
+        };
+        let existing = targets.iter_mut().find(|t| {
+            !t.read_only
+                && t.policy.is_some_and(|p| {
+                    p.resolution.window == policy.resolution.window
+                        && p.retention == policy.retention
+                })
+        });
+        match existing {
+            Some(target) => target.downsample_all |= endpoint.downsample_all,
+            None => targets.push(ValidNamespace {
+                name: format!("prometheusRemoteBackend:{}", endpoint.name),
+                policy: Some(policy),
+                retention: policy.retention.0,
+                downsample_all: endpoint.downsample_all,
+                read_only: false,
+            }),
+        }
+    }
+    targets
 }
 
 #[cfg(test)]
@@ -644,5 +713,72 @@ downsample:
             .unwrap_err()
             .to_string();
         assert!(err.contains("2 days"), "{err}");
+    }
+
+    /// Endpoints' storage policies are aggregation targets: a policy no namespace has gets its
+    /// own automatic mapping rule, and rules may name it.
+    #[test]
+    fn endpoint_policies_are_aggregation_targets() {
+        let text = r#"
+clusters:
+  - namespaces:
+      - namespace: default
+        type: unaggregated
+        retention: 48h
+      - namespace: agg
+        type: aggregated
+        resolution: 10s
+        retention: 2d
+        downsample: {all: false}
+prometheusRemoteBackend:
+  endpoints:
+    - name: same
+      address: http://127.0.0.1:8428/api/v1/write
+      storagePolicy: {resolution: 10s, retention: 2d}
+    - name: own
+      address: http://127.0.0.1:9090/api/v1/write
+      storagePolicy: {resolution: 5m, retention: 90d, downsample: {all: false}}
+downsample:
+  rules:
+    mappingRules:
+      - name: to the endpoint
+        filter: "__name__:up"
+        aggregations: [Max]
+        storagePolicies: [{resolution: 5m, retention: 90d}]
+"#;
+        let config = CoordinatorConfig::parse(Path::new("c.yml"), text).unwrap();
+        assert_eq!(config.namespaces.len(), 2);
+        let targets: Vec<(String, String, bool)> = config
+            .aggregation_targets
+            .iter()
+            .filter_map(|t| Some((t.name.clone(), t.policy?.to_string(), t.downsample_all)))
+            .collect();
+        assert_eq!(
+            targets,
+            vec![
+                ("agg".to_string(), "10s:2d".to_string(), true),
+                (
+                    "prometheusRemoteBackend:own".to_string(),
+                    "5m:90d".to_string(),
+                    false
+                ),
+            ]
+        );
+        assert_eq!(config.remote_out.unwrap().endpoints.len(), 2);
+
+        let err =
+            CoordinatorConfig::parse(Path::new("c.yml"), &format!("backend: prom-remote\n{text}"))
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("`backend`") && err.contains("not supported yet"),
+            "{err}"
+        );
+        let err = CoordinatorConfig::parse(Path::new("c.yml"), &format!("backend: grpc\n{text}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"grpc\" is not a backend here"), "{err}");
+        let fine = CoordinatorConfig::parse(Path::new("c.yml"), &format!("backend: m3db\n{text}"));
+        assert!(fine.is_ok());
     }
 }

@@ -17,28 +17,59 @@
 //!
 //! ```text
 //! read loop ──try_send──▶ queue (bounded) ──recv_many──▶ worker ──▶ one write per namespace ──▶ ack each
+//!                                                           └──▶ remote-write endpoints of the policy
+//!                                                                (ack waits for them)
 //! ```
+//!
+//! With `prometheusRemoteBackend` endpoints, a metric also goes to every endpoint of its storage
+//! policy, and its message is acked only once each of them accepted it (or refused it for good
+//! with a 4xx, which is counted there): an endpoint that is down or full holds the ack, and the
+//! aggregator redelivers later. A policy that only endpoints have (no namespace) is sent there
+//! and not stored.
 
 use std::sync::Arc;
 
+use m3_metric::StoragePolicy;
 use m3_msg::{ConsumedMessage, Decision, MessageHandler};
 use m3_proto::Message;
 use m3_proto::metricpb::AggregatedMetric;
 use m3_storage::{Labels, Store};
 
 use crate::metrics::{CoordinatorMetrics, IngestErrorReason};
+use crate::remote_out::{Delivery, RemoteOut};
 
 /// Turns m3msg messages into stored samples.
 #[derive(Clone)]
 pub struct IngestHandler {
     store: Store,
     metrics: CoordinatorMetrics,
+    remote_out: Option<Arc<RemoteOut>>,
 }
+
+/// Samples of one batch bound for remote-write endpoints, and the message each came from.
+#[derive(Default)]
+pub struct OutBound {
+    samples: Vec<(usize, StoragePolicy, Labels, i64, f64)>,
+}
+
+/// Deliveries to wait for: the messages of each batch sent to one endpoint.
+pub type PendingDeliveries = Vec<(Vec<usize>, tokio::sync::oneshot::Receiver<Delivery>)>;
 
 impl IngestHandler {
     /// A handler storing into `store`.
     pub fn new(store: Store, metrics: CoordinatorMetrics) -> IngestHandler {
-        IngestHandler { store, metrics }
+        IngestHandler {
+            store,
+            metrics,
+            remote_out: None,
+        }
+    }
+
+    /// The same handler also sending to the endpoints of `remote_out` (if any).
+    #[must_use]
+    pub fn with_remote_out(mut self, remote_out: Option<Arc<RemoteOut>>) -> IngestHandler {
+        self.remote_out = remote_out;
+        self
     }
 
     /// The m3msg handler: messages are queued and stored in batches by `workers` tasks, each
@@ -60,19 +91,38 @@ impl IngestHandler {
     }
 
     /// Stores a batch of `AggregatedMetric` payloads, one store write per namespace; the
-    /// decision for each, in order.
+    /// decision for each, in order. Endpoints are not sent to (see [`Self::store_batch`]).
     pub fn handle_batch(&self, values: &[&[u8]]) -> Vec<Decision> {
+        self.store_batch(values).0
+    }
+
+    /// Stores a batch as [`Self::handle_batch`] does; also returns the samples that
+    /// remote-write endpoints should receive (those whose store decision is an ack).
+    pub fn store_batch(&self, values: &[&[u8]]) -> (Vec<Decision>, OutBound) {
         let mut decisions = vec![Decision::Ack; values.len()];
         let mut by_namespace: Vec<(String, Vec<PendingSample>)> = Vec::new();
+        let mut out = OutBound::default();
         for (i, value) in values.iter().enumerate() {
             match self.prepare(value) {
                 Prepared::Decided(decision) => decisions[i] = decision,
                 Prepared::Sample {
                     namespace,
+                    policy,
                     labels,
                     time_ms,
                     value,
                 } => {
+                    if self
+                        .remote_out
+                        .as_ref()
+                        .is_some_and(|r| r.endpoints_for(policy).next().is_some())
+                    {
+                        out.samples
+                            .push((i, policy, labels.clone(), time_ms, value));
+                    }
+                    let Some(namespace) = namespace else {
+                        continue;
+                    };
                     let slot = match by_namespace.iter().position(|(n, _)| *n == namespace) {
                         Some(slot) => slot,
                         None => {
@@ -84,7 +134,81 @@ impl IngestHandler {
                 }
             }
         }
-        for (namespace, samples) in &by_namespace {
+        let decisions = self.store_by_namespace(&by_namespace, decisions);
+        out.samples.retain(|(i, ..)| decisions[*i] == Decision::Ack);
+        (decisions, out)
+    }
+
+    /// Queues `out` to the endpoints of each sample's policy. A message whose samples find an
+    /// endpoint's queue full is not acked (`decisions`); the others wait for the deliveries
+    /// returned. Blocking work (encoding): call from a blocking thread.
+    pub fn send_out(&self, out: &OutBound, decisions: &mut [Decision]) -> PendingDeliveries {
+        let mut pending = PendingDeliveries::new();
+        let Some(remote_out) = &self.remote_out else {
+            return pending;
+        };
+        let mut policies: Vec<StoragePolicy> = Vec::new();
+        for (_, policy, ..) in &out.samples {
+            if !policies.contains(policy) {
+                policies.push(*policy);
+            }
+        }
+        let mut scratch = Vec::new();
+        for policy in policies {
+            let of_policy: Vec<&(usize, StoragePolicy, Labels, i64, f64)> = out
+                .samples
+                .iter()
+                .filter(|(_, p, ..)| *p == policy)
+                .collect();
+            let samples: Vec<(&Labels, i64, f64)> = of_policy
+                .iter()
+                .map(|(_, _, l, t, v)| (l, *t, *v))
+                .collect();
+            let messages: Vec<usize> = of_policy.iter().map(|(i, ..)| *i).collect();
+            for endpoint in remote_out.endpoints_for(policy) {
+                match endpoint.try_send(&samples, &mut scratch) {
+                    Ok(delivery) => pending.push((messages.clone(), delivery)),
+                    Err(full) => {
+                        tracing::debug!(error = %full, "Aggregated metrics left un-acked for redelivery.");
+                        self.not_delivered(&messages, decisions);
+                    }
+                }
+            }
+        }
+        pending
+    }
+
+    /// Waits for `pending` and leaves un-acked the messages an endpoint did not take.
+    pub async fn await_deliveries(&self, pending: PendingDeliveries, decisions: &mut [Decision]) {
+        for (messages, delivery) in pending {
+            match delivery.await {
+                // Refused for good: counted as dropped by the endpoint; acked, as redelivery
+                // would be refused again.
+                Ok(Delivery::Accepted | Delivery::Rejected) => {}
+                Ok(Delivery::GaveUp | Delivery::Stopped) | Err(_) => {
+                    self.not_delivered(&messages, decisions);
+                }
+            }
+        }
+    }
+
+    fn not_delivered(&self, messages: &[usize], decisions: &mut [Decision]) {
+        for &i in messages {
+            if decisions[i] == Decision::Ack {
+                decisions[i] = Decision::NoAck;
+                self.metrics
+                    .ingest_error(IngestErrorReason::remote_out_not_delivered);
+            }
+        }
+    }
+
+    /// One store write per namespace of `by_namespace`; `decisions` updated for each sample.
+    fn store_by_namespace(
+        &self,
+        by_namespace: &[(String, Vec<PendingSample>)],
+        mut decisions: Vec<Decision>,
+    ) -> Vec<Decision> {
+        for (namespace, samples) in by_namespace {
             let refs: Vec<(&Labels, i64, f64)> =
                 samples.iter().map(|(_, l, t, v)| (l, *t, *v)).collect();
             match self.store.write_batch(namespace, &refs) {
@@ -170,7 +294,15 @@ impl IngestHandler {
             .namespaces()
             .namespace_for(policy.resolution.window, policy.retention.0)
         {
-            Ok(ns) => ns.name.clone(),
+            Ok(ns) => Some(ns.name.clone()),
+            Err(_)
+                if self
+                    .remote_out
+                    .as_ref()
+                    .is_some_and(|r| r.endpoints_for(policy).next().is_some()) =>
+            {
+                None
+            }
             Err(e) => {
                 self.metrics.ingest_error(IngestErrorReason::no_namespace);
                 tracing::warn!(policy = %policy, error = %e, "No namespace for aggregated metric; leaving it un-acked for redelivery.");
@@ -183,6 +315,7 @@ impl IngestHandler {
         };
         Prepared::Sample {
             namespace,
+            policy,
             labels,
             time_ms: timed.time_nanos.div_euclid(1_000_000),
             value: timed.value,
@@ -204,9 +337,11 @@ type PendingSample = (usize, Labels, i64, f64);
 enum Prepared {
     /// Nothing to store: ack (undecodable, dropped) or not (no namespace yet).
     Decided(Decision),
-    /// A sample to store in `namespace`.
+    /// A sample to store in `namespace` (none: only endpoints have its policy) and to send to
+    /// the endpoints of `policy`.
     Sample {
-        namespace: String,
+        namespace: Option<String>,
+        policy: StoragePolicy,
         labels: Labels,
         time_ms: i64,
         value: f64,
@@ -227,12 +362,20 @@ async fn store_batches(
         }
         let stored = Arc::clone(&handler);
         let values: Vec<bytes::Bytes> = batch.iter().map(|m| m.value().clone()).collect();
-        let decisions = tokio::task::spawn_blocking(move || {
+        let written = tokio::task::spawn_blocking(move || {
             let refs: Vec<&[u8]> = values.iter().map(|v| v.as_ref()).collect();
-            stored.handle_batch(&refs)
+            let (mut decisions, out) = stored.store_batch(&refs);
+            let pending = stored.send_out(&out, &mut decisions);
+            (decisions, pending)
         })
-        .await
-        .unwrap_or_else(|_| vec![Decision::NoAck; batch.len()]);
+        .await;
+        let decisions = match written {
+            Ok((mut decisions, pending)) => {
+                handler.await_deliveries(pending, &mut decisions).await;
+                decisions
+            }
+            Err(_) => vec![Decision::NoAck; batch.len()],
+        };
         for (message, decision) in batch.into_iter().zip(decisions) {
             message.finish(decision);
         }
@@ -380,6 +523,62 @@ mod tests {
             })
             .get();
         assert_eq!(count, 1);
+    }
+
+    /// Stores and sends `values` as a worker does; the decisions.
+    async fn store_and_send(handler: &IngestHandler, values: &[&[u8]]) -> Vec<Decision> {
+        let (mut decisions, out) = handler.store_batch(values);
+        let pending = handler.send_out(&out, &mut decisions);
+        handler.await_deliveries(pending, &mut decisions).await;
+        decisions
+    }
+
+    #[tokio::test]
+    async fn a_policy_only_an_endpoint_has_is_sent_there_and_acked_once_accepted() {
+        use crate::remote_out::testing;
+        // The endpoint fails once, then accepts.
+        let (url, requests) = testing::endpoint(vec![503]).await;
+        let (out, metrics) = testing::start(
+            &url,
+            "    storagePolicy: {resolution: 1m, retention: 40d}\nretry:\n  initialBackoff: 10ms\n",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let handler =
+            IngestHandler::new(store.clone(), metrics.clone()).with_remote_out(Some(Arc::new(out)));
+        let only_endpoint = message(&tagged("a"), "1m:40d", 60_000_000_000, 3.0);
+        let only_namespace = message(&tagged("b"), "10s:2d", 20_000_000_000, 1.0);
+        let decisions = store_and_send(&handler, &[&only_endpoint, &only_namespace]).await;
+        assert_eq!(decisions, vec![Decision::Ack, Decision::Ack]);
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(store.series_count("agg").unwrap(), 1);
+        assert_eq!(metrics.ingest_stored.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_that_does_not_take_a_metric_leaves_its_message_unacked() {
+        use crate::remote_out::testing;
+        let (url, _) = testing::endpoint(vec![503; 100]).await;
+        let (out, metrics) = testing::start(
+            &url,
+            "    storagePolicy: {resolution: 10s, retention: 2d}\nretry:\n  initialBackoff: 10ms\n  maxRetries: 1\n",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let handler =
+            IngestHandler::new(store.clone(), metrics.clone()).with_remote_out(Some(Arc::new(out)));
+        let stored_and_sent = message(&tagged("a"), "10s:2d", 20_000_000_000, 1.0);
+        let decisions = store_and_send(&handler, &[&stored_and_sent]).await;
+        // Stored, but the endpoint did not take it: the aggregator sends it again.
+        assert_eq!(decisions, vec![Decision::NoAck]);
+        assert_eq!(store.series_count("agg").unwrap(), 1);
+        let not_delivered = metrics
+            .ingest_errors
+            .get_or_create(&crate::metrics::IngestErrorLabels {
+                reason: IngestErrorReason::remote_out_not_delivered,
+            })
+            .get();
+        assert_eq!(not_delivered, 1);
     }
 
     #[test]

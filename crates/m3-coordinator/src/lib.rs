@@ -7,6 +7,7 @@ pub mod ingest;
 pub mod limits;
 pub mod metrics;
 pub mod query_api;
+pub mod remote_out;
 pub mod remote_write;
 pub mod server;
 

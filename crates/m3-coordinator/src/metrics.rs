@@ -77,6 +77,9 @@ pub enum IngestErrorReason {
     no_namespace,
     /// The store refused the write (not acked, retried).
     storage_error,
+    /// A remote-write endpoint of its policy did not take it (queue full, out of retries,
+    /// shutdown): not acked, the aggregator redelivers it.
+    remote_out_not_delivered,
     /// The ID could not be turned into labels.
     invalid_id,
     /// The ingest queue was full: not acked, so the aggregator redelivers it later.
@@ -88,6 +91,34 @@ pub enum IngestErrorReason {
 pub struct IngestErrorLabels {
     /// Why.
     pub reason: IngestErrorReason,
+}
+
+/// Why samples sent out by remote write out were not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum OutDropReason {
+    /// The endpoint answered a 4xx other than 429, which no retry changes.
+    rejected,
+    /// `retry.maxRetries` ran out (aggregated output is then not acked and comes again).
+    retries_exhausted,
+    /// Still queued or retrying when the coordinator stopped.
+    shutdown,
+}
+
+/// Label set of remote write out's per-endpoint metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// The endpoint's name.
+    pub endpoint: String,
+}
+
+/// Label set of remote write out's drops.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct EndpointDropLabels {
+    /// The endpoint's name.
+    pub endpoint: String,
+    /// Why.
+    pub reason: OutDropReason,
 }
 
 /// All coordinator counters; clones share them.
@@ -121,6 +152,17 @@ pub struct CoordinatorMetrics {
     pub ingest_stored: Counter,
     /// Aggregated metrics not stored, by reason.
     pub ingest_errors: Family<IngestErrorLabels, Counter>,
+    /// Remote write out: samples an endpoint accepted.
+    pub out_samples_sent: Family<EndpointLabels, Counter>,
+    /// Remote write out: samples not delivered, by reason.
+    pub out_samples_dropped: Family<EndpointDropLabels, Counter>,
+    /// Remote write out: samples refused because the endpoint's queue was full (the writer is
+    /// answered 503, aggregated output is not acked: both come again).
+    pub out_samples_refused: Family<EndpointLabels, Counter>,
+    /// Remote write out: sends that failed and were retried (5xx, 429, connection errors).
+    pub out_send_retries: Family<EndpointLabels, Counter>,
+    /// Remote write out: samples waiting in an endpoint's queue.
+    pub out_queued_samples: Family<EndpointLabels, Gauge>,
 }
 
 impl m3_aggregator::client::ClientMetrics for CoordinatorMetrics {
@@ -232,6 +274,31 @@ impl CoordinatorMetrics {
             "ingest_errors",
             "Aggregated metrics not stored, by reason",
             self.ingest_errors.clone(),
+        );
+        r.register(
+            "remote_out_samples_sent",
+            "Samples a prometheusRemoteBackend endpoint accepted",
+            self.out_samples_sent.clone(),
+        );
+        r.register(
+            "remote_out_samples_dropped",
+            "Samples not delivered to a prometheusRemoteBackend endpoint, by reason",
+            self.out_samples_dropped.clone(),
+        );
+        r.register(
+            "remote_out_samples_refused",
+            "Samples refused because an endpoint's queue was full (the sender retries)",
+            self.out_samples_refused.clone(),
+        );
+        r.register(
+            "remote_out_send_retries",
+            "Sends to an endpoint that failed and were retried",
+            self.out_send_retries.clone(),
+        );
+        r.register(
+            "remote_out_queued_samples",
+            "Samples waiting in an endpoint's queue",
+            self.out_queued_samples.clone(),
         );
     }
 }

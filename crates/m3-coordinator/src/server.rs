@@ -30,6 +30,7 @@ use crate::downsample::Downsampler;
 use crate::ingest::IngestHandler;
 use crate::limits::RemoteWriteLimits;
 use crate::metrics::{CoordinatorMetrics, RefusedReason};
+use crate::remote_out::RemoteOut;
 use crate::remote_write::DecodeLimits;
 use crate::write::{WriteError, WriteMode, WritePath};
 use m3_aggregator::client::AggregatorClient;
@@ -49,6 +50,7 @@ pub struct Coordinator {
     cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     client: Option<Arc<AggregatorClient>>,
+    remote_out: Option<Arc<RemoteOut>>,
     store: Store,
 }
 
@@ -96,8 +98,15 @@ impl Coordinator {
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
 
+        let remote_out = match &config.remote_out {
+            Some(settings) => Some(Arc::new(
+                RemoteOut::start(settings, &metrics)
+                    .context("starting the prometheusRemoteBackend client")?,
+            )),
+            None => None,
+        };
         let downsampler = Downsampler::new(
-            &namespaces,
+            &config.aggregation_targets,
             config.rules.clone(),
             config.matcher_cache_capacity,
         );
@@ -145,25 +154,27 @@ impl Coordinator {
             .find(|n| n.policy.is_none() && !n.read_only)
             .map(|n| n.name.clone());
         let write_limits = config.limits.remote_write.clone();
-        let write = Arc::new(
-            WritePath::new(
-                store.clone(),
-                raw_namespace,
-                downsampler,
-                client.clone(),
-                config.write_buffers.clone(),
-                metrics.clone(),
-            )
-            .with_decode_limits(DecodeLimits {
-                max_decompressed_size: write_limits.max_decompressed_bytes,
-                max_samples: write_limits.max_samples_per_request,
-                max_series: write_limits.max_series_per_request,
-                max_labels: write_limits.max_labels_per_request,
-                label_limit: write_limits.label_limit,
-                label_name_length_limit: write_limits.label_name_length_limit,
-                label_value_length_limit: write_limits.label_value_length_limit,
-            }),
-        );
+        let write_path = WritePath::new(
+            store.clone(),
+            raw_namespace,
+            downsampler,
+            client.clone(),
+            config.write_buffers.clone(),
+            metrics.clone(),
+        )
+        .with_decode_limits(DecodeLimits {
+            max_decompressed_size: write_limits.max_decompressed_bytes,
+            max_samples: write_limits.max_samples_per_request,
+            max_series: write_limits.max_series_per_request,
+            max_labels: write_limits.max_labels_per_request,
+            label_limit: write_limits.label_limit,
+            label_name_length_limit: write_limits.label_name_length_limit,
+            label_value_length_limit: write_limits.label_value_length_limit,
+        });
+        let write = Arc::new(match &remote_out {
+            Some(remote_out) => write_path.with_remote_out(Arc::clone(remote_out)),
+            None => write_path,
+        });
 
         let ingest = match &config.ingest {
             Some(ingest) => {
@@ -181,6 +192,7 @@ impl Coordinator {
                 let addr = listener.local_addr()?;
                 let consumer = ingest.m3msg.consumer_config();
                 let handler = IngestHandler::new(store.clone(), metrics.clone())
+                    .with_remote_out(remote_out.clone())
                     .into_message_handler(
                         ingest.ingester.worker_pool_size.unwrap_or(4).clamp(1, 16),
                     );
@@ -197,7 +209,8 @@ impl Coordinator {
             None => None,
         };
 
-        let max_window = namespaces
+        let max_window = config
+            .aggregation_targets
             .iter()
             .filter_map(|n| n.policy.map(|p| p.resolution.window))
             .max()
@@ -279,6 +292,7 @@ impl Coordinator {
             cancel,
             tasks,
             client,
+            remote_out,
             store,
         })
     }
@@ -295,8 +309,8 @@ impl Coordinator {
         }
     }
 
-    /// Stops accepting writes, drains the aggregator queues (bounded), stops the servers and
-    /// flushes the store.
+    /// Stops accepting writes, drains the aggregator queues (bounded), stops the servers, sends
+    /// what the remote-write endpoints have queued (bounded) and flushes the store.
     pub async fn shutdown(self) {
         if let Some(client) = &self.client {
             client.close(Duration::from_secs(5)).await;
@@ -304,6 +318,9 @@ impl Coordinator {
         self.cancel.cancel();
         for task in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        if let Some(remote_out) = &self.remote_out {
+            remote_out.close(Duration::from_secs(10)).await;
         }
         let store = self.store;
         let _ = tokio::task::spawn_blocking(move || store.flush()).await;
@@ -552,6 +569,7 @@ async fn remote_write(
         },
         Ok(Err(WriteError::Decode(e))) if e.is_too_large() => WriteAnswer::TooLarge(e.to_string()),
         Ok(Err(WriteError::Decode(e))) => WriteAnswer::Undecodable(e.to_string()),
+        Ok(Err(e @ WriteError::RemoteOutFull(_))) => WriteAnswer::Overloaded(e.to_string()),
         Ok(Err(e @ WriteError::Storage(_))) => {
             tracing::error!(error = %e, "Remote write failed.");
             WriteAnswer::StoreFailed(e.to_string())

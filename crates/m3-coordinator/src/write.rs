@@ -22,6 +22,7 @@ use m3_storage::{Labels, Store};
 use crate::config::WriteBuffersConfig;
 use crate::downsample::Downsampler;
 use crate::metrics::{CoordinatorMetrics, DropReason};
+use crate::remote_out::RemoteOut;
 use crate::remote_write::{DecodeError, DecodeLimits, InvalidSeries, RemoteWriteDecoder};
 use m3_aggregator::client::{AggregatorClient, RouteError};
 use m3_proto::timed_frame::put_timed_metric_frame;
@@ -45,6 +46,8 @@ pub struct WritePath {
     metrics: CoordinatorMetrics,
     decode_limits: DecodeLimits,
     decoders: Mutex<Vec<RemoteWriteDecoder>>,
+    /// Remote-write endpoints receiving copies of the raw samples.
+    remote_out: Option<Arc<RemoteOut>>,
 }
 
 impl std::fmt::Debug for WritePath {
@@ -158,6 +161,10 @@ pub enum WriteError {
     /// The store failed: 503, Prometheus retries.
     #[error("storing raw samples: {0}")]
     Storage(m3_storage::Error),
+    /// A remote-write endpoint's queue has no room: 503 before anything was stored or
+    /// forwarded, Prometheus retries.
+    #[error(transparent)]
+    RemoteOutFull(#[from] crate::remote_out::QueueFull),
 }
 
 const MAX_INVALID_EXAMPLES: usize = 3;
@@ -182,7 +189,15 @@ impl WritePath {
             metrics,
             decode_limits: DecodeLimits::default(),
             decoders: Mutex::new(Vec::new()),
+            remote_out: None,
         }
+    }
+
+    /// The same write path sending copies of raw samples to the raw endpoints of `remote_out`.
+    #[must_use]
+    pub fn with_remote_out(mut self, remote_out: Arc<RemoteOut>) -> WritePath {
+        self.remote_out = Some(remote_out);
+        self
     }
 
     /// The same write path decoding within `limits`.
@@ -260,6 +275,13 @@ impl WritePath {
             WriteMode::AggregateOnly => None,
             WriteMode::Namespace(name) => Some(name),
         };
+        let raw_out = match mode {
+            WriteMode::Default | WriteMode::RawOnly => {
+                self.remote_out.as_deref().filter(|r| r.has_raw_endpoints())
+            }
+            WriteMode::AggregateOnly | WriteMode::Namespace(_) => None,
+        };
+        let keep_raw = raw_namespace.is_some() || raw_out.is_some();
         let mut batch = match (&self.client, self.downsampler.is_enabled() && aggregate) {
             (Some(client), true) => Some(client.batch()),
             _ => None,
@@ -311,7 +333,7 @@ impl WritePath {
                 self.metrics
                     .drop_samples(DropReason::dropped_by_rule, series.samples().len() as u64);
             }
-            if raw_namespace.is_some() && store_raw {
+            if keep_raw && store_raw {
                 let labels = Labels::new(series.labels().map(|(n, v)| {
                     (
                         String::from_utf8_lossy(n).into_owned(),
@@ -395,14 +417,24 @@ impl WritePath {
         self.metrics
             .drop_samples(DropReason::too_far_future, outcome.too_far_future as u64);
         // Raw first: when the store fails the request is retried, and nothing was sent to the
-        // aggregators yet, so nothing is aggregated twice.
-        if let Some(ns) = raw_namespace
-            && !raw.is_empty()
+        // aggregators yet, so nothing is aggregated twice. The endpoints' queues before the
+        // store, so that a full one refuses the request before anything is kept.
+        let refs: Vec<(&Labels, i64, f64)> = raw
+            .iter()
+            .map(|&(index, t, v)| (&raw_labels[index], t, v))
+            .collect();
+        if let Some(remote_out) = raw_out
+            && !refs.is_empty()
         {
-            let refs: Vec<(&Labels, i64, f64)> = raw
-                .iter()
-                .map(|&(index, t, v)| (&raw_labels[index], t, v))
-                .collect();
+            let mut scratch = Vec::new();
+            for endpoint in remote_out.raw_endpoints() {
+                // Delivery is not awaited: the endpoint's queue holds the samples from here.
+                let _delivery = endpoint.try_send(&refs, &mut scratch)?;
+            }
+        }
+        if let Some(ns) = raw_namespace
+            && !refs.is_empty()
+        {
             if let Err(e) = self.store.write_batch(ns, &refs) {
                 self.metrics
                     .drop_samples(DropReason::storage_error, refs.len() as u64);
@@ -734,5 +766,74 @@ mod tests {
             path.write(b"garbage", NOW_MS * 1_000_000),
             Err(WriteError::Decode(_))
         ));
+    }
+
+    fn path_with_remote_out(
+        store: &Store,
+        url: &str,
+        rest: &str,
+    ) -> (WritePath, CoordinatorMetrics) {
+        let (out, metrics) = crate::remote_out::testing::start(url, rest);
+        let path = WritePath::new(
+            store.clone(),
+            Some("default".into()),
+            Downsampler::from_namespaces(&namespaces()),
+            None,
+            WriteBuffersConfig::default(),
+            metrics.clone(),
+        )
+        .with_remote_out(Arc::new(out));
+        (path, metrics)
+    }
+
+    #[tokio::test]
+    async fn raw_samples_reach_the_raw_endpoints_too() {
+        let (url, requests) = crate::remote_out::testing::endpoint(Vec::new()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let (path, metrics) = path_with_remote_out(&store, &url, "");
+        let outcome = path
+            .write(
+                &body(&[(&[("__name__", "up")], &[(NOW_MS, 1.0), (NOW_MS + 1, 2.0)])]),
+                NOW_MS * 1_000_000,
+            )
+            .unwrap();
+        assert_eq!(outcome.stored_raw, 2);
+        let labels = crate::metrics::EndpointLabels {
+            endpoint: "e".into(),
+        };
+        for _ in 0..200 {
+            if metrics.out_samples_sent.get_or_create(&labels).get() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert_eq!(metrics.out_samples_sent.get_or_create(&labels).get(), 2);
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    /// When a raw endpoint's queue has no room, the request is refused (503) before anything is
+    /// stored, so Prometheus's retry stores it once.
+    #[tokio::test]
+    async fn a_full_raw_endpoint_refuses_the_request_before_anything_is_stored() {
+        // Nothing listens there: what is queued stays queued, retried.
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let (path, metrics) =
+            path_with_remote_out(&store, "http://127.0.0.1:1/api/v1/write", "queueSize: 2\n");
+        let first = &body(&[(&[("__name__", "up")], &[(NOW_MS, 1.0), (NOW_MS + 1, 2.0)])]);
+        assert_eq!(path.write(first, NOW_MS * 1_000_000).unwrap().stored_raw, 2);
+        let second = &body(&[(&[("__name__", "later")], &[(NOW_MS, 1.0)])]);
+        let refused = path.write(second, NOW_MS * 1_000_000).unwrap_err();
+        assert!(matches!(refused, WriteError::RemoteOutFull(_)), "{refused}");
+        assert!(refused.to_string().contains("retry later"), "{refused}");
+        assert_eq!(store.series_count("default").unwrap(), 1, "nothing stored");
+        let refused_samples = metrics
+            .out_samples_refused
+            .get_or_create(&crate::metrics::EndpointLabels {
+                endpoint: "e".into(),
+            })
+            .get();
+        assert_eq!(refused_samples, 1);
     }
 }

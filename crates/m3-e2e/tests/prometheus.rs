@@ -51,6 +51,7 @@ async fn aggregated_windows_equal_prometheus_raw_last_per_window() {
         scrape_interval: Duration::from_secs(1),
         remote_write_url: Some(format!("{coordinator}/api/v1/prom/remote/write")),
         batch_send_deadline: Duration::from_secs(1),
+        ..PrometheusOptions::default()
     });
     let prometheus_url = prometheus.url();
     let started = now_ms();

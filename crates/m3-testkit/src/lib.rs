@@ -1,10 +1,10 @@
 //! Real components for m3-rs's tests.
 //!
 //! The project's rule is that tests exercise the real thing: a real etcd for the etcd KV backend
-//! and elections, real `m3aggregator` and `m3coordinator` processes, and a real Prometheus. This
-//! crate starts those components for a test, on free loopback ports and in temporary
-//! directories, waits until they answer, and stops them when the handle is dropped, so a failing
-//! test leaves nothing running behind.
+//! and elections, real `m3aggregator` and `m3coordinator` processes, a real Prometheus and a real
+//! VictoriaMetrics. This crate starts those components for a test, on free loopback ports and in
+//! temporary directories, waits until they answer, and stops them when the handle is dropped, so
+//! a failing test leaves nothing running behind.
 //!
 //! A component that is not installed makes the test **fail** with a message saying how to install
 //! it; it never makes the test pass by skipping.
@@ -14,7 +14,8 @@
 //! | [`free_port`], [`free_ports`] | free TCP ports on 127.0.0.1 |
 //! | [`free_port_on_all`] | one port free on several loopback addresses (127.0.0.2, 127.0.0.3…) |
 //! | [`EtcdProcess`] | a single-member etcd cluster with its own data dir; stop and restart on the same ports |
-//! | [`PrometheusProcess`] | Debian's `prometheus` scraping itself, optionally remote-writing |
+//! | [`PrometheusProcess`] | Debian's `prometheus` scraping itself, optionally remote-writing or receiving remote writes; stop and restart |
+//! | [`VictoriaMetricsProcess`] | Debian's `victoria-metrics` single-node taking remote writes; stop and restart |
 //! | [`Binary`] | the path of a workspace binary (`m3aggregator`, `m3coordinator`) built next to the test |
 //! | [`ChildProcess`] | a process with its output in a log file, SIGKILL/SIGTERM, killed on drop, log tail in messages |
 //! | [`run_to_exit`] | run a binary that should fail, and read what it said |
@@ -35,10 +36,12 @@
 mod etcd;
 mod process;
 mod prometheus;
+mod victoria_metrics;
 
 pub use etcd::EtcdProcess;
 pub use process::{Binary, ChildProcess, run_to_exit};
 pub use prometheus::{PrometheusOptions, PrometheusProcess};
+pub use victoria_metrics::VictoriaMetricsProcess;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, TcpListener};

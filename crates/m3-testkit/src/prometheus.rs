@@ -23,6 +23,12 @@ pub struct PrometheusOptions {
     /// `remote_write[0].queue_config.batch_send_deadline`: the longest a sample waits in the
     /// queue before it is sent. Default 1s.
     pub batch_send_deadline: Duration,
+    /// Accept remote writes at `/api/v1/write` (`--web.enable-remote-write-receiver`). Default
+    /// false.
+    pub remote_write_receiver: bool,
+    /// `storage.tsdb.out_of_order_time_window`: how far behind a series' newest sample a
+    /// written sample may be. Default none (Prometheus refuses out-of-order samples).
+    pub out_of_order_time_window: Option<Duration>,
 }
 
 impl Default for PrometheusOptions {
@@ -31,6 +37,8 @@ impl Default for PrometheusOptions {
             scrape_interval: Duration::from_secs(1),
             remote_write_url: None,
             batch_send_deadline: Duration::from_secs(1),
+            remote_write_receiver: false,
+            out_of_order_time_window: None,
         }
     }
 }
@@ -46,6 +54,7 @@ pub struct PrometheusProcess {
     process: ChildProcess,
     port: u16,
     config: String,
+    receiver: bool,
     _dir: TempDir,
 }
 
@@ -66,23 +75,38 @@ impl PrometheusProcess {
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, &config)
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", config_path.display()));
-        let mut command = Command::new(&binary);
-        command
-            .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .current_dir(dir.path());
+        let command = command(&binary, dir.path(), port, options.remote_write_receiver);
         let mut prometheus = PrometheusProcess {
             process: ChildProcess::spawn("prometheus", command),
             port,
             config,
+            receiver: options.remote_write_receiver,
             _dir: dir,
         };
         prometheus.wait_ready();
         prometheus
+    }
+
+    /// Stops Prometheus cleanly (SIGTERM, waiting up to 30 seconds, then SIGKILL): its remote
+    /// write endpoint refuses connections until [`PrometheusProcess::restart`].
+    pub fn stop(&mut self) {
+        self.process.terminate();
+        if self.process.wait_exit(READY_TIMEOUT).is_none() {
+            self.process.kill();
+        }
+    }
+
+    /// Starts Prometheus again on the same port with the same config and data, and waits until
+    /// it is ready.
+    ///
+    /// # Panics
+    /// As [`PrometheusProcess::start`].
+    pub fn restart(&mut self) {
+        self.stop();
+        let binary = require_prometheus(find_on_path("prometheus"));
+        let command = command(&binary, self._dir.path(), self.port, self.receiver);
+        self.process = ChildProcess::spawn("prometheus", command);
+        self.wait_ready();
     }
 
     /// The base URL of its HTTP API, `http://127.0.0.1:<port>`.
@@ -126,6 +150,26 @@ impl PrometheusProcess {
     }
 }
 
+/// The command line of a Prometheus kept in `dir`, on `port`.
+fn command(binary: &std::path::Path, dir: &std::path::Path, port: u16, receiver: bool) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .current_dir(dir);
+    if receiver {
+        command.arg("--web.enable-remote-write-receiver");
+    }
+    command
+}
+
 /// The prometheus binary, or the panic every test needing it shows when it is missing.
 fn require_prometheus(found: Option<PathBuf>) -> PathBuf {
     found.unwrap_or_else(|| {
@@ -147,6 +191,12 @@ fn config_yaml(port: u16, options: &PrometheusOptions) -> String {
         "global:\n  scrape_interval: {interval}\n  scrape_timeout: {interval}\n  evaluation_interval: {interval}\n\
          scrape_configs:\n  - job_name: prometheus\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
     );
+    if let Some(window) = options.out_of_order_time_window {
+        yaml.push_str(&format!(
+            "storage:\n  tsdb:\n    out_of_order_time_window: {}\n",
+            prom_duration(window)
+        ));
+    }
     if let Some(url) = &options.remote_write_url {
         yaml.push_str(&format!(
             "remote_write:\n  - url: {url}\n    queue_config:\n      batch_send_deadline: {}\n",

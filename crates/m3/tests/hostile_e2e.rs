@@ -7,8 +7,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use m3_proto::Message;
-use m3_proto::prometheus::{Label, Sample, TimeSeries, WriteRequest};
-use support::{CONFIG, LocalProcess, now_ms};
+use m3_proto::prometheus::WriteRequest;
+use support::{CONFIG, LocalProcess, now_ms, series};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MIB: u64 = 1024 * 1024;
@@ -17,22 +17,6 @@ const MIB: u64 = 1024 * 1024;
 /// may hold its compressed body, its decompressed body (≤ 32 MiB) and decoded arrays within
 /// the count limits (docs/limits.md); 64 MiB each, plus slack for the allocator.
 const BOMB_BOUND: u64 = 3 * 64 * MIB + 64 * MIB;
-
-fn series(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> TimeSeries {
-    TimeSeries {
-        labels: labels
-            .iter()
-            .map(|(n, v)| Label {
-                name: n.to_string(),
-                value: v.to_string(),
-            })
-            .collect(),
-        samples: samples
-            .iter()
-            .map(|&(timestamp, value)| Sample { value, timestamp })
-            .collect(),
-    }
-}
 
 /// A `WriteRequest` holding one series `x` and `count` copies of the 2-byte `item` (an empty
 /// sample `12 00`, or an empty series `0a 00` at the top level), snappy-compressed: a few

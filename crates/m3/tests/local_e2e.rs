@@ -11,8 +11,8 @@ use m3_proto::metricpb::{
     BatchTimer, BatchTimerWithMetadatas, Counter, CounterWithMetadatas, Gauge, GaugeWithMetadatas,
     MetricWithMetadatas, StagedMetadatas, metric_with_metadatas,
 };
-use m3_proto::prometheus::{Label, Sample, TimeSeries, WriteRequest};
-use support::{LocalProcess, now_ms};
+use m3_proto::prometheus::WriteRequest;
+use support::{LocalProcess, now_ms, series};
 
 const AGG_10S: &[(&str, &str)] = &[
     ("M3-Metrics-Type", "aggregated"),
@@ -22,22 +22,6 @@ const AGG_1M: &[(&str, &str)] = &[
     ("M3-Metrics-Type", "aggregated"),
     ("M3-Storage-Policy", "1m:40d"),
 ];
-
-fn series(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> TimeSeries {
-    TimeSeries {
-        labels: labels
-            .iter()
-            .map(|(n, v)| Label {
-                name: n.to_string(),
-                value: v.to_string(),
-            })
-            .collect(),
-        samples: samples
-            .iter()
-            .map(|&(timestamp, value)| Sample { value, timestamp })
-            .collect(),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_write_is_downsampled_to_last_per_window() {

@@ -81,6 +81,7 @@ async fn rollup_of_a_prometheus_counter_family_equals_the_increases_prometheus_h
         scrape_interval: Duration::from_secs(1),
         remote_write_url: Some(format!("{}/api/v1/prom/remote/write", local.http())),
         batch_send_deadline: Duration::from_secs(1),
+        ..PrometheusOptions::default()
     });
 
     // Besides its own scrapes, Prometheus serves some API traffic, so that the family has a

@@ -10,8 +10,26 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use m3_proto::metricpb::MetricWithMetadatas;
+use m3_proto::prometheus::{Label, Sample, TimeSeries};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
+
+/// A remote-write series: `labels` and their `(ms, value)` samples.
+pub(crate) fn series(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> TimeSeries {
+    TimeSeries {
+        labels: labels
+            .iter()
+            .map(|(n, v)| Label {
+                name: n.to_string(),
+                value: v.to_string(),
+            })
+            .collect(),
+        samples: samples
+            .iter()
+            .map(|&(timestamp, value)| Sample { value, timestamp })
+            .collect(),
+    }
+}
 
 /// Milliseconds since the epoch.
 pub(crate) fn now_ms() -> i64 {
