@@ -57,6 +57,8 @@
 //! * [`result`]: query results and their Prometheus JSON form.
 //! * [`retention`]: deleting expired samples, once or from a background thread.
 //! * [`metrics`]: the store's self-metrics.
+//! * [`tsdb`]: the time-series engine taking over from one key per sample (chunks, write-ahead
+//!   log; the head and blocks follow).
 
 #![warn(missing_docs, unreachable_pub)]
 
@@ -72,6 +74,7 @@ pub mod query;
 pub mod result;
 pub mod retention;
 pub mod store;
+pub mod tsdb;
 
 pub use budget::QueryLimits;
 pub use error::{Error, Result};

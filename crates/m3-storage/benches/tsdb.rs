@@ -1,0 +1,112 @@
+//! The time-series engine's parts, one sample at a time. Every result is checked.
+//!
+//! * `chunk/push/regular_scrape`: appending samples of a 15 s scrape of a slowly growing
+//!   counter (one jittered scrape in ten) to chunks of 120; throughput in samples. Prints the
+//!   encoded bytes per sample.
+//! * `chunk/iter/regular_scrape`: reading them back.
+//! * `wal/append/2000`: one batch record of 2,000 samples' worth (16 bytes each plus a series
+//!   reference) per append, as a remote-write request would make; throughput in samples.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use m3_storage::tsdb::chunk::Chunk;
+use m3_storage::tsdb::wal::{Wal, WalOptions};
+
+const CHUNK_SAMPLES: usize = 120;
+const SAMPLES: usize = 120 * 100;
+
+/// Samples of 100 series' chunks, 120 each: 15 s apart, a counter growing by 0–4.
+fn regular_scrape() -> Vec<(i64, f64)> {
+    let mut samples = Vec::with_capacity(SAMPLES);
+    for series in 0..SAMPLES / CHUNK_SAMPLES {
+        let mut value = (series * 1000) as f64;
+        for i in 0..CHUNK_SAMPLES as i64 {
+            let jitter = if i % 10 == 7 { (series % 5) as i64 } else { 0 };
+            value += (i % 5) as f64;
+            samples.push((1_700_000_000_000 + i * 15_000 + jitter, value));
+        }
+    }
+    samples
+}
+
+fn chunks(c: &mut Criterion) {
+    let samples = regular_scrape();
+    let encoded: Vec<Chunk> = samples
+        .chunks(CHUNK_SAMPLES)
+        .map(|part| {
+            let mut chunk = Chunk::new();
+            for &(t, v) in part {
+                chunk.push(t, v).expect("increasing times");
+            }
+            chunk
+        })
+        .collect();
+    let bytes: usize = encoded.iter().map(Chunk::encoded_len).sum();
+    println!(
+        "chunk/regular_scrape: {:.2} bytes per sample",
+        bytes as f64 / SAMPLES as f64
+    );
+
+    let mut group = c.benchmark_group("chunk");
+    group.throughput(Throughput::Elements(SAMPLES as u64));
+    group.bench_function("push/regular_scrape", |b| {
+        b.iter(|| {
+            let mut total = 0;
+            for part in samples.chunks(CHUNK_SAMPLES) {
+                let mut chunk = Chunk::new();
+                for &(t, v) in part {
+                    chunk.push(t, v).expect("increasing times");
+                }
+                total += chunk.len();
+            }
+            assert_eq!(total, SAMPLES);
+            black_box(total)
+        })
+    });
+    group.bench_function("iter/regular_scrape", |b| {
+        b.iter(|| {
+            let mut sum = 0.0;
+            let mut count = 0;
+            for chunk in &encoded {
+                for (_, v) in chunk.iter() {
+                    sum += v;
+                    count += 1;
+                }
+            }
+            assert_eq!(count, SAMPLES);
+            black_box(sum)
+        })
+    });
+    group.finish();
+}
+
+fn wal(c: &mut Criterion) {
+    const BATCH: usize = 2000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut wal, _) = Wal::open(dir.path(), WalOptions::default(), |_| {
+        Ok::<(), std::convert::Infallible>(())
+    })
+    .expect("opens");
+    // A batch record: per sample a 4-byte series reference, 8-byte time and 8-byte value.
+    let record = vec![0x5au8; BATCH * 20];
+    let mut group = c.benchmark_group("wal");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("append/2000", |b| {
+        b.iter(|| wal.append(&[&record[..]]).expect("appends"))
+    });
+    group.finish();
+    // The segments must replay to what was written.
+    drop(wal);
+    let mut records = 0u64;
+    let (_, report) = Wal::open(dir.path(), WalOptions::default(), |r: &[u8]| {
+        assert_eq!(r.len(), record.len());
+        records += 1;
+        Ok::<(), std::convert::Infallible>(())
+    })
+    .expect("replays");
+    assert!(report.torn_tail.is_none() && records > 0);
+}
+
+criterion_group!(benches, chunks, wal);
+criterion_main!(benches);

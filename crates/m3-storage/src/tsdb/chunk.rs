@@ -1,0 +1,521 @@
+//! Compressed chunks of one series' samples: delta-of-delta timestamps and XOR'd values, the
+//! encoding of Facebook's Gorilla paper that M3TSZ and Prometheus's XOR chunks also use.
+//!
+//! A regular scrape (same interval, slowly changing values) costs about one to two bytes per
+//! sample instead of sixteen: a timestamp whose interval did not change is one bit, a value
+//! equal to the previous one is one bit, and a changed value stores only the bits that differ,
+//! in the window of the previous change when it fits.
+//!
+//! ```text
+//! sample 0:  timestamp (64 bits) | value (64 bits)
+//! sample n:  Δ of Δ timestamp     | XOR with previous value
+//!            0                    → same interval           0        → same value
+//!            10  + 14 bits        → |ΔΔ| < 2^13             10 + m   → m bits in the previous window
+//!            110 + 17 bits        → |ΔΔ| < 2^16             11 + 5 bits leading zeros + 6 bits
+//!            1110 + 20 bits       → |ΔΔ| < 2^19                  length − 1 + m bits
+//!            1111 + 64 bits       → anything
+//! ```
+//!
+//! A chunk is append-only with strictly increasing timestamps; the caller (the head) decides
+//! where one chunk ends and the next begins. The evaluated crates (`tsz`, unmaintained since
+//! 2017; `gortsz`, 32-bit times and values, nightly-only; `nodedb-codec`, a pre-release) do not
+//! fit, and the encoding is small, so it is written here and pinned by a property test.
+
+use std::fmt;
+
+/// The bits of one chunk, written most significant bit first.
+#[derive(Clone, Default, PartialEq, Eq)]
+struct BitWriter {
+    bytes: Vec<u8>,
+    /// Bits used in the last byte (0 = the last byte is full, or there is none).
+    used: u8,
+}
+
+impl BitWriter {
+    fn push_bit(&mut self, bit: bool) {
+        if self.used == 0 {
+            self.bytes.push(0);
+        }
+        if bit && let Some(last) = self.bytes.last_mut() {
+            *last |= 0x80 >> self.used;
+        }
+        self.used = (self.used + 1) % 8;
+    }
+
+    /// Appends the low `count` bits of `value` (count ≤ 64), most significant first.
+    fn push_bits(&mut self, value: u64, count: u8) {
+        let mut left = count;
+        while left > 0 {
+            if self.used == 0 {
+                self.bytes.push(0);
+            }
+            let free = 8 - self.used;
+            let take = free.min(left);
+            let shift = left - take;
+            let part = ((value >> shift) & ((1u64 << take) - 1)) as u8;
+            if let Some(last) = self.bytes.last_mut() {
+                *last |= part << (free - take);
+            }
+            self.used = (self.used + take) % 8;
+            left -= take;
+        }
+    }
+
+    fn len_bits(&self) -> usize {
+        match self.used {
+            0 => self.bytes.len() * 8,
+            used => (self.bytes.len() - 1) * 8 + usize::from(used),
+        }
+    }
+}
+
+/// Reads what a [`BitWriter`] wrote.
+struct BitReader<'a> {
+    bytes: &'a [u8],
+    position: usize,
+    end: usize,
+}
+
+impl<'a> BitReader<'a> {
+    fn new(bytes: &'a [u8], end: usize) -> BitReader<'a> {
+        BitReader {
+            bytes,
+            position: 0,
+            end: end.min(bytes.len() * 8),
+        }
+    }
+
+    fn read_bit(&mut self) -> Option<bool> {
+        if self.position >= self.end {
+            return None;
+        }
+        let byte = self.bytes[self.position / 8];
+        let bit = byte & (0x80 >> (self.position % 8)) != 0;
+        self.position += 1;
+        Some(bit)
+    }
+
+    /// The next `count` bits (≤ 64) as the low bits of a `u64`.
+    fn read_bits(&mut self, count: u8) -> Option<u64> {
+        if self.position + usize::from(count) > self.end {
+            return None;
+        }
+        let mut value = 0u64;
+        let mut left = count;
+        while left > 0 {
+            let byte = self.bytes[self.position / 8];
+            let offset = (self.position % 8) as u8;
+            let available = 8 - offset;
+            let take = available.min(left);
+            let part = (byte >> (available - take)) & (((1u16 << take) - 1) as u8);
+            value = (value << take) | u64::from(part);
+            self.position += usize::from(take);
+            left -= take;
+        }
+        Some(value)
+    }
+}
+
+/// The timestamp buckets: (prefix bits, prefix length, payload bits).
+const DOD_BUCKETS: [(u64, u8, u8); 3] = [(0b10, 2, 14), (0b110, 3, 17), (0b1110, 4, 20)];
+
+/// One series' samples, compressed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Chunk {
+    bits: BitWriter,
+    count: u32,
+    first_time: i64,
+    last_time: i64,
+    last_delta: i64,
+    last_value: u64,
+    /// Leading and trailing zeros of the last stored XOR window (`leading = u8::MAX`: none).
+    leading: u8,
+    trailing: u8,
+}
+
+impl fmt::Debug for Chunk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Chunk")
+            .field("samples", &self.count)
+            .field("first_time", &self.first_time)
+            .field("last_time", &self.last_time)
+            .field("bytes", &self.bits.bytes.len())
+            .finish()
+    }
+}
+
+/// A sample whose timestamp is not after the chunk's last one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("sample at {time} ms is not after the chunk's last sample at {last} ms")]
+pub struct NotAfterLast {
+    /// The refused sample's time.
+    pub time: i64,
+    /// The chunk's last time.
+    pub last: i64,
+}
+
+impl Default for Chunk {
+    fn default() -> Chunk {
+        Chunk::new()
+    }
+}
+
+impl Chunk {
+    /// An empty chunk.
+    pub fn new() -> Chunk {
+        Chunk {
+            bits: BitWriter::default(),
+            count: 0,
+            first_time: 0,
+            last_time: 0,
+            last_delta: 0,
+            last_value: 0,
+            leading: u8::MAX,
+            trailing: 0,
+        }
+    }
+
+    /// Samples in the chunk.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Whether it holds no sample.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The first sample's time (ms); meaningless when empty.
+    pub fn first_time(&self) -> i64 {
+        self.first_time
+    }
+
+    /// The last sample's time (ms); meaningless when empty.
+    pub fn last_time(&self) -> i64 {
+        self.last_time
+    }
+
+    /// Bytes the encoded samples take.
+    pub fn encoded_len(&self) -> usize {
+        self.bits.bytes.len()
+    }
+
+    /// Heap bytes the chunk holds (its buffer's capacity).
+    pub fn heap_bytes(&self) -> usize {
+        self.bits.bytes.capacity()
+    }
+
+    /// Releases spare buffer capacity (once the chunk is complete).
+    pub fn shrink_to_fit(&mut self) {
+        self.bits.bytes.shrink_to_fit();
+    }
+
+    /// Appends a sample.
+    ///
+    /// # Errors
+    /// [`NotAfterLast`] when `time` is not after the last sample's (nothing is appended).
+    pub fn push(&mut self, time: i64, value: f64) -> Result<(), NotAfterLast> {
+        let bits = value.to_bits();
+        if self.count == 0 {
+            self.bits.push_bits(time as u64, 64);
+            self.bits.push_bits(bits, 64);
+            self.first_time = time;
+            self.last_time = time;
+            self.last_value = bits;
+            self.count = 1;
+            return Ok(());
+        }
+        if time <= self.last_time {
+            return Err(NotAfterLast {
+                time,
+                last: self.last_time,
+            });
+        }
+        let delta = time.wrapping_sub(self.last_time);
+        self.push_dod(delta.wrapping_sub(self.last_delta));
+        self.push_xor(bits ^ self.last_value);
+        self.last_delta = delta;
+        self.last_time = time;
+        self.last_value = bits;
+        self.count += 1;
+        Ok(())
+    }
+
+    fn push_dod(&mut self, dod: i64) {
+        if dod == 0 {
+            self.bits.push_bit(false);
+            return;
+        }
+        for (prefix, prefix_len, payload) in DOD_BUCKETS {
+            let half = 1i64 << (payload - 1);
+            if (-half..half).contains(&dod) {
+                self.bits.push_bits(prefix, prefix_len);
+                self.bits
+                    .push_bits((dod as u64) & ((1u64 << payload) - 1), payload);
+                return;
+            }
+        }
+        self.bits.push_bits(0b1111, 4);
+        self.bits.push_bits(dod as u64, 64);
+    }
+
+    fn push_xor(&mut self, xor: u64) {
+        if xor == 0 {
+            self.bits.push_bit(false);
+            return;
+        }
+        self.bits.push_bit(true);
+        let leading = (xor.leading_zeros() as u8).min(31);
+        let trailing = xor.trailing_zeros() as u8;
+        if self.leading != u8::MAX && leading >= self.leading && trailing >= self.trailing {
+            // Fits the previous window.
+            self.bits.push_bit(false);
+            let width = 64 - self.leading - self.trailing;
+            self.bits.push_bits(xor >> self.trailing, width);
+            return;
+        }
+        self.bits.push_bit(true);
+        let width = 64 - leading - trailing;
+        self.bits.push_bits(u64::from(leading), 5);
+        // 1..=64 stored as 0..=63.
+        self.bits.push_bits(u64::from(width - 1), 6);
+        self.bits.push_bits(xor >> trailing, width);
+        self.leading = leading;
+        self.trailing = trailing;
+    }
+
+    /// The samples, in time order.
+    pub fn iter(&self) -> ChunkIter<'_> {
+        ChunkIter {
+            reader: BitReader::new(&self.bits.bytes, self.bits.len_bits()),
+            remaining: self.count,
+            read: 0,
+            time: 0,
+            delta: 0,
+            value: 0,
+            leading: 0,
+            trailing: 0,
+        }
+    }
+
+    /// The encoded bytes, for writing a block; [`Chunk::decode`] reads them back.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bits.bytes
+    }
+
+    /// The samples of `count` samples' worth of encoded `bytes` (as [`Chunk::bytes`] gave),
+    /// for reading a block. A truncated or corrupt chunk ends early: the iterator stops at the
+    /// first sample that does not decode.
+    pub fn decode(bytes: &[u8], count: u32) -> ChunkIter<'_> {
+        ChunkIter {
+            reader: BitReader::new(bytes, bytes.len() * 8),
+            remaining: count,
+            read: 0,
+            time: 0,
+            delta: 0,
+            value: 0,
+            leading: 0,
+            trailing: 0,
+        }
+    }
+}
+
+/// The samples of a chunk; see [`Chunk::iter`].
+pub struct ChunkIter<'a> {
+    reader: BitReader<'a>,
+    remaining: u32,
+    read: u32,
+    time: i64,
+    delta: i64,
+    value: u64,
+    leading: u8,
+    trailing: u8,
+}
+
+impl ChunkIter<'_> {
+    fn next_sample(&mut self) -> Option<(i64, f64)> {
+        if self.read == 0 {
+            self.time = self.reader.read_bits(64)? as i64;
+            self.value = self.reader.read_bits(64)?;
+            return Some((self.time, f64::from_bits(self.value)));
+        }
+        let dod = self.read_dod()?;
+        self.delta = self.delta.wrapping_add(dod);
+        self.time = self.time.wrapping_add(self.delta);
+        if self.reader.read_bit()? {
+            let xor = if self.reader.read_bit()? {
+                let leading = self.reader.read_bits(5)? as u8;
+                let width = self.reader.read_bits(6)? as u8 + 1;
+                let trailing = 64u8.checked_sub(leading + width)?;
+                self.leading = leading;
+                self.trailing = trailing;
+                self.reader.read_bits(width)? << trailing
+            } else {
+                let width = 64u8.checked_sub(self.leading + self.trailing)?;
+                if width == 0 {
+                    return None;
+                }
+                self.reader.read_bits(width)? << self.trailing
+            };
+            self.value ^= xor;
+        }
+        Some((self.time, f64::from_bits(self.value)))
+    }
+
+    fn read_dod(&mut self) -> Option<i64> {
+        if !self.reader.read_bit()? {
+            return Some(0);
+        }
+        for (_, prefix_len, payload) in DOD_BUCKETS {
+            // The bucket's prefix is prefix_len − 1 ones then a zero; one 1 is read already.
+            if prefix_len == 4 || !self.reader.read_bit()? {
+                if prefix_len == 4 && self.reader.read_bit()? {
+                    return Some(self.reader.read_bits(64)? as i64);
+                }
+                let raw = self.reader.read_bits(payload)?;
+                // Sign-extend the payload.
+                let shift = 64 - u32::from(payload);
+                return Some(((raw << shift) as i64) >> shift);
+            }
+        }
+        None
+    }
+}
+
+impl Iterator for ChunkIter<'_> {
+    type Item = (i64, f64);
+
+    fn next(&mut self) -> Option<(i64, f64)> {
+        if self.remaining == 0 {
+            return None;
+        }
+        match self.next_sample() {
+            Some(sample) => {
+                self.remaining -= 1;
+                self.read += 1;
+                Some(sample)
+            }
+            None => {
+                self.remaining = 0;
+                None
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.remaining as usize))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn roundtrip(samples: &[(i64, f64)]) -> Chunk {
+        let mut chunk = Chunk::new();
+        for &(t, v) in samples {
+            chunk.push(t, v).unwrap();
+        }
+        let got: Vec<(i64, u64)> = chunk.iter().map(|(t, v)| (t, v.to_bits())).collect();
+        let want: Vec<(i64, u64)> = samples.iter().map(|&(t, v)| (t, v.to_bits())).collect();
+        assert_eq!(got, want);
+        let decoded: Vec<(i64, u64)> = Chunk::decode(chunk.bytes(), chunk.len() as u32)
+            .map(|(t, v)| (t, v.to_bits()))
+            .collect();
+        assert_eq!(decoded, want);
+        chunk
+    }
+
+    #[test]
+    fn a_regular_scrape_takes_about_a_byte_or_two_per_sample() {
+        // 120 samples 15 s apart, a counter growing by a few per scrape, one jittered scrape.
+        let mut samples = Vec::new();
+        let mut value = 1000.0;
+        for i in 0..120i64 {
+            let jitter = if i == 60 { 3 } else { 0 };
+            value += (i % 5) as f64;
+            samples.push((1_700_000_000_000 + i * 15_000 + jitter, value));
+        }
+        let chunk = roundtrip(&samples);
+        let per_sample = chunk.encoded_len() as f64 / samples.len() as f64;
+        assert!(per_sample < 2.0, "{per_sample} bytes per sample");
+        // A constant gauge on a steady scrape: two bits per sample after the first.
+        let constant: Vec<(i64, f64)> = (0..120).map(|i| (i * 10_000, 1.0)).collect();
+        let chunk = roundtrip(&constant);
+        assert!(chunk.encoded_len() <= 16 + 120 * 2 / 8 + 8, "{chunk:?}");
+    }
+
+    #[test]
+    fn special_values_and_extreme_times_round_trip() {
+        roundtrip(&[
+            (i64::MIN, f64::NAN),
+            (i64::MIN + 1, f64::INFINITY),
+            (-1, f64::NEG_INFINITY),
+            (0, -0.0),
+            (1, f64::MIN_POSITIVE),
+            (i64::MAX - 1, f64::MAX),
+            (i64::MAX, f64::from_bits(0x7ff0_0000_0000_0002)),
+        ]);
+    }
+
+    #[test]
+    fn a_sample_not_after_the_last_is_refused_and_changes_nothing() {
+        let mut chunk = Chunk::new();
+        chunk.push(10, 1.0).unwrap();
+        chunk.push(20, 2.0).unwrap();
+        let before = chunk.clone();
+        assert_eq!(
+            chunk.push(20, 3.0),
+            Err(NotAfterLast { time: 20, last: 20 })
+        );
+        assert!(chunk.push(5, 3.0).is_err());
+        assert_eq!(chunk, before);
+    }
+
+    #[test]
+    fn a_truncated_chunk_ends_early_without_panicking() {
+        let samples: Vec<(i64, f64)> = (0..50)
+            .map(|i| (i * 1000 + i * i, i as f64 * 1.5))
+            .collect();
+        let chunk = roundtrip(&samples);
+        for cut in 0..chunk.bytes().len() {
+            let got: Vec<(i64, f64)> = Chunk::decode(&chunk.bytes()[..cut], 50).collect();
+            assert!(got.len() < 50);
+            for (g, w) in got.iter().zip(&samples) {
+                assert_eq!(g.0, w.0);
+            }
+        }
+    }
+
+    proptest! {
+        /// Any increasing times and any values come back bit for bit.
+        #[test]
+        fn any_samples_round_trip(
+            start in any::<i64>(),
+            steps in prop::collection::vec(
+                prop_oneof![Just(15_000i64), Just(15_001), 1i64..100_000, 1i64..i64::MAX / 256],
+                0..200,
+            ),
+            values in prop::collection::vec(
+                prop_oneof![any::<f64>(), (0u32..1000).prop_map(f64::from), Just(0.0)],
+                200,
+            ),
+        ) {
+            let mut samples = Vec::new();
+            let mut time = start;
+            for (i, step) in std::iter::once(0).chain(steps).enumerate() {
+                let Some(next) = time.checked_add(step) else { break };
+                time = next;
+                samples.push((time, values[i % values.len()]));
+            }
+            roundtrip(&samples);
+        }
+
+        /// Garbage never panics the reader.
+        #[test]
+        fn garbage_decodes_without_panicking(bytes in prop::collection::vec(any::<u8>(), 0..200), count in 0u32..300) {
+            let _ = Chunk::decode(&bytes, count).count();
+        }
+    }
+}

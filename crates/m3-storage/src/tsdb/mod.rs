@@ -1,0 +1,16 @@
+//! The parts of the time-series engine that replaces one key per sample in the LSM tree: the
+//! shape every fast TSDB shares (M3DB, Prometheus's head block, VictoriaMetrics).
+//!
+//! ```text
+//! write batch ──▶ WAL (one append per batch, group commit) ──▶ head: series by label hash,
+//!                                                               each with compressed chunks
+//!                                         block range closes ──▶ immutable block on disk
+//!                                                               (chunks, series index, postings)
+//! ```
+//!
+//! | module | what |
+//! |---|---|
+//! | [`chunk`] | one series' samples, delta-of-delta times and XOR'd values |
+//! | [`wal`] | the write-ahead log: checksummed records in segments, replay that stops at a torn tail |
+pub mod chunk;
+pub mod wal;

@@ -1,0 +1,501 @@
+//! The write-ahead log: every write batch is appended here before it is applied to the head,
+//! and replayed into the head at start, so what was acknowledged survives a crash.
+//!
+//! The log is a directory of numbered segments (`00000001.wal`, …). A segment is a run of
+//! records, each framed as
+//!
+//! ```text
+//! length (u32 LE) | CRC-32C of the payload (u32 LE) | payload (length bytes)
+//! ```
+//!
+//! A batch is one `write(2)` of all its records, so a batch costs one system call however many
+//! samples it holds (group commit per request). A record is acknowledged once written to the
+//! operating system, which is what a process crash (`kill -9`) cannot take away; `fsync` happens
+//! when a segment is finished and at close, or after every batch with [`SyncPolicy::EveryBatch`]
+//! for machines whose power may fail.
+//!
+//! Replay reads the segments in order and stops at the first record that is cut short or whose
+//! checksum does not match: that is the torn tail of a crash mid-write (or a corruption), it is
+//! reported with a warning and cut off, and writing resumes in a new segment. Nothing in the log
+//! can make replay panic or allocate more than one segment's worth.
+//!
+//! Segments the head no longer needs (their samples are in blocks) are removed with
+//! [`Wal::remove_segments_before`].
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Bytes of a record's header.
+const HEADER_LEN: usize = 8;
+/// The largest record accepted; larger lengths in a segment are corruption.
+pub const MAX_RECORD_LEN: usize = 64 * 1024 * 1024;
+
+/// When the log calls `fsync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncPolicy {
+    /// When a segment is finished and at close: a process crash loses nothing written, a power
+    /// failure may lose the last seconds (Prometheus and VictoriaMetrics do the same).
+    #[default]
+    SegmentEnd,
+    /// After every batch: nothing acknowledged is lost even to a power failure, at the cost of
+    /// one disk flush per batch.
+    EveryBatch,
+}
+
+/// Options of a log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalOptions {
+    /// A segment is finished once it holds this many bytes.
+    pub segment_bytes: u64,
+    /// When to `fsync`.
+    pub sync: SyncPolicy,
+}
+
+impl Default for WalOptions {
+    fn default() -> WalOptions {
+        WalOptions {
+            segment_bytes: 128 * 1024 * 1024,
+            sync: SyncPolicy::SegmentEnd,
+        }
+    }
+}
+
+/// What replay found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Records read back.
+    pub records: u64,
+    /// Segments read.
+    pub segments: usize,
+    /// The torn or corrupt tail that was cut off, if any.
+    pub torn_tail: Option<TornTail>,
+}
+
+/// Where replay stopped early.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    /// The segment file.
+    pub segment: PathBuf,
+    /// Offset of the first bad record.
+    pub offset: u64,
+    /// Bytes from there to the end of the log that were dropped (that segment's rest and any
+    /// later segments).
+    pub dropped_bytes: u64,
+    /// What was wrong.
+    pub reason: &'static str,
+}
+
+/// A write-ahead log open for appending.
+#[derive(Debug)]
+pub struct Wal {
+    dir: PathBuf,
+    options: WalOptions,
+    /// The segment being written and its number.
+    file: File,
+    segment: u64,
+    /// Bytes in the current segment.
+    written: u64,
+    /// Reused buffer of one batch.
+    buffer: Vec<u8>,
+}
+
+/// `00000042.wal`.
+fn segment_name(number: u64) -> String {
+    format!("{number:08}.wal")
+}
+
+/// The segment numbers in `dir`, ascending.
+fn segments(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut numbers = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(number) = name
+            .strip_suffix(".wal")
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            numbers.push(number);
+        }
+    }
+    numbers.sort_unstable();
+    Ok(numbers)
+}
+
+impl Wal {
+    /// Opens the log in `dir` (created if missing): replays every record into `apply`, in order,
+    /// cuts off a torn tail, and starts a new segment for what comes next.
+    ///
+    /// # Errors
+    /// I/O errors, and whatever `apply` returns (replay stops there).
+    pub fn open<E>(
+        dir: &Path,
+        options: WalOptions,
+        mut apply: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(Wal, ReplayReport), WalError<E>> {
+        std::fs::create_dir_all(dir).map_err(WalError::Io)?;
+        let numbers = segments(dir).map_err(WalError::Io)?;
+        let mut report = ReplayReport::default();
+        let mut record = Vec::new();
+        for (i, &number) in numbers.iter().enumerate() {
+            let path = dir.join(segment_name(number));
+            report.segments += 1;
+            let mut reader = io::BufReader::new(File::open(&path).map_err(WalError::Io)?);
+            let mut offset = 0u64;
+            loop {
+                match read_record(&mut reader, &mut record).map_err(WalError::Io)? {
+                    ReadOutcome::End => break,
+                    ReadOutcome::Record(len) => {
+                        apply(&record).map_err(WalError::Apply)?;
+                        report.records += 1;
+                        offset += (HEADER_LEN + len) as u64;
+                    }
+                    ReadOutcome::Torn(reason) => {
+                        let len = std::fs::metadata(&path).map_err(WalError::Io)?.len();
+                        let mut dropped = len - offset;
+                        for &later in &numbers[i + 1..] {
+                            let later = dir.join(segment_name(later));
+                            dropped += std::fs::metadata(&later).map(|m| m.len()).unwrap_or(0);
+                            std::fs::remove_file(&later).map_err(WalError::Io)?;
+                        }
+                        tracing::warn!(
+                            segment = %path.display(),
+                            offset,
+                            dropped_bytes = dropped,
+                            reason,
+                            "Write-ahead log ends in a torn or corrupt record; replayed up to it and cut the rest."
+                        );
+                        let file = OpenOptions::new()
+                            .write(true)
+                            .open(&path)
+                            .map_err(WalError::Io)?;
+                        file.set_len(offset).map_err(WalError::Io)?;
+                        file.sync_all().map_err(WalError::Io)?;
+                        report.torn_tail = Some(TornTail {
+                            segment: path.clone(),
+                            offset,
+                            dropped_bytes: dropped,
+                            reason,
+                        });
+                        break;
+                    }
+                }
+            }
+            if report.torn_tail.is_some() {
+                break;
+            }
+        }
+        let next = numbers
+            .iter()
+            .copied()
+            .take(report.segments)
+            .max()
+            .map_or(1, |n| n + 1);
+        let wal = Wal::create_segment(dir, options, next).map_err(WalError::Io)?;
+        Ok((wal, report))
+    }
+
+    fn create_segment(dir: &Path, options: WalOptions, segment: u64) -> io::Result<Wal> {
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(dir.join(segment_name(segment)))?;
+        sync_dir(dir)?;
+        Ok(Wal {
+            dir: dir.to_path_buf(),
+            options,
+            file,
+            segment,
+            written: 0,
+            buffer: Vec::new(),
+        })
+    }
+
+    /// The segment being written.
+    pub fn segment(&self) -> u64 {
+        self.segment
+    }
+
+    /// Appends `records` as one batch: one write, then an `fsync` if the policy says so. When it
+    /// returns `Ok`, the records are in the log.
+    ///
+    /// # Errors
+    /// I/O errors (a full disk); the batch may then be partly written, and replay will cut it
+    /// at the first incomplete record.
+    pub fn append<R: AsRef<[u8]>>(&mut self, records: &[R]) -> io::Result<()> {
+        self.buffer.clear();
+        for record in records {
+            let payload = record.as_ref();
+            if payload.len() > MAX_RECORD_LEN {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "a write-ahead log record of {} bytes is over the {MAX_RECORD_LEN} limit",
+                        payload.len()
+                    ),
+                ));
+            }
+            self.buffer
+                .extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            self.buffer
+                .extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+            self.buffer.extend_from_slice(payload);
+        }
+        self.file.write_all(&self.buffer)?;
+        self.written += self.buffer.len() as u64;
+        if self.options.sync == SyncPolicy::EveryBatch {
+            self.file.sync_data()?;
+        }
+        if self.written >= self.options.segment_bytes {
+            self.next_segment()?;
+        }
+        Ok(())
+    }
+
+    /// Finishes the current segment (`fsync`) and starts the next.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn next_segment(&mut self) -> io::Result<()> {
+        self.file.sync_all()?;
+        let next = Wal::create_segment(&self.dir, self.options, self.segment + 1)?;
+        *self = Wal {
+            buffer: std::mem::take(&mut self.buffer),
+            ..next
+        };
+        Ok(())
+    }
+
+    /// Removes every segment numbered below `segment` (their records are persisted elsewhere).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn remove_segments_before(&self, segment: u64) -> io::Result<usize> {
+        let mut removed = 0;
+        for number in segments(&self.dir)? {
+            if number < segment.min(self.segment) {
+                std::fs::remove_file(self.dir.join(segment_name(number)))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Flushes the current segment to disk (`fsync`).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+}
+
+/// What reading one record gave.
+enum ReadOutcome {
+    /// A whole record of this many bytes is in the buffer.
+    Record(usize),
+    /// The segment ended cleanly.
+    End,
+    /// A record is cut short or corrupt.
+    Torn(&'static str),
+}
+
+fn read_record(reader: &mut impl Read, record: &mut Vec<u8>) -> io::Result<ReadOutcome> {
+    let mut header = [0u8; HEADER_LEN];
+    match read_full(reader, &mut header)? {
+        0 => return Ok(ReadOutcome::End),
+        HEADER_LEN => {}
+        _ => return Ok(ReadOutcome::Torn("record header cut short")),
+    }
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if len > MAX_RECORD_LEN {
+        return Ok(ReadOutcome::Torn("record length over the limit"));
+    }
+    record.clear();
+    // Read in steps so a corrupt length cannot make us allocate before the bytes exist.
+    let mut chunk = [0u8; 64 * 1024];
+    while record.len() < len {
+        let want = (len - record.len()).min(chunk.len());
+        let got = read_full(reader, &mut chunk[..want])?;
+        record.extend_from_slice(&chunk[..got]);
+        if got < want {
+            return Ok(ReadOutcome::Torn("record cut short"));
+        }
+    }
+    if crc32fast::hash(record) != crc {
+        return Ok(ReadOutcome::Torn("record checksum mismatch"));
+    }
+    Ok(ReadOutcome::Record(len))
+}
+
+/// Reads until `buf` is full or the input ends; the bytes read.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Makes a new file's directory entry durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Why opening a log failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError<E> {
+    /// Reading, truncating or creating a segment failed.
+    #[error("write-ahead log: {0}")]
+    Io(#[source] io::Error),
+    /// Applying a replayed record failed.
+    #[error("write-ahead log replay: {0}")]
+    Apply(E),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::convert::Infallible;
+
+    fn replay(dir: &Path, options: WalOptions) -> (Wal, ReplayReport, Vec<Vec<u8>>) {
+        let mut records = Vec::new();
+        let (wal, report) = Wal::open(dir, options, |r: &[u8]| {
+            records.push(r.to_vec());
+            Ok::<(), Infallible>(())
+        })
+        .unwrap();
+        (wal, report, records)
+    }
+
+    fn small() -> WalOptions {
+        WalOptions {
+            segment_bytes: 100,
+            sync: SyncPolicy::SegmentEnd,
+        }
+    }
+
+    #[test]
+    fn batches_come_back_in_order_across_segments_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, report, records) = replay(dir.path(), small());
+        assert_eq!((report.records, records.len()), (0, 0));
+        let mut written = Vec::new();
+        for i in 0..20u32 {
+            let batch: Vec<Vec<u8>> = (0..i % 4)
+                .map(|j| vec![i as u8; (j * 10) as usize])
+                .collect();
+            wal.append(&batch).unwrap();
+            written.extend(batch);
+        }
+        assert!(wal.segment() > 3, "segments rotate at 100 bytes");
+        drop(wal);
+        let (mut wal, report, records) = replay(dir.path(), small());
+        assert_eq!(records, written);
+        assert!(report.torn_tail.is_none());
+        // Appends after a reopen go to a new segment and come back after the old ones.
+        wal.append(&[b"after".to_vec()]).unwrap();
+        drop(wal);
+        let (_, _, records) = replay(dir.path(), small());
+        assert_eq!(records.last().unwrap(), b"after");
+        assert_eq!(records.len(), written.len() + 1);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_with_a_report_and_writing_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, ..) = replay(dir.path(), WalOptions::default());
+        wal.append(&[b"one".as_slice(), b"two".as_slice()]).unwrap();
+        wal.append(&[b"three".as_slice()]).unwrap();
+        let segment = dir.path().join(segment_name(wal.segment()));
+        drop(wal);
+        // A crash in the middle of the last record.
+        let len = std::fs::metadata(&segment).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .unwrap()
+            .set_len(len - 2)
+            .unwrap();
+        let (mut wal, report, records) = replay(dir.path(), WalOptions::default());
+        assert_eq!(records, vec![b"one".to_vec(), b"two".to_vec()]);
+        let torn = report.torn_tail.unwrap();
+        assert_eq!((torn.offset, torn.reason), (22, "record cut short"));
+        wal.append(&[b"four".as_slice()]).unwrap();
+        drop(wal);
+        let (_, report, records) = replay(dir.path(), WalOptions::default());
+        assert_eq!(
+            records,
+            vec![b"one".to_vec(), b"two".to_vec(), b"four".to_vec()]
+        );
+        assert!(report.torn_tail.is_none(), "the cut tail is gone");
+    }
+
+    #[test]
+    fn a_corrupt_record_ends_replay_and_later_segments_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, ..) = replay(dir.path(), small());
+        for i in 0..10u8 {
+            wal.append(&[vec![i; 30]]).unwrap();
+        }
+        drop(wal);
+        // Flip a payload byte of the first record of the second segment.
+        let second = dir.path().join(segment_name(2));
+        let mut bytes = std::fs::read(&second).unwrap();
+        bytes[HEADER_LEN] ^= 0xff;
+        std::fs::write(&second, &bytes).unwrap();
+        let (_, report, records) = replay(dir.path(), small());
+        let torn = report.torn_tail.unwrap();
+        assert_eq!(torn.reason, "record checksum mismatch");
+        assert_eq!(torn.segment, second);
+        assert!(records.iter().all(|r| r[0] < 3), "{records:?}");
+        assert_eq!(segments(dir.path()).unwrap().iter().max(), Some(&3));
+    }
+
+    #[test]
+    fn old_segments_are_removed_but_never_the_current_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, ..) = replay(dir.path(), small());
+        for _ in 0..10 {
+            wal.append(&[vec![0u8; 60]]).unwrap();
+        }
+        let current = wal.segment();
+        assert_eq!(
+            wal.remove_segments_before(current - 2).unwrap() as u64,
+            current - 3
+        );
+        assert_eq!(wal.remove_segments_before(u64::MAX).unwrap(), 2);
+        assert_eq!(segments(dir.path()).unwrap(), vec![current]);
+    }
+
+    proptest! {
+        /// Whatever bytes a segment ends with, replay returns a prefix of what was written and
+        /// never panics.
+        #[test]
+        fn any_damage_replays_a_prefix(
+            records in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..50), 1..20),
+            cut in any::<prop::sample::Index>(),
+            garbage in prop::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut wal, ..) = replay(dir.path(), WalOptions::default());
+            wal.append(&records).unwrap();
+            let segment = dir.path().join(segment_name(wal.segment()));
+            drop(wal);
+            let mut bytes = std::fs::read(&segment).unwrap();
+            bytes.truncate(cut.index(bytes.len() + 1));
+            bytes.extend_from_slice(&garbage);
+            std::fs::write(&segment, &bytes).unwrap();
+            let (_, _, got) = replay(dir.path(), WalOptions::default());
+            prop_assert!(got.len() <= records.len());
+            prop_assert_eq!(&got[..], &records[..got.len()]);
+        }
+    }
+}
