@@ -4,13 +4,18 @@
 //!   counter (one jittered scrape in ten) to chunks of 120; throughput in samples. Prints the
 //!   encoded bytes per sample.
 //! * `chunk/iter/regular_scrape`: reading them back.
+//! * `head/append/{100k,1M}`: batches of 2,000 samples, one per series in turn over N live
+//!   series of 10 labels, each sample 15 s after the series' previous one, into a head that
+//!   already holds every series (as after the first scrape); throughput in samples.
 //! * `wal/append/2000`: one batch record of 2,000 samples' worth (16 bytes each plus a series
 //!   reference) per append, as a remote-write request would make; throughput in samples.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use m3_storage::Labels;
 use m3_storage::tsdb::chunk::Chunk;
+use m3_storage::tsdb::head::{Head, HeadOptions};
 use m3_storage::tsdb::wal::{Wal, WalOptions};
 
 const CHUNK_SAMPLES: usize = 120;
@@ -81,6 +86,70 @@ fn chunks(c: &mut Criterion) {
     group.finish();
 }
 
+/// `count` Prometheus-shaped label sets of 10 labels.
+fn label_sets(count: usize) -> Vec<Labels> {
+    (0..count)
+        .map(|i| {
+            Labels::new([
+                ("__name__".to_string(), format!("metric_{}", i % 100)),
+                (
+                    "instance".to_string(),
+                    format!("10.0.{}.{}:9100", i / 250 % 256, i % 250),
+                ),
+                ("job".to_string(), format!("job-{}", i % 20)),
+                ("namespace".to_string(), format!("ns-{}", i % 7)),
+                ("pod".to_string(), format!("pod-{i}")),
+                ("container".to_string(), "app".to_string()),
+                ("cluster".to_string(), "prod-eu-1".to_string()),
+                ("region".to_string(), "eu-west-1".to_string()),
+                ("team".to_string(), format!("team-{}", i % 13)),
+                ("le".to_string(), format!("{}", i % 11)),
+            ])
+            .expect("valid labels")
+        })
+        .collect()
+}
+
+fn head(c: &mut Criterion) {
+    const BATCH: usize = 2000;
+    let mut group = c.benchmark_group("head");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    for (name, count) in [("100k", 100_000usize), ("1M", 1_000_000)] {
+        let sets = label_sets(count);
+        let mut head = Head::new(HeadOptions {
+            out_of_order_window: 3_600_000,
+        });
+        let first: Vec<(&Labels, i64, f64)> = sets.iter().map(|l| (l, 0, 0.0)).collect();
+        assert_eq!(head.append(&first).new_series, count);
+        drop(first);
+        let mut next = 0usize;
+        let mut round = 1i64;
+        let mut batch: Vec<(&Labels, i64, f64)> = Vec::with_capacity(BATCH);
+        group.bench_function(format!("append/{name}"), |b| {
+            b.iter(|| {
+                batch.clear();
+                for _ in 0..BATCH {
+                    batch.push((&sets[next], round * 15_000, round as f64));
+                    next += 1;
+                    if next == count {
+                        next = 0;
+                        round += 1;
+                    }
+                }
+                let summary = head.append(&batch);
+                assert_eq!(summary.appended, BATCH);
+                black_box(summary)
+            })
+        });
+        println!(
+            "head/{name}: {} series, about {:.0} bytes per series",
+            head.series_count(),
+            head.heap_bytes() as f64 / count as f64
+        );
+    }
+    group.finish();
+}
+
 fn wal(c: &mut Criterion) {
     const BATCH: usize = 2000;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -92,8 +161,12 @@ fn wal(c: &mut Criterion) {
     let record = vec![0x5au8; BATCH * 20];
     let mut group = c.benchmark_group("wal");
     group.throughput(Throughput::Elements(BATCH as u64));
+    let mut appended = 0u64;
     group.bench_function("append/2000", |b| {
-        b.iter(|| wal.append(&[&record[..]]).expect("appends"))
+        b.iter(|| {
+            wal.append(&[&record[..]]).expect("appends");
+            appended += 1;
+        })
     });
     group.finish();
     // The segments must replay to what was written.
@@ -105,8 +178,9 @@ fn wal(c: &mut Criterion) {
         Ok::<(), std::convert::Infallible>(())
     })
     .expect("replays");
-    assert!(report.torn_tail.is_none() && records > 0);
+    assert!(report.torn_tail.is_none());
+    assert_eq!(records, appended, "every appended batch replays");
 }
 
-criterion_group!(benches, chunks, wal);
+criterion_group!(benches, chunks, head, wal);
 criterion_main!(benches);

@@ -1,0 +1,657 @@
+//! The head: the recent samples of every series of one namespace, in memory, compressed.
+//!
+//! Series are found by a hash of their label set (collisions are checked against the labels
+//! the series holds, so the labels are stored once), and by an inverted index (label name →
+//! value → the series carrying it, ascending) that answers `=` matchers without looking at
+//! other series. Each series holds its samples in [`Chunk`]s of up to [`CHUNK_SAMPLES`]:
+//!
+//! ```text
+//! series: labels | closed chunks … | open chunk (appends) | out of order: sorted, small
+//! ```
+//!
+//! A sample after the series' newest goes to the open chunk. One at or before it is *out of
+//! order*: within [`HeadOptions::out_of_order_window`] of the newest it is kept in a small
+//! sorted buffer that wins over the chunks for its timestamp (so writing a timestamp again
+//! replaces its value, as one key per sample did); further back it is refused and counted. The
+//! buffer is folded into the chunks once it holds [`OUT_OF_ORDER_FOLD`] samples.
+//!
+//! Retention drops whole chunks that end before the cutoff ([`Head::truncate_before`]), and a
+//! series with nothing left.
+
+use std::hash::BuildHasher;
+
+use hashbrown::HashMap;
+
+use crate::labels::Labels;
+use crate::matcher::{Matcher, matches_all};
+use crate::tsdb::chunk::Chunk;
+
+/// Samples per chunk before a new one starts (Prometheus's figure: two hours of a 60 s scrape,
+/// half an hour of a 15 s one).
+pub const CHUNK_SAMPLES: usize = 120;
+/// Out-of-order samples a series buffers before they are folded into its chunks.
+pub const OUT_OF_ORDER_FOLD: usize = 32;
+
+/// A series' number within its head, in creation order.
+pub type SeriesRef = u32;
+
+/// How the head takes samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadOptions {
+    /// How far behind a series' newest sample a sample is still taken (ms).
+    pub out_of_order_window: i64,
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppendSummary {
+    /// Samples taken (in order, out of order, or replacing a value).
+    pub appended: usize,
+    /// Samples equal to what the series already holds at that time (nothing changed).
+    pub duplicates: usize,
+    /// Samples further behind their series' newest than the out-of-order window: refused.
+    pub too_old: usize,
+    /// Series created.
+    pub new_series: usize,
+}
+
+/// One series.
+#[derive(Debug)]
+struct MemSeries {
+    labels: Labels,
+    closed: Vec<Chunk>,
+    open: Chunk,
+    /// Out-of-order samples, sorted by time, one per time.
+    out_of_order: Vec<(i64, f64)>,
+    /// The newest time of the series.
+    max_time: i64,
+}
+
+impl MemSeries {
+    fn new(labels: Labels) -> MemSeries {
+        MemSeries {
+            labels,
+            closed: Vec::new(),
+            open: Chunk::new(),
+            out_of_order: Vec::new(),
+            max_time: i64::MIN,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.open.is_empty() && self.closed.is_empty() && self.out_of_order.is_empty()
+    }
+
+    fn append(&mut self, time: i64, value: f64, window: i64, summary: &mut AppendSummary) {
+        if self.is_empty() || time > self.max_time {
+            if self.open.len() >= CHUNK_SAMPLES {
+                let mut full = std::mem::take(&mut self.open);
+                full.shrink_to_fit();
+                self.closed.push(full);
+            }
+            // Cannot fail: time is after everything in the open chunk.
+            if self.open.push(time, value).is_ok() {
+                self.max_time = time;
+                summary.appended += 1;
+            }
+            return;
+        }
+        if time < self.max_time.saturating_sub(window) {
+            summary.too_old += 1;
+            return;
+        }
+        if self.value_at(time).map(f64::to_bits) == Some(value.to_bits()) {
+            summary.duplicates += 1;
+            return;
+        }
+        match self.out_of_order.binary_search_by_key(&time, |s| s.0) {
+            Ok(i) => self.out_of_order[i].1 = value,
+            Err(i) => self.out_of_order.insert(i, (time, value)),
+        }
+        summary.appended += 1;
+        if self.out_of_order.len() >= OUT_OF_ORDER_FOLD {
+            self.fold_out_of_order();
+        }
+    }
+
+    /// The value stored at exactly `time`, if any.
+    fn value_at(&self, time: i64) -> Option<f64> {
+        if let Ok(i) = self.out_of_order.binary_search_by_key(&time, |s| s.0) {
+            return Some(self.out_of_order[i].1);
+        }
+        self.chunks()
+            .filter(|c| c.first_time() <= time && time <= c.last_time())
+            .flat_map(Chunk::iter)
+            .find(|s| s.0 == time)
+            .map(|s| s.1)
+    }
+
+    fn chunks(&self) -> impl Iterator<Item = &Chunk> {
+        self.closed
+            .iter()
+            .chain(std::iter::once(&self.open).filter(|c| !c.is_empty()))
+    }
+
+    /// Every sample in `start..=end`, sorted, the out-of-order buffer winning on equal times.
+    fn samples_in(&self, start: i64, end: i64, out: &mut Vec<(i64, f64)>) {
+        let from_chunks = self
+            .chunks()
+            .filter(|c| c.last_time() >= start && c.first_time() <= end)
+            .flat_map(Chunk::iter)
+            .filter(|s| (start..=end).contains(&s.0));
+        let buffered = self
+            .out_of_order
+            .iter()
+            .copied()
+            .filter(|s| (start..=end).contains(&s.0));
+        merge_into(from_chunks, buffered, out);
+    }
+
+    /// Re-encodes the chunks with the out-of-order samples merged in.
+    fn fold_out_of_order(&mut self) {
+        let mut all = Vec::new();
+        self.samples_in(i64::MIN, i64::MAX, &mut all);
+        self.closed.clear();
+        self.open = Chunk::new();
+        self.out_of_order.clear();
+        for (time, value) in all {
+            if self.open.len() >= CHUNK_SAMPLES {
+                let mut full = std::mem::take(&mut self.open);
+                full.shrink_to_fit();
+                self.closed.push(full);
+            }
+            // Sorted and one per time: cannot fail.
+            let _ = self.open.push(time, value);
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        let labels: usize = self
+            .labels
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 48)
+            .sum();
+        labels
+            + self.closed.iter().map(Chunk::heap_bytes).sum::<usize>()
+            + self.closed.capacity() * std::mem::size_of::<Chunk>()
+            + self.open.heap_bytes()
+            + self.out_of_order.capacity() * 16
+    }
+}
+
+/// Merges two time-sorted runs into `out`; on equal times the second wins.
+fn merge_into(
+    first: impl Iterator<Item = (i64, f64)>,
+    second: impl Iterator<Item = (i64, f64)>,
+    out: &mut Vec<(i64, f64)>,
+) {
+    let mut first = first.peekable();
+    let mut second = second.peekable();
+    loop {
+        match (first.peek(), second.peek()) {
+            (Some(a), Some(b)) if a.0 < b.0 => out.extend(first.next()),
+            (Some(a), Some(b)) if a.0 == b.0 => {
+                first.next();
+                out.extend(second.next());
+            }
+            (_, Some(_)) => out.extend(second.next()),
+            (Some(_), None) => out.extend(first.next()),
+            (None, None) => return,
+        }
+    }
+}
+
+/// The series of one namespace and their recent samples. Not synchronised: the owner holds it
+/// behind a lock and takes it once per batch.
+#[derive(Debug)]
+pub struct Head {
+    options: HeadOptions,
+    hasher: hashbrown::DefaultHashBuilder,
+    /// Label-set hash → the series with that hash.
+    by_hash: HashMap<u64, Vec<SeriesRef>>,
+    /// By [`SeriesRef`]; `None` once removed by retention.
+    series: Vec<Option<MemSeries>>,
+    /// Label name → value → series, ascending.
+    postings: HashMap<String, HashMap<String, Vec<SeriesRef>>>,
+    live: usize,
+}
+
+impl Head {
+    /// An empty head.
+    pub fn new(options: HeadOptions) -> Head {
+        Head {
+            options,
+            hasher: hashbrown::DefaultHashBuilder::default(),
+            by_hash: HashMap::new(),
+            series: Vec::new(),
+            postings: HashMap::new(),
+            live: 0,
+        }
+    }
+
+    fn hash(&self, labels: &Labels) -> u64 {
+        self.hasher.hash_one(labels.as_slice())
+    }
+
+    /// The series with exactly these labels.
+    pub fn find(&self, labels: &Labels) -> Option<SeriesRef> {
+        let candidates = self.by_hash.get(&self.hash(labels))?;
+        candidates.iter().copied().find(|&r| {
+            self.series[r as usize]
+                .as_ref()
+                .is_some_and(|s| &s.labels == labels)
+        })
+    }
+
+    /// The series with these labels, created if new (`true` when created).
+    pub fn get_or_create(&mut self, labels: &Labels) -> (SeriesRef, bool) {
+        if let Some(found) = self.find(labels) {
+            return (found, false);
+        }
+        let reference = SeriesRef::try_from(self.series.len()).unwrap_or(SeriesRef::MAX);
+        self.insert(reference, labels.clone());
+        (reference, true)
+    }
+
+    /// Puts `labels` at `reference` (replaying a log that named it so).
+    fn insert(&mut self, reference: SeriesRef, labels: Labels) {
+        let hash = self.hash(&labels);
+        for (name, value) in labels.iter() {
+            let list = self
+                .postings
+                .entry_ref(name)
+                .or_default()
+                .entry_ref(value)
+                .or_default();
+            if let Err(i) = list.binary_search(&reference) {
+                list.insert(i, reference);
+            }
+        }
+        self.by_hash.entry(hash).or_default().push(reference);
+        let index = reference as usize;
+        if self.series.len() <= index {
+            self.series.resize_with(index + 1, || None);
+        }
+        if self.series[index].is_none() {
+            self.live += 1;
+        }
+        self.series[index] = Some(MemSeries::new(labels));
+    }
+
+    /// Re-creates series `reference` with `labels`, as a replayed log record says.
+    pub fn restore_series(&mut self, reference: SeriesRef, labels: Labels) {
+        if self.find(&labels) != Some(reference) {
+            self.insert(reference, labels);
+        }
+    }
+
+    /// Appends samples; each is `(series, time ms, value)`.
+    pub fn append_refs(&mut self, samples: &[(SeriesRef, i64, f64)]) -> AppendSummary {
+        let mut summary = AppendSummary::default();
+        let window = self.options.out_of_order_window;
+        for &(reference, time, value) in samples {
+            if let Some(Some(series)) = self.series.get_mut(reference as usize) {
+                series.append(time, value, window, &mut summary);
+            }
+        }
+        summary
+    }
+
+    /// Appends samples by label set, creating series as needed.
+    pub fn append(&mut self, samples: &[(&Labels, i64, f64)]) -> AppendSummary {
+        let mut refs = Vec::with_capacity(samples.len());
+        let mut new_series = 0;
+        for &(labels, time, value) in samples {
+            let (reference, created) = self.get_or_create(labels);
+            new_series += usize::from(created);
+            refs.push((reference, time, value));
+        }
+        AppendSummary {
+            new_series,
+            ..self.append_refs(&refs)
+        }
+    }
+
+    /// Live series.
+    pub fn series_count(&self) -> usize {
+        self.live
+    }
+
+    /// The series matching every matcher (all series for none), ascending by reference.
+    pub fn matching(&self, matchers: &[Matcher]) -> Vec<SeriesRef> {
+        // Matchers that reject "" need the label: their postings bound the answer.
+        let mut candidates: Option<Vec<SeriesRef>> = None;
+        for matcher in matchers.iter().filter(|m| !m.matches_empty()) {
+            let mut refs: Vec<SeriesRef> = match matcher {
+                Matcher::Equal { name, value } => self
+                    .postings
+                    .get(name)
+                    .and_then(|values| values.get(value))
+                    .cloned()
+                    .unwrap_or_default(),
+                _ => {
+                    let mut refs: Vec<SeriesRef> = self
+                        .postings
+                        .get(matcher.name())
+                        .into_iter()
+                        .flatten()
+                        .filter(|(value, _)| matcher.matches_value(value))
+                        .flat_map(|(_, refs)| refs.iter().copied())
+                        .collect();
+                    refs.sort_unstable();
+                    refs
+                }
+            };
+            if let Some(previous) = candidates {
+                refs.retain(|r| previous.binary_search(r).is_ok());
+            }
+            candidates = Some(refs);
+        }
+        let candidates = candidates.unwrap_or_else(|| {
+            (0..self.series.len() as SeriesRef)
+                .filter(|&r| self.series[r as usize].is_some())
+                .collect()
+        });
+        candidates
+            .into_iter()
+            .filter(|&r| {
+                self.series[r as usize]
+                    .as_ref()
+                    .is_some_and(|s| matches_all(matchers, &s.labels))
+            })
+            .collect()
+    }
+
+    /// The labels of series `reference`.
+    pub fn labels(&self, reference: SeriesRef) -> Option<&Labels> {
+        self.series
+            .get(reference as usize)?
+            .as_ref()
+            .map(|s| &s.labels)
+    }
+
+    /// The samples of series `reference` in `start..=end`, appended to `out` (sorted).
+    pub fn samples(&self, reference: SeriesRef, start: i64, end: i64, out: &mut Vec<(i64, f64)>) {
+        if let Some(Some(series)) = self.series.get(reference as usize) {
+            series.samples_in(start, end, out);
+        }
+    }
+
+    /// Drops every chunk and buffered sample wholly before `cutoff` (ms), and the series left
+    /// empty; how many series were removed.
+    pub fn truncate_before(&mut self, cutoff: i64) -> usize {
+        let mut removed = Vec::new();
+        for (index, slot) in self.series.iter_mut().enumerate() {
+            let Some(series) = slot else { continue };
+            series.closed.retain(|c| c.last_time() >= cutoff);
+            if !series.open.is_empty() && series.open.last_time() < cutoff {
+                series.open = Chunk::new();
+            }
+            // A buffered sample before the cutoff still shadows a sample of a kept chunk (a
+            // replaced value): it goes only when no kept chunk reaches back to it.
+            let earliest_kept = series.chunks().map(Chunk::first_time).min();
+            series
+                .out_of_order
+                .retain(|s| s.0 >= cutoff || earliest_kept.is_some_and(|e| s.0 >= e));
+            if series.is_empty() {
+                removed.push((index as SeriesRef, slot.take()));
+            }
+        }
+        for (reference, series) in &removed {
+            let Some(series) = series else { continue };
+            let hash = self.hasher.hash_one(series.labels.as_slice());
+            if let Some(list) = self.by_hash.get_mut(&hash) {
+                list.retain(|r| r != reference);
+                if list.is_empty() {
+                    self.by_hash.remove(&hash);
+                }
+            }
+            for (name, value) in series.labels.iter() {
+                if let Some(values) = self.postings.get_mut(name) {
+                    if let Some(list) = values.get_mut(value) {
+                        list.retain(|r| r != reference);
+                        if list.is_empty() {
+                            values.remove(value);
+                        }
+                    }
+                    if values.is_empty() {
+                        self.postings.remove(name);
+                    }
+                }
+            }
+        }
+        self.live -= removed.len();
+        removed.len()
+    }
+
+    /// Heap bytes the head holds, approximately: chunks, labels, buffers and the index.
+    pub fn heap_bytes(&self) -> usize {
+        let series: usize = self
+            .series
+            .iter()
+            .flatten()
+            .map(MemSeries::heap_bytes)
+            .sum();
+        let postings: usize = self
+            .postings
+            .iter()
+            .map(|(name, values)| {
+                name.len()
+                    + values
+                        .iter()
+                        .map(|(v, refs)| v.len() + 48 + refs.capacity() * 4)
+                        .sum::<usize>()
+            })
+            .sum();
+        series
+            + postings
+            + self.series.capacity() * std::mem::size_of::<Option<MemSeries>>()
+            + self.by_hash.capacity() * 40
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    const WINDOW: i64 = 1_000;
+
+    fn head() -> Head {
+        Head::new(HeadOptions {
+            out_of_order_window: WINDOW,
+        })
+    }
+
+    fn labels(job: &str, instance: &str) -> Labels {
+        Labels::new([("__name__", "up"), ("job", job), ("instance", instance)]).unwrap()
+    }
+
+    fn all(head: &Head, reference: SeriesRef) -> Vec<(i64, f64)> {
+        let mut out = Vec::new();
+        head.samples(reference, i64::MIN, i64::MAX, &mut out);
+        out
+    }
+
+    #[test]
+    fn in_order_out_of_order_replaced_duplicate_and_too_old() {
+        let mut head = head();
+        let a = labels("api", "1");
+        let summary = head.append(&[(&a, 1_000, 1.0), (&a, 2_000, 2.0), (&a, 3_000, 3.0)]);
+        assert_eq!(
+            summary,
+            AppendSummary {
+                appended: 3,
+                new_series: 1,
+                ..AppendSummary::default()
+            }
+        );
+        let summary = head.append(&[
+            (&a, 2_500, 2.5),  // out of order, inside the window
+            (&a, 2_000, 20.0), // replaces
+            (&a, 3_000, 3.0),  // the same again
+            (&a, 1_999, 9.0),  // further back than the window from 3000
+        ]);
+        assert_eq!(
+            (summary.appended, summary.duplicates, summary.too_old),
+            (2, 1, 1)
+        );
+        let r = head.find(&a).unwrap();
+        assert_eq!(
+            all(&head, r),
+            vec![(1_000, 1.0), (2_000, 20.0), (2_500, 2.5), (3_000, 3.0)]
+        );
+    }
+
+    #[test]
+    fn matchers_use_postings_and_check_every_matcher() {
+        let mut head = head();
+        let a1 = labels("api", "1");
+        let a2 = labels("api", "2");
+        let d1 = labels("db", "1");
+        head.append(&[(&a1, 1, 1.0), (&a2, 1, 1.0), (&d1, 1, 1.0)]);
+        let names = |matchers: &[Matcher]| -> Vec<String> {
+            head.matching(matchers)
+                .into_iter()
+                .map(|r| {
+                    let l = head.labels(r).unwrap();
+                    format!("{}/{}", l.get("job").unwrap(), l.get("instance").unwrap())
+                })
+                .collect()
+        };
+        assert_eq!(
+            names(&[Matcher::equal("job", "api")]),
+            vec!["api/1", "api/2"]
+        );
+        assert_eq!(
+            names(&[
+                Matcher::equal("job", "api"),
+                Matcher::not_equal("instance", "1")
+            ]),
+            vec!["api/2"]
+        );
+        assert_eq!(
+            names(&[Matcher::regex("instance", "1|3").unwrap()]),
+            vec!["api/1", "db/1"]
+        );
+        assert_eq!(
+            names(&[Matcher::not_regex("job", "a.*").unwrap()]),
+            vec!["db/1"]
+        );
+        assert_eq!(names(&[]).len(), 3);
+        assert!(names(&[Matcher::equal("job", "none")]).is_empty());
+        assert_eq!(names(&[Matcher::equal("zone", "")]).len(), 3);
+    }
+
+    #[test]
+    fn retention_drops_whole_chunks_and_empty_series() {
+        let mut head = head();
+        let a = labels("api", "1");
+        let b = labels("db", "1");
+        let samples: Vec<(&Labels, i64, f64)> = (0..300).map(|i| (&a, i * 10, i as f64)).collect();
+        head.append(&samples);
+        head.append(&[(&b, 5, 1.0)]);
+        // Chunk 0 holds 0..=1190, chunk 1 1200..=2390, the open one 2400..=2990.
+        assert_eq!(head.truncate_before(1_500), 1);
+        assert_eq!(head.series_count(), 1);
+        assert!(head.find(&b).is_none());
+        assert!(head.matching(&[Matcher::equal("job", "db")]).is_empty());
+        let r = head.find(&a).unwrap();
+        assert_eq!(all(&head, r).first(), Some(&(1_200, 120.0)));
+        // A series created again after its removal is a new one.
+        head.append(&[(&b, 5_000, 2.0)]);
+        let again = head.find(&b).unwrap();
+        assert_eq!(all(&head, again), vec![(5_000, 2.0)]);
+    }
+
+    /// What the model keeps: a value per time per series, the last write winning.
+    type Model = BTreeMap<Labels, BTreeMap<i64, f64>>;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Append(Vec<(usize, i64, u8)>),
+        Truncate(i64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => prop::collection::vec((0usize..6, -200i64..5_000, 0u8..4), 1..40).prop_map(Op::Append),
+            1 => (-500i64..5_000).prop_map(Op::Truncate),
+        ]
+    }
+
+    proptest! {
+        /// Any appends (in order, out of order, too old, repeated) and truncations leave the
+        /// head answering every series and range as a model that applies the same rules.
+        #[test]
+        fn the_head_equals_a_model(ops in prop::collection::vec(op(), 1..30), ranges in prop::collection::vec((-500i64..5_000, 0i64..3_000), 4)) {
+            let pool: Vec<Labels> = (0..6).map(|i| labels(if i % 2 == 0 { "api" } else { "db" }, &i.to_string())).collect();
+            let mut head = head();
+            let mut model = Model::new();
+            for op in ops {
+                match op {
+                    Op::Append(samples) => {
+                        let batch: Vec<(&Labels, i64, f64)> = samples
+                            .iter()
+                            .map(|&(s, t, v)| (&pool[s], t, f64::from(v)))
+                            .collect();
+                        let mut expected = AppendSummary::default();
+                        for &(labels, t, v) in &batch {
+                            let series = model.entry(labels.clone()).or_insert_with(|| {
+                                expected.new_series += 1;
+                                BTreeMap::new()
+                            });
+                            match series.last_key_value().map(|(k, _)| *k) {
+                                Some(max) if t <= max => {
+                                    if t < max - WINDOW {
+                                        expected.too_old += 1;
+                                    } else if series.get(&t) == Some(&v) {
+                                        expected.duplicates += 1;
+                                    } else {
+                                        series.insert(t, v);
+                                        expected.appended += 1;
+                                    }
+                                }
+                                _ => {
+                                    series.insert(t, v);
+                                    expected.appended += 1;
+                                }
+                            }
+                        }
+                        prop_assert_eq!(head.append(&batch), expected);
+                    }
+                    Op::Truncate(cutoff) => {
+                        head.truncate_before(cutoff);
+                        // Whole chunks go: what survives before the cutoff depends on where
+                        // chunks end, but nothing at or after it may go, and nothing may change.
+                        let mut next = Model::new();
+                        for (labels, series) in &model {
+                            let kept = head.find(labels).map(|r| all(&head, r)).unwrap_or_default();
+                            for (t, v) in series.range(cutoff..) {
+                                prop_assert!(kept.contains(&(*t, *v)), "{labels:?} lost {t}");
+                            }
+                            for (t, v) in &kept {
+                                prop_assert_eq!(series.get(t), Some(v));
+                            }
+                            if !kept.is_empty() {
+                                next.insert(labels.clone(), kept.into_iter().collect());
+                            }
+                        }
+                        model = next;
+                    }
+                }
+            }
+            prop_assert_eq!(head.series_count(), model.len());
+            for (labels, series) in &model {
+                let r = head.find(labels).expect("series in the head");
+                for &(start, len) in &ranges {
+                    let mut got = Vec::new();
+                    head.samples(r, start, start + len, &mut got);
+                    let want: Vec<(i64, f64)> = series.range(start..=start + len).map(|(t, v)| (*t, *v)).collect();
+                    prop_assert_eq!(got, want);
+                }
+            }
+        }
+    }
+}
