@@ -306,6 +306,19 @@ pub struct ValidConfig {
     /// of remote-write endpoints that no namespace has (the rules and the automatic mapping
     /// rules are built from these).
     pub aggregation_targets: Vec<ValidNamespace>,
+    /// Where data is kept.
+    pub backend: Backend,
+}
+
+/// `backend:` — where the coordinator keeps what it receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded store (`m3db`, the default), plus copies to any `prometheusRemoteBackend`
+    /// endpoints.
+    Embedded,
+    /// Only `prometheusRemoteBackend`'s endpoints (`prom-remote`): nothing is stored here and
+    /// the query API answers that it has no data.
+    PromRemote,
 }
 
 impl CoordinatorConfig {
@@ -348,19 +361,36 @@ impl CoordinatorConfig {
             );
         }
         let namespaces = self.namespaces(&mut problems);
-        match self.backend.as_deref() {
-            None | Some("m3db") => {}
-            Some("prom-remote") => problems.add(
-                "backend",
-                "prom-remote (the endpoints only, no embedded store) is not supported yet: \
-                 remove the key to keep the embedded store; prometheusRemoteBackend endpoints \
-                 then receive copies of what it stores",
-            ),
-            Some(other) => problems.add(
-                "backend",
-                format!("{other:?} is not a backend here: m3db (the embedded store) is"),
-            ),
-        }
+        let backend = match self.backend.as_deref() {
+            None | Some("m3db") => Backend::Embedded,
+            Some("prom-remote") => {
+                if self.prometheus_remote_backend.is_none() {
+                    problems.add(
+                        "prometheusRemoteBackend",
+                        "missing: backend prom-remote sends everything to its endpoints",
+                    );
+                }
+                if !self.clusters.is_empty() {
+                    problems.add(
+                        "clusters",
+                        "not used with backend prom-remote (nothing is stored here; the \
+                         endpoints' storage policies are the aggregated namespaces): remove \
+                         it, or remove backend to keep the embedded store",
+                    );
+                }
+                Backend::PromRemote
+            }
+            Some(other) => {
+                problems.add(
+                    "backend",
+                    format!(
+                        "{other:?} is not a backend here: m3db (the embedded store) and \
+                         prom-remote (prometheusRemoteBackend's endpoints only) are"
+                    ),
+                );
+                Backend::Embedded
+            }
+        };
         let remote_out = self
             .prometheus_remote_backend
             .as_ref()
@@ -424,6 +454,7 @@ impl CoordinatorConfig {
             limits: self.limits,
             remote_out,
             aggregation_targets,
+            backend,
         })
     }
 
@@ -766,14 +797,33 @@ downsample:
         );
         assert_eq!(config.remote_out.unwrap().endpoints.len(), 2);
 
+        // prom-remote: the endpoints are the storage, so clusters must go.
         let err =
             CoordinatorConfig::parse(Path::new("c.yml"), &format!("backend: prom-remote\n{text}"))
                 .unwrap_err()
                 .to_string();
         assert!(
-            err.contains("`backend`") && err.contains("not supported yet"),
+            err.contains("`clusters`") && err.contains("not used with backend prom-remote"),
             "{err}"
         );
+        let endpoints_only = text[text.find("prometheusRemoteBackend").unwrap()..].to_string();
+        let config = CoordinatorConfig::parse(
+            Path::new("c.yml"),
+            &format!("backend: prom-remote\n{endpoints_only}"),
+        )
+        .unwrap();
+        assert_eq!(config.backend, Backend::PromRemote);
+        assert!(config.namespaces.is_empty());
+        let policies: Vec<String> = config
+            .aggregation_targets
+            .iter()
+            .filter_map(|t| Some(t.policy?.to_string()))
+            .collect();
+        assert_eq!(policies, vec!["10s:2d".to_string(), "5m:90d".to_string()]);
+        let err = CoordinatorConfig::parse(Path::new("c.yml"), "backend: prom-remote\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`prometheusRemoteBackend`: missing"), "{err}");
         let err = CoordinatorConfig::parse(Path::new("c.yml"), &format!("backend: grpc\n{text}"))
             .unwrap_err()
             .to_string();

@@ -41,7 +41,8 @@ use crate::remote_out::{Delivery, RemoteOut};
 /// Turns m3msg messages into stored samples.
 #[derive(Clone)]
 pub struct IngestHandler {
-    store: Store,
+    /// The embedded store; `None` under `backend: prom-remote`.
+    store: Option<Store>,
     metrics: CoordinatorMetrics,
     remote_out: Option<Arc<RemoteOut>>,
 }
@@ -56,10 +57,10 @@ pub struct OutBound {
 pub type PendingDeliveries = Vec<(Vec<usize>, tokio::sync::oneshot::Receiver<Delivery>)>;
 
 impl IngestHandler {
-    /// A handler storing into `store`.
-    pub fn new(store: Store, metrics: CoordinatorMetrics) -> IngestHandler {
+    /// A handler storing into `store` (none: only sending to endpoints).
+    pub fn new(store: impl Into<Option<Store>>, metrics: CoordinatorMetrics) -> IngestHandler {
         IngestHandler {
-            store,
+            store: store.into(),
             metrics,
             remote_out: None,
         }
@@ -208,10 +209,13 @@ impl IngestHandler {
         by_namespace: &[(String, Vec<PendingSample>)],
         mut decisions: Vec<Decision>,
     ) -> Vec<Decision> {
+        let Some(store) = &self.store else {
+            return decisions;
+        };
         for (namespace, samples) in by_namespace {
             let refs: Vec<(&Labels, i64, f64)> =
                 samples.iter().map(|(_, l, t, v)| (l, *t, *v)).collect();
-            match self.store.write_batch(namespace, &refs) {
+            match store.write_batch(namespace, &refs) {
                 Ok(_) => {
                     self.metrics.ingest_stored.inc_by(refs.len() as u64);
                 }
@@ -219,7 +223,7 @@ impl IngestHandler {
                     // One bad series refuses the whole batch: store them one by one to keep
                     // the others.
                     for (i, labels, t, v) in samples {
-                        decisions[*i] = self.store_one(namespace, labels, *t, *v);
+                        decisions[*i] = self.store_one(store, namespace, labels, *t, *v);
                     }
                 }
                 Err(e) => {
@@ -244,11 +248,15 @@ impl IngestHandler {
         self.handle_batch(&[value])[0]
     }
 
-    fn store_one(&self, namespace: &str, labels: &Labels, time_ms: i64, value: f64) -> Decision {
-        match self
-            .store
-            .write_batch(namespace, &[(labels, time_ms, value)])
-        {
+    fn store_one(
+        &self,
+        store: &Store,
+        namespace: &str,
+        labels: &Labels,
+        time_ms: i64,
+        value: f64,
+    ) -> Decision {
+        match store.write_batch(namespace, &[(labels, time_ms, value)]) {
             Ok(_) => {
                 self.metrics.ingest_stored.inc();
                 Decision::Ack
@@ -289,12 +297,16 @@ impl IngestHandler {
             self.metrics.ingest_error(IngestErrorReason::decode_error);
             return Prepared::Decided(Decision::Ack);
         };
-        let namespace = match self
-            .store
-            .namespaces()
-            .namespace_for(policy.resolution.window, policy.retention.0)
-        {
-            Ok(ns) => Some(ns.name.clone()),
+        let found = match &self.store {
+            Some(store) => store
+                .namespaces()
+                .namespace_for(policy.resolution.window, policy.retention.0)
+                .map(|ns| ns.name.clone())
+                .map_err(|e| e.to_string()),
+            None => Err("nothing is stored here (backend prom-remote)".to_string()),
+        };
+        let namespace = match found {
+            Ok(ns) => Some(ns),
             Err(_)
                 if self
                     .remote_out

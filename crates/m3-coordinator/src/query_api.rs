@@ -145,6 +145,24 @@ pub fn router(state: QueryState) -> Router {
         .with_state(Arc::new(state))
 }
 
+/// The query endpoints of a coordinator that stores nothing (`backend: prom-remote`): each
+/// answers 400 `bad_data` saying where the data is.
+pub fn without_store_router() -> Router {
+    async fn no_data() -> ApiError {
+        ApiError::BadData(
+            "this coordinator stores nothing (backend: prom-remote): query the \
+             prometheusRemoteBackend endpoints it writes to"
+                .to_string(),
+        )
+    }
+    Router::new()
+        .route("/api/v1/query", get(no_data).post(no_data))
+        .route("/api/v1/query_range", get(no_data).post(no_data))
+        .route("/api/v1/labels", get(no_data).post(no_data))
+        .route("/api/v1/label/{name}/values", get(no_data))
+        .route("/api/v1/series", get(no_data).post(no_data))
+}
+
 type Shared = State<Arc<QueryState>>;
 
 /// `{"status":"success","data":…}`.

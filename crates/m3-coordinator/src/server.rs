@@ -25,7 +25,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ValidConfig, ValidNamespace};
+use crate::config::{Backend, ValidConfig, ValidNamespace};
 use crate::downsample::Downsampler;
 use crate::ingest::IngestHandler;
 use crate::limits::RemoteWriteLimits;
@@ -51,7 +51,8 @@ pub struct Coordinator {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     client: Option<Arc<AggregatorClient>>,
     remote_out: Option<Arc<RemoteOut>>,
-    store: Store,
+    /// The embedded store; `None` under `backend: prom-remote`.
+    store: Option<Store>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -73,7 +74,7 @@ struct HttpState {
     writes_in_flight: Arc<tokio::sync::Semaphore>,
     write_limits: RemoteWriteLimits,
     metrics: CoordinatorMetrics,
-    store: Store,
+    store: Option<Store>,
     namespaces: Arc<Vec<ValidNamespace>>,
 }
 
@@ -90,11 +91,16 @@ impl Coordinator {
         ingest_listener: Option<TcpListener>,
     ) -> anyhow::Result<Coordinator> {
         let namespaces = config.namespaces.clone();
-        let store = open_store(Path::new(&config.data_dir), &namespaces)?;
+        let store = match config.backend {
+            Backend::Embedded => Some(open_store(Path::new(&config.data_dir), &namespaces)?),
+            Backend::PromRemote => None,
+        };
         let metrics = CoordinatorMetrics::default();
         let mut registry = Registry::default();
         metrics.register(&mut registry);
-        store.metrics().register(&mut registry);
+        if let Some(store) = &store {
+            store.metrics().register(&mut registry);
+        }
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
 
@@ -237,11 +243,14 @@ impl Coordinator {
                 max_aggregation_window: max_window,
                 limits: config.limits.placement.clone(),
             }))
-            .merge(crate::query_api::router(crate::query_api::QueryState::new(
-                store.clone(),
-                namespaces.clone(),
-                config.limits.query.clone(),
-            )))
+            .merge(match &store {
+                Some(store) => crate::query_api::router(crate::query_api::QueryState::new(
+                    store.clone(),
+                    namespaces.clone(),
+                    config.limits.query.clone(),
+                )),
+                None => crate::query_api::without_store_router(),
+            })
             // Admin JSON and query forms; remote write reads its body itself, within its limit.
             .layer(axum::extract::DefaultBodyLimit::max(ADMIN_BODY_LIMIT));
         let listener = match http_listener {
@@ -266,26 +275,28 @@ impl Coordinator {
                 refused.inc();
             },
         )));
-        let retention_store = store.clone();
-        let retention_cancel = cancel.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    () = retention_cancel.cancelled() => break,
+        if let Some(store) = &store {
+            let retention_store = store.clone();
+            let retention_cancel = cancel.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        () = retention_cancel.cancelled() => break,
+                    }
+                    let store = retention_store.clone();
+                    let report = tokio::task::spawn_blocking(move || {
+                        store.enforce_retention_at(SystemTime::now())
+                    })
+                    .await;
+                    if let Ok(Err(e)) = report {
+                        tracing::error!(error = %e, "Retention pass failed.");
+                    }
                 }
-                let store = retention_store.clone();
-                let report = tokio::task::spawn_blocking(move || {
-                    store.enforce_retention_at(SystemTime::now())
-                })
-                .await;
-                if let Ok(Err(e)) = report {
-                    tracing::error!(error = %e, "Retention pass failed.");
-                }
-            }
-        }));
-        tasks.push(tokio::spawn(recover_store(store.clone(), cancel.clone())));
+            }));
+            tasks.push(tokio::spawn(recover_store(store.clone(), cancel.clone())));
+        }
         tracing::info!(%http, ingest = ?ingest, "Coordinator started.");
         Ok(Coordinator {
             addrs: CoordinatorAddrs { http, ingest },
@@ -322,8 +333,9 @@ impl Coordinator {
         if let Some(remote_out) = &self.remote_out {
             remote_out.close(Duration::from_secs(10)).await;
         }
-        let store = self.store;
-        let _ = tokio::task::spawn_blocking(move || store.flush()).await;
+        if let Some(store) = self.store {
+            let _ = tokio::task::spawn_blocking(move || store.flush()).await;
+        }
     }
 }
 
@@ -379,7 +391,7 @@ fn open_store(dir: &Path, namespaces: &[ValidNamespace]) -> anyhow::Result<Store
 /// sent, 503 with the reason while the store cannot write (a full disk), so a load balancer or
 /// Kubernetes stops sending it writes until it recovers.
 async fn health(State(state): State<HttpState>) -> Response {
-    match state.store.write_failure() {
+    match state.store.as_ref().and_then(Store::write_failure) {
         None => axum::Json(serde_json::json!({"ok": true})).into_response(),
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -38,7 +38,8 @@ const MAX_TIMESTAMP_MS: i64 = i64::MAX / 1_000_000;
 
 /// Everything a remote-write request needs.
 pub struct WritePath {
-    store: Store,
+    /// The embedded store; `None` under `backend: prom-remote`.
+    store: Option<Store>,
     raw_namespace: Option<String>,
     downsampler: Downsampler,
     client: Option<Arc<AggregatorClient>>,
@@ -170,10 +171,10 @@ pub enum WriteError {
 const MAX_INVALID_EXAMPLES: usize = 3;
 
 impl WritePath {
-    /// A write path over `store`; `raw_namespace` receives raw samples, `client` (if any)
-    /// receives what the downsampler selects.
+    /// A write path over `store` (none: nothing stored here); `raw_namespace` receives raw
+    /// samples, `client` (if any) receives what the downsampler selects.
     pub fn new(
-        store: Store,
+        store: impl Into<Option<Store>>,
         raw_namespace: Option<String>,
         downsampler: Downsampler,
         client: Option<Arc<AggregatorClient>>,
@@ -181,7 +182,7 @@ impl WritePath {
         metrics: CoordinatorMetrics,
     ) -> WritePath {
         WritePath {
-            store,
+            store: store.into(),
             raw_namespace,
             downsampler,
             client,
@@ -274,7 +275,8 @@ impl WritePath {
             WriteMode::Default | WriteMode::RawOnly => self.raw_namespace.as_ref(),
             WriteMode::AggregateOnly => None,
             WriteMode::Namespace(name) => Some(name),
-        };
+        }
+        .filter(|_| self.store.is_some());
         let raw_out = match mode {
             WriteMode::Default | WriteMode::RawOnly => {
                 self.remote_out.as_deref().filter(|r| r.has_raw_endpoints())
@@ -432,10 +434,10 @@ impl WritePath {
                 let _delivery = endpoint.try_send(&refs, &mut scratch)?;
             }
         }
-        if let Some(ns) = raw_namespace
+        if let (Some(ns), Some(store)) = (raw_namespace, &self.store)
             && !refs.is_empty()
         {
-            if let Err(e) = self.store.write_batch(ns, &refs) {
+            if let Err(e) = store.write_batch(ns, &refs) {
                 self.metrics
                     .drop_samples(DropReason::storage_error, refs.len() as u64);
                 return Err(WriteError::Storage(e));

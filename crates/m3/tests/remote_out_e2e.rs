@@ -9,6 +9,9 @@
 //! * Prometheus holds exactly the 10s windows `m3 local` stored itself, and those are one per
 //!   series for every 10s window the writer wrote into;
 //! * nothing was counted as dropped, and both endpoints saw failed sends that were retried.
+//!
+//! A second test runs `m3 local` with `backend: prom-remote`: no namespaces, nothing stored, the
+//! endpoints' storage policies are what the aggregators produce.
 
 mod support;
 
@@ -163,6 +166,108 @@ async fn endpoints_down_for_30s_receive_everything_once_back() {
         );
         assert_eq!(queued, 0.0, "{endpoint}: queue empty at the end");
     }
+    local.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prom_remote_backend_stores_nothing_and_sends_everything() {
+    let vm = VictoriaMetricsProcess::start();
+    let prometheus = PrometheusProcess::start(&PrometheusOptions {
+        scrape_interval: Duration::from_secs(60),
+        remote_write_receiver: true,
+        out_of_order_time_window: Some(Duration::from_secs(3600)),
+        ..PrometheusOptions::default()
+    });
+    let clusters_start = CONFIG
+        .find("  clusters:")
+        .expect("the test config has clusters");
+    let clusters_end = CONFIG.find("  storage:").expect("and storage after them");
+    let config = format!(
+        "{}{}",
+        &CONFIG[..clusters_start],
+        &CONFIG[clusters_end..]
+    )
+    .replace("bufferPast: 30s", "bufferPast: 10s")
+    .replace(
+        "bufferDurationForPastTimedMetric: 30s",
+        "bufferDurationForPastTimedMetric: 10s",
+    )
+    .replace(
+        "  writeBuffers:",
+        &format!(
+            "  backend: prom-remote\n  prometheusRemoteBackend:\n    endpoints:\n      - name: raw\n        address: {}\n      - name: agg10s\n        address: {}/api/v1/write\n        storagePolicy:\n          resolution: 10s\n          retention: 2d\n  writeBuffers:",
+            vm.remote_write_url(),
+            prometheus.url()
+        ),
+    );
+    let local = LocalProcess::start_with("prom-remote", &config, &[]).await;
+    let accepted: Arc<Mutex<ByLabels>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(write_until(
+        format!("{}/api/v1/prom/remote/write", local.http()),
+        Arc::clone(&accepted),
+        Arc::clone(&stop),
+    ));
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    stop.store(true, Ordering::SeqCst);
+    writer.await.expect("writer");
+    let accepted = accepted.lock().await.clone();
+    assert_eq!(accepted.len(), SERIES, "every series was accepted");
+
+    let vm_url = vm.url();
+    let raw = wait_until_equal(&accepted, || query_points(&vm_url, QUERY, &[])).await;
+    compare("VictoriaMetrics (raw)", &accepted, &raw);
+
+    // One 10s window per series for every window written into, in Prometheus only.
+    let expected_windows: BTreeMap<Vec<(String, String)>, usize> = accepted
+        .iter()
+        .map(|(labels, points)| {
+            let mut windows: Vec<i64> = points.iter().map(|(t, _)| t / RESOLUTION_MS).collect();
+            windows.dedup();
+            (labels.clone(), windows.len())
+        })
+        .collect();
+    let mut counts = BTreeMap::new();
+    for _ in 0..120 {
+        let windows = query_points(&prometheus.url(), QUERY, &[]).await;
+        counts = windows.iter().map(|(l, p)| (l.clone(), p.len())).collect();
+        if counts == expected_windows {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        counts, expected_windows,
+        "Prometheus: 10s windows per series"
+    );
+
+    // The coordinator itself holds nothing and says so.
+    let (status, body) = local
+        .get(&format!(
+            "{}/api/v1/query?query={}",
+            local.http(),
+            url_encode(QUERY)
+        ))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("stores nothing (backend: prom-remote)"),
+        "{body}"
+    );
+    let (_, metrics) = local.get(&format!("{}/metrics", local.http())).await;
+    assert!(
+        !metrics.contains("m3coordinator_remote_out_samples_dropped_total{"),
+        "nothing dropped:\n{metrics}"
+    );
+    assert_eq!(
+        metric_value(&metrics, "m3coordinator_samples_stored_raw_total"),
+        0.0,
+        "nothing stored raw"
+    );
+    assert!(
+        metric_value(&metrics, "m3coordinator_samples_received_total") >= (SERIES * 10) as f64,
+        "{metrics}"
+    );
     local.stop().await;
 }
 

@@ -2,8 +2,9 @@
 //!
 //! M3's coordinator names Prometheus remote-write endpoints under `prometheusRemoteBackend`:
 //! an endpoint without `storagePolicy` receives raw samples, one with a storage policy receives
-//! the aggregated output of that resolution and retention. Here the endpoints receive copies
-//! next to the embedded store (`backend` unset or `m3db`). The keys M3 has for its HTTP client
+//! the aggregated output of that resolution and retention. The endpoints receive copies next to
+//! the embedded store (`backend` unset or `m3db`), or everything with nothing stored here
+//! (`backend: prom-remote`, as in M3). The keys M3 has for its HTTP client
 //! (`requestTimeout`, `connectTimeout`, `keepAlive`, `idleConnTimeout`, `maxIdleConns`) keep their
 //! meaning; `queueSize`, `maxSamplesPerSend`, `retry` and per-endpoint `headers` are this
 //! project's (M3 sends synchronously and has no queue).
