@@ -398,30 +398,48 @@ impl Head {
             }
         }
         for (reference, series) in &removed {
-            let Some(series) = series else { continue };
-            let hash = self.hasher.hash_one(series.labels.as_slice());
-            if let Some(list) = self.by_hash.get_mut(&hash) {
-                list.retain(|r| r != reference);
-                if list.is_empty() {
-                    self.by_hash.remove(&hash);
-                }
-            }
-            for (name, value) in series.labels.iter() {
-                if let Some(values) = self.postings.get_mut(name) {
-                    if let Some(list) = values.get_mut(value) {
-                        list.retain(|r| r != reference);
-                        if list.is_empty() {
-                            values.remove(value);
-                        }
-                    }
-                    if values.is_empty() {
-                        self.postings.remove(name);
-                    }
-                }
+            if let Some(series) = series {
+                self.unindex(*reference, &series.labels);
             }
         }
         self.live -= removed.len();
         removed.len()
+    }
+
+    /// Removes series `reference` (one just created whose batch could not be logged).
+    pub fn remove_series(&mut self, reference: SeriesRef) {
+        if let Some(series) = self
+            .series
+            .get_mut(reference as usize)
+            .and_then(Option::take)
+        {
+            self.unindex(reference, &series.labels);
+            self.live -= 1;
+        }
+    }
+
+    /// Takes `reference` out of the hash table and the postings.
+    fn unindex(&mut self, reference: SeriesRef, labels: &Labels) {
+        let hash = self.hasher.hash_one(labels.as_slice());
+        if let Some(list) = self.by_hash.get_mut(&hash) {
+            list.retain(|r| *r != reference);
+            if list.is_empty() {
+                self.by_hash.remove(&hash);
+            }
+        }
+        for (name, value) in labels.iter() {
+            if let Some(values) = self.postings.get_mut(name) {
+                if let Some(list) = values.get_mut(value) {
+                    list.retain(|r| *r != reference);
+                    if list.is_empty() {
+                        values.remove(value);
+                    }
+                }
+                if values.is_empty() {
+                    self.postings.remove(name);
+                }
+            }
+        }
     }
 
     /// Heap bytes the head holds, approximately: chunks, labels, buffers and the index.
