@@ -166,13 +166,15 @@ impl IngestHandler {
                 .map(|(_, _, l, t, v)| (l, *t, *v))
                 .collect();
             let messages: Vec<usize> = of_policy.iter().map(|(i, ..)| *i).collect();
-            for endpoint in remote_out.endpoints_for(policy) {
-                match endpoint.try_send(&samples, &mut scratch) {
-                    Ok(delivery) => pending.push((messages.clone(), delivery)),
-                    Err(full) => {
-                        tracing::debug!(error = %full, "Aggregated metrics left un-acked for redelivery.");
-                        self.not_delivered(&messages, decisions);
-                    }
+            let endpoints: Vec<&crate::remote_out::Endpoint> =
+                remote_out.endpoints_for(policy).collect();
+            match crate::remote_out::send_to_all(&endpoints, &samples, &mut scratch) {
+                Ok(deliveries) => {
+                    pending.extend(deliveries.into_iter().map(|d| (messages.clone(), d)));
+                }
+                Err(full) => {
+                    tracing::debug!(error = %full, "Aggregated metrics left un-acked for redelivery.");
+                    self.not_delivered(&messages, decisions);
                 }
             }
         }
@@ -381,16 +383,30 @@ async fn store_batches(
             (decisions, pending)
         })
         .await;
-        let decisions = match written {
+        match written {
+            Ok((decisions, pending)) if pending.is_empty() => finish_all(batch, decisions),
+            // Acks that wait for endpoints wait in their own task, so a slow or unreachable
+            // endpoint does not hold this worker (and every other policy's messages) back. Their
+            // number is bounded by the endpoints' queues: a full one answers at once.
             Ok((mut decisions, pending)) => {
-                handler.await_deliveries(pending, &mut decisions).await;
-                decisions
+                let handler = Arc::clone(&handler);
+                tokio::spawn(async move {
+                    handler.await_deliveries(pending, &mut decisions).await;
+                    finish_all(batch, decisions);
+                });
             }
-            Err(_) => vec![Decision::NoAck; batch.len()],
-        };
-        for (message, decision) in batch.into_iter().zip(decisions) {
-            message.finish(decision);
+            Err(_) => {
+                let decisions = vec![Decision::NoAck; batch.len()];
+                finish_all(batch, decisions);
+            }
         }
+    }
+}
+
+/// Acks or not each message of `batch` as decided.
+fn finish_all(batch: Vec<ConsumedMessage>, decisions: Vec<Decision>) {
+    for (message, decision) in batch.into_iter().zip(decisions) {
+        message.finish(decision);
     }
 }
 

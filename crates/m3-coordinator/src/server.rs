@@ -76,6 +76,9 @@ struct HttpState {
     metrics: CoordinatorMetrics,
     store: Option<Store>,
     namespaces: Arc<Vec<ValidNamespace>>,
+    /// Storage policies that only remote-write endpoints have (aggregated writes may name
+    /// them).
+    endpoint_policies: Arc<Vec<m3_metric::StoragePolicy>>,
 }
 
 impl Coordinator {
@@ -231,6 +234,13 @@ impl Coordinator {
             metrics: metrics.clone(),
             store: store.clone(),
             namespaces: Arc::new(namespaces.clone()),
+            endpoint_policies: Arc::new(
+                config
+                    .remote_out
+                    .iter()
+                    .flat_map(|r| r.endpoints.iter().filter_map(|e| e.policy))
+                    .collect(),
+            ),
         };
         let app = Router::new()
             .route("/health", get(health))
@@ -525,7 +535,7 @@ async fn remote_write(
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
         .unwrap_or(0);
-    let mode = match write_mode(&headers, &state.namespaces) {
+    let mode = match write_mode(&headers, &state.namespaces, &state.endpoint_policies) {
         Ok(mode) => mode,
         Err(reason) => return WriteAnswer::BadHeaders(reason),
     };
@@ -597,7 +607,11 @@ async fn remote_write(
 /// only), `M3-Metrics-Type: aggregated` with `M3-Storage-Policy: <resolution>:<retention>`
 /// (stored as given in that aggregated namespace), `M3-Write-Type: aggregate` (to the
 /// aggregators only) or `default`.
-fn write_mode(headers: &HeaderMap, namespaces: &[ValidNamespace]) -> Result<WriteMode, String> {
+fn write_mode(
+    headers: &HeaderMap,
+    namespaces: &[ValidNamespace],
+    endpoint_policies: &[m3_metric::StoragePolicy],
+) -> Result<WriteMode, String> {
     let text = |name: &str| -> Result<Option<String>, String> {
         headers
             .get(name)
@@ -626,17 +640,22 @@ fn write_mode(headers: &HeaderMap, namespaces: &[ValidNamespace]) -> Result<Writ
             let parsed: m3_metric::StoragePolicy = policy
                 .parse()
                 .map_err(|e| format!("M3-Storage-Policy {policy:?}: {e}"))?;
-            return namespaces
+            let same = |p: &m3_metric::StoragePolicy| {
+                p.resolution.window == parsed.resolution.window && p.retention == parsed.retention
+            };
+            let namespace = namespaces
                 .iter()
-                .find(|n| {
-                    !n.read_only
-                        && n.policy.is_some_and(|p| {
-                            p.resolution.window == parsed.resolution.window
-                                && p.retention == parsed.retention
-                        })
-                })
-                .map(|n| WriteMode::Namespace(n.name.clone()))
-                .ok_or_else(|| format!("no aggregated namespace has storage policy {policy}"));
+                .find(|n| !n.read_only && n.policy.as_ref().is_some_and(same))
+                .map(|n| n.name.clone());
+            if namespace.is_none() && !endpoint_policies.iter().any(same) {
+                return Err(format!(
+                    "no aggregated namespace or remote-write endpoint has storage policy {policy}"
+                ));
+            }
+            return Ok(WriteMode::Aggregated {
+                namespace,
+                policy: parsed,
+            });
         }
         Some(other) => {
             return Err(format!(

@@ -148,9 +148,15 @@ pub enum WriteMode {
     AggregateOnly,
     /// Raw only, no aggregation (`M3-Metrics-Type: unaggregated`).
     RawOnly,
-    /// Stored as given into this aggregated namespace, no aggregation
-    /// (`M3-Metrics-Type: aggregated` with `M3-Storage-Policy`).
-    Namespace(String),
+    /// Already aggregated at `policy` (`M3-Metrics-Type: aggregated` with `M3-Storage-Policy`):
+    /// stored as given into the aggregated namespace of that policy (if there is one) and sent
+    /// to the remote-write endpoints of that policy, no aggregation.
+    Aggregated {
+        /// The namespace of the policy, if the embedded store has one.
+        namespace: Option<String>,
+        /// The storage policy.
+        policy: m3_metric::StoragePolicy,
+    },
 }
 
 /// Why a request failed as a whole.
@@ -274,16 +280,18 @@ impl WritePath {
         let raw_namespace = match mode {
             WriteMode::Default | WriteMode::RawOnly => self.raw_namespace.as_ref(),
             WriteMode::AggregateOnly => None,
-            WriteMode::Namespace(name) => Some(name),
+            WriteMode::Aggregated { namespace, .. } => namespace.as_ref(),
         }
         .filter(|_| self.store.is_some());
-        let raw_out = match mode {
-            WriteMode::Default | WriteMode::RawOnly => {
-                self.remote_out.as_deref().filter(|r| r.has_raw_endpoints())
+        // The endpoints receiving the samples as they came.
+        let out_endpoints: Vec<&crate::remote_out::Endpoint> = match (&self.remote_out, mode) {
+            (None, _) | (_, WriteMode::AggregateOnly) => Vec::new(),
+            (Some(out), WriteMode::Default | WriteMode::RawOnly) => out.raw_endpoints().collect(),
+            (Some(out), WriteMode::Aggregated { policy, .. }) => {
+                out.endpoints_for(*policy).collect()
             }
-            WriteMode::AggregateOnly | WriteMode::Namespace(_) => None,
         };
-        let keep_raw = raw_namespace.is_some() || raw_out.is_some();
+        let keep_raw = raw_namespace.is_some() || !out_endpoints.is_empty();
         let mut batch = match (&self.client, self.downsampler.is_enabled() && aggregate) {
             (Some(client), true) => Some(client.batch()),
             _ => None,
@@ -425,14 +433,10 @@ impl WritePath {
             .iter()
             .map(|&(index, t, v)| (&raw_labels[index], t, v))
             .collect();
-        if let Some(remote_out) = raw_out
-            && !refs.is_empty()
-        {
-            let mut scratch = Vec::new();
-            for endpoint in remote_out.raw_endpoints() {
-                // Delivery is not awaited: the endpoint's queue holds the samples from here.
-                let _delivery = endpoint.try_send(&refs, &mut scratch)?;
-            }
+        if !out_endpoints.is_empty() && !refs.is_empty() {
+            // Delivery is not awaited: the endpoints' queues hold the samples from here.
+            let _deliveries =
+                crate::remote_out::send_to_all(&out_endpoints, &refs, &mut Vec::new())?;
         }
         if let (Some(ns), Some(store)) = (raw_namespace, &self.store)
             && !refs.is_empty()

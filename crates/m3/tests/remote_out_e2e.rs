@@ -5,7 +5,8 @@
 //! A writer sends one sample per second for each of eight series the whole time. Ten seconds
 //! in, both endpoints go down for 30 seconds, then come back with their data. Afterwards:
 //!
-//! * VictoriaMetrics holds exactly the samples `m3 local` accepted (every one, each once);
+//! * VictoriaMetrics holds exactly the samples `m3 local` accepted: every one, with its value,
+//!   and no other;
 //! * Prometheus holds exactly the 10s windows `m3 local` stored itself, and those are one per
 //!   series for every 10s window the writer wrote into;
 //! * nothing was counted as dropped, and both endpoints saw failed sends that were retried.
@@ -241,6 +242,40 @@ async fn prom_remote_backend_stores_nothing_and_sends_everything() {
         "Prometheus: 10s windows per series"
     );
 
+    // Output aggregated elsewhere, written with M3's headers, goes to the endpoint of its
+    // policy as it is.
+    let direct_time = now_ms() - 5_000;
+    let request = WriteRequest {
+        timeseries: vec![series(&[("__name__", "rwo_direct")], &[(direct_time, 42.5)])],
+    };
+    let body = snap::raw::Encoder::new()
+        .compress_vec(&request.encode_to_vec())
+        .expect("compress");
+    let answer = reqwest::Client::new()
+        .post(format!("{}/api/v1/prom/remote/write", local.http()))
+        .header("Content-Encoding", "snappy")
+        .header("Content-Type", "application/x-protobuf")
+        .header("M3-Metrics-Type", "aggregated")
+        .header("M3-Storage-Policy", "10s:2d")
+        .body(body)
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(answer.status().as_u16(), 200);
+    let mut direct = ByLabels::new();
+    for _ in 0..60 {
+        direct = query_points(&prometheus.url(), "rwo_direct[10m]", &[]).await;
+        if !direct.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        direct.into_values().collect::<Vec<_>>(),
+        vec![vec![(direct_time, 42.5)]],
+        "the aggregated write reached Prometheus as it was"
+    );
+
     // The coordinator itself holds nothing and says so.
     let (status, body) = local
         .get(&format!(
@@ -379,18 +414,24 @@ where
     got
 }
 
-/// Fails listing every series and point that `got` misses, adds or holds differently.
+/// Fails listing every series whose points in `got` are not exactly those of `expected`
+/// (sorted by time): what is missing, and what is extra or differs.
 fn compare(what: &str, expected: &ByLabels, got: &ByLabels) {
     let mut problems = Vec::new();
     let mut total = 0;
     for (labels, points) in expected {
         total += points.len();
-        let theirs = got.get(labels).cloned().unwrap_or_default();
-        let missing: Vec<&(i64, f64)> = points.iter().filter(|p| !theirs.contains(p)).collect();
-        let extra: Vec<&(i64, f64)> = theirs.iter().filter(|p| !points.contains(p)).collect();
-        if !missing.is_empty() || !extra.is_empty() {
+        let mut want = points.clone();
+        want.sort_by_key(|p| p.0);
+        let mut theirs = got.get(labels).cloned().unwrap_or_default();
+        theirs.sort_by_key(|p| p.0);
+        if theirs != want {
+            let missing: Vec<&(i64, f64)> = want.iter().filter(|p| !theirs.contains(p)).collect();
+            let extra: Vec<&(i64, f64)> = theirs.iter().filter(|p| !want.contains(p)).collect();
             problems.push(format!(
-                "{labels:?}: missing {missing:?}, extra or differing {extra:?}"
+                "{labels:?}: {} points instead of {}; missing {missing:?}, extra or differing {extra:?}",
+                theirs.len(),
+                want.len()
             ));
         }
     }
@@ -399,19 +440,21 @@ fn compare(what: &str, expected: &ByLabels, got: &ByLabels) {
     }
     assert!(
         problems.is_empty(),
-        "{what}: {} of {total} expected points wrong:\n{}",
+        "{what}: {} series of {} ({total} points) wrong:\n{}",
         problems.len(),
+        expected.len(),
         problems.join("\n")
     );
 }
 
-/// The value of the exposition line starting with `series` (0 when absent).
+/// The value of the exposition line of `series` (name and labels, exactly); fails when the
+/// coordinator does not expose it.
 fn metric_value(metrics: &str, series: &str) -> f64 {
     metrics
         .lines()
-        .find_map(|l| l.strip_prefix(series))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0)
+        .unwrap_or_else(|| panic!("{series} is not in the coordinator's metrics:\n{metrics}"))
 }
 
 /// The sum of every series of metric `name` in the coordinator's `/metrics`.

@@ -41,7 +41,9 @@ pub struct PrometheusRemoteBackendConfig {
     #[serde(default)]
     pub max_idle_conns: Option<usize>,
     /// Samples waiting per endpoint (default 200,000); beyond, writes are answered 503 and
-    /// aggregated output is not acked, so the sender retries later.
+    /// aggregated output is not acked, so the sender retries later. A batch larger than the
+    /// whole queue is taken only when the queue is empty: keep it well above the largest
+    /// remote-write request.
     #[serde(default)]
     pub queue_size: Option<usize>,
     /// Samples per request (default 2,000, as Prometheus sends).
@@ -117,7 +119,9 @@ impl Backoff {
     /// The wait before retry number `retry` (0 for the first retry).
     pub fn delay(&self, retry: u32) -> Duration {
         let grown = self.initial.as_secs_f64() * self.factor.powi(retry.min(64) as i32);
-        Duration::from_secs_f64(grown.min(self.max.as_secs_f64()))
+        Duration::try_from_secs_f64(grown)
+            .unwrap_or(self.max)
+            .min(self.max)
     }
 }
 
@@ -183,6 +187,23 @@ impl PrometheusRemoteBackendConfig {
         };
         if backoff.initial.is_zero() {
             problems.add(format!("{key}.retry.initialBackoff"), "must be positive");
+        }
+        if backoff.max < backoff.initial {
+            problems.add(
+                format!("{key}.retry.maxBackoff"),
+                format!(
+                    "must be at least initialBackoff ({:?}), else failed sends retry without a pause",
+                    backoff.initial
+                ),
+            );
+        }
+        for (field, value) in [
+            ("requestTimeout", self.request_timeout),
+            ("connectTimeout", self.connect_timeout),
+        ] {
+            if value.is_some_and(|d| d.is_zero()) {
+                problems.add(format!("{key}.{field}"), "must be positive");
+            }
         }
         if !(backoff.factor >= 1.0 && backoff.factor.is_finite()) {
             problems.add(
@@ -327,7 +348,7 @@ mod tests {
     #[test]
     fn every_problem_names_its_key() {
         let err = validate(
-            "endpoints:\n  - name: a\n    address: https://x/api/v1/write\n  - name: a\n    address: http://y/w\n  - name: b\n    address: not a url\n  - name: c\n    address: http://z/w\n    storagePolicy: {resolution: 0s, retention: 2d}\n    headers: {\"bad header\": x}\nqueueSize: 0\n",
+            "endpoints:\n  - name: a\n    address: https://x/api/v1/write\n  - name: a\n    address: http://y/w\n  - name: b\n    address: not a url\n  - name: c\n    address: http://z/w\n    storagePolicy: {resolution: 0s, retention: 2d}\n    headers: {\"bad header\": x}\nqueueSize: 0\nrequestTimeout: 0s\nretry: {initialBackoff: 1s, maxBackoff: 10ms}\n",
         )
         .unwrap_err();
         for part in [
@@ -337,6 +358,8 @@ mod tests {
             "prometheusRemoteBackend.endpoints[3].storagePolicy.resolution",
             "prometheusRemoteBackend.endpoints[3].headers.bad header",
             "prometheusRemoteBackend.queueSize",
+            "prometheusRemoteBackend.requestTimeout",
+            "prometheusRemoteBackend.retry.maxBackoff",
         ] {
             assert!(err.contains(part), "{part} not in {err}");
         }

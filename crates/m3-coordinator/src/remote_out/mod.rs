@@ -46,7 +46,8 @@ use encode::{Body, OutSample};
 pub enum Delivery {
     /// The endpoint accepted every request of the batch.
     Accepted,
-    /// The endpoint refused a request with a 4xx other than 429: no retry would change it.
+    /// The endpoint refused one or more requests of the batch with a 4xx other than 429 (no
+    /// retry would change that); the others were accepted.
     Rejected,
     /// `retry.maxRetries` ran out.
     GaveUp,
@@ -105,8 +106,7 @@ impl Endpoint {
     }
 
     /// Encodes `samples` and queues them; the receiver says how the batch ended (drop it to
-    /// not wait). Blocking work (encoding, compression): call from a blocking thread or with
-    /// small batches.
+    /// not wait). See [`send_to_all`].
     ///
     /// # Errors
     /// [`QueueFull`] when the queue has no room for the batch: nothing was queued.
@@ -115,71 +115,118 @@ impl Endpoint {
         samples: &[OutSample<'_>],
         scratch: &mut Vec<u8>,
     ) -> Result<oneshot::Receiver<Delivery>, QueueFull> {
-        let (done, receiver) = oneshot::channel();
-        if samples.is_empty() {
-            let _ = done.send(Delivery::Accepted);
-            return Ok(receiver);
-        }
-        // A batch larger than the whole queue takes all of it (it waits for an empty queue).
-        let wanted = samples.len().min(self.queue_size);
-        let room = u32::try_from(wanted)
-            .ok()
-            .and_then(|n| Arc::clone(&self.room).try_acquire_many_owned(n).ok());
-        let Some(room) = room else {
-            self.metrics
-                .out_samples_refused
-                .get_or_create(&self.labels)
-                .inc_by(samples.len() as u64);
-            return Err(QueueFull {
-                endpoint: self.name.clone(),
-                queued: self.queue_size - self.room.available_permits(),
-            });
-        };
-        let bodies = encode::encode_requests(samples, self.max_samples_per_send, scratch);
-        self.metrics
-            .out_queued_samples
-            .get_or_create(&self.labels)
-            .inc_by(samples.len() as i64);
-        let job = Job {
-            bodies,
-            _room: room,
-            done: Some(done),
-        };
-        if let Err(mpsc::error::SendError(job)) = self.jobs.send(job) {
-            // The sender has stopped: the batch ends here.
-            self.finish(job, Delivery::Stopped, samples.len());
-        }
-        Ok(receiver)
+        let mut receivers = send_to_all(&[self], samples, scratch)?;
+        receivers.pop().ok_or_else(|| QueueFull {
+            endpoint: self.name.clone(),
+            queued: 0,
+        })
     }
 
-    /// Ends `job` as `delivery` (its `undelivered` samples counted by reason).
-    fn finish(&self, mut job: Job, delivery: Delivery, undelivered: usize) {
+    /// Room for `samples` samples in the queue, or the error saying it is full (counted). A
+    /// batch larger than the whole queue is taken only when the queue is empty.
+    fn reserve(&self, samples: usize) -> Result<OwnedSemaphorePermit, QueueFull> {
+        let wanted = samples.min(self.queue_size);
+        u32::try_from(wanted)
+            .ok()
+            .and_then(|n| Arc::clone(&self.room).try_acquire_many_owned(n).ok())
+            .ok_or_else(|| {
+                self.metrics
+                    .out_samples_refused
+                    .get_or_create(&self.labels)
+                    .inc_by(samples as u64);
+                QueueFull {
+                    endpoint: self.name.clone(),
+                    queued: self.queue_size - self.room.available_permits(),
+                }
+            })
+    }
+
+    /// Ends `job`: `rejected` samples were refused by the endpoint, `undelivered` more were not
+    /// sent because the job ended as `delivery` (out of retries, or stopped).
+    fn finish(&self, mut job: Job, delivery: Delivery, rejected: usize, undelivered: usize) {
         let queued: usize = job.bodies.iter().map(|b| b.samples).sum();
         self.metrics
             .out_queued_samples
             .get_or_create(&self.labels)
             .dec_by(queued as i64);
-        let reason = match delivery {
-            Delivery::Accepted => None,
-            Delivery::Rejected => Some(OutDropReason::rejected),
+        let end_reason = match delivery {
             Delivery::GaveUp => Some(OutDropReason::retries_exhausted),
             Delivery::Stopped => Some(OutDropReason::shutdown),
+            Delivery::Accepted | Delivery::Rejected => None,
         };
-        if let Some(reason) = reason
-            && undelivered > 0
-        {
-            self.metrics
-                .out_samples_dropped
-                .get_or_create(&EndpointDropLabels {
-                    endpoint: self.name.clone(),
-                    reason,
-                })
-                .inc_by(undelivered as u64);
+        for (reason, n) in [
+            (Some(OutDropReason::rejected), rejected),
+            (end_reason, undelivered),
+        ] {
+            if let Some(reason) = reason
+                && n > 0
+            {
+                self.metrics
+                    .out_samples_dropped
+                    .get_or_create(&EndpointDropLabels {
+                        endpoint: self.name.clone(),
+                        reason,
+                    })
+                    .inc_by(n as u64);
+            }
         }
         if let Some(done) = job.done.take() {
             let _ = done.send(delivery);
         }
     }
+}
+
+/// Queues `samples` on every endpoint of `endpoints`, all or none: room is reserved in every
+/// queue first, so a full one refuses the batch before any other has it (a retry then sends
+/// it once). The batch is encoded once and shared. One receiver per endpoint, in order, says
+/// how its copy ended. Blocking work (encoding, compression): call from a blocking thread or
+/// with small batches.
+///
+/// # Errors
+/// [`QueueFull`] naming the first endpoint without room: nothing was queued anywhere.
+pub fn send_to_all(
+    endpoints: &[&Endpoint],
+    samples: &[OutSample<'_>],
+    scratch: &mut Vec<u8>,
+) -> Result<Vec<oneshot::Receiver<Delivery>>, QueueFull> {
+    let mut rooms = Vec::with_capacity(endpoints.len());
+    if !samples.is_empty() {
+        for endpoint in endpoints {
+            rooms.push(endpoint.reserve(samples.len())?);
+        }
+    }
+    let max_per_send = endpoints.first().map_or(1, |e| e.max_samples_per_send);
+    let bodies = if samples.is_empty() {
+        Vec::new()
+    } else {
+        encode::encode_requests(samples, max_per_send, scratch)
+    };
+    let mut receivers = Vec::with_capacity(endpoints.len());
+    let mut rooms = rooms.into_iter();
+    for endpoint in endpoints {
+        let (done, receiver) = oneshot::channel();
+        receivers.push(receiver);
+        let Some(room) = rooms.next() else {
+            // Nothing to send.
+            let _ = done.send(Delivery::Accepted);
+            continue;
+        };
+        endpoint
+            .metrics
+            .out_queued_samples
+            .get_or_create(&endpoint.labels)
+            .inc_by(samples.len() as i64);
+        let job = Job {
+            bodies: bodies.clone(),
+            _room: room,
+            done: Some(done),
+        };
+        if let Err(mpsc::error::SendError(job)) = endpoint.jobs.send(job) {
+            // The sender has stopped: the batch ends here.
+            endpoint.finish(job, Delivery::Stopped, 0, samples.len());
+        }
+    }
+    Ok(receivers)
 }
 
 /// Every endpoint and its sender task.
@@ -280,23 +327,46 @@ impl RemoteOut {
     /// (`shutdown`).
     pub async fn close(&self, grace: Duration) {
         self.closing.cancel();
-        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.tasks.lock());
-        let all = futures_join(tasks);
-        if tokio::time::timeout(grace, all).await.is_err() {
-            tracing::warn!(
-                ?grace,
-                "Remote write endpoints still had samples queued at shutdown; dropping them."
-            );
+        let mut tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.tasks.lock());
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut warned = false;
+        for task in &mut tasks {
+            if tokio::time::timeout_at(deadline, &mut *task).await.is_ok() {
+                continue;
+            }
+            if !warned {
+                tracing::warn!(
+                    ?grace,
+                    "Remote write endpoints still had samples queued at shutdown; dropping them."
+                );
+                warned = true;
+            }
             self.stop.cancel();
+            // Stopped, a sender ends at once (its request in flight is abandoned).
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
         }
     }
 }
 
-/// Waits for every task (their panics are already logged by the runtime).
-async fn futures_join(tasks: Vec<JoinHandle<()>>) {
-    for task in tasks {
-        let _ = task.await;
+impl Drop for RemoteOut {
+    /// Without [`RemoteOut::close`] (a coordinator that failed to start), the senders stop.
+    fn drop(&mut self) {
+        self.closing.cancel();
+        self.stop.cancel();
     }
+}
+
+/// The first 512 bytes of an answer's body, as text (for the log).
+async fn answer_prefix(mut response: reqwest::Response) -> String {
+    const LIMIT: usize = 512;
+    let mut bytes = Vec::new();
+    while bytes.len() < LIMIT {
+        match response.chunk().await {
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk[..chunk.len().min(LIMIT - bytes.len())]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// Whether two storage policies name the same resolution and retention (the precision of the
@@ -338,16 +408,18 @@ impl Sender {
         queue.close();
         while let Ok(job) = queue.try_recv() {
             let samples = job.bodies.iter().map(|b| b.samples).sum();
-            self.endpoint.finish(job, Delivery::Stopped, samples);
+            self.endpoint.finish(job, Delivery::Stopped, 0, samples);
         }
     }
 
-    /// Sends every request of `job` in order; the first that does not get through ends it.
+    /// Sends every request of `job` in order. A request the endpoint refuses for good is
+    /// dropped and the next ones are still sent; one out of retries or stopped ends the job.
     async fn deliver(&self, job: Job) {
-        let mut delivery = Delivery::Accepted;
+        let mut rejected = 0;
         let mut undelivered = 0;
+        let mut ended = None;
         for body in &job.bodies {
-            if delivery != Delivery::Accepted {
+            if ended.is_some() {
                 undelivered += body.samples;
                 continue;
             }
@@ -359,21 +431,23 @@ impl Sender {
                         .get_or_create(&self.endpoint.labels)
                         .inc_by(body.samples as u64);
                 }
-                Sent::Rejected => {
-                    delivery = Delivery::Rejected;
-                    undelivered += body.samples;
-                }
+                Sent::Rejected => rejected += body.samples,
                 Sent::GaveUp => {
-                    delivery = Delivery::GaveUp;
+                    ended = Some(Delivery::GaveUp);
                     undelivered += body.samples;
                 }
                 Sent::Stopped => {
-                    delivery = Delivery::Stopped;
+                    ended = Some(Delivery::Stopped);
                     undelivered += body.samples;
                 }
             }
         }
-        self.endpoint.finish(job, delivery, undelivered);
+        let delivery = ended.unwrap_or(if rejected > 0 {
+            Delivery::Rejected
+        } else {
+            Delivery::Accepted
+        });
+        self.endpoint.finish(job, delivery, rejected, undelivered);
     }
 
     /// Posts one body until it is accepted, refused for good, out of retries or stopped.
@@ -395,8 +469,7 @@ impl Sender {
                     Ok(response) if response.status().is_success() => return Sent::Accepted,
                     Ok(response) => {
                         let status = response.status();
-                        let text = response.text().await.unwrap_or_default();
-                        let text: String = text.chars().take(512).collect();
+                        let text = answer_prefix(response).await;
                         if status.as_u16() == 429 || status.is_server_error() {
                             format!("{status}: {}", text.trim())
                         } else {
@@ -533,19 +606,57 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn other_4xx_are_dropped_at_once_and_counted() {
+    async fn other_4xx_are_dropped_at_once_and_counted_and_the_rest_still_sent() {
         let (url, requests) = endpoint(vec![400]).await;
         let (out, metrics) = start(&url, &format!("{FAST_RETRIES}maxSamplesPerSend: 1\n"));
         let x = labels();
         let endpoint = out.raw_endpoints().next().unwrap();
-        // Two requests: the first is refused, so the batch ends there.
+        // Two requests: the first is refused for good, the second still goes.
         let delivery = endpoint
             .try_send(&[(&x, 1, 1.0), (&x, 2, 2.0)], &mut Vec::new())
             .unwrap();
         assert_eq!(delivery.await.unwrap(), Delivery::Rejected);
-        assert_eq!(requests.load(Ordering::SeqCst), 1);
-        assert_eq!(dropped(&metrics, OutDropReason::rejected), 2);
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
+        assert_eq!(dropped(&metrics, OutDropReason::rejected), 1);
+        assert_eq!(metrics.out_samples_sent.get_or_create(&e()).get(), 1);
         assert_eq!(metrics.out_send_retries.get_or_create(&e()).get(), 0);
+    }
+
+    /// Two endpoints, one full: neither gets the batch, so the writer's retry sends it once.
+    #[tokio::test]
+    async fn a_batch_goes_to_every_endpoint_or_to_none() {
+        let (url, _) = endpoint(Vec::new()).await;
+        let text = format!(
+            "endpoints:\n  - name: up\n    address: {url}\n  - name: down\n    address: http://127.0.0.1:1/api/v1/write\nqueueSize: 2\n{FAST_RETRIES}"
+        );
+        let config: PrometheusRemoteBackendConfig = serde_saphyr::from_str(&text).unwrap();
+        let settings = config.validate("p", &mut m3_config::Problems::new("t.yml".as_ref()));
+        let metrics = CoordinatorMetrics::default();
+        let out = RemoteOut::start(&settings, &metrics).unwrap();
+        let x = labels();
+        let endpoints: Vec<&Endpoint> = out.raw_endpoints().collect();
+        // Fills "down" (nothing listens there, so its copy stays queued).
+        let first = send_to_all(&endpoints, &[(&x, 1, 1.0), (&x, 2, 2.0)], &mut Vec::new())
+            .unwrap();
+        assert_eq!(first.len(), 2);
+        let up = EndpointLabels {
+            endpoint: "up".into(),
+        };
+        for _ in 0..200 {
+            if metrics.out_samples_sent.get_or_create(&up).get() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(metrics.out_samples_sent.get_or_create(&up).get(), 2);
+        let full = send_to_all(&endpoints, &[(&x, 3, 3.0)], &mut Vec::new()).unwrap_err();
+        assert_eq!(full.endpoint, "down");
+        assert_eq!(
+            metrics.out_queued_samples.get_or_create(&up).get(),
+            0,
+            "\"up\" got nothing of the refused batch"
+        );
+        out.close(Duration::from_millis(100)).await;
     }
 
     #[tokio::test]
@@ -567,6 +678,7 @@ mod tests {
             "http://127.0.0.1:1/api/v1/write",
             &format!("{FAST_RETRIES}queueSize: 3\n"),
         );
+        // (Dropping `out` without closing would stop its senders too.)
         let x = labels();
         let endpoint = out.raw_endpoints().next().unwrap();
         let first = endpoint

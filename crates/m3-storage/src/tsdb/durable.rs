@@ -21,6 +21,9 @@ use crate::tsdb::head::{AppendSummary, Head, HeadOptions, SeriesRef};
 use crate::tsdb::wal::{ReplayReport, Wal, WalError, WalOptions};
 
 const SERIES_RECORD: u8 = 1;
+/// How far past the next reference a replayed series record may name one (references skipped
+/// by batches that could not be logged leave gaps).
+const MAX_REFERENCE_GAP: usize = 1 << 20;
 const SAMPLES_RECORD: u8 = 2;
 
 /// Why opening a durable head failed.
@@ -84,9 +87,21 @@ impl DurableHead {
     /// Logs then applies `samples`; once it returns `Ok` they survive a crash.
     ///
     /// # Errors
-    /// The log write failed (a full disk): nothing of the batch is applied, and the series it
-    /// created are removed again.
+    /// A label set with more than 65,535 labels (nothing logged or applied); the log write
+    /// failed (a full disk): nothing of the batch is applied and the series it created are
+    /// removed again. That is safe because the log either cut the failed write off or, when it
+    /// could not (or the batch may have reached it after all), refuses every later batch until
+    /// reopened: no later record can name the same labels under another reference.
     pub fn append(&mut self, samples: &[(&Labels, i64, f64)]) -> io::Result<AppendSummary> {
+        if let Some(&(labels, ..)) = samples
+            .iter()
+            .find(|(labels, ..)| labels.len() > usize::from(u16::MAX))
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a series with {} labels cannot be logged", labels.len()),
+            ));
+        }
         self.refs.clear();
         let mut created = 0;
         let mut new_refs = Vec::new();
@@ -127,13 +142,22 @@ impl DurableHead {
     pub fn sync(&self) -> io::Result<()> {
         self.wal.sync()
     }
+
+    /// Flushes the log to disk and closes it.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn close(self) -> io::Result<()> {
+        self.wal.close()
+    }
 }
 
 fn encode_series(reference: SeriesRef, labels: &Labels, out: &mut Vec<u8>) {
     out.clear();
     out.push(SERIES_RECORD);
     out.extend_from_slice(&reference.to_le_bytes());
-    out.extend_from_slice(&(labels.len() as u16).to_le_bytes());
+    // `append` refuses label sets over u16::MAX labels before encoding.
+    out.extend_from_slice(&(labels.len().min(usize::from(u16::MAX)) as u16).to_le_bytes());
     for (name, value) in labels.iter() {
         out.extend_from_slice(&(name.len() as u32).to_le_bytes());
         out.extend_from_slice(name.as_bytes());
@@ -170,6 +194,17 @@ impl<'a> Fields<'a> {
         Ok(head)
     }
 
+    fn finish(&self, what: &str) -> Result<(), DurableError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(DurableError::Corrupt(format!(
+                "{what} has {} bytes left over",
+                self.0.len()
+            )))
+        }
+    }
+
     fn array<const N: usize>(&mut self) -> Result<[u8; N], DurableError> {
         let mut out = [0u8; N];
         out.copy_from_slice(self.take(N)?);
@@ -191,6 +226,14 @@ fn replay(
     match fields.array::<1>()?[0] {
         SERIES_RECORD => {
             let reference = u32::from_le_bytes(fields.array()?);
+            // References are handed out in order: one far beyond the next is not a reference
+            // (and would make the head allocate for every number below it).
+            if reference as usize > head.next_reference().saturating_add(MAX_REFERENCE_GAP) {
+                return Err(DurableError::Corrupt(format!(
+                    "series reference {reference} far beyond the {} series so far",
+                    head.next_reference()
+                )));
+            }
             let count = u16::from_le_bytes(fields.array()?);
             let mut pairs = Vec::with_capacity(usize::from(count));
             for _ in 0..count {
@@ -200,13 +243,14 @@ fn replay(
                 let value = fields.text(value_len as usize)?;
                 pairs.push((name, value));
             }
+            fields.finish("a series record")?;
             let labels = Labels::new(pairs)
                 .map_err(|e| DurableError::Corrupt(format!("series {reference}: {e}")))?;
             head.restore_series(reference, labels);
         }
         SAMPLES_RECORD => {
             let count = u32::from_le_bytes(fields.array()?) as usize;
-            if fields.0.len() != count * 20 {
+            if Some(fields.0.len()) != count.checked_mul(20) {
                 return Err(DurableError::Corrupt(format!(
                     "a samples record of {count} samples holds {} bytes",
                     fields.0.len()
@@ -292,6 +336,31 @@ mod tests {
             durable.head().matching(&[Matcher::equal("i", "7")]).len(),
             1
         );
+    }
+
+    #[test]
+    fn records_naming_far_references_or_with_bytes_left_over_fail_the_open() {
+        let (head_options, wal_options) = options();
+        let mut far = vec![SERIES_RECORD];
+        far.extend_from_slice(&u32::MAX.to_le_bytes());
+        far.extend_from_slice(&0u16.to_le_bytes());
+        let labels = Labels::new([("a", "b")]).unwrap();
+        let mut extra = Vec::new();
+        encode_series(0, &labels, &mut extra);
+        extra.push(0);
+        for (record, message) in [
+            (far, "far beyond"),
+            (extra, "bytes left over"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut wal, _) = Wal::open(dir.path(), wal_options, |_| Ok::<(), DurableError>(()))
+                .map_err(|_| ())
+                .unwrap();
+            wal.append(&[&record[..]]).unwrap();
+            drop(wal);
+            let err = DurableHead::open(dir.path(), head_options, wal_options).unwrap_err();
+            assert!(err.to_string().contains(message), "{err}");
+        }
     }
 
     #[test]

@@ -243,7 +243,8 @@ impl Head {
         })
     }
 
-    /// The series with these labels, created if new (`true` when created).
+    /// The series with these labels, created if new (`true` when created). References are not
+    /// reused; past `u32::MAX` series (some 600 GB of head) the last one would be reused.
     pub fn get_or_create(&mut self, labels: &Labels) -> (SeriesRef, bool) {
         if let Some(found) = self.find(labels) {
             return (found, false);
@@ -380,7 +381,7 @@ impl Head {
     /// Drops every chunk and buffered sample wholly before `cutoff` (ms), and the series left
     /// empty; how many series were removed.
     pub fn truncate_before(&mut self, cutoff: i64) -> usize {
-        let mut removed = Vec::new();
+        let mut removed: Vec<(SeriesRef, Labels)> = Vec::new();
         for (index, slot) in self.series.iter_mut().enumerate() {
             let Some(series) = slot else { continue };
             series.closed.retain(|c| c.last_time() >= cutoff);
@@ -393,44 +394,55 @@ impl Head {
             series
                 .out_of_order
                 .retain(|s| s.0 >= cutoff || earliest_kept.is_some_and(|e| s.0 >= e));
-            if series.is_empty() {
-                removed.push((index as SeriesRef, slot.take()));
+            if series.is_empty()
+                && let Some(series) = slot.take()
+            {
+                removed.push((index as SeriesRef, series.labels));
             }
         }
-        for (reference, series) in &removed {
-            if let Some(series) = series {
-                self.unindex(*reference, &series.labels);
-            }
-        }
+        self.unindex_all(&removed);
         self.live -= removed.len();
         removed.len()
     }
 
-    /// Removes series `reference` (one just created whose batch could not be logged).
+    /// Removes series `reference`.
     pub fn remove_series(&mut self, reference: SeriesRef) {
         if let Some(series) = self
             .series
             .get_mut(reference as usize)
             .and_then(Option::take)
         {
-            self.unindex(reference, &series.labels);
+            self.unindex_all(&[(reference, series.labels)]);
             self.live -= 1;
         }
     }
 
-    /// Takes `reference` out of the hash table and the postings.
-    fn unindex(&mut self, reference: SeriesRef, labels: &Labels) {
-        let hash = self.hasher.hash_one(labels.as_slice());
-        if let Some(list) = self.by_hash.get_mut(&hash) {
-            list.retain(|r| *r != reference);
-            if list.is_empty() {
-                self.by_hash.remove(&hash);
+    /// Takes `removed` (ascending by reference) out of the hash table and the postings: each
+    /// postings list touched is filtered once, however many of its series go.
+    fn unindex_all(&mut self, removed: &[(SeriesRef, Labels)]) {
+        if removed.is_empty() {
+            return;
+        }
+        let gone = |r: &SeriesRef| removed.binary_search_by_key(r, |(g, _)| *g).is_ok();
+        for (reference, labels) in removed {
+            let hash = self.hasher.hash_one(labels.as_slice());
+            if let Some(list) = self.by_hash.get_mut(&hash) {
+                list.retain(|r| r != reference);
+                if list.is_empty() {
+                    self.by_hash.remove(&hash);
+                }
             }
         }
-        for (name, value) in labels.iter() {
+        let mut touched: Vec<(&str, &str)> = removed
+            .iter()
+            .flat_map(|(_, labels)| labels.iter())
+            .collect();
+        touched.sort_unstable();
+        touched.dedup();
+        for (name, value) in touched {
             if let Some(values) = self.postings.get_mut(name) {
                 if let Some(list) = values.get_mut(value) {
-                    list.retain(|r| *r != reference);
+                    list.retain(|r| !gone(r));
                     if list.is_empty() {
                         values.remove(value);
                     }
@@ -440,6 +452,11 @@ impl Head {
                 }
             }
         }
+    }
+
+    /// The reference the next new series gets.
+    pub fn next_reference(&self) -> usize {
+        self.series.len()
     }
 
     /// Heap bytes the head holds, approximately: chunks, labels, buffers and the index.
@@ -661,6 +678,17 @@ mod tests {
                 }
             }
             prop_assert_eq!(head.series_count(), model.len());
+            // The postings agree with the model after every creation and removal.
+            for job in ["api", "db"] {
+                let mut got: Vec<Labels> = head
+                    .matching(&[Matcher::equal("job", job)])
+                    .into_iter()
+                    .map(|r| head.labels(r).unwrap().clone())
+                    .collect();
+                got.sort();
+                let want: Vec<Labels> = model.keys().filter(|l| l.get("job") == Some(job)).cloned().collect();
+                prop_assert_eq!(got, want);
+            }
             for (labels, series) in &model {
                 let r = head.find(labels).expect("series in the head");
                 for &(start, len) in &ranges {

@@ -5,14 +5,19 @@
 //! records, each framed as
 //!
 //! ```text
-//! length (u32 LE) | CRC-32C of the payload (u32 LE) | payload (length bytes)
+//! length (u32 LE, at least 1) | CRC-32 (IEEE) of the payload (u32 LE) | payload
 //! ```
 //!
 //! A batch is one `write(2)` of all its records, so a batch costs one system call however many
 //! samples it holds (group commit per request). A record is acknowledged once written to the
 //! operating system, which is what a process crash (`kill -9`) cannot take away; `fsync` happens
-//! when a segment is finished and at close, or after every batch with [`SyncPolicy::EveryBatch`]
-//! for machines whose power may fail.
+//! when a segment is finished and at [`Wal::close`], or after every batch with
+//! [`SyncPolicy::EveryBatch`] for machines whose power may fail.
+//!
+//! A write that fails (a full disk) is cut back off the segment, so later batches do not follow
+//! a broken record; when that is not possible, or a segment cannot be finished, the log refuses
+//! every later append ([`Wal::is_poisoned`]) until it is opened again, rather than acknowledge
+//! batches that replay would drop.
 //!
 //! Replay reads the segments in order and stops at the first record that is cut short or whose
 //! checksum does not match: that is the torn tail of a crash mid-write (or a corruption), it is
@@ -98,6 +103,8 @@ pub struct Wal {
     written: u64,
     /// Reused buffer of one batch.
     buffer: Vec<u8>,
+    /// Set when the log is in a state where appending would lose data; see the module docs.
+    poisoned: bool,
 }
 
 /// `00000042.wal`.
@@ -105,7 +112,7 @@ fn segment_name(number: u64) -> String {
     format!("{number:08}.wal")
 }
 
-/// The segment numbers in `dir`, ascending.
+/// The segment numbers in `dir`, ascending; only names this log writes count.
 fn segments(dir: &Path) -> io::Result<Vec<u64>> {
     let mut numbers = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -113,7 +120,9 @@ fn segments(dir: &Path) -> io::Result<Vec<u64>> {
         let Some(name) = name.to_str() else { continue };
         if let Some(number) = name
             .strip_suffix(".wal")
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|n| n.parse::<u64>().ok())
+            .filter(|&n| segment_name(n) == name && n < u64::MAX)
         {
             numbers.push(number);
         }
@@ -190,7 +199,7 @@ impl Wal {
             .copied()
             .take(report.segments)
             .max()
-            .map_or(1, |n| n + 1);
+            .map_or(1, |n| n.saturating_add(1));
         let wal = Wal::create_segment(dir, options, next).map_err(WalError::Io)?;
         Ok((wal, report))
     }
@@ -208,6 +217,7 @@ impl Wal {
             segment,
             written: 0,
             buffer: Vec::new(),
+            poisoned: false,
         })
     }
 
@@ -220,17 +230,22 @@ impl Wal {
     /// returns `Ok`, the records are in the log.
     ///
     /// # Errors
-    /// I/O errors (a full disk); the batch may then be partly written, and replay will cut it
-    /// at the first incomplete record.
+    /// An empty or oversized record (nothing written); I/O errors (a full disk), after which the
+    /// partial write is cut off again, or, when that fails too, the log is poisoned.
     pub fn append<R: AsRef<[u8]>>(&mut self, records: &[R]) -> io::Result<()> {
+        if self.poisoned {
+            return Err(io::Error::other(
+                "the write-ahead log failed earlier and takes no more writes until it is reopened",
+            ));
+        }
         self.buffer.clear();
         for record in records {
             let payload = record.as_ref();
-            if payload.len() > MAX_RECORD_LEN {
+            if payload.is_empty() || payload.len() > MAX_RECORD_LEN {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!(
-                        "a write-ahead log record of {} bytes is over the {MAX_RECORD_LEN} limit",
+                        "a write-ahead log record must hold 1 to {MAX_RECORD_LEN} bytes, not {}",
                         payload.len()
                     ),
                 ));
@@ -241,15 +256,35 @@ impl Wal {
                 .extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
             self.buffer.extend_from_slice(payload);
         }
-        self.file.write_all(&self.buffer)?;
-        self.written += self.buffer.len() as u64;
-        if self.options.sync == SyncPolicy::EveryBatch {
-            self.file.sync_data()?;
+        if let Err(e) = self.file.write_all(&self.buffer) {
+            // Cut the partial batch off, so what comes next does not follow a broken record.
+            if self.file.set_len(self.written).is_err() {
+                self.poisoned = true;
+            }
+            return Err(e);
         }
-        if self.written >= self.options.segment_bytes {
-            self.next_segment()?;
+        self.written += self.buffer.len() as u64;
+        if self.options.sync == SyncPolicy::EveryBatch
+            && let Err(e) = self.file.sync_data()
+        {
+            // Whether the batch reached the disk is unknown: replay may bring it back, so
+            // nothing more may be acknowledged on top of it.
+            self.poisoned = true;
+            return Err(e);
+        }
+        if self.written >= self.options.segment_bytes
+            && let Err(e) = self.next_segment()
+        {
+            // The batch is in the log; the next segment could not be started.
+            self.poisoned = true;
+            tracing::error!(error = %e, "Write-ahead log cannot start its next segment; refusing writes until reopened.");
         }
         Ok(())
+    }
+
+    /// Whether an earlier failure makes the log refuse appends (see the module docs).
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
     }
 
     /// Finishes the current segment (`fsync`) and starts the next.
@@ -258,7 +293,11 @@ impl Wal {
     /// I/O errors.
     pub fn next_segment(&mut self) -> io::Result<()> {
         self.file.sync_all()?;
-        let next = Wal::create_segment(&self.dir, self.options, self.segment + 1)?;
+        let number = self
+            .segment
+            .checked_add(1)
+            .ok_or_else(|| io::Error::other("write-ahead log segment numbers exhausted"))?;
+        let next = Wal::create_segment(&self.dir, self.options, number)?;
         *self = Wal {
             buffer: std::mem::take(&mut self.buffer),
             ..next
@@ -278,6 +317,9 @@ impl Wal {
                 removed += 1;
             }
         }
+        if removed > 0 {
+            sync_dir(&self.dir)?;
+        }
         Ok(removed)
     }
 
@@ -287,6 +329,14 @@ impl Wal {
     /// I/O errors.
     pub fn sync(&self) -> io::Result<()> {
         self.file.sync_all()
+    }
+
+    /// Flushes the current segment to disk and closes the log.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn close(self) -> io::Result<()> {
+        self.sync()
     }
 }
 
@@ -309,19 +359,19 @@ fn read_record(reader: &mut impl Read, record: &mut Vec<u8>) -> io::Result<ReadO
     }
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if len == 0 {
+        // No record is empty: zeros are a file tail that was never written (a power loss).
+        return Ok(ReadOutcome::Torn("zero-length record"));
+    }
     if len > MAX_RECORD_LEN {
         return Ok(ReadOutcome::Torn("record length over the limit"));
     }
     record.clear();
-    // Read in steps so a corrupt length cannot make us allocate before the bytes exist.
-    let mut chunk = [0u8; 64 * 1024];
-    while record.len() < len {
-        let want = (len - record.len()).min(chunk.len());
-        let got = read_full(reader, &mut chunk[..want])?;
-        record.extend_from_slice(&chunk[..got]);
-        if got < want {
-            return Ok(ReadOutcome::Torn("record cut short"));
-        }
+    // `take` reads what is there, so a corrupt length cannot make this allocate ahead of the
+    // bytes that exist.
+    reader.by_ref().take(len as u64).read_to_end(record)?;
+    if record.len() < len {
+        return Ok(ReadOutcome::Torn("record cut short"));
     }
     if crc32fast::hash(record) != crc {
         return Ok(ReadOutcome::Torn("record checksum mismatch"));
@@ -455,7 +505,8 @@ mod tests {
         let torn = report.torn_tail.unwrap();
         assert_eq!(torn.reason, "record checksum mismatch");
         assert_eq!(torn.segment, second);
-        assert!(records.iter().all(|r| r[0] < 3), "{records:?}");
+        // 30-byte records in 100-byte segments: three per segment; the first segment's come back.
+        assert_eq!(records, vec![vec![0u8; 30], vec![1u8; 30], vec![2u8; 30]]);
         assert_eq!(segments(dir.path()).unwrap().iter().max(), Some(&3));
     }
 
@@ -473,6 +524,32 @@ mod tests {
         );
         assert_eq!(wal.remove_segments_before(u64::MAX).unwrap(), 2);
         assert_eq!(segments(dir.path()).unwrap(), vec![current]);
+    }
+
+    #[test]
+    fn a_zero_filled_tail_is_torn_and_empty_records_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, ..) = replay(dir.path(), WalOptions::default());
+        assert!(wal.append(&[b"".as_slice()]).is_err());
+        wal.append(&[b"kept".as_slice()]).unwrap();
+        let segment = dir.path().join(segment_name(wal.segment()));
+        wal.close().unwrap();
+        let mut bytes = std::fs::read(&segment).unwrap();
+        bytes.extend_from_slice(&[0u8; 80]);
+        std::fs::write(&segment, &bytes).unwrap();
+        let (_, report, records) = replay(dir.path(), WalOptions::default());
+        assert_eq!(records, vec![b"kept".to_vec()]);
+        assert_eq!(report.torn_tail.unwrap().reason, "zero-length record");
+    }
+
+    #[test]
+    fn only_names_this_log_writes_are_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["1.wal", "+0000001.wal", "00000002.wal.tmp", "18446744073709551615.wal"] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        std::fs::write(dir.path().join(segment_name(3)), b"").unwrap();
+        assert_eq!(segments(dir.path()).unwrap(), vec![3]);
     }
 
     proptest! {
