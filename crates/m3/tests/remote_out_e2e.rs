@@ -246,7 +246,10 @@ async fn prom_remote_backend_stores_nothing_and_sends_everything() {
     // policy as it is.
     let direct_time = now_ms() - 5_000;
     let request = WriteRequest {
-        timeseries: vec![series(&[("__name__", "rwo_direct")], &[(direct_time, 42.5)])],
+        timeseries: vec![series(
+            &[("__name__", "rwo_direct")],
+            &[(direct_time, 42.5)],
+        )],
     };
     let body = snap::raw::Encoder::new()
         .compress_vec(&request.encode_to_vec())

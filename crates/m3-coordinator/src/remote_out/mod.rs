@@ -362,7 +362,9 @@ async fn answer_prefix(mut response: reqwest::Response) -> String {
     let mut bytes = Vec::new();
     while bytes.len() < LIMIT {
         match response.chunk().await {
-            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk[..chunk.len().min(LIMIT - bytes.len())]),
+            Ok(Some(chunk)) => {
+                bytes.extend_from_slice(&chunk[..chunk.len().min(LIMIT - bytes.len())])
+            }
             _ => break,
         }
     }
@@ -636,8 +638,8 @@ mod tests {
         let x = labels();
         let endpoints: Vec<&Endpoint> = out.raw_endpoints().collect();
         // Fills "down" (nothing listens there, so its copy stays queued).
-        let first = send_to_all(&endpoints, &[(&x, 1, 1.0), (&x, 2, 2.0)], &mut Vec::new())
-            .unwrap();
+        let first =
+            send_to_all(&endpoints, &[(&x, 1, 1.0), (&x, 2, 2.0)], &mut Vec::new()).unwrap();
         assert_eq!(first.len(), 2);
         let up = EndpointLabels {
             endpoint: "up".into(),

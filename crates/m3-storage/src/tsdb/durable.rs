@@ -348,10 +348,7 @@ mod tests {
         let mut extra = Vec::new();
         encode_series(0, &labels, &mut extra);
         extra.push(0);
-        for (record, message) in [
-            (far, "far beyond"),
-            (extra, "bytes left over"),
-        ] {
+        for (record, message) in [(far, "far beyond"), (extra, "bytes left over")] {
             let dir = tempfile::tempdir().unwrap();
             let (mut wal, _) = Wal::open(dir.path(), wal_options, |_| Ok::<(), DurableError>(()))
                 .map_err(|_| ())
