@@ -10,10 +10,12 @@
 //!
 //! | module | what |
 //! |---|---|
+//! | [`block`] | immutable on-disk blocks: chunks, a series index and postings, checked at open |
 //! | [`chunk`] | one series' samples, delta-of-delta times and XOR'd values |
 //! | [`durable`] | a head whose batches are logged before they are applied, and replayed at open |
 //! | [`head`] | the series of a namespace in memory: label-hash lookup, postings, chunks, out-of-order buffer |
 //! | [`wal`] | the write-ahead log: checksummed records in segments, replay that stops at a torn tail |
+pub mod block;
 pub mod chunk;
 pub mod durable;
 pub mod head;
