@@ -252,6 +252,37 @@ impl ChildProcess {
         }
     }
 
+    /// Waits up to `timeout` until `path` on `address` answers 200.
+    ///
+    /// # Panics
+    /// When the process exits first or the time runs out (the message quotes its log).
+    pub fn wait_answering(&mut self, address: SocketAddr, path: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if !self.is_running() {
+                panic!("{} exited while starting; {self}", self.name);
+            }
+            if let Some((200, _)) = http_get(address, path) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{} did not answer {path} on {address} within {timeout:?}; {self}",
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the process cleanly: SIGTERM, then SIGKILL if it still runs after `timeout`.
+    pub fn stop_within(&mut self, timeout: Duration) {
+        self.terminate();
+        if self.wait_exit(timeout).is_none() {
+            self.kill();
+        }
+    }
+
     /// Sends SIGKILL (a crash: no cleanup runs) and waits for the exit.
     pub fn kill(&mut self) {
         if self.try_exit().is_some() {

@@ -4,11 +4,11 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::process::{ChildProcess, find_on_path, http_get};
+use crate::process::{ChildProcess, find_on_path};
 
 /// How long Prometheus may take to report itself ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -90,10 +90,7 @@ impl PrometheusProcess {
     /// Stops Prometheus cleanly (SIGTERM, waiting up to 30 seconds, then SIGKILL): its remote
     /// write endpoint refuses connections until [`PrometheusProcess::restart`].
     pub fn stop(&mut self) {
-        self.process.terminate();
-        if self.process.wait_exit(READY_TIMEOUT).is_none() {
-            self.process.kill();
-        }
+        self.process.stop_within(READY_TIMEOUT);
     }
 
     /// Starts Prometheus again on the same port with the same config and data, and waits until
@@ -130,23 +127,9 @@ impl PrometheusProcess {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if !self.process.is_running() {
-                panic!("prometheus exited while starting; {}", self.process);
-            }
-            if let Some((200, _)) = http_get(self.address(), "/-/ready") {
-                return;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "prometheus was not ready on {} within {READY_TIMEOUT:?}; {}",
-                    self.url(),
-                    self.process
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let address = self.address();
+        self.process
+            .wait_answering(address, "/-/ready", READY_TIMEOUT);
     }
 }
 
@@ -209,7 +192,8 @@ fn config_yaml(port: u16, options: &PrometheusOptions) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::process::find_in;
+    use crate::process::{find_in, http_get};
+    use std::time::Instant;
 
     #[test]
     #[should_panic(

@@ -4,11 +4,11 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::process::{ChildProcess, find_on_path, http_get};
+use crate::process::{ChildProcess, find_on_path};
 
 /// How long VictoriaMetrics may take to answer `/health`.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -68,10 +68,7 @@ impl VictoriaMetricsProcess {
     /// Stops it cleanly (SIGTERM, which writes what it holds in memory to disk; SIGKILL after
     /// 30 seconds): its endpoint refuses connections until [`VictoriaMetricsProcess::restart`].
     pub fn stop(&mut self) {
-        self.process.terminate();
-        if self.process.wait_exit(READY_TIMEOUT).is_none() {
-            self.process.kill();
-        }
+        self.process.stop_within(READY_TIMEOUT);
     }
 
     /// Starts it again on the same port with the same data and waits until it answers.
@@ -85,23 +82,9 @@ impl VictoriaMetricsProcess {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if !self.process.is_running() {
-                panic!("victoria-metrics exited while starting; {}", self.process);
-            }
-            if let Some((200, _)) = http_get(self.address(), "/health") {
-                return;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "victoria-metrics did not answer on {} within {READY_TIMEOUT:?}; {}",
-                    self.url(),
-                    self.process
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let address = self.address();
+        self.process
+            .wait_answering(address, "/health", READY_TIMEOUT);
     }
 }
 
@@ -131,7 +114,7 @@ fn require_victoria_metrics(found: Option<PathBuf>) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::process::find_in;
+    use crate::process::{find_in, http_get};
 
     #[test]
     #[should_panic(expected = "victoria-metrics not found on PATH: run scripts/install-deps.sh")]

@@ -25,7 +25,7 @@ use m3_proto::Message;
 use m3_proto::prometheus::WriteRequest;
 use m3_testkit::{PrometheusOptions, PrometheusProcess, VictoriaMetricsProcess};
 use serde_json::Value;
-use support::{CONFIG, LocalProcess, now_ms, series, url_encode};
+use support::{ByLabels, CONFIG, LocalProcess, now_ms, points_by_labels, series, url_encode};
 use tokio::sync::Mutex;
 
 const SERIES: usize = 8;
@@ -37,11 +37,9 @@ const RESOLUTION_MS: i64 = 10_000;
 /// What the test selects from every store.
 const QUERY: &str = "rwo_gauge[10m]";
 
-/// Points of one series: its labels (sorted) and its (ms, value) samples.
-type ByLabels = BTreeMap<Vec<(String, String)>, Vec<(i64, f64)>>;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn endpoints_down_for_30s_receive_everything_once_back() {
+/// The endpoints both tests send to: a VictoriaMetrics for raw samples and a Prometheus
+/// receiving remote writes for the 10s aggregates.
+fn start_endpoints() -> (VictoriaMetricsProcess, PrometheusProcess) {
     let vm = VictoriaMetricsProcess::start();
     let prometheus = PrometheusProcess::start(&PrometheusOptions {
         // Its own scrapes are not what the test reads; keep them rare.
@@ -51,7 +49,18 @@ async fn endpoints_down_for_30s_receive_everything_once_back() {
         out_of_order_time_window: Some(Duration::from_secs(3600)),
         ..PrometheusOptions::default()
     });
-    let config = CONFIG
+    (vm, prometheus)
+}
+
+/// `config` (the test config, or a variant) with 10s past buffers, so windows are flushed soon,
+/// and `backend` lines followed by the endpoints block (raw → `vm`, 10s:2d → `prometheus`).
+fn with_endpoints(
+    config: &str,
+    backend: &str,
+    vm: &VictoriaMetricsProcess,
+    prometheus: &PrometheusProcess,
+) -> String {
+    config
         .replace("bufferPast: 30s", "bufferPast: 10s")
         .replace(
             "bufferDurationForPastTimedMetric: 30s",
@@ -60,14 +69,22 @@ async fn endpoints_down_for_30s_receive_everything_once_back() {
         .replace(
             "  writeBuffers:",
             &format!(
-                "  prometheusRemoteBackend:\n    endpoints:\n      - name: raw\n        address: {}\n      - name: agg10s\n        address: {}/api/v1/write\n        storagePolicy:\n          resolution: 10s\n          retention: 2d\n    retry:\n      initialBackoff: 100ms\n      maxBackoff: 1s\n  writeBuffers:",
+                "{backend}  prometheusRemoteBackend:\n    endpoints:\n      - name: raw\n        address: {}\n      - name: agg10s\n        address: {}/api/v1/write\n        storagePolicy:\n          resolution: 10s\n          retention: 2d\n    retry:\n      initialBackoff: 100ms\n      maxBackoff: 1s\n  writeBuffers:",
                 vm.remote_write_url(),
                 prometheus.url()
             ),
-        );
-    let local = LocalProcess::start_with("remote-out", &config, &[]).await;
+        )
+}
 
-    // The writer: one sample per series per second until told to stop; what was accepted.
+/// A writer task (see [`write_until`]) against `local`: what it got accepted, and the flag
+/// that stops it.
+fn start_writer(
+    local: &LocalProcess,
+) -> (
+    tokio::task::JoinHandle<()>,
+    Arc<Mutex<ByLabels>>,
+    Arc<AtomicBool>,
+) {
     let accepted: Arc<Mutex<ByLabels>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn(write_until(
@@ -75,6 +92,28 @@ async fn endpoints_down_for_30s_receive_everything_once_back() {
         Arc::clone(&accepted),
         Arc::clone(&stop),
     ));
+    (writer, accepted, stop)
+}
+
+/// Per series, how many 10s windows its points fall in.
+fn windows_per_series(points: &ByLabels) -> BTreeMap<Vec<(String, String)>, usize> {
+    points
+        .iter()
+        .map(|(labels, points)| {
+            let mut windows: Vec<i64> = points.iter().map(|(t, _)| t / RESOLUTION_MS).collect();
+            windows.dedup();
+            (labels.clone(), windows.len())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_down_for_30s_receive_everything_once_back() {
+    let (vm, prometheus) = start_endpoints();
+    let config = with_endpoints(CONFIG, "", &vm, &prometheus);
+    let local = LocalProcess::start_with("remote-out", &config, &[]).await;
+    // The writer: one sample per series per second until told to stop; what was accepted.
+    let (writer, accepted, stop) = start_writer(&local);
 
     tokio::time::sleep(Duration::from_secs(10)).await;
     let (mut vm, mut prometheus) = tokio::task::spawn_blocking(move || {
@@ -116,14 +155,7 @@ async fn endpoints_down_for_30s_receive_everything_once_back() {
 
     // Aggregated: m3 local's own 10s namespace has a window per series for every window written
     // into (each flushed once its end + 10s past buffer + resolution has passed).
-    let expected_windows: BTreeMap<Vec<(String, String)>, usize> = accepted
-        .iter()
-        .map(|(labels, points)| {
-            let mut windows: Vec<i64> = points.iter().map(|(t, _)| t / RESOLUTION_MS).collect();
-            windows.dedup();
-            (labels.clone(), windows.len())
-        })
-        .collect();
+    let expected_windows = windows_per_series(&accepted);
     let local_url = local.http().to_string();
     let mut stored = ByLabels::new();
     for _ in 0..120 {
@@ -172,43 +204,20 @@ async fn endpoints_down_for_30s_receive_everything_once_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prom_remote_backend_stores_nothing_and_sends_everything() {
-    let vm = VictoriaMetricsProcess::start();
-    let prometheus = PrometheusProcess::start(&PrometheusOptions {
-        scrape_interval: Duration::from_secs(60),
-        remote_write_receiver: true,
-        out_of_order_time_window: Some(Duration::from_secs(3600)),
-        ..PrometheusOptions::default()
-    });
+    let (vm, prometheus) = start_endpoints();
     let clusters_start = CONFIG
         .find("  clusters:")
         .expect("the test config has clusters");
     let clusters_end = CONFIG.find("  storage:").expect("and storage after them");
-    let config = format!(
-        "{}{}",
-        &CONFIG[..clusters_start],
-        &CONFIG[clusters_end..]
-    )
-    .replace("bufferPast: 30s", "bufferPast: 10s")
-    .replace(
-        "bufferDurationForPastTimedMetric: 30s",
-        "bufferDurationForPastTimedMetric: 10s",
-    )
-    .replace(
-        "  writeBuffers:",
-        &format!(
-            "  backend: prom-remote\n  prometheusRemoteBackend:\n    endpoints:\n      - name: raw\n        address: {}\n      - name: agg10s\n        address: {}/api/v1/write\n        storagePolicy:\n          resolution: 10s\n          retention: 2d\n  writeBuffers:",
-            vm.remote_write_url(),
-            prometheus.url()
-        ),
+    let without_clusters = format!("{}{}", &CONFIG[..clusters_start], &CONFIG[clusters_end..]);
+    let config = with_endpoints(
+        &without_clusters,
+        "  backend: prom-remote\n",
+        &vm,
+        &prometheus,
     );
     let local = LocalProcess::start_with("prom-remote", &config, &[]).await;
-    let accepted: Arc<Mutex<ByLabels>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn(write_until(
-        format!("{}/api/v1/prom/remote/write", local.http()),
-        Arc::clone(&accepted),
-        Arc::clone(&stop),
-    ));
+    let (writer, accepted, stop) = start_writer(&local);
     tokio::time::sleep(Duration::from_secs(15)).await;
     stop.store(true, Ordering::SeqCst);
     writer.await.expect("writer");
@@ -220,14 +229,7 @@ async fn prom_remote_backend_stores_nothing_and_sends_everything() {
     compare("VictoriaMetrics (raw)", &accepted, &raw);
 
     // One 10s window per series for every window written into, in Prometheus only.
-    let expected_windows: BTreeMap<Vec<(String, String)>, usize> = accepted
-        .iter()
-        .map(|(labels, points)| {
-            let mut windows: Vec<i64> = points.iter().map(|(t, _)| t / RESOLUTION_MS).collect();
-            windows.dedup();
-            (labels.clone(), windows.len())
-        })
-        .collect();
+    let expected_windows = windows_per_series(&accepted);
     let mut counts = BTreeMap::new();
     for _ in 0..120 {
         let windows = query_points(&prometheus.url(), QUERY, &[]).await;
@@ -376,28 +378,7 @@ async fn query_points(base: &str, query: &str, headers: &[(&str, &str)]) -> ByLa
     let Ok(body) = response.json::<Value>().await else {
         return ByLabels::new();
     };
-    let mut out = ByLabels::new();
-    for series in body["data"]["result"].as_array().into_iter().flatten() {
-        let mut labels: Vec<(String, String)> = series["metric"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .map(|(n, v)| (n.clone(), v.as_str().unwrap_or_default().to_string()))
-            .collect();
-        labels.sort();
-        let points = series["values"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|p| {
-                let t = p[0].as_f64()?;
-                let v: f64 = p[1].as_str()?.parse().ok()?;
-                Some(((t * 1000.0).round() as i64, v))
-            })
-            .collect();
-        out.insert(labels, points);
-    }
-    out
+    points_by_labels(&body)
 }
 
 /// Polls `read` (up to 60 s) until it returns `expected`; the last answer.

@@ -382,6 +382,28 @@ pub(crate) fn all_points(result: &Value) -> Vec<(i64, f64)> {
         .collect()
 }
 
+/// Series by their labels (sorted by name), each with its (ms, value) points.
+pub(crate) type ByLabels = std::collections::BTreeMap<Vec<(String, String)>, Vec<(i64, f64)>>;
+
+/// Every series of a matrix result, by its labels, with its points.
+pub(crate) fn points_by_labels(result: &Value) -> ByLabels {
+    result["data"]["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|series| {
+            let mut labels: Vec<(String, String)> = series["metric"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(n, v)| (n.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect();
+            labels.sort();
+            (labels, points_of(series))
+        })
+        .collect()
+}
+
 fn points_of(series: &Value) -> Vec<(i64, f64)> {
     series["values"]
         .as_array()
