@@ -532,6 +532,53 @@ mod tests {
             }
         }
 
+        /// Cutting a head: the chunks taken, written as a block, and what stays in the head
+        /// together hold every sample the head held, and the block holds only whole chunks
+        /// that end before the cutoff.
+        #[test]
+        fn a_cut_head_and_its_block_hold_what_the_head_held(
+            samples in prop::collection::vec((0usize..6, 0i64..3_000, 0u8..10), 1..500),
+            cutoff in 0i64..3_000,
+        ) {
+            let mut head = Head::new(HeadOptions { out_of_order_window: 500 });
+            let pool: Vec<Labels> = (0..6).map(|i| labels("api", i)).collect();
+            let batch: Vec<(&Labels, i64, f64)> = samples.iter().map(|&(s, t, v)| (&pool[s], t, f64::from(v))).collect();
+            head.append(&batch);
+            let snapshot = |head: &Head| -> Vec<(Labels, Vec<(i64, f64)>)> {
+                let mut out: Vec<(Labels, Vec<(i64, f64)>)> = head.matching(&[]).into_iter().map(|r| {
+                    let mut all = Vec::new();
+                    head.samples(r, i64::MIN, i64::MAX, &mut all);
+                    (head.labels(r).unwrap().clone(), all)
+                }).collect();
+                out.sort_by(|a, b| a.0.cmp(&b.0));
+                out
+            };
+            let before = snapshot(&head);
+            let cut = head.cut_before(cutoff);
+            for (_, chunks) in &cut {
+                for chunk in chunks {
+                    prop_assert!(chunk.last_time() < cutoff);
+                }
+            }
+            let mut series: Vec<BlockSeries<'_>> = cut.iter().map(|(l, c)| (l, c.iter().collect())).collect();
+            let root = tempfile::tempdir().unwrap();
+            let dir = root.path().join("b");
+            write_block(&dir, 0, cutoff, &mut series).unwrap();
+            let block = Block::open(&dir).unwrap();
+            let after = snapshot(&head);
+            for (labels, all) in &before {
+                let mut merged: Vec<(i64, f64)> = Vec::new();
+                if let Some(p) = block.matching(&[]).into_iter().find(|&p| block.labels(p) == Some(labels)) {
+                    block.samples(p, i64::MIN, i64::MAX, &mut merged).unwrap();
+                }
+                if let Some((_, rest)) = after.iter().find(|(l, _)| l == labels) {
+                    merged.extend(rest);
+                }
+                merged.sort_by_key(|s| s.0);
+                prop_assert_eq!(&merged, all, "{:?}", labels);
+            }
+        }
+
         /// Any damage to the index is refused or read, never a panic.
         #[test]
         fn any_index_damage_never_panics(position in any::<prop::sample::Index>(), byte in any::<u8>(), cut in any::<prop::sample::Index>()) {

@@ -83,7 +83,9 @@ impl MemSeries {
     }
 
     fn append(&mut self, time: i64, value: f64, window: i64, summary: &mut AppendSummary) {
-        if self.is_empty() || time > self.max_time {
+        // The newest time is kept when chunks are cut off into a block, so the out-of-order
+        // window still counts from it.
+        if self.max_time == i64::MIN || time > self.max_time {
             if self.open.len() >= CHUNK_SAMPLES {
                 let mut full = std::mem::take(&mut self.open);
                 full.shrink_to_fit();
@@ -376,6 +378,37 @@ impl Head {
         if let Some(Some(series)) = self.series.get(reference as usize) {
             series.samples_in(start, end, out);
         }
+    }
+
+    /// Takes out of the head every chunk that ends before `cutoff` (ms), for writing a block:
+    /// buffered out-of-order samples before the cutoff are folded into the chunks first, so
+    /// none is left behind. Series keep their place (and their newest time) even when nothing
+    /// is left of them in the head. Returns each series' labels and its chunks, in time order.
+    pub fn cut_before(&mut self, cutoff: i64) -> Vec<(Labels, Vec<Chunk>)> {
+        let mut cut = Vec::new();
+        for series in self.series.iter_mut().flatten() {
+            if series.out_of_order.first().is_some_and(|s| s.0 < cutoff) {
+                series.fold_out_of_order();
+            }
+            let keep_from = series
+                .closed
+                .iter()
+                .position(|c| c.last_time() >= cutoff)
+                .unwrap_or(series.closed.len());
+            let mut taken: Vec<Chunk> = series.closed.drain(..keep_from).collect();
+            if series.closed.is_empty()
+                && !series.open.is_empty()
+                && series.open.last_time() < cutoff
+            {
+                let mut open = std::mem::take(&mut series.open);
+                open.shrink_to_fit();
+                taken.push(open);
+            }
+            if !taken.is_empty() {
+                cut.push((series.labels.clone(), taken));
+            }
+        }
+        cut
     }
 
     /// Drops every chunk and buffered sample wholly before `cutoff` (ms), and the series left
