@@ -7,6 +7,8 @@
 //! * `head/append/{100k,1M}`: batches of 2,000 samples, one per series in turn over N live
 //!   series of 10 labels, each sample 15 s after the series' previous one, into a head that
 //!   already holds every series (as after the first scrape); throughput in samples.
+//! * `durable/append/100k`: the same as `head/append/100k` through a [`DurableHead`], which
+//!   logs every batch (series records once, then a samples record) before applying it.
 //! * `wal/append/2000`: one batch record of 2,000 samples' worth (16 bytes each plus a series
 //!   reference) per append, as a remote-write request would make; throughput in samples.
 
@@ -15,6 +17,7 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use m3_storage::Labels;
 use m3_storage::tsdb::chunk::Chunk;
+use m3_storage::tsdb::durable::DurableHead;
 use m3_storage::tsdb::head::{Head, HeadOptions};
 use m3_storage::tsdb::wal::{Wal, WalOptions};
 
@@ -150,6 +153,44 @@ fn head(c: &mut Criterion) {
     group.finish();
 }
 
+fn durable(c: &mut Criterion) {
+    const BATCH: usize = 2000;
+    const SERIES: usize = 100_000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sets = label_sets(SERIES);
+    let options = HeadOptions {
+        out_of_order_window: 3_600_000,
+    };
+    let (mut head, _) =
+        DurableHead::open(dir.path(), options, WalOptions::default()).expect("opens");
+    for part in sets.chunks(BATCH) {
+        let first: Vec<(&Labels, i64, f64)> = part.iter().map(|l| (l, 0, 0.0)).collect();
+        head.append(&first).expect("appends");
+    }
+    let mut next = 0usize;
+    let mut round = 1i64;
+    let mut batch: Vec<(&Labels, i64, f64)> = Vec::with_capacity(BATCH);
+    let mut group = c.benchmark_group("durable");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("append/100k", |b| {
+        b.iter(|| {
+            batch.clear();
+            for _ in 0..BATCH {
+                batch.push((&sets[next], round * 15_000, round as f64));
+                next += 1;
+                if next == SERIES {
+                    next = 0;
+                    round += 1;
+                }
+            }
+            let summary = head.append(&batch).expect("appends");
+            assert_eq!(summary.appended, BATCH);
+            black_box(summary)
+        })
+    });
+    group.finish();
+}
+
 fn wal(c: &mut Criterion) {
     const BATCH: usize = 2000;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -182,5 +223,5 @@ fn wal(c: &mut Criterion) {
     assert_eq!(records, appended, "every appended batch replays");
 }
 
-criterion_group!(benches, chunks, head, wal);
+criterion_group!(benches, chunks, head, durable, wal);
 criterion_main!(benches);
