@@ -1,5 +1,6 @@
 //! The parts of the time-series engine that replaces one key per sample in the LSM tree: the
-//! shape every fast TSDB shares (M3DB, Prometheus's head block, VictoriaMetrics).
+//! shape every fast TSDB shares (M3DB, Prometheus's head block, VictoriaMetrics). The store
+//! does not use them yet; docs/storage.md says what is built and what is left.
 //!
 //! ```text
 //! write batch ──▶ WAL (one append per batch, group commit) ──▶ head: series by label hash,
