@@ -356,6 +356,14 @@ impl Drop for RemoteOut {
     }
 }
 
+/// An answer's `Retry-After` in seconds (the HTTP-date form is not used by remote-write
+/// receivers and is ignored).
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    let value = response.headers().get(reqwest::header::RETRY_AFTER)?;
+    let seconds: u64 = value.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(seconds))
+}
+
 /// The first 512 bytes of an answer's body, as text (for the log).
 async fn answer_prefix(mut response: reqwest::Response) -> String {
     const LIMIT: usize = 512;
@@ -465,15 +473,17 @@ impl Sender {
                 .header("X-Prometheus-Remote-Write-Version", "0.1.0")
                 .body(body.bytes.clone())
                 .send();
-            let failure = tokio::select! {
+            // What failed, and how long the endpoint asked us to wait (`Retry-After`).
+            let (failure, asked_wait) = tokio::select! {
                 () = self.stop.cancelled() => return Sent::Stopped,
                 answer = request => match answer {
                     Ok(response) if response.status().is_success() => return Sent::Accepted,
                     Ok(response) => {
                         let status = response.status();
+                        let asked_wait = retry_after(&response);
                         let text = answer_prefix(response).await;
                         if status.as_u16() == 429 || status.is_server_error() {
-                            format!("{status}: {}", text.trim())
+                            (format!("{status}: {}", text.trim()), asked_wait)
                         } else {
                             tracing::warn!(
                                 endpoint = %self.endpoint.name,
@@ -485,7 +495,7 @@ impl Sender {
                             return Sent::Rejected;
                         }
                     }
-                    Err(e) => e.to_string(),
+                    Err(e) => (e.to_string(), None),
                 },
             };
             if self.backoff.max_retries.is_some_and(|max| retry >= max) {
@@ -502,7 +512,9 @@ impl Sender {
                 .out_send_retries
                 .get_or_create(&self.endpoint.labels)
                 .inc();
-            let delay = self.backoff.delay(retry);
+            // The endpoint's own `Retry-After`, within the configured largest wait.
+            let delay =
+                asked_wait.map_or_else(|| self.backoff.delay(retry), |d| d.min(self.backoff.max));
             if retry == 0 || retry.is_power_of_two() {
                 tracing::warn!(
                     endpoint = %self.endpoint.name,
@@ -566,6 +578,7 @@ mod tests {
     use super::testing::{endpoint, start};
     use super::*;
     use crate::remote_out::config::PrometheusRemoteBackendConfig;
+    use axum::response::IntoResponse;
     use m3_storage::Labels;
     use std::sync::atomic::Ordering;
 
@@ -659,6 +672,53 @@ mod tests {
             "\"up\" got nothing of the refused batch"
         );
         out.close(Duration::from_millis(100)).await;
+    }
+
+    /// A 429 with `Retry-After: 1` is retried after that second, not after the configured
+    /// 10ms (a lower bound only: load makes it longer, never shorter).
+    #[tokio::test]
+    async fn retry_after_is_honoured() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&calls);
+        let app = axum::Router::new().route(
+            "/api/v1/write",
+            axum::routing::post(move || {
+                let first = counter.fetch_add(1, Ordering::SeqCst) == 0;
+                async move {
+                    if first {
+                        (
+                            axum::http::StatusCode::TOO_MANY_REQUESTS,
+                            [(axum::http::header::RETRY_AFTER, "1")],
+                        )
+                            .into_response()
+                    } else {
+                        axum::http::StatusCode::OK.into_response()
+                    }
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let (out, _) = start(
+            &format!("http://{address}/api/v1/write"),
+            "retry:\n  initialBackoff: 10ms\n  maxBackoff: 5s\n",
+        );
+        let x = labels();
+        let started = std::time::Instant::now();
+        let delivery = out
+            .raw_endpoints()
+            .next()
+            .unwrap()
+            .try_send(&[(&x, 1, 1.0)], &mut Vec::new())
+            .unwrap();
+        assert_eq!(delivery.await.unwrap(), Delivery::Accepted);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert!(
+            started.elapsed() >= Duration::from_millis(950),
+            "retried after {:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]
