@@ -340,6 +340,24 @@ impl Block {
         self.series.len()
     }
 
+    /// Samples in the block.
+    pub fn sample_count(&self) -> u64 {
+        self.series
+            .iter()
+            .flat_map(|(_, metas)| metas)
+            .map(|m| u64::from(m.samples))
+            .sum()
+    }
+
+    /// Bytes of the chunks file (the samples' share of the block on disk).
+    pub fn chunk_bytes(&self) -> u64 {
+        self.series
+            .iter()
+            .flat_map(|(_, metas)| metas)
+            .map(|m| u64::from(m.length))
+            .sum()
+    }
+
     /// The series matching every matcher (all for none), as positions in the block.
     pub fn matching(&self, matchers: &[Matcher]) -> Vec<u32> {
         let mut candidates: Option<Vec<u32>> = None;

@@ -13,11 +13,13 @@
 //! same references. A record that passes its checksum but does not decode is not a torn write:
 //! opening fails with [`DurableError::Corrupt`] rather than guessing.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 
-use crate::labels::Labels;
-use crate::tsdb::head::{AppendSummary, Head, HeadOptions, SeriesRef};
+use crate::labels::{Labels, MAX_ENCODED_LABELS_BYTES};
+use crate::tsdb::chunk::Chunk;
+use crate::tsdb::head::{AppendSummary, Head, HeadOptions, SeriesRef, Truncated};
 use crate::tsdb::wal::{ReplayReport, Wal, WalError, WalOptions};
 
 const SERIES_RECORD: u8 = 1;
@@ -37,11 +39,32 @@ pub enum DurableError {
     Corrupt(String),
 }
 
+/// Why a batch was not appended.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// A new series' labels are too long to store; nothing of the batch was logged.
+    #[error("series {name:?} has labels of {size} bytes encoded, over the limit of {max}")]
+    SeriesTooLong {
+        /// Its metric name (`""` without one).
+        name: String,
+        /// Its encoded size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The log write failed (a full disk); see [`DurableHead::append`].
+    #[error("write-ahead log: {0}")]
+    Io(#[from] io::Error),
+}
+
 /// A [`Head`] with its write-ahead log.
 #[derive(Debug)]
 pub struct DurableHead {
     head: Head,
     wal: Wal,
+    /// The newest sample time logged in each segment (`i64::MIN` for none), so a checkpoint
+    /// knows which segments hold only samples already in blocks.
+    segment_max_time: BTreeMap<u64, i64>,
     /// Reused record buffers.
     series_records: Vec<Vec<u8>>,
     samples_record: Vec<u8>,
@@ -60,17 +83,23 @@ impl DurableHead {
     ) -> Result<(DurableHead, ReplayReport), DurableError> {
         let mut head = Head::new(head_options);
         let mut refs = Vec::new();
-        let (wal, report) = Wal::open(dir, wal_options, |record| {
-            replay(&mut head, &mut refs, record)
+        let mut segment_max_time = BTreeMap::new();
+        let (wal, report) = Wal::open_segmented(dir, wal_options, |segment, record| {
+            let newest = replay(&mut head, &mut refs, record)?;
+            let entry = segment_max_time.entry(segment).or_insert(i64::MIN);
+            *entry = (*entry).max(newest);
+            Ok(())
         })
         .map_err(|e| match e {
             WalError::Io(e) => DurableError::Io(e),
             WalError::Apply(e) => e,
         })?;
+        segment_max_time.insert(wal.segment(), i64::MIN);
         Ok((
             DurableHead {
                 head,
                 wal,
+                segment_max_time,
                 series_records: Vec::new(),
                 samples_record: Vec::new(),
                 refs,
@@ -84,24 +113,22 @@ impl DurableHead {
         &self.head
     }
 
-    /// Logs then applies `samples`; once it returns `Ok` they survive a crash.
+    /// Applies `samples`, then logs those taken; once it returns `Ok` they survive a crash.
+    /// Samples the head refuses (too old) are not logged, so replay cannot bring them back.
     ///
     /// # Errors
-    /// A label set with more than 65,535 labels (nothing logged or applied); the log write
-    /// failed (a full disk): nothing of the batch is applied and the series it created are
-    /// removed again. That is safe because the log either cut the failed write off or, when it
+    /// [`AppendError::SeriesTooLong`] when a new series' labels encode to more than
+    /// [`MAX_ENCODED_LABELS_BYTES`] (or hold more than 65,535 labels): nothing applied or
+    /// logged. [`AppendError::Io`] when the log write failed (a full disk): the series the
+    /// batch created are removed again, and samples it applied to existing series stay in
+    /// memory unacknowledged (the writer retries; a retry logs them again, as duplicates are
+    /// logged). That is safe because the log either cut the failed write off or, when it
     /// could not (or the batch may have reached it after all), refuses every later batch until
     /// reopened: no later record can name the same labels under another reference.
-    pub fn append(&mut self, samples: &[(&Labels, i64, f64)]) -> io::Result<AppendSummary> {
-        if let Some(&(labels, ..)) = samples
-            .iter()
-            .find(|(labels, ..)| labels.len() > usize::from(u16::MAX))
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("a series with {} labels cannot be logged", labels.len()),
-            ));
-        }
+    pub fn append(
+        &mut self,
+        samples: &[(&Labels, i64, f64)],
+    ) -> Result<AppendSummary, AppendError> {
         self.refs.clear();
         let mut created = 0;
         let mut new_refs = Vec::new();
@@ -109,6 +136,17 @@ impl DurableHead {
             let (reference, new) = self.head.get_or_create(labels);
             if new {
                 new_refs.push(reference);
+                let size = Labels::encoded_len(labels.iter().map(|(n, v)| (n.len(), v.len())));
+                if size > MAX_ENCODED_LABELS_BYTES || labels.len() > usize::from(u16::MAX) {
+                    for reference in new_refs {
+                        self.head.remove_series(reference);
+                    }
+                    return Err(AppendError::SeriesTooLong {
+                        name: labels.metric_name().unwrap_or("").to_owned(),
+                        size,
+                        max: MAX_ENCODED_LABELS_BYTES,
+                    });
+                }
                 if self.series_records.len() <= created {
                     self.series_records.push(Vec::new());
                 }
@@ -117,22 +155,92 @@ impl DurableHead {
             }
             self.refs.push((reference, time, value));
         }
+        let summary = self.head.append_refs_retaining_taken(&mut self.refs);
         encode_samples(&self.refs, &mut self.samples_record);
         let records: Vec<&[u8]> = self.series_records[..created]
             .iter()
             .map(Vec::as_slice)
             .chain(std::iter::once(self.samples_record.as_slice()))
             .collect();
+        let segment = self.wal.segment();
         if let Err(e) = self.wal.append(&records) {
             for reference in new_refs {
                 self.head.remove_series(reference);
             }
-            return Err(e);
+            return Err(e.into());
         }
+        let newest = self.refs.iter().map(|s| s.1).max().unwrap_or(i64::MIN);
+        let entry = self.segment_max_time.entry(segment).or_insert(i64::MIN);
+        *entry = (*entry).max(newest);
+        self.segment_max_time
+            .entry(self.wal.segment())
+            .or_insert(i64::MIN);
         Ok(AppendSummary {
             new_series: created,
-            ..self.head.append_refs(&self.refs)
+            ..summary
         })
+    }
+
+    /// Whether the log refuses appends until reopened (see [`Wal::is_poisoned`]).
+    pub fn is_poisoned(&self) -> bool {
+        self.wal.is_poisoned()
+    }
+
+    /// Takes the chunks wholly before `cutoff` out of the head (see [`Head::cut_before`]).
+    /// They stay in the log until [`checkpoint`](Self::checkpoint) is called with a cutoff
+    /// past them, which the caller does once they are safely in a block.
+    pub fn cut_before(&mut self, cutoff: i64) -> Vec<(Labels, Vec<Chunk>)> {
+        self.head.cut_before(cutoff)
+    }
+
+    /// Drops what is wholly before `cutoff` from the head (retention; see
+    /// [`Head::truncate_before`]).
+    pub fn truncate_before(&mut self, cutoff: i64) -> Truncated {
+        self.head.truncate_before(cutoff)
+    }
+
+    /// Drops from the log the segments whose samples are all before `cutoff` and before
+    /// everything the head still holds (so they are in blocks, or expired), keeping a record
+    /// of every live series in their place. Starts a new segment first, so the one being
+    /// written can go too. Returns how many segments went.
+    ///
+    /// # Errors
+    /// I/O errors; the log then still holds everything it held.
+    pub fn checkpoint(&mut self, cutoff: i64) -> io::Result<usize> {
+        let cutoff = cutoff.min(self.head.min_time());
+        self.wal.next_segment()?;
+        self.segment_max_time
+            .entry(self.wal.segment())
+            .or_insert(i64::MIN);
+        let keep_from = self
+            .segment_max_time
+            .iter()
+            .find(|&(_, &newest)| newest >= cutoff)
+            .map_or(self.wal.segment(), |(&segment, _)| segment)
+            .min(self.wal.segment());
+        let mut records = Vec::new();
+        for (reference, labels) in self.head.live_series() {
+            let mut record = Vec::new();
+            encode_series(reference, labels, &mut record);
+            records.push(record);
+        }
+        if records.is_empty() {
+            // A segment needs a record; an empty samples record stands for "no series".
+            let mut record = Vec::new();
+            encode_samples(&[], &mut record);
+            records.push(record);
+        }
+        let removed = self.wal.checkpoint(keep_from, &records)?;
+        if let Some(&replaced) = self
+            .segment_max_time
+            .range(..keep_from)
+            .next_back()
+            .map(|(s, _)| s)
+        {
+            self.segment_max_time = self.segment_max_time.split_off(&replaced);
+            self.segment_max_time.insert(replaced, i64::MIN);
+        }
+        Ok(removed)
     }
 
     /// Flushes the log to disk.
@@ -221,8 +329,9 @@ fn replay(
     head: &mut Head,
     refs: &mut Vec<(SeriesRef, i64, f64)>,
     record: &[u8],
-) -> Result<(), DurableError> {
+) -> Result<i64, DurableError> {
     let mut fields = Fields(record);
+    let mut newest = i64::MIN;
     match fields.array::<1>()?[0] {
         SERIES_RECORD => {
             let reference = u32::from_le_bytes(fields.array()?);
@@ -262,6 +371,7 @@ fn replay(
                 let time = i64::from_le_bytes(fields.array()?);
                 let value = f64::from_bits(u64::from_le_bytes(fields.array()?));
                 refs.push((reference, time, value));
+                newest = newest.max(time);
             }
             head.append_refs(refs);
         }
@@ -271,7 +381,7 @@ fn replay(
             )));
         }
     }
-    Ok(())
+    Ok(newest)
 }
 
 #[cfg(test)]

@@ -55,6 +55,15 @@ pub struct AppendSummary {
     pub new_series: usize,
 }
 
+/// What [`Head::truncate_before`] dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Truncated {
+    /// Series left without samples, removed.
+    pub series: usize,
+    /// Samples dropped (whole chunks and buffered samples).
+    pub samples: usize,
+}
+
 /// One series.
 #[derive(Debug)]
 struct MemSeries {
@@ -82,7 +91,8 @@ impl MemSeries {
         self.open.is_empty() && self.closed.is_empty() && self.out_of_order.is_empty()
     }
 
-    fn append(&mut self, time: i64, value: f64, window: i64, summary: &mut AppendSummary) {
+    /// Takes one sample; whether it was taken (appended, replaced or equal to what is there).
+    fn append(&mut self, time: i64, value: f64, window: i64, summary: &mut AppendSummary) -> bool {
         // The newest time is kept when chunks are cut off into a block, so the out-of-order
         // window still counts from it.
         if self.max_time == i64::MIN || time > self.max_time {
@@ -96,15 +106,15 @@ impl MemSeries {
                 self.max_time = time;
                 summary.appended += 1;
             }
-            return;
+            return true;
         }
         if time < self.max_time.saturating_sub(window) {
             summary.too_old += 1;
-            return;
+            return false;
         }
         if self.value_at(time).map(f64::to_bits) == Some(value.to_bits()) {
             summary.duplicates += 1;
-            return;
+            return true;
         }
         match self.out_of_order.binary_search_by_key(&time, |s| s.0) {
             Ok(i) => self.out_of_order[i].1 = value,
@@ -114,6 +124,7 @@ impl MemSeries {
         if self.out_of_order.len() >= OUT_OF_ORDER_FOLD {
             self.fold_out_of_order();
         }
+        true
     }
 
     /// The value stored at exactly `time`, if any.
@@ -282,10 +293,18 @@ impl Head {
     }
 
     /// Re-creates series `reference` with `labels`, as a replayed log record says.
+    ///
+    /// The same labels under an older reference are a series that retention removed before
+    /// these labels were written again (a live series is found, not created): the older one
+    /// goes, as it went then. A reference already naming other labels is replaced likewise.
     pub fn restore_series(&mut self, reference: SeriesRef, labels: Labels) {
-        if self.find(&labels) != Some(reference) {
-            self.insert(reference, labels);
+        match self.find(&labels) {
+            Some(found) if found == reference => return,
+            Some(older) => self.remove_series(older),
+            None => {}
         }
+        self.remove_series(reference);
+        self.insert(reference, labels);
     }
 
     /// Appends samples; each is `(series, time ms, value)`.
@@ -298,6 +317,48 @@ impl Head {
             }
         }
         summary
+    }
+
+    /// [`Head::append_refs`], keeping in `samples` only those taken (appended, replacing a
+    /// value, or equal to what is there): what a log must hold to replay the same head.
+    pub fn append_refs_retaining_taken(
+        &mut self,
+        samples: &mut Vec<(SeriesRef, i64, f64)>,
+    ) -> AppendSummary {
+        let mut summary = AppendSummary::default();
+        let window = self.options.out_of_order_window;
+        let series = &mut self.series;
+        samples.retain(
+            |&(reference, time, value)| match series.get_mut(reference as usize) {
+                Some(Some(series)) => series.append(time, value, window, &mut summary),
+                _ => false,
+            },
+        );
+        summary
+    }
+
+    /// The oldest sample time the head holds (`i64::MAX` when it holds none).
+    pub fn min_time(&self) -> i64 {
+        self.series
+            .iter()
+            .flatten()
+            .flat_map(|s| {
+                s.chunks()
+                    .next()
+                    .map(Chunk::first_time)
+                    .into_iter()
+                    .chain(s.out_of_order.first().map(|o| o.0))
+            })
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+
+    /// Every live series with its reference, in reference order.
+    pub fn live_series(&self) -> impl Iterator<Item = (SeriesRef, &Labels)> {
+        self.series
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (i as SeriesRef, &s.labels)))
     }
 
     /// Appends samples by label set, creating series as needed.
@@ -412,21 +473,31 @@ impl Head {
     }
 
     /// Drops every chunk and buffered sample wholly before `cutoff` (ms), and the series left
-    /// empty; how many series were removed.
-    pub fn truncate_before(&mut self, cutoff: i64) -> usize {
+    /// empty.
+    pub fn truncate_before(&mut self, cutoff: i64) -> Truncated {
         let mut removed: Vec<(SeriesRef, Labels)> = Vec::new();
+        let mut samples = 0;
         for (index, slot) in self.series.iter_mut().enumerate() {
             let Some(series) = slot else { continue };
-            series.closed.retain(|c| c.last_time() >= cutoff);
+            series.closed.retain(|c| {
+                let keep = c.last_time() >= cutoff;
+                if !keep {
+                    samples += c.len();
+                }
+                keep
+            });
             if !series.open.is_empty() && series.open.last_time() < cutoff {
+                samples += series.open.len();
                 series.open = Chunk::new();
             }
             // A buffered sample before the cutoff still shadows a sample of a kept chunk (a
             // replaced value): it goes only when no kept chunk reaches back to it.
             let earliest_kept = series.chunks().map(Chunk::first_time).min();
+            let buffered = series.out_of_order.len();
             series
                 .out_of_order
                 .retain(|s| s.0 >= cutoff || earliest_kept.is_some_and(|e| s.0 >= e));
+            samples += buffered - series.out_of_order.len();
             if series.is_empty()
                 && let Some(series) = slot.take()
             {
@@ -435,7 +506,10 @@ impl Head {
         }
         self.unindex_all(&removed);
         self.live -= removed.len();
-        removed.len()
+        Truncated {
+            series: removed.len(),
+            samples,
+        }
     }
 
     /// Removes series `reference`.
@@ -621,7 +695,7 @@ mod tests {
         head.append(&samples);
         head.append(&[(&b, 5, 1.0)]);
         // Chunk 0 holds 0..=1190, chunk 1 1200..=2390, the open one 2400..=2990.
-        assert_eq!(head.truncate_before(1_500), 1);
+        assert_eq!(head.truncate_before(1_500).series, 1);
         assert_eq!(head.series_count(), 1);
         assert!(head.find(&b).is_none());
         assert!(head.matching(&[Matcher::equal("job", "db")]).is_empty());

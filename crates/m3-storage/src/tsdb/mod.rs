@@ -1,6 +1,6 @@
 //! The parts of the time-series engine that replaces one key per sample in the LSM tree: the
 //! shape every fast TSDB shares (M3DB, Prometheus's head block, VictoriaMetrics). The store
-//! does not use them yet; docs/storage.md says what is built and what is left.
+//! ([`crate::Store`]) keeps each namespace in a [`db::NamespaceDb`] built from them.
 //!
 //! ```text
 //! write batch ──▶ WAL (one append per batch, group commit) ──▶ head: series by label hash,
@@ -13,11 +13,13 @@
 //! |---|---|
 //! | [`block`] | immutable on-disk blocks: chunks, a series index and postings, checked at open |
 //! | [`chunk`] | one series' samples, delta-of-delta times and XOR'd values |
+//! | [`db`] | one namespace: the durable head, its blocks, compaction, retention, merged reads |
 //! | [`durable`] | a head whose batches are logged before they are applied, and replayed at open |
 //! | [`head`] | the series of a namespace in memory: label-hash lookup, postings, chunks, out-of-order buffer |
 //! | [`wal`] | the write-ahead log: checksummed records in segments, replay that stops at a torn tail |
 pub mod block;
 pub mod chunk;
+pub mod db;
 pub mod durable;
 pub mod head;
 pub mod wal;

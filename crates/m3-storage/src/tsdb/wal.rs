@@ -33,6 +33,8 @@ use std::path::{Path, PathBuf};
 
 /// Bytes of a record's header.
 const HEADER_LEN: usize = 8;
+/// Where [`Wal::checkpoint`] writes before renaming into place; removed at open.
+const CHECKPOINT_TEMPORARY: &str = "checkpoint.tmp";
 /// The largest record accepted; larger lengths in a segment are corruption.
 pub const MAX_RECORD_LEN: usize = 64 * 1024 * 1024;
 
@@ -142,6 +144,25 @@ impl Wal {
         options: WalOptions,
         mut apply: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<(Wal, ReplayReport), WalError<E>> {
+        Wal::open_segmented(dir, options, |_, record| apply(record))
+    }
+
+    /// [`Wal::open`], telling `apply` the number of the segment each record comes from (a
+    /// head tracks which segments still hold samples it has not put in a block).
+    ///
+    /// # Errors
+    /// As for [`Wal::open`].
+    pub fn open_segmented<E>(
+        dir: &Path,
+        options: WalOptions,
+        mut apply: impl FnMut(u64, &[u8]) -> Result<(), E>,
+    ) -> Result<(Wal, ReplayReport), WalError<E>> {
+        // A checkpoint cut short by a crash is not part of the log.
+        match std::fs::remove_file(dir.join(CHECKPOINT_TEMPORARY)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(WalError::Io(e)),
+        }
         std::fs::create_dir_all(dir).map_err(WalError::Io)?;
         let numbers = segments(dir).map_err(WalError::Io)?;
         let mut report = ReplayReport::default();
@@ -155,7 +176,7 @@ impl Wal {
                 match read_record(&mut reader, &mut record).map_err(WalError::Io)? {
                     ReadOutcome::End => break,
                     ReadOutcome::Record(len) => {
-                        apply(&record).map_err(WalError::Apply)?;
+                        apply(number, &record).map_err(WalError::Apply)?;
                         report.records += 1;
                         offset += (HEADER_LEN + len) as u64;
                     }
@@ -240,21 +261,7 @@ impl Wal {
         }
         self.buffer.clear();
         for record in records {
-            let payload = record.as_ref();
-            if payload.is_empty() || payload.len() > MAX_RECORD_LEN {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
-                        "a write-ahead log record must hold 1 to {MAX_RECORD_LEN} bytes, not {}",
-                        payload.len()
-                    ),
-                ));
-            }
-            self.buffer
-                .extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            self.buffer
-                .extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-            self.buffer.extend_from_slice(payload);
+            frame_into(&mut self.buffer, record.as_ref())?;
         }
         if let Err(e) = self.file.write_all(&self.buffer) {
             // Cut the partial batch off, so what comes next does not follow a broken record.
@@ -303,6 +310,51 @@ impl Wal {
             ..next
         };
         Ok(())
+    }
+
+    /// Replaces every segment numbered below `keep_from` with one segment holding `records`:
+    /// replay then reads `records` first and the segments from `keep_from` on after them. A
+    /// head calls it once the samples of those segments are in blocks, with a record of every
+    /// series still live (later segments name them by reference only).
+    ///
+    /// The new segment is written under a temporary name, synced, and renamed over segment
+    /// `keep_from − 1`; only then are the older ones removed. A crash at any point leaves
+    /// either the old segments or the new one. Returns how many segments went; none when no
+    /// segment is below `keep_from` (or `keep_from` is past the segment being written).
+    ///
+    /// # Errors
+    /// An empty or oversized record, I/O errors (the log is unchanged then, apart from
+    /// segments already removed after the rename).
+    pub fn checkpoint<R: AsRef<[u8]>>(
+        &mut self,
+        keep_from: u64,
+        records: &[R],
+    ) -> io::Result<usize> {
+        let keep_from = keep_from.min(self.segment);
+        let older: Vec<u64> = segments(&self.dir)?
+            .into_iter()
+            .filter(|&n| n < keep_from)
+            .collect();
+        let Some(&last_replaced) = older.last() else {
+            return Ok(0);
+        };
+        let mut framed = Vec::new();
+        for record in records {
+            frame_into(&mut framed, record.as_ref())?;
+        }
+        let temporary = self.dir.join(CHECKPOINT_TEMPORARY);
+        {
+            let mut file = File::create(&temporary)?;
+            file.write_all(&framed)?;
+            file.sync_all()?;
+        }
+        std::fs::rename(&temporary, self.dir.join(segment_name(last_replaced)))?;
+        sync_dir(&self.dir)?;
+        for &number in &older[..older.len() - 1] {
+            std::fs::remove_file(self.dir.join(segment_name(number)))?;
+        }
+        sync_dir(&self.dir)?;
+        Ok(older.len() - 1)
     }
 
     /// Removes every segment numbered below `segment` (their records are persisted elsewhere).
@@ -393,6 +445,23 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
+/// Appends one record, framed, to `buffer`.
+fn frame_into(buffer: &mut Vec<u8>, payload: &[u8]) -> io::Result<()> {
+    if payload.is_empty() || payload.len() > MAX_RECORD_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a write-ahead log record must hold 1 to {MAX_RECORD_LEN} bytes, not {}",
+                payload.len()
+            ),
+        ));
+    }
+    buffer.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buffer.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    buffer.extend_from_slice(payload);
+    Ok(())
+}
+
 /// Makes a new file's directory entry durable.
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -456,6 +525,49 @@ mod tests {
         let (_, _, records) = replay(dir.path(), small());
         assert_eq!(records.last().unwrap(), b"after");
         assert_eq!(records.len(), written.len() + 1);
+    }
+
+    #[test]
+    fn a_checkpoint_replaces_the_older_segments_and_replays_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, ..) = replay(dir.path(), small());
+        for i in 0..12u8 {
+            wal.append(&[vec![i; 40]]).unwrap();
+        }
+        let current = wal.segment();
+        assert!(current >= 5, "several segments: {current}");
+        let keep_from = current - 1;
+        drop(wal);
+        let mut kept = Vec::new();
+        let (mut wal, _) = Wal::open_segmented(dir.path(), small(), |segment, r: &[u8]| {
+            if segment >= keep_from {
+                kept.push(r.to_vec());
+            }
+            Ok::<(), Infallible>(())
+        })
+        .unwrap();
+        assert!(!kept.is_empty() && kept.len() < 12, "{}", kept.len());
+        let removed = wal
+            .checkpoint(keep_from, &[b"live series".as_slice()])
+            .unwrap();
+        assert_eq!(removed, keep_from as usize - 2, "all but the renamed one");
+        assert!(!dir.path().join(CHECKPOINT_TEMPORARY).exists());
+        wal.append(&[b"after".as_slice()]).unwrap();
+        drop(wal);
+        let (mut wal, _, records) = replay(dir.path(), small());
+        let mut expected = vec![b"live series".to_vec()];
+        expected.extend(kept);
+        expected.push(b"after".to_vec());
+        assert_eq!(records, expected);
+        // Nothing below the oldest segment: a checkpoint there changes nothing.
+        assert_eq!(wal.checkpoint(1, &[b"x".as_slice()]).unwrap(), 0);
+        // A temporary file left by a crash is not replayed.
+        std::fs::write(dir.path().join(CHECKPOINT_TEMPORARY), b"garbage").unwrap();
+        drop(wal);
+        let (_, report, again) = replay(dir.path(), small());
+        assert_eq!(again, expected);
+        assert!(report.torn_tail.is_none());
+        assert!(!dir.path().join(CHECKPOINT_TEMPORARY).exists());
     }
 
     #[test]

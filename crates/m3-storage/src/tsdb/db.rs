@@ -1,0 +1,909 @@
+//! One namespace's time-series database: a durable head for recent samples, immutable blocks
+//! for older ones, and the reads that merge them.
+//!
+//! ```text
+//! <dir>/wal/00000007.wal …            the head's write-ahead log
+//! <dir>/blocks/00000003-1733097600000  a block: sequence number, then the cutoff it was cut at
+//! ```
+//!
+//! # Writes
+//!
+//! A batch takes the head's lock once: the head applies it and logs what it took with one
+//! append (see [`DurableHead::append`]); the log write goes to the page cache, so the lock is
+//! held for a `write(2)`, not for a disk flush.
+//!
+//! # Compaction
+//!
+//! [`NamespaceDb::compact`] runs from a background thread. At wall-clock `now` it cuts the
+//! head at `cutoff = (now − range/2)` rounded down to the block range: every chunk wholly
+//! before it leaves the head. The cut chunks are published as an in-memory part in the same
+//! critical section, so a read never misses them; the block is then written without any lock
+//! held and replaces the in-memory part. Only then does the log drop the segments whose
+//! samples are all before the cutoff ([`DurableHead::checkpoint`]). A crash before that
+//! replays them into the head again; the next compaction cuts them into another block, whose
+//! samples equal the first's (reads merge blocks, so the copy costs disk, not correctness).
+//!
+//! Samples arriving out of order may land before a cutoff already cut (within the head's
+//! out-of-order window); they are cut into a later block. Blocks may therefore overlap: reads
+//! merge every part that covers the range, a later part winning over an earlier one on equal
+//! timestamps and the head over every block, which is the order the writes happened in.
+//!
+//! # Retention
+//!
+//! [`NamespaceDb::truncate_before`] deletes the blocks whose newest sample is before the
+//! cutoff and drops the head's chunks wholly before it: space is freed in whole chunks and
+//! blocks, as Prometheus and M3DB do. Reads never show a sample before the cutoff, though: it
+//! is kept (in `<dir>/retention`, so a restart that replays older samples from the log hides
+//! them too) and every read starts at it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::labels::Labels;
+use crate::matcher::{Matcher, matches_all};
+use crate::tsdb::block::{Block, BlockError, write_block};
+use crate::tsdb::chunk::Chunk;
+use crate::tsdb::durable::{AppendError, DurableError, DurableHead};
+use crate::tsdb::head::{AppendSummary, HeadOptions, SeriesRef};
+use crate::tsdb::wal::{ReplayReport, WalOptions};
+
+const WAL_DIR: &str = "wal";
+const BLOCKS_DIR: &str = "blocks";
+const RETENTION_FILE: &str = "retention";
+
+/// Why a namespace's database could not be opened, compacted or read.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The write-ahead log could not be replayed.
+    #[error("{dir}: {source}")]
+    Log {
+        /// The log's directory.
+        dir: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: DurableError,
+    },
+    /// A block could not be written, opened or read.
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    /// A directory could not be listed, created or removed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> DbError + '_ {
+    move |source| DbError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// How a namespace's database keeps its samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbOptions {
+    /// How the head takes samples (its out-of-order window).
+    pub head: HeadOptions,
+    /// How the log writes.
+    pub wal: WalOptions,
+    /// The time range (ms) a compaction rounds its cutoff to; the head keeps between half and
+    /// one and a half of it.
+    pub block_range: i64,
+}
+
+/// Samples cut from the head, readable while their block is being written.
+#[derive(Debug)]
+struct CutChunks {
+    series: Vec<(Labels, Vec<Chunk>)>,
+}
+
+/// A part of the namespace older than the head: a block, or chunks about to become one.
+#[derive(Debug)]
+enum Part {
+    Writing(CutChunks),
+    Written(Block),
+}
+
+impl Part {
+    fn overlaps(&self, start: i64, end: i64) -> bool {
+        match self {
+            Part::Written(block) => {
+                let (min, max) = block.time_range();
+                min <= end && max >= start
+            }
+            Part::Writing(_) => true,
+        }
+    }
+
+    fn matching(&self, matchers: &[Matcher]) -> Vec<u32> {
+        match self {
+            Part::Written(block) => block.matching(matchers),
+            Part::Writing(cut) => (0..cut.series.len() as u32)
+                .filter(|&i| matches_all(matchers, &cut.series[i as usize].0))
+                .collect(),
+        }
+    }
+
+    fn labels(&self, position: u32) -> Option<&Labels> {
+        match self {
+            Part::Written(block) => block.labels(position),
+            Part::Writing(cut) => cut.series.get(position as usize).map(|s| &s.0),
+        }
+    }
+
+    fn samples(
+        &self,
+        position: u32,
+        start: i64,
+        end: i64,
+        out: &mut Vec<(i64, f64)>,
+    ) -> Result<(), BlockError> {
+        match self {
+            Part::Written(block) => block.samples(position, start, end, out),
+            Part::Writing(cut) => {
+                if let Some((_, chunks)) = cut.series.get(position as usize) {
+                    out.extend(
+                        chunks
+                            .iter()
+                            .filter(|c| c.last_time() >= start && c.first_time() <= end)
+                            .flat_map(Chunk::iter)
+                            .filter(|s| (start..=end).contains(&s.0)),
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Compacted {
+    /// Series and samples written to the new block.
+    pub series: usize,
+    /// Samples in the new block.
+    pub samples: u64,
+    /// Log segments dropped.
+    pub segments_removed: usize,
+}
+
+/// What retention removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// Samples removed (in whole chunks and blocks).
+    pub samples: u64,
+    /// Series the head dropped once empty.
+    pub series: u64,
+    /// Blocks deleted.
+    pub blocks: usize,
+}
+
+/// Compaction's own state, behind one lock so compactions run one at a time.
+#[derive(Debug)]
+struct CompactionState {
+    /// The cutoff of the last compaction (from the newest block's name after a restart).
+    last_cutoff: i64,
+    next_sequence: u64,
+}
+
+/// One namespace's database. See the [module docs](self).
+#[derive(Debug)]
+pub struct NamespaceDb {
+    dir: PathBuf,
+    options: DbOptions,
+    head: RwLock<DurableHead>,
+    /// In the order they were cut (later wins on equal timestamps).
+    parts: RwLock<Arc<Vec<Arc<Part>>>>,
+    compaction: Mutex<CompactionState>,
+    /// The newest sample time taken, for status.
+    newest: AtomicI64,
+    /// The last retention cutoff: reads start here.
+    retention_floor: AtomicI64,
+}
+
+/// `00000003-1733097600000`: sequence and cutoff.
+fn block_name(sequence: u64, cutoff: i64) -> String {
+    format!("{sequence:08}-{cutoff}")
+}
+
+fn parse_block_name(name: &str) -> Option<(u64, i64)> {
+    let (sequence, cutoff) = name.split_once('-')?;
+    let parsed = (sequence.parse().ok()?, cutoff.parse().ok()?);
+    (block_name(parsed.0, parsed.1) == name).then_some(parsed)
+}
+
+impl NamespaceDb {
+    /// Opens the namespace's database in `dir` (created if missing): opens its blocks,
+    /// replays its log into the head. Leftovers of a block write cut short are removed.
+    ///
+    /// # Errors
+    /// I/O errors, a block that does not open, a log record that does not decode.
+    pub fn open(dir: &Path, options: DbOptions) -> Result<(NamespaceDb, ReplayReport), DbError> {
+        let blocks_dir = dir.join(BLOCKS_DIR);
+        std::fs::create_dir_all(&blocks_dir).map_err(io_at(&blocks_dir))?;
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&blocks_dir).map_err(io_at(&blocks_dir))? {
+            let entry = entry.map_err(io_at(&blocks_dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                let path = entry.path();
+                tracing::warn!(path = %path.display(), "Removing a block whose write was cut short.");
+                std::fs::remove_dir_all(&path).map_err(io_at(&path))?;
+                continue;
+            }
+            if let Some((sequence, cutoff)) = parse_block_name(name) {
+                found.push((sequence, cutoff, entry.path()));
+            }
+        }
+        found.sort_unstable_by_key(|f| f.0);
+        let mut parts = Vec::with_capacity(found.len());
+        let mut state = CompactionState {
+            last_cutoff: i64::MIN,
+            next_sequence: 1,
+        };
+        for (sequence, cutoff, path) in found {
+            parts.push(Arc::new(Part::Written(Block::open(&path)?)));
+            state.last_cutoff = state.last_cutoff.max(cutoff);
+            state.next_sequence = sequence.saturating_add(1);
+        }
+        let retention_path = dir.join(RETENTION_FILE);
+        let retention_floor = match std::fs::read_to_string(&retention_path) {
+            Ok(text) => text.trim().parse::<i64>().unwrap_or_else(|_| {
+                tracing::warn!(path = %retention_path.display(), "Unreadable retention cutoff; the next retention pass writes it again.");
+                i64::MIN
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => i64::MIN,
+            Err(e) => return Err(io_at(&retention_path)(e)),
+        };
+        let wal_dir = dir.join(WAL_DIR);
+        let (mut head, report) =
+            DurableHead::open(&wal_dir, options.head, options.wal).map_err(|source| {
+                DbError::Log {
+                    dir: wal_dir.clone(),
+                    source,
+                }
+            })?;
+        // The log may hold samples retention had already dropped.
+        head.truncate_before(retention_floor);
+        Ok((
+            NamespaceDb {
+                dir: dir.to_path_buf(),
+                options,
+                head: RwLock::new(head),
+                parts: RwLock::new(Arc::new(parts)),
+                compaction: Mutex::new(state),
+                newest: AtomicI64::new(i64::MIN),
+                retention_floor: AtomicI64::new(retention_floor),
+            },
+            report,
+        ))
+    }
+
+    /// Applies and logs a batch (see [`DurableHead::append`]).
+    ///
+    /// # Errors
+    /// As for [`DurableHead::append`].
+    pub fn append(&self, samples: &[(&Labels, i64, f64)]) -> Result<AppendSummary, AppendError> {
+        let summary = self.head.write().append(samples)?;
+        if let Some(newest) = samples.iter().map(|s| s.1).max() {
+            self.newest.fetch_max(newest, Ordering::Relaxed);
+        }
+        Ok(summary)
+    }
+
+    /// Whether the log refuses appends until [`reopen_log`](Self::reopen_log).
+    pub fn is_poisoned(&self) -> bool {
+        self.head.read().is_poisoned()
+    }
+
+    /// Replaces the head with one replayed from the log: after a failed write poisoned the
+    /// log, this is how the namespace writes again. Samples applied but never logged (those of
+    /// the failed batch, unacknowledged) are gone afterwards.
+    ///
+    /// # Errors
+    /// As for [`open`](Self::open); the old head stays then.
+    pub fn reopen_log(&self) -> Result<(), DbError> {
+        let wal_dir = self.dir.join(WAL_DIR);
+        let mut head = self.head.write();
+        let (fresh, _) =
+            DurableHead::open(&wal_dir, self.options.head, self.options.wal).map_err(|source| {
+                DbError::Log {
+                    dir: wal_dir.clone(),
+                    source,
+                }
+            })?;
+        *head = fresh;
+        Ok(())
+    }
+
+    /// Flushes the log to disk.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.head.read().sync()
+    }
+
+    /// Live series in the head.
+    pub fn head_series(&self) -> usize {
+        self.head.read().head().series_count()
+    }
+
+    /// An estimate of the head's memory (bytes).
+    pub fn head_bytes(&self) -> usize {
+        self.head.read().head().heap_bytes()
+    }
+
+    /// Blocks on disk and the bytes of their chunks.
+    pub fn block_stats(&self) -> (usize, u64, u64) {
+        let parts = self.parts.read().clone();
+        parts
+            .iter()
+            .filter_map(|p| match &**p {
+                Part::Written(b) => Some((b.chunk_bytes(), b.sample_count())),
+                Part::Writing(_) => None,
+            })
+            .fold((0, 0, 0), |(n, bytes, samples), (b, s)| {
+                (n + 1, bytes + b, samples + s)
+            })
+    }
+
+    /// Cuts what the head holds before `(now − range/2)` rounded down to the block range into
+    /// a block, then drops the log segments that only held it. Nothing when that cutoff is not
+    /// past the last one. See the [module docs](self).
+    ///
+    /// # Errors
+    /// Writing the block failed (its samples stay readable in memory and in the log, and the
+    /// next compaction tries again), or the checkpoint failed (the log keeps its segments).
+    pub fn compact(&self, now_ms: i64) -> Result<Option<Compacted>, DbError> {
+        let mut state = self.compaction.lock();
+        // A block left in memory by a failed write goes to disk first.
+        self.write_pending(&mut state)?;
+        let range = self.options.block_range.max(1);
+        let cutoff = now_ms
+            .saturating_sub(range / 2)
+            .div_euclid(range)
+            .saturating_mul(range);
+        if cutoff <= state.last_cutoff {
+            return Ok(None);
+        }
+        let mut compacted = Compacted::default();
+        {
+            let mut head = self.head.write();
+            let cut = head.cut_before(cutoff);
+            if !cut.is_empty() {
+                compacted.series = cut.len();
+                let mut parts = self.parts.write();
+                let mut list = parts.as_ref().clone();
+                list.push(Arc::new(Part::Writing(CutChunks { series: cut })));
+                *parts = Arc::new(list);
+            }
+        }
+        state.last_cutoff = cutoff;
+        if compacted.series > 0 {
+            compacted.samples = self.write_pending(&mut state)?;
+        }
+        compacted.segments_removed = self
+            .head
+            .write()
+            .checkpoint(cutoff)
+            .map_err(io_at(&self.dir.join(WAL_DIR)))?;
+        Ok(Some(compacted))
+    }
+
+    /// Writes the in-memory part (at most one: compactions run one at a time) to disk and
+    /// swaps it for the block. Returns the samples written.
+    fn write_pending(&self, state: &mut CompactionState) -> Result<u64, DbError> {
+        let parts = self.parts.read().clone();
+        let Some((index, pending)) = parts
+            .iter()
+            .enumerate()
+            .find(|(_, p)| matches!(&***p, Part::Writing(_)))
+        else {
+            return Ok(0);
+        };
+        let Part::Writing(cut) = &**pending else {
+            return Ok(0);
+        };
+        let min = cut
+            .series
+            .iter()
+            .flat_map(|(_, chunks)| chunks.first())
+            .map(Chunk::first_time)
+            .min()
+            .unwrap_or(0);
+        let max = cut
+            .series
+            .iter()
+            .flat_map(|(_, chunks)| chunks.last())
+            .map(Chunk::last_time)
+            .max()
+            .unwrap_or(0);
+        let dir = self
+            .dir
+            .join(BLOCKS_DIR)
+            .join(block_name(state.next_sequence, state.last_cutoff));
+        let mut series: Vec<_> = cut
+            .series
+            .iter()
+            .map(|(labels, chunks)| (labels, chunks.iter().collect::<Vec<_>>()))
+            .collect();
+        write_block(&dir, min, max, &mut series)?;
+        let block = Block::open(&dir)?;
+        let samples = block.sample_count();
+        state.next_sequence = state.next_sequence.saturating_add(1);
+        let mut current = self.parts.write();
+        let mut list = current.as_ref().clone();
+        // The list only grows at the end and loses expired blocks: find the pending part by
+        // identity, not by position.
+        if let Some(slot) = list.iter_mut().find(|p| Arc::ptr_eq(p, pending)) {
+            *slot = Arc::new(Part::Written(block));
+        } else {
+            tracing::debug!(index, "A block expired while it was written.");
+        }
+        *current = Arc::new(list);
+        Ok(samples)
+    }
+
+    /// Retention: deletes the blocks wholly before `cutoff` and drops the head's chunks wholly
+    /// before it, and the series left empty.
+    ///
+    /// # Errors
+    /// Removing a block's directory failed (it stays listed and is tried again next time).
+    pub fn truncate_before(&self, cutoff: i64) -> Result<Expired, DbError> {
+        let cutoff = cutoff.max(self.retention_floor.load(Ordering::Relaxed));
+        let path = self.dir.join(RETENTION_FILE);
+        let temporary = self.dir.join(".retention.tmp");
+        std::fs::write(&temporary, cutoff.to_string())
+            .and_then(|()| std::fs::rename(&temporary, &path))
+            .map_err(io_at(&path))?;
+        self.retention_floor.store(cutoff, Ordering::Relaxed);
+        let truncated = self.head.write().truncate_before(cutoff);
+        let mut expired = Expired {
+            samples: truncated.samples as u64,
+            series: truncated.series as u64,
+            blocks: 0,
+        };
+        let gone: Vec<Arc<Part>> = {
+            let mut parts = self.parts.write();
+            let (gone, kept): (Vec<_>, Vec<_>) = parts
+                .iter()
+                .cloned()
+                .partition(|p| matches!(&**p, Part::Written(b) if b.time_range().1 < cutoff));
+            *parts = Arc::new(kept);
+            gone
+        };
+        let mut failed = Vec::new();
+        for part in gone {
+            if let Part::Written(block) = &*part {
+                match std::fs::remove_dir_all(block.dir()) {
+                    Ok(()) => {
+                        expired.blocks += 1;
+                        expired.samples += block.sample_count();
+                    }
+                    Err(e) => {
+                        tracing::warn!(dir = %block.dir().display(), error = %e, "Removing an expired block failed; trying again next time.");
+                        failed.push(part.clone());
+                    }
+                }
+            }
+        }
+        if !failed.is_empty() {
+            let mut parts = self.parts.write();
+            let mut list = failed;
+            list.extend(parts.iter().cloned());
+            *parts = Arc::new(list);
+        }
+        Ok(expired)
+    }
+
+    /// A consistent view for one query: the parts as they are now, and the head.
+    pub fn reader(&self) -> Reader<'_> {
+        Reader {
+            db: self,
+            parts: self.parts.read().clone(),
+            floor: self.retention_floor.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Where one series' samples are: a head reference and positions in parts.
+#[derive(Debug, Clone, Default)]
+pub struct SeriesSources {
+    head: Option<SeriesRef>,
+    /// (part index in the reader's list, position in the part), in part order.
+    parts: Vec<(u32, u32)>,
+}
+
+/// A view of one namespace for a query. See [`NamespaceDb::reader`].
+#[derive(Debug)]
+pub struct Reader<'a> {
+    db: &'a NamespaceDb,
+    parts: Arc<Vec<Arc<Part>>>,
+    /// The retention cutoff when the view was taken: nothing before it is read.
+    floor: i64,
+}
+
+impl Reader<'_> {
+    /// The series matching every matcher that may have samples in `start..=end`, sorted by
+    /// labels, each once however many parts hold it.
+    pub fn matching(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Vec<(Labels, SeriesSources)> {
+        let mut found: Vec<(Labels, SeriesSources)> = {
+            let head = self.db.head.read();
+            let head = head.head();
+            head.matching(matchers)
+                .into_iter()
+                .filter_map(|r| {
+                    head.labels(r).map(|l| {
+                        (
+                            l.clone(),
+                            SeriesSources {
+                                head: Some(r),
+                                parts: Vec::new(),
+                            },
+                        )
+                    })
+                })
+                .collect()
+        };
+        let from_parts: Vec<(u32, &Part)> = self
+            .parts
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.overlaps(start, end))
+            .map(|(i, p)| (i as u32, &**p))
+            .collect();
+        if from_parts.is_empty() {
+            found.sort_by(|a, b| a.0.cmp(&b.0));
+            return found;
+        }
+        let mut by_labels: hashbrown::HashMap<Labels, SeriesSources> = found.into_iter().collect();
+        for (index, part) in from_parts {
+            for position in part.matching(matchers) {
+                if let Some(labels) = part.labels(position) {
+                    match by_labels.get_mut(labels) {
+                        Some(sources) => sources.parts.push((index, position)),
+                        None => {
+                            by_labels.insert(
+                                labels.clone(),
+                                SeriesSources {
+                                    head: None,
+                                    parts: vec![(index, position)],
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let mut out: Vec<(Labels, SeriesSources)> = by_labels.into_iter().collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// The series' samples in `start..=end`, in time order, one per timestamp (the head over
+    /// every part, a later part over an earlier one), appended to `out`.
+    ///
+    /// # Errors
+    /// Reading a block's chunks failed.
+    pub fn samples(
+        &self,
+        sources: &SeriesSources,
+        start: i64,
+        end: i64,
+        out: &mut Vec<(i64, f64)>,
+    ) -> Result<(), BlockError> {
+        let start = start.max(self.floor);
+        if start > end {
+            return Ok(());
+        }
+        if sources.parts.is_empty() {
+            if let Some(r) = sources.head {
+                self.db.head.read().head().samples(r, start, end, out);
+            }
+            return Ok(());
+        }
+        let mut merged = Vec::new();
+        let mut run = Vec::new();
+        let mut scratch = Vec::new();
+        for &(index, position) in &sources.parts {
+            if let Some(part) = self.parts.get(index as usize) {
+                run.clear();
+                part.samples(position, start, end, &mut run)?;
+                merge_newer_wins(&merged, &run, &mut scratch);
+                std::mem::swap(&mut merged, &mut scratch);
+            }
+        }
+        if let Some(r) = sources.head {
+            run.clear();
+            self.db.head.read().head().samples(r, start, end, &mut run);
+            merge_newer_wins(&merged, &run, &mut scratch);
+            std::mem::swap(&mut merged, &mut scratch);
+        }
+        out.extend_from_slice(&merged);
+        Ok(())
+    }
+}
+
+/// Merges two time-sorted runs into `out` (cleared first); on equal times `newer` wins.
+fn merge_newer_wins(older: &[(i64, f64)], newer: &[(i64, f64)], out: &mut Vec<(i64, f64)>) {
+    out.clear();
+    out.reserve(older.len() + newer.len());
+    let (mut i, mut j) = (0, 0);
+    while i < older.len() && j < newer.len() {
+        match older[i].0.cmp(&newer[j].0) {
+            std::cmp::Ordering::Less => {
+                out.push(older[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                out.push(newer[j]);
+                i += 1;
+                j += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(newer[j]);
+                j += 1;
+            }
+        }
+    }
+    out.extend_from_slice(&older[i..]);
+    out.extend_from_slice(&newer[j..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    const RANGE: i64 = 10_000;
+    const WINDOW: i64 = 3_000;
+
+    fn options() -> DbOptions {
+        DbOptions {
+            head: HeadOptions {
+                out_of_order_window: WINDOW,
+            },
+            wal: WalOptions {
+                segment_bytes: 2048,
+                ..WalOptions::default()
+            },
+            block_range: RANGE,
+        }
+    }
+
+    fn labels(i: u8) -> Labels {
+        Labels::new([("__name__", "m"), ("i", &i.to_string()[..])]).unwrap()
+    }
+
+    fn everything(db: &NamespaceDb) -> BTreeMap<Labels, Vec<(i64, f64)>> {
+        let reader = db.reader();
+        reader
+            .matching(&[], i64::MIN, i64::MAX)
+            .into_iter()
+            .map(|(labels, sources)| {
+                let mut samples = Vec::new();
+                reader
+                    .samples(&sources, i64::MIN, i64::MAX, &mut samples)
+                    .unwrap();
+                (labels, samples)
+            })
+            .filter(|(_, s)| !s.is_empty())
+            .collect()
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// (series, time, value) written in one batch.
+        Write(Vec<(u8, i64, i8)>),
+        /// Compaction at this wall-clock time.
+        Compact(i64),
+        /// Retention with this cutoff.
+        Expire(i64),
+        Reopen,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            6 => proptest::collection::vec((0u8..6, 0i64..60_000, any::<i8>()), 1..20)
+                .prop_map(Step::Write),
+            2 => (0i64..80_000).prop_map(Step::Compact),
+            1 => (0i64..40_000).prop_map(Step::Expire),
+            1 => Just(Step::Reopen),
+        ]
+    }
+
+    /// What the model says a write takes: per series, samples within the window behind its
+    /// newest (the newest survives cuts and is lost only when retention empties the series).
+    #[derive(Default)]
+    struct Model {
+        samples: BTreeMap<u8, BTreeMap<i64, f64>>,
+        newest: BTreeMap<u8, i64>,
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Random writes, compactions, retention and reopenings in any order: every read
+        /// equals the model of what was taken, and nothing taken is lost across a reopen.
+        #[test]
+        fn reads_equal_the_model_through_compaction_retention_and_reopen(
+            steps in proptest::collection::vec(step(), 1..40)
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut db, _) = NamespaceDb::open(dir.path(), options()).unwrap();
+            let mut model = Model::default();
+            let mut floor = i64::MIN;
+            for step in steps {
+                match step {
+                    Step::Write(batch) => {
+                        let sets: Vec<Labels> = batch.iter().map(|s| labels(s.0)).collect();
+                        let samples: Vec<(&Labels, i64, f64)> = batch
+                            .iter()
+                            .zip(&sets)
+                            .map(|(s, l)| (l, s.1, f64::from(s.2)))
+                            .collect();
+                        db.append(&samples).unwrap();
+                        for &(series, time, value) in &batch {
+                            let newest = model.newest.get(&series).copied();
+                            match newest {
+                                Some(n) if time <= n && time < n - WINDOW => {}
+                                _ if time < floor => {
+                                    // Taken, but never read: before the retention cutoff.
+                                    let n = newest.unwrap_or(i64::MIN).max(time);
+                                    model.newest.insert(series, n);
+                                }
+                                _ => {
+                                    model.samples.entry(series).or_default().insert(time, f64::from(value));
+                                    let n = newest.unwrap_or(i64::MIN).max(time);
+                                    model.newest.insert(series, n);
+                                }
+                            }
+                        }
+                    }
+                    Step::Compact(now) => {
+                        db.compact(now).unwrap();
+                    }
+                    Step::Expire(cutoff) => {
+                        db.truncate_before(cutoff).unwrap();
+                        floor = floor.max(cutoff);
+                        for samples in model.samples.values_mut() {
+                            samples.retain(|t, _| *t >= floor);
+                        }
+                        // A series retention emptied from the head forgets its newest.
+                        let head = db.head.read();
+                        model.newest.retain(|s, _| head.head().find(&labels(*s)).is_some());
+                    }
+                    Step::Reopen => {
+                        drop(db);
+                        db = NamespaceDb::open(dir.path(), options()).unwrap().0;
+                        // The head's newest per series comes back from what is replayed; the
+                        // model follows the head (what it holds decides the window).
+                        model.newest.clear();
+                        model_newest_from_head(&db, &mut model);
+                    }
+                }
+                let expected: BTreeMap<Labels, Vec<(i64, f64)>> = model
+                    .samples
+                    .iter()
+                    .filter(|(_, s)| !s.is_empty())
+                    .map(|(series, s)| (labels(*series), s.iter().map(|(t, v)| (*t, *v)).collect()))
+                    .collect();
+                prop_assert_eq!(everything(&db), expected);
+            }
+        }
+    }
+
+    /// After a reopen the window counts from the newest sample the head replayed.
+    fn model_newest_from_head(db: &NamespaceDb, model: &mut Model) {
+        let head = db.head.read();
+        let head = head.head();
+        for (reference, labels_of) in head.live_series() {
+            let mut samples = Vec::new();
+            head.samples(reference, i64::MIN, i64::MAX, &mut samples);
+            let series = (0u8..6).find(|&i| &labels(i) == labels_of);
+            if let (Some(series), Some(&(newest, _))) = (series, samples.last()) {
+                model.newest.insert(series, newest);
+            }
+        }
+    }
+
+    #[test]
+    fn a_compaction_writes_a_block_drops_log_segments_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = NamespaceDb::open(dir.path(), options()).unwrap();
+        let sets: Vec<Labels> = (0..4).map(labels).collect();
+        for t in 0..400 {
+            let batch: Vec<(&Labels, i64, f64)> =
+                sets.iter().map(|l| (l, t * 100, t as f64)).collect();
+            db.append(&batch).unwrap();
+        }
+        let before = everything(&db);
+        let segments_before = std::fs::read_dir(dir.path().join(WAL_DIR)).unwrap().count();
+        let compacted = db.compact(40_000).unwrap().unwrap();
+        // cutoff = (40000 - 5000) rounded down to 30000: the chunks 0..11900 and 12000..23900
+        // of each series are cut, 24000..35900 straddles the cutoff and stays.
+        assert_eq!(compacted.series, 4);
+        assert_eq!(compacted.samples, 4 * 240, "{compacted:?}");
+        assert!(compacted.segments_removed > 0, "{compacted:?}");
+        let segments_after = std::fs::read_dir(dir.path().join(WAL_DIR)).unwrap().count();
+        assert!(segments_after < segments_before);
+        assert_eq!(
+            everything(&db),
+            before,
+            "the block and the head together hold it all"
+        );
+        assert!(
+            db.compact(40_000).unwrap().is_none(),
+            "same cutoff: nothing to do"
+        );
+        drop(db);
+        let (db, _) = NamespaceDb::open(dir.path(), options()).unwrap();
+        assert_eq!(everything(&db), before);
+        assert_eq!(db.block_stats().0, 1);
+        // Retention past the block deletes it.
+        let expired = db.truncate_before(25_000).unwrap();
+        assert_eq!(expired.blocks, 1);
+        assert_eq!(expired.samples, 4 * 240);
+        assert!(
+            everything(&db)
+                .values()
+                .all(|s| s.len() == 150 && s[0].0 == 25_000)
+        );
+        drop(db);
+        let (db, _) = NamespaceDb::open(dir.path(), options()).unwrap();
+        assert!(
+            everything(&db)
+                .values()
+                .all(|s| s.len() == 150 && s[0].0 == 25_000),
+            "samples before the retention cutoff replayed from the log stay hidden"
+        );
+    }
+
+    #[test]
+    fn a_late_sample_cut_after_its_range_wins_over_the_older_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = NamespaceDb::open(dir.path(), options()).unwrap();
+        let a = labels(1);
+        let batch: Vec<(&Labels, i64, f64)> = (0..130).map(|t| (&a, t * 10, 1.0)).collect();
+        db.append(&batch).unwrap();
+        db.compact(20_000).unwrap();
+        // Replaces a value that is now in a block (within the window of the newest, 1290).
+        db.append(&[(&a, 1_000, 9.0)]).unwrap();
+        db.compact(30_000).unwrap();
+        assert_eq!(db.block_stats().0, 2);
+        let got = everything(&db).remove(&a).unwrap();
+        assert_eq!(got.len(), 130);
+        assert_eq!(got.iter().find(|s| s.0 == 1_000), Some(&(1_000, 9.0)));
+        drop(db);
+        let (db, _) = NamespaceDb::open(dir.path(), options()).unwrap();
+        let got = everything(&db).remove(&a).unwrap();
+        assert_eq!(got.iter().find(|s| s.0 == 1_000), Some(&(1_000, 9.0)));
+    }
+
+    #[test]
+    fn merging_prefers_the_newer_run() {
+        let mut out = Vec::new();
+        merge_newer_wins(
+            &[(1, 1.0), (2, 1.0), (4, 1.0)],
+            &[(2, 2.0), (3, 2.0)],
+            &mut out,
+        );
+        assert_eq!(out, vec![(1, 1.0), (2, 2.0), (3, 2.0), (4, 1.0)]);
+    }
+}
