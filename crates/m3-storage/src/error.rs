@@ -22,11 +22,23 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The embedded key-value engine (fjall) reported an error (I/O, poisoned journal, ...).
-    /// The message carries fjall's; it is not also chained as a source, so a report that
-    /// prints the chain shows it once.
+    /// The storage engine failed: a write-ahead log write or sync (a full disk), a block that
+    /// cannot be written or read. The message names the file or namespace.
     #[error("storage engine error: {0}")]
-    Engine(fjall::Error),
+    Engine(String),
+
+    /// The data directory holds a store this build does not read.
+    #[error(
+        "{dir} holds a store in an earlier format ({found}) that this build does not read. \
+         Either keep running the earlier m3-rs build until the data there is past its retention, \
+         or move the directory aside (e.g. `mv {dir} {dir}.old`) and start again with an empty one"
+    )]
+    OldFormat {
+        /// The data directory.
+        dir: String,
+        /// What was found there.
+        found: String,
+    },
 
     /// The store cannot serve the call right now (it is reopening after a failed write).
     #[error("store unavailable: {0}")]
@@ -113,12 +125,6 @@ pub enum Error {
     },
 }
 
-impl From<fjall::Error> for Error {
-    fn from(e: fjall::Error) -> Self {
-        Error::Engine(e)
-    }
-}
-
 impl Error {
     /// Whether the caller's input caused this error (as opposed to a failure of the store).
     ///
@@ -134,17 +140,11 @@ impl Error {
             | Error::Unsupported(_)
             | Error::InvalidConfig { .. } => true,
             Error::Engine(_)
+            | Error::OldFormat { .. }
             | Error::Unavailable(_)
             | Error::Corrupt { .. }
             | Error::TooManySamples { .. }
             | Error::Timeout => false,
-        }
-    }
-
-    pub(crate) fn corrupt(what: &'static str, detail: impl Into<String>) -> Self {
-        Error::Corrupt {
-            what,
-            detail: detail.into(),
         }
     }
 }
@@ -188,20 +188,18 @@ mod tests {
         assert_eq!(fmt_duration(Duration::ZERO), "0s");
     }
 
-    /// Regression (issue 6): the engine's message appeared twice when the error chain was
-    /// printed (`{:#}` in the binaries): once in the message, once as the source.
     #[test]
-    fn an_engine_error_is_printed_once_in_a_chain() {
-        let engine = fjall::Error::Poisoned;
-        let error = Error::from(engine);
-        let text = error.to_string();
-        let mut chain = text.clone();
-        let mut source = std::error::Error::source(&error);
-        while let Some(s) = source {
-            chain.push_str(&format!(": {s}"));
-            source = s.source();
-        }
-        assert_eq!(chain, text, "no source repeats the message");
-        assert!(text.contains("Poisoned"), "{text}");
+    fn an_old_format_says_what_to_do() {
+        let e = Error::OldFormat {
+            dir: "/var/lib/m3".into(),
+            found: "fjall".into(),
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("/var/lib/m3 holds a store in an earlier format"),
+            "{text}"
+        );
+        assert!(text.contains("mv /var/lib/m3 /var/lib/m3.old"), "{text}");
+        assert!(!e.is_bad_input());
     }
 }

@@ -6,13 +6,12 @@
 //! client sent them in. An empty value is dropped on construction because Prometheus treats
 //! `foo=""` and "no label `foo`" as the same thing.
 //!
-//! # Encoding
+//! # Size
 //!
-//! The store keeps a label set as bytes (the key of the series index, the value of the reverse
-//! index). The encoding is length-prefixed so that any byte may appear in names and values:
+//! A label set's size is measured as its length-prefixed encoding ([`Labels::encoded_len`]):
 //!
 //! ```text
-//! count: u32 BE | ( name_len: u32 BE | name bytes | value_len: u32 BE | value bytes ) * count
+//! count: u32 | ( name_len: u32 | name bytes | value_len: u32 | value bytes ) * count
 //! ```
 
 use std::fmt;
@@ -22,10 +21,10 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 /// The label that carries the metric name.
 pub const METRIC_NAME_LABEL: &str = "__name__";
 
-/// The most bytes a series' labels may take once encoded ([`Labels::encoded_len`]): the index
-/// keys hold them whole, and the engine's keys are at most 64 KiB (it panics beyond), less room
-/// for the key prefixes. A writer checks it per series before writing a batch, so one such
-/// series is refused alone instead of failing the whole batch.
+/// The most bytes a series' labels may take once encoded ([`Labels::encoded_len`]); a bound on
+/// what one series costs in the index and in every log and block record naming it. A writer
+/// checks it per series before writing a batch, so one such series is refused alone instead of
+/// failing the whole batch.
 pub const MAX_ENCODED_LABELS_BYTES: usize = 60 * 1024;
 
 /// Why a list of pairs is not a valid label set.
@@ -157,59 +156,6 @@ impl Labels {
     pub const fn encoded_label_len(name: usize, value: usize) -> usize {
         8 + name + value
     }
-
-    /// Appends the on-disk encoding (see the module docs) to `buf`.
-    pub(crate) fn encode_into(&self, buf: &mut Vec<u8>) {
-        // Lengths were checked to fit u32 on construction; `as` cannot truncate here.
-        buf.extend_from_slice(&(self.0.len() as u32).to_be_bytes());
-        for (n, v) in &self.0 {
-            put_str(buf, n);
-            put_str(buf, v);
-        }
-    }
-
-    /// Decodes what [`encode_into`](Self::encode_into) wrote. `None` on malformed bytes.
-    pub(crate) fn decode(mut bytes: &[u8]) -> Option<Labels> {
-        let count = take_u32(&mut bytes)?;
-        // Each label needs at least 8 bytes; reject absurd counts before allocating.
-        if (count as usize).checked_mul(8)? > bytes.len() {
-            return None;
-        }
-        let mut out = Vec::with_capacity(count as usize);
-        for _ in 0..count {
-            let n = take_str(&mut bytes)?;
-            let v = take_str(&mut bytes)?;
-            out.push((n, v));
-        }
-        if !bytes.is_empty() || out.is_empty() {
-            return None;
-        }
-        if out.windows(2).any(|w| w[0].0 >= w[1].0) {
-            return None;
-        }
-        Some(Labels(out))
-    }
-}
-
-pub(crate) fn put_str(buf: &mut Vec<u8>, s: &str) {
-    buf.extend_from_slice(&(s.len() as u32).to_be_bytes());
-    buf.extend_from_slice(s.as_bytes());
-}
-
-pub(crate) fn take_u32(bytes: &mut &[u8]) -> Option<u32> {
-    let (head, rest) = bytes.split_first_chunk::<4>()?;
-    *bytes = rest;
-    Some(u32::from_be_bytes(*head))
-}
-
-pub(crate) fn take_str(bytes: &mut &[u8]) -> Option<String> {
-    let len = take_u32(bytes)? as usize;
-    if len > bytes.len() {
-        return None;
-    }
-    let (s, rest) = bytes.split_at(len);
-    *bytes = rest;
-    String::from_utf8(s.to_vec()).ok()
 }
 
 impl fmt::Display for Labels {
@@ -280,18 +226,6 @@ mod tests {
             Labels::new(Vec::<(String, String)>::new()),
             Err(LabelsError::Empty)
         );
-    }
-
-    #[test]
-    fn encoding_round_trips_and_rejects_garbage() {
-        let l = Labels::new([("__name__", "up"), ("x", "a\0b\u{e9}")]).unwrap();
-        let mut buf = Vec::new();
-        l.encode_into(&mut buf);
-        assert_eq!(Labels::decode(&buf), Some(l));
-        for cut in 0..buf.len() {
-            assert_eq!(Labels::decode(&buf[..cut]), None, "prefix of {cut} bytes");
-        }
-        assert_eq!(Labels::decode(&[0xff, 0xff, 0xff, 0xff]), None);
     }
 
     #[test]

@@ -50,21 +50,20 @@
 //! # Modules
 //!
 //! * [`namespace`]: namespace configuration and lookups by name and storage policy.
-//! * [`store`]: opening the store, writing, flushing. [`keys`] documents the on-disk layout.
+//! * [`store`]: opening the store, writing, flushing, compacting; the on-disk layout.
 //! * [`query`]: `select`, `series`, `label_names`, `label_values`.
 //! * [`promql`]: the PromQL subset (selectors) for instant and range queries, and
 //!   [`parse_series_selector`] for the `match[]` parameter of the metadata endpoints.
 //! * [`result`]: query results and their Prometheus JSON form.
 //! * [`retention`]: deleting expired samples, once or from a background thread.
 //! * [`metrics`]: the store's self-metrics.
-//! * [`tsdb`]: the time-series engine taking over from one key per sample (chunks, write-ahead
-//!   log; the head and blocks follow).
+//! * [`tsdb`]: the time-series engine under the store: chunks, the write-ahead log, the head,
+//!   blocks, and the per-namespace database that ties them together.
 
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod budget;
 pub mod error;
-pub mod keys;
 pub mod labels;
 pub mod matcher;
 pub mod metrics;

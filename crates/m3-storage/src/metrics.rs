@@ -11,6 +11,8 @@
 //! | `m3_storage_samples_deleted_by_retention_total`  | samples removed because they expired     |
 //! | `m3_storage_series_removed_by_retention_total`   | series dropped once they had no samples  |
 //! | `m3_storage_write_errors_total`                  | `write_batch` calls that failed          |
+//! | `m3_storage_samples_refused_total{reason="too_old"}` | samples further behind their series' newest than `bufferPast` |
+//! | `m3_storage_samples_compacted_total`             | samples the heads cut into blocks on disk |
 //! | `m3_storage_writable`                            | 1 while the store can write, 0 after a failed write until it recovers |
 
 use prometheus_client::metrics::counter::Counter;
@@ -26,6 +28,8 @@ pub struct StoreMetrics {
     pub(crate) series_removed_by_retention: Counter,
     pub(crate) write_errors: Counter,
     pub(crate) writable: Gauge,
+    pub(crate) samples_refused_too_old: Counter,
+    pub(crate) samples_compacted: Counter,
 }
 
 impl Default for StoreMetrics {
@@ -39,6 +43,8 @@ impl Default for StoreMetrics {
             series_removed_by_retention: Counter::default(),
             write_errors: Counter::default(),
             writable,
+            samples_refused_too_old: Counter::default(),
+            samples_compacted: Counter::default(),
         }
     }
 }
@@ -69,6 +75,17 @@ impl StoreMetrics {
         self.write_errors.get()
     }
 
+    /// Samples refused because they were further behind their series' newest than the
+    /// namespace's `bufferPast`.
+    pub fn samples_refused_too_old(&self) -> u64 {
+        self.samples_refused_too_old.get()
+    }
+
+    /// Samples cut from the heads into blocks on disk.
+    pub fn samples_compacted(&self) -> u64 {
+        self.samples_compacted.get()
+    }
+
     /// Registers the counters under the `m3_storage` prefix.
     pub fn register(&self, registry: &mut Registry) {
         let sub = registry.sub_registry_with_prefix("m3_storage");
@@ -96,6 +113,17 @@ impl StoreMetrics {
             "writable",
             "1 while the embedded store can write, 0 after a failed write until it recovers",
             self.writable.clone(),
+        );
+        sub.sub_registry_with_label(("reason".into(), "too_old".into()))
+            .register(
+            "samples_refused",
+            "Samples the embedded store refused, by reason (too_old: further behind their series' newest sample than the namespace's bufferPast)",
+            self.samples_refused_too_old.clone(),
+        );
+        sub.register(
+            "samples_compacted",
+            "Samples the embedded store cut from its heads into blocks on disk",
+            self.samples_compacted.clone(),
         );
         sub.register(
             "write_errors",

@@ -18,6 +18,11 @@ use std::time::Duration;
 
 use crate::error::{Error, Result, fmt_duration};
 
+/// [`NamespaceConfig::buffer_past`] of raw data, and the least for aggregated data.
+pub const DEFAULT_BUFFER_PAST: Duration = Duration::from_secs(3600);
+/// The least block range ([`NamespaceConfig::block_range_ms`]).
+const DEFAULT_BLOCK_RANGE: Duration = Duration::from_secs(2 * 3600);
+
 /// Whether a namespace holds raw or downsampled data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NamespaceKind {
@@ -39,6 +44,11 @@ pub struct NamespaceConfig {
     /// How long samples are kept; older ones are removed by
     /// [`Store::enforce_retention`](crate::Store::enforce_retention).
     pub retention: Duration,
+    /// How far behind a series' newest sample a write is still taken (M3DB's `bufferPast`);
+    /// older ones are refused and counted. Defaults: an hour for raw data; for aggregated
+    /// data an hour or ten windows, whichever is longer, so windows redelivered after an
+    /// outage still land.
+    pub buffer_past: Duration,
 }
 
 impl NamespaceConfig {
@@ -49,6 +59,7 @@ impl NamespaceConfig {
             kind: NamespaceKind::Unaggregated,
             resolution: None,
             retention,
+            buffer_past: DEFAULT_BUFFER_PAST,
         }
     }
 
@@ -59,6 +70,47 @@ impl NamespaceConfig {
             kind: NamespaceKind::Aggregated,
             resolution: Some(resolution),
             retention,
+            buffer_past: DEFAULT_BUFFER_PAST.max(resolution.saturating_mul(10)),
+        }
+    }
+
+    /// The same namespace taking writes up to `buffer_past` behind each series' newest.
+    pub fn with_buffer_past(mut self, buffer_past: Duration) -> Self {
+        self.buffer_past = buffer_past;
+        self
+    }
+
+    /// [`buffer_past`](Self::buffer_past) in milliseconds, saturating.
+    pub fn buffer_past_ms(&self) -> i64 {
+        i64::try_from(self.buffer_past.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// The time range of one block on disk (ms): two hours, as Prometheus, or 120 windows
+    /// of a coarser aggregated namespace, so a block holds about one chunk per series.
+    pub fn block_range_ms(&self) -> i64 {
+        let windows = self
+            .resolution
+            .map_or(Duration::ZERO, |r| r.saturating_mul(120));
+        i64::try_from(DEFAULT_BLOCK_RANGE.max(windows).as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// The directory name of the namespace's data: the name itself when it is made of
+    /// letters, digits, `_`, `-` and `.` (and is not `.` or `..`), otherwise `ns-` and the
+    /// name's bytes in hex, so no name can reach outside the data directory.
+    pub fn dir_name(&self) -> String {
+        let plain = !self.name.is_empty()
+            && self.name != "."
+            && self.name != ".."
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+            && !self.name.starts_with("ns-");
+        if plain {
+            self.name.clone()
+        } else {
+            let hex: String = self.name.bytes().map(|b| format!("{b:02x}")).collect();
+            format!("ns-{hex}")
         }
     }
 
@@ -261,6 +313,20 @@ mod tests {
     }
 
     #[test]
+    fn directory_names_stay_inside_the_data_directory() {
+        let dir = |name: &str| NamespaceConfig::unaggregated(name, H).dir_name();
+        assert_eq!(dir("default"), "default");
+        assert_eq!(dir("agg_1m-40d.v2"), "agg_1m-40d.v2");
+        assert_eq!(dir(".."), "ns-2e2e");
+        assert_eq!(dir("a/b"), "ns-612f62");
+        assert_eq!(
+            dir("ns-x"),
+            "ns-6e732d78",
+            "the escaped form cannot be spelled"
+        );
+    }
+
+    #[test]
     fn reports_every_problem() {
         let bad = vec![
             NamespaceConfig::unaggregated("a", H),
@@ -272,6 +338,7 @@ mod tests {
                 kind: NamespaceKind::Aggregated,
                 resolution: None,
                 retention: H,
+                buffer_past: H,
             },
         ];
         let Err(Error::InvalidConfig { problems }) = Namespaces::new(bad) else {

@@ -39,6 +39,7 @@ use promql_parser::parser::{self, AtModifier, Expr, Offset, VectorSelector};
 use crate::budget::{Budget, QueryLimits};
 use crate::error::{Error, Result};
 use crate::matcher::Matcher;
+use crate::query::read_samples;
 use crate::result::Series;
 use crate::result::{InstantSample, QueryResult};
 use crate::retention::unix_ms;
@@ -100,19 +101,22 @@ impl QueryEngine {
     /// [`Error::BadQuery`] when `expr` does not parse, [`Error::Unsupported`] for expressions
     /// beyond selectors, [`Error::InvalidRegex`], [`Error::UnknownNamespace`], engine errors.
     pub fn instant_query(&self, namespace: &str, expr: &str, time_ms: i64) -> Result<QueryResult> {
-        let ns = self.store.ns(namespace)?;
+        let reader = self.store.reader(namespace)?;
         let mut budget = Budget::new(self.limits);
+        let mut samples = Vec::new();
         match plan(expr)? {
             Plan::Instant(sel) => {
                 let eval = sel.window_end(time_ms, time_ms, time_ms);
+                let start = eval.saturating_sub(self.lookback_ms).saturating_add(1);
                 let mut out = Vec::new();
-                for (sid, labels) in self.store.matching_series(ns, &sel.matchers)? {
+                for (labels, sources) in reader.matching(&sel.matchers, start, eval) {
                     budget.take(1)?;
                     if out.len() % crate::budget::DEADLINE_CHECK_EVERY == 0 {
                         budget.check_deadline()?;
                     }
-                    let start = eval.saturating_sub(self.lookback_ms).saturating_add(1);
-                    if let Some((_, value)) = self.store.latest_in(ns, sid, start, eval)?
+                    samples.clear();
+                    read_samples(&reader, &sources, start, eval, &mut samples)?;
+                    if let Some(&(_, value)) = samples.last()
                         && !is_stale_marker(value)
                     {
                         out.push(InstantSample {
@@ -128,10 +132,11 @@ impl QueryEngine {
                 let eval = sel.window_end(time_ms, time_ms, time_ms);
                 let start = eval.saturating_sub(range_ms).saturating_add(1);
                 let mut out = Vec::new();
-                for (sid, labels) in self.store.matching_series(ns, &sel.matchers)? {
-                    let mut samples =
-                        self.store
-                            .samples_in_budget(ns, sid, start, eval, &mut budget)?;
+                for (labels, sources) in reader.matching(&sel.matchers, start, eval) {
+                    budget.check_deadline()?;
+                    let mut samples = Vec::new();
+                    read_samples(&reader, &sources, start, eval, &mut samples)?;
+                    budget.take(samples.len())?;
                     samples.retain(|(_, v)| !is_stale_marker(*v));
                     if !samples.is_empty() {
                         out.push(Series { labels, samples });
@@ -179,7 +184,7 @@ impl QueryEngine {
                  Try decreasing the query resolution (?step=XX)"
             )));
         }
-        let ns = self.store.ns(namespace)?;
+        let reader = self.store.reader(namespace)?;
         let sel = match plan(expr)? {
             Plan::Instant(sel) => sel,
             Plan::Range(..) => {
@@ -206,11 +211,13 @@ impl QueryEngine {
 
         let mut out = Vec::new();
         let mut budget = Budget::new(self.limits);
-        for (sid, labels) in self.store.matching_series(ns, &sel.matchers)? {
+        let mut samples = Vec::new();
+        for (labels, sources) in reader.matching(&sel.matchers, load_from, hi) {
             budget.check_deadline()?;
-            let samples = self
-                .store
-                .samples_in_budget(ns, sid, load_from, hi, &mut budget)?;
+            samples.clear();
+            read_samples(&reader, &sources, load_from, hi, &mut samples)?;
+            // Held while this series' points are picked, then given back.
+            budget.take(samples.len())?;
             budget.give_back(samples.len());
             if samples.is_empty() {
                 continue;

@@ -14,18 +14,19 @@
 //! # How series are found
 //!
 //! Matchers that reject the empty value (`job="api"`, `job=~".+"`, `job!=""`) can only be met by
-//! series that carry the label, so their postings in the inverted index bound the answer: the
-//! store intersects the postings of all such matchers, then checks every matcher on each
-//! candidate's labels. When no matcher narrows the search (only `!=`, `!~` or patterns matching
-//! `""`), every series of the namespace is a candidate. Results are sorted by label set.
+//! series that carry the label, so their postings in the head's and each block's inverted index
+//! bound the answer; every matcher is then checked on each candidate's labels. When no matcher
+//! narrows the search (only `!=`, `!~` or patterns matching `""`), every series is a candidate.
+//! Blocks outside the time range are not consulted. Results are sorted by label set.
 
 use std::collections::BTreeSet;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::labels::Labels;
-use crate::matcher::{Matcher, matches_all};
+use crate::matcher::Matcher;
 use crate::result::Series;
-use crate::store::{Ns, Store};
+use crate::store::Store;
+use crate::tsdb::db::{Reader, SeriesSources};
 
 impl Store {
     /// Series matching all `matchers` with their samples in `start_ms..=end_ms`.
@@ -40,10 +41,11 @@ impl Store {
         start_ms: i64,
         end_ms: i64,
     ) -> Result<Vec<Series>> {
-        let ns = self.ns(namespace)?;
+        let reader = self.reader(namespace)?;
         let mut out = Vec::new();
-        for (sid, labels) in self.matching_series(ns, matchers)? {
-            let samples = self.samples_in(ns, sid, start_ms, end_ms)?;
+        for (labels, sources) in reader.matching(matchers, start_ms, end_ms) {
+            let mut samples = Vec::new();
+            read_samples(&reader, &sources, start_ms, end_ms, &mut samples)?;
             if !samples.is_empty() {
                 out.push(Series { labels, samples });
             }
@@ -63,12 +65,8 @@ impl Store {
         start_ms: i64,
         end_ms: i64,
     ) -> Result<Vec<Labels>> {
-        let ns = self.ns(namespace)?;
-        Ok(self
-            .live_series(ns, matchers, start_ms, end_ms)?
-            .into_iter()
-            .map(|(_, l)| l)
-            .collect())
+        let reader = self.reader(namespace)?;
+        live_series(&reader, matchers, start_ms, end_ms)
     }
 
     /// Sorted, distinct label names of the matching series with a sample in the range.
@@ -83,9 +81,9 @@ impl Store {
         start_ms: i64,
         end_ms: i64,
     ) -> Result<Vec<String>> {
-        let ns = self.ns(namespace)?;
+        let reader = self.reader(namespace)?;
         let mut names = BTreeSet::new();
-        for (_, labels) in self.live_series(ns, matchers, start_ms, end_ms)? {
+        for labels in live_series(&reader, matchers, start_ms, end_ms)? {
             for (n, _) in labels.iter() {
                 if !names.contains(n) {
                     names.insert(n.to_string());
@@ -109,84 +107,50 @@ impl Store {
         start_ms: i64,
         end_ms: i64,
     ) -> Result<Vec<String>> {
-        let ns = self.ns(namespace)?;
+        let reader = self.reader(namespace)?;
+        // Only series carrying the label: lets the postings narrow the search.
+        let mut with_label = matchers.to_vec();
+        with_label.push(Matcher::not_equal(name, ""));
         let mut values = BTreeSet::new();
-        if matchers.is_empty() {
-            // Straight from the index: every posting of `name`, checked for samples per value
-            // only until one live series is found.
-            let mut by_value: Vec<(String, u64)> = Vec::new();
-            self.scan_label(ns, name, |v, sid| by_value.push((v.to_string(), sid)))?;
-            for (v, sid) in by_value {
-                if !values.contains(&v) && self.has_samples_in(ns, sid, start_ms, end_ms)? {
-                    values.insert(v);
-                }
-            }
-        } else {
-            for (_, labels) in self.live_series(ns, matchers, start_ms, end_ms)? {
-                if let Some(v) = labels.get(name)
-                    && !values.contains(v)
-                {
-                    values.insert(v.to_string());
-                }
+        for labels in live_series(&reader, &with_label, start_ms, end_ms)? {
+            if let Some(v) = labels.get(name)
+                && !values.contains(v)
+            {
+                values.insert(v.to_string());
             }
         }
         Ok(values.into_iter().collect())
     }
+}
 
-    /// Matching series with at least one sample in the range.
-    fn live_series(
-        &self,
-        ns: Ns,
-        matchers: &[Matcher],
-        start_ms: i64,
-        end_ms: i64,
-    ) -> Result<Vec<(u64, Labels)>> {
-        let mut out = Vec::new();
-        for (sid, labels) in self.matching_series(ns, matchers)? {
-            if self.has_samples_in(ns, sid, start_ms, end_ms)? {
-                out.push((sid, labels));
-            }
-        }
-        Ok(out)
-    }
+/// The samples of one series in `start..=end`, appended to `out`.
+pub(crate) fn read_samples(
+    reader: &Reader<'_>,
+    sources: &SeriesSources,
+    start: i64,
+    end: i64,
+    out: &mut Vec<(i64, f64)>,
+) -> Result<()> {
+    reader
+        .samples(sources, start, end, out)
+        .map_err(|e| Error::Engine(e.to_string()))
+}
 
-    /// Every series of the namespace satisfying all matchers, sorted by labels. See the module
-    /// docs for how the inverted index narrows the search.
-    pub(crate) fn matching_series(
-        &self,
-        ns: Ns,
-        matchers: &[Matcher],
-    ) -> Result<Vec<(u64, Labels)>> {
-        let mut candidates: Option<BTreeSet<u64>> = None;
-        for m in matchers.iter().filter(|m| !m.matches_empty()) {
-            let ids = self.postings_for(ns, m)?;
-            candidates = Some(match candidates {
-                None => ids,
-                Some(prev) => prev.intersection(&ids).copied().collect(),
-            });
-            if candidates.as_ref().is_some_and(BTreeSet::is_empty) {
-                return Ok(Vec::new());
-            }
+/// Matching series with at least one sample in the range.
+fn live_series(
+    reader: &Reader<'_>,
+    matchers: &[Matcher],
+    start_ms: i64,
+    end_ms: i64,
+) -> Result<Vec<Labels>> {
+    let mut out = Vec::new();
+    let mut samples = Vec::new();
+    for (labels, sources) in reader.matching(matchers, start_ms, end_ms) {
+        samples.clear();
+        read_samples(reader, &sources, start_ms, end_ms, &mut samples)?;
+        if !samples.is_empty() {
+            out.push(labels);
         }
-        let mut out = match candidates {
-            None => self
-                .all_series(ns)?
-                .into_iter()
-                .filter(|(_, l)| matches_all(matchers, l))
-                .collect::<Vec<_>>(),
-            Some(ids) => {
-                let mut out = Vec::with_capacity(ids.len());
-                for sid in ids {
-                    if let Some(labels) = self.labels_of(ns, sid)?
-                        && matches_all(matchers, &labels)
-                    {
-                        out.push((sid, labels));
-                    }
-                }
-                out
-            }
-        };
-        out.sort_by(|a, b| a.1.cmp(&b.1));
-        Ok(out)
     }
+    Ok(out)
 }

@@ -6,16 +6,15 @@
 //!    deleted (t < cutoff) │ kept (t ≥ cutoff)
 //! ```
 //!
-//! [`Store::enforce_retention`] walks every series of every namespace and removes its samples
-//! before the namespace's cutoff, in fjall batches of at most [`DELETE_BATCH`] keys so a large
-//! backlog does not build one huge batch. Samples are ordered by time within a series, so the
-//! walk touches only the expired keys. A series left without any sample is then dropped from the
-//! index (all its keys in `series_ids`, `series_labels` and `postings`), so churning label sets
-//! do not grow the index forever; if it is written again later it comes back under a new id.
+//! [`Store::enforce_retention`] moves each namespace's retention cutoff forward: reads never
+//! show a sample before it again (even after a restart), and the space goes in whole pieces —
+//! the blocks whose newest sample is before the cutoff are deleted, the head drops its chunks
+//! wholly before it, and a series left without samples leaves the head's index, so churning
+//! label sets do not grow it forever.
 //!
-//! The call is synchronous and may take a while on a big store. Run it off the async runtime:
-//! either `spawn_blocking` it on a timer, or start a [`RetentionTask`], a plain thread that
-//! enforces retention at a fixed interval until stopped.
+//! The call is synchronous. Run it off the async runtime: either `spawn_blocking` it on a
+//! timer, or start a [`RetentionTask`], a plain thread that compacts the heads into blocks
+//! ([`Store::compact`]) and enforces retention at a fixed interval until stopped.
 
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
@@ -24,18 +23,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::error::Result;
 use crate::store::Store;
 
-/// The most sample keys removed in one fjall batch.
-pub const DELETE_BATCH: usize = 4096;
-
 /// What one retention pass removed from one namespace.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NamespaceRetention {
     /// The namespace.
     pub namespace: String,
-    /// Samples deleted because they were older than the cutoff.
+    /// Samples deleted because they were older than the cutoff (in whole chunks and blocks:
+    /// samples before the cutoff that share a chunk with newer ones are hidden from reads and
+    /// deleted with their chunk later).
     pub samples_deleted: u64,
-    /// Series dropped from the index because they had no sample left.
+    /// Series dropped from the head's index because they had no sample left.
     pub series_removed: u64,
+    /// Blocks deleted.
+    pub blocks_deleted: usize,
 }
 
 /// What one retention pass removed.
@@ -58,55 +58,36 @@ impl RetentionReport {
 }
 
 impl Store {
-    /// Deletes, in every namespace, the samples with a timestamp before `now_ms − retention`,
-    /// then drops series that have no sample left from the index.
+    /// Applies, in every namespace, the cutoff `now_ms − retention`: nothing before it is read
+    /// again, and the blocks and chunks wholly before it are deleted.
     ///
     /// # Errors
     ///
-    /// [`Error::Engine`](crate::Error::Engine) when fjall fails; samples deleted before the
-    /// failure stay deleted and are counted in the metrics.
+    /// [`Error::Engine`](crate::Error::Engine) when the cutoff cannot be persisted or a block
+    /// cannot be deleted; the namespaces before it are done, the rest are tried next time.
     pub fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport> {
         let mut report = RetentionReport::default();
-        for ns_cfg in self.namespaces().iter() {
-            let ns = self.ns(&ns_cfg.name)?;
+        for (ns_cfg, db) in self.databases() {
             let cutoff = now_ms.saturating_sub(ns_cfg.retention_ms());
-            let mut deleted = 0u64;
-            let mut emptied = Vec::new();
-            for sid in self.series_ids_of(ns) {
-                loop {
-                    let keys = self.sample_keys_before(ns, sid, cutoff, DELETE_BATCH)?;
-                    let n = keys.len();
-                    if n == 0 {
-                        break;
-                    }
-                    self.remove_samples(keys)?;
-                    deleted += n as u64;
-                    self.inner
-                        .metrics
-                        .samples_deleted_by_retention
-                        .inc_by(n as u64);
-                    if n < DELETE_BATCH {
-                        break;
-                    }
-                }
-                // Checked for every series, not only those touched now, so a series emptied by
-                // an earlier, interrupted pass is still collected.
-                if !self.has_samples_in(ns, sid, i64::MIN, i64::MAX)? {
-                    emptied.push(sid);
-                }
-            }
-            let removed = self.remove_empty_series(ns, &emptied)?;
-            self.inner
-                .metrics
-                .series_removed_by_retention
-                .inc_by(removed);
-            if deleted > 0 || removed > 0 {
-                tracing::debug!(namespace = %ns_cfg.name, deleted, removed, cutoff, "Retention pass.");
+            let expired = db.truncate_before(cutoff)?;
+            let metrics = &self.inner.metrics;
+            metrics.samples_deleted_by_retention.inc_by(expired.samples);
+            metrics.series_removed_by_retention.inc_by(expired.series);
+            if expired.samples > 0 || expired.series > 0 {
+                tracing::debug!(
+                    namespace = %ns_cfg.name,
+                    samples = expired.samples,
+                    series = expired.series,
+                    blocks = expired.blocks,
+                    cutoff,
+                    "Retention pass."
+                );
             }
             report.per_namespace.push(NamespaceRetention {
                 namespace: ns_cfg.name.clone(),
-                samples_deleted: deleted,
-                series_removed: removed,
+                samples_deleted: expired.samples,
+                series_removed: expired.series,
+                blocks_deleted: expired.blocks,
             });
         }
         Ok(report)
@@ -130,7 +111,8 @@ pub fn unix_ms(t: SystemTime) -> i64 {
     }
 }
 
-/// A background thread that enforces retention every `interval` until stopped.
+/// A background thread that compacts the heads and enforces retention every `interval` until
+/// stopped.
 ///
 /// Errors are logged and counted by the store; the next tick tries again. Dropping the task stops
 /// it too (without waiting for the thread).
@@ -155,6 +137,9 @@ impl RetentionTask {
                     match rx.recv_timeout(interval) {
                         Err(RecvTimeoutError::Timeout) => {}
                         Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                    if let Err(e) = store.compact(unix_ms(SystemTime::now())) {
+                        tracing::error!(error = %e, "Compaction failed.");
                     }
                     if let Err(e) = store.enforce_retention_at(SystemTime::now()) {
                         tracing::error!(error = %e, "Retention pass failed.");

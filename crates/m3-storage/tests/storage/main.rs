@@ -1,5 +1,6 @@
-//! Integration tests of the embedded store against a real fjall database in a temp dir.
+//! Integration tests of the embedded store in a temporary data directory.
 
+mod format;
 mod json;
 mod model;
 mod promql;

@@ -8,9 +8,12 @@
 //!   replacing the earlier one, also within one batch;
 //! * a retention pass at `now` drops, in each namespace, the samples older than
 //!   `now − retention` of that namespace (48h raw, 40d aggregated); a series left without
-//!   samples is gone (it no longer counts and no query sees it);
+//!   samples is gone (it no longer counts and no query sees it). The cutoff stays: a sample
+//!   written later with an older timestamp is never seen (the store frees space in whole
+//!   chunks and blocks, but reads start at the cutoff);
 //! * a reopen (dropping the store, after closing it or not, and opening it again from the same
-//!   directory) changes nothing.
+//!   directory) changes nothing, and neither does a compaction (moving the heads' older chunks
+//!   into blocks).
 //!
 //! After every action the series count of each namespace is checked; at the end `select`,
 //! `series`, `label_names` and `label_values` are compared on both namespaces for random matchers
@@ -60,6 +63,8 @@ enum Action {
     Retain(i64),
     /// Drops the store (after `close` when true) and opens it again from its directory.
     Reopen { close: bool },
+    /// Compacts the heads into blocks at this wall-clock time (ms).
+    Compact(i64),
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -71,6 +76,9 @@ fn action() -> impl Strategy<Value = Action> {
         2 => (0..NAMESPACES.len(), 0..40i64)
             .prop_map(move |(ns, cutoff)| Action::Retain(cutoff + retention[ns])),
         2 => any::<bool>().prop_map(|close| Action::Reopen { close }),
+        // With two-hour blocks the cutoff is (now − 1h) rounded down to 2h: 3h cuts what is
+        // before 0, 5h and later everything written so far.
+        2 => prop::sample::select(vec![3 * HOUR_MS, 5 * HOUR_MS, 7 * HOUR_MS]).prop_map(Action::Compact),
     ]
 }
 
@@ -87,6 +95,8 @@ fn matcher() -> impl Strategy<Value = Matcher> {
 }
 
 type Model = BTreeMap<Labels, BTreeMap<i64, f64>>;
+
+const HOUR_MS: i64 = 3_600_000;
 
 fn model_select(
     model: &Model,
@@ -110,7 +120,7 @@ fn model_select(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn select_agrees_with_model(
@@ -122,19 +132,24 @@ proptest! {
         let pool = pool();
         let retention = retention_ms();
         let mut models = [Model::new(), Model::new()];
+        let mut floors = [i64::MIN; 2];
         for a in &actions {
             match a {
                 Action::Write(ns, points) => {
                     let batch: Vec<_> = points.iter().map(|&(i, t, v)| (&pool[i], t, f64::from(v))).collect();
                     store.write_batch(NAMESPACES[*ns], &batch).unwrap();
                     for &(i, t, v) in points {
-                        models[*ns].entry(pool[i].clone()).or_default().insert(t, f64::from(v));
+                        if t >= floors[*ns] {
+                            models[*ns].entry(pool[i].clone()).or_default().insert(t, f64::from(v));
+                        }
                     }
                 }
                 Action::Retain(now) => {
                     store.enforce_retention(*now).unwrap();
-                    for (model, retention) in models.iter_mut().zip(retention) {
+                    for ((model, retention), floor) in models.iter_mut().zip(retention).zip(&mut floors) {
                         let cutoff = now - retention;
+                        *floor = (*floor).max(cutoff);
+                        let cutoff = *floor;
                         for pts in model.values_mut() {
                             pts.retain(|t, _| *t >= cutoff);
                         }
@@ -149,6 +164,9 @@ proptest! {
                         drop(store);
                     }
                     store = open(dir.path());
+                }
+                Action::Compact(now) => {
+                    store.compact(*now).unwrap();
                 }
             }
             for (name, model) in NAMESPACES.iter().zip(&models) {

@@ -1,14 +1,15 @@
 use std::time::{Duration, Instant};
 
-use m3_storage::retention::DELETE_BATCH;
 use m3_storage::{Matcher, RetentionTask};
 
 use crate::{AGG, HOUR, RAW, labels, open, tmp};
 
 const H_MS: i64 = 3_600_000;
 
+/// Reads stop at each namespace's cutoff at once; space goes in whole chunks: a chunk wholly
+/// before the cutoff is deleted, one reaching past it stays (its old samples hidden).
 #[test]
-fn deletes_only_samples_older_than_each_namespace_keeps() {
+fn hides_samples_older_than_each_namespace_keeps_and_frees_whole_chunks() {
     let dir = tmp();
     let store = open(dir.path());
     let a = labels(&[("__name__", "a")]);
@@ -31,7 +32,7 @@ fn deletes_only_samples_older_than_each_namespace_keeps() {
     store
         .write_batch(
             AGG,
-            &[(&a, raw_cutoff - 1, 1.0), (&a, now - 41 * 24 * H_MS, 0.5)],
+            &[(&a, now - 41 * 24 * H_MS, 0.5), (&a, raw_cutoff - 1, 1.0)],
         )
         .unwrap();
 
@@ -41,9 +42,11 @@ fn deletes_only_samples_older_than_each_namespace_keeps() {
         .iter()
         .map(|n| (n.namespace.as_str(), n.samples_deleted, n.series_removed))
         .collect();
-    assert_eq!(summary, vec![(RAW, 3, 1), (AGG, 1, 0)]);
-    assert_eq!((report.samples_deleted(), report.series_removed()), (4, 1));
-    assert_eq!(store.metrics().samples_deleted_by_retention(), 4);
+    // RAW: b's chunk is wholly before the cutoff (2 samples, the series goes); a's reaches
+    // past it. AGG: a's one chunk reaches past its cutoff.
+    assert_eq!(summary, vec![(RAW, 2, 1), (AGG, 0, 0)]);
+    assert_eq!((report.samples_deleted(), report.series_removed()), (2, 1));
+    assert_eq!(store.metrics().samples_deleted_by_retention(), 2);
     assert_eq!(store.metrics().series_removed_by_retention(), 1);
 
     let raw = store.select(RAW, &[], i64::MIN, i64::MAX).unwrap();
@@ -117,19 +120,19 @@ fn dropped_series_stay_dropped_after_restart() {
 }
 
 #[test]
-fn deletes_across_several_batches_and_survives_restart() {
+fn frees_whole_chunks_hides_the_rest_and_survives_restart() {
     let dir = tmp();
-    let n = DELETE_BATCH as i64 * 2 + 17;
+    let n = 1_000;
     {
         let store = open(dir.path());
         let l = labels(&[("__name__", "many")]);
         let batch: Vec<_> = (0..n).map(|t| (&l, t, t as f64)).collect();
         store.write_batch(RAW, &batch).unwrap();
         let now = 48 * H_MS + n - 10; // keeps the last 10 samples
-        assert_eq!(
-            store.enforce_retention(now).unwrap().samples_deleted(),
-            n as u64 - 10
-        );
+        // Chunks of 120: the eight wholly before 990 go; 960..999 stays, 960..989 hidden.
+        assert_eq!(store.enforce_retention(now).unwrap().samples_deleted(), 960);
+        let left = store.select(RAW, &[], i64::MIN, i64::MAX).unwrap();
+        assert_eq!(left[0].samples.len(), 10);
         store.close().unwrap();
     }
     let store = open(dir.path());

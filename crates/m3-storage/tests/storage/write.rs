@@ -284,3 +284,40 @@ fn a_store_that_can_write_recovers_at_once() {
     assert_eq!(store.write_failure(), None);
     assert!(store.try_recover().unwrap());
 }
+
+/// A sample further behind its series' newest than `bufferPast` (an hour by default) is
+/// refused and counted; the rest of its batch is stored, and other series are not affected.
+#[test]
+fn samples_older_than_buffer_past_are_refused_and_counted_the_rest_stored() {
+    let dir = tmp();
+    let store = open(dir.path());
+    let a = labels(&[("__name__", "a")]);
+    let b = labels(&[("__name__", "b")]);
+    let h = 3_600_000;
+    store.write_batch(RAW, &[(&a, 10 * h, 1.0)]).unwrap();
+    let summary = store
+        .write_batch(
+            RAW,
+            &[
+                (&a, 10 * h - 2 * h, 2.0), // two hours behind a's newest: refused
+                (&a, 10 * h - h / 2, 3.0), // half an hour behind: taken, out of order
+                (&b, 10 * h - 5 * h, 4.0), // b's first sample: taken
+            ],
+        )
+        .unwrap();
+    assert_eq!((summary.samples, summary.too_old), (2, 1));
+    assert_eq!(store.metrics().samples_refused_too_old(), 1);
+    let got: Vec<_> = store
+        .select(RAW, &[], i64::MIN, i64::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.samples)
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            vec![(10 * h - h / 2, 3.0), (10 * h, 1.0)],
+            vec![(5 * h, 4.0)]
+        ]
+    );
+}
