@@ -218,8 +218,9 @@ impl IngestHandler {
             let refs: Vec<(&Labels, i64, f64)> =
                 samples.iter().map(|(_, l, t, v)| (l, *t, *v)).collect();
             match store.write_batch(namespace, &refs) {
-                Ok(_) => {
-                    self.metrics.ingest_stored.inc_by(refs.len() as u64);
+                Ok(summary) => {
+                    self.metrics.ingest_stored.inc_by(summary.samples);
+                    self.count_too_old(namespace, summary.too_old);
                 }
                 Err(e) if e.is_bad_input() => {
                     // One bad series refuses the whole batch: store them one by one to keep
@@ -245,6 +246,23 @@ impl IngestHandler {
         decisions
     }
 
+    /// Counts and logs windows the store refused as older than the namespace's `bufferPast`.
+    fn count_too_old(&self, namespace: &str, too_old: u64) {
+        if too_old > 0 {
+            self.metrics
+                .ingest_errors
+                .get_or_create(&crate::metrics::IngestErrorLabels {
+                    reason: IngestErrorReason::too_old,
+                })
+                .inc_by(too_old);
+            tracing::warn!(
+                namespace,
+                refused = too_old,
+                "Aggregated windows further behind their series' newest than the namespace's bufferPast were refused by the store."
+            );
+        }
+    }
+
     /// Stores one `AggregatedMetric` payload and says whether to ack it.
     pub fn handle(&self, value: &[u8]) -> Decision {
         self.handle_batch(&[value])[0]
@@ -259,8 +277,9 @@ impl IngestHandler {
         value: f64,
     ) -> Decision {
         match store.write_batch(namespace, &[(labels, time_ms, value)]) {
-            Ok(_) => {
-                self.metrics.ingest_stored.inc();
+            Ok(summary) => {
+                self.metrics.ingest_stored.inc_by(summary.samples);
+                self.count_too_old(namespace, summary.too_old);
                 Decision::Ack
             }
             Err(e) if e.is_bad_input() => {

@@ -38,6 +38,9 @@ pub enum DropReason {
     invalid_timestamp,
     /// A `drop: true` mapping rule keeps the series' raw samples out of the store.
     dropped_by_rule,
+    /// Further behind the series' newest sample than the raw namespace's `bufferPast`: the
+    /// store refused it (it is still aggregated when inside the aggregation window).
+    too_old_for_store,
 }
 
 /// Label set for drops.
@@ -84,6 +87,9 @@ pub enum IngestErrorReason {
     invalid_id,
     /// The ingest queue was full: not acked, so the aggregator redelivers it later.
     queue_full,
+    /// Further behind its series' newest sample than the namespace's `bufferPast`: the store
+    /// refused it (acked: a redelivery would be refused again).
+    too_old,
 }
 
 /// Label set for ingest errors.

@@ -43,7 +43,7 @@
 //! at fault, or `errorType` `internal` with `500` when the store failed. `ApiError::classify`
 //! is the one place that decides between the two; only `500`s are logged at error level.
 //!
-//! Store calls are synchronous (fjall), so each runs on tokio's blocking pool rather than on a
+//! Store calls are synchronous (they read blocks from disk), so each runs on tokio's blocking pool rather than on a
 //! runtime worker.
 
 use std::collections::BTreeSet;

@@ -297,6 +297,9 @@ impl Coordinator {
                     }
                     let store = retention_store.clone();
                     let report = tokio::task::spawn_blocking(move || {
+                        if let Err(e) = store.compact(m3_storage::retention::unix_ms(SystemTime::now())) {
+                            tracing::error!(error = %e, "Compacting the store's heads into blocks failed.");
+                        }
                         store.enforce_retention_at(SystemTime::now())
                     })
                     .await;

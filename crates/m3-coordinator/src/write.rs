@@ -84,6 +84,10 @@ pub struct WriteOutcome {
     pub too_large: usize,
     /// Samples dropped by a full queue towards an aggregator (this request's or older ones).
     pub queue_full: usize,
+    /// Samples the store refused: further behind their series' newest sample than the raw
+    /// namespace's `bufferPast` (not stored raw; still aggregated if in the aggregation
+    /// window).
+    pub too_old_for_store: usize,
     /// Whether the sender should retry later (no placement yet, or aggregator queues full):
     /// answered 503 so Prometheus retries; the raw samples are rewritten idempotently.
     pub retry_later: bool,
@@ -104,6 +108,12 @@ impl WriteOutcome {
             parts.push(format!(
                 "{} samples: timestamp outside [{MIN_TIMESTAMP_MS}, {MAX_TIMESTAMP_MS}] ms (not stored)",
                 self.invalid_timestamps
+            ));
+        }
+        if self.too_old_for_store > 0 {
+            parts.push(format!(
+                "{} samples: out of bounds, further behind their series' newest sample than the raw namespace's bufferPast (not stored raw)",
+                self.too_old_for_store
             ));
         }
         if self.too_far_past > 0 {
@@ -441,13 +451,21 @@ impl WritePath {
         if let (Some(ns), Some(store)) = (raw_namespace, &self.store)
             && !refs.is_empty()
         {
-            if let Err(e) = store.write_batch(ns, &refs) {
+            let summary = match store.write_batch(ns, &refs) {
+                Ok(summary) => summary,
+                Err(e) => {
+                    self.metrics
+                        .drop_samples(DropReason::storage_error, refs.len() as u64);
+                    return Err(WriteError::Storage(e));
+                }
+            };
+            outcome.stored_raw = summary.samples as usize;
+            outcome.too_old_for_store = summary.too_old as usize;
+            self.metrics.samples_stored_raw.inc_by(summary.samples);
+            if summary.too_old > 0 {
                 self.metrics
-                    .drop_samples(DropReason::storage_error, refs.len() as u64);
-                return Err(WriteError::Storage(e));
+                    .drop_samples(DropReason::too_old_for_store, summary.too_old);
             }
-            outcome.stored_raw = refs.len();
-            self.metrics.samples_stored_raw.inc_by(refs.len() as u64);
         }
         if let (Some(client), Some(batch)) = (&self.client, batch) {
             let dropped = client.commit(batch);

@@ -486,7 +486,7 @@ fn spawn_coordinator(
         .env("M3COORDINATOR_INGEST_ADDRESS", ingest.to_string())
         .env("M3COORDINATOR_DATA_DIR", data.path().join("data"))
         .env("M3COORDINATOR_BUFFER_PAST", BUFFER_PAST)
-        .env("RUST_LOG", "info,lsm_tree=warn,fjall=warn")
+        .env("RUST_LOG", "info")
         .env("NO_COLOR", "1");
     Coordinator {
         process: ChildProcess::spawn(name, command),

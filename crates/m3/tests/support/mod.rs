@@ -148,7 +148,7 @@ impl LocalProcess {
         let mut child = command
             .args(["local", "-f"])
             .arg(&config)
-            .env("RUST_LOG", "info,lsm_tree=warn,fjall=warn")
+            .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
