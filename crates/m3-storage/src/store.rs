@@ -175,12 +175,22 @@ impl Store {
             );
             dbs.push(db);
         }
+        let metrics = StoreMetrics::default();
+        for db in &dbs {
+            let expired = db.expired_at_open();
+            metrics
+                .samples_deleted_by_retention
+                .inc_by(expired.samples as u64);
+            metrics
+                .series_removed_by_retention
+                .inc_by(expired.series as u64);
+        }
         Ok(Store {
             inner: Arc::new(Inner {
                 namespaces,
                 dbs,
                 write_failure: Mutex::new(None),
-                metrics: StoreMetrics::default(),
+                metrics,
             }),
         })
     }

@@ -47,7 +47,7 @@ use crate::matcher::{Matcher, matches_all};
 use crate::tsdb::block::{Block, BlockError, write_block};
 use crate::tsdb::chunk::Chunk;
 use crate::tsdb::durable::{AppendError, DurableError, DurableHead};
-use crate::tsdb::head::{AppendSummary, HeadOptions, SeriesRef};
+use crate::tsdb::head::{AppendSummary, HeadOptions, SeriesRef, Truncated};
 use crate::tsdb::wal::{ReplayReport, WalOptions};
 
 const WAL_DIR: &str = "wal";
@@ -207,6 +207,8 @@ pub struct NamespaceDb {
     newest: AtomicI64,
     /// The last retention cutoff: reads start here.
     retention_floor: AtomicI64,
+    /// What replaying the log brought back from before that cutoff, and was dropped at once.
+    expired_at_open: Truncated,
 }
 
 /// `00000003-1733097600000`: sequence and cutoff.
@@ -273,7 +275,7 @@ impl NamespaceDb {
                 }
             })?;
         // The log may hold samples retention had already dropped.
-        head.truncate_before(retention_floor);
+        let expired_at_open = head.truncate_before(retention_floor);
         Ok((
             NamespaceDb {
                 dir: dir.to_path_buf(),
@@ -283,6 +285,7 @@ impl NamespaceDb {
                 compaction: Mutex::new(state),
                 newest: AtomicI64::new(i64::MIN),
                 retention_floor: AtomicI64::new(retention_floor),
+                expired_at_open,
             },
             report,
         ))
@@ -331,6 +334,12 @@ impl NamespaceDb {
     /// I/O errors.
     pub fn sync(&self) -> std::io::Result<()> {
         self.head.read().sync()
+    }
+
+    /// What opening dropped from the replayed head because it was before the retention
+    /// cutoff (samples written below the cutoff after the pass that set it).
+    pub fn expired_at_open(&self) -> Truncated {
+        self.expired_at_open
     }
 
     /// Live series in the head.
