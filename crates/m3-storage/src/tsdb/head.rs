@@ -20,7 +20,7 @@
 
 use std::hash::BuildHasher;
 
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashTable};
 
 use crate::labels::Labels;
 use crate::matcher::{Matcher, matches_all};
@@ -220,8 +220,9 @@ fn merge_into(
 pub struct Head {
     options: HeadOptions,
     hasher: hashbrown::DefaultHashBuilder,
-    /// Label-set hash → the series with that hash.
-    by_hash: HashMap<u64, Vec<SeriesRef>>,
+    /// (label-set hash, series), found by hash and confirmed against the series' labels: one
+    /// probe into one table, no list per hash.
+    by_hash: HashTable<(u64, SeriesRef)>,
     /// By [`SeriesRef`]; `None` once removed by retention.
     series: Vec<Option<MemSeries>>,
     /// Label name → value → series, ascending.
@@ -235,7 +236,7 @@ impl Head {
         Head {
             options,
             hasher: hashbrown::DefaultHashBuilder::default(),
-            by_hash: HashMap::new(),
+            by_hash: HashTable::new(),
             series: Vec::new(),
             postings: HashMap::new(),
             live: 0,
@@ -248,12 +249,17 @@ impl Head {
 
     /// The series with exactly these labels.
     pub fn find(&self, labels: &Labels) -> Option<SeriesRef> {
-        let candidates = self.by_hash.get(&self.hash(labels))?;
-        candidates.iter().copied().find(|&r| {
-            self.series[r as usize]
-                .as_ref()
-                .is_some_and(|s| &s.labels == labels)
-        })
+        let hash = self.hash(labels);
+        let series = &self.series;
+        self.by_hash
+            .find(hash, |&(h, r)| {
+                h == hash
+                    && series
+                        .get(r as usize)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|s| &s.labels == labels)
+            })
+            .map(|&(_, r)| r)
     }
 
     /// The series with these labels, created if new (`true` when created). References are not
@@ -281,7 +287,8 @@ impl Head {
                 list.insert(i, reference);
             }
         }
-        self.by_hash.entry(hash).or_default().push(reference);
+        self.by_hash
+            .insert_unique(hash, (hash, reference), |&(h, _)| h);
         let index = reference as usize;
         if self.series.len() <= index {
             self.series.resize_with(index + 1, || None);
@@ -533,11 +540,11 @@ impl Head {
         let gone = |r: &SeriesRef| removed.binary_search_by_key(r, |(g, _)| *g).is_ok();
         for (reference, labels) in removed {
             let hash = self.hasher.hash_one(labels.as_slice());
-            if let Some(list) = self.by_hash.get_mut(&hash) {
-                list.retain(|r| r != reference);
-                if list.is_empty() {
-                    self.by_hash.remove(&hash);
-                }
+            if let Ok(entry) = self
+                .by_hash
+                .find_entry(hash, |&(h, r)| h == hash && r == *reference)
+            {
+                entry.remove();
             }
         }
         let mut touched: Vec<(&str, &str)> = removed
@@ -588,7 +595,7 @@ impl Head {
         series
             + postings
             + self.series.capacity() * std::mem::size_of::<Option<MemSeries>>()
-            + self.by_hash.capacity() * 40
+            + self.by_hash.capacity() * (std::mem::size_of::<(u64, SeriesRef)>() + 1)
     }
 }
 
