@@ -143,6 +143,13 @@ impl Labels {
         &self.0
     }
 
+    /// Labels from pairs taken out of another `Labels` in order (sorted by name, distinct,
+    /// no empty values), without checking them again.
+    pub(crate) fn from_valid_pairs(pairs: Vec<(String, String)>) -> Labels {
+        debug_assert!(pairs.windows(2).all(|w| w[0].0 < w[1].0));
+        Labels(pairs)
+    }
+
     /// How many bytes the encoding of labels with these (name, value) byte lengths takes,
     /// to compare with [`MAX_ENCODED_LABELS_BYTES`] before building the labels.
     pub fn encoded_len(lengths: impl IntoIterator<Item = (usize, usize)>) -> usize {

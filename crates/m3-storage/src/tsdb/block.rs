@@ -521,7 +521,7 @@ mod tests {
             for &r in &refs {
                 let mut all = Vec::new();
                 head.samples(r, i64::MIN, i64::MAX, &mut all);
-                per_series.push((head.labels(r).unwrap().clone(), chunks_of(&all)));
+                per_series.push((head.labels(r).unwrap(), chunks_of(&all)));
             }
             let mut series: Vec<BlockSeries<'_>> = per_series.iter().map(|(l, c)| (l, c.iter().collect())).collect();
             let root = tempfile::tempdir().unwrap();
@@ -533,7 +533,7 @@ mod tests {
                 vec![Matcher::equal("job", "api")],
                 vec![Matcher::not_equal("job", "api"), Matcher::regex("i", "[0-4]").unwrap()],
             ] {
-                let mut from_head: Vec<Labels> = head.matching(&matchers).into_iter().map(|r| head.labels(r).unwrap().clone()).collect();
+                let mut from_head: Vec<Labels> = head.matching(&matchers).into_iter().map(|r| head.labels(r).unwrap()).collect();
                 from_head.sort();
                 let from_block: Vec<Labels> = block.matching(&matchers).into_iter().map(|p| block.labels(p).unwrap().clone()).collect();
                 prop_assert_eq!(&from_block, &from_head);
@@ -566,7 +566,7 @@ mod tests {
                 let mut out: Vec<(Labels, Vec<(i64, f64)>)> = head.matching(&[]).into_iter().map(|r| {
                     let mut all = Vec::new();
                     head.samples(r, i64::MIN, i64::MAX, &mut all);
-                    (head.labels(r).unwrap().clone(), all)
+                    (head.labels(r).unwrap(), all)
                 }).collect();
                 out.sort_by(|a, b| a.0.cmp(&b.0));
                 out

@@ -559,7 +559,7 @@ impl Reader<'_> {
                 .filter_map(|r| {
                     head.labels(r).map(|l| {
                         (
-                            l.clone(),
+                            l,
                             SeriesSources {
                                 head: Some(r),
                                 parts: Vec::new(),
@@ -825,7 +825,7 @@ mod tests {
         for (reference, labels_of) in head.live_series() {
             let mut samples = Vec::new();
             head.samples(reference, i64::MIN, i64::MAX, &mut samples);
-            let series = (0u8..6).find(|&i| &labels(i) == labels_of);
+            let series = (0u8..6).find(|&i| labels(i) == labels_of);
             if let (Some(series), Some(&(newest, _))) = (series, samples.last()) {
                 model.newest.insert(series, newest);
             }

@@ -221,7 +221,7 @@ impl DurableHead {
         let mut records = Vec::new();
         for (reference, labels) in self.head.live_series() {
             let mut record = Vec::new();
-            encode_series(reference, labels, &mut record);
+            encode_series(reference, &labels, &mut record);
             records.push(record);
         }
         if records.is_empty() {
@@ -406,7 +406,7 @@ mod tests {
         for reference in head.matching(&[]) {
             let mut samples = Vec::new();
             head.samples(reference, i64::MIN, i64::MAX, &mut samples);
-            out.push((head.labels(reference).unwrap().clone(), samples));
+            out.push((head.labels(reference).unwrap(), samples));
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out

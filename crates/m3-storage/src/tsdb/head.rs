@@ -1,7 +1,7 @@
 //! The head: the recent samples of every series of one namespace, in memory, compressed.
 //!
 //! Series are found by a hash of their label set (collisions are checked against the labels
-//! the series holds, so the labels are stored once), and by an inverted index (label name →
+//! the series holds, packed into one allocation: [`PackedLabels`]), and by an inverted index (label name →
 //! value → the series carrying it, ascending) that answers `=` matchers without looking at
 //! other series. Each series holds its samples in [`Chunk`]s of up to [`CHUNK_SAMPLES`]:
 //!
@@ -23,8 +23,9 @@ use std::hash::BuildHasher;
 use hashbrown::{HashMap, HashTable};
 
 use crate::labels::Labels;
-use crate::matcher::{Matcher, matches_all};
+use crate::matcher::Matcher;
 use crate::tsdb::chunk::Chunk;
+use crate::tsdb::packed_labels::PackedLabels;
 
 /// Samples per chunk before a new one starts (Prometheus's figure: two hours of a 60 s scrape,
 /// half an hour of a 15 s one).
@@ -67,7 +68,9 @@ pub struct Truncated {
 /// One series.
 #[derive(Debug)]
 struct MemSeries {
-    labels: Labels,
+    labels: PackedLabels,
+    /// The hash of the labels, kept so removing the series needs no rehash.
+    hash: u64,
     closed: Vec<Chunk>,
     open: Chunk,
     /// Out-of-order samples, sorted by time, one per time.
@@ -77,9 +80,10 @@ struct MemSeries {
 }
 
 impl MemSeries {
-    fn new(labels: Labels) -> MemSeries {
+    fn new(labels: PackedLabels, hash: u64) -> MemSeries {
         MemSeries {
             labels,
+            hash,
             closed: Vec::new(),
             open: Chunk::new(),
             out_of_order: Vec::new(),
@@ -179,12 +183,7 @@ impl MemSeries {
     }
 
     fn heap_bytes(&self) -> usize {
-        let labels: usize = self
-            .labels
-            .iter()
-            .map(|(n, v)| n.len() + v.len() + 48)
-            .sum();
-        labels
+        self.labels.heap_bytes()
             + self.closed.iter().map(Chunk::heap_bytes).sum::<usize>()
             + self.closed.capacity() * std::mem::size_of::<Chunk>()
             + self.open.heap_bytes()
@@ -257,7 +256,7 @@ impl Head {
                     && series
                         .get(r as usize)
                         .and_then(Option::as_ref)
-                        .is_some_and(|s| &s.labels == labels)
+                        .is_some_and(|s| s.labels.matches(labels))
             })
             .map(|&(_, r)| r)
     }
@@ -269,13 +268,13 @@ impl Head {
             return (found, false);
         }
         let reference = SeriesRef::try_from(self.series.len()).unwrap_or(SeriesRef::MAX);
-        self.insert(reference, labels.clone());
+        self.insert(reference, labels);
         (reference, true)
     }
 
     /// Puts `labels` at `reference` (replaying a log that named it so).
-    fn insert(&mut self, reference: SeriesRef, labels: Labels) {
-        let hash = self.hash(&labels);
+    fn insert(&mut self, reference: SeriesRef, labels: &Labels) {
+        let hash = self.hash(labels);
         for (name, value) in labels.iter() {
             let list = self
                 .postings
@@ -296,7 +295,7 @@ impl Head {
         if self.series[index].is_none() {
             self.live += 1;
         }
-        self.series[index] = Some(MemSeries::new(labels));
+        self.series[index] = Some(MemSeries::new(PackedLabels::new(labels), hash));
     }
 
     /// Re-creates series `reference` with `labels`, as a replayed log record says.
@@ -311,7 +310,7 @@ impl Head {
             None => {}
         }
         self.remove_series(reference);
-        self.insert(reference, labels);
+        self.insert(reference, &labels);
     }
 
     /// Appends samples; each is `(series, time ms, value)`.
@@ -361,11 +360,11 @@ impl Head {
     }
 
     /// Every live series with its reference, in reference order.
-    pub fn live_series(&self) -> impl Iterator<Item = (SeriesRef, &Labels)> {
+    pub fn live_series(&self) -> impl Iterator<Item = (SeriesRef, Labels)> + '_ {
         self.series
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| s.as_ref().map(|s| (i as SeriesRef, &s.labels)))
+            .filter_map(|(i, s)| s.as_ref().map(|s| (i as SeriesRef, s.labels.unpack())))
     }
 
     /// Appends samples by label set, creating series as needed.
@@ -426,19 +425,21 @@ impl Head {
         candidates
             .into_iter()
             .filter(|&r| {
-                self.series[r as usize]
-                    .as_ref()
-                    .is_some_and(|s| matches_all(matchers, &s.labels))
+                self.series[r as usize].as_ref().is_some_and(|s| {
+                    matchers
+                        .iter()
+                        .all(|m| m.matches_value(s.labels.get(m.name()).unwrap_or("")))
+                })
             })
             .collect()
     }
 
     /// The labels of series `reference`.
-    pub fn labels(&self, reference: SeriesRef) -> Option<&Labels> {
+    pub fn labels(&self, reference: SeriesRef) -> Option<Labels> {
         self.series
             .get(reference as usize)?
             .as_ref()
-            .map(|s| &s.labels)
+            .map(|s| s.labels.unpack())
     }
 
     /// The samples of series `reference` in `start..=end`, appended to `out` (sorted).
@@ -473,7 +474,7 @@ impl Head {
                 taken.push(open);
             }
             if !taken.is_empty() {
-                cut.push((series.labels.clone(), taken));
+                cut.push((series.labels.unpack(), taken));
             }
         }
         cut
@@ -482,7 +483,7 @@ impl Head {
     /// Drops every chunk and buffered sample wholly before `cutoff` (ms), and the series left
     /// empty.
     pub fn truncate_before(&mut self, cutoff: i64) -> Truncated {
-        let mut removed: Vec<(SeriesRef, Labels)> = Vec::new();
+        let mut removed: Vec<(SeriesRef, MemSeries)> = Vec::new();
         let mut samples = 0;
         for (index, slot) in self.series.iter_mut().enumerate() {
             let Some(series) = slot else { continue };
@@ -508,7 +509,7 @@ impl Head {
             if series.is_empty()
                 && let Some(series) = slot.take()
             {
-                removed.push((index as SeriesRef, series.labels));
+                removed.push((index as SeriesRef, series));
             }
         }
         self.unindex_all(&removed);
@@ -526,20 +527,20 @@ impl Head {
             .get_mut(reference as usize)
             .and_then(Option::take)
         {
-            self.unindex_all(&[(reference, series.labels)]);
+            self.unindex_all(&[(reference, series)]);
             self.live -= 1;
         }
     }
 
     /// Takes `removed` (ascending by reference) out of the hash table and the postings: each
     /// postings list touched is filtered once, however many of its series go.
-    fn unindex_all(&mut self, removed: &[(SeriesRef, Labels)]) {
+    fn unindex_all(&mut self, removed: &[(SeriesRef, MemSeries)]) {
         if removed.is_empty() {
             return;
         }
         let gone = |r: &SeriesRef| removed.binary_search_by_key(r, |(g, _)| *g).is_ok();
-        for (reference, labels) in removed {
-            let hash = self.hasher.hash_one(labels.as_slice());
+        for (reference, series) in removed {
+            let hash = series.hash;
             if let Ok(entry) = self
                 .by_hash
                 .find_entry(hash, |&(h, r)| h == hash && r == *reference)
@@ -549,7 +550,7 @@ impl Head {
         }
         let mut touched: Vec<(&str, &str)> = removed
             .iter()
-            .flat_map(|(_, labels)| labels.iter())
+            .flat_map(|(_, series)| series.labels.iter())
             .collect();
         touched.sort_unstable();
         touched.dedup();
@@ -797,7 +798,7 @@ mod tests {
                 let mut got: Vec<Labels> = head
                     .matching(&[Matcher::equal("job", job)])
                     .into_iter()
-                    .map(|r| head.labels(r).unwrap().clone())
+                    .map(|r| head.labels(r).unwrap())
                     .collect();
                 got.sort();
                 let want: Vec<Labels> = model.keys().filter(|l| l.get("job") == Some(job)).cloned().collect();

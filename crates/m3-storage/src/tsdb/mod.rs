@@ -15,6 +15,7 @@
 //! | [`chunk`] | one series' samples, delta-of-delta times and XOR'd values |
 //! | [`db`] | one namespace: the durable head, its blocks, compaction, retention, merged reads |
 //! | [`durable`] | a head whose batches are logged before they are applied, and replayed at open |
+//! | [`packed_labels`] | a label set in one allocation, compared without unpacking |
 //! | [`head`] | the series of a namespace in memory: label-hash lookup, postings, chunks, out-of-order buffer |
 //! | [`wal`] | the write-ahead log: checksummed records in segments, replay that stops at a torn tail |
 pub mod block;
@@ -22,4 +23,5 @@ pub mod chunk;
 pub mod db;
 pub mod durable;
 pub mod head;
+pub mod packed_labels;
 pub mod wal;
