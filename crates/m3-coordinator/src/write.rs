@@ -354,12 +354,12 @@ impl WritePath {
                     .drop_samples(DropReason::dropped_by_rule, series.samples().len() as u64);
             }
             if keep_raw && store_raw {
-                let labels = Labels::new(series.labels().map(|(n, v)| {
-                    (
-                        String::from_utf8_lossy(n).into_owned(),
-                        String::from_utf8_lossy(v).into_owned(),
-                    )
-                }));
+                // Borrowed where the bytes are UTF-8 (the decoder checked): no copy per label.
+                let labels = Labels::new(
+                    series
+                        .labels()
+                        .map(|(n, v)| (String::from_utf8_lossy(n), String::from_utf8_lossy(v))),
+                );
                 match labels {
                     Ok(labels) => {
                         let index = raw_labels.len();

@@ -59,8 +59,17 @@ pub enum LabelsError {
 }
 
 /// A validated, sorted label set. See the [module docs](self).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Labels(Vec<(String, String)>);
+///
+/// The names and values sit back to back in one string, with the end of each in a second
+/// allocation: building one costs two allocations however many labels it has, hashing it is
+/// two contiguous writes, and a million of them cost their text, not forty `String`s each.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Labels {
+    /// Names and values back to back, in name order.
+    text: Box<str>,
+    /// Per label, where its name ends and where its value ends in `text`.
+    ends: Box<[(u32, u32)]>,
+}
 
 impl Labels {
     /// Builds a label set from name/value pairs in any order.
@@ -69,7 +78,8 @@ impl Labels {
     ///
     /// # Errors
     ///
-    /// [`LabelsError`] when a name is empty, a name repeats, or nothing is left.
+    /// [`LabelsError`] when a name is empty, a name repeats, the labels hold more than 4 GiB,
+    /// or nothing is left.
     ///
     /// # Examples
     ///
@@ -84,38 +94,80 @@ impl Labels {
     pub fn new<I, N, V>(pairs: I) -> Result<Self, LabelsError>
     where
         I: IntoIterator<Item = (N, V)>,
-        N: Into<String>,
-        V: Into<String>,
+        N: AsRef<str>,
+        V: AsRef<str>,
     {
-        let mut out: Vec<(String, String)> = Vec::new();
+        let mut kept: Vec<(N, V)> = Vec::new();
         for (name, value) in pairs {
-            let (name, value) = (name.into(), value.into());
-            if name.is_empty() {
-                return Err(LabelsError::EmptyName { value });
+            if name.as_ref().is_empty() {
+                return Err(LabelsError::EmptyName {
+                    value: value.as_ref().to_owned(),
+                });
             }
-            if u32::try_from(name.len()).is_err() || u32::try_from(value.len()).is_err() {
-                return Err(LabelsError::TooLong(name));
-            }
-            if !value.is_empty() {
-                out.push((name, value));
+            if !value.as_ref().is_empty() {
+                kept.push((name, value));
             }
         }
-        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        if let Some(w) = out.windows(2).find(|w| w[0].0 == w[1].0) {
-            return Err(LabelsError::DuplicateName(w[0].0.clone()));
+        kept.sort_unstable_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
+        if let Some(w) = kept.windows(2).find(|w| w[0].0.as_ref() == w[1].0.as_ref()) {
+            return Err(LabelsError::DuplicateName(w[0].0.as_ref().to_owned()));
         }
-        if out.is_empty() {
+        if kept.is_empty() {
             return Err(LabelsError::Empty);
         }
-        Ok(Labels(out))
+        Labels::from_sorted(kept.iter().map(|(n, v)| (n.as_ref(), v.as_ref())))
+    }
+
+    /// Labels from pairs already sorted by name, distinct, with no empty value.
+    fn from_sorted<'a>(
+        pairs: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+    ) -> Result<Labels, LabelsError> {
+        let len: usize = pairs.clone().map(|(n, v)| n.len() + v.len()).sum();
+        let mut text = String::with_capacity(len);
+        let mut ends = Vec::with_capacity(pairs.clone().count());
+        for (name, value) in pairs {
+            text.push_str(name);
+            let name_end = u32::try_from(text.len());
+            text.push_str(value);
+            match (name_end, u32::try_from(text.len())) {
+                (Ok(name_end), Ok(value_end)) => ends.push((name_end, value_end)),
+                _ => return Err(LabelsError::TooLong(name.to_owned())),
+            }
+        }
+        Ok(Labels {
+            text: text.into_boxed_str(),
+            ends: ends.into_boxed_slice(),
+        })
+    }
+
+    /// Label `i`: its name and value.
+    fn pair(&self, i: usize) -> (&str, &str) {
+        let start = match i.checked_sub(1) {
+            Some(previous) => self.ends[previous].1 as usize,
+            None => 0,
+        };
+        let (name_end, value_end) = self.ends[i];
+        (
+            self.text.get(start..name_end as usize).unwrap_or_default(),
+            self.text
+                .get(name_end as usize..value_end as usize)
+                .unwrap_or_default(),
+        )
     }
 
     /// The value of label `name`, if present.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .binary_search_by(|(n, _)| n.as_str().cmp(name))
-            .ok()
-            .map(|i| self.0[i].1.as_str())
+        let (mut low, mut high) = (0, self.ends.len());
+        while low < high {
+            let middle = (low + high) / 2;
+            let (n, v) = self.pair(middle);
+            match n.cmp(name) {
+                std::cmp::Ordering::Less => low = middle + 1,
+                std::cmp::Ordering::Greater => high = middle,
+                std::cmp::Ordering::Equal => return Some(v),
+            }
+        }
+        None
     }
 
     /// The value of `__name__`, if present.
@@ -124,30 +176,34 @@ impl Labels {
     }
 
     /// The pairs, sorted by name.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + Clone {
+        (0..self.ends.len()).map(|i| self.pair(i))
     }
 
     /// The number of labels (never zero).
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.ends.len()
     }
 
     /// Always `false`: a label set has at least one label. Present for API symmetry.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.ends.is_empty()
     }
 
-    /// The pairs, sorted by name.
-    pub fn as_slice(&self) -> &[(String, String)] {
-        &self.0
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.text.len() + self.ends.len() * std::mem::size_of::<(u32, u32)>()
     }
 
     /// Labels from pairs taken out of another `Labels` in order (sorted by name, distinct,
-    /// no empty values), without checking them again.
-    pub(crate) fn from_valid_pairs(pairs: Vec<(String, String)>) -> Labels {
-        debug_assert!(pairs.windows(2).all(|w| w[0].0 < w[1].0));
-        Labels(pairs)
+    /// no empty values), without sorting or checking them again.
+    pub(crate) fn from_valid_pairs<'a>(
+        pairs: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+    ) -> Labels {
+        Labels::from_sorted(pairs).unwrap_or_else(|_| Labels {
+            text: Box::default(),
+            ends: Box::default(),
+        })
     }
 
     /// How many bytes the encoding of labels with these (name, value) byte lengths takes,
@@ -169,7 +225,7 @@ impl fmt::Display for Labels {
     /// Prometheus' text form: `{a="1", b="2"}` with Go-style escapes in values.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("{")?;
-        for (i, (n, v)) in self.0.iter().enumerate() {
+        for (i, (n, v)) in self.iter().enumerate() {
             if i > 0 {
                 f.write_str(", ")?;
             }
@@ -188,6 +244,19 @@ impl fmt::Display for Labels {
     }
 }
 
+impl Ord for Labels {
+    /// Label by label: names, then values, as a list of pairs sorts.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.iter().cmp(other.iter())
+    }
+}
+
+impl PartialOrd for Labels {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 impl fmt::Debug for Labels {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
@@ -197,8 +266,8 @@ impl fmt::Debug for Labels {
 impl Serialize for Labels {
     /// A JSON object `{"name": "value", ...}`, the `metric` field of Prometheus' API.
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (n, v) in &self.0 {
+        let mut map = serializer.serialize_map(Some(self.len()))?;
+        for (n, v) in self.iter() {
             map.serialize_entry(n, v)?;
         }
         map.end()
@@ -212,9 +281,33 @@ mod tests {
     #[test]
     fn sorts_and_drops_empty_values() {
         let l = Labels::new([("b", "2"), ("a", "1"), ("c", "")]).unwrap();
+        assert_eq!(l.iter().collect::<Vec<_>>(), vec![("a", "1"), ("b", "2")]);
+        assert_eq!(l.get("a"), Some("1"));
+        assert_eq!(l.get("b"), Some("2"));
+        assert_eq!(l.get("c"), None);
+    }
+
+    #[test]
+    fn order_is_label_by_label() {
+        let l = |pairs: &[(&str, &str)]| Labels::new(pairs.iter().copied()).unwrap();
+        let mut sets = vec![
+            l(&[("b", "1")]),
+            l(&[("a", "2")]),
+            l(&[("a", "1"), ("b", "1")]),
+            l(&[("a", "1")]),
+            l(&[("ab", "0")]),
+        ];
+        sets.sort();
+        let shown: Vec<String> = sets.iter().map(ToString::to_string).collect();
         assert_eq!(
-            l.as_slice(),
-            &[("a".into(), "1".into()), ("b".into(), "2".into())]
+            shown,
+            [
+                r#"{a="1"}"#,
+                r#"{a="1", b="1"}"#,
+                r#"{a="2"}"#,
+                r#"{ab="0"}"#,
+                r#"{b="1"}"#
+            ]
         );
     }
 

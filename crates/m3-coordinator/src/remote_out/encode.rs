@@ -201,7 +201,10 @@ mod tests {
             }
             let expected: Vec<DecodedPoint> = samples
                 .iter()
-                .map(|(l, t, v)| (l.as_slice().to_vec(), *t, v.to_bits()))
+                .map(|(l, t, v)| {
+                    let pairs = l.iter().map(|(n, v)| (n.to_owned(), v.to_owned())).collect();
+                    (pairs, *t, v.to_bits())
+                })
                 .collect();
             prop_assert_eq!(decoded, expected);
         }

@@ -243,7 +243,7 @@ impl Head {
     }
 
     fn hash(&self, labels: &Labels) -> u64 {
-        self.hasher.hash_one(labels.as_slice())
+        self.hasher.hash_one(labels)
     }
 
     /// The series with exactly these labels.

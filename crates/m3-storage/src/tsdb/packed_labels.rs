@@ -70,7 +70,7 @@ impl PackedLabels {
     }
 
     /// The pairs, in name order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + Clone {
         let mut rest: &[u8] = &self.0;
         std::iter::from_fn(move || {
             if rest.is_empty() {
@@ -107,11 +107,7 @@ impl PackedLabels {
     /// The labels as a [`Labels`] again.
     pub fn unpack(&self) -> Labels {
         // Packed from a valid `Labels`: already sorted, distinct and non-empty.
-        Labels::from_valid_pairs(
-            self.iter()
-                .map(|(n, v)| (n.to_owned(), v.to_owned()))
-                .collect(),
-        )
+        Labels::from_valid_pairs(self.iter())
     }
 
     /// Heap bytes held.
