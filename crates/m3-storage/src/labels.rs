@@ -290,7 +290,7 @@ mod tests {
     #[test]
     fn order_is_label_by_label() {
         let l = |pairs: &[(&str, &str)]| Labels::new(pairs.iter().copied()).unwrap();
-        let mut sets = vec![
+        let mut sets = [
             l(&[("b", "1")]),
             l(&[("a", "2")]),
             l(&[("a", "1"), ("b", "1")]),
