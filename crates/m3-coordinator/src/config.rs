@@ -99,6 +99,11 @@ pub struct NamespaceConfig {
     /// A read-only namespace gets no writes and no automatic mapping rule.
     #[serde(default)]
     pub read_only: bool,
+    /// How far behind a series' newest sample the embedded store still takes a write (M3DB's
+    /// namespace option of the same name); older ones are refused and counted. Default: an
+    /// hour, or ten windows of an aggregated namespace if that is longer.
+    #[serde(default, with = "m3_config::option_duration")]
+    pub buffer_past: Option<Duration>,
 }
 
 /// Namespace type.
@@ -270,6 +275,8 @@ pub struct ValidNamespace {
     pub downsample_all: bool,
     /// Read-only.
     pub read_only: bool,
+    /// `bufferPast`, when set (the store's default otherwise).
+    pub buffer_past: Option<Duration>,
 }
 
 /// The settings a coordinator runs with: the file after [`CoordinatorConfig::validate`], with
@@ -483,6 +490,10 @@ impl CoordinatorConfig {
                     bad("retention", "must be positive".into());
                     valid = false;
                 }
+                if ns.buffer_past.is_some_and(|b| b.is_zero()) {
+                    bad("bufferPast", "must be positive".into());
+                    valid = false;
+                }
                 let policy = match (ns.kind, ns.resolution) {
                     (NamespaceKind::Unaggregated, _) => None,
                     (NamespaceKind::Aggregated, None) => {
@@ -539,6 +550,7 @@ impl CoordinatorConfig {
                         retention: ns.retention,
                         downsample_all: ns.downsample.as_ref().map_or(default_all, |d| d.all),
                         read_only: ns.read_only,
+                        buffer_past: ns.buffer_past,
                     });
                 }
             }
@@ -574,6 +586,7 @@ fn aggregation_targets(
                 retention: policy.retention.0,
                 downsample_all: endpoint.downsample_all,
                 read_only: false,
+                buffer_past: None,
             }),
         }
     }
@@ -744,6 +757,28 @@ downsample:
             .unwrap_err()
             .to_string();
         assert!(err.contains("2 days"), "{err}");
+
+        assert_eq!(ns[0].buffer_past, None, "the store's default");
+        let buffered = ok.replace(
+            "retention: 48h\n",
+            "retention: 48h\n        bufferPast: 10m\n",
+        );
+        let config = CoordinatorConfig::parse(Path::new("c.yml"), &buffered).unwrap();
+        assert_eq!(
+            config.namespaces[0].buffer_past,
+            Some(Duration::from_secs(600))
+        );
+        let zero = ok.replace(
+            "retention: 48h\n",
+            "retention: 48h\n        bufferPast: 0s\n",
+        );
+        let err = CoordinatorConfig::parse(Path::new("c.yml"), &zero)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`clusters[0].namespaces[0].bufferPast`: must be positive"),
+            "{err}"
+        );
     }
 
     /// Endpoints' storage policies are aggregation targets: a policy no namespace has gets its

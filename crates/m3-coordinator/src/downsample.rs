@@ -202,6 +202,7 @@ mod tests {
                 retention: Duration::from_secs(86_400),
                 downsample_all: true,
                 read_only: false,
+                buffer_past: None,
             },
             ValidNamespace {
                 name: "agg10s".into(),
@@ -209,6 +210,7 @@ mod tests {
                 retention: Duration::from_secs(172_800),
                 downsample_all: true,
                 read_only: false,
+                buffer_past: None,
             },
             ValidNamespace {
                 name: "agg1m".into(),
@@ -216,6 +218,7 @@ mod tests {
                 retention: Duration::from_secs(40 * 86_400),
                 downsample_all: true,
                 read_only: false,
+                buffer_past: None,
             },
             ValidNamespace {
                 name: "manual".into(),
@@ -223,6 +226,7 @@ mod tests {
                 retention: Duration::from_secs(365 * 86_400),
                 downsample_all: false,
                 read_only: false,
+                buffer_past: None,
             },
         ]
     }

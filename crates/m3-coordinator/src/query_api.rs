@@ -716,6 +716,7 @@ mod tests {
             retention: policy.map_or(2 * DAY, |p| p.retention.0),
             downsample_all: true,
             read_only: false,
+            buffer_past: None,
         }
     }
 

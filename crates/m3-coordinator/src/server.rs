@@ -390,11 +390,17 @@ fn open_store(dir: &Path, namespaces: &[ValidNamespace]) -> anyhow::Result<Store
         .with_context(|| format!("creating data directory {}", dir.display()))?;
     let configs = namespaces
         .iter()
-        .map(|n| match n.policy {
-            Some(p) => {
-                NamespaceConfig::aggregated(n.name.clone(), p.resolution.window, n.retention)
+        .map(|n| {
+            let config = match n.policy {
+                Some(p) => {
+                    NamespaceConfig::aggregated(n.name.clone(), p.resolution.window, n.retention)
+                }
+                None => NamespaceConfig::unaggregated(n.name.clone(), n.retention),
+            };
+            match n.buffer_past {
+                Some(buffer_past) => config.with_buffer_past(buffer_past),
+                None => config,
             }
-            None => NamespaceConfig::unaggregated(n.name.clone(), n.retention),
         })
         .collect();
     Store::open(dir, configs).with_context(|| format!("opening the store in {}", dir.display()))
@@ -728,6 +734,44 @@ mod tests {
             map.insert(name.clone(), value.parse().unwrap());
         }
         map
+    }
+
+    /// `bufferPast` from the config reaches the store: a sample further behind than it is
+    /// refused, one within it taken; the default (an hour) applies where it is not set.
+    #[test]
+    fn the_namespaces_buffer_past_reaches_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let namespace = |name: &str, buffer_past| ValidNamespace {
+            name: name.into(),
+            policy: None,
+            retention: Duration::from_secs(48 * 3600),
+            downsample_all: false,
+            read_only: false,
+            buffer_past,
+        };
+        let store = open_store(
+            dir.path(),
+            &[namespace("default", Some(Duration::from_secs(60)))],
+        )
+        .unwrap();
+        let up = m3_storage::Labels::new([("__name__", "up")]).unwrap();
+        store
+            .write_batch("default", &[(&up, 600_000, 1.0)])
+            .unwrap();
+        let summary = store
+            .write_batch("default", &[(&up, 500_000, 1.0), (&up, 590_000, 1.0)])
+            .unwrap();
+        assert_eq!((summary.samples, summary.too_old), (1, 1));
+        drop(store);
+        let other = tempfile::tempdir().unwrap();
+        let store = open_store(other.path(), &[namespace("default", None)]).unwrap();
+        store
+            .write_batch("default", &[(&up, 600_000, 1.0)])
+            .unwrap();
+        let summary = store
+            .write_batch("default", &[(&up, 500_000, 1.0)])
+            .unwrap();
+        assert_eq!(summary.too_old, 0, "within the default hour");
     }
 
     #[test]

@@ -528,6 +528,7 @@ mod tests {
                 retention: Duration::from_secs(86_400),
                 downsample_all: true,
                 read_only: false,
+                buffer_past: None,
             },
             ValidNamespace {
                 name: "agg".into(),
@@ -535,6 +536,7 @@ mod tests {
                 retention: Duration::from_secs(172_800),
                 downsample_all: true,
                 read_only: false,
+                buffer_past: None,
             },
         ]
     }
