@@ -16,6 +16,18 @@
 //!            1111 + 64 bits       → anything
 //! ```
 //!
+//! Integers, as M3TSZ's integer mode: when the previous value is an integer that a float holds
+//! exactly, the value is written as the change of its change (a counter growing at a steady rate
+//! costs one bit, one growing by a few a scrape about seven), or, when it is not an integer, as
+//! a XOR behind a two-bit escape:
+//!
+//! ```text
+//! previous value an exact integer:
+//!   0                      → changed by as much as last time (ΔΔ = 0)
+//!   10 + ΔΔ ≠ 0:  0 + 4 bits | 10 + 10 bits | 110 + 20 bits | 1110 + 36 bits | 1111 + 64 bits
+//!   11 + XOR as above      → not an exact integer
+//! ```
+//!
 //! A chunk is append-only with strictly increasing timestamps; the caller (the head) decides
 //! where one chunk ends and the next begins. The evaluated crates (`tsz`, unmaintained since
 //! 2017; `gortsz`, 32-bit times and values, nightly-only; `nodedb-codec`, a pre-release) do not
@@ -118,6 +130,23 @@ impl<'a> BitReader<'a> {
 
 /// The timestamp buckets: (prefix bits, prefix length, payload bits).
 const DOD_BUCKETS: [(u64, u8, u8); 3] = [(0b10, 2, 14), (0b110, 3, 17), (0b1110, 4, 20)];
+/// The buckets of a non-zero change of an integer value's change: (prefix bits, prefix
+/// length, payload bits); past the last, `1111` and 64 bits.
+const INT_BUCKETS: [(u64, u8, u8); 4] = [(0b0, 1, 4), (0b10, 2, 10), (0b110, 3, 20), (0b1110, 4, 36)];
+/// Integers up to this magnitude are exact in a float.
+const EXACT_INT: f64 = 9_007_199_254_740_992.0;
+
+/// The value as an integer when a float holds it exactly and gives back the same bits (not
+/// `-0.0`, not NaN).
+fn exact_int(bits: u64) -> Option<i64> {
+    let value = f64::from_bits(bits);
+    if value.is_finite() && value.fract() == 0.0 && value.abs() < EXACT_INT {
+        let int = value as i64;
+        ((int as f64).to_bits() == bits).then_some(int)
+    } else {
+        None
+    }
+}
 
 /// One series' samples, compressed.
 #[derive(Clone, PartialEq, Eq)]
@@ -128,6 +157,8 @@ pub struct Chunk {
     last_time: i64,
     last_delta: i64,
     last_value: u64,
+    /// How much the value changed last time, when it and the one before were integers.
+    last_int_delta: i64,
     /// Leading and trailing zeros of the last stored XOR window (`leading = u8::MAX`: none).
     leading: u8,
     trailing: u8,
@@ -170,6 +201,7 @@ impl Chunk {
             last_time: 0,
             last_delta: 0,
             last_value: 0,
+            last_int_delta: 0,
             leading: u8::MAX,
             trailing: 0,
         }
@@ -233,7 +265,7 @@ impl Chunk {
         }
         let delta = time.wrapping_sub(self.last_time);
         self.push_dod(delta.wrapping_sub(self.last_delta));
-        self.push_xor(bits ^ self.last_value);
+        self.push_value(bits);
         self.last_delta = delta;
         self.last_time = time;
         self.last_value = bits;
@@ -247,6 +279,40 @@ impl Chunk {
             return;
         }
         for (prefix, prefix_len, payload) in DOD_BUCKETS {
+            let half = 1i64 << (payload - 1);
+            if (-half..half).contains(&dod) {
+                self.bits.push_bits(prefix, prefix_len);
+                self.bits
+                    .push_bits((dod as u64) & ((1u64 << payload) - 1), payload);
+                return;
+            }
+        }
+        self.bits.push_bits(0b1111, 4);
+        self.bits.push_bits(dod as u64, 64);
+    }
+
+    fn push_value(&mut self, bits: u64) {
+        let Some(previous) = exact_int(self.last_value) else {
+            self.push_xor(bits ^ self.last_value);
+            self.last_int_delta = 0;
+            return;
+        };
+        let Some(current) = exact_int(bits) else {
+            self.bits.push_bits(0b11, 2);
+            self.push_xor(bits ^ self.last_value);
+            self.last_int_delta = 0;
+            return;
+        };
+        // Both below 2^53 in magnitude: no overflow.
+        let delta = current - previous;
+        let dod = delta - self.last_int_delta;
+        self.last_int_delta = delta;
+        if dod == 0 {
+            self.bits.push_bit(false);
+            return;
+        }
+        self.bits.push_bits(0b10, 2);
+        for (prefix, prefix_len, payload) in INT_BUCKETS {
             let half = 1i64 << (payload - 1);
             if (-half..half).contains(&dod) {
                 self.bits.push_bits(prefix, prefix_len);
@@ -293,6 +359,7 @@ impl Chunk {
             time: 0,
             delta: 0,
             value: 0,
+            int_delta: 0,
             leading: 0,
             trailing: 0,
         }
@@ -314,6 +381,7 @@ impl Chunk {
             time: 0,
             delta: 0,
             value: 0,
+            int_delta: 0,
             leading: 0,
             trailing: 0,
         }
@@ -328,6 +396,7 @@ pub struct ChunkIter<'a> {
     time: i64,
     delta: i64,
     value: u64,
+    int_delta: i64,
     leading: u8,
     trailing: u8,
 }
@@ -342,6 +411,47 @@ impl ChunkIter<'_> {
         let dod = self.read_dod()?;
         self.delta = self.delta.wrapping_add(dod);
         self.time = self.time.wrapping_add(self.delta);
+        if let Some(previous) = exact_int(self.value) {
+            if !self.reader.read_bit()? {
+                // Changed by as much as last time.
+                return self.int_value(previous);
+            }
+            if !self.reader.read_bit()? {
+                let dod = self.read_int_dod()?;
+                self.int_delta = self.int_delta.checked_add(dod)?;
+                return self.int_value(previous);
+            }
+        }
+        self.int_delta = 0;
+        self.read_xor()?;
+        Some((self.time, f64::from_bits(self.value)))
+    }
+
+    /// The value `previous` plus the current change, which must stay an exact integer.
+    fn int_value(&mut self, previous: i64) -> Option<(i64, f64)> {
+        let value = previous.checked_add(self.int_delta)?;
+        let float = value as f64;
+        if float.abs() >= EXACT_INT {
+            return None;
+        }
+        self.value = float.to_bits();
+        Some((self.time, float))
+    }
+
+    fn read_int_dod(&mut self) -> Option<i64> {
+        for (_, _, payload) in INT_BUCKETS {
+            // Each bucket's prefix is one more 1 than the last, then a 0.
+            if !self.reader.read_bit()? {
+                let raw = self.reader.read_bits(payload)?;
+                let shift = 64 - u32::from(payload);
+                return Some(((raw << shift) as i64) >> shift);
+            }
+        }
+        Some(self.reader.read_bits(64)? as i64)
+    }
+
+    /// A XOR'd value (after its "changed" bit).
+    fn read_xor(&mut self) -> Option<()> {
         if self.reader.read_bit()? {
             let xor = if self.reader.read_bit()? {
                 let leading = self.reader.read_bits(5)? as u8;
@@ -359,7 +469,7 @@ impl ChunkIter<'_> {
             };
             self.value ^= xor;
         }
-        Some((self.time, f64::from_bits(self.value)))
+        Some(())
     }
 
     fn read_dod(&mut self) -> Option<i64> {
@@ -439,7 +549,17 @@ mod tests {
         }
         let chunk = roundtrip(&samples);
         let per_sample = chunk.encoded_len() as f64 / samples.len() as f64;
+        assert!(per_sample < 1.25, "{per_sample} bytes per sample");
+        // The same counter as a float that is not an integer takes the XOR path.
+        let floats: Vec<(i64, f64)> = samples.iter().map(|&(t, v)| (t, v + 0.5)).collect();
+        let chunk = roundtrip(&floats);
+        let per_sample = chunk.encoded_len() as f64 / samples.len() as f64;
         assert!(per_sample < 2.0, "{per_sample} bytes per sample");
+        // Integers and floats in turn switch between the two paths.
+        let mixed: Vec<(i64, f64)> = (0..120)
+            .map(|i| (i * 1000, if i % 3 == 0 { i as f64 + 0.25 } else { (i * 7) as f64 }))
+            .collect();
+        roundtrip(&mixed);
         // A constant gauge on a steady scrape: two bits per sample after the first.
         let constant: Vec<(i64, f64)> = (0..120).map(|i| (i * 10_000, 1.0)).collect();
         let chunk = roundtrip(&constant);
@@ -498,7 +618,15 @@ mod tests {
                 0..200,
             ),
             values in prop::collection::vec(
-                prop_oneof![any::<f64>(), (0u32..1000).prop_map(f64::from), Just(0.0)],
+                prop_oneof![
+                    any::<f64>(),
+                    (0u32..1000).prop_map(f64::from),
+                    Just(0.0),
+                    Just(-0.0),
+                    (-(1i64 << 53) + 1..(1i64 << 53)).prop_map(|i| i as f64),
+                    Just(9_007_199_254_740_992.0),
+                    Just(-9_007_199_254_740_991.0),
+                ],
                 200,
             ),
         ) {
