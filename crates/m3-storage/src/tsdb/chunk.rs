@@ -73,6 +73,21 @@ impl BitWriter {
         }
     }
 
+    /// Writes `value` in the first of `buckets` (prefix, prefix length, payload bits) whose
+    /// payload holds it, else as `1111` and all 64 bits.
+    fn push_bucketed(&mut self, value: i64, buckets: &[(u64, u8, u8)]) {
+        for &(prefix, prefix_len, payload) in buckets {
+            let half = 1i64 << (payload - 1);
+            if (-half..half).contains(&value) {
+                self.push_bits(prefix, prefix_len);
+                self.push_bits((value as u64) & ((1u64 << payload) - 1), payload);
+                return;
+            }
+        }
+        self.push_bits(0b1111, 4);
+        self.push_bits(value as u64, 64);
+    }
+
     fn len_bits(&self) -> usize {
         match self.used {
             0 => self.bytes.len() * 8,
@@ -132,7 +147,8 @@ impl<'a> BitReader<'a> {
 const DOD_BUCKETS: [(u64, u8, u8); 3] = [(0b10, 2, 14), (0b110, 3, 17), (0b1110, 4, 20)];
 /// The buckets of a non-zero change of an integer value's change: (prefix bits, prefix
 /// length, payload bits); past the last, `1111` and 64 bits.
-const INT_BUCKETS: [(u64, u8, u8); 4] = [(0b0, 1, 4), (0b10, 2, 10), (0b110, 3, 20), (0b1110, 4, 36)];
+const INT_BUCKETS: [(u64, u8, u8); 4] =
+    [(0b0, 1, 4), (0b10, 2, 10), (0b110, 3, 20), (0b1110, 4, 36)];
 /// Integers up to this magnitude are exact in a float.
 const EXACT_INT: f64 = 9_007_199_254_740_992.0;
 
@@ -278,17 +294,7 @@ impl Chunk {
             self.bits.push_bit(false);
             return;
         }
-        for (prefix, prefix_len, payload) in DOD_BUCKETS {
-            let half = 1i64 << (payload - 1);
-            if (-half..half).contains(&dod) {
-                self.bits.push_bits(prefix, prefix_len);
-                self.bits
-                    .push_bits((dod as u64) & ((1u64 << payload) - 1), payload);
-                return;
-            }
-        }
-        self.bits.push_bits(0b1111, 4);
-        self.bits.push_bits(dod as u64, 64);
+        self.bits.push_bucketed(dod, &DOD_BUCKETS);
     }
 
     fn push_value(&mut self, bits: u64) {
@@ -312,17 +318,7 @@ impl Chunk {
             return;
         }
         self.bits.push_bits(0b10, 2);
-        for (prefix, prefix_len, payload) in INT_BUCKETS {
-            let half = 1i64 << (payload - 1);
-            if (-half..half).contains(&dod) {
-                self.bits.push_bits(prefix, prefix_len);
-                self.bits
-                    .push_bits((dod as u64) & ((1u64 << payload) - 1), payload);
-                return;
-            }
-        }
-        self.bits.push_bits(0b1111, 4);
-        self.bits.push_bits(dod as u64, 64);
+        self.bits.push_bucketed(dod, &INT_BUCKETS);
     }
 
     fn push_xor(&mut self, xor: u64) {
@@ -557,7 +553,16 @@ mod tests {
         assert!(per_sample < 2.0, "{per_sample} bytes per sample");
         // Integers and floats in turn switch between the two paths.
         let mixed: Vec<(i64, f64)> = (0..120)
-            .map(|i| (i * 1000, if i % 3 == 0 { i as f64 + 0.25 } else { (i * 7) as f64 }))
+            .map(|i| {
+                (
+                    i * 1000,
+                    if i % 3 == 0 {
+                        i as f64 + 0.25
+                    } else {
+                        (i * 7) as f64
+                    },
+                )
+            })
             .collect();
         roundtrip(&mixed);
         // A constant gauge on a steady scrape: two bits per sample after the first.
