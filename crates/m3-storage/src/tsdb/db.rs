@@ -19,7 +19,8 @@
 //! before it leaves the head. The cut chunks are published as an in-memory part in the same
 //! critical section, so a read never misses them; the block is then written without any lock
 //! held and replaces the in-memory part. Only then does the log drop the segments whose
-//! samples are all before the cutoff ([`DurableHead::checkpoint`]). A crash before that
+//! samples are all before the cutoff ([`DurableHead::prepare_checkpoint`]; the checkpoint is
+//! written without the head's lock, appends going to the newer segment meanwhile). A crash before that
 //! replays them into the head again; the next compaction cuts them into another block, whose
 //! samples equal the first's (reads merge blocks, so the copy costs disk, not correctness).
 //!
@@ -401,11 +402,14 @@ impl NamespaceDb {
         if compacted.series > 0 {
             compacted.samples = self.write_pending(&mut state)?;
         }
-        compacted.segments_removed = self
+        // Taken under the head's lock, written without it.
+        let wal_dir = self.dir.join(WAL_DIR);
+        let checkpoint = self
             .head
             .write()
-            .checkpoint(cutoff)
-            .map_err(io_at(&self.dir.join(WAL_DIR)))?;
+            .prepare_checkpoint(cutoff)
+            .map_err(io_at(&wal_dir))?;
+        compacted.segments_removed = checkpoint.write().map_err(io_at(&wal_dir))?;
         Ok(Some(compacted))
     }
 

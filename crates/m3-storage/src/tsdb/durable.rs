@@ -20,7 +20,7 @@ use std::path::Path;
 use crate::labels::{Labels, MAX_ENCODED_LABELS_BYTES};
 use crate::tsdb::chunk::Chunk;
 use crate::tsdb::head::{AppendSummary, Head, HeadOptions, SeriesRef, Truncated};
-use crate::tsdb::wal::{ReplayReport, Wal, WalError, WalOptions};
+use crate::tsdb::wal::{Checkpoint, ReplayReport, Wal, WalError, WalOptions};
 
 const SERIES_RECORD: u8 = 1;
 /// How far past the next reference a replayed series record may name one (references skipped
@@ -55,6 +55,23 @@ pub enum AppendError {
     /// The log write failed (a full disk); see [`DurableHead::append`].
     #[error("write-ahead log: {0}")]
     Io(#[from] io::Error),
+}
+
+/// A checkpoint taken by [`DurableHead::prepare_checkpoint`], to write without the head.
+#[derive(Debug)]
+pub struct PendingCheckpoint {
+    checkpoint: Checkpoint,
+    records: Vec<Vec<u8>>,
+}
+
+impl PendingCheckpoint {
+    /// Writes it; returns how many log segments went.
+    ///
+    /// # Errors
+    /// I/O errors; the log then still holds everything it held.
+    pub fn write(self) -> io::Result<usize> {
+        self.checkpoint.write(&self.records)
+    }
 }
 
 /// A [`Head`] with its write-ahead log.
@@ -199,14 +216,15 @@ impl DurableHead {
         self.head.truncate_before(cutoff)
     }
 
-    /// Drops from the log the segments whose samples are all before `cutoff` and before
-    /// everything the head still holds (so they are in blocks, or expired), keeping a record
-    /// of every live series in their place. Starts a new segment first, so the one being
-    /// written can go too. Returns how many segments went.
+    /// Prepares dropping from the log the segments whose samples are all before `cutoff` and
+    /// before everything the head still holds (so they are in blocks, or expired), keeping a
+    /// record of every live series in their place: starts a new segment, so the one being
+    /// written can go too, and takes the records. The caller writes the returned
+    /// [`PendingCheckpoint`] without holding the head, so writes go on meanwhile.
     ///
     /// # Errors
-    /// I/O errors; the log then still holds everything it held.
-    pub fn checkpoint(&mut self, cutoff: i64) -> io::Result<usize> {
+    /// Starting the new segment failed; the log holds everything it held.
+    pub fn prepare_checkpoint(&mut self, cutoff: i64) -> io::Result<PendingCheckpoint> {
         let cutoff = cutoff.min(self.head.min_time());
         self.wal.next_segment()?;
         self.segment_max_time
@@ -230,7 +248,8 @@ impl DurableHead {
             encode_samples(&[], &mut record);
             records.push(record);
         }
-        let removed = self.wal.checkpoint(keep_from, &records)?;
+        // The segments below `keep_from` go (or stay, if the write fails, until the next
+        // checkpoint, which replaces them too: it lists the directory).
         if let Some(&replaced) = self
             .segment_max_time
             .range(..keep_from)
@@ -240,7 +259,10 @@ impl DurableHead {
             self.segment_max_time = self.segment_max_time.split_off(&replaced);
             self.segment_max_time.insert(replaced, i64::MIN);
         }
-        Ok(removed)
+        Ok(PendingCheckpoint {
+            checkpoint: self.wal.checkpoint_at(keep_from),
+            records,
+        })
     }
 
     /// Flushes the log to disk.

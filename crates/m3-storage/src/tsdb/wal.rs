@@ -313,48 +313,26 @@ impl Wal {
     }
 
     /// Replaces every segment numbered below `keep_from` with one segment holding `records`:
-    /// replay then reads `records` first and the segments from `keep_from` on after them. A
-    /// head calls it once the samples of those segments are in blocks, with a record of every
-    /// series still live (later segments name them by reference only).
-    ///
-    /// The new segment is written under a temporary name, synced, and renamed over segment
-    /// `keep_from − 1`; only then are the older ones removed. A crash at any point leaves
-    /// either the old segments or the new one. Returns how many segments went; none when no
-    /// segment is below `keep_from` (or `keep_from` is past the segment being written).
+    /// see [`Checkpoint::write`], which this is with the log borrowed throughout; a head uses
+    /// [`Wal::checkpoint_at`] instead, so appends go on while the checkpoint is written.
     ///
     /// # Errors
-    /// An empty or oversized record, I/O errors (the log is unchanged then, apart from
-    /// segments already removed after the rename).
+    /// As for [`Checkpoint::write`].
     pub fn checkpoint<R: AsRef<[u8]>>(
         &mut self,
         keep_from: u64,
         records: &[R],
     ) -> io::Result<usize> {
-        let keep_from = keep_from.min(self.segment);
-        let older: Vec<u64> = segments(&self.dir)?
-            .into_iter()
-            .filter(|&n| n < keep_from)
-            .collect();
-        let Some(&last_replaced) = older.last() else {
-            return Ok(0);
-        };
-        let mut framed = Vec::new();
-        for record in records {
-            frame_into(&mut framed, record.as_ref())?;
+        self.checkpoint_at(keep_from).write(records)
+    }
+
+    /// A checkpoint of the segments below `keep_from` (at most the one being written), to write
+    /// without holding the log: appends only touch the segment being written, which it leaves.
+    pub fn checkpoint_at(&self, keep_from: u64) -> Checkpoint {
+        Checkpoint {
+            dir: self.dir.clone(),
+            keep_from: keep_from.min(self.segment),
         }
-        let temporary = self.dir.join(CHECKPOINT_TEMPORARY);
-        {
-            let mut file = File::create(&temporary)?;
-            file.write_all(&framed)?;
-            file.sync_all()?;
-        }
-        std::fs::rename(&temporary, self.dir.join(segment_name(last_replaced)))?;
-        sync_dir(&self.dir)?;
-        for &number in &older[..older.len() - 1] {
-            std::fs::remove_file(self.dir.join(segment_name(number)))?;
-        }
-        sync_dir(&self.dir)?;
-        Ok(older.len() - 1)
     }
 
     /// Removes every segment numbered below `segment` (their records are persisted elsewhere).
@@ -389,6 +367,56 @@ impl Wal {
     /// I/O errors.
     pub fn close(self) -> io::Result<()> {
         self.sync()
+    }
+}
+
+/// Segments of a log to replace with a record of what they still matter for; see
+/// [`Wal::checkpoint_at`].
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    dir: PathBuf,
+    keep_from: u64,
+}
+
+impl Checkpoint {
+    /// Replaces every segment numbered below the checkpoint's `keep_from` with one segment
+    /// holding `records`: replay then reads `records` first and the later segments after them.
+    /// A head writes one once the samples of those segments are in blocks, with a record of
+    /// every series still live (later segments name them by reference only).
+    ///
+    /// The new segment is written under a temporary name, synced, and renamed over segment
+    /// `keep_from − 1`; only then are the older ones removed. A crash at any point leaves
+    /// either the old segments or the new one. Returns how many segments went; none when no
+    /// segment is below `keep_from`.
+    ///
+    /// # Errors
+    /// An empty or oversized record, I/O errors (the log is unchanged then, apart from
+    /// segments already removed after the rename).
+    pub fn write<R: AsRef<[u8]>>(&self, records: &[R]) -> io::Result<usize> {
+        let older: Vec<u64> = segments(&self.dir)?
+            .into_iter()
+            .filter(|&n| n < self.keep_from)
+            .collect();
+        let Some(&last_replaced) = older.last() else {
+            return Ok(0);
+        };
+        let mut framed = Vec::new();
+        for record in records {
+            frame_into(&mut framed, record.as_ref())?;
+        }
+        let temporary = self.dir.join(CHECKPOINT_TEMPORARY);
+        {
+            let mut file = File::create(&temporary)?;
+            file.write_all(&framed)?;
+            file.sync_all()?;
+        }
+        std::fs::rename(&temporary, self.dir.join(segment_name(last_replaced)))?;
+        sync_dir(&self.dir)?;
+        for &number in &older[..older.len() - 1] {
+            std::fs::remove_file(self.dir.join(segment_name(number)))?;
+        }
+        sync_dir(&self.dir)?;
+        Ok(older.len() - 1)
     }
 }
 
