@@ -150,5 +150,13 @@ mod tests {
             out.contains("m3_storage_samples_deleted_by_retention_total 0"),
             "{out}"
         );
+        m.samples_refused_too_old.inc_by(2);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        assert!(
+            out.contains("m3_storage_samples_refused_total{reason=\"too_old\"} 2"),
+            "{out}"
+        );
+        assert!(out.contains("m3_storage_samples_compacted_total 0"), "{out}");
     }
 }
