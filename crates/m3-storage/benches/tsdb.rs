@@ -116,6 +116,45 @@ fn label_sets(count: usize) -> Vec<Labels> {
         .collect()
 }
 
+/// Batches of one sample per series in turn, each 15 s after the series' previous one, as
+/// scrapes of `sets` arrive.
+struct Scrape<'a> {
+    sets: &'a [Labels],
+    next: usize,
+    round: i64,
+    batch: Vec<(&'a Labels, i64, f64)>,
+    size: usize,
+}
+
+impl<'a> Scrape<'a> {
+    fn new(sets: &'a [Labels], size: usize) -> Scrape<'a> {
+        Scrape {
+            sets,
+            next: 0,
+            round: 1,
+            batch: Vec::with_capacity(size),
+            size,
+        }
+    }
+
+    fn next_batch(&mut self) -> &[(&'a Labels, i64, f64)] {
+        self.batch.clear();
+        for _ in 0..self.size {
+            self.batch.push((
+                &self.sets[self.next],
+                self.round * 15_000,
+                self.round as f64,
+            ));
+            self.next += 1;
+            if self.next == self.sets.len() {
+                self.next = 0;
+                self.round += 1;
+            }
+        }
+        &self.batch
+    }
+}
+
 fn head(c: &mut Criterion) {
     const BATCH: usize = 2000;
     let mut group = c.benchmark_group("head");
@@ -128,21 +167,10 @@ fn head(c: &mut Criterion) {
         let first: Vec<(&Labels, i64, f64)> = sets.iter().map(|l| (l, 0, 0.0)).collect();
         assert_eq!(head.append(&first).new_series, count);
         drop(first);
-        let mut next = 0usize;
-        let mut round = 1i64;
-        let mut batch: Vec<(&Labels, i64, f64)> = Vec::with_capacity(BATCH);
+        let mut scrape = Scrape::new(&sets, BATCH);
         group.bench_function(format!("append/{name}"), |b| {
             b.iter(|| {
-                batch.clear();
-                for _ in 0..BATCH {
-                    batch.push((&sets[next], round * 15_000, round as f64));
-                    next += 1;
-                    if next == count {
-                        next = 0;
-                        round += 1;
-                    }
-                }
-                let summary = head.append(&batch);
+                let summary = head.append(scrape.next_batch());
                 assert_eq!(summary.appended, BATCH);
                 black_box(summary)
             })
@@ -175,21 +203,12 @@ fn store(c: &mut Criterion) {
             let first: Vec<(&Labels, i64, f64)> = part.iter().map(|l| (l, 0, 0.0)).collect();
             store.write_batch("raw", &first).expect("writes");
         }
-        let mut next = 0usize;
-        let mut round = 1i64;
-        let mut batch: Vec<(&Labels, i64, f64)> = Vec::with_capacity(BATCH);
+        let mut scrape = Scrape::new(&sets, BATCH);
         group.bench_function(format!("write_batch/{name}"), |b| {
             b.iter(|| {
-                batch.clear();
-                for _ in 0..BATCH {
-                    batch.push((&sets[next], round * 15_000, round as f64));
-                    next += 1;
-                    if next == count {
-                        next = 0;
-                        round += 1;
-                    }
-                }
-                let summary = store.write_batch("raw", &batch).expect("writes");
+                let summary = store
+                    .write_batch("raw", scrape.next_batch())
+                    .expect("writes");
                 assert_eq!(summary.samples, BATCH as u64);
                 black_box(summary)
             })

@@ -157,6 +157,9 @@ mod tests {
             out.contains("m3_storage_samples_refused_total{reason=\"too_old\"} 2"),
             "{out}"
         );
-        assert!(out.contains("m3_storage_samples_compacted_total 0"), "{out}");
+        assert!(
+            out.contains("m3_storage_samples_compacted_total 0"),
+            "{out}"
+        );
     }
 }
