@@ -13,6 +13,8 @@
 //! | `m3_storage_write_errors_total`                  | `write_batch` calls that failed          |
 //! | `m3_storage_samples_refused_total{reason="too_old"}` | samples further behind their series' newest than `bufferPast` |
 //! | `m3_storage_samples_compacted_total`             | samples the heads cut into blocks on disk |
+//! | `m3_storage_head_series`, `m3_storage_head_bytes` | series in the heads and their memory (approximate), after the last retention pass |
+//! | `m3_storage_blocks`, `m3_storage_block_bytes`    | blocks on disk and the bytes of their chunks, likewise |
 //! | `m3_storage_writable`                            | 1 while the store can write, 0 after a failed write until it recovers |
 
 use prometheus_client::metrics::counter::Counter;
@@ -30,6 +32,10 @@ pub struct StoreMetrics {
     pub(crate) writable: Gauge,
     pub(crate) samples_refused_too_old: Counter,
     pub(crate) samples_compacted: Counter,
+    pub(crate) head_series: Gauge,
+    pub(crate) head_bytes: Gauge,
+    pub(crate) blocks: Gauge,
+    pub(crate) block_bytes: Gauge,
 }
 
 impl Default for StoreMetrics {
@@ -45,6 +51,10 @@ impl Default for StoreMetrics {
             writable,
             samples_refused_too_old: Counter::default(),
             samples_compacted: Counter::default(),
+            head_series: Gauge::default(),
+            head_bytes: Gauge::default(),
+            blocks: Gauge::default(),
+            block_bytes: Gauge::default(),
         }
     }
 }
@@ -86,6 +96,26 @@ impl StoreMetrics {
         self.samples_compacted.get()
     }
 
+    /// Series in the heads, as of the last retention pass.
+    pub fn head_series(&self) -> i64 {
+        self.head_series.get()
+    }
+
+    /// The heads' memory in bytes (approximate), as of the last retention pass.
+    pub fn head_bytes(&self) -> i64 {
+        self.head_bytes.get()
+    }
+
+    /// Blocks on disk, as of the last retention pass.
+    pub fn blocks(&self) -> i64 {
+        self.blocks.get()
+    }
+
+    /// Bytes of the blocks' chunks on disk, as of the last retention pass.
+    pub fn block_bytes(&self) -> i64 {
+        self.block_bytes.get()
+    }
+
     /// Registers the counters under the `m3_storage` prefix.
     pub fn register(&self, registry: &mut Registry) {
         let sub = registry.sub_registry_with_prefix("m3_storage");
@@ -119,6 +149,26 @@ impl StoreMetrics {
             "samples_refused",
             "Samples the embedded store refused, by reason (too_old: further behind their series' newest sample than the namespace's bufferPast)",
             self.samples_refused_too_old.clone(),
+        );
+        sub.register(
+            "head_series",
+            "Series in the embedded store's in-memory heads (as of the last retention pass)",
+            self.head_series.clone(),
+        );
+        sub.register(
+            "head_bytes",
+            "Approximate memory of the embedded store's heads (as of the last retention pass)",
+            self.head_bytes.clone(),
+        );
+        sub.register(
+            "blocks",
+            "Blocks of the embedded store on disk (as of the last retention pass)",
+            self.blocks.clone(),
+        );
+        sub.register(
+            "block_bytes",
+            "Bytes of the chunks in the embedded store's blocks (as of the last retention pass)",
+            self.block_bytes.clone(),
         );
         sub.register(
             "samples_compacted",

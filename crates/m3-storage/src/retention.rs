@@ -66,6 +66,30 @@ impl Store {
     /// [`Error::Engine`](crate::Error::Engine) when the cutoff cannot be persisted or a block
     /// cannot be deleted; the namespaces before it are done, the rest are tried next time.
     pub fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport> {
+        let report = self.expire(now_ms);
+        self.update_size_gauges();
+        report
+    }
+
+    /// Sets the head and block gauges from what the namespaces hold now.
+    fn update_size_gauges(&self) {
+        let (mut series, mut bytes, mut blocks, mut block_bytes) = (0, 0, 0, 0);
+        for (_, db) in self.databases() {
+            series += db.head_series();
+            bytes += db.head_bytes();
+            let (count, chunk_bytes, _) = db.block_stats();
+            blocks += count;
+            block_bytes += chunk_bytes;
+        }
+        let metrics = &self.inner.metrics;
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        metrics.head_series.set(gauge(series as u64));
+        metrics.head_bytes.set(gauge(bytes as u64));
+        metrics.blocks.set(gauge(blocks as u64));
+        metrics.block_bytes.set(gauge(block_bytes));
+    }
+
+    fn expire(&self, now_ms: i64) -> Result<RetentionReport> {
         let mut report = RetentionReport::default();
         for (ns_cfg, db) in self.databases() {
             let cutoff = now_ms.saturating_sub(ns_cfg.retention_ms());

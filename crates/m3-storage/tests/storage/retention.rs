@@ -203,3 +203,32 @@ fn compaction_then_retention_after_a_restart_deletes_the_expired_sample() {
         assert_eq!(left[0].samples, vec![(now, 2.0)]);
     }
 }
+
+/// A retention pass reports what the store holds: series and memory of the heads, blocks and
+/// their bytes.
+#[test]
+fn a_retention_pass_sets_the_size_gauges() {
+    let dir = tmp();
+    let store = open(dir.path());
+    let now = 1_700_000_000_000;
+    let a = labels(&[("__name__", "a")]);
+    let b = labels(&[("__name__", "b")]);
+    let old: Vec<_> = (0..200)
+        .map(|i| (&a, now - 10 * H_MS + i * 15_000, 1.0))
+        .collect();
+    store.write_batch(RAW, &old).unwrap();
+    store.write_batch(RAW, &[(&b, now, 1.0)]).unwrap();
+    assert_eq!(
+        store.metrics().head_series(),
+        0,
+        "nothing measured before a pass"
+    );
+    store.compact(now).unwrap();
+    store.enforce_retention(now).unwrap();
+    let metrics = store.metrics();
+    // `a` was cut whole into a block and left the head empty; `b` is in the head.
+    assert_eq!(metrics.head_series(), 1);
+    assert!(metrics.head_bytes() > 0);
+    assert_eq!(metrics.blocks(), 1);
+    assert!(metrics.block_bytes() > 0 && metrics.block_bytes() < 200 * 16);
+}
