@@ -77,9 +77,9 @@ impl Store {
         for (_, db) in self.databases() {
             series += db.head_series();
             bytes += db.head_bytes();
-            let (count, chunk_bytes, _) = db.block_stats();
-            blocks += count;
-            block_bytes += chunk_bytes;
+            let stats = db.block_stats();
+            blocks += stats.blocks;
+            block_bytes += stats.chunk_bytes;
         }
         let metrics = &self.inner.metrics;
         let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);

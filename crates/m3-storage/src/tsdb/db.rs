@@ -176,6 +176,17 @@ pub struct Compacted {
     pub segments_removed: usize,
 }
 
+/// What a namespace's blocks on disk hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlockStats {
+    /// Blocks.
+    pub blocks: usize,
+    /// Bytes of their chunks.
+    pub chunk_bytes: u64,
+    /// Samples in them.
+    pub samples: u64,
+}
+
 /// What retention removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Expired {
@@ -204,8 +215,6 @@ pub struct NamespaceDb {
     /// In the order they were cut (later wins on equal timestamps).
     parts: RwLock<Arc<Vec<Arc<Part>>>>,
     compaction: Mutex<CompactionState>,
-    /// The newest sample time taken, for status.
-    newest: AtomicI64,
     /// The last retention cutoff: reads start here.
     retention_floor: AtomicI64,
     /// What replaying the log brought back from before that cutoff, and was dropped at once.
@@ -284,7 +293,6 @@ impl NamespaceDb {
                 head: RwLock::new(head),
                 parts: RwLock::new(Arc::new(parts)),
                 compaction: Mutex::new(state),
-                newest: AtomicI64::new(i64::MIN),
                 retention_floor: AtomicI64::new(retention_floor),
                 expired_at_open,
             },
@@ -297,11 +305,7 @@ impl NamespaceDb {
     /// # Errors
     /// As for [`DurableHead::append`].
     pub fn append(&self, samples: &[(&Labels, i64, f64)]) -> Result<AppendSummary, AppendError> {
-        let summary = self.head.write().append(samples)?;
-        if let Some(newest) = samples.iter().map(|s| s.1).max() {
-            self.newest.fetch_max(newest, Ordering::Relaxed);
-        }
-        Ok(summary)
+        self.head.write().append(samples)
     }
 
     /// Whether the log refuses appends until [`reopen_log`](Self::reopen_log).
@@ -353,18 +357,18 @@ impl NamespaceDb {
         self.head.read().head().heap_bytes()
     }
 
-    /// Blocks on disk and the bytes of their chunks.
-    pub fn block_stats(&self) -> (usize, u64, u64) {
+    /// What the blocks on disk hold.
+    pub fn block_stats(&self) -> BlockStats {
         let parts = self.parts.read().clone();
-        parts
-            .iter()
-            .filter_map(|p| match &**p {
-                Part::Written(b) => Some((b.chunk_bytes(), b.sample_count())),
-                Part::Writing(_) => None,
-            })
-            .fold((0, 0, 0), |(n, bytes, samples), (b, s)| {
-                (n + 1, bytes + b, samples + s)
-            })
+        let mut stats = BlockStats::default();
+        for part in parts.iter() {
+            if let Part::Written(block) = &**part {
+                stats.blocks += 1;
+                stats.chunk_bytes += block.chunk_bytes();
+                stats.samples += block.sample_count();
+            }
+        }
+        stats
     }
 
     /// Cuts what the head holds before `(now − range/2)` rounded down to the block range into
@@ -868,7 +872,7 @@ mod tests {
         drop(db);
         let (db, _) = NamespaceDb::open(dir.path(), options()).unwrap();
         assert_eq!(everything(&db), before);
-        assert_eq!(db.block_stats().0, 1);
+        assert_eq!(db.block_stats().blocks, 1);
         // Retention past the block deletes it.
         let expired = db.truncate_before(25_000).unwrap();
         assert_eq!(expired.blocks, 1);
@@ -899,7 +903,7 @@ mod tests {
         // Replaces a value that is now in a block (within the window of the newest, 1290).
         db.append(&[(&a, 1_000, 9.0)]).unwrap();
         db.compact(30_000).unwrap();
-        assert_eq!(db.block_stats().0, 2);
+        assert_eq!(db.block_stats().blocks, 2);
         let got = everything(&db).remove(&a).unwrap();
         assert_eq!(got.len(), 130);
         assert_eq!(got.iter().find(|s| s.0 == 1_000), Some(&(1_000, 9.0)));
