@@ -144,11 +144,11 @@ fn live_series(
     end_ms: i64,
 ) -> Result<Vec<Labels>> {
     let mut out = Vec::new();
-    let mut samples = Vec::new();
     for (labels, sources) in reader.matching(matchers, start_ms, end_ms) {
-        samples.clear();
-        read_samples(reader, &sources, start_ms, end_ms, &mut samples)?;
-        if !samples.is_empty() {
+        if reader
+            .has_samples(&sources, start_ms, end_ms)
+            .map_err(|e| Error::Engine(e.to_string()))?
+        {
             out.push(labels);
         }
     }

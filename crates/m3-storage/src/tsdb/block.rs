@@ -30,6 +30,7 @@ use hashbrown::HashMap;
 use crate::labels::Labels;
 use crate::matcher::{Matcher, matches_all};
 use crate::tsdb::chunk::Chunk;
+use crate::tsdb::head::chunk_has_samples_in;
 
 const MAGIC: &[u8; 8] = b"M3BLOCK1";
 const INDEX_FILE: &str = "index";
@@ -387,6 +388,39 @@ impl Block {
     /// The labels of series `position`.
     pub fn labels(&self, position: u32) -> Option<&Labels> {
         self.series.get(position as usize).map(|s| &s.0)
+    }
+
+    /// Whether series `position` has a sample in `start..=end`; reads only the chunks that
+    /// straddle an end of the range.
+    ///
+    /// # Errors
+    /// Reading the chunks file failed.
+    pub fn has_samples(&self, position: u32, start: i64, end: i64) -> Result<bool, BlockError> {
+        let Some((_, metas)) = self.series.get(position as usize) else {
+            return Ok(false);
+        };
+        let mut bytes = Vec::new();
+        for meta in metas {
+            let mut failed = None;
+            let found = chunk_has_samples_in(meta.first, meta.last, start, end, || {
+                bytes.resize(meta.length as usize, 0);
+                if let Err(source) = self.chunks.read_exact_at(&mut bytes, meta.offset) {
+                    failed = Some(source);
+                    bytes.clear();
+                }
+                Chunk::decode(&bytes, meta.samples)
+            });
+            if let Some(source) = failed {
+                return Err(BlockError::Io {
+                    dir: self.dir.clone(),
+                    source,
+                });
+            }
+            if found {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The samples of series `position` in `start..=end`, appended to `out` in time order.

@@ -48,7 +48,7 @@ use crate::matcher::{Matcher, matches_all};
 use crate::tsdb::block::{Block, BlockError, write_block};
 use crate::tsdb::chunk::Chunk;
 use crate::tsdb::durable::{AppendError, DurableError, DurableHead};
-use crate::tsdb::head::{AppendSummary, HeadOptions, SeriesRef, Truncated};
+use crate::tsdb::head::{AppendSummary, HeadOptions, SeriesRef, Truncated, chunk_has_samples_in};
 use crate::tsdb::wal::{ReplayReport, WalOptions};
 
 const WAL_DIR: &str = "wal";
@@ -137,6 +137,24 @@ impl Part {
         match self {
             Part::Written(block) => block.labels(position),
             Part::Writing(cut) => cut.series.get(position as usize).map(|s| &s.0),
+        }
+    }
+
+    fn has_samples(&self, position: u32, start: i64, end: i64) -> Result<bool, BlockError> {
+        match self {
+            Part::Written(block) => block.has_samples(position, start, end),
+            Part::Writing(cut) => {
+                Ok(cut
+                    .series
+                    .get(position as usize)
+                    .is_some_and(|(_, chunks)| {
+                        chunks.iter().any(|c| {
+                            chunk_has_samples_in(c.first_time(), c.last_time(), start, end, || {
+                                c.iter()
+                            })
+                        })
+                    }))
+            }
         }
     }
 
@@ -612,6 +630,35 @@ impl Reader<'_> {
         out
     }
 
+    /// Whether the series has a sample in `start..=end`, reading as little as it can.
+    ///
+    /// # Errors
+    /// Reading a block's chunks failed.
+    pub fn has_samples(
+        &self,
+        sources: &SeriesSources,
+        start: i64,
+        end: i64,
+    ) -> Result<bool, BlockError> {
+        let start = start.max(self.floor);
+        if start > end {
+            return Ok(false);
+        }
+        if let Some(r) = sources.head
+            && self.db.head.read().head().has_samples(r, start, end)
+        {
+            return Ok(true);
+        }
+        for &(index, position) in &sources.parts {
+            if let Some(part) = self.parts.get(index as usize)
+                && part.has_samples(position, start, end)?
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// The series' samples in `start..=end`, in time order, one per timestamp (the head over
     /// every part, a later part over an earlier one), appended to `out`.
     ///
@@ -813,6 +860,17 @@ mod tests {
                         // model follows the head (what it holds decides the window).
                         model.newest.clear();
                         model_newest_from_head(&db, &mut model);
+                    }
+                }
+                // Whether a series has samples in a range agrees with reading them.
+                {
+                    let reader = db.reader();
+                    for (_, sources) in reader.matching(&[], i64::MIN, i64::MAX) {
+                        for (start, end) in [(0, 10_000), (25_000, 25_010), (-5, 70_000), (59_000, 59_999)] {
+                            let mut read = Vec::new();
+                            reader.samples(&sources, start, end, &mut read).unwrap();
+                            prop_assert_eq!(reader.has_samples(&sources, start, end).unwrap(), !read.is_empty());
+                        }
                     }
                 }
                 let expected: BTreeMap<Labels, Vec<(i64, f64)>> = model

@@ -164,6 +164,17 @@ impl MemSeries {
         merge_into(from_chunks, buffered, out);
     }
 
+    /// Whether any sample lies in `start..=end`, decoding at most the chunks that straddle an
+    /// end of the range.
+    fn has_samples_in(&self, start: i64, end: i64) -> bool {
+        self.out_of_order
+            .iter()
+            .any(|s| (start..=end).contains(&s.0))
+            || self.chunks().any(|c| {
+                chunk_has_samples_in(c.first_time(), c.last_time(), start, end, || c.iter())
+            })
+    }
+
     /// Re-encodes the chunks with the out-of-order samples merged in.
     fn fold_out_of_order(&mut self) {
         let mut all = Vec::new();
@@ -189,6 +200,29 @@ impl MemSeries {
             + self.open.heap_bytes()
             + self.out_of_order.capacity() * 16
     }
+}
+
+/// Whether a chunk covering `first..=last` has a sample in `start..=end`: without decoding it
+/// when it lies wholly inside or outside the range, else by reading `samples()`.
+pub(crate) fn chunk_has_samples_in<I: Iterator<Item = (i64, f64)>>(
+    first: i64,
+    last: i64,
+    start: i64,
+    end: i64,
+    samples: impl FnOnce() -> I,
+) -> bool {
+    if last < start || first > end {
+        return false;
+    }
+    // Its first and last samples are samples.
+    if (start..=end).contains(&first) || (start..=end).contains(&last) {
+        return true;
+    }
+    samples()
+        .map(|s| s.0)
+        .skip_while(|&t| t < start)
+        .next()
+        .is_some_and(|t| t <= end)
 }
 
 /// Merges two time-sorted runs into `out`; on equal times the second wins.
@@ -432,6 +466,14 @@ impl Head {
                 })
             })
             .collect()
+    }
+
+    /// Whether series `reference` has a sample in `start..=end`.
+    pub fn has_samples(&self, reference: SeriesRef, start: i64, end: i64) -> bool {
+        match self.series.get(reference as usize) {
+            Some(Some(series)) => series.has_samples_in(start, end),
+            _ => false,
+        }
     }
 
     /// The labels of series `reference`.
