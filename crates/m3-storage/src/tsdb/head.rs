@@ -220,8 +220,7 @@ pub(crate) fn chunk_has_samples_in<I: Iterator<Item = (i64, f64)>>(
     }
     samples()
         .map(|s| s.0)
-        .skip_while(|&t| t < start)
-        .next()
+        .find(|&t| t >= start)
         .is_some_and(|t| t <= end)
 }
 
