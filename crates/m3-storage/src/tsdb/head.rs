@@ -56,6 +56,70 @@ pub struct AppendSummary {
     pub new_series: usize,
 }
 
+/// The series carrying one label value, ascending. Most values of a label that tells series
+/// apart (a pod, an instance) name a single series: that one is kept inline, without a list.
+#[derive(Debug, Clone)]
+enum PostingList {
+    One(SeriesRef),
+    Many(Vec<SeriesRef>),
+}
+
+impl Default for PostingList {
+    fn default() -> PostingList {
+        PostingList::Many(Vec::new())
+    }
+}
+
+impl PostingList {
+    fn as_slice(&self) -> &[SeriesRef] {
+        match self {
+            PostingList::One(reference) => std::slice::from_ref(reference),
+            PostingList::Many(list) => list,
+        }
+    }
+
+    fn insert(&mut self, reference: SeriesRef) {
+        match self {
+            PostingList::Many(list) if list.is_empty() => *self = PostingList::One(reference),
+            PostingList::One(only) if *only == reference => {}
+            PostingList::One(only) => {
+                let mut list = vec![*only, reference];
+                list.sort_unstable();
+                *self = PostingList::Many(list);
+            }
+            PostingList::Many(list) => {
+                if let Err(i) = list.binary_search(&reference) {
+                    list.insert(i, reference);
+                }
+            }
+        }
+    }
+
+    fn retain(&mut self, keep: impl Fn(&SeriesRef) -> bool) {
+        match self {
+            PostingList::One(only) if !keep(only) => *self = PostingList::default(),
+            PostingList::One(_) => {}
+            PostingList::Many(list) => {
+                list.retain(keep);
+                if let [only] = list[..] {
+                    *self = PostingList::One(only);
+                }
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    fn heap_bytes(&self) -> usize {
+        match self {
+            PostingList::One(_) => 0,
+            PostingList::Many(list) => list.capacity() * std::mem::size_of::<SeriesRef>(),
+        }
+    }
+}
+
 /// What [`Head::truncate_before`] dropped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Truncated {
@@ -258,7 +322,7 @@ pub struct Head {
     /// By [`SeriesRef`]; `None` once removed by retention.
     series: Vec<Option<MemSeries>>,
     /// Label name → value → series, ascending.
-    postings: HashMap<String, HashMap<String, Vec<SeriesRef>>>,
+    postings: HashMap<Box<str>, HashMap<Box<str>, PostingList>>,
     live: usize,
 }
 
@@ -309,14 +373,17 @@ impl Head {
     fn insert(&mut self, reference: SeriesRef, labels: &Labels) {
         let hash = self.hash(labels);
         for (name, value) in labels.iter() {
-            let list = self
-                .postings
-                .entry_ref(name)
-                .or_default()
-                .entry_ref(value)
-                .or_default();
-            if let Err(i) = list.binary_search(&reference) {
-                list.insert(i, reference);
+            // Series creation only: the double lookups keep the keys boxed, not `String`s.
+            if !self.postings.contains_key(name) {
+                self.postings.insert(name.into(), HashMap::new());
+            }
+            if let Some(values) = self.postings.get_mut(name) {
+                if !values.contains_key(value) {
+                    values.insert(value.into(), PostingList::default());
+                }
+                if let Some(list) = values.get_mut(value) {
+                    list.insert(reference);
+                }
             }
         }
         self.by_hash
@@ -428,9 +495,9 @@ impl Head {
             let mut refs: Vec<SeriesRef> = match matcher {
                 Matcher::Equal { name, value } => self
                     .postings
-                    .get(name)
-                    .and_then(|values| values.get(value))
-                    .cloned()
+                    .get(name.as_str())
+                    .and_then(|values| values.get(value.as_str()))
+                    .map(|list| list.as_slice().to_vec())
                     .unwrap_or_default(),
                 _ => {
                     let mut refs: Vec<SeriesRef> = self
@@ -439,7 +506,7 @@ impl Head {
                         .into_iter()
                         .flatten()
                         .filter(|(value, _)| matcher.matches_value(value))
-                        .flat_map(|(_, refs)| refs.iter().copied())
+                        .flat_map(|(_, refs)| refs.as_slice().iter().copied())
                         .collect();
                     refs.sort_unstable();
                     refs
@@ -630,7 +697,11 @@ impl Head {
                 name.len()
                     + values
                         .iter()
-                        .map(|(v, refs)| v.len() + 48 + refs.capacity() * 4)
+                        .map(|(v, refs)| {
+                            v.len()
+                                + std::mem::size_of::<(Box<str>, PostingList)>()
+                                + refs.heap_bytes()
+                        })
                         .sum::<usize>()
             })
             .sum();
