@@ -200,6 +200,18 @@ fn head(c: &mut Criterion) {
     group.finish();
 }
 
+/// A store in `dir` with one raw namespace, `raw`, keeping two days.
+fn raw_store(dir: &std::path::Path) -> Store {
+    Store::open(
+        dir,
+        vec![NamespaceConfig::unaggregated(
+            "raw",
+            Duration::from_secs(48 * 3600),
+        )],
+    )
+    .expect("opens")
+}
+
 fn store(c: &mut Criterion) {
     const BATCH: usize = 2000;
     let mut group = c.benchmark_group("store");
@@ -207,14 +219,7 @@ fn store(c: &mut Criterion) {
     for (name, count) in [("100k", 100_000usize), ("1M", 1_000_000)] {
         let dir = tempfile::tempdir().expect("temp dir");
         let sets = label_sets(count);
-        let store = Store::open(
-            dir.path(),
-            vec![NamespaceConfig::unaggregated(
-                "raw",
-                Duration::from_secs(48 * 3600),
-            )],
-        )
-        .expect("opens");
+        let store = raw_store(dir.path());
         for part in sets.chunks(BATCH) {
             let first: Vec<(&Labels, i64, f64)> = part.iter().map(|l| (l, 0, 0.0)).collect();
             store.write_batch("raw", &first).expect("writes");
@@ -243,14 +248,7 @@ fn on_disk(_: &mut Criterion) {
     let start = 1_700_000_000_000 / 7_200_000 * 7_200_000;
     let dir = tempfile::tempdir().expect("temp dir");
     let sets = label_sets(SERIES);
-    let store = Store::open(
-        dir.path(),
-        vec![NamespaceConfig::unaggregated(
-            "raw",
-            Duration::from_secs(48 * 3600),
-        )],
-    )
-    .expect("opens");
+    let store = raw_store(dir.path());
     let mut batch: Vec<(&Labels, i64, f64)> = Vec::with_capacity(2000);
     for scrape in 0..SCRAPES {
         for (i, labels) in sets.iter().enumerate() {
