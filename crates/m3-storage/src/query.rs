@@ -21,7 +21,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::labels::Labels;
 use crate::matcher::Matcher;
 use crate::result::Series;
@@ -131,9 +131,7 @@ pub(crate) fn read_samples(
     end: i64,
     out: &mut Vec<(i64, f64)>,
 ) -> Result<()> {
-    reader
-        .samples(sources, start, end, out)
-        .map_err(|e| Error::Engine(e.to_string()))
+    Ok(reader.samples(sources, start, end, out)?)
 }
 
 /// Matching series with at least one sample in the range.
@@ -145,10 +143,7 @@ fn live_series(
 ) -> Result<Vec<Labels>> {
     let mut out = Vec::new();
     for (labels, sources) in reader.matching(matchers, start_ms, end_ms) {
-        if reader
-            .has_samples(&sources, start_ms, end_ms)
-            .map_err(|e| Error::Engine(e.to_string()))?
-        {
+        if reader.has_samples(&sources, start_ms, end_ms)? {
             out.push(labels);
         }
     }

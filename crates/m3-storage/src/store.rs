@@ -54,6 +54,7 @@ use crate::error::{Error, Result};
 use crate::labels::{Labels, LabelsError};
 use crate::metrics::StoreMetrics;
 use crate::namespace::{NamespaceConfig, Namespaces};
+use crate::tsdb::block::BlockError;
 use crate::tsdb::db::{DbError, DbOptions, NamespaceDb, Reader};
 use crate::tsdb::durable::AppendError;
 use crate::tsdb::head::HeadOptions;
@@ -104,6 +105,12 @@ impl std::fmt::Debug for Store {
 
 impl From<DbError> for Error {
     fn from(e: DbError) -> Self {
+        Error::Engine(e.to_string())
+    }
+}
+
+impl From<BlockError> for Error {
+    fn from(e: BlockError) -> Self {
         Error::Engine(e.to_string())
     }
 }
@@ -335,7 +342,7 @@ impl Store {
             return Ok(true);
         }
         let probe = (|| -> Result<()> {
-            for (db, ns) in self.inner.dbs.iter().zip(self.inner.namespaces.iter()) {
+            for (ns, db) in self.databases() {
                 if db.is_poisoned() {
                     tracing::info!(namespace = %ns.name, "Reopening the write-ahead log after a failed write.");
                     db.reopen_log()?;
@@ -367,7 +374,7 @@ impl Store {
     ///
     /// [`Error::Engine`] when a sync fails.
     pub fn flush(&self) -> Result<()> {
-        for (db, ns) in self.inner.dbs.iter().zip(self.inner.namespaces.iter()) {
+        for (ns, db) in self.databases() {
             if let Err(e) = db.sync() {
                 let e = Error::Engine(format!("namespace {:?}: syncing the log: {e}", ns.name));
                 self.record_write_failure(&e);
@@ -396,7 +403,7 @@ impl Store {
     /// and the next call tries again.
     pub fn compact(&self, now_ms: i64) -> Result<u64> {
         let mut written = 0;
-        for (db, ns) in self.inner.dbs.iter().zip(self.inner.namespaces.iter()) {
+        for (ns, db) in self.databases() {
             if let Some(done) = db.compact(now_ms)? {
                 written += done.samples;
                 self.inner.metrics.samples_compacted.inc_by(done.samples);

@@ -348,17 +348,10 @@ impl Chunk {
 
     /// The samples, in time order.
     pub fn iter(&self) -> ChunkIter<'_> {
-        ChunkIter {
-            reader: BitReader::new(&self.bits.bytes, self.bits.len_bits()),
-            remaining: self.count,
-            read: 0,
-            time: 0,
-            delta: 0,
-            value: 0,
-            int_delta: 0,
-            leading: 0,
-            trailing: 0,
-        }
+        ChunkIter::new(
+            BitReader::new(&self.bits.bytes, self.bits.len_bits()),
+            self.count,
+        )
     }
 
     /// The encoded bytes, for writing a block; [`Chunk::decode`] reads them back.
@@ -370,17 +363,7 @@ impl Chunk {
     /// for reading a block. A truncated or corrupt chunk ends early: the iterator stops at the
     /// first sample that does not decode.
     pub fn decode(bytes: &[u8], count: u32) -> ChunkIter<'_> {
-        ChunkIter {
-            reader: BitReader::new(bytes, bytes.len() * 8),
-            remaining: count,
-            read: 0,
-            time: 0,
-            delta: 0,
-            value: 0,
-            int_delta: 0,
-            leading: 0,
-            trailing: 0,
-        }
+        ChunkIter::new(BitReader::new(bytes, bytes.len() * 8), count)
     }
 }
 
@@ -397,7 +380,21 @@ pub struct ChunkIter<'a> {
     trailing: u8,
 }
 
-impl ChunkIter<'_> {
+impl<'a> ChunkIter<'a> {
+    fn new(reader: BitReader<'a>, count: u32) -> ChunkIter<'a> {
+        ChunkIter {
+            reader,
+            remaining: count,
+            read: 0,
+            time: 0,
+            delta: 0,
+            value: 0,
+            int_delta: 0,
+            leading: 0,
+            trailing: 0,
+        }
+    }
+
     fn next_sample(&mut self) -> Option<(i64, f64)> {
         if self.read == 0 {
             self.time = self.reader.read_bits(64)? as i64;
