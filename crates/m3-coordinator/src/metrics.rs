@@ -60,6 +60,8 @@ pub enum RefusedReason {
     unsupported_media_type,
     /// The body did not arrive within `limits.remoteWrite.bodyTimeout` (408).
     body_timeout,
+    /// An aggregator instance is behind; answered 503 so the sender retries.
+    aggregator_behind,
 }
 
 /// Label set for refused requests.

@@ -600,7 +600,9 @@ async fn remote_write(
         },
         Ok(Err(WriteError::Decode(e))) if e.is_too_large() => WriteAnswer::TooLarge(e.to_string()),
         Ok(Err(WriteError::Decode(e))) => WriteAnswer::Undecodable(e.to_string()),
-        Ok(Err(e @ WriteError::RemoteOutFull(_))) => WriteAnswer::Overloaded(e.to_string()),
+        Ok(Err(e @ (WriteError::RemoteOutFull(_) | WriteError::AggregatorBehind))) => {
+            WriteAnswer::Overloaded(e.to_string())
+        }
         Ok(Err(e @ WriteError::Storage(_))) => {
             tracing::error!(error = %e, "Remote write failed.");
             WriteAnswer::StoreFailed(e.to_string())

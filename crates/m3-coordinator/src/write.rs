@@ -182,6 +182,12 @@ pub enum WriteError {
     /// forwarded, Prometheus retries.
     #[error(transparent)]
     RemoteOutFull(#[from] crate::remote_out::QueueFull),
+    /// An aggregator instance is behind (its queue past half of `maxQueueBytes`): 503 before
+    /// anything was stored or forwarded, Prometheus retries.
+    #[error(
+        "an aggregator instance is behind: its queue is over half of maxQueueBytes; retry later"
+    )]
+    AggregatorBehind,
 }
 
 const MAX_INVALID_EXAMPLES: usize = 3;
@@ -275,6 +281,12 @@ impl WritePath {
         now_nanos: i64,
         mode: &WriteMode,
     ) -> Result<WriteOutcome, WriteError> {
+        let aggregate = matches!(mode, WriteMode::Default | WriteMode::AggregateOnly);
+        if aggregate && self.client.as_ref().is_some_and(|c| c.congested()) {
+            self.metrics
+                .refuse_request(crate::metrics::RefusedReason::aggregator_behind);
+            return Err(WriteError::AggregatorBehind);
+        }
         let request = decoder.decode_snappy(body)?;
         let mut outcome = WriteOutcome {
             samples: request.sample_count(),
@@ -286,7 +298,6 @@ impl WritePath {
             self.buffers.buffer_past + self.downsampler.largest_resolution(),
         ));
         let future_limit = now_nanos.saturating_add(nanos(self.buffers.buffer_future));
-        let aggregate = matches!(mode, WriteMode::Default | WriteMode::AggregateOnly);
         let raw_namespace = match mode {
             WriteMode::Default | WriteMode::RawOnly => self.raw_namespace.as_ref(),
             WriteMode::AggregateOnly => None,

@@ -3,9 +3,12 @@
 //! * `m3 local` runs the whole pipeline in one process (see [`local`]).
 //! * `m3 bench` writes remote-write load to a coordinator and reports what it stored (see
 //!   [`bench`]).
+//! * `m3 sink` takes remote writes and keeps nothing: the receiver of the relay benchmark (see
+//!   [`sink`]).
 
 mod bench;
 mod local;
+mod sink;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -81,6 +84,13 @@ enum Command {
         #[arg(long, default_value = "1m", value_parser = bench::parse_duration_arg)]
         buffer_past: Duration,
     },
+    /// Take Prometheus remote writes on every path, answer 204 and keep nothing; print the
+    /// requests and bytes received when stopped. The receiver for relay benchmarks.
+    Sink {
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1:18429")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -123,6 +133,7 @@ fn main() -> ExitCode {
                 })
                 .await
             }
+            Command::Sink { listen } => sink::run(listen).await,
         }
     })
 }

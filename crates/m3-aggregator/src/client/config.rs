@@ -52,6 +52,11 @@ pub struct AggregatorClientConfig {
     /// Batches queued per aggregator instance before drops start (default 128).
     #[serde(default)]
     pub queue_size: Option<usize>,
+    /// Bytes of encoded metrics queued per aggregator instance before drops start (default
+    /// 64 MiB; not an M3 key). A connected instance whose queue passes half of it makes the
+    /// coordinator answer new writes 503 until it catches up.
+    #[serde(default)]
+    pub max_queue_bytes: Option<usize>,
     /// `oldest` (default) or `current`.
     #[serde(default)]
     pub queue_drop_type: Option<QueueDropType>,
@@ -123,6 +128,9 @@ impl AggregatorClientConfig {
         }
         if self.queue_size == Some(0) {
             problems.push(ClientConfigError::new("queueSize", "must be positive"));
+        }
+        if self.max_queue_bytes == Some(0) {
+            problems.push(ClientConfigError::new("maxQueueBytes", "must be positive"));
         }
         if problems.is_empty() {
             Ok(())

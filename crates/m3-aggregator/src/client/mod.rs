@@ -11,10 +11,16 @@
 //!   shard moves lose nothing. The placement comes from a KV watch and is swapped in whole.
 //! * **Batching.** A request encodes all its metrics into per-instance buffers first and queues
 //!   each buffer once, so the hot path takes no lock per sample.
-//! * **Queues.** Each instance has a bounded queue of batches (`queueSize`); when it is full,
-//!   `queueDropType: oldest` drops the oldest batch and `current` the new one. Every dropped
-//!   metric is counted. A slow or dead instance only fills its own queue; writes to the others
-//!   go on (M3 issue 4133 was a client that blocked entirely).
+//! * **Queues.** Each instance has a queue bounded in batches (`queueSize`) and in bytes
+//!   (`maxQueueBytes`); when it is full, `queueDropType: oldest` drops the oldest batch and
+//!   `current` the new one. Every dropped metric is counted. A slow or dead instance only fills
+//!   its own queue; writes to the others go on (M3 issue 4133 was a client that blocked
+//!   entirely).
+//! * **Backpressure.** A connected instance that falls behind (its queue past half the byte
+//!   bound) makes [`AggregatorClient::congested`] true: the coordinator then refuses new
+//!   requests with 503 before accepting anything, so the sender slows down and nothing already
+//!   accepted is dropped. An instance that is not connected does not hold writes up; its queue
+//!   drops at the bound instead.
 //! * **Connections.** One writer task per instance connects, writes batches with a write
 //!   timeout, and reconnects with backoff. rawtcp has no acks: a batch whose write fails is
 //!   retried once on a new connection, then dropped and counted.
@@ -70,6 +76,8 @@ pub trait ClientMetrics: Send + Sync + 'static {
 pub struct ClientOptions {
     /// Batches queued per instance.
     pub queue_size: usize,
+    /// Bytes queued per instance.
+    pub max_queue_bytes: usize,
     /// What a full queue drops.
     pub queue_drop_type: QueueDropType,
     /// Write to a new owner this long before its cutover.
@@ -97,6 +105,7 @@ impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             queue_size: 128,
+            max_queue_bytes: 64 * 1024 * 1024,
             queue_drop_type: QueueDropType::Oldest,
             cutover_warmup: Duration::from_secs(600),
             cutoff_linger: Duration::from_secs(3600),
@@ -123,6 +132,7 @@ impl ClientOptions {
         let d = ClientOptions::default();
         Ok(ClientOptions {
             queue_size: config.queue_size.unwrap_or(d.queue_size).max(1),
+            max_queue_bytes: config.max_queue_bytes.unwrap_or(d.max_queue_bytes).max(1),
             queue_drop_type: config.queue_drop_type.unwrap_or_default(),
             cutover_warmup: config
                 .shard_cutover_warmup_duration
@@ -160,11 +170,84 @@ struct QueuedBatch {
     retried: bool,
 }
 
+/// The bounds of an instance's queue.
+#[derive(Debug, Clone, Copy)]
+struct QueueBounds {
+    batches: usize,
+    bytes: usize,
+}
+
+impl QueueBounds {
+    fn of(options: &ClientOptions) -> QueueBounds {
+        QueueBounds {
+            batches: options.queue_size,
+            bytes: options.max_queue_bytes,
+        }
+    }
+}
+
+/// An instance's queued batches and their size in bytes.
+#[derive(Default)]
+struct Queue {
+    batches: VecDeque<QueuedBatch>,
+    bytes: usize,
+}
+
+impl Queue {
+    fn push_back(&mut self, batch: QueuedBatch) {
+        self.bytes += batch.bytes.len();
+        self.batches.push_back(batch);
+    }
+
+    fn push_front(&mut self, batch: QueuedBatch) {
+        self.bytes += batch.bytes.len();
+        self.batches.push_front(batch);
+    }
+
+    fn pop_front(&mut self) -> Option<QueuedBatch> {
+        let batch = self.batches.pop_front()?;
+        self.bytes -= batch.bytes.len();
+        Some(batch)
+    }
+
+    fn len(&self) -> usize {
+        self.batches.len()
+    }
+
+    /// Whether the queue holds more than `bounds` allow.
+    fn over(&self, bounds: QueueBounds) -> bool {
+        self.batches.len() > bounds.batches || self.bytes > bounds.bytes
+    }
+
+    /// Moves batches from the front into `into`, at least one and then while they total at
+    /// most `max_bytes`: one TCP write's worth.
+    fn take_front(&mut self, max_bytes: usize, into: &mut Vec<QueuedBatch>) {
+        let mut taken = 0;
+        while let Some(next) = self.batches.front() {
+            if taken > 0 && taken + next.bytes.len() > max_bytes {
+                break;
+            }
+            taken += next.bytes.len();
+            if let Some(batch) = self.pop_front() {
+                into.push(batch);
+            }
+        }
+    }
+
+    fn drain_all(&mut self) -> impl Iterator<Item = QueuedBatch> + '_ {
+        self.bytes = 0;
+        self.batches.drain(..)
+    }
+}
+
 /// The queue and connection of one aggregator instance.
 struct InstanceWriter {
     id: String,
     endpoint: String,
-    queue: Mutex<VecDeque<QueuedBatch>>,
+    queue: Mutex<Queue>,
+    /// Whether the writer holds a connection (it may then hold writes up, see
+    /// [`AggregatorClient::congested`]).
+    connected: std::sync::atomic::AtomicBool,
     notify: Notify,
     cancel: CancellationToken,
 }
@@ -367,7 +450,8 @@ impl AggregatorClient {
         let writer = Arc::new(InstanceWriter {
             id: id.to_string(),
             endpoint: endpoint.to_string(),
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
+            connected: std::sync::atomic::AtomicBool::new(false),
             notify: Notify::new(),
             cancel: self.cancel.child_token(),
         });
@@ -441,7 +525,7 @@ impl AggregatorClient {
                     metrics,
                     retried: false,
                 },
-                self.options.queue_size,
+                QueueBounds::of(&self.options),
                 self.options.queue_drop_type,
             );
             if dropped > 0 {
@@ -464,8 +548,30 @@ impl AggregatorClient {
         self.writers
             .lock()
             .values()
-            .map(|w| w.queue.lock().iter().map(|b| b.metrics).sum::<u64>())
+            .map(|w| {
+                w.queue
+                    .lock()
+                    .batches
+                    .iter()
+                    .map(|b| b.metrics)
+                    .sum::<u64>()
+            })
             .sum()
+    }
+
+    /// Whether a connected instance is behind: its queue holds more than half its byte bound.
+    /// New requests should then be refused (retry later) rather than queued, so nothing
+    /// accepted is dropped by a full queue. Instances without a connection never congest the
+    /// client: their queues drop at the bound, and writes to the other replicas go on.
+    pub fn congested(&self) -> bool {
+        let Some(topology) = self.topology.read().clone() else {
+            return false;
+        };
+        let threshold = self.options.max_queue_bytes / 2;
+        topology.writers.iter().any(|writer| {
+            writer.connected.load(std::sync::atomic::Ordering::Relaxed)
+                && writer.queue.lock().bytes > threshold
+        })
     }
 
     /// Waits (bounded) until every queue is empty, then stops the writers.
@@ -579,22 +685,27 @@ impl ClientBatch {
     }
 }
 
-/// Queues `batch`, within `queue_size` batches: when full, `Oldest` drops the batch at the
-/// front to make room, `Current` drops `batch` itself. Returns the metrics dropped.
+/// Queues `batch` within `bounds`: when it does not fit, `Oldest` drops batches at the front
+/// to make room, `Current` drops `batch` itself. An empty queue always takes the batch (a
+/// batch larger than the byte bound is still sent). Returns the metrics dropped.
 fn enqueue(
-    queue: &mut VecDeque<QueuedBatch>,
+    queue: &mut Queue,
     batch: QueuedBatch,
-    queue_size: usize,
+    bounds: QueueBounds,
     drop_type: QueueDropType,
 ) -> u64 {
-    if queue.len() < queue_size {
+    let fits = queue.len() < bounds.batches && queue.bytes + batch.bytes.len() <= bounds.bytes;
+    if fits || queue.len() == 0 {
         queue.push_back(batch);
         return 0;
     }
     match drop_type {
         QueueDropType::Oldest => {
-            let dropped = queue.pop_front().map_or(0, |b| b.metrics);
             queue.push_back(batch);
+            let mut dropped = 0;
+            while queue.over(bounds) && queue.len() > 1 {
+                dropped += queue.pop_front().map_or(0, |b| b.metrics);
+            }
             dropped
         }
         QueueDropType::Current => batch.metrics,
@@ -603,7 +714,7 @@ fn enqueue(
 
 /// Counts what a stopped writer (shutdown, or its instance left the placement) never sent.
 fn drop_unsent(writer: &InstanceWriter, pending: Vec<QueuedBatch>, metrics: &dyn ClientMetrics) {
-    let queued: u64 = writer.queue.lock().drain(..).map(|b| b.metrics).sum();
+    let queued: u64 = writer.queue.lock().drain_all().map(|b| b.metrics).sum();
     let pending: u64 = pending.iter().map(|b| b.metrics).sum();
     if queued + pending > 0 {
         metrics.dropped(ClientDrop::WriterStopped, queued + pending);
@@ -622,13 +733,16 @@ fn requeue(
     for batch in pending.drain(..).rev() {
         queue.push_front(batch);
     }
-    while queue.len() > options.queue_size {
+    while queue.over(QueueBounds::of(options)) && queue.len() > 1 {
         let dropped = queue.pop_front().map_or(0, |b| b.metrics);
         if dropped > 0 {
             metrics.dropped(ClientDrop::QueueFull, dropped);
         }
     }
 }
+
+/// How much the writer takes off its queue for one round of writes.
+const WRITE_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 fn duration_nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
@@ -645,7 +759,10 @@ async fn run_writer(
     let mut pending: Vec<QueuedBatch> = Vec::new();
     loop {
         if pending.is_empty() {
-            pending.extend(writer.queue.lock().drain(..));
+            writer
+                .queue
+                .lock()
+                .take_front(WRITE_CHUNK_BYTES, &mut pending);
         }
         if pending.is_empty() {
             tokio::select! {
@@ -664,6 +781,9 @@ async fn run_writer(
                     let _ = stream.set_nodelay(true);
                     tracing::info!(instance = %writer.id, endpoint = %writer.endpoint, "Connected to aggregator.");
                     connection = Some(stream);
+                    writer
+                        .connected
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     backoff = Duration::from_millis(50);
                 }
                 Ok(Err(e)) => {
@@ -707,6 +827,9 @@ async fn run_writer(
             Some((i, error)) => {
                 tracing::warn!(instance = %writer.id, endpoint = %writer.endpoint, %error, "Writing to aggregator failed; reconnecting.");
                 connection = None;
+                writer
+                    .connected
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
                 // The failed batch may be partly written: it is retried once whole on the new
                 // connection (the aggregator drops a torn frame with the old connection).
                 pending.drain(..i);
@@ -874,15 +997,136 @@ mod tests {
             (QueueDropType::Oldest, [b"3", b"4"], 1 + 2),
             (QueueDropType::Current, [b"1", b"2"], 3 + 4),
         ] {
-            let mut queue = VecDeque::new();
+            let mut queue = Queue::default();
             let mut total = 0;
+            let bounds = QueueBounds {
+                batches: 2,
+                bytes: usize::MAX,
+            };
             for (payload, metrics) in [(b"1", 1), (b"2", 2), (b"3", 3), (b"4", 4)] {
-                total += enqueue(&mut queue, batch(payload, metrics), 2, drop_type);
+                total += enqueue(&mut queue, batch(payload, metrics), bounds, drop_type);
             }
-            let payloads: Vec<&[u8]> = queue.iter().map(|b| b.bytes.as_ref()).collect();
+            let payloads: Vec<&[u8]> = queue.batches.iter().map(|b| b.bytes.as_ref()).collect();
             assert_eq!(payloads, kept.map(|k| k.as_slice()), "{drop_type:?}");
             assert_eq!(total, dropped, "{drop_type:?}");
+            assert_eq!(queue.bytes, 2, "{drop_type:?}");
         }
+    }
+
+    /// The byte bound: batches of 4 bytes under a bound of 10 bytes keep two queued; a batch
+    /// larger than the bound still goes into an empty queue (it is sent, not refused forever).
+    #[test]
+    fn the_byte_bound_drops_by_drop_type_and_an_empty_queue_takes_any_batch() {
+        let batch = |payload: &'static [u8]| QueuedBatch {
+            bytes: Bytes::from_static(payload),
+            metrics: 1,
+            retried: false,
+        };
+        let bounds = QueueBounds {
+            batches: 100,
+            bytes: 10,
+        };
+        for (drop_type, kept) in [
+            (QueueDropType::Oldest, [b"cccc", b"dddd"]),
+            (QueueDropType::Current, [b"aaaa", b"bbbb"]),
+        ] {
+            let mut queue = Queue::default();
+            let mut dropped = 0;
+            for payload in [b"aaaa", b"bbbb", b"cccc", b"dddd"] {
+                dropped += enqueue(&mut queue, batch(payload), bounds, drop_type);
+            }
+            let payloads: Vec<&[u8]> = queue.batches.iter().map(|b| b.bytes.as_ref()).collect();
+            assert_eq!(payloads, kept.map(|k| k.as_slice()), "{drop_type:?}");
+            assert_eq!((dropped, queue.bytes), (2, 8), "{drop_type:?}");
+        }
+        let mut queue = Queue::default();
+        assert_eq!(
+            enqueue(
+                &mut queue,
+                batch(b"larger than ten"),
+                bounds,
+                QueueDropType::Oldest
+            ),
+            0
+        );
+        assert_eq!(queue.len(), 1);
+        // The next batch pushes the oversized one out.
+        assert_eq!(
+            enqueue(&mut queue, batch(b"x"), bounds, QueueDropType::Oldest),
+            1
+        );
+        assert_eq!((queue.len(), queue.bytes), (1, 1));
+    }
+
+    /// The writer takes one write's worth off the queue: at least one batch, then while the
+    /// total stays within the chunk.
+    #[test]
+    fn the_writer_takes_a_bounded_chunk() {
+        let mut queue = Queue::default();
+        for payload in [&b"12345"[..], b"123", b"12", b"1"] {
+            queue.push_back(QueuedBatch {
+                bytes: Bytes::from_static(payload),
+                metrics: 1,
+                retried: false,
+            });
+        }
+        let mut taken = Vec::new();
+        queue.take_front(3, &mut taken);
+        assert_eq!(taken.len(), 1, "at least one batch, even over the chunk");
+        taken.clear();
+        queue.take_front(5, &mut taken);
+        assert_eq!(taken.len(), 2, "3 + 2 bytes fit in 5");
+        assert_eq!((queue.len(), queue.bytes), (1, 1));
+    }
+
+    /// A connected instance that does not read congests the client once its queue passes half
+    /// the byte bound; an instance nobody listens on never does (its queue drops instead).
+    #[tokio::test]
+    async fn a_connected_instance_that_falls_behind_congests_the_client() {
+        let options = ClientOptions {
+            max_queue_bytes: 1024 * 1024,
+            queue_size: 1_000_000,
+            ..ClientOptions::default()
+        };
+        let metrics = Arc::new(Counted::default());
+        let client = AggregatorClient::new(options.clone(), metrics.clone());
+        // Nothing listens on this endpoint.
+        client.update_placement(&placement(&[("a", "127.0.0.1:1")], 1));
+        let payload = vec![7u8; 64 * 1024];
+        for _ in 0..64 {
+            let mut batch = client.batch();
+            batch
+                .route(b"x", 1, |buf| buf.extend_from_slice(&payload))
+                .unwrap();
+            client.commit(batch);
+            assert!(
+                !client.congested(),
+                "an unconnected instance never congests"
+            );
+        }
+        assert!(metrics.queue_full.load(Ordering::Relaxed) > 0);
+
+        // A listener that accepts and never reads: the socket buffers fill, then the queue.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = listener.local_addr().unwrap().to_string();
+        let stalled = AggregatorClient::new(options, Arc::new(Counted::default()));
+        stalled.update_placement(&placement(&[("a", &endpoint)], 1));
+        let accept = tokio::spawn(async move { listener.accept().await.map(|(conn, _)| conn) });
+        let mut congested = false;
+        for _ in 0..2_000 {
+            let mut batch = stalled.batch();
+            batch
+                .route(b"x", 1, |buf| buf.extend_from_slice(&payload))
+                .unwrap();
+            stalled.commit(batch);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            if stalled.congested() {
+                congested = true;
+                break;
+            }
+        }
+        assert!(congested, "a stalled reader congests the client");
+        let _held = accept.await.unwrap().unwrap();
     }
 
     #[tokio::test]
