@@ -1,5 +1,5 @@
-//! A rawtcp byte stream into the frame splitter, the `MetricWithMetadatas` decoder and the
-//! engine: every frame that decodes is applied to an aggregator owning every shard, then the
+//! A rawtcp byte stream into the frame splitter, the server's message decoder (the in-place
+//! reader of timed metrics, prost for the rest) and the engine: every frame that decodes is applied to an aggregator owning every shard, then the
 //! engine is flushed. Nothing may panic, whatever the bytes.
 #![no_main]
 
@@ -8,8 +8,6 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use m3_aggregator::{AggregatedOutput, Aggregator, AggregatorOptions, FlushMode, ShardAssignment};
-use m3_proto::Message;
-use m3_proto::metricpb::MetricWithMetadatas;
 
 const NOW: i64 = 1_700_000_000_000_000_000;
 
@@ -17,10 +15,9 @@ fuzz_target!(|data: &[u8]| {
     let aggregator = Aggregator::new(AggregatorOptions::default(), Arc::new(|_: &[u8]| 0));
     aggregator.set_shards(vec![ShardAssignment::unbounded(0)], 0);
     let mut buf = BytesMut::from(data);
+    let mut decoder = m3_aggregator::ingest::MessageDecoder::default();
     while let Ok(Some(frame)) = m3_proto::framing::next_rawtcp_frame(&mut buf, 1 << 20) {
-        if let Ok(message) = MetricWithMetadatas::decode(frame) {
-            let _ = m3_aggregator::ingest::apply(&aggregator, &message, NOW);
-        }
+        let _ = decoder.apply(&aggregator, &frame, NOW);
     }
     let mut out: Vec<AggregatedOutput> = Vec::new();
     let flushed = aggregator.flush(NOW + 3_600_000_000_000, FlushMode::LeaderFinal, &mut out);

@@ -14,6 +14,11 @@
 //! | 7 passthrough | `timed_metric_with_storage_policy` | `add_passthrough`: stored as given, by the leader only |
 //!
 //! A message whose type names a field that is absent is counted as `malformed_message`.
+//!
+//! [`MessageDecoder`] is the entry for raw message bytes. Type 6 — what the coordinator sends
+//! for every sample — is read in place: the metric's fields borrowed, the metadata decoded only
+//! when its bytes differ from the previous message's (the coordinator sends the same metadata
+//! for every series its rules treat alike). Every other message is decoded whole with prost.
 
 use m3_metric::{AggregationId, MetricType, StoragePolicy};
 use m3_proto::metricpb::{self, metric_with_metadatas::Type};
@@ -40,6 +45,65 @@ pub enum IngestError {
     /// A type value outside the enum.
     #[error("unrecognized message type {0}")]
     UnknownType(i32),
+}
+
+/// Decodes and applies messages, one connection or consumer at a time (it keeps the last
+/// metadata it decoded).
+#[derive(Debug, Default)]
+pub struct MessageDecoder {
+    /// The encoded bytes of `metadatas`.
+    metadatas_bytes: Vec<u8>,
+    metadatas: metricpb::StagedMetadatas,
+}
+
+impl MessageDecoder {
+    /// Decodes `message` (one frame's payload) and applies it at `now_nanos`.
+    ///
+    /// # Errors
+    /// [`prost::DecodeError`] when the bytes are not a `MetricWithMetadatas` (not counted:
+    /// the caller decides what a decode error costs the stream); `Ok(Err)` as [`apply`].
+    pub fn apply(
+        &mut self,
+        aggregator: &Aggregator,
+        message: &[u8],
+        now_nanos: i64,
+    ) -> Result<Result<(), IngestError>, prost::DecodeError> {
+        use prost::Message;
+        let Some(timed) = m3_proto::timed_frame::read_timed_metric_message(message) else {
+            let decoded = metricpb::MetricWithMetadatas::decode(message)?;
+            return Ok(apply(aggregator, &decoded, now_nanos));
+        };
+        let metadatas = match timed.metadatas {
+            None => Metadatas::Default,
+            Some(bytes) => {
+                if bytes != self.metadatas_bytes.as_slice() {
+                    self.metadatas = metricpb::StagedMetadatas::decode(bytes)?;
+                    self.metadatas_bytes.clear();
+                    self.metadatas_bytes.extend_from_slice(bytes);
+                }
+                Metadatas::Staged(&self.metadatas)
+            }
+        };
+        let Some(metric_type) = MetricType::from_proto(timed.metric_type) else {
+            aggregator
+                .metrics()
+                .record_rejected(RejectReason::MalformedMessage, 1);
+            return Ok(Err(IngestError::Malformed {
+                message_type: Type::TimedMetricWithMetadatas.as_str_name(),
+                what: "metric type",
+            }));
+        };
+        Ok(aggregator
+            .add_timed(
+                metric_type,
+                timed.id,
+                timed.time_nanos,
+                timed.value,
+                metadatas,
+                now_nanos,
+            )
+            .map_err(IngestError::from))
+    }
 }
 
 fn staged(m: Option<&metricpb::StagedMetadatas>) -> Metadatas<'_> {

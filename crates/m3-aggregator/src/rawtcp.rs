@@ -25,14 +25,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
-use prost::Message;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use m3_proto::framing::next_rawtcp_frame;
-use m3_proto::metricpb::MetricWithMetadatas;
 use m3_server::tcp::{ConnectionLimit, FrameDeadline, ListenerLimits};
 
 use crate::aggregator::Aggregator;
@@ -174,13 +172,14 @@ async fn handle_connection(
 ) {
     let peer = stream.peer_addr().ok();
     let mut buf = BytesMut::with_capacity(READ_BUFFER_SIZE);
+    let mut decoder = ingest::MessageDecoder::default();
     loop {
         let now = unix_nanos_now();
         loop {
             match next_rawtcp_frame(&mut buf, max_message_size) {
-                Ok(Some(frame)) => match MetricWithMetadatas::decode(frame) {
-                    Ok(msg) => {
-                        if let Err(e) = ingest::apply(&aggregator, &msg, now)
+                Ok(Some(frame)) => match decoder.apply(&aggregator, &frame, now) {
+                    Ok(applied) => {
+                        if let Err(e) = applied
                             && limiter.allow()
                         {
                             tracing::warn!(?peer, error = %e, "rawtcp message rejected.");

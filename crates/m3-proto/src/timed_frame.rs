@@ -6,6 +6,12 @@
 //! rules, computed once per series), so it is encoded once and spliced in; the frame is written
 //! straight into the instance's batch buffer without building a message or allocating. The
 //! bytes equal prost's encoding of the same message (checked by a property test).
+//!
+//! [`read_timed_metric_message`] is the other direction, for the aggregator: it borrows the
+//! metric's fields and the metadata bytes from a received message without decoding the
+//! metadata (the receiver decodes it once per distinct value). It takes only messages whose
+//! meaning is unambiguous — each field once, no field it does not know — and answers `None`
+//! for everything else, which the caller then decodes the general way.
 
 use bytes::{BufMut, BytesMut};
 
@@ -74,6 +80,145 @@ pub fn put_timed_metric_frame(
     out.put_slice(encoded_metadatas);
 }
 
+/// The parts of a `MetricWithMetadatas` of type `TIMED_METRIC_WITH_METADATAS`, borrowed from
+/// the message bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimedMetricMessage<'a> {
+    /// `TimedMetric.type` (`MetricType` enum value).
+    pub metric_type: i32,
+    /// `TimedMetric.id`.
+    pub id: &'a [u8],
+    /// `TimedMetric.time_nanos`.
+    pub time_nanos: i64,
+    /// `TimedMetric.value`.
+    pub value: f64,
+    /// The encoded `StagedMetadatas`, when present.
+    pub metadatas: Option<&'a [u8]>,
+}
+
+/// Reads `message` (one frame's payload) as a timed metric with staged metadatas, when it is
+/// one in the plain form: the outer `type` is 6, its metric is present, and every field of the
+/// three messages involved appears at most once and is one this reader knows. `None` for any
+/// other message, well-formed or not: decode those with prost, which gives the same result for
+/// the messages this reader takes.
+pub fn read_timed_metric_message(message: &[u8]) -> Option<TimedMetricMessage<'_>> {
+    let mut message_type = None;
+    let mut body = None;
+    for field in Fields::new(message) {
+        match field? {
+            (1, Value::Varint(v)) if message_type.is_none() => message_type = Some(v as i32),
+            (7, Value::Bytes(b)) if body.is_none() => body = Some(b),
+            _ => return None,
+        }
+    }
+    if message_type != Some(i32::from(TIMED_METRIC_WITH_METADATAS)) {
+        return None;
+    }
+    let mut metric = None;
+    let mut metadatas = None;
+    for field in Fields::new(body?) {
+        match field? {
+            (1, Value::Bytes(b)) if metric.is_none() => metric = Some(b),
+            (2, Value::Bytes(b)) if metadatas.is_none() => metadatas = Some(b),
+            _ => return None,
+        }
+    }
+    let mut read = TimedMetricMessage {
+        metric_type: 0,
+        id: &[],
+        time_nanos: 0,
+        value: 0.0,
+        metadatas,
+    };
+    let mut seen = [false; 5];
+    for field in Fields::new(metric?) {
+        let (number, value) = field?;
+        let slot = seen.get_mut(number as usize)?;
+        if *slot {
+            return None;
+        }
+        *slot = true;
+        match (number, value) {
+            (1, Value::Varint(v)) => read.metric_type = v as i32,
+            (2, Value::Bytes(b)) => read.id = b,
+            (3, Value::Varint(v)) => read.time_nanos = v as i64,
+            (4, Value::Fixed64(v)) => read.value = f64::from_bits(v),
+            _ => return None,
+        }
+    }
+    Some(read)
+}
+
+/// A field's value, by wire type (groups and 32-bit fields are not read).
+enum Value<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    Bytes(&'a [u8]),
+}
+
+/// The fields of one protobuf message: `Some(None)` at the first field it cannot read.
+struct Fields<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Fields<'a> {
+    fn new(message: &'a [u8]) -> Fields<'a> {
+        Fields { rest: message }
+    }
+
+    fn varint(&mut self) -> Option<u64> {
+        let mut value = 0u64;
+        for (i, &byte) in self.rest.iter().enumerate().take(10) {
+            value |= u64::from(byte & 0x7f) << (7 * i);
+            if byte < 0x80 {
+                self.rest = &self.rest[i + 1..];
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    fn field(&mut self) -> Option<(u32, Value<'a>)> {
+        let key = self.varint()?;
+        let number = u32::try_from(key >> 3).ok()?;
+        let value = match key & 7 {
+            0 => Value::Varint(self.varint()?),
+            1 => {
+                let (bytes, rest) = self.rest.split_first_chunk::<8>()?;
+                self.rest = rest;
+                Value::Fixed64(u64::from_le_bytes(*bytes))
+            }
+            2 => {
+                let len = usize::try_from(self.varint()?).ok()?;
+                if len > self.rest.len() {
+                    return None;
+                }
+                let (bytes, rest) = self.rest.split_at(len);
+                self.rest = rest;
+                Value::Bytes(bytes)
+            }
+            _ => return None,
+        };
+        (number != 0).then_some((number, value))
+    }
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = Option<(u32, Value<'a>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let field = self.field();
+        if field.is_none() {
+            // Stop after the first unreadable field.
+            self.rest = &[];
+        }
+        Some(field)
+    }
+}
+
 fn zigzag(value: i64) -> u64 {
     ((value << 1) ^ (value >> 63)) as u64
 }
@@ -134,6 +279,70 @@ mod tests {
             };
             let want = want.encode_to_vec();
             prop_assert_eq!(payload.as_ref(), want.as_slice());
+
+            // And back: the borrowed reader sees what was written.
+            let read = read_timed_metric_message(&payload).expect("the plain form is read");
+            prop_assert_eq!(read.metric_type, i32::from(metric_type));
+            prop_assert_eq!(read.id, id.as_slice());
+            prop_assert_eq!(read.time_nanos, t);
+            // -0.0 is not written (as prost does not), so it reads back as 0.0.
+            let written = if v == 0.0 { 0.0f64 } else { v };
+            prop_assert_eq!(read.value.to_bits(), written.to_bits());
+            prop_assert_eq!(read.metadatas, Some(metadatas.as_slice()));
+        }
+
+        /// On any bytes, and on any message prost builds, the reader either declines or agrees
+        /// with prost's decoding.
+        #[test]
+        fn the_reader_declines_or_agrees_with_prost(
+            bytes in proptest::collection::vec(any::<u8>(), 0..64),
+            metric_type in any::<i32>(),
+            outer_type in prop_oneof![Just(6i32), any::<i32>()],
+            id in proptest::collection::vec(any::<u8>(), 0..40),
+            t in any::<i64>(),
+            v in any::<f64>(),
+            with_metric in any::<bool>(),
+            with_metadatas in any::<bool>(),
+            with_gauge in any::<bool>(),
+            annotation in proptest::collection::vec(any::<u8>(), 0..3),
+        ) {
+            let built = MetricWithMetadatas {
+                r#type: outer_type,
+                timed_metric_with_metadatas: Some(TimedMetricWithMetadatas {
+                    metric: with_metric.then(|| TimedMetric {
+                        r#type: metric_type,
+                        id: id.clone().into(),
+                        time_nanos: t,
+                        value: v,
+                        annotation: annotation.into(),
+                    }),
+                    metadatas: with_metadatas.then(|| StagedMetadatas {
+                        metadatas: vec![StagedMetadata { cutover_nanos: t, ..Default::default() }],
+                    }),
+                }),
+                gauge_with_metadatas: with_gauge.then(Default::default),
+                ..Default::default()
+            }
+            .encode_to_vec();
+            // Arbitrary bytes, the built message, and the built message with bytes appended.
+            let mut appended = built.clone();
+            appended.extend_from_slice(&bytes);
+            for input in [&bytes, &built, &appended] {
+                let Some(read) = read_timed_metric_message(input) else { continue };
+                let decoded = MetricWithMetadatas::decode(input.as_slice());
+                prop_assert!(decoded.is_ok(), "read bytes prost refuses: {input:?}");
+                let decoded = decoded.unwrap();
+                prop_assert_eq!(decoded.r#type, 6);
+                let inner = decoded.timed_metric_with_metadatas.unwrap();
+                let metric = inner.metric.unwrap();
+                prop_assert_eq!(read.metric_type, metric.r#type);
+                prop_assert_eq!(read.id, metric.id.as_ref());
+                prop_assert_eq!(read.time_nanos, metric.time_nanos);
+                prop_assert_eq!(read.value.to_bits(), metric.value.to_bits());
+                prop_assert!(metric.annotation.is_empty());
+                let metadatas = read.metadatas.map(|m| StagedMetadatas::decode(m).unwrap());
+                prop_assert_eq!(metadatas, inner.metadatas);
+            }
         }
     }
 }
