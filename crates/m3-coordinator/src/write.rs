@@ -748,6 +748,90 @@ mod tests {
         assert_eq!(frames, 50);
     }
 
+    /// An aggregator that accepts the connection and stops reading: once its queue passes half
+    /// of `maxQueueBytes`, requests are refused whole (503, nothing stored or queued, counted),
+    /// instead of queues growing without end or accepted samples being dropped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_aggregator_that_falls_behind_gets_requests_refused_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = listener.local_addr().unwrap().to_string();
+        let metrics = CoordinatorMetrics::default();
+        let options = ClientOptions {
+            max_queue_bytes: 256 * 1024,
+            queue_size: 1_000_000,
+            ..ClientOptions::default()
+        };
+        let client = AggregatorClient::new(options, Arc::new(metrics.clone()));
+        let mut placement = Placement {
+            num_shards: 4,
+            replica_factor: 1,
+            is_sharded: true,
+            ..Placement::default()
+        };
+        let mut instance = Instance::new("a").with_endpoint(endpoint);
+        instance.shards = (0..4)
+            .map(|s| Shard::new(s, ShardState::Available))
+            .collect();
+        placement.instances.insert("a".into(), instance);
+        client.update_placement(&placement);
+        let accepted = tokio::spawn(async move { listener.accept().await.map(|(c, _)| c) });
+        let path = Arc::new(WritePath::new(
+            store.clone(),
+            Some("default".into()),
+            Downsampler::from_namespaces(&namespaces()),
+            Some(Arc::clone(&client)),
+            WriteBuffersConfig::default(),
+            metrics.clone(),
+        ));
+        let names: Vec<String> = (0..500).map(|i| format!("series-{i:0>100}")).collect();
+        let mut stored_before_refusal = 0;
+        let mut refused = None;
+        for round in 0..2_000 {
+            let t = NOW_MS + round;
+            let labels: Vec<[(&str, &str); 2]> = names
+                .iter()
+                .map(|n| [("__name__", "up"), ("series", n.as_str())])
+                .collect();
+            let samples = [(t, 1.0)];
+            let series: Vec<TestSeries<'_>> =
+                labels.iter().map(|l| (&l[..], &samples[..])).collect();
+            let request = body(&series);
+            let writer = Arc::clone(&path);
+            let result =
+                tokio::task::spawn_blocking(move || writer.write(&request, NOW_MS * 1_000_000))
+                    .await
+                    .unwrap();
+            match result {
+                Ok(outcome) => stored_before_refusal += outcome.stored_raw,
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let refused = refused.expect("a stalled aggregator gets requests refused");
+        assert!(matches!(refused, WriteError::AggregatorBehind), "{refused}");
+        assert!(refused.to_string().contains("retry later"), "{refused}");
+        let stored = store
+            .select("default", &[Matcher::equal("__name__", "up")], 0, i64::MAX)
+            .unwrap()
+            .iter()
+            .map(|s| s.samples.len())
+            .sum::<usize>();
+        assert_eq!(stored, stored_before_refusal, "the refused request stored nothing");
+        let refusals = metrics
+            .write_requests_refused
+            .get_or_create(&crate::metrics::RefusedLabels {
+                reason: crate::metrics::RefusedReason::aggregator_behind,
+            })
+            .get();
+        assert_eq!(refusals, 1);
+        let _held = accepted.await.unwrap().unwrap();
+    }
+
     #[tokio::test]
     async fn no_placement_yet_asks_the_sender_to_retry() {
         let dir = tempfile::tempdir().unwrap();
