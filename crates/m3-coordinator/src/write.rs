@@ -821,7 +821,10 @@ mod tests {
             .iter()
             .map(|s| s.samples.len())
             .sum::<usize>();
-        assert_eq!(stored, stored_before_refusal, "the refused request stored nothing");
+        assert_eq!(
+            stored, stored_before_refusal,
+            "the refused request stored nothing"
+        );
         let refusals = metrics
             .write_requests_refused
             .get_or_create(&crate::metrics::RefusedLabels {

@@ -9,8 +9,11 @@
 //!   copy of the shard accepts writes at the metric's time: from `cutover − warmup` to
 //!   `cutoff + linger` (M3's `shardCutoverWarmupDuration` / `shardCutoffLingerDuration`), so
 //!   shard moves lose nothing. The placement comes from a KV watch and is swapped in whole.
-//! * **Batching.** A request encodes all its metrics into per-instance buffers first and queues
-//!   each buffer once, so the hot path takes no lock per sample.
+//! * **Batching.** A request encodes all its metrics into buffers first and queues them once,
+//!   so the hot path takes no lock per sample. The buffers are per shard (and set of owners at
+//!   the metric's time), not per instance: each frame is written once and the same buffer is
+//!   queued for every replica that owns the shard, and the writer hands an instance's buffers to
+//!   the socket in one vectored write.
 //! * **Queues.** Each instance has a queue bounded in batches (`queueSize`) and in bytes
 //!   (`maxQueueBytes`); when it is full, `queueDropType: oldest` drops the oldest batch and
 //!   `current` the new one. Every dropped metric is counted. A slow or dead instance only fills
@@ -163,11 +166,25 @@ impl ClientOptions {
     }
 }
 
-/// One queued batch: encoded frames and how many metrics they hold.
+/// One queued batch: encoded frames, in parts shared with the other owners of their shards,
+/// and how many metrics they hold.
 struct QueuedBatch {
-    bytes: Bytes,
+    parts: Vec<Bytes>,
+    /// The parts' total length.
+    len: usize,
     metrics: u64,
     retried: bool,
+}
+
+impl QueuedBatch {
+    fn new(parts: Vec<Bytes>, metrics: u64) -> QueuedBatch {
+        QueuedBatch {
+            len: parts.iter().map(Bytes::len).sum(),
+            parts,
+            metrics,
+            retried: false,
+        }
+    }
 }
 
 /// The bounds of an instance's queue.
@@ -195,18 +212,18 @@ struct Queue {
 
 impl Queue {
     fn push_back(&mut self, batch: QueuedBatch) {
-        self.bytes += batch.bytes.len();
+        self.bytes += batch.len;
         self.batches.push_back(batch);
     }
 
     fn push_front(&mut self, batch: QueuedBatch) {
-        self.bytes += batch.bytes.len();
+        self.bytes += batch.len;
         self.batches.push_front(batch);
     }
 
     fn pop_front(&mut self) -> Option<QueuedBatch> {
         let batch = self.batches.pop_front()?;
-        self.bytes -= batch.bytes.len();
+        self.bytes -= batch.len;
         Some(batch)
     }
 
@@ -224,10 +241,10 @@ impl Queue {
     fn take_front(&mut self, max_bytes: usize, into: &mut Vec<QueuedBatch>) {
         let mut taken = 0;
         while let Some(next) = self.batches.front() {
-            if taken > 0 && taken + next.bytes.len() > max_bytes {
+            if taken > 0 && taken + next.len > max_bytes {
                 break;
             }
-            taken += next.bytes.len();
+            taken += next.len;
             if let Some(batch) = self.pop_front() {
                 into.push(batch);
             }
@@ -469,23 +486,18 @@ impl AggregatorClient {
             let producer = self.producer.get().unwrap_or(&empty);
             return ClientBatch {
                 topology: None,
-                buffers: Vec::new(),
+                groups: Vec::new(),
+                open_group: Vec::new(),
                 max_batch_bytes: self.options.max_batch_bytes,
                 m3msg: Some(m3msg::M3msgBatch::new(producer)),
             };
         }
         let topology = self.topology.read().clone();
-        let buffers = topology
-            .as_ref()
-            .map(|t| {
-                (0..t.writers.len())
-                    .map(|_| InstanceBuffers::default())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let open_group = vec![NO_GROUP; topology.as_ref().map_or(0, |t| t.num_shards as usize)];
         ClientBatch {
             topology,
-            buffers,
+            groups: Vec::new(),
+            open_group,
             max_batch_bytes: self.options.max_batch_bytes,
             m3msg: None,
         }
@@ -503,12 +515,40 @@ impl AggregatorClient {
             return 0;
         };
         let mut total_dropped = 0;
-        let chunks = topology
+        // Each instance's batches: the shared parts of its shards, at most `maxBatchSize`
+        // bytes per batch.
+        let mut per_instance: Vec<Vec<QueuedBatch>> =
+            topology.writers.iter().map(|_| Vec::new()).collect();
+        for group in batch.groups {
+            let bytes = group.frames.freeze();
+            let owners = &topology.owners[group.shard as usize];
+            for (position, owner) in owners.iter().enumerate().take(64) {
+                if group.owners & (1 << position) == 0 {
+                    continue;
+                }
+                let Some(batches) = per_instance.get_mut(owner.instance) else {
+                    continue;
+                };
+                let start_new = batches
+                    .last()
+                    .is_none_or(|last| last.len + bytes.len() > batch.max_batch_bytes);
+                if start_new {
+                    batches.push(QueuedBatch::new(Vec::new(), 0));
+                }
+                if let Some(last) = batches.last_mut() {
+                    last.len += bytes.len();
+                    last.metrics += group.count;
+                    last.parts.push(bytes.clone());
+                }
+            }
+        }
+        let queued = topology
             .writers
             .iter()
-            .zip(batch.buffers)
-            .flat_map(|(writer, buffers)| buffers.into_chunks().map(move |chunk| (writer, chunk)));
-        for (writer, (buffer, metrics)) in chunks {
+            .zip(per_instance)
+            .flat_map(|(writer, batches)| batches.into_iter().map(move |batch| (writer, batch)));
+        for (writer, queued_batch) in queued {
+            let metrics = queued_batch.metrics;
             if metrics == 0 {
                 continue;
             }
@@ -520,11 +560,7 @@ impl AggregatorClient {
             }
             let dropped = enqueue(
                 &mut writer.queue.lock(),
-                QueuedBatch {
-                    bytes: buffer.freeze(),
-                    metrics,
-                    retried: false,
-                },
+                queued_batch,
                 QueueBounds::of(&self.options),
                 self.options.queue_drop_type,
             );
@@ -593,33 +629,32 @@ impl Drop for AggregatorClient {
     }
 }
 
-/// Per-request buffers, one set per instance of the placement the batch started with.
+/// Per-request buffers against the placement the batch started with.
 pub struct ClientBatch {
     topology: Option<Arc<Topology>>,
-    buffers: Vec<InstanceBuffers>,
+    /// The frames so far, grouped by shard and owners.
+    groups: Vec<FrameGroup>,
+    /// Per shard, the group its next frame goes to if the owners match ([`NO_GROUP`]: none).
+    open_group: Vec<usize>,
     max_batch_bytes: usize,
     /// Set for the m3msg transport, which then takes every metric.
     m3msg: Option<m3msg::M3msgBatch>,
 }
 
-/// One instance's frames of a request: buffers of at most `maxBatchSize` bytes each, so a
-/// large request is queued as several batches rather than refused.
-#[derive(Default)]
-struct InstanceBuffers {
-    /// Buffers already full, with their metric counts.
-    full: Vec<(BytesMut, u64)>,
-    /// The buffer being filled.
-    current: BytesMut,
-    /// Metrics in `current`.
-    count: u64,
-}
+/// No group open for a shard.
+const NO_GROUP: usize = usize::MAX;
 
-impl InstanceBuffers {
-    fn into_chunks(self) -> impl Iterator<Item = (BytesMut, u64)> {
-        self.full
-            .into_iter()
-            .chain(std::iter::once((self.current, self.count)))
-    }
+/// The first capacity of a group's buffer: about a request's share of one shard.
+const GROUP_INITIAL_BYTES: usize = 8 * 1024;
+
+/// Frames of one shard for one set of its owners (bit `i` = `owners[shard][i]`; every owner
+/// of a shard outside a move, a subset while a shard moves): written once, queued for each
+/// owner. At most `maxBatchSize` bytes; a shard with more starts another group.
+struct FrameGroup {
+    shard: u32,
+    owners: u64,
+    frames: BytesMut,
+    count: u64,
 }
 
 /// Why a metric could not be routed.
@@ -659,29 +694,36 @@ impl ClientBatch {
             return Err(RouteError::NoOwner);
         }
         let shard = m3_cluster::shard::shard_for(id, topology.num_shards);
-        let mut sent = 0;
-        for owner in &topology.owners[shard as usize] {
-            if time_nanos < owner.from_nanos || time_nanos >= owner.until_nanos {
-                continue;
-            }
-            if let Some(buffers) = self.buffers.get_mut(owner.instance) {
-                if buffers.current.len() + id.len() > self.max_batch_bytes
-                    && !buffers.current.is_empty()
-                {
-                    let full = std::mem::take(&mut buffers.current);
-                    buffers
-                        .full
-                        .push((full, std::mem::take(&mut buffers.count)));
-                }
-                encode(&mut buffers.current);
-                buffers.count += 1;
-                sent += 1;
+        let mut owners = 0u64;
+        // A shard has its replicas plus, while it moves, the copies leaving and arriving: far
+        // fewer than 64 owners.
+        for (position, owner) in topology.owners[shard as usize].iter().enumerate().take(64) {
+            if time_nanos >= owner.from_nanos && time_nanos < owner.until_nanos {
+                owners |= 1 << position;
             }
         }
-        if sent == 0 {
+        if owners == 0 {
             return Err(RouteError::NoOwner);
         }
-        Ok(sent)
+        let slot = &mut self.open_group[shard as usize];
+        let reuse = self.groups.get(*slot).is_some_and(|group| {
+            group.owners == owners
+                && (group.frames.is_empty()
+                    || group.frames.len() + id.len() <= self.max_batch_bytes)
+        });
+        if !reuse {
+            *slot = self.groups.len();
+            self.groups.push(FrameGroup {
+                shard,
+                owners,
+                frames: BytesMut::with_capacity(GROUP_INITIAL_BYTES),
+                count: 0,
+            });
+        }
+        let group = &mut self.groups[*slot];
+        encode(&mut group.frames);
+        group.count += 1;
+        Ok(owners.count_ones() as usize)
     }
 }
 
@@ -694,7 +736,7 @@ fn enqueue(
     bounds: QueueBounds,
     drop_type: QueueDropType,
 ) -> u64 {
-    let fits = queue.len() < bounds.batches && queue.bytes + batch.bytes.len() <= bounds.bytes;
+    let fits = queue.len() < bounds.batches && queue.bytes + batch.len <= bounds.bytes;
     if fits || queue.len() == 0 {
         queue.push_back(batch);
         return 0;
@@ -739,6 +781,21 @@ fn requeue(
             metrics.dropped(ClientDrop::QueueFull, dropped);
         }
     }
+}
+
+/// Writes every part, in order, in as few vectored writes as the socket takes.
+async fn write_parts(stream: &mut TcpStream, parts: &[Bytes]) -> std::io::Result<()> {
+    let mut slices: Vec<std::io::IoSlice<'_>> =
+        parts.iter().map(|p| std::io::IoSlice::new(p)).collect();
+    let mut remaining = &mut slices[..];
+    while !remaining.is_empty() {
+        let written = stream.write_vectored(remaining).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        std::io::IoSlice::advance_slices(&mut remaining, written);
+    }
+    Ok(())
 }
 
 /// How much the writer takes off its queue for one round of writes.
@@ -809,7 +866,8 @@ async fn run_writer(
         };
         let mut failed = None;
         for (i, batch) in pending.iter().enumerate() {
-            match tokio::time::timeout(options.write_timeout, stream.write_all(&batch.bytes)).await
+            match tokio::time::timeout(options.write_timeout, write_parts(stream, &batch.parts))
+                .await
             {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
@@ -912,7 +970,67 @@ mod tests {
             let (mut conn, _) = listener.accept().await.unwrap();
             let mut got = vec![0u8; 10];
             conn.read_exact(&mut got).await.unwrap();
+            // Grouped by shard, so in shard order across series (one series' metrics keep
+            // theirs: they share a shard).
+            got.sort_unstable();
             assert_eq!(got, (0..10).collect::<Vec<u8>>());
+        }
+    }
+
+    /// Frames are written once per shard and shared by its owners: with two replicas owning
+    /// every shard, both queues hold the same buffers (not copies); one series' metrics keep
+    /// their order; `maxBatchSize` splits an instance's share into several batches.
+    #[tokio::test]
+    async fn owners_share_each_shards_frames_and_batches_split_at_the_cap() {
+        let options = ClientOptions {
+            max_batch_bytes: 64,
+            ..ClientOptions::default()
+        };
+        let client = AggregatorClient::new(options, Arc::new(Counted::default()));
+        // Nothing listens: the batches stay queued for inspection.
+        client.update_placement(&placement(&[("a", "127.0.0.1:1"), ("b", "127.0.0.1:2")], 4));
+        let mut batch = client.batch();
+        for i in 0..40u8 {
+            let id = [i % 8];
+            assert_eq!(
+                batch.route(&id, 1, |buf| buf.extend_from_slice(&[i % 8, i])),
+                Ok(2)
+            );
+        }
+        client.commit(batch);
+        let topology = client.topology.read().clone().unwrap();
+        let queued: Vec<Vec<Bytes>> = topology
+            .writers
+            .iter()
+            .map(|w| {
+                w.queue
+                    .lock()
+                    .batches
+                    .iter()
+                    .flat_map(|b| {
+                        assert!(b.len <= 64 || b.parts.len() == 1, "a batch over the cap");
+                        b.parts.clone()
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_eq!(queued[0].len(), queued[1].len());
+        for (a, b) in queued[0].iter().zip(&queued[1]) {
+            assert_eq!(a.as_ptr(), b.as_ptr(), "the same buffer, not a copy");
+        }
+        let batches = topology.writers[0].queue.lock().len();
+        assert!(batches > 1, "80 bytes at a 64-byte cap: {batches} batches");
+        // Every metric once per instance, each series' in order.
+        let bytes: Vec<u8> = queued[0].iter().flat_map(|p| p.iter().copied()).collect();
+        assert_eq!(bytes.len(), 80);
+        for series in 0..8u8 {
+            let values: Vec<u8> = bytes
+                .chunks(2)
+                .filter(|frame| frame[0] == series)
+                .map(|frame| frame[1])
+                .collect();
+            let want: Vec<u8> = (0..40u8).filter(|i| i % 8 == series).collect();
+            assert_eq!(values, want, "series {series}");
         }
     }
 
@@ -988,10 +1106,8 @@ mod tests {
     /// `queueDropType` by payload: `oldest` keeps the newest batches, `current` the first ones.
     #[test]
     fn each_drop_type_drops_the_batch_it_names() {
-        let batch = |payload: &'static [u8], metrics: u64| QueuedBatch {
-            bytes: Bytes::from_static(payload),
-            metrics,
-            retried: false,
+        let batch = |payload: &'static [u8], metrics: u64| {
+            QueuedBatch::new(vec![Bytes::from_static(payload)], metrics)
         };
         for (drop_type, kept, dropped) in [
             (QueueDropType::Oldest, [b"3", b"4"], 1 + 2),
@@ -1006,7 +1122,7 @@ mod tests {
             for (payload, metrics) in [(b"1", 1), (b"2", 2), (b"3", 3), (b"4", 4)] {
                 total += enqueue(&mut queue, batch(payload, metrics), bounds, drop_type);
             }
-            let payloads: Vec<&[u8]> = queue.batches.iter().map(|b| b.bytes.as_ref()).collect();
+            let payloads: Vec<&[u8]> = queue.batches.iter().map(|b| b.parts[0].as_ref()).collect();
             assert_eq!(payloads, kept.map(|k| k.as_slice()), "{drop_type:?}");
             assert_eq!(total, dropped, "{drop_type:?}");
             assert_eq!(queue.bytes, 2, "{drop_type:?}");
@@ -1017,11 +1133,7 @@ mod tests {
     /// larger than the bound still goes into an empty queue (it is sent, not refused forever).
     #[test]
     fn the_byte_bound_drops_by_drop_type_and_an_empty_queue_takes_any_batch() {
-        let batch = |payload: &'static [u8]| QueuedBatch {
-            bytes: Bytes::from_static(payload),
-            metrics: 1,
-            retried: false,
-        };
+        let batch = |payload: &'static [u8]| QueuedBatch::new(vec![Bytes::from_static(payload)], 1);
         let bounds = QueueBounds {
             batches: 100,
             bytes: 10,
@@ -1035,7 +1147,7 @@ mod tests {
             for payload in [b"aaaa", b"bbbb", b"cccc", b"dddd"] {
                 dropped += enqueue(&mut queue, batch(payload), bounds, drop_type);
             }
-            let payloads: Vec<&[u8]> = queue.batches.iter().map(|b| b.bytes.as_ref()).collect();
+            let payloads: Vec<&[u8]> = queue.batches.iter().map(|b| b.parts[0].as_ref()).collect();
             assert_eq!(payloads, kept.map(|k| k.as_slice()), "{drop_type:?}");
             assert_eq!((dropped, queue.bytes), (2, 8), "{drop_type:?}");
         }
@@ -1064,11 +1176,7 @@ mod tests {
     fn the_writer_takes_a_bounded_chunk() {
         let mut queue = Queue::default();
         for payload in [&b"12345"[..], b"123", b"12", b"1"] {
-            queue.push_back(QueuedBatch {
-                bytes: Bytes::from_static(payload),
-                metrics: 1,
-                retried: false,
-            });
+            queue.push_back(QueuedBatch::new(vec![Bytes::from_static(payload)], 1));
         }
         let mut taken = Vec::new();
         queue.take_front(3, &mut taken);
