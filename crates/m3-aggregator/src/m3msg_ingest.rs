@@ -2,17 +2,16 @@
 //! and forwarded rollups from other aggregators over the `aggregator_ingest` topic.
 //!
 //! Each m3msg message carries one `MetricWithMetadatas` (the payload of a rawtcp frame), and
-//! goes through the same [`ingest::apply`] as rawtcp, so both servers treat every message type
-//! alike. Applying is an in-memory add under a shard lock, so it runs on the connection's read
+//! goes through the same [`ingest::MessageDecoder`] as rawtcp, so both servers treat every
+//! message type alike (one decoder per thread: it keeps the last metadata it decoded). Applying is an in-memory add under a shard lock, so it runs on the connection's read
 //! loop. Every message is acked once applied, also when the engine refused it or it does not
 //! decode (counted as `decode_error`): as in M3, a message that cannot be applied now will not
 //! be applied on redelivery either, and a producer retrying it would only hold its buffer.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use m3_msg::{ConsumedMessage, ConsumerConfig, ConsumerMetrics, ConsumerServer, MessageHandler};
-use m3_proto::Message;
-use m3_proto::metricpb::MetricWithMetadatas;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -20,13 +19,20 @@ use crate::error::RejectReason;
 use crate::rawtcp::{DEFAULT_ERROR_LOG_LIMIT_PER_SECOND, LogLimiter, unix_nanos_now};
 use crate::{Aggregator, ingest};
 
+thread_local! {
+    static DECODER: RefCell<ingest::MessageDecoder> = RefCell::default();
+}
+
 /// The handler: decode, apply, ack.
 pub fn handler(aggregator: Arc<Aggregator>) -> Arc<dyn MessageHandler> {
     let limiter = LogLimiter::new(DEFAULT_ERROR_LOG_LIMIT_PER_SECOND);
     Arc::new(move |message: ConsumedMessage| {
-        match MetricWithMetadatas::decode(message.value().as_ref()) {
-            Ok(metric) => {
-                if let Err(e) = ingest::apply(&aggregator, &metric, unix_nanos_now())
+        let applied = DECODER.with_borrow_mut(|decoder| {
+            decoder.apply(&aggregator, message.value().as_ref(), unix_nanos_now())
+        });
+        match applied {
+            Ok(applied) => {
+                if let Err(e) = applied
                     && limiter.allow()
                 {
                     tracing::warn!(error = %e, "m3msg message rejected.");
