@@ -18,25 +18,8 @@ command -v victoria-metrics >/dev/null || {
 }
 cargo build --release -p m3
 bin=$PWD/target/release
-work=$(mktemp -d /tmp/m3-bench-vs-vm.XXXXXX)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  if [ "${KEEP:-0}" = 1 ]; then echo "data and logs kept in $work"; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
-
-# wait_http URL: waits up to 60 s for URL to answer 2xx.
-wait_http() {
-  for _ in $(seq 600); do
-    curl -sf -o /dev/null "$1" && return 0
-    sleep 0.1
-  done
-  echo "no answer from $1; logs in $work" >&2
-  KEEP=1
-  exit 1
-}
+source scripts/bench-lib.sh
+bench_workdir m3-bench-vs-vm
 
 # run NAME PID URL WRITE_PATH: the load against one target; the report goes to $work/NAME.txt.
 run() {

@@ -28,25 +28,8 @@ command -v vmagent >/dev/null || {
 }
 cargo build --release --bins
 bin=$PWD/target/release
-work=$(mktemp -d /tmp/m3-bench-relay.XXXXXX)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  if [ "${KEEP:-0}" = 1 ]; then echo "data and logs kept in $work"; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
-
-# wait_http URL: waits up to 30 s for URL to answer 2xx.
-wait_http() {
-  for _ in $(seq 300); do
-    curl -sf -o /dev/null "$1" && return 0
-    sleep 0.1
-  done
-  echo "no answer from $1; logs in $work" >&2
-  KEEP=1
-  exit 1
-}
+source scripts/bench-lib.sh
+bench_workdir m3-bench-relay
 
 # load NAME URL WRITE_PATH PID...: the load against one target, with the CPU time of each PID
 # (the relay's first); the report goes to $work/NAME.txt.
@@ -85,24 +68,6 @@ kill "$vmagent_pid"
 wait "$vmagent_pid" 2>/dev/null || true
 
 # 2. The tier without raw storage.
-etcd_port=23791
-etcd --name bench --data-dir "$work/etcd" \
-  --listen-client-urls "http://127.0.0.1:$etcd_port" \
-  --advertise-client-urls "http://127.0.0.1:$etcd_port" \
-  --listen-peer-urls http://127.0.0.1:23801 \
-  --initial-advertise-peer-urls http://127.0.0.1:23801 \
-  --initial-cluster bench=http://127.0.0.1:23801 >"$work/etcd.log" 2>&1 &
-pids+=($!)
-wait_http "http://127.0.0.1:$etcd_port/health"
-
-aggregator_pids=()
-for host in 127.0.0.2 127.0.0.3; do
-  ETCD_ENDPOINT=127.0.0.1:$etcd_port M3AGGREGATOR_HOST_ID=$host \
-    M3AGGREGATOR_RAWTCP_ADDRESS=$host:6000 M3AGGREGATOR_HTTP_ADDRESS=$host:6001 \
-    "$bin/m3aggregator" -f config/m3aggregator.yml >"$work/m3aggregator-$host.log" 2>&1 &
-  aggregator_pids+=($!)
-  pids+=($!)
-done
 # The coordinator's config without its unaggregated namespace (the namespace line and the two
 # lines under it).
 awk '/- namespace: default$/ { skip = 3 } skip > 0 { skip--; next } { print }' \
@@ -111,32 +76,7 @@ if grep -q unaggregated "$work/m3coordinator-relay.yml"; then
   echo "could not remove the unaggregated namespace from config/m3coordinator.yml" >&2
   exit 1
 fi
-ETCD_ENDPOINT=127.0.0.1:$etcd_port M3COORDINATOR_LISTEN_ADDRESS=127.0.0.1:7201 \
-  M3COORDINATOR_INGEST_ADDRESS=127.0.0.1:7507 M3COORDINATOR_DATA_DIR="$work/data" \
-  "$bin/m3coordinator" -f "$work/m3coordinator-relay.yml" >"$work/m3coordinator.log" 2>&1 &
-coordinator_pid=$!
-pids+=("$coordinator_pid")
-for url in http://127.0.0.2:6001/health http://127.0.0.3:6001/health http://127.0.0.1:7201/health; do
-  wait_http "$url"
-done
-
-# SEED.md's requests, with its host names as these addresses.
-api=http://127.0.0.1:7201/api/v1
-post() { curl -sSf -o /dev/null -X POST "$api/$1" -d "$2"; }
-post services/m3aggregator/placement/init '{"num_shards": 64, "replication_factor": 2,
-  "instances": [
-    {"id": "127.0.0.2:6000", "isolation_group": "availability-zone-a", "zone": "embedded",
-     "weight": 100, "endpoint": "127.0.0.2:6000", "hostname": "127.0.0.2", "port": 6000},
-    {"id": "127.0.0.3:6000", "isolation_group": "availability-zone-b", "zone": "embedded",
-     "weight": 100, "endpoint": "127.0.0.3:6000", "hostname": "127.0.0.3", "port": 6000}]}'
-post topic/init '{"numberOfShards": 64}'
-post services/m3coordinator/placement/init '{"instances": [{"id": "m3coordinator01",
-  "zone": "embedded", "endpoint": "127.0.0.1:7507", "hostname": "127.0.0.1", "port": 7507}]}'
-post topic '{"consumerService": {"serviceId": {"name": "m3coordinator",
-  "environment": "default_env", "zone": "embedded"}, "consumptionType": "SHARED",
-  "messageTtlNanos": "300000000000"}}'
-# Until an aggregator leads, its windows wait in the followers: give the election a moment.
-sleep 5
+start_tier "$work/m3coordinator-relay.yml"
 load coordinator http://127.0.0.1:7201 /api/v1/prom/remote/write \
   "$coordinator_pid" "${aggregator_pids[@]}"
 

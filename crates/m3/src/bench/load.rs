@@ -33,7 +33,14 @@ pub(super) enum Outcome {
     Accepted,
     Rejected(String),
     Failed(String),
+    /// 503: counted as failed; the worker backs off before its next request.
+    Overloaded(String),
 }
+
+/// Prometheus's remote-write backoff after a 503 (`min_backoff`, `max_backoff`),
+/// doubling from the first to the second and reset by an accepted request.
+const MIN_BACKOFF: Duration = Duration::from_millis(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Stats {
     pub(super) fn record(&self, samples: u64, outcome: Outcome) {
@@ -45,7 +52,9 @@ impl Stats {
                 return;
             }
             Outcome::Rejected(reason) => (&self.rejected, &self.first_rejection, reason),
-            Outcome::Failed(reason) => (&self.failed, &self.first_failure, reason),
+            Outcome::Failed(reason) | Outcome::Overloaded(reason) => {
+                (&self.failed, &self.first_failure, reason)
+            }
         };
         counter.fetch_add(samples, Ordering::Relaxed);
         first.lock().get_or_insert(reason);
@@ -146,6 +155,7 @@ pub(super) async fn worker(shared: Arc<Shared>) -> Vec<Duration> {
     let mut proto = Vec::new();
     let mut snappy = snap::raw::Encoder::new();
     let mut latencies = Vec::new();
+    let mut backoff = MIN_BACKOFF;
     loop {
         let claim = shared.schedule.lock().claim(Instant::now());
         let Some(claim) = claim else {
@@ -171,10 +181,17 @@ pub(super) async fn worker(shared: Arc<Shared>) -> Vec<Duration> {
         let started = Instant::now();
         let outcome = post(&shared.client, &shared.write_url, body).await;
         latencies.push(started.elapsed());
+        let overloaded = matches!(outcome, Outcome::Overloaded(_));
         if matches!(outcome, Outcome::Accepted) {
             shared.windows.record(&claim.series, claim.timestamp_ms);
+            backoff = MIN_BACKOFF;
         }
         shared.stats.record(samples, outcome);
+        if overloaded {
+            // As Prometheus does: wait before sending again, longer each time in a row.
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
     }
 }
 
@@ -199,7 +216,9 @@ pub(super) async fn post(client: &reqwest::Client, url: &str, body: Vec<u8>) -> 
         Outcome::Accepted
     } else {
         let reason = format!("{status}: {}", shorten(text.trim(), 300));
-        if status.is_client_error() {
+        if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            Outcome::Overloaded(reason)
+        } else if status.is_client_error() {
             Outcome::Rejected(reason)
         } else {
             Outcome::Failed(reason)
