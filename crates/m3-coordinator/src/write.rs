@@ -552,6 +552,22 @@ mod tests {
         ]
     }
 
+    /// A placement of four shards, all on instance "a" at `endpoint`.
+    fn one_instance_placement(endpoint: String) -> Placement {
+        let mut placement = Placement {
+            num_shards: 4,
+            replica_factor: 1,
+            is_sharded: true,
+            ..Placement::default()
+        };
+        let mut instance = Instance::new("a").with_endpoint(endpoint);
+        instance.shards = (0..4)
+            .map(|s| Shard::new(s, ShardState::Available))
+            .collect();
+        placement.instances.insert("a".into(), instance);
+        placement
+    }
+
     fn store(dir: &std::path::Path) -> Store {
         Store::open(
             dir,
@@ -602,18 +618,7 @@ mod tests {
         let endpoint = listener.local_addr().unwrap().to_string();
         let metrics = CoordinatorMetrics::default();
         let client = AggregatorClient::new(ClientOptions::default(), Arc::new(metrics.clone()));
-        let mut placement = Placement {
-            num_shards: 4,
-            replica_factor: 1,
-            is_sharded: true,
-            ..Placement::default()
-        };
-        let mut instance = Instance::new("a").with_endpoint(endpoint);
-        instance.shards = (0..4)
-            .map(|s| Shard::new(s, ShardState::Available))
-            .collect();
-        placement.instances.insert("a".into(), instance);
-        client.update_placement(&placement);
+        client.update_placement(&one_instance_placement(endpoint));
         let path = WritePath::new(
             store.clone(),
             Some("default".into()),
@@ -689,18 +694,7 @@ mod tests {
             ..ClientOptions::default()
         };
         let client = AggregatorClient::new(options, Arc::new(metrics.clone()));
-        let mut placement = Placement {
-            num_shards: 4,
-            replica_factor: 1,
-            is_sharded: true,
-            ..Placement::default()
-        };
-        let mut instance = Instance::new("a").with_endpoint(endpoint);
-        instance.shards = (0..4)
-            .map(|s| Shard::new(s, ShardState::Available))
-            .collect();
-        placement.instances.insert("a".into(), instance);
-        client.update_placement(&placement);
+        client.update_placement(&one_instance_placement(endpoint));
         let path = WritePath::new(
             store(dir.path()),
             Some("default".into()),
@@ -764,18 +758,7 @@ mod tests {
             ..ClientOptions::default()
         };
         let client = AggregatorClient::new(options, Arc::new(metrics.clone()));
-        let mut placement = Placement {
-            num_shards: 4,
-            replica_factor: 1,
-            is_sharded: true,
-            ..Placement::default()
-        };
-        let mut instance = Instance::new("a").with_endpoint(endpoint);
-        instance.shards = (0..4)
-            .map(|s| Shard::new(s, ShardState::Available))
-            .collect();
-        placement.instances.insert("a".into(), instance);
-        client.update_placement(&placement);
+        client.update_placement(&one_instance_placement(endpoint));
         let accepted = tokio::spawn(async move { listener.accept().await.map(|(c, _)| c) });
         let path = Arc::new(WritePath::new(
             store.clone(),
