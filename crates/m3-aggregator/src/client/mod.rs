@@ -41,6 +41,7 @@ pub mod m3msg;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -185,6 +186,13 @@ impl QueuedBatch {
             retried: false,
         }
     }
+
+    /// Adds `part`, holding `metrics` metrics.
+    fn push(&mut self, part: Bytes, metrics: u64) {
+        self.len += part.len();
+        self.metrics += metrics;
+        self.parts.push(part);
+    }
 }
 
 /// The bounds of an instance's queue.
@@ -264,7 +272,7 @@ struct InstanceWriter {
     queue: Mutex<Queue>,
     /// Whether the writer holds a connection (it may then hold writes up, see
     /// [`AggregatorClient::congested`]).
-    connected: std::sync::atomic::AtomicBool,
+    connected: AtomicBool,
     notify: Notify,
     cancel: CancellationToken,
 }
@@ -468,7 +476,7 @@ impl AggregatorClient {
             id: id.to_string(),
             endpoint: endpoint.to_string(),
             queue: Mutex::new(Queue::default()),
-            connected: std::sync::atomic::AtomicBool::new(false),
+            connected: AtomicBool::new(false),
             notify: Notify::new(),
             cancel: self.cancel.child_token(),
         });
@@ -536,9 +544,7 @@ impl AggregatorClient {
                     batches.push(QueuedBatch::new(Vec::new(), 0));
                 }
                 if let Some(last) = batches.last_mut() {
-                    last.len += bytes.len();
-                    last.metrics += group.count;
-                    last.parts.push(bytes.clone());
+                    last.push(bytes.clone(), group.count);
                 }
             }
         }
@@ -605,8 +611,7 @@ impl AggregatorClient {
         };
         let threshold = self.options.max_queue_bytes / 2;
         topology.writers.iter().any(|writer| {
-            writer.connected.load(std::sync::atomic::Ordering::Relaxed)
-                && writer.queue.lock().bytes > threshold
+            writer.connected.load(Ordering::Relaxed) && writer.queue.lock().bytes > threshold
         })
     }
 
@@ -838,9 +843,7 @@ async fn run_writer(
                     let _ = stream.set_nodelay(true);
                     tracing::info!(instance = %writer.id, endpoint = %writer.endpoint, "Connected to aggregator.");
                     connection = Some(stream);
-                    writer
-                        .connected
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    writer.connected.store(true, Ordering::Relaxed);
                     backoff = Duration::from_millis(50);
                 }
                 Ok(Err(e)) => {
@@ -885,9 +888,7 @@ async fn run_writer(
             Some((i, error)) => {
                 tracing::warn!(instance = %writer.id, endpoint = %writer.endpoint, %error, "Writing to aggregator failed; reconnecting.");
                 connection = None;
-                writer
-                    .connected
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                writer.connected.store(false, Ordering::Relaxed);
                 // The failed batch may be partly written: it is retried once whole on the new
                 // connection (the aggregator drops a torn frame with the old connection).
                 pending.drain(..i);
