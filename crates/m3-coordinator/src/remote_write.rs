@@ -665,7 +665,7 @@ impl<'a> DecodedRequest<'a> {
 
 impl<'a> SeriesRef<'a> {
     /// Labels as `(name, value)` byte slices, in request order (sorted, if valid).
-    pub fn labels(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+    pub fn labels(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone + 'a {
         let decoder = self.decoder;
         let range = &decoder.series[self.index].labels;
         decoder.labels[range.start as usize..range.end as usize]

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use m3_storage::{Labels, Store};
+use m3_storage::{LabelsBatch, LabelsView, Store};
 
 use crate::config::WriteBuffersConfig;
 use crate::downsample::Downsampler;
@@ -27,9 +27,9 @@ use crate::remote_write::{DecodeError, DecodeLimits, InvalidSeries, RemoteWriteD
 use m3_aggregator::client::{AggregatorClient, RouteError};
 use m3_proto::timed_frame::put_timed_metric_frame;
 
-/// A decoder whose buffers grew past this after a large request is dropped rather than kept
-/// for the next request, so one large request does not pin its memory for good.
-const MAX_RETAINED_DECODER_BYTES: usize = 4 * 1024 * 1024;
+/// Request buffers that grew past this for a large request are dropped rather than kept for
+/// the next request, so one large request does not pin its memory for good.
+const MAX_RETAINED_SCRATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// The earliest and latest timestamps (ms) whose nanoseconds fit an `i64`: samples outside
 /// are refused, as nothing downstream could represent them.
@@ -46,7 +46,8 @@ pub struct WritePath {
     buffers: WriteBuffersConfig,
     metrics: CoordinatorMetrics,
     decode_limits: DecodeLimits,
-    decoders: Mutex<Vec<RemoteWriteDecoder>>,
+    /// Buffers of finished requests, taken by the next ones.
+    scratches: Mutex<Vec<Scratch>>,
     /// Remote-write endpoints receiving copies of the raw samples.
     remote_out: Option<Arc<RemoteOut>>,
 }
@@ -211,7 +212,7 @@ impl WritePath {
             buffers,
             metrics,
             decode_limits: DecodeLimits::default(),
-            decoders: Mutex::new(Vec::new()),
+            scratches: Mutex::new(Vec::new()),
             remote_out: None,
         }
     }
@@ -251,12 +252,14 @@ impl WritePath {
         mode: &WriteMode,
     ) -> Result<WriteOutcome, WriteError> {
         self.metrics.write_requests.inc();
-        let popped = self.decoders.lock().pop();
-        let mut decoder =
-            popped.unwrap_or_else(|| RemoteWriteDecoder::with_limits(self.decode_limits));
-        let result = self.write_with(&mut decoder, body, now_nanos, mode);
-        if decoder.retained_bytes() <= MAX_RETAINED_DECODER_BYTES {
-            self.decoders.lock().push(decoder);
+        let popped = self.scratches.lock().pop();
+        let mut scratch = popped.unwrap_or_else(|| Scratch {
+            decoder: RemoteWriteDecoder::with_limits(self.decode_limits),
+            raw_labels: LabelsBatch::new(),
+        });
+        let result = self.write_with(&mut scratch, body, now_nanos, mode);
+        if scratch.retained_bytes() <= MAX_RETAINED_SCRATCH_BYTES {
+            self.scratches.lock().push(scratch);
         }
         match &result {
             Ok(outcome) if outcome.rejection().is_some() => {
@@ -276,7 +279,7 @@ impl WritePath {
 
     fn write_with(
         &self,
-        decoder: &mut RemoteWriteDecoder,
+        scratch: &mut Scratch,
         body: &[u8],
         now_nanos: i64,
         mode: &WriteMode,
@@ -287,6 +290,11 @@ impl WritePath {
                 .refuse_request(crate::metrics::RefusedReason::aggregator_behind);
             return Err(WriteError::AggregatorBehind);
         }
+        let Scratch {
+            decoder,
+            raw_labels,
+        } = scratch;
+        raw_labels.clear();
         let request = decoder.decode_snappy(body)?;
         let mut outcome = WriteOutcome {
             samples: request.sample_count(),
@@ -319,8 +327,7 @@ impl WritePath {
         };
         let mut id = Vec::with_capacity(256);
         let mut tags: Vec<(&[u8], &[u8])> = Vec::with_capacity(16);
-        // Raw samples point at their series' labels, built once per series.
-        let mut raw_labels: Vec<Labels> = Vec::new();
+        // Raw samples point at their series' labels, copied once per series into `raw_labels`.
         let mut raw: Vec<(usize, i64, f64)> = Vec::new();
         for series in request.series() {
             let bad_timestamps = series
@@ -365,16 +372,16 @@ impl WritePath {
                     .drop_samples(DropReason::dropped_by_rule, series.samples().len() as u64);
             }
             if keep_raw && store_raw {
-                // Borrowed where the bytes are UTF-8 (the decoder checked): no copy per label.
-                let labels = Labels::new(
-                    series
-                        .labels()
-                        .map(|(n, v)| (String::from_utf8_lossy(n), String::from_utf8_lossy(v))),
-                );
-                match labels {
-                    Ok(labels) => {
-                        let index = raw_labels.len();
-                        raw_labels.push(labels);
+                // The decoder checked the bytes are UTF-8. Were one not, it would become a
+                // nameless label, which the batch refuses, counted below.
+                let pairs = series.labels().map(|(n, v)| {
+                    match (std::str::from_utf8(n), std::str::from_utf8(v)) {
+                        (Ok(n), Ok(v)) => (n, v),
+                        _ => ("", ""),
+                    }
+                });
+                match raw_labels.push(pairs) {
+                    Ok(index) => {
                         raw.extend(
                             series
                                 .samples()
@@ -450,9 +457,9 @@ impl WritePath {
         // Raw first: when the store fails the request is retried, and nothing was sent to the
         // aggregators yet, so nothing is aggregated twice. The endpoints' queues before the
         // store, so that a full one refuses the request before anything is kept.
-        let refs: Vec<(&Labels, i64, f64)> = raw
+        let refs: Vec<(LabelsView<'_>, i64, f64)> = raw
             .iter()
-            .map(|&(index, t, v)| (&raw_labels[index], t, v))
+            .map(|&(index, t, v)| (raw_labels.get(index), t, v))
             .collect();
         if !out_endpoints.is_empty() && !refs.is_empty() {
             // Delivery is not awaited: the endpoints' queues hold the samples from here.
@@ -486,6 +493,20 @@ impl WritePath {
             }
         }
         Ok(outcome)
+    }
+}
+
+/// What one request needs besides its body, reused by the next request.
+#[derive(Debug)]
+struct Scratch {
+    decoder: RemoteWriteDecoder,
+    /// The label sets of the raw samples.
+    raw_labels: LabelsBatch,
+}
+
+impl Scratch {
+    fn retained_bytes(&self) -> usize {
+        self.decoder.retained_bytes() + self.raw_labels.retained_bytes()
     }
 }
 

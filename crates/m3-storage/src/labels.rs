@@ -63,12 +63,54 @@ pub enum LabelsError {
 /// The names and values sit back to back in one string, with the end of each in a second
 /// allocation: building one costs two allocations however many labels it has, hashing it is
 /// two contiguous writes, and a million of them cost their text, not forty `String`s each.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Labels {
     /// Names and values back to back, in name order.
     text: Box<str>,
     /// Per label, where its name ends and where its value ends in `text`.
     ends: Box<[(u32, u32)]>,
+}
+
+/// A validated label set borrowed: what a [`Labels`] holds, in memory it does not own (a
+/// [`Labels`], or one set of a [`LabelsBatch`]). It hashes and compares as the [`Labels`] with
+/// the same pairs, so a store can find a series by it without building one.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LabelsView<'a> {
+    /// Names and values back to back, in name order.
+    text: &'a str,
+    /// Per label, where its name ends and where its value ends in `text`.
+    ends: &'a [(u32, u32)],
+}
+
+/// Anything a label set can be borrowed from: [`Labels`], references to them, [`LabelsView`].
+pub trait AsLabelsView {
+    /// The label set, borrowed.
+    fn labels_view(&self) -> LabelsView<'_>;
+}
+
+impl AsLabelsView for Labels {
+    fn labels_view(&self) -> LabelsView<'_> {
+        self.view()
+    }
+}
+
+impl AsLabelsView for LabelsView<'_> {
+    fn labels_view(&self) -> LabelsView<'_> {
+        *self
+    }
+}
+
+impl<T: AsLabelsView + ?Sized> AsLabelsView for &T {
+    fn labels_view(&self) -> LabelsView<'_> {
+        (**self).labels_view()
+    }
+}
+
+impl std::hash::Hash for Labels {
+    /// As its [`LabelsView`] hashes, so either finds the same entry of a hash table.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.view().hash(state);
+    }
 }
 
 impl Labels {
@@ -140,34 +182,17 @@ impl Labels {
         })
     }
 
-    /// Label `i`: its name and value.
-    fn pair(&self, i: usize) -> (&str, &str) {
-        let start = match i.checked_sub(1) {
-            Some(previous) => self.ends[previous].1 as usize,
-            None => 0,
-        };
-        let (name_end, value_end) = self.ends[i];
-        (
-            self.text.get(start..name_end as usize).unwrap_or_default(),
-            self.text
-                .get(name_end as usize..value_end as usize)
-                .unwrap_or_default(),
-        )
+    /// The label set, borrowed.
+    pub fn view(&self) -> LabelsView<'_> {
+        LabelsView {
+            text: &self.text,
+            ends: &self.ends,
+        }
     }
 
     /// The value of label `name`, if present.
     pub fn get(&self, name: &str) -> Option<&str> {
-        let (mut low, mut high) = (0, self.ends.len());
-        while low < high {
-            let middle = (low + high) / 2;
-            let (n, v) = self.pair(middle);
-            match n.cmp(name) {
-                std::cmp::Ordering::Less => low = middle + 1,
-                std::cmp::Ordering::Greater => high = middle,
-                std::cmp::Ordering::Equal => return Some(v),
-            }
-        }
-        None
+        self.view().get(name)
     }
 
     /// The value of `__name__`, if present.
@@ -177,7 +202,7 @@ impl Labels {
 
     /// The pairs, sorted by name.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + Clone {
-        (0..self.ends.len()).map(|i| self.pair(i))
+        self.view().iter()
     }
 
     /// The number of labels (never zero).
@@ -218,6 +243,176 @@ impl Labels {
     /// [`encoded_len`](Self::encoded_len).
     pub const fn encoded_label_len(name: usize, value: usize) -> usize {
         8 + name + value
+    }
+}
+
+impl<'a> LabelsView<'a> {
+    /// Label `i`: its name and value.
+    fn pair(&self, i: usize) -> (&'a str, &'a str) {
+        let start = match i.checked_sub(1) {
+            Some(previous) => self.ends[previous].1 as usize,
+            None => 0,
+        };
+        let (name_end, value_end) = self.ends[i];
+        (
+            self.text.get(start..name_end as usize).unwrap_or_default(),
+            self.text
+                .get(name_end as usize..value_end as usize)
+                .unwrap_or_default(),
+        )
+    }
+
+    /// The value of label `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&'a str> {
+        let (mut low, mut high) = (0, self.ends.len());
+        while low < high {
+            let middle = (low + high) / 2;
+            let (n, v) = self.pair(middle);
+            match n.cmp(name) {
+                std::cmp::Ordering::Less => low = middle + 1,
+                std::cmp::Ordering::Greater => high = middle,
+                std::cmp::Ordering::Equal => return Some(v),
+            }
+        }
+        None
+    }
+
+    /// The value of `__name__`, if present.
+    pub fn metric_name(&self) -> Option<&'a str> {
+        self.get(METRIC_NAME_LABEL)
+    }
+
+    /// The pairs, sorted by name.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&'a str, &'a str)> + Clone + use<'a> {
+        let view = *self;
+        (0..view.ends.len()).map(move |i| view.pair(i))
+    }
+
+    /// The number of labels (never zero).
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Always `false`: a label set has at least one label. Present for API symmetry.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The label set, owned.
+    pub fn to_labels(&self) -> Labels {
+        Labels {
+            text: self.text.into(),
+            ends: self.ends.into(),
+        }
+    }
+}
+
+impl fmt::Debug for LabelsView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.to_labels(), f)
+    }
+}
+
+/// The label sets of one write, in two buffers reused from write to write: a remote-write
+/// request's series get their [`LabelsView`]s without an allocation per series.
+///
+/// [`push`](Self::push) takes what [`Labels::new`] takes and checks it alike; pairs that come
+/// sorted by name with no empty value (as valid remote-write series do) are copied in place, any
+/// other order goes through [`Labels::new`].
+#[derive(Debug, Default)]
+pub struct LabelsBatch {
+    /// Every set's names and values back to back.
+    text: String,
+    /// Every set's label ends, each relative to its set's start in `text`.
+    ends: Vec<(u32, u32)>,
+    /// Per set, its range of `text` and of `ends`.
+    sets: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+}
+
+impl LabelsBatch {
+    /// An empty batch.
+    pub fn new() -> LabelsBatch {
+        LabelsBatch::default()
+    }
+
+    /// Forgets every set, keeping the buffers.
+    pub fn clear(&mut self) {
+        self.text.clear();
+        self.ends.clear();
+        self.sets.clear();
+    }
+
+    /// The number of sets.
+    pub fn len(&self) -> usize {
+        self.sets.len()
+    }
+
+    /// Whether there is no set.
+    pub fn is_empty(&self) -> bool {
+        self.sets.is_empty()
+    }
+
+    /// Bytes the buffers hold (their capacity).
+    pub fn retained_bytes(&self) -> usize {
+        self.text.capacity()
+            + self.ends.capacity() * std::mem::size_of::<(u32, u32)>()
+            + self.sets.capacity()
+                * std::mem::size_of::<(std::ops::Range<usize>, std::ops::Range<usize>)>()
+    }
+
+    /// Adds a label set; its index for [`get`](Self::get).
+    ///
+    /// # Errors
+    /// As [`Labels::new`]; nothing is added.
+    pub fn push<'p>(
+        &mut self,
+        pairs: impl Iterator<Item = (&'p str, &'p str)> + Clone,
+    ) -> Result<usize, LabelsError> {
+        let text_start = self.text.len();
+        let ends_start = self.ends.len();
+        let mut previous: Option<&str> = None;
+        let mut in_order = true;
+        for (name, value) in pairs.clone() {
+            let sorted_after = previous.is_none_or(|p| p < name);
+            if name.is_empty() || value.is_empty() || !sorted_after {
+                in_order = false;
+                break;
+            }
+            previous = Some(name);
+            self.text.push_str(name);
+            let name_end = u32::try_from(self.text.len() - text_start);
+            self.text.push_str(value);
+            match (name_end, u32::try_from(self.text.len() - text_start)) {
+                (Ok(name_end), Ok(value_end)) => self.ends.push((name_end, value_end)),
+                _ => {
+                    self.text.truncate(text_start);
+                    self.ends.truncate(ends_start);
+                    return Err(LabelsError::TooLong(name.to_owned()));
+                }
+            }
+        }
+        if !in_order || self.ends.len() == ends_start {
+            self.text.truncate(text_start);
+            self.ends.truncate(ends_start);
+            let labels = Labels::new(pairs)?;
+            self.text.push_str(&labels.text);
+            self.ends.extend_from_slice(&labels.ends);
+        }
+        self.sets
+            .push((text_start..self.text.len(), ends_start..self.ends.len()));
+        Ok(self.sets.len() - 1)
+    }
+
+    /// Set `index`, as [`push`](Self::push) returned it.
+    ///
+    /// # Panics
+    /// When no set has that index.
+    pub fn get(&self, index: usize) -> LabelsView<'_> {
+        let (text, ends) = self.sets[index].clone();
+        LabelsView {
+            text: &self.text[text],
+            ends: &self.ends[ends],
+        }
     }
 }
 
@@ -326,6 +521,48 @@ mod tests {
             Labels::new(Vec::<(String, String)>::new()),
             Err(LabelsError::Empty)
         );
+    }
+
+    proptest::proptest! {
+        /// A batch's set is the `Labels` built from the same pairs: equal, hashing alike, and
+        /// refused alike; a refused set leaves the batch as it was.
+        #[test]
+        fn a_batch_set_is_the_labels_of_its_pairs(
+            sets in proptest::collection::vec(
+                proptest::collection::vec(("[a-d_]{0,3}", "[xy\u{e9}]{0,2}"), 0..6),
+                1..6,
+            ),
+        ) {
+            use std::hash::BuildHasher;
+            let hasher = hashbrown::DefaultHashBuilder::default();
+            let mut batch = LabelsBatch::new();
+            let mut kept = Vec::new();
+            for pairs in &sets {
+                let expected = Labels::new(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+                let before = batch.len();
+                let got = batch.push(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+                match (&expected, got) {
+                    (Ok(labels), Ok(index)) => {
+                        proptest::prop_assert_eq!(index, before);
+                        kept.push(labels.clone());
+                    }
+                    (Err(e), Err(got)) => {
+                        proptest::prop_assert_eq!(e, &got);
+                        proptest::prop_assert_eq!(batch.len(), before);
+                    }
+                    (expected, got) => {
+                        proptest::prop_assert!(false, "{expected:?} but the batch gave {got:?}")
+                    }
+                }
+            }
+            for (index, labels) in kept.iter().enumerate() {
+                let view = batch.get(index);
+                proptest::prop_assert_eq!(view, labels.view());
+                proptest::prop_assert_eq!(view.to_labels(), labels.clone());
+                proptest::prop_assert_eq!(hasher.hash_one(view), hasher.hash_one(labels));
+                proptest::prop_assert_eq!(view.iter().collect::<Vec<_>>(), labels.iter().collect::<Vec<_>>());
+            }
+        }
     }
 
     #[test]

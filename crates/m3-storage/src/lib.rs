@@ -77,7 +77,10 @@ pub mod tsdb;
 
 pub use budget::QueryLimits;
 pub use error::{Error, Result};
-pub use labels::{Labels, LabelsError, MAX_ENCODED_LABELS_BYTES, METRIC_NAME_LABEL};
+pub use labels::{
+    AsLabelsView, Labels, LabelsBatch, LabelsError, LabelsView, MAX_ENCODED_LABELS_BYTES,
+    METRIC_NAME_LABEL,
+};
 pub use matcher::{AnchoredRegex, Matcher};
 pub use metrics::StoreMetrics;
 pub use namespace::{NamespaceConfig, NamespaceKind, Namespaces};

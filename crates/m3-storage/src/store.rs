@@ -51,6 +51,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
+use crate::labels::AsLabelsView;
 use crate::labels::{Labels, LabelsError};
 use crate::metrics::StoreMetrics;
 use crate::namespace::{NamespaceConfig, Namespaces};
@@ -60,7 +61,8 @@ use crate::tsdb::durable::AppendError;
 use crate::tsdb::head::HeadOptions;
 use crate::tsdb::wal::WalOptions;
 
-/// One sample to write: the series' labels, a timestamp in Unix milliseconds and a value.
+/// One sample to write: the series' labels, a timestamp in Unix milliseconds and a value
+/// ([`Store::write_batch`] takes any [`AsLabelsView`] in place of the `&Labels`).
 pub type SampleRef<'a> = (&'a Labels, i64, f64);
 
 /// The file naming the layout of a data directory.
@@ -241,7 +243,11 @@ impl Store {
     /// assert_eq!(summary.series_created, 1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn write_batch(&self, namespace: &str, samples: &[SampleRef<'_>]) -> Result<WriteSummary> {
+    pub fn write_batch<L: AsLabelsView>(
+        &self,
+        namespace: &str,
+        samples: &[(L, i64, f64)],
+    ) -> Result<WriteSummary> {
         let result = self.write_batch_inner(namespace, samples);
         if let Err(e) = &result {
             self.inner.metrics.write_errors.inc();
@@ -270,10 +276,10 @@ impl Store {
         self.write_batch(namespace, &batch)
     }
 
-    fn write_batch_inner(
+    fn write_batch_inner<L: AsLabelsView>(
         &self,
         namespace: &str,
-        samples: &[SampleRef<'_>],
+        samples: &[(L, i64, f64)],
     ) -> Result<WriteSummary> {
         let index = self.inner.namespaces.index_of(namespace)?;
         if let Some(reason) = self.write_failure() {
@@ -347,7 +353,7 @@ impl Store {
                     tracing::info!(namespace = %ns.name, "Reopening the write-ahead log after a failed write.");
                     db.reopen_log()?;
                 }
-                db.append(&[])
+                db.append::<&Labels>(&[])
                     .map_err(|e| Error::Engine(format!("namespace {:?}: {e}", ns.name)))?;
                 db.sync()
                     .map_err(|e| Error::Engine(format!("namespace {:?}: {e}", ns.name)))?;

@@ -9,10 +9,11 @@
 use bytes::Bytes;
 use prost::encoding::{encode_varint, encoded_len_varint};
 
-use m3_storage::Labels;
+use m3_storage::{AsLabelsView, LabelsView};
 
-/// One sample to send: its series, time in milliseconds and value.
-pub type OutSample<'a> = (&'a Labels, i64, f64);
+/// One sample to send: its series (a `&Labels`, a [`LabelsView`]…), time in milliseconds and
+/// value.
+pub type OutSample<L> = (L, i64, f64);
 
 /// Key of `WriteRequest.timeseries` (field 1, length-delimited).
 const TIMESERIES_KEY: u8 = 1 << 3 | 2;
@@ -38,8 +39,8 @@ pub struct Body {
 
 /// Encodes `samples` as requests of at most `max_per_request` samples each, snappy-compressed.
 /// `scratch` is reused between calls to hold the uncompressed bytes.
-pub fn encode_requests(
-    samples: &[OutSample<'_>],
+pub fn encode_requests<L: AsLabelsView>(
+    samples: &[OutSample<L>],
     max_per_request: usize,
     scratch: &mut Vec<u8>,
 ) -> Vec<Body> {
@@ -49,10 +50,10 @@ pub fn encode_requests(
         scratch.clear();
         let mut start = 0;
         while start < chunk.len() {
-            let labels = chunk[start].0;
+            let labels = chunk[start].0.labels_view();
             let end = chunk[start..]
                 .iter()
-                .position(|s| !std::ptr::eq(s.0, labels) && s.0 != labels)
+                .position(|s| s.0.labels_view() != labels)
                 .map_or(chunk.len(), |n| start + n);
             put_series(scratch, labels, &chunk[start..end]);
             start = end;
@@ -86,7 +87,7 @@ fn sample_len(timestamp: i64) -> usize {
 }
 
 /// Writes one `timeseries` field: `labels` and the samples of `samples` (all of that series).
-fn put_series(out: &mut Vec<u8>, labels: &Labels, samples: &[OutSample<'_>]) {
+fn put_series<L>(out: &mut Vec<u8>, labels: LabelsView<'_>, samples: &[OutSample<L>]) {
     let label_len = |(name, value): (&str, &str)| field_len(name.len()) + field_len(value.len());
     let series_len: usize = labels
         .iter()
@@ -119,6 +120,7 @@ mod tests {
     use super::*;
     use m3_proto::Message;
     use m3_proto::prometheus::WriteRequest;
+    use m3_storage::Labels;
     use proptest::prelude::*;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -183,7 +185,7 @@ mod tests {
                 .iter()
                 .map(|(name, value)| labels(&[("__name__", name), ("v", value)]))
                 .collect();
-            let samples: Vec<OutSample<'_>> = points
+            let samples: Vec<OutSample<&Labels>> = points
                 .iter()
                 .map(|&(i, t, v)| (&sets[i % sets.len()], t, v))
                 .collect();

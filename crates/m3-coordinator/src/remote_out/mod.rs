@@ -110,9 +110,9 @@ impl Endpoint {
     ///
     /// # Errors
     /// [`QueueFull`] when the queue has no room for the batch: nothing was queued.
-    pub fn try_send(
+    pub fn try_send<L: m3_storage::AsLabelsView>(
         &self,
-        samples: &[OutSample<'_>],
+        samples: &[OutSample<L>],
         scratch: &mut Vec<u8>,
     ) -> Result<oneshot::Receiver<Delivery>, QueueFull> {
         let mut receivers = send_to_all(&[self], samples, scratch)?;
@@ -184,9 +184,9 @@ impl Endpoint {
 ///
 /// # Errors
 /// [`QueueFull`] naming the first endpoint without room: nothing was queued anywhere.
-pub fn send_to_all(
+pub fn send_to_all<L: m3_storage::AsLabelsView>(
     endpoints: &[&Endpoint],
-    samples: &[OutSample<'_>],
+    samples: &[OutSample<L>],
     scratch: &mut Vec<u8>,
 ) -> Result<Vec<oneshot::Receiver<Delivery>>, QueueFull> {
     let mut rooms = Vec::with_capacity(endpoints.len());

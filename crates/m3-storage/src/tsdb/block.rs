@@ -572,7 +572,7 @@ mod tests {
                 let from_block: Vec<Labels> = block.matching(&matchers).into_iter().map(|p| block.labels(p).unwrap().clone()).collect();
                 prop_assert_eq!(&from_block, &from_head);
                 for labels in &from_block {
-                    let r = head.find(labels).unwrap();
+                    let r = head.find(labels.view()).unwrap();
                     let p = block.matching(&[]).into_iter().find(|&p| block.labels(p) == Some(labels)).unwrap();
                     for &(start, len) in &ranges {
                         let (mut want, mut got) = (Vec::new(), Vec::new());

@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::labels::Labels;
+use crate::labels::{AsLabelsView, Labels};
 use crate::matcher::{Matcher, matches_all};
 use crate::tsdb::block::{Block, BlockError, write_block};
 use crate::tsdb::chunk::Chunk;
@@ -322,7 +322,10 @@ impl NamespaceDb {
     ///
     /// # Errors
     /// As for [`DurableHead::append`].
-    pub fn append(&self, samples: &[(&Labels, i64, f64)]) -> Result<AppendSummary, AppendError> {
+    pub fn append<L: AsLabelsView>(
+        &self,
+        samples: &[(L, i64, f64)],
+    ) -> Result<AppendSummary, AppendError> {
         self.head.write().append(samples)
     }
 
@@ -851,7 +854,7 @@ mod tests {
                         }
                         // A series retention emptied from the head forgets its newest.
                         let head = db.head.read();
-                        model.newest.retain(|s, _| head.head().find(&labels(*s)).is_some());
+                        model.newest.retain(|s, _| head.head().find(labels(*s).view()).is_some());
                     }
                     Step::Reopen => {
                         drop(db);

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 
-use crate::labels::{Labels, MAX_ENCODED_LABELS_BYTES};
+use crate::labels::{AsLabelsView, Labels, LabelsView, MAX_ENCODED_LABELS_BYTES};
 use crate::tsdb::chunk::Chunk;
 use crate::tsdb::head::{AppendSummary, Head, HeadOptions, SeriesRef, Truncated};
 use crate::tsdb::wal::{Checkpoint, ReplayReport, Wal, WalError, WalOptions};
@@ -142,14 +142,15 @@ impl DurableHead {
     /// logged). That is safe because the log either cut the failed write off or, when it
     /// could not (or the batch may have reached it after all), refuses every later batch until
     /// reopened: no later record can name the same labels under another reference.
-    pub fn append(
+    pub fn append<L: AsLabelsView>(
         &mut self,
-        samples: &[(&Labels, i64, f64)],
+        samples: &[(L, i64, f64)],
     ) -> Result<AppendSummary, AppendError> {
         self.refs.clear();
         let mut created = 0;
         let mut new_refs = Vec::new();
-        for &(labels, time, value) in samples {
+        for (labels, time, value) in samples {
+            let (labels, time, value) = (labels.labels_view(), *time, *value);
             let (reference, new) = self.head.get_or_create(labels);
             if new {
                 new_refs.push(reference);
@@ -239,7 +240,7 @@ impl DurableHead {
         let mut records = Vec::new();
         for (reference, labels) in self.head.live_series() {
             let mut record = Vec::new();
-            encode_series(reference, &labels, &mut record);
+            encode_series(reference, labels.view(), &mut record);
             records.push(record);
         }
         if records.is_empty() {
@@ -282,7 +283,7 @@ impl DurableHead {
     }
 }
 
-fn encode_series(reference: SeriesRef, labels: &Labels, out: &mut Vec<u8>) {
+fn encode_series(reference: SeriesRef, labels: LabelsView<'_>, out: &mut Vec<u8>) {
     out.clear();
     out.push(SERIES_RECORD);
     out.extend_from_slice(&reference.to_le_bytes());
@@ -458,12 +459,12 @@ mod tests {
             .append(&[(&sets[1], 500, -1.0), (&sets[1], 1001, 7.0)])
             .unwrap();
         let before = everything(durable.head());
-        let reference = durable.head().find(&sets[7]).unwrap();
+        let reference = durable.head().find(sets[7].view()).unwrap();
         drop(durable);
         let (durable, report) = DurableHead::open(dir.path(), head_options, wal_options).unwrap();
         assert!(report.segments > 1, "several segments replayed");
         assert_eq!(everything(durable.head()), before);
-        assert_eq!(durable.head().find(&sets[7]), Some(reference));
+        assert_eq!(durable.head().find(sets[7].view()), Some(reference));
         assert_eq!(
             durable.head().matching(&[Matcher::equal("i", "7")]).len(),
             1
@@ -478,7 +479,7 @@ mod tests {
         far.extend_from_slice(&0u16.to_le_bytes());
         let labels = Labels::new([("a", "b")]).unwrap();
         let mut extra = Vec::new();
-        encode_series(0, &labels, &mut extra);
+        encode_series(0, labels.view(), &mut extra);
         extra.push(0);
         for (record, message) in [(far, "far beyond"), (extra, "bytes left over")] {
             let dir = tempfile::tempdir().unwrap();

@@ -22,7 +22,7 @@ use std::hash::BuildHasher;
 
 use hashbrown::{HashMap, HashTable};
 
-use crate::labels::Labels;
+use crate::labels::{Labels, LabelsView};
 use crate::matcher::Matcher;
 use crate::tsdb::chunk::Chunk;
 use crate::tsdb::packed_labels::PackedLabels;
@@ -339,12 +339,12 @@ impl Head {
         }
     }
 
-    fn hash(&self, labels: &Labels) -> u64 {
+    fn hash(&self, labels: LabelsView<'_>) -> u64 {
         self.hasher.hash_one(labels)
     }
 
     /// The series with exactly these labels.
-    pub fn find(&self, labels: &Labels) -> Option<SeriesRef> {
+    pub fn find(&self, labels: LabelsView<'_>) -> Option<SeriesRef> {
         let hash = self.hash(labels);
         let series = &self.series;
         self.by_hash
@@ -360,7 +360,7 @@ impl Head {
 
     /// The series with these labels, created if new (`true` when created). References are not
     /// reused; past `u32::MAX` series (some 600 GB of head) the last one would be reused.
-    pub fn get_or_create(&mut self, labels: &Labels) -> (SeriesRef, bool) {
+    pub fn get_or_create(&mut self, labels: LabelsView<'_>) -> (SeriesRef, bool) {
         if let Some(found) = self.find(labels) {
             return (found, false);
         }
@@ -370,7 +370,7 @@ impl Head {
     }
 
     /// Puts `labels` at `reference` (replaying a log that named it so).
-    fn insert(&mut self, reference: SeriesRef, labels: &Labels) {
+    fn insert(&mut self, reference: SeriesRef, labels: LabelsView<'_>) {
         let hash = self.hash(labels);
         for (name, value) in labels.iter() {
             // Series creation only: the double lookups keep the keys boxed, not `String`s.
@@ -404,13 +404,13 @@ impl Head {
     /// these labels were written again (a live series is found, not created): the older one
     /// goes, as it went then. A reference already naming other labels is replaced likewise.
     pub fn restore_series(&mut self, reference: SeriesRef, labels: Labels) {
-        match self.find(&labels) {
+        match self.find(labels.view()) {
             Some(found) if found == reference => return,
             Some(older) => self.remove_series(older),
             None => {}
         }
         self.remove_series(reference);
-        self.insert(reference, &labels);
+        self.insert(reference, labels.view());
     }
 
     /// Appends samples; each is `(series, time ms, value)`.
@@ -472,7 +472,7 @@ impl Head {
         let mut refs = Vec::with_capacity(samples.len());
         let mut new_series = 0;
         for &(labels, time, value) in samples {
-            let (reference, created) = self.get_or_create(labels);
+            let (reference, created) = self.get_or_create(labels.view());
             new_series += usize::from(created);
             refs.push((reference, time, value));
         }
@@ -759,7 +759,7 @@ mod tests {
             (summary.appended, summary.duplicates, summary.too_old),
             (2, 1, 1)
         );
-        let r = head.find(&a).unwrap();
+        let r = head.find(a.view()).unwrap();
         assert_eq!(
             all(&head, r),
             vec![(1_000, 1.0), (2_000, 20.0), (2_500, 2.5), (3_000, 3.0)]
@@ -817,13 +817,13 @@ mod tests {
         // Chunk 0 holds 0..=1190, chunk 1 1200..=2390, the open one 2400..=2990.
         assert_eq!(head.truncate_before(1_500).series, 1);
         assert_eq!(head.series_count(), 1);
-        assert!(head.find(&b).is_none());
+        assert!(head.find(b.view()).is_none());
         assert!(head.matching(&[Matcher::equal("job", "db")]).is_empty());
-        let r = head.find(&a).unwrap();
+        let r = head.find(a.view()).unwrap();
         assert_eq!(all(&head, r).first(), Some(&(1_200, 120.0)));
         // A series created again after its removal is a new one.
         head.append(&[(&b, 5_000, 2.0)]);
-        let again = head.find(&b).unwrap();
+        let again = head.find(b.view()).unwrap();
         assert_eq!(all(&head, again), vec![(5_000, 2.0)]);
     }
 
@@ -889,7 +889,7 @@ mod tests {
                         // chunks end, but nothing at or after it may go, and nothing may change.
                         let mut next = Model::new();
                         for (labels, series) in &model {
-                            let kept = head.find(labels).map(|r| all(&head, r)).unwrap_or_default();
+                            let kept = head.find(labels.view()).map(|r| all(&head, r)).unwrap_or_default();
                             for (t, v) in series.range(cutoff..) {
                                 prop_assert!(kept.contains(&(*t, *v)), "{labels:?} lost {t}");
                             }
@@ -917,7 +917,7 @@ mod tests {
                 prop_assert_eq!(got, want);
             }
             for (labels, series) in &model {
-                let r = head.find(labels).expect("series in the head");
+                let r = head.find(labels.view()).expect("series in the head");
                 for &(start, len) in &ranges {
                     let mut got = Vec::new();
                     head.samples(r, start, start + len, &mut got);

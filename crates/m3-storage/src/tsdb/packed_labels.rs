@@ -12,7 +12,7 @@
 //! so a comparison reads a few contiguous cache lines, and a series costs its labels' bytes plus
 //! a byte or two per string instead of a `String` header and an allocation each.
 
-use crate::labels::Labels;
+use crate::labels::{Labels, LabelsView};
 
 /// A label set in one allocation. See the [module docs](self).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +53,7 @@ fn take_bytes<'a>(bytes: &mut &'a [u8]) -> Option<&'a [u8]> {
 
 impl PackedLabels {
     /// Packs `labels`.
-    pub fn new(labels: &Labels) -> PackedLabels {
+    pub fn new(labels: LabelsView<'_>) -> PackedLabels {
         let mut out = Vec::with_capacity(
             labels
                 .iter()
@@ -92,7 +92,7 @@ impl PackedLabels {
     }
 
     /// Whether these are exactly `labels`, comparing bytes without unpacking.
-    pub fn matches(&self, labels: &Labels) -> bool {
+    pub fn matches(&self, labels: LabelsView<'_>) -> bool {
         let mut rest: &[u8] = &self.0;
         for (name, value) in labels.iter() {
             if take_bytes(&mut rest) != Some(name.as_bytes())
@@ -128,15 +128,15 @@ mod tests {
             other in proptest::collection::btree_map("[a-z_]{1,12}", "\\PC{1,300}", 1..12),
         ) {
             let labels = Labels::new(pairs.clone()).unwrap();
-            let packed = PackedLabels::new(&labels);
-            prop_assert!(packed.matches(&labels));
+            let packed = PackedLabels::new(labels.view());
+            prop_assert!(packed.matches(labels.view()));
             prop_assert_eq!(packed.unpack(), labels.clone());
             for (name, value) in &pairs {
                 prop_assert_eq!(packed.get(name), Some(value.as_str()));
             }
             prop_assert_eq!(packed.get("NOT-A-NAME"), None);
             let other = Labels::new(other).unwrap();
-            prop_assert_eq!(packed.matches(&other), other == labels);
+            prop_assert_eq!(packed.matches(other.view()), other == labels);
         }
     }
 
@@ -144,12 +144,12 @@ mod tests {
     fn a_prefix_or_an_extra_label_is_not_a_match() {
         let ab = Labels::new([("a", "1"), ("b", "2")]).unwrap();
         let a = Labels::new([("a", "1")]).unwrap();
-        assert!(!PackedLabels::new(&ab).matches(&a));
-        assert!(!PackedLabels::new(&a).matches(&ab));
+        assert!(!PackedLabels::new(ab.view()).matches(a.view()));
+        assert!(!PackedLabels::new(a.view()).matches(ab.view()));
         let long = "x".repeat(70_000);
         let big = Labels::new([("a", long.as_str())]).unwrap();
-        let packed = PackedLabels::new(&big);
-        assert!(packed.matches(&big));
+        let packed = PackedLabels::new(big.view());
+        assert!(packed.matches(big.view()));
         assert_eq!(packed.get("a").map(str::len), Some(70_000));
     }
 }
