@@ -372,15 +372,7 @@ impl WritePath {
                     .drop_samples(DropReason::dropped_by_rule, series.samples().len() as u64);
             }
             if keep_raw && store_raw {
-                // The decoder checked the bytes are UTF-8. Were one not, it would become a
-                // nameless label, which the batch refuses, counted below.
-                let pairs = series.labels().map(|(n, v)| {
-                    match (std::str::from_utf8(n), std::str::from_utf8(v)) {
-                        (Ok(n), Ok(v)) => (n, v),
-                        _ => ("", ""),
-                    }
-                });
-                match raw_labels.push(pairs) {
+                match raw_labels.push_bytes(series.labels()) {
                     Ok(index) => {
                         raw.extend(
                             series

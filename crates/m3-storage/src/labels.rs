@@ -46,6 +46,12 @@ pub enum LabelsError {
     /// A name or value longer than the on-disk format allows (4 GiB).
     #[error("label {0:?} is too long")]
     TooLong(String),
+    /// A name or value that is not UTF-8.
+    #[error("label {name:?} is not UTF-8")]
+    NotUtf8 {
+        /// The label's name (lossily converted).
+        name: String,
+    },
     /// The labels together are longer than a key of the engine may be.
     #[error("the labels of series {name:?} take {size} bytes; a series may take at most {max}")]
     SeriesTooLong {
@@ -327,6 +333,8 @@ pub struct LabelsBatch {
     ends: Vec<(u32, u32)>,
     /// Per set, its range of `text` and of `ends`.
     sets: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+    /// A set's bytes before they are checked to be UTF-8 ([`push_bytes`](Self::push_bytes)).
+    unchecked: Vec<u8>,
 }
 
 impl LabelsBatch {
@@ -355,6 +363,7 @@ impl LabelsBatch {
     /// Bytes the buffers hold (their capacity).
     pub fn retained_bytes(&self) -> usize {
         self.text.capacity()
+            + self.unchecked.capacity()
             + self.ends.capacity() * std::mem::size_of::<(u32, u32)>()
             + self.sets.capacity()
                 * std::mem::size_of::<(std::ops::Range<usize>, std::ops::Range<usize>)>()
@@ -401,6 +410,63 @@ impl LabelsBatch {
         self.sets
             .push((text_start..self.text.len(), ends_start..self.ends.len()));
         Ok(self.sets.len() - 1)
+    }
+
+    /// [`push`](Self::push) for pairs of bytes, as a remote-write request holds them: checked
+    /// to be UTF-8 once per set rather than once per name and value.
+    ///
+    /// # Errors
+    /// As [`push`](Self::push), and [`LabelsError::NotUtf8`]; nothing is added.
+    pub fn push_bytes<'p>(
+        &mut self,
+        pairs: impl Iterator<Item = (&'p [u8], &'p [u8])> + Clone,
+    ) -> Result<usize, LabelsError> {
+        let ends_start = self.ends.len();
+        self.unchecked.clear();
+        let mut previous: Option<&[u8]> = None;
+        let mut in_order = true;
+        for (name, value) in pairs.clone() {
+            // Byte order is code point order for UTF-8, so the order check holds for the text.
+            let sorted_after = previous.is_none_or(|p| p < name);
+            if name.is_empty() || value.is_empty() || !sorted_after {
+                in_order = false;
+                break;
+            }
+            previous = Some(name);
+            self.unchecked.extend_from_slice(name);
+            let name_end = u32::try_from(self.unchecked.len());
+            self.unchecked.extend_from_slice(value);
+            match (name_end, u32::try_from(self.unchecked.len())) {
+                (Ok(name_end), Ok(value_end)) => self.ends.push((name_end, value_end)),
+                _ => {
+                    self.ends.truncate(ends_start);
+                    return Err(LabelsError::TooLong(String::from_utf8_lossy(name).into()));
+                }
+            }
+        }
+        if in_order && self.ends.len() > ends_start {
+            if let Ok(text) = std::str::from_utf8(&self.unchecked) {
+                let text_start = self.text.len();
+                self.text.push_str(text);
+                self.sets
+                    .push((text_start..self.text.len(), ends_start..self.ends.len()));
+                return Ok(self.sets.len() - 1);
+            }
+        }
+        // Out of order, an empty name or value, or not UTF-8: label by label.
+        self.ends.truncate(ends_start);
+        let mut strings = Vec::new();
+        for (name, value) in pairs {
+            match (std::str::from_utf8(name), std::str::from_utf8(value)) {
+                (Ok(name), Ok(value)) => strings.push((name, value)),
+                _ => {
+                    return Err(LabelsError::NotUtf8 {
+                        name: String::from_utf8_lossy(name).into(),
+                    });
+                }
+            }
+        }
+        self.push(strings.into_iter())
     }
 
     /// Set `index`, as [`push`](Self::push) returned it.
@@ -536,11 +602,15 @@ mod tests {
             use std::hash::BuildHasher;
             let hasher = hashbrown::DefaultHashBuilder::default();
             let mut batch = LabelsBatch::new();
+            let mut from_bytes = LabelsBatch::new();
             let mut kept = Vec::new();
             for pairs in &sets {
                 let expected = Labels::new(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())));
                 let before = batch.len();
                 let got = batch.push(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+                let got_from_bytes =
+                    from_bytes.push_bytes(pairs.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+                proptest::prop_assert_eq!(&got, &got_from_bytes);
                 match (&expected, got) {
                     (Ok(labels), Ok(index)) => {
                         proptest::prop_assert_eq!(index, before);
@@ -558,11 +628,34 @@ mod tests {
             for (index, labels) in kept.iter().enumerate() {
                 let view = batch.get(index);
                 proptest::prop_assert_eq!(view, labels.view());
+                proptest::prop_assert_eq!(from_bytes.get(index), labels.view());
                 proptest::prop_assert_eq!(view.to_labels(), labels.clone());
                 proptest::prop_assert_eq!(hasher.hash_one(view), hasher.hash_one(labels));
                 proptest::prop_assert_eq!(view.iter().collect::<Vec<_>>(), labels.iter().collect::<Vec<_>>());
             }
         }
+    }
+
+    #[test]
+    fn a_batch_refuses_bytes_that_are_not_utf8_and_keeps_what_it_has() {
+        let mut batch = LabelsBatch::new();
+        let first = batch.push_bytes([(&b"a"[..], &b"1"[..])].into_iter());
+        assert_eq!(first, Ok(0));
+        for pairs in [
+            [(&b"a"[..], &b"\xff"[..]), (&b"b"[..], &b"2"[..])],
+            // Out of order, so checked label by label.
+            [(&b"b"[..], &b"2"[..]), (&b"a"[..], &b"\xc3"[..])],
+        ] {
+            assert_eq!(
+                batch.push_bytes(pairs.into_iter()),
+                Err(LabelsError::NotUtf8 { name: "a".into() })
+            );
+        }
+        assert_eq!(batch.len(), 1);
+        let again = batch.push_bytes([(&b"b"[..], &b"\xc3\xa9"[..])].into_iter());
+        assert_eq!(again, Ok(1));
+        assert_eq!(batch.get(1).get("b"), Some("\u{e9}"));
+        assert_eq!(batch.get(0).get("a"), Some("1"));
     }
 
     #[test]

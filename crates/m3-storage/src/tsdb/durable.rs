@@ -86,6 +86,8 @@ pub struct DurableHead {
     series_records: Vec<Vec<u8>>,
     samples_record: Vec<u8>,
     refs: Vec<(SeriesRef, i64, f64)>,
+    /// The hashes of a batch's label sets, computed before any is looked up.
+    hashes: Vec<u64>,
 }
 
 impl DurableHead {
@@ -120,6 +122,7 @@ impl DurableHead {
                 series_records: Vec::new(),
                 samples_record: Vec::new(),
                 refs,
+                hashes: Vec::new(),
             },
             report,
         ))
@@ -149,9 +152,15 @@ impl DurableHead {
         self.refs.clear();
         let mut created = 0;
         let mut new_refs = Vec::new();
-        for (labels, time, value) in samples {
+        self.hashes.clear();
+        self.hashes.extend(
+            samples
+                .iter()
+                .map(|sample| self.head.hash(sample.0.labels_view())),
+        );
+        for ((labels, time, value), &hash) in samples.iter().zip(&self.hashes) {
             let (labels, time, value) = (labels.labels_view(), *time, *value);
-            let (reference, new) = self.head.get_or_create(labels);
+            let (reference, new) = self.head.get_or_create_hashed(labels, hash);
             if new {
                 new_refs.push(reference);
                 let size = Labels::encoded_len(labels.iter().map(|(n, v)| (n.len(), v.len())));

@@ -339,13 +339,17 @@ impl Head {
         }
     }
 
-    fn hash(&self, labels: LabelsView<'_>) -> u64 {
+    /// The hash the head finds `labels` by: see [`get_or_create_hashed`](Self::get_or_create_hashed).
+    pub fn hash(&self, labels: LabelsView<'_>) -> u64 {
         self.hasher.hash_one(labels)
     }
 
     /// The series with exactly these labels.
     pub fn find(&self, labels: LabelsView<'_>) -> Option<SeriesRef> {
-        let hash = self.hash(labels);
+        self.find_hashed(labels, self.hash(labels))
+    }
+
+    fn find_hashed(&self, labels: LabelsView<'_>, hash: u64) -> Option<SeriesRef> {
         let series = &self.series;
         self.by_hash
             .find(hash, |&(h, r)| {
@@ -361,7 +365,15 @@ impl Head {
     /// The series with these labels, created if new (`true` when created). References are not
     /// reused; past `u32::MAX` series (some 600 GB of head) the last one would be reused.
     pub fn get_or_create(&mut self, labels: LabelsView<'_>) -> (SeriesRef, bool) {
-        if let Some(found) = self.find(labels) {
+        self.get_or_create_hashed(labels, self.hash(labels))
+    }
+
+    /// [`get_or_create`](Self::get_or_create) with the labels' [`hash`](Self::hash) computed
+    /// before. A batch hashes all its label sets first and then looks them up: the lookups,
+    /// each a few cache misses into a large table, then follow each other closely enough for
+    /// the processor to overlap them, which hashing between them prevents.
+    pub fn get_or_create_hashed(&mut self, labels: LabelsView<'_>, hash: u64) -> (SeriesRef, bool) {
+        if let Some(found) = self.find_hashed(labels, hash) {
             return (found, false);
         }
         let reference = SeriesRef::try_from(self.series.len()).unwrap_or(SeriesRef::MAX);
@@ -471,8 +483,9 @@ impl Head {
     pub fn append(&mut self, samples: &[(&Labels, i64, f64)]) -> AppendSummary {
         let mut refs = Vec::with_capacity(samples.len());
         let mut new_series = 0;
-        for &(labels, time, value) in samples {
-            let (reference, created) = self.get_or_create(labels.view());
+        let hashes: Vec<u64> = samples.iter().map(|s| self.hash(s.0.view())).collect();
+        for (&(labels, time, value), &hash) in samples.iter().zip(&hashes) {
+            let (reference, created) = self.get_or_create_hashed(labels.view(), hash);
             new_series += usize::from(created);
             refs.push((reference, time, value));
         }
