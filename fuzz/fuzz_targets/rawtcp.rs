@@ -1,6 +1,7 @@
 //! A rawtcp byte stream into the frame splitter, the server's message decoder (the in-place
-//! reader of timed metrics, prost for the rest) and the engine: every frame that decodes is applied to an aggregator owning every shard, then the
-//! engine is flushed. Nothing may panic, whatever the bytes.
+//! reader of timed metrics, batched into the engine; prost for the rest) and the engine: every
+//! frame that decodes is applied to an aggregator owning every shard, then the engine is
+//! flushed. Nothing may panic, whatever the bytes.
 #![no_main]
 
 use std::sync::Arc;
@@ -16,9 +17,13 @@ fuzz_target!(|data: &[u8]| {
     aggregator.set_shards(vec![ShardAssignment::unbounded(0)], 0);
     let mut buf = BytesMut::from(data);
     let mut decoder = m3_aggregator::ingest::MessageDecoder::default();
+    // As the rawtcp server: frames queued, the queue flushed once the bytes are used up.
     while let Ok(Some(frame)) = m3_proto::framing::next_rawtcp_frame(&mut buf, 1 << 20) {
-        let _ = decoder.apply(&aggregator, &frame, NOW);
+        if decoder.queue(&aggregator, frame, NOW, &mut |_| {}).is_err() {
+            break;
+        }
     }
+    decoder.flush(&aggregator, NOW, &mut |_| {});
     let mut out: Vec<AggregatedOutput> = Vec::new();
     let flushed = aggregator.flush(NOW + 3_600_000_000_000, FlushMode::LeaderFinal, &mut out);
     assert_eq!(flushed.outputs, out.len());

@@ -8,6 +8,9 @@
 //!   scraped about once per resolution, so most adds open a new window: every pass over the
 //!   series moves one resolution on, and the ended windows are flushed between passes (the
 //!   flush is not timed).
+//! * `aggregator_add/shard_runs/{one_by_one,batched}/100k`: the same adds in the order a
+//!   coordinator sends them (each 2,000 series of a request grouped by shard), added one by one
+//!   with `add_timed` or 250 at a time (about one 64 KiB rawtcp read) with `add_timed_batch`.
 //! * `window_flush/untimed_counter/100k`: flushing one closed window of each of 100k series
 //!   into reused output storage; throughput in windows (one output each).
 
@@ -15,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
-use m3_aggregator::{AggregatedOutput, Aggregator, AggregatorOptions, FlushMode, Metadatas};
+use m3_aggregator::{
+    AggregatedOutput, Aggregator, AggregatorOptions, FlushMode, Metadatas, TimedSample,
+};
 use m3_metric::MetricType;
 use m3_proto::metricpb::StagedMetadatas;
 
@@ -55,6 +60,52 @@ fn add_batch(
     }
 }
 
+/// Timed values read from one rawtcp connection at a time.
+const READ_BATCH: usize = 250;
+
+/// `aggregator_add/shard_runs/*`: see the module docs.
+fn shard_runs(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    meta: &StagedMetadatas,
+) {
+    let mut ids = common::ids(100_000);
+    for request in ids.chunks_mut(2000) {
+        request.sort_by_key(|id| m3_cluster::shard_for(id, common::NUM_SHARDS));
+    }
+    let t = T0 + 5 * S;
+    for batched in [false, true] {
+        let agg = common::engine();
+        common::add_all(&agg, &ids, meta, t, t);
+        let mut next = 0usize;
+        let name = if batched { "batched" } else { "one_by_one" };
+        group.bench_function(format!("shard_runs/{name}/100k"), |b| {
+            b.iter(|| {
+                if !batched {
+                    add_batch(&agg, &ids, meta, &mut next, t, t + S);
+                    return;
+                }
+                for _ in 0..BATCH / READ_BATCH {
+                    let end = (next + READ_BATCH).min(ids.len());
+                    let samples: Vec<TimedSample<'_>> = ids[next..end]
+                        .iter()
+                        .map(|id| TimedSample {
+                            metric_type: MetricType::Gauge,
+                            id,
+                            time_nanos: t,
+                            value: 1.0,
+                            metadatas: Metadatas::Staged(meta),
+                        })
+                        .collect();
+                    agg.add_timed_batch(&samples, t + S, &mut |_, e| {
+                        panic!("bench sample rejected: {e}")
+                    });
+                    next = if end == ids.len() { 0 } else { end };
+                }
+            });
+        });
+    }
+}
+
 fn aggregator_add(c: &mut Criterion) {
     let mut group = c.benchmark_group("aggregator_add");
     group.throughput(Throughput::Elements(BATCH as u64));
@@ -73,6 +124,8 @@ fn aggregator_add(c: &mut Criterion) {
         });
     }
 
+    shard_runs(&mut group, &meta);
+
     let n = 100_000usize;
     let ids = common::ids(n);
     // A short past buffer, so the flush between passes closes the windows two passes back and
@@ -84,8 +137,10 @@ fn aggregator_add(c: &mut Criterion) {
     let mut pass_start = T0 + 5 * S;
     let mut next = 0usize;
     let mut outputs: Vec<AggregatedOutput> = Vec::with_capacity(n);
+    let mut ran = false;
     group.bench_function("timed_gauge_new_window/100k", |b| {
         b.iter_custom(|iterations| {
+            ran = true;
             let mut timed = Duration::ZERO;
             for _ in 0..iterations {
                 let started = Instant::now();
@@ -102,7 +157,7 @@ fn aggregator_add(c: &mut Criterion) {
         });
     });
     assert!(
-        agg.metrics().outputs_flushed() > 0,
+        !ran || agg.metrics().outputs_flushed() > 0,
         "the new-window bench flushed nothing: windows piled up instead"
     );
     group.finish();

@@ -111,6 +111,21 @@ pub struct ForwardedWrite<'a> {
     pub forwarded_times: u32,
 }
 
+/// One timed value of a batch ([`Aggregator::add_timed_batch`]).
+#[derive(Debug, Clone, Copy)]
+pub struct TimedSample<'a> {
+    /// The metric type.
+    pub metric_type: MetricType,
+    /// The series ID.
+    pub id: &'a [u8],
+    /// The value's own timestamp.
+    pub time_nanos: i64,
+    /// The value.
+    pub value: f64,
+    /// What to aggregate it with.
+    pub metadatas: Metadatas<'a>,
+}
+
 /// Passthrough metrics kept for the next flush at most; beyond, the oldest are dropped.
 const MAX_PENDING_PASSTHROUGH: usize = 1 << 20;
 
@@ -252,6 +267,100 @@ impl Aggregator {
             metadatas,
             now_nanos,
         )
+    }
+
+    /// Adds timed values as [`add_timed`](Self::add_timed) adds each, with the costs shared:
+    /// every ID is hashed before any lock is taken, and consecutive values of one shard (a
+    /// client sends a shard's values together) take its lock and check its ownership once,
+    /// their series found in one pass before any is added to (see `ShardState::add_run`).
+    /// `rejected` gets the index in `samples` and the first error of each value not (wholly)
+    /// aggregated; every rejection is counted as by [`add_timed`](Self::add_timed).
+    pub fn add_timed_batch(
+        &self,
+        samples: &[TimedSample<'_>],
+        now_nanos: i64,
+        rejected: &mut dyn FnMut(usize, AddError),
+    ) {
+        // (shard, entry hash) of each sample.
+        let keys: Vec<(u32, u64)> = samples
+            .iter()
+            .map(|s| ((self.shard_fn)(s.id), crate::shard::entry_hash(s.id)))
+            .collect();
+        let mut run = Vec::new();
+        let mut indexes = Vec::new();
+        let mut slots = Vec::new();
+        let table = self.shards.read();
+        let mut start = 0;
+        while start < samples.len() {
+            let shard_id = keys[start].0;
+            let end = keys[start..]
+                .iter()
+                .position(|k| k.0 != shard_id)
+                .map_or(samples.len(), |n| start + n);
+            let writeable = match table.get(&shard_id) {
+                None => Err(AddError::ShardNotOwned { shard: shard_id }),
+                Some(shard) => shard
+                    .check_writeable(now_nanos, &self.limits)
+                    .map(|()| shard),
+            };
+            let shard = match writeable {
+                Ok(shard) => shard,
+                Err(e) => {
+                    self.metrics
+                        .record_rejected(e.reason(), (end - start) as u64);
+                    for i in start..end {
+                        rejected(i, e.clone());
+                    }
+                    start = end;
+                    continue;
+                }
+            };
+            run.clear();
+            // The index in `samples` of each sample of `run`.
+            indexes.clear();
+            for (i, sample) in samples.iter().enumerate().take(end).skip(start) {
+                match metadata::active(sample.metadatas, now_nanos) {
+                    Err(e) => {
+                        self.metrics.record_rejected(e.reason(), 1);
+                        rejected(i, e);
+                    }
+                    Ok(Active::Tombstoned) => {
+                        self.metrics.record_rejected(RejectReason::Tombstoned, 1);
+                    }
+                    Ok(active) => {
+                        indexes.push(i);
+                        run.push(crate::shard::RunSample {
+                            sample: Sample {
+                                category: Category::Timed,
+                                metric_type: sample.metric_type,
+                                id: sample.id,
+                                time_nanos: sample.time_nanos,
+                                values: std::slice::from_ref(&sample.value),
+                                now_nanos,
+                            },
+                            hash: keys[i].1,
+                            active,
+                        });
+                    }
+                }
+            }
+            shard.state.lock().add_run(
+                &run,
+                &mut slots,
+                &self.limits,
+                &self.metrics,
+                &self.options.default_storage_policies,
+                &mut |i, accepted, error| {
+                    if accepted {
+                        self.metrics.record_added(run[i].sample.metric_type, 1);
+                    }
+                    if let Some(e) = error {
+                        rejected(indexes[i], e);
+                    }
+                },
+            );
+            start = end;
+        }
     }
 
     /// Adds one timed value at its own timestamp `time_nanos`.

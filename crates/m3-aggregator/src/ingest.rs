@@ -19,11 +19,20 @@
 //! for every sample — is read in place: the metric's fields borrowed, the metadata decoded only
 //! when its bytes differ from the previous message's (the coordinator sends the same metadata
 //! for every series its rules treat alike). Every other message is decoded whole with prost.
+//!
+//! A stream (rawtcp) [`queue`](MessageDecoder::queue)s its frames and
+//! [`flush`](MessageDecoder::flush)es them when its buffer is drained: type 6 messages wait and
+//! go to the engine together ([`Aggregator::add_timed_batch`]), which shares one shard lock
+//! among a shard's values; any other message first applies what waits, so a stream's messages
+//! are applied in order.
 
+use std::ops::Range;
+
+use bytes::Bytes;
 use m3_metric::{AggregationId, MetricType, StoragePolicy};
 use m3_proto::metricpb::{self, metric_with_metadatas::Type};
 
-use crate::aggregator::{Aggregator, ForwardedWrite};
+use crate::aggregator::{Aggregator, ForwardedWrite, TimedSample};
 use crate::error::{AddError, RejectReason};
 use crate::flush::AggregatedOutput;
 use crate::metadata::Metadatas;
@@ -47,6 +56,12 @@ pub enum IngestError {
     UnknownType(i32),
 }
 
+/// Most timed messages [`MessageDecoder::queue`] holds before it applies them.
+pub const MAX_QUEUED: usize = 1024;
+/// Most distinct metadatas the queued messages may carry; a message with one more applies
+/// those queued first.
+const MAX_QUEUED_METADATAS: usize = 8;
+
 /// Decodes and applies messages, one connection or consumer at a time (it keeps the last
 /// metadata it decoded).
 #[derive(Debug, Default)]
@@ -54,9 +69,145 @@ pub struct MessageDecoder {
     /// The encoded bytes of `metadatas`.
     metadatas_bytes: Vec<u8>,
     metadatas: metricpb::StagedMetadatas,
+    /// The frames of the queued messages.
+    frames: Vec<Bytes>,
+    queued: Vec<QueuedTimed>,
+    /// The distinct metadatas of the queued messages (the first `used`), each with its
+    /// encoded bytes; the rest are kept from earlier batches to be found again undecoded.
+    queued_metadatas: Vec<(Vec<u8>, metricpb::StagedMetadatas)>,
+    used_metadatas: usize,
+}
+
+/// A type 6 message waiting in [`MessageDecoder::queue`]: where its ID is in its frame, and
+/// which of the queued metadatas it carries.
+#[derive(Debug, Clone)]
+struct QueuedTimed {
+    metric_type: MetricType,
+    id: Range<usize>,
+    time_nanos: i64,
+    value: f64,
+    metadatas: Option<usize>,
+}
+
+/// Where `inner`, a slice of `outer`, lies in it.
+fn range_within(outer: &[u8], inner: &[u8]) -> Range<usize> {
+    let start = (inner.as_ptr() as usize).wrapping_sub(outer.as_ptr() as usize);
+    start..start.wrapping_add(inner.len())
 }
 
 impl MessageDecoder {
+    /// Takes one frame: a type 6 message waits for [`flush`](Self::flush) (or applies what
+    /// waits, when full); any other message applies what waits, then itself. `rejected` hears
+    /// of every message (now or of those waiting) not (wholly) applied; all of them counted.
+    ///
+    /// # Errors
+    /// [`prost::DecodeError`] when the bytes are not a `MetricWithMetadatas` (not counted, as
+    /// for [`apply`](Self::apply)); what waited before it is applied first.
+    pub fn queue(
+        &mut self,
+        aggregator: &Aggregator,
+        frame: Bytes,
+        now_nanos: i64,
+        rejected: &mut dyn FnMut(IngestError),
+    ) -> Result<(), prost::DecodeError> {
+        use prost::Message;
+        let Some(timed) = m3_proto::timed_frame::read_timed_metric_message(&frame) else {
+            self.flush(aggregator, now_nanos, rejected);
+            let decoded = metricpb::MetricWithMetadatas::decode(&frame[..])?;
+            if let Err(e) = apply(aggregator, &decoded, now_nanos) {
+                rejected(e);
+            }
+            return Ok(());
+        };
+        let Some(metric_type) = MetricType::from_proto(timed.metric_type) else {
+            rejected(malformed_timed(aggregator));
+            return Ok(());
+        };
+        if self.queued.len() >= MAX_QUEUED {
+            self.flush(aggregator, now_nanos, rejected);
+        }
+        let metadatas = match timed.metadatas {
+            None => None,
+            Some(bytes) => {
+                let known = self.queued_metadatas[..self.used_metadatas]
+                    .iter()
+                    .position(|(b, _)| b.as_slice() == bytes);
+                match known {
+                    Some(i) => Some(i),
+                    None => {
+                        if self.used_metadatas == MAX_QUEUED_METADATAS {
+                            self.flush(aggregator, now_nanos, rejected);
+                        }
+                        let i = self.used_metadatas;
+                        if self.queued_metadatas.len() == i {
+                            self.queued_metadatas.push(Default::default());
+                        }
+                        let slot = &mut self.queued_metadatas[i];
+                        if slot.0.as_slice() != bytes {
+                            let decoded = match metricpb::StagedMetadatas::decode(bytes) {
+                                Ok(decoded) => decoded,
+                                Err(e) => {
+                                    self.flush(aggregator, now_nanos, rejected);
+                                    return Err(e);
+                                }
+                            };
+                            slot.1 = decoded;
+                            slot.0.clear();
+                            slot.0.extend_from_slice(bytes);
+                        }
+                        self.used_metadatas += 1;
+                        Some(i)
+                    }
+                }
+            }
+        };
+        self.queued.push(QueuedTimed {
+            metric_type,
+            id: range_within(&frame, timed.id),
+            time_nanos: timed.time_nanos,
+            value: timed.value,
+            metadatas,
+        });
+        self.frames.push(frame);
+        Ok(())
+    }
+
+    /// Applies the messages [`queue`](Self::queue) holds, telling `rejected` of those not
+    /// (wholly) applied.
+    pub fn flush(
+        &mut self,
+        aggregator: &Aggregator,
+        now_nanos: i64,
+        rejected: &mut dyn FnMut(IngestError),
+    ) {
+        if self.queued.is_empty() {
+            return;
+        }
+        let metadatas = &self.queued_metadatas;
+        let samples: Vec<TimedSample<'_>> = self
+            .queued
+            .iter()
+            .zip(&self.frames)
+            .map(|(q, frame)| TimedSample {
+                metric_type: q.metric_type,
+                // A range the reader found inside this frame.
+                id: frame.get(q.id.clone()).unwrap_or_default(),
+                time_nanos: q.time_nanos,
+                value: q.value,
+                metadatas: match q.metadatas {
+                    Some(i) => metadatas
+                        .get(i)
+                        .map_or(Metadatas::Default, |m| Metadatas::Staged(&m.1)),
+                    None => Metadatas::Default,
+                },
+            })
+            .collect();
+        aggregator.add_timed_batch(&samples, now_nanos, &mut |_, e| rejected(e.into()));
+        self.queued.clear();
+        self.frames.clear();
+        self.used_metadatas = 0;
+    }
+
     /// Decodes `message` (one frame's payload) and applies it at `now_nanos`.
     ///
     /// # Errors
@@ -85,13 +236,7 @@ impl MessageDecoder {
             }
         };
         let Some(metric_type) = MetricType::from_proto(timed.metric_type) else {
-            aggregator
-                .metrics()
-                .record_rejected(RejectReason::MalformedMessage, 1);
-            return Ok(Err(IngestError::Malformed {
-                message_type: Type::TimedMetricWithMetadatas.as_str_name(),
-                what: "metric type",
-            }));
+            return Ok(Err(malformed_timed(aggregator)));
         };
         Ok(aggregator
             .add_timed(
@@ -103,6 +248,17 @@ impl MessageDecoder {
                 now_nanos,
             )
             .map_err(IngestError::from))
+    }
+}
+
+/// A type 6 message with a metric type outside the enum: counted, and the error.
+fn malformed_timed(aggregator: &Aggregator) -> IngestError {
+    aggregator
+        .metrics()
+        .record_rejected(RejectReason::MalformedMessage, 1);
+    IngestError::Malformed {
+        message_type: Type::TimedMetricWithMetadatas.as_str_name(),
+        what: "metric type",
     }
 }
 
@@ -280,4 +436,141 @@ pub fn apply(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use prost::Message;
+
+    use super::*;
+    use crate::aggregator::ShardAssignment;
+    use crate::metadata::build;
+    use crate::options::AggregatorOptions;
+
+    const S: i64 = 1_000_000_000;
+    const NOW: i64 = 1_700_000_000 * S;
+
+    fn engine() -> Aggregator {
+        let agg = Aggregator::new(AggregatorOptions::default(), Arc::new(|_: &[u8]| 0));
+        agg.set_shards(vec![ShardAssignment::unbounded(0)], 0);
+        agg
+    }
+
+    /// A type 6 message for series `id` aggregated at `resolution_secs`s.
+    fn timed(id: &str, resolution_secs: u64) -> Bytes {
+        let policy = format!("{resolution_secs}s:2d").parse().unwrap();
+        metricpb::MetricWithMetadatas {
+            r#type: Type::TimedMetricWithMetadatas as i32,
+            timed_metric_with_metadatas: Some(metricpb::TimedMetricWithMetadatas {
+                metric: Some(metricpb::TimedMetric {
+                    r#type: 3,
+                    id: Bytes::copy_from_slice(id.as_bytes()),
+                    time_nanos: NOW,
+                    value: 1.0,
+                    ..Default::default()
+                }),
+                metadatas: Some(build::simple(AggregationId::DEFAULT, &[policy])),
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+        .into()
+    }
+
+    fn gauge(id: &str) -> Bytes {
+        metricpb::MetricWithMetadatas {
+            r#type: Type::GaugeWithMetadatas as i32,
+            gauge_with_metadatas: Some(metricpb::GaugeWithMetadatas {
+                gauge: Some(metricpb::Gauge {
+                    id: Bytes::copy_from_slice(id.as_bytes()),
+                    value: 2.0,
+                    ..Default::default()
+                }),
+                metadatas: None,
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+        .into()
+    }
+
+    fn no_rejection(e: IngestError) {
+        panic!("rejected: {e}");
+    }
+
+    #[test]
+    fn queued_messages_wait_for_flush_and_keep_their_metadata() {
+        let agg = engine();
+        let mut decoder = MessageDecoder::default();
+        // More distinct metadatas than a batch holds, each used twice, and more messages
+        // than a batch holds: each lands in its own policy's window.
+        let resolutions = 1..=(MAX_QUEUED_METADATAS as u64 + 3);
+        let mut sent = 0;
+        for round in 0..(MAX_QUEUED / 10 + 2) {
+            for r in resolutions.clone() {
+                let frame = timed(&format!("s{round}"), r);
+                decoder.queue(&agg, frame, NOW, &mut no_rejection).unwrap();
+                sent += 1;
+            }
+        }
+        assert!(sent > MAX_QUEUED);
+        assert!(
+            agg.metrics().added(MetricType::Gauge) < sent as u64,
+            "nothing waits"
+        );
+        decoder.flush(&agg, NOW, &mut no_rejection);
+        assert_eq!(agg.metrics().added(MetricType::Gauge), sent as u64);
+        // One entry per series, one window per (series, policy).
+        assert_eq!(agg.stats().entries, MAX_QUEUED / 10 + 2);
+        assert_eq!(agg.stats().windows, sent);
+    }
+
+    #[test]
+    fn another_message_or_a_bad_frame_applies_what_waits_first() {
+        let agg = engine();
+        let mut decoder = MessageDecoder::default();
+        for id in ["a", "b", "c"] {
+            decoder
+                .queue(&agg, timed(id, 10), NOW, &mut no_rejection)
+                .unwrap();
+        }
+        assert_eq!(agg.metrics().added(MetricType::Gauge), 0);
+        decoder
+            .queue(&agg, gauge("d"), NOW, &mut no_rejection)
+            .unwrap();
+        assert_eq!(agg.metrics().added(MetricType::Gauge), 4);
+
+        decoder
+            .queue(&agg, timed("e", 10), NOW, &mut no_rejection)
+            .unwrap();
+        let garbage = Bytes::from_static(&[0xff, 0xff, 0xff]);
+        assert!(
+            decoder
+                .queue(&agg, garbage, NOW, &mut no_rejection)
+                .is_err()
+        );
+        assert_eq!(agg.metrics().added(MetricType::Gauge), 5);
+        decoder.flush(&agg, NOW, &mut no_rejection);
+        assert_eq!(agg.metrics().added(MetricType::Gauge), 5);
+    }
+
+    #[test]
+    fn rejections_of_waiting_messages_are_told_at_flush() {
+        let agg = Aggregator::new(AggregatorOptions::default(), Arc::new(|_: &[u8]| 1));
+        agg.set_shards(vec![ShardAssignment::unbounded(0)], 0);
+        let mut decoder = MessageDecoder::default();
+        let mut told = Vec::new();
+        decoder
+            .queue(&agg, timed("a", 10), NOW, &mut |e| told.push(e))
+            .unwrap();
+        assert!(told.is_empty());
+        decoder.flush(&agg, NOW, &mut |e| told.push(e));
+        assert_eq!(
+            told,
+            vec![IngestError::Add(AddError::ShardNotOwned { shard: 1 })]
+        );
+        assert_eq!(agg.metrics().rejected(RejectReason::ShardNotOwned), 1);
+    }
 }

@@ -84,7 +84,9 @@ pub mod server;
 mod shard;
 pub mod topic_producer;
 
-pub use aggregator::{Aggregator, EngineStats, ForwardedWrite, ShardAssignment, ShardFn};
+pub use aggregator::{
+    Aggregator, EngineStats, ForwardedWrite, ShardAssignment, ShardFn, TimedSample,
+};
 pub use error::{AddError, RejectReason};
 pub use flush::{AggregatedOutput, Category, FlushMode, FlushResult, ForwardedOutput};
 pub use metadata::Metadatas;

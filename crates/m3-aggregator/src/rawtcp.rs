@@ -173,18 +173,17 @@ async fn handle_connection(
     let peer = stream.peer_addr().ok();
     let mut buf = BytesMut::with_capacity(READ_BUFFER_SIZE);
     let mut decoder = ingest::MessageDecoder::default();
+    let mut rejected = |e: ingest::IngestError| {
+        if limiter.allow() {
+            tracing::warn!(?peer, error = %e, "rawtcp message rejected.");
+        }
+    };
     loop {
         let now = unix_nanos_now();
         loop {
             match next_rawtcp_frame(&mut buf, max_message_size) {
-                Ok(Some(frame)) => match decoder.apply(&aggregator, &frame, now) {
-                    Ok(applied) => {
-                        if let Err(e) = applied
-                            && limiter.allow()
-                        {
-                            tracing::warn!(?peer, error = %e, "rawtcp message rejected.");
-                        }
-                    }
+                Ok(Some(frame)) => match decoder.queue(&aggregator, frame, now, &mut rejected) {
+                    Ok(()) => {}
                     Err(e) => {
                         aggregator
                             .metrics()
@@ -195,8 +194,13 @@ async fn handle_connection(
                         return;
                     }
                 },
-                Ok(None) => break,
+                Ok(None) => {
+                    // Everything read is applied before the next read waits.
+                    decoder.flush(&aggregator, now, &mut rejected);
+                    break;
+                }
                 Err(e) => {
+                    decoder.flush(&aggregator, now, &mut rejected);
                     aggregator
                         .metrics()
                         .record_rejected(RejectReason::DecodeError, 1);

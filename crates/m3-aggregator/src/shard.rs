@@ -16,6 +16,7 @@
 //! which (source, version) pairs they were given, so a source that sends a window twice (a
 //! retry, a failed-over leader) is counted once.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use std::hash::BuildHasher;
@@ -34,7 +35,7 @@ use crate::error::AddError;
 use crate::flush::{
     AggregatedOutput, Category, FlushMode, ForwardedOutput, align_down, checked_align_down,
 };
-use crate::metadata::Target;
+use crate::metadata::{Active, Target};
 use crate::metrics::{Metrics, OutputDiscard, WindowDiscard};
 use crate::options::{AggregatorOptions, nanos};
 use crate::pipeline::{ParsedPipeline, PipelineTable};
@@ -129,32 +130,44 @@ struct Slot {
     entry: Entry,
 }
 
+/// The hash every shard finds a series ID by: one random seed per process, so a batch can
+/// hash its IDs before it takes any shard's lock ([`entry_hash`]).
+fn id_hasher() -> &'static DefaultHashBuilder {
+    static HASHER: OnceLock<DefaultHashBuilder> = OnceLock::new();
+    HASHER.get_or_init(DefaultHashBuilder::default)
+}
+
+/// The hash a shard finds the series `id` by.
+pub(crate) fn entry_hash(id: &[u8]) -> u64 {
+    id_hasher().hash_one(id)
+}
+
 /// Entries by ID bytes: a dense slab of slots, found through a hash table of 32-bit slot
 /// indices (5 bytes per bucket with its control byte, instead of a whole slot per bucket).
-/// One hash per lookup-or-insert, looked up by a borrowed `&[u8]`.
+/// One hash per lookup-or-insert ([`entry_hash`]), looked up by a borrowed `&[u8]`.
 #[derive(Debug, Default)]
 struct EntryMap {
     index: HashTable<u32>,
     slots: Vec<Slot>,
-    hasher: DefaultHashBuilder,
 }
 
 impl EntryMap {
-    /// The slot index of the entry for `id`, created with `make` if missing.
-    fn get_or_insert(&mut self, id: &[u8], make: impl FnOnce() -> Entry) -> usize {
-        let EntryMap {
-            index,
-            slots,
-            hasher,
-        } = self;
-        let hash = hasher.hash_one(id);
+    /// The slot index of the entry for `id` (whose [`entry_hash`] is `hash`), created with
+    /// `make` if missing (then `true`).
+    fn get_or_insert(
+        &mut self,
+        id: &[u8],
+        hash: u64,
+        make: impl FnOnce() -> Entry,
+    ) -> (usize, bool) {
+        let EntryMap { index, slots } = self;
         let entry = index.entry(
             hash,
             |&i| *slots[i as usize].id == *id,
-            |&i| hasher.hash_one(&*slots[i as usize].id),
+            |&i| entry_hash(&slots[i as usize].id),
         );
         match entry {
-            hash_table::Entry::Occupied(o) => *o.get() as usize,
+            hash_table::Entry::Occupied(o) => (*o.get() as usize, false),
             hash_table::Entry::Vacant(v) => {
                 let i = slots.len();
                 // Shard-local counts stay far below 2^32; a slab that large would have failed
@@ -169,25 +182,21 @@ impl EntryMap {
                     id: Box::from(id),
                     entry: make(),
                 });
-                i
+                (i, true)
             }
         }
     }
 
     /// Removes the slot at `i`, moving the last slot into its place.
     fn remove_at(&mut self, i: usize) {
-        let EntryMap {
-            index,
-            slots,
-            hasher,
-        } = self;
-        let hash = hasher.hash_one(&*slots[i].id);
+        let EntryMap { index, slots } = self;
+        let hash = entry_hash(&slots[i].id);
         if let Ok(o) = index.find_entry(hash, |&x| x as usize == i) {
             o.remove();
         }
         slots.swap_remove(i);
         if let Some(moved) = slots.get(i) {
-            let hash = hasher.hash_one(&*moved.id);
+            let hash = entry_hash(&moved.id);
             let last = slots.len();
             if let Some(x) = index.find_mut(hash, |&x| x as usize == last) {
                 *x = i as u32;
@@ -200,7 +209,7 @@ impl EntryMap {
     }
 
     fn contains(&self, id: &[u8]) -> bool {
-        let hash = self.hasher.hash_one(id);
+        let hash = entry_hash(id);
         self.index
             .find(hash, |&i| *self.slots[i as usize].id == *id)
             .is_some()
@@ -257,6 +266,14 @@ pub(crate) struct Sample<'a> {
     pub(crate) time_nanos: i64,
     pub(crate) values: &'a [f64],
     pub(crate) now_nanos: i64,
+}
+
+/// One sample of a run added under one lock ([`ShardState::add_run`]): the sample, its ID's
+/// [`entry_hash`] and its active metadata (not tombstoned).
+pub(crate) struct RunSample<'a> {
+    pub(crate) sample: Sample<'a>,
+    pub(crate) hash: u64,
+    pub(crate) active: Active<'a>,
 }
 
 /// Settings the shard needs on the add and flush paths, in nanoseconds.
@@ -410,7 +427,7 @@ impl ShardState {
     ) -> bool {
         let ShardState { entries, specs, .. } = self;
         let map = &mut entries[sample.category.index()];
-        let slot = map.get_or_insert(sample.id, || {
+        let (slot, _) = map.get_or_insert(sample.id, entry_hash(sample.id), || {
             metrics.entry_created();
             Entry::new()
         });
@@ -427,6 +444,62 @@ impl ShardState {
             metrics.entry_dropped_unused();
         }
         accepted
+    }
+
+    /// Adds a run of samples of one category, as [`add`](Self::add) adds each, in two passes:
+    /// first every sample's entry is found or created (lookups into a large table that miss
+    /// the cache, overlapped by the processor when nothing else runs between them), then the
+    /// values are added. `slots` is scratch. `outcome` gets each sample's index in `run` with
+    /// whether a target accepted it and its first error.
+    pub(crate) fn add_run(
+        &mut self,
+        run: &[RunSample<'_>],
+        slots: &mut Vec<(u32, bool)>,
+        limits: &Limits,
+        metrics: &Metrics,
+        defaults: &[StoragePolicy],
+        outcome: &mut dyn FnMut(usize, bool, Option<AddError>),
+    ) {
+        let Some(category) = run.first().map(|r| r.sample.category) else {
+            return;
+        };
+        let ShardState { entries, specs, .. } = self;
+        let map = &mut entries[category.index()];
+        slots.clear();
+        for r in run {
+            let (slot, created) = map.get_or_insert(r.sample.id, r.hash, Entry::new);
+            if created {
+                metrics.entry_created();
+            }
+            // A shard's slab stays far below 2^32 slots (see `get_or_insert`).
+            slots.push((slot as u32, created));
+        }
+        for (i, (r, &(slot, _))) in run.iter().zip(slots.iter()).enumerate() {
+            let entry = &mut map.slots[slot as usize].entry;
+            let mut accepted = false;
+            let mut first_error = None;
+            crate::metadata::for_each_target(r.active, defaults, |target| {
+                match target.and_then(|t| add_target(specs, entry, &r.sample, limits, t)) {
+                    Ok(()) => accepted = true,
+                    Err(e) => {
+                        metrics.record_rejected(e.reason(), r.sample.values.len() as u64);
+                        first_error.get_or_insert(e);
+                    }
+                }
+            });
+            outcome(i, accepted, first_error);
+        }
+        // Entries this run created that took nothing are not kept. Removing moves the last
+        // slot into the freed one, so the highest go first: every slot still to be removed is
+        // then below the one moved.
+        slots.retain(|&(_, created)| created);
+        slots.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        for &(slot, _) in slots.iter() {
+            if map.slots[slot as usize].entry.is_empty() {
+                map.remove_at(slot as usize);
+                metrics.entry_dropped_unused();
+            }
+        }
     }
 
     /// Adds one forwarded write to its window, once per (source, version): a repeat is counted
@@ -497,7 +570,7 @@ impl ShardState {
             return Ok(());
         }
         let map = &mut entries[Category::Forwarded.index()];
-        let slot = map.get_or_insert(write.id, || {
+        let (slot, _) = map.get_or_insert(write.id, entry_hash(write.id), || {
             metrics.entry_created();
             Entry::new()
         });
@@ -1036,7 +1109,7 @@ mod tests {
         let mut map = EntryMap::default();
         let ids: Vec<Vec<u8>> = (0..100u32).map(|i| i.to_be_bytes().to_vec()).collect();
         for id in &ids {
-            map.get_or_insert(id, Entry::new);
+            map.get_or_insert(id, entry_hash(id), Entry::new);
         }
         // Remove the first slot (ID 99 moves in), then the last (ID 98), then every third.
         map.remove_at(0);
@@ -1052,7 +1125,9 @@ mod tests {
         let kept: Vec<&Vec<u8>> = ids[1..98].iter().filter(|id| id[3] % 3 != 0).collect();
         assert_eq!(map.len(), kept.len());
         for id in kept {
-            let slot = map.get_or_insert(id, || panic!("{id:?} was lost"));
+            let (slot, created) =
+                map.get_or_insert(id, entry_hash(id), || panic!("{id:?} was lost"));
+            assert!(!created);
             assert_eq!(*map.slots[slot].id, **id);
         }
         assert_eq!(std::mem::size_of::<Slot>(), 48);

@@ -829,3 +829,150 @@ fn public_types_are_send_and_sync() {
     check::<AggregatedOutput>();
     check::<AddError>();
 }
+
+mod timed_batch {
+    //! `add_timed_batch` against `add_timed` one value at a time: on random batches (values
+    //! of several shards, one not owned, one not yet writeable; metadata that is the default,
+    //! staged with one or two policies, tombstoned or not yet cut over; timestamps in and out of
+    //! the buffers; one series written twice in a batch) both engines reject the same values
+    //! for the same reasons, count the same, hold the same series and windows and flush the same
+    //! outputs.
+
+    use super::*;
+    use m3_aggregator::TimedSample;
+    use proptest::prelude::*;
+
+    /// Shard of an ID: its last byte mod 5; shard 4 is not owned, shard 3 is owned from
+    /// `T0 + 1000 s` on.
+    fn engine_with_gaps() -> Aggregator {
+        let agg = Aggregator::new(
+            AggregatorOptions {
+                buffer_past: Duration::from_secs(60),
+                buffer_future: Duration::from_secs(60),
+                ..AggregatorOptions::default()
+            },
+            Arc::new(|id: &[u8]| u32::from(id.last().copied().unwrap_or(0)) % 5),
+        );
+        let mut shards: Vec<ShardAssignment> = (0..3).map(ShardAssignment::unbounded).collect();
+        shards.push(ShardAssignment {
+            id: 3,
+            cutover_nanos: T0 + 1000 * S,
+            cutoff_nanos: 0,
+        });
+        agg.set_shards(shards, 0);
+        agg
+    }
+
+    fn all_metadatas() -> Vec<metricpb::StagedMetadatas> {
+        let one = build::simple(AggregationId::DEFAULT, &[policy("10s:2d")]);
+        let two = build::simple(
+            AggregationId::DEFAULT,
+            &[policy("10s:2d"), policy("1m:40d")],
+        );
+        let sums = build::simple(
+            AggregationId::from_types([AggregationType::Sum, AggregationType::Count]),
+            &[policy("10s:2d")],
+        );
+        let tombstoned = metricpb::StagedMetadatas {
+            metadatas: vec![build::staged(0, true, Vec::new())],
+        };
+        let later = metricpb::StagedMetadatas {
+            metadatas: vec![build::staged(
+                T0 + 10_000 * S,
+                false,
+                vec![build::pipeline(AggregationId::DEFAULT, &[policy("1m:40d")])],
+            )],
+        };
+        vec![one, two, sums, tombstoned, later]
+    }
+
+    /// (series, offset from the batch's time in seconds, value, metadata: None = default or
+    /// an index into `all_metadatas`).
+    type Drawn = (u8, i64, f64, Option<usize>);
+
+    fn batch_strategy() -> impl Strategy<Value = Vec<Drawn>> {
+        prop::collection::vec(
+            (
+                0u8..12,
+                -90i64..90,
+                -1000.0f64..1000.0,
+                prop::option::of(0usize..5),
+            ),
+            0..60,
+        )
+    }
+
+    /// The metric type of series `i`.
+    fn metric_type(i: u8) -> MetricType {
+        [MetricType::Gauge, MetricType::Counter, MetricType::Timer][usize::from(i % 3)]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(100))]
+
+        #[test]
+        fn a_batch_is_its_values_added_one_by_one(
+            batches in prop::collection::vec(batch_strategy(), 1..5),
+        ) {
+            let metadatas = all_metadatas();
+            let batched = engine_with_gaps();
+            let single = engine_with_gaps();
+            for (round, batch) in batches.iter().enumerate() {
+                let now = T0 + round as i64 * 20 * S;
+                let ids: Vec<Vec<u8>> = batch.iter().map(|d| vec![b's', d.0]).collect();
+                let samples: Vec<TimedSample<'_>> = batch
+                    .iter()
+                    .zip(&ids)
+                    .map(|(&(series, offset, value, meta), id)| TimedSample {
+                        metric_type: metric_type(series),
+                        id,
+                        time_nanos: now + offset * S,
+                        value: if metric_type(series) == MetricType::Counter {
+                            value.trunc()
+                        } else {
+                            value
+                        },
+                        metadatas: meta.map_or(Metadatas::Default, |i| {
+                            Metadatas::Staged(&metadatas[i])
+                        }),
+                    })
+                    .collect();
+                let mut batch_errors = vec![None; samples.len()];
+                let mut told = 0;
+                batched.add_timed_batch(&samples, now, &mut |i, e| {
+                    told += 1;
+                    batch_errors[i] = Some(e.reason());
+                });
+                prop_assert_eq!(told, batch_errors.iter().flatten().count(), "a value rejected twice");
+                let single_errors: Vec<Option<RejectReason>> = samples
+                    .iter()
+                    .map(|s| {
+                        single
+                            .add_timed(s.metric_type, s.id, s.time_nanos, s.value, s.metadatas, now)
+                            .err()
+                            .map(|e| e.reason())
+                    })
+                    .collect();
+                prop_assert_eq!(&batch_errors, &single_errors);
+                // Memory estimates are by capacity, which may grow in other steps.
+                let held = |a: &Aggregator| (a.stats().shards, a.stats().entries, a.stats().windows);
+                prop_assert_eq!(held(&batched), held(&single));
+                let flush_at = now + 15 * S;
+                prop_assert_eq!(flush_leader(&batched, flush_at), flush_leader(&single, flush_at));
+            }
+            for reason in RejectReason::ALL {
+                prop_assert_eq!(
+                    batched.metrics().rejected(reason),
+                    single.metrics().rejected(reason),
+                    "rejected {:?}", reason
+                );
+            }
+            for t in MetricType::ALL {
+                prop_assert_eq!(batched.metrics().added(t), single.metrics().added(t));
+            }
+            prop_assert_eq!(batched.metrics().entries_live(), single.metrics().entries_live());
+            let end = T0 + 100_000 * S;
+            prop_assert_eq!(flush_leader(&batched, end), flush_leader(&single, end));
+        }
+    }
+}
