@@ -288,7 +288,7 @@ impl Aggregator {
             .collect();
         let mut run = Vec::new();
         let mut indexes = Vec::new();
-        let mut slots = Vec::new();
+        let mut scratch = crate::shard::RunScratch::default();
         let table = self.shards.read();
         let mut start = 0;
         while start < samples.len() {
@@ -346,7 +346,7 @@ impl Aggregator {
             }
             shard.state.lock().add_run(
                 &run,
-                &mut slots,
+                &mut scratch,
                 &self.limits,
                 &self.metrics,
                 &self.options.default_storage_policies,

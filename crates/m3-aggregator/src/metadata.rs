@@ -51,6 +51,19 @@ pub(crate) enum Active<'a> {
     Single(AggregationId, StoragePolicy),
 }
 
+impl Active<'_> {
+    /// Whether `other` is this same metadata: the same pipelines (the same decoded ones, not
+    /// equal copies), or equal otherwise. Values with the same metadata feed the same targets.
+    pub(crate) fn is_same_metadata(&self, other: &Active<'_>) -> bool {
+        match (self, other) {
+            (Active::Default, Active::Default) | (Active::Tombstoned, Active::Tombstoned) => true,
+            (Active::Pipelines(a), Active::Pipelines(b)) => std::ptr::eq(*a, *b),
+            (Active::Single(a, p), Active::Single(b, q)) => a == b && p == q,
+            _ => false,
+        }
+    }
+}
+
 /// Picks the active metadata version at `now_nanos`.
 pub(crate) fn active(metadatas: Metadatas<'_>, now_nanos: i64) -> Result<Active<'_>, AddError> {
     let staged = match metadatas {

@@ -276,6 +276,15 @@ pub(crate) struct RunSample<'a> {
     pub(crate) active: Active<'a>,
 }
 
+/// Buffers [`ShardState::add_run`] reuses from run to run.
+#[derive(Debug, Default)]
+pub(crate) struct RunScratch {
+    /// Per sample of the run, its entry's slot and whether the run created it.
+    slots: Vec<(u32, bool)>,
+    /// The targets of the metadata being added.
+    targets: Vec<Result<ResolvedTarget, AddError>>,
+}
+
 /// Settings the shard needs on the add and flush paths, in nanoseconds.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
@@ -454,7 +463,7 @@ impl ShardState {
     pub(crate) fn add_run(
         &mut self,
         run: &[RunSample<'_>],
-        slots: &mut Vec<(u32, bool)>,
+        scratch: &mut RunScratch,
         limits: &Limits,
         metrics: &Metrics,
         defaults: &[StoragePolicy],
@@ -465,6 +474,7 @@ impl ShardState {
         };
         let ShardState { entries, specs, .. } = self;
         let map = &mut entries[category.index()];
+        let RunScratch { slots, targets } = scratch;
         slots.clear();
         for r in run {
             let (slot, created) = map.get_or_insert(r.sample.id, r.hash, Entry::new);
@@ -474,19 +484,39 @@ impl ShardState {
             // A shard's slab stays far below 2^32 slots (see `get_or_insert`).
             slots.push((slot as u32, created));
         }
+        // The targets of the previous sample's metadata and metric type, resolved once for
+        // every sample that shares them (nearly all of a run: a client's rules give most
+        // series the same metadata).
+        let mut resolved_for: Option<(Active<'_>, MetricType)> = None;
         for (i, (r, &(slot, _))) in run.iter().zip(slots.iter()).enumerate() {
+            let metric_type = r.sample.metric_type;
+            let same = resolved_for
+                .is_some_and(|(a, t)| t == metric_type && a.is_same_metadata(&r.active));
+            if !same {
+                targets.clear();
+                crate::metadata::for_each_target(r.active, defaults, |target| {
+                    targets.push(
+                        target
+                            .and_then(|t| resolve_target(specs, metric_type, category, limits, t)),
+                    );
+                });
+                resolved_for = Some((r.active, metric_type));
+            }
             let entry = &mut map.slots[slot as usize].entry;
             let mut accepted = false;
             let mut first_error = None;
-            crate::metadata::for_each_target(r.active, defaults, |target| {
-                match target.and_then(|t| add_target(specs, entry, &r.sample, limits, t)) {
+            for target in targets.iter() {
+                match target
+                    .clone()
+                    .and_then(|t| add_resolved(entry, &r.sample, limits, t))
+                {
                     Ok(()) => accepted = true,
                     Err(e) => {
                         metrics.record_rejected(e.reason(), r.sample.values.len() as u64);
                         first_error.get_or_insert(e);
                     }
                 }
-            });
+            }
             outcome(i, accepted, first_error);
         }
         // Entries this run created that took nothing are not kept. Removing moves the last
@@ -825,6 +855,36 @@ impl ShardState {
     }
 }
 
+/// A target as a shard's elems know it: the elem spec, its state kind and resolution.
+#[derive(Debug, Clone, Copy)]
+struct ResolvedTarget {
+    spec: u16,
+    kind: StateKind,
+    resolution: i64,
+}
+
+/// Interns `target` for values of `metric_type` in `category`.
+fn resolve_target(
+    specs: &mut SpecTable,
+    metric_type: MetricType,
+    category: Category,
+    limits: &Limits,
+    target: Target<'_>,
+) -> Result<ResolvedTarget, AddError> {
+    let types = if target.aggregation_id.is_default() {
+        limits.default_types[metric_type as usize]
+    } else {
+        target.aggregation_id
+    };
+    let pipeline = specs.pipelines.intern(target.pipeline)?;
+    let (spec, kind) = specs.intern((target.policy, types, metric_type, pipeline, 0), category)?;
+    Ok(ResolvedTarget {
+        spec,
+        kind,
+        resolution: specs.specs[usize::from(spec)].resolution,
+    })
+}
+
 fn add_target(
     specs: &mut SpecTable,
     entry: &mut Entry,
@@ -832,18 +892,22 @@ fn add_target(
     limits: &Limits,
     target: Target<'_>,
 ) -> Result<(), AddError> {
-    let metric_type = sample.metric_type;
-    let types = if target.aggregation_id.is_default() {
-        limits.default_types[metric_type as usize]
-    } else {
-        target.aggregation_id
-    };
-    let pipeline = specs.pipelines.intern(target.pipeline)?;
-    let (spec, kind) = specs.intern(
-        (target.policy, types, metric_type, pipeline, 0),
-        sample.category,
-    )?;
-    let resolution = specs.specs[usize::from(spec)].resolution;
+    let resolved = resolve_target(specs, sample.metric_type, sample.category, limits, target)?;
+    add_resolved(entry, sample, limits, resolved)
+}
+
+/// Adds `sample` to the window of `target` it falls in, if the buffers allow.
+fn add_resolved(
+    entry: &mut Entry,
+    sample: &Sample<'_>,
+    limits: &Limits,
+    target: ResolvedTarget,
+) -> Result<(), AddError> {
+    let ResolvedTarget {
+        spec,
+        kind,
+        resolution,
+    } = target;
     let t = sample.time_nanos;
     if sample.category == Category::Timed {
         let now = sample.now_nanos;

@@ -886,8 +886,8 @@ mod timed_batch {
         vec![one, two, sums, tombstoned, later]
     }
 
-    /// (series, offset from the batch's time in seconds, value, metadata: None = default or
-    /// an index into `all_metadatas`).
+    /// (series, offset from the batch's time in seconds, value, metadata: None = default, an
+    /// index into `all_metadatas`, or past them one (Sum, 1m:40d) pair).
     type Drawn = (u8, i64, f64, Option<usize>);
 
     fn batch_strategy() -> impl Strategy<Value = Vec<Drawn>> {
@@ -896,7 +896,7 @@ mod timed_batch {
                 0u8..12,
                 -90i64..90,
                 -1000.0f64..1000.0,
-                prop::option::of(0usize..5),
+                prop::option::of(0usize..6),
             ),
             0..60,
         )
@@ -932,9 +932,14 @@ mod timed_batch {
                         } else {
                             value
                         },
-                        metadatas: meta.map_or(Metadatas::Default, |i| {
-                            Metadatas::Staged(&metadatas[i])
-                        }),
+                        metadatas: match meta {
+                            None => Metadatas::Default,
+                            Some(i) if i < metadatas.len() => Metadatas::Staged(&metadatas[i]),
+                            Some(_) => Metadatas::Single {
+                                aggregation_id: AggregationId::from_types([AggregationType::Sum]),
+                                storage_policy: policy("1m:40d"),
+                            },
+                        },
                     })
                     .collect();
                 let mut batch_errors = vec![None; samples.len()];
