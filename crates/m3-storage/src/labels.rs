@@ -324,7 +324,7 @@ impl fmt::Debug for LabelsView<'_> {
 ///
 /// [`push`](Self::push) takes what [`Labels::new`] takes and checks it alike; pairs that come
 /// sorted by name with no empty value (as valid remote-write series do) are copied in place, any
-/// other order goes through [`Labels::new`].
+/// others go through [`Labels::new`].
 #[derive(Debug, Default)]
 pub struct LabelsBatch {
     /// Every set's names and values back to back.
@@ -377,39 +377,7 @@ impl LabelsBatch {
         &mut self,
         pairs: impl Iterator<Item = (&'p str, &'p str)> + Clone,
     ) -> Result<usize, LabelsError> {
-        let text_start = self.text.len();
-        let ends_start = self.ends.len();
-        let mut previous: Option<&str> = None;
-        let mut in_order = true;
-        for (name, value) in pairs.clone() {
-            let sorted_after = previous.is_none_or(|p| p < name);
-            if name.is_empty() || value.is_empty() || !sorted_after {
-                in_order = false;
-                break;
-            }
-            previous = Some(name);
-            self.text.push_str(name);
-            let name_end = u32::try_from(self.text.len() - text_start);
-            self.text.push_str(value);
-            match (name_end, u32::try_from(self.text.len() - text_start)) {
-                (Ok(name_end), Ok(value_end)) => self.ends.push((name_end, value_end)),
-                _ => {
-                    self.text.truncate(text_start);
-                    self.ends.truncate(ends_start);
-                    return Err(LabelsError::TooLong(name.to_owned()));
-                }
-            }
-        }
-        if !in_order || self.ends.len() == ends_start {
-            self.text.truncate(text_start);
-            self.ends.truncate(ends_start);
-            let labels = Labels::new(pairs)?;
-            self.text.push_str(&labels.text);
-            self.ends.extend_from_slice(&labels.ends);
-        }
-        self.sets
-            .push((text_start..self.text.len(), ends_start..self.ends.len()));
-        Ok(self.sets.len() - 1)
+        self.push_bytes(pairs.map(|(name, value)| (name.as_bytes(), value.as_bytes())))
     }
 
     /// [`push`](Self::push) for pairs of bytes, as a remote-write request holds them: checked
@@ -444,16 +412,16 @@ impl LabelsBatch {
                 }
             }
         }
-        if in_order && self.ends.len() > ends_start {
-            if let Ok(text) = std::str::from_utf8(&self.unchecked) {
-                let text_start = self.text.len();
-                self.text.push_str(text);
-                self.sets
-                    .push((text_start..self.text.len(), ends_start..self.ends.len()));
-                return Ok(self.sets.len() - 1);
-            }
+        if in_order
+            && self.ends.len() > ends_start
+            && let Ok(text) = std::str::from_utf8(&self.unchecked)
+        {
+            let text_start = self.text.len();
+            self.text.push_str(text);
+            return Ok(self.add_set(text_start, ends_start));
         }
-        // Out of order, an empty name or value, or not UTF-8: label by label.
+        // Out of order, an empty name or value, or not UTF-8: label by label, as `Labels`
+        // takes them.
         self.ends.truncate(ends_start);
         let mut strings = Vec::new();
         for (name, value) in pairs {
@@ -466,7 +434,18 @@ impl LabelsBatch {
                 }
             }
         }
-        self.push(strings.into_iter())
+        let labels = Labels::new(strings)?;
+        let text_start = self.text.len();
+        self.text.push_str(&labels.text);
+        self.ends.extend_from_slice(&labels.ends);
+        Ok(self.add_set(text_start, ends_start))
+    }
+
+    /// Records the set whose text and ends were appended from these positions on; its index.
+    fn add_set(&mut self, text_start: usize, ends_start: usize) -> usize {
+        self.sets
+            .push((text_start..self.text.len(), ends_start..self.ends.len()));
+        self.sets.len() - 1
     }
 
     /// Set `index`, as [`push`](Self::push) returned it.
