@@ -523,7 +523,7 @@ impl ShardState {
         // slot into the freed one, so the highest go first: every slot still to be removed is
         // then below the one moved.
         slots.retain(|&(_, created)| created);
-        slots.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        slots.sort_unstable_by_key(|&(slot, _)| std::cmp::Reverse(slot));
         for &(slot, _) in slots.iter() {
             if map.slots[slot as usize].entry.is_empty() {
                 map.remove_at(slot as usize);
