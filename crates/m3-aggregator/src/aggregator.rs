@@ -274,7 +274,8 @@ impl Aggregator {
     /// client sends a shard's values together) take its lock and check its ownership once,
     /// their series found in one pass before any is added to (see `ShardState::add_run`).
     /// `rejected` gets the index in `samples` and the first error of each value not (wholly)
-    /// aggregated; every rejection is counted as by [`add_timed`](Self::add_timed).
+    /// aggregated; every rejection is counted as by [`add_timed`](Self::add_timed). It is
+    /// called while a shard's lock is held: it must not call into this aggregator.
     pub fn add_timed_batch(
         &self,
         samples: &[TimedSample<'_>],

@@ -17,8 +17,9 @@
 //!
 //! [`MessageDecoder`] is the entry for raw message bytes. Type 6 — what the coordinator sends
 //! for every sample — is read in place: the metric's fields borrowed, the metadata decoded only
-//! when its bytes differ from the previous message's (the coordinator sends the same metadata
-//! for every series its rules treat alike). Every other message is decoded whole with prost.
+//! when its bytes differ from those already decoded (the previous message's, or for a queue
+//! those of the messages waiting; the coordinator sends the same metadata for every series its
+//! rules treat alike). Every other message is decoded whole with prost.
 //!
 //! A stream (rawtcp) [`queue`](MessageDecoder::queue)s its frames and
 //! [`flush`](MessageDecoder::flush)es them when its buffer is drained: type 6 messages wait and
@@ -63,7 +64,7 @@ pub const MAX_QUEUED: usize = 1024;
 const MAX_QUEUED_METADATAS: usize = 8;
 
 /// Decodes and applies messages, one connection or consumer at a time (it keeps the last
-/// metadata it decoded).
+/// metadata it decoded, and for [`queue`](Self::queue) the few the waiting messages carry).
 #[derive(Debug, Default)]
 pub struct MessageDecoder {
     /// The encoded bytes of `metadatas`.
@@ -119,10 +120,6 @@ impl MessageDecoder {
             }
             return Ok(());
         };
-        let Some(metric_type) = MetricType::from_proto(timed.metric_type) else {
-            rejected(malformed_timed(aggregator));
-            return Ok(());
-        };
         if self.queued.len() >= MAX_QUEUED {
             self.flush(aggregator, now_nanos, rejected);
         }
@@ -160,6 +157,12 @@ impl MessageDecoder {
                     }
                 }
             }
+        };
+        // Checked after the metadata decoded, as `apply` does: bytes that do not decode close
+        // the stream whatever the metric type says.
+        let Some(metric_type) = MetricType::from_proto(timed.metric_type) else {
+            rejected(malformed_timed(aggregator));
+            return Ok(());
         };
         self.queued.push(QueuedTimed {
             metric_type,

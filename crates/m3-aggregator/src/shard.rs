@@ -458,8 +458,10 @@ impl ShardState {
     /// Adds a run of samples of one category, as [`add`](Self::add) adds each, in two passes:
     /// first every sample's entry is found or created (lookups into a large table that miss
     /// the cache, overlapped by the processor when nothing else runs between them), then the
-    /// values are added. `slots` is scratch. `outcome` gets each sample's index in `run` with
-    /// whether a target accepted it and its first error.
+    /// values are added. `scratch` holds buffers kept between runs. `outcome` gets each
+    /// sample's index in `run` with whether a target accepted it and its first error. A series
+    /// created and left empty by the run is removed at its end, so its slot, and the order
+    /// flushes emit it in, may differ from adding the values one by one (nothing else does).
     pub(crate) fn add_run(
         &mut self,
         run: &[RunSample<'_>],

@@ -381,7 +381,8 @@ impl LabelsBatch {
     }
 
     /// [`push`](Self::push) for pairs of bytes, as a remote-write request holds them: checked
-    /// to be UTF-8 once per set rather than once per name and value.
+    /// to be UTF-8 once per set (and each name and value to lie on characters) rather than
+    /// once per name and value.
     ///
     /// # Errors
     /// As [`push`](Self::push), and [`LabelsError::NotUtf8`]; nothing is added.
@@ -412,9 +413,17 @@ impl LabelsBatch {
                 }
             }
         }
+        // The whole set is checked at once; each name and value must then also start and end
+        // on a character (bytes split across two of them may join into a valid character).
         if in_order
             && self.ends.len() > ends_start
             && let Ok(text) = std::str::from_utf8(&self.unchecked)
+            && self.ends[ends_start..]
+                .iter()
+                .all(|&(name_end, value_end)| {
+                    text.is_char_boundary(name_end as usize)
+                        && text.is_char_boundary(value_end as usize)
+                })
         {
             let text_start = self.text.len();
             self.text.push_str(text);
@@ -624,6 +633,8 @@ mod tests {
             [(&b"a"[..], &b"\xff"[..]), (&b"b"[..], &b"2"[..])],
             // Out of order, so checked label by label.
             [(&b"b"[..], &b"2"[..]), (&b"a"[..], &b"\xc3"[..])],
+            // Together valid ("a\u{e9}1"), but a character split between a value and a name.
+            [(&b"a"[..], &b"\xc3"[..]), (&b"\xa9"[..], &b"1"[..])],
         ] {
             assert_eq!(
                 batch.push_bytes(pairs.into_iter()),
