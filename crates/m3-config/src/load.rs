@@ -9,12 +9,13 @@ use serde::de::DeserializeOwned;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("reading config file {path}: {source}")]
+    #[error("reading config file {path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why. Part of the message, not a separate cause, so that a report of the error's
+        /// whole chain says it once.
+        error: std::io::Error,
     },
     /// `${VAR}` without a default and the variable is not set.
     #[error("config file {path}: environment variable(s) not set and no default given: {}", names.join(", "))]
@@ -69,9 +70,9 @@ impl ConfigError {
 /// # Errors
 /// See [`ConfigError`].
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     parse(path, &text, &|name| std::env::var(name).ok())
 }
@@ -144,6 +145,25 @@ mod tests {
 
     fn vars(name: &str) -> Option<String> {
         (name == "HOST").then(|| "agg01".to_string())
+    }
+
+    #[test]
+    fn a_missing_file_is_named_with_its_reason_once() {
+        let path = Path::new("/nonexistent/m3-config-test.yml");
+        let error = load::<serde::de::IgnoredAny>(path).unwrap_err();
+        let ConfigError::Read { error: io, .. } = &error else {
+            panic!("not a read error: {error}");
+        };
+        let reason = io.to_string();
+        // What a report of the whole chain prints (anyhow's `{:#}`).
+        let mut chain = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            chain.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        assert!(chain.contains("/nonexistent/m3-config-test.yml"), "{chain}");
+        assert_eq!(chain.matches(reason.as_str()).count(), 1, "{chain}");
     }
 
     #[test]
