@@ -25,12 +25,14 @@ fuzz_target!(|data: &[u8]| {
     }
     decoder.flush(&aggregator, NOW, &mut |_| {});
     let mut out: Vec<AggregatedOutput> = Vec::new();
-    let flushed = aggregator.flush(NOW + 3_600_000_000_000, FlushMode::LeaderFinal, &mut out);
+    // A storage policy may have any resolution (days, years): only the end of time is past
+    // every window's end.
+    let flushed = aggregator.flush(i64::MAX, FlushMode::LeaderFinal, &mut out);
     assert_eq!(flushed.outputs, out.len());
-    aggregator.expire_entries(NOW + 86_400_000_000_000);
+    aggregator.expire_entries(i64::MAX);
     assert_eq!(
         aggregator.stats().windows,
         0,
-        "a final flush far ahead leaves no window open"
+        "a final flush at the end of time leaves no window open"
     );
 });
