@@ -21,9 +21,12 @@
 //! | a `Sum` window (start + [`SumValue`]) | 16 B |
 //! | a `Moments` / `Timer` window (start + state) | 64 B / 88 B + sketch |
 //!
-//! A window vector grows one window at a time up to sixteen, then by half: the number of
-//! windows a series keeps open is steady, so its capacity settles at that number. A window
-//! vector that flushes empty frees its memory.
+//! `Last` and `Sum` windows, the states of gauges and counters, keep their first window inline
+//! ([`OneInline`], in the bytes the vector would take): a series written about once per window
+//! holds one window between flushes, and a heap block for it would cost as much as the window
+//! again. A window vector grows one window at a time up to sixteen, then by half: the number
+//! of windows a series keeps open is steady, so its capacity settles at that number. Windows
+//! that flush empty free their memory.
 
 use std::cmp::Ordering;
 
@@ -104,12 +107,120 @@ impl Stored for LastValue {
     }
 }
 
+/// An elem's windows, sorted by start: what [`add_to`] and [`take_until`] need of a container.
+trait WindowList<W> {
+    fn as_slice(&self) -> &[W];
+    fn as_mut_slice(&mut self) -> &mut [W];
+    /// Inserts `window` at `index` (≤ len).
+    fn insert(&mut self, index: usize, window: W);
+    /// Removes the first `n` (≤ len) windows.
+    fn remove_first(&mut self, n: usize);
+    /// Heap bytes held (capacity, not length).
+    fn heap_bytes(&self) -> usize;
+}
+
+impl<W> WindowList<W> for Vec<W> {
+    fn as_slice(&self) -> &[W] {
+        self
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [W] {
+        self
+    }
+
+    fn insert(&mut self, index: usize, window: W) {
+        if self.len() == self.capacity() {
+            // A series keeps about the same number of windows open, so the capacity settles;
+            // growing in small steps keeps it at that number.
+            let len = self.len();
+            self.reserve_exact(if len < 16 { 1 } else { len / 2 });
+        }
+        Vec::insert(self, index, window);
+    }
+
+    fn remove_first(&mut self, n: usize) {
+        if n == self.len() {
+            *self = Vec::new();
+        } else {
+            self.drain(..n);
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.capacity() * std::mem::size_of::<W>()
+    }
+}
+
+/// Windows with the first kept inline: no heap block until a second window opens. For a
+/// 16-byte window this is the size of a `Vec` (the vector's capacity holds the tag).
+#[derive(Debug, Clone)]
+pub(crate) enum OneInline<W> {
+    One(W),
+    /// Empty (without a heap block) or two windows and more.
+    Many(Vec<W>),
+}
+
+impl<W> Default for OneInline<W> {
+    fn default() -> Self {
+        OneInline::Many(Vec::new())
+    }
+}
+
+impl<W> WindowList<W> for OneInline<W> {
+    fn as_slice(&self) -> &[W] {
+        match self {
+            OneInline::One(w) => std::slice::from_ref(w),
+            OneInline::Many(v) => v,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [W] {
+        match self {
+            OneInline::One(w) => std::slice::from_mut(w),
+            OneInline::Many(v) => v,
+        }
+    }
+
+    fn insert(&mut self, index: usize, window: W) {
+        match std::mem::take(self) {
+            OneInline::Many(v) if v.is_empty() => *self = OneInline::One(window),
+            OneInline::Many(mut v) => {
+                WindowList::insert(&mut v, index, window);
+                *self = OneInline::Many(v);
+            }
+            OneInline::One(first) => {
+                let mut v = Vec::with_capacity(2);
+                v.push(first);
+                v.insert(index, window);
+                *self = OneInline::Many(v);
+            }
+        }
+    }
+
+    fn remove_first(&mut self, n: usize) {
+        match self {
+            // A vector drained to one window stays a vector: a series that keeps one or two
+            // windows open would otherwise free and allocate at every flush.
+            OneInline::Many(v) => v.remove_first(n),
+            OneInline::One(_) if n > 0 => *self = OneInline::default(),
+            OneInline::One(_) => {}
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        match self {
+            OneInline::One(_) => 0,
+            OneInline::Many(v) => v.heap_bytes(),
+        }
+    }
+}
+
 /// The elem already has as many windows as allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TooManyWindows;
 
 fn add_to<W: Stored>(
-    windows: &mut Vec<W>,
+    windows: &mut impl WindowList<W>,
     start: i64,
     end: i64,
     time_nanos: i64,
@@ -121,7 +232,7 @@ fn add_to<W: Stored>(
     };
     // Most writes hit the newest window: search from the back.
     let mut insert_at = 0;
-    for (i, w) in windows.iter_mut().enumerate().rev() {
+    for (i, w) in windows.as_mut_slice().iter_mut().enumerate().rev() {
         match w.cmp_window(start, end) {
             Ordering::Equal => {
                 for v in values {
@@ -136,14 +247,8 @@ fn add_to<W: Stored>(
             Ordering::Greater => {}
         }
     }
-    if windows.len() >= max_windows {
+    if windows.as_slice().len() >= max_windows {
         return Err(TooManyWindows);
-    }
-    if windows.len() == windows.capacity() {
-        // A series keeps about the same number of windows open, so the capacity settles;
-        // growing in small steps keeps it at that number.
-        let len = windows.len();
-        windows.reserve_exact(if len < 16 { 1 } else { len / 2 });
     }
     let mut window = W::open(start, time_nanos, *first);
     for v in rest {
@@ -154,13 +259,13 @@ fn add_to<W: Stored>(
 }
 
 fn take_until<W: Stored>(
-    windows: &mut Vec<W>,
+    windows: &mut impl WindowList<W>,
     resolution: i64,
     until_end: i64,
     visit: &mut dyn FnMut(i64, &dyn WindowState),
 ) -> usize {
     let mut n = 0;
-    for w in windows.iter() {
+    for w in windows.as_slice() {
         let start = w.start(resolution);
         // Window ends never overflow: they are checked when the window is created.
         if start.saturating_add(resolution) > until_end {
@@ -169,13 +274,8 @@ fn take_until<W: Stored>(
         visit(start, w.state());
         n += 1;
     }
-    if n == 0 {
-        return 0;
-    }
-    if n == windows.len() {
-        *windows = Vec::new();
-    } else {
-        windows.drain(..n);
+    if n > 0 {
+        windows.remove_first(n);
     }
     n
 }
@@ -190,12 +290,12 @@ pub(crate) enum Elem {
         /// The last accepted write (kept here, in what would be padding, rather than in the
         /// entry).
         written: WriteTime,
-        windows: Vec<LastValue>,
+        windows: OneInline<LastValue>,
     },
     Sum {
         spec: u16,
         written: WriteTime,
-        windows: Vec<Window<SumValue>>,
+        windows: OneInline<Window<SumValue>>,
     },
     Moments {
         spec: u16,
@@ -254,12 +354,12 @@ impl Elem {
             StateKind::Last => Elem::Last {
                 spec,
                 written,
-                windows: Vec::new(),
+                windows: OneInline::default(),
             },
             StateKind::Sum => Elem::Sum {
                 spec,
                 written,
-                windows: Vec::new(),
+                windows: OneInline::default(),
             },
             StateKind::Moments => Elem::Moments {
                 spec,
@@ -331,15 +431,12 @@ impl Elem {
     }
 
     pub(crate) fn len(&self) -> usize {
-        with_windows!(self, w => w.len())
+        with_windows!(self, w => w.as_slice().len())
     }
 
-    /// Heap bytes held by the window vector (capacity, not length).
+    /// Heap bytes held by the windows (capacity, not length).
     pub(crate) fn heap_bytes(&self) -> usize {
-        fn bytes<W>(w: &Vec<W>) -> usize {
-            w.capacity() * std::mem::size_of::<W>()
-        }
-        with_windows!(self, w => bytes(w))
+        with_windows!(self, w => w.heap_bytes())
     }
 }
 
@@ -494,6 +591,33 @@ mod tests {
     }
 
     #[test]
+    fn first_window_is_inline_until_a_second_opens() {
+        for kind in [StateKind::Sum, StateKind::Last] {
+            let mut w = Elem::new(0, kind, WriteTime(0));
+            add(&mut w, 20, 21, &[1.0], 16).unwrap();
+            add(&mut w, 20, 22, &[2.0], 16).unwrap();
+            assert_eq!((w.len(), w.heap_bytes()), (1, 0), "{kind:?}");
+            // A second window before the inline one.
+            add(&mut w, 10, 11, &[3.0], 16).unwrap();
+            assert_eq!(w.len(), 2);
+            assert!(w.heap_bytes() >= 32, "{kind:?}");
+            let mut starts = Vec::new();
+            w.take_until(10, 20, &mut |start, _| starts.push(start));
+            // Drained to one window, the vector stays (no free and allocate at every flush).
+            assert_eq!((w.len(), starts), (1, vec![10]));
+            assert!(w.heap_bytes() > 0);
+            w.take_until(10, 30, &mut |_, _| {});
+            assert_eq!((w.len(), w.heap_bytes()), (0, 0), "{kind:?}");
+            // Inline again.
+            add(&mut w, 40, 40, &[1.0], 16).unwrap();
+            assert_eq!((w.len(), w.heap_bytes()), (1, 0), "{kind:?}");
+            let mut seen = Vec::new();
+            w.take_until(10, 50, &mut |start, _| seen.push(start));
+            assert_eq!((seen, w.len()), (vec![40], 0));
+        }
+    }
+
+    #[test]
     fn window_limit_is_enforced() {
         let mut w = Elem::new(0, StateKind::Last, WriteTime(0));
         add(&mut w, 0, 0, &[1.0], 2).unwrap();
@@ -511,6 +635,8 @@ mod tests {
         assert_eq!(std::mem::size_of::<Window<SumValue>>(), 16);
         assert_eq!(std::mem::size_of::<Window<Moments>>(), 64);
         assert_eq!(std::mem::size_of::<Window<TimerValues>>(), 88);
+        assert_eq!(std::mem::size_of::<OneInline<LastValue>>(), 24);
+        assert_eq!(std::mem::size_of::<OneInline<Window<SumValue>>>(), 24);
         assert_eq!(std::mem::size_of::<Elem>(), 32);
         assert_eq!(std::mem::size_of::<Entry>(), 32);
     }
