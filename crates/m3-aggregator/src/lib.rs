@@ -62,7 +62,6 @@
 pub mod aggregation;
 pub mod aggregator;
 pub mod campaign;
-mod chunked_vec;
 pub mod client;
 pub mod config;
 

@@ -6,8 +6,8 @@
 //!
 //! Series are found by their ID bytes, borrowed from the decoded message, so an add allocates
 //! only when a series or a window is new. Per category, a shard keeps its series in a dense
-//! slab of 40-byte slots (where the ID is in the shard's [`IdArena`] + [`Entry`]) and finds
-//! them through a hash table of 32-bit slot indices; flushes walk the slab in order. The (storage policy, aggregation types,
+//! slab of 48-byte slots (boxed ID + [`Entry`]) and finds them through a hash table of 32-bit
+//! slot indices; flushes walk the slab in order. The (storage policy, aggregation types,
 //! metric type, pipeline, forwarding hops) of each elem is interned in a small per-shard table
 //! and referred to by a 16-bit index, which keeps elems small.
 //!
@@ -30,7 +30,6 @@ use m3_proto::flushpb;
 use m3_rules::{TransformState, transform};
 
 use crate::aggregation::{self, StateKind, WindowState};
-use crate::chunked_vec::ChunkedVec;
 use crate::entry::{Elem, Entry, TooManyWindows, WriteTime};
 use crate::error::AddError;
 use crate::flush::{
@@ -144,14 +143,14 @@ pub(crate) fn entry_hash(id: &[u8]) -> u64 {
     id_hasher().hash_one(id)
 }
 
-/// Entries by ID bytes: a dense slab of slots (growing by chunks, [`ChunkedVec`]), found
-/// through a hash table of 32-bit slot indices (5 bytes per bucket with its control byte,
-/// instead of a whole slot per bucket). One hash per lookup-or-insert ([`entry_hash`]),
-/// looked up by a borrowed `&[u8]`. The IDs' bytes are in an [`IdArena`].
+/// Entries by ID bytes: a dense slab of slots, found through a hash table of 32-bit slot
+/// indices (5 bytes per bucket with its control byte, instead of a whole slot per bucket).
+/// One hash per lookup-or-insert ([`entry_hash`]), looked up by a borrowed `&[u8]`. The IDs'
+/// bytes are in an [`IdArena`].
 #[derive(Debug, Default)]
 struct EntryMap {
     index: HashTable<u32>,
-    slots: ChunkedVec<Slot>,
+    slots: Vec<Slot>,
     ids: IdArena,
 }
 
@@ -181,6 +180,11 @@ impl EntryMap {
                 // Shard-local counts stay far below 2^32; a slab that large would have failed
                 // to allocate first.
                 v.insert(u32::try_from(i).expect("fewer than 2^32 entries per shard"));
+                if slots.len() == slots.capacity() {
+                    // Grow by a quarter rather than double: the slab is most of a shard's
+                    // fixed cost per series.
+                    slots.reserve_exact((i / 4).max(16));
+                }
                 slots.push(Slot {
                     id: stored,
                     entry: make(),
@@ -230,7 +234,9 @@ impl EntryMap {
 
     /// Heap bytes of the index, the slab and the IDs (by capacity).
     fn allocation_size(&self) -> usize {
-        self.index.allocation_size() + self.slots.allocation_size() + self.ids.allocation_size()
+        self.index.allocation_size()
+            + self.slots.capacity() * std::mem::size_of::<Slot>()
+            + self.ids.allocation_size()
     }
 }
 
@@ -886,7 +892,7 @@ impl ShardState {
         let mut bytes = 0;
         for map in &self.entries {
             bytes += map.allocation_size();
-            for Slot { entry, .. } in map.slots.iter() {
+            for Slot { entry, .. } in &map.slots {
                 windows += entry.elems().iter().map(Elem::len).sum::<usize>();
                 bytes += entry.heap_bytes();
             }
