@@ -36,8 +36,6 @@ pub enum RejectReason {
     /// The shard already tracks the maximum number of distinct (storage policy, aggregation
     /// types, metric type) combinations.
     TooManyPolicies,
-    /// A series ID longer than a shard stores ([`AddError::IdTooLong`]).
-    IdTooLong,
     /// A rawtcp frame or protobuf message that does not decode; the connection is closed.
     DecodeError,
     /// A message that decodes but lacks the field its type names.
@@ -48,7 +46,7 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// Every reason, in label order.
-    pub const ALL: [RejectReason; 16] = [
+    pub const ALL: [RejectReason; 15] = [
         RejectReason::TooFarPast,
         RejectReason::TooFarFuture,
         RejectReason::ShardNotOwned,
@@ -61,7 +59,6 @@ impl RejectReason {
         RejectReason::TooManyWindows,
         RejectReason::InvalidTimestamp,
         RejectReason::TooManyPolicies,
-        RejectReason::IdTooLong,
         RejectReason::DecodeError,
         RejectReason::MalformedMessage,
         RejectReason::UnsupportedMessageType,
@@ -82,7 +79,6 @@ impl RejectReason {
             RejectReason::TooManyWindows => "too_many_windows",
             RejectReason::InvalidTimestamp => "invalid_timestamp",
             RejectReason::TooManyPolicies => "too_many_policies",
-            RejectReason::IdTooLong => "id_too_long",
             RejectReason::DecodeError => "decode_error",
             RejectReason::MalformedMessage => "malformed_message",
             RejectReason::UnsupportedMessageType => "unsupported_message_type",
@@ -185,14 +181,6 @@ pub enum AddError {
         /// The limit.
         max: usize,
     },
-    /// A series ID longer than a shard stores (16 MiB; series IDs are a few hundred bytes).
-    #[error("series ID of {len} bytes is longer than the {max} bytes an aggregator stores")]
-    IdTooLong {
-        /// The ID's length.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
     /// A timestamp whose window end overflows.
     #[error("invalid timestamp {timestamp_nanos} ns: its window end overflows")]
     InvalidTimestamp {
@@ -216,7 +204,6 @@ impl AddError {
             AddError::TooManyWindows { .. } => RejectReason::TooManyWindows,
             AddError::InvalidTimestamp { .. } => RejectReason::InvalidTimestamp,
             AddError::TooManyPolicies { .. } => RejectReason::TooManyPolicies,
-            AddError::IdTooLong { .. } => RejectReason::IdTooLong,
         }
     }
 }

@@ -35,7 +35,6 @@ use crate::error::AddError;
 use crate::flush::{
     AggregatedOutput, Category, FlushMode, ForwardedOutput, align_down, checked_align_down,
 };
-use crate::id_arena::{IdArena, IdRef};
 use crate::metadata::{Active, Target};
 use crate::metrics::{Metrics, OutputDiscard, WindowDiscard};
 use crate::options::{AggregatorOptions, nanos};
@@ -124,10 +123,10 @@ impl SpecTable {
     }
 }
 
-/// A series' ID (where its bytes are in its map's arena) and state.
+/// A series' ID and state.
 #[derive(Debug)]
 struct Slot {
-    id: IdRef,
+    id: Box<[u8]>,
     entry: Entry,
 }
 
@@ -145,37 +144,31 @@ pub(crate) fn entry_hash(id: &[u8]) -> u64 {
 
 /// Entries by ID bytes: a dense slab of slots, found through a hash table of 32-bit slot
 /// indices (5 bytes per bucket with its control byte, instead of a whole slot per bucket).
-/// One hash per lookup-or-insert ([`entry_hash`]), looked up by a borrowed `&[u8]`. The IDs'
-/// bytes are in an [`IdArena`].
+/// One hash per lookup-or-insert ([`entry_hash`]), looked up by a borrowed `&[u8]`.
 #[derive(Debug, Default)]
 struct EntryMap {
     index: HashTable<u32>,
     slots: Vec<Slot>,
-    ids: IdArena,
 }
 
 impl EntryMap {
     /// The slot index of the entry for `id` (whose [`entry_hash`] is `hash`), created with
     /// `make` if missing (then `true`).
-    ///
-    /// # Errors
-    /// [`AddError::IdTooLong`] for a new ID longer than the arena stores.
     fn get_or_insert(
         &mut self,
         id: &[u8],
         hash: u64,
         make: impl FnOnce() -> Entry,
-    ) -> Result<(usize, bool), AddError> {
-        let EntryMap { index, slots, ids } = self;
+    ) -> (usize, bool) {
+        let EntryMap { index, slots } = self;
         let entry = index.entry(
             hash,
-            |&i| ids.get(slots[i as usize].id) == id,
-            |&i| entry_hash(ids.get(slots[i as usize].id)),
+            |&i| *slots[i as usize].id == *id,
+            |&i| entry_hash(&slots[i as usize].id),
         );
         match entry {
-            hash_table::Entry::Occupied(o) => Ok((*o.get() as usize, false)),
+            hash_table::Entry::Occupied(o) => (*o.get() as usize, false),
             hash_table::Entry::Vacant(v) => {
-                let stored = ids.push(id)?;
                 let i = slots.len();
                 // Shard-local counts stay far below 2^32; a slab that large would have failed
                 // to allocate first.
@@ -186,38 +179,28 @@ impl EntryMap {
                     slots.reserve_exact((i / 4).max(16));
                 }
                 slots.push(Slot {
-                    id: stored,
+                    id: Box::from(id),
                     entry: make(),
                 });
-                Ok((i, true))
+                (i, true)
             }
         }
     }
 
-    /// The ID of the series in slot `i`.
-    fn id(&self, i: usize) -> &[u8] {
-        self.ids.get(self.slots[i].id)
-    }
-
     /// Removes the slot at `i`, moving the last slot into its place.
     fn remove_at(&mut self, i: usize) {
-        let EntryMap { index, slots, ids } = self;
-        let removed = slots[i].id;
-        let hash = entry_hash(ids.get(removed));
+        let EntryMap { index, slots } = self;
+        let hash = entry_hash(&slots[i].id);
         if let Ok(o) = index.find_entry(hash, |&x| x as usize == i) {
             o.remove();
         }
         slots.swap_remove(i);
         if let Some(moved) = slots.get(i) {
-            let hash = entry_hash(ids.get(moved.id));
+            let hash = entry_hash(&moved.id);
             let last = slots.len();
             if let Some(x) = index.find_mut(hash, |&x| x as usize == last) {
                 *x = i as u32;
             }
-        }
-        ids.release(removed);
-        if ids.needs_compaction() {
-            ids.compact(slots.iter_mut().map(|s| &mut s.id));
         }
     }
 
@@ -228,15 +211,13 @@ impl EntryMap {
     fn contains(&self, id: &[u8]) -> bool {
         let hash = entry_hash(id);
         self.index
-            .find(hash, |&i| self.id(i as usize) == id)
+            .find(hash, |&i| *self.slots[i as usize].id == *id)
             .is_some()
     }
 
-    /// Heap bytes of the index, the slab and the IDs (by capacity).
+    /// Heap bytes of the index and the slab (by capacity).
     fn allocation_size(&self) -> usize {
-        self.index.allocation_size()
-            + self.slots.capacity() * std::mem::size_of::<Slot>()
-            + self.ids.allocation_size()
+        self.index.allocation_size() + self.slots.capacity() * std::mem::size_of::<Slot>()
     }
 }
 
@@ -294,9 +275,6 @@ pub(crate) struct RunSample<'a> {
     pub(crate) hash: u64,
     pub(crate) active: Active<'a>,
 }
-
-/// In [`RunScratch::slots`], a sample whose series could not be stored.
-const NO_SLOT: u32 = u32::MAX;
 
 /// Buffers [`ShardState::add_run`] reuses from run to run.
 #[derive(Debug, Default)]
@@ -458,16 +436,10 @@ impl ShardState {
     ) -> bool {
         let ShardState { entries, specs, .. } = self;
         let map = &mut entries[sample.category.index()];
-        let slot = match map.get_or_insert(sample.id, entry_hash(sample.id), || {
+        let (slot, _) = map.get_or_insert(sample.id, entry_hash(sample.id), || {
             metrics.entry_created();
             Entry::new()
-        }) {
-            Ok((slot, _)) => slot,
-            Err(e) => {
-                outcome(Err(e));
-                return false;
-            }
-        };
+        });
         let entry = &mut map.slots[slot].entry;
         let mut accepted = false;
         visit_targets(&mut |target| {
@@ -507,17 +479,12 @@ impl ShardState {
         let RunScratch { slots, targets } = scratch;
         slots.clear();
         for r in run {
-            match map.get_or_insert(r.sample.id, r.hash, Entry::new) {
-                Ok((slot, created)) => {
-                    if created {
-                        metrics.entry_created();
-                    }
-                    // A shard's slab stays far below 2^32 slots (see `get_or_insert`).
-                    slots.push((slot as u32, created));
-                }
-                // Refused below, with the sample's place in the run.
-                Err(_) => slots.push((NO_SLOT, false)),
+            let (slot, created) = map.get_or_insert(r.sample.id, r.hash, Entry::new);
+            if created {
+                metrics.entry_created();
             }
+            // A shard's slab stays far below 2^32 slots (see `get_or_insert`).
+            slots.push((slot as u32, created));
         }
         // The targets of the previous sample's metadata and metric type, resolved once for
         // every sample that shares them (nearly all of a run: a client's rules give most
@@ -536,15 +503,6 @@ impl ShardState {
                     );
                 });
                 resolved_for = Some((r.active, metric_type));
-            }
-            if slot == NO_SLOT {
-                let e = AddError::IdTooLong {
-                    len: r.sample.id.len(),
-                    max: IdArena::MAX_LEN,
-                };
-                metrics.record_rejected(e.reason(), r.sample.values.len() as u64);
-                outcome(i, false, Some(e));
-                continue;
             }
             let entry = &mut map.slots[slot as usize].entry;
             let mut accepted = false;
@@ -647,7 +605,7 @@ impl ShardState {
         let (slot, _) = map.get_or_insert(write.id, entry_hash(write.id), || {
             metrics.entry_created();
             Entry::new()
-        })?;
+        });
         let written = WriteTime::at(now);
         map.slots[slot]
             .entry
@@ -727,9 +685,7 @@ impl ShardState {
                 }
             }));
             let states = &mut transforms[category.index()];
-            let EntryMap { slots, ids, .. } = &mut entries[category.index()];
-            for Slot { id, entry } in slots.iter_mut() {
-                let id = ids.get(*id);
+            for Slot { id, entry } in &mut entries[category.index()].slots {
                 for elem in entry.elems_mut() {
                     let (Some(spec), Some(until)) = (
                         spec_list.get(usize::from(elem.spec())),
@@ -892,9 +848,9 @@ impl ShardState {
         let mut bytes = 0;
         for map in &self.entries {
             bytes += map.allocation_size();
-            for Slot { entry, .. } in &map.slots {
+            for Slot { id, entry } in &map.slots {
                 windows += entry.elems().iter().map(Elem::len).sum::<usize>();
-                bytes += entry.heap_bytes();
+                bytes += id.len() + entry.heap_bytes();
             }
         }
         (self.len(), windows, bytes)
@@ -1219,14 +1175,14 @@ mod tests {
         let mut map = EntryMap::default();
         let ids: Vec<Vec<u8>> = (0..100u32).map(|i| i.to_be_bytes().to_vec()).collect();
         for id in &ids {
-            map.get_or_insert(id, entry_hash(id), Entry::new).unwrap();
+            map.get_or_insert(id, entry_hash(id), Entry::new);
         }
         // Remove the first slot (ID 99 moves in), then the last (ID 98), then every third.
         map.remove_at(0);
         map.remove_at(map.len() - 1);
         let mut i = 0;
         while i < map.len() {
-            if map.id(i)[3] % 3 == 0 {
+            if map.slots[i].id[3] % 3 == 0 {
                 map.remove_at(i);
             } else {
                 i += 1;
@@ -1235,61 +1191,11 @@ mod tests {
         let kept: Vec<&Vec<u8>> = ids[1..98].iter().filter(|id| id[3] % 3 != 0).collect();
         assert_eq!(map.len(), kept.len());
         for id in kept {
-            let (slot, created) = map
-                .get_or_insert(id, entry_hash(id), || panic!("{id:?} was lost"))
-                .unwrap();
+            let (slot, created) =
+                map.get_or_insert(id, entry_hash(id), || panic!("{id:?} was lost"));
             assert!(!created);
-            assert_eq!(map.id(slot), &id[..]);
+            assert_eq!(*map.slots[slot].id, **id);
         }
-        assert_eq!(std::mem::size_of::<Slot>(), 40);
-    }
-
-    #[test]
-    fn removals_compact_the_ids_and_keep_every_lookup() {
-        let mut map = EntryMap::default();
-        // 1 KiB IDs, so that removals pass the compaction threshold.
-        let id = |i: u32| -> Vec<u8> {
-            let mut id = vec![b'x'; 1024];
-            id[..4].copy_from_slice(&i.to_be_bytes());
-            id
-        };
-        for i in 0..1000 {
-            map.get_or_insert(&id(i), entry_hash(&id(i)), Entry::new)
-                .unwrap();
-        }
-        let full = map.ids.allocation_size();
-        let mut i = 0;
-        while i < map.len() {
-            if u32::from_be_bytes(map.id(i)[..4].try_into().unwrap()) % 4 != 0 {
-                map.remove_at(i);
-            } else {
-                i += 1;
-            }
-        }
-        assert_eq!(map.len(), 250);
-        assert!(
-            map.ids.allocation_size() < full / 2,
-            "three quarters removed: the IDs were compacted"
-        );
-        for i in 0..1000 {
-            assert_eq!(map.contains(&id(i)), i % 4 == 0, "ID {i}");
-        }
-        for slot in 0..map.len() {
-            let id = map.id(slot).to_vec();
-            let found = map.get_or_insert(&id, entry_hash(&id), || panic!("lost"));
-            assert_eq!(found, Ok((slot, false)));
-        }
-    }
-
-    #[test]
-    fn a_new_id_longer_than_the_arena_stores_is_refused() {
-        let mut map = EntryMap::default();
-        let long = vec![b'a'; IdArena::MAX_LEN + 1];
-        assert!(matches!(
-            map.get_or_insert(&long, entry_hash(&long), Entry::new),
-            Err(AddError::IdTooLong { .. })
-        ));
-        assert_eq!(map.len(), 0);
-        assert!(!map.contains(&long));
+        assert_eq!(std::mem::size_of::<Slot>(), 48);
     }
 }

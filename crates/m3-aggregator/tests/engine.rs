@@ -391,47 +391,6 @@ fn invalid_aggregations_and_pipelines_are_counted() {
 }
 
 #[test]
-fn ids_of_16_mib_and_more_are_refused_and_counted() {
-    let agg = engine(AggregatorOptions::default());
-    let meta = build::simple(AggregationId::DEFAULT, &[policy("10s:2d")]);
-    let long = vec![b'a'; 1 << 24];
-    let err = agg
-        .add_timed(
-            MetricType::Gauge,
-            &long,
-            T0,
-            1.0,
-            Metadatas::Staged(&meta),
-            T0,
-        )
-        .unwrap_err();
-    assert!(
-        matches!(err, AddError::IdTooLong { len, .. } if len == 1 << 24),
-        "{err}"
-    );
-    // In a batch, only the long one is refused.
-    let sample = |id: &'static [u8]| m3_aggregator::TimedSample {
-        metric_type: MetricType::Gauge,
-        id,
-        time_nanos: T0,
-        value: 2.0,
-        metadatas: Metadatas::Staged(&meta),
-    };
-    let long: &'static [u8] = long.leak();
-    let mut refused = Vec::new();
-    agg.add_timed_batch(
-        &[sample(b"short"), sample(long), sample(b"other")],
-        T0,
-        &mut |i, e| refused.push((i, e.reason())),
-    );
-    assert_eq!(refused, vec![(1, RejectReason::IdTooLong)]);
-    let m = agg.metrics();
-    assert_eq!(m.rejected(RejectReason::IdTooLong), 2);
-    assert_eq!(m.added(MetricType::Gauge), 2);
-    assert_eq!(agg.stats().entries, 2);
-}
-
-#[test]
 fn unowned_and_unwriteable_shards_are_rejected() {
     let agg = Aggregator::new(
         AggregatorOptions::default(),
