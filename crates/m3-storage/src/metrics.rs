@@ -152,7 +152,7 @@ impl StoreMetrics {
         );
         sub.register(
             "head_series",
-            "Series in the embedded store's in-memory heads (as of the last retention pass)",
+            "Series in the embedded store's in-memory heads",
             self.head_series.clone(),
         );
         sub.register(

@@ -185,6 +185,10 @@ impl Store {
             dbs.push(db);
         }
         let metrics = StoreMetrics::default();
+        let replayed_series: usize = dbs.iter().map(NamespaceDb::head_series).sum();
+        metrics
+            .head_series
+            .set(i64::try_from(replayed_series).unwrap_or(i64::MAX));
         for db in &dbs {
             let expired = db.expired_at_open();
             metrics
@@ -299,6 +303,11 @@ impl Store {
         let metrics = &self.inner.metrics;
         metrics.samples_written.inc_by(stored);
         metrics.series_created.inc_by(summary.new_series as u64);
+        // Live between passes: only compaction and retention remove series from a head, and
+        // the pass after them sets the gauge to the count.
+        metrics
+            .head_series
+            .inc_by(i64::try_from(summary.new_series).unwrap_or(i64::MAX));
         if summary.too_old > 0 {
             metrics
                 .samples_refused_too_old

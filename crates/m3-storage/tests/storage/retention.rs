@@ -220,9 +220,10 @@ fn a_retention_pass_sets_the_size_gauges() {
     store.write_batch(RAW, &[(&b, now, 1.0)]).unwrap();
     assert_eq!(
         store.metrics().head_series(),
-        0,
-        "nothing measured before a pass"
+        2,
+        "new series are counted as they are written"
     );
+    assert_eq!(store.metrics().head_bytes(), 0, "measured by a pass");
     store.compact(now).unwrap();
     store.enforce_retention(now).unwrap();
     let metrics = store.metrics();
@@ -231,4 +232,15 @@ fn a_retention_pass_sets_the_size_gauges() {
     assert!(metrics.head_bytes() > 0);
     assert_eq!(metrics.blocks(), 1);
     assert!(metrics.block_bytes() > 0 && metrics.block_bytes() < 200 * 16);
+    drop(store);
+    // Reopened, the replayed head's series are counted before any pass.
+    let store = open(dir.path());
+    let at_open = store.metrics().head_series();
+    assert!(
+        at_open >= 1,
+        "the replayed head's series are counted before any pass"
+    );
+    store.compact(now).unwrap();
+    store.enforce_retention(now).unwrap();
+    assert_eq!(store.metrics().head_series(), at_open);
 }
