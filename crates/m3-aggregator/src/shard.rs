@@ -498,8 +498,9 @@ impl ShardState {
                 targets.clear();
                 crate::metadata::for_each_target(r.active, defaults, |target| {
                     targets.push(
-                        target
-                            .and_then(|t| resolve_target(specs, metric_type, category, limits, t)),
+                        target.and_then(|t| {
+                            resolve_target(specs, metric_type, category, 0, limits, t)
+                        }),
                     );
                 });
                 resolved_for = Some((r.active, metric_type));
@@ -549,23 +550,22 @@ impl ShardState {
             sources,
             ..
         } = self;
-        let types = if write.aggregation_id.is_default() {
-            limits.default_types[write.metric_type as usize]
-        } else {
-            write.aggregation_id
-        };
-        let pipeline = specs.pipelines.intern(write.pipeline)?;
-        let (spec, kind) = specs.intern(
-            (
-                write.policy,
-                types,
-                write.metric_type,
-                pipeline,
-                write.forwarded_times,
-            ),
+        let ResolvedTarget {
+            spec,
+            kind,
+            resolution,
+        } = resolve_target(
+            specs,
+            write.metric_type,
             Category::Forwarded,
+            write.forwarded_times,
+            limits,
+            Target {
+                aggregation_id: write.aggregation_id,
+                policy: write.policy,
+                pipeline: write.pipeline,
+            },
         )?;
-        let resolution = specs.specs[usize::from(spec)].resolution;
         let end = write.time_nanos;
         let now = write.now_nanos;
         let late_limit =
@@ -865,11 +865,13 @@ struct ResolvedTarget {
     resolution: i64,
 }
 
-/// Interns `target` for values of `metric_type` in `category`.
+/// Interns `target` for values of `metric_type` in `category` that were forwarded
+/// `forwarded_times` times (0 for a client's values).
 fn resolve_target(
     specs: &mut SpecTable,
     metric_type: MetricType,
     category: Category,
+    forwarded_times: u32,
     limits: &Limits,
     target: Target<'_>,
 ) -> Result<ResolvedTarget, AddError> {
@@ -879,7 +881,10 @@ fn resolve_target(
         target.aggregation_id
     };
     let pipeline = specs.pipelines.intern(target.pipeline)?;
-    let (spec, kind) = specs.intern((target.policy, types, metric_type, pipeline, 0), category)?;
+    let (spec, kind) = specs.intern(
+        (target.policy, types, metric_type, pipeline, forwarded_times),
+        category,
+    )?;
     Ok(ResolvedTarget {
         spec,
         kind,
@@ -894,7 +899,14 @@ fn add_target(
     limits: &Limits,
     target: Target<'_>,
 ) -> Result<(), AddError> {
-    let resolved = resolve_target(specs, sample.metric_type, sample.category, limits, target)?;
+    let resolved = resolve_target(
+        specs,
+        sample.metric_type,
+        sample.category,
+        0,
+        limits,
+        target,
+    )?;
     add_resolved(entry, sample, limits, resolved)
 }
 
