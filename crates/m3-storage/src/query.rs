@@ -53,6 +53,35 @@ impl Store {
         Ok(out)
     }
 
+    /// Like [`select`](Self::select), but hands each series to `each` as soon as it is read,
+    /// in label order, so a caller can account for what it holds (a query's sample limit and
+    /// deadline) before the next series is loaded. `each` sees the samples in a buffer reused
+    /// for the next series; series without samples in the range are skipped. The first error
+    /// `each` returns stops the walk and is returned.
+    ///
+    /// # Errors
+    ///
+    /// As for [`select`](Self::select), or what `each` returns.
+    pub fn select_each<E: From<crate::Error>>(
+        &self,
+        namespace: &str,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        mut each: impl FnMut(Labels, &[(i64, f64)]) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let reader = self.reader(namespace)?;
+        let mut samples = Vec::new();
+        for (labels, sources) in reader.matching(matchers, start_ms, end_ms) {
+            samples.clear();
+            read_samples(&reader, &sources, start_ms, end_ms, &mut samples)?;
+            if !samples.is_empty() {
+                each(labels, &samples)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Label sets of the series matching all `matchers` with a sample in `start_ms..=end_ms`.
     ///
     /// # Errors

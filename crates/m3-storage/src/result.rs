@@ -129,7 +129,8 @@ impl Serialize for PointSeq<'_> {
 }
 
 /// Unix milliseconds written as seconds: an integer when whole, else a float with the fraction.
-struct Seconds(i64);
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seconds(pub i64);
 
 impl Serialize for Seconds {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

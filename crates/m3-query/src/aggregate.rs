@@ -1,0 +1,346 @@
+//! Aggregation operators: `sum`, `avg`, `count`, `min`, `max`, `group`, `stddev`, `stdvar`,
+//! `topk`, `bottomk`, `quantile` and `count_values`, with `by` and `without`.
+//!
+//! A series' group depends only on its labels, so each series is assigned to its group once;
+//! then every step folds the values present in each group. `topk` and `bottomk` keep the
+//! chosen series whole (labels included), so their result is the input series filtered step
+//! by step; every other operator yields one series per group, labelled with the grouping
+//! labels (`by`) or everything but the listed labels and the metric name (`without`).
+
+use std::collections::HashMap;
+
+use promql_parser::parser::token::{
+    T_AVG, T_BOTTOMK, T_COUNT, T_COUNT_VALUES, T_GROUP, T_MAX, T_MIN, T_QUANTILE, T_STDDEV,
+    T_STDVAR, T_SUM, T_TOPK,
+};
+use promql_parser::parser::{AggregateExpr, LabelModifier};
+
+use crate::error::{QueryError, Result};
+use crate::eval::{Evaluator, Steps};
+use crate::labels::{LabelSet, METRIC_NAME};
+use crate::stats;
+use crate::value::{StepSeries, Value};
+
+/// Evaluates an aggregation at every step.
+pub(crate) fn eval(ev: &mut Evaluator<'_>, agg: &AggregateExpr, steps: &Steps) -> Result<Value> {
+    let op = agg.op.id();
+    let param = match &agg.param {
+        Some(p) => Some(ev.eval(p, steps)?),
+        None => None,
+    };
+    let mut series = ev.eval_vector(&agg.expr, steps)?;
+    let modifier = agg.modifier.as_ref();
+    if op == T_TOPK || op == T_BOTTOMK {
+        let k = scalar_param(param, "k")?;
+        return Ok(Value::Vector(top_k(series, modifier, &k, op == T_TOPK, steps)));
+    }
+    if op == T_COUNT_VALUES {
+        let Some(Value::String(label)) = param else {
+            return Err(QueryError::BadData(
+                "count_values: expected a string parameter".into(),
+            ));
+        };
+        if !label.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            || !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(QueryError::BadData(format!("invalid label name {label:?}")));
+        }
+        return Ok(Value::Vector(count_values(series, modifier, &label, steps)));
+    }
+    let q = if op == T_QUANTILE {
+        Some(scalar_param(param, "quantile")?)
+    } else {
+        None
+    };
+    // Group index of each series, and each group's labels.
+    let mut group_of = HashMap::new();
+    let mut groups: Vec<LabelSet> = Vec::new();
+    let mut member_of = Vec::with_capacity(series.len());
+    for s in &series {
+        let key = grouping_labels(&s.labels, modifier);
+        let next = groups.len();
+        let index = *group_of.entry(key.clone()).or_insert(next);
+        if index == next {
+            groups.push(key);
+        }
+        member_of.push(index);
+    }
+    let mut folds: Vec<Fold> = vec![Fold::default(); groups.len()];
+    let mut out: Vec<StepSeries> = groups
+        .into_iter()
+        .map(|labels| StepSeries {
+            labels,
+            values: vec![None; steps.count],
+        })
+        .collect();
+    let mut quantile_values: Vec<Vec<f64>> = vec![Vec::new(); out.len()];
+    for step in 0..steps.count {
+        folds.iter_mut().for_each(|f| *f = Fold::default());
+        quantile_values.iter_mut().for_each(Vec::clear);
+        for (s, &g) in series.iter_mut().zip(&member_of) {
+            let Some(v) = s.values[step] else { continue };
+            if q.is_some() {
+                quantile_values[g].push(v);
+            } else {
+                folds[g].add(op, v);
+            }
+        }
+        for (g, group) in out.iter_mut().enumerate() {
+            group.values[step] = match &q {
+                Some(q) => (!quantile_values[g].is_empty())
+                    .then(|| stats::quantile(q[step], &mut quantile_values[g])),
+                None => folds[g].result(op),
+            };
+        }
+    }
+    out.retain(|s| s.values.iter().any(Option::is_some));
+    ev.budget.take(out.len() * steps.count)?;
+    Ok(Value::Vector(out))
+}
+
+fn scalar_param(param: Option<Value>, what: &str) -> Result<Vec<f64>> {
+    match param {
+        Some(Value::Scalar(v)) => Ok(v),
+        _ => Err(QueryError::BadData(format!(
+            "expected a scalar {what} parameter"
+        ))),
+    }
+}
+
+/// The labels that name a series' group.
+fn grouping_labels(labels: &LabelSet, modifier: Option<&LabelModifier>) -> LabelSet {
+    match modifier {
+        None => LabelSet::empty(),
+        Some(LabelModifier::Include(by)) => {
+            let mut l = labels.clone();
+            l.keep_only(&by.labels);
+            l
+        }
+        Some(LabelModifier::Exclude(without)) => {
+            let mut l = labels.clone().without_metric_name();
+            l.remove_all(&without.labels);
+            l
+        }
+    }
+}
+
+/// The running state of one group at one step.
+#[derive(Debug, Clone, Copy, Default)]
+struct Fold {
+    count: usize,
+    value: f64,
+    mean: f64,
+}
+
+impl Fold {
+    fn add(&mut self, op: u16, v: f64) {
+        self.count += 1;
+        if self.count == 1 {
+            self.value = match op {
+                _ if op == T_STDDEV || op == T_STDVAR => 0.0,
+                _ => v,
+            };
+            self.mean = v;
+            return;
+        }
+        let n = self.count as f64;
+        match op {
+            _ if op == T_SUM => self.value += v,
+            _ if op == T_MAX => {
+                if self.value < v || self.value.is_nan() {
+                    self.value = v;
+                }
+            }
+            _ if op == T_MIN => {
+                if self.value > v || self.value.is_nan() {
+                    self.value = v;
+                }
+            }
+            _ if op == T_AVG => {
+                if self.mean.is_infinite() {
+                    if v.is_infinite() && (self.mean > 0.0) == (v > 0.0) {
+                        return;
+                    }
+                    if !v.is_infinite() && !v.is_nan() {
+                        return;
+                    }
+                }
+                self.mean += v / n - self.mean / n;
+            }
+            _ if op == T_STDDEV || op == T_STDVAR => {
+                let delta = v - self.mean;
+                self.mean += delta / n;
+                self.value += delta * (v - self.mean);
+            }
+            _ => {}
+        }
+    }
+
+    fn result(&self, op: u16) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let n = self.count as f64;
+        Some(match op {
+            _ if op == T_AVG => self.mean,
+            _ if op == T_COUNT => n,
+            _ if op == T_GROUP => 1.0,
+            _ if op == T_STDVAR => self.value / n,
+            _ if op == T_STDDEV => (self.value / n).sqrt(),
+            _ => self.value,
+        })
+    }
+}
+
+/// `topk(k, v)` / `bottomk(k, v)`: at each step, the `k` largest (smallest) values of each
+/// group keep their series; ties and NaN as Prometheus orders them (a NaN loses to any
+/// number). An instant query's answer is ordered by group, then value.
+fn top_k(
+    mut series: Vec<StepSeries>,
+    modifier: Option<&LabelModifier>,
+    k: &[f64],
+    largest: bool,
+    steps: &Steps,
+) -> Vec<StepSeries> {
+    let keys: Vec<LabelSet> = series
+        .iter()
+        .map(|s| grouping_labels(&s.labels, modifier))
+        .collect();
+    let mut kept = vec![vec![false; steps.count]; series.len()];
+    let mut members: HashMap<&LabelSet, Vec<usize>> = HashMap::new();
+    for (i, key) in keys.iter().enumerate() {
+        members.entry(key).or_default().push(i);
+    }
+    let better = |a: f64, b: f64| -> bool {
+        // Whether `a` ranks before `b`.
+        match (a.is_nan(), b.is_nan()) {
+            (false, true) => true,
+            (_, false) if a.is_nan() => false,
+            (true, true) => false,
+            _ if largest => a > b,
+            _ => a < b,
+        }
+    };
+    let mut order: Vec<usize> = Vec::new();
+    for step in 0..steps.count {
+        // Prometheus converts k to an integer and clamps it to the input size.
+        let want = if k[step].is_nan() || k[step] < 1.0 {
+            0
+        } else {
+            k[step].min(series.len() as f64) as usize
+        };
+        if want == 0 {
+            continue;
+        }
+        for indices in members.values() {
+            order.clear();
+            order.extend(indices.iter().copied().filter(|&i| series[i].values[step].is_some()));
+            order.sort_by(|&a, &b| {
+                let (x, y) = (
+                    series[a].values[step].unwrap_or(f64::NAN),
+                    series[b].values[step].unwrap_or(f64::NAN),
+                );
+                if better(x, y) {
+                    std::cmp::Ordering::Less
+                } else if better(y, x) {
+                    std::cmp::Ordering::Greater
+                } else {
+                    series[a].labels.cmp(&series[b].labels)
+                }
+            });
+            for &i in order.iter().take(want) {
+                kept[i][step] = true;
+            }
+        }
+    }
+    for (s, keep) in series.iter_mut().zip(&kept) {
+        for (v, &k) in s.values.iter_mut().zip(keep) {
+            if !k {
+                *v = None;
+            }
+        }
+    }
+    let mut out: Vec<(LabelSet, StepSeries)> = series
+        .into_iter()
+        .zip(keys)
+        .filter(|(s, _)| s.values.iter().any(Option::is_some))
+        .map(|(s, k)| (k, s))
+        .collect();
+    // For an instant query: by group, then the order the values rank in.
+    out.sort_by(|(ka, a), (kb, b)| {
+        ka.cmp(kb).then_with(|| {
+            let (x, y) = (
+                a.values[0].unwrap_or(f64::NAN),
+                b.values[0].unwrap_or(f64::NAN),
+            );
+            if better(x, y) {
+                std::cmp::Ordering::Less
+            } else if better(y, x) {
+                std::cmp::Ordering::Greater
+            } else {
+                a.labels.cmp(&b.labels)
+            }
+        })
+    });
+    out.into_iter().map(|(_, s)| s).collect()
+}
+
+/// `count_values("label", v)`: per group and distinct value, how many series have it, the
+/// value written into `label`.
+fn count_values(
+    series: Vec<StepSeries>,
+    modifier: Option<&LabelModifier>,
+    label: &str,
+    steps: &Steps,
+) -> Vec<StepSeries> {
+    let mut index: HashMap<LabelSet, usize> = HashMap::new();
+    let mut out: Vec<StepSeries> = Vec::new();
+    for step in 0..steps.count {
+        for s in &series {
+            let Some(v) = s.values[step] else { continue };
+            let mut labels = s.labels.clone();
+            labels.set(label, go_format_float(v));
+            let key = match modifier {
+                Some(LabelModifier::Include(by)) => {
+                    let mut keep = by.labels.clone();
+                    keep.push(label.to_owned());
+                    labels.keep_only(&keep);
+                    labels
+                }
+                Some(LabelModifier::Exclude(without)) => {
+                    let mut l = labels.without_metric_name();
+                    l.remove_all(&without.labels);
+                    l
+                }
+                None => {
+                    let mut l = LabelSet::empty();
+                    l.set(label, go_format_float(v));
+                    l
+                }
+            };
+            let next = out.len();
+            let i = *index.entry(key.clone()).or_insert(next);
+            if i == next {
+                out.push(StepSeries {
+                    labels: key,
+                    values: vec![None; steps.count],
+                });
+            }
+            let slot = &mut out[i].values[step];
+            *slot = Some(slot.unwrap_or(0.0) + 1.0);
+        }
+    }
+    let _ = METRIC_NAME;
+    out
+}
+
+/// A float as Go's `strconv.FormatFloat(v, 'f', -1, 64)` writes it.
+fn go_format_float(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else {
+        format!("{v}")
+    }
+}

@@ -1,0 +1,221 @@
+//! The query entry points: instant and range queries over a [`SeriesSource`].
+//!
+//! An instant query is evaluated as a range query of one step; the answer's shape follows
+//! the expression's type as Prometheus' API gives it (`scalar`, `string`, `vector`, or
+//! `matrix` for a range vector). A range query must be a scalar or an instant vector and
+//! always answers a `matrix`, series sorted by labels, each with the steps it has a value at.
+
+use std::time::{Duration, Instant};
+
+use promql_parser::parser::{self, Expr};
+
+use crate::error::{QueryError, Result};
+use crate::eval::{Evaluator, Limits, Steps, duration_ms};
+use crate::functions::window;
+use crate::labels::LabelSet;
+use crate::source::SeriesSource;
+use crate::value::{QueryValue, Sample, SeriesPoints, Value};
+
+/// Prometheus' lookback delta default.
+pub const DEFAULT_LOOKBACK: Duration = Duration::from_secs(5 * 60);
+
+/// The most points a range query may return per series (Prometheus' limit).
+pub const MAX_POINTS_PER_SERIES: i64 = 11_000;
+
+/// Evaluates PromQL. Holds only settings: cheap to clone, shared by all queries.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    lookback_ms: i64,
+    max_samples: usize,
+    max_series: usize,
+    timeout: Option<Duration>,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        let limits = Limits::default();
+        Engine {
+            lookback_ms: duration_ms(DEFAULT_LOOKBACK),
+            max_samples: limits.max_samples,
+            max_series: limits.max_series,
+            timeout: None,
+        }
+    }
+}
+
+impl Engine {
+    /// An engine with Prometheus' defaults: five-minute lookback, 50M samples, no timeout.
+    pub fn new() -> Engine {
+        Engine::default()
+    }
+
+    /// How far back an instant selector looks for a sample (at least 1 ms).
+    pub fn with_lookback(mut self, lookback: Duration) -> Engine {
+        self.lookback_ms = duration_ms(lookback).max(1);
+        self
+    }
+
+    /// The most samples a query may hold at once.
+    pub fn with_max_samples(mut self, max_samples: usize) -> Engine {
+        self.max_samples = max_samples;
+        self
+    }
+
+    /// The most series a query may read.
+    pub fn with_max_series(mut self, max_series: usize) -> Engine {
+        self.max_series = max_series;
+        self
+    }
+
+    /// How long a query may run.
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> Engine {
+        self.timeout = timeout;
+        self
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_samples: self.max_samples,
+            max_series: self.max_series,
+            deadline: self.timeout.map(|t| Instant::now() + t),
+        }
+    }
+
+    /// Evaluates `query` at `time_ms`.
+    ///
+    /// # Errors
+    ///
+    /// [`QueryError::BadData`] when the query does not parse or is not valid PromQL, the
+    /// limits' errors, [`QueryError::Execution`] for evaluation errors, storage errors.
+    pub fn instant_query(
+        &self,
+        source: &dyn SeriesSource,
+        query: &str,
+        time_ms: i64,
+    ) -> Result<QueryValue> {
+        let expr = parse(query)?;
+        let steps = Steps {
+            start: time_ms,
+            step: 1,
+            count: 1,
+        };
+        let mut ev = Evaluator::new(source, self.limits(), self.lookback_ms, time_ms, time_ms);
+        Ok(match ev.eval(&expr, &steps)? {
+            Value::Scalar(v) => QueryValue::Scalar {
+                timestamp_ms: time_ms,
+                value: v[0],
+            },
+            Value::String(s) => QueryValue::String {
+                timestamp_ms: time_ms,
+                value: s,
+            },
+            Value::Vector(series) => QueryValue::Vector(
+                series
+                    .into_iter()
+                    .filter_map(|s| {
+                        s.values[0].map(|value| Sample {
+                            labels: s.labels,
+                            timestamp_ms: time_ms,
+                            value,
+                        })
+                    })
+                    .collect(),
+            ),
+            Value::Range(range) => {
+                let end = range.window_ends[0];
+                let mut out: Vec<SeriesPoints> = range
+                    .series
+                    .into_iter()
+                    .filter_map(|s| {
+                        let points = window(&s.points, end - range.range_ms, end).to_vec();
+                        (!points.is_empty()).then_some(SeriesPoints {
+                            labels: s.labels,
+                            points,
+                        })
+                    })
+                    .collect();
+                out.sort_by(|a, b| a.labels.cmp(&b.labels));
+                QueryValue::Matrix(out)
+            }
+        })
+    }
+
+    /// Evaluates `query` at `start_ms`, `start_ms + step_ms`, … up to `end_ms`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`instant_query`](Self::instant_query); also [`QueryError::BadData`] when
+    /// `end_ms < start_ms`, `step_ms <= 0`, more than [`MAX_POINTS_PER_SERIES`] steps, or the
+    /// expression is not a scalar or an instant vector.
+    pub fn range_query(
+        &self,
+        source: &dyn SeriesSource,
+        query: &str,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+    ) -> Result<QueryValue> {
+        if end_ms < start_ms {
+            return Err(QueryError::BadData(
+                "end timestamp must not be before start time".into(),
+            ));
+        }
+        if step_ms <= 0 {
+            return Err(QueryError::BadData(
+                "zero or negative query resolution step widths are not accepted. \
+                 Try a positive integer"
+                    .into(),
+            ));
+        }
+        let count = (i128::from(end_ms) - i128::from(start_ms)) / i128::from(step_ms) + 1;
+        if count > i128::from(MAX_POINTS_PER_SERIES) {
+            return Err(QueryError::BadData(format!(
+                "exceeded maximum resolution of {MAX_POINTS_PER_SERIES} points per timeseries. \
+                 Try decreasing the query resolution (?step=XX)"
+            )));
+        }
+        let expr = parse(query)?;
+        let steps = Steps {
+            start: start_ms,
+            step: step_ms,
+            count: count as usize,
+        };
+        let mut ev = Evaluator::new(source, self.limits(), self.lookback_ms, start_ms, end_ms);
+        let series = match ev.eval(&expr, &steps)? {
+            Value::Scalar(values) => vec![crate::value::StepSeries {
+                labels: LabelSet::empty(),
+                values: values.into_iter().map(Some).collect(),
+            }],
+            Value::Vector(series) => series,
+            other => {
+                return Err(QueryError::BadData(format!(
+                    "invalid expression type {:?} for range query, must be Scalar or instant \
+                     Vector",
+                    other.type_name()
+                )));
+            }
+        };
+        let mut out: Vec<SeriesPoints> = series
+            .into_iter()
+            .filter_map(|s| {
+                let points: Vec<(i64, f64)> = s
+                    .values
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, v)| v.map(|v| (steps.time(i), v)))
+                    .collect();
+                (!points.is_empty()).then_some(SeriesPoints {
+                    labels: s.labels,
+                    points,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(QueryValue::Matrix(out))
+    }
+}
+
+/// Parses a query; a parse error is `bad_data`.
+pub fn parse(query: &str) -> Result<Expr> {
+    parser::parse(query).map_err(|e| QueryError::BadData(format!("{} (in {query:?})", e.trim())))
+}
