@@ -152,6 +152,10 @@ pub struct QueryLimits {
     /// 50000000, Prometheus's `--query.max-samples`).
     #[serde(default = "default_query_samples")]
     pub max_samples: usize,
+    /// Series a query may read, all its selectors together; beyond, 422 `execution`
+    /// (default 1000000).
+    #[serde(default = "default_query_series")]
+    pub max_series: usize,
     /// A query running longer is stopped: 503 `timeout` (default 2m, `--query.timeout`).
     #[serde(default = "default_query_timeout", with = "m3_config::duration")]
     pub timeout: Duration,
@@ -165,6 +169,7 @@ impl Default for QueryLimits {
     fn default() -> Self {
         QueryLimits {
             max_samples: default_query_samples(),
+            max_series: default_query_series(),
             timeout: default_query_timeout(),
             max_concurrency: default_query_concurrency(),
         }
@@ -232,6 +237,9 @@ fn default_label_value_length() -> usize {
 }
 fn default_query_samples() -> usize {
     50_000_000
+}
+fn default_query_series() -> usize {
+    1_000_000
 }
 fn default_query_timeout() -> Duration {
     Duration::from_secs(120)

@@ -15,33 +15,41 @@
 //! `application/x-www-form-urlencoded` body (body values first, as Prometheus reads them).
 //! Times are RFC 3339 (`2024-05-01T12:00:00.5Z`) or Unix seconds with an optional fraction
 //! (`1714564800.5`); durations are seconds (`15`, `0.5`) or duration strings (`15s`, `1m30s`).
-//! The PromQL itself is evaluated by `m3_storage`'s engine, which supports selectors only, and
-//! `match[]` is read by [`m3_storage::parse_series_selector`], so both follow one parser's rules.
+//! The PromQL itself is evaluated by [`m3_query`]'s engine (all of PromQL, checked against
+//! Prometheus; see docs/promql.md), and `match[]` is read by
+//! [`m3_storage::parse_series_selector`] with the same parser.
 //!
 //! # Which namespace is read
 //!
-//! Every request reads exactly one namespace, chosen from two of M3's headers:
+//! Every request reads exactly one namespace, chosen as M3's coordinator chooses: by how far
+//! back the request reaches, unless two of M3's headers name one.
 //!
 //! ```text
 //! M3-Metrics-Type   M3-Storage-Policy   namespace read
 //! ───────────────   ─────────────────   ────────────────────────────────────────────────────
-//! (absent)          (absent)            the unaggregated one; if none, the only aggregated one
+//! (absent)          (absent)            by range: the unaggregated one while the request's
+//!                                       start is within its retention, otherwise the
+//!                                       aggregated one of finest resolution whose retention
+//!                                       covers the start (the longest retention if none does)
 //! unaggregated      (absent)            the unaggregated one
-//! aggregated        (absent)            the only aggregated one (several → 400, name a policy)
+//! aggregated        (absent)            by range among the aggregated ones
 //! aggregated        10s:2d              the aggregated one with window 10s and retention 2d
 //! (absent)          10s:2d              as for `aggregated`
 //! unaggregated      10s:2d              400: a policy only applies to aggregated data
 //! ```
 //!
-//! An unknown metrics type, a policy that does not parse or that no namespace has is a `400`
-//! naming the header and, where it helps, the namespaces that are configured.
+//! The request's start is a range query's `start`, an instant query's `time`, and the `start`
+//! of the metadata endpoints (now when they give none). An unknown metrics type, a policy that
+//! does not parse or that no namespace has is a `400` naming the header and, where it helps,
+//! the namespaces that are configured.
 //!
 //! # Responses
 //!
 //! Exactly Prometheus' envelope: `{"status":"success","data":…}` on success, and on failure
-//! `{"status":"error","errorType":"bad_data","error":"<reason>"}` with `400` when the request is
-//! at fault, or `errorType` `internal` with `500` when the store failed. `ApiError::classify`
-//! is the one place that decides between the two; only `500`s are logged at error level.
+//! `{"status":"error","errorType":…,"error":"<reason>"}` with Prometheus' classes: `400
+//! bad_data` when the request is at fault, `422 execution` when a valid query cannot be
+//! computed (a limit, colliding series), `503 timeout`, `500 internal` when the store failed.
+//! `ApiError::classify` is the one place that decides; only `500`s are logged at error level.
 //!
 //! Store calls are synchronous (they read blocks from disk), so each runs on tokio's blocking pool rather than on a
 //! runtime worker.
@@ -60,7 +68,8 @@ use axum::{Json, Router};
 use serde::Serialize;
 
 use m3_metric::StoragePolicy;
-use m3_storage::{Labels, Matcher, QueryEngine, QueryResult, Store};
+use m3_query::{Engine, NamespaceSource, QueryError, QueryValue};
+use m3_storage::{Labels, Matcher, Store};
 
 use crate::config::ValidNamespace;
 use crate::limits::QueryLimits;
@@ -98,6 +107,9 @@ pub struct QueryState {
     pub limits: QueryLimits,
     /// Queries evaluated at once; the others wait in line within their timeout.
     pub slots: Arc<tokio::sync::Semaphore>,
+    /// The current time in Unix milliseconds: what the namespace choice measures retention
+    /// from (a fixed clock in tests).
+    pub clock: fn() -> i64,
 }
 
 impl QueryState {
@@ -108,19 +120,25 @@ impl QueryState {
             namespaces,
             slots: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrency.max(1))),
             limits,
+            clock: now_ms,
         }
     }
 
     /// Waits for an evaluation slot, within the query's deadline, and the engine to evaluate
     /// with.
-    async fn engine(&self) -> Result<(tokio::sync::OwnedSemaphorePermit, QueryEngine), ApiError> {
-        let deadline = std::time::Instant::now() + self.limits.timeout;
+    async fn engine(&self) -> Result<(tokio::sync::OwnedSemaphorePermit, Engine), ApiError> {
+        let started = std::time::Instant::now();
         let permit = self.slot().await?;
-        let engine = QueryEngine::new(self.store.clone()).with_limits(m3_storage::QueryLimits {
-            max_samples: self.limits.max_samples,
-            deadline: Some(deadline),
-        });
+        let engine = Engine::new()
+            .with_max_samples(self.limits.max_samples)
+            .with_max_series(self.limits.max_series)
+            .with_timeout(Some(self.limits.timeout.saturating_sub(started.elapsed())));
         Ok((permit, engine))
+    }
+
+    /// The namespace a request starting at `start_ms` reads (see the [module docs](self)).
+    fn namespace(&self, headers: &HeaderMap, start_ms: i64) -> Result<String, ApiError> {
+        choose_namespace(&self.namespaces, headers, start_ms, (self.clock)()).map(|ns| ns.name.clone())
     }
 
     /// Waits for an evaluation slot, within the query timeout. Metadata requests (`/labels`,
@@ -183,16 +201,16 @@ async fn instant_query(
     State(state): Shared,
     headers: HeaderMap,
     params: Params,
-) -> Result<Json<Success<QueryResult>>, ApiError> {
-    let namespace = choose_namespace(&state.namespaces, &headers)?.name.clone();
+) -> Result<Json<Success<QueryValue>>, ApiError> {
     let query = params.first("query").unwrap_or_default().to_string();
     let time = match params.first("time") {
         Some(text) => parse_time("time", text)?,
-        None => now_ms(),
+        None => (state.clock)(),
     };
+    let source = NamespaceSource::new(state.store.clone(), state.namespace(&headers, time)?);
     let (permit, engine) = state.engine().await?;
     let result = blocking(move || {
-        let result = engine.instant_query(&namespace, &query, time);
+        let result = engine.instant_query(&source, &query, time);
         drop(permit);
         result
     })
@@ -204,15 +222,15 @@ async fn range_query(
     State(state): Shared,
     headers: HeaderMap,
     params: Params,
-) -> Result<Json<Success<QueryResult>>, ApiError> {
-    let namespace = choose_namespace(&state.namespaces, &headers)?.name.clone();
+) -> Result<Json<Success<QueryValue>>, ApiError> {
     let query = params.first("query").unwrap_or_default().to_string();
     let start = parse_time("start", params.first("start").unwrap_or_default())?;
     let end = parse_time("end", params.first("end").unwrap_or_default())?;
     let step = parse_duration_ms("step", params.first("step").unwrap_or_default())?;
+    let source = NamespaceSource::new(state.store.clone(), state.namespace(&headers, start)?);
     let (permit, engine) = state.engine().await?;
     let result = blocking(move || {
-        let result = engine.range_query(&namespace, &query, start, end, step);
+        let result = engine.range_query(&source, &query, start, end, step);
         drop(permit);
         result
     })
@@ -225,12 +243,12 @@ async fn label_names(
     headers: HeaderMap,
     params: Params,
 ) -> Result<Json<Success<Vec<String>>>, ApiError> {
-    let namespace = choose_namespace(&state.namespaces, &headers)?.name.clone();
     let (start, end) = params.time_range()?;
+    let namespace = state.namespace(&headers, metadata_start(start, (state.clock)()))?;
     let selectors = params.selectors()?;
     let _slot = state.slot().await?;
     let store = state.store.clone();
-    let names = blocking(move || {
+    let names = blocking(move || -> m3_storage::Result<_> {
         if selectors.is_empty() {
             return store.label_names(&namespace, &[], start, end);
         }
@@ -251,12 +269,12 @@ async fn label_values(
     params: Params,
 ) -> Result<Json<Success<Vec<String>>>, ApiError> {
     let Path(name) = name.map_err(|e| ApiError::BadData(e.body_text()))?;
-    let namespace = choose_namespace(&state.namespaces, &headers)?.name.clone();
     let (start, end) = params.time_range()?;
+    let namespace = state.namespace(&headers, metadata_start(start, (state.clock)()))?;
     let selectors = params.selectors()?;
     let _slot = state.slot().await?;
     let store = state.store.clone();
-    let values = blocking(move || {
+    let values = blocking(move || -> m3_storage::Result<_> {
         if selectors.is_empty() {
             return store.label_values(&namespace, &name, &[], start, end);
         }
@@ -275,15 +293,15 @@ async fn series(
     headers: HeaderMap,
     params: Params,
 ) -> Result<Json<Success<Vec<Labels>>>, ApiError> {
-    let namespace = choose_namespace(&state.namespaces, &headers)?.name.clone();
     let (start, end) = params.time_range()?;
+    let namespace = state.namespace(&headers, metadata_start(start, (state.clock)()))?;
     let selectors = params.selectors()?;
     if selectors.is_empty() {
         return Err(ApiError::BadData("no match[] parameter provided".into()));
     }
     let _slot = state.slot().await?;
     let store = state.store.clone();
-    let found = blocking(move || {
+    let found = blocking(move || -> m3_storage::Result<_> {
         let mut all = BTreeSet::new();
         for matchers in &selectors {
             all.extend(store.series(&namespace, matchers, start, end)?);
@@ -294,14 +312,20 @@ async fn series(
     Ok(success(found))
 }
 
-/// Runs a store call on the blocking pool.
-async fn blocking<T, F>(call: F) -> Result<T, ApiError>
+/// Where a metadata request without `start` reaches back to, for the namespace choice: now.
+fn metadata_start(start: i64, now: i64) -> i64 {
+    if start == MIN_TIME_MS { now } else { start }
+}
+
+/// Runs a store or engine call on the blocking pool.
+async fn blocking<T, E, F>(call: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
-    F: FnOnce() -> m3_storage::Result<T> + Send + 'static,
+    E: Into<ApiError> + Send + 'static,
+    F: FnOnce() -> Result<T, E> + Send + 'static,
 {
     match tokio::task::spawn_blocking(call).await {
-        Ok(result) => result.map_err(ApiError::Storage),
+        Ok(result) => result.map_err(Into::into),
         Err(e) => Err(ApiError::Internal(format!(
             "query task did not finish: {e}"
         ))),
@@ -317,9 +341,27 @@ enum ApiError {
     /// The store refused the call; [`m3_storage::Error::is_bad_input`] says whose fault it was.
     #[error(transparent)]
     Storage(m3_storage::Error),
+    /// The query engine refused or failed; it names its class.
+    #[error(transparent)]
+    Query(QueryError),
     /// Something on our side failed outside the store.
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<m3_storage::Error> for ApiError {
+    fn from(e: m3_storage::Error) -> ApiError {
+        ApiError::Storage(e)
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> ApiError {
+        match e {
+            QueryError::Storage(e) => ApiError::Storage(e),
+            other => ApiError::Query(other),
+        }
+    }
 }
 
 impl ApiError {
@@ -336,6 +378,10 @@ impl ApiError {
             ApiError::Storage(m3_storage::Error::Timeout) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "timeout")
             }
+            ApiError::Query(e) => (
+                StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                e.error_type(),
+            ),
             ApiError::Storage(_) | ApiError::Internal(_) => INTERNAL,
         }
     }
@@ -372,6 +418,8 @@ impl IntoResponse for ApiError {
 fn choose_namespace<'a>(
     namespaces: &'a [ValidNamespace],
     headers: &HeaderMap,
+    start_ms: i64,
+    now_ms: i64,
 ) -> Result<&'a ValidNamespace, ApiError> {
     let metrics_type = header_text(headers, METRICS_TYPE_HEADER)?;
     let policy = match header_text(headers, STORAGE_POLICY_HEADER)? {
@@ -404,7 +452,15 @@ fn choose_namespace<'a>(
         None => policy.is_some(),
     };
 
-    if !want_aggregated && let Some(ns) = unaggregated() {
+    // How far back a namespace keeps data; a request reaching further back needs a longer one.
+    let covers = |ns: &ValidNamespace| {
+        let retention_ms = i64::try_from(ns.retention.as_millis()).unwrap_or(i64::MAX);
+        start_ms >= now_ms.saturating_sub(retention_ms)
+    };
+    if !want_aggregated
+        && let Some(ns) = unaggregated()
+        && (covers(ns) || aggregated.clone().next().is_none())
+    {
         return Ok(ns);
     }
     let configured = || {
@@ -434,18 +490,19 @@ fn choose_namespace<'a>(
                 ))
             });
     }
-    let mut candidates = aggregated.clone();
-    match (candidates.next(), candidates.next()) {
-        (Some(only), None) => Ok(only),
-        (None, _) if want_aggregated => Err(ApiError::BadData(
-            "no aggregated namespace is configured".into(),
-        )),
-        (None, _) => Err(ApiError::BadData("no namespace is configured".into())),
-        (Some(_), Some(_)) => Err(ApiError::BadData(format!(
-            "several aggregated namespaces are configured ({}): choose one with the \
-             {STORAGE_POLICY_HEADER} header",
+    let resolution = |ns: &ValidNamespace| ns.policy.map(|p| p.resolution.window);
+    let finest_covering = aggregated
+        .clone()
+        .filter(|ns| covers(ns))
+        .min_by_key(|ns| resolution(ns));
+    let longest_kept = || aggregated.clone().max_by_key(|ns| ns.retention);
+    match finest_covering.or_else(longest_kept) {
+        Some(ns) => Ok(ns),
+        None if want_aggregated => Err(ApiError::BadData(format!(
+            "no aggregated namespace is configured (configured aggregated namespaces: {})",
             configured()
         ))),
+        None => Err(ApiError::BadData("no namespace is configured".into())),
     }
 }
 
@@ -757,15 +814,53 @@ mod tests {
         store
             .write_series("agg_1m", &cpu, &[(1_020_000, 600.0)])
             .unwrap();
-        QueryState::new(
-            store,
-            vec![
-                valid("default", None),
-                valid("agg_10s", Some("10s:2d")),
-                valid("agg_1m", Some("1m:40d")),
-            ],
-            QueryLimits::default(),
-        )
+        QueryState {
+            // "Now" is just after the data: every namespace still holds all of it.
+            clock: || FIXTURE_NOW_MS,
+            ..QueryState::new(
+                store,
+                vec![
+                    valid("default", None),
+                    valid("agg_10s", Some("10s:2d")),
+                    valid("agg_1m", Some("1m:40d")),
+                ],
+                QueryLimits::default(),
+            )
+        }
+    }
+
+    /// The fixture's clock.
+    const FIXTURE_NOW_MS: i64 = 1_600_000;
+
+    /// Without headers, the namespace follows how far back the query reaches: the raw one while
+    /// its retention (2d) covers the start, then the finest aggregated one that covers it
+    /// (10s:2d cannot, 1m:40d can), then the one that keeps data longest.
+    #[test]
+    fn namespace_follows_the_range_without_headers() {
+        let dir = TempDir::new();
+        let state = fixture(&dir);
+        let headers = HeaderMap::new();
+        let day = 86_400_000;
+        let now = 100 * day;
+        let pick = |start: i64| {
+            choose_namespace(&state.namespaces, &headers, start, now)
+                .map(|ns| ns.name.clone())
+                .unwrap()
+        };
+        assert_eq!(pick(now), "default");
+        assert_eq!(pick(now - 2 * day), "default");
+        assert_eq!(pick(now - 2 * day - 1), "agg_1m");
+        assert_eq!(pick(now - 40 * day), "agg_1m");
+        assert_eq!(pick(now - 400 * day), "agg_1m", "the longest retention when none covers");
+        let mut aggregated = HeaderMap::new();
+        aggregated.insert(METRICS_TYPE_HEADER, "aggregated".parse().unwrap());
+        let pick_aggregated = |start: i64| {
+            choose_namespace(&state.namespaces, &aggregated, start, now)
+                .map(|ns| ns.name.clone())
+                .unwrap()
+        };
+        assert_eq!(pick_aggregated(now - day), "agg_10s", "the finest that covers");
+        assert_eq!(pick_aggregated(now - 3 * day), "agg_1m");
     }
 
     /// Queries over `maxConcurrency` wait in line rather than being refused, and one that
@@ -1161,7 +1256,7 @@ mod tests {
     async fn bad_headers_are_rejected() {
         let api = serve().await;
         let query = [("query", "cpu"), ("time", "1020")];
-        let cases: [(&[(&str, &str)], &str); 5] = [
+        let cases: [(&[(&str, &str)], &str); 4] = [
             (
                 &[(METRICS_TYPE_HEADER, "raw")],
                 "invalid M3-Metrics-Type header \"raw\"",
@@ -1177,10 +1272,6 @@ mod tests {
                 ],
                 "no aggregated namespace with storage policy 5m:1d \
                  (configured aggregated namespaces: 10s:2d, 1m:40d)",
-            ),
-            (
-                &[(METRICS_TYPE_HEADER, "aggregated")],
-                "several aggregated namespaces",
             ),
             (
                 &[
@@ -1275,11 +1366,11 @@ mod tests {
         let cases: [Case<'_>; 10] = [
             (
                 "/api/v1/query",
-                &[("query", "sum(cpu)"), ("time", "1020")],
-                "aggregations are not supported",
+                &[("query", "rate(cpu)"), ("time", "1020")],
+                r#"invalid parameter "query""#,
             ),
-            ("/api/v1/query", &[("query", "cpu{")], "bad query"),
-            ("/api/v1/query", &[("query", "")], "bad query"),
+            ("/api/v1/query", &[("query", "cpu{")], r#"invalid parameter "query""#),
+            ("/api/v1/query", &[("query", "")], r#"invalid parameter "query""#),
             (
                 "/api/v1/query",
                 &[("query", "cpu"), ("time", "yesterday")],
@@ -1361,17 +1452,17 @@ mod tests {
     fn default_namespace_without_an_unaggregated_one() {
         let only_agg = [valid("agg", Some("1m:40d"))];
         let none = HeaderMap::new();
-        assert_eq!(choose_namespace(&only_agg, &none).unwrap().name, "agg");
+        assert_eq!(choose_namespace(&only_agg, &none, 0, 0).unwrap().name, "agg");
         let mut unagg = HeaderMap::new();
         unagg.insert(
             METRICS_TYPE_HEADER,
             HeaderValue::from_static("unaggregated"),
         );
-        assert!(choose_namespace(&only_agg, &unagg).is_err());
-        assert!(choose_namespace(&[], &none).is_err());
+        assert!(choose_namespace(&only_agg, &unagg, 0, 0).is_err());
+        assert!(choose_namespace(&[], &none, 0, 0).is_err());
         let mut upper = HeaderMap::new();
         upper.insert(METRICS_TYPE_HEADER, HeaderValue::from_static("Aggregated"));
-        assert_eq!(choose_namespace(&only_agg, &upper).unwrap().name, "agg");
+        assert_eq!(choose_namespace(&only_agg, &upper, 0, 0).unwrap().name, "agg");
     }
 
     fn time(text: &str) -> Option<i64> {

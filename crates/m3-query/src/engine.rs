@@ -215,7 +215,8 @@ impl Engine {
     }
 }
 
-/// Parses a query; a parse error is `bad_data`.
+/// Parses a query; a parse error is `bad_data`, worded as Prometheus words it.
 pub fn parse(query: &str) -> Result<Expr> {
-    parser::parse(query).map_err(|e| QueryError::BadData(format!("{} (in {query:?})", e.trim())))
+    parser::parse(query)
+        .map_err(|e| QueryError::BadData(format!("invalid parameter \"query\": {}", e.trim())))
 }
