@@ -17,7 +17,7 @@
 //! (`1714564800.5`); durations are seconds (`15`, `0.5`) or duration strings (`15s`, `1m30s`).
 //! The PromQL itself is evaluated by [`m3_query`]'s engine (all of PromQL, checked against
 //! Prometheus; see docs/promql.md), and `match[]` is read by
-//! [`m3_storage::parse_series_selector`] with the same parser.
+//! [`m3_query::parse_series_selector`] with the same parser.
 //!
 //! # Which namespace is read
 //!
@@ -138,7 +138,8 @@ impl QueryState {
 
     /// The namespace a request starting at `start_ms` reads (see the [module docs](self)).
     fn namespace(&self, headers: &HeaderMap, start_ms: i64) -> Result<String, ApiError> {
-        choose_namespace(&self.namespaces, headers, start_ms, (self.clock)()).map(|ns| ns.name.clone())
+        choose_namespace(&self.namespaces, headers, start_ms, (self.clock)())
+            .map(|ns| ns.name.clone())
     }
 
     /// Waits for an evaluation slot, within the query timeout. Metadata requests (`/labels`,
@@ -146,7 +147,7 @@ impl QueryState {
     async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
         tokio::time::timeout(self.limits.timeout, Arc::clone(&self.slots).acquire_owned())
             .await
-            .map_err(|_| ApiError::Storage(m3_storage::Error::Timeout))?
+            .map_err(|_| ApiError::Query(QueryError::Timeout("waiting for a query slot")))?
             .map_err(|_| ApiError::Internal("the query API is shutting down".into()))
     }
 }
@@ -372,12 +373,6 @@ impl ApiError {
         match self {
             ApiError::BadData(_) => BAD_DATA,
             ApiError::Storage(e) if e.is_bad_input() => BAD_DATA,
-            ApiError::Storage(m3_storage::Error::TooManySamples { .. }) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "execution")
-            }
-            ApiError::Storage(m3_storage::Error::Timeout) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "timeout")
-            }
             ApiError::Query(e) => (
                 StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                 e.error_type(),
@@ -569,7 +564,7 @@ impl Params {
         self.0
             .iter()
             .filter(|(n, _)| n == "match[]")
-            .map(|(_, v)| m3_storage::parse_series_selector(v).map_err(ApiError::Storage))
+            .map(|(_, v)| m3_query::parse_series_selector(v).map_err(ApiError::from))
             .collect()
     }
 
@@ -851,7 +846,11 @@ mod tests {
         assert_eq!(pick(now - 2 * day), "default");
         assert_eq!(pick(now - 2 * day - 1), "agg_1m");
         assert_eq!(pick(now - 40 * day), "agg_1m");
-        assert_eq!(pick(now - 400 * day), "agg_1m", "the longest retention when none covers");
+        assert_eq!(
+            pick(now - 400 * day),
+            "agg_1m",
+            "the longest retention when none covers"
+        );
         let mut aggregated = HeaderMap::new();
         aggregated.insert(METRICS_TYPE_HEADER, "aggregated".parse().unwrap());
         let pick_aggregated = |start: i64| {
@@ -859,7 +858,11 @@ mod tests {
                 .map(|ns| ns.name.clone())
                 .unwrap()
         };
-        assert_eq!(pick_aggregated(now - day), "agg_10s", "the finest that covers");
+        assert_eq!(
+            pick_aggregated(now - day),
+            "agg_10s",
+            "the finest that covers"
+        );
         assert_eq!(pick_aggregated(now - 3 * day), "agg_1m");
     }
 
@@ -1369,8 +1372,16 @@ mod tests {
                 &[("query", "rate(cpu)"), ("time", "1020")],
                 r#"invalid parameter "query""#,
             ),
-            ("/api/v1/query", &[("query", "cpu{")], r#"invalid parameter "query""#),
-            ("/api/v1/query", &[("query", "")], r#"invalid parameter "query""#),
+            (
+                "/api/v1/query",
+                &[("query", "cpu{")],
+                r#"invalid parameter "query""#,
+            ),
+            (
+                "/api/v1/query",
+                &[("query", "")],
+                r#"invalid parameter "query""#,
+            ),
             (
                 "/api/v1/query",
                 &[("query", "cpu"), ("time", "yesterday")],
@@ -1452,7 +1463,10 @@ mod tests {
     fn default_namespace_without_an_unaggregated_one() {
         let only_agg = [valid("agg", Some("1m:40d"))];
         let none = HeaderMap::new();
-        assert_eq!(choose_namespace(&only_agg, &none, 0, 0).unwrap().name, "agg");
+        assert_eq!(
+            choose_namespace(&only_agg, &none, 0, 0).unwrap().name,
+            "agg"
+        );
         let mut unagg = HeaderMap::new();
         unagg.insert(
             METRICS_TYPE_HEADER,
@@ -1462,7 +1476,10 @@ mod tests {
         assert!(choose_namespace(&[], &none, 0, 0).is_err());
         let mut upper = HeaderMap::new();
         upper.insert(METRICS_TYPE_HEADER, HeaderValue::from_static("Aggregated"));
-        assert_eq!(choose_namespace(&only_agg, &upper, 0, 0).unwrap().name, "agg");
+        assert_eq!(
+            choose_namespace(&only_agg, &upper, 0, 0).unwrap().name,
+            "agg"
+        );
     }
 
     fn time(text: &str) -> Option<i64> {

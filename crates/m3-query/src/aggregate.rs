@@ -32,7 +32,13 @@ pub(crate) fn eval(ev: &mut Evaluator<'_>, agg: &AggregateExpr, steps: &Steps) -
     let modifier = agg.modifier.as_ref();
     if op == T_TOPK || op == T_BOTTOMK {
         let k = scalar_param(param, "k")?;
-        return Ok(Value::Vector(top_k(series, modifier, &k, op == T_TOPK, steps)));
+        return Ok(Value::Vector(top_k(
+            series,
+            modifier,
+            &k,
+            op == T_TOPK,
+            steps,
+        )));
     }
     if op == T_COUNT_VALUES {
         let Some(Value::String(label)) = param else {
@@ -40,7 +46,10 @@ pub(crate) fn eval(ev: &mut Evaluator<'_>, agg: &AggregateExpr, steps: &Steps) -
                 "count_values: expected a string parameter".into(),
             ));
         };
-        if !label.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        if !label
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             || !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         {
             return Err(QueryError::BadData(format!("invalid label name {label:?}")));
@@ -234,7 +243,12 @@ fn top_k(
         }
         for indices in members.values() {
             order.clear();
-            order.extend(indices.iter().copied().filter(|&i| series[i].values[step].is_some()));
+            order.extend(
+                indices
+                    .iter()
+                    .copied()
+                    .filter(|&i| series[i].values[step].is_some()),
+            );
             order.sort_by(|&a, &b| {
                 let (x, y) = (
                     series[a].values[step].unwrap_or(f64::NAN),

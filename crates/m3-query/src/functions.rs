@@ -59,7 +59,9 @@ pub(crate) fn call(ev: &mut Evaluator<'_>, call: &Call, steps: &Steps) -> Result
         "timestamp" => timestamp(ev, arg(0)?, steps)?,
         "absent" => {
             let series = ev.eval_vector(arg(0)?, steps)?;
-            absent(arg(0)?, steps, |i| series.iter().any(|s| s.values[i].is_some()))?
+            absent(arg(0)?, steps, |i| {
+                series.iter().any(|s| s.values[i].is_some())
+            })?
         }
         "absent_over_time" => {
             let range = ev.eval_range(arg(0)?, steps)?;
@@ -78,7 +80,10 @@ pub(crate) fn call(ev: &mut Evaluator<'_>, call: &Call, steps: &Steps) -> Result
             let desc = name == "sort_desc";
             // Only an instant query's order shows: sort by the first (only) step.
             series.sort_by(|a, b| {
-                let (x, y) = (a.values[0].unwrap_or(f64::NAN), b.values[0].unwrap_or(f64::NAN));
+                let (x, y) = (
+                    a.values[0].unwrap_or(f64::NAN),
+                    b.values[0].unwrap_or(f64::NAN),
+                );
                 match (x.is_nan(), y.is_nan()) {
                     (true, true) => std::cmp::Ordering::Equal,
                     (true, false) => std::cmp::Ordering::Less,
@@ -114,11 +119,15 @@ pub(crate) fn call(ev: &mut Evaluator<'_>, call: &Call, steps: &Steps) -> Result
         }
         "clamp_min" => {
             let lo = ev.eval_scalar(arg(1)?, steps)?;
-            map_values(ev.eval_vector(arg(0)?, steps)?, |v, i| Some(go_max(v, lo[i])))
+            map_values(ev.eval_vector(arg(0)?, steps)?, |v, i| {
+                Some(go_max(v, lo[i]))
+            })
         }
         "clamp_max" => {
             let hi = ev.eval_scalar(arg(1)?, steps)?;
-            map_values(ev.eval_vector(arg(0)?, steps)?, |v, i| Some(go_min(v, hi[i])))
+            map_values(ev.eval_vector(arg(0)?, steps)?, |v, i| {
+                Some(go_min(v, hi[i]))
+            })
         }
         "day_of_month" | "day_of_week" | "day_of_year" | "days_in_month" | "hour" | "minute"
         | "month" | "year" => {
@@ -333,9 +342,9 @@ fn range_function(
             Some(stats::incremental_mean(values(w)))
         }),
         "sum_over_time" => over(ev, range_arg(0)?, steps, false, |w| Some(values(w).sum())),
-        "count_over_time" => {
-            over(ev, range_arg(0)?, steps, false, |w| Some(w.points.len() as f64))
-        }
+        "count_over_time" => over(ev, range_arg(0)?, steps, false, |w| {
+            Some(w.points.len() as f64)
+        }),
         "min_over_time" => over(ev, range_arg(0)?, steps, false, |w| {
             values(w).reduce(|m, v| if v < m || m.is_nan() { v } else { m })
         }),
@@ -514,7 +523,12 @@ fn absent_labels(arg: &Expr) -> Result<LabelSet> {
 }
 
 /// A string argument.
-fn string_arg(ev: &mut Evaluator<'_>, arg: Option<&&Expr>, steps: &Steps, what: &str) -> Result<String> {
+fn string_arg(
+    ev: &mut Evaluator<'_>,
+    arg: Option<&&Expr>,
+    steps: &Steps,
+    what: &str,
+) -> Result<String> {
     match arg {
         Some(e) => match ev.eval(e, steps)? {
             Value::String(s) => Ok(s),
@@ -536,15 +550,20 @@ fn is_label_name(name: &str) -> bool {
 
 /// `label_replace(v, dst, replacement, src, regex)`.
 fn label_replace(ev: &mut Evaluator<'_>, args: &[&Expr], steps: &Steps) -> Result<Vec<StepSeries>> {
-    let series = ev.eval_vector(args.first().copied().ok_or_else(|| {
-        QueryError::BadData("label_replace(): expected 5 arguments".into())
-    })?, steps)?;
+    let series = ev.eval_vector(
+        args.first()
+            .copied()
+            .ok_or_else(|| QueryError::BadData("label_replace(): expected 5 arguments".into()))?,
+        steps,
+    )?;
     let dst = string_arg(ev, args.get(1), steps, "label_replace()")?;
     let replacement = string_arg(ev, args.get(2), steps, "label_replace()")?;
     let src = string_arg(ev, args.get(3), steps, "label_replace()")?;
     let pattern = string_arg(ev, args.get(4), steps, "label_replace()")?;
     let regex = Regex::new(&format!("^(?s:{pattern})$")).map_err(|e| {
-        QueryError::BadData(format!("invalid regular expression in label_replace(): {e}"))
+        QueryError::BadData(format!(
+            "invalid regular expression in label_replace(): {e}"
+        ))
     })?;
     if !is_label_name(&dst) {
         return Err(QueryError::BadData(format!(
@@ -566,9 +585,12 @@ fn label_replace(ev: &mut Evaluator<'_>, args: &[&Expr], steps: &Steps) -> Resul
 
 /// `label_join(v, dst, separator, src…)`.
 fn label_join(ev: &mut Evaluator<'_>, args: &[&Expr], steps: &Steps) -> Result<Vec<StepSeries>> {
-    let series = ev.eval_vector(args.first().copied().ok_or_else(|| {
-        QueryError::BadData("label_join(): expected at least 3 arguments".into())
-    })?, steps)?;
+    let series = ev.eval_vector(
+        args.first().copied().ok_or_else(|| {
+            QueryError::BadData("label_join(): expected at least 3 arguments".into())
+        })?,
+        steps,
+    )?;
     let dst = string_arg(ev, args.get(1), steps, "label_join()")?;
     let separator = string_arg(ev, args.get(2), steps, "label_join()")?;
     let mut sources = Vec::new();

@@ -48,9 +48,7 @@ impl LabelSet {
 
     /// The value of `name`, if set.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.position(name)
-            .ok()
-            .map(|i| self.0[i].1.as_str())
+        self.position(name).ok().map(|i| self.0[i].1.as_str())
     }
 
     /// Sets `name` to `value`; an empty value removes the label.

@@ -15,6 +15,7 @@
 //! | `stats` | numeric kernels computed in Prometheus' order of operations |
 //! | [`labels`], [`value`] | label sets and values as evaluation shapes them |
 //! | [`source`] | where series come from |
+//! | [`series_selector`] | the `match[]` parameter of the metadata endpoints |
 //! | [`error`] | failures in Prometheus' error classes |
 
 #![warn(missing_docs, unreachable_pub)]
@@ -26,6 +27,7 @@ pub mod error;
 mod eval;
 mod functions;
 pub mod labels;
+pub mod series_selector;
 pub mod source;
 mod stats;
 pub mod value;
@@ -34,5 +36,6 @@ pub use engine::{DEFAULT_LOOKBACK, Engine, MAX_POINTS_PER_SERIES, parse};
 pub use error::QueryError;
 pub use eval::{Limits, STALE_NAN_BITS, is_stale_marker};
 pub use labels::LabelSet;
+pub use series_selector::parse_series_selector;
 pub use source::{NamespaceSource, SeriesSource};
 pub use value::{QueryValue, Sample, SeriesPoints};

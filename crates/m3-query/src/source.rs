@@ -52,9 +52,12 @@ impl SeriesSource for NamespaceSource {
         end_ms: i64,
         each: &mut dyn FnMut(&Labels, &[(i64, f64)]) -> Result<()>,
     ) -> Result<()> {
-        self.store
-            .select_each(&self.namespace, matchers, start_ms, end_ms, |labels, samples| {
-                each(&labels, samples)
-            })
+        self.store.select_each(
+            &self.namespace,
+            matchers,
+            start_ms,
+            end_ms,
+            |labels, samples| each(&labels, samples),
+        )
     }
 }

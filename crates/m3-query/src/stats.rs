@@ -131,7 +131,13 @@ pub(crate) fn holt_winters(points: &[(i64, f64)], sf: f64, tf: f64) -> Option<f6
 pub(crate) fn parse_go_float(s: &str) -> Option<f64> {
     let lower = s.to_ascii_lowercase();
     match lower.trim_start_matches('+') {
-        "inf" | "infinity" => return Some(if lower.starts_with('-') { f64::NEG_INFINITY } else { f64::INFINITY }),
+        "inf" | "infinity" => {
+            return Some(if lower.starts_with('-') {
+                f64::NEG_INFINITY
+            } else {
+                f64::INFINITY
+            });
+        }
         "-inf" | "-infinity" => return Some(f64::NEG_INFINITY),
         "nan" => return Some(f64::NAN),
         _ => {}
@@ -225,7 +231,11 @@ pub(crate) fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 
 /// Days in `month` of `year`.
 pub(crate) fn days_in_month(year: i64, month: i64) -> i64 {
-    let (next_year, next_month) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+    let (next_year, next_month) = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
     days_from_civil(next_year, next_month, 1) - days_from_civil(year, month, 1)
 }
 

@@ -10,8 +10,8 @@
 //! `scalar` and `string` as `[t, "v"]`, `vector` and `matrix` as lists of
 //! `{"metric": …, "value"/"values": …}`.
 
-use m3_storage::result::Seconds;
 use m3_storage::Point;
+use m3_storage::result::Seconds;
 use serde::ser::{Serialize, SerializeStruct, SerializeTuple, Serializer};
 
 use crate::labels::LabelSet;

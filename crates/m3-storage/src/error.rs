@@ -86,35 +86,6 @@ pub enum Error {
         source: Box<regex::Error>,
     },
 
-    /// A query that cannot be parsed or whose parameters are inconsistent.
-    #[error("bad query: {0}")]
-    BadQuery(String),
-
-    /// A `match[]` parameter that is not a plain series selector (`up{job="api"}`): it does not
-    /// parse, or it is some other expression (a range, an offset, a function, an operator).
-    #[error("match[] must be a series selector, got {selector:?}: {reason}")]
-    NotSeriesSelector {
-        /// The text as given.
-        selector: String,
-        /// What it is instead, or why it does not parse.
-        reason: String,
-    },
-
-    /// A PromQL expression that parses but uses a feature the engine does not implement.
-    #[error("unsupported expression: {0}")]
-    Unsupported(String),
-
-    /// The query would hold more samples in memory than its limit (Prometheus's message).
-    #[error("query processing would load too many samples into memory in query execution")]
-    TooManySamples {
-        /// The limit (`limits.query.maxSamples`).
-        limit: usize,
-    },
-
-    /// The query ran past its deadline (Prometheus's message).
-    #[error("query timed out in query execution")]
-    Timeout,
-
     /// Bytes read back from disk that do not decode. Points at a bug or at disk corruption.
     #[error("corrupt {what} in the store: {detail}")]
     Corrupt {
@@ -135,16 +106,11 @@ impl Error {
             | Error::NoNamespaceFor { .. }
             | Error::InvalidLabels(_)
             | Error::InvalidRegex { .. }
-            | Error::BadQuery(_)
-            | Error::NotSeriesSelector { .. }
-            | Error::Unsupported(_)
             | Error::InvalidConfig { .. } => true,
             Error::Engine(_)
             | Error::OldFormat { .. }
             | Error::Unavailable(_)
-            | Error::Corrupt { .. }
-            | Error::TooManySamples { .. }
-            | Error::Timeout => false,
+            | Error::Corrupt { .. } => false,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The embedded time-series store of m3-rs and a PromQL-subset query engine over it.
+//! The embedded time-series store of m3-rs.
 //!
 //! The coordinator writes raw Prometheus samples into the *unaggregated* namespace and the
 //! aggregators' output into the *aggregated* namespace matching each storage policy; the HTTP
@@ -9,7 +9,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use m3_storage::{Labels, Matcher, NamespaceConfig, QueryResult, Store};
+//! use m3_storage::{Labels, Matcher, NamespaceConfig, Store};
 //!
 //! let dir = tempfile::tempdir()?;
 //! let store = Store::open(dir.path(), vec![
@@ -32,11 +32,10 @@
 //! assert_eq!(found.len(), 1);
 //! assert_eq!(found[0].samples, vec![(10_000, 1.0), (20_000, 1.0)]);
 //!
-//! // PromQL selectors, serialized the way Prometheus' HTTP API does.
-//! let result = store.instant_query("default", r#"up{job="db"}"#, 30_000)?;
+//! // Serialized the way Prometheus' HTTP API writes a matrix.
 //! assert_eq!(
-//!     serde_json::to_string(&result)?,
-//!     r#"{"resultType":"vector","result":[{"metric":{"__name__":"up","job":"db"},"value":[30,"0"]}]}"#
+//!     serde_json::to_string(&found)?,
+//!     r#"[{"metric":{"__name__":"up","job":"api"},"values":[[10,"1"],[20,"1"]]}]"#
 //! );
 //!
 //! // Retention, typically from a background task.
@@ -52,9 +51,7 @@
 //! * [`namespace`]: namespace configuration and lookups by name and storage policy.
 //! * [`store`]: opening the store, writing, flushing, compacting; the on-disk layout.
 //! * [`query`]: `select`, `series`, `label_names`, `label_values`.
-//! * [`promql`]: the PromQL subset (selectors) for instant and range queries, and
-//!   [`parse_series_selector`] for the `match[]` parameter of the metadata endpoints.
-//! * [`result`]: query results and their Prometheus JSON form.
+//! * [`result`]: read results and their Prometheus JSON form.
 //! * [`retention`]: deleting expired samples, once or from a background thread.
 //! * [`metrics`]: the store's self-metrics.
 //! * [`tsdb`]: the time-series engine under the store: chunks, the write-ahead log, the head,
@@ -62,20 +59,17 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
-pub mod budget;
 pub mod error;
 pub mod labels;
 pub mod matcher;
 pub mod metrics;
 pub mod namespace;
-pub mod promql;
 pub mod query;
 pub mod result;
 pub mod retention;
 pub mod store;
 pub mod tsdb;
 
-pub use budget::QueryLimits;
 pub use error::{Error, Result};
 pub use labels::{
     AsLabelsView, Labels, LabelsBatch, LabelsError, LabelsView, MAX_ENCODED_LABELS_BYTES,
@@ -84,9 +78,6 @@ pub use labels::{
 pub use matcher::{AnchoredRegex, Matcher};
 pub use metrics::StoreMetrics;
 pub use namespace::{NamespaceConfig, NamespaceKind, Namespaces};
-pub use promql::{
-    DEFAULT_LOOKBACK, QueryEngine, STALE_NAN_BITS, is_stale_marker, parse_series_selector,
-};
-pub use result::{InstantSample, Point, QueryResult, Series, format_value};
+pub use result::{Point, Series, format_value};
 pub use retention::{NamespaceRetention, RetentionReport, RetentionTask};
 pub use store::{SampleRef, Store, WriteSummary};

@@ -1,12 +1,9 @@
-//! Query results and their Prometheus JSON form.
+//! Read results and the pieces of Prometheus' JSON they are written with.
 //!
-//! A query answers with a [`QueryResult`], which serializes to the `data` member of Prometheus'
-//! HTTP API response, byte for byte the way Prometheus writes it:
-//!
-//! ```json
-//! {"resultType":"vector","result":[{"metric":{"__name__":"up"},"value":[1700000000.5,"1"]}]}
-//! {"resultType":"matrix","result":[{"metric":{"__name__":"up"},"values":[[1700000000,"1"],[1700000015,"0"]]}]}
-//! ```
+//! [`Series`] serializes as an element of a Prometheus matrix,
+//! `{"metric":{"__name__":"up"},"values":[[1700000000,"1"],[1700000015,"0"]]}`, and [`Point`]
+//! as one `[t, "v"]` pair; the query engine (`m3-query`) builds its answers from both, byte for
+//! byte the way Prometheus writes them.
 //!
 //! Two formatting rules come from Prometheus and matter to clients that compare strings:
 //!
@@ -19,72 +16,6 @@
 use serde::ser::{Serialize, SerializeStruct, SerializeTuple, Serializer};
 
 use crate::labels::Labels;
-
-/// The result of a PromQL query.
-#[derive(Debug, Clone, PartialEq)]
-pub enum QueryResult {
-    /// An instant vector: one sample per series, stamped with the evaluation time.
-    Vector(Vec<InstantSample>),
-    /// A range vector (instant query on `x[5m]`) or the result of a range query.
-    Matrix(Vec<Series>),
-}
-
-impl QueryResult {
-    /// `"vector"` or `"matrix"`, the `resultType` of Prometheus' API.
-    pub fn result_type(&self) -> &'static str {
-        match self {
-            QueryResult::Vector(_) => "vector",
-            QueryResult::Matrix(_) => "matrix",
-        }
-    }
-
-    /// The number of series in the result.
-    pub fn len(&self) -> usize {
-        match self {
-            QueryResult::Vector(v) => v.len(),
-            QueryResult::Matrix(m) => m.len(),
-        }
-    }
-
-    /// Whether no series matched.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl Serialize for QueryResult {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("QueryResult", 2)?;
-        s.serialize_field("resultType", self.result_type())?;
-        match self {
-            QueryResult::Vector(v) => s.serialize_field("result", v)?,
-            QueryResult::Matrix(m) => s.serialize_field("result", m)?,
-        }
-        s.end()
-    }
-}
-
-/// One element of an instant vector.
-///
-/// Serializes as `{"metric": {...}, "value": [t, "v"]}`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct InstantSample {
-    /// The series' labels.
-    pub labels: Labels,
-    /// The evaluation time (not the time of the underlying sample), Unix milliseconds.
-    pub timestamp_ms: i64,
-    /// The value.
-    pub value: f64,
-}
-
-impl Serialize for InstantSample {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("InstantSample", 2)?;
-        s.serialize_field("metric", &self.labels)?;
-        s.serialize_field("value", &Point(self.timestamp_ms, self.value))?;
-        s.end()
-    }
-}
 
 /// `[t, "v"]`: a timestamp in Unix milliseconds and a value, in Prometheus' JSON form.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -42,8 +42,8 @@
 //!
 //! # Reads
 //!
-//! Reading (`select`, `label_values`, ...) lives in [`crate::query`], PromQL in
-//! [`crate::promql`]; both read through [`Store::reader`].
+//! Reading (`select`, `label_values`, ...) lives in [`crate::query`] and reads through
+//! [`Store::reader`]; PromQL is evaluated over it by the `m3-query` crate.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

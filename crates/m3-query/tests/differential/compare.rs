@@ -30,7 +30,12 @@ async fn ask(client: &reqwest::Client, url: &str, params: &[(&str, String)]) -> 
     }
 }
 
-pub(crate) async fn prometheus_instant(client: &reqwest::Client, base: &str, query: &str, t: i64) -> Answer {
+pub(crate) async fn prometheus_instant(
+    client: &reqwest::Client,
+    base: &str,
+    query: &str,
+    t: i64,
+) -> Answer {
     ask(
         client,
         &format!("{base}/api/v1/query"),

@@ -181,18 +181,42 @@ fn hand_written() -> Vec<String> {
 fn generated() -> Vec<String> {
     let mut out = Vec::new();
     let range_functions = [
-        "rate", "increase", "irate", "delta", "idelta", "deriv", "changes", "resets",
-        "avg_over_time", "sum_over_time", "min_over_time", "max_over_time", "count_over_time",
-        "stddev_over_time", "last_over_time",
+        "rate",
+        "increase",
+        "irate",
+        "delta",
+        "idelta",
+        "deriv",
+        "changes",
+        "resets",
+        "avg_over_time",
+        "sum_over_time",
+        "min_over_time",
+        "max_over_time",
+        "count_over_time",
+        "stddev_over_time",
+        "last_over_time",
     ];
     for f in range_functions {
         for range in ["1m", "5m", "15m"] {
-            let metric = if matches!(f, "rate" | "increase" | "irate" | "resets") { C } else { G };
+            let metric = if matches!(f, "rate" | "increase" | "irate" | "resets") {
+                C
+            } else {
+                G
+            };
             out.push(format!("{f}({metric}[{range}])"));
         }
     }
-    let aggregations = ["sum", "avg", "min", "max", "count", "group", "stddev", "stdvar"];
-    let groupings = ["", " by (job)", " by (job, instance)", " without (instance)", " without (room, job)"];
+    let aggregations = [
+        "sum", "avg", "min", "max", "count", "group", "stddev", "stdvar",
+    ];
+    let groupings = [
+        "",
+        " by (job)",
+        " by (job, instance)",
+        " without (instance)",
+        " without (room, job)",
+    ];
     for agg in aggregations {
         for grouping in groupings {
             out.push(format!("{agg}{grouping} ({G})"));
@@ -204,19 +228,29 @@ fn generated() -> Vec<String> {
         out.push(format!("{G} {op} 3"));
         out.push(format!("2 {op} {G}"));
         out.push(format!("{G} {op} {G}"));
-        out.push(format!("sum by (job, room) ({G}) {op} on (job) group_left sum by (job) ({G})"));
-        out.push(format!("sum by (job) ({G}) {op} on (job) group_right sum by (job, room) ({G})"));
+        out.push(format!(
+            "sum by (job, room) ({G}) {op} on (job) group_left sum by (job) ({G})"
+        ));
+        out.push(format!(
+            "sum by (job) ({G}) {op} on (job) group_right sum by (job, room) ({G})"
+        ));
     }
     let comparisons = ["==", "!=", ">", "<", ">=", "<="];
     for op in comparisons {
         out.push(format!("{G} {op} 2"));
         out.push(format!("2 {op} {G}"));
         out.push(format!("{G} {op} bool 2"));
-        out.push(format!("{G} {op} ignoring (room) group_left avg without (room) ({G})"));
-        out.push(format!("{G} {op} bool on (job, instance, room) ({G} offset 1m)"));
+        out.push(format!(
+            "{G} {op} ignoring (room) group_left avg without (room) ({G})"
+        ));
+        out.push(format!(
+            "{G} {op} bool on (job, instance, room) ({G} offset 1m)"
+        ));
     }
     for q in ["0.1", "0.25", "0.5", "0.75", "0.95"] {
-        out.push(format!("histogram_quantile({q}, sum by (le, job) (rate({H}[5m])))"));
+        out.push(format!(
+            "histogram_quantile({q}, sum by (le, job) (rate({H}[5m])))"
+        ));
     }
     for k in ["1", "3"] {
         out.push(format!("topk({k}, rate({C}[5m]))"));

@@ -86,7 +86,8 @@ pub(crate) fn generate(start: i64, end: i64) -> Vec<GeneratedSeries> {
                         if i == reset_at {
                             value = rng.below(5) as f64;
                         } else {
-                            value += rng.below(20) as f64 + if rng.below(4) == 0 { 0.5 } else { 0.0 };
+                            value +=
+                                rng.below(20) as f64 + if rng.below(4) == 0 { 0.5 } else { 0.0 };
                         }
                         (t, value)
                     })
@@ -150,7 +151,11 @@ pub(crate) fn generate(start: i64, end: i64) -> Vec<GeneratedSeries> {
                     samples,
                 });
             }
-            let version = if instance == "a:9100" { "1.2.0" } else { "1.3.1" };
+            let version = if instance == "a:9100" {
+                "1.2.0"
+            } else {
+                "1.3.1"
+            };
             let times = scrape_times(&mut rng, start, end, phase + 4_000);
             out.push(GeneratedSeries {
                 labels: labels(&[
@@ -185,14 +190,26 @@ pub(crate) fn generate(start: i64, end: i64) -> Vec<GeneratedSeries> {
         samples,
     });
     // NaN and infinities.
-    for (instance, specials) in [("p", [f64::NAN, 3.0]), ("q", [f64::INFINITY, f64::NEG_INFINITY])] {
+    for (instance, specials) in [
+        ("p", [f64::NAN, 3.0]),
+        ("q", [f64::INFINITY, f64::NEG_INFINITY]),
+    ] {
         let times = scrape_times(&mut rng, start, end, 7_000);
         out.push(GeneratedSeries {
             labels: labels(&[("__name__", "m3q_special"), ("instance", instance)]),
             samples: times
                 .iter()
                 .enumerate()
-                .map(|(i, &t)| (t, if i % 7 == 3 { specials[i % 2] } else { i as f64 }))
+                .map(|(i, &t)| {
+                    (
+                        t,
+                        if i % 7 == 3 {
+                            specials[i % 2]
+                        } else {
+                            i as f64
+                        },
+                    )
+                })
                 .collect(),
         });
     }

@@ -120,7 +120,10 @@ async fn promql_answers_equal_prometheus() {
     let engine = Engine::new();
     let source = NamespaceSource::new(store.clone(), NAMESPACE);
     let instant_times = [end, end - 7 * 60_000 - 500, start + 3 * 60_000 + 250];
-    let ranges = [(start, end, 60_000), (start + 5 * 60_000, end - 60_000, 37_000)];
+    let ranges = [
+        (start, end, 60_000),
+        (start + 5 * 60_000, end - 60_000, 37_000),
+    ];
     let mut report = compare::Report::default();
     for query in corpus::queries() {
         for &t in &instant_times {

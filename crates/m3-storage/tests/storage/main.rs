@@ -3,7 +3,6 @@
 mod format;
 mod json;
 mod model;
-mod promql;
 mod read;
 mod retention;
 mod write;
