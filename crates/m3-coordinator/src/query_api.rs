@@ -7,9 +7,13 @@
 //! |---------------------------------|------------|---------------------------------------------|
 //! | `/api/v1/query`                 | GET, POST  | `query`, `time`                             |
 //! | `/api/v1/query_range`           | GET, POST  | `query`, `start`, `end`, `step`             |
-//! | `/api/v1/labels`                | GET, POST  | `match[]` (repeated), `start`, `end`        |
-//! | `/api/v1/label/{name}/values`   | GET        | `match[]` (repeated), `start`, `end`        |
-//! | `/api/v1/series`                | GET, POST  | `match[]` (repeated, required), `start`, `end` |
+//! | `/api/v1/labels`                | GET, POST  | `match[]` (repeated), `start`, `end`, `limit` |
+//! | `/api/v1/label/{name}/values`   | GET        | `match[]` (repeated), `start`, `end`, `limit` |
+//! | `/api/v1/series`                | GET, POST  | `match[]` (repeated, required), `start`, `end`, `limit` |
+//! | `/api/v1/status/buildinfo`      | GET        | (none)                                      |
+//! | `/api/v1/metadata`              | GET        | `metric`, `limit` (always `{}`: metadata is not stored) |
+//! | `/api/v1/query_exemplars`       | GET, POST  | `query`, `start`, `end` (always `[]`: exemplars are not stored) |
+//! | `/api/v1/format_query`          | GET, POST  | `query`                                     |
 //!
 //! Parameters come from the URL query string and, for POST, from an
 //! `application/x-www-form-urlencoded` body (body values first, as Prometheus reads them).
@@ -162,6 +166,54 @@ pub fn router(state: QueryState) -> Router {
         .route("/api/v1/label/{name}/values", get(label_values))
         .route("/api/v1/series", get(series).post(series))
         .with_state(Arc::new(state))
+        .merge(grafana_router())
+}
+
+/// What Grafana asks a Prometheus data source besides queries and series: the build, metric
+/// metadata and exemplars (neither is stored: empty answers, as Prometheus gives for none), and
+/// query formatting. Served with or without a store.
+fn grafana_router() -> Router {
+    Router::new()
+        .route("/api/v1/status/buildinfo", get(build_info))
+        .route("/api/v1/metadata", get(metadata))
+        .route(
+            "/api/v1/query_exemplars",
+            get(query_exemplars).post(query_exemplars),
+        )
+        .route("/api/v1/format_query", get(format_query).post(format_query))
+}
+
+/// The Prometheus version whose query semantics the engine follows (its differential test
+/// runs against it), reported as the build's `version` so clients enable what it supports.
+const PROMETHEUS_API_VERSION: &str = "2.42.0";
+
+async fn build_info() -> Json<Success<serde_json::Value>> {
+    success(serde_json::json!({
+        "version": PROMETHEUS_API_VERSION,
+        "revision": "",
+        "branch": "",
+        "buildUser": "",
+        "buildDate": "",
+        "goVersion": "",
+        "application": format!("m3coordinator (m3-rs {})", env!("CARGO_PKG_VERSION")),
+    }))
+}
+
+async fn metadata(params: Params) -> Result<Json<Success<serde_json::Value>>, ApiError> {
+    params.limit()?;
+    Ok(success(serde_json::json!({})))
+}
+
+async fn query_exemplars(params: Params) -> Result<Json<Success<Vec<()>>>, ApiError> {
+    m3_query::parse(params.first("query").unwrap_or_default())?;
+    params.time_range()?;
+    Ok(success(Vec::new()))
+}
+
+async fn format_query(params: Params) -> Result<Json<Success<String>>, ApiError> {
+    Ok(success(m3_query::format_query(
+        params.first("query").unwrap_or_default(),
+    )?))
 }
 
 /// The query endpoints of a coordinator that stores nothing (`backend: prom-remote`): each
@@ -180,6 +232,7 @@ pub fn without_store_router() -> Router {
         .route("/api/v1/labels", get(no_data).post(no_data))
         .route("/api/v1/label/{name}/values", get(no_data))
         .route("/api/v1/series", get(no_data).post(no_data))
+        .merge(grafana_router())
 }
 
 type Shared = State<Arc<QueryState>>;
@@ -245,6 +298,7 @@ async fn label_names(
     params: Params,
 ) -> Result<Json<Success<Vec<String>>>, ApiError> {
     let (start, end) = params.time_range()?;
+    let limit = params.limit()?;
     let namespace = state.namespace(&headers, metadata_start(start, (state.clock)()))?;
     let selectors = params.selectors()?;
     let _slot = state.slot().await?;
@@ -260,7 +314,7 @@ async fn label_names(
         Ok(all.into_iter().collect())
     })
     .await?;
-    Ok(success(names))
+    Ok(success(truncated(names, limit)))
 }
 
 async fn label_values(
@@ -271,6 +325,7 @@ async fn label_values(
 ) -> Result<Json<Success<Vec<String>>>, ApiError> {
     let Path(name) = name.map_err(|e| ApiError::BadData(e.body_text()))?;
     let (start, end) = params.time_range()?;
+    let limit = params.limit()?;
     let namespace = state.namespace(&headers, metadata_start(start, (state.clock)()))?;
     let selectors = params.selectors()?;
     let _slot = state.slot().await?;
@@ -286,7 +341,7 @@ async fn label_values(
         Ok(all.into_iter().collect())
     })
     .await?;
-    Ok(success(values))
+    Ok(success(truncated(values, limit)))
 }
 
 async fn series(
@@ -295,6 +350,7 @@ async fn series(
     params: Params,
 ) -> Result<Json<Success<Vec<Labels>>>, ApiError> {
     let (start, end) = params.time_range()?;
+    let limit = params.limit()?;
     let namespace = state.namespace(&headers, metadata_start(start, (state.clock)()))?;
     let selectors = params.selectors()?;
     if selectors.is_empty() {
@@ -310,7 +366,15 @@ async fn series(
         Ok(all.into_iter().collect())
     })
     .await?;
-    Ok(success(found))
+    Ok(success(truncated(found, limit)))
+}
+
+/// At most `limit` items (all when `None`).
+fn truncated<T>(mut items: Vec<T>, limit: Option<usize>) -> Vec<T> {
+    if let Some(limit) = limit {
+        items.truncate(limit);
+    }
+    items
 }
 
 /// Where a metadata request without `start` reaches back to, for the namespace choice: now.
@@ -566,6 +630,20 @@ impl Params {
             .filter(|(n, _)| n == "match[]")
             .map(|(_, v)| m3_query::parse_series_selector(v).map_err(ApiError::from))
             .collect()
+    }
+
+    /// `limit`: a non-negative integer, 0 or absent for no limit.
+    fn limit(&self) -> Result<Option<usize>, ApiError> {
+        match self.first("limit") {
+            None | Some("") => Ok(None),
+            Some(text) => match text.parse::<usize>() {
+                Ok(0) => Ok(None),
+                Ok(n) => Ok(Some(n)),
+                Err(_) => Err(ApiError::BadData(format!(
+                    "invalid parameter \"limit\": cannot parse {text:?} to a non-negative integer"
+                ))),
+            },
+        }
     }
 
     /// `start` and `end` of the metadata endpoints, defaulting to all of time.
@@ -1253,6 +1331,95 @@ mod tests {
             body["data"]["result"][0]["values"],
             json!([[1010, "20"], [1020, "30"]])
         );
+    }
+
+    #[tokio::test]
+    async fn grafana_endpoints_answer_as_prometheus_does() {
+        let api = serve().await;
+        let (status, body) = api.get("/api/v1/status/buildinfo", &[], &[]).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["version"], PROMETHEUS_API_VERSION);
+        let (status, body) = api.get("/api/v1/metadata", &[("limit", "5")], &[]).await;
+        assert_eq!((status, &body["data"]), (200, &json!({})), "{body}");
+        let (status, body) = api
+            .get(
+                "/api/v1/query_exemplars",
+                &[("query", "up"), ("start", "0"), ("end", "10")],
+                &[],
+            )
+            .await;
+        assert_eq!((status, &body["data"]), (200, &json!([])), "{body}");
+        let (status, body) = api
+            .get(
+                "/api/v1/format_query",
+                &[("query", "sum by(job)(rate(up[5m]))")],
+                &[],
+            )
+            .await;
+        assert_eq!(
+            (status, &body["data"]),
+            (200, &json!("sum by (job) (rate(up[5m]))")),
+            "{body}"
+        );
+        let (status, body) = api
+            .get("/api/v1/format_query", &[("query", "sum(")], &[])
+            .await;
+        assert_bad_data(status, &body, "invalid parameter \"query\"");
+
+        // `limit` bounds the metadata endpoints' answers.
+        let (_, body) = api.get("/api/v1/series", &[("match[]", "up")], &[]).await;
+        assert_eq!(body["data"].as_array().map(Vec::len), Some(2), "{body}");
+        let (_, body) = api
+            .get("/api/v1/series", &[("match[]", "up"), ("limit", "1")], &[])
+            .await;
+        assert_eq!(body["data"].as_array().map(Vec::len), Some(1), "{body}");
+        let (_, body) = api.get("/api/v1/labels", &[("limit", "2")], &[]).await;
+        assert_eq!(body["data"], json!(["__name__", "host"]), "{body}");
+        let (_, body) = api
+            .get("/api/v1/label/job/values", &[("limit", "1")], &[])
+            .await;
+        assert_eq!(body["data"], json!(["api"]), "{body}");
+        let (status, body) = api.get("/api/v1/labels", &[("limit", "-1")], &[]).await;
+        assert_bad_data(status, &body, "invalid parameter \"limit\"");
+    }
+
+    /// A valid query that cannot be computed is 422 `execution`, Prometheus' class.
+    #[tokio::test]
+    async fn evaluation_errors_are_422_execution() {
+        let api = serve().await;
+        let (status, body) = api
+            .get(
+                "/api/v1/query",
+                &[
+                    (
+                        "query",
+                        r#"label_replace(label_replace(up, "job", "x", "", ""), "zone", "", "", "")"#,
+                    ),
+                    ("time", "1010"),
+                ],
+                &[],
+            )
+            .await;
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(body["errorType"], "execution", "{body}");
+        assert_eq!(
+            body["error"],
+            "vector cannot contain metrics with the same labelset"
+        );
+        let (status, body) = api
+            .get(
+                "/api/v1/query",
+                &[
+                    (
+                        "query",
+                        "sum by (job) (rate(up[5m])) * on (job) group_left up",
+                    ),
+                    ("time", "1010"),
+                ],
+                &[],
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
     }
 
     #[tokio::test]

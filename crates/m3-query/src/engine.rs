@@ -215,6 +215,15 @@ impl Engine {
     }
 }
 
+/// The query laid out as Prometheus' `/api/v1/format_query` lays it out.
+///
+/// # Errors
+///
+/// As for [`parse`].
+pub fn format_query(query: &str) -> Result<String> {
+    Ok(parse(query)?.prettify())
+}
+
 /// Parses a query; a parse error is `bad_data`, worded as Prometheus words it.
 pub fn parse(query: &str) -> Result<Expr> {
     parser::parse(query)
