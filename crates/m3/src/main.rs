@@ -8,6 +8,7 @@
 
 mod bench;
 mod local;
+mod query_bench;
 mod sink;
 
 use std::path::PathBuf;
@@ -84,6 +85,31 @@ enum Command {
         #[arg(long, default_value = "1m", value_parser = bench::parse_duration_arg)]
         buffer_past: Duration,
     },
+    /// Write the same counters to several Prometheus-compatible APIs, then time the same range
+    /// query against each and print the ratio to the first (the baseline).
+    QueryBench {
+        /// `NAME=URL[,WRITE_PATH]`, repeated; the first is the baseline.
+        #[arg(long = "target", value_parser = query_bench::parse_target, required = true)]
+        targets: Vec<query_bench::Target>,
+        /// Distinct series.
+        #[arg(long, default_value_t = 10_000)]
+        series: usize,
+        /// The range the query covers, ending now.
+        #[arg(long, default_value = "1h", value_parser = bench::parse_duration_arg)]
+        range: Duration,
+        /// The query's step.
+        #[arg(long, default_value = "15s", value_parser = bench::parse_duration_arg)]
+        step: Duration,
+        /// Timed runs per target (after two warm-ups).
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// The query.
+        #[arg(
+            long,
+            default_value = "sum by (job) (rate(bench_http_requests_total[5m]))"
+        )]
+        query: String,
+    },
     /// Take Prometheus remote writes on every path, answer 204 and keep nothing; print the
     /// requests and bytes received when stopped. The receiver for relay benchmarks.
     Sink {
@@ -130,6 +156,24 @@ fn main() -> ExitCode {
                     pids,
                     resolutions,
                     buffer_past,
+                })
+                .await
+            }
+            Command::QueryBench {
+                targets,
+                series,
+                range,
+                step,
+                runs,
+                query,
+            } => {
+                query_bench::run(query_bench::QueryBenchOptions {
+                    targets,
+                    series,
+                    range,
+                    step,
+                    runs,
+                    query,
                 })
                 .await
             }
