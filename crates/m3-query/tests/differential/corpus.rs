@@ -168,6 +168,34 @@ fn hand_written() -> Vec<String> {
         "m3q_temperature == bool on (job, instance, room) m3q_temperature",
         "atan2(m3q_temperature, 2)",
         "m3q_temperature atan2 on (job, instance, room) m3q_temperature",
+        // Edges.
+        r#"count_values("v", m3q_special)"#,
+        r#"count_values without (instance) ("v", m3q_temperature / 3)"#,
+        "quantile(0, m3q_temperature)",
+        "quantile(1, m3q_temperature)",
+        "stddev(m3q_info)",
+        "sum(m3q_info) by (version)",
+        "topk(100, m3q_info)",
+        "bottomk(0, m3q_info)",
+        "m3q_special == m3q_special",
+        "m3q_special != bool 3",
+        "timestamp(m3q_temperature offset 1m)",
+        "timestamp(m3q_stale)",
+        r#"absent({__name__="m3q_nonexistent", job="x"})"#,
+        r#"label_replace(m3q_info, "major", "$maj", "version", "(?P<maj>\\d+)\\..*")"#,
+        r#"m3q_info * on (instance) group_right (version) sum by (instance, job) (m3q_temperature)"#,
+        r#"m3q_requests_total or on (code) m3q_info"#,
+        r#"m3q_requests_total unless ignoring (code, job) m3q_info"#,
+        "m3q_temperature > bool m3q_temperature offset 1m",
+        "-sum by (job) (m3q_temperature)",
+        "sum by (job) (-m3q_temperature)",
+        "(m3q_temperature)",
+        "sum(rate(m3q_requests_total[5m])) by (code)",
+        "increase(m3q_latency_seconds_bucket[10m])",
+        "histogram_quantile(0.5, sum without (instance) (m3q_latency_seconds_bucket))",
+        "vector(1) + on () group_left m3q_info",
+        "scalar(vector(2)) * m3q_temperature",
+        "sort_desc(sum by (job, instance) (m3q_requests_total))",
         // Errors both should refuse.
         "m3q_temperature + on (job) m3q_temperature",
         "sum(",
@@ -251,6 +279,31 @@ fn generated() -> Vec<String> {
         out.push(format!(
             "histogram_quantile({q}, sum by (le, job) (rate({H}[5m])))"
         ));
+    }
+    // Nested: aggregations over range functions, binary operations of aggregations.
+    for agg in ["sum", "max", "avg", "count"] {
+        for f in ["rate", "irate", "increase", "resets"] {
+            out.push(format!("{agg} by (job) ({f}({C}[5m]))"));
+        }
+        for f in ["avg_over_time", "deriv", "changes", "quantile_over_time"] {
+            let arg = if f == "quantile_over_time" {
+                format!("0.3, {G}[10m]")
+            } else {
+                format!("{G}[10m]")
+            };
+            out.push(format!("{agg} without (room) ({f}({arg}))"));
+        }
+    }
+    for (a, b) in [("sum", "count"), ("max", "min"), ("avg", "stddev")] {
+        out.push(format!("{a} by (job) ({G}) / {b} by (job) ({G})"));
+        out.push(format!("{a}({G}) - {b}({G}) > bool 0"));
+    }
+    // Modifiers inside functions and subqueries.
+    for modifier in ["offset 5m", "offset -1m", "@ start()", "@ end()"] {
+        out.push(format!("rate({C}[5m] {modifier})"));
+        out.push(format!("{G} {modifier}"));
+        out.push(format!("max_over_time(rate({C}[2m])[6m:1m] {modifier})"));
+        out.push(format!("sum by (job) ({G} {modifier}) - sum by (job) ({G})"));
     }
     for k in ["1", "3"] {
         out.push(format!("topk({k}, rate({C}[5m]))"));
