@@ -17,7 +17,7 @@ use promql_parser::parser::{AggregateExpr, LabelModifier};
 
 use crate::error::{QueryError, Result};
 use crate::eval::{Evaluator, Steps};
-use crate::labels::{LabelSet, METRIC_NAME};
+use crate::labels::LabelSet;
 use crate::stats;
 use crate::value::{StepSeries, Value};
 
@@ -61,6 +61,17 @@ pub(crate) fn eval(ev: &mut Evaluator<'_>, agg: &AggregateExpr, steps: &Steps) -
     } else {
         None
     };
+    let fold_op = match (FoldOp::from_token(op), &q) {
+        (Some(f), _) => f,
+        // `quantile` collects values instead of folding them.
+        (None, Some(_)) => FoldOp::Group,
+        (None, None) => {
+            return Err(QueryError::BadData(format!(
+                "aggregation {} is not supported",
+                agg.op
+            )));
+        }
+    };
     // Group index of each series, and each group's labels.
     let mut group_of = HashMap::new();
     let mut groups: Vec<LabelSet> = Vec::new();
@@ -91,14 +102,14 @@ pub(crate) fn eval(ev: &mut Evaluator<'_>, agg: &AggregateExpr, steps: &Steps) -
             if q.is_some() {
                 quantile_values[g].push(v);
             } else {
-                folds[g].add(op, v);
+                folds[g].add(fold_op, v);
             }
         }
         for (g, group) in out.iter_mut().enumerate() {
             group.values[step] = match &q {
                 Some(q) => (!quantile_values[g].is_empty())
                     .then(|| stats::quantile(q[step], &mut quantile_values[g])),
-                None => folds[g].result(op),
+                None => folds[g].result(fold_op),
             };
         }
     }
@@ -133,7 +144,36 @@ fn grouping_labels(labels: &LabelSet, modifier: Option<&LabelModifier>) -> Label
     }
 }
 
-/// The running state of one group at one step.
+/// The operators that fold a group's values into one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FoldOp {
+    Sum,
+    Avg,
+    Count,
+    Min,
+    Max,
+    Group,
+    Stddev,
+    Stdvar,
+}
+
+impl FoldOp {
+    fn from_token(op: u16) -> Option<FoldOp> {
+        Some(match op {
+            T_SUM => FoldOp::Sum,
+            T_AVG => FoldOp::Avg,
+            T_COUNT => FoldOp::Count,
+            T_MIN => FoldOp::Min,
+            T_MAX => FoldOp::Max,
+            T_GROUP => FoldOp::Group,
+            T_STDDEV => FoldOp::Stddev,
+            T_STDVAR => FoldOp::Stdvar,
+            _ => return None,
+        })
+    }
+}
+
+/// The running state of one group at one step, updated as Prometheus 2.x updates it.
 #[derive(Debug, Clone, Copy, Default)]
 struct Fold {
     count: usize,
@@ -142,61 +182,52 @@ struct Fold {
 }
 
 impl Fold {
-    fn add(&mut self, op: u16, v: f64) {
+    fn add(&mut self, op: FoldOp, v: f64) {
         self.count += 1;
         if self.count == 1 {
-            self.value = match op {
-                _ if op == T_STDDEV || op == T_STDVAR => 0.0,
-                _ => v,
+            self.value = if matches!(op, FoldOp::Stddev | FoldOp::Stdvar) {
+                0.0
+            } else {
+                v
             };
             self.mean = v;
             return;
         }
         let n = self.count as f64;
         match op {
-            _ if op == T_SUM => self.value += v,
-            _ if op == T_MAX => {
-                if self.value < v || self.value.is_nan() {
-                    self.value = v;
+            FoldOp::Sum => self.value += v,
+            FoldOp::Max if self.value < v || self.value.is_nan() => self.value = v,
+            FoldOp::Min if self.value > v || self.value.is_nan() => self.value = v,
+            FoldOp::Avg => {
+                // An infinite mean stays unless a NaN or the opposite infinity arrives.
+                let stays = self.mean.is_infinite()
+                    && ((v.is_infinite() && (self.mean > 0.0) == (v > 0.0))
+                        || (!v.is_infinite() && !v.is_nan()));
+                if !stays {
+                    self.mean += v / n - self.mean / n;
                 }
             }
-            _ if op == T_MIN => {
-                if self.value > v || self.value.is_nan() {
-                    self.value = v;
-                }
-            }
-            _ if op == T_AVG => {
-                if self.mean.is_infinite() {
-                    if v.is_infinite() && (self.mean > 0.0) == (v > 0.0) {
-                        return;
-                    }
-                    if !v.is_infinite() && !v.is_nan() {
-                        return;
-                    }
-                }
-                self.mean += v / n - self.mean / n;
-            }
-            _ if op == T_STDDEV || op == T_STDVAR => {
+            FoldOp::Stddev | FoldOp::Stdvar => {
                 let delta = v - self.mean;
                 self.mean += delta / n;
                 self.value += delta * (v - self.mean);
             }
-            _ => {}
+            FoldOp::Min | FoldOp::Max | FoldOp::Count | FoldOp::Group => {}
         }
     }
 
-    fn result(&self, op: u16) -> Option<f64> {
+    fn result(&self, op: FoldOp) -> Option<f64> {
         if self.count == 0 {
             return None;
         }
         let n = self.count as f64;
         Some(match op {
-            _ if op == T_AVG => self.mean,
-            _ if op == T_COUNT => n,
-            _ if op == T_GROUP => 1.0,
-            _ if op == T_STDVAR => self.value / n,
-            _ if op == T_STDDEV => (self.value / n).sqrt(),
-            _ => self.value,
+            FoldOp::Avg => self.mean,
+            FoldOp::Count => n,
+            FoldOp::Group => 1.0,
+            FoldOp::Stdvar => self.value / n,
+            FoldOp::Stddev => (self.value / n).sqrt(),
+            FoldOp::Sum | FoldOp::Min | FoldOp::Max => self.value,
         })
     }
 }
@@ -344,7 +375,6 @@ fn count_values(
             *slot = Some(slot.unwrap_or(0.0) + 1.0);
         }
     }
-    let _ = METRIC_NAME;
     out
 }
 

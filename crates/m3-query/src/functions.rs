@@ -624,7 +624,9 @@ fn label_join(ev: &mut Evaluator<'_>, args: &[&Expr], steps: &Steps) -> Result<V
 /// `histogram_quantile(φ, buckets)`: per group of series equal but for `le`, the quantile
 /// interpolated within the bucket it falls in.
 fn histogram_quantile(q: &[f64], series: Vec<StepSeries>, steps: &Steps) -> Vec<StepSeries> {
-    let mut groups: Vec<(LabelSet, Vec<(f64, Vec<Option<f64>>)>)> = Vec::new();
+    // Per group (labels without `le`): each bucket's upper bound and its values per step.
+    type Buckets = Vec<(f64, Vec<Option<f64>>)>;
+    let mut groups: Vec<(LabelSet, Buckets)> = Vec::new();
     for s in series {
         let Some(upper) = s.labels.get("le").and_then(stats::parse_go_float) else {
             continue;

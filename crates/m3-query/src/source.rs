@@ -9,6 +9,9 @@ use m3_storage::{Labels, Matcher, Store};
 
 use crate::error::Result;
 
+/// What [`SeriesSource::select_each`] calls with each series and its samples.
+pub type EachSeries<'a> = dyn FnMut(&Labels, &[(i64, f64)]) -> Result<()> + 'a;
+
 /// Series with their raw samples, by label matchers.
 pub trait SeriesSource {
     /// Calls `each` with every series matching all `matchers` that has samples in
@@ -23,7 +26,7 @@ pub trait SeriesSource {
         matchers: &[Matcher],
         start_ms: i64,
         end_ms: i64,
-        each: &mut dyn FnMut(&Labels, &[(i64, f64)]) -> Result<()>,
+        each: &mut EachSeries<'_>,
     ) -> Result<()>;
 }
 
@@ -50,7 +53,7 @@ impl SeriesSource for NamespaceSource {
         matchers: &[Matcher],
         start_ms: i64,
         end_ms: i64,
-        each: &mut dyn FnMut(&Labels, &[(i64, f64)]) -> Result<()>,
+        each: &mut EachSeries<'_>,
     ) -> Result<()> {
         self.store.select_each(
             &self.namespace,

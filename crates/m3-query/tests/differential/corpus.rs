@@ -303,7 +303,9 @@ fn generated() -> Vec<String> {
         out.push(format!("rate({C}[5m] {modifier})"));
         out.push(format!("{G} {modifier}"));
         out.push(format!("max_over_time(rate({C}[2m])[6m:1m] {modifier})"));
-        out.push(format!("sum by (job) ({G} {modifier}) - sum by (job) ({G})"));
+        out.push(format!(
+            "sum by (job) ({G} {modifier}) - sum by (job) ({G})"
+        ));
     }
     for k in ["1", "3"] {
         out.push(format!("topk({k}, rate({C}[5m]))"));
