@@ -13,7 +13,7 @@ seconds="${1:-30}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(remote_write rawtcp m3msg admin_json)
+  targets=(remote_write rawtcp m3msg admin_json promql)
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

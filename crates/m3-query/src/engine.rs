@@ -22,6 +22,21 @@ pub const DEFAULT_LOOKBACK: Duration = Duration::from_secs(5 * 60);
 /// The most points a range query may return per series (Prometheus' limit).
 pub const MAX_POINTS_PER_SERIES: i64 = 11_000;
 
+/// The longest query text evaluated, in bytes. Far beyond any written or generated dashboard
+/// query; it bounds the depth of the tree a query parses into, and so the stack its parsing,
+/// evaluation and drop take.
+pub const MAX_QUERY_BYTES: usize = 256 * 1024;
+
+/// The deepest expression tree evaluated (nested calls, operators, parentheses), and the most
+/// operators a query may hold. The parser takes time quadratic in nesting (a thousand levels
+/// parse in about 10 ms, three thousand in 300 ms), so both are checked on the text before it
+/// is parsed, and the depth again on the tree.
+pub const MAX_NESTING: usize = 1_000;
+
+/// The stack of the thread a query is parsed and evaluated on: evaluation recurses once per
+/// level of the expression tree, and dropping a parsed tree recurses once per level too.
+const EVAL_STACK_BYTES: usize = 64 * 1024 * 1024;
+
 /// Evaluates PromQL. Holds only settings: cheap to clone, shared by all queries.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -89,7 +104,16 @@ impl Engine {
     /// limits' errors, [`QueryError::Execution`] for evaluation errors, storage errors.
     pub fn instant_query(
         &self,
-        source: &dyn SeriesSource,
+        source: &(dyn SeriesSource + Sync),
+        query: &str,
+        time_ms: i64,
+    ) -> Result<QueryValue> {
+        on_eval_stack(|| self.instant_query_here(source, query, time_ms))
+    }
+
+    fn instant_query_here(
+        &self,
+        source: &(dyn SeriesSource + Sync),
         query: &str,
         time_ms: i64,
     ) -> Result<QueryValue> {
@@ -149,7 +173,7 @@ impl Engine {
     /// expression is not a scalar or an instant vector.
     pub fn range_query(
         &self,
-        source: &dyn SeriesSource,
+        source: &(dyn SeriesSource + Sync),
         query: &str,
         start_ms: i64,
         end_ms: i64,
@@ -174,12 +198,23 @@ impl Engine {
                  Try decreasing the query resolution (?step=XX)"
             )));
         }
-        let expr = parse(query)?;
         let steps = Steps {
             start: start_ms,
             step: step_ms,
             count: count as usize,
         };
+        on_eval_stack(|| self.range_query_here(source, query, steps, end_ms))
+    }
+
+    fn range_query_here(
+        &self,
+        source: &(dyn SeriesSource + Sync),
+        query: &str,
+        steps: Steps,
+        end_ms: i64,
+    ) -> Result<QueryValue> {
+        let start_ms = steps.start;
+        let expr = parse(query)?;
         let mut ev = Evaluator::new(source, self.limits(), self.lookback_ms, start_ms, end_ms);
         let series = match ev.eval(&expr, &steps)? {
             Value::Scalar(values) => vec![crate::value::StepSeries {
@@ -224,8 +259,134 @@ pub fn format_query(query: &str) -> Result<String> {
     Ok(parse(query)?.prettify())
 }
 
-/// Parses a query; a parse error is `bad_data`, worded as Prometheus words it.
+/// Parses a query; a parse error is `bad_data`, worded as Prometheus words it. Queries longer
+/// than [`MAX_QUERY_BYTES`] or nested deeper than [`MAX_NESTING`] are refused.
 pub fn parse(query: &str) -> Result<Expr> {
-    parser::parse(query)
-        .map_err(|e| QueryError::BadData(format!("invalid parameter \"query\": {}", e.trim())))
+    if query.len() > MAX_QUERY_BYTES {
+        return Err(QueryError::BadData(format!(
+            "invalid parameter \"query\": {} bytes, more than the {MAX_QUERY_BYTES} a query may have",
+            query.len()
+        )));
+    }
+    let (operators, depth) = operators_and_depth(query);
+    if operators > MAX_NESTING || depth > MAX_NESTING {
+        return Err(QueryError::BadData(format!(
+            "invalid parameter \"query\": {operators} operators and brackets nested {depth} \
+             deep; at most {MAX_NESTING} of each are evaluated"
+        )));
+    }
+    let expr = parser::parse(query)
+        .map_err(|e| QueryError::BadData(format!("invalid parameter \"query\": {}", e.trim())))?;
+    if nesting(&expr) > MAX_NESTING {
+        return Err(QueryError::BadData(format!(
+            "invalid parameter \"query\": expressions nested more than {MAX_NESTING} deep"
+        )));
+    }
+    Ok(expr)
+}
+
+/// Counted on the text, outside string literals: runs of operator characters
+/// (`+ - * / % ^ = ! < >`) and the keywords `and`, `or`, `unless`, `atan2` (an overcount:
+/// matchers' `=` count too), and the deepest nesting of brackets.
+fn operators_and_depth(query: &str) -> (usize, usize) {
+    let bytes = query.as_bytes();
+    let (mut operators, mut depth, mut deepest) = (0usize, 0usize, 0usize);
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'"' | b'\'' | b'`' => {
+                // A string literal: skip to its closing quote (backslash escapes, except in
+                // backticks).
+                i += 1;
+                while let Some(&c) = bytes.get(i) {
+                    if c == b {
+                        break;
+                    }
+                    i += if c == b'\\' && b != b'`' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+                i += 1;
+            }
+            b')' | b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            b'+' | b'-' | b'*' | b'/' | b'%' | b'^' | b'=' | b'!' | b'<' | b'>' => {
+                operators += 1;
+                while bytes.get(i).is_some_and(|c| b"+-*/%^=!<>".contains(c)) {
+                    i += 1;
+                }
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let start = i;
+                while bytes
+                    .get(i)
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b':')
+                {
+                    i += 1;
+                }
+                let word = &query[start..i];
+                if ["and", "or", "unless", "atan2"]
+                    .iter()
+                    .any(|k| word.eq_ignore_ascii_case(k))
+                {
+                    operators += 1;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    (operators, deepest)
+}
+
+/// The depth of the expression tree, walked without recursion.
+fn nesting(expr: &Expr) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(expr, 1)];
+    while let Some((e, depth)) = stack.pop() {
+        deepest = deepest.max(depth);
+        let below = depth + 1;
+        match e {
+            Expr::Aggregate(a) => {
+                stack.push((&a.expr, below));
+                if let Some(p) = &a.param {
+                    stack.push((p, below));
+                }
+            }
+            Expr::Unary(u) => stack.push((&u.expr, below)),
+            Expr::Binary(b) => {
+                stack.push((&b.lhs, below));
+                stack.push((&b.rhs, below));
+            }
+            Expr::Paren(p) => stack.push((&p.expr, below)),
+            Expr::Subquery(s) => stack.push((&s.expr, below)),
+            Expr::Call(c) => stack.extend(c.args.args.iter().map(|a| (a.as_ref(), below))),
+            Expr::NumberLiteral(_)
+            | Expr::StringLiteral(_)
+            | Expr::VectorSelector(_)
+            | Expr::MatrixSelector(_)
+            | Expr::Extension(_) => {}
+        }
+    }
+    deepest
+}
+
+/// Runs `f` on a thread with [`EVAL_STACK_BYTES`] of stack (see there), and waits for it. A
+/// panic in `f` continues in the caller.
+fn on_eval_stack<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|scope| {
+        let handle = std::thread::Builder::new()
+            .name("promql-eval".into())
+            .stack_size(EVAL_STACK_BYTES)
+            .spawn_scoped(scope, f)
+            .map_err(|e| QueryError::Execution(format!("cannot start a query thread: {e}")))?;
+        match handle.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
 }

@@ -18,10 +18,7 @@ pub enum QueryError {
     #[error("{0}")]
     Execution(String),
     /// The query would hold more samples in memory than allowed.
-    #[error(
-        "query processing would load too many samples into memory in query execution \
-         (limit {limit})"
-    )]
+    #[error("query processing would load too many samples into memory in query execution")]
     TooManySamples {
         /// The configured limit.
         limit: usize,

@@ -368,7 +368,10 @@ impl<'a> Evaluator<'a> {
         }
         let mut series = Vec::new();
         if inner_start <= hi {
-            let count = usize::try_from((hi - inner_start) / step_ms + 1).unwrap_or(usize::MAX);
+            let count = usize::try_from(
+                (i128::from(hi) - i128::from(inner_start)) / i128::from(step_ms) + 1,
+            )
+            .unwrap_or(usize::MAX);
             // The inner evaluation holds at least one point per step per series: refuse a
             // subquery whose steps alone would exceed the budget before allocating them.
             self.budget.take(count)?;

@@ -418,9 +418,9 @@ fn extrapolated_delta(w: &Window<'_>, is_counter: bool, is_rate: bool) -> Option
             previous = v;
         }
     }
-    let mut to_start = seconds(first.0 - w.start);
-    let to_end = seconds(w.end - last.0);
-    let sampled = seconds(last.0 - first.0);
+    let mut to_start = seconds(first.0.saturating_sub(w.start));
+    let to_end = seconds(w.end.saturating_sub(last.0));
+    let sampled = seconds(last.0.saturating_sub(first.0));
     let average_gap = sampled / (points.len() - 1) as f64;
     if is_counter && result > 0.0 && first.1 >= 0.0 {
         // A counter does not go below zero: do not extrapolate past the point it would.
@@ -458,7 +458,7 @@ fn instant_delta(points: &[(i64, f64)], is_rate: bool) -> Option<f64> {
     } else {
         last.1 - previous.1
     };
-    let interval = last.0 - previous.0;
+    let interval = last.0.saturating_sub(previous.0);
     if interval == 0 {
         return None;
     }

@@ -89,7 +89,8 @@ pub(crate) fn linear_regression(points: &[(i64, f64)], intercept_time: i64) -> (
             constant = false;
         }
         n += 1.0;
-        let x = (t - intercept_time) as f64 / 1e3;
+        // In i128: the evaluation time may be anywhere in i64's range.
+        let x = (i128::from(t) - i128::from(intercept_time)) as f64 / 1e3;
         sum_x += x;
         sum_y += v;
         sum_xy += x * v;

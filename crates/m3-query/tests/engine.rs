@@ -313,3 +313,42 @@ fn limits_refuse_with_prometheus_messages() {
         .expect_err("too many steps");
     assert_eq!(e.error_type(), "bad_data", "{e}");
 }
+
+#[test]
+fn deep_or_huge_queries_are_refused_not_crashed() {
+    let (_dir, source) = fixture();
+    let engine = Engine::new();
+    // Nine hundred levels evaluate.
+    let chain = format!("1{}", "+1".repeat(899));
+    match engine.instant_query(&source, &chain, MIN) {
+        Ok(QueryValue::Scalar { value, .. }) => assert_eq!(value, 900.0),
+        other => panic!("{other:?}"),
+    }
+    // Deeper chains, nested parentheses and calls are refused with the reason, at once (the
+    // parser's time grows with the square of the depth).
+    for query in [
+        format!("1{}", "+1".repeat(50_000)),
+        format!("{}up{}", "(".repeat(20_000), ")".repeat(20_000)),
+        format!("{}up{}", "sum(".repeat(5_000), ")".repeat(5_000)),
+        format!("{}up", "- ".repeat(30_000)),
+        format!("up{}", " or up".repeat(2_000)),
+    ] {
+        let e = engine
+            .instant_query(&source, &query, MIN)
+            .expect_err("too deep");
+        assert_eq!(e.error_type(), "bad_data", "{e}");
+        let e = engine
+            .range_query(&source, &query, 0, MIN, MIN)
+            .expect_err("too deep");
+        assert_eq!(e.error_type(), "bad_data", "{e}");
+    }
+    let huge = format!("up{{job=~\"{}\"}}", "a|".repeat(200_000));
+    let e = engine
+        .instant_query(&source, &huge, MIN)
+        .expect_err("too long");
+    assert!(
+        e.to_string()
+            .contains("more than the 262144 a query may have"),
+        "{e}"
+    );
+}
