@@ -268,14 +268,26 @@ pub fn parse(query: &str) -> Result<Expr> {
             query.len()
         )));
     }
-    let (operators, depth) = operators_and_depth(query);
-    if operators > MAX_NESTING || depth > MAX_NESTING {
+    let scan = scan(query);
+    if scan.operators > MAX_NESTING || scan.depth > MAX_NESTING {
         return Err(QueryError::BadData(format!(
-            "invalid parameter \"query\": {operators} operators and brackets nested {depth} \
-             deep; at most {MAX_NESTING} of each are evaluated"
+            "invalid parameter \"query\": {} operators and brackets nested {} deep; at most \
+             {MAX_NESTING} of each are evaluated",
+            scan.operators, scan.depth
         )));
     }
-    let expr = parser::parse(query)
+    if let Some(number) = scan.bad_duration {
+        return Err(QueryError::BadData(format!(
+            "invalid parameter \"query\": {number:?} is not a duration (seconds from 0 to \
+             about 1.8e19)"
+        )));
+    }
+    // The parser is another crate's: should it still panic on some input, the query is refused
+    // rather than the thread lost.
+    let parsed = std::panic::catch_unwind(|| parser::parse(query)).map_err(|_| {
+        QueryError::BadData("invalid parameter \"query\": the parser failed on it".into())
+    })?;
+    let expr = parsed
         .map_err(|e| QueryError::BadData(format!("invalid parameter \"query\": {}", e.trim())))?;
     if nesting(&expr) > MAX_NESTING {
         return Err(QueryError::BadData(format!(
@@ -285,12 +297,25 @@ pub fn parse(query: &str) -> Result<Expr> {
     Ok(expr)
 }
 
-/// Counted on the text, outside string literals: runs of operator characters
-/// (`+ - * / % ^ = ! < >`) and the keywords `and`, `or`, `unless`, `atan2` (an overcount:
-/// matchers' `=` count too), and the deepest nesting of brackets.
-fn operators_and_depth(query: &str) -> (usize, usize) {
+/// What a look at the query text finds before it is parsed.
+#[derive(Debug, Default)]
+struct Scan<'q> {
+    /// Runs of operator characters (`+ - * / % ^ = ! < >`) and the keywords `and`, `or`,
+    /// `unless`, `atan2`, outside string literals (an overcount: matchers' `=` count too).
+    operators: usize,
+    /// The deepest nesting of brackets.
+    depth: usize,
+    /// A bare number where a duration goes (`x[1e400]`, `offset Inf`) that is not a valid
+    /// duration: the parser converts it without checking and panics.
+    bad_duration: Option<&'q str>,
+}
+
+fn scan(query: &str) -> Scan<'_> {
     let bytes = query.as_bytes();
-    let (mut operators, mut depth, mut deepest) = (0usize, 0usize, 0usize);
+    let mut found = Scan::default();
+    let mut brackets: Vec<u8> = Vec::new();
+    // Whether the last word was `offset` (a sign may follow).
+    let mut after_offset = false;
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         match b {
@@ -305,42 +330,78 @@ fn operators_and_depth(query: &str) -> (usize, usize) {
                     i += if c == b'\\' && b != b'`' { 2 } else { 1 };
                 }
                 i += 1;
+                after_offset = false;
             }
             b'(' | b'[' | b'{' => {
-                depth += 1;
-                deepest = deepest.max(depth);
+                brackets.push(b);
+                found.depth = found.depth.max(brackets.len());
                 i += 1;
+                after_offset = false;
             }
             b')' | b']' | b'}' => {
-                depth = depth.saturating_sub(1);
+                brackets.pop();
                 i += 1;
+                after_offset = false;
             }
             b'+' | b'-' | b'*' | b'/' | b'%' | b'^' | b'=' | b'!' | b'<' | b'>' => {
-                operators += 1;
+                found.operators += 1;
                 while bytes.get(i).is_some_and(|c| b"+-*/%^=!<>".contains(c)) {
                     i += 1;
                 }
+                // `offset -5m`: the sign belongs to the duration.
+                after_offset &= matches!(b, b'+' | b'-');
             }
-            c if c.is_ascii_alphabetic() || c == b'_' => {
+            c if c.is_ascii_alphanumeric() || c == b'_' || c == b'.' => {
                 let start = i;
                 while bytes
                     .get(i)
-                    .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b':')
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b':' | b'.'))
                 {
                     i += 1;
                 }
                 let word = &query[start..i];
+                let in_duration = after_offset || brackets.last() == Some(&b'[');
+                if in_duration && found.bad_duration.is_none() && !valid_duration_number(word) {
+                    found.bad_duration = Some(word);
+                }
                 if ["and", "or", "unless", "atan2"]
                     .iter()
                     .any(|k| word.eq_ignore_ascii_case(k))
                 {
-                    operators += 1;
+                    found.operators += 1;
                 }
+                after_offset = word.eq_ignore_ascii_case("offset");
+            }
+            b':' => {
+                // `x[5m:1m]`: the step is a duration too; the bracket is still `[`.
+                i += 1;
+                after_offset = false;
             }
             _ => i += 1,
         }
     }
-    (operators, deepest)
+    found
+}
+
+/// Whether `word`, in a duration's place, is either not a bare number (a duration with units
+/// like `5m`, left to the parser) or a number of seconds a `Duration` holds.
+fn valid_duration_number(word: &str) -> bool {
+    let lower = word.to_ascii_lowercase();
+    let value = if let Some(hex) = lower.strip_prefix("0x") {
+        match u64::from_str_radix(hex, 16) {
+            Ok(v) => v as f64,
+            Err(_) if hex.chars().all(|c| c.is_ascii_hexdigit()) && !hex.is_empty() => {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    } else {
+        match lower.parse::<f64>() {
+            Ok(v) => v,
+            Err(_) => return true,
+        }
+    };
+    value.is_finite() && value >= 0.0 && value < 1.8e19
 }
 
 /// The depth of the expression tree, walked without recursion.

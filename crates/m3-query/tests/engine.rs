@@ -342,6 +342,32 @@ fn deep_or_huge_queries_are_refused_not_crashed() {
             .expect_err("too deep");
         assert_eq!(e.error_type(), "bad_data", "{e}");
     }
+    // Bare numbers where a duration goes that no duration holds.
+    for query in [
+        "rate(up[572222222222222222222])",
+        "up[Inf]",
+        "up[NaN]",
+        "up[1e400]",
+        "max_over_time(up[5m:1e300])",
+        "up offset 1e30",
+        "up offset -Inf",
+        "up[0x1ffffffffffffffffffff]",
+    ] {
+        let e = engine.instant_query(&source, query, MIN).expect_err(query);
+        assert_eq!(e.error_type(), "bad_data", "{query}: {e}");
+    }
+    // Ordinary ones still work.
+    for query in [
+        "rate(up[300])",
+        "up offset 60",
+        "max_over_time(up[5m:30])",
+        "up[0x3c]",
+    ] {
+        assert!(
+            engine.instant_query(&source, query, 10 * MIN).is_ok(),
+            "{query}"
+        );
+    }
     let huge = format!("up{{job=~\"{}\"}}", "a|".repeat(200_000));
     let e = engine
         .instant_query(&source, &huge, MIN)
