@@ -401,7 +401,7 @@ fn valid_duration_number(word: &str) -> bool {
             Err(_) => return true,
         }
     };
-    value.is_finite() && value >= 0.0 && value < 1.8e19
+    (0.0..1.8e19).contains(&value)
 }
 
 /// The depth of the expression tree, walked without recursion.
