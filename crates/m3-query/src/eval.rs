@@ -242,11 +242,8 @@ impl<'a> Evaluator<'a> {
         sample_times: bool,
     ) -> Result<Vec<StepSeries>> {
         let selector = Selector::new(vs)?;
-        let ends: Vec<i64> = steps
-            .times()
-            .map(|t| selector.window_end(t, self.query_start, self.query_end))
-            .collect();
-        let (Some(&lo), Some(&hi)) = (ends.iter().min(), ends.iter().max()) else {
+        let (ends, bounds) = self.window_ends(selector.at, selector.offset_ms, steps);
+        let Some((lo, hi)) = bounds else {
             return Ok(Vec::new());
         };
         let lookback = self.lookback_ms;
@@ -293,11 +290,8 @@ impl<'a> Evaluator<'a> {
         range_ms: i64,
         steps: &Steps,
     ) -> Result<RangeVector> {
-        let window_ends: Vec<i64> = steps
-            .times()
-            .map(|t| selector.window_end(t, self.query_start, self.query_end))
-            .collect();
-        let (Some(&lo), Some(&hi)) = (window_ends.iter().min(), window_ends.iter().max()) else {
+        let (window_ends, bounds) = self.window_ends(selector.at, selector.offset_ms, steps);
+        let Some((lo, hi)) = bounds else {
             return Ok(RangeVector {
                 series: Vec::new(),
                 range_ms,
@@ -336,6 +330,29 @@ impl<'a> Evaluator<'a> {
         })
     }
 
+    /// Where each step's window ends for a selector or subquery with these modifiers (`@`
+    /// pins it, `offset` moves it back), and the earliest and latest of those ends.
+    fn window_ends(
+        &self,
+        at: Option<At>,
+        offset_ms: i64,
+        steps: &Steps,
+    ) -> (Vec<i64>, Option<(i64, i64)>) {
+        let ends: Vec<i64> = steps
+            .times()
+            .map(|t| {
+                at.map_or(t, |a| a.time(self.query_start, self.query_end))
+                    .saturating_sub(offset_ms)
+            })
+            .collect();
+        let bounds = ends
+            .iter()
+            .min()
+            .zip(ends.iter().max())
+            .map(|(&lo, &hi)| (lo, hi));
+        (ends, bounds)
+    }
+
     /// A subquery at every step: the inner expression at the aligned inner steps covering all
     /// windows, offered as points.
     fn subquery(&mut self, sq: &SubqueryExpr, steps: &Steps) -> Result<RangeVector> {
@@ -347,14 +364,8 @@ impl<'a> Evaluator<'a> {
             .map(duration_ms)
             .filter(|s| *s > 0)
             .unwrap_or(self.subquery_step_ms);
-        let window_ends: Vec<i64> = steps
-            .times()
-            .map(|t| {
-                at.map_or(t, |a| a.time(self.query_start, self.query_end))
-                    .saturating_sub(offset_ms)
-            })
-            .collect();
-        let (Some(&lo), Some(&hi)) = (window_ends.iter().min(), window_ends.iter().max()) else {
+        let (window_ends, bounds) = self.window_ends(at, offset_ms, steps);
+        let Some((lo, hi)) = bounds else {
             return Ok(RangeVector {
                 series: Vec::new(),
                 range_ms,
@@ -447,13 +458,6 @@ impl Selector {
             offset_ms: offset_ms(vs.offset.as_ref()),
             at: vs.at.as_ref().map(At::from),
         })
-    }
-
-    /// Where the window ends when evaluating at `t` in a query over `[start, end]`.
-    fn window_end(&self, t: i64, start: i64, end: i64) -> i64 {
-        self.at
-            .map_or(t, |a| a.time(start, end))
-            .saturating_sub(self.offset_ms)
     }
 }
 

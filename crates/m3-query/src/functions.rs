@@ -322,7 +322,7 @@ fn range_function(
                 })
             })
         }
-        "holt_winters" | "double_exponential_smoothing" => {
+        "double_exponential_smoothing" => {
             let range = ev.eval_range(range_arg(0)?, steps)?;
             let sf = ev.eval_scalar(range_arg(1)?, steps)?;
             let tf = ev.eval_scalar(range_arg(2)?, steps)?;
