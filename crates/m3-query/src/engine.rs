@@ -262,37 +262,45 @@ pub fn format_query(query: &str) -> Result<String> {
 /// Parses a query; a parse error is `bad_data`, worded as Prometheus words it. Queries longer
 /// than [`MAX_QUERY_BYTES`] or nested deeper than [`MAX_NESTING`] are refused.
 pub fn parse(query: &str) -> Result<Expr> {
+    parse_guarded(query, MAX_NESTING)
+        .map_err(|reason| QueryError::BadData(format!("invalid parameter \"query\": {reason}")))
+}
+
+/// Parses PromQL text behind every guard the parser needs (size, operators, nesting, bare
+/// numbers as durations, panics), with brackets nested at most `max_depth` deep; the error is
+/// the reason alone, for the caller to say which parameter held the text.
+pub(crate) fn parse_guarded(query: &str, max_depth: usize) -> std::result::Result<Expr, String> {
     if query.len() > MAX_QUERY_BYTES {
-        return Err(QueryError::BadData(format!(
-            "invalid parameter \"query\": {} bytes, more than the {MAX_QUERY_BYTES} a query may have",
+        return Err(format!(
+            "{} bytes, more than the {MAX_QUERY_BYTES} a query may have",
             query.len()
-        )));
+        ));
     }
     let scan = scan(query);
-    if scan.operators > MAX_NESTING || scan.depth > MAX_NESTING {
-        return Err(QueryError::BadData(format!(
-            "invalid parameter \"query\": {} operators and brackets nested {} deep; at most \
-             {MAX_NESTING} of each are evaluated",
-            scan.operators, scan.depth
-        )));
+    if scan.operators > MAX_NESTING {
+        return Err(format!(
+            "{} operators; at most {MAX_NESTING} are evaluated",
+            scan.operators
+        ));
+    }
+    if scan.depth > max_depth {
+        return Err(format!(
+            "brackets nested {} deep; at most {max_depth} levels are evaluated",
+            scan.depth
+        ));
     }
     if let Some(number) = scan.bad_duration {
-        return Err(QueryError::BadData(format!(
-            "invalid parameter \"query\": {number:?} is not a duration (seconds from 0 to \
-             about 1.8e19)"
-        )));
+        return Err(format!(
+            "{number:?} is not a duration (seconds from 0 to about 1.8e19)"
+        ));
     }
     // The parser is another crate's: should it still panic on some input, the query is refused
     // rather than the thread lost.
-    let parsed = std::panic::catch_unwind(|| parser::parse(query)).map_err(|_| {
-        QueryError::BadData("invalid parameter \"query\": the parser failed on it".into())
-    })?;
-    let expr = parsed
-        .map_err(|e| QueryError::BadData(format!("invalid parameter \"query\": {}", e.trim())))?;
+    let parsed = std::panic::catch_unwind(|| parser::parse(query))
+        .map_err(|_| "the parser failed on it".to_string())?;
+    let expr = parsed.map_err(|e| e.trim().to_string())?;
     if nesting(&expr) > MAX_NESTING {
-        return Err(QueryError::BadData(format!(
-            "invalid parameter \"query\": expressions nested more than {MAX_NESTING} deep"
-        )));
+        return Err(format!("expressions nested more than {MAX_NESTING} deep"));
     }
     Ok(expr)
 }
@@ -300,8 +308,9 @@ pub fn parse(query: &str) -> Result<Expr> {
 /// What a look at the query text finds before it is parsed.
 #[derive(Debug, Default)]
 struct Scan<'q> {
-    /// Runs of operator characters (`+ - * / % ^ = ! < >`) and the keywords `and`, `or`,
-    /// `unless`, `atan2`, outside string literals (an overcount: matchers' `=` count too).
+    /// Runs of operator characters (`+ - * / % ^ = ! < >`), every sign within a run, and the
+    /// keywords `and`, `or`, `unless`, `atan2`, outside string literals (an overcount:
+    /// matchers' `=` count too).
     operators: usize,
     /// The deepest nesting of brackets.
     depth: usize,
@@ -344,8 +353,12 @@ fn scan(query: &str) -> Scan<'_> {
                 after_offset = false;
             }
             b'+' | b'-' | b'*' | b'/' | b'%' | b'^' | b'=' | b'!' | b'<' | b'>' => {
+                // A run such as `!=` or `>=` is one operator, but every sign in it counts:
+                // `---x` nests three unary minuses.
                 found.operators += 1;
-                while bytes.get(i).is_some_and(|c| b"+-*/%^=!<>".contains(c)) {
+                i += 1;
+                while let Some(c) = bytes.get(i).filter(|c| b"+-*/%^=!<>".contains(c)) {
+                    found.operators += usize::from(matches!(c, b'+' | b'-'));
                     i += 1;
                 }
                 // `offset -5m`: the sign belongs to the duration.

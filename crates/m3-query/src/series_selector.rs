@@ -4,8 +4,9 @@
 //! one thing wherever it is written.
 
 use m3_storage::Matcher;
-use promql_parser::parser::{self, Expr};
+use promql_parser::parser::Expr;
 
+use crate::engine::parse_guarded;
 use crate::error::{QueryError, Result};
 use crate::eval::matchers;
 
@@ -41,7 +42,9 @@ pub fn parse_series_selector(text: &str) -> Result<Vec<Matcher>> {
             "match[] must be a series selector, got {text:?}: {reason}"
         ))
     };
-    let parsed = parser::parse(text).map_err(|e| not_selector(e.trim().to_string()))?;
+    // A selector's brackets never nest: anything deeper is refused before the parser builds a
+    // tree on the caller's (async, small-stacked) thread.
+    let parsed = parse_guarded(text, 1).map_err(not_selector)?;
     let what = match &parsed {
         Expr::VectorSelector(vs) if vs.offset.is_some() => "an offset modifier".to_string(),
         Expr::VectorSelector(vs) if vs.at.is_some() => "an @ modifier".to_string(),
@@ -59,3 +62,4 @@ pub fn parse_series_selector(text: &str) -> Result<Vec<Matcher>> {
     };
     Err(not_selector(what))
 }
+

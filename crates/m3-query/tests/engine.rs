@@ -331,6 +331,8 @@ fn deep_or_huge_queries_are_refused_not_crashed() {
         format!("{}up{}", "(".repeat(20_000), ")".repeat(20_000)),
         format!("{}up{}", "sum(".repeat(5_000), ")".repeat(5_000)),
         format!("{}up", "- ".repeat(30_000)),
+        format!("{}up", "-".repeat(30_000)),
+        format!("1{}1", "+-".repeat(30_000)),
         format!("up{}", " or up".repeat(2_000)),
     ] {
         let e = engine
@@ -377,4 +379,43 @@ fn deep_or_huge_queries_are_refused_not_crashed() {
             .contains("more than the 262144 a query may have"),
         "{e}"
     );
+}
+
+#[test]
+fn hostile_match_selectors_are_refused_not_crashed() {
+    use m3_query::parse_series_selector;
+    // Run on a small stack, as an async worker's: a refusal must come before any deep tree.
+    let handle = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(|| {
+            let hostile = [
+                format!("{}up{}", "(".repeat(100_000), ")".repeat(100_000)),
+                format!("{}up{}", "sum(".repeat(50_000), ")".repeat(50_000)),
+                format!("up{}", " or up".repeat(50_000)),
+                format!("{}up", "-".repeat(100_000)),
+                "up[1e400]".to_string(),
+                "up offset -Inf".to_string(),
+                format!("up{{job=~\"{}\"}}", "a|".repeat(200_000)),
+            ];
+            hostile
+                .iter()
+                .map(|text| match parse_series_selector(text) {
+                    Ok(m) => Err(format!("{:.40}… accepted as {m:?}", text)),
+                    Err(e) if e.error_type() == "bad_data" => Ok(e.to_string()),
+                    Err(e) => Err(format!("{:.40}…: {e}", text)),
+                })
+                .collect::<Vec<_>>()
+        })
+        .expect("spawn");
+    for outcome in handle.join().expect("no panic or overflow") {
+        let message = outcome.expect("refused as bad_data");
+        assert!(message.starts_with("match[] must be a series selector"), "{message}");
+    }
+    // Selectors with brackets one deep, however many matchers, are still read.
+    let many = (0..300)
+        .map(|i| format!("l{i}!=\"x\""))
+        .collect::<Vec<_>>()
+        .join(",");
+    let matchers = parse_series_selector(&format!("up{{{many}}}")).expect("wide selector");
+    assert_eq!(matchers.len(), 301);
 }
