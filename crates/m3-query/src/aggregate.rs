@@ -16,7 +16,8 @@ use promql_parser::parser::token::{
 use promql_parser::parser::{AggregateExpr, LabelModifier};
 
 use crate::error::{QueryError, Result};
-use crate::eval::{Evaluator, Steps};
+use crate::eval::{Budget, Evaluator, Steps};
+use crate::functions::is_label_name;
 use crate::labels::LabelSet;
 use crate::stats;
 use crate::value::{StepSeries, Value};
@@ -32,6 +33,16 @@ pub(crate) fn eval(ev: &mut Evaluator<'_>, agg: &AggregateExpr, steps: &Steps) -
     let modifier = agg.modifier.as_ref();
     if op == T_TOPK || op == T_BOTTOMK {
         let k = scalar_param(param, "k")?;
+        // Prometheus converts k to an int64 and refuses what does not convert.
+        if let Some(bad) = k
+            .iter()
+            .find(|k| !(-9.223_372_036_854_776e18..=9.223_372_036_854_776e18).contains(*k))
+        {
+            return Err(QueryError::Execution(format!(
+                "Scalar value {} overflows int64",
+                go_format_float(*bad)
+            )));
+        }
         return Ok(Value::Vector(top_k(
             series,
             modifier,
@@ -46,15 +57,12 @@ pub(crate) fn eval(ev: &mut Evaluator<'_>, agg: &AggregateExpr, steps: &Steps) -
                 "count_values: expected a string parameter".into(),
             ));
         };
-        if !label
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            || !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
-            return Err(QueryError::BadData(format!("invalid label name {label:?}")));
+        if !is_label_name(&label) {
+            return Err(QueryError::Execution(format!(
+                "invalid label name {label:?}"
+            )));
         }
-        return Ok(Value::Vector(count_values(series, modifier, &label, steps)));
+        return count_values(&mut ev.budget, series, modifier, &label, steps).map(Value::Vector);
     }
     let q = if op == T_QUANTILE {
         Some(scalar_param(param, "quantile")?)
@@ -86,15 +94,19 @@ pub(crate) fn eval(ev: &mut Evaluator<'_>, agg: &AggregateExpr, steps: &Steps) -
         member_of.push(index);
     }
     let mut folds: Vec<Fold> = vec![Fold::default(); groups.len()];
-    let mut out: Vec<StepSeries> = groups
-        .into_iter()
-        .map(|labels| StepSeries {
+    let mut out: Vec<StepSeries> = Vec::with_capacity(groups.len());
+    for labels in groups {
+        ev.budget.take_series(steps)?;
+        out.push(StepSeries {
             labels,
             values: vec![None; steps.count],
-        })
-        .collect();
+        });
+    }
     let mut quantile_values: Vec<Vec<f64>> = vec![Vec::new(); out.len()];
     for step in 0..steps.count {
+        if step % 64 == 0 {
+            ev.budget.check_deadline("aggregation")?;
+        }
         folds.iter_mut().for_each(|f| *f = Fold::default());
         quantile_values.iter_mut().for_each(Vec::clear);
         for (s, &g) in series.iter_mut().zip(&member_of) {
@@ -114,7 +126,6 @@ pub(crate) fn eval(ev: &mut Evaluator<'_>, agg: &AggregateExpr, steps: &Steps) -
         }
     }
     out.retain(|s| s.values.iter().any(Option::is_some));
-    ev.budget.take(out.len() * steps.count)?;
     Ok(Value::Vector(out))
 }
 
@@ -333,14 +344,16 @@ fn top_k(
 /// `count_values("label", v)`: per group and distinct value, how many series have it, the
 /// value written into `label`.
 fn count_values(
+    budget: &mut Budget,
     series: Vec<StepSeries>,
     modifier: Option<&LabelModifier>,
     label: &str,
     steps: &Steps,
-) -> Vec<StepSeries> {
+) -> Result<Vec<StepSeries>> {
     let mut index: HashMap<LabelSet, usize> = HashMap::new();
     let mut out: Vec<StepSeries> = Vec::new();
     for step in 0..steps.count {
+        budget.check_deadline("aggregation")?;
         for s in &series {
             let Some(v) = s.values[step] else { continue };
             let mut labels = s.labels.clone();
@@ -366,6 +379,7 @@ fn count_values(
             let next = out.len();
             let i = *index.entry(key.clone()).or_insert(next);
             if i == next {
+                budget.take_series(steps)?;
                 out.push(StepSeries {
                     labels: key,
                     values: vec![None; steps.count],
@@ -375,7 +389,7 @@ fn count_values(
             *slot = Some(slot.unwrap_or(0.0) + 1.0);
         }
     }
-    out
+    Ok(out)
 }
 
 /// A float as Go's `strconv.FormatFloat(v, 'f', -1, 64)` writes it.

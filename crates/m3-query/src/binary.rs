@@ -17,7 +17,7 @@ use promql_parser::parser::token::{
 use promql_parser::parser::{BinModifier, BinaryExpr, LabelModifier, VectorMatchCardinality};
 
 use crate::error::{QueryError, Result};
-use crate::eval::{Evaluator, Steps, merge_same_labels};
+use crate::eval::{Budget, Evaluator, Steps, merge_same_labels};
 use crate::labels::LabelSet;
 use crate::value::{StepSeries, Value};
 
@@ -52,7 +52,7 @@ pub(crate) fn eval(ev: &mut Evaluator<'_>, bin: &BinaryExpr, steps: &Steps) -> R
             let out = if op == T_LAND || op == T_LOR || op == T_LUNLESS {
                 set_operation(op, l, r, modifier, steps)
             } else {
-                vector_vector(op, l, r, modifier, return_bool, steps)?
+                vector_vector(&mut ev.budget, op, l, r, modifier, return_bool, steps)?
             };
             merge_same_labels(out).map(Value::Vector)
         }
@@ -228,6 +228,7 @@ fn set_operation(
 
 /// Arithmetic and comparisons between two vectors.
 fn vector_vector(
+    budget: &mut Budget,
     op: u16,
     lhs: Vec<StepSeries>,
     rhs: Vec<StepSeries>,
@@ -255,6 +256,9 @@ fn vector_vector(
     let mut matched: HashSet<&LabelSet> = HashSet::new();
     let mut written: HashSet<usize> = HashSet::new();
     for step in 0..steps.count {
+        if step % 64 == 0 {
+            budget.check_deadline("binary operator")?;
+        }
         one_at.clear();
         matched.clear();
         written.clear();
@@ -274,13 +278,6 @@ fn vector_vector(
         for (s, sig) in many.iter().zip(&many_sig) {
             let Some(mv) = s.values[step] else { continue };
             let Some(&j) = one_at.get(sig) else { continue };
-            if one_to_one && !matched.insert(sig) {
-                return Err(QueryError::Execution(format!(
-                    "found duplicate series for the match group {sig} on the left hand-side of \
-                     the operation: many-to-many matching not allowed: matching labels must be \
-                     unique on one side"
-                )));
-            }
             let ov = one[j].values[step].unwrap_or(f64::NAN);
             let (l, r) = if swapped { (ov, mv) } else { (mv, ov) };
             let (value, keep) = apply(op, l, r);
@@ -291,6 +288,14 @@ fn vector_vector(
             } else {
                 continue;
             };
+            // Checked on what the operator kept, as Prometheus checks it.
+            if one_to_one && !matched.insert(sig) {
+                return Err(QueryError::Execution(
+                    "multiple matches for labels: many-to-one matching must be explicit \
+                     (group_left/group_right)"
+                        .into(),
+                ));
+            }
             let mut labels = s.labels.clone();
             if drop_name {
                 labels.remove(crate::labels::METRIC_NAME);
@@ -311,6 +316,7 @@ fn vector_vector(
             let next = out.len();
             let index = *out_index.entry(labels.clone()).or_insert(next);
             if index == next {
+                budget.take_series(steps)?;
                 out.push(StepSeries {
                     labels,
                     values: vec![None; steps.count],

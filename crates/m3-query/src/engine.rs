@@ -92,7 +92,7 @@ impl Engine {
         Limits {
             max_samples: self.max_samples,
             max_series: self.max_series,
-            deadline: self.timeout.map(|t| Instant::now() + t),
+            deadline: self.timeout.and_then(|t| Instant::now().checked_add(t)),
         }
     }
 
@@ -151,7 +151,8 @@ impl Engine {
                     .series
                     .into_iter()
                     .filter_map(|s| {
-                        let points = window(&s.points, end - range.range_ms, end).to_vec();
+                        let points =
+                            window(&s.points, end.saturating_sub(range.range_ms), end).to_vec();
                         (!points.is_empty()).then_some(SeriesPoints {
                             labels: s.labels,
                             points,

@@ -13,9 +13,12 @@
 //! * a subquery `e[r:s]` evaluates `e` at the multiples of `s` (the default step is one
 //!   minute) within `[t − r, t]` and offers those points as a range vector.
 //!
-//! Everything a query holds is counted against its [`Limits`]: samples loaded and points
-//! produced against `max_samples`, series read against `max_series`, and the deadline is
-//! checked at every series read and every node.
+//! Everything a query holds is counted against its [`Limits`]. `max_samples` bounds the
+//! samples and per-step slots held at once, as Prometheus counts them: a node is charged for
+//! each series' dense slots *before* it allocates them, and once the node is done its
+//! arguments are given back and its result stays charged until its parent is done in turn.
+//! `max_series` bounds the series read by all selectors together. The deadline is checked at
+//! every node, every series read and in the per-series and per-group loops.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -110,6 +113,20 @@ impl Budget {
         self.held = self.held.saturating_sub(n);
     }
 
+    /// Counts one more series of `steps` dense slots, and checks the deadline: called before
+    /// each such series is allocated.
+    pub(crate) fn take_series(&mut self, steps: &Steps) -> Result<()> {
+        self.check_deadline("query evaluation")?;
+        self.take(steps.count)
+    }
+
+    /// Ends a node: what it held while working (its arguments, its scratch) is given back
+    /// down to `before`, and its result, `slots` of them, is held instead.
+    fn settle(&mut self, before: usize, slots: usize) -> Result<()> {
+        self.held = before;
+        self.take(slots)
+    }
+
     fn add_series(&mut self) -> Result<()> {
         self.series += 1;
         if self.series > self.limits.max_series {
@@ -160,16 +177,26 @@ impl<'a> Evaluator<'a> {
         }
     }
 
-    /// Evaluates `expr` at every step of `steps`.
+    /// Evaluates `expr` at every step of `steps`; its result stays charged to the budget.
     pub(crate) fn eval(&mut self, expr: &Expr, steps: &Steps) -> Result<Value> {
         self.budget.check_deadline("query evaluation")?;
+        let before = self.budget.held;
+        let value = self.eval_node(expr, steps)?;
+        self.budget.settle(before, value.slots())?;
+        Ok(value)
+    }
+
+    fn eval_node(&mut self, expr: &Expr, steps: &Steps) -> Result<Value> {
         match expr {
-            Expr::NumberLiteral(n) => Ok(Value::Scalar(vec![n.val; steps.count])),
+            Expr::NumberLiteral(n) => {
+                self.budget.take(steps.count)?;
+                Ok(Value::Scalar(vec![n.val; steps.count]))
+            }
             Expr::StringLiteral(s) => Ok(Value::String(s.val.clone())),
             Expr::Paren(p) => self.eval(&p.expr, steps),
             Expr::Unary(u) => match self.eval(&u.expr, steps)? {
                 Value::Scalar(v) => Ok(Value::Scalar(v.into_iter().map(|x| -x).collect())),
-                Value::Vector(series) => Ok(Value::Vector(
+                Value::Vector(series) => require_distinct_labels(
                     series
                         .into_iter()
                         .map(|s| StepSeries {
@@ -177,7 +204,8 @@ impl<'a> Evaluator<'a> {
                             values: s.values.into_iter().map(|v| v.map(|x| -x)).collect(),
                         })
                         .collect(),
-                )),
+                )
+                .map(Value::Vector),
                 other => Err(QueryError::BadData(format!(
                     "unary expression only allowed on expressions of type scalar or instant \
                      vector, got {:?}",
@@ -256,7 +284,7 @@ impl<'a> Evaluator<'a> {
             &mut |labels, samples| {
                 budget.add_series()?;
                 budget.check_deadline("reading series")?;
-                budget.take(samples.len())?;
+                budget.take(samples.len().saturating_add(ends.len()))?;
                 let mut values = Vec::with_capacity(ends.len());
                 let mut found = 0;
                 for &end in &ends {
@@ -269,9 +297,11 @@ impl<'a> Evaluator<'a> {
                     found += usize::from(value.is_some());
                     values.push(value);
                 }
+                if found == 0 {
+                    budget.give_back(ends.len());
+                }
                 budget.give_back(samples.len());
                 if found > 0 {
-                    budget.take(found)?;
                     out.push(StepSeries {
                         labels: LabelSet::from_stored(labels),
                         values,
@@ -505,6 +535,22 @@ fn system_time_ms(t: SystemTime) -> i64 {
         Ok(d) => duration_ms(d),
         Err(e) => duration_ms(e.duration()).saturating_neg(),
     }
+}
+
+/// The series, sorted by labels, unless two of them have the same labels: Prometheus' check on
+/// a whole result (unary minus, range functions), which unlike [`merge_same_labels`] refuses
+/// such a pair even when their steps do not overlap.
+pub(crate) fn require_distinct_labels(mut series: Vec<StepSeries>) -> Result<Vec<StepSeries>> {
+    series.sort_by(|a, b| a.labels.cmp(&b.labels));
+    if series
+        .windows(2)
+        .any(|pair| pair[0].labels == pair[1].labels)
+    {
+        return Err(QueryError::Execution(
+            "vector cannot contain metrics with the same labelset".into(),
+        ));
+    }
+    Ok(series)
 }
 
 /// Series with equal label sets merged into one, as Prometheus' matrix holds one series per

@@ -12,6 +12,7 @@
 //! `label_replace`, `label_join`, `sort` and `sort_desc`, as Prometheus does. A result where
 //! two series end up with the same labels at the same step is an `execution` error.
 
+use std::collections::HashMap;
 use std::f64::consts::PI;
 
 use promql_parser::label::MatchOp;
@@ -19,7 +20,7 @@ use promql_parser::parser::{Call, Expr};
 use regex::Regex;
 
 use crate::error::{QueryError, Result};
-use crate::eval::{Evaluator, Steps, merge_same_labels};
+use crate::eval::{Budget, Evaluator, Steps, merge_same_labels, require_distinct_labels};
 use crate::labels::{LabelSet, METRIC_NAME};
 use crate::stats::{self, go_max, go_min};
 use crate::value::{RangeVector, StepSeries, Value};
@@ -70,7 +71,7 @@ pub(crate) fn call(ev: &mut Evaluator<'_>, call: &Call, steps: &Steps) -> Result
                 range
                     .series
                     .iter()
-                    .any(|s| !window(&s.points, end - range.range_ms, end).is_empty())
+                    .any(|s| !window(&s.points, end.saturating_sub(range.range_ms), end).is_empty())
             })?
         }
         "label_replace" => label_replace(ev, &args, steps)?,
@@ -78,18 +79,22 @@ pub(crate) fn call(ev: &mut Evaluator<'_>, call: &Call, steps: &Steps) -> Result
         "sort" | "sort_desc" => {
             let mut series = ev.eval_vector(arg(0)?, steps)?;
             let desc = name == "sort_desc";
-            // Only an instant query's order shows: sort by the first (only) step.
+            // Only an instant query's order shows: sort by the first (only) step, NaN last
+            // either way.
             series.sort_by(|a, b| {
                 let (x, y) = (
                     a.values[0].unwrap_or(f64::NAN),
                     b.values[0].unwrap_or(f64::NAN),
                 );
+                let by_value = if desc {
+                    stats::nan_first(x, y).reverse()
+                } else {
+                    stats::nan_first(x, y)
+                };
                 match (x.is_nan(), y.is_nan()) {
-                    (true, true) => std::cmp::Ordering::Equal,
-                    (true, false) => std::cmp::Ordering::Less,
-                    (false, true) => std::cmp::Ordering::Greater,
-                    _ if desc => y.total_cmp(&x),
-                    _ => x.total_cmp(&y),
+                    (true, false) => std::cmp::Ordering::Greater,
+                    (false, true) => std::cmp::Ordering::Less,
+                    _ => by_value,
                 }
                 .then_with(|| a.labels.cmp(&b.labels))
             });
@@ -98,7 +103,7 @@ pub(crate) fn call(ev: &mut Evaluator<'_>, call: &Call, steps: &Steps) -> Result
         "histogram_quantile" => {
             let q = ev.eval_scalar(arg(0)?, steps)?;
             let series = ev.eval_vector(arg(1)?, steps)?;
-            histogram_quantile(&q, series, steps)
+            histogram_quantile(&mut ev.budget, &q, series, steps)?
         }
         "round" => {
             let to_nearest = match args.get(1) {
@@ -113,8 +118,10 @@ pub(crate) fn call(ev: &mut Evaluator<'_>, call: &Call, steps: &Steps) -> Result
         "clamp" => {
             let lo = ev.eval_scalar(arg(1)?, steps)?;
             let hi = ev.eval_scalar(arg(2)?, steps)?;
+            // No value where the bounds are inverted; a NaN bound gives NaN.
             map_values(ev.eval_vector(arg(0)?, steps)?, |v, i| {
-                (hi[i] >= lo[i]).then(|| go_max(lo[i], go_min(hi[i], v)))
+                (hi[i] >= lo[i] || hi[i].is_nan() || lo[i].is_nan())
+                    .then(|| go_max(lo[i], go_min(hi[i], v)))
             })
         }
         "clamp_min" => {
@@ -237,6 +244,7 @@ struct Window<'a> {
 
 /// Applies `f` to every series' window at every step.
 fn over_windows(
+    budget: &mut Budget,
     range: RangeVector,
     steps: &Steps,
     keep_name: bool,
@@ -244,6 +252,7 @@ fn over_windows(
 ) -> Result<Vec<StepSeries>> {
     let mut out = Vec::with_capacity(range.series.len());
     for s in range.series {
+        budget.take_series(steps)?;
         let values: Vec<Option<f64>> = range
             .window_ends
             .iter()
@@ -273,9 +282,11 @@ fn over_windows(
                 },
                 values,
             });
+        } else {
+            budget.give_back(steps.count);
         }
     }
-    merge_same_labels(out)
+    require_distinct_labels(out)
 }
 
 /// The functions over a range vector.
@@ -297,25 +308,27 @@ fn range_function(
         "rate" | "increase" | "delta" => {
             let range = ev.eval_range(range_arg(0)?, steps)?;
             let (is_counter, is_rate) = (name != "delta", name == "rate");
-            over_windows(range, steps, false, |w| {
+            over_windows(&mut ev.budget, range, steps, false, |w| {
                 extrapolated_delta(w, is_counter, is_rate)
             })
         }
         "irate" | "idelta" => {
             let range = ev.eval_range(range_arg(0)?, steps)?;
             let is_rate = name == "irate";
-            over_windows(range, steps, false, |w| instant_delta(w.points, is_rate))
+            over_windows(&mut ev.budget, range, steps, false, |w| {
+                instant_delta(w.points, is_rate)
+            })
         }
         "deriv" => {
             let range = ev.eval_range(range_arg(0)?, steps)?;
-            over_windows(range, steps, false, |w| {
+            over_windows(&mut ev.budget, range, steps, false, |w| {
                 (w.points.len() >= 2).then(|| stats::linear_regression(w.points, w.points[0].0).0)
             })
         }
         "predict_linear" => {
             let range = ev.eval_range(range_arg(0)?, steps)?;
             let by = ev.eval_scalar(range_arg(1)?, steps)?;
-            over_windows(range, steps, false, |w| {
+            over_windows(&mut ev.budget, range, steps, false, |w| {
                 (w.points.len() >= 2).then(|| {
                     let (slope, intercept) = stats::linear_regression(w.points, w.time);
                     intercept + slope * by[w.step]
@@ -327,21 +340,23 @@ fn range_function(
             let sf = ev.eval_scalar(range_arg(1)?, steps)?;
             let tf = ev.eval_scalar(range_arg(2)?, steps)?;
             for (what, factors) in [("smoothing", &sf), ("trend", &tf)] {
-                if let Some(bad) = factors.iter().find(|f| !(**f > 0.0 && **f < 1.0)) {
+                if let Some(bad) = factors.iter().find(|f| **f <= 0.0 || **f >= 1.0) {
                     return Err(QueryError::Execution(format!(
                         "invalid {what} factor. Expected: 0 < {} < 1, got: {bad:.6}",
                         if what == "smoothing" { "sf" } else { "tf" }
                     )));
                 }
             }
-            over_windows(range, steps, false, |w| {
+            over_windows(&mut ev.budget, range, steps, false, |w| {
                 stats::holt_winters(w.points, sf[w.step], tf[w.step])
             })
         }
         "avg_over_time" => over(ev, range_arg(0)?, steps, false, |w| {
             Some(stats::incremental_mean(values(w)))
         }),
-        "sum_over_time" => over(ev, range_arg(0)?, steps, false, |w| Some(values(w).sum())),
+        "sum_over_time" => over(ev, range_arg(0)?, steps, false, |w| {
+            Some(stats::compensated_sum(values(w)))
+        }),
         "count_over_time" => over(ev, range_arg(0)?, steps, false, |w| {
             Some(w.points.len() as f64)
         }),
@@ -376,7 +391,7 @@ fn range_function(
             let q = ev.eval_scalar(range_arg(0)?, steps)?;
             let range = ev.eval_range(range_arg(1)?, steps)?;
             let mut buf = Vec::new();
-            over_windows(range, steps, false, |w| {
+            over_windows(&mut ev.budget, range, steps, false, |w| {
                 buf.clear();
                 buf.extend(values(w));
                 Some(stats::quantile(q[w.step], &mut buf))
@@ -397,7 +412,7 @@ fn over(
     f: impl FnMut(&Window<'_>) -> Option<f64>,
 ) -> Result<Vec<StepSeries>> {
     let range = ev.eval_range(arg, steps)?;
-    over_windows(range, steps, keep_name, f)
+    over_windows(&mut ev.budget, range, steps, keep_name, f)
 }
 
 /// `rate`, `increase` and `delta`: the change over the window, extrapolated towards its
@@ -542,7 +557,7 @@ fn string_arg(
 }
 
 /// Whether `name` is a valid label name.
-fn is_label_name(name: &str) -> bool {
+pub(crate) fn is_label_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -560,13 +575,13 @@ fn label_replace(ev: &mut Evaluator<'_>, args: &[&Expr], steps: &Steps) -> Resul
     let replacement = string_arg(ev, args.get(2), steps, "label_replace()")?;
     let src = string_arg(ev, args.get(3), steps, "label_replace()")?;
     let pattern = string_arg(ev, args.get(4), steps, "label_replace()")?;
-    let regex = Regex::new(&format!("^(?s:{pattern})$")).map_err(|e| {
-        QueryError::BadData(format!(
+    let regex = Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+        QueryError::Execution(format!(
             "invalid regular expression in label_replace(): {e}"
         ))
     })?;
     if !is_label_name(&dst) {
-        return Err(QueryError::BadData(format!(
+        return Err(QueryError::Execution(format!(
             "invalid destination label name in label_replace(): {dst}"
         )));
     }
@@ -597,14 +612,14 @@ fn label_join(ev: &mut Evaluator<'_>, args: &[&Expr], steps: &Steps) -> Result<V
     for i in 3..args.len() {
         let src = string_arg(ev, args.get(i), steps, "label_join()")?;
         if !is_label_name(&src) {
-            return Err(QueryError::BadData(format!(
+            return Err(QueryError::Execution(format!(
                 "invalid source label name in label_join(): {src}"
             )));
         }
         sources.push(src);
     }
     if !is_label_name(&dst) {
-        return Err(QueryError::BadData(format!(
+        return Err(QueryError::Execution(format!(
             "invalid destination label name in label_join(): {dst}"
         )));
     }
@@ -623,42 +638,55 @@ fn label_join(ev: &mut Evaluator<'_>, args: &[&Expr], steps: &Steps) -> Result<V
 
 /// `histogram_quantile(φ, buckets)`: per group of series equal but for `le`, the quantile
 /// interpolated within the bucket it falls in.
-fn histogram_quantile(q: &[f64], series: Vec<StepSeries>, steps: &Steps) -> Vec<StepSeries> {
+fn histogram_quantile(
+    budget: &mut Budget,
+    q: &[f64],
+    series: Vec<StepSeries>,
+    steps: &Steps,
+) -> Result<Vec<StepSeries>> {
     // Per group (labels without `le`): each bucket's upper bound and its values per step.
     type Buckets = Vec<(f64, Vec<Option<f64>>)>;
+    let mut group_of: HashMap<LabelSet, usize> = HashMap::new();
     let mut groups: Vec<(LabelSet, Buckets)> = Vec::new();
     for s in series {
         let Some(upper) = s.labels.get("le").and_then(stats::parse_go_float) else {
             continue;
         };
-        let mut labels = s.labels.without_metric_name();
+        let mut labels = s.labels;
         labels.remove("le");
-        match groups.iter_mut().find(|g| g.0 == labels) {
-            Some(g) => g.1.push((upper, s.values)),
-            None => groups.push((labels, vec![(upper, s.values)])),
+        let next = groups.len();
+        let index = *group_of.entry(labels.clone()).or_insert(next);
+        if index == next {
+            groups.push((labels, Vec::new()));
+        }
+        groups[index].1.push((upper, s.values));
+    }
+    drop(group_of);
+    let mut buckets = Vec::new();
+    let mut out = Vec::with_capacity(groups.len());
+    for (labels, members) in groups {
+        budget.take_series(steps)?;
+        let values: Vec<Option<f64>> = (0..steps.count)
+            .map(|i| {
+                buckets.clear();
+                buckets.extend(
+                    members
+                        .iter()
+                        .filter_map(|(upper, values)| values[i].map(|c| (*upper, c))),
+                );
+                (!buckets.is_empty()).then(|| stats::bucket_quantile(q[i], &mut buckets))
+            })
+            .collect();
+        if values.iter().any(Option::is_some) {
+            out.push(StepSeries {
+                labels: labels.without_metric_name(),
+                values,
+            });
+        } else {
+            budget.give_back(steps.count);
         }
     }
-    let mut buckets = Vec::new();
-    groups
-        .into_iter()
-        .filter_map(|(labels, members)| {
-            let values: Vec<Option<f64>> = (0..steps.count)
-                .map(|i| {
-                    buckets.clear();
-                    buckets.extend(
-                        members
-                            .iter()
-                            .filter_map(|(upper, values)| values[i].map(|c| (*upper, c))),
-                    );
-                    (!buckets.is_empty()).then(|| stats::bucket_quantile(q[i], &mut buckets))
-                })
-                .collect();
-            values
-                .iter()
-                .any(Option::is_some)
-                .then_some(StepSeries { labels, values })
-        })
-        .collect()
+    Ok(out)
 }
 
 /// `hour()`, `month()`, … of a Unix time in seconds, in UTC.

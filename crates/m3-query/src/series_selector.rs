@@ -42,9 +42,10 @@ pub fn parse_series_selector(text: &str) -> Result<Vec<Matcher>> {
             "match[] must be a series selector, got {text:?}: {reason}"
         ))
     };
-    // A selector's brackets never nest: anything deeper is refused before the parser builds a
-    // tree on the caller's (async, small-stacked) thread.
-    let parsed = parse_guarded(text, 1).map_err(not_selector)?;
+    // A selector's brackets never nest: anything nested deeper than the simplest mistakes
+    // (`rate(up[5m])`) is refused before the parser builds a tree on the caller's (async,
+    // small-stacked) thread.
+    let parsed = parse_guarded(text, 2).map_err(not_selector)?;
     let what = match &parsed {
         Expr::VectorSelector(vs) if vs.offset.is_some() => "an offset modifier".to_string(),
         Expr::VectorSelector(vs) if vs.at.is_some() => "an @ modifier".to_string(),
@@ -62,4 +63,3 @@ pub fn parse_series_selector(text: &str) -> Result<Vec<Matcher>> {
     };
     Err(not_selector(what))
 }
-

@@ -23,38 +23,92 @@ pub(crate) fn go_min(a: f64, b: f64) -> f64 {
     }
 }
 
-/// The mean as Prometheus accumulates it (`mean += v/n − mean/n`), which does not overflow
-/// where `sum / n` would, with its handling of infinities.
+/// One step of Neumaier's compensated (Kahan) summation, as Prometheus 2.42 sums over time:
+/// `sum + inc`, with the rounding error gathered in `c`.
+fn kahan_add(inc: f64, sum: f64, c: f64) -> (f64, f64) {
+    let t = sum + inc;
+    let c = if sum.abs() >= inc.abs() {
+        c + ((sum - t) + inc)
+    } else {
+        c + ((inc - t) + sum)
+    };
+    (t, c)
+}
+
+/// A compensated sum and its correction together; an infinite sum ignores the correction
+/// (which is NaN then).
+#[derive(Debug, Default, Clone, Copy)]
+struct CompensatedSum {
+    sum: f64,
+    c: f64,
+}
+
+impl CompensatedSum {
+    fn add(&mut self, inc: f64) {
+        (self.sum, self.c) = kahan_add(inc, self.sum, self.c);
+    }
+
+    fn value(self) -> f64 {
+        if self.sum.is_infinite() {
+            self.sum
+        } else {
+            self.sum + self.c
+        }
+    }
+}
+
+/// `sum_over_time`: the compensated sum.
+pub(crate) fn compensated_sum(values: impl Iterator<Item = f64>) -> f64 {
+    let mut sum = CompensatedSum::default();
+    values.for_each(|v| sum.add(v));
+    sum.value()
+}
+
+/// The mean as Prometheus accumulates it over time (`mean += v/n − mean/n`, compensated),
+/// which does not overflow where `sum / n` would, with its handling of infinities.
 pub(crate) fn incremental_mean(values: impl Iterator<Item = f64>) -> f64 {
-    let mut mean: f64 = 0.0;
+    let mut mean = CompensatedSum::default();
     let mut count: f64 = 0.0;
     for v in values {
         count += 1.0;
-        if mean.is_infinite() {
-            if v.is_infinite() && (mean > 0.0) == (v > 0.0) {
+        if mean.sum.is_infinite() {
+            if v.is_infinite() && (mean.sum > 0.0) == (v > 0.0) {
                 continue;
             }
             if !v.is_infinite() && !v.is_nan() {
                 continue;
             }
         }
-        mean += v / count - mean / count;
+        mean.add(v / count - mean.sum / count);
     }
-    mean
+    mean.value()
 }
 
-/// The population variance, by Welford's method as Prometheus does it.
+/// The population variance, by Welford's method with compensated sums as Prometheus 2.42
+/// computes it over time.
 pub(crate) fn variance(values: impl Iterator<Item = f64>) -> f64 {
     let mut count = 0.0;
-    let mut mean = 0.0;
-    let mut aux = 0.0;
+    let mut mean = CompensatedSum::default();
+    let mut aux = CompensatedSum::default();
     for v in values {
         count += 1.0;
-        let delta = v - mean;
-        mean += delta / count;
-        aux += delta * (v - mean);
+        let delta = v - (mean.sum + mean.c);
+        mean.add(delta / count);
+        aux.add(delta * (v - (mean.sum + mean.c)));
     }
-    aux / count
+    (aux.sum + aux.c) / count
+}
+
+/// The order Go's float sorts give: NaN before every number. A total order, which Rust's
+/// sorts require (`partial_cmp` with a fallback is not one when NaN is present).
+pub(crate) fn nan_first(a: f64, b: f64) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    match (a.is_nan(), b.is_nan()) {
+        (true, true) => Ordering::Equal,
+        (true, false) => Ordering::Less,
+        (false, true) => Ordering::Greater,
+        (false, false) => a.partial_cmp(&b).unwrap_or(Ordering::Equal),
+    }
 }
 
 /// The φ-quantile of `values` (reordered), interpolating between the closest ranks; −Inf
@@ -69,7 +123,7 @@ pub(crate) fn quantile(q: f64, values: &mut [f64]) -> f64 {
     if q > 1.0 {
         return f64::INFINITY;
     }
-    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    values.sort_by(|a, b| nan_first(*a, *b));
     let n = values.len() as f64;
     let rank = q * (n - 1.0);
     let lower = rank.floor().max(0.0);
@@ -81,7 +135,8 @@ pub(crate) fn quantile(q: f64, values: &mut [f64]) -> f64 {
 /// Least-squares fit of `points` with time measured in seconds from `intercept_time`:
 /// `(slope, intercept)`. A constant series has slope 0 (and NaN if it is infinite).
 pub(crate) fn linear_regression(points: &[(i64, f64)], intercept_time: i64) -> (f64, f64) {
-    let (mut n, mut sum_x, mut sum_y, mut sum_xy, mut sum_x2) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let mut n = 0.0;
+    let [mut sum_x, mut sum_y, mut sum_xy, mut sum_x2] = [CompensatedSum::default(); 4];
     let first = points.first().map_or(0.0, |p| p.1);
     let mut constant = true;
     for (i, &(t, v)) in points.iter().enumerate() {
@@ -91,11 +146,12 @@ pub(crate) fn linear_regression(points: &[(i64, f64)], intercept_time: i64) -> (
         n += 1.0;
         // In i128: the evaluation time may be anywhere in i64's range.
         let x = (i128::from(t) - i128::from(intercept_time)) as f64 / 1e3;
-        sum_x += x;
-        sum_y += v;
-        sum_xy += x * v;
-        sum_x2 += x * x;
+        sum_x.add(x);
+        sum_y.add(v);
+        sum_xy.add(x * v);
+        sum_x2.add(x * x);
     }
+    let [sum_x, sum_y, sum_xy, sum_x2] = [sum_x, sum_y, sum_xy, sum_x2].map(|s| s.sum + s.c);
     if constant {
         if first.is_infinite() {
             return (f64::NAN, f64::NAN);
@@ -158,7 +214,7 @@ pub(crate) fn bucket_quantile(q: f64, buckets: &mut Vec<(f64, f64)>) -> f64 {
     if q > 1.0 {
         return f64::INFINITY;
     }
-    buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+    buckets.sort_by(|a, b| nan_first(a.0, b.0));
     if buckets.last().is_none_or(|b| b.0 != f64::INFINITY) {
         return f64::NAN;
     }
@@ -171,12 +227,12 @@ pub(crate) fn bucket_quantile(q: f64, buckets: &mut Vec<(f64, f64)>) -> f64 {
             false
         }
     });
-    // Counts never decrease (scrapes of a histogram are not atomic).
+    // Counts never decrease (scrapes of a histogram are not atomic); a NaN count stays NaN.
     let mut max = f64::NEG_INFINITY;
     for b in buckets.iter_mut() {
         if b.1 > max {
             max = b.1;
-        } else {
+        } else if b.1 < max {
             b.1 = max;
         }
     }
@@ -266,6 +322,34 @@ mod tests {
         assert_eq!(bucket_quantile(0.5, &mut buckets), 1.0);
         let mut buckets = vec![(1.0, 10.0), (2.0, 20.0), (f64::INFINITY, 20.0)];
         assert_eq!(bucket_quantile(0.75, &mut buckets), 1.5);
+    }
+
+    #[test]
+    fn nan_sorts_first_and_never_breaks_the_sort() {
+        // Many NaN among numbers: a comparator that is not a total order may panic here.
+        let mut values: Vec<f64> = (0..200)
+            .map(|i| {
+                if i % 3 == 0 {
+                    f64::NAN
+                } else {
+                    f64::from(100 - i)
+                }
+            })
+            .collect();
+        values.sort_by(|a, b| nan_first(*a, *b));
+        let nan = values.iter().take_while(|v| v.is_nan()).count();
+        assert_eq!(nan, 67);
+        assert!(values[nan..].windows(2).all(|w| w[0] <= w[1]));
+        // The quantile of values with NaN ranks NaN lowest, as Prometheus does.
+        assert!(quantile(0.0, &mut [3.0, f64::NAN, 1.0]).is_nan());
+        assert_eq!(quantile(1.0, &mut [3.0, f64::NAN, 1.0]), 3.0);
+        // A bucket with a NaN bound sorts first; a NaN count is left as it is, not raised to
+        // the running maximum.
+        let mut buckets = vec![(f64::INFINITY, 10.0), (f64::NAN, 4.0), (1.0, 5.0)];
+        assert_eq!(bucket_quantile(0.9, &mut buckets), 1.0);
+        let mut buckets = vec![(1.0, 5.0), (2.0, f64::NAN), (f64::INFINITY, 10.0)];
+        bucket_quantile(0.9, &mut buckets);
+        assert!(buckets[1].1.is_nan(), "{buckets:?}");
     }
 
     #[test]

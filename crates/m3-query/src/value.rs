@@ -57,6 +57,18 @@ pub(crate) enum Value {
 }
 
 impl Value {
+    /// How many samples or per-step slots the value holds, as the query's budget counts them.
+    pub(crate) fn slots(&self) -> usize {
+        match self {
+            Value::Scalar(v) => v.len(),
+            Value::Vector(series) => series.iter().map(|s| s.values.len()).sum(),
+            Value::Range(r) => {
+                r.series.iter().map(|s| s.points.len()).sum::<usize>() + r.window_ends.len()
+            }
+            Value::String(_) => 0,
+        }
+    }
+
     /// The PromQL type name, for error messages.
     pub(crate) fn type_name(&self) -> &'static str {
         match self {

@@ -409,7 +409,10 @@ fn hostile_match_selectors_are_refused_not_crashed() {
         .expect("spawn");
     for outcome in handle.join().expect("no panic or overflow") {
         let message = outcome.expect("refused as bad_data");
-        assert!(message.starts_with("match[] must be a series selector"), "{message}");
+        assert!(
+            message.starts_with("match[] must be a series selector"),
+            "{message}"
+        );
     }
     // Selectors with brackets one deep, however many matchers, are still read.
     let many = (0..300)
@@ -418,4 +421,65 @@ fn hostile_match_selectors_are_refused_not_crashed() {
         .join(",");
     let matchers = parse_series_selector(&format!("up{{{many}}}")).expect("wide selector");
     assert_eq!(matchers.len(), 301);
+}
+
+#[test]
+fn the_sample_budget_counts_every_step_a_result_holds() {
+    let (_dir, source) = fixture();
+    // `up` over ten minutes at a 1 s step: two series of 601 steps each, though the store
+    // holds only 11 samples of them. The budget counts the slots the answer holds.
+    let second = 1_000;
+    let run = |max: usize, query: &str| {
+        Engine::new()
+            .with_max_samples(max)
+            .range_query(&source, query, 0, 10 * MIN, second)
+    };
+    for query in [
+        "up",
+        "rate(up[2m])",
+        "up * 2",
+        "up + on (job) up",
+        "sum by (job) (up)",
+        r#"count_values("v", up)"#,
+        "histogram_quantile(0.5, label_replace(up, \"le\", \"+Inf\", \"\", \"\"))",
+    ] {
+        let e = run(600, query).expect_err(query);
+        assert!(
+            matches!(e, QueryError::TooManySamples { limit: 600 }),
+            "{query}: {e}"
+        );
+        assert!(run(10_000, query).is_ok(), "{query}");
+    }
+    // What a node's arguments held is given back once it is done: a chain of additions holds
+    // two operands and a result at a time, not every intermediate one.
+    assert!(run(5 * 601, "1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1").is_ok());
+}
+
+#[test]
+fn label_function_errors_are_execution_errors() {
+    let (_dir, source) = fixture();
+    for query in [
+        r#"label_replace(up, "x", "$1", "job", "(.*")"#,
+        r#"label_replace(up, "1x", "$1", "job", "(.*)")"#,
+        r#"label_join(up, "x", "-", "1bad")"#,
+        r#"count_values("1bad", up)"#,
+        "topk(NaN, up)",
+        "-(up{job=\"db\"} or label_replace(other, \"job\", \"db\", \"\", \"\"))",
+    ] {
+        let e = Engine::new()
+            .range_query(&source, query, 0, 10 * MIN, MIN)
+            .expect_err(query);
+        assert_eq!(
+            (e.error_type(), e.http_status()),
+            ("execution", 422),
+            "{query}: {e}"
+        );
+    }
+    // label_replace's regex is anchored and `.` does not match a newline, as in Go.
+    let r = vector(Engine::new().instant_query(
+        &source,
+        r#"label_replace(up{job="api"}, "x", "[$1]", "job", "a(.)i")"#,
+        2 * MIN,
+    ));
+    assert_eq!(r[0].labels.get("x"), Some("[p]"));
 }

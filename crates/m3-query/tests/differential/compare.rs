@@ -90,9 +90,19 @@ impl Report {
     ) {
         let verdict = match (ours, theirs) {
             (Err(ours), Err(theirs)) => {
-                self.both_refused += 1;
                 println!("both refused {query} [{how}]: we said {ours}; Prometheus said {theirs}");
-                Ok(())
+                // The error class (bad_data, execution, timeout) decides the HTTP status, so
+                // it must agree too.
+                let class = format!("\"{}\":", ours.error_type());
+                if theirs.starts_with(&class) {
+                    self.both_refused += 1;
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "both refused, we as {} ({ours}), Prometheus as {theirs}",
+                        ours.error_type()
+                    ))
+                }
             }
             (Ok(ours), Err(theirs)) => Err(format!(
                 "Prometheus refused ({theirs}), we answered {}",

@@ -196,7 +196,31 @@ fn hand_written() -> Vec<String> {
         "vector(1) + on () group_left m3q_info",
         "scalar(vector(2)) * m3q_temperature",
         "sort_desc(sum by (job, instance) (m3q_requests_total))",
-        // Errors both should refuse.
+        // Summation where the method shows.
+        "sum_over_time(m3q_cancel[5m])",
+        "avg_over_time(m3q_cancel[5m])",
+        "stddev_over_time(m3q_cancel[5m])",
+        "deriv(m3q_cancel[5m])",
+        "predict_linear(m3q_cancel[5m], 60)",
+        "sum(m3q_cancel or m3q_temperature)",
+        "avg(m3q_cancel or m3q_temperature)",
+        // NaN in orders and bounds.
+        "sort(m3q_special)",
+        "sort_desc(m3q_special)",
+        "clamp(m3q_temperature, NaN, 10)",
+        "clamp(m3q_temperature, 0, NaN)",
+        "quantile(0.5, m3q_special)",
+        // Same labels after the metric name is dropped, at steps that do not overlap.
+        r#"-(m3q_stale or label_replace(m3q_gappy, "instance", "y", "", ""))"#,
+        // A comparison that filters what would otherwise be a many-to-one match.
+        r#"m3q_temperature > on (job, instance) (m3q_info * 100)"#,
+        r#"(m3q_temperature < 1000) == on (job, instance) group_left m3q_info"#,
+        // Errors both should refuse, with the same class.
+        "topk(NaN, m3q_temperature)",
+        "bottomk(Inf, m3q_temperature)",
+        r#"label_replace(m3q_temperature, "x", "$1", "job", "(.*")"#,
+        r#"label_join(m3q_temperature, "1bad", "-", "job")"#,
+        r#"count_values("1bad", m3q_temperature)"#,
         "m3q_temperature + on (job) m3q_temperature",
         "sum(",
         "rate(m3q_temperature)",

@@ -9,6 +9,7 @@
 //! | `m3q_gappy` | 1 | samples only in the first and last quarter (gaps longer than the lookback) |
 //! | `m3q_stale` | 1 | ends with a staleness marker halfway |
 //! | `m3q_special` | 2 | NaN and ±Inf among ordinary values |
+//! | `m3q_cancel` | 1 | huge values that cancel, around small ones (summation order shows) |
 
 /// Prometheus' staleness marker.
 pub(crate) const STALE_NAN: f64 = f64::from_bits(0x7ff0_0000_0000_0002);
@@ -213,5 +214,16 @@ pub(crate) fn generate(start: i64, end: i64) -> Vec<GeneratedSeries> {
                 .collect(),
         });
     }
+    // Values where the order and method of summation show in the result.
+    let times = scrape_times(&mut rng, start, end, 8_000);
+    let cycle = [1e16, 1.0, -1e16, 3.5, 1e-3, 2e15, -2e15, 7.0];
+    out.push(GeneratedSeries {
+        labels: labels(&[("__name__", "m3q_cancel"), ("instance", "z")]),
+        samples: times
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| (t, cycle[i % cycle.len()]))
+            .collect(),
+    });
     out
 }
