@@ -32,9 +32,9 @@
 //! M3-Metrics-Type   M3-Storage-Policy   namespace read
 //! ───────────────   ─────────────────   ────────────────────────────────────────────────────
 //! (absent)          (absent)            by range: the unaggregated one while the request's
-//!                                       start is within its retention, otherwise the
+//!                                       reach is within its retention, otherwise the
 //!                                       aggregated one of finest resolution whose retention
-//!                                       covers the start (the longest retention if none does)
+//!                                       covers the reach (the longest retention if none does)
 //! unaggregated      (absent)            the unaggregated one
 //! aggregated        (absent)            by range among the aggregated ones
 //! aggregated        10s:2d              the aggregated one with window 10s and retention 2d
@@ -42,8 +42,10 @@
 //! unaggregated      10s:2d              400: a policy only applies to aggregated data
 //! ```
 //!
-//! The request's start is a range query's `start`, an instant query's `time`, and the `start`
-//! of the metadata endpoints (now when they give none). An unknown metrics type, a policy that
+//! How far back a query reaches is the earliest sample its expression reads
+//! ([`m3_query::Engine::earliest_read`]: its `start` or `time` moved back by lookback,
+//! ranges, offsets and subqueries, or pinned by `@`); the metadata endpoints reach back to their
+//! `start` (now when they give none). An unknown metrics type, a policy that
 //! does not parse or that no namespace has is a `400` naming the header and, where it helps,
 //! the namespaces that are configured.
 //!
@@ -140,7 +142,7 @@ impl QueryState {
         Ok((permit, engine))
     }
 
-    /// The namespace a request starting at `start_ms` reads (see the [module docs](self)).
+    /// The namespace a request reading back to `start_ms` reads (see the [module docs](self)).
     fn namespace(&self, headers: &HeaderMap, start_ms: i64) -> Result<String, ApiError> {
         choose_namespace(&self.namespaces, headers, start_ms, (self.clock)())
             .map(|ns| ns.name.clone())
@@ -261,12 +263,14 @@ async fn instant_query(
         Some(text) => parse_time("time", text)?,
         None => (state.clock)(),
     };
-    let source = NamespaceSource::new(state.store.clone(), state.namespace(&headers, time)?);
     let (permit, engine) = state.engine().await?;
     let result = blocking(move || {
+        let reads_from = engine.earliest_read(&query, time, time);
+        let source =
+            NamespaceSource::new(state.store.clone(), state.namespace(&headers, reads_from)?);
         let result = engine.instant_query(&source, &query, time);
         drop(permit);
-        result
+        result.map_err(ApiError::from)
     })
     .await?;
     Ok(success(result))
@@ -281,12 +285,14 @@ async fn range_query(
     let start = parse_time("start", params.first("start").unwrap_or_default())?;
     let end = parse_time("end", params.first("end").unwrap_or_default())?;
     let step = parse_duration_ms("step", params.first("step").unwrap_or_default())?;
-    let source = NamespaceSource::new(state.store.clone(), state.namespace(&headers, start)?);
     let (permit, engine) = state.engine().await?;
     let result = blocking(move || {
+        let reads_from = engine.earliest_read(&query, start, end);
+        let source =
+            NamespaceSource::new(state.store.clone(), state.namespace(&headers, reads_from)?);
         let result = engine.range_query(&source, &query, start, end, step);
         drop(permit);
-        result
+        result.map_err(ApiError::from)
     })
     .await?;
     Ok(success(result))
@@ -1331,6 +1337,43 @@ mod tests {
             body["data"]["result"][0]["values"],
             json!([[1010, "20"], [1020, "30"]])
         );
+    }
+
+    /// Without headers, the namespace follows how far back the expression reads, not only the
+    /// query's time: a three-day range at a time inside the raw retention reads the rollups.
+    #[tokio::test]
+    async fn namespace_follows_how_far_back_the_expression_reads() {
+        let api = serve().await;
+        let value_of = |query: &'static str| {
+            let api = &api;
+            async move {
+                let (status, body) = api
+                    .get("/api/v1/query", &[("query", query), ("time", "1020")], &[])
+                    .await;
+                assert_eq!(status, 200, "{body}");
+                body["data"]["result"][0]["value"][1].clone()
+            }
+        };
+        assert_eq!(value_of("max_over_time(cpu[1d])").await, "3");
+        assert_eq!(value_of("max_over_time(cpu[3d])").await, "600");
+        assert_eq!(
+            value_of("max_over_time(cpu[1d:1m] offset 2d) or cpu").await,
+            "600"
+        );
+        let (status, body) = api
+            .get(
+                "/api/v1/query_range",
+                &[
+                    ("query", "max_over_time(cpu[3d])"),
+                    ("start", "1020"),
+                    ("end", "1020"),
+                    ("step", "10s"),
+                ],
+                &[],
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["result"][0]["values"], json!([[1020, "600"]]));
     }
 
     #[tokio::test]

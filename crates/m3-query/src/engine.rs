@@ -88,6 +88,17 @@ impl Engine {
         self
     }
 
+    /// The earliest sample time `query` reads when evaluated from `start_ms` to `end_ms` (an
+    /// instant query has both at its time): `start_ms` moved back by the lookback, ranges,
+    /// offsets and subqueries it holds, or to where an `@` pins it. `start_ms` itself when the
+    /// query reads no series or does not parse (evaluating it reports why).
+    pub fn earliest_read(&self, query: &str, start_ms: i64, end_ms: i64) -> i64 {
+        parse(query)
+            .ok()
+            .and_then(|expr| crate::reach::earliest_read(&expr, start_ms, end_ms, self.lookback_ms))
+            .unwrap_or(start_ms)
+    }
+
     fn limits(&self) -> Limits {
         Limits {
             max_samples: self.max_samples,

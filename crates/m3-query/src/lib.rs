@@ -12,6 +12,7 @@
 //! | [`engine`] | the entry points, parsing, the answer's shape |
 //! | `eval` | the evaluator: selectors, subqueries, limits, one node at a time over all steps |
 //! | `functions`, `aggregate`, `binary` | the three kinds of operation |
+//! | `reach` | how far back a query reads, for the choice of namespace |
 //! | `stats` | numeric kernels computed in Prometheus' order of operations |
 //! | [`labels`], [`value`] | label sets and values as evaluation shapes them |
 //! | [`source`] | where series come from |
@@ -27,6 +28,7 @@ pub mod error;
 mod eval;
 mod functions;
 pub mod labels;
+mod reach;
 pub mod series_selector;
 pub mod source;
 mod stats;

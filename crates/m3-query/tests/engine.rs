@@ -483,3 +483,26 @@ fn label_function_errors_are_execution_errors() {
     ));
     assert_eq!(r[0].labels.get("x"), Some("[p]"));
 }
+
+#[test]
+fn earliest_read_counts_lookback_ranges_offsets_subqueries_and_at() {
+    let engine = Engine::new();
+    let t = 10 * 86_400_000;
+    let (hour, day) = (60 * MIN, 24 * 60 * MIN);
+    let reach = |query: &str| engine.earliest_read(query, t, t + hour);
+    assert_eq!(reach("up"), t - 5 * MIN);
+    assert_eq!(reach("rate(up[7d])"), t - 7 * day);
+    assert_eq!(reach("up offset 1d"), t - day - 5 * MIN);
+    assert_eq!(reach("up offset -1h"), t + hour - 5 * MIN);
+    assert_eq!(
+        reach("max_over_time(rate(up[5m])[1h:1m] offset 1d)"),
+        t - day - hour - 5 * MIN
+    );
+    assert_eq!(reach("up + on () group_left rate(other[2d])"), t - 2 * day);
+    assert_eq!(reach("up @ 100"), 100_000 - 5 * MIN);
+    assert_eq!(reach("up[1h] @ end()"), t);
+    assert_eq!(reach("max_over_time(up[10m:] @ start())"), t - 15 * MIN);
+    // Nothing read, or nothing parsed: the query's start.
+    assert_eq!(reach("vector(1) + time()"), t);
+    assert_eq!(reach("sum("), t);
+}
