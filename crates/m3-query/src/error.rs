@@ -47,12 +47,8 @@ impl QueryError {
             | QueryError::TooManySamples { .. }
             | QueryError::TooManySeries { .. } => "execution",
             QueryError::Timeout(_) => "timeout",
-            QueryError::Storage(e) => match e {
-                m3_storage::Error::InvalidRegex { .. }
-                | m3_storage::Error::UnknownNamespace(_)
-                | m3_storage::Error::NoNamespaceFor { .. } => "bad_data",
-                _ => "internal",
-            },
+            QueryError::Storage(e) if e.is_bad_input() => "bad_data",
+            QueryError::Storage(_) => "internal",
         }
     }
 
