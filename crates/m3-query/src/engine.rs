@@ -386,8 +386,9 @@ fn scan(query: &str) -> Scan<'_> {
                 }
                 let word = &query[start..i];
                 let in_duration = after_offset || brackets.last() == Some(&b'[');
-                if in_duration && found.bad_duration.is_none() && !valid_duration_number(word) {
-                    found.bad_duration = Some(word);
+                // A subquery's `range:step` reads as one word (metric names may hold `:`).
+                if in_duration && found.bad_duration.is_none() {
+                    found.bad_duration = word.split(':').find(|part| !valid_duration_number(part));
                 }
                 if ["and", "or", "unless", "atan2"]
                     .iter()
