@@ -330,6 +330,10 @@ impl<'a> Evaluator<'a> {
         };
         let budget = &mut self.budget;
         let mut series = Vec::new();
+        // The ends ascend (or are all one time, under `@`).
+        let gaps = window_ends
+            .windows(2)
+            .any(|w| w[1].saturating_sub(w[0]) > range_ms);
         self.source.select_each(
             &selector.matchers,
             lo.saturating_sub(range_ms),
@@ -338,10 +342,19 @@ impl<'a> Evaluator<'a> {
                 budget.add_series()?;
                 budget.check_deadline("reading series")?;
                 budget.take(samples.len())?;
+                // Windows shorter than the step leave gaps: what falls in none is not kept.
+                let in_a_window = |t: i64| {
+                    !gaps || {
+                        let next_end = window_ends.partition_point(|&e| e < t);
+                        window_ends
+                            .get(next_end)
+                            .is_some_and(|&e| e.saturating_sub(range_ms) <= t)
+                    }
+                };
                 let points: Vec<(i64, f64)> = samples
                     .iter()
                     .copied()
-                    .filter(|(_, v)| !is_stale_marker(*v))
+                    .filter(|&(t, v)| !is_stale_marker(v) && in_a_window(t))
                     .collect();
                 budget.give_back(samples.len() - points.len());
                 if !points.is_empty() {

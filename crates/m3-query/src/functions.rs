@@ -575,9 +575,9 @@ fn label_replace(ev: &mut Evaluator<'_>, args: &[&Expr], steps: &Steps) -> Resul
     let replacement = string_arg(ev, args.get(2), steps, "label_replace()")?;
     let src = string_arg(ev, args.get(3), steps, "label_replace()")?;
     let pattern = string_arg(ev, args.get(4), steps, "label_replace()")?;
-    let regex = Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+    let regex = Regex::new(&format!("^(?:{pattern})$")).map_err(|_| {
         QueryError::Execution(format!(
-            "invalid regular expression in label_replace(): {e}"
+            "invalid regular expression in label_replace(): {pattern}"
         ))
     })?;
     if !is_label_name(&dst) {

@@ -196,6 +196,11 @@ fn hand_written() -> Vec<String> {
         "vector(1) + on () group_left m3q_info",
         "scalar(vector(2)) * m3q_temperature",
         "sort_desc(sum by (job, instance) (m3q_requests_total))",
+        // Ranges shorter than the step: windows with gaps between them.
+        "count_over_time(m3q_temperature[20s])",
+        "max_over_time(m3q_temperature[45s])",
+        "rate(m3q_requests_total[30s] offset 1m)",
+        "last_over_time(m3q_temperature[10s:5s])",
         // Summation where the method shows.
         "sum_over_time(m3q_cancel[5m])",
         "avg_over_time(m3q_cancel[5m])",
