@@ -36,11 +36,14 @@ grep -v '/crates/m3-e2e ' "$listing.all" >"$listing.rest" || true
 run_lane() {
   local name=$1 list=$2
   : >"$list.failed"
+  local started
   while read -r dir exe; do
     echo "[$name] running $(basename "$exe") in ${dir#"$PWD"/}"
+    started=$SECONDS
     if ! (cd "$dir" && "$exe") 2>&1 | sed -u "s/^/[$name] /"; then
       echo "$exe" >>"$list.failed"
     fi
+    echo "[$name] $(basename "$exe") took $((SECONDS - started)) s"
   done <"$list"
 }
 
