@@ -13,11 +13,11 @@ use promql_parser::parser::token::{
     T_AVG, T_BOTTOMK, T_COUNT, T_COUNT_VALUES, T_GROUP, T_MAX, T_MIN, T_QUANTILE, T_STDDEV,
     T_STDVAR, T_SUM, T_TOPK,
 };
-use promql_parser::parser::{AggregateExpr, LabelModifier};
+use promql_parser::parser::{AggregateExpr, Expr, LabelModifier};
 
 use crate::error::{QueryError, Result};
 use crate::eval::{Budget, Evaluator, Steps};
-use crate::functions::is_label_name;
+use crate::functions::{self, is_label_name};
 use crate::labels::LabelSet;
 use crate::stats;
 use crate::value::{StepSeries, Value};
@@ -29,8 +29,13 @@ pub(crate) fn eval(ev: &mut Evaluator<'_>, agg: &AggregateExpr, steps: &Steps) -
         Some(p) => Some(ev.eval(p, steps)?),
         None => None,
     };
-    let mut series = ev.eval_vector(&agg.expr, steps)?;
     let modifier = agg.modifier.as_ref();
+    if let Some(fold_op) = FoldOp::from_token(op)
+        && let Some(folded) = stream_fold(ev, &agg.expr, fold_op, modifier, steps)?
+    {
+        return Ok(Value::Vector(folded));
+    }
+    let mut series = ev.eval_vector(&agg.expr, steps)?;
     if op == T_TOPK || op == T_BOTTOMK {
         let k = scalar_param(param, "k")?;
         // Prometheus converts k to an int64 and refuses what does not convert.
@@ -127,6 +132,63 @@ pub(crate) fn eval(ev: &mut Evaluator<'_>, agg: &AggregateExpr, steps: &Steps) -
     }
     out.retain(|s| s.values.iter().any(Option::is_some));
     Ok(Value::Vector(out))
+}
+
+/// The aggregation of a range function of one metric's windows (`sum by (job)
+/// (rate(x[5m]))`, the commonest dashboard query), folded one series at a time as the store
+/// hands them over: what is held is one fold per group and step, never every series' points
+/// or values. The folds see each group's values in the order the whole-vector path gives
+/// them, so the result is the same. `None`, having read nothing, for other arguments.
+fn stream_fold(
+    ev: &mut Evaluator<'_>,
+    arg: &Expr,
+    op: FoldOp,
+    modifier: Option<&LabelModifier>,
+    steps: &Steps,
+) -> Result<Option<Vec<StepSeries>>> {
+    let mut arg = arg;
+    while let Expr::Paren(p) = arg {
+        arg = &p.expr;
+    }
+    let Expr::Call(call) = arg else {
+        return Ok(None);
+    };
+    let mut group_of: HashMap<LabelSet, usize> = HashMap::new();
+    let mut groups: Vec<(LabelSet, Vec<Fold>)> = Vec::new();
+    let streamed =
+        functions::stream_window_call(ev, call, steps, &mut |budget, labels, values| {
+            let key = grouping_labels(&labels, modifier);
+            let group = match group_of.get(&key) {
+                Some(&g) => g,
+                None => {
+                    budget.take_series(steps)?;
+                    groups.push((key.clone(), vec![Fold::default(); steps.count]));
+                    group_of.insert(key, groups.len() - 1);
+                    groups.len() - 1
+                }
+            };
+            for (fold, value) in groups[group].1.iter_mut().zip(values) {
+                if let Some(v) = value {
+                    fold.add(op, *v);
+                }
+            }
+            Ok(())
+        })?;
+    if !streamed {
+        return Ok(None);
+    }
+    Ok(Some(
+        groups
+            .into_iter()
+            .filter_map(|(labels, folds)| {
+                let values: Vec<Option<f64>> = folds.iter().map(|f| f.result(op)).collect();
+                values
+                    .iter()
+                    .any(Option::is_some)
+                    .then_some(StepSeries { labels, values })
+            })
+            .collect(),
+    ))
 }
 
 fn scalar_param(param: Option<Value>, what: &str) -> Result<Vec<f64>> {

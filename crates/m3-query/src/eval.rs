@@ -320,49 +320,17 @@ impl<'a> Evaluator<'a> {
         range_ms: i64,
         steps: &Steps,
     ) -> Result<RangeVector> {
-        let (window_ends, bounds) = self.window_ends(selector.at, selector.offset_ms, steps);
-        let Some((lo, hi)) = bounds else {
-            return Ok(RangeVector {
-                series: Vec::new(),
-                range_ms,
-                window_ends,
-            });
-        };
-        let budget = &mut self.budget;
         let mut series = Vec::new();
-        // The ends ascend (or are all one time, under `@`).
-        let gaps = window_ends
-            .windows(2)
-            .any(|w| w[1].saturating_sub(w[0]) > range_ms);
-        self.source.select_each(
-            &selector.matchers,
-            lo.saturating_sub(range_ms),
-            hi,
-            &mut |labels, samples| {
-                budget.add_series()?;
-                budget.check_deadline("reading series")?;
-                budget.take(samples.len())?;
-                // Windows shorter than the step leave gaps: what falls in none is not kept.
-                let in_a_window = |t: i64| {
-                    !gaps || {
-                        let next_end = window_ends.partition_point(|&e| e < t);
-                        window_ends
-                            .get(next_end)
-                            .is_some_and(|&e| e.saturating_sub(range_ms) <= t)
-                    }
-                };
-                let points: Vec<(i64, f64)> = samples
-                    .iter()
-                    .copied()
-                    .filter(|&(t, v)| !is_stale_marker(v) && in_a_window(t))
-                    .collect();
-                budget.give_back(samples.len() - points.len());
-                if !points.is_empty() {
-                    series.push(RangeSeries {
-                        labels: LabelSet::from_stored(labels),
-                        points,
-                    });
-                }
+        let window_ends = self.select_range_each(
+            selector,
+            range_ms,
+            steps,
+            &mut |budget, _, labels, points| {
+                budget.take(points.len())?;
+                series.push(RangeSeries {
+                    labels,
+                    points: points.to_vec(),
+                });
                 Ok(())
             },
         )?;
@@ -371,6 +339,62 @@ impl<'a> Evaluator<'a> {
             range_ms,
             window_ends,
         })
+    }
+
+    /// A range selector's series one at a time: `each` gets where each step's window ends and
+    /// every series with points in some window (staleness markers left out, and what falls in
+    /// no window), and keeps what it charges to the budget. Returns the windows' ends.
+    pub(crate) fn select_range_each(
+        &mut self,
+        selector: &Selector,
+        range_ms: i64,
+        steps: &Steps,
+        each: &mut dyn FnMut(&mut Budget, &[i64], LabelSet, &[(i64, f64)]) -> Result<()>,
+    ) -> Result<Vec<i64>> {
+        let (window_ends, bounds) = self.window_ends(selector.at, selector.offset_ms, steps);
+        let Some((lo, hi)) = bounds else {
+            return Ok(window_ends);
+        };
+        let budget = &mut self.budget;
+        // The ends ascend (or are all one time, under `@`).
+        let gaps = window_ends
+            .windows(2)
+            .any(|w| w[1].saturating_sub(w[0]) > range_ms);
+        // Windows shorter than the step leave gaps: what falls in none is not kept.
+        let in_a_window = |t: i64| {
+            !gaps || {
+                let next_end = window_ends.partition_point(|&e| e < t);
+                window_ends
+                    .get(next_end)
+                    .is_some_and(|&e| e.saturating_sub(range_ms) <= t)
+            }
+        };
+        let mut points: Vec<(i64, f64)> = Vec::new();
+        self.source.select_each(
+            &selector.matchers,
+            lo.saturating_sub(range_ms),
+            hi,
+            &mut |labels, samples| {
+                budget.add_series()?;
+                budget.check_deadline("reading series")?;
+                budget.take(samples.len())?;
+                points.clear();
+                points.extend(
+                    samples
+                        .iter()
+                        .copied()
+                        .filter(|&(t, v)| !is_stale_marker(v) && in_a_window(t)),
+                );
+                let result = if points.is_empty() {
+                    Ok(())
+                } else {
+                    each(budget, &window_ends, LabelSet::from_stored(labels), &points)
+                };
+                budget.give_back(samples.len());
+                result
+            },
+        )?;
+        Ok(window_ends)
     }
 
     /// Where each step's window ends for a selector or subquery with these modifiers (`@`

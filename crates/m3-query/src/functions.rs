@@ -20,7 +20,9 @@ use promql_parser::parser::{Call, Expr};
 use regex::Regex;
 
 use crate::error::{QueryError, Result};
-use crate::eval::{Budget, Evaluator, Steps, merge_same_labels, require_distinct_labels};
+use crate::eval::{
+    Budget, Evaluator, Selector, Steps, duration_ms, merge_same_labels, require_distinct_labels,
+};
 use crate::labels::{LabelSet, METRIC_NAME};
 use crate::stats::{self, go_max, go_min};
 use crate::value::{RangeVector, StepSeries, Value};
@@ -253,26 +255,15 @@ fn over_windows(
     let mut out = Vec::with_capacity(range.series.len());
     for s in range.series {
         budget.take_series(steps)?;
-        let values: Vec<Option<f64>> = range
-            .window_ends
-            .iter()
-            .enumerate()
-            .map(|(i, &end)| {
-                let start = end.saturating_sub(range.range_ms);
-                let points = window(&s.points, start, end);
-                if points.is_empty() {
-                    return None;
-                }
-                f(&Window {
-                    points,
-                    start,
-                    end,
-                    range_ms: range.range_ms,
-                    step: i,
-                    time: steps.time(i),
-                })
-            })
-            .collect();
+        let mut values = Vec::with_capacity(steps.count);
+        each_window(
+            &range.window_ends,
+            range.range_ms,
+            steps,
+            &s.points,
+            &mut f,
+            &mut values,
+        );
         if values.iter().any(Option::is_some) {
             out.push(StepSeries {
                 labels: if keep_name {
@@ -289,6 +280,34 @@ fn over_windows(
     require_distinct_labels(out)
 }
 
+/// One series' value at every step: `f` of its points in the step's window (`None` where
+/// the window holds none), into `out` (cleared first).
+fn each_window(
+    window_ends: &[i64],
+    range_ms: i64,
+    steps: &Steps,
+    points: &[(i64, f64)],
+    f: &mut impl FnMut(&Window<'_>) -> Option<f64>,
+    out: &mut Vec<Option<f64>>,
+) {
+    out.clear();
+    out.extend(window_ends.iter().enumerate().map(|(i, &end)| {
+        let start = end.saturating_sub(range_ms);
+        let in_window = window(points, start, end);
+        if in_window.is_empty() {
+            return None;
+        }
+        f(&Window {
+            points: in_window,
+            start,
+            end,
+            range_ms,
+            step: i,
+            time: steps.time(i),
+        })
+    }));
+}
+
 /// The functions over a range vector.
 fn range_function(
     ev: &mut Evaluator<'_>,
@@ -301,30 +320,11 @@ fn range_function(
             QueryError::BadData(format!("{name}(): expected a range vector argument"))
         })
     };
-    fn values<'w>(w: &Window<'w>) -> impl Iterator<Item = f64> + 'w {
-        w.points.iter().map(|p| p.1)
+    if let Some((f, keep_name)) = window_only(name) {
+        let range = ev.eval_range(range_arg(0)?, steps)?;
+        return over_windows(&mut ev.budget, range, steps, keep_name, f);
     }
     match name {
-        "rate" | "increase" | "delta" => {
-            let range = ev.eval_range(range_arg(0)?, steps)?;
-            let (is_counter, is_rate) = (name != "delta", name == "rate");
-            over_windows(&mut ev.budget, range, steps, false, |w| {
-                extrapolated_delta(w, is_counter, is_rate)
-            })
-        }
-        "irate" | "idelta" => {
-            let range = ev.eval_range(range_arg(0)?, steps)?;
-            let is_rate = name == "irate";
-            over_windows(&mut ev.budget, range, steps, false, |w| {
-                instant_delta(w.points, is_rate)
-            })
-        }
-        "deriv" => {
-            let range = ev.eval_range(range_arg(0)?, steps)?;
-            over_windows(&mut ev.budget, range, steps, false, |w| {
-                (w.points.len() >= 2).then(|| stats::linear_regression(w.points, w.points[0].0).0)
-            })
-        }
         "predict_linear" => {
             let range = ev.eval_range(range_arg(0)?, steps)?;
             let by = ev.eval_scalar(range_arg(1)?, steps)?;
@@ -351,42 +351,6 @@ fn range_function(
                 stats::holt_winters(w.points, sf[w.step], tf[w.step])
             })
         }
-        "avg_over_time" => over(ev, range_arg(0)?, steps, false, |w| {
-            Some(stats::incremental_mean(values(w)))
-        }),
-        "sum_over_time" => over(ev, range_arg(0)?, steps, false, |w| {
-            Some(stats::compensated_sum(values(w)))
-        }),
-        "count_over_time" => over(ev, range_arg(0)?, steps, false, |w| {
-            Some(w.points.len() as f64)
-        }),
-        "min_over_time" => over(ev, range_arg(0)?, steps, false, |w| {
-            values(w).reduce(|m, v| if v < m || m.is_nan() { v } else { m })
-        }),
-        "max_over_time" => over(ev, range_arg(0)?, steps, false, |w| {
-            values(w).reduce(|m, v| if v > m || m.is_nan() { v } else { m })
-        }),
-        "last_over_time" => over(ev, range_arg(0)?, steps, true, |w| {
-            w.points.last().map(|p| p.1)
-        }),
-        "present_over_time" => over(ev, range_arg(0)?, steps, false, |_| Some(1.0)),
-        "stddev_over_time" => over(ev, range_arg(0)?, steps, false, |w| {
-            Some(stats::variance(values(w)).sqrt())
-        }),
-        "stdvar_over_time" => over(ev, range_arg(0)?, steps, false, |w| {
-            Some(stats::variance(values(w)))
-        }),
-        "changes" => over(ev, range_arg(0)?, steps, false, |w| {
-            Some(
-                w.points
-                    .windows(2)
-                    .filter(|p| p[0].1 != p[1].1 && !(p[0].1.is_nan() && p[1].1.is_nan()))
-                    .count() as f64,
-            )
-        }),
-        "resets" => over(ev, range_arg(0)?, steps, false, |w| {
-            Some(w.points.windows(2).filter(|p| p[1].1 < p[0].1).count() as f64)
-        }),
         "quantile_over_time" => {
             let q = ev.eval_scalar(range_arg(0)?, steps)?;
             let range = ev.eval_range(range_arg(1)?, steps)?;
@@ -403,16 +367,96 @@ fn range_function(
     }
 }
 
-/// A range function of the window alone.
-fn over(
+/// The values of a window's points.
+fn values<'w>(w: &Window<'w>) -> impl Iterator<Item = f64> + 'w {
+    w.points.iter().map(|p| p.1)
+}
+
+/// What a range function of the window alone computes from one window.
+type WindowFn = fn(&Window<'_>) -> Option<f64>;
+
+/// The range functions that need nothing but each window: the function, and whether it keeps
+/// the metric name (only `last_over_time` does).
+fn window_only(name: &str) -> Option<(WindowFn, bool)> {
+    let f: WindowFn = match name {
+        "rate" => |w| extrapolated_delta(w, true, true),
+        "increase" => |w| extrapolated_delta(w, true, false),
+        "delta" => |w| extrapolated_delta(w, false, false),
+        "irate" => |w| instant_delta(w.points, true),
+        "idelta" => |w| instant_delta(w.points, false),
+        "deriv" => {
+            |w| (w.points.len() >= 2).then(|| stats::linear_regression(w.points, w.points[0].0).0)
+        }
+        "avg_over_time" => |w| Some(stats::incremental_mean(values(w))),
+        "sum_over_time" => |w| Some(stats::compensated_sum(values(w))),
+        "count_over_time" => |w| Some(w.points.len() as f64),
+        "min_over_time" => |w| values(w).reduce(|m, v| if v < m || m.is_nan() { v } else { m }),
+        "max_over_time" => |w| values(w).reduce(|m, v| if v > m || m.is_nan() { v } else { m }),
+        "last_over_time" => |w| w.points.last().map(|p| p.1),
+        "present_over_time" => |_| Some(1.0),
+        "stddev_over_time" => |w| Some(stats::variance(values(w)).sqrt()),
+        "stdvar_over_time" => |w| Some(stats::variance(values(w))),
+        "changes" => |w| {
+            Some(
+                w.points
+                    .windows(2)
+                    .filter(|p| p[0].1 != p[1].1 && !(p[0].1.is_nan() && p[1].1.is_nan()))
+                    .count() as f64,
+            )
+        },
+        "resets" => |w| Some(w.points.windows(2).filter(|p| p[1].1 < p[0].1).count() as f64),
+        _ => return None,
+    };
+    Some((f, name == "last_over_time"))
+}
+
+/// Evaluates `call` one series at a time when it is a range function of the window alone
+/// over a selector of one metric name (`rate(x[5m])`, `max_over_time(x{job="a"}[1h])`):
+/// each result series goes to `each` as its labels and its values per step, and is not kept.
+/// Returns `false`, having read nothing, for any other call: evaluate it whole then.
+///
+/// With one metric name no two results can share labels once it is dropped, so nothing is
+/// lost by not seeing them all at once.
+pub(crate) fn stream_window_call(
     ev: &mut Evaluator<'_>,
-    arg: &Expr,
+    call: &Call,
     steps: &Steps,
-    keep_name: bool,
-    f: impl FnMut(&Window<'_>) -> Option<f64>,
-) -> Result<Vec<StepSeries>> {
-    let range = ev.eval_range(arg, steps)?;
-    over_windows(&mut ev.budget, range, steps, keep_name, f)
+    each: &mut dyn FnMut(&mut Budget, LabelSet, &[Option<f64>]) -> Result<()>,
+) -> Result<bool> {
+    let Some((f, keep_name)) = window_only(call.func.name) else {
+        return Ok(false);
+    };
+    let [arg] = call.args.args.as_slice() else {
+        return Ok(false);
+    };
+    let Expr::MatrixSelector(ms) = arg.as_ref() else {
+        return Ok(false);
+    };
+    if ms.vs.name.is_none() {
+        return Ok(false);
+    }
+    let selector = Selector::new(&ms.vs)?;
+    let range_ms = duration_ms(ms.range);
+    let mut f = f;
+    let mut values: Vec<Option<f64>> = Vec::with_capacity(steps.count);
+    ev.select_range_each(
+        &selector,
+        range_ms,
+        steps,
+        &mut |budget, ends, labels, points| {
+            each_window(ends, range_ms, steps, points, &mut f, &mut values);
+            if values.iter().all(Option::is_none) {
+                return Ok(());
+            }
+            let labels = if keep_name {
+                labels
+            } else {
+                labels.without_metric_name()
+            };
+            each(budget, labels, &values)
+        },
+    )?;
+    Ok(true)
 }
 
 /// `rate`, `increase` and `delta`: the change over the window, extrapolated towards its

@@ -508,3 +508,28 @@ fn earliest_read_counts_lookback_ranges_offsets_subqueries_and_at() {
     assert_eq!(reach("vector(1) + time()"), t);
     assert_eq!(reach("sum("), t);
 }
+
+#[test]
+fn aggregations_of_range_functions_hold_one_fold_per_group_not_every_series() {
+    let (_dir, source) = fixture();
+    // 601 steps, two `up` series, one group: folding series by series holds the group's 601
+    // slots; evaluating the whole vector first holds both series' 601 too.
+    let run = |query: &str| {
+        Engine::new()
+            .with_max_samples(700)
+            .range_query(&source, query, 0, 10 * MIN, 1_000)
+    };
+    let streamed = matrix(run("sum(rate(up[2m]))"));
+    assert_eq!(streamed.len(), 1);
+    let e = run(r#"sum(rate({__name__="up"}[2m]))"#).expect_err("whole vector");
+    assert!(matches!(e, QueryError::TooManySamples { .. }), "{e}");
+    // Both ways give the same answer.
+    let whole = matrix(Engine::new().range_query(
+        &source,
+        r#"sum(rate({__name__="up"}[2m]))"#,
+        0,
+        10 * MIN,
+        1_000,
+    ));
+    assert_eq!(streamed, whole);
+}
