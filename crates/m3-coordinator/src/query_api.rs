@@ -43,7 +43,8 @@
 //! ```
 //!
 //! How far back a query reaches is the earliest sample its expression reads
-//! ([`m3_query::Engine::earliest_read`]: its `start` or `time` moved back by lookback,
+//! ([`m3_query::Engine::earliest_read`], found by the engine after parsing, before reading:
+//! its `start` or `time` moved back by lookback,
 //! ranges, offsets and subqueries, or pinned by `@`); the metadata endpoints reach back to their
 //! `start` (now when they give none). An unknown metrics type, a policy that
 //! does not parse or that no namespace has is a `400` naming the header and, where it helps,
@@ -146,6 +147,14 @@ impl QueryState {
     fn namespace(&self, headers: &HeaderMap, start_ms: i64) -> Result<String, ApiError> {
         choose_namespace(&self.namespaces, headers, start_ms, (self.clock)())
             .map(|ns| ns.name.clone())
+    }
+
+    /// The namespace a query reaching back to `reach_ms` reads, as the engine's source.
+    fn source(&self, headers: &HeaderMap, reach_ms: i64) -> Result<NamespaceSource, QueryError> {
+        let namespace = self
+            .namespace(headers, reach_ms)
+            .map_err(|e| QueryError::BadData(e.to_string()))?;
+        Ok(NamespaceSource::new(self.store.clone(), namespace))
     }
 
     /// Waits for an evaluation slot, within the query timeout. Metadata requests (`/labels`,
@@ -263,14 +272,13 @@ async fn instant_query(
         Some(text) => parse_time("time", text)?,
         None => (state.clock)(),
     };
+    state.namespace(&headers, time)?; // a bad header is refused before waiting for a slot
     let (permit, engine) = state.engine().await?;
     let result = blocking(move || {
-        let reads_from = engine.earliest_read(&query, time, time);
-        let source =
-            NamespaceSource::new(state.store.clone(), state.namespace(&headers, reads_from)?);
-        let result = engine.instant_query(&source, &query, time);
+        let result =
+            engine.instant_query_reading(&query, time, |reach| state.source(&headers, reach));
         drop(permit);
-        result.map_err(ApiError::from)
+        result
     })
     .await?;
     Ok(success(result))
@@ -285,14 +293,14 @@ async fn range_query(
     let start = parse_time("start", params.first("start").unwrap_or_default())?;
     let end = parse_time("end", params.first("end").unwrap_or_default())?;
     let step = parse_duration_ms("step", params.first("step").unwrap_or_default())?;
+    state.namespace(&headers, start)?; // a bad header is refused before waiting for a slot
     let (permit, engine) = state.engine().await?;
     let result = blocking(move || {
-        let reads_from = engine.earliest_read(&query, start, end);
-        let source =
-            NamespaceSource::new(state.store.clone(), state.namespace(&headers, reads_from)?);
-        let result = engine.range_query(&source, &query, start, end, step);
+        let result = engine.range_query_reading(&query, start, end, step, |reach| {
+            state.source(&headers, reach)
+        });
         drop(permit);
-        result.map_err(ApiError::from)
+        result
     })
     .await?;
     Ok(success(result))
@@ -306,12 +314,13 @@ async fn label_names(
     let (start, end) = params.time_range()?;
     let limit = params.limit()?;
     let namespace = state.namespace(&headers, metadata_start(start, (state.clock)()))?;
-    let selectors = params.selectors()?;
+    let selectors = params.selectors();
     let _slot = state.slot().await?;
     let store = state.store.clone();
-    let names = blocking(move || -> m3_storage::Result<_> {
+    let names = blocking(move || -> Result<_, ApiError> {
+        let selectors = parse_selectors(&selectors)?;
         if selectors.is_empty() {
-            return store.label_names(&namespace, &[], start, end);
+            return Ok(store.label_names(&namespace, &[], start, end)?);
         }
         let mut all = BTreeSet::new();
         for matchers in &selectors {
@@ -333,12 +342,13 @@ async fn label_values(
     let (start, end) = params.time_range()?;
     let limit = params.limit()?;
     let namespace = state.namespace(&headers, metadata_start(start, (state.clock)()))?;
-    let selectors = params.selectors()?;
+    let selectors = params.selectors();
     let _slot = state.slot().await?;
     let store = state.store.clone();
-    let values = blocking(move || -> m3_storage::Result<_> {
+    let values = blocking(move || -> Result<_, ApiError> {
+        let selectors = parse_selectors(&selectors)?;
         if selectors.is_empty() {
-            return store.label_values(&namespace, &name, &[], start, end);
+            return Ok(store.label_values(&namespace, &name, &[], start, end)?);
         }
         let mut all = BTreeSet::new();
         for matchers in &selectors {
@@ -358,13 +368,14 @@ async fn series(
     let (start, end) = params.time_range()?;
     let limit = params.limit()?;
     let namespace = state.namespace(&headers, metadata_start(start, (state.clock)()))?;
-    let selectors = params.selectors()?;
+    let selectors = params.selectors();
     if selectors.is_empty() {
         return Err(ApiError::BadData("no match[] parameter provided".into()));
     }
     let _slot = state.slot().await?;
     let store = state.store.clone();
-    let found = blocking(move || -> m3_storage::Result<_> {
+    let found = blocking(move || -> Result<_, ApiError> {
+        let selectors = parse_selectors(&selectors)?;
         let mut all = BTreeSet::new();
         for matchers in &selectors {
             all.extend(store.series(&namespace, matchers, start, end)?);
@@ -373,6 +384,14 @@ async fn series(
     })
     .await?;
     Ok(success(truncated(found, limit)))
+}
+
+/// The `match[]` selectors parsed into matchers.
+fn parse_selectors(texts: &[String]) -> Result<Vec<Vec<Matcher>>, ApiError> {
+    texts
+        .iter()
+        .map(|text| m3_query::parse_series_selector(text).map_err(ApiError::from))
+        .collect()
 }
 
 /// At most `limit` items (all when `None`).
@@ -629,12 +648,13 @@ impl Params {
             .map(|(_, v)| v.as_str())
     }
 
-    /// Every `match[]` selector, parsed into matchers.
-    fn selectors(&self) -> Result<Vec<Vec<Matcher>>, ApiError> {
+    /// Every `match[]` selector's text, for [`parse_selectors`] on the blocking pool (parsing
+    /// a long one takes milliseconds: not on a runtime worker).
+    fn selectors(&self) -> Vec<String> {
         self.0
             .iter()
             .filter(|(n, _)| n == "match[]")
-            .map(|(_, v)| m3_query::parse_series_selector(v).map_err(ApiError::from))
+            .map(|(_, v)| v.clone())
             .collect()
     }
 

@@ -38,14 +38,13 @@ pub(crate) fn eval(ev: &mut Evaluator<'_>, agg: &AggregateExpr, steps: &Steps) -
     let mut series = ev.eval_vector(&agg.expr, steps)?;
     if op == T_TOPK || op == T_BOTTOMK {
         let k = scalar_param(param, "k")?;
-        // Prometheus converts k to an int64 and refuses what does not convert.
-        if let Some(bad) = k
-            .iter()
-            .find(|k| !(-9.223_372_036_854_776e18..=9.223_372_036_854_776e18).contains(*k))
-        {
+        // Prometheus converts k to an int64 and refuses what does not convert: 2^63 itself
+        // does not.
+        const TWO_TO_63: f64 = 9_223_372_036_854_775_808.0;
+        if let Some(bad) = k.iter().find(|k| !(-TWO_TO_63..TWO_TO_63).contains(*k)) {
             return Err(QueryError::Execution(format!(
                 "Scalar value {} overflows int64",
-                go_format_float(*bad)
+                go_format_g(*bad)
             )));
         }
         return Ok(Value::Vector(top_k(
@@ -454,6 +453,24 @@ fn count_values(
     Ok(out)
 }
 
+/// A float as Go's `%v` writes it (`strconv.FormatFloat(v, 'g', -1, 64)`): the shortest
+/// digits, with an exponent (`1e+19`, `1.5e-07`) when it is below −4 or at least 6.
+fn go_format_g(v: f64) -> String {
+    if !v.is_finite() {
+        return go_format_float(v);
+    }
+    let scientific = format!("{v:e}");
+    let Some((mantissa, exponent)) = scientific.split_once('e') else {
+        return scientific;
+    };
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    if (-4..6).contains(&exponent) {
+        return format!("{v}");
+    }
+    let sign = if exponent < 0 { '-' } else { '+' };
+    format!("{mantissa}e{sign}{:02}", exponent.unsigned_abs())
+}
+
 /// A float as Go's `strconv.FormatFloat(v, 'f', -1, 64)` writes it.
 fn go_format_float(v: f64) -> String {
     if v.is_nan() {
@@ -462,5 +479,27 @@ fn go_format_float(v: f64) -> String {
         if v > 0.0 { "+Inf" } else { "-Inf" }.into()
     } else {
         format!("{v}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_print_as_go_prints_them() {
+        for (v, go) in [
+            (1e19, "1e+19"),
+            (9_223_372_036_854_775_808.0, "9.223372036854776e+18"),
+            (-1.5e-7, "-1.5e-07"),
+            (123_456.0, "123456"),
+            (1_234_567.0, "1.234567e+06"),
+            (0.0001, "0.0001"),
+            (0.5, "0.5"),
+            (f64::NAN, "NaN"),
+            (f64::INFINITY, "+Inf"),
+        ] {
+            assert_eq!(go_format_g(v), go, "{v}");
+        }
     }
 }

@@ -88,15 +88,12 @@ impl Engine {
         self
     }
 
-    /// The earliest sample time `query` reads when evaluated from `start_ms` to `end_ms` (an
+    /// The earliest sample time `expr` reads when evaluated from `start_ms` to `end_ms` (an
     /// instant query has both at its time): `start_ms` moved back by the lookback, ranges,
-    /// offsets and subqueries it holds, or to where an `@` pins it. `start_ms` itself when the
-    /// query reads no series or does not parse (evaluating it reports why).
-    pub fn earliest_read(&self, query: &str, start_ms: i64, end_ms: i64) -> i64 {
-        parse(query)
-            .ok()
-            .and_then(|expr| crate::reach::earliest_read(&expr, start_ms, end_ms, self.lookback_ms))
-            .unwrap_or(start_ms)
+    /// offsets and subqueries it holds, or to where an `@` pins it; `start_ms` itself when it
+    /// reads no series.
+    pub fn earliest_read(&self, expr: &Expr, start_ms: i64, end_ms: i64) -> i64 {
+        crate::reach::earliest_read(expr, start_ms, end_ms, self.lookback_ms).unwrap_or(start_ms)
     }
 
     fn limits(&self) -> Limits {
@@ -119,23 +116,42 @@ impl Engine {
         query: &str,
         time_ms: i64,
     ) -> Result<QueryValue> {
-        on_eval_stack(|| self.instant_query_here(source, query, time_ms))
+        self.instant_query_reading(query, time_ms, |_| Ok(source))
+    }
+
+    /// [`instant_query`](Self::instant_query) over the source `source_for` gives for the
+    /// earliest sample time the query reads (see [`earliest_read`](Self::earliest_read)):
+    /// how a caller with several namespaces picks the one whose retention covers the query.
+    ///
+    /// # Errors
+    ///
+    /// As for [`instant_query`](Self::instant_query), and what `source_for` returns.
+    pub fn instant_query_reading<S: SeriesSource>(
+        &self,
+        query: &str,
+        time_ms: i64,
+        source_for: impl FnOnce(i64) -> Result<S> + Send,
+    ) -> Result<QueryValue> {
+        on_eval_stack(|| {
+            let expr = parse(query)?;
+            let source = source_for(self.earliest_read(&expr, time_ms, time_ms))?;
+            self.instant_query_here(&source, &expr, time_ms)
+        })
     }
 
     fn instant_query_here(
         &self,
-        source: &(dyn SeriesSource + Sync),
-        query: &str,
+        source: &dyn SeriesSource,
+        expr: &Expr,
         time_ms: i64,
     ) -> Result<QueryValue> {
-        let expr = parse(query)?;
         let steps = Steps {
             start: time_ms,
             step: 1,
             count: 1,
         };
         let mut ev = Evaluator::new(source, self.limits(), self.lookback_ms, time_ms, time_ms);
-        Ok(match ev.eval(&expr, &steps)? {
+        Ok(match ev.eval(expr, &steps)? {
             Value::Scalar(v) => QueryValue::Scalar {
                 timestamp_ms: time_ms,
                 value: v[0],
@@ -191,6 +207,23 @@ impl Engine {
         end_ms: i64,
         step_ms: i64,
     ) -> Result<QueryValue> {
+        self.range_query_reading(query, start_ms, end_ms, step_ms, |_| Ok(source))
+    }
+
+    /// [`range_query`](Self::range_query) over the source `source_for` gives for the earliest
+    /// sample time the query reads, as [`instant_query_reading`](Self::instant_query_reading).
+    ///
+    /// # Errors
+    ///
+    /// As for [`range_query`](Self::range_query), and what `source_for` returns.
+    pub fn range_query_reading<S: SeriesSource>(
+        &self,
+        query: &str,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+        source_for: impl FnOnce(i64) -> Result<S> + Send,
+    ) -> Result<QueryValue> {
         if end_ms < start_ms {
             return Err(QueryError::BadData(
                 "end timestamp must not be before start time".into(),
@@ -215,20 +248,23 @@ impl Engine {
             step: step_ms,
             count: count as usize,
         };
-        on_eval_stack(|| self.range_query_here(source, query, steps, end_ms))
+        on_eval_stack(|| {
+            let expr = parse(query)?;
+            let source = source_for(self.earliest_read(&expr, start_ms, end_ms))?;
+            self.range_query_here(&source, &expr, steps, end_ms)
+        })
     }
 
     fn range_query_here(
         &self,
-        source: &(dyn SeriesSource + Sync),
-        query: &str,
+        source: &dyn SeriesSource,
+        expr: &Expr,
         steps: Steps,
         end_ms: i64,
     ) -> Result<QueryValue> {
         let start_ms = steps.start;
-        let expr = parse(query)?;
         let mut ev = Evaluator::new(source, self.limits(), self.lookback_ms, start_ms, end_ms);
-        let series = match ev.eval(&expr, &steps)? {
+        let series = match ev.eval(expr, &steps)? {
             Value::Scalar(values) => vec![crate::value::StepSeries {
                 labels: LabelSet::empty(),
                 values: values.into_iter().map(Some).collect(),
@@ -384,6 +420,22 @@ fn scan(query: &str) -> Scan<'_> {
                 {
                     i += 1;
                 }
+                // A signed exponent (`1e+400`) belongs to its number.
+                let number = bytes[start].is_ascii_digit() || bytes[start] == b'.';
+                let hex = bytes[start..i].starts_with(b"0x") || bytes[start..i].starts_with(b"0X");
+                if number
+                    && !hex
+                    && matches!(bytes[i - 1], b'e' | b'E')
+                    && matches!(bytes.get(i), Some(b'+' | b'-'))
+                    && bytes.get(i + 1).is_some_and(u8::is_ascii_digit)
+                {
+                    i += 1;
+                    while bytes.get(i).is_some_and(|c| {
+                        c.is_ascii_alphanumeric() || matches!(c, b'_' | b':' | b'.')
+                    }) {
+                        i += 1;
+                    }
+                }
                 let word = &query[start..i];
                 let in_duration = after_offset || brackets.last() == Some(&b'[');
                 // A subquery's `range:step` reads as one word (metric names may hold `:`).
@@ -436,30 +488,34 @@ fn nesting(expr: &Expr) -> usize {
     let mut stack = vec![(expr, 1)];
     while let Some((e, depth)) = stack.pop() {
         deepest = deepest.max(depth);
-        let below = depth + 1;
-        match e {
-            Expr::Aggregate(a) => {
-                stack.push((&a.expr, below));
-                if let Some(p) = &a.param {
-                    stack.push((p, below));
-                }
-            }
-            Expr::Unary(u) => stack.push((&u.expr, below)),
-            Expr::Binary(b) => {
-                stack.push((&b.lhs, below));
-                stack.push((&b.rhs, below));
-            }
-            Expr::Paren(p) => stack.push((&p.expr, below)),
-            Expr::Subquery(s) => stack.push((&s.expr, below)),
-            Expr::Call(c) => stack.extend(c.args.args.iter().map(|a| (a.as_ref(), below))),
-            Expr::NumberLiteral(_)
-            | Expr::StringLiteral(_)
-            | Expr::VectorSelector(_)
-            | Expr::MatrixSelector(_)
-            | Expr::Extension(_) => {}
-        }
+        stack.extend(children(e).map(|child| (child, depth + 1)));
     }
     deepest
+}
+
+/// The expressions directly below `expr`.
+pub(crate) fn children(expr: &Expr) -> impl Iterator<Item = &Expr> {
+    let (first, second): (Option<&Expr>, Option<&Expr>) = match expr {
+        Expr::Aggregate(a) => (Some(&a.expr), a.param.as_deref()),
+        Expr::Unary(u) => (Some(&u.expr), None),
+        Expr::Binary(b) => (Some(&b.lhs), Some(&b.rhs)),
+        Expr::Paren(p) => (Some(&p.expr), None),
+        Expr::Subquery(s) => (Some(&s.expr), None),
+        Expr::Call(_)
+        | Expr::NumberLiteral(_)
+        | Expr::StringLiteral(_)
+        | Expr::VectorSelector(_)
+        | Expr::MatrixSelector(_)
+        | Expr::Extension(_) => (None, None),
+    };
+    let args = match expr {
+        Expr::Call(c) => c.args.args.as_slice(),
+        _ => &[],
+    };
+    first
+        .into_iter()
+        .chain(second)
+        .chain(args.iter().map(|a| a.as_ref()))
 }
 
 /// Runs `f` on a thread with [`EVAL_STACK_BYTES`] of stack (see there), and waits for it. A

@@ -145,6 +145,11 @@ impl Budget {
     }
 }
 
+/// What [`Evaluator::select_range_each`] calls with each series: the budget, where each
+/// step's window ends, the series' labels and its points.
+pub(crate) type EachRangeSeries<'a> =
+    dyn FnMut(&mut Budget, &[i64], LabelSet, &[(i64, f64)]) -> Result<()> + 'a;
+
 /// Evaluates expressions of one query.
 pub(crate) struct Evaluator<'a> {
     source: &'a dyn SeriesSource,
@@ -349,7 +354,7 @@ impl<'a> Evaluator<'a> {
         selector: &Selector,
         range_ms: i64,
         steps: &Steps,
-        each: &mut dyn FnMut(&mut Budget, &[i64], LabelSet, &[(i64, f64)]) -> Result<()>,
+        each: &mut EachRangeSeries<'_>,
     ) -> Result<Vec<i64>> {
         let (window_ends, bounds) = self.window_ends(selector.at, selector.offset_ms, steps);
         let Some((lo, hi)) = bounds else {
@@ -491,8 +496,9 @@ pub(crate) struct Selector {
     at: Option<At>,
 }
 
+/// Where an `@` pins a selector or subquery.
 #[derive(Debug, Clone, Copy)]
-enum At {
+pub(crate) enum At {
     Time(i64),
     Start,
     End,
@@ -509,7 +515,8 @@ impl From<&AtModifier> for At {
 }
 
 impl At {
-    fn time(self, query_start: i64, query_end: i64) -> i64 {
+    /// The pinned time, given the query's start and end.
+    pub(crate) fn time(self, query_start: i64, query_end: i64) -> i64 {
         match self {
             At::Time(t) => t,
             At::Start => query_start,

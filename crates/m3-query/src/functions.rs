@@ -410,6 +410,11 @@ fn window_only(name: &str) -> Option<(WindowFn, bool)> {
     Some((f, name == "last_over_time"))
 }
 
+/// What [`stream_window_call`] calls with each result series: the budget, the series' labels
+/// and its value at each step.
+pub(crate) type EachStepSeries<'a> =
+    dyn FnMut(&mut Budget, LabelSet, &[Option<f64>]) -> Result<()> + 'a;
+
 /// Evaluates `call` one series at a time when it is a range function of the window alone
 /// over a selector of one metric name (`rate(x[5m])`, `max_over_time(x{job="a"}[1h])`):
 /// each result series goes to `each` as its labels and its values per step, and is not kept.
@@ -421,7 +426,7 @@ pub(crate) fn stream_window_call(
     ev: &mut Evaluator<'_>,
     call: &Call,
     steps: &Steps,
-    each: &mut dyn FnMut(&mut Budget, LabelSet, &[Option<f64>]) -> Result<()>,
+    each: &mut EachStepSeries<'_>,
 ) -> Result<bool> {
     let Some((f, keep_name)) = window_only(call.func.name) else {
         return Ok(false);

@@ -9,7 +9,8 @@
 
 use promql_parser::parser::{AtModifier, Expr};
 
-use crate::eval::{duration_ms, offset_ms, system_time_ms};
+use crate::engine::children;
+use crate::eval::{At, duration_ms, offset_ms};
 
 /// The earliest sample time `expr` reads when evaluated from `start_ms` to `end_ms`, with
 /// instant selectors looking back `lookback_ms`; `None` when it reads no series.
@@ -19,11 +20,7 @@ pub(crate) fn earliest_read(
     end_ms: i64,
     lookback_ms: i64,
 ) -> Option<i64> {
-    let pinned_time = |at: &AtModifier| match at {
-        AtModifier::Start => start_ms,
-        AtModifier::End => end_ms,
-        AtModifier::At(t) => system_time_ms(*t),
-    };
+    let pinned_time = |at: &AtModifier| At::from(at).time(start_ms, end_ms);
     let mut earliest: Option<i64> = None;
     // (expression, the time its evaluation starts at, set by an enclosing `@` or subquery).
     let mut stack = vec![(expr, start_ms)];
@@ -49,20 +46,7 @@ pub(crate) fn earliest_read(
                     .saturating_sub(duration_ms(sq.range));
                 stack.push((&sq.expr, inner_from));
             }
-            Expr::Aggregate(a) => {
-                stack.push((&a.expr, from));
-                if let Some(p) = &a.param {
-                    stack.push((p, from));
-                }
-            }
-            Expr::Unary(u) => stack.push((&u.expr, from)),
-            Expr::Binary(b) => {
-                stack.push((&b.lhs, from));
-                stack.push((&b.rhs, from));
-            }
-            Expr::Paren(p) => stack.push((&p.expr, from)),
-            Expr::Call(c) => stack.extend(c.args.args.iter().map(|a| (a.as_ref(), from))),
-            Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+            other => stack.extend(children(other).map(|child| (child, from))),
         }
     }
     earliest

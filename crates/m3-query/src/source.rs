@@ -30,6 +30,18 @@ pub trait SeriesSource {
     ) -> Result<()>;
 }
 
+impl<S: SeriesSource + ?Sized> SeriesSource for &S {
+    fn select_each(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        each: &mut EachSeries<'_>,
+    ) -> Result<()> {
+        (**self).select_each(matchers, start_ms, end_ms, each)
+    }
+}
+
 /// One namespace of the embedded store.
 #[derive(Debug, Clone)]
 pub struct NamespaceSource {
