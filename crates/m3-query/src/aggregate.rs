@@ -18,7 +18,7 @@ use promql_parser::parser::{AggregateExpr, Expr, LabelModifier};
 use crate::error::{QueryError, Result};
 use crate::eval::{Budget, Evaluator, Steps};
 use crate::functions::{self, is_label_name};
-use crate::labels::LabelSet;
+use crate::labels::{LabelIndex, LabelSet};
 use crate::stats;
 use crate::value::{StepSeries, Value};
 
@@ -85,14 +85,13 @@ pub(crate) fn eval(ev: &mut Evaluator<'_>, agg: &AggregateExpr, steps: &Steps) -
         }
     };
     // Group index of each series, and each group's labels.
-    let mut group_of = HashMap::new();
+    let mut group_of = LabelIndex::default();
     let mut groups: Vec<LabelSet> = Vec::new();
     let mut member_of = Vec::with_capacity(series.len());
     for s in &series {
         let key = grouping_labels(&s.labels, modifier);
-        let next = groups.len();
-        let index = *group_of.entry(key.clone()).or_insert(next);
-        if index == next {
+        let (index, new) = group_of.index_of(&key);
+        if new {
             groups.push(key);
         }
         member_of.push(index);
@@ -152,20 +151,16 @@ fn stream_fold(
     let Expr::Call(call) = arg else {
         return Ok(None);
     };
-    let mut group_of: HashMap<LabelSet, usize> = HashMap::new();
+    let mut group_of = LabelIndex::default();
     let mut groups: Vec<(LabelSet, Vec<Fold>)> = Vec::new();
     let streamed =
         functions::stream_window_call(ev, call, steps, &mut |budget, labels, values| {
             let key = grouping_labels(&labels, modifier);
-            let group = match group_of.get(&key) {
-                Some(&g) => g,
-                None => {
-                    budget.take_series(steps)?;
-                    groups.push((key.clone(), vec![Fold::default(); steps.count]));
-                    group_of.insert(key, groups.len() - 1);
-                    groups.len() - 1
-                }
-            };
+            let (group, new) = group_of.index_of(&key);
+            if new {
+                budget.take_series(steps)?;
+                groups.push((key, vec![Fold::default(); steps.count]));
+            }
             for (fold, value) in groups[group].1.iter_mut().zip(values) {
                 if let Some(v) = value {
                     fold.add(op, *v);
@@ -411,7 +406,7 @@ fn count_values(
     label: &str,
     steps: &Steps,
 ) -> Result<Vec<StepSeries>> {
-    let mut index: HashMap<LabelSet, usize> = HashMap::new();
+    let mut index = LabelIndex::default();
     let mut out: Vec<StepSeries> = Vec::new();
     for step in 0..steps.count {
         budget.check_deadline("aggregation")?;
@@ -437,9 +432,8 @@ fn count_values(
                     l
                 }
             };
-            let next = out.len();
-            let i = *index.entry(key.clone()).or_insert(next);
-            if i == next {
+            let (i, new) = index.index_of(&key);
+            if new {
                 budget.take_series(steps)?;
                 out.push(StepSeries {
                     labels: key,

@@ -18,7 +18,7 @@ use promql_parser::parser::{BinModifier, BinaryExpr, LabelModifier, VectorMatchC
 
 use crate::error::{QueryError, Result};
 use crate::eval::{Budget, Evaluator, Steps, merge_same_labels};
-use crate::labels::LabelSet;
+use crate::labels::{LabelIndex, LabelSet};
 use crate::value::{StepSeries, Value};
 
 /// Evaluates a binary expression at every step.
@@ -251,7 +251,7 @@ fn vector_vector(
     let drop_name = drops_metric_name(op) || return_bool;
 
     let mut out: Vec<StepSeries> = Vec::new();
-    let mut out_index: HashMap<LabelSet, usize> = HashMap::new();
+    let mut out_index = LabelIndex::default();
     let mut one_at: HashMap<&LabelSet, usize> = HashMap::new();
     let mut matched: HashSet<&LabelSet> = HashSet::new();
     let mut written: HashSet<usize> = HashSet::new();
@@ -313,9 +313,8 @@ fn vector_vector(
                     None => labels.remove(name),
                 }
             }
-            let next = out.len();
-            let index = *out_index.entry(labels.clone()).or_insert(next);
-            if index == next {
+            let (index, new) = out_index.index_of(&labels);
+            if new {
                 budget.take_series(steps)?;
                 out.push(StepSeries {
                     labels,

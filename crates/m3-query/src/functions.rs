@@ -12,7 +12,6 @@
 //! `label_replace`, `label_join`, `sort` and `sort_desc`, as Prometheus does. A result where
 //! two series end up with the same labels at the same step is an `execution` error.
 
-use std::collections::HashMap;
 use std::f64::consts::PI;
 
 use promql_parser::label::MatchOp;
@@ -23,7 +22,7 @@ use crate::error::{QueryError, Result};
 use crate::eval::{
     Budget, Evaluator, Selector, Steps, duration_ms, merge_same_labels, require_distinct_labels,
 };
-use crate::labels::{LabelSet, METRIC_NAME};
+use crate::labels::{LabelIndex, LabelSet, METRIC_NAME};
 use crate::stats::{self, go_max, go_min};
 use crate::value::{RangeVector, StepSeries, Value};
 
@@ -695,7 +694,7 @@ fn histogram_quantile(
 ) -> Result<Vec<StepSeries>> {
     // Per group (labels without `le`): each bucket's upper bound and its values per step.
     type Buckets = Vec<(f64, Vec<Option<f64>>)>;
-    let mut group_of: HashMap<LabelSet, usize> = HashMap::new();
+    let mut group_of = LabelIndex::default();
     let mut groups: Vec<(LabelSet, Buckets)> = Vec::new();
     for s in series {
         let Some(upper) = s.labels.get("le").and_then(stats::parse_go_float) else {
@@ -703,9 +702,8 @@ fn histogram_quantile(
         };
         let mut labels = s.labels;
         labels.remove("le");
-        let next = groups.len();
-        let index = *group_of.entry(labels.clone()).or_insert(next);
-        if index == next {
+        let (index, new) = group_of.index_of(&labels);
+        if new {
             groups.push((labels, Vec::new()));
         }
         groups[index].1.push((upper, s.values));

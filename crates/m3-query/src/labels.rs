@@ -6,6 +6,7 @@
 //! aggregation without grouping has none at all), so here a label set is a plain vector of
 //! name/value pairs kept sorted by name, and it may be empty.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
@@ -103,6 +104,25 @@ impl LabelSet {
 
     fn position(&self, name: &str) -> Result<usize, usize> {
         self.0.binary_search_by(|(n, _)| n.as_str().cmp(name))
+    }
+}
+
+/// Numbers distinct label sets in the order they are first seen: the groups of an
+/// aggregation, the series of a result being assembled. One hash per lookup; a label set is
+/// cloned only the first time.
+#[derive(Debug, Default)]
+pub(crate) struct LabelIndex(HashMap<LabelSet, usize>);
+
+impl LabelIndex {
+    /// The number of `labels`, and whether it is new (its number is then the count of label
+    /// sets seen before it).
+    pub(crate) fn index_of(&mut self, labels: &LabelSet) -> (usize, bool) {
+        if let Some(&index) = self.0.get(labels) {
+            return (index, false);
+        }
+        let index = self.0.len();
+        self.0.insert(labels.clone(), index);
+        (index, true)
     }
 }
 
