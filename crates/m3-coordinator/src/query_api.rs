@@ -5,8 +5,8 @@
 //!
 //! | endpoint                        | methods    | parameters                                  |
 //! |---------------------------------|------------|---------------------------------------------|
-//! | `/api/v1/query`                 | GET, POST  | `query`, `time`                             |
-//! | `/api/v1/query_range`           | GET, POST  | `query`, `start`, `end`, `step`             |
+//! | `/api/v1/query`                 | GET, POST  | `query`, `time`, `timeout`                  |
+//! | `/api/v1/query_range`           | GET, POST  | `query`, `start`, `end`, `step`, `timeout`  |
 //! | `/api/v1/labels`                | GET, POST  | `match[]` (repeated), `start`, `end`, `limit` |
 //! | `/api/v1/label/{name}/values`   | GET        | `match[]` (repeated), `start`, `end`, `limit` |
 //! | `/api/v1/series`                | GET, POST  | `match[]` (repeated, required), `start`, `end`, `limit` |
@@ -19,6 +19,8 @@
 //! `application/x-www-form-urlencoded` body (body values first, as Prometheus reads them).
 //! Times are RFC 3339 (`2024-05-01T12:00:00.5Z`) or Unix seconds with an optional fraction
 //! (`1714564800.5`); durations are seconds (`15`, `0.5`) or duration strings (`15s`, `1m30s`).
+//! A query's `timeout` can only shorten `limits.query.timeout`, as Prometheus' caps it by
+//! `--query.timeout`.
 //! The PromQL itself is evaluated by [`m3_query`]'s engine (all of PromQL, checked against
 //! Prometheus; see docs/promql.md), and `match[]` is read by
 //! [`m3_query::parse_series_selector`] with the same parser.
@@ -63,7 +65,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -133,13 +135,18 @@ impl QueryState {
 
     /// Waits for an evaluation slot, within the query's deadline, and the engine to evaluate
     /// with.
-    async fn engine(&self) -> Result<(tokio::sync::OwnedSemaphorePermit, Engine), ApiError> {
+    /// `requested` is the request's own `timeout`, which can only shorten the configured one.
+    async fn engine(
+        &self,
+        requested: Option<Duration>,
+    ) -> Result<(tokio::sync::OwnedSemaphorePermit, Engine), ApiError> {
         let started = std::time::Instant::now();
-        let permit = self.slot().await?;
+        let timeout = requested.map_or(self.limits.timeout, |t| t.min(self.limits.timeout));
+        let permit = self.slot_within(timeout).await?;
         let engine = Engine::new()
             .with_max_samples(self.limits.max_samples)
             .with_max_series(self.limits.max_series)
-            .with_timeout(Some(self.limits.timeout.saturating_sub(started.elapsed())));
+            .with_timeout(Some(timeout.saturating_sub(started.elapsed())));
         Ok((permit, engine))
     }
 
@@ -160,7 +167,14 @@ impl QueryState {
     /// Waits for an evaluation slot, within the query timeout. Metadata requests (`/labels`,
     /// `/label/…/values`, `/series`) take one too: they read the index as queries do.
     async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-        tokio::time::timeout(self.limits.timeout, Arc::clone(&self.slots).acquire_owned())
+        self.slot_within(self.limits.timeout).await
+    }
+
+    async fn slot_within(
+        &self,
+        timeout: Duration,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        tokio::time::timeout(timeout, Arc::clone(&self.slots).acquire_owned())
             .await
             .map_err(|_| ApiError::Query(QueryError::Timeout("waiting for a query slot")))?
             .map_err(|_| ApiError::Internal("the query API is shutting down".into()))
@@ -272,8 +286,9 @@ async fn instant_query(
         Some(text) => parse_time("time", text)?,
         None => (state.clock)(),
     };
+    let timeout = params.timeout()?;
     state.namespace(&headers, time)?; // a bad header is refused before waiting for a slot
-    let (permit, engine) = state.engine().await?;
+    let (permit, engine) = state.engine(timeout).await?;
     let result = blocking(move || {
         let result =
             engine.instant_query_reading(&query, time, |reach| state.source(&headers, reach));
@@ -293,8 +308,9 @@ async fn range_query(
     let start = parse_time("start", params.first("start").unwrap_or_default())?;
     let end = parse_time("end", params.first("end").unwrap_or_default())?;
     let step = parse_duration_ms("step", params.first("step").unwrap_or_default())?;
+    let timeout = params.timeout()?;
     state.namespace(&headers, start)?; // a bad header is refused before waiting for a slot
-    let (permit, engine) = state.engine().await?;
+    let (permit, engine) = state.engine(timeout).await?;
     let result = blocking(move || {
         let result = engine.range_query_reading(&query, start, end, step, |reach| {
             state.source(&headers, reach)
@@ -658,6 +674,18 @@ impl Params {
             .collect()
     }
 
+    /// `timeout`: the request's own evaluation timeout (a duration or seconds), absent or
+    /// empty for the configured one.
+    fn timeout(&self) -> Result<Option<Duration>, ApiError> {
+        match self.first("timeout") {
+            None | Some("") => Ok(None),
+            Some(text) => {
+                let ms = parse_duration_ms("timeout", text)?;
+                Ok(Some(Duration::from_millis(ms.unsigned_abs())))
+            }
+        }
+    }
+
     /// `limit`: a non-negative integer, 0 or absent for no limit.
     fn limit(&self) -> Result<Option<usize>, ApiError> {
         match self.first("limit") {
@@ -1013,6 +1041,27 @@ mod tests {
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["data"]["result"][0]["value"][1], "3", "{body}");
         release.await.unwrap();
+
+        // A request's own `timeout` shortens the configured one: the same wait of 100 ms now
+        // outlasts it.
+        let busy = Arc::clone(&slots).acquire_owned().await.unwrap();
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(busy);
+        });
+        let short = [("query", "cpu"), ("time", "1020"), ("timeout", "20ms")];
+        let (status, body) = api.get("/api/v1/query", &short, &[]).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["errorType"], "timeout", "{body}");
+        release.await.unwrap();
+        let (status, body) = api
+            .get(
+                "/api/v1/query",
+                &[("query", "cpu"), ("timeout", "soon")],
+                &[],
+            )
+            .await;
+        assert_bad_data(status, &body, "invalid parameter \"timeout\"");
     }
 
     /// The router served on a free local port.
