@@ -302,11 +302,10 @@ impl<'a> Evaluator<'a> {
                     found += usize::from(value.is_some());
                     values.push(value);
                 }
+                budget.give_back(samples.len());
                 if found == 0 {
                     budget.give_back(ends.len());
-                }
-                budget.give_back(samples.len());
-                if found > 0 {
+                } else {
                     out.push(StepSeries {
                         labels: LabelSet::from_stored(labels),
                         values,

@@ -87,15 +87,11 @@ pub(crate) fn call(ev: &mut Evaluator<'_>, call: &Call, steps: &Steps) -> Result
                     a.values[0].unwrap_or(f64::NAN),
                     b.values[0].unwrap_or(f64::NAN),
                 );
-                let by_value = if desc {
-                    stats::nan_first(x, y).reverse()
-                } else {
-                    stats::nan_first(x, y)
-                };
                 match (x.is_nan(), y.is_nan()) {
                     (true, false) => std::cmp::Ordering::Greater,
                     (false, true) => std::cmp::Ordering::Less,
-                    _ => by_value,
+                    _ if desc => stats::nan_first(y, x),
+                    _ => stats::nan_first(x, y),
                 }
                 .then_with(|| a.labels.cmp(&b.labels))
             });
@@ -427,7 +423,7 @@ pub(crate) fn stream_window_call(
     steps: &Steps,
     each: &mut EachStepSeries<'_>,
 ) -> Result<bool> {
-    let Some((f, keep_name)) = window_only(call.func.name) else {
+    let Some((mut f, keep_name)) = window_only(call.func.name) else {
         return Ok(false);
     };
     let [arg] = call.args.args.as_slice() else {
@@ -441,7 +437,6 @@ pub(crate) fn stream_window_call(
     }
     let selector = Selector::new(&ms.vs)?;
     let range_ms = duration_ms(ms.range);
-    let mut f = f;
     let mut values: Vec<Option<f64>> = Vec::with_capacity(steps.count);
     ev.select_range_each(
         &selector,
