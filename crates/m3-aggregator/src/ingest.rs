@@ -29,7 +29,7 @@
 
 use std::ops::Range;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use m3_metric::{AggregationId, MetricType, StoragePolicy};
 use m3_proto::metricpb::{self, metric_with_metadatas::Type};
 
@@ -55,6 +55,17 @@ pub enum IngestError {
     /// A type value outside the enum.
     #[error("unrecognized message type {0}")]
     UnknownType(i32),
+}
+
+/// Why a rawtcp stream cannot be read on: its position is lost, so it must close.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// A length prefix that is malformed, not positive or over the maximum message size.
+    #[error("rawtcp frame error: {0}")]
+    Frame(#[from] m3_proto::framing::FrameError),
+    /// A message that is not a `MetricWithMetadatas`.
+    #[error("rawtcp message does not decode: {0}")]
+    Decode(#[from] prost::DecodeError),
 }
 
 /// Most timed messages [`MessageDecoder::queue`] holds before it applies them.
@@ -173,6 +184,38 @@ impl MessageDecoder {
         });
         self.frames.push(frame);
         Ok(())
+    }
+
+    /// Applies every whole rawtcp frame at the front of `buf` and removes it, leaving a partial
+    /// frame at the end for the next read (with room reserved for the rest of it). Everything
+    /// taken is applied before this returns, in stream order; `rejected` hears of every message
+    /// not (wholly) applied, all of them counted.
+    ///
+    /// # Errors
+    /// [`StreamError`] at a bad length prefix or a message that does not decode (neither
+    /// counted here: the caller closes the stream and counts it); what came before it is
+    /// applied.
+    pub fn apply_frames(
+        &mut self,
+        aggregator: &Aggregator,
+        buf: &mut BytesMut,
+        max_message_size: usize,
+        now_nanos: i64,
+        rejected: &mut dyn FnMut(IngestError),
+    ) -> Result<(), StreamError> {
+        let result = loop {
+            match m3_proto::framing::next_rawtcp_frame(buf, max_message_size) {
+                Ok(Some(frame)) => {
+                    if let Err(e) = self.queue(aggregator, frame, now_nanos, rejected) {
+                        break Err(StreamError::Decode(e));
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(StreamError::Frame(e)),
+            }
+        };
+        self.flush(aggregator, now_nanos, rejected);
+        result
     }
 
     /// Applies the messages [`queue`](Self::queue) holds, telling `rejected` of those not

@@ -30,7 +30,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use m3_proto::framing::next_rawtcp_frame;
 use m3_server::tcp::{ConnectionLimit, FrameDeadline, ListenerLimits};
 
 use crate::aggregator::Aggregator;
@@ -180,36 +179,17 @@ async fn handle_connection(
     };
     loop {
         let now = unix_nanos_now();
-        loop {
-            match next_rawtcp_frame(&mut buf, max_message_size) {
-                Ok(Some(frame)) => match decoder.queue(&aggregator, frame, now, &mut rejected) {
-                    Ok(()) => {}
-                    Err(e) => {
-                        aggregator
-                            .metrics()
-                            .record_rejected(RejectReason::DecodeError, 1);
-                        if limiter.allow() {
-                            tracing::error!(?peer, error = %e, "rawtcp message does not decode, closing connection.");
-                        }
-                        return;
-                    }
-                },
-                Ok(None) => {
-                    // Everything read is applied before the next read waits.
-                    decoder.flush(&aggregator, now, &mut rejected);
-                    break;
-                }
-                Err(e) => {
-                    decoder.flush(&aggregator, now, &mut rejected);
-                    aggregator
-                        .metrics()
-                        .record_rejected(RejectReason::DecodeError, 1);
-                    if limiter.allow() {
-                        tracing::error!(?peer, error = %e, "rawtcp frame error, closing connection.");
-                    }
-                    return;
-                }
+        // Everything read is applied before the next read waits.
+        if let Err(e) =
+            decoder.apply_frames(&aggregator, &mut buf, max_message_size, now, &mut rejected)
+        {
+            aggregator
+                .metrics()
+                .record_rejected(RejectReason::DecodeError, 1);
+            if limiter.allow() {
+                tracing::error!(?peer, error = %e, "closing rawtcp connection.");
             }
+            return;
         }
         if buf.capacity() - buf.len() < READ_BUFFER_SIZE / 4 {
             // Reclaims the space of processed frames when they are no longer referenced.
