@@ -17,20 +17,21 @@
 //!
 //! [`MessageDecoder`] is the entry for raw message bytes. Type 6 — what the coordinator sends
 //! for every sample — is read in place: the metric's fields borrowed, the metadata decoded only
-//! when its bytes differ from those already decoded (the previous message's, or for a queue
+//! when its bytes differ from those already decoded (the previous message's, or for a stream
 //! those of the messages waiting; the coordinator sends the same metadata for every series its
 //! rules treat alike). Every other message is decoded whole with prost.
 //!
-//! A stream (rawtcp) [`queue`](MessageDecoder::queue)s its frames and
-//! [`flush`](MessageDecoder::flush)es them when its buffer is drained: type 6 messages wait and
+//! A stream (rawtcp) hands its read buffer to [`MessageDecoder::apply_frames`], which reads the
+//! frames in place and applies them all before it returns: type 6 messages wait and
 //! go to the engine together ([`Aggregator::add_timed_batch`]), which shares one shard lock
 //! among a shard's values; any other message first applies what waits, so a stream's messages
 //! are applied in order.
 
 use std::ops::Range;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use m3_metric::{AggregationId, MetricType, StoragePolicy};
+use m3_proto::framing::rawtcp_frame_at;
 use m3_proto::metricpb::{self, metric_with_metadatas::Type};
 
 use crate::aggregator::{Aggregator, ForwardedWrite, TimedSample};
@@ -68,21 +69,20 @@ pub enum StreamError {
     Decode(#[from] prost::DecodeError),
 }
 
-/// Most timed messages [`MessageDecoder::queue`] holds before it applies them.
+/// Most timed messages [`MessageDecoder::apply_frames`] holds before it applies them.
 pub const MAX_QUEUED: usize = 1024;
 /// Most distinct metadatas the queued messages may carry; a message with one more applies
 /// those queued first.
 const MAX_QUEUED_METADATAS: usize = 8;
 
 /// Decodes and applies messages, one connection or consumer at a time (it keeps the last
-/// metadata it decoded, and for [`queue`](Self::queue) the few the waiting messages carry).
+/// metadata it decoded, and for [`apply_frames`](Self::apply_frames) the few the waiting
+/// messages carry).
 #[derive(Debug, Default)]
 pub struct MessageDecoder {
     /// The encoded bytes of `metadatas`.
     metadatas_bytes: Vec<u8>,
     metadatas: metricpb::StagedMetadatas,
-    /// The frames of the queued messages.
-    frames: Vec<Bytes>,
     queued: Vec<QueuedTimed>,
     /// The distinct metadatas of the queued messages (the first `used`), each with its
     /// encoded bytes; the rest are kept from earlier batches to be found again undecoded.
@@ -90,7 +90,8 @@ pub struct MessageDecoder {
     used_metadatas: usize,
 }
 
-/// A type 6 message waiting in [`MessageDecoder::queue`]: where its ID is in its frame, and
+/// A type 6 message waiting in [`MessageDecoder::apply_frames`]: where its ID is in the
+/// stream, and
 /// which of the queued metadatas it carries.
 #[derive(Debug, Clone)]
 struct QueuedTimed {
@@ -108,31 +109,78 @@ fn range_within(outer: &[u8], inner: &[u8]) -> Range<usize> {
 }
 
 impl MessageDecoder {
-    /// Takes one frame: a type 6 message waits for [`flush`](Self::flush) (or applies what
-    /// waits, when full); any other message applies what waits, then itself. `rejected` hears
-    /// of every message (now or of those waiting) not (wholly) applied; all of them counted.
+    /// Applies every whole rawtcp frame at the front of `buf` and removes it, leaving a partial
+    /// frame at the end for the next read (with room reserved for the rest of it). Everything
+    /// taken is applied before this returns, in stream order; `rejected` hears of every message
+    /// not (wholly) applied, all of them counted.
+    ///
+    /// The frames are read where they lie: a timed message waits as the place of its ID in
+    /// `buf`, so nothing is copied or reference-counted per frame, and `buf` gives up the
+    /// applied frames once they all went to the engine.
     ///
     /// # Errors
-    /// [`prost::DecodeError`] when the bytes are not a `MetricWithMetadatas` (not counted, as
-    /// for [`apply`](Self::apply)); what waited before it is applied first.
-    pub fn queue(
+    /// [`StreamError`] at a bad length prefix or a message that does not decode (neither
+    /// counted here: the caller closes the stream and counts it); what came before it is
+    /// applied.
+    pub fn apply_frames(
         &mut self,
         aggregator: &Aggregator,
-        frame: Bytes,
+        buf: &mut BytesMut,
+        max_message_size: usize,
+        now_nanos: i64,
+        rejected: &mut dyn FnMut(IngestError),
+    ) -> Result<(), StreamError> {
+        let stream: &[u8] = buf;
+        let mut taken = 0;
+        let mut partial_frame_len = None;
+        let result = loop {
+            match rawtcp_frame_at(&stream[taken..], max_message_size) {
+                Ok(Some(frame)) if frame.end() <= stream.len() - taken => {
+                    let payload = taken + frame.prefix_len..taken + frame.end();
+                    taken += frame.end();
+                    if let Err(e) = self.take(aggregator, stream, payload, now_nanos, rejected) {
+                        break Err(StreamError::Decode(e));
+                    }
+                }
+                Ok(Some(frame)) => {
+                    partial_frame_len = Some(frame.end());
+                    break Ok(());
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(StreamError::Frame(e)),
+            }
+        };
+        self.flush(aggregator, stream, now_nanos, rejected);
+        buf.advance(taken);
+        if let Some(len) = partial_frame_len {
+            buf.reserve(len.saturating_sub(buf.len()));
+        }
+        result
+    }
+
+    /// Takes the message at `payload` of `stream`: a type 6 message waits for
+    /// [`flush`](Self::flush) (which applies what waits first when the queue is full); any
+    /// other message applies what waits, then itself.
+    fn take(
+        &mut self,
+        aggregator: &Aggregator,
+        stream: &[u8],
+        payload: Range<usize>,
         now_nanos: i64,
         rejected: &mut dyn FnMut(IngestError),
     ) -> Result<(), prost::DecodeError> {
         use prost::Message;
-        let Some(timed) = m3_proto::timed_frame::read_timed_metric_message(&frame) else {
-            self.flush(aggregator, now_nanos, rejected);
-            let decoded = metricpb::MetricWithMetadatas::decode(&frame[..])?;
+        let message = &stream[payload];
+        let Some(timed) = m3_proto::timed_frame::read_timed_metric_message(message) else {
+            self.flush(aggregator, stream, now_nanos, rejected);
+            let decoded = metricpb::MetricWithMetadatas::decode(message)?;
             if let Err(e) = apply(aggregator, &decoded, now_nanos) {
                 rejected(e);
             }
             return Ok(());
         };
         if self.queued.len() >= MAX_QUEUED {
-            self.flush(aggregator, now_nanos, rejected);
+            self.flush(aggregator, stream, now_nanos, rejected);
         }
         let metadatas = match timed.metadatas {
             None => None,
@@ -144,7 +192,7 @@ impl MessageDecoder {
                     Some(i) => Some(i),
                     None => {
                         if self.used_metadatas == MAX_QUEUED_METADATAS {
-                            self.flush(aggregator, now_nanos, rejected);
+                            self.flush(aggregator, stream, now_nanos, rejected);
                         }
                         let i = self.used_metadatas;
                         if self.queued_metadatas.len() == i {
@@ -155,7 +203,7 @@ impl MessageDecoder {
                             let decoded = match metricpb::StagedMetadatas::decode(bytes) {
                                 Ok(decoded) => decoded,
                                 Err(e) => {
-                                    self.flush(aggregator, now_nanos, rejected);
+                                    self.flush(aggregator, stream, now_nanos, rejected);
                                     return Err(e);
                                 }
                             };
@@ -177,52 +225,20 @@ impl MessageDecoder {
         };
         self.queued.push(QueuedTimed {
             metric_type,
-            id: range_within(&frame, timed.id),
+            id: range_within(stream, timed.id),
             time_nanos: timed.time_nanos,
             value: timed.value,
             metadatas,
         });
-        self.frames.push(frame);
         Ok(())
     }
 
-    /// Applies every whole rawtcp frame at the front of `buf` and removes it, leaving a partial
-    /// frame at the end for the next read (with room reserved for the rest of it). Everything
-    /// taken is applied before this returns, in stream order; `rejected` hears of every message
-    /// not (wholly) applied, all of them counted.
-    ///
-    /// # Errors
-    /// [`StreamError`] at a bad length prefix or a message that does not decode (neither
-    /// counted here: the caller closes the stream and counts it); what came before it is
-    /// applied.
-    pub fn apply_frames(
+    /// Applies the messages [`take`](Self::take) queued from `stream`, telling `rejected` of
+    /// those not (wholly) applied.
+    fn flush(
         &mut self,
         aggregator: &Aggregator,
-        buf: &mut BytesMut,
-        max_message_size: usize,
-        now_nanos: i64,
-        rejected: &mut dyn FnMut(IngestError),
-    ) -> Result<(), StreamError> {
-        let result = loop {
-            match m3_proto::framing::next_rawtcp_frame(buf, max_message_size) {
-                Ok(Some(frame)) => {
-                    if let Err(e) = self.queue(aggregator, frame, now_nanos, rejected) {
-                        break Err(StreamError::Decode(e));
-                    }
-                }
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(StreamError::Frame(e)),
-            }
-        };
-        self.flush(aggregator, now_nanos, rejected);
-        result
-    }
-
-    /// Applies the messages [`queue`](Self::queue) holds, telling `rejected` of those not
-    /// (wholly) applied.
-    pub fn flush(
-        &mut self,
-        aggregator: &Aggregator,
+        stream: &[u8],
         now_nanos: i64,
         rejected: &mut dyn FnMut(IngestError),
     ) {
@@ -233,11 +249,10 @@ impl MessageDecoder {
         let samples: Vec<TimedSample<'_>> = self
             .queued
             .iter()
-            .zip(&self.frames)
-            .map(|(q, frame)| TimedSample {
+            .map(|q| TimedSample {
                 metric_type: q.metric_type,
-                // A range the reader found inside this frame.
-                id: frame.get(q.id.clone()).unwrap_or_default(),
+                // A range the reader found inside `stream`.
+                id: stream.get(q.id.clone()).unwrap_or_default(),
                 time_nanos: q.time_nanos,
                 value: q.value,
                 metadatas: match q.metadatas {
@@ -250,7 +265,6 @@ impl MessageDecoder {
             .collect();
         aggregator.add_timed_batch(&samples, now_nanos, &mut |_, e| rejected(e.into()));
         self.queued.clear();
-        self.frames.clear();
         self.used_metadatas = 0;
     }
 
@@ -488,6 +502,7 @@ pub fn apply(
 mod tests {
     use std::sync::Arc;
 
+    use bytes::Bytes;
     use prost::Message;
 
     use super::*;
@@ -546,73 +561,103 @@ mod tests {
         panic!("rejected: {e}");
     }
 
+    /// `messages` framed as a rawtcp stream.
+    fn stream(messages: &[Bytes]) -> BytesMut {
+        let mut out = BytesMut::new();
+        for m in messages {
+            m3_proto::framing::put_zigzag_varint(m.len() as i64, &mut out);
+            out.extend_from_slice(m);
+        }
+        out
+    }
+
+    const MAX: usize = m3_proto::framing::DEFAULT_RAWTCP_MAX_MESSAGE_SIZE;
+
     #[test]
-    fn queued_messages_wait_for_flush_and_keep_their_metadata() {
+    fn waiting_messages_keep_their_metadata_and_all_apply() {
         let agg = engine();
         let mut decoder = MessageDecoder::default();
         // More distinct metadatas than a batch holds, each used twice, and more messages
         // than a batch holds: each lands in its own policy's window.
         let resolutions = 1..=(MAX_QUEUED_METADATAS as u64 + 3);
-        let mut sent = 0;
+        let mut messages = Vec::new();
         for round in 0..(MAX_QUEUED / 10 + 2) {
             for r in resolutions.clone() {
-                let frame = timed(&format!("s{round}"), r);
-                decoder.queue(&agg, frame, NOW, &mut no_rejection).unwrap();
-                sent += 1;
+                messages.push(timed(&format!("s{round}"), r));
             }
         }
-        assert!(sent > MAX_QUEUED);
-        assert!(
-            agg.metrics().added(MetricType::Gauge) < sent as u64,
-            "nothing waits"
+        assert!(messages.len() > MAX_QUEUED);
+        let mut buf = stream(&messages);
+        decoder
+            .apply_frames(&agg, &mut buf, MAX, NOW, &mut no_rejection)
+            .unwrap();
+        assert!(buf.is_empty());
+        assert_eq!(
+            agg.metrics().added(MetricType::Gauge),
+            messages.len() as u64
         );
-        decoder.flush(&agg, NOW, &mut no_rejection);
-        assert_eq!(agg.metrics().added(MetricType::Gauge), sent as u64);
         // One entry per series, one window per (series, policy).
         assert_eq!(agg.stats().entries, MAX_QUEUED / 10 + 2);
-        assert_eq!(agg.stats().windows, sent);
+        assert_eq!(agg.stats().windows, messages.len());
     }
 
     #[test]
-    fn another_message_or_a_bad_frame_applies_what_waits_first() {
+    fn a_partial_frame_waits_for_the_rest() {
         let agg = engine();
         let mut decoder = MessageDecoder::default();
-        for id in ["a", "b", "c"] {
+        let whole = stream(&[timed("a", 10), timed("b", 10), gauge("c")]);
+        // Every cut: what is whole applies, the rest waits in the buffer for the next read.
+        for cut in 0..whole.len() {
+            let before = agg.metrics().added(MetricType::Gauge);
+            let mut buf = BytesMut::from(&whole[..cut]);
             decoder
-                .queue(&agg, timed(id, 10), NOW, &mut no_rejection)
+                .apply_frames(&agg, &mut buf, MAX, NOW, &mut no_rejection)
                 .unwrap();
+            buf.extend_from_slice(&whole[cut..]);
+            decoder
+                .apply_frames(&agg, &mut buf, MAX, NOW, &mut no_rejection)
+                .unwrap();
+            assert!(buf.is_empty(), "cut at {cut}");
+            assert_eq!(agg.metrics().added(MetricType::Gauge), before + 3);
         }
-        assert_eq!(agg.metrics().added(MetricType::Gauge), 0);
-        decoder
-            .queue(&agg, gauge("d"), NOW, &mut no_rejection)
-            .unwrap();
+    }
+
+    #[test]
+    fn a_bad_message_or_prefix_ends_the_stream_after_what_came_before() {
+        let agg = engine();
+        let mut decoder = MessageDecoder::default();
+        let garbage = Bytes::from_static(&[0xff, 0xff, 0xff]);
+        let mut buf = stream(&[
+            timed("a", 10),
+            timed("b", 10),
+            gauge("c"),
+            timed("d", 10),
+            garbage,
+            timed("never", 10),
+        ]);
+        let result = decoder.apply_frames(&agg, &mut buf, MAX, NOW, &mut no_rejection);
+        assert!(matches!(result, Err(StreamError::Decode(_))), "{result:?}");
         assert_eq!(agg.metrics().added(MetricType::Gauge), 4);
 
-        decoder
-            .queue(&agg, timed("e", 10), NOW, &mut no_rejection)
-            .unwrap();
-        let garbage = Bytes::from_static(&[0xff, 0xff, 0xff]);
-        assert!(
-            decoder
-                .queue(&agg, garbage, NOW, &mut no_rejection)
-                .is_err()
-        );
-        assert_eq!(agg.metrics().added(MetricType::Gauge), 5);
-        decoder.flush(&agg, NOW, &mut no_rejection);
+        let mut buf = stream(&[timed("e", 10)]);
+        // A negative length prefix.
+        m3_proto::framing::put_zigzag_varint(-5, &mut buf);
+        buf.extend_from_slice(&stream(&[timed("never", 10)]));
+        let result = decoder.apply_frames(&agg, &mut buf, MAX, NOW, &mut no_rejection);
+        assert!(matches!(result, Err(StreamError::Frame(_))), "{result:?}");
         assert_eq!(agg.metrics().added(MetricType::Gauge), 5);
     }
 
     #[test]
-    fn rejections_of_waiting_messages_are_told_at_flush() {
+    fn rejections_of_waiting_messages_are_told() {
         let agg = Aggregator::new(AggregatorOptions::default(), Arc::new(|_: &[u8]| 1));
         agg.set_shards(vec![ShardAssignment::unbounded(0)], 0);
         let mut decoder = MessageDecoder::default();
         let mut told = Vec::new();
+        let mut buf = stream(&[timed("a", 10)]);
         decoder
-            .queue(&agg, timed("a", 10), NOW, &mut |e| told.push(e))
+            .apply_frames(&agg, &mut buf, MAX, NOW, &mut |e| told.push(e))
             .unwrap();
-        assert!(told.is_empty());
-        decoder.flush(&agg, NOW, &mut |e| told.push(e));
         assert_eq!(
             told,
             vec![IngestError::Add(AddError::ShardNotOwned { shard: 1 })]

@@ -68,13 +68,29 @@ pub fn put_rawtcp_frame<M: Message>(
     Ok(())
 }
 
-/// Takes the next whole rawtcp frame's payload from the front of `buf`.
-///
-/// Returns `Ok(None)` when `buf` holds only part of a frame; nothing is consumed then.
+/// The place of a rawtcp frame at the front of a buffer, read from its length prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawtcpFrame {
+    /// Bytes of the length prefix.
+    pub prefix_len: usize,
+    /// Bytes of the message after it.
+    pub size: usize,
+}
+
+impl RawtcpFrame {
+    /// Where the frame ends: prefix and message.
+    pub fn end(&self) -> usize {
+        self.prefix_len + self.size
+    }
+}
+
+/// Reads the length prefix of the rawtcp frame at the front of `buf`, without taking anything:
+/// `Ok(None)` when the prefix itself is not whole yet. The message may not be whole either:
+/// compare [`RawtcpFrame::end`] with the bytes at hand.
 ///
 /// # Errors
 /// A prefix that is malformed, not positive, or larger than `max_size`.
-pub fn next_rawtcp_frame(buf: &mut BytesMut, max_size: usize) -> Result<Option<Bytes>, FrameError> {
+pub fn rawtcp_frame_at(buf: &[u8], max_size: usize) -> Result<Option<RawtcpFrame>, FrameError> {
     let Some((size, prefix_len)) = read_zigzag_varint(buf)? else {
         return Ok(None);
     };
@@ -87,13 +103,28 @@ pub fn next_rawtcp_frame(buf: &mut BytesMut, max_size: usize) -> Result<Option<B
             max: max_size,
         });
     }
-    let size = size as usize;
-    if buf.len() < prefix_len + size {
-        buf.reserve(prefix_len + size - buf.len());
+    Ok(Some(RawtcpFrame {
+        prefix_len,
+        size: size as usize,
+    }))
+}
+
+/// Takes the next whole rawtcp frame's payload from the front of `buf`.
+///
+/// Returns `Ok(None)` when `buf` holds only part of a frame; nothing is consumed then.
+///
+/// # Errors
+/// A prefix that is malformed, not positive, or larger than `max_size`.
+pub fn next_rawtcp_frame(buf: &mut BytesMut, max_size: usize) -> Result<Option<Bytes>, FrameError> {
+    let Some(frame) = rawtcp_frame_at(buf, max_size)? else {
+        return Ok(None);
+    };
+    if buf.len() < frame.end() {
+        buf.reserve(frame.end() - buf.len());
         return Ok(None);
     }
-    buf.advance(prefix_len);
-    Ok(Some(buf.split_to(size).freeze()))
+    buf.advance(frame.prefix_len);
+    Ok(Some(buf.split_to(frame.size).freeze()))
 }
 
 /// Appends one m3msg frame holding `msg` to `buf`.
@@ -144,7 +175,9 @@ pub fn next_m3msg_frame(buf: &mut BytesMut, max_size: usize) -> Result<Option<By
     Ok(Some(buf.split_to(size).freeze()))
 }
 
-fn put_zigzag_varint(value: i64, buf: &mut BytesMut) {
+/// Appends `value` as a zig-zag varint: a rawtcp length prefix (also any other, for tests of
+/// bad prefixes).
+pub fn put_zigzag_varint(value: i64, buf: &mut BytesMut) {
     let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
     while zigzag >= 0x80 {
         buf.put_u8((zigzag as u8) | 0x80);

@@ -102,6 +102,162 @@ pub struct TimedMetricMessage<'a> {
 /// other message, well-formed or not: decode those with prost, which gives the same result for
 /// the messages this reader takes.
 pub fn read_timed_metric_message(message: &[u8]) -> Option<TimedMetricMessage<'_>> {
+    read_as_written(message).or_else(|| read_any_order(message))
+}
+
+/// The layout [`put_timed_metric_frame`] writes, read byte by byte without a field loop: the
+/// outer type as the bytes `08 06`, then field 7 holding field 1 (the metric, its fields in
+/// number order, each optional) and optionally field 2 (the metadatas), every length ending
+/// exactly where its message does. `None` for anything else, which [`read_any_order`] reads;
+/// every message taken here reads the same there (a property test checks it).
+fn read_as_written(message: &[u8]) -> Option<TimedMetricMessage<'_>> {
+    let mut outer =
+        Cursor::new(message.strip_prefix(&[0x08, TIMED_METRIC_WITH_METADATAS, 0x3a])?);
+    let body = outer.length_delimited()?;
+    if !outer.is_done() {
+        return None;
+    }
+    let mut body = Cursor::new(body);
+    let mut metric = Cursor::new(body.optional_field(0x0a)??);
+    let metadatas = body.optional_field(0x12)?;
+    if !body.is_done() {
+        return None;
+    }
+    let mut read = TimedMetricMessage {
+        metric_type: 0,
+        id: &[],
+        time_nanos: 0,
+        value: 0.0,
+        metadatas,
+    };
+    if metric.take_key(0x08) {
+        read.metric_type = metric.varint()? as i32;
+    }
+    if let Some(id) = metric.optional_field(0x12)? {
+        read.id = id;
+    }
+    if metric.take_key(0x18) {
+        read.time_nanos = metric.varint()? as i64;
+    }
+    if metric.take_key(0x21) {
+        read.value = f64::from_bits(metric.fixed64()?);
+    }
+    metric.is_done().then_some(read)
+}
+
+/// A position in one message's bytes, for [`read_as_written`].
+struct Cursor<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn new(bytes: &'a [u8]) -> Cursor<'a> {
+        Cursor { rest: bytes }
+    }
+
+    fn is_done(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    /// Steps over `key` (a one-byte field key) when it comes next.
+    fn take_key(&mut self, key: u8) -> bool {
+        match self.rest.split_first() {
+            Some((&first, rest)) if first == key => {
+                self.rest = rest;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn varint(&mut self) -> Option<u64> {
+        let (value, len) = read_varint(self.rest)?;
+        self.rest = &self.rest[len..];
+        Some(value)
+    }
+
+    fn fixed64(&mut self) -> Option<u64> {
+        let (bytes, rest) = self.rest.split_first_chunk::<8>()?;
+        self.rest = rest;
+        Some(u64::from_le_bytes(*bytes))
+    }
+
+    /// A varint length, then that many bytes.
+    fn length_delimited(&mut self) -> Option<&'a [u8]> {
+        let len = usize::try_from(self.varint()?).ok()?;
+        if len > self.rest.len() {
+            return None;
+        }
+        let (bytes, rest) = self.rest.split_at(len);
+        self.rest = rest;
+        Some(bytes)
+    }
+
+    /// The bytes of the length-delimited field with one-byte `key`: `Some(None)` when another
+    /// field (or the end) comes next, `None` when the field is cut short.
+    fn optional_field(&mut self, key: u8) -> Option<Option<&'a [u8]>> {
+        if !self.take_key(key) {
+            return Some(None);
+        }
+        self.length_delimited().map(Some)
+    }
+}
+
+/// The varint at the front of `bytes` and its length (at most ten bytes; bits past the 64th
+/// are dropped, as the general decoders do). Up to eight bytes are read as one word.
+fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    if let Some(&first) = bytes.first()
+        && first < 0x80
+    {
+        return Some((u64::from(first), 1));
+    }
+    let Some(word) = bytes.first_chunk::<8>() else {
+        return read_varint_bytewise(bytes);
+    };
+    let word = u64::from_le_bytes(*word);
+    // The high bit of each byte is clear on the last byte of the varint.
+    let ends = !word & 0x8080_8080_8080_8080;
+    if ends == 0 {
+        // Nine bytes or more: a timestamp in nanoseconds takes nine.
+        return match bytes.get(8) {
+            Some(&ninth) if ninth < 0x80 => {
+                Some((squeeze_groups(word) | (u64::from(ninth) << 56), 9))
+            }
+            _ => read_varint_bytewise(bytes),
+        };
+    }
+    let len = (ends.trailing_zeros() / 8 + 1) as usize;
+    let kept = if len == 8 {
+        word
+    } else {
+        word & ((1u64 << (8 * len)) - 1)
+    };
+    Some((squeeze_groups(kept), len))
+}
+
+/// The low seven bits of each byte of `word`, packed together (56 bits): pairs, then fours,
+/// then all eight.
+fn squeeze_groups(word: u64) -> u64 {
+    let mut x = word & 0x7f7f_7f7f_7f7f_7f7f;
+    x = ((x & 0x7f00_7f00_7f00_7f00) >> 1) | (x & 0x007f_007f_007f_007f);
+    x = ((x & 0x3fff_0000_3fff_0000) >> 2) | (x & 0x0000_3fff_0000_3fff);
+    ((x & 0x0fff_ffff_0000_0000) >> 4) | (x & 0x0000_0000_0fff_ffff)
+}
+
+/// [`read_varint`] one byte at a time: short buffers and varints of nine or ten bytes.
+fn read_varint_bytewise(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, &byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte < 0x80 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// Any message [`read_timed_metric_message`] takes, its fields in any order.
+fn read_any_order(message: &[u8]) -> Option<TimedMetricMessage<'_>> {
     let mut message_type = None;
     let mut body = None;
     for field in Fields::new(message) {
@@ -167,15 +323,9 @@ impl<'a> Fields<'a> {
     }
 
     fn varint(&mut self) -> Option<u64> {
-        let mut value = 0u64;
-        for (i, &byte) in self.rest.iter().enumerate().take(10) {
-            value |= u64::from(byte & 0x7f) << (7 * i);
-            if byte < 0x80 {
-                self.rest = &self.rest[i + 1..];
-                return Some(value);
-            }
-        }
-        None
+        let (value, len) = read_varint(self.rest)?;
+        self.rest = &self.rest[len..];
+        Some(value)
     }
 
     fn field(&mut self) -> Option<(u32, Value<'a>)> {
@@ -246,6 +396,17 @@ mod tests {
     use proptest::prelude::*;
     use prost::Message;
 
+    /// A read message's fields, its value as bits (NaN equals itself).
+    fn fields(m: TimedMetricMessage<'_>) -> (i32, &[u8], i64, u64, Option<&[u8]>) {
+        (
+            m.metric_type,
+            m.id,
+            m.time_nanos,
+            m.value.to_bits(),
+            m.metadatas,
+        )
+    }
+
     proptest! {
         #[test]
         fn hand_encoding_equals_prost(
@@ -289,6 +450,49 @@ mod tests {
             let written = if v == 0.0 { 0.0f64 } else { v };
             prop_assert_eq!(read.value.to_bits(), written.to_bits());
             prop_assert_eq!(read.metadatas, Some(metadatas.as_slice()));
+        }
+
+        /// The word-at-a-time varint reads what the byte loop reads, on any bytes.
+        #[test]
+        fn varint_by_word_equals_bytewise(
+            bytes in proptest::collection::vec(any::<u8>(), 0..12),
+            value in any::<u64>(),
+        ) {
+            prop_assert_eq!(read_varint(&bytes), read_varint_bytewise(&bytes));
+            let mut encoded = BytesMut::new();
+            put_varint(value, &mut encoded);
+            prop_assert_eq!(read_varint(&encoded), Some((value, encoded.len())));
+        }
+
+        /// Whatever the written-layout reader takes, the any-order reader reads the same,
+        /// on written frames, on them cut or with a byte changed, and on any bytes.
+        #[test]
+        fn the_written_layout_reads_as_any_order(
+            metric_type in 0u8..4,
+            id in proptest::collection::vec(any::<u8>(), 0..200),
+            t in any::<i64>(),
+            v in any::<f64>(),
+            metadatas in proptest::collection::vec(any::<u8>(), 0..20),
+            cut in any::<proptest::sample::Index>(),
+            flip in any::<proptest::sample::Index>(),
+            flipped in any::<u8>(),
+            noise in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut out = BytesMut::new();
+            put_timed_metric_frame(metric_type, &id, t, v, &metadatas, &mut out);
+            let payload = next_rawtcp_frame(&mut out, 1 << 20).unwrap().unwrap();
+            let written = read_as_written(&payload);
+            prop_assert!(written.is_some(), "a written frame is read by the fast path");
+            prop_assert_eq!(written.map(fields), read_any_order(&payload).map(fields));
+            let mut changed = payload.to_vec();
+            let at = flip.index(changed.len());
+            changed[at] = flipped;
+            let truncated = &payload[..cut.index(payload.len())];
+            for input in [&changed[..], truncated, &noise[..]] {
+                if let Some(read) = read_as_written(input) {
+                    prop_assert_eq!(Some(fields(read)), read_any_order(input).map(fields));
+                }
+            }
         }
 
         /// On any bytes, and on any message prost builds, the reader either declines or agrees
