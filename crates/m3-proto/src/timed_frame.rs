@@ -82,7 +82,7 @@ pub fn put_timed_metric_frame(
 
 /// The parts of a `MetricWithMetadatas` of type `TIMED_METRIC_WITH_METADATAS`, borrowed from
 /// the message bytes.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct TimedMetricMessage<'a> {
     /// `TimedMetric.type` (`MetricType` enum value).
     pub metric_type: i32,
@@ -124,11 +124,8 @@ fn read_as_written(message: &[u8]) -> Option<TimedMetricMessage<'_>> {
         return None;
     }
     let mut read = TimedMetricMessage {
-        metric_type: 0,
-        id: &[],
-        time_nanos: 0,
-        value: 0.0,
         metadatas,
+        ..TimedMetricMessage::default()
     };
     if metric.take_key(0x08) {
         read.metric_type = metric.varint()? as i32;
@@ -280,11 +277,8 @@ fn read_any_order(message: &[u8]) -> Option<TimedMetricMessage<'_>> {
         }
     }
     let mut read = TimedMetricMessage {
-        metric_type: 0,
-        id: &[],
-        time_nanos: 0,
-        value: 0.0,
         metadatas,
+        ..TimedMetricMessage::default()
     };
     let mut seen = [false; 5];
     for field in Fields::new(metric?) {
@@ -314,39 +308,23 @@ enum Value<'a> {
 
 /// The fields of one protobuf message: `Some(None)` at the first field it cannot read.
 struct Fields<'a> {
-    rest: &'a [u8],
+    cursor: Cursor<'a>,
 }
 
 impl<'a> Fields<'a> {
     fn new(message: &'a [u8]) -> Fields<'a> {
-        Fields { rest: message }
-    }
-
-    fn varint(&mut self) -> Option<u64> {
-        let (value, len) = read_varint(self.rest)?;
-        self.rest = &self.rest[len..];
-        Some(value)
+        Fields {
+            cursor: Cursor::new(message),
+        }
     }
 
     fn field(&mut self) -> Option<(u32, Value<'a>)> {
-        let key = self.varint()?;
+        let key = self.cursor.varint()?;
         let number = u32::try_from(key >> 3).ok()?;
         let value = match key & 7 {
-            0 => Value::Varint(self.varint()?),
-            1 => {
-                let (bytes, rest) = self.rest.split_first_chunk::<8>()?;
-                self.rest = rest;
-                Value::Fixed64(u64::from_le_bytes(*bytes))
-            }
-            2 => {
-                let len = usize::try_from(self.varint()?).ok()?;
-                if len > self.rest.len() {
-                    return None;
-                }
-                let (bytes, rest) = self.rest.split_at(len);
-                self.rest = rest;
-                Value::Bytes(bytes)
-            }
+            0 => Value::Varint(self.cursor.varint()?),
+            1 => Value::Fixed64(self.cursor.fixed64()?),
+            2 => Value::Bytes(self.cursor.length_delimited()?),
             _ => return None,
         };
         (number != 0).then_some((number, value))
@@ -357,13 +335,13 @@ impl<'a> Iterator for Fields<'a> {
     type Item = Option<(u32, Value<'a>)>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.rest.is_empty() {
+        if self.cursor.is_done() {
             return None;
         }
         let field = self.field();
         if field.is_none() {
             // Stop after the first unreadable field.
-            self.rest = &[];
+            self.cursor = Cursor::new(&[]);
         }
         Some(field)
     }
