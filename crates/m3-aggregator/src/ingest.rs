@@ -91,8 +91,7 @@ pub struct MessageDecoder {
 }
 
 /// A type 6 message waiting in [`MessageDecoder::apply_frames`]: where its ID is in the
-/// stream, and
-/// which of the queued metadatas it carries.
+/// stream, and which of the queued metadatas it carries.
 #[derive(Debug, Clone)]
 struct QueuedTimed {
     metric_type: MetricType,
