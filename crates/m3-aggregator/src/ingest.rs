@@ -67,6 +67,12 @@ pub enum StreamError {
     /// A message that is not a `MetricWithMetadatas`.
     #[error("rawtcp message does not decode: {0}")]
     Decode(#[from] prost::DecodeError),
+    /// Bytes that should hold whole frames end inside one.
+    #[error("rawtcp frames end inside a frame: {trailing} bytes after the last whole frame")]
+    Truncated {
+        /// The bytes of the partial frame.
+        trailing: usize,
+    },
 }
 
 /// Most timed messages [`MessageDecoder::apply_frames`] holds before it applies them.
@@ -101,6 +107,15 @@ struct QueuedTimed {
     metadatas: Option<usize>,
 }
 
+/// What [`MessageDecoder::read_frames`] did with a stream.
+struct FramesRead {
+    /// The bytes of the frames applied (and of the one that failed, if any).
+    taken: usize,
+    /// The whole length of the partial frame at the end, prefix included.
+    partial_frame_len: Option<usize>,
+    result: Result<(), StreamError>,
+}
+
 /// Where `inner`, a slice of `outer`, lies in it.
 fn range_within(outer: &[u8], inner: &[u8]) -> Range<usize> {
     let start = (inner.as_ptr() as usize).wrapping_sub(outer.as_ptr() as usize);
@@ -129,7 +144,47 @@ impl MessageDecoder {
         now_nanos: i64,
         rejected: &mut dyn FnMut(IngestError),
     ) -> Result<(), StreamError> {
-        let stream: &[u8] = buf;
+        let read = self.read_frames(aggregator, buf, max_message_size, now_nanos, rejected);
+        buf.advance(read.taken);
+        if let Some(len) = read.partial_frame_len {
+            buf.reserve(len.saturating_sub(buf.len()));
+        }
+        read.result
+    }
+
+    /// Applies `frames`, which hold whole rawtcp frames only (what a client wrote into one
+    /// buffer), in order; `rejected` hears of every message not (wholly) applied, all of them
+    /// counted. For a sender in this process: no stream carries a frame on to the next call.
+    ///
+    /// # Errors
+    /// As [`apply_frames`](Self::apply_frames), and [`StreamError::Truncated`] when `frames`
+    /// ends inside a frame; what came before is applied.
+    pub fn apply_whole_frames(
+        &mut self,
+        aggregator: &Aggregator,
+        frames: &[u8],
+        max_message_size: usize,
+        now_nanos: i64,
+        rejected: &mut dyn FnMut(IngestError),
+    ) -> Result<(), StreamError> {
+        let read = self.read_frames(aggregator, frames, max_message_size, now_nanos, rejected);
+        read.result?;
+        match frames.len() - read.taken {
+            0 => Ok(()),
+            trailing => Err(StreamError::Truncated { trailing }),
+        }
+    }
+
+    /// Applies the whole frames at the front of `stream`, stopping at its end, at a partial
+    /// frame or at the first error.
+    fn read_frames(
+        &mut self,
+        aggregator: &Aggregator,
+        stream: &[u8],
+        max_message_size: usize,
+        now_nanos: i64,
+        rejected: &mut dyn FnMut(IngestError),
+    ) -> FramesRead {
         let mut taken = 0;
         let mut partial_frame_len = None;
         let result = loop {
@@ -150,11 +205,11 @@ impl MessageDecoder {
             }
         };
         self.flush(aggregator, stream, now_nanos, rejected);
-        buf.advance(taken);
-        if let Some(len) = partial_frame_len {
-            buf.reserve(len.saturating_sub(buf.len()));
+        FramesRead {
+            taken,
+            partial_frame_len,
+            result,
         }
-        result
     }
 
     /// Takes the message at `payload` of `stream`: a type 6 message waits for
@@ -618,6 +673,46 @@ mod tests {
                 .unwrap();
             assert!(buf.is_empty(), "cut at {cut}");
             assert_eq!(agg.metrics().added(MetricType::Gauge), before + 3);
+        }
+    }
+
+    /// Bytes said to hold whole frames: all apply; cut anywhere inside a frame, the frames
+    /// before the cut apply and the cut is told, with the bytes after the last whole frame.
+    #[test]
+    fn whole_frames_apply_and_a_cut_one_is_an_error() {
+        let agg = engine();
+        let mut decoder = MessageDecoder::default();
+        let frames = [timed("a", 10), gauge("b"), timed("c", 10)];
+        let whole = stream(&frames);
+        decoder
+            .apply_whole_frames(&agg, &whole, MAX, NOW, &mut no_rejection)
+            .unwrap();
+        assert_eq!(agg.metrics().added(MetricType::Gauge), 3);
+
+        let mut frame_ends = Vec::new();
+        let mut end = 0;
+        for frame in &frames {
+            end += stream(std::slice::from_ref(frame)).len();
+            frame_ends.push(end);
+        }
+        for cut in 1..whole.len() {
+            let before = agg.metrics().added(MetricType::Gauge);
+            let result =
+                decoder.apply_whole_frames(&agg, &whole[..cut], MAX, NOW, &mut no_rejection);
+            let whole_before_cut = frame_ends.iter().filter(|&&e| e <= cut).count();
+            let last_end = frame_ends[..whole_before_cut].last().copied().unwrap_or(0);
+            match result {
+                Ok(()) => assert_eq!(cut, last_end, "cut at {cut} is between frames"),
+                Err(StreamError::Truncated { trailing }) => {
+                    assert_eq!(trailing, cut - last_end, "cut at {cut}");
+                }
+                Err(e) => panic!("cut at {cut}: {e}"),
+            }
+            assert_eq!(
+                agg.metrics().added(MetricType::Gauge),
+                before + whole_before_cut as u64,
+                "cut at {cut}"
+            );
         }
     }
 

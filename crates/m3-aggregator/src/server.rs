@@ -152,6 +152,12 @@ impl AggregatorServer {
         })
     }
 
+    /// The engine, for a sender in this process
+    /// ([`InProcessAggregators`](crate::client::InProcessAggregators)).
+    pub fn aggregator(&self) -> &Arc<Aggregator> {
+        self.instance.aggregator()
+    }
+
     /// The current election state and leadership eligibility.
     pub fn status(&self) -> FlushStatus {
         self.instance.status()

@@ -1,14 +1,17 @@
 //! `m3 local`: the whole pipeline in one process.
 //!
 //! ```text
-//! Prometheus ─▶ coordinator :7201 ─rawtcp─▶ aggregator a :6000 ┐ shard set 1 (RF 2),
+//! Prometheus ─▶ coordinator :7201 ─frames─▶ aggregator a :6000 ┐ shard set 1 (RF 2),
 //!                                      └──▶ aggregator b :6100 ┘ one elected leader flushes
 //!              coordinator ingest :7507 ◀─m3msg── leader's output
 //!              embedded store (./data)
 //! ```
 //!
-//! Every part is the one a deployment runs, started in-process and talking over real loopback
-//! TCP; only the KV is in memory. The placements and the topic are created at startup when
+//! Every part is the one a deployment runs, started in-process; only the KV is in memory. The
+//! coordinator hands its rawtcp frames to the two aggregators' engines directly
+//! ([`InProcessAggregators`]): the same frames, queues and decoder, without the loopback
+//! sockets. The aggregators still listen on their rawtcp addresses for other senders, and
+//! their output reaches the coordinator over real m3msg. The placements and the topic are created at startup when
 //! absent. Ctrl-C (or SIGTERM) shuts down in pipeline order: the coordinator's queues to the
 //! aggregators drain, each aggregator leader flushes every window that has ended and waits for
 //! the coordinator to ack it, then the coordinator stops and flushes the store.
@@ -19,6 +22,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use m3_aggregator::AggregatorOptions;
+use m3_aggregator::client::InProcessAggregators;
 use m3_aggregator::instance::InstanceOptions;
 use m3_aggregator::server::{AggregatorServer, Listeners, ServerOptions};
 use m3_cluster::keys::{self, ServiceId};
@@ -237,15 +241,9 @@ pub(crate) async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow
     )
     .await?;
 
-    let coordinator = Coordinator::start(
-        &coordinator_config,
-        Arc::clone(&kv),
-        None,
-        Some(ingest_listener),
-    )
-    .await
-    .context("starting the coordinator")?;
-
+    // The aggregators first, so that the coordinator's first write already finds them in
+    // this process.
+    let in_process = InProcessAggregators::default();
     let mut servers = Vec::new();
     let mut http_endpoints = Vec::new();
     for ((listener, http_listener), endpoint) in aggregator_listeners
@@ -265,8 +263,22 @@ pub(crate) async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow
         )
         .await
         .with_context(|| format!("starting aggregator {endpoint}"))?;
+        in_process.attach(endpoint.clone(), Arc::clone(server.aggregator()));
         servers.push(server);
     }
+
+    let mut coordinator_config = coordinator_config;
+    if let Some((_, client_options)) = coordinator_config.remote_aggregator.as_mut() {
+        client_options.in_process = in_process;
+    }
+    let coordinator = Coordinator::start(
+        &coordinator_config,
+        Arc::clone(&kv),
+        None,
+        Some(ingest_listener),
+    )
+    .await
+    .context("starting the coordinator")?;
 
     let http = coordinator.addrs().http;
     println!();

@@ -26,7 +26,8 @@
 //!   drops at the bound instead.
 //! * **Connections.** One writer task per instance connects, writes batches with a write
 //!   timeout, and reconnects with backoff. rawtcp has no acks: a batch whose write fails is
-//!   retried once on a new connection, then dropped and counted.
+//!   retried once on a new connection, then dropped and counted. An instance whose engine runs
+//!   in this process ([`InProcessAggregators`], `m3 local`) is written to without a socket.
 //!
 //! The coordinator uses it to send samples to the aggregators, and aggregators use it to
 //! forward rollups to the aggregators that own the rollup IDs, as M3's `src/aggregator/client`.
@@ -37,6 +38,7 @@
 //! are then the m3msg producer's.
 
 pub mod config;
+mod in_process;
 pub mod m3msg;
 
 use std::collections::{HashMap, VecDeque};
@@ -53,6 +55,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use self::config::{AggregatorClientConfig, ClientConfigError, QueueDropType};
+pub use self::in_process::InProcessAggregators;
+use self::in_process::InProcessConnection;
 pub use self::m3msg::M3msgTransport;
 use crate::topic_producer::SharedProducer;
 
@@ -103,6 +107,8 @@ pub struct ClientOptions {
     pub max_batch_bytes: usize,
     /// rawtcp (`None`, the default) or an m3msg topic.
     pub m3msg: Option<M3msgTransport>,
+    /// rawtcp: the instances whose engine runs in this process, written to without a socket.
+    pub in_process: InProcessAggregators,
 }
 
 impl Default for ClientOptions {
@@ -120,6 +126,7 @@ impl Default for ClientOptions {
             init_watch_timeout: Duration::from_secs(10),
             max_batch_bytes: 8 * 1024 * 1024,
             m3msg: None,
+            in_process: InProcessAggregators::default(),
         }
     }
 }
@@ -163,6 +170,7 @@ impl ClientOptions {
                 .unwrap_or(d.init_watch_timeout),
             max_batch_bytes: config.max_batch_size.unwrap_or(d.max_batch_bytes).max(1),
             m3msg: config.m3msg_transport(),
+            in_process: InProcessAggregators::default(),
         })
     }
 }
@@ -810,13 +818,53 @@ fn duration_nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
+/// Where a writer's batches go.
+enum Connection {
+    /// A rawtcp connection to the instance's endpoint.
+    Tcp(TcpStream),
+    /// The instance's engine, in this process.
+    InProcess(InProcessConnection),
+}
+
+/// Connects to the writer's instance: its engine when it runs in this process, else its
+/// endpoint over TCP. `None` when that failed (logged).
+async fn connect(writer: &InstanceWriter, options: &ClientOptions) -> Option<Connection> {
+    if let Some(engine) = options
+        .in_process
+        .connect(&writer.endpoint, options.max_message_size)
+    {
+        tracing::info!(instance = %writer.id, endpoint = %writer.endpoint, "Writing to the aggregator in this process.");
+        return Some(Connection::InProcess(engine));
+    }
+    match tokio::time::timeout(
+        options.connect_timeout,
+        TcpStream::connect(&writer.endpoint),
+    )
+    .await
+    {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            tracing::info!(instance = %writer.id, endpoint = %writer.endpoint, "Connected to aggregator.");
+            Some(Connection::Tcp(stream))
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(instance = %writer.id, endpoint = %writer.endpoint, error = %e, "Cannot connect to aggregator; batches stay queued.");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(instance = %writer.id, endpoint = %writer.endpoint, "Connecting to aggregator timed out; batches stay queued.");
+            None
+        }
+    }
+}
+
 /// The writer task of one instance: drain the queue, write, reconnect on failure.
 async fn run_writer(
     writer: Arc<InstanceWriter>,
     options: ClientOptions,
     metrics: Arc<dyn ClientMetrics>,
 ) {
-    let mut connection: Option<TcpStream> = None;
+    let mut connection: Option<Connection> = None;
     let mut backoff = Duration::from_millis(50);
     let mut pending: Vec<QueuedBatch> = Vec::new();
     loop {
@@ -833,27 +881,11 @@ async fn run_writer(
             }
         }
         if connection.is_none() {
-            match tokio::time::timeout(
-                options.connect_timeout,
-                TcpStream::connect(&writer.endpoint),
-            )
-            .await
-            {
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    tracing::info!(instance = %writer.id, endpoint = %writer.endpoint, "Connected to aggregator.");
-                    connection = Some(stream);
-                    writer.connected.store(true, Ordering::Relaxed);
-                    backoff = Duration::from_millis(50);
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(instance = %writer.id, endpoint = %writer.endpoint, error = %e, "Cannot connect to aggregator; batches stay queued.");
-                }
-                Err(_) => {
-                    tracing::warn!(instance = %writer.id, endpoint = %writer.endpoint, "Connecting to aggregator timed out; batches stay queued.");
-                }
-            }
-            if connection.is_none() {
+            connection = connect(&writer, &options).await;
+            if connection.is_some() {
+                writer.connected.store(true, Ordering::Relaxed);
+                backoff = Duration::from_millis(50);
+            } else {
                 // Keep the batches queued (the queue bound applies to new ones) and retry later.
                 requeue(&writer, &mut pending, &options, &*metrics);
                 tokio::select! {
@@ -864,8 +896,17 @@ async fn run_writer(
                 continue;
             }
         }
-        let Some(stream) = connection.as_mut() else {
-            continue;
+        let stream = match connection.as_mut() {
+            Some(Connection::Tcp(stream)) => stream,
+            Some(Connection::InProcess(engine)) => {
+                for batch in pending.drain(..) {
+                    engine.write(&batch.parts);
+                }
+                // The engine's work ran on this task: let the others have the thread.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            None => continue,
         };
         let mut failed = None;
         for (i, batch) in pending.iter().enumerate() {
@@ -912,9 +953,9 @@ mod tests {
 
     /// Counts drops by reason, for the assertions.
     #[derive(Default)]
-    struct Counted {
-        queue_full: AtomicU64,
-        writer_stopped: AtomicU64,
+    pub(super) struct Counted {
+        pub(super) queue_full: AtomicU64,
+        pub(super) writer_stopped: AtomicU64,
     }
 
     impl ClientMetrics for Counted {
@@ -931,7 +972,7 @@ mod tests {
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
-    fn placement(endpoints: &[(&str, &str)], num_shards: u32) -> Placement {
+    pub(super) fn placement(endpoints: &[(&str, &str)], num_shards: u32) -> Placement {
         let mut p = Placement {
             num_shards,
             replica_factor: endpoints.len() as u32,
