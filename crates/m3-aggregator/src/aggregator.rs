@@ -18,6 +18,7 @@
 //! flush times.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use hashbrown::HashMap;
 use parking_lot::RwLock;
@@ -78,6 +79,9 @@ pub struct Aggregator {
     options: AggregatorOptions,
     limits: Limits,
     shard_fn: ShardFn,
+    /// When `shard_fn` is murmur3_32(id) % this count (the placement's): lets a sender that
+    /// computed a batch's shard under the same count say so ([`KnownShard`]).
+    murmur3_shard_count: Option<Arc<AtomicU32>>,
     shards: RwLock<HashMap<u32, Arc<Shard>>>,
     metrics: Metrics,
     /// Rollup values leader flushes produced, for the caller to send ([`Aggregator::take_forwarded`]).
@@ -109,6 +113,17 @@ pub struct ForwardedWrite<'a> {
     pub pipeline: Option<&'a m3_proto::pipelinepb::AppliedPipeline>,
     /// Hops so far.
     pub forwarded_times: u32,
+}
+
+/// The shard of every value of a batch, as its sender computed it: murmur3_32(id) %
+/// `num_shards`. The aggregator takes it instead of hashing each ID only when its own shard
+/// function is the same ([`Aggregator::with_murmur3_shard_count`]); otherwise it is ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownShard {
+    /// The shard.
+    pub shard: u32,
+    /// The shard count it was computed with.
+    pub num_shards: u32,
 }
 
 /// One timed value of a batch ([`Aggregator::add_timed_batch`]).
@@ -145,11 +160,21 @@ impl Aggregator {
             limits: Limits::new(&options),
             options,
             shard_fn,
+            murmur3_shard_count: None,
             shards: RwLock::new(HashMap::new()),
             metrics: Metrics::new(),
             forwarded: parking_lot::Mutex::new(Vec::new()),
             passthrough: parking_lot::Mutex::new(Vec::new()),
         }
+    }
+
+    /// The same engine, told that its shard function is murmur3_32(id) % `num_shards` (as
+    /// [`placement_shard_fn`](crate::instance::placement_shard_fn) is), so that a batch whose
+    /// [`KnownShard`] was computed with the same count is not hashed again.
+    #[must_use]
+    pub fn with_murmur3_shard_count(mut self, num_shards: Arc<AtomicU32>) -> Aggregator {
+        self.murmur3_shard_count = Some(num_shards);
+        self
     }
 
     /// The settings.
@@ -282,10 +307,34 @@ impl Aggregator {
         now_nanos: i64,
         rejected: &mut dyn FnMut(usize, AddError),
     ) {
+        self.add_timed_batch_of_shard(None, samples, now_nanos, rejected);
+    }
+
+    /// [`add_timed_batch`](Self::add_timed_batch) of values that are all in the shard
+    /// `known` says, if any: when it was computed as this engine computes shards, the IDs are
+    /// not hashed to find it.
+    pub fn add_timed_batch_of_shard(
+        &self,
+        known: Option<KnownShard>,
+        samples: &[TimedSample<'_>],
+        now_nanos: i64,
+        rejected: &mut dyn FnMut(usize, AddError),
+    ) {
+        let known_shard = known
+            .filter(|k| {
+                self.murmur3_shard_count
+                    .as_ref()
+                    .is_some_and(|count| count.load(Ordering::Relaxed) == k.num_shards)
+                    && k.shard < k.num_shards
+            })
+            .map(|k| k.shard);
         // (shard, entry hash) of each sample.
         let keys: Vec<(u32, u64)> = samples
             .iter()
-            .map(|s| ((self.shard_fn)(s.id), crate::shard::entry_hash(s.id)))
+            .map(|s| {
+                let shard = known_shard.unwrap_or_else(|| (self.shard_fn)(s.id));
+                (shard, crate::shard::entry_hash(s.id))
+            })
             .collect();
         let mut run = Vec::new();
         let mut indexes = Vec::new();

@@ -34,7 +34,7 @@ use m3_metric::{AggregationId, MetricType, StoragePolicy};
 use m3_proto::framing::rawtcp_frame_at;
 use m3_proto::metricpb::{self, metric_with_metadatas::Type};
 
-use crate::aggregator::{Aggregator, ForwardedWrite, TimedSample};
+use crate::aggregator::{Aggregator, ForwardedWrite, KnownShard, TimedSample};
 use crate::error::{AddError, RejectReason};
 use crate::flush::AggregatedOutput;
 use crate::metadata::Metadatas;
@@ -144,7 +144,7 @@ impl MessageDecoder {
         now_nanos: i64,
         rejected: &mut dyn FnMut(IngestError),
     ) -> Result<(), StreamError> {
-        let read = self.read_frames(aggregator, buf, max_message_size, now_nanos, rejected);
+        let read = self.read_frames(aggregator, None, buf, max_message_size, now_nanos, rejected);
         buf.advance(read.taken);
         if let Some(len) = read.partial_frame_len {
             buf.reserve(len.saturating_sub(buf.len()));
@@ -154,7 +154,9 @@ impl MessageDecoder {
 
     /// Applies `frames`, which hold whole rawtcp frames only (what a client wrote into one
     /// buffer), in order; `rejected` hears of every message not (wholly) applied, all of them
-    /// counted. For a sender in this process: no stream carries a frame on to the next call.
+    /// counted. For a sender in this process: no stream carries a frame on to the next call,
+    /// and it may know the shard of every metric in `frames` (`known`, see
+    /// [`Aggregator::add_timed_batch_of_shard`]).
     ///
     /// # Errors
     /// As [`apply_frames`](Self::apply_frames), and [`StreamError::Truncated`] when `frames`
@@ -162,12 +164,20 @@ impl MessageDecoder {
     pub fn apply_whole_frames(
         &mut self,
         aggregator: &Aggregator,
+        known: Option<KnownShard>,
         frames: &[u8],
         max_message_size: usize,
         now_nanos: i64,
         rejected: &mut dyn FnMut(IngestError),
     ) -> Result<(), StreamError> {
-        let read = self.read_frames(aggregator, frames, max_message_size, now_nanos, rejected);
+        let read = self.read_frames(
+            aggregator,
+            known,
+            frames,
+            max_message_size,
+            now_nanos,
+            rejected,
+        );
         read.result?;
         match frames.len() - read.taken {
             0 => Ok(()),
@@ -180,6 +190,7 @@ impl MessageDecoder {
     fn read_frames(
         &mut self,
         aggregator: &Aggregator,
+        known: Option<KnownShard>,
         stream: &[u8],
         max_message_size: usize,
         now_nanos: i64,
@@ -192,7 +203,9 @@ impl MessageDecoder {
                 Ok(Some(frame)) if frame.end() <= stream.len() - taken => {
                     let payload = taken + frame.prefix_len..taken + frame.end();
                     taken += frame.end();
-                    if let Err(e) = self.take(aggregator, stream, payload, now_nanos, rejected) {
+                    if let Err(e) =
+                        self.take(aggregator, known, stream, payload, now_nanos, rejected)
+                    {
                         break Err(StreamError::Decode(e));
                     }
                 }
@@ -204,7 +217,7 @@ impl MessageDecoder {
                 Err(e) => break Err(StreamError::Frame(e)),
             }
         };
-        self.flush(aggregator, stream, now_nanos, rejected);
+        self.flush(aggregator, known, stream, now_nanos, rejected);
         FramesRead {
             taken,
             partial_frame_len,
@@ -218,6 +231,7 @@ impl MessageDecoder {
     fn take(
         &mut self,
         aggregator: &Aggregator,
+        known: Option<KnownShard>,
         stream: &[u8],
         payload: Range<usize>,
         now_nanos: i64,
@@ -226,7 +240,7 @@ impl MessageDecoder {
         use prost::Message;
         let message = &stream[payload];
         let Some(timed) = m3_proto::timed_frame::read_timed_metric_message(message) else {
-            self.flush(aggregator, stream, now_nanos, rejected);
+            self.flush(aggregator, known, stream, now_nanos, rejected);
             let decoded = metricpb::MetricWithMetadatas::decode(message)?;
             if let Err(e) = apply(aggregator, &decoded, now_nanos) {
                 rejected(e);
@@ -234,19 +248,19 @@ impl MessageDecoder {
             return Ok(());
         };
         if self.queued.len() >= MAX_QUEUED {
-            self.flush(aggregator, stream, now_nanos, rejected);
+            self.flush(aggregator, known, stream, now_nanos, rejected);
         }
         let metadatas = match timed.metadatas {
             None => None,
             Some(bytes) => {
-                let known = self.queued_metadatas[..self.used_metadatas]
+                let seen = self.queued_metadatas[..self.used_metadatas]
                     .iter()
                     .position(|(b, _)| b.as_slice() == bytes);
-                match known {
+                match seen {
                     Some(i) => Some(i),
                     None => {
                         if self.used_metadatas == MAX_QUEUED_METADATAS {
-                            self.flush(aggregator, stream, now_nanos, rejected);
+                            self.flush(aggregator, known, stream, now_nanos, rejected);
                         }
                         let i = self.used_metadatas;
                         if self.queued_metadatas.len() == i {
@@ -257,7 +271,7 @@ impl MessageDecoder {
                             let decoded = match metricpb::StagedMetadatas::decode(bytes) {
                                 Ok(decoded) => decoded,
                                 Err(e) => {
-                                    self.flush(aggregator, stream, now_nanos, rejected);
+                                    self.flush(aggregator, known, stream, now_nanos, rejected);
                                     return Err(e);
                                 }
                             };
@@ -292,6 +306,7 @@ impl MessageDecoder {
     fn flush(
         &mut self,
         aggregator: &Aggregator,
+        known: Option<KnownShard>,
         stream: &[u8],
         now_nanos: i64,
         rejected: &mut dyn FnMut(IngestError),
@@ -317,7 +332,9 @@ impl MessageDecoder {
                 },
             })
             .collect();
-        aggregator.add_timed_batch(&samples, now_nanos, &mut |_, e| rejected(e.into()));
+        aggregator.add_timed_batch_of_shard(known, &samples, now_nanos, &mut |_, e| {
+            rejected(e.into());
+        });
         self.queued.clear();
         self.used_metadatas = 0;
     }
@@ -685,7 +702,7 @@ mod tests {
         let frames = [timed("a", 10), gauge("b"), timed("c", 10)];
         let whole = stream(&frames);
         decoder
-            .apply_whole_frames(&agg, &whole, MAX, NOW, &mut no_rejection)
+            .apply_whole_frames(&agg, None, &whole, MAX, NOW, &mut no_rejection)
             .unwrap();
         assert_eq!(agg.metrics().added(MetricType::Gauge), 3);
 
@@ -698,7 +715,7 @@ mod tests {
         for cut in 1..whole.len() {
             let before = agg.metrics().added(MetricType::Gauge);
             let result =
-                decoder.apply_whole_frames(&agg, &whole[..cut], MAX, NOW, &mut no_rejection);
+                decoder.apply_whole_frames(&agg, None, &whole[..cut], MAX, NOW, &mut no_rejection);
             let whole_before_cut = frame_ends.iter().filter(|&&e| e <= cut).count();
             let last_end = frame_ends[..whole_before_cut].last().copied().unwrap_or(0);
             match result {

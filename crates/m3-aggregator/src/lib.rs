@@ -85,7 +85,7 @@ mod shard;
 pub mod topic_producer;
 
 pub use aggregator::{
-    Aggregator, EngineStats, ForwardedWrite, ShardAssignment, ShardFn, TimedSample,
+    Aggregator, EngineStats, ForwardedWrite, KnownShard, ShardAssignment, ShardFn, TimedSample,
 };
 pub use error::{AddError, RejectReason};
 pub use flush::{AggregatedOutput, Category, FlushMode, FlushResult, ForwardedOutput};

@@ -99,10 +99,10 @@ impl AggregatorServer {
         kv: Arc<dyn KvStore>,
         listeners: Listeners,
     ) -> anyhow::Result<AggregatorServer> {
-        let aggregator = Arc::new(Aggregator::new(
-            options.engine,
-            placement_shard_fn(&options.instance),
-        ));
+        let aggregator = Arc::new(
+            Aggregator::new(options.engine, placement_shard_fn(&options.instance))
+                .with_murmur3_shard_count(Arc::clone(&options.instance.num_shards)),
+        );
         let mut registry = Registry::default();
         let consumer_metrics = m3_msg::ConsumerMetrics::default();
         if listeners.m3msg.is_some() {

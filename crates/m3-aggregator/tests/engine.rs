@@ -6,8 +6,8 @@ use std::time::Duration;
 use m3_aggregator::metadata::build;
 use m3_aggregator::metrics::WindowDiscard;
 use m3_aggregator::{
-    AddError, AggregatedOutput, Aggregator, AggregatorOptions, FlushMode, Metadatas, RejectReason,
-    ShardAssignment,
+    AddError, AggregatedOutput, Aggregator, AggregatorOptions, FlushMode, KnownShard, Metadatas,
+    RejectReason, ShardAssignment, TimedSample,
 };
 use m3_metric::id::{decode_tags, encode_tags};
 use m3_metric::{AggregationId, AggregationType, MetricType, StoragePolicy};
@@ -41,6 +41,59 @@ fn ids(out: &[AggregatedOutput]) -> Vec<String> {
     out.iter()
         .map(|o| String::from_utf8_lossy(&o.id).into_owned())
         .collect()
+}
+
+/// A batch's known shard is taken instead of hashing its IDs only when it was computed with
+/// the engine's own shard count; otherwise each ID is hashed as for any batch.
+#[test]
+fn a_known_shard_is_taken_only_under_the_engines_shard_count() {
+    const NUM_SHARDS: u32 = 8;
+    let count = Arc::new(std::sync::atomic::AtomicU32::new(NUM_SHARDS));
+    let agg = Aggregator::new(
+        AggregatorOptions::default(),
+        Arc::new(|id: &[u8]| m3_cluster::shard_for(id, NUM_SHARDS)),
+    )
+    .with_murmur3_shard_count(Arc::clone(&count));
+    let id = b"some.series".as_slice();
+    let real = m3_cluster::shard_for(id, NUM_SHARDS);
+    let other = (real + 1) % NUM_SHARDS;
+    // Only `other` is owned: a value lands only if the engine took the known shard.
+    agg.set_shards(vec![ShardAssignment::unbounded(other)], 0);
+    let now = 1_700_000_000 * 1_000_000_000;
+    let sample = TimedSample {
+        metric_type: MetricType::Gauge,
+        id,
+        time_nanos: now,
+        value: 1.0,
+        metadatas: Metadatas::Default,
+    };
+    let add = |known: Option<KnownShard>| {
+        let mut errors = Vec::new();
+        agg.add_timed_batch_of_shard(known, &[sample], now, &mut |_, e| errors.push(e));
+        errors
+    };
+    let same_count = KnownShard {
+        shard: other,
+        num_shards: NUM_SHARDS,
+    };
+    assert_eq!(add(Some(same_count)), vec![]);
+    assert_eq!(agg.metrics().added(MetricType::Gauge), 1);
+    let unowned = vec![AddError::ShardNotOwned { shard: real }];
+    let other_count = KnownShard {
+        num_shards: NUM_SHARDS * 2,
+        ..same_count
+    };
+    assert_eq!(add(Some(other_count)), unowned);
+    let out_of_range = KnownShard {
+        shard: NUM_SHARDS,
+        ..same_count
+    };
+    assert_eq!(add(Some(out_of_range)), unowned);
+    assert_eq!(add(None), unowned);
+    // The count follows the placement: after it changes, the old count's shards are hashed.
+    count.store(NUM_SHARDS * 2, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(add(Some(same_count)), unowned);
+    assert_eq!(agg.metrics().added(MetricType::Gauge), 1);
 }
 
 #[test]

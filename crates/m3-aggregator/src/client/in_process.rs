@@ -17,7 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::RwLock;
 
-use crate::aggregator::Aggregator;
+use crate::aggregator::{Aggregator, KnownShard};
 use crate::error::RejectReason;
 use crate::ingest::{IngestError, MessageDecoder};
 use crate::rawtcp::{DEFAULT_ERROR_LOG_LIMIT_PER_SECOND, LogLimiter, unix_nanos_now};
@@ -69,10 +69,11 @@ pub(super) struct InProcessConnection {
 }
 
 impl InProcessConnection {
-    /// Applies every frame of `parts` (each holds whole frames) to the engine. Rejections are
-    /// counted by the engine and logged, rate limited, as a rawtcp connection does; a part that
-    /// does not decode is counted as a decode error and the rest of it skipped.
-    pub(super) fn write(&mut self, parts: &[Bytes]) {
+    /// Applies every frame of `parts` (each holds whole frames) to the engine; the metrics of
+    /// `parts[i]` are in shard `shards[i]`, when given. Rejections are counted by the engine
+    /// and logged, rate limited, as a rawtcp connection does; a part that does not decode is
+    /// counted as a decode error and the rest of it skipped.
+    pub(super) fn write(&mut self, parts: &[Bytes], shards: &[KnownShard]) {
         let now = unix_nanos_now();
         let limiter = &self.limiter;
         let mut rejected = |e: IngestError| {
@@ -80,9 +81,10 @@ impl InProcessConnection {
                 tracing::warn!(error = %e, "in-process aggregator message rejected.");
             }
         };
-        for part in parts {
+        for (i, part) in parts.iter().enumerate() {
             if let Err(e) = self.decoder.apply_whole_frames(
                 &self.aggregator,
+                shards.get(i).copied(),
                 part,
                 self.max_message_size,
                 now,
@@ -120,7 +122,8 @@ mod tests {
         let aggregator = Aggregator::new(
             AggregatorOptions::default(),
             Arc::new(|id: &[u8]| m3_cluster::shard_for(id, NUM_SHARDS)),
-        );
+        )
+        .with_murmur3_shard_count(Arc::new(std::sync::atomic::AtomicU32::new(NUM_SHARDS)));
         aggregator.set_shards((0..NUM_SHARDS).map(ShardAssignment::unbounded).collect(), 0);
         Arc::new(aggregator)
     }
@@ -204,7 +207,7 @@ mod tests {
             &mut frame,
         );
         let garbage = Bytes::from_static(&[0x06, 0xff, 0xff, 0xff]);
-        connection.write(&[garbage.clone(), frame.freeze(), garbage]);
+        connection.write(&[garbage.clone(), frame.freeze(), garbage], &[]);
         assert_eq!(aggregator.metrics().rejected(RejectReason::DecodeError), 2);
         assert_eq!(aggregator.metrics().added(MetricType::Gauge), 1);
     }

@@ -58,6 +58,7 @@ pub use self::config::{AggregatorClientConfig, ClientConfigError, QueueDropType}
 pub use self::in_process::InProcessAggregators;
 use self::in_process::InProcessConnection;
 pub use self::m3msg::M3msgTransport;
+use crate::aggregator::KnownShard;
 use crate::topic_producer::SharedProducer;
 
 /// Why the client dropped metrics.
@@ -179,6 +180,9 @@ impl ClientOptions {
 /// and how many metrics they hold.
 struct QueuedBatch {
     parts: Vec<Bytes>,
+    /// The shard of each part's metrics (an engine in this process need not hash their IDs);
+    /// empty when not known.
+    shards: Vec<KnownShard>,
     /// The parts' total length.
     len: usize,
     metrics: u64,
@@ -190,16 +194,18 @@ impl QueuedBatch {
         QueuedBatch {
             len: parts.iter().map(Bytes::len).sum(),
             parts,
+            shards: Vec::new(),
             metrics,
             retried: false,
         }
     }
 
-    /// Adds `part`, holding `metrics` metrics.
-    fn push(&mut self, part: Bytes, metrics: u64) {
+    /// Adds `part`, holding `metrics` metrics of `shard`.
+    fn push(&mut self, part: Bytes, shard: KnownShard, metrics: u64) {
         self.len += part.len();
         self.metrics += metrics;
         self.parts.push(part);
+        self.shards.push(shard);
     }
 }
 
@@ -552,7 +558,11 @@ impl AggregatorClient {
                     batches.push(QueuedBatch::new(Vec::new(), 0));
                 }
                 if let Some(last) = batches.last_mut() {
-                    last.push(bytes.clone(), group.count);
+                    let shard = KnownShard {
+                        shard: group.shard,
+                        num_shards: topology.num_shards,
+                    };
+                    last.push(bytes.clone(), shard, group.count);
                 }
             }
         }
@@ -900,7 +910,7 @@ async fn run_writer(
             Some(Connection::Tcp(stream)) => stream,
             Some(Connection::InProcess(engine)) => {
                 for batch in pending.drain(..) {
-                    engine.write(&batch.parts);
+                    engine.write(&batch.parts, &batch.shards);
                 }
                 // The engine's work ran on this task: let the others have the thread.
                 tokio::task::yield_now().await;
