@@ -10,7 +10,8 @@
 //! Every part is the one a deployment runs, started in-process; only the KV is in memory. The
 //! coordinator hands its rawtcp frames to the two aggregators' engines directly
 //! ([`InProcessAggregators`]): the same frames, queues and decoder, without the loopback
-//! sockets. The aggregators still listen on their rawtcp addresses for other senders, and
+//! sockets; so do the aggregators when they forward rollup values to each other. The
+//! aggregators still listen on their rawtcp addresses for other senders, and
 //! their output reaches the coordinator over real m3msg. The placements and the topic are created at startup when
 //! absent. Ctrl-C (or SIGTERM) shuts down in pipeline order: the coordinator's queues to the
 //! aggregators drain, each aggregator leader flushes every window that has ended and waits for
@@ -252,8 +253,11 @@ pub(crate) async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow
         .zip(&aggregator_endpoints)
     {
         http_endpoints.push(http_listener.local_addr()?.to_string());
+        let mut options = config.aggregators.server_options(endpoint);
+        // Rollup values forwarded between the two go in the process too.
+        options.instance.client.in_process = in_process.clone();
         let server = AggregatorServer::start(
-            config.aggregators.server_options(endpoint),
+            options,
             Arc::clone(&kv),
             Listeners {
                 rawtcp: Some(listener),
