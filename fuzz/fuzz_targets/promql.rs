@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use m3_query::{Engine, SeriesSource};
 use m3_query::error::Result;
 use m3_query::source::EachSeries;
+use m3_query::{Engine, SeriesSource};
 use m3_storage::{Labels, Matcher};
 
 /// Three series with a minute of samples each around t = 0, plus NaN, infinities and a
@@ -52,11 +52,23 @@ fn fixture() -> Fixed {
         (labels, samples)
     };
     Fixed(vec![
-        series(&[("__name__", "up"), ("job", "a")], &[1.0, 0.0, 1.0, 1.0, 1.0]),
-        series(&[("__name__", "up"), ("job", "b"), ("le", "0.5")], &[3.0, 5.0, 2.0, 8.0, 9.0]),
+        series(
+            &[("__name__", "up"), ("job", "a")],
+            &[1.0, 0.0, 1.0, 1.0, 1.0],
+        ),
+        series(
+            &[("__name__", "up"), ("job", "b"), ("le", "0.5")],
+            &[3.0, 5.0, 2.0, 8.0, 9.0],
+        ),
         series(
             &[("__name__", "x"), ("le", "+Inf")],
-            &[f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -0.0, f64::from_bits(0x7ff0_0000_0000_0002)],
+            &[
+                f64::NAN,
+                f64::INFINITY,
+                f64::NEG_INFINITY,
+                -0.0,
+                f64::from_bits(0x7ff0_0000_0000_0002),
+            ],
         ),
     ])
 }
