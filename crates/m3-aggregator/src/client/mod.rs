@@ -911,9 +911,10 @@ async fn run_writer(
             Some(Connection::InProcess(engine)) => {
                 for batch in pending.drain(..) {
                     engine.write(&batch.parts, &batch.shards);
+                    // The engine's work runs on this task: let the others have the thread
+                    // between batches (up to `WRITE_CHUNK_BYTES` are taken at once).
+                    tokio::task::yield_now().await;
                 }
-                // The engine's work ran on this task: let the others have the thread.
-                tokio::task::yield_now().await;
                 continue;
             }
             None => continue,
