@@ -584,9 +584,22 @@ impl Aggregator {
         mode: FlushMode<'_>,
         out: &mut Vec<AggregatedOutput>,
     ) -> FlushResult {
+        self.flush_into(now_nanos, mode, &mut |outputs| out.extend(outputs))
+    }
+
+    /// [`flush`](Self::flush), handing each shard's outputs to `emit` as soon as that shard is
+    /// flushed (and unlocked), so that the outputs of a whole flush are never held at once.
+    /// `emit` must not call into this aggregator's flush.
+    pub fn flush_into(
+        &self,
+        now_nanos: i64,
+        mode: FlushMode<'_>,
+        emit: &mut dyn FnMut(std::vec::Drain<'_, AggregatedOutput>),
+    ) -> FlushResult {
         let shards: Vec<Arc<Shard>> = self.shards.read().values().cloned().collect();
         let mut result = FlushResult::default();
         let mut forwarded = Vec::new();
+        let mut out = Vec::new();
         for shard in shards {
             if let FlushMode::FollowerForced { before_nanos } = mode {
                 // What is dropped here is no longer held: `can_lead` must know.
@@ -600,7 +613,7 @@ impl Aggregator {
                 mode,
                 &self.limits,
                 &self.metrics,
-                out,
+                &mut out,
                 &mut forwarded,
                 leader.then_some(&mut times),
             );
@@ -608,6 +621,9 @@ impl Aggregator {
             result.windows_discarded += discarded;
             if leader {
                 result.flush_times.by_shard.insert(shard.id, times);
+            }
+            if !out.is_empty() {
+                emit(out.drain(..));
             }
         }
         if !forwarded.is_empty() {

@@ -86,8 +86,6 @@ pub(crate) struct FlushManager {
 
 /// What the loop remembers from one flush to the next.
 struct LoopState {
-    /// Reused output buffer.
-    outputs: Vec<AggregatedOutput>,
     /// Whether the previous flush was a leader's.
     was_leader: bool,
     /// The last flush times read, used while the KV cannot be read.
@@ -109,7 +107,6 @@ impl FlushManager {
     /// producer.
     pub(crate) async fn run(mut self) {
         let mut state = LoopState {
-            outputs: Vec::new(),
             was_leader: false,
             persisted: ShardSetFlushTimes::default(),
             persisted_for: None,
@@ -235,12 +232,13 @@ impl FlushManager {
                 state.flush_times_moved_at = Instant::now();
                 state.last_forced_flush = None;
             }
-            self.aggregator.flush(
+            // A follower's flush discards windows and emits nothing.
+            self.aggregator.flush_into(
                 unix_nanos_now(),
                 FlushMode::Follower {
                     flushed_times: &state.persisted,
                 },
-                &mut state.outputs,
+                &mut |_| {},
             );
             self.force_flush_if_stale(state, shard_set);
             let passthrough = self.aggregator.take_passthrough();
@@ -326,10 +324,10 @@ impl FlushManager {
         }
         let max_buffer = i64::try_from(self.options.max_buffer_size.as_nanos()).unwrap_or(i64::MAX);
         let before_nanos = unix_nanos_now().saturating_sub(max_buffer);
-        self.aggregator.flush(
+        self.aggregator.flush_into(
             unix_nanos_now(),
             FlushMode::FollowerForced { before_nanos },
-            &mut state.outputs,
+            &mut |_| {},
         );
         state.last_forced_flush = Some(Instant::now());
     }
@@ -347,12 +345,12 @@ impl FlushManager {
         let now = unix_nanos_now();
         if !state.was_leader {
             // Taking over: drop what the previous leader already flushed.
-            self.aggregator.flush(
+            self.aggregator.flush_into(
                 now,
                 FlushMode::Follower {
                     flushed_times: &state.persisted,
                 },
-                &mut state.outputs,
+                &mut |_| {},
             );
             tracing::info!(
                 shard_set,
@@ -364,16 +362,23 @@ impl FlushManager {
         } else {
             FlushMode::Leader
         };
-        state.outputs.clear();
-        let result = self.aggregator.flush(now, mode, &mut state.outputs);
+        // Each shard's outputs go to the producer as soon as the shard is flushed, so a flush
+        // of many series never holds all its outputs at once.
+        let mut refused = 0;
+        let result = self.aggregator.flush_into(now, mode, &mut |outputs| {
+            refused += produce(producer, outputs, now);
+        });
         crate::forward::send(
             &self.client,
             self.aggregator.take_forwarded(),
             self.aggregator.metrics(),
         );
         // Passthrough metrics are written by the leader only.
-        state.outputs.extend(self.aggregator.take_passthrough());
-        let refused = produce(producer, state.outputs.drain(..), now);
+        refused += produce(
+            producer,
+            self.aggregator.take_passthrough().into_iter(),
+            now,
+        );
         // Flush times move on only once what they cover is acked (see the module doc).
         let acked = if stopping {
             producer

@@ -96,6 +96,57 @@ fn a_known_shard_is_taken_only_under_the_engines_shard_count() {
     assert_eq!(agg.metrics().added(MetricType::Gauge), 1);
 }
 
+/// `flush_into` hands over each shard's outputs on their own, as soon as the shard is
+/// flushed: every group is one shard's, no shard comes twice, and together they are what
+/// `flush` returns for the same writes.
+#[test]
+fn flush_into_hands_over_one_shard_at_a_time() {
+    let (grouped, whole) = (
+        engine(AggregatorOptions::default()),
+        engine(AggregatorOptions::default()),
+    );
+    for agg in [&grouped, &whole] {
+        for i in 0..40u8 {
+            let id = [b's', i];
+            agg.add_untimed(
+                MetricType::Counter,
+                &id,
+                &[f64::from(i)],
+                Metadatas::Default,
+                T0,
+            )
+            .unwrap();
+        }
+    }
+    // The engine's shard function: the ID's byte sum modulo 4.
+    let shard_of = |id: &[u8]| id.iter().map(|b| u32::from(*b)).sum::<u32>() % 4;
+    let mut groups: Vec<Vec<AggregatedOutput>> = Vec::new();
+    let result = grouped.flush_into(T0 + 10 * S, FlushMode::Leader, &mut |outputs| {
+        groups.push(outputs.collect());
+    });
+    let mut shards: Vec<u32> = groups
+        .iter()
+        .map(|group| {
+            let shard = shard_of(&group[0].id);
+            assert!(
+                group.iter().all(|o| shard_of(&o.id) == shard),
+                "one shard per group"
+            );
+            shard
+        })
+        .collect();
+    shards.sort_unstable();
+    assert_eq!(shards, vec![0, 1, 2, 3]);
+    let mut from_groups: Vec<AggregatedOutput> = groups.into_iter().flatten().collect();
+    assert_eq!(result.outputs, from_groups.len());
+    let mut from_flush = flush_leader(&whole, T0 + 10 * S);
+    assert_eq!(from_groups.len(), 40);
+    let key = |o: &AggregatedOutput| (o.id.clone(), o.time_nanos);
+    from_groups.sort_by_key(key);
+    from_flush.sort_by_key(key);
+    assert_eq!(from_groups, from_flush);
+}
+
 #[test]
 fn untimed_windows_align_to_epoch_and_emit_at_window_end() {
     let agg = engine(AggregatorOptions::default());
