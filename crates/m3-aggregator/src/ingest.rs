@@ -25,7 +25,9 @@
 //! frames in place and applies them all before it returns: type 6 messages wait and
 //! go to the engine together ([`Aggregator::add_timed_batch`]), which shares one shard lock
 //! among a shard's values; any other message first applies what waits, so a stream's messages
-//! are applied in order.
+//! are applied in order. A sender in this process hands over buffers of whole frames instead
+//! ([`MessageDecoder::apply_whole_frames`]), read the same way, with the shard of their
+//! metrics when it knows it.
 
 use std::ops::Range;
 
