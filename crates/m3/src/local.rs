@@ -13,9 +13,9 @@
 //! sockets; so do the aggregators when they forward rollup values to each other. The
 //! aggregators still listen on their rawtcp addresses for other senders, and their output
 //! reaches the coordinator over real m3msg. The placements and the topic are created at
-//! startup when absent. Ctrl-C (or SIGTERM) shuts down in pipeline order: the coordinator's queues to the
-//! aggregators drain, each aggregator leader flushes every window that has ended and waits for
-//! the coordinator to ack it, then the coordinator stops and flushes the store.
+//! startup when absent. Ctrl-C (or SIGTERM) shuts down in pipeline order: the coordinator's
+//! queues to the aggregators drain, each aggregator leader flushes every window that has ended
+//! and waits for the coordinator to ack it, then the coordinator stops and flushes the store.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
