@@ -7,6 +7,10 @@
 //! * `head/append/{100k,1M}`: batches of 2,000 samples, one per series in turn over N live
 //!   series of 10 labels, each sample 15 s after the series' previous one, into a head that
 //!   already holds every series (as after the first scrape); throughput in samples.
+//! * `head/memory`: not timed; 100,000 series of 10 labels take 80 samples each as `m3 bench`
+//!   sends them at full speed (a round every 250–350 ms, values growing by a per-series step,
+//!   two series in three not integers), then the head's own estimate and the growth of RSS are
+//!   printed per series and per sample, with the chunks' encoded bytes beside their buffers.
 //! * `store/write_batch/{100k,1M}`: the same through [`Store::write_batch`]: the namespace's
 //!   head applies the batch and its write-ahead log takes it in one append.
 //! * `store/on_disk`: not timed; prints the bytes per sample of a regular scrape once compacted
@@ -200,6 +204,44 @@ fn head(c: &mut Criterion) {
     group.finish();
 }
 
+/// Memory of a head after a burst of irregular rounds. See the module docs.
+fn head_memory(_: &mut Criterion) {
+    const SERIES: usize = 100_000;
+    const ROUNDS: i64 = 80;
+    const BATCH: usize = 2000;
+    let sets = label_sets(SERIES);
+    let before = rss_bytes();
+    let mut head = Head::new(HeadOptions {
+        out_of_order_window: 3_600_000,
+    });
+    let mut batch: Vec<(&Labels, i64, f64)> = Vec::with_capacity(BATCH);
+    let mut time = 1_700_000_000_000i64;
+    for round in 0..ROUNDS {
+        // A round takes 250–350 ms, as at full speed; the step varies with the round.
+        time += 250 + (round * 37) % 101;
+        for (start, part) in sets.chunks(BATCH).enumerate() {
+            batch.clear();
+            for (offset, labels) in part.iter().enumerate() {
+                let index = start * BATCH + offset;
+                let value = round as f64 * ((index % 7) + 1) as f64 + (index % 3) as f64 * 0.25;
+                batch.push((labels, time, value));
+            }
+            assert_eq!(head.append(&batch).appended, batch.len());
+        }
+    }
+    let grown = rss_bytes().saturating_sub(before);
+    let samples = (SERIES as i64 * ROUNDS) as f64;
+    let stats = head.chunk_stats();
+    println!(
+        "head/memory: {SERIES} series x {ROUNDS} samples: about {:.0} bytes per series by its own estimate, RSS grew {:.0} per series ({:.2} per sample); chunks: {:.2} encoded bytes per sample in buffers of {:.2}",
+        head.heap_bytes() as f64 / SERIES as f64,
+        grown as f64 / SERIES as f64,
+        grown as f64 / samples,
+        stats.encoded_bytes as f64 / samples,
+        stats.buffer_bytes as f64 / samples,
+    );
+}
+
 /// A store in `dir` with one raw namespace, `raw`, keeping two days.
 fn raw_store(dir: &std::path::Path) -> Store {
     Store::open(
@@ -325,5 +367,5 @@ fn wal(c: &mut Criterion) {
     assert_eq!(records, appended, "every appended batch replays");
 }
 
-criterion_group!(benches, chunks, head, store, on_disk, wal);
+criterion_group!(benches, head_memory, chunks, head, store, on_disk, wal);
 criterion_main!(benches);

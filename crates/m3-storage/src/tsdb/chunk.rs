@@ -35,6 +35,9 @@
 
 use std::fmt;
 
+/// The smallest growth of a chunk's buffer, in bytes: the first sample alone takes sixteen.
+const MIN_GROWTH: usize = 32;
+
 /// The bits of one chunk, written most significant bit first.
 #[derive(Clone, Default, PartialEq, Eq)]
 struct BitWriter {
@@ -44,9 +47,20 @@ struct BitWriter {
 }
 
 impl BitWriter {
+    /// Appends a zero byte, growing the buffer by half rather than doubling it: a head holds
+    /// an open chunk per series, and doubling left them a third empty on average. (Growing by
+    /// a quarter left less empty but took a quarter longer to fill a chunk, in reallocations.)
+    fn push_byte(&mut self) {
+        if self.bytes.len() == self.bytes.capacity() {
+            let step = (self.bytes.capacity() / 2).max(MIN_GROWTH);
+            self.bytes.reserve_exact(step);
+        }
+        self.bytes.push(0);
+    }
+
     fn push_bit(&mut self, bit: bool) {
         if self.used == 0 {
-            self.bytes.push(0);
+            self.push_byte();
         }
         if bit && let Some(last) = self.bytes.last_mut() {
             *last |= 0x80 >> self.used;
@@ -59,7 +73,7 @@ impl BitWriter {
         let mut left = count;
         while left > 0 {
             if self.used == 0 {
-                self.bytes.push(0);
+                self.push_byte();
             }
             let free = 8 - self.used;
             let take = free.min(left);
@@ -251,6 +265,12 @@ impl Chunk {
     /// Heap bytes the chunk holds (its buffer's capacity).
     pub fn heap_bytes(&self) -> usize {
         self.bits.bytes.capacity()
+    }
+
+    /// Makes room for `bytes` more encoded bytes at once: a chunk that follows a full one of
+    /// the same series is likely to need as many, and growing to them takes several copies.
+    pub fn reserve(&mut self, bytes: usize) {
+        self.bits.bytes.reserve_exact(bytes);
     }
 
     /// Releases spare buffer capacity (once the chunk is complete).
@@ -566,6 +586,35 @@ mod tests {
         let constant: Vec<(i64, f64)> = (0..120).map(|i| (i * 10_000, 1.0)).collect();
         let chunk = roundtrip(&constant);
         assert!(chunk.encoded_len() <= 16 + 120 * 2 / 8 + 8, "{chunk:?}");
+    }
+
+    #[test]
+    fn a_growing_buffer_stays_within_half_again_its_bytes() {
+        let mut chunk = Chunk::new();
+        for i in 0..1000i64 {
+            // Irregular times and values that change in most bits: a few bytes a sample.
+            chunk
+                .push(i * 300 + (i * 37) % 101, (i as f64).sqrt() * 1e3)
+                .unwrap();
+            let (used, held) = (chunk.encoded_len(), chunk.heap_bytes());
+            assert!(
+                held <= used + used / 2 + MIN_GROWTH,
+                "{held} bytes held for {used} encoded after {} samples",
+                i + 1
+            );
+        }
+    }
+
+    #[test]
+    fn a_reserved_chunk_fills_without_growing() {
+        let mut chunk = Chunk::new();
+        chunk.reserve(400);
+        let held = chunk.heap_bytes();
+        for i in 0..100i64 {
+            chunk.push(i * 15_000, i as f64 * 2.5).unwrap();
+        }
+        assert!(chunk.encoded_len() <= 400);
+        assert_eq!(chunk.heap_bytes(), held);
     }
 
     #[test]

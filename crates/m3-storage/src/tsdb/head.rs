@@ -120,6 +120,15 @@ impl PostingList {
     }
 }
 
+/// What [`Head::chunk_stats`] counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChunkStats {
+    /// Bytes the encoded samples take.
+    pub encoded_bytes: usize,
+    /// Bytes of the buffers holding them (their capacity).
+    pub buffer_bytes: usize,
+}
+
 /// What [`Head::truncate_before`] dropped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Truncated {
@@ -167,6 +176,9 @@ impl MemSeries {
             if self.open.len() >= CHUNK_SAMPLES {
                 let mut full = std::mem::take(&mut self.open);
                 full.shrink_to_fit();
+                // The next chunk likely encodes to about as many bytes (an eighth spare).
+                self.open
+                    .reserve(full.encoded_len() + full.encoded_len() / 8);
                 self.closed.push(full);
             }
             // Cannot fail: time is after everything in the open chunk.
@@ -498,6 +510,18 @@ impl Head {
     /// Live series.
     pub fn series_count(&self) -> usize {
         self.live
+    }
+
+    /// The encoded bytes of every chunk against the buffers holding them.
+    pub fn chunk_stats(&self) -> ChunkStats {
+        let mut stats = ChunkStats::default();
+        for series in self.series.iter().flatten() {
+            for chunk in series.closed.iter().chain(std::iter::once(&series.open)) {
+                stats.encoded_bytes += chunk.encoded_len();
+                stats.buffer_bytes += chunk.heap_bytes();
+            }
+        }
+        stats
     }
 
     /// The series matching every matcher (all series for none), ascending by reference.
