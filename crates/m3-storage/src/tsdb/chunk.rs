@@ -651,7 +651,7 @@ mod tests {
         let mut len = 0usize;
         for &(value, count) in pushes {
             for i in (0..count).rev() {
-                if len % 8 == 0 {
+                if len.is_multiple_of(8) {
                     bytes.push(0u8);
                 }
                 if (value >> i) & 1 == 1 {
