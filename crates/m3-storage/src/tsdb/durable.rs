@@ -19,7 +19,7 @@ use std::path::Path;
 
 use crate::labels::{AsLabelsView, Labels, LabelsView, MAX_ENCODED_LABELS_BYTES};
 use crate::tsdb::chunk::Chunk;
-use crate::tsdb::head::{AppendSummary, Head, HeadOptions, SeriesRef, Truncated};
+use crate::tsdb::head::{AppendSummary, Head, HeadOptions, PREFETCH_AHEAD, SeriesRef, Truncated};
 use crate::tsdb::wal::{Checkpoint, ReplayReport, Wal, WalError, WalOptions};
 
 const SERIES_RECORD: u8 = 1;
@@ -158,7 +158,10 @@ impl DurableHead {
                 .iter()
                 .map(|sample| self.head.hash(sample.0.labels_view())),
         );
-        for ((labels, time, value), &hash) in samples.iter().zip(&self.hashes) {
+        for (i, ((labels, time, value), &hash)) in samples.iter().zip(&self.hashes).enumerate() {
+            if let Some(&ahead) = self.hashes.get(i + PREFETCH_AHEAD) {
+                self.head.prefetch(ahead);
+            }
             let (labels, time, value) = (labels.labels_view(), *time, *value);
             let (reference, new) = self.head.get_or_create_hashed(labels, hash);
             if new {

@@ -20,11 +20,12 @@
 
 use std::hash::BuildHasher;
 
-use hashbrown::{HashMap, HashTable};
+use hashbrown::HashMap;
 
 use crate::labels::{Labels, LabelsView};
 use crate::matcher::Matcher;
 use crate::tsdb::chunk::Chunk;
+use crate::tsdb::hash_index::HashIndex;
 use crate::tsdb::packed_labels::PackedLabels;
 
 /// Samples per chunk before a new one starts (Prometheus's figure: two hours of a 60 s scrape,
@@ -32,6 +33,10 @@ use crate::tsdb::packed_labels::PackedLabels;
 pub const CHUNK_SAMPLES: usize = 120;
 /// Out-of-order samples a series buffers before they are folded into its chunks.
 pub const OUT_OF_ORDER_FOLD: usize = 32;
+
+/// How many lookups ahead of the current one a batch [`prefetch`](Head::prefetch)es: about
+/// as many cache misses as a core keeps in flight, and far fewer than a batch's lookups.
+pub const PREFETCH_AHEAD: usize = 16;
 
 /// A series' number within its head, in creation order.
 pub type SeriesRef = u32;
@@ -328,9 +333,8 @@ fn merge_into(
 pub struct Head {
     options: HeadOptions,
     hasher: hashbrown::DefaultHashBuilder,
-    /// (label-set hash, series), found by hash and confirmed against the series' labels: one
-    /// probe into one table, no list per hash.
-    by_hash: HashTable<(u64, SeriesRef)>,
+    /// Series by label-set hash, confirmed against the series' hash and labels.
+    by_hash: HashIndex,
     /// By [`SeriesRef`]; `None` once removed by retention.
     series: Vec<Option<MemSeries>>,
     /// Label name → value → series, ascending.
@@ -344,7 +348,7 @@ impl Head {
         Head {
             options,
             hasher: hashbrown::DefaultHashBuilder::default(),
-            by_hash: HashTable::new(),
+            by_hash: HashIndex::new(),
             series: Vec::new(),
             postings: HashMap::new(),
             live: 0,
@@ -363,15 +367,18 @@ impl Head {
 
     fn find_hashed(&self, labels: LabelsView<'_>, hash: u64) -> Option<SeriesRef> {
         let series = &self.series;
-        self.by_hash
-            .find(hash, |&(h, r)| {
-                h == hash
-                    && series
-                        .get(r as usize)
-                        .and_then(Option::as_ref)
-                        .is_some_and(|s| s.labels.matches(labels))
-            })
-            .map(|&(_, r)| r)
+        self.by_hash.find(hash, |r| {
+            series
+                .get(r as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|s| s.hash == hash && s.labels.matches(labels))
+        })
+    }
+
+    /// Starts loading what a lookup of `hash` reads first, without waiting for it. A batch
+    /// prefetches the lookups a few ahead of the one it is doing; see [`HashIndex`].
+    pub fn prefetch(&self, hash: u64) {
+        self.by_hash.prefetch(hash);
     }
 
     /// The series with these labels, created if new (`true` when created). References are not
@@ -410,8 +417,7 @@ impl Head {
                 }
             }
         }
-        self.by_hash
-            .insert_unique(hash, (hash, reference), |&(h, _)| h);
+        self.by_hash.insert(hash, reference);
         let index = reference as usize;
         if self.series.len() <= index {
             self.series.resize_with(index + 1, || None);
@@ -496,7 +502,10 @@ impl Head {
         let mut refs = Vec::with_capacity(samples.len());
         let mut new_series = 0;
         let hashes: Vec<u64> = samples.iter().map(|s| self.hash(s.0.view())).collect();
-        for (&(labels, time, value), &hash) in samples.iter().zip(&hashes) {
+        for (i, (&(labels, time, value), &hash)) in samples.iter().zip(&hashes).enumerate() {
+            if let Some(&ahead) = hashes.get(i + PREFETCH_AHEAD) {
+                self.prefetch(ahead);
+            }
             let (reference, created) = self.get_or_create_hashed(labels.view(), hash);
             new_series += usize::from(created);
             refs.push((reference, time, value));
@@ -685,13 +694,7 @@ impl Head {
         }
         let gone = |r: &SeriesRef| removed.binary_search_by_key(r, |(g, _)| *g).is_ok();
         for (reference, series) in removed {
-            let hash = series.hash;
-            if let Ok(entry) = self
-                .by_hash
-                .find_entry(hash, |&(h, r)| h == hash && r == *reference)
-            {
-                entry.remove();
-            }
+            self.by_hash.remove(series.hash, *reference);
         }
         let mut touched: Vec<(&str, &str)> = removed
             .iter()
@@ -745,7 +748,7 @@ impl Head {
         series
             + postings
             + self.series.capacity() * std::mem::size_of::<Option<MemSeries>>()
-            + self.by_hash.capacity() * (std::mem::size_of::<(u64, SeriesRef)>() + 1)
+            + self.by_hash.allocation_size()
     }
 }
 
