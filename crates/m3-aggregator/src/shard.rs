@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use std::hash::BuildHasher;
 
-use hashbrown::hash_table::{self, HashTable};
 use hashbrown::{DefaultHashBuilder, HashMap};
+use m3_hash_index::{HashIndex, PREFETCH_AHEAD};
 use parking_lot::Mutex;
 
 use m3_metric::{AggregationId, MetricType, StoragePolicy, id::with_suffix};
@@ -142,12 +142,12 @@ pub(crate) fn entry_hash(id: &[u8]) -> u64 {
     id_hasher().hash_one(id)
 }
 
-/// Entries by ID bytes: a dense slab of slots, found through a hash table of 32-bit slot
-/// indices (5 bytes per bucket with its control byte, instead of a whole slot per bucket).
-/// One hash per lookup-or-insert ([`entry_hash`]), looked up by a borrowed `&[u8]`.
+/// Entries by ID bytes: a dense slab of slots, found through a [`HashIndex`] of 32-bit slot
+/// indices (8-byte buckets, instead of a whole slot per bucket). One hash per
+/// lookup-or-insert ([`entry_hash`]), looked up by a borrowed `&[u8]`.
 #[derive(Debug, Default)]
 struct EntryMap {
-    index: HashTable<u32>,
+    index: HashIndex,
     slots: Vec<Slot>,
 }
 
@@ -161,46 +161,40 @@ impl EntryMap {
         make: impl FnOnce() -> Entry,
     ) -> (usize, bool) {
         let EntryMap { index, slots } = self;
-        let entry = index.entry(
-            hash,
-            |&i| *slots[i as usize].id == *id,
-            |&i| entry_hash(&slots[i as usize].id),
-        );
-        match entry {
-            hash_table::Entry::Occupied(o) => (*o.get() as usize, false),
-            hash_table::Entry::Vacant(v) => {
-                let i = slots.len();
-                // Shard-local counts stay far below 2^32; a slab that large would have failed
-                // to allocate first.
-                v.insert(u32::try_from(i).expect("fewer than 2^32 entries per shard"));
-                if slots.len() == slots.capacity() {
-                    // Grow by a quarter rather than double: the slab is most of a shard's
-                    // fixed cost per series.
-                    slots.reserve_exact((i / 4).max(16));
-                }
-                slots.push(Slot {
-                    id: Box::from(id),
-                    entry: make(),
-                });
-                (i, true)
-            }
+        if let Some(i) = index.find(hash, |i| *slots[i as usize].id == *id) {
+            return (i as usize, false);
         }
+        let i = slots.len();
+        // Shard-local counts stay far below 2^32; a slab that large would have failed to
+        // allocate first.
+        index.insert(
+            hash,
+            u32::try_from(i).expect("fewer than 2^32 entries per shard"),
+        );
+        if slots.len() == slots.capacity() {
+            // Grow by a quarter rather than double: the slab is most of a shard's fixed cost
+            // per series.
+            slots.reserve_exact((i / 4).max(16));
+        }
+        slots.push(Slot {
+            id: Box::from(id),
+            entry: make(),
+        });
+        (i, true)
+    }
+
+    /// Starts loading the index bucket a lookup of `hash` reads first (see [`HashIndex`]).
+    fn prefetch(&self, hash: u64) {
+        self.index.prefetch(hash);
     }
 
     /// Removes the slot at `i`, moving the last slot into its place.
     fn remove_at(&mut self, i: usize) {
         let EntryMap { index, slots } = self;
-        let hash = entry_hash(&slots[i].id);
-        if let Ok(o) = index.find_entry(hash, |&x| x as usize == i) {
-            o.remove();
-        }
+        index.remove(entry_hash(&slots[i].id), i as u32);
         slots.swap_remove(i);
         if let Some(moved) = slots.get(i) {
-            let hash = entry_hash(&moved.id);
-            let last = slots.len();
-            if let Some(x) = index.find_mut(hash, |&x| x as usize == last) {
-                *x = i as u32;
-            }
+            index.replace(entry_hash(&moved.id), slots.len() as u32, i as u32);
         }
     }
 
@@ -209,9 +203,8 @@ impl EntryMap {
     }
 
     fn contains(&self, id: &[u8]) -> bool {
-        let hash = entry_hash(id);
         self.index
-            .find(hash, |&i| *self.slots[i as usize].id == *id)
+            .find(entry_hash(id), |i| *self.slots[i as usize].id == *id)
             .is_some()
     }
 
@@ -478,7 +471,10 @@ impl ShardState {
         let map = &mut entries[category.index()];
         let RunScratch { slots, targets } = scratch;
         slots.clear();
-        for r in run {
+        for (i, r) in run.iter().enumerate() {
+            if let Some(ahead) = run.get(i + PREFETCH_AHEAD) {
+                map.prefetch(ahead.hash);
+            }
             let (slot, created) = map.get_or_insert(r.sample.id, r.hash, Entry::new);
             if created {
                 metrics.entry_created();

@@ -17,9 +17,11 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 
+use m3_hash_index::PREFETCH_AHEAD;
+
 use crate::labels::{AsLabelsView, Labels, LabelsView, MAX_ENCODED_LABELS_BYTES};
 use crate::tsdb::chunk::Chunk;
-use crate::tsdb::head::{AppendSummary, Head, HeadOptions, PREFETCH_AHEAD, SeriesRef, Truncated};
+use crate::tsdb::head::{AppendSummary, Head, HeadOptions, SeriesRef, Truncated};
 use crate::tsdb::wal::{Checkpoint, ReplayReport, Wal, WalError, WalOptions};
 
 const SERIES_RECORD: u8 = 1;

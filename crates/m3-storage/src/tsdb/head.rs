@@ -21,11 +21,11 @@
 use std::hash::BuildHasher;
 
 use hashbrown::HashMap;
+use m3_hash_index::{HashIndex, PREFETCH_AHEAD};
 
 use crate::labels::{Labels, LabelsView};
 use crate::matcher::Matcher;
 use crate::tsdb::chunk::Chunk;
-use crate::tsdb::hash_index::HashIndex;
 use crate::tsdb::packed_labels::PackedLabels;
 
 /// Samples per chunk before a new one starts (Prometheus's figure: two hours of a 60 s scrape,
@@ -33,10 +33,6 @@ use crate::tsdb::packed_labels::PackedLabels;
 pub const CHUNK_SAMPLES: usize = 120;
 /// Out-of-order samples a series buffers before they are folded into its chunks.
 pub const OUT_OF_ORDER_FOLD: usize = 32;
-
-/// How many lookups ahead of the current one a batch [`prefetch`](Head::prefetch)es: about
-/// as many cache misses as a core keeps in flight, and far fewer than a batch's lookups.
-pub const PREFETCH_AHEAD: usize = 16;
 
 /// A series' number within its head, in creation order.
 pub type SeriesRef = u32;

@@ -16,14 +16,12 @@
 //! | [`db`] | one namespace: the durable head, its blocks, compaction, retention, merged reads |
 //! | [`durable`] | a head whose batches are logged before they are applied, and replayed at open |
 //! | [`packed_labels`] | a label set in one allocation, compared without unpacking |
-//! | [`hash_index`] | hash → series reference in one array of small buckets, prefetched ahead of batched lookups |
 //! | [`head`] | the series of a namespace in memory: label-hash lookup, postings, chunks, out-of-order buffer |
 //! | [`wal`] | the write-ahead log: checksummed records in segments, replay that stops at a torn tail |
 pub mod block;
 pub mod chunk;
 pub mod db;
 pub mod durable;
-pub mod hash_index;
 pub mod head;
 pub mod packed_labels;
 pub mod wal;

@@ -1,13 +1,15 @@
-//! A hash index from 64-bit hashes to 32-bit values (series references), built for batches.
+//! A hash index from 64-bit hashes to 32-bit values, built for batches: how the storage head
+//! finds a series' reference by the hash of its labels, and an aggregator shard a series' slot
+//! by the hash of its ID.
 //!
-//! The head finds each sample's series by the hash of its labels. Past 100,000 series the
-//! table does not fit in the processor's caches, and a lookup into hashbrown's table waited
-//! for two cache misses in turn (its control bytes, then the bucket): 15% of `m3 local`'s CPU
-//! under full-speed remote write. Here a table is one array of 8-byte buckets (a 32-bit tag of
-//! the hash and the value), so a lookup touches one cache line in the common case, and a
-//! caller that knows the hashes of a whole batch [`prefetch`](HashIndex::prefetch)es the
-//! buckets of the lookups ahead of the one it is doing: their misses overlap instead of
-//! following each other.
+//! Past 100,000 series such a table does not fit in the processor's caches. A lookup into
+//! hashbrown's table waited for two cache misses in turn (its control bytes, then the
+//! bucket): 15% of `m3 local`'s CPU under full-speed remote write in the head alone. Here a
+//! table is one array of 8-byte buckets (a 32-bit tag of the hash and the value), so a lookup
+//! touches one cache line in the common case, and a caller that knows the hashes of a whole
+//! batch [`prefetch`](HashIndex::prefetch)es the buckets of the lookups
+//! [`PREFETCH_AHEAD`] ahead of the one it is doing: their misses overlap instead of following
+//! each other.
 //!
 //! Open addressing with linear probing, at most three quarters full (the table doubles before
 //! it would pass that, so a probe always meets an empty bucket). The bucket a hash starts at
@@ -17,6 +19,10 @@
 //! matches with the caller's `eq`.
 
 use prefetch_index::prefetch_index;
+
+/// How many lookups ahead of the current one a batch prefetches: about as many cache misses as
+/// a core keeps in flight, and far fewer than a batch's lookups.
+pub const PREFETCH_AHEAD: usize = 16;
 
 /// One bucket: `tag` 0 is empty.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -129,24 +135,47 @@ impl HashIndex {
         }
     }
 
+    /// Stores `new` in place of `old` under `hash` (a value that moved); `false` if `old` is
+    /// not stored there.
+    pub fn replace(&mut self, hash: u64, old: u32, new: u32) -> bool {
+        match self.position(hash, old) {
+            Some(i) => {
+                self.buckets[i].value = new;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The bucket holding `value` under `hash`.
+    fn position(&self, hash: u64, value: u32) -> Option<usize> {
+        if self.buckets.is_empty() {
+            return None;
+        }
+        let wanted = Bucket {
+            tag: tag_of(hash),
+            value,
+        };
+        let mask = self.buckets.len() - 1;
+        let mut i = self.home(wanted.tag);
+        loop {
+            let bucket = self.buckets[i];
+            if bucket.tag == 0 {
+                return None;
+            }
+            if bucket == wanted {
+                return Some(i);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
     /// Removes `value` stored under `hash`; `false` if it is not stored there.
     pub fn remove(&mut self, hash: u64, value: u32) -> bool {
-        if self.buckets.is_empty() {
+        let Some(mut hole) = self.position(hash, value) else {
             return false;
-        }
-        let tag = tag_of(hash);
+        };
         let mask = self.buckets.len() - 1;
-        let mut hole = self.home(tag);
-        loop {
-            let bucket = self.buckets[hole];
-            if bucket.tag == 0 {
-                return false;
-            }
-            if bucket == (Bucket { tag, value }) {
-                break;
-            }
-            hole = (hole + 1) & mask;
-        }
         // Shift back every following bucket of the run that may sit at the hole: one whose
         // home is not after the hole, so that its lookup still passes no empty bucket.
         let mut next = (hole + 1) & mask;
@@ -182,19 +211,32 @@ mod tests {
     }
 
     proptest! {
-        /// Against a set of values: after any inserts and removes, each value is found under
+        /// Against a set of values: after any inserts, removes and moves, each value is found under
         /// its hash exactly when the model holds it, and the lengths agree.
         #[test]
-        fn finds_what_a_model_holds(ops in proptest::collection::vec((any::<bool>(), 0u32..64), 0..300)) {
+        fn finds_what_a_model_holds(ops in proptest::collection::vec((0u8..3, 0u32..64), 0..300)) {
             let mut index = HashIndex::new();
             let mut model = HashSet::new();
-            for (insert, value) in ops {
-                if insert {
-                    if model.insert(value) {
-                        index.insert(hash_of(value), value);
+            for (op, value) in ops {
+                match op {
+                    0 => {
+                        if model.insert(value) {
+                            index.insert(hash_of(value), value);
+                        }
                     }
-                } else {
-                    prop_assert_eq!(index.remove(hash_of(value), value), model.remove(&value));
+                    1 => prop_assert_eq!(index.remove(hash_of(value), value), model.remove(&value)),
+                    _ => {
+                        // Values stay under their hash: `value` + 32 has the same one.
+                        let moved = (value + 32) % 64;
+                        let (has_value, has_moved) = (model.contains(&value), model.contains(&moved));
+                        if !(has_value && has_moved) {
+                            prop_assert_eq!(index.replace(hash_of(value), value, moved), has_value);
+                            if has_value {
+                                model.remove(&value);
+                                model.insert(moved);
+                            }
+                        }
+                    }
                 }
                 prop_assert_eq!(index.len(), model.len());
                 for v in 0u32..64 {
