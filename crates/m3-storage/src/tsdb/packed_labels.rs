@@ -6,10 +6,14 @@
 //! cost of a write. [`PackedLabels`] keeps the pairs back to back in one boxed slice:
 //!
 //! ```text
-//! (name length: varint | name bytes | value length: varint | value bytes)…   sorted by name
+//! label count: varint | (name length: varint, value length: varint)… | names and values back to back
 //! ```
 //!
-//! so a comparison reads a few contiguous cache lines, and a series costs its labels' bytes plus
+//! sorted by name.
+//!
+//! The lengths come first and the text after them, as a [`LabelsView`] holds it (names and
+//! values back to back), so comparing with a written series' labels is a loop over a few
+//! one-byte lengths and one comparison of the text, and a series costs its labels' bytes plus
 //! a byte or two per string instead of a `String` header and an allocation each.
 
 use crate::labels::{Labels, LabelsView};
@@ -40,45 +44,38 @@ fn take_varint(bytes: &mut &[u8]) -> Option<usize> {
     None
 }
 
-/// Reads one length-prefixed string's bytes off the front of `bytes`.
-fn take_bytes<'a>(bytes: &mut &'a [u8]) -> Option<&'a [u8]> {
-    let len = take_varint(bytes)?;
-    if len > bytes.len() {
-        return None;
-    }
-    let (head, rest) = bytes.split_at(len);
-    *bytes = rest;
-    Some(head)
-}
-
 impl PackedLabels {
     /// Packs `labels`.
     pub fn new(labels: LabelsView<'_>) -> PackedLabels {
-        let mut out = Vec::with_capacity(
-            labels
-                .iter()
-                .map(|(n, v)| n.len() + v.len() + 2)
-                .sum::<usize>(),
-        );
+        let text = labels.text();
+        let mut out = Vec::with_capacity(text.len() + 2 * labels.len() + 2);
+        put_varint(&mut out, labels.len());
         for (name, value) in labels.iter() {
             put_varint(&mut out, name.len());
-            out.extend_from_slice(name.as_bytes());
             put_varint(&mut out, value.len());
-            out.extend_from_slice(value.as_bytes());
         }
+        out.extend_from_slice(text.as_bytes());
         PackedLabels(out.into_boxed_slice())
     }
 
     /// The pairs, in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + Clone {
-        let mut rest: &[u8] = &self.0;
-        std::iter::from_fn(move || {
-            if rest.is_empty() {
-                return None;
+        let mut lengths: &[u8] = &self.0;
+        let mut remaining = take_varint(&mut lengths).unwrap_or(0);
+        let mut text = lengths;
+        for _ in 0..2 * remaining {
+            if take_varint(&mut text).is_none() {
+                remaining = 0;
             }
-            let name = take_bytes(&mut rest)?;
-            let value = take_bytes(&mut rest)?;
-            // Packed from `String`s: always UTF-8.
+        }
+        std::iter::from_fn(move || {
+            remaining = remaining.checked_sub(1)?;
+            let name_len = take_varint(&mut lengths)?;
+            let value_len = take_varint(&mut lengths)?;
+            let name = text.get(..name_len)?;
+            let value = text.get(name_len..name_len.checked_add(value_len)?)?;
+            text = &text[name_len + value_len..];
+            // Packed from `str`s: always UTF-8.
             Some((
                 std::str::from_utf8(name).unwrap_or_default(),
                 std::str::from_utf8(value).unwrap_or_default(),
@@ -91,17 +88,23 @@ impl PackedLabels {
         self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
     }
 
-    /// Whether these are exactly `labels`, comparing bytes without unpacking.
+    /// Whether these are exactly `labels`: the same lengths, then the same text.
     pub fn matches(&self, labels: LabelsView<'_>) -> bool {
         let mut rest: &[u8] = &self.0;
-        for (name, value) in labels.iter() {
-            if take_bytes(&mut rest) != Some(name.as_bytes())
-                || take_bytes(&mut rest) != Some(value.as_bytes())
+        if take_varint(&mut rest) != Some(labels.len()) {
+            return false;
+        }
+        let mut previous_end = 0usize;
+        for &(name_end, value_end) in labels.ends() {
+            let (name_end, value_end) = (name_end as usize, value_end as usize);
+            if take_varint(&mut rest) != Some(name_end.wrapping_sub(previous_end))
+                || take_varint(&mut rest) != Some(value_end.wrapping_sub(name_end))
             {
                 return false;
             }
+            previous_end = value_end;
         }
-        rest.is_empty()
+        rest == labels.text().as_bytes()
     }
 
     /// The labels as a [`Labels`] again.
@@ -151,5 +154,17 @@ mod tests {
         let packed = PackedLabels::new(big.view());
         assert!(packed.matches(big.view()));
         assert_eq!(packed.get("a").map(str::len), Some(70_000));
+    }
+
+    /// The same text cut at other places is another label set.
+    #[test]
+    fn the_same_text_with_other_boundaries_is_not_a_match() {
+        let a = Labels::new([("a", "bc")]).unwrap();
+        let ab = Labels::new([("ab", "c")]).unwrap();
+        assert!(!PackedLabels::new(a.view()).matches(ab.view()));
+        assert!(!PackedLabels::new(ab.view()).matches(a.view()));
+        let two = Labels::new([("a", "b"), ("c", "d")]).unwrap();
+        let one = Labels::new([("a", "bc"), ("d", "d")]).unwrap();
+        assert!(!PackedLabels::new(two.view()).matches(one.view()));
     }
 }
