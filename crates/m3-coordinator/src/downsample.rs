@@ -136,6 +136,12 @@ impl Downsampler {
         !self.automatic.is_empty() || !self.rules.is_empty()
     }
 
+    /// Whether explicit rules are configured: only then does [`plan`](Self::plan) read the
+    /// series' tags.
+    pub fn has_rules(&self) -> bool {
+        !self.rules.is_empty()
+    }
+
     /// The storage policies of the automatic rules.
     pub fn policies(&self) -> &[StoragePolicy] {
         &self.automatic

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod query_api;
 pub mod remote_out;
 pub mod remote_write;
+pub mod series_cache;
 pub mod server;
 
 pub mod write;

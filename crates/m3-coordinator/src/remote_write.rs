@@ -197,6 +197,9 @@ struct LabelPos {
 #[derive(Debug, Clone)]
 struct SeriesPos {
     labels: Range<u32>,
+    /// The bytes from the first label field's key to the end of the last label: equal spans
+    /// decode to equal labels.
+    label_span: (u32, u32),
     samples: Range<u32>,
     invalid: Option<InvalidSeries>,
 }
@@ -349,10 +352,14 @@ impl RemoteWriteDecoder {
             buf: &body[..range.end],
             pos: range.start,
         };
+        let mut label_span: Option<(usize, usize)> = None;
         while !reader.done() {
+            let field_start = reader.pos;
             match reader.key()? {
                 (1, WIRE_LEN) => {
                     let range = reader.len_delimited()?;
+                    let span_start = label_span.map_or(field_start, |(start, _)| start);
+                    label_span = Some((span_start, range.end));
                     let label = parse_label(body, range.clone())?;
                     if self.labels.len() >= self.limits.max_labels {
                         return Err(DecodeError::TooMany {
@@ -380,8 +387,11 @@ impl RemoteWriteDecoder {
         if let Some(reason) = invalid {
             self.invalid.push((self.series.len(), reason));
         }
+        // `parse` refuses bodies whose offsets do not fit a `u32`.
+        let (span_start, span_end) = label_span.unwrap_or((0, 0));
         self.series.push(SeriesPos {
             labels: labels_start..self.labels.len() as u32,
+            label_span: (span_start as u32, span_end as u32),
             samples: samples_start..self.samples.len() as u32,
             invalid,
         });
@@ -671,6 +681,16 @@ impl<'a> SeriesRef<'a> {
         decoder.labels[range.start as usize..range.end as usize]
             .iter()
             .map(move |l| (slice(&decoder.body, l.name), slice(&decoder.body, l.value)))
+    }
+
+    /// The encoded label fields of the series, from the first label to the last (with
+    /// whatever the sender put between them): two series whose label bytes are equal have
+    /// equal labels, so these bytes identify a series the way its sender wrote it.
+    pub fn label_bytes(&self) -> &'a [u8] {
+        slice(
+            &self.decoder.body,
+            self.decoder.series[self.index].label_span,
+        )
     }
 
     /// The samples.
@@ -1188,6 +1208,10 @@ mod tests {
                 let labels: Vec<(String, String)> = got.labels().map(|(n, v)| (String::from_utf8(n.to_vec()).unwrap(), String::from_utf8(v.to_vec()).unwrap())).collect();
                 let want_labels: Vec<(String, String)> = want.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect();
                 prop_assert_eq!(labels, want_labels);
+                // The label bytes are exactly the label fields as prost writes them.
+                let only_labels = TimeSeries { labels: want.labels.clone(), samples: Vec::new() };
+                let want_bytes = only_labels.encode_to_vec();
+                prop_assert_eq!(got.label_bytes(), want_bytes.as_slice());
                 for (g, w) in got.samples().iter().zip(&want.samples) {
                     prop_assert_eq!(g.value.to_bits(), w.value.to_bits());
                     prop_assert_eq!(g.timestamp_ms, w.timestamp);

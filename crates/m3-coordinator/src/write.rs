@@ -24,6 +24,7 @@ use crate::downsample::Downsampler;
 use crate::metrics::{CoordinatorMetrics, DropReason};
 use crate::remote_out::RemoteOut;
 use crate::remote_write::{DecodeError, DecodeLimits, InvalidSeries, RemoteWriteDecoder};
+use crate::series_cache::{NewSeries, SeriesCache};
 use m3_aggregator::client::{AggregatorClient, RouteError};
 use m3_proto::timed_frame::put_timed_metric_frame;
 
@@ -50,6 +51,8 @@ pub struct WritePath {
     scratches: Mutex<Vec<Scratch>>,
     /// Remote-write endpoints receiving copies of the raw samples.
     remote_out: Option<Arc<RemoteOut>>,
+    /// The IDs and ID hashes of the series routed before.
+    series_cache: SeriesCache,
 }
 
 impl std::fmt::Debug for WritePath {
@@ -214,6 +217,7 @@ impl WritePath {
             decode_limits: DecodeLimits::default(),
             scratches: Mutex::new(Vec::new()),
             remote_out: None,
+            series_cache: SeriesCache::new(crate::series_cache::DEFAULT_MAX_BYTES),
         }
     }
 
@@ -256,6 +260,8 @@ impl WritePath {
         let mut scratch = popped.unwrap_or_else(|| Scratch {
             decoder: RemoteWriteDecoder::with_limits(self.decode_limits),
             raw_labels: LabelsBatch::new(),
+            keys: Vec::new(),
+            new_series: NewSeries::default(),
         });
         let result = self.write_with(&mut scratch, body, now_nanos, mode);
         if scratch.retained_bytes() <= MAX_RETAINED_SCRATCH_BYTES {
@@ -293,8 +299,11 @@ impl WritePath {
         let Scratch {
             decoder,
             raw_labels,
+            keys,
+            new_series,
         } = scratch;
         raw_labels.clear();
+        keys.clear();
         let request = decoder.decode_snappy(body)?;
         let mut outcome = WriteOutcome {
             samples: request.sample_count(),
@@ -329,7 +338,22 @@ impl WritePath {
         let mut tags: Vec<(&[u8], &[u8])> = Vec::with_capacity(16);
         // Raw samples point at their series' labels, copied once per series into `raw_labels`.
         let mut raw: Vec<(usize, i64, f64)> = Vec::new();
-        for series in request.series() {
+        // The series' cache keys, hashed up front so that each lookup's bucket can be fetched
+        // from memory while the series before it are routed.
+        let cache = batch.as_ref().map(|_| {
+            keys.extend(
+                request
+                    .series()
+                    .map(|series| self.series_cache.key(series.label_bytes())),
+            );
+            self.series_cache.read()
+        });
+        for (index, series) in request.series().enumerate() {
+            if let Some(&ahead) = keys.get(index + m3_hash_index::PREFETCH_AHEAD)
+                && let Some(cache) = &cache
+            {
+                cache.prefetch(ahead);
+            }
             let bad_timestamps = series
                 .samples()
                 .iter()
@@ -347,25 +371,36 @@ impl WritePath {
                 continue;
             }
             outcome.invalid_timestamps += bad_timestamps;
-            // The rules' plan for the series, when it may be aggregated.
-            let plan = match batch.as_ref() {
-                Some(_) => {
-                    id.clear();
-                    if m3_metric::id::encode_tags(series.labels(), &mut id).is_err() {
-                        // Labels over 64 KiB cannot be tag-encoded; the series is stored raw
-                        // only.
-                        let n = series.samples().len();
-                        self.metrics.drop_samples(DropReason::too_large, n as u64);
-                        outcome.too_large += n;
-                        None
-                    } else {
-                        tags.clear();
-                        tags.extend(series.labels());
-                        Some(self.downsampler.plan(&id, &tags))
+            // The series' ID and its hash, from the cache or encoded now.
+            let routed_id = match (&cache, keys.get(index)) {
+                (Some(cache), Some(&key)) => match cache.get(key, series.label_bytes()) {
+                    Some(cached) => Some((cached.id, cached.id_hash)),
+                    None => {
+                        id.clear();
+                        if m3_metric::id::encode_tags(series.labels(), &mut id).is_ok() {
+                            let id_hash = m3_cluster::murmur3_32(&id);
+                            new_series.push(key, series.label_bytes(), &id, id_hash);
+                            Some((id.as_slice(), id_hash))
+                        } else {
+                            // Labels over 64 KiB cannot be tag-encoded; the series is stored
+                            // raw only.
+                            let n = series.samples().len();
+                            self.metrics.drop_samples(DropReason::too_large, n as u64);
+                            outcome.too_large += n;
+                            None
+                        }
                     }
-                }
-                None => None,
+                },
+                _ => None,
             };
+            // The rules' plan for the series, when it may be aggregated.
+            let plan = routed_id.map(|(id, _)| {
+                tags.clear();
+                if self.downsampler.has_rules() {
+                    tags.extend(series.labels());
+                }
+                self.downsampler.plan(id, &tags)
+            });
             let store_raw = plan.as_ref().is_none_or(|p| p.store_raw);
             if !store_raw {
                 self.metrics
@@ -391,7 +426,8 @@ impl WritePath {
                     }
                 }
             }
-            let (Some(batch), Some(plan)) = (batch.as_mut(), plan) else {
+            let (Some(batch), Some(plan), Some((id, id_hash))) = (batch.as_mut(), plan, routed_id)
+            else {
                 continue;
             };
             if !plan.aggregates() {
@@ -411,8 +447,8 @@ impl WritePath {
                     continue;
                 }
                 let mut routed = plan.own.as_ref().map(|own| {
-                    batch.route(&id, t, |buf| {
-                        put_timed_metric_frame(GAUGE, &id, t, sample.value, own, buf)
+                    batch.route_hashed(id, id_hash, t, |buf| {
+                        put_timed_metric_frame(GAUGE, id, t, sample.value, own, buf)
                     })
                 });
                 for (other_id, metadatas) in &plan.other_ids {
@@ -438,6 +474,10 @@ impl WritePath {
                 }
             }
         }
+        // Nothing below reads the cache; the series it did not have go in before the storage
+        // write, so that the next request finds them.
+        drop(cache);
+        self.series_cache.insert(new_series);
         self.metrics.drop_samples(
             DropReason::invalid_timestamp,
             outcome.invalid_timestamps as u64,
@@ -494,11 +534,18 @@ struct Scratch {
     decoder: RemoteWriteDecoder,
     /// The label sets of the raw samples.
     raw_labels: LabelsBatch,
+    /// The series' keys in the series cache.
+    keys: Vec<u64>,
+    /// The series the cache did not have.
+    new_series: NewSeries,
 }
 
 impl Scratch {
     fn retained_bytes(&self) -> usize {
-        self.decoder.retained_bytes() + self.raw_labels.retained_bytes()
+        self.decoder.retained_bytes()
+            + self.raw_labels.retained_bytes()
+            + self.keys.capacity() * std::mem::size_of::<u64>()
+            + self.new_series.capacity_bytes()
     }
 }
 
@@ -692,6 +739,102 @@ mod tests {
         assert_eq!(timed.time_nanos, NOW_MS * 1_000_000);
         assert_eq!(timed.value, 2.0);
         assert!(buf.is_empty());
+    }
+
+    /// Reads rawtcp frames from `conn` until `count` arrived; returns each frame's metric ID.
+    async fn read_frame_ids(conn: &mut tokio::net::TcpStream, count: usize) -> Vec<Vec<u8>> {
+        let mut buf = BytesMut::new();
+        let mut ids = Vec::new();
+        while ids.len() < count {
+            while let Some(frame) = m3_proto::framing::next_rawtcp_frame(&mut buf, 1 << 20).unwrap()
+            {
+                let message = MetricWithMetadatas::decode(frame).unwrap();
+                let timed = message.timed_metric_with_metadatas.unwrap().metric.unwrap();
+                ids.push(timed.id.to_vec());
+            }
+            if ids.len() < count {
+                let read = tokio::time::timeout(Duration::from_secs(10), conn.read_buf(&mut buf))
+                    .await
+                    .expect("every frame arrives")
+                    .unwrap();
+                assert!(read > 0, "connection closed after {} frames", ids.len());
+            }
+        }
+        ids
+    }
+
+    /// A series sent again is routed from the series cache: under the same ID, to the
+    /// instance that owns the ID's shard, as the first time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn series_sent_again_go_under_the_same_id_to_their_shards_owner() {
+        let listeners = [
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        ];
+        // Shards 0 and 1 on "a", 2 and 3 on "b".
+        let mut placement = Placement {
+            num_shards: 4,
+            replica_factor: 1,
+            is_sharded: true,
+            ..Placement::default()
+        };
+        for (n, (name, listener)) in ["a", "b"].iter().zip(&listeners).enumerate() {
+            let endpoint = listener.local_addr().unwrap().to_string();
+            let mut instance = Instance::new(*name).with_endpoint(endpoint);
+            instance.shards = (0..2)
+                .map(|s| Shard::new(2 * n as u32 + s, ShardState::Available))
+                .collect();
+            placement.instances.insert((*name).into(), instance);
+        }
+        let metrics = CoordinatorMetrics::default();
+        let client = AggregatorClient::new(ClientOptions::default(), Arc::new(metrics.clone()));
+        client.update_placement(&placement);
+        let path = Arc::new(WritePath::new(
+            None,
+            None,
+            Downsampler::from_namespaces(&namespaces()),
+            Some(Arc::clone(&client)),
+            WriteBuffersConfig::default(),
+            metrics.clone(),
+        ));
+        let names: Vec<String> = (0..40).map(|i| format!("s{i}")).collect();
+        let labels: Vec<[(&str, &str); 2]> = names
+            .iter()
+            .map(|n| [("__name__", "up"), ("series", n.as_str())])
+            .collect();
+        let samples = [(NOW_MS, 1.0)];
+        let series: Vec<TestSeries<'_>> = labels.iter().map(|l| (&l[..], &samples[..])).collect();
+        let request = Arc::new(body(&series));
+        for round in 0..2 {
+            let (writer, request) = (Arc::clone(&path), Arc::clone(&request));
+            let outcome =
+                tokio::task::spawn_blocking(move || writer.write(&request, NOW_MS * 1_000_000))
+                    .await
+                    .unwrap()
+                    .unwrap();
+            assert_eq!(outcome.forwarded, 40, "round {round}");
+            assert_eq!(path.series_cache.len(), 40, "round {round}");
+        }
+        // Every ID the tag encoding gives, twice, at its shard's owner.
+        let mut want: [Vec<Vec<u8>>; 2] = [Vec::new(), Vec::new()];
+        for l in &labels {
+            let mut id = Vec::new();
+            m3_metric::id::encode_tags(
+                l.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+                &mut id,
+            )
+            .unwrap();
+            let owner = (m3_cluster::shard_for(&id, 4) / 2) as usize;
+            want[owner].push(id.clone());
+            want[owner].push(id);
+        }
+        for (owner, listener) in listeners.iter().enumerate() {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut got = read_frame_ids(&mut conn, want[owner].len()).await;
+            got.sort();
+            want[owner].sort();
+            assert_eq!(got, want[owner], "instance {owner}");
+        }
     }
 
     /// Regression (issue 6): a request over the batch cap was stored raw, a third of it

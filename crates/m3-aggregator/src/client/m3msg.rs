@@ -61,7 +61,7 @@ impl M3msgBatch {
     /// Encodes the metric once; it goes to every owner of its shard.
     pub(super) fn route(
         &mut self,
-        id: &[u8],
+        id_hash: u32,
         encode: impl FnOnce(&mut BytesMut),
     ) -> Result<usize, RouteError> {
         let producer = self.producer.as_ref().ok_or(RouteError::NoPlacement)?;
@@ -76,8 +76,7 @@ impl M3msgBatch {
         let mut frame = self.encoded.split();
         // The encoder wrote one rawtcp frame, or nothing when the metric was too large.
         if let Ok(Some(payload)) = m3_proto::framing::next_rawtcp_frame(&mut frame, usize::MAX) {
-            self.messages
-                .push((m3_cluster::shard::shard_for(id, shards), payload));
+            self.messages.push((id_hash % shards, payload));
         }
         Ok(1)
     }

@@ -726,16 +726,32 @@ impl ClientBatch {
         &mut self,
         id: &[u8],
         time_nanos: i64,
+        encode: impl FnMut(&mut BytesMut),
+    ) -> Result<usize, RouteError> {
+        self.route_hashed(id, m3_cluster::murmur3_32(id), time_nanos, encode)
+    }
+
+    /// [`route`](Self::route) for a caller that knows `id_hash`, the
+    /// [`murmur3_32`](m3_cluster::murmur3_32) of `id` (kept from an earlier request of the
+    /// same series).
+    ///
+    /// # Errors
+    /// [`RouteError`] when nobody takes the metric.
+    pub fn route_hashed(
+        &mut self,
+        id: &[u8],
+        id_hash: u32,
+        time_nanos: i64,
         mut encode: impl FnMut(&mut BytesMut),
     ) -> Result<usize, RouteError> {
         if let Some(m3msg) = &mut self.m3msg {
-            return m3msg.route(id, encode);
+            return m3msg.route(id_hash, encode);
         }
         let topology = self.topology.as_ref().ok_or(RouteError::NoPlacement)?;
         if topology.num_shards == 0 {
             return Err(RouteError::NoOwner);
         }
-        let shard = m3_cluster::shard::shard_for(id, topology.num_shards);
+        let shard = id_hash % topology.num_shards;
         let mut owners = 0u64;
         // A shard has its replicas plus, while it moves, the copies leaving and arriving: far
         // fewer than 64 owners.
