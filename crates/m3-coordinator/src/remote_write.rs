@@ -12,6 +12,13 @@
 //! is reported in [`DecodedRequest::invalid`] with the reason; the other series stay usable, so
 //! the caller can keep the good ones and still answer 400.
 //!
+//! Decoding is two steps, so that a caller that remembers series can skip the checks of those
+//! it has seen: [`RemoteWriteDecoder::parse_snappy`] finds where every label and sample is,
+//! and [`ParsedRequest::check_labels`] checks the labels of the series the caller does not
+//! trust. A series is trusted by its label bytes ([`SeriesRef::label_bytes`]): equal bytes are
+//! equal labels, which passed the same checks before. [`RemoteWriteDecoder::decode_snappy`]
+//! checks every series.
+//!
 //! # Bounds
 //!
 //! A hostile body cannot make the decoder allocate more than its [`DecodeLimits`] allow: the
@@ -224,6 +231,12 @@ pub struct RemoteWriteDecoder {
     limits: DecodeLimits,
 }
 
+/// A request parsed but whose labels are not checked yet, borrowed from its decoder.
+#[derive(Debug)]
+pub struct ParsedRequest<'a> {
+    decoder: &'a mut RemoteWriteDecoder,
+}
+
 /// A decoded request borrowed from its decoder.
 #[derive(Debug)]
 pub struct DecodedRequest<'a> {
@@ -270,6 +283,16 @@ impl RemoteWriteDecoder {
     /// When the body is not snappy, too large, or not a `WriteRequest`. Series-level problems
     /// are not errors; see [`DecodedRequest::invalid`].
     pub fn decode_snappy(&mut self, body: &[u8]) -> Result<DecodedRequest<'_>, DecodeError> {
+        Ok(self.parse_snappy(body)?.check_labels(|_| false))
+    }
+
+    /// Decompresses and parses a snappy-compressed `WriteRequest` without checking its labels
+    /// yet: [`ParsedRequest::check_labels`] does, skipping the series the caller knows to be
+    /// valid (seen before, byte for byte).
+    ///
+    /// # Errors
+    /// As [`decode_snappy`](Self::decode_snappy).
+    pub fn parse_snappy(&mut self, body: &[u8]) -> Result<ParsedRequest<'_>, DecodeError> {
         let size =
             snap::raw::decompress_len(body).map_err(|e| DecodeError::Snappy(e.to_string()))?;
         if size > self.limits.max_decompressed_size {
@@ -283,7 +306,8 @@ impl RemoteWriteDecoder {
             .decompress(body, &mut self.body)
             .map_err(|e| DecodeError::Snappy(e.to_string()))?;
         self.body.truncate(written);
-        self.parse()
+        self.parse()?;
+        Ok(ParsedRequest { decoder: self })
     }
 
     /// Decodes an uncompressed `WriteRequest`.
@@ -299,10 +323,11 @@ impl RemoteWriteDecoder {
         }
         self.body.clear();
         self.body.extend_from_slice(proto);
-        self.parse()
+        self.parse()?;
+        Ok(ParsedRequest { decoder: self }.check_labels(|_| false))
     }
 
-    fn parse(&mut self) -> Result<DecodedRequest<'_>, DecodeError> {
+    fn parse(&mut self) -> Result<(), DecodeError> {
         self.labels.clear();
         self.samples.clear();
         self.series.clear();
@@ -318,8 +343,24 @@ impl RemoteWriteDecoder {
         let body = std::mem::take(&mut self.body);
         let result = self.parse_request(&body);
         self.body = body;
-        result?;
-        Ok(DecodedRequest { decoder: self })
+        result
+    }
+
+    /// Checks the labels of every series for which `trusted(index)` is false.
+    fn check_labels(&mut self, mut trusted: impl FnMut(usize) -> bool) {
+        for (index, series) in self.series.iter_mut().enumerate() {
+            if trusted(index) {
+                continue;
+            }
+            let mut check = LabelCheck::new(&self.limits);
+            for label in &self.labels[series.labels.start as usize..series.labels.end as usize] {
+                check.next(&self.body, label);
+            }
+            series.invalid = check.finish();
+            if let Some(reason) = series.invalid {
+                self.invalid.push((index, reason));
+            }
+        }
     }
 
     fn parse_request(&mut self, body: &[u8]) -> Result<(), DecodeError> {
@@ -342,12 +383,11 @@ impl RemoteWriteDecoder {
         Ok(())
     }
 
-    /// Parses one `TimeSeries`, validating each label as soon as it is read (while its bytes
-    /// are still in cache) rather than in a second pass.
+    /// Parses one `TimeSeries`: where its labels and samples are. Its labels are checked
+    /// afterwards, unless the caller knows them ([`ParsedRequest::check_labels`]).
     fn parse_series(&mut self, body: &[u8], range: Range<usize>) -> Result<(), DecodeError> {
         let labels_start = self.labels.len() as u32;
         let samples_start = self.samples.len() as u32;
-        let mut check = LabelCheck::new(&self.limits);
         let mut reader = Reader {
             buf: &body[..range.end],
             pos: range.start,
@@ -368,7 +408,6 @@ impl RemoteWriteDecoder {
                         });
                     }
                     self.labels.push(label);
-                    check.next(body, &label, range);
                 }
                 (2, WIRE_LEN) => {
                     let sample = reader.len_delimited()?;
@@ -383,17 +422,13 @@ impl RemoteWriteDecoder {
                 (_, wire) => reader.skip(wire)?,
             }
         }
-        let invalid = check.finish();
-        if let Some(reason) = invalid {
-            self.invalid.push((self.series.len(), reason));
-        }
         // `parse` refuses bodies whose offsets do not fit a `u32`.
         let (span_start, span_end) = label_span.unwrap_or((0, 0));
         self.series.push(SeriesPos {
             labels: labels_start..self.labels.len() as u32,
             label_span: (span_start as u32, span_end as u32),
             samples: samples_start..self.samples.len() as u32,
-            invalid,
+            invalid: None,
         });
         Ok(())
     }
@@ -508,9 +543,9 @@ impl<'b> LabelCheck<'b> {
         }
     }
 
-    /// Checks the label whose message occupies `message` in `body`.
+    /// Checks `label` of `body`.
     #[inline]
-    fn next(&mut self, body: &'b [u8], label: &LabelPos, message: Range<usize>) {
+    fn next(&mut self, body: &'b [u8], label: &LabelPos) {
         self.count += 1;
         self.encoded_len += m3_storage::Labels::encoded_label_len(
             label.name.1.saturating_sub(label.name.0) as usize,
@@ -522,19 +557,14 @@ impl<'b> LabelCheck<'b> {
             });
         }
         if self.error.is_none()
-            && let Err(reason) = self.check(body, label, message)
+            && let Err(reason) = self.check(body, label)
         {
             self.error = Some(reason);
         }
     }
 
     #[inline]
-    fn check(
-        &mut self,
-        body: &'b [u8],
-        label: &LabelPos,
-        message: Range<usize>,
-    ) -> Result<(), InvalidSeries> {
+    fn check(&mut self, body: &'b [u8], label: &LabelPos) -> Result<(), InvalidSeries> {
         let name = slice(body, label.name);
         let value = slice(body, label.value);
         if name.len() > self.name_length_limit {
@@ -574,9 +604,8 @@ impl<'b> LabelCheck<'b> {
         } else if !valid_name(name, LABEL_FIRST, LABEL_REST) {
             return Err(InvalidSeries::InvalidLabelName);
         }
-        // When the whole label message is ASCII (tags, short lengths, name and value), the
-        // value is valid UTF-8 without running the full decoder over it.
-        if !body[message].is_ascii() && std::str::from_utf8(value).is_err() {
+        // An ASCII value is valid UTF-8 without running the full decoder over it.
+        if !value.is_ascii() && std::str::from_utf8(value).is_err() {
             return Err(InvalidSeries::InvalidUtf8);
         }
         Ok(())
@@ -642,6 +671,36 @@ fn valid_name(name: &[u8], first: u8, rest: u8) -> bool {
 impl Default for RemoteWriteDecoder {
     fn default() -> Self {
         RemoteWriteDecoder::new()
+    }
+}
+
+impl<'a> ParsedRequest<'a> {
+    /// Number of series.
+    pub fn len(&self) -> usize {
+        self.decoder.series.len()
+    }
+
+    /// Whether the request has no series.
+    pub fn is_empty(&self) -> bool {
+        self.decoder.series.is_empty()
+    }
+
+    /// Each series' label bytes ([`SeriesRef::label_bytes`]), in order.
+    pub fn label_bytes(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let decoder = &*self.decoder;
+        decoder
+            .series
+            .iter()
+            .map(move |series| slice(&decoder.body, series.label_span))
+    }
+
+    /// Checks the labels of every series but those for which `trusted(index)` holds (their
+    /// label bytes equal those of a series checked before), and hands out the request.
+    pub fn check_labels(self, trusted: impl FnMut(usize) -> bool) -> DecodedRequest<'a> {
+        self.decoder.check_labels(trusted);
+        DecodedRequest {
+            decoder: self.decoder,
+        }
     }
 }
 
@@ -865,6 +924,37 @@ mod tests {
         );
         assert!(all[1].samples()[0].value.is_nan());
         assert_eq!(all[1].samples()[0].timestamp_ms, -5);
+    }
+
+    #[test]
+    fn labels_are_checked_except_where_the_caller_trusts_them() {
+        let req = WriteRequest {
+            timeseries: vec![
+                series(&[("b", "1"), ("a", "2")], &[(1.0, 1)]),
+                series(&[("__name__", "up")], &[(1.0, 1)]),
+                series(&[("b", "1"), ("a", "2")], &[(2.0, 2)]),
+            ],
+        };
+        let body = compress(&req);
+        let mut decoder = RemoteWriteDecoder::new();
+        let parsed = decoder.parse_snappy(&body).unwrap();
+        let spans: Vec<Vec<u8>> = parsed.label_bytes().map(<[u8]>::to_vec).collect();
+        assert_eq!(spans[0], spans[2], "equal labels, equal bytes");
+        assert_ne!(spans[0], spans[1]);
+        // Trusting the third series skips its check; the first is still refused.
+        let decoded = parsed.check_labels(|index| index == 2);
+        assert_eq!(decoded.invalid(), &[(0, InvalidSeries::UnsortedLabels)]);
+        let invalid: Vec<_> = decoded.series().map(|s| s.invalid()).collect();
+        assert_eq!(invalid, [Some(InvalidSeries::UnsortedLabels), None, None]);
+        // Decoding again checks everything anew.
+        let decoded = decoder.decode_snappy(&body).unwrap();
+        assert_eq!(
+            decoded.invalid(),
+            &[
+                (0, InvalidSeries::UnsortedLabels),
+                (2, InvalidSeries::UnsortedLabels)
+            ]
+        );
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub struct CachedSeries<'a> {
     pub id_hash: u32,
 }
 
+/// Where a series is in a [`CacheView`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSlot(u32);
+
 /// The cache as one request reads it.
 #[derive(Debug)]
 pub struct CacheView<'a> {
@@ -203,8 +207,19 @@ impl CacheView<'_> {
 
     /// The series with these label bytes (`key` = [`SeriesCache::key`] of them).
     pub fn get(&self, key: u64, label_bytes: &[u8]) -> Option<CachedSeries<'_>> {
-        let offset = self.table.find(key, label_bytes)?;
-        let (_, id, id_hash) = self.table.entry(offset)?;
+        self.series(self.find(key, label_bytes)?)
+    }
+
+    /// Where the series with these label bytes is, to read it later with
+    /// [`series`](Self::series) (a slot is a number: a request can keep one per series in a
+    /// reused buffer).
+    pub fn find(&self, key: u64, label_bytes: &[u8]) -> Option<CacheSlot> {
+        self.table.find(key, label_bytes).map(CacheSlot)
+    }
+
+    /// The series at `slot`, found in this view.
+    pub fn series(&self, slot: CacheSlot) -> Option<CachedSeries<'_>> {
+        let (_, id, id_hash) = self.table.entry(slot.0)?;
         Some(CachedSeries { id, id_hash })
     }
 }

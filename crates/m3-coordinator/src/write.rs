@@ -24,7 +24,7 @@ use crate::downsample::Downsampler;
 use crate::metrics::{CoordinatorMetrics, DropReason};
 use crate::remote_out::RemoteOut;
 use crate::remote_write::{DecodeError, DecodeLimits, InvalidSeries, RemoteWriteDecoder};
-use crate::series_cache::{NewSeries, SeriesCache};
+use crate::series_cache::{CacheSlot, NewSeries, SeriesCache};
 use m3_aggregator::client::{AggregatorClient, RouteError};
 use m3_proto::timed_frame::put_timed_metric_frame;
 
@@ -261,6 +261,7 @@ impl WritePath {
             decoder: RemoteWriteDecoder::with_limits(self.decode_limits),
             raw_labels: LabelsBatch::new(),
             keys: Vec::new(),
+            found: Vec::new(),
             new_series: NewSeries::default(),
         });
         let result = self.write_with(&mut scratch, body, now_nanos, mode);
@@ -300,11 +301,31 @@ impl WritePath {
             decoder,
             raw_labels,
             keys,
+            found,
             new_series,
         } = scratch;
         raw_labels.clear();
         keys.clear();
-        let request = decoder.decode_snappy(body)?;
+        found.clear();
+        let parsed = decoder.parse_snappy(body)?;
+        // Series routed before are found in the cache by their label bytes: their labels were
+        // checked then, their ID and its hash kept. The keys are hashed up front so that each
+        // lookup's bucket is fetched from memory while the lookups before it run.
+        let aggregating = self.client.is_some() && self.downsampler.is_enabled() && aggregate;
+        let cache = aggregating.then(|| self.series_cache.read());
+        if let Some(cache) = &cache {
+            keys.extend(parsed.label_bytes().map(|b| self.series_cache.key(b)));
+            for (index, label_bytes) in parsed.label_bytes().enumerate() {
+                if let Some(&ahead) = keys.get(index + m3_hash_index::PREFETCH_AHEAD) {
+                    cache.prefetch(ahead);
+                }
+                found.push(
+                    keys.get(index)
+                        .and_then(|&key| cache.find(key, label_bytes)),
+                );
+            }
+        }
+        let request = parsed.check_labels(|index| found.get(index).is_some_and(Option::is_some));
         let mut outcome = WriteOutcome {
             samples: request.sample_count(),
             ..WriteOutcome::default()
@@ -330,7 +351,7 @@ impl WritePath {
             }
         };
         let keep_raw = raw_namespace.is_some() || !out_endpoints.is_empty();
-        let mut batch = match (&self.client, self.downsampler.is_enabled() && aggregate) {
+        let mut batch = match (&self.client, aggregating) {
             (Some(client), true) => Some(client.batch()),
             _ => None,
         };
@@ -338,22 +359,7 @@ impl WritePath {
         let mut tags: Vec<(&[u8], &[u8])> = Vec::with_capacity(16);
         // Raw samples point at their series' labels, copied once per series into `raw_labels`.
         let mut raw: Vec<(usize, i64, f64)> = Vec::new();
-        // The series' cache keys, hashed up front so that each lookup's bucket can be fetched
-        // from memory while the series before it are routed.
-        let cache = batch.as_ref().map(|_| {
-            keys.extend(
-                request
-                    .series()
-                    .map(|series| self.series_cache.key(series.label_bytes())),
-            );
-            self.series_cache.read()
-        });
         for (index, series) in request.series().enumerate() {
-            if let Some(&ahead) = keys.get(index + m3_hash_index::PREFETCH_AHEAD)
-                && let Some(cache) = &cache
-            {
-                cache.prefetch(ahead);
-            }
             let bad_timestamps = series
                 .samples()
                 .iter()
@@ -373,7 +379,12 @@ impl WritePath {
             outcome.invalid_timestamps += bad_timestamps;
             // The series' ID and its hash, from the cache or encoded now.
             let routed_id = match (&cache, keys.get(index)) {
-                (Some(cache), Some(&key)) => match cache.get(key, series.label_bytes()) {
+                (Some(cache), Some(&key)) => match found
+                    .get(index)
+                    .copied()
+                    .flatten()
+                    .and_then(|slot| cache.series(slot))
+                {
                     Some(cached) => Some((cached.id, cached.id_hash)),
                     None => {
                         id.clear();
@@ -536,6 +547,8 @@ struct Scratch {
     raw_labels: LabelsBatch,
     /// The series' keys in the series cache.
     keys: Vec<u64>,
+    /// Where the cache has each series, if it has it.
+    found: Vec<Option<CacheSlot>>,
     /// The series the cache did not have.
     new_series: NewSeries,
 }
@@ -545,6 +558,7 @@ impl Scratch {
         self.decoder.retained_bytes()
             + self.raw_labels.retained_bytes()
             + self.keys.capacity() * std::mem::size_of::<u64>()
+            + self.found.capacity() * std::mem::size_of::<Option<CacheSlot>>()
             + self.new_series.capacity_bytes()
     }
 }
@@ -803,7 +817,11 @@ mod tests {
             .map(|n| [("__name__", "up"), ("series", n.as_str())])
             .collect();
         let samples = [(NOW_MS, 1.0)];
-        let series: Vec<TestSeries<'_>> = labels.iter().map(|l| (&l[..], &samples[..])).collect();
+        let mut series: Vec<TestSeries<'_>> =
+            labels.iter().map(|l| (&l[..], &samples[..])).collect();
+        // An invalid series is refused every time: it never enters the cache.
+        let unsorted = [("series", "z"), ("__name__", "up")];
+        series.push((&unsorted[..], &samples[..]));
         let request = Arc::new(body(&series));
         for round in 0..2 {
             let (writer, request) = (Arc::clone(&path), Arc::clone(&request));
@@ -813,6 +831,7 @@ mod tests {
                     .unwrap()
                     .unwrap();
             assert_eq!(outcome.forwarded, 40, "round {round}");
+            assert_eq!(outcome.invalid_series, 1, "round {round}");
             assert_eq!(path.series_cache.len(), 40, "round {round}");
         }
         // Every ID the tag encoding gives, twice, at its shard's owner.
