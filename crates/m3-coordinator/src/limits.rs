@@ -20,6 +20,7 @@
 //!     labelLimit: 128             # labels per series (Prometheus's label_limit)
 //!     labelNameLengthLimit: 1024  # Prometheus's label_name_length_limit
 //!     labelValueLengthLimit: 16384
+//!     seriesCacheBytes: 268435456 # IDs of series seen before; 0: none
 //!   query:
 //!     maxSamples: 50000000        # Prometheus's --query.max-samples
 //!     timeout: 2m                 # --query.timeout
@@ -125,6 +126,11 @@ pub struct RemoteWriteLimits {
     /// Bytes per label value (default 16384; Prometheus's `label_value_length_limit`).
     #[serde(default = "default_label_value_length")]
     pub label_value_length_limit: usize,
+    /// Memory for the series routed before (their label bytes, ID and ID hash, about 400 B
+    /// per series of ten labels), so that a series sent again is neither checked nor encoded
+    /// again; when full it is emptied and refills (default 256 MiB; 0: no cache).
+    #[serde(default = "default_series_cache_bytes")]
+    pub series_cache_bytes: usize,
 }
 
 impl Default for RemoteWriteLimits {
@@ -140,6 +146,7 @@ impl Default for RemoteWriteLimits {
             label_limit: default_label_limit(),
             label_name_length_limit: default_label_name_length(),
             label_value_length_limit: default_label_value_length(),
+            series_cache_bytes: default_series_cache_bytes(),
         }
     }
 }
@@ -234,6 +241,9 @@ fn default_label_name_length() -> usize {
 }
 fn default_label_value_length() -> usize {
     16 * 1024
+}
+fn default_series_cache_bytes() -> usize {
+    crate::series_cache::DEFAULT_MAX_BYTES
 }
 fn default_query_samples() -> usize {
     50_000_000

@@ -30,6 +30,12 @@ pub const CHUNK_BYTES: usize = 1 << 20;
 /// The default bound of a cache: about 600,000 series of ten labels.
 pub const DEFAULT_MAX_BYTES: usize = 256 << 20;
 
+/// The most a request's [`NewSeries`] keeps allocated between requests.
+const NEW_SERIES_RETAINED_BYTES: usize = 256 << 10;
+
+/// Cache lines of an entry [`CacheView::prefetch_entries`] loads.
+const PREFETCH_LINES: usize = 3;
+
 /// An entry's header: the label bytes' length, the ID's length, the ID's murmur3.
 const HEADER_BYTES: usize = 12;
 
@@ -77,13 +83,18 @@ pub struct NewSeries {
 }
 
 impl SeriesCache {
-    /// A cache of at most `max_bytes` (at least one chunk).
+    /// A cache of at most `max_bytes`, in whole chunks (at least one); 0: a cache that keeps
+    /// nothing.
     pub fn new(max_bytes: usize) -> SeriesCache {
         // Offsets are `u32`s.
         let max_bytes = max_bytes.min(u32::MAX as usize);
+        let max_chunks = match max_bytes {
+            0 => 0,
+            _ => (max_bytes / CHUNK_BYTES).max(1),
+        };
         SeriesCache {
             hasher: hashbrown::DefaultHashBuilder::default(),
-            max_chunks: (max_bytes / CHUNK_BYTES).max(1),
+            max_chunks,
             table: RwLock::new(Table::default()),
         }
     }
@@ -98,6 +109,11 @@ impl SeriesCache {
         CacheView {
             table: self.table.read(),
         }
+    }
+
+    /// Whether the cache keeps anything (its bound is not 0).
+    pub fn is_enabled(&self) -> bool {
+        self.max_chunks > 0
     }
 
     /// Series cached.
@@ -119,7 +135,8 @@ impl SeriesCache {
     /// Adds the series of `new` that are not cached yet (another request may have added one
     /// meanwhile), and empties `new`.
     pub fn insert(&self, new: &mut NewSeries) {
-        if new.keys.is_empty() {
+        if new.keys.is_empty() || self.max_chunks == 0 {
+            new.clear();
             return;
         }
         let mut table = self.table.write();
@@ -136,8 +153,7 @@ impl SeriesCache {
                 table.add(key, entry, self.max_chunks);
             }
         }
-        new.keys.clear();
-        new.entries.clear();
+        new.clear();
     }
 }
 
@@ -205,6 +221,24 @@ impl CacheView<'_> {
         self.table.index.prefetch(key);
     }
 
+    /// Starts loading the entries a lookup of `key` compares, when their buckets are in the
+    /// processor's cache already (prefetched before): the second stage of a lookup's two
+    /// misses.
+    pub fn prefetch_entries(&self, key: u64) {
+        let table = &*self.table;
+        table.index.find(key, |offset| {
+            let offset = offset as usize;
+            if let Some(chunk) = table.chunks.get(offset / CHUNK_BYTES) {
+                // The header and the first label bytes; the comparison's sequential reads
+                // bring the rest.
+                for line in 0..PREFETCH_LINES {
+                    prefetch_index::prefetch_index(chunk, offset % CHUNK_BYTES + line * 64);
+                }
+            }
+            false
+        });
+    }
+
     /// The series with these label bytes (`key` = [`SeriesCache::key`] of them).
     pub fn get(&self, key: u64, label_bytes: &[u8]) -> Option<CachedSeries<'_>> {
         self.series(self.find(key, label_bytes)?)
@@ -244,6 +278,17 @@ impl NewSeries {
     /// Series remembered.
     pub fn len(&self) -> usize {
         self.keys.len()
+    }
+
+    /// Forgets every series; a buffer grown past [`NEW_SERIES_RETAINED_BYTES`] (by the first
+    /// requests, when every series is new) is freed, as later requests bring few.
+    fn clear(&mut self) {
+        if self.capacity_bytes() > NEW_SERIES_RETAINED_BYTES {
+            *self = NewSeries::default();
+        } else {
+            self.keys.clear();
+            self.entries.clear();
+        }
     }
 
     /// Whether no series is remembered.
@@ -316,6 +361,14 @@ mod tests {
         assert!(cache.len() < 5000);
         assert_eq!(get(&cache, b"series-4999"), Some((id.clone(), 4999)));
         assert_eq!(get(&cache, b"series-0"), None, "emptied when full");
+    }
+
+    #[test]
+    fn a_cache_of_no_bytes_keeps_nothing() {
+        let cache = SeriesCache::new(0);
+        add(&cache, b"labels", b"id", 1);
+        assert_eq!(get(&cache, b"labels"), None);
+        assert_eq!(cache.allocated_bytes(), 0);
     }
 
     #[test]

@@ -228,6 +228,14 @@ impl WritePath {
         self
     }
 
+    /// The same write path keeping at most `max_bytes` of series in its series cache (0:
+    /// none).
+    #[must_use]
+    pub fn with_series_cache_bytes(mut self, max_bytes: usize) -> WritePath {
+        self.series_cache = SeriesCache::new(max_bytes);
+        self
+    }
+
     /// The same write path decoding within `limits`.
     #[must_use]
     pub fn with_decode_limits(mut self, limits: DecodeLimits) -> WritePath {
@@ -312,12 +320,22 @@ impl WritePath {
         // checked then, their ID and its hash kept. The keys are hashed up front so that each
         // lookup's bucket is fetched from memory while the lookups before it run.
         let aggregating = self.client.is_some() && self.downsampler.is_enabled() && aggregate;
-        let cache = aggregating.then(|| self.series_cache.read());
+        let cache =
+            (aggregating && self.series_cache.is_enabled()).then(|| self.series_cache.read());
         if let Some(cache) = &cache {
             keys.extend(parsed.label_bytes().map(|b| self.series_cache.key(b)));
+            // Two stages ahead of the lookup: the bucket of the series `PREFETCH_AHEAD`
+            // later, and the entry of the one half as far, whose bucket arrived meanwhile.
+            let (far, near) = (
+                m3_hash_index::PREFETCH_AHEAD,
+                m3_hash_index::PREFETCH_AHEAD / 2,
+            );
             for (index, label_bytes) in parsed.label_bytes().enumerate() {
-                if let Some(&ahead) = keys.get(index + m3_hash_index::PREFETCH_AHEAD) {
+                if let Some(&ahead) = keys.get(index + far) {
                     cache.prefetch(ahead);
+                }
+                if let Some(&ahead) = keys.get(index + near) {
+                    cache.prefetch_entries(ahead);
                 }
                 found.push(
                     keys.get(index)
@@ -378,31 +396,30 @@ impl WritePath {
             }
             outcome.invalid_timestamps += bad_timestamps;
             // The series' ID and its hash, from the cache or encoded now.
-            let routed_id = match (&cache, keys.get(index)) {
-                (Some(cache), Some(&key)) => match found
-                    .get(index)
-                    .copied()
-                    .flatten()
-                    .and_then(|slot| cache.series(slot))
-                {
-                    Some(cached) => Some((cached.id, cached.id_hash)),
-                    None => {
-                        id.clear();
-                        if m3_metric::id::encode_tags(series.labels(), &mut id).is_ok() {
-                            let id_hash = m3_cluster::murmur3_32(&id);
-                            new_series.push(key, series.label_bytes(), &id, id_hash);
-                            Some((id.as_slice(), id_hash))
-                        } else {
-                            // Labels over 64 KiB cannot be tag-encoded; the series is stored
-                            // raw only.
-                            let n = series.samples().len();
-                            self.metrics.drop_samples(DropReason::too_large, n as u64);
-                            outcome.too_large += n;
-                            None
-                        }
-                    }
-                },
+            let cached = match (&cache, found.get(index)) {
+                (Some(cache), Some(&Some(slot))) => cache.series(slot),
                 _ => None,
+            };
+            let routed_id = match (aggregating, cached) {
+                (false, _) => None,
+                (true, Some(cached)) => Some((cached.id, cached.id_hash)),
+                (true, None) => {
+                    id.clear();
+                    if m3_metric::id::encode_tags(series.labels(), &mut id).is_ok() {
+                        let id_hash = m3_cluster::murmur3_32(&id);
+                        if let (Some(_), Some(&key)) = (&cache, keys.get(index)) {
+                            new_series.push(key, series.label_bytes(), &id, id_hash);
+                        }
+                        Some((id.as_slice(), id_hash))
+                    } else {
+                        // Labels over 64 KiB cannot be tag-encoded; the series is stored raw
+                        // only.
+                        let n = series.samples().len();
+                        self.metrics.drop_samples(DropReason::too_large, n as u64);
+                        outcome.too_large += n;
+                        None
+                    }
+                }
             };
             // The rules' plan for the series, when it may be aggregated.
             let plan = routed_id.map(|(id, _)| {
@@ -781,6 +798,16 @@ mod tests {
     /// instance that owns the ID's shard, as the first time.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn series_sent_again_go_under_the_same_id_to_their_shards_owner() {
+        send_twice_and_check_routes(crate::series_cache::DEFAULT_MAX_BYTES).await;
+    }
+
+    /// The same without a series cache (`seriesCacheBytes: 0`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_a_series_cache_series_are_routed_all_the_same() {
+        send_twice_and_check_routes(0).await;
+    }
+
+    async fn send_twice_and_check_routes(series_cache_bytes: usize) {
         let listeners = [
             tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
             tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -803,14 +830,17 @@ mod tests {
         let metrics = CoordinatorMetrics::default();
         let client = AggregatorClient::new(ClientOptions::default(), Arc::new(metrics.clone()));
         client.update_placement(&placement);
-        let path = Arc::new(WritePath::new(
-            None,
-            None,
-            Downsampler::from_namespaces(&namespaces()),
-            Some(Arc::clone(&client)),
-            WriteBuffersConfig::default(),
-            metrics.clone(),
-        ));
+        let path = Arc::new(
+            WritePath::new(
+                None,
+                None,
+                Downsampler::from_namespaces(&namespaces()),
+                Some(Arc::clone(&client)),
+                WriteBuffersConfig::default(),
+                metrics.clone(),
+            )
+            .with_series_cache_bytes(series_cache_bytes),
+        );
         let names: Vec<String> = (0..40).map(|i| format!("s{i}")).collect();
         let labels: Vec<[(&str, &str); 2]> = names
             .iter()
@@ -832,7 +862,8 @@ mod tests {
                     .unwrap();
             assert_eq!(outcome.forwarded, 40, "round {round}");
             assert_eq!(outcome.invalid_series, 1, "round {round}");
-            assert_eq!(path.series_cache.len(), 40, "round {round}");
+            let cached = if series_cache_bytes > 0 { 40 } else { 0 };
+            assert_eq!(path.series_cache.len(), cached, "round {round}");
         }
         // Every ID the tag encoding gives, twice, at its shard's owner.
         let mut want: [Vec<Vec<u8>>; 2] = [Vec::new(), Vec::new()];
