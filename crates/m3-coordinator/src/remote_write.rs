@@ -675,16 +675,6 @@ impl Default for RemoteWriteDecoder {
 }
 
 impl<'a> ParsedRequest<'a> {
-    /// Number of series.
-    pub fn len(&self) -> usize {
-        self.decoder.series.len()
-    }
-
-    /// Whether the request has no series.
-    pub fn is_empty(&self) -> bool {
-        self.decoder.series.is_empty()
-    }
-
     /// Each series' label bytes ([`SeriesRef::label_bytes`]), in order.
     pub fn label_bytes(&self) -> impl Iterator<Item = &[u8]> + '_ {
         let decoder = &*self.decoder;

@@ -926,26 +926,8 @@ mod tests {
         assert_eq!((outcome.stored_raw, outcome.forwarded), (50, 50));
 
         let (mut conn, _) = listener.accept().await.unwrap();
-        let mut buf = BytesMut::new();
-        let mut frames = 0;
-        while frames < 50 {
-            while let Some(_frame) =
-                m3_proto::framing::next_rawtcp_frame(&mut buf, 1 << 20).unwrap()
-            {
-                frames += 1;
-            }
-            if frames < 50 {
-                let read = tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    conn.read_buf(&mut buf),
-                )
-                .await
-                .expect("every frame arrives")
-                .unwrap();
-                assert!(read > 0, "connection closed after {frames} frames");
-            }
-        }
-        assert_eq!(frames, 50);
+        let frames = read_frame_ids(&mut conn, 50).await;
+        assert_eq!(frames.len(), 50);
     }
 
     /// An aggregator that accepts the connection and stops reading: once its queue passes half
