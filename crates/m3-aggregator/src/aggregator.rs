@@ -596,40 +596,29 @@ impl Aggregator {
         mode: FlushMode<'_>,
         emit: &mut dyn FnMut(std::vec::Drain<'_, AggregatedOutput>),
     ) -> FlushResult {
+        let mut pass = self.flush_pass(now_nanos, mode);
+        while let Some(outputs) = pass.next_shard() {
+            if outputs.len() > 0 {
+                emit(outputs);
+            }
+        }
+        pass.finish()
+    }
+
+    /// A flush taken one shard at a time: [`FlushPass::next_shard`] flushes the next owned
+    /// shard and hands over its outputs, and the caller may wait between shards (for the
+    /// output to be acked) without holding any lock. [`FlushPass::finish`] gives the result.
+    pub fn flush_pass<'a>(&'a self, now_nanos: i64, mode: FlushMode<'a>) -> FlushPass<'a> {
         let shards: Vec<Arc<Shard>> = self.shards.read().values().cloned().collect();
-        let mut result = FlushResult::default();
-        let mut forwarded = Vec::new();
-        let mut out = Vec::new();
-        for shard in shards {
-            if let FlushMode::FollowerForced { before_nanos } = mode {
-                // What is dropped here is no longer held: `can_lead` must know.
-                shard.raise_since(before_nanos);
-            }
-            let mut times = flushpb::ShardFlushTimes::default();
-            let leader = matches!(mode, FlushMode::Leader | FlushMode::LeaderFinal);
-            let (outputs, discarded) = shard.state.lock().flush(
-                &shard,
-                now_nanos,
-                mode,
-                &self.limits,
-                &self.metrics,
-                &mut out,
-                &mut forwarded,
-                leader.then_some(&mut times),
-            );
-            result.outputs += outputs;
-            result.windows_discarded += discarded;
-            if leader {
-                result.flush_times.by_shard.insert(shard.id, times);
-            }
-            if !out.is_empty() {
-                emit(out.drain(..));
-            }
+        FlushPass {
+            aggregator: self,
+            shards: shards.into_iter(),
+            now_nanos,
+            mode,
+            result: FlushResult::default(),
+            forwarded: Vec::new(),
+            out: Vec::new(),
         }
-        if !forwarded.is_empty() {
-            self.forwarded.lock().append(&mut forwarded);
-        }
-        result
     }
 
     /// Whether this instance, as a follower, has buffered every window the leader has not yet
@@ -687,5 +676,56 @@ impl Aggregator {
             stats.estimated_bytes += bytes;
         }
         stats
+    }
+}
+
+/// One flush of every owned shard, a shard at a time (see [`Aggregator::flush_pass`]).
+pub struct FlushPass<'a> {
+    aggregator: &'a Aggregator,
+    shards: std::vec::IntoIter<Arc<Shard>>,
+    now_nanos: i64,
+    mode: FlushMode<'a>,
+    result: FlushResult,
+    forwarded: Vec<ForwardedOutput>,
+    out: Vec<AggregatedOutput>,
+}
+
+impl FlushPass<'_> {
+    /// Flushes the next shard and hands over its outputs (possibly none); `None` once every
+    /// shard is flushed. The shard is locked only while it is flushed.
+    pub fn next_shard(&mut self) -> Option<std::vec::Drain<'_, AggregatedOutput>> {
+        let shard = self.shards.next()?;
+        let aggregator = self.aggregator;
+        if let FlushMode::FollowerForced { before_nanos } = self.mode {
+            // What is dropped here is no longer held: `can_lead` must know.
+            shard.raise_since(before_nanos);
+        }
+        let mut times = flushpb::ShardFlushTimes::default();
+        let leader = matches!(self.mode, FlushMode::Leader | FlushMode::LeaderFinal);
+        let (outputs, discarded) = shard.state.lock().flush(
+            &shard,
+            self.now_nanos,
+            self.mode,
+            &aggregator.limits,
+            &aggregator.metrics,
+            &mut self.out,
+            &mut self.forwarded,
+            leader.then_some(&mut times),
+        );
+        self.result.outputs += outputs;
+        self.result.windows_discarded += discarded;
+        if leader {
+            self.result.flush_times.by_shard.insert(shard.id, times);
+        }
+        Some(self.out.drain(..))
+    }
+
+    /// What the flush did; the rollup values it produced go to
+    /// [`Aggregator::take_forwarded`]. Shards not yet flushed are left as they are.
+    pub fn finish(mut self) -> FlushResult {
+        if !self.forwarded.is_empty() {
+            self.aggregator.forwarded.lock().append(&mut self.forwarded);
+        }
+        self.result
     }
 }

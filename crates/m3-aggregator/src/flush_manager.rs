@@ -362,12 +362,23 @@ impl FlushManager {
         } else {
             FlushMode::Leader
         };
-        // Each shard's outputs go to the producer as soon as the shard is flushed, so a flush
-        // of many series never holds all its outputs at once.
+        // Each shard's outputs go to the producer as soon as the shard is flushed, and the
+        // next shard waits while too much of that output is unacked: a flush of many series
+        // never holds all its outputs at once, here or in the producer.
         let mut refused = 0;
-        let result = self.aggregator.flush_into(now, mode, &mut |outputs| {
+        let most_unacked = self.options.max_unacked_flush_bytes;
+        let mut pacing = true;
+        let mut pass = self.aggregator.flush_pass(now, mode);
+        while let Some(outputs) = pass.next_shard() {
             refused += produce(producer, outputs, now);
-        });
+            if pacing && producer.buffered_bytes() > most_unacked {
+                // No lock is held here. Acks that stop coming end the pacing for this flush.
+                pacing = producer
+                    .wait_for_room(most_unacked / 2, self.options.ack_wait)
+                    .await;
+            }
+        }
+        let result = pass.finish();
         crate::forward::send(
             &self.client,
             self.aggregator.take_forwarded(),

@@ -64,6 +64,12 @@ pub struct InstanceOptions {
     /// How long a flush waits for the coordinators' acks before it persists its flush times;
     /// when they do not all arrive in time, the times are persisted at a later flush.
     pub ack_wait: Duration,
+    /// A leader's flush pauses between shards while more than this many bytes of its output
+    /// wait for the coordinators' acks, and goes on once half of them are acked: a flush of
+    /// many series then never holds its whole output unacked in memory. When acks stop
+    /// arriving for `ack_wait`, the rest of that flush goes out without pausing (the producer's
+    /// `maxBufferSize` still bounds it).
+    pub max_unacked_flush_bytes: usize,
     /// The client that forwards rollup values to other aggregators (`aggregator.client`).
     pub client: crate::client::ClientOptions,
     /// How long a follower keeps windows while its leader's flush times do not move before it
@@ -77,6 +83,10 @@ pub struct InstanceOptions {
 impl InstanceOptions {
     /// M3's default `entryCheckInterval`: idle series are looked for every 10 minutes.
     pub const DEFAULT_ENTRY_CHECK_INTERVAL: Duration = Duration::from_secs(600);
+
+    /// Output bytes a leader's flush lets wait for acks before it pauses (4 MiB, some 15,000
+    /// aggregated values): enough to keep a coordinator busy, small next to the series held.
+    pub const DEFAULT_MAX_UNACKED_FLUSH_BYTES: usize = 4 << 20;
 
     /// Defaults for `instance_id`.
     pub fn new(instance_id: impl Into<String>) -> InstanceOptions {
@@ -93,6 +103,7 @@ impl InstanceOptions {
             producer: ProducerConfig::default(),
             shutdown_ack_timeout: Duration::from_secs(10),
             ack_wait: Duration::from_secs(5),
+            max_unacked_flush_bytes: InstanceOptions::DEFAULT_MAX_UNACKED_FLUSH_BYTES,
             num_shards: Arc::new(AtomicU32::new(0)),
             client: crate::client::ClientOptions::default(),
             max_buffer_size: Duration::from_secs(300),

@@ -85,7 +85,8 @@ mod shard;
 pub mod topic_producer;
 
 pub use aggregator::{
-    Aggregator, EngineStats, ForwardedWrite, KnownShard, ShardAssignment, ShardFn, TimedSample,
+    Aggregator, EngineStats, FlushPass, ForwardedWrite, KnownShard, ShardAssignment, ShardFn,
+    TimedSample,
 };
 pub use error::{AddError, RejectReason};
 pub use flush::{AggregatedOutput, Category, FlushMode, FlushResult, ForwardedOutput};

@@ -96,6 +96,51 @@ fn a_known_shard_is_taken_only_under_the_engines_shard_count() {
     assert_eq!(agg.metrics().added(MetricType::Gauge), 1);
 }
 
+/// A flush pass finished after some of its shards leaves the others' windows in place: the
+/// next flush emits them, and together the two emit what one whole flush does.
+#[test]
+fn a_flush_pass_finished_early_leaves_the_other_shards_for_the_next_flush() {
+    let (partial, whole) = (
+        engine(AggregatorOptions::default()),
+        engine(AggregatorOptions::default()),
+    );
+    for agg in [&partial, &whole] {
+        for i in 0..40u8 {
+            agg.add_untimed(
+                MetricType::Counter,
+                &[b's', i],
+                &[f64::from(i)],
+                Metadatas::Default,
+                T0,
+            )
+            .unwrap();
+        }
+    }
+    let mut emitted: Vec<AggregatedOutput> = Vec::new();
+    let mut pass = partial.flush_pass(T0 + 10 * S, FlushMode::Leader);
+    for _ in 0..2 {
+        emitted.extend(pass.next_shard().expect("four shards"));
+    }
+    let first = pass.finish();
+    assert_eq!(first.outputs, emitted.len());
+    assert!(
+        emitted.len() < 40,
+        "two of four shards emit part of the series"
+    );
+    assert_eq!(
+        first.flush_times.by_shard.len(),
+        2,
+        "times only of the shards flushed"
+    );
+    emitted.extend(flush_leader(&partial, T0 + 10 * S));
+    let mut from_whole = flush_leader(&whole, T0 + 10 * S);
+    let key = |o: &AggregatedOutput| (o.id.clone(), o.time_nanos);
+    emitted.sort_by_key(key);
+    from_whole.sort_by_key(key);
+    assert_eq!(from_whole.len(), 40);
+    assert_eq!(emitted, from_whole);
+}
+
 /// `flush_into` hands over each shard's outputs on their own, as soon as the shard is
 /// flushed: every group is one shard's, no shard comes twice, and together they are what
 /// `flush` returns for the same writes.

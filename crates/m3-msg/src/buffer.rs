@@ -234,7 +234,7 @@ impl Buffer {
 
     /// Waits until no message is live or `deadline` passes; returns whether the buffer drained.
     pub(crate) async fn wait_drained(&self, deadline: Instant) -> bool {
-        self.wait_drained_by(|| tokio::time::sleep_until(deadline))
+        self.wait_until(|b| b.live() == 0, || tokio::time::sleep_until(deadline))
             .await
     }
 
@@ -243,12 +243,25 @@ impl Buffer {
     /// through steadily drains however long it takes; a consumer that has stopped answering
     /// costs `stall`. Returns whether the buffer drained.
     pub(crate) async fn wait_drained_while_progressing(&self, stall: Duration) -> bool {
-        self.wait_drained_by(|| tokio::time::sleep(stall)).await
+        self.wait_until(|b| b.live() == 0, || tokio::time::sleep(stall))
+            .await
     }
 
-    /// Waits until no message is live, or until the timer `give_up` makes (re-made after each
-    /// release) fires first.
-    async fn wait_drained_by<F, T>(&self, give_up: F) -> bool
+    /// Waits until live messages hold at most `bytes`, for as long as messages keep being
+    /// released (see [`wait_drained_while_progressing`](Self::wait_drained_while_progressing)).
+    /// Returns whether they got there.
+    pub(crate) async fn wait_at_most_while_progressing(
+        &self,
+        bytes: usize,
+        stall: Duration,
+    ) -> bool {
+        self.wait_until(|b| b.used_bytes() <= bytes, || tokio::time::sleep(stall))
+            .await
+    }
+
+    /// Waits until `done` holds, or until the timer `give_up` makes (re-made after each
+    /// release) fires first; returns whether `done` holds.
+    async fn wait_until<F, T>(&self, done: impl Fn(&Self) -> bool, give_up: F) -> bool
     where
         F: Fn() -> T,
         T: std::future::Future<Output = ()>,
@@ -257,12 +270,12 @@ impl Buffer {
             let notified = self.accounting.released.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.live() == 0 {
+            if done(self) {
                 return true;
             }
             tokio::select! {
                 _ = &mut notified => {}
-                _ = give_up() => return self.live() == 0,
+                _ = give_up() => return done(self),
             }
         }
     }
@@ -319,6 +332,35 @@ mod tests {
         let _a = buf.admit(0, Bytes::from_static(b"aaaa"), 1).unwrap();
         let err = buf.admit(0, Bytes::from_static(b"bbbb"), 1).unwrap_err();
         assert_eq!(err.into_value(), Bytes::from_static(b"bbbb"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_room_follows_releases_and_gives_up_when_they_stop() {
+        let (buf, _) = buffer(100, OnFull::DropOldest);
+        let messages: Vec<_> = (0..4)
+            .map(|_| buf.admit(0, Bytes::from_static(b"0123456789"), 1).unwrap())
+            .collect();
+        assert_eq!(buf.used_bytes(), 40);
+        // Nothing is released: the wait gives up after the stall, still above the mark.
+        assert!(
+            !buf.wait_at_most_while_progressing(20, Duration::from_secs(1))
+                .await
+        );
+        // Releases that keep coming, each within the stall, are waited for.
+        let releaser = async {
+            for message in &messages[..3] {
+                tokio::time::sleep(Duration::from_millis(900)).await;
+                message.dec_ref();
+            }
+        };
+        let (reached, ()) = tokio::join!(
+            buf.wait_at_most_while_progressing(20, Duration::from_secs(1)),
+            releaser
+        );
+        assert!(reached);
+        assert!(buf.used_bytes() <= 20);
+        // Already below the mark: no wait at all.
+        assert!(buf.wait_at_most_while_progressing(10, Duration::ZERO).await);
     }
 
     #[tokio::test]

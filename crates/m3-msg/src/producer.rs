@@ -280,6 +280,17 @@ impl Producer {
             .await
     }
 
+    /// Waits until at most `bytes` of messages are buffered, for as long as acks keep arriving
+    /// (giving up once none has arrived for `stall`). A producer of a large burst paces itself
+    /// with it, so the burst is not all held unacked at once. Returns whether the buffer got
+    /// down to `bytes`.
+    pub async fn wait_for_room(&self, bytes: usize, stall: Duration) -> bool {
+        self.inner
+            .buffer
+            .wait_at_most_while_progressing(bytes, stall)
+            .await
+    }
+
     /// Closes the producer: refuses new messages, waits for outstanding acks as long as they
     /// keep arriving (giving up once none has arrived for `stall`), then drops what is left
     /// (counted as `closed`) and stops every writer and connection. Returns how many messages
