@@ -177,10 +177,11 @@ impl MemSeries {
             if self.open.len() >= CHUNK_SAMPLES {
                 let mut full = std::mem::take(&mut self.open);
                 full.shrink_to_fit();
-                // The next chunk likely encodes to about as many bytes (an eighth spare).
-                self.open
-                    .reserve(full.encoded_len() + full.encoded_len() / 8);
-                self.closed.push(full);
+                // The next chunk likely encodes to about as many bytes: it starts with a
+                // quarter of them and grows by half, so an open chunk holds some 60% of a full
+                // one's bytes on average rather than all of them from its first sample.
+                self.open.reserve(full.encoded_len() / 4);
+                self.close(full);
             }
             // Cannot fail: time is after everything in the open chunk.
             if self.open.push(time, value).is_ok() {
@@ -252,6 +253,14 @@ impl MemSeries {
             })
     }
 
+    /// Adds a complete chunk to the closed ones. The list grows one chunk at a time: a chunk
+    /// is closed every [`CHUNK_SAMPLES`] samples, and the four a vector reserves at first
+    /// would cost more than the chunk's own bytes in every series.
+    fn close(&mut self, full: Chunk) {
+        self.closed.reserve_exact(1);
+        self.closed.push(full);
+    }
+
     /// Re-encodes the chunks with the out-of-order samples merged in.
     fn fold_out_of_order(&mut self) {
         let mut all = Vec::new();
@@ -263,7 +272,7 @@ impl MemSeries {
             if self.open.len() >= CHUNK_SAMPLES {
                 let mut full = std::mem::take(&mut self.open);
                 full.shrink_to_fit();
-                self.closed.push(full);
+                self.close(full);
             }
             // Sorted and one per time: cannot fail.
             let _ = self.open.push(time, value);
@@ -615,6 +624,7 @@ impl Head {
                 .position(|c| c.last_time() >= cutoff)
                 .unwrap_or(series.closed.len());
             let mut taken: Vec<Chunk> = series.closed.drain(..keep_from).collect();
+            series.closed.shrink_to_fit();
             if series.closed.is_empty()
                 && !series.open.is_empty()
                 && series.open.last_time() < cutoff
@@ -770,6 +780,30 @@ mod tests {
         let mut out = Vec::new();
         head.samples(reference, i64::MIN, i64::MAX, &mut out);
         out
+    }
+
+    /// Closed chunks cost their bytes and no spare slots, and the chunk opened after one
+    /// closes starts well under the size of a full one; every sample still reads back.
+    #[test]
+    fn chunks_hold_little_spare_capacity() {
+        let mut head = head();
+        let a = labels("api", "1");
+        let samples: Vec<(&Labels, i64, f64)> = (0..3 * CHUNK_SAMPLES as i64 + 1)
+            .map(|i| (&a, i * 15_000, (i * 7 % 13) as f64 + 0.25 * i as f64))
+            .collect();
+        head.append(&samples);
+        let reference = head.find(a.view()).unwrap();
+        let series = head.series[reference as usize].as_ref().unwrap();
+        assert_eq!(series.closed.len(), 3);
+        assert_eq!(series.closed.capacity(), 3);
+        let full = series.closed[2].encoded_len();
+        assert!(
+            series.open.heap_bytes() < full / 2,
+            "a chunk with one sample holds {} bytes, a full one {full}",
+            series.open.heap_bytes()
+        );
+        let want: Vec<(i64, f64)> = samples.iter().map(|s| (s.1, s.2)).collect();
+        assert_eq!(all(&head, reference), want);
     }
 
     #[test]
