@@ -71,6 +71,7 @@ pub mod flush;
 pub mod flush_manager;
 mod forward;
 pub mod http;
+mod id_arena;
 pub mod ingest;
 pub mod instance;
 pub mod m3msg_ingest;

@@ -26,6 +26,8 @@ use m3_hash_index::{HashIndex, PREFETCH_AHEAD};
 use parking_lot::Mutex;
 
 use m3_metric::{AggregationId, MetricType, StoragePolicy, id::with_suffix};
+
+use crate::id_arena::{IdArena, IdRef};
 use m3_proto::flushpb;
 use m3_rules::{TransformState, transform};
 
@@ -123,10 +125,10 @@ impl SpecTable {
     }
 }
 
-/// A series' ID and state.
+/// A series' ID (its bytes in the map's [`IdArena`]) and state.
 #[derive(Debug)]
 struct Slot {
-    id: Box<[u8]>,
+    id: IdRef,
     entry: Entry,
 }
 
@@ -144,11 +146,13 @@ pub(crate) fn entry_hash(id: &[u8]) -> u64 {
 
 /// Entries by ID bytes: a dense slab of slots, found through a [`HashIndex`] of 32-bit slot
 /// indices (8-byte buckets, instead of a whole slot per bucket). One hash per
-/// lookup-or-insert ([`entry_hash`]), looked up by a borrowed `&[u8]`.
+/// lookup-or-insert ([`entry_hash`]), looked up by a borrowed `&[u8]`. The ID bytes are packed
+/// in an [`IdArena`].
 #[derive(Debug, Default)]
 struct EntryMap {
     index: HashIndex,
     slots: Vec<Slot>,
+    ids: IdArena,
 }
 
 impl EntryMap {
@@ -160,8 +164,8 @@ impl EntryMap {
         hash: u64,
         make: impl FnOnce() -> Entry,
     ) -> (usize, bool) {
-        let EntryMap { index, slots } = self;
-        if let Some(i) = index.find(hash, |i| *slots[i as usize].id == *id) {
+        let EntryMap { index, slots, ids } = self;
+        if let Some(i) = index.find(hash, |i| ids.get(slots[i as usize].id) == id) {
             return (i as usize, false);
         }
         let i = slots.len();
@@ -177,7 +181,7 @@ impl EntryMap {
             slots.reserve_exact((i / 4).max(16));
         }
         slots.push(Slot {
-            id: Box::from(id),
+            id: ids.add(id),
             entry: make(),
         });
         (i, true)
@@ -188,13 +192,27 @@ impl EntryMap {
         self.index.prefetch(hash);
     }
 
-    /// Removes the slot at `i`, moving the last slot into its place.
+    /// The ID of the slot at `i`.
+    fn id(&self, i: usize) -> &[u8] {
+        self.ids.get(self.slots[i].id)
+    }
+
+    /// Removes the slot at `i`, moving the last slot into its place. The ID's bytes are given
+    /// back by [`compact_ids`](Self::compact_ids).
     fn remove_at(&mut self, i: usize) {
-        let EntryMap { index, slots } = self;
-        index.remove(entry_hash(&slots[i].id), i as u32);
-        slots.swap_remove(i);
+        let EntryMap { index, slots, ids } = self;
+        let removed = slots.swap_remove(i);
+        index.remove(entry_hash(ids.get(removed.id)), i as u32);
+        ids.remove(removed.id);
         if let Some(moved) = slots.get(i) {
-            index.replace(entry_hash(&moved.id), slots.len() as u32, i as u32);
+            index.replace(entry_hash(ids.get(moved.id)), slots.len() as u32, i as u32);
+        }
+    }
+
+    /// Copies the live IDs into fresh pages once removed ones take more room than they do.
+    fn compact_ids(&mut self) {
+        if self.ids.is_sparse() {
+            self.ids.compact(self.slots.iter_mut().map(|s| &mut s.id));
         }
     }
 
@@ -204,13 +222,15 @@ impl EntryMap {
 
     fn contains(&self, id: &[u8]) -> bool {
         self.index
-            .find(entry_hash(id), |i| *self.slots[i as usize].id == *id)
+            .find(entry_hash(id), |i| self.id(i as usize) == id)
             .is_some()
     }
 
-    /// Heap bytes of the index and the slab (by capacity).
+    /// Heap bytes of the index, the slab and the IDs (by capacity).
     fn allocation_size(&self) -> usize {
-        self.index.allocation_size() + self.slots.capacity() * std::mem::size_of::<Slot>()
+        self.index.allocation_size()
+            + self.slots.capacity() * std::mem::size_of::<Slot>()
+            + self.ids.allocation_size()
     }
 }
 
@@ -529,6 +549,7 @@ impl ShardState {
                 metrics.entry_dropped_unused();
             }
         }
+        map.compact_ids();
     }
 
     /// Adds one forwarded write to its window, once per (source, version): a repeat is counted
@@ -681,7 +702,9 @@ impl ShardState {
                 }
             }));
             let states = &mut transforms[category.index()];
-            for Slot { id, entry } in &mut entries[category.index()].slots {
+            let EntryMap { slots, ids, .. } = &mut entries[category.index()];
+            for Slot { id, entry } in slots.iter_mut() {
+                let id = ids.get(*id);
                 for elem in entry.elems_mut() {
                     let (Some(spec), Some(until)) = (
                         spec_list.get(usize::from(elem.spec())),
@@ -824,6 +847,7 @@ impl ShardState {
                     removed += 1;
                 }
             }
+            map.compact_ids();
         }
         if removed > 0 {
             // Transform state goes with its series.
@@ -844,9 +868,9 @@ impl ShardState {
         let mut bytes = 0;
         for map in &self.entries {
             bytes += map.allocation_size();
-            for Slot { id, entry } in &map.slots {
+            for Slot { entry, .. } in &map.slots {
                 windows += entry.elems().iter().map(Elem::len).sum::<usize>();
-                bytes += id.len() + entry.heap_bytes();
+                bytes += entry.heap_bytes();
             }
         }
         (self.len(), windows, bytes)
@@ -1190,7 +1214,7 @@ mod tests {
         map.remove_at(map.len() - 1);
         let mut i = 0;
         while i < map.len() {
-            if map.slots[i].id[3] % 3 == 0 {
+            if map.id(i)[3] % 3 == 0 {
                 map.remove_at(i);
             } else {
                 i += 1;
@@ -1202,8 +1226,15 @@ mod tests {
             let (slot, created) =
                 map.get_or_insert(id, entry_hash(id), || panic!("{id:?} was lost"));
             assert!(!created);
-            assert_eq!(*map.slots[slot].id, **id);
+            assert_eq!(map.id(slot), &id[..]);
         }
-        assert_eq!(std::mem::size_of::<Slot>(), 48);
+        map.compact_ids();
+        for id in ids[1..98].iter().filter(|id| id[3] % 3 != 0) {
+            let (slot, created) =
+                map.get_or_insert(id, entry_hash(id), || panic!("{id:?} was lost"));
+            assert!(!created);
+            assert_eq!(map.id(slot), &id[..]);
+        }
+        assert_eq!(std::mem::size_of::<Slot>(), 40);
     }
 }
