@@ -26,8 +26,6 @@ use m3_hash_index::{HashIndex, PREFETCH_AHEAD};
 use parking_lot::Mutex;
 
 use m3_metric::{AggregationId, MetricType, StoragePolicy, id::with_suffix};
-
-use crate::id_arena::{IdArena, IdRef};
 use m3_proto::flushpb;
 use m3_rules::{TransformState, transform};
 
@@ -37,6 +35,7 @@ use crate::error::AddError;
 use crate::flush::{
     AggregatedOutput, Category, FlushMode, ForwardedOutput, align_down, checked_align_down,
 };
+use crate::id_arena::{IdArena, IdRef};
 use crate::metadata::{Active, Target};
 use crate::metrics::{Metrics, OutputDiscard, WindowDiscard};
 use crate::options::{AggregatorOptions, nanos};
