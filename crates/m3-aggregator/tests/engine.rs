@@ -96,26 +96,27 @@ fn a_known_shard_is_taken_only_under_the_engines_shard_count() {
     assert_eq!(agg.metrics().added(MetricType::Gauge), 1);
 }
 
+/// An engine holding counters `s0`..`s39` (as bytes `[b's', i]`), one value each at `T0`.
+fn forty_counters() -> Aggregator {
+    let agg = engine(AggregatorOptions::default());
+    for i in 0..40u8 {
+        agg.add_untimed(
+            MetricType::Counter,
+            &[b's', i],
+            &[f64::from(i)],
+            Metadatas::Default,
+            T0,
+        )
+        .unwrap();
+    }
+    agg
+}
+
 /// A flush pass finished after some of its shards leaves the others' windows in place: the
 /// next flush emits them, and together the two emit what one whole flush does.
 #[test]
 fn a_flush_pass_finished_early_leaves_the_other_shards_for_the_next_flush() {
-    let (partial, whole) = (
-        engine(AggregatorOptions::default()),
-        engine(AggregatorOptions::default()),
-    );
-    for agg in [&partial, &whole] {
-        for i in 0..40u8 {
-            agg.add_untimed(
-                MetricType::Counter,
-                &[b's', i],
-                &[f64::from(i)],
-                Metadatas::Default,
-                T0,
-            )
-            .unwrap();
-        }
-    }
+    let (partial, whole) = (forty_counters(), forty_counters());
     let mut emitted: Vec<AggregatedOutput> = Vec::new();
     let mut pass = partial.flush_pass(T0 + 10 * S, FlushMode::Leader);
     for _ in 0..2 {
@@ -146,23 +147,7 @@ fn a_flush_pass_finished_early_leaves_the_other_shards_for_the_next_flush() {
 /// `flush` returns for the same writes.
 #[test]
 fn flush_into_hands_over_one_shard_at_a_time() {
-    let (grouped, whole) = (
-        engine(AggregatorOptions::default()),
-        engine(AggregatorOptions::default()),
-    );
-    for agg in [&grouped, &whole] {
-        for i in 0..40u8 {
-            let id = [b's', i];
-            agg.add_untimed(
-                MetricType::Counter,
-                &id,
-                &[f64::from(i)],
-                Metadatas::Default,
-                T0,
-            )
-            .unwrap();
-        }
-    }
+    let (grouped, whole) = (forty_counters(), forty_counters());
     // The engine's shard function: the ID's byte sum modulo 4.
     let shard_of = |id: &[u8]| id.iter().map(|b| u32::from(*b)).sum::<u32>() % 4;
     let mut groups: Vec<Vec<AggregatedOutput>> = Vec::new();
