@@ -29,7 +29,7 @@ use hashbrown::HashMap;
 
 use crate::labels::Labels;
 use crate::matcher::{Matcher, matches_all};
-use crate::tsdb::chunk::Chunk;
+use crate::tsdb::chunk::{Chunk, SealedChunk};
 use crate::tsdb::head::chunk_has_samples_in;
 
 const MAGIC: &[u8; 8] = b"M3BLOCK1";
@@ -37,7 +37,7 @@ const INDEX_FILE: &str = "index";
 const CHUNKS_FILE: &str = "chunks";
 
 /// One series' samples to write: its labels and its chunks in time order.
-pub type BlockSeries<'a> = (&'a Labels, Vec<&'a Chunk>);
+pub type BlockSeries<'a> = (&'a Labels, Vec<&'a SealedChunk>);
 
 /// Why a block could not be written or opened.
 #[derive(Debug, thiserror::Error)]
@@ -465,7 +465,7 @@ mod tests {
     }
 
     /// Chunks of `samples` (sorted), 120 a chunk.
-    fn chunks_of(samples: &[(i64, f64)]) -> Vec<Chunk> {
+    fn chunks_of(samples: &[(i64, f64)]) -> Vec<SealedChunk> {
         samples
             .chunks(120)
             .map(|part| {
@@ -473,7 +473,7 @@ mod tests {
                 for &(t, v) in part {
                     chunk.push(t, v).unwrap();
                 }
-                chunk
+                chunk.seal()
             })
             .collect()
     }

@@ -444,6 +444,87 @@ impl Chunk {
     }
 }
 
+/// A complete chunk: its encoded bytes and what a read needs to know without decoding them,
+/// without the encoder state an open [`Chunk`] carries (40 bytes here against 88, plus the
+/// bytes, held exactly).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedChunk {
+    bytes: Box<[u8]>,
+    count: u32,
+    first_time: i64,
+    last_time: i64,
+}
+
+impl fmt::Debug for SealedChunk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SealedChunk")
+            .field("samples", &self.count)
+            .field("first_time", &self.first_time)
+            .field("last_time", &self.last_time)
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
+impl SealedChunk {
+    /// Samples in the chunk.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Whether it holds no sample.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The first sample's time (ms).
+    pub fn first_time(&self) -> i64 {
+        self.first_time
+    }
+
+    /// The last sample's time (ms).
+    pub fn last_time(&self) -> i64 {
+        self.last_time
+    }
+
+    /// The encoded bytes; [`Chunk::decode`] reads them.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The samples, in time order.
+    pub fn iter(&self) -> ChunkIter<'_> {
+        Chunk::decode(&self.bytes, self.count)
+    }
+
+    /// A sealed chunk of `count` samples from `first_time` to `last_time` encoded in `bytes`.
+    pub fn from_parts(bytes: Box<[u8]>, count: u32, first_time: i64, last_time: i64) -> Self {
+        SealedChunk {
+            bytes,
+            count,
+            first_time,
+            last_time,
+        }
+    }
+
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+impl Chunk {
+    /// The chunk, complete: no sample can be appended any more.
+    pub fn seal(self) -> SealedChunk {
+        SealedChunk {
+            bytes: self.bits.encoded().into(),
+            count: self.count,
+            first_time: self.first_time,
+            last_time: self.last_time,
+        }
+    }
+}
+
 /// The samples of a chunk; see [`Chunk::iter`].
 pub struct ChunkIter<'a> {
     reader: BitReader<'a>,

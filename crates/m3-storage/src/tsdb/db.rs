@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! <dir>/wal/00000007.wal …            the head's write-ahead log
+//! <dir>/head_chunks/00000001.chunks …  the head's closed chunks (rebuilt from the log at open)
 //! <dir>/blocks/00000003-1733097600000  a block: sequence number, then the cutoff it was cut at
 //! ```
 //!
@@ -46,12 +47,13 @@ use parking_lot::{Mutex, RwLock};
 use crate::labels::{AsLabelsView, Labels};
 use crate::matcher::{Matcher, matches_all};
 use crate::tsdb::block::{Block, BlockError, write_block};
-use crate::tsdb::chunk::Chunk;
+use crate::tsdb::chunk::SealedChunk;
 use crate::tsdb::durable::{AppendError, DurableError, DurableHead};
 use crate::tsdb::head::{AppendSummary, HeadOptions, SeriesRef, Truncated, chunk_has_samples_in};
 use crate::tsdb::wal::{ReplayReport, WalOptions};
 
 const WAL_DIR: &str = "wal";
+const HEAD_CHUNKS_DIR: &str = "head_chunks";
 const BLOCKS_DIR: &str = "blocks";
 const RETENTION_FILE: &str = "retention";
 
@@ -103,7 +105,7 @@ pub struct DbOptions {
 /// Samples cut from the head, readable while their block is being written.
 #[derive(Debug)]
 struct CutChunks {
-    series: Vec<(Labels, Vec<Chunk>)>,
+    series: Vec<(Labels, Vec<SealedChunk>)>,
 }
 
 /// A part of the namespace older than the head: a block, or chunks about to become one.
@@ -173,7 +175,7 @@ impl Part {
                         chunks
                             .iter()
                             .filter(|c| c.last_time() >= start && c.first_time() <= end)
-                            .flat_map(Chunk::iter)
+                            .flat_map(SealedChunk::iter)
                             .filter(|s| (start..=end).contains(&s.0)),
                     );
                 }
@@ -295,8 +297,9 @@ impl NamespaceDb {
             Err(e) => return Err(io_at(&retention_path)(e)),
         };
         let wal_dir = dir.join(WAL_DIR);
+        let chunk_dir = dir.join(HEAD_CHUNKS_DIR);
         let (mut head, report) =
-            DurableHead::open(&wal_dir, options.head, options.wal).map_err(|source| {
+            DurableHead::open(&wal_dir, options.head, options.wal, Some(&chunk_dir)).map_err(|source| {
                 DbError::Log {
                     dir: wal_dir.clone(),
                     source,
@@ -342,9 +345,15 @@ impl NamespaceDb {
     /// As for [`open`](Self::open); the old head stays then.
     pub fn reopen_log(&self) -> Result<(), DbError> {
         let wal_dir = self.dir.join(WAL_DIR);
+        let chunk_dir = self.dir.join(HEAD_CHUNKS_DIR);
         let mut head = self.head.write();
-        let (fresh, _) =
-            DurableHead::open(&wal_dir, self.options.head, self.options.wal).map_err(|source| {
+        let (fresh, _) = DurableHead::open(
+            &wal_dir,
+            self.options.head,
+            self.options.wal,
+            Some(&chunk_dir),
+        )
+        .map_err(|source| {
                 DbError::Log {
                     dir: wal_dir.clone(),
                     source,
@@ -456,14 +465,14 @@ impl NamespaceDb {
             .series
             .iter()
             .flat_map(|(_, chunks)| chunks.first())
-            .map(Chunk::first_time)
+            .map(SealedChunk::first_time)
             .min()
             .unwrap_or(0);
         let max = cut
             .series
             .iter()
             .flat_map(|(_, chunks)| chunks.last())
-            .map(Chunk::last_time)
+            .map(SealedChunk::last_time)
             .max()
             .unwrap_or(0);
         let dir = self

@@ -20,7 +20,8 @@ use std::path::Path;
 use m3_hash_index::PREFETCH_AHEAD;
 
 use crate::labels::{AsLabelsView, Labels, LabelsView, MAX_ENCODED_LABELS_BYTES};
-use crate::tsdb::chunk::Chunk;
+use crate::tsdb::chunk::SealedChunk;
+use crate::tsdb::chunk_files::ChunkFiles;
 use crate::tsdb::head::{AppendSummary, Head, HeadOptions, SeriesRef, Truncated};
 use crate::tsdb::wal::{Checkpoint, ReplayReport, Wal, WalError, WalOptions};
 
@@ -93,7 +94,9 @@ pub struct DurableHead {
 }
 
 impl DurableHead {
-    /// Opens the log in `dir` (created if missing) and replays it into a new head.
+    /// Opens the log in `dir` (created if missing) and replays it into a new head, which keeps
+    /// its closed chunks in files in `chunk_dir` (emptied first; see
+    /// [`ChunkFiles`](crate::tsdb::chunk_files::ChunkFiles)) or, without one, in memory.
     ///
     /// # Errors
     /// I/O errors, and a record that passes its checksum but does not decode.
@@ -101,8 +104,17 @@ impl DurableHead {
         dir: &Path,
         head_options: HeadOptions,
         wal_options: WalOptions,
+        chunk_dir: Option<&Path>,
     ) -> Result<(DurableHead, ReplayReport), DurableError> {
-        let mut head = Head::new(head_options);
+        let mut head = match chunk_dir {
+            Some(chunk_dir) => {
+                let files = ChunkFiles::open(chunk_dir).map_err(|e| {
+                    io::Error::new(e.kind(), format!("{}: {e}", chunk_dir.display()))
+                })?;
+                Head::with_chunk_files(head_options, files)
+            }
+            None => Head::new(head_options),
+        };
         let mut refs = Vec::new();
         let mut segment_max_time = BTreeMap::new();
         let (wal, report) = Wal::open_segmented(dir, wal_options, |segment, record| {
@@ -221,7 +233,7 @@ impl DurableHead {
     /// Takes the chunks wholly before `cutoff` out of the head (see [`Head::cut_before`]).
     /// They stay in the log until [`checkpoint`](Self::checkpoint) is called with a cutoff
     /// past them, which the caller does once they are safely in a block.
-    pub fn cut_before(&mut self, cutoff: i64) -> Vec<(Labels, Vec<Chunk>)> {
+    pub fn cut_before(&mut self, cutoff: i64) -> Vec<(Labels, Vec<SealedChunk>)> {
         self.head.cut_before(cutoff)
     }
 
@@ -454,7 +466,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (head_options, wal_options) = options();
         let (mut durable, report) =
-            DurableHead::open(dir.path(), head_options, wal_options).unwrap();
+            DurableHead::open(dir.path(), head_options, wal_options, None).unwrap();
         assert_eq!(report.records, 0);
         let sets: Vec<Labels> = (0..50)
             .map(|i| Labels::new([("__name__", "m"), ("i", &i.to_string()[..])]).unwrap())
@@ -475,7 +487,7 @@ mod tests {
         let before = everything(durable.head());
         let reference = durable.head().find(sets[7].view()).unwrap();
         drop(durable);
-        let (durable, report) = DurableHead::open(dir.path(), head_options, wal_options).unwrap();
+        let (durable, report) = DurableHead::open(dir.path(), head_options, wal_options, None).unwrap();
         assert!(report.segments > 1, "several segments replayed");
         assert_eq!(everything(durable.head()), before);
         assert_eq!(durable.head().find(sets[7].view()), Some(reference));
@@ -502,7 +514,7 @@ mod tests {
                 .unwrap();
             wal.append(&[&record[..]]).unwrap();
             drop(wal);
-            let err = DurableHead::open(dir.path(), head_options, wal_options).unwrap_err();
+            let err = DurableHead::open(dir.path(), head_options, wal_options, None).unwrap_err();
             assert!(err.to_string().contains(message), "{err}");
         }
     }
@@ -517,7 +529,7 @@ mod tests {
         wal.append(&[&[SAMPLES_RECORD, 9, 0, 0, 0, 1, 2][..]])
             .unwrap();
         drop(wal);
-        let err = DurableHead::open(dir.path(), head_options, wal_options).unwrap_err();
+        let err = DurableHead::open(dir.path(), head_options, wal_options, None).unwrap_err();
         assert!(
             err.to_string().contains("samples record of 9 samples"),
             "{err}"

@@ -19,13 +19,15 @@
 //! series with nothing left.
 
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hashbrown::HashMap;
 use m3_hash_index::{HashIndex, PREFETCH_AHEAD};
 
 use crate::labels::{Labels, LabelsView};
 use crate::matcher::Matcher;
-use crate::tsdb::chunk::Chunk;
+use crate::tsdb::chunk::{Chunk, ChunkIter, SealedChunk};
+use crate::tsdb::chunk_files::{ChunkFiles, ChunkLocation};
 use crate::tsdb::packed_labels::PackedLabels;
 
 /// Samples per chunk before a new one starts (Prometheus's figure: two hours of a 60 s scrape,
@@ -139,13 +141,182 @@ pub struct Truncated {
     pub samples: usize,
 }
 
+/// A closed chunk of a series: sealed in memory, or in the head's chunk files.
+#[derive(Debug)]
+enum ClosedChunk {
+    InMemory(SealedChunk),
+    InFile {
+        location: ChunkLocation,
+        count: u32,
+        first_time: i64,
+        last_time: i64,
+    },
+}
+
+impl ClosedChunk {
+    fn first_time(&self) -> i64 {
+        match self {
+            ClosedChunk::InMemory(c) => c.first_time(),
+            ClosedChunk::InFile { first_time, .. } => *first_time,
+        }
+    }
+
+    fn last_time(&self) -> i64 {
+        match self {
+            ClosedChunk::InMemory(c) => c.last_time(),
+            ClosedChunk::InFile { last_time, .. } => *last_time,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            ClosedChunk::InMemory(c) => c.len(),
+            ClosedChunk::InFile { count, .. } => *count as usize,
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        match self {
+            ClosedChunk::InMemory(c) => c.bytes().len(),
+            ClosedChunk::InFile { location, .. } => location.len(),
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        match self {
+            ClosedChunk::InMemory(c) => c.heap_bytes(),
+            ClosedChunk::InFile { .. } => 0,
+        }
+    }
+}
+
+/// What the head's chunk files did; see [`Head::chunk_file_stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChunkFileStats {
+    /// Bytes in the files (closed chunks, including those of series since re-encoded or gone).
+    pub bytes: u64,
+    /// Closed chunks kept in memory because the files could not take them (a full disk).
+    pub write_errors: u64,
+    /// Closed chunks that could not be read back (read as empty, and logged).
+    pub read_errors: u64,
+}
+
+/// Where a head's closed chunks go, the chunk files when it has them and memory otherwise, and
+/// how they are read back.
+#[derive(Debug, Default)]
+struct ClosedChunkStore {
+    files: Option<ChunkFiles>,
+    write_errors: u64,
+    read_errors: AtomicU64,
+}
+
+impl ClosedChunkStore {
+    /// Closes `full`: into the files, or into memory when there are none or they fail.
+    fn close(&mut self, full: Chunk) -> ClosedChunk {
+        if let Some(files) = &mut self.files {
+            match files.append(full.bytes(), full.last_time()) {
+                Ok(location) => {
+                    return ClosedChunk::InFile {
+                        location,
+                        count: full.len() as u32,
+                        first_time: full.first_time(),
+                        last_time: full.last_time(),
+                    };
+                }
+                Err(e) => {
+                    self.write_errors += 1;
+                    if self.write_errors.is_power_of_two() {
+                        tracing::warn!(error = %e, errors = self.write_errors, "A closed chunk could not be written to the head's chunk files; it stays in memory.");
+                    }
+                }
+            }
+        }
+        ClosedChunk::InMemory(full.seal())
+    }
+
+    fn read(&self, location: ChunkLocation, out: &mut Vec<u8>) -> std::io::Result<()> {
+        let result = match &self.files {
+            Some(files) => files.read(location, out),
+            None => Err(std::io::Error::other("the head has no chunk files")),
+        };
+        if let Err(e) = &result {
+            let errors = self.read_errors.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::error!(error = %e, errors, "A closed chunk of the head could not be read back.");
+        }
+        result
+    }
+
+    /// Calls `f` with the chunk's samples. A chunk that cannot be read is counted, logged and
+    /// read as empty.
+    fn with_samples<R>(&self, chunk: &ClosedChunk, f: impl FnOnce(ChunkIter<'_>) -> R) -> R {
+        match chunk {
+            ClosedChunk::InMemory(c) => f(c.iter()),
+            ClosedChunk::InFile {
+                location, count, ..
+            } => {
+                let mut bytes = Vec::new();
+                match self.read(*location, &mut bytes) {
+                    Ok(()) => f(Chunk::decode(&bytes, *count)),
+                    Err(_) => f(Chunk::decode(&[], 0)),
+                }
+            }
+        }
+    }
+
+    /// The chunk with its bytes in memory; itself back when they cannot be read.
+    fn load(&self, chunk: ClosedChunk) -> Result<SealedChunk, ClosedChunk> {
+        let ClosedChunk::InFile {
+            location,
+            count,
+            first_time,
+            last_time,
+        } = chunk
+        else {
+            let ClosedChunk::InMemory(sealed) = chunk else {
+                unreachable!("a closed chunk is in memory or in a file")
+            };
+            return Ok(sealed);
+        };
+        let mut bytes = Vec::new();
+        match self.read(location, &mut bytes) {
+            Ok(()) => Ok(SealedChunk::from_parts(
+                bytes.into_boxed_slice(),
+                count,
+                first_time,
+                last_time,
+            )),
+            Err(_) => Err(chunk),
+        }
+    }
+
+    /// Deletes the chunk files that hold only chunks ending before `cutoff`: call it once the
+    /// head holds none of those.
+    fn release_before(&mut self, cutoff: i64) {
+        if let Some(files) = &mut self.files {
+            files.release_before(cutoff);
+        }
+    }
+
+    fn stats(&self) -> ChunkFileStats {
+        ChunkFileStats {
+            bytes: self.files.as_ref().map_or(0, ChunkFiles::bytes),
+            write_errors: self.write_errors,
+            read_errors: self.read_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.files.as_ref().map_or(0, ChunkFiles::heap_bytes)
+    }
+}
+
 /// One series.
 #[derive(Debug)]
 struct MemSeries {
     labels: PackedLabels,
     /// The hash of the labels, kept so removing the series needs no rehash.
     hash: u64,
-    closed: Vec<Chunk>,
+    closed: Vec<ClosedChunk>,
     open: Chunk,
     /// Out-of-order samples, sorted by time, one per time.
     out_of_order: Vec<(i64, f64)>,
@@ -170,18 +341,24 @@ impl MemSeries {
     }
 
     /// Takes one sample; whether it was taken (appended, replaced or equal to what is there).
-    fn append(&mut self, time: i64, value: f64, window: i64, summary: &mut AppendSummary) -> bool {
+    fn append(
+        &mut self,
+        time: i64,
+        value: f64,
+        window: i64,
+        store: &mut ClosedChunkStore,
+        summary: &mut AppendSummary,
+    ) -> bool {
         // The newest time is kept when chunks are cut off into a block, so the out-of-order
         // window still counts from it.
         if self.max_time == i64::MIN || time > self.max_time {
             if self.open.len() >= CHUNK_SAMPLES {
-                let mut full = std::mem::take(&mut self.open);
-                full.shrink_to_fit();
+                let full = std::mem::take(&mut self.open);
                 // The next chunk likely encodes to about as many bytes: it starts with a
                 // quarter of them and grows by half, so an open chunk holds some 60% of a full
                 // one's bytes on average rather than all of them from its first sample.
                 self.open.reserve(full.encoded_len() / 4);
-                self.close(full);
+                self.close(full, store);
             }
             // Cannot fail: time is after everything in the open chunk.
             if self.open.push(time, value).is_ok() {
@@ -194,7 +371,7 @@ impl MemSeries {
             summary.too_old += 1;
             return false;
         }
-        if self.value_at(time).map(f64::to_bits) == Some(value.to_bits()) {
+        if self.value_at(time, store).map(f64::to_bits) == Some(value.to_bits()) {
             summary.duplicates += 1;
             return true;
         }
@@ -204,75 +381,112 @@ impl MemSeries {
         }
         summary.appended += 1;
         if self.out_of_order.len() >= OUT_OF_ORDER_FOLD {
-            self.fold_out_of_order();
+            self.fold_out_of_order(store);
         }
         true
     }
 
     /// The value stored at exactly `time`, if any.
-    fn value_at(&self, time: i64) -> Option<f64> {
+    fn value_at(&self, time: i64, store: &ClosedChunkStore) -> Option<f64> {
         if let Ok(i) = self.out_of_order.binary_search_by_key(&time, |s| s.0) {
             return Some(self.out_of_order[i].1);
         }
-        self.chunks()
-            .filter(|c| c.first_time() <= time && time <= c.last_time())
-            .flat_map(Chunk::iter)
-            .find(|s| s.0 == time)
-            .map(|s| s.1)
-    }
-
-    fn chunks(&self) -> impl Iterator<Item = &Chunk> {
+        let holds = |first: i64, last: i64| first <= time && time <= last;
+        let find = |mut samples: ChunkIter<'_>| samples.find(|s| s.0 == time).map(|s| s.1);
         self.closed
             .iter()
-            .chain(std::iter::once(&self.open).filter(|c| !c.is_empty()))
+            .filter(|c| holds(c.first_time(), c.last_time()))
+            .find_map(|c| store.with_samples(c, find))
+            .or_else(|| {
+                (!self.open.is_empty() && holds(self.open.first_time(), self.open.last_time()))
+                    .then(|| find(self.open.iter()))
+                    .flatten()
+            })
+    }
+
+    /// The first sample's time in the chunks.
+    fn first_chunk_time(&self) -> Option<i64> {
+        self.closed
+            .first()
+            .map(ClosedChunk::first_time)
+            .or_else(|| (!self.open.is_empty()).then(|| self.open.first_time()))
     }
 
     /// Every sample in `start..=end`, sorted, the out-of-order buffer winning on equal times.
-    fn samples_in(&self, start: i64, end: i64, out: &mut Vec<(i64, f64)>) {
-        let from_chunks = self
-            .chunks()
-            .filter(|c| c.last_time() >= start && c.first_time() <= end)
-            .flat_map(Chunk::iter)
-            .filter(|s| (start..=end).contains(&s.0));
-        let buffered = self
-            .out_of_order
-            .iter()
-            .copied()
-            .filter(|s| (start..=end).contains(&s.0));
-        merge_into(from_chunks, buffered, out);
+    fn samples_in(
+        &self,
+        start: i64,
+        end: i64,
+        store: &ClosedChunkStore,
+        out: &mut Vec<(i64, f64)>,
+    ) {
+        let in_range = |s: &(i64, f64)| (start..=end).contains(&s.0);
+        let overlaps = |first: i64, last: i64| last >= start && first <= end;
+        // The chunks hold disjoint, ascending times: their samples go out in turn, through a
+        // merge only when out-of-order samples must be woven in.
+        let mut from_chunks = Vec::new();
+        let target = if self.out_of_order.is_empty() {
+            &mut *out
+        } else {
+            &mut from_chunks
+        };
+        for chunk in &self.closed {
+            if overlaps(chunk.first_time(), chunk.last_time()) {
+                store.with_samples(chunk, |samples| target.extend(samples.filter(in_range)));
+            }
+        }
+        if !self.open.is_empty() && overlaps(self.open.first_time(), self.open.last_time()) {
+            target.extend(self.open.iter().filter(in_range));
+        }
+        if !self.out_of_order.is_empty() {
+            let buffered = self.out_of_order.iter().copied().filter(in_range);
+            merge_into(from_chunks.into_iter(), buffered, out);
+        }
     }
 
     /// Whether any sample lies in `start..=end`, decoding at most the chunks that straddle an
     /// end of the range.
-    fn has_samples_in(&self, start: i64, end: i64) -> bool {
+    fn has_samples_in(&self, start: i64, end: i64, store: &ClosedChunkStore) -> bool {
         self.out_of_order
             .iter()
             .any(|s| (start..=end).contains(&s.0))
-            || self.chunks().any(|c| {
-                chunk_has_samples_in(c.first_time(), c.last_time(), start, end, || c.iter())
+            || self.closed.iter().any(|c| {
+                chunk_has_samples_in(c.first_time(), c.last_time(), start, end, || {
+                    store
+                        .with_samples(c, |samples| samples.collect::<Vec<_>>())
+                        .into_iter()
+                })
             })
+            || (!self.open.is_empty()
+                && chunk_has_samples_in(
+                    self.open.first_time(),
+                    self.open.last_time(),
+                    start,
+                    end,
+                    || self.open.iter(),
+                ))
     }
 
-    /// Adds a complete chunk to the closed ones. The list grows one chunk at a time: a chunk
-    /// is closed every [`CHUNK_SAMPLES`] samples, and the four a vector reserves at first
-    /// would cost more than the chunk's own bytes in every series.
-    fn close(&mut self, full: Chunk) {
+    /// Closes a complete chunk. The list grows one chunk at a time: a chunk is closed every
+    /// [`CHUNK_SAMPLES`] samples, and the four a vector reserves at first would cost more than
+    /// the chunk itself in every series.
+    fn close(&mut self, full: Chunk, store: &mut ClosedChunkStore) {
+        let closed = store.close(full);
         self.closed.reserve_exact(1);
-        self.closed.push(full);
+        self.closed.push(closed);
     }
 
     /// Re-encodes the chunks with the out-of-order samples merged in.
-    fn fold_out_of_order(&mut self) {
+    fn fold_out_of_order(&mut self, store: &mut ClosedChunkStore) {
         let mut all = Vec::new();
-        self.samples_in(i64::MIN, i64::MAX, &mut all);
-        self.closed.clear();
+        self.samples_in(i64::MIN, i64::MAX, store, &mut all);
+        self.closed = Vec::new();
         self.open = Chunk::new();
         self.out_of_order.clear();
         for (time, value) in all {
             if self.open.len() >= CHUNK_SAMPLES {
-                let mut full = std::mem::take(&mut self.open);
-                full.shrink_to_fit();
-                self.close(full);
+                let full = std::mem::take(&mut self.open);
+                self.close(full, store);
             }
             // Sorted and one per time: cannot fail.
             let _ = self.open.push(time, value);
@@ -281,8 +495,12 @@ impl MemSeries {
 
     fn heap_bytes(&self) -> usize {
         self.labels.heap_bytes()
-            + self.closed.iter().map(Chunk::heap_bytes).sum::<usize>()
-            + self.closed.capacity() * std::mem::size_of::<Chunk>()
+            + self
+                .closed
+                .iter()
+                .map(ClosedChunk::heap_bytes)
+                .sum::<usize>()
+            + self.closed.capacity() * std::mem::size_of::<ClosedChunk>()
             + self.open.heap_bytes()
             + self.out_of_order.capacity() * 16
     }
@@ -345,10 +563,12 @@ pub struct Head {
     /// Label name → value → series, ascending.
     postings: HashMap<Box<str>, HashMap<Box<str>, PostingList>>,
     live: usize,
+    /// Where closed chunks go.
+    closed_chunks: ClosedChunkStore,
 }
 
 impl Head {
-    /// An empty head.
+    /// An empty head keeping closed chunks in memory.
     pub fn new(options: HeadOptions) -> Head {
         Head {
             options,
@@ -357,7 +577,20 @@ impl Head {
             series: Vec::new(),
             postings: HashMap::new(),
             live: 0,
+            closed_chunks: ClosedChunkStore::default(),
         }
+    }
+
+    /// An empty head keeping closed chunks in `files` (see [`ChunkFiles`]).
+    pub fn with_chunk_files(options: HeadOptions, files: ChunkFiles) -> Head {
+        let mut head = Head::new(options);
+        head.closed_chunks.files = Some(files);
+        head
+    }
+
+    /// What the chunk files hold and how often they failed.
+    pub fn chunk_file_stats(&self) -> ChunkFileStats {
+        self.closed_chunks.stats()
     }
 
     /// The hash the head finds `labels` by: see [`get_or_create_hashed`](Self::get_or_create_hashed).
@@ -454,7 +687,7 @@ impl Head {
         let window = self.options.out_of_order_window;
         for &(reference, time, value) in samples {
             if let Some(Some(series)) = self.series.get_mut(reference as usize) {
-                series.append(time, value, window, &mut summary);
+                series.append(time, value, window, &mut self.closed_chunks, &mut summary);
             }
         }
         summary
@@ -469,9 +702,10 @@ impl Head {
         let mut summary = AppendSummary::default();
         let window = self.options.out_of_order_window;
         let series = &mut self.series;
+        let store = &mut self.closed_chunks;
         samples.retain(
             |&(reference, time, value)| match series.get_mut(reference as usize) {
-                Some(Some(series)) => series.append(time, value, window, &mut summary),
+                Some(Some(series)) => series.append(time, value, window, store, &mut summary),
                 _ => false,
             },
         );
@@ -484,9 +718,7 @@ impl Head {
             .iter()
             .flatten()
             .flat_map(|s| {
-                s.chunks()
-                    .next()
-                    .map(Chunk::first_time)
+                s.first_chunk_time()
                     .into_iter()
                     .chain(s.out_of_order.first().map(|o| o.0))
             })
@@ -530,10 +762,12 @@ impl Head {
     pub fn chunk_stats(&self) -> ChunkStats {
         let mut stats = ChunkStats::default();
         for series in self.series.iter().flatten() {
-            for chunk in series.closed.iter().chain(std::iter::once(&series.open)) {
+            for chunk in &series.closed {
                 stats.encoded_bytes += chunk.encoded_len();
                 stats.buffer_bytes += chunk.heap_bytes();
             }
+            stats.encoded_bytes += series.open.encoded_len();
+            stats.buffer_bytes += series.open.heap_bytes();
         }
         stats
     }
@@ -588,7 +822,7 @@ impl Head {
     /// Whether series `reference` has a sample in `start..=end`.
     pub fn has_samples(&self, reference: SeriesRef, start: i64, end: i64) -> bool {
         match self.series.get(reference as usize) {
-            Some(Some(series)) => series.has_samples_in(start, end),
+            Some(Some(series)) => series.has_samples_in(start, end, &self.closed_chunks),
             _ => false,
         }
     }
@@ -604,7 +838,7 @@ impl Head {
     /// The samples of series `reference` in `start..=end`, appended to `out` (sorted).
     pub fn samples(&self, reference: SeriesRef, start: i64, end: i64, out: &mut Vec<(i64, f64)>) {
         if let Some(Some(series)) = self.series.get(reference as usize) {
-            series.samples_in(start, end, out);
+            series.samples_in(start, end, &self.closed_chunks, out);
         }
     }
 
@@ -612,30 +846,46 @@ impl Head {
     /// buffered out-of-order samples before the cutoff are folded into the chunks first, so
     /// none is left behind. Series keep their place (and their newest time) even when nothing
     /// is left of them in the head. Returns each series' labels and its chunks, in time order.
-    pub fn cut_before(&mut self, cutoff: i64) -> Vec<(Labels, Vec<Chunk>)> {
+    pub fn cut_before(&mut self, cutoff: i64) -> Vec<(Labels, Vec<SealedChunk>)> {
+        let store = &mut self.closed_chunks;
         let mut cut = Vec::new();
+        let mut unreadable = false;
         for series in self.series.iter_mut().flatten() {
             if series.out_of_order.first().is_some_and(|s| s.0 < cutoff) {
-                series.fold_out_of_order();
+                series.fold_out_of_order(store);
             }
             let keep_from = series
                 .closed
                 .iter()
                 .position(|c| c.last_time() >= cutoff)
                 .unwrap_or(series.closed.len());
-            let mut taken: Vec<Chunk> = series.closed.drain(..keep_from).collect();
+            let mut taken = Vec::with_capacity(keep_from + 1);
+            // A chunk whose file cannot be read stays in the head (and so do the files).
+            let mut kept: Vec<ClosedChunk> = Vec::new();
+            for chunk in series.closed.drain(..keep_from) {
+                match store.load(chunk) {
+                    Ok(sealed) => taken.push(sealed),
+                    Err(chunk) => kept.push(chunk),
+                }
+            }
+            if !kept.is_empty() {
+                unreadable = true;
+                kept.append(&mut series.closed);
+                series.closed = kept;
+            }
             series.closed.shrink_to_fit();
             if series.closed.is_empty()
                 && !series.open.is_empty()
                 && series.open.last_time() < cutoff
             {
-                let mut open = std::mem::take(&mut series.open);
-                open.shrink_to_fit();
-                taken.push(open);
+                taken.push(std::mem::take(&mut series.open).seal());
             }
             if !taken.is_empty() {
                 cut.push((series.labels.unpack(), taken));
             }
+        }
+        if !unreadable {
+            store.release_before(cutoff);
         }
         cut
     }
@@ -660,7 +910,7 @@ impl Head {
             }
             // A buffered sample before the cutoff still shadows a sample of a kept chunk (a
             // replaced value): it goes only when no kept chunk reaches back to it.
-            let earliest_kept = series.chunks().map(Chunk::first_time).min();
+            let earliest_kept = series.first_chunk_time();
             let buffered = series.out_of_order.len();
             series
                 .out_of_order
@@ -674,6 +924,7 @@ impl Head {
         }
         self.unindex_all(&removed);
         self.live -= removed.len();
+        self.closed_chunks.release_before(cutoff);
         Truncated {
             series: removed.len(),
             samples,
@@ -753,6 +1004,7 @@ impl Head {
             .sum();
         series
             + postings
+            + self.closed_chunks.heap_bytes()
             + self.series.capacity() * std::mem::size_of::<Option<MemSeries>>()
             + self.by_hash.allocation_size()
     }
@@ -770,6 +1022,15 @@ mod tests {
         Head::new(HeadOptions {
             out_of_order_window: WINDOW,
         })
+    }
+
+    fn head_with_files(dir: &std::path::Path) -> Head {
+        Head::with_chunk_files(
+            HeadOptions {
+                out_of_order_window: WINDOW,
+            },
+            ChunkFiles::open(dir).unwrap(),
+        )
     }
 
     fn labels(job: &str, instance: &str) -> Labels {
@@ -804,6 +1065,80 @@ mod tests {
         );
         let want: Vec<(i64, f64)> = samples.iter().map(|s| (s.1, s.2)).collect();
         assert_eq!(all(&head, reference), want);
+    }
+
+    #[test]
+    fn closed_chunks_in_files_leave_memory_read_back_and_go_with_the_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut in_files = head_with_files(dir.path());
+        let mut in_memory = head();
+        let series: Vec<Labels> = (0..50).map(|i| labels("api", &i.to_string())).collect();
+        let mut want = Vec::new();
+        for i in 0..3 * CHUNK_SAMPLES as i64 + 10 {
+            let batch: Vec<(&Labels, i64, f64)> = series
+                .iter()
+                .enumerate()
+                .map(|(s, l)| (l, i * 15_000, (i * 7 % 13) as f64 + 0.25 * (i + s as i64) as f64))
+                .collect();
+            want.push(batch.iter().map(|b| (b.1, b.2)).collect::<Vec<_>>());
+            in_files.append(&batch);
+            in_memory.append(&batch);
+        }
+        let encoded = in_memory.chunk_stats().encoded_bytes;
+        let stats = in_files.chunk_file_stats();
+        assert_eq!(stats.read_errors + stats.write_errors, 0);
+        // Three of each series' four chunks are in the files.
+        let closed = encoded - in_files.chunk_stats().buffer_bytes;
+        assert!(stats.bytes as usize >= closed / 2, "{stats:?} against {encoded} encoded");
+        // Memory holds every closed chunk's bytes fewer (the files' write buffer aside).
+        let without_buffer = in_files.heap_bytes() - in_files.closed_chunks.heap_bytes();
+        assert!(
+            in_memory.heap_bytes() - without_buffer >= stats.bytes as usize,
+            "in files {without_buffer} + {} on disk, in memory {}",
+            stats.bytes,
+            in_memory.heap_bytes()
+        );
+        for (s, l) in series.iter().enumerate() {
+            let r = in_files.find(l.view()).unwrap();
+            let expected: Vec<(i64, f64)> = want.iter().map(|batch| batch[s]).collect();
+            assert_eq!(all(&in_files, r), expected);
+            assert!(in_files.has_samples(r, 15_000, 15_000));
+            assert!(!in_files.has_samples(r, 15_001, 29_999));
+        }
+        // A cut takes the chunks out of the files, bytes intact.
+        let cutoff = 2 * CHUNK_SAMPLES as i64 * 15_000;
+        let cut = in_files.cut_before(cutoff);
+        assert_eq!(cut.len(), series.len());
+        for (labels, chunks) in &cut {
+            let s = series.iter().position(|l| l == labels).unwrap();
+            let samples: Vec<(i64, f64)> = chunks.iter().flat_map(|c| c.iter()).collect();
+            let expected: Vec<(i64, f64)> = want.iter().map(|batch| batch[s]).filter(|x| x.0 < cutoff).collect();
+            assert_eq!(samples, expected);
+        }
+        assert_eq!(in_files.chunk_file_stats().read_errors, 0);
+    }
+
+    #[test]
+    fn a_chunk_file_cut_short_from_outside_reads_as_empty_and_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut head = head_with_files(dir.path());
+        let a = labels("api", "1");
+        let samples: Vec<(&Labels, i64, f64)> = (0..2 * CHUNK_SAMPLES as i64)
+            .map(|i| (&a, i * 1_000, i as f64 * 1.5))
+            .collect();
+        head.append(&samples);
+        // Out of the buffer and into the file, which is then cut short.
+        head.closed_chunks.files.as_mut().unwrap().write_buffer().unwrap();
+        let file = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+        std::fs::File::options().write(true).open(&file).unwrap().set_len(1).unwrap();
+        let r = head.find(a.view()).unwrap();
+        let kept = all(&head, r);
+        assert_eq!(kept.len(), CHUNK_SAMPLES, "the open chunk's samples only");
+        assert_eq!(head.chunk_file_stats().read_errors, 1);
+        // A cut keeps the unreadable chunk in the head rather than losing track of it.
+        let cut = head.cut_before(i64::MAX);
+        assert!(cut.is_empty());
+        assert_eq!(head.series[r as usize].as_ref().unwrap().closed.len(), 1);
     }
 
     #[test]
@@ -915,11 +1250,13 @@ mod tests {
 
     proptest! {
         /// Any appends (in order, out of order, too old, repeated) and truncations leave the
-        /// head answering every series and range as a model that applies the same rules.
+        /// head answering every series and range as a model that applies the same rules,
+        /// whether its closed chunks are in memory or in files.
         #[test]
-        fn the_head_equals_a_model(ops in prop::collection::vec(op(), 1..30), ranges in prop::collection::vec((-500i64..5_000, 0i64..3_000), 4)) {
+        fn the_head_equals_a_model(ops in prop::collection::vec(op(), 1..30), ranges in prop::collection::vec((-500i64..5_000, 0i64..3_000), 4), in_files in any::<bool>()) {
             let pool: Vec<Labels> = (0..6).map(|i| labels(if i % 2 == 0 { "api" } else { "db" }, &i.to_string())).collect();
-            let mut head = head();
+            let dir = tempfile::tempdir().unwrap();
+            let mut head = if in_files { head_with_files(dir.path()) } else { head() };
             let mut model = Model::new();
             for op in ops {
                 match op {

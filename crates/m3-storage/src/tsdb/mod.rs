@@ -13,6 +13,7 @@
 //! |---|---|
 //! | [`block`] | immutable on-disk blocks: chunks, a series index and postings, checked at open |
 //! | [`chunk`] | one series' samples, delta-of-delta times and XOR'd values |
+//! | [`chunk_files`] | the head's closed chunks, kept in files rather than memory |
 //! | [`db`] | one namespace: the durable head, its blocks, compaction, retention, merged reads |
 //! | [`durable`] | a head whose batches are logged before they are applied, and replayed at open |
 //! | [`packed_labels`] | a label set in one allocation, compared without unpacking |
@@ -20,6 +21,7 @@
 //! | [`wal`] | the write-ahead log: checksummed records in segments, replay that stops at a torn tail |
 pub mod block;
 pub mod chunk;
+pub mod chunk_files;
 pub mod db;
 pub mod durable;
 pub mod head;
