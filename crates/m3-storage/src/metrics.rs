@@ -15,6 +15,8 @@
 //! | `m3_storage_samples_compacted_total`             | samples the heads cut into blocks on disk |
 //! | `m3_storage_head_series`, `m3_storage_head_bytes` | series in the heads and their memory (approximate), after the last retention pass |
 //! | `m3_storage_blocks`, `m3_storage_block_bytes`    | blocks on disk and the bytes of their chunks, likewise |
+//! | `m3_storage_head_chunk_file_bytes`               | the heads' closed chunks in files, likewise |
+//! | `m3_storage_head_chunk_file_errors{op}`          | closed chunks the files could not take (`write`: kept in memory) or give back (`read`: missing from answers), since the heads opened |
 //! | `m3_storage_writable`                            | 1 while the store can write, 0 after a failed write until it recovers |
 
 use prometheus_client::metrics::counter::Counter;
@@ -36,6 +38,9 @@ pub struct StoreMetrics {
     pub(crate) head_bytes: Gauge,
     pub(crate) blocks: Gauge,
     pub(crate) block_bytes: Gauge,
+    pub(crate) head_chunk_file_bytes: Gauge,
+    pub(crate) head_chunk_file_write_errors: Gauge,
+    pub(crate) head_chunk_file_read_errors: Gauge,
 }
 
 impl Default for StoreMetrics {
@@ -55,6 +60,9 @@ impl Default for StoreMetrics {
             head_bytes: Gauge::default(),
             blocks: Gauge::default(),
             block_bytes: Gauge::default(),
+            head_chunk_file_bytes: Gauge::default(),
+            head_chunk_file_write_errors: Gauge::default(),
+            head_chunk_file_read_errors: Gauge::default(),
         }
     }
 }
@@ -170,6 +178,26 @@ impl StoreMetrics {
             "Bytes of the chunks in the embedded store's blocks (as of the last retention pass)",
             self.block_bytes.clone(),
         );
+        sub.register(
+            "head_chunk_file_bytes",
+            "Bytes of the closed chunks the embedded store's heads keep in files (as of the last retention pass)",
+            self.head_chunk_file_bytes.clone(),
+        );
+        for (op, gauge, help) in [
+            (
+                "write",
+                &self.head_chunk_file_write_errors,
+                "Closed chunks the heads' files could not take, kept in memory instead, since the heads opened",
+            ),
+            (
+                "read",
+                &self.head_chunk_file_read_errors,
+                "Closed chunks the heads' files could not give back, missing from answers, since the heads opened",
+            ),
+        ] {
+            sub.sub_registry_with_label(("op".into(), op.into()))
+                .register("head_chunk_file_errors", help, gauge.clone());
+        }
         sub.register(
             "samples_compacted",
             "Samples the embedded store cut from its heads into blocks on disk",

@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::Result;
 use crate::store::Store;
+use crate::tsdb::head::ChunkFileStats;
 
 /// What one retention pass removed from one namespace.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -74,9 +75,14 @@ impl Store {
     /// Sets the head and block gauges from what the namespaces hold now.
     fn update_size_gauges(&self) {
         let (mut series, mut bytes, mut blocks, mut block_bytes) = (0, 0, 0, 0);
+        let mut files = ChunkFileStats::default();
         for (_, db) in self.databases() {
             series += db.head_series();
             bytes += db.head_bytes();
+            let stats = db.chunk_file_stats();
+            files.bytes += stats.bytes;
+            files.write_errors += stats.write_errors;
+            files.read_errors += stats.read_errors;
             let stats = db.block_stats();
             blocks += stats.blocks;
             block_bytes += stats.chunk_bytes;
@@ -87,6 +93,13 @@ impl Store {
         metrics.head_bytes.set(gauge(bytes as u64));
         metrics.blocks.set(gauge(blocks as u64));
         metrics.block_bytes.set(gauge(block_bytes));
+        metrics.head_chunk_file_bytes.set(gauge(files.bytes));
+        metrics
+            .head_chunk_file_write_errors
+            .set(gauge(files.write_errors));
+        metrics
+            .head_chunk_file_read_errors
+            .set(gauge(files.read_errors));
     }
 
     fn expire(&self, now_ms: i64) -> Result<RetentionReport> {

@@ -49,7 +49,9 @@ use crate::matcher::{Matcher, matches_all};
 use crate::tsdb::block::{Block, BlockError, write_block};
 use crate::tsdb::chunk::SealedChunk;
 use crate::tsdb::durable::{AppendError, DurableError, DurableHead};
-use crate::tsdb::head::{AppendSummary, HeadOptions, SeriesRef, Truncated, chunk_has_samples_in};
+use crate::tsdb::head::{
+    AppendSummary, ChunkFileStats, HeadOptions, SeriesRef, Truncated, chunk_has_samples_in,
+};
 use crate::tsdb::wal::{ReplayReport, WalOptions};
 
 const WAL_DIR: &str = "wal";
@@ -299,12 +301,12 @@ impl NamespaceDb {
         let wal_dir = dir.join(WAL_DIR);
         let chunk_dir = dir.join(HEAD_CHUNKS_DIR);
         let (mut head, report) =
-            DurableHead::open(&wal_dir, options.head, options.wal, Some(&chunk_dir)).map_err(|source| {
-                DbError::Log {
+            DurableHead::open(&wal_dir, options.head, options.wal, Some(&chunk_dir)).map_err(
+                |source| DbError::Log {
                     dir: wal_dir.clone(),
                     source,
-                }
-            })?;
+                },
+            )?;
         // The log may hold samples retention had already dropped.
         let expired_at_open = head.truncate_before(retention_floor);
         Ok((
@@ -353,14 +355,17 @@ impl NamespaceDb {
             self.options.wal,
             Some(&chunk_dir),
         )
-        .map_err(|source| {
-                DbError::Log {
-                    dir: wal_dir.clone(),
-                    source,
-                }
-            })?;
+        .map_err(|source| DbError::Log {
+            dir: wal_dir.clone(),
+            source,
+        })?;
         *head = fresh;
         Ok(())
+    }
+
+    /// What the head's chunk files hold and how often they failed.
+    pub fn chunk_file_stats(&self) -> ChunkFileStats {
+        self.head.read().head().chunk_file_stats()
     }
 
     /// Flushes the log to disk.

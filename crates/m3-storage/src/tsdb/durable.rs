@@ -487,7 +487,8 @@ mod tests {
         let before = everything(durable.head());
         let reference = durable.head().find(sets[7].view()).unwrap();
         drop(durable);
-        let (durable, report) = DurableHead::open(dir.path(), head_options, wal_options, None).unwrap();
+        let (durable, report) =
+            DurableHead::open(dir.path(), head_options, wal_options, None).unwrap();
         assert!(report.segments > 1, "several segments replayed");
         assert_eq!(everything(durable.head()), before);
         assert_eq!(durable.head().find(sets[7].view()), Some(reference));

@@ -1078,7 +1078,13 @@ mod tests {
             let batch: Vec<(&Labels, i64, f64)> = series
                 .iter()
                 .enumerate()
-                .map(|(s, l)| (l, i * 15_000, (i * 7 % 13) as f64 + 0.25 * (i + s as i64) as f64))
+                .map(|(s, l)| {
+                    (
+                        l,
+                        i * 15_000,
+                        (i * 7 % 13) as f64 + 0.25 * (i + s as i64) as f64,
+                    )
+                })
                 .collect();
             want.push(batch.iter().map(|b| (b.1, b.2)).collect::<Vec<_>>());
             in_files.append(&batch);
@@ -1089,7 +1095,10 @@ mod tests {
         assert_eq!(stats.read_errors + stats.write_errors, 0);
         // Three of each series' four chunks are in the files.
         let closed = encoded - in_files.chunk_stats().buffer_bytes;
-        assert!(stats.bytes as usize >= closed / 2, "{stats:?} against {encoded} encoded");
+        assert!(
+            stats.bytes as usize >= closed / 2,
+            "{stats:?} against {encoded} encoded"
+        );
         // Memory holds every closed chunk's bytes fewer (the files' write buffer aside).
         let without_buffer = in_files.heap_bytes() - in_files.closed_chunks.heap_bytes();
         assert!(
@@ -1112,7 +1121,11 @@ mod tests {
         for (labels, chunks) in &cut {
             let s = series.iter().position(|l| l == labels).unwrap();
             let samples: Vec<(i64, f64)> = chunks.iter().flat_map(|c| c.iter()).collect();
-            let expected: Vec<(i64, f64)> = want.iter().map(|batch| batch[s]).filter(|x| x.0 < cutoff).collect();
+            let expected: Vec<(i64, f64)> = want
+                .iter()
+                .map(|batch| batch[s])
+                .filter(|x| x.0 < cutoff)
+                .collect();
             assert_eq!(samples, expected);
         }
         assert_eq!(in_files.chunk_file_stats().read_errors, 0);
@@ -1128,9 +1141,24 @@ mod tests {
             .collect();
         head.append(&samples);
         // Out of the buffer and into the file, which is then cut short.
-        head.closed_chunks.files.as_mut().unwrap().write_buffer().unwrap();
-        let file = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
-        std::fs::File::options().write(true).open(&file).unwrap().set_len(1).unwrap();
+        head.closed_chunks
+            .files
+            .as_mut()
+            .unwrap()
+            .write_buffer()
+            .unwrap();
+        let file = std::fs::read_dir(dir.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_len(1)
+            .unwrap();
         let r = head.find(a.view()).unwrap();
         let kept = all(&head, r);
         assert_eq!(kept.len(), CHUNK_SAMPLES, "the open chunk's samples only");
