@@ -926,6 +926,10 @@ mod tests {
             db.append(&batch).unwrap();
         }
         let before = everything(&db);
+        // Three of each series' four chunks are closed, in the head's chunk files.
+        let files = db.chunk_file_stats();
+        assert!(files.bytes > 0, "{files:?}");
+        assert!(dir.path().join(HEAD_CHUNKS_DIR).join("00000001.chunks").exists());
         let segments_before = std::fs::read_dir(dir.path().join(WAL_DIR)).unwrap().count();
         let compacted = db.compact(40_000).unwrap().unwrap();
         // cutoff = (40000 - 5000) rounded down to 30000: the chunks 0..11900 and 12000..23900
@@ -948,6 +952,8 @@ mod tests {
         let (db, _) = NamespaceDb::open(dir.path(), options()).unwrap();
         assert_eq!(everything(&db), before);
         assert_eq!(db.block_stats().blocks, 1);
+        let files = db.chunk_file_stats();
+        assert_eq!((files.read_errors, files.write_errors), (0, 0));
         // Retention past the block deletes it.
         let expired = db.truncate_before(25_000).unwrap();
         assert_eq!(expired.blocks, 1);

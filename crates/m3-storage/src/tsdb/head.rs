@@ -1132,6 +1132,12 @@ mod tests {
     }
 
     #[test]
+    fn a_closed_chunk_costs_the_series_40_bytes() {
+        assert_eq!(std::mem::size_of::<ClosedChunk>(), 40);
+        assert_eq!(std::mem::size_of::<SealedChunk>(), 40);
+    }
+
+    #[test]
     fn a_chunk_file_cut_short_from_outside_reads_as_empty_and_is_counted() {
         let dir = tempfile::tempdir().unwrap();
         let mut head = head_with_files(dir.path());
