@@ -221,6 +221,15 @@ impl ChunkFiles {
         gone.len()
     }
 
+    /// Swaps the current file's handle for a read-only one, so every write to it fails as on
+    /// a full disk.
+    #[cfg(test)]
+    pub(crate) fn fail_writes(&mut self) {
+        if let Some(segment) = self.segments.get_mut(&self.current) {
+            segment.file = File::open(&segment.path).expect("the chunk file opens read-only");
+        }
+    }
+
     /// Bytes in the files and the buffer.
     pub fn bytes(&self) -> u64 {
         self.segments.values().map(|s| s.written).sum::<u64>() + self.buffer.len() as u64

@@ -929,7 +929,12 @@ mod tests {
         // Three of each series' four chunks are closed, in the head's chunk files.
         let files = db.chunk_file_stats();
         assert!(files.bytes > 0, "{files:?}");
-        assert!(dir.path().join(HEAD_CHUNKS_DIR).join("00000001.chunks").exists());
+        assert!(
+            dir.path()
+                .join(HEAD_CHUNKS_DIR)
+                .join("00000001.chunks")
+                .exists()
+        );
         let segments_before = std::fs::read_dir(dir.path().join(WAL_DIR)).unwrap().count();
         let compacted = db.compact(40_000).unwrap().unwrap();
         // cutoff = (40000 - 5000) rounded down to 30000: the chunks 0..11900 and 12000..23900

@@ -1132,6 +1132,42 @@ mod tests {
     }
 
     #[test]
+    fn chunks_the_files_cannot_take_stay_in_memory_counted_and_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut head = head_with_files(dir.path());
+        head.closed_chunks.files.as_mut().unwrap().fail_writes();
+        // Enough closed chunks to fill the write buffer several times over.
+        let series: Vec<Labels> = (0..3_000).map(|i| labels("db", &i.to_string())).collect();
+        for i in 0..2 * CHUNK_SAMPLES as i64 + 1 {
+            let batch: Vec<(&Labels, i64, f64)> = series
+                .iter()
+                .enumerate()
+                .map(|(s, l)| (l, i * 10_000, (s as i64 * 31 + i * i) as f64 / 7.0))
+                .collect();
+            head.append(&batch);
+        }
+        let stats = head.chunk_file_stats();
+        assert!(stats.write_errors > 0, "{stats:?}");
+        assert_eq!(stats.read_errors, 0);
+        let in_memory = head
+            .series
+            .iter()
+            .flatten()
+            .flat_map(|s| &s.closed)
+            .filter(|c| matches!(c, ClosedChunk::InMemory(_)))
+            .count();
+        assert_eq!(in_memory as u64, stats.write_errors);
+        for (s, l) in series.iter().enumerate().step_by(97) {
+            let r = head.find(l.view()).unwrap();
+            let want: Vec<(i64, f64)> = (0..2 * CHUNK_SAMPLES as i64 + 1)
+                .map(|i| (i * 10_000, (s as i64 * 31 + i * i) as f64 / 7.0))
+                .collect();
+            assert_eq!(all(&head, r), want);
+        }
+        assert_eq!(head.chunk_file_stats().read_errors, 0);
+    }
+
+    #[test]
     fn a_closed_chunk_costs_the_series_40_bytes() {
         assert_eq!(std::mem::size_of::<ClosedChunk>(), 40);
         assert_eq!(std::mem::size_of::<SealedChunk>(), 40);
