@@ -15,6 +15,10 @@
 //! replaces its value, as one key per sample did); further back it is refused and counted. The
 //! buffer is folded into the chunks once it holds [`OUT_OF_ORDER_FOLD`] samples.
 //!
+//! A closed chunk never changes again: its bytes go to the head's chunk files when it has them
+//! ([`ChunkFiles`], [`Head::with_chunk_files`]), the series keeping where they are, and stay in
+//! memory sealed otherwise (or when a write fails).
+//!
 //! Retention drops whole chunks that end before the cutoff ([`Head::truncate_before`]), and a
 //! series with nothing left.
 
@@ -265,27 +269,25 @@ impl ClosedChunkStore {
 
     /// The chunk with its bytes in memory; itself back when they cannot be read.
     fn load(&self, chunk: ClosedChunk) -> Result<SealedChunk, ClosedChunk> {
-        let ClosedChunk::InFile {
-            location,
-            count,
-            first_time,
-            last_time,
-        } = chunk
-        else {
-            let ClosedChunk::InMemory(sealed) = chunk else {
-                unreachable!("a closed chunk is in memory or in a file")
-            };
-            return Ok(sealed);
-        };
-        let mut bytes = Vec::new();
-        match self.read(location, &mut bytes) {
-            Ok(()) => Ok(SealedChunk::from_parts(
-                bytes.into_boxed_slice(),
+        match chunk {
+            ClosedChunk::InMemory(sealed) => Ok(sealed),
+            ClosedChunk::InFile {
+                location,
                 count,
                 first_time,
                 last_time,
-            )),
-            Err(_) => Err(chunk),
+            } => {
+                let mut bytes = Vec::new();
+                match self.read(location, &mut bytes) {
+                    Ok(()) => Ok(SealedChunk::from_parts(
+                        bytes.into_boxed_slice(),
+                        count,
+                        first_time,
+                        last_time,
+                    )),
+                    Err(_) => Err(chunk),
+                }
+            }
         }
     }
 
