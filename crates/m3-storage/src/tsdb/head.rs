@@ -861,7 +861,8 @@ impl Head {
                 .iter()
                 .position(|c| c.last_time() >= cutoff)
                 .unwrap_or(series.closed.len());
-            let mut taken = Vec::with_capacity(keep_from + 1);
+            // No allocation for the many series with nothing to cut.
+            let mut taken = Vec::new();
             // A chunk whose file cannot be read stays in the head (and so do the files).
             let mut kept: Vec<ClosedChunk> = Vec::new();
             for chunk in series.closed.drain(..keep_from) {
