@@ -8,7 +8,7 @@
 //!   scraped about once per resolution, so most adds open a new window: every pass over the
 //!   series moves one resolution on, and the ended windows are flushed between passes (the
 //!   flush is not timed).
-//! * `aggregator_add/shard_runs/{one_by_one,batched}/100k`: the same adds in the order a
+//! * `aggregator_add/shard_runs/{one_by_one/100k,batched/100k,batched/1M}`: the same adds in the order a
 //!   coordinator sends them (each 2,000 series of a request grouped by shard), added one by one
 //!   with `add_timed` or 250 at a time (about one 64 KiB rawtcp read) with `add_timed_batch`.
 //! * `window_flush/untimed_counter/100k`: flushing one closed window of each of 100k series
@@ -68,17 +68,22 @@ fn shard_runs(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     meta: &StagedMetadatas,
 ) {
-    let mut ids = common::ids(100_000);
-    for request in ids.chunks_mut(2000) {
-        request.sort_by_key(|id| m3_cluster::shard_for(id, common::NUM_SHARDS));
-    }
-    let t = T0 + 5 * S;
-    for batched in [false, true] {
+    // 1M series do not fit in the processor's caches: there the lookups wait on memory.
+    for (size, n, batched) in [
+        ("100k", 100_000, false),
+        ("100k", 100_000, true),
+        ("1M", 1_000_000, true),
+    ] {
+        let mut ids = common::ids(n);
+        for request in ids.chunks_mut(2000) {
+            request.sort_by_key(|id| m3_cluster::shard_for(id, common::NUM_SHARDS));
+        }
+        let t = T0 + 5 * S;
         let agg = common::engine();
         common::add_all(&agg, &ids, meta, t, t);
         let mut next = 0usize;
         let name = if batched { "batched" } else { "one_by_one" };
-        group.bench_function(format!("shard_runs/{name}/100k"), |b| {
+        group.bench_function(format!("shard_runs/{name}/{size}"), |b| {
             b.iter(|| {
                 if !batched {
                     add_batch(&agg, &ids, meta, &mut next, t, t + S);

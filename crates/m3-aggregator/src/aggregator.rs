@@ -336,9 +336,11 @@ impl Aggregator {
                 (shard, crate::shard::entry_hash(s.id))
             })
             .collect();
-        let mut run = Vec::new();
-        let mut indexes = Vec::new();
-        let mut scratch = crate::shard::RunScratch::default();
+        // Sized for the whole batch at once (a run never holds more): grown from empty, these
+        // were reallocated several times per batch, 1.4% of `m3 local`'s CPU.
+        let mut run = Vec::with_capacity(samples.len());
+        let mut indexes = Vec::with_capacity(samples.len());
+        let mut scratch = crate::shard::RunScratch::with_capacity(samples.len());
         let table = self.shards.read();
         let mut start = 0;
         while start < samples.len() {

@@ -297,6 +297,16 @@ pub(crate) struct RunScratch {
     targets: Vec<Result<ResolvedTarget, AddError>>,
 }
 
+impl RunScratch {
+    /// Scratch for runs of up to `samples` samples without growing.
+    pub(crate) fn with_capacity(samples: usize) -> RunScratch {
+        RunScratch {
+            slots: Vec::with_capacity(samples),
+            targets: Vec::new(),
+        }
+    }
+}
+
 /// Settings the shard needs on the add and flush paths, in nanoseconds.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {

@@ -577,7 +577,7 @@ impl<'b> LabelCheck<'b> {
                 limit: limit_u32(self.value_length_limit),
             });
         }
-        let (Some(&first), Some(_)) = (name.first(), value.first()) else {
+        let (Some(_), Some(_)) = (name.first(), value.first()) else {
             return Err(if name.is_empty() {
                 InvalidSeries::EmptyLabelName
             } else {
@@ -585,12 +585,7 @@ impl<'b> LabelCheck<'b> {
             });
         };
         if let Some(previous) = self.previous {
-            // Names nearly always differ in their first byte; compare that before calling
-            // into a full slice comparison. `previous` is never empty.
-            let order = previous[0]
-                .cmp(&first)
-                .then_with(|| previous[1..].cmp(&name[1..]));
-            match order {
+            match m3_storage::labels::cmp_names(previous, name) {
                 std::cmp::Ordering::Equal => return Err(InvalidSeries::DuplicateLabel),
                 std::cmp::Ordering::Greater => return Err(InvalidSeries::UnsortedLabels),
                 std::cmp::Ordering::Less => {}

@@ -376,7 +376,8 @@ impl WritePath {
         let mut id = Vec::with_capacity(256);
         let mut tags: Vec<(&[u8], &[u8])> = Vec::with_capacity(16);
         // Raw samples point at their series' labels, copied once per series into `raw_labels`.
-        let mut raw: Vec<(usize, i64, f64)> = Vec::new();
+        let mut raw: Vec<(usize, i64, f64)> =
+            Vec::with_capacity(if keep_raw { outcome.samples } else { 0 });
         for (index, series) in request.series().enumerate() {
             let bad_timestamps = series
                 .samples()
