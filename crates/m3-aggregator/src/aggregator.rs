@@ -336,11 +336,16 @@ impl Aggregator {
                 (shard, crate::shard::entry_hash(s.id))
             })
             .collect();
-        // Sized for the whole batch at once (a run never holds more): grown from empty, these
-        // were reallocated several times per batch, 1.4% of `m3 local`'s CPU.
-        let mut run = Vec::with_capacity(samples.len());
-        let mut indexes = Vec::with_capacity(samples.len());
-        let mut scratch = crate::shard::RunScratch::with_capacity(samples.len());
+        // Sized once for the longest run of one shard, the most they hold: grown from empty,
+        // these were reallocated several times per batch (1.4% of `m3 local`'s CPU).
+        let longest_run = keys
+            .chunk_by(|a, b| a.0 == b.0)
+            .map(<[_]>::len)
+            .max()
+            .unwrap_or(0);
+        let mut run = Vec::with_capacity(longest_run);
+        let mut indexes = Vec::with_capacity(longest_run);
+        let mut scratch = crate::shard::RunScratch::with_capacity(longest_run);
         let table = self.shards.read();
         let mut start = 0;
         while start < samples.len() {
