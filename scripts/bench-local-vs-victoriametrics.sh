@@ -6,11 +6,16 @@
 # CPU-second of its own process and the ratio m3 local / VictoriaMetrics. Release build;
 # loopback only; data and logs in a temporary dir, removed at the end unless KEEP=1.
 #
-#   scripts/bench-local-vs-victoriametrics.sh [SECONDS] [SERIES]   # defaults: 30 100000
+# On a shared machine one run's ratio moves by a tenth either way. ROUNDS=n repeats the pair n
+# times, each on fresh data, the order alternating (VictoriaMetrics first in odd rounds), and
+# prints every round's figures and the median ratio.
+#
+#   [ROUNDS=n] scripts/bench-local-vs-victoriametrics.sh [SECONDS] [SERIES]   # defaults: 1, 30 100000
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-30}
 series=${2:-100000}
+rounds=${ROUNDS:-1}
 scripts/install-deps.sh >/dev/null
 command -v victoria-metrics >/dev/null || {
   echo "victoria-metrics is not installed (Debian package victoria-metrics)" >&2
@@ -37,26 +42,54 @@ rss() {
   grep -m1 '^cpu: *pid' "$work/$1.txt" | sed -E 's/.*RSS ([0-9]+) MiB.*/\1/'
 }
 
-victoria-metrics -storageDataPath="$work/vm" -httpListenAddr=127.0.0.1:18428 \
-  -loggerLevel=ERROR >"$work/victoria-metrics.log" 2>&1 &
-vm_pid=$!
-pids+=("$vm_pid")
-wait_http http://127.0.0.1:18428/health
-run victoria-metrics "$vm_pid" http://127.0.0.1:18428 /api/v1/write
-kill "$vm_pid"
-wait "$vm_pid" 2>/dev/null || true
+# run_victoria_metrics ROUND, run_m3_local ROUND: one target on fresh data, then stopped.
+run_victoria_metrics() {
+  victoria-metrics -storageDataPath="$work/vm-$1" -httpListenAddr=127.0.0.1:18428 \
+    -loggerLevel=ERROR >"$work/victoria-metrics-$1.log" 2>&1 &
+  local pid=$!
+  pids+=("$pid")
+  wait_http http://127.0.0.1:18428/health
+  run "victoria-metrics-$1" "$pid" http://127.0.0.1:18428 /api/v1/write
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+}
+run_m3_local() {
+  "$bin/m3" local --data-dir "$work/m3-$1" >"$work/m3-local-$1.log" 2>&1 &
+  local pid=$!
+  pids+=("$pid")
+  wait_http http://127.0.0.1:7201/health
+  # Until an aggregator leads, windows wait in the followers: give the election a moment.
+  sleep 3
+  run "m3-local-$1" "$pid" http://127.0.0.1:7201 /api/v1/prom/remote/write
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+}
 
-"$bin/m3" local --data-dir "$work/m3" >"$work/m3-local.log" 2>&1 &
-m3_pid=$!
-pids+=("$m3_pid")
-wait_http http://127.0.0.1:7201/health
-# Until an aggregator leads, windows wait in the followers: give the election a moment.
-sleep 3
-run m3-local "$m3_pid" http://127.0.0.1:7201 /api/v1/prom/remote/write
+summary=()
+for round in $(seq "$rounds"); do
+  if ((round % 2 == 1)); then
+    run_victoria_metrics "$round"
+    run_m3_local "$round"
+  else
+    run_m3_local "$round"
+    run_victoria_metrics "$round"
+  fi
+  vm=$(per_cpu_second "victoria-metrics-$round")
+  m3=$(per_cpu_second "m3-local-$round")
+  summary+=("$(awk -v r="$round" -v a="$m3" -v b="$vm" -v ra="$(rss "m3-local-$round")" \
+    -v rb="$(rss "victoria-metrics-$round")" 'BEGIN {
+      printf "%.3f round %d: m3 local %d, VictoriaMetrics %d per CPU-s, ratio %.2fx; RSS %d / %d MiB",
+        a / b, r, a, b, a / b, ra, rb }')")
+done
 
-vm=$(per_cpu_second victoria-metrics)
-m3=$(per_cpu_second m3-local)
 echo "== samples per CPU-second, same traffic, same run"
-printf '%-18s %12s per CPU-s   RSS %s MiB\n' "VictoriaMetrics" "$vm" "$(rss victoria-metrics)"
-printf '%-18s %12s per CPU-s   RSS %s MiB\n' "m3 local" "$m3" "$(rss m3-local)"
-awk -v a="$m3" -v b="$vm" 'BEGIN { printf "ratio m3 local / VictoriaMetrics: %.2fx\n", a / b }'
+if ((rounds == 1)); then
+  printf '%-18s %12s per CPU-s   RSS %s MiB\n' "VictoriaMetrics" "$vm" "$(rss victoria-metrics-1)"
+  printf '%-18s %12s per CPU-s   RSS %s MiB\n' "m3 local" "$m3" "$(rss m3-local-1)"
+  awk -v a="$m3" -v b="$vm" 'BEGIN { printf "ratio m3 local / VictoriaMetrics: %.2fx\n", a / b }'
+else
+  printf '%s\n' "${summary[@]}" | sort -t' ' -k3n | cut -d' ' -f2-
+  printf '%s\n' "${summary[@]}" | sort -n | awk '{ r[NR] = $1 } END {
+    m = NR % 2 ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2
+    printf "median ratio m3 local / VictoriaMetrics over %d rounds: %.2fx\n", NR, m }'
+fi
