@@ -8,9 +8,10 @@
 //!   scraped about once per resolution, so most adds open a new window: every pass over the
 //!   series moves one resolution on, and the ended windows are flushed between passes (the
 //!   flush is not timed).
-//! * `aggregator_add/shard_runs/{one_by_one/100k,batched/100k,batched/1M}`: the same adds in the order a
-//!   coordinator sends them (each 2,000 series of a request grouped by shard), added one by one
-//!   with `add_timed` or 250 at a time (about one 64 KiB rawtcp read) with `add_timed_batch`.
+//! * `aggregator_add/shard_runs/{one_by_one/100k,batched/100k,batched/1M}`: the same adds in
+//!   the order a coordinator sends them (each 2,000 series of a request grouped by shard),
+//!   added one by one with `add_timed` or 250 at a time (about one 64 KiB rawtcp read) with
+//!   `add_timed_batch`.
 //! * `window_flush/untimed_counter/100k`: flushing one closed window of each of 100k series
 //!   into reused output storage; throughput in windows (one output each).
 

@@ -577,13 +577,12 @@ impl<'b> LabelCheck<'b> {
                 limit: limit_u32(self.value_length_limit),
             });
         }
-        let (Some(_), Some(_)) = (name.first(), value.first()) else {
-            return Err(if name.is_empty() {
-                InvalidSeries::EmptyLabelName
-            } else {
-                InvalidSeries::EmptyLabelValue
-            });
-        };
+        if name.is_empty() {
+            return Err(InvalidSeries::EmptyLabelName);
+        }
+        if value.is_empty() {
+            return Err(InvalidSeries::EmptyLabelValue);
+        }
         if let Some(previous) = self.previous {
             match m3_storage::labels::cmp_names(previous, name) {
                 std::cmp::Ordering::Equal => return Err(InvalidSeries::DuplicateLabel),

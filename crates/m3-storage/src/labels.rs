@@ -334,10 +334,9 @@ impl fmt::Debug for LabelsView<'_> {
     }
 }
 
-/// The order of two label names (their bytes: for UTF-8 that is code point order), settled by
-/// the first bytes where they differ there, as names nearly always do, before the rest is
-/// compared: a slice comparison is a call into `memcmp`, made for every label of every series
-/// written.
+/// The order of two label names by their bytes (for UTF-8, code point order). The first bytes
+/// are compared before the rest: names nearly always differ there, and a slice comparison is a
+/// call into `memcmp` for every label written.
 pub fn cmp_names(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     match (a.split_first(), b.split_first()) {
         (Some((a_first, a_rest)), Some((b_first, b_rest))) => {
