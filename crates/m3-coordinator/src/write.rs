@@ -26,7 +26,7 @@ use crate::remote_out::RemoteOut;
 use crate::remote_write::{DecodeError, DecodeLimits, InvalidSeries, RemoteWriteDecoder};
 use crate::series_cache::{CacheSlot, NewSeries, SeriesCache};
 use m3_aggregator::client::{AggregatorClient, RouteError};
-use m3_proto::timed_frame::put_timed_metric_frame;
+use m3_metric::MetricType;
 
 /// Request buffers that grew past this for a large request are dropped rather than kept for
 /// the next request, so one large request does not pin its memory for good.
@@ -475,15 +475,14 @@ impl WritePath {
                     outcome.too_far_future += 1;
                     continue;
                 }
-                let mut routed = plan.own.as_ref().map(|own| {
-                    batch.route_hashed(id, id_hash, t, |buf| {
-                        put_timed_metric_frame(GAUGE, id, t, sample.value, own, buf)
-                    })
-                });
+                let mut routed = plan
+                    .own
+                    .as_ref()
+                    .map(|own| batch.route_timed(id, id_hash, GAUGE, t, sample.value, own));
                 for (other_id, metadatas) in &plan.other_ids {
-                    let result = batch.route(other_id, t, |buf| {
-                        put_timed_metric_frame(GAUGE, other_id, t, sample.value, metadatas, buf)
-                    });
+                    let other_hash = m3_cluster::murmur3_32(other_id);
+                    let result =
+                        batch.route_timed(other_id, other_hash, GAUGE, t, sample.value, metadatas);
                     if routed.as_ref().is_none_or(Result::is_err) {
                         routed = Some(result);
                     }
@@ -602,7 +601,7 @@ fn valid_timestamp(ms: i64) -> bool {
 }
 
 /// Prometheus samples are gauges to the aggregator (M3's `MetricType.GAUGE`).
-const GAUGE: u8 = 3;
+const GAUGE: MetricType = MetricType::Gauge;
 
 fn nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)

@@ -8,9 +8,10 @@
 //! ```
 //!
 //! Every part is the one a deployment runs, started in-process; only the KV is in memory. The
-//! coordinator hands its rawtcp frames to the two aggregators' engines directly
-//! ([`InProcessAggregators`]): the same frames, queues and decoder, without the loopback
-//! sockets; so do the aggregators when they forward rollup values to each other. The
+//! coordinator adds each request's samples to the two aggregators' engines itself, before it
+//! answers ([`InProcessAggregators`], `apply_in_process_on_commit`): the same routing, shards
+//! and engine calls, without frames, queues or loopback sockets. The aggregators forward
+//! rollup values to each other as frames through the same in-process link. The
 //! aggregators still listen on their rawtcp addresses for other senders, and their output
 //! reaches the coordinator over real m3msg. The placements and the topic are created at
 //! startup when absent. Ctrl-C (or SIGTERM) shuts down in pipeline order: the coordinator's
@@ -274,6 +275,7 @@ pub(crate) async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow
     let mut coordinator_config = coordinator_config;
     if let Some((_, client_options)) = coordinator_config.remote_aggregator.as_mut() {
         client_options.in_process = in_process;
+        client_options.apply_in_process_on_commit = true;
     }
     let coordinator = Coordinator::start(
         &coordinator_config,

@@ -8,16 +8,21 @@
 //! Routing, batching, the queues bounded in bytes and the backpressure before them are the
 //! client's as for any instance.
 //!
+//! A client may instead apply each batch on commit ([`InlineEngine`]): when every instance of
+//! the placement is in this process, its batches then carry the timed values themselves, and
+//! the committing thread adds them to each owner's engine. That spares encoding and decoding a
+//! frame per value per replica (a tenth of `m3 local`'s CPU) and the queue's memory, and the
+//! committer's ack comes after the adds.
+//!
 //! An endpoint that is not attached is dialled over TCP as usual, so a placement may mix
 //! instances in this process with remote ones.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use parking_lot::RwLock;
 
-use crate::aggregator::{Aggregator, KnownShard};
+use crate::aggregator::{Aggregator, KnownShard, TimedSample};
 use crate::error::RejectReason;
 use crate::ingest::{IngestError, MessageDecoder};
 use crate::rawtcp::{DEFAULT_ERROR_LOG_LIMIT_PER_SECOND, LogLimiter, unix_nanos_now};
@@ -50,12 +55,54 @@ impl InProcessAggregators {
         max_message_size: usize,
     ) -> Option<InProcessConnection> {
         let aggregator = Arc::clone(self.engines.read().get(endpoint)?);
-        Some(InProcessConnection {
-            aggregator,
-            decoder: MessageDecoder::default(),
-            max_message_size,
-            limiter: LogLimiter::new(DEFAULT_ERROR_LOG_LIMIT_PER_SECOND),
+        Some(InProcessConnection::new(aggregator, max_message_size))
+    }
+
+    /// The engine at `endpoint`, if one is attached, to be applied to on commit.
+    pub(super) fn inline(&self, endpoint: &str, max_message_size: usize) -> Option<InlineEngine> {
+        let first = self.connect(endpoint, max_message_size)?;
+        Some(InlineEngine {
+            first,
+            decoders: parking_lot::Mutex::new(Vec::new()),
         })
+    }
+}
+
+/// An engine in this process that committed batches are applied to at once, on the committing
+/// thread ([`ClientOptions::apply_in_process_on_commit`](super::ClientOptions)): nothing waits
+/// in a queue, and the committer waits for the adds (its backpressure). Timed values are added
+/// as they are ([`add`](Self::add)); frames, from a batch routed before the placement was all
+/// in this process, are read by a decoder of a pool, one per concurrent committer.
+pub(super) struct InlineEngine {
+    first: InProcessConnection,
+    decoders: parking_lot::Mutex<Vec<InProcessConnection>>,
+}
+
+impl InlineEngine {
+    /// Adds `samples`, all of shard `known`, to the engine; `undecodable` more values of the
+    /// batch were dropped because their metadatas did not decode, and are counted here.
+    pub(super) fn add(&self, known: KnownShard, samples: &[TimedSample<'_>], undecodable: u64) {
+        let aggregator = &self.first.aggregator;
+        if undecodable > 0 {
+            aggregator
+                .metrics()
+                .record_rejected(RejectReason::DecodeError, undecodable);
+        }
+        let limiter = &self.first.limiter;
+        let now = unix_nanos_now();
+        aggregator.add_timed_batch_of_shard(Some(known), samples, now, &mut |_, e| {
+            if limiter.allow() {
+                tracing::warn!(error = %e, "in-process aggregator value rejected.");
+            }
+        });
+    }
+
+    /// Applies `parts` as [`InProcessConnection::write`] does.
+    pub(super) fn write_frames(&self, parts: &[impl AsRef<[u8]>], shards: &[KnownShard]) {
+        let pooled = self.decoders.lock().pop();
+        let mut connection = pooled.unwrap_or_else(|| self.first.another());
+        connection.write(parts, shards);
+        self.decoders.lock().push(connection);
     }
 }
 
@@ -69,11 +116,25 @@ pub(super) struct InProcessConnection {
 }
 
 impl InProcessConnection {
+    fn new(aggregator: Arc<Aggregator>, max_message_size: usize) -> InProcessConnection {
+        InProcessConnection {
+            aggregator,
+            decoder: MessageDecoder::default(),
+            max_message_size,
+            limiter: LogLimiter::new(DEFAULT_ERROR_LOG_LIMIT_PER_SECOND),
+        }
+    }
+
+    /// A connection to the same engine, with its own decoder.
+    fn another(&self) -> InProcessConnection {
+        InProcessConnection::new(Arc::clone(&self.aggregator), self.max_message_size)
+    }
+
     /// Applies every frame of `parts` (each holds whole frames) to the engine; the metrics of
     /// `parts[i]` are in shard `shards[i]`, when given. Rejections are counted by the engine
     /// and logged, rate limited, as a rawtcp connection does; a part that does not decode is
     /// counted as a decode error and the rest of it skipped.
-    pub(super) fn write(&mut self, parts: &[Bytes], shards: &[KnownShard]) {
+    pub(super) fn write(&mut self, parts: &[impl AsRef<[u8]>], shards: &[KnownShard]) {
         let now = unix_nanos_now();
         let limiter = &self.limiter;
         let mut rejected = |e: IngestError| {
@@ -85,7 +146,7 @@ impl InProcessConnection {
             if let Err(e) = self.decoder.apply_whole_frames(
                 &self.aggregator,
                 shards.get(i).copied(),
-                part,
+                part.as_ref(),
                 self.max_message_size,
                 now,
                 &mut rejected,
@@ -104,6 +165,8 @@ impl InProcessConnection {
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use bytes::Bytes;
 
     use m3_metric::{AggregationId, MetricType};
     use prost::Message;
@@ -183,6 +246,61 @@ mod tests {
             assert_eq!(engine.stats().entries, series as usize);
             assert_eq!(engine.metrics().rejected(RejectReason::DecodeError), 0);
         }
+        client.close(Duration::from_secs(1)).await;
+    }
+
+    /// Applied on commit: values routed as they are, and one routed as a frame into the same
+    /// batch, are in both replicas' engines when `commit` returns; values whose metadatas do
+    /// not decode are counted as decode errors by each engine.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_commit_every_replica_has_added_the_batch_when_commit_returns() {
+        let (a, b) = (engine(), engine());
+        let in_process = InProcessAggregators::default();
+        in_process.attach("a.invalid:1", Arc::clone(&a));
+        in_process.attach("b.invalid:1", Arc::clone(&b));
+        let options = ClientOptions {
+            in_process,
+            apply_in_process_on_commit: true,
+            ..ClientOptions::default()
+        };
+        let client = AggregatorClient::new(options, Arc::new(Counted::default()));
+        client.update_placement(&placement(
+            &[("a", "a.invalid:1"), ("b", "b.invalid:1")],
+            NUM_SHARDS,
+        ));
+        let now = crate::rawtcp::unix_nanos_now();
+        let ten_seconds =
+            build::simple(AggregationId::DEFAULT, &["10s:2d".parse().unwrap()]).encode_to_vec();
+        let one_minute =
+            build::simple(AggregationId::DEFAULT, &["1m:40d".parse().unwrap()]).encode_to_vec();
+        let series = 40u64;
+        let mut batch = client.batch();
+        for i in 0..series {
+            let id = format!("series-{i}");
+            let hash = m3_cluster::murmur3_32(id.as_bytes());
+            let metadatas = if i % 2 == 0 {
+                &ten_seconds
+            } else {
+                &one_minute
+            };
+            let sent =
+                batch.route_timed(id.as_bytes(), hash, MetricType::Gauge, now, 1.0, metadatas);
+            assert_eq!(sent, Ok(2));
+        }
+        let broken = [0xff, 0xff];
+        let sent = batch.route_timed(b"broken", 7, MetricType::Gauge, now, 1.0, &broken);
+        assert_eq!(sent, Ok(2));
+        let sent = batch.route(b"framed", now, |buf| {
+            m3_proto::timed_frame::put_timed_metric_frame(3, b"framed", now, 1.0, &ten_seconds, buf)
+        });
+        assert_eq!(sent, Ok(2));
+        assert_eq!(client.commit(batch), 0);
+        for engine in [&a, &b] {
+            assert_eq!(engine.metrics().added(MetricType::Gauge), series + 1);
+            assert_eq!(engine.stats().entries, series as usize + 1);
+            assert_eq!(engine.metrics().rejected(RejectReason::DecodeError), 1);
+        }
+        assert_eq!(client.queued_metrics(), 0);
         client.close(Duration::from_secs(1)).await;
     }
 

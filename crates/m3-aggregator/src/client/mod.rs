@@ -28,6 +28,11 @@
 //!   timeout, and reconnects with backoff. rawtcp has no acks: a batch whose write fails is
 //!   retried once on a new connection, then dropped and counted. An instance whose engine runs
 //!   in this process ([`InProcessAggregators`], `m3 local`) is written to without a socket.
+//! * **In this process, on commit.** With [`ClientOptions::apply_in_process_on_commit`] and
+//!   every instance's engine in this process, a batch holds timed values as they are
+//!   ([`ClientBatch::route_timed`]), not frames, and `commit` adds them to each owner's engine
+//!   on the calling thread: nothing is encoded, queued or decoded, and the caller's ack follows
+//!   the adds.
 //!
 //! The coordinator uses it to send samples to the aggregators, and aggregators use it to
 //! forward rollups to the aggregators that own the rollup IDs, as M3's `src/aggregator/client`.
@@ -56,9 +61,14 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::config::{AggregatorClientConfig, ClientConfigError, QueueDropType};
 pub use self::in_process::InProcessAggregators;
-use self::in_process::InProcessConnection;
+use self::in_process::{InProcessConnection, InlineEngine};
 pub use self::m3msg::M3msgTransport;
-use crate::aggregator::KnownShard;
+use m3_metric::MetricType;
+use m3_proto::metricpb::StagedMetadatas;
+use prost::Message;
+
+use crate::aggregator::{KnownShard, TimedSample};
+use crate::metadata::Metadatas;
 use crate::topic_producer::SharedProducer;
 
 /// Why the client dropped metrics.
@@ -110,6 +120,10 @@ pub struct ClientOptions {
     pub m3msg: Option<M3msgTransport>,
     /// rawtcp: the instances whose engine runs in this process, written to without a socket.
     pub in_process: InProcessAggregators,
+    /// Apply a batch for an engine in this process at once, on the thread that commits it,
+    /// instead of queueing it for the instance's writer task. For a committer that holds no
+    /// engine lock (the coordinator's requests); an aggregator forwarding from its flush queues.
+    pub apply_in_process_on_commit: bool,
 }
 
 impl Default for ClientOptions {
@@ -128,6 +142,7 @@ impl Default for ClientOptions {
             max_batch_bytes: 8 * 1024 * 1024,
             m3msg: None,
             in_process: InProcessAggregators::default(),
+            apply_in_process_on_commit: false,
         }
     }
 }
@@ -172,6 +187,7 @@ impl ClientOptions {
             max_batch_bytes: config.max_batch_size.unwrap_or(d.max_batch_bytes).max(1),
             m3msg: config.m3msg_transport(),
             in_process: InProcessAggregators::default(),
+            apply_in_process_on_commit: false,
         })
     }
 }
@@ -289,6 +305,9 @@ struct InstanceWriter {
     connected: AtomicBool,
     notify: Notify,
     cancel: CancellationToken,
+    /// The instance's engine when it runs in this process and batches are applied to it on
+    /// commit; its queue then stays empty.
+    inline: Option<InlineEngine>,
 }
 
 /// Which instance accepts a shard, and during which times.
@@ -304,6 +323,9 @@ struct Topology {
     num_shards: u32,
     writers: Vec<Arc<InstanceWriter>>,
     owners: Vec<Vec<Owner>>,
+    /// Every instance's engine runs in this process and takes batches on commit: batches
+    /// then carry timed values rather than frames.
+    all_inline: bool,
 }
 
 /// The aggregator client. Cheap to share behind an `Arc`.
@@ -452,6 +474,7 @@ impl AggregatorClient {
             num_shards: placement.num_shards,
             writers: Vec::new(),
             owners: vec![Vec::new(); placement.num_shards as usize],
+            all_inline: false,
         };
         for instance in placement.instances() {
             let key = (instance.id.clone(), instance.endpoint.clone());
@@ -486,6 +509,8 @@ impl AggregatorClient {
         for (_, removed) in writers.drain() {
             removed.cancel.cancel();
         }
+        topology.all_inline =
+            !topology.writers.is_empty() && topology.writers.iter().all(|w| w.inline.is_some());
         *writers = kept;
         drop(writers);
         *self.topology.write() = Some(Arc::new(topology));
@@ -499,6 +524,13 @@ impl AggregatorClient {
             connected: AtomicBool::new(false),
             notify: Notify::new(),
             cancel: self.cancel.child_token(),
+            inline: if self.options.apply_in_process_on_commit {
+                self.options
+                    .in_process
+                    .inline(endpoint, self.options.max_message_size)
+            } else {
+                None
+            },
         });
         let task_writer = Arc::clone(&writer);
         let options = self.options.clone();
@@ -519,11 +551,15 @@ impl AggregatorClient {
                 max_batch_bytes: self.options.max_batch_bytes,
                 group_capacity: GROUP_INITIAL_BYTES,
                 m3msg: Some(m3msg::M3msgBatch::new(producer)),
+                typed: false,
+                metadatas: Vec::new(),
             };
         }
         let topology = self.topology.read().clone();
         let open_group = vec![NO_GROUP; topology.as_ref().map_or(0, |t| t.num_shards as usize)];
         ClientBatch {
+            typed: topology.as_ref().is_some_and(|t| t.all_inline),
+            metadatas: Vec::new(),
             topology,
             groups: Vec::new(),
             open_group,
@@ -544,6 +580,9 @@ impl AggregatorClient {
         let Some(topology) = batch.topology else {
             return 0;
         };
+        if batch.typed {
+            return self.commit_typed(&topology, &batch.groups, &batch.metadatas);
+        }
         let mut total_dropped = 0;
         if let Some(largest) = batch.groups.iter().map(|g| g.frames.len()).max() {
             // `maxBatchSize` may be set below the floor; the floor wins then.
@@ -596,6 +635,11 @@ impl AggregatorClient {
                 total_dropped += metrics;
                 continue;
             }
+            if let Some(engine) = &writer.inline {
+                engine.write_frames(&queued_batch.parts, &queued_batch.shards);
+                self.metrics.queued(metrics);
+                continue;
+            }
             let dropped = enqueue(
                 &mut writer.queue.lock(),
                 queued_batch,
@@ -612,6 +656,73 @@ impl AggregatorClient {
             writer.notify.notify_one();
         }
         total_dropped
+    }
+
+    /// [`commit`](Self::commit) of a batch of timed values: each group is added to the engine
+    /// of each of its owners, here and now.
+    fn commit_typed(
+        &self,
+        topology: &Topology,
+        groups: &[FrameGroup],
+        encoded_metadatas: &[Vec<u8>],
+    ) -> u64 {
+        if let Some(largest) = groups.iter().map(FrameGroup::len).max() {
+            let ceiling = self.options.max_batch_bytes.max(GROUP_MIN_BYTES);
+            let capacity = (largest + largest / 8).clamp(GROUP_MIN_BYTES, ceiling);
+            self.group_capacity.store(capacity, Ordering::Relaxed);
+        }
+        // The coordinator encoded these; one that does not decode drops its values, counted by
+        // each engine that would have taken them.
+        let metadatas: Vec<Option<StagedMetadatas>> = encoded_metadatas
+            .iter()
+            .map(|bytes| StagedMetadatas::decode(bytes.as_slice()).ok())
+            .collect();
+        let mut dropped = 0;
+        let mut samples = Vec::new();
+        for group in groups {
+            samples.clear();
+            let mut undecodable = 0u64;
+            for value in &group.typed {
+                let Some(Some(staged)) = metadatas.get(value.metadatas as usize) else {
+                    undecodable += 1;
+                    continue;
+                };
+                samples.push(TimedSample {
+                    metric_type: value.metric_type,
+                    id: group.ids.get(value.id.clone()).unwrap_or_default(),
+                    time_nanos: value.time_nanos,
+                    value: value.value,
+                    metadatas: Metadatas::Staged(staged),
+                });
+            }
+            let known = KnownShard {
+                shard: group.shard,
+                num_shards: topology.num_shards,
+            };
+            let owners = &topology.owners[group.shard as usize];
+            for (position, owner) in owners.iter().enumerate().take(64) {
+                if group.owners & (1 << position) == 0 {
+                    continue;
+                }
+                let Some(writer) = topology.writers.get(owner.instance) else {
+                    continue;
+                };
+                if writer.cancel.is_cancelled() {
+                    self.metrics.dropped(ClientDrop::WriterStopped, group.count);
+                    dropped += group.count;
+                    continue;
+                }
+                if let Some(engine) = &writer.inline {
+                    engine.add(known, &samples, undecodable);
+                    if !group.frames.is_empty() {
+                        // Metrics routed with an encoder of their own.
+                        engine.write_frames(&[&group.frames[..]], &[known]);
+                    }
+                    self.metrics.queued(group.count);
+                }
+            }
+        }
+        dropped
     }
 
     /// Metrics queued towards instances and not yet written (over m3msg: not yet acked).
@@ -678,6 +789,11 @@ pub struct ClientBatch {
     group_capacity: usize,
     /// Set for the m3msg transport, which then takes every metric.
     m3msg: Option<m3msg::M3msgBatch>,
+    /// Every owner takes timed values on commit ([`Topology::all_inline`]): groups hold them
+    /// as they are instead of frames.
+    typed: bool,
+    /// The distinct encoded metadatas of the batch's timed values.
+    metadatas: Vec<Vec<u8>>,
 }
 
 /// No group open for a shard.
@@ -697,6 +813,27 @@ struct FrameGroup {
     owners: u64,
     frames: BytesMut,
     count: u64,
+    /// A typed batch's values, their IDs back to back in `ids`.
+    typed: Vec<TypedValue>,
+    ids: Vec<u8>,
+}
+
+impl FrameGroup {
+    /// The bytes the group holds.
+    fn len(&self) -> usize {
+        self.frames.len() + self.ids.len() + self.typed.len() * std::mem::size_of::<TypedValue>()
+    }
+}
+
+/// A timed value of a typed batch.
+struct TypedValue {
+    metric_type: MetricType,
+    /// Where its ID is in its group's `ids`.
+    id: std::ops::Range<usize>,
+    time_nanos: i64,
+    value: f64,
+    /// Its metadatas, an index into the batch's `metadatas`.
+    metadatas: u32,
 }
 
 /// Why a metric could not be routed.
@@ -742,11 +879,85 @@ impl ClientBatch {
         id: &[u8],
         id_hash: u32,
         time_nanos: i64,
-        mut encode: impl FnMut(&mut BytesMut),
+        encode: impl FnOnce(&mut BytesMut),
     ) -> Result<usize, RouteError> {
         if let Some(m3msg) = &mut self.m3msg {
             return m3msg.route(id_hash, encode);
         }
+        let (group, owners) = self.group_for(id.len(), id_hash, time_nanos)?;
+        encode(&mut group.frames);
+        group.count += 1;
+        Ok(owners)
+    }
+
+    /// Routes a timed value of `metric_type` with `id` (whose
+    /// [`murmur3_32`](m3_cluster::murmur3_32) is `id_hash`) and its encoded
+    /// `StagedMetadatas`: kept as it is when the batch is typed, else written as a frame as
+    /// [`route_hashed`](Self::route_hashed) writes it. Returns how many instances get it.
+    ///
+    /// # Errors
+    /// [`RouteError`] when nobody takes the value.
+    pub fn route_timed(
+        &mut self,
+        id: &[u8],
+        id_hash: u32,
+        metric_type: MetricType,
+        time_nanos: i64,
+        value: f64,
+        encoded_metadatas: &[u8],
+    ) -> Result<usize, RouteError> {
+        if !self.typed {
+            return self.route_hashed(id, id_hash, time_nanos, |buf| {
+                m3_proto::timed_frame::put_timed_metric_frame(
+                    metric_type.to_proto() as u8,
+                    id,
+                    time_nanos,
+                    value,
+                    encoded_metadatas,
+                    buf,
+                );
+            });
+        }
+        let metadatas = self.metadatas_index(encoded_metadatas);
+        let (group, owners) = self.group_for(id.len(), id_hash, time_nanos)?;
+        let start = group.ids.len();
+        group.ids.extend_from_slice(id);
+        group.typed.push(TypedValue {
+            metric_type,
+            id: start..group.ids.len(),
+            time_nanos,
+            value,
+            metadatas,
+        });
+        group.count += 1;
+        Ok(owners)
+    }
+
+    /// The index of `encoded` in the batch's distinct metadatas, added when new. Values come
+    /// in runs with the same metadatas, and a batch has few distinct ones (one per set of
+    /// rules that apply alike).
+    fn metadatas_index(&mut self, encoded: &[u8]) -> u32 {
+        let index = match self.metadatas.last() {
+            Some(last) if last.as_slice() == encoded => self.metadatas.len() - 1,
+            _ => match self.metadatas.iter().position(|m| m.as_slice() == encoded) {
+                Some(i) => i,
+                None => {
+                    self.metadatas.push(encoded.to_vec());
+                    self.metadatas.len() - 1
+                }
+            },
+        };
+        u32::try_from(index).unwrap_or(u32::MAX)
+    }
+
+    /// The group a metric with an ID of `id_len` bytes, hashing to `id_hash`, at `time_nanos`
+    /// goes in, and how many instances own it then.
+    fn group_for(
+        &mut self,
+        id_len: usize,
+        id_hash: u32,
+        time_nanos: i64,
+    ) -> Result<(&mut FrameGroup, usize), RouteError> {
         let topology = self.topology.as_ref().ok_or(RouteError::NoPlacement)?;
         if topology.num_shards == 0 {
             return Err(RouteError::NoOwner);
@@ -766,22 +977,25 @@ impl ClientBatch {
         let slot = &mut self.open_group[shard as usize];
         let reuse = self.groups.get(*slot).is_some_and(|group| {
             group.owners == owners
-                && (group.frames.is_empty()
-                    || group.frames.len() + id.len() <= self.max_batch_bytes)
+                && (group.count == 0 || group.len() + id_len <= self.max_batch_bytes)
         });
         if !reuse {
             *slot = self.groups.len();
+            let (frames, ids) = if self.typed {
+                (BytesMut::new(), Vec::with_capacity(self.group_capacity))
+            } else {
+                (BytesMut::with_capacity(self.group_capacity), Vec::new())
+            };
             self.groups.push(FrameGroup {
                 shard,
                 owners,
-                frames: BytesMut::with_capacity(self.group_capacity),
+                frames,
                 count: 0,
+                typed: Vec::new(),
+                ids,
             });
         }
-        let group = &mut self.groups[*slot];
-        encode(&mut group.frames);
-        group.count += 1;
-        Ok(owners.count_ones() as usize)
+        Ok((&mut self.groups[*slot], owners.count_ones() as usize))
     }
 }
 
