@@ -712,14 +712,18 @@ impl AggregatorClient {
                     dropped += group.count;
                     continue;
                 }
-                if let Some(engine) = &writer.inline {
-                    engine.add(known, &samples, undecodable);
-                    if !group.frames.is_empty() {
-                        // Metrics routed with an encoder of their own.
-                        engine.write_frames(&[&group.frames[..]], &[known]);
-                    }
-                    self.metrics.queued(group.count);
+                let Some(engine) = &writer.inline else {
+                    // Not reached: a typed batch's topology has an engine for every writer.
+                    self.metrics.dropped(ClientDrop::WriterStopped, group.count);
+                    dropped += group.count;
+                    continue;
+                };
+                engine.add(known, &samples, undecodable);
+                if !group.frames.is_empty() {
+                    // Metrics routed with an encoder of their own.
+                    engine.write_frames(&[&group.frames[..]], &[known]);
                 }
+                self.metrics.queued(group.count);
             }
         }
         dropped
