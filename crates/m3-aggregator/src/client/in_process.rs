@@ -304,6 +304,40 @@ mod tests {
         client.close(Duration::from_secs(1)).await;
     }
 
+    /// A typed batch's group starts with room for the IDs and values the largest group of the
+    /// last batch held.
+    #[tokio::test]
+    async fn typed_groups_start_at_the_size_the_last_batch_needed() {
+        let in_process = InProcessAggregators::default();
+        in_process.attach("a.invalid:1", engine());
+        let options = ClientOptions {
+            in_process,
+            apply_in_process_on_commit: true,
+            ..ClientOptions::default()
+        };
+        let client = AggregatorClient::new(options, Arc::new(Counted::default()));
+        client.update_placement(&placement(&[("a", "a.invalid:1")], NUM_SHARDS));
+        let now = crate::rawtcp::unix_nanos_now();
+        let metadatas =
+            build::simple(AggregationId::DEFAULT, &["10s:2d".parse().unwrap()]).encode_to_vec();
+        let id = [7u8; 100];
+        let route = |batch: &mut crate::client::ClientBatch| {
+            batch.route_timed(&id, 1, MetricType::Gauge, now, 1.0, &metadatas)
+        };
+        let mut batch = client.batch();
+        for _ in 0..500 {
+            assert_eq!(route(&mut batch), Ok(1));
+        }
+        client.commit(batch);
+        let mut batch = client.batch();
+        assert_eq!(route(&mut batch), Ok(1));
+        let (ids, values) = batch.first_group_capacities();
+        assert!(ids >= 500 * id.len(), "room for {ids} ID bytes");
+        assert!(values >= 500, "room for {values} values");
+        client.commit(batch);
+        client.close(Duration::from_secs(1)).await;
+    }
+
     /// Bytes that do not decode are counted as a decode error, and the parts after them
     /// still apply.
     #[test]

@@ -342,6 +342,9 @@ pub struct AggregatorClient {
     /// allocated once instead of grown by copying (the reallocations were 6% of the
     /// coordinator's CPU as a relay with a fixed 8 KiB).
     group_capacity: AtomicUsize,
+    /// For a typed batch: the values a group has room for from the start, sized as
+    /// `group_capacity` is (its IDs' buffer takes `group_capacity`).
+    typed_capacity: AtomicUsize,
 }
 
 impl std::fmt::Debug for AggregatorClient {
@@ -364,6 +367,7 @@ impl AggregatorClient {
             metrics,
             cancel: CancellationToken::new(),
             group_capacity: AtomicUsize::new(GROUP_INITIAL_BYTES),
+            typed_capacity: AtomicUsize::new(0),
         })
     }
 
@@ -550,6 +554,7 @@ impl AggregatorClient {
                 open_group: Vec::new(),
                 max_batch_bytes: self.options.max_batch_bytes,
                 group_capacity: GROUP_INITIAL_BYTES,
+                typed_capacity: 0,
                 m3msg: Some(m3msg::M3msgBatch::new(producer)),
                 typed: false,
                 metadatas: Vec::new(),
@@ -565,6 +570,7 @@ impl AggregatorClient {
             open_group,
             max_batch_bytes: self.options.max_batch_bytes,
             group_capacity: self.group_capacity.load(Ordering::Relaxed),
+            typed_capacity: self.typed_capacity.load(Ordering::Relaxed),
             m3msg: None,
         }
     }
@@ -666,10 +672,15 @@ impl AggregatorClient {
         groups: &[FrameGroup],
         encoded_metadatas: &[Vec<u8>],
     ) -> u64 {
-        if let Some(largest) = groups.iter().map(FrameGroup::len).max() {
+        if let Some(largest) = groups.iter().map(|g| g.ids.len()).max() {
             let ceiling = self.options.max_batch_bytes.max(GROUP_MIN_BYTES);
             let capacity = (largest + largest / 8).clamp(GROUP_MIN_BYTES, ceiling);
             self.group_capacity.store(capacity, Ordering::Relaxed);
+        }
+        if let Some(largest) = groups.iter().map(|g| g.typed.len()).max() {
+            let ceiling = self.options.max_batch_bytes / std::mem::size_of::<TypedValue>();
+            let capacity = (largest + largest / 8).min(ceiling);
+            self.typed_capacity.store(capacity, Ordering::Relaxed);
         }
         // The coordinator encoded these; one that does not decode drops its values, counted by
         // each engine that would have taken them.
@@ -791,6 +802,8 @@ pub struct ClientBatch {
     max_batch_bytes: usize,
     /// The capacity a new group's buffer starts with.
     group_capacity: usize,
+    /// The values a new group of a typed batch has room for.
+    typed_capacity: usize,
     /// Set for the m3msg transport, which then takes every metric.
     m3msg: Option<m3msg::M3msgBatch>,
     /// Every owner takes timed values on commit ([`Topology::all_inline`]): groups hold them
@@ -937,6 +950,14 @@ impl ClientBatch {
         Ok(owners)
     }
 
+    /// The room the first group has for ID bytes and for values, for tests of the sizing.
+    #[cfg(test)]
+    fn first_group_capacities(&self) -> (usize, usize) {
+        self.groups
+            .first()
+            .map_or((0, 0), |g| (g.ids.capacity(), g.typed.capacity()))
+    }
+
     /// The index of `encoded` in the batch's distinct metadatas, added when new. Values come
     /// in runs with the same metadatas, and a batch has few distinct ones (one per set of
     /// rules that apply alike).
@@ -985,17 +1006,25 @@ impl ClientBatch {
         });
         if !reuse {
             *slot = self.groups.len();
-            let (frames, ids) = if self.typed {
-                (BytesMut::new(), Vec::with_capacity(self.group_capacity))
+            let (frames, ids, typed) = if self.typed {
+                (
+                    BytesMut::new(),
+                    Vec::with_capacity(self.group_capacity),
+                    Vec::with_capacity(self.typed_capacity),
+                )
             } else {
-                (BytesMut::with_capacity(self.group_capacity), Vec::new())
+                (
+                    BytesMut::with_capacity(self.group_capacity),
+                    Vec::new(),
+                    Vec::new(),
+                )
             };
             self.groups.push(FrameGroup {
                 shard,
                 owners,
                 frames,
                 count: 0,
-                typed: Vec::new(),
+                typed,
                 ids,
             });
         }
