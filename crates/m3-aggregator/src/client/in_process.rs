@@ -191,6 +191,32 @@ mod tests {
         Arc::new(aggregator)
     }
 
+    /// A client of the engines at `endpoints` (ids `a`, `b`, ... in that order), all
+    /// attached in this process, with a placement in which each owns every shard.
+    fn client_of(
+        engines: &[(&str, &Arc<Aggregator>)],
+        apply_in_process_on_commit: bool,
+    ) -> Arc<AggregatorClient> {
+        let in_process = InProcessAggregators::default();
+        for (endpoint, engine) in engines {
+            in_process.attach(*endpoint, Arc::clone(engine));
+        }
+        let options = ClientOptions {
+            in_process,
+            apply_in_process_on_commit,
+            ..ClientOptions::default()
+        };
+        let client = AggregatorClient::new(options, Arc::new(Counted::default()));
+        let ids = ["a", "b", "c", "d"];
+        let instances: Vec<(&str, &str)> = ids
+            .iter()
+            .zip(engines)
+            .map(|(id, (endpoint, _))| (*id, *endpoint))
+            .collect();
+        client.update_placement(&placement(&instances, NUM_SHARDS));
+        client
+    }
+
     /// Waits (bounded) until `aggregator` has added `want` gauges.
     async fn added(aggregator: &Aggregator, want: u64) -> u64 {
         for _ in 0..500 {
@@ -207,18 +233,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn each_replica_in_this_process_takes_every_metric_without_a_socket() {
         let (a, b) = (engine(), engine());
-        let in_process = InProcessAggregators::default();
-        in_process.attach("a.invalid:1", Arc::clone(&a));
-        in_process.attach("b.invalid:1", Arc::clone(&b));
-        let options = ClientOptions {
-            in_process,
-            ..ClientOptions::default()
-        };
-        let client = AggregatorClient::new(options, Arc::new(Counted::default()));
-        client.update_placement(&placement(
-            &[("a", "a.invalid:1"), ("b", "b.invalid:1")],
-            NUM_SHARDS,
-        ));
+        let client = client_of(&[("a.invalid:1", &a), ("b.invalid:1", &b)], false);
         let now = crate::rawtcp::unix_nanos_now();
         let metadatas =
             build::simple(AggregationId::DEFAULT, &["10s:2d".parse().unwrap()]).encode_to_vec();
@@ -255,19 +270,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn on_commit_every_replica_has_added_the_batch_when_commit_returns() {
         let (a, b) = (engine(), engine());
-        let in_process = InProcessAggregators::default();
-        in_process.attach("a.invalid:1", Arc::clone(&a));
-        in_process.attach("b.invalid:1", Arc::clone(&b));
-        let options = ClientOptions {
-            in_process,
-            apply_in_process_on_commit: true,
-            ..ClientOptions::default()
-        };
-        let client = AggregatorClient::new(options, Arc::new(Counted::default()));
-        client.update_placement(&placement(
-            &[("a", "a.invalid:1"), ("b", "b.invalid:1")],
-            NUM_SHARDS,
-        ));
+        let client = client_of(&[("a.invalid:1", &a), ("b.invalid:1", &b)], true);
         let now = crate::rawtcp::unix_nanos_now();
         let ten_seconds =
             build::simple(AggregationId::DEFAULT, &["10s:2d".parse().unwrap()]).encode_to_vec();
@@ -308,15 +311,7 @@ mod tests {
     /// last batch held.
     #[tokio::test]
     async fn typed_groups_start_at_the_size_the_last_batch_needed() {
-        let in_process = InProcessAggregators::default();
-        in_process.attach("a.invalid:1", engine());
-        let options = ClientOptions {
-            in_process,
-            apply_in_process_on_commit: true,
-            ..ClientOptions::default()
-        };
-        let client = AggregatorClient::new(options, Arc::new(Counted::default()));
-        client.update_placement(&placement(&[("a", "a.invalid:1")], NUM_SHARDS));
+        let client = client_of(&[("a.invalid:1", &engine())], true);
         let now = crate::rawtcp::unix_nanos_now();
         let metadatas =
             build::simple(AggregationId::DEFAULT, &["10s:2d".parse().unwrap()]).encode_to_vec();

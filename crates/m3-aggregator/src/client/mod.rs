@@ -822,9 +822,10 @@ const GROUP_INITIAL_BYTES: usize = 8 * 1024;
 /// The least capacity a group's buffer starts with.
 const GROUP_MIN_BYTES: usize = 1024;
 
-/// Frames of one shard for one set of its owners (bit `i` = `owners[shard][i]`; every owner
-/// of a shard outside a move, a subset while a shard moves): written once, queued for each
-/// owner. At most `maxBatchSize` bytes; a shard with more starts another group.
+/// Frames (or, in a typed batch, timed values) of one shard for one set of its owners (bit
+/// `i` = `owners[shard][i]`; every owner of a shard outside a move, a subset while a shard
+/// moves): written once, queued for (or added to) each owner. At most `maxBatchSize` bytes; a
+/// shard with more starts another group.
 struct FrameGroup {
     shard: u32,
     owners: u64,
