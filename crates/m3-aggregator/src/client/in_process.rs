@@ -191,8 +191,8 @@ mod tests {
         Arc::new(aggregator)
     }
 
-    /// A client of the engines at `endpoints` (ids `a`, `b`, ... in that order), all
-    /// attached in this process, with a placement in which each owns every shard.
+    /// A client of `engines`, each attached in this process at its endpoint, with a placement
+    /// of instances `a`, `b`, ... (in that order) in which each owns every shard.
     fn client_of(
         engines: &[(&str, &Arc<Aggregator>)],
         apply_in_process_on_commit: bool,

@@ -590,12 +590,7 @@ impl AggregatorClient {
             return self.commit_typed(&topology, &batch.groups, &batch.metadatas);
         }
         let mut total_dropped = 0;
-        if let Some(largest) = batch.groups.iter().map(|g| g.frames.len()).max() {
-            // `maxBatchSize` may be set below the floor; the floor wins then.
-            let ceiling = batch.max_batch_bytes.max(GROUP_MIN_BYTES);
-            let capacity = (largest + largest / 8).clamp(GROUP_MIN_BYTES, ceiling);
-            self.group_capacity.store(capacity, Ordering::Relaxed);
-        }
+        self.size_next_groups(batch.groups.iter().map(|g| g.frames.len()).max());
         // Each instance's batches: the shared parts of its shards, at most `maxBatchSize`
         // bytes per batch.
         let mut per_instance: Vec<Vec<QueuedBatch>> =
@@ -664,6 +659,17 @@ impl AggregatorClient {
         total_dropped
     }
 
+    /// Sizes the buffers of the next batches' groups for `largest` bytes (the largest group
+    /// of the batch being committed, if any) plus an eighth.
+    fn size_next_groups(&self, largest: Option<usize>) {
+        if let Some(largest) = largest {
+            // `maxBatchSize` may be set below the floor; the floor wins then.
+            let ceiling = self.options.max_batch_bytes.max(GROUP_MIN_BYTES);
+            let capacity = (largest + largest / 8).clamp(GROUP_MIN_BYTES, ceiling);
+            self.group_capacity.store(capacity, Ordering::Relaxed);
+        }
+    }
+
     /// [`commit`](Self::commit) of a batch of timed values: each group is added to the engine
     /// of each of its owners, here and now.
     fn commit_typed(
@@ -672,11 +678,7 @@ impl AggregatorClient {
         groups: &[FrameGroup],
         encoded_metadatas: &[Vec<u8>],
     ) -> u64 {
-        if let Some(largest) = groups.iter().map(|g| g.ids.len()).max() {
-            let ceiling = self.options.max_batch_bytes.max(GROUP_MIN_BYTES);
-            let capacity = (largest + largest / 8).clamp(GROUP_MIN_BYTES, ceiling);
-            self.group_capacity.store(capacity, Ordering::Relaxed);
-        }
+        self.size_next_groups(groups.iter().map(|g| g.ids.len()).max());
         if let Some(largest) = groups.iter().map(|g| g.typed.len()).max() {
             let ceiling = self.options.max_batch_bytes / std::mem::size_of::<TypedValue>();
             let capacity = (largest + largest / 8).min(ceiling);
