@@ -182,6 +182,7 @@ fn head(c: &mut Criterion) {
         let before = rss_bytes();
         let mut head = Head::new(HeadOptions {
             out_of_order_window: 3_600_000,
+            ..HeadOptions::default()
         });
         assert_eq!(head.append(&first).new_series, count);
         let grown = rss_bytes().saturating_sub(before);
@@ -213,6 +214,7 @@ fn head_memory(_: &mut Criterion) {
     let before = rss_bytes();
     let mut head = Head::new(HeadOptions {
         out_of_order_window: 3_600_000,
+        ..HeadOptions::default()
     });
     let mut batch: Vec<(&Labels, i64, f64)> = Vec::with_capacity(BATCH);
     let mut time = 1_700_000_000_000i64;

@@ -14,6 +14,7 @@
 //! | `m3_storage_samples_refused_total{reason="too_old"}` | samples further behind their series' newest than `bufferPast` |
 //! | `m3_storage_samples_compacted_total`             | samples the heads cut into blocks on disk |
 //! | `m3_storage_head_series`, `m3_storage_head_bytes` | series in the heads and their memory (approximate), after the last retention pass |
+//! | `m3_storage_head_label_sets`                     | distinct label sets the heads hold, each once however many namespaces have its series, likewise |
 //! | `m3_storage_blocks`, `m3_storage_block_bytes`    | blocks on disk and the bytes of their chunks, likewise |
 //! | `m3_storage_head_chunk_file_bytes`               | the heads' closed chunks in files, likewise |
 //! | `m3_storage_head_chunk_file_errors{op}`          | closed chunks the files could not take (`write`: kept in memory) or give back (`read`: missing from answers), since the heads opened |
@@ -36,6 +37,7 @@ pub struct StoreMetrics {
     pub(crate) samples_compacted: Counter,
     pub(crate) head_series: Gauge,
     pub(crate) head_bytes: Gauge,
+    pub(crate) head_label_sets: Gauge,
     pub(crate) blocks: Gauge,
     pub(crate) block_bytes: Gauge,
     pub(crate) head_chunk_file_bytes: Gauge,
@@ -58,6 +60,7 @@ impl Default for StoreMetrics {
             samples_compacted: Counter::default(),
             head_series: Gauge::default(),
             head_bytes: Gauge::default(),
+            head_label_sets: Gauge::default(),
             blocks: Gauge::default(),
             block_bytes: Gauge::default(),
             head_chunk_file_bytes: Gauge::default(),
@@ -114,6 +117,12 @@ impl StoreMetrics {
         self.head_bytes.get()
     }
 
+    /// Distinct label sets the heads hold (each once for all namespaces), as of the last
+    /// retention pass.
+    pub fn head_label_sets(&self) -> i64 {
+        self.head_label_sets.get()
+    }
+
     /// Blocks on disk, as of the last retention pass.
     pub fn blocks(&self) -> i64 {
         self.blocks.get()
@@ -167,6 +176,11 @@ impl StoreMetrics {
             "head_bytes",
             "Approximate memory of the embedded store's heads (as of the last retention pass)",
             self.head_bytes.clone(),
+        );
+        sub.register(
+            "head_label_sets",
+            "Distinct label sets the embedded store's heads hold, each once however many namespaces have its series (as of the last retention pass)",
+            self.head_label_sets.clone(),
         );
         sub.register(
             "blocks",

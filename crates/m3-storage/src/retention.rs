@@ -90,7 +90,11 @@ impl Store {
         let metrics = &self.inner.metrics;
         let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         metrics.head_series.set(gauge(series as u64));
-        metrics.head_bytes.set(gauge(bytes as u64));
+        let label_sets = &self.inner.label_sets;
+        metrics
+            .head_bytes
+            .set(gauge((bytes + label_sets.heap_bytes()) as u64));
+        metrics.head_label_sets.set(gauge(label_sets.len() as u64));
         metrics.blocks.set(gauge(blocks as u64));
         metrics.block_bytes.set(gauge(block_bytes));
         metrics.head_chunk_file_bytes.set(gauge(files.bytes));

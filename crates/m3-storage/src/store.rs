@@ -59,6 +59,7 @@ use crate::tsdb::block::BlockError;
 use crate::tsdb::db::{DbError, DbOptions, NamespaceDb, Reader};
 use crate::tsdb::durable::AppendError;
 use crate::tsdb::head::HeadOptions;
+use crate::tsdb::label_sets::LabelSets;
 use crate::tsdb::wal::WalOptions;
 
 /// One sample to write: the series' labels, a timestamp in Unix milliseconds and a value
@@ -92,6 +93,8 @@ pub(crate) struct Inner {
     pub(crate) namespaces: Namespaces,
     /// Parallel to `namespaces`.
     dbs: Vec<NamespaceDb>,
+    /// The label sets the namespaces' heads share.
+    pub(crate) label_sets: LabelSets,
     /// Why the store cannot write, since the write that failed; `None` while it can.
     write_failure: Mutex<Option<String>>,
     pub(crate) metrics: StoreMetrics,
@@ -164,11 +167,14 @@ impl Store {
             .map_err(|e| Error::Engine(format!("creating {}: {e}", dir.display())))?;
         check_format(dir)?;
         let mut dbs = Vec::with_capacity(namespaces.len());
+        // A series stored raw and aggregated keeps its labels once for every namespace.
+        let label_sets = LabelSets::default();
         for ns in namespaces.iter() {
             let ns_dir: PathBuf = dir.join(ns.dir_name());
             let options = DbOptions {
                 head: HeadOptions {
                     out_of_order_window: ns.buffer_past_ms(),
+                    label_sets: Some(label_sets.clone()),
                 },
                 wal: WalOptions::default(),
                 block_range: ns.block_range_ms(),
@@ -202,6 +208,7 @@ impl Store {
             inner: Arc::new(Inner {
                 namespaces,
                 dbs,
+                label_sets,
                 write_failure: Mutex::new(None),
                 metrics,
             }),

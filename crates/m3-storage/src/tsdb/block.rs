@@ -543,7 +543,7 @@ mod tests {
             samples in prop::collection::vec((0usize..8, 0i64..2_000, 0u8..10), 1..400),
             ranges in prop::collection::vec((0i64..2_000, 0i64..1_000), 3),
         ) {
-            let mut head = Head::new(HeadOptions { out_of_order_window: 0 });
+            let mut head = Head::new(HeadOptions { out_of_order_window: 0, ..HeadOptions::default() });
             let pool: Vec<Labels> = (0..8).map(|i| labels(if i % 3 == 0 { "api" } else { "db" }, i)).collect();
             let mut sorted = samples.clone();
             sorted.sort_by_key(|s| s.1);
@@ -592,7 +592,7 @@ mod tests {
             samples in prop::collection::vec((0usize..6, 0i64..3_000, 0u8..10), 1..500),
             cutoff in 0i64..3_000,
         ) {
-            let mut head = Head::new(HeadOptions { out_of_order_window: 500 });
+            let mut head = Head::new(HeadOptions { out_of_order_window: 500, ..HeadOptions::default() });
             let pool: Vec<Labels> = (0..6).map(|i| labels("api", i)).collect();
             let batch: Vec<(&Labels, i64, f64)> = samples.iter().map(|&(s, t, v)| (&pool[s], t, f64::from(v))).collect();
             head.append(&batch);

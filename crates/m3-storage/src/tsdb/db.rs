@@ -93,7 +93,7 @@ fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> DbError + '_ {
 }
 
 /// How a namespace's database keeps its samples.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DbOptions {
     /// How the head takes samples (its out-of-order window).
     pub head: HeadOptions,
@@ -300,13 +300,16 @@ impl NamespaceDb {
         };
         let wal_dir = dir.join(WAL_DIR);
         let chunk_dir = dir.join(HEAD_CHUNKS_DIR);
-        let (mut head, report) =
-            DurableHead::open(&wal_dir, options.head, options.wal, Some(&chunk_dir)).map_err(
-                |source| DbError::Log {
-                    dir: wal_dir.clone(),
-                    source,
-                },
-            )?;
+        let (mut head, report) = DurableHead::open(
+            &wal_dir,
+            options.head.clone(),
+            options.wal,
+            Some(&chunk_dir),
+        )
+        .map_err(|source| DbError::Log {
+            dir: wal_dir.clone(),
+            source,
+        })?;
         // The log may hold samples retention had already dropped.
         let expired_at_open = head.truncate_before(retention_floor);
         Ok((
@@ -351,7 +354,7 @@ impl NamespaceDb {
         let mut head = self.head.write();
         let (fresh, _) = DurableHead::open(
             &wal_dir,
-            self.options.head,
+            self.options.head.clone(),
             self.options.wal,
             Some(&chunk_dir),
         )
@@ -759,6 +762,7 @@ mod tests {
         DbOptions {
             head: HeadOptions {
                 out_of_order_window: WINDOW,
+                ..HeadOptions::default()
             },
             wal: WalOptions {
                 segment_bytes: 2048,

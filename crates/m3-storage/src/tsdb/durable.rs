@@ -442,6 +442,7 @@ mod tests {
         (
             HeadOptions {
                 out_of_order_window: 60_000,
+                ..HeadOptions::default()
             },
             WalOptions {
                 segment_bytes: 4096,
@@ -466,7 +467,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (head_options, wal_options) = options();
         let (mut durable, report) =
-            DurableHead::open(dir.path(), head_options, wal_options, None).unwrap();
+            DurableHead::open(dir.path(), head_options.clone(), wal_options, None).unwrap();
         assert_eq!(report.records, 0);
         let sets: Vec<Labels> = (0..50)
             .map(|i| Labels::new([("__name__", "m"), ("i", &i.to_string()[..])]).unwrap())
@@ -488,7 +489,7 @@ mod tests {
         let reference = durable.head().find(sets[7].view()).unwrap();
         drop(durable);
         let (durable, report) =
-            DurableHead::open(dir.path(), head_options, wal_options, None).unwrap();
+            DurableHead::open(dir.path(), head_options.clone(), wal_options, None).unwrap();
         assert!(report.segments > 1, "several segments replayed");
         assert_eq!(everything(durable.head()), before);
         assert_eq!(durable.head().find(sets[7].view()), Some(reference));
@@ -515,7 +516,8 @@ mod tests {
                 .unwrap();
             wal.append(&[&record[..]]).unwrap();
             drop(wal);
-            let err = DurableHead::open(dir.path(), head_options, wal_options, None).unwrap_err();
+            let err =
+                DurableHead::open(dir.path(), head_options.clone(), wal_options, None).unwrap_err();
             assert!(err.to_string().contains(message), "{err}");
         }
     }
@@ -530,7 +532,8 @@ mod tests {
         wal.append(&[&[SAMPLES_RECORD, 9, 0, 0, 0, 1, 2][..]])
             .unwrap();
         drop(wal);
-        let err = DurableHead::open(dir.path(), head_options, wal_options, None).unwrap_err();
+        let err =
+            DurableHead::open(dir.path(), head_options.clone(), wal_options, None).unwrap_err();
         assert!(
             err.to_string().contains("samples record of 9 samples"),
             "{err}"

@@ -32,6 +32,7 @@ use crate::labels::{Labels, LabelsView};
 use crate::matcher::Matcher;
 use crate::tsdb::chunk::{Chunk, ChunkIter, SealedChunk};
 use crate::tsdb::chunk_files::{ChunkFiles, ChunkLocation};
+use crate::tsdb::label_sets::LabelSets;
 use crate::tsdb::packed_labels::PackedLabels;
 
 /// Samples per chunk before a new one starts (Prometheus's figure: two hours of a 60 s scrape,
@@ -44,10 +45,13 @@ pub const OUT_OF_ORDER_FOLD: usize = 32;
 pub type SeriesRef = u32;
 
 /// How the head takes samples.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeadOptions {
     /// How far behind a series' newest sample a sample is still taken (ms).
     pub out_of_order_window: i64,
+    /// Where the head's series take their packed labels when other heads may hold the same
+    /// ones (the namespaces of one store); `None` packs each series' labels on its own.
+    pub label_sets: Option<LabelSets>,
 }
 
 /// What an append did.
@@ -665,7 +669,11 @@ impl Head {
         if self.series[index].is_none() {
             self.live += 1;
         }
-        self.series[index] = Some(MemSeries::new(PackedLabels::new(labels), hash));
+        let packed = match &self.options.label_sets {
+            Some(sets) => sets.intern(labels),
+            None => PackedLabels::new(labels),
+        };
+        self.series[index] = Some(MemSeries::new(packed, hash));
     }
 
     /// Re-creates series `reference` with `labels`, as a replayed log record says.
@@ -925,11 +933,12 @@ impl Head {
                 removed.push((index as SeriesRef, series));
             }
         }
-        self.unindex_all(&removed);
-        self.live -= removed.len();
+        let removed_series = removed.len();
+        self.unindex_all(removed);
+        self.live -= removed_series;
         self.closed_chunks.release_before(cutoff);
         Truncated {
-            series: removed.len(),
+            series: removed_series,
             samples,
         }
     }
@@ -941,17 +950,27 @@ impl Head {
             .get_mut(reference as usize)
             .and_then(Option::take)
         {
-            self.unindex_all(&[(reference, series)]);
+            self.unindex_all(vec![(reference, series)]);
             self.live -= 1;
         }
     }
 
     /// Takes `removed` (ascending by reference) out of the hash table and the postings: each
-    /// postings list touched is filtered once, however many of its series go.
-    fn unindex_all(&mut self, removed: &[(SeriesRef, MemSeries)]) {
+    /// postings list touched is filtered once, however many of its series go. Their labels
+    /// go back to the shared label sets last.
+    fn unindex_all(&mut self, removed: Vec<(SeriesRef, MemSeries)>) {
         if removed.is_empty() {
             return;
         }
+        self.unindex_postings(&removed);
+        if let Some(sets) = &self.options.label_sets {
+            for (_, series) in removed {
+                sets.release(series.labels);
+            }
+        }
+    }
+
+    fn unindex_postings(&mut self, removed: &[(SeriesRef, MemSeries)]) {
         let gone = |r: &SeriesRef| removed.binary_search_by_key(r, |(g, _)| *g).is_ok();
         for (reference, series) in removed {
             self.by_hash.remove(series.hash, *reference);
@@ -1021,9 +1040,11 @@ mod tests {
 
     const WINDOW: i64 = 1_000;
 
+    /// A head taking its labels from a table of its own, as the heads of a store share one.
     fn head() -> Head {
         Head::new(HeadOptions {
             out_of_order_window: WINDOW,
+            label_sets: Some(LabelSets::default()),
         })
     }
 
@@ -1031,6 +1052,7 @@ mod tests {
         Head::with_chunk_files(
             HeadOptions {
                 out_of_order_window: WINDOW,
+                label_sets: None,
             },
             ChunkFiles::open(dir).unwrap(),
         )

@@ -16,6 +16,7 @@
 //! | [`chunk_files`] | the head's closed chunks, kept in files rather than memory |
 //! | [`db`] | one namespace: the durable head, its blocks, compaction, retention, merged reads |
 //! | [`durable`] | a head whose batches are logged before they are applied, and replayed at open |
+//! | [`label_sets`] | label sets shared by a store's heads, held once for every namespace |
 //! | [`packed_labels`] | a label set in one allocation, compared without unpacking |
 //! | [`head`] | the series of a namespace in memory: label-hash lookup, postings, chunks, out-of-order buffer |
 //! | [`wal`] | the write-ahead log: checksummed records in segments, replay that stops at a torn tail |
@@ -25,5 +26,6 @@ pub mod chunk_files;
 pub mod db;
 pub mod durable;
 pub mod head;
+pub mod label_sets;
 pub mod packed_labels;
 pub mod wal;

@@ -16,11 +16,16 @@
 //! one-byte lengths and one comparison of the text, and a series costs its labels' bytes plus
 //! a byte or two per string instead of a `String` header and an allocation each.
 
+use std::sync::Arc;
+
 use crate::labels::{Labels, LabelsView};
 
 /// A label set in one allocation. See the [module docs](self).
+///
+/// The allocation is reference-counted so that the heads of one store can hold the same label
+/// set once ([`LabelSets`](crate::tsdb::label_sets::LabelSets)); cloning shares it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PackedLabels(Box<[u8]>);
+pub struct PackedLabels(Arc<[u8]>);
 
 fn put_varint(out: &mut Vec<u8>, mut n: usize) {
     while n >= 0x80 {
@@ -55,7 +60,17 @@ impl PackedLabels {
             put_varint(&mut out, value.len());
         }
         out.extend_from_slice(text.as_bytes());
-        PackedLabels(out.into_boxed_slice())
+        PackedLabels(out.into())
+    }
+
+    /// Labels packed before, as [`shared`](Self::shared) gave them.
+    pub(crate) fn from_shared(bytes: Arc<[u8]>) -> PackedLabels {
+        PackedLabels(bytes)
+    }
+
+    /// The packed bytes, shared with every clone.
+    pub(crate) fn shared(&self) -> &Arc<[u8]> {
+        &self.0
     }
 
     /// The pairs, in name order.
@@ -113,9 +128,9 @@ impl PackedLabels {
         Labels::from_valid_pairs(self.iter())
     }
 
-    /// Heap bytes held.
+    /// Heap bytes held, shared equally among the holders of the same bytes.
     pub fn heap_bytes(&self) -> usize {
-        self.0.len()
+        (self.0.len() + 2 * std::mem::size_of::<usize>()) / Arc::strong_count(&self.0)
     }
 }
 

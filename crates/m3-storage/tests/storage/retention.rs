@@ -244,3 +244,48 @@ fn a_retention_pass_sets_the_size_gauges() {
     store.enforce_retention(now).unwrap();
     assert_eq!(store.metrics().head_series(), at_open);
 }
+
+/// A series in several namespaces keeps its labels once: the label sets the heads hold count
+/// it once, and it stays readable in each namespace until retention has emptied it in all.
+#[test]
+fn a_series_in_several_namespaces_keeps_its_labels_once_until_the_last_lets_go() {
+    let dir = tmp();
+    let store = open(dir.path());
+    let now = 100 * 24 * H_MS;
+    let raw_cutoff = now - 48 * H_MS;
+    let a = labels(&[("__name__", "a"), ("instance", "10.0.0.1:9100")]);
+    let b = labels(&[("__name__", "b")]);
+    store
+        .write_batch(RAW, &[(&a, raw_cutoff - H_MS, 1.0), (&b, now, 2.0)])
+        .unwrap();
+    store.write_batch(AGG, &[(&a, now, 3.0)]).unwrap();
+    store.enforce_retention(now - 49 * H_MS).unwrap();
+    let metrics = store.metrics();
+    assert_eq!(metrics.head_series(), 3);
+    assert_eq!(metrics.head_label_sets(), 2, "a once for both namespaces");
+
+    // RAW's retention empties `a` there; AGG still holds it under the same labels.
+    let report = store.enforce_retention(now).unwrap();
+    assert_eq!(report.series_removed(), 1);
+    assert_eq!(store.metrics().head_label_sets(), 2);
+    let agg = store.select(AGG, &[], i64::MIN, i64::MAX).unwrap();
+    assert_eq!(agg.len(), 1);
+    assert_eq!(agg[0].labels, a);
+    assert_eq!(agg[0].samples, vec![(now, 3.0)]);
+
+    // Written to RAW again, `a` is a new series there with the labels AGG holds.
+    store.write_batch(RAW, &[(&a, now, 4.0)]).unwrap();
+    let raw = store
+        .select(RAW, &[Matcher::equal("__name__", "a")], i64::MIN, i64::MAX)
+        .unwrap();
+    assert_eq!(raw.len(), 1);
+    assert_eq!(raw[0].labels, a);
+    assert_eq!(raw[0].samples, vec![(now, 4.0)]);
+    store.enforce_retention(now).unwrap();
+    assert_eq!(store.metrics().head_label_sets(), 2);
+
+    // Emptied everywhere, the label set goes.
+    store.enforce_retention(now + 50 * 24 * H_MS).unwrap();
+    assert_eq!(store.metrics().head_series(), 0);
+    assert_eq!(store.metrics().head_label_sets(), 0);
+}
