@@ -34,6 +34,7 @@ use crate::tsdb::chunk::{Chunk, ChunkIter, SealedChunk};
 use crate::tsdb::chunk_files::{ChunkFiles, ChunkLocation};
 use crate::tsdb::label_sets::LabelSets;
 use crate::tsdb::packed_labels::PackedLabels;
+use crate::tsdb::paged_slots::PagedSlots;
 
 /// Samples per chunk before a new one starts (Prometheus's figure: two hours of a 60 s scrape,
 /// half an hour of a 15 s one).
@@ -324,8 +325,9 @@ struct MemSeries {
     hash: u64,
     closed: Vec<ClosedChunk>,
     open: Chunk,
-    /// Out-of-order samples, sorted by time, one per time.
-    out_of_order: Vec<(i64, f64)>,
+    /// Out-of-order samples, sorted by time, one per time; boxed, as most series never have
+    /// any and an empty `Vec` would take 24 bytes in every one.
+    out_of_order: Option<Box<Vec<(i64, f64)>>>,
     /// The newest time of the series.
     max_time: i64,
 }
@@ -337,13 +339,28 @@ impl MemSeries {
             hash,
             closed: Vec::new(),
             open: Chunk::new(),
-            out_of_order: Vec::new(),
+            out_of_order: None,
             max_time: i64::MIN,
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.open.is_empty() && self.closed.is_empty() && self.out_of_order.is_empty()
+        self.open.is_empty() && self.closed.is_empty() && self.buffered().is_empty()
+    }
+
+    /// The out-of-order samples, sorted by time.
+    fn buffered(&self) -> &[(i64, f64)] {
+        self.out_of_order.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    /// Keeps only the out-of-order samples `keep` says; none left frees the buffer.
+    fn retain_buffered(&mut self, keep: impl FnMut(&(i64, f64)) -> bool) {
+        if let Some(buffer) = &mut self.out_of_order {
+            buffer.retain(keep);
+            if buffer.is_empty() {
+                self.out_of_order = None;
+            }
+        }
     }
 
     /// Takes one sample; whether it was taken (appended, replaced or equal to what is there).
@@ -381,12 +398,13 @@ impl MemSeries {
             summary.duplicates += 1;
             return true;
         }
-        match self.out_of_order.binary_search_by_key(&time, |s| s.0) {
-            Ok(i) => self.out_of_order[i].1 = value,
-            Err(i) => self.out_of_order.insert(i, (time, value)),
+        let buffer = self.out_of_order.get_or_insert_default();
+        match buffer.binary_search_by_key(&time, |s| s.0) {
+            Ok(i) => buffer[i].1 = value,
+            Err(i) => buffer.insert(i, (time, value)),
         }
         summary.appended += 1;
-        if self.out_of_order.len() >= OUT_OF_ORDER_FOLD {
+        if buffer.len() >= OUT_OF_ORDER_FOLD {
             self.fold_out_of_order(store);
         }
         true
@@ -394,8 +412,9 @@ impl MemSeries {
 
     /// The value stored at exactly `time`, if any.
     fn value_at(&self, time: i64, store: &ClosedChunkStore) -> Option<f64> {
-        if let Ok(i) = self.out_of_order.binary_search_by_key(&time, |s| s.0) {
-            return Some(self.out_of_order[i].1);
+        let buffered = self.buffered();
+        if let Ok(i) = buffered.binary_search_by_key(&time, |s| s.0) {
+            return Some(buffered[i].1);
         }
         let holds = |first: i64, last: i64| first <= time && time <= last;
         let find = |mut samples: ChunkIter<'_>| samples.find(|s| s.0 == time).map(|s| s.1);
@@ -431,7 +450,7 @@ impl MemSeries {
         // The chunks hold disjoint, ascending times: their samples go out in turn, through a
         // merge only when out-of-order samples must be woven in.
         let mut from_chunks = Vec::new();
-        let target = if self.out_of_order.is_empty() {
+        let target = if self.buffered().is_empty() {
             &mut *out
         } else {
             &mut from_chunks
@@ -444,8 +463,8 @@ impl MemSeries {
         if !self.open.is_empty() && overlaps(self.open.first_time(), self.open.last_time()) {
             target.extend(self.open.iter().filter(in_range));
         }
-        if !self.out_of_order.is_empty() {
-            let buffered = self.out_of_order.iter().copied().filter(in_range);
+        if !self.buffered().is_empty() {
+            let buffered = self.buffered().iter().copied().filter(in_range);
             merge_into(from_chunks.into_iter(), buffered, out);
         }
     }
@@ -453,9 +472,7 @@ impl MemSeries {
     /// Whether any sample lies in `start..=end`, decoding at most the chunks that straddle an
     /// end of the range.
     fn has_samples_in(&self, start: i64, end: i64, store: &ClosedChunkStore) -> bool {
-        self.out_of_order
-            .iter()
-            .any(|s| (start..=end).contains(&s.0))
+        self.buffered().iter().any(|s| (start..=end).contains(&s.0))
             || self.closed.iter().any(|c| {
                 chunk_has_samples_in(c.first_time(), c.last_time(), start, end, || {
                     store
@@ -488,7 +505,7 @@ impl MemSeries {
         self.samples_in(i64::MIN, i64::MAX, store, &mut all);
         self.closed = Vec::new();
         self.open = Chunk::new();
-        self.out_of_order.clear();
+        self.out_of_order = None;
         for (time, value) in all {
             if self.open.len() >= CHUNK_SAMPLES {
                 let full = std::mem::take(&mut self.open);
@@ -508,7 +525,9 @@ impl MemSeries {
                 .sum::<usize>()
             + self.closed.capacity() * std::mem::size_of::<ClosedChunk>()
             + self.open.heap_bytes()
-            + self.out_of_order.capacity() * 16
+            + self.out_of_order.as_ref().map_or(0, |b| {
+                std::mem::size_of::<Vec<(i64, f64)>>() + b.capacity() * 16
+            })
     }
 }
 
@@ -565,7 +584,7 @@ pub struct Head {
     /// Series by label-set hash, confirmed against the series' hash and labels.
     by_hash: HashIndex,
     /// By [`SeriesRef`]; `None` once removed by retention.
-    series: Vec<Option<MemSeries>>,
+    series: PagedSlots<MemSeries>,
     /// Label name → value → series, ascending.
     postings: HashMap<Box<str>, HashMap<Box<str>, PostingList>>,
     live: usize,
@@ -580,7 +599,7 @@ impl Head {
             options,
             hasher: hashbrown::DefaultHashBuilder::default(),
             by_hash: HashIndex::new(),
-            series: Vec::new(),
+            series: PagedSlots::default(),
             postings: HashMap::new(),
             live: 0,
             closed_chunks: ClosedChunkStore::default(),
@@ -662,18 +681,15 @@ impl Head {
             }
         }
         self.by_hash.insert(hash, reference);
-        let index = reference as usize;
-        if self.series.len() <= index {
-            self.series.resize_with(index + 1, || None);
-        }
-        if self.series[index].is_none() {
-            self.live += 1;
-        }
         let packed = match &self.options.label_sets {
             Some(sets) => sets.intern(labels),
             None => PackedLabels::new(labels),
         };
-        self.series[index] = Some(MemSeries::new(packed, hash));
+        let slot = self.series.slot_mut(reference as usize);
+        if slot.is_none() {
+            self.live += 1;
+        }
+        *slot = Some(MemSeries::new(packed, hash));
     }
 
     /// Re-creates series `reference` with `labels`, as a replayed log record says.
@@ -730,7 +746,7 @@ impl Head {
             .flat_map(|s| {
                 s.first_chunk_time()
                     .into_iter()
-                    .chain(s.out_of_order.first().map(|o| o.0))
+                    .chain(s.buffered().first().map(|o| o.0))
             })
             .min()
             .unwrap_or(i64::MAX)
@@ -861,7 +877,7 @@ impl Head {
         let mut cut = Vec::new();
         let mut unreadable = false;
         for series in self.series.iter_mut().flatten() {
-            if series.out_of_order.first().is_some_and(|s| s.0 < cutoff) {
+            if series.buffered().first().is_some_and(|s| s.0 < cutoff) {
                 series.fold_out_of_order(store);
             }
             let keep_from = series
@@ -922,11 +938,9 @@ impl Head {
             // A buffered sample before the cutoff still shadows a sample of a kept chunk (a
             // replaced value): it goes only when no kept chunk reaches back to it.
             let earliest_kept = series.first_chunk_time();
-            let buffered = series.out_of_order.len();
-            series
-                .out_of_order
-                .retain(|s| s.0 >= cutoff || earliest_kept.is_some_and(|e| s.0 >= e));
-            samples += buffered - series.out_of_order.len();
+            let buffered = series.buffered().len();
+            series.retain_buffered(|s| s.0 >= cutoff || earliest_kept.is_some_and(|e| s.0 >= e));
+            samples += buffered - series.buffered().len();
             if series.is_empty()
                 && let Some(series) = slot.take()
             {
@@ -1027,7 +1041,7 @@ impl Head {
         series
             + postings
             + self.closed_chunks.heap_bytes()
-            + self.series.capacity() * std::mem::size_of::<Option<MemSeries>>()
+            + self.series.allocation_size()
             + self.by_hash.allocation_size()
     }
 }
@@ -1056,6 +1070,14 @@ mod tests {
             },
             ChunkFiles::open(dir).unwrap(),
         )
+    }
+
+    /// Every series costs its slot in every head that has it: what its fields add up to is
+    /// the head's memory per series before any sample.
+    #[test]
+    fn a_series_slot_takes_at_most_152_bytes() {
+        let size = std::mem::size_of::<Option<MemSeries>>();
+        assert!(size <= 152, "{size} bytes");
     }
 
     fn labels(job: &str, instance: &str) -> Labels {

@@ -17,6 +17,7 @@
 //! | [`db`] | one namespace: the durable head, its blocks, compaction, retention, merged reads |
 //! | [`durable`] | a head whose batches are logged before they are applied, and replayed at open |
 //! | [`label_sets`] | label sets shared by a store's heads, held once for every namespace |
+//! | [`paged_slots`] | numbered slots in fixed pages: the head's series without a doubling vector's spare room |
 //! | [`packed_labels`] | a label set in one allocation, compared without unpacking |
 //! | [`head`] | the series of a namespace in memory: label-hash lookup, postings, chunks, out-of-order buffer |
 //! | [`wal`] | the write-ahead log: checksummed records in segments, replay that stops at a torn tail |
@@ -28,4 +29,5 @@ pub mod durable;
 pub mod head;
 pub mod label_sets;
 pub mod packed_labels;
+pub mod paged_slots;
 pub mod wal;
