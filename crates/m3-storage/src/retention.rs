@@ -91,6 +91,7 @@ impl Store {
         let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         metrics.head_series.set(gauge(series as u64));
         let label_sets = &self.inner.label_sets;
+        label_sets.purge_dead();
         metrics
             .head_bytes
             .set(gauge((bytes + label_sets.heap_bytes()) as u64));

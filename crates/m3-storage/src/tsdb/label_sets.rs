@@ -19,7 +19,8 @@
 //! It is consulted only when a head creates a series (behind a mutex: creation is rare next
 //! to the samples written); a lookup of an existing series reads the head's own reference and
 //! never touches the table. A dead entry is dropped when a lookup of the same hash meets it
-//! and when a head [releases](LabelSets::release) a series.
+//! and when a head [releases](LabelSets::release) a series; each retention pass sweeps the rest
+//! ([`LabelSets::purge_dead`]).
 
 use std::hash::BuildHasher;
 use std::sync::{Arc, Weak};
@@ -91,17 +92,30 @@ impl LabelSets {
     pub fn release(&self, labels: PackedLabels) {
         let mut table = self.inner.lock();
         let shared = labels.shared();
-        if Arc::strong_count(shared) > 1 {
-            return;
+        if Arc::strong_count(shared) == 1 {
+            // Retention only: unpacking to hash again costs nothing that matters.
+            let hash = table.hasher.hash_one(labels.unpack().view());
+            if let Ok(entry) = table.entries.find_entry(hash, |(h, weak)| {
+                *h == hash && std::ptr::addr_eq(weak.as_ptr(), Arc::as_ptr(shared))
+            }) {
+                entry.remove();
+            }
         }
-        // Retention only: unpacking to hash again costs nothing that matters.
-        let hash = table.hasher.hash_one(labels.unpack().view());
-        if let Ok(entry) = table.entries.find_entry(hash, |(h, weak)| {
-            *h == hash && std::ptr::addr_eq(weak.as_ptr(), Arc::as_ptr(shared))
-        }) {
-            entry.remove();
-        }
-        // `labels` drops here, under the lock: no other head can take it in between.
+        // Dropped while the lock is held (a parameter would drop after the guard): a head
+        // releasing the same labels next sees the count this one leaves, so the last holder
+        // always removes the entry.
+        drop(labels);
+        drop(table);
+    }
+
+    /// Drops the entries no head holds any more: those of heads dropped whole (a head
+    /// replaced after a failed log write) rather than series by series. A dead entry keeps
+    /// its label bytes allocated. Returns how many went.
+    pub fn purge_dead(&self) -> usize {
+        let mut table = self.inner.lock();
+        let before = table.entries.len();
+        table.entries.retain(|(_, weak)| weak.strong_count() > 0);
+        before - table.entries.len()
     }
 
     /// Label sets some head holds.
@@ -159,5 +173,34 @@ mod tests {
         let again = sets.intern(a.view());
         assert_eq!(sets.len(), 1);
         assert_eq!(again.unpack(), a);
+        // Or a sweep drops it.
+        drop(again);
+        drop(sets.intern(labels("b").view()));
+        let kept = sets.intern(labels("c").view());
+        assert_eq!(sets.purge_dead(), 2);
+        assert_eq!(sets.len(), 1);
+        assert_eq!(sets.intern(labels("c").view()), kept);
+    }
+
+    /// Heads releasing the same labels from several threads at once: whatever the
+    /// interleaving, the entry goes with the last holder.
+    #[test]
+    fn concurrent_releases_leave_no_entry_behind() {
+        let sets = LabelSets::default();
+        for round in 0..2_000 {
+            let set = labels(&round.to_string());
+            let holders: Vec<PackedLabels> = (0..4).map(|_| sets.intern(set.view())).collect();
+            std::thread::scope(|scope| {
+                for held in holders {
+                    let sets = &sets;
+                    scope.spawn(move || sets.release(held));
+                }
+            });
+            assert!(
+                sets.is_empty(),
+                "round {round}: {} entries left",
+                sets.len()
+            );
+        }
     }
 }
