@@ -14,7 +14,7 @@
 //! | `m3_storage_samples_refused_total{reason="too_old"}` | samples further behind their series' newest than `bufferPast` |
 //! | `m3_storage_samples_compacted_total`             | samples the heads cut into blocks on disk |
 //! | `m3_storage_head_series`, `m3_storage_head_bytes` | series in the heads and their memory (approximate), after the last retention pass |
-//! | `m3_storage_head_label_sets`                     | distinct label sets the heads hold, each once however many namespaces have its series, likewise |
+//! | `m3_storage_head_label_sets`                     | distinct label sets the heads hold, each once however many namespaces have its series: counted at open, set by each retention pass |
 //! | `m3_storage_blocks`, `m3_storage_block_bytes`    | blocks on disk and the bytes of their chunks, likewise |
 //! | `m3_storage_head_chunk_file_bytes`               | the heads' closed chunks in files, likewise |
 //! | `m3_storage_head_chunk_file_errors{op}`          | closed chunks the files could not take (`write`: kept in memory) or give back (`read`: missing from answers), since the heads opened |

@@ -195,6 +195,9 @@ impl Store {
         metrics
             .head_series
             .set(i64::try_from(replayed_series).unwrap_or(i64::MAX));
+        metrics
+            .head_label_sets
+            .set(i64::try_from(label_sets.len()).unwrap_or(i64::MAX));
         for db in &dbs {
             let expired = db.expired_at_open();
             metrics

@@ -979,9 +979,7 @@ impl Head {
         }
         self.unindex_postings(&removed);
         if let Some(sets) = &self.options.label_sets {
-            for (_, series) in removed {
-                sets.release(series.labels);
-            }
+            sets.release_all(removed.into_iter().map(|(_, series)| series.labels));
         }
     }
 

@@ -16,11 +16,12 @@
 //! ```
 //!
 //! The table holds weak references, so the bytes go when the last head removes its series.
-//! It is consulted only when a head creates a series (behind a mutex: creation is rare next
-//! to the samples written); a lookup of an existing series reads the head's own reference and
-//! never touches the table. A dead entry is dropped when a lookup of the same hash meets it
-//! and when a head [releases](LabelSets::release) a series; each retention pass sweeps the rest
-//! ([`LabelSets::purge_dead`]).
+//! Its mutex is taken when a head creates a series and when it removes series (once per
+//! retention or compaction pass of that head), never when a head finds a series it has: that
+//! reads the head's own reference. Hashing happens before the lock is taken. An
+//! entry whose holders are all gone without releasing it (a head dropped whole, as when one is
+//! replaced after a failed log write) is dropped when a creation of the same labels meets it,
+//! or by the sweep each retention pass runs ([`LabelSets::purge_dead`]).
 
 use std::hash::BuildHasher;
 use std::sync::{Arc, Weak};
@@ -34,20 +35,21 @@ use crate::tsdb::packed_labels::PackedLabels;
 /// The label sets of a store's heads. Cloning gives another handle to the same table.
 #[derive(Clone, Default)]
 pub struct LabelSets {
-    inner: Arc<Mutex<Table>>,
+    inner: Arc<Shared>,
 }
 
 #[derive(Default)]
-struct Table {
+struct Shared {
+    /// Fixed at creation: hashing needs no lock.
     hasher: hashbrown::DefaultHashBuilder,
     /// (hash of the label set, its bytes while some head holds them).
-    entries: HashTable<(u64, Weak<[u8]>)>,
+    entries: Mutex<HashTable<(u64, Weak<[u8]>)>>,
 }
 
 impl std::fmt::Debug for LabelSets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LabelSets")
-            .field("entries", &self.inner.lock().entries.len())
+            .field("entries", &self.len())
             .finish()
     }
 }
@@ -58,21 +60,21 @@ impl PartialEq for LabelSets {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
 }
+
 impl Eq for LabelSets {}
 
 impl LabelSets {
     /// The packed form of `labels`: the bytes another head already holds, or packed now.
     pub fn intern(&self, labels: LabelsView<'_>) -> PackedLabels {
-        let mut table = self.inner.lock();
-        let hash = table.hasher.hash_one(labels);
+        let hash = self.inner.hasher.hash_one(labels);
+        let mut entries = self.inner.entries.lock();
         // Entries of this hash whose every holder is gone are dropped on the way.
-        while let Ok(dead) = table
-            .entries
-            .find_entry(hash, |(h, weak)| *h == hash && weak.strong_count() == 0)
+        while let Ok(dead) =
+            entries.find_entry(hash, |(h, weak)| *h == hash && weak.strong_count() == 0)
         {
             dead.remove();
         }
-        let found = table.entries.find(hash, |(h, weak)| {
+        let found = entries.find(hash, |(h, weak)| {
             *h == hash
                 && weak
                     .upgrade()
@@ -81,46 +83,54 @@ impl LabelSets {
         if let Some(bytes) = found.and_then(|(_, weak)| weak.upgrade()) {
             return PackedLabels::from_shared(bytes);
         }
+        // Packed under the lock (a copy of the labels' bytes), so two heads creating the
+        // same series at once still share one copy.
         let packed = PackedLabels::new(labels);
         let weak = Arc::downgrade(packed.shared());
-        table.entries.insert_unique(hash, (hash, weak), |(h, _)| *h);
+        entries.insert_unique(hash, (hash, weak), |(h, _)| *h);
         packed
     }
 
-    /// Gives back a head's reference to `labels`, dropping the table's entry once no head
-    /// holds them.
-    pub fn release(&self, labels: PackedLabels) {
-        let mut table = self.inner.lock();
-        let shared = labels.shared();
-        if Arc::strong_count(shared) == 1 {
-            // Retention only: unpacking to hash again costs nothing that matters.
-            let hash = table.hasher.hash_one(labels.unpack().view());
-            if let Ok(entry) = table.entries.find_entry(hash, |(h, weak)| {
-                *h == hash && std::ptr::addr_eq(weak.as_ptr(), Arc::as_ptr(shared))
-            }) {
+    /// Gives back a head's references to `released`, dropping the table's entry of each label
+    /// set no other head holds. Takes the lock once for all of them.
+    pub fn release_all(&self, released: impl IntoIterator<Item = PackedLabels>) {
+        // The hashes first, outside the lock (a removal unpacks the labels to hash them).
+        let released: Vec<(u64, PackedLabels)> = released
+            .into_iter()
+            .map(|labels| (self.inner.hasher.hash_one(labels.unpack().view()), labels))
+            .collect();
+        let mut entries = self.inner.entries.lock();
+        for (hash, labels) in released {
+            let shared = labels.shared();
+            if Arc::strong_count(shared) == 1
+                && let Ok(entry) = entries.find_entry(hash, |(h, weak)| {
+                    *h == hash && std::ptr::addr_eq(weak.as_ptr(), Arc::as_ptr(shared))
+                })
+            {
                 entry.remove();
             }
+            // Dropped while the lock is held: a head releasing the same labels next sees the
+            // count this one leaves, so the last holder always removes the entry.
+            drop(labels);
         }
-        // Dropped while the lock is held (a parameter would drop after the guard): a head
-        // releasing the same labels next sees the count this one leaves, so the last holder
-        // always removes the entry.
-        drop(labels);
-        drop(table);
+        drop(entries);
     }
 
-    /// Drops the entries no head holds any more: those of heads dropped whole (a head
-    /// replaced after a failed log write) rather than series by series. A dead entry keeps
-    /// its label bytes allocated. Returns how many went.
+    /// Drops the entries no head holds any more (see the [module docs](self)), and gives
+    /// back the table's room once most of it is empty. Returns how many went.
     pub fn purge_dead(&self) -> usize {
-        let mut table = self.inner.lock();
-        let before = table.entries.len();
-        table.entries.retain(|(_, weak)| weak.strong_count() > 0);
-        before - table.entries.len()
+        let mut entries = self.inner.entries.lock();
+        let before = entries.len();
+        entries.retain(|(_, weak)| weak.strong_count() > 0);
+        if entries.len() < entries.capacity() / 4 {
+            entries.shrink_to_fit(|(h, _)| *h);
+        }
+        before - entries.len()
     }
 
     /// Label sets some head holds.
     pub fn len(&self) -> usize {
-        self.inner.lock().entries.len()
+        self.inner.entries.lock().len()
     }
 
     /// Whether no head holds any label set.
@@ -130,8 +140,7 @@ impl LabelSets {
 
     /// Heap bytes of the table itself (the label bytes are counted by the heads).
     pub fn heap_bytes(&self) -> usize {
-        let table = self.inner.lock();
-        table.entries.capacity() * (std::mem::size_of::<(u64, Weak<[u8]>)>() + 1)
+        self.inner.entries.lock().allocation_size()
     }
 }
 
@@ -163,9 +172,9 @@ mod tests {
         let a = labels("a");
         let first = sets.intern(a.view());
         let second = sets.intern(a.view());
-        sets.release(first);
+        sets.release_all([first]);
         assert_eq!(sets.len(), 1, "one head still holds the labels");
-        sets.release(second);
+        sets.release_all([second]);
         assert!(sets.is_empty());
         // Dropped without a release (a head closed whole): the next intern replaces it.
         drop(sets.intern(a.view()));
@@ -193,7 +202,7 @@ mod tests {
             std::thread::scope(|scope| {
                 for held in holders {
                     let sets = &sets;
-                    scope.spawn(move || sets.release(held));
+                    scope.spawn(move || sets.release_all([held]));
                 }
             });
             assert!(

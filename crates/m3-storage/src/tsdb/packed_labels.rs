@@ -3,7 +3,7 @@
 //! A [`Labels`] holds every name and value in its own `String`: twenty allocations for ten
 //! labels, and comparing it with a written series' labels follows twenty pointers into cold
 //! memory. With a million series that comparison, done for every sample written, is most of the
-//! cost of a write. [`PackedLabels`] keeps the pairs back to back in one boxed slice:
+//! cost of a write. [`PackedLabels`] keeps the pairs back to back in one reference-counted slice:
 //!
 //! ```text
 //! label count: varint | (name length: varint, value length: varint)… | names and values back to back
@@ -13,8 +13,11 @@
 //!
 //! The lengths come first and the text after them, as a [`LabelsView`] holds it (names and
 //! values back to back), so comparing with a written series' labels is a loop over a few
-//! one-byte lengths and one comparison of the text, and a series costs its labels' bytes plus
-//! a byte or two per string instead of a `String` header and an allocation each.
+//! one-byte lengths and one comparison of the text, and a series costs its labels' bytes, a
+//! byte or two per string and the slice's 16-byte reference count, instead of a `String`
+//! header and an allocation each. The count lets the heads of one store share a label set
+//! ([`LabelSets`](crate::tsdb::label_sets::LabelSets)): a series in three namespaces pays for
+//! its labels once.
 
 use std::sync::Arc;
 

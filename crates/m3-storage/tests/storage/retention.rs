@@ -233,13 +233,14 @@ fn a_retention_pass_sets_the_size_gauges() {
     assert_eq!(metrics.blocks(), 1);
     assert!(metrics.block_bytes() > 0 && metrics.block_bytes() < 200 * 16);
     drop(store);
-    // Reopened, the replayed head's series are counted before any pass.
+    // Reopened, the replayed head's series and their label sets are counted before any pass.
     let store = open(dir.path());
     let at_open = store.metrics().head_series();
     assert!(
         at_open >= 1,
         "the replayed head's series are counted before any pass"
     );
+    assert_eq!(store.metrics().head_label_sets(), at_open);
     store.compact(now).unwrap();
     store.enforce_retention(now).unwrap();
     assert_eq!(store.metrics().head_series(), at_open);
