@@ -117,8 +117,8 @@ impl StoreMetrics {
         self.head_bytes.get()
     }
 
-    /// Distinct label sets the heads hold (each once for all namespaces), as of the last
-    /// retention pass.
+    /// Distinct label sets the heads hold (each once for all namespaces): counted at open, set
+    /// by each retention pass.
     pub fn head_label_sets(&self) -> i64 {
         self.head_label_sets.get()
     }
@@ -179,7 +179,7 @@ impl StoreMetrics {
         );
         sub.register(
             "head_label_sets",
-            "Distinct label sets the embedded store's heads hold, each once however many namespaces have its series (as of the last retention pass)",
+            "Distinct label sets the embedded store's heads hold, each once however many namespaces have its series (counted at open, set by each retention pass)",
             self.head_label_sets.clone(),
         );
         sub.register(

@@ -95,7 +95,8 @@ fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> DbError + '_ {
 /// How a namespace's database keeps its samples.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DbOptions {
-    /// How the head takes samples (its out-of-order window).
+    /// How the head takes samples (its out-of-order window) and where its series' labels
+    /// come from (the store's shared label sets).
     pub head: HeadOptions,
     /// How the log writes.
     pub wal: WalOptions,
