@@ -43,6 +43,7 @@
 //! are then the m3msg producer's.
 
 pub mod config;
+mod frame_pool;
 mod in_process;
 pub mod m3msg;
 
@@ -58,6 +59,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use frame_pool::FramePool;
 
 pub use self::config::{AggregatorClientConfig, ClientConfigError, QueueDropType};
 pub use self::in_process::InProcessAggregators;
@@ -345,6 +348,8 @@ pub struct AggregatorClient {
     /// For a typed batch: the values a group has room for from the start, sized as
     /// `group_capacity` is (its IDs' buffer takes `group_capacity`).
     typed_capacity: AtomicUsize,
+    /// Written frame buffers, for the next batches' groups.
+    frame_pool: Arc<FramePool>,
 }
 
 impl std::fmt::Debug for AggregatorClient {
@@ -368,6 +373,7 @@ impl AggregatorClient {
             cancel: CancellationToken::new(),
             group_capacity: AtomicUsize::new(GROUP_INITIAL_BYTES),
             typed_capacity: AtomicUsize::new(0),
+            frame_pool: Arc::default(),
         })
     }
 
@@ -539,7 +545,8 @@ impl AggregatorClient {
         let task_writer = Arc::clone(&writer);
         let options = self.options.clone();
         let metrics = Arc::clone(&self.metrics);
-        tokio::spawn(run_writer(task_writer, options, metrics));
+        let frame_pool = Arc::clone(&self.frame_pool);
+        tokio::spawn(run_writer(task_writer, options, metrics, frame_pool));
         writer
     }
 
@@ -558,6 +565,7 @@ impl AggregatorClient {
                 m3msg: Some(m3msg::M3msgBatch::new(producer)),
                 typed: false,
                 metadatas: Vec::new(),
+                frame_pool: Arc::clone(&self.frame_pool),
             };
         }
         let topology = self.topology.read().clone();
@@ -572,6 +580,7 @@ impl AggregatorClient {
             group_capacity: self.group_capacity.load(Ordering::Relaxed),
             typed_capacity: self.typed_capacity.load(Ordering::Relaxed),
             m3msg: None,
+            frame_pool: Arc::clone(&self.frame_pool),
         }
     }
 
@@ -639,6 +648,9 @@ impl AggregatorClient {
             if let Some(engine) = &writer.inline {
                 engine.write_frames(&queued_batch.parts, &queued_batch.shards);
                 self.metrics.queued(metrics);
+                for part in queued_batch.parts {
+                    self.frame_pool.give_back(part);
+                }
                 continue;
             }
             let dropped = enqueue(
@@ -813,6 +825,8 @@ pub struct ClientBatch {
     typed: bool,
     /// The distinct encoded metadatas of the batch's timed values.
     metadatas: Vec<Vec<u8>>,
+    /// Where the groups' frame buffers come from.
+    frame_pool: Arc<FramePool>,
 }
 
 /// No group open for a shard.
@@ -1017,7 +1031,7 @@ impl ClientBatch {
                 )
             } else {
                 (
-                    BytesMut::with_capacity(self.group_capacity),
+                    self.frame_pool.take(self.group_capacity),
                     Vec::new(),
                     Vec::new(),
                 )
@@ -1158,6 +1172,7 @@ async fn run_writer(
     writer: Arc<InstanceWriter>,
     options: ClientOptions,
     metrics: Arc<dyn ClientMetrics>,
+    frame_pool: Arc<FramePool>,
 ) {
     let mut connection: Option<Connection> = None;
     let mut backoff = Duration::from_millis(50);
@@ -1196,6 +1211,9 @@ async fn run_writer(
             Some(Connection::InProcess(engine)) => {
                 for batch in pending.drain(..) {
                     engine.write(&batch.parts, &batch.shards);
+                    for part in batch.parts {
+                        frame_pool.give_back(part);
+                    }
                     // The engine's work runs on this task: let the others have the thread
                     // between batches (up to `WRITE_CHUNK_BYTES` are taken at once).
                     tokio::task::yield_now().await;
@@ -1221,7 +1239,11 @@ async fn run_writer(
             }
         }
         match failed {
-            None => pending.clear(),
+            None => {
+                for part in pending.drain(..).flat_map(|batch| batch.parts) {
+                    frame_pool.give_back(part);
+                }
+            }
             Some((i, error)) => {
                 tracing::warn!(instance = %writer.id, endpoint = %writer.endpoint, %error, "Writing to aggregator failed; reconnecting.");
                 connection = None;
