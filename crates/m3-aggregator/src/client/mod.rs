@@ -14,7 +14,7 @@
 //!   the metric's time), not per instance: each frame is written once and the same buffer is
 //!   queued for every replica that owns the shard, and the writer hands an instance's buffers to
 //!   the socket in one vectored write. The writer done last with a buffer gives it back for the
-//!   next batches ([`frame_pool`]), so its pages stay mapped.
+//!   next batches (`client/frame_pool.rs`), so its pages stay mapped.
 //! * **Queues.** Each instance has a queue bounded in batches (`queueSize`) and in bytes
 //!   (`maxQueueBytes`); when it is full, `queueDropType: oldest` drops the oldest batch and
 //!   `current` the new one. Every dropped metric is counted. A slow or dead instance only fills
