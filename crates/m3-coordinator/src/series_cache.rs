@@ -268,8 +268,9 @@ impl CacheView<'_> {
     }
 
     /// Where the series with these label bytes is, to read it later with
-    /// [`series`](Self::series) (a slot is a number: a request can keep one per series in a
-    /// reused buffer).
+    /// [`series`](Self::series) or prefetch with [`prefetch_series`](Self::prefetch_series)
+    /// (a slot is two numbers, no borrow: a request can keep one per series in a reused
+    /// buffer).
     pub fn find(&self, key: u64, label_bytes: &[u8]) -> Option<CacheSlot> {
         let entry = self.table.find(key, label_bytes)?;
         Some(CacheSlot {

@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 
 /// The most buffer capacity the pool keeps.
-pub(crate) const MAX_POOLED_BYTES: usize = 16 * 1024 * 1024;
+const MAX_POOLED_BYTES: usize = 16 * 1024 * 1024;
 
 /// Cleared frame buffers, ready for the next batch's groups.
 #[derive(Default)]
