@@ -33,6 +33,7 @@ use crate::metadata::{self, Active, Metadatas};
 use crate::metrics::Metrics;
 use crate::options::AggregatorOptions;
 use crate::shard::{Forwarded, Limits, Sample, Shard};
+use crate::shard_hints::ShardHints;
 
 /// Maps a metric ID to its shard, e.g. `murmur3_32(id) % numShards`.
 pub type ShardFn = Arc<dyn Fn(&[u8]) -> u32 + Send + Sync>;
@@ -82,6 +83,8 @@ pub struct Aggregator {
     /// When `shard_fn` is murmur3_32(id) % this count (the placement's): lets a sender that
     /// computed a batch's shard under the same count say so ([`KnownShard`]).
     murmur3_shard_count: Option<Arc<AtomicU32>>,
+    /// The shard each recent series ID was routed to, used only with `murmur3_shard_count`.
+    shard_hints: ShardHints,
     shards: RwLock<HashMap<u32, Arc<Shard>>>,
     metrics: Metrics,
     /// Rollup values leader flushes produced, for the caller to send ([`Aggregator::take_forwarded`]).
@@ -141,6 +144,15 @@ pub struct TimedSample<'a> {
     pub metadatas: Metadatas<'a>,
 }
 
+/// Where a value of a batch goes: its shard, its ID's entry hash, and whether the shard came
+/// from a hint (to be confirmed by the series being there) rather than the shard function.
+#[derive(Debug, Clone, Copy)]
+struct SampleKey {
+    shard: u32,
+    hash: u64,
+    hinted: bool,
+}
+
 /// Passthrough metrics kept for the next flush at most; beyond, the oldest are dropped.
 const MAX_PENDING_PASSTHROUGH: usize = 1 << 20;
 
@@ -161,6 +173,7 @@ impl Aggregator {
             options,
             shard_fn,
             murmur3_shard_count: None,
+            shard_hints: ShardHints::default(),
             shards: RwLock::new(HashMap::new()),
             metrics: Metrics::new(),
             forwarded: parking_lot::Mutex::new(Vec::new()),
@@ -328,31 +341,105 @@ impl Aggregator {
                     && k.shard < k.num_shards
             })
             .map(|k| k.shard);
-        // (shard, entry hash) of each sample.
-        let keys: Vec<(u32, u64)> = samples
+        let mut keys: Vec<SampleKey> = samples
             .iter()
-            .map(|s| {
-                let shard = known_shard.unwrap_or_else(|| (self.shard_fn)(s.id));
-                (shard, crate::shard::entry_hash(s.id))
+            .map(|s| SampleKey {
+                shard: known_shard.unwrap_or(0),
+                hash: crate::shard::entry_hash(s.id),
+                hinted: false,
             })
             .collect();
+        if known_shard.is_none() {
+            self.route(samples, &mut keys);
+        }
+        let mut unconfirmed = Vec::new();
+        self.add_routed(samples, &keys, now_nanos, &mut unconfirmed, rejected);
+        if unconfirmed.is_empty() {
+            return;
+        }
+        // Hints no entry confirmed: those values take the shard function's shard, as every
+        // value did before it had a hint.
+        self.metrics
+            .shard_hints_unconfirmed(unconfirmed.len() as u64);
+        let retry: Vec<TimedSample<'_>> = unconfirmed.iter().map(|&i| samples[i]).collect();
+        let retry_keys: Vec<SampleKey> = unconfirmed
+            .iter()
+            .map(|&i| {
+                let shard = (self.shard_fn)(samples[i].id);
+                self.shard_hints.set(keys[i].hash, shard);
+                SampleKey {
+                    shard,
+                    hash: keys[i].hash,
+                    hinted: false,
+                }
+            })
+            .collect();
+        let mut none = Vec::new();
+        self.add_routed(&retry, &retry_keys, now_nanos, &mut none, &mut |j, e| {
+            rejected(unconfirmed[j], e);
+        });
+        debug_assert!(none.is_empty(), "only hinted values go unconfirmed");
+    }
+
+    /// Gives each value of a batch its shard: the shard function's, or, when that is murmur3
+    /// under the placement's count, the hint of the value's series if there is one (see
+    /// [`crate::shard_hints`]).
+    fn route(&self, samples: &[TimedSample<'_>], keys: &mut [SampleKey]) {
+        let Some(count) = self.murmur3_shard_count.as_ref() else {
+            for (key, sample) in keys.iter_mut().zip(samples) {
+                key.shard = (self.shard_fn)(sample.id);
+            }
+            return;
+        };
+        let hints = &self.shard_hints;
+        hints.follow_shard_count(count.load(Ordering::Relaxed));
+        for i in 0..keys.len() {
+            if let Some(ahead) = keys.get(i + m3_hash_index::PREFETCH_AHEAD) {
+                hints.prefetch(ahead.hash);
+            }
+            let key = &mut keys[i];
+            match hints.get(key.hash) {
+                Some(shard) => {
+                    key.shard = shard;
+                    key.hinted = true;
+                }
+                None => {
+                    key.shard = (self.shard_fn)(samples[i].id);
+                    hints.set(key.hash, key.shard);
+                }
+            }
+        }
+    }
+
+    /// Adds the values of a routed batch, one run of consecutive values of a shard at a time.
+    /// A hinted value its shard does not confirm (series not there, shard not owned or not
+    /// writeable) is not added or rejected: its index goes to `unconfirmed`.
+    fn add_routed(
+        &self,
+        samples: &[TimedSample<'_>],
+        keys: &[SampleKey],
+        now_nanos: i64,
+        unconfirmed: &mut Vec<usize>,
+        rejected: &mut dyn FnMut(usize, AddError),
+    ) {
         // Sized once for the longest run of one shard, the most they hold: grown from empty,
         // these were reallocated several times per batch (1.4% of `m3 local`'s CPU).
         let longest_run = keys
-            .chunk_by(|a, b| a.0 == b.0)
+            .chunk_by(|a, b| a.shard == b.shard)
             .map(<[_]>::len)
             .max()
             .unwrap_or(0);
         let mut run = Vec::with_capacity(longest_run);
         let mut indexes = Vec::with_capacity(longest_run);
+        let mut run_unconfirmed = Vec::new();
         let mut scratch = crate::shard::RunScratch::with_capacity(longest_run);
         let table = self.shards.read();
         let mut start = 0;
         while start < samples.len() {
-            let shard_id = keys[start].0;
+            let shard_id = keys[start].shard;
             let end = keys[start..]
                 .iter()
-                .position(|k| k.0 != shard_id)
+                .position(|k| k.shard != shard_id)
                 .map_or(samples.len(), |n| start + n);
             let writeable = match table.get(&shard_id) {
                 None => Err(AddError::ShardNotOwned { shard: shard_id }),
@@ -363,11 +450,16 @@ impl Aggregator {
             let shard = match writeable {
                 Ok(shard) => shard,
                 Err(e) => {
-                    self.metrics
-                        .record_rejected(e.reason(), (end - start) as u64);
-                    for i in start..end {
-                        rejected(i, e.clone());
+                    let mut refused = 0;
+                    for (i, key) in keys.iter().enumerate().take(end).skip(start) {
+                        if key.hinted {
+                            unconfirmed.push(i);
+                        } else {
+                            refused += 1;
+                            rejected(i, e.clone());
+                        }
                     }
+                    self.metrics.record_rejected(e.reason(), refused);
                     start = end;
                     continue;
                 }
@@ -395,8 +487,9 @@ impl Aggregator {
                                 values: std::slice::from_ref(&sample.value),
                                 now_nanos,
                             },
-                            hash: keys[i].1,
+                            hash: keys[i].hash,
                             active,
+                            shard_hinted: keys[i].hinted,
                         });
                     }
                 }
@@ -404,8 +497,10 @@ impl Aggregator {
             // Counted once per run: an atomic add per sample costs, the more so when two
             // threads add to one engine.
             let mut added = [0u64; MetricType::ALL.len()];
+            run_unconfirmed.clear();
             shard.state.lock().add_run(
                 &run,
+                &mut run_unconfirmed,
                 &mut scratch,
                 &self.limits,
                 &self.metrics,
@@ -419,6 +514,7 @@ impl Aggregator {
                     }
                 },
             );
+            unconfirmed.extend(run_unconfirmed.iter().map(|&i| indexes[i]));
             for (metric_type, n) in MetricType::ALL.into_iter().zip(added) {
                 if n > 0 {
                     self.metrics.record_added(metric_type, n);
@@ -742,5 +838,121 @@ impl FlushPass<'_> {
             self.aggregator.forwarded.lock().append(&mut self.forwarded);
         }
         self.result
+    }
+}
+
+#[cfg(test)]
+mod shard_hint_tests {
+    use super::*;
+
+    const NUM_SHARDS: u32 = 8;
+    const S: i64 = 1_000_000_000;
+    const NOW: i64 = 1_700_000_040 * S;
+
+    /// An engine routing by murmur3 under a placement count, as the server builds it, owning
+    /// every shard.
+    fn engine() -> Aggregator {
+        let count = Arc::new(AtomicU32::new(NUM_SHARDS));
+        let shard_count = Arc::clone(&count);
+        let agg = Aggregator::new(
+            AggregatorOptions::default(),
+            Arc::new(move |id: &[u8]| {
+                m3_cluster::shard_for(id, shard_count.load(Ordering::Relaxed))
+            }),
+        )
+        .with_murmur3_shard_count(count);
+        agg.set_shards(
+            (0..NUM_SHARDS)
+                .map(crate::ShardAssignment::unbounded)
+                .collect(),
+            0,
+        );
+        agg
+    }
+
+    fn gauge(id: &[u8], value: f64) -> TimedSample<'_> {
+        TimedSample {
+            metric_type: MetricType::Gauge,
+            id,
+            time_nanos: NOW,
+            value,
+            metadatas: crate::Metadatas::Default,
+        }
+    }
+
+    fn holders(agg: &Aggregator, id: &[u8]) -> Vec<u32> {
+        let mut held: Vec<u32> = agg
+            .shards
+            .read()
+            .iter()
+            .filter(|(_, shard)| shard.state.lock().holds(id))
+            .map(|(&shard, _)| shard)
+            .collect();
+        held.sort_unstable();
+        held
+    }
+
+    /// A hint naming the wrong shard (as two IDs sharing a slot and tag would) is not trusted:
+    /// the series is created in murmur3's shard only, and the hint is replaced.
+    #[test]
+    fn a_wrong_hint_never_puts_a_series_in_another_shard() {
+        let agg = engine();
+        let id = b"some.series".as_slice();
+        let real = m3_cluster::shard_for(id, NUM_SHARDS);
+        let wrong = (real + 1) % NUM_SHARDS;
+        let hash = crate::shard::entry_hash(id);
+        agg.shard_hints.follow_shard_count(NUM_SHARDS);
+        agg.shard_hints.set(hash, wrong);
+        let mut errors = Vec::new();
+        agg.add_timed_batch(&[gauge(id, 1.0)], NOW, &mut |i, e| errors.push((i, e)));
+        assert_eq!(errors, vec![]);
+        assert_eq!(holders(&agg, id), vec![real]);
+        assert_eq!(agg.metrics().shard_hints_unconfirmed_total(), 1);
+        assert_eq!(agg.shard_hints.get(hash), Some(real));
+        // Confirmed from now on: no second pass.
+        agg.add_timed_batch(&[gauge(id, 2.0)], NOW, &mut |i, e| errors.push((i, e)));
+        assert_eq!(errors, vec![]);
+        assert_eq!(agg.metrics().shard_hints_unconfirmed_total(), 1);
+        assert_eq!(agg.metrics().added(MetricType::Gauge), 2);
+    }
+
+    /// A hint to a shard that is no longer owned does not reject the value by itself: the
+    /// value is routed again and rejected only because murmur3's shard is not owned, at its
+    /// own index, counted once.
+    #[test]
+    fn a_hint_to_an_unowned_shard_routes_again_and_rejects_by_the_real_shard() {
+        let agg = engine();
+        let ids: Vec<Vec<u8>> = (0..64)
+            .map(|i| format!("series.{i}").into_bytes())
+            .collect();
+        let batch: Vec<TimedSample<'_>> = ids.iter().map(|id| gauge(id, 1.0)).collect();
+        let mut errors = Vec::new();
+        agg.add_timed_batch(&batch, NOW, &mut |i, e| errors.push((i, e)));
+        assert_eq!(errors, vec![]);
+        let dropped = 3;
+        agg.set_shards(
+            (0..NUM_SHARDS)
+                .filter(|&s| s != dropped)
+                .map(crate::ShardAssignment::unbounded)
+                .collect(),
+            0,
+        );
+        agg.add_timed_batch(&batch, NOW, &mut |i, e| errors.push((i, e)));
+        let expected: Vec<(usize, AddError)> = ids
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| m3_cluster::shard_for(id, NUM_SHARDS) == dropped)
+            .map(|(i, _)| (i, AddError::ShardNotOwned { shard: dropped }))
+            .collect();
+        assert!(!expected.is_empty(), "some series are in the dropped shard");
+        assert_eq!(errors, expected);
+        assert_eq!(
+            agg.metrics().shard_hints_unconfirmed_total(),
+            expected.len() as u64
+        );
+        assert_eq!(
+            agg.metrics().added(MetricType::Gauge),
+            (2 * ids.len() - expected.len()) as u64
+        );
     }
 }

@@ -83,6 +83,7 @@ pub mod quantile;
 pub mod rawtcp;
 pub mod server;
 mod shard;
+mod shard_hints;
 pub mod topic_producer;
 
 pub use aggregator::{

@@ -10,6 +10,7 @@
 //! | `samples_added` | `type` | values aggregated into at least one storage policy |
 //! | `samples_rejected` | `reason` | values not aggregated (per value, per rejected policy) |
 //! | `entries_live` | | series entries held now |
+//! | `shard_hints_unconfirmed` | | values whose shard hint their series did not confirm, routed again by murmur3 (nothing is dropped) |
 //! | `entries_removed` | `reason` = `expired` / `shard_removed` | entries dropped |
 //! | `outputs_flushed` | | aggregated values emitted by a leader flush |
 //! | `outputs_discarded` | `reason` = `nan` / `invalid_id` | results not emitted |
@@ -89,6 +90,7 @@ pub struct Metrics {
     connections_timed_out: Counter,
     http_connections_refused: Counter,
     forwarded_duplicates: Counter,
+    shard_hints_unconfirmed: Counter,
     forwarded_sent: Counter,
     forwarded_dropped_family: Family<Labels, Counter>,
     passthrough_added: Counter,
@@ -148,6 +150,7 @@ impl Metrics {
             .clone();
         Metrics {
             forwarded_duplicates: Counter::default(),
+            shard_hints_unconfirmed: Counter::default(),
             forwarded_sent: Counter::default(),
             forwarded_dropped_family: Family::<Labels, Counter>::default(),
             passthrough_added: Counter::default(),
@@ -209,6 +212,11 @@ impl Metrics {
             "windows_discarded",
             "Aggregation windows dropped without output, by reason",
             self.windows_discarded_family.clone(),
+        );
+        registry.register(
+            "shard_hints_unconfirmed",
+            "Values whose remembered shard did not hold their series, routed again by murmur3 (none dropped)",
+            self.shard_hints_unconfirmed.clone(),
         );
         registry.register(
             "forwarded_duplicates",
@@ -320,6 +328,15 @@ impl Metrics {
             OutputDiscard::Nan => self.outputs_nan.get(),
             OutputDiscard::InvalidId => self.outputs_invalid_id.get(),
         }
+    }
+
+    pub(crate) fn shard_hints_unconfirmed(&self, n: u64) {
+        self.shard_hints_unconfirmed.inc_by(n);
+    }
+
+    /// Values whose shard hint was not confirmed so far (see `shard_hints_unconfirmed`).
+    pub fn shard_hints_unconfirmed_total(&self) -> u64 {
+        self.shard_hints_unconfirmed.get()
     }
 
     pub(crate) fn record_forwarded_duplicate(&self, n: u64) {

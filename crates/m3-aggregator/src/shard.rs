@@ -163,10 +163,10 @@ impl EntryMap {
         hash: u64,
         make: impl FnOnce() -> Entry,
     ) -> (usize, bool) {
-        let EntryMap { index, slots, ids } = self;
-        if let Some(i) = index.find(hash, |i| ids.get(slots[i as usize].id) == id) {
-            return (i as usize, false);
+        if let Some(i) = self.find(id, hash) {
+            return (i, false);
         }
+        let EntryMap { index, slots, ids } = self;
         let i = slots.len();
         // Shard-local counts stay far below 2^32; a slab that large would have failed to
         // allocate first.
@@ -186,12 +186,21 @@ impl EntryMap {
         (i, true)
     }
 
+    /// The slot index of the entry for `id` (whose [`entry_hash`] is `hash`), if there is one.
+    fn find(&self, id: &[u8], hash: u64) -> Option<usize> {
+        let EntryMap { index, slots, ids } = self;
+        index
+            .find(hash, |i| ids.get(slots[i as usize].id) == id)
+            .map(|i| i as usize)
+    }
+
     /// Starts loading the index bucket a lookup of `hash` reads first (see [`HashIndex`]).
     fn prefetch(&self, hash: u64) {
         self.index.prefetch(hash);
     }
 
     /// The ID of the slot at `i`.
+    #[cfg(test)]
     fn id(&self, i: usize) -> &[u8] {
         self.ids.get(self.slots[i].id)
     }
@@ -220,9 +229,7 @@ impl EntryMap {
     }
 
     fn contains(&self, id: &[u8]) -> bool {
-        self.index
-            .find(entry_hash(id), |i| self.id(i as usize) == id)
-            .is_some()
+        self.find(id, entry_hash(id)).is_some()
     }
 
     /// Heap bytes of the index, the slab and the IDs (by capacity).
@@ -286,7 +293,14 @@ pub(crate) struct RunSample<'a> {
     pub(crate) sample: Sample<'a>,
     pub(crate) hash: u64,
     pub(crate) active: Active<'a>,
+    /// The shard came from a hint ([`crate::shard_hints`]), not from the shard function: the
+    /// series is looked up here but never created, and a miss is handed back unadded.
+    pub(crate) shard_hinted: bool,
 }
+
+/// The slot [`ShardState::add_run`] notes for a hinted sample whose series is not in the
+/// shard (no slab reaches 2^32 − 1 slots).
+const UNCONFIRMED_SLOT: u32 = u32::MAX;
 
 /// Buffers [`ShardState::add_run`] reuses from run to run.
 #[derive(Debug, Default)]
@@ -484,9 +498,13 @@ impl ShardState {
     /// sample's index in `run` with whether a target accepted it and its first error. A series
     /// created and left empty by the run is removed at its end, so its slot, and the order
     /// flushes emit it in, may differ from adding the values one by one (nothing else does).
+    /// A [`shard_hinted`](RunSample::shard_hinted) sample whose series this shard does not
+    /// hold is not added and gets no `outcome`: its index in `run` goes to `unconfirmed`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn add_run(
         &mut self,
         run: &[RunSample<'_>],
+        unconfirmed: &mut Vec<usize>,
         scratch: &mut RunScratch,
         limits: &Limits,
         metrics: &Metrics,
@@ -504,7 +522,18 @@ impl ShardState {
             if let Some(ahead) = run.get(i + PREFETCH_AHEAD) {
                 map.prefetch(ahead.hash);
             }
-            let (slot, created) = map.get_or_insert(r.sample.id, r.hash, Entry::new);
+            let (slot, created) = if r.shard_hinted {
+                match map.find(r.sample.id, r.hash) {
+                    Some(slot) => (slot, false),
+                    None => {
+                        unconfirmed.push(i);
+                        slots.push((UNCONFIRMED_SLOT, false));
+                        continue;
+                    }
+                }
+            } else {
+                map.get_or_insert(r.sample.id, r.hash, Entry::new)
+            };
             if created {
                 metrics.entry_created();
             }
@@ -516,6 +545,9 @@ impl ShardState {
         // series the same metadata).
         let mut resolved_for: Option<(Active<'_>, MetricType)> = None;
         for (i, (r, &(slot, _))) in run.iter().zip(slots.iter()).enumerate() {
+            if slot == UNCONFIRMED_SLOT {
+                continue;
+            }
             let metric_type = r.sample.metric_type;
             let same = resolved_for
                 .is_some_and(|(a, t)| t == metric_type && a.is_same_metadata(&r.active));
@@ -869,6 +901,12 @@ impl ShardState {
 
     pub(crate) fn len(&self) -> usize {
         self.entries.iter().map(EntryMap::len).sum()
+    }
+
+    /// Whether this shard holds a series entry for `id` (of any category).
+    #[cfg(test)]
+    pub(crate) fn holds(&self, id: &[u8]) -> bool {
+        self.entries.iter().any(|map| map.contains(id))
     }
 
     /// (entries, windows, estimated heap bytes) of this shard.

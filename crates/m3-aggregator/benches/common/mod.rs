@@ -1,6 +1,7 @@
 //! Shared setup for the benchmarks: realistic tag-encoded IDs and a populated engine.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use m3_aggregator::metadata::build;
 use m3_aggregator::{Aggregator, AggregatorOptions, Metadatas, ShardAssignment};
@@ -43,10 +44,14 @@ pub(crate) fn engine() -> Aggregator {
 
 /// As [`engine`], with `options`.
 pub(crate) fn engine_with(options: AggregatorOptions) -> Aggregator {
+    // As the server builds it: the shard function is told to be murmur3 under this count.
+    let num_shards = Arc::new(AtomicU32::new(NUM_SHARDS));
+    let count = Arc::clone(&num_shards);
     let agg = Aggregator::new(
         options,
-        Arc::new(|id: &[u8]| m3_cluster::shard_for(id, NUM_SHARDS)),
-    );
+        Arc::new(move |id: &[u8]| m3_cluster::shard_for(id, count.load(Ordering::Relaxed))),
+    )
+    .with_murmur3_shard_count(num_shards);
     agg.set_shards((0..NUM_SHARDS).map(ShardAssignment::unbounded).collect(), 0);
     agg
 }
