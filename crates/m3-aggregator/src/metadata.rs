@@ -14,7 +14,7 @@
 //!    `defaultStoragePolicies` with the metric type's default aggregations;
 //! 4. a pipeline with **no storage policies** uses `defaultStoragePolicies` too;
 //! 5. a pipeline with **operations** (transforms, rollups) is kept with its target: the elem
-//!    runs it (see [`crate::pipeline`]). `drop_policy` and `routing_policy` are coordinator and
+//!    runs it (see `pipeline.rs`). `drop_policy` and `routing_policy` are coordinator and
 //!    flush-routing concerns and are ignored here.
 
 use m3_metric::{AggregationId, StoragePolicy};
