@@ -970,23 +970,32 @@ mod timed_batch {
     //! staged with one or two policies, tombstoned or not yet cut over; timestamps in and out of
     //! the buffers; one series written twice in a batch) both engines reject the same values
     //! for the same reasons, count the same, hold the same series and windows and flush the same
-    //! outputs.
+    //! outputs. Each case runs with a shard function the engine does not know and with
+    //! murmur3 under the placement's count, where batches after the first find their series'
+    //! shards by hint.
 
     use super::*;
     use m3_aggregator::TimedSample;
     use proptest::prelude::*;
 
-    /// Shard of an ID: its last byte mod 5; shard 4 is not owned, shard 3 is owned from
-    /// `T0 + 1000 s` on.
-    fn engine_with_gaps() -> Aggregator {
-        let agg = Aggregator::new(
-            AggregatorOptions {
-                buffer_past: Duration::from_secs(60),
-                buffer_future: Duration::from_secs(60),
-                ..AggregatorOptions::default()
-            },
-            Arc::new(|id: &[u8]| u32::from(id.last().copied().unwrap_or(0)) % 5),
-        );
+    /// Shard of an ID: its last byte mod 5, or with `murmur3` murmur3_32 mod 5 (as the server
+    /// routes, shard hints and all); shard 4 is not owned, shard 3 is owned from `T0 + 1000 s`
+    /// on.
+    fn engine_with_gaps(murmur3: bool) -> Aggregator {
+        let options = AggregatorOptions {
+            buffer_past: Duration::from_secs(60),
+            buffer_future: Duration::from_secs(60),
+            ..AggregatorOptions::default()
+        };
+        let agg = if murmur3 {
+            Aggregator::new(options, Arc::new(|id: &[u8]| m3_cluster::shard_for(id, 5)))
+                .with_murmur3_shard_count(Arc::new(std::sync::atomic::AtomicU32::new(5)))
+        } else {
+            Aggregator::new(
+                options,
+                Arc::new(|id: &[u8]| u32::from(id.last().copied().unwrap_or(0)) % 5),
+            )
+        };
         let mut shards: Vec<ShardAssignment> = (0..3).map(ShardAssignment::unbounded).collect();
         shards.push(ShardAssignment {
             id: 3,
@@ -1047,10 +1056,11 @@ mod timed_batch {
         #[test]
         fn a_batch_is_its_values_added_one_by_one(
             batches in prop::collection::vec(batch_strategy(), 1..5),
+            murmur3 in any::<bool>(),
         ) {
             let metadatas = all_metadatas();
-            let batched = engine_with_gaps();
-            let single = engine_with_gaps();
+            let batched = engine_with_gaps(murmur3);
+            let single = engine_with_gaps(murmur3);
             for (round, batch) in batches.iter().enumerate() {
                 let now = T0 + round as i64 * 20 * S;
                 let ids: Vec<Vec<u8>> = batch.iter().map(|d| vec![b's', d.0]).collect();
