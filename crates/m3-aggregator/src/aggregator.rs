@@ -183,7 +183,10 @@ impl Aggregator {
 
     /// The same engine, told that its shard function is murmur3_32(id) % `num_shards` (as
     /// [`placement_shard_fn`](crate::instance::placement_shard_fn) is), so that a batch whose
-    /// [`KnownShard`] was computed with the same count is not hashed again.
+    /// [`KnownShard`] was computed with the same count is not hashed again, and the series of
+    /// other batches find their shard by hint. Batches then compute shards as murmur3 under
+    /// the count read once per batch, so a shard function that does not follow `num_shards`
+    /// breaks this contract.
     #[must_use]
     pub fn with_murmur3_shard_count(mut self, num_shards: Arc<AtomicU32>) -> Aggregator {
         self.murmur3_shard_count = Some(num_shards);
@@ -314,6 +317,12 @@ impl Aggregator {
     /// `rejected` gets the index in `samples` and the first error of each value not (wholly)
     /// aggregated; every rejection is counted as by [`add_timed`](Self::add_timed). It is
     /// called while a shard's lock is held: it must not call into this aggregator.
+    ///
+    /// With a murmur3 shard function ([`with_murmur3_shard_count`](Self::with_murmur3_shard_count))
+    /// known series find their shard by hint (see `shard_hints.rs`). A value whose hint is not
+    /// confirmed is added after the rest of the batch; every value of its series in the batch
+    /// read the same hint, so they keep their order, unless another connection overwrote the
+    /// hint's slot while this batch was being routed.
     pub fn add_timed_batch(
         &self,
         samples: &[TimedSample<'_>],
@@ -349,11 +358,25 @@ impl Aggregator {
                 hinted: false,
             })
             .collect();
+        // The placement's count, read once: every shard of the batch is computed under it.
+        let murmur3_count = self
+            .murmur3_shard_count
+            .as_ref()
+            .map(|count| count.load(Ordering::Relaxed));
         if known_shard.is_none() {
-            self.route(samples, &mut keys);
+            self.route(samples, &mut keys, murmur3_count);
         }
         let mut unconfirmed = Vec::new();
         self.add_routed(samples, &keys, now_nanos, &mut unconfirmed, rejected);
+        if let Some(count) = murmur3_count
+            && known_shard.is_none()
+        {
+            // Written once the batch is in, not while it is routed: every value of a series
+            // in one batch then takes the same path, and stays in order.
+            for key in keys.iter().filter(|k| !k.hinted) {
+                self.shard_hints.set(key.hash, key.shard, count);
+            }
+        }
         if unconfirmed.is_empty() {
             return;
         }
@@ -364,14 +387,10 @@ impl Aggregator {
         let retry: Vec<TimedSample<'_>> = unconfirmed.iter().map(|&i| samples[i]).collect();
         let retry_keys: Vec<SampleKey> = unconfirmed
             .iter()
-            .map(|&i| {
-                let shard = (self.shard_fn)(samples[i].id);
-                self.shard_hints.set(keys[i].hash, shard);
-                SampleKey {
-                    shard,
-                    hash: keys[i].hash,
-                    hinted: false,
-                }
+            .map(|&i| SampleKey {
+                shard: self.shard_of(samples[i].id, murmur3_count),
+                hash: keys[i].hash,
+                hinted: false,
             })
             .collect();
         let mut none = Vec::new();
@@ -379,41 +398,57 @@ impl Aggregator {
             rejected(unconfirmed[j], e);
         });
         debug_assert!(none.is_empty(), "only hinted values go unconfirmed");
+        if let Some(count) = murmur3_count {
+            for key in &retry_keys {
+                self.shard_hints.set(key.hash, key.shard, count);
+            }
+        }
+    }
+
+    /// The shard of `id`: murmur3_32(id) % `murmur3_count` when the shard function is known to
+    /// be that (so the shard matches the count hints are kept under), else the shard function's.
+    fn shard_of(&self, id: &[u8], murmur3_count: Option<u32>) -> u32 {
+        match murmur3_count {
+            Some(count) => m3_cluster::shard_for(id, count),
+            None => (self.shard_fn)(id),
+        }
     }
 
     /// Gives each value of a batch its shard: the shard function's, or, when that is murmur3
-    /// under the placement's count, the hint of the value's series if there is one (see
+    /// under `murmur3_count` shards, the hint of the value's series if there is one (see
     /// [`crate::shard_hints`]).
-    fn route(&self, samples: &[TimedSample<'_>], keys: &mut [SampleKey]) {
-        let Some(count) = self.murmur3_shard_count.as_ref() else {
+    fn route(
+        &self,
+        samples: &[TimedSample<'_>],
+        keys: &mut [SampleKey],
+        murmur3_count: Option<u32>,
+    ) {
+        let Some(count) = murmur3_count else {
             for (key, sample) in keys.iter_mut().zip(samples) {
                 key.shard = (self.shard_fn)(sample.id);
             }
             return;
         };
         let hints = &self.shard_hints;
-        hints.follow_shard_count(count.load(Ordering::Relaxed));
         for i in 0..keys.len() {
             if let Some(ahead) = keys.get(i + m3_hash_index::PREFETCH_AHEAD) {
                 hints.prefetch(ahead.hash);
             }
             let key = &mut keys[i];
-            match hints.get(key.hash) {
+            match hints.get(key.hash, count) {
                 Some(shard) => {
                     key.shard = shard;
                     key.hinted = true;
                 }
-                None => {
-                    key.shard = (self.shard_fn)(samples[i].id);
-                    hints.set(key.hash, key.shard);
-                }
+                None => key.shard = m3_cluster::shard_for(samples[i].id, count),
             }
         }
     }
 
     /// Adds the values of a routed batch, one run of consecutive values of a shard at a time.
     /// A hinted value its shard does not confirm (series not there, shard not owned or not
-    /// writeable) is not added or rejected: its index goes to `unconfirmed`.
+    /// writeable, metadata that rejects it) is neither added nor rejected: its index goes to
+    /// `unconfirmed`, to be routed again.
     fn add_routed(
         &self,
         samples: &[TimedSample<'_>],
@@ -468,7 +503,13 @@ impl Aggregator {
             // The index in `samples` of each sample of `run`.
             indexes.clear();
             for (i, sample) in samples.iter().enumerate().take(end).skip(start) {
-                match metadata::active(sample.metadatas, now_nanos) {
+                let active = metadata::active(sample.metadatas, now_nanos);
+                if keys[i].hinted && matches!(active, Err(_) | Ok(Active::Tombstoned)) {
+                    // Rejected or dropped only once its shard is known to be the real one.
+                    unconfirmed.push(i);
+                    continue;
+                }
+                match active {
                     Err(e) => {
                         self.metrics.record_rejected(e.reason(), 1);
                         rejected(i, e);
@@ -901,19 +942,84 @@ mod shard_hint_tests {
         let real = m3_cluster::shard_for(id, NUM_SHARDS);
         let wrong = (real + 1) % NUM_SHARDS;
         let hash = crate::shard::entry_hash(id);
-        agg.shard_hints.follow_shard_count(NUM_SHARDS);
-        agg.shard_hints.set(hash, wrong);
+        agg.shard_hints.set(hash, wrong, NUM_SHARDS);
         let mut errors = Vec::new();
         agg.add_timed_batch(&[gauge(id, 1.0)], NOW, &mut |i, e| errors.push((i, e)));
         assert_eq!(errors, vec![]);
         assert_eq!(holders(&agg, id), vec![real]);
         assert_eq!(agg.metrics().shard_hints_unconfirmed_total(), 1);
-        assert_eq!(agg.shard_hints.get(hash), Some(real));
+        assert_eq!(agg.shard_hints.get(hash, NUM_SHARDS), Some(real));
         // Confirmed from now on: no second pass.
         agg.add_timed_batch(&[gauge(id, 2.0)], NOW, &mut |i, e| errors.push((i, e)));
         assert_eq!(errors, vec![]);
         assert_eq!(agg.metrics().shard_hints_unconfirmed_total(), 1);
         assert_eq!(agg.metrics().added(MetricType::Gauge), 2);
+    }
+
+    /// Under a wrong hint, a value its metadata would reject (tombstoned) is judged by its
+    /// real shard: not owned there, so `ShardNotOwned`, told and counted once.
+    #[test]
+    fn a_wrong_hint_does_not_decide_a_rejection() {
+        let agg = engine();
+        let id = b"some.series".as_slice();
+        let real = m3_cluster::shard_for(id, NUM_SHARDS);
+        let wrong = (real + 1) % NUM_SHARDS;
+        agg.set_shards(vec![crate::ShardAssignment::unbounded(wrong)], 0);
+        agg.shard_hints
+            .set(crate::shard::entry_hash(id), wrong, NUM_SHARDS);
+        let tombstoned = m3_proto::metricpb::StagedMetadatas {
+            metadatas: vec![crate::metadata::build::staged(0, true, Vec::new())],
+        };
+        let sample = TimedSample {
+            metadatas: crate::Metadatas::Staged(&tombstoned),
+            ..gauge(id, 1.0)
+        };
+        let mut errors = Vec::new();
+        agg.add_timed_batch(&[sample], NOW, &mut |i, e| errors.push((i, e)));
+        assert_eq!(errors, vec![(0, AddError::ShardNotOwned { shard: real })]);
+        assert_eq!(agg.metrics().rejected(RejectReason::ShardNotOwned), 1);
+        assert_eq!(agg.metrics().rejected(RejectReason::Tombstoned), 0);
+    }
+
+    /// After the placement's shard count changes, a series' old entry in a shard still owned
+    /// does not draw its values: they go to the shard murmur3 gives under the new count.
+    #[test]
+    fn a_new_shard_count_routes_past_old_entries() {
+        let count = Arc::new(AtomicU32::new(NUM_SHARDS));
+        let shard_count = Arc::clone(&count);
+        let agg = Aggregator::new(
+            AggregatorOptions::default(),
+            Arc::new(move |id: &[u8]| {
+                m3_cluster::shard_for(id, shard_count.load(Ordering::Relaxed))
+            }),
+        )
+        .with_murmur3_shard_count(Arc::clone(&count));
+        let wider = NUM_SHARDS * 2;
+        agg.set_shards(
+            (0..wider).map(crate::ShardAssignment::unbounded).collect(),
+            0,
+        );
+        let id = (0..)
+            .map(|i| format!("series.{i}").into_bytes())
+            .find(|id| m3_cluster::shard_for(id, NUM_SHARDS) != m3_cluster::shard_for(id, wider))
+            .expect("some ID moves when the count doubles");
+        let mut errors = Vec::new();
+        agg.add_timed_batch(&[gauge(&id, 1.0)], NOW, &mut |i, e| errors.push((i, e)));
+        agg.add_timed_batch(&[gauge(&id, 2.0)], NOW, &mut |i, e| errors.push((i, e)));
+        assert_eq!(
+            holders(&agg, &id),
+            vec![m3_cluster::shard_for(&id, NUM_SHARDS)]
+        );
+        count.store(wider, Ordering::Relaxed);
+        agg.add_timed_batch(&[gauge(&id, 3.0)], NOW, &mut |i, e| errors.push((i, e)));
+        assert_eq!(errors, vec![]);
+        let mut expected = vec![
+            m3_cluster::shard_for(&id, NUM_SHARDS),
+            m3_cluster::shard_for(&id, wider),
+        ];
+        expected.sort_unstable();
+        assert_eq!(holders(&agg, &id), expected);
+        assert_eq!(agg.metrics().shard_hints_unconfirmed_total(), 0);
     }
 
     /// A hint to a shard that is no longer owned does not reject the value by itself: the

@@ -8,64 +8,51 @@
 //! that hash to the shard murmur3 gave the last time, so the known series of a batch (nearly
 //! all of them: Prometheus resends the same series every scrape) skip murmur3.
 //!
-//! A hint is never trusted alone. The batch looks a hinted value's series up in the hinted
-//! shard without creating it; only an entry with the same ID bytes there confirms the hint
-//! (entries are created only in the shard murmur3 gave). Everything else (a tag shared by two
-//! IDs, a series expired since, a shard no longer owned or writeable) goes back through
-//! murmur3. So a wrong hint costs a second pass, never a value in the wrong shard.
+//! A hint is never trusted alone. It holds the shard count it was computed under, and only a
+//! hint of the placement's current count is read; and the batch looks a hinted value's series
+//! up in the hinted shard without creating it: only an entry with the same ID bytes there
+//! confirms the hint (an entry is created only in the shard the shard function gave, and the
+//! hint of the same count names that shard). Everything else (two IDs sharing a slot and
+//! tag, a series expired since, a shard no longer owned or writeable, metadata the value is
+//! rejected for) goes back through murmur3 and the checks of an unhinted value. So a wrong
+//! hint costs a second pass, never a value in the wrong shard or a wrong rejection.
 //!
-//! The table is direct-mapped and fixed in size (4 MiB, allocated on first use): one 32-bit
-//! slot per hash, a 16-bit tag of the hash and the shard + 1 (0 is empty). A newer series
-//! overwrites an older one's slot, so past about a million series per instance a growing
-//! share of values pays murmur3 again; nothing grows with the series count. Slots are
-//! relaxed atomics: connection threads read and write them without a lock, and a torn
-//! interleaving only loses a hint. When the placement's shard count changes every hint is
-//! cleared, since murmur3 then maps IDs elsewhere.
+//! The table is direct-mapped and fixed in size (8 MiB, allocated on first use): one 64-bit
+//! slot per hash, holding a 32-bit tag of the hash, the shard count and the shard + 1 (0 is
+//! empty). A newer series overwrites an older one's slot, so past about a million series per
+//! instance a growing share of values pays murmur3 again; nothing grows with the series
+//! count. Slots are relaxed atomics written whole: connection threads read and write them
+//! without a lock, and the worst a race does is lose a hint.
 //!
 //! [`entry_hash`]: crate::shard::entry_hash
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prefetch_index::prefetch_index;
 
-/// Slots in the table (a power of two): 4 MiB of `u32`.
+/// Slots in the table (a power of two): 8 MiB of `u64`.
 const SLOTS: usize = 1 << 20;
 
-/// The largest shard a slot can hold (the low half holds shard + 1).
-const MAX_HINTED_SHARD: u32 = u16::MAX as u32 - 1;
+/// The largest shard count and shard a slot can hold (16 bits each, the shard as shard + 1).
+const MAX_HINTED_COUNT: u32 = u16::MAX as u32;
 
 /// The last shard of each hashed ID; see the module docs.
 #[derive(Debug, Default)]
 pub(crate) struct ShardHints {
-    slots: OnceLock<Box<[AtomicU32]>>,
-    /// The shard count the hints were computed under (0 before the first).
-    num_shards: AtomicU32,
+    slots: OnceLock<Box<[AtomicU64]>>,
 }
 
 /// The slot of `hash` and the tag stored there for it (in the high half).
-fn slot_and_tag(hash: u64) -> (usize, u32) {
-    ((hash as usize) & (SLOTS - 1), ((hash >> 48) as u32) << 16)
+fn slot_and_tag(hash: u64) -> (usize, u64) {
+    ((hash as usize) & (SLOTS - 1), (hash >> 32) << 32)
 }
 
 impl ShardHints {
     /// The table, allocated on first use.
-    fn slots(&self) -> &[AtomicU32] {
+    fn slots(&self) -> &[AtomicU64] {
         self.slots
-            .get_or_init(|| (0..SLOTS).map(|_| AtomicU32::new(0)).collect())
-    }
-
-    /// Drops every hint if they were computed under another shard count than `num_shards`.
-    pub(crate) fn follow_shard_count(&self, num_shards: u32) {
-        // Read first: a write per batch would move the line between connection threads.
-        if self.num_shards.load(Ordering::Relaxed) != num_shards
-            && self.num_shards.swap(num_shards, Ordering::Relaxed) != num_shards
-            && let Some(slots) = self.slots.get()
-        {
-            for slot in slots.iter() {
-                slot.store(0, Ordering::Relaxed);
-            }
-        }
+            .get_or_init(|| (0..SLOTS).map(|_| AtomicU64::new(0)).collect())
     }
 
     /// Starts loading the slot of `hash` into the cache.
@@ -73,19 +60,23 @@ impl ShardHints {
         prefetch_index(self.slots(), slot_and_tag(hash).0);
     }
 
-    /// The shard the ID hashed to `hash` was last routed to, if its slot still holds it.
-    pub(crate) fn get(&self, hash: u64) -> Option<u32> {
+    /// The shard the ID hashed to `hash` was last routed to under `num_shards` shards, if its
+    /// slot still holds it.
+    pub(crate) fn get(&self, hash: u64, num_shards: u32) -> Option<u32> {
         let (slot, tag) = slot_and_tag(hash);
         let held = self.slots()[slot].load(Ordering::Relaxed);
-        let shard_plus_one = held & 0xffff;
-        (shard_plus_one != 0 && held & 0xffff_0000 == tag).then(|| shard_plus_one - 1)
+        let shard_plus_one = (held & 0xffff) as u32;
+        let count = ((held >> 16) & 0xffff) as u32;
+        (shard_plus_one != 0 && held & !0xffff_ffff == tag && count == num_shards)
+            .then(|| shard_plus_one - 1)
     }
 
-    /// Remembers that the ID hashed to `hash` is in `shard`.
-    pub(crate) fn set(&self, hash: u64, shard: u32) {
-        if shard <= MAX_HINTED_SHARD {
+    /// Remembers that the ID hashed to `hash` is in `shard` of `num_shards`.
+    pub(crate) fn set(&self, hash: u64, shard: u32, num_shards: u32) {
+        if num_shards <= MAX_HINTED_COUNT && shard < num_shards {
             let (slot, tag) = slot_and_tag(hash);
-            self.slots()[slot].store(tag | (shard + 1), Ordering::Relaxed);
+            let held = tag | (u64::from(num_shards) << 16) | u64::from(shard + 1);
+            self.slots()[slot].store(held, Ordering::Relaxed);
         }
     }
 }
@@ -98,34 +89,36 @@ mod tests {
     fn a_hint_is_found_by_its_hash_and_lost_to_a_newer_one_in_its_slot() {
         let hints = ShardHints::default();
         let hash = 0x1234_5678_9abc_def0_u64;
-        assert_eq!(hints.get(hash), None);
-        hints.set(hash, 0);
-        assert_eq!(hints.get(hash), Some(0));
+        assert_eq!(hints.get(hash, 64), None);
+        hints.set(hash, 0, 64);
+        assert_eq!(hints.get(hash, 64), Some(0));
         // Same slot, another tag: the slot now holds the newer hint only.
         let other = hash ^ (1 << 60);
-        assert_eq!(hints.get(other), None, "a tag mismatch is no hint");
-        hints.set(other, 7);
-        assert_eq!(hints.get(other), Some(7));
-        assert_eq!(hints.get(hash), None);
+        assert_eq!(hints.get(other, 64), None, "a tag mismatch is no hint");
+        hints.set(other, 7, 64);
+        assert_eq!(hints.get(other, 64), Some(7));
+        assert_eq!(hints.get(hash, 64), None);
     }
 
     #[test]
-    fn a_new_shard_count_clears_every_hint() {
+    fn a_hint_holds_only_under_the_shard_count_it_was_computed_with() {
         let hints = ShardHints::default();
-        hints.follow_shard_count(64);
-        hints.set(42, 5);
-        hints.follow_shard_count(64);
-        assert_eq!(hints.get(42), Some(5), "the same count keeps hints");
-        hints.follow_shard_count(128);
-        assert_eq!(hints.get(42), None);
+        hints.set(42, 5, 64);
+        assert_eq!(hints.get(42, 64), Some(5));
+        assert_eq!(hints.get(42, 128), None);
+        hints.set(42, 69, 128);
+        assert_eq!(hints.get(42, 64), None);
+        assert_eq!(hints.get(42, 128), Some(69));
     }
 
     #[test]
-    fn shards_beyond_a_slot_are_not_hinted() {
+    fn counts_beyond_a_slot_and_shards_beyond_the_count_are_not_hinted() {
         let hints = ShardHints::default();
-        hints.set(9, MAX_HINTED_SHARD);
-        assert_eq!(hints.get(9), Some(MAX_HINTED_SHARD));
-        hints.set(10, MAX_HINTED_SHARD + 1);
-        assert_eq!(hints.get(10), None);
+        hints.set(9, MAX_HINTED_COUNT - 1, MAX_HINTED_COUNT);
+        assert_eq!(hints.get(9, MAX_HINTED_COUNT), Some(MAX_HINTED_COUNT - 1));
+        hints.set(10, 3, MAX_HINTED_COUNT + 1);
+        assert_eq!(hints.get(10, MAX_HINTED_COUNT + 1), None);
+        hints.set(11, 8, 8);
+        assert_eq!(hints.get(11, 8), None);
     }
 }

@@ -49,9 +49,13 @@ fn ids(out: &[AggregatedOutput]) -> Vec<String> {
 fn a_known_shard_is_taken_only_under_the_engines_shard_count() {
     const NUM_SHARDS: u32 = 8;
     let count = Arc::new(std::sync::atomic::AtomicU32::new(NUM_SHARDS));
+    // As the server builds it: murmur3 under the placement's count.
+    let shard_count = Arc::clone(&count);
     let agg = Aggregator::new(
         AggregatorOptions::default(),
-        Arc::new(|id: &[u8]| m3_cluster::shard_for(id, NUM_SHARDS)),
+        Arc::new(move |id: &[u8]| {
+            m3_cluster::shard_for(id, shard_count.load(std::sync::atomic::Ordering::Relaxed))
+        }),
     )
     .with_murmur3_shard_count(Arc::clone(&count));
     let id = b"some.series".as_slice();
@@ -90,9 +94,13 @@ fn a_known_shard_is_taken_only_under_the_engines_shard_count() {
     };
     assert_eq!(add(Some(out_of_range)), unowned);
     assert_eq!(add(None), unowned);
-    // The count follows the placement: after it changes, the old count's shards are hashed.
+    // The count follows the placement: after it changes, a known shard of the old count is
+    // not taken, and the ID is hashed under the new count.
     count.store(NUM_SHARDS * 2, std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(add(Some(same_count)), unowned);
+    let unowned_now = vec![AddError::ShardNotOwned {
+        shard: m3_cluster::shard_for(id, NUM_SHARDS * 2),
+    }];
+    assert_eq!(add(Some(same_count)), unowned_now);
     assert_eq!(agg.metrics().added(MetricType::Gauge), 1);
 }
 
