@@ -322,7 +322,7 @@ impl Aggregator {
     /// known series find their shard by hint (see `shard_hints.rs`). A value whose hint is not
     /// confirmed is added after the rest of the batch; every value of its series in the batch
     /// read the same hint, so they keep their order, unless another connection overwrote the
-    /// hint's slot while this batch was being routed.
+    /// hint's slot or created the series while this batch was being added.
     pub fn add_timed_batch(
         &self,
         samples: &[TimedSample<'_>],
@@ -342,13 +342,13 @@ impl Aggregator {
         now_nanos: i64,
         rejected: &mut dyn FnMut(usize, AddError),
     ) {
+        // The placement's count, read once: every shard of the batch is computed under it.
+        let murmur3_count = self
+            .murmur3_shard_count
+            .as_ref()
+            .map(|count| count.load(Ordering::Relaxed));
         let known_shard = known
-            .filter(|k| {
-                self.murmur3_shard_count
-                    .as_ref()
-                    .is_some_and(|count| count.load(Ordering::Relaxed) == k.num_shards)
-                    && k.shard < k.num_shards
-            })
+            .filter(|k| murmur3_count == Some(k.num_shards) && k.shard < k.num_shards)
             .map(|k| k.shard);
         let mut keys: Vec<SampleKey> = samples
             .iter()
@@ -358,16 +358,18 @@ impl Aggregator {
                 hinted: false,
             })
             .collect();
-        // The placement's count, read once: every shard of the batch is computed under it.
-        let murmur3_count = self
-            .murmur3_shard_count
-            .as_ref()
-            .map(|count| count.load(Ordering::Relaxed));
         if known_shard.is_none() {
             self.route(samples, &mut keys, murmur3_count);
         }
         let mut unconfirmed = Vec::new();
-        self.add_routed(samples, &keys, now_nanos, &mut unconfirmed, rejected);
+        self.add_routed(
+            samples,
+            &keys,
+            murmur3_count,
+            now_nanos,
+            &mut unconfirmed,
+            rejected,
+        );
         if let Some(count) = murmur3_count
             && known_shard.is_none()
         {
@@ -394,9 +396,16 @@ impl Aggregator {
             })
             .collect();
         let mut none = Vec::new();
-        self.add_routed(&retry, &retry_keys, now_nanos, &mut none, &mut |j, e| {
-            rejected(unconfirmed[j], e);
-        });
+        self.add_routed(
+            &retry,
+            &retry_keys,
+            murmur3_count,
+            now_nanos,
+            &mut none,
+            &mut |j, e| {
+                rejected(unconfirmed[j], e);
+            },
+        );
         debug_assert!(none.is_empty(), "only hinted values go unconfirmed");
         if let Some(count) = murmur3_count {
             for key in &retry_keys {
@@ -447,12 +456,14 @@ impl Aggregator {
 
     /// Adds the values of a routed batch, one run of consecutive values of a shard at a time.
     /// A hinted value its shard does not confirm (series not there, shard not owned or not
-    /// writeable, metadata that rejects it) is neither added nor rejected: its index goes to
-    /// `unconfirmed`, to be routed again.
+    /// writeable, metadata that rejects it and a hint murmur3 under `murmur3_count` does not
+    /// agree with) is neither added nor rejected: its index goes to `unconfirmed`, to be
+    /// routed again.
     fn add_routed(
         &self,
         samples: &[TimedSample<'_>],
         keys: &[SampleKey],
+        murmur3_count: Option<u32>,
         now_nanos: i64,
         unconfirmed: &mut Vec<usize>,
         rejected: &mut dyn FnMut(usize, AddError),
@@ -504,8 +515,12 @@ impl Aggregator {
             indexes.clear();
             for (i, sample) in samples.iter().enumerate().take(end).skip(start) {
                 let active = metadata::active(sample.metadatas, now_nanos);
-                if keys[i].hinted && matches!(active, Err(_) | Ok(Active::Tombstoned)) {
-                    // Rejected or dropped only once its shard is known to be the real one.
+                if keys[i].hinted
+                    && matches!(active, Err(_) | Ok(Active::Tombstoned))
+                    && murmur3_count.map(|count| m3_cluster::shard_for(sample.id, count))
+                        != Some(shard_id)
+                {
+                    // Rejected or dropped only in its real shard (murmur3 for these few).
                     unconfirmed.push(i);
                     continue;
                 }
@@ -979,6 +994,24 @@ mod shard_hint_tests {
         assert_eq!(errors, vec![(0, AddError::ShardNotOwned { shard: real })]);
         assert_eq!(agg.metrics().rejected(RejectReason::ShardNotOwned), 1);
         assert_eq!(agg.metrics().rejected(RejectReason::Tombstoned), 0);
+    }
+
+    /// Under a right hint, a tombstoned value is dropped in its shard without a second pass.
+    #[test]
+    fn a_right_hint_drops_a_tombstoned_value_in_place() {
+        let agg = engine();
+        let id = b"some.series".as_slice();
+        agg.add_timed_batch(&[gauge(id, 1.0)], NOW, &mut |_, e| panic!("{e}"));
+        let tombstoned = m3_proto::metricpb::StagedMetadatas {
+            metadatas: vec![crate::metadata::build::staged(0, true, Vec::new())],
+        };
+        let sample = TimedSample {
+            metadatas: crate::Metadatas::Staged(&tombstoned),
+            ..gauge(id, 2.0)
+        };
+        agg.add_timed_batch(&[sample], NOW, &mut |_, e| panic!("{e}"));
+        assert_eq!(agg.metrics().rejected(RejectReason::Tombstoned), 1);
+        assert_eq!(agg.metrics().shard_hints_unconfirmed_total(), 0);
     }
 
     /// After the placement's shard count changes, a series' old entry in a shard still owned

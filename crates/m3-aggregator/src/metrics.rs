@@ -10,7 +10,7 @@
 //! | `samples_added` | `type` | values aggregated into at least one storage policy |
 //! | `samples_rejected` | `reason` | values not aggregated (per value, per rejected policy) |
 //! | `entries_live` | | series entries held now |
-//! | `shard_hints_unconfirmed` | | values whose shard hint their series did not confirm, routed again by murmur3 (nothing is dropped) |
+//! | `shard_hints_unconfirmed` | | values whose shard hint was not confirmed (series not in the hinted shard, shard not owned or writeable, or a rejecting metadata where murmur3 disagrees), routed again by murmur3 (nothing is dropped) |
 //! | `entries_removed` | `reason` = `expired` / `shard_removed` | entries dropped |
 //! | `outputs_flushed` | | aggregated values emitted by a leader flush |
 //! | `outputs_discarded` | `reason` = `nan` / `invalid_id` | results not emitted |

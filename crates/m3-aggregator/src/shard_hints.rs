@@ -9,20 +9,24 @@
 //! all of them: Prometheus resends the same series every scrape) skip murmur3.
 //!
 //! A hint is never trusted alone. It holds the shard count it was computed under, and only a
-//! hint of the placement's current count is read; and the batch looks a hinted value's series
-//! up in the hinted shard without creating it: only an entry with the same ID bytes there
-//! confirms the hint (an entry is created only in the shard the shard function gave, and the
-//! hint of the same count names that shard). Everything else (two IDs sharing a slot and
-//! tag, a series expired since, a shard no longer owned or writeable, metadata the value is
-//! rejected for) goes back through murmur3 and the checks of an unhinted value. So a wrong
-//! hint costs a second pass, never a value in the wrong shard or a wrong rejection.
+//! hint of the placement's current count is read, so it names murmur3's shard for the ID it
+//! was written for. The batch then looks the value's series up in the hinted shard without
+//! creating it: only an entry with the same ID bytes there confirms the hint. Everything else
+//! (two IDs sharing a slot and tag, a series expired since, a shard no longer owned or
+//! writeable) goes back through murmur3 and the checks of an unhinted value, as does a value
+//! its metadata rejects unless murmur3 agrees with the hint. So a wrong hint costs a second
+//! pass, not a value in the wrong shard. (The one exception needs two IDs to agree on 52
+//! bits of their hash and the shard count to have changed, leaving the other ID's entry from
+//! the old count in the hinted shard.)
 //!
 //! The table is direct-mapped and fixed in size (8 MiB, allocated on first use): one 64-bit
 //! slot per hash, holding a 32-bit tag of the hash, the shard count and the shard + 1 (0 is
 //! empty). A newer series overwrites an older one's slot, so past about a million series per
 //! instance a growing share of values pays murmur3 again; nothing grows with the series
-//! count. Slots are relaxed atomics written whole: connection threads read and write them
-//! without a lock, and the worst a race does is lose a hint.
+//! count. Slots are relaxed atomics written whole, without a lock. A race between
+//! connections loses a hint, or, when another connection overwrites a slot or creates a
+//! series while a batch is being added, lets a value of that series whose hint was not
+//! confirmed be added after a later value of the same batch.
 //!
 //! [`entry_hash`]: crate::shard::entry_hash
 
