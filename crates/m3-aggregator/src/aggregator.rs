@@ -905,10 +905,9 @@ mod shard_hint_tests {
     const S: i64 = 1_000_000_000;
     const NOW: i64 = 1_700_000_040 * S;
 
-    /// An engine routing by murmur3 under a placement count, as the server builds it, owning
-    /// every shard.
-    fn engine() -> Aggregator {
-        let count = Arc::new(AtomicU32::new(NUM_SHARDS));
+    /// An engine routing by murmur3 under the placement count `count`, as the server builds
+    /// it, owning shards `0..owned`.
+    fn engine_with(count: Arc<AtomicU32>, owned: u32) -> Aggregator {
         let shard_count = Arc::clone(&count);
         let agg = Aggregator::new(
             AggregatorOptions::default(),
@@ -918,12 +917,22 @@ mod shard_hint_tests {
         )
         .with_murmur3_shard_count(count);
         agg.set_shards(
-            (0..NUM_SHARDS)
-                .map(crate::ShardAssignment::unbounded)
-                .collect(),
+            (0..owned).map(crate::ShardAssignment::unbounded).collect(),
             0,
         );
         agg
+    }
+
+    /// [`engine_with`] `NUM_SHARDS` shards, all owned.
+    fn engine() -> Aggregator {
+        engine_with(Arc::new(AtomicU32::new(NUM_SHARDS)), NUM_SHARDS)
+    }
+
+    /// Metadata whose rule was deleted: its values are dropped.
+    fn tombstoned() -> m3_proto::metricpb::StagedMetadatas {
+        m3_proto::metricpb::StagedMetadatas {
+            metadatas: vec![crate::metadata::build::staged(0, true, Vec::new())],
+        }
     }
 
     fn gauge(id: &[u8], value: f64) -> TimedSample<'_> {
@@ -982,9 +991,7 @@ mod shard_hint_tests {
         agg.set_shards(vec![crate::ShardAssignment::unbounded(wrong)], 0);
         agg.shard_hints
             .set(crate::shard::entry_hash(id), wrong, NUM_SHARDS);
-        let tombstoned = m3_proto::metricpb::StagedMetadatas {
-            metadatas: vec![crate::metadata::build::staged(0, true, Vec::new())],
-        };
+        let tombstoned = tombstoned();
         let sample = TimedSample {
             metadatas: crate::Metadatas::Staged(&tombstoned),
             ..gauge(id, 1.0)
@@ -1002,9 +1009,7 @@ mod shard_hint_tests {
         let agg = engine();
         let id = b"some.series".as_slice();
         agg.add_timed_batch(&[gauge(id, 1.0)], NOW, &mut |_, e| panic!("{e}"));
-        let tombstoned = m3_proto::metricpb::StagedMetadatas {
-            metadatas: vec![crate::metadata::build::staged(0, true, Vec::new())],
-        };
+        let tombstoned = tombstoned();
         let sample = TimedSample {
             metadatas: crate::Metadatas::Staged(&tombstoned),
             ..gauge(id, 2.0)
@@ -1019,19 +1024,8 @@ mod shard_hint_tests {
     #[test]
     fn a_new_shard_count_routes_past_old_entries() {
         let count = Arc::new(AtomicU32::new(NUM_SHARDS));
-        let shard_count = Arc::clone(&count);
-        let agg = Aggregator::new(
-            AggregatorOptions::default(),
-            Arc::new(move |id: &[u8]| {
-                m3_cluster::shard_for(id, shard_count.load(Ordering::Relaxed))
-            }),
-        )
-        .with_murmur3_shard_count(Arc::clone(&count));
         let wider = NUM_SHARDS * 2;
-        agg.set_shards(
-            (0..wider).map(crate::ShardAssignment::unbounded).collect(),
-            0,
-        );
+        let agg = engine_with(Arc::clone(&count), wider);
         let id = (0..)
             .map(|i| format!("series.{i}").into_bytes())
             .find(|id| m3_cluster::shard_for(id, NUM_SHARDS) != m3_cluster::shard_for(id, wider))
