@@ -370,56 +370,40 @@ impl Aggregator {
             &mut unconfirmed,
             rejected,
         );
-        if let Some(count) = murmur3_count
-            && known_shard.is_none()
-        {
-            // Written once the batch is in, not while it is routed: every value of a series
-            // in one batch then takes the same path, and stays in order.
-            for key in keys.iter().filter(|k| !k.hinted) {
-                self.shard_hints.set(key.hash, key.shard, count);
-            }
-        }
-        if unconfirmed.is_empty() {
+        // Only a batch routed by hint has any (see `route`).
+        let Some(count) = murmur3_count.filter(|_| known_shard.is_none()) else {
             return;
+        };
+        let mut retry_keys = Vec::new();
+        if !unconfirmed.is_empty() {
+            // Hints no entry confirmed: those values take murmur3's shard, as every value did
+            // before it had a hint.
+            self.metrics
+                .shard_hints_unconfirmed(unconfirmed.len() as u64);
+            let retry: Vec<TimedSample<'_>> = unconfirmed.iter().map(|&i| samples[i]).collect();
+            retry_keys = unconfirmed
+                .iter()
+                .map(|&i| SampleKey {
+                    shard: m3_cluster::shard_for(samples[i].id, count),
+                    hash: keys[i].hash,
+                    hinted: false,
+                })
+                .collect();
+            let mut none = Vec::new();
+            self.add_routed(
+                &retry,
+                &retry_keys,
+                murmur3_count,
+                now_nanos,
+                &mut none,
+                &mut |j, e| rejected(unconfirmed[j], e),
+            );
+            debug_assert!(none.is_empty(), "only hinted values go unconfirmed");
         }
-        // Hints no entry confirmed: those values take the shard function's shard, as every
-        // value did before it had a hint.
-        self.metrics
-            .shard_hints_unconfirmed(unconfirmed.len() as u64);
-        let retry: Vec<TimedSample<'_>> = unconfirmed.iter().map(|&i| samples[i]).collect();
-        let retry_keys: Vec<SampleKey> = unconfirmed
-            .iter()
-            .map(|&i| SampleKey {
-                shard: self.shard_of(samples[i].id, murmur3_count),
-                hash: keys[i].hash,
-                hinted: false,
-            })
-            .collect();
-        let mut none = Vec::new();
-        self.add_routed(
-            &retry,
-            &retry_keys,
-            murmur3_count,
-            now_nanos,
-            &mut none,
-            &mut |j, e| {
-                rejected(unconfirmed[j], e);
-            },
-        );
-        debug_assert!(none.is_empty(), "only hinted values go unconfirmed");
-        if let Some(count) = murmur3_count {
-            for key in &retry_keys {
-                self.shard_hints.set(key.hash, key.shard, count);
-            }
-        }
-    }
-
-    /// The shard of `id`: murmur3_32(id) % `murmur3_count` when the shard function is known to
-    /// be that (so the shard matches the count hints are kept under), else the shard function's.
-    fn shard_of(&self, id: &[u8], murmur3_count: Option<u32>) -> u32 {
-        match murmur3_count {
-            Some(count) => m3_cluster::shard_for(id, count),
-            None => (self.shard_fn)(id),
+        // Written once the batch is in, not while it is routed: every value of a series in one
+        // batch then takes the same path, and stays in order.
+        for key in keys.iter().chain(&retry_keys).filter(|k| !k.hinted) {
+            self.shard_hints.set(key.hash, key.shard, count);
         }
     }
 
