@@ -23,6 +23,7 @@
 //! series with nothing left.
 
 use std::hash::BuildHasher;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hashbrown::HashMap;
@@ -35,6 +36,7 @@ use crate::tsdb::chunk_files::{ChunkFiles, ChunkLocation};
 use crate::tsdb::label_sets::LabelSets;
 use crate::tsdb::packed_labels::PackedLabels;
 use crate::tsdb::paged_slots::PagedSlots;
+use crate::tsdb::postings::PostingList;
 
 /// Samples per chunk before a new one starts (Prometheus's figure: two hours of a 60 s scrape,
 /// half an hour of a 15 s one).
@@ -68,70 +70,6 @@ pub struct AppendSummary {
     pub new_series: usize,
 }
 
-/// The series carrying one label value, ascending. Most values of a label that tells series
-/// apart (a pod, an instance) name a single series: that one is kept inline, without a list.
-#[derive(Debug, Clone)]
-enum PostingList {
-    One(SeriesRef),
-    Many(Vec<SeriesRef>),
-}
-
-impl Default for PostingList {
-    fn default() -> PostingList {
-        PostingList::Many(Vec::new())
-    }
-}
-
-impl PostingList {
-    fn as_slice(&self) -> &[SeriesRef] {
-        match self {
-            PostingList::One(reference) => std::slice::from_ref(reference),
-            PostingList::Many(list) => list,
-        }
-    }
-
-    fn insert(&mut self, reference: SeriesRef) {
-        match self {
-            PostingList::Many(list) if list.is_empty() => *self = PostingList::One(reference),
-            PostingList::One(only) if *only == reference => {}
-            PostingList::One(only) => {
-                let mut list = vec![*only, reference];
-                list.sort_unstable();
-                *self = PostingList::Many(list);
-            }
-            PostingList::Many(list) => {
-                if let Err(i) = list.binary_search(&reference) {
-                    list.insert(i, reference);
-                }
-            }
-        }
-    }
-
-    fn retain(&mut self, keep: impl Fn(&SeriesRef) -> bool) {
-        match self {
-            PostingList::One(only) if !keep(only) => *self = PostingList::default(),
-            PostingList::One(_) => {}
-            PostingList::Many(list) => {
-                list.retain(keep);
-                if let [only] = list[..] {
-                    *self = PostingList::One(only);
-                }
-            }
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.as_slice().is_empty()
-    }
-
-    fn heap_bytes(&self) -> usize {
-        match self {
-            PostingList::One(_) => 0,
-            PostingList::Many(list) => list.capacity() * std::mem::size_of::<SeriesRef>(),
-        }
-    }
-}
-
 /// What [`Head::chunk_stats`] counted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ChunkStats {
@@ -151,12 +89,17 @@ pub struct Truncated {
 }
 
 /// A closed chunk of a series: sealed in memory, or in the head's chunk files.
+///
+/// 32 bytes: a chunk in the files (the common case, and one per 120 samples of every series)
+/// is kept inline, and a sealed chunk, which is in memory only without files or when they
+/// failed, is boxed. The count is never 0 (a closed chunk has samples), which leaves room
+/// for the enum's tag.
 #[derive(Debug)]
 enum ClosedChunk {
-    InMemory(SealedChunk),
+    InMemory(Box<SealedChunk>),
     InFile {
         location: ChunkLocation,
-        count: u32,
+        count: NonZeroU32,
         first_time: i64,
         last_time: i64,
     },
@@ -180,7 +123,7 @@ impl ClosedChunk {
     fn len(&self) -> usize {
         match self {
             ClosedChunk::InMemory(c) => c.len(),
-            ClosedChunk::InFile { count, .. } => *count as usize,
+            ClosedChunk::InFile { count, .. } => count.get() as usize,
         }
     }
 
@@ -193,7 +136,7 @@ impl ClosedChunk {
 
     fn heap_bytes(&self) -> usize {
         match self {
-            ClosedChunk::InMemory(c) => c.heap_bytes(),
+            ClosedChunk::InMemory(c) => std::mem::size_of::<SealedChunk>() + c.heap_bytes(),
             ClosedChunk::InFile { .. } => 0,
         }
     }
@@ -223,16 +166,19 @@ impl ClosedChunkStore {
     /// Closes `full`: into the files, or into memory when there are none or they fail.
     fn close(&mut self, full: Chunk) -> ClosedChunk {
         if let Some(files) = &mut self.files {
-            match files.append(full.bytes(), full.last_time()) {
-                Ok(location) => {
+            // A chunk is closed full, so never empty; were it, memory would take it.
+            let count = NonZeroU32::new(full.len() as u32);
+            match count.map(|count| (count, files.append(full.bytes(), full.last_time()))) {
+                None => {}
+                Some((count, Ok(location))) => {
                     return ClosedChunk::InFile {
                         location,
-                        count: full.len() as u32,
+                        count,
                         first_time: full.first_time(),
                         last_time: full.last_time(),
                     };
                 }
-                Err(e) => {
+                Some((_, Err(e))) => {
                     self.write_errors += 1;
                     if self.write_errors.is_power_of_two() {
                         tracing::warn!(error = %e, errors = self.write_errors, "A closed chunk could not be written to the head's chunk files; it stays in memory.");
@@ -240,7 +186,7 @@ impl ClosedChunkStore {
                 }
             }
         }
-        ClosedChunk::InMemory(full.seal())
+        ClosedChunk::InMemory(Box::new(full.seal()))
     }
 
     fn read(&self, location: ChunkLocation, out: &mut Vec<u8>) -> std::io::Result<()> {
@@ -265,7 +211,7 @@ impl ClosedChunkStore {
             } => {
                 let mut bytes = Vec::new();
                 match self.read(*location, &mut bytes) {
-                    Ok(()) => f(Chunk::decode(&bytes, *count)),
+                    Ok(()) => f(Chunk::decode(&bytes, count.get())),
                     Err(_) => f(Chunk::decode(&[], 0)),
                 }
             }
@@ -275,7 +221,7 @@ impl ClosedChunkStore {
     /// The chunk with its bytes in memory; itself back when they cannot be read.
     fn load(&self, chunk: ClosedChunk) -> Result<SealedChunk, ClosedChunk> {
         match chunk {
-            ClosedChunk::InMemory(sealed) => Ok(sealed),
+            ClosedChunk::InMemory(sealed) => Ok(*sealed),
             ClosedChunk::InFile {
                 location,
                 count,
@@ -286,7 +232,7 @@ impl ClosedChunkStore {
                 match self.read(location, &mut bytes) {
                     Ok(()) => Ok(SealedChunk::from_parts(
                         bytes.into_boxed_slice(),
-                        count,
+                        count.get(),
                         first_time,
                         last_time,
                     )),
@@ -321,9 +267,9 @@ impl ClosedChunkStore {
 #[derive(Debug)]
 struct MemSeries {
     labels: PackedLabels,
-    /// The hash of the labels, kept so removing the series needs no rehash.
-    hash: u64,
-    closed: Vec<ClosedChunk>,
+    /// Closed chunks, oldest first. A boxed slice rather than a `Vec`, 8 bytes less in every
+    /// series: the list grows one chunk at a time anyway (see [`MemSeries::close`]).
+    closed: Box<[ClosedChunk]>,
     open: Chunk,
     /// Out-of-order samples, sorted by time, one per time; boxed, as most series never have
     /// any and an empty `Vec` would take 24 bytes in every one.
@@ -334,11 +280,10 @@ struct MemSeries {
 }
 
 impl MemSeries {
-    fn new(labels: PackedLabels, hash: u64) -> MemSeries {
+    fn new(labels: PackedLabels) -> MemSeries {
         MemSeries {
             labels,
-            hash,
-            closed: Vec::new(),
+            closed: Box::default(),
             open: Chunk::new(),
             out_of_order: None,
             max_time: i64::MIN,
@@ -496,15 +441,26 @@ impl MemSeries {
     /// the chunk itself in every series.
     fn close(&mut self, full: Chunk, store: &mut ClosedChunkStore) {
         let closed = store.close(full);
-        self.closed.reserve_exact(1);
-        self.closed.push(closed);
+        self.edit_closed(|list| {
+            // Exactly one more: a vector's doubling would be undone by the boxing right after.
+            list.reserve_exact(1);
+            list.push(closed);
+        });
+    }
+
+    /// Changes the closed chunks as a vector, which then keeps exactly what it holds.
+    fn edit_closed<T>(&mut self, edit: impl FnOnce(&mut Vec<ClosedChunk>) -> T) -> T {
+        let mut list = std::mem::take(&mut self.closed).into_vec();
+        let result = edit(&mut list);
+        self.closed = list.into_boxed_slice();
+        result
     }
 
     /// Re-encodes the chunks with the out-of-order samples merged in.
     fn fold_out_of_order(&mut self, store: &mut ClosedChunkStore) {
         let mut all = Vec::new();
         self.samples_in(i64::MIN, i64::MAX, store, &mut all);
-        self.closed = Vec::new();
+        self.closed = Box::default();
         self.open = Chunk::new();
         self.out_of_order = None;
         for (time, value) in all {
@@ -524,7 +480,7 @@ impl MemSeries {
                 .iter()
                 .map(ClosedChunk::heap_bytes)
                 .sum::<usize>()
-            + self.closed.capacity() * std::mem::size_of::<ClosedChunk>()
+            + self.closed.len() * std::mem::size_of::<ClosedChunk>()
             + self.open.heap_bytes()
             + self.out_of_order.as_ref().map_or(0, |b| {
                 std::mem::size_of::<Vec<(i64, f64)>>() + b.capacity() * 16
@@ -635,7 +591,7 @@ impl Head {
             series
                 .get(r as usize)
                 .and_then(Option::as_ref)
-                .is_some_and(|s| s.hash == hash && s.labels.matches(labels))
+                .is_some_and(|s| s.labels.matches(labels))
         })
     }
 
@@ -690,7 +646,7 @@ impl Head {
         if slot.is_none() {
             self.live += 1;
         }
-        *slot = Some(MemSeries::new(packed, hash));
+        *slot = Some(MemSeries::new(packed));
     }
 
     /// Re-creates series `reference` with `labels`, as a replayed log record says.
@@ -809,7 +765,7 @@ impl Head {
                     .postings
                     .get(name.as_str())
                     .and_then(|values| values.get(value.as_str()))
-                    .map(|list| list.as_slice().to_vec())
+                    .map(|list| list.iter().collect())
                     .unwrap_or_default(),
                 _ => {
                     let mut refs: Vec<SeriesRef> = self
@@ -818,7 +774,7 @@ impl Head {
                         .into_iter()
                         .flatten()
                         .filter(|(value, _)| matcher.matches_value(value))
-                        .flat_map(|(_, refs)| refs.as_slice().iter().copied())
+                        .flat_map(|(_, refs)| refs.iter())
                         .collect();
                     refs.sort_unstable();
                     refs
@@ -888,20 +844,25 @@ impl Head {
                 .unwrap_or(series.closed.len());
             // No allocation for the many series with nothing to cut.
             let mut taken = Vec::new();
-            // A chunk whose file cannot be read stays in the head (and so do the files).
-            let mut kept: Vec<ClosedChunk> = Vec::new();
-            for chunk in series.closed.drain(..keep_from) {
-                match store.load(chunk) {
-                    Ok(sealed) => taken.push(sealed),
-                    Err(chunk) => kept.push(chunk),
-                }
+            if keep_from > 0 {
+                // A chunk whose file cannot be read stays in the head (and so do the files).
+                let kept_unreadable = series.edit_closed(|closed| {
+                    let mut kept: Vec<ClosedChunk> = Vec::new();
+                    for chunk in closed.drain(..keep_from) {
+                        match store.load(chunk) {
+                            Ok(sealed) => taken.push(sealed),
+                            Err(chunk) => kept.push(chunk),
+                        }
+                    }
+                    let any = !kept.is_empty();
+                    if any {
+                        kept.append(closed);
+                        *closed = kept;
+                    }
+                    any
+                });
+                unreadable |= kept_unreadable;
             }
-            if !kept.is_empty() {
-                unreadable = true;
-                kept.append(&mut series.closed);
-                series.closed = kept;
-            }
-            series.closed.shrink_to_fit();
             if series.closed.is_empty()
                 && !series.open.is_empty()
                 && series.open.last_time() < cutoff
@@ -925,13 +886,17 @@ impl Head {
         let mut samples = 0;
         for (index, slot) in self.series.iter_mut().enumerate() {
             let Some(series) = slot else { continue };
-            series.closed.retain(|c| {
-                let keep = c.last_time() >= cutoff;
-                if !keep {
-                    samples += c.len();
-                }
-                keep
-            });
+            if series.closed.iter().any(|c| c.last_time() < cutoff) {
+                series.edit_closed(|closed| {
+                    closed.retain(|c| {
+                        let keep = c.last_time() >= cutoff;
+                        if !keep {
+                            samples += c.len();
+                        }
+                        keep
+                    })
+                });
+            }
             if !series.open.is_empty() && series.open.last_time() < cutoff {
                 samples += series.open.len();
                 series.open = Chunk::new();
@@ -986,7 +951,9 @@ impl Head {
     fn unindex_postings(&mut self, removed: &[(SeriesRef, MemSeries)]) {
         let gone = |r: &SeriesRef| removed.binary_search_by_key(r, |(g, _)| *g).is_ok();
         for (reference, series) in removed {
-            self.by_hash.remove(series.hash, *reference);
+            // Removal is rare: the hash is computed again rather than kept in every series.
+            let hash = self.hasher.hash_one(series.labels.unpack().view());
+            self.by_hash.remove(hash, *reference);
         }
         let mut touched: Vec<(&str, &str)> = removed
             .iter()
@@ -997,7 +964,7 @@ impl Head {
         for (name, value) in touched {
             if let Some(values) = self.postings.get_mut(name) {
                 if let Some(list) = values.get_mut(value) {
-                    list.retain(|r| !gone(r));
+                    list.retain(|r| !gone(&r));
                     if list.is_empty() {
                         values.remove(value);
                     }
@@ -1102,7 +1069,6 @@ mod tests {
         let reference = head.find(a.view()).unwrap();
         let series = head.series[reference as usize].as_ref().unwrap();
         assert_eq!(series.closed.len(), 3);
-        assert_eq!(series.closed.capacity(), 3);
         let full = series.closed[2].encoded_len();
         assert!(
             series.open.heap_bytes() < full / 2,
@@ -1213,9 +1179,12 @@ mod tests {
         assert_eq!(head.chunk_file_stats().read_errors, 0);
     }
 
+    /// What every series and every closed chunk costs in memory: a field added to either
+    /// shows here first.
     #[test]
-    fn a_closed_chunk_costs_the_series_40_bytes() {
-        assert_eq!(std::mem::size_of::<ClosedChunk>(), 40);
+    fn a_series_costs_136_bytes_and_a_closed_chunk_32() {
+        assert_eq!(std::mem::size_of::<Option<MemSeries>>(), 136);
+        assert_eq!(std::mem::size_of::<ClosedChunk>(), 32);
         assert_eq!(std::mem::size_of::<SealedChunk>(), 40);
     }
 

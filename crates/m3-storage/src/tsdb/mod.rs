@@ -19,6 +19,7 @@
 //! | [`label_sets`] | label sets shared by a store's heads, held once for every namespace |
 //! | [`paged_slots`] | numbered slots in fixed pages: the head's series without a doubling vector's spare room |
 //! | [`packed_labels`] | a label set in one allocation, compared without unpacking |
+//! | `postings` | one label value's series: a sorted vector, or a bitmap once that is smaller |
 //! | [`head`] | the series of a namespace in memory: label-hash lookup, postings, chunks, out-of-order buffer |
 //! | [`wal`] | the write-ahead log: checksummed records in segments, replay that stops at a torn tail |
 pub mod block;
@@ -30,4 +31,5 @@ pub mod head;
 pub mod label_sets;
 pub mod packed_labels;
 pub mod paged_slots;
+mod postings;
 pub mod wal;
