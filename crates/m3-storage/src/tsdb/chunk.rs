@@ -44,7 +44,9 @@ const MIN_GROWTH: usize = 32;
 /// that word over the buffer's last eight bytes at once rather than or-ing bits into one byte
 /// after another (which stalled on each byte's store, and was most of the cost of a chunk).
 /// So the buffer runs up to eight bytes past the encoded ones, all zero, until the chunk is
-/// complete and [`BitWriter::shrink_to_fit`] cuts them off:
+/// complete and [`BitWriter::shrink_to_fit`] cuts them off. The buffer is a boxed slice whose
+/// length is its capacity (8 bytes less than a `Vec` in every open chunk of a head): what is
+/// stored ends with the pending word, and the bytes after it are zero.
 ///
 /// ```text
 /// bytes:  [ whole words … | pending word (8 bytes) ]
@@ -52,7 +54,7 @@ const MIN_GROWTH: usize = 32;
 /// ```
 #[derive(Clone, Default)]
 struct BitWriter {
-    bytes: Vec<u8>,
+    bytes: Box<[u8]>,
     /// The bits after the whole words, left-aligned.
     pending: u64,
     /// Bytes of whole words before the pending word (a chunk stays far below 4 GiB).
@@ -76,12 +78,28 @@ impl BitWriter {
     /// fill a chunk, in reallocations.)
     #[cold]
     fn grow_to(&mut self, len: usize) {
-        let capacity = self.bytes.capacity();
+        let capacity = self.bytes.len();
         if len > capacity {
             let step = (capacity / 2).max(MIN_GROWTH).max(len - capacity);
-            self.bytes.reserve_exact(step);
+            self.resize(capacity + step);
         }
-        self.bytes.resize(len, 0);
+    }
+
+    /// Moves the bytes into a zeroed buffer of `capacity` (at least what is stored).
+    fn resize(&mut self, capacity: usize) {
+        let mut wider = vec![0u8; capacity].into_boxed_slice();
+        let kept = self.bytes.len().min(capacity);
+        wider[..kept].copy_from_slice(&self.bytes[..kept]);
+        self.bytes = wider;
+    }
+
+    /// Bytes stored: the whole words and, once a bit is written, the pending word.
+    fn stored_len(&self) -> usize {
+        if self.flushed == 0 && self.pending_len == 0 {
+            0
+        } else {
+            (self.flushed as usize + 8).min(self.bytes.len())
+        }
     }
 
     /// Writes the pending word over its eight bytes.
@@ -140,15 +158,19 @@ impl BitWriter {
 
     /// Makes room for `bytes` more encoded bytes (and the pending word's) at once.
     fn reserve(&mut self, bytes: usize) {
-        self.bytes.reserve_exact(bytes + 8);
+        let wanted = self.stored_len() + bytes + 8;
+        if wanted > self.bytes.len() {
+            self.resize(wanted);
+        }
     }
 
     /// Cuts off the pending word's unused bytes and releases spare capacity: for a complete
     /// chunk. (A later append would store the pending word again.)
     fn shrink_to_fit(&mut self) {
         let len = self.encoded().len();
-        self.bytes.truncate(len);
-        self.bytes.shrink_to_fit();
+        if len < self.bytes.len() {
+            self.resize(len);
+        }
     }
 
     /// Writes `value` in the first of `buckets` (prefix, prefix length, payload bits) whose
@@ -321,7 +343,7 @@ impl Chunk {
 
     /// Heap bytes the chunk holds (its buffer's capacity).
     pub fn heap_bytes(&self) -> usize {
-        self.bits.bytes.capacity()
+        self.bits.bytes.len()
     }
 
     /// Makes room for `bytes` more encoded bytes at once: a chunk that follows a full one of
@@ -445,7 +467,7 @@ impl Chunk {
 }
 
 /// A complete chunk: its encoded bytes and what a read needs to know without decoding them,
-/// without the encoder state an open [`Chunk`] carries (40 bytes here against 88, plus the
+/// without the encoder state an open [`Chunk`] carries (40 bytes here against 80, plus the
 /// bytes, held exactly).
 #[derive(Clone, PartialEq, Eq)]
 pub struct SealedChunk {
