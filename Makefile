@@ -30,6 +30,7 @@ deps:
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 
 # Every fuzz target for 30s each (FUZZ_SECONDS=...), from the corpus kept in fuzz/corpus.
 fuzz: deps

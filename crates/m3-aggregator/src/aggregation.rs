@@ -19,7 +19,7 @@
 //!   does from the running sums: `sqrt((n·SumSq − Sum²) / (n·(n−1)))`, 0 for a single value.
 //!   Rounding can make the numerator slightly negative for near-constant values; it is clamped
 //!   to 0 rather than producing NaN.
-//! * Quantiles come from [`QuantileSketch`](crate::quantile::QuantileSketch): exact below three
+//! * Quantiles come from [`crate::quantile::QuantileSketch`]: exact below three
 //!   values, within 1 % relative error above.
 //!
 //! Counter increments are integers on the wire; they are accumulated as `f64`, which is exact up

@@ -163,7 +163,7 @@ impl AggregatorServer {
         self.instance.status()
     }
 
-    /// Stops every listener: connections get [`LISTENER_STOP_GRACE`] to finish, then are
+    /// Stops every listener: connections get five seconds to finish, then are
     /// aborted. Windows stay open; the instance keeps its leadership. Calling it again is
     /// harmless.
     pub async fn stop_listening(&mut self) {

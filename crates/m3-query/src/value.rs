@@ -1,7 +1,7 @@
 //! What expressions evaluate to, and what a query answers.
 //!
 //! Evaluation works on every step of a query at once, as Prometheus' engine does: an
-//! instant-vector expression yields a list of [`StepSeries`], each with one optional value
+//! instant-vector expression yields a list of `StepSeries`, each with one optional value
 //! per step (an instant query is a range query of one step). Series stay whole across steps,
 //! so the work that depends only on labels (grouping keys, match signatures, dropped names)
 //! is done once per series, not once per point.

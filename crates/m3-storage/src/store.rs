@@ -43,7 +43,7 @@
 //! # Reads
 //!
 //! Reading (`select`, `label_values`, ...) lives in [`crate::query`] and reads through
-//! [`Store::reader`]; PromQL is evaluated over it by the `m3-query` crate.
+//! `Store::reader`; PromQL is evaluated over it by the `m3-query` crate.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

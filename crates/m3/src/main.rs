@@ -2,7 +2,7 @@
 //!
 //! * `m3 local` runs the whole pipeline in one process (see [`local`]).
 //! * `m3 bench` writes remote-write load to a coordinator and reports what it stored (see
-//!   [`bench`]).
+//!   [`bench`](mod@bench)).
 //! * `m3 sink` takes remote writes and keeps nothing: the receiver of the relay benchmark (see
 //!   [`sink`]).
 

@@ -96,7 +96,7 @@ pub struct DurableHead {
 impl DurableHead {
     /// Opens the log in `dir` (created if missing) and replays it into a new head, which keeps
     /// its closed chunks in files in `chunk_dir` (emptied first; see
-    /// [`ChunkFiles`](crate::tsdb::chunk_files::ChunkFiles)) or, without one, in memory.
+    /// [`crate::tsdb::chunk_files::ChunkFiles`]) or, without one, in memory.
     ///
     /// # Errors
     /// I/O errors, and a record that passes its checksum but does not decode.
@@ -231,8 +231,8 @@ impl DurableHead {
     }
 
     /// Takes the chunks wholly before `cutoff` out of the head (see [`Head::cut_before`]).
-    /// They stay in the log until [`checkpoint`](Self::checkpoint) is called with a cutoff
-    /// past them, which the caller does once they are safely in a block.
+    /// They stay in the log until a checkpoint ([`prepare_checkpoint`](Self::prepare_checkpoint))
+    /// is written with a cutoff past them, which the caller does once they are safely in a block.
     pub fn cut_before(&mut self, cutoff: i64) -> Vec<(Labels, Vec<SealedChunk>)> {
         self.head.cut_before(cutoff)
     }

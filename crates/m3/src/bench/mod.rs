@@ -33,7 +33,7 @@
 //!
 //! The labels of every series are encoded once, at start, as the label fields of a
 //! [`TimeSeries`]. A request is then the concatenation, per series, of the `timeseries` field
-//! header, those label bytes and the one [`Sample`] field: byte for byte what prost produces for
+//! header, those label bytes and the one `Sample` field: byte for byte what prost produces for
 //! the same [`WriteRequest`] (a test pins this), without holding a million label strings or
 //! re-encoding them every round. The body is compressed as a snappy block, as Prometheus does.
 //!
