@@ -165,12 +165,11 @@ struct ClosedChunkStore {
 impl ClosedChunkStore {
     /// Closes `full`: into the files, or into memory when there are none or they fail.
     fn close(&mut self, full: Chunk) -> ClosedChunk {
-        if let Some(files) = &mut self.files {
-            // A chunk is closed full, so never empty; were it, memory would take it.
-            let count = NonZeroU32::new(full.len() as u32);
-            match count.map(|count| (count, files.append(full.bytes(), full.last_time()))) {
-                None => {}
-                Some((count, Ok(location))) => {
+        // A chunk is closed full, so never empty; were it, memory would take it.
+        let count = NonZeroU32::new(full.len() as u32);
+        if let (Some(files), Some(count)) = (&mut self.files, count) {
+            match files.append(full.bytes(), full.last_time()) {
+                Ok(location) => {
                     return ClosedChunk::InFile {
                         location,
                         count,
@@ -178,7 +177,7 @@ impl ClosedChunkStore {
                         last_time: full.last_time(),
                     };
                 }
-                Some((_, Err(e))) => {
+                Err(e) => {
                     self.write_errors += 1;
                     if self.write_errors.is_power_of_two() {
                         tracing::warn!(error = %e, errors = self.write_errors, "A closed chunk could not be written to the head's chunk files; it stays in memory.");
@@ -953,7 +952,11 @@ impl Head {
         for (reference, series) in removed {
             // Removal is rare: the hash is computed again rather than kept in every series.
             let hash = self.hasher.hash_one(series.labels.unpack().view());
-            self.by_hash.remove(hash, *reference);
+            let removed = self.by_hash.remove(hash, *reference);
+            debug_assert!(
+                removed,
+                "series {reference} was indexed under its labels' hash"
+            );
         }
         let mut touched: Vec<(&str, &str)> = removed
             .iter()

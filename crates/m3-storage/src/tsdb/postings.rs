@@ -115,6 +115,7 @@ impl PostingList {
             }
             PostingList::Bitmap { words, len } => {
                 let mut kept = 0u32;
+                let mut highest = None;
                 for (index, word) in words.iter_mut().enumerate() {
                     let mut bits = *word;
                     while bits != 0 {
@@ -123,6 +124,7 @@ impl PostingList {
                         let reference = (index * WORD_BITS + bit) as SeriesRef;
                         if keep(reference) {
                             kept += 1;
+                            highest = Some(reference);
                         } else {
                             *word &= !(1u64 << bit);
                         }
@@ -130,8 +132,7 @@ impl PostingList {
                 }
                 *len = kept;
                 // Back to a vector once half as dense as the switch point (see the module
-                // docs), trimmed to the highest reference left.
-                let highest = self.iter().last();
+                // docs), counted up to the highest reference left.
                 let sparse =
                     highest.is_none_or(|h| kept as usize * DENSE_EVERY * 2 <= h as usize + 1);
                 if sparse {
