@@ -34,7 +34,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    m3_server::process::prepare();
+    let shutdown = m3_server::process::prepare();
     let config = AggregatorConfig::load(&args.config)?;
     tracing::info!(instance = %config.instance.instance_id, host_id = %config.host_id, "Starting m3aggregator.");
     let kv: Arc<dyn KvStore> = Arc::new(
@@ -80,7 +80,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "m3aggregator is running."
     );
 
-    m3_server::process::shutdown_signal().await;
+    shutdown.received().await;
     tracing::info!("Shutting down: flushing ended windows.");
     server.shutdown().await;
     tracing::info!("Stopped.");

@@ -34,7 +34,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    m3_server::process::prepare();
+    let shutdown = m3_server::process::prepare();
     let config = CoordinatorConfig::load(&args.config)?;
     let etcd = config
         .etcd
@@ -49,7 +49,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("starting the coordinator")?;
     tracing::info!(http = %coordinator.addrs().http, ingest = ?coordinator.addrs().ingest, "m3coordinator is running.");
-    m3_server::process::shutdown_signal().await;
+    shutdown.received().await;
     tracing::info!("Shutting down.");
     coordinator
         .drain_aggregator_client(Duration::from_secs(5))

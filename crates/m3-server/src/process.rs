@@ -6,6 +6,8 @@ use std::fmt::Display;
 use std::future::Future;
 use std::process::ExitCode;
 
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
 /// A binary's `main` after its flags are parsed: logging, a multi-threaded runtime, `run` to
 /// completion. An error is printed with its chain (`{:#}`) on stderr and the process exits
 /// with code 2.
@@ -27,7 +29,8 @@ pub fn run_main<E: Display>(run: impl Future<Output = Result<(), E>>) -> ExitCod
     }
 }
 
-/// Logs to stderr at the level `RUST_LOG` asks for (default `info`).
+/// Logs to stdout, with the banner `m3 local` prints, at the level `RUST_LOG` asks for
+/// (default `info`).
 pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -39,14 +42,17 @@ pub fn init_logging() {
 
 /// Raises the file-descriptor limit (see [`crate::fd_limit`]) and logs the outcome, and makes
 /// a write past the file-size limit fail with `EFBIG` instead of killing the process
-/// (`SIGXFSZ`), so the store reports it like a full disk. Call once, inside the runtime.
-pub fn prepare() {
+/// (`SIGXFSZ`), so the store reports it like a full disk. Call once, inside the runtime, before
+/// anything else: the returned [`ShutdownSignal`] catches SIGTERM from here on.
+#[must_use = "the process stops gracefully only when it waits on the returned signal"]
+pub fn prepare() -> ShutdownSignal {
+    let shutdown = ShutdownSignal::install();
     match crate::fd_limit::raise() {
         Ok(limit) => tracing::debug!(limit, "Open-file limit raised to the hard limit."),
         Err(e) => tracing::warn!(error = %e, "Cannot raise the open-file limit."),
     }
-    let xfsz = tokio::signal::unix::SignalKind::from_raw(25); // SIGXFSZ on Linux
-    match tokio::signal::unix::signal(xfsz) {
+    let xfsz = SignalKind::from_raw(25); // SIGXFSZ on Linux
+    match signal(xfsz) {
         Ok(mut signals) => {
             tokio::spawn(async move {
                 while signals.recv().await.is_some() {
@@ -56,19 +62,50 @@ pub fn prepare() {
         }
         Err(e) => tracing::warn!(error = %e, "Cannot handle SIGXFSZ."),
     }
+    shutdown
 }
 
-/// Completes on SIGTERM or Ctrl-C (SIGINT).
-pub async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// SIGTERM and Ctrl-C (SIGINT), caught from the moment this is made.
+///
+/// A signal's default action kills the process, and tokio replaces it only when a handler is
+/// registered. Registering where the process starts to wait would leave its whole start-up
+/// (opening stores, binding listeners, announcing its addresses) open to being killed
+/// mid-way by a supervisor's SIGTERM. Made first, this keeps such a signal, and the process
+/// stops gracefully as soon as it serves.
+pub struct ShutdownSignal {
+    terminate: Option<Signal>,
+    interrupt: Option<Signal>,
+}
+
+impl ShutdownSignal {
+    /// Registers the handlers. Call inside the runtime, before anything else starts.
+    pub fn install() -> Self {
+        let register = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(stream) => Some(stream),
+            Err(e) => {
+                tracing::warn!(error = %e, signal = name, "Cannot handle the signal; it stops the process at once.");
+                None
+            }
+        };
+        Self {
+            terminate: register(SignalKind::terminate(), "SIGTERM"),
+            interrupt: register(SignalKind::interrupt(), "SIGINT"),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    }
+
+    /// Completes on the first SIGTERM or SIGINT received since [`ShutdownSignal::install`].
+    pub async fn received(mut self) {
+        async fn next(stream: &mut Option<Signal>) {
+            match stream {
+                Some(stream) => {
+                    stream.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = next(&mut self.terminate) => {}
+            _ = next(&mut self.interrupt) => {}
+        }
     }
 }

@@ -37,6 +37,7 @@ use m3_cluster::{ConsumerService, ConsumptionType, ElectionState, KvStore, Memor
 use m3_coordinator::config::CoordinatorConfig;
 use m3_coordinator::server::Coordinator;
 use m3_metric::StoragePolicy;
+use m3_server::process::ShutdownSignal;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
@@ -174,7 +175,11 @@ fn default_message_ttl() -> Duration {
 ///
 /// # Errors
 /// A bad config, a port in use, a store that does not open.
-pub(crate) async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    config_path: &Path,
+    data_dir: Option<PathBuf>,
+    shutdown: ShutdownSignal,
+) -> anyhow::Result<()> {
     let mut config: LocalConfig = m3_config::load(config_path)?;
     if let Some(dir) = data_dir {
         config.coordinator.storage.data_dir = dir.display().to_string();
@@ -309,7 +314,7 @@ pub(crate) async fn run(config_path: &Path, data_dir: Option<PathBuf>) -> anyhow
     println!("Press Ctrl-C to stop (closed windows are flushed and stored first).");
     println!();
 
-    m3_server::process::shutdown_signal().await;
+    shutdown.received().await;
     tracing::info!("Shutting down: draining the coordinator's queues to the aggregators.");
     coordinator
         .drain_aggregator_client(Duration::from_secs(5))

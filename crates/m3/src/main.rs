@@ -129,8 +129,8 @@ fn main() -> ExitCode {
     m3_server::process::run_main(async {
         match cli.command {
             Command::Local { config, data_dir } => {
-                m3_server::process::prepare();
-                local::run(&config, data_dir).await
+                let shutdown = m3_server::process::prepare();
+                local::run(&config, data_dir, shutdown).await
             }
             Command::Bench {
                 url,

@@ -36,6 +36,7 @@ async fn take(State(received): State<Arc<Received>>, body: Bytes) -> StatusCode 
 /// # Errors
 /// The address cannot be bound.
 pub(crate) async fn run(listen: SocketAddr) -> anyhow::Result<()> {
+    let shutdown = m3_server::process::ShutdownSignal::install();
     let received = Arc::new(Received::default());
     let app = Router::new()
         .fallback(post(take))
@@ -46,7 +47,7 @@ pub(crate) async fn run(listen: SocketAddr) -> anyhow::Result<()> {
         .with_context(|| format!("binding the sink to {listen}"))?;
     println!("sink listening on {listen}");
     axum::serve(listener, app)
-        .with_graceful_shutdown(m3_server::process::shutdown_signal())
+        .with_graceful_shutdown(shutdown.received())
         .await
         .context("serving the sink")?;
     println!(

@@ -277,6 +277,86 @@ async fn bad_remote_write_bodies_get_400_and_the_process_keeps_serving() {
     m3.stop().await;
 }
 
+/// Regression: a SIGTERM that came while `m3 local` was still starting (after its stores
+/// opened, before it waited for signals) killed it with the signal's default action, so a
+/// supervisor stopping a pod mid-start saw it die instead of stop. The signal is now caught
+/// from the first step: the start completes, then the process stops and exits 0.
+#[test]
+fn sigterm_during_start_up_stops_the_process_cleanly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("m3local.yml");
+    let data = dir.path().join("data");
+    std::fs::write(
+        &config,
+        support::CONFIG.replace("DATA_DIR", &data.display().to_string()),
+    )
+    .expect("write config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_m3"))
+        .args(["local", "-f"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the m3 binary starts");
+    // The log and the banner both go to stdout.
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+    // The first store opening is well inside the start-up: the aggregators and the
+    // coordinator are still to come.
+    let mut printed = Vec::new();
+    for line in lines.by_ref() {
+        println!("[m3 local] {line}");
+        let opened = line.contains("Opened namespace");
+        printed.push(line);
+        if opened {
+            break;
+        }
+    }
+    assert!(
+        printed.iter().any(|line| line.contains("Opened namespace")),
+        "m3 local ended before it opened a namespace: {printed:?}"
+    );
+    let signalled = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(signalled.success(), "kill -TERM failed");
+    let reader = std::thread::spawn(move || {
+        for line in lines {
+            println!("[m3 local] {line}");
+            printed.push(line);
+        }
+        printed
+    });
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait on the child") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("m3 local did not stop within 60s of a SIGTERM during its start-up");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let printed = reader.join().expect("stdout reader");
+    assert!(
+        status.success(),
+        "a SIGTERM during start-up ended m3 local with {status}"
+    );
+    assert!(
+        printed
+            .iter()
+            .any(|line| line.contains("m3 local is running")),
+        "m3 local exited cleanly but never finished starting: {printed:?}"
+    );
+}
+
 /// Ctrl-C (here SIGTERM) flushes the windows that have ended, even those still inside the past
 /// buffer, and stores them; a restart on the same data directory serves them and the raw samples.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
