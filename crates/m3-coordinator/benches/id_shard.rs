@@ -5,14 +5,20 @@
 //!
 //! `id_shard/encode_and_shard` is the whole step; `encode_tags` and `murmur3` split it, so a
 //! regression can be pinned on one half. Throughput is in series per second.
+//!
+//! `output_labels` is the way back, for every aggregated output the coordinator stores: the
+//! ID's labels. `labels_of` is the store path; `tag_by_tag` (every tag decoded to owned
+//! strings, then sorted and checked) is what it did before, kept as the same-run baseline.
 
 mod common;
 
 use common::{SERIES, prometheus_shaped_request};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use m3_cluster::shard_for;
+use m3_coordinator::ingest::labels_of;
 use m3_coordinator::remote_write::RemoteWriteDecoder;
-use m3_metric::id::encode_tags;
+use m3_metric::id::{decode_tags, encode_tags};
+use m3_storage::Labels;
 use std::hint::black_box;
 
 const NUM_SHARDS: u32 = 64;
@@ -60,6 +66,34 @@ fn id_shard(c: &mut Criterion) {
             ids.iter()
                 .fold(0u32, |acc, id| acc.wrapping_add(shard_for(id, NUM_SHARDS)))
         })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("output_labels");
+    group.throughput(Throughput::Elements(SERIES as u64));
+    let expected: Vec<Labels> = ids
+        .iter()
+        .map(|id| labels_of(id).expect("labels"))
+        .collect();
+    let check = |got: &[Labels]| assert_eq!(got, expected.as_slice());
+    group.bench_function(BenchmarkId::new("labels_of", SERIES), |b| {
+        let mut got = Vec::with_capacity(SERIES);
+        b.iter(|| {
+            got.clear();
+            got.extend(ids.iter().map(|id| labels_of(id).expect("labels")));
+        });
+        check(&got);
+    });
+    group.bench_function(BenchmarkId::new("tag_by_tag", SERIES), |b| {
+        let mut got = Vec::with_capacity(SERIES);
+        b.iter(|| {
+            got.clear();
+            got.extend(
+                ids.iter()
+                    .map(|id| Labels::new(decode_tags(id).expect("tag-encoded")).expect("labels")),
+            );
+        });
+        check(&got);
     });
     group.finish();
 }

@@ -430,8 +430,17 @@ fn finish_all(batch: Vec<ConsumedMessage>, decisions: Vec<Decision>) {
 }
 
 /// The labels of a metric ID.
+///
+/// Every stored output of the aggregators goes through here. The IDs the coordinator encodes
+/// hold their tags sorted, UTF-8 and non-empty, and are copied into the labels at once; any
+/// other tag-encoded ID is decoded tag by tag (invalid UTF-8 replaced) and sorted.
 pub fn labels_of(id: &[u8]) -> Option<Labels> {
-    if m3_metric::id::is_tag_encoded(id) {
+    if let Ok(tags) = m3_metric::id::TagIter::new(id) {
+        if tags.clone().all(|tag| tag.is_ok())
+            && let Some(labels) = Labels::from_canonical_bytes(tags.map_while(Result::ok))
+        {
+            return Some(labels);
+        }
         let tags = m3_metric::id::decode_tags(id).ok()?;
         return Labels::new(tags).ok();
     }
@@ -634,5 +643,46 @@ mod tests {
         assert_eq!(labels.get("__name__"), Some("stats_rpc_latency_p99"));
         assert!(labels_of(b"").is_none());
         assert_eq!(labels_of(&tagged("up")).unwrap().get("job"), Some("x"));
+    }
+
+    /// A tag-encoded ID from raw parts, in the order given (`encode_tags` keeps it too).
+    fn id_of(tags: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut id = Vec::new();
+        m3_metric::id::encode_tags(tags.iter().copied(), &mut id).unwrap();
+        id
+    }
+
+    /// What `labels_of` gave before IDs in canonical form were copied at once: every tag
+    /// decoded to owned strings (invalid UTF-8 replaced), then sorted and checked.
+    fn labels_tag_by_tag(id: &[u8]) -> Option<Labels> {
+        Labels::new(m3_metric::id::decode_tags(id).ok()?).ok()
+    }
+
+    proptest::proptest! {
+        /// Whatever the tags (any order, repeated or empty names and values, bytes that are
+        /// not UTF-8 or split a character across two parts), the labels are those of the
+        /// tag-by-tag path, or none when it has none.
+        #[test]
+        fn labels_of_any_tags_are_those_decoded_tag_by_tag(
+            tags in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![&b""[..], b"__name__", b"a", b"b", b"job", b"\xc3", b"\xa9"]),
+                    proptest::sample::select(vec![&b""[..], b"x", b"up", b"\xc3", b"\xa9", b"\xc3\xa9", b"\xff"]),
+                ),
+                0..6,
+            )
+        ) {
+            let id = id_of(&tags);
+            proptest::prop_assert_eq!(labels_of(&id), labels_tag_by_tag(&id));
+        }
+    }
+
+    #[test]
+    fn truncated_tag_encoded_ids_have_no_labels() {
+        let id = id_of(&[(b"__name__", b"up"), (b"job", b"api")]);
+        for cut in 4..id.len() {
+            assert_eq!(labels_of(&id[..cut]), None, "cut at {cut}");
+        }
+        assert!(labels_of(&id).is_some());
     }
 }

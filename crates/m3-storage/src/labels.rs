@@ -237,6 +237,37 @@ impl Labels {
         })
     }
 
+    /// Labels from byte pairs that already are a valid set as a tag-encoded metric ID holds
+    /// them (sorted by name, distinct, no empty name or value, UTF-8), copied once with no
+    /// string per name and value. `None` when they are not: the caller takes the general
+    /// path, [`Labels::new`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use m3_storage::Labels;
+    ///
+    /// let pairs = [(&b"__name__"[..], &b"up"[..]), (b"job", b"api")];
+    /// let l = Labels::from_canonical_bytes(pairs.into_iter()).unwrap();
+    /// assert_eq!(l, Labels::new([("job", "api"), ("__name__", "up")]).unwrap());
+    /// assert_eq!(Labels::from_canonical_bytes(pairs.into_iter().rev()), None);
+    /// ```
+    pub fn from_canonical_bytes<'p>(
+        pairs: impl Iterator<Item = (&'p [u8], &'p [u8])> + Clone,
+    ) -> Option<Labels> {
+        let len = pairs.clone().map(|(n, v)| n.len() + v.len()).sum();
+        let mut bytes = Vec::with_capacity(len);
+        let mut ends = Vec::with_capacity(pairs.clone().count());
+        if !copy_canonical(pairs, &mut bytes, &mut ends).ok()? {
+            return None;
+        }
+        let text = String::from_utf8(bytes).ok()?;
+        on_char_boundaries(&text, &ends).then(|| Labels {
+            text: text.into_boxed_str(),
+            ends: ends.into_boxed_slice(),
+        })
+    }
+
     /// How many bytes the encoding of labels with these (name, value) byte lengths takes,
     /// to compare with [`MAX_ENCODED_LABELS_BYTES`] before building the labels.
     pub fn encoded_len(lengths: impl IntoIterator<Item = (usize, usize)>) -> usize {
@@ -346,6 +377,54 @@ pub fn cmp_names(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     }
 }
 
+/// Appends `pairs` to `bytes`, names and values back to back, and their ends (relative to
+/// where `bytes` started) to `ends`, if they are in the form a valid label set arrives in:
+/// sorted by name (byte order, which is code point order for UTF-8), distinct, no empty name
+/// or value, at least one pair. `Ok(false)` otherwise, with `bytes` and `ends` as they were:
+/// the caller then takes the pairs label by label, as [`Labels::new`] does. UTF-8 is left to
+/// the caller, to check once for the whole set.
+///
+/// # Errors
+/// [`LabelsError::TooLong`] when the set is over 4 GiB.
+fn copy_canonical<'p>(
+    pairs: impl Iterator<Item = (&'p [u8], &'p [u8])>,
+    bytes: &mut Vec<u8>,
+    ends: &mut Vec<(u32, u32)>,
+) -> Result<bool, LabelsError> {
+    let (bytes_start, ends_start) = (bytes.len(), ends.len());
+    let mut previous: Option<&[u8]> = None;
+    for (name, value) in pairs {
+        let sorted_after = previous.is_none_or(|p| cmp_names(p, name).is_lt());
+        if name.is_empty() || value.is_empty() || !sorted_after {
+            bytes.truncate(bytes_start);
+            ends.truncate(ends_start);
+            return Ok(false);
+        }
+        previous = Some(name);
+        bytes.extend_from_slice(name);
+        let name_end = u32::try_from(bytes.len() - bytes_start);
+        bytes.extend_from_slice(value);
+        match (name_end, u32::try_from(bytes.len() - bytes_start)) {
+            (Ok(name_end), Ok(value_end)) => ends.push((name_end, value_end)),
+            _ => {
+                bytes.truncate(bytes_start);
+                ends.truncate(ends_start);
+                return Err(LabelsError::TooLong(String::from_utf8_lossy(name).into()));
+            }
+        }
+    }
+    Ok(previous.is_some())
+}
+
+/// Whether every name and value of `text` (cut at `ends`) starts and ends on a character: a
+/// set checked to be UTF-8 as a whole may still have bytes split across two of its parts
+/// that join into a valid character.
+fn on_char_boundaries(text: &str, ends: &[(u32, u32)]) -> bool {
+    ends.iter().all(|&(name_end, value_end)| {
+        text.is_char_boundary(name_end as usize) && text.is_char_boundary(value_end as usize)
+    })
+}
+
 /// The label sets of one write, in two buffers reused from write to write: a remote-write
 /// request's series get their [`LabelsView`]s without an allocation per series.
 ///
@@ -419,38 +498,10 @@ impl LabelsBatch {
     ) -> Result<usize, LabelsError> {
         let ends_start = self.ends.len();
         self.unchecked.clear();
-        let mut previous: Option<&[u8]> = None;
-        let mut in_order = true;
-        for (name, value) in pairs.clone() {
-            // Byte order is code point order for UTF-8, so the order check holds for the text.
-            let sorted_after = previous.is_none_or(|p| cmp_names(p, name).is_lt());
-            if name.is_empty() || value.is_empty() || !sorted_after {
-                in_order = false;
-                break;
-            }
-            previous = Some(name);
-            self.unchecked.extend_from_slice(name);
-            let name_end = u32::try_from(self.unchecked.len());
-            self.unchecked.extend_from_slice(value);
-            match (name_end, u32::try_from(self.unchecked.len())) {
-                (Ok(name_end), Ok(value_end)) => self.ends.push((name_end, value_end)),
-                _ => {
-                    self.ends.truncate(ends_start);
-                    return Err(LabelsError::TooLong(String::from_utf8_lossy(name).into()));
-                }
-            }
-        }
-        // The whole set is checked at once; each name and value must then also start and end
-        // on a character (bytes split across two of them may join into a valid character).
-        if in_order
-            && self.ends.len() > ends_start
+        let canonical = copy_canonical(pairs.clone(), &mut self.unchecked, &mut self.ends)?;
+        if canonical
             && let Ok(text) = std::str::from_utf8(&self.unchecked)
-            && self.ends[ends_start..]
-                .iter()
-                .all(|&(name_end, value_end)| {
-                    text.is_char_boundary(name_end as usize)
-                        && text.is_char_boundary(value_end as usize)
-                })
+            && on_char_boundaries(text, &self.ends[ends_start..])
         {
             let text_start = self.text.len();
             self.text.push_str(text);
