@@ -33,7 +33,7 @@ use crate::metadata::{self, Active, Metadatas};
 use crate::metrics::Metrics;
 use crate::options::AggregatorOptions;
 use crate::shard::{Forwarded, Limits, Sample, Shard};
-use crate::shard_hints::ShardHints;
+use crate::shard_hints::{HintTable, ShardHints};
 
 /// Maps a metric ID to its shard, e.g. `murmur3_32(id) % numShards`.
 pub type ShardFn = Arc<dyn Fn(&[u8]) -> u32 + Send + Sync>;
@@ -358,8 +358,12 @@ impl Aggregator {
                 hinted: false,
             })
             .collect();
+        // Hints are read and written only when routing by murmur3 under the placement's count.
+        let hints = murmur3_count
+            .filter(|_| known_shard.is_none())
+            .map(|_| self.shard_hints.table());
         if known_shard.is_none() {
-            self.route(samples, &mut keys, murmur3_count);
+            self.route(samples, &mut keys, murmur3_count, hints.as_deref());
         }
         let mut unconfirmed = Vec::new();
         self.add_routed(
@@ -371,7 +375,7 @@ impl Aggregator {
             rejected,
         );
         // Only a batch routed by hint has any (see `route`).
-        let Some(count) = murmur3_count.filter(|_| known_shard.is_none()) else {
+        let (Some(count), Some(hints)) = (murmur3_count, hints) else {
             return;
         };
         let mut retry_keys = Vec::new();
@@ -403,8 +407,9 @@ impl Aggregator {
         // Written once the batch is in, not while it is routed: every value of a series in one
         // batch then takes the same path, and stays in order.
         for key in keys.iter().chain(&retry_keys).filter(|k| !k.hinted) {
-            self.shard_hints.set(key.hash, key.shard, count);
+            hints.set(key.hash, key.shard, count);
         }
+        self.shard_hints.grow_if_full(&hints);
     }
 
     /// Gives each value of a batch its shard: the shard function's, or, when that is murmur3
@@ -415,14 +420,14 @@ impl Aggregator {
         samples: &[TimedSample<'_>],
         keys: &mut [SampleKey],
         murmur3_count: Option<u32>,
+        hints: Option<&HintTable>,
     ) {
-        let Some(count) = murmur3_count else {
+        let (Some(count), Some(hints)) = (murmur3_count, hints) else {
             for (key, sample) in keys.iter_mut().zip(samples) {
                 key.shard = (self.shard_fn)(sample.id);
             }
             return;
         };
-        let hints = &self.shard_hints;
         for i in 0..keys.len() {
             if let Some(ahead) = keys.get(i + m3_hash_index::PREFETCH_AHEAD) {
                 hints.prefetch(ahead.hash);
@@ -950,13 +955,13 @@ mod shard_hint_tests {
         let real = m3_cluster::shard_for(id, NUM_SHARDS);
         let wrong = (real + 1) % NUM_SHARDS;
         let hash = crate::shard::entry_hash(id);
-        agg.shard_hints.set(hash, wrong, NUM_SHARDS);
+        agg.shard_hints.table().set(hash, wrong, NUM_SHARDS);
         let mut errors = Vec::new();
         agg.add_timed_batch(&[gauge(id, 1.0)], NOW, &mut |i, e| errors.push((i, e)));
         assert_eq!(errors, vec![]);
         assert_eq!(holders(&agg, id), vec![real]);
         assert_eq!(agg.metrics().shard_hints_unconfirmed_total(), 1);
-        assert_eq!(agg.shard_hints.get(hash, NUM_SHARDS), Some(real));
+        assert_eq!(agg.shard_hints.table().get(hash, NUM_SHARDS), Some(real));
         // Confirmed from now on: no second pass.
         agg.add_timed_batch(&[gauge(id, 2.0)], NOW, &mut |i, e| errors.push((i, e)));
         assert_eq!(errors, vec![]);
@@ -974,6 +979,7 @@ mod shard_hint_tests {
         let wrong = (real + 1) % NUM_SHARDS;
         agg.set_shards(vec![crate::ShardAssignment::unbounded(wrong)], 0);
         agg.shard_hints
+            .table()
             .set(crate::shard::entry_hash(id), wrong, NUM_SHARDS);
         let tombstoned = tombstoned();
         let sample = TimedSample {
