@@ -284,24 +284,10 @@ async fn bad_remote_write_bodies_get_400_and_the_process_keeps_serving() {
 #[test]
 fn sigterm_during_start_up_stops_the_process_cleanly() {
     use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
+    use std::process::Command;
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("m3local.yml");
-    let data = dir.path().join("data");
-    std::fs::write(
-        &config,
-        support::CONFIG.replace("DATA_DIR", &data.display().to_string()),
-    )
-    .expect("write config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_m3"))
-        .args(["local", "-f"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the m3 binary starts");
+    let mut child = support::spawn_local(dir.path(), support::CONFIG, &[]);
     // The log and the banner both go to stdout.
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);

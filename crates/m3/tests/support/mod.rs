@@ -130,29 +130,7 @@ impl LocalProcess {
     }
 
     async fn launch(dir: &std::path::Path, config_text: &str, launcher: &[&str]) -> LocalProcess {
-        let config = dir.join("m3local.yml");
-        let data = dir.join("data");
-        std::fs::write(
-            &config,
-            config_text.replace("DATA_DIR", &data.display().to_string()),
-        )
-        .expect("write config");
-        let mut command = match launcher.split_first() {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(env!("CARGO_BIN_EXE_m3"));
-                c
-            }
-            None => Command::new(env!("CARGO_BIN_EXE_m3")),
-        };
-        let mut child = command
-            .args(["local", "-f"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the m3 binary starts");
+        let mut child = spawn_local(dir, config_text, launcher);
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -340,6 +318,34 @@ impl LocalProcess {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Writes `config_text` (with `DATA_DIR` set to `dir/data`) to `dir` and spawns `m3 local` on
+/// it through `launcher` (a command prefix) if not empty; its stdout (log and banner) piped.
+pub(crate) fn spawn_local(dir: &std::path::Path, config_text: &str, launcher: &[&str]) -> Child {
+    let config = dir.join("m3local.yml");
+    let data = dir.join("data");
+    std::fs::write(
+        &config,
+        config_text.replace("DATA_DIR", &data.display().to_string()),
+    )
+    .expect("write config");
+    let mut command = match launcher.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(env!("CARGO_BIN_EXE_m3"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_m3")),
+    };
+    command
+        .args(["local", "-f"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the m3 binary starts")
 }
 
 impl Drop for LocalProcess {
