@@ -342,6 +342,21 @@ impl Aggregator {
         now_nanos: i64,
         rejected: &mut dyn FnMut(usize, AddError),
     ) {
+        self.add_timed_batch_hashed(known, samples, None, now_nanos, rejected);
+    }
+
+    /// [`add_timed_batch_of_shard`](Self::add_timed_batch_of_shard) with each sample's
+    /// [`entry_hash`](crate::shard::entry_hash) given, when the caller has them: a client
+    /// applying a batch to several engines in this process hashes its IDs once for all of them
+    /// (the hash's seed is the process's). `hashes`, when given, has one hash per sample.
+    pub(crate) fn add_timed_batch_hashed(
+        &self,
+        known: Option<KnownShard>,
+        samples: &[TimedSample<'_>],
+        hashes: Option<&[u64]>,
+        now_nanos: i64,
+        rejected: &mut dyn FnMut(usize, AddError),
+    ) {
         // The placement's count, read once: every shard of the batch is computed under it.
         let murmur3_count = self
             .murmur3_shard_count
@@ -350,11 +365,16 @@ impl Aggregator {
         let known_shard = known
             .filter(|k| murmur3_count == Some(k.num_shards) && k.shard < k.num_shards)
             .map(|k| k.shard);
+        let hashes = hashes.filter(|h| h.len() == samples.len());
         let mut keys: Vec<SampleKey> = samples
             .iter()
-            .map(|s| SampleKey {
+            .enumerate()
+            .map(|(i, s)| SampleKey {
                 shard: known_shard.unwrap_or(0),
-                hash: crate::shard::entry_hash(s.id),
+                hash: match hashes {
+                    Some(hashes) => hashes[i],
+                    None => crate::shard::entry_hash(s.id),
+                },
                 hinted: false,
             })
             .collect();

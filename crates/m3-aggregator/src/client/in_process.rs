@@ -79,9 +79,17 @@ pub(super) struct InlineEngine {
 }
 
 impl InlineEngine {
-    /// Adds `samples`, all of shard `known`, to the engine; `undecodable` more values of the
-    /// batch were dropped because their metadatas did not decode, and are counted here.
-    pub(super) fn add(&self, known: KnownShard, samples: &[TimedSample<'_>], undecodable: u64) {
+    /// Adds `samples`, all of shard `known`, to the engine; `hashes` are their IDs'
+    /// [`entry_hash`](crate::shard::entry_hash)es, one per sample, computed once for every
+    /// engine. `undecodable` more values of the batch were dropped because their metadatas did
+    /// not decode, and are counted here.
+    pub(super) fn add(
+        &self,
+        known: KnownShard,
+        samples: &[TimedSample<'_>],
+        hashes: &[u64],
+        undecodable: u64,
+    ) {
         let aggregator = &self.first.aggregator;
         if undecodable > 0 {
             aggregator
@@ -90,7 +98,7 @@ impl InlineEngine {
         }
         let limiter = &self.first.limiter;
         let now = unix_nanos_now();
-        aggregator.add_timed_batch_of_shard(Some(known), samples, now, &mut |_, e| {
+        aggregator.add_timed_batch_hashed(Some(known), samples, Some(hashes), now, &mut |_, e| {
             if limiter.allow() {
                 tracing::warn!(error = %e, "in-process aggregator value rejected.");
             }

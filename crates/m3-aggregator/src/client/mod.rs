@@ -705,6 +705,7 @@ impl AggregatorClient {
             .collect();
         let mut dropped = 0;
         let mut samples = Vec::new();
+        let mut hashes = Vec::new();
         for group in groups {
             samples.clear();
             let mut undecodable = 0u64;
@@ -725,6 +726,9 @@ impl AggregatorClient {
                 shard: group.shard,
                 num_shards: topology.num_shards,
             };
+            // Hashed once here for every engine rather than by each.
+            hashes.clear();
+            hashes.extend(samples.iter().map(|s| crate::shard::entry_hash(s.id)));
             let owners = &topology.owners[group.shard as usize];
             for (position, owner) in owners.iter().enumerate().take(64) {
                 if group.owners & (1 << position) == 0 {
@@ -744,7 +748,7 @@ impl AggregatorClient {
                     dropped += group.count;
                     continue;
                 };
-                engine.add(known, &samples, undecodable);
+                engine.add(known, &samples, &hashes, undecodable);
                 if !group.frames.is_empty() {
                     // Metrics routed with an encoder of their own.
                     engine.write_frames(&[&group.frames[..]], &[known]);
