@@ -52,7 +52,7 @@ impl AggregatorOptions {
     /// [`forwarding_max_const_delay`](Self::forwarding_max_const_delay)).
     pub fn forwarding_max_const_delay(&self) -> Duration {
         self.forwarding_max_const_delay
-            .unwrap_or(self.buffer_past + Duration::from_secs(30))
+            .unwrap_or_else(|| self.buffer_past.saturating_add(Duration::from_secs(30)))
     }
 }
 

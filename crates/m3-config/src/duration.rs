@@ -37,7 +37,8 @@ const UNITS: &[(&str, u128)] = &[
 /// Parses `"10s"`, `"1m30s"`, `"2d"`, `"1.5h"`, `"0"`.
 ///
 /// # Errors
-/// Empty input, a missing or unknown unit, a negative or overflowing value.
+/// Empty input, a missing or unknown unit, a negative value, or one above 2^63 − 1 ns (about
+/// 292 years: durations are added to nanosecond timestamps).
 pub fn parse_duration(input: &str) -> Result<Duration, ParseDurationError> {
     let err = |reason| ParseDurationError {
         input: input.to_string(),
@@ -76,6 +77,10 @@ pub fn parse_duration(input: &str) -> Result<Duration, ParseDurationError> {
             .checked_add(nanos)
             .ok_or_else(|| err("duration too large"))?;
         rest = next;
+    }
+    // Durations are added to nanosecond timestamps (`i64`), so none may exceed their range.
+    if total > i64::MAX as u128 {
+        return Err(err("duration too large (at most 292 years)"));
     }
     let secs = u64::try_from(total / 1_000_000_000).map_err(|_| err("duration too large"))?;
     Ok(Duration::new(secs, (total % 1_000_000_000) as u32))
@@ -195,10 +200,16 @@ mod tests {
             "-1s",
             "1..5s",
             "99999999999999999999999y",
+            "18446744073709551615s",
+            "293y",
         ] {
             let err = parse_duration(text).unwrap_err();
             assert_eq!(err.input, text);
         }
+        assert_eq!(
+            parse_duration("292y"),
+            Ok(Duration::from_secs(292 * 365 * 86_400))
+        );
     }
 
     #[test]
