@@ -229,7 +229,10 @@ impl Coordinator {
             write,
             registry: Arc::new(Mutex::new(registry)),
             writes_in_flight: Arc::new(tokio::sync::Semaphore::new(
-                write_limits.max_concurrent_requests.max(1),
+                // Above tokio's limit the bound is no bound anyway.
+                write_limits
+                    .max_concurrent_requests
+                    .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
             )),
             write_limits,
             metrics: metrics.clone(),

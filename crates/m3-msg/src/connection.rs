@@ -194,7 +194,7 @@ impl Task {
         rx: &mut mpsc::Receiver<msgpb::Message>,
     ) -> Result<(), SessionEnd> {
         let limit = self.config.write_buffer_size.max(1);
-        let mut buf = BytesMut::with_capacity(limit);
+        let mut buf = BytesMut::with_capacity(limit.min(crate::MAX_INITIAL_BUFFER));
         let mut tick = tokio::time::interval(
             self.config
                 .flush_interval
@@ -241,7 +241,11 @@ impl Task {
     }
 
     async fn read_acks(&self, mut read: OwnedReadHalf) -> Result<(), SessionEnd> {
-        let mut buf = BytesMut::with_capacity(self.config.read_buffer_size.max(64));
+        let mut buf = BytesMut::with_capacity(
+            self.config
+                .read_buffer_size
+                .clamp(64, crate::MAX_INITIAL_BUFFER),
+        );
         loop {
             loop {
                 let frame = match next_m3msg_frame(&mut buf, self.max_message_size) {

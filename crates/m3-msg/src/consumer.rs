@@ -333,7 +333,11 @@ impl ConnectionTask {
 
     async fn read_messages(&self, mut read: OwnedReadHalf, acks: &Arc<AckQueue>) {
         let max = self.config.max_message_size;
-        let mut buf = BytesMut::with_capacity(self.config.connection_read_buffer_size.max(64));
+        let mut buf = BytesMut::with_capacity(
+            self.config
+                .connection_read_buffer_size
+                .clamp(64, crate::MAX_INITIAL_BUFFER),
+        );
         let mut deadline = FrameDeadline::new(&ListenerLimits {
             max_connections: self.config.max_connections,
             idle_timeout: self.config.idle_timeout,

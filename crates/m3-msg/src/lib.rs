@@ -80,3 +80,8 @@ pub use error::{ProduceError, ServiceError};
 pub use metrics::{ConsumerMetrics, DropReason, FrameErrorKind, ProducerMetrics, RejectReason};
 pub use producer::Producer;
 pub use topology::{ConsumerInstance, ConsumerInstances, ConsumerServiceSpec, ConsumptionType};
+
+/// The most a connection's buffer is allocated with up front, whatever its configured size: it
+/// grows as frames need, and a configured size far beyond memory would otherwise abort the
+/// process when the connection opens.
+pub(crate) const MAX_INITIAL_BUFFER: usize = 16 << 20;

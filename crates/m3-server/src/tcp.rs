@@ -50,7 +50,8 @@ impl ConnectionLimit {
     /// A limit of `max` connections at once.
     pub fn new(max: usize) -> ConnectionLimit {
         ConnectionLimit {
-            permits: Arc::new(Semaphore::new(max.max(1))),
+            // Above tokio's limit the bound is no bound anyway.
+            permits: Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS))),
         }
     }
 

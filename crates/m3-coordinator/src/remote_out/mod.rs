@@ -275,7 +275,9 @@ impl RemoteOut {
                 name: valid.name.clone(),
                 policy: valid.policy,
                 jobs,
-                room: Arc::new(Semaphore::new(settings.queue_size)),
+                room: Arc::new(Semaphore::new(
+                    settings.queue_size.min(Semaphore::MAX_PERMITS),
+                )),
                 queue_size: settings.queue_size,
                 max_samples_per_send: settings.max_samples_per_send,
                 metrics: metrics.clone(),
