@@ -127,7 +127,11 @@ impl QueryState {
         QueryState {
             store,
             namespaces,
-            slots: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrency.max(1))),
+            slots: Arc::new(tokio::sync::Semaphore::new(
+                limits
+                    .max_concurrency
+                    .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+            )),
             limits,
             clock: now_ms,
         }
@@ -230,7 +234,7 @@ async fn metadata(params: Params) -> Result<Json<Success<serde_json::Value>>, Ap
 }
 
 async fn query_exemplars(params: Params) -> Result<Json<Success<Vec<()>>>, ApiError> {
-    m3_query::parse(params.first("query").unwrap_or_default())?;
+    m3_query::validate_query(params.first("query").unwrap_or_default())?;
     params.time_range()?;
     Ok(success(Vec::new()))
 }

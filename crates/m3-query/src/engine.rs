@@ -298,17 +298,32 @@ impl Engine {
     }
 }
 
-/// The query laid out as Prometheus' `/api/v1/format_query` lays it out.
+/// The query laid out as Prometheus' `/api/v1/format_query` lays it out. Parsed, printed and
+/// dropped on a thread of its own with a large stack, like an evaluation: safe to call from an
+/// async task.
 ///
 /// # Errors
 ///
 /// As for [`parse`].
 pub fn format_query(query: &str) -> Result<String> {
-    Ok(parse(query)?.prettify())
+    on_eval_stack(|| Ok(parse(query)?.prettify()))
+}
+
+/// Whether `query` parses, as [`parse`] decides, with the tree built and dropped on a thread
+/// of its own with a large stack: safe to call from an async task.
+///
+/// # Errors
+///
+/// As for [`parse`].
+pub fn validate_query(query: &str) -> Result<()> {
+    on_eval_stack(|| parse(query).map(drop))
 }
 
 /// Parses a query; a parse error is `bad_data`, worded as Prometheus words it. Queries longer
 /// than [`MAX_QUERY_BYTES`] or nested deeper than [`MAX_NESTING`] are refused.
+///
+/// Printing or dropping the tree recurses once per level, which a thousand levels can take
+/// past an async worker's stack: from one, use [`validate_query`] or [`format_query`].
 pub fn parse(query: &str) -> Result<Expr> {
     parse_guarded(query, MAX_NESTING)
         .map_err(|reason| QueryError::BadData(format!("invalid parameter \"query\": {reason}")))

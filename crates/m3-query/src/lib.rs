@@ -34,7 +34,9 @@ pub mod source;
 mod stats;
 pub mod value;
 
-pub use engine::{DEFAULT_LOOKBACK, Engine, MAX_POINTS_PER_SERIES, format_query, parse};
+pub use engine::{
+    DEFAULT_LOOKBACK, Engine, MAX_POINTS_PER_SERIES, format_query, parse, validate_query,
+};
 pub use error::QueryError;
 pub use eval::{Limits, STALE_NAN_BITS, is_stale_marker};
 pub use labels::LabelSet;

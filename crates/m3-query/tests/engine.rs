@@ -546,3 +546,40 @@ fn aggregations_of_range_functions_hold_one_fold_per_group_not_every_series() {
     ));
     assert_eq!(streamed, whole);
 }
+
+#[test]
+fn the_deepest_accepted_queries_parse_and_format_on_an_async_workers_stack() {
+    // `format_query` and the exemplars endpoint's check run from the request's task: a tokio
+    // worker thread, 2 MiB of stack by default. The deepest trees the guards let through must
+    // parse, print and drop from there.
+    let handle = std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(|| {
+            let deepest = [
+                format!("1{}", "+1".repeat(m3_query::engine::MAX_NESTING - 2)),
+                format!(
+                    "{}up{}",
+                    "(".repeat(m3_query::engine::MAX_NESTING - 2),
+                    ")".repeat(m3_query::engine::MAX_NESTING - 2)
+                ),
+                format!(
+                    "{}up{}",
+                    "abs(".repeat(m3_query::engine::MAX_NESTING - 2),
+                    ")".repeat(m3_query::engine::MAX_NESTING - 2)
+                ),
+                format!("{}up", "-".repeat(m3_query::engine::MAX_NESTING - 2)),
+            ];
+            deepest
+                .iter()
+                .map(|q| {
+                    let checked = m3_query::validate_query(q);
+                    let formatted = m3_query::format_query(q).map(|text| text.len());
+                    (checked.is_ok(), formatted.is_ok())
+                })
+                .collect::<Vec<_>>()
+        })
+        .expect("spawn");
+    let outcomes = handle.join().expect("no stack overflow or panic");
+    // Every one of them is within the guards, so each parses and prints.
+    assert_eq!(outcomes, vec![(true, true); 4]);
+}
