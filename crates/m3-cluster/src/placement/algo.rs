@@ -549,6 +549,12 @@ fn check_sharding(
     if num_shards == 0 {
         return Err(PlacementError::ZeroShards);
     }
+    if num_shards > super::MAX_SHARDS {
+        return Err(PlacementError::TooManyShards {
+            num_shards,
+            max: super::MAX_SHARDS,
+        });
+    }
     check_replication(instances, replication_factor)
 }
 

@@ -14,6 +14,14 @@ pub enum PlacementError {
     /// `num_shards` is 0.
     #[error("number of shards must be at least 1, got 0")]
     ZeroShards,
+    /// `num_shards` is above [`MAX_SHARDS`](super::MAX_SHARDS).
+    #[error("number of shards must be at most {max}, got {num_shards}")]
+    TooManyShards {
+        /// The number asked for.
+        num_shards: u32,
+        /// The most a placement may have.
+        max: u32,
+    },
     /// The replication factor is 0.
     #[error("replication factor must be at least 1, got 0")]
     ZeroReplicationFactor,

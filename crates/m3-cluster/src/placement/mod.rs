@@ -53,6 +53,11 @@ use prost::Message;
 
 pub use algo::{Timing, build_mirrored, build_non_sharded, build_sharded, transition_nanos};
 pub use error::PlacementError;
+
+/// The most shards a placement may have. Every reader of a placement (the routing clients, the
+/// aggregators, validation) keeps a table with an entry per shard, so a placement in KV with
+/// billions of shards would take the readers' memory; M3 deployments use 64 to a few thousand.
+pub const MAX_SHARDS: u32 = 1 << 16;
 pub use format::PlacementFormat;
 pub use store::PlacementStore;
 
@@ -367,9 +372,18 @@ impl Placement {
     ///
     /// # Errors
     /// [`PlacementError::Decode`] when a map key differs from its instance's ID, a shard state is
-    /// unknown, or an instance holds a shard twice. The placement's invariants are not checked;
-    /// call [`Placement::validate`] for that.
+    /// unknown, an instance holds a shard twice, or `num_shards` is above [`MAX_SHARDS`] (every
+    /// reader sizes tables by it). The placement's invariants are not checked; call
+    /// [`Placement::validate`] for that.
     pub fn from_proto(pb: placementpb::Placement) -> Result<Self, PlacementError> {
+        if pb.num_shards > MAX_SHARDS {
+            return Err(PlacementError::Decode {
+                reason: format!(
+                    "num_shards {} is above the {MAX_SHARDS} a placement may have",
+                    pb.num_shards
+                ),
+            });
+        }
         let mut instances = BTreeMap::new();
         for (key, instance) in pb.instances {
             if key != instance.id {

@@ -105,6 +105,13 @@ fn mirrored_build_rejects_bad_input() {
     let err = |instances: Vec<Instance>, shards, rf| build_mirrored(instances, shards, rf, 0);
     assert_eq!(err(vec![], 4, 2), Err(E::NoInstances));
     assert_eq!(err(instances(1, 2), 0, 2), Err(E::ZeroShards));
+    assert_eq!(
+        err(instances(1, 2), 70_000, 2),
+        Err(E::TooManyShards {
+            num_shards: 70_000,
+            max: 65_536
+        })
+    );
     assert_eq!(err(instances(1, 2), 4, 0), Err(E::ZeroReplicationFactor));
     assert_eq!(
         err(instances(1, 2), 4, 3),
@@ -426,6 +433,13 @@ fn decode_rejects_bad_input_without_panicking() {
     let err = Placement::from_proto(pb).unwrap_err();
     assert!(err.to_string().contains("unknown state 17"), "{err}");
     assert!(!err.is_invalid_input());
+    // A shard count no reader could size its tables by is refused before any reader sees it.
+    let mut huge = build_mirrored(instances(1, 1), 2, 1, 0).unwrap().to_proto();
+    huge.num_shards = 4_000_000_000;
+    let err = Placement::from_proto(huge.clone()).unwrap_err();
+    assert!(err.to_string().contains("num_shards 4000000000"), "{err}");
+    huge.num_shards = crate::placement::MAX_SHARDS;
+    assert!(Placement::from_proto(huge).is_ok());
 }
 
 #[tokio::test]
