@@ -58,6 +58,9 @@ pub(crate) async fn run(options: QueryBenchOptions) -> anyhow::Result<()> {
     if options.targets.is_empty() {
         bail!("give at least one --target");
     }
+    if options.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
     let end = now / SCRAPE_MS * SCRAPE_MS - SCRAPE_MS;
     let range_ms = options.range.as_millis() as i64;
