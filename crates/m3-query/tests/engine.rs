@@ -555,19 +555,12 @@ fn the_deepest_accepted_queries_parse_and_format_on_an_async_workers_stack() {
     let handle = std::thread::Builder::new()
         .stack_size(2 * 1024 * 1024)
         .spawn(|| {
+            let depth = m3_query::engine::MAX_NESTING - 2;
             let deepest = [
-                format!("1{}", "+1".repeat(m3_query::engine::MAX_NESTING - 2)),
-                format!(
-                    "{}up{}",
-                    "(".repeat(m3_query::engine::MAX_NESTING - 2),
-                    ")".repeat(m3_query::engine::MAX_NESTING - 2)
-                ),
-                format!(
-                    "{}up{}",
-                    "abs(".repeat(m3_query::engine::MAX_NESTING - 2),
-                    ")".repeat(m3_query::engine::MAX_NESTING - 2)
-                ),
-                format!("{}up", "-".repeat(m3_query::engine::MAX_NESTING - 2)),
+                format!("1{}", "+1".repeat(depth)),
+                format!("{}up{}", "(".repeat(depth), ")".repeat(depth)),
+                format!("{}up{}", "abs(".repeat(depth), ")".repeat(depth)),
+                format!("{}up", "-".repeat(depth)),
             ];
             deepest
                 .iter()
