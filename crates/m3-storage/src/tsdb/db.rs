@@ -50,7 +50,7 @@ use crate::tsdb::block::{Block, BlockError, write_block};
 use crate::tsdb::chunk::SealedChunk;
 use crate::tsdb::durable::{AppendError, DurableError, DurableHead};
 use crate::tsdb::head::{
-    AppendSummary, ChunkFileStats, HeadOptions, SeriesRef, Truncated, chunk_has_samples_in,
+    AppendSummary, ChunkFileStats, HeadOptions, HeadSeries, Truncated, chunk_has_samples_in,
 };
 use crate::tsdb::wal::{ReplayReport, WalOptions};
 
@@ -575,7 +575,7 @@ impl NamespaceDb {
 /// Where one series' samples are: a head reference and positions in parts.
 #[derive(Debug, Clone, Default)]
 pub struct SeriesSources {
-    head: Option<SeriesRef>,
+    head: Option<HeadSeries>,
     /// (part index in the reader's list, position in the part), in part order.
     parts: Vec<(u32, u32)>,
 }
@@ -604,15 +604,15 @@ impl Reader<'_> {
             head.matching(matchers)
                 .into_iter()
                 .filter_map(|r| {
-                    head.labels(r).map(|l| {
-                        (
-                            l,
-                            SeriesSources {
-                                head: Some(r),
-                                parts: Vec::new(),
-                            },
-                        )
-                    })
+                    let labels = head.labels(r)?;
+                    let handle = head.series_handle(r)?;
+                    Some((
+                        labels,
+                        SeriesSources {
+                            head: Some(handle),
+                            parts: Vec::new(),
+                        },
+                    ))
                 })
                 .collect()
         };
@@ -665,8 +665,13 @@ impl Reader<'_> {
         if start > end {
             return Ok(false);
         }
-        if let Some(r) = sources.head
-            && self.db.head.read().head().has_samples(r, start, end)
+        if let Some(handle) = &sources.head
+            && self
+                .db
+                .head
+                .read()
+                .head()
+                .handle_has_samples(handle, start, end)
         {
             return Ok(true);
         }
@@ -697,8 +702,12 @@ impl Reader<'_> {
             return Ok(());
         }
         if sources.parts.is_empty() {
-            if let Some(r) = sources.head {
-                self.db.head.read().head().samples(r, start, end, out);
+            if let Some(handle) = &sources.head {
+                self.db
+                    .head
+                    .read()
+                    .head()
+                    .handle_samples(handle, start, end, out);
             }
             return Ok(());
         }
@@ -713,9 +722,13 @@ impl Reader<'_> {
                 std::mem::swap(&mut merged, &mut scratch);
             }
         }
-        if let Some(r) = sources.head {
+        if let Some(handle) = &sources.head {
             run.clear();
-            self.db.head.read().head().samples(r, start, end, &mut run);
+            self.db
+                .head
+                .read()
+                .head()
+                .handle_samples(handle, start, end, &mut run);
             merge_newer_wins(&merged, &run, &mut scratch);
             std::mem::swap(&mut merged, &mut scratch);
         }

@@ -6,11 +6,14 @@
 //!
 //! ```text
 //! series  record: 1 | ref u32 | label count u16 | (name len u32, name, value len u32, value)…
-//! samples record: 2 | count u32 | (ref u32, time i64, value bits u64)…      (all little-endian)
+//! samples record: 2 | count u32 | (ref u32, time i64, value bits u64)…
+//! removed record: 3 | count u32 | ref u32…                                  (all little-endian)
 //! ```
 //!
-//! Series references are the head's, in creation order, so replaying the records rebuilds the
-//! same references. A record that passes its checksum but does not decode is not a torn write:
+//! Series references are the head's, so replaying the records rebuilds the same references.
+//! Retention's removals are logged too ([`DurableHead::truncate_before`]), and only a logged
+//! removal lets a new series take the reference: replay then sees the old series go before the
+//! new one comes, even when the new one has the same labels. A record that passes its checksum but does not decode is not a torn write:
 //! opening fails with [`DurableError::Corrupt`] rather than guessing.
 
 use std::collections::BTreeMap;
@@ -30,6 +33,7 @@ const SERIES_RECORD: u8 = 1;
 /// by batches that could not be logged leave gaps).
 const MAX_REFERENCE_GAP: usize = 1 << 20;
 const SAMPLES_RECORD: u8 = 2;
+const REMOVED_RECORD: u8 = 3;
 
 /// Why opening a durable head failed.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +132,8 @@ impl DurableHead {
             WalError::Apply(e) => e,
         })?;
         segment_max_time.insert(wal.segment(), i64::MIN);
+        // References the log no longer names (their series were removed) go to new series.
+        head.reclaim_free_references();
         Ok((
             DurableHead {
                 head,
@@ -238,9 +244,28 @@ impl DurableHead {
     }
 
     /// Drops what is wholly before `cutoff` from the head (retention; see
-    /// [`Head::truncate_before`]).
+    /// [`Head::truncate_before`]) and logs the series it removed, whose references then go to
+    /// new series. When the log write fails the references stay unused until the log is
+    /// reopened, whose replay removes the series again.
     pub fn truncate_before(&mut self, cutoff: i64) -> Truncated {
-        self.head.truncate_before(cutoff)
+        let mut removed = Vec::new();
+        let truncated = self
+            .head
+            .truncate_before_holding_references(cutoff, &mut removed);
+        if removed.is_empty() {
+            return truncated;
+        }
+        let mut record = Vec::new();
+        encode_removed(&removed, &mut record);
+        match self.wal.append(&[record]) {
+            Ok(()) => self.head.free_references(&removed),
+            Err(e) => tracing::warn!(
+                error = %e,
+                series = removed.len(),
+                "Could not log the removal of series; their slots stay unused until the log is reopened."
+            ),
+        }
+        truncated
     }
 
     /// Prepares dropping from the log the segments whose samples are all before `cutoff` and
@@ -335,6 +360,16 @@ fn encode_samples(samples: &[(SeriesRef, i64, f64)], out: &mut Vec<u8>) {
     }
 }
 
+fn encode_removed(references: &[SeriesRef], out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(5 + references.len() * 4);
+    out.push(REMOVED_RECORD);
+    out.extend_from_slice(&(references.len() as u32).to_le_bytes());
+    for reference in references {
+        out.extend_from_slice(&reference.to_le_bytes());
+    }
+}
+
 /// Reads little-endian fields off a record.
 struct Fields<'a>(&'a [u8]);
 
@@ -424,6 +459,18 @@ fn replay(
             }
             head.append_refs(refs);
         }
+        REMOVED_RECORD => {
+            let count = u32::from_le_bytes(fields.array()?) as usize;
+            if Some(fields.0.len()) != count.checked_mul(4) {
+                return Err(DurableError::Corrupt(format!(
+                    "a removal record of {count} series holds {} bytes",
+                    fields.0.len()
+                )));
+            }
+            for _ in 0..count {
+                head.remove_series(u32::from_le_bytes(fields.array()?));
+            }
+        }
         other => {
             return Err(DurableError::Corrupt(format!(
                 "unknown record type {other}"
@@ -460,6 +507,56 @@ mod tests {
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    /// Series removed by retention give their references to new series, the removal is
+    /// logged, and a reopened head is the head that was: the new series under the reused
+    /// references, and a series written again under its old reference with only its new
+    /// samples (an older sample of it is not taken for the newest).
+    #[test]
+    fn reused_references_replay_as_they_were_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let (head_options, wal_options) = options();
+        let (mut durable, _) =
+            DurableHead::open(dir.path(), head_options.clone(), wal_options, None).unwrap();
+        let pod = |name: &str| Labels::new([("__name__", "up"), ("pod", name)]).unwrap();
+        let (a, b, c) = (pod("a"), pod("b"), pod("c"));
+        durable
+            .append(&[(&a, 100_000, 1.0), (&b, 100_000, 1.0)])
+            .unwrap();
+        let (ref_a, ref_b) = (
+            durable.head().find(a.view()).unwrap(),
+            durable.head().find(b.view()).unwrap(),
+        );
+        assert_eq!(durable.truncate_before(200_000).series, 2);
+        // `c` takes a removed reference; `a` comes back with a sample older than its last.
+        durable
+            .append(&[(&c, 300_000, 3.0), (&a, 1_000, 2.0)])
+            .unwrap();
+        let mut reused = vec![
+            durable.head().find(c.view()).unwrap(),
+            durable.head().find(a.view()).unwrap(),
+        ];
+        reused.sort_unstable();
+        let mut freed = vec![ref_a, ref_b];
+        freed.sort_unstable();
+        assert_eq!(reused, freed, "no new slot while removed ones are free");
+        let before = everything(durable.head());
+        assert_eq!(
+            before,
+            vec![
+                (a.clone(), vec![(1_000, 2.0)]),
+                (c.clone(), vec![(300_000, 3.0)])
+            ]
+        );
+        drop(durable);
+        let (mut durable, _) =
+            DurableHead::open(dir.path(), head_options.clone(), wal_options, None).unwrap();
+        assert_eq!(everything(durable.head()), before);
+        assert_eq!(durable.head().next_reference(), 2);
+        // After the reopen as before it: `b`'s slot is free again only once removed.
+        durable.append(&[(&b, 400_000, 4.0)]).unwrap();
+        assert_eq!(durable.head().next_reference(), 3);
     }
 
     #[test]
@@ -500,7 +597,7 @@ mod tests {
     }
 
     #[test]
-    fn records_naming_far_references_or_with_bytes_left_over_fail_the_open() {
+    fn records_naming_far_references_or_of_the_wrong_length_fail_the_open() {
         let (head_options, wal_options) = options();
         let mut far = vec![SERIES_RECORD];
         far.extend_from_slice(&u32::MAX.to_le_bytes());
@@ -509,7 +606,14 @@ mod tests {
         let mut extra = Vec::new();
         encode_series(0, labels.view(), &mut extra);
         extra.push(0);
-        for (record, message) in [(far, "far beyond"), (extra, "bytes left over")] {
+        let mut short_removal = Vec::new();
+        encode_removed(&[1, 2], &mut short_removal);
+        short_removal.pop();
+        for (record, message) in [
+            (far, "far beyond"),
+            (extra, "bytes left over"),
+            (short_removal, "a removal record of 2 series holds 7 bytes"),
+        ] {
             let dir = tempfile::tempdir().unwrap();
             let (mut wal, _) = Wal::open(dir.path(), wal_options, |_| Ok::<(), DurableError>(()))
                 .map_err(|_| ())

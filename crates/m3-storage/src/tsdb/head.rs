@@ -20,7 +20,10 @@
 //! memory sealed otherwise (or when a write fails).
 //!
 //! Retention drops whole chunks that end before the cutoff ([`Head::truncate_before`]), and a
-//! series with nothing left.
+//! series with nothing left. Its reference goes to the next new series: series come and go
+//! (a pod's series end when it is replaced), and slots kept for every series ever created would
+//! grow without end. A reader that found a series and reads it after letting the head go
+//! holds a [`HeadSeries`], which reads nothing once its reference names another series.
 
 use std::hash::BuildHasher;
 use std::num::NonZeroU32;
@@ -44,8 +47,18 @@ pub const CHUNK_SAMPLES: usize = 120;
 /// Out-of-order samples a series buffers before they are folded into its chunks.
 pub const OUT_OF_ORDER_FOLD: usize = 32;
 
-/// A series' number within its head, in creation order.
+/// A series' number within its head: the slot it lives in. A removed series' number is given
+/// to a later one.
 pub type SeriesRef = u32;
+
+/// A series as a reader found it: its reference and the labels it had then. A read through it
+/// made after the head's lock was let go reads that series or nothing, never the series a
+/// reused reference names since.
+#[derive(Debug, Clone)]
+pub struct HeadSeries {
+    reference: SeriesRef,
+    labels: PackedLabels,
+}
 
 /// How the head takes samples.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -541,6 +554,9 @@ pub struct Head {
     by_hash: HashIndex,
     /// By [`SeriesRef`]; `None` once removed by retention.
     series: PagedSlots<MemSeries>,
+    /// Empty slots below `series.len()`, the next new series' reference last. An entry whose
+    /// slot was filled since (a replayed record naming it) is skipped when taken.
+    free: Vec<SeriesRef>,
     /// Label name → value → series, ascending.
     postings: HashMap<Box<str>, HashMap<Box<str>, PostingList>>,
     live: usize,
@@ -556,6 +572,7 @@ impl Head {
             hasher: hashbrown::DefaultHashBuilder::default(),
             by_hash: HashIndex::new(),
             series: PagedSlots::default(),
+            free: Vec::new(),
             postings: HashMap::new(),
             live: 0,
             closed_chunks: ClosedChunkStore::default(),
@@ -600,8 +617,9 @@ impl Head {
         self.by_hash.prefetch(hash);
     }
 
-    /// The series with these labels, created if new (`true` when created). References are not
-    /// reused; past `u32::MAX` series (some 600 GB of head) the last one would be reused.
+    /// The series with these labels, created if new (`true` when created). A new series takes
+    /// a removed series' reference when there is one, the next unused one otherwise; past
+    /// `u32::MAX` live series (some 600 GB of head) the last one would be shared.
     pub fn get_or_create(&mut self, labels: LabelsView<'_>) -> (SeriesRef, bool) {
         self.get_or_create_hashed(labels, self.hash(labels))
     }
@@ -614,13 +632,57 @@ impl Head {
         if let Some(found) = self.find_hashed(labels, hash) {
             return (found, false);
         }
-        let reference = SeriesRef::try_from(self.series.len()).unwrap_or(SeriesRef::MAX);
+        let reference = self.take_free_reference();
         self.insert(reference, labels);
         (reference, true)
     }
 
+    /// A reference for a new series: an empty slot's, or the next past the last slot.
+    fn take_free_reference(&mut self) -> SeriesRef {
+        while let Some(reference) = self.free.pop() {
+            if matches!(self.series.get(reference as usize), Some(None)) {
+                return reference;
+            }
+        }
+        SeriesRef::try_from(self.series.len()).unwrap_or(SeriesRef::MAX)
+    }
+
+    /// Gives the empty slots `references` (ascending) to new series, the lowest first.
+    pub fn free_references(&mut self, references: &[SeriesRef]) {
+        self.free.extend(references.iter().rev());
+    }
+
+    /// Lists every empty slot for new series to take: after a log's replay, which fills the
+    /// slots its records name and leaves the others empty.
+    pub fn reclaim_free_references(&mut self) {
+        self.free.clear();
+        let empty = self
+            .series
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| slot.is_none())
+            .map(|(index, _)| index as SeriesRef);
+        self.free.extend(empty);
+        // Taken from the end: the lowest first, which keeps the live series low.
+        self.free.reverse();
+    }
+
     /// Puts `labels` at `reference` (replaying a log that named it so).
     fn insert(&mut self, reference: SeriesRef, labels: LabelsView<'_>) {
+        self.index(reference, labels);
+        let packed = match &self.options.label_sets {
+            Some(sets) => sets.intern(labels),
+            None => PackedLabels::new(labels),
+        };
+        let slot = self.series.slot_mut(reference as usize);
+        if slot.is_none() {
+            self.live += 1;
+        }
+        *slot = Some(MemSeries::new(packed));
+    }
+
+    /// Adds `reference` to the hash table and the postings of `labels`.
+    fn index(&mut self, reference: SeriesRef, labels: LabelsView<'_>) {
         let hash = self.hash(labels);
         for (name, value) in labels.iter() {
             // Series creation only: the double lookups keep the keys boxed, not `String`s.
@@ -637,30 +699,50 @@ impl Head {
             }
         }
         self.by_hash.insert(hash, reference);
-        let packed = match &self.options.label_sets {
-            Some(sets) => sets.intern(labels),
-            None => PackedLabels::new(labels),
-        };
-        let slot = self.series.slot_mut(reference as usize);
-        if slot.is_none() {
-            self.live += 1;
-        }
-        *slot = Some(MemSeries::new(packed));
     }
 
     /// Re-creates series `reference` with `labels`, as a replayed log record says.
     ///
     /// The same labels under an older reference are a series that retention removed before
     /// these labels were written again (a live series is found, not created): the older one
-    /// goes, as it went then. A reference already naming other labels is replaced likewise.
+    /// goes, as it went then. A reference already naming other labels is a series the head
+    /// removed before it gave the reference to these labels: what replay brought back of it
+    /// moves out of the way ([`Head::move_to_new_slot`]).
     pub fn restore_series(&mut self, reference: SeriesRef, labels: Labels) {
         match self.find(labels.view()) {
             Some(found) if found == reference => return,
             Some(older) => self.remove_series(older),
             None => {}
         }
-        self.remove_series(reference);
+        self.move_to_new_slot(reference);
         self.insert(reference, labels.view());
+    }
+
+    /// Moves series `reference`, if it holds samples, to the slot past the last, which no
+    /// record replayed so far names; an empty one is removed. Its samples were logged before
+    /// the head removed it, and are in a block unless writing the block failed: kept, they
+    /// are read as before, and retention drops them in time.
+    fn move_to_new_slot(&mut self, reference: SeriesRef) {
+        let Some(series) = self
+            .series
+            .get_mut(reference as usize)
+            .and_then(Option::take)
+        else {
+            return;
+        };
+        if series.is_empty() {
+            self.unindex_all(vec![(reference, series)]);
+            self.live -= 1;
+            return;
+        }
+        let moved = vec![(reference, series)];
+        self.unindex_postings(&moved);
+        let Some((_, series)) = moved.into_iter().next() else {
+            return;
+        };
+        let new_reference = SeriesRef::try_from(self.series.len()).unwrap_or(SeriesRef::MAX);
+        self.index(new_reference, series.labels.unpack().view());
+        *self.series.slot_mut(new_reference as usize) = Some(series);
     }
 
     /// Appends samples; each is `(series, time ms, value)`.
@@ -809,6 +891,42 @@ impl Head {
         }
     }
 
+    /// Series `reference` as a reader keeps it to read later (see [`HeadSeries`]).
+    pub fn series_handle(&self, reference: SeriesRef) -> Option<HeadSeries> {
+        let series = self.series.get(reference as usize)?.as_ref()?;
+        Some(HeadSeries {
+            reference,
+            labels: series.labels.clone(),
+        })
+    }
+
+    /// The series `handle` names, if its reference still names it.
+    fn series_of(&self, handle: &HeadSeries) -> Option<&MemSeries> {
+        self.series
+            .get(handle.reference as usize)?
+            .as_ref()
+            .filter(|series| series.labels == handle.labels)
+    }
+
+    /// [`Head::has_samples`] of the series `handle` names: `false` once it is gone.
+    pub fn handle_has_samples(&self, handle: &HeadSeries, start: i64, end: i64) -> bool {
+        self.series_of(handle)
+            .is_some_and(|series| series.has_samples_in(start, end, &self.closed_chunks))
+    }
+
+    /// [`Head::samples`] of the series `handle` names: nothing once it is gone.
+    pub fn handle_samples(
+        &self,
+        handle: &HeadSeries,
+        start: i64,
+        end: i64,
+        out: &mut Vec<(i64, f64)>,
+    ) {
+        if let Some(series) = self.series_of(handle) {
+            series.samples_in(start, end, &self.closed_chunks, out);
+        }
+    }
+
     /// The labels of series `reference`.
     pub fn labels(&self, reference: SeriesRef) -> Option<Labels> {
         self.series
@@ -879,8 +997,23 @@ impl Head {
     }
 
     /// Drops every chunk and buffered sample wholly before `cutoff` (ms), and the series left
-    /// empty.
+    /// empty; their references go to new series.
     pub fn truncate_before(&mut self, cutoff: i64) -> Truncated {
+        let mut removed = Vec::new();
+        let truncated = self.truncate_before_holding_references(cutoff, &mut removed);
+        self.free_references(&removed);
+        truncated
+    }
+
+    /// [`Head::truncate_before`], listing the removed series' references in `removed`
+    /// (ascending) instead of giving them to new series: a log records the removal first
+    /// ([`Head::free_references`] then), or its replay could not tell a series created again
+    /// under its old reference from the old one.
+    pub fn truncate_before_holding_references(
+        &mut self,
+        cutoff: i64,
+        removed_references: &mut Vec<SeriesRef>,
+    ) -> Truncated {
         let mut removed: Vec<(SeriesRef, MemSeries)> = Vec::new();
         let mut samples = 0;
         for (index, slot) in self.series.iter_mut().enumerate() {
@@ -913,6 +1046,7 @@ impl Head {
             }
         }
         let removed_series = removed.len();
+        removed_references.extend(removed.iter().map(|(reference, _)| *reference));
         self.unindex_all(removed);
         self.live -= removed_series;
         self.closed_chunks.release_before(cutoff);
@@ -931,6 +1065,7 @@ impl Head {
         {
             self.unindex_all(vec![(reference, series)]);
             self.live -= 1;
+            self.free.push(reference);
         }
     }
 
@@ -1318,6 +1453,67 @@ mod tests {
         head.append(&[(&b, 5_000, 2.0)]);
         let again = head.find(b.view()).unwrap();
         assert_eq!(all(&head, again), vec![(5_000, 2.0)]);
+    }
+
+    /// Series that come and go (a pod's, replaced by the next pod's) take the slots of the
+    /// removed ones: the head's slots and memory stay those of its live series however many
+    /// series have lived in it.
+    #[test]
+    fn new_series_take_the_slots_of_removed_ones() {
+        let mut head = head();
+        for generation in 0..20 {
+            let pods: Vec<Labels> = (0..500)
+                .map(|i| labels("api", &format!("pod-{generation}-{i}")))
+                .collect();
+            let t = generation * 10_000;
+            let batch: Vec<(&Labels, i64, f64)> = pods.iter().map(|l| (l, t, 1.0)).collect();
+            assert_eq!(head.append(&batch).new_series, 500);
+            assert_eq!(head.series_count(), 500);
+            assert_eq!(
+                head.next_reference(),
+                500,
+                "generation {generation}: the slots of live series only"
+            );
+            for pod in &pods {
+                let r = head.find(pod.view()).unwrap();
+                assert_eq!(all(&head, r), vec![(t, 1.0)]);
+                assert_eq!(head.labels(r).as_ref(), Some(pod));
+            }
+            assert_eq!(head.matching(&[Matcher::equal("job", "api")]).len(), 500);
+            assert_eq!(head.truncate_before(t + 1).series, 500);
+            assert!(head.matching(&[Matcher::equal("job", "api")]).is_empty());
+        }
+    }
+
+    /// A reader that found a series before it was removed reads nothing of the series that
+    /// took its reference since.
+    #[test]
+    fn a_handle_reads_its_series_and_never_the_one_that_took_its_reference() {
+        let mut head = head();
+        let old = labels("api", "old");
+        let new = labels("api", "new");
+        head.append(&[(&old, 10, 1.0)]);
+        let r = head.find(old.view()).unwrap();
+        let handle = head.series_handle(r).unwrap();
+        let mut read = Vec::new();
+        head.handle_samples(&handle, i64::MIN, i64::MAX, &mut read);
+        assert_eq!(read, vec![(10, 1.0)]);
+        assert!(head.handle_has_samples(&handle, 0, 10));
+
+        head.truncate_before(100);
+        head.append(&[(&new, 200, 2.0)]);
+        assert_eq!(head.find(new.view()), Some(r), "the reference is reused");
+        read.clear();
+        head.handle_samples(&handle, i64::MIN, i64::MAX, &mut read);
+        assert!(read.is_empty(), "{read:?}");
+        assert!(!head.handle_has_samples(&handle, i64::MIN, i64::MAX));
+        // The same labels written again read through an old handle: the same series.
+        head.truncate_before(300);
+        head.append(&[(&old, 400, 3.0)]);
+        assert_eq!(head.find(old.view()), Some(r));
+        read.clear();
+        head.handle_samples(&handle, i64::MIN, i64::MAX, &mut read);
+        assert_eq!(read, vec![(400, 3.0)]);
     }
 
     /// What the model keeps: a value per time per series, the last write winning.
