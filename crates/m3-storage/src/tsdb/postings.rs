@@ -1,6 +1,6 @@
 //! One label value's postings: the series of a head carrying it, ascending by reference.
 //!
-//! A head's references are dense (series are numbered in creation order), and label values
+//! A head's references are dense (a new series takes a removed one's number, or the next), and label values
 //! come in two kinds: those that tell series apart (a pod, an instance), carried by one series
 //! or a few, and those shared by a large part of the head (a job, a region, an environment).
 //! A sorted vector suits the first and wastes memory on the second: it costs 32 bits per series
