@@ -103,6 +103,7 @@ fn relay(c: &mut Criterion) {
         downsample_all: true,
         read_only: false,
         buffer_past: None,
+        buffer_future: None,
     }];
     let path = WritePath::new(
         None,

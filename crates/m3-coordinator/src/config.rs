@@ -104,6 +104,10 @@ pub struct NamespaceConfig {
     /// hour, or ten windows of an aggregated namespace if that is longer.
     #[serde(default, with = "m3_config::option_duration")]
     pub buffer_past: Option<Duration>,
+    /// How far ahead of the clock the embedded store still takes a write (M3DB's namespace
+    /// option of the same name); later ones are refused and counted. Default: ten minutes.
+    #[serde(default, with = "m3_config::option_duration")]
+    pub buffer_future: Option<Duration>,
 }
 
 /// Namespace type.
@@ -277,6 +281,8 @@ pub struct ValidNamespace {
     pub read_only: bool,
     /// `bufferPast`, when set (the store's default otherwise).
     pub buffer_past: Option<Duration>,
+    /// `bufferFuture`, when set (the store's default otherwise).
+    pub buffer_future: Option<Duration>,
 }
 
 /// The settings a coordinator runs with: the file after [`CoordinatorConfig::validate`], with
@@ -494,6 +500,11 @@ impl CoordinatorConfig {
                     bad("bufferPast", "must be positive".into());
                     valid = false;
                 }
+                // Zero would refuse every sample of a clock a millisecond fast.
+                if ns.buffer_future.is_some_and(|b| b.is_zero()) {
+                    bad("bufferFuture", "must be positive".into());
+                    valid = false;
+                }
                 let policy = match (ns.kind, ns.resolution) {
                     (NamespaceKind::Unaggregated, _) => None,
                     (NamespaceKind::Aggregated, None) => {
@@ -551,6 +562,7 @@ impl CoordinatorConfig {
                         downsample_all: ns.downsample.as_ref().map_or(default_all, |d| d.all),
                         read_only: ns.read_only,
                         buffer_past: ns.buffer_past,
+                        buffer_future: ns.buffer_future,
                     });
                 }
             }
@@ -587,6 +599,7 @@ fn aggregation_targets(
                 downsample_all: endpoint.downsample_all,
                 read_only: false,
                 buffer_past: None,
+                buffer_future: None,
             }),
         }
     }
@@ -777,6 +790,28 @@ downsample:
             .to_string();
         assert!(
             err.contains("`clusters[0].namespaces[0].bufferPast`: must be positive"),
+            "{err}"
+        );
+
+        assert_eq!(ns[0].buffer_future, None, "the store's default");
+        let ahead = ok.replace(
+            "retention: 48h\n",
+            "retention: 48h\n        bufferFuture: 2m\n",
+        );
+        let config = CoordinatorConfig::parse(Path::new("c.yml"), &ahead).unwrap();
+        assert_eq!(
+            config.namespaces[0].buffer_future,
+            Some(Duration::from_secs(120))
+        );
+        let zero = ok.replace(
+            "retention: 48h\n",
+            "retention: 48h\n        bufferFuture: 0s\n",
+        );
+        let err = CoordinatorConfig::parse(Path::new("c.yml"), &zero)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`clusters[0].namespaces[0].bufferFuture`: must be positive"),
             "{err}"
         );
     }

@@ -235,6 +235,7 @@ mod tests {
                 downsample_all: true,
                 read_only: false,
                 buffer_past: None,
+                buffer_future: None,
             },
             ValidNamespace {
                 name: "agg10s".into(),
@@ -243,6 +244,7 @@ mod tests {
                 downsample_all: true,
                 read_only: false,
                 buffer_past: None,
+                buffer_future: None,
             },
             ValidNamespace {
                 name: "agg1m".into(),
@@ -251,6 +253,7 @@ mod tests {
                 downsample_all: true,
                 read_only: false,
                 buffer_past: None,
+                buffer_future: None,
             },
             ValidNamespace {
                 name: "manual".into(),
@@ -259,6 +262,7 @@ mod tests {
                 downsample_all: false,
                 read_only: false,
                 buffer_past: None,
+                buffer_future: None,
             },
         ]
     }

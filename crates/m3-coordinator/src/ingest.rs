@@ -33,7 +33,7 @@ use m3_metric::StoragePolicy;
 use m3_msg::{ConsumedMessage, Decision, MessageHandler};
 use m3_proto::Message;
 use m3_proto::metricpb::AggregatedMetric;
-use m3_storage::{Labels, Store};
+use m3_storage::{Labels, Store, WriteSummary};
 
 use crate::metrics::{CoordinatorMetrics, IngestErrorReason};
 use crate::remote_out::{Delivery, RemoteOut};
@@ -220,7 +220,7 @@ impl IngestHandler {
             match store.write_batch(namespace, &refs) {
                 Ok(summary) => {
                     self.metrics.ingest_stored.inc_by(summary.samples);
-                    self.count_too_old(namespace, summary.too_old);
+                    self.count_refused(namespace, &summary);
                 }
                 Err(e) if e.is_bad_input() => {
                     // One bad series refuses the whole batch: store them one by one to keep
@@ -246,19 +246,29 @@ impl IngestHandler {
         decisions
     }
 
-    /// Counts and logs windows the store refused as older than the namespace's `bufferPast`.
-    fn count_too_old(&self, namespace: &str, too_old: u64) {
-        if too_old > 0 {
+    /// Counts and logs windows the store refused: older than the namespace's `bufferPast`,
+    /// or further ahead of the clock than its `bufferFuture`.
+    fn count_refused(&self, namespace: &str, summary: &WriteSummary) {
+        let count = |reason, refused| {
             self.metrics
                 .ingest_errors
-                .get_or_create(&crate::metrics::IngestErrorLabels {
-                    reason: IngestErrorReason::too_old,
-                })
-                .inc_by(too_old);
+                .get_or_create(&crate::metrics::IngestErrorLabels { reason })
+                .inc_by(refused);
+        };
+        if summary.too_old > 0 {
+            count(IngestErrorReason::too_old, summary.too_old);
             tracing::warn!(
                 namespace,
-                refused = too_old,
+                refused = summary.too_old,
                 "Aggregated windows further behind their series' newest than the namespace's bufferPast were refused by the store."
+            );
+        }
+        if summary.too_new > 0 {
+            count(IngestErrorReason::too_new, summary.too_new);
+            tracing::warn!(
+                namespace,
+                refused = summary.too_new,
+                "Aggregated windows further ahead of the clock than the namespace's bufferFuture were refused by the store."
             );
         }
     }
@@ -279,7 +289,7 @@ impl IngestHandler {
         match store.write_batch(namespace, &[(labels, time_ms, value)]) {
             Ok(summary) => {
                 self.metrics.ingest_stored.inc_by(summary.samples);
-                self.count_too_old(namespace, summary.too_old);
+                self.count_refused(namespace, &summary);
                 Decision::Ack
             }
             Err(e) if e.is_bad_input() => {

@@ -41,6 +41,9 @@ pub enum DropReason {
     /// Further behind the series' newest sample than the raw namespace's `bufferPast`: the
     /// store refused it (it is still aggregated when inside the aggregation window).
     too_old_for_store,
+    /// Further ahead of the clock than the raw namespace's `bufferFuture`: the store refused
+    /// it.
+    too_new_for_store,
 }
 
 /// Label set for drops.
@@ -92,6 +95,9 @@ pub enum IngestErrorReason {
     /// Further behind its series' newest sample than the namespace's `bufferPast`: the store
     /// refused it (acked: a redelivery would be refused again).
     too_old,
+    /// Further ahead of the clock than the namespace's `bufferFuture`: the store refused it
+    /// (acked).
+    too_new,
 }
 
 /// Label set for ingest errors.

@@ -905,6 +905,7 @@ mod tests {
             downsample_all: true,
             read_only: false,
             buffer_past: None,
+            buffer_future: None,
         }
     }
 

@@ -401,8 +401,12 @@ fn open_store(dir: &Path, namespaces: &[ValidNamespace]) -> anyhow::Result<Store
                 }
                 None => NamespaceConfig::unaggregated(n.name.clone(), n.retention),
             };
-            match n.buffer_past {
+            let config = match n.buffer_past {
                 Some(buffer_past) => config.with_buffer_past(buffer_past),
+                None => config,
+            };
+            match n.buffer_future {
+                Some(buffer_future) => config.with_buffer_future(buffer_future),
                 None => config,
             }
         })
@@ -742,22 +746,26 @@ mod tests {
         map
     }
 
-    /// `bufferPast` from the config reaches the store: a sample further behind than it is
-    /// refused, one within it taken; the default (an hour) applies where it is not set.
+    /// `bufferPast` and `bufferFuture` from the config reach the store: a sample further
+    /// behind its series' newest than the one, or further ahead of the clock than the other, is
+    /// refused, one within them taken; the defaults (an hour, ten minutes) apply where they are
+    /// not set.
     #[test]
-    fn the_namespaces_buffer_past_reaches_the_store() {
+    fn the_namespaces_buffers_reach_the_store() {
         let dir = tempfile::tempdir().unwrap();
-        let namespace = |name: &str, buffer_past| ValidNamespace {
+        let namespace = |name: &str, buffer_past, buffer_future| ValidNamespace {
             name: name.into(),
             policy: None,
             retention: Duration::from_secs(48 * 3600),
             downsample_all: false,
             read_only: false,
             buffer_past,
+            buffer_future,
         };
+        let minute = Duration::from_secs(60);
         let store = open_store(
             dir.path(),
-            &[namespace("default", Some(Duration::from_secs(60)))],
+            &[namespace("default", Some(minute), Some(minute))],
         )
         .unwrap();
         let up = m3_storage::Labels::new([("__name__", "up")]).unwrap();
@@ -768,9 +776,15 @@ mod tests {
             .write_batch("default", &[(&up, 500_000, 1.0), (&up, 590_000, 1.0)])
             .unwrap();
         assert_eq!((summary.samples, summary.too_old), (1, 1));
+        let now = m3_storage::retention::unix_ms(std::time::SystemTime::now());
+        let five_minutes_ahead = now + 300_000;
+        let summary = store
+            .write_batch("default", &[(&up, five_minutes_ahead, 1.0)])
+            .unwrap();
+        assert_eq!((summary.samples, summary.too_new), (0, 1));
         drop(store);
         let other = tempfile::tempdir().unwrap();
-        let store = open_store(other.path(), &[namespace("default", None)]).unwrap();
+        let store = open_store(other.path(), &[namespace("default", None, None)]).unwrap();
         store
             .write_batch("default", &[(&up, 600_000, 1.0)])
             .unwrap();
@@ -778,6 +792,10 @@ mod tests {
             .write_batch("default", &[(&up, 500_000, 1.0)])
             .unwrap();
         assert_eq!(summary.too_old, 0, "within the default hour");
+        let summary = store
+            .write_batch("default", &[(&up, five_minutes_ahead, 1.0)])
+            .unwrap();
+        assert_eq!(summary.too_new, 0, "within the default ten minutes");
     }
 
     #[test]

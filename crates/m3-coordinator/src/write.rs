@@ -96,6 +96,9 @@ pub struct WriteOutcome {
     /// namespace's `bufferPast` (not stored raw; still aggregated if in the aggregation
     /// window).
     pub too_old_for_store: usize,
+    /// Samples the store refused: further ahead of the clock than the raw namespace's
+    /// `bufferFuture` (not stored raw).
+    pub too_new_for_store: usize,
     /// Whether the sender should retry later (no placement yet, or aggregator queues full):
     /// answered 503 so Prometheus retries; the raw samples are rewritten idempotently.
     pub retry_later: bool,
@@ -122,6 +125,12 @@ impl WriteOutcome {
             parts.push(format!(
                 "{} samples: out of bounds, further behind their series' newest sample than the raw namespace's bufferPast (not stored raw)",
                 self.too_old_for_store
+            ));
+        }
+        if self.too_new_for_store > 0 {
+            parts.push(format!(
+                "{} samples: datapoint too far in future, further ahead of now than the raw namespace's bufferFuture (not stored raw)",
+                self.too_new_for_store
             ));
         }
         if self.too_far_past > 0 {
@@ -547,10 +556,15 @@ impl WritePath {
             };
             outcome.stored_raw = summary.samples as usize;
             outcome.too_old_for_store = summary.too_old as usize;
+            outcome.too_new_for_store = summary.too_new as usize;
             self.metrics.samples_stored_raw.inc_by(summary.samples);
             if summary.too_old > 0 {
                 self.metrics
                     .drop_samples(DropReason::too_old_for_store, summary.too_old);
+            }
+            if summary.too_new > 0 {
+                self.metrics
+                    .drop_samples(DropReason::too_new_for_store, summary.too_new);
             }
         }
         if let (Some(client), Some(batch)) = (&self.client, batch) {
@@ -639,6 +653,7 @@ mod tests {
                 downsample_all: true,
                 read_only: false,
                 buffer_past: None,
+                buffer_future: None,
             },
             ValidNamespace {
                 name: "agg".into(),
@@ -647,6 +662,7 @@ mod tests {
                 downsample_all: true,
                 read_only: false,
                 buffer_past: None,
+                buffer_future: None,
             },
         ]
     }
@@ -1069,6 +1085,43 @@ mod tests {
             path.write(b"garbage", NOW_MS * 1_000_000),
             Err(WriteError::Decode(_))
         ));
+    }
+
+    /// A raw sample from years ahead (a wrong clock, a timestamp in microseconds) is refused
+    /// by the store with the reason and counted; the rest of the request is stored.
+    #[test]
+    fn raw_samples_beyond_buffer_future_are_refused_with_the_reason_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let metrics = CoordinatorMetrics::default();
+        let path = WritePath::new(
+            store.clone(),
+            Some("default".into()),
+            Downsampler::from_namespaces(&namespaces()),
+            None,
+            WriteBuffersConfig::default(),
+            metrics.clone(),
+        );
+        let now_ms = m3_storage::retention::unix_ms(std::time::SystemTime::now());
+        let years_ahead = now_ms + 10 * 365 * 86_400_000;
+        let outcome = path
+            .write(
+                &body(&[(&[("__name__", "up")], &[(now_ms, 1.0), (years_ahead, 2.0)])]),
+                now_ms * 1_000_000,
+            )
+            .unwrap();
+        assert_eq!((outcome.stored_raw, outcome.too_new_for_store), (1, 1));
+        let reason = outcome.rejection().unwrap();
+        assert!(reason.contains("bufferFuture"), "{reason}");
+        let dropped = metrics
+            .samples_dropped
+            .get_or_create(&crate::metrics::DropLabels {
+                reason: DropReason::too_new_for_store,
+            })
+            .get();
+        assert_eq!(dropped, 1);
+        let raw = store.select("default", &[], 0, i64::MAX).unwrap();
+        assert_eq!(raw[0].samples, vec![(now_ms, 1.0)]);
     }
 
     fn path_with_remote_out(

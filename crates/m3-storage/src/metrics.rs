@@ -12,6 +12,7 @@
 //! | `m3_storage_series_removed_by_retention_total`   | series dropped once they had no samples  |
 //! | `m3_storage_write_errors_total`                  | `write_batch` calls that failed          |
 //! | `m3_storage_samples_refused_total{reason="too_old"}` | samples further behind their series' newest than `bufferPast` |
+//! | `m3_storage_samples_refused_total{reason="too_new"}` | samples further ahead of the clock than `bufferFuture` |
 //! | `m3_storage_samples_compacted_total`             | samples the heads cut into blocks on disk |
 //! | `m3_storage_head_series`, `m3_storage_head_bytes` | series in the heads and their memory (approximate), after the last retention pass |
 //! | `m3_storage_head_label_sets`                     | distinct label sets the heads hold, each once however many namespaces have its series: counted at open, set by each retention pass |
@@ -21,8 +22,12 @@
 //! | `m3_storage_writable`                            | 1 while the store can write, 0 after a failed write until it recovers |
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+/// The label of `m3_storage_samples_refused_total`: `reason`.
+type RefusedReason = [(&'static str, &'static str); 1];
 
 /// Counters kept by a [`Store`](crate::Store). See the [module docs](self).
 #[derive(Debug, Clone)]
@@ -33,7 +38,10 @@ pub struct StoreMetrics {
     pub(crate) series_removed_by_retention: Counter,
     pub(crate) write_errors: Counter,
     pub(crate) writable: Gauge,
+    /// By reason; the two counters below are its members.
+    samples_refused: Family<RefusedReason, Counter>,
     pub(crate) samples_refused_too_old: Counter,
+    pub(crate) samples_refused_too_new: Counter,
     pub(crate) samples_compacted: Counter,
     pub(crate) head_series: Gauge,
     pub(crate) head_bytes: Gauge,
@@ -49,6 +57,11 @@ impl Default for StoreMetrics {
     fn default() -> Self {
         let writable = Gauge::default();
         writable.set(1);
+        let samples_refused = Family::<RefusedReason, Counter>::default();
+        // A family's counter shares its value with its clones.
+        let refused = |reason| samples_refused.get_or_create(&[("reason", reason)]).clone();
+        let (samples_refused_too_old, samples_refused_too_new) =
+            (refused("too_old"), refused("too_new"));
         StoreMetrics {
             samples_written: Counter::default(),
             series_created: Counter::default(),
@@ -56,7 +69,9 @@ impl Default for StoreMetrics {
             series_removed_by_retention: Counter::default(),
             write_errors: Counter::default(),
             writable,
-            samples_refused_too_old: Counter::default(),
+            samples_refused,
+            samples_refused_too_old,
+            samples_refused_too_new,
             samples_compacted: Counter::default(),
             head_series: Gauge::default(),
             head_bytes: Gauge::default(),
@@ -100,6 +115,12 @@ impl StoreMetrics {
     /// namespace's `bufferPast`.
     pub fn samples_refused_too_old(&self) -> u64 {
         self.samples_refused_too_old.get()
+    }
+
+    /// Samples refused because they were further ahead of the clock than the namespace's
+    /// `bufferFuture`.
+    pub fn samples_refused_too_new(&self) -> u64 {
+        self.samples_refused_too_new.get()
     }
 
     /// Samples cut from the heads into blocks on disk.
@@ -161,11 +182,10 @@ impl StoreMetrics {
             "1 while the embedded store can write, 0 after a failed write until it recovers",
             self.writable.clone(),
         );
-        sub.sub_registry_with_label(("reason".into(), "too_old".into()))
-            .register(
+        sub.register(
             "samples_refused",
-            "Samples the embedded store refused, by reason (too_old: further behind their series' newest sample than the namespace's bufferPast)",
-            self.samples_refused_too_old.clone(),
+            "Samples the embedded store refused, by reason (too_old: further behind their series' newest sample than the namespace's bufferPast; too_new: further ahead of the clock than its bufferFuture)",
+            self.samples_refused.clone(),
         );
         sub.register(
             "head_series",
@@ -249,6 +269,11 @@ mod tests {
             out.contains("m3_storage_samples_refused_total{reason=\"too_old\"} 2"),
             "{out}"
         );
+        assert!(
+            out.contains("m3_storage_samples_refused_total{reason=\"too_new\"} 0"),
+            "{out}"
+        );
+        assert_eq!(out.matches("# HELP m3_storage_samples_refused").count(), 1);
         assert!(
             out.contains("m3_storage_samples_compacted_total 0"),
             "{out}"

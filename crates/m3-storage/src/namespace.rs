@@ -20,6 +20,8 @@ use crate::error::{Error, Result, fmt_duration};
 
 /// [`NamespaceConfig::buffer_past`] of raw data, and the least for aggregated data.
 pub const DEFAULT_BUFFER_PAST: Duration = Duration::from_secs(3600);
+/// How far ahead of the clock a write is still taken by default: M3DB's namespace default.
+pub const DEFAULT_BUFFER_FUTURE: Duration = Duration::from_secs(600);
 /// The least block range ([`NamespaceConfig::block_range_ms`]).
 const DEFAULT_BLOCK_RANGE: Duration = Duration::from_secs(2 * 3600);
 
@@ -49,6 +51,11 @@ pub struct NamespaceConfig {
     /// data an hour or ten windows, whichever is longer, so windows redelivered after an
     /// outage still land.
     pub buffer_past: Duration,
+    /// How far ahead of the store's clock a sample is still taken (M3DB's `bufferFuture`,
+    /// default ten minutes); later ones are refused and counted. A sample from years ahead (a
+    /// client's clock, a timestamp in the wrong unit) would otherwise keep its chunk, its log
+    /// segment and every later segment from ever being dropped.
+    pub buffer_future: Duration,
 }
 
 impl NamespaceConfig {
@@ -60,6 +67,7 @@ impl NamespaceConfig {
             resolution: None,
             retention,
             buffer_past: DEFAULT_BUFFER_PAST,
+            buffer_future: DEFAULT_BUFFER_FUTURE,
         }
     }
 
@@ -71,6 +79,7 @@ impl NamespaceConfig {
             resolution: Some(resolution),
             retention,
             buffer_past: DEFAULT_BUFFER_PAST.max(resolution.saturating_mul(10)),
+            buffer_future: DEFAULT_BUFFER_FUTURE,
         }
     }
 
@@ -78,6 +87,17 @@ impl NamespaceConfig {
     pub fn with_buffer_past(mut self, buffer_past: Duration) -> Self {
         self.buffer_past = buffer_past;
         self
+    }
+
+    /// The same namespace taking writes up to `buffer_future` ahead of the clock.
+    pub fn with_buffer_future(mut self, buffer_future: Duration) -> Self {
+        self.buffer_future = buffer_future;
+        self
+    }
+
+    /// [`buffer_future`](Self::buffer_future) in milliseconds, saturating.
+    pub fn buffer_future_ms(&self) -> i64 {
+        i64::try_from(self.buffer_future.as_millis()).unwrap_or(i64::MAX)
     }
 
     /// [`buffer_past`](Self::buffer_past) in milliseconds, saturating.
@@ -222,6 +242,11 @@ impl Namespaces {
             .ok_or_else(|| Error::UnknownNamespace(name.to_string()))
     }
 
+    /// The namespace at `index` of [`iter`](Self::iter) (from [`index_of`](Self::index_of)).
+    pub(crate) fn by_index(&self, index: usize) -> &NamespaceConfig {
+        &self.list[index]
+    }
+
     /// The unaggregated namespace, if one is configured.
     pub fn unaggregated(&self) -> Option<&NamespaceConfig> {
         self.list
@@ -339,6 +364,7 @@ mod tests {
                 resolution: None,
                 retention: H,
                 buffer_past: H,
+                buffer_future: H,
             },
         ];
         let Err(Error::InvalidConfig { problems }) = Namespaces::new(bad) else {

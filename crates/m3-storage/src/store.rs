@@ -26,7 +26,8 @@
 //! further behind its series' newest than the namespace's
 //! [`buffer_past`](NamespaceConfig::buffer_past) is refused, counted in
 //! [`WriteSummary::too_old`] and in `m3_storage_samples_refused_total`, and the rest of the
-//! batch is stored.
+//! batch is stored; so is a sample further ahead of the clock than the namespace's
+//! [`buffer_future`](NamespaceConfig::buffer_future) ([`WriteSummary::too_new`]).
 //!
 //! # Failures
 //!
@@ -49,12 +50,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use std::time::SystemTime;
 
 use crate::error::{Error, Result};
 use crate::labels::AsLabelsView;
 use crate::labels::{Labels, LabelsError};
 use crate::metrics::StoreMetrics;
 use crate::namespace::{NamespaceConfig, Namespaces};
+use crate::retention::unix_ms;
 use crate::tsdb::block::BlockError;
 use crate::tsdb::db::{DbError, DbOptions, NamespaceDb, Reader};
 use crate::tsdb::durable::AppendError;
@@ -81,6 +84,9 @@ pub struct WriteSummary {
     /// Samples refused because they were further behind their series' newest sample than the
     /// namespace's `buffer_past`.
     pub too_old: u64,
+    /// Samples refused because they were further ahead of the clock than the namespace's
+    /// `buffer_future`.
+    pub too_new: u64,
 }
 
 /// The embedded time-series store. See the [module docs](self).
@@ -233,7 +239,8 @@ impl Store {
     /// Samples may belong to any number of series and come in any order. A (series, timestamp)
     /// already present is overwritten with the new value; one further behind its series'
     /// newest than the namespace's `buffer_past` is refused and counted in
-    /// [`WriteSummary::too_old`].
+    /// [`WriteSummary::too_old`], and one further ahead of the clock than its `buffer_future`
+    /// in [`WriteSummary::too_new`].
     ///
     /// # Errors
     ///
@@ -301,7 +308,22 @@ impl Store {
                 "cannot write until the disk takes writes again; the last failure: {reason}"
             )));
         }
-        let summary = self.inner.dbs[index].append(samples).map_err(|e| match e {
+        // Checked here, against the clock, so the head and its log never see such a sample.
+        let latest = unix_ms(SystemTime::now())
+            .saturating_add(self.inner.namespaces.by_index(index).buffer_future_ms());
+        let too_new = samples.iter().filter(|s| s.1 > latest).count();
+        let db = &self.inner.dbs[index];
+        let appended = if too_new == 0 {
+            db.append(samples)
+        } else {
+            let kept: Vec<(&L, i64, f64)> = samples
+                .iter()
+                .filter(|s| s.1 <= latest)
+                .map(|(labels, t, v)| (labels, *t, *v))
+                .collect();
+            db.append(&kept)
+        };
+        let summary = appended.map_err(|e| match e {
             AppendError::SeriesTooLong { name, size, max } => {
                 Error::InvalidLabels(LabelsError::SeriesTooLong { name, size, max })
             }
@@ -328,10 +350,19 @@ impl Store {
                 "Refused samples older than the namespace's bufferPast."
             );
         }
+        if too_new > 0 {
+            metrics.samples_refused_too_new.inc_by(too_new as u64);
+            tracing::debug!(
+                namespace,
+                refused = too_new,
+                "Refused samples further ahead of the clock than the namespace's bufferFuture."
+            );
+        }
         Ok(WriteSummary {
             samples: stored,
             series_created: summary.new_series as u64,
             too_old: summary.too_old as u64,
+            too_new: too_new as u64,
         })
     }
 

@@ -1,6 +1,6 @@
 use m3_storage::{Labels, Matcher, Store};
 
-use crate::{RAW, labels, open, tmp};
+use crate::{RAW, labels, namespaces, open, tmp};
 
 /// Four series of `http_requests_total` plus `up`, all with a sample at 1s; `old` only at 100s.
 fn fixture(store: &Store) -> Vec<Labels> {
@@ -237,10 +237,15 @@ fn odd_bytes_in_labels() {
     );
 }
 
+/// Any timestamp reads back, the latest one a namespace whose `bufferFuture` takes it.
 #[test]
 fn negative_and_extreme_timestamps() {
     let dir = tmp();
-    let store = open(dir.path());
+    let mut config = namespaces();
+    config[0] = config[0]
+        .clone()
+        .with_buffer_future(std::time::Duration::MAX);
+    let store = Store::open(dir.path(), config).unwrap();
     let l = labels(&[("__name__", "t")]);
     store
         .write_batch(

@@ -321,3 +321,68 @@ fn samples_older_than_buffer_past_are_refused_and_counted_the_rest_stored() {
         ]
     );
 }
+
+/// A sample further ahead of the clock than `bufferFuture` (ten minutes by default) is refused
+/// and counted, the rest of its batch stored; the setting moves the bound.
+#[test]
+fn samples_further_ahead_than_buffer_future_are_refused_and_counted_the_rest_stored() {
+    let now = m3_storage::retention::unix_ms(std::time::SystemTime::now());
+    let minute = 60_000;
+    let a = labels(&[("__name__", "a")]);
+    let b = labels(&[("__name__", "b")]);
+    let year = 365 * 24 * 60 * minute;
+
+    let dir = tmp();
+    let store = open(dir.path());
+    let summary = store
+        .write_batch(
+            RAW,
+            &[
+                (&a, now, 1.0),
+                (&a, now + 5 * minute, 2.0), // a clock five minutes fast: taken
+                (&b, now + year, 3.0),       // a year ahead: refused
+                (&b, now - minute, 4.0),
+            ],
+        )
+        .unwrap();
+    assert_eq!((summary.samples, summary.too_new), (3, 1));
+    assert_eq!(summary.series_created, 2);
+    assert_eq!(store.metrics().samples_refused_too_new(), 1);
+    let got: Vec<_> = store
+        .select(RAW, &[], i64::MIN, i64::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.samples)
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            vec![(now, 1.0), (now + 5 * minute, 2.0)],
+            vec![(now - minute, 4.0)]
+        ]
+    );
+    // Nothing of the refused sample is in the log: a reopened store reads the same.
+    drop(store);
+    let store = open(dir.path());
+    let reopened: Vec<_> = store
+        .select(RAW, &[], i64::MIN, i64::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.samples)
+        .collect();
+    assert_eq!(reopened, got);
+
+    let dir = tmp();
+    let strict = Store::open(
+        dir.path(),
+        vec![
+            m3_storage::NamespaceConfig::unaggregated(RAW, std::time::Duration::from_secs(3600))
+                .with_buffer_future(std::time::Duration::from_secs(60)),
+        ],
+    )
+    .unwrap();
+    let summary = strict
+        .write_batch(RAW, &[(&a, now + 5 * minute, 2.0), (&a, now, 1.0)])
+        .unwrap();
+    assert_eq!((summary.samples, summary.too_new), (1, 1));
+}
