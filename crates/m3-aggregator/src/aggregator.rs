@@ -72,6 +72,12 @@ pub struct EngineStats {
     /// Estimated heap bytes of entries, IDs and windows (hash tables by allocation size,
     /// vectors by capacity; allocator overhead not included).
     pub estimated_bytes: usize,
+    /// Distinct elem specs (storage policy, aggregation, metric type, pipeline, forwarding
+    /// hops) the shards hold, summed over shards.
+    pub specs: usize,
+    /// Distinct pipelines the shards hold (a rollup's names its rollup series), summed over
+    /// shards, the empty pipeline of each shard included.
+    pub pipelines: usize,
 }
 
 /// The aggregation engine. `Send + Sync`: share it in an `Arc` between connection tasks and
@@ -846,10 +852,15 @@ impl Aggregator {
             ..EngineStats::default()
         };
         for shard in shards {
-            let (entries, windows, bytes) = shard.state.lock().stats();
+            let state = shard.state.lock();
+            let (entries, windows, bytes) = state.stats();
+            let (specs, pipelines) = state.table_sizes();
+            drop(state);
             stats.entries += entries;
             stats.windows += windows;
             stats.estimated_bytes += bytes;
+            stats.specs += specs;
+            stats.pipelines += pipelines;
         }
         stats
     }

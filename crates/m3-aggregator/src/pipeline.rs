@@ -97,18 +97,34 @@ impl ParsedPipeline {
     }
 }
 
+/// The pipeline index 0 stands for, and what a freed index reads as.
+static EMPTY: ParsedPipeline = ParsedPipeline {
+    head: Vec::new(),
+    rollup: None,
+    remainder: Bytes::new(),
+};
+
 /// The pipelines of one shard, interned; index 0 is the empty pipeline.
+///
+/// A rollup's pipeline names the rollup series, which often carries a tag of its sources that
+/// comes and goes (a pod, a version): each new value is a new pipeline. The shard's sweep
+/// ([`PipelineTable::sweep`]) frees the pipelines no spec uses any more, and a new pipeline
+/// takes a freed index, so the table holds the pipelines in use, not every one ever seen.
 #[derive(Debug)]
 pub(crate) struct PipelineTable {
-    pipelines: Vec<ParsedPipeline>,
+    /// By index; `None` once freed.
+    pipelines: Vec<Option<ParsedPipeline>>,
     index: HashMap<Vec<u8>, u16>,
+    /// Freed indexes, for new pipelines to take.
+    free: Vec<u16>,
 }
 
 impl Default for PipelineTable {
     fn default() -> Self {
         PipelineTable {
-            pipelines: vec![ParsedPipeline::default()],
+            pipelines: vec![Some(ParsedPipeline::default())],
             index: HashMap::new(),
+            free: Vec::new(),
         }
     }
 }
@@ -126,21 +142,53 @@ impl PipelineTable {
         if let Some(i) = self.index.get(&key) {
             return Ok(*i);
         }
-        if self.pipelines.len() > usize::from(u16::MAX) {
+        if self.free.is_empty() && self.pipelines.len() > usize::from(u16::MAX) {
             return Err(AddError::TooManyPolicies {
                 max: usize::from(u16::MAX),
             });
         }
         let parsed = ParsedPipeline::parse(pipeline)?;
-        let i = self.pipelines.len() as u16;
-        self.pipelines.push(parsed);
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.pipelines[usize::from(i)] = Some(parsed);
+                i
+            }
+            None => {
+                self.pipelines.push(Some(parsed));
+                (self.pipelines.len() - 1) as u16
+            }
+        };
         self.index.insert(key, i);
         Ok(i)
     }
 
-    /// The pipeline at `index`.
+    /// The pipeline at `index` (the empty one for a freed index, which no spec names).
     pub(crate) fn get(&self, index: u16) -> &ParsedPipeline {
-        &self.pipelines[usize::from(index)]
+        self.pipelines
+            .get(usize::from(index))
+            .and_then(Option::as_ref)
+            .unwrap_or(&EMPTY)
+    }
+
+    /// Frees every pipeline but the empty one whose index `in_use` does not hold; returns
+    /// how many went.
+    pub(crate) fn sweep(&mut self, in_use: &[bool]) -> usize {
+        let used = |i: u16| i == 0 || in_use.get(usize::from(i)).copied().unwrap_or(false);
+        self.index.retain(|_, i| used(*i));
+        let mut freed = 0;
+        for (i, slot) in self.pipelines.iter_mut().enumerate().skip(1) {
+            if slot.is_some() && !used(i as u16) {
+                *slot = None;
+                self.free.push(i as u16);
+                freed += 1;
+            }
+        }
+        freed
+    }
+
+    /// Pipelines held, the empty one included.
+    pub(crate) fn len(&self) -> usize {
+        self.pipelines.len() - self.free.len()
     }
 }
 

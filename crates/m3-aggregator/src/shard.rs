@@ -66,17 +66,32 @@ pub(crate) struct ElemSpec {
 type SpecKey = (StoragePolicy, AggregationId, MetricType, u16, u32);
 
 /// The interned specs of one shard.
+///
+/// Specs, and the pipelines they name, come and go with the series that use them (a rollup
+/// whose ID carries a pod's name gets a new pipeline, and so a new spec, with every pod): when
+/// expiry has removed series and specs were added since, [`ShardState::sweep_specs`] frees
+/// the specs no elem uses and the pipelines no spec names, and new ones take the freed indexes.
 #[derive(Debug, Default)]
 pub(crate) struct SpecTable {
-    specs: Vec<ElemSpec>,
+    /// By index; `None` once freed.
+    specs: Vec<Option<ElemSpec>>,
     index: HashMap<SpecKey, u16>,
     last: Option<(SpecKey, u16)>,
     pipelines: PipelineTable,
+    /// Freed indexes, for new specs to take.
+    free: Vec<u16>,
+    /// Specs interned since the last sweep: none, and a sweep would find nothing to free.
+    added_since_sweep: usize,
 }
 
 impl SpecTable {
-    /// The index of the spec for `key`, created (after validation) if new.
-    fn intern(&mut self, key: SpecKey, category: Category) -> Result<(u16, StateKind), AddError> {
+    /// The index, state kind and resolution of the spec for `key`, created (after validation)
+    /// if new.
+    fn intern(
+        &mut self,
+        key: SpecKey,
+        category: Category,
+    ) -> Result<(u16, StateKind, i64), AddError> {
         let found = match &self.last {
             Some((k, i)) if *k == key => Some(*i),
             _ => self.index.get(&key).copied(),
@@ -95,11 +110,10 @@ impl SpecTable {
                 if resolution <= 0 {
                     return Err(AddError::InvalidStoragePolicy);
                 }
-                if self.specs.len() >= MAX_SPECS {
+                if self.free.is_empty() && self.specs.len() >= MAX_SPECS {
                     return Err(AddError::TooManyPolicies { max: MAX_SPECS });
                 }
-                let i = self.specs.len() as u16;
-                self.specs.push(ElemSpec {
+                let spec = ElemSpec {
                     policy,
                     resolution,
                     types,
@@ -112,15 +126,74 @@ impl SpecTable {
                     used_in: [false; 3],
                     pipeline,
                     forwarded_times,
-                });
+                };
+                let i = match self.free.pop() {
+                    Some(i) => {
+                        self.specs[usize::from(i)] = Some(spec);
+                        i
+                    }
+                    None => {
+                        self.specs.push(Some(spec));
+                        (self.specs.len() - 1) as u16
+                    }
+                };
                 self.index.insert(key, i);
+                self.added_since_sweep += 1;
                 i
             }
         };
         self.last = Some((key, index));
-        let spec = &mut self.specs[usize::from(index)];
-        spec.used_in[category.index()] = true;
-        Ok((index, spec.kind))
+        match self
+            .specs
+            .get_mut(usize::from(index))
+            .and_then(Option::as_mut)
+        {
+            Some(spec) => {
+                spec.used_in[category.index()] = true;
+                Ok((index, spec.kind, spec.resolution))
+            }
+            // The index and the list change together: not reached.
+            None => Err(AddError::InvalidStoragePolicy),
+        }
+    }
+
+    /// The live spec at `index`.
+    fn get(&self, index: u16) -> Option<&ElemSpec> {
+        self.specs.get(usize::from(index)).and_then(Option::as_ref)
+    }
+
+    /// The live specs.
+    fn live(&self) -> impl Iterator<Item = &ElemSpec> {
+        self.specs.iter().flatten()
+    }
+
+    /// Frees every spec whose index `in_use` does not hold, then every pipeline no spec left
+    /// names. Returns (specs, pipelines) freed.
+    fn sweep(&mut self, in_use: &[bool]) -> (usize, usize) {
+        self.added_since_sweep = 0;
+        self.last = None;
+        let mut freed = 0;
+        for (i, slot) in self.specs.iter_mut().enumerate() {
+            if slot.is_some() && !in_use.get(i).copied().unwrap_or(false) {
+                if let Some(spec) = slot.take() {
+                    self.index.remove(&(
+                        spec.policy,
+                        spec.types,
+                        spec.metric_type,
+                        spec.pipeline,
+                        spec.forwarded_times,
+                    ));
+                }
+                self.free.push(i as u16);
+                freed += 1;
+            }
+        }
+        let highest = self.live().map(|spec| spec.pipeline).max().unwrap_or(0);
+        let mut pipelines_in_use = vec![false; usize::from(highest) + 1];
+        for spec in self.specs.iter().flatten() {
+            pipelines_in_use[usize::from(spec.pipeline)] = true;
+        }
+        (freed, self.pipelines.sweep(&pipelines_in_use))
     }
 }
 
@@ -723,6 +796,10 @@ impl ShardState {
             // Per spec: windows ending at or before this are taken out.
             plan.clear();
             plan.extend(spec_list.iter().map(|spec| {
+                // A freed spec has no elem to flush.
+                let Some(spec) = spec else {
+                    return i64::MIN;
+                };
                 match follower_until {
                     None => align_down(
                         limits.flush_target(
@@ -747,10 +824,9 @@ impl ShardState {
             for Slot { id, entry } in slots.iter_mut() {
                 let id = ids.get(*id);
                 for elem in entry.elems_mut() {
-                    let (Some(spec), Some(until)) = (
-                        spec_list.get(usize::from(elem.spec())),
-                        plan.get(usize::from(elem.spec())),
-                    ) else {
+                    let (Some(spec), Some(until)) =
+                        (specs.get(elem.spec()), plan.get(usize::from(elem.spec())))
+                    else {
                         continue;
                     };
                     let resolution = spec.resolution;
@@ -796,10 +872,7 @@ impl ShardState {
             if category == Category::Forwarded {
                 // Windows taken out no longer need to know their sources.
                 sources.retain(|(_, spec, start), _| {
-                    match (
-                        spec_list.get(usize::from(*spec)),
-                        plan.get(usize::from(*spec)),
-                    ) {
+                    match (specs.get(*spec), plan.get(usize::from(*spec))) {
                         (Some(spec), Some(until)) => start.saturating_add(spec.resolution) > *until,
                         _ => false,
                     }
@@ -807,7 +880,7 @@ impl ShardState {
             }
         }
         if let Some(times) = times {
-            for spec in spec_list {
+            for spec in specs.live() {
                 for category in Category::ALL {
                     if !spec.used_in[category.index()] {
                         continue;
@@ -854,7 +927,7 @@ impl ShardState {
     /// The kinds of windows this shard holds, as their flush times are keyed.
     pub(crate) fn flush_keys(&self) -> Vec<crate::campaign::FlushKey> {
         let mut keys = Vec::new();
-        for spec in &self.specs.specs {
+        for spec in self.specs.live() {
             for category in Category::ALL {
                 if spec.used_in[category.index()] {
                     keys.push(crate::campaign::FlushKey {
@@ -895,8 +968,44 @@ impl ShardState {
             for (map, states) in self.entries.iter().zip(&mut self.transforms) {
                 states.retain(|id, _| map.contains(id));
             }
+            if self.specs.added_since_sweep > 0 {
+                self.sweep_specs();
+            }
         }
         removed
+    }
+
+    /// Frees the specs no elem uses and the pipelines no spec names (see [`SpecTable`]), and
+    /// the state kept by a freed spec's index, which a new spec may take. Walks every elem:
+    /// run after expiry, which walked every series already.
+    fn sweep_specs(&mut self) {
+        let mut in_use = vec![false; self.specs.specs.len()];
+        for map in &self.entries {
+            for slot in &map.slots {
+                for elem in slot.entry.elems() {
+                    if let Some(used) = in_use.get_mut(usize::from(elem.spec())) {
+                        *used = true;
+                    }
+                }
+            }
+        }
+        let (specs, pipelines) = self.specs.sweep(&in_use);
+        if specs == 0 {
+            return;
+        }
+        let used = |spec: u16| in_use.get(usize::from(spec)).copied().unwrap_or(false);
+        for states in &mut self.transforms {
+            for per_series in states.values_mut() {
+                per_series.retain(|(spec, _)| used(*spec));
+            }
+            states.retain(|_, per_series| !per_series.is_empty());
+        }
+        self.sources.retain(|(_, spec, _), _| used(*spec));
+        tracing::debug!(
+            specs,
+            pipelines,
+            "Freed the elem specs and pipelines of expired series."
+        );
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -907,6 +1016,11 @@ impl ShardState {
     #[cfg(test)]
     pub(crate) fn holds(&self, id: &[u8]) -> bool {
         self.entries.iter().any(|map| map.contains(id))
+    }
+
+    /// (specs, pipelines) this shard holds.
+    pub(crate) fn table_sizes(&self) -> (usize, usize) {
+        (self.specs.live().count(), self.specs.pipelines.len())
     }
 
     /// (entries, windows, estimated heap bytes) of this shard.
@@ -948,14 +1062,14 @@ fn resolve_target(
         target.aggregation_id
     };
     let pipeline = specs.pipelines.intern(target.pipeline)?;
-    let (spec, kind) = specs.intern(
+    let (spec, kind, resolution) = specs.intern(
         (target.policy, types, metric_type, pipeline, forwarded_times),
         category,
     )?;
     Ok(ResolvedTarget {
         spec,
         kind,
-        resolution: specs.specs[usize::from(spec)].resolution,
+        resolution,
     })
 }
 

@@ -935,6 +935,63 @@ fn idle_entries_expire_after_ttl_once_flushed() {
     assert_eq!(agg.metrics().entries_live(), 2);
 }
 
+/// A rollup whose ID carries a tag of its sources that comes and goes (a pod) is a new
+/// pipeline with each value. Once the series using one have expired, its pipeline and spec are
+/// freed and their indexes taken by new ones: a shard goes on taking new rollups however many
+/// it has seen (the table's limit is 65,535 at once), and each forwards under its own ID.
+#[test]
+fn rollups_that_come_and_go_free_their_pipelines_for_new_ones() {
+    let agg = Aggregator::new(AggregatorOptions::default(), Arc::new(|_: &[u8]| 0));
+    agg.set_shards(vec![ShardAssignment::unbounded(0)], 0);
+    const PODS: usize = 10_000;
+    const ROUNDS: i64 = 7; // 70,000 rollup IDs in all
+    for round in 0..ROUNDS {
+        let t = T0 + round * 7_200 * S;
+        for pod in 0..PODS {
+            let mut metadatas = metricpb::StagedMetadatas {
+                metadatas: vec![build::staged(0, false, Vec::new())],
+            };
+            if let Some(m) = metadatas.metadatas[0].metadata.as_mut() {
+                let rollup_id = format!("requests_by_pod{{pod=\"{round}-{pod}\"}}");
+                m.pipelines.push(build::rollup_pipeline(
+                    rollup_id.as_bytes(),
+                    &[policy("10s:2d")],
+                ));
+            }
+            let id = format!("requests{{pod=\"{round}-{pod}\",path=\"/\"}}");
+            agg.add_untimed(
+                MetricType::Counter,
+                id.as_bytes(),
+                &[1.0],
+                Metadatas::Staged(&metadatas),
+                t,
+            )
+            .unwrap_or_else(|e| panic!("round {round}, pod {pod}: {e}"));
+        }
+        let stats = agg.stats();
+        assert_eq!(stats.entries, PODS);
+        assert_eq!(stats.specs, PODS, "round {round}: the live specs only");
+        assert_eq!(stats.pipelines, PODS + 1, "and the empty pipeline");
+
+        flush_leader(&agg, t + 20 * S);
+        let mut forwarded: Vec<String> = agg
+            .take_forwarded()
+            .iter()
+            .map(|f| String::from_utf8_lossy(&f.id).into_owned())
+            .collect();
+        forwarded.sort();
+        let mut expected: Vec<String> = (0..PODS)
+            .map(|pod| format!("requests_by_pod{{pod=\"{round}-{pod}\"}}"))
+            .collect();
+        expected.sort();
+        assert_eq!(forwarded, expected, "round {round}");
+
+        assert_eq!(agg.expire_entries(t + 3_700 * S), PODS);
+        let stats = agg.stats();
+        assert_eq!((stats.specs, stats.pipelines), (0, 1), "round {round}");
+    }
+}
+
 #[test]
 fn concurrent_writers_lose_nothing() {
     let agg = Arc::new(engine(AggregatorOptions::default()));
