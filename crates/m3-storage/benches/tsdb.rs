@@ -15,6 +15,12 @@
 //!   head applies the batch and its write-ahead log takes it in one append.
 //! * `store/on_disk`: not timed; prints the bytes per sample of a regular scrape once compacted
 //!   into blocks, chunks alone and with the blocks' index.
+//! * `block/select_all/20k`: `Store::select` of every series once a block holds them (20,000
+//!   series of 10 labels, 120 samples each, nothing left in the head); throughput in series.
+//! * `block/select_one/20k`: the same for one series, found by an `=` matcher on a label only
+//!   it carries.
+//! * `block/memory`: not timed; the RSS an opened block's index takes per series (100,000
+//!   series of 10 labels, four blocks), beside the index file's bytes per series.
 //! * `wal/append/2000`: one batch record of 2,000 samples' worth (16 bytes each plus a series
 //!   reference) per append, as a remote-write request would make; throughput in samples.
 
@@ -23,10 +29,11 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::time::Duration;
 
+use m3_storage::tsdb::block::{Block, write_block};
 use m3_storage::tsdb::chunk::Chunk;
 use m3_storage::tsdb::head::{Head, HeadOptions};
 use m3_storage::tsdb::wal::{Wal, WalOptions};
-use m3_storage::{Labels, NamespaceConfig, Store};
+use m3_storage::{Labels, Matcher, NamespaceConfig, Store};
 
 const CHUNK_SAMPLES: usize = 120;
 const SAMPLES: usize = 120 * 100;
@@ -337,6 +344,98 @@ fn on_disk(_: &mut Criterion) {
     );
 }
 
+/// Writes a block of `sets`, each with one chunk of 120 samples, into `dir`.
+fn block_of(dir: &std::path::Path, sets: &[Labels]) {
+    let chunks: Vec<_> = (0..sets.len())
+        .map(|i| {
+            let mut chunk = Chunk::new();
+            for t in 0..CHUNK_SAMPLES as i64 {
+                chunk
+                    .push(t * 15_000, (i as i64 * 1000 + t) as f64)
+                    .expect("increasing times");
+            }
+            chunk.seal()
+        })
+        .collect();
+    let mut series: Vec<_> = sets
+        .iter()
+        .zip(&chunks)
+        .map(|(l, c)| (l, vec![c]))
+        .collect();
+    write_block(dir, 0, CHUNK_SAMPLES as i64 * 15_000, &mut series).expect("writes");
+}
+
+fn block_reads(c: &mut Criterion) {
+    const SERIES: usize = 20_000;
+    let start = 1_700_000_000_000 / 7_200_000 * 7_200_000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sets = label_sets(SERIES);
+    let store = raw_store(dir.path());
+    for t in 0..CHUNK_SAMPLES as i64 {
+        for part in sets.chunks(2000) {
+            let batch: Vec<(&Labels, i64, f64)> = part
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (l, start + t * 15_000, (i as i64 * 1000 + t) as f64))
+                .collect();
+            store.write_batch("raw", &batch).expect("writes");
+        }
+    }
+    let cut = store.compact(start + 4 * 3_600_000).expect("compacts");
+    assert_eq!(cut, (SERIES * CHUNK_SAMPLES) as u64, "all in one block");
+    let mut group = c.benchmark_group("block");
+    group.throughput(Throughput::Elements(SERIES as u64));
+    group.bench_function("select_all/20k", |b| {
+        b.iter(|| {
+            let read = store.select("raw", &[], i64::MIN, i64::MAX).expect("reads");
+            assert_eq!(read.len(), SERIES);
+            black_box(read)
+        })
+    });
+    group.throughput(Throughput::Elements(1));
+    let one = [Matcher::equal("pod", format!("pod-{}", SERIES / 2))];
+    group.bench_function("select_one/20k", |b| {
+        b.iter(|| {
+            let read = store
+                .select("raw", &one, i64::MIN, i64::MAX)
+                .expect("reads");
+            assert_eq!(read.len(), 1);
+            assert_eq!(read[0].samples.len(), CHUNK_SAMPLES);
+            black_box(read)
+        })
+    });
+    group.finish();
+}
+
+/// Not timed: the memory an opened block takes per series.
+fn block_memory(_: &mut Criterion) {
+    const SERIES: usize = 100_000;
+    const BLOCKS: usize = 4;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sets = label_sets(SERIES);
+    for b in 0..BLOCKS {
+        block_of(&dir.path().join(b.to_string()), &sets);
+    }
+    drop(sets);
+    let index = std::fs::metadata(dir.path().join("0/index"))
+        .expect("an index")
+        .len();
+    let before = rss_bytes();
+    let blocks: Vec<Block> = (0..BLOCKS)
+        .map(|b| Block::open(&dir.path().join(b.to_string())).expect("opens"))
+        .collect();
+    let grown = rss_bytes().saturating_sub(before);
+    println!(
+        "block/memory: {} bytes of RSS per series per open block ({} bytes of index file per series)",
+        grown / (SERIES * BLOCKS) as u64,
+        index / SERIES as u64
+    );
+    assert_eq!(
+        blocks.iter().map(Block::series_count).sum::<usize>(),
+        SERIES * BLOCKS
+    );
+}
+
 fn wal(c: &mut Criterion) {
     const BATCH: usize = 2000;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -369,5 +468,16 @@ fn wal(c: &mut Criterion) {
     assert_eq!(records, appended, "every appended batch replays");
 }
 
-criterion_group!(benches, head_memory, chunks, head, store, on_disk, wal);
+// The memory figures first, before other benchmarks leave freed memory for them to reuse.
+criterion_group!(
+    benches,
+    block_memory,
+    head_memory,
+    chunks,
+    head,
+    store,
+    on_disk,
+    block_reads,
+    wal
+);
 criterion_main!(benches);

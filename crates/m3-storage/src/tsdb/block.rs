@@ -25,10 +25,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use hashbrown::HashMap;
-
 use crate::labels::Labels;
-use crate::matcher::{Matcher, matches_all};
+use crate::matcher::Matcher;
 use crate::tsdb::chunk::{Chunk, SealedChunk};
 use crate::tsdb::head::chunk_has_samples_in;
 
@@ -71,15 +69,104 @@ struct ChunkMeta {
     length: u32,
 }
 
-/// A block open for reading.
+/// A block open for reading: its index kept as the file's bytes, read where a query needs it.
+///
+/// A block's series stay until retention, and a namespace has a block per two hours of it.
+/// Parsed (labels as strings, postings as maps) an index took about 580 bytes per series per
+/// block; as the file's bytes with where each series record starts it takes about 410 (the
+/// figures of 100,000 series of ten labels). A postings entry is found from the mark of every
+/// [`MARK_EVERY`]th, walking at most that many entries.
 #[derive(Debug)]
 pub struct Block {
     dir: PathBuf,
     min_time: i64,
     max_time: i64,
     chunks: File,
-    series: Vec<(Labels, Vec<ChunkMeta>)>,
-    postings: HashMap<String, HashMap<String, Vec<u32>>>,
+    /// The index file, checked whole when opened.
+    index: Box<[u8]>,
+    /// Where each series record starts in `index`, by position.
+    series_offsets: Box<[usize]>,
+    posting_count: u32,
+    /// The offset in `index` of postings entry `i * MARK_EVERY`, for each `i`.
+    posting_marks: Box<[usize]>,
+    sample_count: u64,
+    chunk_bytes: u64,
+}
+
+/// See [`Block`]: one postings entry in this many has its offset kept.
+const MARK_EVERY: usize = 16;
+
+/// One series record of the index, borrowed.
+#[derive(Debug, Clone, Copy)]
+struct SeriesRecord<'a> {
+    label_count: u16,
+    /// The (name, value) pairs, each as `len u32, bytes`.
+    pairs: &'a [u8],
+    /// The chunk metadata, 32 bytes each.
+    metas: &'a [u8],
+}
+
+impl<'a> SeriesRecord<'a> {
+    /// Reads the record at the front of `reader`.
+    fn read(reader: &mut Reader<'a>) -> Result<SeriesRecord<'a>, String> {
+        let label_count = u16::from_le_bytes(reader.array()?);
+        let start = reader.bytes;
+        for _ in 0..2 * u32::from(label_count) {
+            let len = reader.u32()? as usize;
+            reader.take(len)?;
+        }
+        let pairs = &start[..start.len() - reader.bytes.len()];
+        let chunk_count = reader.count(32)?;
+        let metas = reader.take(chunk_count * 32)?;
+        Ok(SeriesRecord {
+            label_count,
+            pairs,
+            metas,
+        })
+    }
+
+    /// The (name, value) pairs; a pair that is not UTF-8 (the file changed since it was
+    /// checked) ends them.
+    fn pairs(&self) -> Pairs<'a> {
+        Pairs {
+            reader: Reader { bytes: self.pairs },
+            left: self.label_count,
+        }
+    }
+
+    /// The labels, as [`check_index`] found them: sorted, distinct, none empty.
+    fn labels(&self) -> Labels {
+        Labels::from_valid_pairs(self.pairs())
+    }
+
+    /// Whether the series' labels satisfy every matcher (a missing label is "").
+    fn matches(&self, matchers: &[Matcher]) -> bool {
+        matchers.iter().all(|m| {
+            let value = self
+                .pairs()
+                .find(|(name, _)| *name == m.name())
+                .map_or("", |(_, value)| value);
+            m.matches_value(value)
+        })
+    }
+
+    fn metas(&self) -> impl Iterator<Item = ChunkMeta> + 'a {
+        self.metas.chunks_exact(32).map(|m| {
+            let mut reader = Reader { bytes: m };
+            let field = |r: &mut Reader<'_>, n: usize| {
+                let mut out = [0u8; 8];
+                out[..n].copy_from_slice(r.take(n).unwrap_or(&[0; 8][..n]));
+                out
+            };
+            ChunkMeta {
+                first: i64::from_le_bytes(field(&mut reader, 8)),
+                last: i64::from_le_bytes(field(&mut reader, 8)),
+                samples: u64::from_le_bytes(field(&mut reader, 4)) as u32,
+                offset: u64::from_le_bytes(field(&mut reader, 8)),
+                length: u64::from_le_bytes(field(&mut reader, 4)) as u32,
+            }
+        })
+    }
 }
 
 /// Writes `series` (sorted by labels or not) as the block of `min_time..=max_time` into
@@ -186,7 +273,26 @@ fn put_labels(out: &mut Vec<u8>, labels: &Labels) {
     }
 }
 
+/// The (name, value) pairs of a [`SeriesRecord`].
+#[derive(Clone)]
+struct Pairs<'a> {
+    reader: Reader<'a>,
+    left: u16,
+}
+
+impl<'a> Iterator for Pairs<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<(&'a str, &'a str)> {
+        self.left = self.left.checked_sub(1)?;
+        let name = self.reader.str().ok()?;
+        let value = self.reader.str().ok()?;
+        Some((name, value))
+    }
+}
+
 /// Reads the index's fields, every read checked.
+#[derive(Clone)]
 struct Reader<'a> {
     bytes: &'a [u8],
 }
@@ -215,9 +321,9 @@ impl<'a> Reader<'a> {
         Ok(i64::from_le_bytes(self.array()?))
     }
 
-    fn text(&mut self) -> Result<String, String> {
+    fn str(&mut self) -> Result<&'a str, String> {
         let len = self.u32()? as usize;
-        String::from_utf8(self.take(len)?.to_vec()).map_err(|_| "a label is not UTF-8".into())
+        std::str::from_utf8(self.take(len)?).map_err(|_| "a label is not UTF-8".into())
     }
 
     /// A count of items at least `item_bytes` long each: refused when the rest cannot hold
@@ -232,7 +338,8 @@ impl<'a> Reader<'a> {
 }
 
 impl Block {
-    /// Opens the block in `dir`, checking its index against its chunks file.
+    /// Opens the block in `dir`, checking its index (its checksum, every length, offset and
+    /// position) against its chunks file.
     ///
     /// # Errors
     /// I/O errors; [`BlockError::Corrupt`] when the files do not hold a whole block.
@@ -248,82 +355,19 @@ impl Block {
         let index = std::fs::read(dir.join(INDEX_FILE)).map_err(io_error)?;
         let chunks = File::open(dir.join(CHUNKS_FILE)).map_err(io_error)?;
         let chunks_len = chunks.metadata().map_err(io_error)?.len();
-        if index.len() < MAGIC.len() + 4 || &index[..MAGIC.len()] != MAGIC {
-            return Err(corrupt("the index does not start with M3BLOCK1".into()));
-        }
-        let (body, crc) = index.split_at(index.len() - 4);
-        if crc32fast::hash(body) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
-            return Err(corrupt("index checksum mismatch".into()));
-        }
-        let mut reader = Reader {
-            bytes: &body[MAGIC.len()..],
-        };
-        let parsed = (|| -> Result<Block, String> {
-            let min_time = reader.i64()?;
-            let max_time = reader.i64()?;
-            let series_count = reader.count(6)?;
-            let mut series = Vec::with_capacity(series_count);
-            for _ in 0..series_count {
-                let label_count = u16::from_le_bytes(reader.array()?);
-                let mut pairs = Vec::with_capacity(usize::from(label_count));
-                for _ in 0..label_count {
-                    let name = reader.text()?;
-                    let value = reader.text()?;
-                    pairs.push((name, value));
-                }
-                let labels = Labels::new(pairs).map_err(|e| e.to_string())?;
-                let chunk_count = reader.count(32)?;
-                let mut metas = Vec::with_capacity(chunk_count);
-                for _ in 0..chunk_count {
-                    let meta = ChunkMeta {
-                        first: reader.i64()?,
-                        last: reader.i64()?,
-                        samples: reader.u32()?,
-                        offset: u64::from_le_bytes(reader.array()?),
-                        length: reader.u32()?,
-                    };
-                    if meta.offset.saturating_add(u64::from(meta.length)) > chunks_len {
-                        return Err(format!(
-                            "a chunk at {}+{} is past the end of the chunks file ({chunks_len} bytes)",
-                            meta.offset, meta.length
-                        ));
-                    }
-                    metas.push(meta);
-                }
-                series.push((labels, metas));
-            }
-            let posting_count = reader.count(12)?;
-            let mut postings: HashMap<String, HashMap<String, Vec<u32>>> = HashMap::new();
-            for _ in 0..posting_count {
-                let name = reader.text()?;
-                let value = reader.text()?;
-                let list_len = reader.count(4)?;
-                let mut list = Vec::with_capacity(list_len);
-                for _ in 0..list_len {
-                    let position = reader.u32()?;
-                    if position as usize >= series.len() {
-                        return Err(format!(
-                            "postings name series {position} of {}",
-                            series.len()
-                        ));
-                    }
-                    list.push(position);
-                }
-                postings.entry(name).or_default().insert(value, list);
-            }
-            if !reader.bytes.is_empty() {
-                return Err(format!("{} bytes after the postings", reader.bytes.len()));
-            }
-            Ok(Block {
-                dir: dir.to_path_buf(),
-                min_time,
-                max_time,
-                chunks: chunks.try_clone().map_err(|e| e.to_string())?,
-                series,
-                postings,
-            })
-        })();
-        parsed.map_err(corrupt)
+        let checked = check_index(&index, chunks_len).map_err(corrupt)?;
+        Ok(Block {
+            dir: dir.to_path_buf(),
+            min_time: checked.min_time,
+            max_time: checked.max_time,
+            chunks,
+            index: index.into_boxed_slice(),
+            series_offsets: checked.series_offsets.into_boxed_slice(),
+            posting_count: checked.posting_count,
+            posting_marks: checked.posting_marks.into_boxed_slice(),
+            sample_count: checked.sample_count,
+            chunk_bytes: checked.chunk_bytes,
+        })
     }
 
     /// The directory.
@@ -338,38 +382,89 @@ impl Block {
 
     /// Series in the block.
     pub fn series_count(&self) -> usize {
-        self.series.len()
+        self.series_offsets.len()
     }
 
     /// Samples in the block.
     pub fn sample_count(&self) -> u64 {
-        self.series
-            .iter()
-            .flat_map(|(_, metas)| metas)
-            .map(|m| u64::from(m.samples))
-            .sum()
+        self.sample_count
     }
 
     /// Bytes of the chunks file (the samples' share of the block on disk).
     pub fn chunk_bytes(&self) -> u64 {
-        self.series
-            .iter()
-            .flat_map(|(_, metas)| metas)
-            .map(|m| u64::from(m.length))
-            .sum()
+        self.chunk_bytes
     }
 
-    /// The series matching every matcher (all for none), as positions in the block.
-    pub fn matching(&self, matchers: &[Matcher]) -> Vec<u32> {
+    /// A reader of the index from `offset` on (empty past its end).
+    fn reader_at(&self, offset: usize) -> Reader<'_> {
+        Reader {
+            bytes: self.index.get(offset..).unwrap_or_default(),
+        }
+    }
+
+    /// Series record `position`.
+    fn series(&self, position: u32) -> Option<SeriesRecord<'_>> {
+        let offset = *self.series_offsets.get(position as usize)?;
+        SeriesRecord::read(&mut self.reader_at(offset)).ok()
+    }
+
+    /// The postings entries of label `name`, from its value `from` on: (value, positions as
+    /// 4-byte little-endian).
+    fn postings_of<'a>(
+        &'a self,
+        name: &'a str,
+        from: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a [u8])> {
+        // The last mark whose entry sorts before (name, from): the entries wanted start after
+        // it, within the next MARK_EVERY.
+        let entry = |offset: usize| {
+            let mut reader = self.reader_at(offset);
+            Some((reader.str().ok()?, reader.str().ok()?))
+        };
+        let first = self
+            .posting_marks
+            .partition_point(|&offset| entry(offset).is_some_and(|e| e < (name, from)));
+        let start = first.saturating_sub(1);
+        let mut reader = self.reader_at(self.posting_marks.get(start).copied().unwrap_or(0));
+        let mut left = (self.posting_count as usize).saturating_sub(start * MARK_EVERY);
+        if self.posting_marks.is_empty() {
+            left = 0;
+        }
+        std::iter::from_fn(move || {
+            while left > 0 {
+                left -= 1;
+                let entry_name = reader.str().ok()?;
+                let value = reader.str().ok()?;
+                let count = reader.u32().ok()? as usize;
+                let list = reader.take(count.checked_mul(4)?).ok()?;
+                match (entry_name, value).cmp(&(name, from)) {
+                    std::cmp::Ordering::Less => continue,
+                    _ if entry_name == name => return Some((value, list)),
+                    _ => return None,
+                }
+            }
+            None
+        })
+    }
+
+    /// The series matching every matcher (all for none), as positions in the block with their
+    /// labels.
+    pub fn matching(&self, matchers: &[Matcher]) -> Vec<(u32, Labels)> {
         let mut candidates: Option<Vec<u32>> = None;
         for matcher in matchers.iter().filter(|m| !m.matches_empty()) {
+            // An `=` matcher's entry is found directly; the others look at every value.
+            let (from, only) = match matcher {
+                Matcher::Equal { value, .. } => (value.as_str(), true),
+                _ => ("", false),
+            };
             let mut found: Vec<u32> = self
-                .postings
-                .get(matcher.name())
-                .into_iter()
-                .flatten()
+                .postings_of(matcher.name(), from)
+                .take_while(|(value, _)| !only || *value == from)
                 .filter(|(value, _)| matcher.matches_value(value))
-                .flat_map(|(_, list)| list.iter().copied())
+                .flat_map(|(_, list)| {
+                    list.chunks_exact(4)
+                        .map(|p| u32::from_le_bytes([p[0], p[1], p[2], p[3]]))
+                })
                 .collect();
             found.sort_unstable();
             found.dedup();
@@ -378,16 +473,23 @@ impl Block {
             }
             candidates = Some(found);
         }
+        let candidates =
+            candidates.unwrap_or_else(|| (0..self.series_offsets.len() as u32).collect());
         candidates
-            .unwrap_or_else(|| (0..self.series.len() as u32).collect())
             .into_iter()
-            .filter(|&p| matches_all(matchers, &self.series[p as usize].0))
+            .filter_map(|position| {
+                let record = self.series(position)?;
+                if !record.matches(matchers) {
+                    return None;
+                }
+                Some((position, record.labels()))
+            })
             .collect()
     }
 
     /// The labels of series `position`.
-    pub fn labels(&self, position: u32) -> Option<&Labels> {
-        self.series.get(position as usize).map(|s| &s.0)
+    pub fn labels(&self, position: u32) -> Option<Labels> {
+        Some(self.series(position)?.labels())
     }
 
     /// Whether series `position` has a sample in `start..=end`; reads only the chunks that
@@ -396,11 +498,11 @@ impl Block {
     /// # Errors
     /// Reading the chunks file failed.
     pub fn has_samples(&self, position: u32, start: i64, end: i64) -> Result<bool, BlockError> {
-        let Some((_, metas)) = self.series.get(position as usize) else {
+        let Some(record) = self.series(position) else {
             return Ok(false);
         };
         let mut bytes = Vec::new();
-        for meta in metas {
+        for meta in record.metas() {
             let mut failed = None;
             let found = chunk_has_samples_in(meta.first, meta.last, start, end, || {
                 bytes.resize(meta.length as usize, 0);
@@ -434,11 +536,11 @@ impl Block {
         end: i64,
         out: &mut Vec<(i64, f64)>,
     ) -> Result<(), BlockError> {
-        let Some((_, metas)) = self.series.get(position as usize) else {
+        let Some(record) = self.series(position) else {
             return Ok(());
         };
         let mut bytes = Vec::new();
-        for meta in metas.iter().filter(|m| m.last >= start && m.first <= end) {
+        for meta in record.metas().filter(|m| m.last >= start && m.first <= end) {
             bytes.resize(meta.length as usize, 0);
             self.chunks
                 .read_exact_at(&mut bytes, meta.offset)
@@ -452,6 +554,94 @@ impl Block {
         }
         Ok(())
     }
+}
+
+/// What [`check_index`] found in a whole, consistent index.
+struct CheckedIndex {
+    min_time: i64,
+    max_time: i64,
+    series_offsets: Vec<usize>,
+    posting_count: u32,
+    posting_marks: Vec<usize>,
+    sample_count: u64,
+    chunk_bytes: u64,
+}
+
+/// Checks a whole index file: its magic and checksum, every record's lengths and labels,
+/// every chunk within the chunks file's `chunks_len` bytes, every postings entry in order
+/// and naming a series of the block.
+fn check_index(index: &[u8], chunks_len: u64) -> Result<CheckedIndex, String> {
+    if index.len() < MAGIC.len() + 4 || &index[..MAGIC.len()] != MAGIC {
+        return Err("the index does not start with M3BLOCK1".into());
+    }
+    let (body, crc) = index.split_at(index.len() - 4);
+    if crc32fast::hash(body) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
+        return Err("index checksum mismatch".into());
+    }
+    let mut reader = Reader {
+        bytes: &body[MAGIC.len()..],
+    };
+    let offset = |reader: &Reader<'_>| body.len() - reader.bytes.len();
+    let min_time = reader.i64()?;
+    let max_time = reader.i64()?;
+    let series_count = reader.count(6)?;
+    let mut series_offsets = Vec::with_capacity(series_count);
+    let (mut sample_count, mut chunk_bytes) = (0u64, 0u64);
+    for _ in 0..series_count {
+        series_offsets.push(offset(&reader));
+        let record = SeriesRecord::read(&mut reader)?;
+        if record.pairs().count() != usize::from(record.label_count) {
+            return Err("a label is not UTF-8".into());
+        }
+        // Read back without checks later: the pairs must be a label set as written.
+        let labels = Labels::new(record.pairs()).map_err(|e| e.to_string())?;
+        if !labels.iter().eq(record.pairs()) {
+            return Err("a series' labels are not sorted, distinct and non-empty".into());
+        }
+        for meta in record.metas() {
+            if meta.offset.saturating_add(u64::from(meta.length)) > chunks_len {
+                return Err(format!(
+                    "a chunk at {}+{} is past the end of the chunks file ({chunks_len} bytes)",
+                    meta.offset, meta.length
+                ));
+            }
+            sample_count += u64::from(meta.samples);
+            chunk_bytes += u64::from(meta.length);
+        }
+    }
+    let posting_count = reader.count(12)?;
+    let mut posting_marks = Vec::with_capacity(posting_count.div_ceil(MARK_EVERY));
+    let mut previous: Option<(&str, &str)> = None;
+    for entry in 0..posting_count {
+        if entry % MARK_EVERY == 0 {
+            posting_marks.push(offset(&reader));
+        }
+        let name = reader.str()?;
+        let value = reader.str()?;
+        if previous.is_some_and(|p| p >= (name, value)) {
+            return Err(format!("postings of {name}={value:?} out of order"));
+        }
+        previous = Some((name, value));
+        let list_len = reader.count(4)?;
+        for _ in 0..list_len {
+            let position = reader.u32()?;
+            if position as usize >= series_count {
+                return Err(format!("postings name series {position} of {series_count}"));
+            }
+        }
+    }
+    if !reader.bytes.is_empty() {
+        return Err(format!("{} bytes after the postings", reader.bytes.len()));
+    }
+    Ok(CheckedIndex {
+        min_time,
+        max_time,
+        series_offsets,
+        posting_count: posting_count as u32,
+        posting_marks,
+        sample_count,
+        chunk_bytes,
+    })
 }
 
 #[cfg(test)]
@@ -498,9 +688,10 @@ mod tests {
         assert_eq!(block.series_count(), 2);
         let api = block.matching(&[Matcher::equal("job", "api")]);
         assert_eq!(api.len(), 1);
-        assert_eq!(block.labels(api[0]), Some(&a));
+        assert_eq!(api[0].1, a);
+        assert_eq!(block.labels(api[0].0), Some(a.clone()));
         let mut got = Vec::new();
-        block.samples(api[0], 119_500, 121_000, &mut got).unwrap();
+        block.samples(api[0].0, 119_500, 121_000, &mut got).unwrap();
         assert_eq!(got, vec![(120_000, 120.0), (121_000, 121.0)]);
         assert_eq!(
             block.matching(&[Matcher::regex("i", "1|2").unwrap()]).len(),
@@ -569,11 +760,14 @@ mod tests {
             ] {
                 let mut from_head: Vec<Labels> = head.matching(&matchers).into_iter().map(|r| head.labels(r).unwrap()).collect();
                 from_head.sort();
-                let from_block: Vec<Labels> = block.matching(&matchers).into_iter().map(|p| block.labels(p).unwrap().clone()).collect();
+                let from_block: Vec<Labels> = block.matching(&matchers).into_iter().map(|(p, labels)| {
+                    assert_eq!(block.labels(p).as_ref(), Some(&labels));
+                    labels
+                }).collect();
                 prop_assert_eq!(&from_block, &from_head);
                 for labels in &from_block {
                     let r = head.find(labels.view()).unwrap();
-                    let p = block.matching(&[]).into_iter().find(|&p| block.labels(p) == Some(labels)).unwrap();
+                    let p = block.matching(&[]).into_iter().find(|(_, l)| l == labels).unwrap().0;
                     for &(start, len) in &ranges {
                         let (mut want, mut got) = (Vec::new(), Vec::new());
                         head.samples(r, start, start + len, &mut want);
@@ -620,7 +814,7 @@ mod tests {
             let after = snapshot(&head);
             for (labels, all) in &before {
                 let mut merged: Vec<(i64, f64)> = Vec::new();
-                if let Some(p) = block.matching(&[]).into_iter().find(|&p| block.labels(p) == Some(labels)) {
+                if let Some((p, _)) = block.matching(&[]).into_iter().find(|(_, l)| l == labels) {
                     block.samples(p, i64::MIN, i64::MAX, &mut merged).unwrap();
                 }
                 if let Some((_, rest)) = after.iter().find(|(l, _)| l == labels) {

@@ -38,6 +38,7 @@
 //! is kept (in `<dir>/retention`, so a restart that replays older samples from the log hides
 //! them too) and every read starts at it.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -129,19 +130,21 @@ impl Part {
         }
     }
 
-    fn matching(&self, matchers: &[Matcher]) -> Vec<u32> {
+    /// The matching series: their positions in the part and their labels.
+    fn matching(&self, matchers: &[Matcher]) -> Vec<(u32, Cow<'_, Labels>)> {
         match self {
-            Part::Written(block) => block.matching(matchers),
-            Part::Writing(cut) => (0..cut.series.len() as u32)
-                .filter(|&i| matches_all(matchers, &cut.series[i as usize].0))
+            Part::Written(block) => block
+                .matching(matchers)
+                .into_iter()
+                .map(|(position, labels)| (position, Cow::Owned(labels)))
                 .collect(),
-        }
-    }
-
-    fn labels(&self, position: u32) -> Option<&Labels> {
-        match self {
-            Part::Written(block) => block.labels(position),
-            Part::Writing(cut) => cut.series.get(position as usize).map(|s| &s.0),
+            Part::Writing(cut) => cut
+                .series
+                .iter()
+                .enumerate()
+                .filter(|(_, (labels, _))| matches_all(matchers, labels))
+                .map(|(position, (labels, _))| (position as u32, Cow::Borrowed(labels)))
+                .collect(),
         }
     }
 
@@ -629,19 +632,17 @@ impl Reader<'_> {
         }
         let mut by_labels: hashbrown::HashMap<Labels, SeriesSources> = found.into_iter().collect();
         for (index, part) in from_parts {
-            for position in part.matching(matchers) {
-                if let Some(labels) = part.labels(position) {
-                    match by_labels.get_mut(labels) {
-                        Some(sources) => sources.parts.push((index, position)),
-                        None => {
-                            by_labels.insert(
-                                labels.clone(),
-                                SeriesSources {
-                                    head: None,
-                                    parts: vec![(index, position)],
-                                },
-                            );
-                        }
+            for (position, labels) in part.matching(matchers) {
+                match by_labels.get_mut(labels.as_ref()) {
+                    Some(sources) => sources.parts.push((index, position)),
+                    None => {
+                        by_labels.insert(
+                            labels.into_owned(),
+                            SeriesSources {
+                                head: None,
+                                parts: vec![(index, position)],
+                            },
+                        );
                     }
                 }
             }
