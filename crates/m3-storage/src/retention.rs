@@ -65,7 +65,8 @@ impl Store {
     /// # Errors
     ///
     /// [`Error::Engine`](crate::Error::Engine) when the cutoff cannot be persisted or a block
-    /// cannot be deleted; the namespaces before it are done, the rest are tried next time.
+    /// cannot be deleted in a namespace (the first such error; the other namespaces are done
+    /// all the same, and the failed one is tried again next time).
     pub fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport> {
         let report = self.expire(now_ms);
         self.update_size_gauges();
@@ -109,9 +110,18 @@ impl Store {
 
     fn expire(&self, now_ms: i64) -> Result<RetentionReport> {
         let mut report = RetentionReport::default();
+        let mut first_error = None;
         for (ns_cfg, db) in self.databases() {
             let cutoff = now_ms.saturating_sub(ns_cfg.retention_ms());
-            let expired = db.truncate_before(cutoff)?;
+            // One namespace failing (a block it cannot delete) must not stop the others'.
+            let expired = match db.truncate_before(cutoff) {
+                Ok(expired) => expired,
+                Err(e) => {
+                    tracing::error!(namespace = %ns_cfg.name, error = %e, "Retention failed in a namespace; the others go on.");
+                    first_error.get_or_insert(e);
+                    continue;
+                }
+            };
             let metrics = &self.inner.metrics;
             metrics.samples_deleted_by_retention.inc_by(expired.samples);
             metrics.series_removed_by_retention.inc_by(expired.series);
@@ -132,7 +142,10 @@ impl Store {
                 blocks_deleted: expired.blocks,
             });
         }
-        Ok(report)
+        match first_error {
+            Some(e) => Err(e.into()),
+            None => Ok(report),
+        }
     }
 
     /// [`enforce_retention`](Self::enforce_retention) at the wall-clock time `now`.

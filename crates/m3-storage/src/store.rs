@@ -455,12 +455,23 @@ impl Store {
     ///
     /// # Errors
     ///
-    /// [`Error::Engine`] when a block or the log cannot be written; what was cut stays readable
-    /// and the next call tries again.
+    /// [`Error::Engine`] when a block or the log cannot be written in a namespace (the first
+    /// such error; the other namespaces are compacted all the same); what was cut stays
+    /// readable and the next call tries again.
     pub fn compact(&self, now_ms: i64) -> Result<u64> {
         let mut written = 0;
+        let mut first_error = None;
         for (ns, db) in self.databases() {
-            if let Some(done) = db.compact(now_ms)? {
+            // One namespace failing must not leave the others' heads and logs to grow.
+            let compacted = match db.compact(now_ms) {
+                Ok(compacted) => compacted,
+                Err(e) => {
+                    tracing::error!(namespace = %ns.name, error = %e, "Compaction failed in a namespace; the others go on.");
+                    first_error.get_or_insert(e);
+                    continue;
+                }
+            };
+            if let Some(done) = compacted {
                 written += done.samples;
                 self.inner.metrics.samples_compacted.inc_by(done.samples);
                 if done.samples > 0 || done.segments_removed > 0 {
@@ -474,7 +485,10 @@ impl Store {
                 }
             }
         }
-        Ok(written)
+        match first_error {
+            Some(e) => Err(e.into()),
+            None => Ok(written),
+        }
     }
 
     /// The number of series in `namespace` with a sample a read can see (at or after the

@@ -290,3 +290,52 @@ fn a_series_in_several_namespaces_keeps_its_labels_once_until_the_last_lets_go()
     assert_eq!(store.metrics().head_series(), 0);
     assert_eq!(store.metrics().head_label_sets(), 0);
 }
+
+/// A namespace whose compaction or retention fails (its directory damaged from outside) does
+/// not stop the other namespaces': they are compacted and expired all the same, and the
+/// failure is returned.
+#[test]
+fn a_failing_namespace_does_not_stop_the_others_maintenance() {
+    let now = 1_700_000_000_000;
+    let dir = tmp();
+    let store = open(dir.path());
+    let a = labels(&[("__name__", "a")]);
+    for namespace in [RAW, AGG] {
+        store
+            .write_batch(namespace, &[(&a, now - 10 * H_MS, 1.0)])
+            .unwrap();
+    }
+    // The raw namespace (the first) cannot write a block: its blocks directory is a file.
+    let raw_blocks = dir.path().join(RAW).join("blocks");
+    if raw_blocks.exists() {
+        std::fs::remove_dir_all(&raw_blocks).unwrap();
+    }
+    std::fs::write(&raw_blocks, b"not a directory").unwrap();
+    let err = store.compact(now).unwrap_err();
+    assert!(err.to_string().contains("blocks"), "{err}");
+    assert_eq!(
+        store.metrics().samples_compacted(),
+        1,
+        "the aggregated namespace was compacted"
+    );
+    let agg_blocks = std::fs::read_dir(dir.path().join(AGG).join("blocks")).unwrap();
+    assert_eq!(agg_blocks.count(), 1);
+
+    // Nor can it record its retention cutoff: the file's temporary name is a directory.
+    std::fs::create_dir(dir.path().join(RAW).join(".retention.tmp")).unwrap();
+    let past_both = now + 41 * 24 * H_MS;
+    let err = store.enforce_retention(past_both).unwrap_err();
+    assert!(err.to_string().contains("retention"), "{err}");
+    assert_eq!(
+        store.metrics().samples_deleted_by_retention(),
+        1,
+        "the aggregated namespace's sample went"
+    );
+    assert!(
+        store
+            .select(AGG, &[], i64::MIN, i64::MAX)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.select(RAW, &[], i64::MIN, i64::MAX).unwrap().len(), 1);
+}
