@@ -34,6 +34,11 @@ const SERIES_RECORD: u8 = 1;
 const MAX_REFERENCE_GAP: usize = 1 << 20;
 const SAMPLES_RECORD: u8 = 2;
 const REMOVED_RECORD: u8 = 3;
+/// Series-record buffers kept between batches: a batch creating more (a first scrape of many
+/// targets) allocates the rest for itself.
+const KEPT_SERIES_RECORDS: usize = 4096;
+/// The largest series-record buffer kept between batches (a label set of 64 KiB is allowed).
+const KEPT_RECORD_BYTES: usize = 4096;
 
 /// Why opening a durable head failed.
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +94,8 @@ pub struct DurableHead {
     /// The newest sample time logged in each segment (`i64::MIN` for none), so a checkpoint
     /// knows which segments hold only samples already in blocks.
     segment_max_time: BTreeMap<u64, i64>,
-    /// Reused record buffers.
+    /// Reused record buffers: one per new series of a batch, kept up to
+    /// [`KEPT_SERIES_RECORDS`] of [`KEPT_RECORD_BYTES`] each.
     series_records: Vec<Vec<u8>>,
     samples_record: Vec<u8>,
     refs: Vec<(SeriesRef, i64, f64)>,
@@ -213,7 +219,16 @@ impl DurableHead {
             .chain(std::iter::once(self.samples_record.as_slice()))
             .collect();
         let segment = self.wal.segment();
-        if let Err(e) = self.wal.append(&records) {
+        let appended = self.wal.append(&records);
+        drop(records);
+        // What one exceptional batch needed is not kept for every later one.
+        self.series_records.truncate(KEPT_SERIES_RECORDS);
+        for buffer in &mut self.series_records[..created.min(KEPT_SERIES_RECORDS)] {
+            if buffer.capacity() > KEPT_RECORD_BYTES {
+                *buffer = Vec::new();
+            }
+        }
+        if let Err(e) = appended {
             for reference in new_refs {
                 self.head.remove_series(reference);
             }
@@ -507,6 +522,41 @@ mod tests {
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    /// A batch creating many series, or one with very long labels, leaves no more record
+    /// buffers behind than a usual batch does.
+    #[test]
+    fn record_buffers_kept_between_batches_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (head_options, wal_options) = options();
+        let (mut durable, _) = DurableHead::open(
+            dir.path(),
+            head_options,
+            WalOptions {
+                segment_bytes: 64 << 20,
+                ..wal_options
+            },
+            None,
+        )
+        .unwrap();
+        let long = "x".repeat(60_000);
+        let mut sets: Vec<Labels> =
+            vec![Labels::new([("__name__", "long"), ("v", &long[..])]).unwrap()];
+        sets.extend(
+            (0..KEPT_SERIES_RECORDS + 100)
+                .map(|i| Labels::new([("__name__", "m"), ("i", &i.to_string()[..])]).unwrap()),
+        );
+        let batch: Vec<(&Labels, i64, f64)> = sets.iter().map(|l| (l, 1_000, 1.0)).collect();
+        assert_eq!(durable.append(&batch).unwrap().new_series, sets.len());
+        assert_eq!(durable.series_records.len(), KEPT_SERIES_RECORDS);
+        assert!(
+            durable
+                .series_records
+                .iter()
+                .all(|b| b.capacity() <= KEPT_RECORD_BYTES)
+        );
+        assert_eq!(everything(durable.head()).len(), sets.len());
     }
 
     /// Series removed by retention give their references to new series, the removal is
