@@ -1005,7 +1005,7 @@ impl Head {
         truncated
     }
 
-    /// [`Head::truncate_before`], listing the removed series' references in `removed`
+    /// [`Head::truncate_before`], listing the removed series' references in `removed_references`
     /// (ascending) instead of giving them to new series: a log records the removal first
     /// ([`Head::free_references`] then), or its replay could not tell a series created again
     /// under its old reference from the old one.
