@@ -707,7 +707,7 @@ impl Head {
     /// these labels were written again (a live series is found, not created): the older one
     /// goes, as it went then. A reference already naming other labels is a series the head
     /// removed before it gave the reference to these labels: what replay brought back of it
-    /// moves out of the way ([`Head::move_to_new_slot`]).
+    /// moves to a slot no later record names.
     pub fn restore_series(&mut self, reference: SeriesRef, labels: Labels) {
         match self.find(labels.view()) {
             Some(found) if found == reference => return,
