@@ -23,6 +23,7 @@ use m3_proto::pipelinepb::{self, applied_pipeline_op::Type as OpType};
 use m3_rules::Transform;
 
 use crate::error::AddError;
+use crate::indexed_slots::IndexedSlots;
 
 /// A rollup: the series to roll up into and the aggregation across sources.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,22 +110,23 @@ static EMPTY: ParsedPipeline = ParsedPipeline {
 /// A rollup's pipeline names the rollup series, which often carries a tag of its sources that
 /// comes and goes (a pod, a version): each new value is a new pipeline. The shard's sweep
 /// ([`PipelineTable::sweep`]) frees the pipelines no spec uses any more, and a new pipeline
-/// takes a freed index, so the table holds the pipelines in use, not every one ever seen.
+/// takes a freed index ([`IndexedSlots`]).
 #[derive(Debug)]
 pub(crate) struct PipelineTable {
-    /// By index; `None` once freed.
-    pipelines: Vec<Option<ParsedPipeline>>,
+    pipelines: IndexedSlots<ParsedPipeline>,
     index: HashMap<Vec<u8>, u16>,
-    /// Freed indexes, for new pipelines to take.
-    free: Vec<u16>,
 }
+
+/// Most pipelines per shard, the empty one included (the index is 16 bits).
+const MAX_PIPELINES: usize = u16::MAX as usize + 1;
 
 impl Default for PipelineTable {
     fn default() -> Self {
+        let mut pipelines = IndexedSlots::default();
+        pipelines.add(ParsedPipeline::default(), MAX_PIPELINES);
         PipelineTable {
-            pipelines: vec![Some(ParsedPipeline::default())],
+            pipelines,
             index: HashMap::new(),
-            free: Vec::new(),
         }
     }
 }
@@ -142,32 +144,21 @@ impl PipelineTable {
         if let Some(i) = self.index.get(&key) {
             return Ok(*i);
         }
-        if self.free.is_empty() && self.pipelines.len() > usize::from(u16::MAX) {
-            return Err(AddError::TooManyPolicies {
-                max: usize::from(u16::MAX),
-            });
+        let full = AddError::TooManyPolicies {
+            max: usize::from(u16::MAX),
+        };
+        if self.pipelines.is_full(MAX_PIPELINES) {
+            return Err(full);
         }
         let parsed = ParsedPipeline::parse(pipeline)?;
-        let i = match self.free.pop() {
-            Some(i) => {
-                self.pipelines[usize::from(i)] = Some(parsed);
-                i
-            }
-            None => {
-                self.pipelines.push(Some(parsed));
-                (self.pipelines.len() - 1) as u16
-            }
-        };
+        let i = self.pipelines.add(parsed, MAX_PIPELINES).ok_or(full)?;
         self.index.insert(key, i);
         Ok(i)
     }
 
     /// The pipeline at `index` (the empty one for a freed index, which no spec names).
     pub(crate) fn get(&self, index: u16) -> &ParsedPipeline {
-        self.pipelines
-            .get(usize::from(index))
-            .and_then(Option::as_ref)
-            .unwrap_or(&EMPTY)
+        self.pipelines.get(index).unwrap_or(&EMPTY)
     }
 
     /// Frees every pipeline but the empty one whose index `in_use` does not hold; returns
@@ -175,20 +166,19 @@ impl PipelineTable {
     pub(crate) fn sweep(&mut self, in_use: &[bool]) -> usize {
         let used = |i: u16| i == 0 || in_use.get(usize::from(i)).copied().unwrap_or(false);
         self.index.retain(|_, i| used(*i));
-        let mut freed = 0;
-        for (i, slot) in self.pipelines.iter_mut().enumerate().skip(1) {
-            if slot.is_some() && !used(i as u16) {
-                *slot = None;
-                self.free.push(i as u16);
-                freed += 1;
-            }
-        }
-        freed
+        let unused: Vec<u16> = (0..self.pipelines.slots().len())
+            .filter_map(|i| u16::try_from(i).ok())
+            .filter(|&i| !used(i))
+            .collect();
+        unused
+            .into_iter()
+            .filter(|&i| self.pipelines.remove(i).is_some())
+            .count()
     }
 
     /// Pipelines held, the empty one included.
     pub(crate) fn len(&self) -> usize {
-        self.pipelines.len() - self.free.len()
+        self.pipelines.len()
     }
 }
 

@@ -36,6 +36,7 @@ use crate::flush::{
     AggregatedOutput, Category, FlushMode, ForwardedOutput, align_down, checked_align_down,
 };
 use crate::id_arena::{IdArena, IdRef};
+use crate::indexed_slots::IndexedSlots;
 use crate::metadata::{Active, Target};
 use crate::metrics::{Metrics, OutputDiscard, WindowDiscard};
 use crate::options::{AggregatorOptions, nanos};
@@ -70,16 +71,14 @@ type SpecKey = (StoragePolicy, AggregationId, MetricType, u16, u32);
 /// Specs, and the pipelines they name, come and go with the series that use them (a rollup
 /// whose ID carries a pod's name gets a new pipeline, and so a new spec, with every pod): when
 /// expiry has removed series and specs were added since, [`ShardState::sweep_specs`] frees
-/// the specs no elem uses and the pipelines no spec names, and new ones take the freed indexes.
+/// the specs no elem uses and the pipelines no spec names, and new ones take the freed indexes
+/// ([`IndexedSlots`]).
 #[derive(Debug, Default)]
 pub(crate) struct SpecTable {
-    /// By index; `None` once freed.
-    specs: Vec<Option<ElemSpec>>,
+    specs: IndexedSlots<ElemSpec>,
     index: HashMap<SpecKey, u16>,
     last: Option<(SpecKey, u16)>,
     pipelines: PipelineTable,
-    /// Freed indexes, for new specs to take.
-    free: Vec<u16>,
     /// Specs interned since the last sweep: none, and a sweep would find nothing to free.
     added_since_sweep: usize,
 }
@@ -110,9 +109,6 @@ impl SpecTable {
                 if resolution <= 0 {
                     return Err(AddError::InvalidStoragePolicy);
                 }
-                if self.free.is_empty() && self.specs.len() >= MAX_SPECS {
-                    return Err(AddError::TooManyPolicies { max: MAX_SPECS });
-                }
                 let spec = ElemSpec {
                     policy,
                     resolution,
@@ -127,27 +123,17 @@ impl SpecTable {
                     pipeline,
                     forwarded_times,
                 };
-                let i = match self.free.pop() {
-                    Some(i) => {
-                        self.specs[usize::from(i)] = Some(spec);
-                        i
-                    }
-                    None => {
-                        self.specs.push(Some(spec));
-                        (self.specs.len() - 1) as u16
-                    }
-                };
+                let i = self
+                    .specs
+                    .add(spec, MAX_SPECS)
+                    .ok_or(AddError::TooManyPolicies { max: MAX_SPECS })?;
                 self.index.insert(key, i);
                 self.added_since_sweep += 1;
                 i
             }
         };
         self.last = Some((key, index));
-        match self
-            .specs
-            .get_mut(usize::from(index))
-            .and_then(Option::as_mut)
-        {
+        match self.specs.get_mut(index) {
             Some(spec) => {
                 spec.used_in[category.index()] = true;
                 Ok((index, spec.kind, spec.resolution))
@@ -159,12 +145,12 @@ impl SpecTable {
 
     /// The live spec at `index`.
     fn get(&self, index: u16) -> Option<&ElemSpec> {
-        self.specs.get(usize::from(index)).and_then(Option::as_ref)
+        self.specs.get(index)
     }
 
     /// The live specs.
     fn live(&self) -> impl Iterator<Item = &ElemSpec> {
-        self.specs.iter().flatten()
+        self.specs.values()
     }
 
     /// Frees every spec whose index `in_use` does not hold, then every pipeline no spec left
@@ -173,24 +159,25 @@ impl SpecTable {
         self.added_since_sweep = 0;
         self.last = None;
         let mut freed = 0;
-        for (i, slot) in self.specs.iter_mut().enumerate() {
-            if slot.is_some() && !in_use.get(i).copied().unwrap_or(false) {
-                if let Some(spec) = slot.take() {
-                    self.index.remove(&(
-                        spec.policy,
-                        spec.types,
-                        spec.metric_type,
-                        spec.pipeline,
-                        spec.forwarded_times,
-                    ));
-                }
-                self.free.push(i as u16);
+        for i in 0..self.specs.slots().len() {
+            let Ok(i) = u16::try_from(i) else { break };
+            if in_use.get(usize::from(i)).copied().unwrap_or(false) {
+                continue;
+            }
+            if let Some(spec) = self.specs.remove(i) {
+                self.index.remove(&(
+                    spec.policy,
+                    spec.types,
+                    spec.metric_type,
+                    spec.pipeline,
+                    spec.forwarded_times,
+                ));
                 freed += 1;
             }
         }
         let highest = self.live().map(|spec| spec.pipeline).max().unwrap_or(0);
         let mut pipelines_in_use = vec![false; usize::from(highest) + 1];
-        for spec in self.specs.iter().flatten() {
+        for spec in self.live() {
             pipelines_in_use[usize::from(spec.pipeline)] = true;
         }
         (freed, self.pipelines.sweep(&pipelines_in_use))
@@ -788,7 +775,7 @@ impl ShardState {
             sources,
             flushed,
         } = self;
-        let spec_list = &specs.specs;
+        let spec_list = specs.specs.slots();
         let mut emitted = 0usize;
         let mut discarded = [0u64; WindowDiscard::ALL.len()];
         let mut plan: Vec<i64> = Vec::with_capacity(spec_list.len());
@@ -979,7 +966,7 @@ impl ShardState {
     /// the state kept by a freed spec's index, which a new spec may take. Walks every elem:
     /// run after expiry, which walked every series already.
     fn sweep_specs(&mut self) {
-        let mut in_use = vec![false; self.specs.specs.len()];
+        let mut in_use = vec![false; self.specs.specs.slots().len()];
         for map in &self.entries {
             for slot in &map.slots {
                 for elem in slot.entry.elems() {
