@@ -151,20 +151,16 @@ impl<'a> SeriesRecord<'a> {
     }
 
     fn metas(&self) -> impl Iterator<Item = ChunkMeta> + 'a {
-        self.metas.chunks_exact(32).map(|m| {
+        // Each piece is 32 bytes, so every read succeeds.
+        self.metas.chunks_exact(32).filter_map(|m| {
             let mut reader = Reader { bytes: m };
-            let field = |r: &mut Reader<'_>, n: usize| {
-                let mut out = [0u8; 8];
-                out[..n].copy_from_slice(r.take(n).unwrap_or(&[0; 8][..n]));
-                out
-            };
-            ChunkMeta {
-                first: i64::from_le_bytes(field(&mut reader, 8)),
-                last: i64::from_le_bytes(field(&mut reader, 8)),
-                samples: u64::from_le_bytes(field(&mut reader, 4)) as u32,
-                offset: u64::from_le_bytes(field(&mut reader, 8)),
-                length: u64::from_le_bytes(field(&mut reader, 4)) as u32,
-            }
+            Some(ChunkMeta {
+                first: reader.i64().ok()?,
+                last: reader.i64().ok()?,
+                samples: reader.u32().ok()?,
+                offset: u64::from_le_bytes(reader.array().ok()?),
+                length: reader.u32().ok()?,
+            })
         })
     }
 }
@@ -427,9 +423,6 @@ impl Block {
         let start = first.saturating_sub(1);
         let mut reader = self.reader_at(self.posting_marks.get(start).copied().unwrap_or(0));
         let mut left = (self.posting_count as usize).saturating_sub(start * MARK_EVERY);
-        if self.posting_marks.is_empty() {
-            left = 0;
-        }
         std::iter::from_fn(move || {
             while left > 0 {
                 left -= 1;
