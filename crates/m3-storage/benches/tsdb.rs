@@ -426,8 +426,8 @@ fn block_memory(_: &mut Criterion) {
         .collect();
     let grown = rss_bytes().saturating_sub(before);
     println!(
-        "block/memory: {} bytes of RSS per series per open block ({} bytes of index file per series)",
-        grown / (SERIES * BLOCKS) as u64,
+        "block/memory: {:.1} bytes of RSS per series per open block ({} bytes of index file per series)",
+        grown as f64 / (SERIES * BLOCKS) as f64,
         index / SERIES as u64
     );
     assert_eq!(

@@ -43,7 +43,7 @@ impl Store {
     ) -> Result<Vec<Series>> {
         let reader = self.reader(namespace)?;
         let mut out = Vec::new();
-        for (labels, sources) in reader.matching(matchers, start_ms, end_ms) {
+        for (labels, sources) in reader.matching(matchers, start_ms, end_ms)? {
             let mut samples = Vec::new();
             read_samples(&reader, &sources, start_ms, end_ms, &mut samples)?;
             if !samples.is_empty() {
@@ -72,7 +72,10 @@ impl Store {
     ) -> std::result::Result<(), E> {
         let reader = self.reader(namespace)?;
         let mut samples = Vec::new();
-        for (labels, sources) in reader.matching(matchers, start_ms, end_ms) {
+        for (labels, sources) in reader
+            .matching(matchers, start_ms, end_ms)
+            .map_err(crate::Error::from)?
+        {
             samples.clear();
             read_samples(&reader, &sources, start_ms, end_ms, &mut samples)?;
             if !samples.is_empty() {
@@ -171,7 +174,7 @@ fn live_series(
     end_ms: i64,
 ) -> Result<Vec<Labels>> {
     let mut out = Vec::new();
-    for (labels, sources) in reader.matching(matchers, start_ms, end_ms) {
+    for (labels, sources) in reader.matching(matchers, start_ms, end_ms)? {
         if reader.has_samples(&sources, start_ms, end_ms)? {
             out.push(labels);
         }

@@ -130,45 +130,43 @@ impl Part {
         }
     }
 
-    /// The matching series: their positions in the part and their labels.
-    fn matching(&self, matchers: &[Matcher]) -> Vec<(u32, Cow<'_, Labels>)> {
-        match self {
+    /// The matching series: where each is in the part (a block's
+    /// [`SeriesRecordAt`](crate::tsdb::block::SeriesRecordAt), or the
+    /// index of cut chunks) and its labels.
+    fn matching(&self, matchers: &[Matcher]) -> Result<Vec<(u64, Cow<'_, Labels>)>, BlockError> {
+        Ok(match self {
             Part::Written(block) => block
-                .matching(matchers)
+                .matching(matchers)?
                 .into_iter()
-                .map(|(position, labels)| (position, Cow::Owned(labels)))
+                .map(|(at, labels)| (at, Cow::Owned(labels)))
                 .collect(),
             Part::Writing(cut) => cut
                 .series
                 .iter()
                 .enumerate()
                 .filter(|(_, (labels, _))| matches_all(matchers, labels))
-                .map(|(position, (labels, _))| (position as u32, Cow::Borrowed(labels)))
+                .map(|(position, (labels, _))| (position as u64, Cow::Borrowed(labels)))
                 .collect(),
-        }
+        })
     }
 
-    fn has_samples(&self, position: u32, start: i64, end: i64) -> Result<bool, BlockError> {
+    fn has_samples(&self, position: u64, start: i64, end: i64) -> Result<bool, BlockError> {
         match self {
             Part::Written(block) => block.has_samples(position, start, end),
-            Part::Writing(cut) => {
-                Ok(cut
-                    .series
-                    .get(position as usize)
-                    .is_some_and(|(_, chunks)| {
-                        chunks.iter().any(|c| {
-                            chunk_has_samples_in(c.first_time(), c.last_time(), start, end, || {
-                                c.iter()
-                            })
-                        })
-                    }))
-            }
+            Part::Writing(cut) => Ok(cut
+                .series
+                .get(usize::try_from(position).unwrap_or(usize::MAX))
+                .is_some_and(|(_, chunks)| {
+                    chunks.iter().any(|c| {
+                        chunk_has_samples_in(c.first_time(), c.last_time(), start, end, || c.iter())
+                    })
+                })),
         }
     }
 
     fn samples(
         &self,
-        position: u32,
+        position: u64,
         start: i64,
         end: i64,
         out: &mut Vec<(i64, f64)>,
@@ -176,7 +174,10 @@ impl Part {
         match self {
             Part::Written(block) => block.samples(position, start, end, out),
             Part::Writing(cut) => {
-                if let Some((_, chunks)) = cut.series.get(position as usize) {
+                if let Some((_, chunks)) = cut
+                    .series
+                    .get(usize::try_from(position).unwrap_or(usize::MAX))
+                {
                     out.extend(
                         chunks
                             .iter()
@@ -579,8 +580,8 @@ impl NamespaceDb {
 #[derive(Debug, Clone, Default)]
 pub struct SeriesSources {
     head: Option<HeadSeries>,
-    /// (part index in the reader's list, position in the part), in part order.
-    parts: Vec<(u32, u32)>,
+    /// (part index in the reader's list, where the series is in the part), in part order.
+    parts: Vec<(u32, u64)>,
 }
 
 /// A view of one namespace for a query. See [`NamespaceDb::reader`].
@@ -595,12 +596,15 @@ pub struct Reader<'a> {
 impl Reader<'_> {
     /// The series matching every matcher that may have samples in `start..=end`, sorted by
     /// labels, each once however many parts hold it.
+    ///
+    /// # Errors
+    /// Reading a block's index failed.
     pub fn matching(
         &self,
         matchers: &[Matcher],
         start: i64,
         end: i64,
-    ) -> Vec<(Labels, SeriesSources)> {
+    ) -> Result<Vec<(Labels, SeriesSources)>, BlockError> {
         let mut found: Vec<(Labels, SeriesSources)> = {
             let head = self.db.head.read();
             let head = head.head();
@@ -628,11 +632,11 @@ impl Reader<'_> {
             .collect();
         if from_parts.is_empty() {
             found.sort_by(|a, b| a.0.cmp(&b.0));
-            return found;
+            return Ok(found);
         }
         let mut by_labels: hashbrown::HashMap<Labels, SeriesSources> = found.into_iter().collect();
         for (index, part) in from_parts {
-            for (position, labels) in part.matching(matchers) {
+            for (position, labels) in part.matching(matchers)? {
                 match by_labels.get_mut(labels.as_ref()) {
                     Some(sources) => sources.parts.push((index, position)),
                     None => {
@@ -649,7 +653,7 @@ impl Reader<'_> {
         }
         let mut out: Vec<(Labels, SeriesSources)> = by_labels.into_iter().collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+        Ok(out)
     }
 
     /// Whether the series has a sample in `start..=end`, reading as little as it can.
@@ -795,6 +799,7 @@ mod tests {
         let reader = db.reader();
         reader
             .matching(&[], i64::MIN, i64::MAX)
+            .unwrap()
             .into_iter()
             .map(|(labels, sources)| {
                 let mut samples = Vec::new();
@@ -901,7 +906,7 @@ mod tests {
                 // Whether a series has samples in a range agrees with reading them.
                 {
                     let reader = db.reader();
-                    for (_, sources) in reader.matching(&[], i64::MIN, i64::MAX) {
+                    for (_, sources) in reader.matching(&[], i64::MIN, i64::MAX).unwrap() {
                         for (start, end) in [(0, 10_000), (25_000, 25_010), (-5, 70_000), (59_000, 59_999)] {
                             let mut read = Vec::new();
                             reader.samples(&sources, start, end, &mut read).unwrap();
