@@ -14,6 +14,7 @@
 //! | `m3_storage_samples_refused_total{reason="too_old"}` | samples further behind their series' newest than `bufferPast` |
 //! | `m3_storage_samples_refused_total{reason="too_new"}` | samples further ahead of the clock than `bufferFuture` |
 //! | `m3_storage_samples_compacted_total`             | samples the heads cut into blocks on disk |
+//! | `m3_storage_blocks_merged_total`                 | blocks merged into one per past merge range (a tenth of the retention) |
 //! | `m3_storage_head_series`, `m3_storage_head_bytes` | series in the heads and their memory (approximate), after the last retention pass |
 //! | `m3_storage_head_label_sets`                     | distinct label sets the heads hold, each once however many namespaces have its series: counted at open, set by each retention pass |
 //! | `m3_storage_blocks`, `m3_storage_block_bytes`    | blocks on disk and the bytes of their chunks, likewise |
@@ -43,6 +44,7 @@ pub struct StoreMetrics {
     pub(crate) samples_refused_too_old: Counter,
     pub(crate) samples_refused_too_new: Counter,
     pub(crate) samples_compacted: Counter,
+    pub(crate) blocks_merged: Counter,
     pub(crate) head_series: Gauge,
     pub(crate) head_bytes: Gauge,
     pub(crate) head_label_sets: Gauge,
@@ -73,6 +75,7 @@ impl Default for StoreMetrics {
             samples_refused_too_old,
             samples_refused_too_new,
             samples_compacted: Counter::default(),
+            blocks_merged: Counter::default(),
             head_series: Gauge::default(),
             head_bytes: Gauge::default(),
             head_label_sets: Gauge::default(),
@@ -126,6 +129,11 @@ impl StoreMetrics {
     /// Samples cut from the heads into blocks on disk.
     pub fn samples_compacted(&self) -> u64 {
         self.samples_compacted.get()
+    }
+
+    /// Blocks merged into longer ones.
+    pub fn blocks_merged(&self) -> u64 {
+        self.blocks_merged.get()
     }
 
     /// Series in the heads, as of the last retention pass.
@@ -236,6 +244,11 @@ impl StoreMetrics {
             "samples_compacted",
             "Samples the embedded store cut from its heads into blocks on disk",
             self.samples_compacted.clone(),
+        );
+        sub.register(
+            "blocks_merged",
+            "Blocks the embedded store merged into one per past merge range",
+            self.blocks_merged.clone(),
         );
         sub.register(
             "write_errors",

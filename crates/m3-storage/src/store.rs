@@ -184,6 +184,7 @@ impl Store {
                 },
                 wal: WalOptions::default(),
                 block_range: ns.block_range_ms(),
+                merge_range: ns.merge_range_ms(),
             };
             let (db, report) = NamespaceDb::open(&ns_dir, options)?;
             tracing::info!(
@@ -474,6 +475,20 @@ impl Store {
             if let Some(done) = compacted {
                 written += done.samples;
                 self.inner.metrics.samples_compacted.inc_by(done.samples);
+                if let Some(merged) = done.merged {
+                    self.inner
+                        .metrics
+                        .blocks_merged
+                        .inc_by(done.blocks_merged as u64);
+                    tracing::info!(
+                        namespace = %ns.name,
+                        blocks = done.blocks_merged,
+                        series = merged.series,
+                        samples = merged.samples,
+                        series_rewritten = merged.series_rewritten,
+                        "Merged the blocks of a past range into one."
+                    );
+                }
                 if done.samples > 0 || done.segments_removed > 0 {
                     tracing::info!(
                         namespace = %ns.name,

@@ -60,12 +60,15 @@ pub enum BlockError {
     },
 }
 
-/// Where one chunk is, and what it covers.
+/// Where one chunk is in a block's chunks file, and what it covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ChunkMeta {
-    first: i64,
-    last: i64,
-    samples: u32,
+pub(crate) struct ChunkMeta {
+    /// The first sample's time (ms).
+    pub(crate) first: i64,
+    /// The last sample's time (ms).
+    pub(crate) last: i64,
+    /// Samples in it.
+    pub(crate) samples: u32,
     offset: u64,
     length: u32,
 }
@@ -192,82 +195,201 @@ pub fn write_block(
     max_time: i64,
     series: &mut [BlockSeries<'_>],
 ) -> Result<(), BlockError> {
-    let io_error = |source| BlockError::Io {
-        dir: dir.to_path_buf(),
-        source,
-    };
     series.sort_by(|a, b| a.0.cmp(b.0));
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temporary = dir.with_file_name(format!(".{name}.tmp"));
-    if temporary.exists() {
-        std::fs::remove_dir_all(&temporary).map_err(io_error)?;
+    let mut writer = BlockWriter::create(dir)?;
+    for (labels, chunks) in series.iter() {
+        writer.add_series(
+            labels,
+            chunks.iter().map(|chunk| ChunkBytes {
+                first: chunk.first_time(),
+                last: chunk.last_time(),
+                samples: chunk.len() as u32,
+                bytes: chunk.bytes(),
+            }),
+        )?;
     }
-    std::fs::create_dir_all(&temporary).map_err(io_error)?;
-    let written = (|| -> io::Result<()> {
-        let mut chunks = io::BufWriter::new(File::create(temporary.join(CHUNKS_FILE))?);
+    writer.finish(min_time, max_time)
+}
+
+/// One encoded chunk to write: its times, its sample count and its bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkBytes<'a> {
+    /// The first sample's time (ms).
+    pub first: i64,
+    /// The last sample's time (ms).
+    pub last: i64,
+    /// Samples encoded.
+    pub samples: u32,
+    /// The encoded bytes.
+    pub bytes: &'a [u8],
+}
+
+/// Writes a block one series at a time, in label order: the chunks go to the file as they
+/// come, the index is kept until [`finish`](Self::finish). A merge of blocks holding more than
+/// memory would writes through it; [`write_block`] is the same for series held in memory.
+///
+/// Everything goes to a temporary directory beside `dir`, renamed into place by `finish`: a
+/// block is whole or absent. A writer dropped unfinished removes its temporary directory.
+#[derive(Debug)]
+pub struct BlockWriter {
+    dir: PathBuf,
+    temporary: PathBuf,
+    chunks: Option<io::BufWriter<File>>,
+    index: Vec<u8>,
+    /// Bytes written to the chunks file.
+    offset: u64,
+    /// Every series' labels, for the postings.
+    labels: Vec<Labels>,
+}
+
+/// Where the header's series count is in the index: after the magic and the two times.
+const SERIES_COUNT_AT: usize = MAGIC.len() + 16;
+
+impl BlockWriter {
+    /// Starts the block that will be `dir`.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn create(dir: &Path) -> Result<BlockWriter, BlockError> {
+        let io_error = |source| BlockError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let temporary = dir.with_file_name(format!(".{name}.tmp"));
+        if temporary.exists() {
+            std::fs::remove_dir_all(&temporary).map_err(io_error)?;
+        }
+        std::fs::create_dir_all(&temporary).map_err(io_error)?;
+        let chunks = File::create(temporary.join(CHUNKS_FILE)).map_err(io_error)?;
         let mut index = Vec::new();
         index.extend_from_slice(MAGIC);
-        index.extend_from_slice(&min_time.to_le_bytes());
-        index.extend_from_slice(&max_time.to_le_bytes());
-        index.extend_from_slice(&(series.len() as u32).to_le_bytes());
-        let mut offset = 0u64;
-        let mut postings: Vec<((&str, &str), u32)> = Vec::new();
-        for (position, (labels, series_chunks)) in series.iter().enumerate() {
-            put_labels(&mut index, labels);
-            index.extend_from_slice(&(series_chunks.len() as u32).to_le_bytes());
-            for chunk in series_chunks {
-                let bytes = chunk.bytes();
-                chunks.write_all(bytes)?;
-                index.extend_from_slice(&chunk.first_time().to_le_bytes());
-                index.extend_from_slice(&chunk.last_time().to_le_bytes());
-                index.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
-                index.extend_from_slice(&offset.to_le_bytes());
-                index.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-                offset += bytes.len() as u64;
+        // The times and the series count, filled in by `finish`.
+        index.resize(SERIES_COUNT_AT + 4, 0);
+        Ok(BlockWriter {
+            dir: dir.to_path_buf(),
+            temporary,
+            chunks: Some(io::BufWriter::new(chunks)),
+            index,
+            offset: 0,
+            labels: Vec::new(),
+        })
+    }
+
+    fn io_error(&self, source: io::Error) -> BlockError {
+        BlockError::Io {
+            dir: self.dir.clone(),
+            source,
+        }
+    }
+
+    /// Adds a series after every series added before it in label order, with its chunks in
+    /// time order.
+    ///
+    /// # Errors
+    /// I/O errors; a series out of label order is refused as corrupt (it would make the block
+    /// unreadable).
+    pub fn add_series<'c>(
+        &mut self,
+        labels: &Labels,
+        chunks: impl Iterator<Item = ChunkBytes<'c>>,
+    ) -> Result<(), BlockError> {
+        if self.labels.last().is_some_and(|last| last >= labels) {
+            return Err(BlockError::Corrupt {
+                dir: self.dir.clone(),
+                reason: format!("series {labels:?} added out of label order"),
+            });
+        }
+        put_labels(&mut self.index, labels);
+        let count_at = self.index.len();
+        self.index.extend_from_slice(&0u32.to_le_bytes());
+        let mut count = 0u32;
+        for chunk in chunks {
+            if let Some(out) = &mut self.chunks
+                && let Err(source) = out.write_all(chunk.bytes)
+            {
+                return Err(self.io_error(source));
             }
+            self.index.extend_from_slice(&chunk.first.to_le_bytes());
+            self.index.extend_from_slice(&chunk.last.to_le_bytes());
+            self.index.extend_from_slice(&chunk.samples.to_le_bytes());
+            self.index.extend_from_slice(&self.offset.to_le_bytes());
+            self.index
+                .extend_from_slice(&(chunk.bytes.len() as u32).to_le_bytes());
+            self.offset += chunk.bytes.len() as u64;
+            count += 1;
+        }
+        self.index[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
+        self.labels.push(labels.clone());
+        Ok(())
+    }
+
+    /// Series added so far.
+    pub fn series_count(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Writes the index with `min_time..=max_time` as the block's range, syncs both files and
+    /// renames the directory into place.
+    ///
+    /// # Errors
+    /// I/O errors (nothing is left at `dir` then).
+    pub fn finish(mut self, min_time: i64, max_time: i64) -> Result<(), BlockError> {
+        let mut index = std::mem::take(&mut self.index);
+        index[MAGIC.len()..MAGIC.len() + 8].copy_from_slice(&min_time.to_le_bytes());
+        index[MAGIC.len() + 8..SERIES_COUNT_AT].copy_from_slice(&max_time.to_le_bytes());
+        index[SERIES_COUNT_AT..SERIES_COUNT_AT + 4]
+            .copy_from_slice(&(self.labels.len() as u32).to_le_bytes());
+        let mut postings: Vec<((&str, &str), u32)> = Vec::new();
+        for (position, labels) in self.labels.iter().enumerate() {
             postings.extend(labels.iter().map(|pair| (pair, position as u32)));
         }
         postings.sort_unstable();
-        let mut groups: Vec<((&str, &str), Vec<u32>)> = Vec::new();
-        for (pair, position) in postings {
-            match groups.last_mut() {
-                Some((last, list)) if *last == pair => list.push(position),
-                _ => groups.push((pair, vec![position])),
-            }
-        }
+        let groups: Vec<&[((&str, &str), u32)]> = postings.chunk_by(|a, b| a.0 == b.0).collect();
         index.extend_from_slice(&(groups.len() as u32).to_le_bytes());
-        for ((name, value), list) in &groups {
+        for group in groups {
+            let (name, value) = group[0].0;
             put_text(&mut index, name);
             put_text(&mut index, value);
-            index.extend_from_slice(&(list.len() as u32).to_le_bytes());
-            for position in list {
+            index.extend_from_slice(&(group.len() as u32).to_le_bytes());
+            for (_, position) in group {
                 index.extend_from_slice(&position.to_le_bytes());
             }
         }
         let crc = crc32fast::hash(&index);
         index.extend_from_slice(&crc.to_le_bytes());
-        let chunks = chunks
-            .into_inner()
-            .map_err(io::IntoInnerError::into_error)?;
-        chunks.sync_all()?;
-        let mut index_file = File::create(temporary.join(INDEX_FILE))?;
-        index_file.write_all(&index)?;
-        index_file.sync_all()?;
-        File::open(&temporary)?.sync_all()?;
-        std::fs::rename(&temporary, dir)?;
-        if let Some(parent) = dir.parent() {
-            File::open(parent)?.sync_all()?;
-        }
-        Ok(())
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_dir_all(&temporary);
-        return Err(io_error(e));
+        let chunks = self.chunks.take();
+        let written = (|| -> io::Result<()> {
+            if let Some(chunks) = chunks {
+                let chunks = chunks
+                    .into_inner()
+                    .map_err(io::IntoInnerError::into_error)?;
+                chunks.sync_all()?;
+            }
+            let mut index_file = File::create(self.temporary.join(INDEX_FILE))?;
+            index_file.write_all(&index)?;
+            index_file.sync_all()?;
+            File::open(&self.temporary)?.sync_all()?;
+            std::fs::rename(&self.temporary, &self.dir)?;
+            if let Some(parent) = self.dir.parent() {
+                File::open(parent)?.sync_all()?;
+            }
+            Ok(())
+        })();
+        written.map_err(|source| self.io_error(source))
     }
-    Ok(())
+}
+
+impl Drop for BlockWriter {
+    fn drop(&mut self) {
+        // Renamed away by a finish that succeeded; otherwise a leftover.
+        if self.temporary.exists() {
+            let _ = std::fs::remove_dir_all(&self.temporary);
+        }
+    }
 }
 
 fn put_text(out: &mut Vec<u8>, text: &str) {
@@ -681,6 +803,75 @@ impl Block {
             );
         }
         Ok(())
+    }
+}
+
+impl Block {
+    /// Every series of the block in label order, with its chunks: what a merge of blocks
+    /// reads, a group of sixteen records at a time.
+    pub(crate) fn all_series(&self) -> AllSeries<'_> {
+        AllSeries {
+            block: self,
+            next_group: 0,
+            read: std::collections::VecDeque::with_capacity(MARK_EVERY),
+            buffer: Vec::new(),
+        }
+    }
+
+    /// Reads one chunk's bytes into `buffer`, replacing what it held.
+    ///
+    /// # Errors
+    /// Reading the chunks file failed.
+    pub(crate) fn read_chunk(
+        &self,
+        meta: &ChunkMeta,
+        buffer: &mut Vec<u8>,
+    ) -> Result<(), BlockError> {
+        buffer.clear();
+        buffer.resize(meta.length as usize, 0);
+        self.chunks
+            .read_exact_at(buffer, meta.offset)
+            .map_err(|source| self.io_error(source))
+    }
+}
+
+/// A series' labels and its chunks in a block.
+pub(crate) type SeriesChunks = (Labels, Vec<ChunkMeta>);
+
+/// See [`Block::all_series`].
+#[derive(Debug)]
+pub(crate) struct AllSeries<'b> {
+    block: &'b Block,
+    next_group: usize,
+    read: std::collections::VecDeque<SeriesChunks>,
+    buffer: Vec<u8>,
+}
+
+impl AllSeries<'_> {
+    /// The next series and its chunks, `None` after the last.
+    ///
+    /// # Errors
+    /// Reading the index failed, or it changed since the block was opened.
+    pub(crate) fn next_series(&mut self) -> Result<Option<SeriesChunks>, BlockError> {
+        if self.read.is_empty() {
+            let marks = &self.block.series_marks;
+            let (Some(&start), Some(&end)) =
+                (marks.get(self.next_group), marks.get(self.next_group + 1))
+            else {
+                return Ok(None);
+            };
+            self.next_group += 1;
+            self.block.read_index(start, end, &mut self.buffer)?;
+            let mut reader = Reader {
+                bytes: &self.buffer,
+            };
+            while !reader.bytes.is_empty() {
+                let record = SeriesRecord::read(&mut reader).map_err(|_| self.block.changed())?;
+                self.read
+                    .push_back((record.labels(), record.metas().collect()));
+            }
+        }
+        Ok(self.read.pop_front())
     }
 }
 

@@ -5,6 +5,8 @@
 //! <dir>/wal/00000007.wal …            the head's write-ahead log
 //! <dir>/head_chunks/00000001.chunks …  the head's closed chunks (rebuilt from the log at open)
 //! <dir>/blocks/00000003-1733097600000  a block: sequence number, then the cutoff it was cut at
+//! <dir>/blocks/00000051-1733270400000-00000004
+//!                                      a merged block: it replaces the blocks 4 to 51
 //! ```
 //!
 //! # Writes
@@ -30,6 +32,18 @@
 //! merge every part that covers the range, a later part winning over an earlier one on equal
 //! timestamps and the head over every block, which is the order the writes happened in.
 //!
+//! # Merging
+//!
+//! A long retention would keep hundreds of blocks, each with its own index of the same series
+//! (read whole at open, two open files). Once a compaction's cutoff passes the end of a
+//! `merge_range` (a tenth of the retention, rounded down to whole block ranges), the blocks
+//! cut in it are merged into one ([`merge_blocks`]) and then deleted, one range per
+//! compaction, oldest first. A block belongs to the range its cutoff closes: cutoffs grow with
+//! the sequence, so a range's blocks are a run of consecutive sequence numbers and no other
+//! block falls between them in the read order. The merged block takes their place in that
+//! order, and its name keeps the run: a crash after it was renamed into place and before every
+//! source was deleted leaves sources that the next open deletes.
+//!
 //! # Retention
 //!
 //! [`NamespaceDb::truncate_before`] deletes the blocks whose newest sample is before the
@@ -53,6 +67,7 @@ use crate::tsdb::durable::{AppendError, DurableError, DurableHead};
 use crate::tsdb::head::{
     AppendSummary, ChunkFileStats, HeadOptions, HeadSeries, Truncated, chunk_has_samples_in,
 };
+use crate::tsdb::merge::{Merged, merge_blocks};
 use crate::tsdb::wal::{ReplayReport, WalOptions};
 
 const WAL_DIR: &str = "wal";
@@ -104,6 +119,9 @@ pub struct DbOptions {
     /// The time range (ms) a compaction rounds its cutoff to; the head keeps between half and
     /// one and a half of it.
     pub block_range: i64,
+    /// The longer range (ms, a multiple of `block_range`) whose blocks are merged into one
+    /// once it is past; 0 never merges. See the [module docs](self).
+    pub merge_range: i64,
 }
 
 /// Samples cut from the head, readable while their block is being written.
@@ -201,6 +219,10 @@ pub struct Compacted {
     pub samples: u64,
     /// Log segments dropped.
     pub segments_removed: usize,
+    /// What merging the blocks of a past merge range wrote, when it merged some.
+    pub merged: Option<Merged>,
+    /// Blocks the merge replaced.
+    pub blocks_merged: usize,
 }
 
 /// What a namespace's blocks on disk hold.
@@ -248,15 +270,60 @@ pub struct NamespaceDb {
     expired_at_open: Truncated,
 }
 
-/// `00000003-1733097600000`: sequence and cutoff.
-fn block_name(sequence: u64, cutoff: i64) -> String {
-    format!("{sequence:08}-{cutoff}")
+/// A block directory's name: `00000003-1733097600000` (sequence, cutoff), or for a merged
+/// block `00000051-1733270400000-00000004` (its last source's sequence and cutoff, then its
+/// first source's sequence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BlockName {
+    sequence: u64,
+    cutoff: i64,
+    /// A merged block's first source: it replaces `merged_from..=sequence`.
+    merged_from: Option<u64>,
 }
 
-fn parse_block_name(name: &str) -> Option<(u64, i64)> {
-    let (sequence, cutoff) = name.split_once('-')?;
-    let parsed = (sequence.parse().ok()?, cutoff.parse().ok()?);
-    (block_name(parsed.0, parsed.1) == name).then_some(parsed)
+impl BlockName {
+    fn cut(sequence: u64, cutoff: i64) -> BlockName {
+        BlockName {
+            sequence,
+            cutoff,
+            merged_from: None,
+        }
+    }
+
+    fn parse(name: &str) -> Option<BlockName> {
+        let mut fields = name.split('-');
+        let parsed = BlockName {
+            sequence: fields.next()?.parse().ok()?,
+            cutoff: fields.next()?.parse().ok()?,
+            merged_from: fields.next().map(str::parse).transpose().ok()?,
+        };
+        (fields.next().is_none() && parsed.to_string() == name).then_some(parsed)
+    }
+
+    /// Whether this merged block replaces the block named `other`: another block whose
+    /// sequence numbers are within this one's run.
+    fn replaces(&self, other: &BlockName) -> bool {
+        let run = |name: &BlockName| name.merged_from.unwrap_or(name.sequence)..=name.sequence;
+        other != self
+            && self.merged_from.is_some()
+            && run(self).contains(run(other).start())
+            && run(self).contains(run(other).end())
+    }
+}
+
+impl std::fmt::Display for BlockName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:08}-{}", self.sequence, self.cutoff)?;
+        if let Some(from) = self.merged_from {
+            write!(f, "-{from:08}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The name of the block at `dir` (`None` for a directory that is not one).
+fn name_of(dir: &Path) -> Option<BlockName> {
+    BlockName::parse(dir.file_name()?.to_str()?)
 }
 
 impl NamespaceDb {
@@ -279,20 +346,36 @@ impl NamespaceDb {
                 std::fs::remove_dir_all(&path).map_err(io_at(&path))?;
                 continue;
             }
-            if let Some((sequence, cutoff)) = parse_block_name(name) {
-                found.push((sequence, cutoff, entry.path()));
+            if let Some(parsed) = BlockName::parse(name) {
+                found.push((parsed, entry.path()));
             }
         }
-        found.sort_unstable_by_key(|f| f.0);
+        // Sources a merge did not get to delete before a crash.
+        let merged: Vec<BlockName> = found
+            .iter()
+            .map(|(name, _)| *name)
+            .filter(|name| name.merged_from.is_some())
+            .collect();
+        let mut kept = Vec::with_capacity(found.len());
+        for (name, path) in found {
+            if merged.iter().any(|m| m.replaces(&name)) {
+                tracing::warn!(path = %path.display(), "Removing a block a merged block replaced.");
+                std::fs::remove_dir_all(&path).map_err(io_at(&path))?;
+            } else {
+                kept.push((name, path));
+            }
+        }
+        let mut found = kept;
+        found.sort_unstable_by_key(|(name, _)| name.sequence);
         let mut parts = Vec::with_capacity(found.len());
         let mut state = CompactionState {
             last_cutoff: i64::MIN,
             next_sequence: 1,
         };
-        for (sequence, cutoff, path) in found {
+        for (name, path) in found {
             parts.push(Arc::new(Part::Written(Block::open(&path)?)));
-            state.last_cutoff = state.last_cutoff.max(cutoff);
-            state.next_sequence = sequence.saturating_add(1);
+            state.last_cutoff = state.last_cutoff.max(name.cutoff);
+            state.next_sequence = name.sequence.saturating_add(1);
         }
         let retention_path = dir.join(RETENTION_FILE);
         let retention_floor = match std::fs::read_to_string(&retention_path) {
@@ -457,7 +540,77 @@ impl NamespaceDb {
             .prepare_checkpoint(cutoff)
             .map_err(io_at(&wal_dir))?;
         compacted.segments_removed = checkpoint.write().map_err(io_at(&wal_dir))?;
+        if let Some((merged, sources)) = self.merge_one_range(&state)? {
+            compacted.merged = Some(merged);
+            compacted.blocks_merged = sources;
+        }
         Ok(Some(compacted))
+    }
+
+    /// Merges the blocks of the oldest `merge_range` that is past the last cutoff and holds
+    /// more than one block, then deletes them. See the [module docs](self).
+    /// Returns what the merge wrote and how many blocks it replaced.
+    fn merge_one_range(&self, state: &CompactionState) -> Result<Option<(Merged, usize)>, DbError> {
+        let range = self.options.merge_range;
+        if range <= 0 {
+            return Ok(None);
+        }
+        let parts = self.parts.read().clone();
+        // Each written block with the range its cutoff closes, in sequence order.
+        let written: Vec<(&Arc<Part>, &Block, BlockName, i64)> = parts
+            .iter()
+            .filter_map(|part| match &**part {
+                Part::Written(block) => {
+                    let name = name_of(block.dir())?;
+                    let merge_range = name.cutoff.saturating_sub(1).div_euclid(range);
+                    Some((part, block, name, merge_range))
+                }
+                Part::Writing(_) => None,
+            })
+            .collect();
+        let Some(run) = written.chunk_by(|a, b| a.3 == b.3).find(|run| {
+            let end = run[0].3.saturating_add(1).saturating_mul(range);
+            run.len() > 1 && end <= state.last_cutoff
+        }) else {
+            return Ok(None);
+        };
+        let (first, last) = (run[0].2, run[run.len() - 1].2);
+        let name = BlockName {
+            merged_from: Some(first.merged_from.unwrap_or(first.sequence)),
+            ..last
+        };
+        let dir = self.dir.join(BLOCKS_DIR).join(name.to_string());
+        let sources: Vec<&Block> = run.iter().map(|(_, block, _, _)| *block).collect();
+        let merged = merge_blocks(&sources, &dir)?;
+        let mut block = Some(Block::open(&dir)?);
+        {
+            // Retention may have removed sources meanwhile: the merged block takes the place
+            // of the first that is left.
+            let mut current = self.parts.write();
+            let mut list = Vec::with_capacity(current.len());
+            for part in current.iter() {
+                if run.iter().any(|(source, ..)| Arc::ptr_eq(source, part)) {
+                    if let Some(block) = block.take() {
+                        list.push(Arc::new(Part::Written(block)));
+                    }
+                } else {
+                    list.push(part.clone());
+                }
+            }
+            *current = Arc::new(list);
+        }
+        if block.is_some() {
+            std::fs::remove_dir_all(&dir).map_err(io_at(&dir))?;
+        }
+        // Readers that hold a source keep reading it through its open files.
+        for (_, source, ..) in run {
+            if let Err(e) = std::fs::remove_dir_all(source.dir())
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(dir = %source.dir().display(), error = %e, "Removing a merged block's source failed; the next open removes it.");
+            }
+        }
+        Ok(Some((merged, run.len())))
     }
 
     /// Writes the in-memory part (at most one: compactions run one at a time) to disk and
@@ -491,7 +644,7 @@ impl NamespaceDb {
         let dir = self
             .dir
             .join(BLOCKS_DIR)
-            .join(block_name(state.next_sequence, state.last_cutoff));
+            .join(BlockName::cut(state.next_sequence, state.last_cutoff).to_string());
         let mut series: Vec<_> = cut
             .series
             .iter()
@@ -743,7 +896,11 @@ impl Reader<'_> {
 }
 
 /// Merges two time-sorted runs into `out` (cleared first); on equal times `newer` wins.
-fn merge_newer_wins(older: &[(i64, f64)], newer: &[(i64, f64)], out: &mut Vec<(i64, f64)>) {
+pub(crate) fn merge_newer_wins(
+    older: &[(i64, f64)],
+    newer: &[(i64, f64)],
+    out: &mut Vec<(i64, f64)>,
+) {
     out.clear();
     out.reserve(older.len() + newer.len());
     let (mut i, mut j) = (0, 0);
@@ -788,6 +945,7 @@ mod tests {
                 ..WalOptions::default()
             },
             block_range: RANGE,
+            merge_range: 0,
         }
     }
 
@@ -848,8 +1006,11 @@ mod tests {
         /// equals the model of what was taken, and nothing taken is lost across a reopen.
         #[test]
         fn reads_equal_the_model_through_compaction_retention_and_reopen(
-            steps in proptest::collection::vec(step(), 1..40)
+            steps in proptest::collection::vec(step(), 1..40),
+            merge in any::<bool>(),
         ) {
+            // Merging or not, every read is the same.
+            let options = || DbOptions { merge_range: if merge { 2 * RANGE } else { 0 }, ..options() };
             let dir = tempfile::tempdir().unwrap();
             let (mut db, _) = NamespaceDb::open(dir.path(), options()).unwrap();
             let mut model = Model::default();
@@ -1021,6 +1182,123 @@ mod tests {
         let (db, _) = NamespaceDb::open(dir.path(), options()).unwrap();
         let got = everything(&db).remove(&a).unwrap();
         assert_eq!(got.iter().find(|s| s.0 == 1_000), Some(&(1_000, 9.0)));
+    }
+
+    fn merging() -> DbOptions {
+        DbOptions {
+            merge_range: 2 * RANGE,
+            ..options()
+        }
+    }
+
+    fn block_names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join(BLOCKS_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_blocks_of_a_past_merge_range_become_one_and_read_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = NamespaceDb::open(dir.path(), merging()).unwrap();
+        let sets: Vec<Labels> = (0..4).map(labels).collect();
+        let mut cuts = 0;
+        for t in 0..900i64 {
+            // Series 3 only writes in the first half: it is in some blocks and not others.
+            let batch: Vec<(&Labels, i64, f64)> = sets
+                .iter()
+                .filter(|l| **l != sets[3] || t < 450)
+                .map(|l| (l, t * 100, t as f64))
+                .collect();
+            db.append(&batch).unwrap();
+            if t % 50 == 49 {
+                let before = everything(&db);
+                if let Some(done) = db.compact(t * 100).unwrap()
+                    && done.samples > 0
+                {
+                    cuts += 1;
+                }
+                assert_eq!(everything(&db), before, "at {t}");
+            }
+        }
+        let before = everything(&db);
+        let names = block_names(dir.path());
+        let merged = names.iter().filter(|n| n.split('-').count() == 3).count();
+        assert!(merged >= 2, "{names:?}");
+        assert!(
+            names.len() < cuts,
+            "{} blocks from {cuts} cuts: {names:?}",
+            names.len()
+        );
+        assert_eq!(db.block_stats().blocks, names.len());
+        drop(db);
+        let (db, _) = NamespaceDb::open(dir.path(), merging()).unwrap();
+        assert_eq!(everything(&db), before);
+        assert_eq!(block_names(dir.path()), names);
+    }
+
+    #[test]
+    fn sources_a_merge_left_behind_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = NamespaceDb::open(dir.path(), merging()).unwrap();
+        let a = labels(1);
+        let batch: Vec<(&Labels, i64, f64)> = (0..130).map(|t| (&a, t * 10, 1.0)).collect();
+        db.append(&batch).unwrap();
+        db.compact(20_000).unwrap();
+        let first = dir.path().join(BLOCKS_DIR).join("00000001-10000");
+        let saved = dir.path().join("saved");
+        std::fs::create_dir(&saved).unwrap();
+        for file in ["index", "chunks"] {
+            std::fs::copy(first.join(file), saved.join(file)).unwrap();
+        }
+        db.append(&[(&a, 1_000, 9.0)]).unwrap();
+        let done = db.compact(30_000).unwrap().unwrap();
+        assert_eq!(done.blocks_merged, 2, "{done:?}");
+        assert_eq!(done.merged.map(|m| m.series_rewritten), Some(1));
+        assert_eq!(block_names(dir.path()), ["00000002-20000-00000001"]);
+        let before = everything(&db);
+        assert_eq!(
+            before[&a].iter().find(|s| s.0 == 1_000),
+            Some(&(1_000, 9.0))
+        );
+        drop(db);
+        // A crash after the merged block was renamed into place, before its sources went.
+        std::fs::rename(&saved, &first).unwrap();
+        let (db, _) = NamespaceDb::open(dir.path(), merging()).unwrap();
+        assert_eq!(block_names(dir.path()), ["00000002-20000-00000001"]);
+        assert_eq!(everything(&db), before);
+    }
+
+    #[test]
+    fn block_names_read_back_and_merged_ones_name_what_they_replace() {
+        let cut = BlockName::cut(3, 1_733_097_600_000);
+        assert_eq!(cut.to_string(), "00000003-1733097600000");
+        assert_eq!(BlockName::parse("00000003-1733097600000"), Some(cut));
+        let merged = BlockName {
+            merged_from: Some(2),
+            ..BlockName::cut(5, 50)
+        };
+        assert_eq!(BlockName::parse(&merged.to_string()), Some(merged));
+        for (other, replaced) in [(1, false), (2, true), (5, true), (6, false)] {
+            assert_eq!(
+                merged.replaces(&BlockName::cut(other, 0)),
+                replaced,
+                "{other}"
+            );
+        }
+        assert!(!merged.replaces(&merged));
+        for bad in [
+            "3-10",
+            "00000003-10-",
+            "00000003-10-00000001-1",
+            "x-1",
+            ".00000003-10.tmp",
+        ] {
+            assert_eq!(BlockName::parse(bad), None, "{bad}");
+        }
     }
 
     #[test]

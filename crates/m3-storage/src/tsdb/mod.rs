@@ -17,6 +17,7 @@
 //! | [`db`] | one namespace: the durable head, its blocks, compaction, retention, merged reads |
 //! | [`durable`] | a head whose batches are logged before they are applied, and replayed at open |
 //! | [`label_sets`] | label sets shared by a store's heads, held once for every namespace |
+//! | [`merge`] | the blocks of a longer time range written again as one |
 //! | [`paged_slots`] | numbered slots in fixed pages: the head's series without a doubling vector's spare room |
 //! | [`packed_labels`] | a label set in one allocation, compared without unpacking |
 //! | `postings` | one label value's series: a sorted vector, or a bitmap once that is smaller |
@@ -29,6 +30,7 @@ pub mod db;
 pub mod durable;
 pub mod head;
 pub mod label_sets;
+pub mod merge;
 pub mod packed_labels;
 pub mod paged_slots;
 mod postings;
