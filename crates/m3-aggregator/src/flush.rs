@@ -79,6 +79,13 @@ pub enum FlushMode<'a> {
         /// Windows ending at or before this (Unix nanoseconds) are dropped.
         before_nanos: i64,
     },
+    /// Emit nothing; discard every window ending at or before `before_nanos`: there is no
+    /// output topic or no consumer service to send them to, and they have waited
+    /// `maxBufferSize` for one (see the flush manager).
+    NoOutput {
+        /// Windows ending at or before this (Unix nanoseconds) are dropped.
+        before_nanos: i64,
+    },
 }
 
 /// One aggregated value, ready to be sent to storage.

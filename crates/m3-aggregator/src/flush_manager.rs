@@ -29,7 +29,10 @@
 //! and persists its flush times, so the member that leads next does not emit them again.
 //!
 //! Without an output topic, or with a topic that has no consumer service yet, nothing is
-//! flushed: the windows stay in the engine until there is somewhere to send them.
+//! flushed: the windows stay in the engine until there is somewhere to send them, for at most
+//! `maxBufferSize` past their end. Older ones are dropped and counted
+//! (`windows_discarded{reason="no_output"}`), so an aggregator whose consumers never register
+//! does not hold every window of every series it is sent, and its series can expire.
 
 use std::sync::Arc;
 
@@ -100,6 +103,8 @@ struct LoopState {
     last_forced_flush: Option<Instant>,
     /// Why this member last declined to campaign, while it does (see `campaign.rs`).
     not_campaigning: Option<NoCampaign>,
+    /// Whether the last flush found nowhere to send the output.
+    had_no_output: bool,
 }
 
 impl FlushManager {
@@ -114,6 +119,7 @@ impl FlushManager {
             flush_times_moved_at: Instant::now(),
             last_forced_flush: None,
             not_campaigning: None,
+            had_no_output: false,
         };
         loop {
             let tick = self.next_tick().await;
@@ -209,9 +215,10 @@ impl FlushManager {
             .get()
             .filter(|p| !p.consumer_services().is_empty())
         else {
-            // No output topic or no consumer service yet: keep every window until there is
-            // somewhere to send it (flushing now would drop the output and move the flush times
-            // past it).
+            // No output topic or no consumer service yet: keep the windows until there is
+            // somewhere to send them (flushing now would drop the output and move the flush
+            // times past it), up to maxBufferSize past their end.
+            self.drop_windows_with_no_output(state);
             let _ = self.status.send(FlushStatus {
                 election_state,
                 can_lead: election_state == ElectionState::Leader
@@ -219,6 +226,13 @@ impl FlushManager {
             });
             return false;
         };
+        if state.had_no_output {
+            tracing::info!(
+                shard_set,
+                "The output topic has a consumer service: flushing again."
+            );
+            state.had_no_output = false;
+        }
         if election_state == ElectionState::Leader {
             self.flush_as_leader(state, shard_set, &flush_key, producer, stopping)
                 .await;
@@ -330,6 +344,27 @@ impl FlushManager {
             &mut |_| {},
         );
         state.last_forced_flush = Some(Instant::now());
+    }
+
+    /// With nowhere to send the output, drops the windows that ended `maxBufferSize` ago or
+    /// earlier, counted, and keeps the rest for when a consumer service registers.
+    fn drop_windows_with_no_output(&self, state: &mut LoopState) {
+        if !state.had_no_output {
+            tracing::warn!(
+                max_buffer_size = ?self.options.max_buffer_size,
+                "No output topic, or no consumer service on it: keeping windows for maxBufferSize, then dropping them."
+            );
+            state.had_no_output = true;
+        }
+        let max_buffer = i64::try_from(self.options.max_buffer_size.as_nanos()).unwrap_or(i64::MAX);
+        let now = unix_nanos_now();
+        self.aggregator.flush_into(
+            now,
+            FlushMode::NoOutput {
+                before_nanos: now.saturating_sub(max_buffer),
+            },
+            &mut |_| {},
+        );
     }
 
     /// Emits the ended windows, forwards rollup values, and persists the flush times once the

@@ -14,7 +14,7 @@
 //! | `entries_removed` | `reason` = `expired` / `shard_removed` | entries dropped |
 //! | `outputs_flushed` | | aggregated values emitted by a leader flush |
 //! | `outputs_discarded` | `reason` = `nan` / `invalid_id` | results not emitted |
-//! | `windows_discarded` | `reason` = `follower` / `before_cutover` / `after_cutoff` | windows dropped without output |
+//! | `windows_discarded` | `reason` = `follower` / `before_cutover` / `after_cutoff` / `follower_forced` / `no_output` | windows dropped without output (`no_output`: no output topic or consumer service for `maxBufferSize`) |
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -39,14 +39,18 @@ pub enum WindowDiscard {
     /// A follower whose leader's flush times stopped moving for `maxBufferSize` dropped a
     /// window older than that (M3's forced follower flush), bounding its memory.
     FollowerForced,
+    /// With no output topic or no consumer service on it, a window that waited
+    /// `maxBufferSize` for one, bounding memory.
+    NoOutput,
 }
 
 impl WindowDiscard {
-    pub(crate) const ALL: [WindowDiscard; 4] = [
+    pub(crate) const ALL: [WindowDiscard; 5] = [
         WindowDiscard::Follower,
         WindowDiscard::BeforeCutover,
         WindowDiscard::AfterCutoff,
         WindowDiscard::FollowerForced,
+        WindowDiscard::NoOutput,
     ];
 
     fn as_str(self) -> &'static str {
@@ -55,6 +59,7 @@ impl WindowDiscard {
             WindowDiscard::BeforeCutover => "before_cutover",
             WindowDiscard::AfterCutoff => "after_cutoff",
             WindowDiscard::FollowerForced => "follower_forced",
+            WindowDiscard::NoOutput => "no_output",
         }
     }
 }

@@ -765,7 +765,13 @@ impl ShardState {
             FlushMode::Follower { flushed_times } => Some(FollowerUntil::Flushed(
                 flushed_times.by_shard.get(&shard.id),
             )),
-            FlushMode::FollowerForced { before_nanos } => Some(FollowerUntil::Forced(before_nanos)),
+            FlushMode::FollowerForced { before_nanos } => Some(FollowerUntil::Forced(
+                before_nanos,
+                WindowDiscard::FollowerForced,
+            )),
+            FlushMode::NoOutput { before_nanos } => {
+                Some(FollowerUntil::Forced(before_nanos, WindowDiscard::NoOutput))
+            }
         };
         let final_flush = matches!(mode, FlushMode::LeaderFinal);
         let ShardState {
@@ -803,7 +809,7 @@ impl ShardState {
                             flushed_time(t, category, spec.resolution, spec.forwarded_times)
                         })
                         .unwrap_or(i64::MIN),
-                    Some(FollowerUntil::Forced(before)) => align_down(before, spec.resolution),
+                    Some(FollowerUntil::Forced(before, _)) => align_down(before, spec.resolution),
                 }
             }));
             let states = &mut transforms[category.index()];
@@ -825,7 +831,7 @@ impl ShardState {
                         let discard = if let Some(until) = follower_until {
                             Some(match until {
                                 FollowerUntil::Flushed(_) => WindowDiscard::Follower,
-                                FollowerUntil::Forced(_) => WindowDiscard::FollowerForced,
+                                FollowerUntil::Forced(_, reason) => reason,
                             })
                         } else if end <= cutover {
                             Some(WindowDiscard::BeforeCutover)
@@ -1342,8 +1348,9 @@ fn emit(
 enum FollowerUntil<'a> {
     /// Up to the leader's persisted flush times of the shard (none: nothing).
     Flushed(Option<&'a flushpb::ShardFlushTimes>),
-    /// Every window ending at or before this time (forced follower flush).
-    Forced(i64),
+    /// Every window ending at or before this time (a forced follower flush, or windows with
+    /// nowhere to go), counted with the reason.
+    Forced(i64, WindowDiscard),
 }
 
 #[cfg(test)]

@@ -376,6 +376,73 @@ async fn a_follower_drops_old_windows_while_the_leaders_flush_times_do_not_move(
     cluster.coordinator.stop().await;
 }
 
+/// An output topic with no consumer service (the coordinators not registered yet): the
+/// windows wait for one for `maxBufferSize` past their end, then are dropped and counted, so
+/// memory stays bounded; once a consumer service registers, the output flows and nothing more
+/// is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_with_no_consumer_wait_max_buffer_size_then_go() {
+    const MAX_BUFFER: Duration = Duration::from_secs(3);
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start_without_consumer(|options| {
+        options.max_buffer_size = MAX_BUFFER;
+    })
+    .await;
+    let (old, new) = cluster.wait_for_roles().await;
+    let writer = Writer::start(&cluster.nodes).await;
+    let started = tokio::time::Instant::now();
+    let dropped = |node: usize| {
+        cluster.nodes[node]
+            .aggregator
+            .metrics()
+            .windows_discarded(WindowDiscard::NoOutput)
+    };
+    wait_until("both aggregators to drop windows with no consumer", || {
+        dropped(old) > 0 && dropped(new) > 0
+    })
+    .await;
+    assert!(
+        started.elapsed() >= MAX_BUFFER,
+        "windows dropped {:?} after the first write, before maxBufferSize",
+        started.elapsed()
+    );
+    assert_eq!(
+        cluster.coordinator.received_count(),
+        0,
+        "nothing to send to"
+    );
+    // What is held is bounded by maxBufferSize: four series, a window a second, kept up to
+    // maxBufferSize + the past buffer + a resolution after their start.
+    tokio::time::sleep(MAX_BUFFER).await;
+    let per_series = (MAX_BUFFER + BUFFER_PAST + RESOLUTION).as_secs() as usize + 2;
+    for node in [old, new] {
+        let windows = cluster.nodes[node].aggregator.stats().windows;
+        assert!(
+            windows <= (SERIES.len() + 1) * per_series,
+            "{} holds {windows} windows",
+            cluster.nodes[node].name
+        );
+    }
+
+    cluster.add_consumer_service().await;
+    cluster
+        .coordinator
+        .wait_for_windows(2, "the leader, once a consumer service registered")
+        .await;
+    // The follower sees the consumer service by the same watch, within a flush or two.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let settled = (dropped(old), dropped(new));
+    tokio::time::sleep(MAX_BUFFER + Duration::from_secs(1)).await;
+    assert_eq!(
+        (dropped(old), dropped(new)),
+        settled,
+        "windows dropped although the output has a consumer again"
+    );
+    writer.stop().await;
+    cluster.shutdown(old, new).await;
+    cluster.coordinator.stop().await;
+}
+
 /// `placement/replace` of the leader under load: its shards are cut off at the transition
 /// time T and the replacement's, in the same shard set and election, cut over at T. The
 /// leaving leader keeps leading until its flush times reach T, then stops campaigning; the
@@ -654,6 +721,28 @@ impl Cluster {
 
     /// As [`Cluster::start`], with `tweak` applied to each aggregator's instance options.
     async fn start_with(tweak: fn(&mut InstanceOptions)) -> Cluster {
+        let cluster = Cluster::start_without_consumer(tweak).await;
+        cluster.add_consumer_service().await;
+        cluster
+    }
+
+    /// Registers the coordinator as the output topic's consumer service.
+    async fn add_consumer_service(&self) {
+        let env = keys::DEFAULT_ENVIRONMENT;
+        TopicStore::new(Arc::clone(&self.kv), env)
+            .add_consumer_service(
+                "aggregated_metrics",
+                ConsumerService::new(
+                    ServiceId::new("m3coordinator", env, keys::DEFAULT_ZONE),
+                    ConsumptionType::Shared,
+                ),
+            )
+            .await
+            .expect("consumer service");
+    }
+
+    /// As [`Cluster::start_with`], but the output topic has no consumer service yet.
+    async fn start_without_consumer(tweak: fn(&mut InstanceOptions)) -> Cluster {
         let kv: Arc<dyn KvStore> = Arc::new(MemoryKv::new());
         let coordinator = FakeCoordinator::start().await;
         let names = ["aggregator-a", "aggregator-b"];
@@ -699,16 +788,6 @@ impl Cluster {
             .init(&coordinator_placement)
             .await
             .expect("coordinator placement stored");
-        topics
-            .add_consumer_service(
-                "aggregated_metrics",
-                ConsumerService::new(
-                    ServiceId::new("m3coordinator", env, zone),
-                    ConsumptionType::Shared,
-                ),
-            )
-            .await
-            .expect("consumer service");
 
         let mut nodes = Vec::new();
         for (name, listener) in names.into_iter().zip(listeners) {
