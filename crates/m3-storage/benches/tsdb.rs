@@ -21,6 +21,9 @@
 //!   it carries.
 //! * `block/memory`: not timed; the RSS an opened block's index takes per series (100,000
 //!   series of 10 labels, four blocks), beside the index file's bytes per series.
+//! * `block/merge/4x20k`: four blocks of the same 20,000 series, one chunk each, merged into
+//!   one (chunks copied as they are); throughput in series. Prints the index bytes of the
+//!   merged block and of its sources.
 //! * `wal/append/2000`: one batch record of 2,000 samples' worth (16 bytes each plus a series
 //!   reference) per append, as a remote-write request would make; throughput in samples.
 
@@ -32,6 +35,7 @@ use std::time::Duration;
 use m3_storage::tsdb::block::{Block, write_block};
 use m3_storage::tsdb::chunk::Chunk;
 use m3_storage::tsdb::head::{Head, HeadOptions};
+use m3_storage::tsdb::merge::merge_blocks;
 use m3_storage::tsdb::wal::{Wal, WalOptions};
 use m3_storage::{Labels, Matcher, NamespaceConfig, Store};
 
@@ -346,12 +350,17 @@ fn on_disk(_: &mut Criterion) {
 
 /// Writes a block of `sets`, each with one chunk of 120 samples, into `dir`.
 fn block_of(dir: &std::path::Path, sets: &[Labels]) {
+    block_at(dir, sets, 0);
+}
+
+/// Writes a block of `sets`, each with one chunk of 120 samples from `start` (ms) on.
+fn block_at(dir: &std::path::Path, sets: &[Labels], start: i64) {
     let chunks: Vec<_> = (0..sets.len())
         .map(|i| {
             let mut chunk = Chunk::new();
             for t in 0..CHUNK_SAMPLES as i64 {
                 chunk
-                    .push(t * 15_000, (i as i64 * 1000 + t) as f64)
+                    .push(start + t * 15_000, (i as i64 * 1000 + t) as f64)
                     .expect("increasing times");
             }
             chunk.seal()
@@ -362,7 +371,51 @@ fn block_of(dir: &std::path::Path, sets: &[Labels]) {
         .zip(&chunks)
         .map(|(l, c)| (l, vec![c]))
         .collect();
-    write_block(dir, 0, CHUNK_SAMPLES as i64 * 15_000, &mut series).expect("writes");
+    let end = start + (CHUNK_SAMPLES as i64 - 1) * 15_000;
+    write_block(dir, start, end, &mut series).expect("writes");
+}
+
+/// Merging blocks: four two-hour blocks of the same 20,000 series (one chunk each, the common
+/// case whose chunks are copied) into one; throughput in series.
+fn block_merge(c: &mut Criterion) {
+    const SERIES: usize = 20_000;
+    const BLOCKS: usize = 4;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sets = label_sets(SERIES);
+    let blocks: Vec<Block> = (0..BLOCKS)
+        .map(|b| {
+            let path = dir.path().join(b.to_string());
+            block_at(&path, &sets, b as i64 * 7_200_000);
+            Block::open(&path).expect("opens")
+        })
+        .collect();
+    let sources: Vec<&Block> = blocks.iter().collect();
+    let out = dir.path().join("merged");
+    let mut group = c.benchmark_group("block");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(SERIES as u64));
+    group.bench_function("merge/4x20k", |b| {
+        b.iter(|| {
+            let merged = merge_blocks(&sources, &out).expect("merges");
+            assert_eq!(merged.series, SERIES);
+            assert_eq!(merged.samples, (SERIES * BLOCKS * CHUNK_SAMPLES) as u64);
+            assert_eq!(merged.series_rewritten, 0);
+            std::fs::remove_dir_all(&out).expect("removes");
+        })
+    });
+    group.finish();
+    let merged = merge_blocks(&sources, &out).expect("merges");
+    let block = Block::open(&out).expect("opens");
+    assert_eq!(block.sample_count(), merged.samples);
+    let index =
+        |path: &std::path::Path| std::fs::metadata(path.join("index")).expect("index").len();
+    println!(
+        "block/merge: index bytes {} for the merged block, {} for its four sources",
+        index(&out),
+        (0..BLOCKS)
+            .map(|b| index(&dir.path().join(b.to_string())))
+            .sum::<u64>()
+    );
 }
 
 fn block_reads(c: &mut Criterion) {
@@ -478,6 +531,7 @@ criterion_group!(
     store,
     on_disk,
     block_reads,
+    block_merge,
     wal
 );
 criterion_main!(benches);
