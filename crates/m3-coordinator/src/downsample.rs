@@ -29,6 +29,9 @@ use crate::config::ValidNamespace;
 
 /// Series whose plan is cached (M3's `matcher.cache.capacity`; 0 there means no cache).
 pub const DEFAULT_CACHE_CAPACITY: usize = 1_000_000;
+/// What the cached plans may cost in bytes whatever their number: a million series of 250-byte
+/// IDs, each rolled up under two 200-byte rollup IDs, would otherwise take about 1 GB.
+pub const CACHE_MAX_BYTES: usize = 256 << 20;
 
 /// What one series is aggregated into.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -45,6 +48,17 @@ pub struct SeriesPlan {
 }
 
 impl SeriesPlan {
+    /// The heap bytes the plan holds (its vectors' capacities).
+    pub fn heap_bytes(&self) -> usize {
+        self.own.as_ref().map_or(0, Vec::capacity)
+            + self.other_ids.capacity() * std::mem::size_of::<(Vec<u8>, Vec<u8>)>()
+            + self
+                .other_ids
+                .iter()
+                .map(|(id, metadatas)| id.capacity() + metadatas.capacity())
+                .sum::<usize>()
+    }
+
     /// Whether the series goes to the aggregators at all.
     pub fn aggregates(&self) -> bool {
         self.own.is_some() || !self.other_ids.is_empty()
@@ -93,7 +107,7 @@ impl Downsampler {
     }
 
     /// The automatic rules of `namespaces` and the explicit `rules`, caching plans of up to
-    /// `cache_capacity` series.
+    /// `cache_capacity` series and [`CACHE_MAX_BYTES`].
     pub fn new(
         namespaces: &[ValidNamespace],
         rules: RuleSet,
@@ -126,7 +140,7 @@ impl Downsampler {
             automatic,
             rules,
             default_plan,
-            cache: MatchCache::new(cache_capacity),
+            cache: MatchCache::bounded(cache_capacity, CACHE_MAX_BYTES, SeriesPlan::heap_bytes),
             largest_resolution,
         }
     }
