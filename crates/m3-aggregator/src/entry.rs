@@ -515,6 +515,28 @@ impl Entry {
             .map(WriteTime::nanos)
     }
 
+    /// Removes the elems with no open window that `idle` says are idle, keeping one inline
+    /// when one is left; returns how many went.
+    pub(crate) fn remove_idle_elems(&mut self, idle: impl Fn(&Elem) -> bool) -> usize {
+        let Elems::Many(elems) = &mut self.elems else {
+            // A single elem goes with its entry.
+            return 0;
+        };
+        let before = elems.len();
+        elems.retain(|e| e.len() > 0 || !idle(e));
+        let removed = before - elems.len();
+        if removed > 0 {
+            if elems.len() == 1 {
+                if let Some(last) = elems.pop() {
+                    self.elems = Elems::One(last);
+                }
+            } else {
+                elems.shrink_to_fit();
+            }
+        }
+        removed
+    }
+
     pub(crate) fn has_windows(&self) -> bool {
         self.elems().iter().any(|e| e.len() > 0)
     }

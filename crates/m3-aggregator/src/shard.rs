@@ -937,9 +937,14 @@ impl ShardState {
     }
 
     /// Removes entries idle for longer than the TTL with no open window; returns how many.
+    /// Of the entries that stay, removes the elems idle that long with no open window: the
+    /// elems of metadata a series no longer comes with (a rule changed), which M3 removes at
+    /// the change, with the transform state kept for them.
     pub(crate) fn expire(&mut self, now: i64, limits: &Limits) -> usize {
         let mut removed = 0;
-        for map in &mut self.entries {
+        let mut elems_removed = 0;
+        let idle_elem = |elem: &Elem| now.saturating_sub(elem.written().nanos()) > limits.entry_ttl;
+        for (map, states) in self.entries.iter_mut().zip(&mut self.transforms) {
             let mut i = 0;
             while let Some(s) = map.slots.get(i) {
                 let idle = s
@@ -947,6 +952,17 @@ impl ShardState {
                     .last_write_nanos()
                     .is_none_or(|t| now.saturating_sub(t) > limits.entry_ttl);
                 if !idle || s.entry.has_windows() {
+                    let slot = &mut map.slots[i];
+                    let gone = slot.entry.remove_idle_elems(idle_elem);
+                    if gone > 0 {
+                        elems_removed += gone;
+                        if let Some(per_series) = states.get_mut(map.ids.get(slot.id)) {
+                            let entry = &slot.entry;
+                            per_series.retain(|(spec, _)| {
+                                entry.elems().iter().any(|e| e.spec() == *spec)
+                            });
+                        }
+                    }
                     i += 1;
                 } else {
                     // The last slot moves to `i`; look at it next.
@@ -961,9 +977,15 @@ impl ShardState {
             for (map, states) in self.entries.iter().zip(&mut self.transforms) {
                 states.retain(|id, _| map.contains(id));
             }
-            if self.specs.added_since_sweep > 0 {
-                self.sweep_specs();
+        }
+        if elems_removed > 0 {
+            for states in &mut self.transforms {
+                states.retain(|_, per_series| !per_series.is_empty());
             }
+            tracing::debug!(elems_removed, "Removed idle elems of series still written.");
+        }
+        if (removed > 0 || elems_removed > 0) && self.specs.added_since_sweep > 0 {
+            self.sweep_specs();
         }
         removed
     }

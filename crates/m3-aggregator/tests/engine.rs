@@ -992,6 +992,85 @@ fn rollups_that_come_and_go_free_their_pipelines_for_new_ones() {
     }
 }
 
+/// A series still written, whose rule changed (its rollup target went from one ID to
+/// another): once the old metadata's elem has been idle for the TTL with no open window, it
+/// goes, with its spec and pipeline, while the series and its new elem stay.
+#[test]
+fn a_series_whose_rule_changed_drops_the_old_elem_after_the_ttl() {
+    let agg = Aggregator::new(AggregatorOptions::default(), Arc::new(|_: &[u8]| 0));
+    agg.set_shards(vec![ShardAssignment::unbounded(0)], 0);
+    let rolled_up_as = |rollup_id: &str| {
+        let mut metadatas = metricpb::StagedMetadatas {
+            metadatas: vec![build::staged(0, false, Vec::new())],
+        };
+        if let Some(m) = metadatas.metadatas[0].metadata.as_mut() {
+            m.pipelines.push(build::rollup_pipeline(
+                rollup_id.as_bytes(),
+                &[policy("10s:2d")],
+            ));
+        }
+        metadatas
+    };
+    let id = b"requests{pod=\"a\",path=\"/\"}";
+    let before = rolled_up_as("requests_by_path_v1");
+    let after = rolled_up_as("requests_by_path_v2");
+    agg.add_untimed(
+        MetricType::Counter,
+        id,
+        &[1.0],
+        Metadatas::Staged(&before),
+        T0,
+    )
+    .unwrap();
+    flush_leader(&agg, T0 + 20 * S);
+    // From here on the series comes with the new rule only.
+    let mut t = T0 + 600 * S;
+    while t <= T0 + 4_200 * S {
+        agg.add_untimed(
+            MetricType::Counter,
+            id,
+            &[1.0],
+            Metadatas::Staged(&after),
+            t,
+        )
+        .unwrap();
+        flush_leader(&agg, t + 20 * S);
+        t += 600 * S;
+    }
+    let stats = agg.stats();
+    assert_eq!((stats.entries, stats.specs, stats.pipelines), (1, 2, 3));
+    assert_eq!(agg.expire_entries(T0 + 3_600 * S), 0);
+    assert_eq!(
+        agg.stats().specs,
+        2,
+        "the old elem is not idle for longer than the TTL yet"
+    );
+    assert_eq!(agg.expire_entries(T0 + 4_230 * S), 0, "the series stays");
+    let stats = agg.stats();
+    assert_eq!(
+        (stats.entries, stats.specs, stats.pipelines),
+        (1, 1, 2),
+        "the old rule's elem, spec and pipeline are gone"
+    );
+    // The series goes on under the new rule.
+    agg.take_forwarded();
+    agg.add_untimed(
+        MetricType::Counter,
+        id,
+        &[1.0],
+        Metadatas::Staged(&after),
+        t,
+    )
+    .unwrap();
+    flush_leader(&agg, t + 20 * S);
+    let forwarded: Vec<Vec<u8>> = agg
+        .take_forwarded()
+        .into_iter()
+        .map(|f| f.id.to_vec())
+        .collect();
+    assert_eq!(forwarded, vec![b"requests_by_path_v2".to_vec()]);
+}
+
 #[test]
 fn concurrent_writers_lose_nothing() {
     let agg = Arc::new(engine(AggregatorOptions::default()));
