@@ -15,6 +15,7 @@
 //! | `m3_storage_samples_refused_total{reason="too_new"}` | samples further ahead of the clock than `bufferFuture` |
 //! | `m3_storage_samples_compacted_total`             | samples the heads cut into blocks on disk |
 //! | `m3_storage_blocks_merged_total`                 | blocks merged into one per past merge range (a tenth of the retention) |
+//! | `m3_storage_block_merge_errors_total`            | merges that failed (logged; their blocks stay as they are, and the range is not tried again until a restart) |
 //! | `m3_storage_head_series`, `m3_storage_head_bytes` | series in the heads and their memory (approximate), after the last retention pass |
 //! | `m3_storage_head_label_sets`                     | distinct label sets the heads hold, each once however many namespaces have its series: counted at open, set by each retention pass |
 //! | `m3_storage_blocks`, `m3_storage_block_bytes`    | blocks on disk and the bytes of their chunks, likewise |
@@ -45,6 +46,7 @@ pub struct StoreMetrics {
     pub(crate) samples_refused_too_new: Counter,
     pub(crate) samples_compacted: Counter,
     pub(crate) blocks_merged: Counter,
+    pub(crate) block_merge_errors: Counter,
     pub(crate) head_series: Gauge,
     pub(crate) head_bytes: Gauge,
     pub(crate) head_label_sets: Gauge,
@@ -76,6 +78,7 @@ impl Default for StoreMetrics {
             samples_refused_too_new,
             samples_compacted: Counter::default(),
             blocks_merged: Counter::default(),
+            block_merge_errors: Counter::default(),
             head_series: Gauge::default(),
             head_bytes: Gauge::default(),
             head_label_sets: Gauge::default(),
@@ -249,6 +252,11 @@ impl StoreMetrics {
             "blocks_merged",
             "Blocks the embedded store merged into one per past merge range",
             self.blocks_merged.clone(),
+        );
+        sub.register(
+            "block_merge_errors",
+            "Merges of a past range's blocks that failed",
+            self.block_merge_errors.clone(),
         );
         sub.register(
             "write_errors",

@@ -475,6 +475,9 @@ impl Store {
             if let Some(done) = compacted {
                 written += done.samples;
                 self.inner.metrics.samples_compacted.inc_by(done.samples);
+                if done.merge_failed {
+                    self.inner.metrics.block_merge_errors.inc();
+                }
                 if let Some(merged) = done.merged {
                     self.inner
                         .metrics

@@ -223,6 +223,8 @@ pub struct Compacted {
     pub merged: Option<Merged>,
     /// Blocks the merge replaced.
     pub blocks_merged: usize,
+    /// Whether a merge was tried and failed (logged; the blocks stay as they were).
+    pub merge_failed: bool,
 }
 
 /// What a namespace's blocks on disk hold.
@@ -253,6 +255,8 @@ struct CompactionState {
     /// The cutoff of the last compaction (from the newest block's name after a restart).
     last_cutoff: i64,
     next_sequence: u64,
+    /// The merge ranges whose merge failed since the start: not tried again.
+    merges_failed: Vec<i64>,
 }
 
 /// One namespace's database. See the [module docs](self).
@@ -291,13 +295,18 @@ impl BlockName {
     }
 
     fn parse(name: &str) -> Option<BlockName> {
-        let mut fields = name.split('-');
-        let parsed = BlockName {
-            sequence: fields.next()?.parse().ok()?,
-            cutoff: fields.next()?.parse().ok()?,
-            merged_from: fields.next().map(str::parse).transpose().ok()?,
+        let (sequence, rest) = name.split_once('-')?;
+        // The cutoff may be negative: the separator after it is past its first character.
+        let (cutoff, merged_from) = match rest.get(1..)?.find('-') {
+            Some(at) => (&rest[..=at], Some(&rest[at + 2..])),
+            None => (rest, None),
         };
-        (fields.next().is_none() && parsed.to_string() == name).then_some(parsed)
+        let parsed = BlockName {
+            sequence: sequence.parse().ok()?,
+            cutoff: cutoff.parse().ok()?,
+            merged_from: merged_from.map(str::parse).transpose().ok()?,
+        };
+        (parsed.to_string() == name).then_some(parsed)
     }
 
     /// Whether this merged block replaces the block named `other`: another block whose
@@ -319,6 +328,43 @@ impl std::fmt::Display for BlockName {
         }
         Ok(())
     }
+}
+
+/// Deletes the sources a merge did not get to delete before a crash, once their merged block
+/// is known to open; a merged block that does not open while any of its sources is left is
+/// deleted instead, the sources staying. Returns the blocks left.
+fn remove_merged_sources(
+    found: Vec<(BlockName, PathBuf)>,
+) -> Result<Vec<(BlockName, PathBuf)>, DbError> {
+    let mut gone: Vec<PathBuf> = Vec::new();
+    for (merged, merged_path) in found.iter().filter(|(name, _)| name.merged_from.is_some()) {
+        let sources: Vec<&PathBuf> = found
+            .iter()
+            .filter(|(name, _)| merged.replaces(name))
+            .map(|(_, path)| path)
+            .collect();
+        if sources.is_empty() {
+            continue;
+        }
+        match Block::open(merged_path) {
+            Ok(_) => {
+                for path in sources {
+                    tracing::warn!(path = %path.display(), "Removing a block a merged block replaced.");
+                    std::fs::remove_dir_all(path).map_err(io_at(path))?;
+                    gone.push(path.clone());
+                }
+            }
+            Err(e) => {
+                tracing::warn!(path = %merged_path.display(), error = %e, "A merged block whose sources are still there does not open; removing it and keeping them.");
+                std::fs::remove_dir_all(merged_path).map_err(io_at(merged_path))?;
+                gone.push(merged_path.clone());
+            }
+        }
+    }
+    Ok(found
+        .into_iter()
+        .filter(|(_, path)| !gone.contains(path))
+        .collect())
 }
 
 /// The name of the block at `dir` (`None` for a directory that is not one).
@@ -350,27 +396,13 @@ impl NamespaceDb {
                 found.push((parsed, entry.path()));
             }
         }
-        // Sources a merge did not get to delete before a crash.
-        let merged: Vec<BlockName> = found
-            .iter()
-            .map(|(name, _)| *name)
-            .filter(|name| name.merged_from.is_some())
-            .collect();
-        let mut kept = Vec::with_capacity(found.len());
-        for (name, path) in found {
-            if merged.iter().any(|m| m.replaces(&name)) {
-                tracing::warn!(path = %path.display(), "Removing a block a merged block replaced.");
-                std::fs::remove_dir_all(&path).map_err(io_at(&path))?;
-            } else {
-                kept.push((name, path));
-            }
-        }
-        let mut found = kept;
+        let mut found = remove_merged_sources(found)?;
         found.sort_unstable_by_key(|(name, _)| name.sequence);
         let mut parts = Vec::with_capacity(found.len());
         let mut state = CompactionState {
             last_cutoff: i64::MIN,
             next_sequence: 1,
+            merges_failed: Vec::new(),
         };
         for (name, path) in found {
             parts.push(Arc::new(Part::Written(Block::open(&path)?)));
@@ -540,9 +572,18 @@ impl NamespaceDb {
             .prepare_checkpoint(cutoff)
             .map_err(io_at(&wal_dir))?;
         compacted.segments_removed = checkpoint.write().map_err(io_at(&wal_dir))?;
-        if let Some((merged, sources)) = self.merge_one_range(&state)? {
-            compacted.merged = Some(merged);
-            compacted.blocks_merged = sources;
+        // The cut is done: a merge that fails is reported, not the compaction, and its range is
+        // not tried again until the next start.
+        match self.merge_one_range(&mut state) {
+            Ok(Some((merged, sources))) => {
+                compacted.merged = Some(merged);
+                compacted.blocks_merged = sources;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(dir = %self.dir.display(), error = %e, "Merging a past range's blocks failed; they stay as they are.");
+                compacted.merge_failed = true;
+            }
         }
         Ok(Some(compacted))
     }
@@ -550,7 +591,10 @@ impl NamespaceDb {
     /// Merges the blocks of the oldest `merge_range` that is past the last cutoff and holds
     /// more than one block, then deletes them. See the [module docs](self).
     /// Returns what the merge wrote and how many blocks it replaced.
-    fn merge_one_range(&self, state: &CompactionState) -> Result<Option<(Merged, usize)>, DbError> {
+    fn merge_one_range(
+        &self,
+        state: &mut CompactionState,
+    ) -> Result<Option<(Merged, usize)>, DbError> {
         let range = self.options.merge_range;
         if range <= 0 {
             return Ok(None);
@@ -570,10 +614,12 @@ impl NamespaceDb {
             .collect();
         let Some(run) = written.chunk_by(|a, b| a.3 == b.3).find(|run| {
             let end = run[0].3.saturating_add(1).saturating_mul(range);
-            run.len() > 1 && end <= state.last_cutoff
+            run.len() > 1 && end <= state.last_cutoff && !state.merges_failed.contains(&run[0].3)
         }) else {
             return Ok(None);
         };
+        // Until it succeeds: taken off again below.
+        state.merges_failed.push(run[0].3);
         let (first, last) = (run[0].2, run[run.len() - 1].2);
         let name = BlockName {
             merged_from: Some(first.merged_from.unwrap_or(first.sequence)),
@@ -582,7 +628,13 @@ impl NamespaceDb {
         let dir = self.dir.join(BLOCKS_DIR).join(name.to_string());
         let sources: Vec<&Block> = run.iter().map(|(_, block, _, _)| *block).collect();
         let merged = merge_blocks(&sources, &dir)?;
-        let mut block = Some(Block::open(&dir)?);
+        let block = Block::open(&dir).map_err(|e| {
+            // Its sources stay: a merged block beside them that does not open would make the
+            // next open choose between them.
+            let _ = std::fs::remove_dir_all(&dir);
+            e
+        })?;
+        let mut block = Some(block);
         {
             // Retention may have removed sources meanwhile: the merged block takes the place
             // of the first that is left.
@@ -610,6 +662,7 @@ impl NamespaceDb {
                 tracing::warn!(dir = %source.dir().display(), error = %e, "Removing a merged block's source failed; the next open removes it.");
             }
         }
+        state.merges_failed.retain(|r| *r != run[0].3);
         Ok(Some((merged, run.len())))
     }
 
@@ -1272,6 +1325,60 @@ mod tests {
         assert_eq!(everything(&db), before);
     }
 
+    /// A merged block damaged while a source it replaces is still there (a crash before the
+    /// sources were deleted, and a disk that lost the merged block's bytes): the open keeps
+    /// the source and deletes the merged block rather than fail or lose both.
+    #[test]
+    fn a_merged_block_that_does_not_open_gives_way_to_its_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = NamespaceDb::open(dir.path(), merging()).unwrap();
+        let a = labels(1);
+        let batch: Vec<(&Labels, i64, f64)> = (0..130).map(|t| (&a, t * 10, 1.0)).collect();
+        db.append(&batch).unwrap();
+        db.compact(20_000).unwrap();
+        let first = dir.path().join(BLOCKS_DIR).join("00000001-10000");
+        let saved = dir.path().join("saved");
+        std::fs::create_dir(&saved).unwrap();
+        for file in ["index", "chunks"] {
+            std::fs::copy(first.join(file), saved.join(file)).unwrap();
+        }
+        db.append(&[(&a, 1_000, 2.0)]).unwrap();
+        let done = db.compact(30_000).unwrap().unwrap();
+        assert_eq!(done.blocks_merged, 2, "{done:?}");
+        drop(db);
+        std::fs::rename(&saved, &first).unwrap();
+        let merged = dir.path().join(BLOCKS_DIR).join("00000002-20000-00000001");
+        std::fs::write(merged.join("index"), b"nothing").unwrap();
+        let (db, _) = NamespaceDb::open(dir.path(), merging()).unwrap();
+        assert_eq!(block_names(dir.path()), ["00000001-10000"]);
+        let got = everything(&db).remove(&a).unwrap();
+        assert_eq!(got.len(), 130, "the source's samples are all there");
+        assert_eq!(got.iter().find(|s| s.0 == 1_000), Some(&(1_000, 1.0)));
+    }
+
+    /// A merge that fails (a source's index damaged since it was opened) leaves the blocks as
+    /// they were, fails neither this compaction nor the next, and is not tried again.
+    #[test]
+    fn a_failed_merge_leaves_the_blocks_and_the_compactions_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = NamespaceDb::open(dir.path(), merging()).unwrap();
+        let a = labels(1);
+        let batch: Vec<(&Labels, i64, f64)> = (0..130).map(|t| (&a, t * 10, 1.0)).collect();
+        db.append(&batch).unwrap();
+        db.compact(20_000).unwrap();
+        let first = dir.path().join(BLOCKS_DIR).join("00000001-10000");
+        std::fs::write(first.join("index"), b"damaged").unwrap();
+        db.append(&[(&a, 1_000, 2.0)]).unwrap();
+        let done = db.compact(30_000).unwrap().unwrap();
+        assert!(done.merge_failed, "{done:?}");
+        assert_eq!(done.samples, 1, "the cut itself is done");
+        let names = ["00000001-10000", "00000002-20000"];
+        assert_eq!(block_names(dir.path()), names, "no merged block is left");
+        db.append(&[(&a, 25_000, 3.0)]).unwrap();
+        let next = db.compact(40_000).unwrap().unwrap();
+        assert!(!next.merge_failed && next.merged.is_none(), "{next:?}");
+    }
+
     #[test]
     fn block_names_read_back_and_merged_ones_name_what_they_replace() {
         let cut = BlockName::cut(3, 1_733_097_600_000);
@@ -1290,6 +1397,17 @@ mod tests {
             );
         }
         assert!(!merged.replaces(&merged));
+        // A negative cutoff (a clock before 1970) reads back too.
+        let negative = BlockName::cut(3, -5);
+        assert_eq!(BlockName::parse("00000003--5"), Some(negative));
+        let merged_negative = BlockName {
+            merged_from: Some(1),
+            ..negative
+        };
+        assert_eq!(
+            BlockName::parse("00000003--5-00000001"),
+            Some(merged_negative)
+        );
         for bad in [
             "3-10",
             "00000003-10-",
