@@ -628,11 +628,10 @@ impl NamespaceDb {
         let dir = self.dir.join(BLOCKS_DIR).join(name.to_string());
         let sources: Vec<&Block> = run.iter().map(|(_, block, _, _)| *block).collect();
         let merged = merge_blocks(&sources, &dir)?;
-        let block = Block::open(&dir).map_err(|e| {
+        let block = Block::open(&dir).inspect_err(|_| {
             // Its sources stay: a merged block beside them that does not open would make the
             // next open choose between them.
             let _ = std::fs::remove_dir_all(&dir);
-            e
         })?;
         let mut block = Some(block);
         {
