@@ -277,10 +277,15 @@ impl EntryMap {
         }
     }
 
-    /// Copies the live IDs into fresh pages once removed ones take more room than they do.
+    /// Copies the live IDs into fresh pages once removed ones take more room than they do,
+    /// and gives back the index's and the slots' room once most of it is empty (series that
+    /// came and went would otherwise keep the largest size the shard ever had).
     fn compact_ids(&mut self) {
         if self.ids.is_sparse() {
             self.ids.compact(self.slots.iter_mut().map(|s| &mut s.id));
+        }
+        if self.index.shrink_if_sparse() {
+            self.slots.shrink_to(self.slots.len() * 2);
         }
     }
 

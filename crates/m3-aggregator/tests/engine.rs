@@ -935,6 +935,43 @@ fn idle_entries_expire_after_ttl_once_flushed() {
     assert_eq!(agg.metrics().entries_live(), 2);
 }
 
+/// A shard that held many series gives the room of their index and slots back once they
+/// expire: what it holds follows the series it has, not the most it ever had.
+#[test]
+fn a_shard_gives_back_its_tables_room_once_most_series_expired() {
+    let agg = Aggregator::new(AggregatorOptions::default(), Arc::new(|_: &[u8]| 0));
+    agg.set_shards(vec![ShardAssignment::unbounded(0)], 0);
+    let add = |i: usize, t: i64| {
+        let id = format!("series-{i}");
+        agg.add_untimed(
+            MetricType::Counter,
+            id.as_bytes(),
+            &[1.0],
+            Metadatas::Default,
+            t,
+        )
+        .unwrap();
+    };
+    for i in 0..1_000 {
+        add(i, T0 + 3_000 * S);
+    }
+    flush_leader(&agg, T0 + 3_020 * S);
+    let few = agg.stats().estimated_bytes;
+    for i in 1_000..100_000 {
+        add(i, T0);
+    }
+    flush_leader(&agg, T0 + 3_020 * S);
+    let many = agg.stats().estimated_bytes;
+    assert_eq!(agg.expire_entries(T0 + 3_601 * S), 99_000);
+    let after = agg.stats();
+    assert_eq!(after.entries, 1_000);
+    assert!(
+        after.estimated_bytes < few * 3,
+        "{} bytes after expiry, {few} with the same 1,000 series before the other 99,000 came ({many} with them)",
+        after.estimated_bytes
+    );
+}
+
 /// A rollup whose ID carries a tag of its sources that comes and goes (a pod) is a new
 /// pipeline with each value. Once the series using one have expired, its pipeline and spec are
 /// freed and their indexes taken by new ones: a shard goes on taking new rollups however many

@@ -126,13 +126,29 @@ impl HashIndex {
 
     /// Doubles the table (or allocates the first one) and places every value again.
     fn grow(&mut self) {
-        let buckets = (self.buckets.len() * 2).max(MIN_BUCKETS);
+        self.rebuild((self.buckets.len() * 2).max(MIN_BUCKETS));
+    }
+
+    /// Places every value again in a table of `buckets` (a power of two that holds them).
+    fn rebuild(&mut self, buckets: usize) {
         let old = std::mem::replace(&mut self.buckets, vec![Bucket::default(); buckets]);
         for bucket in old {
             if bucket.tag != 0 {
                 self.place(bucket);
             }
         }
+    }
+
+    /// Gives memory back after many removals: once at most a sixteenth of the buckets hold a
+    /// value, places them again in a table at most half full. A table only grows otherwise,
+    /// so series that came and went (pods replaced) would keep the largest size it ever had.
+    /// Returns whether it shrank.
+    pub fn shrink_if_sparse(&mut self) -> bool {
+        if self.buckets.len() <= MIN_BUCKETS || self.len * 16 > self.buckets.len() {
+            return false;
+        }
+        self.rebuild((self.len * 2).next_power_of_two().max(MIN_BUCKETS));
+        true
     }
 
     /// Stores `new` in place of `old` under `hash` (a value that moved); `false` if `old` is
@@ -238,6 +254,8 @@ mod tests {
                         }
                     }
                 }
+                // Shrinking (when sparse) keeps every value where a lookup finds it.
+                index.shrink_if_sparse();
                 prop_assert_eq!(index.len(), model.len());
                 for v in 0u32..64 {
                     let found = index.find(hash_of(v), |x| x == v) == Some(v);
@@ -269,5 +287,38 @@ mod tests {
             assert_eq!(index.find(hash(v), |x| x == v), Some(v));
         }
         assert_eq!(index.find(hash(10_001), |x| x == 10_001), None);
+    }
+
+    #[test]
+    fn shrinks_once_sparse_and_keeps_every_value() {
+        let mut index = HashIndex::new();
+        let hash = |v: u32| u64::from(v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        for v in 0..10_000u32 {
+            index.insert(hash(v), v);
+        }
+        for v in 0..8_900u32 {
+            assert!(index.remove(hash(v), v));
+        }
+        assert!(
+            !index.shrink_if_sparse(),
+            "1,100 of 16,384: not sparse enough"
+        );
+        for v in 8_900..9_500u32 {
+            assert!(index.remove(hash(v), v));
+        }
+        assert!(index.shrink_if_sparse());
+        assert_eq!(index.buckets.len(), 1_024, "500 values at most half full");
+        assert!(!index.shrink_if_sparse());
+        for v in 0..10_000u32 {
+            let want = (v >= 9_500).then_some(v);
+            assert_eq!(index.find(hash(v), |x| x == v), want);
+        }
+        for v in 0..10_000u32 {
+            if v < 9_500 {
+                index.insert(hash(v), v);
+            }
+        }
+        assert_eq!(index.len(), 10_000);
+        assert_eq!(index.buckets.len(), 16_384);
     }
 }

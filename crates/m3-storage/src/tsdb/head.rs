@@ -1077,6 +1077,7 @@ impl Head {
             return;
         }
         self.unindex_postings(&removed);
+        self.by_hash.shrink_if_sparse();
         if let Some(sets) = &self.options.label_sets {
             sets.release_all(removed.into_iter().map(|(_, series)| series.labels));
         }
