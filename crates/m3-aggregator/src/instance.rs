@@ -73,7 +73,8 @@ pub struct InstanceOptions {
     /// The client that forwards rollup values to other aggregators (`aggregator.client`).
     pub client: crate::client::ClientOptions,
     /// How long a follower keeps windows while its leader's flush times do not move before it
-    /// drops the older ones (`flushManager.maxBufferSize`, M3's default 5m).
+    /// drops the older ones (`flushManager.maxBufferSize`, M3's default 5m); also how long
+    /// windows wait past their end for an output topic with a consumer service.
     pub max_buffer_size: Duration,
     /// How often a follower in that forced mode drops what has grown older than
     /// `max_buffer_size` (`flushManager.forcedFlushWindowSize`, M3's default 10s).
