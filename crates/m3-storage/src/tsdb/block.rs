@@ -198,15 +198,7 @@ pub fn write_block(
     series.sort_by(|a, b| a.0.cmp(b.0));
     let mut writer = BlockWriter::create(dir)?;
     for (labels, chunks) in series.iter() {
-        writer.add_series(
-            labels,
-            chunks.iter().map(|chunk| ChunkBytes {
-                first: chunk.first_time(),
-                last: chunk.last_time(),
-                samples: chunk.len() as u32,
-                bytes: chunk.bytes(),
-            }),
-        )?;
+        writer.add_series(labels, chunks.iter().map(|chunk| ChunkBytes::of(chunk)))?;
     }
     writer.finish(min_time, max_time)
 }
@@ -222,6 +214,18 @@ pub struct ChunkBytes<'a> {
     pub samples: u32,
     /// The encoded bytes.
     pub bytes: &'a [u8],
+}
+
+impl<'a> ChunkBytes<'a> {
+    /// The bytes of a sealed chunk, as it is.
+    pub fn of(chunk: &'a SealedChunk) -> ChunkBytes<'a> {
+        ChunkBytes {
+            first: chunk.first_time(),
+            last: chunk.last_time(),
+            samples: chunk.len() as u32,
+            bytes: chunk.bytes(),
+        }
+    }
 }
 
 /// Writes a block one series at a time, in label order: the chunks go to the file as they

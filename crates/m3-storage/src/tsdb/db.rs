@@ -1292,20 +1292,35 @@ mod tests {
         assert_eq!(block_names(dir.path()), names);
     }
 
-    #[test]
-    fn sources_a_merge_left_behind_are_removed_at_open() {
+    /// A merging database with 130 samples of one series (0 to 1,290 ms) cut into its first
+    /// block, `00000001-10000`; the next compaction at 30,000 cuts a second block of the same
+    /// merge range and merges the two.
+    fn one_block_cut() -> (tempfile::TempDir, NamespaceDb, Labels) {
         let dir = tempfile::tempdir().unwrap();
         let (db, _) = NamespaceDb::open(dir.path(), merging()).unwrap();
         let a = labels(1);
         let batch: Vec<(&Labels, i64, f64)> = (0..130).map(|t| (&a, t * 10, 1.0)).collect();
         db.append(&batch).unwrap();
         db.compact(20_000).unwrap();
-        let first = dir.path().join(BLOCKS_DIR).join("00000001-10000");
-        let saved = dir.path().join("saved");
+        (dir, db, a)
+    }
+
+    /// Copies the first block aside, as a crash before a merge deleted it would leave it:
+    /// (where it is, where the copy is).
+    fn save_first_block(dir: &Path) -> (PathBuf, PathBuf) {
+        let first = dir.join(BLOCKS_DIR).join("00000001-10000");
+        let saved = dir.join("saved");
         std::fs::create_dir(&saved).unwrap();
         for file in ["index", "chunks"] {
             std::fs::copy(first.join(file), saved.join(file)).unwrap();
         }
+        (first, saved)
+    }
+
+    #[test]
+    fn sources_a_merge_left_behind_are_removed_at_open() {
+        let (dir, db, a) = one_block_cut();
+        let (first, saved) = save_first_block(dir.path());
         db.append(&[(&a, 1_000, 9.0)]).unwrap();
         let done = db.compact(30_000).unwrap().unwrap();
         assert_eq!(done.blocks_merged, 2, "{done:?}");
@@ -1329,18 +1344,8 @@ mod tests {
     /// the source and deletes the merged block rather than fail or lose both.
     #[test]
     fn a_merged_block_that_does_not_open_gives_way_to_its_sources() {
-        let dir = tempfile::tempdir().unwrap();
-        let (db, _) = NamespaceDb::open(dir.path(), merging()).unwrap();
-        let a = labels(1);
-        let batch: Vec<(&Labels, i64, f64)> = (0..130).map(|t| (&a, t * 10, 1.0)).collect();
-        db.append(&batch).unwrap();
-        db.compact(20_000).unwrap();
-        let first = dir.path().join(BLOCKS_DIR).join("00000001-10000");
-        let saved = dir.path().join("saved");
-        std::fs::create_dir(&saved).unwrap();
-        for file in ["index", "chunks"] {
-            std::fs::copy(first.join(file), saved.join(file)).unwrap();
-        }
+        let (dir, db, a) = one_block_cut();
+        let (first, saved) = save_first_block(dir.path());
         db.append(&[(&a, 1_000, 2.0)]).unwrap();
         let done = db.compact(30_000).unwrap().unwrap();
         assert_eq!(done.blocks_merged, 2, "{done:?}");
@@ -1359,12 +1364,7 @@ mod tests {
     /// they were, fails neither this compaction nor the next, and is not tried again.
     #[test]
     fn a_failed_merge_leaves_the_blocks_and_the_compactions_go_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let (db, _) = NamespaceDb::open(dir.path(), merging()).unwrap();
-        let a = labels(1);
-        let batch: Vec<(&Labels, i64, f64)> = (0..130).map(|t| (&a, t * 10, 1.0)).collect();
-        db.append(&batch).unwrap();
-        db.compact(20_000).unwrap();
+        let (dir, db, a) = one_block_cut();
         let first = dir.path().join(BLOCKS_DIR).join("00000001-10000");
         std::fs::write(first.join("index"), b"damaged").unwrap();
         db.append(&[(&a, 1_000, 2.0)]).unwrap();

@@ -83,15 +83,7 @@ pub fn merge_blocks(sources: &[&Block], dir: &Path) -> Result<Merged, BlockError
             let chunks = merge_samples(sources, &pieces, &mut scratch)?;
             merged.samples += chunks.iter().map(|c| c.len() as u64).sum::<u64>();
             merged.series_rewritten += 1;
-            writer.add_series(
-                &labels,
-                chunks.iter().map(|chunk| ChunkBytes {
-                    first: chunk.first_time(),
-                    last: chunk.last_time(),
-                    samples: chunk.len() as u32,
-                    bytes: chunk.bytes(),
-                }),
-            )?;
+            writer.add_series(&labels, chunks.iter().map(ChunkBytes::of))?;
         } else {
             bytes.resize_with(bytes.len().max(by_time.len()), Vec::new);
             for ((source, meta), buffer) in by_time.iter().zip(bytes.iter_mut()) {
