@@ -972,6 +972,20 @@ fn a_shard_gives_back_its_tables_room_once_most_series_expired() {
     );
 }
 
+/// Metadatas that roll a series up under `rollup_id` at `10s:2d`.
+fn rolled_up_as(rollup_id: &str) -> metricpb::StagedMetadatas {
+    let mut metadatas = metricpb::StagedMetadatas {
+        metadatas: vec![build::staged(0, false, Vec::new())],
+    };
+    if let Some(m) = metadatas.metadatas[0].metadata.as_mut() {
+        m.pipelines.push(build::rollup_pipeline(
+            rollup_id.as_bytes(),
+            &[policy("10s:2d")],
+        ));
+    }
+    metadatas
+}
+
 /// A rollup whose ID carries a tag of its sources that comes and goes (a pod) is a new
 /// pipeline with each value. Once the series using one have expired, its pipeline and spec are
 /// freed and their indexes taken by new ones: a shard goes on taking new rollups however many
@@ -985,16 +999,7 @@ fn rollups_that_come_and_go_free_their_pipelines_for_new_ones() {
     for round in 0..ROUNDS {
         let t = T0 + round * 7_200 * S;
         for pod in 0..PODS {
-            let mut metadatas = metricpb::StagedMetadatas {
-                metadatas: vec![build::staged(0, false, Vec::new())],
-            };
-            if let Some(m) = metadatas.metadatas[0].metadata.as_mut() {
-                let rollup_id = format!("requests_by_pod{{pod=\"{round}-{pod}\"}}");
-                m.pipelines.push(build::rollup_pipeline(
-                    rollup_id.as_bytes(),
-                    &[policy("10s:2d")],
-                ));
-            }
+            let metadatas = rolled_up_as(&format!("requests_by_pod{{pod=\"{round}-{pod}\"}}"));
             let id = format!("requests{{pod=\"{round}-{pod}\",path=\"/\"}}");
             agg.add_untimed(
                 MetricType::Counter,
@@ -1036,42 +1041,26 @@ fn rollups_that_come_and_go_free_their_pipelines_for_new_ones() {
 fn a_series_whose_rule_changed_drops_the_old_elem_after_the_ttl() {
     let agg = Aggregator::new(AggregatorOptions::default(), Arc::new(|_: &[u8]| 0));
     agg.set_shards(vec![ShardAssignment::unbounded(0)], 0);
-    let rolled_up_as = |rollup_id: &str| {
-        let mut metadatas = metricpb::StagedMetadatas {
-            metadatas: vec![build::staged(0, false, Vec::new())],
-        };
-        if let Some(m) = metadatas.metadatas[0].metadata.as_mut() {
-            m.pipelines.push(build::rollup_pipeline(
-                rollup_id.as_bytes(),
-                &[policy("10s:2d")],
-            ));
-        }
-        metadatas
-    };
     let id = b"requests{pod=\"a\",path=\"/\"}";
     let before = rolled_up_as("requests_by_path_v1");
     let after = rolled_up_as("requests_by_path_v2");
-    agg.add_untimed(
-        MetricType::Counter,
-        id,
-        &[1.0],
-        Metadatas::Staged(&before),
-        T0,
-    )
-    .unwrap();
-    flush_leader(&agg, T0 + 20 * S);
-    // From here on the series comes with the new rule only.
-    let mut t = T0 + 600 * S;
-    while t <= T0 + 4_200 * S {
+    // One value at `t` with `metadatas`, flushed once its window is past.
+    let write_and_flush = |metadatas: &metricpb::StagedMetadatas, t: i64| {
         agg.add_untimed(
             MetricType::Counter,
             id,
             &[1.0],
-            Metadatas::Staged(&after),
+            Metadatas::Staged(metadatas),
             t,
         )
         .unwrap();
         flush_leader(&agg, t + 20 * S);
+    };
+    write_and_flush(&before, T0);
+    // From here on the series comes with the new rule only.
+    let mut t = T0 + 600 * S;
+    while t <= T0 + 4_200 * S {
+        write_and_flush(&after, t);
         t += 600 * S;
     }
     let stats = agg.stats();
@@ -1091,15 +1080,7 @@ fn a_series_whose_rule_changed_drops_the_old_elem_after_the_ttl() {
     );
     // The series goes on under the new rule.
     agg.take_forwarded();
-    agg.add_untimed(
-        MetricType::Counter,
-        id,
-        &[1.0],
-        Metadatas::Staged(&after),
-        t,
-    )
-    .unwrap();
-    flush_leader(&agg, t + 20 * S);
+    write_and_flush(&after, t);
     let forwarded: Vec<Vec<u8>> = agg
         .take_forwarded()
         .into_iter()
