@@ -110,18 +110,9 @@ impl Store {
 
     fn expire(&self, now_ms: i64) -> Result<RetentionReport> {
         let mut report = RetentionReport::default();
-        let mut first_error = None;
-        for (ns_cfg, db) in self.databases() {
+        self.each_namespace("retention", |ns_cfg, db| {
             let cutoff = now_ms.saturating_sub(ns_cfg.retention_ms());
-            // One namespace failing (a block it cannot delete) must not stop the others'.
-            let expired = match db.truncate_before(cutoff) {
-                Ok(expired) => expired,
-                Err(e) => {
-                    tracing::error!(namespace = %ns_cfg.name, error = %e, "Retention failed in a namespace; the others go on.");
-                    first_error.get_or_insert(e);
-                    continue;
-                }
-            };
+            let expired = db.truncate_before(cutoff)?;
             let metrics = &self.inner.metrics;
             metrics.samples_deleted_by_retention.inc_by(expired.samples);
             metrics.series_removed_by_retention.inc_by(expired.series);
@@ -141,11 +132,9 @@ impl Store {
                 series_removed: expired.series,
                 blocks_deleted: expired.blocks,
             });
-        }
-        match first_error {
-            Some(e) => Err(e.into()),
-            None => Ok(report),
-        }
+            Ok(())
+        })?;
+        Ok(report)
     }
 
     /// [`enforce_retention`](Self::enforce_retention) at the wall-clock time `now`.

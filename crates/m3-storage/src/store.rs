@@ -461,18 +461,8 @@ impl Store {
     /// readable and the next call tries again.
     pub fn compact(&self, now_ms: i64) -> Result<u64> {
         let mut written = 0;
-        let mut first_error = None;
-        for (ns, db) in self.databases() {
-            // One namespace failing must not leave the others' heads and logs to grow.
-            let compacted = match db.compact(now_ms) {
-                Ok(compacted) => compacted,
-                Err(e) => {
-                    tracing::error!(namespace = %ns.name, error = %e, "Compaction failed in a namespace; the others go on.");
-                    first_error.get_or_insert(e);
-                    continue;
-                }
-            };
-            if let Some(done) = compacted {
+        self.each_namespace("compaction", |ns, db| {
+            if let Some(done) = db.compact(now_ms)? {
                 written += done.samples;
                 self.inner.metrics.samples_compacted.inc_by(done.samples);
                 if done.merge_failed {
@@ -502,11 +492,9 @@ impl Store {
                     );
                 }
             }
-        }
-        match first_error {
-            Some(e) => Err(e.into()),
-            None => Ok(written),
-        }
+            Ok(())
+        })?;
+        Ok(written)
     }
 
     /// The number of series in `namespace` with a sample a read can see (at or after the
@@ -528,5 +516,23 @@ impl Store {
     /// The namespaces' databases with their configuration, for retention.
     pub(crate) fn databases(&self) -> impl Iterator<Item = (&NamespaceConfig, &NamespaceDb)> {
         self.inner.namespaces.iter().zip(self.inner.dbs.iter())
+    }
+
+    /// Runs the maintenance `pass` (named `what` in the log) on every namespace in turn. One
+    /// that fails is logged and the others go on, so a namespace damaged from outside does not
+    /// leave the rest to grow; the first error is returned once every namespace was tried.
+    pub(crate) fn each_namespace(
+        &self,
+        what: &str,
+        mut pass: impl FnMut(&NamespaceConfig, &NamespaceDb) -> std::result::Result<(), DbError>,
+    ) -> Result<()> {
+        let mut first_error = None;
+        for (ns, db) in self.databases() {
+            if let Err(e) = pass(ns, db) {
+                tracing::error!(namespace = %ns.name, pass = what, error = %e, "A maintenance pass failed in a namespace; the others go on.");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), |e| Err(e.into()))
     }
 }

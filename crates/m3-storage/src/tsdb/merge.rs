@@ -52,6 +52,7 @@ pub fn merge_blocks(sources: &[&Block], dir: &Path) -> Result<Merged, BlockError
     let (mut min_time, mut max_time) = (i64::MAX, i64::MIN);
     // (source, chunk) of the series being merged, and buffers reused across series.
     let mut pieces: Vec<(usize, ChunkMeta)> = Vec::new();
+    let mut by_time: Vec<(usize, ChunkMeta)> = Vec::new();
     let mut bytes: Vec<Vec<u8>> = Vec::new();
     let mut scratch = Vec::new();
     while let Some(labels) = cursors
@@ -71,7 +72,8 @@ pub fn merge_blocks(sources: &[&Block], dir: &Path) -> Result<Merged, BlockError
         }
         // Sources in order, each source's chunks in time order: sorted by time, the chunks
         // either follow one another or some overlap.
-        let mut by_time = pieces.clone();
+        by_time.clear();
+        by_time.extend_from_slice(&pieces);
         by_time.sort_by_key(|(_, meta)| (meta.first, meta.last));
         let overlapping = by_time.windows(2).any(|w| w[0].1.last >= w[1].1.first);
         if let (Some(first), Some(last)) = (by_time.first(), by_time.iter().map(|p| p.1.last).max())
