@@ -20,7 +20,10 @@
 //! * `block/select_one/20k`: the same for one series, found by an `=` matcher on a label only
 //!   it carries.
 //! * `block/memory`: not timed; the RSS an opened block's index takes per series (100,000
-//!   series of 10 labels, four blocks), beside the index file's bytes per series.
+//!   series of 10 labels, four blocks), beside the index file's bytes per series; then the
+//!   most the process held above that while opening the four, and while merging them.
+//! * `block/open/20k`: opening (reading and checking) the index of a block of 20,000 series
+//!   of 10 labels; throughput in index bytes.
 //! * `block/merge/4x20k`: four blocks of the same 20,000 series, one chunk each, merged into
 //!   one (chunks copied as they are); throughput in series. Prints the index bytes of the
 //!   merged block and of its sources.
@@ -142,6 +145,25 @@ fn rss_bytes() -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .map_or(0, |kib| kib * 1024)
+}
+
+/// The process's peak resident memory (`VmHWM`) since [`reset_peak_rss`], in bytes; 0 where
+/// /proc is not there.
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// Makes the peak resident memory the current one (Linux's `clear_refs`, value 5).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// Batches of one sample per series in turn, each 15 s after the series' previous one, as
@@ -348,11 +370,6 @@ fn on_disk(_: &mut Criterion) {
     );
 }
 
-/// Writes a block of `sets`, each with one chunk of 120 samples, into `dir`.
-fn block_of(dir: &std::path::Path, sets: &[Labels]) {
-    block_at(dir, sets, 0);
-}
-
 /// Writes a block of `sets`, each with one chunk of 120 samples from `start` (ms) on.
 fn block_at(dir: &std::path::Path, sets: &[Labels], start: i64) {
     let chunks: Vec<_> = (0..sets.len())
@@ -393,6 +410,19 @@ fn block_merge(c: &mut Criterion) {
     let out = dir.path().join("merged");
     let mut group = c.benchmark_group("block");
     group.sample_size(10);
+    group.throughput(Throughput::Elements(SERIES as u64));
+    group.throughput(Throughput::Bytes(
+        std::fs::metadata(dir.path().join("0/index"))
+            .expect("an index")
+            .len(),
+    ));
+    group.bench_function("open/20k", |b| {
+        b.iter(|| {
+            let block = Block::open(&dir.path().join("0")).expect("opens");
+            assert_eq!(block.series_count(), SERIES);
+            block
+        })
+    });
     group.throughput(Throughput::Elements(SERIES as u64));
     group.bench_function("merge/4x20k", |b| {
         b.iter(|| {
@@ -460,32 +490,52 @@ fn block_reads(c: &mut Criterion) {
     group.finish();
 }
 
-/// Not timed: the memory an opened block takes per series.
+/// Not timed: the memory an opened block takes per series, and the most a process holds
+/// while it opens blocks and while it merges them.
 fn block_memory(_: &mut Criterion) {
     const SERIES: usize = 100_000;
     const BLOCKS: usize = 4;
     let dir = tempfile::tempdir().expect("temp dir");
     let sets = label_sets(SERIES);
     for b in 0..BLOCKS {
-        block_of(&dir.path().join(b.to_string()), &sets);
+        block_at(&dir.path().join(b.to_string()), &sets, b as i64 * 7_200_000);
     }
-    drop(sets);
+    // Kept to the end: their memory, freed, would hide what opening and merging take.
+    let _kept = sets;
     let index = std::fs::metadata(dir.path().join("0/index"))
         .expect("an index")
         .len();
+    reset_peak_rss();
     let before = rss_bytes();
     let blocks: Vec<Block> = (0..BLOCKS)
         .map(|b| Block::open(&dir.path().join(b.to_string())).expect("opens"))
         .collect();
     let grown = rss_bytes().saturating_sub(before);
+    let opening_peak = peak_rss_bytes().saturating_sub(before);
     println!(
-        "block/memory: {:.1} bytes of RSS per series per open block ({} bytes of index file per series)",
+        "block/memory: {:.1} bytes of RSS per series per open block ({} bytes of index file per series); {:.1} MB at most while opening",
         grown as f64 / (SERIES * BLOCKS) as f64,
-        index / SERIES as u64
+        index / SERIES as u64,
+        opening_peak as f64 / 1e6
     );
     assert_eq!(
         blocks.iter().map(Block::series_count).sum::<usize>(),
         SERIES * BLOCKS
+    );
+    let sources: Vec<&Block> = blocks.iter().collect();
+    let out = dir.path().join("merged");
+    reset_peak_rss();
+    let before = rss_bytes();
+    let merged = merge_blocks(&sources, &out).expect("merges");
+    let merging_peak = peak_rss_bytes().saturating_sub(before);
+    assert_eq!(merged.series, SERIES);
+    let merged_index = std::fs::metadata(out.join("index"))
+        .expect("an index")
+        .len();
+    println!(
+        "block/memory: {:.1} MB at most while merging {BLOCKS} blocks of {SERIES} series (merged index {:.1} MB)",
+        merging_peak as f64 / 1e6,
+        merged_index as f64 / 1e6
     );
 }
 

@@ -416,6 +416,24 @@ fn copy_canonical<'p>(
     Ok(previous.is_some())
 }
 
+/// Whether `pairs` are a label set as [`Labels`] holds one, checked without building it: at
+/// least one label, names sorted and distinct, no name or value empty, the text within the
+/// `u32` offsets a [`Labels`] keeps.
+pub(crate) fn is_canonical<'p>(pairs: impl Iterator<Item = (&'p str, &'p str)>) -> bool {
+    let mut previous: Option<&str> = None;
+    let mut text_len = 0usize;
+    for (name, value) in pairs {
+        let sorted_after =
+            previous.is_none_or(|p| cmp_names(p.as_bytes(), name.as_bytes()).is_lt());
+        if name.is_empty() || value.is_empty() || !sorted_after {
+            return false;
+        }
+        text_len += name.len() + value.len();
+        previous = Some(name);
+    }
+    previous.is_some() && u32::try_from(text_len).is_ok()
+}
+
 /// Whether every name and value of `text` (cut at `ends`) starts and ends on a character: a
 /// set checked to be UTF-8 as a whole may still have bytes split across two of its parts
 /// that join into a valid character.

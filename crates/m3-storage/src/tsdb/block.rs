@@ -15,18 +15,19 @@
 //! ```
 //!
 //! [`write_block`] writes both into a temporary directory, syncs them and renames it into
-//! place, so a block is either whole or absent. [`Block::open`] reads and checks the index
-//! (its checksum, every length and offset against the chunks file) and keeps where every
+//! place, so a block is either whole or absent; a series record goes to the file as it is
+//! added, so a writer never holds the index. [`Block::open`] reads and checks the index a
+//! buffer at a time (its checksum, every length and offset against the chunks file) and keeps where every
 //! sixteenth series record and postings entry starts; a query reads the index and chunk bytes
 //! it needs from the files. Nothing in either file, at open or changed later, can make it panic.
 //! Retention deletes a block's directory once its max time is past.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::labels::Labels;
+use crate::labels::{Labels, is_canonical};
 use crate::matcher::Matcher;
 use crate::tsdb::chunk::{Chunk, SealedChunk};
 use crate::tsdb::head::chunk_has_samples_in;
@@ -228,9 +229,11 @@ impl<'a> ChunkBytes<'a> {
     }
 }
 
-/// Writes a block one series at a time, in label order: the chunks go to the file as they
-/// come, the index is kept until [`finish`](Self::finish). A merge of blocks holding more than
-/// memory would writes through it; [`write_block`] is the same for series held in memory.
+/// Writes a block one series at a time, in label order: the chunks and the series records go
+/// to their files as they come, so what a writer holds is the postings being gathered (a
+/// position per series per label, and each distinct label value once), never the index or
+/// the labels of every series. A merge of blocks larger than memory writes through it;
+/// [`write_block`] is the same for series held in memory.
 ///
 /// Everything goes to a temporary directory beside `dir`, renamed into place by `finish`: a
 /// block is whole or absent. A writer dropped unfinished removes its temporary directory.
@@ -239,15 +242,63 @@ pub struct BlockWriter {
     dir: PathBuf,
     temporary: PathBuf,
     chunks: Option<io::BufWriter<File>>,
-    index: Vec<u8>,
+    /// The index file, its header written last (by `finish`).
+    index: Option<io::BufWriter<File>>,
+    /// The checksum of the index past its header, as it is written.
+    index_crc: crc32fast::Hasher,
+    /// One series record, built before it is written; reused.
+    record: Vec<u8>,
     /// Bytes written to the chunks file.
     offset: u64,
-    /// Every series' labels, for the postings.
-    labels: Vec<Labels>,
+    /// The labels of the series added last, which the next must sort after.
+    last_labels: Option<Labels>,
+    series_count: u32,
+    postings: PostingsBuilder,
 }
 
 /// Where the header's series count is in the index: after the magic and the two times.
 const SERIES_COUNT_AT: usize = MAGIC.len() + 16;
+/// The header's length: the magic, the two times and the series count.
+const HEADER_LEN: usize = SERIES_COUNT_AT + 4;
+
+/// The postings of a block being written: per label name, per value, the positions of the
+/// series carrying it, in the order they were added (ascending).
+#[derive(Debug, Default)]
+struct PostingsBuilder {
+    by_name: hashbrown::HashMap<Box<str>, hashbrown::HashMap<Box<str>, Vec<u32>>>,
+}
+
+impl PostingsBuilder {
+    fn add(&mut self, labels: &Labels, position: u32) {
+        for (name, value) in labels.iter() {
+            let values = match self.by_name.get_mut(name) {
+                Some(values) => values,
+                None => self.by_name.entry(Box::from(name)).or_default(),
+            };
+            match values.get_mut(value) {
+                Some(positions) => positions.push(position),
+                None => {
+                    values.insert(Box::from(value), vec![position]);
+                }
+            }
+        }
+    }
+
+    /// The entries sorted by (name, value), as the index stores them.
+    fn sorted(&self) -> Vec<(&str, &str, &[u32])> {
+        let mut entries: Vec<(&str, &str, &[u32])> = self
+            .by_name
+            .iter()
+            .flat_map(|(name, values)| {
+                values
+                    .iter()
+                    .map(move |(value, positions)| (&**name, &**value, positions.as_slice()))
+            })
+            .collect();
+        entries.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        entries
+    }
+}
 
 impl BlockWriter {
     /// Starts the block that will be `dir`.
@@ -269,17 +320,21 @@ impl BlockWriter {
         }
         std::fs::create_dir_all(&temporary).map_err(io_error)?;
         let chunks = File::create(temporary.join(CHUNKS_FILE)).map_err(io_error)?;
-        let mut index = Vec::new();
-        index.extend_from_slice(MAGIC);
-        // The times and the series count, filled in by `finish`.
-        index.resize(SERIES_COUNT_AT + 4, 0);
+        let mut index =
+            io::BufWriter::new(File::create(temporary.join(INDEX_FILE)).map_err(io_error)?);
+        // The header's room; `finish` writes it once the times and the count are known.
+        index.write_all(&[0; HEADER_LEN]).map_err(io_error)?;
         Ok(BlockWriter {
             dir: dir.to_path_buf(),
             temporary,
             chunks: Some(io::BufWriter::new(chunks)),
-            index,
+            index: Some(index),
+            index_crc: crc32fast::Hasher::new(),
+            record: Vec::new(),
             offset: 0,
-            labels: Vec::new(),
+            last_labels: None,
+            series_count: 0,
+            postings: PostingsBuilder::default(),
         })
     }
 
@@ -288,6 +343,16 @@ impl BlockWriter {
             dir: self.dir.clone(),
             source,
         }
+    }
+
+    /// Appends `bytes` to the index, after the header, and to its checksum.
+    fn write_index(&mut self, bytes: &[u8]) -> Result<(), BlockError> {
+        self.index_crc.update(bytes);
+        let written = match &mut self.index {
+            Some(index) => index.write_all(bytes),
+            None => Ok(()),
+        };
+        written.map_err(|source| self.io_error(source))
     }
 
     /// Adds a series after every series added before it in label order, with its chunks in
@@ -301,15 +366,17 @@ impl BlockWriter {
         labels: &Labels,
         chunks: impl Iterator<Item = ChunkBytes<'c>>,
     ) -> Result<(), BlockError> {
-        if self.labels.last().is_some_and(|last| last >= labels) {
+        if self.last_labels.as_ref().is_some_and(|last| last >= labels) {
             return Err(BlockError::Corrupt {
                 dir: self.dir.clone(),
                 reason: format!("series {labels:?} added out of label order"),
             });
         }
-        put_labels(&mut self.index, labels);
-        let count_at = self.index.len();
-        self.index.extend_from_slice(&0u32.to_le_bytes());
+        let mut record = std::mem::take(&mut self.record);
+        record.clear();
+        put_labels(&mut record, labels);
+        let count_at = record.len();
+        record.extend_from_slice(&0u32.to_le_bytes());
         let mut count = 0u32;
         for chunk in chunks {
             if let Some(out) = &mut self.chunks
@@ -317,55 +384,64 @@ impl BlockWriter {
             {
                 return Err(self.io_error(source));
             }
-            self.index.extend_from_slice(&chunk.first.to_le_bytes());
-            self.index.extend_from_slice(&chunk.last.to_le_bytes());
-            self.index.extend_from_slice(&chunk.samples.to_le_bytes());
-            self.index.extend_from_slice(&self.offset.to_le_bytes());
-            self.index
-                .extend_from_slice(&(chunk.bytes.len() as u32).to_le_bytes());
+            record.extend_from_slice(&chunk.first.to_le_bytes());
+            record.extend_from_slice(&chunk.last.to_le_bytes());
+            record.extend_from_slice(&chunk.samples.to_le_bytes());
+            record.extend_from_slice(&self.offset.to_le_bytes());
+            record.extend_from_slice(&(chunk.bytes.len() as u32).to_le_bytes());
             self.offset += chunk.bytes.len() as u64;
             count += 1;
         }
-        self.index[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
-        self.labels.push(labels.clone());
+        record[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
+        let written = self.write_index(&record);
+        self.record = record;
+        written?;
+        self.postings.add(labels, self.series_count);
+        self.series_count += 1;
+        self.last_labels = Some(labels.clone());
         Ok(())
     }
 
     /// Series added so far.
     pub fn series_count(&self) -> usize {
-        self.labels.len()
+        self.series_count as usize
     }
 
-    /// Writes the index with `min_time..=max_time` as the block's range, syncs both files and
-    /// renames the directory into place.
+    /// Writes the postings and the header with `min_time..=max_time` as the block's range,
+    /// syncs both files and renames the directory into place.
     ///
     /// # Errors
     /// I/O errors (nothing is left at `dir` then).
     pub fn finish(mut self, min_time: i64, max_time: i64) -> Result<(), BlockError> {
-        let mut index = std::mem::take(&mut self.index);
-        index[MAGIC.len()..MAGIC.len() + 8].copy_from_slice(&min_time.to_le_bytes());
-        index[MAGIC.len() + 8..SERIES_COUNT_AT].copy_from_slice(&max_time.to_le_bytes());
-        index[SERIES_COUNT_AT..SERIES_COUNT_AT + 4]
-            .copy_from_slice(&(self.labels.len() as u32).to_le_bytes());
-        let mut postings: Vec<((&str, &str), u32)> = Vec::new();
-        for (position, labels) in self.labels.iter().enumerate() {
-            postings.extend(labels.iter().map(|pair| (pair, position as u32)));
-        }
-        postings.sort_unstable();
-        let groups: Vec<&[((&str, &str), u32)]> = postings.chunk_by(|a, b| a.0 == b.0).collect();
-        index.extend_from_slice(&(groups.len() as u32).to_le_bytes());
-        for group in groups {
-            let (name, value) = group[0].0;
-            put_text(&mut index, name);
-            put_text(&mut index, value);
-            index.extend_from_slice(&(group.len() as u32).to_le_bytes());
-            for (_, position) in group {
-                index.extend_from_slice(&position.to_le_bytes());
+        let postings = std::mem::take(&mut self.postings);
+        let entries = postings.sorted();
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+        for (name, value, positions) in entries {
+            put_text(&mut bytes, name);
+            put_text(&mut bytes, value);
+            bytes.extend_from_slice(&(positions.len() as u32).to_le_bytes());
+            for position in positions {
+                bytes.extend_from_slice(&position.to_le_bytes());
+            }
+            // Written a few kilobytes at a time rather than gathered whole.
+            if bytes.len() >= 1 << 16 {
+                self.write_index(&bytes)?;
+                bytes.clear();
             }
         }
-        let crc = crc32fast::hash(&index);
-        index.extend_from_slice(&crc.to_le_bytes());
-        let chunks = self.chunks.take();
+        self.write_index(&bytes)?;
+        let mut header = [0u8; HEADER_LEN];
+        header[..MAGIC.len()].copy_from_slice(MAGIC);
+        header[MAGIC.len()..MAGIC.len() + 8].copy_from_slice(&min_time.to_le_bytes());
+        header[MAGIC.len() + 8..SERIES_COUNT_AT].copy_from_slice(&max_time.to_le_bytes());
+        header[SERIES_COUNT_AT..].copy_from_slice(&self.series_count.to_le_bytes());
+        // The checksum covers the header and everything after it, as if written in order.
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&header);
+        crc.combine(&self.index_crc);
+        let crc = crc.finalize();
+        let (chunks, index) = (self.chunks.take(), self.index.take());
         let written = (|| -> io::Result<()> {
             if let Some(chunks) = chunks {
                 let chunks = chunks
@@ -373,9 +449,12 @@ impl BlockWriter {
                     .map_err(io::IntoInnerError::into_error)?;
                 chunks.sync_all()?;
             }
-            let mut index_file = File::create(self.temporary.join(INDEX_FILE))?;
-            index_file.write_all(&index)?;
-            index_file.sync_all()?;
+            if let Some(mut index) = index {
+                index.write_all(&crc.to_le_bytes())?;
+                let index = index.into_inner().map_err(io::IntoInnerError::into_error)?;
+                index.write_all_at(&header, 0)?;
+                index.sync_all()?;
+            }
             File::open(&self.temporary)?.sync_all()?;
             std::fs::rename(&self.temporary, &self.dir)?;
             if let Some(parent) = self.dir.parent() {
@@ -490,12 +569,14 @@ impl Block {
             dir: dir.to_path_buf(),
             reason,
         };
-        let mut index = File::open(dir.join(INDEX_FILE)).map_err(io_error)?;
-        let mut bytes = Vec::new();
-        index.read_to_end(&mut bytes).map_err(io_error)?;
+        let index = File::open(dir.join(INDEX_FILE)).map_err(io_error)?;
+        let index_len = index.metadata().map_err(io_error)?.len();
         let chunks = File::open(dir.join(CHUNKS_FILE)).map_err(io_error)?;
         let chunks_len = chunks.metadata().map_err(io_error)?.len();
-        let checked = check_index(&bytes, chunks_len).map_err(corrupt)?;
+        let checked = check_index(&index, index_len, chunks_len).map_err(|e| match e {
+            CheckError::Io(source) => io_error(source),
+            CheckError::Corrupt(reason) => corrupt(reason),
+        })?;
         Ok(Block {
             dir: dir.to_path_buf(),
             min_time: checked.min_time,
@@ -890,76 +971,236 @@ struct CheckedIndex {
     chunk_bytes: u64,
 }
 
-/// Checks a whole index file: its magic and checksum, every record's lengths and labels,
-/// every chunk within the chunks file's `chunks_len` bytes, every postings entry in order
-/// and naming a series of the block.
-fn check_index(index: &[u8], chunks_len: u64) -> Result<CheckedIndex, String> {
-    if index.len() < MAGIC.len() + 4 || &index[..MAGIC.len()] != MAGIC {
-        return Err("the index does not start with M3BLOCK1".into());
+/// Why [`check_index`] refused an index.
+enum CheckError {
+    Io(io::Error),
+    Corrupt(String),
+}
+
+impl From<String> for CheckError {
+    fn from(reason: String) -> CheckError {
+        CheckError::Corrupt(reason)
     }
-    let (body, crc) = index.split_at(index.len() - 4);
-    if crc32fast::hash(body) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
-        return Err("index checksum mismatch".into());
+}
+
+impl From<io::Error> for CheckError {
+    fn from(source: io::Error) -> CheckError {
+        CheckError::Io(source)
     }
-    let mut reader = Reader {
-        bytes: &body[MAGIC.len()..],
+}
+
+/// Bytes [`check_index`] reads at a time.
+const CHECK_READ: usize = 1 << 16;
+
+/// An index file read front to back for [`check_index`], through a buffer that holds about
+/// one read (or the largest item, when that is longer): a block's index is tens of megabytes
+/// per 100,000 series, and a merged block's more, so it is never read whole into memory.
+struct IndexStream<'f> {
+    file: &'f File,
+    buffer: Vec<u8>,
+    /// Bytes of `buffer` already taken.
+    taken: usize,
+    /// The file offset of `buffer[0]`.
+    buffer_at: u64,
+    /// Where the items end: the checksum's offset.
+    end: u64,
+}
+
+impl<'f> IndexStream<'f> {
+    /// The file offset of the next item.
+    fn offset(&self) -> u64 {
+        self.buffer_at + self.taken as u64
+    }
+
+    /// Bytes left before the checksum.
+    fn left(&self) -> u64 {
+        self.end - self.offset()
+    }
+
+    /// The next item's bytes: as many as `measure` reads of them. `measure` may only fail for
+    /// want of bytes (the stream reads more and tries again), or at the end, where its error
+    /// is the answer.
+    fn next_item(
+        &mut self,
+        measure: impl Fn(&mut Reader<'_>) -> Result<(), String>,
+    ) -> Result<&[u8], CheckError> {
+        loop {
+            let available = &self.buffer[self.taken..];
+            let mut reader = Reader { bytes: available };
+            match measure(&mut reader) {
+                Ok(()) => {
+                    let length = available.len() - reader.bytes.len();
+                    let item = self.taken..self.taken + length;
+                    self.taken += length;
+                    return Ok(&self.buffer[item]);
+                }
+                Err(reason) if self.buffer_at + self.buffer.len() as u64 >= self.end => {
+                    return Err(CheckError::Corrupt(reason));
+                }
+                Err(_) => self.read_more()?,
+            }
+        }
+    }
+
+    /// Drops the bytes taken and reads at least as many again as the buffer holds.
+    fn read_more(&mut self) -> io::Result<()> {
+        self.buffer.drain(..self.taken);
+        self.buffer_at += self.taken as u64;
+        self.taken = 0;
+        let from = self.buffer_at + self.buffer.len() as u64;
+        let wanted = self.buffer.len().max(CHECK_READ) as u64;
+        // Bounded by the read above: it fits in memory.
+        let length = wanted.min(self.end - from) as usize;
+        let held = self.buffer.len();
+        self.buffer.resize(held + length, 0);
+        self.file.read_exact_at(&mut self.buffer[held..], from)
+    }
+}
+
+/// A series record's length, read without checking its contents.
+fn measure_record(reader: &mut Reader<'_>) -> Result<(), String> {
+    SeriesRecord::read(reader).map(|_| ())
+}
+
+/// A postings entry's length, read without checking its contents.
+fn measure_posting(reader: &mut Reader<'_>) -> Result<(), String> {
+    for _ in 0..2 {
+        let len = reader.u32()? as usize;
+        reader.take(len)?;
+    }
+    let count = reader.count(4)?;
+    reader.take(count * 4).map(|_| ())
+}
+
+/// Checks a whole index file of `file_len` bytes: its magic and checksum, every record's
+/// lengths and labels, every chunk within the chunks file's `chunks_len` bytes, every
+/// postings entry in order and naming a series of the block. The file is read twice, a
+/// buffer at a time: once for the checksum, then for the rest.
+fn check_index(file: &File, file_len: u64, chunks_len: u64) -> Result<CheckedIndex, CheckError> {
+    if file_len < (HEADER_LEN + 4) as u64 {
+        return Err("the index does not start with M3BLOCK1".to_string().into());
+    }
+    let body_len = file_len - 4;
+    let mut buffer = vec![0u8; CHECK_READ];
+    let mut crc = crc32fast::Hasher::new();
+    let mut at = 0u64;
+    while at < body_len {
+        // At most CHECK_READ.
+        let length = (body_len - at).min(CHECK_READ as u64) as usize;
+        file.read_exact_at(&mut buffer[..length], at)?;
+        crc.update(&buffer[..length]);
+        at += length as u64;
+    }
+    let mut stored = [0u8; 4];
+    file.read_exact_at(&mut stored, body_len)?;
+    let mut header = [0u8; HEADER_LEN];
+    file.read_exact_at(&mut header, 0)?;
+    if &header[..MAGIC.len()] != MAGIC {
+        return Err("the index does not start with M3BLOCK1".to_string().into());
+    }
+    if crc.finalize() != u32::from_le_bytes(stored) {
+        return Err("index checksum mismatch".to_string().into());
+    }
+    let mut header = Reader {
+        bytes: &header[MAGIC.len()..],
     };
-    let offset = |reader: &Reader<'_>| (body.len() - reader.bytes.len()) as u64;
-    let min_time = reader.i64()?;
-    let max_time = reader.i64()?;
-    let series_count = reader.count(6)?;
+    let min_time = header.i64()?;
+    let max_time = header.i64()?;
+    let series_count = header.u32()? as usize;
+    let mut stream = IndexStream {
+        file,
+        buffer,
+        taken: 0,
+        buffer_at: HEADER_LEN as u64,
+        end: body_len,
+    };
+    stream.buffer.clear();
+    // Every record takes at least six bytes: a count beyond that is not a count (and would
+    // size the marks).
+    if series_count as u64 * 6 > stream.left() {
+        return Err(format!("a count of {series_count} does not fit the index").into());
+    }
     let mut series_marks = Vec::with_capacity(series_count.div_ceil(MARK_EVERY) + 1);
     let (mut sample_count, mut chunk_bytes) = (0u64, 0u64);
     for position in 0..series_count {
         if position % MARK_EVERY == 0 {
-            series_marks.push(offset(&reader));
+            series_marks.push(stream.offset());
         }
-        let record = SeriesRecord::read(&mut reader)?;
-        if record.pairs().count() != usize::from(record.label_count) {
-            return Err("a label is not UTF-8".into());
-        }
-        // Read back without checks later: the pairs must be a label set as written.
-        let labels = Labels::new(record.pairs()).map_err(|e| e.to_string())?;
-        if !labels.iter().eq(record.pairs()) {
-            return Err("a series' labels are not sorted, distinct and non-empty".into());
+        let record = SeriesRecord::read(&mut Reader {
+            bytes: stream.next_item(measure_record)?,
+        })?;
+        // Read back without checks later: the pairs must be a label set as written, every
+        // one of them UTF-8 (the pairs end at the first that is not).
+        let mut pairs = 0usize;
+        let canonical = is_canonical(record.pairs().inspect(|_| pairs += 1));
+        if !canonical || pairs != usize::from(record.label_count) {
+            return Err(
+                if record.pairs().count() != usize::from(record.label_count) {
+                    "a label is not UTF-8".to_string().into()
+                } else {
+                    "a series' labels are not sorted, distinct and non-empty"
+                        .to_string()
+                        .into()
+                },
+            );
         }
         for meta in record.metas() {
             if meta.offset.saturating_add(u64::from(meta.length)) > chunks_len {
                 return Err(format!(
                     "a chunk at {}+{} is past the end of the chunks file ({chunks_len} bytes)",
                     meta.offset, meta.length
-                ));
+                )
+                .into());
             }
             sample_count += u64::from(meta.samples);
             chunk_bytes += u64::from(meta.length);
         }
     }
-    series_marks.push(offset(&reader));
-    let posting_count = reader.count(12)?;
+    series_marks.push(stream.offset());
+    let count = stream.next_item(|reader| reader.take(4).map(|_| ()))?;
+    let posting_count = Reader { bytes: count }.u32()? as usize;
+    // Every entry takes at least twelve bytes, as for the series count.
+    if posting_count as u64 * 12 > stream.left() {
+        return Err(format!("a count of {posting_count} does not fit the index").into());
+    }
     let mut posting_marks = Vec::with_capacity(posting_count.div_ceil(MARK_EVERY) + 1);
-    let mut previous: Option<(&str, &str)> = None;
+    let mut previous: Option<(String, String)> = None;
     for entry in 0..posting_count {
         if entry % MARK_EVERY == 0 {
-            posting_marks.push(offset(&reader));
+            posting_marks.push(stream.offset());
         }
+        let mut reader = Reader {
+            bytes: stream.next_item(measure_posting)?,
+        };
         let name = reader.str()?;
         let value = reader.str()?;
-        if previous.is_some_and(|p| p >= (name, value)) {
-            return Err(format!("postings of {name}={value:?} out of order"));
+        if previous
+            .as_ref()
+            .is_some_and(|(n, v)| (n.as_str(), v.as_str()) >= (name, value))
+        {
+            return Err(format!("postings of {name}={value:?} out of order").into());
         }
-        previous = Some((name, value));
         let list_len = reader.count(4)?;
         for _ in 0..list_len {
             let position = reader.u32()?;
             if position as usize >= series_count {
-                return Err(format!("postings name series {position} of {series_count}"));
+                return Err(format!("postings name series {position} of {series_count}").into());
             }
         }
+        match &mut previous {
+            Some((n, v)) => {
+                n.clear();
+                n.push_str(name);
+                v.clear();
+                v.push_str(value);
+            }
+            None => previous = Some((name.to_owned(), value.to_owned())),
+        }
     }
-    if !reader.bytes.is_empty() {
-        return Err(format!("{} bytes after the postings", reader.bytes.len()));
+    if stream.left() > 0 {
+        return Err(format!("{} bytes after the postings", stream.left()).into());
     }
-    posting_marks.push(offset(&reader));
+    posting_marks.push(stream.offset());
     Ok(CheckedIndex {
         min_time,
         max_time,
@@ -1059,6 +1300,100 @@ mod tests {
         std::fs::write(dir.join(INDEX_FILE), b"nothing").unwrap();
         let err = Block::open(&dir).unwrap_err().to_string();
         assert!(err.contains("M3BLOCK1"), "{err}");
+    }
+
+    /// An index many times longer than one read of [`check_index`], with a series record and
+    /// a postings entry each longer than a read, opens and reads back whole; damage to a
+    /// record far into it (given a matching checksum) is refused with the reason.
+    #[test]
+    fn an_index_longer_than_a_read_is_checked_a_buffer_at_a_time() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("b");
+        // 20,000 series carry `__name__="up"`: a postings entry of 80,000 bytes.
+        let pool: Vec<Labels> = (0..20_000).map(|i| labels("api", i)).collect();
+        let one = chunks_of(&[(1, 1.0)]);
+        // Series 7 has 3,000 chunks: a record of 96,000 bytes.
+        let long_samples: Vec<(i64, f64)> = (0..360_000).map(|t| (t, t as f64)).collect();
+        let long = chunks_of(&long_samples);
+        let mut series: Vec<BlockSeries<'_>> = pool
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                (
+                    l,
+                    if i == 7 {
+                        long.iter().collect()
+                    } else {
+                        one.iter().collect()
+                    },
+                )
+            })
+            .collect();
+        write_block(&dir, 0, 360_000, &mut series).unwrap();
+        let index_len = std::fs::metadata(dir.join(INDEX_FILE)).unwrap().len();
+        assert!(index_len > 10 * CHECK_READ as u64, "{index_len}");
+
+        let block = Block::open(&dir).unwrap();
+        assert_eq!(block.series_count(), 20_000);
+        assert_eq!(block.sample_count(), 360_000 + 19_999);
+        let all = block.matching(&[Matcher::equal("__name__", "up")]).unwrap();
+        let mut expected = pool.clone();
+        expected.sort();
+        assert!(all.iter().map(|(_, l)| l).eq(expected.iter()));
+        let seven = block.matching(&[Matcher::equal("i", "7")]).unwrap();
+        let mut got = Vec::new();
+        block.samples(seven[0].0, 0, i64::MAX, &mut got).unwrap();
+        assert_eq!(got, long_samples);
+
+        // A label value of a record past the first few reads made not UTF-8, the checksum
+        // made to match: the parser itself finds it.
+        let mut index = std::fs::read(dir.join(INDEX_FILE)).unwrap();
+        let needle = b"i\x05\x00\x00\x0019999";
+        let at = index
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .expect("the record of series 19999");
+        assert!(at > 4 * CHECK_READ);
+        index[at + needle.len() - 1] = 0xff;
+        let body_len = index.len() - 4;
+        let crc = crc32fast::hash(&index[..body_len]);
+        index[body_len..].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(dir.join(INDEX_FILE), &index).unwrap();
+        let err = Block::open(&dir).unwrap_err().to_string();
+        assert!(err.contains("not UTF-8"), "{err}");
+    }
+
+    /// The writer sends each series record to the index file as it is added: what it holds
+    /// until `finish` is the postings, not the index.
+    #[test]
+    fn series_records_reach_the_file_before_the_block_is_finished() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("b");
+        let pool: Vec<Labels> = (0..5_000).map(|i| labels("api", i)).collect();
+        let mut sorted = pool.clone();
+        sorted.sort();
+        let chunks = chunks_of(&[(1, 1.0), (2, 2.0)]);
+        let mut writer = BlockWriter::create(&dir).unwrap();
+        for labels in &sorted {
+            writer
+                .add_series(labels, chunks.iter().map(ChunkBytes::of))
+                .unwrap();
+        }
+        let temporary = root.path().join(".b.tmp").join(INDEX_FILE);
+        let on_disk = std::fs::metadata(&temporary).unwrap().len();
+        // Each record is over 60 bytes; at most a write buffer's worth is still in memory.
+        assert!(on_disk > 5_000 * 60 - 8 * 1024, "{on_disk}");
+        writer.finish(0, 10).unwrap();
+        assert!(!temporary.exists());
+        let block = Block::open(&dir).unwrap();
+        assert_eq!(block.series_count(), 5_000);
+        assert_eq!(
+            block
+                .matching(&[Matcher::equal("job", "api")])
+                .unwrap()
+                .len(),
+            5_000
+        );
     }
 
     proptest! {

@@ -2,13 +2,13 @@
 //!
 //! A namespace cuts a block per two hours (or 120 windows), so a long retention means hundreds
 //! of blocks, each with its own index of the same series: at 100,000 series an index is about
-//! 34 MB, read whole when the block is opened, and two open files. Prometheus merges old
+//! 34 MB, read and checked when the block is opened, and two open files. Prometheus merges old
 //! blocks into ranges up to a tenth of the retention; [`merge_blocks`] does that merge for the
 //! blocks [`NamespaceDb`](crate::tsdb::db::NamespaceDb) picks.
 //!
 //! The merge streams: every source is read a group of records at a time, in label order, and
 //! the merged block is written a series at a time ([`BlockWriter`]), so it never holds the
-//! sources' samples. A series' chunks are copied as they are when no two of them overlap in
+//! sources' samples, nor the merged index (only its postings until the end). A series' chunks are copied as they are when no two of them overlap in
 //! time, which is the common case (each block holds what was cut in its own range). Where they
 //! do overlap (samples that came out of order and were cut into a later block), the series'
 //! samples are decoded, merged with the later block winning on equal timestamps, exactly as a
