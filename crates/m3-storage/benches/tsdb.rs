@@ -22,8 +22,9 @@
 //! * `block/memory`: not timed; the RSS an opened block's index takes per series (100,000
 //!   series of 10 labels, four blocks), beside the index file's bytes per series; then the
 //!   most the process held above that while opening the four, and while merging them.
-//! * `block/open/20k`: opening (reading and checking) the index of a block of 20,000 series
-//!   of 10 labels; throughput in index bytes.
+//! * `block/open/20k`: opening a block of 20,000 series of 10 labels from its summary;
+//!   `block/open_checked/20k`: the same block without a summary (as written before them), its
+//!   index read and checked; throughput in index bytes.
 //! * `block/merge/4x20k`: four blocks of the same 20,000 series, one chunk each, merged into
 //!   one (chunks copied as they are); throughput in series. Prints the index bytes of the
 //!   merged block and of its sources.
@@ -411,18 +412,29 @@ fn block_merge(c: &mut Criterion) {
     let mut group = c.benchmark_group("block");
     group.sample_size(10);
     group.throughput(Throughput::Elements(SERIES as u64));
+    // Block 0 again without its summary, as a block written before summaries.
+    let unsummarised = dir.path().join("unsummarised");
+    std::fs::create_dir(&unsummarised).expect("creates");
+    for file in ["index", "chunks"] {
+        std::fs::copy(dir.path().join("0").join(file), unsummarised.join(file)).expect("copies");
+    }
     group.throughput(Throughput::Bytes(
         std::fs::metadata(dir.path().join("0/index"))
             .expect("an index")
             .len(),
     ));
-    group.bench_function("open/20k", |b| {
-        b.iter(|| {
-            let block = Block::open(&dir.path().join("0")).expect("opens");
-            assert_eq!(block.series_count(), SERIES);
-            block
-        })
-    });
+    for (name, path) in [
+        ("open/20k", dir.path().join("0")),
+        ("open_checked/20k", unsummarised),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let block = Block::open(&path).expect("opens");
+                assert_eq!(block.series_count(), SERIES);
+                block
+            })
+        });
+    }
     group.throughput(Throughput::Elements(SERIES as u64));
     group.bench_function("merge/4x20k", |b| {
         b.iter(|| {

@@ -1,7 +1,9 @@
 //! Immutable blocks: the samples of one time range of a namespace, on disk, found without
 //! scanning every series.
 //!
-//! A block is a directory holding two files:
+//! A block is a directory holding two files, and a summary of the index beside them
+//! (`summary`, see `tsdb::block_summary`: what opening the block needs, so a start need not
+//! read every index):
 //!
 //! ```text
 //! chunks   the chunks' encoded bytes, back to back
@@ -14,10 +16,12 @@
 //!          | CRC-32 of everything before (u32)                          (all little-endian)
 //! ```
 //!
-//! [`write_block`] writes both into a temporary directory, syncs them and renames it into
+//! [`write_block`] writes the three into a temporary directory, syncs them and renames it into
 //! place, so a block is either whole or absent; a series record goes to the file as it is
-//! added, so a writer never holds the index. [`Block::open`] reads and checks the index a
-//! buffer at a time (its checksum, every length and offset against the chunks file) and keeps where every
+//! added, so a writer never holds the index. [`Block::open`] takes the summary when it
+//! describes the files beside it; otherwise (a block written before summaries) it reads and
+//! checks the index a buffer at a time (its checksum, every length and offset against the
+//! chunks file). Either way it keeps where every
 //! sixteenth series record and postings entry starts; a query reads the index and chunk bytes
 //! it needs from the files. Nothing in either file, at open or changed later, can make it panic.
 //! Retention deletes a block's directory once its max time is past.
@@ -29,6 +33,7 @@ use std::path::{Path, PathBuf};
 
 use crate::labels::{Labels, is_canonical};
 use crate::matcher::Matcher;
+use crate::tsdb::block_summary::{Described, IndexSummary, SUMMARY_FILE};
 use crate::tsdb::chunk::{Chunk, SealedChunk};
 use crate::tsdb::head::chunk_has_samples_in;
 
@@ -110,7 +115,7 @@ pub struct Block {
 pub type SeriesRecordAt = u64;
 
 /// See [`Block`]: one series record and one postings entry in this many has its offset kept.
-const MARK_EVERY: usize = 16;
+pub(crate) const MARK_EVERY: usize = 16;
 
 /// Bytes read first for one record or postings key; most are shorter. A longer one is read
 /// again whole.
@@ -246,8 +251,13 @@ pub struct BlockWriter {
     index: Option<io::BufWriter<File>>,
     /// The checksum of the index past its header, as it is written.
     index_crc: crc32fast::Hasher,
+    /// Bytes of the index written so far, the header's room included.
+    index_len: u64,
     /// One series record, built before it is written; reused.
     record: Vec<u8>,
+    /// Where every `MARK_EVERY`th series record starts, for the summary.
+    series_marks: Vec<u64>,
+    sample_count: u64,
     /// Bytes written to the chunks file.
     offset: u64,
     /// The labels of the series added last, which the next must sort after.
@@ -330,7 +340,10 @@ impl BlockWriter {
             chunks: Some(io::BufWriter::new(chunks)),
             index: Some(index),
             index_crc: crc32fast::Hasher::new(),
+            index_len: HEADER_LEN as u64,
             record: Vec::new(),
+            series_marks: Vec::new(),
+            sample_count: 0,
             offset: 0,
             last_labels: None,
             series_count: 0,
@@ -348,6 +361,7 @@ impl BlockWriter {
     /// Appends `bytes` to the index, after the header, and to its checksum.
     fn write_index(&mut self, bytes: &[u8]) -> Result<(), BlockError> {
         self.index_crc.update(bytes);
+        self.index_len += bytes.len() as u64;
         let written = match &mut self.index {
             Some(index) => index.write_all(bytes),
             None => Ok(()),
@@ -390,9 +404,13 @@ impl BlockWriter {
             record.extend_from_slice(&self.offset.to_le_bytes());
             record.extend_from_slice(&(chunk.bytes.len() as u32).to_le_bytes());
             self.offset += chunk.bytes.len() as u64;
+            self.sample_count += u64::from(chunk.samples);
             count += 1;
         }
         record[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
+        if (self.series_count as usize).is_multiple_of(MARK_EVERY) {
+            self.series_marks.push(self.index_len);
+        }
         let written = self.write_index(&record);
         self.record = record;
         written?;
@@ -415,9 +433,16 @@ impl BlockWriter {
     pub fn finish(mut self, min_time: i64, max_time: i64) -> Result<(), BlockError> {
         let postings = std::mem::take(&mut self.postings);
         let entries = postings.sorted();
+        let mut series_marks = std::mem::take(&mut self.series_marks);
+        series_marks.push(self.index_len);
+        let posting_count = entries.len() as u32;
+        let mut posting_marks = Vec::with_capacity(entries.len().div_ceil(MARK_EVERY) + 1);
         let mut bytes = Vec::new();
-        bytes.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-        for (name, value, positions) in entries {
+        bytes.extend_from_slice(&posting_count.to_le_bytes());
+        for (i, (name, value, positions)) in entries.into_iter().enumerate() {
+            if i % MARK_EVERY == 0 {
+                posting_marks.push(self.index_len + bytes.len() as u64);
+            }
             put_text(&mut bytes, name);
             put_text(&mut bytes, value);
             bytes.extend_from_slice(&(positions.len() as u32).to_le_bytes());
@@ -431,6 +456,7 @@ impl BlockWriter {
             }
         }
         self.write_index(&bytes)?;
+        posting_marks.push(self.index_len);
         let mut header = [0u8; HEADER_LEN];
         header[..MAGIC.len()].copy_from_slice(MAGIC);
         header[MAGIC.len()..MAGIC.len() + 8].copy_from_slice(&min_time.to_le_bytes());
@@ -441,6 +467,21 @@ impl BlockWriter {
         crc.update(&header);
         crc.combine(&self.index_crc);
         let crc = crc.finalize();
+        let summary = IndexSummary {
+            min_time,
+            max_time,
+            series_count: self.series_count,
+            posting_count,
+            series_marks,
+            posting_marks,
+            sample_count: self.sample_count,
+            chunk_bytes: self.offset,
+        }
+        .encode(Described {
+            index_len: self.index_len + 4,
+            index_crc: crc,
+            chunks_len: self.offset,
+        });
         let (chunks, index) = (self.chunks.take(), self.index.take());
         let written = (|| -> io::Result<()> {
             if let Some(chunks) = chunks {
@@ -455,6 +496,9 @@ impl BlockWriter {
                 index.write_all_at(&header, 0)?;
                 index.sync_all()?;
             }
+            let mut summary_file = File::create(self.temporary.join(SUMMARY_FILE))?;
+            summary_file.write_all(&summary)?;
+            summary_file.sync_all()?;
             File::open(&self.temporary)?.sync_all()?;
             std::fs::rename(&self.temporary, &self.dir)?;
             if let Some(parent) = self.dir.parent() {
@@ -573,10 +617,13 @@ impl Block {
         let index_len = index.metadata().map_err(io_error)?.len();
         let chunks = File::open(dir.join(CHUNKS_FILE)).map_err(io_error)?;
         let chunks_len = chunks.metadata().map_err(io_error)?.len();
-        let checked = check_index(&index, index_len, chunks_len).map_err(|e| match e {
-            CheckError::Io(source) => io_error(source),
-            CheckError::Corrupt(reason) => corrupt(reason),
-        })?;
+        let checked = match read_summary(dir, &index, index_len, chunks_len) {
+            Some(summary) => summary,
+            None => check_index(&index, index_len, chunks_len).map_err(|e| match e {
+                CheckError::Io(source) => io_error(source),
+                CheckError::Corrupt(reason) => corrupt(reason),
+            })?,
+        };
         Ok(Block {
             dir: dir.to_path_buf(),
             min_time: checked.min_time,
@@ -960,15 +1007,34 @@ impl AllSeries<'_> {
     }
 }
 
-/// What [`check_index`] found in a whole, consistent index.
-struct CheckedIndex {
-    min_time: i64,
-    max_time: i64,
-    series_count: u32,
-    series_marks: Vec<u64>,
-    posting_marks: Vec<u64>,
-    sample_count: u64,
-    chunk_bytes: u64,
+/// The summary beside the index (see `tsdb::block_summary`), if there is one that
+/// describes these files; a summary that does not is logged and left unused.
+fn read_summary(dir: &Path, index: &File, index_len: u64, chunks_len: u64) -> Option<IndexSummary> {
+    let bytes = match std::fs::read(dir.join(SUMMARY_FILE)) {
+        Ok(bytes) => bytes,
+        // A block written before summaries.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(block = %dir.display(), error = %e, "block summary unreadable; checking the whole index");
+            return None;
+        }
+    };
+    let mut stored_crc = [0u8; 4];
+    let described = index
+        .read_exact_at(&mut stored_crc, index_len.checked_sub(4)?)
+        .ok()
+        .map(|()| Described {
+            index_len,
+            index_crc: u32::from_le_bytes(stored_crc),
+            chunks_len,
+        })?;
+    match IndexSummary::decode(&bytes, described, HEADER_LEN as u64) {
+        Ok(summary) => Some(summary),
+        Err(reason) => {
+            tracing::warn!(block = %dir.display(), %reason, "block summary not used; checking the whole index");
+            None
+        }
+    }
 }
 
 /// Why [`check_index`] refused an index.
@@ -1076,7 +1142,7 @@ fn measure_posting(reader: &mut Reader<'_>) -> Result<(), String> {
 /// lengths and labels, every chunk within the chunks file's `chunks_len` bytes, every
 /// postings entry in order and naming a series of the block. The file is read twice, a
 /// buffer at a time: once for the checksum, then for the rest.
-fn check_index(file: &File, file_len: u64, chunks_len: u64) -> Result<CheckedIndex, CheckError> {
+fn check_index(file: &File, file_len: u64, chunks_len: u64) -> Result<IndexSummary, CheckError> {
     if file_len < (HEADER_LEN + 4) as u64 {
         return Err("the index does not start with M3BLOCK1".to_string().into());
     }
@@ -1201,10 +1267,11 @@ fn check_index(file: &File, file_len: u64, chunks_len: u64) -> Result<CheckedInd
         return Err(format!("{} bytes after the postings", stream.left()).into());
     }
     posting_marks.push(stream.offset());
-    Ok(CheckedIndex {
+    Ok(IndexSummary {
         min_time,
         max_time,
         series_count: series_count as u32,
+        posting_count: posting_count as u32,
         series_marks,
         posting_marks,
         sample_count,
@@ -1285,13 +1352,17 @@ mod tests {
         let chunks = chunks_of(&[(1, 1.0), (2, 2.0)]);
         write_block(&dir, 0, 10, &mut [(&a, chunks.iter().collect())]).unwrap();
         let index = std::fs::read(dir.join(INDEX_FILE)).unwrap();
-        // A flipped bit: the checksum.
+        // A flipped bit, in a block without a summary (written before them): the checksum.
+        let summary = std::fs::read(dir.join(SUMMARY_FILE)).unwrap();
+        std::fs::remove_file(dir.join(SUMMARY_FILE)).unwrap();
         let mut flipped = index.clone();
         flipped[20] ^= 1;
         std::fs::write(dir.join(INDEX_FILE), &flipped).unwrap();
         let err = Block::open(&dir).unwrap_err().to_string();
         assert!(err.contains("checksum mismatch"), "{err}");
-        // A chunks file cut short: the offsets.
+        std::fs::write(dir.join(SUMMARY_FILE), &summary).unwrap();
+        // A chunks file cut short: the summary does not describe it, and the offsets do not
+        // fit it.
         std::fs::write(dir.join(INDEX_FILE), &index).unwrap();
         std::fs::write(dir.join(CHUNKS_FILE), b"").unwrap();
         let err = Block::open(&dir).unwrap_err().to_string();
@@ -1300,6 +1371,92 @@ mod tests {
         std::fs::write(dir.join(INDEX_FILE), b"nothing").unwrap();
         let err = Block::open(&dir).unwrap_err().to_string();
         assert!(err.contains("M3BLOCK1"), "{err}");
+    }
+
+    /// A block opened from its summary, and the same block opened by checking its index.
+    fn opened_both_ways(dir: &Path) -> (Block, Block) {
+        let from_summary = Block::open(dir).unwrap();
+        let summary = std::fs::read(dir.join(SUMMARY_FILE)).unwrap();
+        std::fs::remove_file(dir.join(SUMMARY_FILE)).unwrap();
+        let checked = Block::open(dir).unwrap();
+        std::fs::write(dir.join(SUMMARY_FILE), summary).unwrap();
+        (from_summary, checked)
+    }
+
+    fn same_opening(a: &Block, b: &Block) -> bool {
+        (
+            a.min_time,
+            a.max_time,
+            a.series_count,
+            &a.series_marks,
+            &a.posting_marks,
+        ) == (
+            b.min_time,
+            b.max_time,
+            b.series_count,
+            &b.series_marks,
+            &b.posting_marks,
+        ) && (a.sample_count, a.chunk_bytes) == (b.sample_count, b.chunk_bytes)
+    }
+
+    /// A block opens from its summary without reading its index: a byte changed inside the
+    /// index goes unnoticed at open (its stored checksum still matches the summary), where a
+    /// check of the whole index refuses it.
+    #[test]
+    fn a_block_opens_from_its_summary_without_reading_the_index() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("b");
+        let pool: Vec<Labels> = (0..100).map(|i| labels("api", i)).collect();
+        let chunks = chunks_of(&[(1, 1.0), (2, 2.0)]);
+        let mut series: Vec<BlockSeries<'_>> =
+            pool.iter().map(|l| (l, chunks.iter().collect())).collect();
+        write_block(&dir, 0, 10, &mut series).unwrap();
+        let (from_summary, checked) = opened_both_ways(&dir);
+        assert!(same_opening(&from_summary, &checked));
+        assert_eq!(from_summary.matching(&[]).unwrap().len(), 100);
+
+        let mut index = std::fs::read(dir.join(INDEX_FILE)).unwrap();
+        let middle = index.len() / 2;
+        index[middle] ^= 0x40;
+        std::fs::write(dir.join(INDEX_FILE), &index).unwrap();
+        Block::open(&dir).expect("opened from the summary");
+        std::fs::remove_file(dir.join(SUMMARY_FILE)).unwrap();
+        let err = Block::open(&dir).unwrap_err().to_string();
+        assert!(err.contains("checksum mismatch"), "{err}");
+    }
+
+    /// A summary that does not describe the files beside it (another index, a damaged
+    /// summary) is not used: the index is checked whole and the block opens as it would
+    /// without one.
+    #[test]
+    fn a_summary_that_does_not_describe_its_files_is_not_used() {
+        let root = tempfile::tempdir().unwrap();
+        let (one, other) = (root.path().join("one"), root.path().join("other"));
+        let pool: Vec<Labels> = (0..40).map(|i| labels("api", i)).collect();
+        let chunks = chunks_of(&[(1, 1.0), (2, 2.0)]);
+        let mut series: Vec<BlockSeries<'_>> =
+            pool.iter().map(|l| (l, chunks.iter().collect())).collect();
+        write_block(&one, 0, 10, &mut series).unwrap();
+        write_block(&other, 0, 10, &mut series[..20]).unwrap();
+        let summary = std::fs::read(one.join(SUMMARY_FILE)).unwrap();
+
+        // Another block's summary.
+        std::fs::copy(other.join(SUMMARY_FILE), one.join(SUMMARY_FILE)).unwrap();
+        let block = Block::open(&one).unwrap();
+        assert_eq!(block.series_count(), 40);
+        assert_eq!(block.matching(&[]).unwrap().len(), 40);
+
+        // Any byte of the summary changed.
+        for at in 0..summary.len() {
+            let mut damaged = summary.clone();
+            damaged[at] ^= 0x10;
+            std::fs::write(one.join(SUMMARY_FILE), &damaged).unwrap();
+            let block = Block::open(&one).unwrap();
+            assert_eq!(block.matching(&[]).unwrap().len(), 40, "byte {at}");
+        }
+        std::fs::write(one.join(SUMMARY_FILE), &summary).unwrap();
+        let (from_summary, checked) = opened_both_ways(&one);
+        assert!(same_opening(&from_summary, &checked));
     }
 
     /// An index many times longer than one read of [`check_index`], with a series record and
@@ -1333,7 +1490,12 @@ mod tests {
         let index_len = std::fs::metadata(dir.join(INDEX_FILE)).unwrap().len();
         assert!(index_len > 10 * CHECK_READ as u64, "{index_len}");
 
+        // Checked, not opened from the summary.
+        let summary = std::fs::read(dir.join(SUMMARY_FILE)).unwrap();
+        std::fs::remove_file(dir.join(SUMMARY_FILE)).unwrap();
         let block = Block::open(&dir).unwrap();
+        std::fs::write(dir.join(SUMMARY_FILE), summary).unwrap();
+        assert!(same_opening(&block, &Block::open(&dir).unwrap()));
         assert_eq!(block.series_count(), 20_000);
         assert_eq!(block.sample_count(), 360_000 + 19_999);
         let all = block.matching(&[Matcher::equal("__name__", "up")]).unwrap();
@@ -1346,7 +1508,8 @@ mod tests {
         assert_eq!(got, long_samples);
 
         // A label value of a record past the first few reads made not UTF-8, the checksum
-        // made to match: the parser itself finds it.
+        // made to match (so the summary no longer describes the index): the parser itself
+        // finds it.
         let mut index = std::fs::read(dir.join(INDEX_FILE)).unwrap();
         let needle = b"i\x05\x00\x00\x0019999";
         let at = index
@@ -1427,7 +1590,8 @@ mod tests {
             let root = tempfile::tempdir().unwrap();
             let dir = root.path().join("b");
             write_block(&dir, 0, 2_000, &mut series).unwrap();
-            let block = Block::open(&dir).unwrap();
+            let (block, checked) = opened_both_ways(&dir);
+            prop_assert!(same_opening(&block, &checked), "the summary says what a check finds");
             for matchers in [
                 vec![],
                 vec![Matcher::equal("job", "api")],
@@ -1531,6 +1695,41 @@ mod tests {
             for (at, _) in &found {
                 let _ = block.samples(*at, 0, 10, &mut out);
                 let _ = block.has_samples(*at, 0, 10);
+            }
+        }
+
+        /// A summary with any field changed, given a matching checksum, is refused or used;
+        /// either way no read panics.
+        #[test]
+        fn any_summary_damage_never_panics(position in any::<prop::sample::Index>(), byte in any::<u8>(), cut in any::<prop::sample::Index>()) {
+            let root = tempfile::tempdir().unwrap();
+            let dir = root.path().join("b");
+            let pool: Vec<Labels> = (0..40).map(|i| labels(if i % 2 == 0 { "api" } else { "db" }, i)).collect();
+            let chunks = chunks_of(&[(1, 1.0), (2, 2.0)]);
+            let mut series: Vec<BlockSeries<'_>> = pool.iter().map(|l| (l, chunks.iter().collect())).collect();
+            write_block(&dir, 0, 10, &mut series).unwrap();
+            let summary = std::fs::read(dir.join(SUMMARY_FILE)).unwrap();
+            let mut body = summary[..summary.len() - 4].to_vec();
+            let i = position.index(body.len());
+            body[i] = byte;
+            body.truncate(cut.index(body.len() + 1).max(i));
+            let crc = crc32fast::hash(&body);
+            body.extend_from_slice(&crc.to_le_bytes());
+            std::fs::write(dir.join(SUMMARY_FILE), &body).unwrap();
+            if let Ok(block) = Block::open(&dir) {
+                for matchers in [
+                    vec![],
+                    vec![Matcher::equal("job", "api")],
+                    vec![Matcher::regex("i", "1.*").unwrap()],
+                ] {
+                    if let Ok(found) = block.matching(&matchers) {
+                        let mut out = Vec::new();
+                        for (at, _) in &found {
+                            let _ = block.samples(*at, 0, 10, &mut out);
+                            let _ = block.has_samples(*at, 0, 10);
+                        }
+                    }
+                }
             }
         }
 

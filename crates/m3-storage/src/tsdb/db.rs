@@ -1311,7 +1311,7 @@ mod tests {
         let first = dir.join(BLOCKS_DIR).join("00000001-10000");
         let saved = dir.join("saved");
         std::fs::create_dir(&saved).unwrap();
-        for file in ["index", "chunks"] {
+        for file in ["index", "chunks", "summary"] {
             std::fs::copy(first.join(file), saved.join(file)).unwrap();
         }
         (first, saved)

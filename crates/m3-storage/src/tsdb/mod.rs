@@ -11,7 +11,8 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`block`] | immutable on-disk blocks: chunks, a series index and postings, checked at open |
+//! | [`block`] | immutable on-disk blocks: chunks, a series index and postings, checked at open unless a summary describes them |
+//! | `block_summary` | what opening a block needs of its index, written beside it so a start need not read every index |
 //! | [`chunk`] | one series' samples, delta-of-delta times and XOR'd values |
 //! | [`chunk_files`] | the head's closed chunks, kept in files rather than memory |
 //! | [`db`] | one namespace: the durable head, its blocks, compaction, retention, merged reads |
@@ -24,6 +25,7 @@
 //! | [`head`] | the series of a namespace in memory: label-hash lookup, postings, chunks, out-of-order buffer |
 //! | [`wal`] | the write-ahead log: checksummed records in segments, replay that stops at a torn tail |
 pub mod block;
+mod block_summary;
 pub mod chunk;
 pub mod chunk_files;
 pub mod db;
