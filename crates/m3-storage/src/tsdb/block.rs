@@ -6,7 +6,7 @@
 //! read every index):
 //!
 //! ```text
-//! chunks   the chunks' encoded bytes, back to back
+//! chunks   per chunk: its encoded bytes, then their CRC-32 (u32); back to back
 //! index    "M3BLOCK1" | min time i64 | max time i64
 //!          | series count u32 | per series, sorted by labels:
 //!          |   label count u16 | (name len u32, name, value len u32, value)…
@@ -108,6 +108,25 @@ pub struct Block {
     posting_marks: Box<[u64]>,
     sample_count: u64,
     chunk_bytes: u64,
+    /// Whether each chunk in the chunks file is followed by its CRC-32 (see
+    /// [`chunk_checksums_in`]).
+    chunk_checksums: bool,
+}
+
+/// The CRC-32 that follows each chunk's bytes in the chunks file.
+const CHUNK_CRC_LEN: u64 = 4;
+
+/// Whether a block's chunks file holds a CRC-32 after every chunk: it is then exactly the
+/// chunks' bytes and four more per chunk. Blocks written before chunk checksums hold the
+/// chunks back to back. The index names each chunk's bytes alone (offset and length), so
+/// builds before checksums read blocks with them as well.
+fn chunk_checksums_in(summary: &IndexSummary, chunks_len: u64) -> bool {
+    summary.chunk_count > 0
+        && Some(chunks_len)
+            == summary
+                .chunk_count
+                .checked_mul(CHUNK_CRC_LEN)
+                .and_then(|crcs| crcs.checked_add(summary.chunk_bytes))
 }
 
 /// Where a series' record starts in its block's index file: how a query names the series to
@@ -258,6 +277,12 @@ pub struct BlockWriter {
     /// Where every `MARK_EVERY`th series record starts, for the summary.
     series_marks: Vec<u64>,
     sample_count: u64,
+    /// The chunks' encoded bytes (their checksums not counted) and their number.
+    chunk_bytes: u64,
+    chunk_count: u64,
+    /// Whether each chunk is followed by its CRC-32; only tests write blocks without, as
+    /// builds before chunk checksums did.
+    chunk_checksums: bool,
     /// Bytes written to the chunks file.
     offset: u64,
     /// The labels of the series added last, which the next must sort after.
@@ -344,6 +369,9 @@ impl BlockWriter {
             record: Vec::new(),
             series_marks: Vec::new(),
             sample_count: 0,
+            chunk_bytes: 0,
+            chunk_count: 0,
+            chunk_checksums: true,
             offset: 0,
             last_labels: None,
             series_count: 0,
@@ -393,10 +421,15 @@ impl BlockWriter {
         record.extend_from_slice(&0u32.to_le_bytes());
         let mut count = 0u32;
         for chunk in chunks {
-            if let Some(out) = &mut self.chunks
-                && let Err(source) = out.write_all(chunk.bytes)
-            {
-                return Err(self.io_error(source));
+            if let Some(out) = &mut self.chunks {
+                let crc = crc32fast::hash(chunk.bytes).to_le_bytes();
+                let checksum: &[u8] = if self.chunk_checksums { &crc } else { &[] };
+                if let Err(source) = out
+                    .write_all(chunk.bytes)
+                    .and_then(|()| out.write_all(checksum))
+                {
+                    return Err(self.io_error(source));
+                }
             }
             record.extend_from_slice(&chunk.first.to_le_bytes());
             record.extend_from_slice(&chunk.last.to_le_bytes());
@@ -404,6 +437,11 @@ impl BlockWriter {
             record.extend_from_slice(&self.offset.to_le_bytes());
             record.extend_from_slice(&(chunk.bytes.len() as u32).to_le_bytes());
             self.offset += chunk.bytes.len() as u64;
+            if self.chunk_checksums {
+                self.offset += CHUNK_CRC_LEN;
+            }
+            self.chunk_bytes += chunk.bytes.len() as u64;
+            self.chunk_count += 1;
             self.sample_count += u64::from(chunk.samples);
             count += 1;
         }
@@ -418,6 +456,14 @@ impl BlockWriter {
         self.series_count += 1;
         self.last_labels = Some(labels.clone());
         Ok(())
+    }
+
+    /// The writer of a block as builds before chunk checksums wrote it: the chunks back to
+    /// back, without a checksum after each.
+    #[cfg(test)]
+    fn without_chunk_checksums(mut self) -> BlockWriter {
+        self.chunk_checksums = false;
+        self
     }
 
     /// Series added so far.
@@ -475,7 +521,8 @@ impl BlockWriter {
             series_marks,
             posting_marks,
             sample_count: self.sample_count,
-            chunk_bytes: self.offset,
+            chunk_bytes: self.chunk_bytes,
+            chunk_count: self.chunk_count,
         }
         .encode(Described {
             index_len: self.index_len + 4,
@@ -624,6 +671,7 @@ impl Block {
                 CheckError::Corrupt(reason) => corrupt(reason),
             })?,
         };
+        let chunk_checksums = chunk_checksums_in(&checked, chunks_len);
         Ok(Block {
             dir: dir.to_path_buf(),
             min_time: checked.min_time,
@@ -635,6 +683,7 @@ impl Block {
             posting_marks: checked.posting_marks.into_boxed_slice(),
             sample_count: checked.sample_count,
             chunk_bytes: checked.chunk_bytes,
+            chunk_checksums,
         })
     }
 
@@ -893,15 +942,14 @@ impl Block {
         for meta in record.metas() {
             let mut failed = None;
             let found = chunk_has_samples_in(meta.first, meta.last, start, end, || {
-                bytes.resize(meta.length as usize, 0);
-                if let Err(source) = self.chunks.read_exact_at(&mut bytes, meta.offset) {
-                    failed = Some(source);
+                if let Err(error) = self.read_chunk(&meta, &mut bytes) {
+                    failed = Some(error);
                     bytes.clear();
                 }
                 Chunk::decode(&bytes, meta.samples)
             });
-            if let Some(source) = failed {
-                return Err(self.io_error(source));
+            if let Some(error) = failed {
+                return Err(error);
             }
             if found {
                 return Ok(true);
@@ -926,10 +974,7 @@ impl Block {
         let record = self.record_at(at, &mut record_bytes)?;
         let mut bytes = Vec::new();
         for meta in record.metas().filter(|m| m.last >= start && m.first <= end) {
-            bytes.resize(meta.length as usize, 0);
-            self.chunks
-                .read_exact_at(&mut bytes, meta.offset)
-                .map_err(|source| self.io_error(source))?;
+            self.read_chunk(&meta, &mut bytes)?;
             out.extend(
                 Chunk::decode(&bytes, meta.samples).filter(|s| (start..=end).contains(&s.0)),
             );
@@ -950,20 +995,42 @@ impl Block {
         }
     }
 
-    /// Reads one chunk's bytes into `buffer`, replacing what it held.
+    /// Reads one chunk's bytes into `buffer`, replacing what it held, and checks them against
+    /// the checksum after them (in blocks written with chunk checksums).
     ///
     /// # Errors
-    /// Reading the chunks file failed.
+    /// Reading the chunks file failed; [`BlockError::Corrupt`] when the bytes do not match
+    /// their checksum.
     pub(crate) fn read_chunk(
         &self,
         meta: &ChunkMeta,
         buffer: &mut Vec<u8>,
     ) -> Result<(), BlockError> {
+        let length = meta.length as usize;
+        let stored = if self.chunk_checksums {
+            CHUNK_CRC_LEN as usize
+        } else {
+            0
+        };
         buffer.clear();
-        buffer.resize(meta.length as usize, 0);
+        buffer.resize(length + stored, 0);
         self.chunks
             .read_exact_at(buffer, meta.offset)
-            .map_err(|source| self.io_error(source))
+            .map_err(|source| self.io_error(source))?;
+        if let Some(crc) = buffer.last_chunk::<4>().filter(|_| self.chunk_checksums) {
+            let crc = u32::from_le_bytes(*crc);
+            buffer.truncate(length);
+            if crc32fast::hash(buffer) != crc {
+                return Err(BlockError::Corrupt {
+                    dir: self.dir.clone(),
+                    reason: format!(
+                        "the chunk at {}+{} of the chunks file does not match its checksum",
+                        meta.offset, meta.length
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1187,7 +1254,7 @@ fn check_index(file: &File, file_len: u64, chunks_len: u64) -> Result<IndexSumma
         return Err(format!("a count of {series_count} does not fit the index").into());
     }
     let mut series_marks = Vec::with_capacity(series_count.div_ceil(MARK_EVERY) + 1);
-    let (mut sample_count, mut chunk_bytes) = (0u64, 0u64);
+    let (mut sample_count, mut chunk_bytes, mut chunk_count) = (0u64, 0u64, 0u64);
     for position in 0..series_count {
         if position % MARK_EVERY == 0 {
             series_marks.push(stream.offset());
@@ -1220,6 +1287,7 @@ fn check_index(file: &File, file_len: u64, chunks_len: u64) -> Result<IndexSumma
             }
             sample_count += u64::from(meta.samples);
             chunk_bytes += u64::from(meta.length);
+            chunk_count += 1;
         }
     }
     series_marks.push(stream.offset());
@@ -1276,6 +1344,7 @@ fn check_index(file: &File, file_len: u64, chunks_len: u64) -> Result<IndexSumma
         posting_marks,
         sample_count,
         chunk_bytes,
+        chunk_count,
     })
 }
 
@@ -1283,6 +1352,7 @@ fn check_index(file: &File, file_len: u64, chunks_len: u64) -> Result<IndexSumma
 mod tests {
     use super::*;
     use crate::tsdb::head::{Head, HeadOptions};
+    use crate::tsdb::merge::merge_blocks;
     use proptest::prelude::*;
 
     fn labels(job: &str, i: usize) -> Labels {
@@ -1396,7 +1466,75 @@ mod tests {
             b.series_count,
             &b.series_marks,
             &b.posting_marks,
-        ) && (a.sample_count, a.chunk_bytes) == (b.sample_count, b.chunk_bytes)
+        ) && (a.sample_count, a.chunk_bytes, a.chunk_checksums)
+            == (b.sample_count, b.chunk_bytes, b.chunk_checksums)
+    }
+
+    /// A chunk whose bytes changed on disk is an error naming the block, for a query and for a
+    /// merge, and the other series still read.
+    #[test]
+    fn a_chunk_that_does_not_match_its_checksum_is_an_error_naming_the_block() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("b");
+        let (a, b) = (labels("api", 1), labels("db", 2));
+        let a_chunks = chunks_of(&[(1, 1.0), (2, 2.0), (3, 3.0)]);
+        let b_chunks = chunks_of(&[(1, 5.0)]);
+        let mut series = vec![
+            (&a, a_chunks.iter().collect()),
+            (&b, b_chunks.iter().collect()),
+        ];
+        write_block(&dir, 0, 10, &mut series).unwrap();
+        let block = Block::open(&dir).unwrap();
+        assert!(block.chunk_checksums);
+        let found = block.matching(&[]).unwrap();
+        assert_eq!(found[0].1, a);
+        // Series `a` sorts first: its chunk starts the chunks file.
+        let mut chunks = std::fs::read(dir.join(CHUNKS_FILE)).unwrap();
+        chunks[2] ^= 0x01;
+        std::fs::write(dir.join(CHUNKS_FILE), &chunks).unwrap();
+
+        let err = block
+            .samples(found[0].0, 0, 10, &mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not match its checksum"), "{err}");
+        assert!(err.contains(&dir.display().to_string()), "{err}");
+        assert!(block.has_samples(found[0].0, 2, 2).is_err());
+        let mut other = Vec::new();
+        block.samples(found[1].0, 0, 10, &mut other).unwrap();
+        assert_eq!(other, vec![(1, 5.0)]);
+        let merged = merge_blocks(&[&block], &root.path().join("merged"));
+        assert!(merged.unwrap_err().to_string().contains("checksum"));
+    }
+
+    /// A block written before chunk checksums (the chunks back to back) opens, from its
+    /// summary or checked, and reads as before.
+    #[test]
+    fn a_block_without_chunk_checksums_reads_as_before() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("b");
+        let a = labels("api", 1);
+        let samples: Vec<(i64, f64)> = (0..300).map(|t| (t, t as f64)).collect();
+        let chunks = chunks_of(&samples);
+        let mut writer = BlockWriter::create(&dir).unwrap().without_chunk_checksums();
+        writer
+            .add_series(&a, chunks.iter().map(ChunkBytes::of))
+            .unwrap();
+        writer.finish(0, 300).unwrap();
+        let encoded: u64 = chunks.iter().map(|c| c.bytes().len() as u64).sum();
+        assert_eq!(
+            std::fs::metadata(dir.join(CHUNKS_FILE)).unwrap().len(),
+            encoded
+        );
+        let (from_summary, checked) = opened_both_ways(&dir);
+        assert!(same_opening(&from_summary, &checked));
+        for block in [from_summary, checked] {
+            assert!(!block.chunk_checksums);
+            let at = block.matching(&[]).unwrap()[0].0;
+            let mut got = Vec::new();
+            block.samples(at, 0, 300, &mut got).unwrap();
+            assert_eq!(got, samples);
+        }
     }
 
     /// A block opens from its summary without reading its index: a byte changed inside the

@@ -9,7 +9,7 @@
 //! ```text
 //! summary  "M3BSUM01" | index length u64 | index checksum u32 | chunks length u64
 //!          | min time i64 | max time i64 | series count u32 | postings count u32
-//!          | sample count u64 | chunk bytes u64
+//!          | sample count u64 | chunk bytes u64 | chunk count u64
 //!          | series marks count u32, u64… | postings marks count u32, u64…
 //!          | CRC-32 of everything before (u32)                       (all little-endian)
 //! ```
@@ -40,7 +40,9 @@ pub(crate) struct IndexSummary {
     /// The offset of postings entry `i * MARK_EVERY` for each `i`, then the entries' end.
     pub(crate) posting_marks: Vec<u64>,
     pub(crate) sample_count: u64,
+    /// The chunks' encoded bytes, their checksums not counted.
     pub(crate) chunk_bytes: u64,
+    pub(crate) chunk_count: u64,
 }
 
 /// The files a summary describes: it is used only for these.
@@ -69,6 +71,7 @@ impl IndexSummary {
         out.extend_from_slice(&self.posting_count.to_le_bytes());
         out.extend_from_slice(&self.sample_count.to_le_bytes());
         out.extend_from_slice(&self.chunk_bytes.to_le_bytes());
+        out.extend_from_slice(&self.chunk_count.to_le_bytes());
         for marks in [&self.series_marks, &self.posting_marks] {
             out.extend_from_slice(&(marks.len() as u32).to_le_bytes());
             for mark in marks {
@@ -111,6 +114,7 @@ impl IndexSummary {
         let posting_count = fields.u32()?;
         let sample_count = fields.u64()?;
         let chunk_bytes = fields.u64()?;
+        let chunk_count = fields.u64()?;
         let series_marks = fields.marks()?;
         let posting_marks = fields.marks()?;
         if !fields.0.is_empty() {
@@ -142,6 +146,7 @@ impl IndexSummary {
             posting_marks,
             sample_count,
             chunk_bytes,
+            chunk_count,
         })
     }
 }
