@@ -646,12 +646,27 @@ impl<'a> Reader<'a> {
 }
 
 impl Block {
-    /// Opens the block in `dir`, checking its index (its checksum, every length, offset and
-    /// position) against its chunks file.
+    /// Opens the block in `dir` from its summary, or where there is none that describes its
+    /// files, by checking its index (its checksum, every length, offset and position) against
+    /// its chunks file.
     ///
     /// # Errors
     /// I/O errors; [`BlockError::Corrupt`] when the files do not hold a whole block.
     pub fn open(dir: &Path) -> Result<Block, BlockError> {
+        Block::open_with(dir, true)
+    }
+
+    /// Opens the block in `dir` by checking its whole index, whatever its summary says: for a
+    /// decision that must not rest on an index nobody read, such as deleting the blocks a
+    /// merged block replaces.
+    ///
+    /// # Errors
+    /// As [`Block::open`].
+    pub fn open_checked(dir: &Path) -> Result<Block, BlockError> {
+        Block::open_with(dir, false)
+    }
+
+    fn open_with(dir: &Path, use_summary: bool) -> Result<Block, BlockError> {
         let io_error = |source| BlockError::Io {
             dir: dir.to_path_buf(),
             source,
@@ -664,7 +679,12 @@ impl Block {
         let index_len = index.metadata().map_err(io_error)?.len();
         let chunks = File::open(dir.join(CHUNKS_FILE)).map_err(io_error)?;
         let chunks_len = chunks.metadata().map_err(io_error)?.len();
-        let checked = match read_summary(dir, &index, index_len, chunks_len) {
+        let summary = if use_summary {
+            read_summary(dir, &index, index_len, chunks_len)
+        } else {
+            None
+        };
+        let checked = match summary {
             Some(summary) => summary,
             None => check_index(&index, index_len, chunks_len).map_err(|e| match e {
                 CheckError::Io(source) => io_error(source),
