@@ -97,7 +97,7 @@ pub struct Block {
     min_time: i64,
     max_time: i64,
     chunks: File,
-    /// The index file, checked whole when opened.
+    /// The index file: checked whole when opened without a summary, and before a merge.
     index: File,
     series_count: u32,
     /// The offset of series record `i * MARK_EVERY`, for each `i`, then the end of the series
@@ -111,6 +111,8 @@ pub struct Block {
     /// Whether each chunk in the chunks file is followed by its CRC-32 (see
     /// [`chunk_checksums_in`]).
     chunk_checksums: bool,
+    /// The chunks file's length when opened: no chunk read may reach past it.
+    chunks_len: u64,
 }
 
 /// The CRC-32 that follows each chunk's bytes in the chunks file.
@@ -118,15 +120,26 @@ const CHUNK_CRC_LEN: u64 = 4;
 
 /// Whether a block's chunks file holds a CRC-32 after every chunk: it is then exactly the
 /// chunks' bytes and four more per chunk. Blocks written before chunk checksums hold the
-/// chunks back to back. The index names each chunk's bytes alone (offset and length), so
-/// builds before checksums read blocks with them as well.
-fn chunk_checksums_in(summary: &IndexSummary, chunks_len: u64) -> bool {
-    summary.chunk_count > 0
-        && Some(chunks_len)
-            == summary
-                .chunk_count
-                .checked_mul(CHUNK_CRC_LEN)
-                .and_then(|crcs| crcs.checked_add(summary.chunk_bytes))
+/// chunks back to back, exactly their bytes. Any other length is a damaged file (a chunk or
+/// checksum cut off), refused rather than read without checks. The index names each chunk's
+/// bytes alone (offset and length), so builds before checksums read blocks with them as well.
+fn chunk_checksums_in(summary: &IndexSummary, chunks_len: u64) -> Result<bool, String> {
+    let with_checksums = summary
+        .chunk_count
+        .checked_mul(CHUNK_CRC_LEN)
+        .and_then(|crcs| crcs.checked_add(summary.chunk_bytes));
+    if summary.chunk_count > 0 && Some(chunks_len) == with_checksums {
+        Ok(true)
+    } else if chunks_len == summary.chunk_bytes {
+        Ok(false)
+    } else {
+        Err(format!(
+            "the chunks file holds {chunks_len} bytes, where its {} chunks take {} (or {} with their checksums)",
+            summary.chunk_count,
+            summary.chunk_bytes,
+            with_checksums.unwrap_or(u64::MAX)
+        ))
+    }
 }
 
 /// Where a series' record starts in its block's index file: how a query names the series to
@@ -686,12 +699,22 @@ impl Block {
         };
         let checked = match summary {
             Some(summary) => summary,
-            None => check_index(&index, index_len, chunks_len).map_err(|e| match e {
-                CheckError::Io(source) => io_error(source),
-                CheckError::Corrupt(reason) => corrupt(reason),
-            })?,
+            None => {
+                let checked = check_index(&index, index_len, chunks_len).map_err(|e| match e {
+                    CheckError::Io(source) => io_error(source),
+                    CheckError::Corrupt(reason) => corrupt(reason),
+                })?;
+                if use_summary {
+                    // A block written before summaries, or whose summary did not describe it:
+                    // the next start opens it from this one.
+                    if let Err(e) = write_summary(dir, &checked, &index, index_len, chunks_len) {
+                        tracing::warn!(block = %dir.display(), error = %e, "could not write the block's summary; the next start checks its index again");
+                    }
+                }
+                checked
+            }
         };
-        let chunk_checksums = chunk_checksums_in(&checked, chunks_len);
+        let chunk_checksums = chunk_checksums_in(&checked, chunks_len).map_err(corrupt)?;
         Ok(Block {
             dir: dir.to_path_buf(),
             min_time: checked.min_time,
@@ -704,6 +727,7 @@ impl Block {
             sample_count: checked.sample_count,
             chunk_bytes: checked.chunk_bytes,
             chunk_checksums,
+            chunks_len,
         })
     }
 
@@ -1015,6 +1039,43 @@ impl Block {
         }
     }
 
+    /// Reads and checks the whole index, as an open without a summary does, and that it gives
+    /// what the block was opened with. A merge does this to its sources first: written again
+    /// into the merged block under a fresh checksum, damage in an index nobody checked would
+    /// look whole there, and the sources are deleted.
+    ///
+    /// # Errors
+    /// Reading failed; [`BlockError::Corrupt`] when the index does not check or says other
+    /// than the summary the block was opened from.
+    pub(crate) fn check(&self) -> Result<(), BlockError> {
+        let index_len = self
+            .index
+            .metadata()
+            .map_err(|source| self.io_error(source))?
+            .len();
+        let checked =
+            check_index(&self.index, index_len, self.chunks_len).map_err(|e| match e {
+                CheckError::Io(source) => self.io_error(source),
+                CheckError::Corrupt(reason) => BlockError::Corrupt {
+                    dir: self.dir.clone(),
+                    reason,
+                },
+            })?;
+        let same = (checked.min_time, checked.max_time, checked.series_count)
+            == (self.min_time, self.max_time, self.series_count)
+            && checked.series_marks[..] == self.series_marks[..]
+            && checked.posting_marks[..] == self.posting_marks[..]
+            && (checked.sample_count, checked.chunk_bytes) == (self.sample_count, self.chunk_bytes);
+        if same {
+            Ok(())
+        } else {
+            Err(BlockError::Corrupt {
+                dir: self.dir.clone(),
+                reason: "its index does not say what its summary said".into(),
+            })
+        }
+    }
+
     /// Reads one chunk's bytes into `buffer`, replacing what it held, and checks them against
     /// the checksum after them (in blocks written with chunk checksums).
     ///
@@ -1032,6 +1093,20 @@ impl Block {
         } else {
             0
         };
+        // A length from the index is checked against the file before it sizes a buffer.
+        if meta
+            .offset
+            .checked_add(u64::from(meta.length) + stored as u64)
+            .is_none_or(|end| end > self.chunks_len)
+        {
+            return Err(BlockError::Corrupt {
+                dir: self.dir.clone(),
+                reason: format!(
+                    "a chunk at {}+{} is past the end of the chunks file ({} bytes)",
+                    meta.offset, meta.length, self.chunks_len
+                ),
+            });
+        }
         buffer.clear();
         buffer.resize(length + stored, 0);
         self.chunks
@@ -1079,6 +1154,7 @@ impl AllSeries<'_> {
             else {
                 return Ok(None);
             };
+            let group = self.next_group;
             self.next_group += 1;
             self.block.read_index(start, end, &mut self.buffer)?;
             let mut reader = Reader {
@@ -1089,9 +1165,41 @@ impl AllSeries<'_> {
                 self.read
                     .push_back((record.labels(), record.metas().collect()));
             }
+            // Every group holds MARK_EVERY records and the last the rest: a group that does
+            // not (marks that do not fit the index) would end the walk early or late.
+            let expected = (self.block.series_count as usize)
+                .saturating_sub(group * MARK_EVERY)
+                .min(MARK_EVERY);
+            if self.read.len() != expected {
+                return Err(self.block.changed());
+            }
         }
         Ok(self.read.pop_front())
     }
+}
+
+/// Writes `summary` for the index and chunks files of the block in `dir`, beside them: under
+/// a temporary name, synced, then renamed into place.
+fn write_summary(
+    dir: &Path,
+    summary: &IndexSummary,
+    index: &File,
+    index_len: u64,
+    chunks_len: u64,
+) -> io::Result<()> {
+    let mut stored_crc = [0u8; 4];
+    index.read_exact_at(&mut stored_crc, index_len.saturating_sub(4))?;
+    let bytes = summary.encode(Described {
+        index_len,
+        index_crc: u32::from_le_bytes(stored_crc),
+        chunks_len,
+    });
+    let temporary = dir.join(format!(".{SUMMARY_FILE}.tmp"));
+    let mut file = File::create(&temporary)?;
+    file.write_all(&bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, dir.join(SUMMARY_FILE))?;
+    File::open(dir)?.sync_all()
 }
 
 /// The summary beside the index (see `tsdb::block_summary`), if there is one that
@@ -1555,6 +1663,127 @@ mod tests {
             block.samples(at, 0, 300, &mut got).unwrap();
             assert_eq!(got, samples);
         }
+    }
+
+    /// What the summary of the block in `dir` must describe.
+    fn described(dir: &Path) -> Described {
+        let index = std::fs::read(dir.join(INDEX_FILE)).unwrap();
+        Described {
+            index_len: index.len() as u64,
+            index_crc: u32::from_le_bytes(*index.last_chunk::<4>().unwrap()),
+            chunks_len: std::fs::metadata(dir.join(CHUNKS_FILE)).unwrap().len(),
+        }
+    }
+
+    /// Forty series of two jobs, each with one chunk: three groups of records.
+    fn forty_series_block(dir: &Path) {
+        let pool: Vec<Labels> = (0..40)
+            .map(|i| labels(if i % 2 == 0 { "api" } else { "db" }, i))
+            .collect();
+        let chunks = chunks_of(&[(1, 1.0), (2, 2.0)]);
+        let mut series: Vec<BlockSeries<'_>> =
+            pool.iter().map(|l| (l, chunks.iter().collect())).collect();
+        write_block(dir, 0, 10, &mut series).unwrap();
+    }
+
+    /// A block without a summary (written before them) gets one when it is first opened: the
+    /// one its writer would have written.
+    #[test]
+    fn a_block_without_a_summary_gets_one_when_first_opened() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("b");
+        forty_series_block(&dir);
+        let written = std::fs::read(dir.join(SUMMARY_FILE)).unwrap();
+        std::fs::remove_file(dir.join(SUMMARY_FILE)).unwrap();
+        let block = Block::open(&dir).unwrap();
+        assert_eq!(block.matching(&[]).unwrap().len(), 40);
+        assert_eq!(std::fs::read(dir.join(SUMMARY_FILE)).unwrap(), written);
+        assert!(!root.path().join("b").join(".summary.tmp").exists());
+    }
+
+    /// A summary with a good checksum whose marks are wrong is refused when they cannot be
+    /// right (two equal), and otherwise caught before a merge writes the block again: the
+    /// merge fails rather than drop or misplace series, and walking the series is an error.
+    #[test]
+    fn a_summary_whose_marks_are_wrong_is_refused_or_caught_before_a_merge() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("b");
+        forty_series_block(&dir);
+        let good = IndexSummary::decode(
+            &std::fs::read(dir.join(SUMMARY_FILE)).unwrap(),
+            described(&dir),
+            HEADER_LEN as u64,
+        )
+        .unwrap();
+        assert_eq!(good.series_marks.len(), 4);
+
+        let mut equal = good.clone();
+        equal.series_marks[2] = equal.series_marks[1];
+        std::fs::write(dir.join(SUMMARY_FILE), equal.encode(described(&dir))).unwrap();
+        let block = Block::open(&dir).unwrap();
+        assert_eq!(
+            block.series_marks[..],
+            good.series_marks[..],
+            "checked instead"
+        );
+        let merged = merge_blocks(&[&block], &root.path().join("merged")).unwrap();
+        assert_eq!(merged.series, 40);
+
+        let mut moved = good.clone();
+        moved.series_marks[1] += 1;
+        std::fs::write(dir.join(SUMMARY_FILE), moved.encode(described(&dir))).unwrap();
+        let block = Block::open(&dir).unwrap();
+        assert_eq!(
+            block.series_marks[1],
+            good.series_marks[1] + 1,
+            "taken as it is"
+        );
+        let err = merge_blocks(&[&block], &root.path().join("merged-again"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not say what its summary said"), "{err}");
+        let mut walk = block.all_series();
+        let walked: Result<Vec<_>, _> =
+            std::iter::from_fn(|| walk.next_series().transpose()).collect();
+        assert!(walked.is_err());
+    }
+
+    /// A chunks file of neither length a block can have (a checksum cut short) is refused,
+    /// not read without checks.
+    #[test]
+    fn a_chunks_file_cut_inside_a_checksum_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("b");
+        forty_series_block(&dir);
+        let chunks = std::fs::read(dir.join(CHUNKS_FILE)).unwrap();
+        std::fs::write(dir.join(CHUNKS_FILE), &chunks[..chunks.len() - 2]).unwrap();
+        let err = Block::open(&dir).unwrap_err().to_string();
+        assert!(err.contains("the chunks file holds"), "{err}");
+    }
+
+    /// A chunk length changed inside an index opened from its summary is refused against the
+    /// chunks file's length before it sizes a buffer.
+    #[test]
+    fn a_chunk_length_past_the_chunks_file_is_refused_before_it_is_read() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("b");
+        let a = labels("api", 1);
+        let chunks = chunks_of(&[(1, 1.0), (2, 2.0)]);
+        write_block(&dir, 0, 10, &mut [(&a, chunks.iter().collect())]).unwrap();
+        let mut record = Vec::new();
+        put_labels(&mut record, &a);
+        // The record's labels, its chunk count, then first, last, samples and offset.
+        let length_at = HEADER_LEN + record.len() + 4 + 28;
+        let mut index = std::fs::read(dir.join(INDEX_FILE)).unwrap();
+        index[length_at..length_at + 4].copy_from_slice(&0xF000_0000u32.to_le_bytes());
+        std::fs::write(dir.join(INDEX_FILE), &index).unwrap();
+        let block = Block::open(&dir).unwrap();
+        let at = block.matching(&[]).unwrap()[0].0;
+        let err = block
+            .samples(at, 0, 10, &mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("past the end of the chunks file"), "{err}");
     }
 
     /// A block opens from its summary without reading its index: a byte changed inside the

@@ -132,8 +132,9 @@ impl IndexSummary {
         let fits = series_marks.first() == Some(&records_start)
             && posting_marks.first() == Some(&records_end.saturating_add(4))
             && posting_marks.last() == Some(&files.index_len.saturating_sub(4))
-            && series_marks.windows(2).all(|w| w[0] <= w[1])
-            && posting_marks.windows(2).all(|w| w[0] <= w[1]);
+            // Every group holds at least one record (six bytes or more) or entry (twelve).
+            && series_marks.windows(2).all(|w| w[0] < w[1])
+            && posting_marks.windows(2).all(|w| w[0] < w[1]);
         if !fits {
             return Err("the marks do not fit the index".into());
         }

@@ -35,7 +35,7 @@
 //! # Merging
 //!
 //! A long retention would keep hundreds of blocks, each with its own index of the same series
-//! (read and checked at open, two open files). Once a compaction's cutoff passes the end of a
+//! (two open files, and the index repeating every series' labels). Once a compaction's cutoff passes the end of a
 //! `merge_range` (a tenth of the retention, rounded down to whole block ranges), the blocks
 //! cut in it are merged into one ([`merge_blocks`]) and then deleted, one range per
 //! compaction, oldest first. A block belongs to the range its cutoff closes: cutoffs grow with

@@ -2,9 +2,13 @@
 //!
 //! A namespace cuts a block per two hours (or 120 windows), so a long retention means hundreds
 //! of blocks, each with its own index of the same series: at 100,000 series an index is about
-//! 34 MB, read and checked when the block is opened, and two open files. Prometheus merges old
+//! 34 MB on disk, and two open files. Prometheus merges old
 //! blocks into ranges up to a tenth of the retention; [`merge_blocks`] does that merge for the
 //! blocks [`NamespaceDb`](crate::tsdb::db::NamespaceDb) picks.
+//!
+//! Each source's index is read and checked whole first (a block opened from its summary has
+//! not had it read): the merged block's fresh checksum would otherwise make damage in a
+//! source look whole, and the sources are deleted once it is in place.
 //!
 //! The merge streams: every source is read a group of records at a time, in label order, and
 //! the merged block is written a series at a time ([`BlockWriter`]), so it never holds the
@@ -40,6 +44,11 @@ pub struct Merged {
 /// # Errors
 /// Reading a source or writing the block failed (nothing is left at `dir` then).
 pub fn merge_blocks(sources: &[&Block], dir: &Path) -> Result<Merged, BlockError> {
+    // Sources opened from their summaries have not had their indexes read: checked first, so
+    // that damage in one is not written again under the merged block's fresh checksum.
+    for source in sources {
+        source.check()?;
+    }
     // Each source's cursor and the series it is at.
     let mut cursors: Vec<(AllSeries<'_>, Option<SeriesChunks>)> = Vec::new();
     for source in sources {
