@@ -1029,6 +1029,10 @@ mod tests {
         Write(Vec<(u8, i64, i8)>),
         /// Compaction at this wall-clock time.
         Compact(i64),
+        /// Compactions every half block range over six block ranges from this wall-clock
+        /// time on, as the clock passes: a cut per range, then the merges of the ranges they
+        /// close.
+        CompactAsTimePasses(i64),
         /// Retention with this cutoff.
         Expire(i64),
         Reopen,
@@ -1039,6 +1043,7 @@ mod tests {
             6 => proptest::collection::vec((0u8..6, 0i64..60_000, any::<i8>()), 1..20)
                 .prop_map(Step::Write),
             2 => (0i64..80_000).prop_map(Step::Compact),
+            1 => (0i64..60_000).prop_map(Step::CompactAsTimePasses),
             1 => (0i64..40_000).prop_map(Step::Expire),
             1 => Just(Step::Reopen),
         ]
@@ -1052,6 +1057,148 @@ mod tests {
         newest: BTreeMap<u8, i64>,
     }
 
+    /// Writes at times that follow a clock, each series lagging it by its own amount (0, 6, 12
+    /// and 18 seconds) and each sample late by up to the out-of-order window (rewriting the
+    /// times of earlier rounds, with other values), with a
+    /// compaction at the clock now and then: the lagging series' samples land behind cutoffs
+    /// already passed, so consecutive blocks hold overlapping chunks of them, and the merges
+    /// (the clock passes merge ranges as it goes, and a last run of compactions closes them
+    /// all) decode and merge those series.
+    fn lagging_steps() -> impl Strategy<Value = Vec<Step>> {
+        let round = (
+            // Lateness in steps of half a second, as the clock: later rounds write again at
+            // the times of earlier ones, so a block and a later one hold the same timestamp.
+            proptest::collection::vec((0u8..4, (0i64..6).prop_map(|k| k * 500), any::<i8>()), 1..6),
+            any::<bool>(),
+            0u8..12,
+        );
+        proptest::collection::vec(round, 10..60).prop_map(|rounds| {
+            let mut steps = Vec::new();
+            let mut clock = 25_000;
+            for (writes, compact, reopen) in rounds {
+                clock += 500;
+                steps.push(Step::Write(
+                    writes
+                        .into_iter()
+                        .map(|(series, late, value)| {
+                            (series, clock - i64::from(series) * 6_000 - late, value)
+                        })
+                        .collect(),
+                ));
+                if compact {
+                    steps.push(Step::Compact(clock));
+                }
+                if reopen == 0 {
+                    steps.push(Step::Reopen);
+                }
+            }
+            steps.push(Step::CompactAsTimePasses(clock));
+            steps
+        })
+    }
+
+    /// Runs `steps` against a database (merging ranges of two blocks, or not merging) and
+    /// the model: after every step, every read equals the model of what was taken.
+    fn reads_equal_the_model(steps: Vec<Step>, merge: bool) -> Result<(), TestCaseError> {
+        // Merging or not, every read is the same.
+        let options = || DbOptions {
+            merge_range: if merge { 2 * RANGE } else { 0 },
+            ..options()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (mut db, _) = NamespaceDb::open(dir.path(), options()).unwrap();
+        let mut model = Model::default();
+        let mut floor = i64::MIN;
+        for step in steps {
+            match step {
+                Step::Write(batch) => {
+                    let sets: Vec<Labels> = batch.iter().map(|s| labels(s.0)).collect();
+                    let samples: Vec<(&Labels, i64, f64)> = batch
+                        .iter()
+                        .zip(&sets)
+                        .map(|(s, l)| (l, s.1, f64::from(s.2)))
+                        .collect();
+                    db.append(&samples).unwrap();
+                    for &(series, time, value) in &batch {
+                        let newest = model.newest.get(&series).copied();
+                        match newest {
+                            Some(n) if time <= n && time < n - WINDOW => {}
+                            _ if time < floor => {
+                                // Taken, but never read: before the retention cutoff.
+                                let n = newest.unwrap_or(i64::MIN).max(time);
+                                model.newest.insert(series, n);
+                            }
+                            _ => {
+                                model
+                                    .samples
+                                    .entry(series)
+                                    .or_default()
+                                    .insert(time, f64::from(value));
+                                let n = newest.unwrap_or(i64::MIN).max(time);
+                                model.newest.insert(series, n);
+                            }
+                        }
+                    }
+                }
+                Step::Compact(now) => {
+                    db.compact(now).unwrap();
+                }
+                Step::CompactAsTimePasses(from) => {
+                    for now in (from..from + 6 * RANGE).step_by(RANGE as usize / 2) {
+                        db.compact(now).unwrap();
+                    }
+                }
+                Step::Expire(cutoff) => {
+                    db.truncate_before(cutoff).unwrap();
+                    floor = floor.max(cutoff);
+                    for samples in model.samples.values_mut() {
+                        samples.retain(|t, _| *t >= floor);
+                    }
+                    // A series retention emptied from the head forgets its newest.
+                    let head = db.head.read();
+                    model
+                        .newest
+                        .retain(|s, _| head.head().find(labels(*s).view()).is_some());
+                }
+                Step::Reopen => {
+                    drop(db);
+                    db = NamespaceDb::open(dir.path(), options()).unwrap().0;
+                    // The head's newest per series comes back from what is replayed; the
+                    // model follows the head (what it holds decides the window).
+                    model.newest.clear();
+                    model_newest_from_head(&db, &mut model);
+                }
+            }
+            // Whether a series has samples in a range agrees with reading them.
+            {
+                let reader = db.reader();
+                for (_, sources) in reader.matching(&[], i64::MIN, i64::MAX).unwrap() {
+                    for (start, end) in [
+                        (0, 10_000),
+                        (25_000, 25_010),
+                        (-5, 70_000),
+                        (59_000, 59_999),
+                    ] {
+                        let mut read = Vec::new();
+                        reader.samples(&sources, start, end, &mut read).unwrap();
+                        prop_assert_eq!(
+                            reader.has_samples(&sources, start, end).unwrap(),
+                            !read.is_empty()
+                        );
+                    }
+                }
+            }
+            let expected: BTreeMap<Labels, Vec<(i64, f64)>> = model
+                .samples
+                .iter()
+                .filter(|(_, s)| !s.is_empty())
+                .map(|(series, s)| (labels(*series), s.iter().map(|(t, v)| (*t, *v)).collect()))
+                .collect();
+            prop_assert_eq!(everything(&db), expected);
+        }
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -1062,80 +1209,17 @@ mod tests {
             steps in proptest::collection::vec(step(), 1..40),
             merge in any::<bool>(),
         ) {
-            // Merging or not, every read is the same.
-            let options = || DbOptions { merge_range: if merge { 2 * RANGE } else { 0 }, ..options() };
-            let dir = tempfile::tempdir().unwrap();
-            let (mut db, _) = NamespaceDb::open(dir.path(), options()).unwrap();
-            let mut model = Model::default();
-            let mut floor = i64::MIN;
-            for step in steps {
-                match step {
-                    Step::Write(batch) => {
-                        let sets: Vec<Labels> = batch.iter().map(|s| labels(s.0)).collect();
-                        let samples: Vec<(&Labels, i64, f64)> = batch
-                            .iter()
-                            .zip(&sets)
-                            .map(|(s, l)| (l, s.1, f64::from(s.2)))
-                            .collect();
-                        db.append(&samples).unwrap();
-                        for &(series, time, value) in &batch {
-                            let newest = model.newest.get(&series).copied();
-                            match newest {
-                                Some(n) if time <= n && time < n - WINDOW => {}
-                                _ if time < floor => {
-                                    // Taken, but never read: before the retention cutoff.
-                                    let n = newest.unwrap_or(i64::MIN).max(time);
-                                    model.newest.insert(series, n);
-                                }
-                                _ => {
-                                    model.samples.entry(series).or_default().insert(time, f64::from(value));
-                                    let n = newest.unwrap_or(i64::MIN).max(time);
-                                    model.newest.insert(series, n);
-                                }
-                            }
-                        }
-                    }
-                    Step::Compact(now) => {
-                        db.compact(now).unwrap();
-                    }
-                    Step::Expire(cutoff) => {
-                        db.truncate_before(cutoff).unwrap();
-                        floor = floor.max(cutoff);
-                        for samples in model.samples.values_mut() {
-                            samples.retain(|t, _| *t >= floor);
-                        }
-                        // A series retention emptied from the head forgets its newest.
-                        let head = db.head.read();
-                        model.newest.retain(|s, _| head.head().find(labels(*s).view()).is_some());
-                    }
-                    Step::Reopen => {
-                        drop(db);
-                        db = NamespaceDb::open(dir.path(), options()).unwrap().0;
-                        // The head's newest per series comes back from what is replayed; the
-                        // model follows the head (what it holds decides the window).
-                        model.newest.clear();
-                        model_newest_from_head(&db, &mut model);
-                    }
-                }
-                // Whether a series has samples in a range agrees with reading them.
-                {
-                    let reader = db.reader();
-                    for (_, sources) in reader.matching(&[], i64::MIN, i64::MAX).unwrap() {
-                        for (start, end) in [(0, 10_000), (25_000, 25_010), (-5, 70_000), (59_000, 59_999)] {
-                            let mut read = Vec::new();
-                            reader.samples(&sources, start, end, &mut read).unwrap();
-                            prop_assert_eq!(reader.has_samples(&sources, start, end).unwrap(), !read.is_empty());
-                        }
-                    }
-                }
-                let expected: BTreeMap<Labels, Vec<(i64, f64)>> = model
-                    .samples
-                    .iter()
-                    .filter(|(_, s)| !s.is_empty())
-                    .map(|(series, s)| (labels(*series), s.iter().map(|(t, v)| (*t, *v)).collect()))
-                    .collect();
-                prop_assert_eq!(everything(&db), expected);
-            }
+            reads_equal_the_model(steps, merge)?;
+        }
+
+        /// Series lagging the clock (see [`lagging_steps`]): their late samples are cut into
+        /// later blocks whose chunks overlap the earlier ones', merged or not.
+        #[test]
+        fn late_samples_of_lagging_series_read_as_the_model_through_cuts_and_merges(
+            steps in lagging_steps(),
+            merge in any::<bool>(),
+        ) {
+            reads_equal_the_model(steps, merge)?;
         }
     }
 
