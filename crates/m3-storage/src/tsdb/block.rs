@@ -692,29 +692,29 @@ impl Block {
         let index_len = index.metadata().map_err(io_error)?.len();
         let chunks = File::open(dir.join(CHUNKS_FILE)).map_err(io_error)?;
         let chunks_len = chunks.metadata().map_err(io_error)?.len();
-        let summary = if use_summary {
+        let found = if use_summary {
             read_summary(dir, &index, index_len, chunks_len)
         } else {
-            None
+            Summary::NotUsed
         };
-        let checked = match summary {
-            Some(summary) => summary,
-            None => {
-                let checked = check_index(&index, index_len, chunks_len).map_err(|e| match e {
+        let missing = matches!(found, Summary::Missing);
+        let checked = match found {
+            Summary::Usable(summary) => summary,
+            Summary::Missing | Summary::NotUsed => check_index(&index, index_len, chunks_len)
+                .map_err(|e| match e {
                     CheckError::Io(source) => io_error(source),
                     CheckError::Corrupt(reason) => corrupt(reason),
-                })?;
-                if use_summary {
-                    // A block written before summaries, or whose summary did not describe it:
-                    // the next start opens it from this one.
-                    if let Err(e) = write_summary(dir, &checked, &index, index_len, chunks_len) {
-                        tracing::warn!(block = %dir.display(), error = %e, "could not write the block's summary; the next start checks its index again");
-                    }
-                }
-                checked
-            }
+                })?,
         };
         let chunk_checksums = chunk_checksums_in(&checked, chunks_len).map_err(corrupt)?;
+        if missing {
+            // A block written before summaries, checked whole: the next start opens it from
+            // this one. (A summary that is there and not used, perhaps another build's, is
+            // left as it is.)
+            if let Err(e) = write_summary(dir, &checked, &index, index_len, chunks_len) {
+                tracing::warn!(block = %dir.display(), error = %e, "could not write the block's summary; the next start checks its index again");
+            }
+        }
         Ok(Block {
             dir: dir.to_path_buf(),
             min_time: checked.min_time,
@@ -1080,8 +1080,8 @@ impl Block {
     /// the checksum after them (in blocks written with chunk checksums).
     ///
     /// # Errors
-    /// Reading the chunks file failed; [`BlockError::Corrupt`] when the bytes do not match
-    /// their checksum.
+    /// Reading the chunks file failed; [`BlockError::Corrupt`] when the chunk would reach past
+    /// the end of the chunks file, or its bytes do not match their checksum.
     pub(crate) fn read_chunk(
         &self,
         meta: &ChunkMeta,
@@ -1165,13 +1165,19 @@ impl AllSeries<'_> {
                 self.read
                     .push_back((record.labels(), record.metas().collect()));
             }
-            // Every group holds MARK_EVERY records and the last the rest: a group that does
-            // not (marks that do not fit the index) would end the walk early or late.
+            // Every group holds MARK_EVERY records and the last the rest: a series count that
+            // does not fit the records (a summary's) would end the walk early or late.
             let expected = (self.block.series_count as usize)
                 .saturating_sub(group * MARK_EVERY)
                 .min(MARK_EVERY);
             if self.read.len() != expected {
-                return Err(self.block.changed());
+                return Err(BlockError::Corrupt {
+                    dir: self.block.dir.clone(),
+                    reason: format!(
+                        "group {group} of the index holds {} series records where its series count gives {expected}",
+                        self.read.len()
+                    ),
+                });
             }
         }
         Ok(self.read.pop_front())
@@ -1195,39 +1201,58 @@ fn write_summary(
         chunks_len,
     });
     let temporary = dir.join(format!(".{SUMMARY_FILE}.tmp"));
-    let mut file = File::create(&temporary)?;
-    file.write_all(&bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, dir.join(SUMMARY_FILE))?;
-    File::open(dir)?.sync_all()
+    let written = (|| {
+        let mut file = File::create(&temporary)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, dir.join(SUMMARY_FILE))?;
+        File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written
+}
+
+/// What [`read_summary`] found beside an index.
+enum Summary {
+    /// A summary that describes the files beside it.
+    Usable(IndexSummary),
+    /// None: a block written before summaries.
+    Missing,
+    /// One that does not describe the files beside it, or could not be read (logged); or
+    /// none was looked for.
+    NotUsed,
 }
 
 /// The summary beside the index (see `tsdb::block_summary`), if there is one that
 /// describes these files; a summary that does not is logged and left unused.
-fn read_summary(dir: &Path, index: &File, index_len: u64, chunks_len: u64) -> Option<IndexSummary> {
+fn read_summary(dir: &Path, index: &File, index_len: u64, chunks_len: u64) -> Summary {
     let bytes = match std::fs::read(dir.join(SUMMARY_FILE)) {
         Ok(bytes) => bytes,
-        // A block written before summaries.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Summary::Missing,
         Err(e) => {
             tracing::warn!(block = %dir.display(), error = %e, "block summary unreadable; checking the whole index");
-            return None;
+            return Summary::NotUsed;
         }
     };
     let mut stored_crc = [0u8; 4];
-    let described = index
-        .read_exact_at(&mut stored_crc, index_len.checked_sub(4)?)
-        .ok()
-        .map(|()| Described {
-            index_len,
-            index_crc: u32::from_le_bytes(stored_crc),
-            chunks_len,
-        })?;
+    let Some(crc_at) = index_len.checked_sub(4) else {
+        return Summary::NotUsed;
+    };
+    if index.read_exact_at(&mut stored_crc, crc_at).is_err() {
+        return Summary::NotUsed;
+    }
+    let described = Described {
+        index_len,
+        index_crc: u32::from_le_bytes(stored_crc),
+        chunks_len,
+    };
     match IndexSummary::decode(&bytes, described, HEADER_LEN as u64) {
-        Ok(summary) => Some(summary),
+        Ok(summary) => Summary::Usable(summary),
         Err(reason) => {
             tracing::warn!(block = %dir.display(), %reason, "block summary not used; checking the whole index");
-            None
+            Summary::NotUsed
         }
     }
 }
@@ -1746,6 +1771,22 @@ mod tests {
         let walked: Result<Vec<_>, _> =
             std::iter::from_fn(|| walk.next_series().transpose()).collect();
         assert!(walked.is_err());
+
+        // A series count that gives as many groups as the records make, but fewer series:
+        // walking the records finds the last group fuller than the count says.
+        let mut fewer = good.clone();
+        fewer.series_count = 35;
+        std::fs::write(dir.join(SUMMARY_FILE), fewer.encode(described(&dir))).unwrap();
+        let block = Block::open(&dir).unwrap();
+        assert_eq!(block.series_count(), 35, "taken as it is");
+        let mut walk = block.all_series();
+        let walked: Result<Vec<_>, _> =
+            std::iter::from_fn(|| walk.next_series().transpose()).collect();
+        let err = walked.unwrap_err().to_string();
+        assert!(
+            err.contains("holds 8 series records where its series count gives 3"),
+            "{err}"
+        );
     }
 
     /// A chunks file of neither length a block can have (a checksum cut short) is refused,
@@ -1756,9 +1797,16 @@ mod tests {
         let dir = root.path().join("b");
         forty_series_block(&dir);
         let chunks = std::fs::read(dir.join(CHUNKS_FILE)).unwrap();
+        let summary = std::fs::read(dir.join(SUMMARY_FILE)).unwrap();
         std::fs::write(dir.join(CHUNKS_FILE), &chunks[..chunks.len() - 2]).unwrap();
         let err = Block::open(&dir).unwrap_err().to_string();
         assert!(err.contains("the chunks file holds"), "{err}");
+        // The summary of the whole files is left as it was.
+        assert_eq!(std::fs::read(dir.join(SUMMARY_FILE)).unwrap(), summary);
+        // Without one, a block refused gets none.
+        std::fs::remove_file(dir.join(SUMMARY_FILE)).unwrap();
+        assert!(Block::open(&dir).is_err());
+        assert!(!dir.join(SUMMARY_FILE).exists());
     }
 
     /// A chunk length changed inside an index opened from its summary is refused against the

@@ -17,7 +17,8 @@
 //! It is about one byte per series. A summary is used only when it describes the files beside
 //! it: the index's length and stored checksum (its last four bytes) and the chunks file's
 //! length must be those it names, and its marks must fit them. Otherwise, and for blocks
-//! written before summaries, the index is checked whole as before. A block opened from its
+//! written before summaries, the index is checked whole as before; a block that had none is
+//! given one once its check passes, so only the first start after an upgrade reads it. A block opened from its
 //! summary has not had its index checked: what a damaged index holds shows as read errors
 //! naming the block (never a panic), as for an index changed after it was checked.
 
