@@ -13,8 +13,8 @@
 //!   printed per series and per sample, with the chunks' encoded bytes beside their buffers.
 //! * `store/write_batch/{100k,1M}`: the same through [`Store::write_batch`]: the namespace's
 //!   head applies the batch and its write-ahead log takes it in one append.
-//! * `store/on_disk`: not timed; prints the bytes per sample of a regular scrape once compacted
-//!   into blocks, chunks alone and with the blocks' index.
+//! * `store/on_disk`: not timed; prints the bytes per sample of a regular scrape in the
+//!   write-ahead log, then once compacted into blocks, chunks alone and with the blocks' index.
 //! * `block/select_all/20k`: `Store::select` of every series once a block holds them (20,000
 //!   series of 10 labels, 120 samples each, nothing left in the head); throughput in series.
 //! * `block/select_one/20k`: the same for one series, found by an `=` matcher on a label only
@@ -341,6 +341,14 @@ fn on_disk(_: &mut Criterion) {
     }
     store.write_batch("raw", &batch).expect("writes");
     let samples = SERIES as u64 * SCRAPES as u64;
+    let wal: u64 = std::fs::read_dir(dir.path().join("raw/wal"))
+        .expect("the log")
+        .map(|file| file.expect("entry").metadata().expect("metadata").len())
+        .sum();
+    println!(
+        "store/on_disk/regular_scrape: the write-ahead log holds {:.2} bytes per sample before the cut",
+        wal as f64 / samples as f64
+    );
     let cut = store
         .compact(start + SCRAPES * 15_000 + 4 * 3_600_000)
         .expect("compacts");

@@ -23,6 +23,7 @@
 //! | [`packed_labels`] | a label set in one allocation, compared without unpacking |
 //! | `postings` | one label value's series: a sorted vector, or a bitmap once that is smaller |
 //! | [`head`] | the series of a namespace in memory: label-hash lookup, postings, chunks, out-of-order buffer |
+//! | `varint` | LEB128 varints: packed label lengths, the log's sample deltas |
 //! | [`wal`] | the write-ahead log: checksummed records in segments, replay that stops at a torn tail |
 pub mod block;
 mod block_summary;
@@ -36,4 +37,5 @@ pub mod merge;
 pub mod packed_labels;
 pub mod paged_slots;
 mod postings;
+mod varint;
 pub mod wal;

@@ -22,6 +22,7 @@
 use std::sync::Arc;
 
 use crate::labels::{Labels, LabelsView};
+use crate::tsdb::varint;
 
 /// A label set in one allocation. See the [module docs](self).
 ///
@@ -30,26 +31,13 @@ use crate::labels::{Labels, LabelsView};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackedLabels(Arc<[u8]>);
 
-fn put_varint(out: &mut Vec<u8>, mut n: usize) {
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
+fn put_varint(out: &mut Vec<u8>, n: usize) {
+    varint::put(out, n as u64);
 }
 
 /// Reads one varint off the front of `bytes`.
 fn take_varint(bytes: &mut &[u8]) -> Option<usize> {
-    let mut n = 0usize;
-    for shift in (0..64).step_by(7) {
-        let (&byte, rest) = bytes.split_first()?;
-        *bytes = rest;
-        n |= usize::from(byte & 0x7f).checked_shl(shift)?;
-        if byte < 0x80 {
-            return Some(n);
-        }
-    }
-    None
+    varint::take(bytes).and_then(|n| usize::try_from(n).ok())
 }
 
 impl PackedLabels {
