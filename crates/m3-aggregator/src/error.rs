@@ -36,6 +36,8 @@ pub enum RejectReason {
     /// The shard already tracks the maximum number of distinct (storage policy, aggregation
     /// types, metric type) combinations.
     TooManyPolicies,
+    /// A new series in a shard whose series IDs already fill what it addresses.
+    ShardFull,
     /// A rawtcp frame or protobuf message that does not decode; the connection is closed.
     DecodeError,
     /// A message that decodes but lacks the field its type names.
@@ -46,7 +48,7 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// Every reason, in label order.
-    pub const ALL: [RejectReason; 15] = [
+    pub const ALL: [RejectReason; 16] = [
         RejectReason::TooFarPast,
         RejectReason::TooFarFuture,
         RejectReason::ShardNotOwned,
@@ -59,6 +61,7 @@ impl RejectReason {
         RejectReason::TooManyWindows,
         RejectReason::InvalidTimestamp,
         RejectReason::TooManyPolicies,
+        RejectReason::ShardFull,
         RejectReason::DecodeError,
         RejectReason::MalformedMessage,
         RejectReason::UnsupportedMessageType,
@@ -79,6 +82,7 @@ impl RejectReason {
             RejectReason::TooManyWindows => "too_many_windows",
             RejectReason::InvalidTimestamp => "invalid_timestamp",
             RejectReason::TooManyPolicies => "too_many_policies",
+            RejectReason::ShardFull => "shard_full",
             RejectReason::DecodeError => "decode_error",
             RejectReason::MalformedMessage => "malformed_message",
             RejectReason::UnsupportedMessageType => "unsupported_message_type",
@@ -181,6 +185,9 @@ pub enum AddError {
         /// The limit.
         max: usize,
     },
+    /// A new series in a shard whose ID arena addresses no more pages (about 4 GiB of IDs).
+    #[error("too many series in one aggregator shard: their IDs fill the 4 GiB it addresses")]
+    ShardFull,
     /// A timestamp whose window end overflows.
     #[error("invalid timestamp {timestamp_nanos} ns: its window end overflows")]
     InvalidTimestamp {
@@ -204,6 +211,7 @@ impl AddError {
             AddError::TooManyWindows { .. } => RejectReason::TooManyWindows,
             AddError::InvalidTimestamp { .. } => RejectReason::InvalidTimestamp,
             AddError::TooManyPolicies { .. } => RejectReason::TooManyPolicies,
+            AddError::ShardFull => RejectReason::ShardFull,
         }
     }
 }

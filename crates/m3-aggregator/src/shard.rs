@@ -4,10 +4,11 @@
 //! hash to the same shard, and a flush or expiry pass locks one shard at a time. Nothing inside
 //! a shard does I/O, so the lock is never held across an await or a socket write.
 //!
-//! Series are found by their ID bytes, borrowed from the decoded message, so an add allocates
-//! only when a series or a window is new. Per category, a shard keeps its series in a dense
-//! slab of 48-byte slots (boxed ID + [`Entry`]) and finds them through a hash table of 32-bit
-//! slot indices; flushes walk the slab in order. The (storage policy, aggregation types,
+//! Series are found by the hash of their ID bytes, borrowed from the decoded message, so an
+//! add allocates only when a series or a window is new. Per category, a shard keeps its series
+//! in a dense slab of 40-byte slots (a reference to the ID's bytes, half the hash, the
+//! [`Entry`]) and finds them through a hash table of 32-bit slot indices; flushes walk the
+//! slab in order. The (storage policy, aggregation types,
 //! metric type, pipeline, forwarding hops) of each elem is interned in a small per-shard table
 //! and referred to by a 16-bit index, which keeps elems small.
 //!
@@ -35,7 +36,7 @@ use crate::error::AddError;
 use crate::flush::{
     AggregatedOutput, Category, FlushMode, ForwardedOutput, align_down, checked_align_down,
 };
-use crate::id_arena::{IdArena, IdRef};
+use crate::id_arena::{ArenaFull, IdArena, IdRef};
 use crate::indexed_slots::IndexedSlots;
 use crate::metadata::{Active, Target};
 use crate::metrics::{Metrics, OutputDiscard, WindowDiscard};
@@ -184,10 +185,12 @@ impl SpecTable {
     }
 }
 
-/// A series' ID (its bytes in the map's [`IdArena`]) and state.
+/// A series: where its ID's bytes are (in the map's [`IdArena`]), the half of its
+/// [`entry_hash`] the index does not keep, and its state.
 #[derive(Debug)]
 struct Slot {
     id: IdRef,
+    hash_low: u32,
     entry: Entry,
 }
 
@@ -203,10 +206,19 @@ pub(crate) fn entry_hash(id: &[u8]) -> u64 {
     id_hasher().hash_one(id)
 }
 
-/// Entries by ID bytes: a dense slab of slots, found through a [`HashIndex`] of 32-bit slot
-/// indices (8-byte buckets, instead of a whole slot per bucket). One hash per
-/// lookup-or-insert ([`entry_hash`]), looked up by a borrowed `&[u8]`. The ID bytes are packed
-/// in an [`IdArena`].
+/// Entries by the 64-bit hash of their ID: a dense slab of slots, found through a
+/// [`HashIndex`] of 32-bit slot indices (8-byte buckets, instead of a whole slot per bucket).
+/// One hash per lookup-or-insert ([`entry_hash`]); the ID bytes are packed in an [`IdArena`]
+/// and read only to flush.
+///
+/// A series is known by its hash, as M3's aggregator map knows a series by a 128-bit murmur3
+/// of its ID: the index compares the hash's high 32 bits (its bucket tag) and the slot the
+/// low 32, and the ID bytes are never compared. Comparing them took a cache miss of its own
+/// on every add (the bytes lie apart from the slot) and a `memcmp`, an eighth of an
+/// aggregator's CPU under load. Two IDs of one shard and category with the same 64-bit hash
+/// would share an entry: a lookup meets another series' slot with the same tag about once in
+/// 2^32 lookups, and that slot's low half matches once in 2^32 of those, so at three million
+/// adds a second an aggregator would misfile one sample in some hundred thousand years.
 #[derive(Debug, Default)]
 struct EntryMap {
     index: HashIndex,
@@ -217,16 +229,18 @@ struct EntryMap {
 impl EntryMap {
     /// The slot index of the entry for `id` (whose [`entry_hash`] is `hash`), created with
     /// `make` if missing (then `true`).
+    /// [`ArenaFull`] when the series is new and the arena has no room for its ID.
     fn get_or_insert(
         &mut self,
         id: &[u8],
         hash: u64,
         make: impl FnOnce() -> Entry,
-    ) -> (usize, bool) {
-        if let Some(i) = self.find(id, hash) {
-            return (i, false);
+    ) -> Result<(usize, bool), ArenaFull> {
+        if let Some(i) = self.find(hash) {
+            return Ok((i, false));
         }
         let EntryMap { index, slots, ids } = self;
+        let id = ids.add(id)?;
         let i = slots.len();
         // Shard-local counts stay far below 2^32; a slab that large would have failed to
         // allocate first.
@@ -240,17 +254,18 @@ impl EntryMap {
             slots.reserve_exact((i / 4).max(16));
         }
         slots.push(Slot {
-            id: ids.add(id),
+            id,
+            hash_low: hash as u32,
             entry: make(),
         });
-        (i, true)
+        Ok((i, true))
     }
 
-    /// The slot index of the entry for `id` (whose [`entry_hash`] is `hash`), if there is one.
-    fn find(&self, id: &[u8], hash: u64) -> Option<usize> {
-        let EntryMap { index, slots, ids } = self;
+    /// The slot index of the entry whose ID's [`entry_hash`] is `hash`, if there is one.
+    fn find(&self, hash: u64) -> Option<usize> {
+        let EntryMap { index, slots, .. } = self;
         index
-            .find(hash, |i| ids.get(slots[i as usize].id) == id)
+            .find(hash, |i| slots[i as usize].hash_low == hash as u32)
             .map(|i| i as usize)
     }
 
@@ -294,7 +309,7 @@ impl EntryMap {
     }
 
     fn contains(&self, id: &[u8]) -> bool {
-        self.find(id, entry_hash(id)).is_some()
+        self.find(entry_hash(id)).is_some()
     }
 
     /// Heap bytes of the index, the slab and the IDs (by capacity).
@@ -366,6 +381,8 @@ pub(crate) struct RunSample<'a> {
 /// The slot [`ShardState::add_run`] notes for a hinted sample whose series is not in the
 /// shard (no slab reaches 2^32 − 1 slots).
 const UNCONFIRMED_SLOT: u32 = u32::MAX;
+/// The slot [`ShardState::add_run`] notes for a new series its shard had no room for.
+const FULL_SLOT: u32 = u32::MAX - 1;
 
 /// Buffers [`ShardState::add_run`] reuses from run to run.
 #[derive(Debug, Default)]
@@ -537,10 +554,14 @@ impl ShardState {
     ) -> bool {
         let ShardState { entries, specs, .. } = self;
         let map = &mut entries[sample.category.index()];
-        let (slot, _) = map.get_or_insert(sample.id, entry_hash(sample.id), || {
+        let found = map.get_or_insert(sample.id, entry_hash(sample.id), || {
             metrics.entry_created();
             Entry::new()
         });
+        let Ok((slot, _)) = found else {
+            outcome(Err(AddError::ShardFull));
+            return false;
+        };
         let entry = &mut map.slots[slot].entry;
         let mut accepted = false;
         visit_targets(&mut |target| {
@@ -588,7 +609,7 @@ impl ShardState {
                 map.prefetch(ahead.hash);
             }
             let (slot, created) = if r.shard_hinted {
-                match map.find(r.sample.id, r.hash) {
+                match map.find(r.hash) {
                     Some(slot) => (slot, false),
                     None => {
                         unconfirmed.push(i);
@@ -597,7 +618,13 @@ impl ShardState {
                     }
                 }
             } else {
-                map.get_or_insert(r.sample.id, r.hash, Entry::new)
+                match map.get_or_insert(r.sample.id, r.hash, Entry::new) {
+                    Ok(found) => found,
+                    Err(ArenaFull) => {
+                        slots.push((FULL_SLOT, false));
+                        continue;
+                    }
+                }
             };
             if created {
                 metrics.entry_created();
@@ -611,6 +638,12 @@ impl ShardState {
         let mut resolved_for: Option<(Active<'_>, MetricType)> = None;
         for (i, (r, &(slot, _))) in run.iter().zip(slots.iter()).enumerate() {
             if slot == UNCONFIRMED_SLOT {
+                continue;
+            }
+            if slot == FULL_SLOT {
+                let e = AddError::ShardFull;
+                metrics.record_rejected(e.reason(), r.sample.values.len() as u64);
+                outcome(i, false, Some(e));
                 continue;
             }
             let metric_type = r.sample.metric_type;
@@ -725,10 +758,12 @@ impl ShardState {
             return Ok(());
         }
         let map = &mut entries[Category::Forwarded.index()];
-        let (slot, _) = map.get_or_insert(write.id, entry_hash(write.id), || {
-            metrics.entry_created();
-            Entry::new()
-        });
+        let (slot, _) = map
+            .get_or_insert(write.id, entry_hash(write.id), || {
+                metrics.entry_created();
+                Entry::new()
+            })
+            .map_err(|ArenaFull| AddError::ShardFull)?;
         let written = WriteTime::at(now);
         map.slots[slot]
             .entry
@@ -819,7 +854,7 @@ impl ShardState {
             }));
             let states = &mut transforms[category.index()];
             let EntryMap { slots, ids, .. } = &mut entries[category.index()];
-            for Slot { id, entry } in slots.iter_mut() {
+            for Slot { id, entry, .. } in slots.iter_mut() {
                 let id = ids.get(*id);
                 for elem in entry.elems_mut() {
                     let (Some(spec), Some(until)) =
@@ -1389,7 +1424,7 @@ mod tests {
         let mut map = EntryMap::default();
         let ids: Vec<Vec<u8>> = (0..100u32).map(|i| i.to_be_bytes().to_vec()).collect();
         for id in &ids {
-            map.get_or_insert(id, entry_hash(id), Entry::new);
+            map.get_or_insert(id, entry_hash(id), Entry::new).unwrap();
         }
         // Remove the first slot (ID 99 moves in), then the last (ID 98), then every third.
         map.remove_at(0);
@@ -1405,15 +1440,17 @@ mod tests {
         let kept: Vec<&Vec<u8>> = ids[1..98].iter().filter(|id| id[3] % 3 != 0).collect();
         assert_eq!(map.len(), kept.len());
         for id in kept {
-            let (slot, created) =
-                map.get_or_insert(id, entry_hash(id), || panic!("{id:?} was lost"));
+            let (slot, created) = map
+                .get_or_insert(id, entry_hash(id), || panic!("{id:?} was lost"))
+                .unwrap();
             assert!(!created);
             assert_eq!(map.id(slot), &id[..]);
         }
         map.compact_ids();
         for id in ids[1..98].iter().filter(|id| id[3] % 3 != 0) {
-            let (slot, created) =
-                map.get_or_insert(id, entry_hash(id), || panic!("{id:?} was lost"));
+            let (slot, created) = map
+                .get_or_insert(id, entry_hash(id), || panic!("{id:?} was lost"))
+                .unwrap();
             assert!(!created);
             assert_eq!(map.id(slot), &id[..]);
         }
