@@ -72,6 +72,7 @@ pub mod flush_manager;
 mod forward;
 pub mod http;
 mod id_arena;
+mod id_dictionary;
 mod indexed_slots;
 pub mod ingest;
 pub mod instance;

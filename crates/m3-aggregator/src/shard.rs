@@ -37,6 +37,7 @@ use crate::flush::{
     AggregatedOutput, Category, FlushMode, ForwardedOutput, align_down, checked_align_down,
 };
 use crate::id_arena::{ArenaFull, IdArena, IdRef};
+use crate::id_dictionary::IdDictionary;
 use crate::indexed_slots::IndexedSlots;
 use crate::metadata::{Active, Target};
 use crate::metrics::{Metrics, OutputDiscard, WindowDiscard};
@@ -208,8 +209,9 @@ pub(crate) fn entry_hash(id: &[u8]) -> u64 {
 
 /// Entries by the 64-bit hash of their ID: a dense slab of slots, found through a
 /// [`HashIndex`] of 32-bit slot indices (8-byte buckets, instead of a whole slot per bucket).
-/// One hash per lookup-or-insert ([`entry_hash`]); the ID bytes are packed in an [`IdArena`]
-/// and read only to flush.
+/// One hash per lookup-or-insert ([`entry_hash`]); the IDs are packed in an [`IdArena`] in
+/// the form an [`IdDictionary`] gives them (the tag pairs other series share kept once) and
+/// decoded only to flush or forget a series.
 ///
 /// A series is known by its hash, as M3's aggregator map knows a series by a 128-bit murmur3
 /// of its ID: the index compares the hash's high 32 bits (its bucket tag) and the slot the
@@ -224,6 +226,9 @@ struct EntryMap {
     index: HashIndex,
     slots: Vec<Slot>,
     ids: IdArena,
+    dict: IdDictionary,
+    /// An ID being encoded or decoded.
+    scratch: Vec<u8>,
 }
 
 impl EntryMap {
@@ -239,8 +244,22 @@ impl EntryMap {
         if let Some(i) = self.find(hash) {
             return Ok((i, false));
         }
-        let EntryMap { index, slots, ids } = self;
-        let id = ids.add(id)?;
+        let EntryMap {
+            index,
+            slots,
+            ids,
+            dict,
+            scratch,
+        } = self;
+        scratch.clear();
+        dict.encode(id, scratch);
+        let id = match ids.add(scratch) {
+            Ok(at) => at,
+            Err(full) => {
+                dict.release(scratch);
+                return Err(full);
+            }
+        };
         let i = slots.len();
         // Shard-local counts stay far below 2^32; a slab that large would have failed to
         // allocate first.
@@ -276,20 +295,42 @@ impl EntryMap {
 
     /// The ID of the slot at `i`.
     #[cfg(test)]
-    fn id(&self, i: usize) -> &[u8] {
-        self.ids.get(self.slots[i].id)
+    fn id(&self, i: usize) -> Vec<u8> {
+        let mut id = Vec::new();
+        self.dict.decode(self.ids.get(self.slots[i].id), &mut id);
+        id
     }
 
     /// Removes the slot at `i`, moving the last slot into its place. The ID's bytes are given
     /// back by [`compact_ids`](Self::compact_ids).
     fn remove_at(&mut self, i: usize) {
-        let EntryMap { index, slots, ids } = self;
+        let EntryMap {
+            index,
+            slots,
+            ids,
+            dict,
+            scratch,
+        } = self;
         let removed = slots.swap_remove(i);
-        index.remove(entry_hash(ids.get(removed.id)), i as u32);
+        let stored = ids.get(removed.id);
+        scratch.clear();
+        dict.decode(stored, scratch);
+        index.remove(entry_hash(scratch), i as u32);
+        dict.release(stored);
         ids.remove(removed.id);
         if let Some(moved) = slots.get(i) {
-            index.replace(entry_hash(ids.get(moved.id)), slots.len() as u32, i as u32);
+            scratch.clear();
+            dict.decode(ids.get(moved.id), scratch);
+            index.replace(entry_hash(scratch), slots.len() as u32, i as u32);
         }
+    }
+
+    /// The ID of the slot at `i`, decoded into the map's scratch buffer.
+    fn decode_id(&mut self, i: usize) -> &[u8] {
+        self.scratch.clear();
+        self.dict
+            .decode(self.ids.get(self.slots[i].id), &mut self.scratch);
+        &self.scratch
     }
 
     /// Copies the live IDs into fresh pages once removed ones take more room than they do,
@@ -317,6 +358,8 @@ impl EntryMap {
         self.index.allocation_size()
             + self.slots.capacity() * std::mem::size_of::<Slot>()
             + self.ids.allocation_size()
+            + self.dict.allocation_size()
+            + self.scratch.capacity()
     }
 }
 
@@ -853,9 +896,26 @@ impl ShardState {
                 }
             }));
             let states = &mut transforms[category.index()];
-            let EntryMap { slots, ids, .. } = &mut entries[category.index()];
-            for Slot { id, entry, .. } in slots.iter_mut() {
-                let id = ids.get(*id);
+            let EntryMap {
+                slots,
+                ids,
+                dict,
+                scratch,
+                ..
+            } = &mut entries[category.index()];
+            for Slot {
+                id: stored, entry, ..
+            } in slots.iter_mut()
+            {
+                // Decoded once a window of the series is due, not for every series each pass.
+                let mut decoded = false;
+                let mut id_of = |scratch: &mut Vec<u8>| {
+                    if !decoded {
+                        scratch.clear();
+                        dict.decode(ids.get(*stored), scratch);
+                        decoded = true;
+                    }
+                };
                 for elem in entry.elems_mut() {
                     let (Some(spec), Some(until)) =
                         (specs.get(elem.spec()), plan.get(usize::from(elem.spec())))
@@ -864,8 +924,10 @@ impl ShardState {
                     };
                     let resolution = spec.resolution;
                     let pipeline = (spec.pipeline != 0).then(|| specs.pipelines.get(spec.pipeline));
-                    let mut state =
-                        pipeline.map(|p| pipeline_state(states, id, elem.spec(), spec, p));
+                    let mut state = pipeline.map(|p| {
+                        id_of(scratch);
+                        pipeline_state(states, scratch, elem.spec(), spec, p)
+                    });
                     elem.take_until(resolution, *until, &mut |start, window| {
                         let end = start.saturating_add(resolution);
                         let discard = if let Some(until) = follower_until {
@@ -886,13 +948,15 @@ impl ShardState {
                             (Some(p), Some(state)) => {
                                 let sink =
                                     discard.is_none().then_some((&mut *out, &mut *forwarded));
+                                id_of(scratch);
                                 emitted += run_pipeline(
-                                    id, spec, p, state, end, window, shard.id, limits, metrics,
-                                    sink,
+                                    scratch, spec, p, state, end, window, shard.id, limits,
+                                    metrics, sink,
                                 );
                             }
                             _ if discard.is_none() => {
-                                emitted += emit(id, spec, end, window, limits, metrics, out);
+                                id_of(scratch);
+                                emitted += emit(scratch, spec, end, window, limits, metrics, out);
                             }
                             _ => {}
                         }
@@ -992,12 +1056,11 @@ impl ShardState {
                     .last_write_nanos()
                     .is_none_or(|t| now.saturating_sub(t) > limits.entry_ttl);
                 if !idle || s.entry.has_windows() {
-                    let slot = &mut map.slots[i];
-                    let gone = slot.entry.remove_idle_elems(idle_elem);
+                    let gone = map.slots[i].entry.remove_idle_elems(idle_elem);
                     if gone > 0 {
                         elems_removed += gone;
-                        if let Some(per_series) = states.get_mut(map.ids.get(slot.id)) {
-                            let entry = &slot.entry;
+                        if let Some(per_series) = states.get_mut(map.decode_id(i)) {
+                            let entry = &map.slots[i].entry;
                             per_series.retain(|(spec, _)| {
                                 entry.elems().iter().any(|e| e.spec() == *spec)
                             });

@@ -1,0 +1,409 @@
+//! The stored form of a shard's series IDs: tag pairs that several series share are kept once.
+//!
+//! A Prometheus series reaches the aggregator as M3's tag encoding of its labels (see
+//! [`m3_metric::id`]), a few hundred bytes of which most are pairs thousands of other series
+//! carry too (`job="node"`, a metric name, the tag names). A shard finds its series by hash
+//! (`EntryMap` in `shard.rs`) and reads an ID's bytes only to flush or forget the series, so
+//! the bytes can be kept in a form that is slower to read: each pair a shard has seen before
+//! becomes a reference to one copy of it, the rest stay literal.
+//!
+//! ```text
+//! stored:  1 | count (varint) | per pair: 0 + the pair's bytes, or symbol + 1 (varint)
+//!          0 | the ID's bytes                      (an ID that is not tag-encoded)
+//! ```
+//!
+//! A pair is given a symbol the second time the shard sees it: the first time only a 32-bit
+//! fingerprint of it is noted in a small table ([`SEEN_SLOTS`] fingerprints in buckets of
+//! [`SEEN_WAYS`], the newest first), so a pair only one series has (an `instance`, a series
+//! number) never costs a dictionary entry. A pair that comes back before newer ones pushed its
+//! fingerprint out of its bucket gets a symbol, and every ID stored after that refers to it. Symbols are counted by the stored IDs that refer to
+//! them ([`IdDictionary::release`] is called when one is forgotten), and a symbol no ID refers
+//! to is freed and its number reused.
+//!
+//! Decoding gives back exactly the bytes encoded, for any bytes: an ID that does not parse as
+//! a whole tag encoding (a Graphite name, a cut-short or padded encoding) is stored as it is.
+
+use hashbrown::HashTable;
+
+use crate::shard::entry_hash;
+
+/// The first two bytes of a tag-encoded ID (little-endian 10101).
+const MAGIC: [u8; 2] = 10101u16.to_le_bytes();
+/// Fingerprints of pairs seen once, per dictionary that has stored a tag-encoded ID.
+const SEEN_SLOTS: usize = 4096;
+/// Fingerprints per bucket of the seen table: pairs that share a bucket and come in turn
+/// still find their fingerprint there.
+const SEEN_WAYS: usize = 4;
+/// Stored-form marks (first byte).
+const OPAQUE: u8 = 0;
+const TAGGED: u8 = 1;
+
+/// One shared pair: its bytes as they appear in an ID (two lengths and two strings) and how
+/// many stored IDs refer to it.
+#[derive(Debug)]
+struct Pair {
+    bytes: Box<[u8]>,
+    refs: u32,
+}
+
+/// Shared pairs by symbol; see the module docs.
+#[derive(Debug, Default)]
+pub(crate) struct IdDictionary {
+    /// By symbol; `None` for a freed symbol (its number is in `free`).
+    pairs: Vec<Option<Pair>>,
+    free: Vec<u32>,
+    /// Symbols by the hash of their pair's bytes.
+    index: HashTable<u32>,
+    /// Fingerprints of pairs seen once, by the low bits of their hash (0: none); allocated with
+    /// the first tag-encoded ID.
+    seen: Vec<u32>,
+}
+
+/// The pairs of a tag-encoded ID (after the magic and count), if `id` is one exactly: every
+/// pair whole and nothing after the last.
+fn pairs_of(id: &[u8]) -> Option<(u16, Vec<&[u8]>)> {
+    let rest = id.strip_prefix(&MAGIC)?;
+    let (count, mut rest) = rest.split_first_chunk::<2>()?;
+    let count = u16::from_le_bytes(*count);
+    let mut pairs = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let start = rest;
+        let mut len = 0;
+        for _ in 0..2 {
+            let (n, after) = rest.split_first_chunk::<2>()?;
+            let n = usize::from(u16::from_le_bytes(*n));
+            rest = after.get(n..)?;
+            len += 2 + n;
+        }
+        pairs.push(&start[..len]);
+    }
+    rest.is_empty().then_some((count, pairs))
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// The varint at the front of `bytes` and the bytes after it.
+fn take_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let mut value = 0u64;
+    for (i, &byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte < 0x80 {
+            return Some((value, &bytes[i + 1..]));
+        }
+    }
+    None
+}
+
+/// The literal pair at the front of `bytes` (two length-prefixed strings) and the rest.
+fn take_pair(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut len = 0;
+    let mut rest = bytes;
+    for _ in 0..2 {
+        let (n, after) = rest.split_first_chunk::<2>()?;
+        let n = usize::from(u16::from_le_bytes(*n));
+        rest = after.get(n..)?;
+        len += 2 + n;
+    }
+    Some((&bytes[..len], rest))
+}
+
+impl IdDictionary {
+    /// Appends the stored form of `id` to `out`, taking a reference to every symbol it uses.
+    pub(crate) fn encode(&mut self, id: &[u8], out: &mut Vec<u8>) {
+        let Some((count, pairs)) = pairs_of(id) else {
+            out.push(OPAQUE);
+            out.extend_from_slice(id);
+            return;
+        };
+        if self.seen.is_empty() {
+            self.seen = vec![0; SEEN_SLOTS];
+        }
+        out.push(TAGGED);
+        put_varint(out, u64::from(count));
+        for pair in pairs {
+            match self.symbol_for(pair) {
+                Some(symbol) => put_varint(out, u64::from(symbol) + 1),
+                None => {
+                    out.push(0);
+                    out.extend_from_slice(pair);
+                }
+            }
+        }
+    }
+
+    /// The symbol of `pair` with one more reference, if it has one or is seen for the second
+    /// time; otherwise notes its fingerprint.
+    fn symbol_for(&mut self, pair: &[u8]) -> Option<u32> {
+        let hash = entry_hash(pair);
+        let IdDictionary {
+            pairs,
+            free,
+            index,
+            seen,
+        } = self;
+        if let Some(&symbol) = index.find(hash, |&s| {
+            pairs[s as usize]
+                .as_ref()
+                .is_some_and(|p| &*p.bytes == pair)
+        }) {
+            if let Some(p) = pairs[symbol as usize].as_mut() {
+                p.refs += 1;
+            }
+            return Some(symbol);
+        }
+        let first = hash as usize % (SEEN_SLOTS / SEEN_WAYS) * SEEN_WAYS;
+        let bucket = &mut seen[first..first + SEEN_WAYS];
+        let fingerprint = ((hash >> 32) as u32).max(1);
+        let Some(way) = bucket.iter().position(|&f| f == fingerprint) else {
+            bucket.rotate_right(1);
+            bucket[0] = fingerprint;
+            return None;
+        };
+        bucket[way] = 0;
+        let pair = Pair {
+            bytes: pair.into(),
+            refs: 1,
+        };
+        let symbol = match free.pop() {
+            Some(symbol) => {
+                pairs[symbol as usize] = Some(pair);
+                symbol
+            }
+            None => {
+                // A dictionary holds at most one symbol per pair of the IDs it stores, far
+                // fewer than 2^32.
+                pairs.push(Some(pair));
+                (pairs.len() - 1) as u32
+            }
+        };
+        index.insert_unique(hash, symbol, |&s| {
+            pairs[s as usize]
+                .as_ref()
+                .map_or(0, |p| entry_hash(&p.bytes))
+        });
+        Some(symbol)
+    }
+
+    /// Appends the ID whose stored form (from [`encode`](Self::encode)) is `stored` to `out`.
+    pub(crate) fn decode(&self, stored: &[u8], out: &mut Vec<u8>) {
+        match stored.split_first() {
+            Some((&TAGGED, rest)) => self.decode_tagged(rest, out),
+            Some((_, rest)) => out.extend_from_slice(rest),
+            None => {}
+        }
+    }
+
+    /// [`decode`](Self::decode) of a tag-encoded ID; stops at anything `encode` does not write.
+    fn decode_tagged(&self, stored: &[u8], out: &mut Vec<u8>) {
+        let Some((count, mut rest)) = take_varint(stored) else {
+            return;
+        };
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&(count as u16).to_le_bytes());
+        for _ in 0..count {
+            let Some((token, after)) = take_varint(rest) else {
+                return;
+            };
+            rest = if token == 0 {
+                let Some((pair, after)) = take_pair(after) else {
+                    return;
+                };
+                out.extend_from_slice(pair);
+                after
+            } else {
+                if let Some(Some(p)) = self.pairs.get((token - 1) as usize) {
+                    out.extend_from_slice(&p.bytes);
+                }
+                after
+            };
+        }
+    }
+
+    /// Gives back the references the stored form `stored` holds (its ID is forgotten), freeing
+    /// the symbols no stored ID refers to any more.
+    pub(crate) fn release(&mut self, stored: &[u8]) {
+        let Some((&TAGGED, rest)) = stored.split_first() else {
+            return;
+        };
+        let Some((count, mut rest)) = take_varint(rest) else {
+            return;
+        };
+        for _ in 0..count {
+            let Some((token, after)) = take_varint(rest) else {
+                return;
+            };
+            if token == 0 {
+                let Some((_, after)) = take_pair(after) else {
+                    return;
+                };
+                rest = after;
+                continue;
+            }
+            rest = after;
+            let symbol = (token - 1) as u32;
+            let Some(Some(p)) = self.pairs.get_mut(symbol as usize) else {
+                continue;
+            };
+            p.refs -= 1;
+            if p.refs > 0 {
+                continue;
+            }
+            let hash = entry_hash(&p.bytes);
+            if let Ok(found) = self.index.find_entry(hash, |&s| s == symbol) {
+                found.remove();
+            }
+            self.pairs[symbol as usize] = None;
+            self.free.push(symbol);
+        }
+    }
+
+    /// Symbols in use.
+    #[cfg(test)]
+    fn symbols(&self) -> usize {
+        self.pairs.len() - self.free.len()
+    }
+
+    /// Heap bytes held (by capacity; a pair's bytes by length).
+    pub(crate) fn allocation_size(&self) -> usize {
+        self.pairs.capacity() * std::mem::size_of::<Option<Pair>>()
+            + self
+                .pairs
+                .iter()
+                .flatten()
+                .map(|p| p.bytes.len())
+                .sum::<usize>()
+            + self.free.capacity() * 4
+            + self.index.capacity() * 5
+            + self.seen.capacity() * 4
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use m3_metric::id::encode_tags;
+    use proptest::prelude::*;
+
+    fn id(tags: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_tags(
+            tags.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+            &mut out,
+        )
+        .expect("short tags encode");
+        out
+    }
+
+    /// A series of ten names, its own instance, one job.
+    fn series(i: usize) -> Vec<u8> {
+        id(&[
+            ("__name__", &format!("metric_{}", i % 10)),
+            ("instance", &format!("host-{i}:9100")),
+            ("job", "node"),
+        ])
+    }
+
+    #[test]
+    fn shared_pairs_are_kept_once_and_unique_ones_stay_literal() {
+        let mut dict = IdDictionary::default();
+        let mut stored = Vec::new();
+        for i in 0..1000 {
+            let mut s = Vec::new();
+            dict.encode(&series(i), &mut s);
+            stored.push(s);
+        }
+        // Ten names and the job; no instance.
+        assert_eq!(dict.symbols(), 11);
+        // The mark, the count, the name's symbol, the instance (a token and the pair), the
+        // job's symbol.
+        let instance_pair = 2 + "instance".len() + 2 + "host-999:9100".len();
+        assert_eq!(stored[999].len(), 1 + 1 + 1 + (1 + instance_pair) + 1);
+        assert_eq!(series(999).len(), 4 + 20 + instance_pair + 11);
+        for (i, s) in stored.iter().enumerate() {
+            let mut out = Vec::new();
+            dict.decode(s, &mut out);
+            assert_eq!(out, series(i));
+        }
+    }
+
+    #[test]
+    fn symbols_no_id_refers_to_are_freed_and_reused() {
+        let mut dict = IdDictionary::default();
+        let stored: Vec<Vec<u8>> = (0..100)
+            .map(|i| {
+                let mut s = Vec::new();
+                dict.encode(&series(i), &mut s);
+                s
+            })
+            .collect();
+        assert_eq!(dict.symbols(), 11);
+        for s in &stored {
+            dict.release(s);
+        }
+        assert_eq!(dict.symbols(), 0);
+        assert_eq!(dict.index.len(), 0);
+        let mut s = Vec::new();
+        dict.encode(&series(0), &mut s);
+        dict.encode(&series(10), &mut s);
+        assert_eq!(dict.pairs.len(), 11, "freed symbol numbers are taken again");
+    }
+
+    proptest! {
+        /// Any bytes, tag-encoded or not, cut short or padded, come back exactly, and the
+        /// symbols of IDs released in any order are all freed.
+        #[test]
+        fn every_id_decodes_to_its_bytes(
+            ids in proptest::collection::vec(
+                prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 0..40),
+                    (0usize..20, 0usize..3, any::<u8>()).prop_map(|(i, cut, pad)| {
+                        let mut b = series(i);
+                        match cut {
+                            0 => {}
+                            1 => { b.truncate(b.len() - 1 - usize::from(pad) % 8); }
+                            _ => b.push(pad),
+                        }
+                        b
+                    }),
+                ],
+                1..60,
+            ),
+            release_order in any::<u64>(),
+        ) {
+            let mut dict = IdDictionary::default();
+            let mut stored = Vec::new();
+            for id in &ids {
+                let mut s = Vec::new();
+                dict.encode(id, &mut s);
+                stored.push(s);
+            }
+            for (id, s) in ids.iter().zip(&stored) {
+                let mut out = Vec::new();
+                dict.decode(s, &mut out);
+                prop_assert_eq!(&out, id);
+            }
+            let mut order: Vec<usize> = (0..stored.len()).collect();
+            let mut x = release_order;
+            for i in (1..order.len()).rev() {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                order.swap(i, (x >> 33) as usize % (i + 1));
+            }
+            for (k, &i) in order.iter().enumerate() {
+                dict.release(&stored[i]);
+                // The IDs not yet released still decode.
+                for &j in &order[k + 1..] {
+                    let mut out = Vec::new();
+                    dict.decode(&stored[j], &mut out);
+                    prop_assert_eq!(&out, &ids[j]);
+                }
+            }
+            prop_assert_eq!(dict.symbols(), 0);
+        }
+    }
+}
