@@ -16,9 +16,14 @@
 //! fingerprint of it is noted in a small table ([`SEEN_SLOTS`] fingerprints in buckets of
 //! [`SEEN_WAYS`], the newest first), so a pair only one series has (an `instance`, a series
 //! number) never costs a dictionary entry. A pair that comes back before newer ones pushed its
-//! fingerprint out of its bucket gets a symbol, and every ID stored after that refers to it. Symbols are counted by the stored IDs that refer to
-//! them ([`IdDictionary::release`] is called when one is forgotten), and a symbol no ID refers
-//! to is freed and its number reused.
+//! fingerprint out of its bucket gets a symbol, and every ID stored after that refers to it.
+//! Symbols are counted by the stored IDs that refer to them ([`IdDictionary::release`] is
+//! called when one is forgotten), and a symbol no ID refers to is freed and its number reused.
+//!
+//! The pairs' bytes lie end to end in one buffer and a symbol is 12 bytes (where its pair
+//! starts, its length, its count), so a dictionary entry costs its bytes plus about 20: a
+//! boxed pair cost 24 more for the box and the allocator's header. The bytes of freed pairs
+//! are given back by copying the live ones once they are the larger part.
 //!
 //! Decoding gives back exactly the bytes encoded, for any bytes: an ID that does not parse as
 //! a whole tag encoding (a Graphite name, a cut-short or padded encoding) is stored as it is.
@@ -34,24 +39,37 @@ const SEEN_SLOTS: usize = 4096;
 /// Fingerprints per bucket of the seen table: pairs that share a bucket and come in turn
 /// still find their fingerprint there.
 const SEEN_WAYS: usize = 4;
+/// Dead pair bytes below this are not worth a copy.
+const MIN_COMPACTED: usize = 4096;
 /// Stored-form marks (first byte).
 const OPAQUE: u8 = 0;
 const TAGGED: u8 = 1;
 
-/// One shared pair: its bytes as they appear in an ID (two lengths and two strings) and how
-/// many stored IDs refer to it.
-#[derive(Debug)]
+/// One shared pair: where its bytes (as they appear in an ID: two lengths and two strings)
+/// are in the dictionary's buffer, and how many stored IDs refer to it (0: a freed symbol).
+#[derive(Debug, Clone, Copy)]
 struct Pair {
-    bytes: Box<[u8]>,
+    start: u32,
+    len: u32,
     refs: u32,
+}
+
+impl Pair {
+    fn bytes(self, buffer: &[u8]) -> &[u8] {
+        &buffer[self.start as usize..(self.start + self.len) as usize]
+    }
 }
 
 /// Shared pairs by symbol; see the module docs.
 #[derive(Debug, Default)]
 pub(crate) struct IdDictionary {
-    /// By symbol; `None` for a freed symbol (its number is in `free`).
-    pairs: Vec<Option<Pair>>,
+    /// By symbol; a freed symbol has no references and its number is in `free`.
+    pairs: Vec<Pair>,
     free: Vec<u32>,
+    /// The pairs' bytes, end to end.
+    bytes: Vec<u8>,
+    /// Bytes in `bytes` of freed pairs.
+    dead: usize,
     /// Symbols by the hash of their pair's bytes.
     index: HashTable<u32>,
     /// Fingerprints of pairs seen once, by the low bits of their hash (0: none); allocated with
@@ -144,19 +162,19 @@ impl IdDictionary {
         let IdDictionary {
             pairs,
             free,
+            bytes,
             index,
             seen,
+            ..
         } = self;
-        if let Some(&symbol) = index.find(hash, |&s| {
-            pairs[s as usize]
-                .as_ref()
-                .is_some_and(|p| &*p.bytes == pair)
-        }) {
-            if let Some(p) = pairs[symbol as usize].as_mut() {
-                p.refs += 1;
-            }
+        if let Some(&symbol) = index.find(hash, |&s| pairs[s as usize].bytes(bytes) == pair) {
+            pairs[symbol as usize].refs += 1;
             return Some(symbol);
         }
+        // Offsets are 32 bits: past 4 GiB of shared pairs, new ones stay literal.
+        let start = u32::try_from(bytes.len()).ok()?;
+        let len = u32::try_from(pair.len()).ok()?;
+        start.checked_add(len)?;
         let first = hash as usize % (SEEN_SLOTS / SEEN_WAYS) * SEEN_WAYS;
         let bucket = &mut seen[first..first + SEEN_WAYS];
         let fingerprint = ((hash >> 32) as u32).max(1);
@@ -166,26 +184,26 @@ impl IdDictionary {
             return None;
         };
         bucket[way] = 0;
-        let pair = Pair {
-            bytes: pair.into(),
+        bytes.extend_from_slice(pair);
+        let entry = Pair {
+            start,
+            len,
             refs: 1,
         };
         let symbol = match free.pop() {
             Some(symbol) => {
-                pairs[symbol as usize] = Some(pair);
+                pairs[symbol as usize] = entry;
                 symbol
             }
             None => {
                 // A dictionary holds at most one symbol per pair of the IDs it stores, far
                 // fewer than 2^32.
-                pairs.push(Some(pair));
+                pairs.push(entry);
                 (pairs.len() - 1) as u32
             }
         };
         index.insert_unique(hash, symbol, |&s| {
-            pairs[s as usize]
-                .as_ref()
-                .map_or(0, |p| entry_hash(&p.bytes))
+            entry_hash(pairs[s as usize].bytes(bytes))
         });
         Some(symbol)
     }
@@ -217,8 +235,8 @@ impl IdDictionary {
                 out.extend_from_slice(pair);
                 after
             } else {
-                if let Some(Some(p)) = self.pairs.get((token - 1) as usize) {
-                    out.extend_from_slice(&p.bytes);
+                if let Some(p) = self.pairs.get((token - 1) as usize).filter(|p| p.refs > 0) {
+                    out.extend_from_slice(p.bytes(&self.bytes));
                 }
                 after
             };
@@ -247,37 +265,55 @@ impl IdDictionary {
             }
             rest = after;
             let symbol = (token - 1) as u32;
-            let Some(Some(p)) = self.pairs.get_mut(symbol as usize) else {
+            let Some(p) = self.pairs.get_mut(symbol as usize) else {
                 continue;
             };
+            if p.refs == 0 {
+                continue;
+            }
             p.refs -= 1;
             if p.refs > 0 {
                 continue;
             }
-            let hash = entry_hash(&p.bytes);
+            let p = *p;
+            let hash = entry_hash(p.bytes(&self.bytes));
             if let Ok(found) = self.index.find_entry(hash, |&s| s == symbol) {
                 found.remove();
             }
-            self.pairs[symbol as usize] = None;
+            self.dead += p.len as usize;
             self.free.push(symbol);
         }
+        if self.dead > self.bytes.len() - self.dead && self.dead > MIN_COMPACTED {
+            self.compact();
+        }
+    }
+
+    /// Copies the bytes of the pairs in use into a new buffer, in symbol order.
+    fn compact(&mut self) {
+        let old = std::mem::take(&mut self.bytes);
+        self.bytes.reserve_exact(old.len() - self.dead);
+        for p in self.pairs.iter_mut() {
+            if p.refs == 0 {
+                (p.start, p.len) = (0, 0);
+                continue;
+            }
+            let start = self.bytes.len() as u32;
+            self.bytes.extend_from_slice(p.bytes(&old));
+            p.start = start;
+        }
+        self.dead = 0;
     }
 
     /// Symbols in use.
     #[cfg(test)]
     fn symbols(&self) -> usize {
-        self.pairs.len() - self.free.len()
+        self.pairs.iter().filter(|p| p.refs > 0).count()
     }
 
     /// Heap bytes held (by capacity; a pair's bytes by length).
     pub(crate) fn allocation_size(&self) -> usize {
-        self.pairs.capacity() * std::mem::size_of::<Option<Pair>>()
-            + self
-                .pairs
-                .iter()
-                .flatten()
-                .map(|p| p.bytes.len())
-                .sum::<usize>()
+        self.pairs.capacity() * std::mem::size_of::<Pair>()
+            + self.bytes.capacity()
             + self.free.capacity() * 4
             + self.index.capacity() * 5
             + self.seen.capacity() * 4
@@ -352,6 +388,46 @@ mod tests {
         dict.encode(&series(0), &mut s);
         dict.encode(&series(10), &mut s);
         assert_eq!(dict.pairs.len(), 11, "freed symbol numbers are taken again");
+    }
+
+    #[test]
+    fn the_bytes_of_freed_pairs_are_given_back() {
+        let named = |i: usize| {
+            id(&[
+                (
+                    "__name__",
+                    &format!("a_rather_long_metric_name_{}", i % 500),
+                ),
+                ("instance", &format!("host-{i}:9100")),
+            ])
+        };
+        let mut dict = IdDictionary::default();
+        let stored: Vec<Vec<u8>> = (0..2000)
+            .map(|i| {
+                let mut s = Vec::new();
+                dict.encode(&named(i), &mut s);
+                s
+            })
+            .collect();
+        assert_eq!(dict.symbols(), 500);
+        let full = dict.bytes.len();
+        // Every series of the first 450 names goes.
+        for (i, s) in stored.iter().enumerate() {
+            if i % 500 < 450 {
+                dict.release(s);
+            }
+        }
+        assert_eq!(dict.symbols(), 50);
+        assert!(
+            dict.bytes.len() < full / 4,
+            "{} of {full} bytes kept",
+            dict.bytes.len()
+        );
+        for (i, s) in stored.iter().enumerate().filter(|(i, _)| i % 500 >= 450) {
+            let mut out = Vec::new();
+            dict.decode(s, &mut out);
+            assert_eq!(out, named(i));
+        }
     }
 
     proptest! {
