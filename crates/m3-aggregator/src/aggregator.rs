@@ -1110,3 +1110,86 @@ mod shard_hint_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod stored_id_tests {
+    use super::*;
+    use m3_metric::id::encode_tags;
+    use std::collections::BTreeSet;
+
+    const S: i64 = 1_000_000_000;
+    const T0: i64 = 1_700_000_000 * S;
+    const HOUR: i64 = 3600 * S;
+
+    /// Series `i`: a few names and jobs shared by many series, an instance of its own.
+    fn id(i: usize) -> Vec<u8> {
+        let mut id = Vec::new();
+        encode_tags(
+            [
+                (&b"__name__"[..], format!("metric_{}", i % 7).as_bytes()),
+                (
+                    &b"instance"[..],
+                    format!("10.0.{}.{}:9100", i / 256, i % 256).as_bytes(),
+                ),
+                (&b"job"[..], format!("job-{}", i % 3).as_bytes()),
+            ],
+            &mut id,
+        )
+        .expect("short tags encode");
+        id
+    }
+
+    fn add(agg: &Aggregator, ids: &[Vec<u8>], t: i64) {
+        let samples: Vec<TimedSample<'_>> = ids
+            .iter()
+            .map(|id| TimedSample {
+                metric_type: MetricType::Gauge,
+                id,
+                time_nanos: t,
+                value: 1.0,
+                metadatas: crate::Metadatas::Default,
+            })
+            .collect();
+        let mut errors = Vec::new();
+        agg.add_timed_batch(&samples, t, &mut |i, e| errors.push((i, e)));
+        assert_eq!(errors, vec![]);
+    }
+
+    fn flushed_ids(agg: &Aggregator, now: i64) -> BTreeSet<Vec<u8>> {
+        let mut out = Vec::new();
+        agg.flush(now, FlushMode::LeaderFinal, &mut out);
+        out.into_iter().map(|o| o.id).collect()
+    }
+
+    /// IDs are stored with their shared tag pairs once and decoded to flush: every output
+    /// carries its series' exact ID, through series that expire (their pairs given back) and
+    /// new ones that take the freed symbols.
+    #[test]
+    fn outputs_carry_their_series_ids_through_expiry_and_new_series() {
+        let agg = Aggregator::new(
+            AggregatorOptions::default(),
+            Arc::new(|id: &[u8]| m3_cluster::shard_for(id, 8)),
+        );
+        agg.set_shards((0..8).map(crate::ShardAssignment::unbounded).collect(), 0);
+        let first: Vec<Vec<u8>> = (0..3000).map(id).collect();
+        add(&agg, &first, T0);
+        assert_eq!(
+            flushed_ids(&agg, T0 + 20 * S),
+            first.iter().cloned().collect()
+        );
+        // Two hours on, the second half is written again with 1500 new series; the first
+        // half expires.
+        let later: Vec<Vec<u8>> = (1500..4500).map(id).collect();
+        add(&agg, &later, T0 + 2 * HOUR);
+        assert_eq!(agg.expire_entries(T0 + 2 * HOUR + 10 * S), 1500);
+        let flushed = flushed_ids(&agg, T0 + 2 * HOUR + 20 * S);
+        assert_eq!(flushed, later.iter().cloned().collect());
+        assert_eq!(agg.expire_entries(T0 + 4 * HOUR), 3000);
+        let last: Vec<Vec<u8>> = (4000..6000).map(id).collect();
+        add(&agg, &last, T0 + 4 * HOUR);
+        assert_eq!(
+            flushed_ids(&agg, T0 + 4 * HOUR + 20 * S),
+            last.iter().cloned().collect()
+        );
+    }
+}
