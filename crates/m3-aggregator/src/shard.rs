@@ -219,8 +219,9 @@ pub(crate) fn entry_hash(id: &[u8]) -> u64 {
 /// on every add (the bytes lie apart from the slot) and a `memcmp`, an eighth of an
 /// aggregator's CPU under load. Two IDs of one shard and category with the same 64-bit hash
 /// would share an entry: a lookup meets another series' slot with the same tag about once in
-/// 2^32 lookups, and that slot's low half matches once in 2^32 of those, so at three million
-/// adds a second an aggregator would misfile one sample in some hundred thousand years.
+/// 2^32 buckets it probes (two or three), and that slot's low half matches once in 2^32 of
+/// those, so at three million adds a second an aggregator would misfile one sample in some
+/// tens of thousands of years.
 #[derive(Debug, Default)]
 struct EntryMap {
     index: HashIndex,
