@@ -14,9 +14,11 @@
 //!
 //! A pair is given a symbol the second time the shard sees it: the first time only a 32-bit
 //! fingerprint of it is noted in a small table ([`SEEN_SLOTS`] fingerprints in buckets of
-//! [`SEEN_WAYS`], the newest first), so a pair only one series has (an `instance`, a series
-//! number) never costs a dictionary entry. A pair that comes back before newer ones pushed its
-//! fingerprint out of its bucket gets a symbol, and every ID stored after that refers to it.
+//! [`SEEN_WAYS`]), so a pair only one series has (an `instance`, a series number) never costs
+//! a dictionary entry. A pair that comes back before newer ones pushed its fingerprint out of
+//! its bucket gets a symbol, and every ID stored after that refers to it. A bucket keeps its
+//! newest fingerprints: more than [`SEEN_WAYS`] pairs that share a bucket and come round in
+//! strict turn push each other out and stay literal (a matter of memory, never of the bytes).
 //! Symbols are counted by the stored IDs that refer to them ([`IdDictionary::release`] is
 //! called when one is forgotten), and a symbol no ID refers to is freed and its number reused.
 //!
@@ -36,9 +38,9 @@ use crate::shard::entry_hash;
 const MAGIC: [u8; 2] = 10101u16.to_le_bytes();
 /// Fingerprints of pairs seen once, per dictionary that has stored a tag-encoded ID.
 const SEEN_SLOTS: usize = 4096;
-/// Fingerprints per bucket of the seen table: pairs that share a bucket and come in turn
-/// still find their fingerprint there.
-const SEEN_WAYS: usize = 4;
+/// Fingerprints per bucket of the seen table (32 bytes): pairs that share a bucket and come in
+/// turn still find their fingerprint there.
+const SEEN_WAYS: usize = 8;
 /// Dead pair bytes below this are not worth a copy.
 const MIN_COMPACTED: usize = 4096;
 /// Stored-form marks (first byte).
@@ -85,15 +87,9 @@ fn pairs_of(id: &[u8]) -> Option<(u16, Vec<&[u8]>)> {
     let count = u16::from_le_bytes(*count);
     let mut pairs = Vec::with_capacity(usize::from(count));
     for _ in 0..count {
-        let start = rest;
-        let mut len = 0;
-        for _ in 0..2 {
-            let (n, after) = rest.split_first_chunk::<2>()?;
-            let n = usize::from(u16::from_le_bytes(*n));
-            rest = after.get(n..)?;
-            len += 2 + n;
-        }
-        pairs.push(&start[..len]);
+        let (pair, after) = take_pair(rest)?;
+        pairs.push(pair);
+        rest = after;
     }
     rest.is_empty().then_some((count, pairs))
 }
@@ -129,6 +125,30 @@ fn take_pair(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
         len += 2 + n;
     }
     Some((&bytes[..len], rest))
+}
+
+/// One pair of a stored tag-encoded ID.
+enum Token<'a> {
+    Literal(&'a [u8]),
+    Symbol(u32),
+}
+
+/// The pair count of a stored tag-encoded ID (after its mark) and its tokens; the tokens end
+/// early at anything [`IdDictionary::encode`] does not write.
+fn tokens(stored: &[u8]) -> Option<(u64, impl Iterator<Item = Token<'_>>)> {
+    let (count, mut rest) = take_varint(stored)?;
+    let tokens = (0..count).map_while(move |_| {
+        let (token, after) = take_varint(rest)?;
+        if token == 0 {
+            let (pair, after) = take_pair(after)?;
+            rest = after;
+            Some(Token::Literal(pair))
+        } else {
+            rest = after;
+            Some(Token::Symbol(u32::try_from(token - 1).ok()?))
+        }
+    });
+    Some((count, tokens))
 }
 
 impl IdDictionary {
@@ -219,27 +239,20 @@ impl IdDictionary {
 
     /// [`decode`](Self::decode) of a tag-encoded ID; stops at anything `encode` does not write.
     fn decode_tagged(&self, stored: &[u8], out: &mut Vec<u8>) {
-        let Some((count, mut rest)) = take_varint(stored) else {
+        let Some((count, tokens)) = tokens(stored) else {
             return;
         };
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&(count as u16).to_le_bytes());
-        for _ in 0..count {
-            let Some((token, after)) = take_varint(rest) else {
-                return;
-            };
-            rest = if token == 0 {
-                let Some((pair, after)) = take_pair(after) else {
-                    return;
-                };
-                out.extend_from_slice(pair);
-                after
-            } else {
-                if let Some(p) = self.pairs.get((token - 1) as usize).filter(|p| p.refs > 0) {
-                    out.extend_from_slice(p.bytes(&self.bytes));
+        for token in tokens {
+            match token {
+                Token::Literal(pair) => out.extend_from_slice(pair),
+                Token::Symbol(symbol) => {
+                    if let Some(p) = self.pairs.get(symbol as usize).filter(|p| p.refs > 0) {
+                        out.extend_from_slice(p.bytes(&self.bytes));
+                    }
                 }
-                after
-            };
+            }
         }
     }
 
@@ -249,22 +262,13 @@ impl IdDictionary {
         let Some((&TAGGED, rest)) = stored.split_first() else {
             return;
         };
-        let Some((count, mut rest)) = take_varint(rest) else {
+        let Some((_, tokens)) = tokens(rest) else {
             return;
         };
-        for _ in 0..count {
-            let Some((token, after)) = take_varint(rest) else {
-                return;
-            };
-            if token == 0 {
-                let Some((_, after)) = take_pair(after) else {
-                    return;
-                };
-                rest = after;
+        for token in tokens {
+            let Token::Symbol(symbol) = token else {
                 continue;
-            }
-            rest = after;
-            let symbol = (token - 1) as u32;
+            };
             let Some(p) = self.pairs.get_mut(symbol as usize) else {
                 continue;
             };
