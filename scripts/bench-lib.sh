@@ -3,9 +3,11 @@
 #   bench_workdir NAME      a temporary dir in $work, removed at exit (kept with KEEP=1), and the
 #                           cleanup that stops every pid in $pids
 #   wait_http URL           waits up to 60 s for URL to answer 2xx, else keeps $work and fails
-#   start_tier CONFIG       etcd, two m3aggregator (127.0.0.2 and 127.0.0.3, config/m3aggregator.yml)
+#   start_tier CONFIG [DIR] etcd, two m3aggregator (127.0.0.2 and 127.0.0.3, config/m3aggregator.yml)
 #                           and one m3coordinator with CONFIG, then SEED.md's placements and
-#                           topic; sets $etcd_pid, $aggregator_pids and $coordinator_pid
+#                           topic, with data and logs in DIR (default $work); sets $etcd_pid,
+#                           $aggregator_pids and $coordinator_pid
+#   stop_tier               stops what start_tier started and waits for it
 #
 # Expects $bin (the release binaries' directory).
 
@@ -32,13 +34,14 @@ wait_http() {
 }
 
 start_tier() {
-  local coordinator_config=$1 etcd_port=23791
-  etcd --name bench --data-dir "$work/etcd" \
+  local coordinator_config=$1 dir=${2:-$work} etcd_port=23791
+  mkdir -p "$dir"
+  etcd --name bench --data-dir "$dir/etcd" \
     --listen-client-urls "http://127.0.0.1:$etcd_port" \
     --advertise-client-urls "http://127.0.0.1:$etcd_port" \
     --listen-peer-urls http://127.0.0.1:23801 \
     --initial-advertise-peer-urls http://127.0.0.1:23801 \
-    --initial-cluster bench=http://127.0.0.1:23801 >"$work/etcd.log" 2>&1 &
+    --initial-cluster bench=http://127.0.0.1:23801 >"$dir/etcd.log" 2>&1 &
   etcd_pid=$!
   pids+=("$etcd_pid")
   wait_http "http://127.0.0.1:$etcd_port/health"
@@ -47,13 +50,13 @@ start_tier() {
   for host in 127.0.0.2 127.0.0.3; do
     ETCD_ENDPOINT=127.0.0.1:$etcd_port M3AGGREGATOR_HOST_ID=$host \
       M3AGGREGATOR_RAWTCP_ADDRESS=$host:6000 M3AGGREGATOR_HTTP_ADDRESS=$host:6001 \
-      "$bin/m3aggregator" -f config/m3aggregator.yml >"$work/m3aggregator-$host.log" 2>&1 &
+      "$bin/m3aggregator" -f config/m3aggregator.yml >"$dir/m3aggregator-$host.log" 2>&1 &
     aggregator_pids+=($!)
     pids+=($!)
   done
   ETCD_ENDPOINT=127.0.0.1:$etcd_port M3COORDINATOR_LISTEN_ADDRESS=127.0.0.1:7201 \
-    M3COORDINATOR_INGEST_ADDRESS=127.0.0.1:7507 M3COORDINATOR_DATA_DIR="$work/data" \
-    "$bin/m3coordinator" -f "$coordinator_config" >"$work/m3coordinator.log" 2>&1 &
+    M3COORDINATOR_INGEST_ADDRESS=127.0.0.1:7507 M3COORDINATOR_DATA_DIR="$dir/data" \
+    "$bin/m3coordinator" -f "$coordinator_config" >"$dir/m3coordinator.log" 2>&1 &
   coordinator_pid=$!
   pids+=("$coordinator_pid")
   for url in http://127.0.0.2:6001/health http://127.0.0.3:6001/health \
@@ -78,4 +81,12 @@ start_tier() {
     "messageTtlNanos": "300000000000"}}'
   # Until an aggregator leads, its windows wait in the followers: give the election a moment.
   sleep 5
+}
+
+stop_tier() {
+  local pid
+  for pid in "$coordinator_pid" "${aggregator_pids[@]}" "$etcd_pid"; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
 }

@@ -16,11 +16,16 @@
 # and the tier's accepted samples per second. Release build; loopback only; data and logs in a
 # temporary dir, removed at the end unless KEEP=1.
 #
-#   scripts/bench-relay-vs-vmagent.sh [SECONDS] [SERIES]   # defaults: 30 50000
+# vmagent's own figure moves by a fifth from one run to the next on a shared machine. ROUNDS=n
+# repeats the pair n times, each on fresh data, the order alternating (vmagent first in odd
+# rounds), and prints every round's figures and the median of each.
+#
+#   [ROUNDS=n] scripts/bench-relay-vs-vmagent.sh [SECONDS] [SERIES]   # defaults: 1, 30 50000
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-30}
 series=${2:-50000}
+rounds=${ROUNDS:-1}
 scripts/install-deps.sh >/dev/null
 command -v vmagent >/dev/null || {
   echo "vmagent is not installed (Debian package victoria-metrics)" >&2
@@ -53,21 +58,9 @@ accepted_per_second() {
   grep -m1 '^rate:' "$work/$1.txt" | sed -E 's/.*, ([0-9]+) samples\/s accepted.*/\1/'
 }
 
-# 1. vmagent relaying to the sink, twice.
 "$bin/m3" sink --listen 127.0.0.1:18429 >"$work/sink.log" 2>&1 &
 pids+=($!)
-vmagent -httpListenAddr=127.0.0.1:18430 -remoteWrite.tmpDataPath="$work/vmagent" \
-  -remoteWrite.url=http://127.0.0.1:18429/replica-a \
-  -remoteWrite.url=http://127.0.0.1:18429/replica-b \
-  -loggerLevel=ERROR >"$work/vmagent.log" 2>&1 &
-vmagent_pid=$!
-pids+=("$vmagent_pid")
-wait_http http://127.0.0.1:18430/health
-load vmagent http://127.0.0.1:18430 /api/v1/write "$vmagent_pid"
-kill "$vmagent_pid"
-wait "$vmagent_pid" 2>/dev/null || true
 
-# 2. The tier without raw storage.
 # The coordinator's config without its unaggregated namespace (the namespace line and the two
 # lines under it).
 awk '/- namespace: default$/ { skip = 3 } skip > 0 { skip--; next } { print }' \
@@ -76,17 +69,67 @@ if grep -q unaggregated "$work/m3coordinator-relay.yml"; then
   echo "could not remove the unaggregated namespace from config/m3coordinator.yml" >&2
   exit 1
 fi
-start_tier "$work/m3coordinator-relay.yml"
-load coordinator http://127.0.0.1:7201 /api/v1/prom/remote/write \
-  "$coordinator_pid" "${aggregator_pids[@]}"
 
-vmagent_rate=$(per_cpu_second vmagent 1)
-coordinator_rate=$(per_cpu_second coordinator 1)
+# run_vmagent ROUND: vmagent relaying to the sink, twice; report in $work/vmagent-ROUND.txt.
+run_vmagent() {
+  vmagent -httpListenAddr=127.0.0.1:18430 -remoteWrite.tmpDataPath="$work/vmagent-$1" \
+    -remoteWrite.url=http://127.0.0.1:18429/replica-a \
+    -remoteWrite.url=http://127.0.0.1:18429/replica-b \
+    -loggerLevel=ERROR >"$work/vmagent-$1.log" 2>&1 &
+  local pid=$!
+  pids+=("$pid")
+  wait_http http://127.0.0.1:18430/health
+  load "vmagent-$1" http://127.0.0.1:18430 /api/v1/write "$pid"
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+}
+
+# run_tier ROUND: the tier without raw storage, on fresh data; report in
+# $work/coordinator-ROUND.txt.
+run_tier() {
+  start_tier "$work/m3coordinator-relay.yml" "$work/tier-$1"
+  load "coordinator-$1" http://127.0.0.1:7201 /api/v1/prom/remote/write \
+    "$coordinator_pid" "${aggregator_pids[@]}"
+  stop_tier
+}
+
+summary=()
+for round in $(seq "$rounds"); do
+  if ((round % 2 == 1)); then
+    run_vmagent "$round"
+    run_tier "$round"
+  else
+    run_tier "$round"
+    run_vmagent "$round"
+  fi
+  # ratio vmagent coordinator aggregator-a aggregator-b tier: sortable by any column.
+  summary+=("$(awk -v a="$(per_cpu_second "coordinator-$round" 1)" \
+    -v b="$(per_cpu_second "vmagent-$round" 1)" \
+    -v x="$(per_cpu_second "coordinator-$round" 2)" \
+    -v y="$(per_cpu_second "coordinator-$round" 3)" \
+    -v t="$(accepted_per_second "coordinator-$round")" \
+    'BEGIN { printf "%.3f %d %d %d %d %d", a / b, b, a, x, y, t }')")
+done
+
 echo "== samples per CPU-second, same traffic, same run"
-printf '%-34s %12s per CPU-s\n' "vmagent (relay to 2 URLs)" "$vmagent_rate"
-printf '%-34s %12s per CPU-s\n' "m3coordinator (relay to 2 replicas)" "$coordinator_rate"
-awk -v a="$coordinator_rate" -v b="$vmagent_rate" \
-  'BEGIN { printf "ratio m3coordinator / vmagent: %.2fx\n", a / b }'
-printf '%-34s %12s per CPU-s\n' "m3aggregator 127.0.0.2" "$(per_cpu_second coordinator 2)"
-printf '%-34s %12s per CPU-s\n' "m3aggregator 127.0.0.3" "$(per_cpu_second coordinator 3)"
-printf '%-34s %12s samples/s\n' "the tier, accepted" "$(accepted_per_second coordinator)"
+if ((rounds > 1)); then
+  echo "round  vmagent  m3coordinator  ratio  m3aggregator 127.0.0.2 / 127.0.0.3  tier accepted/s"
+  for round in $(seq "$rounds"); do
+    echo "${summary[round - 1]}" | awk -v r="$round" \
+      '{ printf "%5d %9d %14d %6.2fx %12d / %d %16d\n", r, $2, $3, $1, $4, $5, $6 }'
+  done
+  echo "medians over $rounds rounds:"
+fi
+# median COLUMN: the median of one column of the summary.
+median() {
+  printf '%s\n' "${summary[@]}" | awk -v c="$1" '{ print $c }' | sort -n | awk '{ r[NR] = $1 }
+    END { printf "%d", NR % 2 ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2 }'
+}
+median_ratio=$(printf '%s\n' "${summary[@]}" | awk '{ print $1 }' | sort -n | awk '{ r[NR] = $1 }
+  END { printf "%.2f", NR % 2 ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2 }')
+printf '%-34s %12s per CPU-s\n' "vmagent (relay to 2 URLs)" "$(median 2)"
+printf '%-34s %12s per CPU-s\n' "m3coordinator (relay to 2 replicas)" "$(median 3)"
+echo "ratio m3coordinator / vmagent: ${median_ratio}x"
+printf '%-34s %12s per CPU-s\n' "m3aggregator 127.0.0.2" "$(median 4)"
+printf '%-34s %12s per CPU-s\n' "m3aggregator 127.0.0.3" "$(median 5)"
+printf '%-34s %12s samples/s\n' "the tier, accepted" "$(median 6)"
