@@ -11,12 +11,20 @@
 //! Windows are added to every series in turn, as at startup, so the figures include the heap
 //! holes the window vectors leave behind as they grow.
 //!
+//! The allocator is jemalloc, as in the `m3aggregator` binary: what a series costs depends on
+//! it (glibc's malloc adds a header to every block and rounds a 128-byte window vector up to
+//! 144 bytes; jemalloc keeps it in a 128-byte size class).
+//!
 //! The IDs the benchmark keeps are allocated before the first measurement, so only the
 //! engine's copies count. Each measurement runs in a fresh process (the bench re-runs itself
 //! three times), since memory freed by one run would be reused by the next; every run's figures
 //! are printed, then their median. Run with `cargo bench -p m3-aggregator --bench memory`.
 
 use std::process::Command;
+
+/// The `m3aggregator` binary's allocator (its `main.rs`), so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[allow(dead_code)] // each benchmark uses a part of the shared setup
 mod common;
@@ -46,6 +54,10 @@ type Figures = (&'static str, usize, u64, u64);
 
 fn measure(label: &'static str, before: u64, agg: &m3_aggregator::Aggregator) -> Figures {
     let stats = agg.stats();
+    // jemalloc returns the pages of freed blocks (the smaller window vectors each series
+    // grew out of) after its dirty decay time, one second in this build (.cargo/config.toml):
+    // a running aggregator holds them no longer than that, so neither does the figure.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
     let after = rss_bytes().expect("VmRSS is readable");
     (
         label,
