@@ -8,6 +8,7 @@
 #                           topic, with data and logs in DIR (default $work); sets $etcd_pid,
 #                           $aggregator_pids and $coordinator_pid
 #   stop_tier               stops what start_tier started and waits for it
+#   median FORMAT           the median of the numbers on stdin, one per line, printed with FORMAT
 #
 # Expects $bin (the release binaries' directory).
 
@@ -89,4 +90,9 @@ stop_tier() {
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done
+}
+
+median() {
+  sort -n | awk -v f="$1" '{ r[NR] = $1 }
+    END { printf f, NR % 2 ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2 }'
 }

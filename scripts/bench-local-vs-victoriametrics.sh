@@ -89,7 +89,6 @@ if ((rounds == 1)); then
   awk -v a="$m3" -v b="$vm" 'BEGIN { printf "ratio m3 local / VictoriaMetrics: %.2fx\n", a / b }'
 else
   printf '%s\n' "${summary[@]}" | sort -t' ' -k3n | cut -d' ' -f2-
-  printf '%s\n' "${summary[@]}" | sort -n | awk '{ r[NR] = $1 } END {
-    m = NR % 2 ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2
-    printf "median ratio m3 local / VictoriaMetrics over %d rounds: %.2fx\n", NR, m }'
+  echo "median ratio m3 local / VictoriaMetrics over $rounds rounds:" \
+    "$(printf '%s\n' "${summary[@]}" | awk '{ print $1 }' | median %.2f)x"
 fi

@@ -120,16 +120,13 @@ if ((rounds > 1)); then
   done
   echo "medians over $rounds rounds:"
 fi
-# median COLUMN: the median of one column of the summary.
-median() {
-  printf '%s\n' "${summary[@]}" | awk -v c="$1" '{ print $c }' | sort -n | awk '{ r[NR] = $1 }
-    END { printf "%d", NR % 2 ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2 }'
+# column N [FORMAT]: the median of the summary's Nth column.
+column() {
+  printf '%s\n' "${summary[@]}" | awk -v c="$1" '{ print $c }' | median "${2:-%d}"
 }
-median_ratio=$(printf '%s\n' "${summary[@]}" | awk '{ print $1 }' | sort -n | awk '{ r[NR] = $1 }
-  END { printf "%.2f", NR % 2 ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2 }')
-printf '%-34s %12s per CPU-s\n' "vmagent (relay to 2 URLs)" "$(median 2)"
-printf '%-34s %12s per CPU-s\n' "m3coordinator (relay to 2 replicas)" "$(median 3)"
-echo "ratio m3coordinator / vmagent: ${median_ratio}x"
-printf '%-34s %12s per CPU-s\n' "m3aggregator 127.0.0.2" "$(median 4)"
-printf '%-34s %12s per CPU-s\n' "m3aggregator 127.0.0.3" "$(median 5)"
-printf '%-34s %12s samples/s\n' "the tier, accepted" "$(median 6)"
+printf '%-34s %12s per CPU-s\n' "vmagent (relay to 2 URLs)" "$(column 2)"
+printf '%-34s %12s per CPU-s\n' "m3coordinator (relay to 2 replicas)" "$(column 3)"
+echo "ratio m3coordinator / vmagent: $(column 1 %.2f)x"
+printf '%-34s %12s per CPU-s\n' "m3aggregator 127.0.0.2" "$(column 4)"
+printf '%-34s %12s per CPU-s\n' "m3aggregator 127.0.0.3" "$(column 5)"
+printf '%-34s %12s samples/s\n' "the tier, accepted" "$(column 6)"
