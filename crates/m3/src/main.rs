@@ -86,7 +86,8 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "10s,1m", value_parser = bench::parse_duration_arg)]
         resolutions: Vec<Duration>,
         /// The aggregators' past buffer (`bufferDurationForPastTimedMetric`, m3 local's: 1m):
-        /// a window is due once window end + past buffer + resolution has passed.
+        /// a window is due once window end + past buffer + resolution, and 5s for its outputs
+        /// to be stored, have passed.
         #[arg(long, default_value = "1m", value_parser = bench::parse_duration_arg)]
         buffer_past: Duration,
     },

@@ -78,7 +78,7 @@ async fn bench_reports_what_the_coordinator_accepted_and_stored() {
     assert_eq!(figure(&stdout, "received:"), sent, "{stdout}");
     assert_eq!(figure(&stdout, "stored raw:"), sent, "{stdout}");
     // 200 series for 3 s: every series in one or two 10s windows, none of them due yet
-    // (window end + 30s + 10s).
+    // (window end + 30s + 10s + 5s to be stored).
     let expected = figure(&stdout, "windows:");
     assert!(
         (200..=400).contains(&expected),
@@ -86,7 +86,8 @@ async fn bench_reports_what_the_coordinator_accepted_and_stored() {
     );
     assert!(
         stdout.contains(&format!(
-            ", 0 due by now (window end + 30s past buffer + resolution), {expected} not due yet"
+            ", 0 due by the last scrape (window end + 30s past buffer + resolution + 5s to be \
+             stored), {expected} not due yet"
         )),
         "{stdout}"
     );

@@ -62,13 +62,13 @@ pub(super) const INGEST_STORED: &str = "m3coordinator_ingest_stored_total";
 pub(super) const DROPPED: &str = "m3coordinator_samples_dropped_total";
 
 /// Polls `/metrics` every second for `wait` while a spinner shows aggregated output stored so
-/// far; returns the last reading.
+/// far; returns the last reading and the wall-clock time (ms) it was asked for.
 pub(super) async fn wait_for_stored(
     client: &reqwest::Client,
     url: &str,
     before: &Scrape,
     wait: Duration,
-) -> Option<Scrape> {
+) -> Option<(Scrape, i64)> {
     let bar = ProgressBar::new(wait.as_millis() as u64);
     if let Ok(style) = ProgressStyle::with_template("{spinner} waiting [{wide_bar}] {msg}") {
         bar.set_style(style.progress_chars("=> "));
@@ -76,10 +76,11 @@ pub(super) async fn wait_for_stored(
     let start = Instant::now();
     let mut last = None;
     loop {
+        let scraped_at = super::schedule::wall_clock_ms();
         if let Ok(Some(now)) = scrape(client, url).await {
             let stored = delta(before, &now, INGEST_STORED);
             bar.set_message(format!("{} aggregated outputs stored", count(stored)));
-            last = Some(now);
+            last = Some((now, scraped_at));
         }
         let elapsed = start.elapsed();
         bar.set_position(elapsed.as_millis() as u64);

@@ -171,15 +171,20 @@ pub(crate) async fn run(options: BenchOptions) -> anyhow::Result<()> {
         });
     }
 
+    let after_send_at = schedule::wall_clock_ms();
     let after_send = match &before {
         Some(_) => scrape(&client, &metrics_url).await.ok().flatten(),
         None => None,
     };
-    let after = match (&before, options.wait_stored.is_zero()) {
+    // The last reading, and when it was asked for: windows are due as of then.
+    let (after, counted_at) = match (&before, options.wait_stored.is_zero()) {
         (Some(before), false) => {
-            wait_for_stored(&client, &metrics_url, before, options.wait_stored).await
+            match wait_for_stored(&client, &metrics_url, before, options.wait_stored).await {
+                Some((scrape, at)) => (Some(scrape), at),
+                None => (None, schedule::wall_clock_ms()),
+            }
         }
-        _ => after_send.clone(),
+        _ => (after_send.clone(), after_send_at),
     };
     let coordinator = match (before, after_send, after) {
         (Some(before), Some(after_send), Some(after)) => Some(CoordinatorDiff::between(
@@ -191,7 +196,7 @@ pub(crate) async fn run(options: BenchOptions) -> anyhow::Result<()> {
         _ => None,
     };
 
-    let expected = windows.expected(schedule::wall_clock_ms(), options.buffer_past);
+    let expected = windows.expected(counted_at, options.buffer_past);
     let report = Report {
         options,
         load,

@@ -116,11 +116,12 @@ impl fmt::Display for Report {
                     self.resolutions.iter().map(|r| format!("{r:?}")).collect();
                 writeln!(
                     f,
-                    "  windows:     {} expected (one per series, window and resolution {}), {} due by now (window end + {:?} past buffer + resolution), {} not due yet",
+                    "  windows:     {} expected (one per series, window and resolution {}), {} due by the last scrape (window end + {:?} past buffer + resolution + {:?} to be stored), {} not due yet",
                     self.expected.total,
                     resolutions.join(", "),
                     self.expected.due,
                     self.options.buffer_past,
+                    super::windows::DELIVERY_ALLOWANCE,
                     self.expected.total - self.expected.due
                 )?;
                 let due = self.expected.due as f64;

@@ -4,10 +4,11 @@
 //! Every accepted sample puts its series in one window per aggregated resolution
 //! (`--resolutions`, the coordinator's aggregated namespaces; the automatic mapping rules give
 //! each series one output per namespace and window). A window is *due* once an aggregator may
-//! have flushed it: window end + past buffer (`--buffer-past`) + resolution. At the end of the
-//! run (and of `--wait-stored`) the bench compares the due windows with the aggregated outputs
-//! the coordinator stored: fewer stored than due means windows lost (or late), while windows not
-//! due yet are only waiting.
+//! have flushed it, window end + past buffer (`--buffer-past`) + resolution, and the outputs
+//! had [`DELIVERY_ALLOWANCE`] to reach the store. At the end of the run (and of
+//! `--wait-stored`) the bench compares the windows due by its last scrape of the coordinator
+//! with the aggregated outputs that scrape counted: fewer stored than due means windows lost
+//! (or late), while windows not due yet are only waiting.
 //!
 //! Requests cover fixed slices of the series (`--batch` per request, see the schedule), so a
 //! window is recorded per (resolution, window start, slice) with the slice's size: one set
@@ -18,6 +19,12 @@ use std::ops::Range;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+
+/// How long a due window's outputs get to be counted as stored: an aggregator looks for
+/// windows to flush once a second, flushes every series' window, and the coordinator stores
+/// the outputs before it counts them. Without it, a window that fell due in the last moments
+/// before the final scrape was reported lost in every series.
+pub(super) const DELIVERY_ALLOWANCE: Duration = Duration::from_secs(5);
 
 /// The windows the accepted samples fall in.
 #[derive(Debug)]
@@ -58,9 +65,11 @@ impl WindowTally {
         }
     }
 
-    /// The windows expected, and those due by `now_ms` with the aggregators' `buffer_past`.
+    /// The windows expected, and those due by `now_ms` with the aggregators' `buffer_past`
+    /// (and the [`DELIVERY_ALLOWANCE`]).
     pub(super) fn expected(&self, now_ms: i64, buffer_past: Duration) -> ExpectedWindows {
-        let buffer_ms = i64::try_from(buffer_past.as_millis()).unwrap_or(i64::MAX);
+        let buffer_ms = i64::try_from(buffer_past.saturating_add(DELIVERY_ALLOWANCE).as_millis())
+            .unwrap_or(i64::MAX);
         let mut expected = ExpectedWindows { total: 0, due: 0 };
         for ((index, start, _), series) in self.windows.lock().iter() {
             let resolution = self.resolutions_ms[*index];
@@ -104,9 +113,12 @@ mod tests {
         let all = tally.expected(i64::MAX, Duration::ZERO);
         assert_eq!(all.total, 15);
         assert_eq!(all.due, 15);
-        // With a 30s past buffer, at 55s only the first 10s window is due (10 + 30 + 10 = 50;
-        // the second is due at 60s, the minute window at 60 + 30 + 60 = 150s).
+        // With a 30s past buffer, at 55s only the first 10s window is due (10 + 30 + 10 = 50,
+        // and 5s to be delivered; the second is due at 65s, the minute window at
+        // 60 + 30 + 60 + 5 = 155s). A moment earlier, none is.
         let at_55s = tally.expected(55_000, Duration::from_secs(30));
         assert_eq!(at_55s, ExpectedWindows { total: 15, due: 5 });
+        let before = tally.expected(54_999, Duration::from_secs(30));
+        assert_eq!(before, ExpectedWindows { total: 15, due: 0 });
     }
 }
