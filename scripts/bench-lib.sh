@@ -9,6 +9,7 @@
 #                           $aggregator_pids and $coordinator_pid
 #   stop_tier               stops what start_tier started and waits for it
 #   median FORMAT           the median of the numbers on stdin, one per line, printed with FORMAT
+#   in_turn ROUND A B       runs `A ROUND` then `B ROUND` in odd rounds, the other way in even ones
 #
 # Expects $bin (the release binaries' directory).
 
@@ -95,4 +96,14 @@ stop_tier() {
 median() {
   sort -n | awk -v f="$1" '{ r[NR] = $1 }
     END { printf f, NR % 2 ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2 }'
+}
+
+in_turn() {
+  if (($1 % 2 == 1)); then
+    "$2" "$1"
+    "$3" "$1"
+  else
+    "$3" "$1"
+    "$2" "$1"
+  fi
 }

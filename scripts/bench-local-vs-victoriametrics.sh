@@ -67,13 +67,7 @@ run_m3_local() {
 
 summary=()
 for round in $(seq "$rounds"); do
-  if ((round % 2 == 1)); then
-    run_victoria_metrics "$round"
-    run_m3_local "$round"
-  else
-    run_m3_local "$round"
-    run_victoria_metrics "$round"
-  fi
+  in_turn "$round" run_victoria_metrics run_m3_local
   vm=$(per_cpu_second "victoria-metrics-$round")
   m3=$(per_cpu_second "m3-local-$round")
   summary+=("$(awk -v r="$round" -v a="$m3" -v b="$vm" -v ra="$(rss "m3-local-$round")" \

@@ -95,13 +95,7 @@ run_tier() {
 
 summary=()
 for round in $(seq "$rounds"); do
-  if ((round % 2 == 1)); then
-    run_vmagent "$round"
-    run_tier "$round"
-  else
-    run_tier "$round"
-    run_vmagent "$round"
-  fi
+  in_turn "$round" run_vmagent run_tier
   # ratio vmagent coordinator aggregator-a aggregator-b tier: sortable by any column.
   summary+=("$(awk -v a="$(per_cpu_second "coordinator-$round" 1)" \
     -v b="$(per_cpu_second "vmagent-$round" 1)" \
