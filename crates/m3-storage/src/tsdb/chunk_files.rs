@@ -5,7 +5,7 @@
 //! never changes it again, and the head keeps up to one and a half block ranges of them: held
 //! in memory, they made the head grow with every sample written. As Prometheus's head does
 //! since 2.19, a closed chunk's bytes go to a file instead, and the series keeps where they
-//! are (twelve bytes). Reads fetch them with `pread` from the page cache.
+//! are (24 bytes with its times and count). Reads fetch them with `pread` from the page cache.
 //!
 //! ```text
 //! <dir>/00000001.chunks   closed chunks' bytes back to back, nothing else
@@ -42,6 +42,21 @@ pub struct ChunkLocation {
 }
 
 impl ChunkLocation {
+    /// The location of `len` bytes at `offset` in segment `segment`, as [`ChunkLocation::parts`]
+    /// gave them.
+    pub fn from_parts(segment: u32, offset: u32, len: u32) -> ChunkLocation {
+        ChunkLocation {
+            segment,
+            offset,
+            len,
+        }
+    }
+
+    /// (segment, offset, length), for a caller that stores a location in fewer bytes.
+    pub fn parts(&self) -> (u32, u32, u32) {
+        (self.segment, self.offset, self.len)
+    }
+
     /// The chunk's size in bytes.
     pub fn len(&self) -> usize {
         self.len as usize

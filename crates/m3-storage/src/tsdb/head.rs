@@ -26,7 +26,7 @@
 //! holds a [`HeadSeries`], which reads nothing once its reference names another series.
 
 use std::hash::BuildHasher;
-use std::num::NonZeroU32;
+use std::num::NonZeroU16;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hashbrown::HashMap;
@@ -103,54 +103,95 @@ pub struct Truncated {
 
 /// A closed chunk of a series: sealed in memory, or in the head's chunk files.
 ///
-/// 32 bytes: a chunk in the files (the common case, and one per 120 samples of every series)
-/// is kept inline, and a sealed chunk, which is in memory only without files or when they
-/// failed, is boxed. The count is never 0 (a closed chunk has samples), which leaves room
-/// for the enum's tag.
+/// 24 bytes: a chunk in the files (the common case, and one per 120 samples of every series,
+/// so at a sample a second a series holds one every two minutes of its head) is kept inline
+/// in its compact form, [`FiledChunk`], and a sealed chunk, which is in memory only without
+/// files, when they failed, or when a chunk does not fit the compact form, is boxed. The
+/// count is never 0 (a closed chunk has samples), which leaves room for the enum's tag.
 #[derive(Debug)]
 enum ClosedChunk {
     InMemory(Box<SealedChunk>),
-    InFile {
-        location: ChunkLocation,
-        count: NonZeroU32,
-        first_time: i64,
-        last_time: i64,
-    },
+    InFile(FiledChunk),
+}
+
+/// Where a closed chunk is in the head's files and what it covers, in 24 bytes rather than
+/// the 32 of a [`ChunkLocation`] and the two times: the last time is kept as its distance from
+/// the first, the size and the count in 16 bits. A chunk of [`CHUNK_SAMPLES`] samples takes at
+/// most a few kilobytes; one that does not fit (over 64 KiB, or spanning more than 49 days
+/// of milliseconds) stays in memory instead ([`FiledChunk::new`] gives `None`).
+#[derive(Debug, Clone, Copy)]
+struct FiledChunk {
+    first_time: i64,
+    segment: u32,
+    offset: u32,
+    /// `last_time - first_time`.
+    span: u32,
+    len: u16,
+    count: NonZeroU16,
+}
+
+impl FiledChunk {
+    /// The compact form of `chunk` once it is at `location`; `None` when it does not fit.
+    fn new(location: ChunkLocation, chunk: &Chunk) -> Option<FiledChunk> {
+        let (segment, offset, len) = location.parts();
+        Some(FiledChunk {
+            first_time: chunk.first_time(),
+            segment,
+            offset,
+            span: u32::try_from(chunk.last_time().checked_sub(chunk.first_time())?).ok()?,
+            len: u16::try_from(len).ok()?,
+            count: NonZeroU16::new(u16::try_from(chunk.len()).ok()?)?,
+        })
+    }
+
+    /// Whether `chunk` would fit the compact form wherever it is written.
+    fn fits(chunk: &Chunk) -> bool {
+        u32::try_from(chunk.bytes().len())
+            .is_ok_and(|len| FiledChunk::new(ChunkLocation::from_parts(0, 0, len), chunk).is_some())
+    }
+
+    fn location(&self) -> ChunkLocation {
+        ChunkLocation::from_parts(self.segment, self.offset, u32::from(self.len))
+    }
+
+    fn last_time(&self) -> i64 {
+        self.first_time + i64::from(self.span)
+    }
 }
 
 impl ClosedChunk {
     fn first_time(&self) -> i64 {
         match self {
             ClosedChunk::InMemory(c) => c.first_time(),
-            ClosedChunk::InFile { first_time, .. } => *first_time,
+            ClosedChunk::InFile(f) => f.first_time,
         }
     }
 
     fn last_time(&self) -> i64 {
         match self {
             ClosedChunk::InMemory(c) => c.last_time(),
-            ClosedChunk::InFile { last_time, .. } => *last_time,
+            ClosedChunk::InFile(f) => f.last_time(),
         }
     }
 
     fn len(&self) -> usize {
         match self {
             ClosedChunk::InMemory(c) => c.len(),
-            ClosedChunk::InFile { count, .. } => count.get() as usize,
+            ClosedChunk::InFile(f) => usize::from(f.count.get()),
         }
     }
 
     fn encoded_len(&self) -> usize {
         match self {
             ClosedChunk::InMemory(c) => c.bytes().len(),
-            ClosedChunk::InFile { location, .. } => location.len(),
+            ClosedChunk::InFile(f) => usize::from(f.len),
         }
     }
 
     fn heap_bytes(&self) -> usize {
         match self {
             ClosedChunk::InMemory(c) => std::mem::size_of::<SealedChunk>() + c.heap_bytes(),
-            ClosedChunk::InFile { .. } => 0,
+            ClosedChunk::InFile(_) => 0,
         }
     }
 }
@@ -178,17 +219,16 @@ struct ClosedChunkStore {
 impl ClosedChunkStore {
     /// Closes `full`: into the files, or into memory when there are none or they fail.
     fn close(&mut self, full: Chunk) -> ClosedChunk {
-        // A chunk is closed full, so never empty; were it, memory would take it.
-        let count = NonZeroU32::new(full.len() as u32);
-        if let (Some(files), Some(count)) = (&mut self.files, count) {
+        // A chunk is closed full, so never empty; were it, memory would take it, as it takes
+        // a chunk too large or too long for the compact form.
+        if let Some(files) = &mut self.files
+            && FiledChunk::fits(&full)
+        {
             match files.append(full.bytes(), full.last_time()) {
                 Ok(location) => {
-                    return ClosedChunk::InFile {
-                        location,
-                        count,
-                        first_time: full.first_time(),
-                        last_time: full.last_time(),
-                    };
+                    if let Some(filed) = FiledChunk::new(location, &full) {
+                        return ClosedChunk::InFile(filed);
+                    }
                 }
                 Err(e) => {
                     self.write_errors += 1;
@@ -218,12 +258,10 @@ impl ClosedChunkStore {
     fn with_samples<R>(&self, chunk: &ClosedChunk, f: impl FnOnce(ChunkIter<'_>) -> R) -> R {
         match chunk {
             ClosedChunk::InMemory(c) => f(c.iter()),
-            ClosedChunk::InFile {
-                location, count, ..
-            } => {
+            ClosedChunk::InFile(filed) => {
                 let mut bytes = Vec::new();
-                match self.read(*location, &mut bytes) {
-                    Ok(()) => f(Chunk::decode(&bytes, count.get())),
+                match self.read(filed.location(), &mut bytes) {
+                    Ok(()) => f(Chunk::decode(&bytes, u32::from(filed.count.get()))),
                     Err(_) => f(Chunk::decode(&[], 0)),
                 }
             }
@@ -234,19 +272,14 @@ impl ClosedChunkStore {
     fn load(&self, chunk: ClosedChunk) -> Result<SealedChunk, ClosedChunk> {
         match chunk {
             ClosedChunk::InMemory(sealed) => Ok(*sealed),
-            ClosedChunk::InFile {
-                location,
-                count,
-                first_time,
-                last_time,
-            } => {
+            ClosedChunk::InFile(filed) => {
                 let mut bytes = Vec::new();
-                match self.read(location, &mut bytes) {
+                match self.read(filed.location(), &mut bytes) {
                     Ok(()) => Ok(SealedChunk::from_parts(
                         bytes.into_boxed_slice(),
-                        count.get(),
-                        first_time,
-                        last_time,
+                        u32::from(filed.count.get()),
+                        filed.first_time,
+                        filed.last_time(),
                     )),
                     Err(_) => Err(chunk),
                 }
@@ -1218,6 +1251,45 @@ mod tests {
         assert_eq!(all(&head, reference), want);
     }
 
+    /// A chunk the compact form cannot describe (here one spanning more than 2^32 ms) is kept
+    /// in memory though the head has files, next to chunks that went to the files, and every
+    /// sample reads back in order.
+    #[test]
+    fn a_chunk_too_long_for_the_compact_form_stays_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut head = head_with_files(dir.path());
+        let a = labels("api", "1");
+        // The first chunk's samples are a day apart (120 days in all), the next two's 15 s.
+        let day = 86_400_000;
+        let times: Vec<i64> = (0..CHUNK_SAMPLES as i64)
+            .map(|i| i * day)
+            .chain(
+                (0..2 * CHUNK_SAMPLES as i64 + 1).map(|i| CHUNK_SAMPLES as i64 * day + i * 15_000),
+            )
+            .collect();
+        let samples: Vec<(&Labels, i64, f64)> =
+            times.iter().map(|&t| (&a, t, (t % 1000) as f64)).collect();
+        head.append(&samples);
+        let reference = head.find(a.view()).unwrap();
+        let series = head.series[reference as usize].as_ref().unwrap();
+        let kinds: Vec<bool> = series
+            .closed
+            .iter()
+            .map(|c| matches!(c, ClosedChunk::InMemory(_)))
+            .collect();
+        assert_eq!(
+            kinds,
+            [true, false, false],
+            "which closed chunks are in memory"
+        );
+        assert_eq!(
+            series.closed[1].last_time() - series.closed[1].first_time(),
+            119 * 15_000
+        );
+        let want: Vec<(i64, f64)> = samples.iter().map(|s| (s.1, s.2)).collect();
+        assert_eq!(all(&head, reference), want);
+    }
+
     #[test]
     fn closed_chunks_in_files_leave_memory_read_back_and_go_with_the_cut() {
         let dir = tempfile::tempdir().unwrap();
@@ -1321,9 +1393,9 @@ mod tests {
     /// What every series and every closed chunk costs in memory: a field added to either
     /// shows here first.
     #[test]
-    fn a_series_costs_128_bytes_and_a_closed_chunk_32() {
+    fn a_series_costs_128_bytes_and_a_closed_chunk_24() {
         assert_eq!(std::mem::size_of::<Option<MemSeries>>(), 128);
-        assert_eq!(std::mem::size_of::<ClosedChunk>(), 32);
+        assert_eq!(std::mem::size_of::<ClosedChunk>(), 24);
         assert_eq!(std::mem::size_of::<SealedChunk>(), 40);
     }
 
