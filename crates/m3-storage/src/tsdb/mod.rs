@@ -29,6 +29,7 @@ pub mod block;
 mod block_summary;
 pub mod chunk;
 pub mod chunk_files;
+mod closed_chunks;
 pub mod db;
 pub mod durable;
 pub mod head;
