@@ -2,7 +2,8 @@
 # `m3 local` next to VictoriaMetrics single-node on the same traffic, in the same run
 # (docs/benchmarks.md): each gets a fresh data directory and the same `m3 bench` load (SERIES
 # series of 10 labels, batches of 2,000, 4 requests in flight, as fast as it answers, for
-# SECONDS), one after the other, with its CPU time and RSS. Prints the samples each accepted per
+# SECONDS), one after the other, with its CPU time and RSS (at the end, and the mean of the
+# last third of the run sampled each second). Prints the samples each accepted per
 # CPU-second of its own process and the ratio m3 local / VictoriaMetrics. Release build;
 # loopback only; data and logs in a temporary dir, removed at the end unless KEEP=1.
 #
@@ -41,6 +42,10 @@ per_cpu_second() {
 rss() {
   grep -m1 '^cpu: *pid' "$work/$1.txt" | sed -E 's/.*RSS ([0-9]+) MiB.*/\1/'
 }
+# rss_mean NAME: the mean of the RSS sampled each second over the last third of the run.
+rss_mean() {
+  grep -m1 '^cpu: *pid' "$work/$1.txt" | sed -E 's/.* ([0-9]+) MiB mean over the last third.*/\1/'
+}
 
 # run_victoria_metrics ROUND, run_m3_local ROUND: one target on fresh data, then stopped.
 run_victoria_metrics() {
@@ -71,15 +76,18 @@ for round in $(seq "$rounds"); do
   vm=$(per_cpu_second "victoria-metrics-$round")
   m3=$(per_cpu_second "m3-local-$round")
   summary+=("$(awk -v r="$round" -v a="$m3" -v b="$vm" -v ra="$(rss "m3-local-$round")" \
-    -v rb="$(rss "victoria-metrics-$round")" 'BEGIN {
-      printf "%.3f round %d: m3 local %d, VictoriaMetrics %d per CPU-s, ratio %.2fx; RSS %d / %d MiB",
-        a / b, r, a, b, a / b, ra, rb }')")
+    -v rb="$(rss "victoria-metrics-$round")" -v ma="$(rss_mean "m3-local-$round")" \
+    -v mb="$(rss_mean "victoria-metrics-$round")" 'BEGIN {
+      printf "%.3f round %d: m3 local %d, VictoriaMetrics %d per CPU-s, ratio %.2fx; RSS %d / %d MiB at the end, %d / %d MiB mean over the last third",
+        a / b, r, a, b, a / b, ra, rb, ma, mb }')")
 done
 
 echo "== samples per CPU-second, same traffic, same run"
 if ((rounds == 1)); then
-  printf '%-18s %12s per CPU-s   RSS %s MiB\n' "VictoriaMetrics" "$vm" "$(rss victoria-metrics-1)"
-  printf '%-18s %12s per CPU-s   RSS %s MiB\n' "m3 local" "$m3" "$(rss m3-local-1)"
+  printf '%-18s %12s per CPU-s   RSS %s MiB at the end, %s MiB mean over the last third\n' \
+    "VictoriaMetrics" "$vm" "$(rss victoria-metrics-1)" "$(rss_mean victoria-metrics-1)"
+  printf '%-18s %12s per CPU-s   RSS %s MiB at the end, %s MiB mean over the last third\n' \
+    "m3 local" "$m3" "$(rss m3-local-1)" "$(rss_mean m3-local-1)"
   awk -v a="$m3" -v b="$vm" 'BEGIN { printf "ratio m3 local / VictoriaMetrics: %.2fx\n", a / b }'
 else
   printf '%s\n' "${summary[@]}" | sort -t' ' -k3n | cut -d' ' -f2-

@@ -92,9 +92,24 @@ async fn bench_reports_what_the_coordinator_accepted_and_stored() {
         "{stdout}"
     );
     assert!(stdout.contains("lost:        none"), "{stdout}");
+    let cpu_line = stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("cpu:       pid {pid}: ")))
+        .unwrap_or_else(|| panic!("no CPU line for --pid {pid}:\n{stdout}"));
+    // Its memory: at the end, and sampled each second over the run.
+    let mib_before = |text: &str| -> u64 {
+        let head = cpu_line
+            .split(text)
+            .next()
+            .and_then(|h| h.trim_end_matches(" MiB").rsplit(' ').next())
+            .and_then(|n| n.parse().ok());
+        head.unwrap_or_else(|| panic!("no figure before {text:?} in {cpu_line:?}"))
+    };
+    let mean = mib_before(" MiB mean over the last third of the run");
+    let peak = mib_before(" MiB at most)");
     assert!(
-        stdout.contains(&format!("cpu:       pid {pid}: ")),
-        "no CPU line for --pid {pid}:\n{stdout}"
+        mean > 0 && mean <= peak,
+        "mean {mean} MiB, peak {peak} MiB: {cpu_line}"
     );
     local.stop().await;
 }

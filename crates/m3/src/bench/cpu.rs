@@ -71,6 +71,68 @@ pub(super) struct CpuUse {
     pub(super) what: String,
     pub(super) seconds: f64,
     pub(super) resident_bytes: Option<u64>,
+    /// Its resident memory over the send phase, when it was sampled.
+    pub(super) resident_over_run: Option<ResidentOverRun>,
+}
+
+/// A process's resident memory sampled once a second through the send phase. A process whose
+/// memory rises and falls (a head's chunks all closing within a second, every few seconds)
+/// shows its level here, where a single reading at the end shows wherever the run stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ResidentOverRun {
+    /// The mean of the samples in the run's last third (its steady state, as near as a run
+    /// gets to one), in bytes.
+    pub(super) mean_last_third: u64,
+    /// The largest sample, in bytes.
+    pub(super) peak: u64,
+}
+
+impl ResidentOverRun {
+    /// The figures of `samples` (bytes, in time order); `None` without any.
+    pub(super) fn of(samples: &[u64]) -> Option<ResidentOverRun> {
+        let peak = *samples.iter().max()?;
+        let last_third = &samples[samples.len() - samples.len().div_ceil(3)..];
+        Some(ResidentOverRun {
+            mean_last_third: last_third.iter().sum::<u64>() / last_third.len() as u64,
+            peak,
+        })
+    }
+}
+
+/// Samples the resident memory of processes once a second until [`ResidentSampler::finish`].
+pub(super) struct ResidentSampler {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Vec<Vec<u64>>>,
+}
+
+impl ResidentSampler {
+    pub(super) fn start(pids: Vec<u32>) -> ResidentSampler {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut samples = vec![Vec::new(); pids.len()];
+            let mut every_second = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return samples,
+                    _ = every_second.tick() => {
+                        for (pid, taken) in pids.iter().zip(&mut samples) {
+                            taken.extend(resident_bytes(*pid));
+                        }
+                    }
+                }
+            }
+        });
+        ResidentSampler { stop, task }
+    }
+
+    /// The samples' figures, one per process in the order given to [`ResidentSampler::start`].
+    pub(super) async fn finish(self) -> Vec<Option<ResidentOverRun>> {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(samples) => samples.iter().map(|s| ResidentOverRun::of(s)).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -94,6 +156,27 @@ mod tests {
         let status = "Name:\tm3\nVmPeak:\t  900000 kB\nVmRSS:\t  123456 kB\nThreads:\t9\n";
         assert_eq!(parse_status_rss(status), Some(123_456 * 1024));
         assert_eq!(parse_status_rss("Name:\tm3\n"), None);
+    }
+
+    #[test]
+    fn memory_over_a_run_is_the_last_thirds_mean_and_the_peak() {
+        let saw = [100, 140, 180, 100, 140, 180, 120, 160, 200];
+        assert_eq!(
+            ResidentOverRun::of(&saw),
+            Some(ResidentOverRun {
+                mean_last_third: 160,
+                peak: 200
+            })
+        );
+        // Fewer than three samples: the last third is the last one.
+        assert_eq!(
+            ResidentOverRun::of(&[300, 100]),
+            Some(ResidentOverRun {
+                mean_last_third: 100,
+                peak: 300
+            })
+        );
+        assert_eq!(ResidentOverRun::of(&[]), None);
         assert!(resident_bytes(std::process::id()).is_some_and(|b| b > 0));
     }
 }

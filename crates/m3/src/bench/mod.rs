@@ -58,7 +58,7 @@ mod series;
 mod windows;
 
 use coordinator::{CoordinatorDiff, scrape, wait_for_stored};
-use cpu::{CpuUse, cpu_time, own_cpu_time};
+use cpu::{CpuUse, ResidentSampler, cpu_time, own_cpu_time};
 use load::send;
 use report::Report;
 use series::SeriesSet;
@@ -145,6 +145,7 @@ pub(crate) async fn run(options: BenchOptions) -> anyhow::Result<()> {
     let own_before = own_cpu_time();
 
     let windows = Arc::new(WindowTally::new(&options.resolutions));
+    let resident = ResidentSampler::start(options.pids.clone());
     let load = send(
         &options,
         &client,
@@ -154,6 +155,7 @@ pub(crate) async fn run(options: BenchOptions) -> anyhow::Result<()> {
     )
     .await;
 
+    let mut resident_over_run = resident.finish().await.into_iter();
     let mut cpu = Vec::with_capacity(options.pids.len());
     for (&pid, before) in options.pids.iter().zip(cpu_before) {
         let after = cpu_time(pid)?;
@@ -161,6 +163,7 @@ pub(crate) async fn run(options: BenchOptions) -> anyhow::Result<()> {
             what: format!("pid {pid}"),
             seconds: after.saturating_sub(before).as_secs_f64(),
             resident_bytes: cpu::resident_bytes(pid),
+            resident_over_run: resident_over_run.next().flatten(),
         });
     }
     if let (Some(before), Some(after)) = (own_before, own_cpu_time()) {
@@ -168,6 +171,7 @@ pub(crate) async fn run(options: BenchOptions) -> anyhow::Result<()> {
             what: "m3 bench itself".to_string(),
             seconds: after.saturating_sub(before).as_secs_f64(),
             resident_bytes: None,
+            resident_over_run: None,
         });
     }
 

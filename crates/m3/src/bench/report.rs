@@ -155,8 +155,17 @@ impl fmt::Display for Report {
                     count(l.accepted as f64 / cpu.seconds)
                 )?;
             }
+            let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
             if let Some(bytes) = cpu.resident_bytes {
-                write!(f, ", RSS {:.0} MiB", bytes as f64 / (1024.0 * 1024.0))?;
+                write!(f, ", RSS {:.0} MiB", mib(bytes))?;
+            }
+            if let Some(over_run) = cpu.resident_over_run {
+                write!(
+                    f,
+                    " (sampled each second: {:.0} MiB mean over the last third of the run, {:.0} MiB at most)",
+                    mib(over_run.mean_last_third),
+                    mib(over_run.peak)
+                )?;
             }
             writeln!(f)?;
         }
