@@ -5,7 +5,8 @@
 //! never changes it again, and the head keeps up to one and a half block ranges of them: held
 //! in memory, they made the head grow with every sample written. As Prometheus's head does
 //! since 2.19, a closed chunk's bytes go to a file instead, and the series keeps where they
-//! are (24 bytes with its times and count). Reads fetch them with `pread` from the page cache.
+//! are (packed with its times and count, see `closed_chunks`). Reads fetch them with `pread`
+//! from the page cache.
 //!
 //! ```text
 //! <dir>/00000001.chunks   closed chunks' bytes back to back, nothing else

@@ -1,5 +1,6 @@
 //! CPU time of processes (`--pid`) and of the bench itself, from `/proc/<pid>/stat`, and their
-//! resident memory from `/proc/<pid>/status`.
+//! resident memory from `/proc/<pid>/status`, at the end and sampled each second through the
+//! run.
 
 use std::time::Duration;
 
