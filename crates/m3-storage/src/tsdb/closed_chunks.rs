@@ -131,14 +131,11 @@ impl ClosedChunks {
 impl<'a> FromIterator<ClosedChunk<'a>> for ClosedChunks {
     fn from_iter<I: IntoIterator<Item = ClosedChunk<'a>>>(chunks: I) -> ClosedChunks {
         let mut packed = Vec::new();
+        // The first entry's own first time is the base of every later one.
         let mut base = None;
         for chunk in chunks {
-            let first = *base.get_or_insert(chunk.first_time);
-            encode(
-                &chunk,
-                if packed.is_empty() { 0 } else { first },
-                &mut packed,
-            );
+            encode(&chunk, base.unwrap_or(0), &mut packed);
+            base.get_or_insert(chunk.first_time);
         }
         ClosedChunks {
             packed: packed.into_boxed_slice(),
