@@ -28,8 +28,11 @@
 //! of windows a series keeps open is steady, so its capacity settles at that number. Windows
 //! that flush empty free their memory.
 
+mod packed;
+
 use std::cmp::Ordering;
 
+use self::packed::{Packable, PackedWindows, Unpackable};
 use crate::aggregation::{LastValue, Moments, StateKind, SumValue, TimerValues, WindowState};
 use crate::flush::align_down;
 
@@ -297,6 +300,18 @@ pub(crate) enum Elem {
         written: WriteTime,
         windows: OneInline<Window<SumValue>>,
     },
+    /// `Last` with two windows and more, packed (see [`packed`]).
+    LastPacked {
+        spec: u16,
+        written: WriteTime,
+        windows: PackedWindows<LastValue>,
+    },
+    /// `Sum` with two windows and more, packed.
+    SumPacked {
+        spec: u16,
+        written: WriteTime,
+        windows: PackedWindows<Window<SumValue>>,
+    },
     Moments {
         spec: u16,
         written: WriteTime,
@@ -328,24 +343,72 @@ impl WriteTime {
     }
 }
 
-/// Runs `$body` with `$windows` bound to the window vector of whichever variant `$elem` is.
+/// Runs `$wide` with `$windows` bound to the window list of whichever wide variant `$elem`
+/// is, or `$packed` with it bound to the [`PackedWindows`] of a packed one.
 macro_rules! with_windows {
-    ($elem:expr, $windows:ident => $body:expr) => {
+    ($elem:expr, $windows:ident => $wide:expr, packed => $packed:expr) => {
         match $elem {
             Elem::Last {
                 windows: $windows, ..
-            } => $body,
+            } => $wide,
             Elem::Sum {
                 windows: $windows, ..
-            } => $body,
+            } => $wide,
             Elem::Moments {
                 windows: $windows, ..
-            } => $body,
+            } => $wide,
             Elem::Timer {
                 windows: $windows, ..
-            } => $body,
+            } => $wide,
+            Elem::LastPacked {
+                windows: $windows, ..
+            } => $packed,
+            Elem::SumPacked {
+                windows: $windows, ..
+            } => $packed,
         }
     };
+}
+
+/// [`add_to`] on the wide form, then the windows packed if the add moved the inline window
+/// into a vector of two and both pack.
+fn add_then_pack<W: Packable>(
+    windows: &mut OneInline<W>,
+    start: i64,
+    end: i64,
+    time_nanos: i64,
+    values: &[f64],
+    max_windows: usize,
+) -> (Result<(), TooManyWindows>, Option<PackedWindows<W>>) {
+    let was_inline = matches!(windows, OneInline::One(_));
+    let added = add_to(windows, start, end, time_nanos, values, max_windows);
+    let packed = match windows {
+        OneInline::Many(v) if was_inline && v.len() == 2 => {
+            PackedWindows::pack(v, end.saturating_sub(start))
+        }
+        _ => None,
+    };
+    (added, packed)
+}
+
+/// [`PackedWindows::add`], or, when the result would not pack, the add on the windows
+/// unpacked, which are then returned to take the packed ones' place.
+fn add_or_unpack<W: Packable>(
+    windows: &mut PackedWindows<W>,
+    start: i64,
+    end: i64,
+    time_nanos: i64,
+    values: &[f64],
+    max_windows: usize,
+) -> (Result<(), TooManyWindows>, Option<OneInline<W>>) {
+    match windows.add(start, end, time_nanos, values, max_windows) {
+        Ok(added) => (added, None),
+        Err(Unpackable) => {
+            let mut wide = OneInline::Many(windows.unpack(end.saturating_sub(start)));
+            let added = add_to(&mut wide, start, end, time_nanos, values, max_windows);
+            (added, Some(wide))
+        }
+    }
 }
 
 impl Elem {
@@ -379,6 +442,8 @@ impl Elem {
         match self {
             Elem::Last { spec, .. }
             | Elem::Sum { spec, .. }
+            | Elem::LastPacked { spec, .. }
+            | Elem::SumPacked { spec, .. }
             | Elem::Moments { spec, .. }
             | Elem::Timer { spec, .. } => *spec,
         }
@@ -388,6 +453,8 @@ impl Elem {
         match self {
             Elem::Last { written, .. }
             | Elem::Sum { written, .. }
+            | Elem::LastPacked { written, .. }
+            | Elem::SumPacked { written, .. }
             | Elem::Moments { written, .. }
             | Elem::Timer { written, .. } => written,
         }
@@ -398,6 +465,8 @@ impl Elem {
         match self {
             Elem::Last { written, .. }
             | Elem::Sum { written, .. }
+            | Elem::LastPacked { written, .. }
+            | Elem::SumPacked { written, .. }
             | Elem::Moments { written, .. }
             | Elem::Timer { written, .. } => *written,
         }
@@ -414,29 +483,130 @@ impl Elem {
         max_windows: usize,
         now: WriteTime,
     ) -> Result<(), TooManyWindows> {
-        with_windows!(self, w => add_to(w, start, end, time_nanos, values, max_windows))?;
+        let added = match self {
+            Elem::Last {
+                spec,
+                written,
+                windows,
+            } => {
+                let (added, packed) =
+                    add_then_pack(windows, start, end, time_nanos, values, max_windows);
+                if let Some(windows) = packed {
+                    *self = Elem::LastPacked {
+                        spec: *spec,
+                        written: *written,
+                        windows,
+                    };
+                }
+                added
+            }
+            Elem::Sum {
+                spec,
+                written,
+                windows,
+            } => {
+                let (added, packed) =
+                    add_then_pack(windows, start, end, time_nanos, values, max_windows);
+                if let Some(windows) = packed {
+                    *self = Elem::SumPacked {
+                        spec: *spec,
+                        written: *written,
+                        windows,
+                    };
+                }
+                added
+            }
+            Elem::LastPacked {
+                spec,
+                written,
+                windows,
+            } => {
+                let (added, wide) =
+                    add_or_unpack(windows, start, end, time_nanos, values, max_windows);
+                if let Some(windows) = wide {
+                    *self = Elem::Last {
+                        spec: *spec,
+                        written: *written,
+                        windows,
+                    };
+                }
+                added
+            }
+            Elem::SumPacked {
+                spec,
+                written,
+                windows,
+            } => {
+                let (added, wide) =
+                    add_or_unpack(windows, start, end, time_nanos, values, max_windows);
+                if let Some(windows) = wide {
+                    *self = Elem::Sum {
+                        spec: *spec,
+                        written: *written,
+                        windows,
+                    };
+                }
+                added
+            }
+            Elem::Moments { windows, .. } => {
+                add_to(windows, start, end, time_nanos, values, max_windows)
+            }
+            Elem::Timer { windows, .. } => {
+                add_to(windows, start, end, time_nanos, values, max_windows)
+            }
+        };
+        added?;
         *self.written_mut() = now;
         Ok(())
     }
 
     /// Removes every window whose end is ≤ `until_end`, oldest first, showing each to `visit`
-    /// with its start. Returns how many were removed.
+    /// with its start. Returns how many were removed. A packed list that empties goes back to
+    /// the wide form, without a heap block.
     pub(crate) fn take_until(
         &mut self,
         resolution: i64,
         until_end: i64,
         visit: &mut dyn FnMut(i64, &dyn WindowState),
     ) -> usize {
-        with_windows!(self, w => take_until(w, resolution, until_end, visit))
+        let taken = with_windows!(&mut *self,
+            w => take_until(w, resolution, until_end, visit),
+            packed => w.take_until(resolution, until_end, visit));
+        match self {
+            Elem::LastPacked {
+                spec,
+                written,
+                windows,
+            } if windows.is_empty() => {
+                *self = Elem::Last {
+                    spec: *spec,
+                    written: *written,
+                    windows: OneInline::default(),
+                };
+            }
+            Elem::SumPacked {
+                spec,
+                written,
+                windows,
+            } if windows.is_empty() => {
+                *self = Elem::Sum {
+                    spec: *spec,
+                    written: *written,
+                    windows: OneInline::default(),
+                };
+            }
+            _ => {}
+        }
+        taken
     }
 
     pub(crate) fn len(&self) -> usize {
-        with_windows!(self, w => w.as_slice().len())
+        with_windows!(self, w => w.as_slice().len(), packed => w.len())
     }
 
     /// Heap bytes held by the windows (capacity, not length).
     pub(crate) fn heap_bytes(&self) -> usize {
-        with_windows!(self, w => w.heap_bytes())
+        with_windows!(self, w => w.heap_bytes(), packed => w.heap_bytes())
     }
 }
 
@@ -622,7 +792,10 @@ mod tests {
             // A second window before the inline one.
             add(&mut w, 10, 11, &[3.0], 16).unwrap();
             assert_eq!(w.len(), 2);
-            assert!(w.heap_bytes() >= 32, "{kind:?}");
+            // Sum windows pack (12 bytes each); these Last timestamps are nanoseconds apart, off
+            // any millisecond grid, so they stay wide (16 bytes each).
+            let each = if kind == StateKind::Sum { 12 } else { 16 };
+            assert_eq!(w.heap_bytes(), 2 * each, "{kind:?}");
             let mut starts = Vec::new();
             w.take_until(10, 20, &mut |start, _| starts.push(start));
             // Drained to one window, the vector stays (no free and allocate at every flush).
@@ -660,6 +833,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<OneInline<LastValue>>(), 24);
         assert_eq!(std::mem::size_of::<OneInline<Window<SumValue>>>(), 24);
         assert_eq!(std::mem::size_of::<Elem>(), 32);
+        assert_eq!(std::mem::size_of::<PackedWindows<LastValue>>(), 24);
         assert_eq!(std::mem::size_of::<Entry>(), 32);
     }
 
@@ -679,6 +853,147 @@ mod tests {
         assert_eq!(specs, vec![3, 5, 7]);
         assert!(!e.has_windows());
         assert_eq!(e.last_write_nanos(), Some(3_000_000_000));
+    }
+
+    /// One step of [`packed_and_wide_windows_match_a_model`]: an add of `values` at `ms`
+    /// milliseconds (plus `off_grid` nanoseconds), or a flush of the windows ending by `until`
+    /// resolutions.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Add {
+            ms: i64,
+            off_grid: i64,
+            values: Vec<f64>,
+        },
+        Flush {
+            until: i64,
+        },
+    }
+
+    fn steps(off_grid: bool) -> impl proptest::strategy::Strategy<Value = Vec<Step>> {
+        use proptest::prelude::*;
+        let add = (
+            -30_000i64..120_000,
+            if off_grid {
+                prop_oneof![3 => Just(0i64), 1 => 1i64..1_000_000].boxed()
+            } else {
+                Just(0i64).boxed()
+            },
+            prop::collection::vec((-8i32..8).prop_map(|v| f64::from(v) / 4.0), 0..3),
+        )
+            .prop_map(|(ms, off_grid, values)| Step::Add {
+                ms,
+                off_grid,
+                values,
+            });
+        let flush = (-3i64..13).prop_map(|until| Step::Flush { until });
+        prop::collection::vec(prop_oneof![4 => add, 1 => flush], 1..80)
+    }
+
+    /// Runs `steps` on an elem of `kind` and on a map of window start to (time, value), and
+    /// checks every add's result, every flushed window and the window count against the map.
+    fn run_against_model(kind: StateKind, steps: &[Step]) {
+        const MS: i64 = 1_000_000;
+        const R: i64 = 10_000 * MS;
+        const MAX: usize = 6;
+        let agg = match kind {
+            StateKind::Last => AggregationType::Last,
+            _ => AggregationType::Sum,
+        };
+        let mut elem = Elem::new(0, kind, WriteTime(0));
+        let mut model: std::collections::BTreeMap<i64, (i64, f64)> = Default::default();
+        let mut all_on_grid = true;
+        for step in steps {
+            match step {
+                Step::Add {
+                    ms,
+                    off_grid,
+                    values,
+                } => {
+                    all_on_grid &= *off_grid == 0;
+                    let t = ms * MS + off_grid;
+                    let start = t.div_euclid(R) * R;
+                    let added = elem.add(start, start + R, t, values, MAX, WriteTime(0));
+                    let expected = if values.is_empty() {
+                        Ok(())
+                    } else if let Some((time, value)) = model.get_mut(&start) {
+                        for v in values {
+                            if kind == StateKind::Sum {
+                                *value += v;
+                            } else if t >= *time {
+                                (*time, *value) = (t, *v);
+                            }
+                        }
+                        Ok(())
+                    } else if model.len() >= MAX {
+                        Err(TooManyWindows)
+                    } else {
+                        let value = if kind == StateKind::Sum {
+                            values[1..].iter().fold(values[0], |sum, v| sum + v)
+                        } else {
+                            values[values.len() - 1]
+                        };
+                        model.insert(start, (t, value));
+                        Ok(())
+                    };
+                    assert_eq!(added, expected, "{step:?}");
+                }
+                Step::Flush { until } => {
+                    let mut seen = Vec::new();
+                    let taken = elem.take_until(R, until * R, &mut |start, w| {
+                        seen.push((start, w.value_of(agg)));
+                    });
+                    let mut expected = Vec::new();
+                    while let Some(entry) = model.first_entry() {
+                        if entry.key() + R > until * R {
+                            break;
+                        }
+                        let (start, (_, value)) = entry.remove_entry();
+                        expected.push((start, value));
+                    }
+                    assert_eq!(taken, expected.len());
+                    assert_eq!(seen, expected, "{step:?}");
+                }
+            }
+            assert_eq!(elem.len(), model.len());
+            if all_on_grid && model.len() >= 2 {
+                assert!(
+                    matches!(elem, Elem::LastPacked { .. } | Elem::SumPacked { .. }),
+                    "whole milliseconds keep {kind:?} windows packed"
+                );
+            }
+            if model.is_empty() {
+                assert_eq!(elem.heap_bytes(), 0);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn packed_and_wide_windows_match_a_model(
+            on_grid in steps(false),
+            any_time in steps(true),
+        ) {
+            for kind in [StateKind::Last, StateKind::Sum] {
+                run_against_model(kind, &on_grid);
+                run_against_model(kind, &any_time);
+            }
+        }
+    }
+
+    #[test]
+    fn eight_windows_of_whole_milliseconds_take_twelve_bytes_each() {
+        const S: i64 = 1_000_000_000;
+        for kind in [StateKind::Last, StateKind::Sum] {
+            let mut elem = Elem::new(0, kind, WriteTime(0));
+            for w in 0..8 {
+                let t = 1_700_000_000 * S + w * 10 * S + 123_000_000;
+                let start = t - t % (10 * S);
+                elem.add(start, start + 10 * S, t, &[1.0], 16, WriteTime(0))
+                    .unwrap();
+            }
+            assert_eq!((elem.len(), elem.heap_bytes()), (8, 96), "{kind:?}");
+        }
     }
 
     #[test]
