@@ -15,6 +15,7 @@
 //! | `m3_storage_samples_refused_total{reason="too_new"}` | samples further ahead of the clock than `bufferFuture` |
 //! | `m3_storage_samples_compacted_total`             | samples the heads cut into blocks on disk |
 //! | `m3_storage_blocks_merged_total`                 | blocks merged into one per past merge range (a tenth of the retention) |
+//! | `m3_storage_blocks_quarantined_total`            | blocks that did not open (damaged or missing files) and were moved to their namespace's `quarantine` directory when the store opened; their samples are not read |
 //! | `m3_storage_block_merge_errors_total`            | merges that failed (logged; their blocks stay as they are, and the range is not tried again until a restart) |
 //! | `m3_storage_head_series`, `m3_storage_head_bytes` | series in the heads and their memory (approximate), after the last retention pass |
 //! | `m3_storage_head_label_sets`                     | distinct label sets the heads hold, each once however many namespaces have its series: counted at open, set by each retention pass |
@@ -47,6 +48,7 @@ pub struct StoreMetrics {
     pub(crate) samples_compacted: Counter,
     pub(crate) blocks_merged: Counter,
     pub(crate) block_merge_errors: Counter,
+    pub(crate) blocks_quarantined: Counter,
     pub(crate) head_series: Gauge,
     pub(crate) head_bytes: Gauge,
     pub(crate) head_label_sets: Gauge,
@@ -79,6 +81,7 @@ impl Default for StoreMetrics {
             samples_compacted: Counter::default(),
             blocks_merged: Counter::default(),
             block_merge_errors: Counter::default(),
+            blocks_quarantined: Counter::default(),
             head_series: Gauge::default(),
             head_bytes: Gauge::default(),
             head_label_sets: Gauge::default(),
@@ -100,6 +103,11 @@ impl StoreMetrics {
     /// Series created since the store was opened.
     pub fn series_created(&self) -> u64 {
         self.series_created.get()
+    }
+
+    /// Blocks moved aside when the store opened, because they did not open.
+    pub fn blocks_quarantined(&self) -> u64 {
+        self.blocks_quarantined.get()
     }
 
     /// Samples removed by retention since the store was opened.
@@ -182,6 +190,11 @@ impl StoreMetrics {
             "samples_deleted_by_retention",
             "Samples removed from the embedded store because they were older than retention",
             self.samples_deleted_by_retention.clone(),
+        );
+        sub.register(
+            "blocks_quarantined",
+            "Blocks of the embedded store that did not open (damaged or missing files) and were moved to their namespace's quarantine directory at open",
+            self.blocks_quarantined.clone(),
         );
         sub.register(
             "series_removed_by_retention",

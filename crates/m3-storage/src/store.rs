@@ -206,6 +206,9 @@ impl Store {
             .head_label_sets
             .set(i64::try_from(label_sets.len()).unwrap_or(i64::MAX));
         for db in &dbs {
+            metrics
+                .blocks_quarantined
+                .inc_by(db.quarantined_at_open().len() as u64);
             let expired = db.expired_at_open();
             metrics
                 .samples_deleted_by_retention

@@ -66,6 +66,21 @@ pub enum BlockError {
     },
 }
 
+impl BlockError {
+    /// Whether the block itself is at fault (its files are damaged or missing), rather than
+    /// the reading of them (permissions, a full file table, a failing disk): reopening a
+    /// damaged block fails again, while the other kind may pass next time.
+    pub fn is_damage(&self) -> bool {
+        match self {
+            BlockError::Corrupt { .. } => true,
+            BlockError::Io { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData
+            ),
+        }
+    }
+}
+
 /// Where one chunk is in a block's chunks file, and what it covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ChunkMeta {

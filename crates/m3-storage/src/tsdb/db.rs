@@ -74,6 +74,8 @@ const WAL_DIR: &str = "wal";
 const HEAD_CHUNKS_DIR: &str = "head_chunks";
 const BLOCKS_DIR: &str = "blocks";
 const RETENTION_FILE: &str = "retention";
+/// Where blocks that do not open are moved, in the namespace's directory.
+const QUARANTINE_DIR: &str = "quarantine";
 
 /// Why a namespace's database could not be opened, compacted or read.
 #[derive(Debug, thiserror::Error)]
@@ -272,6 +274,8 @@ pub struct NamespaceDb {
     retention_floor: AtomicI64,
     /// What replaying the log brought back from before that cutoff, and was dropped at once.
     expired_at_open: Truncated,
+    /// Where the blocks that did not open were moved to when the database opened.
+    quarantined_at_open: Vec<PathBuf>,
 }
 
 /// A block directory's name: `00000003-1733097600000` (sequence, cutoff), or for a merged
@@ -373,12 +377,29 @@ fn name_of(dir: &Path) -> Option<BlockName> {
     BlockName::parse(dir.file_name()?.to_str()?)
 }
 
+/// Moves the block directory `block` into `to` (created if missing), under its own name or,
+/// if a block of that name was quarantined before, that name and the first free `.N`.
+fn quarantine(block: &Path, to: &Path) -> Result<PathBuf, DbError> {
+    std::fs::create_dir_all(to).map_err(io_at(to))?;
+    let name = block.file_name().unwrap_or_default().to_string_lossy();
+    let mut dest = to.join(&*name);
+    let mut n = 1u32;
+    while dest.exists() {
+        dest = to.join(format!("{name}.{n}"));
+        n += 1;
+    }
+    std::fs::rename(block, &dest).map_err(io_at(block))?;
+    Ok(dest)
+}
+
 impl NamespaceDb {
     /// Opens the namespace's database in `dir` (created if missing): opens its blocks,
     /// replays its log into the head. Leftovers of a block write cut short are removed.
     ///
     /// # Errors
-    /// I/O errors, a block that does not open, a log record that does not decode.
+    /// I/O errors, a log record that does not decode. A block whose files are damaged or
+    /// missing does not stop the open: it is moved to the `quarantine` directory, logged, and
+    /// listed by [`quarantined_at_open`](Self::quarantined_at_open).
     pub fn open(dir: &Path, options: DbOptions) -> Result<(NamespaceDb, ReplayReport), DbError> {
         let blocks_dir = dir.join(BLOCKS_DIR);
         std::fs::create_dir_all(&blocks_dir).map_err(io_at(&blocks_dir))?;
@@ -405,10 +426,25 @@ impl NamespaceDb {
             next_sequence: 1,
             merges_failed: Vec::new(),
         };
+        let mut quarantined = Vec::new();
         for (name, path) in found {
-            parts.push(Arc::new(Part::Written(Block::open(&path)?)));
+            // A quarantined block's range was cut all the same: its samples left the log.
             state.last_cutoff = state.last_cutoff.max(name.cutoff);
             state.next_sequence = name.sequence.saturating_add(1);
+            match Block::open(&path) {
+                Ok(block) => parts.push(Arc::new(Part::Written(block))),
+                Err(error) if error.is_damage() => {
+                    let moved_to = quarantine(&path, &dir.join(QUARANTINE_DIR))?;
+                    tracing::error!(
+                        block = %path.display(),
+                        moved_to = %moved_to.display(),
+                        %error,
+                        "A block does not open. It was moved aside and the namespace opens without its samples; the files are kept for inspection."
+                    );
+                    quarantined.push(moved_to);
+                }
+                Err(error) => return Err(error.into()),
+            }
         }
         let retention_path = dir.join(RETENTION_FILE);
         let retention_floor = match std::fs::read_to_string(&retention_path) {
@@ -442,6 +478,7 @@ impl NamespaceDb {
                 compaction: Mutex::new(state),
                 retention_floor: AtomicI64::new(retention_floor),
                 expired_at_open,
+                quarantined_at_open: quarantined,
             },
             report,
         ))
@@ -504,6 +541,12 @@ impl NamespaceDb {
     /// cutoff (samples written below the cutoff after the pass that set it).
     pub fn expired_at_open(&self) -> Truncated {
         self.expired_at_open
+    }
+
+    /// Where the blocks that did not open (damaged or missing files) were moved to when the
+    /// database opened, in its `quarantine` directory.
+    pub fn quarantined_at_open(&self) -> &[PathBuf] {
+        &self.quarantined_at_open
     }
 
     /// Live series in the head.
@@ -1298,6 +1341,63 @@ mod tests {
                 .all(|s| s.len() == 150 && s[0].0 == 25_000),
             "samples before the retention cutoff replayed from the log stay hidden"
         );
+    }
+
+    #[test]
+    fn a_block_that_does_not_open_is_moved_aside_and_the_rest_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = NamespaceDb::open(dir.path(), options()).unwrap();
+        let a = labels(1);
+        let first: Vec<(&Labels, i64, f64)> = (0..100).map(|t| (&a, t * 100, 1.0)).collect();
+        db.append(&first).unwrap();
+        db.compact(20_000).unwrap();
+        let second: Vec<(&Labels, i64, f64)> = (100..200).map(|t| (&a, t * 100, 2.0)).collect();
+        db.append(&second).unwrap();
+        db.compact(30_000).unwrap();
+        assert_eq!(db.block_stats().blocks, 2);
+        drop(db);
+        let names = block_names(dir.path());
+        let damaged = dir.path().join(BLOCKS_DIR).join(&names[0]);
+        std::fs::remove_file(damaged.join("chunks")).unwrap();
+
+        let (db, _) = NamespaceDb::open(dir.path(), options()).unwrap();
+        let moved_to = dir.path().join(QUARANTINE_DIR).join(&names[0]);
+        assert_eq!(db.quarantined_at_open(), [moved_to.clone()]);
+        assert!(moved_to.join("index").exists(), "the files are kept");
+        assert!(!damaged.exists());
+        assert_eq!(block_names(dir.path()), names[1..]);
+        let expected: Vec<(i64, f64)> = (100..200).map(|t| (t * 100, 2.0)).collect();
+        assert_eq!(everything(&db).remove(&a), Some(expected.clone()));
+        // Blocks cut after the open do not reuse the quarantined block's name.
+        db.append(&[(&a, 25_000, 3.0)]).unwrap();
+        db.compact(40_000).unwrap();
+        assert_eq!(block_names(dir.path()).len(), 2);
+        assert!(!block_names(dir.path()).contains(&names[0]));
+        drop(db);
+
+        // Opened again, nothing more is moved, and what was there reads the same.
+        let (db, _) = NamespaceDb::open(dir.path(), options()).unwrap();
+        assert!(db.quarantined_at_open().is_empty());
+        let mut with_late = expected;
+        with_late.push((25_000, 3.0));
+        assert_eq!(everything(&db).remove(&a), Some(with_late));
+    }
+
+    #[test]
+    fn only_damage_moves_a_block_aside() {
+        let damage = |kind| BlockError::Io {
+            dir: PathBuf::from("b"),
+            source: std::io::Error::from(kind),
+        };
+        assert!(damage(std::io::ErrorKind::NotFound).is_damage());
+        assert!(damage(std::io::ErrorKind::UnexpectedEof).is_damage());
+        assert!(!damage(std::io::ErrorKind::PermissionDenied).is_damage());
+        assert!(!damage(std::io::ErrorKind::Other).is_damage());
+        let corrupt = BlockError::Corrupt {
+            dir: PathBuf::from("b"),
+            reason: "bad magic".into(),
+        };
+        assert!(corrupt.is_damage());
     }
 
     #[test]
