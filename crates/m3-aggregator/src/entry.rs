@@ -19,14 +19,18 @@
 //! | [`Elem`]: spec index, last write time (seconds) and window vector, per state kind | 32 B |
 //! | a `Last` window ([`LastValue`]; its start is derived from its timestamp) | 16 B |
 //! | a `Sum` window (start + [`SumValue`]) | 16 B |
+//! | either, packed with its neighbours ([`packed`]) | 12 B |
 //! | a `Moments` / `Timer` window (start + state) | 64 B / 88 B + sketch |
 //!
 //! `Last` and `Sum` windows, the states of gauges and counters, keep their first window inline
 //! ([`OneInline`], in the bytes the vector would take): a series written about once per window
 //! holds one window between flushes, and a heap block for it would cost as much as the window
-//! again. A window vector grows one window at a time up to sixteen, then by half: the number
-//! of windows a series keeps open is steady, so its capacity settles at that number. Windows
-//! that flush empty free their memory.
+//! again. When a second window opens they are packed ([`Elem::LastPacked`],
+//! [`Elem::SumPacked`]) if they pack exactly, and stay packed until they have all flushed or
+//! one does not pack (then the elem keeps the wide form until it empties). A window list grows
+//! one window at a time up to sixteen, then by half: the number of windows a series keeps open
+//! is steady, so its capacity settles at that number. Windows that flush empty free their
+//! memory.
 
 mod packed;
 
@@ -44,7 +48,7 @@ pub(crate) struct Window<S> {
 }
 
 /// A window as an elem stores it: a state, with its start stored or derived.
-trait Stored: Sized {
+pub(crate) trait Stored: Sized {
     /// A window starting at `start` holding `value` observed at `time_nanos`.
     fn open(start: i64, time_nanos: i64, value: f64) -> Self;
     /// Where this window is relative to the window `[start, end)`.

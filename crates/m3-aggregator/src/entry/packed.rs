@@ -36,7 +36,7 @@ use crate::aggregation::{LastValue, SumValue, WindowState};
 const MILLISECOND: i64 = 1_000_000;
 
 /// A window whose whole state is one `f64` and one time: what packing needs of it.
-pub(super) trait Packable: Stored {
+pub(crate) trait Packable: Stored {
     /// The time the key stands for: a `Last` value's timestamp, a `Sum` window's start.
     fn keyed_time(&self) -> i64;
     /// Nanoseconds per key step, for windows of `resolution`.
