@@ -24,7 +24,7 @@ use crate::downsample::Downsampler;
 use crate::metrics::{CoordinatorMetrics, DropReason};
 use crate::remote_out::RemoteOut;
 use crate::remote_write::{DecodeError, DecodeLimits, InvalidSeries, RemoteWriteDecoder};
-use crate::series_cache::{CacheSlot, NewSeries, SeriesCache};
+use crate::series_cache::{CacheSlot, NewSeries, SeriesCache, SeriesKey};
 use m3_aggregator::client::{AggregatorClient, RouteError};
 use m3_metric::MetricType;
 
@@ -329,8 +329,8 @@ impl WritePath {
         keys.clear();
         found.clear();
         let parsed = decoder.parse_snappy(body)?;
-        // Series routed before are found in the cache by their label bytes: their labels were
-        // checked then, their ID and its hash kept. The keys are hashed up front so that each
+        // Series routed before are found in the cache by the hash of their label bytes: their
+        // labels were checked then, their ID and its hash kept. The keys are hashed up front so that each
         // lookup's bucket is fetched from memory while the lookups before it run.
         let aggregating = self.client.is_some() && self.downsampler.is_enabled() && aggregate;
         let cache =
@@ -343,17 +343,14 @@ impl WritePath {
                 m3_hash_index::PREFETCH_AHEAD,
                 m3_hash_index::PREFETCH_AHEAD / 2,
             );
-            for (index, label_bytes) in parsed.label_bytes().enumerate() {
+            for index in 0..keys.len() {
                 if let Some(&ahead) = keys.get(index + far) {
                     cache.prefetch(ahead);
                 }
                 if let Some(&ahead) = keys.get(index + near) {
                     cache.prefetch_entries(ahead);
                 }
-                found.push(
-                    keys.get(index)
-                        .and_then(|&key| cache.find(key, label_bytes)),
-                );
+                found.push(keys.get(index).and_then(|&key| cache.find(key)));
             }
         }
         let request = parsed.check_labels(|index| found.get(index).is_some_and(Option::is_some));
@@ -426,7 +423,7 @@ impl WritePath {
                     if m3_metric::id::encode_tags(series.labels(), &mut id).is_ok() {
                         let id_hash = m3_cluster::murmur3_32(&id);
                         if let (Some(_), Some(&key)) = (&cache, keys.get(index)) {
-                            new_series.push(key, series.label_bytes(), &id, id_hash);
+                            new_series.push(key, &id, id_hash);
                         }
                         Some((id.as_slice(), id_hash))
                     } else {
@@ -585,7 +582,7 @@ struct Scratch {
     /// The label sets of the raw samples.
     raw_labels: LabelsBatch,
     /// The series' keys in the series cache.
-    keys: Vec<u64>,
+    keys: Vec<SeriesKey>,
     /// Where the cache has each series, if it has it.
     found: Vec<Option<CacheSlot>>,
     /// The series the cache did not have.
@@ -596,7 +593,7 @@ impl Scratch {
     fn retained_bytes(&self) -> usize {
         self.decoder.retained_bytes()
             + self.raw_labels.retained_bytes()
-            + self.keys.capacity() * std::mem::size_of::<u64>()
+            + self.keys.capacity() * std::mem::size_of::<SeriesKey>()
             + self.found.capacity() * std::mem::size_of::<Option<CacheSlot>>()
             + self.new_series.capacity_bytes()
     }
