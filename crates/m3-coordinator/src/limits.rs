@@ -126,9 +126,10 @@ pub struct RemoteWriteLimits {
     /// Bytes per label value (default 16384; Prometheus's `label_value_length_limit`).
     #[serde(default = "default_label_value_length")]
     pub label_value_length_limit: usize,
-    /// Memory for the series routed before (their label bytes, ID and ID hash, about 400 B
-    /// per series of ten labels), so that a series sent again is neither checked nor encoded
-    /// again; when full it is emptied and refills (default 256 MiB; 0: no cache).
+    /// Memory for the series routed before (a hash of their label bytes, their ID and its
+    /// hash: about 220 B per series of ten labels), so that a series sent again is neither
+    /// checked nor encoded again; when full it is emptied and refills (default 256 MiB; 0: no
+    /// cache).
     #[serde(default = "default_series_cache_bytes")]
     pub series_cache_bytes: usize,
 }

@@ -177,6 +177,10 @@ pub struct CoordinatorMetrics {
     pub out_send_retries: Family<EndpointLabels, Counter>,
     /// Remote write out: samples waiting in an endpoint's queue.
     pub out_queued_samples: Family<EndpointLabels, Gauge>,
+    /// Series in the series cache, as of the last request that added some.
+    pub series_cache_series: Gauge,
+    /// Bytes the series cache holds (whole 1 MiB chunks and its index), likewise.
+    pub series_cache_bytes: Gauge,
 }
 
 impl m3_aggregator::client::ClientMetrics for CoordinatorMetrics {
@@ -228,6 +232,16 @@ impl CoordinatorMetrics {
             "write_requests",
             "Remote-write requests received",
             self.write_requests.clone(),
+        );
+        r.register(
+            "series_cache_series",
+            "Series the remote-write series cache knows (routed without encoding their ID again), as of the last request that added some; the cache empties when limits.remoteWrite.seriesCacheBytes is reached",
+            self.series_cache_series.clone(),
+        );
+        r.register(
+            "series_cache_bytes",
+            "Bytes the remote-write series cache holds, as of the last request that added series",
+            self.series_cache_bytes.clone(),
         );
         r.register(
             "write_requests_invalid",

@@ -34,7 +34,7 @@ use parking_lot::{RwLock, RwLockReadGuard};
 /// The size of one chunk of entries; an entry larger than this is not cached.
 pub const CHUNK_BYTES: usize = 1 << 20;
 
-/// The default bound of a cache: about 600,000 series of ten labels.
+/// The default bound of a cache: about a million series of ten labels.
 pub const DEFAULT_MAX_BYTES: usize = 256 << 20;
 
 /// The most a request's [`NewSeries`] keeps allocated between requests.
@@ -153,16 +153,16 @@ impl SeriesCache {
 
     /// Bytes held by the chunks and the index.
     pub fn allocated_bytes(&self) -> usize {
-        let table = self.table.read();
-        table.chunks.len() * CHUNK_BYTES + table.index.allocation_size()
+        self.table.read().allocated_bytes()
     }
 
     /// Adds the series of `new` that are not cached yet (another request may have added one
-    /// meanwhile), and empties `new`.
-    pub fn insert(&self, new: &mut NewSeries) {
+    /// meanwhile), and empties `new`. Returns the series cached and the bytes held after, if
+    /// `new` had any series to add.
+    pub fn insert(&self, new: &mut NewSeries) -> Option<CacheSize> {
         if new.keys.is_empty() || self.max_chunks == 0 {
             new.clear();
-            return;
+            return None;
         }
         let mut table = self.table.write();
         for (i, &(key, start)) in new.keys.iter().enumerate() {
@@ -176,10 +176,26 @@ impl SeriesCache {
             }
         }
         new.clear();
+        Some(CacheSize {
+            series: table.index.len(),
+            bytes: table.allocated_bytes(),
+        })
     }
 }
 
+/// How much a [`SeriesCache`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSize {
+    pub series: usize,
+    /// The chunks' bytes (whole chunks) and the index's.
+    pub bytes: usize,
+}
+
 impl Table {
+    fn allocated_bytes(&self) -> usize {
+        self.chunks.len() * CHUNK_BYTES + self.index.allocation_size()
+    }
+
     fn entry(&self, offset: u32) -> Option<Entry<'_>> {
         let offset = offset as usize;
         let chunk = self.chunks.get(offset / CHUNK_BYTES)?;

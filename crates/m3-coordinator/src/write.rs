@@ -519,7 +519,11 @@ impl WritePath {
         // Nothing below reads the cache; the series it did not have go in before the storage
         // write, so that the next request finds them.
         drop(cache);
-        self.series_cache.insert(new_series);
+        if let Some(size) = self.series_cache.insert(new_series) {
+            let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+            self.metrics.series_cache_series.set(gauge(size.series));
+            self.metrics.series_cache_bytes.set(gauge(size.bytes));
+        }
         self.metrics.drop_samples(
             DropReason::invalid_timestamp,
             outcome.invalid_timestamps as u64,
@@ -885,6 +889,10 @@ mod tests {
             assert_eq!(outcome.invalid_series, 1, "round {round}");
             let cached = if series_cache_bytes > 0 { 40 } else { 0 };
             assert_eq!(path.series_cache.len(), cached, "round {round}");
+            assert_eq!(path.metrics.series_cache_series.get(), cached as i64);
+            let bytes = path.series_cache.allocated_bytes() as i64;
+            assert_eq!(path.metrics.series_cache_bytes.get(), bytes);
+            assert_eq!(bytes > 0, series_cache_bytes > 0);
         }
         // Every ID the tag encoding gives, twice, at its shard's owner.
         let mut want: [Vec<Vec<u8>>; 2] = [Vec::new(), Vec::new()];
