@@ -476,6 +476,12 @@ impl Elem {
         }
     }
 
+    /// Makes this elem the one `make` builds from its spec and last write: how its windows
+    /// change form (packed, wide) in place.
+    fn reform(&mut self, make: impl FnOnce(u16, WriteTime) -> Elem) {
+        *self = make(self.spec(), self.written());
+    }
+
     /// Adds `values` observed at `time_nanos` to the window `[start, end)`, and records the
     /// write at server time `now`.
     pub(crate) fn add(
@@ -488,67 +494,51 @@ impl Elem {
         now: WriteTime,
     ) -> Result<(), TooManyWindows> {
         let added = match self {
-            Elem::Last {
-                spec,
-                written,
-                windows,
-            } => {
+            Elem::Last { windows, .. } => {
                 let (added, packed) =
                     add_then_pack(windows, start, end, time_nanos, values, max_windows);
                 if let Some(windows) = packed {
-                    *self = Elem::LastPacked {
-                        spec: *spec,
-                        written: *written,
+                    self.reform(|spec, written| Elem::LastPacked {
+                        spec,
+                        written,
                         windows,
-                    };
+                    });
                 }
                 added
             }
-            Elem::Sum {
-                spec,
-                written,
-                windows,
-            } => {
+            Elem::Sum { windows, .. } => {
                 let (added, packed) =
                     add_then_pack(windows, start, end, time_nanos, values, max_windows);
                 if let Some(windows) = packed {
-                    *self = Elem::SumPacked {
-                        spec: *spec,
-                        written: *written,
+                    self.reform(|spec, written| Elem::SumPacked {
+                        spec,
+                        written,
                         windows,
-                    };
+                    });
                 }
                 added
             }
-            Elem::LastPacked {
-                spec,
-                written,
-                windows,
-            } => {
+            Elem::LastPacked { windows, .. } => {
                 let (added, wide) =
                     add_or_unpack(windows, start, end, time_nanos, values, max_windows);
                 if let Some(windows) = wide {
-                    *self = Elem::Last {
-                        spec: *spec,
-                        written: *written,
+                    self.reform(|spec, written| Elem::Last {
+                        spec,
+                        written,
                         windows,
-                    };
+                    });
                 }
                 added
             }
-            Elem::SumPacked {
-                spec,
-                written,
-                windows,
-            } => {
+            Elem::SumPacked { windows, .. } => {
                 let (added, wide) =
                     add_or_unpack(windows, start, end, time_nanos, values, max_windows);
                 if let Some(windows) = wide {
-                    *self = Elem::Sum {
-                        spec: *spec,
-                        written: *written,
+                    self.reform(|spec, written| Elem::Sum {
+                        spec,
+                        written,
                         windows,
-                    };
+                    });
                 }
                 added
             }
@@ -577,27 +567,19 @@ impl Elem {
             w => take_until(w, resolution, until_end, visit),
             packed => w.take_until(resolution, until_end, visit));
         match self {
-            Elem::LastPacked {
-                spec,
-                written,
-                windows,
-            } if windows.is_empty() => {
-                *self = Elem::Last {
-                    spec: *spec,
-                    written: *written,
+            Elem::LastPacked { windows, .. } if windows.is_empty() => {
+                self.reform(|spec, written| Elem::Last {
+                    spec,
+                    written,
                     windows: OneInline::default(),
-                };
+                });
             }
-            Elem::SumPacked {
-                spec,
-                written,
-                windows,
-            } if windows.is_empty() => {
-                *self = Elem::Sum {
-                    spec: *spec,
-                    written: *written,
+            Elem::SumPacked { windows, .. } if windows.is_empty() => {
+                self.reform(|spec, written| Elem::Sum {
+                    spec,
+                    written,
                     windows: OneInline::default(),
-                };
+                });
             }
             _ => {}
         }

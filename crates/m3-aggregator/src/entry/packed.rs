@@ -243,9 +243,11 @@ impl<W: Packable> PackedWindows<W> {
         let time = window.keyed_time();
         let key = if time < self.base {
             let shift = key_of(time, self.base, step).ok_or(Unpackable)?;
-            let shifted_fits = self.slots[..len]
-                .iter()
-                .all(|s| key_of(0, i64::from(s.key) + i64::from(shift), 1).is_some());
+            let shifted_fits = self.slots[..len].iter().all(|s| {
+                s.key
+                    .checked_add(shift)
+                    .is_some_and(|key| key != Slot::EMPTY.key)
+            });
             if !shifted_fits {
                 return Err(Unpackable);
             }
