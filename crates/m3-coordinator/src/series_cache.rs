@@ -186,6 +186,7 @@ impl SeriesCache {
 /// How much a [`SeriesCache`] holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheSize {
+    /// Series cached.
     pub series: usize,
     /// The chunks' bytes (whole chunks) and the index's.
     pub bytes: usize,

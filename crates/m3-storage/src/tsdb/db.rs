@@ -1362,7 +1362,7 @@ mod tests {
 
         let (db, _) = NamespaceDb::open(dir.path(), options()).unwrap();
         let moved_to = dir.path().join(QUARANTINE_DIR).join(&names[0]);
-        assert_eq!(db.quarantined_at_open(), [moved_to.clone()]);
+        assert_eq!(db.quarantined_at_open(), std::slice::from_ref(&moved_to));
         assert!(moved_to.join("index").exists(), "the files are kept");
         assert!(!damaged.exists());
         assert_eq!(block_names(dir.path()), names[1..]);
