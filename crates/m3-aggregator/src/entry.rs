@@ -265,14 +265,18 @@ fn add_to<W: Stored>(
     Ok(())
 }
 
-fn take_until<W: Stored>(
-    windows: &mut impl WindowList<W>,
+/// Shows `visit` the windows (sorted by start, as stored or unpacked) whose end is
+/// ≤ `until_end`, with their start, and returns how many there were: the windows a flush
+/// takes.
+fn visit_ended<W: Stored>(
+    windows: impl IntoIterator<Item = impl std::borrow::Borrow<W>>,
     resolution: i64,
     until_end: i64,
     visit: &mut dyn FnMut(i64, &dyn WindowState),
 ) -> usize {
     let mut n = 0;
-    for w in windows.as_slice() {
+    for w in windows {
+        let w = w.borrow();
         let start = w.start(resolution);
         // Window ends never overflow: they are checked when the window is created.
         if start.saturating_add(resolution) > until_end {
@@ -281,6 +285,16 @@ fn take_until<W: Stored>(
         visit(start, w.state());
         n += 1;
     }
+    n
+}
+
+fn take_until<W: Stored>(
+    windows: &mut impl WindowList<W>,
+    resolution: i64,
+    until_end: i64,
+    visit: &mut dyn FnMut(i64, &dyn WindowState),
+) -> usize {
+    let n = visit_ended::<W>(windows.as_slice(), resolution, until_end, visit);
     if n > 0 {
         windows.remove_first(n);
     }

@@ -29,7 +29,7 @@ use std::marker::PhantomData;
 
 use m3_metric::AggregationType;
 
-use super::{Stored, TooManyWindows, Window};
+use super::{Stored, TooManyWindows, Window, visit_ended};
 use crate::aggregation::{LastValue, SumValue, WindowState};
 
 /// Nanoseconds in the step of a `Last` key.
@@ -281,17 +281,10 @@ impl<W: Packable> PackedWindows<W> {
         visit: &mut dyn FnMut(i64, &dyn WindowState),
     ) -> usize {
         let len = self.len();
-        let mut taken = 0;
-        for slot in &self.slots[..len] {
-            let window = self.window(*slot, resolution);
-            let start = window.start(resolution);
-            // Window ends never overflow: they are checked when the window is created.
-            if start.saturating_add(resolution) > until_end {
-                break;
-            }
-            visit(start, window.state());
-            taken += 1;
-        }
+        let windows = self.slots[..len]
+            .iter()
+            .map(|slot| self.window(*slot, resolution));
+        let taken = visit_ended::<W>(windows, resolution, until_end, visit);
         if taken > 0 {
             self.slots.copy_within(taken..len, 0);
             self.slots[len - taken..len].fill(Slot::EMPTY);
