@@ -8,7 +8,10 @@
 //! becomes a reference to one copy of it, the rest stay literal.
 //!
 //! ```text
-//! stored:  1 | count (varint) | per pair: 0 + the pair's bytes, or symbol + 1 (varint)
+//! stored:  1 | count (varint) | per pair, one token:
+//!              0 | name len (varint) | name | value len (varint) | value   a literal pair
+//!              2 * symbol + 1                                           a shared pair
+//!              2 * symbol + 2 | value len (varint) | value              a shared name
 //!          0 | the ID's bytes                      (an ID that is not tag-encoded)
 //! ```
 //!
@@ -19,6 +22,13 @@
 //! its bucket gets a symbol, and every ID stored after that refers to it. A bucket keeps its
 //! newest fingerprints: more than [`SEEN_WAYS`] pairs that share a bucket and come round in
 //! strict turn push each other out and stay literal (a matter of memory, never of the bytes).
+//! A pair without a symbol still shares its name the same way: the tag names of a shard are
+//! few, and a unique value (`instance="host-17:9100"`) is kept as the name's symbol and the
+//! value's bytes. Names and pairs share one table of symbols; their bytes (a name with its
+//! length, a pair with both) can never be equal, since a pair is longer than the length its
+//! first two bytes give. Lengths in the stored form are varints (one byte below 128) instead
+//! of the encoding's two bytes.
+//!
 //! Symbols are counted by the stored IDs that refer to them ([`IdDictionary::release`] is
 //! called when one is forgotten), and a symbol no ID refers to is freed and its number reused.
 //!
@@ -127,10 +137,61 @@ fn take_pair(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((&bytes[..len], rest))
 }
 
+/// A whole pair (from [`take_pair`]) split into its name with the name's length, as a shared
+/// name is kept, and its value without its length.
+fn split_pair(pair: &[u8]) -> (&[u8], &[u8]) {
+    let name_len = pair
+        .first_chunk::<2>()
+        .map_or(0, |n| usize::from(u16::from_le_bytes(*n)));
+    let name = pair.get(..2 + name_len).unwrap_or(pair);
+    let value = pair.get(2 + name_len + 2..).unwrap_or_default();
+    (name, value)
+}
+
+/// Appends `bytes` behind their length as a varint.
+fn put_string(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// The string at the front of `bytes` (behind its varint length, at most `u16::MAX` as the
+/// tag encoding allows) and the rest.
+fn take_string(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = take_varint(bytes)?;
+    let len = usize::from(u16::try_from(len).ok()?);
+    (len <= rest.len()).then(|| rest.split_at(len))
+}
+
+/// Appends `bytes` behind their length as the tag encoding writes it (two bytes,
+/// little-endian); [`take_string`] has checked that it fits.
+fn put_tag_string(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
 /// One pair of a stored tag-encoded ID.
 enum Token<'a> {
-    Literal(&'a [u8]),
-    Symbol(u32),
+    Literal {
+        name: &'a [u8],
+        value: &'a [u8],
+    },
+    /// A shared pair.
+    Pair(u32),
+    /// A shared name and the pair's value.
+    Named {
+        name: u32,
+        value: &'a [u8],
+    },
+}
+
+impl Token<'_> {
+    /// The symbol the token refers to, if any.
+    fn symbol(&self) -> Option<u32> {
+        match *self {
+            Token::Literal { .. } => None,
+            Token::Pair(symbol) | Token::Named { name: symbol, .. } => Some(symbol),
+        }
+    }
 }
 
 /// The pair count of a stored tag-encoded ID (after its mark) and its tokens; the tokens end
@@ -139,14 +200,21 @@ fn tokens(stored: &[u8]) -> Option<(u64, impl Iterator<Item = Token<'_>>)> {
     let (count, mut rest) = take_varint(stored)?;
     let tokens = (0..count).map_while(move |_| {
         let (token, after) = take_varint(rest)?;
-        if token == 0 {
-            let (pair, after) = take_pair(after)?;
-            rest = after;
-            Some(Token::Literal(pair))
-        } else {
-            rest = after;
-            Some(Token::Symbol(u32::try_from(token - 1).ok()?))
-        }
+        let (token, after) = match token {
+            0 => {
+                let (name, after) = take_string(after)?;
+                let (value, after) = take_string(after)?;
+                (Token::Literal { name, value }, after)
+            }
+            t if t % 2 == 1 => (Token::Pair(u32::try_from(t / 2).ok()?), after),
+            t => {
+                let (value, after) = take_string(after)?;
+                let name = u32::try_from(t / 2 - 1).ok()?;
+                (Token::Named { name, value }, after)
+            }
+        };
+        rest = after;
+        Some(token)
     });
     Some((count, tokens))
 }
@@ -165,18 +233,25 @@ impl IdDictionary {
         out.push(TAGGED);
         put_varint(out, u64::from(count));
         for pair in pairs {
-            match self.symbol_for(pair) {
-                Some(symbol) => put_varint(out, u64::from(symbol) + 1),
+            if let Some(symbol) = self.symbol_for(pair) {
+                put_varint(out, 2 * u64::from(symbol) + 1);
+                continue;
+            }
+            let (name, value) = split_pair(pair);
+            match self.symbol_for(name) {
+                Some(symbol) => put_varint(out, 2 * u64::from(symbol) + 2),
                 None => {
                     out.push(0);
-                    out.extend_from_slice(pair);
+                    put_string(out, name.get(2..).unwrap_or_default());
                 }
             }
+            put_string(out, value);
         }
     }
 
-    /// The symbol of `pair` with one more reference, if it has one or is seen for the second
-    /// time; otherwise notes its fingerprint.
+    /// The symbol of `pair` (a whole pair, or a name with its length) with one more
+    /// reference, if it has one or is seen for the second time; otherwise notes its
+    /// fingerprint.
     fn symbol_for(&mut self, pair: &[u8]) -> Option<u32> {
         let hash = entry_hash(pair);
         let IdDictionary {
@@ -244,13 +319,22 @@ impl IdDictionary {
         };
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&(count as u16).to_le_bytes());
+        let shared = |symbol: u32| {
+            self.pairs
+                .get(symbol as usize)
+                .filter(|p| p.refs > 0)
+                .map_or(&[][..], |p| p.bytes(&self.bytes))
+        };
         for token in tokens {
             match token {
-                Token::Literal(pair) => out.extend_from_slice(pair),
-                Token::Symbol(symbol) => {
-                    if let Some(p) = self.pairs.get(symbol as usize).filter(|p| p.refs > 0) {
-                        out.extend_from_slice(p.bytes(&self.bytes));
-                    }
+                Token::Literal { name, value } => {
+                    put_tag_string(out, name);
+                    put_tag_string(out, value);
+                }
+                Token::Pair(symbol) => out.extend_from_slice(shared(symbol)),
+                Token::Named { name, value } => {
+                    out.extend_from_slice(shared(name));
+                    put_tag_string(out, value);
                 }
             }
         }
@@ -266,7 +350,7 @@ impl IdDictionary {
             return;
         };
         for token in tokens {
-            let Token::Symbol(symbol) = token else {
+            let Some(symbol) = token.symbol() else {
                 continue;
             };
             let Some(p) = self.pairs.get_mut(symbol as usize) else {
@@ -358,13 +442,17 @@ mod tests {
             dict.encode(&series(i), &mut s);
             stored.push(s);
         }
-        // Ten names and the job; no instance.
-        assert_eq!(dict.symbols(), 11);
-        // The mark, the count, the name's symbol, the instance (a token and the pair), the
-        // job's symbol.
-        let instance_pair = 2 + "instance".len() + 2 + "host-999:9100".len();
-        assert_eq!(stored[999].len(), 1 + 1 + 1 + (1 + instance_pair) + 1);
-        assert_eq!(series(999).len(), 4 + 20 + instance_pair + 11);
+        // Ten metric names and the job as pairs, `__name__` and `instance` as names; no
+        // instance value.
+        assert_eq!(dict.symbols(), 13);
+        // The mark, the count, the metric name's symbol, the instance (the name's symbol, the
+        // value's length and bytes), the job's symbol.
+        let instance = "host-999:9100".len();
+        assert_eq!(stored[999].len(), 1 + 1 + 1 + (1 + 1 + instance) + 1);
+        assert_eq!(
+            series(999).len(),
+            4 + 20 + (2 + "instance".len() + 2 + instance) + 11
+        );
         for (i, s) in stored.iter().enumerate() {
             let mut out = Vec::new();
             dict.decode(s, &mut out);
@@ -382,7 +470,7 @@ mod tests {
                 s
             })
             .collect();
-        assert_eq!(dict.symbols(), 11);
+        assert_eq!(dict.symbols(), 13);
         for s in &stored {
             dict.release(s);
         }
@@ -391,7 +479,7 @@ mod tests {
         let mut s = Vec::new();
         dict.encode(&series(0), &mut s);
         dict.encode(&series(10), &mut s);
-        assert_eq!(dict.pairs.len(), 11, "freed symbol numbers are taken again");
+        assert_eq!(dict.pairs.len(), 13, "freed symbol numbers are taken again");
     }
 
     #[test]
@@ -413,7 +501,8 @@ mod tests {
                 s
             })
             .collect();
-        assert_eq!(dict.symbols(), 500);
+        // The names as pairs, `__name__` and `instance` as names.
+        assert_eq!(dict.symbols(), 502);
         let full = dict.bytes.len();
         // Every series of the first 450 names goes.
         for (i, s) in stored.iter().enumerate() {
@@ -421,7 +510,7 @@ mod tests {
                 dict.release(s);
             }
         }
-        assert_eq!(dict.symbols(), 50);
+        assert_eq!(dict.symbols(), 52);
         assert!(
             dict.bytes.len() < full / 4,
             "{} of {full} bytes kept",
@@ -451,6 +540,23 @@ mod tests {
                         }
                         b
                     }),
+                    // Names and values of every length class a varint has, empty ones too,
+                    // repeating so that pairs and names both become symbols.
+                    proptest::collection::vec((0u8..4, 0usize..3, 0usize..200), 0..5)
+                        .prop_map(|tags| {
+                            let tags: Vec<(String, String)> = tags
+                                .into_iter()
+                                .map(|(n, v, len)| {
+                                    let name = char::from(b'a' + n)
+                                        .to_string()
+                                        .repeat(usize::from(n) * 50);
+                                    (name, format!("{v}{}", "x".repeat(len % 3 * 70)))
+                                })
+                                .collect();
+                            let tags: Vec<(&str, &str)> =
+                                tags.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                            id(&tags)
+                        }),
                 ],
                 1..60,
             ),
