@@ -114,6 +114,12 @@ fn put_varint(out: &mut Vec<u8>, mut value: u64) {
 
 /// The varint at the front of `bytes` and the bytes after it.
 fn take_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    // Most varints of a stored ID (lengths, symbols of a small shard) are one byte.
+    if let Some((&byte, rest)) = bytes.split_first()
+        && byte < 0x80
+    {
+        return Some((u64::from(byte), rest));
+    }
     let mut value = 0u64;
     for (i, &byte) in bytes.iter().enumerate().take(10) {
         value |= u64::from(byte & 0x7f) << (7 * i);
