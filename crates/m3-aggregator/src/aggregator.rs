@@ -29,6 +29,7 @@ use m3_proto::flushpb;
 
 use crate::error::{AddError, RejectReason};
 use crate::flush::{AggregatedOutput, Category, FlushMode, FlushResult, ForwardedOutput};
+use crate::id_dictionary::SharedIdDictionary;
 use crate::metadata::{self, Active, Metadatas};
 use crate::metrics::Metrics;
 use crate::options::AggregatorOptions;
@@ -92,6 +93,8 @@ pub struct Aggregator {
     /// The shard each recent series ID was routed to, used only with `murmur3_shard_count`.
     shard_hints: ShardHints,
     shards: RwLock<HashMap<u32, Arc<Shard>>>,
+    /// The stored form of every shard's series IDs (the tag pairs they share, once).
+    ids: SharedIdDictionary,
     metrics: Metrics,
     /// Rollup values leader flushes produced, for the caller to send ([`Aggregator::take_forwarded`]).
     forwarded: parking_lot::Mutex<Vec<ForwardedOutput>>,
@@ -181,6 +184,7 @@ impl Aggregator {
             murmur3_shard_count: None,
             shard_hints: ShardHints::default(),
             shards: RwLock::new(HashMap::new()),
+            ids: SharedIdDictionary::default(),
             metrics: Metrics::new(),
             forwarded: parking_lot::Mutex::new(Vec::new()),
             passthrough: parking_lot::Mutex::new(Vec::new()),
@@ -240,7 +244,13 @@ impl Aggregator {
                 None => {
                     table.insert(
                         id,
-                        Arc::new(Shard::new(id, a.cutover_nanos, a.cutoff_nanos, now_nanos)),
+                        Arc::new(Shard::new(
+                            id,
+                            a.cutover_nanos,
+                            a.cutoff_nanos,
+                            now_nanos,
+                            &self.ids,
+                        )),
                     );
                 }
             }
@@ -862,6 +872,7 @@ impl Aggregator {
             stats.specs += specs;
             stats.pipelines += pipelines;
         }
+        stats.estimated_bytes += self.ids.read().allocation_size();
         stats
     }
 }
@@ -1190,6 +1201,36 @@ mod stored_id_tests {
         assert_eq!(
             flushed_ids(&agg, T0 + 4 * HOUR + 20 * S),
             last.iter().cloned().collect()
+        );
+    }
+
+    /// Every shard stores its IDs through the one dictionary, so a pair the shards share is
+    /// one symbol; a shard that moves away gives back the references of its series.
+    #[test]
+    fn one_dictionary_serves_every_shard_and_a_shard_moved_away_gives_its_symbols_back() {
+        let agg = Aggregator::new(
+            AggregatorOptions::default(),
+            Arc::new(|id: &[u8]| m3_cluster::shard_for(id, 8)),
+        );
+        let all = || (0..8).map(crate::ShardAssignment::unbounded).collect();
+        agg.set_shards(all(), 0);
+        let ids: Vec<Vec<u8>> = (0..3000).map(id).collect();
+        add(&agg, &ids, T0);
+        // Seven metric names and three jobs as pairs; `__name__`, `instance` and `job` as
+        // names. A dictionary per shard would hold most of them eight times.
+        assert_eq!(agg.ids.read().symbols(), 13);
+        agg.set_shards((0..4).map(crate::ShardAssignment::unbounded).collect(), 0);
+        assert_eq!(agg.ids.read().symbols(), 13, "the shards left use them all");
+        agg.set_shards(Vec::new(), 0);
+        assert_eq!(agg.ids.read().symbols(), 0);
+        // New series (an instance pair seen before would now be seen twice, and shared).
+        agg.set_shards(all(), 0);
+        let others: Vec<Vec<u8>> = (3000..6000).map(id).collect();
+        add(&agg, &others, T0 + HOUR);
+        assert_eq!(agg.ids.read().symbols(), 13);
+        assert_eq!(
+            flushed_ids(&agg, T0 + HOUR + 20 * S),
+            others.iter().cloned().collect()
         );
     }
 }

@@ -37,7 +37,7 @@ use crate::flush::{
     AggregatedOutput, Category, FlushMode, ForwardedOutput, align_down, checked_align_down,
 };
 use crate::id_arena::{ArenaFull, IdArena, IdRef};
-use crate::id_dictionary::IdDictionary;
+use crate::id_dictionary::SharedIdDictionary;
 use crate::indexed_slots::IndexedSlots;
 use crate::metadata::{Active, Target};
 use crate::metrics::{Metrics, OutputDiscard, WindowDiscard};
@@ -210,8 +210,11 @@ pub(crate) fn entry_hash(id: &[u8]) -> u64 {
 /// Entries by the 64-bit hash of their ID: a dense slab of slots, found through a
 /// [`HashIndex`] of 32-bit slot indices (8-byte buckets, instead of a whole slot per bucket).
 /// One hash per lookup-or-insert ([`entry_hash`]); the IDs are packed in an [`IdArena`] in
-/// the form an [`IdDictionary`] gives them (the tag pairs other series share kept once) and
-/// decoded only to flush or forget a series.
+/// the form an [`IdDictionary`](crate::id_dictionary::IdDictionary) gives them (the tag pairs other series share kept once) and
+/// decoded only to flush or forget a series. The dictionary is the aggregator's, shared by
+/// every map of every shard, so a metric name every shard sees is kept once; its lock is the
+/// innermost, taken for an encode or a release, and for reading through a whole flush of the
+/// map. A map releases its IDs' symbols when it is dropped (its shard moved away).
 ///
 /// A series is known by its hash, as M3's aggregator map knows a series by a 128-bit murmur3
 /// of its ID: the index compares the hash's high 32 bits (its bucket tag) and the slot the
@@ -227,12 +230,35 @@ struct EntryMap {
     index: HashIndex,
     slots: Vec<Slot>,
     ids: IdArena,
-    dict: IdDictionary,
+    dict: SharedIdDictionary,
     /// An ID being encoded or decoded.
     scratch: Vec<u8>,
 }
 
+impl Drop for EntryMap {
+    fn drop(&mut self) {
+        if self.slots.is_empty() {
+            return;
+        }
+        let mut dict = self.dict.write();
+        for slot in &self.slots {
+            dict.release(self.ids.get(slot.id));
+        }
+    }
+}
+
 impl EntryMap {
+    /// An empty map whose IDs are stored through `dict`.
+    fn new(dict: SharedIdDictionary) -> EntryMap {
+        EntryMap {
+            index: HashIndex::default(),
+            slots: Vec::new(),
+            ids: IdArena::default(),
+            dict,
+            scratch: Vec::new(),
+        }
+    }
+
     /// The slot index of the entry for `id` (whose [`entry_hash`] is `hash`), created with
     /// `make` if missing (then `true`).
     /// [`ArenaFull`] when the series is new and the arena has no room for its ID.
@@ -253,6 +279,7 @@ impl EntryMap {
             scratch,
         } = self;
         scratch.clear();
+        let mut dict = dict.write();
         dict.encode(id, scratch);
         let id = match ids.add(scratch) {
             Ok(at) => at,
@@ -261,6 +288,7 @@ impl EntryMap {
                 return Err(full);
             }
         };
+        drop(dict);
         let i = slots.len();
         // Shard-local counts stay far below 2^32; a slab that large would have failed to
         // allocate first.
@@ -298,7 +326,9 @@ impl EntryMap {
     #[cfg(test)]
     fn id(&self, i: usize) -> Vec<u8> {
         let mut id = Vec::new();
-        self.dict.decode(self.ids.get(self.slots[i].id), &mut id);
+        self.dict
+            .read()
+            .decode(self.ids.get(self.slots[i].id), &mut id);
         id
     }
 
@@ -312,6 +342,7 @@ impl EntryMap {
             dict,
             scratch,
         } = self;
+        let mut dict = dict.write();
         let removed = slots.swap_remove(i);
         let stored = ids.get(removed.id);
         scratch.clear();
@@ -330,6 +361,7 @@ impl EntryMap {
     fn decode_id(&mut self, i: usize) -> &[u8] {
         self.scratch.clear();
         self.dict
+            .read()
             .decode(self.ids.get(self.slots[i].id), &mut self.scratch);
         &self.scratch
     }
@@ -354,12 +386,12 @@ impl EntryMap {
         self.find(entry_hash(id)).is_some()
     }
 
-    /// Heap bytes of the index, the slab and the IDs (by capacity).
+    /// Heap bytes of the index, the slab and the IDs (by capacity), without the shared
+    /// dictionary.
     fn allocation_size(&self) -> usize {
         self.index.allocation_size()
             + self.slots.capacity() * std::mem::size_of::<Slot>()
             + self.ids.allocation_size()
-            + self.dict.allocation_size()
             + self.scratch.capacity()
     }
 }
@@ -519,13 +551,23 @@ pub(crate) struct Shard {
 }
 
 impl Shard {
-    pub(crate) fn new(id: u32, cutover_nanos: i64, cutoff_nanos: i64, since_nanos: i64) -> Shard {
+    /// A shard whose series IDs are stored through `dict`, the aggregator's.
+    pub(crate) fn new(
+        id: u32,
+        cutover_nanos: i64,
+        cutoff_nanos: i64,
+        since_nanos: i64,
+        dict: &SharedIdDictionary,
+    ) -> Shard {
         let shard = Shard {
             id,
             cutover_nanos: AtomicI64::new(0),
             cutoff_nanos: AtomicI64::new(i64::MAX),
             since_nanos: AtomicI64::new(since_nanos),
-            state: Mutex::new(ShardState::default()),
+            state: Mutex::new(ShardState {
+                entries: std::array::from_fn(|_| EntryMap::new(dict.clone())),
+                ..ShardState::default()
+            }),
         };
         shard.set_window(cutover_nanos, cutoff_nanos);
         shard
@@ -904,6 +946,7 @@ impl ShardState {
                 scratch,
                 ..
             } = &mut entries[category.index()];
+            let dict = dict.read();
             for Slot {
                 id: stored, entry, ..
             } in slots.iter_mut()
