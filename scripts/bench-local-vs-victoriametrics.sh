@@ -11,12 +11,20 @@
 # times, each on fresh data, the order alternating (VictoriaMetrics first in odd rounds), and
 # prints every round's figures and the median ratio.
 #
-#   [ROUNDS=n] scripts/bench-local-vs-victoriametrics.sh [SECONDS] [SERIES]   # defaults: 1, 30 100000
+# RATE=n sends n samples a second instead of as fast as each answers: at SERIES / 15 every
+# series gets a sample every 15 s, as under a Prometheus scrape, which is what a store's memory
+# should be judged at (at full speed each series closes a chunk every few seconds). The CPU
+# ratio means little at such a rate; the RSS figures are the point.
+#
+#   [ROUNDS=n] [RATE=n] scripts/bench-local-vs-victoriametrics.sh [SECONDS] [SERIES]
+#   defaults: 1, 0 (as fast as it answers), 30 100000
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-30}
 series=${2:-100000}
 rounds=${ROUNDS:-1}
+rate=${RATE:-0}
+if [ "$rate" = 0 ]; then pace="as fast as it answers"; else pace="$rate samples/s"; fi
 scripts/install-deps.sh >/dev/null
 command -v victoria-metrics >/dev/null || {
   echo "victoria-metrics is not installed (Debian package victoria-metrics)" >&2
@@ -30,8 +38,8 @@ bench_workdir m3-bench-vs-vm
 # run NAME PID URL WRITE_PATH: the load against one target; the report goes to $work/NAME.txt.
 run() {
   local name=$1 pid=$2 url=$3 path=$4
-  echo "== $name (pid $pid): $series series, as fast as it answers, ${duration}s"
-  "$bin/m3" bench --url "$url" --write-path "$path" --series "$series" --rate 0 \
+  echo "== $name (pid $pid): $series series, $pace, ${duration}s"
+  "$bin/m3" bench --url "$url" --write-path "$path" --series "$series" --rate "$rate" \
     --duration "${duration}s" --pid "$pid" --metric-prefix "vs_" | tee "$work/$name.txt"
 }
 
