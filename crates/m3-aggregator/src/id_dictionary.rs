@@ -130,7 +130,7 @@ fn put_varint(out: &mut Vec<u8>, mut value: u64) {
 
 /// The varint at the front of `bytes` and the bytes after it.
 fn take_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
-    // Most varints of a stored ID (lengths, symbols of a small shard) are one byte.
+    // Most varints of a stored ID (its count, its lengths) are one byte.
     if let Some((&byte, rest)) = bytes.split_first()
         && byte < 0x80
     {

@@ -210,11 +210,12 @@ pub(crate) fn entry_hash(id: &[u8]) -> u64 {
 /// Entries by the 64-bit hash of their ID: a dense slab of slots, found through a
 /// [`HashIndex`] of 32-bit slot indices (8-byte buckets, instead of a whole slot per bucket).
 /// One hash per lookup-or-insert ([`entry_hash`]); the IDs are packed in an [`IdArena`] in
-/// the form an [`IdDictionary`](crate::id_dictionary::IdDictionary) gives them (the tag pairs other series share kept once) and
-/// decoded only to flush or forget a series. The dictionary is the aggregator's, shared by
-/// every map of every shard, so a metric name every shard sees is kept once; its lock is the
-/// innermost, taken for an encode or a release, and for reading through a whole flush of the
-/// map. A map releases its IDs' symbols when it is dropped (its shard moved away).
+/// the form an [`IdDictionary`](crate::id_dictionary::IdDictionary) gives them (the tag
+/// pairs other series share kept once) and decoded only to flush or forget a series. The
+/// dictionary is the aggregator's, shared by every map of every shard, so a metric name every
+/// shard sees is kept once; its lock is the innermost, taken for an encode or a release, and
+/// for reading through a whole flush of the map. A map releases its IDs' symbols when it is
+/// dropped (its shard moved away).
 ///
 /// A series is known by its hash, as M3's aggregator map knows a series by a 128-bit murmur3
 /// of its ID: the index compares the hash's high 32 bits (its bucket tag) and the slot the
