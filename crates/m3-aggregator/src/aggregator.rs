@@ -924,6 +924,11 @@ impl FlushPass<'_> {
         if !self.forwarded.is_empty() {
             self.aggregator.forwarded.lock().append(&mut self.forwarded);
         }
+        let (symbols, bytes) = {
+            let ids = self.aggregator.ids.read();
+            (ids.symbols(), ids.allocation_size())
+        };
+        self.aggregator.metrics.set_id_dictionary(symbols, bytes);
         self.result
     }
 }
@@ -1232,5 +1237,10 @@ mod stored_id_tests {
             flushed_ids(&agg, T0 + HOUR + 20 * S),
             others.iter().cloned().collect()
         );
+        // A flush tells `/metrics` what the dictionary holds.
+        let (symbols, bytes) = agg.metrics().id_dictionary();
+        assert_eq!(symbols, 13);
+        assert_eq!(bytes as usize, agg.ids.read().allocation_size());
+        assert!(bytes > 0);
     }
 }

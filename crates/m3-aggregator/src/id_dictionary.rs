@@ -419,10 +419,9 @@ impl IdDictionary {
         self.dead = 0;
     }
 
-    /// Symbols in use.
-    #[cfg(test)]
+    /// Symbols in use (every symbol not freed has references).
     pub(crate) fn symbols(&self) -> usize {
-        self.pairs.iter().filter(|p| p.refs > 0).count()
+        self.pairs.len() - self.free.len()
     }
 
     /// Heap bytes held (by capacity; a pair's bytes by length).
@@ -596,6 +595,8 @@ mod tests {
                 dict.encode(id, &mut s);
                 stored.push(s);
             }
+            let referred = dict.pairs.iter().filter(|p| p.refs > 0).count();
+            prop_assert_eq!(dict.symbols(), referred);
             for (id, s) in ids.iter().zip(&stored) {
                 let mut out = Vec::new();
                 dict.decode(s, &mut out);

@@ -10,6 +10,8 @@
 //! | `samples_added` | `type` | values aggregated into at least one storage policy |
 //! | `samples_rejected` | `reason` | values not aggregated (per value, per rejected policy) |
 //! | `entries_live` | | series entries held now |
+//! | `id_dictionary_symbols` | | tag pairs and names the stored series IDs share, kept once (as of the last flush) |
+//! | `id_dictionary_bytes` | | heap bytes of those shared pairs and their tables (as of the last flush) |
 //! | `shard_hints_unconfirmed` | | values whose shard hint was not confirmed (series not in the hinted shard, shard not owned or writeable, or a rejecting metadata where murmur3 disagrees), routed again by murmur3 (nothing is dropped) |
 //! | `entries_removed` | `reason` = `expired` / `shard_removed` | entries dropped |
 //! | `outputs_flushed` | | aggregated values emitted by a leader flush |
@@ -84,6 +86,8 @@ pub struct Metrics {
     samples_added: [Counter; 3],
     samples_rejected: Vec<Counter>,
     entries_live: Gauge,
+    id_dictionary_symbols: Gauge,
+    id_dictionary_bytes: Gauge,
     entries_expired: Counter,
     entries_shard_removed: Counter,
     outputs_flushed: Counter,
@@ -172,6 +176,8 @@ impl Metrics {
             samples_added,
             samples_rejected,
             entries_live: Gauge::default(),
+            id_dictionary_symbols: Gauge::default(),
+            id_dictionary_bytes: Gauge::default(),
             entries_expired,
             entries_shard_removed,
             outputs_flushed: Counter::default(),
@@ -197,6 +203,16 @@ impl Metrics {
             "entries_live",
             "Series entries currently held",
             self.entries_live.clone(),
+        );
+        registry.register(
+            "id_dictionary_symbols",
+            "Tag pairs and names shared by the stored series IDs, kept once (as of the last flush)",
+            self.id_dictionary_symbols.clone(),
+        );
+        registry.register(
+            "id_dictionary_bytes",
+            "Heap bytes of the shared tag pairs and their tables (as of the last flush)",
+            self.id_dictionary_bytes.clone(),
         );
         registry.register(
             "entries_removed",
@@ -312,6 +328,14 @@ impl Metrics {
         self.entries_live.get()
     }
 
+    /// The ID dictionary's symbols and heap bytes, as last set.
+    pub fn id_dictionary(&self) -> (i64, i64) {
+        (
+            self.id_dictionary_symbols.get(),
+            self.id_dictionary_bytes.get(),
+        )
+    }
+
     /// Entries removed by expiry so far.
     pub fn entries_expired(&self) -> u64 {
         self.entries_expired.get()
@@ -373,6 +397,13 @@ impl Metrics {
                     .inc_by(*n);
             }
         }
+    }
+
+    pub(crate) fn set_id_dictionary(&self, symbols: usize, bytes: usize) {
+        self.id_dictionary_symbols
+            .set(i64::try_from(symbols).unwrap_or(i64::MAX));
+        self.id_dictionary_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     pub(crate) fn entry_created(&self) {
