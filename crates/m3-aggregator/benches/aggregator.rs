@@ -12,6 +12,10 @@
 //!   the order a coordinator sends them (each 2,000 series of a request grouped by shard),
 //!   added one by one with `add_timed` or 250 at a time (about one 64 KiB rawtcp read) with
 //!   `add_timed_batch`.
+//! * `aggregator_add/new_series/100k`: 100k series seen for the first time, one sample each,
+//!   into an engine that holds none (a fresh one per iteration, made and dropped untimed):
+//!   every add creates an entry and stores its ID through the aggregator's ID dictionary;
+//!   throughput in samples.
 //! * `window_flush/untimed_counter/100k`: flushing one closed window of each of 100k series
 //!   into reused output storage; throughput in windows (one output each).
 
@@ -166,6 +170,21 @@ fn aggregator_add(c: &mut Criterion) {
         !ran || agg.metrics().outputs_flushed() > 0,
         "the new-window bench flushed nothing: windows piled up instead"
     );
+
+    group.throughput(Throughput::Elements(n as u64));
+    group.sample_size(10);
+    let t = T0 + 5 * S;
+    group.bench_function("new_series/100k", |b| {
+        b.iter_batched(
+            common::engine,
+            |agg| {
+                common::add_all(&agg, &ids, &meta, t, t);
+                assert_eq!(agg.metrics().entries_live(), n as i64);
+                agg
+            },
+            BatchSize::PerIteration,
+        );
+    });
     group.finish();
 }
 
