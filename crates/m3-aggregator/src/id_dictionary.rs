@@ -18,19 +18,21 @@
 //!          0 | the ID's bytes                      (an ID that is not tag-encoded)
 //! ```
 //!
-//! A pair is given a symbol the second time the shard sees it: the first time only a 32-bit
-//! fingerprint of it is noted in a table (at least [`MIN_SEEN_SLOTS`] fingerprints, and one
-//! for every [`IDS_PER_SEEN_SLOT`] IDs stored, in buckets of [`SEEN_WAYS`]), so a pair only one series has (an `instance`, a series number) never costs
-//! a dictionary entry. A pair that comes back before newer ones pushed its fingerprint out of
-//! its bucket gets a symbol, and every ID stored after that refers to it. A bucket keeps its
-//! newest fingerprints: more than [`SEEN_WAYS`] pairs that share a bucket and come round in
-//! strict turn push each other out and stay literal (a matter of memory, never of the bytes).
-//! A pair without a symbol still shares its name the same way: the tag names of a shard are
-//! few, and a unique value (`instance="host-17:9100"`) is kept as the name's symbol and the
-//! value's bytes. Names and pairs share one table of symbols; their bytes (a name with its
-//! length, a pair with both) can never be equal, since a pair is longer than the length its
-//! first two bytes give. Lengths in the stored form are varints (one byte below 128) instead
-//! of the encoding's two bytes.
+//! A pair is given a symbol the second time the aggregator sees it: the first time only a
+//! 32-bit fingerprint of it is noted in a table (at least [`MIN_SEEN_SLOTS`] fingerprints,
+//! and one for every [`IDS_PER_SEEN_SLOT`] IDs stored, in buckets of [`SEEN_WAYS`]), so a pair
+//! only one series has (an `instance`, a series number) never costs a dictionary entry. A pair
+//! that comes back before newer ones pushed its fingerprint out of its bucket gets a symbol,
+//! and every ID stored after that refers to it. A bucket keeps its newest fingerprints: more
+//! than [`SEEN_WAYS`] pairs that share a bucket and come round in strict turn push each other
+//! out and stay literal (a matter of memory, never of the bytes).
+//!
+//! A pair without a symbol still shares its name the same way: the tag names an aggregator
+//! sees are few, and a unique value (`instance="host-17:9100"`) is kept as the name's symbol
+//! and the value's bytes. Names and pairs share one table of symbols; their bytes (a name with
+//! its length, a pair with both) can never be equal, since a pair is longer than the length
+//! its first two bytes give. Lengths in the stored form are varints (one byte below 128)
+//! instead of the encoding's two bytes.
 //!
 //! Symbols are counted by the stored IDs that refer to them ([`IdDictionary::release`] is
 //! called when one is forgotten), and a symbol no ID refers to is freed and its number reused.

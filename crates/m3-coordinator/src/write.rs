@@ -330,8 +330,8 @@ impl WritePath {
         found.clear();
         let parsed = decoder.parse_snappy(body)?;
         // Series routed before are found in the cache by the hash of their label bytes: their
-        // labels were checked then, their ID and its hash kept. The keys are hashed up front so that each
-        // lookup's bucket is fetched from memory while the lookups before it run.
+        // labels were checked then, their ID and its hash kept. The keys are hashed up front so
+        // that each lookup's bucket is fetched from memory while the lookups before it run.
         let aggregating = self.client.is_some() && self.downsampler.is_enabled() && aggregate;
         let cache =
             (aggregating && self.series_cache.is_enabled()).then(|| self.series_cache.read());
