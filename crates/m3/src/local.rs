@@ -1,17 +1,24 @@
 //! `m3 local`: the whole pipeline in one process.
 //!
 //! ```text
-//! Prometheus ─▶ coordinator :7201 ─frames─▶ aggregator a :6000 ┐ shard set 1 (RF 2),
-//!                                      └──▶ aggregator b :6100 ┘ one elected leader flushes
+//! Prometheus ─▶ coordinator :7201 ─samples─▶ aggregator a :6000   shard set 1, elected leader
+//!                                      └···▶ aggregator b :6100   (optional: RF 2, follower)
 //!              coordinator ingest :7507 ◀─m3msg── leader's output
 //!              embedded store (./data)
 //! ```
 //!
+//! One aggregator runs by default. A second one (give two `aggregators.listenAddresses` and
+//! two `httpListenAddresses`) makes a replicated pair as the seed deploys it: both take every
+//! sample, one is elected leader and flushes, and the other takes over when the leader resigns
+//! (`/resign`). In one process the pair protects nothing (the process is the failure domain,
+//! and neither replica keeps its windows across a restart), while it doubles the aggregators'
+//! memory and CPU: it is there to watch the hand-over, not the default.
+//!
 //! Every part is the one a deployment runs, started in-process; only the KV is in memory. The
-//! coordinator adds each request's samples to the two aggregators' engines itself, before it
+//! coordinator adds each request's samples to the aggregators' engines itself, before it
 //! answers ([`InProcessAggregators`], `apply_in_process_on_commit`): the same routing, shards
-//! and engine calls, without frames, queues or loopback sockets. The aggregators forward
-//! rollup values to each other as frames through the same in-process link. The
+//! and engine calls, without frames, queues or loopback sockets. Rollup values an aggregator
+//! forwards go as frames through the same in-process link. The
 //! aggregators still listen on their rawtcp addresses for other senders, and their output
 //! reaches the coordinator over real m3msg. The placements and the topic are created at
 //! startup when absent. Ctrl-C (or SIGTERM) shuts down in pipeline order: the coordinator's
@@ -47,16 +54,16 @@ use tokio::net::TcpListener;
 struct LocalConfig {
     /// A coordinator config, as `m3coordinator` reads it.
     coordinator: CoordinatorConfig,
-    /// The two aggregators.
+    /// The aggregators: one by default, or two as a replicated pair.
     #[serde(default)]
     aggregators: LocalAggregators,
 }
 
-/// The aggregators of `m3 local`.
+/// The aggregators of `m3 local`: one, or two as a replicated pair (RF 2).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct LocalAggregators {
-    /// rawtcp listen addresses, one per aggregator (two).
+    /// rawtcp listen addresses, one per aggregator (one or two).
     #[serde(default = "default_aggregator_addresses")]
     listen_addresses: Vec<String>,
     /// HTTP admin addresses (`/health`, `/status`, `/resign`, `/metrics`), one per aggregator.
@@ -144,10 +151,10 @@ impl Default for LocalAggregators {
 }
 
 fn default_aggregator_addresses() -> Vec<String> {
-    vec!["127.0.0.1:6000".to_string(), "127.0.0.1:6100".to_string()]
+    vec!["127.0.0.1:6000".to_string()]
 }
 fn default_aggregator_http_addresses() -> Vec<String> {
-    vec!["127.0.0.1:6001".to_string(), "127.0.0.1:6101".to_string()]
+    vec!["127.0.0.1:6001".to_string()]
 }
 fn default_num_shards() -> u32 {
     64
@@ -185,12 +192,19 @@ pub(crate) async fn run(
         config.coordinator.storage.data_dir = dir.display().to_string();
     }
     let mut problems = m3_config::Problems::new(config_path);
-    if config.aggregators.listen_addresses.len() != 2
-        || config.aggregators.http_listen_addresses.len() != 2
-    {
+    let replicas = config.aggregators.listen_addresses.len();
+    if !(1..=2).contains(&replicas) {
         problems.add(
             "aggregators.listenAddresses",
-            "m3 local runs exactly two aggregators (RF 2): give two listenAddresses and two httpListenAddresses",
+            format!("m3 local runs one aggregator, or two as a replicated pair (RF 2); {replicas} addresses given"),
+        );
+    } else if config.aggregators.http_listen_addresses.len() != replicas {
+        problems.add(
+            "aggregators.httpListenAddresses",
+            format!(
+                "give one per aggregator: {replicas} listenAddresses, {} httpListenAddresses",
+                config.aggregators.http_listen_addresses.len()
+            ),
         );
     }
     if config.aggregators.num_shards == 0 {
@@ -260,7 +274,7 @@ pub(crate) async fn run(
     {
         http_endpoints.push(http_listener.local_addr()?.to_string());
         let mut options = config.aggregators.server_options(endpoint);
-        // Rollup values forwarded between the two go in the process too.
+        // Rollup values forwarded between aggregators go in the process too.
         options.instance.client.in_process = in_process.clone();
         let server = AggregatorServer::start(
             options,
@@ -358,7 +372,8 @@ async fn init_cluster(
                 .with_weight(100)
         })
         .collect();
-    let placement = build_mirrored(instances, aggregators.num_shards, 2, 0)?;
+    let replication_factor = u32::try_from(instances.len())?;
+    let placement = build_mirrored(instances, aggregators.num_shards, replication_factor, 0)?;
     let aggregator_key = keys::placement_key(&ServiceId::new("m3aggregator", env, zone));
     ignore_exists(
         PlacementStore::new(Arc::clone(kv), aggregator_key, PlacementFormat::Snapshots)

@@ -32,8 +32,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a coordinator, two aggregators (RF 2), an in-memory KV and the embedded store in one
-    /// process, all talking over loopback TCP.
+    /// Run a coordinator, an aggregator (or a replicated pair), an in-memory KV and the embedded
+    /// store in one process.
     Local {
         /// The config file.
         #[arg(short = 'f', long = "config", default_value = "config/m3local.yml")]

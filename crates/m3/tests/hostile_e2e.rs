@@ -642,6 +642,55 @@ fn a_data_dir_that_is_a_file_is_named_as_such() {
     );
 }
 
+/// `m3 local` runs one aggregator or a pair: three, or addresses that do not pair up, are a
+/// config error naming the key and the file, and nothing starts.
+#[test]
+fn aggregator_address_counts_other_than_one_or_two_are_named() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let two = r#"  listenAddresses: ["127.0.0.1:0", "127.0.0.1:0"]"#;
+    assert!(
+        CONFIG.contains(two),
+        "the test config lists two aggregators"
+    );
+    let cases = [
+        (
+            r#"  listenAddresses: ["127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"]"#,
+            "aggregators.listenAddresses",
+            "3 addresses given",
+        ),
+        (
+            r#"  listenAddresses: ["127.0.0.1:0"]"#,
+            "aggregators.httpListenAddresses",
+            "1 listenAddresses, 2 httpListenAddresses",
+        ),
+    ];
+    for (addresses, key, reason) in cases {
+        let config = dir.path().join("m3local.yml");
+        std::fs::write(
+            &config,
+            CONFIG
+                .replace("DATA_DIR", &data.display().to_string())
+                .replace(two, addresses),
+        )
+        .expect("write config");
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_m3"))
+            .args(["local", "-f"])
+            .arg(&config)
+            .output()
+            .expect("m3 runs");
+        assert_eq!(output.status.code(), Some(2), "{addresses}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(key)
+                && stderr.contains(reason)
+                && stderr.contains(&config.display().to_string()),
+            "{addresses}: {stderr}"
+        );
+        assert!(!data.exists(), "nothing started for {addresses}");
+    }
+}
+
 /// A remote-write request is admitted (`limits.remoteWrite.maxConcurrentRequests`) before its
 /// body is read: a sender that trickles its body holds the only slot, the next request gets 429
 /// with Retry-After at once, the trickler gets 408 after `bodyTimeout`, and the slot is free

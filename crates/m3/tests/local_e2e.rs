@@ -25,7 +25,35 @@ const AGG_1M: &[(&str, &str)] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_write_is_downsampled_to_last_per_window() {
-    let m3 = LocalProcess::start("remote_write").await;
+    downsamples_to_last_per_window(LocalProcess::start("remote_write").await).await;
+}
+
+/// The default: one aggregator, which leads its shard set alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_aggregator_leads_and_downsamples() {
+    let config = support::one_aggregator_config();
+    let m3 = LocalProcess::start_with("one_aggregator", &config, &[]).await;
+    let urls = m3.aggregator_http();
+    assert_eq!(urls.len(), 1, "one aggregator: {urls:?}");
+    let mut state = String::new();
+    for _ in 0..50 {
+        let (_, body) = m3.get(&format!("{}/status", urls[0])).await;
+        let json: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+        state = json["status"]["flushStatus"]["electionState"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if state == "leader" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(state, "leader");
+    downsamples_to_last_per_window(m3).await;
+}
+
+/// Writes two series over two 10 s windows and checks the raw samples and each window's last.
+async fn downsamples_to_last_per_window(m3: LocalProcess) {
     // Two 10s windows inside the current minute's past buffer: [w, w+10s) and [w+10s, w+20s).
     let w = (now_ms() / 10_000) * 10_000 - 20_000;
     let a = [

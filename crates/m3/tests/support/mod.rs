@@ -100,6 +100,20 @@ aggregators:
   bufferDurationForFutureTimedMetric: 1m
 "#;
 
+/// [`CONFIG`] with one aggregator, as `m3 local` runs by default.
+pub(crate) fn one_aggregator_config() -> String {
+    let two = r#"  listenAddresses: ["127.0.0.1:0", "127.0.0.1:0"]
+  httpListenAddresses: ["127.0.0.1:0", "127.0.0.1:0"]"#;
+    assert!(
+        CONFIG.contains(two),
+        "the test config lists two aggregators"
+    );
+    CONFIG.replace(
+        two,
+        "  listenAddresses: [\"127.0.0.1:0\"]\n  httpListenAddresses: [\"127.0.0.1:0\"]",
+    )
+}
+
 impl LocalProcess {
     /// Starts `m3 local` with a test config (30s past buffer) in a fresh directory.
     pub(crate) async fn start(name: &str) -> LocalProcess {
