@@ -27,7 +27,7 @@ use crate::tsdb::chunk::SealedChunk;
 use crate::tsdb::chunk_files::ChunkFiles;
 use crate::tsdb::head::{AppendSummary, Head, HeadOptions, SeriesRef, Truncated};
 use crate::tsdb::varint;
-use crate::tsdb::wal::{Checkpoint, ReplayReport, Wal, WalError, WalOptions};
+use crate::tsdb::wal::{Checkpoint, KEPT_BUFFER_BYTES, ReplayReport, Wal, WalError, WalOptions};
 
 const SERIES_RECORD: u8 = 1;
 /// How far past the next reference a replayed series record may name one (references skipped
@@ -42,11 +42,6 @@ const REMOVED_RECORD: u8 = 3;
 const PACKED_SAMPLES_RECORD: u8 = 4;
 /// The fewest bytes a packed sample takes: a byte per delta and the value.
 const MIN_PACKED_SAMPLE: usize = 10;
-/// Series-record buffers kept between batches: a batch creating more (a first scrape of many
-/// targets) allocates the rest for itself.
-const KEPT_SERIES_RECORDS: usize = 4096;
-/// The largest series-record buffer kept between batches (a label set of 64 KiB is allowed).
-const KEPT_RECORD_BYTES: usize = 4096;
 
 /// Why opening a durable head failed.
 #[derive(Debug, thiserror::Error)]
@@ -102,9 +97,11 @@ pub struct DurableHead {
     /// The newest sample time logged in each segment (`i64::MIN` for none), so a checkpoint
     /// knows which segments hold only samples already in blocks.
     segment_max_time: BTreeMap<u64, i64>,
-    /// Reused record buffers: one per new series of a batch, kept up to
-    /// [`KEPT_SERIES_RECORDS`] of [`KEPT_RECORD_BYTES`] each.
-    series_records: Vec<Vec<u8>>,
+    /// The series records of a batch's new series, back to back (reused; see
+    /// [`KEPT_BUFFER_BYTES`]), and where each ends.
+    series_records: Vec<u8>,
+    series_record_ends: Vec<usize>,
+    /// The samples record of a batch (reused; see [`KEPT_BUFFER_BYTES`]).
     samples_record: Vec<u8>,
     refs: Vec<(SeriesRef, i64, f64)>,
     /// The hashes of a batch's label sets, computed before any is looked up.
@@ -154,6 +151,7 @@ impl DurableHead {
                 wal,
                 segment_max_time,
                 series_records: Vec::new(),
+                series_record_ends: Vec::new(),
                 samples_record: Vec::new(),
                 refs,
                 hashes: Vec::new(),
@@ -184,7 +182,8 @@ impl DurableHead {
         samples: &[(L, i64, f64)],
     ) -> Result<AppendSummary, AppendError> {
         self.refs.clear();
-        let mut created = 0;
+        self.series_records.clear();
+        self.series_record_ends.clear();
         let mut new_refs = Vec::new();
         self.hashes.clear();
         self.hashes.extend(
@@ -211,31 +210,32 @@ impl DurableHead {
                         max: MAX_ENCODED_LABELS_BYTES,
                     });
                 }
-                if self.series_records.len() <= created {
-                    self.series_records.push(Vec::new());
-                }
-                encode_series(reference, labels, &mut self.series_records[created]);
-                created += 1;
+                encode_series(reference, labels, &mut self.series_records);
+                self.series_record_ends.push(self.series_records.len());
             }
             self.refs.push((reference, time, value));
         }
         let summary = self.head.append_refs_retaining_taken(&mut self.refs);
         encode_samples(&self.refs, &mut self.samples_record);
-        let records: Vec<&[u8]> = self.series_records[..created]
-            .iter()
-            .map(Vec::as_slice)
+        let created = self.series_record_ends.len();
+        let starts = std::iter::once(0).chain(self.series_record_ends.iter().copied());
+        let records: Vec<&[u8]> = starts
+            .zip(&self.series_record_ends)
+            .map(|(start, &end)| &self.series_records[start..end])
             .chain(std::iter::once(self.samples_record.as_slice()))
             .collect();
         let segment = self.wal.segment();
         let appended = self.wal.append(&records);
         drop(records);
         // What one exceptional batch needed is not kept for every later one.
-        self.series_records.truncate(KEPT_SERIES_RECORDS);
-        for buffer in &mut self.series_records[..created.min(KEPT_SERIES_RECORDS)] {
-            if buffer.capacity() > KEPT_RECORD_BYTES {
-                *buffer = Vec::new();
+        for buffer in [&mut self.series_records, &mut self.samples_record] {
+            if buffer.capacity() > KEPT_BUFFER_BYTES {
+                buffer.clear();
+                buffer.shrink_to(KEPT_BUFFER_BYTES);
             }
         }
+        self.series_record_ends.clear();
+        self.series_record_ends.shrink_to(KEPT_BUFFER_BYTES / 64);
         if let Err(e) = appended {
             for reference in new_refs {
                 self.head.remove_series(reference);
@@ -357,8 +357,8 @@ impl DurableHead {
     }
 }
 
+/// Appends the series record of `reference` to `out`.
 fn encode_series(reference: SeriesRef, labels: LabelsView<'_>, out: &mut Vec<u8>) {
-    out.clear();
     out.push(SERIES_RECORD);
     out.extend_from_slice(&reference.to_le_bytes());
     // `append` refuses label sets over u16::MAX labels before encoding.
@@ -602,19 +602,24 @@ mod tests {
         let mut sets: Vec<Labels> =
             vec![Labels::new([("__name__", "long"), ("v", &long[..])]).unwrap()];
         sets.extend(
-            (0..KEPT_SERIES_RECORDS + 100)
+            (0..20_000)
                 .map(|i| Labels::new([("__name__", "m"), ("i", &i.to_string()[..])]).unwrap()),
         );
         let batch: Vec<(&Labels, i64, f64)> = sets.iter().map(|l| (l, 1_000, 1.0)).collect();
         assert_eq!(durable.append(&batch).unwrap().new_series, sets.len());
-        assert_eq!(durable.series_records.len(), KEPT_SERIES_RECORDS);
-        assert!(
-            durable
-                .series_records
-                .iter()
-                .all(|b| b.capacity() <= KEPT_RECORD_BYTES)
-        );
+        assert!(durable.series_records.capacity() <= KEPT_BUFFER_BYTES);
+        assert!(durable.samples_record.capacity() <= KEPT_BUFFER_BYTES);
+        assert!(durable.series_record_ends.capacity() <= KEPT_BUFFER_BYTES / 64);
+        assert!(durable.wal.buffer_capacity() <= KEPT_BUFFER_BYTES);
         assert_eq!(everything(durable.head()).len(), sets.len());
+        // The next batch, usual again, finds its buffers.
+        let next: Vec<(&Labels, i64, f64)> = sets.iter().map(|l| (l, 2_000, 2.0)).collect();
+        assert_eq!(durable.append(&next).unwrap().appended, sets.len());
+        let written = everything(durable.head());
+        drop(durable);
+        let (head_options, wal_options) = options();
+        let (reopened, _) = DurableHead::open(dir.path(), head_options, wal_options, None).unwrap();
+        assert_eq!(everything(reopened.head()), written);
     }
 
     /// Series removed by retention give their references to new series, the removal is

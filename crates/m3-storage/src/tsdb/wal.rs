@@ -271,6 +271,10 @@ impl Wal {
             return Err(e);
         }
         self.written += self.buffer.len() as u64;
+        if self.buffer.capacity() > KEPT_BUFFER_BYTES {
+            self.buffer.clear();
+            self.buffer.shrink_to(KEPT_BUFFER_BYTES);
+        }
         if self.options.sync == SyncPolicy::EveryBatch
             && let Err(e) = self.file.sync_data()
         {
@@ -287,6 +291,12 @@ impl Wal {
             tracing::error!(error = %e, "Write-ahead log cannot start its next segment; refusing writes until reopened.");
         }
         Ok(())
+    }
+
+    /// The bytes its batch buffer holds on to between batches.
+    #[cfg(test)]
+    pub(crate) fn buffer_capacity(&self) -> usize {
+        self.buffer.capacity()
     }
 
     /// Whether an earlier failure makes the log refuse appends (see the module docs).
@@ -472,6 +482,12 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     }
     Ok(filled)
 }
+
+/// The most bytes a batch buffer keeps between batches (the log's, and the head's record
+/// buffers). A remote-write request's samples record is some 20 KiB; a batch that needed more
+/// (a first scrape of many targets, an aggregated flush) allocates for itself, and what it grew
+/// is given back rather than held by every namespace until the process ends.
+pub(crate) const KEPT_BUFFER_BYTES: usize = 256 << 10;
 
 /// Appends one record, framed, to `buffer`.
 fn frame_into(buffer: &mut Vec<u8>, payload: &[u8]) -> io::Result<()> {
