@@ -617,23 +617,32 @@ async fn queries_over_the_sample_limit_get_prometheus_error() {
     local.stop().await;
 }
 
+/// Writes `config` to `dir/m3local.yml` and runs `m3 local` with it to its exit: what it
+/// printed and exited with, and the config file's path.
+fn run_local_with_config(
+    dir: &std::path::Path,
+    config: &str,
+) -> (std::process::Output, std::path::PathBuf) {
+    let path = dir.join("m3local.yml");
+    std::fs::write(&path, config).expect("write config");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_m3"))
+        .args(["local", "-f"])
+        .arg(&path)
+        .output()
+        .expect("m3 runs");
+    (output, path)
+}
+
 /// Regression: a data directory that is a file was reported as "File exists".
 #[test]
 fn a_data_dir_that_is_a_file_is_named_as_such() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("data");
     std::fs::write(&file, b"not a directory").expect("write");
-    let config = dir.path().join("m3local.yml");
-    std::fs::write(
-        &config,
-        CONFIG.replace("DATA_DIR", &file.display().to_string()),
-    )
-    .expect("write config");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_m3"))
-        .args(["local", "-f"])
-        .arg(&config)
-        .output()
-        .expect("m3 runs");
+    let (output, _) = run_local_with_config(
+        dir.path(),
+        &CONFIG.replace("DATA_DIR", &file.display().to_string()),
+    );
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -666,19 +675,12 @@ fn aggregator_address_counts_other_than_one_or_two_are_named() {
         ),
     ];
     for (addresses, key, reason) in cases {
-        let config = dir.path().join("m3local.yml");
-        std::fs::write(
-            &config,
-            CONFIG
+        let (output, config) = run_local_with_config(
+            dir.path(),
+            &CONFIG
                 .replace("DATA_DIR", &data.display().to_string())
                 .replace(two, addresses),
-        )
-        .expect("write config");
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_m3"))
-            .args(["local", "-f"])
-            .arg(&config)
-            .output()
-            .expect("m3 runs");
+        );
         assert_eq!(output.status.code(), Some(2), "{addresses}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(
