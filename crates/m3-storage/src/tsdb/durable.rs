@@ -27,7 +27,9 @@ use crate::tsdb::chunk::SealedChunk;
 use crate::tsdb::chunk_files::ChunkFiles;
 use crate::tsdb::head::{AppendSummary, Head, HeadOptions, SeriesRef, Truncated};
 use crate::tsdb::varint;
-use crate::tsdb::wal::{Checkpoint, KEPT_BUFFER_BYTES, ReplayReport, Wal, WalError, WalOptions};
+use crate::tsdb::wal::{
+    Checkpoint, KEPT_BUFFER_BYTES, ReplayReport, Wal, WalError, WalOptions, give_back_excess,
+};
 
 const SERIES_RECORD: u8 = 1;
 /// How far past the next reference a replayed series record may name one (references skipped
@@ -228,14 +230,9 @@ impl DurableHead {
         let appended = self.wal.append(&records);
         drop(records);
         // What one exceptional batch needed is not kept for every later one.
-        for buffer in [&mut self.series_records, &mut self.samples_record] {
-            if buffer.capacity() > KEPT_BUFFER_BYTES {
-                buffer.clear();
-                buffer.shrink_to(KEPT_BUFFER_BYTES);
-            }
-        }
-        self.series_record_ends.clear();
-        self.series_record_ends.shrink_to(KEPT_BUFFER_BYTES / 64);
+        give_back_excess(&mut self.series_records, KEPT_BUFFER_BYTES);
+        give_back_excess(&mut self.samples_record, KEPT_BUFFER_BYTES);
+        give_back_excess(&mut self.series_record_ends, KEPT_BUFFER_BYTES / 64);
         if let Err(e) = appended {
             for reference in new_refs {
                 self.head.remove_series(reference);

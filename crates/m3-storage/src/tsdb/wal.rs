@@ -271,10 +271,7 @@ impl Wal {
             return Err(e);
         }
         self.written += self.buffer.len() as u64;
-        if self.buffer.capacity() > KEPT_BUFFER_BYTES {
-            self.buffer.clear();
-            self.buffer.shrink_to(KEPT_BUFFER_BYTES);
-        }
+        give_back_excess(&mut self.buffer, KEPT_BUFFER_BYTES);
         if self.options.sync == SyncPolicy::EveryBatch
             && let Err(e) = self.file.sync_data()
         {
@@ -488,6 +485,15 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 /// (a first scrape of many targets, an aggregated flush) allocates for itself, and what it grew
 /// is given back rather than held by every namespace until the process ends.
 pub(crate) const KEPT_BUFFER_BYTES: usize = 256 << 10;
+
+/// Empties a reused batch buffer that grew past `kept` items and gives back what it holds over
+/// that; a buffer within `kept` keeps its contents and capacity.
+pub(crate) fn give_back_excess<T>(buffer: &mut Vec<T>, kept: usize) {
+    if buffer.capacity() > kept {
+        buffer.clear();
+        buffer.shrink_to(kept);
+    }
+}
 
 /// Appends one record, framed, to `buffer`.
 fn frame_into(buffer: &mut Vec<u8>, payload: &[u8]) -> io::Result<()> {
