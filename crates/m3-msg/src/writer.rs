@@ -49,6 +49,10 @@ const DUE_BATCH: usize = 4096;
 const NEW_BATCH: usize = 1024;
 /// Ack frames buffered between connections and the writer.
 const ACK_CHANNEL: usize = 1024;
+/// Schedule entries kept room for however few are pending. A flush of every series' windows
+/// puts one entry per message in the schedule at once (2^18 entries, 8 MiB, at 200,000
+/// messages); the room goes back once the burst has been acked and its entries popped.
+const SCHEDULE_KEPT_ENTRIES: usize = 4096;
 
 /// The producer's handle to a running writer.
 #[derive(Debug)]
@@ -261,10 +265,10 @@ impl Writer {
         let now = Instant::now();
         for _ in 0..DUE_BATCH {
             let Some(&Reverse((due, key, id))) = self.schedule.peek() else {
-                return;
+                break;
             };
             if due > now {
-                return;
+                break;
             }
             self.schedule.pop();
             let current = self
@@ -276,6 +280,7 @@ impl Writer {
                 self.attempt(key, id, now);
             }
         }
+        release_spare_room(&mut self.schedule);
     }
 
     /// Expires, discards or (re)sends one pending copy, then schedules its next look.
@@ -575,4 +580,49 @@ fn now_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Gives back a schedule's room once it holds a quarter of it or less, keeping twice what it
+/// holds (at least [`SCHEDULE_KEPT_ENTRIES`]) so a steady stream never reallocates.
+fn release_spare_room<T: Ord>(schedule: &mut BinaryHeap<T>) {
+    let capacity = schedule.capacity();
+    let len = schedule.len();
+    if capacity > SCHEDULE_KEPT_ENTRIES && len <= capacity / 4 {
+        schedule.shrink_to((len * 2).max(SCHEDULE_KEPT_ENTRIES));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drained_burst_gives_its_schedule_room_back() {
+        let mut schedule: BinaryHeap<Reverse<(u64, u64, u64)>> = BinaryHeap::new();
+        for i in 0..200_000u64 {
+            schedule.push(Reverse((i, 0, i)));
+        }
+        release_spare_room(&mut schedule);
+        assert!(
+            schedule.capacity() >= 200_000,
+            "a full schedule keeps its room"
+        );
+
+        while schedule.len() > 40_000 {
+            schedule.pop();
+        }
+        release_spare_room(&mut schedule);
+        assert!(
+            schedule.capacity() < 100_000,
+            "a schedule at a fifth of its room keeps about twice what it holds, not {}",
+            schedule.capacity()
+        );
+        assert_eq!(schedule.len(), 40_000);
+        assert_eq!(schedule.peek(), Some(&Reverse((160_000, 0, 160_000))));
+
+        schedule.clear();
+        release_spare_room(&mut schedule);
+        assert!(schedule.capacity() >= SCHEDULE_KEPT_ENTRIES);
+        assert!(schedule.capacity() < 2 * SCHEDULE_KEPT_ENTRIES);
+    }
 }
