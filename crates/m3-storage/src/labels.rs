@@ -314,21 +314,6 @@ impl<'a> LabelsView<'a> {
         None
     }
 
-    /// The names and values back to back, in name order: the bytes after the lengths in a
-    /// packed label set.
-    pub(crate) fn text(&self) -> &'a str {
-        let end = self
-            .ends
-            .last()
-            .map_or(0, |&(_, value_end)| value_end as usize);
-        self.text.get(..end).unwrap_or(self.text)
-    }
-
-    /// Per label, where its name ends and where its value ends in [`text`](Self::text).
-    pub(crate) fn ends(&self) -> &'a [(u32, u32)] {
-        self.ends
-    }
-
     /// The value of `__name__`, if present.
     pub fn metric_name(&self) -> Option<&'a str> {
         self.get(METRIC_NAME_LABEL)

@@ -17,7 +17,7 @@
 //! | `m3_storage_blocks_merged_total`                 | blocks merged into one per past merge range (a tenth of the retention) |
 //! | `m3_storage_blocks_quarantined_total`            | blocks that did not open (damaged or missing files) and were moved to their namespace's `quarantine` directory when the store opened; their samples are not read |
 //! | `m3_storage_block_merge_errors_total`            | merges that failed (logged; their blocks stay as they are, and the range is not tried again until a restart) |
-//! | `m3_storage_head_series`, `m3_storage_head_bytes` | series in the heads and their memory (approximate), after the last retention pass |
+//! | `m3_storage_head_series`, `m3_storage_head_bytes` | series in the heads and their memory (approximate, with the label names and values numbered for the process), after the last retention pass |
 //! | `m3_storage_head_label_sets`                     | distinct label sets the heads hold, each once however many namespaces have its series: counted at open, set by each retention pass |
 //! | `m3_storage_blocks`, `m3_storage_block_bytes`    | blocks on disk and the bytes of their chunks, likewise |
 //! | `m3_storage_head_chunk_file_bytes`               | the heads' closed chunks in files, likewise |

@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::error::Result;
 use crate::store::Store;
 use crate::tsdb::head::ChunkFileStats;
+use crate::tsdb::symbols::Symbols;
 
 /// What one retention pass removed from one namespace.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -93,9 +94,9 @@ impl Store {
         metrics.head_series.set(gauge(series as u64));
         let label_sets = &self.inner.label_sets;
         label_sets.purge_dead();
-        metrics
-            .head_bytes
-            .set(gauge((bytes + label_sets.heap_bytes()) as u64));
+        metrics.head_bytes.set(gauge(
+            (bytes + label_sets.heap_bytes() + Symbols::process().heap_bytes()) as u64,
+        ));
         metrics.head_label_sets.set(gauge(label_sets.len() as u64));
         metrics.blocks.set(gauge(blocks as u64));
         metrics.block_bytes.set(gauge(block_bytes));

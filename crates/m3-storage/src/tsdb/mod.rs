@@ -22,8 +22,9 @@
 //! | [`paged_slots`] | numbered slots in fixed pages: the head's series without a doubling vector's spare room |
 //! | [`packed_labels`] | a label set in one allocation, compared without unpacking |
 //! | `postings` | one label value's series: a sorted vector, or a bitmap once that is smaller |
+//! | [`symbols`] | label names and values numbered once per process, so packed label sets hold numbers |
 //! | [`head`] | the series of a namespace in memory: label-hash lookup, postings, chunks, out-of-order buffer |
-//! | `varint` | LEB128 varints: packed label lengths, the log's sample deltas |
+//! | `varint` | LEB128 varints: packed label references, the log's sample deltas |
 //! | [`wal`] | the write-ahead log: checksummed records in segments, replay that stops at a torn tail |
 pub mod block;
 mod block_summary;
@@ -38,5 +39,6 @@ pub mod merge;
 pub mod packed_labels;
 pub mod paged_slots;
 mod postings;
+pub mod symbols;
 mod varint;
 pub mod wal;

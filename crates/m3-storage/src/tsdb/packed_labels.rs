@@ -3,25 +3,29 @@
 //! A [`Labels`] holds every name and value in its own `String`: twenty allocations for ten
 //! labels, and comparing it with a written series' labels follows twenty pointers into cold
 //! memory. With a million series that comparison, done for every sample written, is most of the
-//! cost of a write. [`PackedLabels`] keeps the pairs back to back in one reference-counted slice:
+//! cost of a write. [`PackedLabels`] keeps the pairs back to back in one reference-counted
+//! slice, each name and value as the number the process's [`Symbols`] table gave it, or as its
+//! text when it has none (a long value, a label with too many values to number, a full table):
 //!
 //! ```text
-//! label count: varint | (name length: varint, value length: varint)… | names and values back to back
+//! label count: varint | per label, name then value: reference varint [text]
+//!   reference even: the symbol's number × 2      (a byte or two instead of the text)
+//!   reference odd:  the text's length × 2 + 1, the text follows
 //! ```
 //!
 //! sorted by name.
 //!
-//! The lengths come first and the text after them, as a [`LabelsView`] holds it (names and
-//! values back to back), so comparing with a written series' labels is a loop over a few
-//! one-byte lengths and one comparison of the text, and a series costs its labels' bytes, a
-//! byte or two per string and the slice's 16-byte reference count, instead of a `String`
-//! header and an allocation each. The count lets the heads of one store share a label set
-//! ([`LabelSets`](crate::tsdb::label_sets::LabelSets)): a series in three namespaces pays for
-//! its labels once.
+//! Names and most values are shared by many series (`__name__`, `job`, a region), so a series
+//! of ten labels packs into the text of the values that tell it apart (its pod, its instance)
+//! and a few bytes for the rest, instead of some 230 bytes of text. The numbered text is few
+//! strings read by every compare, so it stays in cache. The reference count lets the heads of
+//! one store share a label set ([`LabelSets`](crate::tsdb::label_sets::LabelSets)): a series
+//! in three namespaces pays for its labels once.
 
 use std::sync::Arc;
 
 use crate::labels::{Labels, LabelsView};
+use crate::tsdb::symbols::{SymbolId, Symbols};
 use crate::tsdb::varint;
 
 /// A label set in one allocation. See the [module docs](self).
@@ -40,17 +44,60 @@ fn take_varint(bytes: &mut &[u8]) -> Option<usize> {
     varint::take(bytes).and_then(|n| usize::try_from(n).ok())
 }
 
-impl PackedLabels {
-    /// Packs `labels`.
-    pub fn new(labels: LabelsView<'_>) -> PackedLabels {
-        let text = labels.text();
-        let mut out = Vec::with_capacity(text.len() + 2 * labels.len() + 2);
-        put_varint(&mut out, labels.len());
-        for (name, value) in labels.iter() {
-            put_varint(&mut out, name.len());
-            put_varint(&mut out, value.len());
+/// Appends one name or value: its number when it has one, its text otherwise.
+fn put_text(out: &mut Vec<u8>, text: &str, id: Option<SymbolId>) {
+    match id {
+        Some(id) => put_varint(out, 2 * id as usize),
+        None => {
+            put_varint(out, 2 * text.len() + 1);
+            out.extend_from_slice(text.as_bytes());
         }
-        out.extend_from_slice(text.as_bytes());
+    }
+}
+
+/// Reads one name or value off the front of `bytes`: a symbol's text, or the text that follows.
+fn take_text<'a>(bytes: &mut &'a [u8]) -> Option<&'a str> {
+    let reference = take_varint(bytes)?;
+    if reference % 2 == 0 {
+        return Symbols::process().text(SymbolId::try_from(reference / 2).ok()?);
+    }
+    let (text, rest) = bytes.split_at_checked(reference / 2)?;
+    *bytes = rest;
+    // Packed from `str`s: always UTF-8.
+    std::str::from_utf8(text).ok()
+}
+
+/// Reads one name or value off the front of `bytes`, and whether it is `expected`: a number
+/// is compared with the symbol's text, inline text byte by byte, without checking it is UTF-8.
+fn take_text_equal(bytes: &mut &[u8], expected: &str, symbols: &Symbols) -> bool {
+    let Some(reference) = take_varint(bytes) else {
+        return false;
+    };
+    if reference % 2 == 0 {
+        return SymbolId::try_from(reference / 2)
+            .ok()
+            .and_then(|id| symbols.text(id))
+            == Some(expected);
+    }
+    let Some((text, rest)) = bytes.split_at_checked(reference / 2) else {
+        return false;
+    };
+    *bytes = rest;
+    text == expected.as_bytes()
+}
+
+impl PackedLabels {
+    /// Packs `labels`, numbering their names and values in the process's [`Symbols`].
+    pub fn new(labels: LabelsView<'_>) -> PackedLabels {
+        let mut out = Vec::with_capacity(4 * labels.len() + 2);
+        put_varint(&mut out, labels.len());
+        let mut numberer = Symbols::process().numberer();
+        for (name, value) in labels.iter() {
+            let (name_id, value_id) = numberer.number_label(name, value);
+            put_text(&mut out, name, name_id);
+            put_text(&mut out, value, value_id);
+        }
+        drop(numberer);
         PackedLabels(out.into())
     }
 
@@ -66,26 +113,13 @@ impl PackedLabels {
 
     /// The pairs, in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + Clone {
-        let mut lengths: &[u8] = &self.0;
-        let mut remaining = take_varint(&mut lengths).unwrap_or(0);
-        let mut text = lengths;
-        for _ in 0..2 * remaining {
-            if take_varint(&mut text).is_none() {
-                remaining = 0;
-            }
-        }
+        let mut rest: &[u8] = &self.0;
+        let mut remaining = take_varint(&mut rest).unwrap_or(0);
         std::iter::from_fn(move || {
             remaining = remaining.checked_sub(1)?;
-            let name_len = take_varint(&mut lengths)?;
-            let value_len = take_varint(&mut lengths)?;
-            let name = text.get(..name_len)?;
-            let value = text.get(name_len..name_len.checked_add(value_len)?)?;
-            text = &text[name_len + value_len..];
-            // Packed from `str`s: always UTF-8.
-            Some((
-                std::str::from_utf8(name).unwrap_or_default(),
-                std::str::from_utf8(value).unwrap_or_default(),
-            ))
+            let name = take_text(&mut rest)?;
+            let value = take_text(&mut rest)?;
+            Some((name, value))
         })
     }
 
@@ -94,23 +128,21 @@ impl PackedLabels {
         self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
     }
 
-    /// Whether these are exactly `labels`: the same lengths, then the same text.
+    /// Whether these are exactly `labels`: the same count, then each name and value the same.
     pub fn matches(&self, labels: LabelsView<'_>) -> bool {
         let mut rest: &[u8] = &self.0;
         if take_varint(&mut rest) != Some(labels.len()) {
             return false;
         }
-        let mut previous_end = 0usize;
-        for &(name_end, value_end) in labels.ends() {
-            let (name_end, value_end) = (name_end as usize, value_end as usize);
-            if take_varint(&mut rest) != Some(name_end.wrapping_sub(previous_end))
-                || take_varint(&mut rest) != Some(value_end.wrapping_sub(name_end))
+        let symbols = Symbols::process();
+        for (name, value) in labels.iter() {
+            if !take_text_equal(&mut rest, name, symbols)
+                || !take_text_equal(&mut rest, value, symbols)
             {
                 return false;
             }
-            previous_end = value_end;
         }
-        rest == labels.text().as_bytes()
+        rest.is_empty()
     }
 
     /// The labels as a [`Labels`] again.
