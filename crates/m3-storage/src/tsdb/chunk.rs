@@ -262,7 +262,6 @@ fn exact_int(bits: u64) -> Option<i64> {
 pub struct Chunk {
     bits: BitWriter,
     count: u32,
-    first_time: i64,
     last_time: i64,
     last_delta: i64,
     last_value: u64,
@@ -277,7 +276,7 @@ impl fmt::Debug for Chunk {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Chunk")
             .field("samples", &self.count)
-            .field("first_time", &self.first_time)
+            .field("first_time", &self.first_time())
             .field("last_time", &self.last_time)
             .field("bytes", &self.bits.encoded().len())
             .finish()
@@ -306,7 +305,6 @@ impl Chunk {
         Chunk {
             bits: BitWriter::default(),
             count: 0,
-            first_time: 0,
             last_time: 0,
             last_delta: 0,
             last_value: 0,
@@ -328,7 +326,12 @@ impl Chunk {
 
     /// The first sample's time (ms); meaningless when empty.
     pub fn first_time(&self) -> i64 {
-        self.first_time
+        // The first sample's time is the chunk's first 64 bits, stored with it rather than
+        // in every open chunk of a head.
+        self.bits
+            .bytes
+            .first_chunk::<8>()
+            .map_or(0, |bytes| i64::from_be_bytes(*bytes))
     }
 
     /// The last sample's time (ms); meaningless when empty.
@@ -366,7 +369,6 @@ impl Chunk {
         if self.count == 0 {
             self.bits.push_bits(time as u64, 64);
             self.bits.push_bits(bits, 64);
-            self.first_time = time;
             self.last_time = time;
             self.last_value = bits;
             self.count = 1;
@@ -541,7 +543,7 @@ impl Chunk {
         SealedChunk {
             bytes: self.bits.encoded().into(),
             count: self.count,
-            first_time: self.first_time,
+            first_time: self.first_time(),
             last_time: self.last_time,
         }
     }

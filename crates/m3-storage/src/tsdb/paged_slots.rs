@@ -5,17 +5,21 @@
 //! In one `Vec` those slots cost up to twice what they hold (the vector doubles: at 100,000
 //! series of 152 bytes, 5 MB of the 20 MB is spare room), and each doubling briefly holds
 //! the old and the new vector at once, a jump in RSS of one and a half times the slots. Pages
-//! of [`PAGE_SLOTS`] slots grow one page at a time and never move, so the spare room is at
+//! of [`PagedSlots::PAGE_SLOTS`] slots grow one page at a time and never move, so the spare room is at
 //! most one page and growth copies nothing:
 //!
 //! ```text
-//! pages: [page 0: slots 0..1024] [page 1: 1024..2048] … [last page: filled up to len]
+//! pages: [page 0: slots 0..n] [page 1: n..2n] … [last page: filled up to len]
 //! ```
 //!
-//! Finding slot `i` is a shift and a mask, and the page table is small enough to stay in cache.
+//! A page holds as many slots as fit in [`PAGE_BYTES`], one of the allocator's size classes,
+//! so no page is rounded up to a larger allocation whatever the slot's size. Finding slot `i`
+//! is a division by that constant (a multiply and a shift), and the page table is small
+//! enough to stay in cache.
 
-/// Slots per page; a power of two.
-pub const PAGE_SLOTS: usize = 1024;
+/// Bytes per page: 128 KiB, a size class of the allocator (jemalloc's and glibc's alike take
+/// it as asked), 1024 slots of the head's 128-byte series.
+pub const PAGE_BYTES: usize = 128 << 10;
 
 /// Slots `0..len`, each empty or holding a `T`. See the [module docs](self).
 #[derive(Debug)]
@@ -34,6 +38,16 @@ impl<T> Default for PagedSlots<T> {
 }
 
 impl<T> PagedSlots<T> {
+    /// Slots per page: as many as fit in [`PAGE_BYTES`].
+    pub const PAGE_SLOTS: usize = {
+        let slot = std::mem::size_of::<Option<T>>();
+        if slot == 0 || slot >= PAGE_BYTES {
+            1
+        } else {
+            PAGE_BYTES / slot
+        }
+    };
+
     /// The number of slots, empty or not.
     pub fn len(&self) -> usize {
         self.len
@@ -50,8 +64,8 @@ impl<T> PagedSlots<T> {
             return None;
         }
         self.pages
-            .get(index / PAGE_SLOTS)
-            .and_then(|page| page.get(index % PAGE_SLOTS))
+            .get(index / Self::PAGE_SLOTS)
+            .and_then(|page| page.get(index % Self::PAGE_SLOTS))
     }
 
     /// Slot `index`, when `index < len`.
@@ -60,18 +74,21 @@ impl<T> PagedSlots<T> {
             return None;
         }
         self.pages
-            .get_mut(index / PAGE_SLOTS)
-            .and_then(|page| page.get_mut(index % PAGE_SLOTS))
+            .get_mut(index / Self::PAGE_SLOTS)
+            .and_then(|page| page.get_mut(index % Self::PAGE_SLOTS))
     }
 
     /// Slot `index`, adding empty slots up to it first.
     pub fn slot_mut(&mut self, index: usize) -> &mut Option<T> {
-        while self.pages.len() * PAGE_SLOTS <= index {
-            self.pages
-                .push(std::iter::repeat_with(|| None).take(PAGE_SLOTS).collect());
+        while self.pages.len() * Self::PAGE_SLOTS <= index {
+            self.pages.push(
+                std::iter::repeat_with(|| None)
+                    .take(Self::PAGE_SLOTS)
+                    .collect(),
+            );
         }
         self.len = self.len.max(index + 1);
-        &mut self.pages[index / PAGE_SLOTS][index % PAGE_SLOTS]
+        &mut self.pages[index / Self::PAGE_SLOTS][index % Self::PAGE_SLOTS]
     }
 
     /// The slots in order.
@@ -92,7 +109,7 @@ impl<T> PagedSlots<T> {
 
     /// Heap bytes of the pages (the slots themselves, not what their values point to).
     pub fn allocation_size(&self) -> usize {
-        self.pages.len() * PAGE_SLOTS * std::mem::size_of::<Option<T>>()
+        self.pages.len() * Self::PAGE_SLOTS * std::mem::size_of::<Option<T>>()
             + self.pages.capacity() * std::mem::size_of::<Box<[Option<T>]>>()
     }
 }
@@ -103,7 +120,7 @@ impl<T> std::ops::Index<usize> for PagedSlots<T> {
     /// Slot `index`; panics past `len`, as a slice does.
     fn index(&self, index: usize) -> &Option<T> {
         assert!(index < self.len, "slot {index} of {}", self.len);
-        &self.pages[index / PAGE_SLOTS][index % PAGE_SLOTS]
+        &self.pages[index / Self::PAGE_SLOTS][index % Self::PAGE_SLOTS]
     }
 }
 
@@ -113,6 +130,7 @@ mod tests {
 
     #[test]
     fn slots_read_back_across_pages_and_stop_at_len() {
+        const PAGE_SLOTS: usize = PagedSlots::<usize>::PAGE_SLOTS;
         let mut slots = PagedSlots::default();
         assert!(slots.is_empty());
         assert_eq!(slots.get(0), None);
@@ -138,5 +156,24 @@ mod tests {
             slots.allocation_size() / PAGE_SLOTS,
             2 * std::mem::size_of::<Option<usize>>()
         );
+    }
+
+    #[test]
+    fn a_page_fills_its_size_class_whatever_the_slot_size() {
+        // A box gives `Option` a niche, so these slots are exactly 128 and 120 bytes.
+        assert_eq!(PagedSlots::<(Box<u8>, [u8; 120])>::PAGE_SLOTS, 1024);
+        assert_eq!(PagedSlots::<(Box<u8>, [u8; 112])>::PAGE_SLOTS, 1092);
+        assert!(PagedSlots::<[u8; 120]>::PAGE_SLOTS * 121 <= PAGE_BYTES);
+        let mut slots: PagedSlots<[u8; 120]> = PagedSlots::default();
+        let page = PagedSlots::<[u8; 120]>::PAGE_SLOTS;
+        for i in [0, page - 1, page, 3 * page + 5] {
+            *slots.slot_mut(i) = Some([i as u8; 120]);
+        }
+        for i in [0, page - 1, page, 3 * page + 5] {
+            assert_eq!(slots[i], Some([i as u8; 120]));
+        }
+        assert_eq!(slots.get(1), Some(&None));
+        assert_eq!(slots.iter().flatten().count(), 4);
+        assert!(slots.allocation_size() <= 4 * PAGE_BYTES + 4 * 16);
     }
 }
