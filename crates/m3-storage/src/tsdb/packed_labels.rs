@@ -55,35 +55,41 @@ fn put_text(out: &mut Vec<u8>, text: &str, id: Option<SymbolId>) {
     }
 }
 
-/// Reads one name or value off the front of `bytes`: a symbol's text, or the text that follows.
-fn take_text<'a>(bytes: &mut &'a [u8]) -> Option<&'a str> {
+/// One name or value as packed: its number, or its text.
+enum Part<'a> {
+    Numbered(SymbolId),
+    Inline(&'a [u8]),
+}
+
+/// Reads one name or value off the front of `bytes`.
+#[inline]
+fn take_part<'a>(bytes: &mut &'a [u8]) -> Option<Part<'a>> {
     let reference = take_varint(bytes)?;
     if reference % 2 == 0 {
-        return Symbols::process().text(SymbolId::try_from(reference / 2).ok()?);
+        return SymbolId::try_from(reference / 2).ok().map(Part::Numbered);
     }
     let (text, rest) = bytes.split_at_checked(reference / 2)?;
     *bytes = rest;
-    // Packed from `str`s: always UTF-8.
-    std::str::from_utf8(text).ok()
+    Some(Part::Inline(text))
 }
 
-/// Reads one name or value off the front of `bytes`, and whether it is `expected`: a number
-/// is compared with the symbol's text, inline text byte by byte, without checking it is UTF-8.
-fn take_text_equal(bytes: &mut &[u8], expected: &str, symbols: &Symbols) -> bool {
-    let Some(reference) = take_varint(bytes) else {
-        return false;
-    };
-    if reference % 2 == 0 {
-        return SymbolId::try_from(reference / 2)
-            .ok()
-            .and_then(|id| symbols.text(id))
-            == Some(expected);
+/// Reads one name or value off the front of `bytes` as text.
+fn take_text<'a>(bytes: &mut &'a [u8]) -> Option<&'a str> {
+    match take_part(bytes)? {
+        Part::Numbered(id) => Symbols::process().text(id),
+        // Packed from `str`s: always UTF-8.
+        Part::Inline(text) => std::str::from_utf8(text).ok(),
     }
-    let Some((text, rest)) = bytes.split_at_checked(reference / 2) else {
-        return false;
-    };
-    *bytes = rest;
-    text == expected.as_bytes()
+}
+
+/// Reads one name or value off the front of `bytes`, and whether it is `expected`: inline
+/// text is compared byte by byte, without checking it is UTF-8.
+fn take_text_equal(bytes: &mut &[u8], expected: &str, symbols: &Symbols) -> bool {
+    match take_part(bytes) {
+        Some(Part::Numbered(id)) => symbols.text(id) == Some(expected),
+        Some(Part::Inline(text)) => text == expected.as_bytes(),
+        None => false,
+    }
 }
 
 impl PackedLabels {

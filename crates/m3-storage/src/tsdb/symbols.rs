@@ -4,8 +4,9 @@
 //!
 //! Most of a label set's text is shared with many other series: every series has `__name__`,
 //! `instance` and `job`, and `job`, `namespace`, `region` or `env` take a handful of values.
-//! Packed as text, ten labels took some 230 bytes per series; as numbers, some 30. The text of
-//! each name and value is then held once, here.
+//! Packed as text, ten labels took some 230 bytes per series; with their names and shared
+//! values as numbers, the text of the values that tell the series apart (a pod, an instance)
+//! and a byte or two for each of the rest. The text of each numbered string is held once, here.
 //!
 //! The table only grows. A string, once numbered, keeps its number and its text for the life
 //! of the process, so a reader turns a number into text with two atomic loads: no lock, no
