@@ -314,6 +314,20 @@ impl<'a> LabelsView<'a> {
         None
     }
 
+    /// The pairs as bytes, sorted by name: what a compare reads, without the char-boundary
+    /// checks that slicing the text as `str` makes.
+    pub(crate) fn byte_pairs(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + use<'a> {
+        let text = self.text.as_bytes();
+        let mut start = 0usize;
+        self.ends.iter().map(move |&(name_end, value_end)| {
+            let (name_end, value_end) = (name_end as usize, value_end as usize);
+            let name = text.get(start..name_end).unwrap_or_default();
+            let value = text.get(name_end..value_end).unwrap_or_default();
+            start = value_end;
+            (name, value)
+        })
+    }
+
     /// The value of `__name__`, if present.
     pub fn metric_name(&self) -> Option<&'a str> {
         self.get(METRIC_NAME_LABEL)

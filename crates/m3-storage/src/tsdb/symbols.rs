@@ -44,6 +44,9 @@ pub const MAX_VALUES_PER_NAME: u32 = 4096;
 
 /// Numbers per page; a power of two.
 const PAGE_SLOTS: usize = 4096;
+/// Pages of a table: room for [`MAX_SYMBOLS`], held in the table itself so that reading a
+/// number does not first load where the pages are.
+const PAGES: usize = MAX_SYMBOLS / PAGE_SLOTS;
 
 /// A string's number in the table.
 pub type SymbolId = u32;
@@ -54,7 +57,7 @@ type Page = Box<[OnceLock<Box<str>>]>;
 pub struct Symbols {
     hasher: hashbrown::DefaultHashBuilder,
     /// Page `p` holds numbers `p * PAGE_SLOTS ..`; created when its first number is given.
-    pages: Box<[OnceLock<Page>]>,
+    pages: [OnceLock<Page>; PAGES],
     max_symbols: usize,
     max_text_bytes: usize,
     index: Mutex<Index>,
@@ -88,14 +91,13 @@ impl Symbols {
         &PROCESS_SYMBOLS
     }
 
-    /// An empty table of at most `max_symbols` strings and `max_text_bytes` of text.
+    /// An empty table of at most `max_symbols` (up to [`MAX_SYMBOLS`]) strings and
+    /// `max_text_bytes` of text.
     pub fn with_limits(max_symbols: usize, max_text_bytes: usize) -> Symbols {
-        let max_symbols = max_symbols.min(SymbolId::MAX as usize);
+        let max_symbols = max_symbols.min(MAX_SYMBOLS);
         Symbols {
             hasher: hashbrown::DefaultHashBuilder::default(),
-            pages: (0..max_symbols.div_ceil(PAGE_SLOTS))
-                .map(|_| OnceLock::new())
-                .collect(),
+            pages: std::array::from_fn(|_| OnceLock::new()),
             max_symbols,
             max_text_bytes,
             index: Mutex::new(Index {
