@@ -305,7 +305,7 @@ impl Chunk {
         Chunk {
             bits: BitWriter::default(),
             count: 0,
-            last_time: 0,
+            last_time: i64::MIN,
             last_delta: 0,
             last_value: 0,
             last_int_delta: 0,
@@ -334,9 +334,30 @@ impl Chunk {
             .map_or(0, |bytes| i64::from_be_bytes(*bytes))
     }
 
-    /// The last sample's time (ms); meaningless when empty.
+    /// The last sample's time (ms). An empty chunk answers with the time of the last sample
+    /// [`take`](Chunk::take)n or [`clear`](Chunk::clear)ed out of it, or with `i64::MIN` when
+    /// none was: a head's open chunk so keeps its series' newest time once a block took its
+    /// samples, with no field for it in every series.
     pub fn last_time(&self) -> i64 {
         self.last_time
+    }
+
+    /// An empty chunk whose [`last_time`](Chunk::last_time) is `time`.
+    pub fn empty_after(time: i64) -> Chunk {
+        Chunk {
+            last_time: time,
+            ..Chunk::new()
+        }
+    }
+
+    /// Takes the samples out, leaving an empty chunk that keeps the last one's time.
+    pub fn take(&mut self) -> Chunk {
+        std::mem::replace(self, Chunk::empty_after(self.last_time))
+    }
+
+    /// Drops the samples, keeping the last one's time.
+    pub fn clear(&mut self) {
+        *self = Chunk::empty_after(self.last_time);
     }
 
     /// Bytes the encoded samples take.

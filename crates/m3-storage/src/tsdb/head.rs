@@ -209,8 +209,6 @@ struct MemSeries {
     /// any and an empty `Vec` would take 24 bytes in every one.
     #[allow(clippy::box_collection)] // 8 bytes in every series instead of a `Vec`'s 24
     out_of_order: Option<Box<Vec<(i64, f64)>>>,
-    /// The newest time of the series.
-    max_time: i64,
 }
 
 impl MemSeries {
@@ -220,8 +218,14 @@ impl MemSeries {
             closed: ClosedChunks::default(),
             open: Chunk::new(),
             out_of_order: None,
-            max_time: i64::MIN,
         }
+    }
+
+    /// The newest time the series was given (`i64::MIN`: none): the open chunk's last, as the
+    /// open chunk holds the newest sample while it holds any, and keeps its time once the
+    /// samples were cut off into a block ([`Chunk::last_time`]).
+    fn max_time(&self) -> i64 {
+        self.open.last_time()
     }
 
     fn is_empty(&self) -> bool {
@@ -254,9 +258,10 @@ impl MemSeries {
     ) -> bool {
         // The newest time is kept when chunks are cut off into a block, so the out-of-order
         // window still counts from it.
-        if self.max_time == i64::MIN || time > self.max_time {
+        let max_time = self.max_time();
+        if max_time == i64::MIN || time > max_time {
             if self.open.len() >= CHUNK_SAMPLES {
-                let full = std::mem::take(&mut self.open);
+                let full = self.open.take();
                 // The next chunk likely encodes to about as many bytes: it starts with a
                 // quarter of them and grows by half, so an open chunk holds some 60% of a full
                 // one's bytes on average rather than all of them from its first sample.
@@ -265,12 +270,11 @@ impl MemSeries {
             }
             // Cannot fail: time is after everything in the open chunk.
             if self.open.push(time, value).is_ok() {
-                self.max_time = time;
                 summary.appended += 1;
             }
             return true;
         }
-        if time < self.max_time.saturating_sub(window) {
+        if time < max_time.saturating_sub(window) {
             summary.too_old += 1;
             return false;
         }
@@ -380,6 +384,7 @@ impl MemSeries {
 
     /// Re-encodes the chunks with the out-of-order samples merged in.
     fn fold_out_of_order(&mut self, store: &mut ClosedChunkStore) {
+        let newest = self.max_time();
         let mut all = Vec::new();
         self.samples_in(i64::MIN, i64::MAX, store, &mut all);
         self.closed = ClosedChunks::default();
@@ -387,11 +392,17 @@ impl MemSeries {
         self.out_of_order = None;
         for (time, value) in all {
             if self.open.len() >= CHUNK_SAMPLES {
-                let full = std::mem::take(&mut self.open);
+                let full = self.open.take();
                 self.close(full, store);
             }
             // Sorted and one per time: cannot fail.
             let _ = self.open.push(time, value);
+        }
+        if self.open.last_time() < newest {
+            // The newest sample went into a block before these arrived: its time still
+            // bounds the out-of-order window, so the open chunk starts empty after it.
+            let rebuilt = std::mem::replace(&mut self.open, Chunk::empty_after(newest));
+            self.close(rebuilt, store);
         }
     }
 
@@ -887,7 +898,7 @@ impl Head {
                 && !series.open.is_empty()
                 && series.open.last_time() < cutoff
             {
-                taken.push(std::mem::take(&mut series.open).seal());
+                taken.push(series.open.take().seal());
             }
             if !taken.is_empty() {
                 cut.push((series.labels.unpack(), taken));
@@ -936,7 +947,7 @@ impl Head {
             }
             if !series.open.is_empty() && series.open.last_time() < cutoff {
                 samples += series.open.len();
-                series.open = Chunk::new();
+                series.open.clear();
             }
             // A buffered sample before the cutoff still shadows a sample of a kept chunk (a
             // replaced value): it goes only when no kept chunk reaches back to it.
@@ -1085,9 +1096,9 @@ mod tests {
     /// Every series costs its slot in every head that has it: what its fields add up to is
     /// the head's memory per series before any sample.
     #[test]
-    fn a_series_slot_takes_at_most_120_bytes() {
+    fn a_series_slot_takes_at_most_112_bytes() {
         let size = std::mem::size_of::<Option<MemSeries>>();
-        assert!(size <= 120, "{size} bytes");
+        assert!(size <= 112, "{size} bytes");
     }
 
     fn labels(job: &str, instance: &str) -> Labels {
@@ -1265,8 +1276,8 @@ mod tests {
     /// What every series costs in memory: a field added shows here first. (What a closed
     /// chunk costs is pinned in `closed_chunks`.)
     #[test]
-    fn a_series_costs_120_bytes() {
-        assert_eq!(std::mem::size_of::<Option<MemSeries>>(), 120);
+    fn a_series_costs_112_bytes() {
+        assert_eq!(std::mem::size_of::<Option<MemSeries>>(), 112);
         assert_eq!(std::mem::size_of::<SealedChunk>(), 40);
     }
 
@@ -1336,6 +1347,35 @@ mod tests {
             all(&head, r),
             vec![(1_000, 1.0), (2_000, 20.0), (2_500, 2.5), (3_000, 3.0)]
         );
+    }
+
+    /// A block takes a series' samples, not its newest time: the out-of-order window still
+    /// counts from it, also once enough late samples arrived to be folded into chunks.
+    #[test]
+    fn the_window_counts_from_the_newest_time_after_a_cut_and_a_fold() {
+        let mut head = head();
+        let a = labels("api", "1");
+        let newest = 100_000;
+        head.append(&[(&a, newest - 10, 1.0), (&a, newest, 2.0)]);
+        let cut = head.cut_before(newest + 1);
+        assert_eq!(cut.len(), 1, "the block took the series' chunk");
+        let r = head.find(a.view()).unwrap();
+        assert_eq!(head.series[r as usize].as_ref().unwrap().max_time(), newest);
+
+        let late: Vec<(&Labels, i64, f64)> = (0..OUT_OF_ORDER_FOLD as i64)
+            .map(|i| (&a, newest - WINDOW + 1 + i, 3.0))
+            .collect();
+        let summary = head.append(&late);
+        assert_eq!((summary.appended, summary.too_old), (late.len(), 0));
+        let series = head.series[r as usize].as_ref().unwrap();
+        assert!(series.buffered().is_empty(), "the late samples were folded");
+        assert_eq!(series.max_time(), newest);
+
+        let summary = head.append(&[(&a, newest - WINDOW - 1, 4.0), (&a, newest + 5, 5.0)]);
+        assert_eq!((summary.appended, summary.too_old), (1, 1));
+        let held = all(&head, r);
+        assert_eq!(held.len(), late.len() + 1);
+        assert_eq!(held.last(), Some(&(newest + 5, 5.0)));
     }
 
     #[test]
