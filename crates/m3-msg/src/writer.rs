@@ -51,7 +51,7 @@ const NEW_BATCH: usize = 1024;
 const ACK_CHANNEL: usize = 1024;
 /// Schedule entries kept room for however few are pending. A flush of every series' windows
 /// puts one entry per message in the schedule at once (2^18 entries, 8 MiB, at 200,000
-/// messages); the room goes back once the burst has been acked and its entries popped.
+/// messages); the room goes back once the burst has been acked and its entries dropped.
 const SCHEDULE_KEPT_ENTRIES: usize = 4096;
 
 /// The producer's handle to a running writer.
@@ -90,6 +90,7 @@ impl WriterHandle {
             replicas: vec![Vec::new(); n as usize],
             queues: HashMap::new(),
             schedule: BinaryHeap::new(),
+            purge_at: SCHEDULE_KEPT_ENTRIES,
             next_id: 0,
             rotate: 0,
         };
@@ -153,6 +154,9 @@ struct Writer {
     queues: HashMap<u64, BTreeMap<u64, Pending>>,
     /// (due, ack key, id); entries whose due no longer matches are stale and skipped.
     schedule: BinaryHeap<Reverse<(Instant, u64, u64)>>,
+    /// The schedule's length at which its stale entries are next dropped
+    /// ([`drop_stale_entries`]).
+    purge_at: usize,
     next_id: u64,
     rotate: usize,
 }
@@ -392,6 +396,14 @@ impl Writer {
                 p.msg.dec_ref();
             }
         }
+        let queues = &self.queues;
+        drop_stale_entries(&mut self.schedule, &mut self.purge_at, |entry| {
+            let Reverse((due, key, id)) = entry;
+            queues
+                .get(key)
+                .and_then(|q| q.get(id))
+                .is_some_and(|p| p.due == *due)
+        });
     }
 
     /// Applies a new instance list: connections, shard owners, replica slots, and early
@@ -592,9 +604,72 @@ fn release_spare_room<T: Ord>(schedule: &mut BinaryHeap<T>) {
     }
 }
 
+/// Drops the schedule's stale entries (copies acked, or scheduled again since) once it has
+/// grown to `purge_at`, then sets `purge_at` to twice what is left.
+///
+/// A sent copy's entry stays in the schedule until its retry is due, seconds later, even when
+/// its ack came back at once. An aggregator's flush sends a message per series every
+/// resolution, so without this the schedule held an entry for every message of the last few
+/// seconds, nearly all acked: 8 MiB at 100,000 series. Each purge reads every entry, and the
+/// next waits until the schedule has doubled, so an entry is read a bounded number of times
+/// on average.
+fn drop_stale_entries<T: Ord>(
+    schedule: &mut BinaryHeap<T>,
+    purge_at: &mut usize,
+    is_current: impl FnMut(&T) -> bool,
+) {
+    if schedule.len() < *purge_at {
+        return;
+    }
+    schedule.retain(is_current);
+    release_spare_room(schedule);
+    *purge_at = (schedule.len() * 2).max(SCHEDULE_KEPT_ENTRIES);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn acked_entries_leave_the_schedule_once_they_are_half_of_it() {
+        let mut schedule: BinaryHeap<Reverse<(u64, u64, u64)>> = BinaryHeap::new();
+        let mut purge_at = SCHEDULE_KEPT_ENTRIES;
+        // Every tenth copy is still pending; the others were acked.
+        let pending = |entry: &Reverse<(u64, u64, u64)>| entry.0.2 % 10 == 0;
+        for id in 0..(SCHEDULE_KEPT_ENTRIES as u64 - 1) {
+            schedule.push(Reverse((id, 0, id)));
+        }
+        drop_stale_entries(&mut schedule, &mut purge_at, pending);
+        assert_eq!(
+            schedule.len(),
+            SCHEDULE_KEPT_ENTRIES - 1,
+            "below the purge length nothing is read"
+        );
+
+        for id in (SCHEDULE_KEPT_ENTRIES as u64 - 1)..200_000 {
+            schedule.push(Reverse((id, 0, id)));
+            drop_stale_entries(&mut schedule, &mut purge_at, pending);
+        }
+        let mut left: Vec<u64> = schedule.iter().map(|e| e.0.2).collect();
+        left.sort_unstable();
+        assert!(
+            left.iter()
+                .all(|id| id % 10 == 0 || *id >= 200_000 - purge_at as u64),
+            "acked entries older than the last purge were dropped"
+        );
+        assert!(
+            schedule.len() < 2 * 20_000 + SCHEDULE_KEPT_ENTRIES,
+            "the schedule holds about the pending copies, not every copy sent: {}",
+            schedule.len()
+        );
+        assert!(
+            (0..200_000)
+                .step_by(10)
+                .all(|id| left.binary_search(&id).is_ok()),
+            "every pending copy keeps its entry"
+        );
+        assert_eq!(schedule.peek(), Some(&Reverse((0, 0, 0))));
+    }
 
     #[test]
     fn a_drained_burst_gives_its_schedule_room_back() {
