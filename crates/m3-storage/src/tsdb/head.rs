@@ -402,7 +402,9 @@ impl MemSeries {
             // The newest sample went into a block before these arrived: its time still
             // bounds the out-of-order window, so the open chunk starts empty after it.
             let rebuilt = std::mem::replace(&mut self.open, Chunk::empty_after(newest));
-            self.close(rebuilt, store);
+            if !rebuilt.is_empty() {
+                self.close(rebuilt, store);
+            }
         }
     }
 
