@@ -635,7 +635,7 @@ mod tests {
         let mut schedule: BinaryHeap<Reverse<(u64, u64, u64)>> = BinaryHeap::new();
         let mut purge_at = SCHEDULE_KEPT_ENTRIES;
         // Every tenth copy is still pending; the others were acked.
-        let pending = |entry: &Reverse<(u64, u64, u64)>| entry.0.2 % 10 == 0;
+        let pending = |entry: &Reverse<(u64, u64, u64)>| entry.0.2.is_multiple_of(10);
         for id in 0..(SCHEDULE_KEPT_ENTRIES as u64 - 1) {
             schedule.push(Reverse((id, 0, id)));
         }
@@ -654,7 +654,7 @@ mod tests {
         left.sort_unstable();
         assert!(
             left.iter()
-                .all(|id| id % 10 == 0 || *id >= 200_000 - purge_at as u64),
+                .all(|id| id.is_multiple_of(10) || *id >= 200_000 - purge_at as u64),
             "acked entries older than the last purge were dropped"
         );
         assert!(
