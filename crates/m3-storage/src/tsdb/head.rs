@@ -2,8 +2,10 @@
 //!
 //! Series are found by a hash of their label set (collisions are checked against the labels
 //! the series holds, packed into one allocation: [`PackedLabels`]), and by an inverted index (label name →
-//! value → the series carrying it, ascending) that answers `=` matchers without looking at
-//! other series. Each series holds its samples in [`Chunk`]s of up to [`CHUNK_SAMPLES`]:
+//! value → the label sets carrying it) that answers `=` matchers without looking at other
+//! series. The labels and the index are the store's, shared by its heads ([`LabelSets`]): the
+//! index gives label set numbers, which the head maps to its own series. Each series holds its
+//! samples in [`Chunk`]s of up to [`CHUNK_SAMPLES`]:
 //!
 //! ```text
 //! series: labels | closed chunks … | open chunk (appends) | out of order: sorted, small
@@ -28,7 +30,6 @@
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use hashbrown::HashMap;
 use m3_hash_index::{HashIndex, PREFETCH_AHEAD};
 
 use crate::labels::{Labels, LabelsView};
@@ -36,10 +37,9 @@ use crate::matcher::Matcher;
 use crate::tsdb::chunk::{Chunk, ChunkIter, SealedChunk};
 use crate::tsdb::chunk_files::{ChunkFiles, ChunkLocation};
 use crate::tsdb::closed_chunks::{ClosedChunk, ClosedChunks, Place};
-use crate::tsdb::label_sets::LabelSets;
+use crate::tsdb::label_sets::{LabelSets, SetId};
 use crate::tsdb::packed_labels::PackedLabels;
 use crate::tsdb::paged_slots::PagedSlots;
-use crate::tsdb::postings::PostingList;
 
 /// Samples per chunk before a new one starts (Prometheus's figure: two hours of a 60 s scrape,
 /// half an hour of a 15 s one).
@@ -50,6 +50,9 @@ pub const OUT_OF_ORDER_FOLD: usize = 32;
 /// A series' number within its head: the slot it lives in. A removed series' number is given
 /// to a later one.
 pub type SeriesRef = u32;
+
+/// In [`Head`]'s map from label sets to series: the head holds no series with that set.
+const NOT_HERE: SeriesRef = SeriesRef::MAX;
 
 /// A series as a reader found it: its reference and the labels it had then. A read through it
 /// made after the head's lock was let go reads that series or nothing, never the series a
@@ -65,8 +68,9 @@ pub struct HeadSeries {
 pub struct HeadOptions {
     /// How far behind a series' newest sample a sample is still taken (ms).
     pub out_of_order_window: i64,
-    /// Where the head's series take their packed labels when other heads may hold the same
-    /// ones (the namespaces of one store); `None` packs each series' labels on its own.
+    /// Where the head's series take their packed labels and postings when other heads may
+    /// hold the same ones (the namespaces of one store); `None` gives the head a table of its
+    /// own.
     pub label_sets: Option<LabelSets>,
 }
 
@@ -475,8 +479,10 @@ pub struct Head {
     /// Empty slots below `series.len()`, the next new series' reference last. An entry whose
     /// slot was filled since (a replayed record naming it) is skipped when taken.
     free: Vec<SeriesRef>,
-    /// Label name → value → series, ascending.
-    postings: HashMap<Box<str>, HashMap<Box<str>, PostingList>>,
+    /// The series' labels and the postings over them, shared with the store's other heads.
+    label_sets: LabelSets,
+    /// Label set number → the series holding it here ([`NOT_HERE`]: none).
+    series_of_set: Vec<SeriesRef>,
     live: usize,
     /// Where closed chunks go.
     closed_chunks: ClosedChunkStore,
@@ -486,12 +492,13 @@ impl Head {
     /// An empty head keeping closed chunks in memory.
     pub fn new(options: HeadOptions) -> Head {
         Head {
+            label_sets: options.label_sets.clone().unwrap_or_default(),
             options,
             hasher: hashbrown::DefaultHashBuilder::default(),
             by_hash: HashIndex::new(),
             series: PagedSlots::default(),
             free: Vec::new(),
-            postings: HashMap::new(),
+            series_of_set: Vec::new(),
             live: 0,
             closed_chunks: ClosedChunkStore::default(),
         }
@@ -587,11 +594,9 @@ impl Head {
 
     /// Puts `labels` at `reference` (replaying a log that named it so).
     fn insert(&mut self, reference: SeriesRef, labels: LabelsView<'_>) {
-        self.index(reference, labels);
-        let packed = match &self.options.label_sets {
-            Some(sets) => sets.intern(labels),
-            None => PackedLabels::new(labels),
-        };
+        self.by_hash.insert(self.hash(labels), reference);
+        let (packed, set) = self.label_sets.intern(labels);
+        self.set_series_of_set(set, reference);
         let slot = self.series.slot_mut(reference as usize);
         if slot.is_none() {
             self.live += 1;
@@ -599,24 +604,20 @@ impl Head {
         *slot = Some(MemSeries::new(packed));
     }
 
-    /// Adds `reference` to the hash table and the postings of `labels`.
-    fn index(&mut self, reference: SeriesRef, labels: LabelsView<'_>) {
-        let hash = self.hash(labels);
-        for (name, value) in labels.iter() {
-            // Series creation only: the double lookups keep the keys boxed, not `String`s.
-            if !self.postings.contains_key(name) {
-                self.postings.insert(name.into(), HashMap::new());
+    /// Records that label set `set` is series `reference` here ([`NOT_HERE`]: no series).
+    fn set_series_of_set(&mut self, set: SetId, reference: SeriesRef) {
+        let index = set as usize;
+        if index >= self.series_of_set.len() {
+            if reference == NOT_HERE {
+                return;
             }
-            if let Some(values) = self.postings.get_mut(name) {
-                if !values.contains_key(value) {
-                    values.insert(value.into(), PostingList::default());
-                }
-                if let Some(list) = values.get_mut(value) {
-                    list.insert(reference);
-                }
-            }
+            // Numbers are dense: grown by an eighth at a time, not doubled.
+            let len = (index + 1).max(self.series_of_set.len() + self.series_of_set.len() / 8);
+            self.series_of_set
+                .reserve_exact(len - self.series_of_set.len());
+            self.series_of_set.resize(len, NOT_HERE);
         }
-        self.by_hash.insert(hash, reference);
+        self.series_of_set[index] = reference;
     }
 
     /// Re-creates series `reference` with `labels`, as a replayed log record says.
@@ -654,12 +655,16 @@ impl Head {
             return;
         }
         let moved = vec![(reference, series)];
-        self.unindex_postings(&moved);
+        self.unindex_hashes(&moved);
         let Some((_, series)) = moved.into_iter().next() else {
             return;
         };
         let new_reference = SeriesRef::try_from(self.series.len()).unwrap_or(SeriesRef::MAX);
-        self.index(new_reference, series.labels.unpack().view());
+        self.by_hash
+            .insert(self.hash(series.labels.unpack().view()), new_reference);
+        if let Some(set) = self.label_sets.id_of(&series.labels) {
+            self.set_series_of_set(set, new_reference);
+        }
         *self.series.slot_mut(new_reference as usize) = Some(series);
     }
 
@@ -758,34 +763,17 @@ impl Head {
 
     /// The series matching every matcher (all series for none), ascending by reference.
     pub fn matching(&self, matchers: &[Matcher]) -> Vec<SeriesRef> {
-        // Matchers that reject "" need the label: their postings bound the answer.
-        let mut candidates: Option<Vec<SeriesRef>> = None;
-        for matcher in matchers.iter().filter(|m| !m.matches_empty()) {
-            let mut refs: Vec<SeriesRef> = match matcher {
-                Matcher::Equal { name, value } => self
-                    .postings
-                    .get(name.as_str())
-                    .and_then(|values| values.get(value.as_str()))
-                    .map(|list| list.iter().collect())
-                    .unwrap_or_default(),
-                _ => {
-                    let mut refs: Vec<SeriesRef> = self
-                        .postings
-                        .get(matcher.name())
-                        .into_iter()
-                        .flatten()
-                        .filter(|(value, _)| matcher.matches_value(value))
-                        .flat_map(|(_, refs)| refs.iter())
-                        .collect();
-                    refs.sort_unstable();
-                    refs
-                }
-            };
-            if let Some(previous) = candidates {
-                refs.retain(|r| previous.binary_search(r).is_ok());
-            }
-            candidates = Some(refs);
-        }
+        // Matchers that reject "" need the label: their postings bound the answer, as label
+        // sets that this head's series or another head's carry.
+        let candidates = self.label_sets.candidates(matchers).map(|sets| {
+            let mut refs: Vec<SeriesRef> = sets
+                .into_iter()
+                .filter_map(|set| self.series_of_set.get(set as usize).copied())
+                .filter(|&r| r != NOT_HERE)
+                .collect();
+            refs.sort_unstable();
+            refs
+        });
         let candidates = candidates.unwrap_or_else(|| {
             (0..self.series.len() as SeriesRef)
                 .filter(|&r| self.series[r as usize].is_some())
@@ -987,22 +975,23 @@ impl Head {
         }
     }
 
-    /// Takes `removed` (ascending by reference) out of the hash table and the postings: each
-    /// postings list touched is filtered once, however many of its series go. Their labels
-    /// go back to the shared label sets last.
+    /// Takes `removed` out of the hash table, and gives their labels back to the label sets,
+    /// which drop the postings of those no other head holds.
     fn unindex_all(&mut self, removed: Vec<(SeriesRef, MemSeries)>) {
         if removed.is_empty() {
             return;
         }
-        self.unindex_postings(&removed);
+        self.unindex_hashes(&removed);
         self.by_hash.shrink_if_sparse();
-        if let Some(sets) = &self.options.label_sets {
-            sets.release_all(removed.into_iter().map(|(_, series)| series.labels));
+        let sets = self
+            .label_sets
+            .release_all(removed.into_iter().map(|(_, series)| series.labels));
+        for set in sets {
+            self.set_series_of_set(set, NOT_HERE);
         }
     }
 
-    fn unindex_postings(&mut self, removed: &[(SeriesRef, MemSeries)]) {
-        let gone = |r: &SeriesRef| removed.binary_search_by_key(r, |(g, _)| *g).is_ok();
+    fn unindex_hashes(&mut self, removed: &[(SeriesRef, MemSeries)]) {
         for (reference, series) in removed {
             // Removal is rare: the hash is computed again rather than kept in every series.
             let hash = self.hasher.hash_one(series.labels.unpack().view());
@@ -1012,25 +1001,6 @@ impl Head {
                 "series {reference} was indexed under its labels' hash"
             );
         }
-        let mut touched: Vec<(&str, &str)> = removed
-            .iter()
-            .flat_map(|(_, series)| series.labels.iter())
-            .collect();
-        touched.sort_unstable();
-        touched.dedup();
-        for (name, value) in touched {
-            if let Some(values) = self.postings.get_mut(name) {
-                if let Some(list) = values.get_mut(value) {
-                    list.retain(|r| !gone(&r));
-                    if list.is_empty() {
-                        values.remove(value);
-                    }
-                }
-                if values.is_empty() {
-                    self.postings.remove(name);
-                }
-            }
-        }
     }
 
     /// The reference the next new series gets.
@@ -1038,7 +1008,8 @@ impl Head {
         self.series.len()
     }
 
-    /// Heap bytes the head holds, approximately: chunks, labels, buffers and the index.
+    /// Heap bytes the head holds, approximately: chunks, its share of the labels, buffers and
+    /// the hash table (the postings are the label sets': [`LabelSets::heap_bytes`]).
     pub fn heap_bytes(&self) -> usize {
         let series: usize = self
             .series
@@ -1046,23 +1017,8 @@ impl Head {
             .flatten()
             .map(MemSeries::heap_bytes)
             .sum();
-        let postings: usize = self
-            .postings
-            .iter()
-            .map(|(name, values)| {
-                name.len()
-                    + values
-                        .iter()
-                        .map(|(v, refs)| {
-                            v.len()
-                                + std::mem::size_of::<(Box<str>, PostingList)>()
-                                + refs.heap_bytes()
-                        })
-                        .sum::<usize>()
-            })
-            .sum();
         series
-            + postings
+            + self.series_of_set.capacity() * std::mem::size_of::<SeriesRef>()
             + self.closed_chunks.heap_bytes()
             + self.series.allocation_size()
             + self.by_hash.allocation_size()
@@ -1410,6 +1366,44 @@ mod tests {
         assert_eq!(names(&[]).len(), 3);
         assert!(names(&[Matcher::equal("job", "none")]).is_empty());
         assert_eq!(names(&[Matcher::equal("zone", "")]).len(), 3);
+    }
+
+    /// Two heads of one store share the postings: each answers matchers with its own series
+    /// only, a series removed from one is still found in the other, and a new series taking a
+    /// removed one's number is not seen by a head that never held it.
+    #[test]
+    fn heads_sharing_label_sets_answer_with_their_own_series() {
+        let sets = LabelSets::default();
+        let options = HeadOptions {
+            out_of_order_window: WINDOW,
+            label_sets: Some(sets.clone()),
+        };
+        let mut raw = Head::new(options.clone());
+        let mut agg = Head::new(options);
+        let a = labels("api", "1");
+        let b = labels("api", "2");
+        let c = labels("db", "1");
+        raw.append(&[(&a, 10, 1.0), (&b, 10, 1.0)]);
+        agg.append(&[(&c, 10, 1.0), (&b, 500_000, 1.0)]);
+        let jobs = |head: &Head, job: &str| -> Vec<Labels> {
+            head.matching(&[Matcher::equal("job", job)])
+                .into_iter()
+                .map(|r| head.labels(r).unwrap())
+                .collect()
+        };
+        assert_eq!(jobs(&raw, "api"), vec![a.clone(), b.clone()]);
+        assert_eq!(jobs(&agg, "api"), vec![b.clone()]);
+        assert!(jobs(&raw, "db").is_empty());
+        assert_eq!(sets.len(), 3);
+        raw.truncate_before(1_000);
+        assert!(jobs(&raw, "api").is_empty());
+        assert_eq!(jobs(&agg, "api"), vec![b.clone()]);
+        assert_eq!(sets.len(), 2, "b and c are held by the other head");
+        let d = labels("web", "1");
+        raw.append(&[(&d, 2_000, 1.0)]);
+        assert!(jobs(&agg, "web").is_empty());
+        assert_eq!(jobs(&raw, "web"), vec![d]);
+        assert_eq!(agg.matching(&[]).len(), 2);
     }
 
     #[test]

@@ -147,11 +147,6 @@ impl PackedLabels {
         PackedLabels(out.into())
     }
 
-    /// Labels packed before, as [`shared`](Self::shared) gave them.
-    pub(crate) fn from_shared(bytes: Arc<[u8]>) -> PackedLabels {
-        PackedLabels(bytes)
-    }
-
     /// The packed bytes, shared with every clone.
     pub(crate) fn shared(&self) -> &Arc<[u8]> {
         &self.0
