@@ -71,9 +71,32 @@ struct State {
 
 /// One label set: the table's own reference to its bytes (a head holding it is a second).
 struct Entry {
-    hash: u64,
     labels: PackedLabels,
     id: SetId,
+    /// The set's [`TableHash`], kept in 32 bits: 24 bytes an entry instead of 32.
+    hash: u32,
+}
+
+/// The hash the table files a label set under: 32 bits of its 64-bit hash, in both halves of
+/// the `u64` the table takes (its top bits tag the bucket, its low bits pick it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TableHash(u32);
+
+impl TableHash {
+    fn of(hasher: &hashbrown::DefaultHashBuilder, labels: LabelsView<'_>) -> TableHash {
+        let hash = hasher.hash_one(labels);
+        TableHash((hash >> 32) as u32 ^ hash as u32)
+    }
+
+    fn wide(self) -> u64 {
+        (u64::from(self.0) << 32) | u64::from(self.0)
+    }
+}
+
+impl Entry {
+    fn wide_hash(&self) -> u64 {
+        TableHash(self.hash).wide()
+    }
 }
 
 impl Entry {
@@ -104,12 +127,11 @@ impl LabelSets {
     /// The packed form of `labels` and its number: the bytes another head already holds, or
     /// packed, numbered and indexed now.
     pub fn intern(&self, labels: LabelsView<'_>) -> (PackedLabels, SetId) {
-        let hash = self.inner.hasher.hash_one(labels);
+        let hash = TableHash::of(&self.inner.hasher, labels);
         let mut state = self.inner.state.lock();
-        if let Some(found) = state
-            .entries
-            .find(hash, |e| e.hash == hash && e.labels.matches(labels))
-        {
+        if let Some(found) = state.entries.find(hash.wide(), |e| {
+            e.hash == hash.0 && e.labels.matches(labels)
+        }) {
             return (found.labels.clone(), found.id);
         }
         // Packed under the lock (a copy of the labels' bytes), so two heads creating the
@@ -136,22 +158,24 @@ impl LabelSets {
             }
         }
         let entry = Entry {
-            hash,
             labels: packed.clone(),
             id,
+            hash: hash.0,
         };
-        state.entries.insert_unique(hash, entry, |e| e.hash);
+        state
+            .entries
+            .insert_unique(hash.wide(), entry, Entry::wide_hash);
         (packed, id)
     }
 
     /// The number of `labels`, which a head holds (`None`: not from this table).
     pub fn id_of(&self, labels: &PackedLabels) -> Option<SetId> {
-        let hash = self.inner.hasher.hash_one(labels.unpack().view());
+        let hash = TableHash::of(&self.inner.hasher, labels.unpack().view());
         let state = self.inner.state.lock();
         state
             .entries
-            .find(hash, |e| {
-                e.hash == hash && Arc::ptr_eq(e.labels.shared(), labels.shared())
+            .find(hash.wide(), |e| {
+                e.hash == hash.0 && Arc::ptr_eq(e.labels.shared(), labels.shared())
             })
             .map(|e| e.id)
     }
@@ -161,16 +185,21 @@ impl LabelSets {
     /// for all of them.
     pub fn release_all(&self, released: impl IntoIterator<Item = PackedLabels>) -> Vec<SetId> {
         // The hashes first, outside the lock (a removal unpacks the labels to hash them).
-        let released: Vec<(u64, PackedLabels)> = released
+        let released: Vec<(TableHash, PackedLabels)> = released
             .into_iter()
-            .map(|labels| (self.inner.hasher.hash_one(labels.unpack().view()), labels))
+            .map(|labels| {
+                (
+                    TableHash::of(&self.inner.hasher, labels.unpack().view()),
+                    labels,
+                )
+            })
             .collect();
         let mut ids = Vec::with_capacity(released.len());
         let mut gone: Vec<Entry> = Vec::new();
         let mut state = self.inner.state.lock();
         for (hash, labels) in released {
-            let Ok(entry) = state.entries.find_entry(hash, |e| {
-                e.hash == hash && Arc::ptr_eq(e.labels.shared(), labels.shared())
+            let Ok(entry) = state.entries.find_entry(hash.wide(), |e| {
+                e.hash == hash.0 && Arc::ptr_eq(e.labels.shared(), labels.shared())
             }) else {
                 continue;
             };
@@ -197,9 +226,9 @@ impl LabelSets {
         state.entries.retain(|e| {
             if e.is_dead() {
                 gone.push(Entry {
-                    hash: e.hash,
                     labels: e.labels.clone(),
                     id: e.id,
+                    hash: e.hash,
                 });
                 false
             } else {
@@ -207,7 +236,7 @@ impl LabelSets {
             }
         });
         if state.entries.len() < state.entries.capacity() / 4 {
-            state.entries.shrink_to_fit(|e| e.hash);
+            state.entries.shrink_to_fit(Entry::wide_hash);
         }
         let purged = gone.len();
         state.unindex(&mut gone);
