@@ -17,13 +17,13 @@
 //! | [`chunk_files`] | the head's closed chunks, kept in files rather than memory |
 //! | [`db`] | one namespace: the durable head, its blocks, compaction, retention, merged reads |
 //! | [`durable`] | a head whose batches are logged before they are applied, and replayed at open |
-//! | [`label_sets`] | label sets shared by a store's heads, held once for every namespace |
+//! | [`label_sets`] | label sets shared by a store's heads, numbered, with the postings over them: held once for every namespace |
 //! | [`merge`] | the blocks of a longer time range written again as one |
 //! | [`paged_slots`] | numbered slots in fixed pages: the head's series without a doubling vector's spare room |
 //! | [`packed_labels`] | a label set in one allocation, compared without unpacking |
-//! | `postings` | one label value's series: a sorted vector, or a bitmap once that is smaller |
+//! | `postings` | one label value's label sets: a sorted vector, or a bitmap once that is smaller |
 //! | [`symbols`] | label names and values numbered once per process, so packed label sets hold numbers |
-//! | [`head`] | the series of a namespace in memory: label-hash lookup, postings, chunks, out-of-order buffer |
+//! | [`head`] | the series of a namespace in memory: label-hash lookup, matchers through the shared postings, chunks, out-of-order buffer |
 //! | `varint` | LEB128 varints: packed label references, the log's sample deltas |
 //! | [`wal`] | the write-ahead log: checksummed records in segments, replay that stops at a torn tail |
 pub mod block;

@@ -1,10 +1,12 @@
-//! One label value's postings: the series of a head carrying it, ascending by reference.
+//! One label value's postings: the label sets of a store carrying it, ascending by number
+//! ([`LabelSets`](crate::tsdb::label_sets::LabelSets) numbers them; the heads map numbers to
+//! their series). The type's references are called series references, as a set is a series.
 //!
-//! A head's references are dense (a new series takes a removed one's number, or the next), and label values
+//! Set numbers are dense (a new set takes a removed one's number, or the next), and label values
 //! come in two kinds: those that tell series apart (a pod, an instance), carried by one series
-//! or a few, and those shared by a large part of the head (a job, a region, an environment).
+//! or a few, and those shared by a large part of the store (a job, a region, an environment).
 //! A sorted vector suits the first and wastes memory on the second: it costs 32 bits per series
-//! carrying the value, where a bitmap costs 1 bit per series of the head. So a list is kept in
+//! carrying the value, where a bitmap costs 1 bit per series of the store. So a list is kept in
 //! whichever form is smaller:
 //!
 //! | form | size | used while |
@@ -15,7 +17,7 @@
 //!
 //! A list turns into a bitmap as it gets denser, and back into a vector only once it is half
 //! as dense as the switch point, so a list near the switch does not flip on every change.
-//! Both grow by an eighth at a time rather than doubling: postings of a head with many series
+//! Both grow by an eighth at a time rather than doubling: postings of a store with many series
 //! are long, and doubling would leave up to half of each unused.
 
 use crate::tsdb::head::SeriesRef;
