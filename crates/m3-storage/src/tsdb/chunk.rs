@@ -73,7 +73,7 @@ struct BitWriter {
     bytes: Box<[u8]>,
     /// Bytes of whole words before the pending word (a chunk stays far below 4 GiB).
     flushed: u32,
-    /// Bits used of `pending` (0..=63).
+    /// Bits used of the pending word (0..=63).
     pending_len: u8,
 }
 
@@ -87,11 +87,10 @@ impl Eq for BitWriter {}
 
 impl BitWriter {
     /// Lengthens the buffer to at least `len` bytes with zeros, growing its capacity by a
-    /// quarter, to the end of the allocator's size class, rather than doubling it: a head
-    /// holds an open chunk per series, and doubling left them a third empty on average,
-    /// growing by half a fifth (and half-way sizes such as 144 bytes took 160 from the
-    /// allocator). By a quarter a chunk is reallocated a few times more while it fills,
-    /// some nanoseconds a sample.
+    /// quarter, to the end of the allocator's size class: a head holds an open chunk per
+    /// series, and doubling left them a third empty on average, growing by half (to sizes
+    /// such as 144 bytes, which took 160 from the allocator) a quarter; this leaves a sixth.
+    /// A chunk is reallocated a few times more while it fills, some nanoseconds a sample.
     #[cold]
     fn grow_to(&mut self, len: usize) {
         let capacity = self.bytes.len();

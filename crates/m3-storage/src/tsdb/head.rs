@@ -772,6 +772,8 @@ impl Head {
                 .filter(|&r| r != NOT_HERE)
                 .collect();
             refs.sort_unstable();
+            // One series per set: a duplicate could only come from a map gone stale.
+            refs.dedup();
             refs
         });
         let candidates = candidates.unwrap_or_else(|| {

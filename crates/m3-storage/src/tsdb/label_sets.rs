@@ -97,9 +97,7 @@ impl Entry {
     fn wide_hash(&self) -> u64 {
         TableHash(self.hash).wide()
     }
-}
 
-impl Entry {
     /// Whether no head holds the set any more: only the table's reference is left.
     fn is_dead(&self) -> bool {
         Arc::strong_count(self.labels.shared()) == 1
