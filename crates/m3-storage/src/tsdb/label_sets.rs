@@ -219,20 +219,7 @@ impl LabelSets {
     pub fn purge_dead(&self) -> usize {
         let mut state = self.inner.state.lock();
         let state = &mut *state;
-        let mut gone = Vec::new();
-        // `retain` cannot move entries out: the dead ones' numbers and labels are copied.
-        state.entries.retain(|e| {
-            if e.is_dead() {
-                gone.push(Entry {
-                    labels: e.labels.clone(),
-                    id: e.id,
-                    hash: e.hash,
-                });
-                false
-            } else {
-                true
-            }
-        });
+        let mut gone: Vec<Entry> = state.entries.extract_if(|e| e.is_dead()).collect();
         if state.entries.len() < state.entries.capacity() / 4 {
             state.entries.shrink_to_fit(Entry::wide_hash);
         }
