@@ -132,6 +132,11 @@ pub struct RemoteWriteLimits {
     /// cache).
     #[serde(default = "default_series_cache_bytes")]
     pub series_cache_bytes: usize,
+    /// Whether the series cache keeps each series' ID (default true). Without, an entry is 16
+    /// bytes: a series sent again is still not checked nor hashed again, but its ID is encoded
+    /// again. For a process that holds every series in memory anyway (`m3 local`).
+    #[serde(default = "default_true")]
+    pub series_cache_ids: bool,
 }
 
 impl Default for RemoteWriteLimits {
@@ -148,6 +153,7 @@ impl Default for RemoteWriteLimits {
             label_name_length_limit: default_label_name_length(),
             label_value_length_limit: default_label_value_length(),
             series_cache_bytes: default_series_cache_bytes(),
+            series_cache_ids: true,
         }
     }
 }
@@ -243,6 +249,10 @@ fn default_label_name_length() -> usize {
 fn default_label_value_length() -> usize {
     16 * 1024
 }
+fn default_true() -> bool {
+    true
+}
+
 fn default_series_cache_bytes() -> usize {
     crate::series_cache::DEFAULT_MAX_BYTES
 }

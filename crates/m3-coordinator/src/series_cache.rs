@@ -15,7 +15,11 @@
 //!
 //! Entries lie one after the other in chunks of [`CHUNK_BYTES`] (a header, then the ID), so a
 //! lookup touches the index's bucket and one place in a chunk, and the cache holds no
-//! allocation per series. It is bounded in bytes: when a new chunk would pass the
+//! allocation per series. A cache built [`without_ids`](SeriesCache::without_ids) keeps the
+//! header only (16 bytes a series where the ID takes some 150 more): its series are still
+//! neither checked nor hashed again, but their IDs are encoded again. That is the trade for a
+//! process that keeps every series in memory anyway (`m3 local`'s embedded store), where the
+//! IDs would be a second copy of every label set. It is bounded in bytes: when a new chunk would pass the
 //! bound, the cache is emptied and refills with the series still being written (as
 //! `m3_rules::MatchCache` does), which keeps the bound without an LRU's bookkeeping on the
 //! hot path.
@@ -61,6 +65,8 @@ pub struct SeriesKey {
 pub struct SeriesCache {
     seed: u64,
     max_chunks: usize,
+    /// Whether entries keep the series' IDs.
+    keeps_ids: bool,
     table: RwLock<Table>,
 }
 
@@ -74,8 +80,8 @@ struct Table {
 /// A series found in the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CachedSeries<'a> {
-    /// The tag-encoded ID.
-    pub id: &'a [u8],
+    /// The tag-encoded ID; `None` in a cache [`without_ids`](SeriesCache::without_ids).
+    pub id: Option<&'a [u8]>,
     /// `murmur3_32` of the ID.
     pub id_hash: u32,
 }
@@ -90,6 +96,8 @@ pub struct CacheSlot {
 #[derive(Debug)]
 pub struct CacheView<'a> {
     table: RwLockReadGuard<'a, Table>,
+    /// Cache lines [`prefetch_series`](Self::prefetch_series) loads.
+    entry_lines: usize,
 }
 
 /// Series a request did not find, kept until it adds them all at once.
@@ -116,8 +124,22 @@ impl SeriesCache {
         SeriesCache {
             seed,
             max_chunks,
+            keeps_ids: true,
             table: RwLock::new(Table::default()),
         }
+    }
+
+    /// The same cache keeping no IDs: a series found is known to have valid labels and its
+    /// ID's hash is known, but the ID must be encoded again (see the module docs).
+    #[must_use]
+    pub fn without_ids(mut self) -> SeriesCache {
+        self.keeps_ids = false;
+        self
+    }
+
+    /// Whether entries keep the series' IDs; when not, [`NewSeries::push`] is given none.
+    pub fn keeps_ids(&self) -> bool {
+        self.keeps_ids
     }
 
     /// What the series with these label bytes is found by.
@@ -133,6 +155,11 @@ impl SeriesCache {
     pub fn read(&self) -> CacheView<'_> {
         CacheView {
             table: self.table.read(),
+            entry_lines: if self.keeps_ids {
+                PREFETCH_ID_LINES
+            } else {
+                1
+            },
         }
     }
 
@@ -239,9 +266,10 @@ impl Table {
     }
 }
 
-/// One entry as a chunk holds it: `id_len: u32 | id_hash: u32 | check: u64 | ID`, little-endian.
+/// One entry as a chunk holds it: `id_len: u32 | id_hash: u32 | check: u64 | ID`, little-endian;
+/// `id_len` 0 when the ID is not kept (a tag-encoded ID is never empty).
 struct Entry<'a> {
-    id: &'a [u8],
+    id: Option<&'a [u8]>,
     id_hash: u32,
     check: u64,
 }
@@ -253,14 +281,15 @@ impl<'a> Entry<'a> {
         let (id_len, rest_of_header) = header.split_first_chunk::<4>()?;
         let (id_hash, check) = rest_of_header.split_first_chunk::<4>()?;
         let check: [u8; 8] = check.try_into().ok()?;
+        let id = rest.get(..u32::from_le_bytes(*id_len) as usize)?;
         Some(Entry {
-            id: rest.get(..u32::from_le_bytes(*id_len) as usize)?,
+            id: (!id.is_empty()).then_some(id),
             id_hash: u32::from_le_bytes(*id_hash),
             check: u64::from_le_bytes(check),
         })
     }
 
-    /// Appends the entry for `id` under `key` to `out`.
+    /// Appends the entry for `id` (empty: not kept) under `key` to `out`.
     fn write(key: SeriesKey, id: &[u8], id_hash: u32, out: &mut Vec<u8>) {
         // `NewSeries::push` keeps entries within a chunk, so the length fits.
         out.extend_from_slice(&(id.len() as u32).to_le_bytes());
@@ -297,7 +326,7 @@ impl CacheView<'_> {
         let offset = slot.entry as usize;
         if let Some(chunk) = self.table.chunks.get(offset / CHUNK_BYTES) {
             let start = offset % CHUNK_BYTES;
-            for line in 0..PREFETCH_ID_LINES {
+            for line in 0..self.entry_lines {
                 prefetch_index::prefetch_index(chunk, start + line * 64);
             }
         }
@@ -327,9 +356,10 @@ impl CacheView<'_> {
 }
 
 impl NewSeries {
-    /// Remembers a series to add: its key, ID and ID hash. A series too large for a chunk is
-    /// not remembered.
-    pub fn push(&mut self, key: SeriesKey, id: &[u8], id_hash: u32) {
+    /// Remembers a series to add: its key, ID (`None` for a cache that keeps none) and ID
+    /// hash. A series too large for a chunk is not remembered.
+    pub fn push(&mut self, key: SeriesKey, id: Option<&[u8]>, id_hash: u32) {
+        let id = id.unwrap_or_default();
         if HEADER_BYTES + id.len() > CHUNK_BYTES {
             return;
         }
@@ -372,7 +402,7 @@ mod tests {
 
     fn add(cache: &SeriesCache, labels: &[u8], id: &[u8], id_hash: u32) {
         let mut new = NewSeries::default();
-        new.push(cache.key(labels), id, id_hash);
+        new.push(cache.key(labels), cache.keeps_ids().then_some(id), id_hash);
         cache.insert(&mut new);
         assert!(new.is_empty());
     }
@@ -380,7 +410,7 @@ mod tests {
     fn get(cache: &SeriesCache, labels: &[u8]) -> Option<(Vec<u8>, u32)> {
         let view = cache.read();
         view.get(cache.key(labels))
-            .map(|s| (s.id.to_vec(), s.id_hash))
+            .map(|s| (s.id.unwrap_or_default().to_vec(), s.id_hash))
     }
 
     #[test]
@@ -403,11 +433,11 @@ mod tests {
         let cache = SeriesCache::new(DEFAULT_MAX_BYTES);
         let key = |check| SeriesKey { index: 42, check };
         let mut new = NewSeries::default();
-        new.push(key(1), b"id-1", 1);
-        new.push(key(2), b"id-2", 2);
+        new.push(key(1), Some(b"id-1"), 1);
+        new.push(key(2), Some(b"id-2"), 2);
         cache.insert(&mut new);
         let view = cache.read();
-        assert_eq!(view.get(key(1)).map(|s| s.id), Some(b"id-1".as_slice()));
+        assert_eq!(view.get(key(1)).and_then(|s| s.id), Some(b"id-1".as_slice()));
         assert_eq!(view.get(key(2)).map(|s| s.id_hash), Some(2));
         assert_eq!(view.get(key(3)), None);
     }
@@ -416,8 +446,25 @@ mod tests {
     fn an_entry_costs_its_id_and_sixteen_bytes() {
         let mut new = NewSeries::default();
         let cache = SeriesCache::new(DEFAULT_MAX_BYTES);
-        new.push(cache.key(&[7u8; 300]), &[1u8; 250], 9);
+        new.push(cache.key(&[7u8; 300]), Some(&[1u8; 250]), 9);
         assert_eq!(new.entries.len(), 16 + 250);
+    }
+
+    #[test]
+    fn a_cache_without_ids_keeps_sixteen_bytes_a_series_and_the_id_hash() {
+        let cache = SeriesCache::new(DEFAULT_MAX_BYTES).without_ids();
+        let mut new = NewSeries::default();
+        for i in 0..1000u32 {
+            new.push(cache.key(format!("series-{i}").as_bytes()), None, i);
+        }
+        assert_eq!(new.entries.len(), 16 * 1000);
+        cache.insert(&mut new);
+        let view = cache.read();
+        for i in 0..1000u32 {
+            let found = view.get(cache.key(format!("series-{i}").as_bytes()));
+            assert_eq!(found, Some(CachedSeries { id: None, id_hash: i }));
+        }
+        assert_eq!(view.get(cache.key(b"series-1000")), None);
     }
 
     #[test]
@@ -469,7 +516,7 @@ mod tests {
                     if !model.contains_key(labels) {
                         model.insert(labels.clone(), (id.clone(), *hash));
                     }
-                    new.push(cache.key(labels), id, *hash);
+                    new.push(cache.key(labels), Some(id), *hash);
                 }
                 cache.insert(&mut new);
             }

@@ -180,7 +180,10 @@ impl Coordinator {
             label_name_length_limit: write_limits.label_name_length_limit,
             label_value_length_limit: write_limits.label_value_length_limit,
         })
-        .with_series_cache_bytes(write_limits.series_cache_bytes);
+        .with_series_cache(
+            write_limits.series_cache_bytes,
+            write_limits.series_cache_ids,
+        );
         let write = Arc::new(match &remote_out {
             Some(remote_out) => write_path.with_remote_out(Arc::clone(remote_out)),
             None => write_path,

@@ -24,7 +24,7 @@ use crate::downsample::Downsampler;
 use crate::metrics::{CoordinatorMetrics, DropReason};
 use crate::remote_out::RemoteOut;
 use crate::remote_write::{DecodeError, DecodeLimits, InvalidSeries, RemoteWriteDecoder};
-use crate::series_cache::{CacheSlot, NewSeries, SeriesCache, SeriesKey};
+use crate::series_cache::{CacheSlot, CachedSeries, NewSeries, SeriesCache, SeriesKey};
 use m3_aggregator::client::{AggregatorClient, RouteError};
 use m3_metric::MetricType;
 
@@ -242,10 +242,13 @@ impl WritePath {
     }
 
     /// The same write path keeping at most `max_bytes` of series in its series cache (0:
-    /// none).
+    /// none), with their IDs if `keep_ids`.
     #[must_use]
-    pub fn with_series_cache_bytes(mut self, max_bytes: usize) -> WritePath {
-        self.series_cache = SeriesCache::new(max_bytes);
+    pub fn with_series_cache(mut self, max_bytes: usize, keep_ids: bool) -> WritePath {
+        self.series_cache = match keep_ids {
+            true => SeriesCache::new(max_bytes),
+            false => SeriesCache::new(max_bytes).without_ids(),
+        };
         self
     }
 
@@ -417,14 +420,28 @@ impl WritePath {
             };
             let routed_id = match (aggregating, cached) {
                 (false, _) => None,
-                (true, Some(cached)) => Some((cached.id, cached.id_hash)),
-                (true, None) => {
+                (
+                    true,
+                    Some(CachedSeries {
+                        id: Some(cached_id),
+                        id_hash,
+                    }),
+                ) => Some((cached_id, id_hash)),
+                // New, or cached without its ID (then its hash is known).
+                (true, cached) => {
                     id.clear();
                     if m3_metric::id::encode_tags(series.labels(), &mut id).is_ok() {
-                        let id_hash = m3_cluster::murmur3_32(&id);
-                        if let (Some(_), Some(&key)) = (&cache, keys.get(index)) {
-                            new_series.push(key, &id, id_hash);
-                        }
+                        let id_hash = match cached {
+                            Some(cached) => cached.id_hash,
+                            None => {
+                                let id_hash = m3_cluster::murmur3_32(&id);
+                                if let (Some(_), Some(&key)) = (&cache, keys.get(index)) {
+                                    let kept = self.series_cache.keeps_ids().then_some(&id[..]);
+                                    new_series.push(key, kept, id_hash);
+                                }
+                                id_hash
+                            }
+                        };
                         Some((id.as_slice(), id_hash))
                     } else {
                         // Labels over 64 KiB cannot be tag-encoded; the series is stored raw
@@ -823,16 +840,23 @@ mod tests {
     /// instance that owns the ID's shard, as the first time.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn series_sent_again_go_under_the_same_id_to_their_shards_owner() {
-        send_twice_and_check_routes(crate::series_cache::DEFAULT_MAX_BYTES).await;
+        send_twice_and_check_routes(crate::series_cache::DEFAULT_MAX_BYTES, true).await;
+    }
+
+    /// The same from a cache that keeps no IDs (`seriesCacheIds: false`): the IDs are encoded
+    /// again, their hashes come from the cache.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn series_sent_again_through_a_cache_without_ids_go_to_the_same_owner() {
+        send_twice_and_check_routes(crate::series_cache::DEFAULT_MAX_BYTES, false).await;
     }
 
     /// The same without a series cache (`seriesCacheBytes: 0`).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn without_a_series_cache_series_are_routed_all_the_same() {
-        send_twice_and_check_routes(0).await;
+        send_twice_and_check_routes(0, true).await;
     }
 
-    async fn send_twice_and_check_routes(series_cache_bytes: usize) {
+    async fn send_twice_and_check_routes(series_cache_bytes: usize, keep_ids: bool) {
         let listeners = [
             tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
             tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -864,7 +888,7 @@ mod tests {
                 WriteBuffersConfig::default(),
                 metrics.clone(),
             )
-            .with_series_cache_bytes(series_cache_bytes),
+            .with_series_cache(series_cache_bytes, keep_ids),
         );
         let names: Vec<String> = (0..40).map(|i| format!("s{i}")).collect();
         let labels: Vec<[(&str, &str); 2]> = names
