@@ -19,6 +19,8 @@
 //! the bytes, as M3 does. A counter or gauge aggregated one way only keeps its name unchanged
 //! (the engine decides when to suffix).
 
+use crate::label_bytes::{SHORT_PART, push_short};
+
 /// M3's tag-encoding magic number.
 pub const TAG_MAGIC: u16 = 10101;
 /// The tag that carries the metric name.
@@ -69,12 +71,13 @@ where
                 return Err(e);
             }
         };
-        // One capacity check for the whole tag rather than one per piece.
-        out.reserve(4 + name.len() + value.len());
+        // One capacity check for the whole tag rather than one per piece, with the slack
+        // `push_short` writes past a part.
+        out.reserve(4 + name.len() + value.len() + SHORT_PART);
         out.extend_from_slice(&name_len.to_le_bytes());
-        out.extend_from_slice(name);
+        push_short(out, name);
         out.extend_from_slice(&value_len.to_le_bytes());
-        out.extend_from_slice(value);
+        push_short(out, value);
         count += 1;
     }
     let Ok(count) = u16::try_from(count) else {

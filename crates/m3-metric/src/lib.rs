@@ -3,6 +3,7 @@
 //! * [`id`]: metric IDs. A Prometheus series becomes an ID by sorting its labels by name and
 //!   encoding them with M3's tag encoding, so the same series always yields the same bytes, and
 //!   so the same shard, on every coordinator.
+//! * [`label_bytes`]: copying label names and values without a `memcpy` call each.
 //! * [`metric_type`]: counters, timers and gauges.
 //! * [`aggregation`]: the 24 aggregation types, their bitset IDs and the defaults per metric type.
 //! * [`policy`]: storage policies such as `10s:2d` or `1m@1s:40d`, written with M3's duration
@@ -20,6 +21,7 @@
 
 pub mod aggregation;
 pub mod id;
+pub mod label_bytes;
 pub mod metric_type;
 pub mod policy;
 

@@ -16,6 +16,7 @@
 
 use std::fmt;
 
+use m3_metric::label_bytes::{SHORT_PART, push_short};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
 /// The label that carries the metric name.
@@ -400,9 +401,10 @@ fn copy_canonical<'p>(
             return Ok(false);
         }
         previous = Some(name);
-        bytes.extend_from_slice(name);
+        bytes.reserve(name.len() + value.len() + SHORT_PART);
+        push_short(bytes, name);
         let name_end = u32::try_from(bytes.len() - bytes_start);
-        bytes.extend_from_slice(value);
+        push_short(bytes, value);
         match (name_end, u32::try_from(bytes.len() - bytes_start)) {
             (Ok(name_end), Ok(value_end)) => ends.push((name_end, value_end)),
             _ => {
