@@ -35,6 +35,13 @@
 
 use std::fmt;
 
+/// The most samples a chunk holds (a head closes its chunks at 120). The bound lets a chunk
+/// count its samples and its whole words in 16 bits each: a sample takes at most 147 bits
+/// (a 68-bit timestamp escape and a 79-bit value), so 16,384 of them fill at most 37,635
+/// words. Those 4 bytes less make an open chunk 56 bytes rather than 64, in every series of
+/// a head.
+pub const MAX_SAMPLES: usize = 16_384;
+
 /// The smallest buffer of a chunk, in bytes: the first sample alone takes sixteen, and the
 /// pending word eight more.
 const MIN_CAPACITY: usize = 32;
@@ -66,26 +73,35 @@ fn size_class(bytes: usize) -> usize {
 ///
 /// ```text
 /// bytes:  [ whole words … | pending word (8 bytes) ]
-///                         ^ flushed    └ pending_len bits used, the rest zero
+///                         ^ flushed_words × 8    └ pending_len bits used, the rest zero
 /// ```
+///
+/// The writer also carries a few bytes of its owner's (`extra`): its own fields take 19
+/// bytes, and the 5 its alignment leaves after them would stay empty in any struct holding
+/// it. A [`Chunk`] keeps its sample count and XOR window there ([`ChunkState`]), which makes
+/// it 56 bytes rather than 64.
 #[derive(Clone, Default)]
-struct BitWriter {
+struct BitWriter<E> {
     bytes: Box<[u8]>,
-    /// Bytes of whole words before the pending word (a chunk stays far below 4 GiB).
-    flushed: u32,
+    /// Whole words before the pending word (see [`MAX_SAMPLES`] for why 16 bits hold them).
+    flushed_words: u16,
     /// Bits used of the pending word (0..=63).
     pending_len: u8,
+    /// The owner's few bytes; the writer never reads them.
+    extra: E,
 }
 
-impl PartialEq for BitWriter {
-    fn eq(&self, other: &BitWriter) -> bool {
-        self.len_bits() == other.len_bits() && self.encoded() == other.encoded()
+impl<E: PartialEq> PartialEq for BitWriter<E> {
+    fn eq(&self, other: &BitWriter<E>) -> bool {
+        self.len_bits() == other.len_bits()
+            && self.encoded() == other.encoded()
+            && self.extra == other.extra
     }
 }
 
-impl Eq for BitWriter {}
+impl<E: Eq> Eq for BitWriter<E> {}
 
-impl BitWriter {
+impl<E> BitWriter<E> {
     /// Lengthens the buffer to at least `len` bytes with zeros, growing its capacity by a
     /// quarter, to the end of the allocator's size class: a head holds an open chunk per
     /// series, and doubling left them a third empty on average, growing by half (to sizes
@@ -108,12 +124,18 @@ impl BitWriter {
         self.bytes = wider;
     }
 
+    /// Bytes of whole words before the pending word.
+    #[inline]
+    fn flushed(&self) -> usize {
+        usize::from(self.flushed_words) * 8
+    }
+
     /// Bytes stored: the whole words and, once a bit is written, the pending word.
     fn stored_len(&self) -> usize {
-        if self.flushed == 0 && self.pending_len == 0 {
+        if self.flushed_words == 0 && self.pending_len == 0 {
             0
         } else {
-            (self.flushed as usize + 8).min(self.bytes.len())
+            (self.flushed() + 8).min(self.bytes.len())
         }
     }
 
@@ -121,7 +143,7 @@ impl BitWriter {
     /// its encoded bytes ends inside it).
     #[inline]
     fn pending(&self) -> u64 {
-        let start = self.flushed as usize;
+        let start = self.flushed();
         match self.bytes.get(start..).and_then(<[u8]>::first_chunk::<8>) {
             Some(word) => u64::from_be_bytes(*word),
             None => {
@@ -136,7 +158,7 @@ impl BitWriter {
     /// Writes `pending` over the pending word's eight bytes.
     #[inline]
     fn store_pending(&mut self, pending: u64) {
-        let start = self.flushed as usize;
+        let start = self.flushed();
         let end = start + 8;
         if self.bytes.len() < end {
             self.grow_to(end);
@@ -171,7 +193,7 @@ impl BitWriter {
             let rest = count - free;
             pending |= value >> rest;
             self.store_pending(pending);
-            self.flushed += 8;
+            self.flushed_words += 1;
             pending = if rest == 0 { 0 } else { value << (64 - rest) };
             self.pending_len = rest;
         }
@@ -180,13 +202,13 @@ impl BitWriter {
 
     /// The encoded bytes (without the pending word's unused ones).
     fn encoded(&self) -> &[u8] {
-        let len = (self.flushed as usize + usize::from(self.pending_len).div_ceil(8))
+        let len = (self.flushed() + usize::from(self.pending_len).div_ceil(8))
             .min(self.bytes.len());
         &self.bytes[..len]
     }
 
     fn len_bits(&self) -> usize {
-        self.flushed as usize * 8 + usize::from(self.pending_len)
+        self.flushed() * 8 + usize::from(self.pending_len)
     }
 
     /// Makes room for `bytes` more encoded bytes (and the pending word's) at once.
@@ -293,13 +315,19 @@ fn exact_int(bits: u64) -> Option<i64> {
 /// One series' samples, compressed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Chunk {
-    bits: BitWriter,
-    count: u32,
+    bits: BitWriter<ChunkState>,
     last_time: i64,
     last_delta: i64,
     last_value: u64,
     /// How much the value changed last time, when it and the one before were integers.
     last_int_delta: i64,
+}
+
+/// A chunk's fields of a byte or two, kept in its [`BitWriter`]'s spare bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ChunkState {
+    /// Samples held, at most [`MAX_SAMPLES`].
+    count: u16,
     /// Leading and trailing zeros of the last stored XOR window (`leading = u8::MAX`: none).
     leading: u8,
     trailing: u8,
@@ -308,7 +336,7 @@ pub struct Chunk {
 impl fmt::Debug for Chunk {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Chunk")
-            .field("samples", &self.count)
+            .field("samples", &self.bits.extra.count)
             .field("first_time", &self.first_time())
             .field("last_time", &self.last_time)
             .field("bytes", &self.bits.encoded().len())
@@ -316,14 +344,20 @@ impl fmt::Debug for Chunk {
     }
 }
 
-/// A sample whose timestamp is not after the chunk's last one.
+/// Why a chunk refused a sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("sample at {time} ms is not after the chunk's last sample at {last} ms")]
-pub struct NotAfterLast {
-    /// The refused sample's time.
-    pub time: i64,
-    /// The chunk's last time.
-    pub last: i64,
+pub enum PushError {
+    /// The sample's timestamp is not after the chunk's last one.
+    #[error("sample at {time} ms is not after the chunk's last sample at {last} ms")]
+    NotAfterLast {
+        /// The refused sample's time.
+        time: i64,
+        /// The chunk's last time.
+        last: i64,
+    },
+    /// The chunk holds [`MAX_SAMPLES`] already.
+    #[error("the chunk holds {MAX_SAMPLES} samples already")]
+    Full,
 }
 
 impl Default for Chunk {
@@ -336,25 +370,31 @@ impl Chunk {
     /// An empty chunk.
     pub fn new() -> Chunk {
         Chunk {
-            bits: BitWriter::default(),
-            count: 0,
+            bits: BitWriter {
+                bytes: Box::default(),
+                flushed_words: 0,
+                pending_len: 0,
+                extra: ChunkState {
+                    count: 0,
+                    leading: u8::MAX,
+                    trailing: 0,
+                },
+            },
             last_time: i64::MIN,
             last_delta: 0,
             last_value: 0,
             last_int_delta: 0,
-            leading: u8::MAX,
-            trailing: 0,
         }
     }
 
     /// Samples in the chunk.
     pub fn len(&self) -> usize {
-        self.count as usize
+        usize::from(self.bits.extra.count)
     }
 
     /// Whether it holds no sample.
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.bits.extra.count == 0
     }
 
     /// The first sample's time (ms); meaningless when empty.
@@ -417,22 +457,26 @@ impl Chunk {
     /// Appends a sample.
     ///
     /// # Errors
-    /// [`NotAfterLast`] when `time` is not after the last sample's (nothing is appended).
-    pub fn push(&mut self, time: i64, value: f64) -> Result<(), NotAfterLast> {
+    /// [`PushError::NotAfterLast`] when `time` is not after the last sample's,
+    /// [`PushError::Full`] when the chunk holds [`MAX_SAMPLES`] (nothing is appended).
+    pub fn push(&mut self, time: i64, value: f64) -> Result<(), PushError> {
         let bits = value.to_bits();
-        if self.count == 0 {
+        if self.bits.extra.count == 0 {
             self.bits.push_bits(time as u64, 64);
             self.bits.push_bits(bits, 64);
             self.last_time = time;
             self.last_value = bits;
-            self.count = 1;
+            self.bits.extra.count = 1;
             return Ok(());
         }
         if time <= self.last_time {
-            return Err(NotAfterLast {
+            return Err(PushError::NotAfterLast {
                 time,
                 last: self.last_time,
             });
+        }
+        if self.len() >= MAX_SAMPLES {
+            return Err(PushError::Full);
         }
         let delta = time.wrapping_sub(self.last_time);
         self.push_dod(delta.wrapping_sub(self.last_delta));
@@ -440,7 +484,7 @@ impl Chunk {
         self.last_delta = delta;
         self.last_time = time;
         self.last_value = bits;
-        self.count += 1;
+        self.bits.extra.count += 1;
         Ok(())
     }
 
@@ -484,11 +528,11 @@ impl Chunk {
         self.bits.push_bit(true);
         let leading = (xor.leading_zeros() as u8).min(31);
         let trailing = xor.trailing_zeros() as u8;
-        if self.leading != u8::MAX && leading >= self.leading && trailing >= self.trailing {
+        if self.bits.extra.leading != u8::MAX && leading >= self.bits.extra.leading && trailing >= self.bits.extra.trailing {
             // Fits the previous window.
             self.bits.push_bit(false);
-            let width = 64 - self.leading - self.trailing;
-            self.bits.push_bits(xor >> self.trailing, width);
+            let width = 64 - self.bits.extra.leading - self.bits.extra.trailing;
+            self.bits.push_bits(xor >> self.bits.extra.trailing, width);
             return;
         }
         self.bits.push_bit(true);
@@ -497,15 +541,15 @@ impl Chunk {
         // 1..=64 stored as 0..=63.
         self.bits.push_bits(u64::from(width - 1), 6);
         self.bits.push_bits(xor >> trailing, width);
-        self.leading = leading;
-        self.trailing = trailing;
+        self.bits.extra.leading = leading;
+        self.bits.extra.trailing = trailing;
     }
 
     /// The samples, in time order.
     pub fn iter(&self) -> ChunkIter<'_> {
         ChunkIter::new(
             BitReader::new(self.bits.encoded(), self.bits.len_bits()),
-            self.count,
+            u32::from(self.bits.extra.count),
         )
     }
 
@@ -596,7 +640,7 @@ impl Chunk {
     pub fn seal(self) -> SealedChunk {
         SealedChunk {
             bytes: self.bits.encoded().into(),
-            count: self.count,
+            count: u32::from(self.bits.extra.count),
             first_time: self.first_time(),
             last_time: self.last_time,
         }
@@ -829,7 +873,7 @@ mod tests {
             pushes in proptest::collection::vec((any::<u64>(), 0u8..=64), 0..80),
             shrink_at in 0usize..80,
         ) {
-            let mut writer = BitWriter::default();
+            let mut writer = BitWriter::<()>::default();
             for (i, &(value, count)) in pushes.iter().enumerate() {
                 if i == shrink_at {
                     // A shrunk writer that is appended to again stores its pending word anew.
@@ -914,10 +958,41 @@ mod tests {
         let before = chunk.clone();
         assert_eq!(
             chunk.push(20, 3.0),
-            Err(NotAfterLast { time: 20, last: 20 })
+            Err(PushError::NotAfterLast { time: 20, last: 20 })
         );
         assert!(chunk.push(5, 3.0).is_err());
         assert_eq!(chunk, before);
+    }
+
+    #[test]
+    fn a_full_chunk_of_the_widest_samples_reads_back_and_refuses_more() {
+        assert_eq!(std::mem::size_of::<Chunk>(), 56);
+        // Intervals alternating between 1 ms and 2^30 ms (every timestamp the 68-bit escape)
+        // and values that are never integers, their changing bits in a new window each time.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut time = 0i64;
+        let samples: Vec<(i64, f64)> = (0..MAX_SAMPLES)
+            .map(|i| {
+                time += if i % 2 == 0 { 1 } else { 1 << 30 };
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                // In [1, 2), the mantissa random: never an integer, never NaN.
+                (time, f64::from_bits(0x3ff0_0000_0000_0000 | (state >> 12)))
+            })
+            .collect();
+        let mut chunk = Chunk::new();
+        for &(t, v) in &samples {
+            chunk.push(t, v).unwrap();
+        }
+        assert_eq!(chunk.push(time + 1, 1.0), Err(PushError::Full));
+        assert_eq!(chunk.len(), MAX_SAMPLES);
+        let bytes = chunk.bytes().len();
+        assert!(bytes > MAX_SAMPLES * 15, "{bytes} bytes: not the widest samples");
+        let read: Vec<(i64, u64)> = chunk.iter().map(|(t, v)| (t, v.to_bits())).collect();
+        let want: Vec<(i64, u64)> = samples.iter().map(|&(t, v)| (t, v.to_bits())).collect();
+        assert_eq!(read, want);
+        assert_eq!(chunk.seal().iter().count(), MAX_SAMPLES);
     }
 
     #[test]
