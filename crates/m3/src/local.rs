@@ -101,6 +101,10 @@ struct LocalAggregators {
     /// rawtcp: a frame must arrive whole within this long (default 1m).
     #[serde(default, with = "m3_config::option_duration")]
     frame_timeout: Option<Duration>,
+    /// A flush pauses between shards while more than this many bytes of its output are
+    /// unacked (`aggregator.flushManager.maxUnackedBytes` of `m3aggregator`; default 4 MiB).
+    #[serde(default)]
+    max_unacked_flush_bytes: Option<usize>,
 }
 
 impl LocalAggregators {
@@ -117,6 +121,9 @@ impl LocalAggregators {
             },
             instance: InstanceOptions {
                 entry_check_interval: self.entry_check_interval,
+                max_unacked_flush_bytes: self
+                    .max_unacked_flush_bytes
+                    .unwrap_or(InstanceOptions::DEFAULT_MAX_UNACKED_FLUSH_BYTES),
                 ..InstanceOptions::new(instance_id)
             },
             rawtcp_max_message_size: m3_proto::framing::DEFAULT_RAWTCP_MAX_MESSAGE_SIZE,
@@ -146,6 +153,7 @@ impl Default for LocalAggregators {
             max_connections: None,
             idle_timeout: None,
             frame_timeout: None,
+            max_unacked_flush_bytes: None,
         }
     }
 }
@@ -209,6 +217,12 @@ pub(crate) async fn run(
     }
     if config.aggregators.num_shards == 0 {
         problems.add("aggregators.numShards", "must be at least 1");
+    }
+    if config.aggregators.max_unacked_flush_bytes == Some(0) {
+        problems.add(
+            "aggregators.maxUnackedFlushBytes",
+            "must be a positive number of bytes",
+        );
     }
     if config.coordinator.ingest.is_none() {
         problems.add(

@@ -652,7 +652,8 @@ fn a_data_dir_that_is_a_file_is_named_as_such() {
 }
 
 /// `m3 local` runs one aggregator or a pair: three, or addresses that do not pair up, are a
-/// config error naming the key and the file, and nothing starts.
+/// config error naming the key and the file, and nothing starts; so is a flush allowed no
+/// unacked bytes.
 #[test]
 fn aggregator_address_counts_other_than_one_or_two_are_named() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -664,14 +665,19 @@ fn aggregator_address_counts_other_than_one_or_two_are_named() {
     );
     let cases = [
         (
-            r#"  listenAddresses: ["127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"]"#,
+            r#"  listenAddresses: ["127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"]"#.to_string(),
             "aggregators.listenAddresses",
             "3 addresses given",
         ),
         (
-            r#"  listenAddresses: ["127.0.0.1:0"]"#,
+            r#"  listenAddresses: ["127.0.0.1:0"]"#.to_string(),
             "aggregators.httpListenAddresses",
             "1 listenAddresses, 2 httpListenAddresses",
+        ),
+        (
+            format!("{two}\n  maxUnackedFlushBytes: 0"),
+            "aggregators.maxUnackedFlushBytes",
+            "must be a positive number of bytes",
         ),
     ];
     for (addresses, key, reason) in cases {
@@ -679,7 +685,7 @@ fn aggregator_address_counts_other_than_one_or_two_are_named() {
             dir.path(),
             &CONFIG
                 .replace("DATA_DIR", &data.display().to_string())
-                .replace(two, addresses),
+                .replace(two, &addresses),
         );
         assert_eq!(output.status.code(), Some(2), "{addresses}");
         let stderr = String::from_utf8_lossy(&output.stderr);
