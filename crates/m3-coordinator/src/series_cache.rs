@@ -15,14 +15,16 @@
 //!
 //! Entries lie one after the other in chunks of [`CHUNK_BYTES`] (a header, then the ID), so a
 //! lookup touches the index's bucket and one place in a chunk, and the cache holds no
-//! allocation per series. A cache built [`without_ids`](SeriesCache::without_ids) keeps the
-//! header only (16 bytes a series where the ID takes some 150 more): its series are still
-//! neither checked nor hashed again, but their IDs are encoded again. That is the trade for a
-//! process that keeps every series in memory anyway (`m3 local`'s embedded store), where the
-//! IDs would be a second copy of every label set. It is bounded in bytes: when a new chunk would pass the
-//! bound, the cache is emptied and refills with the series still being written (as
+//! allocation per series. It is bounded in bytes: when a new chunk would pass the bound, the
+//! cache is emptied and refills with the series still being written (as
 //! `m3_rules::MatchCache` does), which keeps the bound without an LRU's bookkeeping on the
 //! hot path.
+//!
+//! A cache built [`without_ids`](SeriesCache::without_ids) keeps the header only (16 bytes a
+//! series where the ID takes some 150 more): its series are still neither checked nor hashed
+//! again, but their IDs are encoded again. That is the trade for a process that holds every
+//! series in memory anyway (`m3 local`'s embedded store), where the IDs would be a second copy
+//! of every label set.
 //!
 //! A request reads the cache under one read lock for its whole loop over series (nothing
 //! under it waits for I/O) and adds the series it did not find afterwards, under the write
@@ -155,11 +157,7 @@ impl SeriesCache {
     pub fn read(&self) -> CacheView<'_> {
         CacheView {
             table: self.table.read(),
-            entry_lines: if self.keeps_ids {
-                PREFETCH_ID_LINES
-            } else {
-                1
-            },
+            entry_lines: if self.keeps_ids { PREFETCH_ID_LINES } else { 1 },
         }
     }
 
@@ -437,7 +435,10 @@ mod tests {
         new.push(key(2), Some(b"id-2"), 2);
         cache.insert(&mut new);
         let view = cache.read();
-        assert_eq!(view.get(key(1)).and_then(|s| s.id), Some(b"id-1".as_slice()));
+        assert_eq!(
+            view.get(key(1)).and_then(|s| s.id),
+            Some(b"id-1".as_slice())
+        );
         assert_eq!(view.get(key(2)).map(|s| s.id_hash), Some(2));
         assert_eq!(view.get(key(3)), None);
     }
@@ -462,7 +463,13 @@ mod tests {
         let view = cache.read();
         for i in 0..1000u32 {
             let found = view.get(cache.key(format!("series-{i}").as_bytes()));
-            assert_eq!(found, Some(CachedSeries { id: None, id_hash: i }));
+            assert_eq!(
+                found,
+                Some(CachedSeries {
+                    id: None,
+                    id_hash: i
+                })
+            );
         }
         assert_eq!(view.get(cache.key(b"series-1000")), None);
     }

@@ -245,9 +245,10 @@ impl WritePath {
     /// none), with their IDs if `keep_ids`.
     #[must_use]
     pub fn with_series_cache(mut self, max_bytes: usize, keep_ids: bool) -> WritePath {
-        self.series_cache = match keep_ids {
-            true => SeriesCache::new(max_bytes),
-            false => SeriesCache::new(max_bytes).without_ids(),
+        self.series_cache = if keep_ids {
+            SeriesCache::new(max_bytes)
+        } else {
+            SeriesCache::new(max_bytes).without_ids()
         };
         self
     }
@@ -333,7 +334,8 @@ impl WritePath {
         found.clear();
         let parsed = decoder.parse_snappy(body)?;
         // Series routed before are found in the cache by the hash of their label bytes: their
-        // labels were checked then, their ID and its hash kept. The keys are hashed up front so
+        // labels were checked then, their ID's hash kept (and the ID, unless the cache keeps
+        // none). The keys are hashed up front so
         // that each lookup's bucket is fetched from memory while the lookups before it run.
         let aggregating = self.client.is_some() && self.downsampler.is_enabled() && aggregate;
         let cache =

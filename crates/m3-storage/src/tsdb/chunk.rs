@@ -37,7 +37,7 @@ use std::fmt;
 
 /// The most samples a chunk holds (a head closes its chunks at 120). The bound lets a chunk
 /// count its samples and its whole words in 16 bits each: a sample takes at most 147 bits
-/// (a 68-bit timestamp escape and a 79-bit value), so 16,384 of them fill at most 37,635
+/// (a 68-bit timestamp escape and a 79-bit value), so 16,384 of them fill at most 37,632
 /// words. Those 4 bytes less make an open chunk 56 bytes rather than 64, in every series of
 /// a head.
 pub const MAX_SAMPLES: usize = 16_384;
@@ -141,7 +141,7 @@ impl<E> BitWriter<E> {
 
     /// The pending word: its eight bytes, read as zero past the buffer's end (a buffer cut to
     /// its encoded bytes ends inside it).
-    #[inline]
+    #[inline(always)]
     fn pending(&self) -> u64 {
         let start = self.flushed();
         match self.bytes.get(start..).and_then(<[u8]>::first_chunk::<8>) {
@@ -156,7 +156,7 @@ impl<E> BitWriter<E> {
     }
 
     /// Writes `pending` over the pending word's eight bytes.
-    #[inline]
+    #[inline(always)]
     fn store_pending(&mut self, pending: u64) {
         let start = self.flushed();
         let end = start + 8;
@@ -166,12 +166,13 @@ impl<E> BitWriter<E> {
         self.bytes[start..end].copy_from_slice(&pending.to_be_bytes());
     }
 
+    #[inline(always)]
     fn push_bit(&mut self, bit: bool) {
         self.push_bits(u64::from(bit), 1);
     }
 
     /// Appends the low `count` bits of `value` (count ≤ 64), most significant first.
-    #[inline]
+    #[inline(always)]
     fn push_bits(&mut self, value: u64, count: u8) {
         let count = count.min(64);
         if count == 0 {
@@ -202,8 +203,8 @@ impl<E> BitWriter<E> {
 
     /// The encoded bytes (without the pending word's unused ones).
     fn encoded(&self) -> &[u8] {
-        let len = (self.flushed() + usize::from(self.pending_len).div_ceil(8))
-            .min(self.bytes.len());
+        let len =
+            (self.flushed() + usize::from(self.pending_len).div_ceil(8)).min(self.bytes.len());
         &self.bytes[..len]
     }
 
@@ -528,7 +529,10 @@ impl Chunk {
         self.bits.push_bit(true);
         let leading = (xor.leading_zeros() as u8).min(31);
         let trailing = xor.trailing_zeros() as u8;
-        if self.bits.extra.leading != u8::MAX && leading >= self.bits.extra.leading && trailing >= self.bits.extra.trailing {
+        if self.bits.extra.leading != u8::MAX
+            && leading >= self.bits.extra.leading
+            && trailing >= self.bits.extra.trailing
+        {
             // Fits the previous window.
             self.bits.push_bit(false);
             let width = 64 - self.bits.extra.leading - self.bits.extra.trailing;
@@ -988,7 +992,10 @@ mod tests {
         assert_eq!(chunk.push(time + 1, 1.0), Err(PushError::Full));
         assert_eq!(chunk.len(), MAX_SAMPLES);
         let bytes = chunk.bytes().len();
-        assert!(bytes > MAX_SAMPLES * 15, "{bytes} bytes: not the widest samples");
+        assert!(
+            bytes > MAX_SAMPLES * 15,
+            "{bytes} bytes: not the widest samples"
+        );
         let read: Vec<(i64, u64)> = chunk.iter().map(|(t, v)| (t, v.to_bits())).collect();
         let want: Vec<(i64, u64)> = samples.iter().map(|&(t, v)| (t, v.to_bits())).collect();
         assert_eq!(read, want);
