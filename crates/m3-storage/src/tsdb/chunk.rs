@@ -529,14 +529,16 @@ impl Chunk {
         self.bits.push_bit(true);
         let leading = (xor.leading_zeros() as u8).min(31);
         let trailing = xor.trailing_zeros() as u8;
-        if self.bits.extra.leading != u8::MAX
-            && leading >= self.bits.extra.leading
-            && trailing >= self.bits.extra.trailing
-        {
+        let ChunkState {
+            leading: window_leading,
+            trailing: window_trailing,
+            ..
+        } = self.bits.extra;
+        if window_leading != u8::MAX && leading >= window_leading && trailing >= window_trailing {
             // Fits the previous window.
             self.bits.push_bit(false);
-            let width = 64 - self.bits.extra.leading - self.bits.extra.trailing;
-            self.bits.push_bits(xor >> self.bits.extra.trailing, width);
+            let width = 64 - window_leading - window_trailing;
+            self.bits.push_bits(xor >> window_trailing, width);
             return;
         }
         self.bits.push_bit(true);
