@@ -129,7 +129,8 @@ pub struct NamespaceDownsample {
     pub all: bool,
 }
 
-fn default_true() -> bool {
+/// Serde's default for a flag that is on unless turned off (also used by [`crate::limits`]).
+pub(crate) fn default_true() -> bool {
     true
 }
 

@@ -135,7 +135,7 @@ pub struct RemoteWriteLimits {
     /// Whether the series cache keeps each series' ID (default true). Without, an entry is 16
     /// bytes: a series sent again is still not checked nor hashed again, but its ID is encoded
     /// again. For a process that holds every series in memory anyway (`m3 local`).
-    #[serde(default = "default_true")]
+    #[serde(default = "crate::config::default_true")]
     pub series_cache_ids: bool,
 }
 
@@ -153,7 +153,7 @@ impl Default for RemoteWriteLimits {
             label_name_length_limit: default_label_name_length(),
             label_value_length_limit: default_label_value_length(),
             series_cache_bytes: default_series_cache_bytes(),
-            series_cache_ids: true,
+            series_cache_ids: crate::config::default_true(),
         }
     }
 }
@@ -249,10 +249,6 @@ fn default_label_name_length() -> usize {
 fn default_label_value_length() -> usize {
     16 * 1024
 }
-fn default_true() -> bool {
-    true
-}
-
 fn default_series_cache_bytes() -> usize {
     crate::series_cache::DEFAULT_MAX_BYTES
 }
