@@ -234,6 +234,47 @@ struct EntryMap {
     dict: SharedIdDictionary,
     /// An ID being encoded or decoded.
     scratch: Vec<u8>,
+    /// Per spec, the earliest end a window of this map may have.
+    earliest_ends: EarliestEnds,
+}
+
+/// Per elem spec, a time no window of a map ends before: lowered as windows are added,
+/// raised past each flush's target. A flush whose targets all lie before these has nothing
+/// to take, and skips the map's slots instead of reading every elem of every series (with a
+/// 1 s `checkEvery` and 10 s windows, nine flushes in ten). Window ends are multiples of
+/// their resolution, so once a flush took every window ending at or before `until`, what is
+/// left ends at `align_down(until) + resolution` or later.
+#[derive(Debug, Default)]
+struct EarliestEnds(Vec<i64>);
+
+impl EarliestEnds {
+    /// A window of `spec` ending at `end` was opened or written to.
+    #[inline]
+    fn window_added(&mut self, spec: u16, end: i64) {
+        let spec = usize::from(spec);
+        if spec >= self.0.len() {
+            self.0.resize(spec + 1, i64::MAX);
+        }
+        let earliest = &mut self.0[spec];
+        *earliest = (*earliest).min(end);
+    }
+
+    /// Whether a flush taking, per spec, the windows ending at or before `plan[spec]` may
+    /// take any.
+    fn any_due(&self, plan: &[i64]) -> bool {
+        plan.iter()
+            .zip(&self.0)
+            .any(|(&until, &earliest)| until >= earliest)
+    }
+
+    /// A flush took the windows of `spec` ending at or before `until`.
+    fn flushed(&mut self, spec: usize, until: i64, resolution: i64) {
+        if let Some(earliest) = self.0.get_mut(spec)
+            && until >= *earliest
+        {
+            *earliest = align_down(until, resolution).saturating_add(resolution);
+        }
+    }
 }
 
 impl Drop for EntryMap {
@@ -257,6 +298,7 @@ impl EntryMap {
             ids: IdArena::default(),
             dict,
             scratch: Vec::new(),
+            earliest_ends: EarliestEnds::default(),
         }
     }
 
@@ -278,6 +320,7 @@ impl EntryMap {
             ids,
             dict,
             scratch,
+            ..
         } = self;
         scratch.clear();
         let mut dict = dict.write();
@@ -342,6 +385,7 @@ impl EntryMap {
             ids,
             dict,
             scratch,
+            ..
         } = self;
         let mut dict = dict.write();
         let removed = slots.swap_remove(i);
@@ -649,10 +693,16 @@ impl ShardState {
             outcome(Err(AddError::ShardFull));
             return false;
         };
-        let entry = &mut map.slots[slot].entry;
+        let EntryMap {
+            slots,
+            earliest_ends,
+            ..
+        } = &mut *map;
+        let entry = &mut slots[slot].entry;
         let mut accepted = false;
         visit_targets(&mut |target| {
-            let result = target.and_then(|target| add_target(specs, entry, sample, limits, target));
+            let result = target
+                .and_then(|target| add_target(specs, entry, earliest_ends, sample, limits, target));
             accepted |= result.is_ok();
             outcome(result);
         });
@@ -747,13 +797,18 @@ impl ShardState {
                 });
                 resolved_for = Some((r.active, metric_type));
             }
-            let entry = &mut map.slots[slot as usize].entry;
+            let EntryMap {
+                slots: entries,
+                earliest_ends,
+                ..
+            } = &mut *map;
+            let entry = &mut entries[slot as usize].entry;
             let mut accepted = false;
             let mut first_error = None;
             for target in targets.iter() {
                 match target
                     .clone()
-                    .and_then(|t| add_resolved(entry, &r.sample, limits, t))
+                    .and_then(|t| add_resolved(entry, earliest_ends, &r.sample, limits, t))
                 {
                     Ok(()) => accepted = true,
                     Err(e) => {
@@ -866,6 +921,7 @@ impl ShardState {
             .map_err(|TooManyWindows| AddError::TooManyWindows {
                 max: limits.max_windows,
             })?;
+        map.earliest_ends.window_added(spec, start + resolution);
         seen.push((write.source_id, write.version));
         Ok(())
     }
@@ -945,8 +1001,11 @@ impl ShardState {
                 ids,
                 dict,
                 scratch,
+                earliest_ends,
                 ..
             } = &mut entries[category.index()];
+            let due = earliest_ends.any_due(&plan);
+            let slots = if due { &mut slots[..] } else { &mut [] };
             let dict = dict.read();
             for Slot {
                 id: stored, entry, ..
@@ -1009,6 +1068,13 @@ impl ShardState {
                             discarded[reason as usize] += 1;
                         }
                     });
+                }
+            }
+            if due {
+                for (spec, (until, of_spec)) in plan.iter().zip(spec_list).enumerate() {
+                    if let Some(of_spec) = of_spec {
+                        earliest_ends.flushed(spec, *until, of_spec.resolution);
+                    }
                 }
             }
             if category == Category::Forwarded {
@@ -1239,6 +1305,7 @@ fn resolve_target(
 fn add_target(
     specs: &mut SpecTable,
     entry: &mut Entry,
+    earliest_ends: &mut EarliestEnds,
     sample: &Sample<'_>,
     limits: &Limits,
     target: Target<'_>,
@@ -1251,12 +1318,13 @@ fn add_target(
         limits,
         target,
     )?;
-    add_resolved(entry, sample, limits, resolved)
+    add_resolved(entry, earliest_ends, sample, limits, resolved)
 }
 
 /// Adds `sample` to the window of `target` it falls in, if the buffers allow.
 fn add_resolved(
     entry: &mut Entry,
+    earliest_ends: &mut EarliestEnds,
     sample: &Sample<'_>,
     limits: &Limits,
     target: ResolvedTarget,
@@ -1304,7 +1372,9 @@ fn add_resolved(
         )
         .map_err(|TooManyWindows| AddError::TooManyWindows {
             max: limits.max_windows,
-        })
+        })?;
+    earliest_ends.window_added(spec, start + resolution);
+    Ok(())
 }
 
 fn duration_between(earlier: i64, later: i64) -> std::time::Duration {

@@ -273,6 +273,43 @@ fn final_flush_emits_every_ended_window_and_no_open_one() {
     assert!(!result.flush_times.by_shard.is_empty());
 }
 
+/// A flush with nothing due skips a shard's series without reading them; a window opened
+/// after that, ending before a later flush's target, is still emitted by that flush.
+#[test]
+fn flushes_with_nothing_due_miss_no_window_opened_after_them() {
+    let agg = engine(AggregatorOptions::default());
+    let m = build::simple(AggregationId::DEFAULT, &[policy("10s:2d")]);
+    let add = |t: i64, v: f64, now: i64| {
+        agg.add_timed(MetricType::Gauge, b"g", t, v, Metadatas::Staged(&m), now)
+            .unwrap();
+    };
+    add(T0 + 5 * S, 1.0, T0 + 6 * S);
+    let emitted = |out: Vec<AggregatedOutput>| -> Vec<(i64, f64)> {
+        out.iter().map(|o| (o.time_nanos, o.value)).collect()
+    };
+    assert_eq!(
+        emitted(flush_leader(&agg, T0 + 80 * S)),
+        [(T0 + 10 * S, 1.0)]
+    );
+    // Every second until the next window is due: nothing to take.
+    for second in 81..90 {
+        assert!(flush_leader(&agg, T0 + second * S).is_empty());
+    }
+    // A window inside the past buffer, then a final flush, whose target passes its end.
+    add(T0 + 79 * S, 2.0, T0 + 89 * S);
+    assert!(flush_leader(&agg, T0 + 89 * S).is_empty());
+    let mut out = Vec::new();
+    agg.flush(T0 + 90 * S, FlushMode::LeaderFinal, &mut out);
+    assert_eq!(emitted(out), [(T0 + 80 * S, 2.0)]);
+    // And a regular flush at the window's due time still finds the next one.
+    add(T0 + 95 * S, 3.0, T0 + 96 * S);
+    assert!(flush_leader(&agg, T0 + 169 * S).is_empty());
+    assert_eq!(
+        emitted(flush_leader(&agg, T0 + 170 * S)),
+        [(T0 + 100 * S, 3.0)]
+    );
+}
+
 #[test]
 fn last_is_latest_timestamp_regardless_of_arrival() {
     let agg = engine(AggregatorOptions::default());
