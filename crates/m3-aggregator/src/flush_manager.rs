@@ -3,7 +3,8 @@
 //! flush times in KV.
 //!
 //! ```text
-//! every checkEvery:  leader   → flush closed windows → m3msg producer (topic aggregated_metrics)
+//! every checkEvery:  leader   → flush closed windows → m3msg producer (topic aggregated_metrics),
+//!                                                      or the consumer in this process (output.rs)
 //!                              → rollup values → rawtcp to the rollup IDs' owners (forward.rs)
 //!                              → wait for acks → persist flush times (KV shardset/<id>/flush)
 //!                    follower → read flush times → discard what the leader flushed
@@ -35,6 +36,7 @@
 //! does not hold every window of every series it is sent, and its series can expire.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use m3_cluster::keys;
@@ -50,6 +52,8 @@ use tokio_util::sync::CancellationToken;
 use crate::campaign::{NoCampaign, may_campaign};
 use crate::client::AggregatorClient;
 use crate::instance::{InstanceOptions, SharedElection};
+use crate::metrics::OutputDiscard;
+use crate::output::OutputSink;
 use crate::rawtcp::unix_nanos_now;
 use crate::topic_producer::SharedProducer;
 use crate::{AggregatedOutput, Aggregator, FlushMode};
@@ -105,6 +109,22 @@ struct LoopState {
     not_campaigning: Option<NoCampaign>,
     /// Whether the last flush found nowhere to send the output.
     had_no_output: bool,
+    /// Outputs the in-process consumer did not store yet, oldest first.
+    unstored: Vec<Unstored>,
+}
+
+/// Outputs an in-process consumer did not store, from flushes that first tried them `since`.
+struct Unstored {
+    since: Instant,
+    outputs: Vec<AggregatedOutput>,
+}
+
+/// Where this flush's output goes.
+enum Output<'a> {
+    /// The m3msg topic's producer.
+    Topic(&'a Producer),
+    /// The consumer in this process, and how long an output may wait for it.
+    InProcess(Arc<dyn OutputSink>, Duration),
 }
 
 impl FlushManager {
@@ -120,6 +140,7 @@ impl FlushManager {
             last_forced_flush: None,
             not_campaigning: None,
             had_no_output: false,
+            unstored: Vec::new(),
         };
         loop {
             let tick = self.next_tick().await;
@@ -210,11 +231,17 @@ impl FlushManager {
             .as_ref()
             .filter(|(id, _)| *id == shard_set)
             .map_or(election_state, |(_, e)| current_state(e));
-        let Some(producer) = self
-            .producer
-            .get()
-            .filter(|p| !p.consumer_services().is_empty())
-        else {
+        let output = match &self.options.in_process_output {
+            Some(in_process) => in_process
+                .sink()
+                .map(|sink| Output::InProcess(Arc::clone(sink), in_process.message_ttl())),
+            None => self
+                .producer
+                .get()
+                .filter(|p| !p.consumer_services().is_empty())
+                .map(Output::Topic),
+        };
+        let Some(output) = output else {
             // No output topic or no consumer service yet: keep the windows until there is
             // somewhere to send them (flushing now would drop the output and move the flush
             // times past it), up to maxBufferSize past their end.
@@ -233,8 +260,13 @@ impl FlushManager {
             );
             state.had_no_output = false;
         }
+        if let Output::InProcess(sink, ttl) = &output {
+            // What the consumer did not take before goes first, leader or not (over m3msg
+            // the producer retries whatever the election says, too).
+            self.write_unstored(state, sink, *ttl).await;
+        }
         if election_state == ElectionState::Leader {
-            self.flush_as_leader(state, shard_set, &flush_key, producer, stopping)
+            self.flush_as_leader(state, shard_set, &flush_key, &output, stopping)
                 .await;
             state.was_leader = true;
             let _ = self.status.send(FlushStatus {
@@ -374,7 +406,7 @@ impl FlushManager {
         state: &mut LoopState,
         shard_set: u32,
         flush_key: &str,
-        producer: &Producer,
+        output: &Output<'_>,
         stopping: bool,
     ) {
         let now = unix_nanos_now();
@@ -403,14 +435,28 @@ impl FlushManager {
         let mut refused = 0;
         let most_unacked = self.options.max_unacked_flush_bytes;
         let mut pacing = true;
+        // Into the consumer in this process, each shard's outputs are stored before the next
+        // shard is flushed: the write is the pacing.
+        let mut unstored = Vec::new();
         let mut pass = self.aggregator.flush_pass(now, mode);
         while let Some(outputs) = pass.next_shard() {
-            refused += produce(producer, outputs, now);
-            if pacing && producer.buffered_bytes() > most_unacked {
-                // No lock is held here. Acks that stop coming end the pacing for this flush.
-                pacing = producer
-                    .wait_for_room(most_unacked / 2, self.options.ack_wait)
-                    .await;
+            match output {
+                Output::Topic(producer) => {
+                    refused += produce(producer, outputs, now);
+                    if pacing && producer.buffered_bytes() > most_unacked {
+                        // No lock is held here. Acks that stop coming end the pacing for this
+                        // flush.
+                        pacing = producer
+                            .wait_for_room(most_unacked / 2, self.options.ack_wait)
+                            .await;
+                    }
+                }
+                Output::InProcess(sink, _) => {
+                    let outputs: Vec<AggregatedOutput> = outputs.collect();
+                    if !outputs.is_empty() {
+                        unstored.extend(sink.write(outputs).await);
+                    }
+                }
             }
         }
         let result = pass.finish();
@@ -420,18 +466,38 @@ impl FlushManager {
             self.aggregator.metrics(),
         );
         // Passthrough metrics are written by the leader only.
-        refused += produce(
-            producer,
-            self.aggregator.take_passthrough().into_iter(),
-            now,
-        );
+        let passthrough = self.aggregator.take_passthrough();
         // Flush times move on only once what they cover is acked (see the module doc).
-        let acked = if stopping {
-            producer
-                .flush_while_progressing(self.options.shutdown_ack_timeout)
-                .await
-        } else {
-            producer.flush(self.options.ack_wait).await
+        let acked = match output {
+            Output::Topic(producer) => {
+                refused += produce(producer, passthrough.into_iter(), now);
+                if stopping {
+                    producer
+                        .flush_while_progressing(self.options.shutdown_ack_timeout)
+                        .await
+                } else {
+                    producer.flush(self.options.ack_wait).await
+                }
+            }
+            Output::InProcess(sink, _) => {
+                if !passthrough.is_empty() {
+                    unstored.extend(sink.write(passthrough).await);
+                }
+                if !unstored.is_empty() {
+                    state.unstored.push(Unstored {
+                        since: Instant::now(),
+                        outputs: unstored,
+                    });
+                }
+                if stopping && !state.unstored.is_empty() {
+                    let left: usize = state.unstored.iter().map(|u| u.outputs.len()).sum();
+                    tracing::warn!(
+                        left,
+                        "Shut down with output the consumer in this process did not store."
+                    );
+                }
+                state.unstored.is_empty()
+            }
         };
         if !acked || refused > 0 {
             tracing::debug!(
@@ -442,6 +508,35 @@ impl FlushManager {
         }
         self.persist_flush_times(shard_set, flush_key, &result.flush_times)
             .await;
+    }
+
+    /// Gives the in-process consumer again what it did not store before; drops, counted,
+    /// what waited longer than `ttl`.
+    async fn write_unstored(
+        &self,
+        state: &mut LoopState,
+        sink: &Arc<dyn OutputSink>,
+        ttl: Duration,
+    ) {
+        let mut kept = Vec::new();
+        for Unstored { since, outputs } in std::mem::take(&mut state.unstored) {
+            if since.elapsed() > ttl {
+                tracing::warn!(
+                    outputs = outputs.len(),
+                    ttl = ?ttl,
+                    "Dropping aggregated outputs the consumer in this process did not store within the message TTL."
+                );
+                self.aggregator
+                    .metrics()
+                    .outputs_discarded_by(OutputDiscard::Expired, outputs.len() as u64);
+                continue;
+            }
+            let outputs = sink.write(outputs).await;
+            if !outputs.is_empty() {
+                kept.push(Unstored { since, outputs });
+            }
+        }
+        state.unstored = kept;
     }
 
     /// Merges `flushed` into the shard set's persisted flush times with a check-and-set on the

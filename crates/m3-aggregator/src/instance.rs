@@ -79,6 +79,9 @@ pub struct InstanceOptions {
     /// How often a follower in that forced mode drops what has grown older than
     /// `max_buffer_size` (`flushManager.forcedFlushWindowSize`, M3's default 10s).
     pub forced_flush_window_size: Duration,
+    /// The output's consumer when it runs in this process (`m3 local`): the output goes to it
+    /// instead of to the m3msg topic, which is then not followed (see [`crate::output`]).
+    pub in_process_output: Option<crate::output::InProcessOutput>,
 }
 
 impl InstanceOptions {
@@ -109,6 +112,7 @@ impl InstanceOptions {
             client: crate::client::ClientOptions::default(),
             max_buffer_size: Duration::from_secs(300),
             forced_flush_window_size: Duration::from_secs(10),
+            in_process_output: None,
         }
     }
 }
@@ -157,22 +161,28 @@ impl AggregatorInstance {
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
         aggregator.register(registry);
-        let producer_metrics = m3_msg::ProducerMetrics::default();
-        producer_metrics.register(registry, "m3aggregator_m3msg_producer");
-        let (producer, producer_task) = crate::topic_producer::start(
-            &kv,
-            TopicProducerOptions {
-                environment: options.environment.clone(),
-                topic: options.topic.clone(),
-                placement_namespace: None,
-                producer: options.producer.clone(),
-                waiting_note: "windows are kept until it does",
-            },
-            producer_metrics,
-            &cancel,
-        )
-        .await?;
-        tasks.push(producer_task);
+        let producer = if options.in_process_output.is_some() {
+            // The output goes to the consumer in this process: no topic to follow.
+            crate::topic_producer::SharedProducer::default()
+        } else {
+            let producer_metrics = m3_msg::ProducerMetrics::default();
+            producer_metrics.register(registry, "m3aggregator_m3msg_producer");
+            let (producer, producer_task) = crate::topic_producer::start(
+                &kv,
+                TopicProducerOptions {
+                    environment: options.environment.clone(),
+                    topic: options.topic.clone(),
+                    placement_namespace: None,
+                    producer: options.producer.clone(),
+                    waiting_note: "windows are kept until it does",
+                },
+                producer_metrics,
+                &cancel,
+            )
+            .await?;
+            tasks.push(producer_task);
+            producer
+        };
 
         let placement_key = keys::placement_key_in(
             &options.placement_namespace,

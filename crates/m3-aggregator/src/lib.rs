@@ -14,6 +14,7 @@
 //! | [`flush`] | leader/follower flush modes, outputs, flush times |
 //! | [`instance`] | a cluster member: placement, election, the flush manager's tasks |
 //! | [`flush_manager`] | the flush loop: leader emits and persists flush times, follower discards |
+//! | [`output`] | [`output::OutputSink`]: the output's consumer when it runs in the same process |
 //! | [`error`] | [`AddError`] and the counted [`RejectReason`]s |
 //! | [`metrics`] | self-metrics (`prometheus-client`) |
 //! | [`options`] | [`AggregatorOptions`], with M3's defaults |
@@ -80,6 +81,7 @@ pub mod m3msg_ingest;
 pub mod metadata;
 pub mod metrics;
 pub mod options;
+pub mod output;
 mod pipeline;
 pub mod quantile;
 pub mod rawtcp;

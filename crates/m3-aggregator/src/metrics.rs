@@ -15,7 +15,7 @@
 //! | `shard_hints_unconfirmed` | | values whose shard hint was not confirmed (series not in the hinted shard, shard not owned or writeable, or a rejecting metadata where murmur3 disagrees), routed again by murmur3 (nothing is dropped) |
 //! | `entries_removed` | `reason` = `expired` / `shard_removed` | entries dropped |
 //! | `outputs_flushed` | | aggregated values emitted by a leader flush |
-//! | `outputs_discarded` | `reason` = `nan` / `invalid_id` | results not emitted |
+//! | `outputs_discarded` | `reason` = `nan` / `invalid_id` / `expired` | results not emitted (`expired`: not stored by the consumer in this process within its message TTL) |
 //! | `windows_discarded` | `reason` = `follower` / `before_cutover` / `after_cutoff` / `follower_forced` / `no_output` | windows dropped without output (`no_output`: no output topic or consumer service for `maxBufferSize`) |
 
 use prometheus_client::metrics::counter::Counter;
@@ -73,6 +73,9 @@ pub enum OutputDiscard {
     Nan,
     /// A tag-encoded ID that is malformed, so no suffixed name can be built.
     InvalidId,
+    /// An output the consumer in this process did not store within its message TTL
+    /// (`m3 local`'s `aggregators.messageTTL`; over m3msg the producer counts these).
+    Expired,
 }
 
 /// The engine's counters and gauges.
@@ -93,6 +96,7 @@ pub struct Metrics {
     outputs_flushed: Counter,
     outputs_nan: Counter,
     outputs_invalid_id: Counter,
+    outputs_expired: Counter,
     windows_discarded: [Counter; WindowDiscard::ALL.len()],
     connections_closed_family: Family<Labels, Counter>,
     connections_refused: Counter,
@@ -145,6 +149,9 @@ impl Metrics {
         let outputs_invalid_id = outputs_discarded_family
             .get_or_create(&[("reason", "invalid_id")])
             .clone();
+        let outputs_expired = outputs_discarded_family
+            .get_or_create(&[("reason", "expired")])
+            .clone();
         let windows_discarded = WindowDiscard::ALL.map(|d| {
             windows_discarded_family
                 .get_or_create(&[("reason", d.as_str())])
@@ -183,6 +190,7 @@ impl Metrics {
             outputs_flushed: Counter::default(),
             outputs_nan,
             outputs_invalid_id,
+            outputs_expired,
             windows_discarded,
         }
     }
@@ -356,6 +364,7 @@ impl Metrics {
         match reason {
             OutputDiscard::Nan => self.outputs_nan.get(),
             OutputDiscard::InvalidId => self.outputs_invalid_id.get(),
+            OutputDiscard::Expired => self.outputs_expired.get(),
         }
     }
 
@@ -429,9 +438,14 @@ impl Metrics {
     }
 
     pub(crate) fn output_discarded(&self, reason: OutputDiscard) {
+        self.outputs_discarded_by(reason, 1);
+    }
+
+    pub(crate) fn outputs_discarded_by(&self, reason: OutputDiscard, n: u64) {
         match reason {
-            OutputDiscard::Nan => self.outputs_nan.inc(),
-            OutputDiscard::InvalidId => self.outputs_invalid_id.inc(),
+            OutputDiscard::Nan => self.outputs_nan.inc_by(n),
+            OutputDiscard::InvalidId => self.outputs_invalid_id.inc_by(n),
+            OutputDiscard::Expired => self.outputs_expired.inc_by(n),
         };
     }
 

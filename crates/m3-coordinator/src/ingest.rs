@@ -29,6 +29,8 @@
 
 use std::sync::Arc;
 
+use m3_aggregator::AggregatedOutput;
+use m3_aggregator::output::{OutputSink, SinkWrite};
 use m3_metric::StoragePolicy;
 use m3_msg::{ConsumedMessage, Decision, MessageHandler};
 use m3_proto::Message;
@@ -100,11 +102,37 @@ impl IngestHandler {
     /// Stores a batch as [`Self::handle_batch`] does; also returns the samples that
     /// remote-write endpoints should receive (those whose store decision is an ack).
     pub fn store_batch(&self, values: &[&[u8]]) -> (Vec<Decision>, OutBound) {
-        let mut decisions = vec![Decision::Ack; values.len()];
+        self.store_prepared(values.len(), values.iter().map(|value| self.prepare(value)))
+    }
+
+    /// Stores a flushed shard's outputs as [`Self::store_batch`] stores the same values
+    /// arriving as messages: what an aggregator in this process hands over without encoding
+    /// them (see `m3_aggregator::output`).
+    pub fn store_outputs(&self, outputs: &[AggregatedOutput]) -> (Vec<Decision>, OutBound) {
+        self.store_prepared(
+            outputs.len(),
+            outputs.iter().map(|output| {
+                self.metrics.ingest_received.inc();
+                self.prepare_sample(
+                    &output.id,
+                    output.storage_policy,
+                    output.time_nanos,
+                    output.value,
+                )
+            }),
+        )
+    }
+
+    fn store_prepared(
+        &self,
+        count: usize,
+        prepared: impl Iterator<Item = Prepared>,
+    ) -> (Vec<Decision>, OutBound) {
+        let mut decisions = vec![Decision::Ack; count];
         let mut by_namespace: Vec<(String, Vec<PendingSample>)> = Vec::new();
         let mut out = OutBound::default();
-        for (i, value) in values.iter().enumerate() {
-            match self.prepare(value) {
+        for (i, prepared) in prepared.enumerate() {
+            match prepared {
                 Prepared::Decided(decision) => decisions[i] = decision,
                 Prepared::Sample {
                     namespace,
@@ -328,6 +356,17 @@ impl IngestHandler {
             self.metrics.ingest_error(IngestErrorReason::decode_error);
             return Prepared::Decided(Decision::Ack);
         };
+        self.prepare_sample(&timed.id, policy, timed.time_nanos, timed.value)
+    }
+
+    /// The sample to store for a decoded metric, or the decision when there is none.
+    fn prepare_sample(
+        &self,
+        id: &[u8],
+        policy: StoragePolicy,
+        time_nanos: i64,
+        value: f64,
+    ) -> Prepared {
         let found = match &self.store {
             Some(store) => store
                 .namespaces()
@@ -352,7 +391,7 @@ impl IngestHandler {
                 return Prepared::Decided(Decision::NoAck);
             }
         };
-        let Some(labels) = labels_of(&timed.id) else {
+        let Some(labels) = labels_of(id) else {
             self.metrics.ingest_error(IngestErrorReason::invalid_id);
             return Prepared::Decided(Decision::Ack);
         };
@@ -360,8 +399,8 @@ impl IngestHandler {
             namespace,
             policy,
             labels,
-            time_ms: timed.time_nanos.div_euclid(1_000_000),
-            value: timed.value,
+            time_ms: time_nanos.div_euclid(1_000_000),
+            value,
         }
     }
 }
@@ -429,6 +468,49 @@ async fn store_batches(
                 finish_all(batch, decisions);
             }
         }
+    }
+}
+
+/// The handler as the consumer of the aggregators in this process (`m3 local`): a flushed
+/// shard's outputs are stored on a blocking thread, sent to the endpoints of their policies,
+/// and those not stored (or not delivered) are given back to be written again later, as an
+/// un-acked message would be redelivered.
+impl OutputSink for IngestHandler {
+    fn write(&self, outputs: Vec<AggregatedOutput>) -> SinkWrite {
+        let handler = self.clone();
+        Box::pin(async move {
+            let count = outputs.len();
+            let stored = handler.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                let (mut decisions, out) = stored.store_outputs(&outputs);
+                let pending = stored.send_out(&out, &mut decisions);
+                (outputs, decisions, pending)
+            })
+            .await;
+            match written {
+                Ok((outputs, mut decisions, pending)) => {
+                    handler.await_deliveries(pending, &mut decisions).await;
+                    outputs
+                        .into_iter()
+                        .zip(decisions)
+                        .filter(|(_, decision)| *decision == Decision::NoAck)
+                        .map(|(output, _)| output)
+                        .collect()
+                }
+                Err(e) => {
+                    // The outputs went down with the task: counted as storage errors.
+                    handler
+                        .metrics
+                        .ingest_errors
+                        .get_or_create(&crate::metrics::IngestErrorLabels {
+                            reason: IngestErrorReason::storage_error,
+                        })
+                        .inc_by(count as u64);
+                    tracing::error!(error = %e, outputs = count, "Storing aggregated outputs failed.");
+                    Vec::new()
+                }
+            }
+        })
     }
 }
 
@@ -541,6 +623,80 @@ mod tests {
             vec![Decision::Ack, Decision::Ack, Decision::NoAck, Decision::Ack]
         );
         assert_eq!(store.series_count("agg").unwrap(), 2);
+    }
+
+    fn output(id: &[u8], policy: &str, time_nanos: i64, value: f64) -> AggregatedOutput {
+        AggregatedOutput {
+            id: id.to_vec(),
+            time_nanos,
+            value,
+            storage_policy: policy.parse().unwrap(),
+            aggregation: m3_metric::AggregationType::Last,
+            metric_type: m3_metric::MetricType::Gauge,
+        }
+    }
+
+    /// The in-process hand-off stores what the same values would store as messages, and
+    /// gives back only what has nowhere to go yet.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn outputs_handed_over_in_process_are_stored_as_messages_are() {
+        let (by_message, by_output) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let values = [
+            (tagged("a"), "10s:2d", 20_000_000_000, 1.0),
+            (tagged("b"), "10s:2d", 20_000_000_000, 2.5),
+            (tagged("a"), "10s:2d", 30_000_000_000, 3.0),
+            (tagged("c"), "1m:40d", 60_000_000_000, 4.0),
+            (b"not tag encoded".to_vec(), "10s:2d", 30_000_000_000, 5.0),
+        ];
+        let messages: Vec<Vec<u8>> = values
+            .iter()
+            .map(|(id, policy, t, v)| message(id, policy, *t, *v))
+            .collect();
+        let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+        let message_store = store(by_message.path());
+        let message_metrics = CoordinatorMetrics::default();
+        let decisions =
+            IngestHandler::new(message_store.clone(), message_metrics.clone()).handle_batch(&refs);
+
+        let output_store = store(by_output.path());
+        let output_metrics = CoordinatorMetrics::default();
+        let sink = IngestHandler::new(output_store.clone(), output_metrics.clone());
+        let outputs: Vec<AggregatedOutput> = values
+            .iter()
+            .map(|(id, policy, t, v)| output(id, policy, *t, *v))
+            .collect();
+        let given_back = sink.write(outputs.clone()).await;
+
+        let not_acked: Vec<&AggregatedOutput> = outputs
+            .iter()
+            .zip(&decisions)
+            .filter(|(_, d)| **d == Decision::NoAck)
+            .map(|(o, _)| o)
+            .collect();
+        assert_eq!(not_acked.len(), 1, "the 1m output has no namespace");
+        assert_eq!(given_back.len(), 1);
+        assert_eq!(
+            (&given_back[0].id, given_back[0].time_nanos),
+            (&not_acked[0].id, not_acked[0].time_nanos)
+        );
+        let everything = [Matcher::regex("__name__", ".+").unwrap()];
+        let read = |store: &Store| store.select("agg", &everything, 0, 100_000).unwrap();
+        let (expected, got) = (read(&message_store), read(&output_store));
+        assert_eq!(got.len(), 3, "a, b and the name made of the untagged ID");
+        assert_eq!(
+            got.iter()
+                .map(|s| (&s.labels, &s.samples))
+                .collect::<Vec<_>>(),
+            expected
+                .iter()
+                .map(|s| (&s.labels, &s.samples))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            output_metrics.ingest_stored.get(),
+            message_metrics.ingest_stored.get()
+        );
+        assert_eq!(output_metrics.ingest_received.get(), 5);
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub struct Coordinator {
     remote_out: Option<Arc<RemoteOut>>,
     /// The embedded store; `None` under `backend: prom-remote`.
     store: Option<Store>,
+    /// What stores the aggregators' output, when an `ingest` section is configured.
+    ingest_handler: Option<IngestHandler>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -189,8 +191,11 @@ impl Coordinator {
             None => write_path,
         });
 
-        let ingest = match &config.ingest {
-            Some(ingest) => {
+        let ingest_handler = config.ingest.as_ref().map(|_| {
+            IngestHandler::new(store.clone(), metrics.clone()).with_remote_out(remote_out.clone())
+        });
+        let ingest = match (&config.ingest, &ingest_handler) {
+            (Some(ingest), Some(handler)) => {
                 let listener = match ingest_listener {
                     Some(l) => l,
                     None => TcpListener::bind(&ingest.m3msg.server.listen_address)
@@ -204,11 +209,9 @@ impl Coordinator {
                 };
                 let addr = listener.local_addr()?;
                 let consumer = ingest.m3msg.consumer_config();
-                let handler = IngestHandler::new(store.clone(), metrics.clone())
-                    .with_remote_out(remote_out.clone())
-                    .into_message_handler(
-                        ingest.ingester.worker_pool_size.unwrap_or(4).clamp(1, 16),
-                    );
+                let handler = handler.clone().into_message_handler(
+                    ingest.ingester.worker_pool_size.unwrap_or(4).clamp(1, 16),
+                );
                 let consumer_metrics = m3_msg::ConsumerMetrics::default();
                 consumer_metrics.register(&mut registry, "m3coordinator_ingest");
                 let server =
@@ -219,7 +222,7 @@ impl Coordinator {
                 }));
                 Some(addr)
             }
-            None => None,
+            _ => None,
         };
 
         let max_window = config
@@ -325,7 +328,17 @@ impl Coordinator {
             client,
             remote_out,
             store,
+            ingest_handler,
         })
+    }
+
+    /// What stores the aggregators' output, as the consumer of aggregators running in this
+    /// process (`m3 local`): their outputs are stored as the m3msg ingest stores messages,
+    /// without being encoded. `None` without an `ingest` section.
+    pub fn aggregated_output_sink(&self) -> Option<Arc<dyn m3_aggregator::output::OutputSink>> {
+        self.ingest_handler
+            .clone()
+            .map(|handler| Arc::new(handler) as Arc<dyn m3_aggregator::output::OutputSink>)
     }
 
     /// Where it listens.

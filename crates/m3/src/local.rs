@@ -3,8 +3,8 @@
 //! ```text
 //! Prometheus ─▶ coordinator :7201 ─samples─▶ aggregator a :6000   shard set 1, elected leader
 //!                                      └···▶ aggregator b :6100   (optional: RF 2, follower)
-//!              coordinator ingest :7507 ◀─m3msg── leader's output
-//!              embedded store (./data)
+//!              embedded store (./data) ◀── leader's output (in-process)
+//!              coordinator ingest :7507 (m3msg, for aggregators elsewhere)
 //! ```
 //!
 //! One aggregator runs by default. A second one (give two `aggregators.listenAddresses` and
@@ -18,9 +18,12 @@
 //! coordinator adds each request's samples to the aggregators' engines itself, before it
 //! answers ([`InProcessAggregators`], `apply_in_process_on_commit`): the same routing, shards
 //! and engine calls, without frames, queues or loopback sockets. Rollup values an aggregator
-//! forwards go as frames through the same in-process link. The
-//! aggregators still listen on their rawtcp addresses for other senders, and their output
-//! reaches the coordinator over real m3msg. The placements and the topic are created at
+//! forwards go as frames through the same in-process link. A leader's flushed windows go to
+//! the coordinator's ingest handler as they are ([`InProcessOutput`]), stored as it stores
+//! m3msg messages, without encoding, loopback sockets or acks: the flush times move on once
+//! they are stored, and what cannot be stored is retried until `aggregators.messageTTL`, as
+//! over m3msg. The aggregators still listen on their rawtcp addresses, and the coordinator
+//! on its m3msg ingest address, for other senders. The placements and the topic are created at
 //! startup when absent. Ctrl-C (or SIGTERM) shuts down in pipeline order: the coordinator's
 //! queues to the aggregators drain, each aggregator leader flushes every window that has ended
 //! and waits for the coordinator to ack it, then the coordinator stops and flushes the store.
@@ -33,6 +36,7 @@ use anyhow::Context;
 use m3_aggregator::AggregatorOptions;
 use m3_aggregator::client::InProcessAggregators;
 use m3_aggregator::instance::InstanceOptions;
+use m3_aggregator::output::InProcessOutput;
 use m3_aggregator::server::{AggregatorServer, Listeners, ServerOptions};
 use m3_cluster::keys::{self, ServiceId};
 use m3_cluster::placement::store::PlacementStoreError;
@@ -88,7 +92,8 @@ struct LocalAggregators {
     /// `defaultStoragePolicies` for metrics that carry none.
     #[serde(default = "default_policies")]
     default_storage_policies: Vec<StoragePolicy>,
-    /// m3msg message TTL of the coordinator consumer service.
+    /// How long an aggregated output may wait to be stored before it is dropped and counted
+    /// (also the m3msg message TTL of the coordinator consumer service in the topic).
     #[serde(default = "default_message_ttl", with = "m3_config::duration")]
     #[serde(rename = "messageTTL")]
     message_ttl: Duration,
@@ -101,10 +106,6 @@ struct LocalAggregators {
     /// rawtcp: a frame must arrive whole within this long (default 1m).
     #[serde(default, with = "m3_config::option_duration")]
     frame_timeout: Option<Duration>,
-    /// A flush pauses between shards while more than this many bytes of its output are
-    /// unacked (`aggregator.flushManager.maxUnackedBytes` of `m3aggregator`; default 4 MiB).
-    #[serde(default)]
-    max_unacked_flush_bytes: Option<usize>,
 }
 
 impl LocalAggregators {
@@ -121,9 +122,6 @@ impl LocalAggregators {
             },
             instance: InstanceOptions {
                 entry_check_interval: self.entry_check_interval,
-                max_unacked_flush_bytes: self
-                    .max_unacked_flush_bytes
-                    .unwrap_or(InstanceOptions::DEFAULT_MAX_UNACKED_FLUSH_BYTES),
                 ..InstanceOptions::new(instance_id)
             },
             rawtcp_max_message_size: m3_proto::framing::DEFAULT_RAWTCP_MAX_MESSAGE_SIZE,
@@ -153,7 +151,6 @@ impl Default for LocalAggregators {
             max_connections: None,
             idle_timeout: None,
             frame_timeout: None,
-            max_unacked_flush_bytes: None,
         }
     }
 }
@@ -218,12 +215,6 @@ pub(crate) async fn run(
     if config.aggregators.num_shards == 0 {
         problems.add("aggregators.numShards", "must be at least 1");
     }
-    if config.aggregators.max_unacked_flush_bytes == Some(0) {
-        problems.add(
-            "aggregators.maxUnackedFlushBytes",
-            "must be a positive number of bytes",
-        );
-    }
     if config.coordinator.ingest.is_none() {
         problems.add(
             "coordinator.ingest",
@@ -279,6 +270,7 @@ pub(crate) async fn run(
     // The aggregators first, so that the coordinator's first write already finds them in
     // this process.
     let in_process = InProcessAggregators::default();
+    let output = InProcessOutput::new(config.aggregators.message_ttl);
     let mut servers = Vec::new();
     let mut http_endpoints = Vec::new();
     for ((listener, http_listener), endpoint) in aggregator_listeners
@@ -290,6 +282,8 @@ pub(crate) async fn run(
         let mut options = config.aggregators.server_options(endpoint);
         // Rollup values forwarded between aggregators go in the process too.
         options.instance.client.in_process = in_process.clone();
+        // Their output goes to the coordinator in the process too, once it has started.
+        options.instance.in_process_output = Some(output.clone());
         let server = AggregatorServer::start(
             options,
             Arc::clone(&kv),
@@ -318,6 +312,11 @@ pub(crate) async fn run(
     )
     .await
     .context("starting the coordinator")?;
+    output.attach(
+        coordinator
+            .aggregated_output_sink()
+            .context("m3 local needs coordinator.ingest")?,
+    );
 
     let http = coordinator.addrs().http;
     println!();

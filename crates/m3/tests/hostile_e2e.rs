@@ -674,11 +674,6 @@ fn aggregator_address_counts_other_than_one_or_two_are_named() {
             "aggregators.httpListenAddresses",
             "1 listenAddresses, 2 httpListenAddresses",
         ),
-        (
-            format!("{two}\n  maxUnackedFlushBytes: 0"),
-            "aggregators.maxUnackedFlushBytes",
-            "must be a positive number of bytes",
-        ),
     ];
     for (addresses, key, reason) in cases {
         let (output, config) = run_local_with_config(
