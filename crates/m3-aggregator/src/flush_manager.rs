@@ -119,6 +119,16 @@ struct Unstored {
     outputs: Vec<AggregatedOutput>,
 }
 
+impl Unstored {
+    /// The memory the outputs hold, as the bound on them counts it.
+    fn bytes(&self) -> usize {
+        self.outputs
+            .iter()
+            .map(|o| std::mem::size_of::<AggregatedOutput>() + o.id.capacity())
+            .sum()
+    }
+}
+
 /// Where this flush's output goes.
 enum Output<'a> {
     /// The m3msg topic's producer.
@@ -488,6 +498,7 @@ impl FlushManager {
                         since: Instant::now(),
                         outputs: unstored,
                     });
+                    self.bound_unstored(state);
                 }
                 if stopping && !state.unstored.is_empty() {
                     let left: usize = state.unstored.iter().map(|u| u.outputs.len()).sum();
@@ -537,6 +548,26 @@ impl FlushManager {
             }
         }
         state.unstored = kept;
+    }
+
+    /// Drops the oldest outputs not stored yet, counted, while they hold more than the
+    /// producer's buffer may (`maxBufferSize`, 100 MiB by default): a store that cannot write
+    /// for the whole message TTL would otherwise hold every output of that time.
+    fn bound_unstored(&self, state: &mut LoopState) {
+        let bound = self.options.producer.buffer.max_buffer_size;
+        let mut held: usize = state.unstored.iter().map(Unstored::bytes).sum();
+        while held > bound && !state.unstored.is_empty() {
+            let oldest = state.unstored.remove(0);
+            held -= oldest.bytes();
+            tracing::warn!(
+                outputs = oldest.outputs.len(),
+                bound,
+                "Dropping the oldest aggregated outputs the consumer in this process did not store: more are held than maxBufferSize."
+            );
+            self.aggregator
+                .metrics()
+                .outputs_discarded_by(OutputDiscard::BufferFull, oldest.outputs.len() as u64);
+        }
     }
 
     /// Merges `flushed` into the shard set's persisted flush times with a check-and-set on the

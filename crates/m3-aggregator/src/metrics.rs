@@ -15,7 +15,7 @@
 //! | `shard_hints_unconfirmed` | | values whose shard hint was not confirmed (series not in the hinted shard, shard not owned or writeable, or a rejecting metadata where murmur3 disagrees), routed again by murmur3 (nothing is dropped) |
 //! | `entries_removed` | `reason` = `expired` / `shard_removed` | entries dropped |
 //! | `outputs_flushed` | | aggregated values emitted by a leader flush |
-//! | `outputs_discarded` | `reason` = `nan` / `invalid_id` / `expired` | results not emitted (`expired`: not stored by the consumer in this process within its message TTL) |
+//! | `outputs_discarded` | `reason` = `nan` / `invalid_id` / `expired` / `buffer_full` | results not emitted (`expired`, `buffer_full`: not stored by the consumer in this process within its message TTL, or beyond the producer's `maxBufferSize` while it could not store) |
 //! | `windows_discarded` | `reason` = `follower` / `before_cutover` / `after_cutoff` / `follower_forced` / `no_output` | windows dropped without output (`no_output`: no output topic or consumer service for `maxBufferSize`) |
 
 use prometheus_client::metrics::counter::Counter;
@@ -76,6 +76,9 @@ pub enum OutputDiscard {
     /// An output the consumer in this process did not store within its message TTL
     /// (`m3 local`'s `aggregators.messageTTL`; over m3msg the producer counts these).
     Expired,
+    /// An output the consumer in this process had not stored, dropped (oldest first) while
+    /// more of them were held than the producer's buffer allows (`maxBufferSize`).
+    BufferFull,
 }
 
 /// The engine's counters and gauges.
@@ -97,6 +100,7 @@ pub struct Metrics {
     outputs_nan: Counter,
     outputs_invalid_id: Counter,
     outputs_expired: Counter,
+    outputs_buffer_full: Counter,
     windows_discarded: [Counter; WindowDiscard::ALL.len()],
     connections_closed_family: Family<Labels, Counter>,
     connections_refused: Counter,
@@ -152,6 +156,9 @@ impl Metrics {
         let outputs_expired = outputs_discarded_family
             .get_or_create(&[("reason", "expired")])
             .clone();
+        let outputs_buffer_full = outputs_discarded_family
+            .get_or_create(&[("reason", "buffer_full")])
+            .clone();
         let windows_discarded = WindowDiscard::ALL.map(|d| {
             windows_discarded_family
                 .get_or_create(&[("reason", d.as_str())])
@@ -191,6 +198,7 @@ impl Metrics {
             outputs_nan,
             outputs_invalid_id,
             outputs_expired,
+            outputs_buffer_full,
             windows_discarded,
         }
     }
@@ -365,6 +373,7 @@ impl Metrics {
             OutputDiscard::Nan => self.outputs_nan.get(),
             OutputDiscard::InvalidId => self.outputs_invalid_id.get(),
             OutputDiscard::Expired => self.outputs_expired.get(),
+            OutputDiscard::BufferFull => self.outputs_buffer_full.get(),
         }
     }
 
@@ -446,6 +455,7 @@ impl Metrics {
             OutputDiscard::Nan => self.outputs_nan.inc_by(n),
             OutputDiscard::InvalidId => self.outputs_invalid_id.inc_by(n),
             OutputDiscard::Expired => self.outputs_expired.inc_by(n),
+            OutputDiscard::BufferFull => self.outputs_buffer_full.inc_by(n),
         };
     }
 

@@ -15,7 +15,8 @@
 //!
 //! The guarantees are those of the m3msg path: the flush times move on only once everything
 //! they cover is stored, and a value that cannot be stored within the message TTL is dropped
-//! and counted (`outputs_discarded{reason="expired"}`).
+//! and counted (`outputs_discarded{reason="expired"}`), as are the oldest while more wait than
+//! the producer's buffer would hold (`maxBufferSize`; `reason="buffer_full"`).
 
 use std::future::Future;
 use std::pin::Pin;

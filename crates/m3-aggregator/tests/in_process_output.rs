@@ -66,8 +66,9 @@ struct Setup {
     consumer: Arc<Consumer>,
 }
 
-/// One aggregator owning every shard, its output attached to a [`Consumer`].
-async fn start(message_ttl: Duration) -> Setup {
+/// One aggregator owning every shard, its output attached to a [`Consumer`]; at most
+/// `max_buffer_size` bytes of outputs wait for it.
+async fn start(message_ttl: Duration, max_buffer_size: usize) -> Setup {
     let kv: Arc<dyn KvStore> = Arc::new(MemoryKv::new());
     let env = keys::DEFAULT_ENVIRONMENT;
     let zone = keys::DEFAULT_ZONE;
@@ -103,6 +104,7 @@ async fn start(message_ttl: Duration) -> Setup {
     options.check_every = Duration::from_millis(100);
     options.election_ttl = Duration::from_secs(2);
     options.in_process_output = Some(output);
+    options.producer.buffer.max_buffer_size = max_buffer_size;
     let instance = AggregatorInstance::start(
         Arc::clone(&aggregator),
         Arc::clone(&kv),
@@ -189,7 +191,7 @@ fn latest_flushed(times: &ShardSetFlushTimes) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outputs_the_consumer_refuses_are_retried_and_the_flush_times_wait_for_them() {
-    let setup = start(Duration::from_secs(60)).await;
+    let setup = start(Duration::from_secs(60), 100 << 20).await;
     // The consumer refuses everything for three seconds: windows close and are offered.
     let mut added = add_for(&setup.aggregator, Duration::from_secs(3)).await;
     wait_until("the consumer to refuse some windows", || {
@@ -277,7 +279,7 @@ async fn outputs_the_consumer_refuses_are_retried_and_the_flush_times_wait_for_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outputs_not_stored_within_the_message_ttl_are_dropped_and_counted() {
-    let setup = start(Duration::from_secs(1)).await;
+    let setup = start(Duration::from_secs(1), 100 << 20).await;
     let added = add_for(&setup.aggregator, Duration::from_secs(2)).await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let metrics = setup.aggregator.metrics();
@@ -287,6 +289,24 @@ async fn outputs_not_stored_within_the_message_ttl_are_dropped_and_counted() {
             && metrics.outputs_discarded(OutputDiscard::Expired) == refused
     })
     .await;
+    assert!(setup.consumer.stored.lock().is_empty());
+    setup.instance.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_beyond_the_buffer_bound_are_dropped_oldest_first_and_counted() {
+    // A bound no flush's outputs fit: each flush's are dropped as soon as they are refused.
+    let setup = start(Duration::from_secs(60), 1).await;
+    let added = add_for(&setup.aggregator, Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let metrics = setup.aggregator.metrics();
+    wait_until("every window to be offered, refused and dropped", || {
+        let refused = setup.consumer.refused.lock().len() as u64;
+        refused == added.len() as u64
+            && metrics.outputs_discarded(OutputDiscard::BufferFull) == refused
+    })
+    .await;
+    assert_eq!(metrics.outputs_discarded(OutputDiscard::Expired), 0);
     assert!(setup.consumer.stored.lock().is_empty());
     setup.instance.shutdown().await;
 }
