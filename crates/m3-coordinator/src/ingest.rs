@@ -21,6 +21,11 @@
 //!                                                                (ack waits for them)
 //! ```
 //!
+//! Aggregators in the same process (`m3 local`) hand their outputs over without encoding them:
+//! the handler is their `m3_aggregator::output::OutputSink`, stores a flushed shard's outputs
+//! as it stores a batch of messages, and gives back the ones it would not have acked, which the
+//! aggregator writes again later, as it would redeliver them.
+//!
 //! With `prometheusRemoteBackend` endpoints, a metric also goes to every endpoint of its storage
 //! policy, and its message is acked only once each of them accepted it (or refused it for good
 //! with a 4xx, which is counted there): an endpoint that is down or full holds the ack, and the
