@@ -277,18 +277,23 @@ async fn outputs_the_consumer_refuses_are_retried_and_the_flush_times_wait_for_t
     setup.instance.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outputs_not_stored_within_the_message_ttl_are_dropped_and_counted() {
-    let setup = start(Duration::from_secs(1), 100 << 20).await;
+/// Adds for two seconds to a consumer that refuses everything, then waits until every window
+/// added to has been offered, refused and dropped for `reason`, each counted once.
+async fn refuse_until_each_window_is_dropped(setup: &Setup, reason: OutputDiscard) {
     let added = add_for(&setup.aggregator, Duration::from_secs(2)).await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let metrics = setup.aggregator.metrics();
     wait_until("every window to be offered, refused and dropped", || {
         let refused = setup.consumer.refused.lock().len() as u64;
-        refused == added.len() as u64
-            && metrics.outputs_discarded(OutputDiscard::Expired) == refused
+        refused == added.len() as u64 && metrics.outputs_discarded(reason) == refused
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_not_stored_within_the_message_ttl_are_dropped_and_counted() {
+    let setup = start(Duration::from_secs(1), 100 << 20).await;
+    refuse_until_each_window_is_dropped(&setup, OutputDiscard::Expired).await;
     assert!(setup.consumer.stored.lock().is_empty());
     setup.instance.shutdown().await;
 }
@@ -297,16 +302,14 @@ async fn outputs_not_stored_within_the_message_ttl_are_dropped_and_counted() {
 async fn outputs_beyond_the_buffer_bound_are_dropped_oldest_first_and_counted() {
     // A bound no flush's outputs fit: each flush's are dropped as soon as they are refused.
     let setup = start(Duration::from_secs(60), 1).await;
-    let added = add_for(&setup.aggregator, Duration::from_secs(2)).await;
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let metrics = setup.aggregator.metrics();
-    wait_until("every window to be offered, refused and dropped", || {
-        let refused = setup.consumer.refused.lock().len() as u64;
-        refused == added.len() as u64
-            && metrics.outputs_discarded(OutputDiscard::BufferFull) == refused
-    })
-    .await;
-    assert_eq!(metrics.outputs_discarded(OutputDiscard::Expired), 0);
+    refuse_until_each_window_is_dropped(&setup, OutputDiscard::BufferFull).await;
+    assert_eq!(
+        setup
+            .aggregator
+            .metrics()
+            .outputs_discarded(OutputDiscard::Expired),
+        0
+    );
     assert!(setup.consumer.stored.lock().is_empty());
     setup.instance.shutdown().await;
 }

@@ -264,11 +264,7 @@ impl IngestHandler {
                 }
                 Err(e) => {
                     self.metrics
-                        .ingest_errors
-                        .get_or_create(&crate::metrics::IngestErrorLabels {
-                            reason: IngestErrorReason::storage_error,
-                        })
-                        .inc_by(samples.len() as u64);
+                        .ingest_errors_by(IngestErrorReason::storage_error, samples.len() as u64);
                     tracing::error!(error = %e, namespace, samples = samples.len(), "Storing aggregated metrics failed; leaving them un-acked for redelivery.");
                     for (i, ..) in samples {
                         decisions[*i] = Decision::NoAck;
@@ -282,12 +278,7 @@ impl IngestHandler {
     /// Counts and logs windows the store refused: older than the namespace's `bufferPast`,
     /// or further ahead of the clock than its `bufferFuture`.
     fn count_refused(&self, namespace: &str, summary: &WriteSummary) {
-        let count = |reason, refused| {
-            self.metrics
-                .ingest_errors
-                .get_or_create(&crate::metrics::IngestErrorLabels { reason })
-                .inc_by(refused);
-        };
+        let count = |reason, refused| self.metrics.ingest_errors_by(reason, refused);
         if summary.too_old > 0 {
             count(IngestErrorReason::too_old, summary.too_old);
             tracing::warn!(
@@ -506,11 +497,7 @@ impl OutputSink for IngestHandler {
                     // The outputs went down with the task: counted as storage errors.
                     handler
                         .metrics
-                        .ingest_errors
-                        .get_or_create(&crate::metrics::IngestErrorLabels {
-                            reason: IngestErrorReason::storage_error,
-                        })
-                        .inc_by(count as u64);
+                        .ingest_errors_by(IngestErrorReason::storage_error, count as u64);
                     tracing::error!(error = %e, outputs = count, "Storing aggregated outputs failed.");
                     Vec::new()
                 }

@@ -220,9 +220,14 @@ impl CoordinatorMetrics {
 
     /// Counts an ingest error.
     pub fn ingest_error(&self, reason: IngestErrorReason) {
+        self.ingest_errors_by(reason, 1);
+    }
+
+    /// Counts `n` ingest errors of one reason.
+    pub fn ingest_errors_by(&self, reason: IngestErrorReason, n: u64) {
         self.ingest_errors
             .get_or_create(&IngestErrorLabels { reason })
-            .inc();
+            .inc_by(n);
     }
 
     /// Registers every metric under the `m3coordinator` prefix.
