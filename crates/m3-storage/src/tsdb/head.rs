@@ -38,6 +38,7 @@ use crate::tsdb::chunk::{Chunk, ChunkIter, SealedChunk};
 use crate::tsdb::chunk_files::{ChunkFiles, ChunkLocation};
 use crate::tsdb::closed_chunks::{ClosedChunk, ClosedChunks, Place};
 use crate::tsdb::label_sets::{LabelSets, SetId};
+use crate::tsdb::out_of_order::{Buffer, OutOfOrderBuffers};
 use crate::tsdb::packed_labels::PackedLabels;
 use crate::tsdb::paged_slots::PagedSlots;
 
@@ -209,10 +210,7 @@ struct MemSeries {
     /// Closed chunks, oldest first, packed.
     closed: ClosedChunks,
     open: Chunk,
-    /// Out-of-order samples, sorted by time, one per time; boxed, as most series never have
-    /// any and an empty `Vec` would take 24 bytes in every one.
-    #[allow(clippy::box_collection)] // 8 bytes in every series instead of a `Vec`'s 24
-    out_of_order: Option<Box<Vec<(i64, f64)>>>,
+    // The out-of-order samples are the head's `OutOfOrderBuffers`', by the series' reference.
 }
 
 impl MemSeries {
@@ -221,7 +219,6 @@ impl MemSeries {
             labels,
             closed: ClosedChunks::default(),
             open: Chunk::new(),
-            out_of_order: None,
         }
     }
 
@@ -232,32 +229,22 @@ impl MemSeries {
         self.open.last_time()
     }
 
-    fn is_empty(&self) -> bool {
-        self.open.is_empty() && self.closed.is_empty() && self.buffered().is_empty()
-    }
-
-    /// The out-of-order samples, sorted by time.
-    fn buffered(&self) -> &[(i64, f64)] {
-        self.out_of_order.as_deref().map_or(&[], Vec::as_slice)
-    }
-
-    /// Keeps only the out-of-order samples `keep` says; none left frees the buffer.
-    fn retain_buffered(&mut self, keep: impl FnMut(&(i64, f64)) -> bool) {
-        if let Some(buffer) = &mut self.out_of_order {
-            buffer.retain(keep);
-            if buffer.is_empty() {
-                self.out_of_order = None;
-            }
-        }
+    /// Whether it holds no sample, `buffered` being its out-of-order samples.
+    fn is_empty(&self, buffered: &[(i64, f64)]) -> bool {
+        self.open.is_empty() && self.closed.is_empty() && buffered.is_empty()
     }
 
     /// Takes one sample; whether it was taken (appended, replaced or equal to what is there).
+    /// `reference` is the series' own, its out-of-order samples those `buffers` hold under it.
+    #[allow(clippy::too_many_arguments)]
     fn append(
         &mut self,
+        reference: SeriesRef,
         time: i64,
         value: f64,
         window: i64,
         store: &mut ClosedChunkStore,
+        buffers: &mut OutOfOrderBuffers,
         summary: &mut AppendSummary,
     ) -> bool {
         // The newest time is kept when chunks are cut off into a block, so the out-of-order
@@ -282,25 +269,25 @@ impl MemSeries {
             summary.too_old += 1;
             return false;
         }
-        if self.value_at(time, store).map(f64::to_bits) == Some(value.to_bits()) {
+        let stored = self.value_at(buffers.of(reference), time, store);
+        if stored.map(f64::to_bits) == Some(value.to_bits()) {
             summary.duplicates += 1;
             return true;
         }
-        let buffer = self.out_of_order.get_or_insert_default();
-        match buffer.binary_search_by_key(&time, |s| s.0) {
-            Ok(i) => buffer[i].1 = value,
-            Err(i) => buffer.insert(i, (time, value)),
-        }
         summary.appended += 1;
-        if buffer.len() >= OUT_OF_ORDER_FOLD {
-            self.fold_out_of_order(store);
+        if buffers.insert(reference, time, value) >= OUT_OF_ORDER_FOLD {
+            self.fold_out_of_order(buffers.take(reference), store);
         }
         true
     }
 
     /// The value stored at exactly `time`, if any.
-    fn value_at(&self, time: i64, store: &ClosedChunkStore) -> Option<f64> {
-        let buffered = self.buffered();
+    fn value_at(
+        &self,
+        buffered: &[(i64, f64)],
+        time: i64,
+        store: &ClosedChunkStore,
+    ) -> Option<f64> {
         if let Ok(i) = buffered.binary_search_by_key(&time, |s| s.0) {
             return Some(buffered[i].1);
         }
@@ -326,9 +313,11 @@ impl MemSeries {
             .or_else(|| (!self.open.is_empty()).then(|| self.open.first_time()))
     }
 
-    /// Every sample in `start..=end`, sorted, the out-of-order buffer winning on equal times.
+    /// Every sample in `start..=end`, sorted, the out-of-order samples (`buffered`) winning on
+    /// equal times.
     fn samples_in(
         &self,
+        buffered: &[(i64, f64)],
         start: i64,
         end: i64,
         store: &ClosedChunkStore,
@@ -339,7 +328,7 @@ impl MemSeries {
         // The chunks hold disjoint, ascending times: their samples go out in turn, through a
         // merge only when out-of-order samples must be woven in.
         let mut from_chunks = Vec::new();
-        let target = if self.buffered().is_empty() {
+        let target = if buffered.is_empty() {
             &mut *out
         } else {
             &mut from_chunks
@@ -352,16 +341,22 @@ impl MemSeries {
         if !self.open.is_empty() && overlaps(self.open.first_time(), self.open.last_time()) {
             target.extend(self.open.iter().filter(in_range));
         }
-        if !self.buffered().is_empty() {
-            let buffered = self.buffered().iter().copied().filter(in_range);
+        if !buffered.is_empty() {
+            let buffered = buffered.iter().copied().filter(in_range);
             merge_into(from_chunks.into_iter(), buffered, out);
         }
     }
 
     /// Whether any sample lies in `start..=end`, decoding at most the chunks that straddle an
     /// end of the range.
-    fn has_samples_in(&self, start: i64, end: i64, store: &ClosedChunkStore) -> bool {
-        self.buffered().iter().any(|s| (start..=end).contains(&s.0))
+    fn has_samples_in(
+        &self,
+        buffered: &[(i64, f64)],
+        start: i64,
+        end: i64,
+        store: &ClosedChunkStore,
+    ) -> bool {
+        buffered.iter().any(|s| (start..=end).contains(&s.0))
             || self.closed.iter().any(|c| {
                 chunk_has_samples_in(c.first_time(), c.last_time(), start, end, || {
                     store
@@ -386,14 +381,14 @@ impl MemSeries {
         self.closed.push(ClosedChunk::of(&full, location));
     }
 
-    /// Re-encodes the chunks with the out-of-order samples merged in.
-    fn fold_out_of_order(&mut self, store: &mut ClosedChunkStore) {
+    /// Re-encodes the chunks with the out-of-order samples `buffered` (taken out of the
+    /// head's buffers) merged in.
+    fn fold_out_of_order(&mut self, buffered: Buffer, store: &mut ClosedChunkStore) {
         let newest = self.max_time();
         let mut all = Vec::new();
-        self.samples_in(i64::MIN, i64::MAX, store, &mut all);
+        self.samples_in(&buffered, i64::MIN, i64::MAX, store, &mut all);
         self.closed = ClosedChunks::default();
         self.open = Chunk::new();
-        self.out_of_order = None;
         for (time, value) in all {
             if self.open.len() >= CHUNK_SAMPLES {
                 let full = self.open.take();
@@ -413,12 +408,7 @@ impl MemSeries {
     }
 
     fn heap_bytes(&self) -> usize {
-        self.labels.heap_bytes()
-            + self.closed.heap_bytes()
-            + self.open.heap_bytes()
-            + self.out_of_order.as_ref().map_or(0, |b| {
-                std::mem::size_of::<Vec<(i64, f64)>>() + b.capacity() * 16
-            })
+        self.labels.heap_bytes() + self.closed.heap_bytes() + self.open.heap_bytes()
     }
 }
 
@@ -486,6 +476,8 @@ pub struct Head {
     live: usize,
     /// Where closed chunks go.
     closed_chunks: ClosedChunkStore,
+    /// The series' out-of-order samples, by reference.
+    out_of_order: OutOfOrderBuffers,
 }
 
 impl Head {
@@ -501,6 +493,7 @@ impl Head {
             series_of_set: Vec::new(),
             live: 0,
             closed_chunks: ClosedChunkStore::default(),
+            out_of_order: OutOfOrderBuffers::default(),
         }
     }
 
@@ -597,6 +590,8 @@ impl Head {
         self.by_hash.insert(self.hash(labels), reference);
         let (packed, set) = self.label_sets.intern(labels);
         self.set_series_of_set(set, reference);
+        // A slot given to a new series starts without out-of-order samples.
+        self.out_of_order.take(reference);
         let slot = self.series.slot_mut(reference as usize);
         if slot.is_none() {
             self.live += 1;
@@ -649,7 +644,7 @@ impl Head {
         else {
             return;
         };
-        if series.is_empty() {
+        if series.is_empty(self.out_of_order.of(reference)) {
             self.unindex_all(vec![(reference, series)]);
             self.live -= 1;
             return;
@@ -665,6 +660,7 @@ impl Head {
         if let Some(set) = self.label_sets.id_of(&series.labels) {
             self.set_series_of_set(set, new_reference);
         }
+        self.out_of_order.move_buffer(reference, new_reference);
         *self.series.slot_mut(new_reference as usize) = Some(series);
     }
 
@@ -672,9 +668,11 @@ impl Head {
     pub fn append_refs(&mut self, samples: &[(SeriesRef, i64, f64)]) -> AppendSummary {
         let mut summary = AppendSummary::default();
         let window = self.options.out_of_order_window;
+        let store = &mut self.closed_chunks;
+        let buffers = &mut self.out_of_order;
         for &(reference, time, value) in samples {
             if let Some(Some(series)) = self.series.get_mut(reference as usize) {
-                series.append(time, value, window, &mut self.closed_chunks, &mut summary);
+                series.append(reference, time, value, window, store, buffers, &mut summary);
             }
         }
         summary
@@ -690,9 +688,12 @@ impl Head {
         let window = self.options.out_of_order_window;
         let series = &mut self.series;
         let store = &mut self.closed_chunks;
+        let buffers = &mut self.out_of_order;
         samples.retain(
             |&(reference, time, value)| match series.get_mut(reference as usize) {
-                Some(Some(series)) => series.append(time, value, window, store, &mut summary),
+                Some(Some(series)) => {
+                    series.append(reference, time, value, window, store, buffers, &mut summary)
+                }
                 _ => false,
             },
         );
@@ -703,11 +704,12 @@ impl Head {
     pub fn min_time(&self) -> i64 {
         self.series
             .iter()
-            .flatten()
-            .flat_map(|s| {
+            .enumerate()
+            .filter_map(|(i, s)| Some((i as SeriesRef, s.as_ref()?)))
+            .flat_map(|(reference, s)| {
                 s.first_chunk_time()
                     .into_iter()
-                    .chain(s.buffered().first().map(|o| o.0))
+                    .chain(self.out_of_order.of(reference).first().map(|o| o.0))
             })
             .min()
             .unwrap_or(i64::MAX)
@@ -796,7 +798,12 @@ impl Head {
     /// Whether series `reference` has a sample in `start..=end`.
     pub fn has_samples(&self, reference: SeriesRef, start: i64, end: i64) -> bool {
         match self.series.get(reference as usize) {
-            Some(Some(series)) => series.has_samples_in(start, end, &self.closed_chunks),
+            Some(Some(series)) => series.has_samples_in(
+                self.out_of_order.of(reference),
+                start,
+                end,
+                &self.closed_chunks,
+            ),
             _ => false,
         }
     }
@@ -820,8 +827,10 @@ impl Head {
 
     /// [`Head::has_samples`] of the series `handle` names: `false` once it is gone.
     pub fn handle_has_samples(&self, handle: &HeadSeries, start: i64, end: i64) -> bool {
-        self.series_of(handle)
-            .is_some_and(|series| series.has_samples_in(start, end, &self.closed_chunks))
+        self.series_of(handle).is_some_and(|series| {
+            let buffered = self.out_of_order.of(handle.reference);
+            series.has_samples_in(buffered, start, end, &self.closed_chunks)
+        })
     }
 
     /// [`Head::samples`] of the series `handle` names: nothing once it is gone.
@@ -833,7 +842,8 @@ impl Head {
         out: &mut Vec<(i64, f64)>,
     ) {
         if let Some(series) = self.series_of(handle) {
-            series.samples_in(start, end, &self.closed_chunks, out);
+            let buffered = self.out_of_order.of(handle.reference);
+            series.samples_in(buffered, start, end, &self.closed_chunks, out);
         }
     }
 
@@ -848,7 +858,8 @@ impl Head {
     /// The samples of series `reference` in `start..=end`, appended to `out` (sorted).
     pub fn samples(&self, reference: SeriesRef, start: i64, end: i64, out: &mut Vec<(i64, f64)>) {
         if let Some(Some(series)) = self.series.get(reference as usize) {
-            series.samples_in(start, end, &self.closed_chunks, out);
+            let buffered = self.out_of_order.of(reference);
+            series.samples_in(buffered, start, end, &self.closed_chunks, out);
         }
     }
 
@@ -858,11 +869,14 @@ impl Head {
     /// is left of them in the head. Returns each series' labels and its chunks, in time order.
     pub fn cut_before(&mut self, cutoff: i64) -> Vec<(Labels, Vec<SealedChunk>)> {
         let store = &mut self.closed_chunks;
+        let buffers = &mut self.out_of_order;
         let mut cut = Vec::new();
         let mut unreadable = false;
-        for series in self.series.iter_mut().flatten() {
-            if series.buffered().first().is_some_and(|s| s.0 < cutoff) {
-                series.fold_out_of_order(store);
+        for (index, slot) in self.series.iter_mut().enumerate() {
+            let Some(series) = slot else { continue };
+            let reference = index as SeriesRef;
+            if buffers.of(reference).first().is_some_and(|s| s.0 < cutoff) {
+                series.fold_out_of_order(buffers.take(reference), store);
             }
             // No allocation for the many series with nothing to cut.
             let mut taken = Vec::new();
@@ -944,10 +958,11 @@ impl Head {
             // A buffered sample before the cutoff still shadows a sample of a kept chunk (a
             // replaced value): it goes only when no kept chunk reaches back to it.
             let earliest_kept = series.first_chunk_time();
-            let buffered = series.buffered().len();
-            series.retain_buffered(|s| s.0 >= cutoff || earliest_kept.is_some_and(|e| s.0 >= e));
-            samples += buffered - series.buffered().len();
-            if series.is_empty()
+            let reference = index as SeriesRef;
+            samples += self.out_of_order.retain(reference, |s| {
+                s.0 >= cutoff || earliest_kept.is_some_and(|e| s.0 >= e)
+            });
+            if series.is_empty(self.out_of_order.of(reference))
                 && let Some(series) = slot.take()
             {
                 removed.push((index as SeriesRef, series));
@@ -971,6 +986,7 @@ impl Head {
             .get_mut(reference as usize)
             .and_then(Option::take)
         {
+            self.out_of_order.take(reference);
             self.unindex_all(vec![(reference, series)]);
             self.live -= 1;
             self.free.push(reference);
@@ -1022,6 +1038,7 @@ impl Head {
         series
             + self.series_of_set.capacity() * std::mem::size_of::<SeriesRef>()
             + self.closed_chunks.heap_bytes()
+            + self.out_of_order.heap_bytes()
             + self.series.allocation_size()
             + self.by_hash.allocation_size()
     }
@@ -1228,8 +1245,8 @@ mod tests {
     /// What every series costs in memory, in every head that has it, before any sample: a
     /// field added shows here first. (What a closed chunk costs is pinned in `closed_chunks`.)
     #[test]
-    fn a_series_costs_96_bytes() {
-        assert_eq!(std::mem::size_of::<Option<MemSeries>>(), 88);
+    fn a_series_costs_80_bytes() {
+        assert_eq!(std::mem::size_of::<Option<MemSeries>>(), 80);
         assert_eq!(std::mem::size_of::<SealedChunk>(), 40);
     }
 
@@ -1320,7 +1337,10 @@ mod tests {
         let summary = head.append(&late);
         assert_eq!((summary.appended, summary.too_old), (late.len(), 0));
         let series = head.series[r as usize].as_ref().unwrap();
-        assert!(series.buffered().is_empty(), "the late samples were folded");
+        assert!(
+            head.out_of_order.of(r).is_empty(),
+            "the late samples were folded"
+        );
         assert_eq!(series.max_time(), newest);
 
         let summary = head.append(&[(&a, newest - WINDOW - 1, 4.0), (&a, newest + 5, 5.0)]);

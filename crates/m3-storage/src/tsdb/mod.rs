@@ -19,6 +19,7 @@
 //! | [`durable`] | a head whose batches are logged before they are applied, and replayed at open |
 //! | [`label_sets`] | label sets shared by a store's heads, numbered, with the postings over them: held once for every namespace |
 //! | [`merge`] | the blocks of a longer time range written again as one |
+//! | `out_of_order` | the head's out-of-order samples, by series, beside the series rather than in each |
 //! | [`paged_slots`] | numbered slots in fixed pages: the head's series without a doubling vector's spare room |
 //! | [`packed_labels`] | a label set in one allocation, compared without unpacking |
 //! | `postings` | one label value's label sets: a sorted vector, or a bitmap once that is smaller |
@@ -36,6 +37,7 @@ pub mod durable;
 pub mod head;
 pub mod label_sets;
 pub mod merge;
+mod out_of_order;
 pub mod packed_labels;
 pub mod paged_slots;
 mod postings;
