@@ -8,14 +8,16 @@
 //! samples in [`Chunk`]s of up to [`CHUNK_SAMPLES`]:
 //!
 //! ```text
-//! series: labels | closed chunks … | open chunk (appends) | out of order: sorted, small
+//! series: labels | closed chunks … | open chunk (appends)
+//! beside them, by series: out of order (sorted, small; most series have none)
 //! ```
 //!
 //! A sample after the series' newest goes to the open chunk. One at or before it is *out of
 //! order*: within [`HeadOptions::out_of_order_window`] of the newest it is kept in a small
-//! sorted buffer that wins over the chunks for its timestamp (so writing a timestamp again
-//! replaces its value, as one key per sample did); further back it is refused and counted. The
-//! buffer is folded into the chunks once it holds [`OUT_OF_ORDER_FOLD`] samples.
+//! sorted buffer (the head's, by series: `out_of_order`) that wins over the chunks for its
+//! timestamp (so writing a timestamp again replaces its value, as one key per sample did);
+//! further back it is refused and counted. The buffer is folded into the chunks once it holds
+//! [`OUT_OF_ORDER_FOLD`] samples.
 //!
 //! A closed chunk never changes again: its bytes go to the head's chunk files when it has them
 //! ([`ChunkFiles`], [`Head::with_chunk_files`]), the series keeping where they are, and stay in

@@ -18,7 +18,7 @@
 //! enough to stay in cache.
 
 /// Bytes per page: 128 KiB, one of jemalloc's size classes (an allocation of it is not rounded
-/// up), 1365 slots of the head's 96-byte series.
+/// up), 1638 slots of the head's 80-byte series.
 pub const PAGE_BYTES: usize = 128 << 10;
 
 /// Slots `0..len`, each empty or holding a `T`. See the [module docs](self).
