@@ -4,6 +4,11 @@
 //!   counter (one jittered scrape in ten) to chunks of 120; throughput in samples. Prints the
 //!   encoded bytes per sample.
 //! * `chunk/iter/regular_scrape`: reading them back.
+//! * `chunk/bytes`: not timed; the encoded bytes per sample of two other kinds of series: a
+//!   scrape whose every timestamp is a millisecond off the 15 s grid (as a scraper's clock
+//!   gives; the rounding of `m3 bench`'s pacer does the same), and the outputs of 10 s windows
+//!   of a 15 s scrape (window ends, 10 s and 20 s apart in turn), as an aggregated namespace
+//!   stores them.
 //! * `head/append/{100k,1M}`: batches of 2,000 samples, one per series in turn over N live
 //!   series of 10 labels, each sample 15 s after the series' previous one, into a head that
 //!   already holds every series (as after the first scrape); throughput in samples.
@@ -60,9 +65,22 @@ fn regular_scrape() -> Vec<(i64, f64)> {
     samples
 }
 
-fn chunks(c: &mut Criterion) {
-    let samples = regular_scrape();
-    let encoded: Vec<Chunk> = samples
+/// Samples of 100 series' chunks, 120 each: a counter growing by a per-series step, at times
+/// `time_of(i)` for the series' i-th sample.
+fn series_at(time_of: impl Fn(i64) -> i64) -> Vec<(i64, f64)> {
+    let mut samples = Vec::with_capacity(SAMPLES);
+    for series in 0..SAMPLES / CHUNK_SAMPLES {
+        for i in 0..CHUNK_SAMPLES as i64 {
+            let value = (series * 1000) as f64 + (i * (series as i64 % 7 + 1)) as f64;
+            samples.push((time_of(i), value));
+        }
+    }
+    samples
+}
+
+/// `samples` in chunks of [`CHUNK_SAMPLES`].
+fn encode(samples: &[(i64, f64)]) -> Vec<Chunk> {
+    samples
         .chunks(CHUNK_SAMPLES)
         .map(|part| {
             let mut chunk = Chunk::new();
@@ -71,11 +89,28 @@ fn chunks(c: &mut Criterion) {
             }
             chunk
         })
-        .collect();
-    let bytes: usize = encoded.iter().map(Chunk::encoded_len).sum();
+        .collect()
+}
+
+fn bytes_per_sample(samples: &[(i64, f64)]) -> f64 {
+    let bytes: usize = encode(samples).iter().map(Chunk::encoded_len).sum();
+    bytes as f64 / samples.len() as f64
+}
+
+fn chunks(c: &mut Criterion) {
+    let samples = regular_scrape();
+    let encoded = encode(&samples);
     println!(
         "chunk/regular_scrape: {:.2} bytes per sample",
-        bytes as f64 / SAMPLES as f64
+        bytes_per_sample(&samples)
+    );
+    let jittered = series_at(|i| 1_700_000_000_000 + i * 15_000 + (i % 3) - 1);
+    let window_ends =
+        series_at(|i| 1_700_000_000_000 + (i / 2) * 30_000 + 10_000 + (i % 2) * 20_000);
+    println!(
+        "chunk/bytes: {:.2} bytes per sample with every time a millisecond off the grid, {:.2} for 10 s windows' outputs of a 15 s scrape",
+        bytes_per_sample(&jittered),
+        bytes_per_sample(&window_ends)
     );
 
     let mut group = c.benchmark_group("chunk");
