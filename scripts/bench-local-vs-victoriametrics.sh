@@ -16,14 +16,20 @@
 # should be judged at (at full speed each series closes a chunk every few seconds). The CPU
 # ratio means little at such a rate; the RSS figures are the point.
 #
-#   [ROUNDS=n] [RATE=n] scripts/bench-local-vs-victoriametrics.sh [SECONDS] [SERIES]
-#   defaults: 1, 0 (as fast as it answers), 30 100000
+# SIDE_BY_SIDE=1 runs the two at once instead, each under its own `m3 bench`, and prints both
+# RSS every 30 s: for runs long enough for a head's chunks to fill (at a scrape's pace a raw
+# series closes one every 30 minutes), which in turn would take twice as long. They share the
+# cores, so the CPU ratio is of two processes slowed alike.
+#
+#   [ROUNDS=n] [RATE=n] [SIDE_BY_SIDE=1] scripts/bench-local-vs-victoriametrics.sh [SECONDS] [SERIES]
+#   defaults: 1, 0 (as fast as it answers), 0, 30 100000
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-30}
 series=${2:-100000}
 rounds=${ROUNDS:-1}
 rate=${RATE:-0}
+side_by_side=${SIDE_BY_SIDE:-0}
 if [ "$rate" = 0 ]; then pace="as fast as it answers"; else pace="$rate samples/s"; fi
 scripts/install-deps.sh >/dev/null
 command -v victoria-metrics >/dev/null || {
@@ -78,9 +84,52 @@ run_m3_local() {
   wait "$pid" 2>/dev/null || true
 }
 
+# rss_now PID: the process's resident set now, in MiB (0 once it is gone).
+rss_now() {
+  awk '/^VmRSS/ { printf "%d", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo 0
+}
+
+# run_side_by_side ROUND: both targets on fresh data at once, each under its own load, their RSS
+# printed every 30 s; then both stopped.
+run_side_by_side() {
+  victoria-metrics -storageDataPath="$work/vm-$1" -httpListenAddr=127.0.0.1:18428 \
+    -loggerLevel=ERROR >"$work/victoria-metrics-$1.log" 2>&1 &
+  local vm_pid=$!
+  pids+=("$vm_pid")
+  "$bin/m3" local --data-dir "$work/m3-$1" >"$work/m3-local-$1.log" 2>&1 &
+  local m3_pid=$!
+  pids+=("$m3_pid")
+  wait_http http://127.0.0.1:18428/health
+  wait_http http://127.0.0.1:7201/health
+  sleep 3
+  run "m3-local-$1" "$m3_pid" http://127.0.0.1:7201 /api/v1/prom/remote/write >/dev/null &
+  local m3_load=$!
+  run "victoria-metrics-$1" "$vm_pid" http://127.0.0.1:18428 /api/v1/write >/dev/null &
+  local vm_load=$!
+  echo "== side by side: $series series each, $pace, ${duration}s"
+  echo "  second   RSS MiB: m3 local   VictoriaMetrics"
+  local second=0
+  while kill -0 "$m3_load" 2>/dev/null || kill -0 "$vm_load" 2>/dev/null; do
+    sleep 1
+    second=$((second + 1))
+    if ((second % 30 == 0)); then
+      printf '%8d %19d %17d\n' "$second" "$(rss_now "$m3_pid")" "$(rss_now "$vm_pid")"
+    fi
+  done
+  wait "$m3_load"
+  wait "$vm_load"
+  grep -h '^cpu: *pid' "$work/m3-local-$1.txt" "$work/victoria-metrics-$1.txt"
+  kill "$m3_pid" "$vm_pid"
+  wait "$m3_pid" "$vm_pid" 2>/dev/null || true
+}
+
 summary=()
 for round in $(seq "$rounds"); do
-  in_turn "$round" run_victoria_metrics run_m3_local
+  if [ "$side_by_side" = 1 ]; then
+    run_side_by_side "$round"
+  else
+    in_turn "$round" run_victoria_metrics run_m3_local
+  fi
   vm=$(per_cpu_second "victoria-metrics-$round")
   m3=$(per_cpu_second "m3-local-$round")
   summary+=("$(awk -v r="$round" -v a="$m3" -v b="$vm" -v ra="$(rss "m3-local-$round")" \
